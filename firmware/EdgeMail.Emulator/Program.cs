@@ -1,0 +1,3 @@
+using EdgeMail.Emulator;
+
+return EmulatorCli.Run(args, Console.Out, Console.Error);
