@@ -1,0 +1,1042 @@
+using System;
+
+namespace EdgeMail.Firmware.Storage;
+
+/// <summary>
+/// A power-safe FIFO of entries on raw NOR flash: append (durable when it returns), read in order from a
+/// cursor that survives reboot, acknowledge up to a sequence number, recover on mount. Sectors form a
+/// ring; every record carries its length twice and a CRC-32; a unit is never programmed twice between
+/// erases, so it runs on encrypted and ECC flash. Mount reads one small header per sector and scans
+/// only the newest sector, so its cost does not depend on how many entries are stored. The layout and
+/// the recovery rules are in docs/flash-queue.md.
+/// </summary>
+public sealed class FlashQueue
+{
+    /// <summary>Bytes of the header every record carries (length, its complement, sequence, type, CRC-32).</summary>
+    public const int RecordOverhead = 16;
+
+    private const int SectorHeaderBytes = 24;
+    private const byte Magic0 = 0x45; // 'E'
+    private const byte Magic1 = 0x51; // 'Q'
+    private const byte LayoutVersion = 1;
+    private const byte TypeItem = 1;
+    private const byte TypeAck = 2;
+    private const byte TypeDropped = 3;
+    private const byte FlagRelocated = 1;
+    private const int RelocationPrefix = 4;
+    private const int DroppedPayload = 12;
+    private const byte MarkerPriority = 3;
+    private const int Priorities = 4;
+
+    private readonly IFlashDevice _device;
+    private readonly FullPolicy _policy;
+    private readonly int _sectorBytes;
+    private readonly int _sectorCount;
+    private readonly int _pageBytes;
+    private readonly int _unit;
+    private readonly int _dataStart;
+    private readonly byte[] _hdr = new byte[SectorHeaderBytes];
+    private readonly byte[] _rec = new byte[RecordOverhead];
+    private readonly byte[] _small = new byte[DroppedPayload];
+    private readonly byte[] _chunk = new byte[64];
+    private readonly byte[] _stage;
+    private readonly int[] _pending = new int[Priorities];
+
+    // Durable state, rebuilt by Mount.
+    private uint _epoch;
+    private int _head;
+    private uint _headSectorSeq;
+    private int _writeOffset;
+    private int _tail;
+    private uint _nextSeq;
+    private uint _ackedThrough;
+    private int _erasedSector = -1;
+    private bool _mounted;
+    private bool _pendingKnown;
+
+    // Reader state (RAM only: after a reboot the reader starts again after the last acknowledgement).
+    private bool _readerPositioned;
+    private int _readSector;
+    private uint _readSectorSeq;
+    private int _readOffset;
+    private uint _sentThrough;
+
+    // Fields of the last sector header read by ReadSectorHeader.
+    private uint _hSeq;
+    private uint _hEpoch;
+    private uint _hFirst;
+    private uint _hAcked;
+
+    // Staging of the record being programmed: bytes of one page, flushed at page ends.
+    private int _stageAddress;
+    private int _stageFill;
+
+    /// <summary>Creates a queue over a flash region; call <see cref="Mount"/> before use.</summary>
+    /// <param name="device">The flash region the queue owns entirely.</param>
+    /// <param name="policy">What to do when full.</param>
+    public FlashQueue(IFlashDevice device, FullPolicy policy = FullPolicy.DropLowestPriority)
+    {
+        if (device == null)
+        {
+            throw new ArgumentNullException(nameof(device));
+        }
+
+        FlashGeometry g = device.Geometry;
+        if (g.SectorCount < 3)
+        {
+            throw new ArgumentException("The queue needs at least 3 sectors: one is always kept free to reclaim space.");
+        }
+
+        _device = device;
+        _policy = policy;
+        _sectorBytes = g.SectorBytes;
+        _sectorCount = g.SectorCount;
+        _pageBytes = g.PageBytes;
+        _unit = g.ProgramUnit;
+        _dataStart = RoundUp(SectorHeaderBytes, _unit);
+        _stage = new byte[_pageBytes];
+        MaxPayload = _sectorBytes - _dataStart - RecordOverhead - RelocationPrefix - DroppedPayload - RecordOverhead - (2 * _unit) - _pageBytes;
+    }
+
+    /// <summary>Largest payload one entry may carry, in bytes.</summary>
+    public int MaxPayload { get; }
+
+    /// <summary>Random number chosen when the flash was formatted; with a sequence number it names an entry forever.</summary>
+    public uint Epoch => _epoch;
+
+    /// <summary>Sequence number the next append will get.</summary>
+    public uint NextSeq => _nextSeq;
+
+    /// <summary>Every entry up to and including this sequence number is acknowledged.</summary>
+    public uint AckedThrough => _ackedThrough;
+
+    /// <summary>Entries appended but not acknowledged (including markers and entries moved by the full policy).</summary>
+    public uint Depth => _nextSeq - 1 - _ackedThrough;
+
+    /// <summary>Entries dropped by the full policy since mount.</summary>
+    public long DroppedSinceMount { get; private set; }
+
+    /// <summary>Sectors currently holding entries not yet reclaimed.</summary>
+    public int LiveSectors => ((_head - _tail + _sectorCount) % _sectorCount) + 1;
+
+    /// <summary>
+    /// Finds the queue on flash and restores its state; formats blank or foreign flash. Reads one
+    /// 24-byte header per sector and scans only the newest sector.
+    /// </summary>
+    /// <param name="epochIfFormatting">The epoch to use if the flash must be formatted (take it from a hardware random source).</param>
+    /// <returns>True when an existing queue was found; false when the flash was formatted.</returns>
+    public bool Mount(uint epochIfFormatting)
+    {
+        _mounted = false;
+        _readerPositioned = false;
+        _pendingKnown = false;
+        _erasedSector = -1;
+        DroppedSinceMount = 0;
+
+        int head = -1;
+        uint headSeq = 0;
+        uint maxSeen = 0;
+        int runStart = -1;
+        int headRunStart = -1;
+        bool prevValid = false;
+        uint prevSeq = 0;
+        uint prevEpoch = 0;
+        bool firstValid = false;
+        uint firstSeq = 0;
+        uint firstEpoch = 0;
+        for (int i = 0; i < _sectorCount; i++)
+        {
+            bool valid = ReadSectorHeader(i);
+            if (valid)
+            {
+                if (!(prevValid && _hSeq == prevSeq + 1 && _hEpoch == prevEpoch))
+                {
+                    runStart = i;
+                }
+
+                if (_hSeq > maxSeen)
+                {
+                    maxSeen = _hSeq;
+                }
+
+                if (head < 0 || _hSeq > headSeq)
+                {
+                    head = i;
+                    headSeq = _hSeq;
+                    headRunStart = runStart;
+                    _epoch = _hEpoch;
+                }
+
+                if (i == 0)
+                {
+                    firstValid = true;
+                    firstSeq = _hSeq;
+                    firstEpoch = _hEpoch;
+                }
+            }
+
+            prevValid = valid;
+            prevSeq = _hSeq;
+            prevEpoch = _hEpoch;
+        }
+
+        if (head < 0)
+        {
+            Format(epochIfFormatting, maxSeen + 1);
+            return false;
+        }
+
+        int live = head - headRunStart + 1;
+        if (headRunStart == 0 && firstValid && prevValid && runStart != 0 && prevSeq + 1 == firstSeq && prevEpoch == firstEpoch && firstEpoch == _epoch)
+        {
+            live += _sectorCount - runStart; // the run wraps past the last sector
+        }
+
+        if (live > _sectorCount)
+        {
+            live = _sectorCount;
+        }
+
+        ReadSectorHeader(head);
+        _head = head;
+        _headSectorSeq = headSeq;
+        _nextSeq = _hFirst;
+        _ackedThrough = _hAcked;
+        int oldest = (head - live + 1 + _sectorCount) % _sectorCount;
+        _tail = oldest;
+        RecoverHead();
+        _tail = FindSectorHolding(_ackedThrough + 1, oldest, live);
+        _sentThrough = _ackedThrough;
+        _mounted = true;
+        return true;
+    }
+
+    /// <summary>Erases the queue's identity and starts empty with a new epoch. Entries on flash are forgotten.</summary>
+    /// <param name="epoch">The new epoch (take it from a hardware random source).</param>
+    public void Format(uint epoch) => Format(epoch, _headSectorSeq + (uint)_sectorCount + 1);
+
+    /// <summary>
+    /// Appends one entry. When it returns, the entry is on flash and survives any power cut. When the
+    /// queue is full the policy given to the constructor makes room, or throws <see cref="QueueFullException"/>.
+    /// </summary>
+    /// <param name="kind">Application-defined kind, returned by the reader.</param>
+    /// <param name="priority">0 (lowest) to 2 (highest); the full policy drops low priorities first.</param>
+    /// <param name="payload">Source bytes.</param>
+    /// <param name="offset">Index of the first payload byte.</param>
+    /// <param name="count">Payload length, at most <see cref="MaxPayload"/>.</param>
+    /// <returns>The entry's sequence number.</returns>
+    public uint Append(byte kind, byte priority, byte[] payload, int offset, int count)
+    {
+        EnsureMounted();
+        if (count < 0 || count > MaxPayload)
+        {
+            throw new ArgumentOutOfRangeException(nameof(count), "Payload must be 0.." + MaxPayload + " bytes.");
+        }
+
+        if (priority >= MarkerPriority)
+        {
+            throw new ArgumentOutOfRangeException(nameof(priority), "Priority must be 0, 1 or 2.");
+        }
+
+        int pos = MakeRoom(RecordOverhead + count);
+        uint seq = _nextSeq;
+        WriteRecord(pos, seq, TypeItem, priority, kind, 0, _small, 0, payload, offset, count);
+        _nextSeq = seq + 1;
+        if (_pendingKnown)
+        {
+            _pending[priority]++;
+        }
+
+        return seq;
+    }
+
+    /// <summary>
+    /// Hands out the next entry after the last one handed out (or, after mount or <see cref="Rewind"/>,
+    /// after the last acknowledged one) and copies its payload into <paramref name="buffer"/>.
+    /// </summary>
+    /// <param name="entry">Receives the entry's description.</param>
+    /// <param name="buffer">Receives the payload; must have room for <see cref="MaxPayload"/> bytes.</param>
+    /// <param name="offset">Index in <paramref name="buffer"/> of the first byte.</param>
+    /// <returns>False when every entry has been handed out.</returns>
+    public bool TryRead(QueueEntry entry, byte[] buffer, int offset)
+    {
+        EnsureMounted();
+        if (entry == null || buffer == null)
+        {
+            throw new ArgumentNullException(entry == null ? nameof(entry) : nameof(buffer));
+        }
+
+        if (!_readerPositioned || SectorAge(_readSectorSeq) > SectorAge(SectorSeqOf(_tail)))
+        {
+            _readSector = _tail;
+            _readSectorSeq = SectorSeqOf(_tail);
+            _readOffset = _dataStart;
+            _readerPositioned = true;
+        }
+
+        while (true)
+        {
+            int limit = _readSector == _head ? _writeOffset : _sectorBytes;
+            int pos = HeaderSlot(_readOffset);
+            if (pos + RecordOverhead > limit)
+            {
+                if (_readSector == _head)
+                {
+                    _readOffset = pos;
+                    return false;
+                }
+
+                _readSector = Next(_readSector);
+                _readSectorSeq++;
+                _readOffset = _dataStart;
+                continue;
+            }
+
+            int baseAddr = _readSector * _sectorBytes;
+            _device.Read(baseAddr + pos, _rec, 0, RecordOverhead);
+            int len = IntactLength(_rec, pos, limit);
+            if (len < 0)
+            {
+                _readOffset = NextPage(pos);
+                continue;
+            }
+
+            int size = RoundUp(RecordOverhead + len, _unit);
+            byte type = _rec[8];
+            uint seq = Le.U32(_rec, 4);
+            bool wanted = (type == TypeItem || type == TypeDropped) && seq > _sentThrough;
+            if (!wanted)
+            {
+                if (!RecordCrcOk(baseAddr + pos, len))
+                {
+                    _readOffset = NextPage(pos + size - 1);
+                    continue;
+                }
+
+                _readOffset = pos + size;
+                continue;
+            }
+
+            bool relocated = (_rec[11] & FlagRelocated) != 0;
+            uint state = Crc32.Update(Crc32.Seed, _rec, 0, 12);
+            int body = baseAddr + pos + RecordOverhead;
+            uint original = seq;
+            int payloadLen = len;
+            if (relocated)
+            {
+                _device.Read(body, _small, 0, RelocationPrefix);
+                state = Crc32.Update(state, _small, 0, RelocationPrefix);
+                original = Le.U32(_small, 0);
+                body += RelocationPrefix;
+                payloadLen -= RelocationPrefix;
+            }
+
+            byte[] target = type == TypeDropped ? _small : buffer;
+            int targetOffset = type == TypeDropped ? 0 : offset;
+            if (type == TypeDropped && payloadLen != DroppedPayload)
+            {
+                _readOffset = NextPage(pos + size - 1);
+                continue;
+            }
+
+            if (targetOffset + payloadLen > target.Length)
+            {
+                throw new ArgumentException("Buffer too small for a payload of " + payloadLen + " bytes.", nameof(buffer));
+            }
+
+            _device.Read(body, target, targetOffset, payloadLen);
+            state = Crc32.Update(state, target, targetOffset, payloadLen);
+            if (Crc32.Finish(state) != Le.U32(_rec, 12))
+            {
+                _readOffset = NextPage(pos + size - 1);
+                continue;
+            }
+
+            _readOffset = pos + size;
+            _sentThrough = seq;
+            entry.Seq = seq;
+            entry.OriginalSeq = original;
+            entry.Kind = _rec[10];
+            entry.Priority = _rec[9];
+            if (type == TypeDropped)
+            {
+                entry.Type = EntryType.Dropped;
+                entry.Length = 0;
+                entry.DroppedCount = Le.U32(_small, 0);
+                entry.DroppedFirstSeq = Le.U32(_small, 4);
+                entry.DroppedLastSeq = Le.U32(_small, 8);
+            }
+            else
+            {
+                entry.Type = EntryType.Item;
+                entry.Length = payloadLen;
+                entry.DroppedCount = 0;
+            }
+
+            return true;
+        }
+    }
+
+    /// <summary>Makes the reader hand out again everything not acknowledged (after a lost connection).</summary>
+    public void Rewind()
+    {
+        EnsureMounted();
+        _readerPositioned = false;
+        _sentThrough = _ackedThrough;
+    }
+
+    /// <summary>
+    /// Acknowledges every entry up to and including <paramref name="seq"/>: they will not be handed out
+    /// again, and their sectors may be reused. Durable when it returns.
+    /// </summary>
+    /// <param name="seq">Sequence number of the last entry the receiver owns.</param>
+    public void Acknowledge(uint seq)
+    {
+        EnsureMounted();
+        if (seq <= _ackedThrough)
+        {
+            return;
+        }
+
+        if (seq >= _nextSeq)
+        {
+            throw new ArgumentOutOfRangeException(nameof(seq), "Cannot acknowledge " + seq + ": the last entry appended is " + (_nextSeq - 1) + ".");
+        }
+
+        int pos = MakeRoom(RecordOverhead);
+        WriteRecord(pos, seq, TypeAck, 0, 0, 0, _small, 0, _small, 0, 0);
+        _ackedThrough = seq;
+        if (_sentThrough < seq)
+        {
+            _sentThrough = seq;
+        }
+
+        _pendingKnown = false;
+    }
+
+    /// <summary>
+    /// Work worth doing while idle: erases the sector the next append will need, so that append does not
+    /// stall for a sector erase (tens of milliseconds on SPI NOR).
+    /// </summary>
+    public void Maintain()
+    {
+        EnsureMounted();
+        ReclaimAcknowledged();
+        int next = Next(_head);
+        if (_erasedSector != next && FreeSectors() >= 2)
+        {
+            _device.EraseSector(next);
+            _erasedSector = next;
+        }
+    }
+
+    private void Format(uint epoch, uint sectorSeq)
+    {
+        _epoch = epoch;
+        _head = 0;
+        _tail = 0;
+        _nextSeq = 1;
+        _ackedThrough = 0;
+        _sentThrough = 0;
+        _readerPositioned = false;
+        _pendingKnown = true;
+        Array.Clear(_pending, 0, Priorities);
+        _erasedSector = -1;
+        OpenSector(0, sectorSeq);
+        _mounted = true;
+    }
+
+    /// <summary>Scans the newest sector: where to append next, the highest sequence number, the latest acknowledgement.</summary>
+    private void RecoverHead()
+    {
+        int baseAddr = _head * _sectorBytes;
+        int pos = _dataStart;
+        int lastValidEnd = _dataStart;
+        int dirtyPages = 0;
+        bool torn = false;
+        int records = 0;
+        while (true)
+        {
+            pos = HeaderSlot(pos);
+            if (pos + RecordOverhead > _sectorBytes)
+            {
+                break;
+            }
+
+            _device.Read(baseAddr + pos, _rec, 0, RecordOverhead);
+            int len = IntactLength(_rec, pos, _sectorBytes);
+            if (len < 0)
+            {
+                pos = NextPage(pos);
+                continue;
+            }
+
+            int size = RoundUp(RecordOverhead + len, _unit);
+            uint seq = Le.U32(_rec, 4);
+            byte type = _rec[8];
+            if (!RecordCrcOk(baseAddr + pos, len))
+            {
+                // A torn record whose header survived: its sequence number may have been seen, never reuse it.
+                torn = true;
+                if (type != TypeAck && seq >= _nextSeq && seq - _nextSeq < 0x10000000u)
+                {
+                    _nextSeq = seq + 1;
+                }
+
+                pos = NextPage(pos + size - 1);
+                dirtyPages = pos;
+                continue;
+            }
+
+            records++;
+            if (type == TypeAck)
+            {
+                if (seq > _ackedThrough)
+                {
+                    _ackedThrough = seq;
+                }
+            }
+            else if (seq >= _nextSeq)
+            {
+                _nextSeq = seq + 1;
+            }
+
+            pos += size;
+            lastValidEnd = pos;
+        }
+
+        int dirtyEnd = LastNonBlank(baseAddr, lastValidEnd);
+        if (dirtyEnd > lastValidEnd || dirtyPages > lastValidEnd)
+        {
+            torn = true;
+        }
+
+        if (records == 0 && !torn)
+        {
+            // Only the header was written before the last power loss: its cells may be weakly programmed.
+            // Erase and rewrite it, with the same values, so it reads the same on every boot.
+            uint sectorSeq = _headSectorSeq;
+            _device.EraseSector(_head);
+            WriteSectorHeader(_head, sectorSeq);
+            _writeOffset = _dataStart;
+            return;
+        }
+
+        if (torn)
+        {
+            _nextSeq++; // the torn append may have been handed out under this number once
+        }
+
+        // Never program into the page where the last (possibly torn) operation may have left weak cells:
+        // resume on a fresh page after the last valid record and after anything else found on flash.
+        int resume = NextPage(lastValidEnd);
+        if (dirtyEnd > lastValidEnd && NextPage(dirtyEnd - 1) > resume)
+        {
+            resume = NextPage(dirtyEnd - 1);
+        }
+
+        if (dirtyPages > resume)
+        {
+            resume = dirtyPages;
+        }
+
+        _writeOffset = resume;
+    }
+
+    /// <summary>Position of the byte after the last non-0xFF byte at or after <paramref name="from"/> in a sector.</summary>
+    private int LastNonBlank(int baseAddr, int from)
+    {
+        int last = from;
+        for (int pos = from; pos < _sectorBytes; pos += _chunk.Length)
+        {
+            int n = _sectorBytes - pos < _chunk.Length ? _sectorBytes - pos : _chunk.Length;
+            _device.Read(baseAddr + pos, _chunk, 0, n);
+            for (int i = 0; i < n; i++)
+            {
+                if (_chunk[i] != 0xFF)
+                {
+                    last = pos + i + 1;
+                }
+            }
+        }
+
+        return last;
+    }
+
+    /// <summary>Returns where a record of <paramref name="bytes"/> (header included) goes, opening or reclaiming sectors as needed.</summary>
+    private int MakeRoom(int bytes)
+    {
+        int size = RoundUp(bytes, _unit);
+        for (int attempt = 0; attempt <= _sectorCount + 1; attempt++)
+        {
+            int pos = HeaderSlot(_writeOffset);
+            if (pos + size <= _sectorBytes)
+            {
+                return pos;
+            }
+
+            OpenNextSector();
+        }
+
+        throw new InvalidOperationException("No room for a record of " + bytes + " bytes after reclaiming every sector.");
+    }
+
+    private void OpenNextSector()
+    {
+        ReclaimAcknowledged();
+        if (FreeSectors() >= 2)
+        {
+            OpenSector(Next(_head), _headSectorSeq + 1);
+            return;
+        }
+
+        if (_policy == FullPolicy.Reject)
+        {
+            throw new QueueFullException("Alert queue full: " + Depth + " entries wait for acknowledgement; nothing was dropped.");
+        }
+
+        CollectTail();
+    }
+
+    /// <summary>Frees the oldest sector: drops entries of the lowest queued priority and moves the others to a new sector.</summary>
+    private void CollectTail()
+    {
+        EnsurePendingCounts();
+        int victim = _tail;
+        int threshold = MarkerPriority;
+        if (_policy == FullPolicy.DropLowestPriority)
+        {
+            threshold = 0;
+            while (threshold < MarkerPriority && _pending[threshold] == 0)
+            {
+                threshold++;
+            }
+        }
+
+        // Survivors plus the marker must fit in one fresh sector; drop more if they would not.
+        int room = _sectorBytes - _dataStart - RoundUp(RecordOverhead + DroppedPayload, _unit) - _pageBytes;
+        while (threshold < MarkerPriority && SurvivorBytes(victim, threshold) > room)
+        {
+            threshold++;
+        }
+
+        int victimBase = victim * _sectorBytes;
+        OpenSector(Next(_head), _headSectorSeq + 1);
+        uint dropped = 0;
+        uint firstDropped = 0xFFFFFFFFu;
+        uint lastDropped = 0;
+        int pos = _dataStart;
+        while (NextRecord(victimBase, ref pos, _sectorBytes))
+        {
+            int len = Le.U16(_rec, 0);
+            byte type = _rec[8];
+            uint seq = Le.U32(_rec, 4);
+            int start = pos - RoundUp(RecordOverhead + len, _unit);
+            if (type == TypeAck || seq <= _ackedThrough)
+            {
+                continue;
+            }
+
+            byte priority = _rec[9];
+            bool relocated = (_rec[11] & FlagRelocated) != 0;
+            uint original = seq;
+            if (relocated)
+            {
+                _device.Read(victimBase + start + RecordOverhead, _small, 0, RelocationPrefix);
+                original = Le.U32(_small, 0);
+            }
+
+            if (priority <= threshold)
+            {
+                uint n = 1;
+                uint lo = original;
+                uint hi = original;
+                if (type == TypeDropped)
+                {
+                    _device.Read(victimBase + start + RecordOverhead + (relocated ? RelocationPrefix : 0), _small, 0, DroppedPayload);
+                    n = Le.U32(_small, 0);
+                    lo = Le.U32(_small, 4);
+                    hi = Le.U32(_small, 8);
+                }
+
+                dropped += n;
+                firstDropped = lo < firstDropped ? lo : firstDropped;
+                lastDropped = hi > lastDropped ? hi : lastDropped;
+                _pending[priority]--;
+                DroppedSinceMount += type == TypeDropped ? 0 : 1;
+                continue;
+            }
+
+            // Move forward under a new sequence number, keeping the original one (entry ids never change).
+            int payloadLen = len - (relocated ? RelocationPrefix : 0);
+            int at = HeaderSlot(_writeOffset);
+            uint newSeq = _nextSeq;
+            CopyRecord(at, newSeq, type, priority, _rec[10], original, victimBase + start + RecordOverhead + (relocated ? RelocationPrefix : 0), payloadLen);
+            _nextSeq = newSeq + 1;
+        }
+
+        if (dropped > 0)
+        {
+            int at = HeaderSlot(_writeOffset);
+            Le.PutU32(_small, 0, dropped);
+            Le.PutU32(_small, 4, firstDropped);
+            Le.PutU32(_small, 8, lastDropped);
+            WriteRecord(at, _nextSeq, TypeDropped, MarkerPriority, 0, 0, _small, 0, _small, 0, DroppedPayload);
+            _nextSeq++;
+            _pending[MarkerPriority]++;
+        }
+
+        // The victim's entries now live elsewhere or are counted in the marker: erase it so no reboot
+        // can bring them back, and remember it is blank for when the ring reaches it.
+        _device.EraseSector(victim);
+        _erasedSector = victim;
+        _tail = Next(victim);
+    }
+
+    private int SurvivorBytes(int sector, int threshold)
+    {
+        int baseAddr = sector * _sectorBytes;
+        int pos = _dataStart;
+        int total = 0;
+        while (NextRecord(baseAddr, ref pos, _sectorBytes))
+        {
+            int len = Le.U16(_rec, 0);
+            uint seq = Le.U32(_rec, 4);
+            if (_rec[8] != TypeAck && seq > _ackedThrough && _rec[9] > threshold)
+            {
+                int payload = len - ((_rec[11] & FlagRelocated) != 0 ? RelocationPrefix : 0);
+                total += RoundUp(RecordOverhead + RelocationPrefix + payload, _unit) + _unit;
+            }
+        }
+
+        return total;
+    }
+
+    /// <summary>Counts unacknowledged entries per priority by walking the live sectors (only when the queue first fills).</summary>
+    private void EnsurePendingCounts()
+    {
+        if (_pendingKnown)
+        {
+            return;
+        }
+
+        Array.Clear(_pending, 0, Priorities);
+        int sector = _tail;
+        while (true)
+        {
+            int baseAddr = sector * _sectorBytes;
+            int limit = sector == _head ? _writeOffset : _sectorBytes;
+            int pos = _dataStart;
+            while (NextRecord(baseAddr, ref pos, limit))
+            {
+                if (_rec[8] != TypeAck && Le.U32(_rec, 4) > _ackedThrough)
+                {
+                    _pending[_rec[9]]++;
+                }
+            }
+
+            if (sector == _head)
+            {
+                break;
+            }
+
+            sector = Next(sector);
+        }
+
+        _pendingKnown = true;
+    }
+
+    /// <summary>Advances to the next valid record in a sector, leaving its header in _rec; false at the end.</summary>
+    private bool NextRecord(int baseAddr, ref int pos, int limit)
+    {
+        while (true)
+        {
+            pos = HeaderSlot(pos);
+            if (pos + RecordOverhead > limit)
+            {
+                return false;
+            }
+
+            _device.Read(baseAddr + pos, _rec, 0, RecordOverhead);
+            int len = IntactLength(_rec, pos, limit);
+            if (len < 0)
+            {
+                pos = NextPage(pos);
+                continue;
+            }
+
+            int size = RoundUp(RecordOverhead + len, _unit);
+            if (!RecordCrcOk(baseAddr + pos, len))
+            {
+                pos = NextPage(pos + size - 1);
+                continue;
+            }
+
+            pos += size;
+            return true;
+        }
+    }
+
+    private void ReclaimAcknowledged()
+    {
+        while (_tail != _head)
+        {
+            ReadSectorHeader(Next(_tail));
+            if (_hFirst > _ackedThrough + 1)
+            {
+                break;
+            }
+
+            _tail = Next(_tail);
+        }
+    }
+
+    /// <summary>Finds, by binary search over the live sectors' headers, the last one whose first sequence number is at most <paramref name="seq"/>.</summary>
+    private int FindSectorHolding(uint seq, int oldest, int live)
+    {
+        int lo = 0;
+        int hi = live - 1;
+        while (lo < hi)
+        {
+            int mid = (lo + hi + 1) / 2;
+            ReadSectorHeader((oldest + mid) % _sectorCount);
+            if (_hFirst <= seq)
+            {
+                lo = mid;
+            }
+            else
+            {
+                hi = mid - 1;
+            }
+        }
+
+        return (oldest + lo) % _sectorCount;
+    }
+
+    private void OpenSector(int sector, uint sectorSeq)
+    {
+        if (_erasedSector != sector)
+        {
+            _device.EraseSector(sector);
+        }
+
+        _erasedSector = -1;
+        WriteSectorHeader(sector, sectorSeq);
+        _head = sector;
+        _headSectorSeq = sectorSeq;
+        _writeOffset = _dataStart;
+    }
+
+    private void WriteSectorHeader(int sector, uint sectorSeq)
+    {
+        Array.Clear(_stage, 0, _stage.Length);
+        _stage[0] = Magic0;
+        _stage[1] = Magic1;
+        _stage[2] = LayoutVersion;
+        _stage[3] = (byte)BitsOf(_unit);
+        Le.PutU32(_stage, 4, sectorSeq);
+        Le.PutU32(_stage, 8, _epoch);
+        Le.PutU32(_stage, 12, _nextSeq);
+        Le.PutU32(_stage, 16, _ackedThrough);
+        Le.PutU32(_stage, 20, Crc32.Compute(_stage, 0, 20));
+        for (int i = SectorHeaderBytes; i < _dataStart; i++)
+        {
+            _stage[i] = 0xFF;
+        }
+
+        FlashWriter.Program(_device, sector * _sectorBytes, _stage, 0, _dataStart);
+    }
+
+    private bool ReadSectorHeader(int sector)
+    {
+        _device.Read(sector * _sectorBytes, _hdr, 0, SectorHeaderBytes);
+        _hSeq = Le.U32(_hdr, 4);
+        _hEpoch = Le.U32(_hdr, 8);
+        _hFirst = Le.U32(_hdr, 12);
+        _hAcked = Le.U32(_hdr, 16);
+        return _hdr[0] == Magic0 && _hdr[1] == Magic1 && _hdr[2] == LayoutVersion && _hdr[3] == BitsOf(_unit)
+            && Le.U32(_hdr, 20) == Crc32.Compute(_hdr, 0, 20);
+    }
+
+    private uint SectorSeqOf(int sector) => _headSectorSeq - (uint)((_head - sector + _sectorCount) % _sectorCount);
+
+    private uint SectorAge(uint sectorSeq) => _headSectorSeq - sectorSeq;
+
+    private int FreeSectors() => _sectorCount - LiveSectors;
+
+    private int Next(int sector) => sector + 1 == _sectorCount ? 0 : sector + 1;
+
+    /// <summary>A record header never straddles a page: if fewer than 16 bytes remain in the page, skip to the next.</summary>
+    private int HeaderSlot(int pos)
+    {
+        pos = RoundUp(pos, _unit);
+        int room = _pageBytes - (pos & (_pageBytes - 1));
+        return room < RecordOverhead ? pos + room : pos;
+    }
+
+    private int NextPage(int pos) => (pos & ~(_pageBytes - 1)) + _pageBytes;
+
+    /// <summary>Length of the record whose header is in _rec, or -1 if the header is not intact or does not fit.</summary>
+    private int IntactLength(byte[] h, int pos, int limit)
+    {
+        int len = Le.U16(h, 0);
+        if ((Le.U16(h, 2) ^ 0xFFFF) != len)
+        {
+            return -1;
+        }
+
+        byte type = h[8];
+        if (type != TypeItem && type != TypeAck && type != TypeDropped)
+        {
+            return -1;
+        }
+
+        if (h[9] > MarkerPriority || pos + RoundUp(RecordOverhead + len, _unit) > limit)
+        {
+            return -1;
+        }
+
+        return len;
+    }
+
+    private bool RecordCrcOk(int address, int len)
+    {
+        uint state = Crc32.Update(Crc32.Seed, _rec, 0, 12);
+        int at = address + RecordOverhead;
+        while (len > 0)
+        {
+            int n = len < _chunk.Length ? len : _chunk.Length;
+            _device.Read(at, _chunk, 0, n);
+            state = Crc32.Update(state, _chunk, 0, n);
+            at += n;
+            len -= n;
+        }
+
+        return Crc32.Finish(state) == Le.U32(_rec, 12);
+    }
+
+    /// <summary>Fills the header fields of a record in _rec and returns the CRC state over them.</summary>
+    private uint RecordHeader(int len, uint seq, byte type, byte priority, byte kind, byte flags)
+    {
+        Le.PutU16(_rec, 0, len);
+        Le.PutU16(_rec, 2, len ^ 0xFFFF);
+        Le.PutU32(_rec, 4, seq);
+        _rec[8] = type;
+        _rec[9] = priority;
+        _rec[10] = kind;
+        _rec[11] = flags;
+        return Crc32.Update(Crc32.Seed, _rec, 0, 12);
+    }
+
+    /// <summary>Writes a record whose payload is in RAM: header and payload in one pass of page programs.</summary>
+    private void WriteRecord(int pos, uint seq, byte type, byte priority, byte kind, byte flags, byte[] prefix, int prefixLen, byte[] payload, int offset, int count)
+    {
+        uint state = RecordHeader(prefixLen + count, seq, type, priority, kind, flags);
+        state = Crc32.Update(state, prefix, 0, prefixLen);
+        state = Crc32.Update(state, payload, offset, count);
+        Le.PutU32(_rec, 12, Crc32.Finish(state));
+        StageBegin(pos);
+        Stage(_rec, 0, RecordOverhead);
+        Stage(prefix, 0, prefixLen);
+        Stage(payload, offset, count);
+        StageEnd();
+    }
+
+    /// <summary>Writes a record whose payload is copied from another place on flash (moving an entry forward).</summary>
+    private void CopyRecord(int pos, uint seq, byte type, byte priority, byte kind, uint originalSeq, int sourceAddress, int count)
+    {
+        Le.PutU32(_small, 0, originalSeq);
+        uint state = RecordHeader(RelocationPrefix + count, seq, type, priority, kind, FlagRelocated);
+        state = Crc32.Update(state, _small, 0, RelocationPrefix);
+        for (int done = 0; done < count; done += _chunk.Length)
+        {
+            int n = count - done < _chunk.Length ? count - done : _chunk.Length;
+            _device.Read(sourceAddress + done, _chunk, 0, n);
+            state = Crc32.Update(state, _chunk, 0, n);
+        }
+
+        Le.PutU32(_rec, 12, Crc32.Finish(state));
+        Le.PutU32(_small, 0, originalSeq);
+        StageBegin(pos);
+        Stage(_rec, 0, RecordOverhead);
+        Stage(_small, 0, RelocationPrefix);
+        for (int done = 0; done < count; done += _chunk.Length)
+        {
+            int n = count - done < _chunk.Length ? count - done : _chunk.Length;
+            _device.Read(sourceAddress + done, _chunk, 0, n);
+            Stage(_chunk, 0, n);
+        }
+
+        StageEnd();
+    }
+
+    private void StageBegin(int pos)
+    {
+        _stageAddress = (_head * _sectorBytes) + pos;
+        _stageFill = 0;
+        _writeOffset = pos;
+    }
+
+    /// <summary>Adds bytes to the page being assembled; programs it when the page end is reached.</summary>
+    private void Stage(byte[] source, int offset, int count)
+    {
+        while (count > 0)
+        {
+            int room = _pageBytes - ((_stageAddress + _stageFill) & (_pageBytes - 1));
+            int n = count < room ? count : room;
+            Array.Copy(source, offset, _stage, _stageFill, n);
+            _stageFill += n;
+            offset += n;
+            count -= n;
+            if (n == room)
+            {
+                FlushStage();
+            }
+        }
+    }
+
+    /// <summary>Pads the record to the program unit with 0xFF, programs the rest, and moves the write offset past it.</summary>
+    private void StageEnd()
+    {
+        int padded = RoundUp(_stageFill, _unit);
+        for (int i = _stageFill; i < padded; i++)
+        {
+            _stage[i] = 0xFF;
+        }
+
+        _stageFill = padded;
+        FlushStage();
+        _writeOffset = _stageAddress - (_head * _sectorBytes);
+    }
+
+    private void FlushStage()
+    {
+        if (_stageFill > 0)
+        {
+            _device.Program(_stageAddress, _stage, 0, _stageFill);
+            _stageAddress += _stageFill;
+            _stageFill = 0;
+        }
+    }
+
+    private void EnsureMounted()
+    {
+        if (!_mounted)
+        {
+            throw new InvalidOperationException("Mount the queue first.");
+        }
+    }
+
+    private static int RoundUp(int value, int unit) => (value + unit - 1) & ~(unit - 1);
+
+    private static int BitsOf(int powerOfTwo)
+    {
+        int bits = 0;
+        while ((1 << bits) < powerOfTwo)
+        {
+            bits++;
+        }
+
+        return bits;
+    }
+}

@@ -1,0 +1,424 @@
+using EdgeMail.Firmware.Storage;
+using EdgeMail.Simulation.Boards;
+
+namespace EdgeMail.Simulation.Flash;
+
+/// <summary>
+/// NOR flash as its datasheet describes it: erase sets a sector to 0xFF, program can only clear bits
+/// (the result is the AND of old and new), a program that crosses a page end wraps to the page start,
+/// every operation costs simulated time, and every sector counts its erases. On top of that it injects
+/// the faults that break flash stores in the field: power cuts between and inside operations (a torn
+/// program clears only some of the intended bits, a torn erase leaves a mix), weak bits that read
+/// differently from one read to the next, and — in strict mode — programming a unit twice between
+/// erases is refused as ESP32 flash encryption and ECC-protected internal flash refuse it.
+/// </summary>
+public sealed class NorFlashSimulator : IFlashDevice, IDisposable
+{
+    private readonly byte[] _cells;
+    private readonly ulong[] _programmedUnits;
+    private readonly int[] _eraseCounts;
+    private readonly Dictionary<int, byte> _weakBits = [];
+    private readonly FlashTiming? _timing;
+    private readonly bool _strict;
+    private readonly int _eraseCycles;
+    private readonly FileStream? _image;
+    private Random _random;
+    private long _mutationsUntilCut = -1;
+    private double _cutFraction;
+    private bool _weakBitsOnCut;
+
+    /// <summary>Creates a blank (erased) flash region.</summary>
+    /// <param name="geometry">Geometry and write rules.</param>
+    /// <param name="timing">Datasheet timings; null costs nothing.</param>
+    /// <param name="eraseCycles">Rated erase cycles per sector.</param>
+    /// <param name="seed">Seed of every random choice the simulator makes (torn bits, weak bits).</param>
+    /// <param name="strict">Refuse to program a unit twice between erases (forced when the geometry forbids it).</param>
+    /// <param name="imagePath">Optional file that holds the cells across process restarts.</param>
+    public NorFlashSimulator(FlashGeometry geometry, FlashTiming? timing = null, int eraseCycles = 100_000, int seed = 1, bool strict = false, string? imagePath = null)
+    {
+        ArgumentNullException.ThrowIfNull(geometry);
+        Geometry = geometry;
+        _timing = timing;
+        _eraseCycles = eraseCycles;
+        _strict = strict || !geometry.AllowsReprogram;
+        _random = new Random(seed);
+        _cells = new byte[geometry.SizeBytes];
+        _eraseCounts = new int[geometry.SectorCount];
+        _programmedUnits = new ulong[(geometry.SizeBytes / geometry.ProgramUnit + 63) / 64];
+        Array.Fill(_cells, (byte)0xFF);
+        if (imagePath is not null)
+        {
+            bool exists = File.Exists(imagePath);
+            _image = new FileStream(imagePath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+            if (exists && _image.Length == _cells.Length)
+            {
+                _image.ReadExactly(_cells);
+                MarkNonBlankUnitsProgrammed();
+            }
+            else
+            {
+                _image.SetLength(0);
+                _image.Write(_cells);
+                _image.Flush();
+            }
+        }
+    }
+
+    /// <summary>Creates the queue region of a board profile.</summary>
+    /// <param name="board">The board.</param>
+    /// <param name="seed">Seed of the simulator's random choices.</param>
+    /// <param name="strict">Refuse reprogramming even where the part allows it.</param>
+    /// <param name="imagePath">Optional image file that keeps the cells across restarts.</param>
+    /// <returns>The simulator.</returns>
+    public static NorFlashSimulator FromProfile(BoardProfile board, int seed = 1, bool strict = false, string? imagePath = null)
+    {
+        ArgumentNullException.ThrowIfNull(board);
+        var f = board.Flash;
+        var geometry = new FlashGeometry(checked((int)f.SizeBytes), f.EraseSectorBytes, f.PageBytes, f.ProgramUnitBytes, f.AllowsReprogram, f.Encrypted);
+        return new NorFlashSimulator(geometry, f.Timing, f.EraseCycles, seed, strict, imagePath);
+    }
+
+    /// <inheritdoc />
+    public FlashGeometry Geometry { get; }
+
+    /// <summary>Whether power is off after a cut; every operation then throws until <see cref="PowerOn"/>.</summary>
+    public bool IsPoweredOff { get; private set; }
+
+    /// <summary>Whether programming a unit twice between erases is refused.</summary>
+    public bool Strict => _strict;
+
+    /// <summary>Simulated time spent in flash operations, in microseconds.</summary>
+    public double SimulatedMicros { get; private set; }
+
+    /// <summary>Read operations so far.</summary>
+    public long ReadOps { get; private set; }
+
+    /// <summary>Bytes read so far.</summary>
+    public long BytesRead { get; private set; }
+
+    /// <summary>Program operations so far.</summary>
+    public long ProgramOps { get; private set; }
+
+    /// <summary>Bytes programmed so far.</summary>
+    public long BytesProgrammed { get; private set; }
+
+    /// <summary>Sector erases so far.</summary>
+    public long EraseOps { get; private set; }
+
+    /// <summary>Program and erase operations so far: the points where a power cut can strike.</summary>
+    public long Mutations => ProgramOps + EraseOps;
+
+    /// <summary>Sectors erased more often than the part is rated for.</summary>
+    public int WornSectors => _eraseCounts.Count(c => c > _eraseCycles);
+
+    /// <summary>Erase count of one sector.</summary>
+    /// <param name="sector">Sector index.</param>
+    /// <returns>How many times it was erased.</returns>
+    public int EraseCount(int sector) => _eraseCounts[sector];
+
+    /// <summary>Resets the operation counters and simulated time (not the erase counts).</summary>
+    public void ResetCounters()
+    {
+        SimulatedMicros = 0;
+        ReadOps = BytesRead = ProgramOps = BytesProgrammed = EraseOps = 0;
+    }
+
+    /// <summary>
+    /// Schedules a power cut inside the mutation (program or erase) that follows
+    /// <paramref name="mutationsBefore"/> more mutations. <paramref name="fraction"/> 0 cuts before the
+    /// operation changes anything, 1 after it completed but before it returned; in between, every bit the
+    /// operation was changing has that probability of having changed.
+    /// </summary>
+    /// <param name="mutationsBefore">Mutations allowed to complete first.</param>
+    /// <param name="fraction">How far the cut operation got, 0 to 1.</param>
+    /// <param name="weakBits">Whether bits the torn operation touched may read differently on each read.</param>
+    public void ScheduleCut(long mutationsBefore, double fraction, bool weakBits = false)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(mutationsBefore);
+        _mutationsUntilCut = mutationsBefore;
+        _cutFraction = fraction;
+        _weakBitsOnCut = weakBits;
+    }
+
+    /// <summary>Cancels a scheduled cut.</summary>
+    public void CancelCut() => _mutationsUntilCut = -1;
+
+    /// <summary>Turns the device on again after a cut: the cells keep whatever state the cut left.</summary>
+    /// <param name="seed">Reseeds the random source (weak-bit reads), so each boot is reproducible.</param>
+    public void PowerOn(int? seed = null)
+    {
+        IsPoweredOff = false;
+        _mutationsUntilCut = -1;
+        if (seed is int s)
+        {
+            _random = new Random(s);
+        }
+    }
+
+    /// <inheritdoc />
+    public void Read(int address, byte[] buffer, int offset, int count)
+    {
+        EnsurePowered();
+        CheckRange(address, count);
+        Buffer.BlockCopy(_cells, address, buffer, offset, count);
+        if (_weakBits.Count > 0)
+        {
+            for (int i = 0; i < count; i++)
+            {
+                if (_weakBits.TryGetValue(address + i, out byte mask))
+                {
+                    // A weak cell sits near the read threshold: each read may see either value.
+                    byte noise = (byte)_random.Next(256);
+                    buffer[offset + i] = (byte)((buffer[offset + i] & ~mask) | (noise & mask));
+                }
+            }
+        }
+
+        ReadOps++;
+        BytesRead += count;
+        if (_timing is not null)
+        {
+            SimulatedMicros += _timing.ReadSetupUs + (count * _timing.ReadPerByteUs);
+        }
+    }
+
+    /// <inheritdoc />
+    public void Program(int address, byte[] buffer, int offset, int count)
+    {
+        EnsurePowered();
+        CheckRange(address, count);
+        int unit = Geometry.ProgramUnit;
+        if (address % unit != 0 || count % unit != 0 || count == 0)
+        {
+            throw new FlashViolationException($"Program at 0x{address:X} of {count} bytes is not aligned to the {unit}-byte program unit.");
+        }
+
+        if (count > Geometry.PageBytes)
+        {
+            throw new FlashViolationException($"Program of {count} bytes exceeds the {Geometry.PageBytes}-byte page buffer.");
+        }
+
+        if (_strict)
+        {
+            for (int a = address; a < address + count; a += unit)
+            {
+                if (IsProgrammed(a))
+                {
+                    throw new FlashViolationException($"Unit at 0x{a:X} programmed twice without an erase (strict mode: encrypted or ECC flash forbids it).");
+                }
+            }
+        }
+
+        bool cut = ConsumeCut();
+        int pageStart = address & ~(Geometry.PageBytes - 1);
+        bool encryptedGarble = false;
+        for (int i = 0; i < count; i++)
+        {
+            // A page program that runs past the page end wraps to the page start (datasheet behaviour).
+            int a = pageStart + ((address - pageStart + i) & (Geometry.PageBytes - 1));
+            if (Geometry.Encrypted && _cells[a] != 0xFF)
+            {
+                encryptedGarble = true;
+            }
+
+            byte target = (byte)(_cells[a] & buffer[offset + i]);
+            _cells[a] = cut ? Tear(a, _cells[a], target, clearing: true) : target;
+            if (!cut)
+            {
+                _weakBits.Remove(a);
+            }
+        }
+
+        if (encryptedGarble)
+        {
+            // Clearing bits of ciphertext does not clear the same bits of plaintext: the block decrypts to noise.
+            for (int i = 0; i < count; i++)
+            {
+                _cells[address + i] = (byte)_random.Next(256);
+            }
+        }
+
+        for (int a = address; a < address + count; a += unit)
+        {
+            MarkProgrammed(a);
+        }
+
+        ProgramOps++;
+        BytesProgrammed += count;
+        if (_timing is not null)
+        {
+            double perByte = (_timing.PageProgramUs - _timing.ProgramSetupUs) / Geometry.PageBytes;
+            SimulatedMicros += _timing.ProgramSetupUs + (count * perByte);
+        }
+
+        Persist(address, count);
+        ThrowIfCut(cut, $"program of {count} bytes at 0x{address:X}");
+    }
+
+    /// <inheritdoc />
+    public void EraseSector(int sector)
+    {
+        EnsurePowered();
+        if ((uint)sector >= (uint)Geometry.SectorCount)
+        {
+            throw new ArgumentOutOfRangeException(nameof(sector), sector, $"The region has {Geometry.SectorCount} sectors.");
+        }
+
+        bool cut = ConsumeCut();
+        int start = sector * Geometry.SectorBytes;
+        for (int a = start; a < start + Geometry.SectorBytes; a++)
+        {
+            _cells[a] = cut ? Tear(a, _cells[a], 0xFF, clearing: false) : (byte)0xFF;
+            if (!cut)
+            {
+                _weakBits.Remove(a);
+            }
+        }
+
+        int firstUnit = start / Geometry.ProgramUnit;
+        for (int u = firstUnit; u < firstUnit + (Geometry.SectorBytes / Geometry.ProgramUnit); u++)
+        {
+            _programmedUnits[u >> 6] &= ~(1UL << (u & 63));
+        }
+
+        _eraseCounts[sector]++;
+        EraseOps++;
+        if (_timing is not null)
+        {
+            SimulatedMicros += _timing.SectorEraseUs;
+        }
+
+        Persist(start, Geometry.SectorBytes);
+        ThrowIfCut(cut, $"erase of sector {sector}");
+    }
+
+    /// <summary>Copies the cells (for inspection in tests).</summary>
+    /// <returns>A copy of every byte as stored, weak bits at their last stored value.</returns>
+    public byte[] Snapshot() => (byte[])_cells.Clone();
+
+    /// <inheritdoc />
+    public void Dispose() => _image?.Dispose();
+
+    private byte Tear(int address, byte before, byte target, bool clearing)
+    {
+        // Bits that the operation changes: 1→0 for a program, 0→1 for an erase.
+        byte changing = (byte)(before ^ target);
+        if (changing == 0)
+        {
+            return before;
+        }
+
+        byte done = 0;
+        byte weak = 0;
+        for (int bit = 0; bit < 8; bit++)
+        {
+            byte m = (byte)(1 << bit);
+            if ((changing & m) == 0)
+            {
+                continue;
+            }
+
+            if (_random.NextDouble() < _cutFraction)
+            {
+                done |= m;
+            }
+
+            if (_weakBitsOnCut && _random.Next(4) == 0)
+            {
+                weak |= m;
+            }
+        }
+
+        if (weak != 0)
+        {
+            _weakBits[address] = (byte)((_weakBits.TryGetValue(address, out byte w) ? w : 0) | weak);
+        }
+
+        return clearing ? (byte)(before & ~done) : (byte)(before | done);
+    }
+
+    private bool ConsumeCut()
+    {
+        if (_mutationsUntilCut < 0)
+        {
+            return false;
+        }
+
+        if (_mutationsUntilCut == 0)
+        {
+            _mutationsUntilCut = -1;
+            return true;
+        }
+
+        _mutationsUntilCut--;
+        return false;
+    }
+
+    private void ThrowIfCut(bool cut, string what)
+    {
+        if (cut)
+        {
+            IsPoweredOff = true;
+            throw new PowerLossException($"Power lost during {what} ({_cutFraction:P0} done)");
+        }
+    }
+
+    private void EnsurePowered()
+    {
+        if (IsPoweredOff)
+        {
+            throw new PowerLossException("Flash accessed while power is off");
+        }
+    }
+
+    private void CheckRange(int address, int count)
+    {
+        if (address < 0 || count < 0 || address > Geometry.SizeBytes - count)
+        {
+            throw new ArgumentOutOfRangeException(nameof(address), $"Range 0x{address:X}+{count} is outside the {Geometry.SizeBytes}-byte region.");
+        }
+    }
+
+    private bool IsProgrammed(int address)
+    {
+        int u = address / Geometry.ProgramUnit;
+        return (_programmedUnits[u >> 6] & (1UL << (u & 63))) != 0;
+    }
+
+    private void MarkProgrammed(int address)
+    {
+        int u = address / Geometry.ProgramUnit;
+        _programmedUnits[u >> 6] |= 1UL << (u & 63);
+    }
+
+    private void MarkNonBlankUnitsProgrammed()
+    {
+        int unit = Geometry.ProgramUnit;
+        for (int a = 0; a < _cells.Length; a += unit)
+        {
+            for (int i = 0; i < unit; i++)
+            {
+                if (_cells[a + i] != 0xFF)
+                {
+                    MarkProgrammed(a);
+                    break;
+                }
+            }
+        }
+    }
+
+    private void Persist(int address, int count)
+    {
+        if (_image is null)
+        {
+            return;
+        }
+
+        // Page wrap can touch the start of the page: write the whole page range that may have changed.
+        int start = address & ~(Geometry.PageBytes - 1);
+        int end = Math.Min(_cells.Length, Math.Max(address + count, start + Geometry.PageBytes));
+        _image.Position = start;
+        _image.Write(_cells, start, end - start);
+        _image.Flush();
+    }
+}
