@@ -1,6 +1,15 @@
+using EdgeMail.Gateway.Composition;
+using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Ingest;
+using EdgeMail.Gateway.Receipts;
+using EdgeMail.Gateway.Relay;
+using EdgeMail.Gateway.Routing;
+using EdgeMail.Gateway.Spool;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
 
 namespace EdgeMail.Gateway;
 
@@ -8,15 +17,115 @@ namespace EdgeMail.Gateway;
 public static class GatewayHost
 {
     /// <summary>Creates a host builder with every gateway service registered.</summary>
-    /// <param name="args">Command-line arguments; <c>--Section:Key=value</c> overrides configuration.</param>
+    /// <param name="args">
+    /// Command-line arguments: <c>--config FILE</c> (or <c>EDGEMAIL_CONFIG</c>) names the JSON file; then
+    /// <c>EDGEMAIL_Section__Key</c> environment variables and <c>--Section:Key=value</c> arguments override it.
+    /// </param>
     /// <returns>The builder, ready to build and run.</returns>
     public static HostApplicationBuilder CreateBuilder(string[] args)
     {
-        var builder = Host.CreateApplicationBuilder(args);
-        builder.Services.AddSingleton(TimeProvider.System);
-        builder.Services.Configure<MqttIngestOptions>(builder.Configuration.GetSection(MqttIngestOptions.Section));
-        builder.Services.AddSingleton<EmbeddedBroker>();
-        builder.Services.AddHostedService(sp => sp.GetRequiredService<EmbeddedBroker>());
+        ArgumentNullException.ThrowIfNull(args);
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { Args = args });
+        string? configFile = ConfigFile(args) ?? Environment.GetEnvironmentVariable("EDGEMAIL_CONFIG");
+        var sources = builder.Configuration.Sources;
+        int insertAt = sources.Count;
+        if (configFile is not null)
+        {
+            builder.Configuration.AddJsonFile(Path.GetFullPath(configFile), optional: false, reloadOnChange: false);
+        }
+
+        builder.Configuration.AddEnvironmentVariables("EDGEMAIL_");
+        builder.Configuration.AddCommandLine(args.Where(a => a != "--config" && !a.StartsWith("--config=", StringComparison.Ordinal)).ToArray());
+        string? demo = DemoSetup.Apply(builder.Configuration);
+        _ = insertAt;
+
+        var services = builder.Services;
+        services.AddSingleton(TimeProvider.System);
+        services.AddSingleton<IValidateOptions<GatewayOptions>, GatewayOptionsValidator>();
+        services.AddOptions<GatewayOptions>().Bind(builder.Configuration).ValidateOnStart();
+        services.AddSingleton(new DemoInfo(demo));
+        services.AddSingleton<ISpool>(sp =>
+        {
+            var o = sp.GetRequiredService<IOptions<GatewayOptions>>().Value;
+            string path = o.Spool.Path.Length > 0 ? o.Spool.Path : Path.Combine(o.DataPath(), "spool.db");
+            var spool = SqliteSpool.Open(path, o.Spool.Fsync, o.Spool.MaxBatch, sp.GetRequiredService<ILoggerFactory>().CreateLogger<SqliteSpool>());
+            spool.MaxAge = o.Relay.MaxAge;
+            spool.Clock = sp.GetRequiredService<TimeProvider>();
+            return spool;
+        });
+        services.AddSingleton(sp =>
+        {
+            var o = sp.GetRequiredService<IOptions<GatewayOptions>>().Value;
+            return new MailComposer(o.Sender, TemplateSet.Load(o.TemplateDirectory));
+        });
+        services.AddSingleton<IMailTransport>(sp => Transports.Create(sp.GetRequiredService<IOptions<GatewayOptions>>().Value, sp));
+        services.AddSingleton<ReceiptPublisher>();
+        services.AddSingleton<AlertIngest>();
+        services.AddSingleton<EmbeddedBroker>();
+        services.AddSingleton(sp => new Lazy<IReceiptSink>(() => sp.GetRequiredService<EmbeddedBroker>()));
+        services.AddSingleton<AlertProcessor>();
+        services.AddSingleton<DeliveryWorker>();
+        services.AddHostedService<StartupBanner>();
+        services.AddHostedService(sp => sp.GetRequiredService<EmbeddedBroker>());
+        services.AddHostedService(sp => sp.GetRequiredService<AlertProcessor>());
+        services.AddHostedService(sp => sp.GetRequiredService<DeliveryWorker>());
         return builder;
     }
+
+    private static string? ConfigFile(string[] args)
+    {
+        for (int i = 0; i < args.Length; i++)
+        {
+            if (args[i] == "--config" && i + 1 < args.Length)
+            {
+                return args[i + 1];
+            }
+
+            if (args[i].StartsWith("--config=", StringComparison.Ordinal))
+            {
+                return args[i]["--config=".Length..];
+            }
+        }
+
+        return null;
+    }
+}
+
+/// <summary>Whether the gateway runs on the generated demo configuration.</summary>
+/// <param name="ConfigFile">The demo configuration file, or null.</param>
+public sealed record DemoInfo(string? ConfigFile);
+
+/// <summary>Says at start where things are: the spool, the mailbox, and (in demo mode) the demo devices.</summary>
+internal sealed partial class StartupBanner(IOptions<GatewayOptions> options, DemoInfo demo, IMailTransport transport, ILogger<StartupBanner> logger) : IHostedService
+{
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        var o = options.Value;
+        if (demo.ConfigFile is not null)
+        {
+            LogDemo(demo.ConfigFile, Path.Combine(Path.GetDirectoryName(demo.ConfigFile)!, DemoSetup.SecretsFileName), string.Join(", ", o.Devices.Keys));
+        }
+
+        if (transport is LocalMailbox mailbox)
+        {
+            LogMailbox(mailbox.NewDirectory);
+        }
+        else
+        {
+            LogRelay(o.Relay.Mode, o.Relay.Host, o.Relay.Port);
+        }
+
+        return Task.CompletedTask;
+    }
+
+    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "DEMO MODE: no devices configured, so demo devices {Devices} were created in {ConfigFile}; their secrets are in {SecretsFile}. Configure real devices (gateway/edgemail.example.json) to leave demo mode.")]
+    private partial void LogDemo(string configFile, string secretsFile, string devices);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "No relay configured: mail lands in the local mailbox {Directory} (one .eml file per message)")]
+    private partial void LogMailbox(string directory);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Relay: {Mode} {Host}:{Port}")]
+    private partial void LogRelay(string mode, string host, int port);
 }

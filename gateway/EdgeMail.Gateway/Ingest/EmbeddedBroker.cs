@@ -1,25 +1,43 @@
+using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Sockets;
+using System.Security.Cryptography;
+using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Receipts;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
+using MQTTnet;
+using MQTTnet.Protocol;
 using MQTTnet.Server;
 
 namespace EdgeMail.Gateway.Ingest;
 
-/// <summary>The in-process MQTTnet broker that devices connect to when no external broker is configured.</summary>
-public sealed partial class EmbeddedBroker : IHostedService, IDisposable
+/// <summary>
+/// The in-process MQTTnet broker devices connect to. It authenticates devices (client id = user name = device id,
+/// password checked against the stored hash), lets a device publish only <c>edgemail/v1/{id}/alert|status</c> and
+/// subscribe only to <c>edgemail/v1/{id}/receipt</c>, and answers a QoS 1 alert with PUBACK only after the spool
+/// committed it (MQTTnet awaits the publish interceptor before it sends PUBACK). When the spool fails, the
+/// connection is closed without PUBACK so the device retries later — with MQTT 3.1.1 a PUBACK cannot carry a
+/// refusal.
+/// </summary>
+public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisposable
 {
-    private readonly MqttIngestOptions _options;
+    private const string SessionPeer = "edgemail.peer";
+    private readonly GatewayOptions _options;
+    private readonly AlertIngest _ingest;
     private readonly ILogger<EmbeddedBroker> _logger;
+    private readonly ConcurrentDictionary<string, byte[]> _verified = new(StringComparer.Ordinal);
     private MqttServer? _server;
 
     /// <summary>Creates the broker; it listens once the host starts it.</summary>
-    /// <param name="options">Listener settings.</param>
+    /// <param name="options">Gateway options (devices and the <c>Mqtt</c> listener).</param>
+    /// <param name="ingest">Where alerts and status go.</param>
     /// <param name="logger">Where the broker reports what it does.</param>
-    public EmbeddedBroker(IOptions<MqttIngestOptions> options, ILogger<EmbeddedBroker> logger)
+    public EmbeddedBroker(IOptions<GatewayOptions> options, AlertIngest ingest, ILogger<EmbeddedBroker> logger)
     {
         _options = options.Value;
+        _ingest = ingest;
         _logger = logger;
     }
 
@@ -29,19 +47,23 @@ public sealed partial class EmbeddedBroker : IHostedService, IDisposable
     /// <inheritdoc />
     public async Task StartAsync(CancellationToken cancellationToken)
     {
-        var address = IPAddress.Parse(_options.BindAddress);
-        int port = _options.Port == 0 ? ReserveFreePort(address) : _options.Port;
+        var address = IPAddress.Parse(_options.Mqtt.BindAddress);
+        int port = _options.Mqtt.Port == 0 ? ReserveFreePort(address) : _options.Mqtt.Port;
         var factory = new MqttServerFactory();
         var serverOptions = factory.CreateServerOptionsBuilder()
             .WithDefaultEndpoint()
             .WithDefaultEndpointBoundIPAddress(address)
             .WithDefaultEndpointBoundIPV6Address(IPAddress.None)
             .WithDefaultEndpointPort(port)
+            .WithPersistentSessions(true)
             .Build();
         _server = factory.CreateMqttServer(serverOptions);
+        _server.ValidatingConnectionAsync += ValidateConnectionAsync;
+        _server.InterceptingSubscriptionAsync += InterceptSubscriptionAsync;
+        _server.InterceptingPublishAsync += InterceptPublishAsync;
         await _server.StartAsync().ConfigureAwait(false);
         Endpoint = new IPEndPoint(address, port);
-        LogListening(Endpoint);
+        LogListening(Endpoint, _options.Devices.Count);
     }
 
     /// <inheritdoc />
@@ -56,6 +78,112 @@ public sealed partial class EmbeddedBroker : IHostedService, IDisposable
     /// <inheritdoc />
     public void Dispose() => _server?.Dispose();
 
+    /// <inheritdoc />
+    public Task PublishAsync(string deviceId, byte[] payload)
+    {
+        var server = _server ?? throw new InvalidOperationException("The broker is not started.");
+        var message = new MqttApplicationMessageBuilder()
+            .WithTopic(Topics.Receipt(deviceId))
+            .WithPayload(payload)
+            .WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce)
+            .Build();
+        return server.InjectApplicationMessage(new InjectedMqttApplicationMessage(message));
+    }
+
+    private Task ValidateConnectionAsync(ValidatingConnectionEventArgs e)
+    {
+        string user = e.UserName ?? string.Empty;
+        if (!_options.Devices.TryGetValue(user, out var device) || !CheckSecret(user, device.Secret, e.RawPassword ?? []))
+        {
+            e.ReasonCode = MqttConnectReasonCode.BadUserNameOrPassword;
+            e.ReasonString = "unknown device or wrong secret";
+            LogRefused(e.ClientId ?? string.Empty, e.RemoteEndPoint?.ToString() ?? "?", "unknown device or wrong secret");
+        }
+        else if (!string.Equals(e.ClientId, user, StringComparison.Ordinal))
+        {
+            e.ReasonCode = MqttConnectReasonCode.ClientIdentifierNotValid;
+            e.ReasonString = "client id must equal the user name (the device id)";
+            LogRefused(e.ClientId ?? string.Empty, e.RemoteEndPoint?.ToString() ?? "?", "client id differs from user name");
+        }
+        else
+        {
+            e.SessionItems[SessionPeer] = e.RemoteEndPoint?.ToString();
+        }
+
+        return Task.CompletedTask;
+    }
+
+    // PBKDF2 is deliberately slow; after one successful check the secret's SHA-256 is remembered so reconnects are cheap.
+    private bool CheckSecret(string device, string stored, ReadOnlySpan<byte> presented)
+    {
+        byte[] digest = SHA256.HashData(presented);
+        if (_verified.TryGetValue(device + "\n" + stored, out var known))
+        {
+            return CryptographicOperations.FixedTimeEquals(known, digest);
+        }
+
+        if (!SecretHash.Verify(stored, presented))
+        {
+            return false;
+        }
+
+        _verified[device + "\n" + stored] = digest;
+        return true;
+    }
+
+    private Task InterceptSubscriptionAsync(InterceptingSubscriptionEventArgs e)
+    {
+        if (e.TopicFilter.Topic != Topics.Receipt(e.ClientId))
+        {
+            e.ProcessSubscription = false;
+            e.Response.ReasonCode = MqttSubscribeReasonCode.NotAuthorized;
+            LogTopicRefused(e.ClientId, "subscribe", e.TopicFilter.Topic);
+        }
+
+        return Task.CompletedTask;
+    }
+
+    private async Task InterceptPublishAsync(InterceptingPublishEventArgs e)
+    {
+        if (string.IsNullOrEmpty(e.ClientId))
+        {
+            return; // a receipt injected by the gateway itself
+        }
+
+        e.ProcessPublish = false; // the gateway is the only consumer of device topics
+        string topic = e.ApplicationMessage.Topic;
+        var kind = Topics.Classify(topic, e.ClientId);
+        if (kind == TopicKind.None)
+        {
+            LogTopicRefused(e.ClientId, "publish", topic);
+            e.Response.ReasonCode = MqttPubAckReasonCode.NotAuthorized;
+            e.CloseConnection = true;
+            return;
+        }
+
+        var payload = e.ApplicationMessage.Payload;
+        ReadOnlyMemory<byte> bytes = payload.IsSingleSegment ? payload.First : System.Buffers.BuffersExtensions.ToArray(payload);
+        try
+        {
+            if (kind == TopicKind.Alert)
+            {
+                string? peer = e.SessionItems[SessionPeer] as string;
+                await _ingest.IngestAlertAsync(e.ClientId, peer, bytes, e.CancellationToken).ConfigureAwait(false);
+            }
+            else
+            {
+                await _ingest.IngestStatusAsync(e.ClientId, bytes, e.CancellationToken).ConfigureAwait(false);
+            }
+        }
+        catch (Exception ex) when (ex is Spool.SpoolException or OperationCanceledException)
+        {
+            // Not durable: no PUBACK. Closing the connection is the only refusal MQTT 3.1.1 understands.
+            LogNotStored(ex, e.ClientId);
+            e.Response.ReasonCode = MqttPubAckReasonCode.ImplementationSpecificError;
+            e.CloseConnection = true;
+        }
+    }
+
     // MQTTnet does not report the port it bound, so port 0 is resolved by asking the OS first.
     private static int ReserveFreePort(IPAddress address)
     {
@@ -64,6 +192,61 @@ public sealed partial class EmbeddedBroker : IHostedService, IDisposable
         return ((IPEndPoint)probe.LocalEndpoint).Port;
     }
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "MQTT broker listening on {Endpoint}")]
-    private partial void LogListening(IPEndPoint endpoint);
+    [LoggerMessage(Level = LogLevel.Information, Message = "MQTT broker listening on {Endpoint} for {Devices} device(s)")]
+    private partial void LogListening(IPEndPoint endpoint, int devices);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Refused MQTT connection of '{ClientId}' from {Peer}: {Reason}")]
+    private partial void LogRefused(string clientId, string peer, string reason);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Device {Device} may not {Action} '{Topic}'; only its own edgemail/v1/{Device}/... topics")]
+    private partial void LogTopicRefused(string device, string action, string topic);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Alert from {Device} not stored; closing its connection without PUBACK so it retries")]
+    private partial void LogNotStored(Exception ex, string device);
+}
+
+/// <summary>What a device may publish to.</summary>
+public enum TopicKind
+{
+    /// <summary>Not allowed.</summary>
+    None,
+
+    /// <summary><c>edgemail/v1/{id}/alert</c>.</summary>
+    Alert,
+
+    /// <summary><c>edgemail/v1/{id}/status</c>.</summary>
+    Status,
+}
+
+/// <summary>The topic names of Contract 1.</summary>
+public static class Topics
+{
+    /// <summary>The receipt topic of a device.</summary>
+    /// <param name="deviceId">Device.</param>
+    /// <returns>The topic.</returns>
+    public static string Receipt(string deviceId) => $"edgemail/v1/{deviceId}/receipt";
+
+    /// <summary>Classifies a topic a device published to.</summary>
+    /// <param name="topic">Topic.</param>
+    /// <param name="deviceId">The publishing device.</param>
+    /// <returns>Alert, status, or not allowed.</returns>
+    public static TopicKind Classify(string topic, string deviceId)
+    {
+        ArgumentNullException.ThrowIfNull(topic);
+        ArgumentNullException.ThrowIfNull(deviceId);
+        const string Prefix = "edgemail/v1/";
+        var rest = topic.AsSpan();
+        if (!rest.StartsWith(Prefix, StringComparison.Ordinal) || !rest[Prefix.Length..].StartsWith(deviceId, StringComparison.Ordinal))
+        {
+            return TopicKind.None;
+        }
+
+        rest = rest[(Prefix.Length + deviceId.Length)..];
+        return rest switch
+        {
+            "/alert" => TopicKind.Alert,
+            "/status" => TopicKind.Status,
+            _ => TopicKind.None,
+        };
+    }
 }

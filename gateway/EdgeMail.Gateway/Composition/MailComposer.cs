@@ -1,0 +1,306 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Encodings.Web;
+using System.Text.Unicode;
+using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Ingest;
+using Fluid;
+using MimeKit;
+using MimeKit.Utils;
+
+namespace EdgeMail.Gateway.Composition;
+
+/// <summary>The device an alert came from, as mail shows it.</summary>
+/// <param name="Id">Device id.</param>
+/// <param name="Name">Display name.</param>
+/// <param name="Site">Site.</param>
+public sealed record DeviceInfo(string Id, string Name, string Site);
+
+/// <summary>One alert to write as mail.</summary>
+/// <param name="Device">The device.</param>
+/// <param name="Alert">The alert.</param>
+/// <param name="ReceivedAt">When the gateway received it.</param>
+/// <param name="Peer">Remote endpoint, for the Received trace.</param>
+/// <param name="SpoolId">Spool row, for the Received trace.</param>
+/// <param name="To">Recipients.</param>
+/// <param name="Template">Template name.</param>
+/// <param name="InReplyTo">Message-ID of the raised twin, for a cleared alert.</param>
+public sealed record AlertMail(DeviceInfo Device, Alert Alert, DateTimeOffset ReceivedAt, string? Peer, long SpoolId,
+    IReadOnlyList<MailboxAddress> To, string Template, string? InReplyTo);
+
+/// <summary>
+/// Writes alerts as RFC 5322 mail with MimeKit (no I/O): From the configured sender, To the routed people, a
+/// subject with severity, device, site and text; text and HTML alternatives; Date, a deterministic Message-ID,
+/// <c>Auto-Submitted: auto-generated</c>, a Received trace and In-Reply-To for cleared alerts. Device-supplied
+/// strings only ever become header <em>values</em> (control characters removed, RFC 2047 encoded by MimeKit)
+/// or HTML-escaped body text, so they cannot add a header or break the MIME structure.
+/// </summary>
+public sealed class MailComposer
+{
+    private static readonly TextEncoder HtmlEscaper = HtmlEncoder.Create(UnicodeRanges.All);
+    private static readonly FormatOptions WireFormat = CreateWireFormat();
+    private readonly SenderOptions _sender;
+    private readonly TemplateSet _templates;
+    private readonly TemplateOptions _fluid;
+
+    /// <summary>Creates a composer.</summary>
+    /// <param name="sender">Sender identity.</param>
+    /// <param name="templates">Templates.</param>
+    public MailComposer(SenderOptions sender, TemplateSet templates)
+    {
+        _sender = sender ?? throw new ArgumentNullException(nameof(sender));
+        _templates = templates ?? throw new ArgumentNullException(nameof(templates));
+        _fluid = new TemplateOptions { CultureInfo = CultureInfo.InvariantCulture, TimeZone = TimeZoneInfo.Utc, MaxSteps = 100_000 };
+    }
+
+    /// <summary>Writes one alert as mail.</summary>
+    /// <param name="mail">The alert and its routing.</param>
+    /// <param name="now">The Date of the mail.</param>
+    /// <returns>The message.</returns>
+    public MimeMessage ComposeAlert(AlertMail mail, DateTimeOffset now)
+    {
+        ArgumentNullException.ThrowIfNull(mail);
+        var model = new Dictionary<string, object?>
+        {
+            ["device"] = DeviceModel(mail.Device),
+            ["alert"] = AlertModel(mail.Alert, mail.ReceivedAt),
+            ["gateway"] = new Dictionary<string, object?> { ["hostname"] = _sender.Hostname },
+            ["received_text"] = FormatTime(mail.ReceivedAt),
+        };
+        var message = Render(_templates.Get(mail.Template), model, mail.To, now);
+        message.MessageId = MessageIds.ForAlert(mail.Device.Id, mail.Alert.Id, _sender.Hostname);
+        if (mail.InReplyTo is not null)
+        {
+            message.InReplyTo = mail.InReplyTo;
+            message.References.Add(mail.InReplyTo);
+        }
+
+        AddTrace(message, mail.Device.Id, mail.Peer, mail.SpoolId, mail.ReceivedAt);
+        message.Headers.Add("X-EdgeMail-Device", mail.Device.Id);
+        message.Headers.Add("X-EdgeMail-Alert", Clean(mail.Alert.Id, 128));
+        return message;
+    }
+
+    /// <summary>Writes held repeats of one (device, code) as one digest mail.</summary>
+    /// <param name="device">The device.</param>
+    /// <param name="repeats">The held alerts with their receive times, oldest first.</param>
+    /// <param name="to">Recipients.</param>
+    /// <param name="window">The storm window, for the explanation.</param>
+    /// <param name="firstSpoolId">Spool row of the first repeat, for the trace.</param>
+    /// <param name="inReplyTo">Message-ID of the last mail for this alert, for threading.</param>
+    /// <param name="now">The Date.</param>
+    /// <returns>The message.</returns>
+    public MimeMessage ComposeDigest(DeviceInfo device, IReadOnlyList<(Alert Alert, DateTimeOffset ReceivedAt)> repeats,
+        IReadOnlyList<MailboxAddress> to, TimeSpan window, long firstSpoolId, string? inReplyTo, DateTimeOffset now)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        ArgumentNullException.ThrowIfNull(repeats);
+        var last = repeats[^1];
+        var model = new Dictionary<string, object?>
+        {
+            ["device"] = DeviceModel(device),
+            ["alert"] = AlertModel(last.Alert, last.ReceivedAt),
+            ["repeats"] = repeats.Select(r => AlertModel(r.Alert, r.ReceivedAt)).ToList(),
+            ["window"] = window.ToString("c", CultureInfo.InvariantCulture),
+            ["gateway"] = new Dictionary<string, object?> { ["hostname"] = _sender.Hostname },
+            ["received_text"] = FormatTime(last.ReceivedAt),
+        };
+        var message = Render(_templates.Get("digest"), model, to, now);
+        message.MessageId = MessageIds.ForDigest(device.Id, last.Alert.Code, repeats[0].Alert.Id, _sender.Hostname);
+        if (inReplyTo is not null)
+        {
+            message.InReplyTo = inReplyTo;
+            message.References.Add(inReplyTo);
+        }
+
+        AddTrace(message, device.Id, null, firstSpoolId, repeats[0].ReceivedAt);
+        message.Headers.Add("X-EdgeMail-Device", device.Id);
+        return message;
+    }
+
+    /// <summary>Writes a failure notice to the operator about mail that could not be delivered.</summary>
+    /// <param name="failedMessageId">Message-ID of the failed mail.</param>
+    /// <param name="failedSubject">Its subject.</param>
+    /// <param name="failures">Recipient and reason for each failed recipient.</param>
+    /// <param name="operatorMailbox">Who is told.</param>
+    /// <param name="now">The Date.</param>
+    /// <returns>The notice.</returns>
+    public MimeMessage ComposeFailureNotice(string failedMessageId, string failedSubject, IReadOnlyList<(string Address, string Reason)> failures,
+        MailboxAddress operatorMailbox, DateTimeOffset now)
+    {
+        ArgumentNullException.ThrowIfNull(failures);
+        var message = new MimeMessage();
+        message.From.Add(new MailboxAddress(_sender.DisplayName + " (delivery)", _sender.Address));
+        message.To.Add(operatorMailbox);
+        message.Subject = Clean("Undeliverable: " + failedSubject, 200);
+        message.Date = now;
+        message.MessageId = MessageIds.ForNotice(failedMessageId);
+        message.InReplyTo = failedMessageId;
+        message.Headers.Add("Auto-Submitted", "auto-replied");
+        var text = new StringBuilder();
+        text.Append("EdgeMail could not deliver the mail ").Append('<').Append(failedMessageId).Append('>').Append(" to:\n\n");
+        foreach (var (address, reason) in failures)
+        {
+            text.Append("  ").Append(address).Append(": ").Append(Clean(reason, 500)).Append('\n');
+        }
+
+        text.Append("\nThe device has been sent a 'failed' receipt. Check the relay settings and the addresses above.\n");
+        message.Body = new TextPart("plain") { Text = text.ToString() };
+        message.Prepare(EncodingConstraint.SevenBit, 78);
+        return message;
+    }
+
+    /// <summary>The message as wire bytes (CRLF line endings, 7-bit).</summary>
+    /// <param name="message">The message.</param>
+    /// <returns>Bytes to spool and send.</returns>
+    public static byte[] ToWire(MimeMessage message)
+    {
+        ArgumentNullException.ThrowIfNull(message);
+        using var stream = new MemoryStream();
+        message.WriteTo(WireFormat, stream);
+        return stream.ToArray();
+    }
+
+    private MimeMessage Render(MailTemplate template, Dictionary<string, object?> model, IReadOnlyList<MailboxAddress> to, DateTimeOffset now)
+    {
+        var context = new TemplateContext(_fluid);
+        foreach (var (key, value) in model)
+        {
+            context.SetValue(key, value);
+        }
+
+        string subject = Clean(template.Subject.Render(context, NullEncoder.Default), 250);
+        string text = CleanBody(template.Text.Render(context, NullEncoder.Default));
+        string html = CleanBody(template.Html.Render(context, HtmlEscaper));
+
+        var message = new MimeMessage();
+        message.From.Add(new MailboxAddress(_sender.DisplayName, _sender.Address));
+        foreach (var mailbox in to)
+        {
+            message.To.Add(mailbox);
+        }
+
+        message.Subject = subject;
+        message.Date = now;
+        message.Headers.Add("Auto-Submitted", "auto-generated");
+        message.Headers.Add("X-Auto-Response-Suppress", "All");
+        message.Body = new BodyBuilder { TextBody = text, HtmlBody = html }.ToMessageBody();
+        message.Prepare(EncodingConstraint.SevenBit, 78);
+        return message;
+    }
+
+    private void AddTrace(MimeMessage message, string device, string? peer, long spoolId, DateTimeOffset receivedAt)
+    {
+        string from = peer is null ? device : $"{device} ([{PeerAddress(peer)}])";
+        message.Headers.Insert(0, HeaderId.Received,
+            $"from {from} by {_sender.Hostname} (EdgeMail) with MQTT id {spoolId.ToString(CultureInfo.InvariantCulture)}; {DateUtils.FormatDate(receivedAt)}");
+    }
+
+    private static string PeerAddress(string peer)
+    {
+        int colon = peer.LastIndexOf(':');
+        string host = colon > 0 ? peer[..colon] : peer;
+        return new string(host.Where(c => char.IsAsciiHexDigit(c) || c is '.' or ':').ToArray()).Trim('[', ']');
+    }
+
+    private static Dictionary<string, object?> DeviceModel(DeviceInfo device) => new()
+    {
+        ["id"] = device.Id,
+        ["name"] = Clean(device.Name.Length > 0 ? device.Name : device.Id, 200),
+        ["site"] = Clean(device.Site, 200),
+    };
+
+    private static Dictionary<string, object?> AlertModel(Alert alert, DateTimeOffset receivedAt)
+    {
+        var raised = alert.RaisedAt(receivedAt);
+        string raisedText = raised is null
+            ? "time unknown (the device had no clock)"
+            : alert.Raised is null ? FormatTime(raised.Value) + " (from the device's uptime)" : FormatTime(raised.Value);
+        string text = CleanBody(alert.Text);
+        return new Dictionary<string, object?>
+        {
+            ["id"] = Clean(alert.Id, 128),
+            ["seq"] = alert.Seq,
+            ["state"] = alert.State == AlertState.Raised ? "raised" : "cleared",
+            ["severity"] = Severities.Name(alert.Severity),
+            ["label"] = alert.State == AlertState.Cleared ? "CLEARED" : Severities.Name(alert.Severity).ToUpperInvariant(),
+            ["color"] = alert.State == AlertState.Cleared ? "#2e7d32" : alert.Severity switch { Severity.Critical => "#c62828", Severity.Warning => "#ef6c00", _ => "#1565c0" },
+            ["code"] = alert.Code,
+            ["text"] = text.Length > 0 ? text : alert.Code,
+            ["summary"] = Clean(alert.Text.Length > 0 ? alert.Text : alert.Code, 120),
+            ["values"] = alert.Values.Select(v => new Dictionary<string, object?>
+            {
+                ["name"] = Clean(v.Key, 64),
+                ["value"] = v.Value.ToString("G", CultureInfo.InvariantCulture),
+            }).ToList(),
+            ["raised_text"] = raisedText,
+            ["time_known"] = raised is not null,
+            ["count"] = alert.Count,
+            ["first_text"] = alert.First is { } f ? FormatTime(f) : string.Empty,
+            ["last_text"] = alert.Last is { } l ? FormatTime(l) : string.Empty,
+            ["boot"] = alert.Boot,
+        };
+    }
+
+    private static string FormatTime(DateTimeOffset t) => t.ToUniversalTime().ToString("yyyy-MM-dd HH:mm:ss 'UTC'", CultureInfo.InvariantCulture);
+
+    /// <summary>One line of text: control characters become spaces, runs of white space collapse, long text is cut with an ellipsis.</summary>
+    /// <param name="s">Untrusted text.</param>
+    /// <param name="max">Most characters kept.</param>
+    /// <returns>Safe single-line text.</returns>
+    internal static string Clean(string s, int max)
+    {
+        var sb = new StringBuilder(Math.Min(s.Length, max + 1));
+        bool space = false;
+        foreach (char c in s)
+        {
+            if (char.IsControl(c) || char.IsWhiteSpace(c) || c is '\u2028' or '\u2029')
+            {
+                space = sb.Length > 0;
+                continue;
+            }
+
+            if (space)
+            {
+                sb.Append(' ');
+                space = false;
+            }
+
+            sb.Append(c);
+        }
+
+        if (sb.Length > max)
+        {
+            int cut = max - 1;
+            if (char.IsHighSurrogate(sb[cut - 1]))
+            {
+                cut--;
+            }
+
+            sb.Length = cut;
+            sb.Append('…');
+        }
+
+        return sb.ToString();
+    }
+
+    // Body text: keep newlines and tabs, make other control characters visible as U+FFFD.
+    private static string CleanBody(string s)
+    {
+        var sb = new StringBuilder(s.Length);
+        foreach (char c in s.Replace("\r\n", "\n", StringComparison.Ordinal))
+        {
+            sb.Append(c is '\n' or '\t' ? c : c == '\r' ? '\n' : char.IsControl(c) ? '\uFFFD' : c);
+        }
+
+        return sb.ToString().Replace("\n\n\n\n", "\n\n\n", StringComparison.Ordinal);
+    }
+
+    private static FormatOptions CreateWireFormat()
+    {
+        var options = FormatOptions.Default.Clone();
+        options.NewLineFormat = NewLineFormat.Dos;
+        options.International = false;
+        return options;
+    }
+}

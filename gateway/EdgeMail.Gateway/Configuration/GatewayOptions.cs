@@ -1,0 +1,181 @@
+using EdgeMail.Gateway.Ingest;
+
+namespace EdgeMail.Gateway.Configuration;
+
+/// <summary>
+/// Everything the gateway is told: who the people are, which devices may connect, which alerts go to whom,
+/// how mail leaves, and where state lives. Bound from the root of the configuration (JSON file, then
+/// <c>EDGEMAIL_</c> environment variables, then <c>--Key=value</c> command-line arguments).
+/// </summary>
+public sealed class GatewayOptions
+{
+    /// <summary>Directory for the spool, the local mailbox and generated demo state. Relative paths are resolved against the working directory.</summary>
+    public string DataDirectory { get; set; } = "edgemail-data";
+
+    /// <summary>The MQTT listener.</summary>
+    public MqttIngestOptions Mqtt { get; set; } = new();
+
+    /// <summary>Who the gateway's mail comes from.</summary>
+    public SenderOptions Sender { get; set; } = new();
+
+    /// <summary>People, by user id.</summary>
+    public Dictionary<string, UserOptions> Users { get; set; } = new(StringComparer.OrdinalIgnoreCase);
+
+    /// <summary>Groups (roles such as <c>oncall</c>): group id to member user ids.</summary>
+    public Dictionary<string, List<string>> Groups { get; set; } = new(StringComparer.OrdinalIgnoreCase);
+
+    /// <summary>Devices allowed to connect, by device id.</summary>
+    public Dictionary<string, DeviceOptions> Devices { get; set; } = new(StringComparer.Ordinal);
+
+    /// <summary>Routes, evaluated in order; every matching route adds its recipients.</summary>
+    public List<RouteOptions> Routes { get; set; } = [];
+
+    /// <summary>Where mail goes.</summary>
+    public RelayOptions Relay { get; set; } = new();
+
+    /// <summary>The durable spool.</summary>
+    public SpoolOptions Spool { get; set; } = new();
+
+    /// <summary>Storm control.</summary>
+    public StormOptions Storm { get; set; } = new();
+
+    /// <summary>Directory with user-edited templates (<c>NAME.subject.liquid</c>, <c>NAME.text.liquid</c>, <c>NAME.html.liquid</c>); empty for the built-in ones.</summary>
+    public string TemplateDirectory { get; set; } = string.Empty;
+
+    /// <summary>Resolves <see cref="DataDirectory"/> to an absolute path.</summary>
+    /// <returns>The absolute data directory.</returns>
+    public string DataPath() => Path.GetFullPath(DataDirectory);
+}
+
+/// <summary>The gateway's mail identity (configuration section <c>Sender</c>).</summary>
+public sealed class SenderOptions
+{
+    /// <summary>From address of every alert mail.</summary>
+    public string Address { get; set; } = "edgemail@gateway.localhost";
+
+    /// <summary>Display name in From.</summary>
+    public string DisplayName { get; set; } = "EdgeMail";
+
+    /// <summary>Host name used in Message-IDs, Received headers and EHLO.</summary>
+    public string Hostname { get; set; } = "gateway.localhost";
+
+    /// <summary>Who receives failure notices (a user id or an address); empty sends them to the sender address.</summary>
+    public string Operator { get; set; } = string.Empty;
+}
+
+/// <summary>A person who can be told about alerts.</summary>
+public sealed class UserOptions
+{
+    /// <summary>Display name.</summary>
+    public string Name { get; set; } = string.Empty;
+
+    /// <summary>Mail address.</summary>
+    public string Email { get; set; } = string.Empty;
+}
+
+/// <summary>A device allowed to connect.</summary>
+public sealed class DeviceOptions
+{
+    /// <summary>The hashed secret, <c>pbkdf2-sha256$iterations$salt$hash</c> (see <see cref="SecretHash"/>; <c>EdgeMail.Gateway hash-secret</c> makes one).</summary>
+    public string Secret { get; set; } = string.Empty;
+
+    /// <summary>Human name used in mail (defaults to the id).</summary>
+    public string Name { get; set; } = string.Empty;
+
+    /// <summary>Site (building, hall) shown in the subject.</summary>
+    public string Site { get; set; } = string.Empty;
+
+    /// <summary>User or group ids that own the device; the route recipient <c>owners</c> expands to them.</summary>
+    public List<string> Owners { get; set; } = [];
+}
+
+/// <summary>One routing rule: which alerts, to whom, with which template.</summary>
+public sealed class RouteOptions
+{
+    /// <summary>Device id pattern (<c>*</c> and <c>?</c> wildcards).</summary>
+    public string Devices { get; set; } = "*";
+
+    /// <summary>Alert code pattern (<c>*</c> and <c>?</c> wildcards).</summary>
+    public string Codes { get; set; } = "*";
+
+    /// <summary>Lowest severity that matches: <c>info</c>, <c>warning</c> or <c>critical</c>.</summary>
+    public string MinSeverity { get; set; } = "info";
+
+    /// <summary>User ids, group ids, the word <c>owners</c>, or literal addresses.</summary>
+    public List<string> To { get; set; } = [];
+
+    /// <summary>Template name.</summary>
+    public string Template { get; set; } = "default";
+}
+
+/// <summary>How mail leaves the gateway (configuration section <c>Relay</c>).</summary>
+public sealed class RelayOptions
+{
+    /// <summary><c>Mailbox</c> (default: files on disk), <c>Smarthost</c> or <c>DirectMx</c>.</summary>
+    public string Mode { get; set; } = "Mailbox";
+
+    /// <summary>Local mailbox directory; empty means <c>DataDirectory/mailbox</c>.</summary>
+    public string MailboxPath { get; set; } = string.Empty;
+
+    /// <summary>Smarthost name or address.</summary>
+    public string Host { get; set; } = string.Empty;
+
+    /// <summary>Smarthost port (587 STARTTLS, 465 implicit TLS, 25).</summary>
+    public int Port { get; set; } = 587;
+
+    /// <summary><c>StartTls</c>, <c>Tls</c> (implicit), <c>StartTlsWhenAvailable</c> or <c>None</c>.</summary>
+    public string Security { get; set; } = "StartTls";
+
+    /// <summary>AUTH user name; empty for no AUTH.</summary>
+    public string User { get; set; } = string.Empty;
+
+    /// <summary>AUTH password.</summary>
+    public string Password { get; set; } = string.Empty;
+
+    /// <summary>Accept any server certificate (tests only).</summary>
+    public bool AcceptAnyCertificate { get; set; }
+
+    /// <summary>SMTP port used for direct MX delivery.</summary>
+    public int MxPort { get; set; } = 25;
+
+    /// <summary>DNS server for MX lookups as <c>host:port</c>; empty uses the system resolver.</summary>
+    public string DnsServer { get; set; } = string.Empty;
+
+    /// <summary>Waits between attempts; the last one repeats.</summary>
+    public List<TimeSpan> Backoff { get; set; } = [];
+
+    /// <summary>Give up and bounce after this long (RFC 5321 §4.5.4.1: at least 4–5 days).</summary>
+    public TimeSpan MaxAge { get; set; } = TimeSpan.FromDays(5);
+
+    /// <summary>Messages delivered in parallel.</summary>
+    public int Concurrency { get; set; } = 4;
+
+    /// <summary>Connection timeout for SMTP.</summary>
+    public TimeSpan Timeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>The effective backoff schedule.</summary>
+    /// <returns>The configured schedule, or Postfix-like defaults.</returns>
+    public IReadOnlyList<TimeSpan> EffectiveBackoff() => Backoff.Count > 0
+        ? Backoff
+        : [TimeSpan.FromMinutes(1), TimeSpan.FromMinutes(5), TimeSpan.FromMinutes(15), TimeSpan.FromMinutes(30), TimeSpan.FromMinutes(66)];
+}
+
+/// <summary>The durable spool (configuration section <c>Spool</c>).</summary>
+public sealed class SpoolOptions
+{
+    /// <summary>SQLite file; empty means <c>DataDirectory/spool.db</c>.</summary>
+    public string Path { get; set; } = string.Empty;
+
+    /// <summary>Fsync each commit (SQLite <c>synchronous=FULL</c>). Turning it off breaks the durability promise; benchmarks only.</summary>
+    public bool Fsync { get; set; } = true;
+
+    /// <summary>Most operations committed in one transaction.</summary>
+    public int MaxBatch { get; set; } = 512;
+}
+
+/// <summary>Storm control (configuration section <c>Storm</c>).</summary>
+public sealed class StormOptions
+{
+    /// <summary>Repeats of one (device, code) inside this window after a mail become one digest; zero disables.</summary>
+    public TimeSpan Window { get; set; } = TimeSpan.FromMinutes(10);
+}

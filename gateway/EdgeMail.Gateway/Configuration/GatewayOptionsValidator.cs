@@ -1,0 +1,215 @@
+using System.Net;
+using System.Text.RegularExpressions;
+using EdgeMail.Gateway.Ingest;
+using Microsoft.Extensions.Options;
+using MimeKit;
+
+namespace EdgeMail.Gateway.Configuration;
+
+/// <summary>
+/// Checks the whole configuration at start. Every message names the key (as it is spelled in the JSON
+/// file or as <c>--Key:Sub=value</c>) and says how to fix it.
+/// </summary>
+public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
+{
+    /// <summary>Relay modes the gateway knows.</summary>
+    public static readonly IReadOnlyList<string> RelayModes = ["Mailbox", "Smarthost", "DirectMx"];
+
+    /// <summary>Smarthost security settings the gateway knows.</summary>
+    public static readonly IReadOnlyList<string> SecurityModes = ["StartTls", "Tls", "StartTlsWhenAvailable", "None"];
+
+    /// <inheritdoc />
+    public ValidateOptionsResult Validate(string? name, GatewayOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var errors = Check(options);
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
+
+    /// <summary>Lists every problem in the options.</summary>
+    /// <param name="o">The options.</param>
+    /// <returns>One message per problem; empty when valid.</returns>
+    public static List<string> Check(GatewayOptions o)
+    {
+        ArgumentNullException.ThrowIfNull(o);
+        var errors = new List<string>();
+        void Add(string key, string problem, string fix) => errors.Add($"{key}: {problem}. Fix: {fix}.");
+
+        if (string.IsNullOrWhiteSpace(o.DataDirectory))
+        {
+            Add("DataDirectory", "is empty", "give a writable directory, e.g. \"/var/lib/edgemail\"");
+        }
+
+        if (!IPAddress.TryParse(o.Mqtt.BindAddress, out _))
+        {
+            Add("Mqtt:BindAddress", $"'{o.Mqtt.BindAddress}' is not an IP address", "use e.g. 127.0.0.1 (loopback) or 0.0.0.0 (all interfaces)");
+        }
+
+        if (o.Mqtt.Port is < 0 or > 65535)
+        {
+            Add("Mqtt:Port", $"{o.Mqtt.Port} is not a TCP port", "use 1883, or 0 to let the OS choose");
+        }
+
+        if (!MailboxAddress.TryParse(o.Sender.Address, out var from) || from.Address.IndexOf('@', StringComparison.Ordinal) < 1)
+        {
+            Add("Sender:Address", $"'{o.Sender.Address}' is not a mail address", "use an address in a domain you send from, e.g. edgemail@example.com");
+        }
+
+        if (!HostnameRegex().IsMatch(o.Sender.Hostname))
+        {
+            Add("Sender:Hostname", $"'{o.Sender.Hostname}' is not a host name", "use the gateway's DNS name, e.g. gw1.example.com");
+        }
+
+        foreach (var (id, user) in o.Users)
+        {
+            if (!IsAddress(user.Email))
+            {
+                Add($"Users:{id}:Email", $"'{user.Email}' is not a mail address", "give the person's address, e.g. alice@example.com");
+            }
+        }
+
+        foreach (var (id, members) in o.Groups)
+        {
+            if (o.Users.ContainsKey(id))
+            {
+                Add($"Groups:{id}", "has the same id as a user", "rename the group or the user");
+            }
+
+            for (int i = 0; i < members.Count; i++)
+            {
+                if (!o.Users.ContainsKey(members[i]))
+                {
+                    Add($"Groups:{id}:{i}", $"'{members[i]}' is not a user", "add it under Users or remove it from the group");
+                }
+            }
+        }
+
+        foreach (var (id, device) in o.Devices)
+        {
+            if (!DeviceIdRegex().IsMatch(id))
+            {
+                Add($"Devices:{id}", "the device id must match [A-Za-z0-9_.-]{1,64} (it is the MQTT client id and a topic level)", "rename the device");
+            }
+
+            if (!SecretHash.IsWellFormed(device.Secret, out string problem))
+            {
+                Add($"Devices:{id}:Secret", "is not a stored secret hash", problem);
+            }
+
+            for (int i = 0; i < device.Owners.Count; i++)
+            {
+                if (!o.Users.ContainsKey(device.Owners[i]) && !o.Groups.ContainsKey(device.Owners[i]))
+                {
+                    Add($"Devices:{id}:Owners:{i}", $"'{device.Owners[i]}' is neither a user nor a group", "add it under Users or Groups");
+                }
+            }
+        }
+
+        for (int r = 0; r < o.Routes.Count; r++)
+        {
+            var route = o.Routes[r];
+            if (!Severities.TryParse(route.MinSeverity, out _))
+            {
+                Add($"Routes:{r}:MinSeverity", $"'{route.MinSeverity}' is not a severity", "use info, warning or critical");
+            }
+
+            if (route.To.Count == 0)
+            {
+                Add($"Routes:{r}:To", "is empty", "list user ids, group ids, \"owners\" or addresses");
+            }
+
+            for (int i = 0; i < route.To.Count; i++)
+            {
+                string to = route.To[i];
+                if (!o.Users.ContainsKey(to) && !o.Groups.ContainsKey(to) && to != "owners" && !IsAddress(to))
+                {
+                    Add($"Routes:{r}:To:{i}", $"'{to}' is not a user, a group, \"owners\" or a mail address", "add it under Users or Groups, or fix the spelling");
+                }
+            }
+
+            if (string.IsNullOrWhiteSpace(route.Template))
+            {
+                Add($"Routes:{r}:Template", "is empty", "use \"default\" or the name of a template in TemplateDirectory");
+            }
+        }
+
+        if (o.TemplateDirectory.Length > 0 && !Directory.Exists(o.TemplateDirectory))
+        {
+            Add("TemplateDirectory", $"'{o.TemplateDirectory}' does not exist", "create it or leave the key empty for the built-in templates");
+        }
+
+        ValidateRelay(o.Relay, Add);
+
+        if (o.Spool.MaxBatch < 1)
+        {
+            Add("Spool:MaxBatch", $"{o.Spool.MaxBatch} is below 1", "use e.g. 512");
+        }
+
+        if (o.Storm.Window < TimeSpan.Zero)
+        {
+            Add("Storm:Window", "is negative", "use e.g. 00:10:00, or 00:00:00 to disable storm control");
+        }
+
+        if (o.Sender.Operator.Length > 0 && !o.Users.ContainsKey(o.Sender.Operator) && !IsAddress(o.Sender.Operator))
+        {
+            Add("Sender:Operator", $"'{o.Sender.Operator}' is neither a user nor a mail address", "name a user id or give an address");
+        }
+
+        return errors;
+    }
+
+    private static void ValidateRelay(RelayOptions relay, Action<string, string, string> add)
+    {
+        if (!RelayModes.Contains(relay.Mode, StringComparer.OrdinalIgnoreCase))
+        {
+            add("Relay:Mode", $"'{relay.Mode}' is not a relay mode", "use Mailbox, Smarthost or DirectMx");
+        }
+
+        if (string.Equals(relay.Mode, "Smarthost", StringComparison.OrdinalIgnoreCase) && string.IsNullOrWhiteSpace(relay.Host))
+        {
+            add("Relay:Host", "is empty but Relay:Mode is Smarthost", "give the smarthost's name, e.g. smtp.example.com");
+        }
+
+        if (relay.Port is < 1 or > 65535)
+        {
+            add("Relay:Port", $"{relay.Port} is not a TCP port", "use 587 (STARTTLS), 465 (TLS) or 25");
+        }
+
+        if (!SecurityModes.Contains(relay.Security, StringComparer.OrdinalIgnoreCase))
+        {
+            add("Relay:Security", $"'{relay.Security}' is unknown", "use StartTls, Tls, StartTlsWhenAvailable or None");
+        }
+
+        if (relay.Concurrency < 1)
+        {
+            add("Relay:Concurrency", $"{relay.Concurrency} is below 1", "use e.g. 4");
+        }
+
+        if (relay.MaxAge <= TimeSpan.Zero)
+        {
+            add("Relay:MaxAge", "must be positive", "use e.g. 5.00:00:00 (five days)");
+        }
+
+        for (int i = 0; i < relay.Backoff.Count; i++)
+        {
+            if (relay.Backoff[i] < TimeSpan.Zero)
+            {
+                add($"Relay:Backoff:{i}", "is negative", "use e.g. 00:05:00");
+            }
+        }
+
+        if (relay.DnsServer.Length > 0 && !IPEndPoint.TryParse(relay.DnsServer, out _))
+        {
+            add("Relay:DnsServer", $"'{relay.DnsServer}' is not host:port", "use e.g. 127.0.0.1:53, or leave empty for the system resolver");
+        }
+    }
+
+    private static bool IsAddress(string value) =>
+        MailboxAddress.TryParse(value, out var mailbox) && mailbox.Address.IndexOf('@', StringComparison.Ordinal) > 0 && string.IsNullOrEmpty(mailbox.Name);
+
+    [GeneratedRegex("^[A-Za-z0-9_.-]{1,64}$")]
+    internal static partial Regex DeviceIdRegex();
+
+    [GeneratedRegex("^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")]
+    private static partial Regex HostnameRegex();
+}

@@ -1,0 +1,68 @@
+using System.Security.Cryptography;
+using EdgeMail.Gateway.Receipts;
+using EdgeMail.Gateway.Spool;
+using Microsoft.Extensions.Logging;
+
+namespace EdgeMail.Gateway.Ingest;
+
+/// <summary>
+/// What the MQTT (and later SMTP) listeners do with an alert payload: validate it, store it durably (valid or
+/// rejected), and tell the device. The caller acknowledges the transport only after this returns; if it throws,
+/// nothing is acknowledged and the device retries.
+/// </summary>
+public sealed partial class AlertIngest
+{
+    private readonly ISpool _spool;
+    private readonly ReceiptPublisher _receipts;
+    private readonly TimeProvider _clock;
+    private readonly ILogger<AlertIngest> _logger;
+
+    /// <summary>Creates the ingest step.</summary>
+    /// <param name="spool">The spool.</param>
+    /// <param name="receipts">Receipts back to devices.</param>
+    /// <param name="clock">Clock.</param>
+    /// <param name="logger">Logger.</param>
+    public AlertIngest(ISpool spool, ReceiptPublisher receipts, TimeProvider clock, ILogger<AlertIngest> logger)
+    {
+        _spool = spool;
+        _receipts = receipts;
+        _clock = clock;
+        _logger = logger;
+    }
+
+    /// <summary>Validates and durably stores one alert, then sends the receipt.</summary>
+    /// <param name="deviceId">Authenticated device.</param>
+    /// <param name="peer">Remote endpoint.</param>
+    /// <param name="payload">The payload.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The spool outcome.</returns>
+    public async Task<AcceptOutcome> IngestAlertAsync(string deviceId, string? peer, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken)
+    {
+        var parsed = AlertParser.Parse(payload.Span);
+        string alertId = parsed.Id ?? "rejected-" + Convert.ToHexStringLower(SHA256.HashData(payload.Span).AsSpan(0, 16));
+        var incoming = new IncomingAlert(deviceId, alertId, _clock.GetUtcNow(), peer, payload, parsed.Reason, parsed.Alert?.Code);
+        var outcome = await _spool.AcceptAlertAsync(incoming, cancellationToken).ConfigureAwait(false);
+        if (parsed.IsValid)
+        {
+            _receipts.Publish(deviceId, alertId, ReceiptState.Accepted, outcome == AcceptOutcome.Duplicate ? "duplicate" : string.Empty);
+        }
+        else
+        {
+            LogRejected(deviceId, parsed.Id ?? "(none)", parsed.Reason!);
+            _receipts.Publish(deviceId, parsed.Id ?? string.Empty, ReceiptState.Rejected, parsed.Reason!);
+        }
+
+        return outcome;
+    }
+
+    /// <summary>Records a status heartbeat.</summary>
+    /// <param name="deviceId">Device.</param>
+    /// <param name="payload">Status JSON.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task completing after commit.</returns>
+    public Task IngestStatusAsync(string deviceId, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken) =>
+        _spool.RecordStatusAsync(deviceId, _clock.GetUtcNow(), payload.Length > AlertParser.MaxPayloadBytes ? payload[..AlertParser.MaxPayloadBytes] : payload, cancellationToken);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Rejected alert {AlertId} from {Device}: {Reason}")]
+    private partial void LogRejected(string device, string alertId, string reason);
+}

@@ -1,0 +1,110 @@
+using System.Text;
+using EdgeMail.Gateway.Spool;
+
+namespace EdgeMail.Gateway.Relay;
+
+/// <summary>
+/// The embedded default: each message becomes one <c>.eml</c> file in a Maildir-like folder (<c>tmp/</c> then
+/// an atomic rename into <c>new/</c>, fsync'd) that any mail program opens. The file name comes from the
+/// Message-ID, so a repeated attempt after a crash replaces the same file instead of adding a second one.
+/// </summary>
+public sealed class LocalMailbox : IMailTransport
+{
+    private readonly string _root;
+
+    /// <summary>Creates the mailbox at <paramref name="root"/> (creating <c>tmp</c>, <c>new</c>, <c>cur</c>).</summary>
+    /// <param name="root">Mailbox directory.</param>
+    public LocalMailbox(string root)
+    {
+        _root = Path.GetFullPath(root);
+        foreach (string sub in new[] { "tmp", "new", "cur" })
+        {
+            Directory.CreateDirectory(Path.Combine(_root, sub));
+        }
+    }
+
+    /// <summary>Where new mail lands.</summary>
+    public string NewDirectory => Path.Combine(_root, "new");
+
+    /// <summary>The file name used for a Message-ID.</summary>
+    /// <param name="messageId">Message-ID without brackets.</param>
+    /// <returns>A safe file name ending in <c>.eml</c>.</returns>
+    public static string FileName(string messageId)
+    {
+        ArgumentNullException.ThrowIfNull(messageId);
+        var sb = new StringBuilder(messageId.Length + 4);
+        foreach (char c in messageId)
+        {
+            sb.Append(char.IsAsciiLetterOrDigit(c) || c is '.' or '-' or '_' or '@' ? c : '_');
+        }
+
+        return sb.Append(".eml").ToString();
+    }
+
+    /// <inheritdoc />
+    public async Task<IReadOnlyList<RecipientResult>> SendAsync(QueuedMessage message, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(message);
+        string name = FileName(message.MessageId);
+        string tmp = Path.Combine(_root, "tmp", name);
+        string final = Path.Combine(_root, "new", name);
+        try
+        {
+            var envelope = Encoding.ASCII.GetBytes($"X-EdgeMail-Envelope-To: {string.Join(", ", message.PendingRecipients)}\r\n");
+            await using (var file = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 16384, FileOptions.Asynchronous))
+            {
+                await file.WriteAsync(envelope, cancellationToken).ConfigureAwait(false);
+                await file.WriteAsync(message.Mime, cancellationToken).ConfigureAwait(false);
+                await file.FlushAsync(cancellationToken).ConfigureAwait(false);
+                file.Flush(flushToDisk: true);
+            }
+
+            File.Move(tmp, final, overwrite: true);
+            SyncDirectory(Path.Combine(_root, "new"));
+        }
+        catch (IOException ex)
+        {
+            return message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.3.0 local mailbox: " + ex.Message)).ToList();
+        }
+        catch (UnauthorizedAccessException ex)
+        {
+            return message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.3.0 local mailbox: " + ex.Message)).ToList();
+        }
+
+        return message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Sent, "250 2.0.0 stored in " + final)).ToList();
+    }
+
+    // The rename is durable only once the directory itself is flushed.
+    private static void SyncDirectory(string directory)
+    {
+        if (OperatingSystem.IsWindows())
+        {
+            return;
+        }
+
+        int fd = NativeMethods.Open(directory, 0);
+        if (fd >= 0)
+        {
+            _ = NativeMethods.Fsync(fd);
+            _ = NativeMethods.Close(fd);
+        }
+    }
+
+    private static class NativeMethods
+    {
+        [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "open", SetLastError = true)]
+        [System.Runtime.InteropServices.DefaultDllImportSearchPaths(System.Runtime.InteropServices.DllImportSearchPath.SafeDirectories)]
+        public static extern int Open([System.Runtime.InteropServices.MarshalAs(System.Runtime.InteropServices.UnmanagedType.LPUTF8Str)] string path, int flags);
+
+        [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "fsync", SetLastError = true)]
+        [System.Runtime.InteropServices.DefaultDllImportSearchPaths(System.Runtime.InteropServices.DllImportSearchPath.SafeDirectories)]
+        public static extern int Fsync(int fd);
+
+        [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "close", SetLastError = true)]
+        [System.Runtime.InteropServices.DefaultDllImportSearchPaths(System.Runtime.InteropServices.DllImportSearchPath.SafeDirectories)]
+        public static extern int Close(int fd);
+    }
+
+    /// <inheritdoc />
+    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+}

@@ -1,0 +1,181 @@
+using EdgeMail.Gateway.Composition;
+using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Ingest;
+using EdgeMail.Gateway.Spool;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+
+namespace EdgeMail.Gateway.Routing;
+
+/// <summary>
+/// Turns stored alerts into queued mail: routes each new alert, applies storm control (repeats of one
+/// (device, code) within the window are held and later sent as one digest; cleared alerts go out at once),
+/// composes the mail and commits the decision and the mail in one spool transaction, so a crash at any point
+/// either redoes the whole step or finds it done.
+/// </summary>
+public sealed partial class AlertProcessor : BackgroundService
+{
+    private readonly ISpool _spool;
+    private readonly GatewayOptions _options;
+    private readonly Router _router;
+    private readonly MailComposer _composer;
+    private readonly TimeProvider _clock;
+    private readonly ILogger<AlertProcessor> _logger;
+    private readonly Signal _wake = new();
+
+    /// <summary>Creates the processor.</summary>
+    /// <param name="spool">Spool.</param>
+    /// <param name="options">Options.</param>
+    /// <param name="composer">Composer.</param>
+    /// <param name="clock">Clock.</param>
+    /// <param name="logger">Logger.</param>
+    public AlertProcessor(ISpool spool, IOptions<GatewayOptions> options, MailComposer composer, TimeProvider clock, ILogger<AlertProcessor> logger)
+    {
+        _spool = spool;
+        _options = options.Value;
+        _router = new Router(_options);
+        _composer = composer;
+        _clock = clock;
+        _logger = logger;
+        _spool.AlertsStored += _wake.Set;
+    }
+
+    /// <summary>Wakes the processor (tests that advance a fake clock).</summary>
+    public void Wake() => _wake.Set();
+
+    /// <inheritdoc />
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                int routed = await RouteNewAsync(stoppingToken).ConfigureAwait(false);
+                await DigestDueAsync(stoppingToken).ConfigureAwait(false);
+                if (routed > 0)
+                {
+                    continue;
+                }
+
+                var next = await _spool.NextDigestDueAsync(stoppingToken).ConfigureAwait(false);
+                var wait = next is null ? Timeout.InfiniteTimeSpan : next.Value - _clock.GetUtcNow() + TimeSpan.FromMilliseconds(1);
+                await _wake.WaitAsync(wait, _clock, stoppingToken).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception ex) when (ex is SpoolException or InvalidOperationException)
+            {
+                LogFailed(ex);
+                await _wake.WaitAsync(TimeSpan.FromSeconds(5), _clock, stoppingToken).ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>Routes one batch of new alerts.</summary>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>How many alerts were handled.</returns>
+    internal async Task<int> RouteNewAsync(CancellationToken cancellationToken)
+    {
+        var alerts = await _spool.NewAlertsAsync(256, cancellationToken).ConfigureAwait(false);
+        if (alerts.Count == 0)
+        {
+            return 0;
+        }
+
+        var storms = new Dictionary<(string, string), StormState?>();
+        var commits = new List<RoutingCommit>(alerts.Count);
+        var window = _options.Storm.Window;
+        foreach (var stored in alerts)
+        {
+            var parsed = AlertParser.Parse(stored.Payload);
+            if (parsed.Alert is not { } alert)
+            {
+                commits.Add(new RoutingCommit(stored.RowId, AlertStatus.Rejected, null, null, null, null));
+                continue;
+            }
+
+            var route = _router.Route(stored.Device, alert);
+            if (route.Recipients.Count == 0)
+            {
+                LogUnrouted(stored.Device, alert.Id, alert.Code);
+                commits.Add(new RoutingCommit(stored.RowId, AlertStatus.Unrouted, null, null, null, null));
+                continue;
+            }
+
+            var key = (stored.Device, alert.Code);
+            if (!storms.TryGetValue(key, out var storm))
+            {
+                storm = await _spool.GetStormAsync(stored.Device, alert.Code, cancellationToken).ConfigureAwait(false);
+            }
+
+            if (alert.State == AlertState.Raised && window > TimeSpan.Zero && storm is not null && stored.ReceivedAt < storm.LastMailAt + window)
+            {
+                commits.Add(new RoutingCommit(stored.RowId, AlertStatus.Held, storm.LastMailAt + window, null, null, null));
+                storms[key] = storm;
+                continue;
+            }
+
+            var mail = new AlertMail(Device(stored.Device), alert, stored.ReceivedAt, stored.Peer, stored.RowId, route.Recipients, route.Template,
+                alert.State == AlertState.Cleared ? storm?.LastRaisedMessageId : null);
+            var message = _composer.ComposeAlert(mail, _clock.GetUtcNow());
+            var queued = new NewMessage("alert", stored.Device, alert.Id, message.MessageId!, _options.Sender.Address,
+                route.Recipients.Select(r => r.Address).ToList(), MailComposer.ToWire(message));
+            var next = alert.State == AlertState.Raised
+                ? new StormState(stored.ReceivedAt, "<" + message.MessageId + ">")
+                : new StormState(DateTimeOffset.UnixEpoch, storm?.LastRaisedMessageId);
+            storms[key] = next;
+            commits.Add(new RoutingCommit(stored.RowId, AlertStatus.Routed, null, queued, key, next));
+        }
+
+        await _spool.CommitRoutingAsync(commits, cancellationToken).ConfigureAwait(false);
+        return alerts.Count;
+    }
+
+    /// <summary>Sends the digests whose window has closed.</summary>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task.</returns>
+    internal async Task DigestDueAsync(CancellationToken cancellationToken)
+    {
+        var now = _clock.GetUtcNow();
+        foreach (var digest in await _spool.DueDigestsAsync(now, cancellationToken).ConfigureAwait(false))
+        {
+            var repeats = digest.Alerts
+                .Select(a => (Parsed: AlertParser.Parse(a.Payload).Alert, a.ReceivedAt))
+                .Where(r => r.Parsed is not null)
+                .Select(r => (r.Parsed!, r.ReceivedAt))
+                .ToList();
+            var storm = await _spool.GetStormAsync(digest.Device, digest.Code, cancellationToken).ConfigureAwait(false);
+            NewMessage? queued = null;
+            if (repeats.Count > 0)
+            {
+                var route = _router.Route(digest.Device, repeats[^1].Item1);
+                if (route.Recipients.Count > 0)
+                {
+                    var message = _composer.ComposeDigest(Device(digest.Device), repeats, route.Recipients, _options.Storm.Window,
+                        digest.Alerts[0].RowId, storm?.LastRaisedMessageId, now);
+                    queued = new NewMessage("digest", digest.Device, null, message.MessageId!, _options.Sender.Address,
+                        route.Recipients.Select(r => r.Address).ToList(), MailComposer.ToWire(message));
+                }
+            }
+
+            LogDigest(digest.Device, digest.Code, digest.Alerts.Count);
+            await _spool.CommitDigestAsync(digest, queued, new StormState(now, storm?.LastRaisedMessageId), cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    private DeviceInfo Device(string id) => _options.Devices.TryGetValue(id, out var d)
+        ? new DeviceInfo(id, d.Name.Length > 0 ? d.Name : id, d.Site)
+        : new DeviceInfo(id, id, string.Empty);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "No route for alert {AlertId} ({Code}) from {Device}; kept as unrouted")]
+    private partial void LogUnrouted(string device, string alertId, string code);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Storm control: {Count} repeats of {Code} from {Device} go out as one digest")]
+    private partial void LogDigest(string device, string code, int count);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "Routing failed; retrying in 5 s")]
+    private partial void LogFailed(Exception ex);
+}

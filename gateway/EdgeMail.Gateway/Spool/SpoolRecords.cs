@@ -1,0 +1,217 @@
+namespace EdgeMail.Gateway.Spool;
+
+/// <summary>Where an alert is in its life.</summary>
+public static class AlertStatus
+{
+    /// <summary>Durable, not yet routed.</summary>
+    public const string New = "new";
+
+    /// <summary>Malformed; kept with its reason, never mailed.</summary>
+    public const string Rejected = "rejected";
+
+    /// <summary>Routed; its mail is queued.</summary>
+    public const string Routed = "routed";
+
+    /// <summary>No route matched; nothing to send.</summary>
+    public const string Unrouted = "unrouted";
+
+    /// <summary>A repeat held by storm control until its window closes.</summary>
+    public const string Held = "held";
+
+    /// <summary>A repeat that went out in a digest mail.</summary>
+    public const string Digested = "digested";
+}
+
+/// <summary>An alert arriving at the spool.</summary>
+/// <param name="Device">Sending device.</param>
+/// <param name="AlertId">The alert's id (for a rejected alert without one: a digest of its payload).</param>
+/// <param name="ReceivedAt">When the gateway received it.</param>
+/// <param name="Peer">Remote endpoint, for the Received trace.</param>
+/// <param name="Payload">The payload exactly as sent.</param>
+/// <param name="RejectReason">Why it is rejected; null for a valid alert.</param>
+/// <param name="Code">The alert code, when valid.</param>
+public sealed record IncomingAlert(string Device, string AlertId, DateTimeOffset ReceivedAt, string? Peer, ReadOnlyMemory<byte> Payload, string? RejectReason, string? Code);
+
+/// <summary>What the spool did with an incoming alert.</summary>
+public enum AcceptOutcome
+{
+    /// <summary>Stored now (durable).</summary>
+    Stored,
+
+    /// <summary>Already stored earlier (a retransmission); nothing changed.</summary>
+    Duplicate,
+}
+
+/// <summary>A stored alert waiting to be routed.</summary>
+/// <param name="RowId">Spool row.</param>
+/// <param name="Device">Device.</param>
+/// <param name="AlertId">Alert id.</param>
+/// <param name="ReceivedAt">When received.</param>
+/// <param name="Peer">Remote endpoint.</param>
+/// <param name="Payload">Payload as sent.</param>
+public sealed record SpooledAlert(long RowId, string Device, string AlertId, DateTimeOffset ReceivedAt, string? Peer, byte[] Payload);
+
+/// <summary>Storm-control memory for one (device, code).</summary>
+/// <param name="LastMailAt">When the last mail for this key was composed.</param>
+/// <param name="LastRaisedMessageId">Message-ID of the last raised mail, for threading a cleared alert.</param>
+public sealed record StormState(DateTimeOffset LastMailAt, string? LastRaisedMessageId);
+
+/// <summary>A composed mail to queue.</summary>
+/// <param name="Kind"><c>alert</c>, <c>digest</c> or <c>notice</c>.</param>
+/// <param name="Device">Device the mail is about (null for notices about nothing in particular).</param>
+/// <param name="AlertId">Alert id the mail is about, for receipts.</param>
+/// <param name="MessageId">Message-ID (unique).</param>
+/// <param name="EnvelopeFrom">Envelope sender; empty for the null reverse-path.</param>
+/// <param name="Recipients">Envelope recipients.</param>
+/// <param name="Mime">The message, CRLF wire format.</param>
+public sealed record NewMessage(string Kind, string? Device, string? AlertId, string MessageId, string EnvelopeFrom, IReadOnlyList<string> Recipients, byte[] Mime);
+
+/// <summary>The routing decision for one alert, committed atomically.</summary>
+/// <param name="AlertRowId">The alert.</param>
+/// <param name="Status">New alert status (<see cref="AlertStatus"/>).</param>
+/// <param name="HoldUntil">For held alerts: when the digest is due.</param>
+/// <param name="Message">Mail to queue, if any.</param>
+/// <param name="StormKey">(device, code) whose storm state changes, if any.</param>
+/// <param name="Storm">The new storm state.</param>
+public sealed record RoutingCommit(long AlertRowId, string Status, DateTimeOffset? HoldUntil, NewMessage? Message, (string Device, string Code)? StormKey, StormState? Storm);
+
+/// <summary>A group of held repeats whose digest is due.</summary>
+/// <param name="Device">Device.</param>
+/// <param name="Code">Code.</param>
+/// <param name="Alerts">The held alerts, oldest first.</param>
+public sealed record DueDigest(string Device, string Code, IReadOnlyList<SpooledAlert> Alerts);
+
+/// <summary>A queued mail due for an attempt.</summary>
+/// <param name="RowId">Spool row.</param>
+/// <param name="Kind">Kind.</param>
+/// <param name="Device">Device, if any.</param>
+/// <param name="AlertId">Alert id, if any.</param>
+/// <param name="MessageId">Message-ID.</param>
+/// <param name="EnvelopeFrom">Envelope sender.</param>
+/// <param name="PendingRecipients">Recipients not yet delivered or failed.</param>
+/// <param name="Mime">Wire bytes.</param>
+/// <param name="Attempts">Attempts so far.</param>
+/// <param name="CreatedAt">When queued.</param>
+/// <param name="ExpiresAt">When it is given up.</param>
+public sealed record QueuedMessage(long RowId, string Kind, string? Device, string? AlertId, string MessageId, string EnvelopeFrom,
+    IReadOnlyList<string> PendingRecipients, byte[] Mime, int Attempts, DateTimeOffset CreatedAt, DateTimeOffset ExpiresAt);
+
+/// <summary>Result for one recipient of one attempt.</summary>
+/// <param name="Address">Recipient.</param>
+/// <param name="Outcome"><c>sent</c>, <c>deferred</c> or <c>failed</c>.</param>
+/// <param name="Reply">The remote reply (or local error).</param>
+public sealed record RecipientResult(string Address, string Outcome, string Reply);
+
+/// <summary>What happened to a queued message after an attempt.</summary>
+/// <param name="RowId">Message row.</param>
+/// <param name="Results">Per-recipient results of this attempt.</param>
+/// <param name="NextAttemptAt">When to try the deferred recipients again; null when none remain.</param>
+/// <param name="Notice">A failure notice to queue in the same transaction, if any.</param>
+public sealed record DeliveryCommit(long RowId, IReadOnlyList<RecipientResult> Results, DateTimeOffset? NextAttemptAt, NewMessage? Notice);
+
+/// <summary>Counts by state, for tests, logs and the console.</summary>
+/// <param name="Alerts">Alerts by status.</param>
+/// <param name="Messages">Messages by status.</param>
+public sealed record SpoolCounts(IReadOnlyDictionary<string, long> Alerts, IReadOnlyDictionary<string, long> Messages);
+
+/// <summary>
+/// The durable spool. Every method that changes state returns only after the change is committed
+/// (fsync'd when configured). Implementations: SQLite (<see cref="SqliteSpool"/>); PostgreSQL later.
+/// </summary>
+public interface ISpool : IAsyncDisposable
+{
+    /// <summary>Raised (on the writer's thread, after commit) when new alerts are stored.</summary>
+    event Action? AlertsStored;
+
+    /// <summary>Raised (after commit) when mail is queued.</summary>
+    event Action? MessagesQueued;
+
+    /// <summary>Stores an alert durably; a second copy of (device, alert id) is a duplicate.</summary>
+    /// <param name="alert">The alert.</param>
+    /// <param name="cancellationToken">Cancels waiting (the write may still commit).</param>
+    /// <returns>Whether it was stored now or already present.</returns>
+    Task<AcceptOutcome> AcceptAlertAsync(IncomingAlert alert, CancellationToken cancellationToken);
+
+    /// <summary>Records a device's latest status heartbeat.</summary>
+    /// <param name="device">Device.</param>
+    /// <param name="receivedAt">When received.</param>
+    /// <param name="payload">Status payload.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task completing after commit.</returns>
+    Task RecordStatusAsync(string device, DateTimeOffset receivedAt, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken);
+
+    /// <summary>The latest status of a device, if any.</summary>
+    /// <param name="device">Device.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>Received time and payload.</returns>
+    Task<(DateTimeOffset At, byte[] Payload)?> GetStatusAsync(string device, CancellationToken cancellationToken);
+
+    /// <summary>Alerts waiting to be routed, oldest first.</summary>
+    /// <param name="max">Most to return.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The alerts.</returns>
+    Task<IReadOnlyList<SpooledAlert>> NewAlertsAsync(int max, CancellationToken cancellationToken);
+
+    /// <summary>Storm state of (device, code), if any.</summary>
+    /// <param name="device">Device.</param>
+    /// <param name="code">Code.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The state.</returns>
+    Task<StormState?> GetStormAsync(string device, string code, CancellationToken cancellationToken);
+
+    /// <summary>Commits routing decisions (each atomically; all in one transaction).</summary>
+    /// <param name="commits">Decisions.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task completing after commit.</returns>
+    Task CommitRoutingAsync(IReadOnlyList<RoutingCommit> commits, CancellationToken cancellationToken);
+
+    /// <summary>Held repeats whose window has closed.</summary>
+    /// <param name="now">Current time.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>Digests due.</returns>
+    Task<IReadOnlyList<DueDigest>> DueDigestsAsync(DateTimeOffset now, CancellationToken cancellationToken);
+
+    /// <summary>Marks held alerts digested and queues the digest mail, atomically.</summary>
+    /// <param name="digest">The digest.</param>
+    /// <param name="message">Its mail (null when it has no recipients).</param>
+    /// <param name="storm">New storm state for the key.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task completing after commit.</returns>
+    Task CommitDigestAsync(DueDigest digest, NewMessage? message, StormState storm, CancellationToken cancellationToken);
+
+    /// <summary>When the next held digest falls due, if any.</summary>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The earliest hold time.</returns>
+    Task<DateTimeOffset?> NextDigestDueAsync(CancellationToken cancellationToken);
+
+    /// <summary>Queued mail due at <paramref name="now"/>, earliest first, excluding rows in <paramref name="exclude"/>.</summary>
+    /// <param name="now">Current time.</param>
+    /// <param name="max">Most to return.</param>
+    /// <param name="exclude">Rows already being attempted.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The messages.</returns>
+    Task<IReadOnlyList<QueuedMessage>> DueMessagesAsync(DateTimeOffset now, int max, IReadOnlySet<long> exclude, CancellationToken cancellationToken);
+
+    /// <summary>When the next queued message falls due, if any.</summary>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The earliest due time.</returns>
+    Task<DateTimeOffset?> NextMessageDueAsync(CancellationToken cancellationToken);
+
+    /// <summary>Records the result of a delivery attempt.</summary>
+    /// <param name="commit">Results.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task completing after commit.</returns>
+    Task CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken);
+
+    /// <summary>Counts of alerts and messages by status.</summary>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The counts.</returns>
+    Task<SpoolCounts> CountsAsync(CancellationToken cancellationToken);
+
+    /// <summary>The stored alert row for (device, alert id), for tests and the API.</summary>
+    /// <param name="device">Device.</param>
+    /// <param name="alertId">Alert id.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>Status and reason, or null.</returns>
+    Task<(string Status, string? Reason)?> GetAlertAsync(string device, string alertId, CancellationToken cancellationToken);
+}

@@ -1,0 +1,99 @@
+using Microsoft.Data.Sqlite;
+
+namespace EdgeMail.Gateway.Spool;
+
+/// <summary>The spool's schema, as numbered migrations (docs/spool.md describes each table).</summary>
+internal static class SpoolSchema
+{
+    /// <summary>Migrations in order; index + 1 is the version each produces. Never edit one that has shipped; append.</summary>
+    public static readonly IReadOnlyList<string> Migrations =
+    [
+        """
+        CREATE TABLE alerts(
+          rowid INTEGER PRIMARY KEY,
+          device TEXT NOT NULL,
+          alert_id TEXT NOT NULL,
+          received_at INTEGER NOT NULL,
+          peer TEXT,
+          payload BLOB NOT NULL,
+          status TEXT NOT NULL,
+          reason TEXT,
+          code TEXT,
+          hold_until INTEGER,
+          UNIQUE(device, alert_id));
+        CREATE INDEX alerts_new ON alerts(status) WHERE status IN ('new', 'held');
+        CREATE TABLE messages(
+          rowid INTEGER PRIMARY KEY,
+          kind TEXT NOT NULL,
+          device TEXT,
+          alert_rowid INTEGER REFERENCES alerts(rowid),
+          alert_id TEXT,
+          message_id TEXT NOT NULL UNIQUE,
+          envelope_from TEXT NOT NULL,
+          mime BLOB NOT NULL,
+          created_at INTEGER NOT NULL,
+          expires_at INTEGER NOT NULL,
+          next_attempt_at INTEGER NOT NULL,
+          attempts INTEGER NOT NULL DEFAULT 0,
+          status TEXT NOT NULL,
+          last_reply TEXT);
+        CREATE INDEX messages_due ON messages(next_attempt_at) WHERE status = 'queued';
+        CREATE TABLE recipients(
+          message INTEGER NOT NULL REFERENCES messages(rowid),
+          address TEXT NOT NULL,
+          status TEXT NOT NULL,
+          reply TEXT,
+          PRIMARY KEY(message, address));
+        CREATE TABLE device_status(
+          device TEXT PRIMARY KEY,
+          received_at INTEGER NOT NULL,
+          payload BLOB NOT NULL);
+        CREATE TABLE storm(
+          device TEXT NOT NULL,
+          code TEXT NOT NULL,
+          last_mail_at INTEGER NOT NULL,
+          last_raised_message_id TEXT,
+          PRIMARY KEY(device, code));
+        """,
+    ];
+
+    /// <summary>The version this build writes.</summary>
+    public static int CurrentVersion => Migrations.Count;
+
+    /// <summary>Brings the database up to <see cref="CurrentVersion"/>, one transaction per migration.</summary>
+    /// <param name="connection">Open connection.</param>
+    public static void Migrate(SqliteConnection connection)
+    {
+        Run(connection, "CREATE TABLE IF NOT EXISTS schema_version(version INTEGER NOT NULL)");
+        using var read = connection.CreateCommand();
+        read.CommandText = "SELECT MAX(version) FROM schema_version";
+        int version = read.ExecuteScalar() is long v ? (int)v : 0;
+        if (version > CurrentVersion)
+        {
+            throw new SpoolException($"The spool has schema version {version} but this gateway knows only up to {CurrentVersion}. Run the newer gateway, or restore a backup.");
+        }
+
+        for (int next = version + 1; next <= CurrentVersion; next++)
+        {
+            Run(connection, "BEGIN IMMEDIATE");
+            try
+            {
+                Run(connection, Migrations[next - 1]);
+                Run(connection, $"INSERT INTO schema_version(version) VALUES({next})");
+                Run(connection, "COMMIT");
+            }
+            catch
+            {
+                Run(connection, "ROLLBACK");
+                throw;
+            }
+        }
+    }
+
+    private static void Run(SqliteConnection connection, string sql)
+    {
+        using var command = connection.CreateCommand();
+        command.CommandText = sql;
+        command.ExecuteNonQuery();
+    }
+}

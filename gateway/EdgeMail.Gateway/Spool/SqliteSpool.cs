@@ -1,0 +1,563 @@
+using System.Threading.Channels;
+using Microsoft.Data.Sqlite;
+using Microsoft.Extensions.Logging;
+
+namespace EdgeMail.Gateway.Spool;
+
+/// <summary>
+/// The SQLite spool (see docs/spool.md). One writer thread owns the connection and drains a queue of work:
+/// everything queued while a commit is running goes into the next transaction (group commit), each item in
+/// its own savepoint so one failing item does not fail the others, and every caller's task completes only
+/// after <c>COMMIT</c> returned (with <c>synchronous=FULL</c> that is after fsync).
+/// </summary>
+public sealed partial class SqliteSpool : ISpool
+{
+    private readonly Channel<SpoolWork> _queue = Channel.CreateUnbounded<SpoolWork>(new UnboundedChannelOptions { SingleReader = true });
+    private readonly SqliteConnection _connection;
+    private readonly Dictionary<string, SqliteCommand> _commands = new(StringComparer.Ordinal);
+    private readonly ILogger _logger;
+    private readonly int _maxBatch;
+    private readonly Thread _writer;
+    private readonly TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private long _batches;
+    private long _items;
+
+    private SqliteSpool(SqliteConnection connection, int maxBatch, ILogger logger)
+    {
+        _connection = connection;
+        _maxBatch = maxBatch;
+        _logger = logger;
+        _writer = new Thread(WriterLoop) { IsBackground = true, Name = "edgemail-spool-writer" };
+        _writer.Start();
+    }
+
+    /// <inheritdoc />
+    public event Action? AlertsStored;
+
+    /// <inheritdoc />
+    public event Action? MessagesQueued;
+
+    /// <summary>Commits so far and items in them (average batch size = items / batches).</summary>
+    public (long Batches, long Items) CommitStats => (Interlocked.Read(ref _batches), Interlocked.Read(ref _items));
+
+    /// <summary>Opens (creating or migrating) the spool at <paramref name="path"/>.</summary>
+    /// <param name="path">Database file.</param>
+    /// <param name="fsync">True for <c>synchronous=FULL</c> (durable at commit); false for NORMAL (benchmarks only).</param>
+    /// <param name="maxBatch">Most work items per transaction.</param>
+    /// <param name="logger">Logger.</param>
+    /// <returns>The open spool.</returns>
+    public static SqliteSpool Open(string path, bool fsync, int maxBatch, ILogger logger)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+        var connection = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = path, Pooling = false }.ToString());
+        try
+        {
+            connection.Open();
+            Execute(connection, "PRAGMA journal_mode=WAL;");
+            Execute(connection, fsync ? "PRAGMA synchronous=FULL;" : "PRAGMA synchronous=NORMAL;");
+            Execute(connection, "PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;");
+            SpoolSchema.Migrate(connection);
+        }
+        catch (SqliteException ex)
+        {
+            connection.Dispose();
+            throw new SpoolException($"Cannot open the spool at '{path}': {ex.Message}. Check the path is writable and not used by another gateway.", ex);
+        }
+
+        return new SqliteSpool(connection, maxBatch, logger);
+    }
+
+    private static void Execute(SqliteConnection connection, string sql)
+    {
+        using var command = connection.CreateCommand();
+        command.CommandText = sql;
+        command.ExecuteNonQuery();
+    }
+
+    /// <inheritdoc />
+    public Task<AcceptOutcome> AcceptAlertAsync(IncomingAlert alert, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(alert);
+        return Enqueue((s, ctx) =>
+        {
+            int inserted = s.Exec(
+                "INSERT INTO alerts(device, alert_id, received_at, peer, payload, status, reason, code) VALUES($p0,$p1,$p2,$p3,$p4,$p5,$p6,$p7) ON CONFLICT(device, alert_id) DO NOTHING",
+                alert.Device, alert.AlertId, alert.ReceivedAt.ToUnixTimeMilliseconds(), alert.Peer, alert.Payload.ToArray(),
+                alert.RejectReason is null ? AlertStatus.New : AlertStatus.Rejected, alert.RejectReason, alert.Code);
+            if (inserted == 0)
+            {
+                return AcceptOutcome.Duplicate;
+            }
+
+            if (alert.RejectReason is null)
+            {
+                ctx.AlertsStored = true;
+            }
+
+            return AcceptOutcome.Stored;
+        }, cancellationToken);
+    }
+
+    /// <inheritdoc />
+    public Task RecordStatusAsync(string device, DateTimeOffset receivedAt, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken) =>
+        Enqueue((s, _) => s.Exec(
+            "INSERT INTO device_status(device, received_at, payload) VALUES($p0,$p1,$p2) ON CONFLICT(device) DO UPDATE SET received_at=excluded.received_at, payload=excluded.payload",
+            device, receivedAt.ToUnixTimeMilliseconds(), payload.ToArray()), cancellationToken);
+
+    /// <inheritdoc />
+    public Task<(DateTimeOffset At, byte[] Payload)?> GetStatusAsync(string device, CancellationToken cancellationToken) =>
+        Enqueue<(DateTimeOffset, byte[])?>((s, _) =>
+        {
+            using var r = s.Query("SELECT received_at, payload FROM device_status WHERE device=$p0", device);
+            return r.Read() ? (FromMs(r.GetInt64(0)), (byte[])r.GetValue(1)) : null;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<SpooledAlert>> NewAlertsAsync(int max, CancellationToken cancellationToken) =>
+        Enqueue<IReadOnlyList<SpooledAlert>>((s, _) =>
+        {
+            using var r = s.Query("SELECT rowid, device, alert_id, received_at, peer, payload FROM alerts WHERE status='new' ORDER BY rowid LIMIT $p0", max);
+            return ReadAlerts(r);
+        }, cancellationToken);
+
+    private static List<SpooledAlert> ReadAlerts(SqliteDataReader r)
+    {
+        var list = new List<SpooledAlert>();
+        while (r.Read())
+        {
+            list.Add(new SpooledAlert(r.GetInt64(0), r.GetString(1), r.GetString(2), FromMs(r.GetInt64(3)), r.IsDBNull(4) ? null : r.GetString(4), (byte[])r.GetValue(5)));
+        }
+
+        return list;
+    }
+
+    /// <inheritdoc />
+    public Task<StormState?> GetStormAsync(string device, string code, CancellationToken cancellationToken) =>
+        Enqueue((s, _) => s.ReadStorm(device, code), cancellationToken);
+
+    private StormState? ReadStorm(string device, string code)
+    {
+        using var r = Query("SELECT last_mail_at, last_raised_message_id FROM storm WHERE device=$p0 AND code=$p1", device, code);
+        return r.Read() ? new StormState(FromMs(r.GetInt64(0)), r.IsDBNull(1) ? null : r.GetString(1)) : null;
+    }
+
+    /// <inheritdoc />
+    public Task CommitRoutingAsync(IReadOnlyList<RoutingCommit> commits, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(commits);
+        return Enqueue((s, ctx) =>
+        {
+            foreach (var c in commits)
+            {
+                s.Exec("UPDATE alerts SET status=$p0, hold_until=$p1 WHERE rowid=$p2 AND status='new'", c.Status, c.HoldUntil?.ToUnixTimeMilliseconds(), c.AlertRowId);
+                if (c.Message is not null)
+                {
+                    s.InsertMessage(c.Message, c.AlertRowId, ctx);
+                }
+
+                if (c.StormKey is { } key && c.Storm is not null)
+                {
+                    s.WriteStorm(key.Device, key.Code, c.Storm);
+                }
+            }
+
+            return 0;
+        }, cancellationToken);
+    }
+
+    private void WriteStorm(string device, string code, StormState storm) =>
+        Exec("INSERT INTO storm(device, code, last_mail_at, last_raised_message_id) VALUES($p0,$p1,$p2,$p3) ON CONFLICT(device, code) DO UPDATE SET last_mail_at=excluded.last_mail_at, last_raised_message_id=excluded.last_raised_message_id",
+            device, code, storm.LastMailAt.ToUnixTimeMilliseconds(), storm.LastRaisedMessageId);
+
+    private void InsertMessage(NewMessage m, long? alertRowId, BatchContext ctx)
+    {
+        long now = ctx.Now.ToUnixTimeMilliseconds();
+        int inserted = Exec(
+            "INSERT INTO messages(kind, device, alert_rowid, alert_id, message_id, envelope_from, mime, created_at, expires_at, next_attempt_at, status) VALUES($p0,$p1,$p2,$p3,$p4,$p5,$p6,$p7,$p8,$p7,'queued') ON CONFLICT(message_id) DO NOTHING",
+            m.Kind, m.Device, alertRowId, m.AlertId, m.MessageId, m.EnvelopeFrom, m.Mime, now, now + (long)ctx.MaxAge.TotalMilliseconds);
+        if (inserted == 0)
+        {
+            return;
+        }
+
+        long rowId = (long)Scalar("SELECT last_insert_rowid()")!;
+        foreach (string rcpt in m.Recipients.Distinct(StringComparer.OrdinalIgnoreCase))
+        {
+            Exec("INSERT INTO recipients(message, address, status) VALUES($p0,$p1,'pending')", rowId, rcpt);
+        }
+
+        ctx.MessagesQueued = true;
+    }
+
+    /// <summary>How long queued mail lives before it is given up (set from <c>Relay:MaxAge</c>).</summary>
+    public TimeSpan MaxAge { get; set; } = TimeSpan.FromDays(5);
+
+    /// <summary>The clock used to stamp queued mail.</summary>
+    public TimeProvider Clock { get; set; } = TimeProvider.System;
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<DueDigest>> DueDigestsAsync(DateTimeOffset now, CancellationToken cancellationToken) =>
+        Enqueue<IReadOnlyList<DueDigest>>((s, _) =>
+        {
+            var keys = new List<(string, string)>();
+            using (var r = s.Query("SELECT DISTINCT device, code FROM alerts WHERE status='held' AND hold_until <= $p0", now.ToUnixTimeMilliseconds()))
+            {
+                while (r.Read())
+                {
+                    keys.Add((r.GetString(0), r.GetString(1)));
+                }
+            }
+
+            var result = new List<DueDigest>();
+            foreach (var (device, code) in keys)
+            {
+                using var r = s.Query("SELECT rowid, device, alert_id, received_at, peer, payload FROM alerts WHERE status='held' AND device=$p0 AND code=$p1 ORDER BY rowid", device, code);
+                result.Add(new DueDigest(device, code, ReadAlerts(r)));
+            }
+
+            return result;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task CommitDigestAsync(DueDigest digest, NewMessage? message, StormState storm, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(digest);
+        return Enqueue((s, ctx) =>
+        {
+            foreach (var a in digest.Alerts)
+            {
+                s.Exec("UPDATE alerts SET status='digested' WHERE rowid=$p0 AND status='held'", a.RowId);
+            }
+
+            if (message is not null)
+            {
+                s.InsertMessage(message, null, ctx);
+            }
+
+            s.WriteStorm(digest.Device, digest.Code, storm);
+            return 0;
+        }, cancellationToken);
+    }
+
+    /// <inheritdoc />
+    public Task<DateTimeOffset?> NextDigestDueAsync(CancellationToken cancellationToken) =>
+        Enqueue((s, _) => s.Scalar("SELECT MIN(hold_until) FROM alerts WHERE status='held'") is long ms ? FromMs(ms) : (DateTimeOffset?)null, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<QueuedMessage>> DueMessagesAsync(DateTimeOffset now, int max, IReadOnlySet<long> exclude, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(exclude);
+        return Enqueue<IReadOnlyList<QueuedMessage>>((s, _) =>
+        {
+            var list = new List<QueuedMessage>();
+            using (var r = s.Query(
+                "SELECT rowid, kind, device, alert_id, message_id, envelope_from, mime, attempts, created_at, expires_at FROM messages WHERE status='queued' AND next_attempt_at <= $p0 ORDER BY next_attempt_at, rowid LIMIT $p1",
+                now.ToUnixTimeMilliseconds(), max + exclude.Count))
+            {
+                while (r.Read() && list.Count < max)
+                {
+                    long row = r.GetInt64(0);
+                    if (exclude.Contains(row))
+                    {
+                        continue;
+                    }
+
+                    list.Add(new QueuedMessage(row, r.GetString(1), r.IsDBNull(2) ? null : r.GetString(2), r.IsDBNull(3) ? null : r.GetString(3),
+                        r.GetString(4), r.GetString(5), [], (byte[])r.GetValue(6), r.GetInt32(7), FromMs(r.GetInt64(8)), FromMs(r.GetInt64(9))));
+                }
+            }
+
+            for (int i = 0; i < list.Count; i++)
+            {
+                var recipients = new List<string>();
+                using var r = s.Query("SELECT address FROM recipients WHERE message=$p0 AND status='pending' ORDER BY address", list[i].RowId);
+                while (r.Read())
+                {
+                    recipients.Add(r.GetString(0));
+                }
+
+                list[i] = list[i] with { PendingRecipients = recipients };
+            }
+
+            return list;
+        }, cancellationToken);
+    }
+
+    /// <inheritdoc />
+    public Task<DateTimeOffset?> NextMessageDueAsync(CancellationToken cancellationToken) =>
+        Enqueue((s, _) => s.Scalar("SELECT MIN(next_attempt_at) FROM messages WHERE status='queued'") is long ms ? FromMs(ms) : (DateTimeOffset?)null, cancellationToken);
+
+    /// <inheritdoc />
+    public Task CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(commit);
+        return Enqueue((s, ctx) =>
+        {
+            string? lastReply = null;
+            foreach (var result in commit.Results)
+            {
+                lastReply = result.Reply;
+                if (result.Outcome is "sent" or "failed")
+                {
+                    s.Exec("UPDATE recipients SET status=$p0, reply=$p1 WHERE message=$p2 AND address=$p3", result.Outcome, result.Reply, commit.RowId, result.Address);
+                }
+                else
+                {
+                    s.Exec("UPDATE recipients SET reply=$p0 WHERE message=$p1 AND address=$p2", result.Reply, commit.RowId, result.Address);
+                }
+            }
+
+            long pending = (long)s.Scalar("SELECT COUNT(*) FROM recipients WHERE message=$p0 AND status='pending'", commit.RowId)!;
+            long failed = (long)s.Scalar("SELECT COUNT(*) FROM recipients WHERE message=$p0 AND status='failed'", commit.RowId)!;
+            long sent = (long)s.Scalar("SELECT COUNT(*) FROM recipients WHERE message=$p0 AND status='sent'", commit.RowId)!;
+            string status = pending > 0 ? "queued" : failed == 0 ? "sent" : sent == 0 ? "failed" : "partial";
+            s.Exec("UPDATE messages SET status=$p0, attempts=attempts+1, last_reply=$p1, next_attempt_at=COALESCE($p2, next_attempt_at) WHERE rowid=$p3",
+                status, lastReply, commit.NextAttemptAt?.ToUnixTimeMilliseconds(), commit.RowId);
+            if (commit.Notice is not null)
+            {
+                s.InsertMessage(commit.Notice, null, ctx);
+            }
+
+            return 0;
+        }, cancellationToken);
+    }
+
+    /// <inheritdoc />
+    public Task<SpoolCounts> CountsAsync(CancellationToken cancellationToken) =>
+        Enqueue((s, _) => new SpoolCounts(s.CountBy("alerts"), s.CountBy("messages")), cancellationToken);
+
+    private Dictionary<string, long> CountBy(string table)
+    {
+        var counts = new Dictionary<string, long>(StringComparer.Ordinal);
+        using var r = Query($"SELECT status, COUNT(*) FROM {table} GROUP BY status");
+        while (r.Read())
+        {
+            counts[r.GetString(0)] = r.GetInt64(1);
+        }
+
+        return counts;
+    }
+
+    /// <inheritdoc />
+    public Task<(string Status, string? Reason)?> GetAlertAsync(string device, string alertId, CancellationToken cancellationToken) =>
+        Enqueue<(string, string?)?>((s, _) =>
+        {
+            using var r = s.Query("SELECT status, reason FROM alerts WHERE device=$p0 AND alert_id=$p1", device, alertId);
+            return r.Read() ? (r.GetString(0), r.IsDBNull(1) ? null : r.GetString(1)) : null;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public async ValueTask DisposeAsync()
+    {
+        _queue.Writer.TryComplete();
+        await _stopped.Task.ConfigureAwait(false);
+        foreach (var command in _commands.Values)
+        {
+            command.Dispose();
+        }
+
+        _connection.Dispose();
+    }
+
+    private Task<T> Enqueue<T>(Func<SqliteSpool, BatchContext, T> work, CancellationToken cancellationToken)
+    {
+        var item = new SpoolWork<T>(work);
+        if (!_queue.Writer.TryWrite(item))
+        {
+            return Task.FromException<T>(new SpoolException("The spool is closed; the gateway is stopping."));
+        }
+
+        return cancellationToken.CanBeCanceled ? item.Task.WaitAsync(cancellationToken) : item.Task;
+    }
+
+    private void WriterLoop()
+    {
+        var batch = new List<SpoolWork>(_maxBatch);
+        var reader = _queue.Reader;
+        try
+        {
+            while (reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult())
+            {
+                batch.Clear();
+                while (batch.Count < _maxBatch && reader.TryRead(out var item))
+                {
+                    batch.Add(item);
+                }
+
+                RunBatch(batch);
+            }
+        }
+        finally
+        {
+            _stopped.TrySetResult();
+        }
+    }
+
+    private void RunBatch(List<SpoolWork> batch)
+    {
+        var ctx = new BatchContext(Clock.GetUtcNow(), MaxAge);
+        try
+        {
+            Exec("BEGIN IMMEDIATE");
+            foreach (var item in batch)
+            {
+                Exec("SAVEPOINT item");
+                try
+                {
+                    item.Run(this, ctx);
+                    Exec("RELEASE item");
+                }
+                catch (SqliteException ex) when (ex.SqliteErrorCode is not (10 or 11 or 13 or 26))
+                {
+                    // A constraint or logic error in this item only (not I/O, corruption or a full disk).
+                    Exec("ROLLBACK TO item");
+                    Exec("RELEASE item");
+                    item.Failed = new SpoolException($"Spool operation failed: {ex.Message}", ex);
+                }
+            }
+
+            Exec("COMMIT");
+        }
+        catch (Exception ex) when (ex is SqliteException or InvalidOperationException)
+        {
+            LogCommitFailed(ex);
+            try
+            {
+                Exec("ROLLBACK");
+            }
+            catch (SqliteException)
+            {
+                // Already rolled back by SQLite.
+            }
+
+            var failure = new SpoolException($"The spool could not commit ({ex.Message}); nothing in this batch is durable. Check disk space and permissions.", ex);
+            foreach (var item in batch)
+            {
+                item.Fail(failure);
+            }
+
+            return;
+        }
+
+        Interlocked.Increment(ref _batches);
+        Interlocked.Add(ref _items, batch.Count);
+        foreach (var item in batch)
+        {
+            item.Complete();
+        }
+
+        if (ctx.AlertsStored)
+        {
+            AlertsStored?.Invoke();
+        }
+
+        if (ctx.MessagesQueued)
+        {
+            MessagesQueued?.Invoke();
+        }
+    }
+
+    private SqliteCommand Command(string sql, object?[] args)
+    {
+        if (!_commands.TryGetValue(sql, out var command))
+        {
+            command = _connection.CreateCommand();
+            command.CommandText = sql;
+            for (int i = 0; i < args.Length; i++)
+            {
+                command.Parameters.Add(new SqliteParameter("$p" + i.ToString(System.Globalization.CultureInfo.InvariantCulture), null));
+            }
+
+            _commands[sql] = command;
+        }
+
+        for (int i = 0; i < args.Length; i++)
+        {
+            command.Parameters[i].Value = args[i] ?? DBNull.Value;
+        }
+
+        return command;
+    }
+
+    private int Exec(string sql, params object?[] args) => Command(sql, args).ExecuteNonQuery();
+
+    private object? Scalar(string sql, params object?[] args) => Command(sql, args).ExecuteScalar() is var v && v is DBNull ? null : v;
+
+    private SqliteDataReader Query(string sql, params object?[] args) => Command(sql, args).ExecuteReader();
+
+    private static DateTimeOffset FromMs(long ms) => DateTimeOffset.FromUnixTimeMilliseconds(ms);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "Spool commit failed; every caller in the batch is told to retry")]
+    private partial void LogCommitFailed(Exception ex);
+
+    private sealed class BatchContext(DateTimeOffset now, TimeSpan maxAge)
+    {
+        public DateTimeOffset Now { get; } = now;
+
+        public TimeSpan MaxAge { get; } = maxAge;
+
+        public bool AlertsStored { get; set; }
+
+        public bool MessagesQueued { get; set; }
+    }
+
+    private abstract class SpoolWork
+    {
+        public Exception? Failed { get; set; }
+
+        public abstract void Run(SqliteSpool spool, BatchContext ctx);
+
+        public abstract void Complete();
+
+        public abstract void Fail(Exception ex);
+    }
+
+    private sealed class SpoolWork<T>(Func<SqliteSpool, BatchContext, T> work) : SpoolWork
+    {
+        private readonly TaskCompletionSource<T> _tcs = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private T? _result;
+
+        public Task<T> Task => _tcs.Task;
+
+        public override void Run(SqliteSpool spool, BatchContext ctx) => _result = work(spool, ctx);
+
+        public override void Complete()
+        {
+            if (Failed is not null)
+            {
+                _tcs.TrySetException(Failed);
+            }
+            else
+            {
+                _tcs.TrySetResult(_result!);
+            }
+        }
+
+        public override void Fail(Exception ex) => _tcs.TrySetException(ex);
+    }
+}
+
+/// <summary>The spool could not do what was asked; the message says why and what to check.</summary>
+public sealed class SpoolException : Exception
+{
+    /// <summary>Creates the exception.</summary>
+    public SpoolException()
+    {
+    }
+
+    /// <summary>Creates the exception.</summary>
+    /// <param name="message">What went wrong and what to do.</param>
+    public SpoolException(string message)
+        : base(message)
+    {
+    }
+
+    /// <summary>Creates the exception.</summary>
+    /// <param name="message">What went wrong and what to do.</param>
+    /// <param name="inner">The cause.</param>
+    public SpoolException(string message, Exception inner)
+        : base(message, inner)
+    {
+    }
+}

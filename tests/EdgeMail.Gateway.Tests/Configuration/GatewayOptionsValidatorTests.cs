@@ -1,0 +1,100 @@
+using EdgeMail.Gateway.Configuration;
+using Microsoft.Extensions.Options;
+using Xunit;
+
+namespace EdgeMail.Gateway.Tests.Configuration;
+
+public sealed class GatewayOptionsValidatorTests
+{
+    private static GatewayOptions Valid() => new()
+    {
+        Users = new(StringComparer.OrdinalIgnoreCase) { ["alice"] = new UserOptions { Name = "Alice", Email = "alice@example.com" } },
+        Devices = new(StringComparer.Ordinal) { ["dev-1"] = new DeviceOptions { Secret = SecretHash.Create("x", 1000), Owners = ["alice"] } },
+        Routes = [new RouteOptions { To = ["owners"] }],
+    };
+
+    [Fact]
+    public void Check_ValidOptions_HasNoErrors()
+    {
+        Assert.Empty(GatewayOptionsValidator.Check(Valid()));
+    }
+
+    [Fact]
+    public void Check_PlainSecret_NamesTheKeyAndTheFix()
+    {
+        var o = Valid();
+        o.Devices["dev-1"].Secret = "hunter2";
+
+        string error = Assert.Single(GatewayOptionsValidator.Check(o));
+
+        Assert.StartsWith("Devices:dev-1:Secret:", error, StringComparison.Ordinal);
+        Assert.Contains("hash-secret", error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Check_SeveralProblems_ReportsEach()
+    {
+        var o = Valid();
+        o.Routes[0].MinSeverity = "loud";
+        o.Routes[0].To.Add("nobody");
+        o.Relay.Mode = "Pigeon";
+        o.Users["alice"].Email = "not an address";
+
+        var errors = GatewayOptionsValidator.Check(o);
+
+        Assert.Contains(errors, e => e.StartsWith("Routes:0:MinSeverity:", StringComparison.Ordinal));
+        Assert.Contains(errors, e => e.StartsWith("Routes:0:To:1:", StringComparison.Ordinal));
+        Assert.Contains(errors, e => e.StartsWith("Relay:Mode:", StringComparison.Ordinal) && e.Contains("Fix: use Mailbox, Smarthost or DirectMx", StringComparison.Ordinal));
+        Assert.Contains(errors, e => e.StartsWith("Users:alice:Email:", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void Check_SmarthostWithoutHost_IsRefused()
+    {
+        var o = Valid();
+        o.Relay.Mode = "Smarthost";
+
+        Assert.Contains(GatewayOptionsValidator.Check(o), e => e.StartsWith("Relay:Host:", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void SecretHash_Verify_AcceptsTheSecretOnly()
+    {
+        string stored = SecretHash.Create("correct horse", 1000);
+
+        Assert.True(SecretHash.Verify(stored, "correct horse"u8));
+        Assert.False(SecretHash.Verify(stored, "correct horsf"u8));
+        Assert.StartsWith("pbkdf2-sha256$1000$", stored, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Start_BadConfigFile_FailsNamingTheKey()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        string config = TestGateway.WriteConfig(dir, tweak: c => c["Relay"] = new { Mode = "Smarthost", Port = 70000 });
+        using var host = GatewayHost.CreateBuilder(["--config", config]).Build();
+
+        var ex = await Assert.ThrowsAsync<OptionsValidationException>(() => host.StartAsync());
+
+        Assert.Contains(ex.Failures, f => f.StartsWith("Relay:Host:", StringComparison.Ordinal));
+        Assert.Contains(ex.Failures, f => f.StartsWith("Relay:Port:", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Start_NoConfig_CreatesADemoSetupInTheDataDirectory()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        using var host = GatewayHost.CreateBuilder([$"--DataDirectory={dir}", "--Mqtt:Port=0"]).Build();
+        await host.StartAsync();
+        try
+        {
+            var options = ((IOptions<GatewayOptions>)host.Services.GetService(typeof(IOptions<GatewayOptions>))!).Value;
+            Assert.Contains("demo-freezer", options.Devices.Keys);
+            Assert.True(File.Exists(Path.Combine(dir, DemoSetup.SecretsFileName)));
+        }
+        finally
+        {
+            await host.StopAsync();
+        }
+    }
+}

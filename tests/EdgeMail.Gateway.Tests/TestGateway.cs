@@ -1,0 +1,142 @@
+using System.Text.Json;
+using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Ingest;
+using EdgeMail.Gateway.Spool;
+using EdgeMail.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using MQTTnet;
+using MQTTnet.Formatter;
+
+namespace EdgeMail.Gateway.Tests;
+
+/// <summary>A gateway host on a temp data directory with test devices, an OS-chosen port and the local mailbox.</summary>
+public sealed class TestGateway : IAsyncDisposable
+{
+    public const string Secret = "s3cret-for-tests";
+
+    private TestGateway(string dataDir, IHost host)
+    {
+        DataDir = dataDir;
+        Host = host;
+    }
+
+    public string DataDir { get; }
+
+    public IHost Host { get; }
+
+    public EmbeddedBroker Broker => Host.Services.GetRequiredService<EmbeddedBroker>();
+
+    public ISpool Spool => Host.Services.GetRequiredService<ISpool>();
+
+    public string MailboxNew => Path.Combine(DataDir, "mailbox", "new");
+
+    /// <summary>A config file with devices dev-1..dev-N (owner alice), users alice and bob, group oncall, one catch-all route.</summary>
+    public static string WriteConfig(string dataDir, int devices = 3, Action<Dictionary<string, object>>? tweak = null)
+    {
+        Directory.CreateDirectory(dataDir);
+        string hash = SecretHash.Create(Secret, 1000);
+        var config = new Dictionary<string, object>
+        {
+            ["DataDirectory"] = dataDir,
+            ["Mqtt"] = new { Port = 0 },
+            ["Sender"] = new { Address = "edgemail@gw.test", DisplayName = "EdgeMail", Hostname = "gw.test", Operator = "ops@example.com" },
+            ["Users"] = new Dictionary<string, object>
+            {
+                ["alice"] = new { Name = "Alice Ärger", Email = "alice@example.com" },
+                ["bob"] = new { Name = "Bob", Email = "bob@example.com" },
+            },
+            ["Groups"] = new Dictionary<string, object> { ["oncall"] = new[] { "alice", "bob" } },
+            ["Devices"] = Enumerable.Range(1, devices).ToDictionary(i => $"dev-{i}", i => (object)new { Secret = hash, Name = $"Device {i}", Site = "Hall 3", Owners = new[] { "alice" } }),
+            ["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "info", To = new[] { "owners" } } },
+            ["Storm"] = new { Window = "00:00:00" },
+            ["Logging"] = new { LogLevel = new { Default = "Warning" } },
+        };
+        tweak?.Invoke(config);
+        string path = Path.Combine(dataDir, "edgemail.json");
+        File.WriteAllText(path, JsonSerializer.Serialize(config));
+        return path;
+    }
+
+    public static async Task<TestGateway> StartAsync(Action<Dictionary<string, object>>? tweak = null, int devices = 3, params string[] extraArgs)
+    {
+        string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        string config = WriteConfig(dataDir, devices, tweak);
+        var host = GatewayHost.CreateBuilder(["--config", config, .. extraArgs]).Build();
+        await host.StartAsync();
+        return new TestGateway(dataDir, host);
+    }
+
+    public async Task<IMqttClient> ConnectAsync(string device, string? secret = null, MqttProtocolVersion version = MqttProtocolVersion.V311)
+    {
+        var client = new MqttClientFactory().CreateMqttClient();
+        var result = await client.ConnectAsync(ClientOptions(device, secret, version));
+        if (result.ResultCode != MqttClientConnectResultCode.Success)
+        {
+            throw new InvalidOperationException($"connect {device}: {result.ResultCode}");
+        }
+
+        return client;
+    }
+
+    public MqttClientOptions ClientOptions(string device, string? secret = null, MqttProtocolVersion version = MqttProtocolVersion.V311) =>
+        new MqttClientOptionsBuilder()
+            .WithTcpServer(Broker.Endpoint!.Address.ToString(), Broker.Endpoint.Port)
+            .WithClientId(device)
+            .WithCredentials(device, secret ?? Secret)
+            .WithProtocolVersion(version)
+            .WithTimeout(TimeSpan.FromSeconds(10))
+            .Build();
+
+    /// <summary>Waits until the mailbox holds at least <paramref name="count"/> files.</summary>
+    public async Task<string[]> MailAsync(int count, TimeSpan? timeout = null)
+    {
+        var deadline = DateTime.UtcNow + (timeout ?? Await.DefaultTimeout);
+        using var watcher = new FileSystemWatcher(MailboxNew) { EnableRaisingEvents = true };
+        while (true)
+        {
+            var changed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            watcher.Created += (_, _) => changed.TrySetResult();
+            watcher.Renamed += (_, _) => changed.TrySetResult();
+            string[] files = Directory.GetFiles(MailboxNew, "*.eml");
+            if (files.Length >= count)
+            {
+                return files;
+            }
+
+            var left = deadline - DateTime.UtcNow;
+            if (left <= TimeSpan.Zero)
+            {
+                throw new TimeoutException($"Timed out waiting for {count} mail(s) in {MailboxNew}; have {files.Length}.");
+            }
+
+            await Task.WhenAny(changed.Task, Task.Delay(TimeSpan.FromMilliseconds(200)));
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await Host.StopAsync();
+        Host.Dispose();
+        try
+        {
+            Directory.Delete(DataDir, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+    }
+}
+
+public static class Alerts
+{
+    /// <summary>A copy of the shared contract/alerts vectors, beside the test binaries.</summary>
+    public static string ContractDir => Path.Combine(AppContext.BaseDirectory, "Ingest", "ContractVectors");
+
+    public static string Json(string id, string code = "TEMP_HIGH", string state = "raised", string sev = "critical", string text = "Too warm") =>
+        JsonSerializer.Serialize(new Dictionary<string, object>
+        {
+            ["v"] = 1, ["id"] = id, ["seq"] = 1, ["state"] = state, ["sev"] = sev, ["code"] = code, ["text"] = text,
+            ["values"] = new Dictionary<string, double> { ["temp_c"] = -9.5 }, ["raised"] = "2026-11-28T09:58:12Z", ["boot"] = 1, ["count"] = 1,
+        });
+}
