@@ -613,11 +613,17 @@ public sealed class FlashQueue
             }
         }
 
-        // Survivors plus the marker must fit in one fresh sector; drop more if they would not.
-        int room = _sectorBytes - _dataStart - RoundUp(RecordOverhead + DroppedPayload, _unit) - _pageBytes;
-        while (threshold < MarkerPriority && SurvivorBytes(victim, threshold) > room)
+        // Survivors plus the marker must fit in one fresh sector. If they would not, also drop the
+        // oldest survivors of the next priority, one at a time, until they do.
+        int extraCount = 0;
+        while (threshold < MarkerPriority && !SurvivorsFit(victim, threshold, extraCount))
         {
-            threshold++;
+            extraCount++;
+            if (extraCount > _sectorBytes / RecordOverhead)
+            {
+                threshold++;
+                extraCount = 0;
+            }
         }
 
         int victimBase = victim * _sectorBytes;
@@ -646,7 +652,14 @@ public sealed class FlashQueue
                 original = Le.U32(_small, 0);
             }
 
-            if (priority <= threshold)
+            // Markers in the victim are merged into the new one rather than moved, so they never pile up.
+            bool extra = priority == threshold + 1 && extraCount > 0;
+            if (extra)
+            {
+                extraCount--;
+            }
+
+            if (priority <= threshold || type == TypeDropped || extra)
             {
                 uint n = 1;
                 uint lo = original;
@@ -693,23 +706,33 @@ public sealed class FlashQueue
         _tail = Next(victim);
     }
 
-    private int SurvivorBytes(int sector, int threshold)
+    /// <summary>Whether the entries a collection would keep, and its marker, fit in one fresh sector.</summary>
+    private bool SurvivorsFit(int sector, int threshold, int extraCount)
     {
         int baseAddr = sector * _sectorBytes;
         int pos = _dataStart;
-        int total = 0;
+        int at = _dataStart;
         while (NextRecord(baseAddr, ref pos, _sectorBytes))
         {
             int len = Le.U16(_rec, 0);
-            uint seq = Le.U32(_rec, 4);
-            if (_rec[8] != TypeAck && seq > _ackedThrough && _rec[9] > threshold)
+            byte priority = _rec[9];
+            if (_rec[8] != TypeItem || Le.U32(_rec, 4) <= _ackedThrough || priority <= threshold)
             {
-                int payload = len - ((_rec[11] & FlagRelocated) != 0 ? RelocationPrefix : 0);
-                total += RoundUp(RecordOverhead + RelocationPrefix + payload, _unit) + _unit;
+                continue;
             }
+
+            if (priority == threshold + 1 && extraCount > 0)
+            {
+                extraCount--;
+                continue;
+            }
+
+            int payload = len - ((_rec[11] & FlagRelocated) != 0 ? RelocationPrefix : 0);
+            at = HeaderSlot(at) + RoundUp(RecordOverhead + RelocationPrefix + payload, _unit);
         }
 
-        return total;
+        at = HeaderSlot(at) + RoundUp(RecordOverhead + DroppedPayload, _unit);
+        return at <= _sectorBytes;
     }
 
     /// <summary>Counts unacknowledged entries per priority by walking the live sectors (only when the queue first fills).</summary>

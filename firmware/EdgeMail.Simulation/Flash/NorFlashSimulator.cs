@@ -17,7 +17,7 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
     private readonly byte[] _cells;
     private readonly ulong[] _programmedUnits;
     private readonly int[] _eraseCounts;
-    private readonly Dictionary<int, byte> _weakBits = [];
+    private readonly Dictionary<int, byte> _weakBits;
     private readonly FlashTiming? _timing;
     private readonly bool _strict;
     private readonly int _eraseCycles;
@@ -45,6 +45,7 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
         _cells = new byte[geometry.SizeBytes];
         _eraseCounts = new int[geometry.SectorCount];
         _programmedUnits = new ulong[(geometry.SizeBytes / geometry.ProgramUnit + 63) / 64];
+        _weakBits = [];
         Array.Fill(_cells, (byte)0xFF);
         if (imagePath is not null)
         {
@@ -63,6 +64,31 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
             }
         }
     }
+
+    private NorFlashSimulator(NorFlashSimulator source, int seed)
+    {
+        Geometry = source.Geometry;
+        _timing = source._timing;
+        _eraseCycles = source._eraseCycles;
+        _strict = source._strict;
+        _random = new Random(seed);
+        _cells = (byte[])source._cells.Clone();
+        _programmedUnits = (ulong[])source._programmedUnits.Clone();
+        _eraseCounts = (int[])source._eraseCounts.Clone();
+        _weakBits = new Dictionary<int, byte>(source._weakBits);
+        SimulatedMicros = source.SimulatedMicros;
+    }
+
+    /// <summary>
+    /// Called before every program or erase with its index (0-based) and arguments, so a test can fork
+    /// the device at that instant (<see cref="Fork"/>) and replay the same operation torn.
+    /// </summary>
+    public MutationHook? BeforeMutation { get; set; }
+
+    /// <summary>An independent copy of the cells, wear and weak bits, without image file or hook.</summary>
+    /// <param name="seed">Seed of the copy's random choices.</param>
+    /// <returns>The copy.</returns>
+    public NorFlashSimulator Fork(int seed) => new(this, seed);
 
     /// <summary>Creates the queue region of a board profile.</summary>
     /// <param name="board">The board.</param>
@@ -209,6 +235,7 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
             }
         }
 
+        BeforeMutation?.Invoke(Mutations, false, address, buffer, offset, count);
         bool cut = ConsumeCut();
         int pageStart = address & ~(Geometry.PageBytes - 1);
         bool encryptedGarble = false;
@@ -264,6 +291,7 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
             throw new ArgumentOutOfRangeException(nameof(sector), sector, $"The region has {Geometry.SectorCount} sectors.");
         }
 
+        BeforeMutation?.Invoke(Mutations, true, sector * Geometry.SectorBytes, [], 0, Geometry.SectorBytes);
         bool cut = ConsumeCut();
         int start = sector * Geometry.SectorBytes;
         for (int a = start; a < start + Geometry.SectorBytes; a++)
@@ -422,3 +450,12 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
         _image.Flush();
     }
 }
+
+/// <summary>Observes a program or erase about to happen.</summary>
+/// <param name="index">How many mutations happened before this one.</param>
+/// <param name="isErase">True for a sector erase (then <paramref name="address"/> is the sector start).</param>
+/// <param name="address">Start address.</param>
+/// <param name="buffer">Bytes to program (empty for an erase).</param>
+/// <param name="offset">Index of the first byte in <paramref name="buffer"/>.</param>
+/// <param name="count">Number of bytes.</param>
+public delegate void MutationHook(long index, bool isErase, int address, byte[] buffer, int offset, int count);
