@@ -15,6 +15,8 @@ public static class Transports
         _ = services;
         return options.Relay.Mode.ToUpperInvariant() switch
         {
+            "SMARTHOST" => new SmtpRelay(options.Relay, options.Sender.Hostname),
+            "DIRECTMX" => new DirectMxRelay(options.Relay, options.Sender.Hostname),
             _ => new LocalMailbox(options.Relay.MailboxPath.Length > 0 ? options.Relay.MailboxPath : Path.Combine(options.DataPath(), "mailbox")),
         };
     }

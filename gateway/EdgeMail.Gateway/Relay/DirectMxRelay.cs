@@ -1,0 +1,110 @@
+using System.Net;
+using DnsClient;
+using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Spool;
+using MailKit.Security;
+
+namespace EdgeMail.Gateway.Relay;
+
+/// <summary>
+/// Delivers straight to each recipient domain's mail exchangers (DnsClient MX lookup, lowest preference first;
+/// a domain without MX records falls back to its own address records — the implicit MX of RFC 5321 §5.1).
+/// Opportunistic STARTTLS. One SMTP transaction per domain; results are per recipient.
+/// </summary>
+public sealed class DirectMxRelay : IMailTransport
+{
+    private readonly RelayOptions _relay;
+    private readonly SmtpRelay _smtp;
+    private readonly LookupClient _dns;
+
+    /// <summary>Creates the relay.</summary>
+    /// <param name="relay">Relay options (<c>MxPort</c>, <c>DnsServer</c>).</param>
+    /// <param name="heloName">Name for EHLO.</param>
+    public DirectMxRelay(RelayOptions relay, string heloName)
+    {
+        _relay = relay ?? throw new ArgumentNullException(nameof(relay));
+        _smtp = new SmtpRelay(relay, heloName);
+        var options = relay.DnsServer.Length > 0
+            ? new LookupClientOptions(new NameServer(IPEndPoint.Parse(relay.DnsServer)))
+            : new LookupClientOptions();
+        options.UseCache = true;
+        options.Timeout = TimeSpan.FromSeconds(5);
+        options.Retries = 1;
+        options.ThrowDnsErrors = false;
+        options.UseTcpFallback = true;
+        _dns = new LookupClient(options);
+    }
+
+    /// <summary>The hosts to try for a domain, best first: MX targets, or the domain itself when it has none.</summary>
+    /// <param name="domain">Recipient domain.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>Hosts, or an error text when the lookup failed (transient) or the domain does not exist (permanent).</returns>
+    public async Task<(IReadOnlyList<string> Hosts, string? Error, bool Permanent)> ExchangersAsync(string domain, CancellationToken cancellationToken)
+    {
+        IDnsQueryResponse response;
+        try
+        {
+            response = await _dns.QueryAsync(domain, QueryType.MX, cancellationToken: cancellationToken).ConfigureAwait(false);
+        }
+        catch (DnsResponseException ex)
+        {
+            return ([], $"MX lookup for {domain} failed: {ex.Message}", false);
+        }
+
+        if (response.Header.ResponseCode == DnsHeaderResponseCode.NotExistentDomain)
+        {
+            return ([], $"domain {domain} does not exist", true);
+        }
+
+        if (response.HasError)
+        {
+            return ([], $"MX lookup for {domain} failed: {response.ErrorMessage}", false);
+        }
+
+        var hosts = response.Answers.MxRecords().OrderBy(m => m.Preference).Select(m => m.Exchange.Value.TrimEnd('.')).Where(h => h.Length > 0).ToList();
+        return hosts.Count > 0 ? (hosts, null, false) : ([domain], null, false);
+    }
+
+    /// <inheritdoc />
+    public async Task<IReadOnlyList<RecipientResult>> SendAsync(QueuedMessage message, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(message);
+        var results = new List<RecipientResult>();
+        foreach (var group in message.PendingRecipients.GroupBy(r => r[(r.LastIndexOf('@') + 1)..].ToLowerInvariant()))
+        {
+            var (hosts, error, permanent) = await ExchangersAsync(group.Key, cancellationToken).ConfigureAwait(false);
+            if (error is not null)
+            {
+                results.AddRange(group.Select(r => new RecipientResult(r, permanent ? RecipientOutcome.Failed : RecipientOutcome.Deferred, (permanent ? "550 5.1.2 " : "451 4.4.3 ") + error)));
+                continue;
+            }
+
+            var part = message with { PendingRecipients = group.ToList() };
+            IReadOnlyList<RecipientResult>? sent = null;
+            string last = "no exchanger reachable";
+            foreach (string host in hosts)
+            {
+                using var client = SmtpRelay.NewClient();
+                sent = await _smtp.SendOnceAsync(client, part, host, _relay.MxPort, SecureSocketOptions.StartTlsWhenAvailable, authenticate: false, cancellationToken).ConfigureAwait(false);
+                if (client.IsConnected)
+                {
+                    await client.DisconnectAsync(true, cancellationToken).ConfigureAwait(false);
+                }
+
+                if (sent is not null)
+                {
+                    break;
+                }
+
+                last = client.LastError;
+            }
+
+            results.AddRange(sent ?? group.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.4.1 " + last)).ToList());
+        }
+
+        return results;
+    }
+
+    /// <inheritdoc />
+    public ValueTask DisposeAsync() => _smtp.DisposeAsync();
+}
