@@ -330,6 +330,29 @@ public class MqttCodecTests
         Assert.Contains("outside", packet.Error, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public void EncodeAndDecode_HotPath_AllocateNothing()
+    {
+        var buffer = new byte[512];
+        byte[] payload = new byte[200];
+        var packet = new MqttPacket();
+        const string Topic = "edgemail/v1/dev-1/alert";
+        MqttCodec.EncodePublish(buffer, 0, Topic, 1, false, false, 1, payload, 0, payload.Length); // warm up
+
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 1; i <= 100; i++)
+        {
+            int n = MqttCodec.EncodePublish(buffer, 0, Topic, 1, true, false, i, payload, 0, payload.Length);
+            MqttCodec.Decode(buffer, 0, n, packet);
+            packet.TopicEquals(Topic);
+            n = MqttCodec.EncodePubAck(buffer, 0, i);
+            MqttCodec.Decode(buffer, 0, n, packet);
+            MqttCodec.EncodePingReq(buffer, 0);
+        }
+
+        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+    }
+
     [Property(MaxTest = 2000)]
     public bool Decode_AnyBytes_NeverThrowsAndStaysInsideTheInput(byte[] data, PositiveInt cut)
     {
