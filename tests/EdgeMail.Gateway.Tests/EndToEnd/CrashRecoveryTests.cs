@@ -1,0 +1,165 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Globalization;
+using EdgeMail.Gateway.Relay;
+using EdgeMail.Testing;
+using MimeKit;
+using MQTTnet;
+using MQTTnet.Protocol;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace EdgeMail.Gateway.Tests.EndToEnd;
+
+/// <summary>The gateway as a real child process, killed with SIGKILL under load and started again.</summary>
+public sealed class CrashRecoveryTests(ITestOutputHelper output) : IDisposable
+{
+    private readonly string _dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+
+    [Fact]
+    public async Task Gateway_KilledMidLoadAndRestarted_DeliversEveryAcknowledgedAlertExactlyOnce()
+    {
+        const int Devices = 8;
+        int port = Relay.SmtpSink.FreePort();
+        string config = TestGateway.WriteConfig(_dataDir, Devices, c => c["Mqtt"] = new { Port = port });
+        var acked = new ConcurrentDictionary<string, bool>();
+
+        using (var first = await GatewayProcess.StartAsync(config, output))
+        {
+            using var stop = new CancellationTokenSource();
+            var publishers = Enumerable.Range(1, Devices).Select(d => PublishUntilFailureAsync($"dev-{d}", port, acked, stop.Token)).ToArray();
+            await Await.Within(WaitForAsync(() => acked.Count >= 400), "400 acknowledged alerts before the kill", TimeSpan.FromSeconds(60));
+            first.Kill();
+            await stop.CancelAsync();
+            await Task.WhenAll(publishers);
+        }
+
+        output.WriteLine($"{acked.Count} alerts acknowledged before SIGKILL");
+        using var second = await GatewayProcess.StartAsync(config, output);
+        string mailbox = Path.Combine(_dataDir, "mailbox", "new");
+        var expected = acked.Keys.Select(k => LocalMailbox.FileName($"{k}.alert@gw.test")).ToHashSet();
+        await Await.Within(WaitForAsync(() => expected.IsSubsetOf(Directory.GetFiles(mailbox, "*.eml").Select(Path.GetFileName)!)),
+            "every acknowledged alert in the mailbox", TimeSpan.FromSeconds(60));
+
+        var files = Directory.GetFiles(mailbox, "*.eml");
+        var alertHeaders = files.Select(f => MimeMessage.Load(f)).Select(m => m.Headers["X-EdgeMail-Device"] + "." + m.Headers["X-EdgeMail-Alert"]).ToList();
+        Assert.Equal(alertHeaders.Count, alertHeaders.Distinct().Count());
+        Assert.All(acked.Keys, k => Assert.Single(alertHeaders, h => h == k));
+    }
+
+    private static async Task PublishUntilFailureAsync(string device, int port, ConcurrentDictionary<string, bool> acked, CancellationToken stop)
+    {
+        using var client = new MqttClientFactory().CreateMqttClient();
+        var options = new MqttClientOptionsBuilder().WithTcpServer("127.0.0.1", port).WithClientId(device)
+            .WithCredentials(device, TestGateway.Secret).WithTimeout(TimeSpan.FromSeconds(5)).Build();
+        try
+        {
+            await client.ConnectAsync(options, stop);
+            for (int i = 0; !stop.IsCancellationRequested; i++)
+            {
+                string id = "crash-" + i.ToString(CultureInfo.InvariantCulture);
+                var result = await client.PublishAsync(new MqttApplicationMessageBuilder().WithTopic($"edgemail/v1/{device}/alert")
+                    .WithPayload(Alerts.Json(id)).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build(), stop);
+                if (result.IsSuccess)
+                {
+                    acked[$"{device}.{id}"] = true;
+                }
+            }
+        }
+        catch (Exception ex) when (ex is MQTTnet.Exceptions.MqttCommunicationException or OperationCanceledException or ObjectDisposedException or InvalidOperationException)
+        {
+            // The gateway died or the test stopped publishing: whatever was acknowledged is in `acked`.
+        }
+    }
+
+    private static async Task<bool> WaitForAsync(Func<bool> condition)
+    {
+        while (!condition())
+        {
+            await Task.Delay(50);
+        }
+
+        return true;
+    }
+
+    public void Dispose()
+    {
+        try
+        {
+            Directory.Delete(_dataDir, true);
+        }
+        catch (IOException)
+        {
+        }
+    }
+}
+
+/// <summary>`dotnet EdgeMail.Gateway.dll --config FILE`, started and awaited until the broker listens.</summary>
+internal sealed class GatewayProcess : IDisposable
+{
+    private readonly Process _process;
+
+    private GatewayProcess(Process process) => _process = process;
+
+    public static async Task<GatewayProcess> StartAsync(string config, ITestOutputHelper output)
+    {
+        string dll = Path.Combine(AppContext.BaseDirectory, "EdgeMail.Gateway.dll");
+        var psi = new ProcessStartInfo("dotnet")
+        {
+            ArgumentList = { dll, "--config", config, "--Logging:LogLevel:EdgeMail.Gateway.Ingest.EmbeddedBroker=Information", "--Logging:Console:FormatterName=simple" },
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        var process = Process.Start(psi)!;
+        var ready = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        process.OutputDataReceived += (_, e) =>
+        {
+            if (e.Data is null)
+            {
+                ready.TrySetException(new InvalidOperationException("the gateway exited before listening"));
+                return;
+            }
+
+            if (e.Data.Contains("MQTT broker listening", StringComparison.Ordinal))
+            {
+                ready.TrySetResult(true);
+            }
+        };
+        process.ErrorDataReceived += (_, e) =>
+        {
+            if (e.Data is not null)
+            {
+                try
+                {
+                    output.WriteLine("gateway stderr: " + e.Data);
+                }
+                catch (InvalidOperationException)
+                {
+                }
+            }
+        };
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        await Await.Within(ready.Task, "the gateway process to listen", TimeSpan.FromSeconds(30));
+        return new GatewayProcess(process);
+    }
+
+    /// <summary>SIGKILL: no shutdown code runs.</summary>
+    public void Kill()
+    {
+        _process.Kill(entireProcessTree: false);
+        _process.WaitForExit();
+    }
+
+    public void Dispose()
+    {
+        if (!_process.HasExited)
+        {
+            _process.Kill();
+            _process.WaitForExit();
+        }
+
+        _process.Dispose();
+    }
+}
