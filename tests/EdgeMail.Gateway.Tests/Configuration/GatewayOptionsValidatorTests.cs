@@ -1,5 +1,6 @@
 using EdgeMail.Gateway.Configuration;
 using Microsoft.Extensions.Options;
+using Microsoft.Extensions.Configuration;
 using Xunit;
 
 namespace EdgeMail.Gateway.Tests.Configuration;
@@ -96,5 +97,20 @@ public sealed class GatewayOptionsValidatorTests
         {
             await host.StopAsync();
         }
+    }
+}
+
+public sealed class ExampleConfigTests
+{
+    [Fact]
+    public void ExampleFile_Validates()
+    {
+        var configuration = new Microsoft.Extensions.Configuration.ConfigurationBuilder()
+            .AddJsonFile(Path.Combine(AppContext.BaseDirectory, "edgemail.example.json")).Build();
+        var options = new GatewayOptions();
+        Microsoft.Extensions.Configuration.ConfigurationBinder.Bind(configuration, options);
+
+        Assert.Empty(GatewayOptionsValidator.Check(options));
+        Assert.Equal("Smarthost", options.Relay.Mode);
     }
 }
