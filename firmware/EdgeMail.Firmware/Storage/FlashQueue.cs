@@ -35,6 +35,8 @@ public sealed class FlashQueue
     private readonly int _pageBytes;
     private readonly int _unit;
     private readonly int _dataStart;
+    private readonly int _ackReserve;
+    private readonly int _entryLimit;
     private readonly byte[] _hdr = new byte[SectorHeaderBytes];
     private readonly byte[] _rec = new byte[RecordOverhead];
     private readonly byte[] _small = new byte[DroppedPayload];
@@ -95,7 +97,9 @@ public sealed class FlashQueue
         _unit = g.ProgramUnit;
         _dataStart = RoundUp(SectorHeaderBytes, _unit);
         _stage = new byte[_pageBytes];
-        MaxPayload = _sectorBytes - _dataStart - RecordOverhead - RelocationPrefix - DroppedPayload - RecordOverhead - (2 * _unit) - _pageBytes;
+        _ackReserve = 2 * RoundUp(RecordOverhead, _unit);
+        _entryLimit = _sectorBytes - _ackReserve;
+        MaxPayload = _entryLimit - _dataStart - RecordOverhead - RelocationPrefix - DroppedPayload - RecordOverhead - (2 * _unit) - _pageBytes;
     }
 
     /// <summary>Largest payload one entry may carry, in bytes.</summary>
@@ -403,8 +407,6 @@ public sealed class FlashQueue
             throw new ArgumentOutOfRangeException(nameof(seq), "Cannot acknowledge " + seq + ": the last entry appended is " + (_nextSeq - 1) + ".");
         }
 
-        int pos = MakeRoom(RecordOverhead);
-        WriteRecord(pos, seq, TypeAck, 0, 0, 0, _small, 0, _small, 0, 0);
         _ackedThrough = seq;
         if (_sentThrough < seq)
         {
@@ -412,6 +414,44 @@ public sealed class FlashQueue
         }
 
         _pendingKnown = false;
+
+        // The end of every sector is kept for acknowledgements, so a full queue can still drain.
+        if (HeaderSlot(_writeOffset) + RoundUp(RecordOverhead, _unit) <= _sectorBytes)
+        {
+            WriteAckRecord(seq);
+            return;
+        }
+
+        // Otherwise open a sector: its header records the acknowledgement. The sectors it covers are
+        // free again; if none is, the oldest sector's unacknowledged entries move forward (nothing is
+        // dropped for an acknowledgement) and the new sector's header records it.
+        ReclaimAcknowledged();
+        if (FreeSectors() >= 2 || (_policy == FullPolicy.Reject && FreeSectors() == 1))
+        {
+            // Reject never collects, so its spare sector may take acknowledgements; appends are then
+            // refused until acknowledgements free a sector again.
+            OpenSector(Next(_head), _headSectorSeq + 1);
+            WriteAckRecord(seq);
+            return;
+        }
+
+        // With the Reject policy and no sector free at all (hundreds of acknowledgements that freed
+        // nothing) the acknowledgement stays in RAM until the next sector opens: a power cut before
+        // that hands the batch out again, and the receiver drops the duplicates.
+        if (_policy != FullPolicy.Reject && CollectTail(keepAll: true))
+        {
+            WriteAckRecord(seq);
+        }
+    }
+
+    /// <summary>
+    /// Writes an acknowledgement record. Also written right after a sector opened for an acknowledgement,
+    /// so that sector is never header-only: mount rewrites header-only sectors (their header may be weak),
+    /// and must not erase the only copy of an acknowledgement.
+    /// </summary>
+    private void WriteAckRecord(uint seq)
+    {
+        WriteRecord(HeaderSlot(_writeOffset), seq, TypeAck, 0, 0, 0, _small, 0, _small, 0, 0);
     }
 
     /// <summary>
@@ -527,20 +567,29 @@ public sealed class FlashQueue
             _nextSeq++; // the torn append may have been handed out under this number once
         }
 
-        // Never program into the page where the last (possibly torn) operation may have left weak cells:
-        // resume on a fresh page after the last valid record and after anything else found on flash.
-        int resume = NextPage(lastValidEnd);
-        if (dirtyEnd > lastValidEnd && NextPage(dirtyEnd - 1) > resume)
+        // The last record may hold weak cells that pass today and fail later; a scan that meets a bad
+        // header skips to the next page, so new records start on a fresh page.
+        int resume = RoundUp(lastValidEnd, _pageBytes);
+        if (torn)
         {
-            resume = NextPage(dirtyEnd - 1);
+            // Skip whatever the torn operation left, and write a marker past it at once: its cells may
+            // read erased on a later boot, and must never be programmed again.
+            if (dirtyEnd > lastValidEnd && NextPage(dirtyEnd - 1) > resume)
+            {
+                resume = NextPage(dirtyEnd - 1);
+            }
+
+            if (dirtyPages > resume)
+            {
+                resume = dirtyPages;
+            }
         }
 
-        if (dirtyPages > resume)
+        _writeOffset = resume < _sectorBytes ? resume : _sectorBytes;
+        if (torn && _writeOffset + RecordOverhead <= _sectorBytes)
         {
-            resume = dirtyPages;
+            WriteAckRecord(_ackedThrough);
         }
-
-        _writeOffset = resume;
     }
 
     /// <summary>Position of the byte after the last non-0xFF byte at or after <paramref name="from"/> in a sector.</summary>
@@ -566,11 +615,22 @@ public sealed class FlashQueue
     /// <summary>Returns where a record of <paramref name="bytes"/> (header included) goes, opening or reclaiming sectors as needed.</summary>
     private int MakeRoom(int bytes)
     {
+        if (_policy == FullPolicy.Reject && FreeSectors() == 0)
+        {
+            ReclaimAcknowledged();
+            if (FreeSectors() == 0)
+            {
+                throw new QueueFullException("Alert queue full: " + Depth + " entries wait for acknowledgement; nothing was dropped.");
+            }
+        }
+
         int size = RoundUp(bytes, _unit);
-        for (int attempt = 0; attempt <= _sectorCount + 1; attempt++)
+        // Each collection frees the lowest priority in one sector; in the worst case every priority
+        // needs a full turn of the ring before enough room is free.
+        for (int attempt = 0; attempt <= (Priorities + 1) * _sectorCount; attempt++)
         {
             int pos = HeaderSlot(_writeOffset);
-            if (pos + size <= _sectorBytes)
+            if (pos + size <= _entryLimit)
             {
                 return pos;
             }
@@ -595,22 +655,35 @@ public sealed class FlashQueue
             throw new QueueFullException("Alert queue full: " + Depth + " entries wait for acknowledgement; nothing was dropped.");
         }
 
-        CollectTail();
+        CollectTail(keepAll: false);
     }
 
-    /// <summary>Frees the oldest sector: drops entries of the lowest queued priority and moves the others to a new sector.</summary>
-    private void CollectTail()
+    /// <summary>
+    /// Frees the oldest sector: drops entries of the lowest queued priority (none when
+    /// <paramref name="keepAll"/>) and moves the others to a new sector.
+    /// </summary>
+    /// <returns>False when nothing was done: keeping everything would not fit and the policy forbids dropping.</returns>
+    private bool CollectTail(bool keepAll)
     {
-        EnsurePendingCounts();
         int victim = _tail;
-        int threshold = MarkerPriority;
-        if (_policy == FullPolicy.DropLowestPriority)
+        int threshold = -1;
+        if (!keepAll)
         {
-            threshold = 0;
-            while (threshold < MarkerPriority && _pending[threshold] == 0)
+            EnsurePendingCounts();
+            threshold = MarkerPriority;
+            if (_policy == FullPolicy.DropLowestPriority)
             {
-                threshold++;
+                threshold = 0;
+                while (threshold < MarkerPriority && _pending[threshold] == 0)
+                {
+                    threshold++;
+                }
             }
+        }
+
+        if (_policy == FullPolicy.Reject && !SurvivorsFit(victim, threshold, 0))
+        {
+            return false;
         }
 
         // Survivors plus the marker must fit in one fresh sector. If they would not, also drop the
@@ -675,7 +748,11 @@ public sealed class FlashQueue
                 dropped += n;
                 firstDropped = lo < firstDropped ? lo : firstDropped;
                 lastDropped = hi > lastDropped ? hi : lastDropped;
-                _pending[priority]--;
+                if (_pendingKnown)
+                {
+                    _pending[priority]--;
+                }
+
                 DroppedSinceMount += type == TypeDropped ? 0 : 1;
                 continue;
             }
@@ -696,7 +773,10 @@ public sealed class FlashQueue
             Le.PutU32(_small, 8, lastDropped);
             WriteRecord(at, _nextSeq, TypeDropped, MarkerPriority, 0, 0, _small, 0, _small, 0, DroppedPayload);
             _nextSeq++;
-            _pending[MarkerPriority]++;
+            if (_pendingKnown)
+            {
+                _pending[MarkerPriority]++;
+            }
         }
 
         // The victim's entries now live elsewhere or are counted in the marker: erase it so no reboot
@@ -704,6 +784,7 @@ public sealed class FlashQueue
         _device.EraseSector(victim);
         _erasedSector = victim;
         _tail = Next(victim);
+        return true;
     }
 
     /// <summary>Whether the entries a collection would keep, and its marker, fit in one fresh sector.</summary>
@@ -732,7 +813,7 @@ public sealed class FlashQueue
         }
 
         at = HeaderSlot(at) + RoundUp(RecordOverhead + DroppedPayload, _unit);
-        return at <= _sectorBytes;
+        return at <= _entryLimit;
     }
 
     /// <summary>Counts unacknowledged entries per priority by walking the live sectors (only when the queue first fills).</summary>

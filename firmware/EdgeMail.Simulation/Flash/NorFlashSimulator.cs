@@ -17,7 +17,7 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
     private readonly byte[] _cells;
     private readonly ulong[] _programmedUnits;
     private readonly int[] _eraseCounts;
-    private readonly Dictionary<int, byte> _weakBits;
+    private readonly Dictionary<int, WeakCell> _weakBits;
     private readonly FlashTiming? _timing;
     private readonly bool _strict;
     private readonly int _eraseCycles;
@@ -26,6 +26,7 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
     private long _mutationsUntilCut = -1;
     private double _cutFraction;
     private bool _weakBitsOnCut;
+    private int _boot;
 
     /// <summary>Creates a blank (erased) flash region.</summary>
     /// <param name="geometry">Geometry and write rules.</param>
@@ -75,8 +76,9 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
         _cells = (byte[])source._cells.Clone();
         _programmedUnits = (ulong[])source._programmedUnits.Clone();
         _eraseCounts = (int[])source._eraseCounts.Clone();
-        _weakBits = new Dictionary<int, byte>(source._weakBits);
+        _weakBits = new Dictionary<int, WeakCell>(source._weakBits);
         SimulatedMicros = source.SimulatedMicros;
+        _boot = source._boot;
     }
 
     /// <summary>
@@ -174,6 +176,7 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
     public void PowerOn(int? seed = null)
     {
         IsPoweredOff = false;
+        _boot++;
         _mutationsUntilCut = -1;
         if (seed is int s)
         {
@@ -191,11 +194,12 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
         {
             for (int i = 0; i < count; i++)
             {
-                if (_weakBits.TryGetValue(address + i, out byte mask))
+                // A weak cell passes the first check after the cut and drifts from the boot after:
+                // from then on each read may see either value.
+                if (_weakBits.TryGetValue(address + i, out WeakCell weak) && _boot >= weak.Boot + 2)
                 {
-                    // A weak cell sits near the read threshold: each read may see either value.
                     byte noise = (byte)_random.Next(256);
-                    buffer[offset + i] = (byte)((buffer[offset + i] & ~mask) | (noise & mask));
+                    buffer[offset + i] = (byte)((buffer[offset + i] & ~weak.Mask) | (noise & weak.Mask));
                 }
             }
         }
@@ -238,6 +242,7 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
         BeforeMutation?.Invoke(Mutations, false, address, buffer, offset, count);
         bool cut = ConsumeCut();
         int pageStart = address & ~(Geometry.PageBytes - 1);
+        var touched = cut ? new bool[count / unit] : null;
         bool encryptedGarble = false;
         for (int i = 0; i < count; i++)
         {
@@ -249,10 +254,15 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
             }
 
             byte target = (byte)(_cells[a] & buffer[offset + i]);
-            _cells[a] = cut ? Tear(a, _cells[a], target, clearing: true) : target;
+            byte before = _cells[a];
+            _cells[a] = cut ? Tear(a, before, target, clearing: true) : target;
             if (!cut)
             {
                 _weakBits.Remove(a);
+            }
+            else if (_cells[a] != before || _weakBits.ContainsKey(a))
+            {
+                touched![(a - address) / unit] = true;
             }
         }
 
@@ -265,9 +275,13 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
             }
         }
 
+        // A cut program leaves the units it never reached physically erased; only touched units count.
         for (int a = address; a < address + count; a += unit)
         {
-            MarkProgrammed(a);
+            if (touched is null || touched[(a - address) / unit])
+            {
+                MarkProgrammed(a);
+            }
         }
 
         ProgramOps++;
@@ -349,17 +363,16 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
             if (_random.NextDouble() < _cutFraction)
             {
                 done |= m;
-            }
-
-            if (_weakBitsOnCut && _random.Next(4) == 0)
-            {
-                weak |= m;
+                if (_weakBitsOnCut && _random.Next(4) == 0)
+                {
+                    weak |= m;
+                }
             }
         }
 
         if (weak != 0)
         {
-            _weakBits[address] = (byte)((_weakBits.TryGetValue(address, out byte w) ? w : 0) | weak);
+            _weakBits[address] = new WeakCell((byte)((_weakBits.TryGetValue(address, out WeakCell w) ? w.Mask : 0) | weak), _boot);
         }
 
         return clearing ? (byte)(before & ~done) : (byte)(before | done);
@@ -459,3 +472,6 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
 /// <param name="offset">Index of the first byte in <paramref name="buffer"/>.</param>
 /// <param name="count">Number of bytes.</param>
 public delegate void MutationHook(long index, bool isErase, int address, byte[] buffer, int offset, int count);
+
+/// <summary>Bits of one byte left near the read threshold by a torn operation during boot <see cref="Boot"/>.</summary>
+internal readonly record struct WeakCell(byte Mask, int Boot);

@@ -160,7 +160,7 @@ public class NorFlashSimulatorTests
     }
 
     [Fact]
-    public void WeakBitsFromATornProgram_CanReadDifferentlyOnLaterReads()
+    public void WeakBitsFromATornProgram_PassTheFirstCheck_ThenDriftOnLaterBoots()
     {
         using var flash = new NorFlashSimulator(Small, seed: 11);
         flash.ScheduleCut(0, 0.5, weakBits: true);
@@ -168,6 +168,11 @@ public class NorFlashSimulatorTests
         flash.PowerOn();
         var a = new byte[64];
         var b = new byte[64];
+        flash.Read(0, a, 0, 64);
+        flash.Read(0, b, 0, 64);
+        Assert.Equal(a, b); // the boot right after the cut sees what the torn program left
+
+        flash.PowerOn();
         bool differed = false;
         for (int i = 0; i < 20 && !differed; i++)
         {
@@ -181,6 +186,22 @@ public class NorFlashSimulatorTests
         flash.Read(0, a, 0, 64);
         flash.Read(0, b, 0, 64);
         Assert.Equal(a, b); // an erase settles them
+    }
+
+    [Fact]
+    public void StrictMode_AUnitThePowerCutNeverReached_CanStillBeProgrammed()
+    {
+        var g = new FlashGeometry(4096, 1024, 64, 16, allowsReprogram: false, encrypted: false);
+        using var flash = new NorFlashSimulator(g, seed: 3);
+        flash.ScheduleCut(0, 0.0);
+        Assert.Throws<PowerLossException>(() => flash.Program(0, new byte[64], 0, 64));
+        flash.PowerOn();
+        flash.Program(0, new byte[64], 0, 64); // nothing was programmed: not a second program
+
+        flash.ScheduleCut(0, 0.9);
+        Assert.Throws<PowerLossException>(() => flash.Program(64, new byte[64], 0, 64));
+        flash.PowerOn();
+        Assert.Throws<FlashViolationException>(() => flash.Program(64, new byte[64], 0, 64));
     }
 
     [Fact]
