@@ -114,6 +114,9 @@ public sealed class FlashQueue
     /// <summary>Every entry up to and including this sequence number is acknowledged.</summary>
     public uint AckedThrough => _ackedThrough;
 
+    /// <summary>Sequence number of the last entry handed out by <see cref="TryRead"/> (or acknowledged).</summary>
+    public uint HandedOutThrough => _sentThrough;
+
     /// <summary>Entries appended but not acknowledged (including markers and entries moved by the full policy).</summary>
     public uint Depth => _nextSeq - 1 - _ackedThrough;
 

@@ -1,0 +1,350 @@
+using System;
+using EdgeMail.Firmware.Alerts;
+using EdgeMail.Firmware.Storage;
+
+namespace EdgeMail.Firmware;
+
+/// <summary>
+/// The device's alert inbox on flash: <see cref="Raise"/> for the application, <see cref="TryNext"/>,
+/// <see cref="Acknowledge"/> and <see cref="Rewind"/> for the uplink. An alert is on flash before
+/// <see cref="Raise"/> returns. Repeats of an alert that has not been sent yet (same code, state and
+/// severity, same boot) coalesce into it: the count and last time grow, and an updated record replaces
+/// the queued one, written when the count reaches a power of two or a minute after the last update, so
+/// a storm costs a few records instead of pushing other alerts out. Thread-safe.
+/// </summary>
+public sealed class AlertStore
+{
+    /// <summary>Queue entry kind of an alert record.</summary>
+    public const byte KindAlert = 1;
+
+    /// <summary>Queue entry kind of an alert record that replaces an earlier one (payload: u32 replaced id seq, record).</summary>
+    public const byte KindUpdate = 2;
+
+    /// <summary>Code of the alert the uplink sends when the full policy dropped alerts.</summary>
+    public const string DroppedCode = "EDGEMAIL.QUEUE_FULL";
+
+    private const int Slots = 8;
+    private const int ReplacedCapacity = 16;
+    private const long UpdateIntervalMs = 60_000;
+
+    private readonly FlashQueue _queue;
+    private readonly IClock _clock;
+    private readonly WallClock _wall;
+    private readonly uint _boot;
+    private readonly object _lock = new object();
+    private readonly byte[] _record = new byte[4 + AlertRecord.MaxSize];
+    private readonly byte[] _read;
+    private readonly QueueEntry _entry = new QueueEntry();
+    private readonly AlertJsonWriter _json = new AlertJsonWriter();
+    private readonly Alert _dropped = new Alert();
+    private readonly Slot[] _slots = new Slot[Slots];
+    private readonly uint[] _replaced = new uint[ReplacedCapacity];
+    private readonly uint[] _chainIds = new uint[ReplacedCapacity];
+    private readonly uint[] _chainLatest = new uint[ReplacedCapacity];
+    private int _replacedCount;
+    private bool _scanned;
+
+    /// <summary>Creates the store over a mounted queue.</summary>
+    /// <param name="queue">The mounted flash queue the store owns.</param>
+    /// <param name="clock">Monotonic time.</param>
+    /// <param name="wall">Wall-clock time, possibly unknown.</param>
+    /// <param name="boot">This boot's number (kept by the application across reboots).</param>
+    public AlertStore(FlashQueue queue, IClock clock, WallClock wall, uint boot)
+    {
+        if (queue == null || clock == null || wall == null)
+        {
+            throw new ArgumentNullException(queue == null ? nameof(queue) : clock == null ? nameof(clock) : nameof(wall));
+        }
+
+        _queue = queue;
+        _clock = clock;
+        _wall = wall;
+        _boot = boot;
+        _read = new byte[queue.MaxPayload];
+        for (int i = 0; i < Slots; i++)
+        {
+            _slots[i] = new Slot();
+        }
+    }
+
+    /// <summary>Alerts raised and not yet acknowledged by the gateway (records, including replaced ones).</summary>
+    public uint Depth => _queue.Depth;
+
+    /// <summary>
+    /// Raises an alert: when this returns, it is on flash. A repeat of an alert not yet sent is merged
+    /// into it instead (count and last time).
+    /// </summary>
+    /// <param name="alert">The alert; its fields are copied.</param>
+    /// <returns>The queue sequence number of the record written, or 0 when the repeat was counted without a write.</returns>
+    /// <exception cref="ArgumentException">The alert breaks a limit of Contract 1; the message says which.</exception>
+    public uint Raise(Alert alert)
+    {
+        if (alert == null)
+        {
+            throw new ArgumentNullException(nameof(alert));
+        }
+
+        lock (_lock)
+        {
+            long uptime = _clock.UptimeMs;
+            long unix = _wall.UnixMs;
+            Slot? slot = FindUnsent(alert);
+            if (slot == null)
+            {
+                int length = AlertRecord.Encode(alert, unix, uptime, _boot, _record, 0);
+                uint seq = _queue.Append(KindAlert, (byte)alert.Severity, _record, 0, length);
+                Remember(alert, seq, unix, uptime);
+                return seq;
+            }
+
+            slot.Count++;
+            slot.LastUnix = unix;
+            slot.LastUptime = uptime;
+            bool powerOfTwo = (slot.Count & (slot.Count - 1)) == 0;
+            if (!powerOfTwo && uptime - slot.WrittenAtUptime < UpdateIntervalMs)
+            {
+                return 0;
+            }
+
+            // Write the merged alert under the first one's id; the earlier record is skipped when sent.
+            int len = AlertRecord.Encode(alert, slot.FirstUnix, slot.FirstUptime, _boot, _record, 4);
+            PatchRepeat(slot);
+            Le.PutU32(_record, 0, slot.IdSeq);
+            uint updateSeq = _queue.Append(KindUpdate, (byte)alert.Severity, _record, 0, 4 + len);
+            AddReplaced(slot.LatestSeq);
+            slot.LatestSeq = updateSeq;
+            slot.WrittenAtUptime = uptime;
+            return updateSeq;
+        }
+    }
+
+    /// <summary>
+    /// Writes the next alert to send as Contract 1 JSON, without allocating. Alerts replaced by a later
+    /// update are skipped; a drop marker becomes an <see cref="DroppedCode"/> alert.
+    /// </summary>
+    /// <param name="json">Destination; <see cref="AlertJsonWriter.MaxLength"/> bytes always suffice.</param>
+    /// <param name="offset">Where to start writing.</param>
+    /// <param name="length">JSON length in bytes.</param>
+    /// <param name="seq">The entry's sequence number: acknowledge up to it once the gateway owns the alert.</param>
+    /// <returns>False when nothing is left to send.</returns>
+    public bool TryNext(byte[] json, int offset, out int length, out uint seq)
+    {
+        lock (_lock)
+        {
+            if (!_scanned)
+            {
+                ScanReplaced();
+            }
+
+            while (_queue.TryRead(_entry, _read, 0))
+            {
+                seq = _entry.Seq;
+                if (IsReplaced(_entry.Seq))
+                {
+                    continue;
+                }
+
+                if (_entry.Type == EntryType.Dropped)
+                {
+                    length = WriteDropped(json, offset);
+                    return true;
+                }
+
+                int start = _entry.Kind == KindUpdate ? 4 : 0;
+                uint idSeq = _entry.Kind == KindUpdate ? Le.U32(_read, 0) : _entry.OriginalSeq;
+                length = _json.Write(_read, start, _entry.Length - start, _queue.Epoch, idSeq, _boot, _clock.UptimeMs, _wall.UnixMs, json, offset);
+                return true;
+            }
+
+            length = 0;
+            seq = 0;
+            return false;
+        }
+    }
+
+    /// <summary>The gateway owns every alert up to <paramref name="seq"/>: remove them from flash.</summary>
+    /// <param name="seq">Sequence number from <see cref="TryNext"/>.</param>
+    public void Acknowledge(uint seq)
+    {
+        lock (_lock)
+        {
+            _queue.Acknowledge(seq);
+        }
+    }
+
+    /// <summary>The link was lost: hand out every unacknowledged alert again.</summary>
+    public void Rewind()
+    {
+        lock (_lock)
+        {
+            _queue.Rewind();
+        }
+    }
+
+    /// <summary>Idle-time flash maintenance (pre-erases the next sector).</summary>
+    public void Maintain()
+    {
+        lock (_lock)
+        {
+            _queue.Maintain();
+        }
+    }
+
+    private Slot? FindUnsent(Alert alert)
+    {
+        string code = alert.Code;
+        for (int i = 0; i < Slots; i++)
+        {
+            Slot s = _slots[i];
+            if (s.LatestSeq != 0 && s.LatestSeq > _queue.HandedOutThrough && s.State == alert.State && s.Severity == alert.Severity && s.Code == code)
+            {
+                return s;
+            }
+        }
+
+        return null;
+    }
+
+    private void Remember(Alert alert, uint seq, long unix, long uptime)
+    {
+        // Reuse the slot of the same code, else the oldest.
+        Slot target = _slots[0];
+        for (int i = 0; i < Slots; i++)
+        {
+            Slot s = _slots[i];
+            if (s.Code == alert.Code)
+            {
+                target = s;
+                break;
+            }
+
+            if (s.LatestSeq < target.LatestSeq)
+            {
+                target = s;
+            }
+        }
+
+        target.Code = alert.Code;
+        target.State = alert.State;
+        target.Severity = alert.Severity;
+        target.IdSeq = seq;
+        target.LatestSeq = seq;
+        target.Count = 1;
+        target.FirstUnix = unix;
+        target.FirstUptime = uptime;
+        target.WrittenAtUptime = uptime;
+    }
+
+    private void PatchRepeat(Slot slot)
+    {
+        const int O = 4;
+        Le.PutU32(_record, O + AlertRecord.OffsetCount, slot.Count);
+        bool firstWall = slot.FirstUnix != AlertRecord.UnknownTime;
+        bool lastWall = slot.LastUnix != AlertRecord.UnknownTime;
+        PutI64(_record, O + AlertRecord.OffsetFirst, firstWall ? slot.FirstUnix : slot.FirstUptime);
+        PutI64(_record, O + AlertRecord.OffsetLast, lastWall ? slot.LastUnix : slot.LastUptime);
+        _record[O + AlertRecord.OffsetFlags] = (byte)((firstWall ? 0 : AlertRecord.FlagFirstIsUptime) | (lastWall ? 0 : AlertRecord.FlagLastIsUptime));
+    }
+
+    /// <summary>Once per boot, before the first send, learns which queued records a later update replaced.</summary>
+    private void ScanReplaced()
+    {
+        int chains = 0;
+        while (_queue.TryRead(_entry, _read, 0))
+        {
+            if (_entry.Type != EntryType.Item || _entry.Kind != KindUpdate)
+            {
+                continue;
+            }
+
+            // An update replaces the first record of its chain (named by its id) and the previous update.
+            uint idSeq = Le.U32(_read, 0);
+            AddReplaced(idSeq);
+            int i = 0;
+            while (i < chains && _chainIds[i] != idSeq)
+            {
+                i++;
+            }
+
+            if (i < chains)
+            {
+                AddReplaced(_chainLatest[i]);
+            }
+            else if (chains < ReplacedCapacity)
+            {
+                _chainIds[chains++] = idSeq;
+            }
+
+            if (i < ReplacedCapacity)
+            {
+                _chainLatest[i] = _entry.Seq;
+            }
+        }
+
+        _queue.Rewind();
+        _scanned = true;
+    }
+
+    private void AddReplaced(uint seq)
+    {
+        if (IsReplaced(seq))
+        {
+            return;
+        }
+
+        // Beyond the capacity the oldest is forgotten: that record is then sent too, under the same id,
+        // and the gateway drops it as a duplicate.
+        if (_replacedCount == ReplacedCapacity)
+        {
+            Array.Copy(_replaced, 1, _replaced, 0, ReplacedCapacity - 1);
+            _replacedCount--;
+        }
+
+        _replaced[_replacedCount++] = seq;
+    }
+
+    private bool IsReplaced(uint seq)
+    {
+        for (int i = 0; i < _replacedCount; i++)
+        {
+            if (_replaced[i] == seq)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    private int WriteDropped(byte[] json, int offset)
+    {
+        _dropped.Reset();
+        _dropped.Code = DroppedCode;
+        _dropped.Severity = Severity.Warning;
+        _dropped.Text = _entry.DroppedCount + " alerts dropped while the device queue was full (sequence numbers " + _entry.DroppedFirstSeq + " to " + _entry.DroppedLastSeq + ").";
+        _dropped.AddValue("dropped", _entry.DroppedCount, 0);
+        int len = AlertRecord.Encode(_dropped, _wall.UnixMs, _clock.UptimeMs, _boot, _record, 0);
+        return _json.Write(_record, 0, len, _queue.Epoch, _entry.Seq, _boot, _clock.UptimeMs, _wall.UnixMs, json, offset);
+    }
+
+    private static void PutI64(byte[] b, int o, long v)
+    {
+        Le.PutU32(b, o, (uint)v);
+        Le.PutU32(b, o + 4, (uint)(v >> 32));
+    }
+
+    private sealed class Slot
+    {
+        public string Code = string.Empty;
+        public AlertState State;
+        public Severity Severity;
+        public uint IdSeq;
+        public uint LatestSeq;
+        public uint Count;
+        public long FirstUnix;
+        public long FirstUptime;
+        public long LastUnix;
+        public long LastUptime;
+        public long WrittenAtUptime;
+    }
+}
