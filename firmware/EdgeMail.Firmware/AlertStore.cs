@@ -24,7 +24,7 @@ public sealed class AlertStore
     public const string DroppedCode = "EDGEMAIL.QUEUE_FULL";
 
     private const int Slots = 8;
-    private const int ReplacedCapacity = 16;
+    private const int Chains = 16;
     private const long UpdateIntervalMs = 60_000;
 
     private readonly FlashQueue _queue;
@@ -38,10 +38,9 @@ public sealed class AlertStore
     private readonly AlertJsonWriter _json = new AlertJsonWriter();
     private readonly Alert _dropped = new Alert();
     private readonly Slot[] _slots = new Slot[Slots];
-    private readonly uint[] _replaced = new uint[ReplacedCapacity];
-    private readonly uint[] _chainIds = new uint[ReplacedCapacity];
-    private readonly uint[] _chainLatest = new uint[ReplacedCapacity];
-    private int _replacedCount;
+    private readonly uint[] _chainIds = new uint[Chains];
+    private readonly uint[] _chainLatest = new uint[Chains];
+    private int _chainCount;
     private bool _scanned;
 
     /// <summary>Creates the store over a mounted queue.</summary>
@@ -111,7 +110,7 @@ public sealed class AlertStore
             PatchRepeat(slot);
             Le.PutU32(_record, 0, slot.IdSeq);
             uint updateSeq = _queue.Append(KindUpdate, (byte)alert.Severity, _record, 0, 4 + len);
-            AddReplaced(slot.LatestSeq);
+            SetChainLatest(slot.IdSeq, updateSeq);
             slot.LatestSeq = updateSeq;
             slot.WrittenAtUptime = uptime;
             return updateSeq;
@@ -139,7 +138,7 @@ public sealed class AlertStore
             while (_queue.TryRead(_entry, _read, 0))
             {
                 seq = _entry.Seq;
-                if (IsReplaced(_entry.Seq))
+                if (IsReplaced())
                 {
                     continue;
                 }
@@ -152,6 +151,7 @@ public sealed class AlertStore
 
                 int start = _entry.Kind == KindUpdate ? 4 : 0;
                 uint idSeq = _entry.Kind == KindUpdate ? Le.U32(_read, 0) : _entry.OriginalSeq;
+                CountUnwrittenRepeats(idSeq, start);
                 length = _json.Write(_read, start, _entry.Length - start, _queue.Epoch, idSeq, _boot, _clock.UptimeMs, _wall.UnixMs, json, offset);
                 return true;
             }
@@ -232,52 +232,45 @@ public sealed class AlertStore
         target.Count = 1;
         target.FirstUnix = unix;
         target.FirstUptime = uptime;
+        target.LastUnix = unix;
+        target.LastUptime = uptime;
         target.WrittenAtUptime = uptime;
     }
 
-    private void PatchRepeat(Slot slot)
+    /// <summary>Repeats counted since the last update was written go out with the alert (this boot only).</summary>
+    private void CountUnwrittenRepeats(uint idSeq, int recordOffset)
     {
-        const int O = 4;
-        Le.PutU32(_record, O + AlertRecord.OffsetCount, slot.Count);
-        bool firstWall = slot.FirstUnix != AlertRecord.UnknownTime;
-        bool lastWall = slot.LastUnix != AlertRecord.UnknownTime;
-        PutI64(_record, O + AlertRecord.OffsetFirst, firstWall ? slot.FirstUnix : slot.FirstUptime);
-        PutI64(_record, O + AlertRecord.OffsetLast, lastWall ? slot.LastUnix : slot.LastUptime);
-        _record[O + AlertRecord.OffsetFlags] = (byte)((firstWall ? 0 : AlertRecord.FlagFirstIsUptime) | (lastWall ? 0 : AlertRecord.FlagLastIsUptime));
+        for (int i = 0; i < Slots; i++)
+        {
+            Slot s = _slots[i];
+            if (s.LatestSeq != 0 && s.IdSeq == idSeq && s.LatestSeq == _entry.OriginalSeq && s.Count > 1)
+            {
+                PatchRepeat(s, _read, recordOffset);
+                return;
+            }
+        }
     }
 
-    /// <summary>Once per boot, before the first send, learns which queued records a later update replaced.</summary>
+    private void PatchRepeat(Slot slot) => PatchRepeat(slot, _record, 4);
+
+    private static void PatchRepeat(Slot slot, byte[] record, int o)
+    {
+        Le.PutU32(record, o + AlertRecord.OffsetCount, slot.Count);
+        bool firstWall = slot.FirstUnix != AlertRecord.UnknownTime;
+        bool lastWall = slot.LastUnix != AlertRecord.UnknownTime;
+        PutI64(record, o + AlertRecord.OffsetFirst, firstWall ? slot.FirstUnix : slot.FirstUptime);
+        PutI64(record, o + AlertRecord.OffsetLast, lastWall ? slot.LastUnix : slot.LastUptime);
+        record[o + AlertRecord.OffsetFlags] = (byte)((firstWall ? 0 : AlertRecord.FlagFirstIsUptime) | (lastWall ? 0 : AlertRecord.FlagLastIsUptime));
+    }
+
+    /// <summary>Once per boot, before the first send, learns the latest update of each coalesced alert.</summary>
     private void ScanReplaced()
     {
-        int chains = 0;
         while (_queue.TryRead(_entry, _read, 0))
         {
-            if (_entry.Type != EntryType.Item || _entry.Kind != KindUpdate)
+            if (_entry.Type == EntryType.Item && _entry.Kind == KindUpdate)
             {
-                continue;
-            }
-
-            // An update replaces the first record of its chain (named by its id) and the previous update.
-            uint idSeq = Le.U32(_read, 0);
-            AddReplaced(idSeq);
-            int i = 0;
-            while (i < chains && _chainIds[i] != idSeq)
-            {
-                i++;
-            }
-
-            if (i < chains)
-            {
-                AddReplaced(_chainLatest[i]);
-            }
-            else if (chains < ReplacedCapacity)
-            {
-                _chainIds[chains++] = idSeq;
-            }
-
-            if (i < ReplacedCapacity)
-            {
-                _chainLatest[i] = _entry.Seq;
+                SetChainLatest(Le.U32(_read, 0), _entry.OriginalSeq);
             }
         }
 
@@ -285,31 +278,46 @@ public sealed class AlertStore
         _scanned = true;
     }
 
-    private void AddReplaced(uint seq)
+    /// <summary>Records that the alert first queued as <paramref name="idSeq"/> was last updated by <paramref name="updateSeq"/>.</summary>
+    private void SetChainLatest(uint idSeq, uint updateSeq)
     {
-        if (IsReplaced(seq))
+        for (int i = 0; i < _chainCount; i++)
         {
-            return;
+            if (_chainIds[i] == idSeq)
+            {
+                _chainLatest[i] = updateSeq;
+                return;
+            }
         }
 
-        // Beyond the capacity the oldest is forgotten: that record is then sent too, under the same id,
-        // and the gateway drops it as a duplicate.
-        if (_replacedCount == ReplacedCapacity)
+        // Beyond the capacity the oldest chain is forgotten: its records are then all sent, under the
+        // same id, and the gateway keeps the first as the alert and drops the rest as duplicates.
+        if (_chainCount == Chains)
         {
-            Array.Copy(_replaced, 1, _replaced, 0, ReplacedCapacity - 1);
-            _replacedCount--;
+            Array.Copy(_chainIds, 1, _chainIds, 0, Chains - 1);
+            Array.Copy(_chainLatest, 1, _chainLatest, 0, Chains - 1);
+            _chainCount--;
         }
 
-        _replaced[_replacedCount++] = seq;
+        _chainIds[_chainCount] = idSeq;
+        _chainLatest[_chainCount++] = updateSeq;
     }
 
-    private bool IsReplaced(uint seq)
+    /// <summary>Whether the entry just read was replaced by a later update of the same alert.</summary>
+    private bool IsReplaced()
     {
-        for (int i = 0; i < _replacedCount; i++)
+        if (_entry.Type != EntryType.Item)
         {
-            if (_replaced[i] == seq)
+            return false;
+        }
+
+        // Sequence numbers as first appended: stable when the full policy moves entries forward.
+        uint idSeq = _entry.Kind == KindUpdate ? Le.U32(_read, 0) : _entry.OriginalSeq;
+        for (int i = 0; i < _chainCount; i++)
+        {
+            if (_chainIds[i] == idSeq)
             {
-                return true;
+                return _chainLatest[i] != _entry.OriginalSeq;
             }
         }
 

@@ -293,7 +293,10 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
         }
 
         Persist(address, count);
-        ThrowIfCut(cut, $"program of {count} bytes at 0x{address:X}");
+        if (cut)
+        {
+            ThrowCut($"program of {count} bytes at 0x{address:X}");
+        }
     }
 
     /// <inheritdoc />
@@ -331,7 +334,10 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
         }
 
         Persist(start, Geometry.SectorBytes);
-        ThrowIfCut(cut, $"erase of sector {sector}");
+        if (cut)
+        {
+            ThrowCut($"erase of sector {sector}");
+        }
     }
 
     /// <summary>Copies the cells (for inspection in tests).</summary>
@@ -395,13 +401,10 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
         return false;
     }
 
-    private void ThrowIfCut(bool cut, string what)
+    private void ThrowCut(string what)
     {
-        if (cut)
-        {
-            IsPoweredOff = true;
-            throw new PowerLossException($"Power lost during {what} ({_cutFraction:P0} done)");
-        }
+        IsPoweredOff = true;
+        throw new PowerLossException($"Power lost during {what} ({_cutFraction:P0} done)");
     }
 
     private void EnsurePowered()

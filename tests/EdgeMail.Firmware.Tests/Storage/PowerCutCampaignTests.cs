@@ -1,4 +1,5 @@
 using EdgeMail.Firmware.Storage;
+using EdgeMail.Simulation.Torture;
 using FsCheck;
 using FsCheck.Fluent;
 using Xunit;

@@ -1,16 +1,27 @@
 using EdgeMail.Firmware.Storage;
 using EdgeMail.Simulation.Flash;
 
-namespace EdgeMail.Firmware.Tests.Storage;
+namespace EdgeMail.Simulation.Torture;
 
 /// <summary>One step of a queue workload.</summary>
-internal enum Step
+public enum Step
 {
+    /// <summary>Append an entry of pseudo-random size and priority.</summary>
     Append,
+
+    /// <summary>Hand out up to four entries (an uplink batch in flight).</summary>
     ReadBatch,
+
+    /// <summary>Acknowledge the batch in flight.</summary>
     AckBatch,
+
+    /// <summary>The link drops: the batch in flight will be handed out again.</summary>
     LinkLost,
+
+    /// <summary>A clean reboot: mount the queue again.</summary>
     Reboot,
+
+    /// <summary>Idle-time maintenance.</summary>
     Maintain,
 }
 
@@ -23,7 +34,7 @@ internal enum Step
 /// corrupt, an acknowledged entry comes back only from the batch whose acknowledgement was in flight,
 /// and sequence numbers never repeat.
 /// </summary>
-internal sealed class PowerCutCampaign
+public sealed class PowerCutCampaign
 {
     private readonly FlashGeometry _geometry;
     private readonly FullPolicy _policy;
@@ -46,6 +57,12 @@ internal sealed class PowerCutCampaign
     private NorFlashSimulator _flash = null!;
     private FlashQueue _queue = null!;
 
+    /// <summary>Prepares a campaign.</summary>
+    /// <param name="geometry">The flash to run on.</param>
+    /// <param name="policy">The queue's full policy.</param>
+    /// <param name="seed">Seed of the flash's random choices and of the epoch.</param>
+    /// <param name="cutsAt">For each mutation index, where inside it to cut (0 before, 1 after; empty for none).</param>
+    /// <param name="weakBits">Whether torn operations leave weak bits.</param>
     public PowerCutCampaign(FlashGeometry geometry, FullPolicy policy, int seed, Func<long, double[]> cutsAt, bool weakBits)
     {
         _geometry = geometry;
@@ -55,14 +72,22 @@ internal sealed class PowerCutCampaign
         _weakBits = weakBits;
     }
 
+    /// <summary>Cut points at which the flash was forked, cut, remounted and checked.</summary>
     public long CutPointsChecked { get; private set; }
 
+    /// <summary>Program and erase operations the workload performed.</summary>
     public long Mutations { get; private set; }
 
+    /// <summary>Entries the queue reported dropped (full policy) to the reader during the workload.</summary>
     public long DroppedReported { get; private set; }
 
+    /// <summary>Every broken promise found, with the seed and cut point that shows it.</summary>
     public IReadOnlyList<string> Violations => _violations;
 
+    /// <summary>The self-checking payload of entry <paramref name="id"/>.</summary>
+    /// <param name="id">Entry id (its first four bytes).</param>
+    /// <param name="size">Payload size, at least 4.</param>
+    /// <returns>The payload.</returns>
     public static byte[] Payload(uint id, int size)
     {
         var p = new byte[size];
@@ -76,6 +101,9 @@ internal sealed class PowerCutCampaign
     }
 
     /// <summary>A scripted workload: offline stretches that fill the queue, online stretches that drain it, reboots.</summary>
+    /// <param name="seed">Seed of the script.</param>
+    /// <param name="steps">Number of steps.</param>
+    /// <returns>The steps, each with a random argument.</returns>
     public static List<(Step Step, int Arg)> Script(int seed, int steps)
     {
         var rng = new Random(seed);
@@ -93,6 +121,8 @@ internal sealed class PowerCutCampaign
         return script;
     }
 
+    /// <summary>Runs the workload, checking every cut point <c>cutsAt</c> selects.</summary>
+    /// <param name="script">The steps.</param>
     public void Run(IEnumerable<(Step Step, int Arg)> script)
     {
         _flash = new NorFlashSimulator(_geometry, seed: _seed);

@@ -1,0 +1,189 @@
+using System.Text.Json;
+using EdgeMail.Firmware.Alerts;
+using EdgeMail.Firmware.Storage;
+using EdgeMail.Simulation.Flash;
+using Xunit;
+
+namespace EdgeMail.Firmware.Tests;
+
+public class AlertStoreTests
+{
+    private static readonly FlashGeometry Geometry = new(64 * 1024, 4096, 256, 1, allowsReprogram: true, encrypted: false);
+
+    private sealed class ManualClock : IClock
+    {
+        public long UptimeMs { get; set; } = 1_000;
+    }
+
+    private static (AlertStore Store, FlashQueue Queue) Boot(NorFlashSimulator flash, ManualClock clock, uint boot, long? wallUnixMs = null)
+    {
+        var queue = new FlashQueue(flash);
+        queue.Mount(0x7F3A9C21);
+        var wall = new WallClock(clock);
+        if (wallUnixMs is long t)
+        {
+            wall.Set(t);
+        }
+
+        return (new AlertStore(queue, clock, wall, boot), queue);
+    }
+
+    private static List<(JsonElement Json, uint Seq)> Drain(AlertStore store)
+    {
+        var list = new List<(JsonElement, uint)>();
+        var buf = new byte[AlertJsonWriter.MaxLength];
+        while (store.TryNext(buf, 0, out int len, out uint seq))
+        {
+            list.Add((JsonDocument.Parse(buf.AsMemory(0, len)).RootElement.Clone(), seq));
+        }
+
+        return list;
+    }
+
+    [Fact]
+    public void Raise_ThenReboot_TheAlertIsSentWithItsIdAndTime()
+    {
+        using var flash = new NorFlashSimulator(Geometry);
+        var clock = new ManualClock();
+        var (store, _) = Boot(flash, clock, boot: 17, wallUnixMs: 1_795_859_892_000); // 2026-11-28T09:58:12Z
+        var alert = new Alert("FREEZER_TEMP_HIGH", Severity.Critical, "Freezer 2 above -15 °C");
+        alert.AddValue("temp_c", -95, 1);
+        uint seq = store.Raise(alert);
+
+        var (again, _) = Boot(flash, clock, boot: 18);
+        var sent = Drain(again);
+
+        var json = Assert.Single(sent).Json;
+        Assert.Equal($"7f3a9c21-{seq}", json.GetProperty("id").GetString());
+        Assert.Equal("critical", json.GetProperty("sev").GetString());
+        Assert.Equal("2026-11-28T09:58:12Z", json.GetProperty("raised").GetString());
+        Assert.Equal(-9.5m, json.GetProperty("values").GetProperty("temp_c").GetDecimal());
+        Assert.Equal(17, json.GetProperty("boot").GetInt32());
+    }
+
+    [Fact]
+    public void Storm_WhileOffline_CoalescesIntoOneAlert_AndDoesNotPushOutOthers()
+    {
+        using var flash = new NorFlashSimulator(Geometry);
+        var clock = new ManualClock();
+        var (store, queue) = Boot(flash, clock, boot: 1);
+        store.Raise(new Alert("DOOR_OPEN", Severity.Warning, "Door open"));
+        long recordsBefore = flash.ProgramOps;
+        for (int i = 0; i < 10_000; i++)
+        {
+            clock.UptimeMs += 100; // ten per second for 1000 s
+            store.Raise(new Alert("PUMP_CYCLING", Severity.Warning, "Pump restarted"));
+        }
+
+        store.Raise(new Alert("BATTERY_LOW", Severity.Info, "Battery at 9 %"));
+        long storms = flash.ProgramOps - recordsBefore;
+        var sent = Drain(store);
+
+        Assert.InRange(storms, 1, 60); // 10,000 repeats cost a few dozen records, not 10,000
+        Assert.Equal(new[] { "DOOR_OPEN", "PUMP_CYCLING", "BATTERY_LOW" }, sent.Select(s => s.Json.GetProperty("code").GetString()));
+        var pump = sent[1].Json;
+        Assert.Equal(10_000, pump.GetProperty("count").GetInt32());
+        Assert.True(pump.TryGetProperty("first", out _) || pump.TryGetProperty("age_ms", out _));
+        Assert.True(queue.Depth < 60);
+    }
+
+    [Fact]
+    public void Storm_AcrossAReboot_IsStillOneAlert_WithThePersistedCount()
+    {
+        using var flash = new NorFlashSimulator(Geometry);
+        var clock = new ManualClock();
+        var (store, _) = Boot(flash, clock, boot: 1);
+        for (int i = 0; i < 1000; i++)
+        {
+            store.Raise(new Alert("PUMP_CYCLING", Severity.Warning, "Pump restarted"));
+        }
+
+        var (again, _) = Boot(flash, clock, boot: 2);
+        var sent = Drain(again);
+
+        var pump = Assert.Single(sent).Json;
+        Assert.Equal(512, pump.GetProperty("count").GetInt32()); // counts persist at powers of two (or each minute)
+    }
+
+    [Fact]
+    public void ARepeatOfAnAlertAlreadySent_IsANewAlert()
+    {
+        using var flash = new NorFlashSimulator(Geometry);
+        var clock = new ManualClock();
+        var (store, _) = Boot(flash, clock, boot: 1);
+        store.Raise(new Alert("DOOR_OPEN", Severity.Warning, "Door open"));
+        var first = Drain(store);
+        store.Raise(new Alert("DOOR_OPEN", Severity.Warning, "Door open"));
+        var second = Drain(store);
+
+        Assert.Single(first);
+        Assert.Single(second);
+        Assert.NotEqual(first[0].Json.GetProperty("id").GetString(), second[0].Json.GetProperty("id").GetString());
+    }
+
+    [Fact]
+    public void Acknowledge_RemovesAlerts_RewindResendsTheOthers()
+    {
+        using var flash = new NorFlashSimulator(Geometry);
+        var clock = new ManualClock();
+        var (store, _) = Boot(flash, clock, boot: 1);
+        for (int i = 0; i < 3; i++)
+        {
+            store.Raise(new Alert("CODE_" + i, Severity.Info, "t"));
+        }
+
+        var sent = Drain(store);
+        store.Acknowledge(sent[0].Seq);
+        store.Rewind();
+        var again = Drain(store);
+
+        Assert.Equal(new[] { "CODE_1", "CODE_2" }, again.Select(s => s.Json.GetProperty("code").GetString()));
+    }
+
+    [Fact]
+    public void AlertsDroppedByAFullQueue_AreReportedToTheGateway()
+    {
+        using var flash = new NorFlashSimulator(new FlashGeometry(8 * 4096, 4096, 256, 1, true, false));
+        var clock = new ManualClock();
+        var (store, _) = Boot(flash, clock, boot: 1);
+        for (int i = 0; i < 2000; i++)
+        {
+            store.Raise(new Alert("READING_" + (i % 500), Severity.Info, new string('x', 100)));
+        }
+
+        var sent = Drain(store);
+        var marker = sent.Select(s => s.Json).Where(j => j.GetProperty("code").GetString() == AlertStore.DroppedCode).ToList();
+
+        Assert.NotEmpty(marker);
+        int reported = marker.Sum(m => m.GetProperty("values").GetProperty("dropped").GetInt32());
+        int delivered = sent.Count - marker.Count;
+        Assert.Equal(2000, reported + delivered);
+    }
+
+    [Fact]
+    public void RaiseAndSend_AllocateNothing_InSteadyState()
+    {
+        using var flash = new NorFlashSimulator(Geometry);
+        var clock = new ManualClock();
+        var (store, _) = Boot(flash, clock, boot: 1, wallUnixMs: 1_795_859_892_000);
+        var alert = new Alert("FREEZER_TEMP_HIGH", Severity.Critical, "Freezer 2 above -15 °C");
+        alert.AddValue("temp_c", -95, 1);
+        var buf = new byte[AlertJsonWriter.MaxLength];
+        for (int i = 0; i < 50; i++)
+        {
+            store.Raise(alert);
+            store.TryNext(buf, 0, out _, out uint s);
+            store.Acknowledge(s);
+        }
+
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 200; i++)
+        {
+            store.Raise(alert);
+            store.TryNext(buf, 0, out _, out uint s);
+            store.Acknowledge(s);
+        }
+
+        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+    }
+}
