@@ -1,0 +1,509 @@
+using System;
+using EdgeMail.Firmware.Alerts;
+using EdgeMail.Firmware.Uplink.Mqtt;
+
+namespace EdgeMail.Firmware.Uplink;
+
+/// <summary>
+/// Store-and-forward over MQTT: takes alerts from the <see cref="AlertStore"/> in order, publishes each as QoS 1
+/// (tag = its flash sequence number) and acknowledges the store only when the gateway has sent PUBACK, in order.
+/// A state machine (offline → connecting → sending ⇄ idle, and backoff with seeded full jitter after a failure)
+/// driven by <see cref="Step"/>: no threads inside, nothing allocated per alert. On connect it subscribes to the
+/// device's receipt topic and publishes a retained status heartbeat (again every
+/// <see cref="ForwarderOptions.HeartbeatIntervalMs"/>); receipts set the <see cref="WallClock"/> when the device has
+/// no RTC. In duty-cycled mode it connects on a schedule, or at once for a critical alert, drains the queue and
+/// disconnects.
+/// </summary>
+/// <remarks>
+/// Link failures are handled inside (they lead to backoff); any other exception — notably a power loss from the flash
+/// below the store — passes through, and the device reboots and mounts the queue again: what was not acknowledged is
+/// sent again under the same alert id, and the gateway de-duplicates. Not thread-safe: call <see cref="Step"/> from
+/// one thread (raising alerts from other threads is fine; the store is thread-safe).
+/// </remarks>
+public sealed class Forwarder : IMqttClientHandler
+{
+    private const int MaxBackoffDoublings = 30;
+
+    private readonly AlertStore _store;
+    private readonly IClock _clock;
+    private readonly WallClock _wall;
+    private readonly ForwarderOptions _options;
+    private readonly MqttClient _client;
+    private readonly ForwarderRandom _random;
+    private readonly StatusJsonWriter _statusWriter = new StatusJsonWriter();
+    private readonly DeviceStatus _status = new DeviceStatus();
+    private readonly string _alertTopic;
+    private readonly string _statusTopic;
+    private readonly string _receiptTopic;
+    private readonly byte[] _json;
+    private readonly byte[] _statusJson = new byte[512];
+    private readonly uint[] _pendingSeq;
+    private readonly bool[] _pendingAcked;
+    private readonly long[] _resendTags;
+    private int _pendingCount;
+    private int _resendCount;
+    private int _resendIndex;
+    private bool _held;
+    private int _heldLength;
+    private uint _heldSeq;
+    private bool _drained;
+    private int _attempt;
+    private long _nextAttemptMs;
+    private long _nextWakeMs;
+    private long _nextHeartbeatMs;
+    private long _connectedSinceMs;
+    private long _drainedSinceMs;
+    private bool _wakeRequested;
+    private bool _started;
+    private bool _linkUp;
+
+    /// <summary>Creates the forwarder; nothing happens until <see cref="Step"/>.</summary>
+    /// <param name="store">The alert store to drain.</param>
+    /// <param name="transport">The byte stream to the gateway (TCP, TLS, a simulated link).</param>
+    /// <param name="clock">Monotonic time.</param>
+    /// <param name="wall">Wall-clock time; set from receipts unless <see cref="ForwarderOptions.HasRtc"/>.</param>
+    /// <param name="options">Identity, gateway address, retry and heartbeat settings; read once, here.</param>
+    public Forwarder(AlertStore store, ITransport transport, IClock clock, WallClock wall, ForwarderOptions options)
+    {
+        if (store == null || transport == null || clock == null || wall == null || options == null)
+        {
+            throw new ArgumentNullException(store == null ? nameof(store) : transport == null ? nameof(transport) : clock == null ? nameof(clock) : wall == null ? nameof(wall) : nameof(options));
+        }
+
+        if (options.DeviceId == null || options.DeviceId.Length == 0)
+        {
+            throw new ArgumentException("DeviceId must be set: it is the MQTT client id, the user name and part of every topic.", nameof(options));
+        }
+
+        if (options.BackoffBaseMs < 1 || options.BackoffMaxMs < options.BackoffBaseMs)
+        {
+            throw new ArgumentException("BackoffBaseMs must be at least 1 and BackoffMaxMs at least BackoffBaseMs.", nameof(options));
+        }
+
+        _store = store;
+        _clock = clock;
+        _wall = wall;
+        _options = options;
+        _random = new ForwarderRandom(options.JitterSeed);
+        _alertTopic = "edgemail/v1/" + options.DeviceId + "/alert";
+        _statusTopic = "edgemail/v1/" + options.DeviceId + "/status";
+        _receiptTopic = "edgemail/v1/" + options.DeviceId + "/receipt";
+        _json = new byte[AlertJsonWriter.MaxLength];
+        _pendingSeq = new uint[options.MaxInFlight];
+        _pendingAcked = new bool[options.MaxInFlight];
+        _resendTags = new long[options.MaxInFlight];
+        _status.FirmwareVersion = options.FirmwareVersion;
+        _client = new MqttClient(transport, clock, new MqttClientOptions
+        {
+            ClientId = options.DeviceId,
+            UserName = options.DeviceId,
+            Password = options.Secret,
+            CleanSession = false,
+            KeepAliveSeconds = options.KeepAliveSeconds,
+            ConnectTimeoutMs = options.ConnectTimeoutMs,
+            ResponseTimeoutMs = options.ConnectTimeoutMs,
+            SendTimeoutMs = options.ConnectTimeoutMs,
+            AckTimeoutMs = options.AckTimeoutMs,
+            MaxInFlight = options.MaxInFlight,
+            SendBufferSize = options.SendBufferSize,
+            ReceiveBufferSize = options.ReceiveBufferSize,
+        }, this);
+    }
+
+    /// <summary>Where the forwarder is in its cycle.</summary>
+    public ForwarderState State { get; private set; }
+
+    /// <summary>
+    /// The status the heartbeat reports. The forwarder fills boot, uptime and queue depth; the application sets the
+    /// rest (battery, RSSI, flash wear, dropped) whenever it likes.
+    /// </summary>
+    public DeviceStatus Status => _status;
+
+    /// <summary>This boot's number, for the heartbeat.</summary>
+    public uint Boot
+    {
+        get => _status.Boot;
+        set => _status.Boot = value;
+    }
+
+    /// <summary>Every alert up to this flash sequence number is acknowledged by the gateway (this boot; 0 before the first).</summary>
+    public uint AcknowledgedThrough { get; private set; }
+
+    /// <summary>Alerts published for the first time on a connection.</summary>
+    public long Published { get; private set; }
+
+    /// <summary>Alerts published again after a reconnect (DUP, same packet id) or a reboot-time resend of a known tag.</summary>
+    public long Resent { get; private set; }
+
+    /// <summary>PUBACKs received for alerts.</summary>
+    public long Acknowledged { get; private set; }
+
+    /// <summary>Connections established.</summary>
+    public long Connects { get; private set; }
+
+    /// <summary>Connection attempts that failed and links that broke.</summary>
+    public long Failures { get; private set; }
+
+    /// <summary>Status heartbeats published.</summary>
+    public long Heartbeats { get; private set; }
+
+    /// <summary>Receipts received on the receipt topic.</summary>
+    public long Receipts { get; private set; }
+
+    /// <summary>Milliseconds spent connected, summed over connections (the radio-on time of duty-cycled mode).</summary>
+    public long ConnectedMs { get; private set; }
+
+    /// <summary>Why the last attempt or link failed; null while none did.</summary>
+    public string? LastError { get; private set; }
+
+    /// <summary>When the next connection attempt is due (uptime ms), while <see cref="ForwarderState.Backoff"/> or offline.</summary>
+    public long NextAttemptMs => State == ForwarderState.Backoff ? _nextAttemptMs : _nextWakeMs;
+
+    /// <summary>True while the MQTT link is up.</summary>
+    public bool IsConnected => _client.IsConnected;
+
+    /// <summary>Raises an alert through the store and, for a critical one, wakes a duty-cycled forwarder at once.</summary>
+    /// <param name="alert">The alert.</param>
+    /// <returns>What <see cref="AlertStore.Raise"/> returns.</returns>
+    public uint Raise(Alert alert)
+    {
+        uint seq = _store.Raise(alert);
+        if (alert.Severity == Severity.Critical)
+        {
+            _wakeRequested = true;
+        }
+
+        return seq;
+    }
+
+    /// <summary>Asks for a connection at the next <see cref="Step"/> (duty-cycled mode), e.g. after a critical alert.</summary>
+    public void Wake() => _wakeRequested = true;
+
+    /// <summary>
+    /// Does the work that is due: connects when it is time, publishes what the window allows, handles incoming
+    /// acknowledgements and receipts, sends heartbeats, and disconnects a drained duty-cycled link.
+    /// </summary>
+    /// <param name="waitMs">While connected, how long to wait for incoming packets (0 only looks).</param>
+    /// <returns>Milliseconds until the forwarder next needs a call (0: call again soon).</returns>
+    public long Step(int waitMs)
+    {
+        long now = _clock.UptimeMs;
+        if (!_started)
+        {
+            _started = true;
+            _nextWakeMs = now;
+            _nextAttemptMs = now;
+        }
+
+        if (!_client.IsConnected)
+        {
+            if (State == ForwarderState.Sending || State == ForwarderState.Idle)
+            {
+                LinkLost("the link closed");
+            }
+
+            if (!DueToConnect(now))
+            {
+                return Until(State == ForwarderState.Backoff ? _nextAttemptMs : _nextWakeMs, now);
+            }
+
+            if (!TryConnect())
+            {
+                return Until(_nextAttemptMs, _clock.UptimeMs);
+            }
+        }
+
+        try
+        {
+            if (_options.HeartbeatIntervalMs > 0 && _options.DutyCycleIntervalMs == 0 && _clock.UptimeMs >= _nextHeartbeatMs)
+            {
+                PublishHeartbeat();
+            }
+
+            FillWindow();
+            _client.Poll(waitMs);
+            FillWindow();
+        }
+        catch (MqttException ex)
+        {
+            LinkLost(ex.Message);
+            return Until(_nextAttemptMs, _clock.UptimeMs);
+        }
+
+        now = _clock.UptimeMs;
+        bool drained = _drained && _pendingCount == 0 && !_held;
+        State = drained ? ForwarderState.Idle : ForwarderState.Sending;
+        if (!drained)
+        {
+            _drainedSinceMs = -1;
+            return 0;
+        }
+
+        if (_drainedSinceMs < 0)
+        {
+            _drainedSinceMs = now;
+            _attempt = 0;
+        }
+
+        if (_options.DutyCycleIntervalMs > 0 && now - _drainedSinceMs >= _options.DutyLingerMs)
+        {
+            Disconnect();
+            return Until(_nextWakeMs, now);
+        }
+
+        return 0;
+    }
+
+    /// <summary>Disconnects cleanly (DISCONNECT, then close) and goes offline until the next scheduled wake.</summary>
+    public void Disconnect()
+    {
+        long now = _clock.UptimeMs;
+        if (_linkUp)
+        {
+            ConnectedMs += now - _connectedSinceMs;
+            _linkUp = false;
+        }
+
+        _client.Disconnect();
+        State = ForwarderState.Offline;
+        _held = false;
+        _pendingCount = 0;
+        if (_options.DutyCycleIntervalMs > 0)
+        {
+            if (_nextWakeMs <= now)
+            {
+                _nextWakeMs += (((now - _nextWakeMs) / _options.DutyCycleIntervalMs) + 1) * _options.DutyCycleIntervalMs;
+            }
+        }
+        else
+        {
+            _nextWakeMs = long.MaxValue;
+        }
+    }
+
+    /// <inheritdoc/>
+    void IMqttClientHandler.OnPublishAcknowledged(long tag)
+    {
+        int i = 0;
+        while (i < _pendingCount && _pendingSeq[i] != (uint)tag)
+        {
+            i++;
+        }
+
+        if (i == _pendingCount)
+        {
+            return;
+        }
+
+        _pendingAcked[i] = true;
+        Acknowledged++;
+        int done = 0;
+        while (done < _pendingCount && _pendingAcked[done])
+        {
+            done++;
+        }
+
+        if (done == 0)
+        {
+            return;
+        }
+
+        uint through = _pendingSeq[done - 1];
+        for (int j = done; j < _pendingCount; j++)
+        {
+            _pendingSeq[j - done] = _pendingSeq[j];
+            _pendingAcked[j - done] = _pendingAcked[j];
+        }
+
+        _pendingCount -= done;
+        _store.Acknowledge(through);
+        AcknowledgedThrough = through;
+        _attempt = 0;
+    }
+
+    /// <inheritdoc/>
+    void IMqttClientHandler.OnMessageReceived(MqttPacket message)
+    {
+        if (!message.TopicEquals(_receiptTopic) || message.Buffer == null)
+        {
+            return;
+        }
+
+        Receipts++;
+        if (_options.HasRtc)
+        {
+            return;
+        }
+
+        long at = ForwarderReceipt.ReadAt(message.Buffer, message.PayloadOffset, message.PayloadLength);
+        if (at == AlertRecord.UnknownTime)
+        {
+            return;
+        }
+
+        // Receipts may be old (queued by the broker while the device was away): only move forward, or set when unknown.
+        long current = _wall.UnixMs;
+        if (!_wall.IsKnown || at > current)
+        {
+            _wall.Set(at);
+        }
+    }
+
+    private bool DueToConnect(long now)
+    {
+        if (State == ForwarderState.Backoff)
+        {
+            return now >= _nextAttemptMs;
+        }
+
+        if (_options.DutyCycleIntervalMs == 0)
+        {
+            return true;
+        }
+
+        return now >= _nextWakeMs || _wakeRequested;
+    }
+
+    private bool TryConnect()
+    {
+        State = ForwarderState.Connecting;
+        _wakeRequested = false;
+        try
+        {
+            _client.Connect(_options.Host, _options.Port);
+            _connectedSinceMs = _clock.UptimeMs;
+            _linkUp = true;
+            Connects++;
+            _resendCount = _client.CopyUnacknowledgedTags(_resendTags);
+            _resendIndex = 0;
+            _store.Rewind();
+            _pendingCount = 0;
+            _held = false;
+            _drained = false;
+            _drainedSinceMs = -1;
+            _client.Subscribe(_receiptTopic, 1);
+            PublishHeartbeat();
+            State = ForwarderState.Sending;
+            return true;
+        }
+        catch (MqttException ex)
+        {
+            LinkLost(ex.Message);
+        }
+        catch (TransportException ex)
+        {
+            LinkLost(ex.Message);
+        }
+
+        return false;
+    }
+
+    private void LinkLost(string reason)
+    {
+        long now = _clock.UptimeMs;
+        if (_linkUp)
+        {
+            ConnectedMs += now - _connectedSinceMs;
+            _linkUp = false;
+        }
+
+        _client.Disconnect();
+        Failures++;
+        LastError = reason;
+        _held = false;
+        _pendingCount = 0;
+        long ceiling = _options.BackoffBaseMs;
+        for (int i = 0; i < _attempt && ceiling < _options.BackoffMaxMs; i++)
+        {
+            ceiling *= 2;
+        }
+
+        if (ceiling > _options.BackoffMaxMs)
+        {
+            ceiling = _options.BackoffMaxMs;
+        }
+
+        if (_attempt < MaxBackoffDoublings)
+        {
+            _attempt++;
+        }
+
+        _nextAttemptMs = now + _random.Next(ceiling);
+        State = ForwarderState.Backoff;
+    }
+
+    private void PublishHeartbeat()
+    {
+        _status.UptimeMs = _clock.UptimeMs;
+        _status.QueueDepth = _store.Depth;
+        int length = _statusWriter.Write(_status, _statusJson, 0);
+        if (_options.HeartbeatQos1)
+        {
+            // Tag 0 never collides with a flash sequence number (they start at 1); its PUBACK is ignored.
+            if (!_client.Publish(_statusTopic, _statusJson, 0, length, 0, true, false))
+            {
+                return;
+            }
+        }
+        else
+        {
+            _client.PublishQos0(_statusTopic, _statusJson, 0, length, true);
+        }
+
+        Heartbeats++;
+        _nextHeartbeatMs = _clock.UptimeMs + _options.HeartbeatIntervalMs;
+    }
+
+    /// <summary>Publishes from the store while the in-flight window has room.</summary>
+    private void FillWindow()
+    {
+        while (_client.IsConnected)
+        {
+            if (!_held)
+            {
+                if (!_store.TryNext(_json, 0, out _heldLength, out _heldSeq))
+                {
+                    // Tags left in the window that the store no longer hands out (merged into a later update) are given up.
+                    while (_resendIndex < _resendCount)
+                    {
+                        _client.Forget(_resendTags[_resendIndex++]);
+                    }
+
+                    _drained = true;
+                    return;
+                }
+
+                _held = true;
+                _drained = false;
+            }
+
+            while (_resendIndex < _resendCount && _resendTags[_resendIndex] < _heldSeq)
+            {
+                _client.Forget(_resendTags[_resendIndex++]);
+            }
+
+            bool resend = _resendIndex < _resendCount && _resendTags[_resendIndex] == _heldSeq;
+            if (_pendingCount == _pendingSeq.Length || !_client.Publish(_alertTopic, _json, 0, _heldLength, _heldSeq, false, false))
+            {
+                return;
+            }
+
+            if (resend)
+            {
+                _resendIndex++;
+                Resent++;
+            }
+            else
+            {
+                Published++;
+            }
+
+            _pendingSeq[_pendingCount] = _heldSeq;
+            _pendingAcked[_pendingCount] = false;
+            _pendingCount++;
+            _held = false;
+        }
+    }
+
+    private static long Until(long due, long now) => due <= now ? 0 : due - now;
+}
