@@ -1,5 +1,12 @@
 using BenchmarkDotNet.Running;
+using EdgeMail.Benchmarks;
 
-// Micro-benchmarks (BenchmarkDotNet) are picked by the switcher; scenario reports that measure a
-// simulated or end-to-end quantity rather than CPU time are separate verbs (see docs/benchmarks.md).
-BenchmarkSwitcher.FromAssembly(typeof(EdgeMail.Benchmarks.Crc32Benchmark).Assembly).Run(args);
+// Scenario reports measure simulated or end-to-end quantities (see docs/benchmarks.md); anything else
+// goes to BenchmarkDotNet's switcher (`-- --filter '*'`).
+if (args.Length > 0 && args[0] == "flash")
+{
+    return FlashQueueReport.Run(Console.Out);
+}
+
+BenchmarkSwitcher.FromAssembly(typeof(Crc32Benchmark).Assembly).Run(args);
+return 0;
