@@ -1,0 +1,216 @@
+using System;
+
+namespace EdgeMail.Firmware.Storage;
+
+/// <summary>What the queue does when it runs out of free sectors (docs/flash-queue.md, "When full").</summary>
+public sealed partial class FlashQueue
+{
+    private void OpenNextSector()
+    {
+        ReclaimAcknowledged();
+        if (FreeSectors() >= 2)
+        {
+            OpenSector(Next(_head), _headSectorSeq + 1);
+            return;
+        }
+
+        if (_policy == FullPolicy.Reject)
+        {
+            throw new QueueFullException("Alert queue full: " + Depth + " entries wait for acknowledgement; nothing was dropped.");
+        }
+
+        CollectTail(keepAll: false);
+    }
+
+    /// <summary>
+    /// Frees the oldest sector: drops entries of the lowest queued priority (none when
+    /// <paramref name="keepAll"/>) and moves the others to a new sector.
+    /// </summary>
+    /// <returns>False when nothing was done: keeping everything would not fit and the policy forbids dropping.</returns>
+    private bool CollectTail(bool keepAll)
+    {
+        int victim = _tail;
+        int threshold = -1;
+        if (!keepAll)
+        {
+            EnsurePendingCounts();
+            threshold = MarkerPriority;
+            if (_policy == FullPolicy.DropLowestPriority)
+            {
+                threshold = 0;
+                while (threshold < MarkerPriority && _pending[threshold] == 0)
+                {
+                    threshold++;
+                }
+            }
+        }
+
+        if (_policy == FullPolicy.Reject && !SurvivorsFit(victim, threshold, 0))
+        {
+            return false;
+        }
+
+        // Survivors plus the marker must fit in one fresh sector. If they would not, also drop the
+        // oldest survivors of the next priority, one at a time, until they do.
+        int extraCount = 0;
+        while (threshold < MarkerPriority && !SurvivorsFit(victim, threshold, extraCount))
+        {
+            extraCount++;
+            if (extraCount > _sectorBytes / RecordOverhead)
+            {
+                threshold++;
+                extraCount = 0;
+            }
+        }
+
+        int victimBase = victim * _sectorBytes;
+        OpenSector(Next(_head), _headSectorSeq + 1);
+        uint dropped = 0;
+        uint firstDropped = 0xFFFFFFFFu;
+        uint lastDropped = 0;
+        int pos = _dataStart;
+        while (NextRecord(victimBase, ref pos, _sectorBytes))
+        {
+            int len = Le.U16(_rec, 0);
+            byte type = _rec[8];
+            uint seq = Le.U32(_rec, 4);
+            int start = pos - RoundUp(RecordOverhead + len, _unit);
+            if (type == TypeAck || seq <= _ackedThrough)
+            {
+                continue;
+            }
+
+            byte priority = _rec[9];
+            bool relocated = (_rec[11] & FlagRelocated) != 0;
+            uint original = seq;
+            if (relocated)
+            {
+                _device.Read(victimBase + start + RecordOverhead, _small, 0, RelocationPrefix);
+                original = Le.U32(_small, 0);
+            }
+
+            // Markers in the victim are merged into the new one rather than moved, so they never pile up.
+            bool extra = priority == threshold + 1 && extraCount > 0;
+            if (extra)
+            {
+                extraCount--;
+            }
+
+            if (priority <= threshold || type == TypeDropped || extra)
+            {
+                uint n = 1;
+                uint lo = original;
+                uint hi = original;
+                if (type == TypeDropped)
+                {
+                    _device.Read(victimBase + start + RecordOverhead + (relocated ? RelocationPrefix : 0), _small, 0, DroppedPayload);
+                    n = Le.U32(_small, 0);
+                    lo = Le.U32(_small, 4);
+                    hi = Le.U32(_small, 8);
+                }
+
+                dropped += n;
+                firstDropped = lo < firstDropped ? lo : firstDropped;
+                lastDropped = hi > lastDropped ? hi : lastDropped;
+                if (_pendingKnown)
+                {
+                    _pending[priority]--;
+                }
+
+                DroppedSinceMount += type == TypeDropped ? 0 : 1;
+                continue;
+            }
+
+            // Move forward under a new sequence number, keeping the original one (entry ids never change).
+            int payloadLen = len - (relocated ? RelocationPrefix : 0);
+            int at = HeaderSlot(_writeOffset);
+            uint newSeq = _nextSeq;
+            CopyRecord(at, newSeq, type, priority, _rec[10], original, victimBase + start + RecordOverhead + (relocated ? RelocationPrefix : 0), payloadLen);
+            _nextSeq = newSeq + 1;
+        }
+
+        if (dropped > 0)
+        {
+            int at = HeaderSlot(_writeOffset);
+            Le.PutU32(_small, 0, dropped);
+            Le.PutU32(_small, 4, firstDropped);
+            Le.PutU32(_small, 8, lastDropped);
+            WriteRecord(at, _nextSeq, TypeDropped, MarkerPriority, 0, 0, _small, 0, _small, 0, DroppedPayload);
+            _nextSeq++;
+            if (_pendingKnown)
+            {
+                _pending[MarkerPriority]++;
+            }
+        }
+
+        // The victim's entries now live elsewhere or are counted in the marker: erase it so no reboot
+        // can bring them back, and remember it is blank for when the ring reaches it.
+        _device.EraseSector(victim);
+        _erasedSector = victim;
+        _tail = Next(victim);
+        return true;
+    }
+
+    /// <summary>Whether the entries a collection would keep, and its marker, fit in one fresh sector.</summary>
+    private bool SurvivorsFit(int sector, int threshold, int extraCount)
+    {
+        int baseAddr = sector * _sectorBytes;
+        int pos = _dataStart;
+        int at = _dataStart;
+        while (NextRecord(baseAddr, ref pos, _sectorBytes))
+        {
+            int len = Le.U16(_rec, 0);
+            byte priority = _rec[9];
+            if (_rec[8] != TypeItem || Le.U32(_rec, 4) <= _ackedThrough || priority <= threshold)
+            {
+                continue;
+            }
+
+            if (priority == threshold + 1 && extraCount > 0)
+            {
+                extraCount--;
+                continue;
+            }
+
+            int payload = len - ((_rec[11] & FlagRelocated) != 0 ? RelocationPrefix : 0);
+            at = HeaderSlot(at) + RoundUp(RecordOverhead + RelocationPrefix + payload, _unit);
+        }
+
+        at = HeaderSlot(at) + RoundUp(RecordOverhead + DroppedPayload, _unit);
+        return at <= _entryLimit;
+    }
+
+    /// <summary>Counts unacknowledged entries per priority by walking the live sectors (only when the queue first fills).</summary>
+    private void EnsurePendingCounts()
+    {
+        if (_pendingKnown)
+        {
+            return;
+        }
+
+        Array.Clear(_pending, 0, Priorities);
+        int sector = _tail;
+        while (true)
+        {
+            int baseAddr = sector * _sectorBytes;
+            int limit = sector == _head ? _writeOffset : _sectorBytes;
+            int pos = _dataStart;
+            while (NextRecord(baseAddr, ref pos, limit))
+            {
+                if (_rec[8] != TypeAck && Le.U32(_rec, 4) > _ackedThrough)
+                {
+                    _pending[_rec[9]]++;
+                }
+            }
+
+            if (sector == _head)
+            {
+                break;
+            }
+
+            sector = Next(sector);
+        }
+
+        _pendingKnown = true;
+    }
+}
