@@ -1,6 +1,7 @@
 using EdgeMail.Gateway.Composition;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Ingest;
+using EdgeMail.Gateway.Ingest.Smtp;
 using EdgeMail.Gateway.Receipts;
 using EdgeMail.Gateway.Relay;
 using EdgeMail.Gateway.Routing;
@@ -69,6 +70,7 @@ public static class GatewayHost
         services.AddHostedService(sp => sp.GetRequiredService<EmbeddedBroker>());
         services.AddHostedService(sp => sp.GetRequiredService<AlertProcessor>());
         services.AddHostedService(sp => sp.GetRequiredService<DeliveryWorker>());
+        services.AddSmtpIngest(builder.Configuration);
         return builder;
     }
 

@@ -132,6 +132,15 @@ public interface ISpool : IAsyncDisposable
     /// <returns>Whether it was stored now or already present.</returns>
     Task<AcceptOutcome> AcceptAlertAsync(IncomingAlert alert, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Queues a mail that did not come from routing (a device's own mail submitted over SMTP, kind <c>relay</c>),
+    /// durably; a second mail with the same message id is a duplicate and changes nothing.
+    /// </summary>
+    /// <param name="message">The mail and its envelope.</param>
+    /// <param name="cancellationToken">Cancels waiting (the write may still commit).</param>
+    /// <returns>Whether it was queued now or already present.</returns>
+    Task<AcceptOutcome> QueueMailAsync(NewMessage message, CancellationToken cancellationToken);
+
     /// <summary>Records a device's latest status heartbeat.</summary>
     /// <param name="device">Device.</param>
     /// <param name="receivedAt">When received.</param>

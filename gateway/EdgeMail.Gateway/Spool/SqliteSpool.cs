@@ -96,6 +96,22 @@ public sealed partial class SqliteSpool : ISpool
             }
 
             return AcceptOutcome.Stored;
+        }, cancellationToken, isolate: false); // one statement: SQLite's statement atomicity already isolates it
+    }
+
+    /// <inheritdoc />
+    public Task<AcceptOutcome> QueueMailAsync(NewMessage message, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(message);
+        return Enqueue((s, ctx) =>
+        {
+            if (s.Scalar("SELECT 1 FROM messages WHERE message_id=$p0", message.MessageId) is not null)
+            {
+                return AcceptOutcome.Duplicate;
+            }
+
+            s.InsertMessage(message, null, ctx);
+            return AcceptOutcome.Stored;
         }, cancellationToken);
     }
 
@@ -360,9 +376,9 @@ public sealed partial class SqliteSpool : ISpool
         _connection.Dispose();
     }
 
-    private Task<T> Enqueue<T>(Func<SqliteSpool, BatchContext, T> work, CancellationToken cancellationToken)
+    private Task<T> Enqueue<T>(Func<SqliteSpool, BatchContext, T> work, CancellationToken cancellationToken, bool isolate = true)
     {
-        var item = new SpoolWork<T>(work);
+        var item = new SpoolWork<T>(work) { Isolate = isolate };
         if (!_queue.Writer.TryWrite(item))
         {
             return Task.FromException<T>(new SpoolException("The spool is closed; the gateway is stopping."));
@@ -402,6 +418,20 @@ public sealed partial class SqliteSpool : ISpool
             Exec("BEGIN IMMEDIATE");
             foreach (var item in batch)
             {
+                if (!item.Isolate)
+                {
+                    try
+                    {
+                        item.Run(this, ctx);
+                    }
+                    catch (SqliteException ex) when (ex.SqliteErrorCode is not (10 or 11 or 13 or 26))
+                    {
+                        item.Failed = new SpoolException($"Spool operation failed: {ex.Message}", ex);
+                    }
+
+                    continue;
+                }
+
                 Exec("SAVEPOINT item");
                 try
                 {
@@ -505,6 +535,9 @@ public sealed partial class SqliteSpool : ISpool
     private abstract class SpoolWork
     {
         public Exception? Failed { get; set; }
+
+        // False for work of one statement (or reads only): no savepoint needed, SQLite undoes a failed statement alone.
+        public bool Isolate { get; init; } = true;
 
         public abstract void Run(SqliteSpool spool, BatchContext ctx);
 

@@ -1,0 +1,240 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
+using EdgeMail.Gateway.Composition;
+using EdgeMail.Gateway.Configuration;
+using MimeKit;
+using MimeKit.Utils;
+
+namespace EdgeMail.Gateway.Ingest.Smtp;
+
+/// <summary>Who submitted a mail and how, for the trace and the rewrite.</summary>
+/// <param name="DeviceId">The device (authenticated user or allow-listed source).</param>
+/// <param name="DeviceName">Its display name.</param>
+/// <param name="PeerAddress">Remote IP address.</param>
+/// <param name="EnvelopeFrom">MAIL FROM address (may be empty).</param>
+/// <param name="Authenticated">True after AUTH.</param>
+/// <param name="Secure">True over TLS.</param>
+/// <param name="SessionId">Session id for the trace.</param>
+/// <param name="ReceivedAt">When the data was received.</param>
+public sealed record Submission(string DeviceId, string DeviceName, string PeerAddress, string EnvelopeFrom, bool Authenticated, bool Secure,
+    string SessionId, DateTimeOffset ReceivedAt);
+
+/// <summary>The rewritten mail, ready to spool.</summary>
+/// <param name="SpoolKey">Unique key (the spool's message id): derived from the device, the original Message-ID and the content.</param>
+/// <param name="Mime">Wire bytes, CRLF line endings.</param>
+/// <param name="Hops">Received headers found in the original.</param>
+public sealed record RelayedMail(string SpoolKey, byte[] Mime, int Hops);
+
+/// <summary>
+/// Rewrites a mail a device submitted so it can be relayed under the gateway's name (no I/O). The original
+/// header block is kept except the fields that claim an identity or a route (<c>From</c>, <c>Sender</c>,
+/// <c>Reply-To</c>, <c>Return-Path</c>, <c>Bcc</c>, DKIM/ARC signatures, and any <c>X-EdgeMail-*</c> a device
+/// might forge); a <c>Received</c> trace goes on top; <c>From</c> becomes the gateway's sender so SPF, DKIM and
+/// DMARC align; the device's own From moves to <c>Reply-To</c> and <c>X-EdgeMail-Original-From</c>. The body
+/// bytes are kept as they came, except that bare CR and bare LF become CRLF (so nothing downstream can read a
+/// different end of data than we did).
+/// </summary>
+public static class RelayedMailWriter
+{
+    private static readonly HashSet<string> Dropped = new(StringComparer.OrdinalIgnoreCase)
+    {
+        "From", "Sender", "Reply-To", "Return-Path", "Bcc", "Resent-Bcc", "DKIM-Signature", "ARC-Seal", "ARC-Message-Signature",
+        "ARC-Authentication-Results", "Authentication-Results", "Delivered-To",
+    };
+
+    private static readonly FormatOptions WireFormat = CreateWireFormat();
+
+    /// <summary>Counts <c>Received</c> headers (the hop count of RFC 5321 §6.3) without rewriting anything.</summary>
+    /// <param name="raw">The mail as submitted.</param>
+    /// <returns>Hop count.</returns>
+    public static int CountHops(ReadOnlySpan<byte> raw)
+    {
+        var (headers, _) = Split(Normalize(raw));
+        return headers?.Count(h => h.Id == HeaderId.Received) ?? 0;
+    }
+
+    /// <summary>Rewrites a submitted mail.</summary>
+    /// <param name="raw">The mail as submitted (DATA, dot-unstuffed).</param>
+    /// <param name="submission">Who sent it.</param>
+    /// <param name="sender">The gateway's identity.</param>
+    /// <returns>The mail to spool.</returns>
+    public static RelayedMail Rewrite(ReadOnlySpan<byte> raw, Submission submission, SenderOptions sender)
+    {
+        ArgumentNullException.ThrowIfNull(submission);
+        ArgumentNullException.ThrowIfNull(sender);
+        byte[] normalized = Normalize(raw);
+        var (original, bodyStart) = Split(normalized);
+        var headers = new HeaderList();
+        string via = $"{submission.DeviceId} ([{submission.PeerAddress}])";
+        string with = "ESMTP" + (submission.Secure ? "S" : string.Empty) + (submission.Authenticated ? "A" : string.Empty);
+        headers.Add(new Header(HeaderId.Received,
+            $"from {via} by {sender.Hostname} (EdgeMail) with {with} id {submission.SessionId}; {DateUtils.FormatDate(submission.ReceivedAt)}"));
+
+        string? originalFrom = null;
+        string? originalMessageId = null;
+        bool hasDate = false;
+        int hops = 0;
+        foreach (var h in original ?? [])
+        {
+            if (h.Id == HeaderId.Received)
+            {
+                hops++;
+            }
+
+            if (h.Id == HeaderId.From)
+            {
+                originalFrom ??= h.Value;
+            }
+
+            if (h.Id == HeaderId.MessageId)
+            {
+                originalMessageId ??= h.Value;
+            }
+
+            hasDate |= h.Id == HeaderId.Date;
+            if (Dropped.Contains(h.Field) || h.Field.StartsWith("X-EdgeMail-", StringComparison.OrdinalIgnoreCase))
+            {
+                continue;
+            }
+
+            headers.Add(h);
+        }
+
+        var from = new InternetAddressList { new MailboxAddress(MailComposer.Clean($"{submission.DeviceName} via {sender.DisplayName}", 120), sender.Address) };
+        headers.Add(new Header(HeaderId.From, from.ToString(WireFormat, true).Trim()));
+        var replyTo = ReplyTo(originalFrom, submission.EnvelopeFrom);
+        if (replyTo.Count > 0)
+        {
+            headers.Add(new Header(HeaderId.ReplyTo, replyTo.ToString(WireFormat, true).Trim()));
+        }
+
+        headers.Add(new Header("X-EdgeMail-Original-From", MailComposer.Clean(originalFrom ?? "<" + submission.EnvelopeFrom + ">", 300)));
+        headers.Add(new Header("X-EdgeMail-Device", MailComposer.Clean(submission.DeviceId, 128)));
+        if (!hasDate)
+        {
+            headers.Add(new Header(HeaderId.Date, DateUtils.FormatDate(submission.ReceivedAt)));
+        }
+
+        string key = SpoolKey(submission, originalMessageId, normalized, sender.Hostname);
+        if (originalMessageId is null)
+        {
+            headers.Add(new Header(HeaderId.MessageId, "<" + key + ">"));
+        }
+
+        using var output = new MemoryStream(normalized.Length + 1024);
+        headers.WriteTo(WireFormat, output);
+        output.Write("\r\n"u8);
+        output.Write(normalized.AsSpan(bodyStart));
+        return new RelayedMail(key, output.ToArray(), hops);
+    }
+
+    private static InternetAddressList ReplyTo(string? originalFrom, string envelopeFrom)
+    {
+        var list = new InternetAddressList();
+        if (originalFrom is not null && InternetAddressList.TryParse(originalFrom, out var parsed))
+        {
+            foreach (var mailbox in parsed.Mailboxes.Take(5))
+            {
+                if (mailbox.Address.IndexOf('@', StringComparison.Ordinal) > 0)
+                {
+                    list.Add(new MailboxAddress(MailComposer.Clean(mailbox.Name ?? string.Empty, 120), mailbox.Address));
+                }
+            }
+        }
+
+        if (list.Count == 0 && envelopeFrom.IndexOf('@', StringComparison.Ordinal) > 0 && MailboxAddress.TryParse(envelopeFrom, out var env))
+        {
+            list.Add(env);
+        }
+
+        return list;
+    }
+
+    // With an original Message-ID, a resubmission of the same mail (the device did not see our 250) is a duplicate;
+    // without one, two identical mails are two mails (a device without a clock may repeat itself word for word).
+    private static string SpoolKey(Submission s, string? messageId, byte[] content, string host)
+    {
+        string basis = messageId is null
+            ? $"{s.DeviceId}\n{s.SessionId}\n{s.ReceivedAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture)}\n{Convert.ToHexString(RandomNumberGenerator.GetBytes(8))}"
+            : $"{s.DeviceId}\n{messageId}";
+        byte[] hash = SHA256.HashData([.. Encoding.UTF8.GetBytes(basis), .. SHA256.HashData(content)]);
+        return Convert.ToHexStringLower(hash.AsSpan(0, 16)) + ".relay@" + host;
+    }
+
+    private static (HeaderList? Headers, int BodyStart) Split(byte[] normalized)
+    {
+        if (normalized.AsSpan().StartsWith("\r\n"u8))
+        {
+            return (null, 2); // an empty header block
+        }
+
+        int blank = normalized.AsSpan().IndexOf("\r\n\r\n"u8);
+        int headerLength = blank < 0 ? normalized.Length : blank + 2;
+        int bodyStart = blank < 0 ? normalized.Length : blank + 4;
+        try
+        {
+            using var stream = new MemoryStream(normalized, 0, headerLength, writable: false);
+            var headers = HeaderList.Load(ParserOptions.Default, stream);
+            return headers.Count == 0 ? (null, 0) : (headers, bodyStart);
+        }
+        catch (FormatException)
+        {
+            // Not a header block at all: everything is body.
+            return (null, 0);
+        }
+    }
+
+    /// <summary>Bare CR and bare LF become CRLF.</summary>
+    /// <param name="raw">Input.</param>
+    /// <returns>CRLF-only bytes.</returns>
+    public static byte[] Normalize(ReadOnlySpan<byte> raw)
+    {
+        bool clean = true;
+        for (int i = 0; i < raw.Length && clean; i++)
+        {
+            if (raw[i] == '\r')
+            {
+                clean = i + 1 < raw.Length && raw[i + 1] == '\n';
+                i++;
+            }
+            else if (raw[i] == '\n')
+            {
+                clean = false;
+            }
+        }
+
+        if (clean)
+        {
+            return raw.ToArray();
+        }
+
+        using var output = new MemoryStream(raw.Length + 256);
+        for (int i = 0; i < raw.Length; i++)
+        {
+            byte b = raw[i];
+            if (b is (byte)'\r' or (byte)'\n')
+            {
+                output.Write("\r\n"u8);
+                if (b == '\r' && i + 1 < raw.Length && raw[i + 1] == '\n')
+                {
+                    i++;
+                }
+            }
+            else
+            {
+                output.WriteByte(b);
+            }
+        }
+
+        return output.ToArray();
+    }
+
+    private static FormatOptions CreateWireFormat()
+    {
+        var options = FormatOptions.Default.Clone();
+        options.NewLineFormat = NewLineFormat.Dos;
+        options.International = false;
+        return options;
+    }
+}

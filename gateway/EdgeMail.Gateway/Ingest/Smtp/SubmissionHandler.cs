@@ -1,0 +1,157 @@
+using System.Globalization;
+using System.Net;
+using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Spool;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using MimeKit;
+
+namespace EdgeMail.Gateway.Ingest.Smtp;
+
+/// <summary>The SMTP reply for a submitted message.</summary>
+/// <param name="Code">Reply code (250, 451, 554).</param>
+/// <param name="Text">Enhanced status code and text.</param>
+public readonly record struct SubmissionReply(int Code, string Text);
+
+/// <summary>
+/// What happens to mail a device submitted (Contract 2). A message carrying a part of type
+/// <c>application/vnd.edgemail.alert+json</c> is an alert like any MQTT alert: the same <see cref="AlertIngest"/>
+/// (parser, de-duplication on (device, id), receipts), then the same routing, templates and relay. Any other mail
+/// is rewritten by <see cref="RelayedMailWriter"/> and queued as kind <c>relay</c> for the envelope recipients
+/// (expanded to people) through the same spool and delivery worker. Mail that has passed more than
+/// <c>Smtp:MaxHops</c> hops is refused as a loop. The reply is decided only after the spool committed.
+/// </summary>
+public sealed partial class SubmissionHandler
+{
+    /// <summary>The MIME type of an EdgeMail alert part.</summary>
+    public const string AlertMimeType = "application/vnd.edgemail.alert+json";
+
+    private const int MaxAlertParts = 16;
+    private readonly GatewayOptions _options;
+    private readonly SmtpIngestOptions _smtp;
+    private readonly RecipientPolicy _recipients;
+    private readonly AlertIngest _alerts;
+    private readonly ISpool _spool;
+    private readonly TimeProvider _clock;
+    private readonly ILogger<SubmissionHandler> _logger;
+
+    /// <summary>Creates the handler.</summary>
+    /// <param name="options">Gateway options.</param>
+    /// <param name="smtp">SMTP options.</param>
+    /// <param name="alerts">Alert ingest (shared with MQTT).</param>
+    /// <param name="spool">Spool.</param>
+    /// <param name="clock">Clock.</param>
+    /// <param name="logger">Logger.</param>
+    public SubmissionHandler(IOptions<GatewayOptions> options, IOptions<SmtpIngestOptions> smtp, AlertIngest alerts, ISpool spool, TimeProvider clock, ILogger<SubmissionHandler> logger)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(smtp);
+        _options = options.Value;
+        _smtp = smtp.Value;
+        _recipients = new RecipientPolicy(_options, _smtp);
+        _alerts = alerts;
+        _spool = spool;
+        _clock = clock;
+        _logger = logger;
+    }
+
+    /// <summary>Stores one submitted message and says what to reply.</summary>
+    /// <param name="device">The device the session submits as.</param>
+    /// <param name="remote">Remote endpoint.</param>
+    /// <param name="envelopeFrom">MAIL FROM (empty for <c>&lt;&gt;</c>).</param>
+    /// <param name="recipients">Accepted RCPT TO addresses (local part, domain).</param>
+    /// <param name="authenticated">True after AUTH.</param>
+    /// <param name="secure">True over TLS.</param>
+    /// <param name="sessionId">Session id for the trace.</param>
+    /// <param name="raw">The message (dot-unstuffed DATA).</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The reply; a spool failure throws and is answered 451 by the caller.</returns>
+    public async Task<SubmissionReply> HandleAsync(string device, IPEndPoint remote, string envelopeFrom, IReadOnlyList<(string User, string Host)> recipients,
+        bool authenticated, bool secure, string sessionId, byte[] raw, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(remote);
+        ArgumentNullException.ThrowIfNull(recipients);
+        ArgumentNullException.ThrowIfNull(raw);
+        int hops = RelayedMailWriter.CountHops(raw);
+        if (hops > _smtp.MaxHops)
+        {
+            LogLoop(device, remote.Address.ToString(), hops);
+            return new SubmissionReply(554, $"5.4.6 routing loop detected: {hops.ToString(CultureInfo.InvariantCulture)} Received headers");
+        }
+
+        var alertParts = AlertParts(raw);
+        if (alertParts.Count > 0)
+        {
+            int stored = 0, duplicates = 0;
+            foreach (byte[] payload in alertParts)
+            {
+                var outcome = await _alerts.IngestAlertAsync(device, remote.ToString(), payload, cancellationToken).ConfigureAwait(false);
+                stored += outcome == AcceptOutcome.Stored ? 1 : 0;
+                duplicates += outcome == AcceptOutcome.Duplicate ? 1 : 0;
+            }
+
+            return new SubmissionReply(250, $"2.0.0 alert stored ({stored.ToString(CultureInfo.InvariantCulture)} new, {duplicates.ToString(CultureInfo.InvariantCulture)} duplicate)");
+        }
+
+        var people = new List<string>();
+        foreach (var (user, host) in recipients)
+        {
+            if (_recipients.TryResolve(user, host, out var mailboxes, out _))
+            {
+                people.AddRange(mailboxes.Select(m => m.Address));
+            }
+        }
+
+        people = people.Distinct(StringComparer.OrdinalIgnoreCase).ToList();
+        if (people.Count == 0)
+        {
+            return new SubmissionReply(554, "5.5.1 no valid recipients");
+        }
+
+        string name = _options.Devices.TryGetValue(device, out var d) && d.Name.Length > 0 ? d.Name : device;
+        var submission = new Submission(device, name, remote.Address.ToString(), envelopeFrom, authenticated, secure, sessionId, _clock.GetUtcNow());
+        var mail = RelayedMailWriter.Rewrite(raw, submission, _options.Sender);
+        var queued = await _spool.QueueMailAsync(new NewMessage("relay", device, null, mail.SpoolKey, _options.Sender.Address, people, mail.Mime), cancellationToken).ConfigureAwait(false);
+        return new SubmissionReply(250, queued == AcceptOutcome.Stored ? $"2.0.0 queued as <{mail.SpoolKey}>" : $"2.0.0 already queued as <{mail.SpoolKey}>");
+    }
+
+    /// <summary>The decoded bodies of the message's alert parts (at most 16), or none when it has none or cannot be parsed.</summary>
+    /// <param name="raw">The message.</param>
+    /// <returns>Alert payloads.</returns>
+    public static IReadOnlyList<byte[]> AlertParts(byte[] raw)
+    {
+        ArgumentNullException.ThrowIfNull(raw);
+        MimeMessage message;
+        try
+        {
+            using var stream = new MemoryStream(raw, writable: false);
+            message = MimeMessage.Load(stream);
+        }
+        catch (FormatException)
+        {
+            return [];
+        }
+
+        var payloads = new List<byte[]>();
+        foreach (var part in message.BodyParts.OfType<MimePart>())
+        {
+            if (!part.ContentType.IsMimeType("application", "vnd.edgemail.alert+json") || part.Content is null)
+            {
+                continue;
+            }
+
+            using var decoded = new MemoryStream();
+            part.Content.DecodeTo(decoded);
+            payloads.Add(decoded.ToArray());
+            if (payloads.Count == MaxAlertParts)
+            {
+                break;
+            }
+        }
+
+        return payloads;
+    }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP message from device {Device} ({Source}) refused with 554: loop, {Hops} Received headers")]
+    private partial void LogLoop(string device, string source, int hops);
+}

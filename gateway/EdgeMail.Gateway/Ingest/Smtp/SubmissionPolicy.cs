@@ -1,0 +1,179 @@
+using System.Net;
+using System.Text;
+using EdgeMail.Gateway.Composition;
+using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Security;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using SmtpServer;
+using SmtpServer.Authentication;
+using SmtpServer.Mail;
+using SmtpServer.Net;
+using SmtpServer.Protocol;
+using SmtpServer.Storage;
+
+namespace EdgeMail.Gateway.Ingest.Smtp;
+
+/// <summary>
+/// Who may submit what over SMTP. AUTH checks a device's secret (SmtpServer offers AUTH only after TLS), with
+/// wrong passwords counted per source address so guessing across reconnects ends in <c>421</c>. MAIL needs an
+/// authenticated device or an allow-listed source network (mapped to its device), and is rate-limited per device
+/// and per source (<c>450</c>). RCPT accepts only the gateway's own users, groups and aliases
+/// (<see cref="RecipientPolicy"/>), at most <c>MaxRecipients</c> (<c>452</c>). Every refusal is logged once with
+/// its reason and never with a secret.
+/// </summary>
+public sealed partial class SubmissionPolicy : IMailboxFilter, IUserAuthenticator
+{
+    /// <summary>Session property holding the device the session submits as.</summary>
+    public const string DeviceKey = "edgemail.device";
+
+    private const string RecipientCountKey = "edgemail.rcpt-count";
+    private readonly GatewayOptions _options;
+    private readonly SmtpIngestOptions _smtp;
+    private readonly RecipientPolicy _recipients;
+    private readonly SecretVerifier _secrets;
+    private readonly FailureThrottle _authFailures;
+    private readonly RateLimiter _perDevice;
+    private readonly RateLimiter _perSource;
+    private readonly List<(IPNetwork Network, string Device)> _allowed = [];
+    private readonly ILogger<SubmissionPolicy> _logger;
+
+    /// <summary>Creates the policy.</summary>
+    /// <param name="options">Gateway options.</param>
+    /// <param name="smtp">SMTP options.</param>
+    /// <param name="secrets">Secret verifier.</param>
+    /// <param name="clock">Clock for rate limits.</param>
+    /// <param name="logger">Logger.</param>
+    public SubmissionPolicy(IOptions<GatewayOptions> options, IOptions<SmtpIngestOptions> smtp, SecretVerifier secrets, TimeProvider clock, ILogger<SubmissionPolicy> logger)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(smtp);
+        _options = options.Value;
+        _smtp = smtp.Value;
+        _recipients = new RecipientPolicy(_options, _smtp);
+        _secrets = secrets;
+        _authFailures = new FailureThrottle(_smtp.AuthFailuresPerSource, _smtp.AuthFailureWindow, clock);
+        _perDevice = new RateLimiter(_smtp.MessagesPerMinutePerDevice, _smtp.MessagesPerMinutePerDevice, clock);
+        _perSource = new RateLimiter(_smtp.MessagesPerMinutePerSource, _smtp.MessagesPerMinutePerSource, clock);
+        foreach (var source in _smtp.AllowedSources)
+        {
+            if (SmtpIngestOptionsValidator.TryParseNetwork(source.Network, out var network))
+            {
+                _allowed.Add((network, source.Device));
+            }
+        }
+
+        _logger = logger;
+    }
+
+    /// <summary>The recipient policy (also used when the message is stored).</summary>
+    public RecipientPolicy Recipients => _recipients;
+
+    /// <summary>The remote endpoint of a session.</summary>
+    /// <param name="context">Session.</param>
+    /// <returns>The endpoint, or <c>0.0.0.0:0</c> when unknown.</returns>
+    public static IPEndPoint Remote(ISessionContext context)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        return context.Properties.TryGetValue(EndpointListener.RemoteEndPointKey, out object? r) && r is IPEndPoint ip
+            ? new IPEndPoint(ip.Address.IsIPv4MappedToIPv6 ? ip.Address.MapToIPv4() : ip.Address, ip.Port)
+            : new IPEndPoint(IPAddress.Any, 0);
+    }
+
+    /// <summary>The device an allow-listed address stands for.</summary>
+    /// <param name="address">Remote address.</param>
+    /// <returns>The device id, or null.</returns>
+    public string? AllowedDevice(IPAddress address)
+    {
+        ArgumentNullException.ThrowIfNull(address);
+        foreach (var (network, device) in _allowed)
+        {
+            if (network.Contains(address))
+            {
+                return device;
+            }
+        }
+
+        return null;
+    }
+
+    /// <inheritdoc />
+    public Task<bool> AuthenticateAsync(ISessionContext context, string user, string password, CancellationToken cancellationToken)
+    {
+        var remote = Remote(context);
+        string source = remote.Address.ToString();
+        if (_authFailures.IsBlocked(source))
+        {
+            LogAuthBlocked(source);
+            throw new SmtpResponseException(new SmtpResponse(SmtpReplyCode.ServiceUnavailable, "4.7.0 too many failed authentications from your address; try again later"), true);
+        }
+
+        user ??= string.Empty;
+        if (_options.Devices.TryGetValue(user, out var device) && _secrets.Verify(user, device.Secret, Encoding.UTF8.GetBytes(password ?? string.Empty)))
+        {
+            return Task.FromResult(true);
+        }
+
+        _authFailures.Fail(source);
+        LogAuthFailed(MailComposer.Clean(user, 64), source);
+        return Task.FromResult(false);
+    }
+
+    /// <inheritdoc />
+    public Task<bool> CanAcceptFromAsync(ISessionContext context, IMailbox from, int size, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        var remote = Remote(context);
+        string? device = context.Authentication.IsAuthenticated ? context.Authentication.User : AllowedDevice(remote.Address);
+        if (device is null)
+        {
+            LogRefused(remote.Address.ToString(), "MAIL", "not authenticated and not from an allow-listed source");
+            throw new SmtpResponseException(new SmtpResponse(SmtpReplyCode.AuthenticationRequired,
+                context.Pipe.IsSecure || context.EndpointDefinition.CertificateFactory is null
+                    ? "5.7.0 authentication required (AUTH as the device), or submit from an allow-listed address"
+                    : "5.7.0 authentication required: STARTTLS, then AUTH as the device"));
+        }
+
+        if (!_perDevice.TryAcquire(device) || !_perSource.TryAcquire(remote.Address.ToString()))
+        {
+            LogRefused(remote.Address.ToString(), "MAIL", $"rate limit reached for device {device}");
+            throw new SmtpResponseException(new SmtpResponse(SmtpReplyCode.Unavailable, "4.7.1 too many messages; slow down and try again later"));
+        }
+
+        context.Properties[DeviceKey] = device;
+        context.Properties[RecipientCountKey] = 0;
+        return Task.FromResult(true);
+    }
+
+    /// <inheritdoc />
+    public Task<bool> CanDeliverToAsync(ISessionContext context, IMailbox to, IMailbox from, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        ArgumentNullException.ThrowIfNull(to);
+        var remote = Remote(context);
+        int count = context.Properties.TryGetValue(RecipientCountKey, out object? c) && c is int n ? n : 0;
+        if (count >= _smtp.MaxRecipients)
+        {
+            LogRefused(remote.Address.ToString(), "RCPT", $"more than {_smtp.MaxRecipients} recipients");
+            throw new SmtpResponseException(new SmtpResponse(SmtpReplyCode.InsufficientStorage, "4.5.3 too many recipients; send the rest in another message"));
+        }
+
+        if (!_recipients.TryResolve(to.User, to.Host, out _, out string reason))
+        {
+            LogRefused(remote.Address.ToString(), "RCPT", MailComposer.Clean($"<{to.User}@{to.Host}>: {reason}", 300));
+            throw new SmtpResponseException(new SmtpResponse(SmtpReplyCode.MailboxUnavailable, "5.7.1 relay access denied: not a user, group or alias of this gateway"));
+        }
+
+        context.Properties[RecipientCountKey] = count + 1;
+        return Task.FromResult(true);
+    }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP AUTH failed for user '{User}' from {Source}")]
+    private partial void LogAuthFailed(string user, string source);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP AUTH from {Source} refused with 421: too many failed attempts")]
+    private partial void LogAuthBlocked(string source);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP {Command} from {Source} refused: {Reason}")]
+    private partial void LogRefused(string source, string command, string reason);
+}

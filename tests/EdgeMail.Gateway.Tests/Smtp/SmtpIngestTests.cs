@@ -1,0 +1,165 @@
+using System.Net;
+using System.Net.Sockets;
+using MimeKit;
+using Xunit;
+
+namespace EdgeMail.Gateway.Tests.Smtp;
+
+public sealed class SmtpIngestTests : IAsyncLifetime
+{
+    private TestGateway _gw = null!;
+
+    public async Task InitializeAsync() => _gw = await SmtpGateway.StartAsync();
+
+    public async Task DisposeAsync() => await _gw.DisposeAsync();
+
+    private static MimeMessage Load(string file)
+    {
+        using var stream = File.OpenRead(file);
+        return MimeMessage.Load(stream);
+    }
+
+    [Fact]
+    public async Task Start_BindsLoopbackPortsAndAdvertisesSizeAndStartTlsButNoAuthBeforeTls()
+    {
+        Assert.All(_gw.Smtp().Endpoints, e => Assert.True(IPAddress.IsLoopback(e.Address) && e.Port != 0));
+        var (wire, greeting) = await SmtpWire.ConnectAsync(_gw.StartTls());
+        await using var _ = wire;
+
+        string ehlo = await wire.CommandAsync("EHLO device.test");
+
+        Assert.StartsWith("220 gw.test", greeting);
+        Assert.Contains("SIZE 200000", ehlo);
+        Assert.Contains("STARTTLS", ehlo);
+        Assert.DoesNotContain("AUTH", ehlo);
+        Assert.StartsWith("5", await wire.CommandAsync("AUTH PLAIN " + Convert.ToBase64String("\0dev-1\0s3cret-for-tests"u8.ToArray())));
+    }
+
+    [Fact]
+    public async Task Submit_AlertPartAfterStartTlsAndAuth_IsStoredBefore250AndMailedOnceEvenWhenSentTwice()
+    {
+        await using var wire = await _gw.AuthenticatedAsync("dev-1");
+
+        string first = await wire.SendMailAsync("dev-1@devices.test", ["alarms@gw.test"], SmtpGateway.AlertMail("smtp-1"));
+        var stored = await _gw.Spool.GetAlertAsync("dev-1", "smtp-1", default);
+        string second = await wire.SendMailAsync("dev-1@devices.test", ["alarms@gw.test"], SmtpGateway.AlertMail("smtp-1"));
+
+        Assert.StartsWith("250 2.0.0 alert stored (1 new", first);
+        Assert.NotNull(stored);
+        Assert.StartsWith("250 2.0.0 alert stored (0 new, 1 duplicate)", second);
+        string[] mail = await _gw.MailAsync(1);
+        var message = Load(Assert.Single(mail));
+        Assert.Equal("edgemail@gw.test", message.From.Mailboxes.Single().Address);
+        Assert.Equal("alice@example.com", Assert.Single(message.To.Mailboxes).Address); // routed to the device's owners, as over MQTT
+        Assert.Equal("smtp-1", message.Headers["X-EdgeMail-Alert"]);
+    }
+
+    [Fact]
+    public async Task Submit_PlainMailFromAllowListedSource_IsRelayedWithGatewayFromAndDeviceReplyTo()
+    {
+        var (wire, _) = await SmtpWire.ConnectAsync(_gw.Plain(), SmtpGateway.AllowListed);
+        await using var _ = wire;
+        await wire.CommandAsync("HELO ups");
+        string body = "UPS on battery.\r\n.leading dot kept\r\nLast line without newline";
+
+        string reply = await wire.SendMailAsync("ups@lan.test", ["alarms@gw.test"], SmtpGateway.PlainMail("On battery", body));
+
+        Assert.StartsWith("250 2.0.0 queued as", reply);
+        var message = Load(Assert.Single(await _gw.MailAsync(1)));
+        Assert.Equal("edgemail@gw.test", message.From.Mailboxes.Single().Address);
+        Assert.Contains("Device 3", message.From.Mailboxes.Single().Name);
+        Assert.Equal("ups@lan.test", message.ReplyTo.Mailboxes.Single().Address);
+        Assert.Contains("ups@lan.test", message.Headers["X-EdgeMail-Original-From"]);
+        Assert.Equal("dev-3", message.Headers["X-EdgeMail-Device"]);
+        Assert.Matches(@"^from dev-3 \(\[127\.0\.0\.2\]\) by gw\.test \(EdgeMail\) with ESMTP\s+id [0-9a-f]{12};", message.Headers[HeaderId.Received]);
+        Assert.Equal("On battery", message.Subject);
+        string file = Assert.Single(Directory.GetFiles(_gw.MailboxNew));
+        string raw = await File.ReadAllTextAsync(file);
+        Assert.EndsWith("\r\n\r\n" + body, raw.TrimEnd('\r', '\n')); // the body, byte for byte
+        string envelope = File.ReadLines(file).First();
+        Assert.Contains("alice@example.com", envelope);
+        Assert.Contains("bob@example.com", envelope); // alias alarms -> group oncall -> alice, bob
+    }
+
+    [Fact]
+    public async Task Mail_FromUnlistedSourceWithoutAuth_IsRefusedWith530()
+    {
+        var (wire, _) = await SmtpWire.ConnectAsync(_gw.Plain());
+        await using var _ = wire;
+        await wire.CommandAsync("EHLO x");
+
+        Assert.StartsWith("530 5.7.0", await wire.CommandAsync("MAIL FROM:<ups@lan.test>"));
+    }
+
+    [Theory]
+    [InlineData("victim@elsewhere.example")]
+    [InlineData("nobody@gw.test")]
+    [InlineData("alice@gw.test.evil.example")]
+    public async Task Rcpt_NotAUserGroupOrAlias_IsRefusedWith550AndNothingIsQueued(string rcpt)
+    {
+        await using var wire = await _gw.AuthenticatedAsync();
+        Assert.StartsWith("250", await wire.CommandAsync("MAIL FROM:<dev-1@devices.test>"));
+
+        Assert.StartsWith("550 5.7.1", await wire.CommandAsync($"RCPT TO:<{rcpt}>"));
+        Assert.StartsWith("5", await wire.CommandAsync("DATA")); // no valid recipient: DATA is out of sequence
+        var counts = await _gw.Spool.CountsAsync(default);
+        Assert.Empty(counts.Messages);
+    }
+
+    [Fact]
+    public async Task Auth_ImplicitTlsPort_AcceptsDeviceAndRefusesWrongSecret()
+    {
+        var (wire, greeting) = await SmtpWire.ConnectAsync(_gw.Implicit(), implicitTls: true);
+        await using var _ = wire;
+        Assert.StartsWith("220", greeting);
+        Assert.Contains("AUTH", await wire.CommandAsync("EHLO d"));
+
+        Assert.StartsWith("535", await wire.AuthPlainAsync("dev-1", "wrong"));
+        Assert.StartsWith("235", await wire.AuthPlainAsync("dev-1", TestGateway.Secret));
+        Assert.StartsWith("250", await wire.SendMailAsync("dev-1@devices.test", ["bob@example.com"], SmtpGateway.PlainMail("hi", "hello")));
+    }
+
+    [Fact]
+    public async Task Data_WhenTheSpoolFails_IsAnswered451NotAPermanentError()
+    {
+        await using var wire = await _gw.AuthenticatedAsync();
+        await _gw.Spool.DisposeAsync(); // every write now fails
+
+        string reply = await wire.SendMailAsync("dev-1@devices.test", ["alice@example.com"], SmtpGateway.PlainMail("x", "y"));
+
+        Assert.StartsWith("451 4.3.0", reply);
+    }
+
+    [Fact]
+    public async Task Mail_DeclaredSizeOverLimit_IsRefusedWith552()
+    {
+        await using var wire = await _gw.AuthenticatedAsync();
+
+        Assert.StartsWith("552", await wire.CommandAsync("MAIL FROM:<dev-1@devices.test> SIZE=900000"));
+    }
+
+    [Fact]
+    public async Task Data_WithMoreThan30ReceivedHeaders_IsRefusedAsALoop()
+    {
+        await using var wire = await _gw.AuthenticatedAsync();
+        string hops = string.Concat(Enumerable.Range(0, 31).Select(i => $"Received: from hop{i}.example by hop{i + 1}.example; Sat, 28 Nov 2026 10:00:00 +0000\r\n"));
+
+        string reply = await wire.SendMailAsync("dev-1@devices.test", ["alice@example.com"], hops + SmtpGateway.PlainMail("loop", "x"));
+
+        Assert.StartsWith("554 5.4.6", reply);
+        Assert.Empty((await _gw.Spool.CountsAsync(default)).Messages);
+    }
+
+    [Fact]
+    public async Task Start_PortAlreadyTaken_FailsWithTheReason()
+    {
+        using var taken = new TcpListener(IPAddress.Loopback, 0);
+        taken.Start();
+        int port = ((IPEndPoint)taken.LocalEndpoint).Port;
+
+        var ex = await Assert.ThrowsAsync<InvalidOperationException>(() => SmtpGateway.StartAsync(smtp =>
+            smtp["Endpoints"] = new object[] { new { BindAddress = "127.0.0.1", Port = 0, Tls = "None" }, new { BindAddress = "127.0.0.1", Port = port, Tls = "None" } }));
+
+        Assert.Contains($"127.0.0.1:{port}", ex.Message);
+    }
+}
