@@ -35,34 +35,52 @@ public sealed partial class FlashQueue
         return last;
     }
 
-    /// <summary>Advances to the next valid record in a sector, leaving its header in _rec; false at the end.</summary>
-    private bool NextRecord(int baseAddr, ref int pos, int limit)
+    /// <summary>
+    /// Moves <paramref name="pos"/> to the next record header that is intact (length and its complement
+    /// agree, known type, fits below <paramref name="limit"/>) and leaves it in _rec. After a bad header
+    /// the search resumes at the next page, where records start again after a torn write.
+    /// </summary>
+    /// <returns>The record's payload length, or -1 at the end.</returns>
+    private int NextIntactHeader(int baseAddr, ref int pos, int limit)
     {
         while (true)
         {
             pos = HeaderSlot(pos);
             if (pos + RecordOverhead > limit)
             {
-                return false;
+                return -1;
             }
 
             _device.Read(baseAddr + pos, _rec, 0, RecordOverhead);
             int len = IntactLength(_rec, pos, limit);
+            if (len >= 0)
+            {
+                return len;
+            }
+
+            pos = NextPage(pos);
+        }
+    }
+
+    /// <summary>Advances past the next valid record in a sector, leaving its header in _rec; false at the end.</summary>
+    private bool NextRecord(int baseAddr, ref int pos, int limit)
+    {
+        while (true)
+        {
+            int len = NextIntactHeader(baseAddr, ref pos, limit);
             if (len < 0)
             {
-                pos = NextPage(pos);
-                continue;
+                return false;
             }
 
             int size = RoundUp(RecordOverhead + len, _unit);
-            if (!RecordCrcOk(baseAddr + pos, len))
+            if (RecordCrcOk(baseAddr + pos, len))
             {
-                pos = NextPage(pos + size - 1);
-                continue;
+                pos += size;
+                return true;
             }
 
-            pos += size;
-            return true;
+            pos = NextPage(pos + size - 1);
         }
     }
 

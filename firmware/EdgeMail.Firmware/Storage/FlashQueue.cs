@@ -284,8 +284,10 @@ public sealed partial class FlashQueue
         while (true)
         {
             int limit = _readSector == _head ? _writeOffset : _sectorBytes;
-            int pos = HeaderSlot(_readOffset);
-            if (pos + RecordOverhead > limit)
+            int pos = _readOffset;
+            int baseAddr = _readSector * _sectorBytes;
+            int len = NextIntactHeader(baseAddr, ref pos, limit);
+            if (len < 0)
             {
                 if (_readSector == _head)
                 {
@@ -296,15 +298,6 @@ public sealed partial class FlashQueue
                 _readSector = Next(_readSector);
                 _readSectorSeq++;
                 _readOffset = _dataStart;
-                continue;
-            }
-
-            int baseAddr = _readSector * _sectorBytes;
-            _device.Read(baseAddr + pos, _rec, 0, RecordOverhead);
-            int len = IntactLength(_rec, pos, limit);
-            if (len < 0)
-            {
-                _readOffset = NextPage(pos);
                 continue;
             }
 
@@ -488,22 +481,9 @@ public sealed partial class FlashQueue
         int dirtyPages = 0;
         bool torn = false;
         int records = 0;
-        while (true)
+        int len;
+        while ((len = NextIntactHeader(baseAddr, ref pos, _sectorBytes)) >= 0)
         {
-            pos = HeaderSlot(pos);
-            if (pos + RecordOverhead > _sectorBytes)
-            {
-                break;
-            }
-
-            _device.Read(baseAddr + pos, _rec, 0, RecordOverhead);
-            int len = IntactLength(_rec, pos, _sectorBytes);
-            if (len < 0)
-            {
-                pos = NextPage(pos);
-                continue;
-            }
-
             int size = RoundUp(RecordOverhead + len, _unit);
             uint seq = Le.U32(_rec, 4);
             byte type = _rec[8];
