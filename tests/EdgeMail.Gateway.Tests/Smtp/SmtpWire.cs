@@ -110,6 +110,15 @@ public sealed class SmtpWire : IAsyncDisposable
         return reply;
     }
 
+    /// <summary>Does the TLS handshake after the 220 to STARTTLS was already read.</summary>
+    public async Task StartTlsAfterReplyAsync()
+    {
+        var ssl = new SslStream(_stream, false, (_, _, _, _) => true);
+        await ssl.AuthenticateAsClientAsync("localhost");
+        _stream = ssl;
+        _pending.Clear();
+    }
+
     public Task<string> AuthPlainAsync(string user, string password) =>
         CommandAsync("AUTH PLAIN " + Convert.ToBase64String(Encoding.UTF8.GetBytes("\0" + user + "\0" + password)));
 
