@@ -1,0 +1,225 @@
+using System.Net.Sockets;
+using System.Text;
+using EdgeMail.Testing;
+using MimeKit;
+using MQTTnet;
+using MQTTnet.Formatter;
+using MQTTnet.Protocol;
+using Xunit;
+
+namespace EdgeMail.Gateway.Tests.Hostile;
+
+public sealed class MqttHostileFixture : IAsyncLifetime
+{
+    public TestGateway Gw { get; private set; } = null!;
+
+    public async Task InitializeAsync() => Gw = await TestGateway.StartAsync();
+
+    public async Task DisposeAsync() => await Gw.DisposeAsync();
+}
+
+public sealed class MqttHostileTests(MqttHostileFixture fixture) : IClassFixture<MqttHostileFixture>
+{
+    private static int _goodAlerts;
+
+    private TestGateway Gw => fixture.Gw;
+
+    private static MqttApplicationMessage Message(string topic, byte[] payload) =>
+        new MqttApplicationMessageBuilder().WithTopic(topic).WithPayload(payload).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build();
+
+    /// <summary>A well-behaved device still gets a PUBACK for a valid alert, and no mail left for strangers.</summary>
+    private async Task AfterwardsAsync()
+    {
+        using var good = await Gw.ConnectAsync("dev-3");
+        string id = "good-" + Interlocked.Increment(ref _goodAlerts);
+        var ack = await good.PublishAsync(Message("edgemail/v1/dev-3/alert", Encoding.UTF8.GetBytes(Alerts.Json(id))), new CancellationTokenSource(Await.DefaultTimeout).Token);
+        Assert.True(ack.IsSuccess);
+        Assert.Equal("new", (await Gw.Spool.GetAlertAsync("dev-3", id, default))?.Status is "new" or "routed" ? "new" : "missing");
+        HostileKit.AssertNoMailForStrangers(Gw);
+    }
+
+    private async Task<Socket> RawConnectAsync()
+    {
+        var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        await socket.ConnectAsync(Gw.Broker.Endpoint!);
+        return socket;
+    }
+
+    private static async Task<bool> ClosedByPeerAsync(Socket socket)
+    {
+        var buffer = new byte[256];
+        using var timeout = new CancellationTokenSource(Await.DefaultTimeout);
+        try
+        {
+            while (await socket.ReceiveAsync(buffer, SocketFlags.None, timeout.Token) > 0)
+            {
+            }
+
+            return true;
+        }
+        catch (SocketException)
+        {
+            return true;
+        }
+    }
+
+    private static byte[] Connect311(string clientId, string user, string password)
+    {
+        var body = new List<byte> { 0, 4, (byte)'M', (byte)'Q', (byte)'T', (byte)'T', 4, 0xC2, 0, 60 };
+        foreach (string s in new[] { clientId, user, password })
+        {
+            byte[] b = Encoding.UTF8.GetBytes(s);
+            body.Add((byte)(b.Length >> 8));
+            body.Add((byte)b.Length);
+            body.AddRange(b);
+        }
+
+        return [0x10, (byte)body.Count, .. body];
+    }
+
+    [Theory]
+    [InlineData(new byte[] { 0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F })]               // remaining length over 4 bytes
+    [InlineData(new byte[] { 0x10, 0xFF, 0xFF, 0xFF, 0x7F })]                     // claims 256 MB, sends nothing
+    [InlineData(new byte[] { 0x10, 0x02, 0x00, 0x04 })]                           // truncated protocol name
+    [InlineData(new byte[] { 0x10, 0x0C, 0x00, 0x04, 0x4D, 0x51, 0x54, 0x54, 0x63, 0x02, 0x00, 0x3C, 0x00, 0x00 })] // protocol level 99
+    [InlineData(new byte[] { 0x30, 0x05, 0x00, 0x09, 0x61, 0x62, 0x63 })]         // PUBLISH before CONNECT, topic longer than the packet
+    [InlineData(new byte[] { 0xF0, 0x00 })]                                       // reserved packet type
+    [InlineData(new byte[] { 0x00, 0x00, 0x00, 0x00 })]
+    public async Task Connect_MalformedPacket_ClosesThatConnectionOnly(byte[] packet)
+    {
+        using (var socket = await RawConnectAsync())
+        {
+            await socket.SendAsync(packet);
+            if (packet[1] is 0xFF && packet.Length == 5)
+            {
+                socket.Shutdown(SocketShutdown.Send); // a liar that stops sending: the broker must not wait on it forever
+            }
+
+            Assert.True(await ClosedByPeerAsync(socket));
+        }
+
+        await AfterwardsAsync();
+    }
+
+    [Fact]
+    public async Task Publish_PacketWhoseTopicLengthExceedsTheRemainingLength_ClosesTheConnection()
+    {
+        using (var socket = await RawConnectAsync())
+        {
+            await socket.SendAsync(Connect311("dev-1", "dev-1", TestGateway.Secret));
+            var connack = new byte[4];
+            Assert.Equal(4, await socket.ReceiveAsync(connack));
+            Assert.Equal(0, connack[3]);
+            await socket.SendAsync(new byte[] { 0x32, 0x06, 0x00, 0x40, (byte)'e', (byte)'d', 0x00, 0x01 });
+
+            Assert.True(await ClosedByPeerAsync(socket));
+        }
+
+        await AfterwardsAsync();
+    }
+
+    [Theory]
+    [InlineData("edgemail/v1/dev-2/alert")]      // another device's id
+    [InlineData("edgemail/v1/dev-1/receipt")]    // a gateway-to-device topic
+    [InlineData("edgemail/v1/dev-1/alert/x")]
+    [InlineData("edgemail/v1/dev-10/alert")]     // id prefix trick
+    [InlineData("edgemail/v1/dev-1")]
+    [InlineData("$SYS/broker")]
+    [InlineData("edgemail/v1/dev-1/../dev-2/alert")]
+    public async Task Publish_WrongTopic_ClosesTheConnectionAndStoresNothing(string topic)
+    {
+        var before = await Gw.Spool.CountsAsync(default);
+        using (var client = await Gw.ConnectAsync("dev-1"))
+        {
+            var disconnected = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            client.DisconnectedAsync += _ =>
+            {
+                disconnected.TrySetResult();
+                return Task.CompletedTask;
+            };
+
+            _ = client.PublishAsync(Message(topic, Encoding.UTF8.GetBytes(Alerts.Json("wrong-" + topic.GetHashCode(StringComparison.Ordinal)))), new CancellationTokenSource(Await.DefaultTimeout).Token)
+                .ContinueWith(_ => { }, TaskScheduler.Default);
+            await Await.Within(disconnected.Task.ContinueWith(_ => true, TaskScheduler.Default), "the broker to close the connection");
+        }
+
+        var after = await Gw.Spool.CountsAsync(default);
+        Assert.Equal(before.Alerts.Values.Sum(), after.Alerts.Values.Sum());
+        await AfterwardsAsync();
+    }
+
+    [Theory]
+    [InlineData("#")]
+    [InlineData("edgemail/v1/+/receipt")]
+    [InlineData("edgemail/v1/dev-2/receipt")]
+    [InlineData("edgemail/v1/dev-1/#")]
+    public async Task Subscribe_BeyondItsOwnReceipts_IsRefused(string filter)
+    {
+        using (var client = await Gw.ConnectAsync("dev-1", version: MqttProtocolVersion.V500))
+        {
+            var result = await client.SubscribeAsync(filter, MqttQualityOfServiceLevel.AtLeastOnce);
+            Assert.Equal(MqttClientSubscribeResultCode.NotAuthorized, Assert.Single(result.Items).ResultCode);
+        }
+
+        await AfterwardsAsync();
+    }
+
+    public static TheoryData<string, byte[], string> BadPayloads() => new()
+    {
+        { "oversized", Encoding.UTF8.GetBytes("{\"v\":1,\"id\":\"big\",\"text\":\"" + new string('x', 1 << 20) + "\"}"), "larger than 4 KiB" },
+        { "not-utf8", [0x7B, 0x22, 0x76, 0x22, 0x3A, 0x31, 0x2C, 0x22, 0x69, 0x64, 0x22, 0x3A, 0x22, 0xC3, 0x28, 0xFF, 0x22, 0x7D], "UTF-8" },
+        { "deep", Encoding.UTF8.GetBytes("{\"v\":1,\"id\":\"deep\",\"values\":" + new string('[', 2000) + new string(']', 2000) + "}"), "" },
+        { "huge-number", Encoding.UTF8.GetBytes("{\"v\":1,\"id\":\"huge\",\"seq\":1e400,\"state\":\"raised\",\"sev\":\"critical\",\"code\":\"X\",\"text\":\"t\",\"values\":{\"a\":1e400}}"), "" },
+        { "huge-int", Encoding.UTF8.GetBytes("{\"v\":1,\"id\":\"hugeint\",\"seq\":123456789012345678901234567890,\"state\":\"raised\",\"sev\":\"critical\",\"code\":\"X\",\"text\":\"t\"}"), "" },
+        { "duplicate-keys", Encoding.UTF8.GetBytes("{\"v\":1,\"id\":\"dup\",\"id\":\"dup2\",\"seq\":1,\"state\":\"raised\",\"sev\":\"critical\",\"code\":\"X\",\"text\":\"t\"}"), "" },
+        { "array", Encoding.UTF8.GetBytes("[1,2,3]"), "" },
+        { "empty", [], "" },
+        { "nul", Encoding.UTF8.GetBytes("{\"v\":1,\"id\":\"nul\0\",\"seq\":1}"), "" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadPayloads))]
+    public async Task Publish_HostilePayload_IsAcknowledgedKeptRejectedAndNeverMailed(string name, byte[] payload, string reasonContains)
+    {
+        using (var client = await Gw.ConnectAsync("dev-1"))
+        {
+            var ack = await client.PublishAsync(Message("edgemail/v1/dev-1/alert", payload), new CancellationTokenSource(Await.DefaultTimeout).Token);
+            Assert.True(ack.IsSuccess, name);
+        }
+
+        string key = EdgeMail.Gateway.Ingest.AlertParser.Parse(payload).Id ?? "rejected-" + Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(payload).AsSpan(0, 16));
+        var row = await Gw.Spool.GetAlertAsync("dev-1", key, default);
+        Assert.NotNull(row);
+        Assert.Equal("rejected", row.Value.Status); // kept with its reason, never routed, so never mailed
+        Assert.Contains(reasonContains, row.Value.Reason, StringComparison.Ordinal);
+        await AfterwardsAsync();
+    }
+
+    [Fact]
+    public async Task Publish_HeaderInjectionInEveryField_AddsNoHeaderAndNoRecipient()
+    {
+        string json = "{\"v\":1,\"id\":\"inj-1\\r\\nBcc: v1@evil.example\",\"seq\":1,\"state\":\"raised\",\"sev\":\"critical\",\"code\":\"INJ\","
+            + "\"text\":\"hot\\r\\nBcc: v2@evil.example\\r\\n\\r\\nbody\",\"values\":{\"t\\r\\nBcc: v3@evil.example\":1}}";
+        using (var client = await Gw.ConnectAsync("dev-1"))
+        {
+            Assert.True((await client.PublishAsync(Message("edgemail/v1/dev-1/alert", Encoding.UTF8.GetBytes(json)), new CancellationTokenSource(Await.DefaultTimeout).Token)).IsSuccess);
+        }
+
+        var stored = await Gw.Spool.GetAlertAsync("dev-1", "inj-1\r\nBcc: v1@evil.example", default);
+        Assert.NotNull(stored);
+        if (stored.Value.Status != "rejected")
+        {
+            var files = await Gw.MailAsync(1);
+            foreach (string file in files)
+            {
+                using var stream = File.OpenRead(file);
+                var mail = MimeMessage.Load(stream);
+                Assert.Null(mail.Headers[HeaderId.Bcc]);
+                Assert.Empty(mail.Bcc);
+                Assert.All(mail.To.Mailboxes, m => Assert.Contains(m.Address, HostileKit.OurPeople));
+            }
+        }
+
+        await AfterwardsAsync();
+    }
+}
