@@ -28,6 +28,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     private readonly AlertIngest _ingest;
     private readonly ILogger<EmbeddedBroker> _logger;
     private readonly ConcurrentDictionary<string, byte[]> _verified = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, bool> _receiptSubscribers = new(StringComparer.Ordinal);
     private MqttServer? _server;
 
     /// <summary>Creates the broker; it listens once the host starts it.</summary>
@@ -60,6 +61,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         _server = factory.CreateMqttServer(serverOptions);
         _server.ValidatingConnectionAsync += ValidateConnectionAsync;
         _server.InterceptingSubscriptionAsync += InterceptSubscriptionAsync;
+        _server.InterceptingUnsubscriptionAsync += InterceptUnsubscriptionAsync;
         _server.InterceptingPublishAsync += InterceptPublishAsync;
         await _server.StartAsync().ConfigureAwait(false);
         Endpoint = new IPEndPoint(address, port);
@@ -77,6 +79,9 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
 
     /// <inheritdoc />
     public void Dispose() => _server?.Dispose();
+
+    /// <inheritdoc />
+    public bool IsListening(string deviceId) => _receiptSubscribers.ContainsKey(deviceId);
 
     /// <inheritdoc />
     public Task PublishAsync(string deviceId, byte[] payload)
@@ -108,6 +113,10 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         else
         {
             e.SessionItems[SessionPeer] = e.RemoteEndPoint?.ToString();
+            if (e.CleanSession == true)
+            {
+                _receiptSubscribers.TryRemove(user, out _); // a clean session starts without subscriptions
+            }
         }
 
         return Task.CompletedTask;
@@ -138,6 +147,20 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
             e.ProcessSubscription = false;
             e.Response.ReasonCode = MqttSubscribeReasonCode.NotAuthorized;
             LogTopicRefused(e.ClientId, "subscribe", e.TopicFilter.Topic);
+        }
+        else
+        {
+            _receiptSubscribers[e.ClientId] = true;
+        }
+
+        return Task.CompletedTask;
+    }
+
+    private Task InterceptUnsubscriptionAsync(InterceptingUnsubscriptionEventArgs e)
+    {
+        if (e.Topic == Topics.Receipt(e.ClientId))
+        {
+            _receiptSubscribers.TryRemove(e.ClientId, out _);
         }
 
         return Task.CompletedTask;

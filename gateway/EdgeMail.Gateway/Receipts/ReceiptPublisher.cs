@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 
 namespace EdgeMail.Gateway.Receipts;
@@ -30,15 +31,30 @@ public interface IReceiptSink
     /// <param name="payload">Receipt JSON.</param>
     /// <returns>A task completing when handed to the broker.</returns>
     Task PublishAsync(string deviceId, byte[] payload);
+
+    /// <summary>
+    /// Whether a receipt for <paramref name="deviceId"/> can reach anyone: the device holds a subscription to its
+    /// receipt topic (connected now or in a persistent session). Receipts nobody would receive are not published.
+    /// </summary>
+    /// <param name="deviceId">Device.</param>
+    /// <returns>True when the receipt should be published.</returns>
+    bool IsListening(string deviceId) => true;
 }
 
 /// <summary>
 /// Sends receipts to devices on <c>edgemail/v1/{deviceId}/receipt</c>. Fire and forget from the caller's
 /// view: a device that is not subscribed misses the receipt, and the alert's state stays visible in the spool.
+/// Receipts are queued and handed to the broker by one background loop, in order, so the PUBACK path and the
+/// delivery path never wait for the broker's dispatch; receipts for devices that hold no receipt subscription
+/// are not formatted at all.
 /// </summary>
 public sealed partial class ReceiptPublisher
 {
+    private readonly Channel<(string Device, byte[] Payload, string State)> _queue =
+        Channel.CreateUnbounded<(string, byte[], string)>(new UnboundedChannelOptions { SingleReader = true });
+
     private readonly Lazy<IReceiptSink> _sink;
+    private int _pumpStarted;
     private readonly TimeProvider _clock;
     private readonly ILogger<ReceiptPublisher> _logger;
 
@@ -82,20 +98,33 @@ public sealed partial class ReceiptPublisher
     /// <param name="detail">Detail.</param>
     public void Publish(string deviceId, string alertId, string state, string detail)
     {
-        Task task;
-        try
+        if (!_sink.Value.IsListening(deviceId))
         {
-            task = _sink.Value.PublishAsync(deviceId, Format(alertId, state, _clock.GetUtcNow(), detail));
-        }
-        catch (InvalidOperationException ex)
-        {
-            LogFailed(ex, deviceId, state);
             return;
         }
 
-        if (!task.IsCompletedSuccessfully)
+        _queue.Writer.TryWrite((deviceId, Format(alertId, state, _clock.GetUtcNow(), detail), state));
+        if (Interlocked.CompareExchange(ref _pumpStarted, 1, 0) == 0)
         {
-            task.ContinueWith(t => LogFailed(t.Exception!, deviceId, state), CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+            _ = Task.Run(PumpAsync);
+        }
+    }
+
+    /// <summary>Stops taking receipts; those already queued are still handed to the broker.</summary>
+    public void Complete() => _queue.Writer.TryComplete();
+
+    private async Task PumpAsync()
+    {
+        await foreach (var (device, payload, state) in _queue.Reader.ReadAllAsync().ConfigureAwait(false))
+        {
+            try
+            {
+                await _sink.Value.PublishAsync(device, payload).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is InvalidOperationException or OperationCanceledException or ObjectDisposedException or MQTTnet.Exceptions.MqttCommunicationException)
+            {
+                LogFailed(ex, device, state);
+            }
         }
     }
 

@@ -104,12 +104,18 @@ public sealed partial class DeliveryWorker : BackgroundService
 
     private async Task AttemptAsync(QueuedMessage message, CancellationToken cancellationToken)
     {
+        bool slotHeld = true;
         try
         {
             await Task.Yield();
             var results = message.PendingRecipients.Count == 0
                 ? []
                 : await _transport.SendAsync(message, cancellationToken).ConfigureAwait(false);
+
+            // The connection is free once the remote answered: let the next message use it while this result waits
+            // for its group commit (the message stays in flight, so it is not picked up again meanwhile).
+            _slots.Release();
+            slotHeld = false;
             await RecordAsync(message, results, cancellationToken).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
@@ -123,7 +129,11 @@ public sealed partial class DeliveryWorker : BackgroundService
         finally
         {
             _inFlight.TryRemove(message.RowId, out _);
-            _slots.Release();
+            if (slotHeld)
+            {
+                _slots.Release();
+            }
+
             _wake.Set();
         }
     }
@@ -203,10 +213,11 @@ public sealed partial class DeliveryWorker : BackgroundService
         string subject;
         using (var stream = new MemoryStream(message.Mime))
         {
-            subject = MimeMessage.Load(stream).Subject ?? string.Empty;
+            using var failedMessage = MimeMessage.Load(stream);
+            subject = failedMessage.Subject ?? string.Empty;
         }
 
-        var notice = _composer.ComposeFailureNotice(message.MessageId, subject, failed.Select(f => (f.Address, f.Reply)).ToList(), operatorMailbox, now);
+        using var notice = _composer.ComposeFailureNotice(message.MessageId, subject, failed.Select(f => (f.Address, f.Reply)).ToList(), operatorMailbox, now);
         return new NewMessage("notice", message.Device, message.AlertId, notice.MessageId!, string.Empty, [operatorMailbox.Address], MailComposer.ToWire(notice));
     }
 

@@ -102,7 +102,7 @@ public sealed class SmtpRelay : IMailTransport
             }
 
             using var stream = new MemoryStream(message.Mime);
-            var mime = await MimeMessage.LoadAsync(stream, cancellationToken).ConfigureAwait(false);
+            using var mime = await MimeMessage.LoadAsync(stream, cancellationToken).ConfigureAwait(false);
             var sender = message.EnvelopeFrom.Length > 0 ? MailboxAddress.Parse(message.EnvelopeFrom) : new MailboxAddress(string.Empty, string.Empty);
             var recipients = message.PendingRecipients.Select(MailboxAddress.Parse).ToList();
             string reply = await client.SendAsync(mime, sender, recipients, cancellationToken).ConfigureAwait(false);

@@ -85,13 +85,31 @@ public sealed partial class AlertProcessor : BackgroundService
             return 0;
         }
 
+        var parsedAlerts = new Alert?[alerts.Count];
+        var keys = new HashSet<(string Device, string Code)>();
+        for (int i = 0; i < alerts.Count; i++)
+        {
+            parsedAlerts[i] = AlertParser.Parse(alerts[i].Payload).Alert;
+            if (parsedAlerts[i] is { } a)
+            {
+                keys.Add((alerts[i].Device, a.Code));
+            }
+        }
+
+        // One read for the storm state of every (device, code) in the batch, not one spool round trip each.
+        var known = await _spool.GetStormsAsync(keys, cancellationToken).ConfigureAwait(false);
         var storms = new Dictionary<(string, string), StormState?>();
+        foreach (var (key, state) in known)
+        {
+            storms[key] = state;
+        }
+
         var commits = new List<RoutingCommit>(alerts.Count);
         var window = _options.Storm.Window;
-        foreach (var stored in alerts)
+        for (int i = 0; i < alerts.Count; i++)
         {
-            var parsed = AlertParser.Parse(stored.Payload);
-            if (parsed.Alert is not { } alert)
+            var stored = alerts[i];
+            if (parsedAlerts[i] is not { } alert)
             {
                 commits.Add(new RoutingCommit(stored.RowId, AlertStatus.Rejected, null, null, null, null));
                 continue;
@@ -106,10 +124,7 @@ public sealed partial class AlertProcessor : BackgroundService
             }
 
             var key = (stored.Device, alert.Code);
-            if (!storms.TryGetValue(key, out var storm))
-            {
-                storm = await _spool.GetStormAsync(stored.Device, alert.Code, cancellationToken).ConfigureAwait(false);
-            }
+            storms.TryGetValue(key, out var storm);
 
             if (alert.State == AlertState.Raised && window > TimeSpan.Zero && storm is not null && stored.ReceivedAt < storm.LastMailAt + window)
             {
@@ -120,7 +135,7 @@ public sealed partial class AlertProcessor : BackgroundService
 
             var mail = new AlertMail(Device(stored.Device), alert, stored.ReceivedAt, stored.Peer, stored.RowId, route.Recipients, route.Template,
                 alert.State == AlertState.Cleared ? storm?.LastRaisedMessageId : null);
-            var message = _composer.ComposeAlert(mail, _clock.GetUtcNow());
+            using var message = _composer.ComposeAlert(mail, _clock.GetUtcNow());
             var queued = new NewMessage("alert", stored.Device, alert.Id, message.MessageId!, _options.Sender.Address,
                 route.Recipients.Select(r => r.Address).ToList(), MailComposer.ToWire(message));
             var next = alert.State == AlertState.Raised
@@ -154,7 +169,7 @@ public sealed partial class AlertProcessor : BackgroundService
                 var route = _router.Route(digest.Device, repeats[^1].Item1);
                 if (route.Recipients.Count > 0)
                 {
-                    var message = _composer.ComposeDigest(Device(digest.Device), repeats, route.Recipients, _options.Storm.Window,
+                    using var message = _composer.ComposeDigest(Device(digest.Device), repeats, route.Recipients, _options.Storm.Window,
                         digest.Alerts[0].RowId, storm?.LastRaisedMessageId, now);
                     queued = new NewMessage("digest", digest.Device, null, message.MessageId!, _options.Sender.Address,
                         route.Recipients.Select(r => r.Address).ToList(), MailComposer.ToWire(message));

@@ -168,6 +168,12 @@ public interface ISpool : IAsyncDisposable
     /// <returns>The state.</returns>
     Task<StormState?> GetStormAsync(string device, string code, CancellationToken cancellationToken);
 
+    /// <summary>The storm state of several (device, code) pairs in one read; pairs without state are left out.</summary>
+    /// <param name="keys">The pairs.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>State per pair that has one.</returns>
+    Task<IReadOnlyDictionary<(string Device, string Code), StormState>> GetStormsAsync(IReadOnlyCollection<(string Device, string Code)> keys, CancellationToken cancellationToken);
+
     /// <summary>Commits routing decisions (each atomically; all in one transaction).</summary>
     /// <param name="commits">Decisions.</param>
     /// <param name="cancellationToken">Cancellation.</param>

@@ -55,6 +55,15 @@ internal static class SpoolSchema
           last_raised_message_id TEXT,
           PRIMARY KEY(device, code));
         """,
+        // 2: indexes the router's and storm worker's queries can use. SQLite does not see that status='new' implies
+        // status IN ('new','held'), so the first partial index was never used and every look for new alerts scanned
+        // the whole table (the cost grew with the spool's size).
+        """
+        CREATE INDEX alerts_status_new ON alerts(status) WHERE status = 'new';
+        CREATE INDEX alerts_held_due ON alerts(hold_until) WHERE status = 'held';
+        CREATE INDEX alerts_held_key ON alerts(device, code) WHERE status = 'held';
+        DROP INDEX alerts_new;
+        """,
     ];
 
     /// <summary>The version this build writes.</summary>

@@ -152,6 +152,25 @@ public sealed partial class SqliteSpool : ISpool
     public Task<StormState?> GetStormAsync(string device, string code, CancellationToken cancellationToken) =>
         Enqueue((s, _) => s.ReadStorm(device, code), cancellationToken);
 
+    /// <inheritdoc />
+    public Task<IReadOnlyDictionary<(string Device, string Code), StormState>> GetStormsAsync(IReadOnlyCollection<(string Device, string Code)> keys, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(keys);
+        return Enqueue<IReadOnlyDictionary<(string Device, string Code), StormState>>((s, _) =>
+        {
+            var states = new Dictionary<(string Device, string Code), StormState>(keys.Count);
+            foreach (var key in keys)
+            {
+                if (s.ReadStorm(key.Device, key.Code) is { } state)
+                {
+                    states[key] = state;
+                }
+            }
+
+            return states;
+        }, cancellationToken, isolate: false);
+    }
+
     private StormState? ReadStorm(string device, string code)
     {
         using var r = Query("SELECT last_mail_at, last_raised_message_id FROM storm WHERE device=$p0 AND code=$p1", device, code);
@@ -197,7 +216,7 @@ public sealed partial class SqliteSpool : ISpool
             return;
         }
 
-        long rowId = (long)Scalar("SELECT last_insert_rowid()")!;
+        long rowId = SQLitePCL.raw.sqlite3_last_insert_rowid(_connection.Handle);
         foreach (string rcpt in m.Recipients.Distinct(StringComparer.OrdinalIgnoreCase))
         {
             Exec("INSERT INTO recipients(message, address, status) VALUES($p0,$p1,'pending')", rowId, rcpt);
@@ -324,9 +343,13 @@ public sealed partial class SqliteSpool : ISpool
                 }
             }
 
-            long pending = (long)s.Scalar("SELECT COUNT(*) FROM recipients WHERE message=$p0 AND status='pending'", commit.RowId)!;
-            long failed = (long)s.Scalar("SELECT COUNT(*) FROM recipients WHERE message=$p0 AND status='failed'", commit.RowId)!;
-            long sent = (long)s.Scalar("SELECT COUNT(*) FROM recipients WHERE message=$p0 AND status='sent'", commit.RowId)!;
+            long pending, failed, sent;
+            using (var r = s.Query("SELECT COUNT(*) FILTER (WHERE status='pending'), COUNT(*) FILTER (WHERE status='failed'), COUNT(*) FILTER (WHERE status='sent') FROM recipients WHERE message=$p0", commit.RowId))
+            {
+                r.Read();
+                (pending, failed, sent) = (r.GetInt64(0), r.GetInt64(1), r.GetInt64(2));
+            }
+
             string status = pending > 0 ? "queued" : failed == 0 ? "sent" : sent == 0 ? "failed" : "partial";
             s.Exec("UPDATE messages SET status=$p0, attempts=attempts+1, last_reply=$p1, next_attempt_at=COALESCE($p2, next_attempt_at) WHERE rowid=$p3",
                 status, lastReply, commit.NextAttemptAt?.ToUnixTimeMilliseconds(), commit.RowId);

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# gateway-bench.sh -- the gateway benchmarks of issue 5, in one command, with the peer baselines in the same session.
+#
+#   loadgen (separate process: DEVICES MQTTnet clients, INFLIGHT QoS 1 publishes each, ~200-byte alert JSON)
+#     --MQTT--> gateway (Release, embedded broker, SQLite spool synchronous=FULL, storm control off)
+#     --SMTP--> sink (Postfix's smtp-sink for throughput; the load generator's own SMTP sink for latency)
+#
+# Stages (STAGES="ingest latency memory peers" by default):
+#   ingest   DEVICES x MSGS_PER alerts; ingest = first PUBLISH -> last PUBACK (every alert committed, fsync'd);
+#            e2e = first PUBLISH -> smtp-sink has every mail (smtp-sink -M exits).
+#   latency  the same at LAT_RATE alerts/s (default: a tenth of the ingest stage's e2e rate); PUBLISH -> sink's 250.
+#   memory   IDLE_DEVICES connected idle devices; gateway RSS before/after and bytes per connection.
+#   peers    ../shared/peers/mosquitto_qos1.sh (MSGS=50000 SIZE=200 RUNS=1) and postfix_relay.sh
+#            (MSGS=5000 SESSIONS=20 SIZE=1024 REUSE=0 RUNS=1) -- needs root; installs postfix if missing.
+# Knobs: DEVICES=50 MSGS_PER=1000 INFLIGHT=10 IDLE_DEVICES=10000 LAT_RATE= RELAY_CONCURRENCY=8 PORT=18990
+#        SINK_PORT=18925 ART=/tmp/art-gw-bench PEERS_DIR=<repo>/../shared/peers
+# Device secrets in the generated config use PBKDF2 with 1,000 iterations (instead of 100,000) so that connecting
+# 10,000 devices does not take minutes of CPU; after the first connect the gateway checks a cached SHA-256 anyway.
+# Prints one "RESULT ..." line per stage. Loopback only.
+set -euo pipefail
+DEVICES=${DEVICES:-50}
+MSGS_PER=${MSGS_PER:-1000}
+INFLIGHT=${INFLIGHT:-10}
+IDLE_DEVICES=${IDLE_DEVICES:-10000}
+RELAY_CONCURRENCY=${RELAY_CONCURRENCY:-8}
+PORT=${PORT:-18990}
+SINK_PORT=${SINK_PORT:-18925}
+STAGES=${STAGES:-ingest latency memory peers}
+ART=${ART:-/tmp/art-gw-bench}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+PEERS_DIR=${PEERS_DIR:-$ROOT/../shared/peers}
+STATE=$(mktemp -d /var/tmp/edgemail-gw-bench.XXXXXX)
+SECRET=bench-secret
+GW=""
+
+log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+cleanup() {
+  [ -n "$GW" ] && kill "$GW" 2>/dev/null || true
+  [ -n "${SINKPID:-}" ] && kill "$SINKPID" 2>/dev/null || true
+  rm -rf "$STATE"
+}
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+log "building (Release) into $ART"
+dotnet build "$ROOT/gateway/EdgeMail.Gateway" -c Release --artifacts-path "$ART" -v q -nologo >/dev/null
+dotnet build "$ROOT/gateway/bench/LoadGen" -c Release --artifacts-path "$ART" -v q -nologo >/dev/null
+DLL="$ART/bin/EdgeMail.Gateway/release/EdgeMail.Gateway.dll"
+LOADGEN="$ART/bin/EdgeMail.Gateway.LoadGen/release/EdgeMail.Gateway.LoadGen.dll"
+HASH=$(python3 -c '
+import hashlib, base64, os, sys
+salt = os.urandom(16); it = 1000
+h = hashlib.pbkdf2_hmac("sha256", sys.argv[1].encode(), salt, it, 32)
+print("pbkdf2-sha256$%d$%s$%s" % (it, base64.b64encode(salt).decode(), base64.b64encode(h).decode()))' "$SECRET")
+
+# write_config FILE DEVICES RELAY_PORT
+write_config() {
+  python3 - "$1" "$2" "$3" "$HASH" "$STATE/data" "$PORT" "$RELAY_CONCURRENCY" <<'PY'
+import json, sys
+path, n, relay_port, h, data, port, conc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6]), int(sys.argv[7])
+cfg = {
+  "DataDirectory": data, "Mqtt": {"Port": port}, "Storm": {"Window": "00:00:00"},
+  "Logging": {"LogLevel": {"Default": "Warning", "EdgeMail.Gateway.Ingest.EmbeddedBroker": "Information"}},
+  "Users": {"ops": {"Name": "Ops", "Email": "ops@sink.edgemail.test"}},
+  "Routes": [{"Devices": "*", "Codes": "*", "MinSeverity": "info", "To": ["ops"]}],
+  "Relay": {"Mode": "Smarthost", "Host": "127.0.0.1", "Port": relay_port, "Security": "None", "Concurrency": conc},
+  "Devices": {f"bench-{d}": {"Secret": h, "Site": "Bench"} for d in range(1, n + 1)},
+}
+json.dump(cfg, open(path, "w"))
+PY
+}
+
+# start_gateway CONFIG
+start_gateway() {
+  rm -rf "$STATE/data"
+  dotnet "$DLL" --config "$1" > "$STATE/gateway.log" 2>&1 &
+  GW=$!
+  for _ in $(seq 1 300); do grep -q "MQTT broker listening" "$STATE/gateway.log" && return 0; sleep 0.1; done
+  cat "$STATE/gateway.log" >&2; exit 1
+}
+stop_gateway() { kill "$GW" 2>/dev/null || true; wait "$GW" 2>/dev/null || true; GW=""; }
+rss_kib() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+cpu_s() { awk '{printf "%.2f", ($14+$15)/100}' "/proc/$1/stat"; }
+
+echo "MACHINE nproc=$(nproc) cpu=\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\" date=$(date -u +%Y-%m-%dT%H:%M:%SZ) dotnet=$(dotnet --version) load=\"$(cut -d' ' -f1-3 /proc/loadavg)\""
+
+E2E_RATE=""
+if [[ " $STAGES " == *" ingest "* ]]; then
+  command -v smtp-sink >/dev/null || { log "smtp-sink missing: apt-get install postfix (or run the peers stage first)"; exit 1; }
+  TOTAL=$((DEVICES * MSGS_PER))
+  write_config "$STATE/ingest.json" "$DEVICES" "$SINK_PORT"
+  start_gateway "$STATE/ingest.json"
+  # Warm-up outside the timed window: every device connects once (PBKDF2 on first connect) and WARM_PER alerts per
+  # device go all the way to a first smtp-sink, so the JIT has compiled the whole path before the timed run.
+  WARM_PER=${WARM_PER:-40}
+  smtp-sink -u nobody -M "$((DEVICES * WARM_PER))" "127.0.0.1:$SINK_PORT" 1024 > "$STATE/sink.out" 2>&1 &
+  SINKPID=$!
+  dotnet "$LOADGEN" publish --port "$PORT" --devices "$DEVICES" --msgs "$WARM_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag w >/dev/null
+  wait "$SINKPID"
+  smtp-sink -u nobody -M "$TOTAL" "127.0.0.1:$SINK_PORT" 1024 > "$STATE/sink.out" 2>&1 &
+  SINKPID=$!
+  cpu0=$(cpu_s "$GW")
+  if [ -n "${TRACE:-}" ]; then  # TRACE=file.nettrace: CPU-sample the gateway during the run (dotnet-trace global tool)
+    dotnet-trace ${TRACE_CMD:-collect-linux --profile cpu-sampling} -p "$GW" -o "$TRACE" --duration 00:00:00:08 >/dev/null 2>&1 &
+    sleep 1
+  fi
+  t0=$EPOCHREALTIME
+  out=$(dotnet "$LOADGEN" publish --port "$PORT" --devices "$DEVICES" --msgs "$MSGS_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag i)
+  wait "$SINKPID"; SINKPID=""
+  t1=$EPOCHREALTIME
+  cpu1=$(cpu_s "$GW")
+  if [ -n "${THREADS:-}" ]; then  # THREADS=1: gateway CPU seconds per thread name, to stderr
+    for t in /proc/$GW/task/*; do printf '%s\t%s\n' "$(cat "$t/comm")" "$(awk '{print ($14+$15)/100}' "$t/stat")"; done \
+      | awk -F'\t' '{c[$1]+=$2} END{for (k in c) if (c[k]>0.05) printf "THREAD %-20s %.2f s\n", k, c[k]}' >&2 || true
+  fi
+  E2E_RATE=$(awk -v n="$TOTAL" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}')
+  echo "RESULT ingest $out e2e_smtp_sink_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') e2e_smtp_sink_rate=$E2E_RATE gateway_cpu_s=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.1f", b-a}') gateway_cpu_us_per_alert=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$TOTAL" 'BEGIN{printf "%.0f", (b-a)*1e6/n}') gateway_rss_mib=$(( $(rss_kib "$GW") / 1024 ))"
+  stop_gateway
+fi
+
+if [[ " $STAGES " == *" latency "* ]]; then
+  RATE=${LAT_RATE:-$(( ${E2E_RATE:-2000} / 10 ))}
+  LAT_MSGS=$(( RATE * 20 / DEVICES + 1 ))   # about 20 s of load
+  write_config "$STATE/latency.json" "$DEVICES" "$SINK_PORT"
+  start_gateway "$STATE/latency.json"
+  dotnet "$LOADGEN" publish --port "$PORT" --devices "$DEVICES" --msgs 0 --inflight 1 --secret "$SECRET" >/dev/null
+  out=$(dotnet "$LOADGEN" publish --port "$PORT" --devices "$DEVICES" --msgs "$LAT_MSGS" --inflight "$INFLIGHT" --secret "$SECRET" --rate "$RATE" --sink-port "$SINK_PORT" --tag l)
+  echo "RESULT latency rate=$RATE/s $out"
+  stop_gateway
+fi
+
+if [[ " $STAGES " == *" memory "* ]]; then
+  write_config "$STATE/memory.json" "$IDLE_DEVICES" "$SINK_PORT"
+  start_gateway "$STATE/memory.json"
+  before=$(rss_kib "$GW")
+  mkfifo "$STATE/idle.in"
+  dotnet "$LOADGEN" idle --port "$PORT" --devices "$IDLE_DEVICES" --secret "$SECRET" < "$STATE/idle.in" > "$STATE/idle.out" &
+  IDLE=$!
+  exec 9> "$STATE/idle.in"
+  for _ in $(seq 1 6000); do grep -q connected "$STATE/idle.out" && break; kill -0 "$IDLE" 2>/dev/null || break; sleep 0.1; done
+  sleep 5   # let the gateway settle after the connect storm before reading RSS
+  after=$(rss_kib "$GW")
+  conns=$(ss -Htn state established "( sport = :$PORT )" | wc -l)
+  echo "RESULT memory idle_devices=$IDLE_DEVICES established=$conns $(cat "$STATE/idle.out") gateway_rss_before_mib=$((before / 1024)) gateway_rss_after_mib=$((after / 1024)) bytes_per_connection=$(( (after - before) * 1024 / (conns > 0 ? conns : 1) ))"
+  exec 9>&-
+  wait "$IDLE" || true
+  stop_gateway
+fi
+
+if [[ " $STAGES " == *" peers "* ]]; then
+  (cd "$PEERS_DIR" && MSGS=50000 SIZE=200 RUNS=1 ./mosquitto_qos1.sh 2>&1 | grep -E "^run|min" | sed 's/^/RESULT peer mosquitto_qos1 /')
+  (cd "$PEERS_DIR" && MSGS=5000 SESSIONS=20 SIZE=1024 REUSE=0 RUNS=1 ./postfix_relay.sh 2>&1 | grep -E "^run|min" | sed 's/^/RESULT peer postfix_relay /')
+fi
