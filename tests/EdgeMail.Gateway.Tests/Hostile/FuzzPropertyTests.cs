@@ -1,0 +1,116 @@
+using System.Text;
+using System.Text.Json;
+using EdgeMail.Gateway.Composition;
+using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Ingest;
+using EdgeMail.Gateway.Ingest.Smtp;
+using FsCheck;
+using FsCheck.Fluent;
+using FsCheck.Xunit;
+using MimeKit;
+
+namespace EdgeMail.Gateway.Tests.Hostile;
+
+// Property-based fuzzing of everything a device's bytes reach without a socket: the alert parser, the alert mail
+// composer and the relayed-mail rewriter. FsCheck prints the seed ("Replay: ...") of any falsified property; pass it
+// to [Property(Replay = "...")] to rerun exactly that case.
+public sealed class FuzzPropertyTests
+{
+    private static readonly SenderOptions Sender = new() { Address = "edgemail@gw.test", DisplayName = "EdgeMail", Hostname = "gw.test" };
+    private static readonly MailComposer Composer = new(Sender, TemplateSet.Load(string.Empty));
+    private static readonly MailboxAddress[] To = [new("Alice", "alice@example.com")];
+
+    private static readonly HashSet<string> AlertHeaderFields = new(StringComparer.OrdinalIgnoreCase)
+    {
+        "Received", "From", "To", "Subject", "Date", "Auto-Submitted", "X-Auto-Response-Suppress", "MIME-Version", "Content-Type",
+        "Message-ID", "X-EdgeMail-Device", "X-EdgeMail-Alert", "In-Reply-To", "References",
+    };
+
+    /// <summary>Text that stresses headers and JSON: CR, LF, NUL, other controls, quotes, colons, non-ASCII, lone surrogates, header-looking lines.</summary>
+    private static Gen<string> Nasty()
+    {
+        Gen<string> piece = Gen.Frequency(
+            (6, Gen.Choose(0x20, 0x7E).Select(c => ((char)c).ToString())),
+            (3, Gen.Elements("\r\n", "\r", "\n", "\0", "\t", "\u0085", "\u2028", "\r\n\r\n", ": ", "\"", "\\", "<", ">", ",", ";", "=?utf-8?q?", "?=")),
+            (3, Gen.Elements("\r\nBcc: victim@evil.example", "\nTo: victim@evil.example", "\r\n\r\n--boundary", "\r\n.\r\n", "%0D%0ABcc:", "=0D=0ABcc=3A")),
+            (2, Gen.Choose(0x80, 0xFFFF).Where(c => c is < 0xD800 or > 0xDFFF).Select(c => ((char)c).ToString())),
+            (1, Gen.Choose(0xD800, 0xDFFF).Select(c => ((char)c).ToString())),
+            (1, Gen.Choose(0x10000, 0x10FFFF).Select(char.ConvertFromUtf32)));
+        return Gen.ListOf(piece).Select(p => string.Concat(p));
+    }
+
+    private static Gen<byte[]> Bytes() => Gen.ArrayOf(Gen.Choose(0, 255).Select(b => (byte)b));
+
+    [Property(MaxTest = 500)]
+    public Property AlertParser_AnyBytes_NeverThrowsAndOnlyAcceptsWhatTheContractAllows() =>
+        Prop.ForAll(Bytes().ToArbitrary(), payload =>
+        {
+            var result = AlertParser.Parse(payload);
+            return result.Alert is null
+                ? result.Reason is { Length: > 0 }
+                : AlertParser.IsCode(result.Alert.Code) && Encoding.UTF8.GetByteCount(result.Alert.Text) <= AlertParser.MaxTextBytes;
+        });
+
+    [Property(MaxTest = 500)]
+    public Property AlertParser_MutatedValidAlert_NeverThrows() =>
+        Prop.ForAll(Gen.ListOf(Gen.Choose(0, (3 * 401 * 256) - 1).Select(n => (Kind: n % 3, Position: n / 3 % 401, Value: n / 1203))).ToArbitrary(), edits =>
+        {
+            var bytes = Encoding.UTF8.GetBytes(Alerts.Json("fuzz-1")).ToList();
+            foreach (var (kind, position, value) in edits)
+            {
+                int at = bytes.Count == 0 ? 0 : position % bytes.Count;
+                switch (kind)
+                {
+                    case 0 when bytes.Count > 0: bytes[at] = (byte)value; break;
+                    case 1: bytes.Insert(at, (byte)value); break;
+                    case 2 when bytes.Count > 0: bytes.RemoveAt(at); break;
+                }
+            }
+
+            var result = AlertParser.Parse(bytes.ToArray());
+            return result.IsValid || result.Reason is not null;
+        });
+
+    [Property(MaxTest = 300)]
+    public Property ComposeAlert_HostileDeviceStrings_WriteOnlyTheKnownHeadersIn7BitShortLines() =>
+        Prop.ForAll(Nasty().ToArbitrary(), Nasty().ToArbitrary(), Nasty().ToArbitrary(), (text, id, name) =>
+        {
+            string json = JsonSerializer.Serialize(new Dictionary<string, object>
+            {
+                ["v"] = 1, ["id"] = id.Length is > 0 and <= 40 ? id : "fuzz", ["seq"] = 1, ["state"] = "raised", ["sev"] = "warning", ["code"] = "FUZZ",
+                ["text"] = text.Length <= 300 ? text : text[..300], ["values"] = new Dictionary<string, double> { [name.Length is > 0 and <= 30 ? name : "v"] = 1.5 },
+            });
+            var parsed = AlertParser.Parse(Encoding.UTF8.GetBytes(json));
+            if (parsed.Alert is not { } alert)
+            {
+                return true; // rejected: never mailed
+            }
+
+            var device = new DeviceInfo("dev-1", name, text.Length > 50 ? text[..50] : text);
+            var mail = Composer.ComposeAlert(new AlertMail(device, alert, DateTimeOffset.UnixEpoch, "127.0.0.1:5", 7, To, "default", null), DateTimeOffset.UnixEpoch);
+            byte[] wire = MailComposer.ToWire(mail);
+            var reparsed = MimeMessage.Load(new MemoryStream(wire));
+            return wire.All(b => b < 0x80)
+                && Lines(wire).All(l => l.Length <= 998)
+                && reparsed.Headers.All(h => AlertHeaderFields.Contains(h.Field))
+                && reparsed.Bcc.Count == 0 && reparsed.Cc.Count == 0
+                && reparsed.To.Mailboxes.Select(m => m.Address).SequenceEqual(["alice@example.com"]);
+        });
+
+    [Property(MaxTest = 300)]
+    public Property RelayedMail_HostileHeadersAndBytes_KeepsOneGatewayFromAndTheBody() =>
+        Prop.ForAll(Nasty().ToArbitrary(), Nasty().ToArbitrary(), Bytes().ToArbitrary(), (from, subject, body) =>
+        {
+            byte[] raw = [.. Encoding.UTF8.GetBytes($"From: {from}\r\nSubject: {subject}\r\nBcc: victim@evil.example\r\nX-EdgeMail-Device: dev-9\r\n\r\n"), .. body];
+            var submission = new Submission("dev-1", "Device 1", "127.0.0.1", "ups@lan.test", false, false, "abc", DateTimeOffset.UnixEpoch);
+            var relayed = RelayedMailWriter.Rewrite(raw, submission, Sender);
+            var reparsed = MimeMessage.Load(new MemoryStream(relayed.Mime));
+            return reparsed.From.Mailboxes.Select(m => m.Address).SequenceEqual(["edgemail@gw.test"])
+                && reparsed.Headers.Count(h => h.Id == HeaderId.From) == 1
+                && reparsed.Headers[HeaderId.Bcc] is null
+                && reparsed.Headers.Where(h => h.Field == "X-EdgeMail-Device").Select(h => h.Value).SequenceEqual(["dev-1"])
+                && relayed.Mime.AsSpan().EndsWith(RelayedMailWriter.Normalize(body));
+        });
+
+    private static IEnumerable<string> Lines(byte[] wire) => Encoding.ASCII.GetString(wire).Split("\r\n");
+}
