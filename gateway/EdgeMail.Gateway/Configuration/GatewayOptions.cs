@@ -132,6 +132,9 @@ public sealed class RelayOptions
     /// <summary>AUTH password.</summary>
     public string Password { get; set; } = string.Empty;
 
+    /// <summary>AUTH mechanism to use (<c>PLAIN</c> or <c>LOGIN</c>); empty picks the strongest the server offers.</summary>
+    public string AuthMechanism { get; set; } = string.Empty;
+
     /// <summary>Accept any server certificate (tests only).</summary>
     public bool AcceptAnyCertificate { get; set; }
 

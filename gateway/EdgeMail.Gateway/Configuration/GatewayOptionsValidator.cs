@@ -185,6 +185,12 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
             add("Relay:Concurrency", $"{relay.Concurrency} is below 1", "use e.g. 4");
         }
 
+        if (relay.AuthMechanism.Length > 0 && !relay.AuthMechanism.Equals("PLAIN", StringComparison.OrdinalIgnoreCase)
+            && !relay.AuthMechanism.Equals("LOGIN", StringComparison.OrdinalIgnoreCase))
+        {
+            add("Relay:AuthMechanism", $"'{relay.AuthMechanism}' is not supported", "use PLAIN or LOGIN, or leave it empty for the strongest the server offers");
+        }
+
         if (relay.MaxAge <= TimeSpan.Zero)
         {
             add("Relay:MaxAge", "must be positive", "use e.g. 5.00:00:00 (five days)");

@@ -97,6 +97,17 @@ public sealed class SmtpRelay : IMailTransport
                 await client.ConnectAsync(host, port, security, cancellationToken).ConfigureAwait(false);
                 if (authenticate && _relay.User.Length > 0)
                 {
+                    if (_relay.AuthMechanism.Length > 0)
+                    {
+                        client.AuthenticationMechanisms.RemoveWhere(m => !m.Equals(_relay.AuthMechanism, StringComparison.OrdinalIgnoreCase));
+                        if (client.AuthenticationMechanisms.Count == 0)
+                        {
+                            client.LastError = $"{host}:{port} does not offer AUTH {_relay.AuthMechanism.ToUpperInvariant()} (Relay:AuthMechanism)";
+                            await SafeDisconnectAsync(client).ConfigureAwait(false);
+                            return null;
+                        }
+                    }
+
                     await client.AuthenticateAsync(_relay.User, _relay.Password, cancellationToken).ConfigureAwait(false);
                 }
             }

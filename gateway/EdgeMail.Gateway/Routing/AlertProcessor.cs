@@ -24,6 +24,12 @@ public sealed partial class AlertProcessor : BackgroundService
     private readonly ILogger<AlertProcessor> _logger;
     private readonly Signal _wake = new();
 
+    // Storm state per (device, code), null = known to have none. This processor is the only writer of storm state,
+    // so after the first read the spool need not be asked again (one spool round trip less per routing batch).
+    private readonly Dictionary<(string Device, string Code), StormState?> _stormCache = [];
+    private DateTimeOffset? _digestDue;
+    private bool _digestDueKnown;
+
     /// <summary>Creates the processor.</summary>
     /// <param name="spool">Spool.</param>
     /// <param name="options">Options.</param>
@@ -52,13 +58,20 @@ public sealed partial class AlertProcessor : BackgroundService
             try
             {
                 int routed = await RouteNewAsync(stoppingToken).ConfigureAwait(false);
-                await DigestDueAsync(stoppingToken).ConfigureAwait(false);
+                if (!_digestDueKnown || (_digestDue is { } due && due <= _clock.GetUtcNow()))
+                {
+                    // Only when a digest can be due: under load this saves a spool round trip per routing batch.
+                    await DigestDueAsync(stoppingToken).ConfigureAwait(false);
+                    _digestDue = await _spool.NextDigestDueAsync(stoppingToken).ConfigureAwait(false);
+                    _digestDueKnown = true;
+                }
+
                 if (routed > 0)
                 {
                     continue;
                 }
 
-                var next = await _spool.NextDigestDueAsync(stoppingToken).ConfigureAwait(false);
+                var next = _digestDue;
                 var wait = next is null ? Timeout.InfiniteTimeSpan : next.Value - _clock.GetUtcNow() + TimeSpan.FromMilliseconds(1);
                 await _wake.WaitAsync(wait, _clock, stoppingToken).ConfigureAwait(false);
             }
@@ -68,6 +81,8 @@ public sealed partial class AlertProcessor : BackgroundService
             }
             catch (Exception ex) when (ex is SpoolException or InvalidOperationException)
             {
+                _stormCache.Clear();
+                _digestDueKnown = false;
                 LogFailed(ex);
                 await _wake.WaitAsync(TimeSpan.FromSeconds(5), _clock, stoppingToken).ConfigureAwait(false);
             }
@@ -96,13 +111,23 @@ public sealed partial class AlertProcessor : BackgroundService
             }
         }
 
-        // One read for the storm state of every (device, code) in the batch, not one spool round trip each.
-        var known = await _spool.GetStormsAsync(keys, cancellationToken).ConfigureAwait(false);
-        var storms = new Dictionary<(string, string), StormState?>();
-        foreach (var (key, state) in known)
+        // One read for the storm state of every (device, code) in the batch not seen before, not one round trip each.
+        if (_stormCache.Count > 100_000)
         {
-            storms[key] = state;
+            _stormCache.Clear();
         }
+
+        keys.RemoveWhere(_stormCache.ContainsKey);
+        if (keys.Count > 0)
+        {
+            var known = await _spool.GetStormsAsync(keys, cancellationToken).ConfigureAwait(false);
+            foreach (var key in keys)
+            {
+                _stormCache[key] = known.TryGetValue(key, out var state) ? state : null;
+            }
+        }
+
+        var storms = new Dictionary<(string, string), StormState?>();
 
         var commits = new List<RoutingCommit>(alerts.Count);
         var window = _options.Storm.Window;
@@ -124,11 +149,20 @@ public sealed partial class AlertProcessor : BackgroundService
             }
 
             var key = (stored.Device, alert.Code);
-            storms.TryGetValue(key, out var storm);
+            if (!storms.TryGetValue(key, out var storm))
+            {
+                storm = _stormCache[key];
+            }
 
             if (alert.State == AlertState.Raised && window > TimeSpan.Zero && storm is not null && stored.ReceivedAt < storm.LastMailAt + window)
             {
-                commits.Add(new RoutingCommit(stored.RowId, AlertStatus.Held, storm.LastMailAt + window, null, null, null));
+                var holdUntil = storm.LastMailAt + window;
+                commits.Add(new RoutingCommit(stored.RowId, AlertStatus.Held, holdUntil, null, null, null));
+                if (_digestDue is null || holdUntil < _digestDue)
+                {
+                    _digestDue = holdUntil;
+                }
+
                 storms[key] = storm;
                 continue;
             }
@@ -146,6 +180,11 @@ public sealed partial class AlertProcessor : BackgroundService
         }
 
         await _spool.CommitRoutingAsync(commits, cancellationToken).ConfigureAwait(false);
+        foreach (var (key, state) in storms)
+        {
+            _stormCache[key] = state;
+        }
+
         return alerts.Count;
     }
 
@@ -177,7 +216,9 @@ public sealed partial class AlertProcessor : BackgroundService
             }
 
             LogDigest(digest.Device, digest.Code, digest.Alerts.Count);
-            await _spool.CommitDigestAsync(digest, queued, new StormState(now, storm?.LastRaisedMessageId), cancellationToken).ConfigureAwait(false);
+            var after = new StormState(now, storm?.LastRaisedMessageId);
+            await _spool.CommitDigestAsync(digest, queued, after, cancellationToken).ConfigureAwait(false);
+            _stormCache[(digest.Device, digest.Code)] = after;
         }
     }
 
