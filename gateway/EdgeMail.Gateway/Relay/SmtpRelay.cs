@@ -136,6 +136,13 @@ public sealed class SmtpRelay : IMailTransport
             await SafeDisconnectAsync(client).ConfigureAwait(false);
             return null;
         }
+        catch (NotSupportedException ex)
+        {
+            // E.g. Security=StartTls but the server offers no STARTTLS: never fall back to clear text.
+            client.LastError = $"{host}:{port}: {ex.Message} (Relay:Security is {_relay.Security})";
+            await SafeDisconnectAsync(client).ConfigureAwait(false);
+            return null;
+        }
         catch (Exception ex) when (ex is SmtpProtocolException or IOException or SocketException or SslHandshakeException or ServiceNotConnectedException or ServiceNotAuthenticatedException or TimeoutException)
         {
             client.LastError = $"connection to {host}:{port} failed: {ex.Message}";

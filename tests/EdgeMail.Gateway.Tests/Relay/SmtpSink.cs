@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Sockets;
+using System.Security.Cryptography.X509Certificates;
 using System.Threading.Channels;
 using MimeKit;
 using SmtpServer;
@@ -17,17 +18,61 @@ public sealed class SmtpSink : IAsyncDisposable
     private readonly CancellationTokenSource _stop = new();
     private readonly Task _run;
 
-    public SmtpSink(int port = 0)
+    /// <summary>Starts the sink.</summary>
+    /// <param name="port">Port, or 0 for one the OS chooses.</param>
+    /// <param name="certificate">Offer STARTTLS with this certificate (or implicit TLS with <paramref name="implicitTls"/>).</param>
+    /// <param name="implicitTls">TLS from the first byte (port 465 style).</param>
+    /// <param name="login">Require AUTH with this user and password (offered only once the connection is secure).</param>
+    public SmtpSink(int port = 0, X509Certificate2? certificate = null, bool implicitTls = false, (string User, string Password)? login = null)
     {
         Port = port == 0 ? FreePort() : port;
         var options = new SmtpServerOptionsBuilder().ServerName("sink.test")
-            .Endpoint(b => b.Endpoint(new IPEndPoint(IPAddress.Loopback, Port)).AllowUnsecureAuthentication(true))
+            .Endpoint(b =>
+            {
+                b.Endpoint(new IPEndPoint(IPAddress.Loopback, Port)).AllowUnsecureAuthentication(certificate is null);
+                if (certificate is not null)
+                {
+                    b.Certificate(certificate).IsSecure(implicitTls);
+                }
+
+                if (login is not null)
+                {
+                    b.AuthenticationRequired(true);
+                }
+            })
             .Build();
         var services = new SmtpServer.ComponentModel.ServiceProvider();
         services.Add(new Store(this));
         services.Add(new Filter(this));
-        _run = new SmtpServer.SmtpServer(options, services).StartAsync(_stop.Token);
+        if (login is { } l)
+        {
+            services.Add(new SmtpServer.Authentication.DelegatingUserAuthenticator((user, password) =>
+            {
+                bool ok = user == l.User && password == l.Password;
+                AuthAttempts.Enqueue((user, ok));
+                return ok;
+            }));
+        }
+
+        var server = new SmtpServer.SmtpServer(options, services);
+        server.SessionCreated += (_, e) => e.Context.CommandExecuting += (_, c) =>
+        {
+            if (c.Command is AuthCommand auth)
+            {
+                AuthMethods.Enqueue(auth.Method.ToString().ToUpperInvariant());
+            }
+        };
+        _run = server.StartAsync(_stop.Token);
     }
+
+    /// <summary>AUTH mechanisms clients used, in order (PLAIN, LOGIN).</summary>
+    public ConcurrentQueue<string> AuthMethods { get; } = new();
+
+    /// <summary>AUTH attempts: user and whether the password was right.</summary>
+    public ConcurrentQueue<(string User, bool Ok)> AuthAttempts { get; } = new();
+
+    /// <summary>For each accepted mail: whether the connection was TLS and who had authenticated.</summary>
+    public ConcurrentQueue<(bool Secure, string? User)> Transports { get; } = new();
 
     public int Port { get; }
 
@@ -70,6 +115,7 @@ public sealed class SmtpSink : IAsyncDisposable
             using var stream = new MemoryStream(buffer.ToArray());
             var message = await MimeMessage.LoadAsync(stream, cancellationToken);
             var reply = sink.Reply(message);
+            sink.Transports.Enqueue((context.Pipe.IsSecure, context.Authentication.IsAuthenticated ? context.Authentication.User : null));
             if (reply.ReplyCode == SmtpReplyCode.Ok)
             {
                 sink.Received.Writer.TryWrite((message, transaction.To.Select(t => t.User + "@" + t.Host).ToList()));

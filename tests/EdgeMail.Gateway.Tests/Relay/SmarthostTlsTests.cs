@@ -1,0 +1,145 @@
+using System.Net;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using EdgeMail.Testing;
+using MQTTnet;
+using MQTTnet.Protocol;
+using Xunit;
+
+namespace EdgeMail.Gateway.Tests.Relay;
+
+/// <summary>The smarthost relay against a real SMTP server with STARTTLS, implicit TLS and AUTH PLAIN/LOGIN.</summary>
+public sealed class SmarthostTlsTests
+{
+    private const string RelayUser = "gw-relay";
+    private const string RelayPassword = "relay-pw-7f3a";
+
+    private static readonly Lazy<X509Certificate2> Certificate = new(CreateCertificate);
+
+    private static X509Certificate2 CreateCertificate()
+    {
+        using var rsa = RSA.Create(2048);
+        var request = new CertificateRequest("CN=sink.test", rsa, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
+        var san = new SubjectAlternativeNameBuilder();
+        san.AddDnsName("localhost");
+        san.AddIpAddress(IPAddress.Loopback);
+        request.CertificateExtensions.Add(san.Build());
+        request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid("1.3.6.1.5.5.7.3.1")], false));
+        var now = DateTimeOffset.UtcNow;
+        using var ephemeral = request.CreateSelfSigned(now.AddMinutes(-5), now.AddDays(1));
+        return X509CertificateLoader.LoadPkcs12(ephemeral.Export(X509ContentType.Pfx, "pw"), "pw");
+    }
+
+    private static Task<TestGateway> StartGatewayAsync(int port, string security, string password = RelayPassword, string mechanism = "", bool acceptAny = true) =>
+        TestGateway.StartAsync(c =>
+        {
+            c["Relay"] = new
+            {
+                Mode = "Smarthost", Host = "127.0.0.1", Port = port, Security = security, User = RelayUser, Password = password,
+                AuthMechanism = mechanism, AcceptAnyCertificate = acceptAny, Backoff = new[] { "00:10:00" }, Concurrency = 1, Timeout = "00:00:05",
+            };
+            c["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "info", To = new[] { "alice" } } };
+        });
+
+    /// <summary>Publishes an alert from a device subscribed to its receipts; returns the first receipt in <paramref name="state"/>.</summary>
+    private static async Task<string> PublishAndAwaitReceiptAsync(TestGateway gw, string alertId, string state)
+    {
+        using var device = await gw.ConnectAsync("dev-1");
+        var receipt = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        device.ApplicationMessageReceivedAsync += e =>
+        {
+            string json = e.ApplicationMessage.ConvertPayloadToString();
+            if (json.Contains($"\"state\":\"{state}\"", StringComparison.Ordinal))
+            {
+                receipt.TrySetResult(json);
+            }
+
+            return Task.CompletedTask;
+        };
+        await device.SubscribeAsync("edgemail/v1/dev-1/receipt", MqttQualityOfServiceLevel.AtLeastOnce);
+        var ack = await device.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/alert")
+            .WithPayload(Alerts.Json(alertId)).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
+        Assert.True(ack.IsSuccess);
+        return await Await.Within(receipt.Task, $"the '{state}' receipt for {alertId}");
+    }
+
+    [Fact]
+    public async Task Relay_StartTlsWithAuthPlain_SendsOverTlsAsTheConfiguredUser()
+    {
+        await using var sink = new SmtpSink(certificate: Certificate.Value, login: (RelayUser, RelayPassword));
+        await using var gw = await StartGatewayAsync(sink.Port, "StartTls", mechanism: "PLAIN");
+
+        await PublishAndAwaitReceiptAsync(gw, "tls-1", "relayed");
+        var (message, to) = await sink.NextAsync();
+
+        Assert.Equal("dev-1.tls-1.alert@gw.test", message.MessageId);
+        Assert.Equal(["alice@example.com"], to);
+        Assert.Equal((true, RelayUser), Assert.Single(sink.Transports));
+        Assert.Equal(["PLAIN"], sink.AuthMethods);
+    }
+
+    [Fact]
+    public async Task Relay_StartTlsWithDefaultMechanism_PicksPlainAndAuthenticates()
+    {
+        await using var sink = new SmtpSink(certificate: Certificate.Value, login: (RelayUser, RelayPassword));
+        await using var gw = await StartGatewayAsync(sink.Port, "StartTls");
+
+        await PublishAndAwaitReceiptAsync(gw, "tls-default-1", "relayed");
+        await sink.NextAsync();
+
+        Assert.Equal((true, RelayUser), Assert.Single(sink.Transports));
+        Assert.Single(sink.AuthMethods);
+    }
+
+    [Fact]
+    public async Task Relay_ImplicitTlsWithAuthLogin_SendsOverTlsWithLogin()
+    {
+        await using var sink = new SmtpSink(certificate: Certificate.Value, implicitTls: true, login: (RelayUser, RelayPassword));
+        await using var gw = await StartGatewayAsync(sink.Port, "Tls", mechanism: "LOGIN");
+
+        await PublishAndAwaitReceiptAsync(gw, "implicit-1", "relayed");
+        var (message, _) = await sink.NextAsync();
+
+        Assert.Equal("dev-1.implicit-1.alert@gw.test", message.MessageId);
+        Assert.Equal((true, RelayUser), Assert.Single(sink.Transports));
+        Assert.Equal(["LOGIN"], sink.AuthMethods);
+    }
+
+    [Fact]
+    public async Task Relay_WrongPassword_DefersWithTheAuthenticationFailureAndSendsNothing()
+    {
+        await using var sink = new SmtpSink(certificate: Certificate.Value, login: (RelayUser, RelayPassword));
+        await using var gw = await StartGatewayAsync(sink.Port, "StartTls", password: "wrong", mechanism: "PLAIN");
+
+        string receipt = await PublishAndAwaitReceiptAsync(gw, "badauth-1", "deferred");
+
+        Assert.Contains("535", receipt, StringComparison.Ordinal);
+        Assert.Contains((RelayUser, false), sink.AuthAttempts);
+        Assert.Empty(sink.Transports);
+    }
+
+    [Fact]
+    public async Task Relay_StartTlsRequiredButNotOffered_DefersInsteadOfSendingInClear()
+    {
+        await using var sink = new SmtpSink(); // plain server: no STARTTLS in EHLO
+        await using var gw = await StartGatewayAsync(sink.Port, "StartTls");
+
+        string receipt = await PublishAndAwaitReceiptAsync(gw, "cleartext-1", "deferred");
+
+        Assert.Contains("STARTTLS", receipt, StringComparison.OrdinalIgnoreCase);
+        Assert.Empty(sink.Transports);
+    }
+
+    [Fact]
+    public async Task Relay_UntrustedCertificate_DefersUnlessAcceptAnyCertificateIsSet()
+    {
+        await using var sink = new SmtpSink(certificate: Certificate.Value, login: (RelayUser, RelayPassword));
+        await using var gw = await StartGatewayAsync(sink.Port, "StartTls", acceptAny: false);
+
+        string receipt = await PublishAndAwaitReceiptAsync(gw, "untrusted-1", "deferred");
+
+        Assert.Contains("certificate", receipt, StringComparison.OrdinalIgnoreCase);
+        Assert.Empty(sink.AuthAttempts); // the password never went to a server we could not verify
+        Assert.Empty(sink.Transports);
+    }
+}
