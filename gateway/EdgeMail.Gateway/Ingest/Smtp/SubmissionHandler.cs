@@ -72,16 +72,15 @@ public sealed partial class SubmissionHandler
         ArgumentNullException.ThrowIfNull(remote);
         ArgumentNullException.ThrowIfNull(recipients);
         ArgumentNullException.ThrowIfNull(raw);
-        int hops = RelayedMailWriter.CountHops(raw);
-        if (hops > _smtp.MaxHops)
-        {
-            LogLoop(device, remote.Address.ToString(), hops);
-            return new SubmissionReply(554, $"5.4.6 routing loop detected: {hops.ToString(CultureInfo.InvariantCulture)} Received headers");
-        }
-
         var alertParts = AlertParts(raw);
         if (alertParts.Count > 0)
         {
+            int alertHops = RelayedMailWriter.CountHops(raw);
+            if (alertHops > _smtp.MaxHops)
+            {
+                return Loop(device, remote, alertHops);
+            }
+
             int stored = 0, duplicates = 0;
             foreach (byte[] payload in alertParts)
             {
@@ -111,8 +110,19 @@ public sealed partial class SubmissionHandler
         string name = _options.Devices.TryGetValue(device, out var d) && d.Name.Length > 0 ? d.Name : device;
         var submission = new Submission(device, name, remote.Address.ToString(), envelopeFrom, authenticated, secure, sessionId, _clock.GetUtcNow());
         var mail = RelayedMailWriter.Rewrite(raw, submission, _options.Sender);
+        if (mail.Hops > _smtp.MaxHops)
+        {
+            return Loop(device, remote, mail.Hops);
+        }
+
         var queued = await _spool.QueueMailAsync(new NewMessage("relay", device, null, mail.SpoolKey, _options.Sender.Address, people, mail.Mime), cancellationToken).ConfigureAwait(false);
         return new SubmissionReply(250, queued == AcceptOutcome.Stored ? $"2.0.0 queued as <{mail.SpoolKey}>" : $"2.0.0 already queued as <{mail.SpoolKey}>");
+    }
+
+    private SubmissionReply Loop(string device, IPEndPoint remote, int hops)
+    {
+        LogLoop(device, remote.Address.ToString(), hops);
+        return new SubmissionReply(554, $"5.4.6 routing loop detected: {hops.ToString(CultureInfo.InvariantCulture)} Received headers");
     }
 
     /// <summary>The decoded bodies of the message's alert parts (at most 16), or none when it has none or cannot be parsed.</summary>
@@ -121,6 +131,11 @@ public sealed partial class SubmissionHandler
     public static IReadOnlyList<byte[]> AlertParts(byte[] raw)
     {
         ArgumentNullException.ThrowIfNull(raw);
+        if (!ContainsIgnoreCase(raw, "vnd.edgemail.alert+json"u8))
+        {
+            return []; // the common case for relayed mail: no MIME parse at all
+        }
+
         MimeMessage message;
         try
         {
@@ -150,6 +165,30 @@ public sealed partial class SubmissionHandler
         }
 
         return payloads;
+    }
+
+    // ASCII case-insensitive search; the needle is lower case.
+    private static bool ContainsIgnoreCase(ReadOnlySpan<byte> haystack, ReadOnlySpan<byte> needle)
+    {
+        byte lower = needle[0];
+        byte upper = (byte)char.ToUpperInvariant((char)lower);
+        int offset = 0;
+        while (true)
+        {
+            int i = haystack[offset..].IndexOfAny(lower, upper);
+            if (i < 0 || offset + i + needle.Length > haystack.Length)
+            {
+                return false;
+            }
+
+            offset += i;
+            if (System.Text.Ascii.EqualsIgnoreCase(haystack.Slice(offset, needle.Length), needle))
+            {
+                return true;
+            }
+
+            offset++;
+        }
     }
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP message from device {Device} ({Source}) refused with 554: loop, {Hops} Received headers")]

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# smtp-ingest.sh -- SMTP ingest benchmark: the EdgeMail gateway against Debian's Postfix, same load, same run.
+#   smtp-source (SESSIONS parallel sessions, MSGS messages of SIZE bytes, postfix package)
+#     --> gateway SMTP ingest 127.0.0.1:PORT (Release build, plain LAN endpoint, 127.0.0.1 allow-listed as device
+#         bench-1, SQLite spool with synchronous=FULL: 250 only after the fsync'd commit)
+#     --> smarthost relay --> smtp-sink -M MSGS 127.0.0.1:SINK_PORT
+#   then the same smtp-source load through ../shared/peers/postfix_relay.sh (Postfix with its default durable
+#   queue, relayhost = smtp-sink), interleaved run by run.
+# Reports per run: accept = smtp-source start -> exit (every message answered 250), e2e = start -> smtp-sink exit.
+# Knobs: MSGS=20000 SESSIONS=20 SIZE=1024 RUNS=3 PORT=12625 SINK_PORT=12626 RELEASE_DIR=/tmp/art-gw-bench
+#        POSTFIX=1 (0 skips Postfix) PEERS=/work/shared/peers. Loopback only. Postfix part needs root.
+set -euo pipefail
+MSGS=${MSGS:-20000}
+SESSIONS=${SESSIONS:-20}
+SIZE=${SIZE:-1024}
+RUNS=${RUNS:-3}
+PORT=${PORT:-12625}
+SINK_PORT=${SINK_PORT:-12626}
+POSTFIX=${POSTFIX:-1}
+ART=${RELEASE_DIR:-/tmp/art-gw-bench}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+PEERS=${PEERS:-$(cd "$ROOT/.." && pwd)/shared/peers}
+command -v smtp-source >/dev/null && command -v smtp-sink >/dev/null || { echo "needs smtp-source and smtp-sink: apt-get install postfix" >&2; exit 1; }
+dotnet build "$ROOT/gateway/EdgeMail.Gateway" -c Release --artifacts-path "$ART" -v q -nologo >/dev/null
+DLL="$ART/bin/EdgeMail.Gateway/release/EdgeMail.Gateway.dll"
+HASH=$(dotnet "$DLL" hash-secret bench-secret)
+echo "machine: $(nproc) CPUs, $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -r); $(date -u '+%Y-%m-%d %H:%M UTC'); msgs=$MSGS sessions=$SESSIONS size=$SIZE"
+
+gateway_run() {
+  local run=$1 state gw sink start acc_end e2e_end cpu
+  state=$(mktemp -d /var/tmp/edgemail-smtp-bench.XXXXXX)
+  cat > "$state/edgemail.json" <<JSON
+{ "DataDirectory": "$state/data", "Mqtt": { "Port": 0 }, "Storm": { "Window": "00:00:00" },
+  "Logging": { "LogLevel": { "Default": "Warning", "EdgeMail.Gateway.Ingest.Smtp.SmtpIngest": "Information" } },
+  "Sender": { "Address": "alerts@edgemail.test", "DisplayName": "EdgeMail bench", "Hostname": "gw.edgemail.test" },
+  "Users": { "ops": { "Name": "Ops", "Email": "ops@sink.edgemail.test" } },
+  "Devices": { "bench-1": { "Secret": "$HASH", "Name": "Bench" } },
+  "Routes": [ { "Devices": "*", "Codes": "*", "MinSeverity": "info", "To": [ "ops" ] } ],
+  "Relay": { "Mode": "Smarthost", "Host": "127.0.0.1", "Port": $SINK_PORT, "Security": "None", "Concurrency": 8 },
+  "Smtp": { "Endpoints": [ { "BindAddress": "127.0.0.1", "Port": $PORT, "Tls": "None" } ],
+            "AllowedSources": [ { "Network": "127.0.0.1", "Device": "bench-1" } ],
+            "MaxConnectionsPerSource": $((SESSIONS + 16)), "MessagesPerMinutePerDevice": 0, "MessagesPerMinutePerSource": 0 } }
+JSON
+  dotnet "$DLL" --config "$state/edgemail.json" > "$state/gateway.log" 2>&1 &
+  gw=$!
+  for _ in $(seq 1 200); do grep -q "SMTP submission listening" "$state/gateway.log" && break; kill -0 "$gw" || { cat "$state/gateway.log"; exit 1; }; sleep 0.05; done
+  smtp-sink -u nobody -M "$MSGS" "127.0.0.1:$SINK_PORT" 1024 & sink=$!
+  start=$(date +%s.%N)
+  smtp-source -s "$SESSIONS" -m "$MSGS" -l "$SIZE" -f bench@lan.edgemail.test -t ops@sink.edgemail.test -S "gateway bench" -M bench-client.edgemail.test "127.0.0.1:$PORT"
+  acc_end=$(date +%s.%N)
+  wait "$sink"
+  e2e_end=$(date +%s.%N)
+  cpu=$(awk '{print ($14+$15)/100}' "/proc/$gw/stat")
+  kill "$gw"; wait "$gw" 2>/dev/null || true
+  awk -v r="$run" -v s="$start" -v a="$acc_end" -v e="$e2e_end" -v n="$MSGS" -v c="$cpu" 'BEGIN{
+    printf "gateway run %d: accepted %d in %.2f s = %.0f msgs/s; at smtp-sink after %.2f s = %.0f msgs/s end-to-end; gateway CPU %.1f s (%.0f us/msg)\n",
+      r, n, a-s, n/(a-s), e-s, n/(e-s), c, c*1e6/n }'
+  rm -rf "$state"
+}
+
+for run in $(seq 1 "$RUNS"); do
+  gateway_run "$run"
+  if [ "$POSTFIX" = 1 ]; then
+    MSGS=$MSGS SESSIONS=$SESSIONS SIZE=$SIZE RUNS=1 QUIET_MAX_BUSY=${QUIET_MAX_BUSY:-100} bash "$PEERS/postfix_relay.sh" 2>/dev/null | grep -E '^run 1:' | sed "s/^run 1:/postfix run $run:/"
+  fi
+done
