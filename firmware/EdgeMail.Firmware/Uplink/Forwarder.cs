@@ -23,6 +23,7 @@ namespace EdgeMail.Firmware.Uplink;
 public sealed class Forwarder : IMqttClientHandler
 {
     private const int MaxBackoffDoublings = 30;
+    private const int StatusRoom = 512;
 
     private readonly AlertStore _store;
     private readonly IClock _clock;
@@ -36,7 +37,6 @@ public sealed class Forwarder : IMqttClientHandler
     private readonly string _statusTopic;
     private readonly string _receiptTopic;
     private readonly byte[] _json;
-    private readonly byte[] _statusJson = new byte[512];
     private readonly uint[] _pendingSeq;
     private readonly bool[] _pendingAcked;
     private readonly long[] _resendTags;
@@ -434,20 +434,28 @@ public sealed class Forwarder : IMqttClientHandler
 
     private void PublishHeartbeat()
     {
+        // The status JSON goes into the alert buffer behind a held alert (it needs at most StatusRoom bytes); when a
+        // large alert leaves no room, the heartbeat waits for the next step.
+        int at = _held ? _heldLength : 0;
+        if (_json.Length - at < StatusRoom)
+        {
+            return;
+        }
+
         _status.UptimeMs = _clock.UptimeMs;
         _status.QueueDepth = _store.Depth;
-        int length = _statusWriter.Write(_status, _statusJson, 0);
+        int length = _statusWriter.Write(_status, _json, at);
         if (_options.HeartbeatQos1)
         {
             // Tag 0 never collides with a flash sequence number (they start at 1); its PUBACK is ignored.
-            if (!_client.Publish(_statusTopic, _statusJson, 0, length, 0, true, false))
+            if (!_client.Publish(_statusTopic, _json, at, length, 0, true, false))
             {
                 return;
             }
         }
         else
         {
-            _client.PublishQos0(_statusTopic, _statusJson, 0, length, true);
+            _client.PublishQos0(_statusTopic, _json, at, length, true);
         }
 
         Heartbeats++;
