@@ -65,6 +65,39 @@ public sealed class DirectMxRelay : IMailTransport
         return hosts.Count > 0 ? (hosts, null, false) : ([domain], null, false);
     }
 
+    /// <summary>An IPv4 (else IPv6) address of <paramref name="host"/>, or null when it has none or the lookup failed.</summary>
+    /// <param name="host">Host name or address literal.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The address as text, or null.</returns>
+    public async Task<string?> AddressAsync(string host, CancellationToken cancellationToken)
+    {
+        if (IPAddress.TryParse(host, out var literal))
+        {
+            return literal.ToString();
+        }
+
+        foreach (var type in new[] { QueryType.A, QueryType.AAAA })
+        {
+            try
+            {
+                var response = await _dns.QueryAsync(host, type, cancellationToken: cancellationToken).ConfigureAwait(false);
+                var address = type == QueryType.A
+                    ? response.Answers.ARecords().Select(a => a.Address).FirstOrDefault()
+                    : response.Answers.AaaaRecords().Select(a => a.Address).FirstOrDefault();
+                if (address is not null)
+                {
+                    return address.ToString();
+                }
+            }
+            catch (DnsResponseException)
+            {
+                return null;
+            }
+        }
+
+        return null;
+    }
+
     /// <inheritdoc />
     public async Task<IReadOnlyList<RecipientResult>> SendAsync(QueuedMessage message, CancellationToken cancellationToken)
     {
@@ -84,8 +117,20 @@ public sealed class DirectMxRelay : IMailTransport
             string last = "no exchanger reachable";
             foreach (string host in hosts)
             {
+                // The exchanger's address comes from the same resolver as the MX record (Relay:DnsServer), not the OS.
+                string? address = await AddressAsync(host, cancellationToken).ConfigureAwait(false);
+                if (address is null)
+                {
+                    last = $"exchanger {host} has no address";
+                    continue;
+                }
+
                 using var client = SmtpRelay.NewClient();
-                sent = await _smtp.SendOnceAsync(client, part, host, _relay.MxPort, SecureSocketOptions.StartTlsWhenAvailable, authenticate: false, cancellationToken).ConfigureAwait(false);
+
+                // Opportunistic TLS (RFC 7435), as MTAs do between MX hosts: encrypt when offered, without requiring a
+                // certificate that names the host; a STARTTLS failure is a connection failure and defers.
+                client.ServerCertificateValidationCallback = (_, _, _, _) => true;
+                sent = await _smtp.SendOnceAsync(client, part, address, _relay.MxPort, SecureSocketOptions.StartTlsWhenAvailable, authenticate: false, cancellationToken).ConfigureAwait(false);
                 if (client.IsConnected)
                 {
                     await client.DisconnectAsync(true, cancellationToken).ConfigureAwait(false);

@@ -1,0 +1,161 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using EdgeMail.Testing;
+using MQTTnet;
+using MQTTnet.Protocol;
+using Xunit;
+
+namespace EdgeMail.Gateway.Tests.Relay;
+
+/// <summary>
+/// Direct MX delivery against a real DNS server on loopback (Debian's dnsmasq on an OS-chosen port) and a real SMTP
+/// server standing in for every exchanger: MX preference order, implicit MX (A record only), NXDOMAIN.
+/// </summary>
+public sealed class DirectMxTests
+{
+    /// <summary>dnsmasq answering only from its command line: no upstream, no /etc/hosts, loopback only.</summary>
+    private sealed class Dnsmasq : IDisposable
+    {
+        private readonly Process _process;
+
+        public Dnsmasq(params string[] records)
+        {
+            Port = FreeUdpPort();
+            var start = new ProcessStartInfo(Peers.Require("dnsmasq", "dnsmasq-base"))
+            {
+                RedirectStandardError = true,
+                RedirectStandardOutput = true,
+                UseShellExecute = false,
+            };
+            foreach (string arg in new[]
+            {
+                "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--no-poll", "--bind-interfaces",
+                "--listen-address=127.0.0.1", "--port=" + Port.ToString(CultureInfo.InvariantCulture), "--pid-file=", "--log-facility=-",
+                "--user=" + Environment.UserName, "--log-queries",
+            })
+            {
+                start.ArgumentList.Add(arg);
+            }
+
+            foreach (string record in records)
+            {
+                start.ArgumentList.Add(record);
+            }
+
+            _process = Process.Start(start)!;
+            Started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _process.ErrorDataReceived += (_, e) =>
+            {
+                if (e.Data is { } line)
+                {
+                    Log.Enqueue(line);
+                    if (line.Contains("started, version", StringComparison.Ordinal))
+                    {
+                        Started.TrySetResult();
+                    }
+                }
+            };
+            _process.Exited += (_, _) => Started.TrySetException(new InvalidOperationException("dnsmasq exited: " + string.Join(" | ", Log)));
+            _process.EnableRaisingEvents = true;
+            _process.BeginErrorReadLine();
+            _process.BeginOutputReadLine();
+        }
+
+        public int Port { get; }
+
+        public TaskCompletionSource Started { get; }
+
+        public System.Collections.Concurrent.ConcurrentQueue<string> Log { get; } = new();
+
+        public void Dispose()
+        {
+            if (!_process.HasExited)
+            {
+                _process.Kill();
+                _process.WaitForExit();
+            }
+
+            _process.Dispose();
+        }
+
+        private static int FreeUdpPort()
+        {
+            using var udp = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+            udp.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+            return ((IPEndPoint)udp.LocalEndPoint!).Port;
+        }
+    }
+
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Relay_DirectMx_DeliversByMxPreferenceImplicitMxAndFailsNxdomain()
+    {
+        await using var mx = new SmtpSink();
+        using var dns = new Dnsmasq(
+            "--mx-host=mx.example.test,mx-backup.example.test,20",
+            "--mx-host=mx.example.test,mx-primary.example.test,10",
+            "--host-record=mx-primary.example.test,127.0.0.1",
+            "--host-record=mx-backup.example.test,127.0.0.2",
+            "--host-record=implicit.example.test,127.0.0.1", // an A record and no MX: the implicit MX
+            "--host-record=ops.example.test,127.0.0.1",
+            "--local=/example.test/"); // answered only from the above: anything else is NXDOMAIN
+        await Await.Within(dns.Started.Task.ContinueWith(t => t.IsCompletedSuccessfully), "dnsmasq to start");
+
+        await using var gw = await TestGateway.StartAsync(c =>
+        {
+            c["Sender"] = new { Address = "edgemail@gw.test", DisplayName = "EdgeMail", Hostname = "gw.test", Operator = "ops@ops.example.test" };
+            c["Users"] = new Dictionary<string, object>
+            {
+                ["alice"] = new { Name = "Alice", Email = "alice@mx.example.test" },
+                ["bob"] = new { Name = "Bob", Email = "bob@implicit.example.test" },
+                ["carol"] = new { Name = "Carol", Email = "carol@nowhere.example.test" },
+            };
+            c["Relay"] = new { Mode = "DirectMx", DnsServer = "127.0.0.1:" + dns.Port.ToString(CultureInfo.InvariantCulture), MxPort = mx.Port, Backoff = new[] { "00:10:00" }, Timeout = "00:00:05" };
+            c["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "info", To = new[] { "alice", "bob", "carol" } } };
+        });
+        using var device = await gw.ConnectAsync("dev-1");
+        var failed = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        device.ApplicationMessageReceivedAsync += e =>
+        {
+            string json = e.ApplicationMessage.ConvertPayloadToString();
+            if (json.Contains("\"state\":\"failed\"", StringComparison.Ordinal))
+            {
+                failed.TrySetResult(json);
+            }
+
+            return Task.CompletedTask;
+        };
+        await device.SubscribeAsync("edgemail/v1/dev-1/receipt", MqttQualityOfServiceLevel.AtLeastOnce);
+        await device.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/alert")
+            .WithPayload(Alerts.Json("mx-1")).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
+
+        // One transaction per domain: mx.example.test via its preferred exchanger, implicit.example.test via its A
+        // record, and the failure notice to the operator; nowhere.example.test does not exist and fails for good.
+        var received = new List<(MimeKit.MimeMessage Message, IReadOnlyList<string> To)>();
+        for (int i = 0; i < 3; i++)
+        {
+            try
+            {
+                received.Add(await mx.NextAsync());
+            }
+            catch (TimeoutException ex)
+            {
+                throw new TimeoutException($"mail {i + 1} of 3 did not arrive; got {string.Join(", ", received.Select(r => string.Join('+', r.To)))}; dnsmasq: {string.Join(" | ", dns.Log)}", ex);
+            }
+        }
+
+        string receipt = await Await.Within(failed.Task, "the failed receipt for the NXDOMAIN recipient");
+
+        var alerts = received.Where(r => r.Message.MessageId == "dev-1.mx-1.alert@gw.test").ToList();
+        Assert.Equal(["alice@mx.example.test", "bob@implicit.example.test"], alerts.SelectMany(a => a.To).Order());
+        var notice = Assert.Single(received, r => r.Message.MessageId != "dev-1.mx-1.alert@gw.test");
+        Assert.Equal(["ops@ops.example.test"], notice.To);
+        Assert.Contains("carol@nowhere.example.test", notice.Message.TextBody, StringComparison.Ordinal);
+        Assert.Contains("does not exist", receipt, StringComparison.Ordinal);
+
+        // The exchanger was reached through the MX preferred by DNS (127.0.0.1), never the backup (127.0.0.2).
+        Assert.Contains(dns.Log, l => l.Contains("mx-primary.example.test", StringComparison.Ordinal));
+        Assert.DoesNotContain(dns.Log, l => l.Contains("query[A] mx-backup.example.test", StringComparison.Ordinal));
+    }
+}
