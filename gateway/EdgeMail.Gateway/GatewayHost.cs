@@ -57,7 +57,7 @@ public static class GatewayHost
         services.AddSingleton(sp =>
         {
             var o = sp.GetRequiredService<IOptions<GatewayOptions>>().Value;
-            return new MailComposer(o.Sender, TemplateSet.Load(o.TemplateDirectory));
+            return new MailComposer(o.Sender, TemplateSet.Load(o.TemplateDirectory), DkimSigning.Create(o.Dkim));
         });
         services.AddSingleton<IMailTransport>(sp => Transports.Create(sp.GetRequiredService<IOptions<GatewayOptions>>().Value, sp));
         services.AddSingleton<ReceiptPublisher>();

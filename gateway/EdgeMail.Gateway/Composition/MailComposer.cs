@@ -42,14 +42,17 @@ public sealed class MailComposer
     private readonly SenderOptions _sender;
     private readonly TemplateSet _templates;
     private readonly TemplateOptions _fluid;
+    private readonly DkimSigning? _dkim;
 
     /// <summary>Creates a composer.</summary>
     /// <param name="sender">Sender identity.</param>
     /// <param name="templates">Templates.</param>
-    public MailComposer(SenderOptions sender, TemplateSet templates)
+    /// <param name="dkim">DKIM signer, or null to leave mail unsigned.</param>
+    public MailComposer(SenderOptions sender, TemplateSet templates, DkimSigning? dkim = null)
     {
         _sender = sender ?? throw new ArgumentNullException(nameof(sender));
         _templates = templates ?? throw new ArgumentNullException(nameof(templates));
+        _dkim = dkim;
         _fluid = new TemplateOptions { CultureInfo = CultureInfo.InvariantCulture, TimeZone = TimeZoneInfo.Utc, MaxSteps = 100_000 };
     }
 
@@ -78,6 +81,7 @@ public sealed class MailComposer
         AddTrace(message, mail.Device.Id, mail.Peer, mail.SpoolId, mail.ReceivedAt);
         message.Headers.Add("X-EdgeMail-Device", mail.Device.Id);
         message.Headers.Add("X-EdgeMail-Alert", Clean(mail.Alert.Id, 128));
+        _dkim?.Sign(message);
         return message;
     }
 
@@ -115,6 +119,7 @@ public sealed class MailComposer
 
         AddTrace(message, device.Id, null, firstSpoolId, repeats[0].ReceivedAt);
         message.Headers.Add("X-EdgeMail-Device", device.Id);
+        _dkim?.Sign(message);
         return message;
     }
 
@@ -147,6 +152,7 @@ public sealed class MailComposer
         text.Append("\nThe device has been sent a 'failed' receipt. Check the relay settings and the addresses above.\n");
         message.Body = new TextPart("plain") { Text = text.ToString() };
         message.Prepare(EncodingConstraint.SevenBit, 78);
+        _dkim?.Sign(message);
         return message;
     }
 

@@ -42,6 +42,9 @@ public sealed class GatewayOptions
     /// <summary>Directory with user-edited templates (<c>NAME.subject.liquid</c>, <c>NAME.text.liquid</c>, <c>NAME.html.liquid</c>); empty for the built-in ones.</summary>
     public string TemplateDirectory { get; set; } = string.Empty;
 
+    /// <summary>Optional DKIM signing of composed mail (<c>Dkim:KeyFile</c>, <c>Dkim:Domain</c>, <c>Dkim:Selector</c>).</summary>
+    public Composition.DkimOptions Dkim { get; set; } = new();
+
     /// <summary>Resolves <see cref="DataDirectory"/> to an absolute path.</summary>
     /// <returns>The absolute data directory.</returns>
     public string DataPath() => Path.GetFullPath(DataDirectory);

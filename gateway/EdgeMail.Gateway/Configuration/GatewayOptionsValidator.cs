@@ -139,6 +139,7 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         }
 
         ValidateRelay(o.Relay, Add);
+        ValidateDkim(o.Dkim, Add);
 
         if (o.Spool.MaxBatch < 1)
         {
@@ -156,6 +157,33 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         }
 
         return errors;
+    }
+
+    private static void ValidateDkim(Composition.DkimOptions dkim, Action<string, string, string> add)
+    {
+        if (!dkim.Enabled)
+        {
+            return;
+        }
+
+        if (!File.Exists(dkim.KeyFile))
+        {
+            add("Dkim:KeyFile", $"'{dkim.KeyFile}' does not exist", "give the PEM file with the RSA private key (openssl genrsa -out dkim.pem 2048), or leave it empty to send unsigned mail");
+        }
+        else if (!Composition.DkimSigning.CanLoad(dkim.KeyFile, out string problem))
+        {
+            add("Dkim:KeyFile", $"'{dkim.KeyFile}' is not a usable private key ({problem})", "give a PEM RSA private key (BEGIN RSA PRIVATE KEY or BEGIN PRIVATE KEY)");
+        }
+
+        if (dkim.Domain.Length == 0)
+        {
+            add("Dkim:Domain", "is empty but Dkim:KeyFile is set", "give the signing domain, normally the domain of Sender:Address");
+        }
+
+        if (dkim.Selector.Length == 0)
+        {
+            add("Dkim:Selector", "is empty but Dkim:KeyFile is set", "give the selector whose TXT record SELECTOR._domainkey.DOMAIN holds the public key");
+        }
     }
 
     private static void ValidateRelay(RelayOptions relay, Action<string, string, string> add)
