@@ -6,7 +6,7 @@ namespace EdgeMail.Emulator.Fleet;
 /// <summary>Simulated time of the whole fleet: real elapsed time times the speed factor, in milliseconds.</summary>
 internal sealed class FleetClock
 {
-    private readonly Stopwatch _watch = Stopwatch.StartNew();
+    private readonly Stopwatch _watch = new();
     private readonly double _speed;
 
     public FleetClock(double speed)
@@ -15,6 +15,9 @@ internal sealed class FleetClock
     }
 
     public double Speed => _speed;
+
+    /// <summary>Starts simulated time at 0 (it stands still before, while the devices are created).</summary>
+    public void Start() => _watch.Start();
 
     public long NowMs => (long)(_watch.Elapsed.TotalMilliseconds * _speed);
 

@@ -35,6 +35,7 @@ internal sealed class FleetRunner : IDisposable
     /// <summary>Runs the scenario, then the drain phase; calls <paramref name="progress"/> about once per real second.</summary>
     public FleetReport Run(Action<FleetProgress>? progress, CancellationToken cancel)
     {
+        _clock.Start();
         int workers = Math.Max(1, Math.Min(Environment.ProcessorCount, _devices.Count));
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancel);
         var threads = new Thread[workers];
