@@ -29,17 +29,20 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     private readonly ILogger<EmbeddedBroker> _logger;
     private readonly ConcurrentDictionary<string, byte[]> _verified = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, bool> _receiptSubscribers = new(StringComparer.Ordinal);
+    private readonly Security.MqttGuard _guard;
     private MqttServer? _server;
 
     /// <summary>Creates the broker; it listens once the host starts it.</summary>
     /// <param name="options">Gateway options (devices and the <c>Mqtt</c> listener).</param>
     /// <param name="ingest">Where alerts and status go.</param>
     /// <param name="logger">Where the broker reports what it does.</param>
-    public EmbeddedBroker(IOptions<GatewayOptions> options, AlertIngest ingest, ILogger<EmbeddedBroker> logger)
+    /// <param name="guard">Connection limits and the TLS endpoint (<c>MqttGuard</c> section).</param>
+    public EmbeddedBroker(IOptions<GatewayOptions> options, AlertIngest ingest, ILogger<EmbeddedBroker> logger, Security.MqttGuard guard)
     {
         _options = options.Value;
         _ingest = ingest;
         _logger = logger;
+        _guard = guard;
     }
 
     /// <summary>The endpoint the broker listens on, known once started (the real port when 0 was asked for).</summary>
@@ -56,9 +59,8 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
             .WithDefaultEndpointBoundIPAddress(address)
             .WithDefaultEndpointBoundIPV6Address(IPAddress.None)
             .WithDefaultEndpointPort(port)
-            .WithPersistentSessions(true)
-            .Build();
-        _server = factory.CreateMqttServer(serverOptions);
+            .WithPersistentSessions(true);
+        _server = factory.CreateMqttServer(_guard.Configure(serverOptions, address).Build());
         _server.ValidatingConnectionAsync += ValidateConnectionAsync;
         _server.InterceptingSubscriptionAsync += InterceptSubscriptionAsync;
         _server.InterceptingUnsubscriptionAsync += InterceptUnsubscriptionAsync;
@@ -98,10 +100,17 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     private Task ValidateConnectionAsync(ValidatingConnectionEventArgs e)
     {
         string user = e.UserName ?? string.Empty;
-        if (!_options.Devices.TryGetValue(user, out var device) || !CheckSecret(user, device.Secret, e.RawPassword ?? []))
+        if (_guard.Refuse(e.RemoteEndPoint) is { } busy)
+        {
+            e.ReasonCode = MqttConnectReasonCode.ServerBusy;
+            e.ReasonString = busy;
+            LogRefused(e.ClientId ?? string.Empty, e.RemoteEndPoint?.ToString() ?? "?", busy);
+        }
+        else if (!_options.Devices.TryGetValue(user, out var device) || !CheckSecret(user, device.Secret, e.RawPassword ?? []))
         {
             e.ReasonCode = MqttConnectReasonCode.BadUserNameOrPassword;
             e.ReasonString = "unknown device or wrong secret";
+            _guard.AuthFailed(e.RemoteEndPoint);
             LogRefused(e.ClientId ?? string.Empty, e.RemoteEndPoint?.ToString() ?? "?", "unknown device or wrong secret");
         }
         else if (!string.Equals(e.ClientId, user, StringComparison.Ordinal))

@@ -151,6 +151,21 @@ public sealed class SmtpIngestTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Start_BadSmtpSection_FailsNamingEachKey()
+    {
+        var ex = await Assert.ThrowsAsync<Microsoft.Extensions.Options.OptionsValidationException>(() => SmtpGateway.StartAsync(smtp =>
+        {
+            smtp["Endpoints"] = new object[] { new { BindAddress = "not-an-ip", Port = 0, Tls = "Sometimes" } };
+            smtp["AllowedSources"] = new object[] { new { Network = "10.0.0.0/99", Device = "ghost" } };
+        }));
+
+        foreach (string key in new[] { "Smtp:Endpoints:0:BindAddress:", "Smtp:Endpoints:0:Tls:", "Smtp:AllowedSources:0:Network:", "Smtp:AllowedSources:0:Device:" })
+        {
+            Assert.Contains(ex.Failures, f => f.StartsWith(key, StringComparison.Ordinal));
+        }
+    }
+
+    [Fact]
     public async Task Start_PortAlreadyTaken_FailsWithTheReason()
     {
         using var taken = new TcpListener(IPAddress.Loopback, 0);

@@ -109,7 +109,22 @@ public sealed class SmtpIngestOptionsValidator : IValidateOptions<SmtpIngestOpti
     /// <inheritdoc />
     public ValidateOptionsResult Validate(string? name, SmtpIngestOptions options)
     {
-        var errors = Check(options, _gateway.Value);
+        Configuration.GatewayOptions gateway;
+        try
+        {
+            gateway = _gateway.Value;
+        }
+        catch (OptionsValidationException)
+        {
+            gateway = new Configuration.GatewayOptions(); // its own validator reports those problems; do not report them twice
+            gateway.Devices.Clear();
+            foreach (var source in options.AllowedSources)
+            {
+                gateway.Devices[source.Device] = new Configuration.DeviceOptions();
+            }
+        }
+
+        var errors = Check(options, gateway);
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
     }
 

@@ -1,0 +1,124 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Authentication;
+using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Ingest.Smtp;
+using Microsoft.Extensions.Options;
+using MQTTnet.Server;
+
+namespace EdgeMail.Gateway.Security;
+
+/// <summary>Hardening of the MQTT listener (configuration section <c>MqttGuard</c>).</summary>
+public sealed class MqttGuardOptions
+{
+    /// <summary>The configuration section these options bind to.</summary>
+    public const string Section = "MqttGuard";
+
+    /// <summary>Also listen with TLS (MQTT over TLS, port 8883), with the same certificate as SMTP (<c>Smtp:CertificatePath</c> or the generated one).</summary>
+    public bool TlsEnabled { get; set; }
+
+    /// <summary>The TLS port; 0 lets the operating system choose (tests).</summary>
+    public int TlsPort { get; set; } = 8883;
+
+    /// <summary>CONNECT attempts per minute from one source address (burst: the same number); more are refused as server busy. 0 disables.</summary>
+    public int ConnectsPerMinutePerSource { get; set; } = 600;
+
+    /// <summary>Wrong secrets from one source address within <see cref="AuthFailureWindow"/> before every CONNECT from it is refused.</summary>
+    public int AuthFailuresPerSource { get; set; } = 10;
+
+    /// <summary>Window for <see cref="AuthFailuresPerSource"/>.</summary>
+    public TimeSpan AuthFailureWindow { get; set; } = TimeSpan.FromMinutes(10);
+}
+
+/// <summary>
+/// What the embedded broker asks before it checks a device's secret: is this source connecting too often, or has
+/// it guessed wrong too often (answered with a CONNACK refusal — MQTT's own back-off reply — and logged once by
+/// the broker); and it adds the TLS endpoint with the gateway's certificate when <c>MqttGuard:TlsEnabled</c>.
+/// </summary>
+public sealed class MqttGuard
+{
+    private readonly MqttGuardOptions _options;
+    private readonly GatewayOptions _gateway;
+    private readonly SmtpIngestOptions _smtp;
+    private readonly TimeProvider _clock;
+    private readonly RateLimiter _connects;
+    private readonly FailureThrottle _authFailures;
+    private System.Security.Cryptography.X509Certificates.X509Certificate2? _certificate;
+
+    /// <summary>Creates the guard.</summary>
+    /// <param name="options">Its options.</param>
+    /// <param name="gateway">Gateway options (data directory, host name).</param>
+    /// <param name="smtp">SMTP options (the shared certificate).</param>
+    /// <param name="clock">Clock.</param>
+    public MqttGuard(IOptions<MqttGuardOptions> options, IOptions<GatewayOptions> gateway, IOptions<SmtpIngestOptions> smtp, TimeProvider clock)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(gateway);
+        ArgumentNullException.ThrowIfNull(smtp);
+        _options = options.Value;
+        _gateway = gateway.Value;
+        _smtp = smtp.Value;
+        _clock = clock;
+        _connects = new RateLimiter(_options.ConnectsPerMinutePerSource, _options.ConnectsPerMinutePerSource, clock);
+        _authFailures = new FailureThrottle(_options.AuthFailuresPerSource, _options.AuthFailureWindow, clock);
+    }
+
+    /// <summary>The TLS endpoint, once the broker started with one.</summary>
+    public IPEndPoint? TlsEndpoint { get; private set; }
+
+    /// <summary>Whether to refuse a CONNECT from <paramref name="remote"/> before looking at its credentials.</summary>
+    /// <param name="remote">The client's endpoint.</param>
+    /// <returns>The reason to refuse, or null.</returns>
+    public string? Refuse(EndPoint? remote)
+    {
+        string source = Source(remote);
+        if (_authFailures.IsBlocked(source))
+        {
+            return "too many wrong secrets from this address; try again later";
+        }
+
+        return _connects.TryAcquire(source) ? null : "too many connection attempts from this address; slow down";
+    }
+
+    /// <summary>Counts a wrong secret from <paramref name="remote"/>.</summary>
+    /// <param name="remote">The client's endpoint.</param>
+    public void AuthFailed(EndPoint? remote) => _authFailures.Fail(Source(remote));
+
+    /// <summary>Adds the TLS endpoint when enabled.</summary>
+    /// <param name="builder">The broker's options.</param>
+    /// <param name="address">The address the broker listens on.</param>
+    /// <returns>The builder.</returns>
+    public MqttServerOptionsBuilder Configure(MqttServerOptionsBuilder builder, IPAddress address)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        ArgumentNullException.ThrowIfNull(address);
+        if (!_options.TlsEnabled)
+        {
+            return builder;
+        }
+
+        _certificate ??= TlsCertificates.Load(_smtp.CertificatePath, _smtp.CertificatePassword, _gateway.DataPath(), _gateway.Sender.Hostname, _clock, out _);
+        int port = _options.TlsPort;
+        if (port == 0)
+        {
+            using var probe = new TcpListener(address, 0); // MQTTnet does not report the port it bound
+            probe.Start();
+            port = ((IPEndPoint)probe.LocalEndpoint).Port;
+        }
+
+        TlsEndpoint = new IPEndPoint(address, port);
+        return builder.WithEncryptedEndpoint()
+            .WithEncryptedEndpointBoundIPAddress(address)
+            .WithEncryptedEndpointBoundIPV6Address(IPAddress.None)
+            .WithEncryptedEndpointPort(port)
+            .WithEncryptionCertificate(_certificate)
+            .WithEncryptionSslProtocol(SslProtocols.Tls12 | SslProtocols.Tls13);
+    }
+
+    private static string Source(EndPoint? remote) => remote switch
+    {
+        IPEndPoint ip => (ip.Address.IsIPv4MappedToIPv6 ? ip.Address.MapToIPv4() : ip.Address).ToString(),
+        null => "?",
+        _ => remote.ToString() ?? "?",
+    };
+}

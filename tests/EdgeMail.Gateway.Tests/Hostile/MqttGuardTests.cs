@@ -1,0 +1,87 @@
+using System.Net;
+using System.Text;
+using EdgeMail.Gateway.Security;
+using EdgeMail.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using MQTTnet;
+using MQTTnet.Formatter;
+using MQTTnet.Protocol;
+using Xunit;
+
+namespace EdgeMail.Gateway.Tests.Hostile;
+
+public sealed class MqttGuardTests
+{
+    private static MqttClientOptions Options(TestGateway gw, string device, string secret, IPEndPoint server, bool tls = false, IPAddress? from = null)
+    {
+        var builder = new MqttClientOptionsBuilder()
+            .WithEndPoint(server)
+            .WithTcpServer(o =>
+            {
+                o.RemoteEndpoint = server;
+                if (from is not null)
+                {
+                    o.LocalEndpoint = new IPEndPoint(from, 0);
+                }
+            })
+            .WithClientId(device).WithCredentials(device, secret).WithProtocolVersion(MqttProtocolVersion.V500).WithTimeout(TimeSpan.FromSeconds(10));
+        if (tls)
+        {
+            builder.WithTlsOptions(o => o.UseTls().WithCertificateValidationHandler(_ => true).WithTargetHost("localhost"));
+        }
+
+        _ = gw;
+        return builder.Build();
+    }
+
+    [Fact]
+    public async Task Tls_EnabledOnAnOsChosenPort_AcceptsADeviceAndItsAlert()
+    {
+        await using var gw = await TestGateway.StartAsync(c => c["MqttGuard"] = new { TlsEnabled = true, TlsPort = 0 });
+        var tls = gw.Host.Services.GetRequiredService<MqttGuard>().TlsEndpoint!;
+        using var client = new MqttClientFactory().CreateMqttClient();
+
+        var connected = await client.ConnectAsync(Options(gw, "dev-1", TestGateway.Secret, tls, tls: true));
+        var ack = await client.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/alert")
+            .WithPayload(Encoding.UTF8.GetBytes(Alerts.Json("tls-1"))).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build(),
+            new CancellationTokenSource(Await.DefaultTimeout).Token);
+
+        Assert.Equal(MqttClientConnectResultCode.Success, connected.ResultCode);
+        Assert.True(client.IsConnected);
+        Assert.True(ack.IsSuccess);
+        Assert.NotNull(await gw.Spool.GetAlertAsync("dev-1", "tls-1", default));
+        Assert.True(File.Exists(Path.Combine(gw.DataDir, TlsCertificates.GeneratedFileName)));
+    }
+
+    [Fact]
+    public async Task Connect_AfterTooManyWrongSecretsFromOneAddress_IsRefusedEvenWithTheRightOne()
+    {
+        await using var gw = await TestGateway.StartAsync(c => c["MqttGuard"] = new { AuthFailuresPerSource = 3 });
+        for (int i = 0; i < 3; i++)
+        {
+            using var guess = new MqttClientFactory().CreateMqttClient();
+            Assert.Equal(MqttClientConnectResultCode.BadUserNameOrPassword, (await guess.ConnectAsync(Options(gw, "dev-1", "guess" + i, gw.Broker.Endpoint!))).ResultCode);
+        }
+
+        using var right = new MqttClientFactory().CreateMqttClient();
+        Assert.Equal(MqttClientConnectResultCode.ServerBusy, (await right.ConnectAsync(Options(gw, "dev-1", TestGateway.Secret, gw.Broker.Endpoint!))).ResultCode);
+
+        using var other = new MqttClientFactory().CreateMqttClient(); // another address is not affected
+        Assert.Equal(MqttClientConnectResultCode.Success, (await other.ConnectAsync(Options(gw, "dev-2", TestGateway.Secret, gw.Broker.Endpoint!, from: IPAddress.Parse("127.0.0.3")))).ResultCode);
+    }
+
+    [Fact]
+    public async Task Connect_OverThePerSourceRate_IsRefusedAsServerBusy()
+    {
+        await using var gw = await TestGateway.StartAsync(c => c["MqttGuard"] = new { ConnectsPerMinutePerSource = 3 });
+        for (int i = 0; i < 3; i++)
+        {
+            using var ok = new MqttClientFactory().CreateMqttClient();
+            Assert.Equal(MqttClientConnectResultCode.Success, (await ok.ConnectAsync(Options(gw, "dev-1", TestGateway.Secret, gw.Broker.Endpoint!))).ResultCode);
+            await ok.DisconnectAsync();
+        }
+
+        using var over = new MqttClientFactory().CreateMqttClient();
+        Assert.Equal(MqttClientConnectResultCode.ServerBusy, (await over.ConnectAsync(Options(gw, "dev-1", TestGateway.Secret, gw.Broker.Endpoint!))).ResultCode);
+    }
+}
