@@ -178,3 +178,20 @@ public sealed class SmtpIngestTests : IAsyncLifetime
         Assert.Contains($"127.0.0.1:{port}", ex.Message);
     }
 }
+
+public sealed class SmtpExampleConfigTests
+{
+    [Fact]
+    public void ExampleFile_SmtpSection_Validates()
+    {
+        var configuration = Microsoft.Extensions.Configuration.JsonConfigurationExtensions.AddJsonFile(
+            new Microsoft.Extensions.Configuration.ConfigurationBuilder(), Path.Combine(AppContext.BaseDirectory, "edgemail.example.json")).Build();
+        var gateway = new EdgeMail.Gateway.Configuration.GatewayOptions();
+        var smtp = new EdgeMail.Gateway.Ingest.Smtp.SmtpIngestOptions();
+        Microsoft.Extensions.Configuration.ConfigurationBinder.Bind(configuration, gateway);
+        Microsoft.Extensions.Configuration.ConfigurationBinder.Bind(configuration.GetSection("Smtp"), smtp);
+
+        Assert.Empty(EdgeMail.Gateway.Ingest.Smtp.SmtpIngestOptionsValidator.Check(smtp, gateway));
+        Assert.Equal(3, smtp.Endpoints.Count);
+    }
+}
