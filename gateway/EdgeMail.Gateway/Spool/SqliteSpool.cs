@@ -17,16 +17,29 @@ public sealed partial class SqliteSpool : ISpool
     private readonly Dictionary<string, SqliteCommand> _commands = new(StringComparer.Ordinal);
     private readonly ILogger _logger;
     private readonly int _maxBatch;
-    private readonly Thread _writer;
+    private readonly Thread? _writer;
+
+    // Reads go to a second, read-only connection on the caller's thread: under WAL they see every committed write
+    // and never wait behind the writer's batch and its fsync (nor see a batch that might still roll back).
+    private readonly SqliteSpool? _reader;
+    private readonly Lock _readLock = new();
+    private bool _closed;
     private readonly TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private long _batches;
     private long _items;
 
-    private SqliteSpool(SqliteConnection connection, int maxBatch, ILogger logger)
+    private SqliteSpool(SqliteConnection connection, int maxBatch, ILogger logger, SqliteConnection? readConnection)
     {
         _connection = connection;
         _maxBatch = maxBatch;
         _logger = logger;
+        if (readConnection is null)
+        {
+            _stopped.TrySetResult(); // the read-only twin: no writer thread
+            return;
+        }
+
+        _reader = new SqliteSpool(readConnection, maxBatch, logger, null);
         _writer = new Thread(WriterLoop) { IsBackground = true, Name = "edgemail-spool-writer" };
         _writer.Start();
     }
@@ -51,6 +64,7 @@ public sealed partial class SqliteSpool : ISpool
         ArgumentNullException.ThrowIfNull(path);
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
         var connection = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = path, Pooling = false }.ToString());
+        var readConnection = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = path, Pooling = false, Mode = SqliteOpenMode.ReadOnly }.ToString());
         try
         {
             connection.Open();
@@ -58,14 +72,17 @@ public sealed partial class SqliteSpool : ISpool
             Execute(connection, fsync ? "PRAGMA synchronous=FULL;" : "PRAGMA synchronous=NORMAL;");
             Execute(connection, "PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;");
             SpoolSchema.Migrate(connection);
+            readConnection.Open();
+            Execute(readConnection, "PRAGMA busy_timeout=5000;");
         }
         catch (SqliteException ex)
         {
             connection.Dispose();
+            readConnection.Dispose();
             throw new SpoolException($"Cannot open the spool at '{path}': {ex.Message}. Check the path is writable and not used by another gateway.", ex);
         }
 
-        return new SqliteSpool(connection, maxBatch, logger);
+        return new SqliteSpool(connection, maxBatch, logger, readConnection);
     }
 
     private static void Execute(SqliteConnection connection, string sql)
@@ -123,7 +140,7 @@ public sealed partial class SqliteSpool : ISpool
 
     /// <inheritdoc />
     public Task<(DateTimeOffset At, byte[] Payload)?> GetStatusAsync(string device, CancellationToken cancellationToken) =>
-        Enqueue<(DateTimeOffset, byte[])?>((s, _) =>
+        Read<(DateTimeOffset, byte[])?>((s, _) =>
         {
             using var r = s.Query("SELECT received_at, payload FROM device_status WHERE device=$p0", device);
             return r.Read() ? (FromMs(r.GetInt64(0)), (byte[])r.GetValue(1)) : null;
@@ -131,7 +148,7 @@ public sealed partial class SqliteSpool : ISpool
 
     /// <inheritdoc />
     public Task<IReadOnlyList<SpooledAlert>> NewAlertsAsync(int max, CancellationToken cancellationToken) =>
-        Enqueue<IReadOnlyList<SpooledAlert>>((s, _) =>
+        Read<IReadOnlyList<SpooledAlert>>((s, _) =>
         {
             using var r = s.Query("SELECT rowid, device, alert_id, received_at, peer, payload FROM alerts WHERE status='new' ORDER BY rowid LIMIT $p0", max);
             return ReadAlerts(r);
@@ -150,13 +167,13 @@ public sealed partial class SqliteSpool : ISpool
 
     /// <inheritdoc />
     public Task<StormState?> GetStormAsync(string device, string code, CancellationToken cancellationToken) =>
-        Enqueue((s, _) => s.ReadStorm(device, code), cancellationToken);
+        Read((s, _) => s.ReadStorm(device, code), cancellationToken);
 
     /// <inheritdoc />
     public Task<IReadOnlyDictionary<(string Device, string Code), StormState>> GetStormsAsync(IReadOnlyCollection<(string Device, string Code)> keys, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(keys);
-        return Enqueue<IReadOnlyDictionary<(string Device, string Code), StormState>>((s, _) =>
+        return Read<IReadOnlyDictionary<(string Device, string Code), StormState>>((s, _) =>
         {
             var states = new Dictionary<(string Device, string Code), StormState>(keys.Count);
             foreach (var key in keys)
@@ -168,7 +185,7 @@ public sealed partial class SqliteSpool : ISpool
             }
 
             return states;
-        }, cancellationToken, isolate: false);
+        }, cancellationToken);
     }
 
     private StormState? ReadStorm(string device, string code)
@@ -233,7 +250,7 @@ public sealed partial class SqliteSpool : ISpool
 
     /// <inheritdoc />
     public Task<IReadOnlyList<DueDigest>> DueDigestsAsync(DateTimeOffset now, CancellationToken cancellationToken) =>
-        Enqueue<IReadOnlyList<DueDigest>>((s, _) =>
+        Read<IReadOnlyList<DueDigest>>((s, _) =>
         {
             var keys = new List<(string, string)>();
             using (var r = s.Query("SELECT DISTINCT device, code FROM alerts WHERE status='held' AND hold_until <= $p0", now.ToUnixTimeMilliseconds()))
@@ -277,13 +294,13 @@ public sealed partial class SqliteSpool : ISpool
 
     /// <inheritdoc />
     public Task<DateTimeOffset?> NextDigestDueAsync(CancellationToken cancellationToken) =>
-        Enqueue((s, _) => s.Scalar("SELECT MIN(hold_until) FROM alerts WHERE status='held'") is long ms ? FromMs(ms) : (DateTimeOffset?)null, cancellationToken);
+        Read((s, _) => s.Scalar("SELECT MIN(hold_until) FROM alerts WHERE status='held'") is long ms ? FromMs(ms) : (DateTimeOffset?)null, cancellationToken);
 
     /// <inheritdoc />
     public Task<IReadOnlyList<QueuedMessage>> DueMessagesAsync(DateTimeOffset now, int max, IReadOnlySet<long> exclude, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(exclude);
-        return Enqueue<IReadOnlyList<QueuedMessage>>((s, _) =>
+        return Read<IReadOnlyList<QueuedMessage>>((s, _) =>
         {
             var list = new List<QueuedMessage>();
             using (var r = s.Query(
@@ -321,7 +338,7 @@ public sealed partial class SqliteSpool : ISpool
 
     /// <inheritdoc />
     public Task<DateTimeOffset?> NextMessageDueAsync(CancellationToken cancellationToken) =>
-        Enqueue((s, _) => s.Scalar("SELECT MIN(next_attempt_at) FROM messages WHERE status='queued'") is long ms ? FromMs(ms) : (DateTimeOffset?)null, cancellationToken);
+        Read((s, _) => s.Scalar("SELECT MIN(next_attempt_at) FROM messages WHERE status='queued'") is long ms ? FromMs(ms) : (DateTimeOffset?)null, cancellationToken);
 
     /// <inheritdoc />
     public Task CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken)
@@ -364,7 +381,7 @@ public sealed partial class SqliteSpool : ISpool
 
     /// <inheritdoc />
     public Task<SpoolCounts> CountsAsync(CancellationToken cancellationToken) =>
-        Enqueue((s, _) => new SpoolCounts(s.CountBy("alerts"), s.CountBy("messages")), cancellationToken);
+        Read((s, _) => new SpoolCounts(s.CountBy("alerts"), s.CountBy("messages")), cancellationToken);
 
     private Dictionary<string, long> CountBy(string table)
     {
@@ -380,7 +397,7 @@ public sealed partial class SqliteSpool : ISpool
 
     /// <inheritdoc />
     public Task<(string Status, string? Reason)?> GetAlertAsync(string device, string alertId, CancellationToken cancellationToken) =>
-        Enqueue<(string, string?)?>((s, _) =>
+        Read<(string, string?)?>((s, _) =>
         {
             using var r = s.Query("SELECT status, reason FROM alerts WHERE device=$p0 AND alert_id=$p1", device, alertId);
             return r.Read() ? (r.GetString(0), r.IsDBNull(1) ? null : r.GetString(1)) : null;
@@ -391,12 +408,55 @@ public sealed partial class SqliteSpool : ISpool
     {
         _queue.Writer.TryComplete();
         await _stopped.Task.ConfigureAwait(false);
+        if (_reader is not null)
+        {
+            lock (_readLock)
+            {
+                _closed = true;
+            }
+
+            await _reader.DisposeAsync().ConfigureAwait(false);
+        }
+
         foreach (var command in _commands.Values)
         {
             command.Dispose();
         }
 
         _connection.Dispose();
+    }
+
+    private Task<T> Read<T>(Func<SqliteSpool, BatchContext, T> work, CancellationToken cancellationToken)
+    {
+        if (cancellationToken.IsCancellationRequested)
+        {
+            return Task.FromCanceled<T>(cancellationToken);
+        }
+
+        lock (_readLock)
+        {
+            if (_closed || _reader is null)
+            {
+                return Task.FromException<T>(new SpoolException("The spool is closed; the gateway is stopping."));
+            }
+
+            try
+            {
+                _reader.Exec("BEGIN"); // one snapshot for the whole read
+                try
+                {
+                    return Task.FromResult(work(_reader, new BatchContext(Clock.GetUtcNow(), MaxAge)));
+                }
+                finally
+                {
+                    _reader.Exec("COMMIT");
+                }
+            }
+            catch (SqliteException ex)
+            {
+                return Task.FromException<T>(new SpoolException($"Reading the spool failed: {ex.Message}. Check the disk and the file's permissions.", ex));
+            }
+        }
     }
 
     private Task<T> Enqueue<T>(Func<SqliteSpool, BatchContext, T> work, CancellationToken cancellationToken, bool isolate = true)
