@@ -15,6 +15,7 @@ internal static class RunCommand
         var devices = new Option<int?>("--devices") { Description = "Number of devices (default 10)" };
         var board = new Option<string?>("--board") { Description = "Board profile id (default esp32-wroom-32)" };
         var idPattern = new Option<string?>("--id-pattern") { Description = "Device ids; {n} is the device number (default dev-{n})" };
+        var ids = new Option<string?>("--ids") { Description = "Comma-separated device ids instead of --id-pattern/--devices (e.g. demo-freezer,demo-door)" };
         var secretPattern = new Option<string?>("--secret-pattern") { Description = "Device secrets; {id} and {n} are replaced (default secret-{id})" };
         var secretsFile = new Option<string?>("--secrets-file") { Description = "File of 'deviceId secret' lines (e.g. the gateway's demo-secrets.txt)" };
         var host = new Option<string?>("--host") { Description = "Gateway/broker host (default 127.0.0.1)" };
@@ -48,7 +49,7 @@ internal static class RunCommand
         var cmd = new Command("run", "Run a fleet of emulated devices against a broker or gateway and report what happened to every alert");
         foreach (Option o in new Option[]
         {
-            scenarioFile, devices, board, idPattern, secretPattern, secretsFile, host, port, embedded, seed, duration, drain, speed, stateDir, fresh,
+            scenarioFile, devices, board, idPattern, ids, secretPattern, secretsFile, host, port, embedded, seed, duration, drain, speed, stateDir, fresh,
             rate, mix, codes, stormEvery, stormSize, link, outage, meanUp, meanDown, cutMean, midWrite, offSeconds, inFlight, duty, heartbeat,
             json, rows, progressMode, boardsDir,
         })
@@ -66,6 +67,7 @@ internal static class RunCommand
                 Set(parse.GetValue(devices), v => s.Devices = v);
                 Set(parse.GetValue(board), v => s.Board = v);
                 Set(parse.GetValue(idPattern), v => s.IdPattern = v);
+                Set(parse.GetValue(ids), v => s.Ids = v.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
                 Set(parse.GetValue(secretPattern), v => s.SecretPattern = v);
                 Set(parse.GetValue(secretsFile), v => s.SecretsFile = v);
                 Set(parse.GetValue(host), v => s.Host = v);

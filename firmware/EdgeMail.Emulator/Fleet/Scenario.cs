@@ -14,6 +14,9 @@ internal sealed class Scenario
     /// <summary>Device ids: <c>{n}</c> is the 1-based device number.</summary>
     public string IdPattern { get; set; } = "dev-{n}";
 
+    /// <summary>Explicit device ids (e.g. the gateway's demo devices); when set, <see cref="Devices"/> is their number.</summary>
+    public string[]? Ids { get; set; }
+
     /// <summary>Device secrets: <c>{id}</c> and <c>{n}</c> are replaced. Ignored for ids in <see cref="SecretsFile"/>.</summary>
     public string SecretPattern { get; set; } = "secret-{id}";
 
@@ -83,8 +86,14 @@ internal sealed class Scenario
             }
         }
 
+        if (Ids is { Length: > 0 })
+        {
+            Require(Ids.Distinct(StringComparer.Ordinal).Count() == Ids.Length, "ids must be distinct.");
+            Devices = Ids.Length;
+        }
+
         Require(Devices >= 1, $"devices must be at least 1 (was {Devices}).");
-        Require(IdPattern.Contains("{n}", StringComparison.Ordinal) || Devices == 1, "idPattern must contain {n} when there is more than one device.");
+        Require(Ids is { Length: > 0 } || IdPattern.Contains("{n}", StringComparison.Ordinal) || Devices == 1, "idPattern must contain {n} when there is more than one device.");
         Require(DurationSeconds >= 0 && DrainSeconds >= 0, "durationSeconds and drainSeconds must not be negative.");
         Require(Speed > 0, $"speed must be above 0 (was {Speed}).");
         Require(Alerts.RatePerSecond >= 0, "alerts.ratePerSecond must not be negative.");
@@ -96,7 +105,7 @@ internal sealed class Scenario
         Require(Uplink.MaxInFlight is >= 1 and <= 64, "uplink.maxInFlight must be 1..64.");
     }
 
-    public string DeviceId(int n) => IdPattern.Replace("{n}", n.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal);
+    public string DeviceId(int n) => Ids is { Length: > 0 } ? Ids[n - 1] : IdPattern.Replace("{n}", n.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal);
 }
 
 internal sealed class AlertModel
