@@ -119,6 +119,22 @@ public sealed class RunCommandTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
+    public void Run_WithExplicitIdsAndASecretsFile_UsesThoseDevicesAndSecrets()
+    {
+        Directory.CreateDirectory(_state);
+        string secrets = Path.Combine(_state, "secrets.txt");
+        File.WriteAllText(secrets, "# id secret\nfreezer-2 pa55-word\ndoor-1 other\n");
+
+        var (exit, report, _) = Run("--embedded-broker", "--ids", "freezer-2,door-1", "--secrets-file", secrets, "--duration", "5", "--speed", "25", "--rate", "1");
+
+        Assert.Equal(0, exit);
+        Assert.Equal(["freezer-2", "door-1"], report.GetProperty("perDevice").EnumerateArray().Select(d => d.GetProperty("id").GetString()));
+        Assert.True(Total(report, "raised") > 0);
+        Assert.Equal(Total(report, "raised"), Total(report, "acknowledged"));
+        Assert.Equal(0, Total(report, "failures"));
+    }
+
+    [Fact]
     public void Run_InvalidSetting_NamesItAndFails()
     {
         var (exit, _, err) = Run("--devices", "0");
