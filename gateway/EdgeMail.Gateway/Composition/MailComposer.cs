@@ -256,6 +256,9 @@ public sealed class MailComposer
     /// <returns>Safe single-line text.</returns>
     internal static string Clean(string s, int max)
     {
+        // Text that looks like an RFC 2047 encoded word ("=?utf-8?q?...") makes MimeKit emit a malformed encoded word
+        // and, folded, a header line without leading white space (found by FuzzPropertyTests): break the "=?" up.
+        s = s.Replace("=?", "= ?", StringComparison.Ordinal);
         var sb = new StringBuilder(Math.Min(s.Length, max + 1));
         bool space = false;
         foreach (char c in s)

@@ -72,7 +72,13 @@ public sealed class FuzzPropertyTests
         });
 
     [Property(MaxTest = 300)]
-    public Property ComposeAlert_HostileDeviceStrings_WriteOnlyTheKnownHeadersIn7BitShortLines() =>
+    public Property ComposeAlert_HostileDeviceStrings_WriteOnlyTheKnownHeadersIn7BitShortLines() => ComposeAlertProperty();
+
+    // The case that found the encoded-word folding defect (a literal "=?utf-8?q?" in the site and subject text).
+    [Property(MaxTest = 300, Replay = "(8766986022622909760,5176296125972563577)")]
+    public Property ComposeAlert_EncodedWordLookalikeFoundByFuzzing_StaysOneWellFormedSubject() => ComposeAlertProperty();
+
+    private static Property ComposeAlertProperty() =>
         Prop.ForAll(Nasty().ToArbitrary(), Nasty().ToArbitrary(), Nasty().ToArbitrary(), (text, id, name) =>
         {
             string json = JsonSerializer.Serialize(new Dictionary<string, object>
