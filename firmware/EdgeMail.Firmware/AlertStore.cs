@@ -32,8 +32,9 @@ public sealed class AlertStore
     private readonly WallClock _wall;
     private readonly uint _boot;
     private readonly object _lock = new object();
+    // One buffer for writing and reading records (every call holds the lock): the largest record plus
+    // the replaced id of an update.
     private readonly byte[] _record = new byte[4 + AlertRecord.MaxSize];
-    private readonly byte[] _read;
     private readonly QueueEntry _entry = new QueueEntry();
     private readonly AlertJsonWriter _json = new AlertJsonWriter();
     private readonly Alert _dropped = new Alert();
@@ -59,7 +60,6 @@ public sealed class AlertStore
         _clock = clock;
         _wall = wall;
         _boot = boot;
-        _read = new byte[queue.MaxPayload];
         for (int i = 0; i < Slots; i++)
         {
             _slots[i] = new Slot();
@@ -135,7 +135,7 @@ public sealed class AlertStore
                 ScanReplaced();
             }
 
-            while (_queue.TryRead(_entry, _read, 0))
+            while (_queue.TryRead(_entry, _record, 0))
             {
                 seq = _entry.Seq;
                 if (IsReplaced())
@@ -150,9 +150,9 @@ public sealed class AlertStore
                 }
 
                 int start = _entry.Kind == KindUpdate ? 4 : 0;
-                uint idSeq = _entry.Kind == KindUpdate ? Le.U32(_read, 0) : _entry.OriginalSeq;
+                uint idSeq = _entry.Kind == KindUpdate ? Le.U32(_record, 0) : _entry.OriginalSeq;
                 CountUnwrittenRepeats(idSeq, start);
-                length = _json.Write(_read, start, _entry.Length - start, _queue.Epoch, idSeq, _boot, _clock.UptimeMs, _wall.UnixMs, json, offset);
+                length = _json.Write(_record, start, _entry.Length - start, _queue.Epoch, idSeq, _boot, _clock.UptimeMs, _wall.UnixMs, json, offset);
                 return true;
             }
 
@@ -245,7 +245,7 @@ public sealed class AlertStore
             Slot s = _slots[i];
             if (s.LatestSeq != 0 && s.IdSeq == idSeq && s.LatestSeq == _entry.OriginalSeq && s.Count > 1)
             {
-                PatchRepeat(s, _read, recordOffset);
+                PatchRepeat(s, _record, recordOffset);
                 return;
             }
         }
@@ -266,11 +266,11 @@ public sealed class AlertStore
     /// <summary>Once per boot, before the first send, learns the latest update of each coalesced alert.</summary>
     private void ScanReplaced()
     {
-        while (_queue.TryRead(_entry, _read, 0))
+        while (_queue.TryRead(_entry, _record, 0))
         {
             if (_entry.Type == EntryType.Item && _entry.Kind == KindUpdate)
             {
-                SetChainLatest(Le.U32(_read, 0), _entry.OriginalSeq);
+                SetChainLatest(Le.U32(_record, 0), _entry.OriginalSeq);
             }
         }
 
@@ -312,7 +312,7 @@ public sealed class AlertStore
         }
 
         // Sequence numbers as first appended: stable when the full policy moves entries forward.
-        uint idSeq = _entry.Kind == KindUpdate ? Le.U32(_read, 0) : _entry.OriginalSeq;
+        uint idSeq = _entry.Kind == KindUpdate ? Le.U32(_record, 0) : _entry.OriginalSeq;
         for (int i = 0; i < _chainCount; i++)
         {
             if (_chainIds[i] == idSeq)

@@ -62,6 +62,7 @@ public sealed partial class FlashQueue
     private uint _readSectorSeq;
     private int _readOffset;
     private uint _sentThrough;
+    private uint _nextSeqAtReaderEnd;
 
     // Fields of the last sector header read by ReadSectorHeader.
     private uint _hSeq;
@@ -136,6 +137,7 @@ public sealed partial class FlashQueue
     {
         _mounted = false;
         _readerPositioned = false;
+        _nextSeqAtReaderEnd = 0;
         _pendingKnown = false;
         _erasedSector = -1;
         DroppedSinceMount = 0;
@@ -292,6 +294,7 @@ public sealed partial class FlashQueue
                 if (_readSector == _head)
                 {
                     _readOffset = pos;
+                    _nextSeqAtReaderEnd = _nextSeq;
                     return false;
                 }
 
@@ -382,6 +385,7 @@ public sealed partial class FlashQueue
     {
         EnsureMounted();
         _readerPositioned = false;
+        _nextSeqAtReaderEnd = 0;
         _sentThrough = _ackedThrough;
     }
 
@@ -393,6 +397,13 @@ public sealed partial class FlashQueue
     public void Acknowledge(uint seq)
     {
         EnsureMounted();
+        // Acknowledging the last entry handed out when nothing follows also covers numbers that no entry
+        // kept (skipped after a torn write), so the queue reads as empty.
+        if (seq == _sentThrough && _nextSeqAtReaderEnd == _nextSeq)
+        {
+            seq = _nextSeq - 1;
+        }
+
         if (seq <= _ackedThrough)
         {
             return;

@@ -228,4 +228,25 @@ public class FlashQueueTests
         q.Append(0, 0, [1], 0, 1);
         Assert.Throws<ArgumentOutOfRangeException>(() => q.Acknowledge(2));
     }
+
+    [Fact]
+    public void AfterATornAppend_AcknowledgingEverythingHandedOut_LeavesTheQueueEmpty()
+    {
+        using var flash = new NorFlashSimulator(Nor, seed: 4);
+        var q = new FlashQueue(flash);
+        q.Mount(5);
+        q.Append(0, 1, Payload(1, 40), 0, 40);
+        flash.ScheduleCut(0, 0.5);
+        Assert.Throws<PowerLossException>(() => q.Append(0, 1, Payload(2, 40), 0, 40));
+        flash.PowerOn();
+
+        var again = new FlashQueue(flash);
+        again.Mount(5);
+        var read = ReadAll(again);
+        again.Acknowledge(read[^1].Entry.Seq);
+
+        Assert.Equal(0u, again.Depth); // the number the torn append may have used is skipped, not owed
+        uint next = again.Append(0, 1, Payload(3, 40), 0, 40);
+        Assert.Equal(next, ReadAll(again).Single().Entry.Seq);
+    }
 }
