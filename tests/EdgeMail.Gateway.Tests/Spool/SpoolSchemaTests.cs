@@ -1,0 +1,110 @@
+using System.Text;
+using EdgeMail.Gateway.Spool;
+using Microsoft.Data.Sqlite;
+using Microsoft.Extensions.Logging.Abstractions;
+using Xunit;
+
+namespace EdgeMail.Gateway.Tests.Spool;
+
+/// <summary>Migration 2 and the query plans it exists for: the router's and storm worker's reads must not scan the alerts table.</summary>
+public sealed class SpoolSchemaTests : IDisposable
+{
+    private readonly string _dir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+
+    public SpoolSchemaTests() => Directory.CreateDirectory(_dir);
+
+    private string DbPath => Path.Combine(_dir, "spool.db");
+
+    public void Dispose()
+    {
+        SqliteConnection.ClearAllPools();
+        Directory.Delete(_dir, recursive: true);
+    }
+
+    private SqliteConnection Connect()
+    {
+        var connection = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = DbPath, Pooling = false }.ToString());
+        connection.Open();
+        return connection;
+    }
+
+    private static string Plan(SqliteConnection connection, string sql)
+    {
+        using var command = connection.CreateCommand();
+        command.CommandText = "EXPLAIN QUERY PLAN " + sql;
+        using var reader = command.ExecuteReader();
+        var rows = new List<string>();
+        while (reader.Read())
+        {
+            rows.Add(reader.GetString(3));
+        }
+
+        return string.Join(" | ", rows);
+    }
+
+    [Theory]
+    [InlineData("SELECT rowid, device, alert_id, received_at, peer, payload FROM alerts WHERE status='new' ORDER BY rowid LIMIT 256", "alerts_status_new")]
+    [InlineData("SELECT MIN(hold_until) FROM alerts WHERE status='held'", "alerts_held_due")]
+    [InlineData("SELECT DISTINCT device, code FROM alerts WHERE status='held' AND hold_until <= 0", "alerts_held_")] // either partial index: both hold only held rows
+    [InlineData("SELECT rowid, device, alert_id, received_at, peer, payload FROM alerts WHERE status='held' AND device='d' AND code='c' ORDER BY rowid", "alerts_held_key")]
+    public async Task RouterQuery_OnCurrentSchema_UsesItsPartialIndex(string sql, string index)
+    {
+        await using (SqliteSpool.Open(DbPath, fsync: false, maxBatch: 16, NullLogger.Instance))
+        {
+        }
+
+        using var connection = Connect();
+        string plan = Plan(connection, sql);
+
+        Assert.Contains(index, plan, StringComparison.Ordinal);
+        Assert.DoesNotContain("SCAN alerts", plan.Replace("SCAN alerts USING INDEX alerts_held_", "partial index ", StringComparison.Ordinal), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Open_VersionOneSpoolWithAlerts_MigratesToVersionTwoAndKeepsThem()
+    {
+        using (var connection = Connect())
+        {
+            using var command = connection.CreateCommand();
+            command.CommandText = "CREATE TABLE schema_version(version INTEGER NOT NULL);" + SpoolSchema.Migrations[0] + ";INSERT INTO schema_version VALUES(1);"
+                + "INSERT INTO alerts(device, alert_id, received_at, payload, status, code) VALUES('dev-1', 'a-1', 0, x'7B7D', 'new', 'X');";
+            command.ExecuteNonQuery();
+        }
+
+        await using (var spool = SqliteSpool.Open(DbPath, fsync: false, maxBatch: 16, NullLogger.Instance))
+        {
+            var alerts = await spool.NewAlertsAsync(10, default);
+            Assert.Equal("a-1", Assert.Single(alerts).AlertId);
+            Assert.Equal("{}", Encoding.UTF8.GetString(alerts[0].Payload));
+        }
+
+        using var check = Connect();
+        using var version = check.CreateCommand();
+        version.CommandText = "SELECT MAX(version) FROM schema_version; ";
+        Assert.Equal(2L, version.ExecuteScalar());
+        version.CommandText = "SELECT COUNT(*) FROM sqlite_master WHERE type='index' AND name IN ('alerts_status_new', 'alerts_held_due', 'alerts_held_key', 'alerts_new')";
+        Assert.Equal(3L, version.ExecuteScalar());
+    }
+
+    [Fact]
+    public async Task Read_AfterAwaitedWrite_SeesItOnTheReadConnection()
+    {
+        await using var spool = SqliteSpool.Open(DbPath, fsync: true, maxBatch: 16, NullLogger.Instance);
+        var payload = Encoding.UTF8.GetBytes(Alerts.Json("r-1"));
+
+        Assert.Empty(await spool.NewAlertsAsync(10, default));
+        await spool.AcceptAlertAsync(new IncomingAlert("dev-1", "r-1", DateTimeOffset.FromUnixTimeSeconds(1_800_000_000), null, payload, null, "TEMP_HIGH"), default);
+
+        Assert.Equal("r-1", Assert.Single(await spool.NewAlertsAsync(10, default)).AlertId);
+        Assert.Equal(("new", (string?)null), await spool.GetAlertAsync("dev-1", "r-1", default));
+    }
+
+    [Fact]
+    public async Task Read_AfterDispose_FailsWithSpoolException()
+    {
+        var spool = SqliteSpool.Open(DbPath, fsync: false, maxBatch: 16, NullLogger.Instance);
+        await spool.DisposeAsync();
+
+        await Assert.ThrowsAsync<SpoolException>(() => spool.NewAlertsAsync(10, default));
+    }
+}
