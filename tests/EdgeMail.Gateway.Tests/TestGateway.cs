@@ -110,7 +110,14 @@ public sealed class TestGateway : IAsyncDisposable
                 throw new TimeoutException($"Timed out waiting for {count} mail(s) in {MailboxNew}; have {files.Length}.");
             }
 
-            await Task.WhenAny(changed.Task, Task.Delay(TimeSpan.FromMilliseconds(200)));
+            try
+            {
+                await changed.Task.WaitAsync(TimeSpan.FromMilliseconds(200));
+            }
+            catch (TimeoutException)
+            {
+                // Re-check in case the watcher missed an event.
+            }
         }
     }
 

@@ -27,8 +27,9 @@ public sealed class CrashRecoveryTests(ITestOutputHelper output) : IDisposable
         using (var first = await GatewayProcess.StartAsync(config, output))
         {
             using var stop = new CancellationTokenSource();
-            var publishers = Enumerable.Range(1, Devices).Select(d => PublishUntilFailureAsync($"dev-{d}", port, acked, stop.Token)).ToArray();
-            await Await.Within(WaitForAsync(() => acked.Count >= 400), "400 acknowledged alerts before the kill", TimeSpan.FromSeconds(60));
+            var enough = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var publishers = Enumerable.Range(1, Devices).Select(d => PublishUntilFailureAsync($"dev-{d}", port, acked, enough, stop.Token)).ToArray();
+            await Await.Within(enough.Task.ContinueWith(_ => true, TaskScheduler.Default), "400 acknowledged alerts before the kill", TimeSpan.FromSeconds(60));
             first.Kill();
             await stop.CancelAsync();
             await Task.WhenAll(publishers);
@@ -38,8 +39,7 @@ public sealed class CrashRecoveryTests(ITestOutputHelper output) : IDisposable
         using var second = await GatewayProcess.StartAsync(config, output);
         string mailbox = Path.Combine(_dataDir, "mailbox", "new");
         var expected = acked.Keys.Select(k => LocalMailbox.FileName($"{k}.alert@gw.test")).ToHashSet();
-        await Await.Within(WaitForAsync(() => expected.IsSubsetOf(Directory.GetFiles(mailbox, "*.eml").Select(Path.GetFileName)!)),
-            "every acknowledged alert in the mailbox", TimeSpan.FromSeconds(60));
+        await Await.Within(Task.Run(() => WaitForFiles(mailbox, expected)), "every acknowledged alert in the mailbox", TimeSpan.FromSeconds(60));
 
         var files = Directory.GetFiles(mailbox, "*.eml");
         var alertHeaders = files.Select(f => MimeMessage.Load(f)).Select(m => m.Headers["X-EdgeMail-Device"] + "." + m.Headers["X-EdgeMail-Alert"]).ToList();
@@ -47,7 +47,7 @@ public sealed class CrashRecoveryTests(ITestOutputHelper output) : IDisposable
         Assert.All(acked.Keys, k => Assert.Single(alertHeaders, h => h == k));
     }
 
-    private static async Task PublishUntilFailureAsync(string device, int port, ConcurrentDictionary<string, bool> acked, CancellationToken stop)
+    private static async Task PublishUntilFailureAsync(string device, int port, ConcurrentDictionary<string, bool> acked, TaskCompletionSource enough, CancellationToken stop)
     {
         using var client = new MqttClientFactory().CreateMqttClient();
         var options = new MqttClientOptionsBuilder().WithTcpServer("127.0.0.1", port).WithClientId(device)
@@ -63,6 +63,10 @@ public sealed class CrashRecoveryTests(ITestOutputHelper output) : IDisposable
                 if (result.IsSuccess)
                 {
                     acked[$"{device}.{id}"] = true;
+                    if (acked.Count >= 400)
+                    {
+                        enough.TrySetResult();
+                    }
                 }
             }
         }
@@ -72,11 +76,15 @@ public sealed class CrashRecoveryTests(ITestOutputHelper output) : IDisposable
         }
     }
 
-    private static async Task<bool> WaitForAsync(Func<bool> condition)
+    /// <summary>Returns once every expected file is in the folder, woken by the folder's change events.</summary>
+    private static bool WaitForFiles(string folder, IReadOnlySet<string> expected)
     {
-        while (!condition())
+        Directory.CreateDirectory(folder);
+        using var watcher = new FileSystemWatcher(folder) { EnableRaisingEvents = true };
+        while (!expected.IsSubsetOf(Directory.GetFiles(folder, "*.eml").Select(Path.GetFileName)!))
         {
-            await Task.Delay(50);
+            // The timeout only re-checks in case the watcher's buffer overflowed and an event was lost.
+            watcher.WaitForChanged(WatcherChangeTypes.Created | WatcherChangeTypes.Renamed, 1000);
         }
 
         return true;
