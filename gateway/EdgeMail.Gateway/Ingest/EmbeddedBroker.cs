@@ -217,7 +217,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     }
 
     // MQTTnet does not report the port it bound, so port 0 is resolved by asking the OS first.
-    private static int ReserveFreePort(IPAddress address)
+    internal static int ReserveFreePort(IPAddress address)
     {
         using var probe = new TcpListener(address, 0);
         probe.Start();

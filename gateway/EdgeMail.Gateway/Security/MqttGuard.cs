@@ -1,5 +1,4 @@
 using System.Net;
-using System.Net.Sockets;
 using System.Security.Authentication;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Ingest.Smtp;
@@ -98,13 +97,7 @@ public sealed class MqttGuard
         }
 
         _certificate ??= TlsCertificates.Load(_smtp.CertificatePath, _smtp.CertificatePassword, _gateway.DataPath(), _gateway.Sender.Hostname, _clock, out _);
-        int port = _options.TlsPort;
-        if (port == 0)
-        {
-            using var probe = new TcpListener(address, 0); // MQTTnet does not report the port it bound
-            probe.Start();
-            port = ((IPEndPoint)probe.LocalEndpoint).Port;
-        }
+        int port = _options.TlsPort == 0 ? Ingest.EmbeddedBroker.ReserveFreePort(address) : _options.TlsPort;
 
         TlsEndpoint = new IPEndPoint(address, port);
         return builder.WithEncryptedEndpoint()

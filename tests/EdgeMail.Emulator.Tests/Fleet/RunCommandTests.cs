@@ -1,5 +1,3 @@
-using System.Net;
-using System.Net.Sockets;
 using System.Text.Json;
 using EdgeMail.Simulation.Boards;
 using Xunit;
@@ -146,10 +144,5 @@ public sealed class RunCommandTests(ITestOutputHelper output) : IDisposable
         Assert.Contains("--outage soon", err, StringComparison.Ordinal);
     }
 
-    private static int FreePort()
-    {
-        using var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        s.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        return ((IPEndPoint)s.LocalEndPoint!).Port;
-    }
+    private static int FreePort() => EdgeMail.Testing.Loopback.FreePort();
 }

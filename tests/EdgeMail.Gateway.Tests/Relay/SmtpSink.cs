@@ -1,7 +1,6 @@
 using System.Buffers;
 using System.Collections.Concurrent;
 using System.Net;
-using System.Net.Sockets;
 using System.Security.Cryptography.X509Certificates;
 using System.Threading.Channels;
 using MimeKit;
@@ -84,12 +83,7 @@ public sealed class SmtpSink : IAsyncDisposable
 
     public Channel<(MimeMessage Message, IReadOnlyList<string> To)> Received { get; } = Channel.CreateUnbounded<(MimeMessage, IReadOnlyList<string>)>();
 
-    public static int FreePort()
-    {
-        using var probe = new TcpListener(IPAddress.Loopback, 0);
-        probe.Start();
-        return ((IPEndPoint)probe.LocalEndpoint).Port;
-    }
+    public static int FreePort() => EdgeMail.Testing.Loopback.FreePort();
 
     public async Task<(MimeMessage Message, IReadOnlyList<string> To)> NextAsync() =>
         await Received.Reader.ReadAsync().AsTask().WaitAsync(EdgeMail.Testing.Await.DefaultTimeout);

@@ -1,7 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Net;
-using System.Net.Sockets;
 using EdgeMail.Firmware.Uplink.Mqtt;
 using MQTTnet.Packets;
 using BrokerPacket = MQTTnet.Packets.MqttPacket;
@@ -35,14 +34,7 @@ internal sealed class RecordingHandler : IMqttClientHandler
 internal static class Loopback
 {
     /// <summary>Reserves a free loopback port (MQTTnet does not report the port it bound for port 0).</summary>
-    public static int FreePort()
-    {
-        var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        int port = ((IPEndPoint)listener.LocalEndpoint).Port;
-        listener.Stop();
-        return port;
-    }
+    public static int FreePort() => EdgeMail.Testing.Loopback.FreePort();
 
     /// <summary>Drives a synchronous client until <paramref name="condition"/> holds, failing after a deadline.</summary>
     public static void PollUntil(MqttClient client, Func<bool> condition, string what, int timeoutMs = 15_000)
