@@ -26,8 +26,7 @@ public sealed partial class FlashQueue
     /// Frees the oldest sector: drops entries of the lowest queued priority (none when
     /// <paramref name="keepAll"/>) and moves the others to a new sector.
     /// </summary>
-    /// <returns>False when nothing was done: keeping everything would not fit and the policy forbids dropping.</returns>
-    private bool CollectTail(bool keepAll)
+    private void CollectTail(bool keepAll)
     {
         int victim = _tail;
         int threshold = -1;
@@ -43,11 +42,6 @@ public sealed partial class FlashQueue
                     threshold++;
                 }
             }
-        }
-
-        if (_policy == FullPolicy.Reject && !SurvivorsFit(victim, threshold, 0))
-        {
-            return false;
         }
 
         // Survivors plus the marker must fit in one fresh sector. If they would not, also drop the
@@ -148,7 +142,6 @@ public sealed partial class FlashQueue
         _device.EraseSector(victim);
         _erasedSector = victim;
         _tail = Next(victim);
-        return true;
     }
 
     /// <summary>Whether the entries a collection would keep, and its marker, fit in one fresh sector.</summary>

@@ -445,8 +445,9 @@ public sealed partial class FlashQueue
         // With the Reject policy and no sector free at all (hundreds of acknowledgements that freed
         // nothing) the acknowledgement stays in RAM until the next sector opens: a power cut before
         // that hands the batch out again, and the receiver drops the duplicates.
-        if (_policy != FullPolicy.Reject && CollectTail(keepAll: true))
+        if (_policy != FullPolicy.Reject)
         {
+            CollectTail(keepAll: true);
             WriteAckRecord(seq);
         }
     }
