@@ -19,8 +19,15 @@ internal static class RunCommand
         var secretPattern = new Option<string?>("--secret-pattern") { Description = "Device secrets; {id} and {n} are replaced (default secret-{id})" };
         var secretsFile = new Option<string?>("--secrets-file") { Description = "File of 'deviceId secret' lines (e.g. the gateway's demo-secrets.txt)" };
         var host = new Option<string?>("--host") { Description = "Gateway/broker host (default 127.0.0.1)" };
-        var port = new Option<int?>("--port") { Description = "Gateway/broker MQTT port (default 1883)" };
-        var embedded = new Option<bool>("--embedded-broker") { Description = "Start an MQTTnet broker in this process that accepts the fleet's credentials" };
+        var port = new Option<int?>("--port") { Description = "Gateway/broker port (default: MQTT 1883, 8883 with --tls; SMTP 2525, 465 with --tls)" };
+        var embedded = new Option<bool>("--embedded-broker") { Description = "Start an MQTTnet broker (or with --uplink smtp an SMTP receiver) in this process that accepts the fleet's credentials" };
+        var uplink = new Option<string?>("--uplink") { Description = "mqtt (Contract 1, default) or smtp (Contract 2: one message per alert, acknowledged on 250)" };
+        var smtpFrom = new Option<string?>("--smtp-from") { Description = "SMTP envelope sender and From; {id} and {n} are replaced (default {id}@devices.edgemail)" };
+        var smtpTo = new Option<string?>("--smtp-to") { Description = "SMTP recipient: the gateway's sender address, a user, group or alias (default edgemail@gateway.localhost)" };
+        var smtpAuth = new Option<bool?>("--smtp-auth") { Description = "AUTH PLAIN with device id and secret: true or false (default: with --tls or the embedded receiver)" };
+        var tls = new Option<bool>("--tls") { Description = "TLS from the first byte (MQTT 8883, SMTP implicit TLS 465)" };
+        var tlsPin = new Option<string?>("--tls-pin") { Description = "Trust only the certificate with this SHA-1 or SHA-256 thumbprint (hex)" };
+        var tlsInsecure = new Option<bool>("--tls-insecure") { Description = "Accept any server certificate (tests and labs only)" };
         var seed = new Option<int?>("--seed") { Description = "Seed of every random choice (default 1)" };
         var duration = new Option<double?>("--duration") { Description = "Simulated seconds of activity (default 60)" };
         var drain = new Option<double?>("--drain") { Description = "Simulated seconds afterwards to drain the queues, links up, no cuts (default 30)" };
@@ -49,7 +56,7 @@ internal static class RunCommand
         var cmd = new Command("run", "Run a fleet of emulated devices against a broker or gateway and report what happened to every alert");
         foreach (Option o in new Option[]
         {
-            scenarioFile, devices, board, idPattern, ids, secretPattern, secretsFile, host, port, embedded, seed, duration, drain, speed, stateDir, fresh,
+            scenarioFile, devices, board, idPattern, ids, secretPattern, secretsFile, host, port, embedded, uplink, smtpFrom, smtpTo, smtpAuth, tls, tlsPin, tlsInsecure, seed, duration, drain, speed, stateDir, fresh,
             rate, mix, codes, stormEvery, stormSize, link, outage, meanUp, meanDown, cutMean, midWrite, offSeconds, inFlight, duty, heartbeat,
             json, rows, progressMode, boardsDir,
         })
@@ -73,6 +80,13 @@ internal static class RunCommand
                 Set(parse.GetValue(host), v => s.Host = v);
                 Set(parse.GetValue(port), v => s.Port = v);
                 s.EmbeddedBroker |= parse.GetValue(embedded);
+                Set(parse.GetValue(uplink), v => s.Uplink.Protocol = ParseUplink(v));
+                Set(parse.GetValue(smtpFrom), v => s.Uplink.Smtp.From = v);
+                Set(parse.GetValue(smtpTo), v => s.Uplink.Smtp.To = v);
+                Set(parse.GetValue(smtpAuth), v => s.Uplink.Smtp.Auth = v);
+                s.Uplink.Tls |= parse.GetValue(tls);
+                Set(parse.GetValue(tlsPin), v => s.Uplink.TlsPin = v.Replace(":", string.Empty, StringComparison.Ordinal));
+                s.Uplink.TlsInsecure |= parse.GetValue(tlsInsecure);
                 Set(parse.GetValue(seed), v => s.Seed = v);
                 Set(parse.GetValue(duration), v => s.DurationSeconds = v);
                 Set(parse.GetValue(drain), v => s.DrainSeconds = v);
@@ -115,16 +129,32 @@ internal static class RunCommand
             }
 
             EmbeddedBroker? broker = null;
+            EmbeddedSmtpReceiver? receiver = null;
             try
             {
                 if (s.EmbeddedBroker)
                 {
+                    if (s.Uplink.Tls)
+                    {
+                        stderr.WriteLine("error: --embedded-broker listens without TLS; leave out --tls (or point --host/--port at a gateway's TLS listener).");
+                        return 2;
+                    }
+
                     var secrets = new Secrets(s.SecretPattern, s.SecretsFile);
                     var credentials = Enumerable.Range(1, s.Devices).ToDictionary(n => s.DeviceId(n), n => secrets.For(s.DeviceId(n), n), StringComparer.Ordinal);
-                    broker = await EmbeddedBroker.StartAsync(credentials).ConfigureAwait(false);
                     s.Host = "127.0.0.1";
-                    s.Port = broker.Port;
-                    stderr.WriteLine($"embedded broker on 127.0.0.1:{broker.Port}");
+                    if (s.Uplink.Protocol == UplinkProtocol.Smtp)
+                    {
+                        receiver = await EmbeddedSmtpReceiver.StartAsync(credentials).ConfigureAwait(false);
+                        s.Port = receiver.Port;
+                        stderr.WriteLine($"embedded SMTP receiver on 127.0.0.1:{receiver.Port}");
+                    }
+                    else
+                    {
+                        broker = await EmbeddedBroker.StartAsync(credentials).ConfigureAwait(false);
+                        s.Port = broker.Port;
+                        stderr.WriteLine($"embedded broker on 127.0.0.1:{broker.Port}");
+                    }
                 }
 
                 using var runner = new FleetRunner(s, profile);
@@ -146,6 +176,11 @@ internal static class RunCommand
                     {
                         stdout.WriteLine($"embedded broker: {broker.AlertsReceived} alert PUBLISHes received (resends included)");
                     }
+
+                    if (receiver is not null)
+                    {
+                        stdout.WriteLine($"embedded SMTP receiver: {receiver.AlertsReceived} alert messages received (resends included)");
+                    }
                 }
 
                 return 0;
@@ -155,6 +190,11 @@ internal static class RunCommand
                 if (broker is not null)
                 {
                     await broker.DisposeAsync().ConfigureAwait(false);
+                }
+
+                if (receiver is not null)
+                {
+                    await receiver.DisposeAsync().ConfigureAwait(false);
                 }
             }
         });
@@ -209,6 +249,13 @@ internal static class RunCommand
     private static string F(double v) => v.ToString("0.0", CultureInfo.InvariantCulture);
 
     private static string N(long v) => v.ToString(CultureInfo.InvariantCulture);
+
+    private static UplinkProtocol ParseUplink(string text) => text.Trim().ToLowerInvariant() switch
+    {
+        "mqtt" => UplinkProtocol.Mqtt,
+        "smtp" => UplinkProtocol.Smtp,
+        _ => throw new ArgumentException($"--uplink {text}: expected mqtt or smtp."),
+    };
 
     private static Outage ParseOutage(string text)
     {

@@ -32,6 +32,7 @@ internal sealed record DeviceReport(
     long Unacknowledged,
     long Queued,
     long Dropped,
+    long Rejected,
     long Resent,
     long ResentAfterReboot,
     long PowerCuts,
@@ -48,6 +49,7 @@ internal sealed record DeviceReport(
 internal sealed record FleetReport(
     int Seed,
     string Board,
+    string Uplink,
     int Devices,
     double SimulatedSeconds,
     double RealSeconds,
@@ -61,15 +63,15 @@ internal sealed record FleetReport(
         {
             DeviceStats s = d.Stats;
             return new DeviceReport(d.Id, s.Boots, s.RaiseCalls - s.RaisesCutShort, s.Written, s.Coalesced, s.RaisesCutShort, s.Acknowledged, s.StillUnacked, s.LastDepth,
-                s.Dropped, s.Resent, s.ResentAfterReboot, s.PowerCuts, s.TornWrites, s.LinkDowns, s.Connects, s.Failures, s.ConnectedMs,
+                s.Dropped, s.Rejected, s.Resent, s.ResentAfterReboot, s.PowerCuts, s.TornWrites, s.LinkDowns, s.Connects, s.Failures, s.ConnectedMs,
                 s.BytesSent, s.BytesReceived, Latency.Of(s.Latencies));
         }).ToList();
         var total = new DeviceReport("total", (uint)rows.Sum(r => r.Boots), rows.Sum(r => r.Raised), rows.Sum(r => r.Written), rows.Sum(r => r.Coalesced),
-            rows.Sum(r => r.RaisesCutShort), rows.Sum(r => r.Acknowledged), rows.Sum(r => r.Unacknowledged), rows.Sum(r => r.Queued), rows.Sum(r => r.Dropped), rows.Sum(r => r.Resent),
+            rows.Sum(r => r.RaisesCutShort), rows.Sum(r => r.Acknowledged), rows.Sum(r => r.Unacknowledged), rows.Sum(r => r.Queued), rows.Sum(r => r.Dropped), rows.Sum(r => r.Rejected), rows.Sum(r => r.Resent),
             rows.Sum(r => r.ResentAfterReboot), rows.Sum(r => r.PowerCuts), rows.Sum(r => r.TornWrites), rows.Sum(r => r.LinkDowns), rows.Sum(r => r.Connects),
             rows.Sum(r => r.Failures), rows.Sum(r => r.ConnectedMs), rows.Sum(r => r.BytesSent), rows.Sum(r => r.BytesReceived),
             Latency.Of([.. devices.SelectMany(d => d.Stats.Latencies)]));
-        return new FleetReport(scenario.Seed, scenario.Board, devices.Count, clock.NowMs / 1000.0, clock.RealElapsed.TotalSeconds, scenario.Speed, total, rows);
+        return new FleetReport(scenario.Seed, scenario.Board, scenario.Uplink.Protocol == UplinkProtocol.Smtp ? "smtp" : "mqtt", devices.Count, clock.NowMs / 1000.0, clock.RealElapsed.TotalSeconds, scenario.Speed, total, rows);
     }
 
     public string ToJson() => JsonSerializer.Serialize(this, Scenario.Json);
@@ -78,7 +80,7 @@ internal sealed record FleetReport(
     public void Render(IAnsiConsole console, int rows)
     {
         var table = new Table().Border(TableBorder.Rounded)
-            .Title(string.Create(CultureInfo.InvariantCulture, $"EdgeMail fleet: {Devices} × {Board}, seed {Seed}, {SimulatedSeconds:0.#} s simulated in {RealSeconds:0.#} s"));
+            .Title(string.Create(CultureInfo.InvariantCulture, $"EdgeMail fleet: {Devices} × {Board} over {Uplink}, seed {Seed}, {SimulatedSeconds:0.#} s simulated in {RealSeconds:0.#} s"));
         foreach (string h in new[] { "device", "boots", "raised", "cut short", "coalesced", "acked", "unacked", "queued", "dropped", "resent", "cuts", "links down", "p50 ms", "p90 ms", "p99 ms", "max ms" })
         {
             table.AddColumn(new TableColumn(h).RightAligned());

@@ -25,9 +25,10 @@ internal sealed class Scenario
 
     public string Host { get; set; } = "127.0.0.1";
 
-    public int Port { get; set; } = 1883;
+    /// <summary>The gateway's port; null: 1883 for MQTT (8883 with TLS), 2525 for SMTP (465 with TLS).</summary>
+    public int? Port { get; set; }
 
-    /// <summary>Start an MQTTnet broker in this process (on a free port) that accepts the fleet's credentials.</summary>
+    /// <summary>Start a broker (MQTT) or an SMTP receiver in this process, on a free port, that accepts the fleet's credentials.</summary>
     public bool EmbeddedBroker { get; set; }
 
     public int Seed { get; set; } = 1;
@@ -103,7 +104,33 @@ internal sealed class Scenario
         Require(Link.Mode != LinkMode.Flaps || (Link.MeanUpSeconds > 0 && Link.MeanDownSeconds > 0), "link.meanUpSeconds and link.meanDownSeconds must be above 0 for flaps.");
         Require(Power.MidWriteFraction is >= 0 and <= 1, "power.midWriteFraction must be between 0 and 1.");
         Require(Uplink.MaxInFlight is >= 1 and <= 64, "uplink.maxInFlight must be 1..64.");
+        Require(Port is null or (>= 1 and <= 65535), $"port must be 1..65535 (was {Port}).");
+        Require(!(Uplink.TlsPin is not null && Uplink.TlsInsecure), "uplink.tlsPin and uplink.tlsInsecure exclude each other: pin the gateway's certificate, or (tests only) accept any.");
+        Require(Uplink.TlsPin is null || (Uplink.TlsPin.Length is 40 or 64 && Uplink.TlsPin.All(char.IsAsciiHexDigit)),
+            $"uplink.tlsPin must be the certificate's SHA-1 (40 hex digits) or SHA-256 (64 hex digits) thumbprint (was '{Uplink.TlsPin}').");
+        if (Uplink.Protocol == UplinkProtocol.Smtp)
+        {
+            SmtpModel m = Uplink.Smtp;
+            Require(m.From.Contains('@', StringComparison.Ordinal) && !m.From.Any(char.IsWhiteSpace),
+                $"uplink.smtp.from must be an address pattern such as {{id}}@devices.edgemail (was '{m.From}').");
+            Require(m.To.Contains('@', StringComparison.Ordinal) && !m.To.Any(char.IsWhiteSpace) && !m.To.Contains('{', StringComparison.Ordinal),
+                $"uplink.smtp.to must be one address the gateway accepts: its sender address, a user, group or alias (was '{m.To}').");
+            Require(m.TimeoutSeconds > 0, "uplink.smtp.timeoutSeconds must be above 0.");
+        }
     }
+
+    /// <summary>The port the devices connect to when none is set.</summary>
+    public int EffectivePort => Port ?? (Uplink.Protocol, Uplink.Tls) switch
+    {
+        (UplinkProtocol.Smtp, false) => 2525,
+        (UplinkProtocol.Smtp, true) => 465,
+        (_, true) => 8883,
+        _ => 1883,
+    };
+
+    /// <summary>Whether SMTP devices authenticate: as set, or else only over TLS or to the embedded receiver (the gateway's
+    /// plain-text listener never offers AUTH: it takes allow-listed LAN sources only).</summary>
+    public bool SmtpAuthenticates => Uplink.Smtp.Auth ?? (Uplink.Tls || EmbeddedBroker);
 
     public string DeviceId(int n) => Ids is { Length: > 0 } ? Ids[n - 1] : IdPattern.Replace("{n}", n.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal);
 }
@@ -164,8 +191,32 @@ internal sealed class PowerModel
     public double OffSeconds { get; set; } = 2;
 }
 
+/// <summary>How devices reach the gateway.</summary>
+internal enum UplinkProtocol
+{
+    /// <summary>Contract 1: the firmware's MQTT client and <c>Forwarder</c>.</summary>
+    Mqtt,
+
+    /// <summary>Contract 2: the firmware's <c>SmtpUplink</c>, one message per alert, acknowledged on 250.</summary>
+    Smtp,
+}
+
 internal sealed class UplinkModel
 {
+    /// <summary>MQTT (default) or SMTP.</summary>
+    public UplinkProtocol Protocol { get; set; } = UplinkProtocol.Mqtt;
+
+    /// <summary>TLS from the first byte (MQTT on 8883, SMTP implicit TLS on 465); STARTTLS is not supported.</summary>
+    public bool Tls { get; set; }
+
+    /// <summary>Trust exactly the certificate with this SHA-1 or SHA-256 thumbprint (hex), e.g. the gateway's self-signed one.</summary>
+    public string? TlsPin { get; set; }
+
+    /// <summary>Accept any server certificate (tests and labs only).</summary>
+    public bool TlsInsecure { get; set; }
+
+    public SmtpModel Smtp { get; set; } = new();
+
     public int MaxInFlight { get; set; } = 4;
 
     /// <summary>0: always connected; above 0: duty-cycled, connecting every this many seconds (or at once for critical).</summary>
@@ -177,4 +228,20 @@ internal sealed class UplinkModel
 
     /// <summary>Devices with a real-time clock do not take time from receipts.</summary>
     public bool HasRtc { get; set; }
+}
+
+/// <summary>Settings of the SMTP uplink (<see cref="UplinkProtocol.Smtp"/>).</summary>
+internal sealed class SmtpModel
+{
+    /// <summary>Envelope sender and From; <c>{id}</c> and <c>{n}</c> are replaced.</summary>
+    public string From { get; set; } = "{id}@devices.edgemail";
+
+    /// <summary>The recipient: the gateway's sender address (default: the gateway's default one), or one of its users, groups or aliases.</summary>
+    public string To { get; set; } = "edgemail@gateway.localhost";
+
+    /// <summary>AUTH PLAIN with device id and secret; null: only over TLS or to the embedded receiver.</summary>
+    public bool? Auth { get; set; }
+
+    /// <summary>How long each SMTP reply may take (device time).</summary>
+    public double TimeoutSeconds { get; set; } = 30;
 }

@@ -3,6 +3,7 @@ using EdgeMail.Firmware;
 using EdgeMail.Firmware.Alerts;
 using EdgeMail.Firmware.Storage;
 using EdgeMail.Firmware.Uplink;
+using EdgeMail.Firmware.Uplink.Smtp;
 using EdgeMail.Simulation.Boards;
 using EdgeMail.Simulation.Flash;
 
@@ -10,7 +11,8 @@ namespace EdgeMail.Emulator.Fleet;
 
 /// <summary>
 /// One emulated device: the firmware core (flash queue, alert store, forwarder) on a simulated NOR flash kept in an
-/// image file, a <see cref="SimulatedLink"/> over real TCP, and seeded generators for its alerts, link and power.
+/// image file, a <see cref="SimulatedLink"/> over real TCP (or TLS), its uplink (the MQTT <see cref="Forwarder"/> or the
+/// <see cref="SmtpUplink"/>), and seeded generators for its alerts, link and power.
 /// Driven by <see cref="Tick"/> from one scheduler thread.
 /// </summary>
 internal sealed class VirtualDevice : IDisposable
@@ -20,7 +22,7 @@ internal sealed class VirtualDevice : IDisposable
     private readonly Scenario _scenario;
     private readonly FleetClock _clock;
     private readonly NorFlashSimulator _flash;
-    private readonly SimulatedLink _link = new();
+    private readonly SimulatedLink _link;
     private readonly Random _alertRng;
     private readonly Random _linkRng;
     private readonly Random _powerRng;
@@ -28,13 +30,15 @@ internal sealed class VirtualDevice : IDisposable
     private readonly string _bootFile;
     private readonly uint _epoch;
     private readonly ForwarderOptions _options;
+    private readonly SmtpUplinkOptions? _smtpOptions;
     private readonly long _endAt;
     private readonly List<Pending> _unacked = [];
     private readonly List<long> _latencies = [];
 
     private FlashQueue _queue = null!;
     private AlertStore _store = null!;
-    private Forwarder _forwarder = null!;
+    private IDeviceUplink _forwarder = null!;
+    private bool _linkModelUp = true;
     private uint _boot;
     private long _nextAlertAt;
     private long _nextStormAt;
@@ -69,7 +73,7 @@ internal sealed class VirtualDevice : IDisposable
             DeviceId = id,
             Secret = secret,
             Host = scenario.Host,
-            Port = scenario.Port,
+            Port = scenario.EffectivePort,
             MaxInFlight = scenario.Uplink.MaxInFlight,
             KeepAliveSeconds = scenario.Uplink.KeepAliveSeconds,
             HeartbeatIntervalMs = (long)(scenario.Uplink.HeartbeatSeconds * 1000),
@@ -81,6 +85,23 @@ internal sealed class VirtualDevice : IDisposable
             BackoffMaxMs = 30_000,
         };
 
+        if (scenario.Uplink.Protocol == UplinkProtocol.Smtp)
+        {
+            string n = number.ToString(CultureInfo.InvariantCulture);
+            _smtpOptions = new SmtpUplinkOptions
+            {
+                DeviceId = id,
+                Password = scenario.SmtpAuthenticates ? secret : null,
+                Host = scenario.Host,
+                Port = scenario.EffectivePort,
+                From = scenario.Uplink.Smtp.From.Replace("{id}", id, StringComparison.Ordinal).Replace("{n}", n, StringComparison.Ordinal),
+                To = scenario.Uplink.Smtp.To,
+                ClientName = id,
+                TimeoutMs = (int)(scenario.Uplink.Smtp.TimeoutSeconds * 1000),
+            };
+        }
+
+        _link = new SimulatedLink(Transports.Create(scenario.Uplink), clock);
         _endAt = (long)(scenario.DurationSeconds * 1000);
         long now = clock.NowMs;
         _nextAlertAt = NextArrival(now, scenario.Alerts.RatePerSecond, _alertRng);
@@ -117,6 +138,8 @@ internal sealed class VirtualDevice : IDisposable
     private void Quiesce()
     {
         _quiet = true;
+        _linkModelUp = true;
+        _link.DownAtMs = long.MaxValue;
         _link.Up = true;
         if (_off)
         {
@@ -161,7 +184,7 @@ internal sealed class VirtualDevice : IDisposable
                 Quiesce();
             }
 
-            long wait = _forwarder.Step(0);
+            long wait = _forwarder.Step();
             Account(_clock.NowMs);
             long next = NextEvent();
             long poll = _forwarder.State switch
@@ -346,7 +369,9 @@ internal sealed class VirtualDevice : IDisposable
         _queue.Mount(_epoch);
         _store = new AlertStore(_queue, deviceClock, wall, _boot);
         _link.Close();
-        _forwarder = new Forwarder(_store, _link, deviceClock, wall, _options) { Boot = _boot };
+        _forwarder = _smtpOptions is null
+            ? new MqttDeviceUplink(new Forwarder(_store, _link, deviceClock, wall, _options) { Boot = _boot })
+            : new SmtpDeviceUplink(_store, _queue, _link, deviceClock, _smtpOptions, _options.DutyCycleIntervalMs, _options.JitterSeed + _boot);
         Account(now);
         if (Stats.HandedOutAtCut > 0)
         {
@@ -386,6 +411,7 @@ internal sealed class VirtualDevice : IDisposable
         Stats.ConnectedMs += _forwarder.ConnectedMs;
         Stats.Heartbeats += _forwarder.Heartbeats;
         Stats.Receipts += _forwarder.Receipts;
+        Stats.Rejected += _forwarder.Rejected;
         Stats.Dropped += _queue.DroppedSinceMount;
     }
 
@@ -395,12 +421,15 @@ internal sealed class VirtualDevice : IDisposable
         switch (m.Mode)
         {
             case LinkMode.Flaps:
+                _linkModelUp = true;
                 _link.Up = true;
                 _nextLinkChangeAt = now + Exponential(m.MeanUpSeconds, _linkRng);
+                _link.DownAtMs = _nextLinkChangeAt < _endAt ? _nextLinkChangeAt : long.MaxValue;
                 break;
             case LinkMode.Outages when initial:
                 _outageIndex = 0;
                 _nextLinkChangeAt = m.Outages.Length > 0 ? (long)(m.Outages[0].AtSeconds * 1000) : long.MaxValue;
+                _link.DownAtMs = _nextLinkChangeAt < _endAt ? _nextLinkChangeAt : long.MaxValue;
                 break;
             default:
                 _nextLinkChangeAt = long.MaxValue;
@@ -413,26 +442,31 @@ internal sealed class VirtualDevice : IDisposable
         LinkModel m = _scenario.Link;
         if (m.Mode == LinkMode.Flaps)
         {
-            _link.Up = !_link.Up;
-            Stats.LinkDowns += _link.Up ? 0 : 1;
-            _nextLinkChangeAt = at + Exponential(_link.Up ? m.MeanUpSeconds : m.MeanDownSeconds, _linkRng);
-            return;
-        }
-
-        // Outages: down at AtSeconds, up after ForSeconds.
-        Outage o = m.Outages[_outageIndex];
-        if (_link.Up)
-        {
-            _link.Up = false;
-            Stats.LinkDowns++;
-            _nextLinkChangeAt = (long)((o.AtSeconds + o.ForSeconds) * 1000);
+            _linkModelUp = !_linkModelUp;
+            Stats.LinkDowns += _linkModelUp ? 0 : 1;
+            _nextLinkChangeAt = at + Exponential(_linkModelUp ? m.MeanUpSeconds : m.MeanDownSeconds, _linkRng);
         }
         else
         {
-            _link.Up = true;
-            _outageIndex++;
-            _nextLinkChangeAt = _outageIndex < m.Outages.Length ? (long)(m.Outages[_outageIndex].AtSeconds * 1000) : long.MaxValue;
+            // Outages: down at AtSeconds, up after ForSeconds.
+            Outage o = m.Outages[_outageIndex];
+            if (_linkModelUp)
+            {
+                _linkModelUp = false;
+                Stats.LinkDowns++;
+                _nextLinkChangeAt = (long)((o.AtSeconds + o.ForSeconds) * 1000);
+            }
+            else
+            {
+                _linkModelUp = true;
+                _outageIndex++;
+                _nextLinkChangeAt = _outageIndex < m.Outages.Length ? (long)(m.Outages[_outageIndex].AtSeconds * 1000) : long.MaxValue;
+            }
         }
+
+        // While up, the link also breaks by itself at the next drop (inside a call sequence, e.g. an SMTP session).
+        _link.DownAtMs = _linkModelUp && _nextLinkChangeAt < _endAt ? _nextLinkChangeAt : long.MaxValue;
+        _link.Up = _linkModelUp;
     }
 
     private long NextEvent()
@@ -510,6 +544,8 @@ internal sealed class DeviceStats
     public long Heartbeats { get; set; }
 
     public long Receipts { get; set; }
+
+    public long Rejected { get; set; }
 
     public long PowerCuts { get; set; }
 
