@@ -63,11 +63,24 @@ public static class GatewayHost
         services.AddSingleton<ReceiptPublisher>();
         services.AddSingleton<AlertIngest>();
         services.AddSingleton<EmbeddedBroker>();
-        services.AddSingleton(sp => new Lazy<IReceiptSink>(() => sp.GetRequiredService<EmbeddedBroker>()));
+        services.AddSingleton<ExternalBrokerClient>();
         services.AddSingleton<AlertProcessor>();
         services.AddSingleton<DeliveryWorker>();
         services.AddHostedService<StartupBanner>();
-        services.AddHostedService(sp => sp.GetRequiredService<EmbeddedBroker>());
+
+        // MQTT ingest: the embedded broker, or a client of the site's broker (Mqtt:Mode = external). Receipts go out
+        // the same way alerts came in. An unknown mode is refused at start by the options validator.
+        if (string.Equals(builder.Configuration["Mqtt:Mode"], MqttModes.External, StringComparison.OrdinalIgnoreCase))
+        {
+            services.AddSingleton(sp => new Lazy<IReceiptSink>(() => sp.GetRequiredService<ExternalBrokerClient>()));
+            services.AddHostedService(sp => sp.GetRequiredService<ExternalBrokerClient>());
+        }
+        else
+        {
+            services.AddSingleton(sp => new Lazy<IReceiptSink>(() => sp.GetRequiredService<EmbeddedBroker>()));
+            services.AddHostedService(sp => sp.GetRequiredService<EmbeddedBroker>());
+        }
+
         services.AddHostedService(sp => sp.GetRequiredService<AlertProcessor>());
         services.AddHostedService(sp => sp.GetRequiredService<DeliveryWorker>());
         services.AddSmtpIngest(builder.Configuration);

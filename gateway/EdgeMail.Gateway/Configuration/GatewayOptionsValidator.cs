@@ -50,6 +50,8 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
             Add("Mqtt:Port", $"{o.Mqtt.Port} is not a TCP port", "use 1883, or 0 to let the OS choose");
         }
 
+        ValidateMqttMode(o.Mqtt, Add);
+
         if (!MailboxAddress.TryParse(o.Sender.Address, out var from) || from.Address.IndexOf('@', StringComparison.Ordinal) < 1)
         {
             Add("Sender:Address", $"'{o.Sender.Address}' is not a mail address", "use an address in a domain you send from, e.g. edgemail@example.com");
@@ -91,7 +93,9 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
                 Add($"Devices:{id}", "the device id must match [A-Za-z0-9_.-]{1,64} (it is the MQTT client id and a topic level)", "rename the device");
             }
 
-            if (!SecretHash.IsWellFormed(device.Secret, out string problem))
+            // With an external broker the broker authenticates devices; a secret given here is still checked for form.
+            bool secretNeeded = !o.Mqtt.IsExternal() || device.Secret.Length > 0;
+            if (secretNeeded && !SecretHash.IsWellFormed(device.Secret, out string problem))
             {
                 Add($"Devices:{id}:Secret", "is not a stored secret hash", problem);
             }
@@ -157,6 +161,145 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         }
 
         return errors;
+    }
+
+    private static void ValidateMqttMode(MqttIngestOptions mqtt, Action<string, string, string> add)
+    {
+        if (!MqttModes.All.Contains(mqtt.Mode, StringComparer.OrdinalIgnoreCase))
+        {
+            add("Mqtt:Mode", $"'{mqtt.Mode}' is not an MQTT mode", "use embedded (the gateway's own broker) or external (a client of the site's broker, configured under Mqtt:External)");
+            return;
+        }
+
+        if (!mqtt.IsExternal())
+        {
+            return;
+        }
+
+        var x = mqtt.External;
+        if (string.IsNullOrWhiteSpace(x.Host))
+        {
+            add("Mqtt:External:Host", "is empty but Mqtt:Mode is external", "give the broker's host name or address, e.g. mqtt.example.com");
+        }
+        else if (Uri.CheckHostName(x.Host) == UriHostNameType.Unknown)
+        {
+            add("Mqtt:External:Host", $"'{x.Host}' is not a host name or address", "give the broker's host name or address without scheme or port, e.g. mqtt.example.com");
+        }
+
+        if (x.Port is < 1 or > 65535)
+        {
+            add("Mqtt:External:Port", $"{x.Port} is not a TCP port", x.Tls ? "use 8883 (MQTT over TLS)" : "use 1883 (MQTT), or 8883 with Mqtt:External:Tls = true");
+        }
+
+        if (string.IsNullOrWhiteSpace(x.ClientId))
+        {
+            add("Mqtt:External:ClientId", "is empty", "give a stable id that names the gateway's persistent session, e.g. edgemail-gateway");
+        }
+        else if (x.ClientId.Length > 128 || x.ClientId.AsSpan().IndexOfAny("+#/") >= 0)
+        {
+            add("Mqtt:External:ClientId", $"'{x.ClientId}' is not a usable client id", "use at most 128 characters without '+', '#' or '/', e.g. edgemail-gateway");
+        }
+
+        if (x.Password.Length > 0 && x.Username.Length == 0)
+        {
+            add("Mqtt:External:Username", "is empty but Mqtt:External:Password is set", "give the gateway's user name at the broker");
+        }
+
+        if (!ExternalBrokerConnection.ProtocolVersions.Contains(x.ProtocolVersion))
+        {
+            add("Mqtt:External:ProtocolVersion", $"'{x.ProtocolVersion}' is not supported", "use 5 (default) or 3.1.1");
+        }
+
+        if (x.SessionExpiry < TimeSpan.FromMinutes(1))
+        {
+            add("Mqtt:External:SessionExpiry", $"{x.SessionExpiry} is too short for a persistent session (alerts published while the gateway is away would be lost)", "use e.g. 7.00:00:00 (seven days)");
+        }
+        else if (x.SessionExpiry.TotalSeconds >= uint.MaxValue)
+        {
+            add("Mqtt:External:SessionExpiry", $"{x.SessionExpiry} exceeds what MQTT can express", "use at most 49710.00:00:00");
+        }
+
+        if (x.KeepAlive < TimeSpan.FromSeconds(1) || x.KeepAlive.TotalSeconds > ushort.MaxValue)
+        {
+            add("Mqtt:External:KeepAlive", $"{x.KeepAlive} is outside 00:00:01 to 18:12:15", "use e.g. 00:00:30");
+        }
+
+        if (x.ConnectTimeout <= TimeSpan.Zero)
+        {
+            add("Mqtt:External:ConnectTimeout", "must be positive", "use e.g. 00:00:10");
+        }
+
+        if (x.ReconnectDelay <= TimeSpan.Zero)
+        {
+            add("Mqtt:External:ReconnectDelay", "must be positive", "use e.g. 00:00:01");
+        }
+
+        if (x.MaxReconnectDelay < x.ReconnectDelay)
+        {
+            add("Mqtt:External:MaxReconnectDelay", $"{x.MaxReconnectDelay} is shorter than Mqtt:External:ReconnectDelay ({x.ReconnectDelay})", "use e.g. 00:01:00");
+        }
+
+        if (x.MaxInFlight is < 1 or > ushort.MaxValue)
+        {
+            add("Mqtt:External:MaxInFlight", $"{x.MaxInFlight} is outside 1 to 65535", "use e.g. 256");
+        }
+
+        ValidateExternalTls(x, add);
+    }
+
+    private static void ValidateExternalTls(ExternalBrokerOptions x, Action<string, string, string> add)
+    {
+        bool anyTlsFile = x.CaFile.Length > 0 || x.ClientCertificateFile.Length > 0 || x.ClientKeyFile.Length > 0 || x.TlsServerName.Length > 0;
+        if (!x.Tls)
+        {
+            if (anyTlsFile)
+            {
+                add("Mqtt:External:Tls", "is false but TLS settings (CaFile, TlsServerName or a client certificate) are given", "set Mqtt:External:Tls to true, or remove the TLS settings");
+            }
+
+            return;
+        }
+
+        if (x.CaFile.Length > 0)
+        {
+            if (!File.Exists(x.CaFile))
+            {
+                add("Mqtt:External:CaFile", $"'{x.CaFile}' does not exist", "give the PEM file of the CA that signed the broker's certificate, or leave it empty to trust the system's CAs");
+            }
+            else
+            {
+                try
+                {
+                    var trust = new System.Security.Cryptography.X509Certificates.X509Certificate2Collection();
+                    trust.ImportFromPemFile(x.CaFile);
+                    if (trust.Count == 0)
+                    {
+                        add("Mqtt:External:CaFile", $"'{x.CaFile}' holds no certificate", "give a PEM file with at least one BEGIN CERTIFICATE block");
+                    }
+                }
+                catch (System.Security.Cryptography.CryptographicException ex)
+                {
+                    add("Mqtt:External:CaFile", $"'{x.CaFile}' is not a PEM certificate file ({ex.Message})", "give a PEM file with BEGIN CERTIFICATE blocks (convert DER with: openssl x509 -inform der -in ca.der -out ca.pem)");
+                }
+            }
+        }
+
+        if ((x.ClientCertificateFile.Length > 0) != (x.ClientKeyFile.Length > 0))
+        {
+            add(x.ClientCertificateFile.Length > 0 ? "Mqtt:External:ClientKeyFile" : "Mqtt:External:ClientCertificateFile",
+                "is empty but the other half of the client certificate is set", "give both the PEM certificate and its PEM private key, or neither");
+        }
+        else if (x.ClientCertificateFile.Length > 0)
+        {
+            try
+            {
+                using var cert = System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPemFile(x.ClientCertificateFile, x.ClientKeyFile);
+            }
+            catch (Exception ex) when (ex is System.Security.Cryptography.CryptographicException or IOException or UnauthorizedAccessException or ArgumentException)
+            {
+                add("Mqtt:External:ClientCertificateFile", $"'{x.ClientCertificateFile}' with key '{x.ClientKeyFile}' cannot be loaded ({ex.Message})", "give a PEM certificate and its matching PEM private key, readable by the gateway");
+            }
+        }
     }
 
     private static void ValidateDkim(Composition.DkimOptions dkim, Action<string, string, string> add)
