@@ -284,6 +284,7 @@ internal sealed class LatencySink : IDisposable
             .Build();
         var services = new SmtpServer.ComponentModel.ServiceProvider();
         services.Add(new Store(this));
+        services.Add(new EdgeMail.Gateway.Ingest.Smtp.NoDelayListenerFactory());
         _ = new SmtpServer.SmtpServer(options, services).StartAsync(_stop.Token);
     }
 

@@ -22,7 +22,7 @@ namespace EdgeMail.Gateway.Ingest.Smtp;
 /// </summary>
 internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
 {
-    private readonly EndpointListenerFactory _inner = new();
+    private readonly NoDelayListenerFactory _inner = new();
     private readonly ConnectionLimiter _limiter;
     private readonly int _maxLine;
     private readonly string _hostname;
