@@ -176,7 +176,10 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
         }
         catch (Exception ex) when (ex is MqttCommunicationException or OperationCanceledException or ObjectDisposedException or InvalidOperationException)
         {
-            LogReceiptFailed(ex, deviceId);
+            if (!_stopping.IsCancellationRequested)
+            {
+                LogReceiptFailed(ex, deviceId);
+            }
         }
         finally
         {

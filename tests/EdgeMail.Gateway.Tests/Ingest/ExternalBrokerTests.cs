@@ -1,0 +1,164 @@
+using System.Collections.Concurrent;
+using System.Globalization;
+using System.Text.Json;
+using EdgeMail.Gateway.Spool;
+using EdgeMail.Testing;
+using MQTTnet;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace EdgeMail.Gateway.Tests.Ingest;
+
+/// <summary>The gateway as a client of Debian's mosquitto (Mqtt:Mode = external), devices publishing through mosquitto.</summary>
+public sealed class ExternalBrokerTests(ITestOutputHelper output) : IDisposable
+{
+    private readonly string _dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+
+    private static readonly string[] Devices = ["dev-1", "dev-2", "dev-3", "stranger"];
+
+    [PeerFact("mosquitto:mosquitto")]
+    public async Task External_DevicePublishesQos1ThroughMosquitto_OneMailAndAcceptedReceiptsEvenWhenSentTwice()
+    {
+        await using var broker = await ExternalMosquitto.StartAsync(Devices);
+        await using var gateway = await ExternalGateway.StartAsync(ExternalGateway.WriteConfig(_dataDir, broker.Port));
+        var receipts = new ConcurrentQueue<string>();
+        var second = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var device = await ExternalGateway.DeviceAsync(broker.Port, "dev-1", "edgemail/v1/dev-1/receipt", r =>
+        {
+            if (r.Contains("\"accepted\"", StringComparison.Ordinal))
+            {
+                receipts.Enqueue(r); // a "relayed" receipt follows the first mail; only the acceptances matter here
+            }
+
+            if (receipts.Count >= 2)
+            {
+                second.TrySetResult(true);
+            }
+        });
+
+        var ack = await device.PublishAsync(ExternalGateway.Alert("dev-1", "ext-1"));
+        await ExternalGateway.MailAsync(_dataDir, 1);
+        var again = await device.PublishAsync(ExternalGateway.Alert("dev-1", "ext-1"));
+        await Await.Within(second.Task, "two receipts (accepted, then accepted as duplicate)");
+
+        Assert.True(ack.IsSuccess, ack.ReasonCode.ToString());
+        Assert.True(again.IsSuccess, again.ReasonCode.ToString());
+        Assert.Equal(AlertStatus.Routed, (await gateway.Spool.GetAlertAsync("dev-1", "ext-1", default))?.Status);
+        var states = receipts.Select(r => JsonDocument.Parse(r).RootElement).Select(j => (j.GetProperty("id").GetString(), j.GetProperty("state").GetString(), j.GetProperty("detail").GetString())).ToList();
+        Assert.Equal([("ext-1", "accepted", ""), ("ext-1", "accepted", "duplicate")], states.Take(2));
+        Assert.Equal(1, await gateway.QueuedMailAsync());
+        Assert.Single(Directory.GetFiles(Path.Combine(_dataDir, "mailbox", "new"), "*.eml"));
+    }
+
+    [PeerFact("mosquitto:mosquitto")]
+    public async Task External_GatewayDownWhileDevicesPublish_ReceivesEveryQueuedAlertOnStart()
+    {
+        const int PerDevice = 40;
+        await using var broker = await ExternalMosquitto.StartAsync(Devices);
+        string config = ExternalGateway.WriteConfig(_dataDir, broker.Port);
+        await using (await ExternalGateway.StartAsync(config))
+        {
+            // The first start creates the gateway's persistent session and its subscriptions at the broker.
+        }
+
+        foreach (string d in new[] { "dev-1", "dev-2", "dev-3" })
+        {
+            using var device = await ExternalGateway.DeviceAsync(broker.Port, d);
+            for (int i = 0; i < PerDevice; i++)
+            {
+                var ack = await device.PublishAsync(ExternalGateway.Alert(d, "offline-" + i.ToString(CultureInfo.InvariantCulture)));
+                Assert.True(ack.IsSuccess, ack.ReasonCode.ToString()); // mosquitto queued it for the absent gateway
+            }
+
+            await device.DisconnectAsync();
+        }
+
+        await using var restarted = await ExternalGateway.StartAsync(config);
+        await ExternalGateway.MailAsync(_dataDir, 3 * PerDevice, TimeSpan.FromSeconds(60));
+
+        for (int i = 0; i < PerDevice; i++)
+        {
+            string id = "offline-" + i.ToString(CultureInfo.InvariantCulture);
+            Assert.NotNull(await restarted.Spool.GetAlertAsync("dev-2", id, default));
+        }
+
+        Assert.Equal(3 * PerDevice, await restarted.QueuedMailAsync());
+    }
+
+    [PeerFact("mosquitto:mosquitto")]
+    public async Task External_UnknownDeviceOnItsOwnTopic_IsKeptAsRejectedWithReasonAndServiceGoesOn()
+    {
+        await using var broker = await ExternalMosquitto.StartAsync(Devices);
+        await using var gateway = await ExternalGateway.StartAsync(ExternalGateway.WriteConfig(_dataDir, broker.Port));
+        var receipt = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var stranger = await ExternalGateway.DeviceAsync(broker.Port, "stranger", "edgemail/v1/stranger/receipt", r => receipt.TrySetResult(r));
+
+        var ack = await stranger.PublishAsync(ExternalGateway.Alert("stranger", "who-am-i"));
+        using var json = JsonDocument.Parse(await Await.Within(receipt.Task, "the rejected receipt to the unknown device"));
+        using var device = await ExternalGateway.DeviceAsync(broker.Port, "dev-1");
+        await device.PublishAsync(ExternalGateway.Alert("dev-1", "after-stranger"));
+        await ExternalGateway.MailAsync(_dataDir, 1);
+
+        Assert.True(ack.IsSuccess); // taken and acknowledged: never retransmitted forever
+        var stored = await gateway.Spool.GetAlertAsync("stranger", "who-am-i", default);
+        Assert.Equal(AlertStatus.Rejected, stored?.Status);
+        Assert.Contains("unknown device 'stranger'", stored?.Reason, StringComparison.Ordinal);
+        Assert.Equal("rejected", json.RootElement.GetProperty("state").GetString());
+        Assert.Contains("not configured under Devices", json.RootElement.GetProperty("detail").GetString(), StringComparison.Ordinal);
+        Assert.Equal(AlertStatus.Routed, (await gateway.Spool.GetAlertAsync("dev-1", "after-stranger", default))?.Status);
+        Assert.Equal(1, await gateway.QueuedMailAsync());
+    }
+
+    [PeerFact("mosquitto:mosquitto")]
+    public async Task External_DevicePublishesUnderAnotherDevicesId_IsStoppedByTheDocumentedAcl()
+    {
+        await using var broker = await ExternalMosquitto.StartAsync(Devices);
+        await using var gateway = await ExternalGateway.StartAsync(ExternalGateway.WriteConfig(_dataDir, broker.Port));
+        using (var forger = await ExternalGateway.DeviceAsync(broker.Port, "dev-1"))
+        {
+            try
+            {
+                var forged = await forger.PublishAsync(ExternalGateway.Alert("dev-2", "forged"));
+                output.WriteLine($"forged publish: {forged.ReasonCode}");
+            }
+            catch (MQTTnet.Exceptions.MqttCommunicationException ex)
+            {
+                output.WriteLine($"forged publish: {ex.Message}"); // mosquitto may drop the connection instead
+            }
+        }
+
+        using var device = await ExternalGateway.DeviceAsync(broker.Port, "dev-1");
+        await device.PublishAsync(ExternalGateway.Alert("dev-1", "genuine"));
+        await ExternalGateway.MailAsync(_dataDir, 1);
+
+        Assert.Null(await gateway.Spool.GetAlertAsync("dev-2", "forged", default));
+        Assert.NotNull(await gateway.Spool.GetAlertAsync("dev-1", "genuine", default));
+        Assert.Equal(1, await gateway.QueuedMailAsync());
+    }
+
+    [PeerFact("mosquitto:mosquitto")]
+    public async Task External_BrokerRestarts_GatewayReconnectsAndGetsWhatWasPublishedMeanwhile()
+    {
+        await using var broker = await ExternalMosquitto.StartAsync(Devices);
+        await using var gateway = await ExternalGateway.StartAsync(ExternalGateway.WriteConfig(_dataDir, broker.Port));
+
+        await broker.RestartAsync();
+        using var device = await ExternalGateway.DeviceAsync(broker.Port, "dev-3");
+        var ack = await device.PublishAsync(ExternalGateway.Alert("dev-3", "after-restart"));
+        await ExternalGateway.MailAsync(_dataDir, 1, TimeSpan.FromSeconds(30));
+
+        Assert.True(ack.IsSuccess, ack.ReasonCode.ToString());
+        Assert.Equal(AlertStatus.Routed, (await gateway.Spool.GetAlertAsync("dev-3", "after-restart", default))?.Status);
+    }
+
+    public void Dispose()
+    {
+        try
+        {
+            Directory.Delete(_dataDir, true);
+        }
+        catch (IOException)
+        {
+        }
+    }
+}

@@ -1,0 +1,136 @@
+using EdgeMail.Gateway.Ingest;
+using EdgeMail.Gateway.Spool;
+using EdgeMail.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using MQTTnet;
+using MQTTnet.Formatter;
+using MQTTnet.Protocol;
+
+namespace EdgeMail.Gateway.Tests.Ingest;
+
+/// <summary>A gateway host in external-broker mode on a data directory the test keeps across restarts.</summary>
+public sealed class ExternalGateway : IAsyncDisposable
+{
+    private ExternalGateway(IHost host) => Host = host;
+
+    public IHost Host { get; }
+
+    public ISpool Spool => Host.Services.GetRequiredService<ISpool>();
+
+    public ExternalBrokerClient Client => Host.Services.GetRequiredService<ExternalBrokerClient>();
+
+    /// <summary>The test gateway's configuration (devices dev-1..dev-N), pointed at the broker on <paramref name="port"/>.</summary>
+    public static string WriteConfig(string dataDir, int port, int devices = 3, object? tls = null, string protocol = "5")
+    {
+        return TestGateway.WriteConfig(dataDir, devices, c =>
+        {
+            var external = new Dictionary<string, object>
+            {
+                ["Host"] = "127.0.0.1",
+                ["Port"] = port,
+                ["Username"] = ExternalMosquitto.GatewayUser,
+                ["Password"] = ExternalMosquitto.GatewayPassword,
+                ["ClientId"] = ExternalMosquitto.GatewayUser,
+                ["ProtocolVersion"] = protocol,
+                ["ReconnectDelay"] = "00:00:00.200",
+                ["MaxReconnectDelay"] = "00:00:02",
+            };
+            if (tls is not null)
+            {
+                foreach (var p in tls.GetType().GetProperties())
+                {
+                    external[p.Name] = p.GetValue(tls)!;
+                }
+            }
+
+            c["Mqtt"] = new Dictionary<string, object> { ["Mode"] = "external", ["External"] = external };
+        });
+    }
+
+    /// <summary>Starts the gateway and waits until it is connected and subscribed.</summary>
+    public static async Task<ExternalGateway> StartAsync(string config)
+    {
+        var host = GatewayHost.CreateBuilder(["--config", config]).Build();
+        await host.StartAsync();
+        var gateway = new ExternalGateway(host);
+        await gateway.Client.Connected.WaitAsync(Await.DefaultTimeout);
+        return gateway;
+    }
+
+    /// <summary>A device connected to the broker (user name = client id = device id).</summary>
+    public static async Task<IMqttClient> DeviceAsync(int port, string device, string? receiptsTo = null, Action<string>? onReceipt = null)
+    {
+        var client = new MqttClientFactory().CreateMqttClient();
+        if (onReceipt is not null)
+        {
+            client.ApplicationMessageReceivedAsync += e =>
+            {
+                onReceipt(e.ApplicationMessage.ConvertPayloadToString());
+                return Task.CompletedTask;
+            };
+        }
+
+        var result = await client.ConnectAsync(new MqttClientOptionsBuilder().WithTcpServer("127.0.0.1", port).WithClientId(device)
+            .WithCredentials(device, ExternalMosquitto.DevicePassword).WithProtocolVersion(MqttProtocolVersion.V500)
+            .WithTimeout(TimeSpan.FromSeconds(10)).Build());
+        if (result.ResultCode != MqttClientConnectResultCode.Success)
+        {
+            throw new InvalidOperationException($"device {device} could not connect to mosquitto: {result.ResultCode}");
+        }
+
+        if (receiptsTo is not null)
+        {
+            await client.SubscribeAsync(receiptsTo, MqttQualityOfServiceLevel.AtLeastOnce);
+        }
+
+        return client;
+    }
+
+    public static MqttApplicationMessage Alert(string device, string id) =>
+        new MqttApplicationMessageBuilder().WithTopic($"edgemail/v1/{device}/alert").WithPayload(Alerts.Json(id))
+            .WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build();
+
+    /// <summary>Mail composed and queued (any status) in the spool: one per routed alert.</summary>
+    public async Task<long> QueuedMailAsync() => (await Spool.CountsAsync(default)).Messages.Values.Sum();
+
+    /// <summary>Waits until the mailbox holds at least <paramref name="count"/> files, woken by the folder's change events.</summary>
+    public static async Task<string[]> MailAsync(string dataDir, int count, TimeSpan? timeout = null)
+    {
+        string folder = Path.Combine(dataDir, "mailbox", "new");
+        Directory.CreateDirectory(folder);
+        var deadline = TimeProvider.System.GetUtcNow() + (timeout ?? Await.DefaultTimeout);
+        using var watcher = new FileSystemWatcher(folder) { EnableRaisingEvents = true };
+        while (true)
+        {
+            var changed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            watcher.Created += (_, _) => changed.TrySetResult();
+            watcher.Renamed += (_, _) => changed.TrySetResult();
+            string[] files = Directory.GetFiles(folder, "*.eml");
+            if (files.Length >= count)
+            {
+                return files;
+            }
+
+            if (TimeProvider.System.GetUtcNow() > deadline)
+            {
+                throw new TimeoutException($"Timed out waiting for {count} mail(s) in {folder}; have {files.Length}.");
+            }
+
+            try
+            {
+                // The timeout only re-checks in case the watcher missed an event.
+                await changed.Task.WaitAsync(TimeSpan.FromMilliseconds(500));
+            }
+            catch (TimeoutException)
+            {
+            }
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await Host.StopAsync();
+        Host.Dispose();
+    }
+}
