@@ -144,5 +144,91 @@ public sealed class RunCommandTests(ITestOutputHelper output) : IDisposable
         Assert.Contains("--outage soon", err, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public void Run_OverSmtpWithTheEmbeddedReceiver_WithFlapsAndPowerCuts_AcknowledgesEveryRaisedAlert()
+    {
+        const int seed = 13;
+        output.WriteLine($"seed {seed}");
+        var (exit, report, err) = Run("--uplink", "smtp", "--embedded-broker", "--devices", "8", "--seed", seed.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            "--duration", "30", "--drain", "120", "--speed", "10", "--rate", "0.5", "--link", "flaps", "--mean-up", "8", "--mean-down", "3",
+            "--power-cut-mean", "15", "--mid-write", "0.7");
+
+        Assert.Equal(0, exit);
+        Assert.Contains("embedded SMTP receiver on 127.0.0.1:", err, StringComparison.Ordinal);
+        output.WriteLine(report.GetProperty("total").ToString());
+        Assert.Equal("smtp", report.GetProperty("uplink").GetString());
+        Assert.True(Total(report, "raised") > 50);
+        Assert.True(Total(report, "powerCuts") > 0);
+        Assert.True(Total(report, "linkDowns") > 0);
+        Assert.True(Total(report, "failures") > 0, "sessions against a link that is down fail and back off");
+        Assert.Equal(Total(report, "raised"), Total(report, "acknowledged"));
+        Assert.Equal(0, Total(report, "unacknowledged"));
+        Assert.All(report.GetProperty("perDevice").EnumerateArray(),
+            d => Assert.InRange(d.GetProperty("queued").GetInt64(), 0, d.GetProperty("tornWrites").GetInt64()));
+        Assert.True(report.GetProperty("total").GetProperty("latencyMs").GetProperty("count").GetInt64() > 0);
+    }
+
+    [Fact]
+    public void Run_OverSmtpToAReceiverThatIsNotThere_KeepsEveryAlertQueuedAndBacksOff()
+    {
+        int closed = FreePort();
+        var (exit, report, _) = Run("--uplink", "smtp", "--devices", "2", "--port", closed.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            "--duration", "20", "--drain", "0", "--speed", "50", "--rate", "0.5");
+
+        Assert.Equal(0, exit);
+        Assert.True(Total(report, "queued") > 0);
+        Assert.Equal(0, Total(report, "acknowledged"));
+        Assert.InRange(Total(report, "failures"), 2, 2 * 20); // backoff, not a session per tick
+    }
+
+    [Fact]
+    public void Run_UplinkOptions_BadValuesAreNamedWithTheFix()
+    {
+        var (exit, _, err) = Run("--uplink", "carrier-pigeon");
+        Assert.Equal(2, exit);
+        Assert.Contains("--uplink carrier-pigeon: expected mqtt or smtp", err, StringComparison.Ordinal);
+
+        (exit, _, err) = Run("--uplink", "smtp", "--smtp-to", "nobody");
+        Assert.Equal(2, exit);
+        Assert.Contains("uplink.smtp.to must be one address", err, StringComparison.Ordinal);
+
+        (exit, _, err) = Run("--uplink", "smtp", "--smtp-from", "device {id}");
+        Assert.Equal(2, exit);
+        Assert.Contains("uplink.smtp.from must be an address pattern", err, StringComparison.Ordinal);
+
+        (exit, _, err) = Run("--uplink", "smtp", "--tls", "--tls-pin", "12:34");
+        Assert.Equal(2, exit);
+        Assert.Contains("uplink.tlsPin must be the certificate's SHA-1 (40 hex digits) or SHA-256 (64 hex digits) thumbprint", err, StringComparison.Ordinal);
+
+        (exit, _, err) = Run("--uplink", "smtp", "--embedded-broker", "--tls");
+        Assert.Equal(2, exit);
+        Assert.Contains("--embedded-broker listens without TLS", err, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Run_ScenarioFileWithAnSmtpUplink_IsReadAndAnUnknownProtocolIsNamed()
+    {
+        Directory.CreateDirectory(_state);
+        string file = Path.Combine(_state, "smtp.json");
+        File.WriteAllText(file, """
+            { "devices": 2, "durationSeconds": 5, "drainSeconds": 30, "speed": 25, "embeddedBroker": true,
+              "alerts": { "ratePerSecond": 1 },
+              "uplink": { "protocol": "smtp", "smtp": { "from": "{id}@ups.example", "to": "alarms@gw.example" } } }
+            """);
+
+        var (exit, report, _) = Run("--scenario", file);
+
+        Assert.Equal(0, exit);
+        Assert.Equal("smtp", report.GetProperty("uplink").GetString());
+        Assert.True(Total(report, "raised") > 0);
+        Assert.Equal(Total(report, "raised"), Total(report, "acknowledged"));
+
+        File.WriteAllText(file, """{ "uplink": { "protocol": "uucp" } }""");
+        (exit, _, string err) = Run("--scenario", file);
+        Assert.Equal(2, exit);
+        Assert.Contains($"Scenario file {file} is not valid", err, StringComparison.Ordinal);
+        Assert.Contains("uplink.protocol", err, StringComparison.Ordinal);
+    }
+
     private static int FreePort() => EdgeMail.Testing.Loopback.FreePort();
 }
