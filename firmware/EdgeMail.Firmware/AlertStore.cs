@@ -5,7 +5,7 @@ using EdgeMail.Firmware.Storage;
 namespace EdgeMail.Firmware;
 
 /// <summary>
-/// The device's alert inbox on flash: <see cref="Raise"/> for the application, <see cref="TryNext"/>,
+/// The device's alert inbox on flash: <see cref="Raise"/> for the application, <see cref="TryNext(OutgoingAlert)"/>,
 /// <see cref="Acknowledge"/> and <see cref="Rewind"/> for the uplink. An alert is on flash before
 /// <see cref="Raise"/> returns. Repeats of an alert that has not been sent yet (same code, state and
 /// severity, same boot) coalesce into it: the count and last time grow, and an updated record replaces
@@ -36,7 +36,7 @@ public sealed class AlertStore
     // the replaced id of an update.
     private readonly byte[] _record = new byte[4 + AlertRecord.MaxSize];
     private readonly QueueEntry _entry = new QueueEntry();
-    private readonly AlertJsonWriter _json = new AlertJsonWriter();
+    private AlertJsonWriter? _json; // only for TryNext(byte[], ...): created on its first call
     private readonly Alert _dropped = new Alert();
     private readonly Slot[] _slots = new Slot[Slots];
     private readonly uint[] _chainIds = new uint[Chains];
@@ -119,7 +119,8 @@ public sealed class AlertStore
 
     /// <summary>
     /// Writes the next alert to send as Contract 1 JSON, without allocating. Alerts replaced by a later
-    /// update are skipped; a drop marker becomes an <see cref="DroppedCode"/> alert.
+    /// update are skipped; a drop marker becomes an <see cref="DroppedCode"/> alert. Needs a buffer for the whole JSON;
+    /// <see cref="TryNext(OutgoingAlert)"/> does not.
     /// </summary>
     /// <param name="json">Destination; <see cref="AlertJsonWriter.MaxLength"/> bytes always suffice.</param>
     /// <param name="offset">Where to start writing.</param>
@@ -130,40 +131,47 @@ public sealed class AlertStore
     {
         lock (_lock)
         {
-            if (!_scanned)
+            if (!ReadNext(_record, out int start, out int recordLength, out uint idSeq, out seq))
             {
-                ScanReplaced();
+                length = 0;
+                return false;
             }
 
-            while (_queue.TryRead(_entry, _record, 0))
+            _json ??= new AlertJsonWriter();
+            length = _json.Write(_record, start, recordLength, _queue.Epoch, idSeq, _boot, _clock.UptimeMs, _wall.UnixMs, json, offset);
+            return true;
+        }
+    }
+
+    /// <summary>
+    /// Loads the next alert to send into <paramref name="alert"/> — its record, not its JSON — and measures its JSON,
+    /// without allocating; the same order and skipping as <see cref="TryNext(byte[], int, out int, out uint)"/>. The
+    /// JSON is then streamed from <paramref name="alert"/> without the store's lock.
+    /// </summary>
+    /// <param name="alert">Receives the alert; <see cref="OutgoingAlert.Seq"/> is what to acknowledge.</param>
+    /// <returns>False when nothing is left to send (the alert is then cleared).</returns>
+    public bool TryNext(OutgoingAlert alert)
+    {
+        if (alert == null)
+        {
+            throw new ArgumentNullException(nameof(alert));
+        }
+
+        lock (_lock)
+        {
+            if (!ReadNext(alert.Buffer, out int start, out int recordLength, out uint idSeq, out uint seq))
             {
-                seq = _entry.Seq;
-                if (IsReplaced())
-                {
-                    continue;
-                }
-
-                if (_entry.Type == EntryType.Dropped)
-                {
-                    length = WriteDropped(json, offset);
-                    return true;
-                }
-
-                int start = _entry.Kind == KindUpdate ? 4 : 0;
-                uint idSeq = _entry.Kind == KindUpdate ? Le.U32(_record, 0) : _entry.OriginalSeq;
-                CountUnwrittenRepeats(idSeq, start);
-                length = _json.Write(_record, start, _entry.Length - start, _queue.Epoch, idSeq, _boot, _clock.UptimeMs, _wall.UnixMs, json, offset);
-                return true;
+                alert.Clear();
+                return false;
             }
 
-            length = 0;
-            seq = 0;
-            return false;
+            alert.Load(start, recordLength, _queue.Epoch, idSeq, seq, _boot, _clock.UptimeMs, _wall.UnixMs);
+            return true;
         }
     }
 
     /// <summary>The gateway owns every alert up to <paramref name="seq"/>: remove them from flash.</summary>
-    /// <param name="seq">Sequence number from <see cref="TryNext"/>.</param>
+    /// <param name="seq">Sequence number from <see cref="TryNext(OutgoingAlert)"/>.</param>
     public void Acknowledge(uint seq)
     {
         lock (_lock)
@@ -188,6 +196,44 @@ public sealed class AlertStore
         {
             _queue.Maintain();
         }
+    }
+
+    /// <summary>Reads the next record to send into <paramref name="buffer"/> (caller holds the lock).</summary>
+    private bool ReadNext(byte[] buffer, out int start, out int recordLength, out uint idSeq, out uint seq)
+    {
+        if (!_scanned)
+        {
+            ScanReplaced();
+        }
+
+        while (_queue.TryRead(_entry, buffer, 0))
+        {
+            seq = _entry.Seq;
+            if (IsReplaced(buffer))
+            {
+                continue;
+            }
+
+            if (_entry.Type == EntryType.Dropped)
+            {
+                start = 0;
+                recordLength = EncodeDropped(buffer);
+                idSeq = _entry.Seq;
+                return true;
+            }
+
+            start = _entry.Kind == KindUpdate ? 4 : 0;
+            idSeq = _entry.Kind == KindUpdate ? Le.U32(buffer, 0) : _entry.OriginalSeq;
+            CountUnwrittenRepeats(idSeq, buffer, start);
+            recordLength = _entry.Length - start;
+            return true;
+        }
+
+        start = 0;
+        recordLength = 0;
+        idSeq = 0;
+        seq = 0;
+        return false;
     }
 
     private Slot? FindUnsent(Alert alert)
@@ -238,14 +284,14 @@ public sealed class AlertStore
     }
 
     /// <summary>Repeats counted since the last update was written go out with the alert (this boot only).</summary>
-    private void CountUnwrittenRepeats(uint idSeq, int recordOffset)
+    private void CountUnwrittenRepeats(uint idSeq, byte[] record, int recordOffset)
     {
         for (int i = 0; i < Slots; i++)
         {
             Slot s = _slots[i];
             if (s.LatestSeq != 0 && s.IdSeq == idSeq && s.LatestSeq == _entry.OriginalSeq && s.Count > 1)
             {
-                PatchRepeat(s, _record, recordOffset);
+                PatchRepeat(s, record, recordOffset);
                 return;
             }
         }
@@ -304,7 +350,7 @@ public sealed class AlertStore
     }
 
     /// <summary>Whether the entry just read was replaced by a later update of the same alert.</summary>
-    private bool IsReplaced()
+    private bool IsReplaced(byte[] record)
     {
         if (_entry.Type != EntryType.Item)
         {
@@ -312,7 +358,7 @@ public sealed class AlertStore
         }
 
         // Sequence numbers as first appended: stable when the full policy moves entries forward.
-        uint idSeq = _entry.Kind == KindUpdate ? Le.U32(_record, 0) : _entry.OriginalSeq;
+        uint idSeq = _entry.Kind == KindUpdate ? Le.U32(record, 0) : _entry.OriginalSeq;
         for (int i = 0; i < _chainCount; i++)
         {
             if (_chainIds[i] == idSeq)
@@ -324,15 +370,15 @@ public sealed class AlertStore
         return false;
     }
 
-    private int WriteDropped(byte[] json, int offset)
+    /// <summary>Encodes the alert that reports a drop marker into <paramref name="record"/>; returns its length.</summary>
+    private int EncodeDropped(byte[] record)
     {
         _dropped.Reset();
         _dropped.Code = DroppedCode;
         _dropped.Severity = Severity.Warning;
         _dropped.Text = _entry.DroppedCount + " alerts dropped while the device queue was full (sequence numbers " + _entry.DroppedFirstSeq + " to " + _entry.DroppedLastSeq + ").";
         _dropped.AddValue("dropped", _entry.DroppedCount, 0);
-        int len = AlertRecord.Encode(_dropped, _wall.UnixMs, _clock.UptimeMs, _boot, _record, 0);
-        return _json.Write(_record, 0, len, _queue.Epoch, _entry.Seq, _boot, _clock.UptimeMs, _wall.UnixMs, json, offset);
+        return AlertRecord.Encode(_dropped, _wall.UnixMs, _clock.UptimeMs, _boot, record, 0);
     }
 
     private static void PutI64(byte[] b, int o, long v)

@@ -39,15 +39,69 @@ public sealed class AlertJsonWriter
     public int Write(byte[] record, int recordOffset, int recordLength, uint epoch, ulong seq,
         uint currentBoot, long currentUptimeMs, long currentUnixMs, byte[] destination, int offset)
     {
+        Attach(record, recordOffset, recordLength);
+        _out.Begin(destination, offset);
+        return WriteBody(epoch, seq, currentBoot, currentUptimeMs, currentUnixMs);
+    }
+
+    /// <summary>
+    /// The length <see cref="Write(byte[], int, int, uint, ulong, uint, long, long, IByteSink)"/> will write for the
+    /// same arguments, without writing anything: the PUBLISH header carries it before the payload is streamed.
+    /// </summary>
+    /// <param name="record">The buffer holding the stored record.</param>
+    /// <param name="recordOffset">Where the record starts.</param>
+    /// <param name="recordLength">The payload length.</param>
+    /// <param name="epoch">The flash epoch.</param>
+    /// <param name="seq">The record's sequence number.</param>
+    /// <param name="currentBoot">The boot number now.</param>
+    /// <param name="currentUptimeMs">Uptime now (pass the same value to the write).</param>
+    /// <param name="currentUnixMs">Wall clock now or <see cref="AlertRecord.UnknownTime"/> (pass the same value to the write).</param>
+    /// <returns>The JSON length in bytes (at most <see cref="MaxLength"/>).</returns>
+    /// <exception cref="ArgumentException">The record is not a valid version-1 alert record.</exception>
+    public int Measure(byte[] record, int recordOffset, int recordLength, uint epoch, ulong seq,
+        uint currentBoot, long currentUptimeMs, long currentUnixMs)
+    {
+        Attach(record, recordOffset, recordLength);
+        _out.BeginMeasure();
+        return WriteBody(epoch, seq, currentBoot, currentUptimeMs, currentUnixMs);
+    }
+
+    /// <summary>
+    /// Writes the same JSON as <see cref="Write(byte[], int, int, uint, ulong, uint, long, long, byte[], int)"/>, streamed
+    /// into <paramref name="sink"/> in chunks of at most 64 bytes, with no buffer for the whole of it.
+    /// </summary>
+    /// <param name="record">The buffer holding the stored record.</param>
+    /// <param name="recordOffset">Where the record starts.</param>
+    /// <param name="recordLength">The payload length.</param>
+    /// <param name="epoch">The flash epoch.</param>
+    /// <param name="seq">The record's sequence number.</param>
+    /// <param name="currentBoot">The boot number now.</param>
+    /// <param name="currentUptimeMs">Uptime now.</param>
+    /// <param name="currentUnixMs">Wall clock now or <see cref="AlertRecord.UnknownTime"/>.</param>
+    /// <param name="sink">Where the bytes go.</param>
+    /// <returns>The JSON length in bytes.</returns>
+    /// <exception cref="ArgumentException">The record is not a valid version-1 alert record.</exception>
+    public int Write(byte[] record, int recordOffset, int recordLength, uint epoch, ulong seq,
+        uint currentBoot, long currentUptimeMs, long currentUnixMs, IByteSink sink)
+    {
+        Attach(record, recordOffset, recordLength);
+        _out.BeginStream(sink);
+        return WriteBody(epoch, seq, currentBoot, currentUptimeMs, currentUnixMs);
+    }
+
+    private void Attach(byte[] record, int recordOffset, int recordLength)
+    {
         AlertError error = _view.Attach(record, recordOffset, recordLength);
         if (error != AlertError.None)
         {
             throw new ArgumentException(AlertErrors.Describe(error), nameof(record));
         }
+    }
 
+    private int WriteBody(uint epoch, ulong seq, uint currentBoot, long currentUptimeMs, long currentUnixMs)
+    {
         AlertRecordView r = _view;
         JsonOutput o = _out;
-        o.Begin(destination, offset);
         o.Raw("{\"v\":1,\"id\":\"");
         o.Hex8(epoch);
         o.Raw("-");
@@ -118,6 +172,7 @@ public sealed class AlertJsonWriter
         }
 
         o.Raw("}");
+        o.End();
         return o.Length;
     }
 

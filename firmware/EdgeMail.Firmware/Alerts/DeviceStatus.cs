@@ -45,4 +45,25 @@ public sealed class DeviceStatus
 
     /// <summary>Link quality as received signal strength in dBm (e.g. −67), or <see cref="Unknown"/> (wired links).</summary>
     public long RssiDbm { get; set; } = Unknown;
+
+    /// <summary>Copies every field from <paramref name="source"/> (a snapshot, e.g. to measure and then write the same JSON).</summary>
+    /// <param name="source">The status to copy.</param>
+    public void CopyFrom(DeviceStatus source)
+    {
+        if (source == null)
+        {
+            throw new System.ArgumentNullException(nameof(source));
+        }
+
+        _firmwareVersion = source._firmwareVersion;
+        Boot = source.Boot;
+        UptimeMs = source.UptimeMs;
+        QueueDepth = source.QueueDepth;
+        OldestQueuedAgeMs = source.OldestQueuedAgeMs;
+        Dropped = source.Dropped;
+        FlashWearHundredthsPercent = source.FlashWearHundredthsPercent;
+        BatteryPercent = source.BatteryPercent;
+        BatteryMillivolts = source.BatteryMillivolts;
+        RssiDbm = source.RssiDbm;
+    }
 }

@@ -3,19 +3,28 @@ using System;
 namespace EdgeMail.Firmware.Alerts;
 
 /// <summary>
-/// A cursor that writes JSON tokens into a caller's byte buffer without allocating: ASCII literals, escaped strings
-/// (from UTF-8 bytes or from a string), integers, fixed-point numbers and ISO-8601 UTC times. Running out of room
-/// throws <see cref="ArgumentException"/> naming the room there was.
+/// A cursor that writes JSON tokens without allocating: ASCII literals, escaped strings (from UTF-8 bytes or from a
+/// string), integers, fixed-point numbers and ISO-8601 UTC times. Either into a caller's byte buffer (running out of
+/// room throws <see cref="ArgumentException"/> naming the room there was), or streamed: through a small chunk of its
+/// own into an <see cref="IByteSink"/>, or only counted (<see cref="BeginMeasure"/>). The three modes produce the same
+/// bytes for the same calls.
 /// </summary>
 internal sealed class JsonOutput
 {
+    /// <summary>Chunk size when streaming: at least the largest single token reservation (22 bytes for a time).</summary>
+    internal const int ChunkSize = 64;
+
     private const string Hex = "0123456789abcdef";
     private byte[] _buffer = new byte[0];
+    private byte[]? _chunk;
+    private IByteSink? _sink;
+    private bool _streaming;
+    private int _flushed;
     private int _start;
     private int _position;
 
-    /// <summary>Bytes written since <see cref="Begin"/>.</summary>
-    public int Length => _position - _start;
+    /// <summary>Bytes written since <see cref="Begin"/> (or <see cref="BeginStream"/>, <see cref="BeginMeasure"/>).</summary>
+    public int Length => _flushed + _position - _start;
 
     /// <summary>The bytes one character of a string takes once escaped (1..6).</summary>
     public static int EscapedLength(string text)
@@ -69,11 +78,47 @@ internal sealed class JsonOutput
         _buffer = buffer;
         _start = offset;
         _position = offset;
+        _streaming = false;
+        _sink = null;
+        _flushed = 0;
+    }
+
+    /// <summary>Streams into <paramref name="sink"/> in chunks; call <see cref="End"/> to hand over the last one.</summary>
+    public void BeginStream(IByteSink sink)
+    {
+        if (sink == null)
+        {
+            throw new ArgumentNullException(nameof(sink));
+        }
+
+        BeginChunked(sink);
+    }
+
+    /// <summary>Only counts the bytes (<see cref="Length"/>), for a payload whose length must be known before it is sent.</summary>
+    public void BeginMeasure() => BeginChunked(null);
+
+    /// <summary>Streaming: hands the last chunk to the sink. Harmless in the other modes.</summary>
+    public void End()
+    {
+        if (_streaming)
+        {
+            Flush();
+        }
     }
 
     /// <summary>Writes an ASCII literal (keys and punctuation) as is.</summary>
     public void Raw(string ascii)
     {
+        if (ascii.Length > ChunkSize)
+        {
+            for (int i = 0; i < ascii.Length; i++)
+            {
+                Byte((byte)ascii[i]);
+            }
+
+            return;
+        }
+
         Ensure(ascii.Length);
         for (int i = 0; i < ascii.Length; i++)
         {
@@ -289,10 +334,38 @@ internal sealed class JsonOutput
         _buffer[_position++] = b;
     }
 
+    private void BeginChunked(IByteSink? sink)
+    {
+        _chunk ??= new byte[ChunkSize]; // once per writer, on first use
+        _buffer = _chunk;
+        _start = 0;
+        _position = 0;
+        _streaming = true;
+        _sink = sink;
+        _flushed = 0;
+    }
+
+    private void Flush()
+    {
+        int count = _position - _start;
+        if (count > 0)
+        {
+            _sink?.Write(_buffer, _start, count);
+            _flushed += count;
+            _position = _start;
+        }
+    }
+
     private void Ensure(int count)
     {
         if (_buffer.Length - _position < count)
         {
+            if (_streaming)
+            {
+                Flush();
+                return; // every reservation is at most ChunkSize
+            }
+
             throw new ArgumentException(
                 "The destination buffer is too small for the JSON: " + (_buffer.Length - _start).ToString() +
                 " bytes were available from the offset. Give it " + AlertRecord.MaxJsonLength.ToString() + " bytes (AlertJsonWriter.MaxLength).",

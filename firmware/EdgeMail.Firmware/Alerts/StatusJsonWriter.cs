@@ -25,8 +25,42 @@ public sealed class StatusJsonWriter
             throw new ArgumentNullException(nameof(status));
         }
 
+        _out.Begin(destination, offset);
+        return WriteBody(status);
+    }
+
+    /// <summary>The length the status JSON has now, without writing it (for a PUBLISH header ahead of a streamed payload).</summary>
+    /// <param name="status">The facts; the write must see the same values.</param>
+    /// <returns>The JSON length in bytes.</returns>
+    public int Measure(DeviceStatus status)
+    {
+        if (status == null)
+        {
+            throw new ArgumentNullException(nameof(status));
+        }
+
+        _out.BeginMeasure();
+        return WriteBody(status);
+    }
+
+    /// <summary>Writes the status JSON streamed into <paramref name="sink"/>, in chunks of at most 64 bytes.</summary>
+    /// <param name="status">The facts.</param>
+    /// <param name="sink">Where the bytes go.</param>
+    /// <returns>The JSON length in bytes.</returns>
+    public int Write(DeviceStatus status, IByteSink sink)
+    {
+        if (status == null)
+        {
+            throw new ArgumentNullException(nameof(status));
+        }
+
+        _out.BeginStream(sink);
+        return WriteBody(status);
+    }
+
+    private int WriteBody(DeviceStatus status)
+    {
         JsonOutput o = _out;
-        o.Begin(destination, offset);
         o.Raw("{\"v\":1,\"fw\":");
         o.String(status.FirmwareVersion);
         o.Raw(",\"boot\":");
@@ -48,6 +82,7 @@ public sealed class StatusJsonWriter
         o.Raw(",\"rssi_dbm\":");
         Optional(status.RssiDbm, 0);
         o.Raw("}");
+        o.End();
         return o.Length;
     }
 

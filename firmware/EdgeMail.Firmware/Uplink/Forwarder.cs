@@ -23,7 +23,6 @@ namespace EdgeMail.Firmware.Uplink;
 public sealed class Forwarder : IMqttClientHandler
 {
     private const int MaxBackoffDoublings = 30;
-    private const int StatusRoom = 512;
 
     private readonly AlertStore _store;
     private readonly IClock _clock;
@@ -31,12 +30,14 @@ public sealed class Forwarder : IMqttClientHandler
     private readonly ForwarderOptions _options;
     private readonly MqttClient _client;
     private readonly ForwarderRandom _random;
-    private readonly StatusJsonWriter _statusWriter = new StatusJsonWriter();
     private readonly DeviceStatus _status = new DeviceStatus();
+    private readonly StatusPayload _statusPayload = new StatusPayload();
+    // The alert being sent, held as its record (≤ 1.5 KiB); its JSON (up to 4 KiB) is streamed through the MQTT
+    // client's send buffer and never held whole.
+    private readonly OutgoingAlert _outgoing = new OutgoingAlert();
     private readonly string _alertTopic;
     private readonly string _statusTopic;
     private readonly string _receiptTopic;
-    private readonly byte[] _json;
     private readonly uint[] _pendingSeq;
     private readonly bool[] _pendingAcked;
     private readonly long[] _resendTags;
@@ -44,7 +45,6 @@ public sealed class Forwarder : IMqttClientHandler
     private int _resendCount;
     private int _resendIndex;
     private bool _held;
-    private int _heldLength;
     private uint _heldSeq;
     private bool _drained;
     private int _attempt;
@@ -88,7 +88,6 @@ public sealed class Forwarder : IMqttClientHandler
         _alertTopic = "edgemail/v1/" + options.DeviceId + "/alert";
         _statusTopic = "edgemail/v1/" + options.DeviceId + "/status";
         _receiptTopic = "edgemail/v1/" + options.DeviceId + "/receipt";
-        _json = new byte[AlertJsonWriter.MaxLength];
         _pendingSeq = new uint[options.MaxInFlight];
         _pendingAcked = new bool[options.MaxInFlight];
         _resendTags = new long[options.MaxInFlight];
@@ -434,28 +433,21 @@ public sealed class Forwarder : IMqttClientHandler
 
     private void PublishHeartbeat()
     {
-        // The status JSON goes into the alert buffer behind a held alert (it needs at most StatusRoom bytes); when a
-        // large alert leaves no room, the heartbeat waits for the next step.
-        int at = _held ? _heldLength : 0;
-        if (_json.Length - at < StatusRoom)
-        {
-            return;
-        }
-
+        // Measured and then streamed from a snapshot: the application may change the status meanwhile.
         _status.UptimeMs = _clock.UptimeMs;
         _status.QueueDepth = _store.Depth;
-        int length = _statusWriter.Write(_status, _json, at);
+        _statusPayload.Load(_status);
         if (_options.HeartbeatQos1)
         {
             // Tag 0 never collides with a flash sequence number (they start at 1); its PUBACK is ignored.
-            if (!_client.Publish(_statusTopic, _json, at, length, 0, true, false))
+            if (!_client.Publish(_statusTopic, _statusPayload, 0, true, false))
             {
                 return;
             }
         }
         else
         {
-            _client.PublishQos0(_statusTopic, _json, at, length, true);
+            _client.PublishQos0(_statusTopic, _statusPayload, true);
         }
 
         Heartbeats++;
@@ -469,7 +461,7 @@ public sealed class Forwarder : IMqttClientHandler
         {
             if (!_held)
             {
-                if (!_store.TryNext(_json, 0, out _heldLength, out _heldSeq))
+                if (!_store.TryNext(_outgoing))
                 {
                     // Tags left in the window that the store no longer hands out (merged into a later update) are given up.
                     while (_resendIndex < _resendCount)
@@ -482,6 +474,7 @@ public sealed class Forwarder : IMqttClientHandler
                 }
 
                 _held = true;
+                _heldSeq = _outgoing.Seq;
                 _drained = false;
             }
 
@@ -491,7 +484,7 @@ public sealed class Forwarder : IMqttClientHandler
             }
 
             bool resend = _resendIndex < _resendCount && _resendTags[_resendIndex] == _heldSeq;
-            if (_pendingCount == _pendingSeq.Length || !_client.Publish(_alertTopic, _json, 0, _heldLength, _heldSeq, false, false))
+            if (_pendingCount == _pendingSeq.Length || !_client.Publish(_alertTopic, _outgoing, _heldSeq, false, false))
             {
                 return;
             }
@@ -514,4 +507,21 @@ public sealed class Forwarder : IMqttClientHandler
     }
 
     private static long Until(long due, long now) => due <= now ? 0 : due - now;
+
+    /// <summary>The status heartbeat as a streamed payload: a snapshot of the status, measured when loaded.</summary>
+    private sealed class StatusPayload : IByteSource
+    {
+        private readonly StatusJsonWriter _writer = new StatusJsonWriter();
+        private readonly DeviceStatus _snapshot = new DeviceStatus();
+
+        public int Length { get; private set; }
+
+        public void Load(DeviceStatus status)
+        {
+            _snapshot.CopyFrom(status);
+            Length = _writer.Measure(_snapshot);
+        }
+
+        public void WriteTo(IByteSink sink) => _writer.Write(_snapshot, sink);
+    }
 }

@@ -5,7 +5,8 @@ namespace EdgeMail.Firmware.Uplink.Mqtt;
 /// <summary>
 /// A small synchronous MQTT 3.1.1 client for the device: CONNECT with a persistent session, QoS 0/1 PUBLISH with a
 /// bounded in-flight window of caller tags, DUP resend after reconnect, one-filter SUBSCRIBE, keep-alive, DISCONNECT.
-/// No threads: the caller drives it with <see cref="Poll"/>. Buffers are allocated once, in the constructor.
+/// No threads: the caller drives it with <see cref="Poll"/>. Buffers are allocated once, in the constructor; a payload
+/// larger than the send buffer is streamed through it (<see cref="Publish(string, IByteSource, long, bool, bool)"/>).
 /// </summary>
 /// <remarks>
 /// Any failure of the link (send or receive fails, a timeout, bytes that break the protocol) closes the transport and
@@ -23,6 +24,9 @@ public sealed class MqttClient
     private readonly byte[] _rx;
     private readonly MqttPacket _packet = new MqttPacket();
     private readonly MqttInFlightWindow _window;
+    private readonly PayloadSink _payloadSink;
+    private int _txFill;
+    private int _payloadLeft;
     private int _rxCount;
     private int _rxConsumed;
     private bool _connected;
@@ -66,6 +70,7 @@ public sealed class MqttClient
         _tx = new byte[options.SendBufferSize];
         _rx = new byte[options.ReceiveBufferSize];
         _window = new MqttInFlightWindow(options.MaxInFlight);
+        _payloadSink = new PayloadSink(this);
     }
 
     /// <summary>True between an accepted <see cref="Connect"/> and a failure or <see cref="Disconnect"/>.</summary>
@@ -148,39 +153,69 @@ public sealed class MqttClient
     public bool Publish(string topic, byte[] payload, int offset, int count, long tag, bool retain, bool dup)
     {
         EnsureConnected();
-        int slot = _window.FindTag(tag);
-        bool resend = slot >= 0;
-        int packetId;
-        if (resend)
-        {
-            packetId = _window.PacketId(slot);
-            dup = true;
-        }
-        else
-        {
-            slot = _window.FreeSlot();
-            if (slot < 0)
-            {
-                return false;
-            }
-
-            packetId = NextPacketId();
-        }
-
-        int header = MqttCodec.EncodePublishHeader(_tx, 0, topic, 1, dup, retain, packetId, count);
         CheckRange(payload, offset, count);
-        long now = _clock.UptimeMs;
-        if (resend)
+        int header = BeginQos1(topic, count, tag, retain, dup);
+        if (header < 0)
         {
-            _window.Resent(slot, now);
-        }
-        else
-        {
-            _window.Add(slot, tag, packetId, now);
+            return false;
         }
 
         SendPublish(header, payload, offset, count);
         return true;
+    }
+
+    /// <summary>
+    /// Sends a QoS 1 PUBLISH whose payload writes itself: the header (with the payload's length) goes into the send
+    /// buffer, then the payload is streamed through it, <see cref="MqttClientOptions.SendBufferSize"/> bytes at a time,
+    /// so no buffer ever holds the whole payload. On the wire the bytes are those of
+    /// <see cref="Publish(string, byte[], int, int, long, bool, bool)"/>; tags, packet ids, DUP and the window work
+    /// the same (a resend writes the payload again).
+    /// </summary>
+    /// <param name="topic">Topic name.</param>
+    /// <param name="payload">The payload (e.g. an <see cref="Alerts.OutgoingAlert"/> held as its record).</param>
+    /// <param name="tag">The caller's identity for this message; unique among unacknowledged publishes.</param>
+    /// <param name="retain">The RETAIN flag.</param>
+    /// <param name="dup">Set DUP even for a tag the window does not hold.</param>
+    /// <returns>False when the window is full (nothing sent), true when sent.</returns>
+    /// <exception cref="MqttException">Not connected, or the link failed (the publish stays unacknowledged).</exception>
+    /// <exception cref="InvalidOperationException">The payload wrote a different number of bytes than its
+    /// <see cref="IByteSource.Length"/> (the link is closed: the packet on the wire is broken).</exception>
+    public bool Publish(string topic, IByteSource payload, long tag, bool retain, bool dup)
+    {
+        EnsureConnected();
+        if (payload == null)
+        {
+            throw new ArgumentNullException(nameof(payload));
+        }
+
+        int count = payload.Length;
+        int header = BeginQos1(topic, count, tag, retain, dup);
+        if (header < 0)
+        {
+            return false;
+        }
+
+        StreamPublish(header, payload, count);
+        return true;
+    }
+
+    /// <summary>Sends a QoS 0 PUBLISH whose payload is streamed through the send buffer (see <see cref="Publish(string, IByteSource, long, bool, bool)"/>).</summary>
+    /// <param name="topic">Topic name.</param>
+    /// <param name="payload">The payload.</param>
+    /// <param name="retain">The RETAIN flag.</param>
+    /// <exception cref="MqttException">Not connected, or the link failed.</exception>
+    /// <exception cref="InvalidOperationException">The payload wrote a different number of bytes than its length.</exception>
+    public void PublishQos0(string topic, IByteSource payload, bool retain)
+    {
+        EnsureConnected();
+        if (payload == null)
+        {
+            throw new ArgumentNullException(nameof(payload));
+        }
+
+        int count = payload.Length;
+        int header = MqttCodec.EncodePublishHeader(_tx, 0, topic, 0, false, retain, 0, count);
+        StreamPublish(header, payload, count);
     }
 
     /// <summary>Sends a QoS 0 PUBLISH (fire and forget; nothing is tracked).</summary>
@@ -193,8 +228,8 @@ public sealed class MqttClient
     public void PublishQos0(string topic, byte[] payload, int offset, int count, bool retain)
     {
         EnsureConnected();
-        int header = MqttCodec.EncodePublishHeader(_tx, 0, topic, 0, false, retain, 0, count);
         CheckRange(payload, offset, count);
+        int header = MqttCodec.EncodePublishHeader(_tx, 0, topic, 0, false, retain, 0, count);
         SendPublish(header, payload, offset, count);
     }
 
@@ -330,6 +365,106 @@ public sealed class MqttClient
         if (offset < 0 || count < 0 || offset > payload.Length - count)
         {
             throw new ArgumentOutOfRangeException(nameof(count), "payload range " + offset.ToString() + "+" + count.ToString() + " lies outside an array of " + payload.Length.ToString() + " bytes.");
+        }
+    }
+
+    /// <summary>
+    /// Window bookkeeping and header of a QoS 1 PUBLISH: a tag in the window is resent with its packet id and DUP, a
+    /// new one takes a free slot. Returns the header length in the send buffer, or -1 when the window is full.
+    /// </summary>
+    private int BeginQos1(string topic, int count, long tag, bool retain, bool dup)
+    {
+        int slot = _window.FindTag(tag);
+        bool resend = slot >= 0;
+        int packetId;
+        if (resend)
+        {
+            packetId = _window.PacketId(slot);
+            dup = true;
+        }
+        else
+        {
+            slot = _window.FreeSlot();
+            if (slot < 0)
+            {
+                return -1;
+            }
+
+            packetId = NextPacketId();
+        }
+
+        int header = MqttCodec.EncodePublishHeader(_tx, 0, topic, 1, dup, retain, packetId, count);
+        long now = _clock.UptimeMs;
+        if (resend)
+        {
+            _window.Resent(slot, now);
+        }
+        else
+        {
+            _window.Add(slot, tag, packetId, now);
+        }
+
+        return header;
+    }
+
+    /// <summary>Sends the header already in the send buffer, then the payload as it writes itself, a buffer-full at a time.</summary>
+    private void StreamPublish(int header, IByteSource payload, int count)
+    {
+        _txFill = header;
+        _payloadLeft = count;
+        bool complete = false;
+        try
+        {
+            payload.WriteTo(_payloadSink);
+            if (_payloadLeft != 0)
+            {
+                throw new InvalidOperationException("The payload wrote " + (count - _payloadLeft).ToString() + " bytes but announced " + count.ToString() + " (IByteSource.Length); the PUBLISH on the wire is broken, so the link was closed.");
+            }
+
+            if (_txFill > 0)
+            {
+                SendAll(_tx, 0, _txFill);
+            }
+
+            complete = true;
+        }
+        finally
+        {
+            _txFill = 0;
+            _payloadLeft = 0;
+            if (!complete && _connected)
+            {
+                // Part of a packet went out: nothing can follow it on this connection.
+                _ = Fail(MqttError.LinkBroken, "a streamed PUBLISH payload failed part way");
+            }
+        }
+    }
+
+    /// <summary>Takes the next bytes of a streamed payload: into the send buffer, which goes out whenever it is full.</summary>
+    private void WritePayload(byte[] buffer, int offset, int count)
+    {
+        CheckRange(buffer, offset, count);
+        if (count > _payloadLeft)
+        {
+            throw new InvalidOperationException("The payload wrote more bytes than it announced (IByteSource.Length); the PUBLISH on the wire is broken, so the link was closed.");
+        }
+
+        _payloadLeft -= count;
+        while (count > 0)
+        {
+            int room = _tx.Length - _txFill;
+            if (room == 0)
+            {
+                SendAll(_tx, 0, _txFill);
+                _txFill = 0;
+                room = _tx.Length;
+            }
+
+            int n = count < room ? count : room;
+            Array.Copy(buffer, offset, _tx, _txFill, n);
+            _txFill += n;
+            offset += n;
+            count -= n;
         }
     }
 
@@ -553,5 +688,15 @@ public sealed class MqttClient
         _rxConsumed = 0;
         _transport.Close();
         return new MqttException(error, message);
+    }
+
+    /// <summary>The client as the sink of a streamed payload (private, so only the client's own publishes write to it).</summary>
+    private sealed class PayloadSink : IByteSink
+    {
+        private readonly MqttClient _client;
+
+        public PayloadSink(MqttClient client) => _client = client;
+
+        public void Write(byte[] buffer, int offset, int count) => _client.WritePayload(buffer, offset, count);
     }
 }

@@ -1,0 +1,85 @@
+using System;
+
+namespace EdgeMail.Firmware.Alerts;
+
+/// <summary>
+/// The next alert to send, held as its stored record (at most <see cref="AlertRecord.MaxSize"/> bytes) rather than as
+/// JSON (up to <see cref="AlertJsonWriter.MaxLength"/>): <see cref="AlertStore.TryNext(OutgoingAlert)"/> loads it and
+/// measures its JSON; <see cref="WriteTo(IByteSink)"/> streams the JSON, as often as needed, byte for byte the same
+/// (the times in it are fixed when it is loaded). Owned by one sending thread; the store's lock is not held while it
+/// is written, so raising alerts never waits for the network.
+/// </summary>
+public sealed class OutgoingAlert : IByteSource
+{
+    // An update's payload on flash starts with the 4-byte id of the alert it replaces.
+    private readonly byte[] _buffer = new byte[4 + AlertRecord.MaxSize];
+    private readonly AlertJsonWriter _writer = new AlertJsonWriter();
+    private int _start;
+    private int _recordLength;
+    private uint _epoch;
+    private uint _idSeq;
+    private uint _boot;
+    private long _uptimeMs;
+    private long _unixMs;
+
+    /// <summary>True between a successful <see cref="AlertStore.TryNext(OutgoingAlert)"/> and the next call that finds nothing.</summary>
+    public bool IsLoaded { get; private set; }
+
+    /// <summary>The queue sequence number to acknowledge once the gateway owns the alert (its tag in the MQTT window).</summary>
+    public uint Seq { get; private set; }
+
+    /// <summary>The alert's JSON length in bytes, measured when it was loaded.</summary>
+    public int Length { get; private set; }
+
+    /// <summary>Where the store reads the record to.</summary>
+    internal byte[] Buffer => _buffer;
+
+    /// <summary>Streams the alert's JSON (Contract 1) into <paramref name="sink"/>.</summary>
+    /// <param name="sink">The destination, e.g. the MQTT client's PUBLISH payload.</param>
+    /// <exception cref="InvalidOperationException">Nothing is loaded.</exception>
+    public void WriteTo(IByteSink sink)
+    {
+        EnsureLoaded();
+        _writer.Write(_buffer, _start, _recordLength, _epoch, _idSeq, _boot, _uptimeMs, _unixMs, sink);
+    }
+
+    /// <summary>Writes the alert's JSON into one buffer.</summary>
+    /// <param name="destination">The buffer; needs <see cref="Length"/> bytes from <paramref name="offset"/>.</param>
+    /// <param name="offset">Where the JSON starts.</param>
+    /// <returns><see cref="Length"/>.</returns>
+    /// <exception cref="InvalidOperationException">Nothing is loaded.</exception>
+    public int WriteTo(byte[] destination, int offset)
+    {
+        EnsureLoaded();
+        return _writer.Write(_buffer, _start, _recordLength, _epoch, _idSeq, _boot, _uptimeMs, _unixMs, destination, offset);
+    }
+
+    internal void Load(int start, int recordLength, uint epoch, uint idSeq, uint seq, uint boot, long uptimeMs, long unixMs)
+    {
+        _start = start;
+        _recordLength = recordLength;
+        _epoch = epoch;
+        _idSeq = idSeq;
+        _boot = boot;
+        _uptimeMs = uptimeMs;
+        _unixMs = unixMs;
+        Seq = seq;
+        Length = _writer.Measure(_buffer, start, recordLength, epoch, idSeq, boot, uptimeMs, unixMs);
+        IsLoaded = true;
+    }
+
+    internal void Clear()
+    {
+        IsLoaded = false;
+        Seq = 0;
+        Length = 0;
+    }
+
+    private void EnsureLoaded()
+    {
+        if (!IsLoaded)
+        {
+            throw new InvalidOperationException("No alert is loaded; call AlertStore.TryNext(OutgoingAlert) first.");
+        }
+    }
+}
