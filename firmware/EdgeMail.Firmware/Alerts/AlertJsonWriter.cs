@@ -14,7 +14,16 @@ public sealed class AlertJsonWriter
     public const int MaxLength = AlertRecord.MaxJsonLength;
 
     private readonly AlertRecordView _view = new AlertRecordView();
-    private readonly JsonOutput _out = new JsonOutput();
+    private readonly JsonOutput _out;
+
+    /// <summary>Creates a writer.</summary>
+    public AlertJsonWriter()
+        : this(new JsonOutput())
+    {
+    }
+
+    /// <summary>A writer over a cursor shared with other writers of the same thread (e.g. the forwarder's alert and status).</summary>
+    internal AlertJsonWriter(JsonOutput output) => _out = output;
 
     /// <summary>
     /// Writes one alert. Time rules: a raise time the device knew is written as <c>"raised"</c>. Otherwise, if the
@@ -68,7 +77,7 @@ public sealed class AlertJsonWriter
 
     /// <summary>
     /// Writes the same JSON as <see cref="Write(byte[], int, int, uint, ulong, uint, long, long, byte[], int)"/>, streamed
-    /// into <paramref name="sink"/> in chunks of at most 64 bytes, with no buffer for the whole of it.
+    /// into <paramref name="sink"/> in chunks of at most 32 bytes, with no buffer for the whole of it.
     /// </summary>
     /// <param name="record">The buffer holding the stored record.</param>
     /// <param name="recordOffset">Where the record starts.</param>

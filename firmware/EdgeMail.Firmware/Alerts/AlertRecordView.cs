@@ -10,8 +10,9 @@ namespace EdgeMail.Firmware.Alerts;
 /// </summary>
 public sealed class AlertRecordView
 {
+    private static readonly byte[] NoBytes = new byte[0];
     private readonly int[] _valueOffsets = new int[Alert.MaxValues];
-    private byte[] _buffer = new byte[0];
+    private byte[] _buffer = NoBytes;
     private int _offset;
 
     /// <summary>True after a successful <see cref="Attach"/>.</summary>

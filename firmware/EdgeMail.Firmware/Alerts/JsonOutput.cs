@@ -11,11 +11,12 @@ namespace EdgeMail.Firmware.Alerts;
 /// </summary>
 internal sealed class JsonOutput
 {
-    /// <summary>Chunk size when streaming: at least the largest single token reservation (22 bytes for a time).</summary>
-    internal const int ChunkSize = 64;
+    /// <summary>Chunk size when streaming: at least the largest single reservation (22 bytes for a time, 21 for a number).</summary>
+    internal const int ChunkSize = 32;
 
     private const string Hex = "0123456789abcdef";
-    private byte[] _buffer = new byte[0];
+    private static readonly byte[] NoBytes = new byte[0];
+    private byte[] _buffer = NoBytes;
     private byte[]? _chunk;
     private IByteSink? _sink;
     private bool _streaming;

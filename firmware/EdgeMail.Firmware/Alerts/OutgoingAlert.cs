@@ -13,7 +13,7 @@ public sealed class OutgoingAlert : IByteSource
 {
     // An update's payload on flash starts with the 4-byte id of the alert it replaces.
     private readonly byte[] _buffer = new byte[4 + AlertRecord.MaxSize];
-    private readonly AlertJsonWriter _writer = new AlertJsonWriter();
+    private readonly AlertJsonWriter _writer;
     private int _start;
     private int _recordLength;
     private uint _epoch;
@@ -21,6 +21,15 @@ public sealed class OutgoingAlert : IByteSource
     private uint _boot;
     private long _uptimeMs;
     private long _unixMs;
+
+    /// <summary>Creates an empty one; <see cref="AlertStore.TryNext(OutgoingAlert)"/> fills it.</summary>
+    public OutgoingAlert()
+        : this(new JsonOutput())
+    {
+    }
+
+    /// <summary>One whose JSON writer shares its cursor (and 32-byte chunk) with other writers of the same thread.</summary>
+    internal OutgoingAlert(JsonOutput output) => _writer = new AlertJsonWriter(output);
 
     /// <summary>True between a successful <see cref="AlertStore.TryNext(OutgoingAlert)"/> and the next call that finds nothing.</summary>
     public bool IsLoaded { get; private set; }

@@ -10,7 +10,16 @@ namespace EdgeMail.Firmware.Alerts;
 /// </summary>
 public sealed class StatusJsonWriter
 {
-    private readonly JsonOutput _out = new JsonOutput();
+    private readonly JsonOutput _out;
+
+    /// <summary>Creates a writer.</summary>
+    public StatusJsonWriter()
+        : this(new JsonOutput())
+    {
+    }
+
+    /// <summary>A writer over a cursor shared with other writers of the same thread.</summary>
+    internal StatusJsonWriter(JsonOutput output) => _out = output;
 
     /// <summary>Writes the status JSON.</summary>
     /// <param name="status">The facts.</param>
@@ -43,7 +52,7 @@ public sealed class StatusJsonWriter
         return WriteBody(status);
     }
 
-    /// <summary>Writes the status JSON streamed into <paramref name="sink"/>, in chunks of at most 64 bytes.</summary>
+    /// <summary>Writes the status JSON streamed into <paramref name="sink"/>, in chunks of at most 32 bytes.</summary>
     /// <param name="status">The facts.</param>
     /// <param name="sink">Where the bytes go.</param>
     /// <returns>The JSON length in bytes.</returns>

@@ -31,10 +31,10 @@ public sealed class Forwarder : IMqttClientHandler
     private readonly MqttClient _client;
     private readonly ForwarderRandom _random;
     private readonly DeviceStatus _status = new DeviceStatus();
-    private readonly StatusPayload _statusPayload = new StatusPayload();
+    private readonly StatusPayload _statusPayload;
     // The alert being sent, held as its record (≤ 1.5 KiB); its JSON (up to 4 KiB) is streamed through the MQTT
     // client's send buffer and never held whole.
-    private readonly OutgoingAlert _outgoing = new OutgoingAlert();
+    private readonly OutgoingAlert _outgoing;
     private readonly string _alertTopic;
     private readonly string _statusTopic;
     private readonly string _receiptTopic;
@@ -85,6 +85,9 @@ public sealed class Forwarder : IMqttClientHandler
         _wall = wall;
         _options = options;
         _random = new ForwarderRandom(options.JitterSeed);
+        var json = new JsonOutput(); // alert and status JSON are written one after the other, on this thread
+        _outgoing = new OutgoingAlert(json);
+        _statusPayload = new StatusPayload(new StatusJsonWriter(json));
         _alertTopic = "edgemail/v1/" + options.DeviceId + "/alert";
         _statusTopic = "edgemail/v1/" + options.DeviceId + "/status";
         _receiptTopic = "edgemail/v1/" + options.DeviceId + "/receipt";
@@ -511,8 +514,10 @@ public sealed class Forwarder : IMqttClientHandler
     /// <summary>The status heartbeat as a streamed payload: a snapshot of the status, measured when loaded.</summary>
     private sealed class StatusPayload : IByteSource
     {
-        private readonly StatusJsonWriter _writer = new StatusJsonWriter();
+        private readonly StatusJsonWriter _writer;
         private readonly DeviceStatus _snapshot = new DeviceStatus();
+
+        public StatusPayload(StatusJsonWriter writer) => _writer = writer;
 
         public int Length { get; private set; }
 

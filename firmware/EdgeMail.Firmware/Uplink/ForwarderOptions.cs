@@ -60,6 +60,10 @@ public sealed class ForwarderOptions
     /// <summary>MQTT send buffer in bytes (CONNECT, PUBLISH headers, small payloads). Default 256.</summary>
     public int SendBufferSize { get; set; } = 256;
 
-    /// <summary>MQTT receive buffer in bytes (must hold a receipt). Default 512.</summary>
-    public int ReceiveBufferSize { get; set; } = 512;
+    /// <summary>
+    /// MQTT receive buffer in bytes. Default 256: CONNACK, SUBACK, PUBACK and PINGRESP take 2–5 bytes; a receipt
+    /// larger than the buffer is handled by its head (its <c>id</c>, <c>state</c> and <c>at</c> come first, about
+    /// 110 bytes with the topic plus the device id's length) and the rest (<c>detail</c>, up to 512 characters) is skipped.
+    /// </summary>
+    public int ReceiveBufferSize { get; set; } = 256;
 }

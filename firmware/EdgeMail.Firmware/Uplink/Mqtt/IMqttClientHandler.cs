@@ -11,6 +11,7 @@ public interface IMqttClientHandler
 
     /// <summary>A PUBLISH arrived on a subscribed topic. For QoS 1 the client sends PUBACK after this returns
     /// (if this throws, no PUBACK is sent and the broker redelivers after a reconnect).</summary>
-    /// <param name="message">A view into the receive buffer, valid only during this call.</param>
+    /// <param name="message">A view into the receive buffer, valid only during this call. A PUBLISH larger than the
+    /// receive buffer arrives as its head (<see cref="MqttPacket.Truncated"/>: the payload range holds its first bytes).</param>
     void OnMessageReceived(MqttPacket message);
 }

@@ -29,6 +29,7 @@ public sealed class MqttClient
     private int _payloadLeft;
     private int _rxCount;
     private int _rxConsumed;
+    private int _rxSkip;
     private bool _connected;
     private long _lastSendMs;
     private long _pingSentMs = -1;
@@ -98,6 +99,7 @@ public sealed class MqttClient
 
         _rxCount = 0;
         _rxConsumed = 0;
+        _rxSkip = 0;
         _pingSentMs = -1;
         _subscribeId = 0;
         int length = MqttCodec.EncodeConnect(_tx, 0, _options.ClientId, _options.UserName, _options.Password, _options.CleanSession, _options.KeepAliveSeconds);
@@ -594,7 +596,19 @@ public sealed class MqttClient
         bool received = false;
         while (true)
         {
-            if (_rxCount > 0)
+            if (_rxSkip > 0 && _rxCount > 0)
+            {
+                // The rest of a PUBLISH whose head was handled truncated: dropped as it arrives.
+                int drop = _rxCount < _rxSkip ? _rxCount : _rxSkip;
+                _rxSkip -= drop;
+                _rxCount -= drop;
+                if (_rxCount > 0)
+                {
+                    Array.Copy(_rx, drop, _rx, 0, _rxCount);
+                }
+            }
+
+            if (_rxCount > 0 && _rxSkip == 0)
             {
                 MqttDecodeStatus status = MqttCodec.Decode(_rx, 0, _rxCount, _packet);
                 if (status == MqttDecodeStatus.Complete)
@@ -610,7 +624,25 @@ public sealed class MqttClient
 
                 if (_packet.Length > _rx.Length)
                 {
-                    throw Fail(MqttError.ProtocolError, "incoming packet of " + _packet.Length.ToString() + " bytes exceeds the receive buffer of " + _rx.Length.ToString() + " bytes (ReceiveBufferSize)");
+                    if (_packet.Type != MqttPacketType.Publish)
+                    {
+                        throw Fail(MqttError.ProtocolError, "incoming packet of " + _packet.Length.ToString() + " bytes exceeds the receive buffer of " + _rx.Length.ToString() + " bytes (ReceiveBufferSize)");
+                    }
+
+                    // A PUBLISH larger than the buffer (e.g. a receipt with a long detail): its head is handled
+                    // once the buffer is full, truncated, and the rest is skipped.
+                    if (_rxCount == _rx.Length)
+                    {
+                        status = MqttCodec.DecodePublishHead(_rx, 0, _rxCount, _packet);
+                        if (status != MqttDecodeStatus.Complete)
+                        {
+                            throw Fail(MqttError.ProtocolError, "a PUBLISH of " + _packet.Length.ToString() + " bytes whose topic does not fit the receive buffer of " + _rx.Length.ToString() + " bytes (ReceiveBufferSize)" + (_packet.Error != null ? ": " + _packet.Error : string.Empty));
+                        }
+
+                        _rxSkip = _packet.Length - _rxCount;
+                        _rxConsumed = _rxCount;
+                        return true;
+                    }
                 }
             }
 
@@ -686,6 +718,7 @@ public sealed class MqttClient
         _pingSentMs = -1;
         _rxCount = 0;
         _rxConsumed = 0;
+        _rxSkip = 0;
         _transport.Close();
         return new MqttException(error, message);
     }

@@ -37,10 +37,12 @@ public sealed class MqttClientOptions
     /// <summary>Largest number of QoS 1 publishes awaiting PUBACK at once. Default 4.</summary>
     public int MaxInFlight { get; set; } = 4;
 
-    /// <summary>Send buffer in bytes: must hold CONNECT and each PUBLISH header (topic included); a payload that does not
-    /// fit behind its header is sent straight from the caller's buffer. Default 256.</summary>
+    /// <summary>Send buffer in bytes: must hold CONNECT and each PUBLISH header (topic included); a streamed payload goes
+    /// out through it a buffer-full at a time, a byte[] payload that does not fit behind its header straight from the
+    /// caller's buffer. Default 256.</summary>
     public int SendBufferSize { get; set; } = 256;
 
-    /// <summary>Receive buffer in bytes: must hold the largest incoming PUBLISH (a receipt). Default 512.</summary>
+    /// <summary>Receive buffer in bytes: must hold every acknowledgement and the head (fixed header, topic, packet id)
+    /// of an incoming PUBLISH; a larger PUBLISH is handled truncated (<see cref="MqttPacket.Truncated"/>). Default 512.</summary>
     public int ReceiveBufferSize { get; set; } = 512;
 }

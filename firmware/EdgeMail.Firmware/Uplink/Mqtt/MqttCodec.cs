@@ -402,6 +402,58 @@ public static class MqttCodec
         }
     }
 
+    /// <summary>
+    /// Decodes the head of a PUBLISH too large to be received whole: fixed header, topic and packet id, and as much of
+    /// the payload as <paramref name="count"/> holds (<see cref="MqttPacket.Truncated"/> set, <see cref="MqttPacket.Length"/>
+    /// the whole packet's size, so the receiver knows how many bytes to skip). A PUBLISH that is here whole, and any
+    /// other packet, decode as with <see cref="Decode"/>. Allocates nothing and never throws for bad bytes.
+    /// </summary>
+    /// <param name="buffer">Received bytes.</param>
+    /// <param name="offset">Index of the packet's first byte.</param>
+    /// <param name="count">Bytes available from <paramref name="offset"/>.</param>
+    /// <param name="packet">Filled with the result (reset first).</param>
+    /// <returns>Complete (possibly truncated), NeedMoreData (the head is not here yet), or Malformed.</returns>
+    public static MqttDecodeStatus DecodePublishHead(byte[] buffer, int offset, int count, MqttPacket packet)
+    {
+        MqttDecodeStatus status = Decode(buffer, offset, count, packet);
+        if (status != MqttDecodeStatus.NeedMoreData || packet.Type != MqttPacketType.Publish || packet.Length == 0)
+        {
+            return status;
+        }
+
+        // The remaining length is complete (Length is set): find where the variable header starts.
+        int pos = offset + 1;
+        while ((buffer[pos] & 0x80) != 0)
+        {
+            pos++;
+        }
+
+        pos++;
+        int remaining = packet.Length - (pos - offset);
+        int available = offset + count - pos;
+        int idBytes = ((packet.Flags >> 1) & 0x03) > 0 ? 2 : 0;
+        if (available < 2 || available < 2 + ReadUInt16(buffer, pos) + idBytes)
+        {
+            return MqttDecodeStatus.NeedMoreData;
+        }
+
+        int length = packet.Length;
+        status = DecodePublish(buffer, pos, available, packet);
+        if (status == MqttDecodeStatus.Complete)
+        {
+            if (2 + packet.TopicLength + idBytes > remaining)
+            {
+                return Malformed(packet, "PUBLISH topic length " + packet.TopicLength.ToString() + " does not fit remaining length " + remaining.ToString());
+            }
+
+            packet.Buffer = buffer;
+            packet.Length = length;
+            packet.Truncated = true;
+        }
+
+        return status;
+    }
+
     private static MqttDecodeStatus DecodePublish(byte[] buffer, int pos, int remaining, MqttPacket packet)
     {
         int flags = packet.Flags;

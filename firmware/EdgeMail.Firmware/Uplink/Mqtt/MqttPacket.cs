@@ -50,6 +50,12 @@ public sealed class MqttPacket
     /// <summary>PUBLISH: the payload's length in bytes.</summary>
     public int PayloadLength { get; internal set; }
 
+    /// <summary>
+    /// PUBLISH: true when only the head of the packet is here (<see cref="MqttCodec.DecodePublishHead"/>): the payload
+    /// range holds its first bytes, <see cref="Length"/> is still the whole packet's size.
+    /// </summary>
+    public bool Truncated { get; internal set; }
+
     /// <summary>After <see cref="MqttDecodeStatus.Malformed"/>: what was wrong; otherwise null.</summary>
     public string? Error { get; internal set; }
 
@@ -74,6 +80,7 @@ public sealed class MqttPacket
         Qos = 0;
         Dup = false;
         Retain = false;
+        Truncated = false;
         Buffer = null;
         TopicOffset = 0;
         TopicLength = 0;
