@@ -26,7 +26,12 @@ public static class GatewayHost
     public static HostApplicationBuilder CreateBuilder(string[] args)
     {
         ArgumentNullException.ThrowIfNull(args);
-        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { Args = args });
+        // The host's default appsettings.json source would watch the working directory recursively for changes
+        // (every spool write under it, every file a build touches, costing CPU on the ingest path): the gateway
+        // reads its configuration once, at start.
+        var hostConfiguration = new ConfigurationManager();
+        hostConfiguration.AddInMemoryCollection([new("hostBuilder:reloadConfigOnChange", "false")]);
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { Args = args, Configuration = hostConfiguration });
         string? configFile = ConfigFile(args) ?? Environment.GetEnvironmentVariable("EDGEMAIL_CONFIG");
         var sources = builder.Configuration.Sources;
         int insertAt = sources.Count;
