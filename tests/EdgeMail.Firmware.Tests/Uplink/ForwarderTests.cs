@@ -115,6 +115,57 @@ public sealed class ForwarderTests(ITestOutputHelper output) : IAsyncLifetime
     }
 
     [Fact]
+    public void MaximumSizeAlert_LinkDroppedBeforePubAck_IsStreamedAgainWithDupAndTheSameBytes()
+    {
+        int attempts = 0;
+        _broker.OnPublish = e =>
+        {
+            if (e.ApplicationMessage.Topic == AlertTopic && e.ApplicationMessage.Payload.Length > 3_000 && Interlocked.Increment(ref attempts) == 1)
+            {
+                throw new InvalidOperationException("simulated spool failure: no PUBACK, connection dropped");
+            }
+        };
+        using var rig = new ForwarderRig(() => Options());
+        uint small = rig.Raise("BEFORE");
+        uint seq = rig.Forwarder.Raise(EdgeMail.Firmware.Tests.Alerts.StreamedJsonTests.MaxAlert());
+        uint after = rig.Raise("AFTER");
+
+        rig.StepUntil(() => rig.Store.Depth == 0, "every alert to be acknowledged after the resend");
+
+        var seen = AlertsSeen();
+        output.WriteLine(string.Join(", ", seen.Select(a => $"{a.Id} dup={a.Dup} {Encoding.UTF8.GetByteCount(a.Json)} B")));
+        var big = seen.Where(a => a.Id == $"7f3a9c21-{seq}").ToList();
+        Assert.Equal(2, big.Count);
+        Assert.False(big[0].Dup);
+        Assert.True(big[1].Dup);
+        Assert.InRange(Encoding.UTF8.GetByteCount(big[0].Json), 3_800, AlertJsonWriter.MaxLength);
+        Assert.All(big, a => Assert.Equal(JsonDocument.Parse(big[0].Json).RootElement.GetProperty("text").GetString(), JsonDocument.Parse(a.Json).RootElement.GetProperty("text").GetString()));
+        Assert.Equal(after, rig.Forwarder.AcknowledgedThrough);
+        Assert.Equal(new[] { small, seq, after }.Select(s => $"7f3a9c21-{s}"), seen.Select(a => a.Id).Distinct());
+        Assert.True(rig.Forwarder.Failures >= 1);
+    }
+
+    [Fact]
+    public async Task Receipt_LargerThanTheReceiveBuffer_SetsTheClockFromItsHeadAndKeepsTheLink()
+    {
+        using var rig = new ForwarderRig(() => Options());
+        rig.StepUntil(() => rig.Forwarder.State == ForwarderState.Idle, "the connection");
+        string detail = string.Concat(Enumerable.Repeat("451 4.7.1 \"try again later\"\n", 20))[..512];
+        string receipt = JsonSerializer.Serialize(new { id = "7f3a9c21-1", state = "deferred", at = "2026-11-28T09:58:12.250Z", detail });
+        Assert.True(Encoding.UTF8.GetByteCount(receipt) > 256);
+
+        await _broker.InjectAsync("edgemail/v1/dev-1/receipt", receipt);
+        rig.StepUntil(() => rig.Forwarder.Receipts == 1, "the receipt");
+        await _broker.InjectAsync("edgemail/v1/dev-1/receipt", "{\"id\":\"7f3a9c21-2\",\"state\":\"accepted\",\"at\":\"2026-11-28T09:59:00.000Z\",\"detail\":\"\"}");
+        rig.StepUntil(() => rig.Forwarder.Receipts == 2, "a second, small receipt after the skipped rest");
+
+        long expected = new DateTimeOffset(2026, 11, 28, 9, 59, 0, TimeSpan.Zero).ToUnixTimeMilliseconds();
+        Assert.InRange(rig.Wall.UnixMs, expected, expected + 5_000);
+        Assert.Equal(0, rig.Forwarder.Failures);
+        Assert.Equal(1, rig.Forwarder.Connects);
+    }
+
+    [Fact]
     public void PowerCutAfterPublishBeforePubAck_RebootResendsTheAlertUnderTheSameId()
     {
         // The broker takes the PUBLISH but the device dies before the PUBACK reaches it.

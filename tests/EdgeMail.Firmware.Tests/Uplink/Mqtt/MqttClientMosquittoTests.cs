@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Diagnostics;
 using EdgeMail.Simulation.Network;
 using EdgeMail.Testing;
@@ -14,6 +15,79 @@ public sealed class MqttClientMosquittoTests
 {
     private const string AlertTopic = "edgemail/v1/dev-1/alert";
     private const string ReceiptTopic = "edgemail/v1/dev-1/receipt";
+
+    [PeerFact("mosquitto:mosquitto")]
+    public async Task Client_AgainstMosquitto_StreamsAMaximumSizeAlertThatArrivesWhole()
+    {
+        int port = Loopback.FreePort();
+        string dir = Directory.CreateTempSubdirectory("edgemail-mosquitto-").FullName;
+        string config = Path.Combine(dir, "mosquitto.conf");
+        await File.WriteAllTextAsync(config, $"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n");
+        using Process broker = await StartMosquittoAsync(config);
+        try
+        {
+            using IMqttClient gateway = new MqttClientFactory().CreateMqttClient();
+            var received = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
+            gateway.ApplicationMessageReceivedAsync += e =>
+            {
+                received.TrySetResult(e.ApplicationMessage.Payload.ToArray());
+                return Task.CompletedTask;
+            };
+            await gateway.ConnectAsync(new MqttClientOptionsBuilder().WithTcpServer("127.0.0.1", port).WithClientId("gateway")
+                .WithProtocolVersion(MQTTnet.Formatter.MqttProtocolVersion.V311).Build());
+            await gateway.SubscribeAsync(AlertTopic, MqttQualityOfServiceLevel.AtLeastOnce);
+
+            using var transport = new TcpTransport();
+            var handler = new RecordingHandler();
+            var client = new DeviceClient(transport, new StopwatchClock(), new DeviceOptions { ClientId = "dev-1", UserName = "dev-1", Password = "s3cret" }, handler);
+            client.Connect("127.0.0.1", port);
+            EdgeMail.Firmware.Alerts.OutgoingAlert alert = MqttStreamedPublishTests.LoadMaxAlert();
+            var expected = new byte[EdgeMail.Firmware.Alerts.AlertJsonWriter.MaxLength];
+            int length = alert.WriteTo(expected, 0);
+
+            Assert.True(client.Publish(AlertTopic, alert, alert.Seq, retain: false, dup: false));
+            Loopback.PollUntil(client, () => handler.Acknowledged.Count == 1, "mosquitto's PUBACK of the maximum-size alert");
+
+            byte[] payload = await Await.Within(received.Task, "the maximum-size alert at a subscriber of mosquitto");
+            Assert.Equal(expected.AsSpan(0, length).ToArray(), payload);
+            client.Disconnect();
+            await gateway.DisconnectAsync();
+        }
+        finally
+        {
+            broker.Kill();
+            await broker.WaitForExitAsync();
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    private static async Task<Process> StartMosquittoAsync(string config)
+    {
+        var ready = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var broker = new Process
+        {
+            StartInfo = new ProcessStartInfo(Peers.Require("mosquitto", "mosquitto"), ["-c", config])
+            {
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+                UseShellExecute = false,
+            },
+        };
+        DataReceivedEventHandler onLine = (_, e) =>
+        {
+            if (e.Data is not null && e.Data.Contains(" running", StringComparison.Ordinal))
+            {
+                ready.TrySetResult(true);
+            }
+        };
+        broker.OutputDataReceived += onLine;
+        broker.ErrorDataReceived += onLine;
+        broker.Start();
+        broker.BeginOutputReadLine();
+        broker.BeginErrorReadLine();
+        await Await.Within(ready.Task, "mosquitto to log that it is running");
+        return broker;
+    }
 
     [PeerFact("mosquitto:mosquitto")]
     public async Task Client_AgainstMosquitto_ConnectsPublishesResumesAndReceivesReceipt()
