@@ -41,6 +41,7 @@ public sealed class SmtpSink : IAsyncDisposable
             })
             .Build();
         var services = new SmtpServer.ComponentModel.ServiceProvider();
+        services.Add(new EdgeMail.Gateway.Ingest.Smtp.NoDelayListenerFactory());
         services.Add(new Store(this));
         services.Add(new Filter(this));
         if (login is { } l)
