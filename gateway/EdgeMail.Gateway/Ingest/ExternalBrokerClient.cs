@@ -90,6 +90,9 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
         }
     }
 
+    /// <summary>Test hook: runs after a message is received and before it is stored (simulates a crash in between).</summary>
+    internal Func<string, CancellationToken, Task>? BeforeStore { get; set; }
+
     /// <inheritdoc />
     public Task StartAsync(CancellationToken cancellationToken)
     {
@@ -367,6 +370,11 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
     private async Task StoreAsync(string topic, byte[] payload, CancellationToken cancellationToken)
     {
         await Task.Yield(); // the receive loop goes on to the next message while this one is stored
+        if (BeforeStore is { } hook)
+        {
+            await hook(topic, cancellationToken).ConfigureAwait(false);
+        }
+
         var kind = ExternalTopics.Parse(topic, out string device);
         if (kind == TopicKind.None)
         {

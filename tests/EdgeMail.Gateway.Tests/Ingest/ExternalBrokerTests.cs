@@ -86,6 +86,86 @@ public sealed class ExternalBrokerTests(ITestOutputHelper output) : IDisposable
     }
 
     [PeerFact("mosquitto:mosquitto")]
+    public async Task External_GatewayStopsBetweenReceiptAndCommit_BrokerRedeliversAndOneMailGoesOut()
+    {
+        await using var broker = await ExternalMosquitto.StartAsync(Devices);
+        string config = ExternalGateway.WriteConfig(_dataDir, broker.Port);
+        var received = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using (var first = await ExternalGateway.StartAsync(config))
+        {
+            first.Client.BeforeStore = async (topic, ct) =>
+            {
+                received.TrySetResult(topic);
+                await Task.Delay(Timeout.InfiniteTimeSpan, ct); // never committed: the gateway stops here
+            };
+            using var device = await ExternalGateway.DeviceAsync(broker.Port, "dev-2");
+            var ack = await device.PublishAsync(ExternalGateway.Alert("dev-2", "in-between"));
+            Assert.True(ack.IsSuccess); // the broker took it
+            Assert.Equal("edgemail/v1/dev-2/alert", await Await.Within(received.Task, "the gateway to receive the alert"));
+            Assert.Null(await first.Spool.GetAlertAsync("dev-2", "in-between", default));
+        }
+
+        await using var second = await ExternalGateway.StartAsync(config);
+        await ExternalGateway.MailAsync(_dataDir, 1);
+
+        Assert.Equal(AlertStatus.Routed, (await second.Spool.GetAlertAsync("dev-2", "in-between", default))?.Status);
+        Assert.Equal(1, await second.QueuedMailAsync());
+    }
+
+    [PeerFact("mosquitto:mosquitto")]
+    public async Task External_TlsBrokerWithPinnedCa_GatewayConnectsOverTlsAndIngests()
+    {
+        string certDir = Path.Combine(_dataDir, "tls");
+        Directory.CreateDirectory(certDir);
+        var (certFile, keyFile) = WriteSelfSignedPem(certDir);
+        await using var broker = await ExternalMosquitto.StartAsync(Devices, (certFile, keyFile));
+        await using var gateway = await ExternalGateway.StartAsync(ExternalGateway.WriteConfig(_dataDir, broker.Port, tls: new { Tls = true, CaFile = certFile }));
+        using var device = await ExternalGateway.DeviceAsync(broker.Port, "dev-1", caFile: certFile);
+
+        await device.PublishAsync(ExternalGateway.Alert("dev-1", "over-tls"));
+        await ExternalGateway.MailAsync(_dataDir, 1);
+
+        Assert.Equal(AlertStatus.Routed, (await gateway.Spool.GetAlertAsync("dev-1", "over-tls", default))?.Status);
+    }
+
+    [PeerFact("mosquitto:mosquitto")]
+    public async Task External_TlsBrokerWithUntrustedCertificate_GatewayDoesNotConnect()
+    {
+        string certDir = Path.Combine(_dataDir, "tls");
+        Directory.CreateDirectory(certDir);
+        var (certFile, keyFile) = WriteSelfSignedPem(certDir);
+        var (otherCa, _) = WriteSelfSignedPem(Directory.CreateDirectory(Path.Combine(certDir, "other")).FullName);
+        await using var broker = await ExternalMosquitto.StartAsync(Devices, (certFile, keyFile));
+        string config = ExternalGateway.WriteConfig(_dataDir, broker.Port, tls: new { Tls = true, CaFile = otherCa });
+        using var host = GatewayHost.CreateBuilder(["--config", config]).Build();
+        await host.StartAsync();
+        var client = Microsoft.Extensions.DependencyInjection.ServiceProviderServiceExtensions.GetRequiredService<EdgeMail.Gateway.Ingest.ExternalBrokerClient>(host.Services);
+
+        // The handshake fails on the pinned CA: the client never counts as connected (it keeps retrying with backoff).
+        await Assert.ThrowsAsync<TimeoutException>(() => client.Connected.WaitAsync(TimeSpan.FromSeconds(3)));
+        await host.StopAsync();
+    }
+
+    private static (string CertFile, string KeyFile) WriteSelfSignedPem(string dir)
+    {
+        using var rsa = System.Security.Cryptography.RSA.Create(2048);
+        var request = new System.Security.Cryptography.X509Certificates.CertificateRequest("CN=broker.test", rsa,
+            System.Security.Cryptography.HashAlgorithmName.SHA256, System.Security.Cryptography.RSASignaturePadding.Pkcs1);
+        var san = new System.Security.Cryptography.X509Certificates.SubjectAlternativeNameBuilder();
+        san.AddIpAddress(System.Net.IPAddress.Loopback);
+        san.AddDnsName("localhost");
+        request.CertificateExtensions.Add(san.Build());
+        request.CertificateExtensions.Add(new System.Security.Cryptography.X509Certificates.X509BasicConstraintsExtension(true, false, 0, true));
+        var now = DateTimeOffset.UtcNow;
+        using var cert = request.CreateSelfSigned(now.AddMinutes(-5), now.AddDays(1));
+        string certFile = Path.Combine(dir, "broker.pem");
+        string keyFile = Path.Combine(dir, "broker.key");
+        File.WriteAllText(certFile, cert.ExportCertificatePem() + "\n");
+        File.WriteAllText(keyFile, rsa.ExportPkcs8PrivateKeyPem() + "\n");
+        return (certFile, keyFile);
+    }
+
+    [PeerFact("mosquitto:mosquitto")]
     public async Task External_UnknownDeviceOnItsOwnTopic_IsKeptAsRejectedWithReasonAndServiceGoesOn()
     {
         await using var broker = await ExternalMosquitto.StartAsync(Devices);

@@ -59,7 +59,7 @@ public sealed class ExternalGateway : IAsyncDisposable
     }
 
     /// <summary>A device connected to the broker (user name = client id = device id).</summary>
-    public static async Task<IMqttClient> DeviceAsync(int port, string device, string? receiptsTo = null, Action<string>? onReceipt = null)
+    public static async Task<IMqttClient> DeviceAsync(int port, string device, string? receiptsTo = null, Action<string>? onReceipt = null, string? caFile = null)
     {
         var client = new MqttClientFactory().CreateMqttClient();
         if (onReceipt is not null)
@@ -71,9 +71,17 @@ public sealed class ExternalGateway : IAsyncDisposable
             };
         }
 
-        var result = await client.ConnectAsync(new MqttClientOptionsBuilder().WithTcpServer("127.0.0.1", port).WithClientId(device)
+        var builder = new MqttClientOptionsBuilder().WithTcpServer("127.0.0.1", port).WithClientId(device)
             .WithCredentials(device, ExternalMosquitto.DevicePassword).WithProtocolVersion(MqttProtocolVersion.V500)
-            .WithTimeout(TimeSpan.FromSeconds(10)).Build());
+            .WithTimeout(TimeSpan.FromSeconds(10));
+        if (caFile is not null)
+        {
+            var trust = new System.Security.Cryptography.X509Certificates.X509Certificate2Collection();
+            trust.ImportFromPemFile(caFile);
+            builder.WithTlsOptions(t => t.UseTls().WithTrustChain(trust));
+        }
+
+        var result = await client.ConnectAsync(builder.Build());
         if (result.ResultCode != MqttClientConnectResultCode.Success)
         {
             throw new InvalidOperationException($"device {device} could not connect to mosquitto: {result.ResultCode}");
