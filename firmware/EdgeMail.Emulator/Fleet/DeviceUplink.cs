@@ -13,6 +13,10 @@ internal interface IDeviceUplink
 
     bool IsConnected { get; }
 
+    /// <summary>Whether the next <see cref="Step"/> may block on the network for a round trip or more (a connect, a
+    /// session), so the scheduler runs it off its own thread.</summary>
+    bool MayBlock { get; }
+
     /// <summary>Alerts sent for the first time.</summary>
     long Published { get; }
 
@@ -48,6 +52,8 @@ internal sealed class MqttDeviceUplink(Forwarder forwarder) : IDeviceUplink
     public ForwarderState State => forwarder.State;
 
     public bool IsConnected => forwarder.IsConnected;
+
+    public bool MayBlock => !forwarder.IsConnected; // a Step while disconnected connects when it is due
 
     public long Published => forwarder.Published;
 
@@ -119,6 +125,8 @@ internal sealed class SmtpDeviceUplink : IDeviceUplink
     public ForwarderState State { get; private set; } = ForwarderState.Offline;
 
     public bool IsConnected => false; // a session opens and closes inside one Step
+
+    public bool MayBlock => State == ForwarderState.Backoff || _queue.NextSeq - 1 > _cleanThrough;
 
     public long Published { get; private set; }
 

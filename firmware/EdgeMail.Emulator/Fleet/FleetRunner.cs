@@ -8,7 +8,8 @@ internal sealed record FleetProgress(string Phase, double SimulatedSeconds, doub
 
 /// <summary>
 /// Runs a fleet of <see cref="VirtualDevice"/>s: a few scheduler threads (one per core), each stepping its share of
-/// the devices when they are due, so thousands of devices need no thousands of threads.
+/// the devices when they are due, so thousands of devices need no thousands of threads; ticks that wait on the network
+/// (connects, SMTP sessions) run on a small pool of I/O threads meanwhile.
 /// </summary>
 internal sealed class FleetRunner : IDisposable
 {
@@ -38,21 +39,22 @@ internal sealed class FleetRunner : IDisposable
         _clock.Start();
         int workers = Math.Max(1, Math.Min(Environment.ProcessorCount, _devices.Count));
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+        using var blocking = new BlockingPool(Math.Clamp(_devices.Count / 16, 2, 64), stop);
         var threads = new Thread[workers];
-        Exception? failure = null;
+        var shards = new Shard[workers];
         for (int w = 0; w < workers; w++)
         {
-            VirtualDevice[] shard = [.. _devices.Where((_, i) => i % workers == w)];
+            var shard = new Shard([.. _devices.Where((_, i) => i % workers == w)]);
+            shards[w] = shard;
             threads[w] = new Thread(() =>
             {
                 try
                 {
-                    Schedule(shard, stop.Token);
+                    Schedule(shard, blocking, stop.Token);
                 }
                 catch (Exception ex) when (ex is not OutOfMemoryException)
                 {
-                    failure ??= ex;
-                    stop.Cancel();
+                    blocking.Fail(ex);
                 }
             })
             { IsBackground = true, Name = $"fleet-{w}" };
@@ -91,9 +93,15 @@ internal sealed class FleetRunner : IDisposable
             t.Join();
         }
 
-        if (failure is not null)
+        blocking.Join();
+        foreach (Shard shard in shards)
         {
-            throw new InvalidOperationException("A device scheduler failed: " + failure.Message, failure);
+            shard.Dispose();
+        }
+
+        if (blocking.Failure is not null)
+        {
+            throw new InvalidOperationException("A device scheduler failed: " + blocking.Failure.Message, blocking.Failure);
         }
 
         foreach (VirtualDevice d in _devices)
@@ -117,18 +125,45 @@ internal sealed class FleetRunner : IDisposable
         _devices.Sum(d => (long)d.Depth),
         _devices.Sum(d => d.Stats.PowerCuts));
 
-    private void Schedule(VirtualDevice[] shard, CancellationToken stop)
+    /// <summary>
+    /// One scheduler thread: ticks its devices when they are due. A tick that may block on the network (a connect, an
+    /// SMTP session, a boot) goes to the <see cref="BlockingPool"/> instead, and the device is left alone until it comes
+    /// back, so one slow round trip never stalls the hundreds of devices that share the thread. Each device is still
+    /// ticked by one thread at a time (the queue hand-over orders the memory accesses).
+    /// </summary>
+    private void Schedule(Shard shard, BlockingPool blocking, CancellationToken stop)
     {
-        var due = new long[shard.Length];
+        VirtualDevice[] devices = shard.Devices;
+        long[] due = shard.Due;
+        bool[] away = shard.Away;
+        WaitHandle[] wake = [stop.WaitHandle, shard.Returned];
         while (!stop.IsCancellationRequested)
         {
+            while (shard.Completed.TryDequeue(out (int Index, long Due) back))
+            {
+                due[back.Index] = back.Due;
+                away[back.Index] = false;
+            }
+
             long now = _clock.NowMs;
             long soonest = long.MaxValue;
-            for (int i = 0; i < shard.Length; i++)
+            for (int i = 0; i < devices.Length; i++)
             {
+                if (away[i])
+                {
+                    continue;
+                }
+
                 if (due[i] <= now)
                 {
-                    due[i] = shard[i].Tick(now);
+                    if (devices[i].MayBlock(now))
+                    {
+                        away[i] = true;
+                        blocking.Post(shard, i, _clock);
+                        continue;
+                    }
+
+                    due[i] = devices[i].Tick(now);
                 }
 
                 soonest = Math.Min(soonest, due[i]);
@@ -140,8 +175,92 @@ internal sealed class FleetRunner : IDisposable
                 double realMs = Math.Min(_clock.ToRealMs(wait), 20);
                 if (realMs >= 1)
                 {
-                    stop.WaitHandle.WaitOne((int)realMs);
+                    WaitHandle.WaitAny(wake, (int)realMs);
                 }
+            }
+        }
+    }
+
+    /// <summary>A scheduler thread's devices, when each is next due, and which are out in the blocking pool.</summary>
+    private sealed class Shard(VirtualDevice[] devices) : IDisposable
+    {
+        public VirtualDevice[] Devices { get; } = devices;
+
+        public long[] Due { get; } = new long[devices.Length];
+
+        public bool[] Away { get; } = new bool[devices.Length];
+
+        /// <summary>Ticks the pool finished: device index and when it is next due.</summary>
+        public System.Collections.Concurrent.ConcurrentQueue<(int Index, long Due)> Completed { get; } = new();
+
+        /// <summary>Set when a tick comes back, so the scheduler looks at once.</summary>
+        public AutoResetEvent Returned { get; } = new(false);
+
+        public void Dispose() => Returned.Dispose();
+    }
+
+    /// <summary>
+    /// Dedicated threads for ticks that wait on the network. Threads, not the thread pool: the devices' I/O is synchronous
+    /// by design (the firmware core's transport is), and an in-process broker or receiver lives on the thread pool.
+    /// </summary>
+    private sealed class BlockingPool : IDisposable
+    {
+        private readonly System.Collections.Concurrent.BlockingCollection<(Shard Shard, int Index, FleetClock Clock)> _work = [];
+        private readonly CancellationTokenSource _stop;
+        private readonly Thread[] _threads;
+
+        public BlockingPool(int threads, CancellationTokenSource stop)
+        {
+            _stop = stop;
+            _threads = new Thread[threads];
+            for (int t = 0; t < threads; t++)
+            {
+                _threads[t] = new Thread(Work) { IsBackground = true, Name = $"fleet-io-{t}" };
+                _threads[t].Start();
+            }
+        }
+
+        public Exception? Failure { get; private set; }
+
+        public void Post(Shard shard, int index, FleetClock clock) => _work.Add((shard, index, clock));
+
+        public void Fail(Exception ex)
+        {
+            Failure ??= ex;
+            _stop.Cancel();
+        }
+
+        public void Join()
+        {
+            _work.CompleteAdding();
+            foreach (Thread t in _threads)
+            {
+                t.Join();
+            }
+        }
+
+        public void Dispose() => _work.Dispose();
+
+        private void Work()
+        {
+            try
+            {
+                foreach ((Shard shard, int index, FleetClock clock) in _work.GetConsumingEnumerable())
+                {
+                    if (_stop.IsCancellationRequested)
+                    {
+                        shard.Completed.Enqueue((index, 0));
+                        continue;
+                    }
+
+                    long due = shard.Devices[index].Tick(clock.NowMs);
+                    shard.Completed.Enqueue((index, due));
+                    shard.Returned.Set();
+                }
+            }
+            catch (Exception ex) when (ex is not OutOfMemoryException)
+            {
+                Fail(ex);
             }
         }
     }

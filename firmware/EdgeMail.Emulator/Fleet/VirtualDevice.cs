@@ -19,6 +19,9 @@ internal sealed class VirtualDevice : IDisposable
 {
     private const uint NoCut = 0;
 
+    /// <summary>Real milliseconds between polls of an idle, always-on connection.</summary>
+    private const int IdlePollRealMs = 250;
+
     private readonly Scenario _scenario;
     private readonly FleetClock _clock;
     private readonly NorFlashSimulator _flash;
@@ -124,6 +127,9 @@ internal sealed class VirtualDevice : IDisposable
 
     public bool IsConnected => !_off && _forwarder.IsConnected;
 
+    /// <summary>Whether a <see cref="Tick"/> at <paramref name="now"/> may block on the network (a boot, a connect, an SMTP session).</summary>
+    public bool MayBlock(long now) => _off ? now >= _powerOnAt || _quiesceRequested : _forwarder.MayBlock;
+
     public ForwarderState State => _off ? ForwarderState.Offline : _forwarder.State;
 
     public uint Depth => _off ? Stats.LastDepth : _store.Depth;
@@ -190,7 +196,9 @@ internal sealed class VirtualDevice : IDisposable
             long poll = _forwarder.State switch
             {
                 ForwarderState.Sending => now + Math.Max(1, (long)_clock.Speed),
-                ForwarderState.Idle => now + Math.Max(1, (long)(20 * _clock.Speed)),
+                // Idle: nothing in flight, and a raise steps the uplink in the same tick; the poll only picks up receipts,
+                // keep-alive and heartbeats (seconds apart), so it can be coarse. Duty-cycled devices time their linger with it.
+                ForwarderState.Idle => now + Math.Max(1, (long)((_options.DutyCycleIntervalMs > 0 ? 20 : IdlePollRealMs) * _clock.Speed)),
                 ForwarderState.Connecting => now,
                 _ => now + Math.Max(wait, 1),
             };

@@ -1,3 +1,4 @@
+using System.Net;
 using System.Net.Sockets;
 using EdgeMail.Firmware.Uplink;
 
@@ -5,8 +6,8 @@ namespace EdgeMail.Simulation.Network;
 
 /// <summary>
 /// <see cref="ITransport"/> over a plain TCP socket for .NET (the emulator, the tests, Linux boards). Nagle is off so
-/// small MQTT packets leave at once. After connecting the socket is non-blocking: waits are done with
-/// <see cref="Socket.Poll(int, SelectMode)"/>, so every call honours its timeout.
+/// small MQTT packets leave at once. The socket is non-blocking from the start: waits, the connect's included, are done
+/// with <see cref="Socket.Poll(int, SelectMode)"/>, so every call honours its timeout.
 /// </summary>
 public sealed class TcpTransport : ITransport, IDisposable
 {
@@ -16,27 +17,47 @@ public sealed class TcpTransport : ITransport, IDisposable
     public SocketError? LastError { get; private set; }
 
     /// <inheritdoc/>
+    /// <remarks>The connect itself is non-blocking and awaited with <see cref="Socket.Poll(int, SelectMode)"/> on the
+    /// calling thread: no task continuation, so a busy thread pool (an in-process broker, say) cannot delay it.</remarks>
     public void Open(string host, int port, int timeoutMs)
     {
         ArgumentNullException.ThrowIfNull(host);
         Close();
         LastError = null;
-        var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        Socket? socket = null;
         try
         {
-            using var cts = new CancellationTokenSource(timeoutMs);
-            socket.ConnectAsync(host, port, cts.Token).AsTask().GetAwaiter().GetResult();
-            socket.Blocking = false;
-        }
-        catch (OperationCanceledException)
-        {
-            socket.Dispose();
-            throw new TransportException($"TCP connect to {host}:{port} timed out after {timeoutMs} ms.");
+            IPAddress address = IPAddress.TryParse(host, out IPAddress? literal) ? literal : Resolve(host);
+            socket = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, Blocking = false };
+            try
+            {
+                socket.Connect(address, port);
+            }
+            catch (SocketException ex) when (ex.SocketErrorCode is SocketError.WouldBlock or SocketError.InProgress or SocketError.AlreadyInProgress)
+            {
+                // Under way: wait below.
+            }
+
+            if (!socket.Poll(ToMicroseconds(Math.Max(timeoutMs, 1)), SelectMode.SelectWrite))
+            {
+                throw new TransportException($"TCP connect to {host}:{port} timed out after {timeoutMs} ms.");
+            }
+
+            var error = (SocketError)(int)socket.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.Error)!;
+            if (error != SocketError.Success)
+            {
+                throw new SocketException((int)error);
+            }
         }
         catch (SocketException ex)
         {
-            socket.Dispose();
+            socket?.Dispose();
             throw new TransportException($"TCP connect to {host}:{port} failed: {ex.SocketErrorCode} ({ex.Message}).", ex);
+        }
+        catch (TransportException)
+        {
+            socket?.Dispose();
+            throw;
         }
 
         _socket = socket;
@@ -118,6 +139,13 @@ public sealed class TcpTransport : ITransport, IDisposable
 
     /// <inheritdoc/>
     public void Dispose() => Close();
+
+    private static IPAddress Resolve(string host)
+    {
+        IPAddress[] all = Dns.GetHostAddresses(host);
+        return all.FirstOrDefault(a => a.AddressFamily == AddressFamily.InterNetwork) ?? all.FirstOrDefault()
+            ?? throw new SocketException((int)SocketError.HostNotFound);
+    }
 
     private static int ToMicroseconds(int timeoutMs) => timeoutMs <= 0 ? 0 : timeoutMs >= int.MaxValue / 1000 ? int.MaxValue : timeoutMs * 1000;
 
