@@ -45,6 +45,27 @@ public sealed class SqliteSpoolTests : IDisposable
     }
 
     [Fact]
+    public async Task Commit_IsCopiedIntoTheDatabaseFileByTheBackgroundCheckpoint()
+    {
+        await using var spool = Open();
+        var checkpointed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        spool.Checkpointed += () => checkpointed.TrySetResult();
+
+        await spool.AcceptAlertAsync(Alert("dev-1", "a-1"), default);
+        await EdgeMail.Testing.Await.Within(checkpointed.Task.ContinueWith(_ => true, TaskScheduler.Default), "a WAL checkpoint after the commit");
+
+        // The database file alone (no -wal beside it) has the alert: commits do not checkpoint themselves any more,
+        // the background checkpoint did.
+        string copy = Path.Combine(_dir, "copy.db");
+        File.Copy(DbPath, copy);
+        using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={copy};Pooling=False");
+        connection.Open();
+        using var count = connection.CreateCommand();
+        count.CommandText = "SELECT COUNT(*) FROM alerts WHERE alert_id='a-1'";
+        Assert.Equal(1L, (long)count.ExecuteScalar()!);
+    }
+
+    [Fact]
     public async Task AcceptAlert_ManyConcurrentPublishers_AreGroupCommitted()
     {
         await using var spool = Open();
