@@ -46,6 +46,7 @@ public static class GatewayHost
         _ = insertAt;
 
         var services = builder.Services;
+        services.AddSystemd(); // Type=notify (READY=1, STOPPING=1) and journald log levels under systemd; a no-op otherwise
         services.AddSingleton(TimeProvider.System);
         services.AddSingleton<IValidateOptions<GatewayOptions>, GatewayOptionsValidator>();
         services.AddOptions<GatewayOptions>().Bind(builder.Configuration).ValidateOnStart();
