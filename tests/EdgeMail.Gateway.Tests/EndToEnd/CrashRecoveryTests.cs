@@ -109,12 +109,17 @@ internal sealed class GatewayProcess : IDisposable
 
     private GatewayProcess(Process process) => _process = process;
 
-    public static async Task<GatewayProcess> StartAsync(string config, ITestOutputHelper output)
+    /// <summary>Starts the gateway with the embedded broker and waits until it listens.</summary>
+    public static Task<GatewayProcess> StartAsync(string config, ITestOutputHelper output) =>
+        StartAsync(config, output, "EdgeMail.Gateway.Ingest.EmbeddedBroker", "MQTT broker listening", "listen");
+
+    /// <summary>Starts the gateway, logging <paramref name="category"/> at Information, and waits for <paramref name="readyLine"/>.</summary>
+    public static async Task<GatewayProcess> StartAsync(string config, ITestOutputHelper output, string category, string readyLine, string what)
     {
         string dll = Path.Combine(AppContext.BaseDirectory, "EdgeMail.Gateway.dll");
         var psi = new ProcessStartInfo("dotnet")
         {
-            ArgumentList = { dll, "--config", config, "--Logging:LogLevel:EdgeMail.Gateway.Ingest.EmbeddedBroker=Information", "--Logging:Console:FormatterName=simple" },
+            ArgumentList = { dll, "--config", config, $"--Logging:LogLevel:{category}=Information", "--Logging:Console:FormatterName=simple" },
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
@@ -125,11 +130,11 @@ internal sealed class GatewayProcess : IDisposable
         {
             if (e.Data is null)
             {
-                ready.TrySetException(new InvalidOperationException("the gateway exited before listening"));
+                ready.TrySetException(new InvalidOperationException($"the gateway exited before it could {what}"));
                 return;
             }
 
-            if (e.Data.Contains("MQTT broker listening", StringComparison.Ordinal))
+            if (e.Data.Contains(readyLine, StringComparison.Ordinal))
             {
                 ready.TrySetResult(true);
             }
@@ -144,13 +149,24 @@ internal sealed class GatewayProcess : IDisposable
                 }
                 catch (InvalidOperationException)
                 {
+                    // The test has finished; nobody reads its output any more.
                 }
             }
         };
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
-        await Await.Within(ready.Task, "the gateway process to listen", TimeSpan.FromSeconds(30));
-        return new GatewayProcess(process);
+        var started = new GatewayProcess(process);
+        try
+        {
+            await Await.Within(ready.Task, $"the gateway process to {what}", TimeSpan.FromSeconds(30));
+        }
+        catch
+        {
+            started.Dispose();
+            throw;
+        }
+
+        return started;
     }
 
     /// <summary>SIGKILL: no shutdown code runs.</summary>
@@ -158,6 +174,13 @@ internal sealed class GatewayProcess : IDisposable
     {
         _process.Kill(entireProcessTree: false);
         _process.WaitForExit();
+    }
+
+    /// <summary>SIGKILL, awaited.</summary>
+    public Task KillAsync()
+    {
+        _process.Kill(entireProcessTree: false);
+        return _process.WaitForExitAsync();
     }
 
     public void Dispose()

@@ -1,6 +1,6 @@
-using System.Diagnostics;
 using System.Globalization;
 using EdgeMail.Gateway.Spool;
+using EdgeMail.Gateway.Tests.EndToEnd;
 using EdgeMail.Testing;
 using Microsoft.Extensions.Logging.Abstractions;
 using MQTTnet;
@@ -13,7 +13,7 @@ namespace EdgeMail.Gateway.Tests.Ingest;
 public sealed class ExternalCrashTests(ITestOutputHelper output) : IDisposable
 {
     private readonly string _dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
-    private readonly List<Process> _started = [];
+    private readonly List<GatewayProcess> _started = [];
 
     [PeerFact("mosquitto:mosquitto")]
     public async Task External_GatewayKilledMidStream_EveryAlertTheBrokerTookIsMailedExactlyOnce()
@@ -26,15 +26,13 @@ public sealed class ExternalCrashTests(ITestOutputHelper output) : IDisposable
         var first = await StartGatewayAsync(config);
         var publishers = devices.Select(d => PublishAsync(broker.Port, d, PerDevice)).ToArray();
         await ExternalGateway.MailAsync(_dataDir, 30, TimeSpan.FromSeconds(60)); // mid-stream: some stored, more in flight
-        first.Kill(entireProcessTree: false); // SIGKILL: no shutdown code, no PUBACK for what was not committed
-        await first.WaitForExitAsync();
+        await first.KillAsync(); // SIGKILL: no shutdown code, no PUBACK for what was not committed
         int storedBeforeKill = Directory.GetFiles(Path.Combine(_dataDir, "mailbox", "new"), "*.eml").Length;
         await Task.WhenAll(publishers); // mosquitto took every alert (PUBACK to the device) and queues for the gateway
 
         var second = await StartGatewayAsync(config);
         await ExternalGateway.MailAsync(_dataDir, devices.Length * PerDevice, TimeSpan.FromSeconds(90));
-        second.Kill(entireProcessTree: false);
-        await second.WaitForExitAsync();
+        await second.KillAsync();
 
         output.WriteLine($"{storedBeforeKill} mails before SIGKILL, {devices.Length * PerDevice} after the restart");
         await using var spool = SqliteSpool.Open(Path.Combine(_dataDir, "spool.db"), true, 64, NullLogger.Instance);
@@ -62,52 +60,11 @@ public sealed class ExternalCrashTests(ITestOutputHelper output) : IDisposable
         await client.DisconnectAsync();
     }
 
-    private async Task<Process> StartGatewayAsync(string config)
+    private async Task<GatewayProcess> StartGatewayAsync(string config)
     {
-        string dll = Path.Combine(AppContext.BaseDirectory, "EdgeMail.Gateway.dll");
-        var psi = new ProcessStartInfo("dotnet")
-        {
-            ArgumentList =
-            {
-                dll, "--config", config, "--Logging:LogLevel:EdgeMail.Gateway.Ingest.ExternalBrokerClient=Information",
-                "--Logging:Console:FormatterName=simple",
-            },
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        var process = Process.Start(psi)!;
+        var process = await GatewayProcess.StartAsync(config, output, "EdgeMail.Gateway.Ingest.ExternalBrokerClient",
+            "Connected to the external MQTT broker", "connect to mosquitto");
         _started.Add(process);
-        var connected = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
-        process.OutputDataReceived += (_, e) =>
-        {
-            if (e.Data is null)
-            {
-                connected.TrySetException(new InvalidOperationException("the gateway exited before connecting"));
-                return;
-            }
-
-            if (e.Data.Contains("Connected to the external MQTT broker", StringComparison.Ordinal))
-            {
-                connected.TrySetResult(true);
-            }
-        };
-        process.ErrorDataReceived += (_, e) =>
-        {
-            if (e.Data is not null)
-            {
-                try
-                {
-                    output.WriteLine("gateway stderr: " + e.Data);
-                }
-                catch (InvalidOperationException)
-                {
-                }
-            }
-        };
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-        await Await.Within(connected.Task, "the gateway process to connect to mosquitto", TimeSpan.FromSeconds(30));
         return process;
     }
 
@@ -115,13 +72,7 @@ public sealed class ExternalCrashTests(ITestOutputHelper output) : IDisposable
     {
         foreach (var process in _started)
         {
-            if (!process.HasExited)
-            {
-                process.Kill(); // only the gateways this test started, by their process objects
-                process.WaitForExit();
-            }
-
-            process.Dispose();
+            process.Dispose(); // only the gateways this test started, by their process objects
         }
 
         try
