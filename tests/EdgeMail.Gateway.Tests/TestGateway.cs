@@ -89,37 +89,7 @@ public sealed class TestGateway : IAsyncDisposable
             .Build();
 
     /// <summary>Waits until the mailbox holds at least <paramref name="count"/> files.</summary>
-    public async Task<string[]> MailAsync(int count, TimeSpan? timeout = null)
-    {
-        var deadline = DateTime.UtcNow + (timeout ?? Await.DefaultTimeout);
-        using var watcher = new FileSystemWatcher(MailboxNew) { EnableRaisingEvents = true };
-        while (true)
-        {
-            var changed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            watcher.Created += (_, _) => changed.TrySetResult();
-            watcher.Renamed += (_, _) => changed.TrySetResult();
-            string[] files = Directory.GetFiles(MailboxNew, "*.eml");
-            if (files.Length >= count)
-            {
-                return files;
-            }
-
-            var left = deadline - DateTime.UtcNow;
-            if (left <= TimeSpan.Zero)
-            {
-                throw new TimeoutException($"Timed out waiting for {count} mail(s) in {MailboxNew}; have {files.Length}.");
-            }
-
-            try
-            {
-                await changed.Task.WaitAsync(TimeSpan.FromMilliseconds(200));
-            }
-            catch (TimeoutException)
-            {
-                // Re-check in case the watcher missed an event.
-            }
-        }
-    }
+    public Task<string[]> MailAsync(int count, TimeSpan? timeout = null) => Mailbox.WaitForAsync(MailboxNew, count, timeout);
 
     public async ValueTask DisposeAsync()
     {
@@ -146,4 +116,41 @@ public static class Alerts
             ["v"] = 1, ["id"] = id, ["seq"] = 1, ["state"] = state, ["sev"] = sev, ["code"] = code, ["text"] = text,
             ["values"] = new Dictionary<string, double> { ["temp_c"] = -9.5 }, ["raised"] = "2026-11-28T09:58:12Z", ["boot"] = 1, ["count"] = 1,
         });
+}
+
+/// <summary>The local mailbox as the tests see it.</summary>
+internal static class Mailbox
+{
+    /// <summary>Waits until <paramref name="folder"/> holds at least <paramref name="count"/> .eml files, woken by the folder's change events.</summary>
+    public static async Task<string[]> WaitForAsync(string folder, int count, TimeSpan? timeout = null)
+    {
+        Directory.CreateDirectory(folder);
+        var deadline = TimeProvider.System.GetUtcNow() + (timeout ?? Await.DefaultTimeout);
+        using var watcher = new FileSystemWatcher(folder) { EnableRaisingEvents = true };
+        while (true)
+        {
+            var changed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            watcher.Created += (_, _) => changed.TrySetResult();
+            watcher.Renamed += (_, _) => changed.TrySetResult();
+            string[] files = Directory.GetFiles(folder, "*.eml");
+            if (files.Length >= count)
+            {
+                return files;
+            }
+
+            if (TimeProvider.System.GetUtcNow() > deadline)
+            {
+                throw new TimeoutException($"Timed out waiting for {count} mail(s) in {folder}; have {files.Length}.");
+            }
+
+            try
+            {
+                await changed.Task.WaitAsync(TimeSpan.FromMilliseconds(200));
+            }
+            catch (TimeoutException)
+            {
+                // Re-check in case the watcher missed an event.
+            }
+        }
+    }
 }

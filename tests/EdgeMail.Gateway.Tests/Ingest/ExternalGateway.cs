@@ -102,39 +102,9 @@ public sealed class ExternalGateway : IAsyncDisposable
     /// <summary>Mail composed and queued (any status) in the spool: one per routed alert.</summary>
     public async Task<long> QueuedMailAsync() => (await Spool.CountsAsync(default)).Messages.Values.Sum();
 
-    /// <summary>Waits until the mailbox holds at least <paramref name="count"/> files, woken by the folder's change events.</summary>
-    public static async Task<string[]> MailAsync(string dataDir, int count, TimeSpan? timeout = null)
-    {
-        string folder = Path.Combine(dataDir, "mailbox", "new");
-        Directory.CreateDirectory(folder);
-        var deadline = TimeProvider.System.GetUtcNow() + (timeout ?? Await.DefaultTimeout);
-        using var watcher = new FileSystemWatcher(folder) { EnableRaisingEvents = true };
-        while (true)
-        {
-            var changed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            watcher.Created += (_, _) => changed.TrySetResult();
-            watcher.Renamed += (_, _) => changed.TrySetResult();
-            string[] files = Directory.GetFiles(folder, "*.eml");
-            if (files.Length >= count)
-            {
-                return files;
-            }
-
-            if (TimeProvider.System.GetUtcNow() > deadline)
-            {
-                throw new TimeoutException($"Timed out waiting for {count} mail(s) in {folder}; have {files.Length}.");
-            }
-
-            try
-            {
-                // The timeout only re-checks in case the watcher missed an event.
-                await changed.Task.WaitAsync(TimeSpan.FromMilliseconds(500));
-            }
-            catch (TimeoutException)
-            {
-            }
-        }
-    }
+    /// <summary>Waits until the mailbox holds at least <paramref name="count"/> files.</summary>
+    public static Task<string[]> MailAsync(string dataDir, int count, TimeSpan? timeout = null) =>
+        Mailbox.WaitForAsync(Path.Combine(dataDir, "mailbox", "new"), count, timeout);
 
     public async ValueTask DisposeAsync()
     {
