@@ -6,7 +6,6 @@ using Alert = EdgeMail.Firmware.Alerts.Alert;
 using Severity = EdgeMail.Firmware.Alerts.Severity;
 using EdgeMail.Firmware.Storage;
 using EdgeMail.Firmware.Uplink.Smtp;
-using EdgeMail.Gateway;
 using EdgeMail.Gateway.Configuration;
 using EmbeddedBroker = EdgeMail.Gateway.Ingest.EmbeddedBroker;
 using EdgeMail.Gateway.Ingest.Smtp;
@@ -28,44 +27,14 @@ public sealed class GatewayEndToEndTests(ITestOutputHelper output) : IAsyncLifet
     private readonly string _dir = Path.Combine(Path.GetTempPath(), "edgemail-emulator-e2e", Guid.NewGuid().ToString("N"));
     private IHost _host = null!;
 
-    public async Task InitializeAsync()
-    {
-        Directory.CreateDirectory(_dir);
-        string hash = SecretHash.Create(Secret, 1000);
-        var config = new Dictionary<string, object>
+    public async Task InitializeAsync() =>
+        _host = await EmulatedSiteGateway.StartAsync(_dir, SecretHash.Create(Secret, 1000), Enumerable.Range(1, 6).Select(i => $"dev-{i}"), new
         {
-            ["DataDirectory"] = Path.Combine(_dir, "gateway"),
-            ["Mqtt"] = new { Port = 0 },
-            ["Smtp"] = new
-            {
-                Endpoints = new[] { new { BindAddress = "127.0.0.1", Port = 0, Tls = "None" } },
-                AllowedSources = new[] { new { Network = "127.0.0.1", Device = "dev-1" } },
-            },
-            ["Sender"] = new { Address = "edgemail@gw.test", DisplayName = "EdgeMail", Hostname = "gw.test", Operator = "ops@example.com" },
-            ["Users"] = new Dictionary<string, object> { ["alice"] = new { Name = "Alice", Email = "alice@example.com" } },
-            ["Devices"] = Enumerable.Range(1, 6).ToDictionary(i => $"dev-{i}", _ => (object)new { Secret = hash, Name = "Emulated", Site = "Lab", Owners = new[] { "alice" } }),
-            ["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "info", To = new[] { "owners" } } },
-            ["Storm"] = new { Window = "00:00:00" },
-            ["Logging"] = new { LogLevel = new { Default = "Warning" } },
-        };
-        string path = Path.Combine(_dir, "edgemail.json");
-        await File.WriteAllTextAsync(path, JsonSerializer.Serialize(config));
-        _host = GatewayHost.CreateBuilder(["--config", path]).Build();
-        await _host.StartAsync();
-    }
+            Endpoints = new[] { new { BindAddress = "127.0.0.1", Port = 0, Tls = "None" } },
+            AllowedSources = new[] { new { Network = "127.0.0.1", Device = "dev-1" } },
+        });
 
-    public async Task DisposeAsync()
-    {
-        await _host.StopAsync();
-        _host.Dispose();
-        try
-        {
-            Directory.Delete(_dir, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
-    }
+    public Task DisposeAsync() => EmulatedSiteGateway.StopAsync(_host, _dir);
 
     private async Task<long> SpooledAlertsAsync()
     {

@@ -1,6 +1,5 @@
 using System.Globalization;
 using System.Text.Json;
-using EdgeMail.Gateway;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Ingest.Smtp;
 using EdgeMail.Gateway.Spool;
@@ -27,47 +26,17 @@ public sealed class SmtpFleetEndToEndTests(ITestOutputHelper output) : IAsyncLif
 
     private string Mailbox => Path.Combine(_dir, "gateway", "mailbox", "new");
 
-    public async Task InitializeAsync()
-    {
-        Directory.CreateDirectory(_dir);
-        string hash = SecretHash.Create(Secret, 1000);
-        var config = new Dictionary<string, object>
+    public async Task InitializeAsync() =>
+        _host = await EmulatedSiteGateway.StartAsync(_dir, SecretHash.Create(Secret, 1000), Enumerable.Range(1, Devices).Select(i => $"ups-{i}"), new
         {
-            ["DataDirectory"] = Path.Combine(_dir, "gateway"),
-            ["Mqtt"] = new { Port = 0 },
-            ["Smtp"] = new
-            {
-                Endpoints = new[] { new { BindAddress = "127.0.0.1", Port = 0, Tls = "Implicit" } },
+            Endpoints = new[] { new { BindAddress = "127.0.0.1", Port = 0, Tls = "Implicit" } },
 
-                // The whole fleet comes from 127.0.0.1: the per-source limits are for real networks.
-                MaxConnectionsPerSource = 100,
-                MessagesPerMinutePerSource = 100_000,
-            },
-            ["Sender"] = new { Address = "edgemail@gw.test", DisplayName = "EdgeMail", Hostname = "gw.test", Operator = "ops@example.com" },
-            ["Users"] = new Dictionary<string, object> { ["alice"] = new { Name = "Alice", Email = "alice@example.com" } },
-            ["Devices"] = Enumerable.Range(1, Devices).ToDictionary(i => $"ups-{i}", _ => (object)new { Secret = hash, Name = "Emulated UPS", Site = "Lab", Owners = new[] { "alice" } }),
-            ["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "info", To = new[] { "owners" } } },
-            ["Storm"] = new { Window = "00:00:00" },
-            ["Logging"] = new { LogLevel = new { Default = "Warning" } },
-        };
-        string path = Path.Combine(_dir, "edgemail.json");
-        await File.WriteAllTextAsync(path, JsonSerializer.Serialize(config));
-        _host = GatewayHost.CreateBuilder(["--config", path]).Build();
-        await _host.StartAsync();
-    }
+            // The whole fleet comes from 127.0.0.1: the per-source limits are for real networks.
+            MaxConnectionsPerSource = 100,
+            MessagesPerMinutePerSource = 100_000,
+        });
 
-    public async Task DisposeAsync()
-    {
-        await _host.StopAsync();
-        _host.Dispose();
-        try
-        {
-            Directory.Delete(_dir, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
-    }
+    public Task DisposeAsync() => EmulatedSiteGateway.StopAsync(_host, _dir);
 
     [Fact]
     public async Task RunOverSmtp_WithPowerCutsAndFlappingLinks_EveryRaisedAlertIsSpooledAndMailedExactlyOnce()
