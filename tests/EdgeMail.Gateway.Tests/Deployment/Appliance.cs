@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Versioning;
-using EdgeMail.Testing;
 using Xunit;
 
 namespace EdgeMail.Gateway.Tests.Deployment;
@@ -140,18 +139,5 @@ internal static class Appliance
         }
 
         throw new InvalidOperationException("hardware/gateway-appliance not found above " + string.Join(" or ", starts));
-    }
-}
-
-/// <summary>A fact that needs a program which is there on Debian with systemd, but not everywhere: skipped, with the reason, when it is missing.</summary>
-[AttributeUsage(AttributeTargets.Method)]
-internal sealed class ProgramFactAttribute : FactAttribute
-{
-    public ProgramFactAttribute(string program, string debianPackage)
-    {
-        if (Peers.Find(program) is null)
-        {
-            Skip = $"needs {program}; apt-get install {debianPackage}";
-        }
     }
 }

@@ -136,14 +136,14 @@ public sealed class UnitFileTests : IDisposable
         Assert.True(code == 0, stderr);
     }
 
-    [ProgramFact("shellcheck", "shellcheck")]
+    [PeerFact("shellcheck:shellcheck")]
     public async Task Scripts_PassShellcheck()
     {
         var (code, stdout, stderr) = await Appliance.RunAsync("shellcheck", Appliance.InstallScript, Appliance.UninstallScript);
         Assert.True(code == 0, stdout + stderr);
     }
 
-    [ProgramFact("systemd-analyze", "systemd")]
+    [PeerFact("systemd-analyze:systemd")]
     public async Task SystemdAnalyzeVerify_StagedInstall_ReportsNothing()
     {
         // Verified inside the staged tree, so ExecStart's /opt/edgemail/EdgeMail.Gateway is the one install.sh put
