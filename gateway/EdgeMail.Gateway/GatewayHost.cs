@@ -67,6 +67,7 @@ public static class GatewayHost
         });
         services.AddSingleton<IMailTransport>(sp => Transports.Create(sp.GetRequiredService<IOptions<GatewayOptions>>().Value, sp));
         services.AddSingleton<ReceiptPublisher>();
+        services.AddSingleton<IngestPressure>();
         services.AddSingleton<AlertIngest>();
         services.AddSingleton<EmbeddedBroker>();
         services.AddSingleton<ExternalBrokerClient>();

@@ -177,6 +177,19 @@ public sealed class SpoolOptions
 
     /// <summary>Most operations committed in one transaction.</summary>
     public int MaxBatch { get; set; } = 512;
+
+    /// <summary>
+    /// A burst: alerts arriving faster than this many a second (it ends below half of it). Zero turns burst
+    /// priority off.
+    /// </summary>
+    public int BurstAbove { get; set; } = 1000;
+
+    /// <summary>
+    /// For this long from the start of a burst, routing and delivery wait and the cores go to accepting alerts: the
+    /// devices wait for their PUBACK with the alerts in their small flash, the gateway has a disk. Past it they run
+    /// alongside ingest again, so under sustained load mail never lags by more than this plus the backlog.
+    /// </summary>
+    public TimeSpan BurstPriority { get; set; } = TimeSpan.FromSeconds(10);
 }
 
 /// <summary>Storm control (configuration section <c>Storm</c>).</summary>

@@ -150,6 +150,16 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
             Add("Spool:MaxBatch", $"{o.Spool.MaxBatch} is below 1", "use e.g. 512");
         }
 
+        if (o.Spool.BurstAbove < 0)
+        {
+            Add("Spool:BurstAbove", $"{o.Spool.BurstAbove} is negative", "use alerts per second, e.g. 1000, or 0 to turn burst priority off");
+        }
+
+        if (o.Spool.BurstPriority < TimeSpan.Zero || o.Spool.BurstPriority > TimeSpan.FromMinutes(1))
+        {
+            Add("Spool:BurstPriority", $"{o.Spool.BurstPriority} is outside 0..1 min", "use e.g. 00:00:05, or 00:00:00 to turn burst priority off");
+        }
+
         if (o.Storm.Window < TimeSpan.Zero)
         {
             Add("Storm:Window", "is negative", "use e.g. 00:10:00, or 00:00:00 to disable storm control");

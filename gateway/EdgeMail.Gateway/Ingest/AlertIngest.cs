@@ -15,18 +15,21 @@ public sealed partial class AlertIngest
     private readonly ISpool _spool;
     private readonly ReceiptPublisher _receipts;
     private readonly TimeProvider _clock;
+    private readonly IngestPressure _pressure;
     private readonly ILogger<AlertIngest> _logger;
 
     /// <summary>Creates the ingest step.</summary>
     /// <param name="spool">The spool.</param>
     /// <param name="receipts">Receipts back to devices.</param>
     /// <param name="clock">Clock.</param>
+    /// <param name="pressure">Counts accepted alerts, so background work can yield to a burst.</param>
     /// <param name="logger">Logger.</param>
-    public AlertIngest(ISpool spool, ReceiptPublisher receipts, TimeProvider clock, ILogger<AlertIngest> logger)
+    public AlertIngest(ISpool spool, ReceiptPublisher receipts, TimeProvider clock, IngestPressure pressure, ILogger<AlertIngest> logger)
     {
         _spool = spool;
         _receipts = receipts;
         _clock = clock;
+        _pressure = pressure;
         _logger = logger;
     }
 
@@ -42,6 +45,7 @@ public sealed partial class AlertIngest
         string alertId = parsed.Id ?? "rejected-" + Convert.ToHexStringLower(SHA256.HashData(payload.Span).AsSpan(0, 16));
         var incoming = new IncomingAlert(deviceId, alertId, _clock.GetUtcNow(), peer, payload, parsed.Reason, parsed.Alert?.Code);
         var outcome = await _spool.AcceptAlertAsync(incoming, cancellationToken).ConfigureAwait(false);
+        _pressure.Accepted();
         if (parsed.IsValid)
         {
             _receipts.Publish(deviceId, alertId, ReceiptState.Accepted, outcome == AcceptOutcome.Duplicate ? "duplicate" : string.Empty);

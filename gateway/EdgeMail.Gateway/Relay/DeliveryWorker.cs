@@ -25,6 +25,7 @@ public sealed partial class DeliveryWorker : BackgroundService
     private readonly MailComposer _composer;
     private readonly ReceiptPublisher _receipts;
     private readonly TimeProvider _clock;
+    private readonly IngestPressure _pressure;
     private readonly ILogger<DeliveryWorker> _logger;
     private readonly Signal _wake = new();
     private readonly ConcurrentDictionary<long, bool> _inFlight = new();
@@ -37,10 +38,12 @@ public sealed partial class DeliveryWorker : BackgroundService
     /// <param name="composer">Composer for failure notices.</param>
     /// <param name="receipts">Receipts.</param>
     /// <param name="clock">Clock.</param>
+    /// <param name="pressure">Ingest rate; delivery rounds yield to a burst.</param>
     /// <param name="logger">Logger.</param>
     public DeliveryWorker(ISpool spool, IMailTransport transport, IOptions<GatewayOptions> options, MailComposer composer,
-        ReceiptPublisher receipts, TimeProvider clock, ILogger<DeliveryWorker> logger)
+        ReceiptPublisher receipts, TimeProvider clock, IngestPressure pressure, ILogger<DeliveryWorker> logger)
     {
+        _pressure = pressure;
         _spool = spool;
         _transport = transport;
         _options = options.Value;
@@ -64,6 +67,7 @@ public sealed partial class DeliveryWorker : BackgroundService
             try
             {
                 running.RemoveAll(t => t.IsCompleted);
+                await _pressure.YieldAsync(stoppingToken).ConfigureAwait(false);
                 var due = await _spool.DueMessagesAsync(_clock.GetUtcNow(), _options.Relay.Concurrency * 4,
                     _inFlight.Keys.ToHashSet(), stoppingToken).ConfigureAwait(false);
                 foreach (var message in due)

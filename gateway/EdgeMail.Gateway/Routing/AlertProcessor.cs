@@ -21,6 +21,7 @@ public sealed partial class AlertProcessor : BackgroundService
     private readonly Router _router;
     private readonly MailComposer _composer;
     private readonly TimeProvider _clock;
+    private readonly IngestPressure _pressure;
     private readonly ILogger<AlertProcessor> _logger;
     private readonly Signal _wake = new();
 
@@ -35,9 +36,11 @@ public sealed partial class AlertProcessor : BackgroundService
     /// <param name="options">Options.</param>
     /// <param name="composer">Composer.</param>
     /// <param name="clock">Clock.</param>
+    /// <param name="pressure">Ingest rate; routing yields to a burst.</param>
     /// <param name="logger">Logger.</param>
-    public AlertProcessor(ISpool spool, IOptions<GatewayOptions> options, MailComposer composer, TimeProvider clock, ILogger<AlertProcessor> logger)
+    public AlertProcessor(ISpool spool, IOptions<GatewayOptions> options, MailComposer composer, TimeProvider clock, IngestPressure pressure, ILogger<AlertProcessor> logger)
     {
+        _pressure = pressure;
         _spool = spool;
         _options = options.Value;
         _router = new Router(_options);
@@ -57,6 +60,7 @@ public sealed partial class AlertProcessor : BackgroundService
         {
             try
             {
+                await _pressure.YieldAsync(stoppingToken).ConfigureAwait(false);
                 int routed = await RouteNewAsync(stoppingToken).ConfigureAwait(false);
                 if (!_digestDueKnown || (_digestDue is { } due && due <= _clock.GetUtcNow()))
                 {

@@ -59,6 +59,19 @@ public sealed class GatewayOptionsValidatorTests
     }
 
     [Fact]
+    public void Check_BadBurstSettings_NameTheKeyAndTheFix()
+    {
+        var o = Valid();
+        o.Spool.BurstAbove = -1;
+        o.Spool.BurstPriority = TimeSpan.FromMinutes(5);
+
+        var errors = GatewayOptionsValidator.Check(o);
+
+        Assert.Contains(errors, e => e.StartsWith("Spool:BurstAbove:", StringComparison.Ordinal) && e.Contains("or 0 to turn burst priority off", StringComparison.Ordinal));
+        Assert.Contains(errors, e => e.StartsWith("Spool:BurstPriority:", StringComparison.Ordinal) && e.Contains("00:00:05", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public void SecretHash_Verify_AcceptsTheSecretOnly()
     {
         string stored = SecretHash.Create("correct horse", 1000);
