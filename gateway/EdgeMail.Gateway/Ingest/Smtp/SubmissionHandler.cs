@@ -33,6 +33,7 @@ public sealed partial class SubmissionHandler
     private readonly AlertIngest _alerts;
     private readonly ISpool _spool;
     private readonly TimeProvider _clock;
+    private readonly IngestPressure _pressure;
     private readonly ILogger<SubmissionHandler> _logger;
 
     /// <summary>Creates the handler.</summary>
@@ -41,9 +42,12 @@ public sealed partial class SubmissionHandler
     /// <param name="alerts">Alert ingest (shared with MQTT).</param>
     /// <param name="spool">Spool.</param>
     /// <param name="clock">Clock.</param>
+    /// <param name="pressure">Counts accepted mail, so delivery can yield to a burst (alerts count in <see cref="AlertIngest"/>).</param>
     /// <param name="logger">Logger.</param>
-    public SubmissionHandler(IOptions<GatewayOptions> options, IOptions<SmtpIngestOptions> smtp, AlertIngest alerts, ISpool spool, TimeProvider clock, ILogger<SubmissionHandler> logger)
+    public SubmissionHandler(IOptions<GatewayOptions> options, IOptions<SmtpIngestOptions> smtp, AlertIngest alerts, ISpool spool, TimeProvider clock,
+        IngestPressure pressure, ILogger<SubmissionHandler> logger)
     {
+        _pressure = pressure;
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(smtp);
         _options = options.Value;
@@ -116,6 +120,7 @@ public sealed partial class SubmissionHandler
         }
 
         var queued = await _spool.QueueMailAsync(new NewMessage("relay", device, null, mail.SpoolKey, _options.Sender.Address, people, mail.Mime), cancellationToken).ConfigureAwait(false);
+        _pressure.Accepted();
         return new SubmissionReply(250, queued == AcceptOutcome.Stored ? $"2.0.0 queued as <{mail.SpoolKey}>" : $"2.0.0 already queued as <{mail.SpoolKey}>");
     }
 
