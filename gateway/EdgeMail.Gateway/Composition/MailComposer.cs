@@ -4,6 +4,7 @@ using System.Text.Encodings.Web;
 using System.Text.Unicode;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Ingest;
+using EdgeMail.Gateway.Spool;
 using Fluid;
 using MimeKit;
 using MimeKit.Utils;
@@ -25,8 +26,9 @@ public sealed record DeviceInfo(string Id, string Name, string Site);
 /// <param name="To">Recipients.</param>
 /// <param name="Template">Template name.</param>
 /// <param name="InReplyTo">Message-ID of the raised twin, for a cleared alert.</param>
+/// <param name="Via">The protocol it came with, for the Received trace.</param>
 public sealed record AlertMail(DeviceInfo Device, Alert Alert, DateTimeOffset ReceivedAt, string? Peer, long SpoolId,
-    IReadOnlyList<MailboxAddress> To, string Template, string? InReplyTo);
+    IReadOnlyList<MailboxAddress> To, string Template, string? InReplyTo, string Via = IngestProtocols.Mqtt);
 
 /// <summary>
 /// Writes alerts as RFC 5322 mail with MimeKit (no I/O): From the configured sender, To the routed people, a
@@ -78,7 +80,7 @@ public sealed class MailComposer
             message.References.Add(mail.InReplyTo);
         }
 
-        AddTrace(message, mail.Device.Id, mail.Peer, mail.SpoolId, mail.ReceivedAt);
+        AddTrace(message, mail.Device.Id, mail.Peer, mail.Via, mail.SpoolId, mail.ReceivedAt);
         message.Headers.Add("X-EdgeMail-Device", mail.Device.Id);
         message.Headers.Add("X-EdgeMail-Alert", Clean(mail.Alert.Id, 128));
         _dkim?.Sign(message);
@@ -93,9 +95,10 @@ public sealed class MailComposer
     /// <param name="firstSpoolId">Spool row of the first repeat, for the trace.</param>
     /// <param name="inReplyTo">Message-ID of the last mail for this alert, for threading.</param>
     /// <param name="now">The Date.</param>
+    /// <param name="via">The protocol the first repeat came with, for the Received trace.</param>
     /// <returns>The message.</returns>
     public MimeMessage ComposeDigest(DeviceInfo device, IReadOnlyList<(Alert Alert, DateTimeOffset ReceivedAt)> repeats,
-        IReadOnlyList<MailboxAddress> to, TimeSpan window, long firstSpoolId, string? inReplyTo, DateTimeOffset now)
+        IReadOnlyList<MailboxAddress> to, TimeSpan window, long firstSpoolId, string? inReplyTo, DateTimeOffset now, string via = IngestProtocols.Mqtt)
     {
         ArgumentNullException.ThrowIfNull(device);
         ArgumentNullException.ThrowIfNull(repeats);
@@ -117,7 +120,7 @@ public sealed class MailComposer
             message.References.Add(inReplyTo);
         }
 
-        AddTrace(message, device.Id, null, firstSpoolId, repeats[0].ReceivedAt);
+        AddTrace(message, device.Id, null, via, firstSpoolId, repeats[0].ReceivedAt);
         message.Headers.Add("X-EdgeMail-Device", device.Id);
         _dkim?.Sign(message);
         return message;
@@ -195,11 +198,12 @@ public sealed class MailComposer
         return message;
     }
 
-    private void AddTrace(MimeMessage message, string device, string? peer, long spoolId, DateTimeOffset receivedAt)
+    private void AddTrace(MimeMessage message, string device, string? peer, string via, long spoolId, DateTimeOffset receivedAt)
     {
         string from = peer is null ? device : $"{device} ([{PeerAddress(peer)}])";
+        string protocol = via is IngestProtocols.Mqtt or "ESMTP" or "ESMTPS" or "ESMTPA" or "ESMTPSA" ? via : IngestProtocols.Mqtt;
         message.Headers.Insert(0, HeaderId.Received,
-            $"from {from} by {_sender.Hostname} (EdgeMail) with MQTT id {spoolId.ToString(CultureInfo.InvariantCulture)}; {DateUtils.FormatDate(receivedAt)}");
+            $"from {from} by {_sender.Hostname} (EdgeMail) with {protocol} id {spoolId.ToString(CultureInfo.InvariantCulture)}; {DateUtils.FormatDate(receivedAt)}");
     }
 
     private static string PeerAddress(string peer)

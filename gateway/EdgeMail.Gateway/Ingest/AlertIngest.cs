@@ -38,12 +38,13 @@ public sealed partial class AlertIngest
     /// <param name="peer">Remote endpoint.</param>
     /// <param name="payload">The payload.</param>
     /// <param name="cancellationToken">Cancellation.</param>
+    /// <param name="via">The protocol it came with, for the Received trace (<see cref="IngestProtocols"/>).</param>
     /// <returns>The spool outcome.</returns>
-    public async Task<AcceptOutcome> IngestAlertAsync(string deviceId, string? peer, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken)
+    public async Task<AcceptOutcome> IngestAlertAsync(string deviceId, string? peer, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken, string via = IngestProtocols.Mqtt)
     {
         var parsed = AlertParser.Parse(payload.Span);
         string alertId = parsed.Id ?? "rejected-" + Convert.ToHexStringLower(SHA256.HashData(payload.Span).AsSpan(0, 16));
-        var incoming = new IncomingAlert(deviceId, alertId, _clock.GetUtcNow(), peer, payload, parsed.Reason, parsed.Alert?.Code);
+        var incoming = new IncomingAlert(deviceId, alertId, _clock.GetUtcNow(), peer, payload, parsed.Reason, parsed.Alert?.Code, via);
         var outcome = await _spool.AcceptAlertAsync(incoming, cancellationToken).ConfigureAwait(false);
         _pressure.Accepted();
         if (parsed.IsValid)

@@ -172,7 +172,7 @@ public sealed partial class AlertProcessor : BackgroundService
             }
 
             var mail = new AlertMail(Device(stored.Device), alert, stored.ReceivedAt, stored.Peer, stored.RowId, route.Recipients, route.Template,
-                alert.State == AlertState.Cleared ? storm?.LastRaisedMessageId : null);
+                alert.State == AlertState.Cleared ? storm?.LastRaisedMessageId : null, stored.Via);
             using var message = _composer.ComposeAlert(mail, _clock.GetUtcNow());
             var queued = new NewMessage("alert", stored.Device, alert.Id, message.MessageId!, _options.Sender.Address,
                 route.Recipients.Select(r => r.Address).ToList(), MailComposer.ToWire(message));
@@ -213,7 +213,7 @@ public sealed partial class AlertProcessor : BackgroundService
                 if (route.Recipients.Count > 0)
                 {
                     using var message = _composer.ComposeDigest(Device(digest.Device), repeats, route.Recipients, _options.Storm.Window,
-                        digest.Alerts[0].RowId, storm?.LastRaisedMessageId, now);
+                        digest.Alerts[0].RowId, storm?.LastRaisedMessageId, now, digest.Alerts[0].Via);
                     queued = new NewMessage("digest", digest.Device, null, message.MessageId!, _options.Sender.Address,
                         route.Recipients.Select(r => r.Address).ToList(), MailComposer.ToWire(message));
                 }

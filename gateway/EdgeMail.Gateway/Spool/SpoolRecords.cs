@@ -30,7 +30,9 @@ public static class AlertStatus
 /// <param name="Payload">The payload exactly as sent.</param>
 /// <param name="RejectReason">Why it is rejected; null for a valid alert.</param>
 /// <param name="Code">The alert code, when valid.</param>
-public sealed record IncomingAlert(string Device, string AlertId, DateTimeOffset ReceivedAt, string? Peer, ReadOnlyMemory<byte> Payload, string? RejectReason, string? Code);
+/// <param name="Via">The protocol it came with (<see cref="IngestProtocols"/>), for the Received trace.</param>
+public sealed record IncomingAlert(string Device, string AlertId, DateTimeOffset ReceivedAt, string? Peer, ReadOnlyMemory<byte> Payload, string? RejectReason, string? Code,
+    string Via = IngestProtocols.Mqtt);
 
 /// <summary>What the spool did with an incoming alert.</summary>
 public enum AcceptOutcome
@@ -49,7 +51,21 @@ public enum AcceptOutcome
 /// <param name="ReceivedAt">When received.</param>
 /// <param name="Peer">Remote endpoint.</param>
 /// <param name="Payload">Payload as sent.</param>
-public sealed record SpooledAlert(long RowId, string Device, string AlertId, DateTimeOffset ReceivedAt, string? Peer, byte[] Payload);
+/// <param name="Via">The protocol it came with.</param>
+public sealed record SpooledAlert(long RowId, string Device, string AlertId, DateTimeOffset ReceivedAt, string? Peer, byte[] Payload, string Via = IngestProtocols.Mqtt);
+
+/// <summary>The protocol names an alert can arrive with, as the Received trace writes them (RFC 3848 for SMTP).</summary>
+public static class IngestProtocols
+{
+    /// <summary>MQTT (embedded broker or external broker).</summary>
+    public const string Mqtt = "MQTT";
+
+    /// <summary>The SMTP name for a submission: ESMTP, with S for TLS and A for AUTH (RFC 3848).</summary>
+    /// <param name="secure">Over TLS.</param>
+    /// <param name="authenticated">After AUTH.</param>
+    /// <returns><c>ESMTP</c>, <c>ESMTPS</c>, <c>ESMTPA</c> or <c>ESMTPSA</c>.</returns>
+    public static string Smtp(bool secure, bool authenticated) => "ESMTP" + (secure ? "S" : string.Empty) + (authenticated ? "A" : string.Empty);
+}
 
 /// <summary>Storm-control memory for one (device, code).</summary>
 /// <param name="LastMailAt">When the last mail for this key was composed.</param>

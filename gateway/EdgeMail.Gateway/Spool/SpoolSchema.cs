@@ -64,6 +64,11 @@ internal static class SpoolSchema
         CREATE INDEX alerts_held_key ON alerts(device, code) WHERE status = 'held';
         DROP INDEX alerts_new;
         """,
+        // 3: the protocol an alert came in with, for the mail's Received trace (RFC 3848 names for SMTP). Rows
+        // from before it have NULL: they all came over MQTT.
+        """
+        ALTER TABLE alerts ADD COLUMN via TEXT;
+        """,
     ];
 
     /// <summary>The version this build writes.</summary>

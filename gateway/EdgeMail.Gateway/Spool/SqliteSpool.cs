@@ -130,9 +130,9 @@ public sealed partial class SqliteSpool : ISpool
         return Enqueue((s, ctx) =>
         {
             int inserted = s.Exec(
-                "INSERT INTO alerts(device, alert_id, received_at, peer, payload, status, reason, code) VALUES($p0,$p1,$p2,$p3,$p4,$p5,$p6,$p7) ON CONFLICT(device, alert_id) DO NOTHING",
+                "INSERT INTO alerts(device, alert_id, received_at, peer, payload, status, reason, code, via) VALUES($p0,$p1,$p2,$p3,$p4,$p5,$p6,$p7,$p8) ON CONFLICT(device, alert_id) DO NOTHING",
                 alert.Device, alert.AlertId, alert.ReceivedAt.ToUnixTimeMilliseconds(), alert.Peer, alert.Payload.ToArray(),
-                alert.RejectReason is null ? AlertStatus.New : AlertStatus.Rejected, alert.RejectReason, alert.Code);
+                alert.RejectReason is null ? AlertStatus.New : AlertStatus.Rejected, alert.RejectReason, alert.Code, alert.Via);
             if (inserted == 0)
             {
                 return AcceptOutcome.Duplicate;
@@ -181,7 +181,7 @@ public sealed partial class SqliteSpool : ISpool
     public Task<IReadOnlyList<SpooledAlert>> NewAlertsAsync(int max, CancellationToken cancellationToken) =>
         Read<IReadOnlyList<SpooledAlert>>((s, _) =>
         {
-            using var r = s.Query("SELECT rowid, device, alert_id, received_at, peer, payload FROM alerts WHERE status='new' ORDER BY rowid LIMIT $p0", max);
+            using var r = s.Query("SELECT rowid, device, alert_id, received_at, peer, payload, via FROM alerts WHERE status='new' ORDER BY rowid LIMIT $p0", max);
             return ReadAlerts(r);
         }, cancellationToken);
 
@@ -190,7 +190,8 @@ public sealed partial class SqliteSpool : ISpool
         var list = new List<SpooledAlert>();
         while (r.Read())
         {
-            list.Add(new SpooledAlert(r.GetInt64(0), r.GetString(1), r.GetString(2), FromMs(r.GetInt64(3)), r.IsDBNull(4) ? null : r.GetString(4), (byte[])r.GetValue(5)));
+            list.Add(new SpooledAlert(r.GetInt64(0), r.GetString(1), r.GetString(2), FromMs(r.GetInt64(3)), r.IsDBNull(4) ? null : r.GetString(4), (byte[])r.GetValue(5),
+                r.IsDBNull(6) ? IngestProtocols.Mqtt : r.GetString(6)));
         }
 
         return list;
@@ -295,7 +296,7 @@ public sealed partial class SqliteSpool : ISpool
             var result = new List<DueDigest>();
             foreach (var (device, code) in keys)
             {
-                using var r = s.Query("SELECT rowid, device, alert_id, received_at, peer, payload FROM alerts WHERE status='held' AND device=$p0 AND code=$p1 ORDER BY rowid", device, code);
+                using var r = s.Query("SELECT rowid, device, alert_id, received_at, peer, payload, via FROM alerts WHERE status='held' AND device=$p0 AND code=$p1 ORDER BY rowid", device, code);
                 result.Add(new DueDigest(device, code, ReadAlerts(r)));
             }
 

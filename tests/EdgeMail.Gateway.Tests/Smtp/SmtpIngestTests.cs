@@ -52,6 +52,7 @@ public sealed class SmtpIngestTests : IAsyncLifetime
         Assert.Equal("edgemail@gw.test", message.From.Mailboxes.Single().Address);
         Assert.Equal("alice@example.com", Assert.Single(message.To.Mailboxes).Address); // routed to the device's owners, as over MQTT
         Assert.Equal("smtp-1", message.Headers["X-EdgeMail-Alert"]);
+        Assert.Matches(@"^from dev-1 \(\[127\.0\.0\.1\]\) by gw\.test \(EdgeMail\) with ESMTPSA id \d+;", message.Headers[HeaderId.Received]); // TLS + AUTH, RFC 3848
     }
 
     [Fact]

@@ -61,7 +61,7 @@ public sealed class SpoolSchemaTests : IDisposable
     }
 
     [Fact]
-    public async Task Open_VersionOneSpoolWithAlerts_MigratesToVersionTwoAndKeepsThem()
+    public async Task Open_VersionOneSpoolWithAlerts_MigratesToTheCurrentVersionAndKeepsThem()
     {
         using (var connection = Connect())
         {
@@ -76,12 +76,13 @@ public sealed class SpoolSchemaTests : IDisposable
             var alerts = await spool.NewAlertsAsync(10, default);
             Assert.Equal("a-1", Assert.Single(alerts).AlertId);
             Assert.Equal("{}", Encoding.UTF8.GetString(alerts[0].Payload));
+            Assert.Equal(IngestProtocols.Mqtt, alerts[0].Via); // rows from before version 3 all came over MQTT
         }
 
         using var check = Connect();
         using var version = check.CreateCommand();
         version.CommandText = "SELECT MAX(version) FROM schema_version; ";
-        Assert.Equal(2L, version.ExecuteScalar());
+        Assert.Equal(3L, version.ExecuteScalar());
         version.CommandText = "SELECT COUNT(*) FROM sqlite_master WHERE type='index' AND name IN ('alerts_status_new', 'alerts_held_due', 'alerts_held_key', 'alerts_new')";
         Assert.Equal(3L, version.ExecuteScalar());
     }

@@ -3,6 +3,7 @@ using System.Security.Cryptography;
 using System.Text;
 using EdgeMail.Gateway.Composition;
 using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Spool;
 using MimeKit;
 using MimeKit.Utils;
 
@@ -67,7 +68,7 @@ public static class RelayedMailWriter
         var (original, bodyStart) = Split(normalized);
         var headers = new HeaderList();
         string via = $"{submission.DeviceId} ([{submission.PeerAddress}])";
-        string with = "ESMTP" + (submission.Secure ? "S" : string.Empty) + (submission.Authenticated ? "A" : string.Empty);
+        string with = IngestProtocols.Smtp(submission.Secure, submission.Authenticated);
         headers.Add(new Header(HeaderId.Received,
             $"from {via} by {sender.Hostname} (EdgeMail) with {with} id {submission.SessionId}; {DateUtils.FormatDate(submission.ReceivedAt)}"));
 

@@ -88,7 +88,7 @@ public sealed partial class SubmissionHandler
             int stored = 0, duplicates = 0;
             foreach (byte[] payload in alertParts)
             {
-                var outcome = await _alerts.IngestAlertAsync(device, remote.ToString(), payload, cancellationToken).ConfigureAwait(false);
+                var outcome = await _alerts.IngestAlertAsync(device, remote.ToString(), payload, cancellationToken, IngestProtocols.Smtp(secure, authenticated)).ConfigureAwait(false);
                 stored += outcome == AcceptOutcome.Stored ? 1 : 0;
                 duplicates += outcome == AcceptOutcome.Duplicate ? 1 : 0;
             }
