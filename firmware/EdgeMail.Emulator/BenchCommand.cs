@@ -6,6 +6,7 @@ using EdgeMail.Firmware;
 using EdgeMail.Firmware.Alerts;
 using EdgeMail.Firmware.Storage;
 using EdgeMail.Firmware.Uplink;
+using EdgeMail.Firmware.Uplink.Smtp;
 using EdgeMail.Simulation.Boards;
 using EdgeMail.Simulation.Flash;
 
@@ -13,7 +14,8 @@ namespace EdgeMail.Emulator;
 
 /// <summary>
 /// The <c>bench</c> command: device-side uplink numbers (heap footprint per device, allocations per alert, bytes on the
-/// wire per alert, radio-on time per alert in duty-cycled mode). Results are in docs/uplink-benchmarks.md.
+/// wire per alert, radio-on time per alert in duty-cycled mode), for the MQTT uplink and, footprint and allocations, for
+/// the SMTP uplink. Results are in docs/uplink-benchmarks.md.
 /// </summary>
 internal static class BenchCommand
 {
@@ -45,6 +47,7 @@ internal static class BenchCommand
             stdout.WriteLine($"board {profile.Id}; .NET {Environment.Version}; {Environment.ProcessorCount} cores; server GC {System.Runtime.GCSettings.IsServerGC}");
             Footprint(profile, parse.GetValue(devices), stdout);
             AllocationsAndWire(profile, parse.GetValue(alerts), stdout);
+            SmtpFootprintAndAllocations(profile, parse.GetValue(devices), parse.GetValue(alerts), stdout);
             await DutyCycle(profile, parse.GetValue(wakes), stdout).ConfigureAwait(false);
             return 0;
         });
@@ -197,6 +200,98 @@ internal static class BenchCommand
             $"cpu: {watch.Elapsed.TotalMicroseconds / forwarded:0.#} µs per alert raised and forwarded (simulated flash, in-memory broker, one thread)"));
     }
 
+    private static SmtpUplink SmtpDevice(AlertStore store, ITransport link, IClock clock, int i) => new(store, link, clock, new SmtpUplinkOptions
+    {
+        DeviceId = "bench-device-" + i.ToString("D4", CultureInfo.InvariantCulture),
+        Password = "secret-bench-device-" + i.ToString("D4", CultureInfo.InvariantCulture),
+        From = "bench-device-" + i.ToString("D4", CultureInfo.InvariantCulture) + "@devices.bench",
+        To = "alerts@gateway.bench",
+    });
+
+    /// <summary>
+    /// The same footprint for a device whose uplink is <see cref="SmtpUplink"/> (queue + store + uplink with its SMTP
+    /// client and options, over the in-memory <see cref="LoopbackSmtpServer"/>), and its allocations per alert.
+    /// </summary>
+    private static void SmtpFootprintAndAllocations(BoardProfile profile, int n, int total, TextWriter stdout)
+    {
+        var clock = new StopwatchClock();
+        var links = Enumerable.Range(0, n).Select(_ => new LoopbackSmtpServer()).ToList();
+        var flashes = Enumerable.Range(0, n).Select(i => NorFlashSimulator.FromProfile(profile, seed: i + 1)).ToList();
+        var alert = new Alert("BENCH", Severity.Warning, "A bench alert of typical size: freezer 2 above -15 °C for 10 minutes");
+        alert.AddValue("temp_c", -95, 1);
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        long before = GC.GetTotalMemory(forceFullCollection: true);
+        var queues = flashes.Select(f =>
+        {
+            var q = new FlashQueue(f);
+            q.Mount(0xBE7C4u);
+            return q;
+        }).ToList();
+        long afterQueues = GC.GetTotalMemory(forceFullCollection: true);
+        var stores = queues.Select(q => new AlertStore(q, clock, new WallClock(clock), 1)).ToList();
+        long afterStores = GC.GetTotalMemory(forceFullCollection: true);
+        var uplinks = stores.Select((s, i) => SmtpDevice(s, links[i], clock, i)).ToList();
+        long afterUplinks = GC.GetTotalMemory(forceFullCollection: true);
+        int code = 0;
+        for (int i = 0; i < n; i++)
+        {
+            for (int k = 0; k < 8; k++)
+            {
+                alert.Code = Codes[code++ % Codes.Length];
+                stores[i].Raise(alert);
+            }
+
+            uplinks[i].SendPending();
+        }
+
+        long after = GC.GetTotalMemory(forceFullCollection: true);
+        GC.KeepAlive(uplinks);
+        GC.KeepAlive(links);
+        double Per(long bytes) => bytes / (double)n;
+        stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"footprint, SMTP uplink: {Per(after - before):0} bytes of managed heap per device in steady state (after 8 alerts; {n} devices; flash cells and transport excluded): flash queue {Per(afterQueues - before):0}, alert store {Per(afterStores - afterQueues):0}, SMTP uplink with client and options {Per(afterUplinks - afterStores):0}, after a session {Per(after - afterUplinks):0}"));
+
+        // Allocations: sessions of 100 alerts each (a session's own cost, e.g. the AUTH PLAIN scratch, is spread over them).
+        var server = new LoopbackSmtpServer();
+        using NorFlashSimulator flash = NorFlashSimulator.FromProfile(profile, seed: 11);
+        var queue = new FlashQueue(flash);
+        queue.Mount(0xBE7C4u);
+        var store = new AlertStore(queue, clock, new WallClock(clock), 1);
+        SmtpUplink uplink = SmtpDevice(store, server, clock, 1);
+        const int Batch = 100;
+        long sent = 0, sendBytes = 0;
+        for (int warm = 0; warm < 2; warm++)
+        {
+            for (int i = 0; i < Batch; i++)
+            {
+                alert.Code = Codes[code++ % Codes.Length];
+                store.Raise(alert);
+            }
+
+            uplink.SendPending();
+        }
+
+        long wireBefore = server.BytesFromDevice + server.BytesToDevice;
+        long messagesBefore = server.Messages;
+        while (sent < total)
+        {
+            for (int i = 0; i < Batch; i++)
+            {
+                alert.Code = Codes[code++ % Codes.Length];
+                store.Raise(alert);
+            }
+
+            long a0 = GC.GetAllocatedBytesForCurrentThread();
+            sent += uplink.SendPending();
+            sendBytes += GC.GetAllocatedBytesForCurrentThread() - a0;
+            store.Maintain();
+        }
+
+        stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"allocations, SMTP uplink: {sendBytes / (double)sent:0.##} bytes per submitted alert in sessions of {Batch} (connect, EHLO, AUTH PLAIN, MAIL/RCPT/DATA per alert, QUIT); {(server.BytesFromDevice + server.BytesToDevice - wireBefore) / (double)(server.Messages - messagesBefore):0} bytes on the wire per alert; {sent} alerts"));
+    }
+
     /// <summary>Radio-on time per alert when duty-cycled: connect, subscribe, heartbeat, drain k alerts, disconnect — over real TCP to the in-process MQTTnet broker.</summary>
     private static async Task DutyCycle(BoardProfile profile, int wakes, TextWriter stdout)
     {
@@ -259,5 +354,133 @@ internal static class BenchCommand
         private readonly Stopwatch _watch = Stopwatch.StartNew();
 
         public long UptimeMs => _watch.ElapsedMilliseconds + 1;
+    }
+
+    /// <summary>
+    /// A minimal SMTP server behind <see cref="ITransport"/>, in memory and allocation-free: greets, answers EHLO (offering
+    /// AUTH PLAIN), AUTH, MAIL, RCPT, RSET with success, DATA with 354 and the message's end with 250, QUIT with 221. For
+    /// measuring the SMTP uplink alone, as <see cref="LoopbackBroker"/> does for MQTT.
+    /// </summary>
+    private sealed class LoopbackSmtpServer : ITransport
+    {
+        private readonly byte[] _command = new byte[1024];
+        private readonly byte[] _toDevice = new byte[1024];
+        private int _commandCount;
+        private int _outStart;
+        private int _outCount;
+        private bool _open;
+        private bool _inData;
+        private int _endMatch; // bytes of "\r\n.\r\n" seen at the end of the message so far
+
+        public long BytesFromDevice { get; private set; }
+
+        public long BytesToDevice { get; private set; }
+
+        public long Messages { get; private set; }
+
+        public void Open(string host, int port, int timeoutMs)
+        {
+            _open = true;
+            _commandCount = 0;
+            _outStart = 0;
+            _outCount = 0;
+            _inData = false;
+            Reply("220 loopback ESMTP\r\n");
+        }
+
+        public int Send(byte[] buffer, int offset, int count, int timeoutMs)
+        {
+            if (!_open)
+            {
+                return -1;
+            }
+
+            BytesFromDevice += count;
+            for (int i = 0; i < count; i++)
+            {
+                byte b = buffer[offset + i];
+                if (_inData)
+                {
+                    // "\r\n.\r\n"; DATA's 354 leaves the device at a line start, as if "\r\n" had just been seen.
+                    _endMatch = b == "\r\n.\r\n"[_endMatch] ? _endMatch + 1 : b == '\r' ? 1 : 0;
+                    if (_endMatch == 5)
+                    {
+                        _inData = false;
+                        Messages++;
+                        Reply("250 2.0.0 queued\r\n");
+                    }
+
+                    continue;
+                }
+
+                if (_commandCount < _command.Length)
+                {
+                    _command[_commandCount++] = b;
+                }
+
+                if (b == '\n')
+                {
+                    Command();
+                    _commandCount = 0;
+                }
+            }
+
+            return count;
+        }
+
+        public int Receive(byte[] buffer, int offset, int count, int timeoutMs)
+        {
+            if (!_open)
+            {
+                return -1;
+            }
+
+            int n = Math.Min(count, _outCount);
+            Array.Copy(_toDevice, _outStart, buffer, offset, n);
+            _outStart += n;
+            _outCount -= n;
+            if (_outCount == 0)
+            {
+                _outStart = 0;
+            }
+
+            BytesToDevice += n;
+            return n;
+        }
+
+        public void Close() => _open = false;
+
+        private void Command()
+        {
+            int verb = _commandCount >= 4 ? (_command[0] << 24) | (_command[1] << 16) | (_command[2] << 8) | _command[3] : 0;
+            switch (verb)
+            {
+                case 0x45484C4F: // EHLO
+                    Reply("250-loopback\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n");
+                    break;
+                case 0x41555448: // AUTH
+                    Reply("235 2.7.0 ok\r\n");
+                    break;
+                case 0x44415441: // DATA
+                    _inData = true;
+                    _endMatch = 2;
+                    Reply("354 go ahead\r\n");
+                    break;
+                case 0x51554954: // QUIT
+                    Reply("221 bye\r\n");
+                    break;
+                default: // MAIL, RCPT, RSET
+                    Reply("250 ok\r\n");
+                    break;
+            }
+        }
+
+        private void Reply(string text)
+        {
+            for (int i = 0; i < text.Length; i++)
+            {
+                _toDevice[_outStart + _outCount++] = (byte)text[i];
+            }
+        }
     }
 }
