@@ -1,0 +1,165 @@
+using EdgeMail.Firmware.Uplink;
+
+namespace EdgeMail.Firmware.Tests.Uplink.Smtp;
+
+/// <summary>
+/// An SMTP server behind <see cref="ITransport"/>, in memory and synchronous: greets, offers AUTH PLAIN, says yes to
+/// every command, 354 to DATA and 250 (or the next of <see cref="EndOfDataReplies"/>) to the end of a message. Records
+/// every byte the device sent and each message as it was on the wire (dot-stuffed, up to the CRLF before the final
+/// dot). With nothing to answer, <see cref="Receive"/> reports a closed link, so a protocol slip fails at once instead
+/// of waiting on a clock. Without recording it allocates nothing.
+/// </summary>
+internal sealed class ScriptedSmtpServer(bool record = true) : ITransport
+{
+    private readonly byte[] _command = new byte[1024];
+    private readonly byte[] _toDevice = new byte[4096];
+    private readonly List<byte> _message = [];
+    private int _commandCount;
+    private int _outStart;
+    private int _outCount;
+    private bool _open;
+    private bool _inData;
+    private int _endMatch;
+
+    public List<byte> FromDevice { get; } = [];
+
+    public List<byte[]> Messages { get; } = [];
+
+    /// <summary>Replies to the ends of the next messages (e.g. "451 4.3.0 busy\r\n"); 250 when empty.</summary>
+    public Queue<string> EndOfDataReplies { get; } = new();
+
+    public void Open(string host, int port, int timeoutMs)
+    {
+        _open = true;
+        _commandCount = 0;
+        _outStart = 0;
+        _outCount = 0;
+        _inData = false;
+        Reply("220 scripted ESMTP\r\n");
+    }
+
+    public int Send(byte[] buffer, int offset, int count, int timeoutMs)
+    {
+        if (!_open)
+        {
+            return -1;
+        }
+
+        for (int i = 0; i < count; i++)
+        {
+            byte b = buffer[offset + i];
+            if (record)
+            {
+                FromDevice.Add(b);
+            }
+
+            if (_inData)
+            {
+                if (record)
+                {
+                    _message.Add(b);
+                }
+
+                _endMatch = b == "\r\n.\r\n"[_endMatch] ? _endMatch + 1 : b == '\r' ? 1 : 0;
+                if (_endMatch == 5)
+                {
+                    _inData = false;
+                    if (record)
+                    {
+                        Messages.Add([.. _message.Take(_message.Count - 3)]);
+                        _message.Clear();
+                    }
+
+                    Reply(EndOfDataReplies.Count > 0 ? EndOfDataReplies.Dequeue() : "250 2.0.0 queued\r\n");
+                }
+
+                continue;
+            }
+
+            if (_commandCount < _command.Length)
+            {
+                _command[_commandCount++] = b;
+            }
+
+            if (b == '\n')
+            {
+                Command();
+                _commandCount = 0;
+            }
+        }
+
+        return count;
+    }
+
+    public int Receive(byte[] buffer, int offset, int count, int timeoutMs)
+    {
+        if (!_open || _outCount == 0)
+        {
+            return -1;
+        }
+
+        int n = Math.Min(count, _outCount);
+        Array.Copy(_toDevice, _outStart, buffer, offset, n);
+        _outStart += n;
+        _outCount -= n;
+        if (_outCount == 0)
+        {
+            _outStart = 0;
+        }
+
+        return n;
+    }
+
+    public void Close() => _open = false;
+
+    private bool Is(string verb)
+    {
+        for (int i = 0; i < verb.Length; i++)
+        {
+            if (i >= _commandCount || _command[i] != verb[i])
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    private void Command()
+    {
+        if (Is("EHLO"))
+        {
+            Reply("250-scripted\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n");
+        }
+        else if (Is("AUTH PLAIN "))
+        {
+            Reply("235 2.7.0 ok\r\n");
+        }
+        else if (Is("DATA\r\n"))
+        {
+            _inData = true;
+            _endMatch = 2; // the device is at the start of a line
+            Reply("354 go ahead\r\n");
+        }
+        else if (Is("QUIT\r\n"))
+        {
+            Reply("221 bye\r\n");
+        }
+        else if (Is("MAIL FROM:<") || Is("RCPT TO:<") || Is("RSET\r\n"))
+        {
+            Reply("250 ok\r\n");
+        }
+        else
+        {
+            Reply("500 5.5.1 unknown command\r\n");
+        }
+    }
+
+    private void Reply(string text)
+    {
+        for (int i = 0; i < text.Length; i++)
+        {
+            _toDevice[_outStart + _outCount++] = (byte)text[i];
+        }
+    }
+}
