@@ -93,25 +93,28 @@ public sealed class IngestPressureTests
     [Fact]
     public async Task YieldAsync_InABurst_WaitsUntilTheWindowEndsAndCountsTheWait()
     {
-        var pressure = Create(prioritySeconds: 1);
-        Feed(pressure, _clock, perSecond: 5000, ms: 200);
+        var clock = new TimerSignallingClock(_clock.GetUtcNow());
+        var pressure = new IngestPressure(Options.Create(new GatewayOptions { Spool = new SpoolOptions { BurstAbove = 1000, BurstPriority = TimeSpan.FromSeconds(1) } }), clock);
+        Feed(pressure, clock, perSecond: 5000, ms: 200);
 
         var yielding = pressure.YieldAsync(CancellationToken.None);
         Assert.False(yielding.IsCompleted);
-        Feed(pressure, _clock, perSecond: 5000, ms: 790);
+        Feed(pressure, clock, perSecond: 5000, ms: 790);
         Assert.False(yielding.IsCompleted);
-        Feed(pressure, _clock, perSecond: 5000, ms: 40);
+        Feed(pressure, clock, perSecond: 5000, ms: 40);
+        Assert.False(yielding.IsCompleted); // 1,030 ms: the window opened at 100 ms and ends at 1,100 ms
 
-        // The loop re-checks every 20 ms of the fake clock, on the thread pool: keep the clock moving until it has.
-        for (int i = 0; i < 500 && !yielding.IsCompleted; i++)
+        // The wait re-checks every 20 ms of the clock, continuing on the thread pool: advance past each re-check only
+        // once it has set its next timer, until the wait ends.
+        for (int i = 0; i < 50 && !yielding.IsCompleted; i++)
         {
-            _clock.Advance(TimeSpan.FromMilliseconds(20));
-            await Task.WhenAny(yielding, Task.Delay(10));
+            await Task.WhenAny(yielding, clock.TimerCreated.WaitAsync(EdgeMail.Testing.Await.DefaultTimeout));
+            clock.Advance(TimeSpan.FromMilliseconds(20));
         }
 
         Assert.True(yielding.IsCompleted, "the yield did not end with the priority window");
         await yielding;
-        Assert.InRange(pressure.Yielded, TimeSpan.FromMilliseconds(880), TimeSpan.FromMilliseconds(980)); // window end - start of the wait
+        Assert.InRange(pressure.Yielded, TimeSpan.FromMilliseconds(880), TimeSpan.FromMilliseconds(1100)); // from 200 ms to the window's end at 1,100 ms
     }
 
     [Fact]
@@ -122,5 +125,18 @@ public sealed class IngestPressureTests
         await pressure.YieldAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(5));
 
         Assert.Equal(TimeSpan.Zero, pressure.Yielded);
+    }
+
+    // A fake clock that says when a timer is set (Task.Delay on it sets one).
+    private sealed class TimerSignallingClock(DateTimeOffset start) : FakeTimeProvider(start)
+    {
+        public SemaphoreSlim TimerCreated { get; } = new(0);
+
+        public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period)
+        {
+            var timer = base.CreateTimer(callback, state, dueTime, period);
+            TimerCreated.Release();
+            return timer;
+        }
     }
 }
