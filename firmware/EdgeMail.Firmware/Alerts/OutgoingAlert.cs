@@ -14,6 +14,7 @@ public sealed class OutgoingAlert : IByteSource
     // An update's payload on flash starts with the 4-byte id of the alert it replaces.
     private readonly byte[] _buffer = new byte[4 + AlertRecord.MaxSize];
     private readonly AlertJsonWriter _writer;
+    private readonly JsonOutput _output;
     private int _start;
     private int _recordLength;
     private uint _epoch;
@@ -29,7 +30,14 @@ public sealed class OutgoingAlert : IByteSource
     }
 
     /// <summary>One whose JSON writer shares its cursor (and 32-byte chunk) with other writers of the same thread.</summary>
-    internal OutgoingAlert(JsonOutput output) => _writer = new AlertJsonWriter(output);
+    internal OutgoingAlert(JsonOutput output)
+    {
+        _output = output;
+        _writer = new AlertJsonWriter(output);
+    }
+
+    /// <summary>The longest alert id: 8 hex digits of the epoch, '-', and a sequence number of up to 10 digits.</summary>
+    public const int MaxIdLength = 19;
 
     /// <summary>True between a successful <see cref="AlertStore.TryNext(OutgoingAlert)"/> and the next call that finds nothing.</summary>
     public bool IsLoaded { get; private set; }
@@ -61,6 +69,23 @@ public sealed class OutgoingAlert : IByteSource
     {
         EnsureLoaded();
         return _writer.Write(_buffer, _start, _recordLength, _epoch, _idSeq, _boot, _uptimeMs, _unixMs, destination, offset);
+    }
+
+    /// <summary>Writes the alert's id, the value of the JSON's <c>"id"</c> (e.g. <c>7f3a9c21-42</c>), without the JSON.</summary>
+    /// <param name="destination">The buffer; <see cref="MaxIdLength"/> bytes from <paramref name="offset"/> always suffice.</param>
+    /// <param name="offset">Where the id starts.</param>
+    /// <returns>The id's length in bytes.</returns>
+    /// <exception cref="InvalidOperationException">Nothing is loaded.</exception>
+    public int WriteId(byte[] destination, int offset)
+    {
+        EnsureLoaded();
+        JsonOutput o = _output;
+        o.Begin(destination, offset);
+        o.Hex8(_epoch);
+        o.Raw("-");
+        o.UInt(_idSeq);
+        o.End();
+        return o.Length;
     }
 
     internal void Load(int start, int recordLength, uint epoch, uint idSeq, uint seq, uint boot, long uptimeMs, long unixMs)

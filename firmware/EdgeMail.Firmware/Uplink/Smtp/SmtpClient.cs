@@ -170,6 +170,27 @@ public sealed class SmtpClient
         }
     }
 
+    /// <summary>
+    /// Writes up to three bytes as four base64 characters straight into the send buffer (no line break: the caller
+    /// ends lines). Base64 has no '.', so nothing is dot-stuffed; the bytes are those of <see cref="EncodeBase64Quantum"/>
+    /// passed to <see cref="Write(byte[], int, int)"/>.
+    /// </summary>
+    /// <param name="src">Source.</param>
+    /// <param name="offset">First byte.</param>
+    /// <param name="count">1..3 bytes.</param>
+    public void WriteBase64Quantum(byte[] src, int offset, int count)
+    {
+        if (!_inData)
+        {
+            throw new InvalidOperationException("Write is only valid between BeginData and EndData.");
+        }
+
+        EnsureRoom(4);
+        _txCount += EncodeBase64Quantum(src, offset, count, _tx, _txCount);
+        _atLineStart = false;
+        _last = _tx[_txCount - 1];
+    }
+
     /// <summary>Writes ASCII text into the message (see <see cref="Write(byte[], int, int)"/>).</summary>
     /// <param name="text">Text; characters above 0x7F are not allowed here.</param>
     public void Write(string text)

@@ -7,7 +7,9 @@ namespace EdgeMail.Firmware.Uplink.Smtp;
 /// Forwards the <see cref="AlertStore"/> over SMTP for sites where only mail leaves the network (DESIGN.md Contract 2):
 /// each alert becomes one message with a <c>text/plain</c> part for people and an
 /// <c>application/vnd.edgemail.alert+json</c> part whose body is the Contract 1 alert JSON (base64, so any line length
-/// and byte passes every relay). An alert leaves flash only after the server's 250 to its DATA.
+/// and byte passes every relay). An alert leaves flash only after the server's 250 to its DATA. The JSON is never held
+/// whole: the alert is kept as its record (<see cref="OutgoingAlert"/>) and its JSON streamed, base64-encoded on the
+/// way, through the client's send buffer; nothing is allocated per alert.
 /// </summary>
 /// <remarks>
 /// A session: connect, EHLO, AUTH PLAIN (when a password is set), then MAIL/RCPT/DATA per alert, QUIT. A 4xx reply or a
@@ -22,8 +24,9 @@ public sealed class SmtpUplink
     private readonly AlertStore _store;
     private readonly SmtpUplinkOptions _options;
     private readonly SmtpClient _client;
-    private readonly byte[] _json = new byte[AlertJsonWriter.MaxLength];
-    private readonly byte[] _line = new byte[78];
+    private readonly OutgoingAlert _alert = new OutgoingAlert();
+    private readonly byte[] _id = new byte[OutgoingAlert.MaxIdLength];
+    private readonly Base64Lines _body;
 
     /// <summary>Creates the uplink.</summary>
     /// <param name="store">The alerts to forward.</param>
@@ -40,6 +43,7 @@ public sealed class SmtpUplink
         }
 
         _client = new SmtpClient(transport, clock, options.TimeoutMs, options.SendBufferSize);
+        _body = new Base64Lines(_client);
     }
 
     /// <summary>Alerts the server took (250).</summary>
@@ -73,12 +77,12 @@ public sealed class SmtpUplink
                 _client.AuthPlain(_options.UserName ?? _options.DeviceId, _options.Password);
             }
 
-            while (_store.TryNext(_json, 0, out int length, out uint seq))
+            while (_store.TryNext(_alert))
             {
                 _client.MailFrom(_options.From);
                 _client.RcptTo(_options.To);
                 _client.BeginData();
-                WriteMessage(length);
+                WriteMessage();
                 try
                 {
                     _client.EndData();
@@ -93,7 +97,7 @@ public sealed class SmtpUplink
                     _client.Reset();
                 }
 
-                _store.Acknowledge(seq);
+                _store.Acknowledge(_alert.Seq);
             }
 
             _client.Quit();
@@ -108,20 +112,20 @@ public sealed class SmtpUplink
         }
     }
 
-    private void WriteMessage(int length)
+    private void WriteMessage()
     {
         SmtpClient c = _client;
-        ForwarderReceipt.TryFindString(_json, 0, length, "id", out int idOffset, out int idLength);
+        int idLength = _alert.WriteId(_id, 0);
         c.Write("From: <");
         c.Write(_options.From);
         c.Write(">\r\nTo: <");
         c.Write(_options.To);
         c.Write(">\r\nSubject: EdgeMail alert ");
-        c.Write(_json, idOffset, idLength);
+        c.Write(_id, 0, idLength);
         c.Write(" from ");
         c.Write(_options.DeviceId);
         c.Write("\r\nMessage-ID: <");
-        c.Write(_json, idOffset, idLength);
+        c.Write(_id, 0, idLength);
         c.Write(".");
         c.Write(_options.DeviceId);
         c.Write("@edgemail.device>\r\nAuto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"");
@@ -129,32 +133,93 @@ public sealed class SmtpUplink
         c.Write("\"\r\n\r\n--");
         c.Write(Boundary);
         c.Write("\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nEdgeMail alert ");
-        c.Write(_json, idOffset, idLength);
+        c.Write(_id, 0, idLength);
         c.Write(" from device ");
         c.Write(_options.DeviceId);
         c.Write(".\r\nThe alert itself is the application/vnd.edgemail.alert+json part of this message.\r\n\r\n--");
         c.Write(Boundary);
         c.Write("\r\nContent-Type: application/vnd.edgemail.alert+json; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"alert.json\"\r\n\r\n");
-
-        // 76 characters per line: 19 quanta of 3 bytes.
-        int i = 0;
-        while (i < length)
-        {
-            int n = 0;
-            for (int q = 0; q < 19 && i < length; q++)
-            {
-                int take = length - i < 3 ? length - i : 3;
-                n += SmtpClient.EncodeBase64Quantum(_json, i, take, _line, n);
-                i += take;
-            }
-
-            _line[n++] = (byte)'\r';
-            _line[n++] = (byte)'\n';
-            c.Write(_line, 0, n);
-        }
-
+        _body.Begin();
+        _alert.WriteTo(_body);
+        _body.End();
         c.Write("\r\n--");
         c.Write(Boundary);
         c.Write("--\r\n");
+    }
+
+    /// <summary>
+    /// Base64-encodes the streamed JSON into the message: 76 characters (19 quanta of 3 bytes) per line, the last line
+    /// shorter, each ending in CRLF; the JSON arrives in pieces of any size, a quantum may straddle two of them.
+    /// </summary>
+    private sealed class Base64Lines : IByteSink
+    {
+        private const int QuantaPerLine = 19;
+
+        private readonly SmtpClient _client;
+        private readonly byte[] _pending = new byte[3];
+        private int _pendingCount;
+        private int _quanta;
+
+        public Base64Lines(SmtpClient client) => _client = client;
+
+        public void Begin()
+        {
+            _pendingCount = 0;
+            _quanta = 0;
+        }
+
+        public void Write(byte[] buffer, int offset, int count)
+        {
+            int i = 0;
+
+            // Complete a quantum begun in the previous piece.
+            while (_pendingCount > 0 && i < count)
+            {
+                _pending[_pendingCount++] = buffer[offset + i++];
+                if (_pendingCount == 3)
+                {
+                    _pendingCount = 0;
+                    Quantum(_pending, 0, 3);
+                }
+            }
+
+            while (count - i >= 3)
+            {
+                Quantum(buffer, offset + i, 3);
+                i += 3;
+            }
+
+            while (i < count)
+            {
+                _pending[_pendingCount++] = buffer[offset + i++];
+            }
+        }
+
+        /// <summary>Encodes the last one or two bytes (with '=' padding) and ends the last line.</summary>
+        public void End()
+        {
+            if (_pendingCount > 0)
+            {
+                _client.WriteBase64Quantum(_pending, 0, _pendingCount);
+                _pendingCount = 0;
+                _quanta++;
+            }
+
+            if (_quanta > 0)
+            {
+                _client.Write("\r\n");
+                _quanta = 0;
+            }
+        }
+
+        private void Quantum(byte[] src, int offset, int count)
+        {
+            _client.WriteBase64Quantum(src, offset, count);
+            if (++_quanta == QuantaPerLine)
+            {
+                _client.Write("\r\n");
+                _quanta = 0;
+            }
+        }
     }
 }
