@@ -10,6 +10,9 @@
 #            e2e = first PUBLISH -> smtp-sink has every mail (smtp-sink -M exits).
 #   latency  the same at LAT_RATE alerts/s (default: a tenth of the ingest stage's e2e rate); PUBLISH -> sink's 250.
 #   memory   IDLE_DEVICES connected idle devices; gateway RSS before/after and bytes per connection.
+#   external (not in the default set) the same load published to Debian's mosquitto (persistence on, port
+#            EXT_PORT), the gateway as its client (Mqtt:Mode=external, persistent session): devices' PUBACKs come
+#            from mosquitto; measured = first PUBLISH -> smtp-sink has every mail.
 #   peers    ../shared/peers/mosquitto_qos1.sh (MSGS=50000 SIZE=200 RUNS=1) and postfix_relay.sh
 #            (MSGS=5000 SESSIONS=20 SIZE=1024 REUSE=0 RUNS=1) -- needs root; installs postfix if missing.
 # Knobs: DEVICES=50 MSGS_PER=1000 INFLIGHT=10 IDLE_DEVICES=10000 LAT_RATE= RELAY_CONCURRENCY=8 PORT=18990
@@ -37,6 +40,7 @@ log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 cleanup() {
   [ -n "$GW" ] && kill "$GW" 2>/dev/null || true
   [ -n "${SINKPID:-}" ] && kill "$SINKPID" 2>/dev/null || true
+  [ -n "${MOSQ:-}" ] && kill "$MOSQ" 2>/dev/null || true
   rm -rf "$STATE"
 }
 trap cleanup EXIT
@@ -131,6 +135,47 @@ if [[ " $STAGES " == *" latency "* ]]; then
   out=$(dotnet "$LOADGEN" publish --port "$PORT" --devices "$DEVICES" --msgs "$LAT_MSGS" --inflight "$INFLIGHT" --secret "$SECRET" --rate "$RATE" --sink-port "$SINK_PORT" --tag l)
   echo "RESULT latency rate=$RATE/s $out"
   stop_gateway
+fi
+
+if [[ " $STAGES " == *" external "* ]]; then
+  command -v mosquitto >/dev/null || { log "mosquitto missing: apt-get install mosquitto"; exit 1; }
+  EXT_PORT=${EXT_PORT:-18993}
+  TOTAL=$((DEVICES * MSGS_PER))
+  mkdir -p "$STATE/mosq"
+  chmod 755 "$STATE"   # mosquitto drops to its own user when started as root
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_queued_messages 0\nmax_inflight_messages 0\n' "$EXT_PORT" "$STATE/mosq" > "$STATE/mosq/mosquitto.conf"
+  chown -R mosquitto "$STATE/mosq" 2>/dev/null || true
+  mosquitto -c "$STATE/mosq/mosquitto.conf" > "$STATE/mosq/log" 2>&1 &
+  MOSQ=$!
+  for _ in $(seq 1 100); do ss -Hltn "sport = :$EXT_PORT" | grep -q . && break; sleep 0.1; done
+  write_config "$STATE/external.json" "$DEVICES" "$SINK_PORT"
+  python3 - "$STATE/external.json" "$EXT_PORT" <<'PY'
+import json, sys
+cfg = json.load(open(sys.argv[1]))
+cfg["Mqtt"] = {"Mode": "external", "External": {"Host": "127.0.0.1", "Port": int(sys.argv[2]), "ClientId": "edgemail-gateway-bench"}}
+cfg["Logging"]["LogLevel"]["EdgeMail.Gateway.Ingest.ExternalBrokerClient"] = "Information"
+json.dump(cfg, open(sys.argv[1], "w"))
+PY
+  rm -rf "$STATE/data"
+  dotnet "$DLL" --config "$STATE/external.json" > "$STATE/gateway.log" 2>&1 &
+  GW=$!
+  for _ in $(seq 1 300); do grep -q "Connected to the external MQTT broker" "$STATE/gateway.log" && break; sleep 0.1; done
+  WARM_PER=${WARM_PER:-40}
+  smtp-sink -u nobody -M "$((DEVICES * WARM_PER))" "127.0.0.1:$SINK_PORT" 1024 > "$STATE/sink.out" 2>&1 &
+  SINKPID=$!
+  dotnet "$LOADGEN" publish --port "$EXT_PORT" --devices "$DEVICES" --msgs "$WARM_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag w >/dev/null
+  wait "$SINKPID"
+  smtp-sink -u nobody -M "$TOTAL" "127.0.0.1:$SINK_PORT" 1024 > "$STATE/sink.out" 2>&1 &
+  SINKPID=$!
+  cpu0=$(cpu_s "$GW")
+  t0=$EPOCHREALTIME
+  out=$(dotnet "$LOADGEN" publish --port "$EXT_PORT" --devices "$DEVICES" --msgs "$MSGS_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag i)
+  wait "$SINKPID"; SINKPID=""
+  t1=$EPOCHREALTIME
+  cpu1=$(cpu_s "$GW")
+  echo "RESULT external mosquitto_$out e2e_smtp_sink_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') e2e_smtp_sink_rate=$(awk -v n="$TOTAL" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}') gateway_cpu_us_per_alert=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$TOTAL" 'BEGIN{printf "%.0f", (b-a)*1e6/n}')"
+  stop_gateway
+  kill "$MOSQ" 2>/dev/null; wait "$MOSQ" 2>/dev/null || true; MOSQ=""
 fi
 
 if [[ " $STAGES " == *" memory "* ]]; then
