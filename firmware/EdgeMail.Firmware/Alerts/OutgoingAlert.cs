@@ -14,7 +14,6 @@ public sealed class OutgoingAlert : IByteSource
     // An update's payload on flash starts with the 4-byte id of the alert it replaces.
     private readonly byte[] _buffer = new byte[4 + AlertRecord.MaxSize];
     private readonly AlertJsonWriter _writer;
-    private readonly JsonOutput _output;
     private int _start;
     private int _recordLength;
     private uint _epoch;
@@ -30,11 +29,7 @@ public sealed class OutgoingAlert : IByteSource
     }
 
     /// <summary>One whose JSON writer shares its cursor (and 32-byte chunk) with other writers of the same thread.</summary>
-    internal OutgoingAlert(JsonOutput output)
-    {
-        _output = output;
-        _writer = new AlertJsonWriter(output);
-    }
+    internal OutgoingAlert(JsonOutput output) => _writer = new AlertJsonWriter(output);
 
     /// <summary>The longest alert id: 8 hex digits of the epoch, '-', and a sequence number of up to 10 digits.</summary>
     public const int MaxIdLength = 19;
@@ -79,13 +74,38 @@ public sealed class OutgoingAlert : IByteSource
     public int WriteId(byte[] destination, int offset)
     {
         EnsureLoaded();
-        JsonOutput o = _output;
-        o.Begin(destination, offset);
-        o.Hex8(_epoch);
-        o.Raw("-");
-        o.UInt(_idSeq);
-        o.End();
-        return o.Length;
+        if (destination == null)
+        {
+            throw new ArgumentNullException(nameof(destination));
+        }
+
+        int digits = 1;
+        for (uint rest = _idSeq; rest >= 10; rest /= 10)
+        {
+            digits++;
+        }
+
+        if (offset < 0 || offset + 9 + digits > destination.Length)
+        {
+            throw new ArgumentException("The id needs " + (9 + digits).ToString() + " bytes from the offset.", nameof(destination));
+        }
+
+        // As the JSON writes it: the epoch as 8 lower-case hex digits, '-', the sequence number in decimal.
+        for (int i = 0; i < 8; i++)
+        {
+            int nibble = (int)((_epoch >> (28 - (4 * i))) & 0xF);
+            destination[offset + i] = (byte)(nibble < 10 ? '0' + nibble : 'a' + nibble - 10);
+        }
+
+        destination[offset + 8] = (byte)'-';
+        uint value = _idSeq;
+        for (int i = 8 + digits; i > 8; i--)
+        {
+            destination[offset + i] = (byte)('0' + (value % 10));
+            value /= 10;
+        }
+
+        return 9 + digits;
     }
 
     internal void Load(int start, int recordLength, uint epoch, uint idSeq, uint seq, uint boot, long uptimeMs, long unixMs)
