@@ -18,6 +18,8 @@ public class BenchCommandTests
         Assert.Matches(@"footprint: \d+ bytes of managed heap per device", text);
         Assert.Contains("allocations: 0 bytes per forwarded alert", text, StringComparison.Ordinal);
         Assert.Matches(@"wire: \d+(\.\d)? bytes per alert", text);
+        Assert.Matches(@"footprint, SMTP uplink: \d+ bytes of managed heap per device", text);
+        Assert.Matches(@"allocations, SMTP uplink: \d+(\.\d+)? bytes per submitted alert", text);
         Assert.Matches(@"duty cycle, 100 alert\(s\) per wake: connected", text);
     }
 }
