@@ -9,6 +9,7 @@ using EdgeMail.Firmware.Uplink;
 using EdgeMail.Firmware.Uplink.Smtp;
 using EdgeMail.Simulation.Boards;
 using EdgeMail.Simulation.Flash;
+using EdgeMail.Simulation.Network;
 
 namespace EdgeMail.Emulator;
 
@@ -210,12 +211,12 @@ internal static class BenchCommand
 
     /// <summary>
     /// The same footprint for a device whose uplink is <see cref="SmtpUplink"/> (queue + store + uplink with its SMTP
-    /// client and options, over the in-memory <see cref="LoopbackSmtpServer"/>), and its allocations per alert.
+    /// client and options, over the in-memory <see cref="InMemorySmtpServer"/>), and its allocations per alert.
     /// </summary>
     private static void SmtpFootprintAndAllocations(BoardProfile profile, int n, int total, TextWriter stdout)
     {
         var clock = new StopwatchClock();
-        var links = Enumerable.Range(0, n).Select(_ => new LoopbackSmtpServer()).ToList();
+        var links = Enumerable.Range(0, n).Select(_ => new InMemorySmtpServer(record: false)).ToList();
         var flashes = Enumerable.Range(0, n).Select(i => NorFlashSimulator.FromProfile(profile, seed: i + 1)).ToList();
         var alert = new Alert("BENCH", Severity.Warning, "A bench alert of typical size: freezer 2 above -15 °C for 10 minutes");
         alert.AddValue("temp_c", -95, 1);
@@ -253,7 +254,7 @@ internal static class BenchCommand
             $"footprint, SMTP uplink: {Per(after - before):0} bytes of managed heap per device in steady state (after 8 alerts; {n} devices; flash cells and transport excluded): flash queue {Per(afterQueues - before):0}, alert store {Per(afterStores - afterQueues):0}, SMTP uplink with client and options {Per(afterUplinks - afterStores):0}, after a session {Per(after - afterUplinks):0}"));
 
         // Allocations: sessions of 100 alerts each (a session's own cost, e.g. the AUTH PLAIN scratch, is spread over them).
-        var server = new LoopbackSmtpServer();
+        var server = new InMemorySmtpServer(record: false);
         using NorFlashSimulator flash = NorFlashSimulator.FromProfile(profile, seed: 11);
         var queue = new FlashQueue(flash);
         queue.Mount(0xBE7C4u);
@@ -273,7 +274,7 @@ internal static class BenchCommand
         }
 
         long wireBefore = server.BytesFromDevice + server.BytesToDevice;
-        long messagesBefore = server.Messages;
+        long messagesBefore = server.MessageCount;
         while (sent < total)
         {
             for (int i = 0; i < Batch; i++)
@@ -289,7 +290,7 @@ internal static class BenchCommand
         }
 
         stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"allocations, SMTP uplink: {sendBytes / (double)sent:0.##} bytes per submitted alert in sessions of {Batch} (connect, EHLO, AUTH PLAIN, MAIL/RCPT/DATA per alert, QUIT); {(server.BytesFromDevice + server.BytesToDevice - wireBefore) / (double)(server.Messages - messagesBefore):0} bytes on the wire per alert; {sent} alerts"));
+            $"allocations, SMTP uplink: {sendBytes / (double)sent:0.##} bytes per submitted alert in sessions of {Batch} (connect, EHLO, AUTH PLAIN, MAIL/RCPT/DATA per alert, QUIT); {(server.BytesFromDevice + server.BytesToDevice - wireBefore) / (double)(server.MessageCount - messagesBefore):0} bytes on the wire per alert; {sent} alerts"));
     }
 
     /// <summary>Radio-on time per alert when duty-cycled: connect, subscribe, heartbeat, drain k alerts, disconnect — over real TCP to the in-process MQTTnet broker.</summary>
@@ -354,133 +355,5 @@ internal static class BenchCommand
         private readonly Stopwatch _watch = Stopwatch.StartNew();
 
         public long UptimeMs => _watch.ElapsedMilliseconds + 1;
-    }
-
-    /// <summary>
-    /// A minimal SMTP server behind <see cref="ITransport"/>, in memory and allocation-free: greets, answers EHLO (offering
-    /// AUTH PLAIN), AUTH, MAIL, RCPT, RSET with success, DATA with 354 and the message's end with 250, QUIT with 221. For
-    /// measuring the SMTP uplink alone, as <see cref="LoopbackBroker"/> does for MQTT.
-    /// </summary>
-    private sealed class LoopbackSmtpServer : ITransport
-    {
-        private readonly byte[] _command = new byte[1024];
-        private readonly byte[] _toDevice = new byte[1024];
-        private int _commandCount;
-        private int _outStart;
-        private int _outCount;
-        private bool _open;
-        private bool _inData;
-        private int _endMatch; // bytes of "\r\n.\r\n" seen at the end of the message so far
-
-        public long BytesFromDevice { get; private set; }
-
-        public long BytesToDevice { get; private set; }
-
-        public long Messages { get; private set; }
-
-        public void Open(string host, int port, int timeoutMs)
-        {
-            _open = true;
-            _commandCount = 0;
-            _outStart = 0;
-            _outCount = 0;
-            _inData = false;
-            Reply("220 loopback ESMTP\r\n");
-        }
-
-        public int Send(byte[] buffer, int offset, int count, int timeoutMs)
-        {
-            if (!_open)
-            {
-                return -1;
-            }
-
-            BytesFromDevice += count;
-            for (int i = 0; i < count; i++)
-            {
-                byte b = buffer[offset + i];
-                if (_inData)
-                {
-                    // "\r\n.\r\n"; DATA's 354 leaves the device at a line start, as if "\r\n" had just been seen.
-                    _endMatch = b == "\r\n.\r\n"[_endMatch] ? _endMatch + 1 : b == '\r' ? 1 : 0;
-                    if (_endMatch == 5)
-                    {
-                        _inData = false;
-                        Messages++;
-                        Reply("250 2.0.0 queued\r\n");
-                    }
-
-                    continue;
-                }
-
-                if (_commandCount < _command.Length)
-                {
-                    _command[_commandCount++] = b;
-                }
-
-                if (b == '\n')
-                {
-                    Command();
-                    _commandCount = 0;
-                }
-            }
-
-            return count;
-        }
-
-        public int Receive(byte[] buffer, int offset, int count, int timeoutMs)
-        {
-            if (!_open)
-            {
-                return -1;
-            }
-
-            int n = Math.Min(count, _outCount);
-            Array.Copy(_toDevice, _outStart, buffer, offset, n);
-            _outStart += n;
-            _outCount -= n;
-            if (_outCount == 0)
-            {
-                _outStart = 0;
-            }
-
-            BytesToDevice += n;
-            return n;
-        }
-
-        public void Close() => _open = false;
-
-        private void Command()
-        {
-            int verb = _commandCount >= 4 ? (_command[0] << 24) | (_command[1] << 16) | (_command[2] << 8) | _command[3] : 0;
-            switch (verb)
-            {
-                case 0x45484C4F: // EHLO
-                    Reply("250-loopback\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n");
-                    break;
-                case 0x41555448: // AUTH
-                    Reply("235 2.7.0 ok\r\n");
-                    break;
-                case 0x44415441: // DATA
-                    _inData = true;
-                    _endMatch = 2;
-                    Reply("354 go ahead\r\n");
-                    break;
-                case 0x51554954: // QUIT
-                    Reply("221 bye\r\n");
-                    break;
-                default: // MAIL, RCPT, RSET
-                    Reply("250 ok\r\n");
-                    break;
-            }
-        }
-
-        private void Reply(string text)
-        {
-            for (int i = 0; i < text.Length; i++)
-            {
-                _toDevice[_outStart + _outCount++] = (byte)text[i];
-            }
-        }
     }
 }

@@ -5,6 +5,7 @@ using EdgeMail.Firmware.Tests.Alerts;
 using EdgeMail.Firmware.Uplink;
 using EdgeMail.Firmware.Uplink.Smtp;
 using EdgeMail.Simulation.Flash;
+using EdgeMail.Simulation.Network;
 using Xunit;
 using Xunit.Abstractions;
 
@@ -51,7 +52,7 @@ public sealed class SmtpStreamedDataTests(ITestOutputHelper output) : IDisposabl
     /// <summary>What the uplink sent before the JSON was streamed: the same session, each alert's JSON in one buffer.</summary>
     private static byte[] BufferedSession(AlertStore store, SmtpUplinkOptions options)
     {
-        var server = new ScriptedSmtpServer();
+        var server = new InMemorySmtpServer();
         var client = new SmtpClient(server, new FixedClock(), options.TimeoutMs, options.SendBufferSize);
         var json = new byte[AlertJsonWriter.MaxLength];
         var line = new byte[78];
@@ -125,7 +126,7 @@ public sealed class SmtpStreamedDataTests(ITestOutputHelper output) : IDisposabl
     }
 
     /// <summary>Raises the alerts, records the reference session, then runs the streaming uplink; returns both sessions.</summary>
-    private (byte[] Expected, byte[] Actual, ScriptedSmtpServer Server) Compare(SmtpUplinkOptions options, params Alert[] alerts)
+    private (byte[] Expected, byte[] Actual, InMemorySmtpServer Server) Compare(SmtpUplinkOptions options, params Alert[] alerts)
     {
         AlertStore store = Store();
         foreach (Alert a in alerts)
@@ -134,7 +135,7 @@ public sealed class SmtpStreamedDataTests(ITestOutputHelper output) : IDisposabl
         }
 
         byte[] expected = BufferedSession(store, options);
-        var server = new ScriptedSmtpServer();
+        var server = new InMemorySmtpServer();
         var uplink = new SmtpUplink(store, server, _clock, options);
         Assert.Equal(alerts.Length, uplink.SendPending());
         Assert.Equal(0u, store.Depth);
@@ -174,7 +175,7 @@ public sealed class SmtpStreamedDataTests(ITestOutputHelper output) : IDisposabl
     [MemberData(nameof(Alerts))]
     public void SendPending_OneAlert_SendsTheSameSessionBytesAsTheBufferedJson(string which)
     {
-        (byte[] expected, byte[] actual, ScriptedSmtpServer server) = Compare(Options(), Make(which));
+        (byte[] expected, byte[] actual, InMemorySmtpServer server) = Compare(Options(), Make(which));
 
         AssertSameBytes(expected, actual);
         output.WriteLine($"{which}: session {actual.Length} bytes, DATA {server.Messages[0].Length} bytes");
@@ -190,7 +191,7 @@ public sealed class SmtpStreamedDataTests(ITestOutputHelper output) : IDisposabl
             alerts[i] = new Alert("LEN_" + i.ToString(System.Globalization.CultureInfo.InvariantCulture), Severity.Info, new string('a', i));
         }
 
-        (byte[] expected, byte[] actual, ScriptedSmtpServer server) = Compare(Options(password: null), alerts);
+        (byte[] expected, byte[] actual, InMemorySmtpServer server) = Compare(Options(password: null), alerts);
 
         AssertSameBytes(expected, actual);
         Assert.Equal(120, server.Messages.Count);
@@ -216,7 +217,7 @@ public sealed class SmtpStreamedDataTests(ITestOutputHelper output) : IDisposabl
         var expectedJson = new byte[AlertJsonWriter.MaxLength];
         Assert.True(store.TryNext(expectedJson, 0, out int length, out _));
         store.Rewind();
-        var server = new ScriptedSmtpServer();
+        var server = new InMemorySmtpServer();
 
         new SmtpUplink(store, server, _clock, Options()).SendPending();
 
@@ -239,7 +240,7 @@ public sealed class SmtpStreamedDataTests(ITestOutputHelper output) : IDisposabl
     public void SendPending_ManyAlertsInOneSession_AllocatesNoMoreThanOneAlert()
     {
         AlertStore store = Store();
-        var server = new ScriptedSmtpServer(record: false);
+        var server = new InMemorySmtpServer(record: false);
         var uplink = new SmtpUplink(store, server, _clock, Options(password: null));
         var alert = new Alert("WARM", Severity.Warning, "warm up");
         store.Raise(alert);
@@ -270,7 +271,7 @@ public sealed class SmtpStreamedDataTests(ITestOutputHelper output) : IDisposabl
         AlertStore store = Store();
         store.Raise(new Alert("BAD", Severity.Warning, "refused"));
         store.Raise(new Alert("GOOD", Severity.Warning, "taken"));
-        var server = new ScriptedSmtpServer();
+        var server = new InMemorySmtpServer();
         server.EndOfDataReplies.Enqueue("554 5.6.0 no thanks\r\n");
         var uplink = new SmtpUplink(store, server, _clock, Options());
 
@@ -287,7 +288,7 @@ public sealed class SmtpStreamedDataTests(ITestOutputHelper output) : IDisposabl
     {
         AlertStore store = Store();
         store.Raise(new Alert("LATER", Severity.Warning, "try again"));
-        var server = new ScriptedSmtpServer();
+        var server = new InMemorySmtpServer();
         server.EndOfDataReplies.Enqueue("451 4.3.0 busy\r\n");
         var uplink = new SmtpUplink(store, server, _clock, Options());
 
