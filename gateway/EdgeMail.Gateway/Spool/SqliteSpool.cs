@@ -33,9 +33,9 @@ public sealed partial class SqliteSpool : ISpool
     // that now and then, which is what the latency's p99 is made of.
     private readonly SqliteConnection? _checkpointConnection;
     private readonly Thread? _checkpointer;
-    private readonly SemaphoreSlim _checkpointDue = new(0, 1);
+    private static readonly TimeSpan CheckpointInterval = TimeSpan.FromSeconds(1); // each checkpoint fsyncs the database file
+    private readonly ManualResetEventSlim _checkpointDue = new();
     private readonly CancellationTokenSource _stopping = new();
-    private long _checkpoints;
     private int _disposed;
 
     private SqliteSpool(SqliteConnection connection, int maxBatch, ILogger logger, SqliteConnection? readConnection, SqliteConnection? checkpointConnection)
@@ -59,12 +59,6 @@ public sealed partial class SqliteSpool : ISpool
             _checkpointer.Start();
         }
     }
-
-    /// <summary>How often the background checkpointer copies committed pages from the WAL into the database.</summary>
-    public static TimeSpan CheckpointInterval { get; } = TimeSpan.FromSeconds(1);
-
-    /// <summary>Background WAL checkpoints run so far.</summary>
-    public long Checkpoints => Interlocked.Read(ref _checkpoints);
 
     /// <summary>Raised on the checkpoint thread after each background WAL checkpoint.</summary>
     public event Action? Checkpointed;
@@ -547,10 +541,10 @@ public sealed partial class SqliteSpool : ISpool
             while (true)
             {
                 _checkpointDue.Wait(token);
+                _checkpointDue.Reset(); // a commit after this is covered by the checkpoint below or sets it again
                 try
                 {
                     Execute(_checkpointConnection!, "PRAGMA wal_checkpoint(PASSIVE);");
-                    Interlocked.Increment(ref _checkpoints);
                     Checkpointed?.Invoke();
                 }
                 catch (SqliteException ex)
@@ -634,17 +628,7 @@ public sealed partial class SqliteSpool : ISpool
 
         Interlocked.Increment(ref _batches);
         Interlocked.Add(ref _items, batch.Count);
-        if (_checkpointDue.CurrentCount == 0)
-        {
-            try
-            {
-                _checkpointDue.Release();
-            }
-            catch (SemaphoreFullException)
-            {
-                // Already due.
-            }
-        }
+        _checkpointDue.Set();
 
         foreach (var item in batch)
         {

@@ -96,7 +96,7 @@ public sealed class ExternalBrokerTests(ITestOutputHelper output) : IDisposable
             first.Client.BeforeStore = async (topic, ct) =>
             {
                 received.TrySetResult(topic);
-                await Task.Delay(Timeout.InfiniteTimeSpan, ct); // never committed: the gateway stops here
+                await new TaskCompletionSource().Task.WaitAsync(ct); // held until the gateway stops: never committed
             };
             using var device = await ExternalGateway.DeviceAsync(broker.Port, "dev-2");
             var ack = await device.PublishAsync(ExternalGateway.Alert("dev-2", "in-between"));
