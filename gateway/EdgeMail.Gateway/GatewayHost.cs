@@ -2,6 +2,7 @@ using EdgeMail.Gateway.Composition;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Ingest;
 using EdgeMail.Gateway.Ingest.Smtp;
+using EdgeMail.Gateway.Operations;
 using EdgeMail.Gateway.Receipts;
 using EdgeMail.Gateway.Relay;
 using EdgeMail.Gateway.Routing;
@@ -51,6 +52,8 @@ public static class GatewayHost
         services.AddSingleton<IValidateOptions<GatewayOptions>, GatewayOptionsValidator>();
         services.AddOptions<GatewayOptions>().Bind(builder.Configuration).ValidateOnStart();
         services.AddSingleton(new DemoInfo(demo));
+        services.AddSingleton<GatewayMetrics>();
+        services.AddSingleton<GatewayLifetime>();
         services.AddSingleton<ISpool>(sp =>
         {
             var o = sp.GetRequiredService<IOptions<GatewayOptions>>().Value;
@@ -58,6 +61,8 @@ public static class GatewayHost
             var spool = SqliteSpool.Open(path, o.Spool.Fsync, o.Spool.MaxBatch, sp.GetRequiredService<ILoggerFactory>().CreateLogger<SqliteSpool>());
             spool.MaxAge = o.Relay.MaxAge;
             spool.Clock = sp.GetRequiredService<TimeProvider>();
+            var lifetime = sp.GetRequiredService<GatewayLifetime>();
+            spool.Corrupted += ex => lifetime.Fail("the spool database is corrupt; restore it from a backup or move it aside (docs/spool.md, Recovery)", ex);
             return spool;
         });
         services.AddSingleton(sp =>
@@ -67,6 +72,8 @@ public static class GatewayHost
         });
         services.AddSingleton<IMailTransport>(sp => Transports.Create(sp.GetRequiredService<IOptions<GatewayOptions>>().Value, sp));
         services.AddSingleton<ReceiptPublisher>();
+        services.AddSingleton<OperatorNotices>();
+        services.AddSingleton<ParkingLot>();
         services.AddSingleton<IngestPressure>();
         services.AddSingleton<AlertIngest>();
         services.AddSingleton<EmbeddedBroker>();

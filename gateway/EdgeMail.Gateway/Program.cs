@@ -1,5 +1,7 @@
 using EdgeMail.Gateway;
 using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Operations;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Options;
 
@@ -15,11 +17,14 @@ if (args.Length > 0 && args[0] == "hash-secret")
     return 0;
 }
 
+// Exit codes (the appliance's systemd unit restarts on any but 2): 0 stopped on request; 1 could not start (a port
+// in use, the spool cannot be opened); 2 the configuration is invalid; 70 stopped because it could not go on.
 try
 {
     using var host = GatewayHost.CreateBuilder(args).Build();
+    var lifetime = host.Services.GetRequiredService<GatewayLifetime>(); // RunAsync disposes the services
     await host.RunAsync().ConfigureAwait(false);
-    return 0;
+    return lifetime.ExitCode;
 }
 catch (OptionsValidationException ex)
 {
@@ -30,4 +35,11 @@ catch (OptionsValidationException ex)
     }
 
     return 2;
+}
+#pragma warning disable CA1031 // Whatever stopped the start, say it in one line and exit non-zero instead of aborting with a crash dump.
+catch (Exception ex)
+#pragma warning restore CA1031
+{
+    Console.Error.WriteLine($"edgemail: cannot start: {ex.Message}");
+    return 1;
 }

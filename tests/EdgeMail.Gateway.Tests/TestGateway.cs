@@ -5,6 +5,7 @@ using EdgeMail.Gateway.Spool;
 using EdgeMail.Testing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
 using MQTTnet;
 using MQTTnet.Formatter;
 
@@ -15,11 +16,15 @@ public sealed class TestGateway : IAsyncDisposable
 {
     public const string Secret = "s3cret-for-tests";
 
-    private TestGateway(string dataDir, IHost host)
+    private TestGateway(string dataDir, IHost host, LogCapture logs)
     {
         DataDir = dataDir;
         Host = host;
+        Logs = logs;
     }
+
+    /// <summary>Errors the host logged; any the test did not <see cref="LogCapture.Expect"/> fail it at dispose.</summary>
+    public LogCapture Logs { get; }
 
     public string DataDir { get; }
 
@@ -58,14 +63,34 @@ public sealed class TestGateway : IAsyncDisposable
         return path;
     }
 
-    public static async Task<TestGateway> StartAsync(Action<Dictionary<string, object>>? tweak = null, int devices = 3, params string[] extraArgs)
+    public static Task<TestGateway> StartAsync(Action<Dictionary<string, object>>? tweak = null, int devices = 3, params string[] extraArgs) =>
+        StartAsync(tweak, null, devices, null, extraArgs);
+
+    /// <summary>Starts a gateway; <paramref name="services"/> may replace services (a clock, a transport, a disk probe).</summary>
+    public static async Task<TestGateway> StartAsync(Action<Dictionary<string, object>>? tweak, Action<IServiceCollection>? services, int devices = 3,
+        string? dataDir = null, params string[] extraArgs)
     {
-        string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        dataDir ??= Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
         string config = WriteConfig(dataDir, devices, tweak);
-        var host = GatewayHost.CreateBuilder(["--config", config, .. extraArgs]).Build();
+        var builder = GatewayHost.CreateBuilder(["--config", config, .. extraArgs]);
+        var logs = new LogCapture();
+        builder.Logging.AddProvider(logs);
+        services?.Invoke(builder.Services);
+        var host = builder.Build();
         await host.StartAsync();
-        return new TestGateway(dataDir, host);
+        return new TestGateway(dataDir, host, logs);
     }
+
+    /// <summary>Stops the host without deleting its data directory (to start another on the same spool), checking its log.</summary>
+    public async Task StopAsync()
+    {
+        await Host.StopAsync();
+        Host.Dispose();
+        Logs.AssertNoUnexpectedErrors();
+    }
+
+    /// <summary>Waits until <paramref name="condition"/> holds, re-checking after every spool commit.</summary>
+    public Task UntilAsync(Func<Task<bool>> condition, string what, TimeSpan? timeout = null) => SpoolWait.UntilAsync(Spool, condition, what, timeout);
 
     public async Task<IMqttClient> ConnectAsync(string device, string? secret = null, MqttProtocolVersion version = MqttProtocolVersion.V311)
     {
@@ -93,14 +118,19 @@ public sealed class TestGateway : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        await Host.StopAsync();
-        Host.Dispose();
         try
         {
-            Directory.Delete(DataDir, recursive: true);
+            await StopAsync();
         }
-        catch (IOException)
+        finally
         {
+            try
+            {
+                Directory.Delete(DataDir, recursive: true);
+            }
+            catch (IOException)
+            {
+            }
         }
     }
 }
@@ -116,6 +146,48 @@ public static class Alerts
             ["v"] = 1, ["id"] = id, ["seq"] = 1, ["state"] = state, ["sev"] = sev, ["code"] = code, ["text"] = text,
             ["values"] = new Dictionary<string, double> { ["temp_c"] = -9.5 }, ["raised"] = "2026-11-28T09:58:12Z", ["boot"] = 1, ["count"] = 1,
         });
+}
+
+/// <summary>Waiting for spool state without sleeping: the condition is re-checked after each commit.</summary>
+internal static class SpoolWait
+{
+    public static async Task UntilAsync(ISpool spool, Func<Task<bool>> condition, string what, TimeSpan? timeout = null)
+    {
+        var sqlite = (SqliteSpool)spool;
+        var deadline = TimeProvider.System.GetUtcNow() + (timeout ?? Await.DefaultTimeout);
+        while (true)
+        {
+            var committed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            Action wake = () => committed.TrySetResult();
+            sqlite.Committed += wake;
+            try
+            {
+                if (await condition())
+                {
+                    return;
+                }
+
+                var left = deadline - TimeProvider.System.GetUtcNow();
+                if (left <= TimeSpan.Zero)
+                {
+                    throw new TimeoutException($"Timed out waiting for {what}.");
+                }
+
+                try
+                {
+                    await committed.Task.WaitAsync(left);
+                }
+                catch (TimeoutException)
+                {
+                    // One last look at the condition, then fail with what was awaited.
+                }
+            }
+            finally
+            {
+                sqlite.Committed -= wake;
+            }
+        }
+    }
 }
 
 /// <summary>The local mailbox as the tests see it.</summary>

@@ -96,9 +96,10 @@ public sealed class MailComposer
     /// <param name="inReplyTo">Message-ID of the last mail for this alert, for threading.</param>
     /// <param name="now">The Date.</param>
     /// <param name="via">The protocol the first repeat came with, for the Received trace.</param>
+    /// <param name="omitted">Repeats held but not listed, between the last two of <paramref name="repeats"/> ("and 4,812 more").</param>
     /// <returns>The message.</returns>
     public MimeMessage ComposeDigest(DeviceInfo device, IReadOnlyList<(Alert Alert, DateTimeOffset ReceivedAt)> repeats,
-        IReadOnlyList<MailboxAddress> to, TimeSpan window, long firstSpoolId, string? inReplyTo, DateTimeOffset now, string via = IngestProtocols.Mqtt)
+        IReadOnlyList<MailboxAddress> to, TimeSpan window, long firstSpoolId, string? inReplyTo, DateTimeOffset now, string via = IngestProtocols.Mqtt, long omitted = 0)
     {
         ArgumentNullException.ThrowIfNull(device);
         ArgumentNullException.ThrowIfNull(repeats);
@@ -108,6 +109,9 @@ public sealed class MailComposer
             ["device"] = DeviceModel(device),
             ["alert"] = AlertModel(last.Alert, last.ReceivedAt),
             ["repeats"] = repeats.Select(r => AlertModel(r.Alert, r.ReceivedAt)).ToList(),
+            ["total"] = repeats.Count + omitted,
+            ["more"] = omitted,
+            ["more_text"] = omitted.ToString("N0", CultureInfo.InvariantCulture),
             ["window"] = window.ToString("c", CultureInfo.InvariantCulture),
             ["gateway"] = new Dictionary<string, object?> { ["hostname"] = _sender.Hostname },
             ["received_text"] = FormatTime(last.ReceivedAt),
@@ -132,9 +136,10 @@ public sealed class MailComposer
     /// <param name="failures">Recipient and reason for each failed recipient.</param>
     /// <param name="operatorMailbox">Who is told.</param>
     /// <param name="now">The Date.</param>
+    /// <param name="attempt">The attempt that failed (a message can fail for some recipients in one attempt and others later: one notice each).</param>
     /// <returns>The notice.</returns>
     public MimeMessage ComposeFailureNotice(string failedMessageId, string failedSubject, IReadOnlyList<(string Address, string Reason)> failures,
-        MailboxAddress operatorMailbox, DateTimeOffset now)
+        MailboxAddress operatorMailbox, DateTimeOffset now, int attempt = 0)
     {
         ArgumentNullException.ThrowIfNull(failures);
         var message = new MimeMessage();
@@ -142,7 +147,7 @@ public sealed class MailComposer
         message.To.Add(operatorMailbox);
         message.Subject = Clean("Undeliverable: " + failedSubject, 200);
         message.Date = now;
-        message.MessageId = MessageIds.ForNotice(failedMessageId);
+        message.MessageId = MessageIds.ForNotice(failedMessageId, attempt);
         message.InReplyTo = failedMessageId;
         message.Headers.Add("Auto-Submitted", "auto-replied");
         var text = new StringBuilder();
@@ -154,6 +159,30 @@ public sealed class MailComposer
 
         text.Append("\nThe device has been sent a 'failed' receipt. Check the relay settings and the addresses above.\n");
         message.Body = new TextPart("plain") { Text = text.ToString() };
+        message.Prepare(EncodingConstraint.SevenBit, 78);
+        _dkim?.Sign(message);
+        return message;
+    }
+
+    /// <summary>Writes a notice to the operator about something the gateway did on its own (parked items, a full disk).</summary>
+    /// <param name="messageId">Its Message-ID (unique).</param>
+    /// <param name="subject">Subject, one line.</param>
+    /// <param name="body">Plain text.</param>
+    /// <param name="operatorMailbox">Who is told.</param>
+    /// <param name="now">The Date.</param>
+    /// <returns>The notice.</returns>
+    public MimeMessage ComposeOperatorNotice(string messageId, string subject, string body, MailboxAddress operatorMailbox, DateTimeOffset now)
+    {
+        ArgumentNullException.ThrowIfNull(body);
+        var message = new MimeMessage();
+        message.From.Add(new MailboxAddress(_sender.DisplayName + " (gateway)", _sender.Address));
+        message.To.Add(operatorMailbox);
+        message.Subject = Clean(subject, 200);
+        message.Date = now;
+        message.MessageId = messageId;
+        message.Headers.Add("Auto-Submitted", "auto-generated");
+        message.Headers.Add("X-Auto-Response-Suppress", "All");
+        message.Body = new TextPart("plain") { Text = CleanBody(body) };
         message.Prepare(EncodingConstraint.SevenBit, 78);
         _dkim?.Sign(message);
         return message;

@@ -24,14 +24,15 @@ public static class MessageIds
     /// <returns>An RFC 5322 msg-id body.</returns>
     public static string ForDigest(string device, string code, string firstAlertId, string host) => $"{Token(device, code + "/" + firstAlertId)}.digest@{host}";
 
-    /// <summary>The Message-ID of a failure notice about a message.</summary>
+    /// <summary>The Message-ID of a failure notice about a message, for the attempt that failed.</summary>
     /// <param name="failedMessageId">The failed message's id.</param>
+    /// <param name="attempt">The attempt.</param>
     /// <returns>An RFC 5322 msg-id body.</returns>
-    public static string ForNotice(string failedMessageId)
+    public static string ForNotice(string failedMessageId, int attempt)
     {
         ArgumentNullException.ThrowIfNull(failedMessageId);
         int at = failedMessageId.LastIndexOf('@');
-        return string.Concat(failedMessageId.AsSpan(0, at), ".notice", failedMessageId.AsSpan(at));
+        return string.Concat(failedMessageId.AsSpan(0, at), ".notice", attempt.ToString(System.Globalization.CultureInfo.InvariantCulture), failedMessageId.AsSpan(at));
     }
 
     // Readable when both parts are plain atoms, else a hash; either way only atext and dots.

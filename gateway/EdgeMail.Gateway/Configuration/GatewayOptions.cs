@@ -64,6 +64,12 @@ public sealed class SenderOptions
 
     /// <summary>Who receives failure notices (a user id or an address); empty sends them to the sender address.</summary>
     public string Operator { get; set; } = string.Empty;
+
+    /// <summary>
+    /// Notices to the operator about things the gateway did on its own (parked items, a full disk) go out at most
+    /// this often; what happens in between is collected into the next one.
+    /// </summary>
+    public TimeSpan OperatorNoticeInterval { get; set; } = TimeSpan.FromMinutes(15);
 }
 
 /// <summary>A person who can be told about alerts.</summary>
@@ -119,6 +125,9 @@ public sealed class RelayOptions
 
     /// <summary>Local mailbox directory; empty means <c>DataDirectory/mailbox</c>.</summary>
     public string MailboxPath { get; set; } = string.Empty;
+
+    /// <summary>The local mailbox's size limit (MiB): past it, the oldest messages are removed first. 0 for no limit.</summary>
+    public long MailboxMaxMegabytes { get; set; } = 1024;
 
     /// <summary>Smarthost name or address.</summary>
     public string Host { get; set; } = string.Empty;
@@ -190,6 +199,21 @@ public sealed class SpoolOptions
     /// alongside ingest again, so under sustained load mail never lags by more than this plus the backlog.
     /// </summary>
     public TimeSpan BurstPriority { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// Finished mail (delivered, failed, expired, cancelled) and finished alerts are removed this long after they
+    /// finished (were received); the local mailbox keeps messages this long too.
+    /// </summary>
+    public TimeSpan Retention { get; set; } = TimeSpan.FromDays(30);
+
+    /// <summary>How often the housekeeper prunes; it also runs once at start.</summary>
+    public TimeSpan HousekeepingInterval { get; set; } = TimeSpan.FromHours(1);
+
+    /// <summary>
+    /// Below this much free space (MiB) on the spool's file system, new alerts and mail are refused with
+    /// back-pressure (MQTT: no PUBACK, SMTP: 452 4.3.1) until space is freed. 0 turns the guard off.
+    /// </summary>
+    public long MinFreeMegabytes { get; set; } = 256;
 }
 
 /// <summary>Storm control (configuration section <c>Storm</c>).</summary>
@@ -197,4 +221,7 @@ public sealed class StormOptions
 {
     /// <summary>Repeats of one (device, code) inside this window after a mail become one digest; zero disables.</summary>
     public TimeSpan Window { get; set; } = TimeSpan.FromMinutes(10);
+
+    /// <summary>Most repeats a digest lists (the oldest ones and the latest); the rest are counted ("and 4,812 more").</summary>
+    public int DigestMaxRepeats { get; set; } = 100;
 }

@@ -49,12 +49,12 @@ public sealed partial class AlertIngest
         _pressure.Accepted();
         if (parsed.IsValid)
         {
-            _receipts.Publish(deviceId, alertId, ReceiptState.Accepted, outcome == AcceptOutcome.Duplicate ? "duplicate" : string.Empty);
+            await _receipts.PublishAsync(deviceId, alertId, ReceiptState.Accepted, outcome == AcceptOutcome.Duplicate ? "duplicate" : string.Empty, cancellationToken).ConfigureAwait(false);
         }
         else
         {
             LogRejected(deviceId, parsed.Id ?? "(none)", parsed.Reason!);
-            _receipts.Publish(deviceId, parsed.Id ?? string.Empty, ReceiptState.Rejected, parsed.Reason!);
+            await _receipts.PublishAsync(deviceId, parsed.Id ?? string.Empty, ReceiptState.Rejected, parsed.Reason!, cancellationToken).ConfigureAwait(false);
         }
 
         return outcome;

@@ -419,7 +419,7 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
         LogUnknownAlert(device, alertId, topic);
         if (GatewayOptionsValidator.DeviceIdRegex().IsMatch(device))
         {
-            _receipts.Publish(device, alertId, ReceiptState.Rejected, reason);
+            await _receipts.PublishAsync(device, alertId, ReceiptState.Rejected, reason, cancellationToken).ConfigureAwait(false);
         }
     }
 

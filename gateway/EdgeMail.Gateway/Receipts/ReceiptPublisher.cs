@@ -42,16 +42,20 @@ public interface IReceiptSink
 }
 
 /// <summary>
-/// Sends receipts to devices on <c>edgemail/v1/{deviceId}/receipt</c>. Fire and forget from the caller's
-/// view: a device that is not subscribed misses the receipt, and the alert's state stays visible in the spool.
-/// Receipts are queued and handed to the broker by one background loop, in order, so the PUBACK path and the
-/// delivery path never wait for the broker's dispatch; receipts for devices that hold no receipt subscription
-/// are not formatted at all.
+/// Sends receipts to devices on <c>edgemail/v1/{deviceId}/receipt</c>. A device that is not subscribed misses the
+/// receipt, and the alert's state stays visible in the spool. Receipts are queued and handed to the broker by one
+/// background loop, in order, so the PUBACK path and the delivery path do not wait for the broker's dispatch —
+/// until the queue holds <see cref="Capacity"/> receipts: then the caller waits for room (an alert's PUBACK is
+/// delayed), so a broker that cannot keep up slows ingest down instead of growing memory. Receipts for devices
+/// that hold no receipt subscription are not formatted at all.
 /// </summary>
 public sealed partial class ReceiptPublisher
 {
+    /// <summary>Receipts queued before callers wait.</summary>
+    public const int Capacity = 4096;
+
     private readonly Channel<(string Device, byte[] Payload, string State)> _queue =
-        Channel.CreateUnbounded<(string, byte[], string)>(new UnboundedChannelOptions { SingleReader = true });
+        Channel.CreateBounded<(string, byte[], string)>(new BoundedChannelOptions(Capacity) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
 
     private readonly Lazy<IReceiptSink> _sink;
     private int _pumpStarted;
@@ -91,22 +95,38 @@ public sealed partial class ReceiptPublisher
         return buffer.ToArray();
     }
 
-    /// <summary>Publishes a receipt without waiting; failures are logged.</summary>
+    /// <summary>Queues a receipt for publishing; waits only while the queue is full. Publishing failures are logged.</summary>
     /// <param name="deviceId">Device.</param>
     /// <param name="alertId">Alert id.</param>
     /// <param name="state">State.</param>
     /// <param name="detail">Detail.</param>
-    public void Publish(string deviceId, string alertId, string state, string detail)
+    /// <param name="cancellationToken">Cancels waiting for room.</param>
+    /// <returns>A task completing once the receipt is queued (or dropped because nobody listens or the gateway stops).</returns>
+    public ValueTask PublishAsync(string deviceId, string alertId, string state, string detail, CancellationToken cancellationToken = default)
     {
         if (!_sink.Value.IsListening(deviceId))
         {
-            return;
+            return ValueTask.CompletedTask;
         }
 
-        _queue.Writer.TryWrite((deviceId, Format(alertId, state, _clock.GetUtcNow(), detail), state));
         if (Interlocked.CompareExchange(ref _pumpStarted, 1, 0) == 0)
         {
-            _ = Task.Run(PumpAsync);
+            _ = Task.Run(PumpAsync, CancellationToken.None);
+        }
+
+        var item = (deviceId, Format(alertId, state, _clock.GetUtcNow(), detail), state);
+        return _queue.Writer.TryWrite(item) ? ValueTask.CompletedTask : WaitForRoomAsync(item, cancellationToken);
+    }
+
+    private async ValueTask WaitForRoomAsync((string, byte[], string) item, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await _queue.Writer.WriteAsync(item, cancellationToken).ConfigureAwait(false);
+        }
+        catch (ChannelClosedException)
+        {
+            // Stopping: the alert's state is in the spool; the device asks again by resending or sees it next time.
         }
     }
 
@@ -121,7 +141,9 @@ public sealed partial class ReceiptPublisher
             {
                 await _sink.Value.PublishAsync(device, payload).ConfigureAwait(false);
             }
-            catch (Exception ex) when (ex is InvalidOperationException or OperationCanceledException or ObjectDisposedException or MQTTnet.Exceptions.MqttCommunicationException)
+#pragma warning disable CA1031 // One receipt that cannot be published must not end the pump (and with it every later receipt).
+            catch (Exception ex)
+#pragma warning restore CA1031
             {
                 LogFailed(ex, device, state);
             }

@@ -1,10 +1,10 @@
 using System.Collections.Concurrent;
 using EdgeMail.Gateway.Composition;
 using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Operations;
 using EdgeMail.Gateway.Receipts;
 using EdgeMail.Gateway.Routing;
 using EdgeMail.Gateway.Spool;
-using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using MimeKit;
@@ -15,10 +15,15 @@ namespace EdgeMail.Gateway.Relay;
 /// Delivers queued mail: takes due messages from the spool, hands each to the transport (up to
 /// <c>Relay:Concurrency</c> at once), records every recipient's result, retries transient failures on the
 /// backoff schedule, and turns permanent failures and expiry into a failure notice to the operator and a
-/// <c>failed</c> receipt. A <c>relayed</c> receipt carries the remote reply.
+/// <c>failed</c> receipt. A <c>relayed</c> receipt carries the remote reply. Every attempt's outcome is observed: a
+/// transport that throws is a transient failure on the same backoff schedule; a message whose result cannot be
+/// recorded or whose notice cannot be written is parked with the reason, and the others keep going.
 /// </summary>
-public sealed partial class DeliveryWorker : BackgroundService
+public sealed partial class DeliveryWorker : SupervisedLoop
 {
+    // A message whose result could not be committed is left alone this long (the spool still says it is due).
+    private static readonly TimeSpan BookkeepingBackoff = TimeSpan.FromSeconds(30);
+
     private readonly ISpool _spool;
     private readonly IMailTransport _transport;
     private readonly GatewayOptions _options;
@@ -29,6 +34,8 @@ public sealed partial class DeliveryWorker : BackgroundService
     private readonly ILogger<DeliveryWorker> _logger;
     private readonly Signal _wake = new();
     private readonly ConcurrentDictionary<long, bool> _inFlight = new();
+    private readonly ConcurrentDictionary<long, DateTimeOffset> _coolingDown = new();
+    private readonly ParkingLot _parking;
     private readonly SemaphoreSlim _slots;
 
     /// <summary>Creates the worker.</summary>
@@ -39,10 +46,15 @@ public sealed partial class DeliveryWorker : BackgroundService
     /// <param name="receipts">Receipts.</param>
     /// <param name="clock">Clock.</param>
     /// <param name="pressure">Ingest rate; delivery rounds yield to a burst.</param>
+    /// <param name="parking">Where mail that cannot be handled goes.</param>
+    /// <param name="metrics">Loop restarts are counted there.</param>
     /// <param name="logger">Logger.</param>
     public DeliveryWorker(ISpool spool, IMailTransport transport, IOptions<GatewayOptions> options, MailComposer composer,
-        ReceiptPublisher receipts, TimeProvider clock, IngestPressure pressure, ILogger<DeliveryWorker> logger)
+        ReceiptPublisher receipts, TimeProvider clock, IngestPressure pressure, ParkingLot parking, GatewayMetrics metrics, ILogger<DeliveryWorker> logger)
+        : base("delivery", clock, metrics, logger)
     {
+        ArgumentNullException.ThrowIfNull(options);
+        _parking = parking;
         _pressure = pressure;
         _spool = spool;
         _transport = transport;
@@ -58,63 +70,100 @@ public sealed partial class DeliveryWorker : BackgroundService
     /// <summary>Wakes the worker (tests that advance a fake clock).</summary>
     public void Wake() => _wake.Set();
 
+    /// <summary>Attempts started so far (tests).</summary>
+    public long Attempts => Interlocked.Read(ref _attempts);
+
+    /// <summary>Raised each time the worker has nothing due and goes to wait (tests).</summary>
+    public event Action? Idle;
+
+    private long _attempts;
+
     /// <inheritdoc />
-    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    protected override async Task RunAsync(CancellationToken stoppingToken)
     {
         var running = new List<Task>();
-        while (!stoppingToken.IsCancellationRequested)
+        try
         {
-            try
+            while (!stoppingToken.IsCancellationRequested)
             {
-                running.RemoveAll(t => t.IsCompleted);
-                await _pressure.YieldAsync(stoppingToken).ConfigureAwait(false);
-                var due = await _spool.DueMessagesAsync(_clock.GetUtcNow(), _options.Relay.Concurrency * 4,
-                    _inFlight.Keys.ToHashSet(), stoppingToken).ConfigureAwait(false);
-                foreach (var message in due)
+                try
                 {
-                    await _slots.WaitAsync(stoppingToken).ConfigureAwait(false);
-                    _inFlight[message.RowId] = true;
-                    running.Add(AttemptAsync(message, stoppingToken));
-                }
+                    running.RemoveAll(t => t.IsCompleted); // AttemptAsync observes its own faults
+                    await _pressure.YieldAsync(stoppingToken).ConfigureAwait(false);
+                    var now = _clock.GetUtcNow();
+                    foreach (var (row, until) in _coolingDown)
+                    {
+                        if (until <= now)
+                        {
+                            _coolingDown.TryRemove(row, out _);
+                        }
+                    }
 
-                if (due.Count > 0)
+                    var busy = _inFlight.Keys.Concat(_coolingDown.Keys).ToHashSet();
+                    var due = await _spool.DueMessagesAsync(now, _options.Relay.Concurrency * 4, busy, stoppingToken).ConfigureAwait(false);
+                    foreach (var message in due)
+                    {
+                        await _slots.WaitAsync(stoppingToken).ConfigureAwait(false);
+                        _inFlight[message.RowId] = true;
+                        running.Add(AttemptAsync(message, stoppingToken));
+                    }
+
+                    if (due.Count > 0)
+                    {
+                        continue;
+                    }
+
+                    var next = await _spool.NextMessageDueAsync(stoppingToken).ConfigureAwait(false);
+                    var wait = next is null ? Timeout.InfiniteTimeSpan : next.Value - _clock.GetUtcNow() + TimeSpan.FromMilliseconds(1);
+                    if (next is not null && wait <= TimeSpan.Zero)
+                    {
+                        // Due but in flight or cooling down: wait for an attempt to finish (it wakes us) or a cool-down to end.
+                        wait = _coolingDown.IsEmpty ? TimeSpan.FromMilliseconds(50) : _coolingDown.Values.Min() - _clock.GetUtcNow();
+                    }
+
+                    Idle?.Invoke();
+                    await _wake.WaitAsync(wait, _clock, stoppingToken).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
                 {
-                    continue;
+                    break;
                 }
-
-                var next = await _spool.NextMessageDueAsync(stoppingToken).ConfigureAwait(false);
-                var wait = next is null ? Timeout.InfiniteTimeSpan : next.Value - _clock.GetUtcNow() + TimeSpan.FromMilliseconds(1);
-                if (next is not null && wait <= TimeSpan.Zero)
+                catch (SpoolException ex)
                 {
-                    // Due but in flight: wait for an attempt to finish.
-                    wait = TimeSpan.FromMilliseconds(50);
+                    LogFailed(ex);
+                    await _wake.WaitAsync(TimeSpan.FromSeconds(5), _clock, stoppingToken).ConfigureAwait(false);
                 }
-
-                await _wake.WaitAsync(wait, _clock, stoppingToken).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
-            {
-                break;
-            }
-            catch (SpoolException ex)
-            {
-                LogFailed(ex);
-                await _wake.WaitAsync(TimeSpan.FromSeconds(5), _clock, stoppingToken).ConfigureAwait(false);
             }
         }
-
-        await Task.WhenAll(running).ConfigureAwait(false);
+        finally
+        {
+            await Task.WhenAll(running).ConfigureAwait(false);
+        }
     }
 
+    // Never throws: every outcome of the attempt is turned into a recorded result, a cool-down or a parked message.
     private async Task AttemptAsync(QueuedMessage message, CancellationToken cancellationToken)
     {
         bool slotHeld = true;
         try
         {
             await Task.Yield();
-            var results = message.PendingRecipients.Count == 0
-                ? []
-                : await _transport.SendAsync(message, cancellationToken).ConfigureAwait(false);
+            Interlocked.Increment(ref _attempts);
+            IReadOnlyList<RecipientResult> results;
+            try
+            {
+                results = message.PendingRecipients.Count == 0
+                    ? []
+                    : await _transport.SendAsync(message, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
+            {
+                // The transport promises per-recipient results; one that throws anyway (a bug, a library's surprise)
+                // is a transient failure of this attempt, retried on the normal schedule.
+                LogTransportThrew(ex, message.MessageId);
+                string reply = "451 4.3.0 local error: " + ParkingLot.Describe("delivering", ex);
+                results = message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, reply)).ToList();
+            }
 
             // The connection is free once the remote answered: let the next message use it while this result waits
             // for its group commit (the message stays in flight, so it is not picked up again meanwhile).
@@ -126,9 +175,20 @@ public sealed partial class DeliveryWorker : BackgroundService
         {
             // Stopping: the message stays queued.
         }
+        catch (SpoolConflictException ex)
+        {
+            await ParkAsync(message, ex.Message, null, cancellationToken).ConfigureAwait(false);
+        }
         catch (SpoolException ex)
         {
+            // The result is not recorded; the spool still says the message is due. Leave it alone for a while
+            // instead of sending it again at once, in a loop.
             LogFailed(ex);
+            _coolingDown[message.RowId] = _clock.GetUtcNow() + BookkeepingBackoff;
+        }
+        catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
+        {
+            await ParkAsync(message, ParkingLot.Describe("recording the delivery", ex), ex, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -139,6 +199,20 @@ public sealed partial class DeliveryWorker : BackgroundService
             }
 
             _wake.Set();
+        }
+    }
+
+    private async Task ParkAsync(QueuedMessage message, string reason, Exception? fault, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await _spool.ParkMessageAsync(message.RowId, reason, cancellationToken).ConfigureAwait(false);
+            await _parking.MessageParkedAsync(message, reason, fault).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is SpoolException or OperationCanceledException)
+        {
+            LogFailed(ex);
+            _coolingDown[message.RowId] = _clock.GetUtcNow() + BookkeepingBackoff;
         }
     }
 
@@ -192,15 +266,15 @@ public sealed partial class DeliveryWorker : BackgroundService
         {
             if (failed.Count > 0)
             {
-                _receipts.Publish(message.Device, message.AlertId, ReceiptState.Failed, failed[0].Reply);
+                await _receipts.PublishAsync(message.Device, message.AlertId, ReceiptState.Failed, failed[0].Reply, cancellationToken).ConfigureAwait(false);
             }
             else if (deferred)
             {
-                _receipts.Publish(message.Device, message.AlertId, ReceiptState.Deferred, final.First(r => r.Outcome == RecipientOutcome.Deferred).Reply);
+                await _receipts.PublishAsync(message.Device, message.AlertId, ReceiptState.Deferred, final.First(r => r.Outcome == RecipientOutcome.Deferred).Reply, cancellationToken).ConfigureAwait(false);
             }
             else
             {
-                _receipts.Publish(message.Device, message.AlertId, ReceiptState.Relayed, reply);
+                await _receipts.PublishAsync(message.Device, message.AlertId, ReceiptState.Relayed, reply, cancellationToken).ConfigureAwait(false);
             }
         }
     }
@@ -221,7 +295,8 @@ public sealed partial class DeliveryWorker : BackgroundService
             subject = failedMessage.Subject ?? string.Empty;
         }
 
-        using var notice = _composer.ComposeFailureNotice(message.MessageId, subject, failed.Select(f => (f.Address, f.Reply)).ToList(), operatorMailbox, now);
+        using var notice = _composer.ComposeFailureNotice(message.MessageId, subject, failed.Select(f => (f.Address, f.Reply)).ToList(), operatorMailbox, now,
+            message.Attempts + 1);
         return new NewMessage("notice", message.Device, message.AlertId, notice.MessageId!, string.Empty, [operatorMailbox.Address], MailComposer.ToWire(notice));
     }
 
@@ -241,6 +316,9 @@ public sealed partial class DeliveryWorker : BackgroundService
     [LoggerMessage(Level = LogLevel.Warning, Message = "Failed <{MessageId}>: {Failures}; the operator is told")]
     private partial void LogBounced(string messageId, string failures);
 
-    [LoggerMessage(Level = LogLevel.Error, Message = "Delivery bookkeeping failed; retrying")]
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Delivery bookkeeping could not use the spool; retrying later")]
     private partial void LogFailed(Exception ex);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "The transport threw while delivering <{MessageId}>; deferred as a transient failure")]
+    private partial void LogTransportThrew(Exception ex, string messageId);
 }

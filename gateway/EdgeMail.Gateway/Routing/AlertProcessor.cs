@@ -1,8 +1,8 @@
 using EdgeMail.Gateway.Composition;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Ingest;
+using EdgeMail.Gateway.Operations;
 using EdgeMail.Gateway.Spool;
-using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 
@@ -12,9 +12,11 @@ namespace EdgeMail.Gateway.Routing;
 /// Turns stored alerts into queued mail: routes each new alert, applies storm control (repeats of one
 /// (device, code) within the window are held and later sent as one digest; cleared alerts go out at once),
 /// composes the mail and commits the decision and the mail in one spool transaction, so a crash at any point
-/// either redoes the whole step or finds it done.
+/// either redoes the whole step or finds it done. An alert that cannot be parsed, routed or composed — an
+/// exception nobody expected — is parked with the reason instead (its device gets <c>failed</c>, the operator a
+/// notice) and the rest of the batch goes on: one bad alert never stops the others.
 /// </summary>
-public sealed partial class AlertProcessor : BackgroundService
+public sealed partial class AlertProcessor : SupervisedLoop
 {
     private readonly ISpool _spool;
     private readonly GatewayOptions _options;
@@ -22,6 +24,7 @@ public sealed partial class AlertProcessor : BackgroundService
     private readonly MailComposer _composer;
     private readonly TimeProvider _clock;
     private readonly IngestPressure _pressure;
+    private readonly ParkingLot _parking;
     private readonly ILogger<AlertProcessor> _logger;
     private readonly Signal _wake = new();
 
@@ -37,15 +40,21 @@ public sealed partial class AlertProcessor : BackgroundService
     /// <param name="composer">Composer.</param>
     /// <param name="clock">Clock.</param>
     /// <param name="pressure">Ingest rate; routing yields to a burst.</param>
+    /// <param name="parking">Where alerts that cannot be handled go.</param>
+    /// <param name="metrics">Loop restarts are counted there.</param>
     /// <param name="logger">Logger.</param>
-    public AlertProcessor(ISpool spool, IOptions<GatewayOptions> options, MailComposer composer, TimeProvider clock, IngestPressure pressure, ILogger<AlertProcessor> logger)
+    public AlertProcessor(ISpool spool, IOptions<GatewayOptions> options, MailComposer composer, TimeProvider clock, IngestPressure pressure,
+        ParkingLot parking, GatewayMetrics metrics, ILogger<AlertProcessor> logger)
+        : base("routing", clock, metrics, logger)
     {
+        ArgumentNullException.ThrowIfNull(options);
         _pressure = pressure;
         _spool = spool;
         _options = options.Value;
         _router = new Router(_options);
         _composer = composer;
         _clock = clock;
+        _parking = parking;
         _logger = logger;
         _spool.AlertsStored += _wake.Set;
     }
@@ -54,8 +63,11 @@ public sealed partial class AlertProcessor : BackgroundService
     public void Wake() => _wake.Set();
 
     /// <inheritdoc />
-    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    protected override async Task RunAsync(CancellationToken stoppingToken)
     {
+        // After a restart nothing cached can be trusted: the spool is the truth.
+        _stormCache.Clear();
+        _digestDueKnown = false;
         while (!stoppingToken.IsCancellationRequested)
         {
             try
@@ -83,11 +95,12 @@ public sealed partial class AlertProcessor : BackgroundService
             {
                 return;
             }
-            catch (Exception ex) when (ex is SpoolException or InvalidOperationException)
+            catch (SpoolException ex)
             {
+                // The spool cannot read or commit now (disk, I/O): nothing was lost, the alerts stay new. Try again later.
                 _stormCache.Clear();
                 _digestDueKnown = false;
-                LogFailed(ex);
+                LogSpoolFailed(ex);
                 await _wake.WaitAsync(TimeSpan.FromSeconds(5), _clock, stoppingToken).ConfigureAwait(false);
             }
         }
@@ -105,10 +118,21 @@ public sealed partial class AlertProcessor : BackgroundService
         }
 
         var parsedAlerts = new Alert?[alerts.Count];
+        var failures = new string?[alerts.Count];
+        var faults = new Dictionary<long, Exception>();
         var keys = new HashSet<(string Device, string Code)>();
         for (int i = 0; i < alerts.Count; i++)
         {
-            parsedAlerts[i] = AlertParser.Parse(alerts[i].Payload).Alert;
+            try
+            {
+                parsedAlerts[i] = AlertParser.Parse(alerts[i].Payload).Alert;
+            }
+            catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
+            {
+                failures[i] = ParkingLot.Describe("parsing", ex);
+                faults[alerts[i].RowId] = ex;
+            }
+
             if (parsedAlerts[i] is { } a)
             {
                 keys.Add((alerts[i].Device, a.Code));
@@ -132,97 +156,169 @@ public sealed partial class AlertProcessor : BackgroundService
         }
 
         var storms = new Dictionary<(string, string), StormState?>();
-
         var commits = new List<RoutingCommit>(alerts.Count);
-        var window = _options.Storm.Window;
         for (int i = 0; i < alerts.Count; i++)
         {
             var stored = alerts[i];
+            if (failures[i] is { } failure)
+            {
+                commits.Add(new RoutingCommit(stored.RowId, AlertStatus.Parked, null, null, null, null, failure));
+                continue;
+            }
+
             if (parsedAlerts[i] is not { } alert)
             {
                 commits.Add(new RoutingCommit(stored.RowId, AlertStatus.Rejected, null, null, null, null));
                 continue;
             }
 
-            var route = _router.Route(stored.Device, alert);
-            if (route.Recipients.Count == 0)
+            try
             {
-                LogUnrouted(stored.Device, alert.Id, alert.Code);
-                commits.Add(new RoutingCommit(stored.RowId, AlertStatus.Unrouted, null, null, null, null));
-                continue;
+                commits.Add(Decide(stored, alert, storms));
             }
-
-            var key = (stored.Device, alert.Code);
-            if (!storms.TryGetValue(key, out var storm))
+            catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
             {
-                storm = _stormCache[key];
+                faults[stored.RowId] = ex;
+                commits.Add(new RoutingCommit(stored.RowId, AlertStatus.Parked, null, null, null, null, ParkingLot.Describe("routing or composing", ex)));
             }
-
-            if (alert.State == AlertState.Raised && window > TimeSpan.Zero && storm is not null && stored.ReceivedAt < storm.LastMailAt + window)
-            {
-                var holdUntil = storm.LastMailAt + window;
-                commits.Add(new RoutingCommit(stored.RowId, AlertStatus.Held, holdUntil, null, null, null));
-                if (_digestDue is null || holdUntil < _digestDue)
-                {
-                    _digestDue = holdUntil;
-                }
-
-                storms[key] = storm;
-                continue;
-            }
-
-            var mail = new AlertMail(Device(stored.Device), alert, stored.ReceivedAt, stored.Peer, stored.RowId, route.Recipients, route.Template,
-                alert.State == AlertState.Cleared ? storm?.LastRaisedMessageId : null, stored.Via);
-            using var message = _composer.ComposeAlert(mail, _clock.GetUtcNow());
-            var queued = new NewMessage("alert", stored.Device, alert.Id, message.MessageId!, _options.Sender.Address,
-                route.Recipients.Select(r => r.Address).ToList(), MailComposer.ToWire(message));
-            var next = alert.State == AlertState.Raised
-                ? new StormState(stored.ReceivedAt, "<" + message.MessageId + ">")
-                : new StormState(DateTimeOffset.UnixEpoch, storm?.LastRaisedMessageId);
-            storms[key] = next;
-            commits.Add(new RoutingCommit(stored.RowId, AlertStatus.Routed, null, queued, key, next));
         }
 
-        await _spool.CommitRoutingAsync(commits, cancellationToken).ConfigureAwait(false);
+        var conflicts = await _spool.CommitRoutingAsync(commits, cancellationToken).ConfigureAwait(false);
         foreach (var (key, state) in storms)
         {
             _stormCache[key] = state;
         }
 
+        if (conflicts.Count > 0)
+        {
+            _stormCache.Clear(); // a rolled-back decision may have changed a cached state
+        }
+
+        var byRow = alerts.ToDictionary(a => a.RowId);
+        foreach (var c in commits.Where(c => c.Status == AlertStatus.Parked))
+        {
+            var stored = byRow[c.AlertRowId];
+            await _parking.AlertParkedAsync("route", stored.Device, stored.AlertId, c.Reason!, faults.GetValueOrDefault(c.AlertRowId)).ConfigureAwait(false);
+        }
+
+        foreach (var p in conflicts)
+        {
+            var stored = byRow[p.AlertRowId];
+            await _parking.AlertParkedAsync("route", stored.Device, stored.AlertId, p.Reason, null).ConfigureAwait(false);
+        }
+
         return alerts.Count;
     }
 
-    /// <summary>Sends the digests whose window has closed.</summary>
+    // The routing decision for one valid alert; throws for an alert that cannot be composed. The shared state
+    // (storms, the next digest time) changes only once nothing more can throw.
+    private RoutingCommit Decide(SpooledAlert stored, Alert alert, Dictionary<(string, string), StormState?> storms)
+    {
+        var route = _router.Route(stored.Device, alert);
+        if (route.Recipients.Count == 0)
+        {
+            LogUnrouted(stored.Device, alert.Id, alert.Code);
+            return new RoutingCommit(stored.RowId, AlertStatus.Unrouted, null, null, null, null);
+        }
+
+        var key = (stored.Device, alert.Code);
+        if (!storms.TryGetValue(key, out var storm))
+        {
+            storm = _stormCache[key];
+        }
+
+        var window = _options.Storm.Window;
+        if (alert.State == AlertState.Raised && window > TimeSpan.Zero && storm is not null && stored.ReceivedAt < storm.LastMailAt + window)
+        {
+            var holdUntil = storm.LastMailAt + window;
+            if (_digestDue is null || holdUntil < _digestDue)
+            {
+                _digestDue = holdUntil;
+            }
+
+            storms[key] = storm;
+            return new RoutingCommit(stored.RowId, AlertStatus.Held, holdUntil, null, null, null);
+        }
+
+        var mail = new AlertMail(Device(stored.Device), alert, stored.ReceivedAt, stored.Peer, stored.RowId, route.Recipients, route.Template,
+            alert.State == AlertState.Cleared ? storm?.LastRaisedMessageId : null, stored.Via);
+        using var message = _composer.ComposeAlert(mail, _clock.GetUtcNow());
+        var queued = new NewMessage("alert", stored.Device, alert.Id, message.MessageId!, _options.Sender.Address,
+            route.Recipients.Select(r => r.Address).ToList(), MailComposer.ToWire(message));
+        var next = alert.State == AlertState.Raised
+            ? new StormState(stored.ReceivedAt, "<" + message.MessageId + ">")
+            : new StormState(DateTimeOffset.UnixEpoch, storm?.LastRaisedMessageId);
+        storms[key] = next;
+        return new RoutingCommit(stored.RowId, AlertStatus.Routed, null, queued, key, next);
+    }
+
+    /// <summary>Sends the digests whose window has closed; a digest that cannot be composed is parked with its repeats.</summary>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>A task.</returns>
     internal async Task DigestDueAsync(CancellationToken cancellationToken)
     {
         var now = _clock.GetUtcNow();
-        foreach (var digest in await _spool.DueDigestsAsync(now, cancellationToken).ConfigureAwait(false))
+        foreach (var digest in await _spool.DueDigestsAsync(now, _options.Storm.DigestMaxRepeats, cancellationToken).ConfigureAwait(false))
         {
-            var repeats = digest.Alerts
-                .Select(a => (Parsed: AlertParser.Parse(a.Payload).Alert, a.ReceivedAt))
-                .Where(r => r.Parsed is not null)
-                .Select(r => (r.Parsed!, r.ReceivedAt))
-                .ToList();
             var storm = await _spool.GetStormAsync(digest.Device, digest.Code, cancellationToken).ConfigureAwait(false);
-            NewMessage? queued = null;
-            if (repeats.Count > 0)
+            NewMessage? queued;
+            try
             {
-                var route = _router.Route(digest.Device, repeats[^1].Item1);
-                if (route.Recipients.Count > 0)
-                {
-                    using var message = _composer.ComposeDigest(Device(digest.Device), repeats, route.Recipients, _options.Storm.Window,
-                        digest.Alerts[0].RowId, storm?.LastRaisedMessageId, now, digest.Alerts[0].Via);
-                    queued = new NewMessage("digest", digest.Device, null, message.MessageId!, _options.Sender.Address,
-                        route.Recipients.Select(r => r.Address).ToList(), MailComposer.ToWire(message));
-                }
+                queued = ComposeDigest(digest, storm, now);
+            }
+            catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
+            {
+                await ParkDigestAsync(digest, ParkingLot.Describe("composing the digest", ex), ex, cancellationToken).ConfigureAwait(false);
+                continue;
             }
 
-            LogDigest(digest.Device, digest.Code, digest.Alerts.Count);
+            LogDigest(digest.Device, digest.Code, digest.Total);
             var after = new StormState(now, storm?.LastRaisedMessageId);
-            await _spool.CommitDigestAsync(digest, queued, after, cancellationToken).ConfigureAwait(false);
-            _stormCache[(digest.Device, digest.Code)] = after;
+            try
+            {
+                await _spool.CommitDigestAsync(digest, queued, after, cancellationToken).ConfigureAwait(false);
+                _stormCache[(digest.Device, digest.Code)] = after;
+            }
+            catch (SpoolConflictException ex)
+            {
+                await ParkDigestAsync(digest, ex.Message, null, cancellationToken).ConfigureAwait(false);
+            }
+        }
+    }
+
+    private NewMessage? ComposeDigest(DueDigest digest, StormState? storm, DateTimeOffset now)
+    {
+        var repeats = digest.Alerts
+            .Select(a => (Parsed: AlertParser.Parse(a.Payload).Alert, a.ReceivedAt))
+            .Where(r => r.Parsed is not null)
+            .Select(r => (r.Parsed!, r.ReceivedAt))
+            .ToList();
+        if (repeats.Count == 0)
+        {
+            return null;
+        }
+
+        var route = _router.Route(digest.Device, repeats[^1].Item1);
+        if (route.Recipients.Count == 0)
+        {
+            return null;
+        }
+
+        using var message = _composer.ComposeDigest(Device(digest.Device), repeats, route.Recipients, _options.Storm.Window,
+            digest.Alerts[0].RowId, storm?.LastRaisedMessageId, now, digest.Alerts[0].Via, digest.Omitted);
+        return new NewMessage("digest", digest.Device, null, message.MessageId!, _options.Sender.Address,
+            route.Recipients.Select(r => r.Address).ToList(), MailComposer.ToWire(message));
+    }
+
+    private async Task ParkDigestAsync(DueDigest digest, string reason, Exception? fault, CancellationToken cancellationToken)
+    {
+        await _spool.ParkDigestAsync(digest, reason, cancellationToken).ConfigureAwait(false);
+        _digestDueKnown = false;
+        string what = $"a digest of {digest.Total} repeats of {digest.Code}: {reason}";
+        await _parking.AlertParkedAsync("digest", digest.Device, digest.Alerts[0].AlertId, what, fault).ConfigureAwait(false);
+        foreach (var alert in digest.Alerts.Skip(1))
+        {
+            await _parking.ReceiptAsync(digest.Device, alert.AlertId, reason).ConfigureAwait(false);
         }
     }
 
@@ -234,8 +330,8 @@ public sealed partial class AlertProcessor : BackgroundService
     private partial void LogUnrouted(string device, string alertId, string code);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Storm control: {Count} repeats of {Code} from {Device} go out as one digest")]
-    private partial void LogDigest(string device, string code, int count);
+    private partial void LogDigest(string device, string code, long count);
 
-    [LoggerMessage(Level = LogLevel.Error, Message = "Routing failed; retrying in 5 s")]
-    private partial void LogFailed(Exception ex);
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Routing could not use the spool; retrying in 5 s")]
+    private partial void LogSpoolFailed(Exception ex);
 }

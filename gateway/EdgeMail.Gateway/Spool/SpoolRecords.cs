@@ -20,6 +20,37 @@ public static class AlertStatus
 
     /// <summary>A repeat that went out in a digest mail.</summary>
     public const string Digested = "digested";
+
+    /// <summary>
+    /// Routing, composing or digesting it failed in a way retrying cannot fix; kept with the reason, the device told
+    /// <c>failed</c>, the operator notified. Released by the operator (back to <see cref="New"/>) or cancelled.
+    /// </summary>
+    public const string Parked = "parked";
+
+    /// <summary>Given up by the operator (a parked alert cancelled); nothing more happens to it.</summary>
+    public const string Cancelled = "cancelled";
+}
+
+/// <summary>Where a queued mail is in its life.</summary>
+public static class MessageStatus
+{
+    /// <summary>Waiting for its next attempt.</summary>
+    public const string Queued = "queued";
+
+    /// <summary>Every recipient accepted it.</summary>
+    public const string Sent = "sent";
+
+    /// <summary>Every recipient failed (permanently or by expiry).</summary>
+    public const string Failed = "failed";
+
+    /// <summary>Some recipients accepted it, the others failed.</summary>
+    public const string Partial = "partial";
+
+    /// <summary>Handling it failed in a way retrying cannot fix; kept with the reason until released or cancelled.</summary>
+    public const string Parked = "parked";
+
+    /// <summary>Given up by the operator; its pending recipients are marked failed.</summary>
+    public const string Cancelled = "cancelled";
 }
 
 /// <summary>An alert arriving at the spool.</summary>
@@ -89,13 +120,40 @@ public sealed record NewMessage(string Kind, string? Device, string? AlertId, st
 /// <param name="Message">Mail to queue, if any.</param>
 /// <param name="StormKey">(device, code) whose storm state changes, if any.</param>
 /// <param name="Storm">The new storm state.</param>
-public sealed record RoutingCommit(long AlertRowId, string Status, DateTimeOffset? HoldUntil, NewMessage? Message, (string Device, string Code)? StormKey, StormState? Storm);
+/// <param name="Reason">Why it is parked (<see cref="AlertStatus.Parked"/>).</param>
+public sealed record RoutingCommit(long AlertRowId, string Status, DateTimeOffset? HoldUntil, NewMessage? Message, (string Device, string Code)? StormKey, StormState? Storm,
+    string? Reason = null);
 
-/// <summary>A group of held repeats whose digest is due.</summary>
+/// <summary>An alert the spool parked instead of committing its routing decision (a Message-ID already taken).</summary>
+/// <param name="AlertRowId">The alert.</param>
+/// <param name="Reason">What went wrong.</param>
+public sealed record ParkedAlert(long AlertRowId, string Reason);
+
+/// <summary>
+/// A group of held repeats whose digest is due. At most <c>maxRepeats</c> are loaded (a storm can hold millions):
+/// all of them when they fit, else the oldest ones and the latest; <see cref="Total"/> counts them all and
+/// <see cref="ThroughRowId"/> bounds what the commit marks digested, so repeats held after the read wait for the
+/// next digest.
+/// </summary>
 /// <param name="Device">Device.</param>
 /// <param name="Code">Code.</param>
-/// <param name="Alerts">The held alerts, oldest first.</param>
-public sealed record DueDigest(string Device, string Code, IReadOnlyList<SpooledAlert> Alerts);
+/// <param name="Alerts">The loaded repeats, oldest first; the last one is always the latest held.</param>
+/// <param name="Total">How many repeats are held in all (at most <see cref="ThroughRowId"/>).</param>
+/// <param name="ThroughRowId">The newest held repeat this digest covers.</param>
+public sealed record DueDigest(string Device, string Code, IReadOnlyList<SpooledAlert> Alerts, long Total, long ThroughRowId)
+{
+    /// <summary>Held repeats not loaded (counted in the mail as "and N more").</summary>
+    public long Omitted => Total - Alerts.Count;
+}
+
+/// <summary>An alert or a mail parked by the gateway, as the operator sees it.</summary>
+/// <param name="Kind"><c>alert</c> or <c>message</c>.</param>
+/// <param name="RowId">Spool row of the alert or message.</param>
+/// <param name="Device">Device it concerns, if any.</param>
+/// <param name="Reference">Alert id or Message-ID.</param>
+/// <param name="ParkedAt">When it was parked.</param>
+/// <param name="Reason">Why.</param>
+public sealed record ParkedItem(string Kind, long RowId, string? Device, string? Reference, DateTimeOffset ParkedAt, string Reason);
 
 /// <summary>A queued mail due for an attempt.</summary>
 /// <param name="RowId">Spool row.</param>
@@ -117,6 +175,22 @@ public sealed record QueuedMessage(long RowId, string Kind, string? Device, stri
 /// <param name="Outcome"><c>sent</c>, <c>deferred</c> or <c>failed</c>.</param>
 /// <param name="Reply">The remote reply (or local error).</param>
 public sealed record RecipientResult(string Address, string Outcome, string Reply);
+
+/// <summary>A queued or finished mail's state, for tests, the CLI and the console.</summary>
+/// <param name="RowId">Spool row.</param>
+/// <param name="Kind">Kind.</param>
+/// <param name="Status">A <see cref="MessageStatus"/>.</param>
+/// <param name="Attempts">Attempts so far.</param>
+/// <param name="NextAttemptAt">When the next attempt is due (meaningful while queued).</param>
+/// <param name="LastReply">The last remote (or local) reply.</param>
+/// <param name="Reason">Why it is parked or cancelled.</param>
+public sealed record MessageState(long RowId, string Kind, string Status, int Attempts, DateTimeOffset NextAttemptAt, string? LastReply, string? Reason);
+
+/// <summary>What the housekeeping pass removed.</summary>
+/// <param name="Messages">Finished mail removed.</param>
+/// <param name="Alerts">Finished alerts removed.</param>
+/// <param name="FreedPages">Database pages given back to the file system.</param>
+public sealed record PruneResult(long Messages, long Alerts, long FreedPages);
 
 /// <summary>What happened to a queued message after an attempt.</summary>
 /// <param name="RowId">Message row.</param>
@@ -190,25 +264,37 @@ public interface ISpool : IAsyncDisposable
     /// <returns>State per pair that has one.</returns>
     Task<IReadOnlyDictionary<(string Device, string Code), StormState>> GetStormsAsync(IReadOnlyCollection<(string Device, string Code)> keys, CancellationToken cancellationToken);
 
-    /// <summary>Commits routing decisions (each atomically; all in one transaction).</summary>
+    /// <summary>
+    /// Commits routing decisions (each atomically; all in one transaction). A decision whose mail would take a
+    /// Message-ID already in the spool is not committed: its alert is parked instead and returned.
+    /// </summary>
     /// <param name="commits">Decisions.</param>
     /// <param name="cancellationToken">Cancellation.</param>
-    /// <returns>A task completing after commit.</returns>
-    Task CommitRoutingAsync(IReadOnlyList<RoutingCommit> commits, CancellationToken cancellationToken);
+    /// <returns>The alerts parked instead of routed (usually none).</returns>
+    Task<IReadOnlyList<ParkedAlert>> CommitRoutingAsync(IReadOnlyList<RoutingCommit> commits, CancellationToken cancellationToken);
 
-    /// <summary>Held repeats whose window has closed.</summary>
+    /// <summary>Held repeats whose window has closed, for at most 64 (device, code) keys.</summary>
     /// <param name="now">Current time.</param>
+    /// <param name="maxRepeats">Most repeats loaded per digest (the latest is always loaded too).</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>Digests due.</returns>
-    Task<IReadOnlyList<DueDigest>> DueDigestsAsync(DateTimeOffset now, CancellationToken cancellationToken);
+    Task<IReadOnlyList<DueDigest>> DueDigestsAsync(DateTimeOffset now, int maxRepeats, CancellationToken cancellationToken);
 
-    /// <summary>Marks held alerts digested and queues the digest mail, atomically.</summary>
+    /// <summary>Marks the digest's held alerts digested and queues the digest mail, atomically.</summary>
     /// <param name="digest">The digest.</param>
     /// <param name="message">Its mail (null when it has no recipients).</param>
     /// <param name="storm">New storm state for the key.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>A task completing after commit.</returns>
+    /// <exception cref="SpoolConflictException">The mail's Message-ID is already taken; nothing was changed.</exception>
     Task CommitDigestAsync(DueDigest digest, NewMessage? message, StormState storm, CancellationToken cancellationToken);
+
+    /// <summary>Parks the digest's held alerts with the reason (its composition failed).</summary>
+    /// <param name="digest">The digest.</param>
+    /// <param name="reason">Why.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task completing after commit.</returns>
+    Task ParkDigestAsync(DueDigest digest, string reason, CancellationToken cancellationToken);
 
     /// <summary>When the next held digest falls due, if any.</summary>
     /// <param name="cancellationToken">Cancellation.</param>
@@ -233,6 +319,55 @@ public interface ISpool : IAsyncDisposable
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>A task completing after commit.</returns>
     Task CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken);
+
+    /// <summary>The state of the mail with this Message-ID, if the spool holds it.</summary>
+    /// <param name="messageId">Message-ID without angle brackets.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>Its state, or null.</returns>
+    Task<MessageState?> GetMessageAsync(string messageId, CancellationToken cancellationToken);
+
+    /// <summary>Parks a queued message with the reason (handling it failed in a way retrying cannot fix).</summary>
+    /// <param name="rowId">The message.</param>
+    /// <param name="reason">Why.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task completing after commit.</returns>
+    Task ParkMessageAsync(long rowId, string reason, CancellationToken cancellationToken);
+
+    /// <summary>Parked alerts and messages, most recently parked first.</summary>
+    /// <param name="max">Most to return.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The parked items.</returns>
+    Task<IReadOnlyList<ParkedItem>> ParkedAsync(int max, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Releases a parked item: an alert goes back to <c>new</c> (routed again), a message back to <c>queued</c>,
+    /// due now, with its expiry extended by <c>Relay:MaxAge</c> from now.
+    /// </summary>
+    /// <param name="kind"><c>alert</c> or <c>message</c>.</param>
+    /// <param name="rowId">Its row.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>True when it was parked and is released now.</returns>
+    Task<bool> ReleaseAsync(string kind, long rowId, CancellationToken cancellationToken);
+
+    /// <summary>Gives up a parked item (or a queued message): it is kept for the record until pruned, and never sent.</summary>
+    /// <param name="kind"><c>alert</c> or <c>message</c>.</param>
+    /// <param name="rowId">Its row.</param>
+    /// <param name="reason">Why, for the record.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>True when it was cancelled now.</returns>
+    Task<bool> CancelAsync(string kind, long rowId, string reason, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Removes finished mail (sent, failed, partial, cancelled) finished before <paramref name="before"/>, the
+    /// alerts received before it that are finished and no longer referenced by mail, and storm state older than
+    /// it, at most <paramref name="maxRows"/> of each in one transaction; then gives free pages back to the file
+    /// system.
+    /// </summary>
+    /// <param name="before">The retention horizon.</param>
+    /// <param name="maxRows">Most rows of each kind removed by this call (call again while it removes that many).</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>What was removed.</returns>
+    Task<PruneResult> PruneAsync(DateTimeOffset before, int maxRows, CancellationToken cancellationToken);
 
     /// <summary>Counts of alerts and messages by status.</summary>
     /// <param name="cancellationToken">Cancellation.</param>

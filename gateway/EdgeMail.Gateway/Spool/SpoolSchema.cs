@@ -69,6 +69,23 @@ internal static class SpoolSchema
         """
         ALTER TABLE alerts ADD COLUMN via TEXT;
         """,
+        // 4: parking and retention. A parked alert or message keeps its reason (alerts.reason, messages.reason) and
+        // when it was parked; messages record when they finished, so the housekeeper can prune by age; the indexes
+        // serve pruning and the operator's list of parked items. Mail finished before this version counts as
+        // finished when it was created.
+        """
+        ALTER TABLE alerts ADD COLUMN parked_at INTEGER;
+        ALTER TABLE messages ADD COLUMN reason TEXT;
+        ALTER TABLE messages ADD COLUMN parked_at INTEGER;
+        ALTER TABLE messages ADD COLUMN finished_at INTEGER;
+        UPDATE messages SET finished_at = created_at WHERE status IN ('sent', 'failed', 'partial');
+        CREATE INDEX messages_finished ON messages(finished_at) WHERE finished_at IS NOT NULL;
+        CREATE INDEX messages_alert ON messages(alert_rowid) WHERE alert_rowid IS NOT NULL;
+        CREATE INDEX messages_parked ON messages(parked_at) WHERE status = 'parked';
+        CREATE INDEX alerts_received ON alerts(received_at);
+        CREATE INDEX alerts_parked ON alerts(parked_at) WHERE status = 'parked';
+        CREATE INDEX storm_last_mail ON storm(last_mail_at);
+        """,
     ];
 
     /// <summary>The version this build writes.</summary>

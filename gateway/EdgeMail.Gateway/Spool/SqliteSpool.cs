@@ -12,7 +12,9 @@ namespace EdgeMail.Gateway.Spool;
 /// </summary>
 public sealed partial class SqliteSpool : ISpool
 {
-    private readonly Channel<SpoolWork> _queue = Channel.CreateUnbounded<SpoolWork>(new UnboundedChannelOptions { SingleReader = true });
+    // Bounded: when the disk cannot keep up, callers wait here (an MQTT PUBACK is delayed, the device holds the alert
+    // in its flash) instead of the queue growing in memory.
+    private readonly Channel<SpoolWork> _queue;
     private readonly SqliteConnection _connection;
     private readonly Dictionary<string, SqliteCommand> _commands = new(StringComparer.Ordinal);
     private readonly ILogger _logger;
@@ -37,12 +39,24 @@ public sealed partial class SqliteSpool : ISpool
     private readonly ManualResetEventSlim _checkpointDue = new();
     private readonly CancellationTokenSource _stopping = new();
     private int _disposed;
+    private int _corruptReported;
+
+    private const int SqliteIoError = 10;
+    private const int SqliteCorrupt = 11;
+    private const int SqliteFull = 13;
+    private const int SqliteNotADatabase = 26;
+    private const int SqliteConstraintUnique = 2067;
 
     private SqliteSpool(SqliteConnection connection, int maxBatch, ILogger logger, SqliteConnection? readConnection, SqliteConnection? checkpointConnection)
     {
         _connection = connection;
         _maxBatch = maxBatch;
         _logger = logger;
+        _queue = Channel.CreateBounded<SpoolWork>(new BoundedChannelOptions(Math.Max(1024, maxBatch * 8))
+        {
+            SingleReader = true,
+            FullMode = BoundedChannelFullMode.Wait,
+        });
         if (readConnection is null)
         {
             _stopped.TrySetResult(); // the read-only twin: no writer thread
@@ -63,11 +77,20 @@ public sealed partial class SqliteSpool : ISpool
     /// <summary>Raised on the checkpoint thread after each background WAL checkpoint.</summary>
     public event Action? Checkpointed;
 
+    /// <summary>Raised on the writer's thread after every commit (tests wait for spool state with it).</summary>
+    public event Action? Committed;
+
     /// <inheritdoc />
     public event Action? AlertsStored;
 
     /// <inheritdoc />
     public event Action? MessagesQueued;
+
+    /// <summary>
+    /// Raised (once, on the writer's thread) when a commit finds the database corrupt: nothing more can be made
+    /// durable, and the host stops with a failure exit code so that the service manager and the operator see it.
+    /// </summary>
+    public event Action<SpoolException>? Corrupted;
 
     /// <summary>Commits so far and items in them (average batch size = items / batches).</summary>
     public (long Batches, long Items) CommitStats => (Interlocked.Read(ref _batches), Interlocked.Read(ref _items));
@@ -89,10 +112,19 @@ public sealed partial class SqliteSpool : ISpool
         try
         {
             connection.Open();
+            // Before the first table exists this makes a new spool give freed pages back to the file system on
+            // PRAGMA incremental_vacuum (the housekeeper's pruning); an older spool is converted once below.
+            Execute(connection, "PRAGMA auto_vacuum=INCREMENTAL;");
             Execute(connection, "PRAGMA journal_mode=WAL;");
             Execute(connection, synchronous);
             Execute(connection, "PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000; PRAGMA wal_autocheckpoint=0;");
             SpoolSchema.Migrate(connection);
+            if (Scalar(connection, "PRAGMA auto_vacuum") is not 2L)
+            {
+                LogConvertingVacuum(logger, path);
+                Execute(connection, "PRAGMA auto_vacuum=INCREMENTAL; VACUUM;");
+            }
+
             readConnection.Open();
             Execute(readConnection, "PRAGMA busy_timeout=5000;");
             checkpointConnection.Open();
@@ -115,6 +147,13 @@ public sealed partial class SqliteSpool : ISpool
         using var command = connection.CreateCommand();
         command.CommandText = sql;
         command.ExecuteNonQuery();
+    }
+
+    private static object? Scalar(SqliteConnection connection, string sql)
+    {
+        using var command = connection.CreateCommand();
+        command.CommandText = sql;
+        return command.ExecuteScalar();
     }
 
     /// <inheritdoc />
@@ -221,28 +260,56 @@ public sealed partial class SqliteSpool : ISpool
     }
 
     /// <inheritdoc />
-    public Task CommitRoutingAsync(IReadOnlyList<RoutingCommit> commits, CancellationToken cancellationToken)
+    public Task<IReadOnlyList<ParkedAlert>> CommitRoutingAsync(IReadOnlyList<RoutingCommit> commits, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(commits);
-        return Enqueue((s, ctx) =>
+        return Enqueue<IReadOnlyList<ParkedAlert>>((s, ctx) =>
         {
+            List<ParkedAlert>? parked = null;
             foreach (var c in commits)
             {
-                s.Exec("UPDATE alerts SET status=$p0, hold_until=$p1 WHERE rowid=$p2 AND status='new'", c.Status, c.HoldUntil?.ToUnixTimeMilliseconds(), c.AlertRowId);
-                if (c.Message is not null)
+                if (c.Status == AlertStatus.Parked)
                 {
-                    s.InsertMessage(c.Message, c.AlertRowId, ctx);
+                    s.ParkAlert(c.AlertRowId, AlertStatus.New, c.Reason ?? "parked", ctx);
+                    continue;
                 }
 
-                if (c.StormKey is { } key && c.Storm is not null)
+                // Each decision in a savepoint of its own: a Message-ID conflict undoes this alert's decision only,
+                // and parks it, instead of dropping its mail (or failing the whole batch).
+                s.Exec("SAVEPOINT decision");
+                try
                 {
-                    s.WriteStorm(key.Device, key.Code, c.Storm);
+                    s.Exec("UPDATE alerts SET status=$p0, hold_until=$p1 WHERE rowid=$p2 AND status='new'", c.Status, c.HoldUntil?.ToUnixTimeMilliseconds(), c.AlertRowId);
+                    if (c.Message is not null)
+                    {
+                        s.InsertMessage(c.Message, c.AlertRowId, ctx);
+                    }
+
+                    if (c.StormKey is { } key && c.Storm is not null)
+                    {
+                        s.WriteStorm(key.Device, key.Code, c.Storm);
+                    }
+
+                    s.Exec("RELEASE decision");
+                }
+                catch (SpoolConflictException ex)
+                {
+                    s.Exec("ROLLBACK TO decision");
+                    s.Exec("RELEASE decision");
+                    s.ParkAlert(c.AlertRowId, AlertStatus.New, ex.Message, ctx);
+                    (parked ??= []).Add(new ParkedAlert(c.AlertRowId, ex.Message));
                 }
             }
 
-            return 0;
+            return parked ?? (IReadOnlyList<ParkedAlert>)[];
         }, cancellationToken);
     }
+
+    private void ParkAlert(long rowId, string fromStatus, string reason, BatchContext ctx) =>
+        Exec("UPDATE alerts SET status='parked', reason=$p0, parked_at=$p1 WHERE rowid=$p2 AND status=$p3",
+            Truncate(reason), ctx.Now.ToUnixTimeMilliseconds(), rowId, fromStatus);
+
+    private static string Truncate(string reason) => reason.Length > 2000 ? reason[..2000] : reason;
 
     private void WriteStorm(string device, string code, StormState storm) =>
         Exec("INSERT INTO storm(device, code, last_mail_at, last_raised_message_id) VALUES($p0,$p1,$p2,$p3) ON CONFLICT(device, code) DO UPDATE SET last_mail_at=excluded.last_mail_at, last_raised_message_id=excluded.last_raised_message_id",
@@ -251,12 +318,17 @@ public sealed partial class SqliteSpool : ISpool
     private void InsertMessage(NewMessage m, long? alertRowId, BatchContext ctx)
     {
         long now = ctx.Now.ToUnixTimeMilliseconds();
-        int inserted = Exec(
-            "INSERT INTO messages(kind, device, alert_rowid, alert_id, message_id, envelope_from, mime, created_at, expires_at, next_attempt_at, status) VALUES($p0,$p1,$p2,$p3,$p4,$p5,$p6,$p7,$p8,$p7,'queued') ON CONFLICT(message_id) DO NOTHING",
-            m.Kind, m.Device, alertRowId, m.AlertId, m.MessageId, m.EnvelopeFrom, m.Mime, now, now + (long)ctx.MaxAge.TotalMilliseconds);
-        if (inserted == 0)
+        try
         {
-            return;
+            Exec(
+                "INSERT INTO messages(kind, device, alert_rowid, alert_id, message_id, envelope_from, mime, created_at, expires_at, next_attempt_at, status) VALUES($p0,$p1,$p2,$p3,$p4,$p5,$p6,$p7,$p8,$p7,'queued')",
+                m.Kind, m.Device, alertRowId, m.AlertId, m.MessageId, m.EnvelopeFrom, m.Mime, now, now + (long)ctx.MaxAge.TotalMilliseconds);
+        }
+        catch (SqliteException ex) when (ex.SqliteExtendedErrorCode == SqliteConstraintUnique)
+        {
+            // Message-IDs are unique by construction (MessageIds); two mails with one id is a bug, and silently keeping
+            // only the first would lose the second.
+            throw new SpoolConflictException($"Message-ID <{m.MessageId}> ({m.Kind}) is already in the spool; the item is parked instead of losing its mail", ex);
         }
 
         long rowId = SQLitePCL.raw.sqlite3_last_insert_rowid(_connection.Handle);
@@ -275,11 +347,11 @@ public sealed partial class SqliteSpool : ISpool
     public TimeProvider Clock { get; set; } = TimeProvider.System;
 
     /// <inheritdoc />
-    public Task<IReadOnlyList<DueDigest>> DueDigestsAsync(DateTimeOffset now, CancellationToken cancellationToken) =>
+    public Task<IReadOnlyList<DueDigest>> DueDigestsAsync(DateTimeOffset now, int maxRepeats, CancellationToken cancellationToken) =>
         Read<IReadOnlyList<DueDigest>>((s, _) =>
         {
             var keys = new List<(string, string)>();
-            using (var r = s.Query("SELECT DISTINCT device, code FROM alerts WHERE status='held' AND hold_until <= $p0", now.ToUnixTimeMilliseconds()))
+            using (var r = s.Query("SELECT DISTINCT device, code FROM alerts WHERE status='held' AND hold_until <= $p0 LIMIT 64", now.ToUnixTimeMilliseconds()))
             {
                 while (r.Read())
                 {
@@ -290,8 +362,30 @@ public sealed partial class SqliteSpool : ISpool
             var result = new List<DueDigest>();
             foreach (var (device, code) in keys)
             {
-                using var r = s.Query("SELECT rowid, device, alert_id, received_at, peer, payload, via FROM alerts WHERE status='held' AND device=$p0 AND code=$p1 ORDER BY rowid", device, code);
-                result.Add(new DueDigest(device, code, ReadAlerts(r)));
+                long total, through;
+                using (var r = s.Query("SELECT COUNT(*), MAX(rowid) FROM alerts WHERE status='held' AND device=$p0 AND code=$p1", device, code))
+                {
+                    r.Read();
+                    (total, through) = (r.GetInt64(0), r.GetInt64(1));
+                }
+
+                // A digest that lists every repeat would cost as much as the storm: the oldest ones, then the latest.
+                int listed = total <= maxRepeats ? maxRepeats : Math.Max(1, maxRepeats - 1);
+                List<SpooledAlert> alerts;
+                using (var r = s.Query(
+                    "SELECT rowid, device, alert_id, received_at, peer, payload, via FROM alerts WHERE status='held' AND device=$p0 AND code=$p1 ORDER BY rowid LIMIT $p2",
+                    device, code, listed))
+                {
+                    alerts = ReadAlerts(r);
+                }
+
+                if (total > alerts.Count)
+                {
+                    using var r = s.Query("SELECT rowid, device, alert_id, received_at, peer, payload, via FROM alerts WHERE rowid=$p0", through);
+                    alerts.AddRange(ReadAlerts(r));
+                }
+
+                result.Add(new DueDigest(device, code, alerts, total, through));
             }
 
             return result;
@@ -303,11 +397,7 @@ public sealed partial class SqliteSpool : ISpool
         ArgumentNullException.ThrowIfNull(digest);
         return Enqueue((s, ctx) =>
         {
-            foreach (var a in digest.Alerts)
-            {
-                s.Exec("UPDATE alerts SET status='digested' WHERE rowid=$p0 AND status='held'", a.RowId);
-            }
-
+            s.Exec("UPDATE alerts SET status='digested' WHERE device=$p0 AND code=$p1 AND status='held' AND rowid <= $p2", digest.Device, digest.Code, digest.ThroughRowId);
             if (message is not null)
             {
                 s.InsertMessage(message, null, ctx);
@@ -316,6 +406,16 @@ public sealed partial class SqliteSpool : ISpool
             s.WriteStorm(digest.Device, digest.Code, storm);
             return 0;
         }, cancellationToken);
+    }
+
+    /// <inheritdoc />
+    public Task ParkDigestAsync(DueDigest digest, string reason, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(digest);
+        ArgumentNullException.ThrowIfNull(reason);
+        return Enqueue((s, ctx) => s.Exec(
+            "UPDATE alerts SET status='parked', reason=$p0, parked_at=$p1 WHERE device=$p2 AND code=$p3 AND status='held' AND rowid <= $p4",
+            Truncate(reason), ctx.Now.ToUnixTimeMilliseconds(), digest.Device, digest.Code, digest.ThroughRowId), cancellationToken);
     }
 
     /// <inheritdoc />
@@ -393,9 +493,9 @@ public sealed partial class SqliteSpool : ISpool
                 (pending, failed, sent) = (r.GetInt64(0), r.GetInt64(1), r.GetInt64(2));
             }
 
-            string status = pending > 0 ? "queued" : failed == 0 ? "sent" : sent == 0 ? "failed" : "partial";
-            s.Exec("UPDATE messages SET status=$p0, attempts=attempts+1, last_reply=$p1, next_attempt_at=COALESCE($p2, next_attempt_at) WHERE rowid=$p3",
-                status, lastReply, commit.NextAttemptAt?.ToUnixTimeMilliseconds(), commit.RowId);
+            string status = pending > 0 ? MessageStatus.Queued : failed == 0 ? MessageStatus.Sent : sent == 0 ? MessageStatus.Failed : MessageStatus.Partial;
+            s.Exec("UPDATE messages SET status=$p0, attempts=attempts+1, last_reply=$p1, next_attempt_at=COALESCE($p2, next_attempt_at), finished_at=$p4 WHERE rowid=$p3 AND status='queued'",
+                status, lastReply, commit.NextAttemptAt?.ToUnixTimeMilliseconds(), commit.RowId, pending > 0 ? null : ctx.Now.ToUnixTimeMilliseconds());
             if (commit.Notice is not null)
             {
                 s.InsertMessage(commit.Notice, null, ctx);
@@ -403,6 +503,127 @@ public sealed partial class SqliteSpool : ISpool
 
             return 0;
         }, cancellationToken);
+    }
+
+    /// <inheritdoc />
+    public Task<MessageState?> GetMessageAsync(string messageId, CancellationToken cancellationToken) =>
+        Read((s, _) =>
+        {
+            using var r = s.Query("SELECT rowid, kind, status, attempts, next_attempt_at, last_reply, reason FROM messages WHERE message_id=$p0", messageId);
+            return r.Read()
+                ? new MessageState(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetInt32(3), FromMs(r.GetInt64(4)), r.IsDBNull(5) ? null : r.GetString(5), r.IsDBNull(6) ? null : r.GetString(6))
+                : null;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task ParkMessageAsync(long rowId, string reason, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(reason);
+        return Enqueue((s, ctx) => s.Exec("UPDATE messages SET status='parked', reason=$p0, parked_at=$p1 WHERE rowid=$p2 AND status='queued'",
+            Truncate(reason), ctx.Now.ToUnixTimeMilliseconds(), rowId), cancellationToken);
+    }
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<ParkedItem>> ParkedAsync(int max, CancellationToken cancellationToken) =>
+        Read<IReadOnlyList<ParkedItem>>((s, _) =>
+        {
+            var items = new List<ParkedItem>();
+            using var r = s.Query(
+                """
+                SELECT * FROM (
+                  SELECT 'alert', rowid, device, alert_id, parked_at, reason FROM alerts WHERE status='parked'
+                  UNION ALL
+                  SELECT 'message', rowid, device, message_id, parked_at, reason FROM messages WHERE status='parked')
+                ORDER BY 5 DESC LIMIT $p0
+                """, max);
+            while (r.Read())
+            {
+                items.Add(new ParkedItem(r.GetString(0), r.GetInt64(1), r.IsDBNull(2) ? null : r.GetString(2), r.IsDBNull(3) ? null : r.GetString(3),
+                    FromMs(r.IsDBNull(4) ? 0 : r.GetInt64(4)), r.IsDBNull(5) ? string.Empty : r.GetString(5)));
+            }
+
+            return items;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<bool> ReleaseAsync(string kind, long rowId, CancellationToken cancellationToken) =>
+        Enqueue((s, ctx) =>
+        {
+            long now = ctx.Now.ToUnixTimeMilliseconds();
+            int changed = kind switch
+            {
+                ParkedKinds.Alert => s.Exec("UPDATE alerts SET status='new', reason=NULL, parked_at=NULL WHERE rowid=$p0 AND status='parked'", rowId),
+                ParkedKinds.Message => s.Exec(
+                    "UPDATE messages SET status='queued', reason=NULL, parked_at=NULL, next_attempt_at=$p1, expires_at=MAX(expires_at, $p2) WHERE rowid=$p0 AND status='parked'",
+                    rowId, now, now + (long)ctx.MaxAge.TotalMilliseconds),
+                _ => throw new ArgumentException($"kind must be '{ParkedKinds.Alert}' or '{ParkedKinds.Message}', not '{kind}'", nameof(kind)),
+            };
+            ctx.AlertsStored |= changed > 0 && kind == ParkedKinds.Alert;
+            ctx.MessagesQueued |= changed > 0 && kind == ParkedKinds.Message;
+            return changed > 0;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<bool> CancelAsync(string kind, long rowId, string reason, CancellationToken cancellationToken) =>
+        Enqueue((s, ctx) =>
+        {
+            long now = ctx.Now.ToUnixTimeMilliseconds();
+            if (kind == ParkedKinds.Alert)
+            {
+                return s.Exec("UPDATE alerts SET status='cancelled', reason=$p1 WHERE rowid=$p0 AND status='parked'", rowId, Truncate(reason)) > 0;
+            }
+
+            if (kind != ParkedKinds.Message)
+            {
+                throw new ArgumentException($"kind must be '{ParkedKinds.Alert}' or '{ParkedKinds.Message}', not '{kind}'", nameof(kind));
+            }
+
+            if (s.Exec("UPDATE messages SET status='cancelled', reason=$p1, finished_at=$p2 WHERE rowid=$p0 AND status IN ('parked', 'queued')", rowId, Truncate(reason), now) == 0)
+            {
+                return false;
+            }
+
+            s.Exec("UPDATE recipients SET status='failed', reply=$p1 WHERE message=$p0 AND status='pending'", rowId, "cancelled by the operator: " + Truncate(reason));
+            return true;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public async Task<PruneResult> PruneAsync(DateTimeOffset before, int maxRows, CancellationToken cancellationToken)
+    {
+        long horizon = before.ToUnixTimeMilliseconds();
+        var (messages, alerts) = await Enqueue((s, _) =>
+        {
+            int m = s.Exec(
+                "DELETE FROM recipients WHERE message IN (SELECT rowid FROM messages WHERE finished_at < $p0 ORDER BY finished_at LIMIT $p1)", horizon, maxRows);
+            m = s.Exec("DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages WHERE finished_at < $p0 ORDER BY finished_at LIMIT $p1)", horizon, maxRows);
+
+            // Alerts that are finished (everything but new and held) and that no mail refers to any more. Keeping an
+            // alert row is what de-duplicates a retransmission; by the horizon the device has long had its PUBACK.
+            int a = s.Exec(
+                """
+                DELETE FROM alerts WHERE rowid IN (
+                  SELECT rowid FROM alerts WHERE received_at < $p0 AND status NOT IN ('new', 'held')
+                    AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.alert_rowid = alerts.rowid)
+                  ORDER BY received_at LIMIT $p1)
+                """, horizon, maxRows);
+            s.Exec(
+                """
+                DELETE FROM storm WHERE rowid IN (
+                  SELECT rowid FROM storm WHERE last_mail_at < $p0
+                    AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.device = storm.device AND alerts.code = storm.code AND alerts.status = 'held')
+                  LIMIT $p1)
+                """, horizon, maxRows);
+            return ((long)m, (long)a);
+        }, cancellationToken).ConfigureAwait(false);
+
+        long freed = await Enqueue((s, _) =>
+        {
+            long before = s.Scalar("PRAGMA freelist_count") is long f ? f : 0;
+            s.Exec("PRAGMA incremental_vacuum(4096)");
+            long after = s.Scalar("PRAGMA freelist_count") is long g ? g : 0;
+            return before - after;
+        }, cancellationToken).ConfigureAwait(false);
+        return new PruneResult(messages, alerts, freed);
     }
 
     /// <inheritdoc />
@@ -502,12 +723,27 @@ public sealed partial class SqliteSpool : ISpool
     private Task<T> Enqueue<T>(Func<SqliteSpool, BatchContext, T> work, CancellationToken cancellationToken, bool isolate = true)
     {
         var item = new SpoolWork<T>(work) { Isolate = isolate };
-        if (!_queue.Writer.TryWrite(item))
+        if (_queue.Writer.TryWrite(item))
         {
-            return Task.FromException<T>(new SpoolException("The spool is closed; the gateway is stopping."));
+            return cancellationToken.CanBeCanceled ? item.Task.WaitAsync(cancellationToken) : item.Task;
         }
 
-        return cancellationToken.CanBeCanceled ? item.Task.WaitAsync(cancellationToken) : item.Task;
+        return EnqueueWhenRoomAsync(item, cancellationToken);
+    }
+
+    // The queue is full (the disk is behind) or closed: wait for room, which is the back-pressure devices feel.
+    private async Task<T> EnqueueWhenRoomAsync<T>(SpoolWork<T> item, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await _queue.Writer.WriteAsync(item, cancellationToken).ConfigureAwait(false);
+        }
+        catch (ChannelClosedException)
+        {
+            throw new SpoolException("The spool is closed; the gateway is stopping.");
+        }
+
+        return await item.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
     private void WriterLoop()
@@ -524,7 +760,21 @@ public sealed partial class SqliteSpool : ISpool
                     batch.Add(item);
                 }
 
-                RunBatch(batch);
+                try
+                {
+                    RunBatch(batch);
+                }
+#pragma warning disable CA1031 // The writer thread must outlive any one batch: if it died, every caller would wait forever.
+                catch (Exception ex)
+#pragma warning restore CA1031
+                {
+                    LogCommitFailed(ex);
+                    var failure = new SpoolException($"The spool could not commit ({ex.Message}); nothing in this batch is durable.", ex);
+                    foreach (var item in batch)
+                    {
+                        item.Fail(failure);
+                    }
+                }
             }
         }
         finally
@@ -580,9 +830,9 @@ public sealed partial class SqliteSpool : ISpool
                     {
                         item.Run(this, ctx);
                     }
-                    catch (SqliteException ex) when (ex.SqliteErrorCode is not (10 or 11 or 13 or 26))
+                    catch (Exception ex) when (ItemOnly(ex))
                     {
-                        item.Failed = new SpoolException($"Spool operation failed: {ex.Message}", ex);
+                        item.Failed = ex as SpoolException ?? new SpoolException($"Spool operation failed: {ex.Message}", ex);
                     }
 
                     continue;
@@ -594,12 +844,12 @@ public sealed partial class SqliteSpool : ISpool
                     item.Run(this, ctx);
                     Exec("RELEASE item");
                 }
-                catch (SqliteException ex) when (ex.SqliteErrorCode is not (10 or 11 or 13 or 26))
+                catch (Exception ex) when (ItemOnly(ex))
                 {
-                    // A constraint or logic error in this item only (not I/O, corruption or a full disk).
+                    // A constraint, conflict or logic error in this item only (not I/O, corruption or a full disk).
                     Exec("ROLLBACK TO item");
                     Exec("RELEASE item");
-                    item.Failed = new SpoolException($"Spool operation failed: {ex.Message}", ex);
+                    item.Failed = ex as SpoolException ?? new SpoolException($"Spool operation failed: {ex.Message}", ex);
                 }
             }
 
@@ -623,12 +873,18 @@ public sealed partial class SqliteSpool : ISpool
                 item.Fail(failure);
             }
 
+            if (ex is SqliteException { SqliteErrorCode: SqliteCorrupt or SqliteNotADatabase } && Interlocked.Exchange(ref _corruptReported, 1) == 0)
+            {
+                Corrupted?.Invoke(failure);
+            }
+
             return;
         }
 
         Interlocked.Increment(ref _batches);
         Interlocked.Add(ref _items, batch.Count);
         _checkpointDue.Set();
+        Committed?.Invoke();
 
         foreach (var item in batch)
         {
@@ -645,6 +901,14 @@ public sealed partial class SqliteSpool : ISpool
             MessagesQueued?.Invoke();
         }
     }
+
+    // What fails one work item only; I/O errors, a full disk and corruption fail the whole batch.
+    private static bool ItemOnly(Exception ex) => ex switch
+    {
+        SqliteException sqlite => sqlite.SqliteErrorCode is not (SqliteIoError or SqliteCorrupt or SqliteFull or SqliteNotADatabase),
+        OutOfMemoryException => false,
+        _ => true,
+    };
 
     private SqliteCommand Command(string sql, object?[] args)
     {
@@ -675,6 +939,9 @@ public sealed partial class SqliteSpool : ISpool
     private SqliteDataReader Query(string sql, params object?[] args) => Command(sql, args).ExecuteReader();
 
     private static DateTimeOffset FromMs(long ms) => DateTimeOffset.FromUnixTimeMilliseconds(ms);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Converting the spool {Path} to incremental vacuum (once; it takes as long as copying the file)")]
+    private static partial void LogConvertingVacuum(ILogger logger, string path);
 
     [LoggerMessage(Level = LogLevel.Error, Message = "Spool commit failed; every caller in the batch is told to retry")]
     private partial void LogCommitFailed(Exception ex);
@@ -729,29 +996,5 @@ public sealed partial class SqliteSpool : ISpool
         }
 
         public override void Fail(Exception ex) => _tcs.TrySetException(ex);
-    }
-}
-
-/// <summary>The spool could not do what was asked; the message says why and what to check.</summary>
-public sealed class SpoolException : Exception
-{
-    /// <summary>Creates the exception.</summary>
-    public SpoolException()
-    {
-    }
-
-    /// <summary>Creates the exception.</summary>
-    /// <param name="message">What went wrong and what to do.</param>
-    public SpoolException(string message)
-        : base(message)
-    {
-    }
-
-    /// <summary>Creates the exception.</summary>
-    /// <param name="message">What went wrong and what to do.</param>
-    /// <param name="inner">The cause.</param>
-    public SpoolException(string message, Exception inner)
-        : base(message, inner)
-    {
     }
 }

@@ -1,0 +1,94 @@
+using System.Collections.Concurrent;
+using Microsoft.Extensions.Logging;
+
+namespace EdgeMail.Testing;
+
+/// <summary>One captured log entry.</summary>
+/// <param name="Category">Logger category.</param>
+/// <param name="Level">Level.</param>
+/// <param name="Message">Formatted message.</param>
+/// <param name="Exception">Attached exception, if any.</param>
+public sealed record LogEntry(string Category, LogLevel Level, string Message, Exception? Exception)
+{
+    /// <inheritdoc />
+    public override string ToString() => $"{Level} {Category}: {Message}{(Exception is null ? string.Empty : Environment.NewLine + Exception)}";
+}
+
+/// <summary>
+/// A logger provider that keeps every Error and Critical entry, so a test host can fail on errors the test did not
+/// expect (a fault that was only logged is still a fault), and unobserved task exceptions seen meanwhile.
+/// </summary>
+public sealed class LogCapture : ILoggerProvider
+{
+    private static readonly ConcurrentQueue<Exception> Unobserved = new();
+    private readonly ConcurrentQueue<LogEntry> _errors = new();
+    private readonly List<Func<LogEntry, bool>> _expected = [];
+
+    static LogCapture()
+    {
+        TaskScheduler.UnobservedTaskException += (_, e) => Unobserved.Enqueue(e.Exception);
+    }
+
+    /// <summary>Every Error or Critical entry so far.</summary>
+    public IReadOnlyCollection<LogEntry> Errors => _errors;
+
+    /// <summary>Declares errors the test provokes on purpose.</summary>
+    /// <param name="match">Which entries are expected.</param>
+    public void Expect(Func<LogEntry, bool> match)
+    {
+        lock (_expected)
+        {
+            _expected.Add(match);
+        }
+    }
+
+    /// <summary>Throws when an error was logged that no <see cref="Expect"/> matched, or a task exception went unobserved.</summary>
+    public void AssertNoUnexpectedErrors()
+    {
+        // Faulted tasks nobody awaited are reported when they are collected.
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        List<LogEntry> unexpected;
+        lock (_expected)
+        {
+            unexpected = _errors.Where(e => !_expected.Any(m => m(e))).ToList();
+        }
+
+        var unobserved = new List<Exception>();
+        while (Unobserved.TryDequeue(out var ex))
+        {
+            unobserved.Add(ex);
+        }
+
+        if (unexpected.Count > 0 || unobserved.Count > 0)
+        {
+            throw new Xunit.Sdk.XunitException(
+                "The host logged errors the test did not expect, or left task exceptions unobserved:" + Environment.NewLine
+                + string.Join(Environment.NewLine, unexpected.Select(e => "  " + e).Concat(unobserved.Select(e => "  unobserved: " + e))));
+        }
+    }
+
+    /// <inheritdoc />
+    public ILogger CreateLogger(string categoryName) => new Logger(categoryName, this);
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+    }
+
+    private sealed class Logger(string category, LogCapture owner) : ILogger
+    {
+        public IDisposable? BeginScope<TState>(TState state)
+            where TState : notnull => null;
+
+        public bool IsEnabled(LogLevel logLevel) => logLevel >= LogLevel.Error;
+
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+        {
+            if (IsEnabled(logLevel))
+            {
+                owner._errors.Enqueue(new LogEntry(category, logLevel, formatter(state, exception), exception));
+            }
+        }
+    }
+}
