@@ -42,7 +42,7 @@ public static class GatewayHost
         }
 
         builder.Configuration.AddEnvironmentVariables("EDGEMAIL_");
-        builder.Configuration.AddCommandLine(args.Where(a => a != "--config" && !a.StartsWith("--config=", StringComparison.Ordinal)).ToArray());
+        builder.Configuration.AddCommandLine(WithoutConfigFile(args));
         string? demo = DemoSetup.Apply(builder.Configuration);
         _ = insertAt;
 
@@ -99,6 +99,26 @@ public static class GatewayHost
         services.AddHostedService(sp => sp.GetRequiredService<DeliveryWorker>());
         services.AddSmtpIngest(builder.Configuration);
         return builder;
+    }
+
+    // The command-line configuration source would read "--config FILE" as a key and, worse, take the file's path
+    // (which starts with '/', a switch prefix to it) for a key whose value is the next argument.
+    private static string[] WithoutConfigFile(string[] args)
+    {
+        var rest = new List<string>(args.Length);
+        for (int i = 0; i < args.Length; i++)
+        {
+            if (args[i] == "--config")
+            {
+                i++;
+            }
+            else if (!args[i].StartsWith("--config=", StringComparison.Ordinal))
+            {
+                rest.Add(args[i]);
+            }
+        }
+
+        return [.. rest];
     }
 
     private static string? ConfigFile(string[] args)

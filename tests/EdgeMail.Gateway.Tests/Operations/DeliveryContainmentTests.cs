@@ -1,0 +1,118 @@
+using System.Text;
+using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Relay;
+using EdgeMail.Gateway.Spool;
+using EdgeMail.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
+using Microsoft.Extensions.Time.Testing;
+using Xunit;
+
+namespace EdgeMail.Gateway.Tests.Operations;
+
+/// <summary>The delivery worker observes every attempt: a transport that throws is retried on the backoff schedule, never in a loop.</summary>
+public sealed class DeliveryContainmentTests
+{
+    private static readonly DateTimeOffset Start = DateTimeOffset.FromUnixTimeSeconds(1_800_000_000);
+
+    private static NewMessage Relay(string id) =>
+        new("relay", "dev-1", null, id, "edgemail@gw.test", ["alice@example.com"], Encoding.ASCII.GetBytes("Subject: hello\r\n\r\nbody\r\n"));
+
+    [Fact]
+    public async Task TransportThatThrows_IsDeferredOnTheBackoffSchedule_NotRetriedAtOnce()
+    {
+        var clock = new FakeTimeProvider(Start);
+        var transport = new ThrowingTransport();
+        await using var gw = await TestGateway.StartAsync(
+            c => c["Relay"] = new { Backoff = new[] { "00:01:00", "00:05:00" } },
+            s =>
+            {
+                s.AddSingleton<TimeProvider>(clock);
+                s.AddSingleton<IMailTransport>(transport);
+            });
+        var worker = gw.Host.Services.GetRequiredService<DeliveryWorker>();
+
+        await gw.Spool.QueueMailAsync(Relay("m-1@gw.test"), default);
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("m-1@gw.test", default))?.Attempts == 1, "the first attempt recorded");
+
+        var state = (await gw.Spool.GetMessageAsync("m-1@gw.test", default))!;
+        Assert.Equal("queued", state.Status);
+        Assert.Equal(Start + TimeSpan.FromMinutes(1), state.NextAttemptAt);
+        Assert.StartsWith("451 4.3.0 local error: delivering failed: InvalidCastException", state.LastReply, StringComparison.Ordinal);
+
+        // Woken again and again before the minute is up, the worker goes back to waiting without another attempt.
+        for (int i = 0; i < 3; i++)
+        {
+            await IdleAfterAsync(worker, worker.Wake);
+        }
+
+        Assert.Equal(1, transport.Calls);
+
+        clock.Advance(TimeSpan.FromSeconds(61));
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("m-1@gw.test", default))?.Attempts == 2, "the second attempt, a minute later");
+        Assert.Equal(2, transport.Calls);
+        Assert.Equal(Start + TimeSpan.FromSeconds(61) + TimeSpan.FromMinutes(5), (await gw.Spool.GetMessageAsync("m-1@gw.test", default))!.NextAttemptAt);
+    }
+
+    [Fact]
+    public async Task MessageWhoseNoticeIdIsTaken_IsParkedWithTheReason_AndOthersAreDelivered()
+    {
+        await using var gw = await TestGateway.StartAsync(
+            c => c["Relay"] = new { Backoff = new[] { "00:01:00" } },
+            s => s.AddSingleton<IMailTransport>(sp => new RejectingTransport("doomed@gw.test",
+                new LocalMailbox(Path.Combine(sp.GetRequiredService<IOptions<GatewayOptions>>().Value.DataPath(), "mailbox")))));
+        gw.Logs.Expect(e => e.Message.StartsWith("Parked relay mail <doomed@gw.test>", StringComparison.Ordinal));
+
+        // A mail already holding the Message-ID the failure notice of the first attempt would take: a conflict the
+        // spool must not swallow.
+        await gw.Spool.QueueMailAsync(Relay(EdgeMail.Gateway.Composition.MessageIds.ForNotice("doomed@gw.test", 1)), default);
+        await gw.Spool.QueueMailAsync(Relay("doomed@gw.test"), default);
+        await gw.Spool.QueueMailAsync(Relay("fine@gw.test"), default);
+
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("doomed@gw.test", default))?.Status == "parked", "the doomed mail parked");
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("fine@gw.test", default))?.Status == "sent", "the other mail sent");
+        Assert.Contains("already in the spool", (await gw.Spool.GetMessageAsync("doomed@gw.test", default))!.Reason, StringComparison.Ordinal);
+    }
+
+    private static async Task IdleAfterAsync(DeliveryWorker worker, Action poke)
+    {
+        var idle = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        void OnIdle() => idle.TrySetResult();
+        worker.Idle += OnIdle;
+        try
+        {
+            poke();
+            await Await.Within(idle.Task.ContinueWith(_ => true, TaskScheduler.Default), "the delivery worker to go idle");
+        }
+        finally
+        {
+            worker.Idle -= OnIdle;
+        }
+    }
+
+    private sealed class ThrowingTransport : IMailTransport
+    {
+        private int _calls;
+
+        public int Calls => Volatile.Read(ref _calls);
+
+        public Task<IReadOnlyList<RecipientResult>> SendAsync(QueuedMessage message, CancellationToken cancellationToken)
+        {
+            Interlocked.Increment(ref _calls);
+            throw new InvalidCastException("a library surprise");
+        }
+
+        public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    }
+
+    // Fails every recipient of one message permanently (so a failure notice is due); delivers the rest to a real mailbox.
+    private sealed class RejectingTransport(string doomed, LocalMailbox mailbox) : IMailTransport
+    {
+        public Task<IReadOnlyList<RecipientResult>> SendAsync(QueuedMessage message, CancellationToken cancellationToken) =>
+            message.MessageId == doomed
+                ? Task.FromResult<IReadOnlyList<RecipientResult>>(message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Failed, "550 5.1.1 no such user")).ToList())
+                : mailbox.SendAsync(message, cancellationToken);
+
+        public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    }
+}
