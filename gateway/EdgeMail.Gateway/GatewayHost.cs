@@ -74,6 +74,9 @@ public static class GatewayHost
         services.AddSingleton<ReceiptPublisher>();
         services.AddSingleton<OperatorNotices>();
         services.AddSingleton<ParkingLot>();
+        services.AddSingleton<FreeSpaceProbe>(DiskGuard.SystemProbe);
+        services.AddSingleton<DiskGuard>();
+        services.AddSingleton<Housekeeper>();
         services.AddSingleton<IngestPressure>();
         services.AddSingleton<AlertIngest>();
         services.AddSingleton<EmbeddedBroker>();
@@ -97,6 +100,7 @@ public static class GatewayHost
 
         services.AddHostedService(sp => sp.GetRequiredService<AlertProcessor>());
         services.AddHostedService(sp => sp.GetRequiredService<DeliveryWorker>());
+        services.AddHostedService(sp => sp.GetRequiredService<Housekeeper>());
         services.AddSmtpIngest(builder.Configuration);
         return builder;
     }

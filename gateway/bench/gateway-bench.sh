@@ -69,7 +69,7 @@ cfg = {
   "Routes": [{"Devices": "*", "Codes": "*", "MinSeverity": "info", "To": ["ops"]}],
   "Relay": {"Mode": "Smarthost", "Host": "127.0.0.1", "Port": relay_port, "Security": "None", "Concurrency": conc},
   # every simulated device connects from 127.0.0.1: lift the per-source CONNECT rate limit for the benchmark
-  "MqttGuard": {"ConnectsPerMinutePerSource": 0},
+  "MqttGuard": {"ConnectsPerMinutePerSource": 0, "PublishesPerMinutePerDevice": 0},
   "Devices": {f"bench-{d}": {"Secret": h, "Site": "Bench"} for d in range(1, n + 1)},
 }
 json.dump(cfg, open(path, "w"))

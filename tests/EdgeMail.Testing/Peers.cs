@@ -57,3 +57,20 @@ public sealed class PeerFactAttribute : FactAttribute
         }
     }
 }
+
+/// <summary>
+/// A fact that needs root (to mount a small file system). Skipped with the reason on a developer machine without it;
+/// under CI, which runs as root, it runs.
+/// </summary>
+[AttributeUsage(AttributeTargets.Method)]
+public sealed class RootFactAttribute : FactAttribute
+{
+    /// <summary>Declares the need.</summary>
+    public RootFactAttribute()
+    {
+        if (!Environment.IsPrivilegedProcess && !Peers.InCi)
+        {
+            Skip = "needs root (mounts a small tmpfs); run as root, as .ci/run does";
+        }
+    }
+}

@@ -213,7 +213,7 @@ public sealed class SpoolOptions
     /// Below this much free space (MiB) on the spool's file system, new alerts and mail are refused with
     /// back-pressure (MQTT: no PUBACK, SMTP: 452 4.3.1) until space is freed. 0 turns the guard off.
     /// </summary>
-    public long MinFreeMegabytes { get; set; } = 256;
+    public long MinFreeMegabytes { get; set; } = 64;
 }
 
 /// <summary>Storm control (configuration section <c>Storm</c>).</summary>

@@ -1,4 +1,5 @@
 using System.Security.Cryptography;
+using EdgeMail.Gateway.Operations;
 using EdgeMail.Gateway.Receipts;
 using EdgeMail.Gateway.Spool;
 using Microsoft.Extensions.Logging;
@@ -16,6 +17,7 @@ public sealed partial class AlertIngest
     private readonly ReceiptPublisher _receipts;
     private readonly TimeProvider _clock;
     private readonly IngestPressure _pressure;
+    private readonly DiskGuard _disk;
     private readonly ILogger<AlertIngest> _logger;
 
     /// <summary>Creates the ingest step.</summary>
@@ -23,9 +25,11 @@ public sealed partial class AlertIngest
     /// <param name="receipts">Receipts back to devices.</param>
     /// <param name="clock">Clock.</param>
     /// <param name="pressure">Counts accepted alerts, so background work can yield to a burst.</param>
+    /// <param name="disk">Refuses new alerts while the disk is low.</param>
     /// <param name="logger">Logger.</param>
-    public AlertIngest(ISpool spool, ReceiptPublisher receipts, TimeProvider clock, IngestPressure pressure, ILogger<AlertIngest> logger)
+    public AlertIngest(ISpool spool, ReceiptPublisher receipts, TimeProvider clock, IngestPressure pressure, DiskGuard disk, ILogger<AlertIngest> logger)
     {
+        _disk = disk;
         _spool = spool;
         _receipts = receipts;
         _clock = clock;
@@ -40,8 +44,10 @@ public sealed partial class AlertIngest
     /// <param name="cancellationToken">Cancellation.</param>
     /// <param name="via">The protocol it came with, for the Received trace (<see cref="IngestProtocols"/>).</param>
     /// <returns>The spool outcome.</returns>
+    /// <exception cref="SpoolFullException">The disk is low: nothing was stored, refuse with back-pressure.</exception>
     public async Task<AcceptOutcome> IngestAlertAsync(string deviceId, string? peer, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken, string via = IngestProtocols.Mqtt)
     {
+        _disk.ThrowIfLow();
         var parsed = AlertParser.Parse(payload.Span);
         string alertId = parsed.Id ?? "rejected-" + Convert.ToHexStringLower(SHA256.HashData(payload.Span).AsSpan(0, 16));
         var incoming = new IncomingAlert(deviceId, alertId, _clock.GetUtcNow(), peer, payload, parsed.Reason, parsed.Alert?.Code, via);

@@ -30,6 +30,8 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     private readonly ConcurrentDictionary<string, byte[]> _verified = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, bool> _receiptSubscribers = new(StringComparer.Ordinal);
     private readonly Security.MqttGuard _guard;
+    private readonly TimeProvider _clock;
+    private readonly Operations.GatewayMetrics _metrics;
     private MqttServer? _server;
 
     /// <summary>Creates the broker; it listens once the host starts it.</summary>
@@ -37,8 +39,13 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     /// <param name="ingest">Where alerts and status go.</param>
     /// <param name="logger">Where the broker reports what it does.</param>
     /// <param name="guard">Connection limits and the TLS endpoint (<c>MqttGuard</c> section).</param>
-    public EmbeddedBroker(IOptions<GatewayOptions> options, AlertIngest ingest, ILogger<EmbeddedBroker> logger, Security.MqttGuard guard)
+    /// <param name="clock">Clock for publish-rate delays.</param>
+    /// <param name="metrics">Throttled publishes are counted there.</param>
+    public EmbeddedBroker(IOptions<GatewayOptions> options, AlertIngest ingest, ILogger<EmbeddedBroker> logger, Security.MqttGuard guard, TimeProvider clock,
+        Operations.GatewayMetrics metrics)
     {
+        _clock = clock;
+        _metrics = metrics;
         _options = options.Value;
         _ingest = ingest;
         _logger = logger;
@@ -197,6 +204,15 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         ReadOnlyMemory<byte> bytes = payload.IsSingleSegment ? payload.First : System.Buffers.BuffersExtensions.ToArray(payload);
         try
         {
+            var delay = _guard.PublishDelay(e.ClientId);
+            if (delay > TimeSpan.Zero)
+            {
+                // Over its rate: the PUBACK waits (MQTTnet reads this client's next packet only after it), so a device
+                // that floods slows itself down and nobody else.
+                _metrics.IngestThrottled.Add(1);
+                await Task.Delay(delay, _clock, e.CancellationToken).ConfigureAwait(false);
+            }
+
             if (kind == TopicKind.Alert)
             {
                 string? peer = e.SessionItems[SessionPeer] as string;

@@ -21,6 +21,7 @@ public sealed class GatewayMetrics : IDisposable
         Parked = _meter.CreateCounter<long>("edgemail.parked", "{item}", "Alerts and mail parked because handling them failed, by stage");
         LoopRestarts = _meter.CreateCounter<long>("edgemail.loop.restarts", "{restart}", "Background loops restarted after an unexpected fault, by loop");
         IngestRefused = _meter.CreateCounter<long>("edgemail.ingest.refused", "{message}", "Alerts and mail refused with back-pressure, by reason");
+        IngestThrottled = _meter.CreateCounter<long>("edgemail.ingest.throttled", "{message}", "MQTT publishes whose PUBACK was delayed to keep a device within its rate");
         Pruned = _meter.CreateCounter<long>("edgemail.spool.pruned", "{row}", "Finished alerts and mail removed after the retention period, by kind");
     }
 
@@ -30,8 +31,11 @@ public sealed class GatewayMetrics : IDisposable
     /// <summary>Loop restarts; tag <c>loop</c>.</summary>
     public Counter<long> LoopRestarts { get; }
 
-    /// <summary>Ingest refusals; tag <c>reason</c> = disk, rate.</summary>
+    /// <summary>Ingest refusals; tag <c>reason</c> = disk.</summary>
     public Counter<long> IngestRefused { get; }
+
+    /// <summary>Publishes held back by the per-device rate limit.</summary>
+    public Counter<long> IngestThrottled { get; }
 
     /// <summary>Rows pruned; tag <c>kind</c> = alert, message, mailbox.</summary>
     public Counter<long> Pruned { get; }

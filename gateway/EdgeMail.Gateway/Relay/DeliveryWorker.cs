@@ -22,7 +22,7 @@ namespace EdgeMail.Gateway.Relay;
 public sealed partial class DeliveryWorker : SupervisedLoop
 {
     // A message whose result could not be committed is left alone this long (the spool still says it is due).
-    private static readonly TimeSpan BookkeepingBackoff = TimeSpan.FromSeconds(30);
+    private static readonly TimeSpan BookkeepingBackoff = TimeSpan.FromSeconds(5);
 
     private readonly ISpool _spool;
     private readonly IMailTransport _transport;

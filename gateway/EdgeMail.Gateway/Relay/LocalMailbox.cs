@@ -74,6 +74,43 @@ public sealed class LocalMailbox : IMailTransport
         return message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Sent, "250 2.0.0 stored in " + final)).ToList();
     }
 
+    /// <summary>
+    /// Removes messages (in <c>new/</c> and <c>cur/</c>) last written before <paramref name="olderThan"/>, then the
+    /// oldest ones until the mailbox holds at most <paramref name="maxBytes"/> (0: no size limit).
+    /// </summary>
+    /// <param name="olderThan">Age horizon.</param>
+    /// <param name="maxBytes">Size limit.</param>
+    /// <returns>Files removed.</returns>
+    public int Prune(DateTimeOffset olderThan, long maxBytes)
+    {
+        var files = new[] { "new", "cur" }
+            .SelectMany(d => new DirectoryInfo(Path.Combine(_root, d)).EnumerateFiles("*.eml"))
+            .OrderBy(f => f.LastWriteTimeUtc)
+            .ToList();
+        long total = files.Sum(f => f.Length);
+        int removed = 0;
+        foreach (var file in files)
+        {
+            if (file.LastWriteTimeUtc >= olderThan.UtcDateTime && (maxBytes <= 0 || total <= maxBytes))
+            {
+                break;
+            }
+
+            try
+            {
+                file.Delete();
+                total -= file.Length;
+                removed++;
+            }
+            catch (IOException)
+            {
+                // Gone already (read and removed by the user) or busy: the next pass tries again.
+            }
+        }
+
+        return removed;
+    }
+
     // The rename is durable only once the directory itself is flushed.
     private static void SyncDirectory(string directory)
     {

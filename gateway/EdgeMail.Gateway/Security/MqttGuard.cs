@@ -27,6 +27,13 @@ public sealed class MqttGuardOptions
 
     /// <summary>Window for <see cref="AuthFailuresPerSource"/>.</summary>
     public TimeSpan AuthFailureWindow { get; set; } = TimeSpan.FromMinutes(10);
+
+    /// <summary>
+    /// Alerts and status messages one device may publish a minute (burst: the same number, enough for a device
+    /// emptying a long-offline queue at full speed for a while). Past it each PUBACK is delayed until the rate
+    /// allows it, which slows the device down without refusing anything. 0 disables.
+    /// </summary>
+    public int PublishesPerMinutePerDevice { get; set; } = 1200;
 }
 
 /// <summary>
@@ -42,6 +49,7 @@ public sealed class MqttGuard
     private readonly TimeProvider _clock;
     private readonly RateLimiter _connects;
     private readonly FailureThrottle _authFailures;
+    private readonly RateLimiter _publishes;
     private System.Security.Cryptography.X509Certificates.X509Certificate2? _certificate;
 
     /// <summary>Creates the guard.</summary>
@@ -60,7 +68,13 @@ public sealed class MqttGuard
         _clock = clock;
         _connects = new RateLimiter(_options.ConnectsPerMinutePerSource, _options.ConnectsPerMinutePerSource, clock);
         _authFailures = new FailureThrottle(_options.AuthFailuresPerSource, _options.AuthFailureWindow, clock);
+        _publishes = new RateLimiter(_options.PublishesPerMinutePerDevice, _options.PublishesPerMinutePerDevice, clock);
     }
+
+    /// <summary>How long to hold a device's next publish back (its PUBACK) to keep it within its rate; usually zero.</summary>
+    /// <param name="deviceId">The publishing device.</param>
+    /// <returns>The delay.</returns>
+    public TimeSpan PublishDelay(string deviceId) => _publishes.Reserve(deviceId);
 
     /// <summary>The TLS endpoint, once the broker started with one.</summary>
     public IPEndPoint? TlsEndpoint { get; private set; }

@@ -57,6 +57,35 @@ public sealed class RateLimiter
         }
     }
 
+    /// <summary>
+    /// Takes one token for <paramref name="key"/> even when none is left, and says how long the caller must wait
+    /// until that token would have been regained: a rate limit by delay (back-pressure) instead of by refusal.
+    /// </summary>
+    /// <param name="key">Who spends it.</param>
+    /// <returns>Zero when a token was there; otherwise the wait.</returns>
+    public TimeSpan Reserve(string key)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        if (_perMinute <= 0)
+        {
+            return TimeSpan.Zero;
+        }
+
+        long now = _clock.GetTimestamp();
+        if (_buckets.Count > MaxKeys)
+        {
+            Prune(now);
+        }
+
+        var bucket = _buckets.GetOrAdd(key, _ => new Bucket(_burst, now));
+        lock (bucket)
+        {
+            Refill(bucket, now);
+            bucket.Tokens -= 1;
+            return bucket.Tokens >= 0 ? TimeSpan.Zero : TimeSpan.FromMinutes(-bucket.Tokens / _perMinute);
+        }
+    }
+
     private void Refill(Bucket bucket, long now)
     {
         double minutes = _clock.GetElapsedTime(bucket.Stamp, now).TotalMinutes;

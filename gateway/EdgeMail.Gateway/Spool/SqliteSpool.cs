@@ -987,7 +987,7 @@ public sealed partial class SqliteSpool : ISpool
         {
             if (Failed is not null)
             {
-                _tcs.TrySetException(Failed);
+                Fail(Failed);
             }
             else
             {
@@ -995,6 +995,13 @@ public sealed partial class SqliteSpool : ISpool
             }
         }
 
-        public override void Fail(Exception ex) => _tcs.TrySetException(ex);
+        public override void Fail(Exception ex)
+        {
+            _tcs.TrySetException(ex);
+
+            // A caller that stopped waiting (its token was cancelled) never sees this failure; the spool has logged
+            // it, so it must not come back later as an unobserved task exception.
+            _ = _tcs.Task.Exception;
+        }
     }
 }

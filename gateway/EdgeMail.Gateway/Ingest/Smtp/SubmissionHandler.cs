@@ -34,6 +34,7 @@ public sealed partial class SubmissionHandler
     private readonly ISpool _spool;
     private readonly TimeProvider _clock;
     private readonly IngestPressure _pressure;
+    private readonly Operations.DiskGuard _disk;
     private readonly ILogger<SubmissionHandler> _logger;
 
     /// <summary>Creates the handler.</summary>
@@ -43,10 +44,12 @@ public sealed partial class SubmissionHandler
     /// <param name="spool">Spool.</param>
     /// <param name="clock">Clock.</param>
     /// <param name="pressure">Counts accepted mail, so delivery can yield to a burst (alerts count in <see cref="AlertIngest"/>).</param>
+    /// <param name="disk">Refuses new mail while the disk is low.</param>
     /// <param name="logger">Logger.</param>
     public SubmissionHandler(IOptions<GatewayOptions> options, IOptions<SmtpIngestOptions> smtp, AlertIngest alerts, ISpool spool, TimeProvider clock,
-        IngestPressure pressure, ILogger<SubmissionHandler> logger)
+        IngestPressure pressure, Operations.DiskGuard disk, ILogger<SubmissionHandler> logger)
     {
+        _disk = disk;
         _pressure = pressure;
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(smtp);
@@ -69,13 +72,14 @@ public sealed partial class SubmissionHandler
     /// <param name="sessionId">Session id for the trace.</param>
     /// <param name="raw">The message (dot-unstuffed DATA).</param>
     /// <param name="cancellationToken">Cancellation.</param>
-    /// <returns>The reply; a spool failure throws and is answered 451 by the caller.</returns>
+    /// <returns>The reply; a spool failure throws and is answered 451 (452 when the disk is low) by the caller.</returns>
     public async Task<SubmissionReply> HandleAsync(string device, IPEndPoint remote, string envelopeFrom, IReadOnlyList<(string User, string Host)> recipients,
         bool authenticated, bool secure, string sessionId, byte[] raw, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(remote);
         ArgumentNullException.ThrowIfNull(recipients);
         ArgumentNullException.ThrowIfNull(raw);
+        _disk.ThrowIfLow();
         var alertParts = AlertParts(raw);
         if (alertParts.Count > 0)
         {

@@ -45,6 +45,11 @@ public sealed partial class SubmissionStore : IMessageStore
                 context.SessionId.ToString("N")[..12], buffer.ToArray(), cancellationToken).ConfigureAwait(false);
             return new SmtpResponse((SmtpReplyCode)result.Code, result.Text);
         }
+        catch (SpoolFullException ex)
+        {
+            LogNotStored(ex, ex.Message);
+            return new SmtpResponse(SmtpReplyCode.InsufficientStorage, "4.3.1 insufficient system storage, nothing was accepted; try again later");
+        }
         catch (Exception ex) when (ex is SpoolException or OperationCanceledException)
         {
             LogNotStored(ex, ex.Message);
