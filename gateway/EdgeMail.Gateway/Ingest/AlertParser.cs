@@ -147,7 +147,9 @@ public static class AlertParser
 
         public List<KeyValuePair<string, JsonNumber>> Numbers { get; } = [];
 
-        public string? IdOrNull => Values.TryGetValue("id", out var v) && v is string s && s.Length is > 0 and <= MaxIdLength && IsPrintable(s) ? s : null;
+        // Also for an id the alert is rejected for (say, one with a control character): the receipt carries it back
+        // exactly, JSON-escaped, so the device can tell which alert was refused.
+        public string? IdOrNull => Values.TryGetValue("id", out var v) && v is string s && s.Length is > 0 and <= MaxIdLength ? s : null;
     }
 
     // A JSON number as sent: its text (for messages), its value as a double, and as an integer when it is one.

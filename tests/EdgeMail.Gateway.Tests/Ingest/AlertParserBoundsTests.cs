@@ -122,14 +122,14 @@ public sealed class AlertParserBoundsTests
     [InlineData("a\uFDD0b", false)]
     [InlineData("a\u2028b", false)]
     [InlineData("a\u0085b", false)]
-    public void Parse_IdWithInvisibleOrNonCharacters_IsRejectedAndNotEchoed(string id, bool valid)
+    public void Parse_IdWithInvisibleOrNonCharacters_IsRejectedButKeptForTheReceipt(string id, bool valid)
     {
         string json = System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, object> { ["v"] = 1, ["id"] = id, ["seq"] = 1, ["state"] = "raised", ["sev"] = "info", ["code"] = "X" });
 
         var result = AlertParser.Parse(Encoding.UTF8.GetBytes(json));
 
         Assert.Equal(valid, result.IsValid);
-        Assert.Equal(valid ? id : null, result.Id);
+        Assert.Equal(id, result.Id);
         Assert.Equal(valid ? null : "id must be a string of 1 to 128 printable characters", result.Reason);
     }
 
