@@ -147,7 +147,7 @@ public sealed class MailComposer
         message.To.Add(operatorMailbox);
         message.Subject = Clean("Undeliverable: " + failedSubject, 200);
         message.Date = now;
-        message.MessageId = MessageIds.ForNotice(failedMessageId, attempt);
+        message.MessageId = MessageIds.ForNotice(failedMessageId, attempt, _sender.Hostname);
         message.InReplyTo = failedMessageId;
         message.Headers.Add("Auto-Submitted", "auto-replied");
         var text = new StringBuilder();

@@ -54,7 +54,16 @@ public sealed record Alert(
 {
     /// <summary>When the alert was raised: as sent, or derived from <see cref="AgeMs"/> and the time it was received.</summary>
     /// <param name="receivedAt">When the gateway received it.</param>
-    /// <returns>The raise time, or null when unknown.</returns>
-    public DateTimeOffset? RaisedAt(DateTimeOffset receivedAt) =>
-        Raised ?? (AgeMs is long age ? receivedAt - TimeSpan.FromMilliseconds(age) : null);
+    /// <returns>The raise time, or null when unknown (also when an age would reach before year 1, which the parser
+    /// never lets through but a hand-made alert might).</returns>
+    public DateTimeOffset? RaisedAt(DateTimeOffset receivedAt)
+    {
+        if (Raised is not null || AgeMs is not long age)
+        {
+            return Raised;
+        }
+
+        long reachMs = (receivedAt.UtcTicks - DateTimeOffset.MinValue.UtcTicks) / TimeSpan.TicksPerMillisecond;
+        return age >= 0 && age <= reachMs ? receivedAt - TimeSpan.FromMilliseconds(age) : null;
+    }
 }

@@ -125,7 +125,13 @@ public sealed partial class AlertProcessor : SupervisedLoop
         {
             try
             {
-                parsedAlerts[i] = AlertParser.Parse(alerts[i].Payload).Alert;
+                var parsed = AlertParser.Parse(alerts[i].Payload);
+                parsedAlerts[i] = parsed.Alert;
+                if (parsed.Alert is null)
+                {
+                    // Stored as new, so it passed validation when it came; a stricter gateway since then refuses it.
+                    failures[i] = "the alert no longer passes validation: " + parsed.Reason;
+                }
             }
             catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
             {
@@ -166,11 +172,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
                 continue;
             }
 
-            if (parsedAlerts[i] is not { } alert)
-            {
-                commits.Add(new RoutingCommit(stored.RowId, AlertStatus.Rejected, null, null, null, null));
-                continue;
-            }
+            var alert = parsedAlerts[i]!;
 
             try
             {
@@ -288,11 +290,13 @@ public sealed partial class AlertProcessor : SupervisedLoop
 
     private NewMessage? ComposeDigest(DueDigest digest, StormState? storm, DateTimeOffset now)
     {
+        // A held repeat that a stricter gateway no longer accepts is counted, not listed.
         var repeats = digest.Alerts
             .Select(a => (Parsed: AlertParser.Parse(a.Payload).Alert, a.ReceivedAt))
             .Where(r => r.Parsed is not null)
             .Select(r => (r.Parsed!, r.ReceivedAt))
             .ToList();
+        long omitted = digest.Omitted + (digest.Alerts.Count - repeats.Count);
         if (repeats.Count == 0)
         {
             return null;
@@ -305,7 +309,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
         }
 
         using var message = _composer.ComposeDigest(Device(digest.Device), repeats, route.Recipients, _options.Storm.Window,
-            digest.Alerts[0].RowId, storm?.LastRaisedMessageId, now, digest.Alerts[0].Via, digest.Omitted);
+            digest.Alerts[0].RowId, storm?.LastRaisedMessageId, now, digest.Alerts[0].Via, omitted);
         return new NewMessage("digest", digest.Device, null, message.MessageId!, _options.Sender.Address,
             route.Recipients.Select(r => r.Address).ToList(), MailComposer.ToWire(message));
     }

@@ -106,9 +106,10 @@ public sealed partial class MailComposerTests
         string json = System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, object>
         {
             ["v"] = 1, ["id"] = "inj-1", ["seq"] = 1, ["state"] = "raised", ["sev"] = "critical", ["code"] = "X", ["text"] = evil,
-            ["values"] = new Dictionary<string, double> { [evil.Length > 60 ? evil[..60] : evil] = 1 },
         });
-        var alert = Parse(json);
+
+        // The parser refuses control characters in value names; the composer must still cope with an alert built otherwise.
+        var alert = Parse(json) with { Values = [new(evil.Length > 60 ? evil[..60] : evil, 1)] };
         var device = new DeviceInfo("dev-1", evil, evil);
 
         byte[] wire = MailComposer.ToWire(Composer().ComposeAlert(Mail(alert, device), Now));
@@ -140,11 +141,14 @@ public sealed partial class MailComposerTests
     }
 
     [Fact]
-    public void MessageIds_OddAlertId_IsHashedIntoAValidMsgId()
+    public void ComposeAlert_OddAlertId_GetsAnEscapedMessageIdThatMimeKitReadsBack()
     {
-        string id = MessageIds.ForAlert("dev-1", "a b<c>@d", "gw.test");
+        var alert = Parse("""{"v":1,"id":"a b<c>@d","seq":1,"state":"raised","sev":"info","code":"X"}""");
 
-        Assert.Matches("^dev-1\\.h[0-9a-f]{32}\\.alert@gw\\.test$", id);
-        Assert.Equal(id, MessageIds.ForAlert("dev-1", "a b<c>@d", "gw.test"));
+        byte[] wire = MailComposer.ToWire(Composer().ComposeAlert(Mail(alert), Now));
+        using var stream = new MemoryStream(wire);
+        using var reparsed = MimeMessage.Load(stream);
+
+        Assert.Equal("freezer-2.a_20b_3Cc_3E_40d.alert@gw1.example.com", reparsed.MessageId);
     }
 }

@@ -59,7 +59,7 @@ public sealed class AlertParserTests
     [InlineData("""{"v":1,"id":"a","seq":1,"state":"raised","sev":"info","code":"X"} {}""", "payload is not UTF-8 JSON")]
     [InlineData("""{"v":1,"id":"a","seq":1,"state":"raised","sev":"info","code":"X","values":{"t":"hot"}}""", "values must be an object of numbers")]
     [InlineData("""{"v":1,"id":"a","seq":1,"state":"raised","sev":"info","code":"X","raised":"yesterday"}""", "raised must be an ISO-8601 time with offset, e.g. 2026-11-28T09:58:12Z")]
-    [InlineData("""{"v":1,"id":"a","seq":-1,"state":"raised","sev":"info","code":"X"}""", "seq must be a non-negative integer")]
+    [InlineData("""{"v":1,"id":"a","seq":-1,"state":"raised","sev":"info","code":"X"}""", "seq must be from 0 to 9007199254740991 (2^53 - 1); got -1")]
     [InlineData("""{"v":1,"id":"a","seq":1,"state":"open","sev":"info","code":"X"}""", "state must be raised or cleared")]
     [InlineData("""{"v":1,"id":"a","seq":1,"state":"raised","sev":"CRITICAL","code":"X"}""", "sev must be critical, warning or info")]
     [InlineData("""{"v":1,"id":"a\nb","seq":1,"state":"raised","sev":"info","code":"X"}""", "id must be a string of 1 to 128 printable characters")]

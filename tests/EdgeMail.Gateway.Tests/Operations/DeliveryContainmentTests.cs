@@ -65,7 +65,7 @@ public sealed class DeliveryContainmentTests
 
         // A mail already holding the Message-ID the failure notice of the first attempt would take: a conflict the
         // spool must not swallow.
-        await gw.Spool.QueueMailAsync(Relay(EdgeMail.Gateway.Composition.MessageIds.ForNotice("doomed@gw.test", 1)), default);
+        await gw.Spool.QueueMailAsync(Relay(EdgeMail.Gateway.Composition.MessageIds.ForNotice("doomed@gw.test", 1, "gw.test")), default);
         await gw.Spool.QueueMailAsync(Relay("doomed@gw.test"), default);
         await gw.Spool.QueueMailAsync(Relay("fine@gw.test"), default);
 
