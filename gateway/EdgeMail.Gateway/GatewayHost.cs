@@ -69,24 +69,12 @@ public static class GatewayHost
         services.AddSingleton<ReceiptPublisher>();
         services.AddSingleton<IngestPressure>();
         services.AddSingleton<AlertIngest>();
-        services.AddSingleton<EmbeddedBroker>();
-        services.AddSingleton<ExternalBrokerClient>();
         services.AddSingleton<AlertProcessor>();
         services.AddSingleton<DeliveryWorker>();
         services.AddHostedService<StartupBanner>();
 
-        // MQTT ingest: the embedded broker, or a client of the site's broker (Mqtt:Mode = external). Receipts go out
-        // the same way alerts came in. An unknown mode is refused at start by the options validator.
-        if (string.Equals(builder.Configuration["Mqtt:Mode"], MqttModes.External, StringComparison.OrdinalIgnoreCase))
-        {
-            services.AddSingleton(sp => new Lazy<IReceiptSink>(() => sp.GetRequiredService<ExternalBrokerClient>()));
-            services.AddHostedService(sp => sp.GetRequiredService<ExternalBrokerClient>());
-        }
-        else
-        {
-            services.AddSingleton(sp => new Lazy<IReceiptSink>(() => sp.GetRequiredService<EmbeddedBroker>()));
-            services.AddHostedService(sp => sp.GetRequiredService<EmbeddedBroker>());
-        }
+        // MQTT ingest: the embedded broker (with its guard), or a client of the site's broker (Mqtt:Mode = external).
+        services.AddMqttIngest(builder.Configuration);
 
         services.AddHostedService(sp => sp.GetRequiredService<AlertProcessor>());
         services.AddHostedService(sp => sp.GetRequiredService<DeliveryWorker>());
