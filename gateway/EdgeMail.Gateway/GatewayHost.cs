@@ -41,7 +41,7 @@ public static class GatewayHost
         }
 
         builder.Configuration.AddEnvironmentVariables("EDGEMAIL_");
-        builder.Configuration.AddCommandLine(args.Where(a => a != "--config" && !a.StartsWith("--config=", StringComparison.Ordinal)).ToArray());
+        builder.Configuration.AddCommandLine(WithoutConfigFile(args));
         string? demo = DemoSetup.Apply(builder.Configuration);
         _ = insertAt;
 
@@ -80,6 +80,26 @@ public static class GatewayHost
         services.AddHostedService(sp => sp.GetRequiredService<DeliveryWorker>());
         services.AddSmtpIngest(builder.Configuration);
         return builder;
+    }
+
+    // "--config FILE" goes, value and all: left alone, an absolute FILE ("/etc/...") reads as a "/key" switch to the
+    // command-line provider, which then takes the next argument as its value and loses that override.
+    private static string[] WithoutConfigFile(string[] args)
+    {
+        var rest = new List<string>(args.Length);
+        for (int i = 0; i < args.Length; i++)
+        {
+            if (args[i] == "--config")
+            {
+                i++;
+            }
+            else if (!args[i].StartsWith("--config=", StringComparison.Ordinal))
+            {
+                rest.Add(args[i]);
+            }
+        }
+
+        return [.. rest];
     }
 
     private static string? ConfigFile(string[] args)

@@ -3,8 +3,10 @@ using System.Net.Security;
 using System.Net.Sockets;
 using System.Security.Cryptography.X509Certificates;
 using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Ingest;
 using EdgeMail.Gateway.Security;
 using EdgeMail.Testing;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Options;
 using MimeKit;
@@ -177,5 +179,32 @@ public sealed class MqttListenerTests
         {
             Directory.Delete(Path.GetDirectoryName(config)!, recursive: true);
         }
+    }
+
+    [Fact]
+    public void AddMqttIngest_WithoutSmtpIngest_RegistersTheGuardWithItsOptionsAndTheTlsSettings()
+    {
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["MqttGuard:AuthFailuresPerSource"] = "2",
+            ["MqttGuard:TlsEnabled"] = "true",
+            ["Smtp:CertificatePath"] = "/etc/edgemail/gateway.pfx",
+        }).Build();
+        var services = new ServiceCollection();
+        services.AddSingleton(TimeProvider.System);
+        services.AddOptions<GatewayOptions>().Bind(configuration);
+        services.AddMqttIngest(configuration); // and no AddSmtpIngest
+        using var provider = services.BuildServiceProvider();
+
+        var guard = provider.GetRequiredService<MqttGuard>();
+        var mqtt = provider.GetRequiredService<IOptions<GatewayOptions>>().Value.Mqtt;
+        guard.AuthFailed(new IPEndPoint(IPAddress.Parse("192.0.2.9"), 1));
+        guard.AuthFailed(new IPEndPoint(IPAddress.Parse("192.0.2.9"), 2));
+
+        Assert.NotNull(guard.Refuse(new IPEndPoint(IPAddress.Parse("192.0.2.9"), 3))); // the MqttGuard section was bound
+        Assert.Null(guard.Refuse(new IPEndPoint(IPAddress.Parse("192.0.2.10"), 3)));
+        Assert.True(mqtt.TlsEnabled);
+        Assert.Equal("/etc/edgemail/gateway.pfx", mqtt.CertificatePath);
+        Assert.Contains(services, d => d.ServiceType == typeof(Microsoft.Extensions.Hosting.IHostedService));
     }
 }
