@@ -19,14 +19,16 @@ public readonly record struct SubmissionReply(int Code, string Text);
 /// (parser, de-duplication on (device, id), receipts), then the same routing, templates and relay. Any other mail
 /// is rewritten by <see cref="RelayedMailWriter"/> and queued as kind <c>relay</c> for the envelope recipients
 /// (expanded to people) through the same spool and delivery worker. Mail that has passed more than
-/// <c>Smtp:MaxHops</c> hops is refused as a loop. The reply is decided only after the spool committed.
+/// <c>Smtp:MaxHops</c> hops is refused as a loop, and mail with more than <see cref="MaxAlertParts"/> alert parts
+/// is refused whole (<c>552 5.3.4</c>) rather than stored in part. The reply is decided only after the spool committed.
 /// </summary>
 public sealed partial class SubmissionHandler
 {
     /// <summary>The MIME type of an EdgeMail alert part.</summary>
     public const string AlertMimeType = "application/vnd.edgemail.alert+json";
 
-    private const int MaxAlertParts = 16;
+    /// <summary>Most alert parts one message may carry; a message with more is refused whole, nothing of it stored.</summary>
+    public const int MaxAlertParts = 16;
     private readonly GatewayOptions _options;
     private readonly SmtpIngestOptions _smtp;
     private readonly RecipientPolicy _recipients;
@@ -77,6 +79,13 @@ public sealed partial class SubmissionHandler
         ArgumentNullException.ThrowIfNull(recipients);
         ArgumentNullException.ThrowIfNull(raw);
         var alertParts = AlertParts(raw);
+        if (alertParts.Count > MaxAlertParts)
+        {
+            LogTooManyAlertParts(device, remote.Address.ToString(), MaxAlertParts);
+            return new SubmissionReply(552,
+                $"5.3.4 too many alert parts: at most {MaxAlertParts.ToString(CultureInfo.InvariantCulture)} in one message; nothing was stored, send them in several messages");
+        }
+
         if (alertParts.Count > 0)
         {
             int alertHops = RelayedMailWriter.CountHops(raw);
@@ -130,7 +139,10 @@ public sealed partial class SubmissionHandler
         return new SubmissionReply(554, $"5.4.6 routing loop detected: {hops.ToString(CultureInfo.InvariantCulture)} Received headers");
     }
 
-    /// <summary>The decoded bodies of the message's alert parts (at most 16), or none when it has none or cannot be parsed.</summary>
+    /// <summary>
+    /// The decoded bodies of the message's alert parts, or none when it has none or cannot be parsed. Decoding stops
+    /// at one more than <see cref="MaxAlertParts"/>: that many means too many.
+    /// </summary>
     /// <param name="raw">The message.</param>
     /// <returns>Alert payloads.</returns>
     public static IReadOnlyList<byte[]> AlertParts(byte[] raw)
@@ -163,7 +175,7 @@ public sealed partial class SubmissionHandler
             using var decoded = new MemoryStream();
             part.Content.DecodeTo(decoded);
             payloads.Add(decoded.ToArray());
-            if (payloads.Count == MaxAlertParts)
+            if (payloads.Count > MaxAlertParts)
             {
                 break;
             }
@@ -195,6 +207,9 @@ public sealed partial class SubmissionHandler
             offset++;
         }
     }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP message from device {Device} ({Source}) refused with 552: more than {Limit} alert parts")]
+    private partial void LogTooManyAlertParts(string device, string source, int limit);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP message from device {Device} ({Source}) refused with 554: loop, {Hops} Received headers")]
     private partial void LogLoop(string device, string source, int hops);
