@@ -80,6 +80,32 @@ public sealed class MqttListenerTests
         Assert.Contains("DOOR_OPEN", mail.TextBody, StringComparison.Ordinal);
     }
 
+    [PeerFact("mosquitto_pub:mosquitto-clients")]
+    public async Task TlsOnly_MosquittoPubWithTheGatewaysCertificateAsItsCa_GetsItsAlertMailed_AndThePlainPortRefusesIt()
+    {
+        int plainPort = Loopback.FreePort();
+        await using var gw = await TestGateway.StartAsync(c => c["Mqtt"] = new { Port = plainPort, PlainEnabled = false, TlsEnabled = true, TlsPort = 0 });
+        string caFile = Path.Combine(gw.DataDir, "gateway.crt"); // what `openssl pkcs12 -in tls-selfsigned.pfx -nokeys -passin pass:` gives an operator
+        using (var certificate = GeneratedCertificate(gw))
+        {
+            await File.WriteAllTextAsync(caFile, certificate.ExportCertificatePem());
+        }
+
+        string[] Args(int port, string id) =>
+            ["-h", "localhost", "-p", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "-i", "dev-2", "-u", "dev-2", "-P", TestGateway.Secret,
+             "-q", "1", "-t", "edgemail/v1/dev-2/alert", "-m", Alerts.Json(id)];
+
+        var (plainCode, plainOutput) = await Smtp.PeerProcess.RunAsync("mosquitto_pub", "mosquitto-clients", Args(plainPort, "mp-plain"));
+        var (code, output) = await Smtp.PeerProcess.RunAsync("mosquitto_pub", "mosquitto-clients", [.. Args(gw.Broker.TlsEndpoint!.Port, "mp-tls"), "--cafile", caFile]);
+
+        Assert.NotEqual(0, plainCode);
+        Assert.Contains("refused", plainOutput, StringComparison.OrdinalIgnoreCase);
+        Assert.True(code == 0, output);
+        using var mail = await MimeMessage.LoadAsync(Assert.Single(await gw.MailAsync(1)));
+        Assert.Equal("mp-tls", mail.Headers["X-EdgeMail-Alert"]);
+        Assert.Null(await gw.Spool.GetAlertAsync("dev-2", "mp-plain", default));
+    }
+
     [Fact]
     public async Task TlsOnly_ACertificateOtherThanTheGatewaysIsNotTrusted()
     {
