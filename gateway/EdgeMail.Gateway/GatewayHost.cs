@@ -79,24 +79,12 @@ public static class GatewayHost
         services.AddSingleton<Housekeeper>();
         services.AddSingleton<IngestPressure>();
         services.AddSingleton<AlertIngest>();
-        services.AddSingleton<EmbeddedBroker>();
-        services.AddSingleton<ExternalBrokerClient>();
         services.AddSingleton<AlertProcessor>();
         services.AddSingleton<DeliveryWorker>();
         services.AddHostedService<StartupBanner>();
 
-        // MQTT ingest: the embedded broker, or a client of the site's broker (Mqtt:Mode = external). Receipts go out
-        // the same way alerts came in. An unknown mode is refused at start by the options validator.
-        if (string.Equals(builder.Configuration["Mqtt:Mode"], MqttModes.External, StringComparison.OrdinalIgnoreCase))
-        {
-            services.AddSingleton(sp => new Lazy<IReceiptSink>(() => sp.GetRequiredService<ExternalBrokerClient>()));
-            services.AddHostedService(sp => sp.GetRequiredService<ExternalBrokerClient>());
-        }
-        else
-        {
-            services.AddSingleton(sp => new Lazy<IReceiptSink>(() => sp.GetRequiredService<EmbeddedBroker>()));
-            services.AddHostedService(sp => sp.GetRequiredService<EmbeddedBroker>());
-        }
+        // MQTT ingest: the embedded broker (with its guard), or a client of the site's broker (Mqtt:Mode = external).
+        services.AddMqttIngest(builder.Configuration);
 
         services.AddHostedService(sp => sp.GetRequiredService<AlertProcessor>());
         services.AddHostedService(sp => sp.GetRequiredService<DeliveryWorker>());
@@ -105,8 +93,8 @@ public static class GatewayHost
         return builder;
     }
 
-    // The command-line configuration source would read "--config FILE" as a key and, worse, take the file's path
-    // (which starts with '/', a switch prefix to it) for a key whose value is the next argument.
+    // "--config FILE" goes, value and all: left alone, an absolute FILE ("/etc/...") reads as a "/key" switch to the
+    // command-line provider, which then takes the next argument as its value and loses that override.
     private static string[] WithoutConfigFile(string[] args)
     {
         var rest = new List<string>(args.Length);

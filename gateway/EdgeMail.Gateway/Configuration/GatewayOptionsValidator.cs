@@ -198,6 +198,29 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         return errors;
     }
 
+    private static void ValidateEmbeddedListeners(MqttIngestOptions mqtt, Action<string, string, string> add)
+    {
+        if (!mqtt.PlainEnabled && !mqtt.TlsEnabled)
+        {
+            add("Mqtt:PlainEnabled", "is false and so is Mqtt:TlsEnabled (or MqttGuard:TlsEnabled): the embedded broker would listen on nothing and no device could connect",
+                "set Mqtt:TlsEnabled to true (MQTT over TLS on Mqtt:TlsPort, 8883), or Mqtt:PlainEnabled to true (plain MQTT on Mqtt:Port, 1883, for a trusted device network only)");
+        }
+
+        if (!mqtt.TlsEnabled)
+        {
+            return;
+        }
+
+        if (mqtt.TlsPort is < 0 or > 65535)
+        {
+            add("Mqtt:TlsPort", $"{mqtt.TlsPort} is not a TCP port", "use 8883, or 0 to let the OS choose");
+        }
+        else if (mqtt.PlainEnabled && mqtt.TlsPort != 0 && mqtt.TlsPort == mqtt.Port)
+        {
+            add("Mqtt:TlsPort", $"{mqtt.TlsPort} is also Mqtt:Port, the plain listener's port", "use 8883 for TLS and 1883 for plain MQTT, or set Mqtt:PlainEnabled to false");
+        }
+    }
+
     private static void ValidateMqttMode(MqttIngestOptions mqtt, Action<string, string, string> add)
     {
         if (!MqttModes.All.Contains(mqtt.Mode, StringComparer.OrdinalIgnoreCase))
@@ -208,6 +231,7 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
 
         if (!mqtt.IsExternal())
         {
+            ValidateEmbeddedListeners(mqtt, add);
             return;
         }
 

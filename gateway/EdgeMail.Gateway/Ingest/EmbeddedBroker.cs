@@ -52,30 +52,49 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         _guard = guard;
     }
 
-    /// <summary>The endpoint the broker listens on, known once started (the real port when 0 was asked for).</summary>
+    /// <summary>The plain-text endpoint the broker listens on, known once started (the real port when 0 was asked for); null when <c>Mqtt:PlainEnabled</c> is false.</summary>
     public IPEndPoint? Endpoint { get; private set; }
+
+    /// <summary>The TLS endpoint, known once started; null unless <c>Mqtt:TlsEnabled</c>.</summary>
+    public IPEndPoint? TlsEndpoint => _guard.TlsEndpoint;
 
     /// <inheritdoc />
     public async Task StartAsync(CancellationToken cancellationToken)
     {
         var address = IPAddress.Parse(_options.Mqtt.BindAddress);
-        int port = _options.Mqtt.Port == 0 ? ReserveFreePort(address) : _options.Mqtt.Port;
         var factory = new MqttServerFactory();
-        var serverOptions = factory.CreateServerOptionsBuilder()
-            .WithDefaultEndpoint()
-            .WithDefaultEndpointBoundIPAddress(address)
-            .WithDefaultEndpointBoundIPV6Address(IPAddress.None)
-            .WithDefaultEndpointPort(port)
-            .WithPersistentSessions(true);
+        var serverOptions = factory.CreateServerOptionsBuilder().WithPersistentSessions(true);
+        IPEndPoint? plain = null;
+        if (_options.Mqtt.PlainEnabled)
+        {
+            plain = new IPEndPoint(address, _options.Mqtt.Port == 0 ? ReserveFreePort(address) : _options.Mqtt.Port);
+            serverOptions.WithDefaultEndpoint()
+                .WithDefaultEndpointBoundIPAddress(address)
+                .WithDefaultEndpointBoundIPV6Address(IPAddress.None)
+                .WithDefaultEndpointPort(plain.Port);
+        }
+        else
+        {
+            serverOptions.WithoutDefaultEndpoint(); // TLS only: nothing answers on the plain port
+        }
+
         _server = factory.CreateMqttServer(_guard.Configure(serverOptions, address).Build());
         _server.ValidatingConnectionAsync += ValidateConnectionAsync;
         _server.InterceptingSubscriptionAsync += InterceptSubscriptionAsync;
         _server.InterceptingUnsubscriptionAsync += InterceptUnsubscriptionAsync;
         _server.InterceptingPublishAsync += InterceptPublishAsync;
         await _server.StartAsync().ConfigureAwait(false);
-        Endpoint = new IPEndPoint(address, port);
-        LogListening(Endpoint, _options.Devices.Count);
+        Endpoint = plain;
+        if (_guard.Certificate is { } certificate)
+        {
+            LogTlsCertificate(_guard.CertificateGenerated ? "generated self-signed" : "loaded", certificate.Subject, certificate.GetCertHashString(HashAlgorithmName.SHA256), certificate.NotAfter);
+        }
+
+        LogListening(ListenerNames(plain, TlsEndpoint), _options.Devices.Count);
     }
+
+    private static string ListenerNames(IPEndPoint? plain, IPEndPoint? tls) =>
+        string.Join(" and ", new[] { plain is null ? null : $"{plain} (plain)", tls is null ? null : $"{tls} (TLS)" }.Where(n => n is not null));
 
     /// <inheritdoc />
     public async Task StopAsync(CancellationToken cancellationToken)
@@ -240,8 +259,11 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         return ((IPEndPoint)probe.LocalEndpoint).Port;
     }
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "MQTT broker listening on {Endpoint} for {Devices} device(s)")]
-    private partial void LogListening(IPEndPoint endpoint, int devices);
+    [LoggerMessage(Level = LogLevel.Information, Message = "MQTT broker listening on {Endpoints} for {Devices} device(s)")]
+    private partial void LogListening(string endpoints, int devices);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "MQTT over TLS with a {Origin} certificate {Subject}, SHA-256 {Fingerprint} (the value devices pin), valid until {NotAfter:yyyy-MM-dd}")]
+    private partial void LogTlsCertificate(string origin, string subject, string fingerprint, DateTime notAfter);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Refused MQTT connection of '{ClientId}' from {Peer}: {Reason}")]
     private partial void LogRefused(string clientId, string peer, string reason);

@@ -210,7 +210,7 @@ public sealed partial class SmtpIngest : IHostedService, IDisposable
 /// <summary>Registers SMTP ingest with the host.</summary>
 public static class SmtpIngestRegistration
 {
-    /// <summary>Adds the <c>Smtp</c> options, their validation, the policy, the store and the listener, and the MQTT guard (<c>MqttGuard</c> section).</summary>
+    /// <summary>Adds the <c>Smtp</c> options, their validation, the policy, the store and the listener.</summary>
     /// <param name="services">Services.</param>
     /// <param name="configuration">Configuration root.</param>
     /// <returns>The services.</returns>
@@ -219,8 +219,6 @@ public static class SmtpIngestRegistration
         services.AddSingleton<IValidateOptions<SmtpIngestOptions>, SmtpIngestOptionsValidator>();
         services.AddOptions<SmtpIngestOptions>().Bind(configuration.GetSection(SmtpIngestOptions.Section)).ValidateOnStart();
         services.AddSingleton<SecretVerifier>();
-        services.AddOptions<MqttGuardOptions>().Bind(configuration.GetSection(MqttGuardOptions.Section));
-        services.AddSingleton<MqttGuard>();
         services.AddSingleton<SubmissionPolicy>();
         services.AddSingleton<SubmissionHandler>();
         services.AddSingleton<SubmissionStore>();
