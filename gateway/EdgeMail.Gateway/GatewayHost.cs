@@ -43,7 +43,7 @@ public static class GatewayHost
 
         builder.Configuration.AddEnvironmentVariables("EDGEMAIL_");
         builder.Configuration.AddCommandLine(WithoutConfigFile(args));
-        string? demo = DemoSetup.Apply(builder.Configuration);
+        string? demo = configFile is null ? DemoSetup.Apply(builder.Configuration) : null;
         _ = insertAt;
 
         var services = builder.Services;
@@ -82,6 +82,9 @@ public static class GatewayHost
         services.AddSingleton<AlertProcessor>();
         services.AddSingleton<DeliveryWorker>();
         services.AddHostedService<StartupBanner>();
+        services.AddSingleton<Devices.DeviceRegistry>();
+        services.AddSingleton<Security.SecretVerifier>();
+        services.AddHostedService(sp => sp.GetRequiredService<Devices.DeviceRegistry>()); // before anything that takes devices
 
         // MQTT ingest: the embedded broker (with its guard), or a client of the site's broker (Mqtt:Mode = external).
         services.AddMqttIngest(builder.Configuration);

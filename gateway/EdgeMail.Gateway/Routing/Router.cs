@@ -17,10 +17,16 @@ public sealed record RouteResult(IReadOnlyList<MailboxAddress> Recipients, strin
 public sealed class Router
 {
     private readonly GatewayOptions _options;
+    private readonly Devices.DeviceRegistry? _devices;
 
     /// <summary>Creates a router over validated options.</summary>
     /// <param name="options">The gateway's options.</param>
-    public Router(GatewayOptions options) => _options = options ?? throw new ArgumentNullException(nameof(options));
+    /// <param name="devices">Devices (for <c>owners</c>); null to take them from the options only.</param>
+    public Router(GatewayOptions options, Devices.DeviceRegistry? devices = null)
+    {
+        _options = options ?? throw new ArgumentNullException(nameof(options));
+        _devices = devices;
+    }
 
     /// <summary>Routes an alert.</summary>
     /// <param name="deviceId">Sending device.</param>
@@ -72,9 +78,10 @@ public sealed class Router
 
         if (to == "owners")
         {
-            if (_options.Devices.TryGetValue(deviceId, out var device))
+            var owners = _devices is not null ? _devices.Find(deviceId)?.Owners : _options.Devices.GetValueOrDefault(deviceId)?.Owners;
+            if (owners is not null)
             {
-                foreach (string owner in device.Owners)
+                foreach (string owner in owners)
                 {
                     Expand(owner, deviceId, into, seen, depth + 1);
                 }

@@ -186,6 +186,21 @@ public sealed record RecipientResult(string Address, string Outcome, string Repl
 /// <param name="Reason">Why it is parked or cancelled.</param>
 public sealed record MessageState(long RowId, string Kind, string Status, int Attempts, DateTimeOffset NextAttemptAt, string? LastReply, string? Reason);
 
+/// <summary>
+/// A device as the operator changed it at run time: added through the console or CLI, or a configured device's
+/// changes (a null field keeps the configured value).
+/// </summary>
+/// <param name="Id">Device id.</param>
+/// <param name="SecretHash">PBKDF2 hash of its secret (<see cref="Configuration.SecretHash"/>), or null.</param>
+/// <param name="Name">Display name, or null.</param>
+/// <param name="Site">Site, or null.</param>
+/// <param name="Owners">Owner user or group ids, or null.</param>
+/// <param name="Disabled">Refused at connect and at AUTH.</param>
+/// <param name="SilentAfter">How long without a heartbeat or alert before it counts as silent, or null.</param>
+/// <param name="UpdatedAt">When it last changed.</param>
+public sealed record ManagedDevice(string Id, string? SecretHash, string? Name, string? Site, IReadOnlyList<string>? Owners, bool Disabled,
+    TimeSpan? SilentAfter, DateTimeOffset UpdatedAt);
+
 /// <summary>What the housekeeping pass removed.</summary>
 /// <param name="Messages">Finished mail removed.</param>
 /// <param name="Alerts">Finished alerts removed.</param>
@@ -319,6 +334,17 @@ public interface ISpool : IAsyncDisposable
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>A task completing after commit.</returns>
     Task CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken);
+
+    /// <summary>Every device changed at run time.</summary>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The devices.</returns>
+    Task<IReadOnlyList<ManagedDevice>> ManagedDevicesAsync(CancellationToken cancellationToken);
+
+    /// <summary>Stores a device's run-time state (insert or replace), durably.</summary>
+    /// <param name="device">The device.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task completing after commit.</returns>
+    Task SaveDeviceAsync(ManagedDevice device, CancellationToken cancellationToken);
 
     /// <summary>The state of the mail with this Message-ID, if the spool holds it.</summary>
     /// <param name="messageId">Message-ID without angle brackets.</param>

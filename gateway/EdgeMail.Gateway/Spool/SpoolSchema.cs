@@ -86,6 +86,19 @@ internal static class SpoolSchema
         CREATE INDEX alerts_parked ON alerts(parked_at) WHERE status = 'parked';
         CREATE INDEX storm_last_mail ON storm(last_mail_at);
         """,
+        // 5: devices managed at run time (the operator's console and CLI): added ones, and changes to configured
+        // ones (a NULL column keeps the configured value). Secrets are PBKDF2 hashes, never the secret itself.
+        """
+        CREATE TABLE devices(
+          id TEXT PRIMARY KEY,
+          secret TEXT,
+          name TEXT,
+          site TEXT,
+          owners TEXT,
+          disabled INTEGER NOT NULL DEFAULT 0,
+          silent_after_ms INTEGER,
+          updated_at INTEGER NOT NULL);
+        """,
     ];
 
     /// <summary>The version this build writes.</summary>

@@ -506,6 +506,33 @@ public sealed partial class SqliteSpool : ISpool
     }
 
     /// <inheritdoc />
+    public Task<IReadOnlyList<ManagedDevice>> ManagedDevicesAsync(CancellationToken cancellationToken) =>
+        Read<IReadOnlyList<ManagedDevice>>((s, _) =>
+        {
+            var list = new List<ManagedDevice>();
+            using var r = s.Query("SELECT id, secret, name, site, owners, disabled, silent_after_ms, updated_at FROM devices ORDER BY id");
+            while (r.Read())
+            {
+                list.Add(new ManagedDevice(r.GetString(0), r.IsDBNull(1) ? null : r.GetString(1), r.IsDBNull(2) ? null : r.GetString(2),
+                    r.IsDBNull(3) ? null : r.GetString(3), r.IsDBNull(4) ? null : System.Text.Json.JsonSerializer.Deserialize<List<string>>(r.GetString(4)),
+                    r.GetInt64(5) != 0, r.IsDBNull(6) ? null : TimeSpan.FromMilliseconds(r.GetInt64(6)), FromMs(r.GetInt64(7))));
+            }
+
+            return list;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task SaveDeviceAsync(ManagedDevice device, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        return Enqueue((s, _) => s.Exec(
+            "INSERT OR REPLACE INTO devices(id, secret, name, site, owners, disabled, silent_after_ms, updated_at) VALUES($p0,$p1,$p2,$p3,$p4,$p5,$p6,$p7)",
+            device.Id, device.SecretHash, device.Name, device.Site, device.Owners is null ? null : System.Text.Json.JsonSerializer.Serialize(device.Owners),
+            device.Disabled ? 1 : 0, device.SilentAfter is { } after ? (long)after.TotalMilliseconds : null, device.UpdatedAt.ToUnixTimeMilliseconds()),
+            cancellationToken, isolate: false);
+    }
+
+    /// <inheritdoc />
     public Task<MessageState?> GetMessageAsync(string messageId, CancellationToken cancellationToken) =>
         Read((s, _) =>
         {

@@ -223,7 +223,6 @@ public static class SmtpIngestRegistration
     {
         services.AddSingleton<IValidateOptions<SmtpIngestOptions>, SmtpIngestOptionsValidator>();
         services.AddOptions<SmtpIngestOptions>().Bind(configuration.GetSection(SmtpIngestOptions.Section)).ValidateOnStart();
-        services.AddSingleton<SecretVerifier>();
         services.AddSingleton<SubmissionPolicy>();
         services.AddSingleton<SubmissionHandler>();
         services.AddSingleton<SubmissionStore>();

@@ -39,6 +39,7 @@ public sealed partial class SubmissionHandler
     private readonly TimeProvider _clock;
     private readonly IngestPressure _pressure;
     private readonly Operations.DiskGuard _disk;
+    private readonly Devices.DeviceRegistry _devices;
     private readonly ILogger<SubmissionHandler> _logger;
 
     /// <summary>Creates the handler.</summary>
@@ -50,10 +51,12 @@ public sealed partial class SubmissionHandler
     /// <param name="pressure">Counts accepted mail, so delivery can yield to a burst (alerts count in <see cref="AlertIngest"/>).</param>
     /// <param name="disk">Refuses new mail while the disk is low.</param>
     /// <param name="logger">Logger.</param>
+    /// <param name="devices">Device names.</param>
     public SubmissionHandler(IOptions<GatewayOptions> options, IOptions<SmtpIngestOptions> smtp, AlertIngest alerts, ISpool spool, TimeProvider clock,
-        IngestPressure pressure, Operations.DiskGuard disk, ILogger<SubmissionHandler> logger)
+        IngestPressure pressure, Operations.DiskGuard disk, ILogger<SubmissionHandler> logger, Devices.DeviceRegistry devices)
     {
         _disk = disk;
+        _devices = devices;
         _pressure = pressure;
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(smtp);
@@ -127,7 +130,7 @@ public sealed partial class SubmissionHandler
             return new SubmissionReply(554, "5.5.1 no valid recipients");
         }
 
-        string name = _options.Devices.TryGetValue(device, out var d) && d.Name.Length > 0 ? d.Name : device;
+        string name = _devices.Find(device)?.Name ?? device;
         var submission = new Submission(device, name, remote.Address.ToString(), envelopeFrom, authenticated, secure, sessionId, _clock.GetUtcNow());
         var mail = RelayedMailWriter.Rewrite(raw, submission, _options.Sender);
         if (mail.Hops > _smtp.MaxHops)
