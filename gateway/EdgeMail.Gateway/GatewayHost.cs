@@ -72,6 +72,7 @@ public static class GatewayHost
         });
         services.AddSingleton<IMailTransport>(sp => Transports.Create(sp.GetRequiredService<IOptions<GatewayOptions>>().Value, sp));
         services.AddSingleton<ReceiptPublisher>();
+        services.AddSingleton<RelayHealth>();
         services.AddSingleton<OperatorNotices>();
         services.AddSingleton<ParkingLot>();
         services.AddSingleton<FreeSpaceProbe>(DiskGuard.SystemProbe);
@@ -83,6 +84,7 @@ public static class GatewayHost
         services.AddSingleton<DeliveryWorker>();
         services.AddHostedService<StartupBanner>();
         services.AddSingleton<Devices.DeviceRegistry>();
+        services.AddSingleton<Devices.DevicePresence>();
         services.AddSingleton<Security.SecretVerifier>();
         services.AddHostedService(sp => sp.GetRequiredService<Devices.DeviceRegistry>()); // before anything that takes devices
 
@@ -93,6 +95,12 @@ public static class GatewayHost
         services.AddHostedService(sp => sp.GetRequiredService<DeliveryWorker>());
         services.AddHostedService(sp => sp.GetRequiredService<Housekeeper>());
         services.AddSmtpIngest(builder.Configuration);
+
+        // The operator's console: last, so that it starts once everything it shows is running.
+        services.AddOptions<Web.ConsoleOptions>().Bind(builder.Configuration.GetSection(Web.ConsoleOptions.Section));
+        services.AddSingleton<Web.ConsoleAuth>();
+        services.AddSingleton<Web.ConsoleServer>();
+        services.AddHostedService(sp => sp.GetRequiredService<Web.ConsoleServer>());
         return builder;
     }
 

@@ -31,6 +31,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     private readonly Security.MqttGuard _guard;
     private readonly TimeProvider _clock;
     private readonly Devices.DeviceRegistry _devices;
+    private readonly Devices.DevicePresence _presence;
     private readonly Security.SecretVerifier _secrets;
     private readonly Operations.GatewayMetrics _metrics;
     private MqttServer? _server;
@@ -44,9 +45,11 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     /// <param name="metrics">Throttled publishes are counted there.</param>
     /// <param name="devices">Who may connect; a device disabled or given a new secret is disconnected at once.</param>
     /// <param name="secrets">Checks presented secrets against their hashes.</param>
+    /// <param name="presence">Records connects and disconnects.</param>
     public EmbeddedBroker(IOptions<GatewayOptions> options, AlertIngest ingest, ILogger<EmbeddedBroker> logger, Security.MqttGuard guard, TimeProvider clock,
-        Operations.GatewayMetrics metrics, Devices.DeviceRegistry devices, Security.SecretVerifier secrets)
+        Operations.GatewayMetrics metrics, Devices.DeviceRegistry devices, Security.SecretVerifier secrets, Devices.DevicePresence presence)
     {
+        _presence = presence;
         _devices = devices;
         _secrets = secrets;
         _devices.Changed += OnDeviceChanged;
@@ -89,6 +92,16 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         _server.InterceptingSubscriptionAsync += InterceptSubscriptionAsync;
         _server.InterceptingUnsubscriptionAsync += InterceptUnsubscriptionAsync;
         _server.InterceptingPublishAsync += InterceptPublishAsync;
+        _server.ClientConnectedAsync += e =>
+        {
+            _presence.ConnectionOpened(e.ClientId);
+            return Task.CompletedTask;
+        };
+        _server.ClientDisconnectedAsync += e =>
+        {
+            _presence.ConnectionClosed(e.ClientId);
+            return Task.CompletedTask;
+        };
         await _server.StartAsync().ConfigureAwait(false);
         Endpoint = plain;
         if (_guard.Certificate is { } certificate)

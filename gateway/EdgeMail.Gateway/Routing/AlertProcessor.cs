@@ -223,7 +223,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
         if (route.Recipients.Count == 0)
         {
             LogUnrouted(stored.Device, alert.Id, alert.Code);
-            return new RoutingCommit(stored.RowId, AlertStatus.Unrouted, null, null, null, null);
+            return new RoutingCommit(stored.RowId, AlertStatus.Unrouted, null, null, null, null, Route: route.Explanation);
         }
 
         var key = (stored.Device, alert.Code);
@@ -242,7 +242,8 @@ public sealed partial class AlertProcessor : SupervisedLoop
             }
 
             storms[key] = storm;
-            return new RoutingCommit(stored.RowId, AlertStatus.Held, holdUntil, null, null, null);
+            return new RoutingCommit(stored.RowId, AlertStatus.Held, holdUntil, null, null, null,
+                Route: $"{route.Explanation} (held by storm control until {holdUntil:u})");
         }
 
         var mail = new AlertMail(Device(stored.Device), alert, stored.ReceivedAt, stored.Peer, stored.RowId, route.Recipients, route.Template,
@@ -254,7 +255,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
             ? new StormState(stored.ReceivedAt, "<" + message.MessageId + ">")
             : new StormState(DateTimeOffset.UnixEpoch, storm?.LastRaisedMessageId);
         storms[key] = next;
-        return new RoutingCommit(stored.RowId, AlertStatus.Routed, null, queued, key, next);
+        return new RoutingCommit(stored.RowId, AlertStatus.Routed, null, queued, key, next, Route: route.Explanation);
     }
 
     /// <summary>Sends the digests whose window has closed; a digest that cannot be composed is parked with its repeats.</summary>

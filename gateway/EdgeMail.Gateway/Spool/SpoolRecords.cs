@@ -62,8 +62,9 @@ public static class MessageStatus
 /// <param name="RejectReason">Why it is rejected; null for a valid alert.</param>
 /// <param name="Code">The alert code, when valid.</param>
 /// <param name="Via">The protocol it came with (<see cref="IngestProtocols"/>), for the Received trace.</param>
+/// <param name="Severity">The alert's severity, when valid (the console filters on it).</param>
 public sealed record IncomingAlert(string Device, string AlertId, DateTimeOffset ReceivedAt, string? Peer, ReadOnlyMemory<byte> Payload, string? RejectReason, string? Code,
-    string Via = IngestProtocols.Mqtt);
+    string Via = IngestProtocols.Mqtt, string? Severity = null);
 
 /// <summary>What the spool did with an incoming alert.</summary>
 public enum AcceptOutcome
@@ -121,8 +122,9 @@ public sealed record NewMessage(string Kind, string? Device, string? AlertId, st
 /// <param name="StormKey">(device, code) whose storm state changes, if any.</param>
 /// <param name="Storm">The new storm state.</param>
 /// <param name="Reason">Why it is parked (<see cref="AlertStatus.Parked"/>).</param>
+/// <param name="Route">Which routes matched and whom they named, for the alert's journey.</param>
 public sealed record RoutingCommit(long AlertRowId, string Status, DateTimeOffset? HoldUntil, NewMessage? Message, (string Device, string Code)? StormKey, StormState? Storm,
-    string? Reason = null);
+    string? Reason = null, string? Route = null);
 
 /// <summary>An alert the spool parked instead of committing its routing decision (a Message-ID already taken).</summary>
 /// <param name="AlertRowId">The alert.</param>
@@ -223,7 +225,7 @@ public sealed record SpoolCounts(IReadOnlyDictionary<string, long> Alerts, IRead
 /// The durable spool. Every method that changes state returns only after the change is committed
 /// (fsync'd when configured). Implementations: SQLite (<see cref="SqliteSpool"/>); PostgreSQL later.
 /// </summary>
-public interface ISpool : IAsyncDisposable
+public partial interface ISpool : IAsyncDisposable
 {
     /// <summary>Raised (on the writer's thread, after commit) when new alerts are stored.</summary>
     event Action? AlertsStored;
