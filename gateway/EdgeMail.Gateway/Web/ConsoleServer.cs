@@ -215,16 +215,18 @@ public sealed partial class ConsoleServer : IHostedService, IAsyncDisposable
         services.AddOpenTelemetry().WithMetrics(metrics => metrics.AddMeter(GatewayMetrics.MeterName).AddPrometheusExporter());
     }
 
-    // API calls and page loads get a status code (the UI's script sends the browser to /login itself).
+    // A page opened without a session goes to the login page; everything else (the API, /metrics, assets) gets the
+    // status code, so scripts and scrapers see 401 rather than a login form.
     private static Task Refuse(RedirectContext<CookieAuthenticationOptions> ctx, int status)
     {
-        if (ctx.Request.Path.StartsWithSegments("/api", StringComparison.Ordinal) || ctx.Request.Method != HttpMethods.Get)
+        string path = ctx.Request.Path.Value ?? "/";
+        if (HttpMethods.IsGet(ctx.Request.Method) && (path == "/" || ConsoleEndpoints.Pages.Contains(path.TrimStart('/'))))
         {
-            ctx.Response.StatusCode = status;
+            ctx.Response.Redirect("/login");
             return Task.CompletedTask;
         }
 
-        ctx.Response.Redirect("/login");
+        ctx.Response.StatusCode = status;
         return Task.CompletedTask;
     }
 

@@ -111,7 +111,7 @@ public static class DashboardApi
         try
         {
             string last = string.Empty;
-            long lastAlert = -1;
+            long lastAlert = (await c.Spool.QueryAlertsAsync(new AlertQuery(Limit: 1), ct).ConfigureAwait(false)).FirstOrDefault()?.RowId ?? 0;
             int idleSeconds = 0;
             while (!ct.IsCancellationRequested)
             {
@@ -125,13 +125,9 @@ public static class DashboardApi
                 }
 
                 var newest = await c.Spool.QueryAlertsAsync(new AlertQuery(Limit: 1), ct).ConfigureAwait(false);
-                if (newest.Count > 0 && newest[0].RowId != lastAlert)
+                if (newest.Count > 0 && newest[0].RowId > lastAlert)
                 {
-                    if (lastAlert >= 0)
-                    {
-                        await SendAsync(http, "alert", JsonSerializer.Serialize(newest[0], JsonOptions), ct).ConfigureAwait(false);
-                    }
-
+                    await SendAsync(http, "alert", JsonSerializer.Serialize(newest[0], JsonOptions), ct).ConfigureAwait(false);
                     lastAlert = newest[0].RowId;
                 }
 

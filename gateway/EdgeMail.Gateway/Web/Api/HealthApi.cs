@@ -23,10 +23,15 @@ public static class HealthApi
             .WithSummary("200 while the pipeline turns (the spool's writer and every loop answered within 35 s), else 503");
         app.MapGet("/readyz", (PipelineProbe probe) => Report(probe.Readiness())).AllowAnonymous()
             .WithSummary("200 when alive, listeners bound, disk above its floor and the relay not failing, else 503 with what is not");
+        // The exporter's endpoint carries no authorization metadata of its own (the fallback policy does not reach it): say it.
         var metrics = app.MapPrometheusScrapingEndpoint("/metrics");
         if (app.Services.GetRequiredService<IOptions<ConsoleOptions>>().Value.MetricsAnonymous)
         {
             metrics.AllowAnonymous();
+        }
+        else
+        {
+            metrics.RequireAuthorization();
         }
     }
 
