@@ -64,6 +64,9 @@ public sealed partial class SilenceWatch : SupervisedLoop
     /// <summary>Raised after each check (tests).</summary>
     public event Action? Checked;
 
+    /// <summary>Checks now instead of at the next interval (tests that move a fake clock).</summary>
+    public void Wake() => _wake.Set();
+
     /// <summary>How many devices are silent now.</summary>
     public int SilentCount => _silentCount;
 
