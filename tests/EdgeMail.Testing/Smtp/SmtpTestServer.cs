@@ -40,7 +40,9 @@ public sealed class SmtpTestServerOptions
 /// (<see cref="Recipients"/>), or to the end of a message (<see cref="OnData"/>) — a 4xx, a 5xx, or
 /// <see cref="SmtpReply.Drop"/>, the connection closed with no answer (after DATA, the client cannot know whether
 /// the message was taken). An exception thrown by a script is answered with 451 and thrown again at dispose, so a
-/// failed assertion inside a script fails the test.
+/// failed assertion inside a script fails the test. (The firmware's byte-for-byte and allocation tests of its SMTP
+/// client use EdgeMail.Simulation's <c>InMemorySmtpServer</c> instead: a synchronous peer behind the device's
+/// transport interface, no socket, nothing allocated — the same peer the emulator's <c>bench</c> measures over.)
 /// </summary>
 public sealed class SmtpTestServer : IAsyncDisposable
 {
@@ -72,7 +74,7 @@ public sealed class SmtpTestServer : IAsyncDisposable
     /// <summary>Connections accepted so far.</summary>
     public int Connections => Volatile.Read(ref _connections);
 
-    /// <summary>Every command read, in order.</summary>
+    /// <summary>Every command that passed SmtpServer's sequence check (one out of order is refused with a 501 and not listed), in order.</summary>
     public IReadOnlyList<SmtpCommandSeen> Commands => [.. _commands];
 
     /// <summary>Every AUTH exchange that reached the password check, in order.</summary>
@@ -89,7 +91,8 @@ public sealed class SmtpTestServer : IAsyncDisposable
 
     /// <summary>
     /// A reply to any command instead of the server's own: a refusal (4xx, 5xx) or <see cref="SmtpReply.Drop"/>.
-    /// Null, or a 2xx, lets the command through to the server. Asked before <see cref="Recipients"/>.
+    /// Null, or a 2xx, lets the command through to the server. Asked before <see cref="Recipients"/>. SmtpServer
+    /// adds ", N retry(ies) remaining." to a refusal's text and ends the session after five refusals in a row.
     /// </summary>
     public Func<SmtpCommandSeen, SmtpReply?>? OnCommand { get; set; }
 
