@@ -43,7 +43,7 @@ public static class GatewayHost
 
         builder.Configuration.AddEnvironmentVariables("EDGEMAIL_");
         builder.Configuration.AddCommandLine(WithoutConfigFile(args));
-        string? demo = DemoSetup.Apply(builder.Configuration);
+        string? demo = configFile is null ? DemoSetup.Apply(builder.Configuration) : null;
         _ = insertAt;
 
         var services = builder.Services;
@@ -72,6 +72,7 @@ public static class GatewayHost
         });
         services.AddSingleton<IMailTransport>(sp => Transports.Create(sp.GetRequiredService<IOptions<GatewayOptions>>().Value, sp));
         services.AddSingleton<ReceiptPublisher>();
+        services.AddSingleton<RelayHealth>();
         services.AddSingleton<OperatorNotices>();
         services.AddSingleton<ParkingLot>();
         services.AddSingleton<FreeSpaceProbe>(DiskGuard.SystemProbe);
@@ -79,34 +80,32 @@ public static class GatewayHost
         services.AddSingleton<Housekeeper>();
         services.AddSingleton<IngestPressure>();
         services.AddSingleton<AlertIngest>();
-        services.AddSingleton<EmbeddedBroker>();
-        services.AddSingleton<ExternalBrokerClient>();
         services.AddSingleton<AlertProcessor>();
         services.AddSingleton<DeliveryWorker>();
         services.AddHostedService<StartupBanner>();
+        services.AddSingleton<Devices.DeviceRegistry>();
+        services.AddSingleton<Devices.DevicePresence>();
+        services.AddSingleton<Security.SecretVerifier>();
+        services.AddHostedService(sp => sp.GetRequiredService<Devices.DeviceRegistry>()); // before anything that takes devices
 
-        // MQTT ingest: the embedded broker, or a client of the site's broker (Mqtt:Mode = external). Receipts go out
-        // the same way alerts came in. An unknown mode is refused at start by the options validator.
-        if (string.Equals(builder.Configuration["Mqtt:Mode"], MqttModes.External, StringComparison.OrdinalIgnoreCase))
-        {
-            services.AddSingleton(sp => new Lazy<IReceiptSink>(() => sp.GetRequiredService<ExternalBrokerClient>()));
-            services.AddHostedService(sp => sp.GetRequiredService<ExternalBrokerClient>());
-        }
-        else
-        {
-            services.AddSingleton(sp => new Lazy<IReceiptSink>(() => sp.GetRequiredService<EmbeddedBroker>()));
-            services.AddHostedService(sp => sp.GetRequiredService<EmbeddedBroker>());
-        }
+        // MQTT ingest: the embedded broker (with its guard), or a client of the site's broker (Mqtt:Mode = external).
+        services.AddMqttIngest(builder.Configuration);
 
         services.AddHostedService(sp => sp.GetRequiredService<AlertProcessor>());
         services.AddHostedService(sp => sp.GetRequiredService<DeliveryWorker>());
         services.AddHostedService(sp => sp.GetRequiredService<Housekeeper>());
         services.AddSmtpIngest(builder.Configuration);
+
+        // The operator's console: last, so that it starts once everything it shows is running.
+        services.AddOptions<Web.ConsoleOptions>().Bind(builder.Configuration.GetSection(Web.ConsoleOptions.Section));
+        services.AddSingleton<Web.ConsoleAuth>();
+        services.AddSingleton<Web.ConsoleServer>();
+        services.AddHostedService(sp => sp.GetRequiredService<Web.ConsoleServer>());
         return builder;
     }
 
-    // The command-line configuration source would read "--config FILE" as a key and, worse, take the file's path
-    // (which starts with '/', a switch prefix to it) for a key whose value is the next argument.
+    // "--config FILE" goes, value and all: left alone, an absolute FILE ("/etc/...") reads as a "/key" switch to the
+    // command-line provider, which then takes the next argument as its value and loses that override.
     private static string[] WithoutConfigFile(string[] args)
     {
         var rest = new List<string>(args.Length);

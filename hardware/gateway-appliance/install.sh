@@ -13,6 +13,8 @@ usage() {
 usage: install.sh [options]
   --mqtt-bind ADDRESS     address the embedded MQTT broker listens on in a NEW configuration
                           (default 127.0.0.1: this machine only; 0.0.0.0: every interface; or the LAN address)
+  --mqtt-plain            also listen for plain-text MQTT on 1883 in a NEW configuration, for devices that
+                          cannot do TLS (default: MQTT over TLS on 8883 only; the secret travels in clear on 1883)
   --rid RID               runtime identifier to publish for (default: this machine's, linux-x64 or linux-arm64)
   --framework-dependent   publish without the .NET runtime (needs the .NET 10 runtime on this machine);
                           default: self-contained, nothing else to install
@@ -32,6 +34,7 @@ repo=$(cd "$here/../.." && pwd)
 unit_name=edgemail-gateway.service
 
 mqtt_bind=127.0.0.1
+mqtt_plain=false
 rid=
 self_contained=true
 from=
@@ -41,6 +44,7 @@ root=
 while [ $# -gt 0 ]; do
   case "$1" in
     --mqtt-bind) mqtt_bind=${2:?--mqtt-bind needs an address}; shift 2 ;;
+    --mqtt-plain) mqtt_plain=true; shift ;;
     --rid) rid=${2:?--rid needs a runtime identifier}; shift 2 ;;
     --framework-dependent) self_contained=false; shift ;;
     --from) from=${2:?--from needs a directory}; shift 2 ;;
@@ -148,9 +152,12 @@ new_config=false
 if [ -f "$config" ]; then
   echo "install.sh: keeping the existing $config"
   [ "$mqtt_bind" = 127.0.0.1 ] || echo "install.sh: --mqtt-bind applies to a new configuration only: set Mqtt:BindAddress in $config yourself"
+  [ "$mqtt_plain" = false ] || echo "install.sh: --mqtt-plain applies to a new configuration only: set Mqtt:PlainEnabled in $config yourself"
 else
-  sed "s/\"BindAddress\": \"127\.0\.0\.1\"/\"BindAddress\": \"$mqtt_bind\"/" "$here/edgemail.json" > "$config.tmp"
+  sed -e "s/\"BindAddress\": \"127\.0\.0\.1\"/\"BindAddress\": \"$mqtt_bind\"/" \
+      -e "s/\"PlainEnabled\": false/\"PlainEnabled\": $mqtt_plain/" "$here/edgemail.json" > "$config.tmp"
   grep -q "\"BindAddress\": \"$mqtt_bind\"" "$config.tmp" || die "could not set Mqtt:BindAddress in the template"
+  grep -q "\"PlainEnabled\": $mqtt_plain" "$config.tmp" || die "could not set Mqtt:PlainEnabled in the template"
   chmod 0640 "$config.tmp"
   owner root:edgemail "$config.tmp"
   mv "$config.tmp" "$config"
@@ -171,7 +178,7 @@ fi
 cat <<NEXT
 
 EdgeMail gateway installed in $prefix (previous version, if any: $prefix.old).
-Configuration: $config$([ "$new_config" = true ] && echo " (new; MQTT broker on $mqtt_bind:1883)")
+Configuration: $config$([ "$new_config" = true ] && echo " (new; MQTT over TLS on $mqtt_bind:8883$([ "$mqtt_plain" = true ] && echo ", plain MQTT on $mqtt_bind:1883"))")
 
 Next steps:
   1. Add your devices to Devices in $config, replacing example-sensor. For each secret:
@@ -182,5 +189,7 @@ Next steps:
   3. Start it now and at every boot:
        systemctl enable --now edgemail-gateway
      and watch it: journalctl -u edgemail-gateway -f   (an invalid configuration is reported there, key by key)
-  4. Open the MQTT port (1883, or 8883 with MqttGuard:TlsEnabled) to the device network only.
+  4. Open the MQTT port to the device network only: 8883 (MQTT over TLS; and 1883 if Mqtt:PlainEnabled).
+     Devices pin the gateway's certificate: its SHA-256 is in the journal after the first start,
+       journalctl -u edgemail-gateway | grep 'MQTT over TLS'
 NEXT

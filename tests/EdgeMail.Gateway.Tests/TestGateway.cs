@@ -55,6 +55,7 @@ public sealed class TestGateway : IAsyncDisposable
             ["Devices"] = Enumerable.Range(1, devices).ToDictionary(i => $"dev-{i}", i => (object)new { Secret = hash, Name = $"Device {i}", Site = "Hall 3", Owners = new[] { "alice" } }),
             ["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "info", To = new[] { "owners" } } },
             ["Storm"] = new { Window = "00:00:00" },
+            ["Console"] = new { Port = 0 },
             ["Logging"] = new { LogLevel = new { Default = "Warning" } },
         };
         tweak?.Invoke(config);
@@ -112,6 +113,18 @@ public sealed class TestGateway : IAsyncDisposable
             .WithProtocolVersion(version)
             .WithTimeout(TimeSpan.FromSeconds(10))
             .Build();
+
+    /// <summary>The console's address.</summary>
+    public Uri ConsoleAddress => Host.Services.GetRequiredService<EdgeMail.Gateway.Web.ConsoleServer>().Address!;
+
+    /// <summary>An HTTP client for the console's API, authenticated with a new API key.</summary>
+    public async Task<HttpClient> ApiAsync()
+    {
+        var (_, key) = await Host.Services.GetRequiredService<EdgeMail.Gateway.Web.ConsoleAuth>().CreateApiKeyAsync("tests", default);
+        var client = new HttpClient { BaseAddress = ConsoleAddress };
+        client.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", key);
+        return client;
+    }
 
     /// <summary>Waits until the mailbox holds at least <paramref name="count"/> files.</summary>
     public Task<string[]> MailAsync(int count, TimeSpan? timeout = null) => Mailbox.WaitForAsync(MailboxNew, count, timeout);

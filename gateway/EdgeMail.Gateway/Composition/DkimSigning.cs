@@ -1,3 +1,4 @@
+using System.Text;
 using MimeKit;
 using MimeKit.Cryptography;
 
@@ -19,7 +20,10 @@ public sealed class DkimOptions
     public bool Enabled => KeyFile.Length > 0;
 }
 
-/// <summary>Signs composed mail with DKIM (RSA-SHA256, relaxed/relaxed) as the last step of composition.</summary>
+/// <summary>
+/// Signs the gateway's mail with DKIM (RSA-SHA256, relaxed/relaxed): composed mail as the last step of composition,
+/// and mail relayed for devices on its final wire bytes (<see cref="SignWire"/>).
+/// </summary>
 public sealed class DkimSigning
 {
     private static readonly HeaderId[] SignedHeaders =
@@ -27,6 +31,16 @@ public sealed class DkimSigning
         HeaderId.From, HeaderId.To, HeaderId.Subject, HeaderId.Date, HeaderId.MessageId, HeaderId.InReplyTo, HeaderId.References,
         HeaderId.AutoSubmitted, HeaderId.MimeVersion, HeaderId.ContentType,
     ];
+
+    // Relayed device mail: the gateway's From and the device's Reply-To, the addressing and identity of the message,
+    // its MIME structure, and the trace of which device sent it. Received is left out: it grows on the way.
+    private static readonly string[] RelayedHeaders =
+    [
+        "From", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To", "References", "MIME-Version",
+        "Content-Type", "Content-Transfer-Encoding", "X-EdgeMail-Device", "X-EdgeMail-Original-From",
+    ];
+
+    private static readonly FormatOptions WireFormat = CreateWireFormat();
 
     private readonly DkimSigner _signer;
 
@@ -77,5 +91,54 @@ public sealed class DkimSigning
     {
         ArgumentNullException.ThrowIfNull(message);
         _signer.Sign(message, SignedHeaders);
+    }
+
+    /// <summary>
+    /// Signs mail whose bytes are final — mail relayed for a device, whose body must reach the recipient byte for
+    /// byte — and puts the DKIM-Signature header on top of the unchanged bytes. The header block is read as it is
+    /// (raw values), and the body is handed to the signer as one opaque part holding exactly the bytes after the
+    /// blank line: parsed as MIME and written back, a malformed structure (a part whose headers start with white
+    /// space, a missing end boundary) would come out different from what was sent and the signature would not match.
+    /// </summary>
+    /// <param name="wire">The message: a header block, a blank line, the body; CRLF line endings.</param>
+    /// <returns>The DKIM-Signature header line(s) followed by <paramref name="wire"/>.</returns>
+    public byte[] SignWire(byte[] wire)
+    {
+        ArgumentNullException.ThrowIfNull(wire);
+        int blank = wire.AsSpan().IndexOf("\r\n\r\n"u8);
+        int headerEnd = blank < 0 ? wire.Length : blank + 2;
+        int bodyStart = blank < 0 ? wire.Length : blank + 4;
+        HeaderList headers;
+        using (var block = new MemoryStream(wire, 0, headerEnd, writable: false))
+        {
+            headers = HeaderList.Load(ParserOptions.Default, block);
+        }
+
+        using var message = new MimeMessage();
+        message.Headers.Clear();
+        var body = new MimePart();
+        body.Headers.Clear();
+        foreach (var field in headers)
+        {
+            (field.Field.StartsWith("Content-", StringComparison.OrdinalIgnoreCase) ? body.Headers : message.Headers).Add(field);
+        }
+
+        // Content in the part's own transfer encoding is written out as it is, not transcoded.
+        body.Content = new MimeContent(new MemoryStream(wire, bodyStart, wire.Length - bodyStart, writable: false), body.ContentTransferEncoding);
+        message.Body = body;
+        _signer.Sign(WireFormat, message, RelayedHeaders);
+        var signature = message.Headers[message.Headers.IndexOf(HeaderId.DkimSignature)];
+        // The folded value as MimeKit wrote it (its own new lines), on CRLF and ending in exactly one.
+        string folded = Encoding.ASCII.GetString(signature.RawValue).TrimEnd('\r', '\n').ReplaceLineEndings("\r\n");
+        byte[] header = Encoding.ASCII.GetBytes(signature.Field + ":" + folded + "\r\n");
+        return [.. header, .. wire];
+    }
+
+    private static FormatOptions CreateWireFormat()
+    {
+        var options = FormatOptions.Default.Clone();
+        options.NewLineFormat = NewLineFormat.Dos;
+        options.International = false;
+        return options;
     }
 }

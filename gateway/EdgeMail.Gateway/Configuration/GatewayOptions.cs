@@ -96,6 +96,12 @@ public sealed class DeviceOptions
 
     /// <summary>User or group ids that own the device; the route recipient <c>owners</c> expands to them.</summary>
     public List<string> Owners { get; set; } = [];
+
+    /// <summary>
+    /// How long the device may send neither a heartbeat nor an alert before the gateway raises <c>DEVICE_SILENT</c>
+    /// for it; empty for the default (three heartbeat intervals as observed, else <c>Silence:DefaultAfter</c>).
+    /// </summary>
+    public TimeSpan? SilentAfter { get; set; }
 }
 
 /// <summary>One routing rule: which alerts, to whom, with which template.</summary>

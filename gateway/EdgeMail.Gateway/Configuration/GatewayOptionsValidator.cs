@@ -165,12 +165,60 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
             Add("Storm:Window", "is negative", "use e.g. 00:10:00, or 00:00:00 to disable storm control");
         }
 
+        if (o.Storm.DigestMaxRepeats is < 2 or > 1000)
+        {
+            Add("Storm:DigestMaxRepeats", $"{o.Storm.DigestMaxRepeats} is outside 2..1000", "use e.g. 100; the rest of a storm is counted, not listed");
+        }
+
+        if (o.Spool.Retention < TimeSpan.FromHours(1))
+        {
+            Add("Spool:Retention", $"{o.Spool.Retention} is shorter than an hour", "use e.g. 30.00:00:00 (30 days); finished mail and alerts are removed after it");
+        }
+
+        if (o.Spool.HousekeepingInterval < TimeSpan.FromMinutes(1))
+        {
+            Add("Spool:HousekeepingInterval", $"{o.Spool.HousekeepingInterval} is shorter than a minute", "use e.g. 01:00:00");
+        }
+
+        if (o.Spool.MinFreeMegabytes < 0)
+        {
+            Add("Spool:MinFreeMegabytes", "is negative", "use e.g. 64, or 0 to turn the disk guard off");
+        }
+
+        if (o.Sender.OperatorNoticeInterval < TimeSpan.Zero)
+        {
+            Add("Sender:OperatorNoticeInterval", "is negative", "use e.g. 00:15:00");
+        }
+
         if (o.Sender.Operator.Length > 0 && !o.Users.ContainsKey(o.Sender.Operator) && !IsAddress(o.Sender.Operator))
         {
             Add("Sender:Operator", $"'{o.Sender.Operator}' is neither a user nor a mail address", "name a user id or give an address");
         }
 
         return errors;
+    }
+
+    private static void ValidateEmbeddedListeners(MqttIngestOptions mqtt, Action<string, string, string> add)
+    {
+        if (!mqtt.PlainEnabled && !mqtt.TlsEnabled)
+        {
+            add("Mqtt:PlainEnabled", "is false and so is Mqtt:TlsEnabled (or MqttGuard:TlsEnabled): the embedded broker would listen on nothing and no device could connect",
+                "set Mqtt:TlsEnabled to true (MQTT over TLS on Mqtt:TlsPort, 8883), or Mqtt:PlainEnabled to true (plain MQTT on Mqtt:Port, 1883, for a trusted device network only)");
+        }
+
+        if (!mqtt.TlsEnabled)
+        {
+            return;
+        }
+
+        if (mqtt.TlsPort is < 0 or > 65535)
+        {
+            add("Mqtt:TlsPort", $"{mqtt.TlsPort} is not a TCP port", "use 8883, or 0 to let the OS choose");
+        }
+        else if (mqtt.PlainEnabled && mqtt.TlsPort != 0 && mqtt.TlsPort == mqtt.Port)
+        {
+            add("Mqtt:TlsPort", $"{mqtt.TlsPort} is also Mqtt:Port, the plain listener's port", "use 8883 for TLS and 1883 for plain MQTT, or set Mqtt:PlainEnabled to false");
+        }
     }
 
     private static void ValidateMqttMode(MqttIngestOptions mqtt, Action<string, string, string> add)
@@ -183,6 +231,7 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
 
         if (!mqtt.IsExternal())
         {
+            ValidateEmbeddedListeners(mqtt, add);
             return;
         }
 
@@ -364,6 +413,11 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         if (relay.Concurrency < 1)
         {
             add("Relay:Concurrency", $"{relay.Concurrency} is below 1", "use e.g. 4");
+        }
+
+        if (relay.MailboxMaxMegabytes < 0)
+        {
+            add("Relay:MailboxMaxMegabytes", "is negative", "use e.g. 1024, or 0 for no size limit");
         }
 
         if (relay.AuthMechanism.Length > 0 && !relay.AuthMechanism.Equals("PLAIN", StringComparison.OrdinalIgnoreCase)

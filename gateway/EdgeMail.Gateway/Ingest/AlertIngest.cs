@@ -18,6 +18,7 @@ public sealed partial class AlertIngest
     private readonly TimeProvider _clock;
     private readonly IngestPressure _pressure;
     private readonly DiskGuard _disk;
+    private readonly Devices.DevicePresence _presence;
     private readonly ILogger<AlertIngest> _logger;
 
     /// <summary>Creates the ingest step.</summary>
@@ -27,8 +28,11 @@ public sealed partial class AlertIngest
     /// <param name="pressure">Counts accepted alerts, so background work can yield to a burst.</param>
     /// <param name="disk">Refuses new alerts while the disk is low.</param>
     /// <param name="logger">Logger.</param>
-    public AlertIngest(ISpool spool, ReceiptPublisher receipts, TimeProvider clock, IngestPressure pressure, DiskGuard disk, ILogger<AlertIngest> logger)
+    /// <param name="presence">Records that the device was heard from.</param>
+    public AlertIngest(ISpool spool, ReceiptPublisher receipts, TimeProvider clock, IngestPressure pressure, DiskGuard disk, ILogger<AlertIngest> logger,
+        Devices.DevicePresence presence)
     {
+        _presence = presence;
         _disk = disk;
         _spool = spool;
         _receipts = receipts;
@@ -47,10 +51,12 @@ public sealed partial class AlertIngest
     /// <exception cref="SpoolFullException">The disk is low: nothing was stored, refuse with back-pressure.</exception>
     public async Task<AcceptOutcome> IngestAlertAsync(string deviceId, string? peer, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken, string via = IngestProtocols.Mqtt)
     {
+        _presence.Seen(deviceId);
         _disk.ThrowIfLow();
         var parsed = AlertParser.Parse(payload.Span);
         string alertId = parsed.Id ?? "rejected-" + Convert.ToHexStringLower(SHA256.HashData(payload.Span).AsSpan(0, 16));
-        var incoming = new IncomingAlert(deviceId, alertId, _clock.GetUtcNow(), peer, payload, parsed.Reason, parsed.Alert?.Code, via);
+        var incoming = new IncomingAlert(deviceId, alertId, _clock.GetUtcNow(), peer, payload, parsed.Reason, parsed.Alert?.Code, via,
+            parsed.Alert is { } a ? Severities.Name(a.Severity) : null);
         var outcome = await _spool.AcceptAlertAsync(incoming, cancellationToken).ConfigureAwait(false);
         _pressure.Accepted();
         if (parsed.IsValid)
@@ -71,8 +77,11 @@ public sealed partial class AlertIngest
     /// <param name="payload">Status JSON.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>A task completing after commit.</returns>
-    public Task IngestStatusAsync(string deviceId, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken) =>
-        _spool.RecordStatusAsync(deviceId, _clock.GetUtcNow(), payload.Length > AlertParser.MaxPayloadBytes ? payload[..AlertParser.MaxPayloadBytes] : payload, cancellationToken);
+    public Task IngestStatusAsync(string deviceId, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken)
+    {
+        _presence.Seen(deviceId);
+        return _spool.RecordStatusAsync(deviceId, _clock.GetUtcNow(), payload.Length > AlertParser.MaxPayloadBytes ? payload[..AlertParser.MaxPayloadBytes] : payload, cancellationToken);
+    }
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Rejected alert {AlertId} from {Device}: {Reason}")]
     private partial void LogRejected(string device, string alertId, string reason);

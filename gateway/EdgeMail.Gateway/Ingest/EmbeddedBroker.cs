@@ -27,10 +27,12 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     private readonly GatewayOptions _options;
     private readonly AlertIngest _ingest;
     private readonly ILogger<EmbeddedBroker> _logger;
-    private readonly ConcurrentDictionary<string, byte[]> _verified = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, bool> _receiptSubscribers = new(StringComparer.Ordinal);
     private readonly Security.MqttGuard _guard;
     private readonly TimeProvider _clock;
+    private readonly Devices.DeviceRegistry _devices;
+    private readonly Devices.DevicePresence _presence;
+    private readonly Security.SecretVerifier _secrets;
     private readonly Operations.GatewayMetrics _metrics;
     private MqttServer? _server;
 
@@ -41,9 +43,16 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     /// <param name="guard">Connection limits and the TLS endpoint (<c>MqttGuard</c> section).</param>
     /// <param name="clock">Clock for publish-rate delays.</param>
     /// <param name="metrics">Throttled publishes are counted there.</param>
+    /// <param name="devices">Who may connect; a device disabled or given a new secret is disconnected at once.</param>
+    /// <param name="secrets">Checks presented secrets against their hashes.</param>
+    /// <param name="presence">Records connects and disconnects.</param>
     public EmbeddedBroker(IOptions<GatewayOptions> options, AlertIngest ingest, ILogger<EmbeddedBroker> logger, Security.MqttGuard guard, TimeProvider clock,
-        Operations.GatewayMetrics metrics)
+        Operations.GatewayMetrics metrics, Devices.DeviceRegistry devices, Security.SecretVerifier secrets, Devices.DevicePresence presence)
     {
+        _presence = presence;
+        _devices = devices;
+        _secrets = secrets;
+        _devices.Changed += OnDeviceChanged;
         _clock = clock;
         _metrics = metrics;
         _options = options.Value;
@@ -52,30 +61,59 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         _guard = guard;
     }
 
-    /// <summary>The endpoint the broker listens on, known once started (the real port when 0 was asked for).</summary>
+    /// <summary>The plain-text endpoint the broker listens on, known once started (the real port when 0 was asked for); null when <c>Mqtt:PlainEnabled</c> is false.</summary>
     public IPEndPoint? Endpoint { get; private set; }
+
+    /// <summary>The TLS endpoint, known once started; null unless <c>Mqtt:TlsEnabled</c>.</summary>
+    public IPEndPoint? TlsEndpoint => _guard.TlsEndpoint;
 
     /// <inheritdoc />
     public async Task StartAsync(CancellationToken cancellationToken)
     {
         var address = IPAddress.Parse(_options.Mqtt.BindAddress);
-        int port = _options.Mqtt.Port == 0 ? ReserveFreePort(address) : _options.Mqtt.Port;
         var factory = new MqttServerFactory();
-        var serverOptions = factory.CreateServerOptionsBuilder()
-            .WithDefaultEndpoint()
-            .WithDefaultEndpointBoundIPAddress(address)
-            .WithDefaultEndpointBoundIPV6Address(IPAddress.None)
-            .WithDefaultEndpointPort(port)
-            .WithPersistentSessions(true);
+        var serverOptions = factory.CreateServerOptionsBuilder().WithPersistentSessions(true);
+        IPEndPoint? plain = null;
+        if (_options.Mqtt.PlainEnabled)
+        {
+            plain = new IPEndPoint(address, _options.Mqtt.Port == 0 ? ReserveFreePort(address) : _options.Mqtt.Port);
+            serverOptions.WithDefaultEndpoint()
+                .WithDefaultEndpointBoundIPAddress(address)
+                .WithDefaultEndpointBoundIPV6Address(IPAddress.None)
+                .WithDefaultEndpointPort(plain.Port);
+        }
+        else
+        {
+            serverOptions.WithoutDefaultEndpoint(); // TLS only: nothing answers on the plain port
+        }
+
         _server = factory.CreateMqttServer(_guard.Configure(serverOptions, address).Build());
         _server.ValidatingConnectionAsync += ValidateConnectionAsync;
         _server.InterceptingSubscriptionAsync += InterceptSubscriptionAsync;
         _server.InterceptingUnsubscriptionAsync += InterceptUnsubscriptionAsync;
         _server.InterceptingPublishAsync += InterceptPublishAsync;
+        _server.ClientConnectedAsync += e =>
+        {
+            _presence.ConnectionOpened(e.ClientId);
+            return Task.CompletedTask;
+        };
+        _server.ClientDisconnectedAsync += e =>
+        {
+            _presence.ConnectionClosed(e.ClientId);
+            return Task.CompletedTask;
+        };
         await _server.StartAsync().ConfigureAwait(false);
-        Endpoint = new IPEndPoint(address, port);
-        LogListening(Endpoint, _options.Devices.Count);
+        Endpoint = plain;
+        if (_guard.Certificate is { } certificate)
+        {
+            LogTlsCertificate(_guard.CertificateGenerated ? "generated self-signed" : "loaded", certificate.Subject, certificate.GetCertHashString(HashAlgorithmName.SHA256), certificate.NotAfter);
+        }
+
+        LogListening(ListenerNames(plain, TlsEndpoint), _devices.EnabledCount);
     }
+
+    private static string ListenerNames(IPEndPoint? plain, IPEndPoint? tls) =>
+        string.Join(" and ", new[] { plain is null ? null : $"{plain} (plain)", tls is null ? null : $"{tls} (TLS)" }.Where(n => n is not null));
 
     /// <inheritdoc />
     public async Task StopAsync(CancellationToken cancellationToken)
@@ -113,7 +151,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
             e.ReasonString = busy;
             LogRefused(e.ClientId ?? string.Empty, e.RemoteEndPoint?.ToString() ?? "?", busy);
         }
-        else if (!_options.Devices.TryGetValue(user, out var device) || !CheckSecret(user, device.Secret, e.RawPassword ?? []))
+        else if (_devices.FindEnabled(user) is not { } device || !_secrets.Verify(user, device.SecretHash, e.RawPassword ?? []))
         {
             e.ReasonCode = MqttConnectReasonCode.BadUserNameOrPassword;
             e.ReasonString = "unknown device or wrong secret";
@@ -138,22 +176,55 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         return Task.CompletedTask;
     }
 
-    // PBKDF2 is deliberately slow; after one successful check the secret's SHA-256 is remembered so reconnects are cheap.
-    private bool CheckSecret(string device, string stored, ReadOnlySpan<byte> presented)
+    /// <summary>Raised after a device's sessions were ended because it was disabled or given a new secret (tests).</summary>
+    public event Action<string>? DeviceDisconnected;
+
+    // Only the changed device's connection ends; every other session goes on. A disabled device also loses its
+    // persistent session (queued receipts for it would never be read).
+    private void OnDeviceChanged(Devices.DeviceChange change)
     {
-        byte[] digest = SHA256.HashData(presented);
-        if (_verified.TryGetValue(device + "\n" + stored, out var known))
+        if (!change.CredentialsChanged || _server is not { IsStarted: true } server)
         {
-            return CryptographicOperations.FixedTimeEquals(known, digest);
+            return;
         }
 
-        if (!SecretHash.Verify(stored, presented))
-        {
-            return false;
-        }
+        _ = DisconnectAsync(server, change.Id);
+    }
 
-        _verified[device + "\n" + stored] = digest;
-        return true;
+    private async Task DisconnectAsync(MqttServer server, string deviceId)
+    {
+        try
+        {
+            foreach (var client in await server.GetClientsAsync().ConfigureAwait(false))
+            {
+                if (client.Id == deviceId)
+                {
+                    await client.DisconnectAsync().ConfigureAwait(false);
+                }
+            }
+
+            if (_devices.Find(deviceId) is { Disabled: true })
+            {
+                foreach (var session in await server.GetSessionsAsync().ConfigureAwait(false))
+                {
+                    if (session.Id == deviceId)
+                    {
+                        await session.DeleteAsync().ConfigureAwait(false);
+                    }
+                }
+
+                _receiptSubscribers.TryRemove(deviceId, out _);
+            }
+
+            LogDeviceDisconnected(deviceId);
+            DeviceDisconnected?.Invoke(deviceId);
+        }
+#pragma warning disable CA1031 // The change is committed; a session that could not be ended ends at its next CONNECT check.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            LogDisconnectFailed(ex, deviceId);
+        }
     }
 
     private Task InterceptSubscriptionAsync(InterceptingSubscriptionEventArgs e)
@@ -240,11 +311,20 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         return ((IPEndPoint)probe.LocalEndpoint).Port;
     }
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "MQTT broker listening on {Endpoint} for {Devices} device(s)")]
-    private partial void LogListening(IPEndPoint endpoint, int devices);
+    [LoggerMessage(Level = LogLevel.Information, Message = "MQTT broker listening on {Endpoints} for {Devices} device(s)")]
+    private partial void LogListening(string endpoints, int devices);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "MQTT over TLS with a {Origin} certificate {Subject}, SHA-256 {Fingerprint} (the value devices pin), valid until {NotAfter:yyyy-MM-dd}")]
+    private partial void LogTlsCertificate(string origin, string subject, string fingerprint, DateTime notAfter);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Refused MQTT connection of '{ClientId}' from {Peer}: {Reason}")]
     private partial void LogRefused(string clientId, string peer, string reason);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Device {Device} was disabled or given a new secret: its MQTT connection was ended")]
+    private partial void LogDeviceDisconnected(string device);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Could not end the MQTT session of device {Device}")]
+    private partial void LogDisconnectFailed(Exception ex, string device);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Device {Device} may not {Action} '{Topic}'; only its own edgemail/v1/{Device}/... topics")]
     private partial void LogTopicRefused(string device, string action, string topic);

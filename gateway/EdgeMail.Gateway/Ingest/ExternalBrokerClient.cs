@@ -26,6 +26,7 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
     private readonly GatewayOptions _options;
     private readonly AlertIngest _ingest;
     private readonly ISpool _spool;
+    private readonly Devices.DeviceRegistry _devices;
     private readonly ReceiptPublisher _receipts;
     private readonly TimeProvider _clock;
     private readonly ILogger<ExternalBrokerClient> _logger;
@@ -44,8 +45,11 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
     /// <param name="receipts">Receipts (the rejection of an unknown device's alert).</param>
     /// <param name="clock">Clock for backoff waits and receive times.</param>
     /// <param name="logger">Where the client reports what it does.</param>
-    public ExternalBrokerClient(IOptions<GatewayOptions> options, AlertIngest ingest, ISpool spool, ReceiptPublisher receipts, TimeProvider clock, ILogger<ExternalBrokerClient> logger)
+    /// <param name="devices">Which devices are known and enabled.</param>
+    public ExternalBrokerClient(IOptions<GatewayOptions> options, AlertIngest ingest, ISpool spool, ReceiptPublisher receipts, TimeProvider clock, ILogger<ExternalBrokerClient> logger,
+        Devices.DeviceRegistry devices)
     {
+        _devices = devices;
         ArgumentNullException.ThrowIfNull(options);
         _options = options.Value;
         _ingest = ingest;
@@ -111,7 +115,7 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
             return; // nothing of ours: acknowledged so the broker does not resend it forever
         }
 
-        if (!_options.Devices.ContainsKey(device))
+        if (_devices.FindEnabled(device) is null)
         {
             await RefuseUnknownAsync(device, kind, topic, payload, cancellationToken).ConfigureAwait(false);
             return;

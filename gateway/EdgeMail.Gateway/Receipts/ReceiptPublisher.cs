@@ -23,6 +23,15 @@ public static class ReceiptState
     public const string Rejected = "rejected";
 }
 
+/// <summary>A receipt the gateway gave, as an alert's journey shows it.</summary>
+/// <param name="Device">Device.</param>
+/// <param name="AlertId">Alert id.</param>
+/// <param name="State">Receipt state.</param>
+/// <param name="At">When.</param>
+/// <param name="Detail">Detail.</param>
+/// <param name="Published">False when the device held no receipt subscription, so it was not sent.</param>
+public sealed record SentReceipt(string Device, string AlertId, string State, DateTimeOffset At, string Detail, bool Published);
+
 /// <summary>Where receipts go (the embedded broker, or an external one).</summary>
 public interface IReceiptSink
 {
@@ -58,6 +67,8 @@ public sealed partial class ReceiptPublisher
         Channel.CreateBounded<(string, byte[], string)>(new BoundedChannelOptions(Capacity) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
 
     private readonly Lazy<IReceiptSink> _sink;
+    private readonly SentReceipt[] _recent = new SentReceipt[RecentCapacity];
+    private long _recentCount;
     private int _pumpStarted;
     private readonly TimeProvider _clock;
     private readonly ILogger<ReceiptPublisher> _logger;
@@ -104,7 +115,9 @@ public sealed partial class ReceiptPublisher
     /// <returns>A task completing once the receipt is queued (or dropped because nobody listens or the gateway stops).</returns>
     public ValueTask PublishAsync(string deviceId, string alertId, string state, string detail, CancellationToken cancellationToken = default)
     {
-        if (!_sink.Value.IsListening(deviceId))
+        bool listening = _sink.Value.IsListening(deviceId);
+        Remember(new SentReceipt(deviceId, alertId, state, _clock.GetUtcNow(), detail, listening));
+        if (!listening)
         {
             return ValueTask.CompletedTask;
         }
@@ -129,6 +142,38 @@ public sealed partial class ReceiptPublisher
             // Stopping: the alert's state is in the spool; the device asks again by resending or sees it next time.
         }
     }
+
+    /// <summary>Receipts most recently given for one alert (the last <see cref="RecentCapacity"/> receipts are remembered, in memory).</summary>
+    /// <param name="deviceId">Device.</param>
+    /// <param name="alertId">Alert id.</param>
+    /// <returns>Oldest first.</returns>
+    public IReadOnlyList<SentReceipt> RecentFor(string deviceId, string alertId)
+    {
+        var found = new List<SentReceipt>();
+        lock (_recent)
+        {
+            foreach (var r in _recent)
+            {
+                if (r is not null && r.Device == deviceId && r.AlertId == alertId)
+                {
+                    found.Add(r);
+                }
+            }
+        }
+
+        return found.OrderBy(r => r.At).ToList();
+    }
+
+    private void Remember(SentReceipt receipt)
+    {
+        lock (_recent)
+        {
+            _recent[_recentCount++ % RecentCapacity] = receipt;
+        }
+    }
+
+    /// <summary>How many receipts are remembered for alert journeys.</summary>
+    public const int RecentCapacity = 20_000;
 
     /// <summary>Stops taking receipts; those already queued are still handed to the broker.</summary>
     public void Complete() => _queue.Writer.TryComplete();

@@ -36,6 +36,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     private readonly ConcurrentDictionary<long, bool> _inFlight = new();
     private readonly ConcurrentDictionary<long, DateTimeOffset> _coolingDown = new();
     private readonly ParkingLot _parking;
+    private readonly RelayHealth _health;
     private readonly SemaphoreSlim _slots;
 
     /// <summary>Creates the worker.</summary>
@@ -49,10 +50,13 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     /// <param name="parking">Where mail that cannot be handled goes.</param>
     /// <param name="metrics">Loop restarts are counted there.</param>
     /// <param name="logger">Logger.</param>
+    /// <param name="health">Where each attempt's outcome is recorded for the console and health checks.</param>
     public DeliveryWorker(ISpool spool, IMailTransport transport, IOptions<GatewayOptions> options, MailComposer composer,
-        ReceiptPublisher receipts, TimeProvider clock, IngestPressure pressure, ParkingLot parking, GatewayMetrics metrics, ILogger<DeliveryWorker> logger)
+        ReceiptPublisher receipts, TimeProvider clock, IngestPressure pressure, ParkingLot parking, GatewayMetrics metrics, ILogger<DeliveryWorker> logger,
+        RelayHealth health)
         : base("delivery", clock, metrics, logger)
     {
+        _health = health;
         ArgumentNullException.ThrowIfNull(options);
         _parking = parking;
         _pressure = pressure;
@@ -247,6 +251,11 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         }
 
         await _spool.CommitDeliveryAsync(new DeliveryCommit(message.RowId, final, next, notice), cancellationToken).ConfigureAwait(false);
+        if (final.Count > 0)
+        {
+            bool sent = final.Any(r => r.Outcome == RecipientOutcome.Sent);
+            _health.Record(now, sent, sent ? null : final[^1].Reply);
+        }
 
         string reply = final.Count > 0 ? final[^1].Reply : string.Empty;
         if (failed.Count > 0)

@@ -26,16 +26,36 @@ public sealed class LocalMailbox : IMailTransport
     /// <summary>Where new mail lands.</summary>
     public string NewDirectory => Path.Combine(_root, "new");
 
-    /// <summary>The file name used for a Message-ID.</summary>
+    /// <summary>
+    /// The file name used for a Message-ID: the same id always gives the same name (a repeated attempt replaces its
+    /// file) and two ids never share one. Letters, digits, <c>.</c>, <c>-</c>, <c>_</c> and <c>@</c> stay (so the
+    /// gateway's own Message-IDs are their own file names); every other byte of the UTF-8, <c>%</c> included,
+    /// becomes <c>%XX</c>; a name that would pass the file system's 255-byte limit keeps its start and ends in a
+    /// hash of the whole id.
+    /// </summary>
     /// <param name="messageId">Message-ID without brackets.</param>
     /// <returns>A safe file name ending in <c>.eml</c>.</returns>
     public static string FileName(string messageId)
     {
         ArgumentNullException.ThrowIfNull(messageId);
         var sb = new StringBuilder(messageId.Length + 4);
-        foreach (char c in messageId)
+        foreach (byte b in Encoding.UTF8.GetBytes(messageId))
         {
-            sb.Append(char.IsAsciiLetterOrDigit(c) || c is '.' or '-' or '_' or '@' ? c : '_');
+            if (char.IsAsciiLetterOrDigit((char)b) || b is (byte)'.' or (byte)'-' or (byte)'_' or (byte)'@')
+            {
+                sb.Append((char)b);
+            }
+            else
+            {
+                sb.Append('%').Append(b.ToString("X2", System.Globalization.CultureInfo.InvariantCulture));
+            }
+        }
+
+        if (sb.Length is 0 or > 200 || sb[0] == '.')
+        {
+            string hash = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(Encoding.UTF8.GetBytes(messageId)));
+            sb.Length = Math.Min(sb.Length, 150);
+            sb.Insert(0, 'x').Append("%h").Append(hash);
         }
 
         return sb.Append(".eml").ToString();
@@ -96,10 +116,11 @@ public sealed class LocalMailbox : IMailTransport
                 break;
             }
 
+            long length = file.Length;
             try
             {
                 file.Delete();
-                total -= file.Length;
+                total -= length;
                 removed++;
             }
             catch (IOException)

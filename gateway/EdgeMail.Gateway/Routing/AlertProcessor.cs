@@ -25,6 +25,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
     private readonly TimeProvider _clock;
     private readonly IngestPressure _pressure;
     private readonly ParkingLot _parking;
+    private readonly Devices.DeviceRegistry _devices;
     private readonly ILogger<AlertProcessor> _logger;
     private readonly Signal _wake = new();
 
@@ -42,16 +43,18 @@ public sealed partial class AlertProcessor : SupervisedLoop
     /// <param name="pressure">Ingest rate; routing yields to a burst.</param>
     /// <param name="parking">Where alerts that cannot be handled go.</param>
     /// <param name="metrics">Loop restarts are counted there.</param>
+    /// <param name="devices">Device names, sites and owners.</param>
     /// <param name="logger">Logger.</param>
     public AlertProcessor(ISpool spool, IOptions<GatewayOptions> options, MailComposer composer, TimeProvider clock, IngestPressure pressure,
-        ParkingLot parking, GatewayMetrics metrics, ILogger<AlertProcessor> logger)
+        ParkingLot parking, GatewayMetrics metrics, Devices.DeviceRegistry devices, ILogger<AlertProcessor> logger)
         : base("routing", clock, metrics, logger)
     {
         ArgumentNullException.ThrowIfNull(options);
+        _devices = devices;
         _pressure = pressure;
         _spool = spool;
         _options = options.Value;
-        _router = new Router(_options);
+        _router = new Router(_options, devices);
         _composer = composer;
         _clock = clock;
         _parking = parking;
@@ -220,7 +223,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
         if (route.Recipients.Count == 0)
         {
             LogUnrouted(stored.Device, alert.Id, alert.Code);
-            return new RoutingCommit(stored.RowId, AlertStatus.Unrouted, null, null, null, null);
+            return new RoutingCommit(stored.RowId, AlertStatus.Unrouted, null, null, null, null, Route: route.Explanation);
         }
 
         var key = (stored.Device, alert.Code);
@@ -239,7 +242,8 @@ public sealed partial class AlertProcessor : SupervisedLoop
             }
 
             storms[key] = storm;
-            return new RoutingCommit(stored.RowId, AlertStatus.Held, holdUntil, null, null, null);
+            return new RoutingCommit(stored.RowId, AlertStatus.Held, holdUntil, null, null, null,
+                Route: $"{route.Explanation} (held by storm control until {holdUntil:u})");
         }
 
         var mail = new AlertMail(Device(stored.Device), alert, stored.ReceivedAt, stored.Peer, stored.RowId, route.Recipients, route.Template,
@@ -251,7 +255,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
             ? new StormState(stored.ReceivedAt, "<" + message.MessageId + ">")
             : new StormState(DateTimeOffset.UnixEpoch, storm?.LastRaisedMessageId);
         storms[key] = next;
-        return new RoutingCommit(stored.RowId, AlertStatus.Routed, null, queued, key, next);
+        return new RoutingCommit(stored.RowId, AlertStatus.Routed, null, queued, key, next, Route: route.Explanation);
     }
 
     /// <summary>Sends the digests whose window has closed; a digest that cannot be composed is parked with its repeats.</summary>
@@ -326,8 +330,8 @@ public sealed partial class AlertProcessor : SupervisedLoop
         }
     }
 
-    private DeviceInfo Device(string id) => _options.Devices.TryGetValue(id, out var d)
-        ? new DeviceInfo(id, d.Name.Length > 0 ? d.Name : id, d.Site)
+    private DeviceInfo Device(string id) => _devices.Find(id) is { } d
+        ? new DeviceInfo(id, d.Name, d.Site)
         : new DeviceInfo(id, id, string.Empty);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "No route for alert {AlertId} ({Code}) from {Device}; kept as unrouted")]

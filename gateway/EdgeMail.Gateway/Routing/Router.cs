@@ -7,7 +7,8 @@ namespace EdgeMail.Gateway.Routing;
 /// <summary>The people an alert goes to and how it is written.</summary>
 /// <param name="Recipients">Distinct mailboxes, in route order.</param>
 /// <param name="Template">Template of the first matching route.</param>
-public sealed record RouteResult(IReadOnlyList<MailboxAddress> Recipients, string Template);
+/// <param name="Explanation">Which routes matched and whom each named (for the alert's journey).</param>
+public sealed record RouteResult(IReadOnlyList<MailboxAddress> Recipients, string Template, string Explanation = "");
 
 /// <summary>
 /// Decides who is told about an alert (no I/O): every route whose device pattern, code pattern and minimum
@@ -17,10 +18,16 @@ public sealed record RouteResult(IReadOnlyList<MailboxAddress> Recipients, strin
 public sealed class Router
 {
     private readonly GatewayOptions _options;
+    private readonly Devices.DeviceRegistry? _devices;
 
     /// <summary>Creates a router over validated options.</summary>
     /// <param name="options">The gateway's options.</param>
-    public Router(GatewayOptions options) => _options = options ?? throw new ArgumentNullException(nameof(options));
+    /// <param name="devices">Devices (for <c>owners</c>); null to take them from the options only.</param>
+    public Router(GatewayOptions options, Devices.DeviceRegistry? devices = null)
+    {
+        _options = options ?? throw new ArgumentNullException(nameof(options));
+        _devices = devices;
+    }
 
     /// <summary>Routes an alert.</summary>
     /// <param name="deviceId">Sending device.</param>
@@ -32,8 +39,10 @@ public sealed class Router
         var recipients = new List<MailboxAddress>();
         var seen = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
         string? template = null;
-        foreach (var route in _options.Routes)
+        var matched = new List<string>();
+        for (int i = 0; i < _options.Routes.Count; i++)
         {
+            var route = _options.Routes[i];
             if (!Glob.IsMatch(route.Devices, deviceId) || !Glob.IsMatch(route.Codes, alert.Code)
                 || !Severities.TryParse(route.MinSeverity, out var min) || alert.Severity < min)
             {
@@ -41,13 +50,17 @@ public sealed class Router
             }
 
             template ??= route.Template;
+            int before = recipients.Count;
             foreach (string to in route.To)
             {
                 Expand(to, deviceId, recipients, seen, depth: 0);
             }
+
+            matched.Add($"Routes:{i} (devices '{route.Devices}', codes '{route.Codes}', from {route.MinSeverity}) to {string.Join(", ", route.To)}: "
+                + (recipients.Count > before ? string.Join(", ", recipients.Skip(before).Select(r => r.Address)) : "nobody new"));
         }
 
-        return new RouteResult(recipients, template ?? "default");
+        return new RouteResult(recipients, template ?? "default", matched.Count > 0 ? string.Join("; ", matched) : "no route matched");
     }
 
     /// <summary>The mailbox of a user id or address (for the operator), or null.</summary>
@@ -72,9 +85,10 @@ public sealed class Router
 
         if (to == "owners")
         {
-            if (_options.Devices.TryGetValue(deviceId, out var device))
+            var owners = _devices is not null ? _devices.Find(deviceId)?.Owners : _options.Devices.GetValueOrDefault(deviceId)?.Owners;
+            if (owners is not null)
             {
-                foreach (string owner in device.Owners)
+                foreach (string owner in owners)
                 {
                     Expand(owner, deviceId, into, seen, depth + 1);
                 }

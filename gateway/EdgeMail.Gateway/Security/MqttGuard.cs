@@ -1,23 +1,21 @@
 using System.Net;
 using System.Security.Authentication;
+using System.Security.Cryptography.X509Certificates;
 using EdgeMail.Gateway.Configuration;
-using EdgeMail.Gateway.Ingest.Smtp;
 using Microsoft.Extensions.Options;
 using MQTTnet.Server;
 
 namespace EdgeMail.Gateway.Security;
 
-/// <summary>Hardening of the MQTT listener (configuration section <c>MqttGuard</c>).</summary>
+/// <summary>
+/// Hardening of the MQTT listener (configuration section <c>MqttGuard</c>). The TLS listener is configured under
+/// <c>Mqtt</c> (<c>TlsEnabled</c>, <c>TlsPort</c>); this section's older <c>TlsEnabled</c> and <c>TlsPort</c> keys are
+/// read there when the new ones are not set.
+/// </summary>
 public sealed class MqttGuardOptions
 {
     /// <summary>The configuration section these options bind to.</summary>
     public const string Section = "MqttGuard";
-
-    /// <summary>Also listen with TLS (MQTT over TLS, port 8883), with the same certificate as SMTP (<c>Smtp:CertificatePath</c> or the generated one).</summary>
-    public bool TlsEnabled { get; set; }
-
-    /// <summary>The TLS port; 0 lets the operating system choose (tests).</summary>
-    public int TlsPort { get; set; } = 8883;
 
     /// <summary>CONNECT attempts per minute from one source address (burst: the same number); more are refused as server busy. 0 disables.</summary>
     public int ConnectsPerMinutePerSource { get; set; } = 600;
@@ -39,32 +37,27 @@ public sealed class MqttGuardOptions
 /// <summary>
 /// What the embedded broker asks before it checks a device's secret: is this source connecting too often, or has
 /// it guessed wrong too often (answered with a CONNACK refusal — MQTT's own back-off reply — and logged once by
-/// the broker); and it adds the TLS endpoint with the gateway's certificate when <c>MqttGuard:TlsEnabled</c>.
+/// the broker); and it adds the TLS endpoint with the gateway's certificate when <c>Mqtt:TlsEnabled</c>.
 /// </summary>
 public sealed class MqttGuard
 {
     private readonly MqttGuardOptions _options;
     private readonly GatewayOptions _gateway;
-    private readonly SmtpIngestOptions _smtp;
     private readonly TimeProvider _clock;
     private readonly RateLimiter _connects;
     private readonly FailureThrottle _authFailures;
     private readonly RateLimiter _publishes;
-    private System.Security.Cryptography.X509Certificates.X509Certificate2? _certificate;
 
     /// <summary>Creates the guard.</summary>
     /// <param name="options">Its options.</param>
-    /// <param name="gateway">Gateway options (data directory, host name).</param>
-    /// <param name="smtp">SMTP options (the shared certificate).</param>
+    /// <param name="gateway">Gateway options (the <c>Mqtt</c> listener and its certificate, data directory, host name).</param>
     /// <param name="clock">Clock.</param>
-    public MqttGuard(IOptions<MqttGuardOptions> options, IOptions<GatewayOptions> gateway, IOptions<SmtpIngestOptions> smtp, TimeProvider clock)
+    public MqttGuard(IOptions<MqttGuardOptions> options, IOptions<GatewayOptions> gateway, TimeProvider clock)
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(gateway);
-        ArgumentNullException.ThrowIfNull(smtp);
         _options = options.Value;
         _gateway = gateway.Value;
-        _smtp = smtp.Value;
         _clock = clock;
         _connects = new RateLimiter(_options.ConnectsPerMinutePerSource, _options.ConnectsPerMinutePerSource, clock);
         _authFailures = new FailureThrottle(_options.AuthFailuresPerSource, _options.AuthFailureWindow, clock);
@@ -78,6 +71,12 @@ public sealed class MqttGuard
 
     /// <summary>The TLS endpoint, once the broker started with one.</summary>
     public IPEndPoint? TlsEndpoint { get; private set; }
+
+    /// <summary>The TLS listener's certificate, once the broker started with one.</summary>
+    public X509Certificate2? Certificate { get; private set; }
+
+    /// <summary>True when starting the TLS listener generated a new self-signed certificate.</summary>
+    public bool CertificateGenerated { get; private set; }
 
     /// <summary>Whether to refuse a CONNECT from <paramref name="remote"/> before looking at its credentials.</summary>
     /// <param name="remote">The client's endpoint.</param>
@@ -105,20 +104,26 @@ public sealed class MqttGuard
     {
         ArgumentNullException.ThrowIfNull(builder);
         ArgumentNullException.ThrowIfNull(address);
-        if (!_options.TlsEnabled)
+        var mqtt = _gateway.Mqtt;
+        if (!mqtt.TlsEnabled)
         {
-            return builder;
+            return builder.WithoutEncryptedEndpoint();
         }
 
-        _certificate ??= TlsCertificates.Load(_smtp.CertificatePath, _smtp.CertificatePassword, _gateway.DataPath(), _gateway.Sender.Hostname, _clock, out _);
-        int port = _options.TlsPort == 0 ? Ingest.EmbeddedBroker.ReserveFreePort(address) : _options.TlsPort;
+        if (Certificate is null)
+        {
+            Certificate = TlsCertificates.Load(mqtt.CertificatePath, mqtt.CertificatePassword, _gateway.DataPath(), _gateway.Sender.Hostname, _clock, out bool generated);
+            CertificateGenerated = generated;
+        }
+
+        int port = mqtt.TlsPort == 0 ? Ingest.EmbeddedBroker.ReserveFreePort(address) : mqtt.TlsPort;
 
         TlsEndpoint = new IPEndPoint(address, port);
         return builder.WithEncryptedEndpoint()
             .WithEncryptedEndpointBoundIPAddress(address)
             .WithEncryptedEndpointBoundIPV6Address(IPAddress.None)
             .WithEncryptedEndpointPort(port)
-            .WithEncryptionCertificate(_certificate)
+            .WithEncryptionCertificate(Certificate)
             .WithEncryptionSslProtocol(SslProtocols.Tls12 | SslProtocols.Tls13);
     }
 

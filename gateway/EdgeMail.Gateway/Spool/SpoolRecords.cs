@@ -62,8 +62,9 @@ public static class MessageStatus
 /// <param name="RejectReason">Why it is rejected; null for a valid alert.</param>
 /// <param name="Code">The alert code, when valid.</param>
 /// <param name="Via">The protocol it came with (<see cref="IngestProtocols"/>), for the Received trace.</param>
+/// <param name="Severity">The alert's severity, when valid (the console filters on it).</param>
 public sealed record IncomingAlert(string Device, string AlertId, DateTimeOffset ReceivedAt, string? Peer, ReadOnlyMemory<byte> Payload, string? RejectReason, string? Code,
-    string Via = IngestProtocols.Mqtt);
+    string Via = IngestProtocols.Mqtt, string? Severity = null);
 
 /// <summary>What the spool did with an incoming alert.</summary>
 public enum AcceptOutcome
@@ -121,8 +122,9 @@ public sealed record NewMessage(string Kind, string? Device, string? AlertId, st
 /// <param name="StormKey">(device, code) whose storm state changes, if any.</param>
 /// <param name="Storm">The new storm state.</param>
 /// <param name="Reason">Why it is parked (<see cref="AlertStatus.Parked"/>).</param>
+/// <param name="Route">Which routes matched and whom they named, for the alert's journey.</param>
 public sealed record RoutingCommit(long AlertRowId, string Status, DateTimeOffset? HoldUntil, NewMessage? Message, (string Device, string Code)? StormKey, StormState? Storm,
-    string? Reason = null);
+    string? Reason = null, string? Route = null);
 
 /// <summary>An alert the spool parked instead of committing its routing decision (a Message-ID already taken).</summary>
 /// <param name="AlertRowId">The alert.</param>
@@ -186,6 +188,21 @@ public sealed record RecipientResult(string Address, string Outcome, string Repl
 /// <param name="Reason">Why it is parked or cancelled.</param>
 public sealed record MessageState(long RowId, string Kind, string Status, int Attempts, DateTimeOffset NextAttemptAt, string? LastReply, string? Reason);
 
+/// <summary>
+/// A device as the operator changed it at run time: added through the console or CLI, or a configured device's
+/// changes (a null field keeps the configured value).
+/// </summary>
+/// <param name="Id">Device id.</param>
+/// <param name="SecretHash">PBKDF2 hash of its secret (<see cref="Configuration.SecretHash"/>), or null.</param>
+/// <param name="Name">Display name, or null.</param>
+/// <param name="Site">Site, or null.</param>
+/// <param name="Owners">Owner user or group ids, or null.</param>
+/// <param name="Disabled">Refused at connect and at AUTH.</param>
+/// <param name="SilentAfter">How long without a heartbeat or alert before it counts as silent, or null.</param>
+/// <param name="UpdatedAt">When it last changed.</param>
+public sealed record ManagedDevice(string Id, string? SecretHash, string? Name, string? Site, IReadOnlyList<string>? Owners, bool Disabled,
+    TimeSpan? SilentAfter, DateTimeOffset UpdatedAt);
+
 /// <summary>What the housekeeping pass removed.</summary>
 /// <param name="Messages">Finished mail removed.</param>
 /// <param name="Alerts">Finished alerts removed.</param>
@@ -208,7 +225,7 @@ public sealed record SpoolCounts(IReadOnlyDictionary<string, long> Alerts, IRead
 /// The durable spool. Every method that changes state returns only after the change is committed
 /// (fsync'd when configured). Implementations: SQLite (<see cref="SqliteSpool"/>); PostgreSQL later.
 /// </summary>
-public interface ISpool : IAsyncDisposable
+public partial interface ISpool : IAsyncDisposable
 {
     /// <summary>Raised (on the writer's thread, after commit) when new alerts are stored.</summary>
     event Action? AlertsStored;
@@ -319,6 +336,17 @@ public interface ISpool : IAsyncDisposable
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>A task completing after commit.</returns>
     Task CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken);
+
+    /// <summary>Every device changed at run time.</summary>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The devices.</returns>
+    Task<IReadOnlyList<ManagedDevice>> ManagedDevicesAsync(CancellationToken cancellationToken);
+
+    /// <summary>Stores a device's run-time state (insert or replace), durably.</summary>
+    /// <param name="device">The device.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task completing after commit.</returns>
+    Task SaveDeviceAsync(ManagedDevice device, CancellationToken cancellationToken);
 
     /// <summary>The state of the mail with this Message-ID, if the spool holds it.</summary>
     /// <param name="messageId">Message-ID without angle brackets.</param>

@@ -86,6 +86,51 @@ internal static class SpoolSchema
         CREATE INDEX alerts_parked ON alerts(parked_at) WHERE status = 'parked';
         CREATE INDEX storm_last_mail ON storm(last_mail_at);
         """,
+        // 5: devices managed at run time (the operator's console and CLI): added ones, and changes to configured
+        // ones (a NULL column keeps the configured value). Secrets are PBKDF2 hashes, never the secret itself.
+        """
+        CREATE TABLE devices(
+          id TEXT PRIMARY KEY,
+          secret TEXT,
+          name TEXT,
+          site TEXT,
+          owners TEXT,
+          disabled INTEGER NOT NULL DEFAULT 0,
+          silent_after_ms INTEGER,
+          updated_at INTEGER NOT NULL);
+        """,
+        // 6: what the operator's console shows. Each alert's severity (filter) and the routes that matched it (why it
+        // went to whom); the digest a held repeat went out in; every delivery attempt with each recipient's reply; a
+        // thinned history of heartbeats (at most one per device every 5 minutes); the console's admin password
+        // hash and API key hashes.
+        """
+        ALTER TABLE alerts ADD COLUMN severity TEXT;
+        ALTER TABLE alerts ADD COLUMN route TEXT;
+        ALTER TABLE alerts ADD COLUMN digest_message TEXT;
+        CREATE INDEX alerts_device_received ON alerts(device, received_at);
+        CREATE TABLE attempts(
+          message INTEGER NOT NULL REFERENCES messages(rowid),
+          attempt INTEGER NOT NULL,
+          at INTEGER NOT NULL,
+          results TEXT NOT NULL,
+          PRIMARY KEY(message, attempt));
+        CREATE TABLE heartbeats(
+          device TEXT NOT NULL,
+          at INTEGER NOT NULL,
+          payload BLOB NOT NULL,
+          PRIMARY KEY(device, at));
+        CREATE TABLE console_admin(
+          id INTEGER PRIMARY KEY CHECK (id = 1),
+          password_hash TEXT NOT NULL,
+          updated_at INTEGER NOT NULL);
+        CREATE TABLE api_keys(
+          id TEXT PRIMARY KEY,
+          name TEXT NOT NULL,
+          hash TEXT NOT NULL,
+          created_at INTEGER NOT NULL,
+          last_used_at INTEGER,
+          revoked_at INTEGER);
+        """,
     ];
 
     /// <summary>The version this build writes.</summary>

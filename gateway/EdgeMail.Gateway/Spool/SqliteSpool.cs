@@ -40,6 +40,9 @@ public sealed partial class SqliteSpool : ISpool
     private readonly CancellationTokenSource _stopping = new();
     private int _disposed;
     private int _corruptReported;
+    private const long HeartbeatSpacingMs = 5 * 60 * 1000;
+    private static readonly TimeSpan HeartbeatRetention = TimeSpan.FromDays(7);
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, long> _lastHeartbeat = new(StringComparer.Ordinal);
 
     private const int SqliteIoError = 10;
     private const int SqliteCorrupt = 11;
@@ -163,9 +166,9 @@ public sealed partial class SqliteSpool : ISpool
         return Enqueue((s, ctx) =>
         {
             int inserted = s.Exec(
-                "INSERT INTO alerts(device, alert_id, received_at, peer, payload, status, reason, code, via) VALUES($p0,$p1,$p2,$p3,$p4,$p5,$p6,$p7,$p8) ON CONFLICT(device, alert_id) DO NOTHING",
+                "INSERT INTO alerts(device, alert_id, received_at, peer, payload, status, reason, code, via, severity) VALUES($p0,$p1,$p2,$p3,$p4,$p5,$p6,$p7,$p8,$p9) ON CONFLICT(device, alert_id) DO NOTHING",
                 alert.Device, alert.AlertId, alert.ReceivedAt.ToUnixTimeMilliseconds(), alert.Peer, alert.Payload.ToArray(),
-                alert.RejectReason is null ? AlertStatus.New : AlertStatus.Rejected, alert.RejectReason, alert.Code, alert.Via);
+                alert.RejectReason is null ? AlertStatus.New : AlertStatus.Rejected, alert.RejectReason, alert.Code, alert.Via, alert.Severity);
             if (inserted == 0)
             {
                 return AcceptOutcome.Duplicate;
@@ -197,10 +200,31 @@ public sealed partial class SqliteSpool : ISpool
     }
 
     /// <inheritdoc />
-    public Task RecordStatusAsync(string device, DateTimeOffset receivedAt, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken) =>
-        Enqueue((s, _) => s.Exec(
-            "INSERT INTO device_status(device, received_at, payload) VALUES($p0,$p1,$p2) ON CONFLICT(device) DO UPDATE SET received_at=excluded.received_at, payload=excluded.payload",
-            device, receivedAt.ToUnixTimeMilliseconds(), payload.ToArray()), cancellationToken);
+    public Task RecordStatusAsync(string device, DateTimeOffset receivedAt, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken)
+    {
+        long at = receivedAt.ToUnixTimeMilliseconds();
+        byte[] bytes = payload.ToArray();
+
+        // The history keeps at most one heartbeat per device every 5 minutes: enough for a chart, bounded in size.
+        bool keep = !_lastHeartbeat.TryGetValue(device, out long last) || at - last >= HeartbeatSpacingMs;
+        if (keep)
+        {
+            _lastHeartbeat[device] = at;
+        }
+
+        return Enqueue((s, _) =>
+        {
+            s.Exec(
+                "INSERT INTO device_status(device, received_at, payload) VALUES($p0,$p1,$p2) ON CONFLICT(device) DO UPDATE SET received_at=excluded.received_at, payload=excluded.payload",
+                device, at, bytes);
+            if (keep)
+            {
+                s.Exec("INSERT OR REPLACE INTO heartbeats(device, at, payload) VALUES($p0,$p1,$p2)", device, at, bytes);
+            }
+
+            return 0;
+        }, cancellationToken);
+    }
 
     /// <inheritdoc />
     public Task<(DateTimeOffset At, byte[] Payload)?> GetStatusAsync(string device, CancellationToken cancellationToken) =>
@@ -279,7 +303,7 @@ public sealed partial class SqliteSpool : ISpool
                 s.Exec("SAVEPOINT decision");
                 try
                 {
-                    s.Exec("UPDATE alerts SET status=$p0, hold_until=$p1 WHERE rowid=$p2 AND status='new'", c.Status, c.HoldUntil?.ToUnixTimeMilliseconds(), c.AlertRowId);
+                    s.Exec("UPDATE alerts SET status=$p0, hold_until=$p1, route=$p3 WHERE rowid=$p2 AND status='new'", c.Status, c.HoldUntil?.ToUnixTimeMilliseconds(), c.AlertRowId, c.Route);
                     if (c.Message is not null)
                     {
                         s.InsertMessage(c.Message, c.AlertRowId, ctx);
@@ -397,7 +421,8 @@ public sealed partial class SqliteSpool : ISpool
         ArgumentNullException.ThrowIfNull(digest);
         return Enqueue((s, ctx) =>
         {
-            s.Exec("UPDATE alerts SET status='digested' WHERE device=$p0 AND code=$p1 AND status='held' AND rowid <= $p2", digest.Device, digest.Code, digest.ThroughRowId);
+            s.Exec("UPDATE alerts SET status='digested', digest_message=$p3 WHERE device=$p0 AND code=$p1 AND status='held' AND rowid <= $p2",
+                digest.Device, digest.Code, digest.ThroughRowId, message?.MessageId);
             if (message is not null)
             {
                 s.InsertMessage(message, null, ctx);
@@ -473,6 +498,8 @@ public sealed partial class SqliteSpool : ISpool
         return Enqueue((s, ctx) =>
         {
             string? lastReply = null;
+            s.Exec("INSERT OR REPLACE INTO attempts(message, attempt, at, results) VALUES($p0, (SELECT attempts + 1 FROM messages WHERE rowid=$p0), $p1, $p2)",
+                commit.RowId, ctx.Now.ToUnixTimeMilliseconds(), System.Text.Json.JsonSerializer.Serialize(commit.Results));
             foreach (var result in commit.Results)
             {
                 lastReply = result.Reply;
@@ -503,6 +530,33 @@ public sealed partial class SqliteSpool : ISpool
 
             return 0;
         }, cancellationToken);
+    }
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<ManagedDevice>> ManagedDevicesAsync(CancellationToken cancellationToken) =>
+        Read<IReadOnlyList<ManagedDevice>>((s, _) =>
+        {
+            var list = new List<ManagedDevice>();
+            using var r = s.Query("SELECT id, secret, name, site, owners, disabled, silent_after_ms, updated_at FROM devices ORDER BY id");
+            while (r.Read())
+            {
+                list.Add(new ManagedDevice(r.GetString(0), r.IsDBNull(1) ? null : r.GetString(1), r.IsDBNull(2) ? null : r.GetString(2),
+                    r.IsDBNull(3) ? null : r.GetString(3), r.IsDBNull(4) ? null : System.Text.Json.JsonSerializer.Deserialize<List<string>>(r.GetString(4)),
+                    r.GetInt64(5) != 0, r.IsDBNull(6) ? null : TimeSpan.FromMilliseconds(r.GetInt64(6)), FromMs(r.GetInt64(7))));
+            }
+
+            return list;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task SaveDeviceAsync(ManagedDevice device, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        return Enqueue((s, _) => s.Exec(
+            "INSERT OR REPLACE INTO devices(id, secret, name, site, owners, disabled, silent_after_ms, updated_at) VALUES($p0,$p1,$p2,$p3,$p4,$p5,$p6,$p7)",
+            device.Id, device.SecretHash, device.Name, device.Site, device.Owners is null ? null : System.Text.Json.JsonSerializer.Serialize(device.Owners),
+            device.Disabled ? 1 : 0, device.SilentAfter is { } after ? (long)after.TotalMilliseconds : null, device.UpdatedAt.ToUnixTimeMilliseconds()),
+            cancellationToken, isolate: false);
     }
 
     /// <inheritdoc />
@@ -591,8 +645,10 @@ public sealed partial class SqliteSpool : ISpool
     public async Task<PruneResult> PruneAsync(DateTimeOffset before, int maxRows, CancellationToken cancellationToken)
     {
         long horizon = before.ToUnixTimeMilliseconds();
+        long heartbeatHorizon = Clock.GetUtcNow().ToUnixTimeMilliseconds() - (long)HeartbeatRetention.TotalMilliseconds;
         var (messages, alerts) = await Enqueue((s, _) =>
         {
+            s.Exec("DELETE FROM attempts WHERE message IN (SELECT rowid FROM messages WHERE finished_at < $p0 ORDER BY finished_at LIMIT $p1)", horizon, maxRows);
             int m = s.Exec(
                 "DELETE FROM recipients WHERE message IN (SELECT rowid FROM messages WHERE finished_at < $p0 ORDER BY finished_at LIMIT $p1)", horizon, maxRows);
             m = s.Exec("DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages WHERE finished_at < $p0 ORDER BY finished_at LIMIT $p1)", horizon, maxRows);
@@ -613,6 +669,7 @@ public sealed partial class SqliteSpool : ISpool
                     AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.device = storm.device AND alerts.code = storm.code AND alerts.status = 'held')
                   LIMIT $p1)
                 """, horizon, maxRows);
+            s.Exec("DELETE FROM heartbeats WHERE rowid IN (SELECT rowid FROM heartbeats WHERE at < $p0 LIMIT $p1)", Math.Max(horizon, heartbeatHorizon), maxRows);
             return ((long)m, (long)a);
         }, cancellationToken).ConfigureAwait(false);
 

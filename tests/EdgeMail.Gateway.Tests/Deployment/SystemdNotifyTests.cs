@@ -109,7 +109,7 @@ public sealed class SystemdNotifyTests(ITestOutputHelper output) : IDisposable
             ArgumentList =
             {
                 "-c", notifySocket is null ? "exec \"$@\"" : "export SYSTEMD_EXEC_PID=$$; exec \"$@\"", "sh",
-                "dotnet", dll, "--config", Appliance.Template, "--DataDirectory=" + Path.Combine(_dir, "data"), $"--Mqtt:Port={port}",
+                "dotnet", dll, "--config", Appliance.Template, "--DataDirectory=" + Path.Combine(_dir, "data"), $"--Mqtt:TlsPort={port}",
                 "--Logging:LogLevel:EdgeMail.Gateway.Ingest.EmbeddedBroker=Information",
             },
             RedirectStandardOutput = true,

@@ -1,8 +1,10 @@
 using System.Net;
 using System.Net.Sockets;
 using System.Runtime.Versioning;
+using System.Security.Cryptography.X509Certificates;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Ingest;
+using EdgeMail.Gateway.Security;
 using EdgeMail.Testing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Options;
@@ -20,36 +22,47 @@ public sealed class TemplateConfigTests : IDisposable
     public void Dispose() => Appliance.DeleteQuietly(_dir);
 
     [Fact]
-    public async Task Template_LoadedByTheGatewayHost_PassesValidationListensAndStopsCleanly()
+    public async Task Template_LoadedByTheGatewayHost_PassesValidationListensWithTlsOnlyAndStopsCleanly()
     {
-        int port = Loopback.FreePort();
-        using var host = GatewayHost.CreateBuilder(["--config", Appliance.Template, "--DataDirectory=" + _dir, $"--Mqtt:Port={port}"]).Build();
+        int plainPort = Loopback.FreePort();
+        int tlsPort = Loopback.FreePort();
+        using var host = GatewayHost.CreateBuilder(["--config", Appliance.Template, "--DataDirectory=" + _dir, $"--Mqtt:Port={plainPort}", $"--Mqtt:TlsPort={tlsPort}"]).Build();
         var options = host.Services.GetRequiredService<IOptions<GatewayOptions>>().Value;
         Assert.Empty(GatewayOptionsValidator.Check(options));
         Assert.Equal("127.0.0.1", options.Mqtt.BindAddress);
+        Assert.Equal(_dir, options.DataDirectory);
+        Assert.False(options.Mqtt.PlainEnabled); // a site gets MQTT over TLS only unless it asks for plain text
+        Assert.True(options.Mqtt.TlsEnabled);
         Assert.Equal(["example-sensor"], options.Devices.Keys);
         Assert.Null(host.Services.GetRequiredService<DemoInfo>().ConfigFile);
 
         await host.StartAsync().WaitAsync(TimeSpan.FromSeconds(30));
         var broker = host.Services.GetRequiredService<EmbeddedBroker>();
-        Assert.Equal(new IPEndPoint(IPAddress.Loopback, port), broker.Endpoint);
-        using (var probe = new TcpClient())
+        Assert.Equal(new IPEndPoint(IPAddress.Loopback, tlsPort), broker.TlsEndpoint);
+        Assert.Null(broker.Endpoint);
+        using (var plain = new TcpClient())
         {
-            await probe.ConnectAsync(IPAddress.Loopback, port);
+            var refused = await Assert.ThrowsAsync<SocketException>(() => plain.ConnectAsync(IPAddress.Loopback, plainPort));
+            Assert.Equal(SocketError.ConnectionRefused, refused.SocketErrorCode);
         }
 
-        // The placeholder device cannot connect: its hash matches no secret (here: the empty one and a guess).
+        // The placeholder device cannot connect over TLS either: its hash matches no secret (here: the empty one and a guess).
+        using var certificate = X509CertificateLoader.LoadCertificate(
+            X509CertificateLoader.LoadPkcs12FromFile(Path.Combine(_dir, TlsCertificates.GeneratedFileName), null).RawData);
         foreach (string secret in new[] { string.Empty, "example-sensor" })
         {
             using var client = new MqttClientFactory().CreateMqttClient();
-            var connect = new MqttClientOptionsBuilder().WithTcpServer("127.0.0.1", port).WithClientId("example-sensor")
-                .WithCredentials("example-sensor", secret).WithProtocolVersion(MQTTnet.Formatter.MqttProtocolVersion.V500).Build();
+            var connect = new MqttClientOptionsBuilder().WithTcpServer("127.0.0.1", tlsPort).WithClientId("example-sensor")
+                .WithCredentials("example-sensor", secret).WithProtocolVersion(MQTTnet.Formatter.MqttProtocolVersion.V500)
+                .WithTlsOptions(o => o.UseTls().WithTargetHost("localhost")
+                    .WithCertificateValidationHandler(e => Ingest.MqttListenerTests.IsGatewayCertificate(e.Certificate, e.SslPolicyErrors, certificate)))
+                .Build();
             Assert.Equal(MqttClientConnectResultCode.BadUserNameOrPassword, (await client.ConnectAsync(connect)).ResultCode);
         }
 
         await host.StopAsync().WaitAsync(TimeSpan.FromSeconds(30));
         using var closed = new TcpClient();
-        await Assert.ThrowsAsync<SocketException>(() => closed.ConnectAsync(IPAddress.Loopback, port));
+        await Assert.ThrowsAsync<SocketException>(() => closed.ConnectAsync(IPAddress.Loopback, tlsPort));
     }
 
     [Fact]
@@ -73,5 +86,19 @@ public sealed class TemplateConfigTests : IDisposable
         var options = host.Services.GetRequiredService<IOptions<GatewayOptions>>().Value;
         Assert.Empty(GatewayOptionsValidator.Check(options));
         Assert.Equal("0.0.0.0", options.Mqtt.BindAddress);
+        Assert.False(options.Mqtt.PlainEnabled);
+    }
+
+    [Fact]
+    public async Task StagedInstall_WithMqttPlain_WritesAValidConfigWithThePlainListenerToo()
+    {
+        string root = await Appliance.StageInstallAsync(_dir, "--mqtt-plain");
+        string config = Path.Combine(root, "etc", "edgemail", "edgemail.json");
+        using var host = GatewayHost.CreateBuilder(["--config", config, "--DataDirectory=" + Path.Combine(_dir, "data")]).Build();
+        var options = host.Services.GetRequiredService<IOptions<GatewayOptions>>().Value;
+        Assert.Empty(GatewayOptionsValidator.Check(options));
+        Assert.True(options.Mqtt.PlainEnabled);
+        Assert.True(options.Mqtt.TlsEnabled);
+        Assert.Equal("127.0.0.1", options.Mqtt.BindAddress);
     }
 }

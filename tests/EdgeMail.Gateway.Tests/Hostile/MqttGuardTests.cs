@@ -35,7 +35,7 @@ public sealed class MqttGuardTests
     }
 
     [Fact]
-    public async Task Tls_EnabledOnAnOsChosenPort_AcceptsADeviceAndItsAlert()
+    public async Task Tls_EnabledWithTheOlderMqttGuardKeysOnAnOsChosenPort_AcceptsADeviceAndItsAlert()
     {
         await using var gw = await TestGateway.StartAsync(c => c["MqttGuard"] = new { TlsEnabled = true, TlsPort = 0 });
         var tls = gw.Host.Services.GetRequiredService<MqttGuard>().TlsEndpoint!;

@@ -77,7 +77,7 @@ public sealed class SupervisionTests
         try
         {
             var (code, stdout, stderr) = await Appliance.RunAsync("dotnet", Path.Combine(AppContext.BaseDirectory, "EdgeMail.Gateway.dll"),
-                "--config", Appliance.Template, "--DataDirectory=" + Path.Combine(dir, "data"), $"--Mqtt:Port={port}");
+                "--config", Appliance.Template, "--DataDirectory=" + Path.Combine(dir, "data"), $"--Mqtt:TlsPort={port}"); // the template listens with TLS only
 
             Assert.True(code == 1, $"exit {code}\n{stdout}\n{stderr}");
             Assert.Contains("edgemail: cannot start: ", stderr, StringComparison.Ordinal);

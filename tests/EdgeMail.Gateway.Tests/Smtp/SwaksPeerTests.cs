@@ -3,7 +3,7 @@ using Xunit;
 
 namespace EdgeMail.Gateway.Tests.Smtp;
 
-/// <summary>Debian's swaks against the SMTP listener: STARTTLS and implicit TLS with AUTH, AUTH before TLS, wrong secrets, relay attempts, an alert part.</summary>
+/// <summary>Debian's swaks against the SMTP listener: STARTTLS and implicit TLS with AUTH, AUTH before TLS, wrong secrets, relay attempts, the bare postmaster, an alert part.</summary>
 public sealed class SwaksPeerTests : IAsyncLifetime
 {
     private TestGateway _gw = null!;
@@ -74,6 +74,19 @@ public sealed class SwaksPeerTests : IAsyncLifetime
         Assert.NotEqual(0, plainCode);
         Assert.Contains("530", plainOutput); // not authenticated, not allow-listed
         Assert.Equal(0, await Hostile.HostileKit.QueuedAsync(_gw));
+    }
+
+    [PeerFact("swaks:swaks")]
+    public async Task Swaks_ToBarePostmaster_IsAcceptedAndMailedToTheOperator()
+    {
+        var (code, output) = await SwaksAsync(_gw.StartTls().Port, "--tls", "--auth", "PLAIN", "--auth-user", "dev-1", "--auth-password", TestGateway.Secret,
+            "--from", "dev-1@devices.test", "--to", "postmaster", "--header", "Subject: to the postmaster", "--body", "hello postmaster");
+
+        Assert.True(code == 0, output);
+        Assert.Contains("RCPT TO:<postmaster>", output); // swaks sent the bare form of RFC 5321 §4.5.1
+        Assert.Contains("250 2.0.0 queued as", output);
+        string envelope = File.ReadLines(Assert.Single(await _gw.MailAsync(1))).First();
+        Assert.Equal("X-EdgeMail-Envelope-To: ops@example.com", envelope); // Sender:Operator
     }
 
     [PeerFact("swaks:swaks")]

@@ -18,7 +18,9 @@ namespace EdgeMail.Gateway.Ingest.Smtp;
 /// per-source limit is answered <c>421 4.7.0</c> and closed before a session starts; a command line longer
 /// than the limit (a client that never sends CRLF) closes the session with <c>500 5.5.2</c> instead of
 /// growing a buffer. It also reports each bound endpoint (the real port when 0 was asked for) and each
-/// endpoint that could not be bound, so start-up can wait for both.
+/// endpoint that could not be bound, so start-up can wait for both. And it lets SmtpServer's parser take
+/// <c>RCPT TO:&lt;Postmaster&gt;</c> (RFC 5321 §4.5.1), which it refuses for want of a domain: see
+/// <see cref="PostmasterPath"/>.
 /// </summary>
 internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
 {
@@ -130,14 +132,30 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
         }
     }
 
-    // Reads from the pipe's current input (STARTTLS replaces it) and refuses an over-long command line.
+    // Reads from the pipe's current input (STARTTLS replaces it), refuses an over-long command line, and hands
+    // SmtpServer a bare-postmaster RCPT line with the domain added (positions in that line map back on AdvanceTo).
     private sealed class GuardedReader(GuardedListenerFactory owner, GuardedPipe pipe, string peer) : PipeReader
     {
+        private ReadOnlySequence<byte> _substitute;
+        private SequencePosition _innerStart;
+        private SequencePosition _innerLineEnd;
+        private bool _substituted;
+
         public bool InData { get; set; }
 
-        public override void AdvanceTo(SequencePosition consumed) => pipe.InnerInput.AdvanceTo(consumed);
+        public override void AdvanceTo(SequencePosition consumed) => AdvanceTo(consumed, consumed);
 
-        public override void AdvanceTo(SequencePosition consumed, SequencePosition examined) => pipe.InnerInput.AdvanceTo(consumed, examined);
+        public override void AdvanceTo(SequencePosition consumed, SequencePosition examined)
+        {
+            if (_substituted)
+            {
+                _substituted = false;
+                pipe.InnerInput.AdvanceTo(Map(consumed), Map(examined));
+                return;
+            }
+
+            pipe.InnerInput.AdvanceTo(consumed, examined);
+        }
 
         public override void CancelPendingRead() => pipe.InnerInput.CancelPendingRead();
 
@@ -149,7 +167,7 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
         {
             var result = await pipe.InnerInput.ReadAsync(cancellationToken).ConfigureAwait(false);
             Check(result.Buffer);
-            return result;
+            return Substitute(result);
         }
 
         public override bool TryRead(out ReadResult result)
@@ -160,7 +178,33 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
             }
 
             Check(result.Buffer);
+            result = Substitute(result);
             return true;
+        }
+
+        // SmtpServer consumes a command line whole (up to its CRLF) or not at all.
+        private SequencePosition Map(SequencePosition position) =>
+            _substitute.GetOffset(position) == 0 ? _innerStart : _innerLineEnd;
+
+        private ReadResult Substitute(ReadResult result)
+        {
+            _substituted = false;
+            if (InData || result.Buffer.PositionOf((byte)'\n') is not { } lf)
+            {
+                return result;
+            }
+
+            var line = result.Buffer.Slice(0, lf);
+            if (line.Length > PostmasterPath.MaxLine || !PostmasterPath.TryAddDomain(line.ToArray(), owner._hostname, out byte[] rewritten))
+            {
+                return result;
+            }
+
+            _substitute = new ReadOnlySequence<byte>(rewritten);
+            _innerStart = result.Buffer.Start;
+            _innerLineEnd = result.Buffer.GetPosition(1, lf);
+            _substituted = true;
+            return new ReadResult(_substitute, result.IsCanceled, result.IsCompleted);
         }
 
         private void Check(ReadOnlySequence<byte> buffer)
@@ -173,5 +217,80 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
             owner.LogLineTooLong(peer, owner._maxLine);
             throw new SmtpResponseException(new SmtpResponse(SmtpReplyCode.CommandUnrecognized, "5.5.2 line too long; closing"), true);
         }
+    }
+}
+
+/// <summary>
+/// RFC 5321 §4.5.1 requires <c>RCPT TO:&lt;Postmaster&gt;</c> — no domain — to be accepted. SmtpServer's parser
+/// (sealed, created per command line) only takes <c>local@domain</c> and answers <c>502 Unrecognized command</c>,
+/// and no command factory is asked before it refuses; so the command line is given the gateway's own host name
+/// (<c>Sender:Hostname</c>, always one of its domains) before the parser sees it, and
+/// <see cref="RecipientPolicy"/> takes postmaster at any of its domains. Only a command line read as such is
+/// touched, never message data.
+/// </summary>
+internal static class PostmasterPath
+{
+    /// <summary>Longest line looked at; RFC 5321 command lines are at most 512 bytes.</summary>
+    public const int MaxLine = 512;
+
+    /// <summary>
+    /// Rewrites <c>RCPT TO:&lt;postmaster&gt;</c> (any case, spaces as SmtpServer allows them, anything after the
+    /// path kept) to <c>RCPT TO:&lt;postmaster@HOST&gt;</c>.
+    /// </summary>
+    /// <param name="line">A command line up to (not including) its LF; a CR before it is kept.</param>
+    /// <param name="host">The gateway's host name.</param>
+    /// <param name="rewritten">The rewritten line with CRLF, when true.</param>
+    /// <returns>True when the line was a bare-postmaster RCPT.</returns>
+    public static bool TryAddDomain(ReadOnlySpan<byte> line, string host, out byte[] rewritten)
+    {
+        rewritten = [];
+        int i = 0;
+        if (!Take(line, ref i, "RCPT"u8))
+        {
+            return false;
+        }
+
+        int spaces = Skip(line, ref i);
+        if (spaces == 0 || !Take(line, ref i, "TO:"u8))
+        {
+            return false;
+        }
+
+        Skip(line, ref i);
+        if (!Take(line, ref i, "<postmaster>"u8))
+        {
+            return false;
+        }
+
+        var rest = line[i..];
+        if (rest.EndsWith("\r"u8))
+        {
+            rest = rest[..^1];
+        }
+
+        rewritten = [.. "RCPT TO:<postmaster@"u8, .. Encoding.ASCII.GetBytes(host), .. ">"u8, .. rest, .. "\r\n"u8];
+        return true;
+    }
+
+    private static bool Take(ReadOnlySpan<byte> line, ref int i, ReadOnlySpan<byte> word)
+    {
+        if (line.Length - i < word.Length || !Ascii.EqualsIgnoreCase(line.Slice(i, word.Length), word))
+        {
+            return false;
+        }
+
+        i += word.Length;
+        return true;
+    }
+
+    private static int Skip(ReadOnlySpan<byte> line, ref int i)
+    {
+        int start = i;
+        while (i < line.Length && line[i] == (byte)' ')
+        {
+            i++;
+        }
+
+        return i - start;
     }
 }

@@ -6,14 +6,19 @@ namespace EdgeMail.Gateway.Ingest.Smtp;
 
 /// <summary>
 /// Which envelope recipients the gateway accepts from a device (no I/O). Only its own people: a configured
-/// user's address; <c>userid@</c>, <c>groupid@</c> or <c>alias@</c> one of the gateway's domains; or the gateway's
-/// own sender address (mail to it goes to the operator). Everything else — other domains, and every classic
+/// user's address; <c>userid@</c>, <c>groupid@</c> or <c>alias@</c> one of the gateway's domains; the gateway's
+/// own sender address and <c>postmaster@</c> any of its domains (RFC 5321 §4.5.1; the bare <c>&lt;postmaster&gt;</c>
+/// arrives here with <c>Sender:Hostname</c> added), which go to the operator unless a user, group or alias of that
+/// name is configured. Everything else — other domains, and every classic
 /// relay trick (percent hack <c>a%b@gw</c>, bang paths <c>a!b@gw</c>, source routes, quoted or escaped local
 /// parts, a second <c>@</c>, IP-literal domains, control characters) — is refused, so the gateway is never an
 /// open relay.
 /// </summary>
 public sealed class RecipientPolicy
 {
+    /// <summary>The reserved mailbox every mail system must accept (RFC 5321 §4.5.1), case-insensitively.</summary>
+    public const string Postmaster = "postmaster";
+
     private readonly GatewayOptions _options;
     private readonly SmtpIngestOptions _smtp;
     private readonly Router _router;
@@ -78,7 +83,7 @@ public sealed class RecipientPolicy
         }
         else if (string.Equals(address, _options.Sender.Address, StringComparison.OrdinalIgnoreCase))
         {
-            Add(_options.Sender.Operator.Length > 0 ? _options.Sender.Operator : _options.Sender.Address, found, seen, 0);
+            AddOperator(found, seen);
         }
         else if (_smtp.Aliases.TryGetValue(address, out var fullAlias))
         {
@@ -94,6 +99,10 @@ public sealed class RecipientPolicy
             {
                 Add(user, found, seen, 0);
             }
+            else if (string.Equals(user, Postmaster, StringComparison.OrdinalIgnoreCase))
+            {
+                AddOperator(found, seen);
+            }
         }
 
         if (found.Count == 0)
@@ -106,6 +115,10 @@ public sealed class RecipientPolicy
         reason = string.Empty;
         return true;
     }
+
+    // Where failure notices go too (DeliveryWorker): Sender:Operator, a user id or an address, or else Sender:Address.
+    private void AddOperator(List<MailboxAddress> into, HashSet<string> seen) =>
+        Add(_options.Sender.Operator.Length > 0 ? _options.Sender.Operator : _options.Sender.Address, into, seen, 0);
 
     private void Add(string target, List<MailboxAddress> into, HashSet<string> seen, int depth)
     {

@@ -34,7 +34,7 @@ public sealed record RelayedMail(string SpoolKey, byte[] Mime, int Hops);
 /// might forge); a <c>Received</c> trace goes on top; <c>From</c> becomes the gateway's sender so SPF, DKIM and
 /// DMARC align; the device's own From moves to <c>Reply-To</c> and <c>X-EdgeMail-Original-From</c>. The body
 /// bytes are kept as they came, except that bare CR and bare LF become CRLF (so nothing downstream can read a
-/// different end of data than we did).
+/// different end of data than we did), and the last line keeps the CRLF the DATA terminator carried.
 /// </summary>
 public static class RelayedMailWriter
 {
@@ -127,6 +127,14 @@ public static class RelayedMailWriter
         headers.WriteTo(WireFormat, output);
         output.Write("\r\n"u8);
         output.Write(normalized.AsSpan(bodyStart));
+        if (bodyStart < normalized.Length)
+        {
+            // SmtpServer hands the data over without the CRLF of "<CRLF>.<CRLF>", which RFC 5321 §4.1.1.4 counts as
+            // the end of the last line: put it back, so the mail stored (the local mailbox too) is the mail sent, and a
+            // DKIM verifier reading either sees the same last line as the signer did.
+            output.Write("\r\n"u8);
+        }
+
         return new RelayedMail(key, output.ToArray(), hops);
     }
 

@@ -24,6 +24,7 @@ public sealed partial class SmtpIngest : IHostedService, IDisposable
     private readonly SmtpIngestOptions _smtp;
     private readonly SubmissionPolicy _policy;
     private readonly SubmissionStore _store;
+    private readonly Operations.GatewayLifetime _lifetime;
     private readonly TimeProvider _clock;
     private readonly ILogger<SmtpIngest> _logger;
     private readonly CancellationTokenSource _stop = new();
@@ -39,8 +40,11 @@ public sealed partial class SmtpIngest : IHostedService, IDisposable
     /// <param name="store">Message store.</param>
     /// <param name="clock">Clock.</param>
     /// <param name="logger">Logger.</param>
-    public SmtpIngest(IOptions<GatewayOptions> options, IOptions<SmtpIngestOptions> smtp, SubmissionPolicy policy, SubmissionStore store, TimeProvider clock, ILogger<SmtpIngest> logger)
+    /// <param name="lifetime">Stops the gateway (non-zero exit) when the listener dies while running.</param>
+    public SmtpIngest(IOptions<GatewayOptions> options, IOptions<SmtpIngestOptions> smtp, SubmissionPolicy policy, SubmissionStore store, TimeProvider clock, ILogger<SmtpIngest> logger,
+        Operations.GatewayLifetime lifetime)
     {
+        _lifetime = lifetime;
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(smtp);
         _options = options.Value;
@@ -155,7 +159,10 @@ public sealed partial class SmtpIngest : IHostedService, IDisposable
             throw new InvalidOperationException("The SMTP listener stopped while starting.");
         }
 
-        _ = _run.ContinueWith(t => LogServerFaulted(t.Exception!), CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+        // SmtpServer contains each session's faults; if the server itself ends with one, no device can submit any more.
+        // That is a gateway that cannot do its job: stop with a failure code so the service manager restarts it.
+        _ = _run.ContinueWith(t => _lifetime.Fail("the SMTP listener stopped: " + t.Exception!.GetBaseException().Message, t.Exception),
+            CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
         lock (_bound)
         {
             _bound.AddRange(definitions.Select(d => started[d]));
@@ -203,14 +210,12 @@ public sealed partial class SmtpIngest : IHostedService, IDisposable
     [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP session from {Peer} ended by an error: {Type}: {Reason}")]
     private partial void LogSessionFaulted(string peer, string type, string reason);
 
-    [LoggerMessage(Level = LogLevel.Error, Message = "The SMTP listener stopped")]
-    private partial void LogServerFaulted(Exception ex);
 }
 
 /// <summary>Registers SMTP ingest with the host.</summary>
 public static class SmtpIngestRegistration
 {
-    /// <summary>Adds the <c>Smtp</c> options, their validation, the policy, the store and the listener, and the MQTT guard (<c>MqttGuard</c> section).</summary>
+    /// <summary>Adds the <c>Smtp</c> options, their validation, the policy, the store and the listener.</summary>
     /// <param name="services">Services.</param>
     /// <param name="configuration">Configuration root.</param>
     /// <returns>The services.</returns>
@@ -218,9 +223,6 @@ public static class SmtpIngestRegistration
     {
         services.AddSingleton<IValidateOptions<SmtpIngestOptions>, SmtpIngestOptionsValidator>();
         services.AddOptions<SmtpIngestOptions>().Bind(configuration.GetSection(SmtpIngestOptions.Section)).ValidateOnStart();
-        services.AddSingleton<SecretVerifier>();
-        services.AddOptions<MqttGuardOptions>().Bind(configuration.GetSection(MqttGuardOptions.Section));
-        services.AddSingleton<MqttGuard>();
         services.AddSingleton<SubmissionPolicy>();
         services.AddSingleton<SubmissionHandler>();
         services.AddSingleton<SubmissionStore>();

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Net;
+using EdgeMail.Gateway.Composition;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Spool;
 using Microsoft.Extensions.Logging;
@@ -17,24 +18,28 @@ public readonly record struct SubmissionReply(int Code, string Text);
 /// What happens to mail a device submitted (Contract 2). A message carrying a part of type
 /// <c>application/vnd.edgemail.alert+json</c> is an alert like any MQTT alert: the same <see cref="AlertIngest"/>
 /// (parser, de-duplication on (device, id), receipts), then the same routing, templates and relay. Any other mail
-/// is rewritten by <see cref="RelayedMailWriter"/> and queued as kind <c>relay</c> for the envelope recipients
+/// is rewritten by <see cref="RelayedMailWriter"/>, DKIM-signed when <c>Dkim</c> is configured, and queued as kind <c>relay</c> for the envelope recipients
 /// (expanded to people) through the same spool and delivery worker. Mail that has passed more than
-/// <c>Smtp:MaxHops</c> hops is refused as a loop. The reply is decided only after the spool committed.
+/// <c>Smtp:MaxHops</c> hops is refused as a loop, and mail with more than <see cref="MaxAlertParts"/> alert parts
+/// is refused whole (<c>552 5.3.4</c>) rather than stored in part. The reply is decided only after the spool committed.
 /// </summary>
 public sealed partial class SubmissionHandler
 {
     /// <summary>The MIME type of an EdgeMail alert part.</summary>
     public const string AlertMimeType = "application/vnd.edgemail.alert+json";
 
-    private const int MaxAlertParts = 16;
+    /// <summary>Most alert parts one message may carry; a message with more is refused whole, nothing of it stored.</summary>
+    public const int MaxAlertParts = 16;
     private readonly GatewayOptions _options;
     private readonly SmtpIngestOptions _smtp;
     private readonly RecipientPolicy _recipients;
+    private readonly DkimSigning? _dkim;
     private readonly AlertIngest _alerts;
     private readonly ISpool _spool;
     private readonly TimeProvider _clock;
     private readonly IngestPressure _pressure;
     private readonly Operations.DiskGuard _disk;
+    private readonly Devices.DeviceRegistry _devices;
     private readonly ILogger<SubmissionHandler> _logger;
 
     /// <summary>Creates the handler.</summary>
@@ -46,16 +51,19 @@ public sealed partial class SubmissionHandler
     /// <param name="pressure">Counts accepted mail, so delivery can yield to a burst (alerts count in <see cref="AlertIngest"/>).</param>
     /// <param name="disk">Refuses new mail while the disk is low.</param>
     /// <param name="logger">Logger.</param>
+    /// <param name="devices">Device names.</param>
     public SubmissionHandler(IOptions<GatewayOptions> options, IOptions<SmtpIngestOptions> smtp, AlertIngest alerts, ISpool spool, TimeProvider clock,
-        IngestPressure pressure, Operations.DiskGuard disk, ILogger<SubmissionHandler> logger)
+        IngestPressure pressure, Operations.DiskGuard disk, ILogger<SubmissionHandler> logger, Devices.DeviceRegistry devices)
     {
         _disk = disk;
+        _devices = devices;
         _pressure = pressure;
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(smtp);
         _options = options.Value;
         _smtp = smtp.Value;
         _recipients = new RecipientPolicy(_options, _smtp);
+        _dkim = DkimSigning.Create(_options.Dkim);
         _alerts = alerts;
         _spool = spool;
         _clock = clock;
@@ -81,6 +89,13 @@ public sealed partial class SubmissionHandler
         ArgumentNullException.ThrowIfNull(raw);
         _disk.ThrowIfLow();
         var alertParts = AlertParts(raw);
+        if (alertParts.Count > MaxAlertParts)
+        {
+            LogTooManyAlertParts(device, remote.Address.ToString(), MaxAlertParts);
+            return new SubmissionReply(552,
+                $"5.3.4 too many alert parts: at most {MaxAlertParts.ToString(CultureInfo.InvariantCulture)} in one message; nothing was stored, send them in several messages");
+        }
+
         if (alertParts.Count > 0)
         {
             int alertHops = RelayedMailWriter.CountHops(raw);
@@ -115,7 +130,7 @@ public sealed partial class SubmissionHandler
             return new SubmissionReply(554, "5.5.1 no valid recipients");
         }
 
-        string name = _options.Devices.TryGetValue(device, out var d) && d.Name.Length > 0 ? d.Name : device;
+        string name = _devices.Find(device)?.Name ?? device;
         var submission = new Submission(device, name, remote.Address.ToString(), envelopeFrom, authenticated, secure, sessionId, _clock.GetUtcNow());
         var mail = RelayedMailWriter.Rewrite(raw, submission, _options.Sender);
         if (mail.Hops > _smtp.MaxHops)
@@ -123,9 +138,30 @@ public sealed partial class SubmissionHandler
             return Loop(device, remote, mail.Hops);
         }
 
-        var queued = await _spool.QueueMailAsync(new NewMessage("relay", device, null, mail.SpoolKey, _options.Sender.Address, people, mail.Mime), cancellationToken).ConfigureAwait(false);
+        var mime = Sign(mail, device);
+        var queued = await _spool.QueueMailAsync(new NewMessage("relay", device, null, mail.SpoolKey, _options.Sender.Address, people, mime), cancellationToken).ConfigureAwait(false);
         _pressure.Accepted();
         return new SubmissionReply(250, queued == AcceptOutcome.Stored ? $"2.0.0 queued as <{mail.SpoolKey}>" : $"2.0.0 already queued as <{mail.SpoolKey}>");
+    }
+
+    // Signed as the gateway's mail (d= normally the domain of Sender:Address), after the rewrite made From the
+    // gateway's. Mail MimeKit cannot read goes out unsigned rather than being refused: the device cannot fix it.
+    private byte[] Sign(RelayedMail mail, string device)
+    {
+        if (_dkim is null)
+        {
+            return mail.Mime;
+        }
+
+        try
+        {
+            return _dkim.SignWire(mail.Mime);
+        }
+        catch (FormatException ex)
+        {
+            LogUnsigned(device, mail.SpoolKey, ex.Message);
+            return mail.Mime;
+        }
     }
 
     private SubmissionReply Loop(string device, IPEndPoint remote, int hops)
@@ -134,7 +170,10 @@ public sealed partial class SubmissionHandler
         return new SubmissionReply(554, $"5.4.6 routing loop detected: {hops.ToString(CultureInfo.InvariantCulture)} Received headers");
     }
 
-    /// <summary>The decoded bodies of the message's alert parts (at most 16), or none when it has none or cannot be parsed.</summary>
+    /// <summary>
+    /// The decoded bodies of the message's alert parts, or none when it has none or cannot be parsed. Decoding stops
+    /// at one more than <see cref="MaxAlertParts"/>: that many means too many.
+    /// </summary>
     /// <param name="raw">The message.</param>
     /// <returns>Alert payloads.</returns>
     public static IReadOnlyList<byte[]> AlertParts(byte[] raw)
@@ -167,7 +206,7 @@ public sealed partial class SubmissionHandler
             using var decoded = new MemoryStream();
             part.Content.DecodeTo(decoded);
             payloads.Add(decoded.ToArray());
-            if (payloads.Count == MaxAlertParts)
+            if (payloads.Count > MaxAlertParts)
             {
                 break;
             }
@@ -199,6 +238,12 @@ public sealed partial class SubmissionHandler
             offset++;
         }
     }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Mail relayed for device {Device} <{SpoolKey}> goes out without a DKIM signature: {Reason}")]
+    private partial void LogUnsigned(string device, string spoolKey, string reason);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP message from device {Device} ({Source}) refused with 552: more than {Limit} alert parts")]
+    private partial void LogTooManyAlertParts(string device, string source, int limit);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP message from device {Device} ({Source}) refused with 554: loop, {Hops} Received headers")]
     private partial void LogLoop(string device, string source, int hops);

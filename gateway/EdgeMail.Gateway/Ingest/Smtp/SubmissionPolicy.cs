@@ -32,6 +32,7 @@ public sealed partial class SubmissionPolicy : IMailboxFilter, IUserAuthenticato
     private readonly SmtpIngestOptions _smtp;
     private readonly RecipientPolicy _recipients;
     private readonly SecretVerifier _secrets;
+    private readonly Devices.DeviceRegistry _devices;
     private readonly FailureThrottle _authFailures;
     private readonly RateLimiter _perDevice;
     private readonly RateLimiter _perSource;
@@ -44,8 +45,11 @@ public sealed partial class SubmissionPolicy : IMailboxFilter, IUserAuthenticato
     /// <param name="secrets">Secret verifier.</param>
     /// <param name="clock">Clock for rate limits.</param>
     /// <param name="logger">Logger.</param>
-    public SubmissionPolicy(IOptions<GatewayOptions> options, IOptions<SmtpIngestOptions> smtp, SecretVerifier secrets, TimeProvider clock, ILogger<SubmissionPolicy> logger)
+    /// <param name="devices">Who may authenticate.</param>
+    public SubmissionPolicy(IOptions<GatewayOptions> options, IOptions<SmtpIngestOptions> smtp, SecretVerifier secrets, TimeProvider clock, ILogger<SubmissionPolicy> logger,
+        Devices.DeviceRegistry devices)
     {
+        _devices = devices;
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(smtp);
         _options = options.Value;
@@ -109,7 +113,7 @@ public sealed partial class SubmissionPolicy : IMailboxFilter, IUserAuthenticato
         }
 
         user ??= string.Empty;
-        if (_options.Devices.TryGetValue(user, out var device) && _secrets.Verify(user, device.Secret, Encoding.UTF8.GetBytes(password ?? string.Empty)))
+        if (_devices.FindEnabled(user) is { } device && _secrets.Verify(user, device.SecretHash, Encoding.UTF8.GetBytes(password ?? string.Empty)))
         {
             return Task.FromResult(true);
         }

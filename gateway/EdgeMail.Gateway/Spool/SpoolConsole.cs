@@ -1,0 +1,182 @@
+namespace EdgeMail.Gateway.Spool;
+
+/// <summary>Which alerts to list, newest first.</summary>
+/// <param name="Device">Only this device.</param>
+/// <param name="Code">Only this code.</param>
+/// <param name="Severity">Only this severity (<c>info</c>, <c>warning</c>, <c>critical</c>).</param>
+/// <param name="Status">Only this status (<see cref="AlertStatus"/>).</param>
+/// <param name="From">Received at or after.</param>
+/// <param name="To">Received before.</param>
+/// <param name="BeforeRowId">Paging: only rows older than this one.</param>
+/// <param name="Limit">Most to return.</param>
+public sealed record AlertQuery(string? Device = null, string? Code = null, string? Severity = null, string? Status = null, DateTimeOffset? From = null,
+    DateTimeOffset? To = null, long? BeforeRowId = null, int Limit = 100);
+
+/// <summary>One alert in a list.</summary>
+/// <param name="RowId">Spool row (the console's alert number).</param>
+/// <param name="Device">Device.</param>
+/// <param name="AlertId">The device's alert id.</param>
+/// <param name="Code">Code (null when rejected without one).</param>
+/// <param name="Severity">Severity (null when rejected).</param>
+/// <param name="Status">Status.</param>
+/// <param name="ReceivedAt">When received.</param>
+/// <param name="Via">Protocol it came with.</param>
+/// <param name="Peer">Remote endpoint.</param>
+/// <param name="Reason">Why rejected or parked.</param>
+public sealed record AlertSummary(long RowId, string Device, string AlertId, string? Code, string? Severity, string Status, DateTimeOffset ReceivedAt, string Via,
+    string? Peer, string? Reason);
+
+/// <summary>One recipient of a mail and where it stands.</summary>
+/// <param name="Address">Address.</param>
+/// <param name="Status"><c>pending</c>, <c>sent</c> or <c>failed</c>.</param>
+/// <param name="Reply">The last reply for it.</param>
+public sealed record RecipientState(string Address, string Status, string? Reply);
+
+/// <summary>One delivery attempt of a mail.</summary>
+/// <param name="Attempt">1 for the first.</param>
+/// <param name="At">When its result was recorded.</param>
+/// <param name="Results">Each recipient's outcome and the remote reply.</param>
+public sealed record AttemptRecord(int Attempt, DateTimeOffset At, IReadOnlyList<RecipientResult> Results);
+
+/// <summary>Which mail to list, newest first.</summary>
+/// <param name="State"><c>queued</c> (due, never tried), <c>deferred</c> (tried, waiting to retry), or any <see cref="MessageStatus"/>; null for all.</param>
+/// <param name="Device">Only mail about this device.</param>
+/// <param name="BeforeRowId">Paging: only rows older than this one.</param>
+/// <param name="Limit">Most to return.</param>
+public sealed record MessageQuery(string? State = null, string? Device = null, long? BeforeRowId = null, int Limit = 100);
+
+/// <summary>One mail in a list.</summary>
+/// <param name="RowId">Spool row.</param>
+/// <param name="Kind">alert, digest, notice or relay.</param>
+/// <param name="MessageId">Message-ID.</param>
+/// <param name="Device">Device it concerns.</param>
+/// <param name="AlertId">Alert it carries.</param>
+/// <param name="Status">Status.</param>
+/// <param name="Attempts">Attempts so far.</param>
+/// <param name="CreatedAt">When queued.</param>
+/// <param name="NextAttemptAt">Next attempt (while queued).</param>
+/// <param name="LastReply">Last reply.</param>
+/// <param name="Reason">Why parked or cancelled.</param>
+public sealed record MessageSummary(long RowId, string Kind, string MessageId, string? Device, string? AlertId, string Status, int Attempts,
+    DateTimeOffset CreatedAt, DateTimeOffset NextAttemptAt, string? LastReply, string? Reason);
+
+/// <summary>Everything about one mail.</summary>
+/// <param name="Summary">Its list entry.</param>
+/// <param name="EnvelopeFrom">Envelope sender (empty: null reverse-path).</param>
+/// <param name="ExpiresAt">When it is given up.</param>
+/// <param name="FinishedAt">When it finished.</param>
+/// <param name="Recipients">Its recipients.</param>
+/// <param name="Attempts">Every attempt with every reply.</param>
+/// <param name="Mime">The message as sent (CRLF wire bytes).</param>
+public sealed record MessageDetail(MessageSummary Summary, string EnvelopeFrom, DateTimeOffset ExpiresAt, DateTimeOffset? FinishedAt,
+    IReadOnlyList<RecipientState> Recipients, IReadOnlyList<AttemptRecord> Attempts, byte[] Mime);
+
+/// <summary>An alert's whole journey in the gateway.</summary>
+/// <param name="Alert">The alert.</param>
+/// <param name="Payload">Its payload exactly as sent.</param>
+/// <param name="Route">Which routes matched and whom they named (null before routing).</param>
+/// <param name="DigestMessageId">The digest it went out in, when it was a held repeat.</param>
+/// <param name="Messages">The mail made from it.</param>
+public sealed record AlertJourney(AlertSummary Alert, byte[] Payload, string? Route, string? DigestMessageId, IReadOnlyList<MessageDetail> Messages);
+
+/// <summary>What the dashboard counts.</summary>
+/// <param name="AlertsBySeverity">Alerts received since the given time, by severity (rejected ones under <c>rejected</c>).</param>
+/// <param name="MessagesByState">Mail by state: queued, deferred, failed, parked (and sent since the given time).</param>
+/// <param name="SpoolBytes">Size of the spool's database.</param>
+public sealed record DashboardCounts(IReadOnlyDictionary<string, long> AlertsBySeverity, IReadOnlyDictionary<string, long> MessagesByState, long SpoolBytes);
+
+/// <summary>A device's last signs of life, as the spool saw them.</summary>
+/// <param name="Device">Device id.</param>
+/// <param name="LastAlertAt">Last alert received.</param>
+/// <param name="LastStatusAt">Last heartbeat received.</param>
+/// <param name="LastStatus">That heartbeat.</param>
+public sealed record DeviceActivity(string Device, DateTimeOffset? LastAlertAt, DateTimeOffset? LastStatusAt, byte[]? LastStatus);
+
+/// <summary>An API key, as stored (only the hash).</summary>
+/// <param name="Id">Public key id (the part before the dot).</param>
+/// <param name="Name">What it is for.</param>
+/// <param name="Hash">SHA-256 of the secret part, hex.</param>
+/// <param name="CreatedAt">Created.</param>
+/// <param name="RevokedAt">Revoked, if it was.</param>
+public sealed record ApiKeyRecord(string Id, string Name, string Hash, DateTimeOffset CreatedAt, DateTimeOffset? RevokedAt);
+
+/// <summary>What the operator's console and CLI read and do.</summary>
+public partial interface ISpool
+{
+    /// <summary>Alerts matching a query, newest first.</summary>
+    /// <param name="query">The query.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The alerts.</returns>
+    Task<IReadOnlyList<AlertSummary>> QueryAlertsAsync(AlertQuery query, CancellationToken cancellationToken);
+
+    /// <summary>One alert and everything that became of it.</summary>
+    /// <param name="rowId">Its row.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The journey, or null.</returns>
+    Task<AlertJourney?> AlertJourneyAsync(long rowId, CancellationToken cancellationToken);
+
+    /// <summary>Mail matching a query, newest first.</summary>
+    /// <param name="query">The query.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The mail.</returns>
+    Task<IReadOnlyList<MessageSummary>> QueryMessagesAsync(MessageQuery query, CancellationToken cancellationToken);
+
+    /// <summary>One mail with its recipients, attempts and content.</summary>
+    /// <param name="rowId">Its row.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The mail, or null.</returns>
+    Task<MessageDetail?> MessageDetailAsync(long rowId, CancellationToken cancellationToken);
+
+    /// <summary>Makes a queued (deferred) mail due now.</summary>
+    /// <param name="rowId">Its row.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>True when it was queued and is due now.</returns>
+    Task<bool> RetryNowAsync(long rowId, CancellationToken cancellationToken);
+
+    /// <summary>The dashboard's counts.</summary>
+    /// <param name="since">Alerts (and sent mail) counted from here.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The counts.</returns>
+    Task<DashboardCounts> DashboardAsync(DateTimeOffset since, CancellationToken cancellationToken);
+
+    /// <summary>Every device's last alert and heartbeat.</summary>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>One entry per device the spool has heard from.</returns>
+    Task<IReadOnlyList<DeviceActivity>> DeviceActivityAsync(CancellationToken cancellationToken);
+
+    /// <summary>Alerts of a device per hour since a time.</summary>
+    /// <param name="device">Device.</param>
+    /// <param name="since">Start.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>Hour (start) and count, for hours with alerts.</returns>
+    Task<IReadOnlyList<(DateTimeOffset Hour, long Count)>> AlertsPerHourAsync(string device, DateTimeOffset since, CancellationToken cancellationToken);
+
+    /// <summary>A device's recorded heartbeats since a time (at most one every 5 minutes is kept).</summary>
+    /// <param name="device">Device.</param>
+    /// <param name="since">Start.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>Time and payload, oldest first.</returns>
+    Task<IReadOnlyList<(DateTimeOffset At, byte[] Payload)>> HeartbeatsAsync(string device, DateTimeOffset since, CancellationToken cancellationToken);
+
+    /// <summary>The console's admin password hash, if one was set.</summary>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The hash, or null.</returns>
+    Task<string?> AdminPasswordHashAsync(CancellationToken cancellationToken);
+
+    /// <summary>Sets the console's admin password hash.</summary>
+    /// <param name="hash">PBKDF2 hash.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task completing after commit.</returns>
+    Task SetAdminPasswordHashAsync(string hash, CancellationToken cancellationToken);
+
+    /// <summary>Every API key (revoked ones too).</summary>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The keys.</returns>
+    Task<IReadOnlyList<ApiKeyRecord>> ApiKeysAsync(CancellationToken cancellationToken);
+
+    /// <summary>Stores an API key (insert or replace).</summary>
+    /// <param name="key">The key.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task completing after commit.</returns>
+    Task SaveApiKeyAsync(ApiKeyRecord key, CancellationToken cancellationToken);
+}

@@ -1,0 +1,127 @@
+using System.Text;
+using System.Text.Json;
+using EdgeMail.Gateway.Receipts;
+using EdgeMail.Gateway.Spool;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+
+namespace EdgeMail.Gateway.Web.Api;
+
+/// <summary>One alert's whole journey: from the device, through routing, to each recipient's server.</summary>
+/// <param name="Alert">The alert as received (via, peer, time, status, reason).</param>
+/// <param name="Payload">Its payload exactly as sent (UTF-8 text; invalid bytes shown as U+FFFD).</param>
+/// <param name="Json">The payload as JSON, when it is JSON.</param>
+/// <param name="Route">Which routes matched and whom they named.</param>
+/// <param name="DigestMessageId">The digest it went out in, when storm control held it.</param>
+/// <param name="Receipts">Receipts the gateway gave the device (remembered in memory for the most recent ones).</param>
+/// <param name="Messages">Each mail made from it, with its recipients and every attempt's replies.</param>
+public sealed record AlertJourneyView(AlertSummary Alert, string Payload, JsonElement? Json, string? Route, string? DigestMessageId, IReadOnlyList<SentReceipt> Receipts,
+    IReadOnlyList<MessageView> Messages);
+
+/// <summary>A mail with its recipients and attempts (its content is at <c>/api/v1/messages/{rowId}/raw|text|html</c>).</summary>
+/// <param name="Summary">The mail.</param>
+/// <param name="Subject">Its subject.</param>
+/// <param name="EnvelopeFrom">Envelope sender.</param>
+/// <param name="ExpiresAt">When it is given up.</param>
+/// <param name="FinishedAt">When it finished.</param>
+/// <param name="Recipients">Recipients and where each stands.</param>
+/// <param name="Attempts">Every attempt and every reply.</param>
+public sealed record MessageView(MessageSummary Summary, string Subject, string EnvelopeFrom, DateTimeOffset ExpiresAt, DateTimeOffset? FinishedAt,
+    IReadOnlyList<RecipientState> Recipients, IReadOnlyList<AttemptRecord> Attempts)
+{
+    /// <summary>The view of a mail's detail.</summary>
+    /// <param name="detail">The detail.</param>
+    /// <returns>The view.</returns>
+    public static MessageView From(MessageDetail detail)
+    {
+        ArgumentNullException.ThrowIfNull(detail);
+        string subject = string.Empty;
+        try
+        {
+            using var stream = new MemoryStream(detail.Mime, writable: false);
+            subject = MimeKit.HeaderList.Load(stream)[MimeKit.HeaderId.Subject] ?? string.Empty;
+        }
+        catch (FormatException)
+        {
+            // Relayed device mail may be malformed; it still has a journey.
+        }
+
+        return new MessageView(detail.Summary, subject, detail.EnvelopeFrom, detail.ExpiresAt, detail.FinishedAt, detail.Recipients, detail.Attempts);
+    }
+}
+
+/// <summary>Why an item is given up.</summary>
+/// <param name="Reason">For the record.</param>
+public sealed record CancelRequest(string? Reason);
+
+/// <summary>A refused payload as the operator sees it.</summary>
+/// <param name="Alert">The alert row (reason included).</param>
+/// <param name="Payload">The first 1 KiB of what the device sent, as text.</param>
+public sealed record RejectedView(AlertSummary Alert, string Payload);
+
+/// <summary>Alerts: filtered lists, one alert's journey, release and cancel of parked ones, rejected payloads.</summary>
+public static class AlertApi
+{
+    /// <summary>Maps the routes.</summary>
+    /// <param name="api">The <c>/api/v1</c> group.</param>
+    public static void Map(RouteGroupBuilder api)
+    {
+        api.MapGet("/alerts", (string? device, string? code, string? severity, string? status, DateTimeOffset? from, DateTimeOffset? to, long? before, int? limit,
+                ConsoleContext c, CancellationToken ct) =>
+            c.Spool.QueryAlertsAsync(new AlertQuery(device, code, severity, status, from, to, before, limit ?? 100), ct))
+            .WithSummary("Alerts, newest first, filtered by device, code, severity, status and time; page with 'before'");
+        api.MapGet("/alerts/{rowId:long}", async (long rowId, ConsoleContext c, ReceiptPublisher receipts, CancellationToken ct) =>
+        {
+            if (await c.Spool.AlertJourneyAsync(rowId, ct).ConfigureAwait(false) is not { } journey)
+            {
+                return Results.NotFound(new ApiError($"no alert {rowId}"));
+            }
+
+            var view = new AlertJourneyView(journey.Alert, Text(journey.Payload, int.MaxValue), Json(journey.Payload), journey.Route, journey.DigestMessageId,
+                receipts.RecentFor(journey.Alert.Device, journey.Alert.AlertId), journey.Messages.Select(MessageView.From).ToList());
+            return Results.Ok(view);
+        }).WithSummary("One alert's journey: received (via, peer), receipts, routed to whom and why, its mail, each delivery attempt with the remote reply");
+        api.MapPost("/alerts/{rowId:long}/release", async (long rowId, ConsoleContext c, CancellationToken ct) =>
+            await c.Spool.ReleaseAsync(ParkedKinds.Alert, rowId, ct).ConfigureAwait(false) ? Results.NoContent() : Results.Conflict(new ApiError($"alert {rowId} is not parked")))
+            .WithSummary("Releases a parked alert: it is routed again");
+        api.MapPost("/alerts/{rowId:long}/cancel", async (long rowId, CancelRequest? request, ConsoleContext c, CancellationToken ct) =>
+            await c.Spool.CancelAsync(ParkedKinds.Alert, rowId, request?.Reason ?? "cancelled in the console", ct).ConfigureAwait(false)
+                ? Results.NoContent()
+                : Results.Conflict(new ApiError($"alert {rowId} is not parked")))
+            .WithSummary("Gives up a parked alert");
+        api.MapGet("/rejected", async (string? device, long? before, int? limit, ConsoleContext c, CancellationToken ct) =>
+        {
+            var rejected = await c.Spool.QueryAlertsAsync(new AlertQuery(device, Status: AlertStatus.Rejected, BeforeRowId: before, Limit: limit ?? 100), ct).ConfigureAwait(false);
+            var views = new List<RejectedView>(rejected.Count);
+            foreach (var alert in rejected)
+            {
+                var journey = await c.Spool.AlertJourneyAsync(alert.RowId, ct).ConfigureAwait(false);
+                views.Add(new RejectedView(alert, journey is null ? string.Empty : Text(journey.Payload, 1024)));
+            }
+
+            return views;
+        }).WithSummary("Payloads devices sent that were refused, with the reason");
+        api.MapGet("/parked", (ConsoleContext c, CancellationToken ct) => c.Spool.ParkedAsync(500, ct))
+            .WithSummary("Alerts and mail parked because handling them failed, with the reason");
+    }
+
+    internal static string Text(byte[] payload, int max)
+    {
+        string text = Encoding.UTF8.GetString(payload, 0, Math.Min(payload.Length, max));
+        return payload.Length > max ? text + "…" : text;
+    }
+
+    private static JsonElement? Json(byte[] payload)
+    {
+        try
+        {
+            using var doc = JsonDocument.Parse(payload, new JsonDocumentOptions { MaxDepth = 16 });
+            return doc.RootElement.Clone();
+        }
+        catch (JsonException)
+        {
+            return null;
+        }
+    }
+}

@@ -1,0 +1,256 @@
+using System.Security.Cryptography;
+using System.Text;
+using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Security;
+using EdgeMail.Gateway.Spool;
+using Microsoft.Extensions.Logging;
+
+namespace EdgeMail.Gateway.Web;
+
+/// <summary>What a login attempt came to.</summary>
+public enum LoginResult
+{
+    /// <summary>The password is right.</summary>
+    Success,
+
+    /// <summary>Wrong password (counted against the source).</summary>
+    WrongPassword,
+
+    /// <summary>Too many wrong passwords from this source lately: refused without checking.</summary>
+    Throttled,
+
+    /// <summary>No admin password is set yet: use the setup link or <c>edgemail admin set-password</c>.</summary>
+    NotSetUp,
+}
+
+/// <summary>
+/// Who may use the console and the API. There is no default password: until one is set, the console offers only the
+/// setup page, opened with a one-time token the gateway prints at start (or the password is set with
+/// <c>edgemail admin set-password</c>). The admin password is stored as a PBKDF2 hash (600,000 iterations); wrong
+/// passwords from one source are throttled. API keys (<c>emk_ID.SECRET</c>) are random, shown once and stored as the
+/// SHA-256 of their secret; one, for the local CLI, is written at first start to a file only the service's user can
+/// read.
+/// </summary>
+public sealed partial class ConsoleAuth
+{
+    /// <summary>File (in the data directory) holding the local CLI's API key.</summary>
+    public const string CliKeyFileName = "cli-api-key";
+
+    /// <summary>Shortest admin password accepted.</summary>
+    public const int MinPasswordLength = 12;
+
+    private const string KeyPrefix = "emk_";
+    private const int PasswordIterations = 600_000;
+    private readonly ISpool _spool;
+    private readonly TimeProvider _clock;
+    private readonly ILogger<ConsoleAuth> _logger;
+    private readonly FailureThrottle _loginFailures;
+    private readonly SemaphoreSlim _writes = new(1, 1);
+    private volatile string? _adminHash;
+    private volatile string? _setupToken;
+    private volatile Dictionary<string, ApiKeyRecord> _keys = new(StringComparer.Ordinal);
+
+    /// <summary>Creates the authority; <see cref="InitializeAsync"/> loads what the spool holds.</summary>
+    /// <param name="spool">Where the hashes live.</param>
+    /// <param name="clock">Clock.</param>
+    /// <param name="logger">Logger.</param>
+    public ConsoleAuth(ISpool spool, TimeProvider clock, ILogger<ConsoleAuth> logger)
+    {
+        _spool = spool;
+        _clock = clock;
+        _logger = logger;
+        _loginFailures = new FailureThrottle(5, TimeSpan.FromMinutes(15), clock);
+    }
+
+    /// <summary>True until an admin password is set.</summary>
+    public bool NeedsSetup => _adminHash is null;
+
+    /// <summary>The one-time setup token, while no password is set.</summary>
+    public string? SetupToken => _setupToken;
+
+    /// <summary>Loads the admin hash and the API keys; makes a setup token when no password is set; writes the local CLI key file when missing.</summary>
+    /// <param name="dataDirectory">Where the CLI key file goes.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task.</returns>
+    public async Task InitializeAsync(string dataDirectory, CancellationToken cancellationToken)
+    {
+        _adminHash = await _spool.AdminPasswordHashAsync(cancellationToken).ConfigureAwait(false);
+        _keys = (await _spool.ApiKeysAsync(cancellationToken).ConfigureAwait(false)).ToDictionary(k => k.Id, StringComparer.Ordinal);
+        if (_adminHash is null)
+        {
+            _setupToken = Base64Url(RandomNumberGenerator.GetBytes(24));
+        }
+
+        string file = Path.Combine(dataDirectory, CliKeyFileName);
+        if (!File.Exists(file) || VerifyApiKey(File.ReadAllText(file).Trim()) is null)
+        {
+            var (_, key) = await CreateApiKeyAsync("local CLI (" + file + ")", cancellationToken).ConfigureAwait(false);
+            Directory.CreateDirectory(dataDirectory);
+            string tmp = file + ".tmp";
+            await File.WriteAllTextAsync(tmp, key + "\n", cancellationToken).ConfigureAwait(false);
+            if (!OperatingSystem.IsWindows())
+            {
+                File.SetUnixFileMode(tmp, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            }
+
+            File.Move(tmp, file, overwrite: true);
+        }
+    }
+
+    /// <summary>Sets the admin password with the one-time setup token.</summary>
+    /// <param name="token">The token from the setup link.</param>
+    /// <param name="password">The new password.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>Null on success, else what is wrong.</returns>
+    public async Task<string?> CompleteSetupAsync(string token, string password, CancellationToken cancellationToken)
+    {
+        string? expected = _setupToken;
+        if (expected is null || !FixedTimeEquals(expected, token))
+        {
+            return "the setup link is not valid (it works once, until a password is set; restarting the gateway prints a new one)";
+        }
+
+        return await SetPasswordAsync(password, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Sets (or changes) the admin password.</summary>
+    /// <param name="password">The new password.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>Null on success, else what is wrong with the password.</returns>
+    public async Task<string?> SetPasswordAsync(string password, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(password);
+        if (PasswordProblem(password) is { } problem)
+        {
+            return problem;
+        }
+
+        string hash = SecretHash.Create(password, PasswordIterations);
+        await _spool.SetAdminPasswordHashAsync(hash, cancellationToken).ConfigureAwait(false);
+        _adminHash = hash;
+        _setupToken = null;
+        LogPasswordSet();
+        return null;
+    }
+
+    /// <summary>Why a password is not good enough, or null.</summary>
+    /// <param name="password">The candidate.</param>
+    /// <returns>The problem, or null.</returns>
+    public static string? PasswordProblem(string password) =>
+        password is null || password.Length < MinPasswordLength ? $"the password must have at least {MinPasswordLength} characters" : null;
+
+    /// <summary>Checks the admin password for a login from <paramref name="source"/>.</summary>
+    /// <param name="password">What was typed.</param>
+    /// <param name="source">The client's address (throttling).</param>
+    /// <returns>The result.</returns>
+    public LoginResult Login(string password, string source)
+    {
+        if (_adminHash is not { } hash)
+        {
+            return LoginResult.NotSetUp;
+        }
+
+        if (_loginFailures.IsBlocked(source))
+        {
+            LogThrottled(source);
+            return LoginResult.Throttled;
+        }
+
+        if (SecretHash.Verify(hash, Encoding.UTF8.GetBytes(password ?? string.Empty)))
+        {
+            return LoginResult.Success;
+        }
+
+        _loginFailures.Fail(source);
+        LogLoginFailed(source);
+        return LoginResult.WrongPassword;
+    }
+
+    /// <summary>The key record for a presented API key, or null when unknown, wrong or revoked.</summary>
+    /// <param name="presented"><c>emk_ID.SECRET</c>.</param>
+    /// <returns>The key, or null.</returns>
+    public ApiKeyRecord? VerifyApiKey(string presented)
+    {
+        if (presented is null || !presented.StartsWith(KeyPrefix, StringComparison.Ordinal))
+        {
+            return null;
+        }
+
+        int dot = presented.IndexOf('.', StringComparison.Ordinal);
+        if (dot < 0 || !_keys.TryGetValue(presented[KeyPrefix.Length..dot], out var key) || key.RevokedAt is not null)
+        {
+            return null;
+        }
+
+        return FixedTimeEquals(key.Hash, HashSecret(presented[(dot + 1)..])) ? key : null;
+    }
+
+    /// <summary>Every API key (without secrets).</summary>
+    public IReadOnlyCollection<ApiKeyRecord> ApiKeys => _keys.Values;
+
+    /// <summary>Creates an API key.</summary>
+    /// <param name="name">What it is for.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The record and the key — shown once.</returns>
+    public async Task<(ApiKeyRecord Record, string Key)> CreateApiKeyAsync(string name, CancellationToken cancellationToken)
+    {
+        string id = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6));
+        string secret = Base64Url(RandomNumberGenerator.GetBytes(32));
+        var record = new ApiKeyRecord(id, name, HashSecret(secret), _clock.GetUtcNow(), null);
+        await SaveAsync(record, cancellationToken).ConfigureAwait(false);
+        LogKeyCreated(id, name);
+        return (record, $"{KeyPrefix}{id}.{secret}");
+    }
+
+    /// <summary>Revokes an API key at once.</summary>
+    /// <param name="id">Its id.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>True when it existed and was active.</returns>
+    public async Task<bool> RevokeApiKeyAsync(string id, CancellationToken cancellationToken)
+    {
+        if (!_keys.TryGetValue(id, out var key) || key.RevokedAt is not null)
+        {
+            return false;
+        }
+
+        await SaveAsync(key with { RevokedAt = _clock.GetUtcNow() }, cancellationToken).ConfigureAwait(false);
+        LogKeyRevoked(id);
+        return true;
+    }
+
+    private async Task SaveAsync(ApiKeyRecord record, CancellationToken cancellationToken)
+    {
+        await _writes.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await _spool.SaveApiKeyAsync(record, cancellationToken).ConfigureAwait(false);
+            _keys = new Dictionary<string, ApiKeyRecord>(_keys, StringComparer.Ordinal) { [record.Id] = record };
+        }
+        finally
+        {
+            _writes.Release();
+        }
+    }
+
+    private static string HashSecret(string secret) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(secret)));
+
+    private static bool FixedTimeEquals(string a, string b) =>
+        CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(a), Encoding.UTF8.GetBytes(b ?? string.Empty));
+
+    private static string Base64Url(byte[] bytes) => Convert.ToBase64String(bytes).TrimEnd('=').Replace('+', '-').Replace('/', '_');
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Console admin password set")]
+    private partial void LogPasswordSet();
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Console login failed from {Source}")]
+    private partial void LogLoginFailed(string source);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Console logins from {Source} refused for a while: too many wrong passwords")]
+    private partial void LogThrottled(string source);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "API key {KeyId} created ({Name})")]
+    private partial void LogKeyCreated(string keyId, string name);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "API key {KeyId} revoked")]
+    private partial void LogKeyRevoked(string keyId);
+}

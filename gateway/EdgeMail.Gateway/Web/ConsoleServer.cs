@@ -1,0 +1,316 @@
+using System.Net;
+using System.Security.Claims;
+using System.Text.Encodings.Web;
+using EdgeMail.Gateway.Composition;
+using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Devices;
+using EdgeMail.Gateway.Operations;
+using EdgeMail.Gateway.Receipts;
+using EdgeMail.Gateway.Relay;
+using EdgeMail.Gateway.Security;
+using EdgeMail.Gateway.Spool;
+using EdgeMail.Gateway.Web.Api;
+using Microsoft.AspNetCore.Antiforgery;
+using Microsoft.AspNetCore.Authentication;
+using Microsoft.AspNetCore.Authentication.Cookies;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.DataProtection;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+
+namespace EdgeMail.Gateway.Web;
+
+/// <summary>
+/// The operator's console, in the gateway process: a Kestrel server of its own (own routes and middleware) over the
+/// gateway's services. Loopback by default; bound anywhere else it serves TLS only (the gateway's certificate unless
+/// <c>Console:CertificatePath</c> names one). Every route needs a logged-in admin (cookie, with CSRF protection on
+/// changes) or an API key (<c>Authorization: Bearer emk_...</c>), except login and setup, <c>/livez</c> and
+/// <c>/readyz</c>, and <c>/metrics</c> when <c>Console:MetricsAnonymous</c> is set.
+/// </summary>
+public sealed partial class ConsoleServer : IHostedService, IAsyncDisposable
+{
+    /// <summary>The header the UI sends its CSRF token in.</summary>
+    public const string CsrfHeader = "X-CSRF-Token";
+
+    private readonly IServiceProvider _gateway;
+    private readonly ConsoleOptions _options;
+    private readonly GatewayOptions _gatewayOptions;
+    private readonly ConsoleAuth _auth;
+    private readonly ILogger<ConsoleServer> _logger;
+    private readonly List<Action<IServiceCollection>> _extraServices = [];
+    private readonly List<Action<WebApplication>> _extraEndpoints = [];
+    private WebApplication? _app;
+
+    /// <summary>Creates the console; it listens once the host starts it.</summary>
+    /// <param name="gateway">The gateway's services.</param>
+    /// <param name="options">Console options.</param>
+    /// <param name="gatewayOptions">Gateway options.</param>
+    /// <param name="auth">Who may log in.</param>
+    /// <param name="logger">Logger.</param>
+    public ConsoleServer(IServiceProvider gateway, IOptions<ConsoleOptions> options, IOptions<GatewayOptions> gatewayOptions, ConsoleAuth auth, ILogger<ConsoleServer> logger)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(gatewayOptions);
+        _gateway = gateway;
+        _options = options.Value;
+        _gatewayOptions = gatewayOptions.Value;
+        _auth = auth;
+        _logger = logger;
+    }
+
+    /// <summary>Where the console listens, once started (the real port when 0 was asked for).</summary>
+    public Uri? Address { get; private set; }
+
+    /// <summary>The console's own services (tests enumerate its routes).</summary>
+    public IServiceProvider? Services => _app?.Services;
+
+    /// <summary>Adds services to the console's container before it starts (features that register their own endpoints).</summary>
+    /// <param name="configure">The registration.</param>
+    public void AddServices(Action<IServiceCollection> configure) => _extraServices.Add(configure);
+
+    /// <summary>Adds endpoints before the console starts.</summary>
+    /// <param name="map">The mapping.</param>
+    public void AddEndpoints(Action<WebApplication> map) => _extraEndpoints.Add(map);
+
+    /// <inheritdoc />
+    public async Task StartAsync(CancellationToken cancellationToken)
+    {
+        if (!_options.Enabled)
+        {
+            return;
+        }
+
+        await _auth.InitializeAsync(_gatewayOptions.DataPath(), cancellationToken).ConfigureAwait(false);
+        var address = IPAddress.Parse(_options.BindAddress);
+        bool tls = !IPAddress.IsLoopback(address);
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { ApplicationName = "EdgeMail.Gateway", ContentRootPath = AppContext.BaseDirectory });
+        builder.Logging.ClearProviders();
+        builder.Services.AddSingleton(_gateway.GetRequiredService<ILoggerFactory>());
+        builder.WebHost.ConfigureKestrel(kestrel =>
+        {
+            kestrel.AddServerHeader = false;
+            kestrel.Listen(address, _options.Port, listen =>
+            {
+                if (tls)
+                {
+                    listen.UseHttps(LoadCertificate());
+                }
+            });
+        });
+        ConfigureServices(builder.Services, tls);
+        foreach (var configure in _extraServices)
+        {
+            configure(builder.Services);
+        }
+
+        var app = builder.Build();
+        app.UseMiddleware<SecurityHeaders>();
+        app.UseAuthentication();
+        app.UseAuthorization();
+        app.UseMiddleware<CsrfCheck>();
+        ConsoleEndpoints.Map(app);
+        foreach (var map in _extraEndpoints)
+        {
+            map(app);
+        }
+
+        await app.StartAsync(cancellationToken).ConfigureAwait(false);
+        _app = app;
+        string bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        Address = new Uri(bound.Replace("[::]", "localhost", StringComparison.Ordinal) + "/");
+        LogListening(Address);
+        if (_auth.SetupToken is { } token)
+        {
+            string baseUrl = _options.PublicUrl.Length > 0 ? _options.PublicUrl.TrimEnd('/') + "/" : Address.ToString();
+            LogSetup(baseUrl + "setup#" + token);
+        }
+    }
+
+    /// <inheritdoc />
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        if (_app is not null)
+        {
+            await _app.StopAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <inheritdoc />
+    public async ValueTask DisposeAsync()
+    {
+        if (_app is not null)
+        {
+            await _app.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    private void ConfigureServices(IServiceCollection services, bool tls)
+    {
+        // The console's handlers get the gateway's own singletons.
+        void Forward<T>()
+            where T : class => services.AddSingleton(_ => _gateway.GetRequiredService<T>());
+        Forward<ISpool>();
+        Forward<DeviceRegistry>();
+        Forward<GatewayMetrics>();
+        Forward<TimeProvider>();
+        Forward<DiskGuard>();
+        Forward<RelayHealth>();
+        Forward<ReceiptPublisher>();
+        Forward<IMailTransport>();
+        Forward<MailComposer>();
+        Forward<ConsoleAuth>();
+        Forward<IngestPressure>();
+        Forward<DevicePresence>();
+        Forward<FreeSpaceProbe>();
+        services.AddSingleton<ConsoleContext>();
+        services.AddSingleton(_ => _gateway.GetRequiredService<IOptions<GatewayOptions>>());
+        services.AddSingleton(_ => _gateway.GetRequiredService<IOptions<ConsoleOptions>>());
+        services.AddSingleton(new GatewayServices(_gateway));
+
+        services.AddDataProtection()
+            .SetApplicationName("edgemail-console")
+            .PersistKeysToFileSystem(Directory.CreateDirectory(Path.Combine(_gatewayOptions.DataPath(), "console-keys")));
+        services.AddAuthentication("console")
+            .AddPolicyScheme("console", "cookie or API key", o => o.ForwardDefaultSelector = ctx =>
+                ctx.Request.Headers.Authorization.ToString().StartsWith("Bearer ", StringComparison.Ordinal) ? ApiKeyAuthentication.SchemeName : CookieAuthenticationDefaults.AuthenticationScheme)
+            .AddCookie(o =>
+            {
+                o.Cookie.Name = "edgemail_console";
+                o.Cookie.HttpOnly = true;
+                o.Cookie.SameSite = SameSiteMode.Strict;
+                o.Cookie.SecurePolicy = tls ? CookieSecurePolicy.Always : CookieSecurePolicy.SameAsRequest;
+                o.ExpireTimeSpan = TimeSpan.FromHours(8);
+                o.SlidingExpiration = true;
+                o.LoginPath = "/login";
+                o.Events.OnRedirectToLogin = ctx => Refuse(ctx, StatusCodes.Status401Unauthorized);
+                o.Events.OnRedirectToAccessDenied = ctx => Refuse(ctx, StatusCodes.Status403Forbidden);
+            })
+            .AddScheme<AuthenticationSchemeOptions, ApiKeyAuthentication>(ApiKeyAuthentication.SchemeName, null);
+        services.AddAuthorization(o => o.FallbackPolicy = new Microsoft.AspNetCore.Authorization.AuthorizationPolicyBuilder().RequireAuthenticatedUser().Build());
+        services.AddAntiforgery(o =>
+        {
+            o.HeaderName = CsrfHeader;
+            o.Cookie.Name = "edgemail_csrf";
+            o.Cookie.SameSite = SameSiteMode.Strict;
+            o.Cookie.SecurePolicy = tls ? CookieSecurePolicy.Always : CookieSecurePolicy.SameAsRequest;
+        });
+        services.AddOpenApi("v1", o => o.AddDocumentTransformer((document, _, _) =>
+        {
+            document.Info.Title = "EdgeMail gateway API";
+            document.Info.Description = "Everything the operator's console shows and does. Authenticate with a console session or `Authorization: Bearer emk_...`.";
+            return Task.CompletedTask;
+        }));
+        services.ConfigureHttpJsonOptions(o => o.SerializerOptions.Encoder = JavaScriptEncoder.Default);
+    }
+
+    // API calls and page loads get a status code (the UI's script sends the browser to /login itself).
+    private static Task Refuse(RedirectContext<CookieAuthenticationOptions> ctx, int status)
+    {
+        if (ctx.Request.Path.StartsWithSegments("/api", StringComparison.Ordinal) || ctx.Request.Method != HttpMethods.Get)
+        {
+            ctx.Response.StatusCode = status;
+            return Task.CompletedTask;
+        }
+
+        ctx.Response.Redirect("/login");
+        return Task.CompletedTask;
+    }
+
+    private System.Security.Cryptography.X509Certificates.X509Certificate2 LoadCertificate()
+    {
+        string path = _options.CertificatePath.Length > 0 ? _options.CertificatePath : _gatewayOptions.Mqtt.CertificatePath;
+        string password = _options.CertificatePath.Length > 0 ? _options.CertificatePassword : _gatewayOptions.Mqtt.CertificatePassword;
+        return TlsCertificates.Load(path, password, _gatewayOptions.DataPath(), _gatewayOptions.Sender.Hostname, _gateway.GetRequiredService<TimeProvider>(), out _);
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Console listening on {Address}")]
+    private partial void LogListening(Uri address);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "The console has no admin password yet. Set one at {SetupLink} (works once, until a password is set), or run: edgemail admin set-password")]
+    private partial void LogSetup(string setupLink);
+}
+
+/// <summary>The gateway's service provider, for console handlers that need a service the console does not forward.</summary>
+/// <param name="Services">The gateway's services.</param>
+public sealed record GatewayServices(IServiceProvider Services);
+
+/// <summary>Authenticates <c>Authorization: Bearer emk_ID.SECRET</c> against the stored API key hashes.</summary>
+internal sealed class ApiKeyAuthentication(IOptionsMonitor<AuthenticationSchemeOptions> options, ILoggerFactory logger, UrlEncoder encoder, ConsoleAuth auth)
+    : AuthenticationHandler<AuthenticationSchemeOptions>(options, logger, encoder)
+{
+    public const string SchemeName = "api-key";
+
+    protected override Task<AuthenticateResult> HandleAuthenticateAsync()
+    {
+        string header = Request.Headers.Authorization.ToString();
+        if (!header.StartsWith("Bearer ", StringComparison.Ordinal))
+        {
+            return Task.FromResult(AuthenticateResult.NoResult());
+        }
+
+        if (auth.VerifyApiKey(header["Bearer ".Length..].Trim()) is not { } key)
+        {
+            return Task.FromResult(AuthenticateResult.Fail("unknown, wrong or revoked API key"));
+        }
+
+        var identity = new ClaimsIdentity([new Claim(ClaimTypes.Name, "api-key:" + key.Id), new Claim("api_key", key.Id)], SchemeName);
+        return Task.FromResult(AuthenticateResult.Success(new AuthenticationTicket(new ClaimsPrincipal(identity), SchemeName)));
+    }
+}
+
+/// <summary>Security headers on every response: no framing, no sniffing, no referrer, a strict content policy.</summary>
+internal sealed class SecurityHeaders(RequestDelegate next)
+{
+    public Task InvokeAsync(HttpContext context)
+    {
+        context.Response.OnStarting(() =>
+        {
+            var headers = context.Response.Headers;
+            headers.XContentTypeOptions = "nosniff";
+            headers["Referrer-Policy"] = "no-referrer";
+            if (!headers.ContainsKey("Content-Security-Policy"))
+            {
+                headers.ContentSecurityPolicy = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
+                headers.XFrameOptions = "DENY";
+            }
+
+            if (context.Request.IsHttps)
+            {
+                headers.StrictTransportSecurity = "max-age=31536000";
+            }
+
+            if (context.Request.Path.StartsWithSegments("/api", StringComparison.Ordinal))
+            {
+                headers.CacheControl = "no-store";
+            }
+
+            return Task.CompletedTask;
+        });
+        return next(context);
+    }
+}
+
+/// <summary>A change made with a console session (cookie) must carry the session's CSRF token; API keys are not sent by browsers, so they need none.</summary>
+internal sealed class CsrfCheck(RequestDelegate next)
+{
+    public async Task InvokeAsync(HttpContext context, IAntiforgery antiforgery)
+    {
+        string method = context.Request.Method;
+        bool unsafeMethod = !(HttpMethods.IsGet(method) || HttpMethods.IsHead(method) || HttpMethods.IsOptions(method));
+        bool cookieSession = context.User.Identity?.AuthenticationType == CookieAuthenticationDefaults.AuthenticationScheme;
+        if (unsafeMethod && cookieSession && !await antiforgery.IsRequestValidAsync(context).ConfigureAwait(false))
+        {
+            context.Response.StatusCode = StatusCodes.Status400BadRequest;
+            await context.Response.WriteAsJsonAsync(new { error = $"missing or wrong {ConsoleServer.CsrfHeader}: reload the page" }).ConfigureAwait(false);
+            return;
+        }
+
+        await next(context).ConfigureAwait(false);
+    }
+}

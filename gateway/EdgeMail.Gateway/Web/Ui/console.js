@@ -1,0 +1,1 @@
+// console UI (to be written)

@@ -1,0 +1,1 @@
+// login and setup (to be written)

@@ -1,0 +1,160 @@
+using System.Net;
+using System.Net.Http.Json;
+using EdgeMail.Gateway.Web;
+using EdgeMail.Gateway.Web.Api;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.DependencyInjection;
+using Xunit;
+
+namespace EdgeMail.Gateway.Tests.Web;
+
+/// <summary>
+/// The console has no default password, refuses every route to a stranger (but the few that must be public), guards
+/// cookie sessions against CSRF, throttles password guessing, and accepts only live API keys.
+/// </summary>
+[System.Runtime.Versioning.SupportedOSPlatform("linux")]
+public sealed class ConsoleSecurityTests
+{
+    // What a stranger may reach: the login and setup pages, logging in and setting up, and what those pages load.
+    private static readonly HashSet<string> Public = new(StringComparer.Ordinal)
+    {
+        "GET /login", "GET /setup", "GET /api/v1/setup", "POST /api/v1/setup", "POST /api/v1/login", "GET /ui/{file}", "GET /livez", "GET /readyz",
+    };
+
+    [Fact]
+    public async Task EveryRoute_RefusesAnUnauthenticatedRequest_ExceptThePublicOnes()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        var console = gw.Host.Services.GetRequiredService<ConsoleServer>();
+        var endpoints = console.Services!.GetRequiredService<EndpointDataSource>().Endpoints.OfType<RouteEndpoint>().ToList();
+        using var http = new HttpClient(new HttpClientHandler { AllowAutoRedirect = false }) { BaseAddress = gw.ConsoleAddress };
+        var checkedRoutes = new List<string>();
+        foreach (var endpoint in endpoints)
+        {
+            string pattern = "/" + endpoint.RoutePattern.RawText!.TrimStart('/');
+            foreach (string method in endpoint.Metadata.GetMetadata<HttpMethodMetadata>()?.HttpMethods ?? ["GET"])
+            {
+                string route = $"{method} {pattern}";
+                checkedRoutes.Add(route);
+                string path = System.Text.RegularExpressions.Regex.Replace(pattern, @"\{(\w+)(:[^}]*)?\}", m => m.Groups[2].Value.Contains("long", StringComparison.Ordinal) ? "1" : "x");
+                using var request = new HttpRequestMessage(new HttpMethod(method), path);
+                if (method != "GET")
+                {
+                    request.Content = JsonContent.Create(new { });
+                }
+
+                using var response = await http.SendAsync(request);
+                if (Public.Contains(route))
+                {
+                    continue;
+                }
+
+                bool refused = response.StatusCode is HttpStatusCode.Unauthorized
+                    || (response.StatusCode == HttpStatusCode.Redirect && response.Headers.Location?.ToString() == "/login");
+                Assert.True(refused, $"{route} answered {(int)response.StatusCode} to a stranger");
+            }
+        }
+
+        // The check saw the routes that matter (a broken enumeration must not pass vacuously).
+        Assert.Contains("GET /api/v1/devices", checkedRoutes);
+        Assert.Contains("POST /api/v1/devices/{id}/disable", checkedRoutes);
+        Assert.Contains("GET /api/v1/openapi.json", checkedRoutes);
+        Assert.Contains("GET /", checkedRoutes);
+        Assert.True(checkedRoutes.Count > 40, $"only {checkedRoutes.Count} routes found");
+    }
+
+    [Fact]
+    public async Task NoDefaultPassword_SetupLinkWorksOnce_ThenLoginWithCsrfOnChanges()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        var auth = gw.Host.Services.GetRequiredService<ConsoleAuth>();
+        using var browser = new HttpClient(new HttpClientHandler { CookieContainer = new CookieContainer() }) { BaseAddress = gw.ConsoleAddress };
+
+        Assert.True((await browser.GetFromJsonAsync<SetupState>("/api/v1/setup"))!.Needed);
+        Assert.Equal(HttpStatusCode.Conflict, (await browser.PostAsJsonAsync("/api/v1/login", new { password = "anything-at-all" })).StatusCode);
+        Assert.Equal(HttpStatusCode.BadRequest, (await browser.PostAsJsonAsync("/api/v1/setup", new { token = "guessed", password = "long enough password" })).StatusCode);
+        string token = auth.SetupToken!;
+        var shortPassword = await browser.PostAsJsonAsync("/api/v1/setup", new { token, password = "short" });
+        Assert.Equal(HttpStatusCode.BadRequest, shortPassword.StatusCode);
+        Assert.Contains("12 characters", await shortPassword.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        Assert.Equal(HttpStatusCode.NoContent, (await browser.PostAsJsonAsync("/api/v1/setup", new { token, password = "correct horse battery" })).StatusCode);
+        Assert.Equal(HttpStatusCode.BadRequest, (await browser.PostAsJsonAsync("/api/v1/setup", new { token, password = "another long password" })).StatusCode);
+
+        // Logged in by the setup; a change needs the session's CSRF token.
+        Assert.Equal(HttpStatusCode.OK, (await browser.GetAsync("/api/v1/dashboard")).StatusCode);
+        var noToken = await browser.PostAsJsonAsync("/api/v1/api-keys", new { name = "x" });
+        Assert.Equal(HttpStatusCode.BadRequest, noToken.StatusCode);
+        Assert.Contains("X-CSRF-Token", await noToken.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        var session = await browser.GetFromJsonAsync<SessionInfo>("/api/v1/session");
+        using var withToken = new HttpRequestMessage(HttpMethod.Post, "/api/v1/api-keys") { Content = JsonContent.Create(new { name = "script" }) };
+        withToken.Headers.Add(ConsoleServer.CsrfHeader, session!.CsrfToken);
+        Assert.Equal(HttpStatusCode.OK, (await browser.SendAsync(withToken)).StatusCode);
+
+        // Logged out, the password logs in again; the session cookie is HttpOnly and SameSite=Strict.
+        using var logout = new HttpRequestMessage(HttpMethod.Post, "/api/v1/logout");
+        logout.Headers.Add(ConsoleServer.CsrfHeader, session.CsrfToken);
+        Assert.Equal(HttpStatusCode.NoContent, (await browser.SendAsync(logout)).StatusCode);
+        Assert.Equal(HttpStatusCode.Unauthorized, (await browser.GetAsync("/api/v1/dashboard")).StatusCode);
+        var login = await browser.PostAsJsonAsync("/api/v1/login", new { password = "correct horse battery" });
+        Assert.Equal(HttpStatusCode.NoContent, login.StatusCode);
+        string cookie = login.Headers.GetValues("Set-Cookie").Single(c => c.StartsWith("edgemail_console=", StringComparison.Ordinal));
+        Assert.Contains("httponly", cookie, StringComparison.OrdinalIgnoreCase);
+        Assert.Contains("samesite=strict", cookie, StringComparison.OrdinalIgnoreCase);
+        Assert.Equal(HttpStatusCode.OK, (await browser.GetAsync("/api/v1/dashboard")).StatusCode);
+    }
+
+    [Fact]
+    public async Task WrongPasswords_AreThrottled_AndSecurityHeadersAreSet()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        Assert.Null(await gw.Host.Services.GetRequiredService<ConsoleAuth>().SetPasswordAsync("correct horse battery", default));
+        using var http = new HttpClient { BaseAddress = gw.ConsoleAddress };
+        for (int i = 0; i < 5; i++)
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, (await http.PostAsJsonAsync("/api/v1/login", new { password = "guess " + i })).StatusCode);
+        }
+
+        var throttled = await http.PostAsJsonAsync("/api/v1/login", new { password = "correct horse battery" });
+        Assert.Equal(HttpStatusCode.TooManyRequests, throttled.StatusCode); // even the right one, for a while
+
+        var page = await http.GetAsync("/login");
+        Assert.Equal("nosniff", page.Headers.GetValues("X-Content-Type-Options").Single());
+        Assert.Equal("DENY", page.Headers.GetValues("X-Frame-Options").Single());
+        Assert.Contains("default-src 'self'", page.Headers.GetValues("Content-Security-Policy").Single(), StringComparison.Ordinal);
+        Assert.Equal("no-referrer", page.Headers.GetValues("Referrer-Policy").Single());
+        Assert.False(page.Headers.Contains("Server"));
+    }
+
+    [Fact]
+    public async Task ApiKey_WorksUntilRevoked_AndIsStoredOnlyAsAHash()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        using var api = await gw.ApiAsync();
+        var created = await (await api.PostAsJsonAsync("/api/v1/api-keys", new { name = "monitoring" })).Content.ReadFromJsonAsync<NewApiKey>();
+        using var other = new HttpClient { BaseAddress = gw.ConsoleAddress };
+        other.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", created!.Key);
+
+        Assert.Equal(HttpStatusCode.OK, (await other.GetAsync("/api/v1/devices")).StatusCode);
+        string spoolText = await SpoolTextAsync(gw);
+        Assert.DoesNotContain(created.Key.Split('.')[1], spoolText, StringComparison.Ordinal);
+        Assert.Equal(HttpStatusCode.NoContent, (await api.DeleteAsync($"/api/v1/api-keys/{created.Id}")).StatusCode);
+        Assert.Equal(HttpStatusCode.Unauthorized, (await other.GetAsync("/api/v1/devices")).StatusCode);
+
+        // The local CLI's key sits in the data directory, readable by the service's user only.
+        string cliKey = Path.Combine(gw.DataDir, ConsoleAuth.CliKeyFileName);
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(cliKey));
+        using var cli = new HttpClient { BaseAddress = gw.ConsoleAddress };
+        cli.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", File.ReadAllText(cliKey).Trim());
+        Assert.Equal(HttpStatusCode.OK, (await cli.GetAsync("/api/v1/dashboard")).StatusCode);
+    }
+
+    // The spool's file and its WAL together hold everything committed.
+    private static Task<string> SpoolTextAsync(TestGateway gw) =>
+        Task.FromResult(string.Concat(Directory.GetFiles(gw.DataDir, "spool.db*").Select(f =>
+        {
+            using var stream = new FileStream(f, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+            using var reader = new StreamReader(stream, System.Text.Encoding.Latin1);
+            return reader.ReadToEnd();
+        })));
+}
