@@ -23,7 +23,6 @@ namespace EdgeMail.Gateway.Ingest;
 /// </summary>
 public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink, IDisposable
 {
-    private readonly GatewayOptions _options;
     private readonly AlertIngest _ingest;
     private readonly ISpool _spool;
     private readonly Devices.DeviceRegistry _devices;
@@ -39,7 +38,7 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
     private Task _acking = Task.CompletedTask;
 
     /// <summary>Creates the client; it connects once the host starts it.</summary>
-    /// <param name="options">Gateway options (<c>Mqtt:External</c> and the known <c>Devices</c>).</param>
+    /// <param name="options">Gateway options (<c>Mqtt:External</c>).</param>
     /// <param name="ingest">Where alerts and status of known devices go.</param>
     /// <param name="spool">Where alerts of unknown devices are kept as rejected.</param>
     /// <param name="receipts">Receipts (the rejection of an unknown device's alert).</param>
@@ -51,13 +50,12 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
     {
         _devices = devices;
         ArgumentNullException.ThrowIfNull(options);
-        _options = options.Value;
         _ingest = ingest;
         _spool = spool;
         _receipts = receipts;
         _clock = clock;
         _logger = logger;
-        var broker = _options.Mqtt.External;
+        var broker = options.Value.Mqtt.External;
         _link = new ExternalBrokerLink(broker, OnMessageAsync, clock, logger, _stopping.Token);
         _acks = new OrderedAckPipeline(_link, broker.MaxInFlight, logger);
         _receiptSink = new ExternalReceiptSink(_link, clock, logger, _stopping.Token);
