@@ -63,6 +63,8 @@ public static class GatewayHost
             spool.Clock = sp.GetRequiredService<TimeProvider>();
             var lifetime = sp.GetRequiredService<GatewayLifetime>();
             spool.Corrupted += ex => lifetime.Fail("the spool database is corrupt; restore it from a backup or move it aside (docs/spool.md, Recovery)", ex);
+            var commits = sp.GetRequiredService<GatewayMetrics>().SpoolCommitDuration;
+            spool.CommitTimed = elapsed => commits.Record(elapsed.TotalSeconds);
             return spool;
         });
         services.AddSingleton(sp =>
@@ -94,6 +96,15 @@ public static class GatewayHost
         services.AddHostedService(sp => sp.GetRequiredService<AlertProcessor>());
         services.AddHostedService(sp => sp.GetRequiredService<DeliveryWorker>());
         services.AddHostedService(sp => sp.GetRequiredService<Housekeeper>());
+        services.AddSingleton<Devices.SilenceWatch>();
+        services.AddHostedService(sp => sp.GetRequiredService<Devices.SilenceWatch>());
+        services.AddSingleton<GatewayGauges>();
+        services.AddSingleton<PipelineProbe>();
+        services.AddHostedService(sp =>
+        {
+            _ = sp.GetRequiredService<GatewayGauges>(); // registers the gauges on the meter
+            return sp.GetRequiredService<PipelineProbe>();
+        });
         services.AddSmtpIngest(builder.Configuration);
 
         // The operator's console: last, so that it starts once everything it shows is running.

@@ -23,7 +23,16 @@ try
 {
     using var host = GatewayHost.CreateBuilder(args).Build();
     var lifetime = host.Services.GetRequiredService<GatewayLifetime>(); // RunAsync disposes the services
-    await host.RunAsync().ConfigureAwait(false);
+    var stopping = host.Services.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping;
+    try
+    {
+        await host.RunAsync().ConfigureAwait(false);
+    }
+    catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+    {
+        // Asked to stop (SIGTERM) while still starting: a clean stop, not a failure.
+    }
+
     return lifetime.ExitCode;
 }
 catch (OptionsValidationException ex)

@@ -39,6 +39,9 @@ public sealed class GatewayOptions
     /// <summary>Storm control.</summary>
     public StormOptions Storm { get; set; } = new();
 
+    /// <summary>Silent devices: the alert a dead sensor cannot send.</summary>
+    public SilenceOptions Silence { get; set; } = new();
+
     /// <summary>Directory with user-edited templates (<c>NAME.subject.liquid</c>, <c>NAME.text.liquid</c>, <c>NAME.html.liquid</c>); empty for the built-in ones.</summary>
     public string TemplateDirectory { get; set; } = string.Empty;
 
@@ -220,6 +223,27 @@ public sealed class SpoolOptions
     /// back-pressure (MQTT: no PUBACK, SMTP: 452 4.3.1) until space is freed. 0 turns the guard off.
     /// </summary>
     public long MinFreeMegabytes { get; set; } = 64;
+}
+
+/// <summary>
+/// Silent devices (configuration section <c>Silence</c>): a device that has sent neither a heartbeat nor an alert for
+/// longer than its limit raises <c>DEVICE_SILENT</c> to its people through the normal routes, and <c>DEVICE_BACK</c>
+/// when it is heard again. The limit is the device's <c>SilentAfter</c>; else three of its heartbeat intervals as
+/// observed (at least <see cref="MinimumAfter"/>); else <see cref="DefaultAfter"/>.
+/// </summary>
+public sealed class SilenceOptions
+{
+    /// <summary>Watch for silent devices. On by default.</summary>
+    public bool Enabled { get; set; } = true;
+
+    /// <summary>The limit for a device that sends no heartbeats (only alerts).</summary>
+    public TimeSpan DefaultAfter { get; set; } = TimeSpan.FromHours(24);
+
+    /// <summary>The shortest limit derived from heartbeats.</summary>
+    public TimeSpan MinimumAfter { get; set; } = TimeSpan.FromMinutes(5);
+
+    /// <summary>How often devices are looked at.</summary>
+    public TimeSpan CheckInterval { get; set; } = TimeSpan.FromSeconds(30);
 }
 
 /// <summary>Storm control (configuration section <c>Storm</c>).</summary>

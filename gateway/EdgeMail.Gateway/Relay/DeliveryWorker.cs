@@ -37,6 +37,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     private readonly ConcurrentDictionary<long, DateTimeOffset> _coolingDown = new();
     private readonly ParkingLot _parking;
     private readonly RelayHealth _health;
+    private readonly GatewayMetrics _metrics;
     private readonly SemaphoreSlim _slots;
 
     /// <summary>Creates the worker.</summary>
@@ -57,6 +58,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         : base("delivery", clock, metrics, logger)
     {
         _health = health;
+        _metrics = metrics;
         ArgumentNullException.ThrowIfNull(options);
         _parking = parking;
         _pressure = pressure;
@@ -251,6 +253,11 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         }
 
         await _spool.CommitDeliveryAsync(new DeliveryCommit(message.RowId, final, next, notice), cancellationToken).ConfigureAwait(false);
+        foreach (var r in final)
+        {
+            _metrics.MailRecipients.Add(1, new KeyValuePair<string, object?>("outcome", r.Outcome));
+        }
+
         if (final.Count > 0)
         {
             bool sent = final.Any(r => r.Outcome == RecipientOutcome.Sent);

@@ -23,6 +23,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
+using OpenTelemetry.Metrics;
 
 namespace EdgeMail.Gateway.Web;
 
@@ -168,6 +169,8 @@ public sealed partial class ConsoleServer : IHostedService, IAsyncDisposable
         Forward<IngestPressure>();
         Forward<DevicePresence>();
         Forward<FreeSpaceProbe>();
+        Forward<SilenceWatch>();
+        Forward<PipelineProbe>();
         services.AddSingleton<ConsoleContext>();
         services.AddSingleton(_ => _gateway.GetRequiredService<IOptions<GatewayOptions>>());
         services.AddSingleton(_ => _gateway.GetRequiredService<IOptions<ConsoleOptions>>());
@@ -207,6 +210,9 @@ public sealed partial class ConsoleServer : IHostedService, IAsyncDisposable
             return Task.CompletedTask;
         }));
         services.ConfigureHttpJsonOptions(o => o.SerializerOptions.Encoder = JavaScriptEncoder.Default);
+
+        // /metrics: the gateway's meter in Prometheus text format (OpenTelemetry's exporter).
+        services.AddOpenTelemetry().WithMetrics(metrics => metrics.AddMeter(GatewayMetrics.MeterName).AddPrometheusExporter());
     }
 
     // API calls and page loads get a status code (the UI's script sends the browser to /login itself).

@@ -175,8 +175,9 @@ public static class DashboardApi
 /// <param name="Disk">Disk guard.</param>
 /// <param name="FreeSpace">Free-space probe.</param>
 /// <param name="Pressure">Ingest rate.</param>
+/// <param name="Silence">Which devices are silent.</param>
 public sealed record ConsoleContext(ISpool Spool, DeviceRegistry Devices, DevicePresence Presence, IOptions<GatewayOptions> OptionsAccessor, TimeProvider Clock,
-    RelayHealth Relay, DiskGuard Disk, FreeSpaceProbe FreeSpace, IngestPressure Pressure)
+    RelayHealth Relay, DiskGuard Disk, FreeSpaceProbe FreeSpace, IngestPressure Pressure, SilenceWatch Silence)
 {
     /// <summary>Gateway options.</summary>
     public GatewayOptions Options => OptionsAccessor.Value;
