@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
 using EdgeMail.Testing;
+using EdgeMail.Testing.Smtp;
 using MQTTnet;
 using MQTTnet.Protocol;
 using Xunit;
@@ -91,7 +92,7 @@ public sealed class DirectMxTests
     [PeerFact("dnsmasq:dnsmasq-base")]
     public async Task Relay_DirectMx_DeliversByMxPreferenceImplicitMxAndFailsNxdomain()
     {
-        await using var mx = new SmtpSink();
+        await using var mx = await SmtpTestServer.StartAsync();
         using var dns = new Dnsmasq(
             "--mx-host=mx.example.test,mx-backup.example.test,20",
             "--mx-host=mx.example.test,mx-primary.example.test,10",
@@ -132,7 +133,7 @@ public sealed class DirectMxTests
 
         // One transaction per domain: mx.example.test via its preferred exchanger, implicit.example.test via its A
         // record, and the failure notice to the operator; nowhere.example.test does not exist and fails for good.
-        var received = new List<(MimeKit.MimeMessage Message, IReadOnlyList<string> To)>();
+        var received = new List<ReceivedMail>();
         for (int i = 0; i < 3; i++)
         {
             try
