@@ -23,6 +23,23 @@ public sealed class GatewayMetrics : IDisposable
         IngestRefused = _meter.CreateCounter<long>("edgemail.ingest.refused", "{message}", "Alerts and mail refused with back-pressure, by reason");
         IngestThrottled = _meter.CreateCounter<long>("edgemail.ingest.throttled", "{message}", "MQTT publishes whose PUBACK was delayed to keep a device within its rate");
         Pruned = _meter.CreateCounter<long>("edgemail.spool.pruned", "{row}", "Finished alerts and mail removed after the retention period, by kind");
+        RelayTokens = _meter.CreateCounter<long>("edgemail.relay.tokens", "{request}", "Relay OAuth2 token requests and server refusals, by outcome");
+        RelayThrottled = _meter.CreateCounter<long>("edgemail.relay.throttled", "{episode}", "Times the relay's sending limit held mail back, by limit");
+    }
+
+    /// <summary>Token requests; tag <c>outcome</c> = acquired, refused, unavailable, refused_by_server.</summary>
+    public Counter<long> RelayTokens { get; }
+
+    /// <summary>Throttle episodes; tag <c>limit</c>.</summary>
+    public Counter<long> RelayThrottled { get; }
+
+    /// <summary>Publishes the relay throttle's state as gauges (1 while mail is held back; use of each window).</summary>
+    /// <param name="held">1 while mail is held back, else 0.</param>
+    /// <param name="used">Per limit name, how much of its window is used.</param>
+    public void ObserveRelayThrottle(Func<int> held, Func<IEnumerable<Measurement<long>>> used)
+    {
+        _meter.CreateObservableGauge("edgemail.relay.throttle.active", held, "{state}", "1 while the relay's sending limit holds mail back in the spool");
+        _meter.CreateObservableGauge("edgemail.relay.throttle.used", used, "{unit}", "Messages or recipients counted in each sending-limit window, by limit");
     }
 
     /// <summary>Items parked; tag <c>stage</c> = route, compose, digest, deliver.</summary>
