@@ -209,7 +209,7 @@ public sealed class SmtpRelay : IMailTransport
 
     /// <summary>XOAUTH2 as <c>Relay:User</c>: the cached token, and once more with a renewed one if the server refuses it.</summary>
     /// <returns>Null when authenticated, else why not (and what to fix).</returns>
-    private async Task<string?> SignInAsync(RecordingSmtpClient client, string host, int port, CancellationToken cancellationToken)
+    internal async Task<string?> SignInAsync(RecordingSmtpClient client, string host, int port, CancellationToken cancellationToken)
     {
         if (!client.AuthenticationMechanisms.Contains("XOAUTH2"))
         {
@@ -289,7 +289,7 @@ public sealed class SmtpRelay : IMailTransport
     private static List<RecipientResult> Defer(QueuedMessage message, string reason) =>
         message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.4.1 " + reason)).ToList();
 
-    private SecureSocketOptions Secure() => _relay.Security.ToUpperInvariant() switch
+    internal SecureSocketOptions Secure() => _relay.Security.ToUpperInvariant() switch
     {
         "TLS" => SecureSocketOptions.SslOnConnect,
         "NONE" => SecureSocketOptions.None,

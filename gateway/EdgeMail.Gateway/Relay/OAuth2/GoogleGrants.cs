@@ -63,6 +63,8 @@ internal static class TokenEndpoint
     public static string Text(JsonElement json, string name) =>
         json.ValueKind == JsonValueKind.Object && json.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString()! : string.Empty;
 
+    public static string Base64Url(byte[] bytes) => Convert.ToBase64String(bytes).TrimEnd('=').Replace('+', '-').Replace('/', '_');
+
     public static string GoogleEndpoint(RelayOAuth2Options o) => o.TokenEndpoint.Length > 0 ? o.TokenEndpoint : RelayOAuth2Options.GoogleTokenEndpoint;
 }
 
@@ -154,7 +156,7 @@ internal sealed class GoogleServiceAccountGrant : ITokenGrant
         return signingInput + "." + Base64Url(signature);
     }
 
-    private static string Base64Url(byte[] bytes) => Convert.ToBase64String(bytes).TrimEnd('=').Replace('+', '-').Replace('/', '_');
+    private static string Base64Url(byte[] bytes) => TokenEndpoint.Base64Url(bytes);
 
     public void Dispose() => _rsa.Dispose();
 }

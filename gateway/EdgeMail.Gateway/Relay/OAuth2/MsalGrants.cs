@@ -113,7 +113,16 @@ internal sealed class MsalDelegatedGrant : ITokenGrant
         Describe = $"the stored Microsoft sign-in of {relay.User} (app {o.ClientId})";
         _app.UserTokenCache.SetBeforeAccess(args =>
         {
-            var stored = StoredSignIn.Read(store, OAuth2Providers.Microsoft, o.ClientId);
+            StoredSignIn? stored;
+            try
+            {
+                stored = StoredSignIn.Read(store, OAuth2Providers.Microsoft, o.ClientId);
+            }
+            catch (TokenException)
+            {
+                stored = null; // unusable (another client, another key): a sign-in starts afresh, AcquireAsync says why
+            }
+
             args.TokenCache.DeserializeMsalV3(stored?.Msal is { } msal ? Convert.FromBase64String(msal) : null, shouldClearExistingCache: true);
         });
         _app.UserTokenCache.SetAfterAccess(args =>
