@@ -26,8 +26,8 @@ internal static class Msal
             case MsalServiceException service when service.StatusCode is 0 or 408 or 429 or >= 500:
                 return new TokenException($"{what}: the token endpoint is unavailable ({service.StatusCode} {service.ErrorCode}: {AuthErrors.Short(service.Message)}); mail waits and is retried", service);
             case MsalServiceException service:
-                string description = AuthErrors.Short(service.Message);
-                return new TokenException($"{what} was refused: {service.ErrorCode}: {description}. Fix: {AuthErrors.TokenFix(false, false, service.ErrorCode ?? string.Empty, service.Message ?? string.Empty)}", true, service);
+                string description = Description(service);
+                return new TokenException($"{what} was refused: {service.ErrorCode}: {AuthErrors.Short(description)}. Fix: {AuthErrors.TokenFix(false, false, service.ErrorCode ?? string.Empty, description)}", true, service);
             case MsalClientException client when client.InnerException is HttpRequestException or TaskCanceledException || client.ErrorCode is "request_timeout" or "service_not_available":
                 return new TokenException($"{what}: the token endpoint cannot be reached ({AuthErrors.Short(client.Message)}); mail waits and is retried", client);
             case MsalClientException client:
@@ -39,6 +39,28 @@ internal static class Msal
             default:
                 return new TokenException($"{what} failed: {ex.GetType().Name}: {ex.Message}", ex);
         }
+    }
+
+    // The endpoint's own words (AADSTS code and text) rather than MSAL's paragraph around them.
+    private static string Description(MsalServiceException service)
+    {
+        try
+        {
+            if (service.ResponseBody is { Length: > 0 } body)
+            {
+                using var doc = System.Text.Json.JsonDocument.Parse(body);
+                if (doc.RootElement.ValueKind == System.Text.Json.JsonValueKind.Object && doc.RootElement.TryGetProperty("error_description", out var d) && d.GetString() is { Length: > 0 } text)
+                {
+                    return text;
+                }
+            }
+        }
+        catch (System.Text.Json.JsonException)
+        {
+            // Not JSON: MSAL's message has the text too.
+        }
+
+        return service.Message ?? string.Empty;
     }
 
     // MSAL says when a token expires by the system clock; the relay keeps its own cache by the injected clock.
