@@ -265,6 +265,7 @@ public sealed class TokenServer : IAsyncDisposable
                 }
 
                 return Results.Json(DelegatedTokens(clientId, owner.User, RotateRefreshTokens ? null : form["refresh_token"].ToString()));
+            case "device_code": // what MSAL sends; Entra ID also takes the RFC 8628 name
             case "urn:ietf:params:oauth:grant-type:device_code":
                 if (!_deviceCodes.TryGetValue(form["device_code"].ToString(), out var device) || device.ClientId != clientId)
                 {
