@@ -1,4 +1,5 @@
 using EdgeMail.Gateway.Operations;
+using EdgeMail.Gateway.Relay;
 using EdgeMail.Gateway.Spool;
 using EdgeMail.Gateway.Tests.Smtp;
 using EdgeMail.Testing;
@@ -161,13 +162,16 @@ public sealed class OAuth2RelayTests(ITestOutputHelper output)
         Assert.Equal(clock.GetUtcNow() + TimeSpan.FromMinutes(1), first.NextAttemptAt);
         int requests = tokens.Requests;
 
+        var worker = gw.Host.Services.GetRequiredService<DeliveryWorker>();
         clock.Advance(TimeSpan.FromMinutes(1));
+        worker.Wake(); // in case it computed its wait before the clock moved
         await gw.UntilAsync(async () => (await StateAsync(gw, "down-1")).Attempts == 2, "the second attempt, a minute later");
         Assert.Equal(clock.GetUtcNow() + TimeSpan.FromMinutes(5), (await StateAsync(gw, "down-1")).NextAttemptAt);
         Assert.Equal(requests + 1, tokens.Requests); // one token request per attempt, not a storm
 
         tokens.Down = false;
         clock.Advance(TimeSpan.FromMinutes(5));
+        worker.Wake();
         var (user, _, message) = await smtp.NextAsync();
         Assert.Equal("down-1@gw.test", message.MessageId);
         Assert.Equal(OAuth2Kit.Mailbox, user);

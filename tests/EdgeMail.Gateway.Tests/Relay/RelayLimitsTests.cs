@@ -108,6 +108,7 @@ public sealed class RelayLimitsTests
             Assert.Equal(12 - expected, counts.GetValueOrDefault(MessageStatus.Queued));
             Assert.Equal(expected, worker.Attempts); // waiting mail is not attempted, so not deferred
             clock.Advance(TimeSpan.FromMinutes(1));
+            worker.Wake(); // in case it computed its wait before the clock moved
         }
 
         for (int i = 0; i < 12; i++)
