@@ -102,7 +102,7 @@ public sealed class RelayLimitsTests
         {
             int expected = Math.Min(12, window * 5);
             await gw.UntilAsync(async () => (await gw.Spool.CountsAsync(default)).Messages.GetValueOrDefault(MessageStatus.Sent) >= expected, $"{expected} mails sent");
-            await WaitIdleAsync(worker); // held back by the limit, not still sending
+            await Operations.DeliveryContainmentTests.IdleAfterAsync(worker, worker.Wake); // held back by the limit, not still sending
             var counts = (await gw.Spool.CountsAsync(default)).Messages;
             Assert.Equal(expected, counts.GetValueOrDefault(MessageStatus.Sent));
             Assert.Equal(12 - expected, counts.GetValueOrDefault(MessageStatus.Queued));
@@ -138,19 +138,30 @@ public sealed class RelayLimitsTests
         await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("split-1@gw.test", default))!.Status == MessageStatus.Sent, "the mail recorded as sent to all three");
     }
 
-    private static async Task WaitIdleAsync(DeliveryWorker worker)
+    [Fact]
+    public async Task WhileHeldBack_RepeatsOutsideTheConfiguredStormWindowStillBecomeADigest()
     {
-        var idle = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        void OnIdle() => idle.TrySetResult();
-        worker.Idle += OnIdle;
-        try
+        var clock = new FakeTimeProvider(Start);
+        await using var gw = await TestGateway.StartAsync(c =>
         {
-            worker.Wake();
-            await EdgeMail.Testing.Await.Within(idle.Task.ContinueWith(_ => true, TaskScheduler.Default), "the delivery worker to wait");
-        }
-        finally
-        {
-            worker.Idle -= OnIdle;
-        }
+            c["Storm"] = new { Window = "00:01:00" };
+            c["Relay"] = new { Limits = new { MessagesPerMinute = 1, StormWindowFactor = 10 } };
+        }, s => s.AddSingleton<TimeProvider>(clock));
+        var worker = gw.Host.Services.GetRequiredService<DeliveryWorker>();
+        using var device = await gw.ConnectAsync("dev-1");
+        async Task PublishAsync(string id) => Assert.True((await device.PublishAsync(new MQTTnet.MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/alert")
+            .WithPayload(Alerts.Json(id, code: "PUMP_CYCLING")).WithQualityOfServiceLevel(MQTTnet.Protocol.MqttQualityOfServiceLevel.AtLeastOnce).Build())).IsSuccess);
+
+        await PublishAsync("w-1");
+        await gw.MailAsync(1);
+        await gw.Spool.QueueMailAsync(OAuth2Kit.Mail("filler-1"), default); // the minute's one message is used: this one waits
+        await Operations.DeliveryContainmentTests.IdleAfterAsync(worker, worker.Wake);
+        Assert.True(gw.Host.Services.GetRequiredService<RelayThrottle>().Active);
+
+        clock.Advance(TimeSpan.FromSeconds(90)); // past the configured one-minute window
+        await PublishAsync("w-2");
+
+        await gw.UntilAsync(async () => (await gw.Spool.GetAlertAsync("dev-1", "w-2", default))?.Status is "held" or "routed", "the repeat routed");
+        Assert.Equal("held", (await gw.Spool.GetAlertAsync("dev-1", "w-2", default))!.Value.Status); // the widened ten-minute window holds it for a digest
     }
 }
