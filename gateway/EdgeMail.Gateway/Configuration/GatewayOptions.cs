@@ -167,7 +167,7 @@ public sealed class RelayOptions
     /// <summary>AUTH mechanism to use (<c>PLAIN</c> or <c>LOGIN</c>); empty picks the strongest the server offers.</summary>
     public string AuthMechanism { get; set; } = string.Empty;
 
-    /// <summary>Accept any server certificate (tests only).</summary>
+    /// <summary>Accept any server certificate, the smarthost's and the OAuth2 token endpoints' (tests only).</summary>
     public bool AcceptAnyCertificate { get; set; }
 
     /// <summary>SMTP port used for direct MX delivery.</summary>

@@ -148,9 +148,8 @@ public sealed class RelayLimitsTests
             c["Relay"] = new { Limits = new { MessagesPerMinute = 1, StormWindowFactor = 10 } };
         }, s => s.AddSingleton<TimeProvider>(clock));
         var worker = gw.Host.Services.GetRequiredService<DeliveryWorker>();
-        using var device = await gw.ConnectAsync("dev-1");
-        async Task PublishAsync(string id) => Assert.True((await device.PublishAsync(new MQTTnet.MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/alert")
-            .WithPayload(Alerts.Json(id, code: "PUMP_CYCLING")).WithQualityOfServiceLevel(MQTTnet.Protocol.MqttQualityOfServiceLevel.AtLeastOnce).Build())).IsSuccess);
+        async Task PublishAsync(string id) => await gw.Spool.AcceptAlertAsync(new IncomingAlert("dev-1", id, clock.GetUtcNow(), null,
+            System.Text.Encoding.UTF8.GetBytes(Alerts.Json(id, code: "PUMP_CYCLING")), null, "PUMP_CYCLING"), default); // as ingest stores it
 
         await PublishAsync("w-1");
         await gw.MailAsync(1);
