@@ -48,6 +48,9 @@ public sealed class RelayTokensTests
         clock.Advance(TimeSpan.FromMinutes(56));
         server.Down = true;
         Assert.Equal(second, await tokens.GetAsync(default)); // renewal failed, but it still works for 4 minutes
+        int asked = server.Requests;
+        Assert.Equal(second, await tokens.GetAsync(default));
+        Assert.Equal(asked, server.Requests); // and the endpoint is not asked again at once
         clock.Advance(TimeSpan.FromMinutes(5));
         var ex = await Assert.ThrowsAsync<TokenException>(() => tokens.GetAsync(default));
         Assert.False(ex.Refused);

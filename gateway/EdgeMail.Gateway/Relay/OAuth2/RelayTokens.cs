@@ -75,6 +75,11 @@ public sealed partial class RelayTokens : IDisposable
             }
 
             ThrowIfFailing(now, cached);
+            if (cached is not null && now < cached.ExpiresAt && Failing(now) is not null)
+            {
+                return cached.Value; // renewing failed a moment ago; the token still works, ask again after the interval
+            }
+
             try
             {
                 return await AcquireAsync(forceRefresh: cached is not null, cancellationToken).ConfigureAwait(false);
@@ -152,15 +157,17 @@ public sealed partial class RelayTokens : IDisposable
 
     private void ThrowIfFailing(DateTimeOffset now, Cached? cached)
     {
-        TokenException? failure;
-        lock (_state)
-        {
-            failure = _failure is not null && now < _failureUntil && (cached is null || now >= cached.ExpiresAt) ? _failure : null;
-        }
-
-        if (failure is not null)
+        if ((cached is null || now >= cached.ExpiresAt) && Failing(now) is { } failure)
         {
             throw failure;
+        }
+    }
+
+    private TokenException? Failing(DateTimeOffset now)
+    {
+        lock (_state)
+        {
+            return _failure is not null && now < _failureUntil ? _failure : null;
         }
     }
 
