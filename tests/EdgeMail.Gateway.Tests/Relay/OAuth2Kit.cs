@@ -10,6 +10,14 @@ internal static class OAuth2Kit
     public const string AppId = "3f7e2a10-app";
     public const string AppSecret = "app-secret-Value~9f2";
 
+    /// <summary>A token server with the Exchange app registered (its secret; mailbox permission on <see cref="Mailbox"/> unless not).</summary>
+    public static async Task<TokenServer> ExchangeAsync(bool mailboxPermission = true)
+    {
+        var server = await TokenServer.StartAsync();
+        server.AddApp(AppId, AppSecret, null, mailboxPermission ? [Mailbox] : []);
+        return server;
+    }
+
     public static Dictionary<string, object> OAuth2(TokenServer tokens, string clientId = AppId, string? secret = AppSecret) => new()
     {
         ["TenantId"] = TokenServer.Tenant, ["ClientId"] = clientId, ["ClientSecret"] = secret ?? string.Empty, ["Authority"] = tokens.Authority,

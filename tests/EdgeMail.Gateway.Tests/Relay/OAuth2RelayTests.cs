@@ -21,8 +21,7 @@ public sealed class OAuth2RelayTests(ITestOutputHelper output)
     [Fact]
     public async Task ClientCredentialsWithSecret_SendsAsTheMailboxWithXOAuth2()
     {
-        await using var tokens = await TokenServer.StartAsync();
-        tokens.AddApp(OAuth2Kit.AppId, OAuth2Kit.AppSecret, null, OAuth2Kit.Mailbox);
+        await using var tokens = await OAuth2Kit.ExchangeAsync();
         await using var smtp = new XOAuth2SmtpServer(tokens.Check);
         await using var gw = await StartAsync(OAuth2Kit.Relay(smtp, OAuth2Kit.OAuth2(tokens)));
 
@@ -65,8 +64,7 @@ public sealed class OAuth2RelayTests(ITestOutputHelper output)
     [Fact]
     public async Task TokenExpiresInTheMiddleOfAThousandMails_EveryMailIsDeliveredExactlyOnce()
     {
-        await using var tokens = await TokenServer.StartAsync();
-        tokens.AddApp(OAuth2Kit.AppId, OAuth2Kit.AppSecret, null, OAuth2Kit.Mailbox);
+        await using var tokens = await OAuth2Kit.ExchangeAsync();
         await using var smtp = new XOAuth2SmtpServer(tokens.Check) { MessagesPerSession = 100 };
         smtp.Accepted = n =>
         {
@@ -104,8 +102,7 @@ public sealed class OAuth2RelayTests(ITestOutputHelper output)
     [Fact]
     public async Task RevokedGrant_MailIsDeferredTheOperatorToldOnceAndItIsDeliveredAfterTheFix()
     {
-        await using var tokens = await TokenServer.StartAsync();
-        tokens.AddApp(OAuth2Kit.AppId, OAuth2Kit.AppSecret, null, OAuth2Kit.Mailbox);
+        await using var tokens = await OAuth2Kit.ExchangeAsync();
         tokens.Revoke(OAuth2Kit.AppId);
         await using var smtp = new XOAuth2SmtpServer(tokens.Check);
         await using var gw = await StartAsync(OAuth2Kit.Relay(smtp, OAuth2Kit.OAuth2(tokens), backoff: ["00:00:00.100", "00:00:00.300"]));
@@ -147,8 +144,7 @@ public sealed class OAuth2RelayTests(ITestOutputHelper output)
     public async Task TokenEndpointDown_MailIsDeferredOnTheBackoffScheduleAndGoesWhenItIsBack()
     {
         var clock = new FakeTimeProvider(DateTimeOffset.Parse("2026-11-28T10:00:00Z", System.Globalization.CultureInfo.InvariantCulture));
-        await using var tokens = await TokenServer.StartAsync();
-        tokens.AddApp(OAuth2Kit.AppId, OAuth2Kit.AppSecret, null, OAuth2Kit.Mailbox);
+        await using var tokens = await OAuth2Kit.ExchangeAsync();
         tokens.Down = true;
         await using var smtp = new XOAuth2SmtpServer(tokens.Check);
         await using var gw = await StartAsync(OAuth2Kit.Relay(smtp, OAuth2Kit.OAuth2(tokens), backoff: ["00:01:00", "00:05:00"]),
@@ -181,8 +177,7 @@ public sealed class OAuth2RelayTests(ITestOutputHelper output)
     [Fact]
     public async Task MailboxPermissionMissing_TheFreshTokenIsRefusedAndTheMailWaitsWithTheFix()
     {
-        await using var tokens = await TokenServer.StartAsync();
-        tokens.AddApp(OAuth2Kit.AppId, OAuth2Kit.AppSecret, null); // no Add-MailboxPermission yet
+        await using var tokens = await OAuth2Kit.ExchangeAsync(mailboxPermission: false); // no Add-MailboxPermission yet
         await using var smtp = new XOAuth2SmtpServer(tokens.Check);
         await using var gw = await StartAsync(OAuth2Kit.Relay(smtp, OAuth2Kit.OAuth2(tokens)));
         gw.Logs.Expect(e => e.Message.Contains("Relay sign-in refused", StringComparison.Ordinal));
@@ -242,8 +237,7 @@ public sealed class OAuth2RelayTests(ITestOutputHelper output)
     [PeerFact("swaks:swaks")]
     public async Task LegacyDevice_PlainSmtpWithAuthPlainFromSwaks_IsRelayedWithXOAuth2()
     {
-        await using var tokens = await TokenServer.StartAsync();
-        tokens.AddApp(OAuth2Kit.AppId, OAuth2Kit.AppSecret, null, OAuth2Kit.Mailbox);
+        await using var tokens = await OAuth2Kit.ExchangeAsync();
         await using var smtp = new XOAuth2SmtpServer(tokens.Check);
         await using var gw = await SmtpGateway.StartAsync(tweak: c => c["Relay"] = OAuth2Kit.Relay(smtp, OAuth2Kit.OAuth2(tokens)));
 

@@ -25,8 +25,7 @@ public sealed class RelayDoctorTests
     [Fact]
     public async Task EverythingRight_PrintsEachStepAndSendsTheTestMail()
     {
-        await using var server = await TokenServer.StartAsync();
-        server.AddApp(OAuth2Kit.AppId, OAuth2Kit.AppSecret, null, OAuth2Kit.Mailbox);
+        await using var server = await OAuth2Kit.ExchangeAsync();
         await using var smtp = new XOAuth2SmtpServer(server.Check);
         using var output = new StringWriter();
 
@@ -51,8 +50,7 @@ public sealed class RelayDoctorTests
     [Fact]
     public async Task WrongSecret_StopsAtTheTokenWithTheFix()
     {
-        await using var server = await TokenServer.StartAsync();
-        server.AddApp(OAuth2Kit.AppId, OAuth2Kit.AppSecret, null, OAuth2Kit.Mailbox);
+        await using var server = await OAuth2Kit.ExchangeAsync();
         await using var smtp = new XOAuth2SmtpServer(server.Check);
         using var output = new StringWriter();
 
@@ -71,8 +69,7 @@ public sealed class RelayDoctorTests
     [Fact]
     public async Task NoMailboxPermission_StopsAtAuthWithTheExchangeSteps()
     {
-        await using var server = await TokenServer.StartAsync();
-        server.AddApp(OAuth2Kit.AppId, OAuth2Kit.AppSecret, null);
+        await using var server = await OAuth2Kit.ExchangeAsync(mailboxPermission: false);
         await using var smtp = new XOAuth2SmtpServer(server.Check);
         using var output = new StringWriter();
 

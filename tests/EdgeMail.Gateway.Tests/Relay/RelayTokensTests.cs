@@ -30,8 +30,7 @@ public sealed class RelayTokensTests
     public async Task Token_IsCachedAndRenewedAheadOfExpiry_AndAFailedRenewalKeepsTheValidOne()
     {
         var clock = new FakeTimeProvider(DateTimeOffset.Parse("2026-11-28T10:00:00Z", System.Globalization.CultureInfo.InvariantCulture));
-        await using var server = await TokenServer.StartAsync();
-        server.AddApp(OAuth2Kit.AppId, OAuth2Kit.AppSecret, null, OAuth2Kit.Mailbox);
+        await using var server = await OAuth2Kit.ExchangeAsync();
         var options = Options(server, Path.GetTempPath());
         using var tokens = RelayTokens.Create(options, clock, NullLogger.Instance)!;
 
@@ -60,8 +59,7 @@ public sealed class RelayTokensTests
     [Fact]
     public async Task Renew_AfterARefusal_AsksOnceForManyConcurrentSenders()
     {
-        await using var server = await TokenServer.StartAsync();
-        server.AddApp(OAuth2Kit.AppId, OAuth2Kit.AppSecret, null, OAuth2Kit.Mailbox);
+        await using var server = await OAuth2Kit.ExchangeAsync();
         using var tokens = RelayTokens.Create(Options(server, Path.GetTempPath()), TimeProvider.System, NullLogger.Instance)!;
         string refused = await tokens.GetAsync(default);
 
