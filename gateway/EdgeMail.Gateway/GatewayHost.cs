@@ -73,6 +73,8 @@ public static class GatewayHost
             return new MailComposer(o.Sender, TemplateSet.Load(o.TemplateDirectory), DkimSigning.Create(o.Dkim));
         });
         services.AddSingleton<IMailTransport>(sp => Transports.Create(sp.GetRequiredService<IOptions<GatewayOptions>>().Value, sp));
+        services.AddSingleton<RelayThrottle>();
+        services.AddSingleton<IRelayThrottle>(sp => sp.GetRequiredService<RelayThrottle>());
         services.AddSingleton<ReceiptPublisher>();
         services.AddSingleton<RelayHealth>();
         services.AddSingleton<OperatorNotices>();

@@ -147,7 +147,21 @@ public sealed class RelayOptions
     /// <summary><c>StartTls</c>, <c>Tls</c> (implicit), <c>StartTlsWhenAvailable</c> or <c>None</c>.</summary>
     public string Security { get; set; } = "StartTls";
 
-    /// <summary>AUTH user name; empty for no AUTH.</summary>
+    /// <summary>
+    /// How the gateway authenticates to the smarthost: <c>Password</c> (AUTH PLAIN/LOGIN with <see cref="User"/> and
+    /// <see cref="Password"/>), <c>OAuth2ClientCredentials</c> (Exchange Online app-only), <c>OAuth2RefreshToken</c>
+    /// (delegated sign-in, Microsoft 365 or Gmail) or <c>GoogleServiceAccount</c> (Workspace domain-wide delegation).
+    /// The OAuth2 modes send XOAUTH2 as <see cref="User"/> with settings under <see cref="OAuth2"/>.
+    /// </summary>
+    public string Auth { get; set; } = RelayAuthModes.Password;
+
+    /// <summary>Token settings for the OAuth2 modes of <see cref="Auth"/>.</summary>
+    public RelayOAuth2Options OAuth2 { get; set; } = new();
+
+    /// <summary>The provider's sending limits, which the gateway keeps to (excess mail waits in the spool).</summary>
+    public RelayLimitsOptions Limits { get; set; } = new();
+
+    /// <summary>AUTH user name (the sending mailbox with OAuth2); empty for no AUTH.</summary>
     public string User { get; set; } = string.Empty;
 
     /// <summary>AUTH password.</summary>
@@ -156,7 +170,7 @@ public sealed class RelayOptions
     /// <summary>AUTH mechanism to use (<c>PLAIN</c> or <c>LOGIN</c>); empty picks the strongest the server offers.</summary>
     public string AuthMechanism { get; set; } = string.Empty;
 
-    /// <summary>Accept any server certificate (tests only).</summary>
+    /// <summary>Accept any server certificate, the smarthost's and the OAuth2 token endpoints' (tests only).</summary>
     public bool AcceptAnyCertificate { get; set; }
 
     /// <summary>SMTP port used for direct MX delivery.</summary>

@@ -15,7 +15,8 @@ public sealed class SmarthostTlsTests
     private const string RelayUser = "gw-relay";
     private const string RelayPassword = "relay-pw-7f3a";
 
-    private static readonly Lazy<X509Certificate2> Certificate = new(CreateCertificate);
+    /// <summary>A self-signed certificate for 127.0.0.1 and localhost, shared by the relay tests' servers.</summary>
+    internal static readonly Lazy<X509Certificate2> Certificate = new(CreateCertificate);
 
     /// <summary>The smarthost: STARTTLS (or implicit TLS) with the relay's login.</summary>
     private static Task<SmtpTestServer> StartSmarthostAsync(bool implicitTls = false) => SmtpTestServer.StartAsync(new()
