@@ -14,7 +14,7 @@ public sealed class SmarthostTlsTests
     private const string RelayUser = "gw-relay";
     private const string RelayPassword = "relay-pw-7f3a";
 
-    private static readonly Lazy<X509Certificate2> Certificate = new(CreateCertificate);
+    internal static readonly Lazy<X509Certificate2> Certificate = new(CreateCertificate);
 
     private static X509Certificate2 CreateCertificate()
     {

@@ -22,10 +22,17 @@ public sealed class SmtpSink : IAsyncDisposable
     /// <param name="certificate">Offer STARTTLS with this certificate (or implicit TLS with <paramref name="implicitTls"/>).</param>
     /// <param name="implicitTls">TLS from the first byte (port 465 style).</param>
     /// <param name="login">Require AUTH with this user and password (offered only once the connection is secure).</param>
-    public SmtpSink(int port = 0, X509Certificate2? certificate = null, bool implicitTls = false, (string User, string Password)? login = null)
+    /// <param name="greeting">The text of the 220 greeting (e.g. with a date, as Exchange and sendmail send); null for the library's.</param>
+    public SmtpSink(int port = 0, X509Certificate2? certificate = null, bool implicitTls = false, (string User, string Password)? login = null, Func<string>? greeting = null)
     {
         Port = port == 0 ? FreePort() : port;
-        var options = new SmtpServerOptionsBuilder().ServerName("sink.test")
+        var builder = new SmtpServerOptionsBuilder().ServerName("sink.test");
+        if (greeting is not null)
+        {
+            builder = builder.CustomSmtpGreeting(_ => greeting());
+        }
+
+        var options = builder
             .Endpoint(b =>
             {
                 b.Endpoint(new IPEndPoint(IPAddress.Loopback, Port)).AllowUnsecureAuthentication(certificate is null);
