@@ -23,12 +23,14 @@ public sealed class GatewayClient : IDisposable
 
     private static readonly TimeSpan RequestTimeout = TimeSpan.FromSeconds(30);
     private readonly HttpClient _http;
+    private readonly IReadOnlyList<X509Certificate2> _pins;
     private readonly string? _pinSource;
 
     private GatewayClient(Uri baseAddress, string? apiKey, string keyFile, IReadOnlyList<X509Certificate2> pins, string? pinSource)
     {
         BaseAddress = baseAddress;
         KeyFile = keyFile;
+        _pins = pins;
         _pinSource = pinSource;
         var handler = new SocketsHttpHandler { ConnectTimeout = TimeSpan.FromSeconds(10) };
         handler.SslOptions.RemoteCertificateValidationCallback = (_, certificate, _, errors) =>
@@ -109,7 +111,14 @@ public sealed class GatewayClient : IDisposable
     }
 
     /// <inheritdoc />
-    public void Dispose() => _http.Dispose();
+    public void Dispose()
+    {
+        _http.Dispose();
+        foreach (var pin in _pins)
+        {
+            pin.Dispose();
+        }
+    }
 
     /// <summary>The console's address on this machine: the bind address (loopback for "every address"), https unless it is loopback.</summary>
     /// <param name="console">Console options.</param>
