@@ -73,12 +73,7 @@ public static class RemoteCommands
             ("enable", "Enable a disabled device again", "enabled: it can connect again"),
         })
         {
-            var target = DeviceId();
-            devices.Subcommands.Add(remote.Command(verb, help + "", [target], async (c, api, ct) =>
-            {
-                var json = await api.PostAsync($"devices/{Uri.EscapeDataString(c.Parse.GetValue(target)!)}/{verb}", null, ct).ConfigureAwait(false);
-                return (json, $"Device {c.Parse.GetValue(target)} {done}");
-            }));
+            devices.Subcommands.Add(remote.Post(verb, help, DeviceId(), id => $"devices/{Uri.EscapeDataString(id)}/{verb}", id => $"Device {id} {done}"));
         }
 
         var rotated = DeviceId();
@@ -135,12 +130,8 @@ public static class RemoteCommands
             ("release", "Release a parked mail: queued again, due now", "released: queued again, due now"),
         })
         {
-            var target = MailId();
-            queue.Subcommands.Add(remote.Command(verb, help + "", [target], async (c, api, ct) =>
-            {
-                var json = await api.PostAsync($"queue/{c.Parse.GetValue(target)}/{verb}", null, ct).ConfigureAwait(false);
-                return (json, string.Create(CultureInfo.InvariantCulture, $"Mail {c.Parse.GetValue(target)} {done}"));
-            }));
+            queue.Subcommands.Add(remote.Post(verb, help, MailId(), id => string.Create(CultureInfo.InvariantCulture, $"queue/{id}/{verb}"),
+                id => string.Create(CultureInfo.InvariantCulture, $"Mail {id} {done}")));
         }
 
         var cancelled = MailId();
@@ -268,6 +259,14 @@ public static class RemoteCommands
             });
             return command;
         }
+
+        /// <summary>A command that POSTs to the path its one argument names, and says what happened.</summary>
+        public Command Post<T>(string name, string description, Argument<T> target, Func<T, string> path, Func<T, string> done) =>
+            Command(name, description, [target], async (c, api, ct) =>
+            {
+                var value = c.Parse.GetValue(target)!;
+                return (await api.PostAsync(path(value), null, ct).ConfigureAwait(false), done(value));
+            });
 
         private static readonly JsonSerializerOptions Indented = new(GatewayClient.Json) { WriteIndented = true };
     }

@@ -8,25 +8,12 @@ using Xunit;
 namespace EdgeMail.Gateway.Tests.Cli;
 
 /// <summary>check-config, hash-secret and admin set-password, run in-process as an operator would type them.</summary>
-public sealed class ConfigCommandTests : IDisposable
+public sealed class ConfigCommandTests : TempDirectory
 {
-    private readonly string _dir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
-
-    public void Dispose()
-    {
-        try
-        {
-            Directory.Delete(_dir, recursive: true);
-        }
-        catch (DirectoryNotFoundException)
-        {
-        }
-    }
-
     [Fact]
     public async Task CheckConfig_AValidFile_PassesWithItsWarnings()
     {
-        string config = TestGateway.WriteConfig(_dir);
+        string config = TestGateway.WriteConfig(Dir);
         var valid = await CliRun.RunAsync("check-config", "--config", config, "--Spool:Fsync=false");
         Assert.True(valid.Code == ExitCodes.Ok, valid.ToString());
         Assert.Contains("valid. 3 device(s), 2 user(s)", valid.Out, StringComparison.Ordinal);
@@ -36,7 +23,7 @@ public sealed class ConfigCommandTests : IDisposable
     [Fact]
     public async Task CheckConfig_AnInvalidFile_NamesEachKeyAndFix_AndExits2()
     {
-        string config = TestGateway.WriteConfig(_dir, tweak: c =>
+        string config = TestGateway.WriteConfig(Dir, tweak: c =>
         {
             c["Devices"] = new Dictionary<string, object> { ["dev-1"] = new { Secret = "plain-text", Owners = new[] { "nobody" } } };
             c["Relay"] = new { Mode = "Carrier pigeon" };
@@ -54,12 +41,12 @@ public sealed class ConfigCommandTests : IDisposable
         Assert.Equal(3, doc.GetProperty("problems").GetArrayLength());
 
         // A value of the wrong type, a broken file and a missing one are invalid configurations too, not crashes.
-        var wrongType = await CliRun.RunAsync("check-config", "--config", TestGateway.WriteConfig(_dir), "--Mqtt:Port=many");
+        var wrongType = await CliRun.RunAsync("check-config", "--config", TestGateway.WriteConfig(Dir), "--Mqtt:Port=many");
         Assert.Equal(ExitCodes.InvalidConfiguration, wrongType.Code);
         Assert.Contains("Mqtt:Port", wrongType.Out, StringComparison.Ordinal);
         File.WriteAllText(config, "{ \"DataDirectory\": ");
         Assert.Equal(ExitCodes.InvalidConfiguration, (await CliRun.RunAsync("check-config", "--config", config)).Code);
-        var missing = await CliRun.RunAsync("check-config", "--config", Path.Combine(_dir, "nope.json"));
+        var missing = await CliRun.RunAsync("check-config", "--config", Path.Combine(Dir, "nope.json"));
         Assert.Equal(ExitCodes.InvalidConfiguration, missing.Code);
         Assert.Contains("nope.json", missing.Out, StringComparison.Ordinal);
     }
@@ -67,7 +54,7 @@ public sealed class ConfigCommandTests : IDisposable
     [Fact]
     public async Task CheckConfig_StrayWords_AreAUsageError()
     {
-        var stray = await CliRun.RunAsync("check-config", "--config", TestGateway.WriteConfig(_dir), "please");
+        var stray = await CliRun.RunAsync("check-config", "--config", TestGateway.WriteConfig(Dir), "please");
         Assert.Equal(ExitCodes.Usage, stray.Code);
         Assert.Contains("'please' is neither a command nor a --Section:Key=value override", stray.Error, StringComparison.Ordinal);
     }
@@ -114,15 +101,15 @@ public sealed class ConfigCommandTests : IDisposable
     [Fact]
     public async Task AdminSetPassword_WithTheGatewayStopped_GoesIntoTheSpool_AndWorksAfterTheStart()
     {
-        var first = await TestGateway.StartAsync(dataDir: _dir, tweak: null, services: null);
+        var first = await TestGateway.StartAsync(dataDir: Dir, tweak: null, services: null);
         await first.StopAsync(); // its spool stays
-        string config = Path.Combine(_dir, "edgemail.json");
+        string config = Path.Combine(Dir, "edgemail.json");
 
         var set = await CliRun.RunWithInputAsync("written while stopped\n", "admin", "set-password", "--config", config);
         Assert.True(set.Code == ExitCodes.Ok, set.ToString());
         Assert.Contains("next start", set.Out, StringComparison.Ordinal);
 
-        await using var gw = await TestGateway.StartAsync(dataDir: _dir, tweak: null, services: null);
+        await using var gw = await TestGateway.StartAsync(dataDir: Dir, tweak: null, services: null);
         using var http = new HttpClient { BaseAddress = gw.ConsoleAddress };
         Assert.Equal(HttpStatusCode.NoContent, (await http.PostAsJsonAsync("api/v1/login", new { password = "written while stopped" })).StatusCode);
     }
@@ -130,10 +117,10 @@ public sealed class ConfigCommandTests : IDisposable
     [Fact]
     public async Task AdminSetPassword_WithoutASpool_CreatesNone()
     {
-        string config = TestGateway.WriteConfig(_dir);
+        string config = TestGateway.WriteConfig(Dir);
         var set = await CliRun.RunWithInputAsync("a long enough password\n", "admin", "set-password", "--config", config, "--Console:Port=1");
         Assert.Equal(ExitCodes.Failed, set.Code);
         Assert.Contains("no spool at", set.Error, StringComparison.Ordinal);
-        Assert.False(File.Exists(Path.Combine(_dir, "spool.db")));
+        Assert.False(File.Exists(Path.Combine(Dir, "spool.db")));
     }
 }

@@ -12,26 +12,13 @@ namespace EdgeMail.Gateway.Tests.Cli;
 /// <c>edgemail doctor</c> against real parts: a running gateway holding a port, another program holding one, a real
 /// SMTP server with STARTTLS and AUTH whose greeting carries its clock, and a real DNS server (dnsmasq).
 /// </summary>
-public sealed class DoctorTests : IDisposable
+public sealed class DoctorTests : TempDirectory
 {
-    private readonly string _dir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
-
-    public void Dispose()
-    {
-        try
-        {
-            Directory.Delete(_dir, recursive: true);
-        }
-        catch (DirectoryNotFoundException)
-        {
-        }
-    }
-
     [Fact]
     public async Task Doctor_PortsFreeOrHeldByTheGateway_MailboxMode_AllGood()
     {
         await using var gw = await TestGateway.StartAsync();
-        string config = TestGateway.WriteConfig(_dir);
+        string config = TestGateway.WriteConfig(Dir);
         var doctor = await CliRun.RunAsync("doctor", "--config", config, "--Mqtt:Port=" + Port(Loopback.FreePort()), "--Console:Port=" + Port(gw.ConsoleAddress.Port));
 
         Assert.True(doctor.Code == ExitCodes.Ok, doctor.ToString());
@@ -56,7 +43,7 @@ public sealed class DoctorTests : IDisposable
         try
         {
             string port = (await Await.Within(python.StandardOutput.ReadLineAsync(), "python to listen"))!.Trim();
-            var doctor = await CliRun.RunAsync("doctor", "--config", TestGateway.WriteConfig(_dir), "--Mqtt:Port=" + port, "--Console:Port=" + Port(Loopback.FreePort()));
+            var doctor = await CliRun.RunAsync("doctor", "--config", TestGateway.WriteConfig(Dir), "--Mqtt:Port=" + port, "--Console:Port=" + Port(Loopback.FreePort()));
 
             Assert.True(doctor.Code == ExitCodes.Failed, doctor.ToString());
             Assert.Contains($"FAIL  port         MQTT 127.0.0.1:{port} in use by pid {python.Id}: ", doctor.Out, StringComparison.Ordinal);
@@ -74,7 +61,7 @@ public sealed class DoctorTests : IDisposable
     [Fact]
     public async Task Doctor_InvalidConfiguration_Exits2BeforeAnyCheck()
     {
-        var doctor = await CliRun.RunAsync("doctor", "--config", TestGateway.WriteConfig(_dir), "--Relay:Mode=Smarthost");
+        var doctor = await CliRun.RunAsync("doctor", "--config", TestGateway.WriteConfig(Dir), "--Relay:Mode=Smarthost");
         Assert.Equal(ExitCodes.InvalidConfiguration, doctor.Code);
         Assert.Contains("Relay:Host", doctor.Error, StringComparison.Ordinal);
         Assert.DoesNotContain("port", doctor.Out, StringComparison.Ordinal);
@@ -90,7 +77,7 @@ public sealed class DoctorTests : IDisposable
         await Await.Within(dns.Started.Task.ContinueWith(t => t.IsCompletedSuccessfully), "dnsmasq to start");
         string[] args =
         [
-            "doctor", "--config", TestGateway.WriteConfig(_dir), "--Mqtt:Port=" + Port(Loopback.FreePort()), "--Console:Port=" + Port(Loopback.FreePort()),
+            "doctor", "--config", TestGateway.WriteConfig(Dir), "--Mqtt:Port=" + Port(Loopback.FreePort()), "--Console:Port=" + Port(Loopback.FreePort()),
             "--Relay:Mode=Smarthost", "--Relay:Host=127.0.0.1", "--Relay:Port=" + Port(sink.Port), "--Relay:Security=StartTls", "--Relay:AcceptAnyCertificate=true",
             "--Relay:User=gw", "--Relay:DnsServer=127.0.0.1:" + Port(dns.Port), "--Relay:Timeout=00:00:10",
         ];

@@ -7,21 +7,8 @@ using Xunit;
 namespace EdgeMail.Gateway.Tests.Cli;
 
 /// <summary>The built executable as a script or systemd runs it: help, exit codes, standard input.</summary>
-public sealed class ProcessTests : IDisposable
+public sealed class ProcessTests : TempDirectory
 {
-    private readonly string _dir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
-
-    public void Dispose()
-    {
-        try
-        {
-            Directory.Delete(_dir, recursive: true);
-        }
-        catch (DirectoryNotFoundException)
-        {
-        }
-    }
-
     [Fact]
     public async Task Help_IsEdgemailsWithTheCommandsAndExitCodes_AndStartsNothing()
     {
@@ -48,7 +35,7 @@ public sealed class ProcessTests : IDisposable
     {
         Assert.Equal(ExitCodes.Usage, (await RunAsync(null, "devces", "list")).Code);
 
-        string config = TestGateway.WriteConfig(_dir, tweak: c => c["Relay"] = new { Mode = "Smarthost" });
+        string config = TestGateway.WriteConfig(Dir, tweak: c => c["Relay"] = new { Mode = "Smarthost" });
         // systemd's unit does not restart on 2: 'run' (and the default) exits 2 on an invalid configuration.
         var run = await RunAsync(null, "--config", config);
         Assert.True(run.Code == ExitCodes.InvalidConfiguration, run.ToString());
