@@ -105,7 +105,19 @@ public static class CliCommand
     /// <param name="extra">Its own options.</param>
     /// <returns>The command.</returns>
     public static Command Configured(string name, string description, CliOptions options, CliIO io,
-        Func<GatewayOptions, CliContext, CancellationToken, Task<int>> action, params Option[] extra)
+        Func<GatewayOptions, CliContext, CancellationToken, Task<int>> action, params Option[] extra) =>
+        Checked(name, description, options, io, (check, c, ct) => action(check.Options, c, ct), extra);
+
+    /// <summary>As <see cref="Configured"/>, handing over the whole check (the built host's other options too).</summary>
+    /// <param name="name">Command name.</param>
+    /// <param name="description">Its help.</param>
+    /// <param name="options">The shared options.</param>
+    /// <param name="io">Standard streams.</param>
+    /// <param name="action">What it does with the valid configuration; returns the exit code.</param>
+    /// <param name="extra">Its own options.</param>
+    /// <returns>The command.</returns>
+    public static Command Checked(string name, string description, CliOptions options, CliIO io,
+        Func<ConfigCheck, CliContext, CancellationToken, Task<int>> action, params Option[] extra)
     {
         ArgumentNullException.ThrowIfNull(extra);
         var command = new Command(name, description) { TreatUnmatchedTokensAsErrors = false };
@@ -118,7 +130,7 @@ public static class CliCommand
         {
             using var check = await c.Configuration().CheckAsync(ct).ConfigureAwait(false);
             await RequireValidAsync(check, c).ConfigureAwait(false);
-            return await action(check.Options, c, ct).ConfigureAwait(false);
+            return await action(check, c, ct).ConfigureAwait(false);
         });
         return command;
     }

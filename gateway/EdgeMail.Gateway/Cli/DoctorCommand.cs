@@ -68,8 +68,8 @@ public static partial class DoctorCommand
     {
         ArgumentNullException.ThrowIfNull(root);
         ArgumentNullException.ThrowIfNull(options);
-        var doctor = CliCommand.Configured("doctor", "Check that this machine can run the gateway as configured: ports, TLS certificates, relay, DNS, disk, clock",
-            options, io, (gateway, c, ct) => RunAsync(gateway, c, ct), options.Json);
+        var doctor = CliCommand.Checked("doctor", "Check that this machine can run the gateway as configured: ports, TLS certificates, relay, DNS, disk, clock",
+            options, io, RunAsync, options.Json);
         doctor.Note("Checks: listener ports free (or held by the gateway); TLS certificates present, valid, not about to expire; the relay reachable with EHLO, "
             + "STARTTLS and AUTH; DNS: MX of the sender domain, the relay's address or the recipients' MX; free disk against Spool:MinFreeMegabytes; the clock "
             + "against the relay's SMTP greeting when it carries a date, else the system's time sync. Each failed check prints its fix.\n"
@@ -78,9 +78,9 @@ public static partial class DoctorCommand
         return doctor;
     }
 
-    private static async Task<int> RunAsync(GatewayOptions o, CliContext c, CancellationToken ct)
+    private static async Task<int> RunAsync(ConfigCheck check, CliContext c, CancellationToken ct)
     {
-        using var check = await c.Configuration().CheckAsync(ct).ConfigureAwait(false); // validated already; for the other sections' options
+        var o = check.Options;
         var services = check.Host!.Services;
         var results = new List<CheckResult>();
         async Task Report(IEnumerable<CheckResult> found)

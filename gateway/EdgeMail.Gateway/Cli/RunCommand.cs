@@ -42,7 +42,16 @@ public static class RunCommand
             }
 
             var lifetime = host.Services.GetRequiredService<GatewayLifetime>(); // RunAsync disposes the services
-            await host.RunAsync().ConfigureAwait(false);
+            var stopping = host.Services.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping;
+            try
+            {
+                await host.RunAsync().ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+            {
+                // SIGTERM (systemctl stop) while the services were still starting: a stop on request, not a failed start.
+            }
+
             return lifetime.ExitCode;
         }
         catch (OptionsValidationException ex)
