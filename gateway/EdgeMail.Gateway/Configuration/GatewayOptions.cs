@@ -88,7 +88,7 @@ public sealed class UserOptions
 /// <summary>A device allowed to connect.</summary>
 public sealed class DeviceOptions
 {
-    /// <summary>The hashed secret, <c>pbkdf2-sha256$iterations$salt$hash</c> (see <see cref="SecretHash"/>; <c>EdgeMail.Gateway hash-secret</c> makes one).</summary>
+    /// <summary>The hashed secret, <c>pbkdf2-sha256$iterations$salt$hash</c> (see <see cref="SecretHash"/>; <c>edgemail hash-secret</c> makes one).</summary>
     public string Secret { get; set; } = string.Empty;
 
     /// <summary>Human name used in mail (defaults to the id).</summary>

@@ -31,6 +31,9 @@ public sealed class SmtpTestServerOptions
     /// under TLS when there is a <see cref="Certificate"/>, and on the plain connection when there is none.
     /// </summary>
     public IReadOnlyDictionary<string, string>? Users { get; init; }
+
+    /// <summary>The whole greeting line (e.g. one with a date, as Sendmail's has), asked for at each connection; null for SmtpServer's own.</summary>
+    public Func<string>? Greeting { get; init; }
 }
 
 /// <summary>
@@ -106,7 +109,13 @@ public sealed class SmtpTestServer : IAsyncDisposable
     {
         options ??= new SmtpTestServerOptions();
         var server = new SmtpTestServer(options);
-        var builder = new SmtpServerOptionsBuilder().ServerName(options.ServerName).Endpoint(e =>
+        var builder = new SmtpServerOptionsBuilder().ServerName(options.ServerName);
+        if (options.Greeting is { } greeting)
+        {
+            builder.CustomSmtpGreeting(_ => greeting()); // written as is: the reply code too
+        }
+
+        builder.Endpoint(e =>
         {
             e.Endpoint(new IPEndPoint(IPAddress.Loopback, options.Port)).AllowUnsecureAuthentication(options.Certificate is null)
                 .AuthenticationRequired(options.Users is not null);
