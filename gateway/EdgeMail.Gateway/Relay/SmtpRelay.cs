@@ -179,7 +179,10 @@ public sealed class SmtpRelay : IMailTransport
                 return message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.7.0 deferred, the relay refuses the gateway: " + explained)).ToList();
             }
 
-            return message.PendingRecipients.Select(r => client.Refused.TryGetValue(r, out var refusal)
+            // With PIPELINING the RCPTs after a refused MAIL FROM are answered "503 bad sequence": those replies say
+            // nothing about the recipients, so the MAIL FROM reply (a 451 greylisting, say) decides for all of them.
+            bool senderRefused = ex.ErrorCode == SmtpErrorCode.SenderNotAccepted;
+            return message.PendingRecipients.Select(r => !senderRefused && client.Refused.TryGetValue(r, out var refusal)
                 ? new RecipientResult(r, refusal.Code is >= 400 and < 500 ? RecipientOutcome.Deferred : RecipientOutcome.Failed, refusal.Text)
                 : new RecipientResult(r, outcome, text)).ToList();
         }

@@ -86,6 +86,24 @@ public sealed class SmarthostTests
     }
 
     [Fact]
+    public async Task Relay_SmarthostGreylistsMailFrom_PipelinedRecipientsAreRetriedNotBounced()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        int mailCommands = 0;
+        // Greylisting answers MAIL FROM; the RCPTs pipelined behind it then get a "bad sequence" 5xx that is not about them.
+        sink.OnCommand = c => c.Verb == "MAIL" && Interlocked.Increment(ref mailCommands) == 1 ? new SmtpReply(451, "4.7.1 greylisted, try again later") : null;
+        await using var gw = await StartGatewayAsync(sink.Port);
+
+        await PublishAsync(gw, "dev-1", "grey-1");
+        var (message, to) = await sink.NextAsync();
+
+        Assert.Equal("dev-1.grey-1.alert@gw.test", message.MessageId);
+        Assert.Equal(["alice@example.com", "bob@example.com"], to.Order());
+        Assert.Equal(2, mailCommands);
+        Assert.False(sink.TryNext(out _)); // no bounce notice to the operator
+    }
+
+    [Fact]
     public async Task Relay_SmarthostDropsTheConnectionAfterData_RetriesAndDelivers()
     {
         await using var sink = await SmtpTestServer.StartAsync();
