@@ -112,5 +112,27 @@ public sealed class DoctorTests : TempDirectory
         Assert.Contains("sender domain nowhere.gw.test", nowhere.Out, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task DoctorRelay_SendTest_MailReachesTheSmarthostThroughTheCommandLine()
+    {
+        await using var sink = await EdgeMail.Testing.Smtp.SmtpTestServer.StartAsync(new() { Users = new Dictionary<string, string> { ["gw"] = "relay-pass" } });
+        var doctor = await CliRun.RunAsync("doctor", "relay", "--send-test", "--to", "ops@example.com", "--config", TestGateway.WriteConfig(Dir),
+            "--Relay:Mode=Smarthost", "--Relay:Host=127.0.0.1", "--Relay:Port=" + Port(sink.Port), "--Relay:Security=None", "--Relay:User=gw", "--Relay:Password=relay-pass");
+
+        Assert.True(doctor.Code == ExitCodes.Ok, doctor.ToString());
+        var (_, to) = await sink.NextAsync();
+        Assert.Equal(["ops@example.com"], to);
+        Assert.DoesNotContain("relay-pass", doctor.Out + doctor.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task RelayLogin_PasswordMode_RefusesWithWhatToSet()
+    {
+        var login = await CliRun.RunAsync("relay", "login", "--config", TestGateway.WriteConfig(Dir), "--Relay:Mode=Smarthost", "--Relay:Host=127.0.0.1", "--Relay:User=gw");
+
+        Assert.NotEqual(ExitCodes.Ok, login.Code);
+        Assert.Contains("OAuth2RefreshToken", login.Out + login.Error, StringComparison.Ordinal);
+    }
+
     private static string Port(int port) => port.ToString(CultureInfo.InvariantCulture);
 }
