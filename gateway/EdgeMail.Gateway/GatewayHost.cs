@@ -110,7 +110,8 @@ public static class GatewayHost
         services.AddSmtpIngest(builder.Configuration);
 
         // The operator's console: last, so that it starts once everything it shows is running.
-        services.AddOptions<Web.ConsoleOptions>().Bind(builder.Configuration.GetSection(Web.ConsoleOptions.Section));
+        services.AddSingleton<IValidateOptions<Web.ConsoleOptions>, Web.ConsoleOptionsValidator>();
+        services.AddOptions<Web.ConsoleOptions>().Bind(builder.Configuration.GetSection(Web.ConsoleOptions.Section)).ValidateOnStart();
         services.AddSingleton<Web.ConsoleAuth>();
         services.AddSingleton<Web.ConsoleServer>();
         services.AddHostedService(sp => sp.GetRequiredService<Web.ConsoleServer>());

@@ -52,6 +52,18 @@ public sealed class ConfigCommandTests : TempDirectory
     }
 
     [Fact]
+    public async Task CheckConfig_ConsoleAddressNotAnIp_NamesTheKey_AndTheGatewayDoesNotStart()
+    {
+        string config = TestGateway.WriteConfig(Dir);
+        var check = await CliRun.RunAsync("check-config", "--config", config, "--Console:BindAddress=localhost:8088");
+        Assert.Equal(ExitCodes.InvalidConfiguration, check.Code);
+        Assert.Contains("Console:BindAddress 'localhost:8088' is not an IP address", check.Out, StringComparison.Ordinal);
+
+        var run = await CliRun.RunAsync("run", "--config", config, "--Console:BindAddress=localhost:8088");
+        Assert.Equal(ExitCodes.InvalidConfiguration, run.Code);
+    }
+
+    [Fact]
     public async Task CheckConfig_StrayWords_AreAUsageError()
     {
         var stray = await CliRun.RunAsync("check-config", "--config", TestGateway.WriteConfig(Dir), "please");

@@ -1,0 +1,55 @@
+using System.Net;
+using Microsoft.Extensions.Options;
+
+namespace EdgeMail.Gateway.Web;
+
+/// <summary>
+/// Checks <c>Console</c> at start, so a mistyped address or port stops the gateway with the key to fix (exit 2) instead
+/// of an exception from Kestrel once the other listeners are already up.
+/// </summary>
+public sealed class ConsoleOptionsValidator : IValidateOptions<ConsoleOptions>
+{
+    /// <inheritdoc />
+    public ValidateOptionsResult Validate(string? name, ConsoleOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var errors = Check(options);
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
+
+    /// <summary>The problems in <paramref name="options"/>, one sentence per key.</summary>
+    /// <param name="options">The console options.</param>
+    /// <returns>Empty when valid.</returns>
+    public static List<string> Check(ConsoleOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var errors = new List<string>();
+        if (!options.Enabled)
+        {
+            return errors;
+        }
+
+        if (!IPAddress.TryParse(options.BindAddress, out _))
+        {
+            errors.Add($"Console:BindAddress '{options.BindAddress}' is not an IP address (e.g. 127.0.0.1, or 0.0.0.0 for every interface, served over TLS only)");
+        }
+
+        if (options.Port is < 0 or > 65535)
+        {
+            errors.Add($"Console:Port {options.Port} is not a TCP port (0-65535)");
+        }
+
+        if (options.CertificatePath.Length > 0 && !File.Exists(options.CertificatePath))
+        {
+            errors.Add($"Console:CertificatePath '{options.CertificatePath}' does not exist");
+        }
+
+        if (options.PublicUrl.Length > 0
+            && !(Uri.TryCreate(options.PublicUrl, UriKind.Absolute, out var url) && (url.Scheme == Uri.UriSchemeHttps || url.Scheme == Uri.UriSchemeHttp)))
+        {
+            errors.Add($"Console:PublicUrl '{options.PublicUrl}' is not an http(s) URL (e.g. https://gw1.example.com:8088)");
+        }
+
+        return errors;
+    }
+}
