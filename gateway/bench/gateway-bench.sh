@@ -5,9 +5,13 @@
 #     --MQTT--> gateway (Release, embedded broker, SQLite spool synchronous=FULL, storm control off)
 #     --SMTP--> sink (Postfix's smtp-sink for throughput; the load generator's own SMTP sink for latency)
 #
-# Stages (STAGES="ingest latency memory peers" by default):
+# Stages (STAGES="ingest mosquitto latency memory peers" by default):
 #   ingest   DEVICES x MSGS_PER alerts; ingest = first PUBLISH -> last PUBACK (every alert committed, fsync'd);
 #            e2e = first PUBLISH -> smtp-sink has every mail (smtp-sink -M exits).
+#   mosquitto the ingest stage's load (same load generator, devices, in-flight window, payloads, warm-up) against
+#            Debian's mosquitto alone (persistence on, port EXT_PORT): the like-for-like ingest anchor, in the same run.
+#            mosquitto's persistence writes a snapshot every autosave_interval; it does not fsync each message as the
+#            gateway's spool does before a PUBACK.
 #   latency  the same at LAT_RATE alerts/s (default: a tenth of the ingest stage's e2e rate); PUBLISH -> sink's 250.
 #   memory   IDLE_DEVICES connected idle devices; gateway RSS before/after and bytes per connection.
 #   external (not in the default set) the same load published to Debian's mosquitto (persistence on, port
@@ -28,7 +32,7 @@ IDLE_DEVICES=${IDLE_DEVICES:-10000}
 RELAY_CONCURRENCY=${RELAY_CONCURRENCY:-8}
 PORT=${PORT:-18990}
 SINK_PORT=${SINK_PORT:-18925}
-STAGES=${STAGES:-ingest latency memory peers}
+STAGES=${STAGES:-ingest mosquitto latency memory peers}
 ART=${ART:-/tmp/art-gw-bench}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 PEERS_DIR=${PEERS_DIR:-$ROOT/../shared/peers}
@@ -85,6 +89,19 @@ start_gateway() {
   cat "$STATE/gateway.log" >&2; exit 1
 }
 stop_gateway() { kill "$GW" 2>/dev/null || true; wait "$GW" 2>/dev/null || true; GW=""; }
+EXT_PORT=${EXT_PORT:-18993}
+# Debian's mosquitto on EXT_PORT, persistence on, no queue or in-flight limits (the external and mosquitto stages).
+start_mosquitto() {
+  command -v mosquitto >/dev/null || { log "mosquitto missing: apt-get install mosquitto"; exit 1; }
+  rm -rf "$STATE/mosq"; mkdir -p "$STATE/mosq"
+  chmod 755 "$STATE"   # mosquitto drops to its own user when started as root
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_queued_messages 0\nmax_inflight_messages 0\n' "$EXT_PORT" "$STATE/mosq" > "$STATE/mosq/mosquitto.conf"
+  chown -R mosquitto "$STATE/mosq" 2>/dev/null || true
+  mosquitto -c "$STATE/mosq/mosquitto.conf" > "$STATE/mosq/log" 2>&1 &
+  MOSQ=$!
+  for _ in $(seq 1 100); do ss -Hltn "sport = :$EXT_PORT" | grep -q . && break; sleep 0.1; done
+}
+stop_mosquitto() { kill "$MOSQ" 2>/dev/null; wait "$MOSQ" 2>/dev/null || true; MOSQ=""; }
 rss_kib() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 cpu_s() { awk '{printf "%.2f", ($14+$15)/100}' "/proc/$1/stat"; }
 
@@ -124,6 +141,17 @@ if [[ " $STAGES " == *" ingest "* ]]; then
   stop_gateway
 fi
 
+if [[ " $STAGES " == *" mosquitto "* ]]; then
+  start_mosquitto
+  WARM_PER=${WARM_PER:-40}
+  dotnet "$LOADGEN" publish --port "$EXT_PORT" --devices "$DEVICES" --msgs "$WARM_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag w >/dev/null
+  cpu0=$(cpu_s "$MOSQ")
+  out=$(dotnet "$LOADGEN" publish --port "$EXT_PORT" --devices "$DEVICES" --msgs "$MSGS_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag i)
+  cpu1=$(cpu_s "$MOSQ")
+  echo "RESULT mosquitto $out mosquitto_cpu_us_per_msg=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$((DEVICES * MSGS_PER))" 'BEGIN{printf "%.0f", (b-a)*1e6/n}')"
+  stop_mosquitto
+fi
+
 if [[ " $STAGES " == *" latency "* ]]; then
   RATE=${LAT_RATE:-$(( ${E2E_RATE:-2000} / 10 ))}
   LAT_MSGS=$(( RATE * 20 / DEVICES + 1 ))   # about 20 s of load
@@ -138,16 +166,8 @@ if [[ " $STAGES " == *" latency "* ]]; then
 fi
 
 if [[ " $STAGES " == *" external "* ]]; then
-  command -v mosquitto >/dev/null || { log "mosquitto missing: apt-get install mosquitto"; exit 1; }
-  EXT_PORT=${EXT_PORT:-18993}
+  start_mosquitto
   TOTAL=$((DEVICES * MSGS_PER))
-  mkdir -p "$STATE/mosq"
-  chmod 755 "$STATE"   # mosquitto drops to its own user when started as root
-  printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_queued_messages 0\nmax_inflight_messages 0\n' "$EXT_PORT" "$STATE/mosq" > "$STATE/mosq/mosquitto.conf"
-  chown -R mosquitto "$STATE/mosq" 2>/dev/null || true
-  mosquitto -c "$STATE/mosq/mosquitto.conf" > "$STATE/mosq/log" 2>&1 &
-  MOSQ=$!
-  for _ in $(seq 1 100); do ss -Hltn "sport = :$EXT_PORT" | grep -q . && break; sleep 0.1; done
   write_config "$STATE/external.json" "$DEVICES" "$SINK_PORT"
   python3 - "$STATE/external.json" "$EXT_PORT" <<'PY'
 import json, sys
@@ -175,7 +195,7 @@ PY
   cpu1=$(cpu_s "$GW")
   echo "RESULT external mosquitto_$out e2e_smtp_sink_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') e2e_smtp_sink_rate=$(awk -v n="$TOTAL" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}') gateway_cpu_us_per_alert=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$TOTAL" 'BEGIN{printf "%.0f", (b-a)*1e6/n}')"
   stop_gateway
-  kill "$MOSQ" 2>/dev/null; wait "$MOSQ" 2>/dev/null || true; MOSQ=""
+  stop_mosquitto
 fi
 
 if [[ " $STAGES " == *" memory "* ]]; then
