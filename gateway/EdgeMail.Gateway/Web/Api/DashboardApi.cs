@@ -124,15 +124,17 @@ public static class DashboardApi
                     idleSeconds = 0;
                 }
 
+                // Row 0 stands for an empty spool, so the very first alert is announced too.
                 var newest = await c.Spool.QueryAlertsAsync(new AlertQuery(Limit: 1), ct).ConfigureAwait(false);
-                if (newest.Count > 0 && newest[0].RowId != lastAlert)
+                long newestRow = newest.Count > 0 ? newest[0].RowId : 0;
+                if (newestRow != lastAlert)
                 {
-                    if (lastAlert >= 0)
+                    if (lastAlert >= 0 && newest.Count > 0)
                     {
                         await SendAsync(http, "alert", JsonSerializer.Serialize(newest[0], JsonOptions), ct).ConfigureAwait(false);
                     }
 
-                    lastAlert = newest[0].RowId;
+                    lastAlert = newestRow;
                 }
 
                 if (++idleSeconds >= 15)

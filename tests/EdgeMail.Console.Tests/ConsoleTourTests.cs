@@ -1,0 +1,192 @@
+using System.Text;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Devices;
+using EdgeMail.Gateway.Spool;
+using EdgeMail.Gateway.Tests;
+using EdgeMail.Gateway.Web;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Playwright;
+using MQTTnet;
+using Xunit;
+using static Microsoft.Playwright.Assertions;
+
+namespace EdgeMail.Console.Tests;
+
+/// <summary>
+/// Every page of the console on a gateway with a realistic past (five devices, two days of alerts and heartbeats, a
+/// silent device, a disabled one, a rejected payload): each shows what it is for, with no script error and no
+/// content-policy violation, and is saved as a screenshot (the documentation's pictures: see <see cref="Screenshots"/>).
+/// </summary>
+[Collection(BrowserCollection.Name)]
+public sealed class ConsoleTourTests(ConsoleBrowser browser)
+{
+    private static readonly (string Id, string Name, string Site, string[] Owners, string? SilentAfter)[] Fleet =
+    [
+        ("freezer-2", "Freezer 2", "Kitchen", ["alice"], null),
+        ("boiler-1", "Boiler", "Basement", ["oncall"], null),
+        ("chiller-3", "Chiller 3", "Kitchen", ["alice"], null),
+        ("door-east", "East door", "Hall 3", ["bob"], null),
+        ("ups-rack-a", "UPS rack A", "Server room", ["oncall"], "01:00:00"),
+    ];
+
+    [Fact]
+    public async Task EveryPage_ShowsARealisticGateway_WithoutAnError()
+    {
+        await using var gw = await TestGateway.StartAsync(c =>
+        {
+            string hash = SecretHash.Create(TestGateway.Secret, 1000);
+            c["Devices"] = Fleet.ToDictionary(d => d.Id, d => (object)new { Secret = hash, d.Name, d.Site, d.Owners, d.SilentAfter });
+        });
+        var now = TimeProvider.System.GetUtcNow();
+        await SeedHistoryAsync(gw, now);
+
+        // Setup and login pages, before a password exists.
+        await using (var anonymous = await ConsoleSession.OpenAsync(browser.Browser, gw))
+        {
+            await anonymous.Page.GotoAsync("/setup#" + gw.Host.Services.GetRequiredService<ConsoleAuth>().SetupToken);
+            await Expect(anonymous.Page.GetByRole(AriaRole.Heading, new() { Name = "Set up the console" })).ToBeVisibleAsync();
+            await Screenshots.SaveAsync(anonymous.Page, "setup");
+        }
+
+        // Live devices: three connected, each with a heartbeat; alerts arriving now; one payload refused.
+        var clients = new List<IMqttClient>();
+        foreach (var (id, battery, rssi, depth) in new[] { ("freezer-2", 86, -67, 0), ("boiler-1", 100, -52, 0), ("chiller-3", 71, -80, 2) })
+        {
+            var client = await gw.ConnectAsync(id);
+            clients.Add(client);
+            await Device.PublishStatusAsync(client, id, Status(battery, rssi, depth, "1.4.2"));
+        }
+
+        await Device.PublishAlertAsync(clients[0], "freezer-2", AlertJson("f-200", 200, "FREEZER_TEMP_HIGH", "critical", "Freezer 2 above -15 °C", now, -9.5));
+        await Device.PublishAlertAsync(clients[2], "chiller-3", AlertJson("c-31", 31, "COMPRESSOR_CYCLING", "warning", "Compressor started 14 times in 10 minutes", now, 14));
+        await Device.PublishAlertAsync(clients[1], "boiler-1",
+            """{"v":1,"id":"b-77","seq":77,"state":"raised","sev":"urgent","code":"PRESSURE_HIGH","text":"Boiler pressure 3.1 bar","boot":4,"count":1}""");
+        await gw.UntilAsync(async () => await SettledAsync(gw.Spool), "every alert routed and its mail delivered", TimeSpan.FromSeconds(60));
+
+        await using var s = await ConsoleSession.LogInAsync(browser.Browser, gw);
+        var page = s.Page;
+
+        // Dashboard
+        await Expect(page.Locator("#alerts-today [data-key=critical] dd")).Not.ToHaveTextAsync("0");
+        await Expect(page.Locator("#devices [data-key=online] dd")).ToHaveTextAsync("3");
+        await Expect(page.Locator("#devices [data-key=silent] dd")).ToHaveTextAsync("1");
+        await Expect(page.Locator("#relay")).ToContainTextAsync("Up");
+        await Expect(page.Locator("#latest-title ~ * tbody tr").First).ToContainTextAsync("rejected");
+        await Screenshots.SaveAsync(page, "dashboard");
+
+        // Devices
+        await page.GotoAsync("/devices");
+        await Expect(page.Locator("#device-list tbody tr")).ToHaveCountAsync(6);
+        await Expect(page.Locator("tr[data-device='ups-rack-a']")).ToContainTextAsync("silent");
+        await Expect(page.Locator("tr[data-device='old-sensor']")).ToContainTextAsync("disabled");
+        await Expect(page.Locator("tr[data-device='chiller-3']")).ToContainTextAsync("71 %");
+        await Screenshots.SaveAsync(page, "devices");
+
+        // One device with two days of alerts and heartbeats
+        await page.GetByRole(AriaRole.Link, new() { Name = "freezer-2", Exact = true }).ClickAsync();
+        await Expect(page.GetByRole(AriaRole.Img, new() { Name = "Alerts per hour" })).ToHaveAttributeAsync("aria-label", new Regex("over the last 48 hours: 1[0-9] in all"));
+        await Expect(page.GetByRole(AriaRole.Img, new() { Name = "Battery (%)" })).ToHaveAttributeAsync("aria-label", new Regex("now 86"));
+        await Expect(page.Locator("svg.chart rect.bar")).Not.ToHaveCountAsync(0);
+        await Screenshots.SaveAsync(page, "device");
+
+        // Alerts
+        await page.GotoAsync("/alerts");
+        await Expect(page.Locator("tbody tr[data-row]")).Not.ToHaveCountAsync(0);
+        await Expect(page.Locator("tbody tr[data-row]").First).ToContainTextAsync("rejected");
+        await Screenshots.SaveAsync(page, "alerts");
+
+        // One alert's journey
+        await page.GetByRole(AriaRole.Link, new() { Name = "COMPRESSOR_CYCLING" }).ClickAsync();
+        await Expect(page.Locator("#mail .recipient")).ToContainTextAsync("sent");
+        await Expect(page.FrameLocator("#mail iframe.mail-frame").Locator("body")).ToContainTextAsync("Compressor started 14 times");
+        await Screenshots.SaveAsync(page, "alert");
+
+        // Local mailbox
+        await page.GotoAsync("/mailbox");
+        await page.Locator("#mailbox-list tbody tr").First.GetByRole(AriaRole.Link).ClickAsync();
+        await Expect(page.FrameLocator("iframe.mail-frame").Locator("body")).Not.ToBeEmptyAsync();
+        await page.GetByRole(AriaRole.Tab, new() { Name = "Headers" }).ClickAsync();
+        await Expect(page.GetByRole(AriaRole.Tabpanel)).ToContainTextAsync("Subject");
+        await page.GetByRole(AriaRole.Tab, new() { Name = "Rendered" }).ClickAsync();
+        await Expect(page.FrameLocator("iframe.mail-frame").Locator("body")).Not.ToBeEmptyAsync();
+        await Screenshots.SaveAsync(page, "mailbox");
+
+        // Rejected payloads
+        await page.GotoAsync("/rejected");
+        await Expect(page.Locator("#rejected-list tbody tr")).ToHaveCountAsync(1);
+        await Expect(page.Locator("#rejected-list tbody tr")).ToContainTextAsync("urgent");
+        await Screenshots.SaveAsync(page, "rejected");
+
+        // Configuration
+        await page.GotoAsync("/config");
+        await Expect(page.Locator("#validation")).ToContainTextAsync("No problems");
+        await Expect(page.Locator("#validation .warnings")).ToContainTextAsync("Relay:Mode is Mailbox");
+        await Expect(page.Locator("#effective")).Not.ToContainTextAsync(TestGateway.Secret);
+        await Screenshots.SaveAsync(page, "config");
+
+        // The login page, as a stranger sees it
+        await using var stranger = await ConsoleSession.OpenAsync(browser.Browser, gw);
+        await stranger.Page.GotoAsync("/");
+        await Expect(stranger.Page.GetByRole(AriaRole.Heading, new() { Name = "EdgeMail console" })).ToBeVisibleAsync();
+        await Screenshots.SaveAsync(stranger.Page, "login");
+
+        foreach (var client in clients)
+        {
+            client.Dispose();
+        }
+    }
+
+    // Two days of a small site: the freezer's alerts and heartbeats, the east door's last alert three hours ago, the
+    // UPS silent for five hours, and a retired sensor, disabled.
+    private static async Task SeedHistoryAsync(TestGateway gw, DateTimeOffset now)
+    {
+        var spool = gw.Spool;
+        int seq = 100;
+        foreach (double hoursAgo in new[] { 46.5, 40.2, 39.8, 31, 30.6, 30.1, 22.4, 21.9, 14, 9.5, 5.2, 3.1, 1.4 })
+        {
+            var at = now.AddHours(-hoursAgo);
+            string code = hoursAgo is > 30 and < 31 ? "DOOR_OPEN" : "FREEZER_TEMP_HIGH";
+            string sev = code == "DOOR_OPEN" ? "warning" : "critical";
+            await StoreAsync(spool, "freezer-2", AlertJson($"f-{++seq}", seq, code, sev, code == "DOOR_OPEN" ? "Door open for 5 minutes" : "Freezer 2 above -15 °C", at, -12.5), at, code, sev);
+        }
+
+        for (int half = 96; half >= 1; half--)
+        {
+            var at = now.AddMinutes(-30 * half);
+            int battery = 100 - ((96 - half) / 7);
+            int depth = half is > 60 and < 66 ? 66 - half : 0; // offline for a while: alerts queued on the device
+            await spool.RecordStatusAsync("freezer-2", at, Encoding.UTF8.GetBytes(Status(battery, -62 - (half % 5 * 2), depth, "1.4.2")), default);
+        }
+
+        var doorAt = now.AddHours(-3);
+        await StoreAsync(spool, "door-east", AlertJson("d-9", 9, "DOOR_FORCED", "critical", "East door opened without badge", doorAt, 1), doorAt, "DOOR_FORCED", "critical");
+        await spool.RecordStatusAsync("ups-rack-a", now.AddHours(-5), Encoding.UTF8.GetBytes(Status(64, -71, 0, "3.0.0")), default);
+        var registry = gw.Host.Services.GetRequiredService<DeviceRegistry>();
+        await registry.AddAsync("old-sensor", "Retired sensor", "Hall 3", ["alice"], default);
+        await registry.SetDisabledAsync("old-sensor", true, default);
+    }
+
+    private static Task StoreAsync(ISpool spool, string device, string json, DateTimeOffset at, string code, string severity) =>
+        spool.AcceptAlertAsync(new IncomingAlert(device, JsonDocument.Parse(json).RootElement.GetProperty("id").GetString()!, at, "127.0.0.1:50312",
+            Encoding.UTF8.GetBytes(json), null, code, IngestProtocols.Mqtt, severity), default);
+
+    private static async Task<bool> SettledAsync(ISpool spool)
+    {
+        var counts = await spool.CountsAsync(default);
+        return counts.Alerts.GetValueOrDefault(AlertStatus.New) == 0 && counts.Messages.GetValueOrDefault(MessageStatus.Queued) == 0
+            && counts.Messages.GetValueOrDefault(MessageStatus.Sent) > 0;
+    }
+
+    private static string AlertJson(string id, int seq, string code, string sev, string text, DateTimeOffset raised, double value) =>
+        JsonSerializer.Serialize(new Dictionary<string, object>
+        {
+            ["v"] = 1, ["id"] = id, ["seq"] = seq, ["state"] = "raised", ["sev"] = sev, ["code"] = code, ["text"] = text,
+            ["values"] = new Dictionary<string, double> { ["value"] = value },
+            ["raised"] = raised.UtcDateTime.ToString("yyyy-MM-dd'T'HH:mm:ss'Z'", System.Globalization.CultureInfo.InvariantCulture), ["boot"] = 17, ["count"] = 1,
+        });
+
+    private static string Status(int battery, int rssi, int depth, string firmware) =>
+        $$"""{"v":1,"fw":"{{firmware}}","boot":17,"uptime_ms":86400000,"queue_depth":{{depth}},"oldest_age_ms":null,"dropped":0,"flash_wear_pct":0.42,"battery_pct":{{battery}},"battery_mv":null,"rssi_dbm":{{rssi}}}""";
+}
