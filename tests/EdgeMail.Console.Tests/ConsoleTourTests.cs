@@ -101,6 +101,7 @@ public sealed class ConsoleTourTests(ConsoleBrowser browser)
         await page.GetByRole(AriaRole.Link, new() { Name = "COMPRESSOR_CYCLING" }).ClickAsync();
         await Expect(page.Locator("#mail .recipient")).ToContainTextAsync("sent");
         await Expect(page.FrameLocator("#mail iframe.mail-frame").Locator("body")).ToContainTextAsync("Compressor started 14 times");
+        await page.Locator("#mail iframe.mail-frame").ScrollIntoViewIfNeededAsync(); // a frame below the fold is painted only once seen
         await Screenshots.SaveAsync(page, "alert");
 
         // Local mailbox
@@ -143,13 +144,17 @@ public sealed class ConsoleTourTests(ConsoleBrowser browser)
     private static async Task SeedHistoryAsync(TestGateway gw, DateTimeOffset now)
     {
         var spool = gw.Spool;
+        var history = new[] { 46.5, 40.2, 39.8, 31, 30.6, 30.1, 22.4, 21.9, 14, 9.5, 5.2, 3.1, 1.4 }
+            .Select(hoursAgo => hoursAgo is > 30 and < 31
+                ? ("freezer-2", hoursAgo, "DOOR_OPEN", "warning", "Door open for 5 minutes")
+                : ("freezer-2", hoursAgo, "FREEZER_TEMP_HIGH", "critical", "Freezer 2 above -15 °C"))
+            .Append(("door-east", 3.0, "DOOR_FORCED", "critical", "East door opened without badge"))
+            .OrderByDescending(a => a.Item2);
         int seq = 100;
-        foreach (double hoursAgo in new[] { 46.5, 40.2, 39.8, 31, 30.6, 30.1, 22.4, 21.9, 14, 9.5, 5.2, 3.1, 1.4 })
+        foreach (var (device, hoursAgo, code, sev, text) in history)
         {
             var at = now.AddHours(-hoursAgo);
-            string code = hoursAgo is > 30 and < 31 ? "DOOR_OPEN" : "FREEZER_TEMP_HIGH";
-            string sev = code == "DOOR_OPEN" ? "warning" : "critical";
-            await StoreAsync(spool, "freezer-2", AlertJson($"f-{++seq}", seq, code, sev, code == "DOOR_OPEN" ? "Door open for 5 minutes" : "Freezer 2 above -15 °C", at, -12.5), at, code, sev);
+            await StoreAsync(spool, device, AlertJson($"{device[0]}-{++seq}", seq, code, sev, text, at, -12.5), at, code, sev);
         }
 
         for (int half = 96; half >= 1; half--)
@@ -157,11 +162,10 @@ public sealed class ConsoleTourTests(ConsoleBrowser browser)
             var at = now.AddMinutes(-30 * half);
             int battery = 100 - ((96 - half) / 7);
             int depth = half is > 60 and < 66 ? 66 - half : 0; // offline for a while: alerts queued on the device
-            await spool.RecordStatusAsync("freezer-2", at, Encoding.UTF8.GetBytes(Status(battery, -62 - (half % 5 * 2), depth, "1.4.2")), default);
+            int rssi = -64 - (int)Math.Round(4 * Math.Sin(half / 6.0));
+            await spool.RecordStatusAsync("freezer-2", at, Encoding.UTF8.GetBytes(Status(battery, rssi, depth, "1.4.2")), default);
         }
 
-        var doorAt = now.AddHours(-3);
-        await StoreAsync(spool, "door-east", AlertJson("d-9", 9, "DOOR_FORCED", "critical", "East door opened without badge", doorAt, 1), doorAt, "DOOR_FORCED", "critical");
         await spool.RecordStatusAsync("ups-rack-a", now.AddHours(-5), Encoding.UTF8.GetBytes(Status(64, -71, 0, "3.0.0")), default);
         var registry = gw.Host.Services.GetRequiredService<DeviceRegistry>();
         await registry.AddAsync("old-sensor", "Retired sensor", "Hall 3", ["alice"], default);

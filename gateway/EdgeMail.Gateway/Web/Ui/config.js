@@ -4,10 +4,10 @@
 
 EM.start(async (main) => {
   const { h, api } = EM;
-  const OPEN = new Set(['sender', 'relay', 'mqtt', 'spool', 'console']);
+  const OPEN = new Set(['relay']);
 
   function value(v) {
-    if (v === null || v === undefined) return h('span', { class: 'null' }, 'not set');
+    if (v === null || v === undefined || v === '') return h('span', { class: 'null' }, 'not set');
     if (v === '(redacted)') return h('span', { class: 'redacted' }, 'redacted');
     if (Array.isArray(v)) {
       if (v.length === 0) return h('span', { class: 'null' }, 'none');
@@ -35,10 +35,13 @@ EM.start(async (main) => {
   }
 
   function effective(c) {
+    const entries = Object.entries(c.configuration);
+    const isSection = ([, v]) => v !== null && typeof v === 'object' && !Array.isArray(v);
     return h('section', { class: 'panel config-tree', id: 'effective', 'aria-labelledby': 'effective-title' },
       h('h2', { id: 'effective-title' }, 'Effective configuration'),
       h('p', { class: 'muted small' }, 'As the running gateway uses it, defaults included. Passwords, secrets and keys are redacted.'),
-      Object.entries(c.configuration).map(([section, v]) =>
+      value(Object.fromEntries(entries.filter((e) => !isSection(e)))),
+      entries.filter(isSection).map(([section, v]) =>
         h('details', { open: OPEN.has(section.toLowerCase()) }, h('summary', null, section), value(v))));
   }
 

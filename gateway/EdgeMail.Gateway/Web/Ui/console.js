@@ -241,7 +241,7 @@ const EM = (() => {
 
   // ---- Shared views ----
 
-  const deviceLink = (id) => h('a', { href: '/device?id=' + encodeURIComponent(id) }, id);
+  const deviceLink = (id) => h('a', { href: '/device?id=' + encodeURIComponent(id), class: 'nowrap' }, id);
   const alertHref = (rowId) => '/alert?id=' + encodeURIComponent(rowId);
 
   /** Alerts, newest first; rows newer than `seen` (a row number) are marked as just arrived. */
@@ -418,7 +418,7 @@ const EM = (() => {
   }
 
   return {
-    api, query, h, svg, clear, badge, table, tabs, facts, when, ago, timespan, bytes, params, localInput, dateText,
+    api, query, h, svg, clear, badge, table, tabs, facts, when, ago, timespan, duration: spanText, bytes, params, localInput, dateText,
     deviceLink, alertHref, alertTable, deviceState, heartbeat, secretBox, notice, act, on, refreshOnChange, start, ApiError,
   };
 })();

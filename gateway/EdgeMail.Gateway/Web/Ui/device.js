@@ -8,19 +8,27 @@ EM.start(async (main) => {
   const HOURS = 48;
   const LABELS = {
     queue_depth: 'Queue depth', dropped: 'Dropped alerts', battery_pct: 'Battery (%)', battery_mv: 'Battery (mV)', rssi_dbm: 'Signal (dBm)',
-    flash_wear_pct: 'Flash wear (%)', oldest_age_ms: 'Oldest queued alert (ms)',
+    flash_wear_pct: 'Flash wear (%)', oldest_age_ms: 'Oldest queued alert', fw: 'Firmware', boot: 'Boot count', uptime_ms: 'Uptime',
   };
-  const NOT_CHARTED = new Set(['v', 'boot', 'uptime_ms']);
+  const MILLISECONDS = new Set(['oldest_age_ms', 'uptime_ms']);
+  const NOT_CHARTED = new Set(['v', 'boot', 'uptime_ms', 'oldest_age_ms']);
+  const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
 
   const secretSlot = h('div');
   const content = h('div');
   EM.clear(main, secretSlot, content);
 
-  const hourText = (ms) => EM.dateText(new Date(ms), false);
+  const hourText = (ms) => {
+    const d = new Date(ms);
+    return `${d.getDate()} ${MONTHS[d.getMonth()]} ${String(d.getHours()).padStart(2, '0')}:00`;
+  };
+  const heartbeatValue = (key, v) => (v === null || v === undefined ? '—'
+    : MILLISECONDS.has(key) && typeof v === 'number' ? EM.duration(Math.round(v / 1000))
+      : typeof v === 'object' ? JSON.stringify(v) : String(v));
 
   // Alerts per hour as bars, one per hour of the last 48, the current hour last.
-  function alertChart(perHour, now) {
-    const W = 720;
+  function alertChart(perHour, now, width) {
+    const W = Math.max(480, Math.round(width));
     const H = 150;
     const left = 34;
     const bottom = 22;
@@ -44,7 +52,8 @@ EM.start(async (main) => {
           svg('title', null, `${hourText(t)}: ${n} alert${n === 1 ? '' : 's'}`)));
       }
       if (i % 12 === 0 || i === HOURS - 1) {
-        chart.append(svg('text', { x: left + i * slot + slot / 2, y: H - 6, 'text-anchor': i === HOURS - 1 ? 'end' : 'middle' }, i === HOURS - 1 ? 'this hour' : hourText(t)));
+        const anchor = i === 0 ? 'start' : i === HOURS - 1 ? 'end' : 'middle';
+        chart.append(svg('text', { x: left + i * slot + (i === 0 ? 0 : i === HOURS - 1 ? slot : slot / 2), y: H - 6, 'text-anchor': anchor }, i === HOURS - 1 ? 'this hour' : hourText(t)));
       }
     }
     return chart;
@@ -77,7 +86,7 @@ EM.start(async (main) => {
     if (points.length > 1) {
       chart.append(svg('polyline', { class: 'line', points: points.map((p) => `${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`).join(' ') }));
     }
-    chart.append(svg('circle', { class: 'dot', cx: x(latest.t), cy: y(latest.v), r: 3 }, svg('title', null, `${hourText(latest.t)}: ${latest.v}`)));
+    chart.append(svg('circle', { class: 'dot', cx: x(latest.t), cy: y(latest.v), r: 3 }, svg('title', null, `${EM.dateText(new Date(latest.t), true)}: ${latest.v}`)));
     return h('figure', { class: 'panel' },
       h('figcaption', { class: 'chart-title' }, label, ': ', h('span', { class: 'chart-value' }, String(latest.v))),
       chart);
@@ -92,8 +101,10 @@ EM.start(async (main) => {
         series.get(key).push({ t: new Date(beat.at).getTime(), v });
       }
     }
-    const keys = [...series.keys()].sort((a, b) => (a in LABELS ? 0 : 1) - (b in LABELS ? 0 : 1));
-    return keys.map((key) => valueChart(key, series.get(key), now));
+    // A value that never changed says nothing as a line: the last heartbeat above shows it.
+    const varying = (key) => new Set(series.get(key).map((p) => p.v)).size > 1;
+    const keys = [...series.keys()].filter(varying).sort((a, b) => (a in LABELS ? 0 : 1) - (b in LABELS ? 0 : 1));
+    return keys.length ? keys.map((key) => valueChart(key, series.get(key), now)) : h('p', { class: 'muted' }, 'No heartbeat value changed in 48 hours.');
   }
 
   function actions(d) {
@@ -138,11 +149,11 @@ EM.start(async (main) => {
         ])),
         h('section', { class: 'card', id: 'heartbeat', 'aria-labelledby': 'hb-title' }, h('h2', { id: 'hb-title' }, 'Last heartbeat'),
           d.heartbeat
-            ? EM.facts([['Received', EM.ago(d.lastHeartbeatAt)], ...Object.entries(hb).map(([k, v]) => [LABELS[k] || k, v === null ? '—' : typeof v === 'object' ? JSON.stringify(v) : String(v)])])
+            ? EM.facts([['Received', EM.ago(d.lastHeartbeatAt)], ...Object.entries(hb).filter(([k]) => k !== 'v').map(([k, v]) => [LABELS[k] || k, heartbeatValue(k, v)])])
             : h('p', { class: 'muted' }, 'None received yet.'))),
       h('section', { class: 'panel', 'aria-labelledby': 'chart-title' },
         h('h2', { id: 'chart-title' }, 'Alerts per hour, last 48 hours'),
-        alertChart(detail.alertsPerHour, now)),
+        alertChart(detail.alertsPerHour, now, content.clientWidth - 40)),
       detail.heartbeats.length
         ? h('section', { 'aria-labelledby': 'beats-title' }, h('h2', { id: 'beats-title' }, 'Heartbeats, last 48 hours'), h('div', { class: 'charts' }, heartbeatCharts(detail.heartbeats, now)))
         : null,

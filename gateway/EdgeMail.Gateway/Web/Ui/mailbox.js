@@ -47,8 +47,7 @@ EM.start(async (main) => {
     last = json;
     EM.clear(list, EM.table([
       ['Delivered', (e) => EM.when(e.delivered), 'nowrap'],
-      ['To', (e) => e.to],
-      ['Subject', (e) => h('a', { href: open(e.file) }, e.subject || '(no subject)')],
+      ['Message', (e) => [h('a', { href: open(e.file) }, e.subject || '(no subject)'), h('div', { class: 'muted small' }, 'To ', e.to)]],
       ['Size', (e) => EM.bytes(e.size), 'num'],
     ], entries, { id: 'mailbox-list', empty: 'The mailbox is empty.', rowAttrs: (e) => ({ class: e.file === chosen ? 'is-selected' : null }) }));
   }

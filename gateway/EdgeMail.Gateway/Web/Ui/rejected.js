@@ -21,7 +21,7 @@ EM.start(async (main) => {
     EM.clear(list, EM.table([
       ['#', (r) => h('a', { href: EM.alertHref(r.alert.rowId) }, String(r.alert.rowId)), 'num'],
       ['Received', (r) => EM.when(r.alert.receivedAt), 'nowrap'],
-      ['Device', (r) => h('a', { href: '/rejected?device=' + encodeURIComponent(r.alert.device) }, r.alert.device)],
+      ['Device', (r) => h('a', { href: '/rejected?device=' + encodeURIComponent(r.alert.device), class: 'nowrap' }, r.alert.device)],
       ['Via', (r) => [r.alert.via, r.alert.peer ? h('div', { class: 'muted small' }, r.alert.peer) : null]],
       ['Reason', (r) => h('strong', null, r.alert.reason || '')],
       ['Payload (first 1 KiB)', (r) => h('pre', { class: 'block payload' }, r.payload)],
