@@ -150,6 +150,7 @@ public sealed class ConsoleFlowTests(ConsoleBrowser browser)
         await Expect(first).ToContainTextAsync("deferred");
         await Expect(first.Locator("td").Nth(5)).ToHaveTextAsync("1");
         await Expect(first.Locator("td.reply")).ToContainTextAsync("127.0.0.1");
+        await s.AssertAccessibleAsync();
         await Screenshots.SaveAsync(page, "queue");
 
         // Retry now: a second attempt at once (the backoff alone would wait an hour), shown live.

@@ -1,3 +1,5 @@
+using Deque.AxeCore.Commons;
+using Deque.AxeCore.Playwright;
 using EdgeMail.Gateway.Tests;
 using EdgeMail.Gateway.Web;
 using Microsoft.Extensions.DependencyInjection;
@@ -61,6 +63,16 @@ public sealed class ConsoleSession : IAsyncDisposable
 
     /// <summary>Accepts the confirm() dialogs that destructive actions ask.</summary>
     public void AcceptDialogs() => Page.Dialog += (_, dialog) => dialog.AcceptAsync();
+
+    /// <summary>Runs axe-core (WCAG 2 A and AA rules, shipped inside its NuGet package) on the page as it stands.</summary>
+    public async Task AssertAccessibleAsync()
+    {
+        // Not inside the frames: they hold a mail, sandboxed with scripts off, where axe cannot run (and which is the
+        // mail's own content, not the console's).
+        var results = await Page.RunAxe(new AxeRunOptions { Iframes = false });
+        var problems = results.Violations.Select(v => $"{v.Id} ({v.Impact}): {v.Help}\n    " + string.Join("\n    ", v.Nodes.Select(n => n.Html)));
+        Assert.True(results.Violations.Length == 0, $"accessibility problems on {Page.Url}:\n" + string.Join("\n", problems));
+    }
 
     /// <summary>What the page reported as errors so far.</summary>
     public IReadOnlyList<string> Errors

@@ -47,6 +47,7 @@ public sealed class ConsoleTourTests(ConsoleBrowser browser)
         {
             await anonymous.Page.GotoAsync("/setup#" + gw.Host.Services.GetRequiredService<ConsoleAuth>().SetupToken);
             await Expect(anonymous.Page.GetByRole(AriaRole.Heading, new() { Name = "Set up the console" })).ToBeVisibleAsync();
+            await anonymous.AssertAccessibleAsync();
             await Screenshots.SaveAsync(anonymous.Page, "setup");
         }
 
@@ -74,6 +75,7 @@ public sealed class ConsoleTourTests(ConsoleBrowser browser)
         await Expect(page.Locator("#devices [data-key=silent] dd")).ToHaveTextAsync("1");
         await Expect(page.Locator("#relay")).ToContainTextAsync("Up");
         await Expect(page.Locator("#latest-title ~ * tbody tr").First).ToContainTextAsync("rejected");
+        await s.AssertAccessibleAsync();
         await Screenshots.SaveAsync(page, "dashboard");
 
         // Devices
@@ -82,6 +84,7 @@ public sealed class ConsoleTourTests(ConsoleBrowser browser)
         await Expect(page.Locator("tr[data-device='ups-rack-a']")).ToContainTextAsync("silent");
         await Expect(page.Locator("tr[data-device='old-sensor']")).ToContainTextAsync("disabled");
         await Expect(page.Locator("tr[data-device='chiller-3']")).ToContainTextAsync("71 %");
+        await s.AssertAccessibleAsync();
         await Screenshots.SaveAsync(page, "devices");
 
         // One device with two days of alerts and heartbeats
@@ -89,12 +92,14 @@ public sealed class ConsoleTourTests(ConsoleBrowser browser)
         await Expect(page.GetByRole(AriaRole.Img, new() { Name = "Alerts per hour" })).ToHaveAttributeAsync("aria-label", new Regex("over the last 48 hours: 1[0-9] in all"));
         await Expect(page.GetByRole(AriaRole.Img, new() { Name = "Battery (%)" })).ToHaveAttributeAsync("aria-label", new Regex("now 86"));
         await Expect(page.Locator("svg.chart rect.bar")).Not.ToHaveCountAsync(0);
+        await s.AssertAccessibleAsync();
         await Screenshots.SaveAsync(page, "device");
 
         // Alerts
         await page.GotoAsync("/alerts");
         await Expect(page.Locator("tbody tr[data-row]")).Not.ToHaveCountAsync(0);
         await Expect(page.Locator("tbody tr[data-row]").First).ToContainTextAsync("rejected");
+        await s.AssertAccessibleAsync();
         await Screenshots.SaveAsync(page, "alerts");
 
         // One alert's journey
@@ -102,6 +107,7 @@ public sealed class ConsoleTourTests(ConsoleBrowser browser)
         await Expect(page.Locator("#mail .recipient")).ToContainTextAsync("sent");
         await Expect(page.FrameLocator("#mail iframe.mail-frame").Locator("body")).ToContainTextAsync("Compressor started 14 times");
         await page.Locator("#mail iframe.mail-frame").ScrollIntoViewIfNeededAsync(); // a frame below the fold is painted only once seen
+        await s.AssertAccessibleAsync();
         await Screenshots.SaveAsync(page, "alert");
 
         // Local mailbox
@@ -112,12 +118,14 @@ public sealed class ConsoleTourTests(ConsoleBrowser browser)
         await Expect(page.GetByRole(AriaRole.Tabpanel)).ToContainTextAsync("Subject");
         await page.GetByRole(AriaRole.Tab, new() { Name = "Rendered" }).ClickAsync();
         await Expect(page.FrameLocator("iframe.mail-frame").Locator("body")).Not.ToBeEmptyAsync();
+        await s.AssertAccessibleAsync();
         await Screenshots.SaveAsync(page, "mailbox");
 
         // Rejected payloads
         await page.GotoAsync("/rejected");
         await Expect(page.Locator("#rejected-list tbody tr")).ToHaveCountAsync(1);
         await Expect(page.Locator("#rejected-list tbody tr")).ToContainTextAsync("urgent");
+        await s.AssertAccessibleAsync();
         await Screenshots.SaveAsync(page, "rejected");
 
         // Configuration
@@ -125,12 +133,14 @@ public sealed class ConsoleTourTests(ConsoleBrowser browser)
         await Expect(page.Locator("#validation")).ToContainTextAsync("No problems");
         await Expect(page.Locator("#validation .warnings")).ToContainTextAsync("Relay:Mode is Mailbox");
         await Expect(page.Locator("#effective")).Not.ToContainTextAsync(TestGateway.Secret);
+        await s.AssertAccessibleAsync();
         await Screenshots.SaveAsync(page, "config");
 
         // The login page, as a stranger sees it
         await using var stranger = await ConsoleSession.OpenAsync(browser.Browser, gw);
         await stranger.Page.GotoAsync("/");
         await Expect(stranger.Page.GetByRole(AriaRole.Heading, new() { Name = "EdgeMail console" })).ToBeVisibleAsync();
+        await stranger.AssertAccessibleAsync();
         await Screenshots.SaveAsync(stranger.Page, "login");
 
         foreach (var client in clients)

@@ -34,27 +34,30 @@ EM.start(async (main) => {
   const apiQuery = (extra) => EM.query({ ...filter, code: filter.code.trim().toUpperCase(), from: instant(filter.from), to: instant(filter.to), ...extra });
 
   let shown = [];
-  let newest = null;
+  let last = '';
+  const arrived = EM.arrivals();
 
-  function render(seen) {
-    EM.clear(list, EM.alertTable(shown, seen, 'No alerts match.'));
-    summary.textContent = shown.length + ' alert' + (shown.length === 1 ? '' : 's') + ' shown, newest first.';
-    if (shown.length) newest = Math.max(newest || 0, shown[0].rowId);
+  function render() {
+    const json = JSON.stringify(shown);
+    if (json === last) return; // unchanged: no flicker, no lost focus
+    last = json;
+    EM.clear(list, EM.alertTable(shown, arrived.fresh, 'No alerts match.'));
+    summary.textContent = shown.length + ' alert' + (shown.length === 1 ? '' : 's') + ' shown, newest first' + (arrived.fresh.size ? '; marked: arrived since the page was opened.' : '.');
   }
 
   // Reloads what is shown (at least one page), so new alerts appear on top and states stay current.
   async function load() {
-    const seen = newest;
     const rows = await api('/alerts' + apiQuery({ limit: Math.max(PAGE, shown.length) }));
     more.classList.toggle('hidden', rows.length < Math.max(PAGE, shown.length));
+    arrived.see(rows);
     shown = rows;
-    render(seen);
+    render();
   }
 
   more.addEventListener('click', () => EM.act(more, () => api('/alerts' + apiQuery({ limit: PAGE, before: shown[shown.length - 1].rowId })), (older) => {
     shown = shown.concat(older);
     more.classList.toggle('hidden', older.length < PAGE);
-    render(null);
+    render();
   }));
 
   await load();

@@ -88,7 +88,7 @@ EM.start(async (main) => {
       ['For', (k) => k.name],
       ['Created', (k) => EM.when(k.createdAt), 'nowrap'],
       ['State', (k) => (k.revokedAt ? [EM.badge('revoked', ''), ' ', EM.when(k.revokedAt)] : EM.badge('active', 'ok'))],
-      ['', (k) => {
+      ['Actions', (k) => {
         if (k.revokedAt) return null;
         const b = h('button', { type: 'button', class: 'small danger' }, 'Revoke');
         b.addEventListener('click', () => {

@@ -149,9 +149,9 @@ const EM = (() => {
   /** Tabs over one panel: views maps each tab's name to a function giving its content (may be async); extra nodes follow the tabs. */
   function tabs(label, views, ...extra) {
     const panel = h('div', { role: 'tabpanel', id: 'tab-panel-' + ++tabPanels });
-    const bar = h('div', { class: 'tabs', role: 'tablist', 'aria-label': label });
+    const list = h('div', { class: 'tab-list', role: 'tablist', 'aria-label': label });
     const select = async (tab, view) => {
-      for (const t of bar.querySelectorAll('[role=tab]')) t.setAttribute('aria-selected', String(t === tab));
+      for (const t of list.querySelectorAll('[role=tab]')) t.setAttribute('aria-selected', String(t === tab));
       try {
         clear(panel, await view());
       } catch (e) {
@@ -161,11 +161,10 @@ const EM = (() => {
     for (const [name, view] of Object.entries(views)) {
       const tab = h('button', { type: 'button', role: 'tab', 'aria-controls': panel.id, 'aria-selected': 'false' }, name);
       tab.addEventListener('click', () => select(tab, view));
-      bar.append(tab);
+      list.append(tab);
     }
-    append(bar, extra);
-    select(bar.querySelector('[role=tab]'), Object.values(views)[0]);
-    return h('div', null, bar, panel);
+    select(list.querySelector('[role=tab]'), Object.values(views)[0]);
+    return h('div', null, h('div', { class: 'tabs' }, list, extra), panel);
   }
 
   function facts(pairs) {
@@ -244,9 +243,8 @@ const EM = (() => {
   const deviceLink = (id) => h('a', { href: '/device?id=' + encodeURIComponent(id), class: 'nowrap' }, id);
   const alertHref = (rowId) => '/alert?id=' + encodeURIComponent(rowId);
 
-  /** Alerts, newest first; rows newer than `seen` (a row number) are marked as just arrived. */
-  function alertTable(alerts, seen, empty) {
-    const fresh = (a) => seen !== null && seen !== undefined && a.rowId > seen;
+  /** Alerts, newest first; those in the set `fresh` (row numbers) arrived while the page was open and are marked. */
+  function alertTable(alerts, fresh, empty) {
     return table([
       ['#', (a) => h('a', { href: alertHref(a.rowId) }, String(a.rowId)), 'num'],
       ['Received', (a) => when(a.receivedAt), 'nowrap'],
@@ -256,7 +254,7 @@ const EM = (() => {
       ['State', (a) => badge(a.status)],
       ['Via', (a) => a.via],
       ['Note', (a) => a.reason || ''],
-    ], alerts, { empty, caption: null, rowAttrs: (a) => ({ class: fresh(a) ? 'is-new' : null, 'data-row': a.rowId }) });
+    ], alerts, { empty, caption: null, rowAttrs: (a) => ({ class: fresh && fresh.has(a.rowId) ? 'is-new' : null, 'data-row': a.rowId }) });
   }
 
   function deviceState(d) {
@@ -322,6 +320,21 @@ const EM = (() => {
     } finally {
       button.disabled = false;
     }
+  }
+
+  /** Remembers which alerts arrived while the page was open: the rows newer than the newest of the first load. */
+  function arrivals() {
+    let newest = null;
+    const fresh = new Set();
+    return {
+      fresh,
+      see(alerts) {
+        for (const a of alerts) {
+          if (newest !== null && a.rowId > newest) fresh.add(a.rowId);
+        }
+        newest = Math.max(newest ?? 0, ...alerts.map((a) => a.rowId));
+      },
+    };
   }
 
   // ---- Live feed ----
@@ -419,6 +432,6 @@ const EM = (() => {
 
   return {
     api, query, h, svg, clear, badge, table, tabs, facts, when, ago, timespan, duration: spanText, bytes, params, localInput, dateText,
-    deviceLink, alertHref, alertTable, deviceState, heartbeat, secretBox, notice, act, on, refreshOnChange, start, ApiError,
+    deviceLink, alertHref, alertTable, arrivals, deviceState, heartbeat, secretBox, notice, act, on, refreshOnChange, start, ApiError,
   };
 })();

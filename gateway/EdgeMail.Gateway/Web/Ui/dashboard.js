@@ -78,11 +78,11 @@ EM.start(async (main) => {
     EM.clear(updated, 'Updated ', EM.when(d.at));
   }
 
-  let newest = null;
+  const arrived = EM.arrivals();
   async function showLatest() {
     const alerts = await api('/alerts?limit=10');
-    EM.clear(latest, EM.alertTable(alerts, newest, 'No alerts yet.'));
-    if (alerts.length) newest = Math.max(newest || 0, alerts[0].rowId);
+    arrived.see(alerts);
+    EM.clear(latest, EM.alertTable(alerts, arrived.fresh, 'No alerts yet.'));
   }
 
   show(await api('/dashboard'));

@@ -34,7 +34,7 @@ EM.start(async (main) => {
       ['Attempts', (m) => String(m.attempts), 'num'],
       ['Next attempt', (m) => (m.status === 'queued' ? EM.ago(m.nextAttemptAt) : '—'), 'nowrap'],
       ['Last reply or reason', reply, 'reply'],
-      ['', (m) => EM.mailActions(m, reload)],
+      ['Actions', (m) => EM.mailActions(m, reload)],
     ], mails, { id: 'queue-list', empty: 'No mail in this state.', rowAttrs: (m) => ({ 'data-mail': m.rowId, class: String(m.rowId) === chosen ? 'is-selected' : null }) });
   }
 
@@ -63,7 +63,7 @@ EM.start(async (main) => {
       ['Reference', (i) => (i.reference ? h('code', null, i.reference) : '—')],
       ['Parked', (i) => EM.when(i.parkedAt), 'nowrap'],
       ['Reason', (i) => i.reason, 'reply'],
-      ['', actions],
+      ['Actions', actions],
     ], items, { id: 'queue-list', empty: 'Nothing is parked.', rowAttrs: (i) => ({ 'data-mail': i.kind === 'message' ? i.rowId : null }) });
   }
 
