@@ -216,6 +216,15 @@ public sealed class ConsoleFlowTests(ConsoleBrowser browser)
         await Expect(page.Locator(".title-line .badge")).ToHaveTextAsync("disabled");
         await Assert.ThrowsAnyAsync<Exception>(() => gw.ConnectAsync("pump-7", rotated));
         Assert.True(other.IsConnected, "disabling a device dropped another device's session");
+
+        // A session that has ended (its cookie gone) sends the next action to the login page, and back after it.
+        await s.Context.ClearCookiesAsync();
+        await page.GetByRole(AriaRole.Button, new() { Name = "Enable" }).ClickAsync();
+        await Expect(page).ToHaveURLAsync(new Regex("/login\\?next=%2Fdevice%3Fid%3Dpump-7$"));
+        await page.GetByLabel("Password").FillAsync(ConsoleSession.Password);
+        await page.GetByRole(AriaRole.Button, new() { Name = "Log in" }).ClickAsync();
+        await Expect(page).ToHaveURLAsync(new Regex("/device\\?id=pump-7$"));
+        await Expect(page.Locator(".title-line .badge")).ToHaveTextAsync("disabled"); // the refused action did nothing
     }
 
     private static Regex LoginUrl() => new("/login(\\?.*)?$");
