@@ -217,14 +217,15 @@ public sealed class ConsoleFlowTests(ConsoleBrowser browser)
         await Assert.ThrowsAnyAsync<Exception>(() => gw.ConnectAsync("pump-7", rotated));
         Assert.True(other.IsConnected, "disabling a device dropped another device's session");
 
-        // A session that has ended (its cookie gone) sends the next action to the login page, and back after it.
+        // A session that has ended (its cookie gone): the page's next call to the API, here the refresh a new alert
+        // brings, sends the browser to the login page, and back after it.
         await s.Context.ClearCookiesAsync();
-        await page.GetByRole(AriaRole.Button, new() { Name = "Enable" }).ClickAsync();
+        await Device.PublishAlertAsync(other, "dev-1", Alerts.Json("after-logout", code: "DOOR_OPEN", sev: "info", text: "Door open"));
         await Expect(page).ToHaveURLAsync(new Regex("/login\\?next=%2Fdevice%3Fid%3Dpump-7$"));
         await page.GetByLabel("Password").FillAsync(ConsoleSession.Password);
         await page.GetByRole(AriaRole.Button, new() { Name = "Log in" }).ClickAsync();
         await Expect(page).ToHaveURLAsync(new Regex("/device\\?id=pump-7$"));
-        await Expect(page.Locator(".title-line .badge")).ToHaveTextAsync("disabled"); // the refused action did nothing
+        await Expect(page.Locator(".title-line .badge")).ToHaveTextAsync("disabled");
     }
 
     private static Regex LoginUrl() => new("/login(\\?.*)?$");

@@ -167,12 +167,12 @@ public sealed class ConsoleTourTests(ConsoleBrowser browser)
             await StoreAsync(spool, device, AlertJson($"{device[0]}-{++seq}", seq, code, sev, text, at, -12.5), at, code, sev);
         }
 
-        for (int half = 96; half >= 1; half--)
+        for (int hour = 48; hour >= 1; hour--)
         {
-            var at = now.AddMinutes(-30 * half);
-            int battery = 100 - ((96 - half) / 7);
-            int depth = half is > 60 and < 66 ? 66 - half : 0; // offline for a while: alerts queued on the device
-            int rssi = -64 - (int)Math.Round(4 * Math.Sin(half / 6.0));
+            var at = now.AddHours(-hour);
+            int battery = 100 - ((48 - hour) / 4);
+            int depth = hour is > 30 and < 34 ? 34 - hour : 0; // offline for a while: alerts queued on the device
+            int rssi = -64 - (int)Math.Round(4 * Math.Sin(hour / 3.0));
             await spool.RecordStatusAsync("freezer-2", at, Encoding.UTF8.GetBytes(Status(battery, rssi, depth, "1.4.2")), default);
         }
 
