@@ -63,6 +63,8 @@ public static class GatewayHost
             spool.Clock = sp.GetRequiredService<TimeProvider>();
             var lifetime = sp.GetRequiredService<GatewayLifetime>();
             spool.Corrupted += ex => lifetime.Fail("the spool database is corrupt; restore it from a backup or move it aside (docs/spool.md, Recovery)", ex);
+            var commits = sp.GetRequiredService<GatewayMetrics>().SpoolCommitDuration;
+            spool.CommitTimed = elapsed => commits.Record(elapsed.TotalSeconds);
             return spool;
         });
         services.AddSingleton(sp =>
@@ -71,6 +73,8 @@ public static class GatewayHost
             return new MailComposer(o.Sender, TemplateSet.Load(o.TemplateDirectory), DkimSigning.Create(o.Dkim));
         });
         services.AddSingleton<IMailTransport>(sp => Transports.Create(sp.GetRequiredService<IOptions<GatewayOptions>>().Value, sp));
+        services.AddSingleton<RelayThrottle>();
+        services.AddSingleton<IRelayThrottle>(sp => sp.GetRequiredService<RelayThrottle>());
         services.AddSingleton<ReceiptPublisher>();
         services.AddSingleton<RelayHealth>();
         services.AddSingleton<OperatorNotices>();
@@ -94,6 +98,15 @@ public static class GatewayHost
         services.AddHostedService(sp => sp.GetRequiredService<AlertProcessor>());
         services.AddHostedService(sp => sp.GetRequiredService<DeliveryWorker>());
         services.AddHostedService(sp => sp.GetRequiredService<Housekeeper>());
+        services.AddSingleton<Devices.SilenceWatch>();
+        services.AddHostedService(sp => sp.GetRequiredService<Devices.SilenceWatch>());
+        services.AddSingleton<GatewayGauges>();
+        services.AddSingleton<PipelineProbe>();
+        services.AddHostedService(sp =>
+        {
+            _ = sp.GetRequiredService<GatewayGauges>(); // registers the gauges on the meter
+            return sp.GetRequiredService<PipelineProbe>();
+        });
         services.AddSmtpIngest(builder.Configuration);
 
         // The operator's console: last, so that it starts once everything it shows is running.

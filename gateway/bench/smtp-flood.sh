@@ -13,7 +13,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 ulimit -n 20000
 dotnet build "$ROOT/gateway/EdgeMail.Gateway" -c Release --artifacts-path "$ART" -v q -nologo >/dev/null
 DLL="$ART/bin/EdgeMail.Gateway/release/EdgeMail.Gateway.dll"
-HASH=$(dotnet "$DLL" hash-secret bench-secret)
+HASH=$(printf '%s' bench-secret | dotnet "$DLL" hash-secret)
 STATE=$(mktemp -d /var/tmp/edgemail-smtp-flood.XXXXXX)
 cat > "$STATE/edgemail.json" <<JSON
 { "DataDirectory": "$STATE/data", "Mqtt": { "Port": 0 },

@@ -23,7 +23,7 @@ PEERS=${PEERS:-$(cd "$ROOT/.." && pwd)/shared/peers}
 command -v smtp-source >/dev/null && command -v smtp-sink >/dev/null || { echo "needs smtp-source and smtp-sink: apt-get install postfix" >&2; exit 1; }
 dotnet build "$ROOT/gateway/EdgeMail.Gateway" -c Release --artifacts-path "$ART" -v q -nologo >/dev/null
 DLL="$ART/bin/EdgeMail.Gateway/release/EdgeMail.Gateway.dll"
-HASH=$(dotnet "$DLL" hash-secret bench-secret)
+HASH=$(printf '%s' bench-secret | dotnet "$DLL" hash-secret)
 echo "machine: $(nproc) CPUs, $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -r); $(date -u '+%Y-%m-%d %H:%M UTC'); msgs=$MSGS sessions=$SESSIONS size=$SIZE"
 
 gateway_run() {

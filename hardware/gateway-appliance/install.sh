@@ -6,6 +6,7 @@
 #   /etc/systemd/system/edgemail-gateway.service
 #   /etc/edgemail/edgemail.json             configuration, root:edgemail 0640; never overwritten
 #   /var/lib/edgemail/                      spool and mailbox (StateDirectory), edgemail:edgemail 0750
+#   /usr/local/bin/edgemail                 the CLI: the gateway executable on the appliance's configuration
 set -euo pipefail
 
 usage() {
@@ -118,6 +119,29 @@ if [ -d "$prefix" ]; then
 fi
 mv "$prefix.new" "$prefix"
 
+# The CLI ('edgemail devices list', 'edgemail doctor', ...): the same executable, on the appliance's configuration.
+# It does not run the gateway itself: started by hand (as root, say) that would write root-owned files into the
+# spool's directory; the service runs it, as the edgemail user.
+install -d -m 0755 "$root/usr/local/bin"
+cat > "$root/usr/local/bin/edgemail.tmp" <<'CLI'
+#!/bin/sh
+# EdgeMail CLI, written by hardware/gateway-appliance/install.sh: 'edgemail --help' lists the commands.
+# Every command of 'edgemail --help' but 'run' passes; without one the executable would run the gateway.
+for arg in "$@"; do
+  case "$arg" in
+    check-config|hash-secret|admin|doctor|devices|queue|alerts|send-test|relay|-h|--help|-\?|--version)
+      EDGEMAIL_CONFIG=${EDGEMAIL_CONFIG:-/etc/edgemail/edgemail.json}
+      export EDGEMAIL_CONFIG
+      exec /opt/edgemail/EdgeMail.Gateway "$@" ;;
+  esac
+done
+echo "edgemail: the gateway runs as a service: systemctl start edgemail-gateway (status: systemctl status edgemail-gateway)." >&2
+echo "edgemail: give a command ('edgemail --help'); in the foreground: sudo -u edgemail /opt/edgemail/EdgeMail.Gateway --config /etc/edgemail/edgemail.json" >&2
+exit 64
+CLI
+chmod 0755 "$root/usr/local/bin/edgemail.tmp"
+mv "$root/usr/local/bin/edgemail.tmp" "$root/usr/local/bin/edgemail"
+
 # 2. The service user: no login, no home of its own beyond the state directory.
 if [ -z "$root" ] && ! getent passwd edgemail >/dev/null; then
   useradd --system --user-group --home-dir /var/lib/edgemail --no-create-home --shell /usr/sbin/nologin \
@@ -180,14 +204,18 @@ cat <<NEXT
 EdgeMail gateway installed in $prefix (previous version, if any: $prefix.old).
 Configuration: $config$([ "$new_config" = true ] && echo " (new; MQTT over TLS on $mqtt_bind:8883$([ "$mqtt_plain" = true ] && echo ", plain MQTT on $mqtt_bind:1883"))")
 
-Next steps:
+Next steps (the CLI is 'edgemail'; 'edgemail --help' lists its commands; run it as root, or as edgemail):
   1. Add your devices to Devices in $config, replacing example-sensor. For each secret:
-       read -rs S && /opt/edgemail/EdgeMail.Gateway hash-secret "\$S"
+       edgemail hash-secret        (type the secret twice; or pipe it in)
      and paste the printed pbkdf2-sha256\$... value as Devices:<id>:Secret.
+     Once the gateway runs, 'edgemail devices add ID --owner USER' adds one without a restart.
   2. Set Users, Groups, Routes and Sender (address, host name), and the relay: Relay:Mode Smarthost with
      Host, Port, Security, User and Password (or DirectMx). Until then mail lands in /var/lib/edgemail/mailbox/new.
-  3. Start it now and at every boot:
+  3. Check it, then start it now and at every boot:
+       edgemail check-config && edgemail doctor
        systemctl enable --now edgemail-gateway
+     and set the console's admin password (the console is on http://127.0.0.1:8088):
+       edgemail admin set-password
      and watch it: journalctl -u edgemail-gateway -f   (an invalid configuration is reported there, key by key)
   4. Open the MQTT port to the device network only: 8883 (MQTT over TLS; and 1883 if Mqtt:PlainEnabled).
      Devices pin the gateway's certificate: its SHA-256 is in the journal after the first start,

@@ -36,6 +36,7 @@ fi
 
 rm -f "$root/etc/systemd/system/$unit_name"
 rm -rf "$root/etc/systemd/system/$unit_name.d" "$root/opt/edgemail" "$root/opt/edgemail.old" "$root/opt/edgemail.new"
+rm -f "$root/usr/local/bin/edgemail"
 if [ -z "$root" ] && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
 fi

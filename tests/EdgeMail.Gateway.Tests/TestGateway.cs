@@ -150,8 +150,8 @@ public sealed class TestGateway : IAsyncDisposable
 
 public static class Alerts
 {
-    /// <summary>A copy of the shared contract/alerts vectors, beside the test binaries.</summary>
-    public static string ContractDir => Path.Combine(AppContext.BaseDirectory, "Ingest", "ContractVectors");
+    /// <summary>The repository's contract/alerts vectors, beside the test binaries.</summary>
+    public static string ContractDir => ContractVectors.Directory;
 
     public static string Json(string id, string code = "TEMP_HIGH", string state = "raised", string sev = "critical", string text = "Too warm") =>
         JsonSerializer.Serialize(new Dictionary<string, object>

@@ -3,7 +3,7 @@ using System.Net.Sockets;
 
 namespace EdgeMail.Testing;
 
-/// <summary>Loopback ports for servers that cannot report the port the OS chose (MQTTnet, SmtpServer).</summary>
+/// <summary>Loopback ports for servers that cannot report the port the OS chose (MQTTnet, mosquitto, a gateway in a child process).</summary>
 public static class Loopback
 {
     /// <summary>Asks the OS for a free loopback port and releases it for the server under test to bind.</summary>

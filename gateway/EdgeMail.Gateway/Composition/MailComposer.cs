@@ -230,7 +230,7 @@ public sealed class MailComposer
     private void AddTrace(MimeMessage message, string device, string? peer, string via, long spoolId, DateTimeOffset receivedAt)
     {
         string from = peer is null ? device : $"{device} ([{PeerAddress(peer)}])";
-        string protocol = via is IngestProtocols.Mqtt or "ESMTP" or "ESMTPS" or "ESMTPA" or "ESMTPSA" ? via : IngestProtocols.Mqtt;
+        string protocol = via is IngestProtocols.Mqtt or IngestProtocols.Local or "ESMTP" or "ESMTPS" or "ESMTPA" or "ESMTPSA" ? via : IngestProtocols.Mqtt;
         message.Headers.Insert(0, HeaderId.Received,
             $"from {from} by {_sender.Hostname} (EdgeMail) with {protocol} id {spoolId.ToString(CultureInfo.InvariantCulture)}; {DateUtils.FormatDate(receivedAt)}");
     }

@@ -39,6 +39,9 @@ public sealed class GatewayOptions
     /// <summary>Storm control.</summary>
     public StormOptions Storm { get; set; } = new();
 
+    /// <summary>Silent devices: the alert a dead sensor cannot send.</summary>
+    public SilenceOptions Silence { get; set; } = new();
+
     /// <summary>Directory with user-edited templates (<c>NAME.subject.liquid</c>, <c>NAME.text.liquid</c>, <c>NAME.html.liquid</c>); empty for the built-in ones.</summary>
     public string TemplateDirectory { get; set; } = string.Empty;
 
@@ -85,7 +88,7 @@ public sealed class UserOptions
 /// <summary>A device allowed to connect.</summary>
 public sealed class DeviceOptions
 {
-    /// <summary>The hashed secret, <c>pbkdf2-sha256$iterations$salt$hash</c> (see <see cref="SecretHash"/>; <c>EdgeMail.Gateway hash-secret</c> makes one).</summary>
+    /// <summary>The hashed secret, <c>pbkdf2-sha256$iterations$salt$hash</c> (see <see cref="SecretHash"/>; <c>edgemail hash-secret</c> makes one).</summary>
     public string Secret { get; set; } = string.Empty;
 
     /// <summary>Human name used in mail (defaults to the id).</summary>
@@ -144,7 +147,21 @@ public sealed class RelayOptions
     /// <summary><c>StartTls</c>, <c>Tls</c> (implicit), <c>StartTlsWhenAvailable</c> or <c>None</c>.</summary>
     public string Security { get; set; } = "StartTls";
 
-    /// <summary>AUTH user name; empty for no AUTH.</summary>
+    /// <summary>
+    /// How the gateway authenticates to the smarthost: <c>Password</c> (AUTH PLAIN/LOGIN with <see cref="User"/> and
+    /// <see cref="Password"/>), <c>OAuth2ClientCredentials</c> (Exchange Online app-only), <c>OAuth2RefreshToken</c>
+    /// (delegated sign-in, Microsoft 365 or Gmail) or <c>GoogleServiceAccount</c> (Workspace domain-wide delegation).
+    /// The OAuth2 modes send XOAUTH2 as <see cref="User"/> with settings under <see cref="OAuth2"/>.
+    /// </summary>
+    public string Auth { get; set; } = RelayAuthModes.Password;
+
+    /// <summary>Token settings for the OAuth2 modes of <see cref="Auth"/>.</summary>
+    public RelayOAuth2Options OAuth2 { get; set; } = new();
+
+    /// <summary>The provider's sending limits, which the gateway keeps to (excess mail waits in the spool).</summary>
+    public RelayLimitsOptions Limits { get; set; } = new();
+
+    /// <summary>AUTH user name (the sending mailbox with OAuth2); empty for no AUTH.</summary>
     public string User { get; set; } = string.Empty;
 
     /// <summary>AUTH password.</summary>
@@ -153,7 +170,7 @@ public sealed class RelayOptions
     /// <summary>AUTH mechanism to use (<c>PLAIN</c> or <c>LOGIN</c>); empty picks the strongest the server offers.</summary>
     public string AuthMechanism { get; set; } = string.Empty;
 
-    /// <summary>Accept any server certificate (tests only).</summary>
+    /// <summary>Accept any server certificate, the smarthost's and the OAuth2 token endpoints' (tests only).</summary>
     public bool AcceptAnyCertificate { get; set; }
 
     /// <summary>SMTP port used for direct MX delivery.</summary>
@@ -220,6 +237,27 @@ public sealed class SpoolOptions
     /// back-pressure (MQTT: no PUBACK, SMTP: 452 4.3.1) until space is freed. 0 turns the guard off.
     /// </summary>
     public long MinFreeMegabytes { get; set; } = 64;
+}
+
+/// <summary>
+/// Silent devices (configuration section <c>Silence</c>): a device that has sent neither a heartbeat nor an alert for
+/// longer than its limit raises <c>DEVICE_SILENT</c> to its people through the normal routes, and <c>DEVICE_BACK</c>
+/// when it is heard again. The limit is the device's <c>SilentAfter</c>; else three of its heartbeat intervals as
+/// observed (at least <see cref="MinimumAfter"/>); else <see cref="DefaultAfter"/>.
+/// </summary>
+public sealed class SilenceOptions
+{
+    /// <summary>Watch for silent devices. On by default.</summary>
+    public bool Enabled { get; set; } = true;
+
+    /// <summary>The limit for a device that sends no heartbeats (only alerts).</summary>
+    public TimeSpan DefaultAfter { get; set; } = TimeSpan.FromHours(24);
+
+    /// <summary>The shortest limit derived from heartbeats.</summary>
+    public TimeSpan MinimumAfter { get; set; } = TimeSpan.FromMinutes(5);
+
+    /// <summary>How often devices are looked at.</summary>
+    public TimeSpan CheckInterval { get; set; } = TimeSpan.FromSeconds(30);
 }
 
 /// <summary>Storm control (configuration section <c>Storm</c>).</summary>

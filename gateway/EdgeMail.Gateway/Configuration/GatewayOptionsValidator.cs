@@ -443,6 +443,8 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         {
             add("Relay:DnsServer", $"'{relay.DnsServer}' is not host:port", "use e.g. 127.0.0.1:53, or leave empty for the system resolver");
         }
+
+        RelayAuthValidator.Validate(relay, add);
     }
 
     private static bool IsAddress(string value) =>

@@ -39,7 +39,7 @@ public static class SecretHash
         problem = string.Empty;
         if (!TryParse(stored, out _, out _, out _))
         {
-            problem = "expected pbkdf2-sha256$ITERATIONS$SALT_BASE64$HASH_BASE64 (run `dotnet EdgeMail.Gateway.dll hash-secret SECRET` to make one)";
+            problem = "expected pbkdf2-sha256$ITERATIONS$SALT_BASE64$HASH_BASE64 (make one with `edgemail hash-secret`, which reads the secret from standard input)";
             return false;
         }
 

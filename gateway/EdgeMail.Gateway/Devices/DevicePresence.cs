@@ -11,6 +11,7 @@ public sealed class DevicePresence
 {
     private readonly ConcurrentDictionary<string, DateTimeOffset> _lastSeen = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, int> _connections = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, (DateTimeOffset Last, TimeSpan? Interval)> _heartbeats = new(StringComparer.Ordinal);
     private readonly TimeProvider _clock;
 
     /// <summary>Creates the tracker.</summary>
@@ -33,7 +34,7 @@ public sealed class DevicePresence
     /// <returns>The time, or null.</returns>
     public DateTimeOffset? LastSeen(string device) => _lastSeen.TryGetValue(device, out var at) ? at : null;
 
-    /// <summary>The device sent something (an alert, a heartbeat) or connected.</summary>
+    /// <summary>The device sent something (an alert or a heartbeat). A connection alone is not a sign of life: a hung sensor can keep its link up.</summary>
     /// <param name="device">Device id.</param>
     public void Seen(string device)
     {
@@ -41,13 +42,29 @@ public sealed class DevicePresence
         Heard?.Invoke(device);
     }
 
-    /// <summary>A connection of the device opened.</summary>
+    /// <summary>The device sent a heartbeat: counts as contact, and its spacing is its heartbeat interval.</summary>
     /// <param name="device">Device id.</param>
-    public void ConnectionOpened(string device)
+    public void HeartbeatSeen(string device)
     {
-        _connections.AddOrUpdate(device, 1, (_, n) => n + 1);
+        var now = _clock.GetUtcNow();
+        _heartbeats.AddOrUpdate(device, (now, null), (_, known) => (now, now - known.Last is { } gap && gap > TimeSpan.Zero ? gap : known.Interval));
         Seen(device);
     }
+
+    /// <summary>The device's heartbeat interval as last observed, if two heartbeats were seen.</summary>
+    /// <param name="device">Device id.</param>
+    /// <returns>The interval, or null.</returns>
+    public TimeSpan? HeartbeatInterval(string device) => _heartbeats.TryGetValue(device, out var h) ? h.Interval : null;
+
+    /// <summary>Sets a heartbeat interval from the spool's history, unless one was observed since start.</summary>
+    /// <param name="device">Device id.</param>
+    /// <param name="interval">The interval.</param>
+    public void SeedHeartbeatInterval(string device, TimeSpan interval) =>
+        _heartbeats.AddOrUpdate(device, (DateTimeOffset.MinValue, interval), (_, known) => known.Interval is null ? (known.Last, interval) : known);
+
+    /// <summary>A connection of the device opened.</summary>
+    /// <param name="device">Device id.</param>
+    public void ConnectionOpened(string device) => _connections.AddOrUpdate(device, 1, (_, n) => n + 1);
 
     /// <summary>A connection of the device closed.</summary>
     /// <param name="device">Device id.</param>

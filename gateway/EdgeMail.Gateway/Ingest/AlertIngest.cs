@@ -19,6 +19,7 @@ public sealed partial class AlertIngest
     private readonly IngestPressure _pressure;
     private readonly DiskGuard _disk;
     private readonly Devices.DevicePresence _presence;
+    private readonly GatewayMetrics _metrics;
     private readonly ILogger<AlertIngest> _logger;
 
     /// <summary>Creates the ingest step.</summary>
@@ -29,10 +30,12 @@ public sealed partial class AlertIngest
     /// <param name="disk">Refuses new alerts while the disk is low.</param>
     /// <param name="logger">Logger.</param>
     /// <param name="presence">Records that the device was heard from.</param>
+    /// <param name="metrics">Alerts received are counted there.</param>
     public AlertIngest(ISpool spool, ReceiptPublisher receipts, TimeProvider clock, IngestPressure pressure, DiskGuard disk, ILogger<AlertIngest> logger,
-        Devices.DevicePresence presence)
+        Devices.DevicePresence presence, GatewayMetrics metrics)
     {
         _presence = presence;
+        _metrics = metrics;
         _disk = disk;
         _spool = spool;
         _receipts = receipts;
@@ -59,6 +62,8 @@ public sealed partial class AlertIngest
             parsed.Alert is { } a ? Severities.Name(a.Severity) : null);
         var outcome = await _spool.AcceptAlertAsync(incoming, cancellationToken).ConfigureAwait(false);
         _pressure.Accepted();
+        _metrics.AlertsReceived.Add(1, new KeyValuePair<string, object?>("transport", via == IngestProtocols.Mqtt ? "mqtt" : "smtp"),
+            new KeyValuePair<string, object?>("result", !parsed.IsValid ? "rejected" : outcome == AcceptOutcome.Duplicate ? "duplicate" : "stored"));
         if (parsed.IsValid)
         {
             await _receipts.PublishAsync(deviceId, alertId, ReceiptState.Accepted, outcome == AcceptOutcome.Duplicate ? "duplicate" : string.Empty, cancellationToken).ConfigureAwait(false);
@@ -79,7 +84,7 @@ public sealed partial class AlertIngest
     /// <returns>A task completing after commit.</returns>
     public Task IngestStatusAsync(string deviceId, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken)
     {
-        _presence.Seen(deviceId);
+        _presence.HeartbeatSeen(deviceId);
         return _spool.RecordStatusAsync(deviceId, _clock.GetUtcNow(), payload.Length > AlertParser.MaxPayloadBytes ? payload[..AlertParser.MaxPayloadBytes] : payload, cancellationToken);
     }
 

@@ -130,6 +130,9 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     /// <inheritdoc />
     public bool IsListening(string deviceId) => _receiptSubscribers.ContainsKey(deviceId);
 
+    /// <summary>Whether the broker is up and accepting connections.</summary>
+    public bool IsRunning => _server is { IsStarted: true };
+
     /// <inheritdoc />
     public Task PublishAsync(string deviceId, byte[] payload)
     {

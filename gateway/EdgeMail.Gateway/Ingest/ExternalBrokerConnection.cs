@@ -6,7 +6,10 @@ using MQTTnet.Protocol;
 
 namespace EdgeMail.Gateway.Ingest;
 
-/// <summary>Turns <c>Mqtt:External</c> into MQTTnet client and subscription options. No I/O beyond reading certificate files.</summary>
+/// <summary>
+/// Turns <c>Mqtt:External</c> into MQTTnet client and subscription options and the reconnect schedule. No I/O beyond
+/// reading certificate files.
+/// </summary>
 public static class ExternalBrokerConnection
 {
     /// <summary>The MQTT protocol versions <c>Mqtt:External:ProtocolVersion</c> accepts.</summary>
@@ -86,4 +89,30 @@ public static class ExternalBrokerConnection
             .WithTopicFilter(f => f.WithTopic(ExternalTopics.StatusFilter).WithAtLeastOnceQoS()
                 .WithRetainHandling(MqttRetainHandling.SendAtSubscribeIfNewSubscriptionOnly))
             .Build();
+
+    /// <summary>
+    /// The wait after the <paramref name="failures"/>th failed connection attempt in a row: <c>ReconnectDelay</c>
+    /// doubled per failure up to <c>MaxReconnectDelay</c>, less a jitter of up to a quarter so several gateways do not
+    /// reconnect in step. The jitter is a hash of the client id and the attempt, so it is the same on every run.
+    /// </summary>
+    /// <param name="options">The external broker options.</param>
+    /// <param name="failures">Failed attempts in a row, from 1.</param>
+    /// <returns>How long to wait before the next attempt.</returns>
+    public static TimeSpan ReconnectDelay(ExternalBrokerOptions options, int failures)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        double first = Math.Max(options.ReconnectDelay.TotalMilliseconds, 1);
+        double max = Math.Max(options.MaxReconnectDelay.TotalMilliseconds, first);
+        double wait = Math.Min(max, first * Math.Pow(2, Math.Min(failures - 1, 30)));
+
+        // FNV-1a over the client id and the attempt number.
+        uint hash = 2166136261;
+        foreach (char c in options.ClientId + "#" + failures.ToString(System.Globalization.CultureInfo.InvariantCulture))
+        {
+            hash = (hash ^ c) * 16777619;
+        }
+
+        double jitter = 0.75 + (0.25 * (hash / (double)uint.MaxValue));
+        return TimeSpan.FromMilliseconds(wait * jitter);
+    }
 }

@@ -23,7 +23,40 @@ public sealed class GatewayMetrics : IDisposable
         IngestRefused = _meter.CreateCounter<long>("edgemail.ingest.refused", "{message}", "Alerts and mail refused with back-pressure, by reason");
         IngestThrottled = _meter.CreateCounter<long>("edgemail.ingest.throttled", "{message}", "MQTT publishes whose PUBACK was delayed to keep a device within its rate");
         Pruned = _meter.CreateCounter<long>("edgemail.spool.pruned", "{row}", "Finished alerts and mail removed after the retention period, by kind");
+        AlertsReceived = _meter.CreateCounter<long>("edgemail.alerts.received", "{alert}", "Alerts received, by transport (mqtt, smtp) and result (stored, duplicate, rejected)");
+        MailRecipients = _meter.CreateCounter<long>("edgemail.mail.recipients", "{recipient}", "Recipient results of delivery attempts, by outcome (sent, deferred, failed)");
+        SpoolCommitDuration = _meter.CreateHistogram("edgemail.spool.commit.duration", "s", "Time from BEGIN to a durable COMMIT of one group commit",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5] });
+        RelayTokens = _meter.CreateCounter<long>("edgemail.relay.tokens", "{request}", "Relay OAuth2 token requests and server refusals, by outcome");
+        RelayThrottled = _meter.CreateCounter<long>("edgemail.relay.throttled", "{episode}", "Times the relay's sending limit held mail back, by limit");
     }
+
+    /// <summary>Token requests; tag <c>outcome</c> = acquired, refused, unavailable, refused_by_server.</summary>
+    public Counter<long> RelayTokens { get; }
+
+    /// <summary>Throttle episodes; tag <c>limit</c>.</summary>
+    public Counter<long> RelayThrottled { get; }
+
+    /// <summary>Publishes the relay throttle's state as gauges (1 while mail is held back; use of each window).</summary>
+    /// <param name="held">1 while mail is held back, else 0.</param>
+    /// <param name="used">Per limit name, how much of its window is used.</param>
+    public void ObserveRelayThrottle(Func<int> held, Func<IEnumerable<Measurement<long>>> used)
+    {
+        _meter.CreateObservableGauge("edgemail.relay.throttle.active", held, "{state}", "1 while the relay's sending limit holds mail back in the spool");
+        _meter.CreateObservableGauge("edgemail.relay.throttle.used", used, "{unit}", "Messages or recipients counted in each sending-limit window, by limit");
+    }
+
+    /// <summary>The meter, for observable instruments registered by the parts that know the values.</summary>
+    public Meter Meter => _meter;
+
+    /// <summary>Alerts received; tags <c>transport</c>, <c>result</c>.</summary>
+    public Counter<long> AlertsReceived { get; }
+
+    /// <summary>Recipient outcomes of delivery attempts; tag <c>outcome</c>.</summary>
+    public Counter<long> MailRecipients { get; }
+
+    /// <summary>Spool group-commit latency, seconds.</summary>
+    public Histogram<double> SpoolCommitDuration { get; }
 
     /// <summary>Items parked; tag <c>stage</c> = route, compose, digest, deliver.</summary>
     public Counter<long> Parked { get; }

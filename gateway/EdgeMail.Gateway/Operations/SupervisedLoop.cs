@@ -35,6 +35,12 @@ public abstract partial class SupervisedLoop : BackgroundService
     /// <summary>Restarts so far.</summary>
     public int Restarts { get; private set; }
 
+    /// <summary>False while the loop waits to be restarted after a fault.</summary>
+    public bool Running { get; private set; } = true;
+
+    /// <summary>The loop's name.</summary>
+    public string Name => _name;
+
     /// <summary>The loop itself; returns when <paramref name="stoppingToken"/> is cancelled.</summary>
     /// <param name="stoppingToken">Cancelled when the host stops.</param>
     /// <returns>A task that completes when the loop ends.</returns>
@@ -66,6 +72,7 @@ public abstract partial class SupervisedLoop : BackgroundService
                 }
 
                 Restarts++;
+                Running = false;
                 _metrics.LoopRestarts.Add(1, new KeyValuePair<string, object?>("loop", _name));
                 LogRestarting(ex, _name, backoff.TotalSeconds);
             }
@@ -80,6 +87,7 @@ public abstract partial class SupervisedLoop : BackgroundService
             }
 
             backoff = backoff * 2 > MaxBackoff ? MaxBackoff : backoff * 2;
+            Running = true;
         }
     }
 

@@ -37,7 +37,9 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     private readonly ConcurrentDictionary<long, DateTimeOffset> _coolingDown = new();
     private readonly ParkingLot _parking;
     private readonly RelayHealth _health;
+    private readonly GatewayMetrics _metrics;
     private readonly SemaphoreSlim _slots;
+    private readonly RelayThrottle _throttle;
 
     /// <summary>Creates the worker.</summary>
     /// <param name="spool">Spool.</param>
@@ -49,15 +51,18 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     /// <param name="pressure">Ingest rate; delivery rounds yield to a burst.</param>
     /// <param name="parking">Where mail that cannot be handled goes.</param>
     /// <param name="metrics">Loop restarts are counted there.</param>
+    /// <param name="throttle">The provider's sending limits: mail past them stays queued until the window has room.</param>
     /// <param name="logger">Logger.</param>
     /// <param name="health">Where each attempt's outcome is recorded for the console and health checks.</param>
     public DeliveryWorker(ISpool spool, IMailTransport transport, IOptions<GatewayOptions> options, MailComposer composer,
-        ReceiptPublisher receipts, TimeProvider clock, IngestPressure pressure, ParkingLot parking, GatewayMetrics metrics, ILogger<DeliveryWorker> logger,
-        RelayHealth health)
+        ReceiptPublisher receipts, TimeProvider clock, IngestPressure pressure, ParkingLot parking, GatewayMetrics metrics, RelayThrottle throttle,
+        ILogger<DeliveryWorker> logger, RelayHealth health)
         : base("delivery", clock, metrics, logger)
     {
         _health = health;
+        _metrics = metrics;
         ArgumentNullException.ThrowIfNull(options);
+        _throttle = throttle;
         _parking = parking;
         _pressure = pressure;
         _spool = spool;
@@ -105,11 +110,26 @@ public sealed partial class DeliveryWorker : SupervisedLoop
 
                     var busy = _inFlight.Keys.Concat(_coolingDown.Keys).ToHashSet();
                     var due = await _spool.DueMessagesAsync(now, _options.Relay.Concurrency * 4, busy, stoppingToken).ConfigureAwait(false);
+                    DateTimeOffset? heldUntil = null;
                     foreach (var message in due)
                     {
+                        if (message.PendingRecipients.Count > 0 && _throttle.TryReserve(message.PendingRecipients.Count) is { } until)
+                        {
+                            // Past the provider's limit: it stays queued and due, not deferred; the window decides.
+                            heldUntil = until;
+                            break;
+                        }
+
                         await _slots.WaitAsync(stoppingToken).ConfigureAwait(false);
                         _inFlight[message.RowId] = true;
                         running.Add(AttemptAsync(message, stoppingToken));
+                    }
+
+                    if (heldUntil is { } held)
+                    {
+                        Idle?.Invoke();
+                        await _wake.WaitAsync(held - _clock.GetUtcNow(), _clock, stoppingToken).ConfigureAwait(false);
+                        continue;
                     }
 
                     if (due.Count > 0)
@@ -251,6 +271,11 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         }
 
         await _spool.CommitDeliveryAsync(new DeliveryCommit(message.RowId, final, next, notice), cancellationToken).ConfigureAwait(false);
+        foreach (var r in final)
+        {
+            _metrics.MailRecipients.Add(1, new KeyValuePair<string, object?>("outcome", r.Outcome));
+        }
+
         if (final.Count > 0)
         {
             bool sent = final.Any(r => r.Outcome == RecipientOutcome.Sent);

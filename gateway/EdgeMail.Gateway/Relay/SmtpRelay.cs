@@ -1,5 +1,6 @@
 using System.Net.Sockets;
 using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Relay.OAuth2;
 using EdgeMail.Gateway.Spool;
 using MailKit;
 using MailKit.Net.Smtp;
@@ -11,7 +12,10 @@ namespace EdgeMail.Gateway.Relay;
 /// <summary>
 /// Sends through a smarthost with MailKit: STARTTLS or implicit TLS, optional AUTH, connections kept open and
 /// reused (a pool of up to <c>Relay:Concurrency</c>), and per-recipient results — one refused recipient does not
-/// stop delivery to the others. 4xx and connection problems defer; 5xx fails.
+/// stop delivery to the others. 4xx and connection problems defer; 5xx fails — except a refusal of the gateway's own
+/// sign-in or sender rights (or a provider quota), which an operator fixes: that defers too. With <c>Relay:Auth</c>
+/// set to an OAuth2 mode it authenticates with XOAUTH2 as <c>Relay:User</c>, renewing the token once when the server
+/// refuses it. A mail to more than <c>Relay:Limits:RecipientsPerMessage</c> recipients goes out in several transactions.
 /// </summary>
 public sealed class SmtpRelay : IMailTransport
 {
@@ -19,20 +23,45 @@ public sealed class SmtpRelay : IMailTransport
     private readonly string _heloName;
     private readonly Stack<RecordingSmtpClient> _idle = new();
     private readonly Lock _lock = new();
+    private readonly RelayTokens? _tokens;
+    private readonly bool _google;
 
     /// <summary>Creates the relay.</summary>
     /// <param name="relay">Relay options.</param>
     /// <param name="heloName">Name for EHLO.</param>
-    public SmtpRelay(RelayOptions relay, string heloName)
+    /// <param name="tokens">The token cache for the OAuth2 modes of <c>Relay:Auth</c> (owned by the relay); null for passwords.</param>
+    public SmtpRelay(RelayOptions relay, string heloName, RelayTokens? tokens = null)
     {
         _relay = relay ?? throw new ArgumentNullException(nameof(relay));
         _heloName = heloName;
+        _tokens = tokens;
+        _google = relay.OAuth2.IsGoogle(relay.Auth) || relay.Host.EndsWith("gmail.com", StringComparison.OrdinalIgnoreCase) || relay.Host.EndsWith("google.com", StringComparison.OrdinalIgnoreCase);
     }
+
+    /// <summary>The token cache, when the relay signs in with OAuth2.</summary>
+    public RelayTokens? Tokens => _tokens;
 
     /// <inheritdoc />
     public async Task<IReadOnlyList<RecipientResult>> SendAsync(QueuedMessage message, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(message);
+        int perMessage = _relay.Limits.Effective().RecipientsPerMessage;
+        if (perMessage <= 0 || message.PendingRecipients.Count <= perMessage)
+        {
+            return await SendPooledAsync(message, cancellationToken).ConfigureAwait(false);
+        }
+
+        var results = new List<RecipientResult>(message.PendingRecipients.Count);
+        foreach (string[] part in message.PendingRecipients.Chunk(perMessage))
+        {
+            results.AddRange(await SendPooledAsync(message with { PendingRecipients = part }, cancellationToken).ConfigureAwait(false));
+        }
+
+        return results;
+    }
+
+    private async Task<IReadOnlyList<RecipientResult>> SendPooledAsync(QueuedMessage message, CancellationToken cancellationToken)
+    {
         RecordingSmtpClient? client = null;
         lock (_lock)
         {
@@ -95,7 +124,16 @@ public sealed class SmtpRelay : IMailTransport
                 }
 
                 await client.ConnectAsync(host, port, security, cancellationToken).ConfigureAwait(false);
-                if (authenticate && _relay.User.Length > 0)
+                if (authenticate && _tokens is not null)
+                {
+                    if (await SignInAsync(client, host, port, cancellationToken).ConfigureAwait(false) is { } refused)
+                    {
+                        client.LastError = refused;
+                        await SafeDisconnectAsync(client).ConfigureAwait(false);
+                        return null;
+                    }
+                }
+                else if (authenticate && _relay.User.Length > 0)
                 {
                     if (_relay.AuthMechanism.Length > 0)
                     {
@@ -126,13 +164,32 @@ public sealed class SmtpRelay : IMailTransport
             int code = (int)ex.StatusCode;
             string outcome = code is >= 400 and < 500 ? RecipientOutcome.Deferred : RecipientOutcome.Failed;
             string text = $"{code} {ex.Message}";
-            return message.PendingRecipients.Select(r => client.Refused.TryGetValue(r, out var refusal)
+            if (authenticate && ex.ErrorCode != SmtpErrorCode.RecipientNotAccepted && AuthErrors.IsSenderSide(text))
+            {
+                // The relay refuses the gateway itself (its sign-in, its right to this sender, its quota), not the
+                // recipient: an operator or time fixes that, so the mail waits instead of bouncing.
+                string? fix = AuthErrors.SmtpFix(text, _google, IsAppOnly, _tokens is not null);
+                string explained = fix is null ? text : $"{text}. Fix: {fix}";
+                if (fix is not null)
+                {
+                    _tokens?.Refused(explained);
+                }
+
+                await SafeDisconnectAsync(client).ConfigureAwait(false);
+                return message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.7.0 deferred, the relay refuses the gateway: " + explained)).ToList();
+            }
+
+            // With PIPELINING the RCPTs after a refused MAIL FROM are answered "503 bad sequence": those replies say
+            // nothing about the recipients, so the MAIL FROM reply (a 451 greylisting, say) decides for all of them.
+            bool senderRefused = ex.ErrorCode == SmtpErrorCode.SenderNotAccepted;
+            return message.PendingRecipients.Select(r => !senderRefused && client.Refused.TryGetValue(r, out var refusal)
                 ? new RecipientResult(r, refusal.Code is >= 400 and < 500 ? RecipientOutcome.Deferred : RecipientOutcome.Failed, refusal.Text)
                 : new RecipientResult(r, outcome, text)).ToList();
         }
         catch (AuthenticationException ex)
         {
-            client.LastError = "535 authentication failed: " + ex.Message;
+            client.LastError = "535 authentication failed: " + ex.Message
+                + (AuthErrors.SmtpFix(ex.Message, _google, IsAppOnly, oauth2: false) is { } fix ? ". Fix: " + fix : string.Empty);
             await SafeDisconnectAsync(client).ConfigureAwait(false);
             return null;
         }
@@ -148,6 +205,72 @@ public sealed class SmtpRelay : IMailTransport
             client.LastError = $"connection to {host}:{port} failed: {ex.Message}";
             await SafeDisconnectAsync(client).ConfigureAwait(false);
             return null;
+        }
+    }
+
+    private bool IsAppOnly => RelayAuthModes.OAuth2ClientCredentials.Equals(_relay.Auth, StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>XOAUTH2 as <c>Relay:User</c>: the cached token, and once more with a renewed one if the server refuses it.</summary>
+    /// <returns>Null when authenticated, else why not (and what to fix).</returns>
+    internal async Task<string?> SignInAsync(RecordingSmtpClient client, string host, int port, CancellationToken cancellationToken)
+    {
+        if (!client.AuthenticationMechanisms.Contains("XOAUTH2"))
+        {
+            return $"{host}:{port} does not offer AUTH XOAUTH2 (Relay:Auth is {_relay.Auth}); check Relay:Host and Relay:Port";
+        }
+
+        string token;
+        try
+        {
+            token = await _tokens!.GetAsync(cancellationToken).ConfigureAwait(false);
+            string? refusal = await TryXOAuth2Async(client, token, cancellationToken).ConfigureAwait(false);
+            if (refusal is null)
+            {
+                _tokens.Accepted();
+                return null;
+            }
+
+            // Expired or revoked early, as far as the server is concerned: one renewal, then the same connection again
+            // (RFC 4954 lets a client retry AUTH after a failure).
+            token = await _tokens.RenewAsync(token, cancellationToken).ConfigureAwait(false);
+            if (!client.IsConnected)
+            {
+                return $"{host}:{port} closed the connection after refusing the token ({refusal}); a renewed token is tried on the next attempt";
+            }
+
+            string? again = await TryXOAuth2Async(client, token, cancellationToken).ConfigureAwait(false);
+            if (again is null)
+            {
+                _tokens.Accepted();
+                return null;
+            }
+
+            string explained = $"{again}. Fix: {AuthErrors.SmtpFix(again, _google, IsAppOnly, oauth2: true) ?? "check Relay:User and the grant (docs/relay-oauth2.md)"}";
+            _tokens.Refused(explained);
+            return "relay sign-in refused: " + explained;
+        }
+        catch (TokenException ex)
+        {
+            return "relay sign-in: " + ex.Message;
+        }
+    }
+
+    private async Task<string?> TryXOAuth2Async(RecordingSmtpClient client, string token, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await client.AuthenticateAsync(new SaslMechanismOAuth2(_relay.User, token), cancellationToken).ConfigureAwait(false);
+            return null;
+        }
+        catch (AuthenticationException ex)
+        {
+            // MailKit says "535: 5.7.3 Authentication unsuccessful".
+            int colon = ex.Message.IndexOf(": ", StringComparison.Ordinal);
+            return colon == 3 ? string.Concat(ex.Message.AsSpan(0, 3), " ", ex.Message.AsSpan(5)) : ex.Message;
+        }
+        catch (SmtpCommandException ex)
+        {
+            return $"{(int)ex.StatusCode} {ex.Message}";
         }
     }
 
@@ -169,7 +292,7 @@ public sealed class SmtpRelay : IMailTransport
     private static List<RecipientResult> Defer(QueuedMessage message, string reason) =>
         message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.4.1 " + reason)).ToList();
 
-    private SecureSocketOptions Secure() => _relay.Security.ToUpperInvariant() switch
+    internal SecureSocketOptions Secure() => _relay.Security.ToUpperInvariant() switch
     {
         "TLS" => SecureSocketOptions.SslOnConnect,
         "NONE" => SecureSocketOptions.None,
@@ -192,6 +315,8 @@ public sealed class SmtpRelay : IMailTransport
             await SafeDisconnectAsync(client).ConfigureAwait(false);
             client.Dispose();
         }
+
+        _tokens?.Dispose();
     }
 
     internal static RecordingSmtpClient NewClient() => new();

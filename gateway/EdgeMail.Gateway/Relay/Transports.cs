@@ -1,4 +1,8 @@
 using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Operations;
+using EdgeMail.Gateway.Relay.OAuth2;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 
 namespace EdgeMail.Gateway.Relay;
 
@@ -7,17 +11,30 @@ public static class Transports
 {
     /// <summary>Creates the configured transport.</summary>
     /// <param name="options">Options.</param>
-    /// <param name="services">Services (for loggers).</param>
+    /// <param name="services">Services (clock, loggers, operator notices, metrics).</param>
     /// <returns>The transport.</returns>
     public static IMailTransport Create(GatewayOptions options, IServiceProvider services)
     {
         ArgumentNullException.ThrowIfNull(options);
-        _ = services;
+        ArgumentNullException.ThrowIfNull(services);
         return options.Relay.Mode.ToUpperInvariant() switch
         {
-            "SMARTHOST" => new SmtpRelay(options.Relay, options.Sender.Hostname),
+            "SMARTHOST" => new SmtpRelay(options.Relay, options.Sender.Hostname, Tokens(options, services)),
             "DIRECTMX" => new DirectMxRelay(options.Relay, options.Sender.Hostname),
             _ => new LocalMailbox(options.Relay.MailboxPath.Length > 0 ? options.Relay.MailboxPath : Path.Combine(options.DataPath(), "mailbox")),
         };
+    }
+
+    private static RelayTokens? Tokens(GatewayOptions options, IServiceProvider services)
+    {
+        if (!RelayAuthModes.IsOAuth2(options.Relay.Auth))
+        {
+            return null;
+        }
+
+        var notices = services.GetService<OperatorNotices>();
+        return RelayTokens.Create(options, services.GetService<TimeProvider>() ?? TimeProvider.System,
+            services.GetRequiredService<ILoggerFactory>().CreateLogger<RelayTokens>(),
+            notices is null ? null : notices.Report, services.GetService<GatewayMetrics>());
     }
 }

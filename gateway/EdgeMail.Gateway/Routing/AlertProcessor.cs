@@ -28,6 +28,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
     private readonly Devices.DeviceRegistry _devices;
     private readonly ILogger<AlertProcessor> _logger;
     private readonly Signal _wake = new();
+    private readonly Relay.IRelayThrottle _throttle;
 
     // Storm state per (device, code), null = known to have none. This processor is the only writer of storm state,
     // so after the first read the spool need not be asked again (one spool round trip less per routing batch).
@@ -44,11 +45,13 @@ public sealed partial class AlertProcessor : SupervisedLoop
     /// <param name="parking">Where alerts that cannot be handled go.</param>
     /// <param name="metrics">Loop restarts are counted there.</param>
     /// <param name="devices">Device names, sites and owners.</param>
+    /// <param name="throttle">While the relay's sending limits hold mail back, the storm window widens.</param>
     /// <param name="logger">Logger.</param>
     public AlertProcessor(ISpool spool, IOptions<GatewayOptions> options, MailComposer composer, TimeProvider clock, IngestPressure pressure,
-        ParkingLot parking, GatewayMetrics metrics, Devices.DeviceRegistry devices, ILogger<AlertProcessor> logger)
+        ParkingLot parking, GatewayMetrics metrics, Devices.DeviceRegistry devices, Relay.IRelayThrottle throttle, ILogger<AlertProcessor> logger)
         : base("routing", clock, metrics, logger)
     {
+        _throttle = throttle;
         ArgumentNullException.ThrowIfNull(options);
         _devices = devices;
         _pressure = pressure;
@@ -232,7 +235,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
             storm = _stormCache[key];
         }
 
-        var window = _options.Storm.Window;
+        var window = _throttle.StormWindow(_options.Storm.Window);
         if (alert.State == AlertState.Raised && window > TimeSpan.Zero && storm is not null && stored.ReceivedAt < storm.LastMailAt + window)
         {
             var holdUntil = storm.LastMailAt + window;

@@ -92,6 +92,9 @@ public static class IngestProtocols
     /// <summary>MQTT (embedded broker or external broker).</summary>
     public const string Mqtt = "MQTT";
 
+    /// <summary>Raised by the gateway itself about a device (<c>DEVICE_SILENT</c>, <c>DEVICE_BACK</c>); not a sign of life.</summary>
+    public const string Local = "LOCAL";
+
     /// <summary>The SMTP name for a submission: ESMTP, with S for TLS and A for AUTH (RFC 3848).</summary>
     /// <param name="secure">Over TLS.</param>
     /// <param name="authenticated">After AUTH.</param>
@@ -396,6 +399,11 @@ public partial interface ISpool : IAsyncDisposable
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>What was removed.</returns>
     Task<PruneResult> PruneAsync(DateTimeOffset before, int maxRows, CancellationToken cancellationToken);
+
+    /// <summary>A round trip through the spool's writer (an empty transaction): proves it turns.</summary>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task completing when the writer ran it.</returns>
+    Task PingAsync(CancellationToken cancellationToken);
 
     /// <summary>Counts of alerts and messages by status.</summary>
     /// <param name="cancellationToken">Cancellation.</param>

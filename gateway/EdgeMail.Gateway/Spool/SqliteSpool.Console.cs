@@ -267,7 +267,7 @@ public sealed partial class SqliteSpool
         Read<IReadOnlyList<DeviceActivity>>((s, _) =>
         {
             var byDevice = new Dictionary<string, DeviceActivity>(StringComparer.Ordinal);
-            using (var r = s.Query("SELECT device, MAX(received_at) FROM alerts GROUP BY device"))
+            using (var r = s.Query("SELECT device, MAX(received_at) FROM alerts WHERE via IS NOT 'LOCAL' GROUP BY device"))
             {
                 while (r.Read())
                 {

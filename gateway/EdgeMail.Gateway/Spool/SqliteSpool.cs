@@ -83,6 +83,9 @@ public sealed partial class SqliteSpool : ISpool
     /// <summary>Raised on the writer's thread after every commit (tests wait for spool state with it).</summary>
     public event Action? Committed;
 
+    /// <summary>Called on the writer's thread with each group commit's duration (BEGIN to durable COMMIT), for metrics.</summary>
+    public Action<TimeSpan>? CommitTimed { get; set; }
+
     /// <inheritdoc />
     public event Action? AlertsStored;
 
@@ -684,6 +687,9 @@ public sealed partial class SqliteSpool : ISpool
     }
 
     /// <inheritdoc />
+    public Task PingAsync(CancellationToken cancellationToken) => Enqueue((_, _) => 0, cancellationToken, isolate: false);
+
+    /// <inheritdoc />
     public Task<SpoolCounts> CountsAsync(CancellationToken cancellationToken) =>
         Read((s, _) => new SpoolCounts(s.CountBy("alerts"), s.CountBy("messages")), cancellationToken);
 
@@ -876,6 +882,7 @@ public sealed partial class SqliteSpool : ISpool
     private void RunBatch(List<SpoolWork> batch)
     {
         var ctx = new BatchContext(Clock.GetUtcNow(), MaxAge);
+        long started = System.Diagnostics.Stopwatch.GetTimestamp();
         try
         {
             Exec("BEGIN IMMEDIATE");
@@ -938,6 +945,7 @@ public sealed partial class SqliteSpool : ISpool
             return;
         }
 
+        CommitTimed?.Invoke(System.Diagnostics.Stopwatch.GetElapsedTime(started));
         Interlocked.Increment(ref _batches);
         Interlocked.Add(ref _items, batch.Count);
         _checkpointDue.Set();

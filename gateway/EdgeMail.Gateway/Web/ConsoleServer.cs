@@ -23,6 +23,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
+using OpenTelemetry.Metrics;
 
 namespace EdgeMail.Gateway.Web;
 
@@ -168,6 +169,8 @@ public sealed partial class ConsoleServer : IHostedService, IAsyncDisposable
         Forward<IngestPressure>();
         Forward<DevicePresence>();
         Forward<FreeSpaceProbe>();
+        Forward<SilenceWatch>();
+        Forward<PipelineProbe>();
         services.AddSingleton<ConsoleContext>();
         services.AddSingleton(_ => _gateway.GetRequiredService<IOptions<GatewayOptions>>());
         services.AddSingleton(_ => _gateway.GetRequiredService<IOptions<ConsoleOptions>>());
@@ -207,18 +210,23 @@ public sealed partial class ConsoleServer : IHostedService, IAsyncDisposable
             return Task.CompletedTask;
         }));
         services.ConfigureHttpJsonOptions(o => o.SerializerOptions.Encoder = JavaScriptEncoder.Default);
+
+        // /metrics: the gateway's meter in Prometheus text format (OpenTelemetry's exporter).
+        services.AddOpenTelemetry().WithMetrics(metrics => metrics.AddMeter(GatewayMetrics.MeterName).AddPrometheusExporter());
     }
 
-    // API calls and page loads get a status code (the UI's script sends the browser to /login itself).
+    // A page opened without a session goes to the login page; everything else (the API, /metrics, assets) gets the
+    // status code, so scripts and scrapers see 401 rather than a login form.
     private static Task Refuse(RedirectContext<CookieAuthenticationOptions> ctx, int status)
     {
-        if (ctx.Request.Path.StartsWithSegments("/api", StringComparison.Ordinal) || ctx.Request.Method != HttpMethods.Get)
+        string path = ctx.Request.Path.Value ?? "/";
+        if (HttpMethods.IsGet(ctx.Request.Method) && (path == "/" || ConsoleEndpoints.Pages.Contains(path.TrimStart('/'))))
         {
-            ctx.Response.StatusCode = status;
+            ctx.Response.Redirect("/login");
             return Task.CompletedTask;
         }
 
-        ctx.Response.Redirect("/login");
+        ctx.Response.StatusCode = status;
         return Task.CompletedTask;
     }
 

@@ -24,6 +24,7 @@ internal static class EmulatedSiteGateway
             ["Devices"] = devices.ToDictionary(d => d, _ => (object)new { Secret = secretHash, Name = "Emulated", Site = "Lab", Owners = new[] { "alice" } }),
             ["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "info", To = new[] { "owners" } } },
             ["Storm"] = new { Window = "00:00:00" },
+            ["Console"] = new { Port = 0 }, // not the default 8088: two of these run at once, beside whatever else the machine runs
             ["Logging"] = new { LogLevel = new { Default = "Warning" } },
         };
         string path = Path.Combine(dir, "edgemail.json");

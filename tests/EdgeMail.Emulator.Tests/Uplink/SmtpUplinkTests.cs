@@ -7,8 +7,8 @@ using EdgeMail.Firmware.Storage;
 using EdgeMail.Firmware.Uplink.Smtp;
 using EdgeMail.Simulation.Flash;
 using EdgeMail.Simulation.Network;
+using EdgeMail.Testing.Smtp;
 using MimeKit;
-using SmtpServer.Protocol;
 using Xunit;
 
 namespace EdgeMail.Emulator.Tests.Uplink;
@@ -23,13 +23,12 @@ public sealed class SmtpUplinkTests : IAsyncLifetime, IDisposable
     private SmtpTestServer _server = null!;
     private AlertStore _store = null!;
 
-    public Task InitializeAsync()
+    public async Task InitializeAsync()
     {
-        _server = new SmtpTestServer();
+        _server = await SmtpTestServer.StartAsync(new() { ServerName = "gateway.test", Users = new Dictionary<string, string> { ["dev-1"] = "s3cret" } });
         var queue = new FlashQueue(_flash);
         queue.Mount(0x7F3A9C21);
         _store = new AlertStore(queue, _clock, new WallClock(_clock), 1);
-        return Task.CompletedTask;
     }
 
     public async Task DisposeAsync() => await _server.DisposeAsync();
@@ -75,11 +74,10 @@ public sealed class SmtpUplinkTests : IAsyncLifetime, IDisposable
         Assert.Equal(3, received.Count);
         for (int i = 0; i < 3; i++)
         {
-            (string user, string from, IReadOnlyList<string> to, byte[] data) = received[i];
-            Assert.Equal("dev-1", user);
-            Assert.Equal("dev-1@devices.test", from);
-            Assert.Equal(["alerts@gateway.test"], to);
-            (MimeMessage message, JsonElement alert) = Parse(data);
+            Assert.Equal("dev-1", received[i].User);
+            Assert.Equal("dev-1@devices.test", received[i].From);
+            Assert.Equal(["alerts@gateway.test"], received[i].To);
+            (MimeMessage message, JsonElement alert) = Parse(received[i].Data);
             Assert.Equal($"7f3a9c21-{seqs[i]}", alert.GetProperty("id").GetString());
             Assert.Equal(1, alert.GetProperty("v").GetInt32());
             Assert.Contains($"7f3a9c21-{seqs[i]}", message.Subject, StringComparison.Ordinal);
@@ -105,7 +103,7 @@ public sealed class SmtpUplinkTests : IAsyncLifetime, IDisposable
     public void SendPending_TemporaryRefusal_KeepsTheAlertAndTheNextSessionDeliversIt()
     {
         uint seq = Raise("DOOR_OPEN");
-        _server.Reply = n => n == 1 ? new SmtpResponse(SmtpReplyCode.InsufficientStorage, "4.3.1 spool busy, try later") : SmtpResponse.Ok;
+        _server.OnData = m => m.Number == 1 ? new SmtpReply(452, "4.3.1 spool busy, try later") : SmtpReply.Ok;
         SmtpUplink uplink = Uplink();
 
         var ex = Assert.Throws<SmtpException>(() => uplink.SendPending());
@@ -122,7 +120,7 @@ public sealed class SmtpUplinkTests : IAsyncLifetime, IDisposable
     {
         Raise("A_CODE");
         uint second = Raise("B_CODE");
-        _server.Reply = n => n == 1 ? new SmtpResponse(SmtpReplyCode.TransactionFailed, "5.6.0 malformed") : SmtpResponse.Ok;
+        _server.OnData = m => m.Number == 1 ? new SmtpReply(554, "5.6.0 malformed") : SmtpReply.Ok;
         SmtpUplink uplink = Uplink();
 
         Assert.Equal(1, uplink.SendPending());

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 using EdgeMail.Firmware.Alerts;
+using EdgeMail.Testing;
 using Xunit;
 using Xunit.Abstractions;
 
@@ -8,7 +9,7 @@ namespace EdgeMail.Firmware.Tests.Alerts;
 
 /// <summary>
 /// Every valid Contract 1 vector goes through the firmware's real path — Alert, binary record, JSON writer — and the
-/// JSON that comes out must describe the same alert. The vectors are a copy of the shared <c>contract/alerts/</c>.
+/// JSON that comes out must describe the same alert. The vectors are the repository's <c>contract/alerts/</c>.
 /// </summary>
 public class ContractVectorTests(ITestOutputHelper output)
 {
@@ -189,17 +190,8 @@ public class ContractVectorTests(ITestOutputHelper output)
         return p;
     }
 
-    private static TheoryData<string> Names(string kind)
-    {
-        var data = new TheoryData<string>();
-        foreach (string file in Directory.GetFiles(Path.Combine(VectorDirectory(), kind), "*.json").Order(StringComparer.Ordinal))
-        {
-            data.Add(Path.GetFileName(file));
-        }
+    private static TheoryData<string> Names(string kind) => new(ContractVectors.Names(kind));
 
-        return data;
-    }
-
-    // Copied beside the test assembly by the project file (source paths are mapped away in CI builds).
-    private static string VectorDirectory() => Path.Combine(AppContext.BaseDirectory, "Alerts", "ContractVectors");
+    // Copied beside the test assembly (source paths are mapped away in CI builds).
+    private static string VectorDirectory() => ContractVectors.Directory;
 }

@@ -20,7 +20,7 @@ public sealed class CrashRecoveryTests(ITestOutputHelper output) : IDisposable
     public async Task Gateway_KilledMidLoadAndRestarted_DeliversEveryAcknowledgedAlertExactlyOnce()
     {
         const int Devices = 8;
-        int port = Relay.SmtpSink.FreePort();
+        int port = Loopback.FreePort();
         string config = TestGateway.WriteConfig(_dataDir, Devices, c => c["Mqtt"] = new { Port = port });
         var acked = new ConcurrentDictionary<string, bool>();
 

@@ -1,14 +1,15 @@
 using System.Text;
 using EdgeMail.Gateway.Ingest;
+using EdgeMail.Testing;
 using Xunit;
 
 namespace EdgeMail.Gateway.Tests.Ingest;
 
 public sealed class AlertParserTests
 {
-    public static TheoryData<string> Valid() => new(Directory.GetFiles(Path.Combine(Alerts.ContractDir, "valid"), "*.json").Select(Path.GetFileName)!);
+    public static TheoryData<string> Valid() => new(ContractVectors.Names("valid"));
 
-    public static TheoryData<string> Invalid() => new(Directory.GetFiles(Path.Combine(Alerts.ContractDir, "invalid"), "*.json").Select(Path.GetFileName)!);
+    public static TheoryData<string> Invalid() => new(ContractVectors.Names("invalid"));
 
     [Theory]
     [MemberData(nameof(Valid))]

@@ -164,6 +164,20 @@ public sealed class ExternalBrokerOptionsTests
         Assert.Equal(MqttProtocolVersion.V311, options.ProtocolVersion);
     }
 
+    [Fact]
+    public void ReconnectDelay_ConsecutiveFailures_DoublesUpToTheMaximumWithAStableJitterOfAtMostAQuarter()
+    {
+        var x = External(e => (e.ReconnectDelay, e.MaxReconnectDelay) = (TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(30))).Mqtt.External;
+
+        var delays = Enumerable.Range(1, 40).Select(n => ExternalBrokerConnection.ReconnectDelay(x, n)).ToList();
+
+        double[] nominal = [.. Enumerable.Range(1, 40).Select(n => Math.Min(30_000, 1_000 * Math.Pow(2, n - 1)))];
+        Assert.All(delays.Zip(nominal), d => Assert.InRange(d.First.TotalMilliseconds, 0.75 * d.Second, d.Second));
+        Assert.Equal(delays, Enumerable.Range(1, 40).Select(n => ExternalBrokerConnection.ReconnectDelay(x, n)));
+        x.ClientId = "gateway-2";
+        Assert.NotEqual(delays, Enumerable.Range(1, 40).Select(n => ExternalBrokerConnection.ReconnectDelay(x, n)));
+    }
+
     [Theory]
     [InlineData("edgemail/v1/dev-1/alert", TopicKind.Alert, "dev-1")]
     [InlineData("edgemail/v1/dev.2_x/status", TopicKind.Status, "dev.2_x")]

@@ -74,7 +74,8 @@ public sealed class DeliveryContainmentTests
         Assert.Contains("already in the spool", (await gw.Spool.GetMessageAsync("doomed@gw.test", default))!.Reason, StringComparison.Ordinal);
     }
 
-    private static async Task IdleAfterAsync(DeliveryWorker worker, Action poke)
+    /// <summary>Pokes the worker and waits until it has nothing due and goes to wait.</summary>
+    internal static async Task IdleAfterAsync(DeliveryWorker worker, Action poke)
     {
         var idle = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         void OnIdle() => idle.TrySetResult();

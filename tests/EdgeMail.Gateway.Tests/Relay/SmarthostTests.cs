@@ -1,9 +1,7 @@
-using System.Net;
-using System.Net.Sockets;
 using EdgeMail.Testing;
+using EdgeMail.Testing.Smtp;
 using MQTTnet;
 using MQTTnet.Protocol;
-using SmtpServer.Protocol;
 using Xunit;
 
 namespace EdgeMail.Gateway.Tests.Relay;
@@ -27,7 +25,7 @@ public sealed class SmarthostTests
     [Fact]
     public async Task Relay_SmarthostAnswers250_DeliversToEveryRecipientOnce()
     {
-        await using var sink = new SmtpSink();
+        await using var sink = await SmtpTestServer.StartAsync();
         await using var gw = await StartGatewayAsync(sink.Port);
 
         await PublishAsync(gw, "dev-1", "ok-1");
@@ -36,17 +34,17 @@ public sealed class SmarthostTests
         Assert.Equal(["alice@example.com", "bob@example.com"], to.Order());
         Assert.Equal("dev-1.ok-1.alert@gw.test", message.MessageId);
         Assert.Equal("auto-generated", message.Headers["Auto-Submitted"]);
-        Assert.False(sink.Received.Reader.TryRead(out _));
+        Assert.False(sink.TryNext(out _));
     }
 
     [Fact]
     public async Task Relay_Smarthost4xxThen250_RetriesAndDelivers()
     {
-        await using var sink = new SmtpSink();
+        await using var sink = await SmtpTestServer.StartAsync();
         int calls = 0;
-        sink.Reply = _ => Interlocked.Increment(ref calls) == 1
-            ? new SmtpResponse(SmtpReplyCode.Aborted, "4.3.0 try later")
-            : new SmtpResponse(SmtpReplyCode.Ok, "2.0.0 queued as Q2");
+        sink.OnData = _ => Interlocked.Increment(ref calls) == 1
+            ? new SmtpReply(451, "4.3.0 try later")
+            : new SmtpReply(250, "2.0.0 queued as Q2");
         await using var gw = await StartGatewayAsync(sink.Port);
 
         await PublishAsync(gw, "dev-1", "retry-1");
@@ -59,10 +57,10 @@ public sealed class SmarthostTests
     [Fact]
     public async Task Relay_Smarthost5xx_FailsAndNotifiesTheOperator()
     {
-        await using var sink = new SmtpSink();
-        sink.Reply = m => (m.Subject ?? string.Empty).StartsWith("Undeliverable", StringComparison.Ordinal)
-            ? new SmtpResponse(SmtpReplyCode.Ok, "2.0.0 ok")
-            : new SmtpResponse(SmtpReplyCode.TransactionFailed, "5.7.1 rejected by policy");
+        await using var sink = await SmtpTestServer.StartAsync();
+        sink.OnData = m => (m.Message.Subject ?? string.Empty).StartsWith("Undeliverable", StringComparison.Ordinal)
+            ? new SmtpReply(250, "2.0.0 ok")
+            : new SmtpReply(554, "5.7.1 rejected by policy");
         await using var gw = await StartGatewayAsync(sink.Port);
         using var device = await gw.ConnectAsync("dev-1");
         var failed = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -88,10 +86,45 @@ public sealed class SmarthostTests
     }
 
     [Fact]
+    public async Task Relay_SmarthostGreylistsMailFrom_PipelinedRecipientsAreRetriedNotBounced()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        int mailCommands = 0;
+        // Greylisting answers MAIL FROM; the RCPTs pipelined behind it then get a "bad sequence" 5xx that is not about them.
+        sink.OnCommand = c => c.Verb == "MAIL" && Interlocked.Increment(ref mailCommands) == 1 ? new SmtpReply(451, "4.7.1 greylisted, try again later") : null;
+        await using var gw = await StartGatewayAsync(sink.Port);
+
+        await PublishAsync(gw, "dev-1", "grey-1");
+        var (message, to) = await sink.NextAsync();
+
+        Assert.Equal("dev-1.grey-1.alert@gw.test", message.MessageId);
+        Assert.Equal(["alice@example.com", "bob@example.com"], to.Order());
+        Assert.Equal(2, mailCommands);
+        Assert.False(sink.TryNext(out _)); // no bounce notice to the operator
+    }
+
+    [Fact]
+    public async Task Relay_SmarthostDropsTheConnectionAfterData_RetriesAndDelivers()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        sink.OnData = m => m.Number == 1 ? SmtpReply.Drop : SmtpReply.Ok;
+        await using var gw = await StartGatewayAsync(sink.Port);
+
+        await PublishAsync(gw, "dev-1", "cut-1");
+        var (message, to) = await sink.NextAsync();
+
+        // Whether the first copy was taken is unknown to the gateway: it must send again, not give up.
+        Assert.Equal("dev-1.cut-1.alert@gw.test", message.MessageId);
+        Assert.Equal(["alice@example.com", "bob@example.com"], to.Order());
+        Assert.Equal([SmtpReply.Drop, SmtpReply.Ok], sink.Messages.Select(m => m.Reply));
+        Assert.All(sink.Messages, m => Assert.Equal(message.MessageId, m.Message.MessageId));
+    }
+
+    [Fact]
     public async Task Relay_OneRecipientRefused_OthersStillGetTheMail()
     {
-        await using var sink = new SmtpSink();
-        sink.Refuse.Add("bob@example.com");
+        await using var sink = await SmtpTestServer.StartAsync();
+        sink.Recipients["bob@example.com"] = new SmtpReply(550, "5.1.1 mailbox unavailable");
         await using var gw = await StartGatewayAsync(sink.Port);
 
         await PublishAsync(gw, "dev-2", "partial-1");
@@ -107,24 +140,21 @@ public sealed class SmarthostTests
     [Fact]
     public async Task Relay_SmarthostDropsThenIsDownThenUp_DeliversOnceItIsBack()
     {
-        int port = SmtpSink.FreePort();
         var dropped = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var dropper = new TcpListener(IPAddress.Loopback, port);
-        dropper.Start();
-        var dropping = Task.Run(async () =>
+        await using var flaky = await SmtpTestServer.StartAsync(new() { ServerName = "flaky.test" });
+        flaky.OnCommand = _ =>
         {
-            using var socket = await dropper.AcceptSocketAsync();
-            socket.Send("220 flaky.test ESMTP\r\n"u8);
-            socket.Close();
             dropped.TrySetResult();
-        });
+            return SmtpReply.Drop; // the greeting, then the connection is gone
+        };
+        int port = flaky.Port;
         await using var gw = await StartGatewayAsync(port);
 
         await PublishAsync(gw, "dev-3", "flaky-1");
         await Await.Within(dropped.Task.ContinueWith(_ => true), "the first attempt to reach the dropping server");
-        dropper.Stop();
-        await dropping;
-        await using var sink = new SmtpSink(port);
+        await flaky.DisposeAsync();
+        Assert.Empty(flaky.Messages);
+        await using var sink = await SmtpTestServer.StartAsync(new() { Port = port });
         var (message, _) = await sink.NextAsync();
 
         Assert.Equal("dev-3.flaky-1.alert@gw.test", message.MessageId);

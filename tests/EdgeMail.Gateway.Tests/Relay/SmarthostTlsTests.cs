@@ -2,6 +2,7 @@ using System.Net;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using EdgeMail.Testing;
+using EdgeMail.Testing.Smtp;
 using MQTTnet;
 using MQTTnet.Protocol;
 using Xunit;
@@ -14,7 +15,22 @@ public sealed class SmarthostTlsTests
     private const string RelayUser = "gw-relay";
     private const string RelayPassword = "relay-pw-7f3a";
 
-    private static readonly Lazy<X509Certificate2> Certificate = new(CreateCertificate);
+    /// <summary>A self-signed certificate for 127.0.0.1 and localhost, shared by the relay tests' servers.</summary>
+    internal static readonly Lazy<X509Certificate2> Certificate = new(CreateCertificate);
+
+    /// <summary>The smarthost: STARTTLS (or implicit TLS) with the relay's login.</summary>
+    private static Task<SmtpTestServer> StartSmarthostAsync(bool implicitTls = false) => SmtpTestServer.StartAsync(new()
+    {
+        Certificate = Certificate.Value,
+        ImplicitTls = implicitTls,
+        Users = new Dictionary<string, string> { [RelayUser] = RelayPassword },
+    });
+
+    /// <summary>Whether a message came under TLS, and who had authenticated.</summary>
+    private static (bool Secure, string? User) Transport(ReceivedMail mail) => (mail.Secure, mail.User);
+
+    /// <summary>The AUTH mechanisms the client used, in order.</summary>
+    private static IEnumerable<string> AuthMethods(SmtpTestServer sink) => sink.Commands.Where(c => c.Verb == "AUTH").Select(c => c.Argument);
 
     private static X509Certificate2 CreateCertificate()
     {
@@ -66,7 +82,7 @@ public sealed class SmarthostTlsTests
     [Fact]
     public async Task Relay_StartTlsWithAuthPlain_SendsOverTlsAsTheConfiguredUser()
     {
-        await using var sink = new SmtpSink(certificate: Certificate.Value, login: (RelayUser, RelayPassword));
+        await using var sink = await StartSmarthostAsync();
         await using var gw = await StartGatewayAsync(sink.Port, "StartTls", mechanism: "PLAIN");
 
         await PublishAndAwaitReceiptAsync(gw, "tls-1", "relayed");
@@ -74,72 +90,72 @@ public sealed class SmarthostTlsTests
 
         Assert.Equal("dev-1.tls-1.alert@gw.test", message.MessageId);
         Assert.Equal(["alice@example.com"], to);
-        Assert.Equal((true, RelayUser), Assert.Single(sink.Transports));
-        Assert.Equal(["PLAIN"], sink.AuthMethods);
+        Assert.Equal((true, RelayUser), Transport(Assert.Single(sink.Messages)));
+        Assert.Equal(["PLAIN"], AuthMethods(sink));
     }
 
     [Fact]
     public async Task Relay_StartTlsWithDefaultMechanism_PicksPlainAndAuthenticates()
     {
-        await using var sink = new SmtpSink(certificate: Certificate.Value, login: (RelayUser, RelayPassword));
+        await using var sink = await StartSmarthostAsync();
         await using var gw = await StartGatewayAsync(sink.Port, "StartTls");
 
         await PublishAndAwaitReceiptAsync(gw, "tls-default-1", "relayed");
         await sink.NextAsync();
 
-        Assert.Equal((true, RelayUser), Assert.Single(sink.Transports));
-        Assert.Single(sink.AuthMethods);
+        Assert.Equal((true, RelayUser), Transport(Assert.Single(sink.Messages)));
+        Assert.Single(AuthMethods(sink));
     }
 
     [Fact]
     public async Task Relay_ImplicitTlsWithAuthLogin_SendsOverTlsWithLogin()
     {
-        await using var sink = new SmtpSink(certificate: Certificate.Value, implicitTls: true, login: (RelayUser, RelayPassword));
+        await using var sink = await StartSmarthostAsync(implicitTls: true);
         await using var gw = await StartGatewayAsync(sink.Port, "Tls", mechanism: "LOGIN");
 
         await PublishAndAwaitReceiptAsync(gw, "implicit-1", "relayed");
         var (message, _) = await sink.NextAsync();
 
         Assert.Equal("dev-1.implicit-1.alert@gw.test", message.MessageId);
-        Assert.Equal((true, RelayUser), Assert.Single(sink.Transports));
-        Assert.Equal(["LOGIN"], sink.AuthMethods);
+        Assert.Equal((true, RelayUser), Transport(Assert.Single(sink.Messages)));
+        Assert.Equal(["LOGIN"], AuthMethods(sink));
     }
 
     [Fact]
     public async Task Relay_WrongPassword_DefersWithTheAuthenticationFailureAndSendsNothing()
     {
-        await using var sink = new SmtpSink(certificate: Certificate.Value, login: (RelayUser, RelayPassword));
+        await using var sink = await StartSmarthostAsync();
         await using var gw = await StartGatewayAsync(sink.Port, "StartTls", password: "wrong", mechanism: "PLAIN");
 
         string receipt = await PublishAndAwaitReceiptAsync(gw, "badauth-1", "deferred");
 
         Assert.Contains("535", receipt, StringComparison.Ordinal);
-        Assert.Contains((RelayUser, false), sink.AuthAttempts);
-        Assert.Empty(sink.Transports);
+        Assert.Contains(new SmtpAuthAttempt(RelayUser, "PLAIN", Accepted: false), sink.AuthAttempts);
+        Assert.Empty(sink.Messages);
     }
 
     [Fact]
     public async Task Relay_StartTlsRequiredButNotOffered_DefersInsteadOfSendingInClear()
     {
-        await using var sink = new SmtpSink(); // plain server: no STARTTLS in EHLO
+        await using var sink = await SmtpTestServer.StartAsync(); // plain server: no STARTTLS in EHLO
         await using var gw = await StartGatewayAsync(sink.Port, "StartTls");
 
         string receipt = await PublishAndAwaitReceiptAsync(gw, "cleartext-1", "deferred");
 
         Assert.Contains("STARTTLS", receipt, StringComparison.OrdinalIgnoreCase);
-        Assert.Empty(sink.Transports);
+        Assert.Empty(sink.Messages);
     }
 
     [Fact]
     public async Task Relay_UntrustedCertificate_DefersUnlessAcceptAnyCertificateIsSet()
     {
-        await using var sink = new SmtpSink(certificate: Certificate.Value, login: (RelayUser, RelayPassword));
+        await using var sink = await StartSmarthostAsync();
         await using var gw = await StartGatewayAsync(sink.Port, "StartTls", acceptAny: false);
 
         string receipt = await PublishAndAwaitReceiptAsync(gw, "untrusted-1", "deferred");
 
         Assert.Contains("certificate", receipt, StringComparison.OrdinalIgnoreCase);
         Assert.Empty(sink.AuthAttempts); // the password never went to a server we could not verify
-        Assert.Empty(sink.Transports);
+        Assert.Empty(sink.Messages);
     }
 }

@@ -50,8 +50,11 @@ public sealed class ConsoleSecurityTests
                     continue;
                 }
 
-                bool refused = response.StatusCode is HttpStatusCode.Unauthorized
-                    || (response.StatusCode == HttpStatusCode.Redirect && response.Headers.Location?.ToString() == "/login");
+                // A page sends the browser to the login page; everything else answers 401.
+                bool page = method == "GET" && (pattern == "/" || ConsoleEndpoints.Pages.Contains(pattern.TrimStart('/')));
+                bool refused = page
+                    ? response.StatusCode == HttpStatusCode.Redirect && response.Headers.Location?.ToString() == "/login"
+                    : response.StatusCode == HttpStatusCode.Unauthorized;
                 Assert.True(refused, $"{route} answered {(int)response.StatusCode} to a stranger");
             }
         }
@@ -61,6 +64,7 @@ public sealed class ConsoleSecurityTests
         Assert.Contains("POST /api/v1/devices/{id}/disable", checkedRoutes);
         Assert.Contains("GET /api/v1/openapi.json", checkedRoutes);
         Assert.Contains("GET /", checkedRoutes);
+        Assert.Contains("GET /metrics", checkedRoutes);
         Assert.True(checkedRoutes.Count > 40, $"only {checkedRoutes.Count} routes found");
     }
 

@@ -32,6 +32,7 @@ public static class ConsoleEndpoints
         QueueApi.Map(api);
         MailboxApi.Map(api);
         ConfigApi.Map(api);
+        HealthApi.Map(app);
 
         app.MapGet("/", () => Asset("index.html")).ExcludeFromDescription();
         foreach (string page in Pages)

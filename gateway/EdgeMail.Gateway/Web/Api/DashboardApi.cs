@@ -111,7 +111,7 @@ public static class DashboardApi
         try
         {
             string last = string.Empty;
-            long lastAlert = -1;
+            long lastAlert = (await c.Spool.QueryAlertsAsync(new AlertQuery(Limit: 1), ct).ConfigureAwait(false)).FirstOrDefault()?.RowId ?? 0;
             int idleSeconds = 0;
             while (!ct.IsCancellationRequested)
             {
@@ -124,17 +124,12 @@ public static class DashboardApi
                     idleSeconds = 0;
                 }
 
-                // Row 0 stands for an empty spool, so the very first alert is announced too.
+                // Row 0 stands for an empty spool at the start, so the very first alert is announced too.
                 var newest = await c.Spool.QueryAlertsAsync(new AlertQuery(Limit: 1), ct).ConfigureAwait(false);
-                long newestRow = newest.Count > 0 ? newest[0].RowId : 0;
-                if (newestRow != lastAlert)
+                if (newest.Count > 0 && newest[0].RowId > lastAlert)
                 {
-                    if (lastAlert >= 0 && newest.Count > 0)
-                    {
-                        await SendAsync(http, "alert", JsonSerializer.Serialize(newest[0], JsonOptions), ct).ConfigureAwait(false);
-                    }
-
-                    lastAlert = newestRow;
+                    await SendAsync(http, "alert", JsonSerializer.Serialize(newest[0], JsonOptions), ct).ConfigureAwait(false);
+                    lastAlert = newest[0].RowId;
                 }
 
                 if (++idleSeconds >= 15)
@@ -177,8 +172,9 @@ public static class DashboardApi
 /// <param name="Disk">Disk guard.</param>
 /// <param name="FreeSpace">Free-space probe.</param>
 /// <param name="Pressure">Ingest rate.</param>
+/// <param name="Silence">Which devices are silent.</param>
 public sealed record ConsoleContext(ISpool Spool, DeviceRegistry Devices, DevicePresence Presence, IOptions<GatewayOptions> OptionsAccessor, TimeProvider Clock,
-    RelayHealth Relay, DiskGuard Disk, FreeSpaceProbe FreeSpace, IngestPressure Pressure)
+    RelayHealth Relay, DiskGuard Disk, FreeSpaceProbe FreeSpace, IngestPressure Pressure, SilenceWatch Silence)
 {
     /// <summary>Gateway options.</summary>
     public GatewayOptions Options => OptionsAccessor.Value;

@@ -54,7 +54,6 @@ public sealed record DeviceSecret(DeviceView Device, string Secret);
 /// <summary>Devices: list, one device's history, add, disable, enable, rotate the secret — all without a restart.</summary>
 public static class DeviceApi
 {
-    private static readonly TimeSpan DefaultSilentAfter = TimeSpan.FromHours(24);
     private static readonly TimeSpan ExternalOnlineWindow = TimeSpan.FromMinutes(15);
 
     /// <summary>Maps the routes.</summary>
@@ -139,8 +138,8 @@ public static class DeviceApi
             var a = activity.GetValueOrDefault(d.Id);
             var contact = Latest(c.Presence.LastSeen(d.Id), a?.LastAlertAt, a?.LastStatusAt);
             bool online = c.Presence.IsConnected(d.Id) || (external && contact is { } seen && now - seen < ExternalOnlineWindow);
-            var limit = d.SilentAfter ?? DefaultSilentAfter;
-            bool silent = !d.Disabled && !online && contact is { } last && now - last > limit;
+            var limit = c.Silence.LimitFor(d);
+            bool silent = c.Silence.IsSilent(d.Id);
             string source = d.Source switch { DeviceSource.Console => "console", DeviceSource.ConfigurationChanged => "configuration-changed", _ => "configuration" };
             views.Add(new DeviceView(d.Id, d.Name, d.Site, d.Owners, d.Disabled, source, online, contact, a?.LastAlertAt, a?.LastStatusAt,
                 a?.LastStatus is { } status ? Json(status) : null, silent, limit));

@@ -1,0 +1,84 @@
+using System.CommandLine;
+using EdgeMail.Gateway.Operations;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Options;
+
+namespace EdgeMail.Gateway.Cli;
+
+/// <summary><c>edgemail run</c>, also what the executable does without a command: the gateway service itself.</summary>
+public static class RunCommand
+{
+    /// <summary>Adds <c>run</c>, and makes it the root's own action.</summary>
+    /// <param name="root">The root command.</param>
+    /// <param name="options">The shared options.</param>
+    /// <param name="io">Standard streams.</param>
+    public static void Add(Command root, CliOptions options, CliIO io)
+    {
+        ArgumentNullException.ThrowIfNull(root);
+        var run = new Command("run", "Run the gateway (the default without a command): MQTT and SMTP ingest, the spool, relaying, the console; stops on SIGTERM or Ctrl+C")
+        {
+            TreatUnmatchedTokensAsErrors = false,
+        };
+        run.Note("Exit codes: 0 stopped on request; 1 could not start (a port in use, the spool cannot be opened); 2 the configuration is invalid "
+            + "(the appliance's unit does not restart then); 70 stopped because it could not go on.");
+        root.Subcommands.Add(run);
+        CliCommand.SetAction(run, options, io, (c, _) => RunAsync(c));
+        CliCommand.SetAction(root, options, io, (c, _) => RunAsync(c));
+    }
+
+    private static async Task<int> RunAsync(CliContext c)
+    {
+        var config = c.Configuration();
+        try
+        {
+            // Validated before the start as the start validates: a configuration error then exits 2 whatever it is (a
+            // missing file, bad JSON, a value of the wrong type), never 1, which systemd would retry.
+            using var host = GatewayHost.CreateBuilder(config.HostArguments()).Build();
+            if (await GatewayConfig.ValidateAsync(host.Services, default).ConfigureAwait(false) is { Count: > 0 } problems)
+            {
+                await ReportAsync(c, problems).ConfigureAwait(false);
+                return ExitCodes.InvalidConfiguration;
+            }
+
+            var lifetime = host.Services.GetRequiredService<GatewayLifetime>(); // RunAsync disposes the services
+            var stopping = host.Services.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping;
+            try
+            {
+                await host.RunAsync().ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+            {
+                // SIGTERM (systemctl stop) while the services were still starting: a stop on request, not a failed start.
+            }
+
+            return lifetime.ExitCode;
+        }
+        catch (OptionsValidationException ex)
+        {
+            await ReportAsync(c, ex.Failures).ConfigureAwait(false);
+            return ExitCodes.InvalidConfiguration;
+        }
+        catch (Exception ex) when (ex is FileNotFoundException or InvalidDataException)
+        {
+            await ReportAsync(c, [ex.InnerException is { } inner ? $"{ex.Message} {inner.Message}" : ex.Message]).ConfigureAwait(false);
+            return ExitCodes.InvalidConfiguration;
+        }
+#pragma warning disable CA1031 // Whatever stopped the start, say it in one line and exit non-zero instead of aborting with a crash dump.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            await c.Io.Error.WriteLineAsync($"{EdgemailCli.Name}: cannot start: {ex.Message}").ConfigureAwait(false);
+            return ExitCodes.Failed;
+        }
+    }
+
+    private static async Task ReportAsync(CliContext c, IEnumerable<string> problems)
+    {
+        await c.Io.Error.WriteLineAsync($"{EdgemailCli.Name}: the configuration is invalid:").ConfigureAwait(false);
+        foreach (string problem in problems)
+        {
+            await c.Io.Error.WriteLineAsync("  - " + problem).ConfigureAwait(false);
+        }
+    }
+}

@@ -1,0 +1,263 @@
+using System.Globalization;
+using System.Text.Json;
+using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Operations;
+using EdgeMail.Gateway.Spool;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+
+namespace EdgeMail.Gateway.Devices;
+
+/// <summary>
+/// The dead man's switch: a device that has sent neither heartbeat nor alert for longer than its limit is the alert
+/// it cannot send itself. The watch stores a <c>DEVICE_SILENT</c> alert (warning) for it, which goes to its people
+/// through the normal routes and storm control, and <c>DEVICE_BACK</c> (info) when it is heard again. Each alert's id
+/// comes from the silence episode (the time the device was last heard), so a restart, which checks again, finds the
+/// same id already stored and sends nothing twice; episodes still open at a restart are found in the spool.
+/// </summary>
+public sealed partial class SilenceWatch : SupervisedLoop
+{
+    /// <summary>The code of the alert raised for a silent device.</summary>
+    public const string SilentCode = "DEVICE_SILENT";
+
+    /// <summary>The code of the alert raised when it is heard again.</summary>
+    public const string BackCode = "DEVICE_BACK";
+
+    private readonly DeviceRegistry _devices;
+    private readonly DevicePresence _presence;
+    private readonly ISpool _spool;
+    private readonly SilenceOptions _options;
+    private readonly TimeProvider _clock;
+    private readonly ILogger<SilenceWatch> _logger;
+    private readonly Dictionary<string, long> _silentSince = new(StringComparer.Ordinal); // device -> last heard (Unix ms) when it went silent
+    private readonly Spool.Signal _wake = new();
+    private volatile int _silentCount;
+
+    /// <summary>Creates the watch.</summary>
+    /// <param name="devices">Devices.</param>
+    /// <param name="presence">When each was last heard.</param>
+    /// <param name="spool">Where the alerts go.</param>
+    /// <param name="options">Silence settings.</param>
+    /// <param name="clock">Clock.</param>
+    /// <param name="metrics">Restarts are counted there.</param>
+    /// <param name="logger">Logger.</param>
+    public SilenceWatch(DeviceRegistry devices, DevicePresence presence, ISpool spool, IOptions<GatewayOptions> options, TimeProvider clock, GatewayMetrics metrics,
+        ILogger<SilenceWatch> logger)
+        : base("silence", clock, metrics, logger)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        _devices = devices;
+        _presence = presence;
+        _spool = spool;
+        _options = options.Value.Silence;
+        _clock = clock;
+        _logger = logger;
+        _presence.Heard += device =>
+        {
+            if (_silentCount > 0)
+            {
+                _wake.Set(); // a silent device may be back: say so now, not at the next check
+            }
+        };
+    }
+
+    /// <summary>Raised after each check (tests).</summary>
+    public event Action? Checked;
+
+    /// <summary>Checks now instead of at the next interval (tests that move a fake clock).</summary>
+    public void Wake() => _wake.Set();
+
+    /// <summary>How many devices are silent now.</summary>
+    public int SilentCount => _silentCount;
+
+    /// <summary>Whether a device is silent now.</summary>
+    /// <param name="device">Device id.</param>
+    /// <returns>True when silent.</returns>
+    public bool IsSilent(string device)
+    {
+        lock (_silentSince)
+        {
+            return _silentSince.ContainsKey(device);
+        }
+    }
+
+    /// <summary>How long a device may be quiet: its own <c>SilentAfter</c>, else three heartbeat intervals (at least the minimum), else the default.</summary>
+    /// <param name="device">The device.</param>
+    /// <returns>The limit.</returns>
+    public TimeSpan LimitFor(Device device)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        if (device.SilentAfter is { } configured)
+        {
+            return configured;
+        }
+
+        return _presence.HeartbeatInterval(device.Id) is { } interval
+            ? (interval * 3 > _options.MinimumAfter ? interval * 3 : _options.MinimumAfter)
+            : _options.DefaultAfter;
+    }
+
+    /// <inheritdoc />
+    protected override async Task RunAsync(CancellationToken stoppingToken)
+    {
+        if (!_options.Enabled)
+        {
+            return;
+        }
+
+        await SeedAsync(stoppingToken).ConfigureAwait(false);
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                await CheckAsync(stoppingToken).ConfigureAwait(false);
+            }
+            catch (SpoolException ex)
+            {
+                LogSpoolFailed(ex);
+            }
+
+            Checked?.Invoke();
+            await _wake.WaitAsync(_options.CheckInterval, _clock, stoppingToken).ConfigureAwait(false);
+        }
+    }
+
+    // After a restart: when each device was last heard (its last alert or heartbeat in the spool), its heartbeat
+    // interval (from the kept history), and which silences were announced without a DEVICE_BACK yet.
+    private async Task SeedAsync(CancellationToken cancellationToken)
+    {
+        var since = _clock.GetUtcNow() - TimeSpan.FromDays(2);
+        foreach (var activity in await _spool.DeviceActivityAsync(cancellationToken).ConfigureAwait(false))
+        {
+            if (new[] { activity.LastAlertAt, activity.LastStatusAt }.Max() is { } last)
+            {
+                _presence.Seed(activity.Device, last);
+            }
+        }
+
+        foreach (var device in _devices.All)
+        {
+            var beats = await _spool.HeartbeatsAsync(device.Id, since, cancellationToken).ConfigureAwait(false);
+            var gaps = beats.Zip(beats.Skip(1), (a, b) => b.At - a.At).Where(g => g > TimeSpan.Zero).ToList();
+            if (gaps.Count > 0)
+            {
+                _presence.SeedHeartbeatInterval(device.Id, gaps.Min());
+            }
+
+            var silent = await _spool.QueryAlertsAsync(new AlertQuery(device.Id, SilentCode, Limit: 1), cancellationToken).ConfigureAwait(false);
+            if (silent.Count == 0)
+            {
+                continue;
+            }
+
+            var back = await _spool.QueryAlertsAsync(new AlertQuery(device.Id, BackCode, Limit: 1), cancellationToken).ConfigureAwait(false);
+            if ((back.Count == 0 || back[0].RowId < silent[0].RowId) && Episode(silent[0].AlertId) is long episode)
+            {
+                lock (_silentSince)
+                {
+                    _silentSince[device.Id] = episode;
+                }
+            }
+        }
+
+        UpdateCount();
+    }
+
+    private async Task CheckAsync(CancellationToken cancellationToken)
+    {
+        var now = _clock.GetUtcNow();
+        foreach (var device in _devices.All)
+        {
+            if (device.Disabled || _presence.LastSeen(device.Id) is not { } last)
+            {
+                continue; // never heard from (not installed yet) or disabled: nothing to miss
+            }
+
+            long lastMs = last.ToUnixTimeMilliseconds();
+            var limit = LimitFor(device);
+            bool quiet = now - last > limit;
+            long? episode;
+            lock (_silentSince)
+            {
+                episode = _silentSince.TryGetValue(device.Id, out long e) ? e : null;
+            }
+
+            if (quiet && episode is null)
+            {
+                string text = $"No heartbeat or alert from {device.Name} ({device.Id}) since {last.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC: "
+                    + $"silent for longer than its limit of {Describe(limit)}. Check its power, its link and the sensor itself.";
+                await RaiseAsync(device, "gw-silent-" + lastMs.ToString(CultureInfo.InvariantCulture), SilentCode, "warning", text, now, cancellationToken).ConfigureAwait(false);
+                lock (_silentSince)
+                {
+                    _silentSince[device.Id] = lastMs;
+                }
+
+                LogSilent(device.Id, last, limit.TotalMinutes);
+            }
+            else if (!quiet && episode is long since && lastMs > since)
+            {
+                string text = $"{device.Name} ({device.Id}) is back: heard from at {last.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC after "
+                    + $"{Describe(last - DateTimeOffset.FromUnixTimeMilliseconds(since))} of silence.";
+                await RaiseAsync(device, "gw-back-" + since.ToString(CultureInfo.InvariantCulture), BackCode, "info", text, now, cancellationToken).ConfigureAwait(false);
+                lock (_silentSince)
+                {
+                    _silentSince.Remove(device.Id);
+                }
+
+                LogBack(device.Id);
+            }
+        }
+
+        UpdateCount();
+    }
+
+    private async Task RaiseAsync(Device device, string alertId, string code, string severity, string text, DateTimeOffset now, CancellationToken cancellationToken)
+    {
+        using var buffer = new MemoryStream();
+        using (var json = new Utf8JsonWriter(buffer))
+        {
+            json.WriteStartObject();
+            json.WriteNumber("v", 1);
+            json.WriteString("id", alertId);
+            json.WriteNumber("seq", 0);
+            json.WriteString("state", "raised");
+            json.WriteString("sev", severity);
+            json.WriteString("code", code);
+            json.WriteString("text", text.Length > 1000 ? text[..1000] : text);
+            json.WriteString("raised", now.UtcDateTime.ToString("yyyy-MM-dd'T'HH:mm:ss'Z'", CultureInfo.InvariantCulture));
+            json.WriteNumber("boot", 0);
+            json.WriteNumber("count", 1);
+            json.WriteEndObject();
+        }
+
+        // Stored under the device, by the gateway (via LOCAL): routed to its owners as any alert of it would be, and
+        // not counted as a sign of life. A second store of the same episode is a duplicate and mails nobody.
+        await _spool.AcceptAlertAsync(new IncomingAlert(device.Id, alertId, now, null, buffer.ToArray(), null, code, IngestProtocols.Local, severity), cancellationToken)
+            .ConfigureAwait(false);
+    }
+
+    private void UpdateCount()
+    {
+        lock (_silentSince)
+        {
+            _silentCount = _silentSince.Count;
+        }
+    }
+
+    private static long? Episode(string alertId) =>
+        alertId.StartsWith("gw-silent-", StringComparison.Ordinal) && long.TryParse(alertId.AsSpan("gw-silent-".Length), NumberStyles.None, CultureInfo.InvariantCulture, out long ms)
+            ? ms
+            : null;
+
+    private static string Describe(TimeSpan span) =>
+        span.TotalHours >= 48 ? $"{span.TotalDays:0.#} days" : span.TotalMinutes >= 120 ? $"{span.TotalHours:0.#} hours" : $"{Math.Max(1, span.TotalMinutes):0} minutes";
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Device {Device} is silent: last heard {Last:u}, limit {Minutes} min; DEVICE_SILENT raised")]
+    private partial void LogSilent(string device, DateTimeOffset last, double minutes);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Device {Device} is back; DEVICE_BACK raised")]
+    private partial void LogBack(string device);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "The silence watch could not use the spool; checking again later")]
+    private partial void LogSpoolFailed(Exception ex);
+}

@@ -1,0 +1,260 @@
+using System.Security.Authentication;
+using EdgeMail.Gateway.Configuration;
+using Microsoft.Extensions.Logging;
+using MQTTnet;
+using MQTTnet.Exceptions;
+
+namespace EdgeMail.Gateway.Ingest;
+
+/// <summary>
+/// The gateway's connection to an external broker: connects and subscribes, waits while connected, and after a
+/// failed attempt waits on the backoff schedule before the next. Each successful connection gets a new generation
+/// number, so work received on a connection that is gone can be told apart from work on the current one.
+/// </summary>
+internal sealed partial class ExternalBrokerLink : IDisposable
+{
+    private readonly ExternalBrokerOptions _broker;
+    private readonly TimeProvider _clock;
+    private readonly ILogger _logger;
+    private readonly IMqttClient _client;
+    private readonly MqttClientOptions _clientOptions;
+    private readonly Lock _signalLock = new();
+    private readonly CancellationToken _stopping;
+    private TaskCompletionSource _connected = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private TaskCompletionSource _lost = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private int _generation;
+
+    /// <summary>Creates the link; nothing connects before <see cref="RunAsync"/>.</summary>
+    /// <param name="broker">The <c>Mqtt:External</c> options.</param>
+    /// <param name="onMessage">Called for each message the broker delivers (MQTTnet's receive loop waits for it).</param>
+    /// <param name="clock">Clock for the backoff waits.</param>
+    /// <param name="logger">The external client's logger.</param>
+    /// <param name="stopping">Cancelled when the gateway stops: no more "lost" warnings then.</param>
+    public ExternalBrokerLink(ExternalBrokerOptions broker, Func<MqttApplicationMessageReceivedEventArgs, Task> onMessage, TimeProvider clock, ILogger logger,
+        CancellationToken stopping)
+    {
+        _broker = broker;
+        _clock = clock;
+        _logger = logger;
+        _stopping = stopping;
+        _clientOptions = ExternalBrokerConnection.ClientOptions(broker);
+        _client = new MqttClientFactory().CreateMqttClient();
+        _client.ApplicationMessageReceivedAsync += onMessage;
+        _client.DisconnectedAsync += OnDisconnectedAsync;
+    }
+
+    /// <summary>Raised after each successful connect and subscribe.</summary>
+    public event EventHandler? Subscribed;
+
+    /// <summary>Completes when the client is connected and subscribed (the current connection; reset when it is lost).</summary>
+    public Task Connected
+    {
+        get
+        {
+            lock (_signalLock)
+            {
+                return _connected.Task;
+            }
+        }
+    }
+
+    /// <summary>Whether the MQTT client is connected now.</summary>
+    public bool IsConnected => _client.IsConnected;
+
+    /// <summary>The current connection's generation.</summary>
+    public int Generation => Volatile.Read(ref _generation);
+
+    /// <summary>Whether <paramref name="generation"/> is the connection the client is on now.</summary>
+    /// <param name="generation">A generation read when the work arrived.</param>
+    /// <returns>True when that connection is still up.</returns>
+    public bool IsCurrent(int generation) => generation == Generation && _client.IsConnected;
+
+    /// <summary>
+    /// Retires <paramref name="generation"/> (later work of that connection is not acknowledged) when it is still
+    /// the current one; only the first caller for a generation gets true and should drop the connection.
+    /// </summary>
+    /// <param name="generation">The generation to retire.</param>
+    /// <returns>True for the caller that retired it.</returns>
+    public bool TryRetire(int generation) => Interlocked.CompareExchange(ref _generation, generation + 1, generation) == generation;
+
+    /// <summary>Publishes on the current connection.</summary>
+    /// <param name="message">The message.</param>
+    /// <param name="cancellationToken">Without one MQTTnet waits for a QoS 1 PUBACK forever.</param>
+    /// <returns>The broker's answer.</returns>
+    public Task<MqttClientPublishResult> PublishAsync(MqttApplicationMessage message, CancellationToken cancellationToken) =>
+        _client.PublishAsync(message, cancellationToken);
+
+    /// <summary>Connects, and reconnects after every loss or failed attempt, until <paramref name="stop"/>.</summary>
+    /// <param name="stop">Stops the loop.</param>
+    /// <returns>A task completing when stopped.</returns>
+    public async Task RunAsync(CancellationToken stop)
+    {
+        int failures = 0;
+        while (!stop.IsCancellationRequested)
+        {
+            string problem;
+            try
+            {
+                problem = await ConnectOnceAsync(stop).ConfigureAwait(false) ?? string.Empty;
+                if (problem.Length == 0)
+                {
+                    failures = 0;
+                    Task lost;
+                    lock (_signalLock)
+                    {
+                        lost = _lost.Task;
+                    }
+
+                    await lost.WaitAsync(stop).ConfigureAwait(false);
+                    continue; // reconnect at once; the backoff applies to failed attempts
+                }
+            }
+            catch (OperationCanceledException) when (stop.IsCancellationRequested)
+            {
+                break;
+            }
+            catch (Exception ex) when (ex is MqttCommunicationException or OperationCanceledException or AuthenticationException or IOException
+                or InvalidOperationException or System.Net.Sockets.SocketException)
+            {
+                problem = ex.InnerException is { } inner ? $"{ex.Message} ({inner.Message})" : ex.Message;
+            }
+
+            failures++;
+            var delay = ExternalBrokerConnection.ReconnectDelay(_broker, failures);
+            LogConnectFailed(_broker.Host, _broker.Port, problem, delay);
+            try
+            {
+                await Task.Delay(delay, _clock, stop).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                break;
+            }
+        }
+    }
+
+    /// <summary>Sends DISCONNECT when connected; a normal DISCONNECT keeps the session, so what is not acknowledged is redelivered.</summary>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task.</returns>
+    public async Task CloseAsync(CancellationToken cancellationToken)
+    {
+        if (_client.IsConnected)
+        {
+            try
+            {
+                await _client.DisconnectAsync(new MqttClientDisconnectOptionsBuilder().WithReason(MqttClientDisconnectOptionsReason.NormalDisconnection).Build(), cancellationToken).ConfigureAwait(false);
+            }
+            catch (MqttCommunicationException ex)
+            {
+                LogDisconnectFailed(ex);
+            }
+        }
+    }
+
+    /// <summary>Drops the connection (the broker then redelivers what is not acknowledged); failures are only logged.</summary>
+    /// <returns>A task.</returns>
+    public async Task DisconnectQuietlyAsync()
+    {
+        try
+        {
+            await _client.DisconnectAsync().ConfigureAwait(false);
+        }
+        catch (MqttCommunicationException ex)
+        {
+            LogDisconnectFailed(ex);
+        }
+    }
+
+    /// <inheritdoc />
+    public void Dispose() => _client.Dispose();
+
+    /// <summary>One connection attempt: CONNECT, then SUBSCRIBE. Returns null when connected and subscribed, else the problem.</summary>
+    private async Task<string?> ConnectOnceAsync(CancellationToken stop)
+    {
+        lock (_signalLock)
+        {
+            if (_lost.Task.IsCompleted)
+            {
+                _lost = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            }
+        }
+
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(stop);
+        timeout.CancelAfter(_broker.ConnectTimeout);
+        var result = await _client.ConnectAsync(_clientOptions, timeout.Token).ConfigureAwait(false);
+        if (result.ResultCode != MqttClientConnectResultCode.Success)
+        {
+            string hint = result.ResultCode switch
+            {
+                MqttClientConnectResultCode.BadUserNameOrPassword or MqttClientConnectResultCode.NotAuthorized =>
+                    "; check Mqtt:External:Username and Mqtt:External:Password against the broker's password file",
+                MqttClientConnectResultCode.ClientIdentifierNotValid => "; check Mqtt:External:ClientId",
+                MqttClientConnectResultCode.UnsupportedProtocolVersion => "; set Mqtt:External:ProtocolVersion to 3.1.1 for brokers without MQTT 5",
+                _ => string.Empty,
+            };
+            return $"the broker refused the connection: {result.ResultCode} {result.ReasonString}{hint}";
+        }
+
+        int generation = Interlocked.Increment(ref _generation);
+        bool subscribe = !result.IsSessionPresent || !ExternalBrokerConnection.IsV311(_broker);
+        if (subscribe)
+        {
+            var granted = await _client.SubscribeAsync(ExternalBrokerConnection.SubscribeOptions(), timeout.Token).ConfigureAwait(false);
+            foreach (var item in granted.Items)
+            {
+                if (item.ResultCode != MqttClientSubscribeResultCode.GrantedQoS1 && item.ResultCode != MqttClientSubscribeResultCode.GrantedQoS2)
+                {
+                    await DisconnectQuietlyAsync().ConfigureAwait(false);
+                    return $"the broker granted '{item.TopicFilter.Topic}' as {item.ResultCode}, not QoS 1; allow the gateway's user to read "
+                        + "edgemail/v1/+/alert and edgemail/v1/+/status and write edgemail/v1/+/receipt in the broker's ACL";
+                }
+            }
+        }
+
+        lock (_signalLock)
+        {
+            _connected.TrySetResult();
+        }
+
+        Subscribed?.Invoke(this, EventArgs.Empty);
+        LogConnected(_broker.Host, _broker.Port, _broker.ClientId, result.IsSessionPresent, generation);
+        return null;
+    }
+
+    private Task OnDisconnectedAsync(MqttClientDisconnectedEventArgs e)
+    {
+        if (!e.ClientWasConnected)
+        {
+            return Task.CompletedTask;
+        }
+
+        lock (_signalLock)
+        {
+            if (_connected.Task.IsCompleted)
+            {
+                _connected = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            }
+
+            _lost.TrySetResult();
+        }
+
+        if (!_stopping.IsCancellationRequested)
+        {
+            LogLost(_broker.Host, _broker.Port, e.Reason.ToString(), e.Exception?.Message ?? e.ReasonString ?? string.Empty);
+        }
+
+        return Task.CompletedTask;
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Connected to the external MQTT broker {Host}:{Port} as '{ClientId}' (session present: {SessionPresent}, connection {Generation}); subscribed to edgemail/v1/+/alert and edgemail/v1/+/status")]
+    private partial void LogConnected(string host, int port, string clientId, bool sessionPresent, int generation);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot connect to the external MQTT broker {Host}:{Port}: {Problem}. Retrying in {Delay}")]
+    private partial void LogConnectFailed(string host, int port, string problem, TimeSpan delay);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Lost the external MQTT broker {Host}:{Port} ({Reason}: {Detail}); reconnecting")]
+    private partial void LogLost(string host, int port, string reason, string detail);
+
+    [LoggerMessage(Level = LogLevel.Debug, Message = "DISCONNECT to the external MQTT broker failed")]
+    private partial void LogDisconnectFailed(Exception ex);
+}

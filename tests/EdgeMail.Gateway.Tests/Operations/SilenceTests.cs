@@ -1,0 +1,95 @@
+using EdgeMail.Gateway.Devices;
+using EdgeMail.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Time.Testing;
+using MimeKit;
+using MQTTnet;
+using MQTTnet.Protocol;
+using Xunit;
+
+namespace EdgeMail.Gateway.Tests.Operations;
+
+/// <summary>
+/// A device that goes quiet is an alert to its people (DEVICE_SILENT), and another when it is back (DEVICE_BACK);
+/// a restart in between sends nothing twice. Time is a fake clock; the mail is real.
+/// </summary>
+public sealed class SilenceTests
+{
+    [Fact]
+    public async Task QuietDevice_RaisesSilentOnce_AcrossARestart_AndBackWhenHeardAgain()
+    {
+        // Near the real time: the mailbox's files carry real times, and the housekeeper compares them with the clock.
+        var start = DateTimeOffset.UtcNow;
+        string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        void Config(Dictionary<string, object> c) => c["Silence"] = new { MinimumAfter = "00:05:00", CheckInterval = "00:00:30" };
+
+        var clock = new FakeTimeProvider(start);
+        var gw = await TestGateway.StartAsync(Config, s => s.AddSingleton<TimeProvider>(clock), dataDir: dataDir);
+        try
+        {
+            using var device = await gw.ConnectAsync("dev-1");
+            await HeartbeatAsync(device);
+            clock.Advance(TimeSpan.FromMinutes(1));
+            await HeartbeatAsync(device); // heartbeats a minute apart: silent after max(3 min, 5 min)
+            var watch = gw.Host.Services.GetRequiredService<SilenceWatch>();
+            Assert.Equal(TimeSpan.FromMinutes(5), watch.LimitFor(gw.Host.Services.GetRequiredService<DeviceRegistry>().Find("dev-1")!));
+
+            clock.Advance(TimeSpan.FromMinutes(4)); // 4 min quiet: not yet
+            await CheckedAsync(watch);
+            Assert.False(watch.IsSilent("dev-1"));
+
+            clock.Advance(TimeSpan.FromMinutes(2)); // 6 min quiet
+            await CheckedAsync(watch);
+            Assert.True(watch.IsSilent("dev-1"));
+            var silent = MimeMessage.Load(Assert.Single(await gw.MailAsync(1)));
+            Assert.Equal("alice@example.com", silent.To.Mailboxes.Single().Address);
+            Assert.Contains("DEVICE_SILENT", silent.TextBody, StringComparison.Ordinal);
+            Assert.Contains("No heartbeat or alert from Device 1 (dev-1)", silent.TextBody, StringComparison.Ordinal);
+            Assert.False(watch.IsSilent("dev-2")); // never heard from: not installed yet, nothing to miss
+            await device.DisconnectAsync();
+        }
+        finally
+        {
+            await gw.StopAsync();
+        }
+
+        // Restarted while the device is still quiet: the episode is found again, and no second mail is sent.
+        var later = new FakeTimeProvider(start + TimeSpan.FromMinutes(8));
+        await using var again = await TestGateway.StartAsync(Config, s => s.AddSingleton<TimeProvider>(later), dataDir: dataDir);
+        var watch2 = again.Host.Services.GetRequiredService<SilenceWatch>();
+        await CheckedAsync(watch2);
+        Assert.True(watch2.IsSilent("dev-1"));
+        Assert.Equal(1, (await again.Spool.CountsAsync(default)).Messages.Values.Sum());
+
+        using var back = await again.ConnectAsync("dev-1");
+        await HeartbeatAsync(back);
+        var mail = await again.MailAsync(2);
+        var returned = MimeMessage.Load(Assert.Single(mail, f => (MimeMessage.Load(f).TextBody ?? string.Empty).Contains("DEVICE_BACK", StringComparison.Ordinal)));
+        Assert.Contains("is back", returned.TextBody, StringComparison.Ordinal);
+        await again.UntilAsync(() => Task.FromResult(!watch2.IsSilent("dev-1")), "dev-1 no longer silent");
+    }
+
+    private static async Task HeartbeatAsync(IMqttClient device)
+    {
+        string status = "{\"v\":1,\"fw\":\"1.4.2\",\"boot\":3,\"uptime_ms\":60000,\"queue_depth\":0,\"oldest_age_ms\":null,\"dropped\":0,\"battery_pct\":87,\"rssi_dbm\":-67}";
+        var ack = await device.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/status").WithPayload(status)
+            .WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
+        Assert.True(ack.IsSuccess);
+    }
+
+    private static async Task CheckedAsync(SilenceWatch watch)
+    {
+        var checkedOnce = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        void OnChecked() => checkedOnce.TrySetResult();
+        watch.Checked += OnChecked;
+        try
+        {
+            watch.Wake();
+            await Await.Within(checkedOnce.Task.ContinueWith(_ => true, TaskScheduler.Default), "a silence check");
+        }
+        finally
+        {
+            watch.Checked -= OnChecked;
+        }
+    }
+}

@@ -1,0 +1,27 @@
+using System.Globalization;
+
+namespace EdgeMail.Testing.Smtp;
+
+/// <summary>
+/// What <see cref="SmtpTestServer"/> answers where a test scripts it: a reply code with its text (enhanced status code
+/// first, as in <c>451 4.3.0 try later</c>), or <see cref="Drop"/> — the connection closed with no answer at all.
+/// </summary>
+/// <param name="Code">Reply code (250, 451, 550, ...); 0 for <see cref="Drop"/>.</param>
+/// <param name="Text">Reply text.</param>
+public sealed record SmtpReply(int Code, string Text)
+{
+    /// <summary>The server's acceptance of a message.</summary>
+    public static SmtpReply Ok { get; } = new(250, "2.0.0 queued");
+
+    /// <summary>No reply: the server closes the connection (a crash, a network cut, an idle timeout).</summary>
+    public static SmtpReply Drop { get; } = new(0, "connection dropped without a reply");
+
+    /// <summary>Whether this is <see cref="Drop"/>.</summary>
+    public bool IsDrop => Code == 0;
+
+    /// <summary>Whether the reply accepts (2xx or 3xx).</summary>
+    public bool IsPositive => Code is >= 200 and < 400;
+
+    /// <inheritdoc />
+    public override string ToString() => IsDrop ? "(dropped)" : Code.ToString(CultureInfo.InvariantCulture) + " " + Text;
+}
