@@ -252,7 +252,7 @@ const EM = (() => {
       ['Code', (a) => (a.code ? h('a', { href: alertHref(a.rowId) }, a.code) : h('span', { class: 'muted' }, 'none'))],
       ['Severity', (a) => (a.severity ? badge(a.severity) : '—')],
       ['State', (a) => badge(a.status)],
-      ['Via', (a) => a.via],
+      ['Via', (a) => (a.via === 'LOCAL' ? 'gateway' : a.via)], // LOCAL: raised by the gateway itself (DEVICE_SILENT, DEVICE_BACK)
       ['Note', (a) => a.reason || ''],
     ], alerts, { empty, caption: null, rowAttrs: (a) => ({ class: fresh && fresh.has(a.rowId) ? 'is-new' : null, 'data-row': a.rowId }) });
   }
