@@ -47,7 +47,9 @@ public sealed class DevicePresence
     public void HeartbeatSeen(string device)
     {
         var now = _clock.GetUtcNow();
-        _heartbeats.AddOrUpdate(device, (now, null), (_, known) => (now, now - known.Last is { } gap && gap > TimeSpan.Zero ? gap : known.Interval));
+        // A seeded interval has no previous heartbeat time (MinValue): the first heartbeat after a restart keeps it.
+        _heartbeats.AddOrUpdate(device, (now, null), (_, known) =>
+            (now, known.Last != DateTimeOffset.MinValue && now - known.Last is { } gap && gap > TimeSpan.Zero ? gap : known.Interval));
         Seen(device);
     }
 

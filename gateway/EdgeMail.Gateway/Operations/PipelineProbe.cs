@@ -17,8 +17,9 @@ public sealed record HealthCheck(string Name, bool Ok, string Detail);
 /// Proves the pipeline turns: every 10 s a round trip through the spool's writer, and a look at every supervised loop
 /// (not waiting out a restart backoff). <see cref="Alive"/> (<c>/livez</c>) is the last proof being recent;
 /// <see cref="Ready"/> (<c>/readyz</c>) adds the listeners, the disk and the relay. Under systemd with
-/// <c>WatchdogSec=</c> set it sends <c>WATCHDOG=1</c> at half that interval — only while alive, so a gateway whose
-/// pipeline stopped turning is restarted by systemd even though its process still runs.
+/// <c>WatchdogSec=</c> set it proves at half that interval and sends <c>WATCHDOG=1</c> after each proof that passed —
+/// never on an older one, so a gateway whose pipeline stopped turning is restarted by systemd after <c>WatchdogSec=</c>
+/// even though its process still runs (the unit's <c>WatchdogSec=</c> is the one tolerance for a slow round).
 /// </summary>
 public sealed partial class PipelineProbe : BackgroundService
 {
@@ -91,8 +92,8 @@ public sealed partial class PipelineProbe : BackgroundService
         var period = watchdog is { } w && w < Interval ? w : Interval;
         while (!stoppingToken.IsCancellationRequested)
         {
-            await ProveAsync(stoppingToken).ConfigureAwait(false);
-            if (watchdog is not null && notifier is not null && Alive)
+            bool proved = await ProveAsync(stoppingToken).ConfigureAwait(false);
+            if (watchdog is not null && notifier is not null && proved)
             {
                 notifier.Notify(new ServiceState("WATCHDOG=1"));
             }
@@ -108,7 +109,7 @@ public sealed partial class PipelineProbe : BackgroundService
         }
     }
 
-    private async Task ProveAsync(CancellationToken stoppingToken)
+    private async Task<bool> ProveAsync(CancellationToken stoppingToken)
     {
         try
         {
@@ -119,16 +120,18 @@ public sealed partial class PipelineProbe : BackgroundService
             if (stuck.Count > 0)
             {
                 _lastProblem = "waiting to restart after a fault: " + string.Join(", ", stuck);
-                return;
+                return false;
             }
 
             Interlocked.Exchange(ref _lastProof, _clock.GetTimestamp());
             Proved?.Invoke();
+            return true;
         }
         catch (Exception ex) when (ex is SpoolException or OperationCanceledException && !stoppingToken.IsCancellationRequested)
         {
             _lastProblem = "the spool's writer did not answer: " + ex.Message;
             LogNotTurning(_lastProblem);
+            return false;
         }
     }
 

@@ -66,6 +66,67 @@ public sealed class SystemdNotifyTests(ITestOutputHelper output) : IDisposable
         Assert.False(await IsListeningAsync(port), "the broker still listens after the gateway exited");
     }
 
+    [Fact]
+    public async Task Gateway_UnderWatchdogSec_PingsWhileThePipelineTurns_StopsWhileTheSpoolCannotCommit_AndResumes()
+    {
+        int port = Loopback.FreePort();
+        using var notify = Bind(Path.Combine(_dir, "notify.sock"));
+
+        // WatchdogSec=2s as systemd passes it: the gateway proves its pipeline every second and pings after each proof.
+        using var gateway = StartGateway(port, notify.LocalEndPoint!.ToString()!, ("WATCHDOG_USEC", "2000000"));
+        var received = new List<string>();
+        while (!received.Contains("READY=1"))
+        {
+            received.Add(await Await.Within(ReceiveAsync(notify), "READY=1 from the gateway", TimeSpan.FromSeconds(60)));
+        }
+
+        Assert.All(received, m => Assert.True(m is "READY=1" or "WATCHDOG=1", $"unexpected notification '{m}'"));
+        for (int i = 0; i < 3; i++)
+        {
+            Assert.Equal("WATCHDOG=1", await Await.Within(ReceiveAsync(notify), $"WATCHDOG=1 number {i + 1} after READY=1", TimeSpan.FromSeconds(10)));
+        }
+
+        // Another process holds the spool's write lock: the writer waits on it, nothing can be committed, and the probe's
+        // round trip through the writer does not come back, so nothing may vouch for the gateway. A ping already on its
+        // way when the lock is taken may still arrive; after it, none for far longer than WatchdogSec (systemd would have
+        // restarted the service). A ping from a timer of its own, blind to the pipeline, fails here.
+        string spool = Path.Combine(_dir, "data", "spool.db");
+        var blocker = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={spool};Pooling=False");
+        await blocker.OpenAsync();
+        using (var begin = blocker.CreateCommand())
+        {
+            begin.CommandText = "BEGIN EXCLUSIVE";
+            await begin.ExecuteNonQueryAsync();
+        }
+
+        // Counted over a window four times WatchdogSec: at most the one ping of a round that proved just before the lock.
+        var quiet = TimeSpan.FromSeconds(8);
+        var window = Stopwatch.StartNew();
+        var late = new List<string>();
+        Task<string> next = ReceiveAsync(notify);
+        while (quiet - window.Elapsed is var left && left > TimeSpan.Zero)
+        {
+            try
+            {
+                late.Add(await next.WaitAsync(left));
+                next = ReceiveAsync(notify);
+            }
+            catch (TimeoutException)
+            {
+                break;
+            }
+        }
+
+        Assert.True(late.Count <= 1, $"{late.Count} × WATCHDOG=1 in {quiet.TotalSeconds} s while the spool could not commit; output:\n{gateway.Output}");
+
+        // The lock released, the pipeline turns again and the pings come back.
+        await blocker.DisposeAsync();
+        Assert.Equal("WATCHDOG=1", await Await.Within(next, "WATCHDOG=1 once the spool commits again", TimeSpan.FromSeconds(30)));
+
+        await SigtermAsync(gateway.Pid);
+        Assert.Equal(0, await Await.Within(gateway.ExitAsync(), "the gateway to exit after SIGTERM", TimeSpan.FromSeconds(45)));
+    }
+
     private static async Task SigtermAsync(int pid)
     {
         var (code, _, stderr) = await Appliance.RunAsync("kill", "-TERM", pid.ToString(System.Globalization.CultureInfo.InvariantCulture));
@@ -100,7 +161,7 @@ public sealed class SystemdNotifyTests(ITestOutputHelper output) : IDisposable
         }
     }
 
-    private GatewayUnderTest StartGateway(int port, string? notifySocket)
+    private GatewayUnderTest StartGateway(int port, string? notifySocket, params (string Name, string Value)[] environment)
     {
         string dll = Path.Combine(AppContext.BaseDirectory, "EdgeMail.Gateway.dll");
         // As systemd does: SYSTEMD_EXEC_PID is the pid of the process it executes (sh execs dotnet, keeping its pid).
@@ -111,12 +172,13 @@ public sealed class SystemdNotifyTests(ITestOutputHelper output) : IDisposable
                 "-c", notifySocket is null ? "exec \"$@\"" : "export SYSTEMD_EXEC_PID=$$; exec \"$@\"", "sh",
                 "dotnet", dll, "--config", Appliance.Template, "--DataDirectory=" + Path.Combine(_dir, "data"), $"--Mqtt:TlsPort={port}",
                 "--Logging:LogLevel:EdgeMail.Gateway.Ingest.EmbeddedBroker=Information",
+                "--Console:Port=0", // not the template's 8088, which another gateway on the machine may hold
             },
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        foreach (string name in new[] { "NOTIFY_SOCKET", "SYSTEMD_EXEC_PID", "LISTEN_PID", "LISTEN_FDS" })
+        foreach (string name in new[] { "NOTIFY_SOCKET", "SYSTEMD_EXEC_PID", "LISTEN_PID", "LISTEN_FDS", "WATCHDOG_USEC", "WATCHDOG_PID" })
         {
             psi.Environment.Remove(name);
         }
@@ -124,6 +186,11 @@ public sealed class SystemdNotifyTests(ITestOutputHelper output) : IDisposable
         if (notifySocket is not null)
         {
             psi.Environment["NOTIFY_SOCKET"] = notifySocket;
+        }
+
+        foreach (var (name, value) in environment)
+        {
+            psi.Environment[name] = value;
         }
 
         return new GatewayUnderTest(Process.Start(psi) ?? throw new InvalidOperationException("could not start the gateway"));

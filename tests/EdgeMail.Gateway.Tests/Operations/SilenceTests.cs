@@ -16,6 +16,22 @@ namespace EdgeMail.Gateway.Tests.Operations;
 public sealed class SilenceTests
 {
     [Fact]
+    public void HeartbeatInterval_SeededFromTheSpool_IsKeptByTheFirstHeartbeatAfterARestart_ThenObserved()
+    {
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        var presence = new DevicePresence(clock);
+        presence.SeedHeartbeatInterval("dev-1", TimeSpan.FromHours(1));
+
+        // No heartbeat time came with the seed: the first one since start has nothing to measure from.
+        presence.HeartbeatSeen("dev-1");
+        Assert.Equal(TimeSpan.FromHours(1), presence.HeartbeatInterval("dev-1"));
+
+        clock.Advance(TimeSpan.FromMinutes(10));
+        presence.HeartbeatSeen("dev-1");
+        Assert.Equal(TimeSpan.FromMinutes(10), presence.HeartbeatInterval("dev-1"));
+    }
+
+    [Fact]
     public async Task QuietDevice_RaisesSilentOnce_AcrossARestart_AndBackWhenHeardAgain()
     {
         // Near the real time: the mailbox's files carry real times, and the housekeeper compares them with the clock.

@@ -124,6 +124,7 @@ public static class DashboardApi
                     idleSeconds = 0;
                 }
 
+                // Row 0 stands for an empty spool at the start, so the very first alert is announced too.
                 var newest = await c.Spool.QueryAlertsAsync(new AlertQuery(Limit: 1), ct).ConfigureAwait(false);
                 if (newest.Count > 0 && newest[0].RowId > lastAlert)
                 {
