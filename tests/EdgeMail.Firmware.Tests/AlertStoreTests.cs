@@ -161,6 +161,37 @@ public class AlertStoreTests
     }
 
     [Fact]
+    public void CoalescedAlert_WhoseOlderRecordTheFullPolicyMovedPastItsNewest_IsSentWithItsLatestCount_AfterAReboot()
+    {
+        using var flash = new NorFlashSimulator(new FlashGeometry(4 * 1024, 1024, 256, 1, true, false));
+        var clock = new ManualClock();
+        var (store, queue) = Boot(flash, clock, boot: 1);
+        var freezer = new Alert("FREEZER_TEMP_HIGH", Severity.Critical, "Freezer 2");
+        store.Raise(freezer);
+        store.Raise(freezer); // count 2: written, in the oldest sector
+        while (queue.LiveSectors == 1)
+        {
+            clock.UptimeMs += 61_000; // a repeat a minute later is written as an update
+            store.Raise(new Alert("READING", Severity.Info, "Reading"));
+        }
+
+        clock.UptimeMs += 61_000;
+        store.Raise(freezer); // count 3
+        store.Raise(freezer); // count 4: the newest record, in the second sector
+        while (queue.DroppedSinceMount == 0)
+        {
+            clock.UptimeMs += 61_000;
+            store.Raise(new Alert("READING", Severity.Info, "Reading"));
+        }
+
+        // Reclaiming the oldest sector moved the count-2 record forward, past the count-4 one.
+        var (again, _) = Boot(flash, clock, boot: 2);
+        var sent = Drain(again).Select(s => s.Json).Where(j => j.GetProperty("code").GetString() == "FREEZER_TEMP_HIGH").ToList();
+
+        Assert.Equal([4], sent.Select(j => j.GetProperty("count").GetInt32()));
+    }
+
+    [Fact]
     public void RaiseAndSend_AllocateNothing_InSteadyState()
     {
         using var flash = new NorFlashSimulator(Geometry);
