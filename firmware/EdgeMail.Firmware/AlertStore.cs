@@ -225,6 +225,7 @@ public sealed class AlertStore
             start = _entry.Kind == KindUpdate ? 4 : 0;
             idSeq = _entry.Kind == KindUpdate ? Le.U32(buffer, 0) : _entry.OriginalSeq;
             CountUnwrittenRepeats(idSeq, buffer, start);
+            MarkHandedOut(idSeq);
             recordLength = _entry.Length - start;
             return true;
         }
@@ -242,7 +243,7 @@ public sealed class AlertStore
         for (int i = 0; i < Slots; i++)
         {
             Slot s = _slots[i];
-            if (s.LatestSeq != 0 && s.LatestSeq > _queue.HandedOutThrough && s.State == alert.State && s.Severity == alert.Severity && s.Code == code)
+            if (s.LatestSeq != 0 && !s.HandedOut && s.State == alert.State && s.Severity == alert.Severity && s.Code == code)
             {
                 return s;
             }
@@ -275,12 +276,29 @@ public sealed class AlertStore
         target.Severity = alert.Severity;
         target.IdSeq = seq;
         target.LatestSeq = seq;
+        target.HandedOut = false;
         target.Count = 1;
         target.FirstUnix = unix;
         target.FirstUptime = uptime;
         target.LastUnix = unix;
         target.LastUptime = uptime;
         target.WrittenAtUptime = uptime;
+    }
+
+    /// <summary>
+    /// Once an alert has been handed to the uplink, repeats start a new alert, even if the link drops before the
+    /// gateway acknowledges it: the gateway keeps the first copy of an id, so a count added later under the same
+    /// id could be lost. (The record's sequence number cannot tell: the full policy may have moved it.)
+    /// </summary>
+    private void MarkHandedOut(uint idSeq)
+    {
+        for (int i = 0; i < Slots; i++)
+        {
+            if (_slots[i].LatestSeq != 0 && _slots[i].IdSeq == idSeq)
+            {
+                _slots[i].HandedOut = true;
+            }
+        }
     }
 
     /// <summary>Repeats counted since the last update was written go out with the alert (this boot only).</summary>
@@ -309,7 +327,11 @@ public sealed class AlertStore
         record[o + AlertRecord.OffsetFlags] = (byte)((firstWall ? 0 : AlertRecord.FlagFirstIsUptime) | (lastWall ? 0 : AlertRecord.FlagLastIsUptime));
     }
 
-    /// <summary>Once per boot, before the first send, learns the latest update of each coalesced alert.</summary>
+    /// <summary>
+    /// Once per boot, before the first send, learns the latest update of each coalesced alert: the one appended
+    /// last (highest original sequence number), not the one read last, since the full policy moves older
+    /// records forward under new numbers.
+    /// </summary>
     private void ScanReplaced()
     {
         while (_queue.TryRead(_entry, _record, 0))
@@ -324,14 +346,18 @@ public sealed class AlertStore
         _scanned = true;
     }
 
-    /// <summary>Records that the alert first queued as <paramref name="idSeq"/> was last updated by <paramref name="updateSeq"/>.</summary>
+    /// <summary>Records that the alert first queued as <paramref name="idSeq"/> was updated by <paramref name="updateSeq"/> (kept if it is the latest so far).</summary>
     private void SetChainLatest(uint idSeq, uint updateSeq)
     {
         for (int i = 0; i < _chainCount; i++)
         {
             if (_chainIds[i] == idSeq)
             {
-                _chainLatest[i] = updateSeq;
+                if (updateSeq > _chainLatest[i])
+                {
+                    _chainLatest[i] = updateSeq;
+                }
+
                 return;
             }
         }
@@ -394,6 +420,7 @@ public sealed class AlertStore
         public Severity Severity;
         public uint IdSeq;
         public uint LatestSeq;
+        public bool HandedOut;
         public uint Count;
         public long FirstUnix;
         public long FirstUptime;

@@ -26,6 +26,8 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
     private readonly byte[] _units;
     private readonly Dictionary<int, byte[]> _cutIntent;
     private readonly bool[] _eraseTorn;
+    private readonly int[] _opUnits;
+    private readonly bool[] _opForbidden;
     private readonly int[] _eraseCounts;
     private readonly Dictionary<int, WeakCell> _weakBits;
     private readonly FlashTiming? _timing;
@@ -57,6 +59,8 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
         _units = new byte[geometry.SizeBytes / geometry.ProgramUnit];
         _cutIntent = [];
         _eraseTorn = new bool[geometry.SectorCount];
+        _opUnits = new int[geometry.PageBytes / geometry.ProgramUnit];
+        _opForbidden = new bool[geometry.PageBytes / geometry.ProgramUnit];
         _weakBits = [];
         Array.Fill(_cells, (byte)0xFF);
         if (imagePath is not null)
@@ -88,6 +92,8 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
         _units = (byte[])source._units.Clone();
         _cutIntent = new Dictionary<int, byte[]>(source._cutIntent);
         _eraseTorn = (bool[])source._eraseTorn.Clone();
+        _opUnits = new int[source._opUnits.Length];
+        _opForbidden = new bool[source._opForbidden.Length];
         _eraseCounts = (int[])source._eraseCounts.Clone();
         _weakBits = new Dictionary<int, WeakCell>(source._weakBits);
         SimulatedMicros = source.SimulatedMicros;
@@ -254,14 +260,15 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
 
         int pageStart = address & ~(Geometry.PageBytes - 1);
         int units = count / unit;
-        var unitAddress = new int[units];
-        var forbidden = new bool[units];
+        int[] unitAddress = _opUnits;
+        bool[] forbidden = _opForbidden;
         bool anyForbidden = false;
         for (int u = 0; u < units; u++)
         {
             // A page program that runs past the page end wraps to the page start (datasheet behaviour).
             int a = pageStart + ((address - pageStart + (u * unit)) & (Geometry.PageBytes - 1));
             unitAddress[u] = a;
+            forbidden[u] = false;
             string? why = WhyForbidden(a, buffer, offset + (u * unit));
             if (why is not null)
             {

@@ -125,7 +125,7 @@ public class FlashQueueRecoveryTests(ITestOutputHelper output)
             var q = new FlashQueue(flash, policy);
             q.Mount(0xC0FFEE);
             var promised = new Dictionary<uint, uint>();
-            flash.ScheduleCut(index, new PowerCut(mode, 0.5));
+            flash.ScheduleCut(index - flash.Mutations, new PowerCut(mode, 0.5));
             uint id = 1;
             try
             {
