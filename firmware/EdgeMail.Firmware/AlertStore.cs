@@ -44,6 +44,14 @@ public sealed class AlertStore
     private int _chainCount;
     private bool _scanned;
 
+    // The update the mount found last on flash may be a write a power cut interrupted, readable now and
+    // not on a later boot: until the gateway acknowledges it, the older records of its alert that it stands
+    // in for are not acknowledged either (docs/flash-queue.md, "Weak cells").
+    private uint _suspectId;
+    private uint _suspectOriginal;
+    private uint _suspectSeq;
+    private uint _holdFrom;
+
     /// <summary>Creates the store over a mounted queue.</summary>
     /// <param name="queue">The mounted flash queue the store owns.</param>
     /// <param name="clock">Monotonic time.</param>
@@ -68,6 +76,12 @@ public sealed class AlertStore
 
     /// <summary>Alerts raised and not yet acknowledged by the gateway (records, including replaced ones).</summary>
     public uint Depth => _queue.Depth;
+
+    /// <summary>
+    /// Coalesced alerts whose chain of updates this boot stopped tracking (more than 16 at once): each of their
+    /// queued records is then sent under the alert's id, older counts included, and the gateway keeps the first.
+    /// </summary>
+    public uint ForgottenChains { get; private set; }
 
     /// <summary>
     /// Raises an alert: when this returns, it is on flash. A repeat of an alert not yet sent is merged
@@ -176,6 +190,19 @@ public sealed class AlertStore
     {
         lock (_lock)
         {
+            if (_holdFrom != 0)
+            {
+                if (_suspectSeq != 0 && seq >= _suspectSeq)
+                {
+                    _holdFrom = 0;
+                    _suspectId = 0;
+                }
+                else if (seq >= _holdFrom)
+                {
+                    seq = _holdFrom - 1;
+                }
+            }
+
             _queue.Acknowledge(seq);
         }
     }
@@ -211,6 +238,11 @@ public sealed class AlertStore
             seq = _entry.Seq;
             if (IsReplaced(buffer))
             {
+                if (_suspectId != 0 && IdOf(buffer) == _suspectId && (_holdFrom == 0 || seq < _holdFrom))
+                {
+                    _holdFrom = seq;
+                }
+
                 continue;
             }
 
@@ -223,9 +255,13 @@ public sealed class AlertStore
             }
 
             start = _entry.Kind == KindUpdate ? 4 : 0;
-            idSeq = _entry.Kind == KindUpdate ? Le.U32(buffer, 0) : _entry.OriginalSeq;
+            idSeq = IdOf(buffer);
             CountUnwrittenRepeats(idSeq, buffer, start);
             MarkHandedOut(idSeq);
+            if (idSeq == _suspectId && _entry.OriginalSeq == _suspectOriginal)
+            {
+                _suspectSeq = seq;
+            }
             recordLength = _entry.Length - start;
             return true;
         }
@@ -334,11 +370,17 @@ public sealed class AlertStore
     /// </summary>
     private void ScanReplaced()
     {
+        uint suspect = _queue.LastEntryAtMount;
         while (_queue.TryRead(_entry, _record, 0))
         {
             if (_entry.Type == EntryType.Item && _entry.Kind == KindUpdate)
             {
                 SetChainLatest(Le.U32(_record, 0), _entry.OriginalSeq);
+                if (_entry.Seq == suspect)
+                {
+                    _suspectId = Le.U32(_record, 0);
+                    _suspectOriginal = _entry.OriginalSeq;
+                }
             }
         }
 
@@ -366,6 +408,7 @@ public sealed class AlertStore
         // same id, and the gateway keeps the first as the alert and drops the rest as duplicates.
         if (_chainCount == Chains)
         {
+            ForgottenChains++;
             Array.Copy(_chainIds, 1, _chainIds, 0, Chains - 1);
             Array.Copy(_chainLatest, 1, _chainLatest, 0, Chains - 1);
             _chainCount--;
@@ -374,6 +417,9 @@ public sealed class AlertStore
         _chainIds[_chainCount] = idSeq;
         _chainLatest[_chainCount++] = updateSeq;
     }
+
+    /// <summary>The id of the alert the entry just read belongs to (its own number, or the one an update names).</summary>
+    private uint IdOf(byte[] record) => _entry.Kind == KindUpdate ? Le.U32(record, 0) : _entry.OriginalSeq;
 
     /// <summary>Whether the entry just read was replaced by a later update of the same alert.</summary>
     private bool IsReplaced(byte[] record)

@@ -73,6 +73,8 @@ public sealed partial class FlashQueue
     private bool _recoveryPending;
     private uint _recoveryAck;
 
+    private bool _headRecovered;
+
     // Results of the last ScanHead.
     private int _scanEnd;
     private int _scanDirtyEnd;
@@ -146,6 +148,14 @@ public sealed partial class FlashQueue
     /// <summary>Entries appended but not acknowledged (including markers and entries moved by the full policy).</summary>
     public uint Depth => _nextSeq - 1 - _ackedThrough;
 
+    /// <summary>
+    /// The entry the mount found last in the newest sector, with nothing written after it (0 when the last record
+    /// there is not an entry). If power failed while it was written, its cells may read correctly now and not on a
+    /// later boot (docs/flash-queue.md, "Weak cells"): a reader should not let it stand in for older entries
+    /// before it is acknowledged itself.
+    /// </summary>
+    public uint LastEntryAtMount { get; private set; }
+
     /// <summary>Entries dropped by the full policy since mount.</summary>
     public long DroppedSinceMount { get; private set; }
 
@@ -166,6 +176,7 @@ public sealed partial class FlashQueue
         _pendingKnown = false;
         _erasedSector = -1;
         _recoveryPending = false;
+        LastEntryAtMount = 0;
         DroppedSinceMount = 0;
 
         int head = -1;
@@ -244,17 +255,19 @@ public sealed partial class FlashQueue
         int oldest = (head - live + 1 + _sectorCount) % _sectorCount;
         _tail = oldest;
         ScanHead();
+        _headRecovered = false;
         if (live == _sectorCount && HoldsUnacknowledged(oldest))
         {
             live = FinishOrUndoReclaim(oldest);
-            oldest = _tail;
+            oldest = (_head - live + 1 + _sectorCount) % _sectorCount;
         }
-        else
+
+        _tail = FindSectorHolding(_ackedThrough + 1, oldest, live);
+        if (!_headRecovered)
         {
             RecoverHead();
         }
 
-        _tail = FindSectorHolding(_ackedThrough + 1, oldest, live);
         _sentThrough = _ackedThrough;
         _mounted = true;
         return true;
@@ -527,7 +540,9 @@ public sealed partial class FlashQueue
         Array.Clear(_pending, 0, Priorities);
         _erasedSector = -1;
         _recoveryPending = false;
+        LastEntryAtMount = 0;
         OpenSector(0, sectorSeq);
+        WriteAckRecord(0); // never header-only: a mount rewrites such a head, costing an erase per boot
         _mounted = true;
     }
 
@@ -548,6 +563,7 @@ public sealed partial class FlashQueue
         int first = FirstNone;
         bool committed = false;
         int movedEnd = _dataStart;
+        uint lastEntry = 0;
         int len;
         while ((len = NextIntactHeader(baseAddr, ref pos, _sectorBytes)) >= 0)
         {
@@ -594,6 +610,7 @@ public sealed partial class FlashQueue
                 movedEnd = MovedEnd(movedEnd, len + (moved ? 0 : RelocationPrefix));
             }
 
+            lastEntry = type == TypeItem ? seq : 0;
             pos += size;
             lastValidEnd = pos;
         }
@@ -605,6 +622,7 @@ public sealed partial class FlashQueue
         _scanRecords = records;
         _scanFirst = first;
         _scanCommitted = committed;
+        LastEntryAtMount = torn ? 0 : lastEntry;
         _headMovedEnd = movedEnd;
     }
 
@@ -628,7 +646,6 @@ public sealed partial class FlashQueue
     {
         if (_scanFirst == FirstOther)
         {
-            RecoverHead();
             return _sectorCount;
         }
 
@@ -637,6 +654,7 @@ public sealed partial class FlashQueue
             // The closing record read now may be weak; the one written here is not, so a cut inside the
             // erase below cannot make a later boot undo a reclaim whose victim is half erased.
             RecoverHead();
+            _headRecovered = true;
             WritePendingRecovery();
             _device.EraseSector(victim);
             _erasedSector = victim;
@@ -652,7 +670,6 @@ public sealed partial class FlashQueue
         _nextSeq = _hFirst;
         _ackedThrough = _hAcked;
         ScanHead();
-        RecoverHead();
         return _sectorCount - 1;
     }
 
@@ -677,12 +694,24 @@ public sealed partial class FlashQueue
         if (_scanRecords == 0 && !_scanTorn)
         {
             // Only the header was written before the last power loss: its cells may be weakly programmed.
-            // Erase and rewrite it, with the same values, so it reads the same on every boot.
-            uint sectorSeq = _headSectorSeq;
-            _device.EraseSector(_head);
-            WriteSectorHeader(_head, sectorSeq);
-            _writeOffset = _dataStart;
-            _headMovedEnd = _dataStart;
+            // Continue in a fresh sector (the old one holds nothing), or, with no sector to spare, erase and
+            // rewrite it with the same values; either way the header is then solid. Erasing the only valid
+            // header would let a cut inside that erase format the queue with a new epoch.
+            if (FreeSectors() >= 2)
+            {
+                OpenSector(Next(_head), _headSectorSeq + 1);
+            }
+            else
+            {
+                uint sectorSeq = _headSectorSeq;
+                _device.EraseSector(_head);
+                WriteSectorHeader(_head, sectorSeq);
+                _writeOffset = _dataStart;
+                _headMovedEnd = _dataStart;
+            }
+
+            // And a record after it, so the next mount finds more than a header and erases nothing.
+            WriteAckRecord(_ackedThrough);
             return;
         }
 
