@@ -192,6 +192,39 @@ public class AlertStoreTests
     }
 
     [Fact]
+    public void AnUpdateCutAsItWasWritten_ThatReadsWellThenFades_NeverTakesTheAlertWithIt()
+    {
+        // 1 KiB pages: each record is one program, the one the cut strikes.
+        using var flash = new NorFlashSimulator(new FlashGeometry(64 * 1024, 4096, 1024, 1, true, false), seed: 5);
+        var clock = new ManualClock();
+        var (store, _) = Boot(flash, clock, boot: 1);
+        var pump = new Alert("PUMP_CYCLING", Severity.Warning, "Pump restarted");
+        store.Raise(pump);
+        store.Raise(new Alert("DOOR_OPEN", Severity.Warning, "Door open"));
+        flash.ScheduleCut(0, new PowerCut(CutMode.RandomBits, 1, WeakCells.Fade)); // every bit written, none of them solid
+        Assert.Throws<PowerLossException>(() => store.Raise(pump)); // the count-2 update of the first alert
+        flash.PowerOn();
+
+        // The boot after the cut reads the update: it stands in for the pump's first record. The gateway takes
+        // the door alert and acknowledges it, which would also cover that first record.
+        var (second, _) = Boot(flash, clock, boot: 2);
+        var buf = new byte[AlertJsonWriter.MaxLength];
+        Assert.True(second.TryNext(buf, 0, out int len, out uint seq));
+        var door = JsonDocument.Parse(buf.AsMemory(0, len)).RootElement.Clone();
+        Assert.Equal("DOOR_OPEN", door.GetProperty("code").GetString());
+        second.Acknowledge(seq);
+
+        flash.PowerOn(); // the update's cells fade
+        var (third, _) = Boot(flash, clock, boot: 3);
+        var sent = Drain(third).Select(s => s.Json).ToList();
+
+        var pumps = sent.Where(j => j.GetProperty("code").GetString() == "PUMP_CYCLING").ToList();
+        Assert.Equal([1], pumps.Select(j => j.GetProperty("count").GetInt32())); // the count promised: the second raise never returned
+        // The door alert may come again under its id (its acknowledgement was held back): the gateway drops it.
+        Assert.All(sent.Except(pumps), j => Assert.Equal(door.GetProperty("id").GetString(), j.GetProperty("id").GetString()));
+    }
+
+    [Fact]
     public void RaiseAndSend_AllocateNothing_InSteadyState()
     {
         using var flash = new NorFlashSimulator(Geometry);

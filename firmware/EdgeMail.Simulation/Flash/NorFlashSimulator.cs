@@ -30,6 +30,7 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
     private readonly bool[] _opForbidden;
     private readonly int[] _eraseCounts;
     private readonly Dictionary<int, WeakCell> _weakBits;
+    private readonly int[] _weakInSector; // weak cells per sector, so reads elsewhere skip the lookups
     private readonly FlashTiming? _timing;
     private readonly bool _strict;
     private readonly int _eraseCycles;
@@ -62,6 +63,7 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
         _opUnits = new int[geometry.PageBytes / geometry.ProgramUnit];
         _opForbidden = new bool[geometry.PageBytes / geometry.ProgramUnit];
         _weakBits = [];
+        _weakInSector = new int[geometry.SectorCount];
         Array.Fill(_cells, (byte)0xFF);
         if (imagePath is not null)
         {
@@ -96,6 +98,7 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
         _opForbidden = new bool[source._opForbidden.Length];
         _eraseCounts = (int[])source._eraseCounts.Clone();
         _weakBits = new Dictionary<int, WeakCell>(source._weakBits);
+        _weakInSector = (int[])source._weakInSector.Clone();
         SimulatedMicros = source.SimulatedMicros;
         _boot = source._boot;
     }
@@ -220,7 +223,7 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
         EnsurePowered();
         CheckRange(address, count);
         Buffer.BlockCopy(_cells, address, buffer, offset, count);
-        if (_weakBits.Count > 0)
+        if (_weakBits.Count > 0 && AnyWeak(address, count))
         {
             for (int i = 0; i < count; i++)
             {
@@ -283,7 +286,21 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
 
         BeforeMutation?.Invoke(Mutations, false, address, buffer, offset, count);
         bool cut = ConsumeCut();
-        if (!cut || _cut.Mode != CutMode.BeforeStart)
+        if (!cut && !anyForbidden && CleanUnits(unitAddress, units))
+        {
+            // The common case, kept fast for the campaigns: erased units, no cut, no weak cells.
+            for (int u = 0; u < units; u++)
+            {
+                int a = unitAddress[u];
+                for (int i = 0; i < unit; i++)
+                {
+                    _cells[a + i] &= buffer[offset + (u * unit) + i];
+                }
+
+                _units[a / unit] = UnitProgrammed;
+            }
+        }
+        else if (!cut || _cut.Mode != CutMode.BeforeStart)
         {
             for (int u = 0; u < units; u++)
             {
@@ -329,7 +346,7 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
             for (int a = start; a < start + size; a++)
             {
                 _cells[a] = 0xFF;
-                _weakBits.Remove(a);
+                RemoveWeak(a);
             }
 
             int firstUnit = start / Geometry.ProgramUnit;
@@ -428,7 +445,7 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
                 else
                 {
                     _cells[a + i] = target;
-                    _weakBits.Remove(a + i);
+                    RemoveWeak(a + i);
                 }
             }
             else
@@ -453,7 +470,7 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
                 byte residual = (byte)(~intent[i] & before & buffer[offset + i]);
                 if (residual != 0)
                 {
-                    _weakBits[a + i] = new WeakCell((byte)(residual | Existing(a + i)), _boot, false, 0);
+                    SetWeak(a + i, new WeakCell((byte)(residual | Existing(a + i)), _boot, false, 0));
                 }
             }
         }
@@ -480,6 +497,56 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
         }
     }
 
+    private bool CleanUnits(int[] unitAddress, int units)
+    {
+        // A program stays within one page, so within one sector.
+        if (_weakBits.Count > 0 && AnyWeak(unitAddress[0], 1))
+        {
+            return false;
+        }
+
+        for (int u = 0; u < units; u++)
+        {
+            if (_units[unitAddress[u] / Geometry.ProgramUnit] != UnitErased)
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    private bool AnyWeak(int address, int count)
+    {
+        for (int sector = address / Geometry.SectorBytes; sector <= (address + count - 1) / Geometry.SectorBytes; sector++)
+        {
+            if (_weakInSector[sector] > 0)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    private void SetWeak(int address, WeakCell cell)
+    {
+        if (!_weakBits.ContainsKey(address))
+        {
+            _weakInSector[address / Geometry.SectorBytes]++;
+        }
+
+        _weakBits[address] = cell;
+    }
+
+    private void RemoveWeak(int address)
+    {
+        if (_weakBits.Remove(address))
+        {
+            _weakInSector[address / Geometry.SectorBytes]--;
+        }
+    }
+
     private byte Existing(int address) => _weakBits.TryGetValue(address, out WeakCell w) ? w.Mask : (byte)0;
 
     /// <summary>A cut that changed nothing visible may still leave sub-threshold charge that reads 0 later (noisy weak cells only).</summary>
@@ -488,7 +555,7 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
         byte changing = (byte)(before ^ target);
         if (changing != 0 && _cut.Weak == WeakCells.Noisy && _random.Next(4) == 0)
         {
-            _weakBits[address] = new WeakCell((byte)(changing | Existing(address)), _boot, false, 0);
+            SetWeak(address, new WeakCell((byte)(changing | Existing(address)), _boot, false, 0));
         }
 
         return before;
@@ -545,7 +612,7 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
 
         if (weak != 0)
         {
-            _weakBits[address] = new WeakCell((byte)(weak | Existing(address)), _boot, _cut.Weak == WeakCells.Fade, before);
+            SetWeak(address, new WeakCell((byte)(weak | Existing(address)), _boot, _cut.Weak == WeakCells.Fade, before));
         }
     }
 

@@ -10,6 +10,8 @@ namespace EdgeMail.Simulation.Torture;
 
 public sealed partial class PowerCutCampaign
 {
+    private static readonly byte[] MarkerCode = System.Text.Encoding.ASCII.GetBytes(AlertStore.DroppedCode);
+
     [GeneratedRegex(@"sequence numbers (\d+) to (\d+)")]
     private static partial Regex MarkerRange();
 
@@ -107,6 +109,14 @@ public sealed partial class PowerCutCampaign
                 }
 
                 Steps++;
+                if (Options.Log is TextWriter log)
+                {
+                    using var copy = Flash.Fork(1);
+                    var q = new FlashQueue(copy, Options.Policy);
+                    q.Mount(0);
+                    var items = Raw(q, out var ms);
+                    log.WriteLine($"   after: live {Queue.LiveSectors} next {Queue.NextSeq} acked {Queue.AckedThrough}; on flash {string.Join(" ", items.Select(r => r.Seq == r.OriginalSeq ? $"{r.Seq}" : $"{r.Seq}({r.OriginalSeq})"))} markers {string.Join(" ", ms.Select(m => $"{m.Count}:{m.First}..{m.Last}"))}");
+                }
             }
 
             Flash.CancelCut();
@@ -244,22 +254,26 @@ public sealed partial class PowerCutCampaign
             var reader = new Utf8JsonReader(_json.AsSpan(0, length));
             uint idSeq = 0, count = 0, token = 0, dropped = 0, first = 0, last = 0;
             bool marker = false;
-            string? property = null;
+            int property = 0;
             while (reader.Read())
             {
-                switch (reader.TokenType)
+                if (reader.TokenType == JsonTokenType.PropertyName)
                 {
-                    case JsonTokenType.PropertyName:
-                        property = reader.GetString();
+                    property = reader.ValueTextEquals("id"u8) ? 1 : reader.ValueTextEquals("code"u8) ? 2 : reader.ValueTextEquals("text"u8) ? 3
+                        : reader.ValueTextEquals("count"u8) ? 4 : reader.ValueTextEquals("n"u8) ? 5 : reader.ValueTextEquals("dropped"u8) ? 6 : 0;
+                    continue;
+                }
+
+                switch (property)
+                {
+                    case 1 when reader.TokenType == JsonTokenType.String:
+                        ReadOnlySpan<byte> id = reader.ValueSpan;
+                        System.Buffers.Text.Utf8Parser.TryParse(id[(id.IndexOf((byte)'-') + 1)..], out idSeq, out _);
                         break;
-                    case JsonTokenType.String when property == "id":
-                        string id = reader.GetString()!;
-                        idSeq = uint.Parse(id.AsSpan(id.IndexOf('-', StringComparison.Ordinal) + 1), CultureInfo.InvariantCulture);
+                    case 2 when reader.TokenType == JsonTokenType.String:
+                        marker = reader.ValueTextEquals(MarkerCode);
                         break;
-                    case JsonTokenType.String when property == "code":
-                        marker = reader.GetString() == AlertStore.DroppedCode;
-                        break;
-                    case JsonTokenType.String when property == "text":
+                    case 3 when reader.TokenType == JsonTokenType.String && marker:
                         var m = MarkerRange().Match(reader.GetString()!);
                         if (m.Success)
                         {
@@ -268,16 +282,18 @@ public sealed partial class PowerCutCampaign
                         }
 
                         break;
-                    case JsonTokenType.Number when property == "count":
+                    case 4 when reader.TokenType == JsonTokenType.Number:
                         count = reader.GetUInt32();
                         break;
-                    case JsonTokenType.Number when property == "n":
+                    case 5 when reader.TokenType == JsonTokenType.Number:
                         token = reader.GetUInt32();
                         break;
-                    case JsonTokenType.Number when property == "dropped":
+                    case 6 when reader.TokenType == JsonTokenType.Number:
                         dropped = reader.GetUInt32();
                         break;
                 }
+
+                property = 0;
             }
 
             return new Sent(idSeq, outgoing.Seq, token, count, marker, dropped, first, last);
@@ -355,7 +371,12 @@ public sealed partial class PowerCutCampaign
                 Fail("dropped came back", $"alert {a.Id}: the record of raise {rec.Token} was counted as dropped and came back");
             }
 
-            if (Store.ForgottenChains > 0 || a.MaybeOwned)
+            if (Store.ForgottenChains > 0)
+            {
+                a.ChainForgotten = true;
+            }
+
+            if (a.ChainForgotten || a.MaybeOwned)
             {
                 return; // chains beyond the store's table, or an acknowledgement cut in flight: duplicates allowed
             }
@@ -485,6 +506,11 @@ public sealed partial class PowerCutCampaign
                 }
 
                 ModelAlert a = Identify(rec, r.AlertId);
+                if (!rec.Promised && (a.NewestToken == 0 || Model.Records[a.NewestToken].OriginalSeq < r.OriginalSeq))
+                {
+                    a.NewestToken = rec.Token;
+                }
+
                 if (rec.AlertId != r.AlertId || rec.Count != r.Count)
                 {
                     Fail("wrong record", $"the record of raise {r.Token} reads alert {r.AlertId} count {r.Count}, was written as alert {rec.AlertId} count {rec.Count}");
@@ -516,13 +542,20 @@ public sealed partial class PowerCutCampaign
                     continue;
                 }
 
-                ModelRecord latest = Model.Records[a.LatestToken];
+                // The newest record known (a cut append's, once a mount has seen it) must be here or counted; if that
+                // one may have been weak and faded, the newest promised one then must be.
+                ModelRecord latest = Model.Records[a.NewestToken];
+                if (!present.ContainsKey(latest.Token) && !latest.Promised && !Covered(latest.OriginalSeq, markers))
+                {
+                    latest = Model.Records[a.LatestToken];
+                }
+
                 if (present.ContainsKey(latest.Token) || (newestOf.TryGetValue(a.Id, out RawItem newer) && newer.OriginalSeq > latest.OriginalSeq))
                 {
                     continue;
                 }
 
-                bool counted = markers.Exists(m => latest.OriginalSeq >= m.First && latest.OriginalSeq <= m.Last);
+                bool counted = Covered(latest.OriginalSeq, markers);
                 if (!counted && !Model.ReportedDropped(latest.OriginalSeq))
                 {
                     Fail("lost", $"alert {a.Id} ({Workload.Codes[a.Code].Code}, {a.Severity}, count {latest.Count}, newest record {latest.OriginalSeq}) is lost: neither on flash nor counted by a drop marker");
@@ -582,7 +615,7 @@ public sealed partial class PowerCutCampaign
                     Fail("wrong record", $"alert {s.IdSeq} handed out with count {s.Count} from raise {s.Token}, which wrote alert {rec.AlertId} count {rec.Count}");
                 }
 
-                bool forgotten = Store.ForgottenChains > 0;
+                bool forgotten = Store.ForgottenChains > 0 || a.ChainForgotten;
                 if (!handed.Add(a.Id) && !forgotten)
                 {
                     Fail("duplicate", $"alert {a.Id} handed out twice after a mount");
@@ -616,6 +649,9 @@ public sealed partial class PowerCutCampaign
         }
 
         /// <summary>Records the broken promise and ends this life: after the first one the model no longer matches the device.</summary>
+        private static bool Covered(uint seq, List<(uint Count, uint First, uint Last)> markers) =>
+            markers.Exists(m => seq >= m.First && seq <= m.Last);
+
         private void Fail(string kind, string what)
         {
             owner.Violation(kind, Where, what);

@@ -46,6 +46,12 @@ internal sealed class ModelAlert
     /// <summary>Token of its newest promised record (0 when none was promised).</summary>
     public uint LatestToken;
 
+    /// <summary>
+    /// Token of its newest record known to exist: the newest promised one, or a newer one whose append was cut but
+    /// which a mount found on flash (the store then lets it stand in for the older ones).
+    /// </summary>
+    public uint NewestToken;
+
     public long LastWriteUptime;
 
     /// <summary>Handed to the uplink at least once this boot: repeats then start a new alert.</summary>
@@ -56,6 +62,12 @@ internal sealed class ModelAlert
 
     /// <summary>An acknowledgement that covered it was cut: the gateway owns it, the flash may not know.</summary>
     public bool MaybeOwned;
+
+    /// <summary>
+    /// Handed out in a boot where the store tracked more coalesced alerts than its table holds: each of its records
+    /// may be handed out, in any order, under its id (docs/flash-queue.md, allowed duplicates).
+    /// </summary>
+    public bool ChainForgotten;
 
     /// <summary>Original sequence number of the record the gateway got first.</summary>
     public uint OwnedRecordSeq;
@@ -144,7 +156,7 @@ internal sealed class ReferenceModel
     {
         var (_, severity) = Workload.Codes[code];
         Records[token] = new ModelRecord { Token = token, OriginalSeq = seq, AlertId = seq, Count = 1, Code = code, Severity = severity, Promised = true };
-        Alerts[seq] = new ModelAlert { Id = seq, Code = code, Severity = severity, Boot = Boot, Count = 1, LatestToken = token, LastWriteUptime = uptime };
+        Alerts[seq] = new ModelAlert { Id = seq, Code = code, Severity = severity, Boot = Boot, Count = 1, LatestToken = token, NewestToken = token, LastWriteUptime = uptime };
         CurrentOfCode[code] = seq;
     }
 
@@ -155,6 +167,7 @@ internal sealed class ReferenceModel
         {
             Records[token] = new ModelRecord { Token = token, OriginalSeq = seq, AlertId = alert.Id, Count = alert.Count, Code = alert.Code, Severity = alert.Severity, Promised = true };
             alert.LatestToken = token;
+            alert.NewestToken = token;
             alert.LastWriteUptime = uptime;
         }
     }
