@@ -9,27 +9,73 @@ public sealed partial class FlashQueue
     private const int CollectedVictimFreed = 1;
     private const int CollectedIntoNewSector = 2;
 
+    // The lowest priority queued when last counted; acknowledgements can only raise it, so between counts it
+    // is a lower bound (0 after a mount).
+    private int _lowestQueued;
+
     // Results of the last PlanReclaim.
     private bool _planFits;
     private int _planMoved;
     private int _planDropped;
 
-    private void OpenNextSector()
+    /// <summary>
+    /// Makes room for an entry of <paramref name="priority"/>: opens a free sector, or reclaims the oldest.
+    /// With DropLowestPriority, returns true when the new entry is itself what the policy drops: its priority is
+    /// the lowest queued (or lower), and the oldest sector holds nothing of that priority to drop, so reclaiming
+    /// it would only move entries of higher priority around the ring. Only if even the marker that counts it does
+    /// not fit in the head is a sector reclaimed first, the ordinary way.
+    /// </summary>
+    private bool OpenNextSector(int priority, bool markerFits)
     {
         ReclaimAcknowledged();
         if (FreeSectors() >= 2)
         {
             OpenSector(Next(_head), _headSectorSeq + 1);
-            return;
+            return false;
         }
 
-        if (_policy != FullPolicy.Reject && FreeSectors() == 1)
+        if (_policy == FullPolicy.Reject || FreeSectors() < 1)
         {
-            CollectTail(keepAll: false);
-            return;
+            throw new QueueFullException("Alert queue full: " + Depth + " entries wait for acknowledgement; nothing was dropped.");
         }
 
-        throw new QueueFullException("Alert queue full: " + Depth + " entries wait for acknowledgement; nothing was dropped.");
+        if (_policy == FullPolicy.DropLowestPriority)
+        {
+            int lowest = LowestQueuedPriority();
+            bool dropNew = priority < lowest && lowest < MarkerPriority;
+            if (priority == lowest)
+            {
+                PlanReclaim(_tail, lowest, 0);
+                dropNew = _planDropped == 0;
+            }
+
+            if (dropNew)
+            {
+                if (!markerFits)
+                {
+                    CollectTail(keepAll: false);
+                }
+
+                return true;
+            }
+        }
+
+        CollectTail(keepAll: false);
+        return false;
+    }
+
+    /// <summary>The lowest priority of the entries queued (markers not counted); 3 when none is.</summary>
+    private int LowestQueuedPriority()
+    {
+        EnsurePendingCounts();
+        int lowest = 0;
+        while (lowest < MarkerPriority && _pending[lowest] == 0)
+        {
+            lowest++;
+        }
+
+        _lowestQueued = lowest;
+        return lowest;
     }
 
     /// <summary>
@@ -48,15 +94,7 @@ public sealed partial class FlashQueue
         if (!keepAll)
         {
             EnsurePendingCounts();
-            threshold = MarkerPriority;
-            if (_policy == FullPolicy.DropLowestPriority)
-            {
-                threshold = 0;
-                while (threshold < MarkerPriority && _pending[threshold] == 0)
-                {
-                    threshold++;
-                }
-            }
+            threshold = _policy == FullPolicy.DropLowestPriority ? LowestQueuedPriority() : MarkerPriority;
         }
 
         // Appends keep room for their sector's entries to move with a marker, so the survivors always fit.

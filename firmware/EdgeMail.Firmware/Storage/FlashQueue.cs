@@ -177,6 +177,7 @@ public sealed partial class FlashQueue
         _erasedSector = -1;
         _recoveryPending = false;
         LastEntryAtMount = 0;
+        _lowestQueued = 0;
         DroppedSinceMount = 0;
 
         int head = -1;
@@ -300,11 +301,33 @@ public sealed partial class FlashQueue
             throw new ArgumentOutOfRangeException(nameof(priority), "Priority must be 0, 1 or 2.");
         }
 
-        int pos = MakeRoom(RecordOverhead + count);
+        int pos = MakeRoom(RecordOverhead + count, priority);
         uint seq = _nextSeq;
+        if (pos < 0)
+        {
+            // Dropped on arrival (docs/flash-queue.md, "When full"): its number is used, and a marker counts it.
+            Le.PutU32(_small, 0, 1);
+            Le.PutU32(_small, 4, seq);
+            Le.PutU32(_small, 8, seq);
+            WriteRecord(HeaderSlot(_writeOffset), seq + 1, TypeDropped, MarkerPriority, 0, 0, _small, 0, _small, 0, DroppedPayload);
+            _nextSeq = seq + 2;
+            DroppedSinceMount++;
+            if (_pendingKnown)
+            {
+                _pending[MarkerPriority]++;
+            }
+
+            return seq;
+        }
+
         WriteRecord(pos, seq, TypeItem, priority, kind, 0, _small, 0, payload, offset, count);
         _nextSeq = seq + 1;
         _headMovedEnd = MovedEnd(_headMovedEnd, RelocationPrefix + count);
+        if (priority < _lowestQueued)
+        {
+            _lowestQueued = priority;
+        }
+
         if (_pendingKnown)
         {
             _pending[priority]++;
@@ -422,6 +445,7 @@ public sealed partial class FlashQueue
                 entry.DroppedCount = Le.U32(_small, 0);
                 entry.DroppedFirstSeq = Le.U32(_small, 4);
                 entry.DroppedLastSeq = Le.U32(_small, 8);
+                MergeFollowingMarkers(entry, baseAddr, limit);
             }
             else
             {
@@ -431,6 +455,41 @@ public sealed partial class FlashQueue
             }
 
             return true;
+        }
+    }
+
+    /// <summary>
+    /// Folds the drop markers that directly follow the one just read (in the same sector) into it: a full queue
+    /// that drops new entries on arrival writes one marker each, and the reader reports a run of them as one.
+    /// </summary>
+    private void MergeFollowingMarkers(QueueEntry entry, int baseAddr, int limit)
+    {
+        while (true)
+        {
+            int pos = _readOffset;
+            if (NextIntactHeader(baseAddr, ref pos, limit) != DroppedPayload || _rec[8] != TypeDropped || (_rec[11] & FlagRelocated) != 0)
+            {
+                return;
+            }
+
+            uint seq = Le.U32(_rec, 4);
+            int size = RoundUp(RecordOverhead + DroppedPayload, _unit);
+            _device.Read(baseAddr + pos + RecordOverhead, _small, 0, DroppedPayload);
+            uint state = Crc32.Update(Crc32.Update(Crc32.Seed, _rec, 0, 12), _small, 0, DroppedPayload);
+            if (seq <= entry.Seq || Crc32.Finish(state) != Le.U32(_rec, 12))
+            {
+                return;
+            }
+
+            uint first = Le.U32(_small, 4);
+            uint last = Le.U32(_small, 8);
+            entry.DroppedCount += Le.U32(_small, 0);
+            entry.DroppedFirstSeq = first < entry.DroppedFirstSeq ? first : entry.DroppedFirstSeq;
+            entry.DroppedLastSeq = last > entry.DroppedLastSeq ? last : entry.DroppedLastSeq;
+            entry.Seq = seq;
+            entry.OriginalSeq = seq;
+            _sentThrough = seq;
+            _readOffset = pos + size;
         }
     }
 
@@ -541,6 +600,7 @@ public sealed partial class FlashQueue
         _erasedSector = -1;
         _recoveryPending = false;
         LastEntryAtMount = 0;
+        _lowestQueued = 0;
         OpenSector(0, sectorSeq);
         WriteAckRecord(0); // never header-only: a mount rewrites such a head, costing an erase per boot
         _mounted = true;
@@ -746,10 +806,20 @@ public sealed partial class FlashQueue
     }
 
     /// <summary>Returns where a record of <paramref name="bytes"/> (header included) goes, opening or reclaiming sectors as needed.</summary>
-    private int MakeRoom(int bytes)
+    /// <summary>
+    /// Returns where a record of <paramref name="bytes"/> (header included) goes, opening or reclaiming sectors as
+    /// needed; or -1 when the full policy drops the new entry itself (then a drop marker fits in the head).
+    /// </summary>
+    private int MakeRoom(int bytes, int priority)
     {
         int size = RoundUp(bytes, _unit);
         int ackBytes = RoundUp(RecordOverhead, _unit);
+        int markerBytes = RoundUp(RecordOverhead + DroppedPayload, _unit);
+
+        // A full queue takes nothing below the lowest priority it holds: room freed by dropping entries of a
+        // priority goes to that priority or higher. (Letting a lower one in would make the next entry of a higher
+        // priority move the whole ring to reach it.) The counts are those of the last reclaim, or exact.
+        bool dropNew = _policy == FullPolicy.DropLowestPriority && FreeSectors() <= 1 && priority < _lowestQueued;
         // Each collection frees the lowest priority in one sector; in the worst case every priority
         // needs a full turn of the ring before enough room is free.
         for (int attempt = 0; attempt <= (Priorities + 1) * _sectorCount; attempt++)
@@ -760,13 +830,20 @@ public sealed partial class FlashQueue
                 pos = HeaderSlot(pos + ackBytes);
             }
 
-            if (pos + size <= _entryLimit && MovedEnd(MovedEnd(_headMovedEnd, RelocationPrefix + bytes - RecordOverhead), DroppedPayload) <= _entryLimit)
+            if (dropNew && pos + markerBytes <= _entryLimit)
+            {
+                WritePendingRecovery();
+                return -1;
+            }
+
+            // With DropLowestPriority an append also keeps room for its sector to move whole with a marker.
+            if (!dropNew && pos + size <= _entryLimit && (_policy != FullPolicy.DropLowestPriority || MovedEnd(MovedEnd(_headMovedEnd, RelocationPrefix + bytes - RecordOverhead), DroppedPayload) <= _entryLimit))
             {
                 WritePendingRecovery();
                 return HeaderSlot(_writeOffset);
             }
 
-            OpenNextSector();
+            dropNew |= OpenNextSector(priority, pos + markerBytes <= _entryLimit);
         }
 
         throw new InvalidOperationException("No room for a record of " + bytes + " bytes after reclaiming every sector.");
