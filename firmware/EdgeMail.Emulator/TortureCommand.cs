@@ -27,8 +27,10 @@ internal static class TortureCommand
         var cutsPerOp = new Option<int>("--cuts-per-op") { Description = "Random power cuts tried at every program and erase", DefaultValueFactory = _ => 2 };
         var after = new Option<int>("--steps-after-cut") { Description = "Steps the device lives on after each cut, checked as it goes", DefaultValueFactory = _ => 24 };
         var seed = new Option<int>("--seed") { Description = "First seed", DefaultValueFactory = _ => 1 };
+        var onlyOp = new Option<long?>("--only-operation") { Description = "Replay a violation: explore cuts only at this flash operation of the workload (as printed), for one seed" };
+        var log = new Option<string?>("--log") { Description = "Replay a violation: write every step and check of the explored lives to this file" };
         var cmd = new Command("torture", "Run the flash queue's model-based power-cut campaign on a board's flash: cut power every way inside every program and erase, remount, live on, and compare with a reference model after every step and mount");
-        foreach (Option o in new Option[] { board, strict, sectors, policy, cutPoints, steps, cutsPerOp, after, seed, boardsDir })
+        foreach (Option o in new Option[] { board, strict, sectors, policy, cutPoints, steps, cutsPerOp, after, seed, onlyOp, log, boardsDir })
         {
             cmd.Options.Add(o);
         }
@@ -38,8 +40,11 @@ internal static class TortureCommand
             try
             {
                 BoardProfile profile = BoardProfile.LoadById(parse.GetValue(boardsDir) ?? BoardProfile.FindBoardsDirectory(), parse.GetValue(board)!);
+                long? only = parse.GetValue(onlyOp);
+                string? logPath = parse.GetValue(log);
+                using TextWriter? logWriter = logPath is null ? null : new StreamWriter(logPath);
                 var run = new Run(profile, parse.GetValue(strict), ParseRings(parse.GetValue(sectors)!, profile), ParsePolicies(parse.GetValue(policy)!),
-                    parse.GetValue(cutPoints), parse.GetValue(steps), parse.GetValue(cutsPerOp), parse.GetValue(after), parse.GetValue(seed));
+                    only is null ? parse.GetValue(cutPoints) : 1, parse.GetValue(steps), parse.GetValue(cutsPerOp), parse.GetValue(after), parse.GetValue(seed), only, logWriter);
                 return run.Execute(stdout);
             }
             catch (Exception ex) when (ex is IOException or InvalidDataException or ArgumentException or UnauthorizedAccessException or FormatException)
@@ -68,7 +73,7 @@ internal static class TortureCommand
         : Enum.TryParse(text, ignoreCase: true, out FullPolicy p) ? [p]
         : throw new ArgumentException($"--policy: DropLowestPriority, DropOldest, Reject or all; got '{text}'.");
 
-    private sealed class Run(BoardProfile profile, bool strict, int[] rings, FullPolicy[] policies, long cutPoints, int steps, int cutsPerOp, int after, int firstSeed)
+    private sealed class Run(BoardProfile profile, bool strict, int[] rings, FullPolicy[] policies, long cutPoints, int steps, int cutsPerOp, int after, int firstSeed, long? onlyOperation, TextWriter? log)
     {
         public int Execute(TextWriter stdout)
         {
@@ -104,6 +109,8 @@ internal static class TortureCommand
                             CutsPerOperation = cutsPerOp,
                             StepsAfterCut = after,
                             MaxViolations = 5,
+                            OnlyOperation = onlyOperation,
+                            Log = log,
                         });
                         campaign.Run(Workload.Script(s, scriptSteps, phase));
                         cuts += campaign.CutPointsChecked;

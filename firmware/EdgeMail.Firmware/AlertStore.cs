@@ -124,7 +124,7 @@ public sealed class AlertStore
             PatchRepeat(slot);
             Le.PutU32(_record, 0, slot.IdSeq);
             uint updateSeq = _queue.Append(KindUpdate, (byte)alert.Severity, _record, 0, 4 + len);
-            SetChainLatest(slot.IdSeq, updateSeq);
+            SetChainLatest(slot.IdSeq, updateSeq, evict: true);
             slot.LatestSeq = updateSeq;
             slot.WrittenAtUptime = uptime;
             return updateSeq;
@@ -375,7 +375,7 @@ public sealed class AlertStore
         {
             if (_entry.Type == EntryType.Item && _entry.Kind == KindUpdate)
             {
-                SetChainLatest(Le.U32(_record, 0), _entry.OriginalSeq);
+                SetChainLatest(Le.U32(_record, 0), _entry.OriginalSeq, evict: false);
                 if (_entry.Seq == suspect)
                 {
                     _suspectId = Le.U32(_record, 0);
@@ -388,8 +388,14 @@ public sealed class AlertStore
         _scanned = true;
     }
 
-    /// <summary>Records that the alert first queued as <paramref name="idSeq"/> was updated by <paramref name="updateSeq"/> (kept if it is the latest so far).</summary>
-    private void SetChainLatest(uint idSeq, uint updateSeq)
+    /// <summary>
+    /// Records that the alert first queued as <paramref name="idSeq"/> was updated by <paramref name="updateSeq"/> (kept
+    /// if it is the latest so far). With the table full, a new chain is not tracked: all its records are then sent, under
+    /// the same id, and the gateway keeps the first. A raise may make room by forgetting the oldest chain, because its
+    /// update is the latest of its alert; the scan may not: a chain forgotten and learnt again from an older record
+    /// moved forward would take that record for the latest and skip the newest one.
+    /// </summary>
+    private void SetChainLatest(uint idSeq, uint updateSeq, bool evict)
     {
         for (int i = 0; i < _chainCount; i++)
         {
@@ -404,11 +410,14 @@ public sealed class AlertStore
             }
         }
 
-        // Beyond the capacity the oldest chain is forgotten: its records are then all sent, under the
-        // same id, and the gateway keeps the first as the alert and drops the rest as duplicates.
         if (_chainCount == Chains)
         {
             ForgottenChains++;
+            if (!evict)
+            {
+                return;
+            }
+
             Array.Copy(_chainIds, 1, _chainIds, 0, Chains - 1);
             Array.Copy(_chainLatest, 1, _chainLatest, 0, Chains - 1);
             _chainCount--;

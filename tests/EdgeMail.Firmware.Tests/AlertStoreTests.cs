@@ -192,6 +192,49 @@ public class AlertStoreTests
     }
 
     [Fact]
+    public void CoalescedAlert_MovedPastItsNewest_WithMoreChainsThanTheStoreTracks_InBetween_IsSentFirstWithItsLatestCount()
+    {
+        // Found by the torture campaign: the boot's scan forgot the freezer's chain when 16 newer ones filled the table,
+        // then learnt it again from the count-2 record the full policy had moved forward, took that for the latest,
+        // skipped the count-4 record, and an acknowledgement of what followed removed it unsent.
+        using var flash = new NorFlashSimulator(new FlashGeometry(4 * 4096, 4096, 256, 1, true, false));
+        var clock = new ManualClock();
+        var (store, queue) = Boot(flash, clock, boot: 1);
+        var freezer = new Alert("FREEZER_TEMP_HIGH", Severity.Critical, "Freezer 2");
+        store.Raise(freezer);
+        store.Raise(freezer); // count 2: written, in the oldest sector
+        while (queue.LiveSectors == 1)
+        {
+            clock.UptimeMs += 61_000;
+            store.Raise(new Alert("READING", Severity.Info, "Reading"));
+        }
+
+        clock.UptimeMs += 61_000;
+        store.Raise(freezer); // count 3
+        store.Raise(freezer); // count 4: the newest record, in the second sector
+        for (int code = 0; code < 18; code++)
+        {
+            var other = new Alert("SENSOR_" + code, Severity.Warning, "Sensor");
+            store.Raise(other);
+            store.Raise(other); // count 2: an update, so a chain the next boot's scan has to track
+        }
+
+        Assert.Equal(2, queue.LiveSectors); // all of them in the second sector, read before the moved records
+        while (queue.DroppedSinceMount == 0)
+        {
+            clock.UptimeMs += 61_000;
+            store.Raise(new Alert("READING", Severity.Info, "Reading"));
+        }
+
+        var (again, _) = Boot(flash, clock, boot: 2);
+        var sent = Drain(again).Select(s => s.Json).Where(j => j.GetProperty("code").GetString() == "FREEZER_TEMP_HIGH").ToList();
+
+        Assert.NotEmpty(sent);
+        Assert.Equal(4, sent[0].GetProperty("count").GetInt32()); // the gateway keeps the first copy of an id
+        Assert.Single(sent.Select(j => j.GetProperty("id").GetString()).Distinct());
+    }
+
+    [Fact]
     public void AnUpdateCutAsItWasWritten_ThatReadsWellThenFades_NeverTakesTheAlertWithIt()
     {
         // 1 KiB pages: each record is one program, the one the cut strikes.
