@@ -19,11 +19,17 @@ public class PowerCutCampaignTests(ITestOutputHelper output)
     private static readonly FlashGeometry Ring8Strict = new(8 * 512, 512, 64, 16, allowsReprogram: false, encrypted: true);
     private static readonly FlashGeometry Ring3Strict = new(3 * 1024, 1024, 128, 32, allowsReprogram: false, encrypted: true);
 
+    // 8 W25Q128 sectors (4 KiB): dozens of records per sector, so more coalesced alerts are queued at once than the
+    // store tracks chains for, and the full policy moves their older records past the newest. This seed lost alerts
+    // before the store's scan stopped forgetting chains (torture found it; the 512-byte rings never did).
+    private static readonly FlashGeometry Ring8Of4K = new(8 * 4096, 4096, 256, 1, allowsReprogram: true, encrypted: false);
+
     public static TheoryData<string, FullPolicy, int, int> Campaigns => new()
     {
         { "nor", FullPolicy.DropLowestPriority, 11, 150 },
         { "strict", FullPolicy.DropLowestPriority, 12, 150 },
         { "3-sector strict", FullPolicy.DropLowestPriority, 13, 150 },
+        { "4k nor", FullPolicy.DropLowestPriority, 1, 600 },
         { "nor", FullPolicy.DropOldest, 21, 260 },
         { "strict", FullPolicy.DropOldest, 22, 260 },
         { "nor", FullPolicy.Reject, 31, 300 },
@@ -34,7 +40,7 @@ public class PowerCutCampaignTests(ITestOutputHelper output)
     [MemberData(nameof(Campaigns))]
     public void EveryFlashOperation_CutAnyWay_ThenLivedOn_KeepsEveryPromiseOfTheModel(string flash, FullPolicy policy, int seed, int steps)
     {
-        var geometry = flash switch { "nor" => Ring8, "strict" => Ring8Strict, _ => Ring3Strict };
+        var geometry = flash switch { "nor" => Ring8, "strict" => Ring8Strict, "4k nor" => Ring8Of4K, _ => Ring3Strict };
         var campaign = new PowerCutCampaign(new CampaignOptions
         {
             Geometry = geometry,
@@ -45,7 +51,8 @@ public class PowerCutCampaignTests(ITestOutputHelper output)
             StopAfterViolations = 20,
         });
 
-        campaign.Run(Workload.Script(seed, steps, phase: 60));
+        // Offline stretches long enough to fill the ring (alerts average about 330 bytes on flash), as torture picks them.
+        campaign.Run(Workload.Script(seed, steps, phase: Math.Clamp(geometry.SizeBytes / 330 * 3, 60, 3000)));
 
         output.WriteLine($"{flash} flash, {policy}, seed {seed}, {steps} steps: {campaign.Mutations} flash operations, {campaign.CutPointsChecked} cut points, "
             + $"{campaign.MountsChecked} mounts compared, {campaign.StepsRun} steps run, {campaign.DroppedReported} drops reported, {campaign.ViolationCount} violations");
