@@ -44,6 +44,14 @@ public sealed class AlertStore
     private int _chainCount;
     private bool _scanned;
 
+    // The update the mount found last on flash may be a write a power cut interrupted, readable now and
+    // not on a later boot: until the gateway acknowledges it, the older records of its alert that it stands
+    // in for are not acknowledged either (docs/flash-queue.md, "Weak cells").
+    private uint _suspectId;
+    private uint _suspectOriginal;
+    private uint _suspectSeq;
+    private uint _holdFrom;
+
     /// <summary>Creates the store over a mounted queue.</summary>
     /// <param name="queue">The mounted flash queue the store owns.</param>
     /// <param name="clock">Monotonic time.</param>
@@ -68,6 +76,12 @@ public sealed class AlertStore
 
     /// <summary>Alerts raised and not yet acknowledged by the gateway (records, including replaced ones).</summary>
     public uint Depth => _queue.Depth;
+
+    /// <summary>
+    /// Coalesced alerts whose chain of updates this boot stopped tracking (more than 16 at once): each of their
+    /// queued records is then sent under the alert's id, older counts included, and the gateway keeps the first.
+    /// </summary>
+    public uint ForgottenChains { get; private set; }
 
     /// <summary>
     /// Raises an alert: when this returns, it is on flash. A repeat of an alert not yet sent is merged
@@ -110,7 +124,7 @@ public sealed class AlertStore
             PatchRepeat(slot);
             Le.PutU32(_record, 0, slot.IdSeq);
             uint updateSeq = _queue.Append(KindUpdate, (byte)alert.Severity, _record, 0, 4 + len);
-            SetChainLatest(slot.IdSeq, updateSeq);
+            SetChainLatest(slot.IdSeq, updateSeq, evict: true);
             slot.LatestSeq = updateSeq;
             slot.WrittenAtUptime = uptime;
             return updateSeq;
@@ -176,6 +190,19 @@ public sealed class AlertStore
     {
         lock (_lock)
         {
+            if (_holdFrom != 0)
+            {
+                if (_suspectSeq != 0 && seq >= _suspectSeq)
+                {
+                    _holdFrom = 0;
+                    _suspectId = 0;
+                }
+                else if (seq >= _holdFrom)
+                {
+                    seq = _holdFrom - 1;
+                }
+            }
+
             _queue.Acknowledge(seq);
         }
     }
@@ -211,6 +238,11 @@ public sealed class AlertStore
             seq = _entry.Seq;
             if (IsReplaced(buffer))
             {
+                if (_suspectId != 0 && IdOf(buffer) == _suspectId && (_holdFrom == 0 || seq < _holdFrom))
+                {
+                    _holdFrom = seq;
+                }
+
                 continue;
             }
 
@@ -223,8 +255,13 @@ public sealed class AlertStore
             }
 
             start = _entry.Kind == KindUpdate ? 4 : 0;
-            idSeq = _entry.Kind == KindUpdate ? Le.U32(buffer, 0) : _entry.OriginalSeq;
+            idSeq = IdOf(buffer);
             CountUnwrittenRepeats(idSeq, buffer, start);
+            MarkHandedOut(idSeq);
+            if (idSeq == _suspectId && _entry.OriginalSeq == _suspectOriginal)
+            {
+                _suspectSeq = seq;
+            }
             recordLength = _entry.Length - start;
             return true;
         }
@@ -242,7 +279,7 @@ public sealed class AlertStore
         for (int i = 0; i < Slots; i++)
         {
             Slot s = _slots[i];
-            if (s.LatestSeq != 0 && s.LatestSeq > _queue.HandedOutThrough && s.State == alert.State && s.Severity == alert.Severity && s.Code == code)
+            if (s.LatestSeq != 0 && !s.HandedOut && s.State == alert.State && s.Severity == alert.Severity && s.Code == code)
             {
                 return s;
             }
@@ -275,12 +312,29 @@ public sealed class AlertStore
         target.Severity = alert.Severity;
         target.IdSeq = seq;
         target.LatestSeq = seq;
+        target.HandedOut = false;
         target.Count = 1;
         target.FirstUnix = unix;
         target.FirstUptime = uptime;
         target.LastUnix = unix;
         target.LastUptime = uptime;
         target.WrittenAtUptime = uptime;
+    }
+
+    /// <summary>
+    /// Once an alert has been handed to the uplink, repeats start a new alert, even if the link drops before the
+    /// gateway acknowledges it: the gateway keeps the first copy of an id, so a count added later under the same
+    /// id could be lost. (The record's sequence number cannot tell: the full policy may have moved it.)
+    /// </summary>
+    private void MarkHandedOut(uint idSeq)
+    {
+        for (int i = 0; i < Slots; i++)
+        {
+            if (_slots[i].LatestSeq != 0 && _slots[i].IdSeq == idSeq)
+            {
+                _slots[i].HandedOut = true;
+            }
+        }
     }
 
     /// <summary>Repeats counted since the last update was written go out with the alert (this boot only).</summary>
@@ -309,14 +363,24 @@ public sealed class AlertStore
         record[o + AlertRecord.OffsetFlags] = (byte)((firstWall ? 0 : AlertRecord.FlagFirstIsUptime) | (lastWall ? 0 : AlertRecord.FlagLastIsUptime));
     }
 
-    /// <summary>Once per boot, before the first send, learns the latest update of each coalesced alert.</summary>
+    /// <summary>
+    /// Once per boot, before the first send, learns the latest update of each coalesced alert: the one appended
+    /// last (highest original sequence number), not the one read last, since the full policy moves older
+    /// records forward under new numbers.
+    /// </summary>
     private void ScanReplaced()
     {
+        uint suspect = _queue.LastEntryAtMount;
         while (_queue.TryRead(_entry, _record, 0))
         {
             if (_entry.Type == EntryType.Item && _entry.Kind == KindUpdate)
             {
-                SetChainLatest(Le.U32(_record, 0), _entry.OriginalSeq);
+                SetChainLatest(Le.U32(_record, 0), _entry.OriginalSeq, evict: false);
+                if (_entry.Seq == suspect)
+                {
+                    _suspectId = Le.U32(_record, 0);
+                    _suspectOriginal = _entry.OriginalSeq;
+                }
             }
         }
 
@@ -324,22 +388,36 @@ public sealed class AlertStore
         _scanned = true;
     }
 
-    /// <summary>Records that the alert first queued as <paramref name="idSeq"/> was last updated by <paramref name="updateSeq"/>.</summary>
-    private void SetChainLatest(uint idSeq, uint updateSeq)
+    /// <summary>
+    /// Records that the alert first queued as <paramref name="idSeq"/> was updated by <paramref name="updateSeq"/> (kept
+    /// if it is the latest so far). With the table full, a new chain is not tracked: all its records are then sent, under
+    /// the same id, and the gateway keeps the first. A raise may make room by forgetting the oldest chain, because its
+    /// update is the latest of its alert; the scan may not: a chain forgotten and learnt again from an older record
+    /// moved forward would take that record for the latest and skip the newest one.
+    /// </summary>
+    private void SetChainLatest(uint idSeq, uint updateSeq, bool evict)
     {
         for (int i = 0; i < _chainCount; i++)
         {
             if (_chainIds[i] == idSeq)
             {
-                _chainLatest[i] = updateSeq;
+                if (updateSeq > _chainLatest[i])
+                {
+                    _chainLatest[i] = updateSeq;
+                }
+
                 return;
             }
         }
 
-        // Beyond the capacity the oldest chain is forgotten: its records are then all sent, under the
-        // same id, and the gateway keeps the first as the alert and drops the rest as duplicates.
         if (_chainCount == Chains)
         {
+            ForgottenChains++;
+            if (!evict)
+            {
+                return;
+            }
+
             Array.Copy(_chainIds, 1, _chainIds, 0, Chains - 1);
             Array.Copy(_chainLatest, 1, _chainLatest, 0, Chains - 1);
             _chainCount--;
@@ -348,6 +426,9 @@ public sealed class AlertStore
         _chainIds[_chainCount] = idSeq;
         _chainLatest[_chainCount++] = updateSeq;
     }
+
+    /// <summary>The id of the alert the entry just read belongs to (its own number, or the one an update names).</summary>
+    private uint IdOf(byte[] record) => _entry.Kind == KindUpdate ? Le.U32(record, 0) : _entry.OriginalSeq;
 
     /// <summary>Whether the entry just read was replaced by a later update of the same alert.</summary>
     private bool IsReplaced(byte[] record)
@@ -394,6 +475,7 @@ public sealed class AlertStore
         public Severity Severity;
         public uint IdSeq;
         public uint LatestSeq;
+        public bool HandedOut;
         public uint Count;
         public long FirstUnix;
         public long FirstUptime;

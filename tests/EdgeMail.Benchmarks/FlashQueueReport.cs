@@ -24,6 +24,8 @@ internal static class FlashQueueReport
         Overhead(o);
         WriteAmplification(o, w25q, 1 << 20);
         WriteAmplification(o, esp32, (int)esp32.Flash.SizeBytes);
+        FullQueue(o, w25q, 1 << 20);
+        FullQueue(o, esp32, (int)esp32.Flash.SizeBytes);
         Mount(o, w25q);
         Ram(o, w25q);
         Wear(o, w25q);
@@ -95,6 +97,50 @@ internal static class FlashQueueReport
         return (double)flash.BytesProgrammed / payloadBytes;
     }
 
+    private static void FullQueue(TextWriter o, BoardProfile board, int size)
+    {
+        o.WriteLine($"## A full queue on {board.Id} ({size / 1024} KiB region, program unit {board.Flash.ProgramUnitBytes} B)");
+        o.WriteLine();
+        o.WriteLine("The link is down: alerts keep coming into a full queue and the full policy reclaims the oldest sector for each new one. "
+            + "Capacity is the entries held when the first one is dropped; then 20 turns of the ring's worth of appends. "
+            + "DropLowestPriority gets one critical alert in four (kept and moved), the rest info (dropped first).");
+        o.WriteLine();
+        o.WriteLine("| policy | payload | capacity (entries) | bytes programmed ÷ payload bytes | bytes moved per alert | erases per 1,000 alerts | dropped |");
+        o.WriteLine("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+        foreach (FullPolicy policy in new[] { FullPolicy.DropOldest, FullPolicy.DropLowestPriority })
+        {
+            foreach (int payload in new[] { 64, 256 })
+            {
+                using var flash = Flash(board, size);
+                var q = new FlashQueue(flash, policy);
+                q.Mount(1);
+                var data = new byte[payload];
+                long n = 0;
+                while (q.DroppedSinceMount == 0)
+                {
+                    q.Append(1, Priority(policy, n++), data, 0, payload);
+                }
+
+                long capacity = q.Depth;
+                flash.ResetCounters();
+                long appends = 20 * capacity;
+                for (long i = 0; i < appends; i++)
+                {
+                    q.Append(1, Priority(policy, n++), data, 0, payload);
+                }
+
+                // Bytes beyond the new records, their headers and the sector headers: moved entries, markers, closing records.
+                double moved = (flash.BytesProgrammed - (appends * (FlashQueue.RecordOverhead + payload))) / (double)appends;
+                o.WriteLine(string.Create(Inv,
+                    $"| {policy} | {payload} B | {capacity:N0} | {flash.BytesProgrammed / (double)(appends * payload):0.000} | {moved:0} B | {flash.EraseOps * 1000.0 / appends:0.0} | {q.DroppedSinceMount:N0} |"));
+            }
+        }
+
+        o.WriteLine();
+    }
+
+    private static byte Priority(FullPolicy policy, long n) => (byte)(policy == FullPolicy.DropLowestPriority && n % 4 == 0 ? 2 : 0);
+
     private static void Mount(TextWriter o, BoardProfile board)
     {
         o.WriteLine($"## Mount cost on {board.Id} ({board.Flash.SizeBytes / (1024 * 1024)} MiB, whole chip as queue)");
@@ -119,6 +165,47 @@ internal static class FlashQueueReport
         }
 
         MountRow(o, flash, "full");
+
+        // Power cut inside the reclaim the next append runs (docs/flash-queue.md, "When full"): before the reclaim's
+        // closing record the mount undoes it (erases the new sector), after it the mount completes it (erases the victim).
+        // Append until the next append runs the reclaim; note its flash operations.
+        var steps = new List<bool>();
+        while (true)
+        {
+            using var probe = flash.Fork(3);
+            var pq = new FlashQueue(probe);
+            pq.Mount(2);
+            long start = probe.Mutations;
+            steps.Clear();
+            probe.BeforeMutation = (_, isErase, _, _, _, _) => steps.Add(isErase);
+            pq.Append(1, 1, data, 0, data.Length);
+            if (steps.Count(e => e) >= 2)
+            {
+                break;
+            }
+
+            q.Append(1, 1, data, 0, data.Length);
+        }
+
+        long victimErase = steps.LastIndexOf(true);
+        foreach (var (label, at) in new[] { ("full, cut inside a reclaim before its closing record", victimErase - 1), ("full, cut inside a reclaim after its closing record", victimErase) })
+        {
+            using var cut = flash.Fork(4);
+            var cq = new FlashQueue(cut);
+            cq.Mount(2);
+            cut.ScheduleCut(at, new PowerCut(CutMode.BeforeStart));
+            try
+            {
+                cq.Append(1, 1, data, 0, data.Length);
+            }
+            catch (PowerLossException)
+            {
+            }
+
+            cut.PowerOn();
+            MountRow(o, cut, label);
+        }
+
         o.WriteLine();
     }
 

@@ -161,6 +161,113 @@ public class AlertStoreTests
     }
 
     [Fact]
+    public void CoalescedAlert_WhoseOlderRecordTheFullPolicyMovedPastItsNewest_IsSentWithItsLatestCount_AfterAReboot()
+    {
+        using var flash = new NorFlashSimulator(new FlashGeometry(4 * 1024, 1024, 256, 1, true, false));
+        var clock = new ManualClock();
+        var (store, queue) = Boot(flash, clock, boot: 1);
+        var freezer = new Alert("FREEZER_TEMP_HIGH", Severity.Critical, "Freezer 2");
+        store.Raise(freezer);
+        store.Raise(freezer); // count 2: written, in the oldest sector
+        while (queue.LiveSectors == 1)
+        {
+            clock.UptimeMs += 61_000; // a repeat a minute later is written as an update
+            store.Raise(new Alert("READING", Severity.Info, "Reading"));
+        }
+
+        clock.UptimeMs += 61_000;
+        store.Raise(freezer); // count 3
+        store.Raise(freezer); // count 4: the newest record, in the second sector
+        while (queue.DroppedSinceMount == 0)
+        {
+            clock.UptimeMs += 61_000;
+            store.Raise(new Alert("READING", Severity.Info, "Reading"));
+        }
+
+        // Reclaiming the oldest sector moved the count-2 record forward, past the count-4 one.
+        var (again, _) = Boot(flash, clock, boot: 2);
+        var sent = Drain(again).Select(s => s.Json).Where(j => j.GetProperty("code").GetString() == "FREEZER_TEMP_HIGH").ToList();
+
+        Assert.Equal([4], sent.Select(j => j.GetProperty("count").GetInt32()));
+    }
+
+    [Fact]
+    public void CoalescedAlert_MovedPastItsNewest_WithMoreChainsThanTheStoreTracks_InBetween_IsSentFirstWithItsLatestCount()
+    {
+        // Found by the torture campaign: the boot's scan forgot the freezer's chain when 16 newer ones filled the table,
+        // then learnt it again from the count-2 record the full policy had moved forward, took that for the latest,
+        // skipped the count-4 record, and an acknowledgement of what followed removed it unsent.
+        using var flash = new NorFlashSimulator(new FlashGeometry(4 * 4096, 4096, 256, 1, true, false));
+        var clock = new ManualClock();
+        var (store, queue) = Boot(flash, clock, boot: 1);
+        var freezer = new Alert("FREEZER_TEMP_HIGH", Severity.Critical, "Freezer 2");
+        store.Raise(freezer);
+        store.Raise(freezer); // count 2: written, in the oldest sector
+        while (queue.LiveSectors == 1)
+        {
+            clock.UptimeMs += 61_000;
+            store.Raise(new Alert("READING", Severity.Info, "Reading"));
+        }
+
+        clock.UptimeMs += 61_000;
+        store.Raise(freezer); // count 3
+        store.Raise(freezer); // count 4: the newest record, in the second sector
+        for (int code = 0; code < 18; code++)
+        {
+            var other = new Alert("SENSOR_" + code, Severity.Warning, "Sensor");
+            store.Raise(other);
+            store.Raise(other); // count 2: an update, so a chain the next boot's scan has to track
+        }
+
+        Assert.Equal(2, queue.LiveSectors); // all of them in the second sector, read before the moved records
+        while (queue.DroppedSinceMount == 0)
+        {
+            clock.UptimeMs += 61_000;
+            store.Raise(new Alert("READING", Severity.Info, "Reading"));
+        }
+
+        var (again, _) = Boot(flash, clock, boot: 2);
+        var sent = Drain(again).Select(s => s.Json).Where(j => j.GetProperty("code").GetString() == "FREEZER_TEMP_HIGH").ToList();
+
+        Assert.NotEmpty(sent);
+        Assert.Equal(4, sent[0].GetProperty("count").GetInt32()); // the gateway keeps the first copy of an id
+        Assert.Single(sent.Select(j => j.GetProperty("id").GetString()).Distinct());
+    }
+
+    [Fact]
+    public void AnUpdateCutAsItWasWritten_ThatReadsWellThenFades_NeverTakesTheAlertWithIt()
+    {
+        // 1 KiB pages: each record is one program, the one the cut strikes.
+        using var flash = new NorFlashSimulator(new FlashGeometry(64 * 1024, 4096, 1024, 1, true, false), seed: 5);
+        var clock = new ManualClock();
+        var (store, _) = Boot(flash, clock, boot: 1);
+        var pump = new Alert("PUMP_CYCLING", Severity.Warning, "Pump restarted");
+        store.Raise(pump);
+        store.Raise(new Alert("DOOR_OPEN", Severity.Warning, "Door open"));
+        flash.ScheduleCut(0, new PowerCut(CutMode.RandomBits, 1, WeakCells.Fade)); // every bit written, none of them solid
+        Assert.Throws<PowerLossException>(() => store.Raise(pump)); // the count-2 update of the first alert
+        flash.PowerOn();
+
+        // The boot after the cut reads the update: it stands in for the pump's first record. The gateway takes
+        // the door alert and acknowledges it, which would also cover that first record.
+        var (second, _) = Boot(flash, clock, boot: 2);
+        var buf = new byte[AlertJsonWriter.MaxLength];
+        Assert.True(second.TryNext(buf, 0, out int len, out uint seq));
+        var door = JsonDocument.Parse(buf.AsMemory(0, len)).RootElement.Clone();
+        Assert.Equal("DOOR_OPEN", door.GetProperty("code").GetString());
+        second.Acknowledge(seq);
+
+        flash.PowerOn(); // the update's cells fade
+        var (third, _) = Boot(flash, clock, boot: 3);
+        var sent = Drain(third).Select(s => s.Json).ToList();
+
+        var pumps = sent.Where(j => j.GetProperty("code").GetString() == "PUMP_CYCLING").ToList();
+        Assert.Equal([1], pumps.Select(j => j.GetProperty("count").GetInt32())); // the count promised: the second raise never returned
+        // The door alert may come again under its id (its acknowledgement was held back): the gateway drops it.
+        Assert.All(sent.Except(pumps), j => Assert.Equal(door.GetProperty("id").GetString(), j.GetProperty("id").GetString()));
+    }
+
+    [Fact]
     public void RaiseAndSend_AllocateNothing_InSteadyState()
     {
         using var flash = new NorFlashSimulator(Geometry);

@@ -5,56 +5,127 @@ namespace EdgeMail.Firmware.Storage;
 /// <summary>What the queue does when it runs out of free sectors (docs/flash-queue.md, "When full").</summary>
 public sealed partial class FlashQueue
 {
-    private void OpenNextSector()
+    private const int CollectedNothing = 0;
+    private const int CollectedVictimFreed = 1;
+    private const int CollectedIntoNewSector = 2;
+
+    // The lowest priority queued when last counted; acknowledgements can only raise it, so between counts it
+    // is a lower bound (0 after a mount).
+    private int _lowestQueued;
+
+    // Results of the last PlanReclaim.
+    private bool _planFits;
+    private int _planMoved;
+    private int _planDropped;
+
+    /// <summary>
+    /// Makes room for an entry of <paramref name="priority"/>: opens a free sector, or reclaims the oldest.
+    /// With DropLowestPriority, returns true when the new entry is itself what the policy drops: its priority is
+    /// the lowest queued (or lower), and the oldest sector holds nothing of that priority to drop, so reclaiming
+    /// it would only move entries of higher priority around the ring. Only if even the marker that counts it does
+    /// not fit in the head is a sector reclaimed first, the ordinary way.
+    /// </summary>
+    private bool OpenNextSector(int priority, bool markerFits)
     {
         ReclaimAcknowledged();
         if (FreeSectors() >= 2)
         {
             OpenSector(Next(_head), _headSectorSeq + 1);
-            return;
+            return false;
         }
 
-        if (_policy == FullPolicy.Reject)
+        if (_policy == FullPolicy.Reject || FreeSectors() < 1)
         {
             throw new QueueFullException("Alert queue full: " + Depth + " entries wait for acknowledgement; nothing was dropped.");
         }
 
+        if (_policy == FullPolicy.DropLowestPriority)
+        {
+            int lowest = LowestQueuedPriority();
+            bool dropNew = priority < lowest && lowest < MarkerPriority;
+            if (priority == lowest)
+            {
+                PlanReclaim(_tail, lowest, 0);
+                dropNew = _planDropped == 0;
+            }
+
+            if (dropNew)
+            {
+                if (!markerFits)
+                {
+                    CollectTail(keepAll: false);
+                }
+
+                return true;
+            }
+        }
+
         CollectTail(keepAll: false);
+        return false;
+    }
+
+    /// <summary>The lowest priority of the entries queued (markers not counted); 3 when none is.</summary>
+    private int LowestQueuedPriority()
+    {
+        EnsurePendingCounts();
+        int lowest = 0;
+        while (lowest < MarkerPriority && _pending[lowest] == 0)
+        {
+            lowest++;
+        }
+
+        _lowestQueued = lowest;
+        return lowest;
     }
 
     /// <summary>
-    /// Frees the oldest sector: drops entries of the lowest queued priority (none when
-    /// <paramref name="keepAll"/>) and moves the others to a new sector.
+    /// Frees the oldest sector (the victim): drops its entries of the lowest queued priority (none when
+    /// <paramref name="keepAll"/>) and moves the others to the spare sector. In this order, so that a power
+    /// cut at any point leaves a state the next mount completes or undoes (docs/flash-queue.md, "When full"):
+    /// open the spare (erase, header); copy the survivors under new sequence numbers; write the marker
+    /// that counts the dropped entries and merges the victim's markers; write an acknowledgement that closes
+    /// the reclaim; erase the victim.
     /// </summary>
-    private void CollectTail(bool keepAll)
+    /// <returns>Whether the victim was freed, and whether a new sector was opened for it.</returns>
+    private int CollectTail(bool keepAll)
     {
         int victim = _tail;
         int threshold = -1;
         if (!keepAll)
         {
             EnsurePendingCounts();
-            threshold = MarkerPriority;
-            if (_policy == FullPolicy.DropLowestPriority)
-            {
-                threshold = 0;
-                while (threshold < MarkerPriority && _pending[threshold] == 0)
-                {
-                    threshold++;
-                }
-            }
+            threshold = _policy == FullPolicy.DropLowestPriority ? LowestQueuedPriority() : MarkerPriority;
         }
 
-        // Survivors plus the marker must fit in one fresh sector. If they would not, also drop the
-        // oldest survivors of the next priority, one at a time, until they do.
+        // Appends keep room for their sector's entries to move with a marker, so the survivors always fit.
+        // Sectors written by firmware before that rule may not: then also drop the oldest survivors of the
+        // next priority, one at a time, until they do. An acknowledgement never drops anything.
         int extraCount = 0;
-        while (threshold < MarkerPriority && !SurvivorsFit(victim, threshold, extraCount))
+        PlanReclaim(victim, threshold, extraCount);
+        while (!_planFits)
         {
+            if (keepAll)
+            {
+                return CollectedNothing;
+            }
+
             extraCount++;
             if (extraCount > _sectorBytes / RecordOverhead)
             {
                 threshold++;
                 extraCount = 0;
             }
+
+            PlanReclaim(victim, threshold, extraCount);
+        }
+
+        if (_planMoved == 0 && _planDropped == 0)
+        {
+            // Nothing in it is owed to anyone (its numbers were acknowledged or skipped): just free it.
+            _device.EraseSector(victim);
+            _erasedSector = victim;
+            _tail = Next(victim);
+            return CollectedVictimFreed;
         }
 
         int victimBase = victim * _sectorBytes;
@@ -121,6 +192,7 @@ public sealed partial class FlashQueue
             uint newSeq = _nextSeq;
             CopyRecord(at, newSeq, type, priority, _rec[10], original, victimBase + start + RecordOverhead + (relocated ? RelocationPrefix : 0), payloadLen);
             _nextSeq = newSeq + 1;
+            _headMovedEnd = MovedEnd(_headMovedEnd, RelocationPrefix + payloadLen);
         }
 
         if (dropped > 0)
@@ -137,40 +209,66 @@ public sealed partial class FlashQueue
             }
         }
 
-        // The victim's entries now live elsewhere or are counted in the marker: erase it so no reboot
-        // can bring them back, and remember it is blank for when the ring reaches it.
+        // The closing record: from here on the moved entries and the marker are complete, and a mount that
+        // finds the victim still there erases it rather than this sector.
+        WriteAckRecord(_ackedThrough);
+
+        // The victim's entries now live here or are counted in the marker: erase it so no reboot can bring
+        // them back, and remember it is blank for when the ring reaches it.
         _device.EraseSector(victim);
         _erasedSector = victim;
         _tail = Next(victim);
+        return CollectedIntoNewSector;
     }
 
-    /// <summary>Whether the entries a collection would keep, and its marker, fit in one fresh sector.</summary>
-    private bool SurvivorsFit(int sector, int threshold, int extraCount)
+    /// <summary>
+    /// What reclaiming <paramref name="sector"/> would do: how many entries it moves and drops (markers
+    /// count as dropped: they are merged), and whether the moved entries, and a marker if anything is
+    /// dropped, fit in a fresh sector.
+    /// </summary>
+    private void PlanReclaim(int sector, int threshold, int extraCount)
     {
         int baseAddr = sector * _sectorBytes;
         int pos = _dataStart;
         int at = _dataStart;
+        int moved = 0;
+        int dropped = 0;
         while (NextRecord(baseAddr, ref pos, _sectorBytes))
         {
             int len = Le.U16(_rec, 0);
             byte priority = _rec[9];
-            if (_rec[8] != TypeItem || Le.U32(_rec, 4) <= _ackedThrough || priority <= threshold)
+            byte type = _rec[8];
+            if (type == TypeAck || Le.U32(_rec, 4) <= _ackedThrough)
             {
+                continue;
+            }
+
+            if (type == TypeDropped || priority <= threshold)
+            {
+                dropped++;
                 continue;
             }
 
             if (priority == threshold + 1 && extraCount > 0)
             {
                 extraCount--;
+                dropped++;
                 continue;
             }
 
             int payload = len - ((_rec[11] & FlagRelocated) != 0 ? RelocationPrefix : 0);
-            at = HeaderSlot(at) + RoundUp(RecordOverhead + RelocationPrefix + payload, _unit);
+            at = MovedEnd(at, RelocationPrefix + payload);
+            moved++;
         }
 
-        at = HeaderSlot(at) + RoundUp(RecordOverhead + DroppedPayload, _unit);
-        return at <= _entryLimit;
+        if (dropped > 0)
+        {
+            at = MovedEnd(at, DroppedPayload);
+        }
+
+        _planFits = at <= _entryLimit;
+        _planMoved = moved;
+        _planDropped = dropped;
     }
 
     /// <summary>Counts unacknowledged entries per priority by walking the live sectors (only when the queue first fills).</summary>

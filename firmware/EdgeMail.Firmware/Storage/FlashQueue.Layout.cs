@@ -92,10 +92,12 @@ public sealed partial class FlashQueue
         }
 
         _erasedSector = -1;
+        _recoveryPending = false;
         WriteSectorHeader(sector, sectorSeq);
         _head = sector;
         _headSectorSeq = sectorSeq;
         _writeOffset = _dataStart;
+        _headMovedEnd = _dataStart;
     }
 
     private void WriteSectorHeader(int sector, uint sectorSeq)
@@ -289,6 +291,9 @@ public sealed partial class FlashQueue
             _stageFill = 0;
         }
     }
+
+    /// <summary>Where a record with a payload of <paramref name="payload"/> bytes ends when written at <paramref name="end"/> (the end of the one before).</summary>
+    private int MovedEnd(int end, int payload) => HeaderSlot(end) + RoundUp(RecordOverhead + payload, _unit);
 
     private static int RoundUp(int value, int unit) => (value + unit - 1) & ~(unit - 1);
 

@@ -28,6 +28,12 @@ public sealed partial class FlashQueue
     private const byte MarkerPriority = 3;
     private const int Priorities = 4;
 
+    // What the first valid record of the head is (ScanHead): a reclaim's new sector starts with a moved entry or a marker.
+    private const int FirstNone = 0;
+    private const int FirstMoved = 1;
+    private const int FirstMarker = 2;
+    private const int FirstOther = 3;
+
     private readonly IFlashDevice _device;
     private readonly FullPolicy _policy;
     private readonly int _sectorBytes;
@@ -55,6 +61,27 @@ public sealed partial class FlashQueue
     private int _erasedSector = -1;
     private bool _mounted;
     private bool _pendingKnown;
+
+    // Where the head's entries would end if all were moved to a fresh sector (each moved entry carries its
+    // original sequence number, 4 bytes more): appends keep room for that and a marker, so a reclaim never
+    // has to drop an entry the policy keeps.
+    private int _headMovedEnd;
+
+    // After a mount, the first record programmed in the head is an acknowledgement with these exact bytes,
+    // at a position the visible flash determines: if power fails before any bit of it changes, the next
+    // mount writes the same bytes at the same place, and no unit is ever programmed with two contents.
+    private bool _recoveryPending;
+    private uint _recoveryAck;
+
+    private bool _headRecovered;
+
+    // Results of the last ScanHead.
+    private int _scanEnd;
+    private int _scanDirtyEnd;
+    private bool _scanTorn;
+    private int _scanRecords;
+    private int _scanFirst;
+    private bool _scanCommitted;
 
     // Reader state (RAM only: after a reboot the reader starts again after the last acknowledgement).
     private bool _readerPositioned;
@@ -121,6 +148,14 @@ public sealed partial class FlashQueue
     /// <summary>Entries appended but not acknowledged (including markers and entries moved by the full policy).</summary>
     public uint Depth => _nextSeq - 1 - _ackedThrough;
 
+    /// <summary>
+    /// The entry the mount found last in the newest sector, with nothing written after it (0 when the last record
+    /// there is not an entry). If power failed while it was written, its cells may read correctly now and not on a
+    /// later boot (docs/flash-queue.md, "Weak cells"): a reader should not let it stand in for older entries
+    /// before it is acknowledged itself.
+    /// </summary>
+    public uint LastEntryAtMount { get; private set; }
+
     /// <summary>Entries dropped by the full policy since mount.</summary>
     public long DroppedSinceMount { get; private set; }
 
@@ -140,10 +175,15 @@ public sealed partial class FlashQueue
         _nextSeqAtReaderEnd = 0;
         _pendingKnown = false;
         _erasedSector = -1;
+        _recoveryPending = false;
+        LastEntryAtMount = 0;
+        _lowestQueued = 0;
         DroppedSinceMount = 0;
 
         int head = -1;
         uint headSeq = 0;
+        uint headFirst = 0;
+        uint headAcked = 0;
         uint maxSeen = 0;
         int runStart = -1;
         int headRunStart = -1;
@@ -170,10 +210,13 @@ public sealed partial class FlashQueue
 
                 if (head < 0 || _hSeq > headSeq)
                 {
+                    // Keep the fields of the read that passed the check: a weak header may read differently next time.
                     head = i;
                     headSeq = _hSeq;
                     headRunStart = runStart;
                     _epoch = _hEpoch;
+                    headFirst = _hFirst;
+                    headAcked = _hAcked;
                 }
 
                 if (i == 0)
@@ -206,15 +249,26 @@ public sealed partial class FlashQueue
             live = _sectorCount;
         }
 
-        ReadSectorHeader(head);
         _head = head;
         _headSectorSeq = headSeq;
-        _nextSeq = _hFirst;
-        _ackedThrough = _hAcked;
+        _nextSeq = headFirst;
+        _ackedThrough = headAcked;
         int oldest = (head - live + 1 + _sectorCount) % _sectorCount;
         _tail = oldest;
-        RecoverHead();
+        ScanHead();
+        _headRecovered = false;
+        if (live == _sectorCount && HoldsUnacknowledged(oldest))
+        {
+            live = FinishOrUndoReclaim(oldest);
+            oldest = (_head - live + 1 + _sectorCount) % _sectorCount;
+        }
+
         _tail = FindSectorHolding(_ackedThrough + 1, oldest, live);
+        if (!_headRecovered)
+        {
+            RecoverHead();
+        }
+
         _sentThrough = _ackedThrough;
         _mounted = true;
         return true;
@@ -247,10 +301,33 @@ public sealed partial class FlashQueue
             throw new ArgumentOutOfRangeException(nameof(priority), "Priority must be 0, 1 or 2.");
         }
 
-        int pos = MakeRoom(RecordOverhead + count);
+        int pos = MakeRoom(RecordOverhead + count, priority);
         uint seq = _nextSeq;
+        if (pos < 0)
+        {
+            // Dropped on arrival (docs/flash-queue.md, "When full"): its number is used, and a marker counts it.
+            Le.PutU32(_small, 0, 1);
+            Le.PutU32(_small, 4, seq);
+            Le.PutU32(_small, 8, seq);
+            WriteRecord(HeaderSlot(_writeOffset), seq + 1, TypeDropped, MarkerPriority, 0, 0, _small, 0, _small, 0, DroppedPayload);
+            _nextSeq = seq + 2;
+            DroppedSinceMount++;
+            if (_pendingKnown)
+            {
+                _pending[MarkerPriority]++;
+            }
+
+            return seq;
+        }
+
         WriteRecord(pos, seq, TypeItem, priority, kind, 0, _small, 0, payload, offset, count);
         _nextSeq = seq + 1;
+        _headMovedEnd = MovedEnd(_headMovedEnd, RelocationPrefix + count);
+        if (priority < _lowestQueued)
+        {
+            _lowestQueued = priority;
+        }
+
         if (_pendingKnown)
         {
             _pending[priority]++;
@@ -368,6 +445,7 @@ public sealed partial class FlashQueue
                 entry.DroppedCount = Le.U32(_small, 0);
                 entry.DroppedFirstSeq = Le.U32(_small, 4);
                 entry.DroppedLastSeq = Le.U32(_small, 8);
+                MergeFollowingMarkers(entry, baseAddr, limit);
             }
             else
             {
@@ -377,6 +455,41 @@ public sealed partial class FlashQueue
             }
 
             return true;
+        }
+    }
+
+    /// <summary>
+    /// Folds the drop markers that directly follow the one just read (in the same sector) into it: a full queue
+    /// that drops new entries on arrival writes one marker each, and the reader reports a run of them as one.
+    /// </summary>
+    private void MergeFollowingMarkers(QueueEntry entry, int baseAddr, int limit)
+    {
+        while (true)
+        {
+            int pos = _readOffset;
+            if (NextIntactHeader(baseAddr, ref pos, limit) != DroppedPayload || _rec[8] != TypeDropped || (_rec[11] & FlagRelocated) != 0)
+            {
+                return;
+            }
+
+            uint seq = Le.U32(_rec, 4);
+            int size = RoundUp(RecordOverhead + DroppedPayload, _unit);
+            _device.Read(baseAddr + pos + RecordOverhead, _small, 0, DroppedPayload);
+            uint state = Crc32.Update(Crc32.Update(Crc32.Seed, _rec, 0, 12), _small, 0, DroppedPayload);
+            if (seq <= entry.Seq || Crc32.Finish(state) != Le.U32(_rec, 12))
+            {
+                return;
+            }
+
+            uint first = Le.U32(_small, 4);
+            uint last = Le.U32(_small, 8);
+            entry.DroppedCount += Le.U32(_small, 0);
+            entry.DroppedFirstSeq = first < entry.DroppedFirstSeq ? first : entry.DroppedFirstSeq;
+            entry.DroppedLastSeq = last > entry.DroppedLastSeq ? last : entry.DroppedLastSeq;
+            entry.Seq = seq;
+            entry.OriginalSeq = seq;
+            _sentThrough = seq;
+            _readOffset = pos + size;
         }
     }
 
@@ -423,33 +536,38 @@ public sealed partial class FlashQueue
         _pendingKnown = false;
 
         // The end of every sector is kept for acknowledgements, so a full queue can still drain.
-        if (HeaderSlot(_writeOffset) + RoundUp(RecordOverhead, _unit) <= _sectorBytes)
+        int ackBytes = RoundUp(RecordOverhead, _unit);
+        int at = HeaderSlot(_writeOffset);
+        if (_recoveryPending)
         {
+            at = HeaderSlot(at + ackBytes);
+        }
+
+        if (at + ackBytes <= _sectorBytes)
+        {
+            WritePendingRecovery();
             WriteAckRecord(seq);
             return;
         }
 
-        // Otherwise open a sector: its header records the acknowledgement. The sectors it covers are
-        // free again; if none is, the oldest sector's unacknowledged entries move forward (nothing is
-        // dropped for an acknowledgement) and the new sector's header records it.
+        // Otherwise the acknowledgement goes into a new sector. The sectors it covers are free again; if
+        // only the spare is, the oldest sector's unacknowledged entries move forward (nothing is dropped
+        // for an acknowledgement) and the reclaim's closing record is this acknowledgement.
         ReclaimAcknowledged();
-        if (FreeSectors() >= 2 || (_policy == FullPolicy.Reject && FreeSectors() == 1))
+        if (FreeSectors() == 1 && CollectTail(keepAll: true) == CollectedIntoNewSector)
         {
-            // Reject never collects, so its spare sector may take acknowledgements; appends are then
-            // refused until acknowledgements free a sector again.
+            return;
+        }
+
+        if (FreeSectors() >= 2)
+        {
             OpenSector(Next(_head), _headSectorSeq + 1);
             WriteAckRecord(seq);
-            return;
         }
 
-        // With the Reject policy and no sector free at all (hundreds of acknowledgements that freed
-        // nothing) the acknowledgement stays in RAM until the next sector opens: a power cut before
-        // that hands the batch out again, and the receiver drops the duplicates.
-        if (_policy != FullPolicy.Reject)
-        {
-            CollectTail(keepAll: true);
-            WriteAckRecord(seq);
-        }
+        // Only on an image whose ring has no spare sector (left by firmware before layout note v1.1 with the
+        // Reject policy), or whose oldest sector cannot be moved whole: the acknowledgement stays in RAM until
+        // the next sector opens. A power cut before that hands the batch out again; the receiver drops the duplicates.
     }
 
     /// <summary>
@@ -480,12 +598,21 @@ public sealed partial class FlashQueue
         _pendingKnown = true;
         Array.Clear(_pending, 0, Priorities);
         _erasedSector = -1;
+        _recoveryPending = false;
+        LastEntryAtMount = 0;
+        _lowestQueued = 0;
         OpenSector(0, sectorSeq);
+        WriteAckRecord(0); // never header-only: a mount rewrites such a head, costing an erase per boot
         _mounted = true;
     }
 
-    /// <summary>Scans the newest sector: where to append next, the highest sequence number, the latest acknowledgement.</summary>
-    private void RecoverHead()
+    /// <summary>
+    /// Scans the head sector: the end of its last valid record, anything written after it (a torn write),
+    /// the highest sequence number, the latest acknowledgement, where its entries would end if moved, and
+    /// whether it is the new sector of a reclaim (moved entries or a marker first) whose closing
+    /// acknowledgement was written. Only reads.
+    /// </summary>
+    private void ScanHead()
     {
         int baseAddr = _head * _sectorBytes;
         int pos = _dataStart;
@@ -493,12 +620,17 @@ public sealed partial class FlashQueue
         int dirtyPages = 0;
         bool torn = false;
         int records = 0;
+        int first = FirstNone;
+        bool committed = false;
+        int movedEnd = _dataStart;
+        uint lastEntry = 0;
         int len;
         while ((len = NextIntactHeader(baseAddr, ref pos, _sectorBytes)) >= 0)
         {
             int size = RoundUp(RecordOverhead + len, _unit);
             uint seq = Le.U32(_rec, 4);
             byte type = _rec[8];
+            bool moved = (_rec[11] & FlagRelocated) != 0;
             if (!RecordCrcOk(baseAddr + pos, len))
             {
                 // A torn record whose header survived: its sequence number may have been seen, never reuse it.
@@ -514,93 +646,204 @@ public sealed partial class FlashQueue
             }
 
             records++;
+            if (first == FirstNone)
+            {
+                first = type == TypeDropped ? FirstMarker : type == TypeItem && moved ? FirstMoved : FirstOther;
+            }
+
             if (type == TypeAck)
             {
                 if (seq > _ackedThrough)
                 {
                     _ackedThrough = seq;
                 }
+
+                committed |= !torn && first != FirstOther;
             }
             else if (seq >= _nextSeq)
             {
                 _nextSeq = seq + 1;
             }
 
+            if (type == TypeItem)
+            {
+                movedEnd = MovedEnd(movedEnd, len + (moved ? 0 : RelocationPrefix));
+            }
+
+            lastEntry = type == TypeItem ? seq : 0;
             pos += size;
             lastValidEnd = pos;
         }
 
         int dirtyEnd = LastNonBlank(baseAddr, lastValidEnd);
-        if (dirtyEnd > lastValidEnd || dirtyPages > lastValidEnd)
+        _scanEnd = lastValidEnd;
+        _scanDirtyEnd = dirtyPages > dirtyEnd ? dirtyPages : dirtyEnd;
+        _scanTorn = torn || dirtyEnd > lastValidEnd || dirtyPages > lastValidEnd;
+        _scanRecords = records;
+        _scanFirst = first;
+        _scanCommitted = committed;
+        LastEntryAtMount = torn ? 0 : lastEntry;
+        _headMovedEnd = movedEnd;
+    }
+
+    /// <summary>Whether the oldest live sector still holds entries nobody acknowledged (its successor's first number is above the next one owed).</summary>
+    private bool HoldsUnacknowledged(int oldest)
+    {
+        int next = Next(oldest);
+        return next != _head && ReadSectorHeader(next) && _hEpoch == _epoch && _hFirst > _ackedThrough + 1;
+    }
+
+    /// <summary>
+    /// Every sector holds a live header and the oldest still holds unacknowledged entries: power failed
+    /// inside a reclaim (docs/flash-queue.md, "When full"). If the new sector (the head) holds its closing
+    /// acknowledgement, the moved entries and the marker are complete: close it again with a record
+    /// programmed in this boot, then erase the victim. Otherwise the victim still holds everything: erase
+    /// the new sector and continue in the one before. An image whose head starts with neither a moved
+    /// entry nor a marker is the older Reject policy's use of the spare for acknowledgements: left as it is.
+    /// </summary>
+    /// <returns>The number of live sectors afterwards.</returns>
+    private int FinishOrUndoReclaim(int victim)
+    {
+        if (_scanFirst == FirstOther)
         {
-            torn = true;
+            return _sectorCount;
         }
 
-        if (records == 0 && !torn)
+        if (_scanCommitted)
         {
-            // Only the header was written before the last power loss: its cells may be weakly programmed.
-            // Erase and rewrite it, with the same values, so it reads the same on every boot.
-            uint sectorSeq = _headSectorSeq;
-            _device.EraseSector(_head);
-            WriteSectorHeader(_head, sectorSeq);
-            _writeOffset = _dataStart;
-            return;
+            // The closing record read now may be weak; the one written here is not, so a cut inside the
+            // erase below cannot make a later boot undo a reclaim whose victim is half erased.
+            RecoverHead();
+            _headRecovered = true;
+            WritePendingRecovery();
+            _device.EraseSector(victim);
+            _erasedSector = victim;
+            _tail = Next(victim);
+            return _sectorCount - 1;
         }
 
-        if (torn)
+        _device.EraseSector(_head);
+        _erasedSector = _head;
+        _head = (_head - 1 + _sectorCount) % _sectorCount;
+        _headSectorSeq--;
+        ReadSectorHeader(_head);
+        _nextSeq = _hFirst;
+        _ackedThrough = _hAcked;
+        ScanHead();
+        return _sectorCount - 1;
+    }
+
+    /// <summary>
+    /// Decides where to write next in the head after a mount, from what ScanHead found (docs/flash-queue.md,
+    /// "Mount and recovery"). Programs only the head's header again (after erasing it) or one acknowledgement
+    /// whose bytes and place follow from what is visible.
+    /// </summary>
+    private void RecoverHead()
+    {
+        if (_scanTorn)
         {
             _nextSeq++; // the torn append may have been handed out under this number once
         }
 
-        // The last record may hold weak cells that pass today and fail later; a scan that meets a bad
-        // header skips to the next page, so new records start on a fresh page.
-        int resume = RoundUp(lastValidEnd, _pageBytes);
-        if (torn)
+        if (_nextSeq <= _ackedThrough)
         {
-            // Skip whatever the torn operation left, and write a marker past it at once: its cells may
-            // read erased on a later boot, and must never be programmed again.
-            if (dirtyEnd > lastValidEnd && NextPage(dirtyEnd - 1) > resume)
+            // A torn write whose number was skipped and acknowledged may no longer be visible.
+            _nextSeq = _ackedThrough + 1;
+        }
+
+        if (_scanRecords == 0 && !_scanTorn)
+        {
+            // Only the header was written before the last power loss: its cells may be weakly programmed.
+            // Continue in a fresh sector (the old one holds nothing), or, with no sector to spare, erase and
+            // rewrite it with the same values; either way the header is then solid. Erasing the only valid
+            // header would let a cut inside that erase format the queue with a new epoch.
+            if (FreeSectors() >= 2)
             {
-                resume = NextPage(dirtyEnd - 1);
+                OpenSector(Next(_head), _headSectorSeq + 1);
+            }
+            else
+            {
+                uint sectorSeq = _headSectorSeq;
+                _device.EraseSector(_head);
+                WriteSectorHeader(_head, sectorSeq);
+                _writeOffset = _dataStart;
+                _headMovedEnd = _dataStart;
             }
 
-            if (dirtyPages > resume)
-            {
-                resume = dirtyPages;
-            }
+            // And a record after it, so the next mount finds more than a header and erases nothing.
+            WriteAckRecord(_ackedThrough);
+            return;
+        }
+
+        // The write that followed the last valid record, if power failed inside it before anything became
+        // visible, touched at most the rest of the page it started in (later pages are written only after
+        // the first one completed, and that shows): resume on the page after it.
+        int resume = NextPage(HeaderSlot(_scanEnd));
+        if (_scanTorn && _scanDirtyEnd > _scanEnd && NextPage(_scanDirtyEnd - 1) > resume)
+        {
+            resume = NextPage(_scanDirtyEnd - 1);
         }
 
         _writeOffset = resume < _sectorBytes ? resume : _sectorBytes;
-        if (torn && _writeOffset + RecordOverhead <= _sectorBytes)
+        _recoveryAck = _ackedThrough;
+        _recoveryPending = true;
+        if (_scanTorn)
         {
-            WriteAckRecord(_ackedThrough);
+            // Pin the place past the torn cells at once: they may read erased on a later boot.
+            WritePendingRecovery();
         }
     }
 
-    /// <summary>Returns where a record of <paramref name="bytes"/> (header included) goes, opening or reclaiming sectors as needed.</summary>
-    private int MakeRoom(int bytes)
+    /// <summary>Writes the first record after a mount (see _recoveryPending) if it is still owed and fits in the head.</summary>
+    private void WritePendingRecovery()
     {
-        if (_policy == FullPolicy.Reject && FreeSectors() == 0)
+        if (_recoveryPending && HeaderSlot(_writeOffset) + RoundUp(RecordOverhead, _unit) <= _sectorBytes)
         {
-            ReclaimAcknowledged();
-            if (FreeSectors() == 0)
-            {
-                throw new QueueFullException("Alert queue full: " + Depth + " entries wait for acknowledgement; nothing was dropped.");
-            }
+            WriteAckRecord(_recoveryAck);
         }
 
+        _recoveryPending = false;
+    }
+
+    /// <summary>Returns where a record of <paramref name="bytes"/> (header included) goes, opening or reclaiming sectors as needed.</summary>
+    /// <summary>
+    /// Returns where a record of <paramref name="bytes"/> (header included) goes, opening or reclaiming sectors as
+    /// needed; or -1 when the full policy drops the new entry itself (then a drop marker fits in the head).
+    /// </summary>
+    private int MakeRoom(int bytes, int priority)
+    {
         int size = RoundUp(bytes, _unit);
+        int ackBytes = RoundUp(RecordOverhead, _unit);
+        int markerBytes = RoundUp(RecordOverhead + DroppedPayload, _unit);
+
+        // A full queue takes nothing below the lowest priority it holds: room freed by dropping entries of a
+        // priority goes to that priority or higher. (Letting a lower one in would make the next entry of a higher
+        // priority move the whole ring to reach it.) The counts are those of the last reclaim, or exact.
+        bool dropNew = _policy == FullPolicy.DropLowestPriority && FreeSectors() <= 1 && priority < _lowestQueued;
         // Each collection frees the lowest priority in one sector; in the worst case every priority
         // needs a full turn of the ring before enough room is free.
         for (int attempt = 0; attempt <= (Priorities + 1) * _sectorCount; attempt++)
         {
             int pos = HeaderSlot(_writeOffset);
-            if (pos + size <= _entryLimit)
+            if (_recoveryPending)
             {
-                return pos;
+                pos = HeaderSlot(pos + ackBytes);
             }
 
-            OpenNextSector();
+            if (dropNew && pos + markerBytes <= _entryLimit)
+            {
+                WritePendingRecovery();
+                return -1;
+            }
+
+            // With DropLowestPriority an append also keeps room for its sector to move whole with a marker.
+            if (!dropNew && pos + size <= _entryLimit && (_policy != FullPolicy.DropLowestPriority || MovedEnd(MovedEnd(_headMovedEnd, RelocationPrefix + bytes - RecordOverhead), DroppedPayload) <= _entryLimit))
+            {
+                WritePendingRecovery();
+                return HeaderSlot(_writeOffset);
+            }
+
+            dropNew |= OpenNextSector(priority, pos + markerBytes <= _entryLimit);
         }
 
         throw new InvalidOperationException("No room for a record of " + bytes + " bytes after reclaiming every sector.");
@@ -610,8 +853,9 @@ public sealed partial class FlashQueue
     {
         while (_tail != _head)
         {
-            ReadSectorHeader(Next(_tail));
-            if (_hFirst > _ackedThrough + 1)
+            // A header that does not read back as written (a weak cell) frees nothing.
+            int next = Next(_tail);
+            if (!ReadSectorHeader(next) || _hSeq != SectorSeqOf(next) || _hEpoch != _epoch || _hFirst > _ackedThrough + 1)
             {
                 break;
             }
@@ -628,8 +872,7 @@ public sealed partial class FlashQueue
         while (lo < hi)
         {
             int mid = (lo + hi + 1) / 2;
-            ReadSectorHeader((oldest + mid) % _sectorCount);
-            if (_hFirst <= seq)
+            if (ReadSectorHeader((oldest + mid) % _sectorCount) && _hEpoch == _epoch && _hFirst <= seq)
             {
                 lo = mid;
             }

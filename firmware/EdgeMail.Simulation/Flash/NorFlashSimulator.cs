@@ -7,25 +7,37 @@ namespace EdgeMail.Simulation.Flash;
 /// NOR flash as its datasheet describes it: erase sets a sector to 0xFF, program can only clear bits
 /// (the result is the AND of old and new), a program that crosses a page end wraps to the page start,
 /// every operation costs simulated time, and every sector counts its erases. On top of that it injects
-/// the faults that break flash stores in the field: power cuts between and inside operations (a torn
-/// program clears only some of the intended bits, a torn erase leaves a mix), weak bits that read
-/// differently from one read to the next, and — in strict mode — programming a unit twice between
-/// erases is refused as ESP32 flash encryption and ECC-protected internal flash refuse it.
+/// the faults that break flash stores in the field: power cuts before, inside and after operations
+/// (<see cref="PowerCut"/>: a torn program clears only some of the intended bits, a torn erase leaves a
+/// prefix, random bytes or random bits erased, and a cut can leave nothing visible at all), weak cells
+/// that read differently from one boot to the next, and — in strict mode — programming a unit twice
+/// between erases is refused as ESP32 flash encryption and ECC-protected internal flash refuse it.
+/// A unit that a cut program may have touched counts as programmed even where no bit visibly changed
+/// (its cells hold some charge): only the very bytes the cut program was writing may go there again,
+/// which completes that program. A sector whose erase was cut takes no program until it is erased.
 /// </summary>
 public sealed class NorFlashSimulator : IFlashDevice, IDisposable
 {
+    private const byte UnitErased = 0;
+    private const byte UnitProgrammed = 1;
+    private const byte UnitTouched = 2;
+
     private readonly byte[] _cells;
-    private readonly ulong[] _programmedUnits;
+    private readonly byte[] _units;
+    private readonly Dictionary<int, byte[]> _cutIntent;
+    private readonly bool[] _eraseTorn;
+    private readonly int[] _opUnits;
+    private readonly bool[] _opForbidden;
     private readonly int[] _eraseCounts;
     private readonly Dictionary<int, WeakCell> _weakBits;
+    private readonly int[] _weakInSector; // weak cells per sector, so reads elsewhere skip the lookups
     private readonly FlashTiming? _timing;
     private readonly bool _strict;
     private readonly int _eraseCycles;
     private readonly FileStream? _image;
     private Random _random;
     private long _mutationsUntilCut = -1;
-    private double _cutFraction;
-    private bool _weakBitsOnCut;
+    private PowerCut _cut;
     private int _boot;
 
     /// <summary>Creates a blank (erased) flash region.</summary>
@@ -45,8 +57,13 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
         _random = new Random(seed);
         _cells = new byte[geometry.SizeBytes];
         _eraseCounts = new int[geometry.SectorCount];
-        _programmedUnits = new ulong[(geometry.SizeBytes / geometry.ProgramUnit + 63) / 64];
+        _units = new byte[geometry.SizeBytes / geometry.ProgramUnit];
+        _cutIntent = [];
+        _eraseTorn = new bool[geometry.SectorCount];
+        _opUnits = new int[geometry.PageBytes / geometry.ProgramUnit];
+        _opForbidden = new bool[geometry.PageBytes / geometry.ProgramUnit];
         _weakBits = [];
+        _weakInSector = new int[geometry.SectorCount];
         Array.Fill(_cells, (byte)0xFF);
         if (imagePath is not null)
         {
@@ -74,9 +91,14 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
         _strict = source._strict;
         _random = new Random(seed);
         _cells = (byte[])source._cells.Clone();
-        _programmedUnits = (ulong[])source._programmedUnits.Clone();
+        _units = (byte[])source._units.Clone();
+        _cutIntent = new Dictionary<int, byte[]>(source._cutIntent);
+        _eraseTorn = (bool[])source._eraseTorn.Clone();
+        _opUnits = new int[source._opUnits.Length];
+        _opForbidden = new bool[source._opForbidden.Length];
         _eraseCounts = (int[])source._eraseCounts.Clone();
         _weakBits = new Dictionary<int, WeakCell>(source._weakBits);
+        _weakInSector = (int[])source._weakInSector.Clone();
         SimulatedMicros = source.SimulatedMicros;
         _boot = source._boot;
     }
@@ -136,6 +158,12 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
     /// <summary>Program and erase operations so far: the points where a power cut can strike.</summary>
     public long Mutations => ProgramOps + EraseOps;
 
+    /// <summary>
+    /// Programs that landed where the part forbids them (outside strict mode, which throws instead): over a unit
+    /// already programmed or touched by a cut program with other bytes, or in a sector whose erase was cut.
+    /// </summary>
+    public long Reprograms { get; private set; }
+
     /// <summary>Sectors erased more often than the part is rated for.</summary>
     public int WornSectors => _eraseCounts.Count(c => c > _eraseCycles);
 
@@ -154,18 +182,23 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
     /// <summary>
     /// Schedules a power cut inside the mutation (program or erase) that follows
     /// <paramref name="mutationsBefore"/> more mutations. <paramref name="fraction"/> 0 cuts before the
-    /// operation changes anything, 1 after it completed but before it returned; in between, every bit the
+    /// operation starts, 1 after it completed but before it returned; in between, every bit the
     /// operation was changing has that probability of having changed.
     /// </summary>
     /// <param name="mutationsBefore">Mutations allowed to complete first.</param>
     /// <param name="fraction">How far the cut operation got, 0 to 1.</param>
     /// <param name="weakBits">Whether bits the torn operation touched may read differently on each read.</param>
-    public void ScheduleCut(long mutationsBefore, double fraction, bool weakBits = false)
+    public void ScheduleCut(long mutationsBefore, double fraction, bool weakBits = false) =>
+        ScheduleCut(mutationsBefore, PowerCut.FromFraction(fraction, weakBits));
+
+    /// <summary>Schedules a power cut inside the mutation that follows <paramref name="mutationsBefore"/> more mutations.</summary>
+    /// <param name="mutationsBefore">Mutations allowed to complete first.</param>
+    /// <param name="cut">Where inside the operation power fails, and what it leaves.</param>
+    public void ScheduleCut(long mutationsBefore, PowerCut cut)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(mutationsBefore);
         _mutationsUntilCut = mutationsBefore;
-        _cutFraction = fraction;
-        _weakBitsOnCut = weakBits;
+        _cut = cut;
     }
 
     /// <summary>Cancels a scheduled cut.</summary>
@@ -190,16 +223,16 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
         EnsurePowered();
         CheckRange(address, count);
         Buffer.BlockCopy(_cells, address, buffer, offset, count);
-        if (_weakBits.Count > 0)
+        if (_weakBits.Count > 0 && AnyWeak(address, count))
         {
             for (int i = 0; i < count; i++)
             {
                 // A weak cell passes the first check after the cut and drifts from the boot after:
-                // from then on each read may see either value.
+                // from then on each read may see either value, or it has settled back to its old value.
                 if (_weakBits.TryGetValue(address + i, out WeakCell weak) && _boot >= weak.Boot + 2)
                 {
-                    byte noise = (byte)_random.Next(256);
-                    buffer[offset + i] = (byte)((buffer[offset + i] & ~weak.Mask) | (noise & weak.Mask));
+                    byte drifted = weak.Fades ? weak.Settled : (byte)_random.Next(256);
+                    buffer[offset + i] = (byte)((buffer[offset + i] & ~weak.Mask) | (drifted & weak.Mask));
                 }
             }
         }
@@ -228,59 +261,55 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
             throw new FlashViolationException($"Program of {count} bytes exceeds the {Geometry.PageBytes}-byte page buffer.");
         }
 
-        if (_strict)
+        int pageStart = address & ~(Geometry.PageBytes - 1);
+        int units = count / unit;
+        int[] unitAddress = _opUnits;
+        bool[] forbidden = _opForbidden;
+        bool anyForbidden = false;
+        for (int u = 0; u < units; u++)
         {
-            for (int a = address; a < address + count; a += unit)
+            // A page program that runs past the page end wraps to the page start (datasheet behaviour).
+            int a = pageStart + ((address - pageStart + (u * unit)) & (Geometry.PageBytes - 1));
+            unitAddress[u] = a;
+            forbidden[u] = false;
+            string? why = WhyForbidden(a, buffer, offset + (u * unit));
+            if (why is not null)
             {
-                if (IsProgrammed(a))
+                if (_strict)
                 {
-                    throw new FlashViolationException($"Unit at 0x{a:X} programmed twice without an erase (strict mode: encrypted or ECC flash forbids it).");
+                    throw new FlashViolationException($"Unit at 0x{a:X} programmed twice without an erase: {why} (strict mode: encrypted or ECC flash forbids it).");
                 }
+
+                forbidden[u] = anyForbidden = true;
             }
         }
 
         BeforeMutation?.Invoke(Mutations, false, address, buffer, offset, count);
         bool cut = ConsumeCut();
-        int pageStart = address & ~(Geometry.PageBytes - 1);
-        var touched = cut ? new bool[count / unit] : null;
-        bool encryptedGarble = false;
-        for (int i = 0; i < count; i++)
+        if (!cut && !anyForbidden && CleanUnits(unitAddress, units))
         {
-            // A page program that runs past the page end wraps to the page start (datasheet behaviour).
-            int a = pageStart + ((address - pageStart + i) & (Geometry.PageBytes - 1));
-            if (Geometry.Encrypted && _cells[a] != 0xFF)
+            // The common case, kept fast for the campaigns: erased units, no cut, no weak cells.
+            for (int u = 0; u < units; u++)
             {
-                encryptedGarble = true;
-            }
+                int a = unitAddress[u];
+                for (int i = 0; i < unit; i++)
+                {
+                    _cells[a + i] &= buffer[offset + (u * unit) + i];
+                }
 
-            byte target = (byte)(_cells[a] & buffer[offset + i]);
-            byte before = _cells[a];
-            _cells[a] = cut ? Tear(a, before, target, clearing: true) : target;
-            if (!cut)
-            {
-                _weakBits.Remove(a);
-            }
-            else if (_cells[a] != before || _weakBits.ContainsKey(a))
-            {
-                touched![(a - address) / unit] = true;
+                _units[a / unit] = UnitProgrammed;
             }
         }
-
-        if (encryptedGarble)
+        else if (!cut || _cut.Mode != CutMode.BeforeStart)
         {
-            // Clearing bits of ciphertext does not clear the same bits of plaintext: the block decrypts to noise.
-            for (int i = 0; i < count; i++)
+            for (int u = 0; u < units; u++)
             {
-                _cells[address + i] = (byte)_random.Next(256);
+                ProgramUnit(unitAddress[u], buffer, offset + (u * unit), forbidden[u], cut, (double)(u * unit) / count);
             }
-        }
 
-        // A cut program leaves the units it never reached physically erased; only touched units count.
-        for (int a = address; a < address + count; a += unit)
-        {
-            if (touched is null || touched[(a - address) / unit])
+            if (anyForbidden)
             {
-                MarkProgrammed(a);
+                Reprograms++;
             }
         }
 
@@ -311,29 +340,58 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
         BeforeMutation?.Invoke(Mutations, true, sector * Geometry.SectorBytes, [], 0, Geometry.SectorBytes);
         bool cut = ConsumeCut();
         int start = sector * Geometry.SectorBytes;
-        for (int a = start; a < start + Geometry.SectorBytes; a++)
+        int size = Geometry.SectorBytes;
+        if (!cut || _cut.Mode == CutMode.Complete)
         {
-            _cells[a] = cut ? Tear(a, _cells[a], 0xFF, clearing: false) : (byte)0xFF;
-            if (!cut)
+            for (int a = start; a < start + size; a++)
             {
-                _weakBits.Remove(a);
+                _cells[a] = 0xFF;
+                RemoveWeak(a);
             }
-        }
 
-        int firstUnit = start / Geometry.ProgramUnit;
-        for (int u = firstUnit; u < firstUnit + (Geometry.SectorBytes / Geometry.ProgramUnit); u++)
+            int firstUnit = start / Geometry.ProgramUnit;
+            for (int u = firstUnit; u < firstUnit + (size / Geometry.ProgramUnit); u++)
+            {
+                if (_units[u] == UnitTouched)
+                {
+                    _cutIntent.Remove(u);
+                }
+
+                _units[u] = UnitErased;
+            }
+
+            _eraseTorn[sector] = false;
+        }
+        else if (_cut.Mode != CutMode.BeforeStart)
         {
-            _programmedUnits[u >> 6] &= ~(1UL << (u & 63));
+            // A cut erase leaves the cells between programmed and erased; the sector takes no program until erased again.
+            int prefixEnd = start + (int)(size * _cut.Fraction);
+            for (int a = start; a < start + size; a++)
+            {
+                _cells[a] = _cut.Mode switch
+                {
+                    CutMode.Prefix => a < prefixEnd ? Settle(a, _cells[a], 0xFF) : _cells[a],
+                    CutMode.RandomBytes => _random.NextDouble() < _cut.Fraction ? Settle(a, _cells[a], 0xFF) : _cells[a],
+                    CutMode.RandomBits => Tear(a, _cells[a], 0xFF, clearing: false),
+                    _ => _cells[a],
+                };
+            }
+
+            _eraseTorn[sector] = true;
         }
 
-        _eraseCounts[sector]++;
+        if (!cut || _cut.Mode != CutMode.BeforeStart)
+        {
+            _eraseCounts[sector]++;
+        }
+
         EraseOps++;
         if (_timing is not null)
         {
             SimulatedMicros += _timing.SectorEraseUs;
         }
 
-        Persist(start, Geometry.SectorBytes);
+        Persist(start, size);
         if (cut)
         {
             ThrowCut($"erase of sector {sector}");
@@ -347,6 +405,170 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
     /// <inheritdoc />
     public void Dispose() => _image?.Dispose();
 
+    /// <summary>Why programming <paramref name="buffer"/> into the unit at <paramref name="a"/> is not allowed, or null.</summary>
+    private string? WhyForbidden(int a, byte[] buffer, int offset)
+    {
+        int u = a / Geometry.ProgramUnit;
+        if (_eraseTorn[a / Geometry.SectorBytes])
+        {
+            return "the last erase of its sector was cut";
+        }
+
+        if (_units[u] == UnitProgrammed)
+        {
+            return "it was programmed before";
+        }
+
+        if (_units[u] == UnitTouched && !SameBytes(_cutIntent[u], buffer, offset))
+        {
+            return "a cut program may have touched it, and these bytes differ from what that program wrote";
+        }
+
+        return null;
+    }
+
+    private void ProgramUnit(int a, byte[] buffer, int offset, bool forbidden, bool cut, double position)
+    {
+        int unit = Geometry.ProgramUnit;
+        int u = a / unit;
+        byte[]? intent = _units[u] == UnitTouched ? _cutIntent[u] : null;
+        for (int i = 0; i < unit; i++)
+        {
+            byte before = _cells[a + i];
+            byte target = (byte)(before & buffer[offset + i]);
+            if (!cut || _cut.Mode == CutMode.Complete)
+            {
+                if (cut)
+                {
+                    _cells[a + i] = Tear(a + i, before, target, clearing: true);
+                }
+                else
+                {
+                    _cells[a + i] = target;
+                    RemoveWeak(a + i);
+                }
+            }
+            else
+            {
+                _cells[a + i] = _cut.Mode switch
+                {
+                    CutMode.RandomBits => Tear(a + i, before, target, clearing: true),
+                    CutMode.RandomBytes => _random.NextDouble() < _cut.Fraction ? Settle(a + i, before, target) : before,
+                    CutMode.Prefix => position < _cut.Fraction ? Settle(a + i, before, target) : before,
+                    _ => NothingVisible(a + i, before, target),
+                };
+            }
+
+            if (intent is not null && !forbidden)
+            {
+                continue;
+            }
+
+            if (intent is not null)
+            {
+                // Cells the cut program was charging and this one leaves alone keep part of that charge.
+                byte residual = (byte)(~intent[i] & before & buffer[offset + i]);
+                if (residual != 0)
+                {
+                    SetWeak(a + i, new WeakCell((byte)(residual | Existing(a + i)), _boot, false, 0));
+                }
+            }
+        }
+
+        if (forbidden && Geometry.Encrypted)
+        {
+            // Clearing bits of ciphertext does not clear the same bits of plaintext: the block decrypts to noise.
+            for (int i = 0; i < unit; i++)
+            {
+                _cells[a + i] = (byte)_random.Next(256);
+            }
+        }
+
+        if (!cut || _cut.Mode == CutMode.Complete)
+        {
+            _units[u] = UnitProgrammed;
+            _cutIntent.Remove(u);
+        }
+        else if (_units[u] != UnitProgrammed)
+        {
+            // Whatever became visible, every unit of a started program holds some charge now.
+            _units[u] = UnitTouched;
+            _cutIntent[u] = buffer.AsSpan(offset, unit).ToArray();
+        }
+    }
+
+    private bool CleanUnits(int[] unitAddress, int units)
+    {
+        // A program stays within one page, so within one sector.
+        if (_weakBits.Count > 0 && AnyWeak(unitAddress[0], 1))
+        {
+            return false;
+        }
+
+        for (int u = 0; u < units; u++)
+        {
+            if (_units[unitAddress[u] / Geometry.ProgramUnit] != UnitErased)
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    private bool AnyWeak(int address, int count)
+    {
+        for (int sector = address / Geometry.SectorBytes; sector <= (address + count - 1) / Geometry.SectorBytes; sector++)
+        {
+            if (_weakInSector[sector] > 0)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    private void SetWeak(int address, WeakCell cell)
+    {
+        if (!_weakBits.ContainsKey(address))
+        {
+            _weakInSector[address / Geometry.SectorBytes]++;
+        }
+
+        _weakBits[address] = cell;
+    }
+
+    private void RemoveWeak(int address)
+    {
+        if (_weakBits.Remove(address))
+        {
+            _weakInSector[address / Geometry.SectorBytes]--;
+        }
+    }
+
+    private byte Existing(int address) => _weakBits.TryGetValue(address, out WeakCell w) ? w.Mask : (byte)0;
+
+    /// <summary>A cut that changed nothing visible may still leave sub-threshold charge that reads 0 later (noisy weak cells only).</summary>
+    private byte NothingVisible(int address, byte before, byte target)
+    {
+        byte changing = (byte)(before ^ target);
+        if (changing != 0 && _cut.Weak == WeakCells.Noisy && _random.Next(4) == 0)
+        {
+            SetWeak(address, new WeakCell((byte)(changing | Existing(address)), _boot, false, 0));
+        }
+
+        return before;
+    }
+
+    /// <summary>The whole byte reaches its target; with weak cells, the bits it changed may drift later.</summary>
+    private byte Settle(int address, byte before, byte target)
+    {
+        byte changing = (byte)(before ^ target);
+        MarkWeak(address, before, changing);
+        return target;
+    }
+
     private byte Tear(int address, byte before, byte target, bool clearing)
     {
         // Bits that the operation changes: 1→0 for a program, 0→1 for an erase.
@@ -356,32 +578,55 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
             return before;
         }
 
+        double fraction = _cut.Mode == CutMode.Complete ? 1 : _cut.Fraction;
         byte done = 0;
+        for (int bit = 0; bit < 8; bit++)
+        {
+            byte m = (byte)(1 << bit);
+            if ((changing & m) != 0 && _random.NextDouble() < fraction)
+            {
+                done |= m;
+            }
+        }
+
+        MarkWeak(address, before, done);
+        return clearing ? (byte)(before & ~done) : (byte)(before | done);
+    }
+
+    private void MarkWeak(int address, byte before, byte changed)
+    {
+        if (changed == 0 || _cut.Weak == WeakCells.None)
+        {
+            return;
+        }
+
         byte weak = 0;
         for (int bit = 0; bit < 8; bit++)
         {
             byte m = (byte)(1 << bit);
-            if ((changing & m) == 0)
+            if ((changed & m) != 0 && (_cut.Weak == WeakCells.Fade || _random.Next(4) == 0))
             {
-                continue;
-            }
-
-            if (_random.NextDouble() < _cutFraction)
-            {
-                done |= m;
-                if (_weakBitsOnCut && _random.Next(4) == 0)
-                {
-                    weak |= m;
-                }
+                weak |= m;
             }
         }
 
         if (weak != 0)
         {
-            _weakBits[address] = new WeakCell((byte)((_weakBits.TryGetValue(address, out WeakCell w) ? w.Mask : 0) | weak), _boot);
+            SetWeak(address, new WeakCell((byte)(weak | Existing(address)), _boot, _cut.Weak == WeakCells.Fade, before));
+        }
+    }
+
+    private static bool SameBytes(byte[] intent, byte[] buffer, int offset)
+    {
+        for (int i = 0; i < intent.Length; i++)
+        {
+            if (intent[i] != buffer[offset + i])
+            {
+                return false;
+            }
         }
 
-        return clearing ? (byte)(before & ~done) : (byte)(before | done);
+        return true;
     }
 
     private bool ConsumeCut()
@@ -404,7 +649,7 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
     private void ThrowCut(string what)
     {
         IsPoweredOff = true;
-        throw new PowerLossException($"Power lost during {what} ({_cutFraction:P0} done)");
+        throw new PowerLossException($"Power lost during {what} (cut {_cut})");
     }
 
     private void EnsurePowered()
@@ -423,18 +668,6 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
         }
     }
 
-    private bool IsProgrammed(int address)
-    {
-        int u = address / Geometry.ProgramUnit;
-        return (_programmedUnits[u >> 6] & (1UL << (u & 63))) != 0;
-    }
-
-    private void MarkProgrammed(int address)
-    {
-        int u = address / Geometry.ProgramUnit;
-        _programmedUnits[u >> 6] |= 1UL << (u & 63);
-    }
-
     private void MarkNonBlankUnitsProgrammed()
     {
         int unit = Geometry.ProgramUnit;
@@ -444,7 +677,7 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
             {
                 if (_cells[a + i] != 0xFF)
                 {
-                    MarkProgrammed(a);
+                    _units[a / unit] = UnitProgrammed;
                     break;
                 }
             }
@@ -476,5 +709,8 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
 /// <param name="count">Number of bytes.</param>
 public delegate void MutationHook(long index, bool isErase, int address, byte[] buffer, int offset, int count);
 
-/// <summary>Bits of one byte left near the read threshold by a torn operation during boot <see cref="Boot"/>.</summary>
-internal readonly record struct WeakCell(byte Mask, int Boot);
+/// <summary>
+/// Bits of one byte left near the read threshold by a torn operation during boot <see cref="Boot"/>: from the boot
+/// after the next they read at random, or (<see cref="Fades"/>) settle back to their value in <see cref="Settled"/>.
+/// </summary>
+internal readonly record struct WeakCell(byte Mask, int Boot, bool Fades, byte Settled);

@@ -1,381 +1,228 @@
+using System.Globalization;
 using EdgeMail.Firmware.Storage;
 using EdgeMail.Simulation.Flash;
 
 namespace EdgeMail.Simulation.Torture;
 
-/// <summary>One step of a queue workload.</summary>
-public enum Step
+/// <summary>How a campaign runs: the flash, the queue's policy, and how hard it cuts.</summary>
+public sealed class CampaignOptions
 {
-    /// <summary>Append an entry of pseudo-random size and priority.</summary>
-    Append,
+    /// <summary>The queue region.</summary>
+    public required FlashGeometry Geometry { get; init; }
 
-    /// <summary>Hand out up to four entries (an uplink batch in flight).</summary>
-    ReadBatch,
+    /// <summary>The queue's full policy.</summary>
+    public FullPolicy Policy { get; init; } = FullPolicy.DropLowestPriority;
 
-    /// <summary>Acknowledge the batch in flight.</summary>
-    AckBatch,
+    /// <summary>Seed of every random choice (script, cuts, torn bits); printed with every violation.</summary>
+    public int Seed { get; init; } = 1;
 
-    /// <summary>The link drops: the batch in flight will be handed out again.</summary>
-    LinkLost,
+    /// <summary>Power cuts tried at every program and erase of the workload (each a random <see cref="PowerCut"/>).</summary>
+    public int CutsPerOperation { get; init; } = 2;
 
-    /// <summary>A clean reboot: mount the queue again.</summary>
-    Reboot,
+    /// <summary>Steps the device lives on after each cut, checked as it goes (more raises refill and reclaim the ring).</summary>
+    public int StepsAfterCut { get; init; } = 24;
 
-    /// <summary>Idle-time maintenance.</summary>
-    Maintain,
+    /// <summary>Share of those lives in which power fails a second time, somewhere in the steps after the cut.</summary>
+    public double SecondCutRate { get; init; } = 0.1;
+
+    /// <summary>Whether the state after every step of the workload is also remounted on a copy and checked.</summary>
+    public bool CheckEveryStep { get; init; } = true;
+
+    /// <summary>Violations kept with their full description (each names the seed and cut point that show it).</summary>
+    public int MaxViolations { get; init; } = 50;
+
+    /// <summary>Stop exploring after this many violations.</summary>
+    public long StopAfterViolations { get; init; } = long.MaxValue;
+
+    /// <summary>To replay one violation: explore cuts only at this flash operation of the workload (as printed).</summary>
+    public long? OnlyOperation { get; init; }
+
+    /// <summary>To replay one violation: where every step and check of the explored lives is written.</summary>
+    public TextWriter? Log { get; init; }
 }
 
 /// <summary>
-/// Runs a workload against a <see cref="FlashQueue"/> on simulated flash while an oracle tracks what the
-/// queue has promised. Before every program or erase the flash is forked, the same operation is
-/// replayed on the fork with power cut at the chosen point, and the fork is remounted and checked
-/// against the oracle: every entry whose append returned is present unless acknowledged (or reported
-/// dropped by the full policy), nothing appears that was never appended, order holds, no payload is
-/// corrupt, an acknowledged entry comes back only from the batch whose acknowledgement was in flight,
-/// and sequence numbers never repeat.
+/// A model-based power-cut campaign for the flash queue and the alert store on top of it. A workload (alerts
+/// raised in storms that coalesce, windows handed to an uplink, acknowledgements, lost links, reboots) runs on
+/// simulated NOR flash while a <see cref="ReferenceModel"/> tracks what the device owes the gateway. Before every
+/// program and erase the flash is copied and the same operation is replayed on the copy with power cut inside it
+/// (<see cref="Workload.RandomCut"/>); the copy reboots, is compared with the model, and lives on for a while
+/// (more raises, so a full ring is reclaimed again; sometimes a second cut), compared again after every step and
+/// every mount. The comparison: every raised and unacknowledged alert is handed out in order with its latest
+/// count, or its newest record is counted by a drop marker; nothing acknowledged, dropped or never raised comes
+/// back, except the duplicates docs/flash-queue.md allows; sequence numbers never repeat; the full policy drops
+/// no entry while an older one of lower priority stays; no unit is programmed twice (strict flash throws).
 /// </summary>
-public sealed class PowerCutCampaign
+public sealed partial class PowerCutCampaign
 {
-    private readonly FlashGeometry _geometry;
-    private readonly FullPolicy _policy;
-    private readonly int _seed;
-    private readonly Func<long, double[]> _cutsAt;
-    private readonly bool _weakBits;
+    private readonly CampaignOptions _options;
     private readonly List<string> _violations = [];
-
-    // Oracle.
-    private readonly Dictionary<uint, uint> _returned = []; // id → seq when its append returned
-    private readonly HashSet<uint> _attempted = [];
-    private readonly HashSet<uint> _acked = [];
-    private readonly HashSet<uint> _ackInFlight = [];
-    private readonly List<(uint Seq, uint Id)> _batch = [];
-    private readonly List<(uint First, uint Last)> _droppedRanges = [];
-    private uint _maxSeqSeen;
-    private uint _epoch;
-    private bool _formatted;
-
-    private NorFlashSimulator _flash = null!;
-    private FlashQueue _queue = null!;
+    private readonly SortedDictionary<string, long> _byKind = new(StringComparer.Ordinal);
+    private Life? _main;
 
     /// <summary>Prepares a campaign.</summary>
-    /// <param name="geometry">The flash to run on.</param>
-    /// <param name="policy">The queue's full policy.</param>
-    /// <param name="seed">Seed of the flash's random choices and of the epoch.</param>
-    /// <param name="cutsAt">For each mutation index, where inside it to cut (0 before, 1 after; empty for none).</param>
-    /// <param name="weakBits">Whether torn operations leave weak bits.</param>
-    public PowerCutCampaign(FlashGeometry geometry, FullPolicy policy, int seed, Func<long, double[]> cutsAt, bool weakBits)
+    /// <param name="options">What to run.</param>
+    public PowerCutCampaign(CampaignOptions options)
     {
-        _geometry = geometry;
-        _policy = policy;
-        _seed = seed;
-        _cutsAt = cutsAt;
-        _weakBits = weakBits;
+        ArgumentNullException.ThrowIfNull(options);
+        _options = options;
     }
 
-    /// <summary>Cut points at which the flash was forked, cut, remounted and checked.</summary>
+    /// <summary>Cut points explored: a program or erase, cut one way, then remounted, lived on and checked.</summary>
     public long CutPointsChecked { get; private set; }
 
-    /// <summary>Program and erase operations the workload performed.</summary>
+    /// <summary>Mounts compared with the model (after cuts, reboots, and the remount after every step).</summary>
+    public long MountsChecked { get; private set; }
+
+    /// <summary>Program and erase operations of the workload itself.</summary>
     public long Mutations { get; private set; }
 
-    /// <summary>Entries the queue reported dropped (full policy) to the reader during the workload.</summary>
+    /// <summary>Reclaims of a sector by the full policy seen in the workload (a sector opened while the ring was full).</summary>
     public long DroppedReported { get; private set; }
 
-    /// <summary>Every broken promise found, with the seed and cut point that shows it.</summary>
+    /// <summary>Steps run, in the workload and in the lives after cuts.</summary>
+    public long StepsRun { get; private set; }
+
+    /// <summary>Every broken promise found (the first of each cut point explored), with the seed and cut point that show it.</summary>
     public IReadOnlyList<string> Violations => _violations;
 
-    /// <summary>The self-checking payload of entry <paramref name="id"/>.</summary>
-    /// <param name="id">Entry id (its first four bytes).</param>
-    /// <param name="size">Payload size, at least 4.</param>
-    /// <returns>The payload.</returns>
-    public static byte[] Payload(uint id, int size)
-    {
-        var p = new byte[size];
-        BitConverter.TryWriteBytes(p, id);
-        for (int i = 4; i < size; i++)
-        {
-            p[i] = (byte)((id * 131) + (i * 7));
-        }
+    /// <summary>How many broken promises of each kind ("lost", "acknowledged came back", "reprogrammed", ...) were found.</summary>
+    public IReadOnlyDictionary<string, long> ViolationsByKind => _byKind;
 
-        return p;
-    }
+    /// <summary>Broken promises found, all kinds (more than <see cref="Violations"/> keeps when it is full).</summary>
+    public long ViolationCount { get; private set; }
 
-    /// <summary>A scripted workload: offline stretches that fill the queue, online stretches that drain it, reboots.</summary>
-    /// <param name="seed">Seed of the script.</param>
-    /// <param name="steps">Number of steps.</param>
-    /// <returns>The steps, each with a random argument.</returns>
-    public static List<(Step Step, int Arg)> Script(int seed, int steps)
-    {
-        var rng = new Random(seed);
-        var script = new List<(Step, int)>();
-        for (int i = 0; i < steps; i++)
-        {
-            bool online = (i / 120) % 2 == 1;
-            int r = rng.Next(100);
-            Step step = online
-                ? r switch { < 35 => Step.Append, < 60 => Step.ReadBatch, < 85 => Step.AckBatch, < 90 => Step.LinkLost, < 95 => Step.Reboot, _ => Step.Maintain }
-                : r switch { < 88 => Step.Append, < 92 => Step.Reboot, _ => Step.Maintain };
-            script.Add((step, rng.Next()));
-        }
-
-        return script;
-    }
-
-    /// <summary>Runs the workload, checking every cut point <c>cutsAt</c> selects.</summary>
+    /// <summary>Runs the workload, exploring cut points at every program and erase.</summary>
     /// <param name="script">The steps.</param>
-    public void Run(IEnumerable<(Step Step, int Arg)> script)
+    public void Run(IEnumerable<WorkStep> script)
     {
-        _flash = new NorFlashSimulator(_geometry, seed: _seed);
-        _flash.BeforeMutation = OnMutation;
-        Boot(0x5EED0000u ^ (uint)_seed);
-        uint nextId = 1;
-        foreach (var (step, arg) in script)
+        ArgumentNullException.ThrowIfNull(script);
+        var flash = new NorFlashSimulator(_options.Geometry, seed: _options.Seed);
+        _main = new Life(this, flash, new ReferenceModel(), "workload", _options.Seed);
+        flash.BeforeMutation = OnMutation;
+        try
         {
-            switch (step)
+            _main.Boot();
+            int index = 0;
+            foreach (WorkStep step in script)
             {
-                case Step.Append:
-                    uint id = nextId++;
-                    int size = 4 + (arg % 150);
-                    byte priority = (byte)(arg % 7 == 0 ? 2 : arg % 3 == 0 ? 1 : 0);
-                    _attempted.Add(id);
-                    uint seq;
+                if (ViolationCount >= _options.StopAfterViolations)
+                {
+                    break;
+                }
+
+                _main.Where = string.Create(CultureInfo.InvariantCulture, $"seed {_options.Seed}, step {index} ({step.Kind})");
+                _main.Do(step);
+                StepsRun++;
+                if (_options.CheckEveryStep)
+                {
+                    using var copy = flash.Fork(Mix(_options.Seed, index, -1));
+                    var life = new Life(this, copy, _main.Model.Clone(), string.Create(CultureInfo.InvariantCulture, $"seed {_options.Seed}, remount after step {index} ({step.Kind})"), _options.Seed + index);
+                    life.Model.Rebooted();
                     try
                     {
-                        seq = _queue.Append(1, priority, Payload(id, size), 0, size);
+                        life.BootAndCheck();
                     }
-                    catch (QueueFullException)
+                    catch (LifeFailedException)
                     {
-                        _attempted.Remove(id);
-                        continue;
                     }
+                }
 
-                    _returned[id] = seq;
-                    _maxSeqSeen = Math.Max(_maxSeqSeen, seq);
-                    break;
-                case Step.ReadBatch:
-                    var buf = new byte[_queue.MaxPayload];
-                    for (int n = 0; n < 1 + (arg % 4); n++)
-                    {
-                        var e = new QueueEntry();
-                        if (!_queue.TryRead(e, buf, 0))
-                        {
-                            break;
-                        }
-
-                        _maxSeqSeen = Math.Max(_maxSeqSeen, e.Seq);
-                        if (e.Type == EntryType.Dropped)
-                        {
-                            _droppedRanges.Add((e.DroppedFirstSeq, e.DroppedLastSeq));
-                            DroppedReported += e.DroppedCount;
-                            _batch.Add((e.Seq, 0));
-                        }
-                        else
-                        {
-                            _batch.Add((e.Seq, BitConverter.ToUInt32(buf, 0)));
-                        }
-                    }
-
-                    break;
-                case Step.AckBatch:
-                    if (_batch.Count > 0)
-                    {
-                        foreach (var (_, bid) in _batch)
-                        {
-                            _ackInFlight.Add(bid);
-                        }
-
-                        _queue.Acknowledge(_batch[^1].Seq);
-                        _acked.UnionWith(_ackInFlight);
-                        _ackInFlight.Clear();
-                        _batch.Clear();
-                    }
-
-                    break;
-                case Step.LinkLost:
-                    _batch.Clear();
-                    _queue.Rewind();
-                    break;
-                case Step.Reboot:
-                    _batch.Clear();
-                    Boot(0xBAD);
-                    break;
-                case Step.Maintain:
-                    _queue.Maintain();
-                    break;
+                index++;
             }
         }
-
-        Mutations = _flash.Mutations;
-    }
-
-    private void Boot(uint epochIfFormatting)
-    {
-        _queue = new FlashQueue(_flash, _policy);
-        bool found = _queue.Mount(epochIfFormatting);
-        if (!found && _formatted)
+        catch (LifeFailedException)
         {
-            _violations.Add($"seed {_seed}: a clean reboot formatted the queue again");
+            // The workload's own check failed: the model no longer matches the device, so it stops here.
+        }
+        catch (Exception ex) when (ex is FlashViolationException or InvalidOperationException or ArgumentException or IndexOutOfRangeException or KeyNotFoundException)
+        {
+            Violation(Kind(ex), _main.Where, $"the workload stopped: {ex.GetType().Name}: {ex.Message}");
         }
 
-        if (!_formatted)
-        {
-            _epoch = _queue.Epoch;
-            _formatted = true;
-        }
+        Mutations = flash.Mutations;
+        DroppedReported = _main.DroppedReported;
     }
 
     private void OnMutation(long index, bool isErase, int address, byte[] buffer, int offset, int count)
     {
-        foreach (double fraction in _cutsAt(index))
+        if (ViolationCount >= _options.StopAfterViolations || _main is null || (_options.OnlyOperation is long only && only != index))
         {
-            CheckCutAt(index, fraction, isErase, address, buffer, offset, count);
-        }
-    }
-
-    private void CheckCutAt(long index, double fraction, bool isErase, int address, byte[] buffer, int offset, int count)
-    {
-        CutPointsChecked++;
-        int forkSeed = HashCode.Combine(_seed, index, fraction);
-        using var fork = _flash.Fork(forkSeed);
-        fork.ScheduleCut(0, fraction, _weakBits);
-        try
-        {
-            if (isErase)
-            {
-                fork.EraseSector(address / _geometry.SectorBytes);
-            }
-            else
-            {
-                fork.Program(address, buffer, offset, count);
-            }
-
-            _violations.Add($"seed {_seed} cut {index}: the scheduled cut did not strike");
-            return;
-        }
-        catch (PowerLossException)
-        {
-        }
-
-        fork.PowerOn(forkSeed + 1);
-        string where = $"seed {_seed}, mutation {index}, cut at {fraction:0.###} of {(isErase ? "erase" : "program")} 0x{address:X}+{count}";
-        try
-        {
-            Verify(fork, where);
-        }
-        catch (Exception ex) when (ex is not PowerLossException)
-        {
-            _violations.Add($"{where}: {ex.GetType().Name}: {ex.Message}");
-        }
-    }
-
-    private void Verify(NorFlashSimulator fork, string where)
-    {
-        var q = new FlashQueue(fork, _policy);
-        bool mounted = q.Mount(0xF0F0F0F0);
-        if (_formatted && _returned.Count > 0 && (!mounted || q.Epoch != _epoch))
-        {
-            _violations.Add($"{where}: epoch changed or queue lost ({q.Epoch:x8} vs {_epoch:x8})");
             return;
         }
 
-        var seen = new HashSet<uint>();
-        var ranges = new List<(uint, uint)>(_droppedRanges);
-        var buf = new byte[q.MaxPayload];
-        var e = new QueueEntry();
-        uint lastOriginalId = 0;
-        uint lastSeq = 0;
-        while (q.TryRead(e, buf, 0))
+        for (int i = 0; i < _options.CutsPerOperation; i++)
         {
-            if (e.Seq <= lastSeq)
+            // Every choice at this cut point follows from (seed, operation, i): a violation replays with OnlyOperation.
+            int seed = Mix(_options.Seed, index, i);
+            PowerCut cut = Workload.RandomCut(new Random(seed), isErase);
+            string where = string.Create(CultureInfo.InvariantCulture,
+                $"{_main.Where}, flash operation {index} ({(isErase ? "erase" : "program")} 0x{address:X}+{count}) cut {cut}");
+            CutPointsChecked++;
+            var copy = _main.Flash.Fork(seed);
+            copy.ScheduleCut(0, cut);
+            try
             {
-                _violations.Add($"{where}: sequence {e.Seq} after {lastSeq}");
-            }
-
-            lastSeq = e.Seq;
-            if (e.Type == EntryType.Dropped)
-            {
-                ranges.Add((e.DroppedFirstSeq, e.DroppedLastSeq));
-                continue;
-            }
-
-            uint id = BitConverter.ToUInt32(buf, 0);
-            bool relocated = e.Seq != e.OriginalSeq;
-            if (e.Length < 4 || !buf.AsSpan(0, e.Length).SequenceEqual(Payload(id, e.Length)))
-            {
-                _violations.Add($"{where}: corrupt payload for entry {e.Seq}");
-                continue;
-            }
-
-            if (!_attempted.Contains(id))
-            {
-                _violations.Add($"{where}: entry {id} was never appended");
-            }
-
-            if (_returned.TryGetValue(id, out uint firstSeq) && firstSeq != e.OriginalSeq)
-            {
-                _violations.Add($"{where}: entry {id} came back under original seq {e.OriginalSeq}, appended as {firstSeq}");
-            }
-
-            if (_acked.Contains(id) && !relocated)
-            {
-                _violations.Add($"{where}: acknowledged entry {id} came back");
-            }
-
-            if (!seen.Add(id) && !relocated)
-            {
-                _violations.Add($"{where}: entry {id} returned twice");
-            }
-
-            if (!relocated)
-            {
-                if (id < lastOriginalId)
+                if (isErase)
                 {
-                    _violations.Add($"{where}: entry {id} after {lastOriginalId}: order broken");
+                    copy.EraseSector(address / _options.Geometry.SectorBytes);
+                }
+                else
+                {
+                    copy.Program(address, buffer, offset, count);
                 }
 
-                lastOriginalId = id;
-            }
-        }
-
-        foreach (var (id, seq) in _returned)
-        {
-            if (seen.Contains(id) || _acked.Contains(id) || _ackInFlight.Contains(id))
-            {
+                Violation("simulator", where, "the scheduled cut did not strike");
                 continue;
             }
-
-            if (!ranges.Any(r => seq >= r.Item1 && seq <= r.Item2))
+            catch (PowerLossException)
             {
-                _violations.Add($"{where}: entry {id} (seq {seq}) lost without a drop marker");
+            }
+
+            var life = new Life(this, copy, _main.Model.Clone(), where, seed) { InFlight = _main.InFlight };
+            try
+            {
+                life.LiveOn(_options.StepsAfterCut, _options.SecondCutRate);
+            }
+            catch (LifeFailedException)
+            {
+            }
+            catch (Exception ex) when (ex is FlashViolationException or InvalidOperationException or ArgumentException or IndexOutOfRangeException or KeyNotFoundException or QueueFullException)
+            {
+                Violation(Kind(ex), life.Where, $"{ex.GetType().Name}: {ex.Message}");
+            }
+            finally
+            {
+                StepsRun += life.Steps;
+                copy.Dispose();
             }
         }
+    }
 
-        // The recovered queue keeps working, and never reuses a sequence number.
-        uint fresh;
-        try
-        {
-            fresh = q.Append(1, 2, Payload(0xFFFF_FFF0, 12), 0, 12);
-        }
-        catch (QueueFullException) when (_policy == FullPolicy.Reject)
-        {
-            return; // full and told to refuse: nothing to append until the reader acknowledges
-        }
+    /// <summary>A seed for one cut point, the same in every process (HashCode is randomised per process).</summary>
+    private static int Mix(int seed, long index, int i)
+    {
+        ulong x = ((ulong)(uint)seed << 32) ^ ((ulong)index * 0x9E3779B97F4A7C15UL) ^ ((ulong)(uint)i * 0xC2B2AE3D27D4EB4FUL);
+        x ^= x >> 29;
+        x *= 0xBF58476D1CE4E5B9UL;
+        x ^= x >> 32;
+        return (int)(x & 0x7FFFFFFF);
+    }
 
-        if (fresh <= _maxSeqSeen || fresh <= lastSeq)
-        {
-            _violations.Add($"{where}: sequence {fresh} reused (max seen {Math.Max(_maxSeqSeen, lastSeq)})");
-        }
+    private static string Kind(Exception ex) => ex is FlashViolationException ? "reprogrammed" : "crashed";
 
-        // Making room may move older entries forward first; the new entry follows them.
-        bool found = false;
-        while (!found && q.TryRead(e, buf, 0))
+    private void Violation(string kind, string where, string what)
+    {
+        ViolationCount++;
+        _byKind[kind] = _byKind.GetValueOrDefault(kind) + 1;
+        if (_violations.Count < _options.MaxViolations)
         {
-            found = e.Seq == fresh;
+            _violations.Add($"[{kind}] {where}: {what}");
         }
+    }
 
-        if (!found)
-        {
-            _violations.Add($"{where}: entry appended after recovery not readable");
-        }
+    /// <summary>Ends a life at its first broken promise.</summary>
+    private sealed class LifeFailedException : Exception
+    {
     }
 }

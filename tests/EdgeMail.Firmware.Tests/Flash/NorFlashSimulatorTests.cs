@@ -189,19 +189,157 @@ public class NorFlashSimulatorTests
     }
 
     [Fact]
-    public void StrictMode_AUnitThePowerCutNeverReached_CanStillBeProgrammed()
+    public void StrictMode_ACutBeforeTheProgramStarted_LeavesItsUnitsProgrammable()
     {
         var g = new FlashGeometry(4096, 1024, 64, 16, allowsReprogram: false, encrypted: false);
         using var flash = new NorFlashSimulator(g, seed: 3);
-        flash.ScheduleCut(0, 0.0);
+        flash.ScheduleCut(0, new PowerCut(CutMode.BeforeStart));
         Assert.Throws<PowerLossException>(() => flash.Program(0, new byte[64], 0, 64));
         flash.PowerOn();
-        flash.Program(0, new byte[64], 0, 64); // nothing was programmed: not a second program
+        flash.Program(0, new byte[64], 0, 64); // the program was never issued: this is the first
+    }
 
-        flash.ScheduleCut(0, 0.9);
-        Assert.Throws<PowerLossException>(() => flash.Program(64, new byte[64], 0, 64));
+    [Theory]
+    [InlineData(CutMode.NothingVisible, 0.5)]
+    [InlineData(CutMode.RandomBits, 0.001)]
+    [InlineData(CutMode.RandomBits, 0.9)]
+    [InlineData(CutMode.Prefix, 0.3)]
+    [InlineData(CutMode.RandomBytes, 0.3)]
+    public void StrictMode_EveryUnitOfACutProgramCountsAsTouched_EvenWhereNothingVisiblyChanged(CutMode mode, double fraction)
+    {
+        var g = new FlashGeometry(4096, 1024, 64, 16, allowsReprogram: false, encrypted: true);
+        using var flash = new NorFlashSimulator(g, seed: 3);
+        var data = Enumerable.Range(0, 64).Select(i => (byte)(i * 37)).ToArray();
+        flash.ScheduleCut(0, new PowerCut(mode, fraction));
+        Assert.Throws<PowerLossException>(() => flash.Program(0, data, 0, 64));
         flash.PowerOn();
+
+        for (int unit = 0; unit < 64; unit += 16)
+        {
+            // Other bytes over a touched unit: refused, whatever the cells read.
+            var other = Enumerable.Repeat((byte)0x5A, 16).ToArray();
+            var ex = Assert.Throws<FlashViolationException>(() => flash.Program(unit, other, 0, 16));
+            Assert.Contains("cut program may have touched it", ex.Message, StringComparison.Ordinal);
+        }
+
+        // The very bytes the cut program was writing complete it (the cells only get the charge they lacked).
+        flash.Program(0, data, 0, 64);
+        var back = new byte[64];
+        flash.Read(0, back, 0, 64);
+        Assert.Equal(data, back);
+        Assert.Throws<FlashViolationException>(() => flash.Program(0, data, 0, 16)); // and then it is programmed
+    }
+
+    [Fact]
+    public void EncryptedFlash_OtherBytesOverAUnitACutProgramTouched_DecryptToNoise()
+    {
+        var g = new FlashGeometry(4096, 1024, 64, 16, allowsReprogram: true, encrypted: true);
+        using var flash = new NorFlashSimulator(g, seed: 9);
+        flash.ScheduleCut(0, new PowerCut(CutMode.NothingVisible));
+        Assert.Throws<PowerLossException>(() => flash.Program(0, new byte[16], 0, 16));
+        flash.PowerOn();
+        var zeroes = new byte[16];
+        flash.Read(0, zeroes, 0, 16);
+        Assert.All(zeroes, b => Assert.Equal(0xFF, b)); // nothing visible
+
+        var data = Enumerable.Range(1, 16).Select(i => (byte)i).ToArray();
+        flash.Program(0, data, 0, 16);
+        var back = new byte[16];
+        flash.Read(0, back, 0, 16);
+        Assert.NotEqual(data, back);
+        Assert.Equal(1, flash.Reprograms);
+    }
+
+    [Fact]
+    public void NorFlash_OtherBytesOverAUnitACutProgramTouched_LeaveCellsThatDriftOnLaterBoots()
+    {
+        using var flash = new NorFlashSimulator(Small, seed: 13);
+        flash.ScheduleCut(0, new PowerCut(CutMode.NothingVisible));
+        Assert.Throws<PowerLossException>(() => flash.Program(0, new byte[64], 0, 64)); // was clearing every bit
+        flash.PowerOn();
+        var ones = Enumerable.Repeat((byte)0xFF, 64).ToArray();
+        ones[0] = 0x00;
+        flash.Program(0, ones, 0, 64); // leaves the half-charged cells alone
+        flash.PowerOn();
+        flash.PowerOn();
+        var a = new byte[64];
+        var b = new byte[64];
+        bool drifted = false;
+        for (int i = 0; i < 10 && !drifted; i++)
+        {
+            flash.Read(0, a, 0, 64);
+            flash.Read(0, b, 0, 64);
+            drifted = !a.SequenceEqual(b) || !a.SequenceEqual(ones);
+        }
+
+        Assert.True(drifted, "cells charged by the cut program and left alone should not read reliably");
+    }
+
+    [Fact]
+    public void CutErase_Prefix_ErasesTheStartOfTheSectorOnly_AndTheSectorTakesNoProgramUntilErased()
+    {
+        var g = new FlashGeometry(4096, 1024, 64, 16, allowsReprogram: false, encrypted: false);
+        using var flash = new NorFlashSimulator(g, seed: 5);
+        FlashWriter.Program(flash, 1024, new byte[1024], 0, 1024);
+        flash.ScheduleCut(0, new PowerCut(CutMode.Prefix, 0.25));
+        Assert.Throws<PowerLossException>(() => flash.EraseSector(1));
+        flash.PowerOn();
+        var back = new byte[1024];
+        flash.Read(1024, back, 0, 1024);
+        Assert.All(back[..256], b => Assert.Equal(0xFF, b));
+        Assert.All(back[256..], b => Assert.Equal(0x00, b));
+
+        var ex = Assert.Throws<FlashViolationException>(() => flash.Program(1024, new byte[16], 0, 16)); // reads erased, is not
+        Assert.Contains("erase of its sector was cut", ex.Message, StringComparison.Ordinal);
+        flash.EraseSector(1);
+        flash.Program(1024, new byte[16], 0, 16);
+    }
+
+    [Fact]
+    public void CutErase_RandomBytes_LeavesEachByteOldOrErased()
+    {
+        using var flash = new NorFlashSimulator(Small, seed: 6);
+        FlashWriter.Program(flash, 0, Enumerable.Repeat((byte)0x3C, 1024).ToArray(), 0, 1024);
+        flash.ScheduleCut(0, new PowerCut(CutMode.RandomBytes, 0.5));
+        Assert.Throws<PowerLossException>(() => flash.EraseSector(0));
+        flash.PowerOn();
+        var back = new byte[1024];
+        flash.Read(0, back, 0, 1024);
+        Assert.All(back, b => Assert.True(b is 0x3C or 0xFF));
+        Assert.InRange(back.Count(b => b == 0xFF), 300, 724);
+    }
+
+    [Fact]
+    public void CutErase_NothingVisible_ChangesNoByte_ButStillCountsAsAnErase()
+    {
+        using var flash = new NorFlashSimulator(Small, seed: 6, strict: true);
+        FlashWriter.Program(flash, 0, new byte[64], 0, 64);
+        flash.ScheduleCut(0, new PowerCut(CutMode.NothingVisible));
+        Assert.Throws<PowerLossException>(() => flash.EraseSector(0));
+        flash.PowerOn();
+        var back = new byte[128];
+        flash.Read(0, back, 0, 128);
+        Assert.All(back[..64], b => Assert.Equal(0x00, b));
+        Assert.All(back[64..], b => Assert.Equal(0xFF, b));
+        Assert.Equal(1, flash.EraseCount(0));
         Assert.Throws<FlashViolationException>(() => flash.Program(64, new byte[64], 0, 64));
+    }
+
+    [Fact]
+    public void FadingCells_ReadAsTheCutLeftThem_ThenSettleBackOnTheBootAfter()
+    {
+        using var flash = new NorFlashSimulator(Small, seed: 8);
+        flash.ScheduleCut(0, new PowerCut(CutMode.RandomBits, 0.7, WeakCells.Fade));
+        Assert.Throws<PowerLossException>(() => flash.Program(0, new byte[64], 0, 64));
+        flash.PowerOn();
+        var torn = new byte[64];
+        flash.Read(0, torn, 0, 64);
+        Assert.Contains(torn, b => b != 0xFF); // the boot right after the cut sees the torn write
+
+        flash.PowerOn();
+        var later = new byte[64];
+        flash.Read(0, later, 0, 64);
+        Assert.All(later, b => Assert.Equal(0xFF, b)); // then it is gone, as if never written
     }
 
     [Fact]

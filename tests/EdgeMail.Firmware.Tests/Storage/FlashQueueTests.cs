@@ -172,6 +172,46 @@ public class FlashQueueTests
     }
 
     [Fact]
+    public void Full_OfCriticalEntries_DropsLowerOnesOnArrival_AndOldestCriticalsForNewOnes_WithoutMovingTheRing()
+    {
+        using var flash = new NorFlashSimulator(Nor);
+        var q = new FlashQueue(flash);
+        q.Mount(5);
+        uint id = 1;
+        while (q.DroppedSinceMount == 0)
+        {
+            q.Append(0, 2, Payload(id++, 60), 0, 60); // critical only, until the first is dropped
+        }
+
+        long erases = flash.EraseOps;
+        long bytes = flash.BytesProgrammed;
+        var info = new List<uint>();
+        for (int i = 0; i < 50; i++)
+        {
+            info.Add(q.Append(0, 0, Payload(id++, 60), 0, 60));
+        }
+
+        // Each info entry is dropped as it arrives, counted by a 28-byte marker of its own: no entry is moved, and
+        // sectors are reclaimed only as the markers need room (50 × 28 bytes, in sectors of 512).
+        Assert.InRange(flash.BytesProgrammed - bytes, 50 * 28, (50 * 28) + (5 * (24 + 16 + 28)));
+        Assert.InRange(flash.EraseOps - erases, 0, 5);
+
+        long before = flash.EraseOps;
+        for (int i = 0; i < 20; i++)
+        {
+            q.Append(0, 2, Payload(id++, 60), 0, 60);
+        }
+
+        Assert.InRange(flash.EraseOps - before, 1, 8); // new critical entries reclaim the oldest sector, not every one
+
+        var read = ReadAll(q);
+        var markers = read.Where(r => r.Entry.Type == EntryType.Dropped).ToList();
+        Assert.All(info, seq => Assert.Contains(markers, m => seq >= m.Entry.DroppedFirstSeq && seq <= m.Entry.DroppedLastSeq));
+        Assert.DoesNotContain(read, r => r.Entry.Type == EntryType.Item && r.Entry.Priority == 0);
+        Assert.True(markers.Count < 20, $"{markers.Count} markers handed out: consecutive ones should be reported as one");
+    }
+
+    [Fact]
     public void Full_WithRejectPolicy_ThrowsAndKeepsEverything()
     {
         using var flash = new NorFlashSimulator(Nor);

@@ -7,73 +7,93 @@ using Xunit.Abstractions;
 
 namespace EdgeMail.Firmware.Tests.Storage;
 
+/// <summary>
+/// The CI-sized slice of the model-based power-cut campaign (the long one is <c>emulator torture</c>): every program
+/// and erase of a workload cut at random points and ways, the device remounted, compared with the reference model
+/// after every step and mount, and lived on after the cut until the full ring is reclaimed again.
+/// </summary>
 public class PowerCutCampaignTests(ITestOutputHelper output)
 {
-    private const int Steps = 700;
+    // 8 sectors of 512 bytes, 64-byte pages: a few alerts fill a sector, so the ring is full and reclaimed constantly.
+    private static readonly FlashGeometry Ring8 = new(8 * 512, 512, 64, 1, allowsReprogram: true, encrypted: false);
+    private static readonly FlashGeometry Ring8Strict = new(8 * 512, 512, 64, 16, allowsReprogram: false, encrypted: true);
+    private static readonly FlashGeometry Ring3Strict = new(3 * 1024, 1024, 128, 32, allowsReprogram: false, encrypted: true);
 
-    public static TheoryData<string, FullPolicy, int> Campaigns => new()
+    // 8 W25Q128 sectors (4 KiB): dozens of records per sector, so more coalesced alerts are queued at once than the
+    // store tracks chains for, and the full policy moves their older records past the newest. This seed lost alerts
+    // before the store's scan stopped forgetting chains (torture found it; the 512-byte rings never did).
+    private static readonly FlashGeometry Ring8Of4K = new(8 * 4096, 4096, 256, 1, allowsReprogram: true, encrypted: false);
+
+    public static TheoryData<string, FullPolicy, int, int> Campaigns => new()
     {
-        { "nor", FullPolicy.DropLowestPriority, 6 },
-        { "strict", FullPolicy.DropLowestPriority, 6 },
-        { "nor", FullPolicy.DropOldest, 2 },
-        { "strict", FullPolicy.DropOldest, 2 },
-        { "nor", FullPolicy.Reject, 2 },
-        { "strict", FullPolicy.Reject, 2 },
+        { "nor", FullPolicy.DropLowestPriority, 11, 150 },
+        { "strict", FullPolicy.DropLowestPriority, 12, 150 },
+        { "3-sector strict", FullPolicy.DropLowestPriority, 13, 150 },
+        { "4k nor", FullPolicy.DropLowestPriority, 1, 600 },
+        { "nor", FullPolicy.DropOldest, 21, 260 },
+        { "strict", FullPolicy.DropOldest, 22, 260 },
+        { "nor", FullPolicy.Reject, 31, 300 },
+        { "strict", FullPolicy.Reject, 32, 300 },
     };
 
     [Theory]
     [MemberData(nameof(Campaigns))]
-    public void EveryFlashOperation_CutBeforeInsideAndAfter_LosesNothingThatWasPromised(string mode, FullPolicy policy, int workloads)
+    public void EveryFlashOperation_CutAnyWay_ThenLivedOn_KeepsEveryPromiseOfTheModel(string flash, FullPolicy policy, int seed, int steps)
     {
-        var geometry = mode == "nor" ? FlashQueueTests.Nor : FlashQueueTests.Strict;
-        long cuts = 0;
-        long mutations = 0;
-        long dropped = 0;
-        var violations = new List<string>();
-        for (int seed = 1; seed <= workloads; seed++)
+        var geometry = flash switch { "nor" => Ring8, "strict" => Ring8Strict, "4k nor" => Ring8Of4K, _ => Ring3Strict };
+        var campaign = new PowerCutCampaign(new CampaignOptions
         {
-            var random = new Random(seed * 7919);
-            var campaign = new PowerCutCampaign(geometry, policy, seed,
-                _ => [0.0, 0.02 + (random.NextDouble() * 0.96), 1.0], weakBits: seed % 2 == 0);
-            campaign.Run(PowerCutCampaign.Script(seed, Steps));
-            cuts += campaign.CutPointsChecked;
-            mutations += campaign.Mutations;
-            dropped += campaign.DroppedReported;
-            violations.AddRange(campaign.Violations);
-        }
+            Geometry = geometry,
+            Policy = policy,
+            Seed = seed,
+            CutsPerOperation = 1,
+            StepsAfterCut = 16,
+            StopAfterViolations = 20,
+        });
 
-        output.WriteLine($"{mode} flash, policy {policy}: {workloads} workloads (seeds 1..{workloads}), {mutations} flash operations, {cuts} cut points checked, {dropped} entries reported dropped, {violations.Count} violations");
-        Assert.True(policy == FullPolicy.Reject || dropped > 0, "the workload should fill the queue so the full policy runs");
-        Assert.True(violations.Count == 0, string.Join(Environment.NewLine, violations.Take(20)));
+        // Offline stretches long enough to fill the ring (alerts average about 330 bytes on flash), as torture picks them.
+        campaign.Run(Workload.Script(seed, steps, phase: Math.Clamp(geometry.SizeBytes / 330 * 3, 60, 3000)));
+
+        output.WriteLine($"{flash} flash, {policy}, seed {seed}, {steps} steps: {campaign.Mutations} flash operations, {campaign.CutPointsChecked} cut points, "
+            + $"{campaign.MountsChecked} mounts compared, {campaign.StepsRun} steps run, {campaign.DroppedReported} drops reported, {campaign.ViolationCount} violations");
+        Assert.True(campaign.CutPointsChecked > 200, "the workload should exercise the flash");
+        Assert.True(policy == FullPolicy.Reject || campaign.DroppedReported > 0, "the workload should fill the ring so the full policy runs");
+        Assert.True(campaign.ViolationCount == 0, string.Join(Environment.NewLine, campaign.Violations));
     }
 
     [Fact]
-    public void RandomWorkloads_CutAtARandomOperation_KeepInvariants()
+    public void RandomWorkloads_WithRandomCuts_KeepEveryPromiseOfTheModel()
     {
-        var stepGen = Gen.Elements(Step.Append, Step.Append, Step.Append, Step.ReadBatch, Step.AckBatch, Step.LinkLost, Step.Reboot, Step.Maintain);
+        var stepGen = Gen.Elements(Step.Raise, Step.Raise, Step.Raise, Step.Raise, Step.ReadBatch, Step.AckBatch, Step.LinkLost, Step.Reboot, Step.Maintain);
         var caseGen =
             from steps in Gen.ListOf(stepGen)
             from args in Gen.ArrayOf(Gen.Choose(0, int.MaxValue - 1), steps.Count)
-            from cutSeed in Gen.Choose(0, 100_000)
+            from seed in Gen.Choose(1, 1_000_000)
             from policy in Gen.Elements(FullPolicy.DropLowestPriority, FullPolicy.DropOldest, FullPolicy.Reject)
             from strict in Gen.Elements(true, false)
-            select (Script: steps.Zip(args, (s, a) => (s, a)).ToList(), CutSeed: cutSeed, Policy: policy, Strict: strict);
+            select (Script: steps.Zip(args, (s, a) => new WorkStep(s, a)).ToList(), Seed: seed, Policy: policy, Strict: strict);
         var property = Prop.ForAll(caseGen.ToArbitrary(), c =>
         {
-            var (script, cutSeed, policy, strict) = c;
-            var random = new Random(cutSeed);
-            var campaign = new PowerCutCampaign(strict ? FlashQueueTests.Strict : FlashQueueTests.Nor, policy, cutSeed,
-                _ => random.Next(8) == 0 ? [random.NextDouble()] : [], weakBits: true);
-            campaign.Run(script);
-            foreach (string v in campaign.Violations.Take(5))
+            var campaign = new PowerCutCampaign(new CampaignOptions
             {
-                output.WriteLine($"policy {policy}, strict {strict}: {v}");
+                Geometry = c.Strict ? Ring8Strict : Ring8,
+                Policy = c.Policy,
+                Seed = c.Seed,
+                CutsPerOperation = 1,
+                StepsAfterCut = 8,
+                CheckEveryStep = false,
+                StopAfterViolations = 1,
+            });
+            campaign.Run(c.Script);
+            foreach (string v in campaign.Violations)
+            {
+                output.WriteLine($"policy {c.Policy}, strict {c.Strict}, {c.Script.Count} steps: {v}");
             }
 
-            return campaign.Violations.Count == 0;
+            return campaign.ViolationCount == 0;
         });
 
-        var config = Config.QuickThrowOnFailure.WithMaxTest(150).WithEndSize(400);
+        var config = Config.QuickThrowOnFailure.WithMaxTest(40).WithEndSize(120);
         output.WriteLine("FsCheck prints the seed (Replay) of any failing case; rerun it with Config.WithReplay.");
         Check.One(config, property);
     }

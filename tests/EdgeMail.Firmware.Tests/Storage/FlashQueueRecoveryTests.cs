@@ -1,0 +1,324 @@
+using EdgeMail.Firmware.Storage;
+using EdgeMail.Simulation.Flash;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace EdgeMail.Firmware.Tests.Storage;
+
+/// <summary>
+/// The cases of issue 16, each reproduced as found: power cuts inside the full policy's reclaim, torn writes that
+/// fade, cuts that leave nothing visible, priorities when the oldest sector holds only critical entries, and a
+/// header that reads differently the second time.
+/// </summary>
+public class FlashQueueRecoveryTests(ITestOutputHelper output)
+{
+    private static readonly FlashGeometry Ring4 = new(sizeBytes: 4 * 512, sectorBytes: 512, pageBytes: 64, programUnit: 1, allowsReprogram: true, encrypted: false);
+    private static readonly FlashGeometry Ring4Strict = new(sizeBytes: 4 * 512, sectorBytes: 512, pageBytes: 64, programUnit: 16, allowsReprogram: false, encrypted: true);
+
+    private static byte[] Payload(uint id, int size)
+    {
+        var p = new byte[size];
+        BitConverter.TryWriteBytes(p, id);
+        for (int i = 4; i < size; i++)
+        {
+            p[i] = (byte)((id * 31) + i);
+        }
+
+        return p;
+    }
+
+    private static byte PriorityOf(uint id) => (byte)(id % 5 == 0 ? 2 : id % 3 == 0 ? 1 : 0);
+
+    private static int SizeOf(uint id) => 20 + (int)(id * 7 % 40);
+
+    private sealed record Drained(List<(uint Id, uint Seq, uint Original, byte Priority)> Items, List<(uint Count, uint First, uint Last)> Markers);
+
+    private static Drained Drain(FlashQueue q)
+    {
+        var items = new List<(uint, uint, uint, byte)>();
+        var markers = new List<(uint, uint, uint)>();
+        var buf = new byte[q.MaxPayload];
+        var e = new QueueEntry();
+        uint last = 0;
+        while (q.TryRead(e, buf, 0))
+        {
+            Assert.True(e.Seq > last, $"entry {e.Seq} handed out after {last}");
+            last = e.Seq;
+            if (e.Type == EntryType.Dropped)
+            {
+                markers.Add((e.DroppedCount, e.DroppedFirstSeq, e.DroppedLastSeq));
+                continue;
+            }
+
+            uint id = BitConverter.ToUInt32(buf, 0);
+            Assert.Equal(Payload(id, e.Length), buf[..e.Length]);
+            items.Add((id, e.Seq, e.OriginalSeq, e.Priority));
+        }
+
+        return new Drained(items, markers);
+    }
+
+    /// <summary>Every entry whose append returned is handed out once, or lies in a marker's range and is counted.</summary>
+    private static void AssertNothingLost(Dictionary<uint, uint> promised, Drained drained, string where)
+    {
+        var seen = new HashSet<uint>();
+        foreach (var item in drained.Items)
+        {
+            Assert.True(seen.Add(item.Id), $"{where}: entry {item.Id} handed out twice");
+            if (promised.TryGetValue(item.Id, out uint original))
+            {
+                Assert.True(original == item.Original, $"{where}: entry {item.Id} appended as {original}, handed out as original {item.Original}");
+            }
+        }
+
+        var missing = promised.Where(p => !seen.Contains(p.Key)).ToList();
+        foreach (var (id, seq) in missing)
+        {
+            Assert.True(drained.Markers.Any(m => seq >= m.First && seq <= m.Last), $"{where}: entry {id} (seq {seq}) neither handed out nor counted by a drop marker");
+        }
+
+        long counted = drained.Markers.Sum(m => (long)m.Count);
+        Assert.True(counted >= missing.Count, $"{where}: {missing.Count} entries missing, markers count {counted}");
+    }
+
+    /// <summary>Appends entries until one append runs the full policy's reclaim; returns the mutations that append made.</summary>
+    private static (uint ReclaimingId, List<(long Index, bool IsErase)> Mutations) FindReclaim(FlashGeometry geometry, FullPolicy policy)
+    {
+        using var flash = new NorFlashSimulator(geometry, seed: 1);
+        var q = new FlashQueue(flash, policy);
+        q.Mount(0xC0FFEE);
+        var log = new List<(long, bool)>();
+        flash.BeforeMutation = (index, isErase, _, _, _, _) => log.Add((index, isErase));
+        for (uint id = 1; id < 1000; id++)
+        {
+            log.Clear();
+            int live = q.LiveSectors;
+            q.Append(1, PriorityOf(id), Payload(id, SizeOf(id)), 0, SizeOf(id));
+            if (q.LiveSectors <= live && log.Count(m => m.Item2) > 0)
+            {
+                return (id, [.. log]);
+            }
+        }
+
+        throw new InvalidOperationException("the workload never filled the ring");
+    }
+
+    public static TheoryData<FullPolicy, CutMode> ReclaimCuts => new()
+    {
+        { FullPolicy.DropLowestPriority, CutMode.BeforeStart },
+        { FullPolicy.DropLowestPriority, CutMode.RandomBits },
+        { FullPolicy.DropLowestPriority, CutMode.Complete },
+        { FullPolicy.DropOldest, CutMode.BeforeStart },
+        { FullPolicy.DropOldest, CutMode.Complete },
+    };
+
+    [Theory]
+    [MemberData(nameof(ReclaimCuts))]
+    public void Reclaim_CutAtAnyStep_ThenRebootAndMoreAppends_LosesNothing(FullPolicy policy, CutMode mode)
+    {
+        var (reclaimingId, mutations) = FindReclaim(Ring4, policy);
+        output.WriteLine($"append {reclaimingId} reclaims the oldest sector in {mutations.Count} flash operations: {string.Join(", ", mutations.Select(m => m.IsErase ? "erase" : "program"))}");
+        foreach (var (index, isErase) in mutations)
+        {
+            string where = $"{policy}, cut {mode} at operation {index} ({(isErase ? "erase" : "program")})";
+            using var flash = new NorFlashSimulator(Ring4, seed: 1);
+            var q = new FlashQueue(flash, policy);
+            q.Mount(0xC0FFEE);
+            var promised = new Dictionary<uint, uint>();
+            flash.ScheduleCut(index - flash.Mutations, new PowerCut(mode, 0.5));
+            uint id = 1;
+            try
+            {
+                for (; id <= reclaimingId; id++)
+                {
+                    promised[id] = q.Append(1, PriorityOf(id), Payload(id, SizeOf(id)), 0, SizeOf(id));
+                }
+
+                Assert.Fail($"{where}: the cut did not strike");
+            }
+            catch (PowerLossException)
+            {
+            }
+
+            flash.PowerOn(7);
+            for (int boot = 0; boot < 2; boot++)
+            {
+                var again = new FlashQueue(flash, policy);
+                Assert.True(again.Mount(0xBAD), $"{where}: the queue was formatted");
+                AssertNothingLost(promised, Drain(again), $"{where}, after reboot {boot + 1}");
+                again.Rewind();
+                for (int n = 0; n < 22; n++, id++)
+                {
+                    uint seq = again.Append(1, PriorityOf(id), Payload(id, SizeOf(id)), 0, SizeOf(id));
+                    Assert.True(promised.Values.All(s => s < seq), $"{where}: sequence number {seq} reused");
+                    promised[id] = seq;
+                }
+
+                AssertNothingLost(promised, Drain(again), $"{where}, after {promised.Count} appends");
+            }
+        }
+    }
+
+    [Fact]
+    public void AfterATornAppendThatLaterFades_TheNextAppendIsNotBornAcknowledged()
+    {
+        using var flash = new NorFlashSimulator(Ring4, seed: 4);
+        var q = new FlashQueue(flash);
+        q.Mount(5);
+        q.Append(0, 1, Payload(1, 40), 0, 40);
+        flash.ScheduleCut(0, new PowerCut(CutMode.RandomBits, 0.6, WeakCells.Fade));
+        Assert.Throws<PowerLossException>(() => q.Append(0, 1, Payload(2, 40), 0, 40));
+
+        flash.PowerOn(); // the torn append is visible: its number is skipped, and acknowledging entry 1 covers it
+        var second = new FlashQueue(flash);
+        second.Mount(5);
+        var read = Drain(second);
+        second.Acknowledge(read.Items.Single().Seq);
+        Assert.Equal(0u, second.Depth);
+
+        flash.PowerOn(); // the torn cells have faded: nothing shows that the number was skipped
+        var third = new FlashQueue(flash);
+        third.Mount(5);
+        Assert.True(third.NextSeq > third.AckedThrough, $"next sequence number {third.NextSeq} is already acknowledged ({third.AckedThrough})");
+        uint seq = third.Append(0, 1, Payload(3, 40), 0, 40);
+        Assert.Equal([(3u, seq)], Drain(third).Items.Select(i => (i.Id, i.Seq)));
+    }
+
+    [Theory]
+    [InlineData(CutMode.NothingVisible)]
+    [InlineData(CutMode.RandomBits)]
+    public void Append_CutWhereTheLastRecordEndsOnAPageBoundary_ThenReboot_NeverReprogramsTheTouchedUnits(CutMode mode)
+    {
+        using var flash = new NorFlashSimulator(Ring4Strict, seed: 2);
+        var q = new FlashQueue(flash);
+        q.Mount(5);
+        var promised = new Dictionary<uint, uint> { [1] = q.Append(0, 1, Payload(1, 16), 0, 16) }; // 32 + 32: ends at the page end
+        flash.ScheduleCut(0, new PowerCut(mode, 0.001));
+        Assert.Throws<PowerLossException>(() => q.Append(0, 1, Payload(2, 40), 0, 40));
+        flash.PowerOn();
+
+        var again = new FlashQueue(flash);
+        again.Mount(5);
+        promised[3] = again.Append(0, 1, Payload(3, 40), 0, 40);
+        promised[4] = again.Append(0, 1, Payload(4, 40), 0, 40);
+        AssertNothingLost(promised, Drain(again), "after the reboot");
+    }
+
+    [Fact]
+    public void Append_CutBeforeAnyBitChanged_RightAfterACleanReboot_ThenReboot_NeverReprogramsTheTouchedUnits()
+    {
+        using var flash = new NorFlashSimulator(Ring4Strict, seed: 2);
+        var q = new FlashQueue(flash);
+        q.Mount(5);
+        var promised = new Dictionary<uint, uint> { [1] = q.Append(0, 1, Payload(1, 30), 0, 30) };
+        var rebooted = new FlashQueue(flash);
+        rebooted.Mount(5);
+        flash.ScheduleCut(0, new PowerCut(CutMode.NothingVisible));
+        Assert.Throws<PowerLossException>(() => rebooted.Append(0, 1, Payload(2, 40), 0, 40));
+        flash.PowerOn();
+
+        for (int boot = 0; boot < 3; boot++)
+        {
+            var again = new FlashQueue(flash);
+            again.Mount(5);
+            uint id = 3 + (uint)boot;
+            promised[id] = again.Append(0, 1, Payload(id, 40), 0, 40);
+            AssertNothingLost(promised, Drain(again), $"boot {boot}");
+        }
+    }
+
+    [Fact]
+    public void RecoveryRecord_CutBeforeAnyBitChanged_IsWrittenAgainWithTheSameBytes_AndTheQueueCarriesOn()
+    {
+        using var flash = new NorFlashSimulator(Ring4Strict, seed: 2);
+        var q = new FlashQueue(flash);
+        q.Mount(5);
+        var promised = new Dictionary<uint, uint> { [1] = q.Append(0, 1, Payload(1, 30), 0, 30) };
+        flash.ScheduleCut(0, new PowerCut(CutMode.RandomBits, 0.5));
+        Assert.Throws<PowerLossException>(() => q.Append(0, 1, Payload(2, 40), 0, 40));
+        flash.PowerOn();
+        // The mount after a torn write records at once where writing resumes; cut that record before any bit changes.
+        flash.ScheduleCut(0, new PowerCut(CutMode.NothingVisible));
+        Assert.Throws<PowerLossException>(() => new FlashQueue(flash).Mount(5));
+        flash.PowerOn();
+
+        var again = new FlashQueue(flash);
+        again.Mount(5);
+        promised[3] = again.Append(0, 1, Payload(3, 40), 0, 40);
+        AssertNothingLost(promised, Drain(again), "after the second reboot");
+    }
+
+    [Fact]
+    public void DropLowestPriority_NeverDropsACriticalEntry_WhileALowerPriorityOneStaysQueued()
+    {
+        int cases = 0;
+        for (int size = 0; size <= 60; size++)
+        {
+            using var flash = new NorFlashSimulator(Ring4, seed: 3);
+            var q = new FlashQueue(flash);
+            q.Mount(5);
+            uint id = 1;
+            var critical = new HashSet<uint>();
+            while (q.LiveSectors == 1)
+            {
+                q.Append(1, 2, Payload(id, 4 + size), 0, 4 + size); // the oldest sector: critical entries only
+                critical.Add(id++);
+            }
+
+            // Info entries fill the rest of the ring until the oldest sector has to be reclaimed.
+            while (q.DroppedSinceMount == 0 && id < 2000)
+            {
+                q.Append(1, 0, Payload(id, 30), 0, 30);
+                id++;
+            }
+
+            var drained = Drain(q);
+            bool infoQueued = drained.Items.Any(i => i.Priority == 0);
+            var lostCritical = critical.Where(c => drained.Items.All(i => i.Id != c)).ToList();
+            Assert.False(infoQueued && lostCritical.Count > 0, $"payload {4 + size} B: critical entries {string.Join(", ", lostCritical)} dropped while info entries stay queued");
+            cases++;
+        }
+
+        output.WriteLine($"{cases} payload sizes checked");
+    }
+
+    [Fact]
+    public void Mount_WhenTheHeadHeaderReadsDifferentlyTheSecondTime_TrustsOnlyTheCheckedCopy()
+    {
+        using var flash = new NorFlashSimulator(Ring4, seed: 3);
+        var q = new FlashQueue(flash);
+        q.Mount(5);
+        var promised = new Dictionary<uint, uint>();
+        for (uint id = 1; q.LiveSectors < 2 || promised.Count < 12; id++)
+        {
+            promised[id] = q.Append(1, 1, Payload(id, 30), 0, 30);
+        }
+
+        var weak = new FlakyHeaderReads(flash, sectorAddress: 512, fromRead: 2);
+        var again = new FlashQueue(weak);
+        again.Mount(5);
+        Assert.True(again.AckedThrough == 0, $"a garbled re-read acknowledged everything through {again.AckedThrough}");
+        AssertNothingLost(promised, Drain(again), "after the mount");
+    }
+
+    /// <summary>The flash as seen through a weak header: reads of one sector's header garble its acknowledged-through field from the n-th read on.</summary>
+    private sealed class FlakyHeaderReads(NorFlashSimulator inner, int sectorAddress, int fromRead) : IFlashDevice
+    {
+        private int _reads;
+
+        public FlashGeometry Geometry => inner.Geometry;
+
+        public void Read(int address, byte[] buffer, int offset, int count)
+        {
+            inner.Read(address, buffer, offset, count);
+            if (address == sectorAddress && count >= 20 && ++_reads >= fromRead)
+            {
+                buffer[offset + 18] = 0x7F; // acknowledged-through becomes about two billion
+            }
+        }
+
+        public void Program(int address, byte[] buffer, int offset, int count) => inner.Program(address, buffer, offset, count);
+
+        public void EraseSector(int sector) => inner.EraseSector(sector);
+    }
+}
