@@ -99,7 +99,7 @@ internal sealed class ChaosLedger(Timeline timeline) : IDeviceObserver
             if (d.Alerts.TryGetValue(id, out AlertTruth? a))
             {
                 a.Raises++;
-                a.LastSeq = seq;
+                a.LastSeq = seq != 0 ? seq : a.LastSeq;
             }
             else
             {

@@ -268,7 +268,7 @@ internal sealed class ChaosRun(ChaosOptions options, TextWriter log)
             ["Console"] = new { Port = 0 },
             ["Logging"] = new
             {
-                LogLevel = new Dictionary<string, string> { ["Default"] = "Warning", ["EdgeMail.Gateway.Ingest"] = "Information" },
+                LogLevel = new Dictionary<string, string> { ["Default"] = "Warning", ["EdgeMail.Gateway.Ingest"] = "Information", ["EdgeMail.Gateway.Web"] = "Information" },
             },
         };
         await File.WriteAllTextAsync(path, JsonSerializer.Serialize(config, new JsonSerializerOptions { WriteIndented = true })).ConfigureAwait(false);

@@ -20,6 +20,7 @@ internal sealed partial class GatewayProcess : IDisposable
     private volatile int _mqttPort;
     private volatile int _smtpPort;
     private int _generation;
+    private bool _consoleUp;
 
     public GatewayProcess(string dll, string configPath, string logPath)
     {
@@ -40,6 +41,10 @@ internal sealed partial class GatewayProcess : IDisposable
 
     /// <summary>Lines the gateway logged at Error or above (fail: / crit:), for the report.</summary>
     public List<string> Errors { get; } = [];
+
+    /// <summary>The emulator's own build configuration, so a test run uses the gateway built with it, not a stale other one.</summary>
+    private static string Configuration =>
+        AppContext.BaseDirectory.Contains($"{Path.DirectorySeparatorChar}Release{Path.DirectorySeparatorChar}", StringComparison.Ordinal) ? "Release" : "Debug";
 
     /// <summary>Finds the gateway's build output: the given path (a .dll or a folder), or the newest build under gateway/.</summary>
     public static string Locate(string? given)
@@ -65,7 +70,7 @@ internal sealed partial class GatewayProcess : IDisposable
             {
                 string? newest = Directory.EnumerateFiles(bin, "EdgeMail.Gateway.dll", SearchOption.AllDirectories)
                     .Where(f => File.Exists(Path.ChangeExtension(f, ".runtimeconfig.json")))
-                    .OrderByDescending(f => f.Contains("Release", StringComparison.Ordinal))
+                    .OrderByDescending(f => f.Contains(Configuration, StringComparison.Ordinal))
                     .ThenByDescending(File.GetLastWriteTimeUtc)
                     .FirstOrDefault();
                 if (newest is not null)
@@ -101,6 +106,7 @@ internal sealed partial class GatewayProcess : IDisposable
         {
             _mqttPort = 0;
             _smtpPort = 0;
+            _consoleUp = false;
             ready = _ready = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
             generation = ++_generation;
             _process = Process.Start(info) ?? throw new InvalidOperationException("dotnet did not start the gateway.");
@@ -217,8 +223,13 @@ internal sealed partial class GatewayProcess : IDisposable
             {
                 CertificateSha1 = c.Groups[1].Value;
             }
+            else if (line.Contains("Console listening on", StringComparison.Ordinal))
+            {
+                _consoleUp = true;
+            }
 
-            if (_mqttPort > 0 && _smtpPort > 0)
+            // Ready when every listener is up (a SIGTERM before the console bound would be a failed start, not a stop).
+            if (_mqttPort > 0 && _smtpPort > 0 && _consoleUp)
             {
                 _ready.TrySetResult(true);
             }

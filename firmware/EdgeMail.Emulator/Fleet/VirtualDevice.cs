@@ -315,6 +315,8 @@ internal sealed class VirtualDevice : IDisposable
             throw;
         }
 
+        // The alert's id as the store chose it (the mirror above only keeps the report's counts).
+        Observer?.Raised(this, _store.LastRaisedIdSeq, seq, now, code, severity);
         if (seq == NoCut)
         {
             Stats.Coalesced++;
@@ -336,13 +338,11 @@ internal sealed class VirtualDevice : IDisposable
             Stats.Coalesced++;
             Pending old = _unacked[merged];
             _unacked.RemoveAt(merged);
-            _unacked.Add(new Pending(seq, old.At, code, severity) { Count = old.Count + 1, IdSeq = old.IdSeq });
-            Observer?.Raised(this, old.IdSeq, seq, now, code, severity);
+            _unacked.Add(new Pending(seq, old.At, code, severity) { Count = old.Count + 1, IdSeq = _store.LastRaisedIdSeq });
         }
         else
         {
-            _unacked.Add(new Pending(seq, now, code, severity) { Count = 1, IdSeq = seq });
-            Observer?.Raised(this, seq, seq, now, code, severity);
+            _unacked.Add(new Pending(seq, now, code, severity) { Count = 1, IdSeq = _store.LastRaisedIdSeq });
         }
     }
 
