@@ -121,6 +121,12 @@ internal sealed partial class GatewayProcess : IDisposable
         p.EnableRaisingEvents = true;
         p.Exited += (_, _) => ready.TrySetException(new InvalidOperationException(
             string.Create(CultureInfo.InvariantCulture, $"The gateway exited with code {p.ExitCode} while starting; see its log.")));
+        if (p.HasExited)
+        {
+            // Exited before the handler was attached: no Exited event comes.
+            ready.TrySetException(new InvalidOperationException(string.Create(CultureInfo.InvariantCulture, $"The gateway exited with code {p.ExitCode} while starting; see its log.")));
+        }
+
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancel);
         limit.CancelAfter(timeout);
         await ready.Task.WaitAsync(limit.Token).ConfigureAwait(false);
@@ -129,15 +135,20 @@ internal sealed partial class GatewayProcess : IDisposable
     /// <summary>SIGKILL: no shutdown code runs.</summary>
     public void Kill()
     {
+        Process? p;
         lock (_lock)
         {
             _mqttPort = 0;
             _smtpPort = 0;
-            if (_process is { HasExited: false } p)
-            {
-                p.Kill(entireProcessTree: false);
-                p.WaitForExit();
-            }
+            _generation++; // its last lines no longer count as this gateway's
+            p = _process;
+        }
+
+        // Not under the lock: WaitForExit also waits for the output readers, whose callbacks take it (a deadlock seen in CI).
+        if (p is { HasExited: false })
+        {
+            p.Kill(entireProcessTree: false);
+            p.WaitForExit();
         }
     }
 
@@ -150,6 +161,7 @@ internal sealed partial class GatewayProcess : IDisposable
             p = _process;
             _mqttPort = 0;
             _smtpPort = 0;
+            _generation++;
         }
 
         if (p is null || p.HasExited)
