@@ -26,6 +26,7 @@ public static class EmulatorCli
         root.Subcommands.Add(RunCommand.Create(boardsDir, stdout, stderr));
         root.Subcommands.Add(TortureCommand.Create(boardsDir, stdout, stderr));
         root.Subcommands.Add(BenchCommand.Create(boardsDir, stdout, stderr));
+        root.Subcommands.Add(Chaos.ChaosCommand.Create(boardsDir, stdout, stderr));
         var config = new InvocationConfiguration { Output = stdout, Error = stderr };
         return root.Parse(args).Invoke(config);
     }

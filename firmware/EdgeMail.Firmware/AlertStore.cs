@@ -77,6 +77,10 @@ public sealed class AlertStore
     /// <summary>Alerts raised and not yet acknowledged by the gateway (records, including replaced ones).</summary>
     public uint Depth => _queue.Depth;
 
+    /// <summary>The sequence number in the id of the alert the last <see cref="Raise"/> wrote or merged a repeat into
+    /// (the gateway's receipts name that id); 0 before the first raise.</summary>
+    public uint LastRaisedIdSeq { get; private set; }
+
     /// <summary>
     /// Coalesced alerts whose chain of updates this boot stopped tracking (more than 16 at once): each of their
     /// queued records is then sent under the alert's id, older counts included, and the gateway keeps the first.
@@ -107,10 +111,12 @@ public sealed class AlertStore
                 int length = AlertRecord.Encode(alert, unix, uptime, _boot, _record, 0);
                 uint seq = _queue.Append(KindAlert, (byte)alert.Severity, _record, 0, length);
                 Remember(alert, seq, unix, uptime);
+                LastRaisedIdSeq = seq;
                 return seq;
             }
 
             slot.Count++;
+            LastRaisedIdSeq = slot.IdSeq;
             slot.LastUnix = unix;
             slot.LastUptime = uptime;
             bool powerOfTwo = (slot.Count & (slot.Count - 1)) == 0;

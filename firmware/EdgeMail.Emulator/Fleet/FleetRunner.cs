@@ -18,23 +18,24 @@ internal sealed class FleetRunner : IDisposable
     private readonly FleetClock _clock;
     private volatile string _phase = "run";
 
-    public FleetRunner(Scenario scenario, BoardProfile board)
+    public FleetRunner(Scenario scenario, BoardProfile board, IDeviceObserver? observer = null, FleetClock? clock = null)
     {
         _scenario = scenario;
-        _clock = new FleetClock(scenario.Speed);
+        _clock = clock ?? new FleetClock(scenario.Speed);
         Directory.CreateDirectory(scenario.StateDirectory);
         var secrets = new Secrets(scenario.SecretPattern, scenario.SecretsFile);
         for (int n = 1; n <= scenario.Devices; n++)
         {
             string id = scenario.DeviceId(n);
-            _devices.Add(new VirtualDevice(n, id, secrets.For(id, n), board, scenario, _clock, scenario.StateDirectory));
+            _devices.Add(new VirtualDevice(n, id, secrets.For(id, n), board, scenario, _clock, scenario.StateDirectory, observer));
         }
     }
 
     public IReadOnlyList<VirtualDevice> Devices => _devices;
 
-    /// <summary>Runs the scenario, then the drain phase; calls <paramref name="progress"/> about once per real second.</summary>
-    public FleetReport Run(Action<FleetProgress>? progress, CancellationToken cancel)
+    /// <summary>Runs the scenario, then the drain phase; calls <paramref name="progress"/> about once per real second.
+    /// With <paramref name="holdUntil"/>, drained devices stay on (connected, taking receipts) until it returns true or the drain time is over.</summary>
+    public FleetReport Run(Action<FleetProgress>? progress, CancellationToken cancel, Func<bool>? holdUntil = null)
     {
         _clock.Start();
         int workers = Math.Max(1, Math.Min(Environment.ProcessorCount, _devices.Count));
@@ -78,7 +79,7 @@ internal sealed class FleetRunner : IDisposable
             }
 
             // Every device must have seen the end of the run (its events are then all raised) before the run may stop.
-            if (quiesced && _devices.All(d => d.LastTickMs >= runEnd) && (now >= drainEnd || _devices.All(d => d.Drained)))
+            if (quiesced && _devices.All(d => d.LastTickMs >= runEnd) && (now >= drainEnd || (_devices.All(d => d.Drained) && (holdUntil is null || holdUntil()))))
             {
                 break;
             }

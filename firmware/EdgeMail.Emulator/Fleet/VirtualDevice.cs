@@ -56,9 +56,10 @@ internal sealed class VirtualDevice : IDisposable
     private volatile bool _quiesceRequested;
     private int _alertNumber;
 
-    public VirtualDevice(int number, string id, string secret, BoardProfile board, Scenario scenario, FleetClock clock, string stateDirectory)
+    public VirtualDevice(int number, string id, string secret, BoardProfile board, Scenario scenario, FleetClock clock, string stateDirectory, IDeviceObserver? observer = null)
     {
         Number = number;
+        Observer = observer;
         Id = id;
         _scenario = scenario;
         _clock = clock;
@@ -115,6 +116,12 @@ internal sealed class VirtualDevice : IDisposable
     }
 
     public int Number { get; }
+
+    /// <summary>Told of every raise, acknowledgement, receipt, power cut and link change (the chaos run's ground truth).</summary>
+    public IDeviceObserver? Observer { get; }
+
+    /// <summary>The alert id the gateway sees for the record first queued as <paramref name="idSeq"/> (Contract 1).</summary>
+    public string AlertId(uint idSeq) => _epoch.ToString("x8", CultureInfo.InvariantCulture) + "-" + idSeq.ToString(CultureInfo.InvariantCulture);
 
     /// <summary>Simulated time of the last <see cref="Tick"/>.</summary>
     public long LastTickMs { get; private set; } = -1;
@@ -245,6 +252,7 @@ internal sealed class VirtualDevice : IDisposable
                 // Strike inside one of the next few flash writes (a raise, an acknowledgement or maintenance).
                 _flash.ScheduleCut(_powerRng.Next(0, 3), _powerRng.NextDouble(), weakBits: true);
                 Stats.CutsArmedMidWrite++;
+                Observer?.CutArmed(this, at);
             }
             else
             {
@@ -307,6 +315,8 @@ internal sealed class VirtualDevice : IDisposable
             throw;
         }
 
+        // The alert's id as the store chose it (the mirror above only keeps the report's counts).
+        Observer?.Raised(this, _store.LastRaisedIdSeq, seq, now, code, severity);
         if (seq == NoCut)
         {
             Stats.Coalesced++;
@@ -328,11 +338,11 @@ internal sealed class VirtualDevice : IDisposable
             Stats.Coalesced++;
             Pending old = _unacked[merged];
             _unacked.RemoveAt(merged);
-            _unacked.Add(new Pending(seq, old.At, code, severity) { Count = old.Count + 1 });
+            _unacked.Add(new Pending(seq, old.At, code, severity) { Count = old.Count + 1, IdSeq = _store.LastRaisedIdSeq });
         }
         else
         {
-            _unacked.Add(new Pending(seq, now, code, severity) { Count = 1 });
+            _unacked.Add(new Pending(seq, now, code, severity) { Count = 1, IdSeq = _store.LastRaisedIdSeq });
         }
     }
 
@@ -351,6 +361,7 @@ internal sealed class VirtualDevice : IDisposable
         {
             Pending p = _unacked[done++];
             _latencies.Add(now - p.At);
+            Observer?.Acknowledged(this, p.IdSeq, p.Seq, now);
             Stats.Acknowledged += p.Count;
         }
 
@@ -378,7 +389,7 @@ internal sealed class VirtualDevice : IDisposable
         _store = new AlertStore(_queue, deviceClock, wall, _boot);
         _link.Close();
         _forwarder = _smtpOptions is null
-            ? new MqttDeviceUplink(new Forwarder(_store, _link, deviceClock, wall, _options) { Boot = _boot })
+            ? new MqttDeviceUplink(new Forwarder(_store, _link, deviceClock, wall, _options) { Boot = _boot, ReceiptHandler = Observer is null ? null : new ReceiptRelay(this, Observer) })
             : new SmtpDeviceUplink(_store, _queue, _link, deviceClock, _smtpOptions, _options.DutyCycleIntervalMs, _options.JitterSeed + _boot);
         Account(now);
         if (Stats.HandedOutAtCut > 0)
@@ -399,6 +410,7 @@ internal sealed class VirtualDevice : IDisposable
         }
 
         _off = true;
+        Observer?.PowerCut(this, now, torn, (long)(_scenario.Power.OffSeconds * 1000));
         _flash.CancelCut();
         _link.Close();
         Stats.PowerCuts++;
@@ -475,6 +487,7 @@ internal sealed class VirtualDevice : IDisposable
         // While up, the link also breaks by itself at the next drop (inside a call sequence, e.g. an SMTP session).
         _link.DownAtMs = _linkModelUp && _nextLinkChangeAt < _endAt ? _nextLinkChangeAt : long.MaxValue;
         _link.Up = _linkModelUp;
+        Observer?.LinkChanged(this, at, _linkModelUp);
     }
 
     private long NextEvent()
@@ -520,6 +533,33 @@ internal sealed class Pending(uint seq, long at, string code, Severity severity)
     public Severity Severity { get; } = severity;
 
     public int Count { get; set; }
+
+    /// <summary>The sequence number in the alert's id: its first record's (an update record keeps its original's id).</summary>
+    public uint IdSeq { get; init; }
+}
+
+/// <summary>What a chaos run learns from each device as it happens (called on the device's scheduler thread).</summary>
+internal interface IDeviceObserver
+{
+    /// <summary>A raise returned: the alert <paramref name="idSeq"/> is on flash as record <paramref name="seq"/> (a repeat merged into a queued alert keeps its id).</summary>
+    void Raised(VirtualDevice device, uint idSeq, uint seq, long at, string code, Severity severity);
+
+    /// <summary>The gateway acknowledged the alert (the record left flash).</summary>
+    void Acknowledged(VirtualDevice device, uint idSeq, uint seq, long at);
+
+    void Receipt(VirtualDevice device, string json);
+
+    void PowerCut(VirtualDevice device, long at, bool torn, long offMs);
+
+    void CutArmed(VirtualDevice device, long at);
+
+    void LinkChanged(VirtualDevice device, long at, bool up);
+}
+
+/// <summary>Hands the forwarder's receipts to the observer as text.</summary>
+internal sealed class ReceiptRelay(VirtualDevice device, IDeviceObserver observer) : IReceiptHandler
+{
+    public void OnReceipt(byte[] buffer, int offset, int count) => observer.Receipt(device, System.Text.Encoding.UTF8.GetString(buffer, offset, count));
 }
 
 /// <summary>What one device did over the run (all boots).</summary>

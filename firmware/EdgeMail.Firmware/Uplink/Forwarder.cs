@@ -152,6 +152,9 @@ public sealed class Forwarder : IMqttClientHandler
     /// <summary>Receipts received on the receipt topic.</summary>
     public long Receipts { get; private set; }
 
+    /// <summary>Told of every receipt (null: receipts only set the clock).</summary>
+    public IReceiptHandler? ReceiptHandler { get; set; }
+
     /// <summary>Milliseconds spent connected, summed over connections (the radio-on time of duty-cycled mode).</summary>
     public long ConnectedMs { get; private set; }
 
@@ -332,6 +335,11 @@ public sealed class Forwarder : IMqttClientHandler
         }
 
         Receipts++;
+        if (ReceiptHandler != null)
+        {
+            ReceiptHandler.OnReceipt(message.Buffer, message.PayloadOffset, message.PayloadLength);
+        }
+
         if (_options.HasRtc)
         {
             return;
