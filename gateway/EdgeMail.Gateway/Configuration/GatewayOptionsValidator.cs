@@ -185,6 +185,8 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
             Add("Spool:MinFreeMegabytes", "is negative", "use e.g. 64, or 0 to turn the disk guard off");
         }
 
+        ValidateSpoolProvider(o, Add);
+
         if (o.Sender.OperatorNoticeInterval < TimeSpan.Zero)
         {
             Add("Sender:OperatorNoticeInterval", "is negative", "use e.g. 00:15:00");
@@ -442,6 +444,50 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         if (relay.DnsServer.Length > 0 && !IPEndPoint.TryParse(relay.DnsServer, out _))
         {
             add("Relay:DnsServer", $"'{relay.DnsServer}' is not host:port", "use e.g. 127.0.0.1:53, or leave empty for the system resolver");
+        }
+    }
+
+    // Spool:Provider and what PostgreSQL needs (docs/scale-out.md).
+    private static void ValidateSpoolProvider(GatewayOptions o, Action<string, string, string> add)
+    {
+        var spool = o.Spool;
+        if (!SpoolProviders.All.Contains(spool.Provider, StringComparer.Ordinal))
+        {
+            add("Spool:Provider", $"'{spool.Provider}' is not a spool provider", "use Sqlite (one gateway) or Postgres (several instances share one database)");
+            return;
+        }
+
+        if (spool.Provider != SpoolProviders.Postgres)
+        {
+            return;
+        }
+
+        if (string.IsNullOrWhiteSpace(spool.ConnectionString))
+        {
+            add("Spool:ConnectionString", "is empty but Spool:Provider is Postgres", "give an Npgsql connection string, e.g. Host=db1;Database=edgemail;Username=edgemail");
+        }
+        else
+        {
+            try
+            {
+                _ = new Npgsql.NpgsqlConnectionStringBuilder(spool.ConnectionString);
+            }
+            catch (ArgumentException ex)
+            {
+                add("Spool:ConnectionString", $"is not a valid connection string ({ex.Message})", "use key=value pairs, e.g. Host=db1;Database=edgemail;Username=edgemail");
+            }
+        }
+
+        var longestAttempt = o.Relay.Timeout * 2;
+        if (spool.ClaimLease < TimeSpan.FromSeconds(1) || spool.ClaimLease < longestAttempt)
+        {
+            add("Spool:ClaimLease", $"{spool.ClaimLease} is shorter than a delivery attempt may take ({longestAttempt}, twice Relay:Timeout)",
+                "use e.g. 00:02:00; another instance takes work over only after the lease, so it must outlast an attempt");
+        }
+
+        if (spool.PollInterval < TimeSpan.FromMilliseconds(100) || spool.PollInterval > spool.ClaimLease)
+        {
+            add("Spool:PollInterval", $"{spool.PollInterval} is outside 0.1 s..Spool:ClaimLease", "use e.g. 00:00:05");
         }
     }
 
