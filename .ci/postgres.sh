@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# A throwaway PostgreSQL cluster for the tests and benchmarks: Debian's postgresql, initdb'd in a temporary directory,
-# run by an unprivileged user (PostgreSQL refuses to run as root), on 127.0.0.1 and a port the OS had free.
+# A throwaway PostgreSQL cluster for benchmarks and manual runs: Debian's postgresql, initdb'd in a temporary
+# directory, run by an unprivileged user (PostgreSQL refuses to run as root), on 127.0.0.1 and a port the OS had free.
 #
-#   .ci/postgres.sh start   prints the connection string and writes it to the well-known file below
+#   .ci/postgres.sh start   prints the connection string and writes it to ${TMPDIR:-/tmp}/edgemail-test-postgres/connection
 #   .ci/postgres.sh stop    stops the cluster and removes its directory
 #
-# Tests find the cluster through EDGEMAIL_TEST_POSTGRES (a connection string) or, when that is unset, the well-known
-# file ${TMPDIR:-/tmp}/edgemail-test-postgres/connection. Each test creates a database of its own in it.
+# The tests need none of this: they start a cluster of their own the same way (tests/EdgeMail.Testing/TestPostgres.cs).
+# To point them at this one (or any other), export EDGEMAIL_TEST_POSTGRES="$(.ci/postgres.sh start)".
 set -euo pipefail
 state="${TMPDIR:-/tmp}/edgemail-test-postgres"
 conn_file="$state/connection"

@@ -42,6 +42,7 @@ public sealed partial class PostgresSpool : ISpool
     private long _batches;
     private long _items;
     private int _disposed;
+    private bool _listening;
 
     private PostgresSpool(NpgsqlDataSource data, int maxBatch, TimeSpan lease, TimeSpan poll, ILogger logger)
     {
@@ -80,6 +81,9 @@ public sealed partial class PostgresSpool : ISpool
 
     /// <summary>Raised after every commit of this instance (tests wait for spool state with it).</summary>
     public event Action? Committed;
+
+    /// <summary>Whether notifications from other instances arrive now (the LISTEN connection is up).</summary>
+    public bool IsListening => Volatile.Read(ref _listening);
 
     /// <summary>Raised when another instance's notification arrives (tests).</summary>
     public event Action? Notified;
@@ -318,6 +322,7 @@ public sealed partial class PostgresSpool : ISpool
                 await using var c = await _data.OpenConnectionAsync(stop).ConfigureAwait(false);
                 c.Notification += OnNotification;
                 await ExecAsync(c, null, stop, "LISTEN " + Channel).ConfigureAwait(false);
+                Volatile.Write(ref _listening, true);
                 if (reported)
                 {
                     LogListening();
@@ -338,6 +343,7 @@ public sealed partial class PostgresSpool : ISpool
             }
             catch (Exception ex) when (IsSpoolFailure(ex))
             {
+                Volatile.Write(ref _listening, false);
                 if (!reported)
                 {
                     // The loops still poll (SharedPollInterval); notifications only make them quicker.
