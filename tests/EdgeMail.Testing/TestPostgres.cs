@@ -214,10 +214,13 @@ public sealed class TestDatabase(string server, string connectionString, string 
 [AttributeUsage(AttributeTargets.Method)]
 public sealed class PostgresFactAttribute : FactAttribute
 {
-    /// <summary>Declares the need.</summary>
-    public PostgresFactAttribute()
+    /// <summary>Declares the need, and of other peer programs (as <c>program:package</c>, like <see cref="PeerFactAttribute"/>).</summary>
+    /// <param name="programs">Entries like <c>mosquitto:mosquitto</c>.</param>
+    public PostgresFactAttribute(params string[] programs)
     {
-        if (TestPostgres.Missing is { } reason && !Peers.InCi)
+        var missing = programs.Where(p => Peers.Find(p.Split(':')[0]) is null).Select(p => p.Split(':')[^1]).ToList();
+        string? reason = TestPostgres.Missing ?? (missing.Count > 0 ? "needs " + string.Join(", ", missing) + "; apt-get install " + string.Join(' ', missing.Distinct()) : null);
+        if (reason is not null && !Peers.InCi)
         {
             Skip = reason;
         }

@@ -234,6 +234,12 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         if (!mqtt.IsExternal())
         {
             ValidateEmbeddedListeners(mqtt, add);
+            if (mqtt.External.SharedGroup.Length > 0)
+            {
+                // MQTTnet's embedded broker has no shared subscriptions: several instances need the site's broker.
+                add("Mqtt:External:SharedGroup", "is set but Mqtt:Mode is embedded", "set Mqtt:Mode to external and point Mqtt:External at a broker with shared subscriptions (mosquitto, EMQX, HiveMQ)");
+            }
+
             return;
         }
 
@@ -259,6 +265,16 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         else if (x.ClientId.Length > 128 || x.ClientId.AsSpan().IndexOfAny("+#/") >= 0)
         {
             add("Mqtt:External:ClientId", $"'{x.ClientId}' is not a usable client id", "use at most 128 characters without '+', '#' or '/', e.g. edgemail-gateway");
+        }
+
+        if (x.SharedGroup.Length > 0 && (x.SharedGroup.Length > 64 || x.SharedGroup.AsSpan().IndexOfAny("+#/") >= 0 || x.SharedGroup.Any(char.IsWhiteSpace)))
+        {
+            add("Mqtt:External:SharedGroup", $"'{x.SharedGroup}' is not a usable share name", "use at most 64 characters without '+', '#', '/' or spaces, e.g. edgemail");
+        }
+
+        if (x.SharedGroup.Length > 0 && (x.LeaveQuietPeriod <= TimeSpan.Zero || x.LeaveQuietPeriod > TimeSpan.FromMinutes(1)))
+        {
+            add("Mqtt:External:LeaveQuietPeriod", $"{x.LeaveQuietPeriod} is out of range", "use a period above zero and at most a minute, e.g. 00:00:00.500");
         }
 
         if (x.Password.Length > 0 && x.Username.Length == 0)
