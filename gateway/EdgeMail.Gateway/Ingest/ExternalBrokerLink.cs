@@ -151,9 +151,9 @@ internal sealed partial class ExternalBrokerLink : IDisposable
             await _client.UnsubscribeAsync(ExternalBrokerConnection.UnsubscribeOptions(_broker), cancellationToken).ConfigureAwait(false);
             return true;
         }
-        catch (Exception ex) when (ex is MqttCommunicationException or OperationCanceledException)
+        catch (Exception ex) when (ex is MqttCommunicationException or OperationCanceledException or InvalidOperationException)
         {
-            LogDisconnectFailed(ex);
+            LogDisconnectFailed(ex); // the connection went meanwhile: what the broker sent and was not acknowledged is redelivered
             return false;
         }
     }
