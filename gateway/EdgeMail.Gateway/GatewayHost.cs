@@ -57,6 +57,11 @@ public static class GatewayHost
         services.AddSingleton<ISpool>(sp =>
         {
             var o = sp.GetRequiredService<IOptions<GatewayOptions>>().Value;
+            if (o.Spool.Provider == SpoolProviders.Postgres)
+            {
+                return OpenPostgres(sp, o);
+            }
+
             string path = o.Spool.Path.Length > 0 ? o.Spool.Path : Path.Combine(o.DataPath(), "spool.db");
             var spool = SqliteSpool.Open(path, o.Spool.Fsync, o.Spool.MaxBatch, sp.GetRequiredService<ILoggerFactory>().CreateLogger<SqliteSpool>());
             spool.MaxAge = o.Relay.MaxAge;
@@ -116,6 +121,18 @@ public static class GatewayHost
         services.AddSingleton<Web.ConsoleServer>();
         services.AddHostedService(sp => sp.GetRequiredService<Web.ConsoleServer>());
         return builder;
+    }
+
+    // Several instances share this spool (docs/scale-out.md).
+    private static PostgresSpool OpenPostgres(IServiceProvider sp, GatewayOptions o)
+    {
+        var spool = PostgresSpool.Open(o.Spool.ConnectionString, o.Spool.Fsync, o.Spool.MaxBatch, o.Spool.ClaimLease, o.Spool.PollInterval,
+            sp.GetRequiredService<ILoggerFactory>().CreateLogger<PostgresSpool>());
+        spool.MaxAge = o.Relay.MaxAge;
+        spool.Clock = sp.GetRequiredService<TimeProvider>();
+        var commits = sp.GetRequiredService<GatewayMetrics>().SpoolCommitDuration;
+        spool.CommitTimed = elapsed => commits.Record(elapsed.TotalSeconds);
+        return spool;
     }
 
     // "--config FILE" goes, value and all: left alone, an absolute FILE ("/etc/...") reads as a "/key" switch to the

@@ -17,6 +17,11 @@
 #   external (not in the default set) the same load published to Debian's mosquitto (persistence on, port
 #            EXT_PORT), the gateway as its client (Mqtt:Mode=external, persistent session): devices' PUBACKs come
 #            from mosquitto; measured = first PUBLISH -> smtp-sink has every mail.
+#   cluster  (not in the default set) 1, 2 and 3 gateway instances (CLUSTER_INSTANCES="1 2 3") side by side: each a
+#            client of one Debian mosquitto with a shared subscription (Mqtt:External:SharedGroup) and all on one
+#            PostgreSQL spool (.ci/postgres.sh: a throwaway cluster, fsync on, a fresh schema per row); DEVICES x
+#            CLUSTER_MSGS_PER alerts (default 200) from first PUBLISH to smtp-sink having every mail; CPU seconds of each
+#            gateway, of mosquitto and of the PostgreSQL server processes.
 #   peers    ../shared/peers/mosquitto_qos1.sh (MSGS=50000 SIZE=200 RUNS=1) and postfix_relay.sh
 #            (MSGS=5000 SESSIONS=20 SIZE=1024 REUSE=0 RUNS=1) -- needs root; installs postfix if missing.
 # Knobs: DEVICES=50 MSGS_PER=1000 INFLIGHT=10 IDLE_DEVICES=10000 LAT_RATE= RELAY_CONCURRENCY=8 PORT=18990
@@ -45,6 +50,8 @@ cleanup() {
   [ -n "$GW" ] && kill "$GW" 2>/dev/null || true
   [ -n "${SINKPID:-}" ] && kill "$SINKPID" 2>/dev/null || true
   [ -n "${MOSQ:-}" ] && kill "$MOSQ" 2>/dev/null || true
+  for g in ${GWS:-}; do kill "$g" 2>/dev/null || true; done
+  [ -n "${PG_STARTED:-}" ] && TMPDIR="$STATE" bash "$ROOT/.ci/postgres.sh" stop >/dev/null 2>&1 || true
   rm -rf "$STATE"
 }
 trap cleanup EXIT
@@ -196,6 +203,71 @@ PY
   echo "RESULT external mosquitto_$out e2e_smtp_sink_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') e2e_smtp_sink_rate=$(awk -v n="$TOTAL" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}') gateway_cpu_us_per_alert=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$TOTAL" 'BEGIN{printf "%.0f", (b-a)*1e6/n}')"
   stop_gateway
   stop_mosquitto
+fi
+
+if [[ " $STAGES " == *" cluster "* ]]; then
+  command -v mosquitto >/dev/null || { log "mosquitto missing: apt-get install mosquitto"; exit 1; }
+  command -v smtp-sink >/dev/null || { log "smtp-sink missing: apt-get install postfix"; exit 1; }
+  MSGS=${CLUSTER_MSGS_PER:-200}
+  TOTAL=$((DEVICES * MSGS))
+  chmod 755 "$STATE"   # the PostgreSQL cluster runs as nobody, mosquitto drops to its own user
+  PG_STARTED=1
+  CONN=$(TMPDIR="$STATE" bash "$ROOT/.ci/postgres.sh" start)
+  PGPORT_=$(sed -E 's/.*Port=([0-9]+).*/\1/' <<<"$CONN")
+  PMPID=$(head -n1 "$STATE/edgemail-test-postgres/data/postmaster.pid")
+  pg_cpu() { local t=0 c; for c in $PMPID $(pgrep -P "$PMPID"); do t=$(awk -v t="$t" '{printf "%.2f", t + ($14+$15)/100}' "/proc/$c/stat" 2>/dev/null || echo "$t"); done; echo "$t"; }
+  for N in ${CLUSTER_INSTANCES:-1 2 3}; do
+    EXT_PORT=$(( ${EXT_PORT_BASE:-18993} + N ))   # a fresh broker per row, on a port of its own
+    psql -q -h 127.0.0.1 -p "$PGPORT_" -U edgemail -d postgres -c "CREATE SCHEMA bench_n$N" >/dev/null
+    mkdir -p "$STATE/mosq$N"
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_queued_messages 0\nmax_inflight_messages 0\n' "$EXT_PORT" "$STATE/mosq$N" > "$STATE/mosq$N/mosquitto.conf"
+    chown -R mosquitto "$STATE/mosq$N" 2>/dev/null || true
+    mosquitto -c "$STATE/mosq$N/mosquitto.conf" > "$STATE/mosq$N/log" 2>&1 &
+    MOSQ=$!
+    for _ in $(seq 1 100); do ss -Hltn "sport = :$EXT_PORT" | grep -q . && break; sleep 0.1; done
+    GWS=""
+    for i in $(seq 1 "$N"); do
+      write_config "$STATE/cluster$N-$i.json" "$DEVICES" "$SINK_PORT"
+      python3 - "$STATE/cluster$N-$i.json" "$EXT_PORT" "$i" "$CONN;Search Path=bench_n$N" "$STATE/data$N-$i" <<'PY'
+import json, sys
+path, port, i, conn, data = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+cfg = json.load(open(path))
+cfg["DataDirectory"] = data
+cfg["Mqtt"] = {"Mode": "external", "External": {"Host": "127.0.0.1", "Port": port, "ClientId": f"edgemail-bench-{i}", "SharedGroup": "bench"}}
+cfg["Spool"] = {"Provider": "Postgres", "ConnectionString": conn}
+cfg["Console"] = {"Port": 0}  # several instances on one machine
+cfg["Logging"]["LogLevel"]["EdgeMail.Gateway.Ingest.ExternalBrokerClient"] = "Information"
+json.dump(cfg, open(path, "w"))
+PY
+      dotnet "$DLL" --config "$STATE/cluster$N-$i.json" > "$STATE/gateway$N-$i.log" 2>&1 &
+      GWS="$GWS $!"
+      for _ in $(seq 1 300); do grep -q "Connected to the external MQTT broker" "$STATE/gateway$N-$i.log" && break; sleep 0.1; done
+    done
+    WARM_PER=${WARM_PER:-40}
+    smtp-sink -u nobody -M "$((DEVICES * WARM_PER))" "127.0.0.1:$SINK_PORT" 1024 > "$STATE/sink.out" 2>&1 &
+    SINKPID=$!
+    dotnet "$LOADGEN" publish --port "$EXT_PORT" --devices "$DEVICES" --msgs "$WARM_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag w >/dev/null
+    wait "$SINKPID"
+    smtp-sink -u nobody -M "$TOTAL" "127.0.0.1:$SINK_PORT" 1024 > "$STATE/sink.out" 2>&1 &
+    SINKPID=$!
+    declare -A c0=(); for g in $GWS; do c0[$g]=$(cpu_s "$g"); done
+    m0=$(cpu_s "$MOSQ"); p0=$(pg_cpu)
+    t0=$EPOCHREALTIME
+    out=$(dotnet "$LOADGEN" publish --port "$EXT_PORT" --devices "$DEVICES" --msgs "$MSGS" --inflight "$INFLIGHT" --secret "$SECRET" --tag i)
+    for _ in $(seq 1 6000); do kill -0 "$SINKPID" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$SINKPID" 2>/dev/null; then
+      log "cluster $N: smtp-sink did not get all $TOTAL mails in 10 minutes"; tail -n 20 "$STATE"/gateway"$N"-*.log >&2; exit 1
+    fi
+    wait "$SINKPID" || true; SINKPID=""
+    t1=$EPOCHREALTIME
+    per=""; sum=0
+    for g in $GWS; do d=$(awk -v a="${c0[$g]}" -v b="$(cpu_s "$g")" 'BEGIN{printf "%.1f", b-a}'); per="$per${per:+,}$d"; sum=$(awk -v s="$sum" -v d="$d" 'BEGIN{print s+d}'); done
+    m1=$(cpu_s "$MOSQ"); p1=$(pg_cpu)
+    echo "RESULT cluster instances=$N alerts=$TOTAL mosquitto_$out e2e_smtp_sink_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') e2e_smtp_sink_rate=$(awk -v n="$TOTAL" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}') gateway_cpu_s_each=$per gateway_cpu_us_per_alert_total=$(awk -v s="$sum" -v n="$TOTAL" 'BEGIN{printf "%.0f", s*1e6/n}') mosquitto_cpu_s=$(awk -v a="$m0" -v b="$m1" 'BEGIN{printf "%.1f", b-a}') postgres_cpu_s=$(awk -v a="$p0" -v b="$p1" 'BEGIN{printf "%.1f", b-a}') load=\"$(cut -d' ' -f1-3 /proc/loadavg)\""
+    for g in $GWS; do kill "$g" 2>/dev/null || true; wait "$g" 2>/dev/null || true; done
+    GWS=""
+    kill "$MOSQ" 2>/dev/null; wait "$MOSQ" 2>/dev/null || true; MOSQ=""
+  done
 fi
 
 if [[ " $STAGES " == *" memory "* ]]; then

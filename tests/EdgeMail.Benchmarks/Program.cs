@@ -8,5 +8,10 @@ if (args.Length > 0 && args[0] == "flash")
     return FlashQueueReport.Run(Console.Out);
 }
 
+if (args.Length > 0 && args[0] == "spool")
+{
+    return await SpoolReport.RunAsync(Console.Out);
+}
+
 BenchmarkSwitcher.FromAssembly(typeof(Crc32Benchmark).Assembly).Run(args);
 return 0;

@@ -53,6 +53,21 @@ public sealed class ExternalBrokerOptions
     /// </summary>
     public string ClientId { get; set; } = "edgemail-gateway";
 
+    /// <summary>
+    /// Shares the devices' alerts and status among several gateway instances: each instance subscribes with
+    /// <c>$share/&lt;group&gt;/edgemail/v1/+/alert</c> (and <c>/status</c>), and the broker hands each message to one member
+    /// of the group. Give every instance the same group, its own <see cref="ClientId"/>, and one shared spool
+    /// (<c>Spool:Provider = Postgres</c>). Empty (default): an ordinary subscription, one gateway.
+    /// </summary>
+    public string SharedGroup { get; set; } = string.Empty;
+
+    /// <summary>
+    /// With <see cref="SharedGroup"/>: on a graceful stop the instance leaves the group (UNSUBSCRIBE) and keeps storing
+    /// and acknowledging what the broker already sent it until nothing new arrived for this long, so its share goes to
+    /// the other members instead of waiting in its session.
+    /// </summary>
+    public TimeSpan LeaveQuietPeriod { get; set; } = TimeSpan.FromMilliseconds(500);
+
     /// <summary>MQTT protocol version: <c>5</c> (default) or <c>3.1.1</c>.</summary>
     public string ProtocolVersion { get; set; } = "5";
 

@@ -198,13 +198,47 @@ public sealed class RelayOptions
         : [TimeSpan.FromMinutes(1), TimeSpan.FromMinutes(5), TimeSpan.FromMinutes(15), TimeSpan.FromMinutes(30), TimeSpan.FromMinutes(66)];
 }
 
+/// <summary>The spool engines <c>Spool:Provider</c> names.</summary>
+public static class SpoolProviders
+{
+    /// <summary>A SQLite file beside the gateway: one instance (default).</summary>
+    public const string Sqlite = "Sqlite";
+
+    /// <summary>A PostgreSQL database that several gateway instances share (docs/scale-out.md).</summary>
+    public const string Postgres = "Postgres";
+
+    /// <summary>Both.</summary>
+    public static readonly IReadOnlyList<string> All = [Sqlite, Postgres];
+}
+
 /// <summary>The durable spool (configuration section <c>Spool</c>).</summary>
 public sealed class SpoolOptions
 {
+    /// <summary><c>Sqlite</c> (default: one gateway) or <c>Postgres</c> (several gateway instances share one database).</summary>
+    public string Provider { get; set; } = SpoolProviders.Sqlite;
+
+    /// <summary>
+    /// For <c>Postgres</c>: the Npgsql connection string, e.g. <c>Host=db1;Database=edgemail;Username=edgemail</c> (the
+    /// password best from <c>EDGEMAIL_Spool__ConnectionString</c> or a <c>.pgpass</c> file).
+    /// </summary>
+    public string ConnectionString { get; set; } = string.Empty;
+
+    /// <summary>
+    /// For <c>Postgres</c>: how long an instance's claim on routing, digest or delivery work lasts. An instance that dies
+    /// holds its claims this long before another takes the work over; it must exceed the longest delivery attempt.
+    /// </summary>
+    public TimeSpan ClaimLease { get; set; } = TimeSpan.FromMinutes(2);
+
+    /// <summary>
+    /// For <c>Postgres</c>: how often an idle instance looks for work no notification announced (claims whose lease ran
+    /// out, digests held by another instance).
+    /// </summary>
+    public TimeSpan PollInterval { get; set; } = TimeSpan.FromSeconds(5);
+
     /// <summary>SQLite file; empty means <c>DataDirectory/spool.db</c>.</summary>
     public string Path { get; set; } = string.Empty;
 
-    /// <summary>Fsync each commit (SQLite <c>synchronous=FULL</c>). Turning it off breaks the durability promise; benchmarks only.</summary>
+    /// <summary>Fsync each commit (SQLite <c>synchronous=FULL</c>, PostgreSQL <c>synchronous_commit=on</c>). Turning it off breaks the durability promise; benchmarks only.</summary>
     public bool Fsync { get; set; } = true;
 
     /// <summary>Most operations committed in one transaction.</summary>

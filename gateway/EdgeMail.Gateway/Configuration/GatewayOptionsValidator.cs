@@ -185,6 +185,8 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
             Add("Spool:MinFreeMegabytes", "is negative", "use e.g. 64, or 0 to turn the disk guard off");
         }
 
+        ValidateSpoolProvider(o, Add);
+
         if (o.Sender.OperatorNoticeInterval < TimeSpan.Zero)
         {
             Add("Sender:OperatorNoticeInterval", "is negative", "use e.g. 00:15:00");
@@ -232,6 +234,12 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         if (!mqtt.IsExternal())
         {
             ValidateEmbeddedListeners(mqtt, add);
+            if (mqtt.External.SharedGroup.Length > 0)
+            {
+                // MQTTnet's embedded broker has no shared subscriptions: several instances need the site's broker.
+                add("Mqtt:External:SharedGroup", "is set but Mqtt:Mode is embedded", "set Mqtt:Mode to external and point Mqtt:External at a broker with shared subscriptions (mosquitto, EMQX, HiveMQ)");
+            }
+
             return;
         }
 
@@ -257,6 +265,16 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         else if (x.ClientId.Length > 128 || x.ClientId.AsSpan().IndexOfAny("+#/") >= 0)
         {
             add("Mqtt:External:ClientId", $"'{x.ClientId}' is not a usable client id", "use at most 128 characters without '+', '#' or '/', e.g. edgemail-gateway");
+        }
+
+        if (x.SharedGroup.Length > 0 && (x.SharedGroup.Length > 64 || x.SharedGroup.AsSpan().IndexOfAny("+#/") >= 0 || x.SharedGroup.Any(char.IsWhiteSpace)))
+        {
+            add("Mqtt:External:SharedGroup", $"'{x.SharedGroup}' is not a usable share name", "use at most 64 characters without '+', '#', '/' or spaces, e.g. edgemail");
+        }
+
+        if (x.SharedGroup.Length > 0 && (x.LeaveQuietPeriod <= TimeSpan.Zero || x.LeaveQuietPeriod > TimeSpan.FromMinutes(1)))
+        {
+            add("Mqtt:External:LeaveQuietPeriod", $"{x.LeaveQuietPeriod} is out of range", "use a period above zero and at most a minute, e.g. 00:00:00.500");
         }
 
         if (x.Password.Length > 0 && x.Username.Length == 0)
@@ -445,6 +463,50 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         }
 
         RelayAuthValidator.Validate(relay, add);
+    }
+
+    // Spool:Provider and what PostgreSQL needs (docs/scale-out.md).
+    private static void ValidateSpoolProvider(GatewayOptions o, Action<string, string, string> add)
+    {
+        var spool = o.Spool;
+        if (!SpoolProviders.All.Contains(spool.Provider, StringComparer.Ordinal))
+        {
+            add("Spool:Provider", $"'{spool.Provider}' is not a spool provider", "use Sqlite (one gateway) or Postgres (several instances share one database)");
+            return;
+        }
+
+        if (spool.Provider != SpoolProviders.Postgres)
+        {
+            return;
+        }
+
+        if (string.IsNullOrWhiteSpace(spool.ConnectionString))
+        {
+            add("Spool:ConnectionString", "is empty but Spool:Provider is Postgres", "give an Npgsql connection string, e.g. Host=db1;Database=edgemail;Username=edgemail");
+        }
+        else
+        {
+            try
+            {
+                _ = new Npgsql.NpgsqlConnectionStringBuilder(spool.ConnectionString);
+            }
+            catch (ArgumentException ex)
+            {
+                add("Spool:ConnectionString", $"is not a valid connection string ({ex.Message})", "use key=value pairs, e.g. Host=db1;Database=edgemail;Username=edgemail");
+            }
+        }
+
+        var longestAttempt = o.Relay.Timeout * 2;
+        if (spool.ClaimLease < TimeSpan.FromSeconds(1) || spool.ClaimLease < longestAttempt)
+        {
+            add("Spool:ClaimLease", $"{spool.ClaimLease} is shorter than a delivery attempt may take ({longestAttempt}, twice Relay:Timeout)",
+                "use e.g. 00:02:00; another instance takes work over only after the lease, so it must outlast an attempt");
+        }
+
+        if (spool.PollInterval < TimeSpan.FromMilliseconds(100) || spool.PollInterval > spool.ClaimLease)
+        {
+            add("Spool:PollInterval", $"{spool.PollInterval} is outside 0.1 s..Spool:ClaimLease", "use e.g. 00:00:05");
+        }
     }
 
     private static bool IsAddress(string value) =>

@@ -34,6 +34,7 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
     private readonly ExternalBrokerLink _link;
     private readonly OrderedAckPipeline _acks;
     private readonly ExternalReceiptSink _receiptSink;
+    private readonly ExternalBrokerOptions _broker;
     private Task _run = Task.CompletedTask;
     private Task _acking = Task.CompletedTask;
 
@@ -56,6 +57,7 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
         _clock = clock;
         _logger = logger;
         var broker = options.Value.Mqtt.External;
+        _broker = broker;
         _link = new ExternalBrokerLink(broker, OnMessageAsync, clock, logger, _stopping.Token);
         _acks = new OrderedAckPipeline(_link, broker.MaxInFlight, logger);
         _receiptSink = new ExternalReceiptSink(_link, clock, logger, _stopping.Token);
@@ -78,11 +80,46 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
     /// <inheritdoc />
     public async Task StopAsync(CancellationToken cancellationToken)
     {
+        if (_broker.SharedGroup.Length > 0)
+        {
+            await LeaveGroupAsync(cancellationToken).ConfigureAwait(false);
+        }
+
         await _stopping.CancelAsync().ConfigureAwait(false);
         _acks.Complete();
         await Task.WhenAll(_run, _acking).WaitAsync(cancellationToken).ConfigureAwait(false);
         await _link.CloseAsync(cancellationToken).ConfigureAwait(false);
     }
+
+    // A member of a share group that disconnects with its session kept is still dealt messages by some brokers (measured
+    // on mosquitto 2.0.11: docs/scale-out.md); they would wait in its session until it came back. So it leaves the group
+    // first and stores and acknowledges what the broker had already sent it, until nothing new arrived for a quiet period.
+    private async Task LeaveGroupAsync(CancellationToken cancellationToken)
+    {
+        if (!await _link.LeaveGroupAsync(cancellationToken).ConfigureAwait(false))
+        {
+            return; // not connected: what it was sent and did not acknowledge is redelivered to its session
+        }
+
+        long seen = -1;
+        try
+        {
+            while (_acks.Outstanding > 0 || _acks.Received != seen)
+            {
+                seen = _acks.Received;
+                await Task.Delay(_broker.LeaveQuietPeriod, _clock, cancellationToken).ConfigureAwait(false);
+            }
+
+            LogLeftGroup(_broker.SharedGroup, _acks.Received);
+        }
+        catch (OperationCanceledException)
+        {
+            // The host's shutdown timeout: what is not acknowledged stays in this instance's session.
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Left the share group '{Group}' and acknowledged everything the broker had sent ({Received} messages since start)")]
+    private partial void LogLeftGroup(string group, long received);
 
     /// <inheritdoc />
     public void Dispose()

@@ -78,17 +78,49 @@ public static class ExternalBrokerConnection
     }
 
     /// <summary>
-    /// The subscription: every device's alerts and status at QoS 1. With MQTT 5, retained status messages are sent
-    /// only when the subscription is new, so a reconnect does not replay every device's last status.
+    /// The topic filters the gateway subscribes to: every device's alerts and status, each under
+    /// <c>$share/&lt;group&gt;/</c> when <c>Mqtt:External:SharedGroup</c> is set.
     /// </summary>
+    /// <param name="options">The external broker options.</param>
+    /// <returns>The alert filter and the status filter.</returns>
+    public static IReadOnlyList<string> Filters(ExternalBrokerOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        string prefix = options.SharedGroup.Length > 0 ? $"$share/{options.SharedGroup}/" : string.Empty;
+        return [prefix + ExternalTopics.AlertFilter, prefix + ExternalTopics.StatusFilter];
+    }
+
+    /// <summary>
+    /// The subscription: <see cref="Filters"/> at QoS 1. With MQTT 5, retained status messages are sent only when the
+    /// subscription is new, so a reconnect does not replay every device's last status (brokers send no retained
+    /// messages to shared subscriptions at all).
+    /// </summary>
+    /// <param name="options">The external broker options.</param>
     /// <returns>MQTTnet subscribe options.</returns>
-    public static MqttClientSubscribeOptions SubscribeOptions() =>
-        new MqttClientSubscribeOptionsBuilder()
-            .WithTopicFilter(f => f.WithTopic(ExternalTopics.AlertFilter).WithAtLeastOnceQoS()
-                .WithRetainHandling(MqttRetainHandling.SendAtSubscribeIfNewSubscriptionOnly))
-            .WithTopicFilter(f => f.WithTopic(ExternalTopics.StatusFilter).WithAtLeastOnceQoS()
-                .WithRetainHandling(MqttRetainHandling.SendAtSubscribeIfNewSubscriptionOnly))
-            .Build();
+    public static MqttClientSubscribeOptions SubscribeOptions(ExternalBrokerOptions options)
+    {
+        var builder = new MqttClientSubscribeOptionsBuilder();
+        foreach (string filter in Filters(options))
+        {
+            builder.WithTopicFilter(f => f.WithTopic(filter).WithAtLeastOnceQoS().WithRetainHandling(MqttRetainHandling.SendAtSubscribeIfNewSubscriptionOnly));
+        }
+
+        return builder.Build();
+    }
+
+    /// <summary>The UNSUBSCRIBE of <see cref="Filters"/> (an instance leaving its share group).</summary>
+    /// <param name="options">The external broker options.</param>
+    /// <returns>MQTTnet unsubscribe options.</returns>
+    public static MqttClientUnsubscribeOptions UnsubscribeOptions(ExternalBrokerOptions options)
+    {
+        var builder = new MqttClientUnsubscribeOptionsBuilder();
+        foreach (string filter in Filters(options))
+        {
+            builder.WithTopicFilter(filter);
+        }
+
+        return builder.Build();
+    }
 
     /// <summary>
     /// The wait after the <paramref name="failures"/>th failed connection attempt in a row: <c>ReconnectDelay</c>

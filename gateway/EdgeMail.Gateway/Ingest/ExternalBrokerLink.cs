@@ -133,6 +133,31 @@ internal sealed partial class ExternalBrokerLink : IDisposable
         }
     }
 
+    /// <summary>
+    /// Leaves the share group (UNSUBSCRIBE): the broker hands this instance no new messages, but still delivers what it
+    /// already queued for it. False when not connected or the broker did not answer.
+    /// </summary>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>Whether the group was left.</returns>
+    public async Task<bool> LeaveGroupAsync(CancellationToken cancellationToken)
+    {
+        if (!_client.IsConnected)
+        {
+            return false;
+        }
+
+        try
+        {
+            await _client.UnsubscribeAsync(ExternalBrokerConnection.UnsubscribeOptions(_broker), cancellationToken).ConfigureAwait(false);
+            return true;
+        }
+        catch (Exception ex) when (ex is MqttCommunicationException or OperationCanceledException or InvalidOperationException)
+        {
+            LogDisconnectFailed(ex); // the connection went meanwhile: what the broker sent and was not acknowledged is redelivered
+            return false;
+        }
+    }
+
     /// <summary>Sends DISCONNECT when connected; a normal DISCONNECT keeps the session, so what is not acknowledged is redelivered.</summary>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>A task.</returns>
@@ -196,17 +221,20 @@ internal sealed partial class ExternalBrokerLink : IDisposable
         }
 
         int generation = Interlocked.Increment(ref _generation);
-        bool subscribe = !result.IsSessionPresent || !ExternalBrokerConnection.IsV311(_broker);
+        // A 3.1.1 session that is present keeps its subscriptions, except in a share group: the instance may have left
+        // the group (unsubscribed) when it last stopped.
+        bool subscribe = !result.IsSessionPresent || !ExternalBrokerConnection.IsV311(_broker) || _broker.SharedGroup.Length > 0;
         if (subscribe)
         {
-            var granted = await _client.SubscribeAsync(ExternalBrokerConnection.SubscribeOptions(), timeout.Token).ConfigureAwait(false);
+            var granted = await _client.SubscribeAsync(ExternalBrokerConnection.SubscribeOptions(_broker), timeout.Token).ConfigureAwait(false);
             foreach (var item in granted.Items)
             {
                 if (item.ResultCode != MqttClientSubscribeResultCode.GrantedQoS1 && item.ResultCode != MqttClientSubscribeResultCode.GrantedQoS2)
                 {
                     await DisconnectQuietlyAsync().ConfigureAwait(false);
                     return $"the broker granted '{item.TopicFilter.Topic}' as {item.ResultCode}, not QoS 1; allow the gateway's user to read "
-                        + "edgemail/v1/+/alert and edgemail/v1/+/status and write edgemail/v1/+/receipt in the broker's ACL";
+                        + "edgemail/v1/+/alert and edgemail/v1/+/status and write edgemail/v1/+/receipt in the broker's ACL"
+                        + (_broker.SharedGroup.Length > 0 ? ", and check that the broker supports shared subscriptions ($share/...)" : string.Empty);
                 }
             }
         }
@@ -217,7 +245,7 @@ internal sealed partial class ExternalBrokerLink : IDisposable
         }
 
         Subscribed?.Invoke(this, EventArgs.Empty);
-        LogConnected(_broker.Host, _broker.Port, _broker.ClientId, result.IsSessionPresent, generation);
+        LogConnected(_broker.Host, _broker.Port, _broker.ClientId, result.IsSessionPresent, generation, string.Join(" and ", ExternalBrokerConnection.Filters(_broker)));
         return null;
     }
 
@@ -246,8 +274,8 @@ internal sealed partial class ExternalBrokerLink : IDisposable
         return Task.CompletedTask;
     }
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "Connected to the external MQTT broker {Host}:{Port} as '{ClientId}' (session present: {SessionPresent}, connection {Generation}); subscribed to edgemail/v1/+/alert and edgemail/v1/+/status")]
-    private partial void LogConnected(string host, int port, string clientId, bool sessionPresent, int generation);
+    [LoggerMessage(Level = LogLevel.Information, Message = "Connected to the external MQTT broker {Host}:{Port} as '{ClientId}' (session present: {SessionPresent}, connection {Generation}); subscribed to {Filters}")]
+    private partial void LogConnected(string host, int port, string clientId, bool sessionPresent, int generation, string filters);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot connect to the external MQTT broker {Host}:{Port}: {Problem}. Retrying in {Delay}")]
     private partial void LogConnectFailed(string host, int port, string problem, TimeSpan delay);

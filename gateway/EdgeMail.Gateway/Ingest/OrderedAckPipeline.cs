@@ -15,6 +15,8 @@ internal sealed partial class OrderedAckPipeline
     private readonly ExternalBrokerLink _link;
     private readonly ILogger _logger;
     private readonly Channel<Pending> _pending;
+    private long _outstanding;
+    private long _received;
 
     /// <summary>Creates the pipeline; acknowledgements flow once <see cref="RunAsync"/> runs.</summary>
     /// <param name="link">The connection the messages came on.</param>
@@ -43,6 +45,8 @@ internal sealed partial class OrderedAckPipeline
     {
         message.AutoAcknowledge = false;
         int generation = _link.Generation;
+        Interlocked.Increment(ref _received);
+        Interlocked.Increment(ref _outstanding);
 
         // The store runs after this handler has returned: it gets a copy of the payload it owns.
         byte[] payload = message.ApplicationMessage.Payload.IsEmpty ? [] : System.Buffers.BuffersExtensions.ToArray(message.ApplicationMessage.Payload);
@@ -56,6 +60,12 @@ internal sealed partial class OrderedAckPipeline
             // Stopping: the message stays unacknowledged and the broker redelivers it after the restart.
         }
     }
+
+    /// <summary>Messages received and not yet acknowledged or given up (an instance leaving its share group drains them).</summary>
+    public long Outstanding => Interlocked.Read(ref _outstanding);
+
+    /// <summary>Messages received so far (whether anything new arrived during a wait).</summary>
+    public long Received => Interlocked.Read(ref _received);
 
     /// <summary>No more messages: <see cref="RunAsync"/> ends once the queued ones are done.</summary>
     public void Complete() => _pending.Writer.TryComplete();
@@ -71,45 +81,62 @@ internal sealed partial class OrderedAckPipeline
             {
                 try
                 {
-                    await pending.Work.ConfigureAwait(false);
+                    await HandleAsync(pending, stop).ConfigureAwait(false);
                 }
-                catch (Exception ex)
+                finally
                 {
-                    if (stop.IsCancellationRequested)
-                    {
-                        return;
-                    }
-
-                    // Not durable: no PUBACK. Dropping the connection makes the broker redeliver this message and every
-                    // later one of this connection; those already stored come back as duplicates and are acknowledged then.
-                    if (_link.TryRetire(pending.Generation))
-                    {
-                        LogNotStored(ex, pending.Args.ApplicationMessage.Topic);
-                        await _link.DisconnectQuietlyAsync().ConfigureAwait(false);
-                    }
-
-                    continue;
+                    Interlocked.Decrement(ref _outstanding);
                 }
 
-                if (!_link.IsCurrent(pending.Generation))
+                if (stop.IsCancellationRequested)
                 {
-                    continue; // received on a connection that is gone: the broker redelivers it
-                }
-
-                try
-                {
-                    await pending.Args.AcknowledgeAsync(stop).ConfigureAwait(false);
-                }
-                catch (Exception ex) when (ex is not OperationCanceledException || !stop.IsCancellationRequested)
-                {
-                    // The connection broke under the PUBACK: the broker redelivers the message and the spool sees a duplicate.
-                    LogAckFailed(ex, pending.Args.ApplicationMessage.Topic);
+                    return;
                 }
             }
         }
         catch (OperationCanceledException) when (stop.IsCancellationRequested)
         {
             // Stopping: what is not acknowledged is redelivered after the restart.
+        }
+    }
+
+    private async Task HandleAsync(Pending pending, CancellationToken stop)
+    {
+        try
+        {
+            await pending.Work.ConfigureAwait(false);
+        }
+        catch (Exception ex)
+        {
+            if (stop.IsCancellationRequested)
+            {
+                return;
+            }
+
+            // Not durable: no PUBACK. Dropping the connection makes the broker redeliver this message and every
+            // later one of this connection; those already stored come back as duplicates and are acknowledged then.
+            if (_link.TryRetire(pending.Generation))
+            {
+                LogNotStored(ex, pending.Args.ApplicationMessage.Topic);
+                await _link.DisconnectQuietlyAsync().ConfigureAwait(false);
+            }
+
+            return;
+        }
+
+        if (!_link.IsCurrent(pending.Generation))
+        {
+            return; // received on a connection that is gone: the broker redelivers it
+        }
+
+        try
+        {
+            await pending.Args.AcknowledgeAsync(stop).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException || !stop.IsCancellationRequested)
+        {
+            // The connection broke under the PUBACK: the broker redelivers the message and the spool sees a duplicate.
+            LogAckFailed(ex, pending.Args.ApplicationMessage.Topic);
         }
     }
 

@@ -91,6 +91,12 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     protected override async Task RunAsync(CancellationToken stoppingToken)
     {
         var running = new List<Task>();
+
+        // A graceful stop lets attempts under way finish and record their result (an attempt is bounded by twice
+        // Relay:Timeout): cancelling one between the relay's 250 and the commit would send that mail again later.
+        using var attempts = new CancellationTokenSource();
+        var attemptBudget = _options.Relay.Timeout * 2;
+        await using var drain = stoppingToken.Register(() => attempts.CancelAfter(attemptBudget));
         try
         {
             while (!stoppingToken.IsCancellationRequested)
@@ -109,7 +115,10 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                     }
 
                     var busy = _inFlight.Keys.Concat(_coolingDown.Keys).ToHashSet();
-                    var due = await _spool.DueMessagesAsync(now, _options.Relay.Concurrency * 4, busy, stoppingToken).ConfigureAwait(false);
+                    // On a shared spool a claim lasts Spool:ClaimLease: claim only what can be sent now, so that no claim
+                    // runs out while the message waits here for a connection and another instance sends it too.
+                    int max = _spool.SharedPollInterval is null ? _options.Relay.Concurrency * 4 : Math.Max(1, _slots.CurrentCount);
+                    var due = await _spool.DueMessagesAsync(now, max, busy, stoppingToken).ConfigureAwait(false);
                     DateTimeOffset? heldUntil = null;
                     foreach (var message in due)
                     {
@@ -122,7 +131,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
 
                         await _slots.WaitAsync(stoppingToken).ConfigureAwait(false);
                         _inFlight[message.RowId] = true;
-                        running.Add(AttemptAsync(message, stoppingToken));
+                        running.Add(AttemptAsync(message, attempts.Token));
                     }
 
                     if (heldUntil is { } held)

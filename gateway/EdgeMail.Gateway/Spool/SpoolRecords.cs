@@ -126,8 +126,16 @@ public sealed record NewMessage(string Kind, string? Device, string? AlertId, st
 /// <param name="Storm">The new storm state.</param>
 /// <param name="Reason">Why it is parked (<see cref="AlertStatus.Parked"/>).</param>
 /// <param name="Route">Which routes matched and whom they named, for the alert's journey.</param>
+/// <param name="Basis">The storm state the decision was made on. A spool shared by several instances commits the decision
+/// only while the key's state is still this, and otherwise leaves the alert to be routed again on fresh state.</param>
 public sealed record RoutingCommit(long AlertRowId, string Status, DateTimeOffset? HoldUntil, NewMessage? Message, (string Device, string Code)? StormKey, StormState? Storm,
-    string? Reason = null, string? Route = null);
+    string? Reason = null, string? Route = null, StormBasis? Basis = null);
+
+/// <summary>The storm state of (device, code) as a routing decision saw it.</summary>
+/// <param name="Device">Device.</param>
+/// <param name="Code">Code.</param>
+/// <param name="State">Its state then; null when it had none.</param>
+public sealed record StormBasis(string Device, string Code, StormState? State);
 
 /// <summary>An alert the spool parked instead of committing its routing decision (a Message-ID already taken).</summary>
 /// <param name="AlertRowId">The alert.</param>
@@ -226,10 +234,19 @@ public sealed record SpoolCounts(IReadOnlyDictionary<string, long> Alerts, IRead
 
 /// <summary>
 /// The durable spool. Every method that changes state returns only after the change is committed
-/// (fsync'd when configured). Implementations: SQLite (<see cref="SqliteSpool"/>); PostgreSQL later.
+/// (fsync'd when configured). Implementations: SQLite (<see cref="SqliteSpool"/>, one gateway) and PostgreSQL
+/// (<see cref="PostgresSpool"/>, shared by several gateway instances: routing, digest and delivery work is claimed with a
+/// lease by the reads that hand it out, and committed only by the claim's holder).
 /// </summary>
 public partial interface ISpool : IAsyncDisposable
 {
+    /// <summary>
+    /// Null when this gateway is the spool's only user (SQLite): what it cached stays true and every change wakes it.
+    /// For a spool several instances share (PostgreSQL): how often an idle loop looks again for work nothing announced
+    /// (the claims of an instance that died, digests held by another instance); caches of spool state are not kept.
+    /// </summary>
+    TimeSpan? SharedPollInterval { get; }
+
     /// <summary>Raised (on the writer's thread, after commit) when new alerts are stored.</summary>
     event Action? AlertsStored;
 

@@ -87,6 +87,9 @@ public sealed partial class SqliteSpool : ISpool
     public Action<TimeSpan>? CommitTimed { get; set; }
 
     /// <inheritdoc />
+    public TimeSpan? SharedPollInterval => null;
+
+    /// <inheritdoc />
     public event Action? AlertsStored;
 
     /// <inheritdoc />

@@ -21,6 +21,23 @@ public sealed class GatewayOptionsValidatorTests
     }
 
     [Fact]
+    public void Check_SharedGroup_NeedsExternalModeAndAUsableName()
+    {
+        var embedded = Valid();
+        embedded.Mqtt.External.SharedGroup = "edgemail";
+        Assert.StartsWith("Mqtt:External:SharedGroup: is set but Mqtt:Mode is embedded", Assert.Single(GatewayOptionsValidator.Check(embedded)), StringComparison.Ordinal);
+
+        var external = Valid();
+        external.Mqtt.Mode = MqttModes.External;
+        external.Mqtt.External.Host = "mqtt.example.com";
+        external.Mqtt.External.SharedGroup = "edgemail";
+        Assert.Empty(GatewayOptionsValidator.Check(external));
+
+        external.Mqtt.External.SharedGroup = "a/b";
+        Assert.StartsWith("Mqtt:External:SharedGroup: 'a/b' is not a usable share name", Assert.Single(GatewayOptionsValidator.Check(external)), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Check_PlainSecret_NamesTheKeyAndTheFix()
     {
         var o = Valid();

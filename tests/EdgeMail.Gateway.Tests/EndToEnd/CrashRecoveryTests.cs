@@ -176,6 +176,21 @@ internal sealed class GatewayProcess : IDisposable
         _process.WaitForExit();
     }
 
+    /// <summary>SIGTERM, awaited: the host's graceful shutdown runs.</summary>
+    public async Task TerminateAsync()
+    {
+        var (code, output) = await Smtp.PeerProcess.RunAsync("kill", "procps", ["-TERM", _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+        if (code != 0)
+        {
+            throw new InvalidOperationException("kill -TERM failed: " + output);
+        }
+
+        await _process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(60));
+    }
+
+    /// <summary>The exit code (after it exited).</summary>
+    public int ExitCode => _process.ExitCode;
+
     /// <summary>SIGKILL, awaited.</summary>
     public Task KillAsync()
     {

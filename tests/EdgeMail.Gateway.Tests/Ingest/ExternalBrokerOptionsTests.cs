@@ -25,6 +25,18 @@ public sealed class ExternalBrokerOptionsTests
     }
 
     [Fact]
+    public void SubscribeAndUnsubscribe_WithASharedGroup_UseShareFilters_WithoutOne_ThePlainOnes()
+    {
+        var shared = new ExternalBrokerOptions { SharedGroup = "edgemail" };
+
+        Assert.Equal(["$share/edgemail/edgemail/v1/+/alert", "$share/edgemail/edgemail/v1/+/status"],
+            ExternalBrokerConnection.SubscribeOptions(shared).TopicFilters.Select(f => f.Topic));
+        Assert.Equal(["$share/edgemail/edgemail/v1/+/alert", "$share/edgemail/edgemail/v1/+/status"], ExternalBrokerConnection.UnsubscribeOptions(shared).TopicFilters);
+        Assert.Equal(["edgemail/v1/+/alert", "edgemail/v1/+/status"],
+            ExternalBrokerConnection.SubscribeOptions(new ExternalBrokerOptions()).TopicFilters.Select(f => f.Topic));
+    }
+
+    [Fact]
     public void Check_ExternalModeWithHostAndNoDeviceSecrets_IsValid()
     {
         Assert.Empty(GatewayOptionsValidator.Check(External()));

@@ -56,21 +56,35 @@ public sealed class ExternalMosquitto : IAsyncDisposable
         }
     }
 
+    /// <summary>The user (and client id) of gateway instance <paramref name="instance"/> (from 1).</summary>
+    public static string GatewayUserOf(int instance) => instance == 1 ? GatewayUser : $"{GatewayUser}-{instance}";
+
     /// <summary>Starts mosquitto with users for the gateway and the given devices (all with <see cref="DevicePassword"/>).</summary>
     /// <param name="devices">Device ids (user name = client id = device id).</param>
     /// <param name="tls">A PEM certificate and key: the listener speaks TLS only.</param>
-    public static async Task<ExternalMosquitto> StartAsync(IEnumerable<string> devices, (string CertFile, string KeyFile)? tls = null)
+    /// <param name="gateways">Gateway instances, each with its own user (<see cref="GatewayUserOf"/>) and the gateway's ACL.</param>
+    public static async Task<ExternalMosquitto> StartAsync(IEnumerable<string> devices, (string CertFile, string KeyFile)? tls = null, int gateways = 1)
     {
         string dir = Path.Combine(Path.GetTempPath(), "edgemail-mosquitto-tests", Guid.NewGuid().ToString("N"));
         System.IO.Directory.CreateDirectory(dir);
         string passwd = Path.Combine(dir, "passwd");
         await PasswdAsync(passwd, GatewayUser, GatewayPassword, create: true);
+        for (int g = 2; g <= gateways; g++)
+        {
+            await PasswdAsync(passwd, GatewayUserOf(g), GatewayPassword, create: false);
+        }
         foreach (string device in devices)
         {
             await PasswdAsync(passwd, device, DevicePassword, create: false);
         }
 
-        File.WriteAllText(Path.Combine(dir, "acl"), Acl + "\n");
+        string acl = Acl + "\n";
+        for (int g = 2; g <= gateways; g++)
+        {
+            acl += "\n" + Acl[..Acl.IndexOf("\n\n", StringComparison.Ordinal)].Replace($"user {GatewayUser}", $"user {GatewayUserOf(g)}", StringComparison.Ordinal) + "\n";
+        }
+
+        File.WriteAllText(Path.Combine(dir, "acl"), acl);
         int port = Loopback.FreePort();
         var conf = new StringBuilder();
         conf.AppendLine("user root"); // the tests run as root in CI; mosquitto would otherwise switch to its own user

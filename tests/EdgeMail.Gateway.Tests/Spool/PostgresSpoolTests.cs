@@ -1,0 +1,293 @@
+using EdgeMail.Gateway.Spool;
+using EdgeMail.Testing;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Time.Testing;
+using Xunit;
+
+namespace EdgeMail.Gateway.Tests.Spool;
+
+/// <summary>
+/// The spool contract on PostgreSQL, and what only a shared spool does: two instances (two <see cref="PostgresSpool"/>s
+/// on one database, as two gateway processes have) claiming work with leases, fenced commits, storm state that stays
+/// right when both see the same (device, code), notifications between them, migrations.
+/// </summary>
+[RequiresPostgres]
+public sealed class PostgresSpoolTests : SpoolContractTests
+{
+    private static readonly TimeSpan Lease = TimeSpan.FromSeconds(30);
+    private TestDatabase? _db;
+
+    protected override bool PruneFreesPages => false;
+
+    public override async Task InitializeAsync() => _db = await TestPostgres.CreateDatabaseAsync();
+
+    public override async Task DisposeAsync()
+    {
+        if (_db is not null)
+        {
+            await _db.DisposeAsync();
+        }
+    }
+
+    protected override ISpool Open(TimeProvider? clock = null) => OpenPostgres(clock);
+
+    private PostgresSpool OpenPostgres(TimeProvider? clock = null, TimeSpan? lease = null)
+    {
+        var spool = PostgresSpool.Open(_db!.ConnectionString, fsync: true, maxBatch: 512, lease ?? Lease, TimeSpan.FromSeconds(5), NullLogger.Instance);
+        spool.Clock = clock ?? TimeProvider.System;
+        return spool;
+    }
+
+    protected override (long Batches, long Items) CommitStats(ISpool spool) => ((PostgresSpool)spool).CommitStats;
+
+    [PostgresFact]
+    public async Task TwoInstancesDeliveringAtOnce_SendEveryMessageOnce_AndAThirdThatDiesHoldingClaims_LosesThemToTheOthersAfterItsLease()
+    {
+        const int Count = 300;
+        var shortLease = TimeSpan.FromSeconds(2);
+        await using var a = OpenPostgres(lease: shortLease);
+        await using var b = OpenPostgres(lease: shortLease);
+        await Task.WhenAll(Enumerable.Range(0, Count).Select(i => a.QueueMailAsync(Mail($"c-{i}@gw.test", "relay"), default)));
+
+        // The instance that dies: claims work and never records a result (its process is gone; its connections close).
+        var dying = OpenPostgres(lease: shortLease);
+        var stranded = await dying.DueMessagesAsync(DateTimeOffset.UtcNow, 25, new HashSet<long>(), default);
+        await dying.DisposeAsync();
+        Assert.Equal(25, stranded.Count);
+
+        // Each live instance claims in one loop and sends on several tasks at once, as DeliveryWorker does; "sending"
+        // records which instance handed which message to the relay.
+        var sends = new System.Collections.Concurrent.ConcurrentQueue<(string Instance, string MessageId)>();
+        using var deadline = new CancellationTokenSource(Await.DefaultTimeout * 2);
+        async Task DeliverAsync(PostgresSpool spool, string name)
+        {
+            var inFlight = new System.Collections.Concurrent.ConcurrentDictionary<long, bool>();
+            var senders = new List<Task>();
+            while (sends.Count < Count && !deadline.IsCancellationRequested)
+            {
+                var due = await spool.DueMessagesAsync(DateTimeOffset.UtcNow, 8, inFlight.Keys.ToHashSet(), default);
+                foreach (var m in due)
+                {
+                    inFlight[m.RowId] = true;
+                    senders.Add(Task.Run(async () =>
+                    {
+                        sends.Enqueue((name, m.MessageId));
+                        await spool.CommitDeliveryAsync(new DeliveryCommit(m.RowId, [new("alice@example.com", "sent", "250 by " + name)], null, null), default);
+                        inFlight.TryRemove(m.RowId, out _);
+                    }));
+                }
+
+                if (due.Count == 0)
+                {
+                    await Task.Yield(); // the rest is in flight here, at the other instance, or under the dead one's lease
+                }
+            }
+
+            await Task.WhenAll(senders);
+        }
+
+        await Task.WhenAll(Task.Run(() => DeliverAsync(a, "a")), Task.Run(() => DeliverAsync(b, "b")));
+
+        var perMessage = sends.GroupBy(s => s.MessageId).ToDictionary(g => g.Key, g => g.Count());
+        Assert.Equal(Count, perMessage.Count);
+        Assert.All(perMessage, p => Assert.True(p.Value == 1, $"{p.Key} was sent {p.Value} times"));
+        Assert.True(sends.Any(s => s.Instance == "a") && sends.Any(s => s.Instance == "b"), "one instance delivered everything: no concurrency was tested");
+        Assert.Equal(Count, (await a.CountsAsync(default)).Messages[MessageStatus.Sent]);
+        foreach (var m in stranded)
+        {
+            Assert.Equal(MessageStatus.Sent, (await a.GetMessageAsync(m.MessageId, default))!.Status);
+        }
+    }
+
+    [PostgresFact]
+    public async Task TwoInstances_TheSameAlertAtBoth_IsStoredOnce()
+    {
+        await using var a = OpenPostgres();
+        await using var b = OpenPostgres();
+
+        var outcomes = await Task.WhenAll(Enumerable.Range(0, 20).Select(i => (i % 2 == 0 ? a : b).AcceptAlertAsync(Alert("dev-1", "retransmitted"), default)));
+
+        Assert.Equal(1, outcomes.Count(o => o == AcceptOutcome.Stored));
+        Assert.Equal(1, (await a.CountsAsync(default)).Alerts[AlertStatus.New]);
+    }
+
+    [PostgresFact]
+    public async Task NewAlerts_ClaimedByOneInstance_AreNotHandedToAnother_UntilTheLeaseEnds_ThenTheLateCommitIsIgnored()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var a = OpenPostgres(clock);
+        await using var b = OpenPostgres(clock);
+        for (int i = 0; i < 3; i++)
+        {
+            await a.AcceptAlertAsync(Alert("dev-1", $"a-{i}"), default);
+        }
+
+        var claimedByA = await a.NewAlertsAsync(10, default);
+        Assert.Equal(3, claimedByA.Count);
+        Assert.Empty(await b.NewAlertsAsync(10, default));
+        Assert.Equal(3, (await a.NewAlertsAsync(10, default)).Count); // its own claims come back to it (a restarted loop)
+
+        clock.Advance(Lease + TimeSpan.FromSeconds(1)); // a is gone for longer than its lease
+        var takenOver = await b.NewAlertsAsync(10, default);
+        Assert.Equal(claimedByA.Select(x => x.RowId), takenOver.Select(x => x.RowId));
+
+        // a comes back and commits late: fenced out, no mail from it; b's decision counts.
+        await a.CommitRoutingAsync([new RoutingCommit(claimedByA[0].RowId, AlertStatus.Routed, null, Mail("from-a@gw.test", alertId: "a-0"), null, null)], default);
+        await b.CommitRoutingAsync([new RoutingCommit(takenOver[0].RowId, AlertStatus.Routed, null, Mail("from-b@gw.test", alertId: "a-0"), null, null)], default);
+        Assert.Null(await a.GetMessageAsync("from-a@gw.test", default));
+        Assert.NotNull(await a.GetMessageAsync("from-b@gw.test", default));
+        Assert.Equal(AlertStatus.Routed, (await a.GetAlertAsync("dev-1", "a-0", default))!.Value.Status);
+    }
+
+    [PostgresFact]
+    public async Task ConcurrentClaims_HandEachAlertToExactlyOneInstance()
+    {
+        await using var a = OpenPostgres();
+        await using var b = OpenPostgres();
+        await Task.WhenAll(Enumerable.Range(0, 300).Select(i => a.AcceptAlertAsync(Alert($"dev-{i % 7}", $"c-{i}"), default)));
+
+        var claims = await Task.WhenAll(Enumerable.Range(0, 8).Select(async i => (Instance: i % 2, Rows: await (i % 2 == 0 ? a : b).NewAlertsAsync(100, default))));
+
+        var byA = claims.Where(c => c.Instance == 0).SelectMany(c => c.Rows.Select(x => x.RowId)).ToHashSet();
+        var byB = claims.Where(c => c.Instance == 1).SelectMany(c => c.Rows.Select(x => x.RowId)).ToHashSet();
+        Assert.Empty(byA.Intersect(byB));
+
+        // Each instance gets its own claims back and nothing of the other's: together, every alert exactly once.
+        var allA = (await a.NewAlertsAsync(1000, default)).Select(x => x.RowId).ToList();
+        var allB = (await b.NewAlertsAsync(1000, default)).Select(x => x.RowId).ToList();
+        Assert.Empty(allA.Intersect(allB));
+        Assert.Equal(300, allA.Count + allB.Count);
+        Assert.True(allA.Count > 0 && allB.Count > 0, $"a claimed {allA.Count}, b {allB.Count}: one instance got everything");
+    }
+
+    [PostgresFact]
+    public async Task DueMessages_ClaimedByOneInstance_WaitForTheLease_AndALateDeliveryResultIsNotRecorded()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var a = OpenPostgres(clock);
+        await using var b = OpenPostgres(clock);
+        await RoutedAsync(a, "dev-1", "m-1");
+
+        var mine = Assert.Single(await a.DueMessagesAsync(clock.GetUtcNow(), 10, new HashSet<long>(), default));
+        Assert.Empty(await b.DueMessagesAsync(clock.GetUtcNow(), 10, new HashSet<long>(), default));
+        Assert.Equal(T0 + Lease, await b.NextMessageDueAsync(default)); // b waits for a's lease, not in a busy loop
+        Assert.Equal(T0, await a.NextMessageDueAsync(default));
+
+        clock.Advance(Lease + TimeSpan.FromSeconds(1));
+        var theirs = Assert.Single(await b.DueMessagesAsync(clock.GetUtcNow(), 10, new HashSet<long>(), default));
+        await a.CommitDeliveryAsync(new DeliveryCommit(mine.RowId, [new("alice@example.com", "failed", "550 from a")], null, null), default);
+        Assert.Equal((MessageStatus.Queued, 0), ((await a.GetMessageAsync("m-1@gw.test", default))!.Status, (await a.GetMessageAsync("m-1@gw.test", default))!.Attempts));
+
+        await b.CommitDeliveryAsync(new DeliveryCommit(theirs.RowId, [new("alice@example.com", "sent", "250 from b")], null, null), default);
+        var state = (await a.GetMessageAsync("m-1@gw.test", default))!;
+        Assert.Equal((MessageStatus.Sent, "250 from b"), (state.Status, state.LastReply));
+    }
+
+    [PostgresFact]
+    public async Task TwoInstancesRoutingTheSameKeyOnTheSameState_OnlyTheFirstDecisionCounts_TheOtherAlertIsRoutedAgain()
+    {
+        await using var a = OpenPostgres();
+        await using var b = OpenPostgres();
+        await a.AcceptAlertAsync(Alert("dev-1", "first"), default);
+        var first = Assert.Single(await a.NewAlertsAsync(10, default));
+        await b.AcceptAlertAsync(Alert("dev-1", "second"), default);
+        var second = Assert.Single(await b.NewAlertsAsync(10, default));
+
+        // Both read "no storm state" for (dev-1, TEMP_HIGH) and decide to mail.
+        var raised = (string Id) => new StormState(T0, $"<{Id}@gw.test>");
+        await a.CommitRoutingAsync([new RoutingCommit(first.RowId, AlertStatus.Routed, null, Mail("first@gw.test", alertId: "first"), ("dev-1", "TEMP_HIGH"), raised("first"),
+            Basis: new StormBasis("dev-1", "TEMP_HIGH", null))], default);
+        await b.CommitRoutingAsync([new RoutingCommit(second.RowId, AlertStatus.Routed, null, Mail("second@gw.test", alertId: "second"), ("dev-1", "TEMP_HIGH"), raised("second"),
+            Basis: new StormBasis("dev-1", "TEMP_HIGH", null))], default);
+
+        Assert.Null(await a.GetMessageAsync("second@gw.test", default));
+        Assert.Equal(raised("first"), await a.GetStormAsync("dev-1", "TEMP_HIGH", default));
+        var again = Assert.Single(await a.NewAlertsAsync(10, default)); // free at once, for whichever instance looks first
+        Assert.Equal("second", again.AlertId);
+
+        // Decided again on the state as it is now: held by storm control.
+        await a.CommitRoutingAsync([new RoutingCommit(again.RowId, AlertStatus.Held, T0.AddMinutes(10), null, null, null,
+            Basis: new StormBasis("dev-1", "TEMP_HIGH", raised("first")))], default);
+        Assert.Equal(AlertStatus.Held, (await a.GetAlertAsync("dev-1", "second", default))!.Value.Status);
+    }
+
+    [PostgresFact]
+    public async Task DueDigests_AKeyClaimedByOneInstance_IsNotDigestedByAnother_AndItsDueTimeIsTheLeaseEnd()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var a = OpenPostgres(clock);
+        await using var b = OpenPostgres(clock);
+        for (int i = 0; i < 3; i++)
+        {
+            await a.AcceptAlertAsync(Alert("dev-1", $"r-{i}"), default);
+        }
+
+        var held = await a.NewAlertsAsync(10, default);
+        await a.CommitRoutingAsync(held.Select(h => new RoutingCommit(h.RowId, AlertStatus.Held, T0, null, null, null)).ToList(), default);
+
+        var digest = Assert.Single(await a.DueDigestsAsync(T0, 100, default));
+        Assert.Empty(await b.DueDigestsAsync(T0, 100, default));
+        Assert.Equal(T0 + Lease, await b.NextDigestDueAsync(default));
+
+        await b.CommitDigestAsync(digest, Mail("digest-b@gw.test", "digest"), new StormState(T0, null), default); // b never claimed it: ignored
+        Assert.Null(await a.GetMessageAsync("digest-b@gw.test", default));
+        await a.CommitDigestAsync(digest, Mail("digest-a@gw.test", "digest"), new StormState(T0, null), default);
+        Assert.Equal(3, (await a.CountsAsync(default)).Alerts["digested"]);
+        Assert.Null(await b.NextDigestDueAsync(default));
+    }
+
+    [PostgresFact]
+    public async Task AnAlertStoredByOneInstance_WakesTheOtherThroughNotify()
+    {
+        await using var a = OpenPostgres();
+        await using var b = OpenPostgres();
+        var woken = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var mailWoken = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await Await.Within(ListeningAsync(b), "b to listen");
+        b.AlertsStored += () => woken.TrySetResult();
+        b.MessagesQueued += () => mailWoken.TrySetResult();
+
+        await a.AcceptAlertAsync(Alert("dev-1", "n-1"), default);
+        await Await.Within(woken.Task.ContinueWith(_ => true, TaskScheduler.Default), "b's AlertsStored after a stored an alert");
+        await a.QueueMailAsync(Mail("n-1@gw.test", "relay"), default);
+        await Await.Within(mailWoken.Task.ContinueWith(_ => true, TaskScheduler.Default), "b's MessagesQueued after a queued mail");
+    }
+
+    // The listener raises both events once it listens (to catch up on what it missed); after that, wake-ups are real.
+    private static async Task<bool> ListeningAsync(PostgresSpool spool)
+    {
+        var ready = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        spool.MessagesQueued += () => ready.TrySetResult(true);
+        if (spool.IsListening)
+        {
+            return true;
+        }
+
+        return await ready.Task;
+    }
+
+    [PostgresFact]
+    public async Task Open_TwoInstancesAtOnceOnAnEmptyDatabase_MigrateOnce_AndANewerSchemaIsRefused()
+    {
+        var opened = await Task.WhenAll(Task.Run(() => OpenPostgres()), Task.Run(() => OpenPostgres()));
+        foreach (var spool in opened)
+        {
+            await spool.DisposeAsync();
+        }
+
+        Assert.Equal(1L, await _db!.ScalarAsync("SELECT COUNT(*) FROM schema_version"));
+        await _db.ScalarAsync("INSERT INTO schema_version(version) VALUES(99)");
+        var ex = Assert.Throws<SpoolException>(() => OpenPostgres());
+        Assert.Contains("schema version 99", ex.Message, StringComparison.Ordinal);
+    }
+
+    [PostgresFact]
+    public void Open_UnreachableServer_SaysWhichAndWhatToCheck_WithoutThePassword()
+    {
+        int port = Loopback.FreePort();
+        var ex = Assert.Throws<SpoolException>(() => PostgresSpool.Open($"Host=127.0.0.1;Port={port};Username=u;Password=hunter2;Timeout=3", true, 16, Lease, Lease, NullLogger.Instance));
+        Assert.Contains($"port {port}", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("Spool:ConnectionString", ex.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("hunter2", ex.Message, StringComparison.Ordinal);
+    }
+}

@@ -1,0 +1,520 @@
+using System.Text;
+using EdgeMail.Gateway.Spool;
+using EdgeMail.Testing;
+using Microsoft.Extensions.Time.Testing;
+using Xunit;
+
+namespace EdgeMail.Gateway.Tests.Spool;
+
+/// <summary>
+/// What every <see cref="ISpool"/> promises, run once per provider (<see cref="SqliteSpoolTests"/>,
+/// <see cref="PostgresSpoolTests"/>). A provider's own properties (checkpoints, claims between instances) are tested in
+/// its subclass.
+/// </summary>
+public abstract class SpoolContractTests : IAsyncLifetime
+{
+    protected static readonly DateTimeOffset T0 = DateTimeOffset.FromUnixTimeSeconds(1_800_000_000);
+    private static readonly DateTimeOffset Far = DateTimeOffset.MaxValue.AddDays(-1);
+
+    /// <summary>Opens the spool under test (again, on the same storage, after a dispose).</summary>
+    protected abstract ISpool Open(TimeProvider? clock = null);
+
+    /// <summary>Group commits and the items in them so far.</summary>
+    protected abstract (long Batches, long Items) CommitStats(ISpool spool);
+
+    /// <summary>Whether pruning gives pages back itself (SQLite's incremental vacuum; PostgreSQL's autovacuum does it later).</summary>
+    protected abstract bool PruneFreesPages { get; }
+
+    public virtual Task InitializeAsync() => Task.CompletedTask;
+
+    public virtual Task DisposeAsync() => Task.CompletedTask;
+
+    protected static IncomingAlert Alert(string device, string id, string code = "TEMP_HIGH", string sev = "critical") =>
+        new(device, id, T0, "127.0.0.1:1", Encoding.UTF8.GetBytes(Alerts.Json(id, code: code, sev: sev)), null, code, Severity: sev);
+
+    protected static NewMessage Mail(string messageId, string kind = "alert", string device = "dev-1", string? alertId = null, params string[] to) =>
+        new(kind, device, alertId, messageId, "edgemail@gw.test", to.Length > 0 ? to : ["alice@example.com"], Encoding.ASCII.GetBytes("Subject: x\r\n\r\nbody\r\n"));
+
+    /// <summary>Stores an alert and routes it to one queued mail; returns the alert's and the mail's rows.</summary>
+    protected static async Task<(long Alert, long Message)> RoutedAsync(ISpool spool, string device, string id, params string[] to)
+    {
+        await spool.AcceptAlertAsync(Alert(device, id), default);
+        var stored = (await spool.NewAlertsAsync(100, default)).Single(a => a.AlertId == id);
+        await spool.CommitRoutingAsync([new RoutingCommit(stored.RowId, AlertStatus.Routed, null, Mail($"{id}@gw.test", device: device, alertId: id, to: to), null, null, Route: "route 1")], default);
+        return (stored.RowId, (await spool.GetMessageAsync($"{id}@gw.test", default))!.RowId);
+    }
+
+    [ContractFact]
+    public async Task AcceptAlert_SameDeviceAndIdTwice_StoresOnce()
+    {
+        await using var spool = Open();
+
+        var first = await spool.AcceptAlertAsync(Alert("dev-1", "a-1"), default);
+        var second = await spool.AcceptAlertAsync(Alert("dev-1", "a-1"), default);
+        var otherDevice = await spool.AcceptAlertAsync(Alert("dev-2", "a-1"), default);
+
+        Assert.Equal((AcceptOutcome.Stored, AcceptOutcome.Duplicate, AcceptOutcome.Stored), (first, second, otherDevice));
+        Assert.Equal(2, (await spool.NewAlertsAsync(10, default)).Count);
+    }
+
+    [ContractFact]
+    public async Task AcceptAlert_TheSameAlertManyTimesAtOnce_IsStoredOnceAndEveryOtherCopyIsADuplicate()
+    {
+        await using var spool = Open();
+
+        var outcomes = await Task.WhenAll(Enumerable.Range(0, 50).Select(_ => spool.AcceptAlertAsync(Alert("dev-1", "same"), default)));
+
+        Assert.Equal(1, outcomes.Count(o => o == AcceptOutcome.Stored));
+        Assert.Equal(49, outcomes.Count(o => o == AcceptOutcome.Duplicate));
+    }
+
+    [ContractFact]
+    public async Task AcceptAlert_AfterReopen_IsStillThere()
+    {
+        await using (var spool = Open())
+        {
+            await spool.AcceptAlertAsync(Alert("dev-1", "a-1"), default);
+        }
+
+        await using var reopened = Open();
+        var alerts = await reopened.NewAlertsAsync(10, default);
+
+        Assert.Equal("a-1", Assert.Single(alerts).AlertId);
+        Assert.Equal(AcceptOutcome.Duplicate, await reopened.AcceptAlertAsync(Alert("dev-1", "a-1"), default));
+    }
+
+    [ContractFact]
+    public async Task AcceptAlert_ManyConcurrentPublishers_AreGroupCommitted()
+    {
+        await using var spool = Open();
+
+        var tasks = Enumerable.Range(0, 400).Select(i => spool.AcceptAlertAsync(Alert($"dev-{i % 20}", $"a-{i}"), default)).ToArray();
+        await Task.WhenAll(tasks);
+
+        var (batches, items) = CommitStats(spool);
+        Assert.All(tasks, t => Assert.Equal(AcceptOutcome.Stored, t.Result));
+        Assert.Equal(400, (await spool.CountsAsync(default)).Alerts[AlertStatus.New]);
+        Assert.True(batches < items, $"{batches} commits for {items} items: no batching happened");
+    }
+
+    [ContractFact]
+    public async Task AcceptAlert_RaisesAlertsStored_AndTheAlertIsThereToRoute()
+    {
+        await using var spool = Open();
+        var raised = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        spool.AlertsStored += () => raised.TrySetResult(true);
+
+        await spool.AcceptAlertAsync(Alert("dev-1", "good"), default);
+
+        Assert.True(await Await.Within(raised.Task, "AlertsStored after a valid alert was committed"));
+        Assert.Equal("good", Assert.Single(await spool.NewAlertsAsync(10, default)).AlertId);
+    }
+
+    [ContractFact]
+    public async Task RejectedAlert_IsKeptWithItsReasonAndNotRouted()
+    {
+        await using var spool = Open();
+
+        await spool.AcceptAlertAsync(Alert("dev-1", "bad-1") with { RejectReason = "sev must be critical, warning or info", Code = null }, default);
+
+        Assert.Equal((AlertStatus.Rejected, "sev must be critical, warning or info"), (await spool.GetAlertAsync("dev-1", "bad-1", default))!.Value);
+        Assert.Empty(await spool.NewAlertsAsync(10, default));
+        Assert.Null(await spool.GetAlertAsync("dev-1", "never-sent", default));
+    }
+
+    [ContractFact]
+    public async Task RejectedAlert_WithAControlCharacterInItsId_IsStillTakenAndIsADuplicateTheSecondTime()
+    {
+        await using var spool = Open();
+        var odd = Alert("dev-1", "x\0y") with { RejectReason = "id is not printable", Code = null };
+
+        Assert.Equal(AcceptOutcome.Stored, await spool.AcceptAlertAsync(odd, default));
+        Assert.Equal(AcceptOutcome.Duplicate, await spool.AcceptAlertAsync(odd, default));
+        Assert.Equal(AcceptOutcome.Stored, await spool.AcceptAlertAsync(Alert("dev-1", "fine"), default)); // nothing else broke
+        Assert.Equal(1, (await spool.CountsAsync(default)).Alerts[AlertStatus.Rejected]);
+    }
+
+    [ContractFact]
+    public async Task QueueMail_SameMessageIdTwice_IsADuplicateAndQueuesOnce()
+    {
+        await using var spool = Open();
+        int queued = 0;
+        spool.MessagesQueued += () => Interlocked.Increment(ref queued);
+
+        Assert.Equal(AcceptOutcome.Stored, await spool.QueueMailAsync(Mail("relay-1@dev", "relay", to: ["a@x", "A@x", "b@x"]), default));
+        Assert.Equal(AcceptOutcome.Duplicate, await spool.QueueMailAsync(Mail("relay-1@dev", "relay"), default));
+
+        Assert.True(Volatile.Read(ref queued) > 0);
+        var due = Assert.Single(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
+        Assert.Equal(("relay", 2), (due.Kind, due.PendingRecipients.Count)); // recipients de-duplicated ignoring case
+    }
+
+    [ContractFact]
+    public async Task RecordStatus_KeepsTheLatestAndAThinnedHistory_AndShowsInDeviceActivity()
+    {
+        await using var spool = Open();
+        byte[] Beat(int n) => Encoding.UTF8.GetBytes($"{{\"boot\":{n}}}");
+
+        await spool.RecordStatusAsync("dev-1", T0, Beat(1), default);
+        await spool.RecordStatusAsync("dev-1", T0.AddMinutes(1), Beat(2), default);  // within 5 minutes: latest only
+        await spool.RecordStatusAsync("dev-1", T0.AddMinutes(6), Beat(3), default);
+        await spool.AcceptAlertAsync(Alert("dev-2", "a-1"), default);
+
+        var (at, payload) = (await spool.GetStatusAsync("dev-1", default))!.Value;
+        Assert.Equal((T0.AddMinutes(6), "{\"boot\":3}"), (at, Encoding.UTF8.GetString(payload)));
+        Assert.Null(await spool.GetStatusAsync("dev-9", default));
+        var history = await spool.HeartbeatsAsync("dev-1", T0.AddHours(-1), default);
+        Assert.Equal([T0, T0.AddMinutes(6)], history.Select(h => h.At));
+        var activity = await spool.DeviceActivityAsync(default);
+        Assert.Equal(["dev-1", "dev-2"], activity.Select(a => a.Device));
+        Assert.Equal((null, T0.AddMinutes(6)), (activity[0].LastAlertAt, activity[0].LastStatusAt));
+        Assert.Equal((T0, null), (activity[1].LastAlertAt, activity[1].LastStatusAt));
+    }
+
+    [ContractFact]
+    public async Task CommitRouting_WritesStormStateThatGetStormAndGetStormsRead()
+    {
+        await using var spool = Open();
+        await spool.AcceptAlertAsync(Alert("dev-1", "a-1"), default);
+        var stored = Assert.Single(await spool.NewAlertsAsync(10, default));
+        var state = new StormState(T0, "<a-1@gw.test>");
+
+        await spool.CommitRoutingAsync([new RoutingCommit(stored.RowId, AlertStatus.Routed, null, Mail("a-1@gw.test", alertId: "a-1"), ("dev-1", "TEMP_HIGH"), state,
+            Basis: new StormBasis("dev-1", "TEMP_HIGH", null))], default);
+
+        Assert.Equal(state, await spool.GetStormAsync("dev-1", "TEMP_HIGH", default));
+        Assert.Null(await spool.GetStormAsync("dev-1", "OTHER", default));
+        var many = await spool.GetStormsAsync([("dev-1", "TEMP_HIGH"), ("dev-2", "TEMP_HIGH")], default);
+        Assert.Equal(state, Assert.Single(many).Value);
+        Assert.Equal("routed", (await spool.GetAlertAsync("dev-1", "a-1", default))!.Value.Status);
+        Assert.Empty(await spool.NewAlertsAsync(10, default));
+    }
+
+    [ContractFact]
+    public async Task Delivery_PartialFailure_KeepsPerRecipientResults()
+    {
+        await using var spool = Open();
+        await RoutedAsync(spool, "dev-1", "a-1", "a@x", "b@x", "c@x");
+        var due = Assert.Single(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
+        Assert.Equal(["a@x", "b@x", "c@x"], due.PendingRecipients);
+
+        await spool.CommitDeliveryAsync(new DeliveryCommit(due.RowId,
+            [new("a@x", "sent", "250 ok"), new("b@x", "failed", "550 no"), new("c@x", "deferred", "451 later")], DateTimeOffset.FromUnixTimeSeconds(2_000_000_000), null), default);
+        var again = Assert.Single(await spool.DueMessagesAsync(DateTimeOffset.FromUnixTimeSeconds(2_000_000_001), 10, new HashSet<long>(), default));
+
+        Assert.Equal(["c@x"], again.PendingRecipients);
+        Assert.Equal(1, again.Attempts);
+        Assert.Empty(await spool.DueMessagesAsync(DateTimeOffset.FromUnixTimeSeconds(1_999_999_999), 10, new HashSet<long>(), default));
+        Assert.Equal(DateTimeOffset.FromUnixTimeSeconds(2_000_000_000), await spool.NextMessageDueAsync(default));
+        var detail = (await spool.MessageDetailAsync(due.RowId, default))!;
+        Assert.Equal(["pending", "failed", "sent"], detail.Recipients.OrderByDescending(r => r.Address, StringComparer.Ordinal).Select(r => r.Status));
+        Assert.Equal("451 later", Assert.Single(detail.Attempts).Results.Single(r => r.Address == "c@x").Reply);
+    }
+
+    [ContractFact]
+    public async Task CommitDelivery_LastRecipientDone_FinishesTheMessage_AndQueuesTheNotice()
+    {
+        await using var spool = Open();
+        await RoutedAsync(spool, "dev-1", "a-1");
+        var due = Assert.Single(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
+
+        await spool.CommitDeliveryAsync(new DeliveryCommit(due.RowId, [new("alice@example.com", "failed", "550 no such user")], null,
+            Mail("a-1.n1.notice@gw.test", "notice", to: "ops@example.com")), default);
+
+        var state = (await spool.GetMessageAsync("a-1@gw.test", default))!;
+        Assert.Equal((MessageStatus.Failed, 1, "550 no such user"), (state.Status, state.Attempts, state.LastReply));
+        var notice = Assert.Single(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
+        Assert.Equal(("notice", "a-1.n1.notice@gw.test"), (notice.Kind, notice.MessageId));
+    }
+
+    [ContractFact]
+    public async Task DueMessages_SkipsExcludedRowsAndHonoursTheLimit_EarliestFirst()
+    {
+        await using var spool = Open();
+        var rows = new List<long>();
+        for (int i = 0; i < 4; i++)
+        {
+            rows.Add((await RoutedAsync(spool, "dev-1", $"a-{i}")).Message);
+        }
+
+        var due = await spool.DueMessagesAsync(Far, 2, new HashSet<long> { rows[0] }, default);
+
+        Assert.Equal([rows[1], rows[2]], due.Select(m => m.RowId));
+    }
+
+    [ContractFact]
+    public async Task CommitRouting_TwoMailsWithOneMessageId_RoutesTheFirstAndParksTheSecondWithTheReason()
+    {
+        await using var spool = Open();
+        await spool.AcceptAlertAsync(Alert("dev-1", "a-1"), default);
+        await spool.AcceptAlertAsync(Alert("dev-2", "a-2"), default);
+        var alerts = await spool.NewAlertsAsync(10, default);
+
+        var parked = await spool.CommitRoutingAsync(
+        [
+            new RoutingCommit(alerts[0].RowId, AlertStatus.Routed, null, Mail("same@gw.test", alertId: "a-1"), ("dev-1", "TEMP_HIGH"), new StormState(DateTimeOffset.UnixEpoch, null)),
+            new RoutingCommit(alerts[1].RowId, AlertStatus.Routed, null, Mail("same@gw.test", device: "dev-2", alertId: "a-2"), ("dev-2", "TEMP_HIGH"), new StormState(DateTimeOffset.UnixEpoch, "<x@y>")),
+        ], default);
+
+        var p = Assert.Single(parked);
+        Assert.Equal(alerts[1].RowId, p.AlertRowId);
+        Assert.Contains("<same@gw.test>", p.Reason, StringComparison.Ordinal);
+        Assert.Equal("routed", (await spool.GetAlertAsync("dev-1", "a-1", default))?.Status);
+        Assert.Equal(("parked", p.Reason), await spool.GetAlertAsync("dev-2", "a-2", default));
+        Assert.Null(await spool.GetStormAsync("dev-2", "TEMP_HIGH", default)); // the parked decision left nothing behind
+        Assert.Equal("alert", (await spool.GetMessageAsync("same@gw.test", default))?.Kind);
+    }
+
+    [ContractFact]
+    public async Task DueDigests_ManyHeldRepeats_LoadsTheOldestAndTheLatestAndCountsThemAll()
+    {
+        await using var spool = Open();
+        for (int i = 0; i < 250; i++)
+        {
+            await spool.AcceptAlertAsync(Alert("dev-1", $"r-{i:000}"), default);
+        }
+
+        var alerts = await spool.NewAlertsAsync(1000, default);
+        var holdUntil = DateTimeOffset.FromUnixTimeSeconds(1_800_000_100);
+        await spool.CommitRoutingAsync(alerts.Select(a => new RoutingCommit(a.RowId, AlertStatus.Held, holdUntil, null, null, null)).ToList(), default);
+        Assert.Equal(holdUntil, await spool.NextDigestDueAsync(default));
+        Assert.Empty(await spool.DueDigestsAsync(holdUntil.AddSeconds(-1), 100, default));
+
+        var digest = Assert.Single(await spool.DueDigestsAsync(holdUntil, maxRepeats: 100, default));
+        Assert.Equal(250, digest.Total);
+        Assert.Equal(100, digest.Alerts.Count);
+        Assert.Equal(150, digest.Omitted);
+        Assert.Equal("r-000", digest.Alerts[0].AlertId);
+        Assert.Equal("r-098", digest.Alerts[98].AlertId);
+        Assert.Equal("r-249", digest.Alerts[99].AlertId);
+
+        // A repeat held after the read waits for the next digest.
+        await spool.AcceptAlertAsync(Alert("dev-1", "late"), default);
+        var late = Assert.Single(await spool.NewAlertsAsync(10, default));
+        await spool.CommitRoutingAsync([new RoutingCommit(late.RowId, AlertStatus.Held, holdUntil, null, null, null)], default);
+        await spool.CommitDigestAsync(digest, Mail("digest-1@gw.test", "digest"), new StormState(holdUntil, null), default);
+
+        Assert.Equal(250, (await spool.CountsAsync(default)).Alerts["digested"]);
+        Assert.Equal(new StormState(holdUntil, null), await spool.GetStormAsync("dev-1", "TEMP_HIGH", default));
+        var next = Assert.Single(await spool.DueDigestsAsync(holdUntil, 100, default));
+        Assert.Equal("late", Assert.Single(next.Alerts).AlertId);
+        var journey = (await spool.AlertJourneyAsync(digest.Alerts[0].RowId, default))!;
+        Assert.Equal(("digest-1@gw.test", "digest-1@gw.test"), (journey.DigestMessageId, Assert.Single(journey.Messages).Summary.MessageId));
+    }
+
+    [ContractFact]
+    public async Task ParkDigest_ParksItsHeldRepeatsWithTheReason_AndNothingIsDueAfter()
+    {
+        await using var spool = Open();
+        for (int i = 0; i < 3; i++)
+        {
+            await spool.AcceptAlertAsync(Alert("dev-1", $"r-{i}"), default);
+        }
+
+        var alerts = await spool.NewAlertsAsync(10, default);
+        await spool.CommitRoutingAsync(alerts.Select(a => new RoutingCommit(a.RowId, AlertStatus.Held, T0, null, null, null)).ToList(), default);
+        var digest = Assert.Single(await spool.DueDigestsAsync(T0, 100, default));
+
+        await spool.ParkDigestAsync(digest, "composing the digest failed: boom", default);
+
+        Assert.Equal(3, (await spool.ParkedAsync(10, default)).Count(p => p.Kind == ParkedKinds.Alert && p.Reason == "composing the digest failed: boom"));
+        Assert.Empty(await spool.DueDigestsAsync(T0, 100, default));
+        Assert.Null(await spool.NextDigestDueAsync(default));
+    }
+
+    [ContractFact]
+    public async Task ParkedAlert_IsListed_ReleasedIsNewAgain_CancelledStaysForTheRecord()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var spool = Open(clock);
+        await spool.AcceptAlertAsync(Alert("dev-1", "a-1"), default);
+        await spool.AcceptAlertAsync(Alert("dev-1", "a-2"), default);
+        var alerts = await spool.NewAlertsAsync(10, default);
+        await spool.CommitRoutingAsync([.. alerts.Select(a => new RoutingCommit(a.RowId, AlertStatus.Parked, null, null, null, null, "routing failed: " + a.AlertId))], default);
+
+        var parked = await spool.ParkedAsync(10, default);
+        Assert.Equal(["a-1", "a-2"], parked.Select(p => p.Reference).Order(StringComparer.Ordinal));
+        Assert.All(parked, p => Assert.Equal(T0, p.ParkedAt));
+        Assert.Empty(await spool.NewAlertsAsync(10, default));
+
+        Assert.True(await spool.ReleaseAsync(ParkedKinds.Alert, alerts[0].RowId, default));
+        Assert.True(await spool.CancelAsync(ParkedKinds.Alert, alerts[1].RowId, "not wanted", default));
+
+        Assert.Equal("a-1", Assert.Single(await spool.NewAlertsAsync(10, default)).AlertId);
+        Assert.Equal(("cancelled", "not wanted"), await spool.GetAlertAsync("dev-1", "a-2", default));
+        Assert.False(await spool.ReleaseAsync(ParkedKinds.Alert, alerts[1].RowId, default));
+        Assert.Empty(await spool.ParkedAsync(10, default));
+        var wrongKind = await Assert.ThrowsAnyAsync<Exception>(() => spool.ReleaseAsync("thing", 1, default));
+        Assert.Contains("kind must be 'alert' or 'message'", wrongKind.Message, StringComparison.Ordinal);
+    }
+
+    [ContractFact]
+    public async Task ParkedMessage_ReleasedIsDueNow_CancelledFailsItsRecipients()
+    {
+        await using var spool = Open();
+        await spool.QueueMailAsync(Mail("m-1@gw.test", "relay"), default);
+        await spool.QueueMailAsync(Mail("m-2@gw.test", "relay"), default);
+        var m1 = (await spool.GetMessageAsync("m-1@gw.test", default))!;
+        var m2 = (await spool.GetMessageAsync("m-2@gw.test", default))!;
+
+        await spool.ParkMessageAsync(m1.RowId, "recording the delivery failed: X", default);
+        Assert.Equal(("parked", "recording the delivery failed: X"), ((await spool.GetMessageAsync("m-1@gw.test", default))!.Status, (await spool.GetMessageAsync("m-1@gw.test", default))!.Reason));
+        var due = await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default);
+        Assert.Equal(["m-2@gw.test"], due.Select(m => m.MessageId));
+
+        Assert.True(await spool.ReleaseAsync(ParkedKinds.Message, m1.RowId, default));
+        Assert.Equal("queued", (await spool.GetMessageAsync("m-1@gw.test", default))!.Status);
+
+        Assert.True(await spool.CancelAsync(ParkedKinds.Message, m2.RowId, "no longer wanted", default));
+        Assert.Equal("cancelled", (await spool.GetMessageAsync("m-2@gw.test", default))!.Status);
+        Assert.Equal("failed", Assert.Single((await spool.MessageDetailAsync(m2.RowId, default))!.Recipients).Status);
+        Assert.False(await spool.ReleaseAsync(ParkedKinds.Message, m2.RowId, default));
+        Assert.Equal(["m-1@gw.test"], (await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default)).Select(m => m.MessageId));
+    }
+
+    [ContractFact]
+    public async Task RetryNow_MakesADeferredMailDueNow_AndQueryMessagesTellsQueuedFromDeferred()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var spool = Open(clock);
+        var (_, first) = await RoutedAsync(spool, "dev-1", "a-1");
+        await RoutedAsync(spool, "dev-2", "a-2");
+        _ = await spool.DueMessagesAsync(clock.GetUtcNow(), 10, new HashSet<long>(), default);
+        await spool.CommitDeliveryAsync(new DeliveryCommit(first, [new("alice@example.com", "deferred", "451 busy")], T0.AddHours(1), null), default);
+
+        Assert.Equal(["a-1@gw.test"], (await spool.QueryMessagesAsync(new MessageQuery("deferred"), default)).Select(m => m.MessageId));
+        Assert.Equal(["a-2@gw.test"], (await spool.QueryMessagesAsync(new MessageQuery("queued"), default)).Select(m => m.MessageId));
+        Assert.Equal(["a-2@gw.test"], (await spool.QueryMessagesAsync(new MessageQuery(Device: "dev-2"), default)).Select(m => m.MessageId));
+        Assert.Equal(["a-2@gw.test", "a-1@gw.test"], (await spool.QueryMessagesAsync(new MessageQuery(), default)).Select(m => m.MessageId)); // newest first
+
+        clock.Advance(TimeSpan.FromMinutes(1));
+        Assert.True(await spool.RetryNowAsync(first, default));
+        Assert.Equal(clock.GetUtcNow(), (await spool.GetMessageAsync("a-1@gw.test", default))!.NextAttemptAt);
+        Assert.False(await spool.RetryNowAsync(first + 1000, default));
+    }
+
+    [ContractFact]
+    public async Task QueryAlerts_FiltersAndPagesNewestFirst_AndTheJourneyShowsRouteMailAndPayload()
+    {
+        await using var spool = Open();
+        await spool.AcceptAlertAsync(Alert("dev-1", "a-1", sev: "warning"), default);
+        await spool.AcceptAlertAsync(Alert("dev-1", "a-2", code: "DOOR"), default);
+        await spool.AcceptAlertAsync(Alert("dev-2", "a-3") with { ReceivedAt = T0.AddHours(2) }, default);
+        await spool.AcceptAlertAsync(Alert("dev-2", "bad") with { RejectReason = "broken", Code = null, Severity = null }, default);
+
+        Assert.Equal(["bad", "a-3", "a-2", "a-1"], (await spool.QueryAlertsAsync(new AlertQuery(), default)).Select(a => a.AlertId));
+        Assert.Equal(["a-2", "a-1"], (await spool.QueryAlertsAsync(new AlertQuery(Device: "dev-1"), default)).Select(a => a.AlertId));
+        Assert.Equal(["a-2"], (await spool.QueryAlertsAsync(new AlertQuery(Code: "DOOR"), default)).Select(a => a.AlertId));
+        Assert.Equal(["a-1"], (await spool.QueryAlertsAsync(new AlertQuery(Severity: "warning"), default)).Select(a => a.AlertId));
+        Assert.Equal(["bad"], (await spool.QueryAlertsAsync(new AlertQuery(Status: "rejected"), default)).Select(a => a.AlertId));
+        Assert.Equal(["a-3"], (await spool.QueryAlertsAsync(new AlertQuery(From: T0.AddHours(1), Status: "new"), default)).Select(a => a.AlertId));
+        Assert.Equal(["a-2", "a-1"], (await spool.QueryAlertsAsync(new AlertQuery(To: T0.AddHours(1)), default)).Select(a => a.AlertId).Where(a => a != "bad"));
+        var page1 = await spool.QueryAlertsAsync(new AlertQuery(Limit: 2), default);
+        var page2 = await spool.QueryAlertsAsync(new AlertQuery(BeforeRowId: page1[^1].RowId, Limit: 2), default);
+        Assert.Equal(["a-2", "a-1"], page2.Select(a => a.AlertId));
+
+        var (row, _) = await RoutedAsync(spool, "dev-3", "j-1");
+        var journey = (await spool.AlertJourneyAsync(row, default))!;
+        Assert.Equal(("j-1", "route 1", "j-1@gw.test"), (journey.Alert.AlertId, journey.Route, Assert.Single(journey.Messages).Summary.MessageId));
+        Assert.Contains("\"j-1\"", Encoding.UTF8.GetString(journey.Payload), StringComparison.Ordinal);
+        Assert.Null(await spool.AlertJourneyAsync(row + 1000, default));
+    }
+
+    [ContractFact]
+    public async Task Dashboard_CountsAlertsBySeverityAndMailByState_AndAlertsPerHourBucketsThem()
+    {
+        await using var spool = Open();
+        await spool.AcceptAlertAsync(Alert("dev-1", "a-1"), default);
+        await spool.AcceptAlertAsync(Alert("dev-1", "a-2", sev: "info") with { ReceivedAt = T0.AddMinutes(70) }, default);
+        await spool.AcceptAlertAsync(Alert("dev-1", "bad") with { RejectReason = "x", Code = null, Severity = null }, default);
+        await spool.QueueMailAsync(Mail("m-1@gw.test", "relay"), default);
+
+        var counts = await spool.DashboardAsync(T0.AddDays(-1), default);
+        Assert.Equal((1L, 1L, 1L), (counts.AlertsBySeverity["critical"], counts.AlertsBySeverity["info"], counts.AlertsBySeverity["rejected"]));
+        Assert.Equal((1L, 0L), (counts.MessagesByState["queued"], counts.MessagesByState["deferred"]));
+        Assert.True(counts.SpoolBytes > 0);
+        var hours = await spool.AlertsPerHourAsync("dev-1", T0.AddDays(-1), default);
+        Assert.Equal([2L, 1L], hours.Select(h => h.Count)); // T0 is 08:00 UTC: a-1 and bad in that hour, a-2 in the next
+        Assert.Equal(new DateTimeOffset(2027, 1, 15, 8, 0, 0, TimeSpan.Zero), hours[0].Hour);
+    }
+
+    [ContractFact]
+    public async Task ManagedDevices_AreSavedReplacedAndListedInIdOrder()
+    {
+        await using var spool = Open();
+        var a = new ManagedDevice("dev-b", "hash-1", "B", "Hall 1", ["alice"], false, TimeSpan.FromMinutes(30), T0);
+        await spool.SaveDeviceAsync(a, default);
+        await spool.SaveDeviceAsync(new ManagedDevice("dev-a", null, null, null, null, true, null, T0), default);
+        await spool.SaveDeviceAsync(a with { SecretHash = "hash-2", Disabled = true }, default);
+
+        var devices = await spool.ManagedDevicesAsync(default);
+
+        Assert.Equal(["dev-a", "dev-b"], devices.Select(d => d.Id));
+        Assert.Equal(("hash-2", true, TimeSpan.FromMinutes(30), "alice"), (devices[1].SecretHash, devices[1].Disabled, devices[1].SilentAfter, devices[1].Owners!.Single()));
+        Assert.Null(devices[0].Owners);
+    }
+
+    [ContractFact]
+    public async Task ConsoleAdminPasswordAndApiKeys_AreStoredAndReplaced()
+    {
+        await using var spool = Open();
+        Assert.Null(await spool.AdminPasswordHashAsync(default));
+        await spool.SetAdminPasswordHashAsync("pbkdf2$1", default);
+        await spool.SetAdminPasswordHashAsync("pbkdf2$2", default);
+        Assert.Equal("pbkdf2$2", await spool.AdminPasswordHashAsync(default));
+
+        await spool.SaveApiKeyAsync(new ApiKeyRecord("k1", "ci", "ab", T0, null), default);
+        await spool.SaveApiKeyAsync(new ApiKeyRecord("k2", "cli", "cd", T0.AddMinutes(1), null), default);
+        await spool.SaveApiKeyAsync(new ApiKeyRecord("k1", "ci", "ab", T0, T0.AddHours(1)), default);
+
+        var keys = await spool.ApiKeysAsync(default);
+        Assert.Equal(["k1", "k2"], keys.Select(k => k.Id));
+        Assert.Equal(T0.AddHours(1), keys[0].RevokedAt);
+    }
+
+    [ContractFact]
+    public async Task Ping_RoundTripsThroughTheWriter()
+    {
+        await using var spool = Open();
+        await spool.PingAsync(default);
+        Assert.Empty((await spool.CountsAsync(default)).Alerts);
+    }
+
+    [ContractFact]
+    public async Task Prune_RemovesOnlyWhatFinishedBeforeTheHorizon()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var spool = Open(clock);
+        byte[] big = new byte[3000];
+        for (int i = 0; i < 400; i++)
+        {
+            await spool.AcceptAlertAsync(Alert("dev-1", $"old-{i}") with { ReceivedAt = clock.GetUtcNow(), Payload = big }, default);
+        }
+
+        var old = await spool.NewAlertsAsync(1000, default);
+        await spool.CommitRoutingAsync(old.Select((a, i) => new RoutingCommit(a.RowId, AlertStatus.Routed, null,
+            i < 200 ? Mail($"old-{i}@gw.test", alertId: a.AlertId) : null, null, null)).ToList(), default);
+        foreach (var m in await spool.DueMessagesAsync(clock.GetUtcNow(), 1000, new HashSet<long>(), default))
+        {
+            await spool.CommitDeliveryAsync(new DeliveryCommit(m.RowId, [new RecipientResult("alice@example.com", "sent", "250 ok")], null, null), default);
+        }
+
+        // One message of the old ones is still queued (its alert must stay too), then time passes.
+        await spool.AcceptAlertAsync(Alert("dev-1", "pending") with { ReceivedAt = clock.GetUtcNow() }, default);
+        var pending = Assert.Single(await spool.NewAlertsAsync(10, default));
+        await spool.CommitRoutingAsync([new RoutingCommit(pending.RowId, AlertStatus.Routed, null, Mail("pending@gw.test", alertId: "pending"), null, null)], default);
+        clock.Advance(TimeSpan.FromDays(31));
+        await spool.AcceptAlertAsync(Alert("dev-1", "recent") with { ReceivedAt = clock.GetUtcNow() }, default);
+
+        var pruned = await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 10_000, default);
+
+        Assert.Equal(200, pruned.Messages);
+        Assert.Equal(400, pruned.Alerts);
+        Assert.Equal(PruneFreesPages, pruned.FreedPages > 0);
+        Assert.Equal("routed", (await spool.GetAlertAsync("dev-1", "pending", default))?.Status);
+        Assert.Equal("queued", (await spool.GetMessageAsync("pending@gw.test", default))?.Status);
+        Assert.Equal("new", (await spool.GetAlertAsync("dev-1", "recent", default))?.Status);
+        Assert.Null(await spool.GetAlertAsync("dev-1", "old-7", default));
+        Assert.Equal(0, (await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 10_000, default)).Messages);
+    }
+}
