@@ -3,14 +3,18 @@ using EdgeMail.Emulator;
 using EdgeMail.Gateway;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Ingest;
+using EdgeMail.Gateway.Web;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Options;
 
 // The whole job on embedded defaults: the gateway (embedded MQTT broker, SQLite spool, local mailbox,
 // demo devices) and the demo devices themselves, emulated on ESP32 boards with simulated NOR flash,
 // flapping links and power cuts, raising alerts until every one is acknowledged and mailed.
 // Gateway settings can be overridden as usual (--Section:Key=value); the devices are the demo ones.
-using var host = GatewayHost.CreateBuilder(args).Build();
+// --stay keeps the gateway and its console running after the devices are done, until Ctrl+C.
+bool stay = args.Contains("--stay", StringComparer.Ordinal);
+using var host = GatewayHost.CreateBuilder([.. args.Where(a => a != "--stay")]).Build();
 try
 {
     await host.StartAsync().ConfigureAwait(false);
@@ -37,6 +41,15 @@ int before = Directory.Exists(mailbox) ? Directory.GetFiles(mailbox, "*.eml").Le
 Console.WriteLine();
 Console.WriteLine($"EdgeMail demo: gateway listening for MQTT on {endpoint}; devices {ids} now raise alerts");
 Console.WriteLine("through a flapping link with power cuts; every alert is on flash before Raise returns.");
+var console = host.Services.GetRequiredService<ConsoleServer>();
+var auth = host.Services.GetRequiredService<ConsoleAuth>();
+if (console.Address is { } consoleAddress)
+{
+    Console.WriteLine(auth.SetupToken is { } token
+        ? $"Console: {consoleAddress} (first visit: {consoleAddress}setup#{token} sets its admin password)"
+        : $"Console: {consoleAddress}");
+}
+
 Console.WriteLine();
 
 string port = endpoint.Port.ToString(CultureInfo.InvariantCulture);
@@ -65,5 +78,15 @@ using (var timer = new PeriodicTimer(TimeSpan.FromSeconds(1)))
 Console.WriteLine();
 Console.WriteLine($"{mails - before} new mails in {mailbox} ({mails} in all); open any .eml file with a mail program.");
 Console.WriteLine($"Device secrets: {secrets}. Gateway data: {data}. Run again: the devices reboot from their flash images.");
+if (stay)
+{
+    Console.WriteLine($"The gateway keeps running{(console.Address is { } at ? $", its console at {at}" : string.Empty)}; Ctrl+C stops it.");
+    await host.WaitForShutdownAsync().ConfigureAwait(false);
+}
+else if (console.Address is { } at)
+{
+    Console.WriteLine($"To look around in the console ({at}) after the devices are done, run with --stay.");
+}
+
 await host.StopAsync().ConfigureAwait(false);
 return exit;

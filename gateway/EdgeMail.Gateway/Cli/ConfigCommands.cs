@@ -43,7 +43,7 @@ public static class ConfigCommands
             TreatUnmatchedTokensAsErrors = false,
         };
         setPassword.Note($"The password (at least {ConsoleAuth.MinPasswordLength} characters) is typed twice without echo on a terminal, else it is the first line of standard input. "
-            + "With the gateway running it takes effect at once (through its API); stopped, it is written to the spool and used from the next start.\n"
+            + "With the gateway running it is set through its API; otherwise it is written to the spool, and a gateway takes it at the next login.\n"
             + "Exit codes: 0 set; 1 not set (too short, entries differ, no spool yet).");
         setPassword.Options.Add(options.Url);
         setPassword.Options.Add(options.ApiKeyFile);
@@ -166,6 +166,23 @@ public static class ConfigCommands
                 }
             }
 
+            if (gateway.Spool.Provider == SpoolProviders.Postgres)
+            {
+                try
+                {
+                    await using var shared = PostgresSpool.Open(gateway.Spool.ConnectionString, gateway.Spool.Fsync, gateway.Spool.MaxBatch,
+                        gateway.Spool.ClaimLease, gateway.Spool.PollInterval, NullLogger.Instance);
+                    await SetAsync(shared, password, cancellationToken).ConfigureAwait(false);
+                }
+                catch (SpoolException ex)
+                {
+                    throw new CliException(ExitCodes.Failed, ex.Message + " Check Spool:ConnectionString (--config).");
+                }
+
+                await c.Io.Out.WriteLineAsync("Admin password written to the PostgreSQL spool; every gateway on it takes it at the next login").ConfigureAwait(false);
+                return ExitCodes.Ok;
+            }
+
             string spoolPath = gateway.Spool.Path.Length > 0 ? Path.GetFullPath(gateway.Spool.Path) : Path.Combine(gateway.DataPath(), "spool.db");
             if (!File.Exists(spoolPath))
             {
@@ -177,21 +194,24 @@ public static class ConfigCommands
             try
             {
                 await using var spool = SqliteSpool.Open(spoolPath, gateway.Spool.Fsync, gateway.Spool.MaxBatch, NullLogger.Instance);
-                var auth = new ConsoleAuth(spool, TimeProvider.System, NullLogger<ConsoleAuth>.Instance);
-                if (await auth.SetPasswordAsync(password, cancellationToken).ConfigureAwait(false) is { } refused)
-                {
-                    throw new CliException(ExitCodes.Failed, refused);
-                }
+                await SetAsync(spool, password, cancellationToken).ConfigureAwait(false);
             }
             catch (SpoolException ex)
             {
                 throw new CliException(ExitCodes.Failed, ex.Message + " Run as root or as the gateway's user (sudo edgemail admin set-password).");
             }
 
-            await c.Io.Out.WriteLineAsync(running
-                ? $"Admin password written to {spoolPath}; the running gateway keeps the old one until it restarts: systemctl restart edgemail-gateway"
-                : $"Admin password written to {spoolPath}; the gateway uses it from its next start").ConfigureAwait(false);
+            await c.Io.Out.WriteLineAsync($"Admin password written to {spoolPath}; the gateway takes it at the next login").ConfigureAwait(false);
             return ExitCodes.Ok;
+        }
+    }
+
+    private static async Task SetAsync(ISpool spool, string password, CancellationToken cancellationToken)
+    {
+        var auth = new ConsoleAuth(spool, TimeProvider.System, NullLogger<ConsoleAuth>.Instance);
+        if (await auth.SetPasswordAsync(password, cancellationToken).ConfigureAwait(false) is { } refused)
+        {
+            throw new CliException(ExitCodes.Failed, refused);
         }
     }
 }

@@ -139,11 +139,26 @@ public sealed partial class ConsoleAuth
     public static string? PasswordProblem(string password) =>
         password is null || password.Length < MinPasswordLength ? $"the password must have at least {MinPasswordLength} characters" : null;
 
-    /// <summary>Checks the admin password for a login from <paramref name="source"/>.</summary>
+    /// <summary>
+    /// Checks the admin password for a login from <paramref name="source"/> against the hash the spool holds now, so a
+    /// password set by <c>edgemail admin set-password</c> on the spool, or by another instance sharing it, counts at once.
+    /// </summary>
     /// <param name="password">What was typed.</param>
     /// <param name="source">The client's address (throttling).</param>
+    /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>The result.</returns>
-    public LoginResult Login(string password, string source)
+    public async Task<LoginResult> LoginAsync(string password, string source, CancellationToken cancellationToken)
+    {
+        if (await _spool.AdminPasswordHashAsync(cancellationToken).ConfigureAwait(false) is { } stored)
+        {
+            _adminHash = stored;
+            _setupToken = null;
+        }
+
+        return Login(password, source);
+    }
+
+    private LoginResult Login(string password, string source)
     {
         if (_adminHash is not { } hash)
         {

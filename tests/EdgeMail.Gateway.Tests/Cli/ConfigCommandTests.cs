@@ -119,11 +119,25 @@ public sealed class ConfigCommandTests : TempDirectory
 
         var set = await CliRun.RunWithInputAsync("written while stopped\n", "admin", "set-password", "--config", config);
         Assert.True(set.Code == ExitCodes.Ok, set.ToString());
-        Assert.Contains("next start", set.Out, StringComparison.Ordinal);
+        Assert.Contains("next login", set.Out, StringComparison.Ordinal);
 
         await using var gw = await TestGateway.StartAsync(dataDir: Dir, tweak: null, services: null);
         using var http = new HttpClient { BaseAddress = gw.ConsoleAddress };
         Assert.Equal(HttpStatusCode.NoContent, (await http.PostAsJsonAsync("api/v1/login", new { password = "written while stopped" })).StatusCode);
+    }
+
+    [Fact]
+    public async Task AdminSetPassword_WrittenToTheSpoolBesideARunningGateway_CountsAtItsNextLogin()
+    {
+        await using var gw = await TestGateway.StartAsync(dataDir: Dir, tweak: null, services: null);
+        string config = Path.Combine(Dir, "edgemail.json");
+
+        // The console is not reachable (another port): the password goes into the spool the gateway has open.
+        var set = await CliRun.RunWithInputAsync("written beside it\n", "admin", "set-password", "--config", config, "--Console:Port=1");
+        Assert.True(set.Code == ExitCodes.Ok, set.ToString());
+
+        using var http = new HttpClient { BaseAddress = gw.ConsoleAddress };
+        Assert.Equal(HttpStatusCode.NoContent, (await http.PostAsJsonAsync("api/v1/login", new { password = "written beside it" })).StatusCode);
     }
 
     [Fact]

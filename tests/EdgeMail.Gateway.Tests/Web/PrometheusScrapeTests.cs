@@ -16,6 +16,11 @@ namespace EdgeMail.Gateway.Tests.Web;
 /// <c>/metrics</c> as an operator's monitoring sees it: a real Prometheus server (Debian's <c>prometheus</c>) scraping a
 /// running gateway's console every second with an API key, its data in a temp directory, asked through its HTTP API.
 /// </summary>
+/// <summary>
+/// A real Prometheus scraping the gateway. Alone in its collection: OpenTelemetry's meter listener takes every meter
+/// of the gateway's name in the process, so other tests' gateways running beside it would add to the counted values.
+/// </summary>
+[Collection(nameof(MetricsCollection))]
 public sealed class PrometheusScrapeTests(ITestOutputHelper output) : IDisposable
 {
     private readonly string _dir = Path.Combine(Path.GetTempPath(), "edgemail-prometheus-tests", Guid.NewGuid().ToString("N"));
@@ -205,3 +210,7 @@ public sealed class PrometheusScrapeTests(ITestOutputHelper output) : IDisposabl
         }
     }
 }
+
+/// <summary>Tests that read the process's metric values run alone, after the parallel ones.</summary>
+[CollectionDefinition(nameof(MetricsCollection), DisableParallelization = true)]
+public sealed class MetricsCollection;

@@ -61,10 +61,10 @@ public static class ConsoleEndpoints
             await SignInAsync(context).ConfigureAwait(false);
             return Results.NoContent();
         }).AllowAnonymous().WithSummary("Sets the admin password with the one-time setup token");
-        api.MapPost("/login", async (LoginRequest request, ConsoleAuth auth, HttpContext context) =>
+        api.MapPost("/login", async (LoginRequest request, ConsoleAuth auth, HttpContext context, CancellationToken ct) =>
         {
             string source = context.Connection.RemoteIpAddress?.ToString() ?? "?";
-            switch (auth.Login(request.Password ?? string.Empty, source))
+            switch (await auth.LoginAsync(request.Password ?? string.Empty, source, ct).ConfigureAwait(false))
             {
                 case LoginResult.Success:
                     await SignInAsync(context).ConfigureAwait(false);
