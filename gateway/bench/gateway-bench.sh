@@ -130,8 +130,9 @@ if [[ " $STAGES " == *" ingest "* ]]; then
   smtp-sink -u nobody -M "$TOTAL" "127.0.0.1:$SINK_PORT" 1024 > "$STATE/sink.out" 2>&1 &
   SINKPID=$!
   cpu0=$(cpu_s "$GW")
-  if [ -n "${TRACE:-}" ]; then  # TRACE=file.nettrace: CPU-sample the gateway during the run (dotnet-trace global tool)
-    dotnet-trace ${TRACE_CMD:-collect-linux --profile cpu-sampling} -p "$GW" -o "$TRACE" --duration 00:00:00:08 >/dev/null 2>&1 &
+  if [ -n "${TRACE:-}" ]; then  # TRACE=file.nettrace: CPU-sample the gateway for TRACE_SECONDS (8) of the run (dotnet-trace global tool)
+    dotnet-trace ${TRACE_CMD:-collect-linux --profile cpu-sampling} -p "$GW" -o "$TRACE" --duration "00:00:00:$(printf %02d "${TRACE_SECONDS:-8}")" >/dev/null 2>&1 &
+    TRACER=$!
     sleep 1
   fi
   t0=$EPOCHREALTIME
@@ -144,6 +145,7 @@ if [[ " $STAGES " == *" ingest "* ]]; then
       | awk -F'\t' '{c[$1]+=$2} END{for (k in c) if (c[k]>0.05) printf "THREAD %-20s %.2f s\n", k, c[k]}' >&2 || true
   fi
   E2E_RATE=$(awk -v n="$TOTAL" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}')
+  [ -n "${TRACER:-}" ] && { wait "$TRACER" || true; TRACER=""; }   # the trace is written after its window ends
   echo "RESULT ingest $out e2e_smtp_sink_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') e2e_smtp_sink_rate=$E2E_RATE gateway_cpu_s=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.1f", b-a}') gateway_cpu_us_per_alert=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$TOTAL" 'BEGIN{printf "%.0f", (b-a)*1e6/n}') gateway_rss_mib=$(( $(rss_kib "$GW") / 1024 ))"
   stop_gateway
 fi
