@@ -24,7 +24,8 @@
 #            gateway, of mosquitto and of the PostgreSQL server processes.
 #   peers    ../shared/peers/mosquitto_qos1.sh (MSGS=50000 SIZE=200 RUNS=1) and postfix_relay.sh
 #            (MSGS=5000 SESSIONS=20 SIZE=1024 REUSE=0 RUNS=1) -- needs root; installs postfix if missing.
-# Knobs: DEVICES=50 MSGS_PER=1000 INFLIGHT=10 IDLE_DEVICES=10000 LAT_RATE= RELAY_CONCURRENCY=8 PORT=18990
+# Knobs: DEVICES=50 MSGS_PER=1000 INFLIGHT=10 IDLE_DEVICES=10000 LAT_RATE= RELAY_CONCURRENCY=8 PORT=18990 (console on PORT-2)
+#        SSE=N (N open dashboards, the console's event stream, during the timed ingest run)
 #        SINK_PORT=18925 ART=/tmp/art-gw-bench PEERS_DIR=<repo>/../shared/peers
 # Device secrets in the generated config use PBKDF2 with 1,000 iterations (instead of 100,000) so that connecting
 # 10,000 devices does not take minutes of CPU; after the first connect the gateway checks a cached SHA-256 anyway.
@@ -74,7 +75,7 @@ write_config() {
 import json, sys
 path, n, relay_port, h, data, port, conc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6]), int(sys.argv[7])
 cfg = {
-  "DataDirectory": data, "Mqtt": {"Port": port}, "Storm": {"Window": "00:00:00"},
+  "DataDirectory": data, "Mqtt": {"Port": port}, "Storm": {"Window": "00:00:00"}, "Console": {"Port": port - 2},
   "Logging": {"LogLevel": {"Default": "Warning", "EdgeMail.Gateway.Ingest.EmbeddedBroker": "Information"}},
   "Users": {"ops": {"Name": "Ops", "Email": "ops@sink.edgemail.test"}},
   "Routes": [{"Devices": "*", "Codes": "*", "MinSeverity": "info", "To": ["ops"]}],
@@ -129,6 +130,11 @@ if [[ " $STAGES " == *" ingest "* ]]; then
   wait "$SINKPID"
   smtp-sink -u nobody -M "$TOTAL" "127.0.0.1:$SINK_PORT" 1024 > "$STATE/sink.out" 2>&1 &
   SINKPID=$!
+  if [ "${SSE:-0}" -gt 0 ]; then  # SSE=N: N dashboards open (clients of the console's event stream) during the timed run
+    for _ in $(seq 1 "$SSE"); do
+      curl -sN -H "Authorization: Bearer $(cat "$STATE/data/cli-api-key")" "http://127.0.0.1:$((PORT - 2))/api/v1/events" > "$STATE/sse.out" &
+    done
+  fi
   cpu0=$(cpu_s "$GW")
   if [ -n "${TRACE:-}" ]; then  # TRACE=file.nettrace: CPU-sample the gateway for TRACE_SECONDS (8) of the run (dotnet-trace global tool)
     dotnet-trace ${TRACE_CMD:-collect-linux --profile cpu-sampling} -p "$GW" -o "$TRACE" --duration "00:00:00:$(printf %02d "${TRACE_SECONDS:-8}")" >/dev/null 2>&1 &
@@ -146,6 +152,7 @@ if [[ " $STAGES " == *" ingest "* ]]; then
   fi
   E2E_RATE=$(awk -v n="$TOTAL" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}')
   [ -n "${TRACER:-}" ] && { wait "$TRACER" || true; TRACER=""; }   # the trace is written after its window ends
+  [ "${SSE:-0}" -gt 0 ] && { pkill -P $$ -x curl || true; echo "SSE $SSE event-stream client(s): $(grep -c '^event:' "$STATE/sse.out") events" >&2; }
   echo "RESULT ingest $out e2e_smtp_sink_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') e2e_smtp_sink_rate=$E2E_RATE gateway_cpu_s=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.1f", b-a}') gateway_cpu_us_per_alert=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$TOTAL" 'BEGIN{printf "%.0f", (b-a)*1e6/n}') gateway_rss_mib=$(( $(rss_kib "$GW") / 1024 ))"
   stop_gateway
 fi

@@ -77,7 +77,7 @@ internal sealed class ForwarderRig : IDisposable
     }
 
     /// <summary>Steps the forwarder until <paramref name="condition"/> holds; fails after a deadline.</summary>
-    public void StepUntil(Func<bool> condition, string what, int timeoutMs = 15_000)
+    public void StepUntil(Func<bool> condition, string what, int timeoutMs = 60_000) // a guard against a hang, not a speed check
     {
         var watch = Stopwatch.StartNew();
         while (!condition())
