@@ -98,18 +98,29 @@ start_gateway() {
 }
 stop_gateway() { kill "$GW" 2>/dev/null || true; wait "$GW" 2>/dev/null || true; GW=""; }
 EXT_PORT=${EXT_PORT:-18993}
-# Debian's mosquitto on EXT_PORT, persistence on, no queue or in-flight limits (the external and mosquitto stages).
+# Debian's mosquitto on EXT_PORT, persistence on, no queue or in-flight limits; state in $1 (default $STATE/mosq).
 start_mosquitto() {
+  local dir=${1:-$STATE/mosq}
   command -v mosquitto >/dev/null || { log "mosquitto missing: apt-get install mosquitto"; exit 1; }
-  rm -rf "$STATE/mosq"; mkdir -p "$STATE/mosq"
+  rm -rf "$dir"; mkdir -p "$dir"
   chmod 755 "$STATE"   # mosquitto drops to its own user when started as root
-  printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_queued_messages 0\nmax_inflight_messages 0\n' "$EXT_PORT" "$STATE/mosq" > "$STATE/mosq/mosquitto.conf"
-  chown -R mosquitto "$STATE/mosq" 2>/dev/null || true
-  mosquitto -c "$STATE/mosq/mosquitto.conf" > "$STATE/mosq/log" 2>&1 &
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_queued_messages 0\nmax_inflight_messages 0\n' "$EXT_PORT" "$dir" > "$dir/mosquitto.conf"
+  chown -R mosquitto "$dir" 2>/dev/null || true
+  mosquitto -c "$dir/mosquitto.conf" > "$dir/log" 2>&1 &
   MOSQ=$!
   for _ in $(seq 1 100); do ss -Hltn "sport = :$EXT_PORT" | grep -q . && break; sleep 0.1; done
 }
 stop_mosquitto() { kill "$MOSQ" 2>/dev/null; wait "$MOSQ" 2>/dev/null || true; MOSQ=""; }
+# start_sink N: Postfix's smtp-sink on SINK_PORT, exiting once it has N mails.
+start_sink() { smtp-sink -u nobody -M "$1" "127.0.0.1:$SINK_PORT" 1024 > "$STATE/sink.out" 2>&1 & SINKPID=$!; }
+# warm_up PORT [nosink]: outside the timed window every device connects once (PBKDF2 on first connect) and WARM_PER
+# alerts per device go all the way to a first smtp-sink, so the JIT has compiled the whole path before the timed run.
+WARM_PER=${WARM_PER:-40}
+warm_up() {
+  [ "${2:-}" = nosink ] || start_sink "$((DEVICES * WARM_PER))"
+  dotnet "$LOADGEN" publish --port "$1" --devices "$DEVICES" --msgs "$WARM_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag w >/dev/null
+  [ "${2:-}" = nosink ] || { wait "$SINKPID" || true; SINKPID=""; }
+}
 rss_kib() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 cpu_s() { awk '{printf "%.2f", ($14+$15)/100}' "/proc/$1/stat"; }
 
@@ -121,15 +132,8 @@ if [[ " $STAGES " == *" ingest "* ]]; then
   TOTAL=$((DEVICES * MSGS_PER))
   write_config "$STATE/ingest.json" "$DEVICES" "$SINK_PORT"
   start_gateway "$STATE/ingest.json"
-  # Warm-up outside the timed window: every device connects once (PBKDF2 on first connect) and WARM_PER alerts per
-  # device go all the way to a first smtp-sink, so the JIT has compiled the whole path before the timed run.
-  WARM_PER=${WARM_PER:-40}
-  smtp-sink -u nobody -M "$((DEVICES * WARM_PER))" "127.0.0.1:$SINK_PORT" 1024 > "$STATE/sink.out" 2>&1 &
-  SINKPID=$!
-  dotnet "$LOADGEN" publish --port "$PORT" --devices "$DEVICES" --msgs "$WARM_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag w >/dev/null
-  wait "$SINKPID"
-  smtp-sink -u nobody -M "$TOTAL" "127.0.0.1:$SINK_PORT" 1024 > "$STATE/sink.out" 2>&1 &
-  SINKPID=$!
+  warm_up "$PORT"
+  start_sink "$TOTAL"
   if [ "${SSE:-0}" -gt 0 ]; then  # SSE=N: N dashboards open (clients of the console's event stream) during the timed run
     for _ in $(seq 1 "$SSE"); do
       curl -sN -H "Authorization: Bearer $(cat "$STATE/data/cli-api-key")" "http://127.0.0.1:$((PORT - 2))/api/v1/events" > "$STATE/sse.out" &
@@ -159,8 +163,7 @@ fi
 
 if [[ " $STAGES " == *" mosquitto "* ]]; then
   start_mosquitto
-  WARM_PER=${WARM_PER:-40}
-  dotnet "$LOADGEN" publish --port "$EXT_PORT" --devices "$DEVICES" --msgs "$WARM_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag w >/dev/null
+  warm_up "$EXT_PORT" nosink
   cpu0=$(cpu_s "$MOSQ")
   out=$(dotnet "$LOADGEN" publish --port "$EXT_PORT" --devices "$DEVICES" --msgs "$MSGS_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag i)
   cpu1=$(cpu_s "$MOSQ")
@@ -196,13 +199,8 @@ PY
   dotnet "$DLL" --config "$STATE/external.json" > "$STATE/gateway.log" 2>&1 &
   GW=$!
   for _ in $(seq 1 300); do grep -q "Connected to the external MQTT broker" "$STATE/gateway.log" && break; sleep 0.1; done
-  WARM_PER=${WARM_PER:-40}
-  smtp-sink -u nobody -M "$((DEVICES * WARM_PER))" "127.0.0.1:$SINK_PORT" 1024 > "$STATE/sink.out" 2>&1 &
-  SINKPID=$!
-  dotnet "$LOADGEN" publish --port "$EXT_PORT" --devices "$DEVICES" --msgs "$WARM_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag w >/dev/null
-  wait "$SINKPID"
-  smtp-sink -u nobody -M "$TOTAL" "127.0.0.1:$SINK_PORT" 1024 > "$STATE/sink.out" 2>&1 &
-  SINKPID=$!
+  warm_up "$EXT_PORT"
+  start_sink "$TOTAL"
   cpu0=$(cpu_s "$GW")
   t0=$EPOCHREALTIME
   out=$(dotnet "$LOADGEN" publish --port "$EXT_PORT" --devices "$DEVICES" --msgs "$MSGS_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag i)
@@ -228,12 +226,7 @@ if [[ " $STAGES " == *" cluster "* ]]; then
   for N in ${CLUSTER_INSTANCES:-1 2 3}; do
     EXT_PORT=$(( ${EXT_PORT_BASE:-18993} + N ))   # a fresh broker per row, on a port of its own
     psql -q -h 127.0.0.1 -p "$PGPORT_" -U edgemail -d postgres -c "CREATE SCHEMA bench_n$N" >/dev/null
-    mkdir -p "$STATE/mosq$N"
-    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_queued_messages 0\nmax_inflight_messages 0\n' "$EXT_PORT" "$STATE/mosq$N" > "$STATE/mosq$N/mosquitto.conf"
-    chown -R mosquitto "$STATE/mosq$N" 2>/dev/null || true
-    mosquitto -c "$STATE/mosq$N/mosquitto.conf" > "$STATE/mosq$N/log" 2>&1 &
-    MOSQ=$!
-    for _ in $(seq 1 100); do ss -Hltn "sport = :$EXT_PORT" | grep -q . && break; sleep 0.1; done
+    start_mosquitto "$STATE/mosq$N"
     GWS=""
     for i in $(seq 1 "$N"); do
       write_config "$STATE/cluster$N-$i.json" "$DEVICES" "$SINK_PORT"
@@ -252,13 +245,8 @@ PY
       GWS="$GWS $!"
       for _ in $(seq 1 300); do grep -q "Connected to the external MQTT broker" "$STATE/gateway$N-$i.log" && break; sleep 0.1; done
     done
-    WARM_PER=${WARM_PER:-40}
-    smtp-sink -u nobody -M "$((DEVICES * WARM_PER))" "127.0.0.1:$SINK_PORT" 1024 > "$STATE/sink.out" 2>&1 &
-    SINKPID=$!
-    dotnet "$LOADGEN" publish --port "$EXT_PORT" --devices "$DEVICES" --msgs "$WARM_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag w >/dev/null
-    wait "$SINKPID"
-    smtp-sink -u nobody -M "$TOTAL" "127.0.0.1:$SINK_PORT" 1024 > "$STATE/sink.out" 2>&1 &
-    SINKPID=$!
+    warm_up "$EXT_PORT"
+    start_sink "$TOTAL"
     declare -A c0=(); for g in $GWS; do c0[$g]=$(cpu_s "$g"); done
     m0=$(cpu_s "$MOSQ"); p0=$(pg_cpu)
     t0=$EPOCHREALTIME
@@ -275,7 +263,7 @@ PY
     echo "RESULT cluster instances=$N alerts=$TOTAL mosquitto_$out e2e_smtp_sink_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') e2e_smtp_sink_rate=$(awk -v n="$TOTAL" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}') gateway_cpu_s_each=$per gateway_cpu_us_per_alert_total=$(awk -v s="$sum" -v n="$TOTAL" 'BEGIN{printf "%.0f", s*1e6/n}') mosquitto_cpu_s=$(awk -v a="$m0" -v b="$m1" 'BEGIN{printf "%.1f", b-a}') postgres_cpu_s=$(awk -v a="$p0" -v b="$p1" 'BEGIN{printf "%.1f", b-a}') load=\"$(cut -d' ' -f1-3 /proc/loadavg)\""
     for g in $GWS; do kill "$g" 2>/dev/null || true; wait "$g" 2>/dev/null || true; done
     GWS=""
-    kill "$MOSQ" 2>/dev/null; wait "$MOSQ" 2>/dev/null || true; MOSQ=""
+    stop_mosquitto
   done
 fi
 
