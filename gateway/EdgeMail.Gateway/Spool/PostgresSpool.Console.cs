@@ -14,50 +14,7 @@ public sealed partial class PostgresSpool
     public Task<IReadOnlyList<AlertSummary>> QueryAlertsAsync(AlertQuery query, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(query);
-        var where = new StringBuilder("TRUE");
-        var args = new List<object?>();
-        void Add(string clause, object? value)
-        {
-            args.Add(value);
-            where.Append(" AND ").Append(clause.Replace("?", "$" + args.Count.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal));
-        }
-
-        if (query.Device is { Length: > 0 } device)
-        {
-            Add("device = ?", Text(device));
-        }
-
-        if (query.Code is { Length: > 0 } code)
-        {
-            Add("code = ?", Text(code));
-        }
-
-        if (query.Severity is { Length: > 0 } severity)
-        {
-            Add("severity = ?", Text(severity));
-        }
-
-        if (query.Status is { Length: > 0 } status)
-        {
-            Add("status = ?", Text(status));
-        }
-
-        if (query.From is { } from)
-        {
-            Add("received_at >= ?", from.ToUnixTimeMilliseconds());
-        }
-
-        if (query.To is { } to)
-        {
-            Add("received_at < ?", to.ToUnixTimeMilliseconds());
-        }
-
-        if (query.BeforeRowId is { } before)
-        {
-            Add("rowid < ?", before);
-        }
-
-        args.Add(Math.Clamp(query.Limit, 1, 1000));
+        var (where, args) = query.Filter(i => "$" + (i + 1).ToString(System.Globalization.CultureInfo.InvariantCulture), text => Text(text));
         string sql = $"SELECT {AlertColumns} FROM alerts WHERE {where} ORDER BY rowid DESC LIMIT ${args.Count}";
         return ReadAsync<IReadOnlyList<AlertSummary>>(async (c, tx) => await ListAsync(c, tx, cancellationToken, ReadAlertSummary, sql, [.. args]).ConfigureAwait(false),
             cancellationToken);

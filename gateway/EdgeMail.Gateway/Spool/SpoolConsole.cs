@@ -10,7 +10,64 @@ namespace EdgeMail.Gateway.Spool;
 /// <param name="BeforeRowId">Paging: only rows older than this one.</param>
 /// <param name="Limit">Most to return.</param>
 public sealed record AlertQuery(string? Device = null, string? Code = null, string? Severity = null, string? Status = null, DateTimeOffset? From = null,
-    DateTimeOffset? To = null, long? BeforeRowId = null, int Limit = 100);
+    DateTimeOffset? To = null, long? BeforeRowId = null, int Limit = 100)
+{
+    /// <summary>
+    /// The query as an SQL condition over <c>alerts</c> and its arguments, the clamped limit last; each spool names its
+    /// parameters its own way (<paramref name="parameter"/> gets the argument's index) and may adapt text values.
+    /// </summary>
+    /// <param name="parameter">The placeholder for the argument at an index.</param>
+    /// <param name="text">How a text argument is passed.</param>
+    /// <returns>The condition (<c>1=1</c> for none) and the arguments.</returns>
+    internal (string Where, List<object?> Args) Filter(Func<int, string> parameter, Func<string, object?> text)
+    {
+        var where = new System.Text.StringBuilder("1=1");
+        var args = new List<object?>();
+        void Add(string column, string op, object? value)
+        {
+            where.Append(" AND ").Append(column).Append(' ').Append(op).Append(' ').Append(parameter(args.Count));
+            args.Add(value);
+        }
+
+        if (Device is { Length: > 0 })
+        {
+            Add("device", "=", text(Device));
+        }
+
+        if (Code is { Length: > 0 })
+        {
+            Add("code", "=", text(Code));
+        }
+
+        if (Severity is { Length: > 0 })
+        {
+            Add("severity", "=", text(Severity));
+        }
+
+        if (Status is { Length: > 0 })
+        {
+            Add("status", "=", text(Status));
+        }
+
+        if (From is { } from)
+        {
+            Add("received_at", ">=", from.ToUnixTimeMilliseconds());
+        }
+
+        if (To is { } to)
+        {
+            Add("received_at", "<", to.ToUnixTimeMilliseconds());
+        }
+
+        if (BeforeRowId is { } before)
+        {
+            Add("rowid", "<", before);
+        }
+
+        args.Add(Math.Clamp(Limit, 1, 1000));
+        return (where.ToString(), args);
+    }
+}
 
 /// <summary>One alert in a list.</summary>
 /// <param name="RowId">Spool row (the console's alert number).</param>

@@ -16,50 +16,7 @@ public sealed partial class SqliteSpool
         ArgumentNullException.ThrowIfNull(query);
         return Read<IReadOnlyList<AlertSummary>>((s, _) =>
         {
-            var where = new StringBuilder("1=1");
-            var args = new List<object?>();
-            void Add(string clause, object? value)
-            {
-                where.Append(" AND ").Append(clause.Replace("?", "$p" + args.Count.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal));
-                args.Add(value);
-            }
-
-            if (query.Device is { Length: > 0 } device)
-            {
-                Add("device = ?", device);
-            }
-
-            if (query.Code is { Length: > 0 } code)
-            {
-                Add("code = ?", code);
-            }
-
-            if (query.Severity is { Length: > 0 } severity)
-            {
-                Add("severity = ?", severity);
-            }
-
-            if (query.Status is { Length: > 0 } status)
-            {
-                Add("status = ?", status);
-            }
-
-            if (query.From is { } from)
-            {
-                Add("received_at >= ?", from.ToUnixTimeMilliseconds());
-            }
-
-            if (query.To is { } to)
-            {
-                Add("received_at < ?", to.ToUnixTimeMilliseconds());
-            }
-
-            if (query.BeforeRowId is { } before)
-            {
-                Add("rowid < ?", before);
-            }
-
-            args.Add(Math.Clamp(query.Limit, 1, 1000));
+            var (where, args) = query.Filter(i => "$p" + i.ToString(System.Globalization.CultureInfo.InvariantCulture), text => text);
             using var r = s.Query($"SELECT {AlertColumns} FROM alerts WHERE {where} ORDER BY rowid DESC LIMIT $p{args.Count - 1}", [.. args]);
             var list = new List<AlertSummary>();
             while (r.Read())
