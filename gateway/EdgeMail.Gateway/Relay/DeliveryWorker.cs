@@ -155,7 +155,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                     }
 
                     Idle?.Invoke();
-                    await _wake.WaitAsync(wait, _clock, stoppingToken).ConfigureAwait(false);
+                    await _wake.WaitAsync(_spool.IdleWait(wait), _clock, stoppingToken).ConfigureAwait(false);
                 }
                 catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
                 {

@@ -35,6 +35,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
     private readonly Dictionary<(string Device, string Code), StormState?> _stormCache = [];
     private DateTimeOffset? _digestDue;
     private bool _digestDueKnown;
+    private DateTimeOffset _digestCheckedAt;
 
     /// <summary>Creates the processor.</summary>
     /// <param name="spool">Spool.</param>
@@ -86,6 +87,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
                     await DigestDueAsync(stoppingToken).ConfigureAwait(false);
                     _digestDue = await _spool.NextDigestDueAsync(stoppingToken).ConfigureAwait(false);
                     _digestDueKnown = true;
+                    _digestCheckedAt = _clock.GetUtcNow();
                 }
 
                 if (routed > 0)
@@ -95,7 +97,12 @@ public sealed partial class AlertProcessor : SupervisedLoop
 
                 var next = _digestDue;
                 var wait = next is null ? Timeout.InfiniteTimeSpan : next.Value - _clock.GetUtcNow() + TimeSpan.FromMilliseconds(1);
-                await _wake.WaitAsync(wait, _clock, stoppingToken).ConfigureAwait(false);
+                await _wake.WaitAsync(_spool.IdleWait(wait), _clock, stoppingToken).ConfigureAwait(false);
+                if (_spool.SharedPollInterval is { } poll && _clock.GetUtcNow() - _digestCheckedAt >= poll)
+                {
+                    // Another instance may have held alerts back for a digest and died: look again at the poll interval.
+                    _digestDueKnown = false;
+                }
             }
             catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
             {

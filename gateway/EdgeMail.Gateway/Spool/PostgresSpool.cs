@@ -167,10 +167,42 @@ public sealed partial class PostgresSpool : ISpool
 
         _queue.Writer.TryComplete();
         await _writer.ConfigureAwait(false);
+        await ReleaseClaimsAsync().ConfigureAwait(false);
         await _stopping.CancelAsync().ConfigureAwait(false);
         await _listener.ConfigureAwait(false);
         _stopping.Dispose();
         await _data.DisposeAsync().ConfigureAwait(false);
+    }
+
+    // A graceful stop (the loops have finished and recorded what they attempted) hands what this instance still holds
+    // back at once, and wakes the others, instead of leaving it until the leases run out. Best effort: if PostgreSQL
+    // cannot be reached, the leases free the work anyway.
+    private async Task ReleaseClaimsAsync()
+    {
+        try
+        {
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+            var ct = timeout.Token;
+            await using var c = await _data.OpenConnectionAsync(ct).ConfigureAwait(false);
+            await using var tx = await c.BeginTransactionAsync(ct).ConfigureAwait(false);
+            int released = 0;
+            foreach (string table in (string[])["alerts", "messages", "storm"])
+            {
+                released += await ExecAsync(c, tx, ct, $"UPDATE {table} SET claimed_by=NULL, claim_until=NULL WHERE claimed_by=$1", _owner).ConfigureAwait(false);
+            }
+
+            if (released > 0)
+            {
+                await ExecAsync(c, tx, ct, "SELECT pg_notify($1, 'am')", Channel).ConfigureAwait(false);
+            }
+
+            await tx.CommitAsync(ct).ConfigureAwait(false);
+            LogClaimsReleased(released);
+        }
+        catch (Exception ex) when (IsSpoolFailure(ex) || ex is OperationCanceledException)
+        {
+            LogClaimsNotReleased(ex, Lease);
+        }
     }
 
     // ---- helpers ----
@@ -607,6 +639,12 @@ public sealed partial class PostgresSpool : ISpool
 
     [LoggerMessage(Level = LogLevel.Error, Message = "Spool commit failed; every caller in the batch is told to retry")]
     private partial void LogCommitFailed(Exception ex);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Handed {Count} claimed items back to the other gateway instances")]
+    private partial void LogClaimsReleased(int count);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Could not hand this instance's claims back at stop; other instances take them over when their lease ({Lease}) ends")]
+    private partial void LogClaimsNotReleased(Exception ex, TimeSpan lease);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot LISTEN for other gateway instances' work on the PostgreSQL spool; polling until it is back")]
     private partial void LogListenFailed(Exception ex);

@@ -247,6 +247,16 @@ public partial interface ISpool : IAsyncDisposable
     /// </summary>
     TimeSpan? SharedPollInterval { get; }
 
+    /// <summary>
+    /// How long an idle loop may sleep when it wants <paramref name="wanted"/>: on a shared spool no longer than
+    /// <see cref="SharedPollInterval"/>, because work can become claimable with nothing announcing it (another
+    /// instance's lease running out after it died).
+    /// </summary>
+    /// <param name="wanted">The wait the loop's own state asks for; <see cref="Timeout.InfiniteTimeSpan"/> for none.</param>
+    /// <returns>The wait to use.</returns>
+    TimeSpan IdleWait(TimeSpan wanted) =>
+        SharedPollInterval is { } poll && (wanted == Timeout.InfiniteTimeSpan || wanted > poll) ? poll : wanted;
+
     /// <summary>Raised (on the writer's thread, after commit) when new alerts are stored.</summary>
     event Action? AlertsStored;
 

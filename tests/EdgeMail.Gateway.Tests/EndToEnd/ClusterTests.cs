@@ -25,10 +25,9 @@ public sealed class ClusterTests(ITestOutputHelper output) : IAsyncLifetime
 
     public async Task InitializeAsync() => _db = await TestPostgres.CreateDatabaseAsync();
 
-    // Skipped until the stall it found is understood: in about one run of four since the merge with main, the mail
-    // stops short (half the alerts not mailed 60 s after the SIGKILL, or not all 480 90 s after the restart), while the
-    // other runs finish in 11-15 s. Remove Skip to run it; the other cluster and spool tests stay in the suite.
-    [PostgresFact("mosquitto:mosquitto", "mosquitto_passwd:mosquitto", Skip = "intermittent stall after a member is SIGKILLed (issue 13, open)")]
+    // It found a stall in one run of four: a survivor that had gone idle never looked again for the routing work the
+    // killed instance had claimed (SharedSpoolTakeoverTests holds that down on its own).
+    [PostgresFact("mosquitto:mosquitto", "mosquitto_passwd:mosquitto")]
     public async Task ThreeGateways_OneKilledAndRestarted_OneStopped_EveryAcknowledgedAlertIsOneMail()
     {
         const int PerDevice = 120;
@@ -78,7 +77,12 @@ public sealed class ClusterTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.Equal(acknowledged.ToHashSet(), mails.Keys.ToHashSet()); // every acknowledged alert mailed, nothing else
         Assert.All(mails, m => Assert.True(m.Value.Count == 1, $"{m.Key} became {m.Value.Count} different mails: {string.Join(", ", m.Value)}"));
         Assert.Equal(total, byMessageId.Count);
-        Assert.True(resent <= RelayConcurrency, $"{resent} resends: more than the killed gateway could have had in flight ({RelayConcurrency})");
+        // A resend is allowed only for mail the killed gateway sent before it died (a 250 whose commit the SIGKILL
+        // prevented): any copy first sent after the SIGKILL is a bug (a lease too short, a claim not fenced, a stop that
+        // lost a result). How many there are depends on the commits then in flight, so it is reported, not bounded.
+        var firstCopy = sink.Received.Select((m, i) => (m.Message.MessageId ?? string.Empty, i)).GroupBy(x => x.Item1).ToDictionary(g => g.Key, g => g.Min(x => x.i));
+        var lateResends = byMessageId.Where(m => m.Value > 1 && firstCopy[m.Key] >= atKill).Select(m => m.Key).ToList();
+        Assert.True(lateResends.Count == 0, $"sent twice though first sent after the SIGKILL: {string.Join(", ", lateResends)}");
 
         // Nothing stranded: every alert routed, every message finished, no claim left behind.
         Assert.Equal((long)total, await _db!.ScalarAsync("SELECT COUNT(*) FROM alerts"));

@@ -49,10 +49,9 @@ public sealed class PostgresSpoolTests : SpoolContractTests
         await using var b = OpenPostgres(lease: shortLease);
         await Task.WhenAll(Enumerable.Range(0, Count).Select(i => a.QueueMailAsync(Mail($"c-{i}@gw.test", "relay"), default)));
 
-        // The instance that dies: claims work and never records a result (its process is gone; its connections close).
-        var dying = OpenPostgres(lease: shortLease);
+        // The instance that dies: claims work and never records a result nor closes (a SIGKILL: no stop code runs).
+        await using var dying = OpenPostgres(lease: shortLease);
         var stranded = await dying.DueMessagesAsync(DateTimeOffset.UtcNow, 25, new HashSet<long>(), default);
-        await dying.DisposeAsync();
         Assert.Equal(25, stranded.Count);
 
         // Each live instance claims in one loop and sends on several tasks at once, as DeliveryWorker does; "sending"
@@ -97,6 +96,34 @@ public sealed class PostgresSpoolTests : SpoolContractTests
         {
             Assert.Equal(MessageStatus.Sent, (await a.GetMessageAsync(m.MessageId, default))!.Status);
         }
+    }
+
+    [PostgresFact]
+    public async Task AnInstanceClosedGracefully_HandsItsClaimsBackAtOnce_AndWakesTheOthers()
+    {
+        await using var a = OpenPostgres();
+        await using var b = OpenPostgres();
+        await Await.Within(ListeningAsync(b), "b to listen");
+        var stored = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var queued = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        b.AlertsStored += () => stored.TrySetResult(true);
+        b.MessagesQueued += () => queued.TrySetResult(true);
+        await a.AcceptAlertAsync(Alert("dev-1", "handed-back"), default);
+        await a.QueueMailAsync(Mail("handed-back@gw.test", "relay"), default);
+        await Await.Within(stored.Task, "b told of the alert"); // a's notifications are in: the next one is the stop's
+        await Await.Within(queued.Task, "b told of the mail");
+        var stopping = OpenPostgres();
+        Assert.Single(await stopping.NewAlertsAsync(10, default));
+        Assert.Single(await stopping.DueMessagesAsync(DateTimeOffset.UtcNow, 10, new HashSet<long>(), default));
+        Assert.Empty(await b.NewAlertsAsync(10, default)); // held for the 30 s lease
+        var woken = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        b.AlertsStored += () => woken.TrySetResult(true);
+
+        await stopping.DisposeAsync();
+
+        await Await.Within(woken.Task, "b woken by the stopping instance");
+        Assert.Single(await b.NewAlertsAsync(10, default));
+        Assert.Single(await b.DueMessagesAsync(DateTimeOffset.UtcNow, 10, new HashSet<long>(), default));
     }
 
     [PostgresFact]
