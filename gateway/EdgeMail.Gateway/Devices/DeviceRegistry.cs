@@ -51,7 +51,9 @@ public sealed partial class DeviceRegistry : IHostedService
     private readonly TimeProvider _clock;
     private readonly ILogger<DeviceRegistry> _logger;
     private readonly SemaphoreSlim _writes = new(1, 1);
+    private readonly CancellationTokenSource _stopping = new();
     private Dictionary<string, ManagedDevice> _managed = new(StringComparer.Ordinal);
+    private Task _follow = Task.CompletedTask;
     private volatile Dictionary<string, Device> _devices;
 
     /// <summary>Creates the registry from the configuration; <see cref="StartAsync"/> adds what the spool holds.</summary>
@@ -94,10 +96,80 @@ public sealed partial class DeviceRegistry : IHostedService
         var managed = await _spool.ManagedDevicesAsync(cancellationToken).ConfigureAwait(false);
         _managed = managed.ToDictionary(d => d.Id, StringComparer.Ordinal);
         _devices = Build(_options, _managed);
+        if (_spool.SharedPollInterval is { } poll)
+        {
+            _follow = FollowAsync(poll, _stopping.Token);
+        }
     }
 
     /// <inheritdoc />
-    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        await _stopping.CancelAsync().ConfigureAwait(false);
+        await _follow.ConfigureAwait(false);
+    }
+
+    // On a shared spool another instance may add, disable or re-key a device: take its changes within a poll interval
+    // (and end the sessions of a device disabled or re-keyed there, as if it had been done here).
+    private async Task FollowAsync(TimeSpan poll, CancellationToken stop)
+    {
+        using var timer = new PeriodicTimer(poll, _clock);
+        try
+        {
+            while (await timer.WaitForNextTickAsync(stop).ConfigureAwait(false))
+            {
+                try
+                {
+                    await RefreshAsync(stop).ConfigureAwait(false);
+                }
+                catch (SpoolException ex)
+                {
+                    LogRefreshFailed(ex); // the last snapshot stays; the next tick tries again
+                }
+            }
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        {
+        }
+    }
+
+    /// <summary>Reads the run-time changes again and publishes those made elsewhere (instances sharing the spool).</summary>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task.</returns>
+    internal async Task RefreshAsync(CancellationToken cancellationToken)
+    {
+        var changes = new List<DeviceChange>();
+        await _writes.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            var fresh = (await _spool.ManagedDevicesAsync(cancellationToken).ConfigureAwait(false)).ToDictionary(d => d.Id, StringComparer.Ordinal);
+            foreach (var (id, now) in fresh)
+            {
+                var before = _managed.GetValueOrDefault(id);
+                if (before is null || before.UpdatedAt != now.UpdatedAt || before.SecretHash != now.SecretHash || before.Disabled != now.Disabled)
+                {
+                    changes.Add(new DeviceChange(id, before is not null && (before.SecretHash != now.SecretHash || (now.Disabled && !before.Disabled))));
+                }
+            }
+
+            if (changes.Count == 0)
+            {
+                return;
+            }
+
+            _managed = fresh;
+            _devices = Build(_options, fresh);
+        }
+        finally
+        {
+            _writes.Release();
+        }
+
+        foreach (var change in changes)
+        {
+            Changed?.Invoke(change);
+        }
+    }
 
     /// <summary>Adds a device with a newly generated secret.</summary>
     /// <param name="id">Its id.</param>
@@ -220,6 +292,9 @@ public sealed partial class DeviceRegistry : IHostedService
     }
 
     private static string NewSecret() => Convert.ToBase64String(RandomNumberGenerator.GetBytes(24)).Replace('+', '-').Replace('/', '_');
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot read device changes made by other gateway instances; trying again")]
+    private partial void LogRefreshFailed(Exception ex);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Device {Device} added")]
     private partial void LogAdded(string device);

@@ -200,8 +200,36 @@ public sealed partial class ConsoleAuth
         return FixedTimeEquals(key.Hash, HashSecret(presented[(dot + 1)..])) ? key : null;
     }
 
-    /// <summary>Every API key (without secrets).</summary>
-    public IReadOnlyCollection<ApiKeyRecord> ApiKeys => _keys.Values;
+    /// <summary>
+    /// <see cref="VerifyApiKey"/> on the keys as the spool holds them now: on a shared spool another instance may have
+    /// created or revoked one, and a revocation must hold on every instance at once.
+    /// </summary>
+    /// <param name="presented"><c>emk_ID.SECRET</c>.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The key, or null.</returns>
+    public async Task<ApiKeyRecord?> VerifyApiKeyAsync(string presented, CancellationToken cancellationToken)
+    {
+        await ReloadIfSharedAsync(cancellationToken).ConfigureAwait(false);
+        return VerifyApiKey(presented);
+    }
+
+    /// <summary>Every API key (without secrets), as the spool holds them now.</summary>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The keys.</returns>
+    public async Task<IReadOnlyCollection<ApiKeyRecord>> ApiKeysAsync(CancellationToken cancellationToken)
+    {
+        await ReloadIfSharedAsync(cancellationToken).ConfigureAwait(false);
+        return _keys.Values;
+    }
+
+    // A single gateway is the only writer of its keys, so its cache is the truth; on a shared spool it is re-read.
+    private async Task ReloadIfSharedAsync(CancellationToken cancellationToken)
+    {
+        if (_spool.SharedPollInterval is not null)
+        {
+            _keys = (await _spool.ApiKeysAsync(cancellationToken).ConfigureAwait(false)).ToDictionary(k => k.Id, StringComparer.Ordinal);
+        }
+    }
 
     /// <summary>Creates an API key.</summary>
     /// <param name="name">What it is for.</param>
@@ -223,6 +251,7 @@ public sealed partial class ConsoleAuth
     /// <returns>True when it existed and was active.</returns>
     public async Task<bool> RevokeApiKeyAsync(string id, CancellationToken cancellationToken)
     {
+        await ReloadIfSharedAsync(cancellationToken).ConfigureAwait(false);
         if (!_keys.TryGetValue(id, out var key) || key.RevokedAt is not null)
         {
             return false;

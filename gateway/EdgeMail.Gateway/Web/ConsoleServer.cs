@@ -254,21 +254,21 @@ internal sealed class ApiKeyAuthentication(IOptionsMonitor<AuthenticationSchemeO
 {
     public const string SchemeName = "api-key";
 
-    protected override Task<AuthenticateResult> HandleAuthenticateAsync()
+    protected override async Task<AuthenticateResult> HandleAuthenticateAsync()
     {
         string header = Request.Headers.Authorization.ToString();
         if (!header.StartsWith("Bearer ", StringComparison.Ordinal))
         {
-            return Task.FromResult(AuthenticateResult.NoResult());
+            return AuthenticateResult.NoResult();
         }
 
-        if (auth.VerifyApiKey(header["Bearer ".Length..].Trim()) is not { } key)
+        if (await auth.VerifyApiKeyAsync(header["Bearer ".Length..].Trim(), Context.RequestAborted) is not { } key)
         {
-            return Task.FromResult(AuthenticateResult.Fail("unknown, wrong or revoked API key"));
+            return AuthenticateResult.Fail("unknown, wrong or revoked API key");
         }
 
         var identity = new ClaimsIdentity([new Claim(ClaimTypes.Name, "api-key:" + key.Id), new Claim("api_key", key.Id)], SchemeName);
-        return Task.FromResult(AuthenticateResult.Success(new AuthenticationTicket(new ClaimsPrincipal(identity), SchemeName)));
+        return AuthenticateResult.Success(new AuthenticationTicket(new ClaimsPrincipal(identity), SchemeName));
     }
 }
 

@@ -91,7 +91,7 @@ public static class ConsoleEndpoints
                 : Results.NoContent())
             .WithSummary("Changes the admin password");
 
-        api.MapGet("/api-keys", (ConsoleAuth auth) => auth.ApiKeys.Select(k => new ApiKeyInfo(k.Id, k.Name, k.CreatedAt, k.RevokedAt)).ToList())
+        api.MapGet("/api-keys", async (ConsoleAuth auth, CancellationToken ct) => (await auth.ApiKeysAsync(ct)).Select(k => new ApiKeyInfo(k.Id, k.Name, k.CreatedAt, k.RevokedAt)).ToList())
             .WithSummary("API keys (never their secrets)");
         api.MapPost("/api-keys", async (ApiKeyRequest request, ConsoleAuth auth, CancellationToken ct) =>
         {
