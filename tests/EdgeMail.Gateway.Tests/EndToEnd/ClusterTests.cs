@@ -26,7 +26,7 @@ public sealed class ClusterTests(ITestOutputHelper output) : IAsyncLifetime
     public async Task InitializeAsync() => _db = await TestPostgres.CreateDatabaseAsync();
 
     // It found a stall in one run of four: a survivor that had gone idle never looked again for the routing work the
-    // killed instance had claimed (SharedSpoolTakeoverTests holds that down on its own).
+    // killed instance had claimed (SharedSpoolGatewayTests holds that down on its own).
     [PostgresFact("mosquitto:mosquitto", "mosquitto_passwd:mosquitto")]
     public async Task ThreeGateways_OneKilledAndRestarted_OneStopped_EveryAcknowledgedAlertIsOneMail()
     {
