@@ -72,6 +72,15 @@ public sealed class ReceiptInbox
         }
     }
 
+    /// <summary>How many receipts for <paramref name="alertId"/> in <paramref name="state"/> arrived so far.</summary>
+    public int Count(string alertId, string state)
+    {
+        lock (_receipts)
+        {
+            return _receipts.Count(r => r.GetProperty("id").GetString() == alertId && r.GetProperty("state").GetString() == state);
+        }
+    }
+
     private List<string> Snapshot()
     {
         lock (_receipts)

@@ -1,123 +1,177 @@
 using System.Globalization;
-using System.Net;
-using System.Text;
+using OxyPlot;
+using OxyPlot.Annotations;
+using OxyPlot.Axes;
+using OxyPlot.Legends;
+using OxyPlot.Series;
 
 namespace EdgeMail.Emulator.Chaos;
 
+/// <summary>What the timeline chart shows: the run's identity and verdict, simulated ms of each raise, acknowledgement and first delivery, and the faults.</summary>
+internal sealed record ChartInput(int Seed, int Devices, double DurationSeconds, bool Passed, int Violations, long[] Raised, long[] Acked, long[] Delivered,
+    IReadOnlyList<FaultEvent> Faults);
+
 /// <summary>
-/// The run's timeline as an SVG a person reads: alerts raised, acknowledged by the gateway, delivered to the sink (all
-/// cumulative) and queued on the devices, over simulated time, with the gateway, proxy and sink faults as labelled
-/// bands and the device faults (power cuts, link drops) as ticks along the bottom. Plain SVG, written here: one chart
-/// does not need a plotting library, and the output is byte-for-byte the same for the same inputs.
+/// The run's timeline as an SVG a person reads, drawn with OxyPlot: alerts raised, acknowledged by the gateway, delivered
+/// to the sink (all cumulative) and queued on the devices, over simulated time; every gateway, proxy and sink fault as a
+/// marker of its kind (with a band for its duration), and the devices' power cuts and link drops as markers under the
+/// axis, each kind in the legend with its count. The same input gives the same bytes: points are bucketed and faults
+/// sorted before plotting, and OxyPlot's SVG exporter measures text with its built-in font metrics, not the machine's.
 /// </summary>
 internal static class ChaosChart
 {
-    private const int Width = 1200, Height = 560, Left = 70, Right = 260, Top = 40, Bottom = 110;
+    public const int Width = 1280, Height = 640;
+    private const int Buckets = 300;
+
+    private static readonly OxyColor[] Palette =
+    [
+        OxyColor.FromRgb(0xd6, 0x27, 0x28), OxyColor.FromRgb(0xff, 0x7f, 0x0e), OxyColor.FromRgb(0x94, 0x67, 0xbd), OxyColor.FromRgb(0x8c, 0x56, 0x4b),
+        OxyColor.FromRgb(0xe3, 0x77, 0xc2), OxyColor.FromRgb(0x7f, 0x7f, 0x7f), OxyColor.FromRgb(0xbc, 0xbd, 0x22), OxyColor.FromRgb(0x17, 0xbe, 0xcf),
+        OxyColor.FromRgb(0x1f, 0x77, 0xb4), OxyColor.FromRgb(0x2c, 0xa0, 0x2c), OxyColor.FromRgb(0x39, 0x3b, 0x79), OxyColor.FromRgb(0xad, 0x49, 0x4a),
+    ];
+
+    private static readonly MarkerType[] Markers = [MarkerType.Triangle, MarkerType.Diamond, MarkerType.Square, MarkerType.Circle];
 
     public static string Write(ChaosResult result, string path)
     {
         (long[] raised, long[] acked) = result.Ledger.Series();
-        long[] delivered = [.. result.Verdict.DeliveredAt];
-        long end = Math.Max(1000, new[] { raised.DefaultIfEmpty().Max(), acked.DefaultIfEmpty().Max(), delivered.DefaultIfEmpty().Max(), result.Faults.Select(f => f.SimMs + f.DurationMs).DefaultIfEmpty().Max() }.Max());
-        int buckets = 300;
-        double step = end / (double)buckets;
-        int[] Cumulative(long[] times)
-        {
-            int[] c = new int[buckets + 1];
-            foreach (long t in times)
-            {
-                c[Math.Clamp((int)Math.Ceiling(t / step), 0, buckets)]++;
-            }
-
-            for (int i = 1; i <= buckets; i++)
-            {
-                c[i] += c[i - 1];
-            }
-
-            return c;
-        }
-
-        int[] r = Cumulative(raised), a = Cumulative(acked), d = Cumulative(delivered);
-        int[] q = [.. r.Select((v, i) => v - a[i])];
-        int max = Math.Max(1, r[buckets]);
-        double plotW = Width - Left - Right, plotH = Height - Top - Bottom;
-        string X(double ms) => F(Left + (ms / end * plotW));
-        string Y(double v) => F(Top + plotH - (v / max * plotH));
-        var svg = new StringBuilder();
-        svg.Append(CultureInfo.InvariantCulture, $"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{Width}\" height=\"{Height}\" viewBox=\"0 0 {Width} {Height}\" font-family=\"sans-serif\" font-size=\"11\">\n");
-        svg.Append("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
-        svg.Append(CultureInfo.InvariantCulture, $"<text x=\"{Left}\" y=\"22\" font-size=\"15\">EdgeMail chaos, seed {result.Options.Seed}: {result.Options.Devices} devices, {result.Options.DurationSeconds:0} s of faults — {(result.Passed ? "PASS" : "FAIL")}, {result.Verdict.Violations.Count} violation(s)</text>\n");
-
-        // Fault bands (gateway, proxy, sink), each kind its own colour and row of labels.
-        string[] palette = ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#1f77b4", "#2ca02c", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5"];
-        var global = result.Faults.Where(f => f.Target is "gateway" or "proxy" or "sink").ToList();
-        var kinds = global.Select(f => f.Kind).Distinct().OrderBy(k => k, StringComparer.Ordinal).ToList();
-        foreach (FaultEvent f in global)
-        {
-            string colour = palette[kinds.IndexOf(f.Kind) % palette.Length];
-            double w = Math.Max(2, f.DurationMs / (double)end * plotW);
-            svg.Append(CultureInfo.InvariantCulture, $"<rect x=\"{X(f.SimMs)}\" y=\"{Top}\" width=\"{F(w)}\" height=\"{F(plotH)}\" fill=\"{colour}\" fill-opacity=\"0.18\"><title>{Esc(f.Kind)} @{f.SimMs / 1000.0:0.0}s for {f.DurationMs / 1000.0:0.0}s {Esc(f.Detail)}</title></rect>\n");
-        }
-
-        // Axes and grid.
-        svg.Append(CultureInfo.InvariantCulture, $"<line x1=\"{Left}\" y1=\"{F(Top + plotH)}\" x2=\"{F(Left + plotW)}\" y2=\"{F(Top + plotH)}\" stroke=\"black\"/>\n");
-        svg.Append(CultureInfo.InvariantCulture, $"<line x1=\"{Left}\" y1=\"{Top}\" x2=\"{Left}\" y2=\"{F(Top + plotH)}\" stroke=\"black\"/>\n");
-        for (int i = 0; i <= 5; i++)
-        {
-            double v = max * i / 5.0, t = end * i / 5.0;
-            svg.Append(CultureInfo.InvariantCulture, $"<text x=\"{Left - 6}\" y=\"{Y(v)}\" text-anchor=\"end\" dominant-baseline=\"middle\">{v:0}</text><line x1=\"{Left}\" y1=\"{Y(v)}\" x2=\"{F(Left + plotW)}\" y2=\"{Y(v)}\" stroke=\"#ddd\"/>\n");
-            svg.Append(CultureInfo.InvariantCulture, $"<text x=\"{X(t)}\" y=\"{F(Top + plotH + 16)}\" text-anchor=\"middle\">{t / 1000:0} s</text>\n");
-        }
-
-        svg.Append(CultureInfo.InvariantCulture, $"<text x=\"{F(Left + (plotW / 2))}\" y=\"{F(Top + plotH + 32)}\" text-anchor=\"middle\">simulated time since the start (= wall time, speed 1)</text>\n");
-        svg.Append(CultureInfo.InvariantCulture, $"<text transform=\"translate(16 {F(Top + (plotH / 2))}) rotate(-90)\" text-anchor=\"middle\">alerts</text>\n");
-
-        // Device faults: one tick per power cut / link drop along the bottom.
-        double tickY = Top + plotH + 44;
-        svg.Append(CultureInfo.InvariantCulture, $"<text x=\"{Left - 6}\" y=\"{F(tickY + 5)}\" text-anchor=\"end\">power</text><text x=\"{Left - 6}\" y=\"{F(tickY + 21)}\" text-anchor=\"end\">link</text>\n");
-        foreach (FaultEvent f in result.Faults.Where(f => f.Kind is FaultKind.PowerCut or FaultKind.LinkFlap))
-        {
-            double y = f.Kind == FaultKind.PowerCut ? tickY : tickY + 16;
-            svg.Append(CultureInfo.InvariantCulture, $"<line x1=\"{X(f.SimMs)}\" y1=\"{F(y)}\" x2=\"{X(f.SimMs)}\" y2=\"{F(y + 10)}\" stroke=\"{(f.Kind == FaultKind.PowerCut ? "#d62728" : "#1f77b4")}\" stroke-opacity=\"0.5\"/>\n");
-        }
-
-        void Series(int[] values, string colour, string dash)
-        {
-            var points = new StringBuilder();
-            for (int i = 0; i <= buckets; i++)
-            {
-                points.Append(X(i * step)).Append(',').Append(Y(values[i])).Append(' ');
-            }
-
-            svg.Append(CultureInfo.InvariantCulture, $"<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" stroke-dasharray=\"{dash}\" points=\"{points.ToString().TrimEnd()}\"/>\n");
-        }
-
-        Series(r, "#1f77b4", "none");
-        Series(a, "#ff7f0e", "6 3");
-        Series(d, "#2ca02c", "none");
-        Series(q, "#d62728", "2 2");
-
-        // Legend: the series, then the fault kinds.
-        double lx = Left + plotW + 16, ly = Top + 6;
-        foreach ((string name, string colour) in new[] { ("raised (cumulative)", "#1f77b4"), ("acknowledged by the gateway", "#ff7f0e"), ("delivered to the sink", "#2ca02c"), ("queued on devices", "#d62728") })
-        {
-            svg.Append(CultureInfo.InvariantCulture, $"<line x1=\"{F(lx)}\" y1=\"{F(ly)}\" x2=\"{F(lx + 22)}\" y2=\"{F(ly)}\" stroke=\"{colour}\" stroke-width=\"2\"/><text x=\"{F(lx + 28)}\" y=\"{F(ly + 4)}\">{Esc(name)}</text>\n");
-            ly += 18;
-        }
-
-        ly += 8;
-        foreach (string kind in kinds)
-        {
-            svg.Append(CultureInfo.InvariantCulture, $"<rect x=\"{F(lx)}\" y=\"{F(ly - 7)}\" width=\"22\" height=\"12\" fill=\"{palette[kinds.IndexOf(kind) % palette.Length]}\" fill-opacity=\"0.35\"/><text x=\"{F(lx + 28)}\" y=\"{F(ly + 3)}\">{Esc(kind)}</text>\n");
-            ly += 17;
-        }
-
-        svg.Append("</svg>\n");
-        File.WriteAllText(path, svg.ToString());
+        var input = new ChartInput(result.Options.Seed, result.Options.Devices, result.Options.DurationSeconds, result.Passed, result.Verdict.Violations.Count,
+            raised, acked, [.. result.Verdict.DeliveredAt], result.Faults);
+        File.WriteAllText(path, Render(input));
         return path;
     }
 
-    private static string F(double v) => v.ToString("0.#", CultureInfo.InvariantCulture);
+    public static string Render(ChartInput input)
+    {
+        PlotModel model = Model(input);
+        var exporter = new SvgExporter { Width = Width, Height = Height, TextMeasurer = new PixelTextMeasurer(Width, Height) };
+        return exporter.ExportToString(model);
+    }
 
-    private static string Esc(string s) => WebUtility.HtmlEncode(s);
+    // OxyPlot's SVG exporter measures text with its PDF context, which answers in points (1/72 in) where the SVG it writes
+    // counts pixels (1/96 in): text came out a third wider than the room made for it, and the legend ran off the image.
+    private sealed class PixelTextMeasurer(double width, double height) : PdfRenderContext(width, height, OxyColors.White)
+    {
+        public override OxySize MeasureText(string text, string fontFamily, double fontSize, double fontWeight) =>
+            base.MeasureText(text, fontFamily, fontSize * 96 / 72, fontWeight);
+    }
+
+    public static PlotModel Model(ChartInput input)
+    {
+        long end = Math.Max(1000, new[] { Max(input.Raised), Max(input.Acked), Max(input.Delivered), input.Faults.Select(f => f.SimMs + f.DurationMs).DefaultIfEmpty().Max() }.Max());
+        double step = end / (double)Buckets;
+        int[] raised = Cumulative(input.Raised, step), acked = Cumulative(input.Acked, step), delivered = Cumulative(input.Delivered, step);
+        int[] queued = [.. raised.Select((r, i) => r - acked[i])];
+        double top = Math.Max(1, raised[Buckets]);
+
+        var model = new PlotModel
+        {
+            Title = string.Create(CultureInfo.InvariantCulture,
+                $"EdgeMail chaos, seed {input.Seed}: {input.Devices} devices, {input.DurationSeconds:0} s of faults — {(input.Passed ? "PASS" : "FAIL")}, {input.Violations} violation(s)"),
+            Subtitle = "alerts over simulated time (= wall time, speed 1); gateway, proxy and sink faults above the curves, device faults below the axis",
+            Background = OxyColors.White,
+            DefaultFont = "Arial", // the metrics OxyPlot measures text with (Helvetica's) fit Arial and its metric twins; a wider font would overrun the legend
+            DefaultFontSize = 11,
+            TitleFontSize = 15,
+            Padding = new OxyThickness(8, 8, 16, 8),
+        };
+        model.Legends.Add(new Legend
+        {
+            LegendPlacement = LegendPlacement.Outside, LegendPosition = LegendPosition.RightTop, LegendOrientation = LegendOrientation.Vertical, LegendFontSize = 11,
+            LegendPadding = 8, LegendLineSpacing = 4,
+        });
+        model.Axes.Add(new LinearAxis
+        {
+            Position = AxisPosition.Bottom, Title = "seconds since the start", Minimum = 0, Maximum = end / 1000.0,
+            MajorGridlineStyle = LineStyle.Solid, MajorGridlineColor = OxyColor.FromRgb(0xe4, 0xe4, 0xe4),
+        });
+        model.Axes.Add(new LinearAxis
+        {
+            Position = AxisPosition.Left, Title = "alerts", Minimum = -0.12 * top, Maximum = 1.12 * top, AxisTitleDistance = 10,
+            MajorGridlineStyle = LineStyle.Solid, MajorGridlineColor = OxyColor.FromRgb(0xe4, 0xe4, 0xe4),
+        });
+
+        // Faults first, so the curves are drawn over their bands.
+        var faults = input.Faults.OrderBy(f => f.SimMs).ThenBy(f => f.Kind, StringComparer.Ordinal).ThenBy(f => f.Target, StringComparer.Ordinal).ToList();
+        var global = faults.Where(f => f.Target is "gateway" or "proxy" or "sink").ToList();
+        var kinds = global.Select(f => f.Kind).Distinct().Order(StringComparer.Ordinal).ToList();
+        for (int k = 0; k < kinds.Count; k++)
+        {
+            OxyColor colour = Palette[k % Palette.Length];
+            var marks = new ScatterSeries
+            {
+                Title = $"{kinds[k]} ({global.Count(f => f.Kind == kinds[k])})", MarkerType = Markers[k % Markers.Length], MarkerSize = 5,
+                MarkerFill = colour, MarkerStroke = colour, MarkerStrokeThickness = 1,
+            };
+            double row = top * (1.02 + (0.08 * (k % 2))); // alternate two rows so marks close in time stay apart
+            foreach (FaultEvent f in global.Where(f => f.Kind == kinds[k]))
+            {
+                marks.Points.Add(new ScatterPoint(f.SimMs / 1000.0, row));
+                if (f.DurationMs > 0)
+                {
+                    model.Annotations.Add(new RectangleAnnotation
+                    {
+                        MinimumX = f.SimMs / 1000.0, MaximumX = (f.SimMs + f.DurationMs) / 1000.0, MinimumY = 0, MaximumY = row,
+                        Fill = OxyColor.FromAColor(40, colour), Layer = AnnotationLayer.BelowSeries,
+                    });
+                }
+            }
+
+            model.Series.Add(marks);
+        }
+
+        AddDeviceFaults(model, faults, FaultKind.PowerCut, -0.04 * top, OxyColor.FromRgb(0xd6, 0x27, 0x28));
+        AddDeviceFaults(model, faults, FaultKind.LinkFlap, -0.09 * top, OxyColor.FromRgb(0x1f, 0x77, 0xb4));
+
+        model.Series.Add(Curve("raised (cumulative)", raised, step, OxyColor.FromRgb(0x1f, 0x77, 0xb4), LineStyle.Solid));
+        model.Series.Add(Curve("acknowledged by the gateway", acked, step, OxyColor.FromRgb(0xff, 0x7f, 0x0e), LineStyle.Dash));
+        model.Series.Add(Curve("delivered to the sink", delivered, step, OxyColor.FromRgb(0x2c, 0xa0, 0x2c), LineStyle.Solid));
+        model.Series.Add(Curve("queued on devices", queued, step, OxyColor.FromRgb(0xd6, 0x27, 0x28), LineStyle.Dot));
+        return model;
+    }
+
+    private static void AddDeviceFaults(PlotModel model, List<FaultEvent> faults, string kind, double y, OxyColor colour)
+    {
+        var marks = new ScatterSeries
+        {
+            Title = $"{kind} ({faults.Count(f => f.Kind == kind)})", MarkerType = MarkerType.Square, MarkerSize = 2,
+            MarkerFill = OxyColor.FromAColor(140, colour), MarkerStroke = OxyColors.Undefined,
+        };
+        foreach (FaultEvent f in faults.Where(f => f.Kind == kind))
+        {
+            marks.Points.Add(new ScatterPoint(f.SimMs / 1000.0, y));
+        }
+
+        model.Series.Add(marks);
+    }
+
+    private static LineSeries Curve(string title, int[] values, double step, OxyColor colour, LineStyle style)
+    {
+        var line = new LineSeries { Title = title, Color = colour, StrokeThickness = 2, LineStyle = style };
+        for (int i = 0; i <= Buckets; i++)
+        {
+            line.Points.Add(new DataPoint(i * step / 1000.0, values[i]));
+        }
+
+        return line;
+    }
+
+    // Counts per bucket, summed up: the order the times came in (threads, timing) does not change the curve.
+    private static int[] Cumulative(long[] times, double step)
+    {
+        int[] c = new int[Buckets + 1];
+        foreach (long t in times)
+        {
+            c[Math.Clamp((int)Math.Ceiling(t / step), 0, Buckets)]++;
+        }
+
+        for (int i = 1; i <= Buckets; i++)
+        {
+            c[i] += c[i - 1];
+        }
+
+        return c;
+    }
+
+    private static long Max(long[] values) => values.Length == 0 ? 0 : values.Max();
 }

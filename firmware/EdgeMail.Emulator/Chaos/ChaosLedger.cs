@@ -72,12 +72,20 @@ internal sealed class ChaosLedger(Timeline timeline) : IDeviceObserver
 
     public void Add(DeviceTruth device) => _devices.Add(device.Id, device);
 
-    /// <summary>Every alert raised so far: device, alert id, and whether a recipient of it is refused for good.</summary>
-    public List<(string Device, string AlertId, bool Refused)> AlertKeys()
+    /// <summary>
+    /// Every alert raised so far: device, alert id, whether a recipient of it is refused for good, and whether its device
+    /// (over MQTT) still waits for the <c>failed</c> receipt that refusal owes it.
+    /// </summary>
+    public List<(string Device, string AlertId, bool Refused, bool AwaitsFailedReceipt)> AlertKeys()
     {
         lock (_lock)
         {
-            return [.. _devices.Values.SelectMany(d => d.Alerts.Keys.Select(a => (d.Id, a, d.Recipients.Length > 1)))];
+            return [.. _devices.Values.SelectMany(d => d.Alerts.Keys.Select(a =>
+            {
+                bool refused = d.Recipients.Length > 1;
+                bool awaits = refused && d.Protocol == "mqtt" && !(d.Receipts.TryGetValue(a, out List<string>? states) && states.Contains("failed"));
+                return (d.Id, a, refused, awaits);
+            }))];
         }
     }
 

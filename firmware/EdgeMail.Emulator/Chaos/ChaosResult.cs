@@ -108,14 +108,6 @@ internal sealed record ChaosResult(
             L(string.Create(inv, $"- `{x.Device}` alert `{x.AlertId}` (raised @{x.RaisedMs / 1000.0:0.0}s): {x.What}. Faults around it: {(x.NearbyFaults.Length == 0 ? "none" : string.Join(", ", x.NearbyFaults.Take(12)))}"));
         }
 
-        L(string.Empty);
-        L("## Known gap: `failed` receipts that never reached the device");
-        L(string.Empty);
-        L($"{v.MissingFailedReceipts.Count} failed alert(s) whose operator notice went out but whose device never got the `failed` receipt. Receipts are published only to a device the broker holds a session for, and the embedded broker's sessions live in memory: a receipt given while the device is away after a gateway restart is lost (the state stays in the spool and the console). See docs/chaos.md.");
-        foreach (Violation x in v.MissingFailedReceipts.Take(20))
-        {
-            L(string.Create(inv, $"- `{x.Device}` alert `{x.AlertId}` (raised @{x.RaisedMs / 1000.0:0.0}s): {x.What}"));
-        }
 
         if (GatewayErrors.Count > 0)
         {

@@ -283,7 +283,8 @@ internal sealed class ChaosRun(ChaosOptions options, TextWriter log)
     }
 
     /// <summary>Whether the gateway has done all it can: every acknowledged alert is at the sink for its deliverable recipients
-    /// and its refused recipients' failure is reported to the operator (and, over MQTT, to the device).</summary>
+    /// and its refused recipients' failure is reported to the operator and, over MQTT, to the device (its <c>failed</c>
+    /// receipt, which a device away across a gateway restart gets when it subscribes again).</summary>
     private sealed class SettleCheck(ChaosLedger ledger, ChaosSink sink)
     {
         public bool IsSettled()
@@ -304,9 +305,9 @@ internal sealed class ChaosRun(ChaosOptions options, TextWriter log)
                 }
             }
 
-            foreach ((string device, string alert, bool refused) in ledger.AlertKeys())
+            foreach ((string device, string alert, bool refused, bool awaitsReceipt) in ledger.AlertKeys())
             {
-                if (!delivered.Contains((device, alert)) || (refused && !noticed.Contains((device, alert))))
+                if (!delivered.Contains((device, alert)) || (refused && !noticed.Contains((device, alert))) || awaitsReceipt)
                 {
                     return false;
                 }

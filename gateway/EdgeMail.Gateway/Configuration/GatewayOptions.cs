@@ -39,6 +39,9 @@ public sealed class GatewayOptions
     /// <summary>Storm control.</summary>
     public StormOptions Storm { get; set; } = new();
 
+    /// <summary>Final receipts kept until the device has them.</summary>
+    public ReceiptOptions Receipts { get; set; } = new();
+
     /// <summary>Silent devices: the alert a dead sensor cannot send.</summary>
     public SilenceOptions Silence { get; set; } = new();
 
@@ -271,6 +274,20 @@ public sealed class SpoolOptions
     /// back-pressure (MQTT: no PUBACK, SMTP: 452 4.3.1) until space is freed. 0 turns the guard off.
     /// </summary>
     public long MinFreeMegabytes { get; set; } = 64;
+}
+
+/// <summary>
+/// Final receipts (configuration section <c>Receipts</c>): a device's <c>failed</c> and <c>relayed</c> receipts are kept in
+/// the spool until the device acknowledged them (or, with an external broker, the broker took them), so a device away
+/// across a gateway restart still gets them when it subscribes again. Bounded per device and by age.
+/// </summary>
+public sealed class ReceiptOptions
+{
+    /// <summary>Most receipts kept for one device; past it its oldest are dropped.</summary>
+    public int MaxPerDevice { get; set; } = 100;
+
+    /// <summary>A receipt not delivered within this long is dropped by the housekeeper (the alert's state stays in the console).</summary>
+    public TimeSpan MaxAge { get; set; } = TimeSpan.FromDays(7);
 }
 
 /// <summary>

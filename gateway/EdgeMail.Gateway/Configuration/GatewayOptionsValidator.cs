@@ -175,6 +175,16 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
             Add("Spool:Retention", $"{o.Spool.Retention} is shorter than an hour", "use e.g. 30.00:00:00 (30 days); finished mail and alerts are removed after it");
         }
 
+        if (o.Receipts.MaxPerDevice is < 1 or > 100_000)
+        {
+            Add("Receipts:MaxPerDevice", $"{o.Receipts.MaxPerDevice} is outside 1 to 100000", "use e.g. 100; a device's oldest kept receipts are dropped past it");
+        }
+
+        if (o.Receipts.MaxAge < TimeSpan.FromMinutes(10))
+        {
+            Add("Receipts:MaxAge", $"{o.Receipts.MaxAge} is shorter than ten minutes", "use e.g. 7.00:00:00; a receipt the device has not taken by then is dropped");
+        }
+
         if (o.Spool.HousekeepingInterval < TimeSpan.FromMinutes(1))
         {
             Add("Spool:HousekeepingInterval", $"{o.Spool.HousekeepingInterval} is shorter than a minute", "use e.g. 01:00:00");

@@ -34,6 +34,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     private readonly Devices.DevicePresence _presence;
     private readonly Security.SecretVerifier _secrets;
     private readonly Operations.GatewayMetrics _metrics;
+    private readonly ReceiptPublisher _receipts;
     private MqttServer? _server;
 
     /// <summary>Creates the broker; it listens once the host starts it.</summary>
@@ -46,9 +47,11 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     /// <param name="devices">Who may connect; a device disabled or given a new secret is disconnected at once.</param>
     /// <param name="secrets">Checks presented secrets against their hashes.</param>
     /// <param name="presence">Records connects and disconnects.</param>
+    /// <param name="receipts">Told when a device takes a receipt (its PUBACK) and when it subscribes to them, for kept receipts.</param>
     public EmbeddedBroker(IOptions<GatewayOptions> options, AlertIngest ingest, ILogger<EmbeddedBroker> logger, Security.MqttGuard guard, TimeProvider clock,
-        Operations.GatewayMetrics metrics, Devices.DeviceRegistry devices, Security.SecretVerifier secrets, Devices.DevicePresence presence)
+        Operations.GatewayMetrics metrics, Devices.DeviceRegistry devices, Security.SecretVerifier secrets, Devices.DevicePresence presence, ReceiptPublisher receipts)
     {
+        _receipts = receipts;
         _presence = presence;
         _devices = devices;
         _secrets = secrets;
@@ -100,6 +103,17 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         _server.ClientDisconnectedAsync += e =>
         {
             _presence.ConnectionClosed(e.ClientId);
+            return Task.CompletedTask;
+        };
+
+        // Kept (final) receipts: the device's PUBACK is what removes one from the spool; its subscription is when the
+        // ones its session does not hold (after a restart, a clean session) are handed to it again.
+        _server.ClientAcknowledgedPublishPacketAsync += OnReceiptAcknowledgedAsync;
+        _server.ClientSubscribedTopicAsync += OnSubscribedAsync;
+        _server.ApplicationMessageNotConsumedAsync += OnNotConsumedAsync;
+        _server.SessionDeletedAsync += e =>
+        {
+            _receipts.SessionEnded(e.Id);
             return Task.CompletedTask;
         };
         await _server.StartAsync().ConfigureAwait(false);
@@ -173,6 +187,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
             if (e.CleanSession == true)
             {
                 _receiptSubscribers.TryRemove(user, out _); // a clean session starts without subscriptions
+                _receipts.SessionEnded(user); // nor the receipts the old one held
             }
         }
 
@@ -217,6 +232,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
                 }
 
                 _receiptSubscribers.TryRemove(deviceId, out _);
+                _receipts.SessionEnded(deviceId);
             }
 
             LogDeviceDisconnected(deviceId);
@@ -241,6 +257,38 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         else
         {
             _receiptSubscribers[e.ClientId] = true;
+        }
+
+        return Task.CompletedTask;
+    }
+
+    // MQTTnet calls this after the subscription is in place, so what is handed now is delivered to it. The client's
+    // packet loop waits for this handler: the spool is read in the background.
+    private Task OnSubscribedAsync(ClientSubscribedTopicEventArgs e)
+    {
+        if (e.TopicFilter.Topic == Topics.Receipt(e.ClientId))
+        {
+            _receipts.ReplayInBackground(e.ClientId);
+        }
+
+        return Task.CompletedTask;
+    }
+
+    private Task OnReceiptAcknowledgedAsync(ClientAcknowledgedPublishPacketEventArgs e)
+    {
+        if (e.IsCompleted && e.PublishPacket.Topic == Topics.Receipt(e.ClientId))
+        {
+            _receipts.Acknowledged(e.ClientId, e.PublishPacket.Payload);
+        }
+
+        return Task.CompletedTask;
+    }
+
+    private Task OnNotConsumedAsync(ApplicationMessageNotConsumedEventArgs e)
+    {
+        if (string.IsNullOrEmpty(e.SenderId) && Topics.ReceiptDevice(e.ApplicationMessage.Topic) is { } device)
+        {
+            _receipts.NotDelivered(device, e.ApplicationMessage.Payload);
         }
 
         return Task.CompletedTask;
@@ -356,6 +404,18 @@ public static class Topics
     /// <param name="deviceId">Device.</param>
     /// <returns>The topic.</returns>
     public static string Receipt(string deviceId) => $"edgemail/v1/{deviceId}/receipt";
+
+    /// <summary>The device whose receipt topic this is, or null.</summary>
+    /// <param name="topic">A topic.</param>
+    /// <returns>The device id, or null when it is no receipt topic.</returns>
+    public static string? ReceiptDevice(string? topic)
+    {
+        const string Prefix = "edgemail/v1/", Suffix = "/receipt";
+        return topic is not null && topic.Length > Prefix.Length + Suffix.Length && topic.StartsWith(Prefix, StringComparison.Ordinal)
+            && topic.EndsWith(Suffix, StringComparison.Ordinal) && topic.IndexOf('/', Prefix.Length) == topic.Length - Suffix.Length
+            ? topic[Prefix.Length..^Suffix.Length]
+            : null;
+    }
 
     /// <summary>Classifies a topic a device published to.</summary>
     /// <param name="topic">Topic.</param>

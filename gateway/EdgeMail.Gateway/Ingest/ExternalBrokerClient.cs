@@ -37,6 +37,7 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
     private readonly ExternalBrokerOptions _broker;
     private Task _run = Task.CompletedTask;
     private Task _acking = Task.CompletedTask;
+    private Task _sweep = Task.CompletedTask;
 
     /// <summary>Creates the client; it connects once the host starts it.</summary>
     /// <param name="options">Gateway options (<c>Mqtt:External</c>).</param>
@@ -60,7 +61,7 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
         _broker = broker;
         _link = new ExternalBrokerLink(broker, OnMessageAsync, clock, logger, _stopping.Token);
         _acks = new OrderedAckPipeline(_link, broker.MaxInFlight, logger);
-        _receiptSink = new ExternalReceiptSink(_link, clock, logger, _stopping.Token);
+        _receiptSink = new ExternalReceiptSink(_link, clock, logger, _stopping.Token, receipts);
     }
 
     /// <summary>Completes when the client is connected and subscribed (the current connection; reset when it is lost).</summary>
@@ -74,6 +75,7 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
     {
         _acking = Task.Run(() => _acks.RunAsync(_stopping.Token), CancellationToken.None);
         _run = Task.Run(() => _link.RunAsync(_stopping.Token), CancellationToken.None);
+        _sweep = Task.Run(_receiptSink.SweepAsync, CancellationToken.None);
         return Task.CompletedTask;
     }
 
@@ -87,7 +89,7 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
 
         await _stopping.CancelAsync().ConfigureAwait(false);
         _acks.Complete();
-        await Task.WhenAll(_run, _acking).WaitAsync(cancellationToken).ConfigureAwait(false);
+        await Task.WhenAll(_run, _acking, _sweep).WaitAsync(cancellationToken).ConfigureAwait(false);
         await _link.CloseAsync(cancellationToken).ConfigureAwait(false);
     }
 

@@ -1,3 +1,4 @@
+using System.Buffers;
 using EdgeMail.Gateway.Receipts;
 using Microsoft.Extensions.Logging;
 using MQTTnet;
@@ -9,8 +10,11 @@ namespace EdgeMail.Gateway.Ingest;
 /// <summary>
 /// Receipts to devices through the external broker, on the gateway's own connection: QoS 1, up to
 /// <see cref="MaxInFlight"/> at once, each given <see cref="Timeout"/> for its PUBACK. While the broker is away, the
-/// first receipt waits briefly for the reconnect and the rest are dropped: receipts are a courtesy, and the alert's
-/// state stays in the spool.
+/// first receipt waits briefly for the reconnect and the rest are dropped: courtesy receipts are lost then, and the
+/// alert's state stays in the spool. A final receipt is kept in the spool until the broker's PUBACK for it: from then on
+/// the broker holds it for the device (in the device's persistent session, which the broker keeps across the device's
+/// absence and, with its own persistence, across its restarts). One dropped or unacknowledged is handed again when the
+/// gateway's link is subscribed again, and by <see cref="SweepAsync"/>.
 /// </summary>
 internal sealed partial class ExternalReceiptSink : IReceiptSink, IDisposable
 {
@@ -23,6 +27,7 @@ internal sealed partial class ExternalReceiptSink : IReceiptSink, IDisposable
     private readonly ILogger _logger;
     private readonly CancellationToken _stopping;
     private readonly SemaphoreSlim _slots = new(MaxInFlight, MaxInFlight);
+    private readonly ReceiptPublisher _receipts;
     private int _outageReported;
 
     /// <summary>Creates the sink on the gateway's connection to the broker.</summary>
@@ -30,13 +35,62 @@ internal sealed partial class ExternalReceiptSink : IReceiptSink, IDisposable
     /// <param name="clock">Clock for the wait on a reconnect.</param>
     /// <param name="logger">The external client's logger.</param>
     /// <param name="stopping">Cancelled when the gateway stops.</param>
-    public ExternalReceiptSink(ExternalBrokerLink link, TimeProvider clock, ILogger logger, CancellationToken stopping)
+    /// <param name="receipts">Told which receipts the broker took or did not, and asked to hand kept ones again.</param>
+    public ExternalReceiptSink(ExternalBrokerLink link, TimeProvider clock, ILogger logger, CancellationToken stopping, ReceiptPublisher receipts)
     {
         _link = link;
         _clock = clock;
         _logger = logger;
         _stopping = stopping;
-        _link.Subscribed += (_, _) => Interlocked.Exchange(ref _outageReported, 0);
+        _receipts = receipts;
+        _link.Subscribed += (_, _) =>
+        {
+            Interlocked.Exchange(ref _outageReported, 0);
+            _ = ReplayAsync(null);
+        };
+    }
+
+    /// <summary>How often, and for receipts stored how long ago, <see cref="SweepAsync"/> hands kept receipts again.</summary>
+    public static readonly TimeSpan SweepInterval = TimeSpan.FromMinutes(1);
+
+    /// <summary>
+    /// Until stopped, every <see cref="SweepInterval"/> while connected, hands again the kept receipts stored more than that
+    /// long ago that no broker took: those of an instance that died between its commit and its publish (on a shared spool,
+    /// any instance sweeps), or whose publish timed out.
+    /// </summary>
+    /// <returns>A task ending when the gateway stops.</returns>
+    public async Task SweepAsync()
+    {
+        try
+        {
+            while (true)
+            {
+                await Task.Delay(SweepInterval, _clock, _stopping).ConfigureAwait(false);
+                if (_link.IsConnected)
+                {
+                    await ReplayAsync(_clock.GetUtcNow() - SweepInterval).ConfigureAwait(false);
+                }
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            // Stopping.
+        }
+    }
+
+    private async Task ReplayAsync(DateTimeOffset? storedBefore)
+    {
+        try
+        {
+            await _receipts.ReplayAsync(null, storedBefore, _stopping).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is Spool.SpoolException or OperationCanceledException or ObjectDisposedException)
+        {
+            if (!_stopping.IsCancellationRequested)
+            {
+                LogReplayFailed(ex);
+            }
+        }
     }
 
     /// <inheritdoc />
@@ -54,11 +108,13 @@ internal sealed partial class ExternalReceiptSink : IReceiptSink, IDisposable
                 catch (Exception ex) when (ex is TimeoutException or OperationCanceledException)
                 {
                     LogReceiptsDropped(deviceId);
+                    _receipts.NotDelivered(deviceId, new ReadOnlySequence<byte>(payload));
                     return;
                 }
             }
             else
             {
+                _receipts.NotDelivered(deviceId, new ReadOnlySequence<byte>(payload));
                 return;
             }
         }
@@ -83,9 +139,14 @@ internal sealed partial class ExternalReceiptSink : IReceiptSink, IDisposable
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_stopping);
             timeout.CancelAfter(Timeout);
             var result = await _link.PublishAsync(message, timeout.Token).ConfigureAwait(false);
-            if (!result.IsSuccess)
+            if (result.IsSuccess)
+            {
+                _receipts.Acknowledged(deviceId, message.Payload); // the broker holds it for the device now
+            }
+            else
             {
                 LogReceiptRefused(deviceId, result.ReasonCode.ToString(), result.ReasonString ?? string.Empty);
+                _receipts.NotDelivered(deviceId, message.Payload);
             }
         }
         catch (Exception ex) when (ex is MqttCommunicationException or OperationCanceledException or ObjectDisposedException or InvalidOperationException)
@@ -94,6 +155,8 @@ internal sealed partial class ExternalReceiptSink : IReceiptSink, IDisposable
             {
                 LogReceiptFailed(ex, deviceId);
             }
+
+            _receipts.NotDelivered(deviceId, message.Payload);
         }
         finally
         {
@@ -113,6 +176,9 @@ internal sealed partial class ExternalReceiptSink : IReceiptSink, IDisposable
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "The external MQTT broker refused a receipt to {Device}: {ReasonCode} {ReasonString}; allow the gateway to write edgemail/v1/+/receipt in its ACL")]
     private partial void LogReceiptRefused(string device, string reasonCode, string reasonString);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Kept receipts could not be read from the spool to hand them to the broker again; the next sweep tries again")]
+    private partial void LogReplayFailed(Exception ex);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Receipt to {Device} could not be published")]
     private partial void LogReceiptFailed(Exception ex, string device);

@@ -10,7 +10,7 @@ namespace EdgeMail.Gateway.Operations;
 /// Keeps the spool and the local mailbox from growing without end: at start and then every
 /// <c>Spool:HousekeepingInterval</c>, it removes finished mail and alerts older than <c>Spool:Retention</c> (in
 /// chunks, so the spool's writer is never held long), gives the freed pages back to the file system, and trims the
-/// local mailbox by age and to <c>Relay:MailboxMaxMegabytes</c>.
+/// local mailbox by age and to <c>Relay:MailboxMaxMegabytes</c>; kept receipts older than <c>Receipts:MaxAge</c> go too.
 /// </summary>
 public sealed partial class Housekeeper : SupervisedLoop
 {
@@ -80,6 +80,23 @@ public sealed partial class Housekeeper : SupervisedLoop
         }
         while (round.Messages == Chunk || round.Alerts == Chunk);
 
+        // Kept receipts a device never came back for; the alert's state stays in the console until its own retention.
+        var receiptHorizon = _clock.GetUtcNow() - _options.Receipts.MaxAge;
+        long receipts = 0;
+        int removed;
+        do
+        {
+            removed = await _spool.PruneReceiptsAsync(receiptHorizon, Chunk, cancellationToken).ConfigureAwait(false);
+            receipts += removed;
+        }
+        while (removed == Chunk);
+
+        if (receipts > 0)
+        {
+            _metrics.Pruned.Add(receipts, new KeyValuePair<string, object?>("kind", "receipt"));
+            LogReceiptsPruned(receipts, _options.Receipts.MaxAge.TotalDays);
+        }
+
         int files = 0;
         if (_transport is LocalMailbox mailbox)
         {
@@ -99,6 +116,9 @@ public sealed partial class Housekeeper : SupervisedLoop
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Housekeeping removed {Messages} finished mail and {Alerts} alerts older than {Days} days ({Pages} pages freed) and {Files} mailbox files")]
     private partial void LogPruned(long messages, long alerts, long pages, int files, double days);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Housekeeping removed {Count} kept receipts their devices did not take within {Days} days")]
+    private partial void LogReceiptsPruned(long count, double days);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Housekeeping could not use the spool; trying again next round")]
     private partial void LogSpoolFailed(Exception ex);

@@ -15,14 +15,17 @@ public sealed partial class ParkingLot
     private readonly OperatorNotices _notices;
     private readonly GatewayMetrics _metrics;
     private readonly ILogger<ParkingLot> _logger;
+    private readonly TimeProvider _clock;
 
     /// <summary>Creates the parking lot.</summary>
     /// <param name="receipts">Receipts to devices.</param>
     /// <param name="notices">Notices to the operator.</param>
     /// <param name="metrics">Counters.</param>
     /// <param name="logger">Logger.</param>
-    public ParkingLot(ReceiptPublisher receipts, OperatorNotices notices, GatewayMetrics metrics, ILogger<ParkingLot> logger)
+    /// <param name="clock">When a parked item's receipt says it failed.</param>
+    public ParkingLot(ReceiptPublisher receipts, OperatorNotices notices, GatewayMetrics metrics, ILogger<ParkingLot> logger, TimeProvider clock)
     {
+        _clock = clock;
         _receipts = receipts;
         _notices = notices;
         _metrics = metrics;
@@ -88,7 +91,7 @@ public sealed partial class ParkingLot
     /// <param name="reason">Why.</param>
     /// <returns>A task completing once the receipt is queued.</returns>
     public Task ReceiptAsync(string device, string alertId, string reason) =>
-        _receipts.PublishAsync(device, alertId, ReceiptState.Failed, "parked: " + reason).AsTask();
+        _receipts.KeepAndPublishAsync(new KeptReceipt(device, alertId, ReceiptState.Failed, _clock.GetUtcNow(), "parked: " + reason));
 
     [LoggerMessage(Level = LogLevel.Error, Message = "Parked alert {AlertId} from {Device}: {Reason}")]
     private partial void LogAlertParked(Exception? ex, string alertId, string device, string reason);

@@ -1,6 +1,10 @@
+using System.Buffers;
 using System.Text.Json;
 using System.Threading.Channels;
+using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Spool;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
 
 namespace EdgeMail.Gateway.Receipts;
 
@@ -51,20 +55,31 @@ public interface IReceiptSink
 }
 
 /// <summary>
-/// Sends receipts to devices on <c>edgemail/v1/{deviceId}/receipt</c>. A device that is not subscribed misses the
-/// receipt, and the alert's state stays visible in the spool. Receipts are queued and handed to the broker by one
-/// background loop, in order, so the PUBACK path and the delivery path do not wait for the broker's dispatch —
+/// Sends receipts to devices on <c>edgemail/v1/{deviceId}/receipt</c>. Receipts are queued and handed to the broker by
+/// one background loop, in order, so the PUBACK path and the delivery path do not wait for the broker's dispatch —
 /// until the queue holds <see cref="Capacity"/> receipts: then the caller waits for room (an alert's PUBACK is
 /// delayed), so a broker that cannot keep up slows ingest down instead of growing memory. Receipts for devices
 /// that hold no receipt subscription are not formatted at all.
+/// <para>
+/// <c>accepted</c>, <c>deferred</c> and <c>rejected</c> are courtesies: a device that is not subscribed misses them. The
+/// final ones (<c>failed</c>, <c>relayed</c>) are kept in the spool (<see cref="KeptReceipt"/>) until delivered: handed
+/// to the broker at most once per session (<see cref="PublishKeptAsync"/>, <see cref="ReplayAsync"/>), removed from the
+/// spool when the device's PUBACK for it comes back (<see cref="Acknowledged"/>; with an external broker, the broker's
+/// PUBACK), and handed again when the device subscribes after its session was lost (a gateway restart, a clean session).
+/// See docs/spool.md, "Kept receipts".
+/// </para>
 /// </summary>
-public sealed partial class ReceiptPublisher
+public sealed partial class ReceiptPublisher : IDisposable
 {
     /// <summary>Receipts queued before callers wait.</summary>
     public const int Capacity = 4096;
 
-    private readonly Channel<(string Device, byte[] Payload, string State)> _queue =
-        Channel.CreateBounded<(string, byte[], string)>(new BoundedChannelOptions(Capacity) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
+    private const int ReplayPage = 256;
+    private static readonly TimeSpan RemovalRetry = TimeSpan.FromSeconds(5);
+    private static readonly TimeSpan ReplayAfterNotDelivered = TimeSpan.FromSeconds(1);
+
+    private readonly Channel<Outgoing> _queue =
+        Channel.CreateBounded<Outgoing>(new BoundedChannelOptions(Capacity) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
 
     private readonly Lazy<IReceiptSink> _sink;
     private readonly SentReceipt[] _recent = new SentReceipt[RecentCapacity];
@@ -72,17 +87,48 @@ public sealed partial class ReceiptPublisher
     private int _pumpStarted;
     private readonly TimeProvider _clock;
     private readonly ILogger<ReceiptPublisher> _logger;
+    private readonly ISpool _spool;
+    private readonly ReceiptOptions _options;
+    private readonly CancellationTokenSource _stopping = new();
+
+    // Kept receipts handed to the broker and not acknowledged yet, by device: what the device's session (or the external
+    // broker) holds, so a replay does not send them twice. Forgotten with the session (SessionEnded), and empty after a
+    // restart, which is when a replay sends them again.
+    private readonly Dictionary<string, HashSet<(string AlertId, string State)>> _handed = new(StringComparer.Ordinal);
+
+    // Acknowledged, their removal from the spool not committed yet: a replay meanwhile must not send them again.
+    private readonly HashSet<(string Device, string AlertId, string State)> _removing = [];
+    private readonly Lock _custody = new();
+    private readonly Channel<(string Device, string AlertId, string State)> _acked =
+        Channel.CreateUnbounded<(string, string, string)>(new UnboundedChannelOptions { SingleReader = true });
+
+    private int _removerStarted;
+    private int _disposed;
 
     /// <summary>Creates the publisher.</summary>
     /// <param name="sink">The broker (lazily: the broker itself depends on ingest, which publishes receipts).</param>
     /// <param name="clock">Clock for the <c>at</c> field.</param>
     /// <param name="logger">Logger.</param>
-    public ReceiptPublisher(Lazy<IReceiptSink> sink, TimeProvider clock, ILogger<ReceiptPublisher> logger)
+    /// <param name="spool">Where final receipts are kept until delivered.</param>
+    /// <param name="options">Gateway options (<c>Receipts</c>).</param>
+    public ReceiptPublisher(Lazy<IReceiptSink> sink, TimeProvider clock, ILogger<ReceiptPublisher> logger, ISpool spool, IOptions<GatewayOptions> options)
     {
+        ArgumentNullException.ThrowIfNull(options);
         _sink = sink;
         _clock = clock;
         _logger = logger;
+        _spool = spool;
+        _options = options.Value.Receipts;
     }
+
+    /// <summary>Most receipts kept per device (<c>Receipts:MaxPerDevice</c>).</summary>
+    public int MaxPerDevice => _options.MaxPerDevice;
+
+    /// <summary>Raised after kept receipts were removed from the spool because they were delivered (tests).</summary>
+    public event Action<int>? Removed;
+
+    /// <summary>Raised when a replay for a device that subscribed has finished, with how many receipts it handed over (tests).</summary>
+    public event Action<string, int>? ReplayFinished;
 
     /// <summary>The receipt JSON: <c>{ "id", "state", "at", "detail" }</c>.</summary>
     /// <param name="alertId">Alert id (empty when the alert had none).</param>
@@ -122,16 +168,347 @@ public sealed partial class ReceiptPublisher
             return ValueTask.CompletedTask;
         }
 
+        return Enqueue(new Outgoing(deviceId, Format(alertId, state, _clock.GetUtcNow(), detail), state, null), cancellationToken);
+    }
+
+    /// <summary>
+    /// Queues a final receipt the spool keeps already (committed with the delivery result): handed to the broker now if
+    /// the device listens and its session does not hold it yet; otherwise left in the spool for <see cref="ReplayAsync"/>.
+    /// </summary>
+    /// <param name="receipt">The kept receipt.</param>
+    /// <param name="cancellationToken">Cancels waiting for room.</param>
+    /// <returns>A task completing once the receipt is queued or left to a replay.</returns>
+    public ValueTask PublishKeptAsync(KeptReceipt receipt, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(receipt);
+        bool listening = _sink.Value.IsListening(receipt.Device);
+        Remember(new SentReceipt(receipt.Device, receipt.AlertId, receipt.State, receipt.At, receipt.Detail, listening));
+        return listening && TryHand(receipt.Key) ? Enqueue(Outgoing.Of(receipt), cancellationToken) : ValueTask.CompletedTask;
+    }
+
+    /// <summary>Keeps a final receipt in the spool (outside a delivery commit: a parked item), then publishes it as <see cref="PublishKeptAsync"/>.</summary>
+    /// <param name="receipt">The receipt.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task completing once it is kept and queued.</returns>
+    public async Task KeepAndPublishAsync(KeptReceipt receipt, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(receipt);
+        try
+        {
+            await _spool.KeepReceiptAsync(receipt, _options.MaxPerDevice, cancellationToken).ConfigureAwait(false);
+        }
+        catch (SpoolException ex)
+        {
+            // The item itself is safe where it is (parked, with its reason, and the operator told); the device gets the
+            // receipt now if it listens, only not again after a restart.
+            LogKeepFailed(ex, receipt.Device, receipt.AlertId);
+        }
+
+        await PublishKeptAsync(receipt, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Hands the kept receipts of <paramref name="deviceId"/> (or of every device) to the broker again, those its session
+    /// does not hold: called when a device subscribes to its receipts (embedded broker) or when the gateway's link to an
+    /// external broker is subscribed again, and by the external broker's sweep for receipts stored before a time.
+    /// </summary>
+    /// <param name="deviceId">The device; null for all.</param>
+    /// <param name="storedBefore">Only receipts stored before this (null: all).</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>How many were handed to the broker.</returns>
+    public async Task<int> ReplayAsync(string? deviceId, DateTimeOffset? storedBefore, CancellationToken cancellationToken)
+    {
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _stopping.Token);
+        int handed = 0;
+        long after = 0;
+        while (true)
+        {
+            var page = await _spool.KeptReceiptsAsync(deviceId, after, storedBefore, ReplayPage, linked.Token).ConfigureAwait(false);
+            foreach (var stored in page)
+            {
+                after = stored.RowId;
+                var r = stored.Receipt;
+                if (!_sink.Value.IsListening(r.Device) || !TryHand(r.Key))
+                {
+                    continue;
+                }
+
+                Remember(new SentReceipt(r.Device, r.AlertId, r.State, _clock.GetUtcNow(), r.Detail, true));
+                await Enqueue(Outgoing.Of(r), linked.Token).ConfigureAwait(false);
+                handed++;
+            }
+
+            if (page.Count < ReplayPage)
+            {
+                return handed;
+            }
+        }
+    }
+
+    /// <summary>Starts <see cref="ReplayAsync"/> for one device in the background (from a broker's event handler, which must not wait).</summary>
+    /// <param name="deviceId">The device.</param>
+    public void ReplayInBackground(string deviceId) => _ = ReplaySafelyAsync(deviceId, TimeSpan.Zero);
+
+    /// <summary>
+    /// A receipt publish was acknowledged: by the device (embedded broker: its PUBACK) or by the external broker, which
+    /// holds it for the device from then on. A kept receipt is removed from the spool.
+    /// </summary>
+    /// <param name="deviceId">The device.</param>
+    /// <param name="payload">The receipt JSON that was acknowledged.</param>
+    public void Acknowledged(string deviceId, ReadOnlySequence<byte> payload)
+    {
+        lock (_custody)
+        {
+            if (!_handed.ContainsKey(deviceId))
+            {
+                return; // no kept receipt in flight for it: a courtesy receipt
+            }
+        }
+
+        if (!TryReadKey(payload, out string alertId, out string state))
+        {
+            return;
+        }
+
+        var key = (deviceId, alertId, state);
+        lock (_custody)
+        {
+            if (!_handed.TryGetValue(deviceId, out var set) || !set.Remove((alertId, state)))
+            {
+                return;
+            }
+
+            if (set.Count == 0)
+            {
+                _handed.Remove(deviceId);
+            }
+
+            _removing.Add(key);
+        }
+
+        _acked.Writer.TryWrite(key);
+        if (Interlocked.CompareExchange(ref _removerStarted, 1, 0) == 0)
+        {
+            _ = Task.Run(RemoveDeliveredAsync, CancellationToken.None);
+        }
+    }
+
+    /// <summary>
+    /// A receipt publish reached nobody (no subscription at that moment) or failed: a kept one is handed again by the
+    /// next replay, started here after a moment if the device listens (its subscription may have been completing).
+    /// </summary>
+    /// <param name="deviceId">The device.</param>
+    /// <param name="payload">The receipt JSON.</param>
+    public void NotDelivered(string deviceId, ReadOnlySequence<byte> payload)
+    {
+        if (!TryReadKey(payload, out string alertId, out string state) || !Release(deviceId, alertId, state))
+        {
+            return;
+        }
+
+        if (_sink.Value.IsListening(deviceId))
+        {
+            _ = ReplaySafelyAsync(deviceId, ReplayAfterNotDelivered);
+        }
+    }
+
+    /// <summary>The broker dropped the device's session (a clean session, a deleted session): what it held is handed again at the next subscription.</summary>
+    /// <param name="deviceId">The device.</param>
+    public void SessionEnded(string deviceId)
+    {
+        lock (_custody)
+        {
+            _handed.Remove(deviceId);
+        }
+    }
+
+    /// <summary>Kept receipts handed to the broker and not acknowledged yet (tests, diagnostics).</summary>
+    /// <returns>The count.</returns>
+    public int InFlight()
+    {
+        lock (_custody)
+        {
+            return _handed.Values.Sum(s => s.Count);
+        }
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        // The console's container forwards this instance and disposes it too.
+        if (Interlocked.Exchange(ref _disposed, 1) == 1)
+        {
+            return;
+        }
+
+        _stopping.Cancel();
+        _acked.Writer.TryComplete();
+        _stopping.Dispose();
+    }
+
+    private bool TryHand((string Device, string AlertId, string State) key)
+    {
+        lock (_custody)
+        {
+            if (_removing.Contains(key))
+            {
+                return false;
+            }
+
+            if (!_handed.TryGetValue(key.Device, out var set))
+            {
+                _handed[key.Device] = set = [];
+            }
+
+            return set.Add((key.AlertId, key.State));
+        }
+    }
+
+    private bool Release(string deviceId, string alertId, string state)
+    {
+        lock (_custody)
+        {
+            if (!_handed.TryGetValue(deviceId, out var set) || !set.Remove((alertId, state)))
+            {
+                return false;
+            }
+
+            if (set.Count == 0)
+            {
+                _handed.Remove(deviceId);
+            }
+
+            return true;
+        }
+    }
+
+    private async Task ReplaySafelyAsync(string deviceId, TimeSpan after)
+    {
+        try
+        {
+            if (after > TimeSpan.Zero)
+            {
+                await Task.Delay(after, _clock, _stopping.Token).ConfigureAwait(false);
+            }
+
+            int handed = await ReplayAsync(deviceId, null, _stopping.Token).ConfigureAwait(false);
+            if (handed > 0)
+            {
+                LogReplayed(handed, deviceId);
+            }
+
+            ReplayFinished?.Invoke(deviceId, handed);
+        }
+        catch (OperationCanceledException)
+        {
+            // Stopping: the receipts stay kept; the next start replays them.
+        }
+        catch (ObjectDisposedException)
+        {
+            // Stopped meanwhile.
+        }
+        catch (SpoolException ex)
+        {
+            LogReplayFailed(ex, deviceId);
+        }
+    }
+
+    // Removals are batched: acknowledgements come from many connections at once, each one commit would cost a write.
+    private async Task RemoveDeliveredAsync()
+    {
+        var batch = new List<(string Device, string AlertId, string State)>();
+        try
+        {
+            while (await _acked.Reader.WaitToReadAsync().ConfigureAwait(false))
+            {
+                batch.Clear();
+                while (batch.Count < ReplayPage && _acked.Reader.TryRead(out var key))
+                {
+                    batch.Add(key);
+                }
+
+                while (true)
+                {
+                    try
+                    {
+                        int removed = await _spool.RemoveReceiptsAsync(batch, _stopping.Token).ConfigureAwait(false);
+                        lock (_custody)
+                        {
+                            _removing.ExceptWith(batch);
+                        }
+
+                        Removed?.Invoke(removed);
+                        break;
+                    }
+                    catch (SpoolException ex)
+                    {
+                        // Still kept: were the gateway to stop now, the device would get them once more (QoS 1 allows it).
+                        LogRemoveFailed(ex, batch.Count);
+                        await Task.Delay(RemovalRetry, _clock, _stopping.Token).ConfigureAwait(false);
+                    }
+                }
+            }
+        }
+        catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException)
+        {
+            // Stopping: acknowledged receipts not removed yet are sent once more after the restart.
+        }
+    }
+
+    /// <summary>Reads the <c>id</c> and <c>state</c> of a receipt (the gateway's own JSON).</summary>
+    internal static bool TryReadKey(ReadOnlySequence<byte> payload, out string alertId, out string state)
+    {
+        alertId = string.Empty;
+        state = string.Empty;
+        string? id = null, st = null;
+        try
+        {
+            var json = new Utf8JsonReader(payload);
+            while (json.Read() && (id is null || st is null))
+            {
+                if (json.TokenType == JsonTokenType.PropertyName && json.CurrentDepth == 1)
+                {
+                    bool isId = json.ValueTextEquals("id"u8), isState = json.ValueTextEquals("state"u8);
+                    json.Read();
+                    if (json.TokenType == JsonTokenType.String)
+                    {
+                        if (isId)
+                        {
+                            id = json.GetString();
+                        }
+                        else if (isState)
+                        {
+                            st = json.GetString();
+                        }
+                    }
+                }
+            }
+        }
+        catch (JsonException)
+        {
+            return false;
+        }
+
+        if (id is null || st is null)
+        {
+            return false;
+        }
+
+        (alertId, state) = (id, st);
+        return true;
+    }
+
+    private ValueTask Enqueue(Outgoing item, CancellationToken cancellationToken)
+    {
         if (Interlocked.CompareExchange(ref _pumpStarted, 1, 0) == 0)
         {
             _ = Task.Run(PumpAsync, CancellationToken.None);
         }
 
-        var item = (deviceId, Format(alertId, state, _clock.GetUtcNow(), detail), state);
         return _queue.Writer.TryWrite(item) ? ValueTask.CompletedTask : WaitForRoomAsync(item, cancellationToken);
     }
 
-    private async ValueTask WaitForRoomAsync((string, byte[], string) item, CancellationToken cancellationToken)
+    private async ValueTask WaitForRoomAsync(Outgoing item, CancellationToken cancellationToken)
     {
         try
         {
@@ -140,6 +517,10 @@ public sealed partial class ReceiptPublisher
         catch (ChannelClosedException)
         {
             // Stopping: the alert's state is in the spool; the device asks again by resending or sees it next time.
+            if (item.Kept is { } key)
+            {
+                Release(key.Device, key.AlertId, key.State);
+            }
         }
     }
 
@@ -180,7 +561,7 @@ public sealed partial class ReceiptPublisher
 
     private async Task PumpAsync()
     {
-        await foreach (var (device, payload, state) in _queue.Reader.ReadAllAsync().ConfigureAwait(false))
+        await foreach (var (device, payload, state, kept) in _queue.Reader.ReadAllAsync().ConfigureAwait(false))
         {
             try
             {
@@ -191,10 +572,31 @@ public sealed partial class ReceiptPublisher
 #pragma warning restore CA1031
             {
                 LogFailed(ex, device, state);
+                if (kept is { } key)
+                {
+                    Release(key.Device, key.AlertId, key.State); // still kept: the next replay hands it again
+                }
             }
         }
     }
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Receipt '{State}' to {Device} could not be published")]
     private partial void LogFailed(Exception ex, string device, string state);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "The final receipt for alert {AlertId} of {Device} could not be kept in the spool; it is sent now if the device listens, but not again after a restart")]
+    private partial void LogKeepFailed(Exception ex, string device, string alertId);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Handed {Count} kept receipt(s) to {Device} again")]
+    private partial void LogReplayed(int count, string device);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Kept receipts for {Device} could not be read from the spool; they go at its next subscription")]
+    private partial void LogReplayFailed(Exception ex, string device);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "{Count} delivered receipt(s) could not be removed from the spool; retrying")]
+    private partial void LogRemoveFailed(Exception ex, int count);
+
+    private sealed record Outgoing(string Device, byte[] Payload, string State, (string Device, string AlertId, string State)? Kept)
+    {
+        public static Outgoing Of(KeptReceipt r) => new(r.Device, Format(r.AlertId, r.State, r.At, r.Detail), r.State, r.Key);
+    }
 }

@@ -279,7 +279,17 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             notice = ComposeNotice(message, failed, now);
         }
 
-        await _spool.CommitDeliveryAsync(new DeliveryCommit(message.RowId, final, next, notice), cancellationToken).ConfigureAwait(false);
+        // A final receipt is kept with the result, in the same transaction: the device gets it even if it is away now
+        // and the gateway restarts before it comes back (the broker's sessions live in memory).
+        KeptReceipt? kept = null;
+        if (message is { Kind: "alert", Device: { } keptDevice, AlertId: { } keptAlert } && (failed.Count > 0 || !deferred))
+        {
+            kept = failed.Count > 0
+                ? new KeptReceipt(keptDevice, keptAlert, ReceiptState.Failed, now, failed[0].Reply)
+                : new KeptReceipt(keptDevice, keptAlert, ReceiptState.Relayed, now, final.Count > 0 ? final[^1].Reply : string.Empty);
+        }
+
+        await _spool.CommitDeliveryAsync(new DeliveryCommit(message.RowId, final, next, notice, kept, _receipts.MaxPerDevice), cancellationToken).ConfigureAwait(false);
         foreach (var r in final)
         {
             _metrics.MailRecipients.Add(1, new KeyValuePair<string, object?>("outcome", r.Outcome));
@@ -305,20 +315,13 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             LogDelivered(message.MessageId, reply);
         }
 
-        if (message.Kind == "alert" && message.Device is not null && message.AlertId is not null)
+        if (kept is not null)
         {
-            if (failed.Count > 0)
-            {
-                await _receipts.PublishAsync(message.Device, message.AlertId, ReceiptState.Failed, failed[0].Reply, cancellationToken).ConfigureAwait(false);
-            }
-            else if (deferred)
-            {
-                await _receipts.PublishAsync(message.Device, message.AlertId, ReceiptState.Deferred, final.First(r => r.Outcome == RecipientOutcome.Deferred).Reply, cancellationToken).ConfigureAwait(false);
-            }
-            else
-            {
-                await _receipts.PublishAsync(message.Device, message.AlertId, ReceiptState.Relayed, reply, cancellationToken).ConfigureAwait(false);
-            }
+            await _receipts.PublishKeptAsync(kept, cancellationToken).ConfigureAwait(false);
+        }
+        else if (message.Kind == "alert" && message.Device is not null && message.AlertId is not null)
+        {
+            await _receipts.PublishAsync(message.Device, message.AlertId, ReceiptState.Deferred, final.First(r => r.Outcome == RecipientOutcome.Deferred).Reply, cancellationToken).ConfigureAwait(false);
         }
     }
 

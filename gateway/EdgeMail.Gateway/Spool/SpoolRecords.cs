@@ -225,7 +225,10 @@ public sealed record PruneResult(long Messages, long Alerts, long FreedPages);
 /// <param name="Results">Per-recipient results of this attempt.</param>
 /// <param name="NextAttemptAt">When to try the deferred recipients again; null when none remain.</param>
 /// <param name="Notice">A failure notice to queue in the same transaction, if any.</param>
-public sealed record DeliveryCommit(long RowId, IReadOnlyList<RecipientResult> Results, DateTimeOffset? NextAttemptAt, NewMessage? Notice);
+/// <param name="Receipt">A final receipt to keep in the same transaction (as <see cref="ISpool.KeepReceiptAsync"/>), if any.</param>
+/// <param name="ReceiptsPerDevice">Most receipts kept per device.</param>
+public sealed record DeliveryCommit(long RowId, IReadOnlyList<RecipientResult> Results, DateTimeOffset? NextAttemptAt, NewMessage? Notice,
+    KeptReceipt? Receipt = null, int ReceiptsPerDevice = 100);
 
 /// <summary>Counts by state, for tests, logs and the console.</summary>
 /// <param name="Alerts">Alerts by status.</param>

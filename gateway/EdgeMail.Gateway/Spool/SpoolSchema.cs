@@ -131,6 +131,21 @@ internal static class SpoolSchema
           last_used_at INTEGER,
           revoked_at INTEGER);
         """,
+        // 7: final receipts (failed, relayed) kept until the device acknowledged them. The embedded broker's sessions
+        // live in memory: a receipt given while the device was away did not outlive a gateway restart. One per
+        // (device, alert, state); created_at bounds their age, the per-device cap is kept at insert.
+        """
+        CREATE TABLE receipts(
+          rowid INTEGER PRIMARY KEY,
+          device TEXT NOT NULL,
+          alert_id TEXT NOT NULL,
+          state TEXT NOT NULL,
+          at INTEGER NOT NULL,
+          detail TEXT NOT NULL,
+          created_at INTEGER NOT NULL,
+          UNIQUE(device, alert_id, state));
+        CREATE INDEX receipts_created ON receipts(created_at);
+        """,
     ];
 
     /// <summary>The version this build writes.</summary>

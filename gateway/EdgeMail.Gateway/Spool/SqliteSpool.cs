@@ -534,6 +534,11 @@ public sealed partial class SqliteSpool : ISpool
                 s.InsertMessage(commit.Notice, null, ctx);
             }
 
+            if (commit.Receipt is not null)
+            {
+                s.Keep(commit.Receipt, commit.ReceiptsPerDevice, ctx.Now.ToUnixTimeMilliseconds());
+            }
+
             return 0;
         }, cancellationToken);
     }

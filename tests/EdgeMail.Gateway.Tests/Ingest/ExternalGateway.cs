@@ -21,10 +21,11 @@ public sealed class ExternalGateway : IAsyncDisposable
     public ExternalBrokerClient Client => Host.Services.GetRequiredService<ExternalBrokerClient>();
 
     /// <summary>The test gateway's configuration (devices dev-1..dev-N), pointed at the broker on <paramref name="port"/>.</summary>
-    public static string WriteConfig(string dataDir, int port, int devices = 3, object? tls = null, string protocol = "5")
+    public static string WriteConfig(string dataDir, int port, int devices = 3, object? tls = null, string protocol = "5", Action<Dictionary<string, object>>? tweak = null)
     {
         return TestGateway.WriteConfig(dataDir, devices, c =>
         {
+            tweak?.Invoke(c);
             var external = new Dictionary<string, object>
             {
                 ["Host"] = "127.0.0.1",

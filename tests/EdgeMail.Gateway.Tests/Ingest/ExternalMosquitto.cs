@@ -123,6 +123,12 @@ public sealed class ExternalMosquitto : IAsyncDisposable
         await RunAsync();
     }
 
+    /// <summary>Stops mosquitto (SIGTERM: it saves its persistence file); <see cref="StartAgainAsync"/> brings it back.</summary>
+    public Task StopAsync() => StopAsync(graceful: true);
+
+    /// <summary>Starts mosquitto again after <see cref="StopAsync()"/>, on the same port and state.</summary>
+    public Task StartAgainAsync() => RunAsync();
+
     private async Task StopAsync(bool graceful)
     {
         if (_process is { HasExited: false } p)

@@ -517,4 +517,122 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Null(await spool.GetAlertAsync("dev-1", "old-7", default));
         Assert.Equal(0, (await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 10_000, default)).Messages);
     }
+
+    private static KeptReceipt Receipt(string device, string alertId, string state = "failed", string detail = "550 5.1.1 no such user") =>
+        new(device, alertId, state, T0.AddSeconds(5), detail);
+
+    [ContractFact]
+    public async Task CommitDelivery_WithAFinalReceipt_KeepsItWithTheResult_AndAfterReopen()
+    {
+        await using (var spool = Open())
+        {
+            await RoutedAsync(spool, "dev-1", "a-1");
+            var due = Assert.Single(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
+
+            await spool.CommitDeliveryAsync(new DeliveryCommit(due.RowId, [new("alice@example.com", "failed", "550 5.1.1 no such user")], null,
+                Mail("a-1.n1.notice@gw.test", "notice", to: "ops@example.com"), Receipt("dev-1", "a-1")), default);
+        }
+
+        await using var reopened = Open();
+        var kept = Assert.Single(await reopened.KeptReceiptsAsync("dev-1", 0, null, 10, default));
+        Assert.Equal(Receipt("dev-1", "a-1"), kept.Receipt);
+        Assert.Equal(MessageStatus.Failed, (await reopened.GetMessageAsync("a-1@gw.test", default))!.Status);
+    }
+
+    [ContractFact]
+    public async Task RemoveReceipts_TakesAwayOnlyTheDeliveredOnes()
+    {
+        await using var spool = Open();
+        await spool.KeepReceiptAsync(Receipt("dev-1", "a-1"), 100, default);
+        await spool.KeepReceiptAsync(Receipt("dev-1", "a-1", "relayed", "250 ok"), 100, default);
+        await spool.KeepReceiptAsync(Receipt("dev-2", "a-1"), 100, default);
+
+        int removed = await spool.RemoveReceiptsAsync([("dev-1", "a-1", "failed"), ("dev-3", "nothing", "failed")], default);
+
+        Assert.Equal(1, removed);
+        Assert.Equal([("dev-1", "a-1", "relayed"), ("dev-2", "a-1", "failed")], (await spool.KeptReceiptsAsync(null, 0, null, 10, default)).Select(r => r.Receipt.Key));
+    }
+
+    [ContractFact]
+    public async Task KeepReceipt_SameAlertAndStateAgain_KeepsOneWithTheLatestDetail()
+    {
+        await using var spool = Open();
+
+        Assert.True(await spool.KeepReceiptAsync(Receipt("dev-1", "a-1", detail: "550 first"), 100, default));
+        Assert.True(await spool.KeepReceiptAsync(Receipt("dev-1", "a-1", detail: "550 second") with { At = T0.AddSeconds(9) }, 100, default));
+
+        var kept = Assert.Single(await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default));
+        Assert.Equal(("550 second", T0.AddSeconds(9)), (kept.Receipt.Detail, kept.Receipt.At));
+    }
+
+    [ContractFact]
+    public async Task KeepReceipt_OverTheCap_DropsThatDevicesOldestOnly()
+    {
+        await using var spool = Open();
+        await spool.KeepReceiptAsync(Receipt("dev-2", "other"), 3, default);
+        for (int i = 1; i <= 5; i++)
+        {
+            await spool.KeepReceiptAsync(Receipt("dev-1", $"a-{i}"), 3, default);
+        }
+
+        Assert.Equal(["a-3", "a-4", "a-5"], (await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Select(r => r.Receipt.AlertId));
+        Assert.Equal("other", Assert.Single(await spool.KeptReceiptsAsync("dev-2", 0, null, 10, default)).Receipt.AlertId);
+    }
+
+    [ContractFact]
+    public async Task KeepReceipt_ForAnAlertThatCameOverSmtpOrFromTheGateway_IsNotKept()
+    {
+        await using var spool = Open();
+        await spool.AcceptAlertAsync(Alert("ups-1", "s-1") with { Via = IngestProtocols.Smtp(secure: true, authenticated: true) }, default);
+        await spool.AcceptAlertAsync(Alert("dev-1", "silent-1") with { Via = IngestProtocols.Local }, default);
+        await spool.AcceptAlertAsync(Alert("dev-1", "m-1"), default);
+
+        bool smtp = await spool.KeepReceiptAsync(Receipt("ups-1", "s-1"), 100, default);
+        bool local = await spool.KeepReceiptAsync(Receipt("dev-1", "silent-1"), 100, default);
+        bool mqtt = await spool.KeepReceiptAsync(Receipt("dev-1", "m-1"), 100, default);
+
+        Assert.Equal((false, false, true), (smtp, local, mqtt));
+        Assert.Equal("m-1", Assert.Single(await spool.KeptReceiptsAsync(null, 0, null, 10, default)).Receipt.AlertId);
+    }
+
+    [ContractFact]
+    public async Task KeptReceipts_PageInRowOrder_ByDeviceAndByAge()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var spool = Open(clock);
+        for (int i = 0; i < 5; i++)
+        {
+            await spool.KeepReceiptAsync(Receipt(i % 2 == 0 ? "dev-1" : "dev-2", $"a-{i}"), 100, default);
+            clock.Advance(TimeSpan.FromMinutes(1));
+        }
+
+        var first = await spool.KeptReceiptsAsync(null, 0, null, 2, default);
+        var rest = await spool.KeptReceiptsAsync(null, first[^1].RowId, null, 10, default);
+        var old = await spool.KeptReceiptsAsync(null, 0, T0.AddMinutes(2), 10, default);
+
+        Assert.Equal(["a-0", "a-1", "a-2", "a-3", "a-4"], first.Concat(rest).Select(r => r.Receipt.AlertId));
+        Assert.Equal(["a-0", "a-2", "a-4"], (await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Select(r => r.Receipt.AlertId));
+        Assert.Equal(["a-0", "a-1"], old.Select(r => r.Receipt.AlertId));
+        Assert.Equal(T0.AddMinutes(2), rest[0].CreatedAt); // a-2: the first after the page of two
+    }
+
+    [ContractFact]
+    public async Task PruneReceipts_RemovesThoseStoredBeforeTheHorizon_InChunks()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var spool = Open(clock);
+        for (int i = 0; i < 3; i++)
+        {
+            await spool.KeepReceiptAsync(Receipt("dev-1", $"old-{i}"), 100, default);
+        }
+
+        clock.Advance(TimeSpan.FromDays(8));
+        await spool.KeepReceiptAsync(Receipt("dev-1", "recent"), 100, default);
+
+        int first = await spool.PruneReceiptsAsync(clock.GetUtcNow() - TimeSpan.FromDays(7), 2, default);
+        int second = await spool.PruneReceiptsAsync(clock.GetUtcNow() - TimeSpan.FromDays(7), 2, default);
+
+        Assert.Equal((2, 1), (first, second));
+        Assert.Equal("recent", Assert.Single(await spool.KeptReceiptsAsync(null, 0, null, 10, default)).Receipt.AlertId);
+    }
 }

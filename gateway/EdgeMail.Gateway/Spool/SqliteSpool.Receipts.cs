@@ -1,0 +1,76 @@
+namespace EdgeMail.Gateway.Spool;
+
+/// <summary>Kept final receipts on the SQLite spool (see <see cref="ISpool.KeepReceiptAsync"/>, docs/spool.md).</summary>
+public sealed partial class SqliteSpool
+{
+    private const int ReceiptDetailLimit = 512; // what a receipt's detail carries on the wire
+
+    /// <inheritdoc />
+    public Task<bool> KeepReceiptAsync(KeptReceipt receipt, int maxPerDevice, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(receipt);
+        return Enqueue((s, ctx) => s.Keep(receipt, maxPerDevice, ctx.Now.ToUnixTimeMilliseconds()), cancellationToken);
+    }
+
+    // Inside the caller's transaction (a delivery commit keeps its receipt with its result, or neither).
+    private bool Keep(KeptReceipt r, int maxPerDevice, long nowMs)
+    {
+        // Only alerts that came over MQTT: an SMTP device or the gateway's own DEVICE_SILENT have nobody to read it.
+        int kept = Exec(
+            """
+            INSERT INTO receipts(device, alert_id, state, at, detail, created_at)
+            SELECT $p0, $p1, $p2, $p3, $p4, $p5
+            WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE device=$p0 AND alert_id=$p1 AND via IS NOT NULL AND via <> 'MQTT')
+            ON CONFLICT(device, alert_id, state) DO UPDATE SET at=excluded.at, detail=excluded.detail, created_at=excluded.created_at
+            """,
+            r.Device, r.AlertId, r.State, r.At.ToUnixTimeMilliseconds(), r.Detail.Length > ReceiptDetailLimit ? r.Detail[..ReceiptDetailLimit] : r.Detail, nowMs);
+        if (kept > 0)
+        {
+            Exec("DELETE FROM receipts WHERE device=$p0 AND rowid <= (SELECT rowid FROM receipts WHERE device=$p0 ORDER BY rowid DESC LIMIT 1 OFFSET $p1)",
+                r.Device, Math.Max(1, maxPerDevice));
+        }
+
+        return kept > 0;
+    }
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<StoredReceipt>> KeptReceiptsAsync(string? device, long afterRowId, DateTimeOffset? storedBefore, int max, CancellationToken cancellationToken) =>
+        Read<IReadOnlyList<StoredReceipt>>((s, _) =>
+        {
+            long before = storedBefore?.ToUnixTimeMilliseconds() ?? long.MaxValue;
+            using var r = device is null
+                ? s.Query("SELECT rowid, device, alert_id, state, at, detail, created_at FROM receipts WHERE rowid > $p0 AND created_at < $p1 ORDER BY rowid LIMIT $p2",
+                    afterRowId, before, max)
+                : s.Query("SELECT rowid, device, alert_id, state, at, detail, created_at FROM receipts WHERE device=$p0 AND rowid > $p1 AND created_at < $p2 ORDER BY rowid LIMIT $p3",
+                    device, afterRowId, before, max);
+            var list = new List<StoredReceipt>();
+            while (r.Read())
+            {
+                list.Add(new StoredReceipt(r.GetInt64(0), new KeptReceipt(r.GetString(1), r.GetString(2), r.GetString(3), FromMs(r.GetInt64(4)), r.GetString(5)),
+                    FromMs(r.GetInt64(6))));
+            }
+
+            return list;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<int> RemoveReceiptsAsync(IReadOnlyCollection<(string Device, string AlertId, string State)> keys, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(keys);
+        return Enqueue((s, _) =>
+        {
+            int removed = 0;
+            foreach (var (device, alertId, state) in keys)
+            {
+                removed += s.Exec("DELETE FROM receipts WHERE device=$p0 AND alert_id=$p1 AND state=$p2", device, alertId, state);
+            }
+
+            return removed;
+        }, cancellationToken);
+    }
+
+    /// <inheritdoc />
+    public Task<int> PruneReceiptsAsync(DateTimeOffset before, int maxRows, CancellationToken cancellationToken) =>
+        Enqueue((s, _) => s.Exec("DELETE FROM receipts WHERE rowid IN (SELECT rowid FROM receipts WHERE created_at < $p0 ORDER BY created_at LIMIT $p1)",
+            before.ToUnixTimeMilliseconds(), maxRows), cancellationToken, isolate: false);
+}

@@ -1,0 +1,180 @@
+using EdgeMail.Gateway.Receipts;
+using EdgeMail.Testing;
+using EdgeMail.Testing.Smtp;
+using Microsoft.Extensions.DependencyInjection;
+using MQTTnet;
+using MQTTnet.Protocol;
+using Xunit;
+
+namespace EdgeMail.Gateway.Tests.Receipts;
+
+/// <summary>
+/// Final receipts reach the device even when it is away when they are given: kept in the spool, handed to the device
+/// when it subscribes again after its session was lost (a gateway restart, a clean session), removed on its PUBACK.
+/// A real embedded broker, a real SMTP relay that refuses one recipient, MQTTnet clients as devices.
+/// </summary>
+public sealed class KeptReceiptTests
+{
+    private const string Refused = "bob@example.com";
+
+    private static Action<Dictionary<string, object>> Relay(int port) => c =>
+    {
+        c["Relay"] = new { Mode = "Smarthost", Host = "127.0.0.1", Port = port, Security = "None", Backoff = new[] { "00:00:00.200" }, Concurrency = 2, Timeout = "00:00:05" };
+        c["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "info", To = new[] { "oncall" } } }; // alice and bob
+    };
+
+    // As the firmware connects: its device id, a persistent session (Clean Session 0).
+    private static MqttClientOptions Persistent(TestGateway gw, string device, bool clean = false)
+    {
+        var options = gw.ClientOptions(device);
+        options.CleanSession = clean;
+        return options;
+    }
+
+    private static async Task RaiseAsync(IMqttClient device, string deviceId, string alertId)
+    {
+        var ack = await device.PublishAsync(new MqttApplicationMessageBuilder().WithTopic($"edgemail/v1/{deviceId}/alert")
+            .WithPayload(Alerts.Json(alertId)).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
+        Assert.True(ack.IsSuccess, ack.ReasonString);
+    }
+
+    // The relay refuses bob, but only once the test says the device is gone: the failure happens while it is away.
+    private static ManualResetEventSlim RefuseBobAfterTheDeviceLeft(SmtpTestServer sink)
+    {
+        var deviceGone = new ManualResetEventSlim();
+        sink.Recipients[Refused] = new SmtpReply(550, "5.1.1 no such user");
+        sink.OnCommand = c =>
+        {
+            if (c.Verb == "RCPT" && string.Equals(c.Argument, Refused, StringComparison.OrdinalIgnoreCase) && !deviceGone.Wait(Await.DefaultTimeout))
+            {
+                throw new TimeoutException("the test never let the relay answer");
+            }
+
+            return null;
+        };
+        return deviceGone;
+    }
+
+    private static async Task NoticeToTheOperatorAsync(SmtpTestServer sink)
+    {
+        while (true)
+        {
+            var (_, to) = await sink.NextAsync();
+            if (to.Contains("ops@example.com"))
+            {
+                return;
+            }
+        }
+    }
+
+    private static Task<bool> KeptAsync(TestGateway gw, string device, string alertId, string state) =>
+        gw.Spool.KeptReceiptsAsync(device, 0, null, 100, default).ContinueWith(t => t.Result.Any(r => r.Receipt.AlertId == alertId && r.Receipt.State == state),
+            TaskScheduler.Default);
+
+    [Fact]
+    public async Task FailedReceipt_DeviceAwayAcrossAGatewayRestart_ArrivesOnceWhenItSubscribesAgain()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        using var deviceGone = RefuseBobAfterTheDeviceLeft(sink);
+        string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        var first = await TestGateway.StartAsync(Relay(sink.Port), null, 3, dataDir);
+
+        // The device subscribes to its receipts, raises an alert, has its PUBACK, and goes away (its session stays).
+        using var device = new MqttClientFactory().CreateMqttClient();
+        await device.ConnectAsync(Persistent(first, "dev-1"));
+        var inbox = await ReceiptInbox.SubscribeAsync(device, "dev-1");
+        await RaiseAsync(device, "dev-1", "k-1");
+        await inbox.WaitForAsync("k-1", ReceiptState.Accepted); // nothing in flight to it as it leaves
+        await device.DisconnectAsync();
+        deviceGone.Set();
+
+        // While it is away the relay refuses bob: the operator is told and the 'failed' receipt is kept (and queued in the
+        // session the broker holds in memory, which the restart below loses).
+        await NoticeToTheOperatorAsync(sink);
+        await first.UntilAsync(() => KeptAsync(first, "dev-1", "k-1", ReceiptState.Failed), "the failed receipt kept in the spool");
+        Assert.Equal(0, inbox.Count("k-1", ReceiptState.Failed));
+        await first.StopAsync();
+
+        // A real restart of the host on the same spool; the device comes back and subscribes, as the firmware does.
+        await using var second = await TestGateway.StartAsync(Relay(sink.Port), null, 3, dataDir);
+        var receipts = second.Host.Services.GetRequiredService<ReceiptPublisher>();
+        var removed = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        receipts.Removed += n => removed.TrySetResult(n);
+        var replays = new List<int>();
+        var secondReplay = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        receipts.ReplayFinished += (d, n) =>
+        {
+            lock (replays)
+            {
+                replays.Add(n);
+                if (replays.Count == 2)
+                {
+                    secondReplay.TrySetResult(n);
+                }
+            }
+        };
+        await device.ConnectAsync(Persistent(second, "dev-1"));
+        await device.SubscribeAsync("edgemail/v1/dev-1/receipt", MqttQualityOfServiceLevel.AtLeastOnce);
+
+        var failed = await inbox.WaitForAsync("k-1", ReceiptState.Failed);
+        Assert.Contains("550", failed.GetProperty("detail").GetString(), StringComparison.Ordinal);
+        Assert.Equal(1, await Await.Within(removed.Task, "the receipt removed from the spool after the device's PUBACK"));
+        Assert.Empty(await second.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default));
+
+        // Exactly once: the device coming back again (a new connection, a new subscription) gets nothing more.
+        await device.DisconnectAsync();
+        await device.ConnectAsync(Persistent(second, "dev-1"));
+        await device.SubscribeAsync("edgemail/v1/dev-1/receipt", MqttQualityOfServiceLevel.AtLeastOnce);
+        Assert.Equal(0, await Await.Within(secondReplay.Task, "the replay at the second subscription"));
+        Assert.Equal(1, inbox.Count("k-1", ReceiptState.Failed));
+        await device.DisconnectAsync();
+    }
+
+    [Fact]
+    public async Task RelayedReceipt_DeviceConnected_ArrivesOnce_AndItsPubAckRemovesItFromTheSpool()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        await using var gw = await TestGateway.StartAsync(Relay(sink.Port));
+        var removed = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        gw.Host.Services.GetRequiredService<ReceiptPublisher>().Removed += n => removed.TrySetResult(n);
+        using var device = new MqttClientFactory().CreateMqttClient();
+        await device.ConnectAsync(Persistent(gw, "dev-2"));
+        var inbox = await ReceiptInbox.SubscribeAsync(device, "dev-2");
+
+        await RaiseAsync(device, "dev-2", "k-2");
+
+        var relayed = await inbox.WaitForAsync("k-2", ReceiptState.Relayed);
+        Assert.StartsWith("250", relayed.GetProperty("detail").GetString(), StringComparison.Ordinal);
+        Assert.Equal(1, await Await.Within(removed.Task, "the receipt removed after the device's PUBACK"));
+        Assert.Empty(await gw.Spool.KeptReceiptsAsync(null, 0, null, 10, default));
+        Assert.Equal(0, gw.Host.Services.GetRequiredService<ReceiptPublisher>().InFlight());
+        Assert.Equal(1, inbox.Count("k-2", ReceiptState.Relayed));
+        await device.DisconnectAsync();
+    }
+
+    [Fact]
+    public async Task FailedReceipt_QueuedInASessionTheDeviceThenDropsWithACleanSession_IsHandedToItsNewSession()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        using var deviceGone = RefuseBobAfterTheDeviceLeft(sink);
+        await using var gw = await TestGateway.StartAsync(Relay(sink.Port));
+        using var device = new MqttClientFactory().CreateMqttClient();
+        await device.ConnectAsync(Persistent(gw, "dev-3"));
+        var inbox = await ReceiptInbox.SubscribeAsync(device, "dev-3");
+        await RaiseAsync(device, "dev-3", "k-3");
+        await inbox.WaitForAsync("k-3", ReceiptState.Accepted);
+        await device.DisconnectAsync();
+        deviceGone.Set();
+        await NoticeToTheOperatorAsync(sink);
+        await gw.UntilAsync(() => KeptAsync(gw, "dev-3", "k-3", ReceiptState.Failed), "the failed receipt kept in the spool");
+
+        // Back with a clean session (a device that lost its state, say): the old session and what it queued are gone.
+        await device.ConnectAsync(Persistent(gw, "dev-3", clean: true));
+        await device.SubscribeAsync("edgemail/v1/dev-3/receipt", MqttQualityOfServiceLevel.AtLeastOnce);
+
+        await inbox.WaitForAsync("k-3", ReceiptState.Failed);
+        await gw.UntilAsync(async () => !await KeptAsync(gw, "dev-3", "k-3", ReceiptState.Failed), "the receipt removed after the device's PUBACK");
+        Assert.Equal(1, inbox.Count("k-3", ReceiptState.Failed));
+        await device.DisconnectAsync();
+    }
+}
