@@ -59,7 +59,10 @@ public sealed class SharedSpoolGatewayTests
         }
 
         // Whichever instance routed it mailed it; then nothing is left to send anywhere.
-        await Task.WhenAny(a.MailAsync(1), b.MailAsync(1)).Unwrap();
+        Task<string[]> atA = a.MailAsync(1), atB = b.MailAsync(1);
+        var first = await Task.WhenAny(atA, atB);
+        _ = (first == atA ? atB : atA).ContinueWith(t => t.Exception, TaskScheduler.Default); // the other times out or ends with its folder
+        await first;
         var counts = await a.Spool.CountsAsync(default);
         Assert.Equal(1L, counts.Alerts.Values.Sum());
         Assert.Equal(1L, counts.Messages.Values.Sum());
