@@ -15,7 +15,7 @@ internal sealed record ChartInput(int Seed, int Devices, double DurationSeconds,
 /// The run's timeline as an SVG a person reads, drawn with OxyPlot: alerts raised, acknowledged by the gateway, delivered
 /// to the sink (all cumulative) and queued on the devices, over simulated time; every gateway, proxy and sink fault as a
 /// marker of its kind (with a band for its duration), and the devices' power cuts and link drops as markers under the
-/// axis, each kind in the legend with its count. The same input gives the same bytes: points are bucketed and faults
+/// axis (one per time bucket), each kind in the legend with its count. The same input gives the same bytes: points are bucketed and faults
 /// sorted before plotting, and OxyPlot's SVG exporter measures text with its built-in font metrics, not the machine's.
 /// </summary>
 internal static class ChaosChart
@@ -120,8 +120,8 @@ internal static class ChaosChart
             model.Series.Add(marks);
         }
 
-        AddDeviceFaults(model, faults, FaultKind.PowerCut, -0.04 * top, OxyColor.FromRgb(0xd6, 0x27, 0x28));
-        AddDeviceFaults(model, faults, FaultKind.LinkFlap, -0.09 * top, OxyColor.FromRgb(0x1f, 0x77, 0xb4));
+        AddDeviceFaults(model, faults, FaultKind.PowerCut, -0.04 * top, step, OxyColor.FromRgb(0xd6, 0x27, 0x28));
+        AddDeviceFaults(model, faults, FaultKind.LinkFlap, -0.09 * top, step, OxyColor.FromRgb(0x1f, 0x77, 0xb4));
 
         model.Series.Add(Curve("raised (cumulative)", raised, step, OxyColor.FromRgb(0x1f, 0x77, 0xb4), LineStyle.Solid));
         model.Series.Add(Curve("acknowledged by the gateway", acked, step, OxyColor.FromRgb(0xff, 0x7f, 0x0e), LineStyle.Dash));
@@ -130,16 +130,18 @@ internal static class ChaosChart
         return model;
     }
 
-    private static void AddDeviceFaults(PlotModel model, List<FaultEvent> faults, string kind, double y, OxyColor colour)
+    // One mark per time bucket that had any (the legend keeps the count): a fleet of thousands has faults by the
+    // hundred thousand, which as one mark each would make an SVG of megabytes that shows nothing more.
+    private static void AddDeviceFaults(PlotModel model, List<FaultEvent> faults, string kind, double y, double step, OxyColor colour)
     {
         var marks = new ScatterSeries
         {
             Title = $"{kind} ({faults.Count(f => f.Kind == kind)})", MarkerType = MarkerType.Square, MarkerSize = 2,
             MarkerFill = OxyColor.FromAColor(140, colour), MarkerStroke = OxyColors.Undefined,
         };
-        foreach (FaultEvent f in faults.Where(f => f.Kind == kind))
+        foreach (int bucket in faults.Where(f => f.Kind == kind).Select(f => Math.Clamp((int)Math.Ceiling(f.SimMs / step), 0, Buckets)).Distinct().Order())
         {
-            marks.Points.Add(new ScatterPoint(f.SimMs / 1000.0, y));
+            marks.Points.Add(new ScatterPoint(bucket * step / 1000.0, y));
         }
 
         model.Series.Add(marks);

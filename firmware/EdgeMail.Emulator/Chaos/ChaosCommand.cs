@@ -17,7 +17,7 @@ internal static class ChaosCommand
         var kills = new Option<int>("--gateway-kills") { Description = "SIGKILLs of the gateway", DefaultValueFactory = _ => 2 };
         var sinkDown = new Option<double>("--sink-down") { Description = "Seconds the sink refuses connections", DefaultValueFactory = _ => 60 };
         var board = new Option<string>("--board") { Description = "Board profile id", DefaultValueFactory = _ => "esp32-wroom-32" };
-        var output = new Option<string>("--out") { Description = "Folder for report.md, report.json, timeline.jsonl, chart.svg, gateway.log", DefaultValueFactory = _ => "chaos-out" };
+        var output = new Option<string>("--out") { Description = "Folder for report.md, timeline.jsonl, chart.svg, gateway.log", DefaultValueFactory = _ => "chaos-out" };
         var gateway = new Option<string?>("--gateway") { Description = "The gateway's build (EdgeMail.Gateway.dll or its folder); default: the newest build under gateway/" };
         var cmd = new Command("chaos", "Run the whole chain — a fleet, the gateway as a process, a relay — under power cuts, link faults, gateway kills and relay misbehaviour; judge every alert");
         foreach (Option o in new Option[] { devices, smtpShare, seed, duration, settle, rate, kills, sinkDown, board, output, gateway, boardsDir })

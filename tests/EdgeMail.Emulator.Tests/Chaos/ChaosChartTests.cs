@@ -54,6 +54,23 @@ public sealed class ChaosChartTests
     }
 
     [Fact]
+    public void Render_AThousandDeviceSoaksFaults_StaysASmallSvg_WithEveryFaultCounted()
+    {
+        var input = Input();
+        var random = new Random(7);
+        var many = new List<FaultEvent>(input.Faults);
+        for (int i = 0; i < 120_000; i++)
+        {
+            many.Add(new(i % 2 == 0 ? FaultKind.LinkFlap : FaultKind.PowerCut, random.Next(0, 40_000), T0, 2_000, $"dev-{i % 1000}", string.Empty));
+        }
+
+        string svg = ChaosChart.Render(input with { Faults = many });
+
+        Assert.True(svg.Length < 2 * ChaosChart.Render(input).Length, $"{svg.Length} characters: device faults plotted one mark each");
+        Assert.Contains($"{FaultKind.PowerCut} ({many.Count(f => f.Kind == FaultKind.PowerCut)})", svg, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Render_IsAnSvgWithTheFourCurvesAndEveryFaultKindInTheLegend()
     {
         string svg = ChaosChart.Render(Input());
