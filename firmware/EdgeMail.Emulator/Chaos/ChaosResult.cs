@@ -65,6 +65,7 @@ internal sealed record ChaosResult(
         L($"| evicted on the device, loss reported | {v.Evicted} |");
         L($"| same Message-ID taken again (crash/drop between 250 and commit) | {v.ResentSameMessageId} |");
         L($"| raises cut short by power loss that reached the sink anyway | {v.CutShortDelivered} |");
+        L($"| the gateway's own silence notices (DEVICE_SILENT / DEVICE_BACK) for a device that was off or unlinked | {v.SilenceNotices} |");
         L($"| queue-full loss reports at the sink | {v.LossReports} |");
         L($"| messages at the sink | {Sink.Count} |");
         L($"| **violations** | **{v.Violations.Count}** |");

@@ -34,6 +34,9 @@ internal sealed partial class ChaosVerdict
     /// <summary>Alerts whose raise a power cut interrupted (no promise made) that reached the sink anyway.</summary>
     public int CutShortDelivered { get; private set; }
 
+    /// <summary>The gateway's own DEVICE_SILENT / DEVICE_BACK alerts for a device that really was off or unlinked.</summary>
+    public int SilenceNotices { get; private set; }
+
     public int LossReports { get; private set; }
 
     public int DevicesNotDrained { get; private set; }
@@ -205,7 +208,22 @@ internal sealed partial class ChaosVerdict
                 continue;
             }
 
-            if (ledger.Devices.TryGetValue(device, out DeviceTruth? d) && d.RaisesCutShort > 0)
+            var d = ledger.Devices.GetValueOrDefault(device);
+            if (SilenceNotice().IsMatch(alert))
+            {
+                // The gateway raises these itself when it has not heard a device for SilentAfter. Counted apart; one for
+                // a device that was never off nor unlinked in the run is flagged for a person to look at.
+                if (d is not null && (d.Down.Count > 0 || d.LinkDownSince is not null))
+                {
+                    v.SilenceNotices++;
+                    continue;
+                }
+
+                v.Violations.Add(new Violation(device, alert, "the gateway reported the device silent (or back), but it was never off nor unlinked", 0, []));
+                continue;
+            }
+
+            if (d is not null && d.RaisesCutShort > 0)
             {
                 v.CutShortDelivered++;
                 continue;
@@ -236,6 +254,9 @@ internal sealed partial class ChaosVerdict
 
     [GeneratedRegex(@"^(?:_f\.)?([^.]+)\.(.+)\.alert\.n\d+\.notice@", RegexOptions.CultureInvariant)]
     private static partial Regex NoticeId();
+
+    [GeneratedRegex(@"^gw-(?:silent|back)-\d+$", RegexOptions.CultureInvariant)]
+    private static partial Regex SilenceNotice();
 
     [GeneratedRegex(@"dropped while the device queue was full \(sequence numbers (\d+) to (\d+)\)", RegexOptions.CultureInvariant)]
     private static partial Regex DroppedRange();

@@ -112,6 +112,24 @@ public sealed class ChaosVerdictTests : IDisposable
     }
 
     [Fact]
+    public void TheGatewaysOwnSilenceNotices_AreCounted_ForADeviceThatWasOff_AndAViolationForOneThatNeverWas()
+    {
+        var off = Device("dev-1");
+        off.Down.Add((5_000, 400_000)); // powered off longer than SilentAfter
+        Device("dev-2");
+        Mail("dev-1", "gw-silent-1796437088674", 320_000, Alice);
+        Mail("dev-1", "gw-back-1796437088674", 401_000, Alice);
+        Mail("dev-2", "gw-silent-1796437095990", 320_000, Alice);
+
+        var v = Judge();
+
+        Assert.Equal(2, v.SilenceNotices);
+        var violation = Assert.Single(v.Violations);
+        Assert.Equal(("dev-2", "gw-silent-1796437095990"), (violation.Device, violation.AlertId));
+        Assert.Contains("never off nor unlinked", violation.What, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void RefusedRecipientWithANoticeAndAFailedReceipt_IsFailedAsPromised()
     {
         var d = Device("dev-5", refusedToo: true);
