@@ -107,27 +107,7 @@ public sealed class DkimSigning
     public byte[] SignWire(byte[] wire)
     {
         ArgumentNullException.ThrowIfNull(wire);
-        int blank = wire.AsSpan().IndexOf("\r\n\r\n"u8);
-        int headerEnd = blank < 0 ? wire.Length : blank + 2;
-        int bodyStart = blank < 0 ? wire.Length : blank + 4;
-        HeaderList headers;
-        using (var block = new MemoryStream(wire, 0, headerEnd, writable: false))
-        {
-            headers = HeaderList.Load(ParserOptions.Default, block);
-        }
-
-        using var message = new MimeMessage();
-        message.Headers.Clear();
-        var body = new MimePart();
-        body.Headers.Clear();
-        foreach (var field in headers)
-        {
-            (field.Field.StartsWith("Content-", StringComparison.OrdinalIgnoreCase) ? body.Headers : message.Headers).Add(field);
-        }
-
-        // Content in the part's own transfer encoding is written out as it is, not transcoded.
-        body.Content = new MimeContent(new MemoryStream(wire, bodyStart, wire.Length - bodyStart, writable: false), body.ContentTransferEncoding);
-        message.Body = body;
+        using var message = WireMessage.Open(wire);
         _signer.Sign(WireFormat, message, RelayedHeaders);
         var signature = message.Headers[message.Headers.IndexOf(HeaderId.DkimSignature)];
         // The folded value as MimeKit wrote it (its own new lines), on CRLF and ending in exactly one.

@@ -1,4 +1,5 @@
 using System.Net.Sockets;
+using EdgeMail.Gateway.Composition;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Relay.OAuth2;
 using EdgeMail.Gateway.Spool;
@@ -150,9 +151,7 @@ public sealed class SmtpRelay : IMailTransport
                 }
             }
 
-            // Persistent: the parts' content stays in the spooled bytes instead of being copied out of them.
-            using var stream = new MemoryStream(message.Mime, writable: false);
-            using var mime = await MimeMessage.LoadAsync(ParserOptions.Default, stream, persistent: true, cancellationToken).ConfigureAwait(false);
+            using var mime = await OpenAsync(message, cancellationToken).ConfigureAwait(false);
             var sender = message.EnvelopeFrom.Length > 0 ? MailboxAddress.Parse(message.EnvelopeFrom) : new MailboxAddress(string.Empty, string.Empty);
             var recipients = message.PendingRecipients.Select(MailboxAddress.Parse).ToList();
             client.Spooled = SpooledAsComposed(message) ? message.Mime.Length : null;
@@ -219,10 +218,22 @@ public sealed class SmtpRelay : IMailTransport
         }
     }
 
-    // Mail the gateway composed itself was prepared for any relay when it was spooled (7-bit, lines within 78) and
-    // MimeKit writes a parsed message back byte for byte: its size is the spooled length and nothing needs preparing.
-    // A device's own relayed mail is sent as MailKit prepares it for the server at hand (it may carry 8-bit text).
+    // Mail the gateway composed itself was prepared for any relay when it was spooled (7-bit, lines within 78): it goes
+    // out as the spooled bytes, its headers read and its body not parsed at all, its size the spooled length. A
+    // device's own relayed mail is parsed and sent as MailKit prepares it for the server at hand (it may carry 8-bit text).
     private static bool SpooledAsComposed(QueuedMessage message) => message.Kind is "alert" or "digest" or "notice";
+
+    private static async Task<MimeMessage> OpenAsync(QueuedMessage message, CancellationToken cancellationToken)
+    {
+        if (SpooledAsComposed(message))
+        {
+            return WireMessage.Open(message.Mime);
+        }
+
+        // Persistent: the parts' content stays in the spooled bytes instead of being copied out of them.
+        using var stream = new MemoryStream(message.Mime, writable: false);
+        return await MimeMessage.LoadAsync(ParserOptions.Default, stream, persistent: true, cancellationToken).ConfigureAwait(false);
+    }
 
     private bool IsAppOnly => RelayAuthModes.OAuth2ClientCredentials.Equals(_relay.Auth, StringComparison.OrdinalIgnoreCase);
 
