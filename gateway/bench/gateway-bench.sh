@@ -131,6 +131,7 @@ warm_up() {
   [ "${2:-}" = nosink ] || { wait "$SINKPID" || true; SINKPID=""; }
 }
 rss_kib() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+thread_cpu() { for t in /proc/$1/task/*; do printf '%s\t%s\t%s\n' "${t##*/}" "$(cat "$t/comm" 2>/dev/null)" "$(awk '{print ($14+$15)/100}' "$t/stat" 2>/dev/null)"; done; }
 io_counts() { awk '/^syscw/{w=$2} /^wchar/{wb=$2} /^syscr/{r=$2} /^rchar/{rb=$2} END{print w, wb, r, rb}' "/proc/$1/io"; }
 cpu_s() { awk '{printf "%.2f", ($14+$15)/100}' "/proc/$1/stat"; }
 
@@ -151,6 +152,7 @@ if [[ " $STAGES " == *" ingest "* ]]; then
   fi
   cpu0=$(cpu_s "$GW")
   io0=$(io_counts "$GW")
+  [ -n "${THREADS:-}" ] && thread_cpu "$GW" > "$STATE/threads0"
   if [ -n "${TRACE:-}" ]; then  # TRACE=file.nettrace: CPU-sample the gateway for TRACE_SECONDS (8) of the run (dotnet-trace global tool)
     dotnet-trace ${TRACE_CMD:-collect-linux --profile cpu-sampling} -p "$GW" -o "$TRACE" --duration "00:00:00:$(printf %02d "${TRACE_SECONDS:-8}")" >/dev/null 2>&1 &
     TRACER=$!
@@ -172,8 +174,8 @@ if [[ " $STAGES " == *" ingest "* ]]; then
   if [ -n "${THREADS:-}" ]; then  # THREADS=1: gateway CPU seconds per thread name, and its file/socket writes and reads, to stderr
     awk -v n="$TOTAL" -v a="$io0" -v b="$io1" 'BEGIN{split(a,x," "); split(b,y," ");
       printf "IO per alert: %.1f write calls, %.1f KiB written, %.1f read calls, %.1f KiB read (files and sockets)\n", (y[1]-x[1])/n, (y[2]-x[2])/1024/n, (y[3]-x[3])/n, (y[4]-x[4])/1024/n}' >&2
-    for t in /proc/$GW/task/*; do printf '%s\t%s\n' "$(cat "$t/comm")" "$(awk '{print ($14+$15)/100}' "$t/stat")"; done \
-      | awk -F'\t' '{c[$1]+=$2} END{for (k in c) if (c[k]>0.05) printf "THREAD %-20s %.2f s\n", k, c[k]}' >&2 || true
+    # CPU of each thread during the timed run (threads that ended meanwhile are not seen), summed by thread name
+    thread_cpu "$GW" | awk -F'\t' 'NR==FNR{c0[$1]=$3; next} {c[$2]+=$3-c0[$1]} END{for (k in c) if (c[k]>0.05) printf "THREAD %-20s %.2f s\n", k, c[k]}' "$STATE/threads0" - >&2 || true
   fi
   E2E_RATE=$(awk -v n="$TOTAL" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}')
   [ -n "${TRACER:-}" ] && { wait "$TRACER" || true; TRACER=""; }   # the trace is written after its window ends
