@@ -132,6 +132,7 @@ warm_up() {
 }
 rss_kib() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 thread_cpu() { for t in /proc/$1/task/*; do printf '%s\t%s\t%s\n' "${t##*/}" "$(cat "$t/comm" 2>/dev/null)" "$(awk '{print ($14+$15)/100}' "$t/stat" 2>/dev/null)"; done; }
+spool_commits() { curl -s -H "Authorization: Bearer $(cat "$STATE/data/cli-api-key")" "http://127.0.0.1:$((PORT - 2))/metrics" | awk '/^edgemail_spool_commit_duration_seconds_count/{print $NF; f=1} END{if (!f) print 0}'; }
 io_counts() { awk '/^syscw/{w=$2} /^wchar/{wb=$2} /^syscr/{r=$2} /^rchar/{rb=$2} END{print w, wb, r, rb}' "/proc/$1/io"; }
 cpu_s() { awk '{printf "%.2f", ($14+$15)/100}' "/proc/$1/stat"; }
 
@@ -152,7 +153,7 @@ if [[ " $STAGES " == *" ingest "* ]]; then
   fi
   cpu0=$(cpu_s "$GW")
   io0=$(io_counts "$GW")
-  [ -n "${THREADS:-}" ] && thread_cpu "$GW" > "$STATE/threads0"
+  [ -n "${THREADS:-}" ] && { thread_cpu "$GW" > "$STATE/threads0"; commits0=$(spool_commits); }
   if [ -n "${TRACE:-}" ]; then  # TRACE=file.nettrace: CPU-sample the gateway for TRACE_SECONDS (8) of the run (dotnet-trace global tool)
     dotnet-trace ${TRACE_CMD:-collect-linux --profile cpu-sampling} -p "$GW" -o "$TRACE" --duration "00:00:00:$(printf %02d "${TRACE_SECONDS:-8}")" >/dev/null 2>&1 &
     TRACER=$!
@@ -174,6 +175,7 @@ if [[ " $STAGES " == *" ingest "* ]]; then
   if [ -n "${THREADS:-}" ]; then  # THREADS=1: gateway CPU seconds per thread name, and its file/socket writes and reads, to stderr
     awk -v n="$TOTAL" -v a="$io0" -v b="$io1" 'BEGIN{split(a,x," "); split(b,y," ");
       printf "IO per alert: %.1f write calls, %.1f KiB written, %.1f read calls, %.1f KiB read (files and sockets)\n", (y[1]-x[1])/n, (y[2]-x[2])/1024/n, (y[3]-x[3])/n, (y[4]-x[4])/1024/n}' >&2
+    awk -v n="$TOTAL" -v a="$commits0" -v b="$(spool_commits)" 'BEGIN{printf "SPOOL %d group commits in the timed run, %.1f alerts per commit\n", b-a, n/(b-a > 0 ? b-a : 1)}' >&2
     # CPU of each thread during the timed run (threads that ended meanwhile are not seen), summed by thread name
     thread_cpu "$GW" | awk -F'\t' 'NR==FNR{c0[$1]=$3; next} {c[$2]+=$3-c0[$1]} END{for (k in c) if (c[k]>0.05) printf "THREAD %-20s %.2f s\n", k, c[k]}' "$STATE/threads0" - >&2 || true
   fi
