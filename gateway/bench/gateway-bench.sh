@@ -26,6 +26,7 @@
 #            (MSGS=5000 SESSIONS=20 SIZE=1024 REUSE=0 RUNS=1) -- needs root; installs postfix if missing.
 # Knobs: DEVICES=50 MSGS_PER=1000 INFLIGHT=10 IDLE_DEVICES=10000 LAT_RATE= RELAY_CONCURRENCY=8 PORT=18990 (console on PORT-2)
 #        SSE=N (N open dashboards, the console's event stream, during the timed ingest run)
+#        COUNTERS=1 (ingest stage: allocations, GCs, thread-pool work items per alert; dotnet-counters global tool)
 #        PERF=file.data (ingest stage: perf record -g of the gateway through the timed run, JIT frames resolvable;
 #        PERF_FREQ=499 Hz; read it with gateway/bench/perf-stages.py file.data)
 #        SINK_PORT=18925 ART=/tmp/art-gw-bench PEERS_DIR=<repo>/../shared/peers
@@ -33,6 +34,7 @@
 # 10,000 devices does not take minutes of CPU; after the first connect the gateway checks a cached SHA-256 anyway.
 # Prints one "RESULT ..." line per stage. Loopback only.
 set -euo pipefail
+PATH="$PATH:$HOME/.dotnet/tools"   # dotnet-trace, dotnet-counters (global tools)
 DEVICES=${DEVICES:-50}
 MSGS_PER=${MSGS_PER:-1000}
 INFLIGHT=${INFLIGHT:-10}
@@ -53,6 +55,7 @@ cleanup() {
   [ -n "$GW" ] && kill "$GW" 2>/dev/null || true
   [ -n "${SINKPID:-}" ] && kill "$SINKPID" 2>/dev/null || true
   [ -n "${PERFREC:-}" ] && kill -INT "$PERFREC" 2>/dev/null || true
+  [ -n "${COUNTERPID:-}" ] && kill -TERM "$COUNTERPID" 2>/dev/null || true
   [ -n "${MOSQ:-}" ] && kill "$MOSQ" 2>/dev/null || true
   for g in ${GWS:-}; do kill "$g" 2>/dev/null || true; done
   [ -n "${PG_STARTED:-}" ] && TMPDIR="$STATE" bash "$ROOT/.ci/postgres.sh" stop >/dev/null 2>&1 || true
@@ -165,11 +168,25 @@ if [[ " $STAGES " == *" ingest "* ]]; then
     (sleep "${PERF_DELAY:-1}"; exec perf record -F "${PERF_FREQ:-499}" -g -p "$GW" -o "$PERF" >/dev/null 2>&1) &
     PERFREC=$!
   fi
+  if [ -n "${COUNTERS:-}" ]; then
+    # COUNTERS=1: the runtime's own counters through the timed run (dotnet-counters global tool): bytes allocated, GCs,
+    # thread-pool work items and lock contentions per alert -- figures the machine's other load does not change.
+    dotnet-counters collect -p "$GW" --counters System.Runtime --format csv -o "$STATE/counters.csv" --refresh-interval 1 >/dev/null 2>&1 &
+    COUNTERPID=$!
+    for _ in $(seq 1 50); do [ -s "$STATE/counters.csv" ] && break; sleep 0.1; done
+  fi
   t0=$EPOCHREALTIME
   out=$(dotnet "$LOADGEN" publish --port "$PORT" --devices "$DEVICES" --msgs "$MSGS_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag i)
   wait "$SINKPID"; SINKPID=""
   t1=$EPOCHREALTIME
   cpu1=$(cpu_s "$GW")
+  if [ -n "${COUNTERPID:-}" ]; then
+    sleep 1.5; kill -TERM "$COUNTERPID" 2>/dev/null || true; wait "$COUNTERPID" || true; COUNTERPID=""
+    awk -F, -v n="$TOTAL" '$3 ~ /\/ 1 sec/ {v[$3]+=$5} END{printf "COUNTERS per alert: %.1f KiB allocated, %.4f gen0 + %.4f gen1 + %.4f gen2 GCs, %.2f thread-pool work items, %.3f lock contentions\n",
+      v["dotnet.gc.heap.total_allocated (By / 1 sec)"]/1024/n, v["dotnet.gc.collections ({collection} / 1 sec)[gc.heap.generation=gen0]"]/n,
+      v["dotnet.gc.collections ({collection} / 1 sec)[gc.heap.generation=gen1]"]/n, v["dotnet.gc.collections ({collection} / 1 sec)[gc.heap.generation=gen2]"]/n,
+      v["dotnet.thread_pool.work_item.count ({work_item} / 1 sec)"]/n, v["dotnet.monitor.lock_contentions ({contention} / 1 sec)"]/n}' "$STATE/counters.csv" >&2
+  fi
   io1=$(io_counts "$GW")
   [ -n "${PERFREC:-}" ] && { kill -INT "$PERFREC" 2>/dev/null || true; wait "$PERFREC" || true; PERFREC=""; }
   if [ -n "${THREADS:-}" ]; then  # THREADS=1: gateway CPU seconds per thread name, and its file/socket writes and reads, to stderr

@@ -230,8 +230,9 @@ public sealed class SmtpRelay : IMailTransport
             return WireMessage.Open(message.Mime);
         }
 
-        // Persistent: the parts' content stays in the spooled bytes instead of being copied out of them.
-        using var stream = new MemoryStream(message.Mime, writable: false);
+        // Persistent: the parts' content stays in the spooled bytes instead of being copied out of them, so the stream
+        // must outlive this method (it holds nothing but the array).
+        var stream = new MemoryStream(message.Mime, writable: false);
         return await MimeMessage.LoadAsync(ParserOptions.Default, stream, persistent: true, cancellationToken).ConfigureAwait(false);
     }
 

@@ -62,6 +62,22 @@ public sealed class SmarthostWireTests
         }
     }
 
+    [Fact]
+    public async Task Send_DevicesOwnEightBitMail_IsPreparedForASevenBitServer()
+    {
+        // Mail relayed for a device is its own: parsed and prepared by MailKit for the server at hand, which here does
+        // not offer 8BITMIME, so the 8-bit text is re-encoded and reads the same.
+        byte[] wire = Encoding.UTF8.GetBytes(
+            "From: ups-1@lan.example.com\r\nTo: ops@example.com\r\nSubject: on battery\r\nMessage-ID: <ups.1@lan.example.com>\r\n" +
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nNetzausfall in Halle 3, Temperatur 31 °C\r\n");
+
+        var received = await SendAsync(new QueuedMessage(1, "relay", "ups-1", null, "ups.1@lan.example.com", "alerts@example.com", ["ops@example.com"], wire, 0, Now, Now.AddDays(5)));
+
+        Assert.All(received.Data, b => Assert.True(b < 128));
+        using var message = MimeMessage.Load(new MemoryStream(received.Data));
+        Assert.Equal("Netzausfall in Halle 3, Temperatur 31 °C\n", message.TextBody?.ReplaceLineEndings("\n"));
+    }
+
     private static async Task<(string MailFrom, byte[] Data)> SendAsync(QueuedMessage message)
     {
         using var listener = new TcpListener(IPAddress.Loopback, 0);
