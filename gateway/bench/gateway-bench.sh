@@ -26,11 +26,15 @@
 #            (MSGS=5000 SESSIONS=20 SIZE=1024 REUSE=0 RUNS=1) -- needs root; installs postfix if missing.
 # Knobs: DEVICES=50 MSGS_PER=1000 INFLIGHT=10 IDLE_DEVICES=10000 LAT_RATE= RELAY_CONCURRENCY=8 PORT=18990 (console on PORT-2)
 #        SSE=N (N open dashboards, the console's event stream, during the timed ingest run)
+#        COUNTERS=1 (ingest stage: allocations, GCs, thread-pool work items per alert; dotnet-counters global tool)
+#        PERF=file.data (ingest stage: perf record -g of the gateway through the timed run, JIT frames resolvable;
+#        PERF_FREQ=499 Hz; read it with gateway/bench/perf-stages.py file.data)
 #        SINK_PORT=18925 ART=/tmp/art-gw-bench PEERS_DIR=<repo>/../shared/peers
 # Device secrets in the generated config use PBKDF2 with 1,000 iterations (instead of 100,000) so that connecting
 # 10,000 devices does not take minutes of CPU; after the first connect the gateway checks a cached SHA-256 anyway.
 # Prints one "RESULT ..." line per stage. Loopback only.
 set -euo pipefail
+PATH="$PATH:$HOME/.dotnet/tools"   # dotnet-trace, dotnet-counters (global tools)
 DEVICES=${DEVICES:-50}
 MSGS_PER=${MSGS_PER:-1000}
 INFLIGHT=${INFLIGHT:-10}
@@ -50,6 +54,8 @@ log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 cleanup() {
   [ -n "$GW" ] && kill "$GW" 2>/dev/null || true
   [ -n "${SINKPID:-}" ] && kill "$SINKPID" 2>/dev/null || true
+  [ -n "${PERFREC:-}" ] && kill -INT "$PERFREC" 2>/dev/null || true
+  [ -n "${COUNTERPID:-}" ] && kill -TERM "$COUNTERPID" 2>/dev/null || true
   [ -n "${MOSQ:-}" ] && kill "$MOSQ" 2>/dev/null || true
   for g in ${GWS:-}; do kill "$g" 2>/dev/null || true; done
   [ -n "${PG_STARTED:-}" ] && TMPDIR="$STATE" bash "$ROOT/.ci/postgres.sh" stop >/dev/null 2>&1 || true
@@ -91,7 +97,13 @@ PY
 # start_gateway CONFIG
 start_gateway() {
   rm -rf "$STATE/data"
-  dotnet "$DLL" --config "$1" > "$STATE/gateway.log" 2>&1 &
+  if [ -n "${PERF:-}" ]; then
+    # perf resolves JIT-compiled frames from /tmp/perf-PID.map, and only in anonymous memory: W^X double mapping
+    # puts code in a memfd mapping perf cannot read, and ReadyToRun code of the framework is in no map at all.
+    DOTNET_PerfMapEnabled=1 DOTNET_EnableWriteXorExecute=0 DOTNET_ReadyToRun=0 dotnet "$DLL" --config "$1" > "$STATE/gateway.log" 2>&1 &
+  else
+    dotnet "$DLL" --config "$1" > "$STATE/gateway.log" 2>&1 &
+  fi
   GW=$!
   for _ in $(seq 1 300); do grep -q "MQTT broker listening" "$STATE/gateway.log" && return 0; sleep 0.1; done
   cat "$STATE/gateway.log" >&2; exit 1
@@ -122,6 +134,9 @@ warm_up() {
   [ "${2:-}" = nosink ] || { wait "$SINKPID" || true; SINKPID=""; }
 }
 rss_kib() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+thread_cpu() { for t in /proc/$1/task/*; do printf '%s\t%s\t%s\n' "${t##*/}" "$(cat "$t/comm" 2>/dev/null)" "$(awk '{print ($14+$15)/100}' "$t/stat" 2>/dev/null)"; done; }
+spool_commits() { curl -s -H "Authorization: Bearer $(cat "$STATE/data/cli-api-key")" "http://127.0.0.1:$((PORT - 2))/metrics" | awk '/^edgemail_spool_commit_duration_seconds_count/{print $NF; f=1} END{if (!f) print 0}'; }
+io_counts() { awk '/^syscw/{w=$2} /^wchar/{wb=$2} /^syscr/{r=$2} /^rchar/{rb=$2} END{print w, wb, r, rb}' "/proc/$1/io"; }
 cpu_s() { awk '{printf "%.2f", ($14+$15)/100}' "/proc/$1/stat"; }
 
 echo "MACHINE nproc=$(nproc) cpu=\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\" date=$(date -u +%Y-%m-%dT%H:%M:%SZ) dotnet=$(dotnet --version) load=\"$(cut -d' ' -f1-3 /proc/loadavg)\""
@@ -140,19 +155,46 @@ if [[ " $STAGES " == *" ingest "* ]]; then
     done
   fi
   cpu0=$(cpu_s "$GW")
+  io0=$(io_counts "$GW")
+  [ -n "${THREADS:-}" ] && { thread_cpu "$GW" > "$STATE/threads0"; commits0=$(spool_commits); }
   if [ -n "${TRACE:-}" ]; then  # TRACE=file.nettrace: CPU-sample the gateway for TRACE_SECONDS (8) of the run (dotnet-trace global tool)
     dotnet-trace ${TRACE_CMD:-collect-linux --profile cpu-sampling} -p "$GW" -o "$TRACE" --duration "00:00:00:$(printf %02d "${TRACE_SECONDS:-8}")" >/dev/null 2>&1 &
     TRACER=$!
     sleep 1
+  fi
+  if [ -n "${PERF:-}" ]; then
+    # PERF=file.data: perf record -g of the gateway from PERF_DELAY (1) s into the timed run until the sink has every
+    # mail, so the profile covers ingest, routing and delivery alike; gateway/bench/perf-stages.py reads it.
+    (sleep "${PERF_DELAY:-1}"; exec perf record -F "${PERF_FREQ:-499}" -g -p "$GW" -o "$PERF" >/dev/null 2>&1) &
+    PERFREC=$!
+  fi
+  if [ -n "${COUNTERS:-}" ]; then
+    # COUNTERS=1: the runtime's own counters through the timed run (dotnet-counters global tool): bytes allocated, GCs,
+    # thread-pool work items and lock contentions per alert -- figures the machine's other load does not change.
+    dotnet-counters collect -p "$GW" --counters System.Runtime --format csv -o "$STATE/counters.csv" --refresh-interval 1 >/dev/null 2>&1 &
+    COUNTERPID=$!
+    for _ in $(seq 1 50); do [ -s "$STATE/counters.csv" ] && break; sleep 0.1; done
   fi
   t0=$EPOCHREALTIME
   out=$(dotnet "$LOADGEN" publish --port "$PORT" --devices "$DEVICES" --msgs "$MSGS_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag i)
   wait "$SINKPID"; SINKPID=""
   t1=$EPOCHREALTIME
   cpu1=$(cpu_s "$GW")
-  if [ -n "${THREADS:-}" ]; then  # THREADS=1: gateway CPU seconds per thread name, to stderr
-    for t in /proc/$GW/task/*; do printf '%s\t%s\n' "$(cat "$t/comm")" "$(awk '{print ($14+$15)/100}' "$t/stat")"; done \
-      | awk -F'\t' '{c[$1]+=$2} END{for (k in c) if (c[k]>0.05) printf "THREAD %-20s %.2f s\n", k, c[k]}' >&2 || true
+  if [ -n "${COUNTERPID:-}" ]; then
+    sleep 1.5; kill -TERM "$COUNTERPID" 2>/dev/null || true; wait "$COUNTERPID" || true; COUNTERPID=""
+    awk -F, -v n="$TOTAL" '$3 ~ /\/ 1 sec/ {v[$3]+=$5} END{printf "COUNTERS per alert: %.1f KiB allocated, %.4f gen0 + %.4f gen1 + %.4f gen2 GCs, %.2f thread-pool work items, %.3f lock contentions\n",
+      v["dotnet.gc.heap.total_allocated (By / 1 sec)"]/1024/n, v["dotnet.gc.collections ({collection} / 1 sec)[gc.heap.generation=gen0]"]/n,
+      v["dotnet.gc.collections ({collection} / 1 sec)[gc.heap.generation=gen1]"]/n, v["dotnet.gc.collections ({collection} / 1 sec)[gc.heap.generation=gen2]"]/n,
+      v["dotnet.thread_pool.work_item.count ({work_item} / 1 sec)"]/n, v["dotnet.monitor.lock_contentions ({contention} / 1 sec)"]/n}' "$STATE/counters.csv" >&2
+  fi
+  io1=$(io_counts "$GW")
+  [ -n "${PERFREC:-}" ] && { kill -INT "$PERFREC" 2>/dev/null || true; wait "$PERFREC" || true; PERFREC=""; }
+  if [ -n "${THREADS:-}" ]; then  # THREADS=1: gateway CPU seconds per thread name, and its file/socket writes and reads, to stderr
+    awk -v n="$TOTAL" -v a="$io0" -v b="$io1" 'BEGIN{split(a,x," "); split(b,y," ");
+      printf "IO per alert: %.1f write calls, %.1f KiB written, %.1f read calls, %.1f KiB read (files and sockets)\n", (y[1]-x[1])/n, (y[2]-x[2])/1024/n, (y[3]-x[3])/n, (y[4]-x[4])/1024/n}' >&2
+    awk -v n="$TOTAL" -v a="$commits0" -v b="$(spool_commits)" 'BEGIN{printf "SPOOL %d group commits in the timed run, %.1f alerts per commit\n", b-a, n/(b-a > 0 ? b-a : 1)}' >&2
+    # CPU of each thread during the timed run (threads that ended meanwhile are not seen), summed by thread name
+    thread_cpu "$GW" | awk -F'\t' 'NR==FNR{c0[$1]=$3; next} {c[$2]+=$3-c0[$1]} END{for (k in c) if (c[k]>0.05) printf "THREAD %-20s %.2f s\n", k, c[k]}' "$STATE/threads0" - >&2 || true
   fi
   E2E_RATE=$(awk -v n="$TOTAL" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}')
   [ -n "${TRACER:-}" ] && { wait "$TRACER" || true; TRACER=""; }   # the trace is written after its window ends

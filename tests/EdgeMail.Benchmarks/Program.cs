@@ -8,6 +8,11 @@ if (args.Length > 0 && args[0] == "flash")
     return FlashQueueReport.Run(Console.Out);
 }
 
+if (args.Length > 0 && args[0] == "stages")
+{
+    return await StagesReport.RunAsync(Console.Out, args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 20_000);
+}
+
 if (args.Length > 0 && args[0] == "spool")
 {
     return await SpoolReport.RunAsync(Console.Out);

@@ -1,6 +1,8 @@
+using System.Security.Cryptography;
 using System.Text;
 using MimeKit;
 using MimeKit.Cryptography;
+using Org.BouncyCastle.Crypto;
 
 namespace EdgeMail.Gateway.Composition;
 
@@ -57,7 +59,7 @@ public sealed class DkimSigning
             return null;
         }
 
-        var signer = new DkimSigner(options.KeyFile, options.Domain, options.Selector, DkimSignatureAlgorithm.RsaSha256)
+        var signer = new NativeRsaDkimSigner(options.KeyFile, options.Domain, options.Selector)
         {
             HeaderCanonicalizationAlgorithm = DkimCanonicalizationAlgorithm.Relaxed,
             BodyCanonicalizationAlgorithm = DkimCanonicalizationAlgorithm.Relaxed,
@@ -105,27 +107,7 @@ public sealed class DkimSigning
     public byte[] SignWire(byte[] wire)
     {
         ArgumentNullException.ThrowIfNull(wire);
-        int blank = wire.AsSpan().IndexOf("\r\n\r\n"u8);
-        int headerEnd = blank < 0 ? wire.Length : blank + 2;
-        int bodyStart = blank < 0 ? wire.Length : blank + 4;
-        HeaderList headers;
-        using (var block = new MemoryStream(wire, 0, headerEnd, writable: false))
-        {
-            headers = HeaderList.Load(ParserOptions.Default, block);
-        }
-
-        using var message = new MimeMessage();
-        message.Headers.Clear();
-        var body = new MimePart();
-        body.Headers.Clear();
-        foreach (var field in headers)
-        {
-            (field.Field.StartsWith("Content-", StringComparison.OrdinalIgnoreCase) ? body.Headers : message.Headers).Add(field);
-        }
-
-        // Content in the part's own transfer encoding is written out as it is, not transcoded.
-        body.Content = new MimeContent(new MemoryStream(wire, bodyStart, wire.Length - bodyStart, writable: false), body.ContentTransferEncoding);
-        message.Body = body;
+        using var message = WireMessage.Open(wire);
         _signer.Sign(WireFormat, message, RelayedHeaders);
         var signature = message.Headers[message.Headers.IndexOf(HeaderId.DkimSignature)];
         // The folded value as MimeKit wrote it (its own new lines), on CRLF and ending in exactly one.
@@ -140,5 +122,67 @@ public sealed class DkimSigning
         options.NewLineFormat = NewLineFormat.Dos;
         options.International = false;
         return options;
+    }
+}
+
+/// <summary>
+/// MimeKit's DKIM signer with the RSA signature made by the platform's cryptography (OpenSSL on Linux) instead of
+/// BouncyCastle's managed arithmetic: the same PKCS#1 v1.5 SHA-256 signature, byte for byte, at about a twentieth of
+/// the CPU (an RSA-2048 private-key operation in managed code cost ~5 ms per message on the benchmark machine, more
+/// than all the rest of an alert's path). MimeKit still canonicalises and hashes the headers and the body.
+/// </summary>
+internal sealed class NativeRsaDkimSigner : DkimSigner
+{
+    // Lives as long as the signer, which lives as long as the gateway (its handle is released by its finalizer).
+    private readonly RSA _rsa;
+    private readonly Lock _lock = new();
+
+    private readonly TimeProvider _clock;
+
+    public NativeRsaDkimSigner(string keyFile, string domain, string selector, TimeProvider? clock = null)
+        : base(keyFile, domain, selector, DkimSignatureAlgorithm.RsaSha256)
+    {
+        _clock = clock ?? TimeProvider.System;
+        _rsa = RSA.Create();
+        _rsa.ImportFromPem(File.ReadAllText(keyFile));
+    }
+
+    // t= from the gateway's clock rather than MimeKit's own reading of the system time.
+    protected override long GetTimestamp() => _clock.GetUtcNow().ToUnixTimeSeconds();
+
+    protected override ISigner CreateSigningContext() => new Context(this);
+
+    // One signature: SHA-256 over what MimeKit feeds in, then the private-key operation (serialised: an RSA key object
+    // is not documented as safe for concurrent use, and compositions and relayed mail are signed on several threads).
+    private sealed class Context(NativeRsaDkimSigner owner) : ISigner
+    {
+        private readonly IncrementalHash _hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+
+        public string AlgorithmName => "SHA-256withRSA";
+
+        public void Init(bool forSigning, ICipherParameters parameters)
+        {
+        }
+
+        public void Update(byte input) => _hash.AppendData([input]);
+
+        public void BlockUpdate(byte[] input, int inOff, int inLen) => _hash.AppendData(input, inOff, inLen);
+
+        public void BlockUpdate(ReadOnlySpan<byte> input) => _hash.AppendData(input);
+
+        public int GetMaxSignatureSize() => owner._rsa.KeySize / 8;
+
+        public byte[] GenerateSignature()
+        {
+            byte[] digest = _hash.GetHashAndReset();
+            lock (owner._lock)
+            {
+                return owner._rsa.SignHash(digest, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
+            }
+        }
+
+        public bool VerifySignature(byte[] signature) => throw new NotSupportedException("This context only signs.");
+
+        public void Reset() => _hash.GetHashAndReset();
     }
 }

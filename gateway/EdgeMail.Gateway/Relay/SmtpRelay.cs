@@ -1,4 +1,5 @@
 using System.Net.Sockets;
+using EdgeMail.Gateway.Composition;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Relay.OAuth2;
 using EdgeMail.Gateway.Spool;
@@ -150,11 +151,20 @@ public sealed class SmtpRelay : IMailTransport
                 }
             }
 
-            using var stream = new MemoryStream(message.Mime);
-            using var mime = await MimeMessage.LoadAsync(stream, cancellationToken).ConfigureAwait(false);
+            using var mime = await OpenAsync(message, cancellationToken).ConfigureAwait(false);
             var sender = message.EnvelopeFrom.Length > 0 ? MailboxAddress.Parse(message.EnvelopeFrom) : new MailboxAddress(string.Empty, string.Empty);
             var recipients = message.PendingRecipients.Select(MailboxAddress.Parse).ToList();
-            string reply = await client.SendAsync(mime, sender, recipients, cancellationToken).ConfigureAwait(false);
+            client.Spooled = SpooledAsComposed(message) ? message.Mime.Length : null;
+            string reply;
+            try
+            {
+                reply = await client.SendAsync(mime, sender, recipients, cancellationToken).ConfigureAwait(false);
+            }
+            finally
+            {
+                client.Spooled = null;
+            }
+
             return message.PendingRecipients.Select(r => client.Refused.TryGetValue(r, out var refusal)
                 ? new RecipientResult(r, refusal.Code is >= 400 and < 500 ? RecipientOutcome.Deferred : RecipientOutcome.Failed, refusal.Text)
                 : new RecipientResult(r, RecipientOutcome.Sent, "250 " + reply)).ToList();
@@ -206,6 +216,24 @@ public sealed class SmtpRelay : IMailTransport
             await SafeDisconnectAsync(client).ConfigureAwait(false);
             return null;
         }
+    }
+
+    // Mail the gateway composed itself was prepared for any relay when it was spooled (7-bit, lines within 78): it goes
+    // out as the spooled bytes, its headers read and its body not parsed at all, its size the spooled length. A
+    // device's own relayed mail is parsed and sent as MailKit prepares it for the server at hand (it may carry 8-bit text).
+    private static bool SpooledAsComposed(QueuedMessage message) => message.Kind is "alert" or "digest" or "notice";
+
+    private static async Task<MimeMessage> OpenAsync(QueuedMessage message, CancellationToken cancellationToken)
+    {
+        if (SpooledAsComposed(message))
+        {
+            return WireMessage.Open(message.Mime);
+        }
+
+        // Persistent: the parts' content stays in the spooled bytes instead of being copied out of them, so the stream
+        // must outlive this method (it holds nothing but the array).
+        var stream = new MemoryStream(message.Mime, writable: false);
+        return await MimeMessage.LoadAsync(ParserOptions.Default, stream, persistent: true, cancellationToken).ConfigureAwait(false);
     }
 
     private bool IsAppOnly => RelayAuthModes.OAuth2ClientCredentials.Equals(_relay.Auth, StringComparison.OrdinalIgnoreCase);
@@ -322,12 +350,37 @@ public sealed class SmtpRelay : IMailTransport
     internal static RecordingSmtpClient NewClient() => new();
 }
 
-/// <summary>A MailKit client that records refused recipients instead of failing the whole message.</summary>
+/// <summary>
+/// A MailKit client that records refused recipients instead of failing the whole message, and that sends mail the
+/// gateway composed as it was spooled: without preparing it again and without writing it once more only to measure it
+/// for <c>SIZE=</c> (MailKit's default when the server offers SIZE: the message is serialised twice per send).
+/// </summary>
 internal sealed class RecordingSmtpClient : SmtpClient
 {
     public Dictionary<string, (int Code, string Text)> Refused { get; } = new(StringComparer.OrdinalIgnoreCase);
 
     public string LastError { get; set; } = "connection failed";
+
+    /// <summary>The spooled length of the message being sent when the gateway composed it (prepared already); else null.</summary>
+    public long? Spooled { get; set; }
+
+    protected override void Prepare(FormatOptions options, MimeMessage message, EncodingConstraint constraint, int maxLineLength)
+    {
+        if (Spooled is null)
+        {
+            base.Prepare(options, message, constraint, maxLineLength);
+        }
+        else
+        {
+            options.International = false; // as MailKit does for signed mail: headers are written as spooled
+        }
+    }
+
+    protected override long GetSize(FormatOptions options, MimeMessage message, CancellationToken cancellationToken) =>
+        Spooled ?? base.GetSize(options, message, cancellationToken);
+
+    protected override Task<long> GetSizeAsync(FormatOptions options, MimeMessage message, CancellationToken cancellationToken) =>
+        Spooled is { } size ? Task.FromResult(size) : base.GetSizeAsync(options, message, cancellationToken);
 
     protected override void OnRecipientNotAccepted(MimeMessage message, MailboxAddress mailbox, SmtpResponse response)
     {

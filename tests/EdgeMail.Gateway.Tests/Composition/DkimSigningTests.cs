@@ -68,6 +68,35 @@ public sealed class DkimSigningTests : IDisposable
         Assert.Contains("c=relaxed/relaxed", signature, StringComparison.Ordinal);
     }
 
+    // MimeKit's own signer (BouncyCastle's RSA) at a fixed time: the reference the platform-RSA signer must equal.
+    private sealed class ReferenceSigner(string keyFile) : DkimSigner(keyFile, "example.com", "edge2026", DkimSignatureAlgorithm.RsaSha256)
+    {
+        protected override long GetTimestamp() => Now.ToUnixTimeSeconds();
+    }
+
+    [Fact]
+    public void Sign_WithThePlatformsRsa_GivesMimeKitsSignatureByteForByte()
+    {
+        var composer = new MailComposer(new SenderOptions { Address = "alerts@example.com", Hostname = "gw1.example.com" }, TemplateSet.Load(string.Empty));
+        var signers = new DkimSigner[]
+        {
+            new ReferenceSigner(_keyFile),
+            new NativeRsaDkimSigner(_keyFile, "example.com", "edge2026", new Microsoft.Extensions.Time.Testing.FakeTimeProvider(Now)),
+        };
+        byte[] wire = MailComposer.ToWire(composer.ComposeAlert(Mail(), Now)); // one message: its boundaries are random
+        var signatures = signers.Select(signer =>
+        {
+            using var message = MimeMessage.Load(new MemoryStream(wire));
+            signer.HeaderCanonicalizationAlgorithm = DkimCanonicalizationAlgorithm.Relaxed;
+            signer.BodyCanonicalizationAlgorithm = DkimCanonicalizationAlgorithm.Relaxed;
+            signer.Sign(message, [HeaderId.From, HeaderId.To, HeaderId.Subject, HeaderId.Date, HeaderId.MessageId]);
+            return message.Headers[HeaderId.DkimSignature];
+        }).ToList();
+
+        Assert.Contains("b=", signatures[0], StringComparison.Ordinal);
+        Assert.Equal(signatures[0], signatures[1]);
+    }
+
     [Fact]
     public async Task ComposeAlert_SignedThenSubjectChanged_SignatureFails()
     {

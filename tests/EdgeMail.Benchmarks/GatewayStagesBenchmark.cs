@@ -1,0 +1,232 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Text;
+using BenchmarkDotNet.Attributes;
+using EdgeMail.Gateway.Composition;
+using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Ingest;
+using EdgeMail.Gateway.Relay;
+using EdgeMail.Gateway.Routing;
+using EdgeMail.Gateway.Spool;
+
+namespace EdgeMail.Benchmarks;
+
+/// <summary>
+/// The gateway's per-alert pipeline, one stage at a time, on the alert the gateway benchmark's load generator sends
+/// (gateway/bench/LoadGen): CPU time and allocations of each stage, which a whole-process profile cannot give without
+/// the noise of everything else on the machine. Allocations are independent of the machine's load; times are not.
+/// `dotnet run -c Release --project tests/EdgeMail.Benchmarks -- --filter '*GatewayStages*'`
+/// </summary>
+[MemoryDiagnoser]
+public class GatewayStagesBenchmark
+{
+    private static readonly DateTimeOffset Received = new(2026, 12, 5, 1, 0, 0, TimeSpan.Zero);
+    private readonly byte[] _payload = Encoding.UTF8.GetBytes(
+        """{"v":1,"id":"i-bench-7-1234","seq":1234,"state":"raised","sev":"warning","code":"BENCH_LOAD","text":"Benchmark alert number 1234 from device bench-7","values":{"n":1234},"boot":1,"count":1}""");
+
+    private readonly GatewayOptions _options = new()
+    {
+        Users = { ["ops"] = new UserOptions { Name = "Ops", Email = "ops@sink.edgemail.test" } },
+        Routes = { new RouteOptions { Devices = "*", Codes = "*", MinSeverity = "info", To = { "ops" } } },
+    };
+
+    private Alert _alert = null!;
+    private Router _router = null!;
+    private MailComposer _composer = null!;
+    private MailComposer _dkimComposer = null!;
+    private AlertMail _mail = null!;
+    private byte[] _wire = null!;
+    private QueuedMessage _queued = null!;
+    private SmtpRelay _relay = null!;
+    private BenchSmtpSink _sink = null!;
+    private string _dir = null!;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        _alert = AlertParser.Parse(_payload).Alert!;
+        _router = new Router(_options);
+        var templates = TemplateSet.Load(string.Empty);
+        _composer = new MailComposer(_options.Sender, templates);
+        _dir = Directory.CreateTempSubdirectory("edgemail-stages-").FullName;
+        using (var rsa = RSA.Create(2048))
+        {
+            File.WriteAllText(Path.Combine(_dir, "dkim.pem"), rsa.ExportPkcs8PrivateKeyPem());
+        }
+
+        _dkimComposer = new MailComposer(_options.Sender, templates,
+            DkimSigning.Create(new DkimOptions { KeyFile = Path.Combine(_dir, "dkim.pem"), Domain = "gateway.localhost", Selector = "bench" }));
+        var route = _router.Route("bench-7", _alert);
+        _mail = new AlertMail(new DeviceInfo("bench-7", "bench-7", "Bench"), _alert, Received, "127.0.0.1:40000", 1234, route.Recipients, route.Template, null);
+        using (var message = _composer.ComposeAlert(_mail, Received))
+        {
+            _wire = MailComposer.ToWire(message);
+        }
+
+        _queued = new QueuedMessage(1, "alert", "bench-7", _alert.Id, "bench-7.i-bench-7-1234.alert@gateway.localhost", _options.Sender.Address,
+            ["ops@sink.edgemail.test"], _wire, 0, Received, Received.AddDays(5));
+        _sink = new BenchSmtpSink();
+        _relay = new SmtpRelay(new RelayOptions { Mode = "Smarthost", Host = "127.0.0.1", Port = _sink.Port, Security = "None", Concurrency = 1 }, "gateway.localhost");
+    }
+
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        _relay.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        _sink.Dispose();
+        Directory.Delete(_dir, true);
+    }
+
+    /// <summary>Accept: parse and validate the alert JSON (the spool insert is in the end-to-end profile).</summary>
+    [Benchmark]
+    public AlertParseResult AcceptParse() => AlertParser.Parse(_payload);
+
+    /// <summary>Route: who is told, and the route explanation kept with the alert.</summary>
+    [Benchmark]
+    public RouteResult Route() => _router.Route("bench-7", _alert);
+
+    /// <summary>Compose: render the templates and build the MimeKit message.</summary>
+    [Benchmark]
+    public string? Compose()
+    {
+        using var message = _composer.ComposeAlert(_mail, Received);
+        return message.MessageId;
+    }
+
+    /// <summary>Compose, then the wire bytes that are spooled.</summary>
+    [Benchmark]
+    public byte[] ComposeToWire()
+    {
+        using var message = _composer.ComposeAlert(_mail, Received);
+        return MailComposer.ToWire(message);
+    }
+
+    /// <summary>Compose with DKIM signing (RSA-SHA256 2048), then the wire bytes.</summary>
+    [Benchmark]
+    public byte[] ComposeDkimToWire()
+    {
+        using var message = _dkimComposer.ComposeAlert(_mail, Received);
+        return MailComposer.ToWire(message);
+    }
+
+    /// <summary>The SMTP client's whole send of one spooled message on a kept connection, to an in-process sink.</summary>
+    [Benchmark]
+    public Task<IReadOnlyList<RecipientResult>> SmtpSend() => _relay.SendAsync(_queued, CancellationToken.None);
+}
+
+/// <summary>
+/// A minimal SMTP responder for benchmarks: one thread per connection, blocking sockets, no parsing beyond what the
+/// replies need, so that what is measured is the client. Offers PIPELINING, SIZE and 8BITMIME, like Postfix's smtp-sink.
+/// </summary>
+internal sealed class BenchSmtpSink : IDisposable
+{
+    private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+    private readonly Thread _accept;
+
+    public BenchSmtpSink()
+    {
+        _listener.Start();
+        _accept = new Thread(AcceptLoop) { IsBackground = true, Name = "bench-smtp-sink" };
+        _accept.Start();
+    }
+
+    public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
+
+    public void Dispose() => _listener.Stop();
+
+    private void AcceptLoop()
+    {
+        try
+        {
+            while (true)
+            {
+                var socket = _listener.AcceptSocket();
+                socket.NoDelay = true;
+                new Thread(() => Serve(socket)) { IsBackground = true }.Start();
+            }
+        }
+        catch (SocketException)
+        {
+            // Stopped.
+        }
+    }
+
+    private static void Serve(Socket socket)
+    {
+        var buffer = new byte[64 * 1024];
+        var line = new List<byte>(1024);
+        bool data = false;
+        int tail = 0; // how much of "\r\n.\r\n" ends the data read so far
+        using (socket)
+        {
+            Send(socket, "220 sink ESMTP\r\n");
+            try
+            {
+                while (true)
+                {
+                    int n = socket.Receive(buffer);
+                    if (n == 0)
+                    {
+                        return;
+                    }
+
+                    var reply = new StringBuilder();
+                    for (int i = 0; i < n; i++)
+                    {
+                        byte b = buffer[i];
+                        if (data)
+                        {
+                            tail = b == "\r\n.\r\n"[tail] ? tail + 1 : b == '\r' ? 1 : 0;
+                            if (tail == 5)
+                            {
+                                data = false;
+                                tail = 0;
+                                reply.Append("250 2.0.0 Ok: queued as BENCH\r\n");
+                            }
+
+                            continue;
+                        }
+
+                        line.Add(b);
+                        if (b != '\n')
+                        {
+                            continue;
+                        }
+
+                        string verb = Encoding.ASCII.GetString(line.ToArray(), 0, Math.Min(4, line.Count)).ToUpperInvariant();
+                        line.Clear();
+                        switch (verb)
+                        {
+                            case "EHLO":
+                                reply.Append("250-sink\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-ENHANCEDSTATUSCODES\r\n250 8BITMIME\r\n");
+                                break;
+                            case "DATA":
+                                data = true;
+                                tail = 2; // the DATA line's own CRLF starts the terminator
+                                reply.Append("354 End data with <CR><LF>.<CR><LF>\r\n");
+                                break;
+                            case "QUIT":
+                                Send(socket, "221 2.0.0 Bye\r\n");
+                                return;
+                            default:
+                                reply.Append("250 2.0.0 Ok\r\n");
+                                break;
+                        }
+                    }
+
+                    if (reply.Length > 0)
+                    {
+                        Send(socket, reply.ToString());
+                    }
+                }
+            }
+            catch (SocketException)
+            {
+                // The client went away.
+            }
+        }
+    }
+
+    private static void Send(Socket socket, string text) => socket.Send(Encoding.ASCII.GetBytes(text));
+}

@@ -1,0 +1,70 @@
+using System.Diagnostics;
+using System.Globalization;
+
+namespace EdgeMail.Benchmarks;
+
+/// <summary>
+/// `dotnet run -c Release --project tests/EdgeMail.Benchmarks -- stages [N]`: each stage of <see cref="GatewayStagesBenchmark"/>
+/// run N times in a row after as many warm-up runs, with this process's CPU time (all threads, so a stage's background
+/// work counts) and bytes allocated per run. CPU time is less disturbed by other work on the machine than elapsed time.
+/// </summary>
+public static class StagesReport
+{
+    public static async Task<int> RunAsync(TextWriter output, int n)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var b = new GatewayStagesBenchmark();
+        b.Setup();
+        try
+        {
+            output.WriteLine(string.Create(inv, $"gateway stages, {Environment.ProcessorCount} cores, {n} runs each, load {File.ReadAllText("/proc/loadavg").Trim()}, {DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm} UTC"));
+            output.WriteLine("| stage | CPU µs per run | bytes allocated per run |");
+            output.WriteLine("| --- | --- | --- |");
+            var stages = new (string Name, Func<Task> Run, int Divisor)[]
+            {
+                ("accept: parse and validate", () => { b.AcceptParse(); return Task.CompletedTask; }, 1),
+                ("route", () => { b.Route(); return Task.CompletedTask; }, 1),
+                ("compose (templates and MimeKit message)", () => { b.Compose(); return Task.CompletedTask; }, 1),
+                ("compose and wire bytes", () => { b.ComposeToWire(); return Task.CompletedTask; }, 1),
+                ("compose with DKIM and wire bytes", () => { b.ComposeDkimToWire(); return Task.CompletedTask; }, 20),
+                ("SMTP client: send one spooled message (kept connection)", b.SmtpSend, 1),
+            };
+            string? only = Environment.GetEnvironmentVariable("EDGEMAIL_STAGE"); // one stage only, e.g. under a profiler
+            foreach (var (name, run, divisor) in stages.Where(s => only is null || s.Name.StartsWith(only, StringComparison.Ordinal)))
+            {
+                int runs = Math.Max(50, n / divisor);
+
+                // Warm-up until tiered compilation has finished with the stage (it recompiles hot methods in the
+                // background for a while): at least as many runs as are measured, and at least 3 s.
+                var warm = Stopwatch.StartNew();
+                for (int i = 0; i < runs || warm.Elapsed < TimeSpan.FromSeconds(3); i++)
+                {
+                    await run();
+                }
+
+                GC.Collect();
+                GC.WaitForPendingFinalizers();
+
+                var process = Process.GetCurrentProcess();
+                process.Refresh();
+                var cpu0 = process.TotalProcessorTime;
+                long bytes0 = GC.GetTotalAllocatedBytes(precise: true);
+                for (int i = 0; i < runs; i++)
+                {
+                    await run();
+                }
+
+                long bytes1 = GC.GetTotalAllocatedBytes(precise: true);
+                process.Refresh();
+                var cpu1 = process.TotalProcessorTime;
+                output.WriteLine(string.Create(inv, $"| {name} | {(cpu1 - cpu0).TotalMicroseconds / runs:F1} | {(bytes1 - bytes0) / runs:N0} |"));
+            }
+        }
+        finally
+        {
+            b.Cleanup();
+        }
+
+        return 0;
+    }
+}

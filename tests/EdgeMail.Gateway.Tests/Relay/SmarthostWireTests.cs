@@ -1,0 +1,139 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using EdgeMail.Gateway.Composition;
+using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Ingest;
+using EdgeMail.Gateway.Relay;
+using EdgeMail.Gateway.Spool;
+using MimeKit;
+using Xunit;
+
+namespace EdgeMail.Gateway.Tests.Relay;
+
+/// <summary>
+/// What the relay puts on the wire for mail the gateway composed: the spooled bytes exactly (dot-stuffed for DATA),
+/// with <c>SIZE=</c> their exact length. The relay takes both from the spool instead of preparing and measuring the
+/// message again, so these hold only while MimeKit writes a parsed message back byte for byte.
+/// </summary>
+public sealed class SmarthostWireTests
+{
+    private static readonly DateTimeOffset Now = new(2026, 12, 5, 10, 0, 0, TimeSpan.Zero);
+
+    public static TheoryData<string> Vectors => ["full.json", "unicode.json", "escapes.json", "coalesced.json", "no-clock.json"];
+
+    [Theory]
+    [MemberData(nameof(Vectors))]
+    public async Task Send_ComposedAlert_ArrivesAsSpooledWithItsExactSize(string vector)
+    {
+        var alert = AlertParser.Parse(File.ReadAllBytes(Path.Combine(Alerts.ContractDir, "valid", vector))).Alert!;
+
+        // A text with lines that start with a dot: DATA must stuff them, and the receiver get them back unchanged.
+        alert = alert with { Text = alert.Text + "\n.\n..hidden\n. dot" };
+        var composer = new MailComposer(new SenderOptions { Address = "alerts@example.com", Hostname = "gw1.example.com" }, TemplateSet.Load(string.Empty));
+        using var composed = composer.ComposeAlert(new AlertMail(new DeviceInfo("freezer-2", "Freezer 2", "Hall 3"), alert, Now, "192.0.2.7:50123", 7,
+            [new MailboxAddress("Ops", "ops@example.com")], "default", null), Now);
+        byte[] wire = MailComposer.ToWire(composed);
+
+        var received = await SendAsync(new QueuedMessage(1, "alert", "freezer-2", alert.Id, composed.MessageId!, "alerts@example.com",
+            ["ops@example.com"], wire, 0, Now, Now.AddDays(5)));
+
+        Assert.Equal(Encoding.ASCII.GetString(wire), Encoding.ASCII.GetString(received.Data));
+        Assert.Contains($" SIZE={wire.Length}", received.MailFrom, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Send_ComposedDigestAndNotice_ArriveAsSpooledWithTheirExactSize()
+    {
+        var composer = new MailComposer(new SenderOptions { Address = "alerts@example.com", Hostname = "gw1.example.com" }, TemplateSet.Load(string.Empty));
+        var repeat = AlertParser.Parse(File.ReadAllBytes(Path.Combine(Alerts.ContractDir, "valid", "full.json"))).Alert!;
+        using var digest = composer.ComposeDigest(new DeviceInfo("freezer-2", "Freezer 2", "Hall 3"), [(repeat, Now), (repeat with { Id = "7f3a9c21-43" }, Now)],
+            [new MailboxAddress("Ops", "ops@example.com")], TimeSpan.FromMinutes(10), 7, null, Now);
+        using var notice = composer.ComposeFailureNotice("x.alert@gw1.example.com", "[CRITICAL] freezer °C", [("ops@example.com", "550 5.1.1 no such user")],
+            new MailboxAddress("Operator", "op@example.com"), Now, 1);
+
+        foreach (var (kind, message) in new[] { ("digest", digest), ("notice", notice) })
+        {
+            byte[] wire = MailComposer.ToWire(message);
+            var received = await SendAsync(new QueuedMessage(1, kind, "freezer-2", null, message.MessageId!, "alerts@example.com", ["ops@example.com"], wire, 0, Now, Now.AddDays(5)));
+
+            Assert.Equal(Encoding.ASCII.GetString(wire), Encoding.ASCII.GetString(received.Data));
+            Assert.Contains($" SIZE={wire.Length}", received.MailFrom, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public async Task Send_DevicesOwnEightBitMail_IsPreparedForASevenBitServer()
+    {
+        // Mail relayed for a device is its own: parsed and prepared by MailKit for the server at hand, which here does
+        // not offer 8BITMIME, so the 8-bit text is re-encoded and reads the same.
+        byte[] wire = Encoding.UTF8.GetBytes(
+            "From: ups-1@lan.example.com\r\nTo: ops@example.com\r\nSubject: on battery\r\nMessage-ID: <ups.1@lan.example.com>\r\n" +
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nNetzausfall in Halle 3, Temperatur 31 °C\r\n");
+
+        var received = await SendAsync(new QueuedMessage(1, "relay", "ups-1", null, "ups.1@lan.example.com", "alerts@example.com", ["ops@example.com"], wire, 0, Now, Now.AddDays(5)));
+
+        Assert.All(received.Data, b => Assert.True(b < 128));
+        using var message = MimeMessage.Load(new MemoryStream(received.Data));
+        Assert.Equal("Netzausfall in Halle 3, Temperatur 31 °C\n", message.TextBody?.ReplaceLineEndings("\n"));
+    }
+
+    private static async Task<(string MailFrom, byte[] Data)> SendAsync(QueuedMessage message)
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        var server = ServeOneAsync(listener);
+        await using (var relay = new SmtpRelay(new RelayOptions { Host = "127.0.0.1", Port = ((IPEndPoint)listener.LocalEndpoint).Port, Security = "None", Timeout = TimeSpan.FromSeconds(10) }, "gw1.example.com"))
+        {
+            var results = await relay.SendAsync(message, CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(30));
+            Assert.All(results, r => Assert.Equal(RecipientOutcome.Sent, r.Outcome));
+        }
+
+        return await server.WaitAsync(TimeSpan.FromSeconds(30));
+    }
+
+    // A server that offers SIZE and PIPELINING, records the MAIL command as sent and the message data after
+    // undoing DATA's dot-stuffing (RFC 5321 4.5.2).
+    private static async Task<(string MailFrom, byte[] Data)> ServeOneAsync(TcpListener listener)
+    {
+        using var socket = await listener.AcceptSocketAsync();
+        await using var stream = new NetworkStream(socket);
+        using var reader = new StreamReader(stream, Encoding.Latin1);
+        await using var writer = new StreamWriter(stream, Encoding.ASCII) { NewLine = "\r\n", AutoFlush = true };
+        await writer.WriteLineAsync("220 test ESMTP");
+        string mailFrom = string.Empty;
+        var data = new MemoryStream();
+        while (await reader.ReadLineAsync() is { } line)
+        {
+            string verb = line.Length >= 4 ? line[..4].ToUpperInvariant() : line.ToUpperInvariant();
+            switch (verb)
+            {
+                case "EHLO":
+                    await writer.WriteAsync("250-test\r\n250-PIPELINING\r\n250-SIZE 10000000\r\n250 ENHANCEDSTATUSCODES\r\n");
+                    break;
+                case "MAIL":
+                    mailFrom = line;
+                    await writer.WriteLineAsync("250 2.1.0 ok");
+                    break;
+                case "DATA":
+                    await writer.WriteLineAsync("354 go ahead");
+                    while (await reader.ReadLineAsync() is { } body && body != ".")
+                    {
+                        byte[] bytes = Encoding.Latin1.GetBytes((body.StartsWith('.') ? body[1..] : body) + "\r\n");
+                        data.Write(bytes);
+                    }
+
+                    await writer.WriteLineAsync("250 2.0.0 queued");
+                    break;
+                case "QUIT":
+                    await writer.WriteLineAsync("221 2.0.0 bye");
+                    return (mailFrom, data.ToArray());
+                default:
+                    await writer.WriteLineAsync("250 2.0.0 ok");
+                    break;
+            }
+        }
+
+        return (mailFrom, data.ToArray());
+    }
+}
