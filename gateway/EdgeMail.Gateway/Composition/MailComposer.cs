@@ -195,7 +195,10 @@ public sealed class MailComposer
     public static byte[] ToWire(MimeMessage message)
     {
         ArgumentNullException.ThrowIfNull(message);
-        using var stream = new MemoryStream();
+
+        // Sized for the body and a header block at once, rather than grown by doubling from 256 bytes.
+        long body = message.Body is MimePart { Content.Stream: { CanSeek: true } content } ? content.Length : 2048;
+        using var stream = new MemoryStream((int)Math.Min(body + 2048, 1 << 20));
         message.WriteTo(WireFormat, stream);
         return stream.ToArray();
     }
@@ -409,6 +412,11 @@ public sealed class MailComposer
     // Body text: keep newlines and tabs, make other control characters visible as U+FFFD.
     private static string CleanBody(string s)
     {
+        if (!NeedsCleaning(s))
+        {
+            return s; // the usual case for rendered templates: nothing to change, nothing to copy
+        }
+
         var sb = new StringBuilder(s.Length);
         foreach (char c in s.Replace("\r\n", "\n", StringComparison.Ordinal))
         {
@@ -416,6 +424,19 @@ public sealed class MailComposer
         }
 
         return sb.ToString().Replace("\n\n\n\n", "\n\n\n", StringComparison.Ordinal);
+    }
+
+    private static bool NeedsCleaning(string s)
+    {
+        foreach (char c in s)
+        {
+            if (c is not ('\n' or '\t') && char.IsControl(c))
+            {
+                return true;
+            }
+        }
+
+        return s.Contains("\n\n\n\n", StringComparison.Ordinal);
     }
 
     private static FormatOptions CreateWireFormat()

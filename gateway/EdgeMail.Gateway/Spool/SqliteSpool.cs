@@ -346,7 +346,7 @@ public sealed partial class SqliteSpool : ISpool
             }
 
             return parked ?? (IReadOnlyList<ParkedAlert>)[];
-        }, cancellationToken);
+        }, cancellationToken, background: true);
     }
 
     private void ParkAlert(long rowId, string fromStatus, string reason, BatchContext ctx) =>
@@ -450,7 +450,7 @@ public sealed partial class SqliteSpool : ISpool
 
             s.WriteStorm(digest.Device, digest.Code, storm);
             return 0;
-        }, cancellationToken);
+        }, cancellationToken, background: true);
     }
 
     /// <inheritdoc />
@@ -554,7 +554,7 @@ public sealed partial class SqliteSpool : ISpool
             }
 
             return 0;
-        }, cancellationToken);
+        }, cancellationToken, background: true);
     }
 
     /// <inheritdoc />
@@ -805,9 +805,9 @@ public sealed partial class SqliteSpool : ISpool
         }
     }
 
-    private Task<T> Enqueue<T>(Func<SqliteSpool, BatchContext, T> work, CancellationToken cancellationToken, bool isolate = true)
+    private Task<T> Enqueue<T>(Func<SqliteSpool, BatchContext, T> work, CancellationToken cancellationToken, bool isolate = true, bool background = false)
     {
-        var item = new SpoolWork<T>(work) { Isolate = isolate };
+        var item = new SpoolWork<T>(work) { Isolate = isolate, Background = background };
         if (_queue.Writer.TryWrite(item))
         {
             return cancellationToken.CanBeCanceled ? item.Task.WaitAsync(cancellationToken) : item.Task;
@@ -835,14 +835,22 @@ public sealed partial class SqliteSpool : ISpool
     {
         var batch = new List<SpoolWork>(_maxBatch);
         var reader = _queue.Reader;
+        Task<bool>? pending = null;
         try
         {
-            while (reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult())
+            while ((pending ?? reader.WaitToReadAsync().AsTask()).GetAwaiter().GetResult())
             {
+                pending = null;
                 batch.Clear();
                 while (batch.Count < _maxBatch && reader.TryRead(out var item))
                 {
                     batch.Add(item);
+                }
+
+                if (BackgroundLinger > TimeSpan.Zero && batch.Count < LingerBelow && batch.TrueForAll(static i => i.Background)
+                    && System.Diagnostics.Stopwatch.GetElapsedTime(_lastCommit) < BackgroundLinger)
+                {
+                    pending = Linger(batch, reader);
                 }
 
                 try
@@ -866,6 +874,61 @@ public sealed partial class SqliteSpool : ISpool
         {
             _stopped.TrySetResult();
         }
+    }
+
+    /// <summary>
+    /// How long a commit of background work only (routing decisions, delivery results: nobody is waiting for an
+    /// acknowledgement) waits for more work to share it, while the spool is busy (it committed less than this ago).
+    /// A commit has a cost of its own -- the pages every commit rewrites, the fsync -- and under load delivery results
+    /// come one by one: without this, a faster writer made smaller batches and more commits, not less work. An idle
+    /// spool commits at once; alerts and mail acknowledged to a device never wait. Zero turns it off.
+    /// </summary>
+    public TimeSpan BackgroundLinger { get; set; } = TimeSpan.FromMilliseconds(5);
+
+    // A batch of background work this large is worth its commit as it is.
+    private const int LingerBelow = 64;
+    private long _lastCommit;
+
+    // Adds work to the batch until the linger is over, the batch is full, or work that someone waits on arrives (then
+    // it goes at once, with everything gathered so far). Returns a wait on the queue that is still pending, if any.
+    private Task<bool>? Linger(List<SpoolWork> batch, ChannelReader<SpoolWork> reader)
+    {
+        long deadline = System.Diagnostics.Stopwatch.GetTimestamp() + (long)(BackgroundLinger.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
+        Task<bool>? pending = null;
+        while (batch.Count < _maxBatch)
+        {
+            if (reader.TryRead(out var item))
+            {
+                batch.Add(item);
+                if (!item.Background)
+                {
+                    return null;
+                }
+
+                continue;
+            }
+
+            long remaining = deadline - System.Diagnostics.Stopwatch.GetTimestamp();
+            if (remaining <= 0)
+            {
+                return pending;
+            }
+
+            pending ??= reader.WaitToReadAsync().AsTask();
+            if (!pending.Wait(TimeSpan.FromSeconds((double)remaining / System.Diagnostics.Stopwatch.Frequency)))
+            {
+                return pending;
+            }
+
+            if (!pending.Result)
+            {
+                return pending; // closed: the loop sees it once this batch is committed
+            }
+
+            pending = null;
+        }
+
+        return pending;
     }
 
     private void CheckpointLoop()
@@ -955,6 +1018,7 @@ public sealed partial class SqliteSpool : ISpool
         }
 
         CommitTimed?.Invoke(System.Diagnostics.Stopwatch.GetElapsedTime(started));
+        _lastCommit = System.Diagnostics.Stopwatch.GetTimestamp();
         Interlocked.Increment(ref _batches);
         Interlocked.Add(ref _items, batch.Count);
         _checkpointDue.Set();
@@ -1088,6 +1152,9 @@ public sealed partial class SqliteSpool : ISpool
 
         // False for work of one statement (or reads only): no savepoint needed, SQLite undoes a failed statement alone.
         public bool Isolate { get; init; } = true;
+
+        // True for work no device or client waits on (routing, delivery results): it may wait a little for company.
+        public bool Background { get; init; }
 
         public abstract void Run(SqliteSpool spool, BatchContext ctx);
 
