@@ -1,5 +1,6 @@
 using System.Security.Cryptography;
 using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Operations;
 using EdgeMail.Gateway.Spool;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -125,6 +126,10 @@ public sealed partial class DeviceRegistry : IHostedService
                 catch (SpoolException ex)
                 {
                     LogRefreshFailed(ex); // the last snapshot stays; the next tick tries again
+                }
+                catch (Exception ex) when (ParkingLot.Contains(ex, stop))
+                {
+                    LogRefreshBroke(ex); // a surprise in one refresh must not end the following for good
                 }
             }
         }
@@ -295,6 +300,9 @@ public sealed partial class DeviceRegistry : IHostedService
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot read device changes made by other gateway instances; trying again")]
     private partial void LogRefreshFailed(Exception ex);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "Taking up device changes made by other gateway instances failed unexpectedly; trying again")]
+    private partial void LogRefreshBroke(Exception ex);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Device {Device} added")]
     private partial void LogAdded(string device);

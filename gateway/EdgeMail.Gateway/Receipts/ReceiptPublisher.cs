@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Text.Json;
 using System.Threading.Channels;
 using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Operations;
 using EdgeMail.Gateway.Spool;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
@@ -411,6 +412,11 @@ public sealed partial class ReceiptPublisher : IDisposable
         {
             LogReplayFailed(ex, deviceId);
         }
+        catch (Exception ex) when (ParkingLot.Contains(ex, _stopping.Token))
+        {
+            // Started without anyone awaiting it: a surprise here must be seen, not left to the finalizer.
+            LogReplayBroke(ex, deviceId);
+        }
     }
 
     // Removals are batched: acknowledgements come from many connections at once, each one commit would cost a write.
@@ -445,6 +451,18 @@ public sealed partial class ReceiptPublisher : IDisposable
                         // Still kept: were the gateway to stop now, the device would get them once more (QoS 1 allows it).
                         LogRemoveFailed(ex, batch.Count);
                         await Task.Delay(RemovalRetry, _clock, _stopping.Token).ConfigureAwait(false);
+                    }
+                    catch (Exception ex) when (ParkingLot.Contains(ex, _stopping.Token))
+                    {
+                        // Not retried (it would fail the same way): the batch stays kept and is handed again at the
+                        // device's next subscription; the remover goes on with the next acknowledgements.
+                        LogRemoveBroke(ex, batch.Count);
+                        lock (_custody)
+                        {
+                            _removing.ExceptWith(batch);
+                        }
+
+                        break;
                     }
                 }
             }
@@ -591,6 +609,12 @@ public sealed partial class ReceiptPublisher : IDisposable
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Kept receipts for {Device} could not be read from the spool; they go at its next subscription")]
     private partial void LogReplayFailed(Exception ex, string device);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "Handing kept receipts to {Device} failed unexpectedly; they go at its next subscription")]
+    private partial void LogReplayBroke(Exception ex, string device);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "{Count} delivered receipt(s) could not be removed from the spool (unexpected failure); they stay kept")]
+    private partial void LogRemoveBroke(Exception ex, int count);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "{Count} delivered receipt(s) could not be removed from the spool; retrying")]
     private partial void LogRemoveFailed(Exception ex, int count);

@@ -5,8 +5,6 @@ namespace EdgeMail.Gateway.Spool;
 /// <summary>Kept final receipts on the PostgreSQL spool; the same answers as SQLite's (<see cref="SqliteSpool"/>).</summary>
 public sealed partial class PostgresSpool
 {
-    private const int ReceiptDetailLimit = 512; // what a receipt's detail carries on the wire
-
     /// <inheritdoc />
     public Task<bool> KeepReceiptAsync(KeptReceipt receipt, int maxPerDevice, CancellationToken cancellationToken)
     {
@@ -17,8 +15,6 @@ public sealed partial class PostgresSpool
     // Inside the caller's transaction (a delivery commit keeps its receipt with its result, or neither).
     private static async Task<bool> KeepAsync(NpgsqlConnection c, NpgsqlTransaction tx, KeptReceipt r, int maxPerDevice, long nowMs, CancellationToken cancellationToken)
     {
-        string detail = Text(r.Detail.Length > ReceiptDetailLimit ? r.Detail[..ReceiptDetailLimit] : r.Detail)!;
-
         // Only alerts that came over MQTT: an SMTP device or the gateway's own DEVICE_SILENT have nobody to read it.
         int kept = await ExecAsync(c, tx, cancellationToken,
             """
@@ -27,7 +23,7 @@ public sealed partial class PostgresSpool
             WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE device=$1 AND alert_id=$2 AND via IS NOT NULL AND via <> 'MQTT')
             ON CONFLICT (device, alert_id, state) DO UPDATE SET at=excluded.at, detail=excluded.detail, created_at=excluded.created_at
             """,
-            Text(r.Device), Text(r.AlertId), r.State, r.At.ToUnixTimeMilliseconds(), detail, nowMs).ConfigureAwait(false);
+            Text(r.Device), Text(r.AlertId), r.State, r.At.ToUnixTimeMilliseconds(), Text(r.StoredDetail), nowMs).ConfigureAwait(false);
         if (kept > 0)
         {
             await ExecAsync(c, tx, cancellationToken,

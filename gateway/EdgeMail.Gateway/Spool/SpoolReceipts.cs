@@ -14,6 +14,9 @@ public sealed record KeptReceipt(string Device, string AlertId, string State, Da
 {
     /// <summary>What identifies it: at most one kept receipt per device, alert and state.</summary>
     public (string Device, string AlertId, string State) Key => (Device, AlertId, State);
+
+    /// <summary>The detail as kept: at most what a receipt carries on the wire (512 characters).</summary>
+    public string StoredDetail => Detail.Length > 512 ? Detail[..512] : Detail;
 }
 
 /// <summary>A kept receipt as the spool holds it.</summary>

@@ -3,8 +3,6 @@ namespace EdgeMail.Gateway.Spool;
 /// <summary>Kept final receipts on the SQLite spool (see <see cref="ISpool.KeepReceiptAsync"/>, docs/spool.md).</summary>
 public sealed partial class SqliteSpool
 {
-    private const int ReceiptDetailLimit = 512; // what a receipt's detail carries on the wire
-
     /// <inheritdoc />
     public Task<bool> KeepReceiptAsync(KeptReceipt receipt, int maxPerDevice, CancellationToken cancellationToken)
     {
@@ -23,7 +21,7 @@ public sealed partial class SqliteSpool
             WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE device=$p0 AND alert_id=$p1 AND via IS NOT NULL AND via <> 'MQTT')
             ON CONFLICT(device, alert_id, state) DO UPDATE SET at=excluded.at, detail=excluded.detail, created_at=excluded.created_at
             """,
-            r.Device, r.AlertId, r.State, r.At.ToUnixTimeMilliseconds(), r.Detail.Length > ReceiptDetailLimit ? r.Detail[..ReceiptDetailLimit] : r.Detail, nowMs);
+            r.Device, r.AlertId, r.State, r.At.ToUnixTimeMilliseconds(), r.StoredDetail, nowMs);
         if (kept > 0)
         {
             Exec("DELETE FROM receipts WHERE device=$p0 AND rowid <= (SELECT rowid FROM receipts WHERE device=$p0 ORDER BY rowid DESC LIMIT 1 OFFSET $p1)",
