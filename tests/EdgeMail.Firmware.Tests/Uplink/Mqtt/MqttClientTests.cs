@@ -162,9 +162,11 @@ public sealed class MqttClientTests : IAsyncLifetime
     [Fact]
     public void Poll_WhenIdlePastKeepAlive_SendsPingReqAndStaysConnected()
     {
-        MqttClient client = NewClient(keepAliveSeconds: 1);
+        // MQTTnet closes a link silent for 1.5 × keep-alive: 2 s leaves the client's PINGREQ (due at 2 s) a full second
+        // of scheduling slack on a loaded 2-core CI machine, where 1 s (half a second of slack) once lost the race.
+        MqttClient client = NewClient(keepAliveSeconds: 2);
         client.Connect("127.0.0.1", _broker.Port);
-        Loopback.PollUntil(client, () => _broker.Inbound.Any(p => p.ClientId == "dev-1" && p.Packet is MqttPingReqPacket), "a PINGREQ", 5_000);
+        Loopback.PollUntil(client, () => _broker.Inbound.Any(p => p.ClientId == "dev-1" && p.Packet is MqttPingReqPacket), "a PINGREQ", 10_000);
         client.Poll(200);
         Assert.True(client.IsConnected);
     }
