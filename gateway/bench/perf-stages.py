@@ -29,6 +29,7 @@ STAGES = [
     ("SMTP client (MailKit, relay)", r"MailKit\.|SmtpRelay|RecordingSmtpClient"),
     ("delivery bookkeeping (worker, results, receipts)", r"DeliveryWorker|ReceiptPublisher|JsonSerializer"),
     ("spool: enqueue/complete (callers)", r"SqliteSpool::Enqueue|SpoolWork"),
+    ("SMTP ingest (SmtpServer, submission, relayed-mail rewrite)", r"\[SmtpServer\]|Ingest\.Smtp\."),
     ("accept (MQTT receive, parse, validate)", r"MQTTnet|EmbeddedBroker|AlertIngest|AlertParser"),
     ("routing loop (other)", r"AlertProcessor"),
     ("console/metrics", r"EdgeMail\.Gateway\.Web|OpenTelemetry|GatewayMetrics|PipelineProbe"),
