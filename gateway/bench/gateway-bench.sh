@@ -182,6 +182,7 @@ if [[ " $STAGES " == *" ingest "* ]]; then
   cpu1=$(cpu_s "$GW")
   if [ -n "${COUNTERPID:-}" ]; then
     sleep 1.5; kill -TERM "$COUNTERPID" 2>/dev/null || true; wait "$COUNTERPID" || true; COUNTERPID=""
+    [ -s "$STATE/counters.csv" ] || { log "COUNTERS: no counters written (is dotnet-counters installed? dotnet tool install -g dotnet-counters)"; touch "$STATE/counters.csv"; }
     awk -F, -v n="$TOTAL" '$3 ~ /\/ 1 sec/ {v[$3]+=$5} END{printf "COUNTERS per alert: %.1f KiB allocated, %.4f gen0 + %.4f gen1 + %.4f gen2 GCs, %.2f thread-pool work items, %.3f lock contentions\n",
       v["dotnet.gc.heap.total_allocated (By / 1 sec)"]/1024/n, v["dotnet.gc.collections ({collection} / 1 sec)[gc.heap.generation=gen0]"]/n,
       v["dotnet.gc.collections ({collection} / 1 sec)[gc.heap.generation=gen1]"]/n, v["dotnet.gc.collections ({collection} / 1 sec)[gc.heap.generation=gen2]"]/n,

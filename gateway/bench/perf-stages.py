@@ -29,6 +29,7 @@ STAGES = [
     ("SMTP client (MailKit, relay)", r"MailKit\.|SmtpRelay|RecordingSmtpClient"),
     ("delivery bookkeeping (worker, results, receipts)", r"DeliveryWorker|ReceiptPublisher|JsonSerializer"),
     ("spool: enqueue/complete (callers)", r"SqliteSpool::Enqueue|SpoolWork"),
+    ("SMTP ingest (SmtpServer, submission, relayed-mail rewrite)", r"\[SmtpServer\]|Ingest\.Smtp\."),
     ("accept (MQTT receive, parse, validate)", r"MQTTnet|EmbeddedBroker|AlertIngest|AlertParser"),
     ("routing loop (other)", r"AlertProcessor"),
     ("console/metrics", r"EdgeMail\.Gateway\.Web|OpenTelemetry|GatewayMetrics|PipelineProbe"),
@@ -37,7 +38,6 @@ STAGES = [
 THREAD_BUCKETS = [
     ("spool-writer", "commit: spool writer thread (inserts, updates, fsync)"),
     ("spool-checkpoi", "WAL checkpoint thread"),
-    ("edgemail-spool-", "spool writer/checkpoint (old thread names)"),
     (".NET Tiered Com", "JIT (tiered compilation thread)"),
     (".NET BGC", "GC (background)"),
     (".NET Sockets", "socket event loop"),
@@ -74,6 +74,9 @@ def classify(comm, frames, compiled):
         return "commit: spool writer thread (inserts, updates, fsync)"
     if comm.startswith("spool-checkpoi"):
         return "WAL checkpoint thread"
+    if comm.startswith("edgemail-spool-"):
+        # Before the two threads had names of their own (and 15 characters of a name is all Linux keeps).
+        return "commit: spool writer and WAL checkpoint threads (one name)"
     for name, rx in compiled:
         if name.startswith("route: re-parse"):
             if "AlertParser::" in stack and "AlertProcessor" in stack:

@@ -8,12 +8,15 @@
 #   queue, relayhost = smtp-sink), interleaved run by run.
 # Reports per run: accept = smtp-source start -> exit (every message answered 250), e2e = start -> smtp-sink exit.
 # Knobs: MSGS=20000 SESSIONS=20 SIZE=1024 RUNS=3 PORT=12625 SINK_PORT=12626 RELEASE_DIR=/tmp/art-gw-bench
+#        WARM=0 (messages sent first, untimed: WARM=2000 measures the steady state rather than the JIT's first minutes)
+#        PERF=file.data (perf record -g of the gateway in each run, read with gateway/bench/perf-stages.py)
 #        POSTFIX=1 (0 skips Postfix) PEERS=/work/shared/peers. Loopback only. Postfix part needs root.
 set -euo pipefail
 MSGS=${MSGS:-20000}
 SESSIONS=${SESSIONS:-20}
 SIZE=${SIZE:-1024}
 RUNS=${RUNS:-3}
+WARM=${WARM:-0}
 PORT=${PORT:-12625}
 SINK_PORT=${SINK_PORT:-12626}
 POSTFIX=${POSTFIX:-1}
@@ -30,7 +33,7 @@ gateway_run() {
   local run=$1 state gw sink start acc_end e2e_end cpu
   state=$(mktemp -d /var/tmp/edgemail-smtp-bench.XXXXXX)
   cat > "$state/edgemail.json" <<JSON
-{ "DataDirectory": "$state/data", "Mqtt": { "Port": 0 }, "Storm": { "Window": "00:00:00" },
+{ "DataDirectory": "$state/data", "Mqtt": { "Port": 0 }, "Storm": { "Window": "00:00:00" }, "Console": { "Port": $((PORT + 2)) },
   "Logging": { "LogLevel": { "Default": "Warning", "EdgeMail.Gateway.Ingest.Smtp.SmtpIngest": "Information" } },
   "Sender": { "Address": "alerts@edgemail.test", "DisplayName": "EdgeMail bench", "Hostname": "gw.edgemail.test" },
   "Users": { "ops": { "Name": "Ops", "Email": "ops@sink.edgemail.test" } },
@@ -41,20 +44,41 @@ gateway_run() {
             "AllowedSources": [ { "Network": "127.0.0.1", "Device": "bench-1" } ],
             "MaxConnectionsPerSource": $((SESSIONS + 16)), "MessagesPerMinutePerDevice": 0, "MessagesPerMinutePerSource": 0 } }
 JSON
-  dotnet "$DLL" --config "$state/edgemail.json" > "$state/gateway.log" 2>&1 &
+  if [ -n "${PERF:-}" ]; then  # as in gateway-bench.sh: JIT frames resolvable by perf
+    DOTNET_PerfMapEnabled=1 DOTNET_EnableWriteXorExecute=0 DOTNET_ReadyToRun=0 dotnet "$DLL" --config "$state/edgemail.json" > "$state/gateway.log" 2>&1 &
+  else
+    dotnet "$DLL" --config "$state/edgemail.json" > "$state/gateway.log" 2>&1 &
+  fi
   gw=$!
   for _ in $(seq 1 200); do grep -q "SMTP submission listening" "$state/gateway.log" && break; kill -0 "$gw" || { cat "$state/gateway.log"; exit 1; }; sleep 0.05; done
-  smtp-sink -u nobody -M "$MSGS" "127.0.0.1:$SINK_PORT" 1024 & sink=$!
+  smtp-sink -u nobody -M "$((MSGS + WARM))" "127.0.0.1:$SINK_PORT" 1024 & sink=$!
+  if [ "$WARM" -gt 0 ]; then  # WARM=N messages first, untimed, so that the JIT has compiled the path (and waits for the relay)
+    smtp-source -s "$SESSIONS" -m "$WARM" -l "$SIZE" -f bench@lan.edgemail.test -t ops@sink.edgemail.test -S "gateway warm-up" -M bench-client.edgemail.test "127.0.0.1:$PORT"
+    for _ in $(seq 1 600); do
+      sent=$(curl -s -H "Authorization: Bearer $(cat "$state/data/cli-api-key")" "http://127.0.0.1:$((PORT + 2))/metrics" \
+        | awk '/^edgemail_mail_recipients_total\{.*outcome="sent"/{s+=$NF} END{print s+0}')
+      [ "${sent%.*}" -ge "$WARM" ] && break
+      sleep 0.1
+    done
+  fi
+  cpu0=$(awk '{print ($14+$15)/100}' "/proc/$gw/stat")
+  perfrec=""
+  if [ -n "${PERF:-}" ]; then  # PERF=file.data: perf record -g of the gateway from the first message until smtp-sink has every mail (run N: file.data.N)
+    perf record -F "${PERF_FREQ:-499}" -g -p "$gw" -o "$PERF.$run" >/dev/null 2>&1 &
+    perfrec=$!
+  fi
   start=$(date +%s.%N)
   smtp-source -s "$SESSIONS" -m "$MSGS" -l "$SIZE" -f bench@lan.edgemail.test -t ops@sink.edgemail.test -S "gateway bench" -M bench-client.edgemail.test "127.0.0.1:$PORT"
   acc_end=$(date +%s.%N)
   wait "$sink"
   e2e_end=$(date +%s.%N)
-  cpu=$(awk '{print ($14+$15)/100}' "/proc/$gw/stat")
+  [ -n "$perfrec" ] && { kill -INT "$perfrec" 2>/dev/null; wait "$perfrec" || true; }
+  cpu_all=$(awk '{print ($14+$15)/100}' "/proc/$gw/stat")
+  cpu=$(awk -v a="$cpu_all" -v c0="$cpu0" 'BEGIN{print a - c0}')
   kill "$gw"; wait "$gw" 2>/dev/null || true
-  awk -v r="$run" -v s="$start" -v a="$acc_end" -v e="$e2e_end" -v n="$MSGS" -v c="$cpu" 'BEGIN{
-    printf "gateway run %d: accepted %d in %.2f s = %.0f msgs/s; at smtp-sink after %.2f s = %.0f msgs/s end-to-end; gateway CPU %.1f s (%.0f us/msg)\n",
-      r, n, a-s, n/(a-s), e-s, n/(e-s), c, c*1e6/n }'
+  awk -v r="$run" -v s="$start" -v a="$acc_end" -v e="$e2e_end" -v n="$MSGS" -v c="$cpu" -v t="$cpu_all" 'BEGIN{
+    printf "gateway run %d: accepted %d in %.2f s = %.0f msgs/s; at smtp-sink after %.2f s = %.0f msgs/s end-to-end; gateway CPU %.1f s (%.0f us/msg) from the first message, %.1f s (%.0f us/msg) with its start\n",
+      r, n, a-s, n/(a-s), e-s, n/(e-s), c, c*1e6/n, t, t*1e6/n }'
   rm -rf "$state"
 }
 

@@ -73,8 +73,7 @@ public sealed class MailComposer
             ["gateway"] = new Dictionary<string, object?> { ["hostname"] = _sender.Hostname },
             ["received_text"] = FormatTime(mail.ReceivedAt),
         };
-        var message = Render(_templates.Get(mail.Template), model, mail.To, now);
-        message.MessageId = MessageIds.ForAlert(mail.Device.Id, mail.Alert.Id, _sender.Hostname);
+        var message = Render(_templates.Get(mail.Template), model, mail.To, now, MessageIds.ForAlert(mail.Device.Id, mail.Alert.Id, _sender.Hostname));
         if (mail.InReplyTo is not null)
         {
             message.InReplyTo = mail.InReplyTo;
@@ -117,8 +116,7 @@ public sealed class MailComposer
             ["gateway"] = new Dictionary<string, object?> { ["hostname"] = _sender.Hostname },
             ["received_text"] = FormatTime(last.ReceivedAt),
         };
-        var message = Render(_templates.Get("digest"), model, to, now);
-        message.MessageId = MessageIds.ForDigest(device.Id, last.Alert.Code, repeats[0].Alert.Id, _sender.Hostname);
+        var message = Render(_templates.Get("digest"), model, to, now, MessageIds.ForDigest(device.Id, last.Alert.Code, repeats[0].Alert.Id, _sender.Hostname));
         if (inReplyTo is not null)
         {
             message.InReplyTo = inReplyTo;
@@ -203,7 +201,7 @@ public sealed class MailComposer
         return stream.ToArray();
     }
 
-    private MimeMessage Render(MailTemplate template, Dictionary<string, object?> model, IReadOnlyList<MailboxAddress> to, DateTimeOffset now)
+    private MimeMessage Render(MailTemplate template, Dictionary<string, object?> model, IReadOnlyList<MailboxAddress> to, DateTimeOffset now, string messageId)
     {
         var context = new TemplateContext(_fluid);
         foreach (var (key, value) in model)
@@ -215,15 +213,18 @@ public sealed class MailComposer
         string text = CleanBody(template.Text.Render(context, NullEncoder.Default));
         string html = CleanBody(template.Html.Render(context, HtmlEscaper));
 
-        var message = new MimeMessage();
+        // Headers in the order MimeMessage's own constructor puts them (From, Date, Subject, Message-Id, then the rest),
+        // without the placeholder Date, Subject and random Message-ID it would make up first, only to be replaced.
+        var message = new MimeMessage((IEnumerable<Header>)[]);
         message.From.Add(new MailboxAddress(_sender.DisplayName, _sender.Address));
+        message.Date = now;
+        message.Subject = subject;
+        message.MessageId = messageId;
         foreach (var mailbox in to)
         {
             message.To.Add(mailbox);
         }
 
-        message.Subject = subject;
-        message.Date = now;
         message.Headers.Add("Auto-Submitted", "auto-generated");
         message.Headers.Add("X-Auto-Response-Suppress", "All");
         message.Body = AlternativeBody(text, html);

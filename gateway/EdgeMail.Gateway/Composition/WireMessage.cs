@@ -25,13 +25,14 @@ internal static class WireMessage
             headers = HeaderList.Load(ParserOptions.Default, block);
         }
 
-        var message = new MimeMessage();
-        message.Headers.Clear();
+        // Given its headers, MimeMessage makes up no Message-ID or Date of its own (each costs a random number, which
+        // OpenSSL follows with a getpid system call) and parses none of them into properties; nobody reads those here.
+        var message = new MimeMessage(headers.Where(h => !IsContent(h)));
         var body = new MimePart();
         body.Headers.Clear();
-        foreach (var field in headers)
+        foreach (var field in headers.Where(IsContent))
         {
-            (IsContent(field) ? body.Headers : message.Headers).Add(field);
+            body.Headers.Add(field);
         }
 
         // Content in the part's own transfer encoding is written out as it is, not transcoded.

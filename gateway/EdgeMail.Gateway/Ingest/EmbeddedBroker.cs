@@ -90,7 +90,14 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
             serverOptions.WithoutDefaultEndpoint(); // TLS only: nothing answers on the plain port
         }
 
-        _server = factory.CreateMqttServer(_guard.Configure(serverOptions, address).Build());
+        var built = _guard.Configure(serverOptions, address).Build();
+
+        // Every connection keeps a buffer for what the broker writes to it (CONNACK, PUBACKs, receipts of ~150 bytes);
+        // MQTTnet's default of 4 KiB each was 40 MB of 10,000 idle devices. It grows for a larger packet and is cut
+        // back to WriterBufferSizeMax afterwards.
+        built.WriterBufferSize = 512;
+        built.WriterBufferSizeMax = 4096;
+        _server = factory.CreateMqttServer(built);
         _server.ValidatingConnectionAsync += ValidateConnectionAsync;
         _server.InterceptingSubscriptionAsync += InterceptSubscriptionAsync;
         _server.InterceptingUnsubscriptionAsync += InterceptUnsubscriptionAsync;

@@ -754,6 +754,7 @@ public sealed partial class SqliteSpool : ISpool
 
         _stopping.Dispose();
         _checkpointDue.Dispose();
+        _urgentQueued.Dispose();
         if (_reader is not null)
         {
             lock (_readLock)
@@ -810,6 +811,11 @@ public sealed partial class SqliteSpool : ISpool
         var item = new SpoolWork<T>(work) { Isolate = isolate, Background = background };
         if (_queue.Writer.TryWrite(item))
         {
+            if (!background)
+            {
+                _urgentQueued.Set();
+            }
+
             return cancellationToken.CanBeCanceled ? item.Task.WaitAsync(cancellationToken) : item.Task;
         }
 
@@ -822,6 +828,10 @@ public sealed partial class SqliteSpool : ISpool
         try
         {
             await _queue.Writer.WriteAsync(item, cancellationToken).ConfigureAwait(false);
+            if (!item.Background)
+            {
+                _urgentQueued.Set();
+            }
         }
         catch (ChannelClosedException)
         {
@@ -835,12 +845,10 @@ public sealed partial class SqliteSpool : ISpool
     {
         var batch = new List<SpoolWork>(_maxBatch);
         var reader = _queue.Reader;
-        Task<bool>? pending = null;
         try
         {
-            while ((pending ?? reader.WaitToReadAsync().AsTask()).GetAwaiter().GetResult())
+            while (reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult())
             {
-                pending = null;
                 batch.Clear();
                 while (batch.Count < _maxBatch && reader.TryRead(out var item))
                 {
@@ -850,7 +858,7 @@ public sealed partial class SqliteSpool : ISpool
                 if (BackgroundLinger > TimeSpan.Zero && batch.Count < LingerBelow && batch.TrueForAll(static i => i.Background)
                     && System.Diagnostics.Stopwatch.GetElapsedTime(_lastCommit) < BackgroundLinger)
                 {
-                    pending = Linger(batch, reader);
+                    Linger(batch, reader);
                 }
 
                 try
@@ -889,46 +897,32 @@ public sealed partial class SqliteSpool : ISpool
     private const int LingerBelow = 64;
     private long _lastCommit;
 
-    // Adds work to the batch until the linger is over, the batch is full, or work that someone waits on arrives (then
-    // it goes at once, with everything gathered so far). Returns a wait on the queue that is still pending, if any.
-    private Task<bool>? Linger(List<SpoolWork> batch, ChannelReader<SpoolWork> reader)
+    // Set when work that someone waits on is queued; a lingering writer sleeps on it, without spinning, and is woken by
+    // nothing else (background work arriving meanwhile simply waits in the queue to be gathered at the end).
+    private readonly ManualResetEventSlim _urgentQueued = new(false, spinCount: 0);
+
+    // Waits until the linger is over or work that someone waits on is queued, then adds what was queued to the batch.
+    private void Linger(List<SpoolWork> batch, ChannelReader<SpoolWork> reader)
     {
-        long deadline = System.Diagnostics.Stopwatch.GetTimestamp() + (long)(BackgroundLinger.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
-        Task<bool>? pending = null;
-        while (batch.Count < _maxBatch)
+        _urgentQueued.Reset();
+        if (!Gather(batch, reader))
         {
-            if (reader.TryRead(out var item))
-            {
-                batch.Add(item);
-                if (!item.Background)
-                {
-                    return null;
-                }
+            _urgentQueued.Wait(BackgroundLinger);
+            Gather(batch, reader);
+        }
+    }
 
-                continue;
-            }
-
-            long remaining = deadline - System.Diagnostics.Stopwatch.GetTimestamp();
-            if (remaining <= 0)
-            {
-                return pending;
-            }
-
-            pending ??= reader.WaitToReadAsync().AsTask();
-            if (!pending.Wait(TimeSpan.FromSeconds((double)remaining / System.Diagnostics.Stopwatch.Frequency)))
-            {
-                return pending;
-            }
-
-            if (!pending.Result)
-            {
-                return pending; // closed: the loop sees it once this batch is committed
-            }
-
-            pending = null;
+    // Adds queued work to the batch (up to its limit); true when some of it is work someone waits on.
+    private bool Gather(List<SpoolWork> batch, ChannelReader<SpoolWork> reader)
+    {
+        bool urgent = false;
+        while (batch.Count < _maxBatch && reader.TryRead(out var item))
+        {
+            batch.Add(item);
+            urgent |= !item.Background;
         }
 
-        return pending;
+        return urgent || batch.Count >= _maxBatch;
     }
 
     private void CheckpointLoop()
