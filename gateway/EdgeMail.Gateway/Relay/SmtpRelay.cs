@@ -353,7 +353,10 @@ public sealed class SmtpRelay : IMailTransport
 /// <summary>
 /// A MailKit client that records refused recipients instead of failing the whole message, and that sends mail the
 /// gateway composed as it was spooled: without preparing it again and without writing it once more only to measure it
-/// for <c>SIZE=</c> (MailKit's default when the server offers SIZE: the message is serialised twice per send).
+/// for <c>SIZE=</c> (MailKit's default when the server offers SIZE: the message is serialised twice per send). Where
+/// the server offers CHUNKING, that mail goes as one <c>BDAT n LAST</c>: its length is known, so the transaction takes
+/// two round trips (MAIL and RCPT pipelined, then the data with its command) instead of DATA's three, and the bytes
+/// need no dot-stuffing. A device's own mail keeps DATA: BDAT would make MailKit serialise it once more to measure it.
 /// </summary>
 internal sealed class RecordingSmtpClient : SmtpClient
 {
@@ -363,6 +366,8 @@ internal sealed class RecordingSmtpClient : SmtpClient
 
     /// <summary>The spooled length of the message being sent when the gateway composed it (prepared already); else null.</summary>
     public long? Spooled { get; set; }
+
+    protected override bool PreferSendAsBinaryData => Spooled is not null;
 
     protected override void Prepare(FormatOptions options, MimeMessage message, EncodingConstraint constraint, int maxLineLength)
     {

@@ -13,7 +13,7 @@ namespace EdgeMail.Gateway.Tests.Relay;
 
 /// <summary>
 /// What the relay puts on the wire for mail the gateway composed: the spooled bytes exactly (dot-stuffed for DATA),
-/// with <c>SIZE=</c> their exact length. The relay takes both from the spool instead of preparing and measuring the
+/// with <c>SIZE=</c> their exact length, as one <c>BDAT</c> where the server offers CHUNKING. The relay takes both from the spool instead of preparing and measuring the
 /// message again, so these hold only while MimeKit writes a parsed message back byte for byte.
 /// </summary>
 public sealed class SmarthostWireTests
@@ -78,11 +78,44 @@ public sealed class SmarthostWireTests
         Assert.Equal("Netzausfall in Halle 3, Temperatur 31 °C\n", message.TextBody?.ReplaceLineEndings("\n"));
     }
 
-    private static async Task<(string MailFrom, byte[] Data)> SendAsync(QueuedMessage message)
+    [Theory]
+    [MemberData(nameof(Vectors))]
+    public async Task Send_ComposedAlert_ToAServerOfferingChunking_GoesAsOneBdatOfTheSpooledBytes(string vector)
+    {
+        var alert = AlertParser.Parse(File.ReadAllBytes(Path.Combine(Alerts.ContractDir, "valid", vector))).Alert!;
+        alert = alert with { Text = alert.Text + "\n.\n..hidden\n. dot" };
+        var composer = new MailComposer(new SenderOptions { Address = "alerts@example.com", Hostname = "gw1.example.com" }, TemplateSet.Load(string.Empty));
+        using var composed = composer.ComposeAlert(new AlertMail(new DeviceInfo("freezer-2", "Freezer 2", "Hall 3"), alert, Now, "192.0.2.7:50123", 7,
+            [new MailboxAddress("Ops", "ops@example.com"), new MailboxAddress("Lead", "lead@example.com")], "default", null), Now);
+        byte[] wire = MailComposer.ToWire(composed);
+
+        var received = await SendAsync(new QueuedMessage(1, "alert", "freezer-2", alert.Id, composed.MessageId!, "alerts@example.com",
+            ["ops@example.com", "lead@example.com"], wire, 0, Now, Now.AddDays(5)), chunking: true);
+
+        // Not dot-stuffed: BDAT carries the bytes as they are, and says how many.
+        Assert.Equal(Encoding.ASCII.GetString(wire), Encoding.ASCII.GetString(received.Data));
+        Assert.Equal(["EHLO", "MAIL", "RCPT", "RCPT", $"BDAT {wire.Length} LAST"], received.Commands);
+        Assert.Contains($" SIZE={wire.Length}", received.MailFrom, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Send_DevicesOwnMail_ToAServerOfferingChunking_KeepsData()
+    {
+        byte[] wire = Encoding.ASCII.GetBytes(
+            "From: ups-1@lan.example.com\r\nTo: ops@example.com\r\nSubject: on battery\r\nMessage-ID: <ups.2@lan.example.com>\r\n\r\nMains lost\r\n.\r\n");
+
+        var received = await SendAsync(new QueuedMessage(1, "relay", "ups-1", null, "ups.2@lan.example.com", "alerts@example.com", ["ops@example.com"], wire, 0, Now, Now.AddDays(5)), chunking: true);
+
+        Assert.Equal(["EHLO", "MAIL", "RCPT", "DATA"], received.Commands);
+        using var message = MimeMessage.Load(new MemoryStream(received.Data));
+        Assert.Equal("Mains lost\n.\n", message.TextBody?.ReplaceLineEndings("\n"));
+    }
+
+    private static async Task<Received> SendAsync(QueuedMessage message, bool chunking = false)
     {
         using var listener = new TcpListener(IPAddress.Loopback, 0);
         listener.Start();
-        var server = ServeOneAsync(listener);
+        var server = ServeOneAsync(listener, chunking);
         await using (var relay = new SmtpRelay(new RelayOptions { Host = "127.0.0.1", Port = ((IPEndPoint)listener.LocalEndpoint).Port, Security = "None", Timeout = TimeSpan.FromSeconds(10) }, "gw1.example.com"))
         {
             var results = await relay.SendAsync(message, CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(30));
@@ -92,48 +125,75 @@ public sealed class SmarthostWireTests
         return await server.WaitAsync(TimeSpan.FromSeconds(30));
     }
 
-    // A server that offers SIZE and PIPELINING, records the MAIL command as sent and the message data after
-    // undoing DATA's dot-stuffing (RFC 5321 4.5.2).
-    private static async Task<(string MailFrom, byte[] Data)> ServeOneAsync(TcpListener listener)
+    private sealed record Received(string MailFrom, byte[] Data, List<string> Commands);
+
+    // A server that offers SIZE and PIPELINING (and CHUNKING when asked), records each command (its verb; BDAT whole),
+    // the MAIL command as sent, and the message data: after undoing DATA's dot-stuffing (RFC 5321 4.5.2), or the BDAT
+    // chunks' bytes as they came (RFC 3030).
+    private static async Task<Received> ServeOneAsync(TcpListener listener, bool chunking)
     {
         using var socket = await listener.AcceptSocketAsync();
         await using var stream = new NetworkStream(socket);
-        using var reader = new StreamReader(stream, Encoding.Latin1);
-        await using var writer = new StreamWriter(stream, Encoding.ASCII) { NewLine = "\r\n", AutoFlush = true };
-        await writer.WriteLineAsync("220 test ESMTP");
+        var input = new BufferedStream(stream);
+        async Task ReplyAsync(string text) => await stream.WriteAsync(Encoding.ASCII.GetBytes(text + "\r\n"));
+        await ReplyAsync("220 test ESMTP");
         string mailFrom = string.Empty;
+        var commands = new List<string>();
         var data = new MemoryStream();
-        while (await reader.ReadLineAsync() is { } line)
+        while (await ReadLineAsync(input) is { } line)
         {
             string verb = line.Length >= 4 ? line[..4].ToUpperInvariant() : line.ToUpperInvariant();
+            commands.Add(verb == "BDAT" ? line : verb);
             switch (verb)
             {
                 case "EHLO":
-                    await writer.WriteAsync("250-test\r\n250-PIPELINING\r\n250-SIZE 10000000\r\n250 ENHANCEDSTATUSCODES\r\n");
+                    await ReplyAsync("250-test\r\n250-PIPELINING\r\n" + (chunking ? "250-CHUNKING\r\n" : string.Empty) + "250-SIZE 10000000\r\n250 ENHANCEDSTATUSCODES");
                     break;
                 case "MAIL":
                     mailFrom = line;
-                    await writer.WriteLineAsync("250 2.1.0 ok");
+                    await ReplyAsync("250 2.1.0 ok");
                     break;
                 case "DATA":
-                    await writer.WriteLineAsync("354 go ahead");
-                    while (await reader.ReadLineAsync() is { } body && body != ".")
+                    await ReplyAsync("354 go ahead");
+                    while (await ReadLineAsync(input) is { } body && body != ".")
                     {
-                        byte[] bytes = Encoding.Latin1.GetBytes((body.StartsWith('.') ? body[1..] : body) + "\r\n");
-                        data.Write(bytes);
+                        data.Write(Encoding.Latin1.GetBytes((body.StartsWith('.') ? body[1..] : body) + "\r\n"));
                     }
 
-                    await writer.WriteLineAsync("250 2.0.0 queued");
+                    await ReplyAsync("250 2.0.0 queued");
+                    break;
+                case "BDAT":
+                    var chunk = new byte[int.Parse(line.Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture)];
+                    await input.ReadExactlyAsync(chunk);
+                    data.Write(chunk);
+                    await ReplyAsync("250 2.0.0 " + (line.EndsWith(" LAST", StringComparison.OrdinalIgnoreCase) ? "queued" : "chunk ok"));
                     break;
                 case "QUIT":
-                    await writer.WriteLineAsync("221 2.0.0 bye");
-                    return (mailFrom, data.ToArray());
+                    await ReplyAsync("221 2.0.0 bye");
+                    return new Received(mailFrom, data.ToArray(), commands);
                 default:
-                    await writer.WriteLineAsync("250 2.0.0 ok");
+                    await ReplyAsync("250 2.0.0 ok");
                     break;
             }
         }
 
-        return (mailFrom, data.ToArray());
+        return new Received(mailFrom, data.ToArray(), commands);
+    }
+
+    private static async Task<string?> ReadLineAsync(Stream input)
+    {
+        var line = new StringBuilder();
+        var one = new byte[1];
+        while (await input.ReadAsync(one) == 1)
+        {
+            if (one[0] == (byte)'\n')
+            {
+                return line.ToString().TrimEnd('\r');
+            }
+
+            line.Append((char)one[0]);
+        }
+
+        return line.Length > 0 ? line.ToString() : null;
     }
 }
