@@ -78,6 +78,39 @@ public sealed class SmarthostWireTests
         Assert.Equal("Netzausfall in Halle 3, Temperatur 31 °C\n", message.TextBody?.ReplaceLineEndings("\n"));
     }
 
+    [Fact]
+    public async Task Send_DevicesSevenBitMail_ArrivesAsSpooledWithItsExactSize()
+    {
+        // A device's plain 7-bit mail, as the SMTP listener rewrites and spools it (dotted lines included): nothing
+        // preparation could change, so it goes out as its spooled bytes, and SIZE= is their length.
+        byte[] submitted = Encoding.ASCII.GetBytes(
+            "From: <ups-1@lan.example.com>\r\nTo: <ops@example.com>\r\nSubject: on battery\r\nMessage-ID: <ups.1@lan.example.com>\r\n\r\n" +
+            "Mains lost in hall 3.\r\n.\r\n..hidden\r\nRuntime left: 41 min");
+        var relayed = Gateway.Ingest.Smtp.RelayedMailWriter.Rewrite(submitted,
+            new Gateway.Ingest.Smtp.Submission("ups-1", "UPS 1", "192.0.2.7", "ups-1@lan.example.com", false, false, "abc123def456", Now),
+            new SenderOptions { Address = "alerts@example.com", Hostname = "gw1.example.com" });
+
+        var received = await SendAsync(new QueuedMessage(1, "relay", "ups-1", null, relayed.SpoolKey, "alerts@example.com", ["ops@example.com"], relayed.Mime, 0, Now, Now.AddDays(5)));
+
+        Assert.Equal(Encoding.ASCII.GetString(relayed.Mime), Encoding.ASCII.GetString(received.Data));
+        Assert.Contains($" SIZE={relayed.Mime.Length}", received.MailFrom, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Send_DevicesMailWithAnOverlongLine_IsPreparedAndReadsTheSame()
+    {
+        // 7-bit, but one line longer than SMTP's 998 octets: it is still parsed and prepared (quoted-printable).
+        string longLine = string.Concat(Enumerable.Repeat("0123456789", 120));
+        byte[] wire = Encoding.ASCII.GetBytes(
+            "From: ups-1@lan.example.com\r\nTo: ops@example.com\r\nSubject: log\r\nMessage-ID: <ups.2@lan.example.com>\r\n\r\n" + longLine + "\r\n");
+
+        var received = await SendAsync(new QueuedMessage(1, "relay", "ups-1", null, "ups.2@lan.example.com", "alerts@example.com", ["ops@example.com"], wire, 0, Now, Now.AddDays(5)));
+
+        Assert.All(Encoding.ASCII.GetString(received.Data).Split("\r\n"), line => Assert.True(line.Length <= 998, $"a line of {line.Length} octets went out"));
+        using var message = MimeMessage.Load(new MemoryStream(received.Data));
+        Assert.Equal(longLine + "\n", message.TextBody?.ReplaceLineEndings("\n"));
+    }
+
     private static async Task<(string MailFrom, byte[] Data)> SendAsync(QueuedMessage message)
     {
         using var listener = new TcpListener(IPAddress.Loopback, 0);
