@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """perf-stages.py -- the gateway's CPU by pipeline stage, from a `perf record -g` of the gateway (gateway-bench.sh PERF=).
 
-    gateway/bench/perf-stages.py FILE.data [--us-per-alert N] [--top N] [--stage NAME]
+    gateway/bench/perf-stages.py FILE.data [--us-per-alert N] [--top N] [--stage NAME] [--smtp]
 
 Each sample goes to the first stage (in the order of STAGES below) whose pattern matches a frame of its call stack,
 else to a bucket by thread. JIT-compiled frames are named from /tmp/perf-PID.map (the bench starts the gateway with
@@ -9,7 +9,7 @@ DOTNET_PerfMapEnabled=1, W^X off and ReadyToRun off so that every managed frame 
 frame pointers, so a sample inside SQLite keeps no managed caller: it is attributed by its thread (the spool's writer,
 its checkpointer, or a reader on a thread-pool thread). With --us-per-alert (the bench's gateway_cpu_us_per_alert of
 the same run) shares are also given in microseconds per alert. --top N lists the hottest leaf frames of each stage;
---stage NAME only that stage's.
+--stage NAME only that stage's. --smtp: the stages of SMTP ingest (smtp-ingest.sh PERF=) instead of the alert pipeline's.
 """
 import argparse
 import collections
@@ -32,6 +32,22 @@ STAGES = [
     ("SMTP ingest (SmtpServer, submission, relayed-mail rewrite)", r"\[SmtpServer\]|Ingest\.Smtp\."),
     ("accept (MQTT receive, parse, validate)", r"MQTTnet|EmbeddedBroker|AlertIngest|AlertParser"),
     ("routing loop (other)", r"AlertProcessor"),
+    ("console/metrics", r"EdgeMail\.Gateway\.Web|OpenTelemetry|GatewayMetrics|PipelineProbe"),
+]
+
+# SMTP ingest (smtp-ingest.sh): a device's mail from the SMTP session to the relay.
+SMTP_STAGES = [
+    ("auth (AUTH, secret verification)", r"SecretVerifier|SecretHash|Pbkdf2|SubmissionPolicy::AuthenticateAsync"),
+    ("dkim", r"DkimSign|MimeKit\.Cryptography\.Dkim"),
+    ("ingest: rewrite (RelayedMailWriter)", r"RelayedMailWriter"),
+    ("ingest: spool insert call", r"SqliteSpool::QueueMail|SqliteSpool::Enqueue"),
+    ("ingest: handler (alert parts, recipients, reply)", r"SubmissionHandler"),
+    ("ingest: store and policy (MAIL, RCPT)", r"SubmissionStore|SubmissionPolicy|RecipientPolicy"),
+    ("ingest: SMTP session (SmtpServer, its socket calls)", r"\[SmtpServer\]"),
+    ("relay: MIME parse", r"MimeParser|MimeMessage::Load"),
+    ("relay: MailKit prepare", r"::Prepare\(|MimeMessage::Prepare|MimePart::Prepare"),
+    ("relay: MailKit send", r"MailKit\.|SmtpRelay|RecordingSmtpClient"),
+    ("delivery bookkeeping (worker, results)", r"DeliveryWorker|ReceiptPublisher|JsonSerializer"),
     ("console/metrics", r"EdgeMail\.Gateway\.Web|OpenTelemetry|GatewayMetrics|PipelineProbe"),
 ]
 
@@ -106,8 +122,9 @@ def main():
     ap.add_argument("--us-per-alert", type=float)
     ap.add_argument("--top", type=int, default=0)
     ap.add_argument("--stage")
+    ap.add_argument("--smtp", action="store_true")
     a = ap.parse_args()
-    compiled = [(n, re.compile(rx)) for n, rx in STAGES]
+    compiled = [(n, re.compile(rx)) for n, rx in (SMTP_STAGES if a.smtp else STAGES)]
     total = 0
     by_stage = collections.Counter()
     leaves = collections.defaultdict(collections.Counter)

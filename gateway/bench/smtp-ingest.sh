@@ -29,6 +29,15 @@ DLL="$ART/bin/EdgeMail.Gateway/release/EdgeMail.Gateway.dll"
 HASH=$(printf '%s' bench-secret | dotnet "$DLL" hash-secret)
 echo "machine: $(nproc) CPUs, $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -r); $(date -u '+%Y-%m-%d %H:%M UTC'); msgs=$MSGS sessions=$SESSIONS size=$SIZE"
 
+# A run that stops half-way (set -e: smtp-sink could not start, say) must not leave its gateway or sink holding the
+# ports for the next run: both are ended by their process ids on the way out.
+GW_PID="" SINK_PID=""
+cleanup() {
+  [ -n "$GW_PID" ] && kill "$GW_PID" 2>/dev/null || true
+  [ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null || true
+}
+trap cleanup EXIT
+
 gateway_run() {
   local run=$1 state gw sink start acc_end e2e_end cpu
   state=$(mktemp -d /var/tmp/edgemail-smtp-bench.XXXXXX)
@@ -50,8 +59,10 @@ JSON
     dotnet "$DLL" --config "$state/edgemail.json" > "$state/gateway.log" 2>&1 &
   fi
   gw=$!
+  GW_PID=$gw
   for _ in $(seq 1 200); do grep -q "SMTP submission listening" "$state/gateway.log" && break; kill -0 "$gw" || { cat "$state/gateway.log"; exit 1; }; sleep 0.05; done
   smtp-sink -u nobody -M "$((MSGS + WARM))" "127.0.0.1:$SINK_PORT" 1024 & sink=$!
+  SINK_PID=$sink
   if [ "$WARM" -gt 0 ]; then  # WARM=N messages first, untimed, so that the JIT has compiled the path (and waits for the relay)
     smtp-source -s "$SESSIONS" -m "$WARM" -l "$SIZE" -f bench@lan.edgemail.test -t ops@sink.edgemail.test -S "gateway warm-up" -M bench-client.edgemail.test "127.0.0.1:$PORT"
     for _ in $(seq 1 600); do
@@ -76,6 +87,7 @@ JSON
   cpu_all=$(awk '{print ($14+$15)/100}' "/proc/$gw/stat")
   cpu=$(awk -v a="$cpu_all" -v c0="$cpu0" 'BEGIN{print a - c0}')
   kill "$gw"; wait "$gw" 2>/dev/null || true
+  GW_PID="" SINK_PID=""
   awk -v r="$run" -v s="$start" -v a="$acc_end" -v e="$e2e_end" -v n="$MSGS" -v c="$cpu" -v t="$cpu_all" 'BEGIN{
     printf "gateway run %d: accepted %d in %.2f s = %.0f msgs/s; at smtp-sink after %.2f s = %.0f msgs/s end-to-end; gateway CPU %.1f s (%.0f us/msg) from the first message, %.1f s (%.0f us/msg) with its start\n",
       r, n, a-s, n/(a-s), e-s, n/(e-s), c, c*1e6/n, t, t*1e6/n }'

@@ -6,6 +6,7 @@ using BenchmarkDotNet.Attributes;
 using EdgeMail.Gateway.Composition;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Ingest;
+using EdgeMail.Gateway.Ingest.Smtp;
 using EdgeMail.Gateway.Relay;
 using EdgeMail.Gateway.Routing;
 using EdgeMail.Gateway.Spool;
@@ -38,6 +39,8 @@ public class GatewayStagesBenchmark
     private AlertMail _mail = null!;
     private byte[] _wire = null!;
     private QueuedMessage _queued = null!;
+    private QueuedMessage _deviceMail = null!;
+    private byte[] _submitted = null!;
     private SmtpRelay _relay = null!;
     private BenchSmtpSink _sink = null!;
     private string _dir = null!;
@@ -66,6 +69,10 @@ public class GatewayStagesBenchmark
 
         _queued = new QueuedMessage(1, "alert", "bench-7", _alert.Id, "bench-7.i-bench-7-1234.alert@gateway.localhost", _options.Sender.Address,
             ["ops@sink.edgemail.test"], _wire, 0, Received, Received.AddDays(5));
+        _submitted = SubmittedMail();
+        var relayed = RelayedMailWriter.Rewrite(_submitted, Submission, _options.Sender);
+        _deviceMail = new QueuedMessage(2, "relay", "bench-1", null, relayed.SpoolKey, _options.Sender.Address, ["ops@sink.edgemail.test"], relayed.Mime, 0,
+            Received, Received.AddDays(5));
         _sink = new BenchSmtpSink();
         _relay = new SmtpRelay(new RelayOptions { Mode = "Smarthost", Host = "127.0.0.1", Port = _sink.Port, Security = "None", Concurrency = 1 }, "gateway.localhost");
     }
@@ -113,6 +120,30 @@ public class GatewayStagesBenchmark
     /// <summary>The SMTP client's whole send of one spooled message on a kept connection, to an in-process sink.</summary>
     [Benchmark]
     public Task<IReadOnlyList<RecipientResult>> SmtpSend() => _relay.SendAsync(_queued, CancellationToken.None);
+
+    /// <summary>SMTP ingest: the rewrite of a device's 1 KiB mail (as smtp-source sends it in smtp-ingest.sh) before it is spooled.</summary>
+    [Benchmark]
+    public RelayedMail SmtpIngestRewrite() => RelayedMailWriter.Rewrite(_submitted, Submission, _options.Sender);
+
+    /// <summary>The SMTP client's send of that device's mail, rewritten and spooled, on a kept connection.</summary>
+    [Benchmark]
+    public Task<IReadOnlyList<RecipientResult>> SmtpSendDeviceMail() => _relay.SendAsync(_deviceMail, CancellationToken.None);
+
+    private static readonly Submission Submission = new("bench-1", "Bench", "127.0.0.1", "bench@lan.edgemail.test", false, false, "0123456789ab", Received);
+
+    // The shape of smtp-source's message: five header fields, then 1 KiB of 80-column lines.
+    private static byte[] SubmittedMail()
+    {
+        var text = new StringBuilder(
+            "From: <bench@lan.edgemail.test>\r\nTo: <ops@sink.edgemail.test>\r\nDate: Sat,  5 Dec 2026 04:16:48 +0000 (UTC)\r\n" +
+            "Message-Id: <4d7d.0003.0000@bench-client.edgemail.test>\r\nSubject: gateway bench\r\n\r\n");
+        for (int i = 0; i < 13; i++)
+        {
+            text.Append((char)('0' + (i % 10))).Append('X', 77).Append("\r\n");
+        }
+
+        return Encoding.ASCII.GetBytes(text.ToString().TrimEnd('\r', '\n'));
+    }
 }
 
 /// <summary>

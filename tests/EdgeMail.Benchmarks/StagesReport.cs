@@ -28,6 +28,8 @@ public static class StagesReport
                 ("compose and wire bytes", () => { b.ComposeToWire(); return Task.CompletedTask; }, 1),
                 ("compose with DKIM and wire bytes", () => { b.ComposeDkimToWire(); return Task.CompletedTask; }, 20),
                 ("SMTP client: send one spooled message (kept connection)", b.SmtpSend, 1),
+                ("SMTP ingest: rewrite a device's 1 KiB mail", () => { b.SmtpIngestRewrite(); return Task.CompletedTask; }, 1),
+                ("SMTP client: send a device's mail (kept connection)", b.SmtpSendDeviceMail, 1),
             };
             string? only = Environment.GetEnvironmentVariable("EDGEMAIL_STAGE"); // one stage only, e.g. under a profiler
             var chosen = stages.Where(s => only is null || s.Name.StartsWith(only, StringComparison.Ordinal)).ToList();

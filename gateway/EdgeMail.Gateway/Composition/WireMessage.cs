@@ -41,5 +41,68 @@ internal static class WireMessage
         return message;
     }
 
+    /// <summary>
+    /// True when <paramref name="wire"/> is already what MailKit's preparation would send for any server: every byte
+    /// 7-bit and not NUL, CRLF line endings only, no line over 998 octets (RFC 5322 §2.1.1), no line starting with
+    /// <c>From </c> (which MimeKit's best-encoding check would quoted-printable-encode), and no <c>8bit</c> or
+    /// <c>binary</c> anywhere (so no part declares a transfer encoding preparation would change). Such mail can go out
+    /// as its bytes, its headers read by <see cref="Open"/>; anything else is parsed and prepared. The test is
+    /// conservative: a false "no" costs only the slower path.
+    /// </summary>
+    /// <param name="wire">Message bytes.</param>
+    /// <returns>True when sending the bytes as they are equals preparing them.</returns>
+    public static bool IsTransportReady(ReadOnlySpan<byte> wire)
+    {
+        if (wire.Length < 2 || !wire.EndsWith("\r\n"u8) || wire.IndexOfAnyExceptInRange((byte)1, (byte)0x7F) >= 0
+            || ContainsIgnoreCase(wire, "8bit"u8) || ContainsIgnoreCase(wire, "binary"u8)
+            || wire.Count((byte)'\r') != wire.Count((byte)'\n'))
+        {
+            return false;
+        }
+
+        int start = 0;
+        while (start < wire.Length)
+        {
+            int lf = wire[start..].IndexOf((byte)'\n');
+            if (lf <= 0 || wire[start + lf - 1] != '\r' || lf - 1 > MaxLineLength || wire[start..].StartsWith("From "u8))
+            {
+                return false;
+            }
+
+            start += lf + 1;
+        }
+
+        return true;
+    }
+
+    private const int MaxLineLength = 998;
+
+    /// <summary>ASCII case-insensitive search.</summary>
+    /// <param name="haystack">Where to search.</param>
+    /// <param name="needle">What to find, in lower case.</param>
+    /// <returns>True when found.</returns>
+    internal static bool ContainsIgnoreCase(ReadOnlySpan<byte> haystack, ReadOnlySpan<byte> needle)
+    {
+        byte lower = needle[0];
+        byte upper = (byte)char.ToUpperInvariant((char)lower);
+        int offset = 0;
+        while (true)
+        {
+            int i = haystack[offset..].IndexOfAny(lower, upper);
+            if (i < 0 || offset + i + needle.Length > haystack.Length)
+            {
+                return false;
+            }
+
+            offset += i;
+            if (System.Text.Ascii.EqualsIgnoreCase(haystack.Slice(offset, needle.Length), needle))
+            {
+                return true;
+            }
+
+            offset++;
+        }
+    }
+
     private static bool IsContent(Header header) => header.Field.StartsWith("Content-", StringComparison.OrdinalIgnoreCase);
 }

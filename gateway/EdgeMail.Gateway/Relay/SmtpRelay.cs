@@ -151,10 +151,11 @@ public sealed class SmtpRelay : IMailTransport
                 }
             }
 
-            using var mime = await OpenAsync(message, cancellationToken).ConfigureAwait(false);
+            bool asSpooled = SpooledAsComposed(message);
+            using var mime = await OpenAsync(message, asSpooled, cancellationToken).ConfigureAwait(false);
             var sender = message.EnvelopeFrom.Length > 0 ? MailboxAddress.Parse(message.EnvelopeFrom) : new MailboxAddress(string.Empty, string.Empty);
             var recipients = message.PendingRecipients.Select(MailboxAddress.Parse).ToList();
-            client.Spooled = SpooledAsComposed(message) ? message.Mime.Length : null;
+            client.Spooled = asSpooled ? message.Mime.Length : null;
             string reply;
             try
             {
@@ -219,13 +220,17 @@ public sealed class SmtpRelay : IMailTransport
     }
 
     // Mail the gateway composed itself was prepared for any relay when it was spooled (7-bit, lines within 78): it goes
-    // out as the spooled bytes, its headers read and its body not parsed at all, its size the spooled length. A
-    // device's own relayed mail is parsed and sent as MailKit prepares it for the server at hand (it may carry 8-bit text).
-    private static bool SpooledAsComposed(QueuedMessage message) => message.Kind is "alert" or "digest" or "notice";
+    // out as the spooled bytes, its headers read and its body not parsed at all, its size the spooled length. So does a
+    // device's own relayed mail when preparing it could change nothing (7-bit, short lines, nothing declared 8bit or
+    // binary: WireMessage.IsTransportReady) — the common case, and then a DKIM signature made over the spooled bytes
+    // meets exactly those bytes. Other device mail (8-bit text, say) is parsed and sent as MailKit prepares it for the
+    // server at hand.
+    private static bool SpooledAsComposed(QueuedMessage message) =>
+        message.Kind is "alert" or "digest" or "notice" || (message.Kind == "relay" && WireMessage.IsTransportReady(message.Mime));
 
-    private static async Task<MimeMessage> OpenAsync(QueuedMessage message, CancellationToken cancellationToken)
+    private static async Task<MimeMessage> OpenAsync(QueuedMessage message, bool asSpooled, CancellationToken cancellationToken)
     {
-        if (SpooledAsComposed(message))
+        if (asSpooled)
         {
             return WireMessage.Open(message.Mime);
         }
@@ -352,11 +357,12 @@ public sealed class SmtpRelay : IMailTransport
 
 /// <summary>
 /// A MailKit client that records refused recipients instead of failing the whole message, and that sends mail the
-/// gateway composed as it was spooled: without preparing it again and without writing it once more only to measure it
-/// for <c>SIZE=</c> (MailKit's default when the server offers SIZE: the message is serialised twice per send). Where
-/// the server offers CHUNKING, that mail goes as one <c>BDAT n LAST</c>: its length is known, so the transaction takes
-/// two round trips (MAIL and RCPT pipelined, then the data with its command) instead of DATA's three, and the bytes
-/// need no dot-stuffing. A device's own mail keeps DATA: BDAT would make MailKit serialise it once more to measure it.
+/// gateway composed (or a device's mail that needs no preparation) as it was spooled: without preparing it again and
+/// without writing it once more only to measure it for <c>SIZE=</c> (MailKit's default when the server offers SIZE: the
+/// message is serialised twice per send). Where the server offers CHUNKING, such mail goes as one <c>BDAT n LAST</c>:
+/// its length is known, so the transaction takes two round trips (MAIL and RCPT pipelined, then the data with its
+/// command) instead of DATA's three, and the bytes need no dot-stuffing. Mail MailKit prepares keeps DATA: BDAT would
+/// make MailKit serialise it once more to measure it.
 /// </summary>
 internal sealed class RecordingSmtpClient : SmtpClient
 {
@@ -364,7 +370,7 @@ internal sealed class RecordingSmtpClient : SmtpClient
 
     public string LastError { get; set; } = "connection failed";
 
-    /// <summary>The spooled length of the message being sent when the gateway composed it (prepared already); else null.</summary>
+    /// <summary>The spooled length of the message being sent when it goes out as spooled (prepared already); else null.</summary>
     public long? Spooled { get; set; }
 
     protected override bool PreferSendAsBinaryData => Spooled is not null;

@@ -78,6 +78,39 @@ public sealed class SmarthostWireTests
         Assert.Equal("Netzausfall in Halle 3, Temperatur 31 °C\n", message.TextBody?.ReplaceLineEndings("\n"));
     }
 
+    [Fact]
+    public async Task Send_DevicesSevenBitMail_ArrivesAsSpooledWithItsExactSize()
+    {
+        // A device's plain 7-bit mail, as the SMTP listener rewrites and spools it (dotted lines included): nothing
+        // preparation could change, so it goes out as its spooled bytes, and SIZE= is their length.
+        byte[] submitted = Encoding.ASCII.GetBytes(
+            "From: <ups-1@lan.example.com>\r\nTo: <ops@example.com>\r\nSubject: on battery\r\nMessage-ID: <ups.1@lan.example.com>\r\n\r\n" +
+            "Mains lost in hall 3.\r\n.\r\n..hidden\r\nRuntime left: 41 min");
+        var relayed = Gateway.Ingest.Smtp.RelayedMailWriter.Rewrite(submitted,
+            new Gateway.Ingest.Smtp.Submission("ups-1", "UPS 1", "192.0.2.7", "ups-1@lan.example.com", false, false, "abc123def456", Now),
+            new SenderOptions { Address = "alerts@example.com", Hostname = "gw1.example.com" });
+
+        var received = await SendAsync(new QueuedMessage(1, "relay", "ups-1", null, relayed.SpoolKey, "alerts@example.com", ["ops@example.com"], relayed.Mime, 0, Now, Now.AddDays(5)));
+
+        Assert.Equal(Encoding.ASCII.GetString(relayed.Mime), Encoding.ASCII.GetString(received.Data));
+        Assert.Contains($" SIZE={relayed.Mime.Length}", received.MailFrom, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Send_DevicesMailWithAnOverlongLine_IsPreparedAndReadsTheSame()
+    {
+        // 7-bit, but one line longer than SMTP's 998 octets: it is still parsed and prepared (quoted-printable).
+        string longLine = string.Concat(Enumerable.Repeat("0123456789", 120));
+        byte[] wire = Encoding.ASCII.GetBytes(
+            "From: ups-1@lan.example.com\r\nTo: ops@example.com\r\nSubject: log\r\nMessage-ID: <ups.2@lan.example.com>\r\n\r\n" + longLine + "\r\n");
+
+        var received = await SendAsync(new QueuedMessage(1, "relay", "ups-1", null, "ups.2@lan.example.com", "alerts@example.com", ["ops@example.com"], wire, 0, Now, Now.AddDays(5)));
+
+        Assert.All(Encoding.ASCII.GetString(received.Data).Split("\r\n"), line => Assert.True(line.Length <= 998, $"a line of {line.Length} octets went out"));
+        using var message = MimeMessage.Load(new MemoryStream(received.Data));
+        Assert.Equal(longLine + "\n", message.TextBody?.ReplaceLineEndings("\n"));
+    }
+
     [Theory]
     [MemberData(nameof(Vectors))]
     public async Task Send_ComposedAlert_ToAServerOfferingChunking_GoesAsOneBdatOfTheSpooledBytes(string vector)
@@ -99,16 +132,18 @@ public sealed class SmarthostWireTests
     }
 
     [Fact]
-    public async Task Send_DevicesOwnMail_ToAServerOfferingChunking_KeepsData()
+    public async Task Send_DevicesMailThatNeedsPreparation_ToAServerOfferingChunking_GoesByData()
     {
+        // MailKit prepares it (a line over 998 octets): BDAT would make it write the message once more only to measure it.
+        string longLine = string.Concat(Enumerable.Repeat("0123456789", 120));
         byte[] wire = Encoding.ASCII.GetBytes(
-            "From: ups-1@lan.example.com\r\nTo: ops@example.com\r\nSubject: on battery\r\nMessage-ID: <ups.2@lan.example.com>\r\n\r\nMains lost\r\n.\r\n");
+            "From: ups-1@lan.example.com\r\nTo: ops@example.com\r\nSubject: log\r\nMessage-ID: <ups.3@lan.example.com>\r\n\r\n" + longLine + "\r\n.\r\n");
 
-        var received = await SendAsync(new QueuedMessage(1, "relay", "ups-1", null, "ups.2@lan.example.com", "alerts@example.com", ["ops@example.com"], wire, 0, Now, Now.AddDays(5)), chunking: true);
+        var received = await SendAsync(new QueuedMessage(1, "relay", "ups-1", null, "ups.3@lan.example.com", "alerts@example.com", ["ops@example.com"], wire, 0, Now, Now.AddDays(5)), chunking: true);
 
         Assert.Equal(["EHLO", "MAIL", "RCPT", "DATA"], received.Commands);
         using var message = MimeMessage.Load(new MemoryStream(received.Data));
-        Assert.Equal("Mains lost\n.\n", message.TextBody?.ReplaceLineEndings("\n"));
+        Assert.Equal(longLine + "\n.\n", message.TextBody?.ReplaceLineEndings("\n"));
     }
 
     private static async Task<Received> SendAsync(QueuedMessage message, bool chunking = false)

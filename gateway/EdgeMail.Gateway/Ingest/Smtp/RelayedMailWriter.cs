@@ -102,8 +102,7 @@ public static class RelayedMailWriter
             headers.Add(h);
         }
 
-        var from = new InternetAddressList { new MailboxAddress(MailComposer.Clean($"{submission.DeviceName} via {sender.DisplayName}", 120), sender.Address) };
-        headers.Add(new Header(HeaderId.From, from.ToString(WireFormat, true).Trim()));
+        headers.Add(new Header(HeaderId.From, FromField(submission.DeviceName, sender)));
         var replyTo = ReplyTo(originalFrom, submission.EnvelopeFrom);
         if (replyTo.Count > 0)
         {
@@ -137,6 +136,30 @@ public static class RelayedMailWriter
 
         return new RelayedMail(key, output.ToArray(), hops);
     }
+
+    // The gateway's From for a device: the same for every mail of that device, so formatted (and RFC 2047-encoded) once.
+    // Keyed by everything it is made of; bounded, since device names come from the configuration, which can change.
+    private static string FromField(string deviceName, SenderOptions sender)
+    {
+        var key = (deviceName, sender.DisplayName, sender.Address);
+        if (FromFields.TryGetValue(key, out string? field))
+        {
+            return field;
+        }
+
+        var from = new InternetAddressList { new MailboxAddress(MailComposer.Clean($"{deviceName} via {sender.DisplayName}", 120), sender.Address) };
+        field = from.ToString(WireFormat, true).Trim();
+        if (FromFields.Count >= MaxFromFields)
+        {
+            FromFields.Clear();
+        }
+
+        FromFields[key] = field;
+        return field;
+    }
+
+    private const int MaxFromFields = 4096;
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(string Device, string Display, string Address), string> FromFields = new();
 
     private static InternetAddressList ReplyTo(string? originalFrom, string envelopeFrom)
     {
@@ -199,21 +222,7 @@ public static class RelayedMailWriter
     /// <returns>CRLF-only bytes.</returns>
     public static byte[] Normalize(ReadOnlySpan<byte> raw)
     {
-        bool clean = true;
-        for (int i = 0; i < raw.Length && clean; i++)
-        {
-            if (raw[i] == '\r')
-            {
-                clean = i + 1 < raw.Length && raw[i + 1] == '\n';
-                i++;
-            }
-            else if (raw[i] == '\n')
-            {
-                clean = false;
-            }
-        }
-
-        if (clean)
+        if (IsCrlfOnly(raw))
         {
             return raw.ToArray();
         }
@@ -237,6 +246,28 @@ public static class RelayedMailWriter
         }
 
         return output.ToArray();
+    }
+
+    // Every CR followed by LF and every LF preceded by CR; jumps from line break to line break (vectorised search).
+    private static bool IsCrlfOnly(ReadOnlySpan<byte> raw)
+    {
+        int i = 0;
+        while (true)
+        {
+            int next = raw[i..].IndexOfAny((byte)'\r', (byte)'\n');
+            if (next < 0)
+            {
+                return true;
+            }
+
+            i += next;
+            if (raw[i] == '\n' || i + 1 >= raw.Length || raw[i + 1] != '\n')
+            {
+                return false;
+            }
+
+            i += 2;
+        }
     }
 
     private static FormatOptions CreateWireFormat()

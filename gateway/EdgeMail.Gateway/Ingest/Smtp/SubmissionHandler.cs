@@ -179,7 +179,7 @@ public sealed partial class SubmissionHandler
     public static IReadOnlyList<byte[]> AlertParts(byte[] raw)
     {
         ArgumentNullException.ThrowIfNull(raw);
-        if (!ContainsIgnoreCase(raw, "vnd.edgemail.alert+json"u8))
+        if (!WireMessage.ContainsIgnoreCase(raw, "vnd.edgemail.alert+json"u8))
         {
             return []; // the common case for relayed mail: no MIME parse at all
         }
@@ -213,30 +213,6 @@ public sealed partial class SubmissionHandler
         }
 
         return payloads;
-    }
-
-    // ASCII case-insensitive search; the needle is lower case.
-    private static bool ContainsIgnoreCase(ReadOnlySpan<byte> haystack, ReadOnlySpan<byte> needle)
-    {
-        byte lower = needle[0];
-        byte upper = (byte)char.ToUpperInvariant((char)lower);
-        int offset = 0;
-        while (true)
-        {
-            int i = haystack[offset..].IndexOfAny(lower, upper);
-            if (i < 0 || offset + i + needle.Length > haystack.Length)
-            {
-                return false;
-            }
-
-            offset += i;
-            if (System.Text.Ascii.EqualsIgnoreCase(haystack.Slice(offset, needle.Length), needle))
-            {
-                return true;
-            }
-
-            offset++;
-        }
     }
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Mail relayed for device {Device} <{SpoolKey}> goes out without a DKIM signature: {Reason}")]
