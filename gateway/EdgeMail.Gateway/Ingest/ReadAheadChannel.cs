@@ -1,7 +1,5 @@
 using System.Net;
-using System.Runtime.ExceptionServices;
 using System.Security.Cryptography.X509Certificates;
-using System.Threading.Channels;
 using MQTTnet.Adapter;
 using MQTTnet.Diagnostics.Logger;
 using MQTTnet.Formatter;
@@ -71,26 +69,28 @@ internal interface IReadAheadSink
     void Forget(object key);
 }
 
-/// <summary>One connection's packets, read ahead of MQTTnet once the device is known (see <see cref="ReadAheadServerAdapter"/>).</summary>
+/// <summary>
+/// One connection's packets, read ahead of MQTTnet once the device is known (see <see cref="ReadAheadServerAdapter"/>).
+/// There is no reader of its own: each time MQTTnet asks for the next packet, the packets the socket already holds are
+/// read as well (reads that complete at once), up to <see cref="Depth"/>, and their stores begun; the first read that
+/// would wait is kept and handed to MQTTnet in turn. An idle connection thus costs what it did (one pending read), and
+/// a device's alerts that arrived together are stored together while MQTTnet acknowledges the first of them.
+/// </summary>
 internal sealed class ReadAheadChannel : IMqttChannelAdapter
 {
-    // Packets read and not yet taken by MQTTnet (the device's own in-flight window bounds this as well). A packet larger
-    // than an alert is queued only when MQTTnet has taken everything before it, and nothing more is read until MQTTnet
-    // has taken it too: a connection holds at most this many alert-sized packets, or one large one, plus the one read.
+    // Packets read and not yet taken by MQTTnet, at most (the device's own in-flight window bounds this as well), and
+    // at most this many payload bytes among them beyond the first.
     internal const int Depth = 16;
-    private const int LargePacketBytes = 8192;
+    private const int AheadBytes = 64 * 1024;
 
     private readonly IMqttChannelAdapter _inner;
     private readonly IReadAheadSink _sink;
-    private readonly Channel<(MqttPacket Packet, int Slots)> _ahead = Channel.CreateUnbounded<(MqttPacket, int)>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
-    private readonly SemaphoreSlim _room = new(Depth, Depth);
-    private readonly CancellationTokenSource _stop = new();
-    private readonly Queue<object> _begun = new();
-    private readonly Lock _begunLock = new();
+    private Queue<(MqttPacket Packet, object? Key)>? _ahead;
+    private int _aheadBytes;
+    private Task<MqttPacket>? _next; // the read after the queued packets, started and not yet complete (or failed)
+    private object? _handed; // the store begun for the packet MQTTnet took last
     private string? _device;
     private string? _peer;
-    private Task? _pump;
-    private ExceptionDispatchInfo? _failure;
     private int _disposed;
 
     public ReadAheadChannel(IMqttChannelAdapter inner, IReadAheadSink sink)
@@ -133,7 +133,7 @@ internal sealed class ReadAheadChannel : IMqttChannelAdapter
 
     public Task SendPacketAsync(MqttPacket packet, CancellationToken cancellationToken) => _inner.SendPacketAsync(packet, cancellationToken);
 
-    // MQTTnet's receive loop is the only caller, one call at a time.
+    // MQTTnet's receive loop is the only caller, one call at a time: no reads run concurrently.
     public async Task<MqttPacket> ReceivePacketAsync(CancellationToken cancellationToken)
     {
         if (Volatile.Read(ref _device) is not { } device)
@@ -141,79 +141,58 @@ internal sealed class ReadAheadChannel : IMqttChannelAdapter
             return await _inner.ReceivePacketAsync(cancellationToken).ConfigureAwait(false);
         }
 
-        _pump ??= Task.Run(() => PumpAsync(device));
-        try
+        MqttPacket packet;
+        if (_ahead is { Count: > 0 })
         {
-            if (await _ahead.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false) && _ahead.Reader.TryRead(out var item))
-            {
-                _room.Release(item.Slots);
-                return item.Packet;
-            }
+            var (queued, key) = _ahead.Dequeue();
+            _aheadBytes -= Size(queued);
+            packet = queued;
+            _handed = key;
         }
-        catch (OperationCanceledException)
+        else
         {
-            return null!; // as MqttChannelAdapter does when its receive is cancelled
+            var next = _next ?? _inner.ReceivePacketAsync(cancellationToken);
+            _next = null;
+            packet = await next.ConfigureAwait(false); // a failure reaches MQTTnet here, after the packets before it
+            _handed = packet is null ? null : Begin(device, packet, cancellationToken);
         }
 
-        _failure?.Throw(); // the read failed after the packets before it were taken: MQTTnet sees the failure now
-        return null!; // the connection closed
+        if (packet is not null and not MqttDisconnectPacket)
+        {
+            ReadAhead(device, cancellationToken);
+        }
+
+        return packet!;
     }
 
-    private async Task PumpAsync(string device)
+    // Reads what the socket already holds (reads that complete at once), begins storing each alert, and keeps the
+    // first read that would wait for the next call. Stops at a packet that ends the connection or at a failed read.
+    private void ReadAhead(string device, CancellationToken cancellationToken)
     {
-        var token = _stop.Token;
-        try
+        while ((_ahead?.Count ?? 0) < Depth && _aheadBytes <= AheadBytes)
         {
-            while (!token.IsCancellationRequested)
+            var next = _next ?? _inner.ReceivePacketAsync(cancellationToken);
+            if (!next.IsCompletedSuccessfully || next.Result is not { } packet)
             {
-                var packet = await _inner.ReceivePacketAsync(token).ConfigureAwait(false);
-                if (packet is null)
-                {
-                    break;
-                }
+                _next = next; // pending, failed, or the end of the connection: MQTTnet meets it in turn
+                return;
+            }
 
-                if (packet is MqttPublishPacket publish && _sink.Prestore(device, _peer, publish, token) is { } key)
-                {
-                    lock (_begunLock)
-                    {
-                        _begun.Enqueue(key);
-                        if (_begun.Count > 4 * Depth)
-                        {
-                            _begun.Dequeue(); // long handled: only the last few can still be waiting for MQTTnet
-                        }
-                    }
-                }
-
-                // A large packet takes every slot: it waits until MQTTnet has taken all before it, and nothing is read
-                // after it until MQTTnet took it too.
-                int slots = packet is MqttPublishPacket { Payload.Length: > LargePacketBytes } ? Depth : 1;
-                for (int i = 0; i < slots; i++)
-                {
-                    await _room.WaitAsync(token).ConfigureAwait(false);
-                }
-
-                _ahead.Writer.TryWrite((packet, slots));
-                if (packet is MqttDisconnectPacket)
-                {
-                    break;
-                }
+            _next = null;
+            _ahead ??= new Queue<(MqttPacket, object?)>(Depth);
+            _ahead.Enqueue((packet, Begin(device, packet, cancellationToken)));
+            _aheadBytes += Size(packet);
+            if (packet is MqttDisconnectPacket)
+            {
+                return;
             }
         }
-        catch (OperationCanceledException) when (token.IsCancellationRequested)
-        {
-            // The connection is being disposed.
-        }
-#pragma warning disable CA1031 // Any read failure belongs to MQTTnet's loop, which sees it after the packets before it.
-        catch (Exception ex)
-#pragma warning restore CA1031
-        {
-            _failure = ExceptionDispatchInfo.Capture(ex);
-        }
-        finally
-        {
-            _ahead.Writer.TryComplete();
-        }
     }
+
+    private object? Begin(string device, MqttPacket packet, CancellationToken cancellationToken) =>
+        packet is MqttPublishPacket publish ? _sink.Prestore(device, _peer, publish, cancellationToken) : null;
+
+    private static int Size(MqttPacket packet) => packet is MqttPublishPacket publish ? (int)Math.Min(publish.Payload.Length, int.MaxValue / 2) : 0;
 
     public void Dispose()
     {
@@ -222,29 +201,22 @@ internal sealed class ReadAheadChannel : IMqttChannelAdapter
             return;
         }
 
-        _stop.Cancel();
-        lock (_begunLock)
+        // Stores begun for packets MQTTnet will not handle now complete unobserved; the device sends those alerts
+        // again (no PUBACK), and the spool answers them as duplicates.
+        if (_handed is { } handed)
         {
-            while (_begun.TryDequeue(out var key))
+            _sink.Forget(handed);
+        }
+
+        while (_ahead is { Count: > 0 })
+        {
+            if (_ahead.Dequeue().Key is { } key)
             {
                 _sink.Forget(key);
             }
         }
 
-        // The pump ends once its read is cancelled; the inner adapter (and its socket) belongs to the listener.
-        if (_pump is { } pump)
-        {
-            _ = pump.ContinueWith(static (_, state) => ((ReadAheadChannel)state!).DisposeWaits(), this, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
-        }
-        else
-        {
-            DisposeWaits();
-        }
-    }
-
-    private void DisposeWaits()
-    {
-        _stop.Dispose();
-        _room.Dispose();
+        // A read left pending ends with the socket (the inner adapter belongs to the listener); its failure is expected.
+        _next?.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
     }
 }
