@@ -14,7 +14,7 @@ namespace EdgeMail.Gateway.Ingest;
 /// for the spool's fsync'd commit. A device with ten alerts in flight thus had one in the spool's queue at a time, each
 /// group commit held at most one alert per device, and ingest was bound by commit latency, not by work. This adapter
 /// reads a connection's packets ahead of MQTTnet, once the device has authenticated, and hands each PUBLISH to
-/// <see cref="IReadAheadSink.Prestore"/> when it arrives; MQTTnet still handles every packet in order, and its
+/// <see cref="IReadAheadSink.Prestore"/> as soon as it is read; MQTTnet still handles every packet in order, and its
 /// publish interceptor awaits the store begun here before it lets MQTTnet send the PUBACK. Nothing about
 /// acknowledgement changes: a PUBACK still follows its own alert's durable commit, in the order the alerts came.
 /// </summary>
@@ -60,7 +60,7 @@ internal interface IReadAheadSink
     /// <param name="deviceId">The device the connection authenticated as.</param>
     /// <param name="peer">Its remote endpoint.</param>
     /// <param name="packet">The PUBLISH.</param>
-    /// <param name="stop">Cancelled when the connection is gone.</param>
+    /// <param name="stop">The connection's token (MQTTnet's, for its receive loop): cancelled when the connection ends.</param>
     /// <returns>A key to forget when the packet never reaches MQTTnet's handler (the connection ended first), or null when nothing was begun.</returns>
     object? Prestore(string deviceId, string? peer, MqttPublishPacket packet, CancellationToken stop);
 
