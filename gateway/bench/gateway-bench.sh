@@ -28,7 +28,10 @@
 #        SSE=N (N open dashboards, the console's event stream, during the timed ingest run)
 #        COUNTERS=1 (ingest stage: allocations, GCs, thread-pool work items per alert; dotnet-counters global tool)
 #        PERF=file.data (ingest stage: perf record -g of the gateway through the timed run, JIT frames resolvable;
-#        PERF_FREQ=499 Hz; read it with gateway/bench/perf-stages.py file.data)
+#        PERF_FREQ=499 Hz; PERF_DELAY=1 s after the timed run starts; PERF_SECONDS=N stops it after N s instead of at
+#        the end; read it with gateway/bench/perf-stages.py file.data)
+#        INGEST_ONLY=1 (ingest stage: every figure -- CPU, COUNTERS, THREADS, IO, commits -- covers first PUBLISH to last
+#        PUBACK only; the run ends there, without waiting for the mail; e2e figures are then not printed)
 #        SINK_PORT=18925 ART=/tmp/art-gw-bench PEERS_DIR=<repo>/../shared/peers
 # Device secrets in the generated config use PBKDF2 with 1,000 iterations (instead of 100,000) so that connecting
 # 10,000 devices does not take minutes of CPU; after the first connect the gateway checks a cached SHA-256 anyway.
@@ -134,8 +137,11 @@ warm_up() {
   [ "${2:-}" = nosink ] || { wait "$SINKPID" || true; SINKPID=""; }
 }
 rss_kib() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
-thread_cpu() { for t in /proc/$1/task/*; do printf '%s\t%s\t%s\n' "${t##*/}" "$(cat "$t/comm" 2>/dev/null)" "$(awk '{print ($14+$15)/100}' "$t/stat" 2>/dev/null)"; done; }
+# utime and stime are fields 14 and 15 of /proc/PID/task/TID/stat counted after the "(comm)" field, whose name may
+# hold spaces (".NET TP Worker").
+thread_cpu() { for t in /proc/$1/task/*; do printf '%s\t%s\t%s\n' "${t##*/}" "$(cat "$t/comm" 2>/dev/null)" "$(awk '{sub(/^.*\) /, ""); print ($12+$13)/100}' "$t/stat" 2>/dev/null)"; done; }
 spool_commits() { curl -s -H "Authorization: Bearer $(cat "$STATE/data/cli-api-key")" "http://127.0.0.1:$((PORT - 2))/metrics" | awk '/^edgemail_spool_commit_duration_seconds_count/{print $NF; f=1} END{if (!f) print 0}'; }
+spool_commit_seconds() { curl -s -H "Authorization: Bearer $(cat "$STATE/data/cli-api-key")" "http://127.0.0.1:$((PORT - 2))/metrics" | awk '/^edgemail_spool_commit_duration_seconds_sum/{print $NF; f=1} END{if (!f) print 0}'; }
 io_counts() { awk '/^syscw/{w=$2} /^wchar/{wb=$2} /^syscr/{r=$2} /^rchar/{rb=$2} END{print w, wb, r, rb}' "/proc/$1/io"; }
 cpu_s() { awk '{printf "%.2f", ($14+$15)/100}' "/proc/$1/stat"; }
 
@@ -156,7 +162,7 @@ if [[ " $STAGES " == *" ingest "* ]]; then
   fi
   cpu0=$(cpu_s "$GW")
   io0=$(io_counts "$GW")
-  [ -n "${THREADS:-}" ] && { thread_cpu "$GW" > "$STATE/threads0"; commits0=$(spool_commits); }
+  [ -n "${THREADS:-}" ] && { thread_cpu "$GW" > "$STATE/threads0"; commits0=$(spool_commits); csum0=$(spool_commit_seconds); }
   if [ -n "${TRACE:-}" ]; then  # TRACE=file.nettrace: CPU-sample the gateway for TRACE_SECONDS (8) of the run (dotnet-trace global tool)
     dotnet-trace ${TRACE_CMD:-collect-linux --profile cpu-sampling} -p "$GW" -o "$TRACE" --duration "00:00:00:$(printf %02d "${TRACE_SECONDS:-8}")" >/dev/null 2>&1 &
     TRACER=$!
@@ -165,7 +171,12 @@ if [[ " $STAGES " == *" ingest "* ]]; then
   if [ -n "${PERF:-}" ]; then
     # PERF=file.data: perf record -g of the gateway from PERF_DELAY (1) s into the timed run until the sink has every
     # mail, so the profile covers ingest, routing and delivery alike; gateway/bench/perf-stages.py reads it.
-    (sleep "${PERF_DELAY:-1}"; exec perf record -F "${PERF_FREQ:-499}" -g -p "$GW" -o "$PERF" >/dev/null 2>&1) &
+    # PERF_SECONDS=N: N seconds only (e.g. the ingest phase alone: PERF_DELAY=0.5 PERF_SECONDS=4).
+    if [ -n "${PERF_SECONDS:-}" ]; then
+      (sleep "${PERF_DELAY:-1}"; exec perf record -F "${PERF_FREQ:-499}" -g -p "$GW" -o "$PERF" -- sleep "$PERF_SECONDS" >/dev/null 2>&1) &
+    else
+      (sleep "${PERF_DELAY:-1}"; exec perf record -F "${PERF_FREQ:-499}" -g -p "$GW" -o "$PERF" >/dev/null 2>&1) &
+    fi
     PERFREC=$!
   fi
   if [ -n "${COUNTERS:-}" ]; then
@@ -177,30 +188,40 @@ if [[ " $STAGES " == *" ingest "* ]]; then
   fi
   t0=$EPOCHREALTIME
   out=$(dotnet "$LOADGEN" publish --port "$PORT" --devices "$DEVICES" --msgs "$MSGS_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag i)
-  wait "$SINKPID"; SINKPID=""
+  if [ -n "${INGEST_ONLY:-}" ]; then
+    kill "$SINKPID" 2>/dev/null || true; wait "$SINKPID" 2>/dev/null || true; SINKPID=""
+  else
+    wait "$SINKPID"; SINKPID=""
+  fi
   t1=$EPOCHREALTIME
   cpu1=$(cpu_s "$GW")
+  io1=$(io_counts "$GW")
+  [ -n "${THREADS:-}" ] && { thread_cpu "$GW" > "$STATE/threads1"; commits1=$(spool_commits); csum1=$(spool_commit_seconds); }
   if [ -n "${COUNTERPID:-}" ]; then
-    sleep 1.5; kill -TERM "$COUNTERPID" 2>/dev/null || true; wait "$COUNTERPID" || true; COUNTERPID=""
+    sleep 1.5   # the last interval is written when it ends (with INGEST_ONLY=1 it holds a second after the ingest)
+    kill -TERM "$COUNTERPID" 2>/dev/null || true; wait "$COUNTERPID" || true; COUNTERPID=""
     [ -s "$STATE/counters.csv" ] || { log "COUNTERS: no counters written (is dotnet-counters installed? dotnet tool install -g dotnet-counters)"; touch "$STATE/counters.csv"; }
     awk -F, -v n="$TOTAL" '$3 ~ /\/ 1 sec/ {v[$3]+=$5} END{printf "COUNTERS per alert: %.1f KiB allocated, %.4f gen0 + %.4f gen1 + %.4f gen2 GCs, %.2f thread-pool work items, %.3f lock contentions\n",
       v["dotnet.gc.heap.total_allocated (By / 1 sec)"]/1024/n, v["dotnet.gc.collections ({collection} / 1 sec)[gc.heap.generation=gen0]"]/n,
       v["dotnet.gc.collections ({collection} / 1 sec)[gc.heap.generation=gen1]"]/n, v["dotnet.gc.collections ({collection} / 1 sec)[gc.heap.generation=gen2]"]/n,
       v["dotnet.thread_pool.work_item.count ({work_item} / 1 sec)"]/n, v["dotnet.monitor.lock_contentions ({contention} / 1 sec)"]/n}' "$STATE/counters.csv" >&2
   fi
-  io1=$(io_counts "$GW")
-  [ -n "${PERFREC:-}" ] && { kill -INT "$PERFREC" 2>/dev/null || true; wait "$PERFREC" || true; PERFREC=""; }
+  [ -n "${PERFREC:-}" ] && { [ -n "${PERF_SECONDS:-}" ] || kill -INT "$PERFREC" 2>/dev/null || true; wait "$PERFREC" || true; PERFREC=""; }
   if [ -n "${THREADS:-}" ]; then  # THREADS=1: gateway CPU seconds per thread name, and its file/socket writes and reads, to stderr
     awk -v n="$TOTAL" -v a="$io0" -v b="$io1" 'BEGIN{split(a,x," "); split(b,y," ");
       printf "IO per alert: %.1f write calls, %.1f KiB written, %.1f read calls, %.1f KiB read (files and sockets)\n", (y[1]-x[1])/n, (y[2]-x[2])/1024/n, (y[3]-x[3])/n, (y[4]-x[4])/1024/n}' >&2
-    awk -v n="$TOTAL" -v a="$commits0" -v b="$(spool_commits)" 'BEGIN{printf "SPOOL %d group commits in the timed run, %.1f alerts per commit\n", b-a, n/(b-a > 0 ? b-a : 1)}' >&2
+    awk -v n="$TOTAL" -v a="$commits0" -v b="$commits1" -v s0="$csum0" -v s1="$csum1" 'BEGIN{printf "SPOOL %d group commits in the timed run, %.1f alerts per commit, %.2f ms per commit (BEGIN to durable COMMIT)\n", b-a, n/(b-a > 0 ? b-a : 1), (s1-s0)*1000/(b-a > 0 ? b-a : 1)}' >&2
     # CPU of each thread during the timed run (threads that ended meanwhile are not seen), summed by thread name
-    thread_cpu "$GW" | awk -F'\t' 'NR==FNR{c0[$1]=$3; next} {c[$2]+=$3-c0[$1]} END{for (k in c) if (c[k]>0.05) printf "THREAD %-20s %.2f s\n", k, c[k]}' "$STATE/threads0" - >&2 || true
+    awk -F'\t' 'NR==FNR{c0[$1]=$3; next} {c[$2]+=$3-c0[$1]} END{for (k in c) if (c[k]>0.05) printf "THREAD %-20s %.2f s\n", k, c[k]}' "$STATE/threads0" "$STATE/threads1" >&2 || true
   fi
-  E2E_RATE=$(awk -v n="$TOTAL" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}')
+  [ -n "${INGEST_ONLY:-}" ] || E2E_RATE=$(awk -v n="$TOTAL" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}')
   [ -n "${TRACER:-}" ] && { wait "$TRACER" || true; TRACER=""; }   # the trace is written after its window ends
   [ "${SSE:-0}" -gt 0 ] && { pkill -P $$ -x curl || true; echo "SSE $SSE event-stream client(s): $(grep -c '^event:' "$STATE/sse.out") events" >&2; }
+  if [ -n "${INGEST_ONLY:-}" ]; then
+    echo "RESULT ingest $out phase=ingest-only gateway_cpu_s=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.1f", b-a}') gateway_cpu_us_per_alert=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$TOTAL" 'BEGIN{printf "%.0f", (b-a)*1e6/n}') gateway_rss_mib=$(( $(rss_kib "$GW") / 1024 )) load=\"$(cut -d' ' -f1-3 /proc/loadavg)\""
+  else
   echo "RESULT ingest $out e2e_smtp_sink_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') e2e_smtp_sink_rate=$E2E_RATE gateway_cpu_s=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.1f", b-a}') gateway_cpu_us_per_alert=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$TOTAL" 'BEGIN{printf "%.0f", (b-a)*1e6/n}') gateway_rss_mib=$(( $(rss_kib "$GW") / 1024 ))"
+  fi
   stop_gateway
 fi
 
@@ -210,7 +231,7 @@ if [[ " $STAGES " == *" mosquitto "* ]]; then
   cpu0=$(cpu_s "$MOSQ")
   out=$(dotnet "$LOADGEN" publish --port "$EXT_PORT" --devices "$DEVICES" --msgs "$MSGS_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag i)
   cpu1=$(cpu_s "$MOSQ")
-  echo "RESULT mosquitto $out mosquitto_cpu_us_per_msg=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$((DEVICES * MSGS_PER))" 'BEGIN{printf "%.0f", (b-a)*1e6/n}')"
+  echo "RESULT mosquitto $out mosquitto_cpu_us_per_msg=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$((DEVICES * MSGS_PER))" 'BEGIN{printf "%.0f", (b-a)*1e6/n}') load=\"$(cut -d' ' -f1-3 /proc/loadavg)\""
   stop_mosquitto
 fi
 

@@ -21,7 +21,7 @@ namespace EdgeMail.Gateway.Ingest;
 /// connection is closed without PUBACK so the device retries later — with MQTT 3.1.1 a PUBACK cannot carry a
 /// refusal.
 /// </summary>
-public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisposable
+public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisposable, IReadAheadSink
 {
     private const string SessionPeer = "edgemail.peer";
     private readonly GatewayOptions _options;
@@ -36,6 +36,10 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     private readonly Operations.GatewayMetrics _metrics;
     private readonly ReceiptPublisher _receipts;
     private MqttServer? _server;
+
+    // Alerts whose store began when the read-ahead adapter received them, by the packet's payload array (a new one for
+    // every packet MQTTnet decodes, and the very array its publish interceptor is handed).
+    private readonly ConcurrentDictionary<object, Prestored> _prestored = new(ReferenceEqualityComparer.Instance);
 
     /// <summary>Creates the broker; it listens once the host starts it.</summary>
     /// <param name="options">Gateway options (devices and the <c>Mqtt</c> listener).</param>
@@ -97,7 +101,9 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         // back to WriterBufferSizeMax afterwards.
         built.WriterBufferSize = 512;
         built.WriterBufferSizeMax = 4096;
-        _server = factory.CreateMqttServer(built);
+        // Every connection's packets are read ahead of MQTTnet, so that a device's alerts in flight are stored together
+        // (ReadAheadChannel.cs); MQTTnet still handles them, and sends their PUBACKs, one by one and in order.
+        _server = factory.CreateMqttServer(built, factory.DefaultServerAdapters.Select(create => (IMqttServerAdapter)new ReadAheadServerAdapter(create(factory), this)).ToList());
         _server.ValidatingConnectionAsync += ValidateConnectionAsync;
         _server.InterceptingSubscriptionAsync += InterceptSubscriptionAsync;
         _server.InterceptingUnsubscriptionAsync += InterceptUnsubscriptionAsync;
@@ -190,7 +196,12 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         }
         else
         {
-            e.SessionItems[SessionPeer] = e.RemoteEndPoint?.ToString();
+            string? peer = e.RemoteEndPoint?.ToString();
+            e.SessionItems[SessionPeer] = peer;
+            if (e.ChannelAdapter is ReadAheadChannel readAhead)
+            {
+                readAhead.Authenticated(user, peer);
+            }
             if (e.CleanSession == true)
             {
                 _receiptSubscribers.TryRemove(user, out _); // a clean session starts without subscriptions
@@ -333,6 +344,19 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         ReadOnlyMemory<byte> bytes = payload.IsSingleSegment ? payload.First : System.Buffers.BuffersExtensions.ToArray(payload);
         try
         {
+            // Begun when the packet arrived (same device, same alert topic, rate already reserved): its PUBACK waits
+            // for that store's commit exactly as for one begun here.
+            if (kind == TopicKind.Alert && payload.Start.GetObject() is { } key && _prestored.TryRemove(key, out var prestored))
+            {
+                if (prestored.Device == e.ClientId)
+                {
+                    await prestored.Stored.ConfigureAwait(false);
+                    return;
+                }
+
+                _ = prestored.Stored.Exception; // not this device's: cannot happen, but never acknowledge on its strength
+            }
+
             var delay = _guard.PublishDelay(e.ClientId);
             if (delay > TimeSpan.Zero)
             {
@@ -360,6 +384,44 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
             e.CloseConnection = true;
         }
     }
+
+    /// <inheritdoc />
+    object? IReadAheadSink.Prestore(string deviceId, string? peer, MQTTnet.Packets.MqttPublishPacket packet, CancellationToken stop)
+    {
+        // Only what the interceptor would store as this device's alert, as it would: anything else (another topic,
+        // QoS 0 or 2, a topic alias) is left to the interceptor, which refuses or handles it as before.
+        var payload = packet.Payload;
+        if (packet.QualityOfServiceLevel != MqttQualityOfServiceLevel.AtLeastOnce || string.IsNullOrEmpty(packet.Topic) || payload.IsEmpty || !payload.IsSingleSegment
+            || payload.Start.GetObject() is not { } key || Topics.Classify(packet.Topic, deviceId) != TopicKind.Alert)
+        {
+            return null;
+        }
+
+        var delay = _guard.PublishDelay(deviceId);
+        var stored = delay > TimeSpan.Zero ? StoreAfterAsync(delay, deviceId, peer, payload.First, stop) : _ingest.IngestAlertAsync(deviceId, peer, payload.First, stop);
+        _prestored[key] = new Prestored(deviceId, stored);
+        return key;
+    }
+
+    /// <inheritdoc />
+    void IReadAheadSink.Forget(object key)
+    {
+        if (_prestored.TryRemove(key, out var prestored))
+        {
+            _ = prestored.Stored.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        }
+    }
+
+    // Over its rate: the store (and so the PUBACK) waits, and the device's packets after it are not read ahead further
+    // than the read-ahead depth, so a device that floods slows itself down and nobody else.
+    private async Task<Spool.AcceptOutcome> StoreAfterAsync(TimeSpan delay, string deviceId, string? peer, ReadOnlyMemory<byte> payload, CancellationToken stop)
+    {
+        _metrics.IngestThrottled.Add(1);
+        await Task.Delay(delay, _clock, stop).ConfigureAwait(false);
+        return await _ingest.IngestAlertAsync(deviceId, peer, payload, stop).ConfigureAwait(false);
+    }
+
+    private sealed record Prestored(string Device, Task Stored);
 
     // MQTTnet does not report the port it bound, so port 0 is resolved by asking the OS first.
     internal static int ReserveFreePort(IPAddress address)

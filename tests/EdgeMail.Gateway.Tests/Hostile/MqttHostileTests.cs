@@ -222,4 +222,134 @@ public sealed class MqttHostileTests(MqttHostileFixture fixture) : IClassFixture
 
         await AfterwardsAsync();
     }
+    private static byte[] Publish311(string topic, ushort packetId, string payload)
+    {
+        byte[] t = Encoding.UTF8.GetBytes(topic);
+        byte[] p = Encoding.UTF8.GetBytes(payload);
+        var body = new List<byte> { (byte)(t.Length >> 8), (byte)t.Length };
+        body.AddRange(t);
+        body.Add((byte)(packetId >> 8));
+        body.Add((byte)packetId);
+        body.AddRange(p);
+        var packet = new List<byte> { 0x32 };
+        for (int n = body.Count; ; )
+        {
+            byte b = (byte)(n % 128);
+            n /= 128;
+            packet.Add(n > 0 ? (byte)(b | 0x80) : b);
+            if (n == 0)
+            {
+                break;
+            }
+        }
+
+        packet.AddRange(body);
+        return [.. packet];
+    }
+
+    private static async Task ReceiveExactlyAsync(Socket socket, byte[] buffer)
+    {
+        using var timeout = new CancellationTokenSource(Await.DefaultTimeout);
+        for (int got = 0; got < buffer.Length;)
+        {
+            int n = await socket.ReceiveAsync(buffer.AsMemory(got), SocketFlags.None, timeout.Token);
+            Assert.True(n > 0, "the broker closed the connection");
+            got += n;
+        }
+    }
+
+    // The broker reads a connection's packets ahead of its one-at-a-time handling (to store a device's alerts in flight
+    // together): a burst of PUBLISHes in one write still gets one PUBACK each, in order, each only once its alert is in
+    // the spool.
+    [Fact]
+    public async Task Publish_BurstInOneWrite_PubAcksInOrderEachAfterItsAlertIsStored()
+    {
+        string run = Guid.NewGuid().ToString("N")[..8];
+        using (var socket = await RawConnectAsync())
+        {
+            await socket.SendAsync(Connect311("dev-1", "dev-1", TestGateway.Secret));
+            var connack = new byte[4];
+            await ReceiveExactlyAsync(socket, connack);
+            Assert.Equal(0, connack[3]);
+
+            const int Burst = 12;
+            var burst = new List<byte>();
+            for (int i = 1; i <= Burst; i++)
+            {
+                burst.AddRange(Publish311("edgemail/v1/dev-1/alert", (ushort)i, Alerts.Json($"burst-{run}-{i}")));
+            }
+
+            await socket.SendAsync(burst.ToArray());
+            for (int i = 1; i <= Burst; i++)
+            {
+                var puback = new byte[4];
+                await ReceiveExactlyAsync(socket, puback);
+                Assert.Equal(new byte[] { 0x40, 0x02, (byte)(i >> 8), (byte)i }, puback);
+                Assert.NotNull(await Gw.Spool.GetAlertAsync("dev-1", $"burst-{run}-{i}", default));
+            }
+        }
+
+        await AfterwardsAsync();
+    }
+
+    // Nothing is read ahead, let alone stored, before the device has authenticated: PUBLISHes sent right behind a
+    // CONNECT with a wrong secret are never stored.
+    [Fact]
+    public async Task Publish_PipelinedBehindAConnectWithAWrongSecret_StoresNothing()
+    {
+        string run = Guid.NewGuid().ToString("N")[..8];
+        using (var socket = await RawConnectAsync())
+        {
+            var packets = new List<byte>(Connect311("dev-2", "dev-2", "not-the-secret"));
+            for (int i = 1; i <= 5; i++)
+            {
+                packets.AddRange(Publish311("edgemail/v1/dev-2/alert", (ushort)i, Alerts.Json($"unauth-{run}-{i}")));
+            }
+
+            await socket.SendAsync(packets.ToArray());
+            Assert.True(await ClosedByPeerAsync(socket));
+        }
+
+        for (int i = 1; i <= 5; i++)
+        {
+            Assert.Null(await Gw.Spool.GetAlertAsync("dev-2", $"unauth-{run}-{i}", default));
+        }
+
+        await AfterwardsAsync();
+    }
+
+    // A PUBLISH to another device's topic inside a burst: read ahead like the rest, never stored, and the connection
+    // ends without its PUBACK; the alerts before it were acknowledged as usual.
+    [Fact]
+    public async Task Publish_SpoofInsideABurst_IsNeverStoredAndEndsTheConnection()
+    {
+        string run = Guid.NewGuid().ToString("N")[..8];
+        using (var socket = await RawConnectAsync())
+        {
+            await socket.SendAsync(Connect311("dev-1", "dev-1", TestGateway.Secret));
+            var connack = new byte[4];
+            await ReceiveExactlyAsync(socket, connack);
+            Assert.Equal(0, connack[3]);
+
+            var burst = new List<byte>();
+            burst.AddRange(Publish311("edgemail/v1/dev-1/alert", 1, Alerts.Json($"own-{run}-1")));
+            burst.AddRange(Publish311("edgemail/v1/dev-1/alert", 2, Alerts.Json($"own-{run}-2")));
+            burst.AddRange(Publish311("edgemail/v1/dev-2/alert", 3, Alerts.Json($"spoof-{run}")));
+            burst.AddRange(Publish311("edgemail/v1/dev-1/alert", 4, Alerts.Json($"own-{run}-4")));
+            await socket.SendAsync(burst.ToArray());
+
+            for (int i = 1; i <= 2; i++)
+            {
+                var puback = new byte[4];
+                await ReceiveExactlyAsync(socket, puback);
+                Assert.Equal(new byte[] { 0x40, 0x02, 0, (byte)i }, puback);
+            }
+
+            Assert.True(await ClosedByPeerAsync(socket)); // no PUBACK for the spoof, nor for anything after it
+        }
+
+        Assert.Null(await Gw.Spool.GetAlertAsync("dev-2", $"spoof-{run}", default));
+        Assert.Null(await Gw.Spool.GetAlertAsync("dev-1", $"spoof-{run}", default));
+        await AfterwardsAsync();
+    }
 }
