@@ -96,10 +96,12 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
 
         var built = _guard.Configure(serverOptions, address).Build();
 
-        // Every connection keeps a buffer for what the broker writes to it (CONNACK, PUBACKs, receipts of ~150 bytes);
-        // MQTTnet's default of 4 KiB each was 40 MB of 10,000 idle devices. It grows for a larger packet and is cut
-        // back to WriterBufferSizeMax afterwards.
-        built.WriterBufferSize = 512;
+        // Every connection keeps a buffer for the packets the broker writes to it: CONNACK, PUBACK, PINGRESP (2-4
+        // bytes) and a receipt's PUBLISH header, whose payload MQTTnet sends from its own buffer -- 5 bytes of fixed
+        // header, the topic edgemail/v1/{id}/receipt (at most 84 bytes with a 64-character id) and the packet id, so
+        // 128 bytes hold every packet the broker sends a device. MQTTnet's default of 4 KiB each was 40 MB of 10,000
+        // idle devices (512 bytes, 5 MB). A larger packet grows it; it is cut back to WriterBufferSizeMax afterwards.
+        built.WriterBufferSize = 128;
         built.WriterBufferSizeMax = 4096;
         // Every connection's packets are read ahead of MQTTnet, so that a device's alerts in flight are stored together
         // (ReadAheadChannel.cs); MQTTnet still handles them, and sends their PUBACKs, one by one and in order.
@@ -196,11 +198,12 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         }
         else
         {
-            string? peer = e.RemoteEndPoint?.ToString();
-            e.SessionItems[SessionPeer] = peer;
+            // The endpoint object the connection holds anyway; its text is made when the device first sends an alert
+            // (PeerOf), not for every connected device (~50 bytes each, idle ones included).
+            e.SessionItems[SessionPeer] = e.RemoteEndPoint;
             if (e.ChannelAdapter is ReadAheadChannel readAhead)
             {
-                readAhead.Authenticated(user, peer);
+                readAhead.Authenticated(user);
             }
             if (e.CleanSession == true)
             {
@@ -368,7 +371,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
 
             if (kind == TopicKind.Alert)
             {
-                string? peer = e.SessionItems[SessionPeer] as string;
+                string? peer = PeerOf(e.SessionItems);
                 await _ingest.IngestAlertAsync(e.ClientId, peer, bytes, e.CancellationToken).ConfigureAwait(false);
             }
             else
@@ -422,6 +425,21 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     }
 
     private sealed record Prestored(string Device, Task Stored);
+
+    private static string? PeerOf(System.Collections.IDictionary items)
+    {
+        switch (items[SessionPeer])
+        {
+            case string text:
+                return text;
+            case EndPoint endpoint:
+                string made = endpoint.ToString() ?? string.Empty;
+                items[SessionPeer] = made;
+                return made;
+            default:
+                return null;
+        }
+    }
 
     // MQTTnet does not report the port it bound, so port 0 is resolved by asking the OS first.
     internal static int ReserveFreePort(IPAddress address)

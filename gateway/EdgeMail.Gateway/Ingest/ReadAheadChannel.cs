@@ -118,12 +118,7 @@ internal sealed class ReadAheadChannel : IMqttChannelAdapter
     /// packet on, packets are read ahead. Before this, nothing is read ahead, let alone stored.
     /// </summary>
     /// <param name="deviceId">The device.</param>
-    /// <param name="peer">Its remote endpoint, for the stored alert.</param>
-    public void Authenticated(string deviceId, string? peer)
-    {
-        _peer = peer;
-        Volatile.Write(ref _device, deviceId);
-    }
+    public void Authenticated(string deviceId) => Volatile.Write(ref _device, deviceId);
 
     public Task ConnectAsync(CancellationToken cancellationToken) => _inner.ConnectAsync(cancellationToken);
 
@@ -190,7 +185,7 @@ internal sealed class ReadAheadChannel : IMqttChannelAdapter
     }
 
     private object? Begin(string device, MqttPacket packet, CancellationToken cancellationToken) =>
-        packet is MqttPublishPacket publish ? _sink.Prestore(device, _peer, publish, cancellationToken) : null;
+        packet is MqttPublishPacket publish ? _sink.Prestore(device, _peer ??= _inner.RemoteEndPoint?.ToString(), publish, cancellationToken) : null;
 
     private static int Size(MqttPacket packet) => packet is MqttPublishPacket publish ? (int)Math.Min(publish.Payload.Length, int.MaxValue / 2) : 0;
 

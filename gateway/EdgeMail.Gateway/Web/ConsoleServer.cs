@@ -212,7 +212,13 @@ public sealed partial class ConsoleServer : IHostedService, IAsyncDisposable
         services.ConfigureHttpJsonOptions(o => o.SerializerOptions.Encoder = JavaScriptEncoder.Default);
 
         // /metrics: the gateway's meter in Prometheus text format (OpenTelemetry's exporter).
-        services.AddOpenTelemetry().WithMetrics(metrics => metrics.AddMeter(GatewayMetrics.MeterName).AddPrometheusExporter());
+        // Each metric stream allocates its points up front, 2,000 of them by default (~140 KB per instrument, 2.4 MB in
+        // all); the gateway's tags are a handful of fixed words (transport, result, outcome, stage, limit), so 100 is
+        // ample, and a combination past it is still counted, under OpenTelemetry's overflow point. The histogram keeps
+        // the default stream: a view of its own would have to restate the buckets its instrument advises.
+        services.AddOpenTelemetry().WithMetrics(metrics => metrics.AddMeter(GatewayMetrics.MeterName)
+            .AddView(instrument => instrument is System.Diagnostics.Metrics.Histogram<double> ? null : new MetricStreamConfiguration { CardinalityLimit = 100 })
+            .AddPrometheusExporter());
     }
 
     // A page opened without a session goes to the login page; everything else (the API, /metrics, assets) gets the
