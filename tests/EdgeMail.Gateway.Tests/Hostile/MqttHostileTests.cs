@@ -63,6 +63,27 @@ public sealed class MqttHostileTests(MqttHostileFixture fixture) : IClassFixture
         }
     }
 
+    // Everything the broker sent until it closed the connection (a reset ends it too).
+    private static async Task<byte[]> ReadUntilClosedAsync(Socket socket)
+    {
+        var received = new List<byte>();
+        var buffer = new byte[256];
+        using var timeout = new CancellationTokenSource(Await.DefaultTimeout);
+        try
+        {
+            int n;
+            while ((n = await socket.ReceiveAsync(buffer, SocketFlags.None, timeout.Token)) > 0)
+            {
+                received.AddRange(buffer.AsSpan(0, n));
+            }
+        }
+        catch (SocketException)
+        {
+        }
+
+        return [.. received];
+    }
+
     private static byte[] Connect311(string clientId, string user, string password)
     {
         var body = new List<byte> { 0, 4, (byte)'M', (byte)'Q', (byte)'T', (byte)'T', 4, 0xC2, 0, 60 };
@@ -247,6 +268,14 @@ public sealed class MqttHostileTests(MqttHostileFixture fixture) : IClassFixture
         return [.. packet];
     }
 
+    private static async Task ConnectAsDev1Async(Socket socket)
+    {
+        await socket.SendAsync(Connect311("dev-1", "dev-1", TestGateway.Secret));
+        var connack = new byte[4];
+        await ReceiveExactlyAsync(socket, connack);
+        Assert.Equal(0, connack[3]);
+    }
+
     private static async Task ReceiveExactlyAsync(Socket socket, byte[] buffer)
     {
         using var timeout = new CancellationTokenSource(Await.DefaultTimeout);
@@ -267,10 +296,7 @@ public sealed class MqttHostileTests(MqttHostileFixture fixture) : IClassFixture
         string run = Guid.NewGuid().ToString("N")[..8];
         using (var socket = await RawConnectAsync())
         {
-            await socket.SendAsync(Connect311("dev-1", "dev-1", TestGateway.Secret));
-            var connack = new byte[4];
-            await ReceiveExactlyAsync(socket, connack);
-            Assert.Equal(0, connack[3]);
+            await ConnectAsDev1Async(socket);
 
             const int Burst = 12;
             var burst = new List<byte>();
@@ -319,17 +345,16 @@ public sealed class MqttHostileTests(MqttHostileFixture fixture) : IClassFixture
     }
 
     // A PUBLISH to another device's topic inside a burst: read ahead like the rest, never stored, and the connection
-    // ends without its PUBACK; the alerts before it were acknowledged as usual.
+    // ends without its PUBACK or any after it; the alerts before it are stored. Their PUBACKs are sent, but the close may
+    // reach the client as a reset (data it sent was still unread) that discards them unread: then the device sends
+    // those alerts again and they are answered as duplicates, so only what was read is checked, never more.
     [Fact]
     public async Task Publish_SpoofInsideABurst_IsNeverStoredAndEndsTheConnection()
     {
         string run = Guid.NewGuid().ToString("N")[..8];
         using (var socket = await RawConnectAsync())
         {
-            await socket.SendAsync(Connect311("dev-1", "dev-1", TestGateway.Secret));
-            var connack = new byte[4];
-            await ReceiveExactlyAsync(socket, connack);
-            Assert.Equal(0, connack[3]);
+            await ConnectAsDev1Async(socket);
 
             var burst = new List<byte>();
             burst.AddRange(Publish311("edgemail/v1/dev-1/alert", 1, Alerts.Json($"own-{run}-1")));
@@ -338,16 +363,14 @@ public sealed class MqttHostileTests(MqttHostileFixture fixture) : IClassFixture
             burst.AddRange(Publish311("edgemail/v1/dev-1/alert", 4, Alerts.Json($"own-{run}-4")));
             await socket.SendAsync(burst.ToArray());
 
-            for (int i = 1; i <= 2; i++)
-            {
-                var puback = new byte[4];
-                await ReceiveExactlyAsync(socket, puback);
-                Assert.Equal(new byte[] { 0x40, 0x02, 0, (byte)i }, puback);
-            }
-
-            Assert.True(await ClosedByPeerAsync(socket)); // no PUBACK for the spoof, nor for anything after it
+            byte[] received = await ReadUntilClosedAsync(socket);
+            byte[] expected = [0x40, 0x02, 0, 1, 0x40, 0x02, 0, 2];
+            Assert.True(received.Length <= expected.Length, $"the broker sent {received.Length} bytes: {Convert.ToHexString(received)}");
+            Assert.Equal(expected[..received.Length], received); // PUBACKs of 1 and 2 at most, in order: none for the spoof or after it
         }
 
+        Assert.NotNull(await Gw.Spool.GetAlertAsync("dev-1", $"own-{run}-1", default));
+        Assert.NotNull(await Gw.Spool.GetAlertAsync("dev-1", $"own-{run}-2", default));
         Assert.Null(await Gw.Spool.GetAlertAsync("dev-2", $"spoof-{run}", default));
         Assert.Null(await Gw.Spool.GetAlertAsync("dev-1", $"spoof-{run}", default));
         await AfterwardsAsync();
