@@ -136,6 +136,14 @@ internal sealed class ReadAheadChannel : IMqttChannelAdapter
             return await _inner.ReceivePacketAsync(cancellationToken).ConfigureAwait(false);
         }
 
+        // MQTTnet asks for a packet only once it has handled the one before: a store begun for that one and not taken
+        // by the publish interceptor (MQTTnet dropped the packet without asking it) is forgotten now, not kept forever.
+        if (_handed is { } previous)
+        {
+            _handed = null;
+            _sink.Forget(previous);
+        }
+
         MqttPacket packet;
         if (_ahead is { Count: > 0 })
         {
