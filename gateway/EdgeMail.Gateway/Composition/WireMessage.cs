@@ -53,18 +53,17 @@ internal static class WireMessage
     /// <returns>True when sending the bytes as they are equals preparing them.</returns>
     public static bool IsTransportReady(ReadOnlySpan<byte> wire)
     {
-        if (wire.Length < 2 || !wire.EndsWith("\r\n"u8) || wire.IndexOfAnyExceptInRange((byte)1, (byte)0x7F) >= 0
-            || ContainsIgnoreCase(wire, "8bit"u8) || ContainsIgnoreCase(wire, "binary"u8)
-            || wire.Count((byte)'\r') != wire.Count((byte)'\n'))
+        if (!wire.EndsWith("\r\n"u8) || wire.IndexOfAnyExceptInRange((byte)1, (byte)0x7F) >= 0 || !IsCrlfOnly(wire)
+            || ContainsIgnoreCase(wire, "8bit"u8) || ContainsIgnoreCase(wire, "binary"u8))
         {
             return false;
         }
 
-        int start = 0;
-        while (start < wire.Length)
+        // CRLF only and ending with one: every line ends with a CRLF of its own.
+        for (int start = 0; start < wire.Length;)
         {
             int lf = wire[start..].IndexOf((byte)'\n');
-            if (lf <= 0 || wire[start + lf - 1] != '\r' || lf - 1 > MaxLineLength || wire[start..].StartsWith("From "u8))
+            if (lf - 1 > MaxLineLength || wire[start..].StartsWith("From "u8))
             {
                 return false;
             }
@@ -73,6 +72,30 @@ internal static class WireMessage
         }
 
         return true;
+    }
+
+    /// <summary>Every CR followed by LF and every LF preceded by CR (jumps from line break to line break, vectorised).</summary>
+    /// <param name="raw">Message bytes.</param>
+    /// <returns>True when every line break is CRLF.</returns>
+    internal static bool IsCrlfOnly(ReadOnlySpan<byte> raw)
+    {
+        int i = 0;
+        while (true)
+        {
+            int next = raw[i..].IndexOfAny((byte)'\r', (byte)'\n');
+            if (next < 0)
+            {
+                return true;
+            }
+
+            i += next;
+            if (raw[i] == '\n' || i + 1 >= raw.Length || raw[i + 1] != '\n')
+            {
+                return false;
+            }
+
+            i += 2;
+        }
     }
 
     private const int MaxLineLength = 998;

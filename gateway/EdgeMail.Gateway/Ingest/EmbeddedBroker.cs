@@ -360,22 +360,18 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
                 _ = prestored.Stored.Exception; // not this device's: cannot happen, but never acknowledge on its strength
             }
 
-            var delay = _guard.PublishDelay(e.ClientId);
-            if (delay > TimeSpan.Zero)
-            {
-                // Over its rate: the PUBACK waits (MQTTnet reads this client's next packet only after it), so a device
-                // that floods slows itself down and nobody else.
-                _metrics.IngestThrottled.Add(1);
-                await Task.Delay(delay, _clock, e.CancellationToken).ConfigureAwait(false);
-            }
-
             if (kind == TopicKind.Alert)
             {
-                string? peer = PeerOf(e.SessionItems);
-                await _ingest.IngestAlertAsync(e.ClientId, peer, bytes, e.CancellationToken).ConfigureAwait(false);
+                await StoreAlertAsync(e.ClientId, PeerOf(e.SessionItems), bytes, e.CancellationToken).ConfigureAwait(false);
             }
             else
             {
+                var delay = _guard.PublishDelay(e.ClientId);
+                if (delay > TimeSpan.Zero)
+                {
+                    await ThrottleAsync(delay, e.CancellationToken).ConfigureAwait(false);
+                }
+
                 await _ingest.IngestStatusAsync(e.ClientId, bytes, e.CancellationToken).ConfigureAwait(false);
             }
         }
@@ -393,17 +389,24 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     {
         // Only what the interceptor would store as this device's alert, as it would: anything else (another topic,
         // QoS 0 or 2, a topic alias) is left to the interceptor, which refuses or handles it as before.
-        var payload = packet.Payload;
-        if (packet.QualityOfServiceLevel != MqttQualityOfServiceLevel.AtLeastOnce || string.IsNullOrEmpty(packet.Topic) || payload.IsEmpty || !payload.IsSingleSegment
-            || payload.Start.GetObject() is not { } key || Topics.Classify(packet.Topic, deviceId) != TopicKind.Alert)
+        try
         {
+            var payload = packet.Payload;
+            if (packet.QualityOfServiceLevel != MqttQualityOfServiceLevel.AtLeastOnce || string.IsNullOrEmpty(packet.Topic) || payload.IsEmpty || !payload.IsSingleSegment
+                || payload.Start.GetObject() is not { } key || Topics.Classify(packet.Topic, deviceId) != TopicKind.Alert)
+            {
+                return null;
+            }
+
+            _prestored[key] = new Prestored(deviceId, StoreAlertAsync(deviceId, peer, payload.First, stop));
+            return key;
+        }
+        catch (Exception ex)
+        {
+            // Never into MQTTnet's receive loop: the interceptor handles this packet as it would without read-ahead.
+            LogPrestoreFailed(ex, deviceId);
             return null;
         }
-
-        var delay = _guard.PublishDelay(deviceId);
-        var stored = delay > TimeSpan.Zero ? StoreAfterAsync(delay, deviceId, peer, payload.First, stop) : _ingest.IngestAlertAsync(deviceId, peer, payload.First, stop);
-        _prestored[key] = new Prestored(deviceId, stored);
-        return key;
     }
 
     /// <inheritdoc />
@@ -415,13 +418,24 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         }
     }
 
-    // Over its rate: the store (and so the PUBACK) waits, and the device's packets after it are not read ahead further
-    // than the read-ahead depth, so a device that floods slows itself down and nobody else.
+    // Over its rate, the store (and so the PUBACK) waits: MQTTnet reads the client's next packet only after that, and
+    // read-ahead goes no further than its depth, so a device that floods slows itself down and nobody else.
+    private Task<Spool.AcceptOutcome> StoreAlertAsync(string deviceId, string? peer, ReadOnlyMemory<byte> payload, CancellationToken stop)
+    {
+        var delay = _guard.PublishDelay(deviceId);
+        return delay > TimeSpan.Zero ? StoreAfterAsync(delay, deviceId, peer, payload, stop) : _ingest.IngestAlertAsync(deviceId, peer, payload, stop);
+    }
+
     private async Task<Spool.AcceptOutcome> StoreAfterAsync(TimeSpan delay, string deviceId, string? peer, ReadOnlyMemory<byte> payload, CancellationToken stop)
     {
-        _metrics.IngestThrottled.Add(1);
-        await Task.Delay(delay, _clock, stop).ConfigureAwait(false);
+        await ThrottleAsync(delay, stop).ConfigureAwait(false);
         return await _ingest.IngestAlertAsync(deviceId, peer, payload, stop).ConfigureAwait(false);
+    }
+
+    private Task ThrottleAsync(TimeSpan delay, CancellationToken stop)
+    {
+        _metrics.IngestThrottled.Add(1);
+        return Task.Delay(delay, _clock, stop);
     }
 
     private sealed record Prestored(string Device, Task Stored);
@@ -466,6 +480,9 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Device {Device} may not {Action} '{Topic}'; only its own edgemail/v1/{Device}/... topics")]
     private partial void LogTopicRefused(string device, string action, string topic);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "Could not begin storing an alert of {Device} as it arrived; the broker's publish check stores it instead")]
+    private partial void LogPrestoreFailed(Exception ex, string device);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Alert from {Device} not stored; closing its connection without PUBACK so it retries")]
     private partial void LogNotStored(Exception ex, string device);

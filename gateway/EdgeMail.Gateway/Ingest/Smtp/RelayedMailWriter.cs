@@ -222,7 +222,7 @@ public static class RelayedMailWriter
     /// <returns>CRLF-only bytes.</returns>
     public static byte[] Normalize(ReadOnlySpan<byte> raw)
     {
-        if (IsCrlfOnly(raw))
+        if (WireMessage.IsCrlfOnly(raw))
         {
             return raw.ToArray();
         }
@@ -246,28 +246,6 @@ public static class RelayedMailWriter
         }
 
         return output.ToArray();
-    }
-
-    // Every CR followed by LF and every LF preceded by CR; jumps from line break to line break (vectorised search).
-    private static bool IsCrlfOnly(ReadOnlySpan<byte> raw)
-    {
-        int i = 0;
-        while (true)
-        {
-            int next = raw[i..].IndexOfAny((byte)'\r', (byte)'\n');
-            if (next < 0)
-            {
-                return true;
-            }
-
-            i += next;
-            if (raw[i] == '\n' || i + 1 >= raw.Length || raw[i + 1] != '\n')
-            {
-                return false;
-            }
-
-            i += 2;
-        }
     }
 
     private static FormatOptions CreateWireFormat()
