@@ -103,9 +103,10 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         // idle devices (512 bytes, 5 MB). A larger packet grows it; it is cut back to WriterBufferSizeMax afterwards.
         built.WriterBufferSize = 128;
         built.WriterBufferSizeMax = 4096;
-        // Every connection's packets are read ahead of MQTTnet, so that a device's alerts in flight are stored together
-        // (ReadAheadChannel.cs); MQTTnet still handles them, and sends their PUBACKs, one by one and in order.
-        _server = factory.CreateMqttServer(built, factory.DefaultServerAdapters.Select(create => (IMqttServerAdapter)new ReadAheadServerAdapter(create(factory), this)).ToList());
+        // Our own listeners frame the packets (DeviceConnections.cs): an idle device costs less, a device's alerts in
+        // flight are stored together, and sizes are checked; MQTTnet still handles every packet, and sends its PUBACK,
+        // one by one and in order.
+        _server = factory.CreateMqttServer(built, [new DeviceListener(this, _logger)]);
         _server.ValidatingConnectionAsync += ValidateConnectionAsync;
         _server.InterceptingSubscriptionAsync += InterceptSubscriptionAsync;
         _server.InterceptingUnsubscriptionAsync += InterceptUnsubscriptionAsync;
@@ -201,9 +202,9 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
             // The endpoint object the connection holds anyway; its text is made when the device first sends an alert
             // (PeerOf), not for every connected device (~50 bytes each, idle ones included).
             e.SessionItems[SessionPeer] = e.RemoteEndPoint;
-            if (e.ChannelAdapter is ReadAheadChannel readAhead)
+            if (e.ChannelAdapter is DeviceChannel channel)
             {
-                readAhead.Authenticated(user);
+                channel.Authenticated(user);
             }
             if (e.CleanSession == true)
             {

@@ -101,6 +101,7 @@ public sealed class MqttHostileTests(MqttHostileFixture fixture) : IClassFixture
     [Theory]
     [InlineData(new byte[] { 0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F })]               // remaining length over 4 bytes
     [InlineData(new byte[] { 0x10, 0xFF, 0xFF, 0xFF, 0x7F })]                     // claims 256 MB, sends nothing
+    [InlineData(new byte[] { 0x10, 0xA0, 0x8D, 0x06, 0x00, 0x04 })]               // a 100,000-byte CONNECT: over the limit before authentication
     [InlineData(new byte[] { 0x10, 0x02, 0x00, 0x04 })]                           // truncated protocol name
     [InlineData(new byte[] { 0x10, 0x0C, 0x00, 0x04, 0x4D, 0x51, 0x54, 0x54, 0x63, 0x02, 0x00, 0x3C, 0x00, 0x00 })] // protocol level 99
     [InlineData(new byte[] { 0x30, 0x05, 0x00, 0x09, 0x61, 0x62, 0x63 })]         // PUBLISH before CONNECT, topic longer than the packet
@@ -373,6 +374,63 @@ public sealed class MqttHostileTests(MqttHostileFixture fixture) : IClassFixture
         Assert.NotNull(await Gw.Spool.GetAlertAsync("dev-1", $"own-{run}-2", default));
         Assert.Null(await Gw.Spool.GetAlertAsync("dev-2", $"spoof-{run}", default));
         Assert.Null(await Gw.Spool.GetAlertAsync("dev-1", $"spoof-{run}", default));
+        await AfterwardsAsync();
+    }
+
+    // TCP may split a packet anywhere: a device whose packets arrive a byte at a time is framed as one that sends them
+    // whole, and gets its CONNACK and each PUBACK after its alert is stored.
+    [Fact]
+    public async Task Publish_ArrivingOneByteAtATime_IsFramedAndAcknowledged()
+    {
+        string run = Guid.NewGuid().ToString("N")[..8];
+        using (var socket = await RawConnectAsync())
+        {
+            socket.NoDelay = true;
+            foreach (byte b in Connect311("dev-1", "dev-1", TestGateway.Secret))
+            {
+                await socket.SendAsync(new[] { b });
+            }
+
+            var connack = new byte[4];
+            await ReceiveExactlyAsync(socket, connack);
+            Assert.Equal(0, connack[3]);
+            for (int i = 1; i <= 3; i++)
+            {
+                foreach (byte b in Publish311("edgemail/v1/dev-1/alert", (ushort)i, Alerts.Json($"trickle-{run}-{i}")))
+                {
+                    await socket.SendAsync(new[] { b });
+                }
+
+                var puback = new byte[4];
+                await ReceiveExactlyAsync(socket, puback);
+                Assert.Equal(new byte[] { 0x40, 0x02, 0, (byte)i }, puback);
+                Assert.NotNull(await Gw.Spool.GetAlertAsync("dev-1", $"trickle-{run}-{i}", default));
+            }
+        }
+
+        await AfterwardsAsync();
+    }
+
+    // A packet's size is known from its header: one over the limit ends the connection there, before its body is read
+    // or any memory is set aside for it, even from an authenticated device.
+    [Fact]
+    public async Task Publish_PacketOverTheSizeLimit_ClosesTheConnectionWithoutWaitingForItsBody()
+    {
+        using (var socket = await RawConnectAsync())
+        {
+            await ConnectAsDev1Async(socket);
+            int claimed = EdgeMail.Gateway.Ingest.DeviceChannel.MaxPacket; // remaining length: header + this is one over the limit
+            var header = new List<byte> { 0x32 };
+            for (int n = claimed; n > 0; n /= 128)
+            {
+                header.Add((byte)((n % 128) | (n >= 128 ? 0x80 : 0)));
+            }
+
+            header.AddRange(new byte[] { 0x00, 0x17 });
+            await socket.SendAsync(header.ToArray());
+            Assert.True(await ClosedByPeerAsync(socket));
+        }
+
         await AfterwardsAsync();
     }
 }
