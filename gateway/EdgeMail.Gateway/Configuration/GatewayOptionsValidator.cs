@@ -496,13 +496,9 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         }
         else
         {
-            try
+            if (ConnectionStringError(spool.ConnectionString) is { } error)
             {
-                _ = new Npgsql.NpgsqlConnectionStringBuilder(spool.ConnectionString);
-            }
-            catch (ArgumentException ex)
-            {
-                add("Spool:ConnectionString", $"is not a valid connection string ({ex.Message})", "use key=value pairs, e.g. Host=db1;Database=edgemail;Username=edgemail");
+                add("Spool:ConnectionString", $"is not a valid connection string ({error})", "use key=value pairs, e.g. Host=db1;Database=edgemail;Username=edgemail");
             }
         }
 
@@ -516,6 +512,21 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         if (spool.PollInterval < TimeSpan.FromMilliseconds(100) || spool.PollInterval > spool.ClaimLease)
         {
             add("Spool:PollInterval", $"{spool.PollInterval} is outside 0.1 s..Spool:ClaimLease", "use e.g. 00:00:05");
+        }
+    }
+
+    // Apart, so that Npgsql is loaded only when a PostgreSQL spool is configured (the JIT loads what a method names).
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private static string? ConnectionStringError(string connectionString)
+    {
+        try
+        {
+            _ = new Npgsql.NpgsqlConnectionStringBuilder(connectionString);
+            return null;
+        }
+        catch (ArgumentException ex)
+        {
+            return ex.Message;
         }
     }
 

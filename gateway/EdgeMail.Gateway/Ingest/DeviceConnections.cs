@@ -201,6 +201,7 @@ internal sealed partial class DeviceListener : IMqttServerAdapter
         {
             remote = client.RemoteEndPoint;
             client.NoDelay = endpoint.NoDelay;
+            client.Blocking = tls is not null; // plain: sends never block a thread (DeviceChannel.WriteAsync); SslStream needs a blocking socket
             var (ssl, clientCertificate) = tls is null ? (null, null) : await HandshakeAsync(client, tls).ConfigureAwait(false);
             if (ClientHandler is null)
             {
@@ -633,6 +634,16 @@ internal sealed class DeviceChannel : IMqttChannelAdapter
             return;
         }
 
+        // What the broker sends a device (CONNACK, PUBACKs, a receipt) nearly always fits the socket's buffer at once: a
+        // non-blocking send takes it without the async machinery, and without the ~300-byte send state a socket keeps
+        // from its first asynchronous send on. Only what does not fit waits.
+        int written = _socket.Send(bytes.Span, SocketFlags.None, out var error);
+        if (error is not (SocketError.Success or SocketError.WouldBlock))
+        {
+            throw new SocketException((int)error);
+        }
+
+        bytes = bytes[(error == SocketError.Success ? written : 0)..];
         while (!bytes.IsEmpty)
         {
             int sent = await _socket.SendAsync(bytes, SocketFlags.None, cancellationToken).ConfigureAwait(false);
