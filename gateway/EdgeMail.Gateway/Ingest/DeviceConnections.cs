@@ -415,6 +415,17 @@ internal sealed class DeviceChannel : IMqttChannelAdapter
             MqttPacket? packet;
             while ((packet = Frame()) is null)
             {
+                if (_ssl is null && ReceiveNow() is int now and not -1)
+                {
+                    if (now == 0)
+                    {
+                        return null!; // the peer closed the connection (MQTTnet's "closed" answer)
+                    }
+
+                    _end += now;
+                    continue;
+                }
+
                 var into = FreeSpace();
                 int read = _ssl is null
                     ? await _socket.ReceiveAsync(into, SocketFlags.None, cancellationToken).ConfigureAwait(false)
@@ -556,6 +567,36 @@ internal sealed class DeviceChannel : IMqttChannelAdapter
         }
 
         return PacketFormatterAdapter.Decode(received) ?? throw new MqttProtocolViolationException("Received malformed packet.");
+    }
+
+    // A busy device's next packets are usually in the socket already: a non-blocking receive takes them on this thread
+    // (a zero-byte wait would go through epoll and the thread pool even then). -1 when nothing is there (and no bytes
+    // are pending, the buffer goes back to the pool, so that the wait holds none); 0 at the end of the stream.
+    private int ReceiveNow()
+    {
+        if (_buffer is null)
+        {
+            _buffer = ArrayPool<byte>.Shared.Rent(Math.Max(ReceiveSize, _needed));
+            _start = _end = 0;
+        }
+
+        int read = _socket.Receive(FreeSpace().Span, SocketFlags.None, out var error);
+        if (error == SocketError.Success)
+        {
+            return read;
+        }
+
+        if (error != SocketError.WouldBlock)
+        {
+            throw new SocketException((int)error);
+        }
+
+        if (_start == _end)
+        {
+            Release();
+        }
+
+        return -1;
     }
 
     // Where the next receive goes. With no bytes pending there is no buffer, and the answer is empty: an idle connection
