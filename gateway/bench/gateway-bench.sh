@@ -13,7 +13,8 @@
 #            mosquitto's persistence writes a snapshot every autosave_interval; it does not fsync each message as the
 #            gateway's spool does before a PUBACK.
 #   latency  the same at LAT_RATE alerts/s (default: a tenth of the ingest stage's e2e rate); PUBLISH -> sink's 250.
-#   memory   IDLE_DEVICES connected idle devices; gateway RSS before/after and bytes per connection.
+#   memory   IDLE_DEVICES connected idle devices; gateway RSS before (MEM_SETTLE=5 s after the broker listens, once the
+#            rest has started; 0 reads it at once, as before 2026-12-05) and after, and bytes per connection.
 #   external (not in the default set) the same load published to Debian's mosquitto (persistence on, port
 #            EXT_PORT), the gateway as its client (Mqtt:Mode=external, persistent session): devices' PUBACKs come
 #            from mosquitto; measured = first PUBLISH -> smtp-sink has every mail.
@@ -42,6 +43,7 @@ DEVICES=${DEVICES:-50}
 MSGS_PER=${MSGS_PER:-1000}
 INFLIGHT=${INFLIGHT:-10}
 IDLE_DEVICES=${IDLE_DEVICES:-10000}
+MEM_SETTLE=${MEM_SETTLE:-5}
 RELAY_CONCURRENCY=${RELAY_CONCURRENCY:-8}
 PORT=${PORT:-18990}
 SINK_PORT=${SINK_PORT:-18925}
@@ -334,6 +336,7 @@ fi
 if [[ " $STAGES " == *" memory "* ]]; then
   write_config "$STATE/memory.json" "$IDLE_DEVICES" "$SINK_PORT"
   start_gateway "$STATE/memory.json"
+  sleep "$MEM_SETTLE"   # the console, the spool and the rest start after the broker listens: "before" is the started gateway
   before=$(rss_kib "$GW")
   mkfifo "$STATE/idle.in"
   dotnet "$LOADGEN" idle --port "$PORT" --devices "$IDLE_DEVICES" --secret "$SECRET" < "$STATE/idle.in" > "$STATE/idle.out" &
