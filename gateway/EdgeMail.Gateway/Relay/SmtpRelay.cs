@@ -322,6 +322,24 @@ public sealed class SmtpRelay : IMailTransport
         }
     }
 
+    // A kept connection that is still good ends politely (QUIT, "221"): the relay then logs a clean close, not a lost
+    // client. Briefly: a relay that does not answer does not hold up the gateway's stop.
+    private static async Task QuitAsync(SmtpClient client)
+    {
+        try
+        {
+            if (client.IsConnected)
+            {
+                using var brief = new CancellationTokenSource(TimeSpan.FromSeconds(2));
+                await client.DisconnectAsync(true, brief.Token).ConfigureAwait(false);
+            }
+        }
+        catch (Exception ex) when (ex is IOException or SmtpProtocolException or SmtpCommandException or SocketException or OperationCanceledException)
+        {
+            // Gone or slow: closed without the courtesy.
+        }
+    }
+
     private static List<RecipientResult> Defer(QueuedMessage message, string reason) =>
         message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.4.1 " + reason)).ToList();
 
@@ -345,7 +363,7 @@ public sealed class SmtpRelay : IMailTransport
 
         foreach (var client in clients)
         {
-            await SafeDisconnectAsync(client).ConfigureAwait(false);
+            await QuitAsync(client).ConfigureAwait(false);
             client.Dispose();
         }
 

@@ -53,7 +53,7 @@ public sealed class SmarthostWireTests
             ["ops@example.com", "lead@example.com"], wire, 0, Now, Now.AddDays(5)), chunking);
 
         Assert.Equal(Encoding.ASCII.GetString(wire), Encoding.ASCII.GetString(received.Data));
-        Assert.Equal(["EHLO", "MAIL", "RCPT", "RCPT", chunking ? $"BDAT {wire.Length} LAST" : "DATA"], received.Commands);
+        Assert.Equal(["EHLO", "MAIL", "RCPT", "RCPT", chunking ? $"BDAT {wire.Length} LAST" : "DATA", "QUIT"], received.Commands); // the kept connection ends with QUIT when the relay stops
         Assert.Contains($" SIZE={wire.Length}", received.MailFrom, StringComparison.Ordinal);
     }
 
@@ -124,7 +124,7 @@ public sealed class SmarthostWireTests
 
         var received = await SendAsync(new QueuedMessage(1, "relay", "ups-1", null, "ups.2@lan.example.com", "alerts@example.com", ["ops@example.com"], wire, 0, Now, Now.AddDays(5)), chunking);
 
-        Assert.Equal(["EHLO", "MAIL", "RCPT", "DATA"], received.Commands);
+        Assert.Equal(["EHLO", "MAIL", "RCPT", "DATA", "QUIT"], received.Commands);
         Assert.All(Encoding.ASCII.GetString(received.Data).Split("\r\n"), line => Assert.True(line.Length <= 998, $"a line of {line.Length} octets went out"));
         using var message = MimeMessage.Load(new MemoryStream(received.Data));
         Assert.Equal(longLine + "\n", message.TextBody?.ReplaceLineEndings("\n"));
