@@ -14,7 +14,9 @@
 #            gateway's spool does before a PUBACK.
 #   latency  the same at LAT_RATE alerts/s (default: a tenth of the ingest stage's e2e rate); PUBLISH -> sink's 250.
 #   memory   IDLE_DEVICES connected idle devices; gateway RSS before (MEM_SETTLE=5 s after the broker listens, once the
-#            rest has started; 0 reads it at once, as before 2026-12-05) and after, and bytes per connection.
+#            rest has started; 0 reads it at once, as before 2026-12-05) and after, and bytes per connection. Each
+#            device connects as the firmware does, a persistent session subscribed to its receipts (IDLE_RECEIPTS=0:
+#            a clean session without subscription, as before 2026-12-05).
 #   external (not in the default set) the same load published to Debian's mosquitto (persistence on, port
 #            EXT_PORT), the gateway as its client (Mqtt:Mode=external, persistent session): devices' PUBACKs come
 #            from mosquitto; measured = first PUBLISH -> smtp-sink has every mail.
@@ -44,6 +46,7 @@ MSGS_PER=${MSGS_PER:-1000}
 INFLIGHT=${INFLIGHT:-10}
 IDLE_DEVICES=${IDLE_DEVICES:-10000}
 MEM_SETTLE=${MEM_SETTLE:-5}
+IDLE_RECEIPTS=${IDLE_RECEIPTS:-1}
 RELAY_CONCURRENCY=${RELAY_CONCURRENCY:-8}
 PORT=${PORT:-18990}
 SINK_PORT=${SINK_PORT:-18925}
@@ -339,14 +342,14 @@ if [[ " $STAGES " == *" memory "* ]]; then
   sleep "$MEM_SETTLE"   # the console, the spool and the rest start after the broker listens: "before" is the started gateway
   before=$(rss_kib "$GW")
   mkfifo "$STATE/idle.in"
-  dotnet "$LOADGEN" idle --port "$PORT" --devices "$IDLE_DEVICES" --secret "$SECRET" < "$STATE/idle.in" > "$STATE/idle.out" &
+  dotnet "$LOADGEN" idle --port "$PORT" --devices "$IDLE_DEVICES" --secret "$SECRET" --receipts "$IDLE_RECEIPTS" < "$STATE/idle.in" > "$STATE/idle.out" &
   IDLE=$!
   exec 9> "$STATE/idle.in"
   for _ in $(seq 1 6000); do grep -q connected "$STATE/idle.out" && break; kill -0 "$IDLE" 2>/dev/null || break; sleep 0.1; done
   sleep 5   # let the gateway settle after the connect storm before reading RSS
   after=$(rss_kib "$GW")
   conns=$(ss -Htn state established "( sport = :$PORT )" | wc -l)
-  echo "RESULT memory idle_devices=$IDLE_DEVICES established=$conns $(cat "$STATE/idle.out") gateway_rss_before_mib=$((before / 1024)) gateway_rss_after_mib=$((after / 1024)) bytes_per_connection=$(( (after - before) * 1024 / (conns > 0 ? conns : 1) ))"
+  echo "RESULT memory idle_devices=$IDLE_DEVICES receipts=$IDLE_RECEIPTS established=$conns $(cat "$STATE/idle.out") gateway_rss_before_mib=$((before / 1024)) gateway_rss_after_mib=$((after / 1024)) bytes_per_connection=$(( (after - before) * 1024 / (conns > 0 ? conns : 1) ))"
   exec 9>&-
   wait "$IDLE" || true
   stop_gateway

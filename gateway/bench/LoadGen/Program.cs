@@ -16,6 +16,7 @@ using SmtpServer.Storage;
 //            optional --rate (alerts/s over all devices, open loop) and --sink-port (an SMTP sink in this process that
 //            times every mail from its PUBLISH to the sink's 250 by the X-EdgeMail-Alert header).
 //   idle:    DEVICES connected clients that publish nothing; prints "connected" and waits for stdin to close.
+//            --receipts 1: each as the firmware connects (persistent session, subscribed to its receipts).
 // Prints one line of key=value results.
 var opts = Options.Parse(args);
 return opts.Command switch
@@ -27,7 +28,7 @@ return opts.Command switch
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: loadgen publish|idle --port P --devices N [--msgs M --inflight W --rate R --sink-port S] --secret S [--prefix bench-] [--first 1] [--tag run1]");
+    Console.Error.WriteLine("usage: loadgen publish|idle --port P --devices N [--msgs M --inflight W --rate R --sink-port S] --secret S [--prefix bench-] [--first 1] [--tag run1] [--receipts 1]");
     return 2;
 }
 
@@ -59,6 +60,9 @@ internal sealed class Options
 
     public int ConnectParallel { get; private set; } = 32;
 
+    // As the firmware connects: a persistent session, subscribed to the device's own receipts (QoS 1).
+    public bool Receipts { get; private set; }
+
     public static Options Parse(string[] args)
     {
         var o = new Options { Command = args.Length > 0 ? args[0] : string.Empty };
@@ -79,6 +83,7 @@ internal sealed class Options
                 case "--prefix": o.Prefix = v; break;
                 case "--tag": o.Tag = v; break;
                 case "--connect-parallel": o.ConnectParallel = Int(v); break;
+                case "--receipts": o.Receipts = v == "1"; break;
                 default: throw new ArgumentException("unknown option " + args[i]);
             }
         }
@@ -112,7 +117,7 @@ internal static class Devices
                         .WithClientId(id)
                         .WithCredentials(id, o.Secret)
                         .WithProtocolVersion(MqttProtocolVersion.V311)
-                        .WithCleanSession(true)
+                        .WithCleanSession(!o.Receipts)
                         .WithKeepAlivePeriod(TimeSpan.FromMinutes(5))
                         .WithTimeout(TimeSpan.FromSeconds(60))
                         .Build();
@@ -124,6 +129,11 @@ internal static class Devices
                             if (result.ResultCode != MqttClientConnectResultCode.Success)
                             {
                                 throw new InvalidOperationException($"{id}: CONNACK {result.ResultCode}");
+                            }
+
+                            if (o.Receipts)
+                            {
+                                await client.SubscribeAsync("edgemail/v1/" + id + "/receipt", MqttQualityOfServiceLevel.AtLeastOnce);
                             }
 
                             break;
