@@ -144,9 +144,10 @@ internal sealed partial class DeviceListener : IMqttServerAdapter
             {
                 continue; // the client gave up before it was accepted
             }
-            catch (SocketException ex)
+            catch (Exception ex)
             {
-                // Out of file descriptors and the like: say so, and try again shortly rather than spin.
+                // Out of file descriptors, or anything unforeseen: say so, and try again shortly rather than spin or stop
+                // accepting devices.
                 LogAcceptFailed(ex, listener.LocalEndPoint?.ToString() ?? "?");
                 try
                 {
@@ -178,7 +179,7 @@ internal sealed partial class DeviceListener : IMqttServerAdapter
         {
             await ClientHandler!(channel).ConfigureAwait(false);
         }
-        catch (Exception ex) when (ex is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
+        catch (Exception ex) when (PeerGone(ex))
         {
             LogConnectionEnded(channel.RemoteEndPoint?.ToString() ?? "?", ex.Message);
         }
@@ -213,7 +214,7 @@ internal sealed partial class DeviceListener : IMqttServerAdapter
             var formatter = new MqttPacketFormatterAdapter(new MqttBufferWriter(_options!.WriterBufferSize, _options.WriterBufferSizeMax));
             return new DeviceChannel(client, ssl, remote, clientCertificate, formatter, _sink);
         }
-        catch (Exception ex) when (ex is IOException or SocketException or AuthenticationException or OperationCanceledException or ObjectDisposedException)
+        catch (Exception ex) when (PeerGone(ex))
         {
             LogConnectionEnded(remote?.ToString() ?? "?", ex.Message); // a peer that left or failed its TLS handshake
             client.Dispose();
@@ -266,6 +267,10 @@ internal sealed partial class DeviceListener : IMqttServerAdapter
             throw;
         }
     }
+
+    // A peer that left, reset or failed its TLS handshake, or a connection ended by the broker's stop: not a fault here.
+    private static bool PeerGone(Exception ex) =>
+        ex is IOException or SocketException or AuthenticationException or OperationCanceledException or ObjectDisposedException;
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "MQTT listener {Endpoint} could not accept a connection; trying again in a second")]
     private partial void LogAcceptFailed(Exception ex, string endpoint);
@@ -433,8 +438,7 @@ internal sealed class DeviceChannel : IMqttChannelAdapter
                 if (into.IsEmpty)
                 {
                     // The zero-byte wait is over: bytes (or the end of the stream, which the next read tells) are there.
-                    _buffer = ArrayPool<byte>.Shared.Rent(Math.Max(ReceiveSize, _needed));
-                    _start = _end = 0;
+                    TakeBuffer();
                 }
                 else if (read == 0)
                 {
@@ -576,8 +580,7 @@ internal sealed class DeviceChannel : IMqttChannelAdapter
     {
         if (_buffer is null)
         {
-            _buffer = ArrayPool<byte>.Shared.Rent(Math.Max(ReceiveSize, _needed));
-            _start = _end = 0;
+            TakeBuffer();
         }
 
         int read = _socket.Receive(FreeSpace().Span, SocketFlags.None, out var error);
@@ -712,6 +715,12 @@ internal sealed class DeviceChannel : IMqttChannelAdapter
         {
             // its socket is closed already
         }
+    }
+
+    private void TakeBuffer()
+    {
+        _buffer = ArrayPool<byte>.Shared.Rent(Math.Max(ReceiveSize, _needed));
+        _start = _end = 0;
     }
 
     private void Release()

@@ -307,36 +307,22 @@ public sealed class SmtpRelay : IMailTransport
         }
     }
 
-    private static async Task SafeDisconnectAsync(SmtpClient client)
+    // After a failure the connection is just closed. A kept connection that is still good ends politely (QUIT, "221",
+    // so the relay logs a clean close, not a lost client), briefly: a relay that does not answer does not hold up the
+    // gateway's stop.
+    private static async Task SafeDisconnectAsync(SmtpClient client, bool quit = false)
     {
         try
         {
             if (client.IsConnected)
             {
-                await client.DisconnectAsync(false).ConfigureAwait(false);
-            }
-        }
-        catch (Exception ex) when (ex is IOException or SmtpProtocolException or SocketException)
-        {
-            // Already broken.
-        }
-    }
-
-    // A kept connection that is still good ends politely (QUIT, "221"): the relay then logs a clean close, not a lost
-    // client. Briefly: a relay that does not answer does not hold up the gateway's stop.
-    private static async Task QuitAsync(SmtpClient client)
-    {
-        try
-        {
-            if (client.IsConnected)
-            {
-                using var brief = new CancellationTokenSource(TimeSpan.FromSeconds(2));
-                await client.DisconnectAsync(true, brief.Token).ConfigureAwait(false);
+                using var brief = quit ? new CancellationTokenSource(TimeSpan.FromSeconds(2)) : null;
+                await client.DisconnectAsync(quit, brief?.Token ?? CancellationToken.None).ConfigureAwait(false);
             }
         }
         catch (Exception ex) when (ex is IOException or SmtpProtocolException or SmtpCommandException or SocketException or OperationCanceledException)
         {
-            // Gone or slow: closed without the courtesy.
+            // Already broken, or too slow to say goodbye.
         }
     }
 
@@ -363,7 +349,7 @@ public sealed class SmtpRelay : IMailTransport
 
         foreach (var client in clients)
         {
-            await QuitAsync(client).ConfigureAwait(false);
+            await SafeDisconnectAsync(client, quit: true).ConfigureAwait(false);
             client.Dispose();
         }
 

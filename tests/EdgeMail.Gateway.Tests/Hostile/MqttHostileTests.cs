@@ -244,6 +244,7 @@ public sealed class MqttHostileTests(MqttHostileFixture fixture) : IClassFixture
 
         await AfterwardsAsync();
     }
+
     private static byte[] Publish311(string topic, ushort packetId, string payload)
     {
         byte[] t = Encoding.UTF8.GetBytes(topic);
@@ -253,20 +254,20 @@ public sealed class MqttHostileTests(MqttHostileFixture fixture) : IClassFixture
         body.Add((byte)(packetId >> 8));
         body.Add((byte)packetId);
         body.AddRange(p);
-        var packet = new List<byte> { 0x32 };
-        for (int n = body.Count; ; )
-        {
-            byte b = (byte)(n % 128);
-            n /= 128;
-            packet.Add(n > 0 ? (byte)(b | 0x80) : b);
-            if (n == 0)
-            {
-                break;
-            }
-        }
+        return [0x32, .. RemainingLength(body.Count), .. body];
+    }
 
-        packet.AddRange(body);
-        return [.. packet];
+    // MQTT's variable-length encoding: seven bits a byte, the high bit set while more follow.
+    private static List<byte> RemainingLength(int n)
+    {
+        var bytes = new List<byte>();
+        do
+        {
+            bytes.Add((byte)((n % 128) | (n >= 128 ? 0x80 : 0)));
+            n /= 128;
+        }
+        while (n > 0);
+        return bytes;
     }
 
     private static async Task ConnectAsDev1Async(Socket socket)
@@ -420,14 +421,7 @@ public sealed class MqttHostileTests(MqttHostileFixture fixture) : IClassFixture
         {
             await ConnectAsDev1Async(socket);
             int claimed = EdgeMail.Gateway.Ingest.DeviceChannel.MaxPacket; // remaining length: header + this is one over the limit
-            var header = new List<byte> { 0x32 };
-            for (int n = claimed; n > 0; n /= 128)
-            {
-                header.Add((byte)((n % 128) | (n >= 128 ? 0x80 : 0)));
-            }
-
-            header.AddRange(new byte[] { 0x00, 0x17 });
-            await socket.SendAsync(header.ToArray());
+            await socket.SendAsync((byte[])[0x32, .. RemainingLength(claimed), 0x00, 0x17]);
             Assert.True(await ClosedByPeerAsync(socket));
         }
 
