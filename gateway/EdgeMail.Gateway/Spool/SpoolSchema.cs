@@ -146,6 +146,17 @@ internal static class SpoolSchema
           UNIQUE(device, alert_id, state));
         CREATE INDEX receipts_created ON receipts(created_at);
         """,
+        // 8: a mail's bytes in a table of their own. A messages row held its 1-3 KiB of MIME, so a leaf page held one
+        // mail and recording a delivery result rewrote that whole page; the rows without it are ~300 bytes, so the
+        // results of a commit share a few pages and the body is written once. Existing bodies move; messages.mime
+        // stays (an empty blob: SQLite cannot drop a NOT NULL column without rebuilding the table).
+        """
+        CREATE TABLE message_bodies(
+          message INTEGER PRIMARY KEY REFERENCES messages(rowid),
+          mime BLOB NOT NULL);
+        INSERT INTO message_bodies(message, mime) SELECT rowid, mime FROM messages;
+        UPDATE messages SET mime = x'';
+        """,
     ];
 
     /// <summary>The version this build writes.</summary>

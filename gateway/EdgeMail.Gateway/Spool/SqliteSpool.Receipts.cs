@@ -3,6 +3,8 @@ namespace EdgeMail.Gateway.Spool;
 /// <summary>Kept final receipts on the SQLite spool (see <see cref="ISpool.KeepReceiptAsync"/>, docs/spool.md).</summary>
 public sealed partial class SqliteSpool
 {
+    private readonly Dictionary<string, int> _receiptCeiling = new(StringComparer.Ordinal);
+
     /// <inheritdoc />
     public Task<bool> KeepReceiptAsync(KeptReceipt receipt, int maxPerDevice, CancellationToken cancellationToken)
     {
@@ -24,11 +26,31 @@ public sealed partial class SqliteSpool
             r.Device, r.AlertId, r.State, r.At.ToUnixTimeMilliseconds(), r.StoredDetail, nowMs);
         if (kept > 0)
         {
-            Exec("DELETE FROM receipts WHERE device=$p0 AND rowid <= (SELECT rowid FROM receipts WHERE device=$p0 ORDER BY rowid DESC LIMIT 1 OFFSET $p1)",
-                r.Device, Math.Max(1, maxPerDevice));
+            TrimReceipts(r.Device, Math.Max(1, maxPerDevice));
         }
 
         return kept > 0;
+    }
+
+    // Finding a device's oldest receipts scans and sorts all of its rows, so it is not done per keep: a device that
+    // never takes its receipts (a plain MQTT publisher) would pay it on every alert. Past the cap the oldest go down to
+    // seven eighths of it, once per eighth. _receiptCeiling holds, per device, at least how many rows it has: a keep adds
+    // one (or replaced a row), removals only lower the truth; after a trim the entry goes, and the next keep counts
+    // again -- the trim's transaction may yet roll back.
+    private void TrimReceipts(string device, int max)
+    {
+        int ceiling = _receiptCeiling.TryGetValue(device, out int known)
+            ? known + 1
+            : (int)(long)Scalar("SELECT COUNT(*) FROM receipts WHERE device=$p0", device)!;
+        if (ceiling <= max)
+        {
+            _receiptCeiling[device] = ceiling;
+            return;
+        }
+
+        Exec("DELETE FROM receipts WHERE device=$p0 AND rowid <= (SELECT rowid FROM receipts WHERE device=$p0 ORDER BY rowid DESC LIMIT 1 OFFSET $p1)",
+            device, max - (max / 8));
+        _receiptCeiling.Remove(device);
     }
 
     /// <inheritdoc />

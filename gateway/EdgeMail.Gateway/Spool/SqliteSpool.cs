@@ -365,8 +365,8 @@ public sealed partial class SqliteSpool : ISpool
         try
         {
             Exec(
-                "INSERT INTO messages(kind, device, alert_rowid, alert_id, message_id, envelope_from, mime, created_at, expires_at, next_attempt_at, status) VALUES($p0,$p1,$p2,$p3,$p4,$p5,$p6,$p7,$p8,$p7,'queued')",
-                m.Kind, m.Device, alertRowId, m.AlertId, m.MessageId, m.EnvelopeFrom, m.Mime, now, now + (long)ctx.MaxAge.TotalMilliseconds);
+                "INSERT INTO messages(kind, device, alert_rowid, alert_id, message_id, envelope_from, mime, created_at, expires_at, next_attempt_at, status) VALUES($p0,$p1,$p2,$p3,$p4,$p5,x'',$p6,$p7,$p6,'queued')",
+                m.Kind, m.Device, alertRowId, m.AlertId, m.MessageId, m.EnvelopeFrom, now, now + (long)ctx.MaxAge.TotalMilliseconds);
         }
         catch (SqliteException ex) when (ex.SqliteExtendedErrorCode == SqliteConstraintUnique)
         {
@@ -376,6 +376,7 @@ public sealed partial class SqliteSpool : ISpool
         }
 
         long rowId = SQLitePCL.raw.sqlite3_last_insert_rowid(_connection.Handle);
+        Exec("INSERT INTO message_bodies(message, mime) VALUES($p0,$p1)", rowId, m.Mime);
         foreach (string rcpt in m.Recipients.Distinct(StringComparer.OrdinalIgnoreCase))
         {
             Exec("INSERT INTO recipients(message, address, status) VALUES($p0,$p1,'pending')", rowId, rcpt);
@@ -475,7 +476,7 @@ public sealed partial class SqliteSpool : ISpool
         {
             var list = new List<QueuedMessage>();
             using (var r = s.Query(
-                "SELECT rowid, kind, device, alert_id, message_id, envelope_from, mime, attempts, created_at, expires_at FROM messages WHERE status='queued' AND next_attempt_at <= $p0 ORDER BY next_attempt_at, rowid LIMIT $p1",
+                "SELECT rowid, kind, device, alert_id, message_id, envelope_from, (SELECT mime FROM message_bodies WHERE message=messages.rowid), attempts, created_at, expires_at FROM messages WHERE status='queued' AND next_attempt_at <= $p0 ORDER BY next_attempt_at, rowid LIMIT $p1",
                 now.ToUnixTimeMilliseconds(), max + exclude.Count))
             {
                 while (r.Read() && list.Count < max)
@@ -676,6 +677,7 @@ public sealed partial class SqliteSpool : ISpool
             s.Exec("DELETE FROM attempts WHERE message IN (SELECT rowid FROM messages WHERE finished_at < $p0 ORDER BY finished_at LIMIT $p1)", horizon, maxRows);
             int m = s.Exec(
                 "DELETE FROM recipients WHERE message IN (SELECT rowid FROM messages WHERE finished_at < $p0 ORDER BY finished_at LIMIT $p1)", horizon, maxRows);
+            s.Exec("DELETE FROM message_bodies WHERE message IN (SELECT rowid FROM messages WHERE finished_at < $p0 ORDER BY finished_at LIMIT $p1)", horizon, maxRows);
             m = s.Exec("DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages WHERE finished_at < $p0 ORDER BY finished_at LIMIT $p1)", horizon, maxRows);
 
             // Alerts that are finished (everything but new and held) and that no mail refers to any more. Keeping an

@@ -580,6 +580,20 @@ public abstract class SpoolContractTests : IAsyncLifetime
     }
 
     [ContractFact]
+    public async Task KeepReceipt_ManyPastALargerCap_NeverMoreThanTheCapAndTheNewestKept()
+    {
+        // Trimming may go down to seven eighths of the cap at once (SQLite does, to trim once per eighth, not per keep).
+        await using var spool = Open();
+        for (int i = 1; i <= 100; i++)
+        {
+            await spool.KeepReceiptAsync(Receipt("dev-1", $"a-{i:D3}"), 16, default);
+            var kept = (await spool.KeptReceiptsAsync("dev-1", 0, null, 100, default)).Select(r => r.Receipt.AlertId).ToList();
+            Assert.InRange(kept.Count, Math.Min(i, 14), 16);
+            Assert.Equal(Enumerable.Range(i - kept.Count + 1, kept.Count).Select(n => $"a-{n:D3}"), kept);
+        }
+    }
+
+    [ContractFact]
     public async Task KeepReceipt_ForAnAlertThatCameOverSmtpOrFromTheGateway_IsNotKept()
     {
         await using var spool = Open();

@@ -90,6 +90,39 @@ public sealed class SpoolSchemaTests : IDisposable
     }
 
     [Fact]
+    public async Task Open_VersionSevenSpoolWithMail_MovesEachBodyToItsOwnTableAndStillSendsAndShowsIt()
+    {
+        byte[] queued = Encoding.UTF8.GetBytes("Message-ID: <q@gw>\r\nSubject: queued\r\n\r\nstill to go\r\n");
+        byte[] sent = Encoding.UTF8.GetBytes("Message-ID: <s@gw>\r\nSubject: sent\r\n\r\ndone\r\n");
+        using (var connection = Connect())
+        {
+            using var command = connection.CreateCommand();
+            command.CommandText = "CREATE TABLE schema_version(version INTEGER NOT NULL);" + string.Join(";", SpoolSchema.Migrations.Take(7)) + ";INSERT INTO schema_version VALUES(7);"
+                + "INSERT INTO messages(rowid, kind, message_id, envelope_from, mime, created_at, expires_at, next_attempt_at, status) VALUES(1, 'alert', 'q@gw', 'gw@site', $q, 0, 9000000000000, 0, 'queued');"
+                + "INSERT INTO recipients(message, address, status) VALUES(1, 'ops@example.com', 'pending');"
+                + "INSERT INTO messages(rowid, kind, message_id, envelope_from, mime, created_at, expires_at, next_attempt_at, status, finished_at) VALUES(2, 'alert', 's@gw', 'gw@site', $s, 0, 9000000000000, 0, 'sent', 0);";
+            command.Parameters.AddWithValue("$q", queued);
+            command.Parameters.AddWithValue("$s", sent);
+            command.ExecuteNonQuery();
+        }
+
+        await using (var spool = SqliteSpool.Open(DbPath, fsync: false, maxBatch: 16, NullLogger.Instance))
+        {
+            var due = Assert.Single(await spool.DueMessagesAsync(DateTimeOffset.UtcNow, 10, new HashSet<long>(), default));
+            Assert.Equal(queued, due.Mime);
+            Assert.Equal(["ops@example.com"], due.PendingRecipients);
+            Assert.Equal(sent, (await spool.MessageDetailAsync(2, default))!.Mime);
+        }
+
+        using var check = Connect();
+        using var rows = check.CreateCommand();
+        rows.CommandText = "SELECT COUNT(*) FROM message_bodies; ";
+        Assert.Equal(2L, rows.ExecuteScalar());
+        rows.CommandText = "SELECT SUM(length(mime)) FROM messages";
+        Assert.Equal(0L, rows.ExecuteScalar());
+    }
+
+    [Fact]
     public async Task Read_AfterAwaitedWrite_SeesItOnTheReadConnection()
     {
         await using var spool = SqliteSpool.Open(DbPath, fsync: true, maxBatch: 16, NullLogger.Instance);

@@ -71,6 +71,29 @@ public sealed class SqliteSpoolTests : SpoolContractTests, IDisposable
         Assert.Null(spool.SharedPollInterval);
     }
 
+    [Fact]
+    public async Task Prune_RemovesThePrunedMailsBodiesAndKeepsTheRest()
+    {
+        var clock = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(T0);
+        await using (var spool = OpenSqlite(clock))
+        {
+            var (_, done) = await RoutedAsync(spool, "dev-1", "a-1");
+            await RoutedAsync(spool, "dev-1", "a-2");
+            await spool.CommitDeliveryAsync(new DeliveryCommit(done, [new RecipientResult("alice@example.com", "sent", "250 ok")], null, null), default);
+            clock.Advance(TimeSpan.FromDays(31));
+
+            Assert.Equal(1, (await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 100, default)).Messages);
+        }
+
+        using var c = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={DbPath};Pooling=false");
+        c.Open();
+        using var cmd = c.CreateCommand();
+        cmd.CommandText = "SELECT COUNT(*) FROM message_bodies WHERE message NOT IN (SELECT rowid FROM messages)";
+        Assert.Equal(0L, cmd.ExecuteScalar());
+        cmd.CommandText = "SELECT COUNT(*) FROM messages JOIN message_bodies ON message = messages.rowid WHERE status = 'queued' AND length(message_bodies.mime) > 0";
+        Assert.Equal(1L, cmd.ExecuteScalar());
+    }
+
     public void Dispose()
     {
         try
