@@ -50,6 +50,12 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
             Add("Mqtt:Port", $"{o.Mqtt.Port} is not a TCP port", "use 1883, or 0 to let the OS choose");
         }
 
+        if (o.Mqtt.ConnectTimeout < TimeSpan.FromSeconds(1) || o.Mqtt.ConnectTimeout > TimeSpan.FromMinutes(10))
+        {
+            Add("Mqtt:ConnectTimeout", $"{o.Mqtt.ConnectTimeout} is outside 1 second to 10 minutes",
+                "use e.g. 00:00:20: long enough for a device's TLS handshake over its slowest link, short enough that unknown clients cannot hold connections");
+        }
+
         ValidateMqttMode(o.Mqtt, Add);
 
         if (!MailboxAddress.TryParse(o.Sender.Address, out var from) || from.Address.IndexOf('@', StringComparison.Ordinal) < 1)

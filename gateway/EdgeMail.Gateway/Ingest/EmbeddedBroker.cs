@@ -79,7 +79,8 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     {
         var address = IPAddress.Parse(_options.Mqtt.BindAddress);
         var factory = new MqttServerFactory();
-        var serverOptions = factory.CreateServerOptionsBuilder().WithPersistentSessions(true);
+        var serverOptions = factory.CreateServerOptionsBuilder().WithPersistentSessions(true)
+            .WithDefaultCommunicationTimeout(_options.Mqtt.ConnectTimeout); // the CONNECT wait, and our TLS handshake's
         IPEndPoint? plain = null;
         if (_options.Mqtt.PlainEnabled)
         {

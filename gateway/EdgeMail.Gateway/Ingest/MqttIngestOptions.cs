@@ -45,6 +45,13 @@ public sealed class MqttIngestOptions
     /// <summary>Password of <see cref="CertificatePath"/> (when that is empty, <c>Smtp:CertificatePassword</c> goes with <c>Smtp:CertificatePath</c>).</summary>
     public string CertificatePassword { get; set; } = string.Empty;
 
+    /// <summary>
+    /// How long a new connection to the embedded broker has to finish its TLS handshake and send CONNECT before it is
+    /// closed. Until then nobody is authenticated, so this bounds what an unknown client can hold. 20 s leaves room for a
+    /// small device's TLS handshake over a slow cellular link. It is also the bound on saying DISCONNECT to a client.
+    /// </summary>
+    public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(20);
+
     /// <summary>The external broker, used when <see cref="Mode"/> is <c>external</c>.</summary>
     public ExternalBrokerOptions External { get; set; } = new();
 

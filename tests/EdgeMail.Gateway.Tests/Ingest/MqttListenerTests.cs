@@ -141,6 +141,56 @@ public sealed class MqttListenerTests
     }
 
     [Fact]
+    public async Task ConnectTimeout_ClientsThatNeverSendConnectOrFinishTls_AreClosed_AndDevicesStillGetIn()
+    {
+        await using var gw = await TestGateway.StartAsync(c => c["Mqtt"] = new { Port = 0, TlsEnabled = true, TlsPort = 0, ConnectTimeout = "00:00:01" });
+        using var silent = new TcpClient();
+        using var stalledTls = new TcpClient(); // opens the TLS port and never sends a ClientHello
+        await silent.ConnectAsync(gw.Broker.Endpoint!);
+        await stalledTls.ConnectAsync(gw.Broker.TlsEndpoint!);
+
+        Assert.True(await ClosedByPeerAsync(silent), "the plain listener kept a client that never sent CONNECT");
+        Assert.True(await ClosedByPeerAsync(stalledTls), "the TLS listener kept a client that never began its handshake");
+        using var device = new MqttClientFactory().CreateMqttClient();
+        await device.ConnectAsync(new MqttClientOptionsBuilder().WithTcpServer(gw.Broker.Endpoint!.Address.ToString(), gw.Broker.Endpoint.Port)
+            .WithClientId("dev-1").WithCredentials("dev-1", TestGateway.Secret).WithProtocolVersion(MqttProtocolVersion.V311).Build());
+        var ack = await device.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/alert")
+            .WithPayload(Alerts.Json("after-idle-1")).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
+        Assert.True(ack.IsSuccess);
+    }
+
+    // True when the gateway ends the connection (FIN or RST) within 30 s; false when it still holds it open.
+    private static async Task<bool> ClosedByPeerAsync(TcpClient client)
+    {
+        using var bound = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        try
+        {
+            return await client.GetStream().ReadAsync(new byte[16], bound.Token) == 0;
+        }
+        catch (IOException)
+        {
+            return true;
+        }
+        catch (OperationCanceledException)
+        {
+            return false;
+        }
+    }
+
+    [Theory]
+    [InlineData("00:00:00.500")]
+    [InlineData("00:11:00")]
+    public void Check_ConnectTimeoutOutsideOneSecondToTenMinutes_IsRefused(string timeout)
+    {
+        var o = new GatewayOptions();
+        o.Mqtt.ConnectTimeout = TimeSpan.Parse(timeout, System.Globalization.CultureInfo.InvariantCulture);
+
+        Assert.Contains(GatewayOptionsValidator.Check(o), e => e.StartsWith("Mqtt:ConnectTimeout:", StringComparison.Ordinal));
+        o.Mqtt.ConnectTimeout = TimeSpan.FromSeconds(20);
+        Assert.DoesNotContain(GatewayOptionsValidator.Check(o), e => e.StartsWith("Mqtt:ConnectTimeout:", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public void Check_ExternalModeWithoutEmbeddedListeners_IsValid()
     {
         var o = new GatewayOptions();
