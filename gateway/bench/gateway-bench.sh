@@ -7,7 +7,11 @@
 #
 # Stages (STAGES="ingest mosquitto latency memory peers" by default):
 #   ingest   DEVICES x MSGS_PER alerts; ingest = first PUBLISH -> last PUBACK (every alert committed, fsync'd);
-#            e2e = first PUBLISH -> smtp-sink has every mail (smtp-sink -M exits).
+#            e2e = first PUBLISH -> smtp-sink has every mail (smtp-sink -M exits). RECEIPTS=1: the publishing devices
+#            connect as the firmware does (persistent session, subscribed to their receipts, each acknowledged), so the
+#            CPU per alert includes sending the accepted and relayed receipts and removing the kept ones; default 0
+#            (publishers without a subscription, as every result before 2026-12-05 was measured). BYSTANDERS=N: N more
+#            devices stay connected through the stage, idle and subscribed to their receipts, as a large fleet is.
 #   mosquitto the ingest stage's load (same load generator, devices, in-flight window, payloads, warm-up) against
 #            Debian's mosquitto alone (persistence on, port EXT_PORT): the like-for-like ingest anchor, in the same run.
 #            mosquitto's persistence writes a snapshot every autosave_interval; it does not fsync each message as the
@@ -47,6 +51,8 @@ INFLIGHT=${INFLIGHT:-10}
 IDLE_DEVICES=${IDLE_DEVICES:-10000}
 MEM_SETTLE=${MEM_SETTLE:-5}
 IDLE_RECEIPTS=${IDLE_RECEIPTS:-1}
+RECEIPTS=${RECEIPTS:-0}
+BYSTANDERS=${BYSTANDERS:-0}
 RELAY_CONCURRENCY=${RELAY_CONCURRENCY:-8}
 PORT=${PORT:-18990}
 SINK_PORT=${SINK_PORT:-18925}
@@ -65,6 +71,7 @@ cleanup() {
   [ -n "${PERFREC:-}" ] && kill -INT "$PERFREC" 2>/dev/null || true
   [ -n "${COUNTERPID:-}" ] && kill -TERM "$COUNTERPID" 2>/dev/null || true
   [ -n "${MOSQ:-}" ] && kill "$MOSQ" 2>/dev/null || true
+  [ -n "${BYST:-}" ] && kill "$BYST" 2>/dev/null || true
   for g in ${GWS:-}; do kill "$g" 2>/dev/null || true; done
   [ -n "${PG_STARTED:-}" ] && TMPDIR="$STATE" bash "$ROOT/.ci/postgres.sh" stop >/dev/null 2>&1 || true
   rm -rf "$STATE"
@@ -138,7 +145,7 @@ start_sink() { smtp-sink -u nobody -M "$1" "127.0.0.1:$SINK_PORT" 1024 > "$STATE
 WARM_PER=${WARM_PER:-40}
 warm_up() {
   [ "${2:-}" = nosink ] || start_sink "$((DEVICES * WARM_PER))"
-  dotnet "$LOADGEN" publish --port "$1" --devices "$DEVICES" --msgs "$WARM_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag w >/dev/null
+  dotnet "$LOADGEN" publish --port "$1" --devices "$DEVICES" --msgs "$WARM_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag w --receipts "$([ "$1" = "$PORT" ] && echo "$RECEIPTS" || echo 0)" >/dev/null
   [ "${2:-}" = nosink ] || { wait "$SINKPID" || true; SINKPID=""; }
 }
 rss_kib() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
@@ -156,8 +163,16 @@ E2E_RATE=""
 if [[ " $STAGES " == *" ingest "* ]]; then
   command -v smtp-sink >/dev/null || { log "smtp-sink missing: apt-get install postfix (or run the peers stage first)"; exit 1; }
   TOTAL=$((DEVICES * MSGS_PER))
-  write_config "$STATE/ingest.json" "$DEVICES" "$SINK_PORT"
+  write_config "$STATE/ingest.json" "$((DEVICES + BYSTANDERS))" "$SINK_PORT"
   start_gateway "$STATE/ingest.json"
+  if [ "$BYSTANDERS" -gt 0 ]; then  # BYSTANDERS=N: N more devices connected and subscribed to their receipts, idle
+    mkfifo "$STATE/bystanders.in"
+    dotnet "$LOADGEN" idle --port "$PORT" --devices "$BYSTANDERS" --first "$((DEVICES + 1))" --secret "$SECRET" --receipts 1 < "$STATE/bystanders.in" > "$STATE/bystanders.out" &
+    BYST=$!
+    exec 8> "$STATE/bystanders.in"
+    for _ in $(seq 1 6000); do grep -q connected "$STATE/bystanders.out" && break; kill -0 "$BYST" 2>/dev/null || break; sleep 0.1; done
+    log "bystanders: $(cat "$STATE/bystanders.out")"
+  fi
   warm_up "$PORT"
   start_sink "$TOTAL"
   if [ "${SSE:-0}" -gt 0 ]; then  # SSE=N: N dashboards open (clients of the console's event stream) during the timed run
@@ -192,7 +207,7 @@ if [[ " $STAGES " == *" ingest "* ]]; then
     for _ in $(seq 1 50); do [ -s "$STATE/counters.csv" ] && break; sleep 0.1; done
   fi
   t0=$EPOCHREALTIME
-  out=$(dotnet "$LOADGEN" publish --port "$PORT" --devices "$DEVICES" --msgs "$MSGS_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag i)
+  out=$(dotnet "$LOADGEN" publish --port "$PORT" --devices "$DEVICES" --msgs "$MSGS_PER" --inflight "$INFLIGHT" --secret "$SECRET" --tag i --receipts "$RECEIPTS")
   if [ -n "${INGEST_ONLY:-}" ]; then
     kill "$SINKPID" 2>/dev/null || true; wait "$SINKPID" 2>/dev/null || true; SINKPID=""
   else
@@ -225,8 +240,9 @@ if [[ " $STAGES " == *" ingest "* ]]; then
   if [ -n "${INGEST_ONLY:-}" ]; then
     echo "RESULT ingest $out phase=ingest-only gateway_cpu_s=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.1f", b-a}') gateway_cpu_us_per_alert=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$TOTAL" 'BEGIN{printf "%.0f", (b-a)*1e6/n}') gateway_rss_mib=$(( $(rss_kib "$GW") / 1024 )) load=\"$(cut -d' ' -f1-3 /proc/loadavg)\""
   else
-  echo "RESULT ingest $out e2e_smtp_sink_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') e2e_smtp_sink_rate=$E2E_RATE gateway_cpu_s=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.1f", b-a}') gateway_cpu_us_per_alert=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$TOTAL" 'BEGIN{printf "%.0f", (b-a)*1e6/n}') gateway_rss_mib=$(( $(rss_kib "$GW") / 1024 ))"
+  echo "RESULT ingest $out bystanders=$BYSTANDERS receipts=$RECEIPTS e2e_smtp_sink_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') e2e_smtp_sink_rate=$E2E_RATE gateway_cpu_s=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.1f", b-a}') gateway_cpu_us_per_alert=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$TOTAL" 'BEGIN{printf "%.0f", (b-a)*1e6/n}') gateway_rss_mib=$(( $(rss_kib "$GW") / 1024 ))"
   fi
+  [ "$BYSTANDERS" -gt 0 ] && { exec 8>&-; wait "$BYST" || true; }
   stop_gateway
 fi
 

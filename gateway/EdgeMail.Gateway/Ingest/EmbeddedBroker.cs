@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Sockets;
@@ -27,7 +28,8 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     private readonly GatewayOptions _options;
     private readonly AlertIngest _ingest;
     private readonly ILogger<EmbeddedBroker> _logger;
-    private readonly ConcurrentDictionary<string, bool> _receiptSubscribers = new(StringComparer.Ordinal);
+    // Devices holding a subscription to their receipt topic (the only topic a device may subscribe to), with its QoS.
+    private readonly ConcurrentDictionary<string, MqttQualityOfServiceLevel> _receiptSubscribers = new(StringComparer.Ordinal);
     private readonly Security.MqttGuard _guard;
     private readonly TimeProvider _clock;
     private readonly Devices.DeviceRegistry _devices;
@@ -127,7 +129,6 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         // ones its session does not hold (after a restart, a clean session) are handed to it again.
         _server.ClientAcknowledgedPublishPacketAsync += OnReceiptAcknowledgedAsync;
         _server.ClientSubscribedTopicAsync += OnSubscribedAsync;
-        _server.ApplicationMessageNotConsumedAsync += OnNotConsumedAsync;
         _server.SessionDeletedAsync += e =>
         {
             _receipts.SessionEnded(e.Id);
@@ -164,16 +165,46 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     /// <summary>Whether the broker is up and accepting connections.</summary>
     public bool IsRunning => _server is { IsStarted: true };
 
-    /// <inheritdoc />
-    public Task PublishAsync(string deviceId, byte[] payload)
+    /// <summary>
+    /// Hands a receipt to the device's own session. MQTTnet's publish path (InjectApplicationMessage) copies the list of
+    /// every session holding a subscription and checks each one against the topic: with 10,000 subscribed devices that
+    /// was 10,000 checks and an 80 KB list per receipt, two receipts per alert. A device may subscribe to nothing but its
+    /// own receipt topic, so its session is the only possible subscriber: the receipt goes into that session's queue, at
+    /// the QoS it subscribed with (at most 1), as MQTTnet's dispatch would have put it. No session holding the
+    /// subscription is what MQTTnet reports as "not consumed"; a full queue drops it, as dispatch does (a kept receipt
+    /// stays in the spool).
+    /// </summary>
+    /// <param name="deviceId">Device.</param>
+    /// <param name="payload">Receipt JSON.</param>
+    /// <returns>A task completing when queued for the device.</returns>
+    public async Task PublishAsync(string deviceId, byte[] payload)
     {
         var server = _server ?? throw new InvalidOperationException("The broker is not started.");
+        MqttSessionStatus? session = null;
+        if (_receiptSubscribers.TryGetValue(deviceId, out var qos))
+        {
+            try
+            {
+                session = await server.GetSessionAsync(deviceId).ConfigureAwait(false);
+            }
+            catch (InvalidOperationException)
+            {
+                // No session (any more): nobody holds the subscription.
+            }
+        }
+
+        if (session is null)
+        {
+            _receipts.NotDelivered(deviceId, new ReadOnlySequence<byte>(payload));
+            return;
+        }
+
         var message = new MqttApplicationMessageBuilder()
             .WithTopic(Topics.Receipt(deviceId))
             .WithPayload(payload)
-            .WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce)
+            .WithQualityOfServiceLevel(qos < MqttQualityOfServiceLevel.AtLeastOnce ? qos : MqttQualityOfServiceLevel.AtLeastOnce)
             .Build();
-        return server.InjectApplicationMessage(new InjectedMqttApplicationMessage(message));
+        session.TryEnqueueApplicationMessage(message, out _);
     }
 
     private Task ValidateConnectionAsync(ValidatingConnectionEventArgs e)
@@ -279,7 +310,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         }
         else
         {
-            _receiptSubscribers[e.ClientId] = true;
+            _receiptSubscribers[e.ClientId] = e.TopicFilter.QualityOfServiceLevel;
         }
 
         return Task.CompletedTask;
@@ -307,16 +338,6 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         return Task.CompletedTask;
     }
 
-    private Task OnNotConsumedAsync(ApplicationMessageNotConsumedEventArgs e)
-    {
-        if (string.IsNullOrEmpty(e.SenderId) && Topics.ReceiptDevice(e.ApplicationMessage.Topic) is { } device)
-        {
-            _receipts.NotDelivered(device, e.ApplicationMessage.Payload);
-        }
-
-        return Task.CompletedTask;
-    }
-
     private Task InterceptUnsubscriptionAsync(InterceptingUnsubscriptionEventArgs e)
     {
         if (e.Topic == Topics.Receipt(e.ClientId))
@@ -331,7 +352,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     {
         if (string.IsNullOrEmpty(e.ClientId))
         {
-            return; // a receipt injected by the gateway itself
+            return; // not from a device (the gateway injects nothing: receipts go straight into sessions, PublishAsync)
         }
 
         e.ProcessPublish = false; // the gateway is the only consumer of device topics
@@ -510,18 +531,6 @@ public static class Topics
     /// <param name="deviceId">Device.</param>
     /// <returns>The topic.</returns>
     public static string Receipt(string deviceId) => $"edgemail/v1/{deviceId}/receipt";
-
-    /// <summary>The device whose receipt topic this is, or null.</summary>
-    /// <param name="topic">A topic.</param>
-    /// <returns>The device id, or null when it is no receipt topic.</returns>
-    public static string? ReceiptDevice(string? topic)
-    {
-        const string Prefix = "edgemail/v1/", Suffix = "/receipt";
-        return topic is not null && topic.Length > Prefix.Length + Suffix.Length && topic.StartsWith(Prefix, StringComparison.Ordinal)
-            && topic.EndsWith(Suffix, StringComparison.Ordinal) && topic.IndexOf('/', Prefix.Length) == topic.Length - Suffix.Length
-            ? topic[Prefix.Length..^Suffix.Length]
-            : null;
-    }
 
     /// <summary>Classifies a topic a device published to.</summary>
     /// <param name="topic">Topic.</param>

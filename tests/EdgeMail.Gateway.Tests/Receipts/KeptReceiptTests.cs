@@ -177,4 +177,53 @@ public sealed class KeptReceiptTests
         Assert.Equal(1, inbox.Count("k-3", ReceiptState.Failed));
         await device.DisconnectAsync();
     }
+
+    [Fact]
+    public async Task Receipts_GoOnlyToTheirOwnDevice_AtTheQosItSubscribedWith()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        await using var gw = await TestGateway.StartAsync(Relay(sink.Port));
+        var got = new System.Collections.Concurrent.ConcurrentQueue<(string Device, string Topic, MqttQualityOfServiceLevel Qos, string Payload)>();
+        var relayed = new Dictionary<string, TaskCompletionSource>
+        {
+            ["dev-1"] = new(TaskCreationOptions.RunContinuationsAsynchronously),
+            ["dev-2"] = new(TaskCreationOptions.RunContinuationsAsynchronously),
+        };
+        async Task<IMqttClient> ConnectAsync(string id, MqttQualityOfServiceLevel qos)
+        {
+            var client = new MqttClientFactory().CreateMqttClient();
+            client.ApplicationMessageReceivedAsync += e =>
+            {
+                string payload = e.ApplicationMessage.ConvertPayloadToString();
+                got.Enqueue((id, e.ApplicationMessage.Topic, e.ApplicationMessage.QualityOfServiceLevel, payload));
+                if (payload.Contains("\"relayed\"", StringComparison.Ordinal))
+                {
+                    relayed[id].TrySetResult();
+                }
+
+                return Task.CompletedTask;
+            };
+            await client.ConnectAsync(Persistent(gw, id));
+            await client.SubscribeAsync($"edgemail/v1/{id}/receipt", qos);
+            return client;
+        }
+
+        using var one = await ConnectAsync("dev-1", MqttQualityOfServiceLevel.AtMostOnce);
+        using var two = await ConnectAsync("dev-2", MqttQualityOfServiceLevel.ExactlyOnce);
+        await RaiseAsync(one, "dev-1", "q-1");
+        await Await.Within(relayed["dev-1"].Task.ContinueWith(_ => true, TaskScheduler.Default), "dev-1's relayed receipt");
+        await RaiseAsync(two, "dev-2", "q-2"); // after dev-1's last receipt: a copy of it for dev-2 would arrive before these
+        await Await.Within(relayed["dev-2"].Task.ContinueWith(_ => true, TaskScheduler.Default), "dev-2's relayed receipt");
+
+        var ofOne = got.Where(r => r.Device == "dev-1").ToList();
+        var ofTwo = got.Where(r => r.Device == "dev-2").ToList();
+        Assert.All(ofOne, r => Assert.Equal(("edgemail/v1/dev-1/receipt", MqttQualityOfServiceLevel.AtMostOnce), (r.Topic, r.Qos)));
+        Assert.All(ofTwo, r => Assert.Equal(("edgemail/v1/dev-2/receipt", MqttQualityOfServiceLevel.AtLeastOnce), (r.Topic, r.Qos))); // receipts are QoS 1 at most
+        Assert.All(ofOne, r => Assert.Contains("\"q-1\"", r.Payload, StringComparison.Ordinal));
+        Assert.All(ofTwo, r => Assert.Contains("\"q-2\"", r.Payload, StringComparison.Ordinal));
+        Assert.Contains(ofOne, r => r.Payload.Contains("\"accepted\"", StringComparison.Ordinal));
+        Assert.Contains(ofTwo, r => r.Payload.Contains("\"accepted\"", StringComparison.Ordinal));
+        await one.DisconnectAsync();
+        await two.DisconnectAsync();
+    }
 }
