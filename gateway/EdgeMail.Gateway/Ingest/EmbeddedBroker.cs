@@ -131,7 +131,12 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         _server.ClientSubscribedTopicAsync += OnSubscribedAsync;
         _server.SessionDeletedAsync += e =>
         {
+            // A session that does not outlive its connection (clean session, MQTT 5 expiry 0) takes its subscription
+            // with it: receipts for the device wait in the spool for its next subscription, instead of being handed to
+            // nobody and retried every second.
+            _receiptSubscribers.TryRemove(e.Id, out _);
             _receipts.SessionEnded(e.Id);
+            SessionDeleted?.Invoke(e.Id);
             return Task.CompletedTask;
         };
         await _server.StartAsync().ConfigureAwait(false);
@@ -247,6 +252,9 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
 
         return Task.CompletedTask;
     }
+
+    /// <summary>Raised after the broker deleted a device's session and the gateway forgot its receipt subscription (tests).</summary>
+    public event Action<string>? SessionDeleted;
 
     /// <summary>Raised after a device's sessions were ended because it was disabled or given a new secret (tests).</summary>
     public event Action<string>? DeviceDisconnected;

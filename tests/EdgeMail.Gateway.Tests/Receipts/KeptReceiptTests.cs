@@ -226,4 +226,30 @@ public sealed class KeptReceiptTests
         await one.DisconnectAsync();
         await two.DisconnectAsync();
     }
+
+    [Theory]
+    [InlineData(MQTTnet.Formatter.MqttProtocolVersion.V311)] // Clean Session 1
+    [InlineData(MQTTnet.Formatter.MqttProtocolVersion.V500)] // Clean Start 1, Session Expiry 0: the session ends with the connection
+    public async Task SessionEndingWithItsConnection_TakesItsReceiptSubscription_WhileAPersistentOneKeepsIt(MQTTnet.Formatter.MqttProtocolVersion version)
+    {
+        await using var gw = await TestGateway.StartAsync(c => { });
+        var deleted = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        gw.Broker.SessionDeleted += id => deleted.TrySetResult(id);
+        using var passing = new MqttClientFactory().CreateMqttClient();
+        using var staying = new MqttClientFactory().CreateMqttClient();
+        var passingOptions = gw.ClientOptions("dev-1", version: version);
+        passingOptions.CleanSession = true;
+        await passing.ConnectAsync(passingOptions);
+        await passing.SubscribeAsync("edgemail/v1/dev-1/receipt", MqttQualityOfServiceLevel.AtLeastOnce);
+        await staying.ConnectAsync(Persistent(gw, "dev-2"));
+        await staying.SubscribeAsync("edgemail/v1/dev-2/receipt", MqttQualityOfServiceLevel.AtLeastOnce);
+        Assert.True(gw.Broker.IsListening("dev-1"));
+
+        await staying.DisconnectAsync();
+        await passing.DisconnectAsync();
+
+        Assert.Equal("dev-1", await Await.Within(deleted.Task, "the broker deleting dev-1's session"));
+        Assert.False(gw.Broker.IsListening("dev-1"));
+        Assert.True(gw.Broker.IsListening("dev-2")); // its session, and what it subscribed to, wait for it
+    }
 }
