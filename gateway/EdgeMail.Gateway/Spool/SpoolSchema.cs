@@ -148,14 +148,13 @@ internal static class SpoolSchema
         """,
         // 8: a mail's bytes in a table of their own. A messages row held its 1-3 KiB of MIME, so a leaf page held one
         // mail and recording a delivery result rewrote that whole page; the rows without it are ~300 bytes, so the
-        // results of a commit share a few pages and the body is written once. Existing bodies move; messages.mime
-        // stays (an empty blob: SQLite cannot drop a NOT NULL column without rebuilding the table).
+        // results of a commit share a few pages and the body is written once. New mail leaves messages.mime empty
+        // (SQLite cannot drop a NOT NULL column without rebuilding the table). Mail from before stays where it is and
+        // is read from there: copying every body at the upgrade would need the spool's mail twice over in free disk.
         """
         CREATE TABLE message_bodies(
           message INTEGER PRIMARY KEY REFERENCES messages(rowid),
           mime BLOB NOT NULL);
-        INSERT INTO message_bodies(message, mime) SELECT rowid, mime FROM messages;
-        UPDATE messages SET mime = x'';
         """,
     ];
 

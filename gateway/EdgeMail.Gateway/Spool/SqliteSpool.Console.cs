@@ -139,7 +139,7 @@ public sealed partial class SqliteSpool
         DateTimeOffset expires;
         DateTimeOffset? finished;
         byte[] mime;
-        using (var r = Query($"SELECT {MessageColumns}, envelope_from, expires_at, finished_at, (SELECT mime FROM message_bodies WHERE message=messages.rowid) FROM messages WHERE rowid=$p0", rowId))
+        using (var r = Query($"SELECT {MessageColumns}, envelope_from, expires_at, finished_at, COALESCE((SELECT mime FROM message_bodies WHERE message=messages.rowid), mime) FROM messages WHERE rowid=$p0", rowId))
         {
             if (!r.Read())
             {

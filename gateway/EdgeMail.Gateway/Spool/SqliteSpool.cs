@@ -476,7 +476,7 @@ public sealed partial class SqliteSpool : ISpool
         {
             var list = new List<QueuedMessage>();
             using (var r = s.Query(
-                "SELECT rowid, kind, device, alert_id, message_id, envelope_from, (SELECT mime FROM message_bodies WHERE message=messages.rowid), attempts, created_at, expires_at FROM messages WHERE status='queued' AND next_attempt_at <= $p0 ORDER BY next_attempt_at, rowid LIMIT $p1",
+                "SELECT rowid, kind, device, alert_id, message_id, envelope_from, COALESCE((SELECT mime FROM message_bodies WHERE message=messages.rowid), mime), attempts, created_at, expires_at FROM messages WHERE status='queued' AND next_attempt_at <= $p0 ORDER BY next_attempt_at, rowid LIMIT $p1",
                 now.ToUnixTimeMilliseconds(), max + exclude.Count))
             {
                 while (r.Read() && list.Count < max)

@@ -90,7 +90,7 @@ public sealed class SpoolSchemaTests : IDisposable
     }
 
     [Fact]
-    public async Task Open_VersionSevenSpoolWithMail_MovesEachBodyToItsOwnTableAndStillSendsAndShowsIt()
+    public async Task Open_VersionSevenSpoolWithMail_KeepsItsBodiesWhereTheyAre_AndStillSendsAndShowsIt()
     {
         byte[] queued = Encoding.UTF8.GetBytes("Message-ID: <q@gw>\r\nSubject: queued\r\n\r\nstill to go\r\n");
         byte[] sent = Encoding.UTF8.GetBytes("Message-ID: <s@gw>\r\nSubject: sent\r\n\r\ndone\r\n");
@@ -117,9 +117,7 @@ public sealed class SpoolSchemaTests : IDisposable
         using var check = Connect();
         using var rows = check.CreateCommand();
         rows.CommandText = "SELECT COUNT(*) FROM message_bodies; ";
-        Assert.Equal(2L, rows.ExecuteScalar());
-        rows.CommandText = "SELECT SUM(length(mime)) FROM messages";
-        Assert.Equal(0L, rows.ExecuteScalar());
+        Assert.Equal(0L, rows.ExecuteScalar()); // nothing copied at the upgrade
     }
 
     [Fact]
