@@ -45,7 +45,8 @@ public sealed class MqttHostileTests(MqttHostileFixture fixture) : IClassFixture
         return socket;
     }
 
-    private static async Task<bool> ClosedByPeerAsync(Socket socket)
+    // True once the broker has closed the connection (FIN or reset); fails when it still holds it after the default wait.
+    internal static async Task<bool> ClosedByPeerAsync(Socket socket)
     {
         var buffer = new byte[256];
         using var timeout = new CancellationTokenSource(Await.DefaultTimeout);

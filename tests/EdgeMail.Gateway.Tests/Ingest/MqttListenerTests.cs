@@ -149,32 +149,13 @@ public sealed class MqttListenerTests
         await silent.ConnectAsync(gw.Broker.Endpoint!);
         await stalledTls.ConnectAsync(gw.Broker.TlsEndpoint!);
 
-        Assert.True(await ClosedByPeerAsync(silent), "the plain listener kept a client that never sent CONNECT");
-        Assert.True(await ClosedByPeerAsync(stalledTls), "the TLS listener kept a client that never began its handshake");
+        Assert.True(await Hostile.MqttHostileTests.ClosedByPeerAsync(silent.Client), "the plain listener kept a client that never sent CONNECT");
+        Assert.True(await Hostile.MqttHostileTests.ClosedByPeerAsync(stalledTls.Client), "the TLS listener kept a client that never began its handshake");
         using var device = new MqttClientFactory().CreateMqttClient();
-        await device.ConnectAsync(new MqttClientOptionsBuilder().WithTcpServer(gw.Broker.Endpoint!.Address.ToString(), gw.Broker.Endpoint.Port)
-            .WithClientId("dev-1").WithCredentials("dev-1", TestGateway.Secret).WithProtocolVersion(MqttProtocolVersion.V311).Build());
+        await device.ConnectAsync(gw.ClientOptions("dev-1"));
         var ack = await device.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/alert")
             .WithPayload(Alerts.Json("after-idle-1")).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
         Assert.True(ack.IsSuccess);
-    }
-
-    // True when the gateway ends the connection (FIN or RST) within 30 s; false when it still holds it open.
-    private static async Task<bool> ClosedByPeerAsync(TcpClient client)
-    {
-        using var bound = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-        try
-        {
-            return await client.GetStream().ReadAsync(new byte[16], bound.Token) == 0;
-        }
-        catch (IOException)
-        {
-            return true;
-        }
-        catch (OperationCanceledException)
-        {
-            return false;
-        }
     }
 
     [Theory]
