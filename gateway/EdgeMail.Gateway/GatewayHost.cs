@@ -34,17 +34,14 @@ public static class GatewayHost
         hostConfiguration.AddInMemoryCollection([new("hostBuilder:reloadConfigOnChange", "false")]);
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { Args = args, Configuration = hostConfiguration });
         string? configFile = ConfigFile(args) ?? Environment.GetEnvironmentVariable("EDGEMAIL_CONFIG");
-        var sources = builder.Configuration.Sources;
-        int insertAt = sources.Count;
         if (configFile is not null)
         {
-            builder.Configuration.AddJsonFile(Path.GetFullPath(configFile), optional: false, reloadOnChange: false);
+            builder.Configuration.AddConfigFile(Path.GetFullPath(configFile));
         }
 
         builder.Configuration.AddEnvironmentVariables("EDGEMAIL_");
         builder.Configuration.AddCommandLine(WithoutConfigFile(args));
         string? demo = configFile is null ? DemoSetup.Apply(builder.Configuration) : null;
-        _ = insertAt;
 
         var services = builder.Services;
         services.AddSystemd(); // Type=notify (READY=1, STOPPING=1) and journald log levels under systemd; a no-op otherwise

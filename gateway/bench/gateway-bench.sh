@@ -20,7 +20,8 @@
 #   memory   IDLE_DEVICES connected idle devices; gateway RSS before (MEM_SETTLE=5 s after the broker listens, once the
 #            rest has started; 0 reads it at once, as before 2026-12-05) and after, and bytes per connection. Each
 #            device connects as the firmware does, a persistent session subscribed to its receipts (IDLE_RECEIPTS=0:
-#            a clean session without subscription, as before 2026-12-05).
+#            a clean session without subscription, as before 2026-12-05). Also the start with IDLE_DEVICES configured:
+#            start_listen_ms to the broker's "listening" log line, start_cpu_ms the CPU used by the "before" reading.
 #   external (not in the default set) the same load published to Debian's mosquitto (persistence on, port
 #            EXT_PORT), the gateway as its client (Mqtt:Mode=external, persistent session): devices' PUBACKs come
 #            from mosquitto; measured = first PUBLISH -> smtp-sink has every mail.
@@ -354,9 +355,12 @@ fi
 
 if [[ " $STAGES " == *" memory "* ]]; then
   write_config "$STATE/memory.json" "$IDLE_DEVICES" "$SINK_PORT"
+  t0=$(date +%s%N)
   start_gateway "$STATE/memory.json"
+  listen_ms=$(( ($(date +%s%N) - t0) / 1000000 ))   # to the log line, read every 0.1 s
   sleep "$MEM_SETTLE"   # the console, the spool and the rest start after the broker listens: "before" is the started gateway
   before=$(rss_kib "$GW")
+  start_cpu_ms=$(awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print int(($12 + $13) * 1000 / hz) }' "/proc/$GW/stat")
   mkfifo "$STATE/idle.in"
   dotnet "$LOADGEN" idle --port "$PORT" --devices "$IDLE_DEVICES" --secret "$SECRET" --receipts "$IDLE_RECEIPTS" < "$STATE/idle.in" > "$STATE/idle.out" &
   IDLE=$!
@@ -365,7 +369,7 @@ if [[ " $STAGES " == *" memory "* ]]; then
   sleep 5   # let the gateway settle after the connect storm before reading RSS
   after=$(rss_kib "$GW")
   conns=$(ss -Htn state established "( sport = :$PORT )" | wc -l)
-  echo "RESULT memory idle_devices=$IDLE_DEVICES receipts=$IDLE_RECEIPTS established=$conns $(cat "$STATE/idle.out") gateway_rss_before_mib=$((before / 1024)) gateway_rss_after_mib=$((after / 1024)) bytes_per_connection=$(( (after - before) * 1024 / (conns > 0 ? conns : 1) ))"
+  echo "RESULT memory idle_devices=$IDLE_DEVICES receipts=$IDLE_RECEIPTS established=$conns $(cat "$STATE/idle.out") start_listen_ms=$listen_ms start_cpu_ms=$start_cpu_ms gateway_rss_before_mib=$((before / 1024)) gateway_rss_after_mib=$((after / 1024)) bytes_per_connection=$(( (after - before) * 1024 / (conns > 0 ? conns : 1) ))"
   exec 9>&-
   wait "$IDLE" || true
   stop_gateway

@@ -114,7 +114,7 @@ public sealed record GatewayConfig(string? File, IReadOnlyList<string> Overrides
         var builder = new ConfigurationBuilder();
         if (EffectiveFile is { } file)
         {
-            builder.AddJsonFile(Path.GetFullPath(file), optional: false, reloadOnChange: false);
+            builder.AddConfigFile(Path.GetFullPath(file));
         }
 
         return builder.AddEnvironmentVariables("EDGEMAIL_").AddCommandLine([.. Overrides]);

@@ -36,7 +36,7 @@ public static class DemoSetup
             Write(dataDir, configPath);
         }
 
-        configuration.AddJsonFile(configPath, optional: false, reloadOnChange: false);
+        configuration.AddConfigFile(configPath);
         return configPath;
     }
 
