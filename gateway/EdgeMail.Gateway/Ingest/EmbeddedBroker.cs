@@ -128,7 +128,6 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         // Kept (final) receipts: the device's PUBACK is what removes one from the spool; its subscription is when the
         // ones its session does not hold (after a restart, a clean session) are handed to it again.
         _server.ClientAcknowledgedPublishPacketAsync += OnReceiptAcknowledgedAsync;
-        _server.ClientSubscribedTopicAsync += OnSubscribedAsync;
         _server.SessionDeletedAsync += e =>
         {
             // A session that does not outlive its connection (clean session, MQTT 5 expiry 0) takes its subscription
@@ -308,28 +307,21 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         }
     }
 
+    // MQTTnet does not keep the subscription: receipts go straight into the device's session (PublishAsync), so its
+    // subscription structures (~0.7 KB per device) would serve nothing. The SUBACK still grants what MQTTnet would.
+    // Replay starts once the subscription is recorded, so what it hands over is delivered; the client's packet loop
+    // waits for this handler, so the spool is read in the background.
     private Task InterceptSubscriptionAsync(InterceptingSubscriptionEventArgs e)
     {
+        e.ProcessSubscription = false;
         if (e.TopicFilter.Topic != Topics.Receipt(e.ClientId))
         {
-            e.ProcessSubscription = false;
             e.Response.ReasonCode = MqttSubscribeReasonCode.NotAuthorized;
             LogTopicRefused(e.ClientId, "subscribe", e.TopicFilter.Topic);
         }
         else
         {
             _receiptSubscribers[e.ClientId] = e.TopicFilter.QualityOfServiceLevel;
-        }
-
-        return Task.CompletedTask;
-    }
-
-    // MQTTnet calls this after the subscription is in place, so what is handed now is delivered to it. The client's
-    // packet loop waits for this handler: the spool is read in the background.
-    private Task OnSubscribedAsync(ClientSubscribedTopicEventArgs e)
-    {
-        if (e.TopicFilter.Topic == Topics.Receipt(e.ClientId))
-        {
             _receipts.ReplayInBackground(e.ClientId);
         }
 
@@ -348,9 +340,10 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
 
     private Task InterceptUnsubscriptionAsync(InterceptingUnsubscriptionEventArgs e)
     {
-        if (e.Topic == Topics.Receipt(e.ClientId))
+        // MQTTnet holds no subscription (InterceptSubscriptionAsync), so it would answer "no subscription existed".
+        if (e.Topic == Topics.Receipt(e.ClientId) && _receiptSubscribers.TryRemove(e.ClientId, out _))
         {
-            _receiptSubscribers.TryRemove(e.ClientId, out _);
+            e.Response.ReasonCode = MqttUnsubscribeReasonCode.Success;
         }
 
         return Task.CompletedTask;

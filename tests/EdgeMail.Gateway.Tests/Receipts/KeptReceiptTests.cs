@@ -252,4 +252,23 @@ public sealed class KeptReceiptTests
         Assert.False(gw.Broker.IsListening("dev-1"));
         Assert.True(gw.Broker.IsListening("dev-2")); // its session, and what it subscribed to, wait for it
     }
+
+    [Fact]
+    public async Task Unsubscribing_FromReceipts_IsAcknowledgedAsSuccess_AndTheDeviceNoLongerListens()
+    {
+        await using var gw = await TestGateway.StartAsync(c => { });
+        using var device = new MqttClientFactory().CreateMqttClient();
+        await device.ConnectAsync(gw.ClientOptions("dev-1", version: MQTTnet.Formatter.MqttProtocolVersion.V500));
+
+        var granted = await device.SubscribeAsync("edgemail/v1/dev-1/receipt", MqttQualityOfServiceLevel.AtLeastOnce);
+        Assert.True(gw.Broker.IsListening("dev-1"));
+        var removed = await device.UnsubscribeAsync("edgemail/v1/dev-1/receipt");
+        var again = await device.UnsubscribeAsync("edgemail/v1/dev-1/receipt");
+
+        Assert.Equal(MqttClientSubscribeResultCode.GrantedQoS1, Assert.Single(granted.Items).ResultCode);
+        Assert.Equal(MqttClientUnsubscribeResultCode.Success, Assert.Single(removed.Items).ResultCode);
+        Assert.Equal(MqttClientUnsubscribeResultCode.NoSubscriptionExisted, Assert.Single(again.Items).ResultCode);
+        Assert.False(gw.Broker.IsListening("dev-1")); // its receipts wait in the spool for its next subscription
+        await device.DisconnectAsync();
+    }
 }
