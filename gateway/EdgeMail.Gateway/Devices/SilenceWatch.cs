@@ -135,27 +135,23 @@ public sealed partial class SilenceWatch : SupervisedLoop
             }
         }
 
-        foreach (var device in _devices.All)
+        foreach (var history in await _spool.SilenceHistoryAsync(since, SilentCode, BackCode, cancellationToken).ConfigureAwait(false))
         {
-            var beats = await _spool.HeartbeatsAsync(device.Id, since, cancellationToken).ConfigureAwait(false);
-            var gaps = beats.Zip(beats.Skip(1), (a, b) => b.At - a.At).Where(g => g > TimeSpan.Zero).ToList();
-            if (gaps.Count > 0)
+            if (_devices.Find(history.Device) is null)
             {
-                _presence.SeedHeartbeatInterval(device.Id, gaps.Min());
+                continue; // no longer configured
             }
 
-            var silent = await _spool.QueryAlertsAsync(new AlertQuery(device.Id, SilentCode, Limit: 1), cancellationToken).ConfigureAwait(false);
-            if (silent.Count == 0)
+            if (history.ShortestHeartbeatGap is { } gap)
             {
-                continue;
+                _presence.SeedHeartbeatInterval(history.Device, gap);
             }
 
-            var back = await _spool.QueryAlertsAsync(new AlertQuery(device.Id, BackCode, Limit: 1), cancellationToken).ConfigureAwait(false);
-            if ((back.Count == 0 || back[0].RowId < silent[0].RowId) && Episode(silent[0].AlertId) is long episode)
+            if (history.OpenSilenceAlertId is { } alertId && Episode(alertId) is long episode)
             {
                 lock (_silentSince)
                 {
-                    _silentSince[device.Id] = episode;
+                    _silentSince[history.Device] = episode;
                 }
             }
         }

@@ -174,6 +174,17 @@ public sealed partial class PostgresSpool
             Text(device), since.ToUnixTimeMilliseconds()).ConfigureAwait(false), cancellationToken);
 
     /// <inheritdoc />
+    public Task<IReadOnlyList<DeviceSilenceHistory>> SilenceHistoryAsync(DateTimeOffset heartbeatsSince, string silentCode, string backCode, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<DeviceSilenceHistory>>(async (c, tx) =>
+        {
+            var gaps = (await ListAsync(c, tx, cancellationToken, r => (Device: r.GetString(0), Gap: TimeSpan.FromMilliseconds(r.GetInt64(1))),
+                SilenceSql.HeartbeatGaps("$1"), heartbeatsSince.ToUnixTimeMilliseconds()).ConfigureAwait(false)).ToDictionary(g => g.Device, g => g.Gap, StringComparer.Ordinal);
+            var open = (await ListAsync(c, tx, cancellationToken, r => (Device: r.GetString(0), AlertId: r.GetString(1)),
+                SilenceSql.OpenSilences("$1", "$2"), Text(silentCode), Text(backCode)).ConfigureAwait(false)).ToDictionary(o => o.Device, o => o.AlertId, StringComparer.Ordinal);
+            return SilenceSql.Merge(gaps, open);
+        }, cancellationToken);
+
+    /// <inheritdoc />
     public Task<IReadOnlyList<(DateTimeOffset At, byte[] Payload)>> HeartbeatsAsync(string device, DateTimeOffset since, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<(DateTimeOffset, byte[])>>(async (c, tx) => await ListAsync(c, tx, cancellationToken, r => (FromMs(r.GetInt64(0)), (byte[])r.GetValue(1)),
             "SELECT at, payload FROM heartbeats WHERE device=$1 AND at >= $2 ORDER BY at", Text(device), since.ToUnixTimeMilliseconds()).ConfigureAwait(false), cancellationToken);

@@ -261,6 +261,31 @@ public sealed partial class SqliteSpool
         }, cancellationToken);
 
     /// <inheritdoc />
+    public Task<IReadOnlyList<DeviceSilenceHistory>> SilenceHistoryAsync(DateTimeOffset heartbeatsSince, string silentCode, string backCode, CancellationToken cancellationToken) =>
+        Read<IReadOnlyList<DeviceSilenceHistory>>((s, _) =>
+        {
+            var gaps = new Dictionary<string, TimeSpan>(StringComparer.Ordinal);
+            using (var r = s.Query(SilenceSql.HeartbeatGaps("$p0"), heartbeatsSince.ToUnixTimeMilliseconds()))
+            {
+                while (r.Read())
+                {
+                    gaps[r.GetString(0)] = TimeSpan.FromMilliseconds(r.GetInt64(1));
+                }
+            }
+
+            var open = new Dictionary<string, string>(StringComparer.Ordinal);
+            using (var r = s.Query(SilenceSql.OpenSilences("$p0", "$p1"), silentCode, backCode))
+            {
+                while (r.Read())
+                {
+                    open[r.GetString(0)] = r.GetString(1);
+                }
+            }
+
+            return SilenceSql.Merge(gaps, open);
+        }, cancellationToken);
+
+    /// <inheritdoc />
     public Task<IReadOnlyList<(DateTimeOffset At, byte[] Payload)>> HeartbeatsAsync(string device, DateTimeOffset since, CancellationToken cancellationToken) =>
         Read<IReadOnlyList<(DateTimeOffset, byte[])>>((s, _) =>
         {

@@ -172,6 +172,32 @@ public abstract class SpoolContractTests : IAsyncLifetime
     }
 
     [ContractFact]
+    public async Task SilenceHistory_EveryDevicesShortestHeartbeatGap_AndItsSilenceWithNoReturnAfterIt()
+    {
+        await using var spool = Open();
+        byte[] beat = Encoding.UTF8.GetBytes("{}");
+        foreach (int minute in new[] { 0, 30, 40, 100 })
+        {
+            await spool.RecordStatusAsync("dev-1", T0.AddMinutes(minute), beat, default); // gaps 30, 10, 60
+        }
+
+        await spool.RecordStatusAsync("dev-2", T0.AddMinutes(-90), beat, default); // before the period read
+        await spool.RecordStatusAsync("dev-2", T0, beat, default);
+        await spool.AcceptAlertAsync(Alert("dev-2", "gw-silent-1", code: "DEVICE_SILENT"), default);
+        await spool.AcceptAlertAsync(Alert("dev-2", "gw-back-1", code: "DEVICE_BACK"), default);
+        await spool.AcceptAlertAsync(Alert("dev-2", "gw-silent-2", code: "DEVICE_SILENT"), default); // open: no return after it
+        await spool.AcceptAlertAsync(Alert("dev-3", "gw-silent-3", code: "DEVICE_SILENT"), default);
+        await spool.AcceptAlertAsync(Alert("dev-3", "gw-back-3", code: "DEVICE_BACK"), default); // closed
+        await spool.AcceptAlertAsync(Alert("dev-4", "a-1"), default);
+
+        var history = (await spool.SilenceHistoryAsync(T0.AddMinutes(-60), "DEVICE_SILENT", "DEVICE_BACK", default)).OrderBy(h => h.Device, StringComparer.Ordinal);
+
+        Assert.Equal(
+            [new DeviceSilenceHistory("dev-1", TimeSpan.FromMinutes(10), null), new DeviceSilenceHistory("dev-2", null, "gw-silent-2")],
+            history);
+    }
+
+    [ContractFact]
     public async Task CommitRouting_WritesStormStateThatGetStormAndGetStormsRead()
     {
         await using var spool = Open();
