@@ -271,4 +271,36 @@ public sealed class KeptReceiptTests
         Assert.False(gw.Broker.IsListening("dev-1")); // its receipts wait in the spool for its next subscription
         await device.DisconnectAsync();
     }
+
+    [Fact]
+    public async Task DisablingADevice_EndsItsConnectionAndPersistentSession_WhileABystandersStay()
+    {
+        await using var gw = await TestGateway.StartAsync(c => { });
+        var deleted = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var disconnected = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        gw.Broker.SessionDeleted += id => deleted.TrySetResult(id);
+        gw.Broker.DeviceDisconnected += id => disconnected.TrySetResult(id);
+        using var leaving = new MqttClientFactory().CreateMqttClient();
+        using var staying = new MqttClientFactory().CreateMqttClient();
+        var dropped = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        leaving.DisconnectedAsync += _ =>
+        {
+            dropped.TrySetResult(true);
+            return Task.CompletedTask;
+        };
+        await leaving.ConnectAsync(Persistent(gw, "dev-1"));
+        await leaving.SubscribeAsync("edgemail/v1/dev-1/receipt", MqttQualityOfServiceLevel.AtLeastOnce);
+        await staying.ConnectAsync(Persistent(gw, "dev-2"));
+        await staying.SubscribeAsync("edgemail/v1/dev-2/receipt", MqttQualityOfServiceLevel.AtLeastOnce);
+
+        await gw.Host.Services.GetRequiredService<EdgeMail.Gateway.Devices.DeviceRegistry>().SetDisabledAsync("dev-1", true, default);
+
+        Assert.Equal("dev-1", await Await.Within(disconnected.Task, "the disabled device's connection and session to end"));
+        Assert.Equal("dev-1", await Await.Within(deleted.Task, "the broker deleting the disabled device's persistent session"));
+        Assert.True(await Await.Within(dropped.Task, "the disabled device to see its connection closed"));
+        Assert.False(gw.Broker.IsListening("dev-1"));
+        Assert.True(staying.IsConnected);
+        Assert.True(gw.Broker.IsListening("dev-2"));
+        await staying.DisconnectAsync();
+    }
 }
