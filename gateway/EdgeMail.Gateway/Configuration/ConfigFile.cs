@@ -9,8 +9,7 @@ namespace EdgeMail.Gateway.Configuration;
 /// <remarks>
 /// The stock JSON provider answers "the children of this path" by scanning every key of the file, and binding the
 /// options asks that once per device (for its <c>Owners</c> list, which is usually absent): with 10,000 configured
-/// devices a start spent 10 s of CPU there, and the garbage it left stayed in the process's memory. The index is built
-/// once per load, in one pass over the keys.
+/// devices a start spent 10 s of CPU there. The index is built once per load, in one pass over the keys.
 /// </remarks>
 internal static class ConfigFile
 {
