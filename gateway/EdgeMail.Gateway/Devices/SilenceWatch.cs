@@ -135,7 +135,7 @@ public sealed partial class SilenceWatch : SupervisedLoop
             }
         }
 
-        foreach (var history in await _spool.SilenceHistoryAsync(since, SilentCode, BackCode, cancellationToken).ConfigureAwait(false))
+        foreach (var history in await _spool.SilenceHistoryAsync(since, cancellationToken).ConfigureAwait(false))
         {
             if (_devices.Find(history.Device) is null)
             {

@@ -131,6 +131,8 @@ internal static class PostgresSchema
           CONSTRAINT receipts_key UNIQUE(device, alert_id, state));
         CREATE INDEX receipts_created ON receipts(created_at);
         """,
+        // 3: the gateway's own silence alerts by device (SQLite version 9).
+        SilenceSql.CreateIndex,
     ];
 
     /// <summary>The version this build writes.</summary>

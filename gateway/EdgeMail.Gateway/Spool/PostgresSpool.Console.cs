@@ -174,13 +174,13 @@ public sealed partial class PostgresSpool
             Text(device), since.ToUnixTimeMilliseconds()).ConfigureAwait(false), cancellationToken);
 
     /// <inheritdoc />
-    public Task<IReadOnlyList<DeviceSilenceHistory>> SilenceHistoryAsync(DateTimeOffset heartbeatsSince, string silentCode, string backCode, CancellationToken cancellationToken) =>
+    public Task<IReadOnlyList<DeviceSilenceHistory>> SilenceHistoryAsync(DateTimeOffset heartbeatsSince, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<DeviceSilenceHistory>>(async (c, tx) =>
         {
             var gaps = (await ListAsync(c, tx, cancellationToken, r => (Device: r.GetString(0), Gap: TimeSpan.FromMilliseconds(r.GetInt64(1))),
                 SilenceSql.HeartbeatGaps("$1"), heartbeatsSince.ToUnixTimeMilliseconds()).ConfigureAwait(false)).ToDictionary(g => g.Device, g => g.Gap, StringComparer.Ordinal);
             var open = (await ListAsync(c, tx, cancellationToken, r => (Device: r.GetString(0), AlertId: r.GetString(1)),
-                SilenceSql.OpenSilences("$1", "$2"), Text(silentCode), Text(backCode)).ConfigureAwait(false)).ToDictionary(o => o.Device, o => o.AlertId, StringComparer.Ordinal);
+                SilenceSql.OpenSilences).ConfigureAwait(false)).ToDictionary(o => o.Device, o => o.AlertId, StringComparer.Ordinal);
             return SilenceSql.Merge(gaps, open);
         }, cancellationToken);
 

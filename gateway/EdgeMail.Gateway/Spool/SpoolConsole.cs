@@ -216,15 +216,13 @@ public partial interface ISpool
 
     /// <summary>
     /// What the silence watch needs after a restart, for every device at once (a query each, not three per device):
-    /// the shortest gap between a device's recorded heartbeats since a time, and the last silence raised for it when
-    /// no return was raised after it.
+    /// the shortest gap between a device's recorded heartbeats since a time, and the last silence alert
+    /// (<c>DEVICE_SILENT</c>) raised for it when no return (<c>DEVICE_BACK</c>) was raised after it.
     /// </summary>
     /// <param name="heartbeatsSince">Start of the heartbeat history to read.</param>
-    /// <param name="silentCode">Code of the gateway's silence alert.</param>
-    /// <param name="backCode">Code of the gateway's return alert.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>One entry per device with either; in no particular order.</returns>
-    Task<IReadOnlyList<DeviceSilenceHistory>> SilenceHistoryAsync(DateTimeOffset heartbeatsSince, string silentCode, string backCode, CancellationToken cancellationToken);
+    Task<IReadOnlyList<DeviceSilenceHistory>> SilenceHistoryAsync(DateTimeOffset heartbeatsSince, CancellationToken cancellationToken);
 
     /// <summary>A device's recorded heartbeats since a time (at most one every 5 minutes is kept).</summary>
     /// <param name="device">Device.</param>

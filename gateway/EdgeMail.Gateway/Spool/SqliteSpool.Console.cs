@@ -261,7 +261,7 @@ public sealed partial class SqliteSpool
         }, cancellationToken);
 
     /// <inheritdoc />
-    public Task<IReadOnlyList<DeviceSilenceHistory>> SilenceHistoryAsync(DateTimeOffset heartbeatsSince, string silentCode, string backCode, CancellationToken cancellationToken) =>
+    public Task<IReadOnlyList<DeviceSilenceHistory>> SilenceHistoryAsync(DateTimeOffset heartbeatsSince, CancellationToken cancellationToken) =>
         Read<IReadOnlyList<DeviceSilenceHistory>>((s, _) =>
         {
             var gaps = new Dictionary<string, TimeSpan>(StringComparer.Ordinal);
@@ -274,7 +274,7 @@ public sealed partial class SqliteSpool
             }
 
             var open = new Dictionary<string, string>(StringComparer.Ordinal);
-            using (var r = s.Query(SilenceSql.OpenSilences("$p0", "$p1"), silentCode, backCode))
+            using (var r = s.Query(SilenceSql.OpenSilences))
             {
                 while (r.Read())
                 {

@@ -24,6 +24,33 @@ public sealed class SqliteSpoolTests : SpoolContractTests, IDisposable
 
     protected override (long Batches, long Items) CommitStats(ISpool spool) => ((SqliteSpool)spool).CommitStats;
 
+    // A start must not read every alert to find each device's open silence: the query reads the partial index.
+    [Fact]
+    public async Task SilenceHistory_ReadsTheSilenceIndex_NotTheAlerts()
+    {
+        await using (var spool = OpenSqlite())
+        {
+            await spool.AcceptAlertAsync(Alert("dev-1", "gw-silent-1", code: "DEVICE_SILENT"), default);
+        }
+
+        using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={DbPath}");
+        connection.Open();
+        using var plan = connection.CreateCommand();
+        plan.CommandText = "EXPLAIN QUERY PLAN " + SilenceSql.OpenSilences;
+        var steps = new List<string>();
+        using (var r = plan.ExecuteReader())
+        {
+            while (r.Read())
+            {
+                steps.Add(r.GetString(3));
+            }
+        }
+
+        Assert.Contains(steps, s => s.Contains("USING INDEX alerts_silence", StringComparison.Ordinal));
+        Assert.DoesNotContain(steps, s => s.Contains("SCAN alerts USING INDEX alerts_device_received", StringComparison.Ordinal) || s == "SCAN alerts");
+        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+    }
+
     [Fact]
     public async Task Commit_IsCopiedIntoTheDatabaseFileByTheBackgroundCheckpoint()
     {
