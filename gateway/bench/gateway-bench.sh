@@ -360,7 +360,7 @@ if [[ " $STAGES " == *" memory "* ]]; then
   listen_ms=$(( ($(date +%s%N) - t0) / 1000000 ))   # to the log line, read every 0.1 s
   sleep "$MEM_SETTLE"   # the console, the spool and the rest start after the broker listens: "before" is the started gateway
   before=$(rss_kib "$GW")
-  start_cpu_ms=$(awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print int(($12 + $13) * 1000 / hz) }' "/proc/$GW/stat")
+  start_cpu_ms=$(awk -v s="$(cpu_s "$GW")" 'BEGIN { print int(s * 1000) }')
   mkfifo "$STATE/idle.in"
   dotnet "$LOADGEN" idle --port "$PORT" --devices "$IDLE_DEVICES" --secret "$SECRET" --receipts "$IDLE_RECEIPTS" < "$STATE/idle.in" > "$STATE/idle.out" &
   IDLE=$!
