@@ -154,9 +154,9 @@ public sealed partial class PostgresSpool
     public Task<IReadOnlyList<DeviceActivity>> DeviceActivityAsync(CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<DeviceActivity>>(async (c, tx) =>
         {
-            var byDevice = (await ListAsync(c, tx, cancellationToken, r => new DeviceActivity(r.GetString(0), FromMs(r.GetInt64(1)), null, null),
-                "SELECT device, MAX(received_at) FROM alerts WHERE via IS DISTINCT FROM 'LOCAL' GROUP BY device").ConfigureAwait(false))
-                .ToDictionary(d => d.Device, StringComparer.Ordinal);
+            var byDevice = (await ListAsync(c, tx, cancellationToken, r => r.IsDBNull(1) ? null : new DeviceActivity(r.GetString(0), FromMs(r.GetInt64(1)), null, null),
+                SilenceSql.LastAlerts).ConfigureAwait(false))
+                .OfType<DeviceActivity>().ToDictionary(d => d.Device, StringComparer.Ordinal);
             foreach (var (device, at, payload) in await ListAsync(c, tx, cancellationToken, r => (r.GetString(0), r.GetInt64(1), (byte[])r.GetValue(2)),
                 "SELECT device, received_at, payload FROM device_status").ConfigureAwait(false))
             {

@@ -2,7 +2,10 @@ using EdgeMail.Gateway.Devices;
 
 namespace EdgeMail.Gateway.Spool;
 
-/// <summary>The silence watch's start-up queries (<see cref="ISpool.SilenceHistoryAsync"/>), the same SQL for SQLite and PostgreSQL.</summary>
+/// <summary>
+/// The silence watch's start-up queries (<see cref="ISpool.SilenceHistoryAsync"/>, <see cref="ISpool.DeviceActivityAsync"/>,
+/// which the console's device list reads too), the same SQL for SQLite and PostgreSQL.
+/// </summary>
 internal static class SilenceSql
 {
     // The alerts the silence watch raises. The codes are literals, and each query repeats this condition as the index
@@ -24,6 +27,21 @@ internal static class SilenceSql
         SELECT s.device, s.alert_id FROM alerts s
         WHERE s.rowid IN (SELECT MAX(rowid) FROM alerts WHERE {SilenceCodes} AND code = '{SilenceWatch.SilentCode}' GROUP BY device)
           AND NOT EXISTS (SELECT 1 FROM alerts b WHERE {SilenceCodes} AND b.device = s.device AND b.code = '{SilenceWatch.BackCode}' AND b.rowid > s.rowid)
+        """;
+
+    // When each device last sent an alert (the gateway's own do not count), from alerts_device_received: the recursive
+    // part steps from one device to the next in the index (a skip scan), and each device's latest rows are read
+    // backwards until one is not LOCAL. Work in proportion to the devices, where a GROUP BY reads every alert. A device
+    // with only LOCAL alerts comes back with a NULL time; the caller skips it (a WHERE on the column would make SQLite
+    // run the subquery twice).
+    public const string LastAlerts = $"""
+        WITH RECURSIVE d(device) AS (
+          SELECT MIN(device) FROM alerts
+          UNION ALL
+          SELECT (SELECT MIN(device) FROM alerts WHERE device > d.device) FROM d WHERE d.device IS NOT NULL)
+        SELECT device, (SELECT received_at FROM alerts a WHERE a.device = d.device AND (a.via IS NULL OR a.via <> '{IngestProtocols.Local}')
+                        ORDER BY a.received_at DESC LIMIT 1)
+        FROM d WHERE device IS NOT NULL
         """;
 
     public static List<DeviceSilenceHistory> Merge(Dictionary<string, TimeSpan> gaps, Dictionary<string, string> open) =>

@@ -224,11 +224,14 @@ public sealed partial class SqliteSpool
         Read<IReadOnlyList<DeviceActivity>>((s, _) =>
         {
             var byDevice = new Dictionary<string, DeviceActivity>(StringComparer.Ordinal);
-            using (var r = s.Query("SELECT device, MAX(received_at) FROM alerts WHERE via IS NOT 'LOCAL' GROUP BY device"))
+            using (var r = s.Query(SilenceSql.LastAlerts))
             {
                 while (r.Read())
                 {
-                    byDevice[r.GetString(0)] = new DeviceActivity(r.GetString(0), FromMs(r.GetInt64(1)), null, null);
+                    if (!r.IsDBNull(1))
+                    {
+                        byDevice[r.GetString(0)] = new DeviceActivity(r.GetString(0), FromMs(r.GetInt64(1)), null, null);
+                    }
                 }
             }
 

@@ -171,6 +171,30 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Equal((T0, null), (activity[1].LastAlertAt, activity[1].LastStatusAt));
     }
 
+    // The time a device was last heard from by alert: its latest, whatever order they were stored in; the gateway's own
+    // alerts about it (LOCAL) do not count, so a device the gateway only reported silent has none.
+    [ContractFact]
+    public async Task DeviceActivity_IsEachDevicesLatestAlert_NotTheGatewaysOwnAboutIt()
+    {
+        await using var spool = Open();
+        IncomingAlert At(string device, string id, int minute, string via = IngestProtocols.Mqtt) =>
+            Alert(device, id) with { ReceivedAt = T0.AddMinutes(minute), Via = via };
+
+        await spool.AcceptAlertAsync(At("dev-b", "b-1", 5), default);
+        await spool.AcceptAlertAsync(At("dev-b", "b-2", 9, IngestProtocols.Smtp(secure: true, authenticated: true)), default);
+        await spool.AcceptAlertAsync(At("dev-b", "b-3", 7), default); // stored last, received earlier
+        await spool.AcceptAlertAsync(At("dev-b", "gw-silent-1", 30, IngestProtocols.Local), default);
+        await spool.AcceptAlertAsync(At("dev-a", "a-1", 1), default);
+        await spool.AcceptAlertAsync(At("dev-c", "gw-silent-2", 40, IngestProtocols.Local), default);
+        await spool.AcceptAlertAsync(At("dev-d", "d-1", 2), default);
+
+        var activity = await spool.DeviceActivityAsync(default);
+
+        Assert.Equal(
+            [("dev-a", T0.AddMinutes(1)), ("dev-b", T0.AddMinutes(9)), ("dev-d", T0.AddMinutes(2))],
+            activity.Select(a => (a.Device, a.LastAlertAt!.Value)));
+    }
+
     [ContractFact]
     public async Task SilenceHistory_EveryDevicesShortestHeartbeatGap_AndItsSilenceWithNoReturnAfterIt()
     {

@@ -33,22 +33,44 @@ public sealed class SqliteSpoolTests : SpoolContractTests, IDisposable
             await spool.AcceptAlertAsync(Alert("dev-1", "gw-silent-1", code: "DEVICE_SILENT"), default);
         }
 
-        using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={DbPath}");
-        connection.Open();
-        using var plan = connection.CreateCommand();
-        plan.CommandText = "EXPLAIN QUERY PLAN " + SilenceSql.OpenSilences;
-        var steps = new List<string>();
-        using (var r = plan.ExecuteReader())
-        {
-            while (r.Read())
-            {
-                steps.Add(r.GetString(3));
-            }
-        }
+        var steps = Plan(SilenceSql.OpenSilences);
 
         Assert.Contains(steps, s => s.Contains("USING INDEX alerts_silence", StringComparison.Ordinal));
         Assert.DoesNotContain(steps, s => s.Contains("SCAN alerts USING INDEX alerts_device_received", StringComparison.Ordinal) || s == "SCAN alerts");
         Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+    }
+
+    // When each device was last heard from is read at every start and for the console's device list: the query seeks
+    // each device in the index and reads no alert it does not return.
+    [Fact]
+    public async Task DeviceActivity_SeeksEachDevice_AndScansNoAlerts()
+    {
+        await using (var spool = OpenSqlite())
+        {
+            await spool.AcceptAlertAsync(Alert("dev-1", "a-1"), default);
+        }
+
+        var steps = Plan(SilenceSql.LastAlerts);
+
+        Assert.Contains(steps, s => s.Contains("USING COVERING INDEX alerts_device_received (device>?)", StringComparison.Ordinal));
+        Assert.DoesNotContain(steps, s => s.StartsWith("SCAN a", StringComparison.Ordinal)); // "SCAN alerts", "SCAN a": every row
+        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+    }
+
+    private List<string> Plan(string sql)
+    {
+        using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={DbPath}");
+        connection.Open();
+        using var plan = connection.CreateCommand();
+        plan.CommandText = "EXPLAIN QUERY PLAN " + sql;
+        var steps = new List<string>();
+        using var r = plan.ExecuteReader();
+        while (r.Read())
+        {
+            steps.Add(r.GetString(3));
+        }
+
+        return steps;
     }
 
     [Fact]
