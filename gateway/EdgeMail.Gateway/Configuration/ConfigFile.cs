@@ -4,12 +4,13 @@ using Microsoft.Extensions.Configuration.Json;
 namespace EdgeMail.Gateway.Configuration;
 
 /// <summary>
-/// The gateway's JSON configuration file as a configuration source whose child keys come from an index.
+/// The gateway's JSON configuration file as a configuration source whose child keys come from its sorted keys.
 /// </summary>
 /// <remarks>
 /// The stock JSON provider answers "the children of this path" by scanning every key of the file, and binding the
 /// options asks that once per device (for its <c>Owners</c> list, which is usually absent): with 10,000 configured
-/// devices a start spent 10 s of CPU there. The index is built once per load, in one pass over the keys.
+/// devices a start spent 10 s of CPU there. Here the keys are sorted once per load, and a path's children are read from
+/// the run of keys below it.
 /// </remarks>
 internal static class ConfigFile
 {
@@ -34,28 +35,31 @@ internal static class ConfigFile
     }
 }
 
-/// <summary>A JSON file provider that keeps, for every path, the distinct names of its children.</summary>
+/// <summary>A JSON file provider that answers "the children of this path" from its keys in sorted order.</summary>
 /// <param name="source">The file.</param>
 internal sealed class IndexedJsonConfigurationProvider(JsonConfigurationSource source) : JsonConfigurationProvider(source)
 {
-    private ChildIndex? _children;
+    // The keys in case-insensitive ordinal order (configuration keys ignore case): every key below a path "p" starts
+    // with "p:" and so sits in one run, found by binary search. No per-path copy of the names is kept: with 10,000
+    // devices a per-path index held 2.5 MB for the gateway's whole life, to answer questions asked at start.
+    private string[]? _sorted;
 
     public override void Load()
     {
         base.Load();
-        _children = null;
+        _sorted = null;
     }
 
     public override void Load(Stream stream)
     {
         base.Load(stream);
-        _children = null;
+        _sorted = null;
     }
 
     public override void Set(string key, string? value)
     {
         base.Set(key, value);
-        _children = null;
+        _sorted = null;
     }
 
     /// <inheritdoc />
@@ -65,61 +69,53 @@ internal sealed class IndexedJsonConfigurationProvider(JsonConfigurationSource s
     /// </remarks>
     public override IEnumerable<string> GetChildKeys(IEnumerable<string> earlierKeys, string? parentPath)
     {
-        var index = _children ??= ChildIndex.Of(Data.Keys); // two threads at once build the same index
+        var keys = _sorted ??= Sorted(Data.Keys); // two threads at once sort the same keys
+        string prefix = parentPath is null ? string.Empty : parentPath + ConfigurationPath.KeyDelimiter;
         var results = new List<string>(earlierKeys);
-        if (parentPath is null)
+        var seen = new HashSet<string>(StringComparer.OrdinalIgnoreCase).GetAlternateLookup<ReadOnlySpan<char>>();
+        for (int i = LowerBound(keys, prefix); i < keys.Length && keys[i].StartsWith(prefix, StringComparison.OrdinalIgnoreCase); i++)
         {
-            results.AddRange(index.Root);
-        }
-        else if (index.Children.TryGetValue(parentPath, out var mine))
-        {
-            results.AddRange(mine);
+            // Not only neighbours repeat a name: "p:a", "p:a-b", "p:a:c" sort in that order.
+            var rest = keys[i].AsSpan(prefix.Length);
+            int end = rest.IndexOf(ConfigurationPath.KeyDelimiter, StringComparison.Ordinal);
+            var name = end < 0 ? rest : rest[..end];
+            if (!seen.Contains(name))
+            {
+                string child = name.ToString();
+                seen.Add(child);
+                results.Add(child);
+            }
         }
 
         results.Sort(ConfigurationKeyComparer.Instance);
         return results;
     }
 
-    // The names under the root (a null parent path) and under each path, each once: the first spelling of a name that
-    // differs only in case, as the configuration root keeps one of them.
-    private sealed record ChildIndex(List<string> Root, Dictionary<string, List<string>> Children)
+    private static string[] Sorted(ICollection<string> keys)
     {
-        public static ChildIndex Of(IEnumerable<string> keys)
+        var sorted = new string[keys.Count];
+        keys.CopyTo(sorted, 0);
+        Array.Sort(sorted, StringComparer.OrdinalIgnoreCase);
+        return sorted;
+    }
+
+    // The first key not ordered before prefix.
+    private static int LowerBound(string[] keys, string prefix)
+    {
+        int lo = 0, hi = keys.Length;
+        while (lo < hi)
         {
-            var index = new ChildIndex([], new Dictionary<string, List<string>>(StringComparer.OrdinalIgnoreCase));
-            var listed = new HashSet<string>(StringComparer.OrdinalIgnoreCase); // paths already listed under their parent
-            foreach (string key in keys)
+            int mid = (lo + hi) >>> 1;
+            if (string.Compare(keys[mid], prefix, StringComparison.OrdinalIgnoreCase) < 0)
             {
-                // "a:b:c" lists a under the root, b under "a" and c under "a:b".
-                int start = 0;
-                while (true)
-                {
-                    int end = key.IndexOf(ConfigurationPath.KeyDelimiter, start, StringComparison.Ordinal);
-                    if (listed.Add(end < 0 ? key : key[..end]))
-                    {
-                        List<string> siblings;
-                        if (start == 0)
-                        {
-                            siblings = index.Root;
-                        }
-                        else if (!index.Children.TryGetValue(key[..(start - 1)], out siblings!))
-                        {
-                            index.Children[key[..(start - 1)]] = siblings = [];
-                        }
-
-                        siblings.Add(end < 0 ? key[start..] : key[start..end]);
-                    }
-
-                    if (end < 0)
-                    {
-                        break;
-                    }
-
-                    start = end + 1;
-                }
+                lo = mid + 1;
             }
-
-            return index;
+            else
+            {
+                hi = mid;
+            }
         }
+
+        return lo;
     }
 }

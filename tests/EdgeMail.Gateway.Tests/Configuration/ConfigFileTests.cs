@@ -10,7 +10,7 @@ public sealed class ConfigFileTests : TempDirectory
 {
     /// <summary>
     /// The indexed file reads as the stock JSON provider does: random nested files (objects, arrays, empty ones, names
-    /// that differ in case across branches, a ":" inside a name), every path's children in the same order with the
+    /// that differ in case across branches, a ":" inside a name, names that sort between a name and its children), every path's children in the same order with the
     /// same values, with an environment-variable source on top as the gateway has. Replay a failure with
     /// EDGEMAIL_TEST_SEED set to the seed it prints.
     /// </summary>
@@ -84,10 +84,15 @@ public sealed class ConfigFileTests : TempDirectory
 
         Visit(configuration);
         Visit(configuration.GetSection(string.Empty)); // the section named "" (keys that start with ':') is a path of its own
+        foreach (var section in configuration.GetChildren())
+        {
+            Visit(configuration.GetSection(section.Key.ToUpperInvariant())); // keys ignore case, as binding "Devices" to "devices" needs
+        }
+
         return text.ToString();
     }
 
-    private static readonly string[] Names = ["Devices", "devices", "Owners", "a", "A", "b", "10", "2", "x:y", "", "Site"];
+    private static readonly string[] Names = ["Devices", "devices", "Owners", "a", "A", "a-b", "b", "10", "2", "x:y", "", "Site"];
 
     private static JsonObject RandomObject(Random random, int depth)
     {
