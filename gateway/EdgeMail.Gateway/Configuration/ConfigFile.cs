@@ -53,6 +53,7 @@ internal sealed class IndexedJsonConfigurationProvider(JsonConfigurationSource s
     public override void Load(Stream stream)
     {
         base.Load(stream);
+        ShareRepeatedValues();
         _sorted = null;
     }
 
@@ -89,6 +90,27 @@ internal sealed class IndexedJsonConfigurationProvider(JsonConfigurationSource s
 
         results.Sort(ConfigurationKeyComparer.Instance);
         return results;
+    }
+
+    // A short value that many devices repeat ("Site": "Hall 3", an owner, "true") as one string for the gateway's life,
+    // instead of one per device.
+    private void ShareRepeatedValues()
+    {
+        var shared = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (string key in Data.Keys.ToArray())
+        {
+            if (Data[key] is { Length: <= 64 } value)
+            {
+                if (shared.TryGetValue(value, out string? same))
+                {
+                    Data[key] = same;
+                }
+                else
+                {
+                    shared[value] = value;
+                }
+            }
+        }
     }
 
     private static string[] Sorted(ICollection<string> keys)

@@ -240,7 +240,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
             e.SessionItems[SessionPeer] = e.RemoteEndPoint;
             if (e.ChannelAdapter is DeviceChannel channel)
             {
-                channel.Authenticated(user);
+                channel.Authenticated(device.Id);
             }
             if (e.CleanSession == true)
             {

@@ -311,9 +311,14 @@ internal sealed class SecurityHeaders(RequestDelegate next)
 }
 
 /// <summary>A change made with a console session (cookie) must carry the session's CSRF token; API keys are not sent by browsers, so they need none.</summary>
-internal sealed class CsrfCheck(RequestDelegate next)
+/// <remarks>
+/// The antiforgery service (a singleton) comes in through the constructor: an <c>InvokeAsync</c> with parameters besides
+/// the context makes ASP.NET Core compile an expression for it, which loads System.Linq.Expressions and its compiler
+/// for this alone (about 3 MiB resident).
+/// </remarks>
+internal sealed class CsrfCheck(RequestDelegate next, IAntiforgery antiforgery)
 {
-    public async Task InvokeAsync(HttpContext context, IAntiforgery antiforgery)
+    public async Task InvokeAsync(HttpContext context)
     {
         string method = context.Request.Method;
         bool unsafeMethod = !(HttpMethods.IsGet(method) || HttpMethods.IsHead(method) || HttpMethods.IsOptions(method));
