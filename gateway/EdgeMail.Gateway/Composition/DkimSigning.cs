@@ -54,19 +54,19 @@ public sealed class DkimSigning
     public static DkimSigning? Create(DkimOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        if (!options.Enabled)
-        {
-            return null;
-        }
+        return options.Enabled ? Enabled(options) : null;
+    }
 
-        var signer = new NativeRsaDkimSigner(options.KeyFile, options.Domain, options.Selector)
+    // Apart from Create so that a gateway without DKIM never compiles it: MimeKit's signer types bring in
+    // BouncyCastle (about 1 MiB resident) when a method that names them is compiled.
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private static DkimSigning Enabled(DkimOptions options) =>
+        new(new NativeRsaDkimSigner(options.KeyFile, options.Domain, options.Selector)
         {
             HeaderCanonicalizationAlgorithm = DkimCanonicalizationAlgorithm.Relaxed,
             BodyCanonicalizationAlgorithm = DkimCanonicalizationAlgorithm.Relaxed,
             AgentOrUserIdentifier = "@" + options.Domain,
-        };
-        return new DkimSigning(signer);
-    }
+        });
 
     /// <summary>Checks that the key file holds a private key DKIM can use.</summary>
     /// <param name="keyFile">PEM file.</param>
