@@ -85,7 +85,7 @@ public sealed class MqttHostileTests(MqttHostileFixture fixture) : IClassFixture
         return [.. received];
     }
 
-    private static byte[] Connect311(string clientId, string user, string password)
+    internal static byte[] Connect311(string clientId, string user, string password)
     {
         var body = new List<byte> { 0, 4, (byte)'M', (byte)'Q', (byte)'T', (byte)'T', 4, 0xC2, 0, 60 };
         foreach (string s in new[] { clientId, user, password })

@@ -1,0 +1,46 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using EdgeMail.Gateway.Ingest;
+using EdgeMail.Gateway.Tests.Hostile;
+using MQTTnet.Formatter;
+using MQTTnet.Packets;
+using Xunit;
+
+namespace EdgeMail.Gateway.Tests.Ingest;
+
+/// <summary>What a device connection keeps of its CONNECT once the broker has checked it (MQTTnet keeps the packet for the connection's life).</summary>
+public sealed class DeviceChannelTests
+{
+    [Fact]
+    public async Task AfterTheCheck_TheKeptConnectPacket_HoldsNoSecret_AndNamesTheDeviceWithTheRegistrysId()
+    {
+        using var listener = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen();
+        using var device = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        await device.ConnectAsync(listener.LocalEndPoint!);
+        var accepted = await listener.AcceptAsync();
+        using var channel = new DeviceChannel(accepted, null, accepted.RemoteEndPoint, null, new MqttPacketFormatterAdapter(new MqttBufferWriter(128, 4096)), new NothingStored());
+        await device.SendAsync(MqttHostileTests.Connect311("dev-1", "dev-1", "s3cret"));
+
+        var connect = Assert.IsType<MqttConnectPacket>(await channel.ReceivePacketAsync(CancellationToken.None));
+        Assert.Equal("s3cret", Encoding.UTF8.GetString(connect.Password)); // what the broker's check reads
+        string registryId = new('d', 1);
+        registryId += "ev-1"; // equal to the id the device sent, another instance: the registry's
+        channel.Authenticated(registryId);
+
+        Assert.Null(connect.Password);
+        Assert.Same(registryId, connect.ClientId);
+        Assert.Same(registryId, connect.Username);
+    }
+
+    private sealed class NothingStored : IReadAheadSink
+    {
+        public object? Prestore(string deviceId, string? peer, MqttPublishPacket packet, CancellationToken stop) => null;
+
+        public void Forget(object key)
+        {
+        }
+    }
+}
