@@ -115,7 +115,8 @@ public sealed class GatewayOptionsValidatorTests
     public async Task Start_NoConfig_CreatesADemoSetupInTheDataDirectory()
     {
         string dir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
-        using var host = GatewayHost.CreateBuilder([$"--DataDirectory={dir}", "--Mqtt:Port=0"]).Build();
+        // OS-chosen ports: another gateway on the machine (or a CI neighbour) may hold the defaults.
+        using var host = GatewayHost.CreateBuilder([$"--DataDirectory={dir}", "--Mqtt:Port=0", "--Mqtt:TlsPort=0", "--Console:Port=0", "--Smtp:Port=0"]).Build();
         await host.StartAsync();
         try
         {
