@@ -780,6 +780,9 @@ internal sealed class DeviceChannel : IMqttChannelAdapter
         Shutdown();
         // Not returned to the pool: a receive still pending when the connection was torn down may yet write into it.
         _buffer = null;
-        _sending.Dispose();
+
+        // The send lock is not disposed: a send still writing when MQTTnet tears the connection down releases it on its
+        // way out (with a communication failure from the closed socket), and a disposed lock would throw instead. It
+        // holds no wait handle, so there is nothing to free.
     }
 }

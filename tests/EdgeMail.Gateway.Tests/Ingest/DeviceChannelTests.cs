@@ -35,6 +35,29 @@ public sealed class DeviceChannelTests
         Assert.Same(registryId, connect.Username);
     }
 
+    // MQTTnet tears a connection down (Dispose) while its send loop may still be writing to a device that stopped
+    // reading: that send must end as a communication failure MQTTnet handles, not as an ObjectDisposedException from
+    // the send lock (which surfaced as an unobserved task exception).
+    [Fact]
+    public async Task DisposedWhileASendIsBlocked_TheSendEndsAsACommunicationFailure()
+    {
+        using var listener = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen();
+        using var device = new Socket(SocketType.Stream, ProtocolType.Tcp); // connected, never reads
+        await device.ConnectAsync(listener.LocalEndPoint!);
+        var accepted = await listener.AcceptAsync();
+        accepted.Blocking = false; // as the listener sets a plain connection
+        var channel = new DeviceChannel(accepted, null, accepted.RemoteEndPoint, null, new MqttPacketFormatterAdapter(MqttProtocolVersion.V311, new MqttBufferWriter(128, 4096)), new NothingStored());
+        var big = new MqttPublishPacket { Topic = "edgemail/v1/dev-1/receipt", Payload = new System.Buffers.ReadOnlySequence<byte>(new byte[64 * 1024 * 1024]) };
+
+        var send = channel.SendPacketAsync(big, CancellationToken.None);
+        Assert.False(send.IsCompleted); // more than the socket buffers hold: waiting for the device to read
+        channel.Dispose();
+
+        await Assert.ThrowsAsync<MQTTnet.Exceptions.MqttCommunicationException>(() => send);
+    }
+
     private sealed class NothingStored : IReadAheadSink
     {
         public object? Prestore(string deviceId, string? peer, MqttPublishPacket packet, CancellationToken stop) => null;
