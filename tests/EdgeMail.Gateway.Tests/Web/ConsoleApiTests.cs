@@ -221,8 +221,11 @@ public sealed class ConsoleApiTests
         await using var gw = await TestGateway.StartAsync();
         using var api = await gw.ApiAsync();
         using var client = await gw.ConnectAsync("dev-1");
+        var inbox = await ReceiptInbox.SubscribeAsync(client, "dev-1");
         await ContainmentTests.PublishAsync(client, "dev-1", Alerts.Json("metric-1"));
         await gw.MailAsync(1);
+        // The mail is in the mailbox before its result is committed and counted; the receipt is sent after both.
+        await inbox.WaitForAsync("metric-1", EdgeMail.Gateway.Receipts.ReceiptState.Relayed);
 
         using var anonymous = new HttpClient { BaseAddress = gw.ConsoleAddress };
         Assert.Equal(HttpStatusCode.Unauthorized, (await anonymous.GetAsync("/metrics")).StatusCode);
