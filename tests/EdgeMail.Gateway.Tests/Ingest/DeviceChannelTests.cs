@@ -9,19 +9,15 @@ using Xunit;
 
 namespace EdgeMail.Gateway.Tests.Ingest;
 
-/// <summary>What a device connection keeps of its CONNECT once the broker has checked it (MQTTnet keeps the packet for the connection's life).</summary>
+/// <summary>A device connection on real loopback sockets, without the broker: what it keeps of a CONNECT, how a send ends when it is torn down.</summary>
 public sealed class DeviceChannelTests
 {
     [Fact]
     public async Task AfterTheCheck_TheKeptConnectPacket_HoldsNoSecret_AndNamesTheDeviceWithTheRegistrysId()
     {
-        using var listener = new Socket(SocketType.Stream, ProtocolType.Tcp);
-        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        listener.Listen();
-        using var device = new Socket(SocketType.Stream, ProtocolType.Tcp);
-        await device.ConnectAsync(listener.LocalEndPoint!);
-        var accepted = await listener.AcceptAsync();
-        using var channel = new DeviceChannel(accepted, null, accepted.RemoteEndPoint, null, new MqttPacketFormatterAdapter(new MqttBufferWriter(128, 4096)), new NothingStored());
+        var (device, channel) = await ConnectedAsync(new MqttPacketFormatterAdapter(new MqttBufferWriter(128, 4096)));
+        using var _ = device;
+        using var __ = channel;
         await device.SendAsync(MqttHostileTests.Connect311("dev-1", "dev-1", "s3cret"));
 
         var connect = Assert.IsType<MqttConnectPacket>(await channel.ReceivePacketAsync(CancellationToken.None));
@@ -41,14 +37,8 @@ public sealed class DeviceChannelTests
     [Fact]
     public async Task DisposedWhileASendIsBlocked_TheSendEndsAsACommunicationFailure()
     {
-        using var listener = new Socket(SocketType.Stream, ProtocolType.Tcp);
-        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        listener.Listen();
-        using var device = new Socket(SocketType.Stream, ProtocolType.Tcp); // connected, never reads
-        await device.ConnectAsync(listener.LocalEndPoint!);
-        var accepted = await listener.AcceptAsync();
-        accepted.Blocking = false; // as the listener sets a plain connection
-        var channel = new DeviceChannel(accepted, null, accepted.RemoteEndPoint, null, new MqttPacketFormatterAdapter(MqttProtocolVersion.V311, new MqttBufferWriter(128, 4096)), new NothingStored());
+        var (device, channel) = await ConnectedAsync(new MqttPacketFormatterAdapter(MqttProtocolVersion.V311, new MqttBufferWriter(128, 4096)));
+        using var _ = device; // connected, never reads
         var big = new MqttPublishPacket { Topic = "edgemail/v1/dev-1/receipt", Payload = new System.Buffers.ReadOnlySequence<byte>(new byte[64 * 1024 * 1024]) };
 
         var send = channel.SendPacketAsync(big, CancellationToken.None);
@@ -56,6 +46,19 @@ public sealed class DeviceChannelTests
         channel.Dispose();
 
         await Assert.ThrowsAsync<MQTTnet.Exceptions.MqttCommunicationException>(() => send);
+    }
+
+    // A device's socket and the gateway's end of it as the listener makes it (plain: non-blocking), with nothing stored.
+    private static async Task<(Socket Device, DeviceChannel Channel)> ConnectedAsync(MqttPacketFormatterAdapter formatter)
+    {
+        using var listener = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen();
+        var device = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        await device.ConnectAsync(listener.LocalEndPoint!);
+        var accepted = await listener.AcceptAsync();
+        accepted.Blocking = false;
+        return (device, new DeviceChannel(accepted, null, accepted.RemoteEndPoint, null, formatter, new NothingStored()));
     }
 
     private sealed class NothingStored : IReadAheadSink
