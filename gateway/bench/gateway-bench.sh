@@ -40,6 +40,7 @@
 #        the end; read it with gateway/bench/perf-stages.py file.data)
 #        INGEST_ONLY=1 (ingest stage: every figure -- CPU, COUNTERS, THREADS, IO, commits -- covers first PUBLISH to last
 #        PUBACK only; the run ends there, without waiting for the mail; e2e figures are then not printed)
+#        GW_ENV="NAME=value ..." (runtime settings for the gateway process, e.g. DOTNET_GCgen0size=0x4000000, to try them)
 #        SINK_PORT=18925 ART=/tmp/art-gw-bench PEERS_DIR=<repo>/../shared/peers
 # Device secrets in the generated config use PBKDF2 with 1,000 iterations (instead of 100,000) so that connecting
 # 10,000 devices does not take minutes of CPU; after the first connect the gateway checks a cached SHA-256 anyway.
@@ -118,7 +119,7 @@ start_gateway() {
     # puts code in a memfd mapping perf cannot read, and ReadyToRun code of the framework is in no map at all.
     DOTNET_PerfMapEnabled=1 DOTNET_EnableWriteXorExecute=0 DOTNET_ReadyToRun=0 dotnet "$DLL" --config "$1" > "$STATE/gateway.log" 2>&1 &
   else
-    dotnet "$DLL" --config "$1" > "$STATE/gateway.log" 2>&1 &
+    env ${GW_ENV:-} dotnet "$DLL" --config "$1" > "$STATE/gateway.log" 2>&1 &
   fi
   GW=$!
   for _ in $(seq 1 300); do grep -q "MQTT broker listening" "$STATE/gateway.log" && return 0; sleep 0.1; done
@@ -153,6 +154,8 @@ rss_kib() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 # utime and stime are fields 14 and 15 of /proc/PID/task/TID/stat counted after the "(comm)" field, whose name may
 # hold spaces (".NET TP Worker").
 thread_cpu() { for t in /proc/$1/task/*; do printf '%s\t%s\t%s\n' "${t##*/}" "$(cat "$t/comm" 2>/dev/null)" "$(awk '{sub(/^.*\) /, ""); print ($12+$13)/100}' "$t/stat" 2>/dev/null)"; done; }
+# voluntary and involuntary context switches of all the process's threads (threads that ended are not counted)
+ctx_switches() { cat /proc/$1/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/{v+=$2} /^nonvoluntary_ctxt_switches/{n+=$2} END{print v+0, n+0}'; }
 spool_commits() { curl -s -H "Authorization: Bearer $(cat "$STATE/data/cli-api-key")" "http://127.0.0.1:$((PORT - 2))/metrics" | awk '/^edgemail_spool_commit_duration_seconds_count/{print $NF; f=1} END{if (!f) print 0}'; }
 spool_commit_seconds() { curl -s -H "Authorization: Bearer $(cat "$STATE/data/cli-api-key")" "http://127.0.0.1:$((PORT - 2))/metrics" | awk '/^edgemail_spool_commit_duration_seconds_sum/{print $NF; f=1} END{if (!f) print 0}'; }
 io_counts() { awk '/^syscw/{w=$2} /^wchar/{wb=$2} /^syscr/{r=$2} /^rchar/{rb=$2} END{print w, wb, r, rb}' "/proc/$1/io"; }
@@ -183,7 +186,7 @@ if [[ " $STAGES " == *" ingest "* ]]; then
   fi
   cpu0=$(cpu_s "$GW")
   io0=$(io_counts "$GW")
-  [ -n "${THREADS:-}" ] && { thread_cpu "$GW" > "$STATE/threads0"; commits0=$(spool_commits); csum0=$(spool_commit_seconds); }
+  [ -n "${THREADS:-}" ] && { thread_cpu "$GW" > "$STATE/threads0"; cs0=$(ctx_switches "$GW"); commits0=$(spool_commits); csum0=$(spool_commit_seconds); }
   if [ -n "${TRACE:-}" ]; then  # TRACE=file.nettrace: CPU-sample the gateway for TRACE_SECONDS (8) of the run (dotnet-trace global tool)
     dotnet-trace ${TRACE_CMD:-collect-linux --profile cpu-sampling} -p "$GW" -o "$TRACE" --duration "00:00:00:$(printf %02d "${TRACE_SECONDS:-8}")" >/dev/null 2>&1 &
     TRACER=$!
@@ -217,20 +220,23 @@ if [[ " $STAGES " == *" ingest "* ]]; then
   t1=$EPOCHREALTIME
   cpu1=$(cpu_s "$GW")
   io1=$(io_counts "$GW")
-  [ -n "${THREADS:-}" ] && { thread_cpu "$GW" > "$STATE/threads1"; commits1=$(spool_commits); csum1=$(spool_commit_seconds); }
+  [ -n "${THREADS:-}" ] && { thread_cpu "$GW" > "$STATE/threads1"; cs1=$(ctx_switches "$GW"); commits1=$(spool_commits); csum1=$(spool_commit_seconds); }
   if [ -n "${COUNTERPID:-}" ]; then
     sleep 1.5   # the last interval is written when it ends (with INGEST_ONLY=1 it holds a second after the ingest)
     kill -TERM "$COUNTERPID" 2>/dev/null || true; wait "$COUNTERPID" || true; COUNTERPID=""
     [ -s "$STATE/counters.csv" ] || { log "COUNTERS: no counters written (is dotnet-counters installed? dotnet tool install -g dotnet-counters)"; touch "$STATE/counters.csv"; }
-    awk -F, -v n="$TOTAL" '$3 ~ /\/ 1 sec/ {v[$3]+=$5} END{printf "COUNTERS per alert: %.1f KiB allocated, %.4f gen0 + %.4f gen1 + %.4f gen2 GCs, %.2f thread-pool work items, %.3f lock contentions\n",
+    awk -F, -v n="$TOTAL" '$3 ~ /\/ 1 sec/ {v[$3]+=$5} $3 ~ /gc.pause.time/ {p+=$5} END{printf "COUNTERS per alert: %.1f KiB allocated, %.4f gen0 + %.4f gen1 + %.4f gen2 GCs, %.1f us in GC pauses, %.2f thread-pool work items, %.3f lock contentions\n",
       v["dotnet.gc.heap.total_allocated (By / 1 sec)"]/1024/n, v["dotnet.gc.collections ({collection} / 1 sec)[gc.heap.generation=gen0]"]/n,
       v["dotnet.gc.collections ({collection} / 1 sec)[gc.heap.generation=gen1]"]/n, v["dotnet.gc.collections ({collection} / 1 sec)[gc.heap.generation=gen2]"]/n,
+      p*1e6/n,
       v["dotnet.thread_pool.work_item.count ({work_item} / 1 sec)"]/n, v["dotnet.monitor.lock_contentions ({contention} / 1 sec)"]/n}' "$STATE/counters.csv" >&2
   fi
   [ -n "${PERFREC:-}" ] && { [ -n "${PERF_SECONDS:-}" ] || kill -INT "$PERFREC" 2>/dev/null || true; wait "$PERFREC" || true; PERFREC=""; }
   if [ -n "${THREADS:-}" ]; then  # THREADS=1: gateway CPU seconds per thread name, and its file/socket writes and reads, to stderr
     awk -v n="$TOTAL" -v a="$io0" -v b="$io1" 'BEGIN{split(a,x," "); split(b,y," ");
       printf "IO per alert: %.1f write calls, %.1f KiB written, %.1f read calls, %.1f KiB read (files and sockets)\n", (y[1]-x[1])/n, (y[2]-x[2])/1024/n, (y[3]-x[3])/n, (y[4]-x[4])/1024/n}' >&2
+    awk -v n="$TOTAL" -v a="$cs0" -v b="$cs1" 'BEGIN{split(a,x," "); split(b,y," ");
+      printf "CSWITCH per alert: %.2f voluntary, %.2f involuntary context switches (all threads)\n", (y[1]-x[1])/n, (y[2]-x[2])/n}' >&2
     awk -v n="$TOTAL" -v a="$commits0" -v b="$commits1" -v s0="$csum0" -v s1="$csum1" 'BEGIN{printf "SPOOL %d group commits in the timed run, %.1f alerts per commit, %.2f ms per commit (BEGIN to durable COMMIT)\n", b-a, n/(b-a > 0 ? b-a : 1), (s1-s0)*1000/(b-a > 0 ? b-a : 1)}' >&2
     # CPU of each thread during the timed run (threads that ended meanwhile are not seen), summed by thread name
     awk -F'\t' 'NR==FNR{c0[$1]=$3; next} {c[$2]+=$3-c0[$1]} END{for (k in c) if (c[k]>0.05) printf "THREAD %-20s %.2f s\n", k, c[k]}' "$STATE/threads0" "$STATE/threads1" >&2 || true

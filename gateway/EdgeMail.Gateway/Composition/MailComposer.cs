@@ -195,7 +195,12 @@ public sealed class MailComposer
         ArgumentNullException.ThrowIfNull(message);
 
         // Sized for the body and a header block at once, rather than grown by doubling from 256 bytes.
-        long body = message.Body is MimePart { Content.Stream: { CanSeek: true } content } ? content.Length : 2048;
+        long body = message.Body switch
+        {
+            FinalBody final => final.Length,
+            MimePart { Content.Stream: { CanSeek: true } content } => content.Length,
+            _ => 2048,
+        };
         using var stream = new MemoryStream((int)Math.Min(body + 2048, 1 << 20));
         message.WriteTo(WireFormat, stream);
         return stream.ToArray();
@@ -238,15 +243,14 @@ public sealed class MailComposer
     /// encoders, the same layout -- without building, preparing and serialising an entity per part and a filter chain
     /// per write: that object graph was two thirds of an alert's composition cost (golden files hold the bytes).
     /// </summary>
-    private static MimePart AlternativeBody(string text, string html)
+    private static FinalBody AlternativeBody(string text, string html)
     {
         string boundary = NewBoundary();
         var body = new MemoryStream(text.Length + html.Length + 512);
         WriteTextPart(body, boundary, "plain", text);
         WriteTextPart(body, boundary, "html", html);
         WriteAscii(body, "--" + boundary + "--\r\n");
-        body.Position = 0;
-        return new MimePart(new ContentType("multipart", "alternative") { Boundary = boundary }) { Content = new MimeContent(body) };
+        return new FinalBody(new ContentType("multipart", "alternative") { Boundary = boundary }, body.GetBuffer(), 0, (int)body.Length);
     }
 
     private static void WriteTextPart(MemoryStream body, string boundary, string subtype, string text)

@@ -232,7 +232,7 @@ public sealed class SmtpRelay : IMailTransport
     {
         if (asSpooled)
         {
-            return WireMessage.Open(message.Mime);
+            return WireMessage.ForSending(message.Mime);
         }
 
         // Persistent: the parts' content stays in the spooled bytes instead of being copied out of them, so the stream

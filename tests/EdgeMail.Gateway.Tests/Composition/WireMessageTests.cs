@@ -1,12 +1,14 @@
 using System.Text;
 using EdgeMail.Gateway.Composition;
+using MimeKit;
 using Xunit;
 
 namespace EdgeMail.Gateway.Tests.Composition;
 
 /// <summary>
 /// When a device's mail may go out as its spooled bytes: only when MailKit's preparation could not have changed any of
-/// them — else the relay parses and prepares it as before.
+/// them — else the relay parses and prepares it as before. And the message the relay hands MailKit for such mail writes
+/// exactly those bytes, however its header block is laid out.
 /// </summary>
 public sealed class WireMessageTests
 {
@@ -47,5 +49,69 @@ public sealed class WireMessageTests
             "--b\r\nContent-Type: text/plain\r\n" + field + "\r\n\r\nplain text\r\n--b--\r\n";
 
         Assert.False(WireMessage.IsTransportReady(Encoding.ASCII.GetBytes(mail)));
+    }
+
+    public static TheoryData<string> Layouts => new()
+    {
+        Head + "Mains lost in hall 3.\r\n",
+        // folded fields, a tab continuation, Content-* between other fields, a repeated field, white space before a colon
+        "Received: from ups-1\r\n by gw1.example.com;\r\n\tSat, 5 Dec 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n" +
+            "Content-Type: multipart/alternative;\r\n boundary=\"=-b\"\r\nFrom: UPS 1 <alerts@example.com>\r\nContent-Transfer-Encoding: 7bit\r\n" +
+            "X-Note: one\r\nX-Note: two\r\nSubject : spaced\r\n\r\n--=-b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--=-b--\r\n",
+    };
+
+    [Theory]
+    [MemberData(nameof(Layouts))]
+    public void ForSending_WritesTheBytesItWasGiven(string mail)
+    {
+        Assert.Equal(mail, Written(() => WireMessage.ForSending(Encoding.ASCII.GetBytes(mail))));
+    }
+
+    // What the relay never opens this way (neither composed nor transport-ready), left to the parser as before.
+    [Theory]
+    [InlineData("From ups-1 Sat Dec  5 10:00:00 2026\r\nSubject: mbox line\r\n\r\nbody\r\n")]
+    [InlineData(Head + "bare\nline feed\r\n")]
+    [InlineData(Head)]
+    [InlineData("Subject: no blank line\r\n")]
+    public void ForSending_OutsideItsCase_IsWhatOpenIs(string mail)
+    {
+        Assert.Equal(Written(() => WireMessage.Open(Encoding.ASCII.GetBytes(mail))), Written(() => WireMessage.ForSending(Encoding.ASCII.GetBytes(mail))));
+    }
+
+    [Fact]
+    public async Task ForSending_WritesTheSameBytesAsynchronously()
+    {
+        byte[] wire = Encoding.ASCII.GetBytes(Head + "Mains lost in hall 3.\r\n");
+        using var message = WireMessage.ForSending(wire);
+        using var written = new MemoryStream();
+
+        await message.WriteToAsync(Format, written);
+
+        Assert.Equal(wire, written.ToArray());
+    }
+
+    private static readonly FormatOptions Format = CreateFormat();
+
+    private static FormatOptions CreateFormat()
+    {
+        var format = FormatOptions.Default.Clone();
+        format.NewLineFormat = NewLineFormat.Dos;
+        format.International = false;
+        return format;
+    }
+
+    private static string Written(Func<MimeMessage> open)
+    {
+        try
+        {
+            using var message = open();
+            using var written = new MemoryStream();
+            message.WriteTo(Format, written);
+            return Encoding.ASCII.GetString(written.ToArray());
+        }
+        catch (FormatException ex)
+        {
+            return "FormatException: " + ex.Message;
+        }
     }
 }
