@@ -47,7 +47,8 @@ internal static class WireMessage
     /// bytes after the blank line as they are. It writes exactly <paramref name="wire"/>, as <see cref="Open"/> does, at
     /// about half the allocation (the parser's buffers, a part's default headers and a new-line filter on the body are
     /// what <see cref="Open"/> pays for). Not for DKIM: the signer looks for Content-* headers on the body. Mail this
-    /// does not cover (a field without a colon, a body not CRLF-only or not ending in one) is opened by <see cref="Open"/>.
+    /// does not cover (a field without a colon, a header block starting with white space, a line break other than
+    /// CRLF, no body or one not ending in CRLF) is opened by <see cref="Open"/>.
     /// </summary>
     /// <param name="wire">The message bytes; read in place, so they must not change.</param>
     /// <returns>The message.</returns>
@@ -56,7 +57,7 @@ internal static class WireMessage
         ArgumentNullException.ThrowIfNull(wire);
         int blank = wire.AsSpan().IndexOf("\r\n\r\n"u8);
         int bodyStart = blank + 4;
-        if (blank < 0 || bodyStart == wire.Length || !wire.AsSpan().EndsWith("\r\n"u8) || !IsCrlfOnly(wire.AsSpan(bodyStart)))
+        if (blank <= 0 || bodyStart == wire.Length || wire[0] is (byte)' ' or (byte)'\t' || !wire.AsSpan().EndsWith("\r\n"u8) || !IsCrlfOnly(wire))
         {
             return Open(wire);
         }

@@ -73,6 +73,8 @@ public sealed class WireMessageTests
     [InlineData(Head + "bare\nline feed\r\n")]
     [InlineData(Head)]
     [InlineData("Subject: no blank line\r\n")]
+    [InlineData(" Subject: leading white space\r\n\r\nbody\r\n")]
+    [InlineData("Subject: a bare\nline feed in the header block\r\n\r\nbody\r\n")]
     public void ForSending_OutsideItsCase_IsWhatOpenIs(string mail)
     {
         Assert.Equal(Written(() => WireMessage.Open(Encoding.ASCII.GetBytes(mail))), Written(() => WireMessage.ForSending(Encoding.ASCII.GetBytes(mail))));
