@@ -13,7 +13,6 @@ internal sealed class FinalBody : MimeEntity
 {
     private readonly byte[] _bytes;
     private readonly int _start;
-    private readonly int _length;
 
     /// <summary>Creates the body.</summary>
     /// <param name="contentType">Its Content-Type field, or null for none.</param>
@@ -30,11 +29,11 @@ internal sealed class FinalBody : MimeEntity
 
         _bytes = bytes;
         _start = start;
-        _length = length;
+        Length = length;
     }
 
     /// <summary>The body's length in bytes.</summary>
-    public int Length => _length;
+    public int Length { get; }
 
     public override void Prepare(EncodingConstraint constraint, int maxLineLength = 78)
     {
@@ -46,18 +45,18 @@ internal sealed class FinalBody : MimeEntity
         base.WriteTo(options, stream, contentOnly, cancellationToken);
         if (stream is ICancellableStream cancellable)
         {
-            cancellable.Write(_bytes, _start, _length, cancellationToken);
+            cancellable.Write(_bytes, _start, Length, cancellationToken);
         }
         else
         {
             cancellationToken.ThrowIfCancellationRequested();
-            stream.Write(_bytes, _start, _length);
+            stream.Write(_bytes, _start, Length);
         }
     }
 
     public override async Task WriteToAsync(FormatOptions options, Stream stream, bool contentOnly, CancellationToken cancellationToken = default)
     {
         await base.WriteToAsync(options, stream, contentOnly, cancellationToken).ConfigureAwait(false);
-        await stream.WriteAsync(_bytes.AsMemory(_start, _length), cancellationToken).ConfigureAwait(false);
+        await stream.WriteAsync(_bytes.AsMemory(_start, Length), cancellationToken).ConfigureAwait(false);
     }
 }
