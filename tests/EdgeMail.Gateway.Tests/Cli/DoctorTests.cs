@@ -77,8 +77,7 @@ public sealed class DoctorTests : TempDirectory
             Users = new Dictionary<string, string> { ["gw"] = "relay-pass" },
             Greeting = () => "220 sink.test ESMTP Sendmail 8.17.1; " + DateUtils.FormatDate(TimeProvider.System.GetUtcNow() + skew),
         });
-        using var dns = new Dnsmasq("--mx-host=gw.test,mx.gw.test,10", "--host-record=mx.gw.test,127.0.0.1", "--local=/gw.test/");
-        await Await.Within(dns.Started.Task.ContinueWith(t => t.IsCompletedSuccessfully), "dnsmasq to start");
+        using var dns = await Dnsmasq.StartAsync("--mx-host=gw.test,mx.gw.test,10", "--host-record=mx.gw.test,127.0.0.1", "--local=/gw.test/");
         string[] args =
         [
             "doctor", "--config", TestGateway.WriteConfig(Dir), "--Mqtt:Port=" + Port(Loopback.FreePort()), "--Console:Port=" + Port(Loopback.FreePort()),

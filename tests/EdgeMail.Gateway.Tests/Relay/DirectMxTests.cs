@@ -17,7 +17,7 @@ public sealed class DirectMxTests
     public async Task Relay_DirectMx_DeliversByMxPreferenceImplicitMxAndFailsNxdomain()
     {
         await using var mx = await SmtpTestServer.StartAsync();
-        using var dns = new Dnsmasq(
+        using var dns = await Dnsmasq.StartAsync(
             "--mx-host=mx.example.test,mx-backup.example.test,20",
             "--mx-host=mx.example.test,mx-primary.example.test,10",
             "--host-record=mx-primary.example.test,127.0.0.1",
@@ -25,7 +25,6 @@ public sealed class DirectMxTests
             "--host-record=implicit.example.test,127.0.0.1", // an A record and no MX: the implicit MX
             "--host-record=ops.example.test,127.0.0.1",
             "--local=/example.test/"); // answered only from the above: anything else is NXDOMAIN
-        await Await.Within(dns.Started.Task.ContinueWith(t => t.IsCompletedSuccessfully), "dnsmasq to start");
 
         await using var gw = await TestGateway.StartAsync(c =>
         {

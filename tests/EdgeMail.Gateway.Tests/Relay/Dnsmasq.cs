@@ -6,14 +6,19 @@ using EdgeMail.Testing;
 
 namespace EdgeMail.Gateway.Tests.Relay;
 
-/// <summary>dnsmasq answering only from its command line: no upstream, no /etc/hosts, loopback only.</summary>
+/// <summary>
+/// dnsmasq answering only from its command line: no upstream, no /etc/hosts, loopback only. It listens on one port for
+/// UDP and TCP, so a port found free for one may be taken for the other by the time it binds: it then exits with
+/// "Address already in use", and <see cref="StartAsync"/> starts it again on another port.
+/// </summary>
 internal sealed class Dnsmasq : IDisposable
 {
     private readonly Process _process;
+    private readonly TaskCompletionSource _started = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    public Dnsmasq(params string[] records)
+    private Dnsmasq(int port, string[] records)
     {
-        Port = FreeUdpPort();
+        Port = port;
         var start = new ProcessStartInfo(Peers.Require("dnsmasq", "dnsmasq-base"))
         {
             RedirectStandardError = true,
@@ -36,7 +41,6 @@ internal sealed class Dnsmasq : IDisposable
         }
 
         _process = Process.Start(start)!;
-        Started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _process.ErrorDataReceived += (_, e) =>
         {
             if (e.Data is { } line)
@@ -44,19 +48,50 @@ internal sealed class Dnsmasq : IDisposable
                 Log.Enqueue(line);
                 if (line.Contains("started, version", StringComparison.Ordinal))
                 {
-                    Started.TrySetResult();
+                    _started.TrySetResult();
                 }
             }
         };
-        _process.Exited += (_, _) => Started.TrySetException(new InvalidOperationException("dnsmasq exited: " + string.Join(" | ", Log)));
+        _process.Exited += (_, _) =>
+        {
+            if (!_started.Task.IsCompleted)
+            {
+                _process.WaitForExit(); // its last lines read, so that the log says why
+                _started.TrySetException(new InvalidOperationException("dnsmasq exited: " + string.Join(" | ", Log)));
+            }
+        };
         _process.EnableRaisingEvents = true;
         _process.BeginErrorReadLine();
         _process.BeginOutputReadLine();
     }
 
-    public int Port { get; }
+    /// <summary>Starts dnsmasq with <paramref name="records"/> and waits until it answers.</summary>
+    /// <param name="records">Its record options (<c>--mx-host=…</c>, <c>--host-record=…</c>, <c>--local=…</c>).</param>
+    /// <returns>The running server.</returns>
+    public static async Task<Dnsmasq> StartAsync(params string[] records)
+    {
+        for (int attempt = 1; ; attempt++)
+        {
+            var dns = new Dnsmasq(FreeUdpPort(), records);
+            try
+            {
+                // Faulted when dnsmasq exited: the exception (with its log) is rethrown here.
+                await Await.Within(dns._started.Task.ContinueWith(t => { t.GetAwaiter().GetResult(); return true; }, TaskScheduler.Default), "dnsmasq to start");
+                return dns;
+            }
+            catch (InvalidOperationException) when (attempt < 5 && dns.Log.Any(l => l.Contains("Address already in use", StringComparison.Ordinal)))
+            {
+                dns.Dispose();
+            }
+            catch
+            {
+                dns.Dispose();
+                throw;
+            }
+        }
+    }
 
-    public TaskCompletionSource Started { get; }
+    public int Port { get; }
 
     public System.Collections.Concurrent.ConcurrentQueue<string> Log { get; } = new();
 
