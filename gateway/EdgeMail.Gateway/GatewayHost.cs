@@ -65,7 +65,8 @@ public static class GatewayHost
             }
 
             string path = o.Spool.Path.Length > 0 ? o.Spool.Path : Path.Combine(o.DataPath(), "spool.db");
-            var spool = SqliteSpool.Open(path, o.Spool.Fsync, o.Spool.MaxBatch, sp.GetRequiredService<ILoggerFactory>().CreateLogger<SqliteSpool>());
+            var spool = SqliteSpool.Open(path, o.Spool.Fsync, o.Spool.MaxBatch, sp.GetRequiredService<ILoggerFactory>().CreateLogger<SqliteSpool>(),
+                o.Spool.WalLimitMegabytes << 20);
             spool.MaxAge = o.Relay.MaxAge;
             spool.Clock = sp.GetRequiredService<TimeProvider>();
             var lifetime = sp.GetRequiredService<GatewayLifetime>();

@@ -274,6 +274,13 @@ public sealed class SpoolOptions
     /// back-pressure (MQTT: no PUBACK, SMTP: 452 4.3.1) until space is freed. 0 turns the guard off.
     /// </summary>
     public long MinFreeMegabytes { get; set; } = 64;
+
+    /// <summary>
+    /// SQLite only: past this many MiB the spool's write-ahead log is copied into the database and started from its
+    /// beginning between two commits, and its file cut back to this length; without it a spool that never pauses (a
+    /// burst, a backlog) grows the WAL by tens of MB a second.
+    /// </summary>
+    public long WalLimitMegabytes { get; set; } = Spool.SqliteSpool.DefaultWalLimitBytes >> 20;
 }
 
 /// <summary>

@@ -201,6 +201,11 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
             Add("Spool:MinFreeMegabytes", "is negative", "use e.g. 64, or 0 to turn the disk guard off");
         }
 
+        if (o.Spool.WalLimitMegabytes < 1)
+        {
+            Add("Spool:WalLimitMegabytes", $"{o.Spool.WalLimitMegabytes} is less than 1", "use e.g. 64; a smaller log is started anew more often, each time with a checkpoint and its fsync");
+        }
+
         ValidateSpoolProvider(o, Add);
 
         if (o.Sender.OperatorNoticeInterval < TimeSpan.Zero)

@@ -89,6 +89,17 @@ public sealed class GatewayOptionsValidatorTests
     }
 
     [Fact]
+    public void Check_WalLimitBelowOneMegabyte_NamesTheKeyAndTheFix()
+    {
+        var o = Valid();
+        o.Spool.WalLimitMegabytes = 0;
+
+        var errors = GatewayOptionsValidator.Check(o);
+
+        Assert.Contains(errors, e => e.StartsWith("Spool:WalLimitMegabytes: 0 is less than 1", StringComparison.Ordinal) && e.Contains("use e.g. 64", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public void SecretHash_Verify_AcceptsTheSecretOnly()
     {
         string stored = SecretHash.Create("correct horse", 1000);

@@ -94,6 +94,62 @@ public sealed class SqliteSpoolTests : SpoolContractTests, IDisposable
         Assert.Equal(1L, (long)count.ExecuteScalar()!);
     }
 
+    // A writer that commits back to back (a burst, a backlog) while readers read all along leaves SQLite no moment to
+    // start the WAL from its beginning: the background checkpoints copy it, but the file grew without end (650 MB in
+    // one benchmark run). The writer bounds it.
+    [Fact]
+    public async Task Wal_UnderBackToBackCommitsAndReaders_StaysNearItsLimit()
+    {
+        const long limit = 1 << 20;
+        await using var spool = SqliteSpool.Open(DbPath, fsync: true, maxBatch: 512, NullLogger.Instance, walLimitBytes: limit);
+        string wal = DbPath + "-wal";
+        long longest = 0;
+        spool.Committed += () => Interlocked.Exchange(ref longest, Math.Max(Interlocked.Read(ref longest), new FileInfo(wal).Length));
+
+        using var stop = new CancellationTokenSource();
+        long reads = 0;
+        var reader = Task.Run(async () =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                await spool.NewAlertsAsync(50, default);
+                await spool.CountsAsync(default);
+                Interlocked.Increment(ref reads);
+            }
+        });
+        var writers = Enumerable.Range(1, 8).Select(d => Task.Run(async () =>
+        {
+            for (int i = 0; i < 600; i++)
+            {
+                Assert.Equal(AcceptOutcome.Stored, await spool.AcceptAlertAsync(Alert($"dev-{d}", $"a-{i}"), default));
+            }
+        })).ToArray();
+        await Task.WhenAll(writers);
+        await stop.CancelAsync();
+        await reader;
+
+        var (batches, items) = spool.CommitStats;
+        Assert.Equal(4800, items);
+        Assert.True(reads > 0);
+        Assert.True(spool.WalRestarts > 0, $"the WAL was never started anew ({batches} commits, longest WAL {longest} bytes)");
+        // The limit, plus what the commit that crossed it wrote, plus one more should a reader hold a restart off.
+        Assert.True(longest <= 3 * limit, $"the WAL grew to {longest} bytes in {batches} commits (limit {limit}, {spool.WalRestarts} restarts)");
+    }
+
+    [Fact]
+    public async Task WalLimit_ComesFromTheConfiguration()
+    {
+        await using (var gw = await TestGateway.StartAsync(c => c["Spool"] = new { WalLimitMegabytes = 3 }))
+        {
+            Assert.Equal(3L << 20, ((SqliteSpool)gw.Spool).WalLimitBytes);
+        }
+
+        await using (var gw = await TestGateway.StartAsync())
+        {
+            Assert.Equal(64L << 20, ((SqliteSpool)gw.Spool).WalLimitBytes);
+        }
+    }
+
     [Fact]
     public async Task Open_NewerSchemaVersion_IsRefusedWithAMessage()
     {
