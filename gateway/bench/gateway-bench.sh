@@ -241,13 +241,15 @@ if [[ " $STAGES " == *" ingest "* ]]; then
     # CPU of each thread during the timed run (threads that ended meanwhile are not seen), summed by thread name
     awk -F'\t' 'NR==FNR{c0[$1]=$3; next} {c[$2]+=$3-c0[$1]} END{for (k in c) if (c[k]>0.05) printf "THREAD %-20s %.2f s\n", k, c[k]}' "$STATE/threads0" "$STATE/threads1" >&2 || true
   fi
+  # The spool's WAL file after the run: its longest (SQLite cuts it back only to Spool:WalLimitMegabytes, at a restart).
+  WAL_MIB=$(( $(stat -c %s "$STATE/data/spool.db-wal" 2>/dev/null || echo 0) / 1048576 ))
   [ -n "${INGEST_ONLY:-}" ] || E2E_RATE=$(awk -v n="$TOTAL" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}')
   [ -n "${TRACER:-}" ] && { wait "$TRACER" || true; TRACER=""; }   # the trace is written after its window ends
   [ "${SSE:-0}" -gt 0 ] && { pkill -P $$ -x curl || true; echo "SSE $SSE event-stream client(s): $(grep -c '^event:' "$STATE/sse.out") events" >&2; }
   if [ -n "${INGEST_ONLY:-}" ]; then
-    echo "RESULT ingest $out phase=ingest-only gateway_cpu_s=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.1f", b-a}') gateway_cpu_us_per_alert=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$TOTAL" 'BEGIN{printf "%.0f", (b-a)*1e6/n}') gateway_rss_mib=$(( $(rss_kib "$GW") / 1024 )) load=\"$(cut -d' ' -f1-3 /proc/loadavg)\""
+    echo "RESULT ingest $out phase=ingest-only gateway_cpu_s=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.1f", b-a}') gateway_cpu_us_per_alert=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$TOTAL" 'BEGIN{printf "%.0f", (b-a)*1e6/n}') gateway_rss_mib=$(( $(rss_kib "$GW") / 1024 )) spool_wal_mib=$WAL_MIB load=\"$(cut -d' ' -f1-3 /proc/loadavg)\""
   else
-  echo "RESULT ingest $out bystanders=$BYSTANDERS receipts=$RECEIPTS e2e_smtp_sink_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') e2e_smtp_sink_rate=$E2E_RATE gateway_cpu_s=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.1f", b-a}') gateway_cpu_us_per_alert=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$TOTAL" 'BEGIN{printf "%.0f", (b-a)*1e6/n}') gateway_rss_mib=$(( $(rss_kib "$GW") / 1024 ))"
+  echo "RESULT ingest $out bystanders=$BYSTANDERS receipts=$RECEIPTS e2e_smtp_sink_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') e2e_smtp_sink_rate=$E2E_RATE gateway_cpu_s=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.1f", b-a}') gateway_cpu_us_per_alert=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$TOTAL" 'BEGIN{printf "%.0f", (b-a)*1e6/n}') gateway_rss_mib=$(( $(rss_kib "$GW") / 1024 )) spool_wal_mib=$WAL_MIB"
   fi
   [ "$BYSTANDERS" -gt 0 ] && { exec 8>&-; wait "$BYST" || true; }
   stop_gateway
