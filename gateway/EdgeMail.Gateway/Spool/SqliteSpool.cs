@@ -785,6 +785,7 @@ public sealed partial class SqliteSpool : ISpool
         _stopping.Dispose();
         _checkpointDue.Dispose();
         _urgentQueued.Dispose();
+        _readsOpen.Dispose();
         if (_reader is not null)
         {
             lock (_readLock)
@@ -808,6 +809,19 @@ public sealed partial class SqliteSpool : ISpool
         if (cancellationToken.IsCancellationRequested)
         {
             return Task.FromCanceled<T>(cancellationToken);
+        }
+
+        try
+        {
+            _readsOpen.Wait(cancellationToken); // the writer is starting the WAL anew (KeepWalBounded): a few milliseconds
+        }
+        catch (OperationCanceledException)
+        {
+            return Task.FromCanceled<T>(cancellationToken);
+        }
+        catch (ObjectDisposedException)
+        {
+            return Task.FromException<T>(new SpoolException("The spool is closed; the gateway is stopping."));
         }
 
         lock (_readLock)
@@ -1003,6 +1017,9 @@ public sealed partial class SqliteSpool : ISpool
         }
     }
 
+    private static readonly TimeSpan ReadWaitForWalRestart = TimeSpan.FromMilliseconds(50);
+    private readonly ManualResetEventSlim _readsOpen = new(initialState: true);
+
     // Between two batches: every caller of the last one has its answer, and the next waits for this.
     private void KeepWalBounded()
     {
@@ -1030,25 +1047,40 @@ public sealed partial class SqliteSpool : ISpool
         // RESTART copies what is left of the WAL and waits until no reader is reading it, so that the next commit
         // writes from the start of the file. The gateway's own reads are held off meanwhile (they take turns on one
         // connection, and reads that follow each other closely would otherwise keep some reader on the WAL at every
-        // moment SQLite looks); another process reading the file is waited for briefly, then tried again later.
+        // moment SQLite looks) -- but a long one, a console query over a large spool, is not waited for: acknowledgements
+        // wait behind this. Another process reading the file is waited for briefly, then tried again later.
         bool restarted = false;
+        _readsOpen.Reset(); // reads not yet begun wait (Read); the one under way, if any, is let finish
         try
         {
-            Exec("PRAGMA busy_timeout=100");
-            lock (_readLock)
-            lock (_checkpointTurn)
+            if (!_readLock.TryEnter(ReadWaitForWalRestart))
             {
-                using var result = Query("PRAGMA wal_checkpoint(RESTART)");
-                restarted = result.Read() && result.GetInt64(0) == 0;
+                _walRetryAt = now + (long)(ReadWaitForWalRestart.TotalSeconds * 2 * System.Diagnostics.Stopwatch.Frequency);
+                return;
             }
-        }
-        catch (SqliteException ex)
-        {
-            LogCheckpointFailed(ex);
+
+            try
+            {
+                Exec("PRAGMA busy_timeout=100");
+                lock (_checkpointTurn)
+                {
+                    using var result = Query("PRAGMA wal_checkpoint(RESTART)");
+                    restarted = result.Read() && result.GetInt64(0) == 0;
+                }
+            }
+            catch (SqliteException ex)
+            {
+                LogCheckpointFailed(ex);
+            }
+            finally
+            {
+                _readLock.Exit();
+                Exec("PRAGMA busy_timeout=5000");
+            }
         }
         finally
         {
-            Exec("PRAGMA busy_timeout=5000");
+            _readsOpen.Set();
         }
 
         if (restarted)
