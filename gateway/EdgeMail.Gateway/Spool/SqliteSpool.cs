@@ -121,7 +121,7 @@ public sealed partial class SqliteSpool : ISpool
     /// </summary>
     public long WalLimitBytes { get; private init; }
 
-    /// <summary>64 MiB: under a sustained load of ~3,000 alerts a second the WAL is started anew about once a second.</summary>
+    /// <summary>64 MiB: under a sustained load of ~3,000 alerts a second (~40 MB of WAL) the WAL is started anew every second or two.</summary>
     public const long DefaultWalLimitBytes = 64L << 20;
 
     /// <summary>How often the writer has started the WAL anew because it had grown past <see cref="WalLimitBytes"/>.</summary>
@@ -1089,7 +1089,7 @@ public sealed partial class SqliteSpool : ISpool
         }
         else
         {
-            // A reader (or the background checkpoint) held on: try again a checkpoint interval later, not after every batch.
+            // Another process reading the file held on: try again a checkpoint interval later, not after every batch.
             _walRetryAt = now + (long)(CheckpointInterval.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
             LogWalRestartBusy(length);
         }
@@ -1266,7 +1266,7 @@ public sealed partial class SqliteSpool : ISpool
     [LoggerMessage(Level = LogLevel.Warning, Message = "Spool WAL checkpoint failed; retrying with the next commit")]
     private partial void LogCheckpointFailed(Exception ex);
 
-    [LoggerMessage(Level = LogLevel.Debug, Message = "Spool WAL at {Length} bytes could not be started anew (a reader or checkpoint held on); retrying in a second")]
+    [LoggerMessage(Level = LogLevel.Debug, Message = "Spool WAL at {Length} bytes could not be started anew (another process is reading it); retrying in a second")]
     private partial void LogWalRestartBusy(long length);
 
     private sealed class BatchContext(DateTimeOffset now, TimeSpan maxAge)
