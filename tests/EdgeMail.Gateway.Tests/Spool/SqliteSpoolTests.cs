@@ -152,6 +152,49 @@ public sealed class SqliteSpoolTests : SpoolContractTests, IDisposable
         Assert.True(longest <= 3 * limit, $"the WAL grew to {longest} bytes in {batches} commits (limit {limit}, {spool.WalRestarts} restarts)");
     }
 
+    // Another process reading the spool (a backup, the sqlite3 shell) keeps the WAL from being started anew for as long
+    // as it holds its snapshot: the spool goes on acknowledging meanwhile, and brings the file back to its limit after.
+    [Fact]
+    public async Task Wal_HeldByAnotherReader_GrowsMeanwhile_AndComesBackToItsLimitAfter()
+    {
+        const long limit = 1 << 20;
+        string wal = DbPath + "-wal";
+        await using var spool = SqliteSpool.Open(DbPath, fsync: true, maxBatch: 512, NullLogger.Instance, walLimitBytes: limit);
+        await spool.AcceptAlertAsync(Alert("dev-1", "first"), default);
+
+        var other = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={DbPath};Pooling=False");
+        other.Open();
+        var snapshot = other.BeginTransaction(deferred: true);
+        using (var read = other.CreateCommand())
+        {
+            read.Transaction = snapshot;
+            read.CommandText = "SELECT COUNT(*) FROM alerts";
+            Assert.Equal(1L, (long)read.ExecuteScalar()!); // the snapshot is taken here
+        }
+
+        int n = 0;
+        while (new FileInfo(wal).Length <= 3 * limit)
+        {
+            Assert.Equal(AcceptOutcome.Stored, await spool.AcceptAlertAsync(Alert("dev-1", $"a-{n++}"), default));
+            Assert.True(n < 5000, $"the WAL stayed at {new FileInfo(wal).Length} bytes through {n} commits");
+        }
+
+        snapshot.Dispose();
+        other.Dispose();
+
+        var back = Task.Run(async () =>
+        {
+            while (new FileInfo(wal).Length > limit)
+            {
+                Assert.Equal(AcceptOutcome.Stored, await spool.AcceptAlertAsync(Alert("dev-2", $"b-{n++}"), default));
+            }
+
+            return true;
+        });
+        Assert.True(await EdgeMail.Testing.Await.Within(back, "the WAL cut back to its limit once the other reader let go"));
+        Assert.True(spool.WalRestarts > 0);
+    }
+
     [Fact]
     public async Task WalLimit_ComesFromTheConfiguration()
     {
