@@ -8,7 +8,8 @@ using Microsoft.Extensions.Options;
 namespace EdgeMail.Gateway.Operations;
 
 /// <summary>
-/// The gauges a scrape reads: queue depth by state, connected and silent devices, relay up, free disk. Queue depths
+/// The gauges a scrape reads: queue depth by state, connected and silent devices, relay up, free disk, the SQLite
+/// spool's file sizes. Queue depths
 /// come from the spool at most every 5 s, however often it is scraped.
 /// </summary>
 public sealed class GatewayGauges
@@ -36,13 +37,37 @@ public sealed class GatewayGauges
         _spool = spool;
         _clock = clock;
         var o = options.Value;
-        string spoolDir = Path.GetDirectoryName(Path.GetFullPath(o.Spool.Path.Length > 0 ? o.Spool.Path : Path.Combine(o.DataPath(), "spool.db")))!;
+        string spoolPath = Path.GetFullPath(o.Spool.Path.Length > 0 ? o.Spool.Path : Path.Combine(o.DataPath(), "spool.db"));
+        string spoolDir = Path.GetDirectoryName(spoolPath)!;
         var meter = metrics.Meter;
         meter.CreateObservableGauge("edgemail.queue.depth", QueueDepth, "{message}", "Mail by state: queued, deferred, parked; and parked alerts (state parked_alerts)");
         meter.CreateObservableGauge("edgemail.devices.connected", () => presence.Connected.Count, "{device}", "Devices with an open MQTT connection");
         meter.CreateObservableGauge("edgemail.devices.silent", () => silence.SilentCount, "{device}", "Devices quiet for longer than their silence limit");
         meter.CreateObservableGauge("edgemail.relay.up", () => relay.Up ? 1 : 0, null, "1 while the relay's last attempt with an outcome succeeded (or none failed yet)");
         meter.CreateObservableGauge("edgemail.disk.free", () => Free(probe, spoolDir), "By", "Bytes free on the spool's file system");
+        if (o.Spool.Provider != SpoolProviders.Postgres)
+        {
+            meter.CreateObservableGauge("edgemail.spool.size", () => SpoolFiles(spoolPath), "By",
+                "Bytes of the SQLite spool's files: the database, and its write-ahead log (kept near Spool:WalLimitMegabytes)");
+        }
+    }
+
+    private static IEnumerable<Measurement<long>> SpoolFiles(string database)
+    {
+        yield return new Measurement<long>(Length(database), new KeyValuePair<string, object?>("file", "database"));
+        yield return new Measurement<long>(Length(database + "-wal"), new KeyValuePair<string, object?>("file", "wal"));
+    }
+
+    private static long Length(string path)
+    {
+        try
+        {
+            return new FileInfo(path).Length;
+        }
+        catch (IOException)
+        {
+            return 0; // a WAL not there yet (or after a clean stop) holds nothing
+        }
     }
 
     private static long Free(FreeSpaceProbe probe, string directory)

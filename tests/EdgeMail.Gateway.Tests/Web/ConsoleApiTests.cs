@@ -239,6 +239,11 @@ public sealed class ConsoleApiTests
             Assert.Contains(name, text, StringComparison.Ordinal);
         }
 
+        // The SQLite spool's files: the database holds at least its schema; the WAL, bounded, is reported as it is.
+        var database = System.Text.RegularExpressions.Regex.Match(text, "edgemail_spool_size_bytes\\{[^}]*file=\"database\"[^}]*\\} ([0-9]+)");
+        Assert.True(database.Success && long.Parse(database.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) > 0, "the database's size in /metrics");
+        Assert.Matches("edgemail_spool_size_bytes\\{[^}]*file=\"wal\"[^}]*\\} [0-9]+", text);
+
         if (Peers.Find("promtool") is { } promtool)
         {
             var (code, output) = await PromtoolAsync(promtool, text);
