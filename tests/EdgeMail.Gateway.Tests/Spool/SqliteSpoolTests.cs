@@ -191,8 +191,9 @@ public sealed class SqliteSpoolTests : SpoolContractTests, IDisposable
 
             return true;
         });
+        // Which start anew comes first -- the writer's, or SQLite's own once a background checkpoint has copied the WAL
+        // between two of these one-at-a-time commits -- is a race; either way the file is cut back to the limit.
         Assert.True(await EdgeMail.Testing.Await.Within(back, "the WAL cut back to its limit once the other reader let go"));
-        Assert.True(spool.WalRestarts > 0);
     }
 
     [Fact]
