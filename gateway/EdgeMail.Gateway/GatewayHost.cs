@@ -64,8 +64,7 @@ public static class GatewayHost
                 return OpenPostgres(sp, o);
             }
 
-            string path = o.Spool.Path.Length > 0 ? o.Spool.Path : Path.Combine(o.DataPath(), "spool.db");
-            var spool = SqliteSpool.Open(path, o.Spool.Fsync, o.Spool.MaxBatch, sp.GetRequiredService<ILoggerFactory>().CreateLogger<SqliteSpool>(),
+            var spool = SqliteSpool.Open(o.SpoolPath(), o.Spool.Fsync, o.Spool.MaxBatch, sp.GetRequiredService<ILoggerFactory>().CreateLogger<SqliteSpool>(),
                 o.Spool.WalLimitMegabytes << 20);
             spool.MaxAge = o.Relay.MaxAge;
             spool.Clock = sp.GetRequiredService<TimeProvider>();

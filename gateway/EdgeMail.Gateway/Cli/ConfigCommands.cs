@@ -183,7 +183,7 @@ public static class ConfigCommands
                 return ExitCodes.Ok;
             }
 
-            string spoolPath = gateway.Spool.Path.Length > 0 ? Path.GetFullPath(gateway.Spool.Path) : Path.Combine(gateway.DataPath(), "spool.db");
+            string spoolPath = gateway.SpoolPath();
             if (!File.Exists(spoolPath))
             {
                 // Never create one here: as root it would be root's, and the gateway's user could not open it.

@@ -437,7 +437,7 @@ public static partial class DoctorCommand
 
     private static CheckResult Disk(GatewayOptions o)
     {
-        string spool = o.Spool.Path.Length > 0 ? Path.GetFullPath(o.Spool.Path) : Path.Combine(o.DataPath(), "spool.db");
+        string spool = o.SpoolPath();
         var dir = new DirectoryInfo(Path.GetDirectoryName(spool)!);
         while (!dir.Exists && dir.Parent is not null)
         {

@@ -54,6 +54,10 @@ public sealed class GatewayOptions
     /// <summary>Resolves <see cref="DataDirectory"/> to an absolute path.</summary>
     /// <returns>The absolute data directory.</returns>
     public string DataPath() => Path.GetFullPath(DataDirectory);
+
+    /// <summary>The SQLite spool's file, absolute: <c>Spool:Path</c>, else <c>spool.db</c> in the data directory.</summary>
+    /// <returns>The absolute path of the spool database.</returns>
+    public string SpoolPath() => Spool.Path.Length > 0 ? Path.GetFullPath(Spool.Path) : Path.Combine(DataPath(), "spool.db");
 }
 
 /// <summary>The gateway's mail identity (configuration section <c>Sender</c>).</summary>

@@ -46,7 +46,7 @@ public sealed partial class DiskGuard
         ArgumentNullException.ThrowIfNull(options);
         var o = options.Value;
         _probe = probe;
-        _directory = Path.GetDirectoryName(Path.GetFullPath(o.Spool.Path.Length > 0 ? o.Spool.Path : Path.Combine(o.DataPath(), "spool.db")))!;
+        _directory = Path.GetDirectoryName(o.SpoolPath())!;
         _floor = o.Spool.MinFreeMegabytes * 1024 * 1024;
         _clock = clock;
         _notices = notices;

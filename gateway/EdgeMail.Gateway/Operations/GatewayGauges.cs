@@ -37,7 +37,7 @@ public sealed class GatewayGauges
         _spool = spool;
         _clock = clock;
         var o = options.Value;
-        string spoolPath = Path.GetFullPath(o.Spool.Path.Length > 0 ? o.Spool.Path : Path.Combine(o.DataPath(), "spool.db"));
+        string spoolPath = o.SpoolPath();
         string spoolDir = Path.GetDirectoryName(spoolPath)!;
         var meter = metrics.Meter;
         meter.CreateObservableGauge("edgemail.queue.depth", QueueDepth, "{message}", "Mail by state: queued, deferred, parked; and parked alerts (state parked_alerts)");

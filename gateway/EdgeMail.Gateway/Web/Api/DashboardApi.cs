@@ -86,7 +86,7 @@ public static class DashboardApi
         long free;
         try
         {
-            free = c.FreeSpace(Path.GetDirectoryName(Path.GetFullPath(c.Options.Spool.Path.Length > 0 ? c.Options.Spool.Path : Path.Combine(c.Options.DataPath(), "spool.db")))!);
+            free = c.FreeSpace(Path.GetDirectoryName(c.Options.SpoolPath())!);
         }
         catch (IOException)
         {
