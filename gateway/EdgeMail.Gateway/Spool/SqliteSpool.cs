@@ -49,6 +49,9 @@ public sealed partial class SqliteSpool : ISpool
     // and the background checkpoints take turns here instead.
     private readonly Lock _checkpointTurn = new();
     private long _walRestarts;
+    // Open except while the writer starts the WAL anew: reads wait at it (Read), and one under way is given this long.
+    private readonly ManualResetEventSlim _readsOpen = new(initialState: true);
+    private static readonly TimeSpan ReadWaitForWalRestart = TimeSpan.FromMilliseconds(50);
     private readonly CancellationTokenSource _stopping = new();
     private int _disposed;
     private int _corruptReported;
@@ -1017,9 +1020,6 @@ public sealed partial class SqliteSpool : ISpool
         }
     }
 
-    private static readonly TimeSpan ReadWaitForWalRestart = TimeSpan.FromMilliseconds(50);
-    private readonly ManualResetEventSlim _readsOpen = new(initialState: true);
-
     // Between two batches: every caller of the last one has its answer, and the next waits for this.
     private void KeepWalBounded()
     {
@@ -1055,7 +1055,7 @@ public sealed partial class SqliteSpool : ISpool
         {
             if (!_readLock.TryEnter(ReadWaitForWalRestart))
             {
-                _walRetryAt = now + (long)(ReadWaitForWalRestart.TotalSeconds * 2 * System.Diagnostics.Stopwatch.Frequency);
+                RetryWalRestartIn(now, 2 * ReadWaitForWalRestart);
                 return;
             }
 
@@ -1090,10 +1090,13 @@ public sealed partial class SqliteSpool : ISpool
         else
         {
             // Another process reading the file held on: try again a checkpoint interval later, not after every batch.
-            _walRetryAt = now + (long)(CheckpointInterval.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
+            RetryWalRestartIn(now, CheckpointInterval);
             LogWalRestartBusy(length);
         }
     }
+
+    private void RetryWalRestartIn(long now, TimeSpan delay) =>
+        _walRetryAt = now + (long)(delay.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
 
     private void RunBatch(List<SpoolWork> batch)
     {
