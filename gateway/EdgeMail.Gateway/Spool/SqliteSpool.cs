@@ -804,6 +804,7 @@ public sealed partial class SqliteSpool : ISpool
             command.Dispose();
         }
 
+        FinalizeStatements();
         _connection.Dispose();
     }
 
@@ -1251,10 +1252,6 @@ public sealed partial class SqliteSpool : ISpool
 
         return command;
     }
-
-    private int Exec(string sql, params object?[] args) => Command(sql, args).ExecuteNonQuery();
-
-    private object? Scalar(string sql, params object?[] args) => Command(sql, args).ExecuteScalar() is var v && v is DBNull ? null : v;
 
     private SqliteDataReader Query(string sql, params object?[] args) => Command(sql, args).ExecuteReader();
 

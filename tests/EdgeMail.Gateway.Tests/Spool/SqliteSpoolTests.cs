@@ -196,6 +196,39 @@ public sealed class SqliteSpoolTests : SpoolContractTests, IDisposable
         Assert.True(await EdgeMail.Testing.Await.Within(back, "the WAL cut back to its limit once the other reader let go"));
     }
 
+    // Another process (an operator's sqlite3 shell, a backup tool) holding the write lock longer than the writer's
+    // busy_timeout (5 s): the writer keeps trying, and what was waiting is stored once the lock is let go.
+    [Fact]
+    public async Task WriteLockHeldByAnotherProcess_PastTheBusyTimeout_TheAlertIsStoredOnceItIsLetGo()
+    {
+        await using var spool = OpenSqlite();
+        await spool.AcceptAlertAsync(Alert("dev-1", "before"), default);
+
+        var other = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={DbPath};Pooling=False");
+        other.Open();
+        var holding = other.BeginTransaction(System.Data.IsolationLevel.Serializable); // BEGIN IMMEDIATE: the write lock
+        var accept = spool.AcceptAlertAsync(Alert("dev-1", "while-held"), default);
+        await Task.Delay(TimeSpan.FromSeconds(6)); // how long the other process holds the lock: past the 5 s busy_timeout
+        holding.Dispose();
+        other.Dispose();
+
+        Assert.Equal(AcceptOutcome.Stored, await EdgeMail.Testing.Await.Within(accept, "the alert stored after the lock was let go"));
+        Assert.Equal(("new", (string?)null), await spool.GetAlertAsync("dev-1", "while-held", default));
+    }
+
+    // A device's heartbeat with an empty payload is stored as an empty value, not as NULL (which its NOT NULL column
+    // would refuse).
+    [Fact]
+    public async Task EmptyStatusPayload_IsStoredAsEmpty()
+    {
+        await using var spool = OpenSqlite();
+        await spool.RecordStatusAsync("dev-1", T0, ReadOnlyMemory<byte>.Empty, default);
+
+        var status = await spool.GetStatusAsync("dev-1", default);
+        Assert.NotNull(status);
+        Assert.Empty(status.Value.Payload);
+    }
+
     [Fact]
     public async Task WalLimit_ComesFromTheConfiguration()
     {
