@@ -8,8 +8,8 @@ namespace EdgeMail.Gateway.Spool;
 // Statements without a result set, and single values, go to SQLite through SQLitePCL's prepared statements, kept per
 // SQL text and bound by parameter index: Microsoft.Data.Sqlite's command made a data reader and looked every parameter
 // up by name on each execution (~1 µs and ~600 bytes each, at about ten statements per alert). Result sets stay with
-// Microsoft.Data.Sqlite's reader (Query). Both use the same connection handle; neither keeps a statement running
-// between two calls.
+// Microsoft.Data.Sqlite's reader (Query), on the same connection. A statement here is reset before its call returns,
+// so none holds a read snapshot open (which would keep the WAL from being started anew).
 public sealed partial class SqliteSpool
 {
     private readonly Dictionary<string, Prepared> _statements = new(StringComparer.Ordinal);
@@ -84,7 +84,12 @@ public sealed partial class SqliteSpool
 
         var db = _connection.Handle!;
         int rc = raw.sqlite3_prepare_v2(db, sql, out var statement, out string tail);
-        SqliteException.ThrowExceptionForRC(rc, db);
+        if (rc != raw.SQLITE_OK)
+        {
+            statement.Dispose();
+            SqliteException.ThrowExceptionForRC(rc, db);
+        }
+
         if (!string.IsNullOrWhiteSpace(tail))
         {
             statement.Dispose();
