@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using Microsoft.Data.Sqlite;
+using Microsoft.Extensions.Logging;
 using SQLitePCL;
 
 namespace EdgeMail.Gateway.Spool;
@@ -17,6 +18,12 @@ public sealed partial class SqliteSpool
     // As Microsoft.Data.Sqlite does with its default command timeout: a busy or locked database (another process
     // holding a lock beyond busy_timeout) is tried again until this long has passed.
     private static readonly TimeSpan BusyRetryFor = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// Raised on the statement's thread when another process has kept the database locked past <c>busy_timeout</c> and
+    /// the statement is about to be tried again.
+    /// </summary>
+    public event Action? Locked;
 
     private sealed class Prepared(sqlite3_stmt statement, int[] index, bool readOnly)
     {
@@ -161,8 +168,13 @@ public sealed partial class SqliteSpool
                 SqliteException.ThrowExceptionForRC(rc, _connection.Handle);
             }
 
-            start = start == 0 ? Stopwatch.GetTimestamp() : start;
-            if (Stopwatch.GetElapsedTime(start) >= BusyRetryFor)
+            if (start == 0)
+            {
+                start = Stopwatch.GetTimestamp();
+                LogLocked(rc, BusyRetryFor.TotalSeconds);
+                Locked?.Invoke();
+            }
+            else if (Stopwatch.GetElapsedTime(start) >= BusyRetryFor)
             {
                 SqliteException.ThrowExceptionForRC(rc, _connection.Handle);
             }
@@ -171,6 +183,9 @@ public sealed partial class SqliteSpool
             Thread.Sleep(150);
         }
     }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "The spool's database is locked by another process (SQLite error {Code}); trying again for up to {Seconds} s")]
+    private partial void LogLocked(int code, double seconds);
 
     private void FinalizeStatements()
     {

@@ -207,8 +207,10 @@ public sealed class SqliteSpoolTests : SpoolContractTests, IDisposable
         var other = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={DbPath};Pooling=False");
         other.Open();
         var holding = other.BeginTransaction(System.Data.IsolationLevel.Serializable); // BEGIN IMMEDIATE: the write lock
+        var locked = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        spool.Locked += () => locked.TrySetResult(true);
         var accept = spool.AcceptAlertAsync(Alert("dev-1", "while-held"), default);
-        await Task.Delay(TimeSpan.FromSeconds(6)); // how long the other process holds the lock: past the 5 s busy_timeout
+        await EdgeMail.Testing.Await.Within(locked.Task, "the writer finding the database locked past its busy_timeout", TimeSpan.FromSeconds(30));
         holding.Dispose();
         other.Dispose();
 
