@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Globalization;
 using System.Text;
 using System.Text.Encodings.Web;
@@ -31,6 +32,11 @@ public sealed record DeviceInfo(string Id, string Name, string Site);
 public sealed record AlertMail(DeviceInfo Device, Alert Alert, DateTimeOffset ReceivedAt, string? Peer, long SpoolId,
     IReadOnlyList<MailboxAddress> To, string Template, string? InReplyTo, string Via = IngestProtocols.Mqtt);
 
+/// <summary>A composed mail: its Message-ID and its bytes as spooled and sent (CRLF, 7-bit, lines within 78).</summary>
+/// <param name="MessageId">Message-ID, without angle brackets.</param>
+/// <param name="Wire">The whole message.</param>
+public sealed record ComposedMail(string MessageId, byte[] Wire);
+
 /// <summary>
 /// Writes alerts as RFC 5322 mail with MimeKit (no I/O): From the configured sender, To the routed people, a
 /// subject with severity, device, site and text; text and HTML alternatives; Date, a deterministic Message-ID,
@@ -46,6 +52,8 @@ public sealed class MailComposer
     private readonly TemplateSet _templates;
     private readonly TemplateOptions _fluid;
     private readonly DkimSigning? _dkim;
+    private readonly byte[] _fromField;
+    private readonly ConcurrentDictionary<string, byte[]> _toFields = new(StringComparer.Ordinal);
 
     /// <summary>Creates a composer.</summary>
     /// <param name="sender">Sender identity.</param>
@@ -56,14 +64,15 @@ public sealed class MailComposer
         _sender = sender ?? throw new ArgumentNullException(nameof(sender));
         _templates = templates ?? throw new ArgumentNullException(nameof(templates));
         _dkim = dkim;
+        _fromField = AddressField(HeaderId.From, [new MailboxAddress(sender.DisplayName, sender.Address)]);
         _fluid = new TemplateOptions { CultureInfo = CultureInfo.InvariantCulture, TimeZone = TimeZoneInfo.Utc, MaxSteps = 100_000 };
     }
 
     /// <summary>Writes one alert as mail.</summary>
     /// <param name="mail">The alert and its routing.</param>
     /// <param name="now">The Date of the mail.</param>
-    /// <returns>The message.</returns>
-    public MimeMessage ComposeAlert(AlertMail mail, DateTimeOffset now)
+    /// <returns>The mail.</returns>
+    public ComposedMail ComposeAlert(AlertMail mail, DateTimeOffset now)
     {
         ArgumentNullException.ThrowIfNull(mail);
         var model = new Dictionary<string, object?>
@@ -73,18 +82,8 @@ public sealed class MailComposer
             ["gateway"] = new Dictionary<string, object?> { ["hostname"] = _sender.Hostname },
             ["received_text"] = FormatTime(mail.ReceivedAt),
         };
-        var message = Render(_templates.Get(mail.Template), model, mail.To, now, MessageIds.ForAlert(mail.Device.Id, mail.Alert.Id, _sender.Hostname));
-        if (mail.InReplyTo is not null)
-        {
-            message.InReplyTo = mail.InReplyTo;
-            message.References.Add(mail.InReplyTo);
-        }
-
-        AddTrace(message, mail.Device.Id, mail.Peer, mail.Via, mail.SpoolId, mail.ReceivedAt);
-        message.Headers.Add("X-EdgeMail-Device", mail.Device.Id);
-        message.Headers.Add("X-EdgeMail-Alert", Clean(mail.Alert.Id, 128));
-        _dkim?.Sign(message);
-        return message;
+        return Write(_templates.Get(mail.Template), model, mail.To, now, MessageIds.ForAlert(mail.Device.Id, mail.Alert.Id, _sender.Hostname),
+            mail.InReplyTo, Trace(mail.Device.Id, mail.Peer, mail.Via, mail.SpoolId, mail.ReceivedAt), mail.Device.Id, Clean(mail.Alert.Id, 128));
     }
 
     /// <summary>Writes held repeats of one (device, code) as one digest mail.</summary>
@@ -97,8 +96,8 @@ public sealed class MailComposer
     /// <param name="now">The Date.</param>
     /// <param name="via">The protocol the first repeat came with, for the Received trace.</param>
     /// <param name="omitted">Repeats held but not listed, between the last two of <paramref name="repeats"/> ("and 4,812 more").</param>
-    /// <returns>The message.</returns>
-    public MimeMessage ComposeDigest(DeviceInfo device, IReadOnlyList<(Alert Alert, DateTimeOffset ReceivedAt)> repeats,
+    /// <returns>The mail.</returns>
+    public ComposedMail ComposeDigest(DeviceInfo device, IReadOnlyList<(Alert Alert, DateTimeOffset ReceivedAt)> repeats,
         IReadOnlyList<MailboxAddress> to, TimeSpan window, long firstSpoolId, string? inReplyTo, DateTimeOffset now, string via = IngestProtocols.Mqtt, long omitted = 0)
     {
         ArgumentNullException.ThrowIfNull(device);
@@ -116,17 +115,8 @@ public sealed class MailComposer
             ["gateway"] = new Dictionary<string, object?> { ["hostname"] = _sender.Hostname },
             ["received_text"] = FormatTime(last.ReceivedAt),
         };
-        var message = Render(_templates.Get("digest"), model, to, now, MessageIds.ForDigest(device.Id, last.Alert.Code, repeats[0].Alert.Id, _sender.Hostname));
-        if (inReplyTo is not null)
-        {
-            message.InReplyTo = inReplyTo;
-            message.References.Add(inReplyTo);
-        }
-
-        AddTrace(message, device.Id, null, via, firstSpoolId, repeats[0].ReceivedAt);
-        message.Headers.Add("X-EdgeMail-Device", device.Id);
-        _dkim?.Sign(message);
-        return message;
+        return Write(_templates.Get("digest"), model, to, now, MessageIds.ForDigest(device.Id, last.Alert.Code, repeats[0].Alert.Id, _sender.Hostname),
+            inReplyTo, Trace(device.Id, null, via, firstSpoolId, repeats[0].ReceivedAt), device.Id, null);
     }
 
     /// <summary>Writes a failure notice to the operator about mail that could not be delivered.</summary>
@@ -206,7 +196,14 @@ public sealed class MailComposer
         return stream.ToArray();
     }
 
-    private MimeMessage Render(MailTemplate template, Dictionary<string, object?> model, IReadOnlyList<MailboxAddress> to, DateTimeOffset now, string messageId)
+    // The mail straight into its bytes. Each header field is encoded and folded by MimeKit's Header, in the order a
+    // MimeMessage built from the same values writes them (trace first, then From, Date, Subject, Message-Id, To, the
+    // auto-reply fields, MIME-Version, threading, ours, the body's Content-Type); the golden files and a comparison
+    // with such a MimeMessage (FuzzPropertyTests) hold the bytes. The message object cost most of the composition's
+    // time: its ten address lists, its header list's change events, a copy of the parser options per list, and its
+    // writing through a new-line filter into one buffer and from there into another.
+    private ComposedMail Write(MailTemplate template, Dictionary<string, object?> model, IReadOnlyList<MailboxAddress> to, DateTimeOffset now,
+        string messageId, string? inReplyTo, string received, string device, string? alertId)
     {
         var context = new TemplateContext(_fluid);
         foreach (var (key, value) in model)
@@ -217,40 +214,108 @@ public sealed class MailComposer
         string subject = Clean(template.Subject.Render(context, NullEncoder.Default), 250);
         string text = CleanBody(template.Text.Render(context, NullEncoder.Default));
         string html = CleanBody(template.Html.Render(context, HtmlEscaper));
+        // As MimeMessage took it: what MimeKit reads back from the field is the Message-ID the spool keeps.
+        messageId = MimeUtils.ParseMessageId("<" + messageId + ">") ?? throw new ArgumentException($"Invalid Message-Id format: {messageId}.", nameof(messageId));
+        string id = "<" + messageId + ">";
 
-        // Headers in the order MimeMessage's own constructor puts them (From, Date, Subject, Message-Id, then the rest),
-        // without the placeholder Date, Subject and random Message-ID it would make up first, only to be replaced.
-        var message = new MimeMessage((IEnumerable<Header>)[]);
-        message.From.Add(new MailboxAddress(_sender.DisplayName, _sender.Address));
-        message.Date = now;
-        message.Subject = subject;
-        message.MessageId = messageId;
-        foreach (var mailbox in to)
+        var wire = new MemoryStream(text.Length + html.Length + 3072);
+        WriteField(wire, new Header(HeaderId.Received, received));
+        wire.Write(_fromField);
+        WriteField(wire, new Header(HeaderId.Date, DateUtils.FormatDate(now)));
+        WriteField(wire, new Header(HeaderId.Subject, subject));
+        WriteField(wire, new Header(HeaderId.MessageId, id));
+        wire.Write(ToField(to));
+        WriteField(wire, new Header("Auto-Submitted", "auto-generated"));
+        WriteField(wire, new Header("X-Auto-Response-Suppress", "All"));
+        WriteField(wire, new Header("MIME-Version", "1.0"));
+        if (inReplyTo is not null)
         {
-            message.To.Add(mailbox);
+            string thread = "<" + (MimeUtils.ParseMessageId(inReplyTo) ?? throw new ArgumentException("Invalid Message-Id format.", nameof(inReplyTo))) + ">";
+            WriteField(wire, new Header(HeaderId.InReplyTo, thread));
+            WriteField(wire, new Header(HeaderId.References, thread));
         }
 
-        message.Headers.Add("Auto-Submitted", "auto-generated");
-        message.Headers.Add("X-Auto-Response-Suppress", "All");
-        message.Body = AlternativeBody(text, html);
-        message.MimeVersion = new Version(1, 0); // where MimeMessage.Prepare would put it
-        return message;
+        WriteField(wire, new Header("X-EdgeMail-Device", device));
+        if (alertId is not null)
+        {
+            WriteField(wire, new Header("X-EdgeMail-Alert", alertId));
+        }
+
+        string boundary = NewBoundary();
+        WriteAscii(wire, "Content-Type: multipart/alternative; boundary=\"" + boundary + "\"\r\n\r\n");
+        WriteAlternatives(wire, boundary, text, html);
+        byte[] bytes = wire.ToArray();
+        return _dkim is null ? new ComposedMail(messageId, bytes) : new ComposedMail(messageId, Signed(bytes));
+    }
+
+    private byte[] Signed(byte[] wire)
+    {
+        using var message = WireMessage.Open(wire);
+        _dkim!.Sign(message);
+        return ToWire(message);
+    }
+
+    // From and To exactly as MimeMessage encodes and folds an address list (MimeKit has no public way to encode one
+    // otherwise), made once per distinct list: the sender is one, and routes give few recipient lists.
+    private byte[] ToField(IReadOnlyList<MailboxAddress> to)
+    {
+        var key = new StringBuilder();
+        foreach (var mailbox in to)
+        {
+            string name = mailbox.Name ?? string.Empty;
+            key.Append(name.Length).Append(':').Append(name).Append(mailbox.Address.Length).Append(':').Append(mailbox.Address);
+        }
+
+        string k = key.ToString();
+        if (_toFields.TryGetValue(k, out byte[]? field))
+        {
+            return field;
+        }
+
+        if (_toFields.Count >= 1024)
+        {
+            _toFields.Clear();
+        }
+
+        return _toFields[k] = AddressField(HeaderId.To, to);
+    }
+
+    private static byte[] AddressField(HeaderId id, IEnumerable<MailboxAddress> mailboxes)
+    {
+        using var message = new MimeMessage((IEnumerable<Header>)[]);
+        (id == HeaderId.From ? message.From : message.To).AddRange(mailboxes);
+        var field = new MemoryStream();
+        WriteField(field, message.Headers[message.Headers.IndexOf(id)]);
+        return field.ToArray();
+    }
+
+    // A field as MimeKit folded it: its raw value ends each line with the platform's new line, the wire with CRLF.
+    private static void WriteField(MemoryStream wire, Header header)
+    {
+        wire.Write(header.RawField);
+        wire.WriteByte((byte)':');
+        var value = header.RawValue.AsSpan();
+        int lf;
+        while ((lf = value.IndexOf((byte)'\n')) >= 0)
+        {
+            wire.Write(value[..(lf > 0 && value[lf - 1] == '\r' ? lf - 1 : lf)]);
+            wire.Write("\r\n"u8);
+            value = value[(lf + 1)..];
+        }
+
+        wire.Write(value);
     }
 
     /// <summary>
-    /// The multipart/alternative body (text, then HTML) as final bytes in one opaque part. The bytes are what MimeKit's
-    /// BodyBuilder, Prepare(7-bit, 78) and WriteTo produce -- the same encoding decision (BestEncodingFilter), the same
-    /// encoders, the same layout -- without building, preparing and serialising an entity per part and a filter chain
-    /// per write: that object graph was two thirds of an alert's composition cost (golden files hold the bytes).
+    /// The multipart/alternative body (text, then HTML) as MimeKit's BodyBuilder, Prepare(7-bit, 78) and WriteTo write
+    /// it -- the same encoding decision (BestEncodingFilter), the same encoders, the same layout -- without an entity per
+    /// part and a filter chain per write (golden files hold the bytes).
     /// </summary>
-    private static FinalBody AlternativeBody(string text, string html)
+    private static void WriteAlternatives(MemoryStream body, string boundary, string text, string html)
     {
-        string boundary = NewBoundary();
-        var body = new MemoryStream(text.Length + html.Length + 512);
         WriteTextPart(body, boundary, "plain", text);
         WriteTextPart(body, boundary, "html", html);
         WriteAscii(body, "--" + boundary + "--\r\n");
-        return new FinalBody(new ContentType("multipart", "alternative") { Boundary = boundary }, body.GetBuffer(), 0, (int)body.Length);
     }
 
     private static void WriteTextPart(MemoryStream body, string boundary, string subtype, string text)
@@ -315,12 +380,11 @@ public sealed class MailComposer
         return "=-" + Convert.ToBase64String(random);
     }
 
-    private void AddTrace(MimeMessage message, string device, string? peer, string via, long spoolId, DateTimeOffset receivedAt)
+    private string Trace(string device, string? peer, string via, long spoolId, DateTimeOffset receivedAt)
     {
         string from = peer is null ? device : $"{device} ([{PeerAddress(peer)}])";
         string protocol = via is IngestProtocols.Mqtt or IngestProtocols.Local or "ESMTP" or "ESMTPS" or "ESMTPA" or "ESMTPSA" ? via : IngestProtocols.Mqtt;
-        message.Headers.Insert(0, HeaderId.Received,
-            $"from {from} by {_sender.Hostname} (EdgeMail) with {protocol} id {spoolId.ToString(CultureInfo.InvariantCulture)}; {DateUtils.FormatDate(receivedAt)}");
+        return $"from {from} by {_sender.Hostname} (EdgeMail) with {protocol} id {spoolId.ToString(CultureInfo.InvariantCulture)}; {DateUtils.FormatDate(receivedAt)}";
     }
 
     private static string PeerAddress(string peer)

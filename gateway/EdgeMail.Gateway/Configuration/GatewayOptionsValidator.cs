@@ -68,11 +68,22 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
             Add("Sender:Hostname", $"'{o.Sender.Hostname}' is not a host name", "use the gateway's DNS name, e.g. gw1.example.com");
         }
 
+        // A name is a phrase in From and To: a line break or other control character in it cannot be written as mail is.
+        if (o.Sender.DisplayName.Any(char.IsControl))
+        {
+            Add("Sender:DisplayName", "contains a line break or another control character", "write the name on one line, without tabs");
+        }
+
         foreach (var (id, user) in o.Users)
         {
             if (!IsAddress(user.Email))
             {
                 Add($"Users:{id}:Email", $"'{user.Email}' is not a mail address", "give the person's address, e.g. alice@example.com");
+            }
+
+            if (user.Name.Any(char.IsControl))
+            {
+                Add($"Users:{id}:Name", "contains a line break or another control character", "write the name on one line, without tabs");
             }
         }
 

@@ -258,9 +258,9 @@ public sealed partial class AlertProcessor : SupervisedLoop
 
         var mail = new AlertMail(Device(stored.Device), alert, stored.ReceivedAt, stored.Peer, stored.RowId, route.Recipients, route.Template,
             alert.State == AlertState.Cleared ? storm?.LastRaisedMessageId : null, stored.Via);
-        using var message = _composer.ComposeAlert(mail, _clock.GetUtcNow());
-        var queued = new NewMessage("alert", stored.Device, alert.Id, message.MessageId!, _options.Sender.Address,
-            route.Recipients.Select(r => r.Address).ToList(), MailComposer.ToWire(message));
+        var message = _composer.ComposeAlert(mail, _clock.GetUtcNow());
+        var queued = new NewMessage("alert", stored.Device, alert.Id, message.MessageId, _options.Sender.Address,
+            route.Recipients.Select(r => r.Address).ToList(), message.Wire);
         var next = alert.State == AlertState.Raised
             ? new StormState(stored.ReceivedAt, "<" + message.MessageId + ">")
             : new StormState(DateTimeOffset.UnixEpoch, storm?.LastRaisedMessageId);
@@ -322,10 +322,10 @@ public sealed partial class AlertProcessor : SupervisedLoop
             return null;
         }
 
-        using var message = _composer.ComposeDigest(Device(digest.Device), repeats, route.Recipients, _options.Storm.Window,
+        var message = _composer.ComposeDigest(Device(digest.Device), repeats, route.Recipients, _options.Storm.Window,
             digest.Alerts[0].RowId, storm?.LastRaisedMessageId, now, digest.Alerts[0].Via, omitted);
-        return new NewMessage("digest", digest.Device, null, message.MessageId!, _options.Sender.Address,
-            route.Recipients.Select(r => r.Address).ToList(), MailComposer.ToWire(message));
+        return new NewMessage("digest", digest.Device, null, message.MessageId, _options.Sender.Address,
+            route.Recipients.Select(r => r.Address).ToList(), message.Wire);
     }
 
     private async Task ParkDigestAsync(DueDigest digest, string reason, Exception? fault, CancellationToken cancellationToken)

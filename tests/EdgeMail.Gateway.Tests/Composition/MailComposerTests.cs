@@ -25,10 +25,10 @@ public sealed partial class MailComposerTests
         new(device ?? new DeviceInfo("freezer-2", "Freezer 2", "Hall 3"), alert, Received, "192.0.2.7:50123", 42,
             [new MailboxAddress("Alice Ärger", "alice@example.com"), new MailboxAddress("Bob", "bob@example.com")], "default", inReplyTo);
 
-    private static string Wire(MimeMessage message) => Encoding.ASCII.GetString(MailComposer.ToWire(message));
+    private static string Wire(ComposedMail mail) => Encoding.ASCII.GetString(mail.Wire);
 
-    // The mail as a receiver reads it: the composed message's body is its final bytes, not a tree of parts.
-    private static MimeMessage Reparsed(MimeMessage message) => MimeMessage.Load(new MemoryStream(MailComposer.ToWire(message)));
+    // The mail as a receiver reads it.
+    private static MimeMessage Reparsed(ComposedMail mail) => MimeMessage.Load(new MemoryStream(mail.Wire));
 
     // Boundaries are random; everything else is deterministic.
     private static string Normalise(string wire) => BoundaryRegex().Replace(wire, "=-BOUNDARY");
@@ -58,14 +58,17 @@ public sealed partial class MailComposerTests
     [Fact]
     public void ComposeAlert_FullVector_HasTheRequiredHeaders()
     {
-        var message = Composer().ComposeAlert(Mail(Vector("full.json")), Now);
-        var received = Reparsed(message);
+        var composed = Composer().ComposeAlert(Mail(Vector("full.json")), Now);
+        var message = Reparsed(composed);
+        var received = message;
 
         Assert.Equal("[CRITICAL] freezer-2 @ Hall 3: Freezer 2 above -15 °C", message.Subject);
         Assert.Equal("freezer-2.7f3a9c21-42.alert@gw1.example.com", message.MessageId);
+        Assert.Equal(message.MessageId, composed.MessageId);
         Assert.Equal("auto-generated", message.Headers["Auto-Submitted"]);
         Assert.Equal(Now, message.Date);
-        Assert.StartsWith("from freezer-2 ([192.0.2.7]) by gw1.example.com (EdgeMail) with MQTT id 42;", message.Headers[HeaderId.Received], StringComparison.Ordinal);
+        Assert.StartsWith("from freezer-2 ([192.0.2.7]) by gw1.example.com (EdgeMail) with MQTT id 42;",
+            Regex.Replace(message.Headers[HeaderId.Received] ?? string.Empty, @"\s+", " "), StringComparison.Ordinal); // as folded: "MQTT\r\n\tid"
         Assert.Contains("temp_c = -9.5", received.TextBody, StringComparison.Ordinal);
         Assert.Contains("2026-11-28 09:58:12 UTC", received.HtmlBody, StringComparison.Ordinal);
     }
@@ -73,7 +76,7 @@ public sealed partial class MailComposerTests
     [Fact]
     public void ComposeAlert_WireFormat_IsCrlfSevenBitAndWithinLineLimits()
     {
-        byte[] wire = MailComposer.ToWire(Composer().ComposeAlert(Mail(Vector("unicode.json")), Now));
+        byte[] wire = Composer().ComposeAlert(Mail(Vector("unicode.json")), Now).Wire;
         string text = Encoding.ASCII.GetString(wire);
 
         Assert.All(wire, b => Assert.True(b < 128));
@@ -94,9 +97,10 @@ public sealed partial class MailComposerTests
     [Fact]
     public void ComposeAlert_Cleared_ThreadsOntoTheRaisedMail()
     {
-        var message = Composer().ComposeAlert(Mail(Vector("cleared.json"), inReplyTo: "<freezer-2.7f3a9c21-42.alert@gw1.example.com>"), Now);
+        var message = Reparsed(Composer().ComposeAlert(Mail(Vector("cleared.json"), inReplyTo: "<freezer-2.7f3a9c21-42.alert@gw1.example.com>"), Now));
 
         Assert.Equal("freezer-2.7f3a9c21-42.alert@gw1.example.com", message.InReplyTo);
+        Assert.Equal(["freezer-2.7f3a9c21-42.alert@gw1.example.com"], message.References);
         Assert.StartsWith("[CLEARED] freezer-2", message.Subject, StringComparison.Ordinal);
     }
 
@@ -116,7 +120,7 @@ public sealed partial class MailComposerTests
         var alert = Parse(json) with { Values = [new(evil.Length > 60 ? evil[..60] : evil, 1)] };
         var device = new DeviceInfo("dev-1", evil, evil);
 
-        byte[] wire = MailComposer.ToWire(Composer().ComposeAlert(Mail(alert, device), Now));
+        byte[] wire = Composer().ComposeAlert(Mail(alert, device), Now).Wire;
         using var stream = new MemoryStream(wire);
         var reparsed = MimeMessage.Load(stream);
 
@@ -149,7 +153,7 @@ public sealed partial class MailComposerTests
     {
         var alert = Parse("""{"v":1,"id":"a b<c>@d","seq":1,"state":"raised","sev":"info","code":"X"}""");
 
-        byte[] wire = MailComposer.ToWire(Composer().ComposeAlert(Mail(alert), Now));
+        byte[] wire = Composer().ComposeAlert(Mail(alert), Now).Wire;
         using var stream = new MemoryStream(wire);
         using var reparsed = MimeMessage.Load(stream);
 

@@ -37,6 +37,20 @@ public sealed class GatewayOptionsValidatorTests
         Assert.StartsWith("Mqtt:External:SharedGroup: 'a/b' is not a usable share name", Assert.Single(GatewayOptionsValidator.Check(external)), StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("Alice\r\nBcc: victim@evil.example")]
+    [InlineData("Alice\tOps")]
+    public void Check_NameWithALineBreakOrTab_IsRefusedForUsersAndTheSender(string name)
+    {
+        var user = Valid();
+        user.Users["alice"].Name = name;
+        var sender = Valid();
+        sender.Sender.DisplayName = name;
+
+        Assert.StartsWith("Users:alice:Name: contains a line break", Assert.Single(GatewayOptionsValidator.Check(user)), StringComparison.Ordinal);
+        Assert.StartsWith("Sender:DisplayName: contains a line break", Assert.Single(GatewayOptionsValidator.Check(sender)), StringComparison.Ordinal);
+    }
+
     [Fact]
     public void Check_PlainSecret_NamesTheKeyAndTheFix()
     {

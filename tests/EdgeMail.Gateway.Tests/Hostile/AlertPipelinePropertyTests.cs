@@ -83,18 +83,18 @@ public sealed class AlertPipelinePropertyTests : IDisposable
         var route = Router.Route(device, alert);
         var info = new DeviceInfo(device, Options.Devices[device].Name, Options.Devices[device].Site);
         string? twin = alert.State == AlertState.Cleared ? MessageIds.ForAlert(device, "twin-" + alert.Id, Host) : null;
-        using var single = Composer.ComposeAlert(new AlertMail(info, alert, receivedAt, "192.0.2.7:50123", 7, route.Recipients, route.Template, twin), Now);
+        var single = Composer.ComposeAlert(new AlertMail(info, alert, receivedAt, "192.0.2.7:50123", 7, route.Recipients, route.Template, twin), Now);
         var held = Enumerable.Range(0, repeats).Select(i => (alert, receivedAt.AddSeconds(-i))).Reverse().ToList();
-        using var digest = Composer.ComposeDigest(info, held, route.Recipients, TimeSpan.FromMinutes(10), 7, single.MessageId, Now);
+        var digest = Composer.ComposeDigest(info, held, route.Recipients, TimeSpan.FromMinutes(10), 7, single.MessageId, Now);
 
         return route.Recipients.Count == 2
             && await WrittenReadAndDeliveredAsync(single, MessageIds.ForAlert(device, alert.Id, Host), route.Recipients)
             && await WrittenReadAndDeliveredAsync(digest, MessageIds.ForDigest(device, alert.Code, alert.Id, Host), route.Recipients);
     }
 
-    private async Task<bool> WrittenReadAndDeliveredAsync(MimeMessage message, string messageId, IReadOnlyList<MailboxAddress> to)
+    private async Task<bool> WrittenReadAndDeliveredAsync(ComposedMail message, string messageId, IReadOnlyList<MailboxAddress> to)
     {
-        byte[] wire = MailComposer.ToWire(message);
+        byte[] wire = message.Wire;
         using var stream = new MemoryStream(wire);
         using var reparsed = await MimeMessage.LoadAsync(stream);
         var recipients = to.Select(m => m.Address).ToList();

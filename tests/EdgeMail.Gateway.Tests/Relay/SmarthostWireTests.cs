@@ -45,11 +45,11 @@ public sealed class SmarthostWireTests
         // (where the server offers CHUNKING) carries the bytes as they are, and says how many.
         alert = alert with { Text = alert.Text + "\n.\n..hidden\n. dot" };
         var composer = new MailComposer(new SenderOptions { Address = "alerts@example.com", Hostname = "gw1.example.com" }, TemplateSet.Load(string.Empty));
-        using var composed = composer.ComposeAlert(new AlertMail(new DeviceInfo("freezer-2", "Freezer 2", "Hall 3"), alert, Now, "192.0.2.7:50123", 7,
+        var composed = composer.ComposeAlert(new AlertMail(new DeviceInfo("freezer-2", "Freezer 2", "Hall 3"), alert, Now, "192.0.2.7:50123", 7,
             [new MailboxAddress("Ops", "ops@example.com"), new MailboxAddress("Lead", "lead@example.com")], "default", null), Now);
-        byte[] wire = MailComposer.ToWire(composed);
+        byte[] wire = composed.Wire;
 
-        var received = await SendAsync(new QueuedMessage(1, "alert", "freezer-2", alert.Id, composed.MessageId!, "alerts@example.com",
+        var received = await SendAsync(new QueuedMessage(1, "alert", "freezer-2", alert.Id, composed.MessageId, "alerts@example.com",
             ["ops@example.com", "lead@example.com"], wire, 0, Now, Now.AddDays(5)), chunking);
 
         Assert.Equal(Encoding.ASCII.GetString(wire), Encoding.ASCII.GetString(received.Data));
@@ -62,15 +62,14 @@ public sealed class SmarthostWireTests
     {
         var composer = new MailComposer(new SenderOptions { Address = "alerts@example.com", Hostname = "gw1.example.com" }, TemplateSet.Load(string.Empty));
         var repeat = AlertParser.Parse(File.ReadAllBytes(Path.Combine(Alerts.ContractDir, "valid", "full.json"))).Alert!;
-        using var digest = composer.ComposeDigest(new DeviceInfo("freezer-2", "Freezer 2", "Hall 3"), [(repeat, Now), (repeat with { Id = "7f3a9c21-43" }, Now)],
+        var digest = composer.ComposeDigest(new DeviceInfo("freezer-2", "Freezer 2", "Hall 3"), [(repeat, Now), (repeat with { Id = "7f3a9c21-43" }, Now)],
             [new MailboxAddress("Ops", "ops@example.com")], TimeSpan.FromMinutes(10), 7, null, Now);
         using var notice = composer.ComposeFailureNotice("x.alert@gw1.example.com", "[CRITICAL] freezer °C", [("ops@example.com", "550 5.1.1 no such user")],
             new MailboxAddress("Operator", "op@example.com"), Now, 1);
 
-        foreach (var (kind, message) in new[] { ("digest", digest), ("notice", notice) })
+        foreach (var (kind, messageId, wire) in new[] { ("digest", digest.MessageId, digest.Wire), ("notice", notice.MessageId!, MailComposer.ToWire(notice)) })
         {
-            byte[] wire = MailComposer.ToWire(message);
-            var received = await SendAsync(new QueuedMessage(1, kind, "freezer-2", null, message.MessageId!, "alerts@example.com", ["ops@example.com"], wire, 0, Now, Now.AddDays(5)));
+            var received = await SendAsync(new QueuedMessage(1, kind, "freezer-2", null, messageId, "alerts@example.com", ["ops@example.com"], wire, 0, Now, Now.AddDays(5)));
 
             Assert.Equal(Encoding.ASCII.GetString(wire), Encoding.ASCII.GetString(received.Data));
             Assert.Contains($" SIZE={wire.Length}", received.MailFrom, StringComparison.Ordinal);
