@@ -48,6 +48,7 @@ public sealed class MailComposer
 {
     private static readonly TextEncoder HtmlEscaper = HtmlEncoder.Create(UnicodeRanges.All);
     private static readonly FormatOptions WireFormat = CreateWireFormat();
+    private static readonly byte[] ConstantFields = Fields(new Header("Auto-Submitted", "auto-generated"), new Header("X-Auto-Response-Suppress", "All"), new Header("MIME-Version", "1.0"));
     private readonly SenderOptions _sender;
     private readonly TemplateSet _templates;
     private readonly TemplateOptions _fluid;
@@ -225,9 +226,7 @@ public sealed class MailComposer
         WriteField(wire, new Header(HeaderId.Subject, subject));
         WriteField(wire, new Header(HeaderId.MessageId, id));
         wire.Write(ToField(to));
-        WriteField(wire, new Header("Auto-Submitted", "auto-generated"));
-        WriteField(wire, new Header("X-Auto-Response-Suppress", "All"));
-        WriteField(wire, new Header("MIME-Version", "1.0"));
+        wire.Write(ConstantFields);
         if (inReplyTo is not null)
         {
             string thread = "<" + (MimeUtils.ParseMessageId(inReplyTo) ?? throw new ArgumentException("Invalid Message-Id format.", nameof(inReplyTo))) + ">";
@@ -284,9 +283,18 @@ public sealed class MailComposer
     {
         using var message = new MimeMessage((IEnumerable<Header>)[]);
         (id == HeaderId.From ? message.From : message.To).AddRange(mailboxes);
-        var field = new MemoryStream();
-        WriteField(field, message.Headers[message.Headers.IndexOf(id)]);
-        return field.ToArray();
+        return Fields(message.Headers[message.Headers.IndexOf(id)]);
+    }
+
+    private static byte[] Fields(params Header[] headers)
+    {
+        var fields = new MemoryStream();
+        foreach (var header in headers)
+        {
+            WriteField(fields, header);
+        }
+
+        return fields.ToArray();
     }
 
     // A field as MimeKit folded it: its raw value ends each line with the platform's new line, the wire with CRLF.
