@@ -69,7 +69,7 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         }
 
         // A name is a phrase in From and To: a line break or other control character in it cannot be written as mail is.
-        if (o.Sender.DisplayName.Any(char.IsControl))
+        if (o.Sender.DisplayName is { } displayName && displayName.Any(char.IsControl))
         {
             Add("Sender:DisplayName", "contains a line break or another control character", "write the name on one line, without tabs");
         }
@@ -81,7 +81,7 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
                 Add($"Users:{id}:Email", $"'{user.Email}' is not a mail address", "give the person's address, e.g. alice@example.com");
             }
 
-            if (user.Name.Any(char.IsControl))
+            if (user.Name is { } name && name.Any(char.IsControl))
             {
                 Add($"Users:{id}:Name", "contains a line break or another control character", "write the name on one line, without tabs");
             }

@@ -258,11 +258,11 @@ public sealed partial class AlertProcessor : SupervisedLoop
 
         var mail = new AlertMail(Device(stored.Device), alert, stored.ReceivedAt, stored.Peer, stored.RowId, route.Recipients, route.Template,
             alert.State == AlertState.Cleared ? storm?.LastRaisedMessageId : null, stored.Via);
-        var message = _composer.ComposeAlert(mail, _clock.GetUtcNow());
-        var queued = new NewMessage("alert", stored.Device, alert.Id, message.MessageId, _options.Sender.Address,
-            route.Recipients.Select(r => r.Address).ToList(), message.Wire);
+        var composed = _composer.ComposeAlert(mail, _clock.GetUtcNow());
+        var queued = new NewMessage("alert", stored.Device, alert.Id, composed.MessageId, _options.Sender.Address,
+            route.Recipients.Select(r => r.Address).ToList(), composed.Wire);
         var next = alert.State == AlertState.Raised
-            ? new StormState(stored.ReceivedAt, "<" + message.MessageId + ">")
+            ? new StormState(stored.ReceivedAt, "<" + composed.MessageId + ">")
             : new StormState(DateTimeOffset.UnixEpoch, storm?.LastRaisedMessageId);
         storms[key] = next;
         return new RoutingCommit(stored.RowId, AlertStatus.Routed, null, queued, key, next, Route: route.Explanation);
@@ -322,10 +322,10 @@ public sealed partial class AlertProcessor : SupervisedLoop
             return null;
         }
 
-        var message = _composer.ComposeDigest(Device(digest.Device), repeats, route.Recipients, _options.Storm.Window,
+        var composed = _composer.ComposeDigest(Device(digest.Device), repeats, route.Recipients, _options.Storm.Window,
             digest.Alerts[0].RowId, storm?.LastRaisedMessageId, now, digest.Alerts[0].Via, omitted);
-        return new NewMessage("digest", digest.Device, null, message.MessageId, _options.Sender.Address,
-            route.Recipients.Select(r => r.Address).ToList(), message.Wire);
+        return new NewMessage("digest", digest.Device, null, composed.MessageId, _options.Sender.Address,
+            route.Recipients.Select(r => r.Address).ToList(), composed.Wire);
     }
 
     private async Task ParkDigestAsync(DueDigest digest, string reason, Exception? fault, CancellationToken cancellationToken)
