@@ -6,8 +6,7 @@ namespace EdgeMail.Gateway.Composition;
 /// <summary>
 /// A message body whose bytes are final — CRLF line endings, already in their transfer encoding — written as they are.
 /// A <see cref="MimePart"/> would put them through a new-line filter (and its buffers) on every write, to the same
-/// bytes. Its header fields (a Content-Type with a boundary, or none when the message carries them) are written by the
-/// message it is the body of.
+/// bytes. It has no header fields of its own: the message it is the body of carries them all.
 /// </summary>
 internal sealed class FinalBody : MimeEntity
 {
@@ -15,18 +14,13 @@ internal sealed class FinalBody : MimeEntity
     private readonly int _start;
 
     /// <summary>Creates the body.</summary>
-    /// <param name="contentType">Its Content-Type field, or null for none.</param>
     /// <param name="bytes">Holds the body, read in place: it must not change.</param>
     /// <param name="start">Where the body starts in <paramref name="bytes"/>.</param>
     /// <param name="length">Its length.</param>
-    public FinalBody(ContentType? contentType, byte[] bytes, int start, int length)
-        : base(contentType ?? new ContentType("text", "plain"))
+    public FinalBody(byte[] bytes, int start, int length)
+        : base(new ContentType("text", "plain"))
     {
-        if (contentType is null)
-        {
-            Headers.Clear();
-        }
-
+        Headers.Clear();
         _bytes = bytes;
         _start = start;
         Length = length;

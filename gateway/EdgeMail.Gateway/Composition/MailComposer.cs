@@ -186,12 +186,7 @@ public sealed class MailComposer
         ArgumentNullException.ThrowIfNull(message);
 
         // Sized for the body and a header block at once, rather than grown by doubling from 256 bytes.
-        long body = message.Body switch
-        {
-            FinalBody final => final.Length,
-            MimePart { Content.Stream: { CanSeek: true } content } => content.Length,
-            _ => 2048,
-        };
+        long body = message.Body is MimePart { Content.Stream: { CanSeek: true } content } ? content.Length : 2048;
         using var stream = new MemoryStream((int)Math.Min(body + 2048, 1 << 20));
         message.WriteTo(WireFormat, stream);
         return stream.ToArray();
@@ -302,16 +297,7 @@ public sealed class MailComposer
     {
         wire.Write(header.RawField);
         wire.WriteByte((byte)':');
-        var value = header.RawValue.AsSpan();
-        int lf;
-        while ((lf = value.IndexOf((byte)'\n')) >= 0)
-        {
-            wire.Write(value[..(lf > 0 && value[lf - 1] == '\r' ? lf - 1 : lf)]);
-            wire.Write("\r\n"u8);
-            value = value[(lf + 1)..];
-        }
-
-        wire.Write(value);
+        WriteCrlf(wire, header.RawValue, 0, header.RawValue.Length);
     }
 
     /// <summary>
@@ -357,14 +343,15 @@ public sealed class MailComposer
         WriteAscii(body, "\r\n");
     }
 
-    // Bare LF to CRLF, as the DOS new-line filter does (the text has no CR: CleanBody turned every CR into LF).
+    // Every line ending to CRLF, as the DOS new-line filter does: LF in body text (CleanBody turned every CR into LF)
+    // and in header values folded on Unix, CRLF in those folded on Windows.
     private static void WriteCrlf(MemoryStream body, byte[] bytes, int index, int length)
     {
         var span = bytes.AsSpan(index, length);
         int lf;
         while ((lf = span.IndexOf((byte)'\n')) >= 0)
         {
-            body.Write(span[..lf]);
+            body.Write(span[..(lf > 0 && span[lf - 1] == '\r' ? lf - 1 : lf)]);
             body.Write("\r\n"u8);
             span = span[(lf + 1)..];
         }

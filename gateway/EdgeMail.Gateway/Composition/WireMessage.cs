@@ -83,7 +83,7 @@ internal static class WireMessage
             start = end;
         }
 
-        return new MimeMessage(headers) { Body = new FinalBody(null, wire, bodyStart, wire.Length - bodyStart) };
+        return new MimeMessage(headers) { Body = new FinalBody(wire, bodyStart, wire.Length - bodyStart) };
     }
 
     /// <summary>
