@@ -45,6 +45,10 @@ public sealed partial class SqliteSpool : ISpool
     // writer itself checkpoints between two batches (KeepWalBounded), and journal_size_limit gives the disk back.
     private string? _walPath;
     private long _walRetryAt;
+    // The file's length costs a system call (a path lookup and lstat), dear on a virtual machine, and small commits
+    // come hundreds a second: it is looked at once per interval, in which the WAL grows by well under a megabyte.
+    private long _walLookedAt;
+    private static readonly long WalLookInterval = System.Diagnostics.Stopwatch.Frequency / 100;
     // SQLite runs one checkpoint at a time and answers a second one "busy" at once, without waiting: the writer's
     // and the background checkpoints take turns here instead.
     private readonly Lock _checkpointTurn = new();
@@ -772,6 +776,7 @@ public sealed partial class SqliteSpool : ISpool
     public async ValueTask DisposeAsync()
     {
         _queue.Writer.TryComplete();
+        _workQueued.Set();
         await _stopped.Task.ConfigureAwait(false);
         if (Interlocked.Exchange(ref _disposed, 1) == 1)
         {
@@ -788,6 +793,7 @@ public sealed partial class SqliteSpool : ISpool
         _stopping.Dispose();
         _checkpointDue.Dispose();
         _urgentQueued.Dispose();
+        _workQueued.Dispose();
         _readsOpen.Dispose();
         if (_reader is not null)
         {
@@ -859,10 +865,7 @@ public sealed partial class SqliteSpool : ISpool
         var item = new SpoolWork<T>(work) { Isolate = isolate, Background = background };
         if (_queue.Writer.TryWrite(item))
         {
-            if (!background)
-            {
-                _urgentQueued.Set();
-            }
+            WakeWriter(background);
 
             return cancellationToken.CanBeCanceled ? item.Task.WaitAsync(cancellationToken) : item.Task;
         }
@@ -876,10 +879,7 @@ public sealed partial class SqliteSpool : ISpool
         try
         {
             await _queue.Writer.WriteAsync(item, cancellationToken).ConfigureAwait(false);
-            if (!item.Background)
-            {
-                _urgentQueued.Set();
-            }
+            WakeWriter(item.Background);
         }
         catch (ChannelClosedException)
         {
@@ -889,13 +889,53 @@ public sealed partial class SqliteSpool : ISpool
         return await item.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
+    private void WakeWriter(bool background)
+    {
+        if (!_workQueued.IsSet)
+        {
+            _workQueued.Set();
+        }
+
+        if (!background)
+        {
+            _urgentQueued.Set();
+        }
+    }
+
+    // The writer waits on _workQueued, which the caller queueing work sets, rather than blocking on the channel's
+    // WaitToReadAsync: the channel completes that through a thread-pool work item, which then wakes the writer -- two
+    // thread hand-offs per wake-up instead of one, and on a small virtual machine each costs several microseconds.
+    private bool WaitForWork(ChannelReader<SpoolWork> reader)
+    {
+        while (true)
+        {
+            if (reader.TryPeek(out _))
+            {
+                return true;
+            }
+
+            _workQueued.Reset(); // work queued after this sets it again; work queued before it is seen below
+            if (reader.TryPeek(out _))
+            {
+                return true;
+            }
+
+            if (reader.Completion.IsCompleted)
+            {
+                return false;
+            }
+
+            _workQueued.Wait();
+        }
+    }
+
     private void WriterLoop()
     {
         var batch = new List<SpoolWork>(_maxBatch);
         var reader = _queue.Reader;
         try
         {
-            while (reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult())
+            while (WaitForWork(reader))
             {
                 batch.Clear();
                 while (batch.Count < _maxBatch && reader.TryRead(out var item))
@@ -959,6 +999,7 @@ public sealed partial class SqliteSpool : ISpool
     // Set when work that someone waits on is queued; a lingering writer sleeps on it, without spinning, and is woken by
     // nothing else (background work arriving meanwhile simply waits in the queue to be gathered at the end).
     private readonly ManualResetEventSlim _urgentQueued = new(false, spinCount: 0);
+    private readonly ManualResetEventSlim _workQueued = new(false);
 
     // Waits until the linger is over or work that someone waits on is queued, then adds what was queued to the batch.
     private void Linger(List<SpoolWork> batch, ChannelReader<SpoolWork> reader)
@@ -1025,11 +1066,12 @@ public sealed partial class SqliteSpool : ISpool
     private void KeepWalBounded()
     {
         long now = System.Diagnostics.Stopwatch.GetTimestamp();
-        if (_walPath is null || now < _walRetryAt)
+        if (_walPath is null || now < _walRetryAt || now < _walLookedAt + WalLookInterval)
         {
             return;
         }
 
+        _walLookedAt = now;
         long length;
         try
         {
