@@ -1,3 +1,4 @@
+using System.Text;
 using MimeKit;
 
 namespace EdgeMail.Gateway.Composition;
@@ -42,13 +43,15 @@ internal static class WireMessage
     }
 
     /// <summary>
-    /// <paramref name="wire"/> as MailKit's client sends it, built without MimeKit's parser: each header field is read on
-    /// its own (raw field and value, in their order, Content-* among them) and the body is one entity that writes the
-    /// bytes after the blank line as they are. It writes exactly <paramref name="wire"/>, as <see cref="Open"/> does, at
-    /// about half the allocation (the parser's buffers, a part's default headers and a new-line filter on the body are
-    /// what <see cref="Open"/> pays for). Not for DKIM: the signer looks for Content-* headers on the body. Mail this
-    /// does not cover (a field without a colon, a header block starting with white space, a line break other than
-    /// CRLF, no body or one not ending in CRLF) is opened by <see cref="Open"/>.
+    /// <paramref name="wire"/> as MailKit's client sends it, built without parsing it: the fields of the header block go
+    /// into the message as one <see cref="Header"/> whose raw value is everything after the first field's name, written
+    /// back as it is, and the body is one entity that writes the bytes after the blank line as they are. It writes exactly
+    /// <paramref name="wire"/>, as <see cref="Open"/> does, without a header object per field (each one a parse, copies of
+    /// its name and value, and a change handler in the list). A field MailKit leaves out when it sends (<c>Bcc</c>,
+    /// <c>Resent-Bcc</c>, <c>Content-Length</c>) is the exception: it is a header of its own, between the runs of fields
+    /// around it, so that MailKit recognises it. Not for DKIM: the signer looks for Content-* headers on the body. Mail
+    /// this does not cover is opened by <see cref="Open"/>: a line of the header block that is neither a field nor a
+    /// folded line, a block starting with white space, a line break other than CRLF, no body or one not ending in CRLF.
     /// </summary>
     /// <param name="wire">The message bytes; read in place, so they must not change.</param>
     /// <returns>The message.</returns>
@@ -57,34 +60,93 @@ internal static class WireMessage
         ArgumentNullException.ThrowIfNull(wire);
         int blank = wire.AsSpan().IndexOf("\r\n\r\n"u8);
         int bodyStart = blank + 4;
-        if (blank <= 0 || bodyStart == wire.Length || wire[0] is (byte)' ' or (byte)'\t' || !wire.AsSpan().EndsWith("\r\n"u8) || !IsCrlfOnly(wire))
+        if (blank <= 0 || bodyStart == wire.Length || !wire.AsSpan().EndsWith("\r\n"u8) || !IsCrlfOnly(wire)
+            || HeaderRuns(wire, blank + 2) is not { } headers)
         {
             return Open(wire);
         }
 
-        int headerEnd = blank + 2;
-        var headers = new HeaderList();
-        for (int start = 0; start < headerEnd;)
-        {
-            // A field runs to the first line break not followed by white space (a folded line continues it).
-            int end = start;
-            do
-            {
-                end += wire.AsSpan(end, headerEnd - end).IndexOf((byte)'\n') + 1;
-            }
-            while (end < headerEnd && wire[end] is (byte)' ' or (byte)'\t');
-
-            if (!Header.TryParse(ParserOptions.Default, wire, start, end - start, out var header))
-            {
-                return Open(wire);
-            }
-
-            headers.Add(header);
-            start = end;
-        }
-
         return new MimeMessage(headers) { Body = new FinalBody(wire, bodyStart, wire.Length - bodyStart) };
     }
+
+    // The header block (CRLF line breaks only) as runs of fields MailKit sends as they are, one header each, and the
+    // fields it hides, parsed; null when a line is neither a field (a name of printable ASCII, white space allowed
+    // before its colon) nor the folded continuation of one.
+    private static HeaderList? HeaderRuns(byte[] wire, int headerEnd)
+    {
+        var headers = new HeaderList();
+        int run = -1, runColon = -1; // the run not yet added, and where its first field's name ends
+        int field = -1;              // the field being read: its folded lines follow it
+        bool hidden = false;
+        for (int start = 0; ; )
+        {
+            bool last = start == headerEnd;
+            var line = last ? default : wire.AsSpan(start, wire.AsSpan(start, headerEnd - start).IndexOf((byte)'\n') - 1);
+            if (!last && line.Length > 0 && line[0] is (byte)' ' or (byte)'\t')
+            {
+                if (field < 0)
+                {
+                    return null;
+                }
+
+                start += line.Length + 2;
+                continue;
+            }
+
+            // The field before this line ends here.
+            if (field >= 0 && hidden)
+            {
+                if (!Header.TryParse(ParserOptions.Default, wire, field, start - field, out var parsed))
+                {
+                    return null;
+                }
+
+                headers.Add(parsed);
+            }
+
+            if (last)
+            {
+                break;
+            }
+
+            int colon = line.IndexOf((byte)':');
+            var name = colon > 0 ? line[..colon].TrimEnd(" \t"u8) : default;
+            if (name.IsEmpty || name.ContainsAnyExceptInRange((byte)'!', (byte)'~'))
+            {
+                return null;
+            }
+
+            hidden = IsHiddenWhenSent(name);
+            if (hidden && run >= 0)
+            {
+                headers.Add(Run(wire, run, runColon, start));
+                run = -1;
+            }
+            else if (!hidden && run < 0)
+            {
+                (run, runColon) = (start, start + colon);
+            }
+
+            field = start;
+            start += line.Length + 2;
+        }
+
+        if (run >= 0)
+        {
+            headers.Add(Run(wire, run, runColon, headerEnd));
+        }
+
+        return headers;
+    }
+
+    private static bool IsHiddenWhenSent(ReadOnlySpan<byte> name) =>
+        Ascii.EqualsIgnoreCase(name, "Bcc"u8) || Ascii.EqualsIgnoreCase(name, "Resent-Bcc"u8) || Ascii.EqualsIgnoreCase(name, "Content-Length"u8);
+
+    private static FieldRun Run(byte[] wire, int start, int colon, int end) =>
+        new(Encoding.ASCII.GetString(wire, start, colon - start), wire[start..colon], wire[(colon + 1)..end]);
+
+    // Fields written as one: MimeKit writes a header's raw name, a colon and its raw value, and parses neither.
+    private sealed class FieldRun(string name, byte[] field, byte[] value) : Header(ParserOptions.Default, HeaderId.Unknown, name, field, value);
 
     /// <summary>
     /// True when <paramref name="wire"/> is already what MailKit's preparation would send for any server: every byte
@@ -163,7 +225,7 @@ internal static class WireMessage
             }
 
             offset += i;
-            if (System.Text.Ascii.EqualsIgnoreCase(haystack.Slice(offset, needle.Length), needle))
+            if (Ascii.EqualsIgnoreCase(haystack.Slice(offset, needle.Length), needle))
             {
                 return true;
             }

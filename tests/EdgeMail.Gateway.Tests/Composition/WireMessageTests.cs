@@ -75,9 +75,27 @@ public sealed class WireMessageTests
     [InlineData("Subject: no blank line\r\n")]
     [InlineData(" Subject: leading white space\r\n\r\nbody\r\n")]
     [InlineData("Subject: a bare\nline feed in the header block\r\n\r\nbody\r\n")]
+    [InlineData("Subject: fine\r\na line that is no field\r\n\r\nbody\r\n")]
+    [InlineData("Subject: fine\r\n: a field without a name\r\n\r\nbody\r\n")]
     public void ForSending_OutsideItsCase_IsWhatOpenIs(string mail)
     {
         Assert.Equal(Written(() => WireMessage.Open(Encoding.ASCII.GetBytes(mail))), Written(() => WireMessage.ForSending(Encoding.ASCII.GetBytes(mail))));
+    }
+
+    // MailKit leaves these fields out of what it sends; it must still see each of them as a field of its own.
+    [Theory]
+    [InlineData("Bcc: boss@example.com")]
+    [InlineData("resent-bcc: boss@example.com")]
+    [InlineData("Content-Length: 22")]
+    public void ForSending_ThatMailKitHidesAFieldIn_LeavesItOut(string field)
+    {
+        string mail = Head.Replace("Subject:", field + "\r\nSubject:", StringComparison.Ordinal) + "Mains lost in hall 3.\r\n";
+        var sending = Format.Clone();
+        sending.HiddenHeaders.UnionWith([HeaderId.Bcc, HeaderId.ResentBcc, HeaderId.ContentLength]);
+
+        string written = Written(() => WireMessage.ForSending(Encoding.ASCII.GetBytes(mail)), sending);
+
+        Assert.Equal(Head + "Mains lost in hall 3.\r\n", written);
     }
 
     [Fact]
@@ -102,13 +120,13 @@ public sealed class WireMessageTests
         return format;
     }
 
-    private static string Written(Func<MimeMessage> open)
+    private static string Written(Func<MimeMessage> open, FormatOptions? format = null)
     {
         try
         {
             using var message = open();
             using var written = new MemoryStream();
-            message.WriteTo(Format, written);
+            message.WriteTo(format ?? Format, written);
             return Encoding.ASCII.GetString(written.ToArray());
         }
         catch (FormatException ex)
