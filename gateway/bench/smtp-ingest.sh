@@ -10,6 +10,8 @@
 # Knobs: MSGS=20000 SESSIONS=20 SIZE=1024 RUNS=3 PORT=12625 SINK_PORT=12626 RELEASE_DIR=/tmp/art-gw-bench
 #        WARM=0 (messages sent first, untimed: WARM=2000 measures the steady state rather than the JIT's first minutes)
 #        PERF=file.data (perf record -g of the gateway in each run, read with gateway/bench/perf-stages.py)
+#        STAT=1 (system calls, context switches and CPU migrations of the gateway per message, from perf stat over the
+#        same window as the CPU figure: counts that the machine's other load does not change, unlike CPU time)
 #        POSTFIX=1 (0 skips Postfix) PEERS=/work/shared/peers. Loopback only. Postfix part needs root.
 set -euo pipefail
 MSGS=${MSGS:-20000}
@@ -78,12 +80,23 @@ JSON
     perf record -F "${PERF_FREQ:-499}" -g -p "$gw" -o "$PERF.$run" >/dev/null 2>&1 &
     perfrec=$!
   fi
+  statrec=""
+  if [ -n "${STAT:-}" ]; then
+    perf stat -e task-clock,context-switches,cpu-migrations,raw_syscalls:sys_enter -x, -p "$gw" -o "$state/perf-stat" >/dev/null 2>&1 &
+    statrec=$!
+  fi
   start=$(date +%s.%N)
   smtp-source -s "$SESSIONS" -m "$MSGS" -l "$SIZE" -f bench@lan.edgemail.test -t ops@sink.edgemail.test -S "gateway bench" -M bench-client.edgemail.test "127.0.0.1:$PORT"
   acc_end=$(date +%s.%N)
   wait "$sink"
   e2e_end=$(date +%s.%N)
   [ -n "$perfrec" ] && { kill -INT "$perfrec" 2>/dev/null; wait "$perfrec" || true; }
+  if [ -n "$statrec" ]; then
+    kill -INT "$statrec" 2>/dev/null; wait "$statrec" || true
+    awk -F, -v r="$run" -v n="$MSGS" '$3 ~ /context-switches|cpu-migrations|sys_enter/ {v[$3]=$1}
+      END {printf "gateway run %d per message: %.1f system calls, %.2f context switches, %.2f CPU migrations\n", r,
+        v["raw_syscalls:sys_enter"]/n, v["context-switches"]/n, v["cpu-migrations"]/n}' "$state/perf-stat"
+  fi
   cpu_all=$(awk '{print ($14+$15)/100}' "/proc/$gw/stat")
   cpu=$(awk -v a="$cpu_all" -v c0="$cpu0" 'BEGIN{print a - c0}')
   kill "$gw"; wait "$gw" 2>/dev/null || true
