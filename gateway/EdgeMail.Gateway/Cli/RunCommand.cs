@@ -2,6 +2,7 @@ using System.CommandLine;
 using EdgeMail.Gateway.Operations;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 
 namespace EdgeMail.Gateway.Cli;
@@ -41,6 +42,7 @@ public static class RunCommand
                 return ExitCodes.InvalidConfiguration;
             }
 
+            ThreadScheduling.Report(host.Services.GetRequiredService<ILoggerFactory>().CreateLogger(typeof(ThreadScheduling)));
             var lifetime = host.Services.GetRequiredService<GatewayLifetime>(); // RunAsync disposes the services
             var stopping = host.Services.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping;
             try

@@ -177,7 +177,8 @@ internal sealed class GatewayProcess : IDisposable
         StartAsync(config, output, "EdgeMail.Gateway.Ingest.EmbeddedBroker", "MQTT broker listening", "listen");
 
     /// <summary>Starts the gateway, logging <paramref name="category"/> at Information, and waits for <paramref name="readyLine"/>.</summary>
-    public static async Task<GatewayProcess> StartAsync(string config, ITestOutputHelper output, string category, string readyLine, string what)
+    public static async Task<GatewayProcess> StartAsync(string config, ITestOutputHelper output, string category, string readyLine, string what,
+        IReadOnlyDictionary<string, string>? environment = null)
     {
         string dll = Path.Combine(AppContext.BaseDirectory, "EdgeMail.Gateway.dll");
         var psi = new ProcessStartInfo("dotnet")
@@ -187,6 +188,10 @@ internal sealed class GatewayProcess : IDisposable
             RedirectStandardError = true,
             UseShellExecute = false,
         };
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>())
+        {
+            psi.Environment[name] = value;
+        }
         var process = Process.Start(psi)!;
         var ready = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
         process.OutputDataReceived += (_, e) =>
@@ -250,6 +255,9 @@ internal sealed class GatewayProcess : IDisposable
 
         await _process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(60));
     }
+
+    /// <summary>The process id.</summary>
+    public int Id => _process.Id;
 
     /// <summary>The exit code (after it exited).</summary>
     public int ExitCode => _process.ExitCode;
