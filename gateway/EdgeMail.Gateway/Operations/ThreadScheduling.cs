@@ -76,17 +76,12 @@ public static partial class ThreadScheduling
 
     /// <summary>
     /// Moves every thread of the process that runs under the default policy to <c>SCHED_BATCH</c>; threads started later
-    /// inherit the policy of the thread that starts them. A thread under a policy someone chose (real-time, idle) is left
-    /// alone. Does nothing on other systems.
+    /// inherit it (while no thread remembers the default: see <see cref="ApplyAtStart"/>). A thread under a policy someone
+    /// chose (real-time, idle) is left alone.
     /// </summary>
     /// <returns>Null when done, else why not.</returns>
-    public static string? UseBatch()
+    private static string? UseBatch()
     {
-        if (!OperatingSystem.IsLinux())
-        {
-            return null;
-        }
-
         // A thread started meanwhile by one not yet moved keeps the default policy: go over them until a pass moves none.
         for (int pass = 0; pass < 10; pass++)
         {
@@ -120,31 +115,6 @@ public static partial class ThreadScheduling
         }
 
         return "threads kept starting under the default policy while they were being moved";
-    }
-
-    /// <summary>The scheduling policy of each thread of a process (Linux: <c>/proc/PID/task/TID/stat</c>, field 41).</summary>
-    /// <param name="pid">Process id.</param>
-    /// <returns>Thread id and policy (0 the default, 3 <c>SCHED_BATCH</c>).</returns>
-    public static IReadOnlyDictionary<int, int> Policies(int pid)
-    {
-        var policies = new Dictionary<int, int>();
-        foreach (string dir in Directory.EnumerateDirectories($"/proc/{pid}/task"))
-        {
-            try
-            {
-                // The name in parentheses may hold spaces: count the fields after its closing parenthesis.
-                string stat = File.ReadAllText(Path.Combine(dir, "stat"));
-                string[] after = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-                policies[int.Parse(Path.GetFileName(dir), System.Globalization.CultureInfo.InvariantCulture)] =
-                    int.Parse(after[41 - 3], System.Globalization.CultureInfo.InvariantCulture);
-            }
-            catch (IOException)
-            {
-                // The thread ended meanwhile.
-            }
-        }
-
-        return policies;
     }
 
     private static IEnumerable<int> Threads()

@@ -35,7 +35,7 @@ public sealed class ThreadSchedulingTests(ITestOutputHelper output) : IDisposabl
             Assert.True(result.IsSuccess, result.ReasonString);
         }
 
-        var policies = ThreadScheduling.Policies(gateway.Id);
+        var policies = Policies(gateway.Id);
         Assert.True(policies.Count >= 10, $"only {policies.Count} threads");
         Assert.All(policies, p => Assert.True(p.Value == SchedBatch, $"thread {p.Key} ({Name(gateway.Id, p.Key)}) has policy {p.Value}"));
     }
@@ -43,14 +43,39 @@ public sealed class ThreadSchedulingTests(ITestOutputHelper output) : IDisposabl
     [Fact]
     public async Task Gateway_WithSchedulingInherit_KeepsThePolicyItWasStartedWith()
     {
-        Assert.Equal(SchedOther, ThreadScheduling.Policies(Environment.ProcessId)[Environment.ProcessId]); // what the gateway inherits
+        Assert.Equal(SchedOther, Policies(Environment.ProcessId)[Environment.ProcessId]); // what the gateway inherits
         int port = Loopback.FreePort();
         string config = TestGateway.WriteConfig(_dataDir, 2, c => c["Mqtt"] = new { Port = port });
         using var gateway = await GatewayProcess.StartAsync(config, output, "EdgeMail.Gateway.Ingest.EmbeddedBroker", "MQTT broker listening", "listen",
             new Dictionary<string, string> { [ThreadScheduling.Variable] = "inherit" });
 
-        var policies = ThreadScheduling.Policies(gateway.Id);
+        var policies = Policies(gateway.Id);
         Assert.All(policies, p => Assert.True(p.Value == SchedOther, $"thread {p.Key} ({Name(gateway.Id, p.Key)}) has policy {p.Value}"));
+    }
+
+    /// <summary>The scheduling policy of each thread of a process (Linux: <c>/proc/PID/task/TID/stat</c>, field 41).</summary>
+    /// <param name="pid">Process id.</param>
+    /// <returns>Thread id and policy (0 the default, 3 <c>SCHED_BATCH</c>).</returns>
+    private static Dictionary<int, int> Policies(int pid)
+    {
+        var policies = new Dictionary<int, int>();
+        foreach (string dir in Directory.EnumerateDirectories($"/proc/{pid}/task"))
+        {
+            try
+            {
+                // The name in parentheses may hold spaces: count the fields after its closing parenthesis.
+                string stat = File.ReadAllText(Path.Combine(dir, "stat"));
+                string[] after = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+                policies[int.Parse(Path.GetFileName(dir), System.Globalization.CultureInfo.InvariantCulture)] =
+                    int.Parse(after[41 - 3], System.Globalization.CultureInfo.InvariantCulture);
+            }
+            catch (IOException)
+            {
+                // The thread ended meanwhile.
+            }
+        }
+
+        return policies;
     }
 
     private static string Name(int pid, int tid)
