@@ -44,11 +44,10 @@ public sealed partial class SqliteSpool : ISpool
     // 650 MB in one run, and its file kept that size afterwards. So once the file is longer than WalLimitBytes the
     // writer itself checkpoints between two batches (KeepWalBounded), and journal_size_limit gives the disk back.
     private string? _walPath;
-    private long _walRetryAt;
-    // The file's length costs a system call (a path lookup and lstat), dear on a virtual machine, and small commits
-    // come hundreds a second: it is looked at once per interval, in which the WAL grows by well under a megabyte.
-    private long _walLookedAt;
-    private static readonly long WalLookInterval = System.Diagnostics.Stopwatch.Frequency / 100;
+    // When the WAL's length is looked at next. The length costs a system call (a path lookup and lstat), dear on a
+    // virtual machine, and small commits come hundreds a second: it is looked at once per 10 ms at most, in which the
+    // WAL grows by well under a megabyte, and later still after a restart that readers held off.
+    private long _walLookAt;
     // SQLite runs one checkpoint at a time and answers a second one "busy" at once, without waiting: the writer's
     // and the background checkpoints take turns here instead.
     private readonly Lock _checkpointTurn = new();
@@ -1066,12 +1065,12 @@ public sealed partial class SqliteSpool : ISpool
     private void KeepWalBounded()
     {
         long now = System.Diagnostics.Stopwatch.GetTimestamp();
-        if (_walPath is null || now < _walRetryAt || now < _walLookedAt + WalLookInterval)
+        if (_walPath is null || now < _walLookAt)
         {
             return;
         }
 
-        _walLookedAt = now;
+        LookAtWalIn(now, TimeSpan.FromMilliseconds(10));
         long length;
         try
         {
@@ -1098,7 +1097,7 @@ public sealed partial class SqliteSpool : ISpool
         {
             if (!_readLock.TryEnter(ReadWaitForWalRestart))
             {
-                RetryWalRestartIn(now, 2 * ReadWaitForWalRestart);
+                LookAtWalIn(now, 2 * ReadWaitForWalRestart);
                 return;
             }
 
@@ -1133,13 +1132,13 @@ public sealed partial class SqliteSpool : ISpool
         else
         {
             // Another process reading the file held on: try again a checkpoint interval later, not after every batch.
-            RetryWalRestartIn(now, CheckpointInterval);
+            LookAtWalIn(now, CheckpointInterval);
             LogWalRestartBusy(length);
         }
     }
 
-    private void RetryWalRestartIn(long now, TimeSpan delay) =>
-        _walRetryAt = now + (long)(delay.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
+    private void LookAtWalIn(long now, TimeSpan delay) =>
+        _walLookAt = now + (long)(delay.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
 
     private void RunBatch(List<SpoolWork> batch)
     {
