@@ -69,10 +69,15 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         }
 
         // A name is a phrase in From and To: a line break or other control character in it cannot be written as mail is.
-        if (o.Sender.DisplayName is { } displayName && displayName.Any(char.IsControl))
+        void CheckName(string key, string? name)
         {
-            Add("Sender:DisplayName", "contains a line break or another control character", "write the name on one line, without tabs");
+            if (name is not null && name.Any(char.IsControl))
+            {
+                Add(key, "contains a line break or another control character", "write the name on one line, without tabs");
+            }
         }
+
+        CheckName("Sender:DisplayName", o.Sender.DisplayName);
 
         foreach (var (id, user) in o.Users)
         {
@@ -81,10 +86,7 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
                 Add($"Users:{id}:Email", $"'{user.Email}' is not a mail address", "give the person's address, e.g. alice@example.com");
             }
 
-            if (user.Name is { } name && name.Any(char.IsControl))
-            {
-                Add($"Users:{id}:Name", "contains a line break or another control character", "write the name on one line, without tabs");
-            }
+            CheckName($"Users:{id}:Name", user.Name);
         }
 
         foreach (var (id, members) in o.Groups)

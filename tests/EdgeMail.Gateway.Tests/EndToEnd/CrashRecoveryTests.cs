@@ -173,8 +173,8 @@ internal sealed class GatewayProcess : IDisposable
     private GatewayProcess(Process process) => _process = process;
 
     /// <summary>Starts the gateway with the embedded broker and waits until it listens.</summary>
-    public static Task<GatewayProcess> StartAsync(string config, ITestOutputHelper output) =>
-        StartAsync(config, output, "EdgeMail.Gateway.Ingest.EmbeddedBroker", "MQTT broker listening", "listen");
+    public static Task<GatewayProcess> StartAsync(string config, ITestOutputHelper output, IReadOnlyDictionary<string, string>? environment = null) =>
+        StartAsync(config, output, "EdgeMail.Gateway.Ingest.EmbeddedBroker", "MQTT broker listening", "listen", environment);
 
     /// <summary>Starts the gateway, logging <paramref name="category"/> at Information, and waits for <paramref name="readyLine"/>.</summary>
     public static async Task<GatewayProcess> StartAsync(string config, ITestOutputHelper output, string category, string readyLine, string what,

@@ -46,8 +46,7 @@ public sealed class ThreadSchedulingTests(ITestOutputHelper output) : IDisposabl
         Assert.Equal(SchedOther, Policies(Environment.ProcessId)[Environment.ProcessId]); // what the gateway inherits
         int port = Loopback.FreePort();
         string config = TestGateway.WriteConfig(_dataDir, 2, c => c["Mqtt"] = new { Port = port });
-        using var gateway = await GatewayProcess.StartAsync(config, output, "EdgeMail.Gateway.Ingest.EmbeddedBroker", "MQTT broker listening", "listen",
-            new Dictionary<string, string> { [ThreadScheduling.Variable] = "inherit" });
+        using var gateway = await GatewayProcess.StartAsync(config, output, new Dictionary<string, string> { [ThreadScheduling.Variable] = "inherit" });
 
         var policies = Policies(gateway.Id);
         Assert.All(policies, p => Assert.True(p.Value == SchedOther, $"thread {p.Key} ({Name(gateway.Id, p.Key)}) has policy {p.Value}"));
