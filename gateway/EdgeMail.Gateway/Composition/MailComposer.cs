@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Collections.Concurrent;
 using System.Globalization;
 using System.Text;
@@ -8,6 +9,7 @@ using EdgeMail.Gateway.Ingest;
 using EdgeMail.Gateway.Spool;
 using Fluid;
 using MimeKit;
+using MimeKit.Encodings;
 using MimeKit.IO.Filters;
 using MimeKit.Utils;
 
@@ -48,6 +50,8 @@ public sealed class MailComposer
 {
     private static readonly TextEncoder HtmlEscaper = HtmlEncoder.Create(UnicodeRanges.All);
     private static readonly FormatOptions WireFormat = CreateWireFormat();
+    private const string DeviceField = "X-EdgeMail-Device";
+    private const string AlertField = "X-EdgeMail-Alert";
     private static readonly byte[] ConstantFields = Fields(new Header("Auto-Submitted", "auto-generated"), new Header("X-Auto-Response-Suppress", "All"), new Header("MIME-Version", "1.0"));
     private readonly SenderOptions _sender;
     private readonly TemplateSet _templates;
@@ -214,31 +218,35 @@ public sealed class MailComposer
         messageId = MimeUtils.ParseMessageId("<" + messageId + ">") ?? throw new ArgumentException($"Invalid Message-Id format: {messageId}.", nameof(messageId));
         string id = "<" + messageId + ">";
 
-        var wire = new MemoryStream(text.Length + html.Length + 3072);
-        WriteField(wire, new Header(HeaderId.Received, received));
+        var scratch = Scratch.ForThisThread();
+        var wire = scratch.Wire;
+        scratch.WriteField(HeaderId.Received, received);
         wire.Write(_fromField);
-        WriteField(wire, new Header(HeaderId.Date, DateUtils.FormatDate(now)));
-        WriteField(wire, new Header(HeaderId.Subject, subject));
-        WriteField(wire, new Header(HeaderId.MessageId, id));
+        scratch.WriteField(HeaderId.Date, DateUtils.FormatDate(now));
+        scratch.WriteField(HeaderId.Subject, subject);
+        scratch.WriteField(HeaderId.MessageId, id);
         wire.Write(ToField(to));
         wire.Write(ConstantFields);
         if (inReplyTo is not null)
         {
             string thread = "<" + (MimeUtils.ParseMessageId(inReplyTo) ?? throw new ArgumentException("Invalid Message-Id format.", nameof(inReplyTo))) + ">";
-            WriteField(wire, new Header(HeaderId.InReplyTo, thread));
-            WriteField(wire, new Header(HeaderId.References, thread));
+            scratch.WriteField(HeaderId.InReplyTo, thread);
+            scratch.WriteField(HeaderId.References, thread);
         }
 
-        WriteField(wire, new Header("X-EdgeMail-Device", device));
+        scratch.WriteField(DeviceField, device);
         if (alertId is not null)
         {
-            WriteField(wire, new Header("X-EdgeMail-Alert", alertId));
+            scratch.WriteField(AlertField, alertId);
         }
 
-        string boundary = NewBoundary();
-        WriteAscii(wire, "Content-Type: multipart/alternative; boundary=\"" + boundary + "\"\r\n\r\n");
-        WriteAlternatives(wire, boundary, text, html);
-        byte[] bytes = wire.ToArray();
+        Span<byte> boundary = stackalloc byte[BoundaryLength];
+        NewBoundary(boundary);
+        wire.Write("Content-Type: multipart/alternative; boundary=\""u8);
+        wire.Write(boundary);
+        wire.Write("\"\r\n\r\n"u8);
+        WriteAlternatives(scratch, boundary, text, html);
+        byte[] bytes = scratch.TakeWire();
         return _dkim is null ? new ComposedMail(messageId, bytes) : new ComposedMail(messageId, Signed(bytes));
     }
 
@@ -305,42 +313,61 @@ public sealed class MailComposer
     /// it -- the same encoding decision (BestEncodingFilter), the same encoders, the same layout -- without an entity per
     /// part and a filter chain per write (golden files hold the bytes).
     /// </summary>
-    private static void WriteAlternatives(MemoryStream body, string boundary, string text, string html)
+    private static void WriteAlternatives(Scratch scratch, ReadOnlySpan<byte> boundary, string text, string html)
     {
-        WriteTextPart(body, boundary, "plain", text);
-        WriteTextPart(body, boundary, "html", html);
-        WriteAscii(body, "--" + boundary + "--\r\n");
+        WriteTextPart(scratch, boundary, "plain"u8, text);
+        WriteTextPart(scratch, boundary, "html"u8, html);
+        var wire = scratch.Wire;
+        wire.Write("--"u8);
+        wire.Write(boundary);
+        wire.Write("--\r\n"u8);
     }
 
-    private static void WriteTextPart(MemoryStream body, string boundary, string subtype, string text)
+    private static void WriteTextPart(Scratch scratch, ReadOnlySpan<byte> boundary, ReadOnlySpan<byte> subtype, string text)
     {
-        byte[] raw = Encoding.UTF8.GetBytes(text);
-        var best = new BestEncodingFilter();
-        best.Filter(raw, 0, raw.Length, out _, out _);
-        best.Flush(raw, 0, 0, out _, out _);
-        var encoding = best.GetBestEncoding(EncodingConstraint.SevenBit, 78);
-        WriteAscii(body, "--" + boundary + "\r\nContent-Type: text/" + subtype + "; charset=utf-8\r\n");
-        if (encoding != ContentEncoding.SevenBit)
+        var wire = scratch.Wire;
+        byte[] raw = ArrayPool<byte>.Shared.Rent(Encoding.UTF8.GetByteCount(text));
+        try
         {
+            int length = Encoding.UTF8.GetBytes(text, raw);
+            var best = scratch.Best;
+            best.Reset();
+            best.Filter(raw, 0, length, out _, out _);
+            var encoding = best.GetBestEncoding(EncodingConstraint.SevenBit, 78);
+            wire.Write("--"u8);
+            wire.Write(boundary);
+            wire.Write("\r\nContent-Type: text/"u8);
+            wire.Write(subtype);
+            wire.Write("; charset=utf-8\r\n"u8);
+
             // Prepare leaves a 7-bit part without the header (7bit is the default) and names any other encoding.
-            WriteAscii(body, "Content-Transfer-Encoding: " + (encoding == ContentEncoding.Base64 ? "base64" : "quoted-printable") + "\r\n");
-        }
+            if (encoding == ContentEncoding.SevenBit)
+            {
+                wire.Write("\r\n"u8);
+                WriteCrlf(wire, raw, 0, length);
+            }
+            else
+            {
+                IMimeEncoder encoder = encoding == ContentEncoding.Base64 ? scratch.Base64 : scratch.QuotedPrintable;
+                wire.Write(encoding == ContentEncoding.Base64 ? "Content-Transfer-Encoding: base64\r\n\r\n"u8 : "Content-Transfer-Encoding: quoted-printable\r\n\r\n"u8);
+                encoder.Reset();
+                byte[] output = ArrayPool<byte>.Shared.Rent(encoder.EstimateOutputLength(length));
+                try
+                {
+                    WriteCrlf(wire, output, 0, encoder.Flush(raw, 0, length, output));
+                }
+                finally
+                {
+                    ArrayPool<byte>.Shared.Return(output);
+                }
+            }
 
-        WriteAscii(body, "\r\n");
-        if (encoding == ContentEncoding.SevenBit)
-        {
-            WriteCrlf(body, raw, 0, raw.Length);
+            wire.Write("\r\n"u8);
         }
-        else
+        finally
         {
-            var encoder = EncoderFilter.Create(encoding, 78);
-            byte[] output = encoder.Filter(raw, 0, raw.Length, out int index, out int length);
-            WriteCrlf(body, output, index, length);
-            output = encoder.Flush(raw, 0, 0, out index, out length);
-            WriteCrlf(body, output, index, length);
+            ArrayPool<byte>.Shared.Return(raw);
         }
-
-        WriteAscii(body, "\r\n");
     }
 
     // Every line ending to CRLF, as the DOS new-line filter does: LF in body text (CleanBody turned every CR into LF)
@@ -359,20 +386,16 @@ public sealed class MailComposer
         body.Write(span);
     }
 
-    private static void WriteAscii(MemoryStream body, string text)
-    {
-        Span<byte> bytes = stackalloc byte[text.Length];
-        Encoding.ASCII.GetBytes(text, bytes);
-        body.Write(bytes);
-    }
-
     // As MimeKit's Multipart does: "=-" and 16 random bytes in base64. '=' cannot occur in quoted-printable text except
     // as an escape, and 128 random bits do not occur in 7-bit text by chance.
-    private static string NewBoundary()
+    private const int BoundaryLength = 2 + 24;
+
+    private static void NewBoundary(Span<byte> boundary)
     {
         Span<byte> random = stackalloc byte[16];
         System.Security.Cryptography.RandomNumberGenerator.Fill(random);
-        return "=-" + Convert.ToBase64String(random);
+        "=-"u8.CopyTo(boundary);
+        System.Buffers.Text.Base64.EncodeToUtf8(random, boundary[2..], out _, out _);
     }
 
     private string Trace(string device, string? peer, string via, long spoolId, DateTimeOffset receivedAt)
@@ -509,5 +532,76 @@ public sealed class MailComposer
         options.NewLineFormat = NewLineFormat.Dos;
         options.International = false;
         return options;
+    }
+
+    /// <summary>
+    /// What writing one mail reuses on its thread: the wire buffer, the part encoders, and a MimeKit header per field
+    /// (constructing one copies the parser options). Mail is composed on several threads at once (the router, the storm
+    /// worker, the delivery worker's notices), and writing one never awaits, so each thread has its own.
+    /// </summary>
+    private sealed class Scratch
+    {
+        // A mail larger than this (a custom template's) gets a buffer of its own rather than one kept for good.
+        private const int KeptCapacity = 64 * 1024;
+
+        [ThreadStatic]
+        private static Scratch? _current;
+
+        private readonly Dictionary<HeaderId, Header> _known = [];
+        private readonly Dictionary<string, Header> _named = new(StringComparer.Ordinal);
+
+        public MemoryStream Wire { get; private set; } = new(8 * 1024);
+
+        public BestEncodingFilter Best { get; } = new();
+
+        public QuotedPrintableEncoder QuotedPrintable { get; } = new(78);
+
+        public Base64Encoder Base64 { get; } = new(78);
+
+        public static Scratch ForThisThread()
+        {
+            var scratch = _current ??= new Scratch();
+            scratch.Wire.SetLength(0);
+            return scratch;
+        }
+
+        public void WriteField(HeaderId id, string value)
+        {
+            if (_known.TryGetValue(id, out var header))
+            {
+                header.SetValue(FormatOptions.Default, Encoding.UTF8, value);
+            }
+            else
+            {
+                _known[id] = header = new Header(id, value);
+            }
+
+            MailComposer.WriteField(Wire, header);
+        }
+
+        public void WriteField(string name, string value)
+        {
+            if (_named.TryGetValue(name, out var header))
+            {
+                header.SetValue(FormatOptions.Default, Encoding.UTF8, value);
+            }
+            else
+            {
+                _named[name] = header = new Header(name, value);
+            }
+
+            MailComposer.WriteField(Wire, header);
+        }
+
+        public byte[] TakeWire()
+        {
+            byte[] bytes = Wire.ToArray();
+            if (Wire.Capacity > KeptCapacity)
+            {
+                Wire = new MemoryStream(8 * 1024);
+            }
+
+            return bytes;
+        }
     }
 }

@@ -8,6 +8,7 @@ using FsCheck;
 using FsCheck.Fluent;
 using FsCheck.Xunit;
 using MimeKit;
+using Xunit;
 
 namespace EdgeMail.Gateway.Tests.Hostile;
 
@@ -150,6 +151,39 @@ public sealed class FuzzPropertyTests
             string expectedFields = Encoding.ASCII.GetString(fields.ToArray())[..^2]; // without the blank line that ends a header block
             return (wire.StartsWith(expectedFields + "Content-Type: multipart/alternative; boundary=\"=-", StringComparison.Ordinal))
                 .Label("expected:\n" + expectedFields + "\nwritten:\n" + wire[..Math.Min(wire.Length, expectedFields.Length + 80)]);
+        });
+
+    // The composer writes the text and HTML parts itself, reusing its encoders from mail to mail; MimeKit's BodyBuilder,
+    // Prepare(7-bit, 78) and WriteTo must write the same bytes for the same texts, whichever encoding each part needs.
+    [Property(MaxTest = 300)]
+    public Property ComposeAlert_Body_IsWhatMimeKitWritesForTheSameTexts() =>
+        Prop.ForAll(Nasty().ToArbitrary(), Nasty().ToArbitrary(), (text, site) =>
+        {
+            var alert = AlertParser.Parse(Encoding.UTF8.GetBytes(JsonSerializer.Serialize(new Dictionary<string, object>
+            {
+                ["v"] = 1, ["id"] = "fuzz-" + text.Length, ["seq"] = 1, ["state"] = "raised", ["sev"] = "warning", ["code"] = "FUZZ",
+                ["text"] = text.Length <= 300 ? text : text[..300],
+            }))).Alert!;
+            var device = new DeviceInfo("dev-1", "Device 1", site.Length > 200 ? site[..200] : site);
+            byte[] wire = Composer.ComposeAlert(new AlertMail(device, alert, DateTimeOffset.UnixEpoch, "127.0.0.1:5", 7, To, "default", null), DateTimeOffset.UnixEpoch).Wire;
+            using var reparsed = MimeMessage.Load(new MemoryStream(wire));
+            var written = Assert.IsAssignableFrom<Multipart>(reparsed.Body);
+
+            var expected = (Multipart)new BodyBuilder
+            {
+                TextBody = reparsed.TextBody!.Replace("\r\n", "\n", StringComparison.Ordinal),
+                HtmlBody = reparsed.HtmlBody!.Replace("\r\n", "\n", StringComparison.Ordinal),
+            }.ToMessageBody();
+            expected.Boundary = written.Boundary!;
+            expected.Prepare(EncodingConstraint.SevenBit, 78);
+            var content = new MemoryStream();
+            expected.WriteTo(WireFormat, content, contentOnly: true);
+
+            int blank = wire.AsSpan().IndexOf("\r\n\r\n"u8) + 4;
+            string body = Encoding.ASCII.GetString(wire, blank, wire.Length - blank);
+            string mimeKit = Encoding.ASCII.GetString(content.ToArray());
+            var encodings = written.OfType<MimePart>().Select(p => p.ContentTransferEncoding).ToList();
+            return (body == mimeKit).Label($"encodings {string.Join(", ", encodings)}\nexpected:\n{mimeKit}\nwritten:\n{body}");
         });
 
     private static readonly FormatOptions WireFormat = new Func<FormatOptions>(() =>
