@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Collections.Concurrent;
 using System.Globalization;
+using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Encodings.Web;
 using System.Text.Unicode;
@@ -565,33 +566,11 @@ public sealed class MailComposer
             return scratch;
         }
 
-        public void WriteField(HeaderId id, string value)
-        {
-            if (_known.TryGetValue(id, out var header))
-            {
-                header.SetValue(FormatOptions.Default, Encoding.UTF8, value);
-            }
-            else
-            {
-                _known[id] = header = new Header(id, value);
-            }
+        public void WriteField(HeaderId id, string value) =>
+            Write(CollectionsMarshal.GetValueRefOrAddDefault(_known, id, out _) ??= new Header(id, value), value);
 
-            MailComposer.WriteField(Wire, header);
-        }
-
-        public void WriteField(string name, string value)
-        {
-            if (_named.TryGetValue(name, out var header))
-            {
-                header.SetValue(FormatOptions.Default, Encoding.UTF8, value);
-            }
-            else
-            {
-                _named[name] = header = new Header(name, value);
-            }
-
-            MailComposer.WriteField(Wire, header);
-        }
+        public void WriteField(string name, string value) =>
+            Write(CollectionsMarshal.GetValueRefOrAddDefault(_named, name, out _) ??= new Header(name, value), value);
 
         public byte[] TakeWire()
         {
@@ -602,6 +581,12 @@ public sealed class MailComposer
             }
 
             return bytes;
+        }
+
+        private void Write(Header header, string value)
+        {
+            header.SetValue(FormatOptions.Default, Encoding.UTF8, value);
+            MailComposer.WriteField(Wire, header);
         }
     }
 }
