@@ -536,13 +536,13 @@ public sealed class MailComposer
     }
 
     /// <summary>
-    /// What writing one mail reuses on its thread: the wire buffer, the part encoders, and a MimeKit header per field
-    /// (constructing one copies the parser options). Mail is composed on several threads at once (the router, the storm
-    /// worker, the delivery worker's notices), and writing one never awaits, so each thread has its own.
+    /// What writing one mail reuses: the wire buffer, the part encoders, and a MimeKit header per field (constructing one
+    /// copies the parser options). One per thread: the composer is shared, its callers' loops go on on whichever
+    /// thread-pool thread, and writing a mail never awaits, so a mail is written on one thread from start to end.
     /// </summary>
     private sealed class Scratch
     {
-        // A mail larger than this (a custom template's) gets a buffer of its own rather than one kept for good.
+        // A buffer a large mail (a custom template's) grew beyond this is not kept.
         private const int KeptCapacity = 64 * 1024;
 
         [ThreadStatic]
