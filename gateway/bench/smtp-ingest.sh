@@ -13,6 +13,7 @@
 #        STAT=1 (system calls, context switches and CPU migrations of the gateway per message, from perf stat over the
 #        same window as the CPU figure: counts that the machine's other load does not change, unlike CPU time)
 #        POSTFIX=1 (0 skips Postfix) PEERS=/work/shared/peers. Loopback only. Postfix part needs root.
+#        QUIET_MAX_BUSY=25 QUIET_WAIT=60 (each gateway run waits until the machine is this quiet, for this long at most)
 set -euo pipefail
 MSGS=${MSGS:-20000}
 SESSIONS=${SESSIONS:-20}
@@ -40,8 +41,27 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Each gateway run starts on a quiet machine, as the peer scripts' runs do (their quiet_gate): it waits until the
+# machine is at most QUIET_MAX_BUSY % busy over a second, for QUIET_WAIT s at most, and its line says how busy it was.
+QUIET_MAX_BUSY=${QUIET_MAX_BUSY:-25}
+QUIET_WAIT=${QUIET_WAIT:-60}
+busy_now() {  # percent of all CPUs busy over the next second
+  local a b
+  a=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat); sleep 1
+  b=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
+  awk -v a="$a" -v b="$b" 'BEGIN{split(a, x, " "); split(b, y, " "); t = y[2] - x[2]; printf "%.0f", t > 0 ? 100 * (y[1] - x[1]) / t : 0}'
+}
+quiet_gate() {
+  local until=$((SECONDS + QUIET_WAIT))
+  while :; do
+    BUSY_BEFORE=$(busy_now)
+    if [ "$BUSY_BEFORE" -le "$QUIET_MAX_BUSY" ] || [ "$SECONDS" -ge "$until" ]; then return 0; fi
+  done
+}
+
 gateway_run() {
   local run=$1 state gw sink start acc_end e2e_end cpu
+  quiet_gate
   state=$(mktemp -d /var/tmp/edgemail-smtp-bench.XXXXXX)
   cat > "$state/edgemail.json" <<JSON
 { "DataDirectory": "$state/data", "Mqtt": { "Port": 0 }, "Storm": { "Window": "00:00:00" }, "Console": { "Port": $((PORT + 2)) },
@@ -101,9 +121,9 @@ JSON
   cpu=$(awk -v a="$cpu_all" -v c0="$cpu0" 'BEGIN{print a - c0}')
   kill "$gw"; wait "$gw" 2>/dev/null || true
   GW_PID="" SINK_PID=""
-  awk -v r="$run" -v s="$start" -v a="$acc_end" -v e="$e2e_end" -v n="$MSGS" -v c="$cpu" -v t="$cpu_all" 'BEGIN{
-    printf "gateway run %d: accepted %d in %.2f s = %.0f msgs/s; at smtp-sink after %.2f s = %.0f msgs/s end-to-end; gateway CPU %.1f s (%.0f us/msg) from the first message, %.1f s (%.0f us/msg) with its start\n",
-      r, n, a-s, n/(a-s), e-s, n/(e-s), c, c*1e6/n, t, t*1e6/n }'
+  awk -v r="$run" -v s="$start" -v a="$acc_end" -v e="$e2e_end" -v n="$MSGS" -v c="$cpu" -v t="$cpu_all" -v q="$BUSY_BEFORE" 'BEGIN{
+    printf "gateway run %d: accepted %d in %.2f s = %.0f msgs/s; at smtp-sink after %.2f s = %.0f msgs/s end-to-end; gateway CPU %.1f s (%.0f us/msg) from the first message, %.1f s (%.0f us/msg) with its start; machine %d%% busy before\n",
+      r, n, a-s, n/(a-s), e-s, n/(e-s), c, c*1e6/n, t, t*1e6/n, q }'
   rm -rf "$state"
 }
 
