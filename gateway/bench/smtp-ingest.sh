@@ -45,10 +45,10 @@ trap cleanup EXIT
 # machine is at most QUIET_MAX_BUSY % busy over a second, for QUIET_WAIT s at most, and its line says how busy it was.
 QUIET_MAX_BUSY=${QUIET_MAX_BUSY:-25}
 QUIET_WAIT=${QUIET_WAIT:-60}
+cpu_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }  # busy, all (every CPU)
 busy_now() {  # percent of all CPUs busy over the next second
   local a b
-  a=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat); sleep 1
-  b=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
+  a=$(cpu_ticks); sleep 1; b=$(cpu_ticks)
   awk -v a="$a" -v b="$b" 'BEGIN{split(a, x, " "); split(b, y, " "); t = y[2] - x[2]; printf "%.0f", (t > 0 ? 100 * (y[1] - x[1]) / t : 0)}'
 }
 quiet_gate() {
