@@ -121,6 +121,39 @@ public sealed class SmarthostTests
     }
 
     [Fact]
+    public async Task Relay_SmarthostNeverAnswersTheEndOfData_OtherMailGoesMeanwhile_AndItIsSentAgainAfterTheTimeout()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        var hanging = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        sink.OnData = m =>
+        {
+            if (m.Message.MessageId == "dev-1.hung-1.alert@gw.test" && hanging.TrySetResult())
+            {
+                return SmtpReply.Hang;
+            }
+
+            return SmtpReply.Ok;
+        };
+        await using var gw = await StartGatewayAsync(sink.Port);
+
+        await PublishAsync(gw, "dev-1", "hung-1");
+        await hanging.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        await PublishAsync(gw, "dev-2", "other-1");
+
+        // The hung transaction holds one connection for Relay:Timeout (5 s); the other mail takes the second.
+        var first = await sink.NextAsync();
+        Assert.Equal("dev-2.other-1.alert@gw.test", first.Message.MessageId);
+
+        // Unanswered, the first copy may or may not have been taken: it is sent again on a new connection, not bounced.
+        var second = await sink.NextAsync();
+        Assert.Equal("dev-1.hung-1.alert@gw.test", second.Message.MessageId);
+        Assert.NotEqual(sink.Messages.First(m => m.Reply == SmtpReply.Hang).Connection, second.Connection);
+        Assert.Equal(["dev-1.hung-1.alert@gw.test", "dev-2.other-1.alert@gw.test", "dev-1.hung-1.alert@gw.test"],
+            sink.Messages.Select(m => m.Message.MessageId));
+        Assert.False(sink.TryNext(out _)); // no failure notice to the operator
+    }
+
+    [Fact]
     public async Task Relay_OneRecipientRefused_OthersStillGetTheMail()
     {
         await using var sink = await SmtpTestServer.StartAsync();

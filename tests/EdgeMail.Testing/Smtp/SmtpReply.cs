@@ -4,9 +4,10 @@ namespace EdgeMail.Testing.Smtp;
 
 /// <summary>
 /// What <see cref="SmtpTestServer"/> answers where a test scripts it: a reply code with its text (enhanced status code
-/// first, as in <c>451 4.3.0 try later</c>), or <see cref="Drop"/> — the connection closed with no answer at all.
+/// first, as in <c>451 4.3.0 try later</c>), <see cref="Drop"/> — the connection closed with no answer at all — or
+/// <see cref="Hang"/>, no answer and the connection kept open.
 /// </summary>
-/// <param name="Code">Reply code (250, 451, 550, ...); 0 for <see cref="Drop"/>.</param>
+/// <param name="Code">Reply code (250, 451, 550, ...); 0 for <see cref="Drop"/>, -1 for <see cref="Hang"/>.</param>
 /// <param name="Text">Reply text.</param>
 public sealed record SmtpReply(int Code, string Text)
 {
@@ -16,12 +17,21 @@ public sealed record SmtpReply(int Code, string Text)
     /// <summary>No reply: the server closes the connection (a crash, a network cut, an idle timeout).</summary>
     public static SmtpReply Drop { get; } = new(0, "connection dropped without a reply");
 
+    /// <summary>
+    /// No reply, the connection left open: a hung server. The session reads on and throws the input away until the
+    /// client gives up and closes, or the test server stops.
+    /// </summary>
+    public static SmtpReply Hang { get; } = new(-1, "no reply, the connection left open");
+
     /// <summary>Whether this is <see cref="Drop"/>.</summary>
     public bool IsDrop => Code == 0;
+
+    /// <summary>Whether this is <see cref="Hang"/>.</summary>
+    public bool IsHang => Code == -1;
 
     /// <summary>Whether the reply accepts (2xx or 3xx).</summary>
     public bool IsPositive => Code is >= 200 and < 400;
 
     /// <inheritdoc />
-    public override string ToString() => IsDrop ? "(dropped)" : Code.ToString(CultureInfo.InvariantCulture) + " " + Text;
+    public override string ToString() => IsDrop ? "(dropped)" : IsHang ? "(hung)" : Code.ToString(CultureInfo.InvariantCulture) + " " + Text;
 }

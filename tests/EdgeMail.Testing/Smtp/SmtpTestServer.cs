@@ -42,7 +42,7 @@ public sealed class SmtpTestServerOptions
 /// with its envelope, and a test scripts failures: a reply to any command (<see cref="OnCommand"/>), to one recipient
 /// (<see cref="Recipients"/>), or to the end of a message (<see cref="OnData"/>) — a 4xx, a 5xx, or
 /// <see cref="SmtpReply.Drop"/>, the connection closed with no answer (after DATA, the client cannot know whether
-/// the message was taken). An exception thrown by a script is answered with 451 and thrown again at dispose, so a
+/// the message was taken), or, to the end of a message, <see cref="SmtpReply.Hang"/>. An exception thrown by a script is answered with 451 and thrown again at dispose, so a
 /// failed assertion inside a script fails the test. (The firmware's byte-for-byte and allocation tests of its SMTP
 /// client use EdgeMail.Simulation's <c>InMemorySmtpServer</c> instead: a synchronous peer behind the device's
 /// transport interface, no socket, nothing allocated — the same peer the emulator's <c>bench</c> measures over.)
@@ -203,6 +203,27 @@ public sealed class SmtpTestServer : IAsyncDisposable
         return new IOException($"The SMTP test server dropped the connection {where}, as scripted.");
     }
 
+    // Reads and discards what the client still sends until it closes the connection or the server stops.
+    private async Task HangAsync(ISessionContext context, CancellationToken cancellationToken)
+    {
+        using var until = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _stop.Token);
+        try
+        {
+            while (true)
+            {
+                var read = await context.Pipe.Input.ReadAsync(until.Token).ConfigureAwait(false);
+                context.Pipe.Input.AdvanceTo(read.Buffer.End);
+                if (read.IsCompleted)
+                {
+                    return;
+                }
+            }
+        }
+        catch (Exception ex) when (ex is OperationCanceledException or IOException)
+        {
+        }
+    }
+
     private static SmtpResponse Response(SmtpReply reply) => new((SmtpReplyCode)reply.Code, reply.Text);
 
     private SmtpReply Script<T>(Func<T, SmtpReply?> script, T argument)
@@ -234,6 +255,13 @@ public sealed class SmtpTestServer : IAsyncDisposable
             }
 
             SmtpReply reply = OnCommand is { } script ? Script(script, seen) : SmtpReply.Ok;
+            if (reply.IsHang)
+            {
+                // A command's handler runs synchronously here: hanging it would hold a thread-pool thread.
+                _scriptFailures.Enqueue(new NotSupportedException("SmtpReply.Hang is for OnData only"));
+                reply = new SmtpReply(451, "4.3.0 the test's script asked for a hang at " + seen.Verb);
+            }
+
             if (reply.IsPositive && seen.Verb == RcptCommand.Command && Recipients.TryGetValue(seen.Argument, out SmtpReply? forRecipient))
             {
                 reply = forRecipient;
@@ -253,7 +281,7 @@ public sealed class SmtpTestServer : IAsyncDisposable
 
     private sealed class Store(SmtpTestServer server) : MessageStore
     {
-        public override Task<SmtpResponse> SaveAsync(ISessionContext context, IMessageTransaction transaction, ReadOnlySequence<byte> buffer, CancellationToken cancellationToken)
+        public override async Task<SmtpResponse> SaveAsync(ISessionContext context, IMessageTransaction transaction, ReadOnlySequence<byte> buffer, CancellationToken cancellationToken)
         {
             var mail = new ReceivedMail(
                 Interlocked.Increment(ref server._messageCount),
@@ -271,13 +299,19 @@ public sealed class SmtpTestServer : IAsyncDisposable
                 throw Dropped(context, "after DATA");
             }
 
+            if (reply.IsHang)
+            {
+                await server.HangAsync(context, cancellationToken).ConfigureAwait(false);
+                throw Dropped(context, "after hanging at the end of DATA");
+            }
+
             if (reply.IsPositive)
             {
                 server._acceptedSoFar.Enqueue(mail);
                 server._accepted.Writer.TryWrite(mail);
             }
 
-            return Task.FromResult(Response(reply));
+            return Response(reply);
         }
     }
 
