@@ -96,6 +96,123 @@ public sealed class SmtpLimitTests
         await HostileKit.AssertStillServesAsync(gw);
     }
 
+    [Fact]
+    public async Task IdleClient_PastTheCommandTimeout_Gets421AndIsClosed_AndOthersAreServed()
+    {
+        await using var gw = await SmtpGateway.StartAsync(smtp => smtp["CommandTimeout"] = "00:00:01");
+        var (idle, greeting) = await SmtpWire.ConnectAsync(gw.Plain());
+        await using var _ = idle;
+        Assert.StartsWith("220", greeting);
+
+        // It says nothing after the greeting: the server speaks first, once the command timeout has passed.
+        string reply = await idle.ReadReplyAsync();
+
+        Assert.StartsWith("421 4.4.2 gw.test timeout", reply);
+        Assert.True(await idle.IsClosedAsync());
+        await HostileKit.AssertStillServesAsync(gw);
+    }
+
+    [Fact]
+    public async Task ClientSilentInTheMiddleOfData_Gets421NotA5xx_NothingIsQueued_AndOthersAreServedMeanwhile()
+    {
+        await using var gw = await SmtpGateway.StartAsync(smtp => smtp["CommandTimeout"] = "00:00:02");
+        var stalled = await InDataAsync(gw);
+        await using var _ = stalled;
+        await stalled.SendRawAsync(SmtpGateway.PlainMail("half", "the first line of a body that never ends\r\n"));
+
+        // While it hangs there, holding its connection, another device's mail is taken.
+        await HostileKit.AssertStillServesAsync(gw);
+
+        // A 5xx here would make a device drop its alert for good: a stalled link is a temporary failure.
+        Assert.StartsWith("421 4.4.2 gw.test timeout", await stalled.ReadReplyAsync());
+        Assert.True(await stalled.IsClosedAsync());
+        Assert.Equal(1, await HostileKit.QueuedAsync(gw)); // the well-behaved device's mail only
+    }
+
+    [Fact]
+    public async Task SlowClientPastTheSessionTimeout_ItsMessageIsTaken_ThenItsNextMail_Gets421()
+    {
+        await using var gw = await SmtpGateway.StartAsync(smtp =>
+        {
+            smtp["CommandTimeout"] = "00:00:05";
+            smtp["SessionTimeout"] = "00:00:03";
+        });
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var slow = await InDataAsync(gw);
+        await using var _ = slow;
+        await slow.SendRawAsync(SmtpGateway.PlainMail("slow", "sent over a slow link\r\n"));
+
+        // A slow link: a line every 200 ms, until the session is older than Smtp:SessionTimeout.
+        while (clock.Elapsed < TimeSpan.FromSeconds(3.3))
+        {
+            await Task.Delay(200);
+            await slow.SendRawAsync("still coming\r\n");
+        }
+
+        Assert.StartsWith("250", await slow.CommandAsync("."));
+        Assert.StartsWith("421 4.4.2 gw.test session time limit", await slow.CommandAsync("MAIL FROM:<ups@lan.test>"));
+        Assert.True(await slow.IsClosedAsync());
+        Assert.Equal(1, await HostileKit.QueuedAsync(gw));
+    }
+
+    [Fact]
+    public async Task ClientTricklingOneMessagePastTwiceTheSessionTimeout_Gets421AndIsClosed_NothingIsQueued()
+    {
+        await using var gw = await SmtpGateway.StartAsync(smtp =>
+        {
+            smtp["CommandTimeout"] = "00:00:05";
+            smtp["SessionTimeout"] = "00:00:01";
+        });
+        var trickle = await InDataAsync(gw);
+        await using var _ = trickle;
+        var reply = trickle.ReadReplyAsync();
+
+        // Never idle long enough for the command timeout, never done: the hard limit (2 s) ends it.
+        try
+        {
+            while (!reply.IsCompleted)
+            {
+                await trickle.SendRawAsync("x\r\n");
+                await Task.WhenAny(reply, Task.Delay(100));
+            }
+        }
+        catch (IOException)
+        {
+            // The server closed while a line was on its way.
+        }
+
+        Assert.StartsWith("421 4.4.2 gw.test session time limit", await reply);
+        Assert.True(await trickle.IsClosedAsync());
+        Assert.Equal(0, await HostileKit.QueuedAsync(gw));
+    }
+
+    [Fact]
+    public async Task ClientThatNeverStartsItsTlsHandshake_IsClosedAfterTheCommandTimeout_AndOthersAreServed()
+    {
+        await using var gw = await SmtpGateway.StartAsync(smtp => smtp["CommandTimeout"] = "00:00:01");
+        using var tcp = new System.Net.Sockets.TcpClient();
+        await tcp.ConnectAsync(gw.Implicit());
+        var stream = tcp.GetStream();
+
+        // Implicit TLS: the server waits for a ClientHello that never comes, then closes (no cleartext reply).
+        int read = await stream.ReadAsync(new byte[64]).AsTask().WaitAsync(TimeSpan.FromSeconds(30));
+
+        Assert.Equal(0, read);
+        await HostileKit.AssertStillServesAsync(gw);
+    }
+
+    // An allow-listed source (no AUTH) that has been answered 354.
+    private static async Task<SmtpWire> InDataAsync(TestGateway gw)
+    {
+        var (wire, greeting) = await SmtpWire.ConnectAsync(gw.Plain(), SmtpGateway.AllowListed);
+        Assert.StartsWith("220", greeting);
+        Assert.StartsWith("250", await wire.CommandAsync("EHLO ups.lan.test"));
+        Assert.StartsWith("250", await wire.CommandAsync("MAIL FROM:<ups@lan.test>"));
+        Assert.StartsWith("250", await wire.CommandAsync("RCPT TO:<alice@example.com>"));
+        Assert.StartsWith("354", await wire.CommandAsync("DATA"));
+        return wire;
+    }
+
     private static async Task<SmtpWire> StartTlsSessionAsync(TestGateway gw)
     {
         var (wire, _) = await SmtpWire.ConnectAsync(gw.StartTls());

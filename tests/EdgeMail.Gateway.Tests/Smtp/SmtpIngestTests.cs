@@ -158,9 +158,12 @@ public sealed class SmtpIngestTests : IAsyncLifetime
         {
             smtp["Endpoints"] = new object[] { new { BindAddress = "not-an-ip", Port = 0, Tls = "Sometimes" } };
             smtp["AllowedSources"] = new object[] { new { Network = "10.0.0.0/99", Device = "ghost" } };
+            smtp["CommandTimeout"] = "00:00:00.500";
+            smtp["SessionTimeout"] = "00:00:00.100";
         }));
 
-        foreach (string key in new[] { "Smtp:Endpoints:0:BindAddress:", "Smtp:Endpoints:0:Tls:", "Smtp:AllowedSources:0:Network:", "Smtp:AllowedSources:0:Device:" })
+        foreach (string key in new[] { "Smtp:Endpoints:0:BindAddress:", "Smtp:Endpoints:0:Tls:", "Smtp:AllowedSources:0:Network:", "Smtp:AllowedSources:0:Device:",
+            "Smtp:CommandTimeout:", "Smtp:SessionTimeout:" })
         {
             Assert.Contains(ex.Failures, f => f.StartsWith(key, StringComparison.Ordinal));
         }

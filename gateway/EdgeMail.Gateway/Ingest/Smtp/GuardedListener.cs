@@ -17,7 +17,9 @@ namespace EdgeMail.Gateway.Ingest.Smtp;
 /// Wraps SmtpServer's TCP listeners with the gateway's connection guard: a connection over the total or
 /// per-source limit is answered <c>421 4.7.0</c> and closed before a session starts; a command line longer
 /// than the limit (a client that never sends CRLF) closes the session with <c>500 5.5.2</c> instead of
-/// growing a buffer. It also reports each bound endpoint (the real port when 0 was asked for) and each
+/// growing a buffer. It keeps the session's clocks (<see cref="GuardedPipe"/>): a client that sends nothing for
+/// <c>Smtp:CommandTimeout</c> while the server waits for it, and a session past <c>Smtp:SessionTimeout</c> at its next
+/// transaction, are answered <c>421 4.4.2</c> and closed. It also reports each bound endpoint (the real port when 0 was asked for) and each
 /// endpoint that could not be bound, so start-up can wait for both. And it lets SmtpServer's parser take
 /// <c>RCPT TO:&lt;Postmaster&gt;</c> (RFC 5321 §4.5.1), which it refuses for want of a domain: see
 /// <see cref="PostmasterPath"/>.
@@ -27,16 +29,20 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
     private readonly NoDelayListenerFactory _inner = new();
     private readonly ConnectionLimiter _limiter;
     private readonly int _maxLine;
+    private readonly TimeSpan _commandTimeout;
+    private readonly TimeSpan _sessionTimeout;
     private readonly string _hostname;
     private readonly ILogger _logger;
     private readonly Action<IEndpointDefinition, EndPoint> _started;
     private readonly Action<IEndpointDefinition, Exception> _failed;
 
-    public GuardedListenerFactory(ConnectionLimiter limiter, int maxLine, string hostname, ILogger logger,
+    public GuardedListenerFactory(ConnectionLimiter limiter, int maxLine, TimeSpan commandTimeout, TimeSpan sessionTimeout, string hostname, ILogger logger,
         Action<IEndpointDefinition, EndPoint> started, Action<IEndpointDefinition, Exception> failed)
     {
         _limiter = limiter;
         _maxLine = maxLine;
+        _commandTimeout = commandTimeout;
+        _sessionTimeout = sessionTimeout;
         _hostname = hostname;
         _logger = logger;
         _started = started;
@@ -62,6 +68,14 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP session from {Peer} closed with 500: command line longer than {Limit} bytes")]
     private partial void LogLineTooLong(string peer, int limit);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP session from {Peer} closed: {Reason}")]
+    private partial void LogClosed(string peer, string reason);
+
+    /// <summary>Whether the gateway itself closed this session (a timeout, logged then): SmtpServer reports it as faulted.</summary>
+    /// <param name="context">The session.</param>
+    /// <returns>True when closed here.</returns>
+    public static bool ClosedByGuard(ISessionContext context) => context.Pipe is GuardedPipe { Closed: true };
 
     private sealed class GuardedListener(GuardedListenerFactory owner, IEndpointListener inner) : IEndpointListener
     {
@@ -97,18 +111,52 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
         public void Dispose() => inner.Dispose();
     }
 
+    /// <summary>
+    /// The connection under a session, with its clocks. SmtpServer's own (a command wait, a whole-session token) are
+    /// off: its whole-session token, firing while a message's data is read, made it answer a permanent
+    /// <c>554</c> — a device drops an alert on a 5xx — and its command wait answered <c>221</c> and never covered
+    /// message data. Here one timer per connection: armed for <c>Smtp:CommandTimeout</c> whenever the server waits for
+    /// the client (a command, message data, a TLS handshake), else for the hard limit, twice
+    /// <c>Smtp:SessionTimeout</c>. A client silent that long gets <c>421 4.4.2</c> (also in the middle of a message:
+    /// then written here and the connection closed, so SmtpServer's <c>554</c> reaches no one); a session past
+    /// <c>Smtp:SessionTimeout</c> finishes the transaction under way and gets <c>421</c> at its next <c>MAIL</c> (the
+    /// device connects again and goes on); one still open at the hard limit — stuck in one message, or not reading
+    /// its replies — is cut without a reply.
+    /// </summary>
     private sealed class GuardedPipe : ISecurableDuplexPipe
     {
+        private readonly GuardedListenerFactory _owner;
         private readonly ISecurableDuplexPipe _inner;
         private readonly IDisposable _lease;
         private readonly GuardedReader _reader;
+        private readonly string _peer;
+        private readonly ITimer _timer;
+        private readonly long _opened = Environment.TickCount64;
+        private readonly Lock _gate = new();
+        private bool _waiting;
+        private bool _disposed;
+        private string? _expired;
+        private bool _idle;
+        private int _closed;
 
         public GuardedPipe(GuardedListenerFactory owner, ISecurableDuplexPipe inner, ISessionContext context, IDisposable lease, IPEndPoint remote)
         {
+            _owner = owner;
             _inner = inner;
             _lease = lease;
-            _reader = new GuardedReader(owner, this, remote.ToString());
-            context.CommandExecuting += (_, e) => _reader.InData = e.Command is DataCommand;
+            _peer = remote.ToString();
+            _reader = new GuardedReader(owner, this, _peer);
+            _timer = TimeProvider.System.CreateTimer(static state => ((GuardedPipe)state!).Expire(), this, HardLimit, Timeout.InfiniteTimeSpan);
+            context.CommandExecuting += (_, e) =>
+            {
+                _reader.InData = e.Command is DataCommand;
+                if (e.Command is MailCommand && Age >= owner._sessionTimeout)
+                {
+                    Close($"session longer than {owner._sessionTimeout} (Smtp:SessionTimeout), at MAIL");
+                    throw new SmtpResponseException(new SmtpResponse(SmtpReplyCode.ServiceUnavailable,
+                        $"4.4.2 {owner._hostname} session time limit reached; closing, connect again to go on"), true);
+                }
+            };
             context.CommandExecuted += (_, _) => _reader.InData = false;
         }
 
@@ -122,13 +170,165 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
 
         public PipeReader InnerInput => _inner.Input;
 
-        public Task UpgradeAsync(X509Certificate certificate, SslProtocols protocols, CancellationToken cancellationToken = default) =>
-            _inner.UpgradeAsync(certificate, protocols, cancellationToken);
+        public bool Closed => Volatile.Read(ref _closed) == 1;
+
+        private TimeSpan Age => TimeSpan.FromMilliseconds(Environment.TickCount64 - _opened);
+
+        private TimeSpan HardLimit => _owner._sessionTimeout * 2;
+
+        private static TimeSpan Grace => TimeSpan.FromSeconds(5);
+
+        public async Task UpgradeAsync(X509Certificate certificate, SslProtocols protocols, CancellationToken cancellationToken = default)
+        {
+            using var handshake = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            handshake.CancelAfter(_owner._commandTimeout);
+            try
+            {
+                await _inner.UpgradeAsync(certificate, protocols, handshake.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+            {
+                string reason = $"no TLS handshake within {_owner._commandTimeout} (Smtp:CommandTimeout)";
+                Close(reason);
+                throw new IOException(reason);
+            }
+        }
+
+        /// <summary>The server waits for the client from now on: the command timeout runs.</summary>
+        /// <returns>Whether the session's clock ran out already: it is to be closed instead.</returns>
+        public bool Waiting()
+        {
+            lock (_gate)
+            {
+                _waiting = true;
+                Arm();
+                return _expired is not null;
+            }
+        }
+
+        /// <summary>The client's bytes (or the end) came.</summary>
+        /// <returns>Whether the session's clock ran out meanwhile: it is to be closed.</returns>
+        public bool Came()
+        {
+            lock (_gate)
+            {
+                _waiting = false;
+                Arm();
+                return _expired is not null;
+            }
+        }
+
+        /// <summary>
+        /// Answers <c>421</c> where the session stands and closes it. Between commands SmtpServer writes the reply (the
+        /// exception asks it to, then to quit); in a message's data it would answer any exception with <c>554</c>, so the
+        /// reply is written here and the connection closed first.
+        /// </summary>
+        public async Task<Exception> ExpiredAsync(bool inData)
+        {
+            string reason = _expired!;
+            Close(reason);
+            string text = $"4.4.2 {_owner._hostname} {(_idle ? "timeout: no input" : "session time limit reached")}; closing";
+            if (!inData)
+            {
+                return new SmtpResponseException(new SmtpResponse(SmtpReplyCode.ServiceUnavailable, text), true);
+            }
+
+            try
+            {
+                using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(1));
+                await _inner.Output.WriteAsync(Encoding.ASCII.GetBytes("421 " + text + "\r\n"), timeout.Token).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is IOException or OperationCanceledException or InvalidOperationException or ObjectDisposedException)
+            {
+                // The client is gone or not reading; closing is all that is left.
+            }
+
+            _inner.Dispose();
+            return new IOException("The gateway closed the session: " + reason);
+        }
 
         public void Dispose()
         {
+            lock (_gate)
+            {
+                _disposed = true;
+            }
+
+            _timer.Dispose();
             _inner.Dispose();
             _lease.Dispose();
+        }
+
+        private void Arm()
+        {
+            if (_expired is not null)
+            {
+                // The session's own flow answers and closes it; the timer only cuts it if it does not come back.
+                _timer.Change(Grace, Timeout.InfiniteTimeSpan);
+                return;
+            }
+
+            var left = HardLimit - Age;
+            if (left < TimeSpan.Zero)
+            {
+                left = TimeSpan.Zero;
+            }
+
+            _timer.Change(_waiting && _owner._commandTimeout < left ? _owner._commandTimeout : left, Timeout.InfiniteTimeSpan);
+        }
+
+        // On the timer's thread. A read under way is cancelled and the session's own flow answers (ExpiredAsync), as it
+        // does at its next read when it was busy; one that does not come back to a read within the grace (writing to a
+        // client that does not read its replies, say) is cut.
+        private void Expire()
+        {
+            bool cut = false;
+            bool cancel = false;
+            lock (_gate)
+            {
+                if (_disposed)
+                {
+                    return;
+                }
+
+                if (_expired is not null)
+                {
+                    cut = true;
+                }
+                else
+                {
+                    bool over = Age >= HardLimit;
+                    if (!_waiting && !over)
+                    {
+                        return; // the wait just ended; Came() armed the timer again
+                    }
+
+                    _idle = !over;
+                    _expired = over
+                        ? $"session longer than {HardLimit} (twice Smtp:SessionTimeout)"
+                        : $"no input for {_owner._commandTimeout} (Smtp:CommandTimeout){(_reader.InData ? " in the middle of a message" : string.Empty)}";
+                    cancel = _waiting;
+                    Arm();
+                }
+            }
+
+            if (cut)
+            {
+                Close(_expired!);
+                _inner.Dispose();
+            }
+            else if (cancel)
+            {
+                _inner.Input.CancelPendingRead();
+            }
+        }
+
+        private void Close(string reason)
+        {
+            if (Interlocked.Exchange(ref _closed, 1) == 0)
+            {
+                _owner.LogClosed(_peer, reason);
+            }
         }
     }
 
@@ -165,7 +365,28 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
 
         public override async ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
         {
-            var result = await pipe.InnerInput.ReadAsync(cancellationToken).ConfigureAwait(false);
+            if (pipe.Waiting())
+            {
+                pipe.Came();
+                throw await pipe.ExpiredAsync(InData).ConfigureAwait(false);
+            }
+
+            ReadResult result;
+            bool expired;
+            try
+            {
+                result = await pipe.InnerInput.ReadAsync(cancellationToken).ConfigureAwait(false);
+            }
+            finally
+            {
+                expired = pipe.Came();
+            }
+
+            if (expired)
+            {
+                throw await pipe.ExpiredAsync(InData).ConfigureAwait(false);
+            }
+
             Check(result.Buffer);
             return Substitute(result);
         }

@@ -97,14 +97,14 @@ public sealed partial class SmtpIngest : IHostedService, IDisposable
             .MaxMessageSize(_smtp.MaxMessageBytes, MaxMessageSizeHandling.Strict)
             .MaxAuthenticationAttempts(3)
             .MaxRetryCount(5)
-            .CommandWaitTimeout(_smtp.CommandTimeout)
+            .CommandWaitTimeout(Timeout.InfiniteTimeSpan) // the guarded pipe keeps both clocks (GuardedListener.cs)
             .CustomSmtpGreeting(_ => $"220 {_options.Sender.Hostname} ESMTP EdgeMail");
         var definitions = new List<IEndpointDefinition>();
         foreach (var e in _smtp.Endpoints)
         {
             var b = new EndpointDefinitionBuilder()
                 .Endpoint(new IPEndPoint(IPAddress.Parse(e.BindAddress), e.Port))
-                .SessionTimeout(_smtp.SessionTimeout)
+                .SessionTimeout(Timeout.InfiniteTimeSpan)
                 .SupportedSslProtocols(SslProtocols.Tls12 | SslProtocols.Tls13)
                 .AllowUnsecureAuthentication(false);
             if (e.Tls.Equals("StartTls", StringComparison.OrdinalIgnoreCase))
@@ -124,7 +124,7 @@ public sealed partial class SmtpIngest : IHostedService, IDisposable
         var started = new Dictionary<IEndpointDefinition, IPEndPoint>();
         var allStarted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         Limiter = new ConnectionLimiter(_smtp.MaxConnections, _smtp.MaxConnectionsPerSource);
-        var factory = new GuardedListenerFactory(Limiter, _smtp.MaxCommandLineBytes, _options.Sender.Hostname, _logger,
+        var factory = new GuardedListenerFactory(Limiter, _smtp.MaxCommandLineBytes, _smtp.CommandTimeout, _smtp.SessionTimeout, _options.Sender.Hostname, _logger,
             (definition, local) =>
             {
                 lock (started)
@@ -144,7 +144,13 @@ public sealed partial class SmtpIngest : IHostedService, IDisposable
         services.Add(_store);
         services.Add(factory);
         _server = new SmtpServer.SmtpServer(builder.Build(), services);
-        _server.SessionFaulted += (_, e) => LogSessionFaulted(SubmissionPolicy.Remote(e.Context).ToString(), e.Exception.GetType().Name, e.Exception.Message);
+        _server.SessionFaulted += (_, e) =>
+        {
+            if (!GuardedListenerFactory.ClosedByGuard(e.Context))
+            {
+                LogSessionFaulted(SubmissionPolicy.Remote(e.Context).ToString(), e.Exception.GetType().Name, e.Exception.Message);
+            }
+        };
         _run = _server.StartAsync(_stop.Token);
         var first = await Task.WhenAny(allStarted.Task, _run).WaitAsync(TimeSpan.FromSeconds(30), cancellationToken).ConfigureAwait(false);
         if (first == _run || allStarted.Task.IsFaulted)

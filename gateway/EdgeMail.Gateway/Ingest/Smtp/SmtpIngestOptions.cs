@@ -61,10 +61,16 @@ public sealed class SmtpIngestOptions
     /// <summary>Mail with more Received headers than this is refused as a loop (554 5.4.6).</summary>
     public int MaxHops { get; set; } = 30;
 
-    /// <summary>How long the server waits for the next command.</summary>
+    /// <summary>
+    /// How long the server waits for the client — its next command, the next bytes of a message, its TLS handshake —
+    /// before it answers <c>421 4.4.2</c> and closes.
+    /// </summary>
     public TimeSpan CommandTimeout { get; set; } = TimeSpan.FromMinutes(2);
 
-    /// <summary>Longest a whole session may last.</summary>
+    /// <summary>
+    /// A session older than this is answered <c>421 4.4.2</c> at its next <c>MAIL</c> (the transaction under way
+    /// finishes); one still open at twice this is cut.
+    /// </summary>
     public TimeSpan SessionTimeout { get; set; } = TimeSpan.FromMinutes(10);
 }
 
@@ -189,6 +195,16 @@ public sealed class SmtpIngestOptionsValidator : IValidateOptions<SmtpIngestOpti
         if (o.MaxHops < 1)
         {
             Add("Smtp:MaxHops", $"{o.MaxHops} would refuse every relayed mail", "use 30");
+        }
+
+        if (o.CommandTimeout < TimeSpan.FromSeconds(1) || o.CommandTimeout > TimeSpan.FromHours(1))
+        {
+            Add("Smtp:CommandTimeout", $"{o.CommandTimeout} is outside 1 second to 1 hour", "use 00:02:00 (RFC 5321 asks servers for 5 minutes: 00:05:00)");
+        }
+
+        if (o.SessionTimeout < TimeSpan.FromSeconds(1) || o.SessionTimeout > TimeSpan.FromDays(1))
+        {
+            Add("Smtp:SessionTimeout", $"{o.SessionTimeout} is outside 1 second to 1 day", "use 00:10:00");
         }
 
         return errors;
