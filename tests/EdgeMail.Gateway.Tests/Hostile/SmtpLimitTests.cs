@@ -201,6 +201,29 @@ public sealed class SmtpLimitTests
         await HostileKit.AssertStillServesAsync(gw);
     }
 
+    [Fact]
+    public async Task GatewayStopping_SessionsInTheMiddleOfDataAndBetweenCommands_Get421NotA5xx_AndNothingHalfIsQueued()
+    {
+        var gw = await SmtpGateway.StartAsync();
+        await using var _ = gw;
+        var inData = await InDataAsync(gw);
+        await using var __ = inData;
+        await inData.SendRawAsync(SmtpGateway.PlainMail("restart", "half of it\r\n"));
+        var (idle, greeting) = await SmtpWire.ConnectAsync(gw.Plain(), SmtpGateway.AllowListed);
+        await using var ___ = idle;
+        Assert.StartsWith("220", greeting);
+        Assert.StartsWith("250", await idle.CommandAsync("EHLO ups.lan.test"));
+
+        var stopping = gw.Host.StopAsync();
+
+        // A 5xx in DATA would make the device drop its alert because the gateway restarted.
+        Assert.StartsWith("421 4.3.2 gw.test shutting down", await inData.ReadReplyAsync());
+        Assert.StartsWith("421 4.3.2 gw.test shutting down", await idle.ReadReplyAsync());
+        Assert.True(await inData.IsClosedAsync());
+        await stopping;
+        Assert.Equal(0, await HostileKit.QueuedAsync(gw));
+    }
+
     // An allow-listed source (no AUTH) that has been answered 354.
     private static async Task<SmtpWire> InDataAsync(TestGateway gw)
     {

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Collections.Concurrent;
 using System.IO.Pipelines;
 using System.Net;
 using System.Security.Authentication;
@@ -35,6 +36,11 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
     private readonly ILogger _logger;
     private readonly Action<IEndpointDefinition, EndPoint> _started;
     private readonly Action<IEndpointDefinition, Exception> _failed;
+    private readonly ConcurrentDictionary<GuardedPipe, bool> _open = new();
+    private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private volatile bool _stopping;
+
+    private const string Stopping = "the gateway is stopping";
 
     public GuardedListenerFactory(ConnectionLimiter limiter, int maxLine, TimeSpan commandTimeout, TimeSpan sessionTimeout, string hostname, ILogger logger,
         Action<IEndpointDefinition, EndPoint> started, Action<IEndpointDefinition, Exception> failed)
@@ -63,11 +69,51 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
         }
     }
 
+    /// <summary>
+    /// Ends every session where it stands with <c>421 4.3.2</c> (a session committing a message answers it first, then
+    /// gets the 421 at its next read; new connections get it instead of a greeting) and waits until all are closed.
+    /// SmtpServer's own shutdown cancels its sessions' token, and a session reading a message's data then answers
+    /// <c>554</c>: a device would drop that alert because the gateway restarted.
+    /// </summary>
+    /// <param name="grace">Longest wait.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>True when every session had closed within it.</returns>
+    public async Task<bool> CloseAllAsync(TimeSpan grace, CancellationToken cancellationToken)
+    {
+        _stopping = true;
+        int open = 0;
+        foreach (var pipe in _open.Keys)
+        {
+            pipe.ShutDown();
+            open++;
+        }
+
+        if (_open.IsEmpty)
+        {
+            return true;
+        }
+
+        LogClosingAll(open);
+
+        try
+        {
+            await _drained.Task.WaitAsync(grace, cancellationToken).ConfigureAwait(false);
+            return true;
+        }
+        catch (TimeoutException)
+        {
+            return false;
+        }
+    }
+
     [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP connection from {Peer} refused with 421: {Reason}")]
     private partial void LogRefused(IPAddress peer, string reason);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP session from {Peer} closed with 500: command line longer than {Limit} bytes")]
     private partial void LogLineTooLong(string peer, int limit);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "The gateway is stopping: {Count} SMTP session(s) answered 421 4.3.2 where they stand")]
+    private partial void LogClosingAll(int count);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP session from {Peer} closed: {Reason}")]
     private partial void LogClosed(string peer, string reason);
@@ -85,17 +131,25 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
             {
                 var pipe = await inner.GetPipeAsync(context, cancellationToken).ConfigureAwait(false);
                 var remote = context.Properties.TryGetValue(EndpointListener.RemoteEndPointKey, out object? r) && r is IPEndPoint ip ? ip : new IPEndPoint(IPAddress.None, 0);
-                var lease = owner._limiter.TryOpen(remote.Address, out string reason);
+                string reason = Stopping;
+                var lease = owner._stopping ? null : owner._limiter.TryOpen(remote.Address, out reason);
                 if (lease is not null)
                 {
-                    return new GuardedPipe(owner, pipe, context, lease, remote);
+                    var guarded = new GuardedPipe(owner, pipe, context, lease, remote);
+                    if (owner._stopping)
+                    {
+                        guarded.ShutDown(); // CloseAllAsync may have looked before this one was in the list
+                    }
+
+                    return guarded;
                 }
 
                 owner.LogRefused(remote.Address, reason);
                 try
                 {
                     using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(1));
-                    await pipe.Output.WriteAsync(Encoding.ASCII.GetBytes($"421 4.7.0 {owner._hostname} {reason}; try again later\r\n"), timeout.Token).ConfigureAwait(false);
+                    string code = owner._stopping ? "4.3.2" : "4.7.0";
+                    await pipe.Output.WriteAsync(Encoding.ASCII.GetBytes($"421 {code} {owner._hostname} {reason}; try again later\r\n"), timeout.Token).ConfigureAwait(false);
                 }
                 catch (Exception ex) when (ex is IOException or OperationCanceledException or InvalidOperationException)
                 {
@@ -136,7 +190,7 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
         private bool _waiting;
         private bool _disposed;
         private string? _expired;
-        private bool _idle;
+        private string? _reply;
         private int _closed;
 
         public GuardedPipe(GuardedListenerFactory owner, ISecurableDuplexPipe inner, ISessionContext context, IDisposable lease, IPEndPoint remote)
@@ -146,7 +200,8 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
             _lease = lease;
             _peer = remote.ToString();
             _reader = new GuardedReader(owner, this, _peer);
-            _timer = TimeProvider.System.CreateTimer(static state => ((GuardedPipe)state!).Expire(), this, HardLimit, Timeout.InfiniteTimeSpan);
+            _timer = TimeProvider.System.CreateTimer(static state => ((GuardedPipe)state!).Expire(stopping: false), this, HardLimit, Timeout.InfiniteTimeSpan);
+            owner._open.TryAdd(this, true);
             context.CommandExecuting += (_, e) =>
             {
                 _reader.InData = e.Command is DataCommand;
@@ -226,8 +281,8 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
         public async Task<Exception> ExpiredAsync(bool inData)
         {
             string reason = _expired!;
+            string text = _reply!;
             Close(reason);
-            string text = $"4.4.2 {_owner._hostname} {(_idle ? "timeout: no input" : "session time limit reached")}; closing";
             if (!inData)
             {
                 return new SmtpResponseException(new SmtpResponse(SmtpReplyCode.ServiceUnavailable, text), true);
@@ -257,7 +312,14 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
             _timer.Dispose();
             _inner.Dispose();
             _lease.Dispose();
+            if (_owner._open.TryRemove(this, out _) && _owner._stopping && _owner._open.IsEmpty)
+            {
+                _owner._drained.TrySetResult();
+            }
         }
+
+        /// <summary>The gateway stops: this session is answered <c>421 4.3.2</c> where it waits for its client.</summary>
+        public void ShutDown() => Expire(stopping: true);
 
         private void Arm()
         {
@@ -280,7 +342,7 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
         // On the timer's thread. A read under way is cancelled and the session's own flow answers (ExpiredAsync), as it
         // does at its next read when it was busy; one that does not come back to a read within the grace (writing to a
         // client that does not read its replies, say) is cut.
-        private void Expire()
+        private void Expire(bool stopping)
         {
             bool cut = false;
             bool cancel = false;
@@ -293,20 +355,20 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
 
                 if (_expired is not null)
                 {
-                    cut = true;
+                    cut = !stopping;
                 }
                 else
                 {
                     bool over = Age >= HardLimit;
-                    if (!_waiting && !over)
+                    if (!stopping && !_waiting && !over)
                     {
                         return; // the wait just ended; Came() armed the timer again
                     }
 
-                    _idle = !over;
-                    _expired = over
-                        ? $"session longer than {HardLimit} (twice Smtp:SessionTimeout)"
-                        : $"no input for {_owner._commandTimeout} (Smtp:CommandTimeout){(_reader.InData ? " in the middle of a message" : string.Empty)}";
+                    (_expired, _reply) = stopping ? (Stopping, "4.3.2 " + _owner._hostname + " shutting down; closing, try again later")
+                        : over ? ($"session longer than {HardLimit} (twice Smtp:SessionTimeout)", "4.4.2 " + _owner._hostname + " session time limit reached; closing")
+                        : ($"no input for {_owner._commandTimeout} (Smtp:CommandTimeout){(_reader.InData ? " in the middle of a message" : string.Empty)}",
+                            "4.4.2 " + _owner._hostname + " timeout: no input; closing");
                     cancel = _waiting;
                     Arm();
                 }
@@ -325,9 +387,9 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
 
         private void Close(string reason)
         {
-            if (Interlocked.Exchange(ref _closed, 1) == 0)
+            if (Interlocked.Exchange(ref _closed, 1) == 0 && reason != Stopping)
             {
-                _owner.LogClosed(_peer, reason);
+                _owner.LogClosed(_peer, reason); // a stop is logged once, with the number of sessions (CloseAllAsync)
             }
         }
     }

@@ -28,6 +28,7 @@ public sealed partial class SmtpIngest : IHostedService, IDisposable
     private readonly TimeProvider _clock;
     private readonly ILogger<SmtpIngest> _logger;
     private readonly CancellationTokenSource _stop = new();
+    private GuardedListenerFactory? _guard;
     private readonly List<IPEndPoint> _bound = [];
     private SmtpServer.SmtpServer? _server;
     private Task? _run;
@@ -124,7 +125,7 @@ public sealed partial class SmtpIngest : IHostedService, IDisposable
         var started = new Dictionary<IEndpointDefinition, IPEndPoint>();
         var allStarted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         Limiter = new ConnectionLimiter(_smtp.MaxConnections, _smtp.MaxConnectionsPerSource);
-        var factory = new GuardedListenerFactory(Limiter, _smtp.MaxCommandLineBytes, _smtp.CommandTimeout, _smtp.SessionTimeout, _options.Sender.Hostname, _logger,
+        var factory = _guard = new GuardedListenerFactory(Limiter, _smtp.MaxCommandLineBytes, _smtp.CommandTimeout, _smtp.SessionTimeout, _options.Sender.Hostname, _logger,
             (definition, local) =>
             {
                 lock (started)
@@ -188,6 +189,9 @@ public sealed partial class SmtpIngest : IHostedService, IDisposable
             return;
         }
 
+        // The sessions first, each answered 421 where it stands (a message being committed is answered first): SmtpServer's
+        // shutdown cancels them, and a session reading a message's data would answer that with a permanent 554.
+        await _guard!.CloseAllAsync(TimeSpan.FromSeconds(5), cancellationToken).ConfigureAwait(false);
         _server.Shutdown();
         await _stop.CancelAsync().ConfigureAwait(false);
         try
