@@ -20,7 +20,8 @@ namespace EdgeMail.Gateway.Ingest.Smtp;
 /// than the limit (a client that never sends CRLF) closes the session with <c>500 5.5.2</c> instead of
 /// growing a buffer. It keeps the session's clocks (<see cref="GuardedPipe"/>): a client that sends nothing for
 /// <c>Smtp:CommandTimeout</c> while the server waits for it, and a session past <c>Smtp:SessionTimeout</c> at its next
-/// transaction, are answered <c>421 4.4.2</c> and closed. It also reports each bound endpoint (the real port when 0 was asked for) and each
+/// transaction, are answered <c>421 4.4.2</c> and closed; at a stop, every session <c>421 4.3.2</c>
+/// (<see cref="CloseAllAsync"/>). It also reports each bound endpoint (the real port when 0 was asked for) and each
 /// endpoint that could not be bound, so start-up can wait for both. And it lets SmtpServer's parser take
 /// <c>RCPT TO:&lt;Postmaster&gt;</c> (RFC 5321 §4.5.1), which it refuses for want of a domain: see
 /// <see cref="PostmasterPath"/>.
@@ -131,8 +132,9 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
             {
                 var pipe = await inner.GetPipeAsync(context, cancellationToken).ConfigureAwait(false);
                 var remote = context.Properties.TryGetValue(EndpointListener.RemoteEndPointKey, out object? r) && r is IPEndPoint ip ? ip : new IPEndPoint(IPAddress.None, 0);
+                bool stopping = owner._stopping;
                 string reason = Stopping;
-                var lease = owner._stopping ? null : owner._limiter.TryOpen(remote.Address, out reason);
+                var lease = stopping ? null : owner._limiter.TryOpen(remote.Address, out reason);
                 if (lease is not null)
                 {
                     var guarded = new GuardedPipe(owner, pipe, context, lease, remote);
@@ -148,7 +150,7 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
                 try
                 {
                     using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(1));
-                    string code = owner._stopping ? "4.3.2" : "4.7.0";
+                    string code = stopping ? "4.3.2" : "4.7.0";
                     await pipe.Output.WriteAsync(Encoding.ASCII.GetBytes($"421 {code} {owner._hostname} {reason}; try again later\r\n"), timeout.Token).ConfigureAwait(false);
                 }
                 catch (Exception ex) when (ex is IOException or OperationCanceledException or InvalidOperationException)
