@@ -178,6 +178,38 @@ public sealed class SmtpHostileTests(SmtpHostileFixture fixture) : IClassFixture
         await AfterwardsAsync();
     }
 
+    [Theory]
+    [InlineData("AUTH PLAIN YWJj=", null)]                             // the right alphabet, not base64
+    [InlineData("AUTH PLAIN bm8gbnVscw==", null)]                     // base64 of "no nuls"
+    [InlineData("AUTH PLAIN", "YWJj=")]                                // the same as the response to 334
+    [InlineData("AUTH PLAIN", "*")]                                    // the client cancels
+    [InlineData("AUTH LOGIN", "*")]
+    [InlineData("AUTH LOGIN YWJj=", null)]
+    public async Task Auth_MalformedResponse_Is501_AndTheSessionGoesOnToAuthenticate(string command, string? response)
+    {
+        var (wire, _) = await SmtpWire.ConnectAsync(Gw.StartTls());
+        await using (wire)
+        {
+            await wire.CommandAsync("EHLO device.test");
+            await wire.StartTlsAsync();
+            await wire.CommandAsync("EHLO device.test");
+
+            string reply = await wire.CommandAsync(command);
+            if (response is not null)
+            {
+                Assert.StartsWith("334", reply);
+                reply = await wire.CommandAsync(response);
+            }
+
+            // Before: SmtpServer threw on the base64 and closed the connection without a word, or answered 535 twice.
+            Assert.StartsWith("501 5.", reply);
+            Assert.StartsWith("235", await wire.AuthPlainAsync("dev-1", TestGateway.Secret));
+            Assert.StartsWith("250", await wire.CommandAsync("NOOP"));
+        }
+
+        await AfterwardsAsync();
+    }
+
     [Fact]
     public async Task Command_RepeatedGarbage_ClosesTheConnection()
     {
