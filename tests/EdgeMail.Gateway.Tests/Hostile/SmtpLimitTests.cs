@@ -1,4 +1,6 @@
 using EdgeMail.Gateway.Tests.Smtp;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Time.Testing;
 using Xunit;
 
 namespace EdgeMail.Gateway.Tests.Hostile;
@@ -132,20 +134,20 @@ public sealed class SmtpLimitTests
     [Fact]
     public async Task SlowClientPastTheSessionTimeout_ItsMessageIsTaken_ThenItsNextMail_Gets421()
     {
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
         await using var gw = await SmtpGateway.StartAsync(smtp =>
         {
             smtp["CommandTimeout"] = "00:00:05";
             smtp["SessionTimeout"] = "00:00:03";
-        });
-        var clock = System.Diagnostics.Stopwatch.StartNew();
+        }, services: s => s.AddSingleton<TimeProvider>(clock));
         var slow = await InDataAsync(gw);
         await using var _ = slow;
         await slow.SendRawAsync(SmtpGateway.PlainMail("slow", "sent over a slow link\r\n"));
 
-        // A slow link: a line every 200 ms, until the session is older than Smtp:SessionTimeout.
-        while (clock.Elapsed < TimeSpan.FromSeconds(3.3))
+        // A slow link: a line every 300 ms (the gateway's clock), until the session is older than Smtp:SessionTimeout.
+        for (int i = 0; i < 11; i++)
         {
-            await Task.Delay(200);
+            clock.Advance(TimeSpan.FromMilliseconds(300));
             await slow.SendRawAsync("still coming\r\n");
         }
 
@@ -158,30 +160,24 @@ public sealed class SmtpLimitTests
     [Fact]
     public async Task ClientTricklingOneMessagePastTwiceTheSessionTimeout_Gets421AndIsClosed_NothingIsQueued()
     {
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
         await using var gw = await SmtpGateway.StartAsync(smtp =>
         {
             smtp["CommandTimeout"] = "00:00:05";
             smtp["SessionTimeout"] = "00:00:01";
-        });
+        }, services: s => s.AddSingleton<TimeProvider>(clock));
         var trickle = await InDataAsync(gw);
         await using var _ = trickle;
-        var reply = trickle.ReadReplyAsync();
 
-        // Never idle long enough for the command timeout, never done: the hard limit (2 s) ends it.
-        try
+        // A line every 700 ms (the gateway's clock): never idle long enough for the command timeout, never done; the
+        // hard limit (2 s) ends it.
+        for (int i = 0; i < 3; i++)
         {
-            while (!reply.IsCompleted)
-            {
-                await trickle.SendRawAsync("x\r\n");
-                await Task.WhenAny(reply, Task.Delay(100));
-            }
-        }
-        catch (IOException)
-        {
-            // The server closed while a line was on its way.
+            await trickle.SendRawAsync("x\r\n");
+            clock.Advance(TimeSpan.FromMilliseconds(700));
         }
 
-        Assert.StartsWith("421 4.4.2 gw.test session time limit", await reply);
+        Assert.StartsWith("421 4.4.2 gw.test session time limit", await trickle.ReadReplyAsync());
         Assert.True(await trickle.IsClosedAsync());
         Assert.Equal(0, await HostileKit.QueuedAsync(gw));
     }

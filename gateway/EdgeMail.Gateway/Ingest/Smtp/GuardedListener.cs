@@ -33,6 +33,7 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
     private readonly int _maxLine;
     private readonly TimeSpan _commandTimeout;
     private readonly TimeSpan _sessionTimeout;
+    private readonly TimeProvider _clock;
     private readonly string _hostname;
     private readonly ILogger _logger;
     private readonly Action<IEndpointDefinition, EndPoint> _started;
@@ -43,9 +44,10 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
 
     private const string Stopping = "the gateway is stopping";
 
-    public GuardedListenerFactory(ConnectionLimiter limiter, int maxLine, TimeSpan commandTimeout, TimeSpan sessionTimeout, string hostname, ILogger logger,
-        Action<IEndpointDefinition, EndPoint> started, Action<IEndpointDefinition, Exception> failed)
+    public GuardedListenerFactory(ConnectionLimiter limiter, int maxLine, TimeSpan commandTimeout, TimeSpan sessionTimeout, TimeProvider clock, string hostname,
+        ILogger logger, Action<IEndpointDefinition, EndPoint> started, Action<IEndpointDefinition, Exception> failed)
     {
+        _clock = clock;
         _limiter = limiter;
         _maxLine = maxLine;
         _commandTimeout = commandTimeout;
@@ -115,6 +117,9 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
 
     [LoggerMessage(Level = LogLevel.Information, Message = "The gateway is stopping: {Count} SMTP session(s) answered 421 4.3.2 where they stand")]
     private partial void LogClosingAll(int count);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP session from {Peer}: closing it on its timeout failed")]
+    private partial void LogExpireFailed(Exception ex, string peer);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP session from {Peer} closed: {Reason}")]
     private partial void LogClosed(string peer, string reason);
@@ -187,7 +192,7 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
         private readonly GuardedReader _reader;
         private readonly string _peer;
         private readonly ITimer _timer;
-        private readonly long _opened = Environment.TickCount64;
+        private readonly long _opened;
         private readonly Lock _gate = new();
         private bool _waiting;
         private bool _disposed;
@@ -202,7 +207,8 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
             _lease = lease;
             _peer = remote.ToString();
             _reader = new GuardedReader(owner, this, _peer);
-            _timer = TimeProvider.System.CreateTimer(static state => ((GuardedPipe)state!).Expire(stopping: false), this, HardLimit, Timeout.InfiniteTimeSpan);
+            _opened = owner._clock.GetTimestamp();
+            _timer = owner._clock.CreateTimer(static state => ((GuardedPipe)state!).Expire(stopping: false), this, HardLimit, Timeout.InfiniteTimeSpan);
             owner._open.TryAdd(this, true);
             context.CommandExecuting += (_, e) =>
             {
@@ -234,7 +240,7 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
 
         public bool Closed => Volatile.Read(ref _closed) == 1;
 
-        private TimeSpan Age => TimeSpan.FromMilliseconds(Environment.TickCount64 - _opened);
+        private TimeSpan Age => _owner._clock.GetElapsedTime(_opened);
 
         private TimeSpan HardLimit => _owner._sessionTimeout * 2;
 
@@ -242,8 +248,8 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
 
         public async Task UpgradeAsync(X509Certificate certificate, SslProtocols protocols, CancellationToken cancellationToken = default)
         {
-            using var handshake = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-            handshake.CancelAfter(_owner._commandTimeout);
+            using var limit = new CancellationTokenSource(_owner._commandTimeout, _owner._clock);
+            using var handshake = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, limit.Token);
             try
             {
                 await _inner.UpgradeAsync(certificate, protocols, handshake.Token).ConfigureAwait(false);
@@ -381,14 +387,23 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
                 }
             }
 
-            if (cut)
+            try
             {
-                Close(_expired!);
-                _inner.Dispose();
+                if (cut)
+                {
+                    Close(_expired!);
+                    _inner.Dispose();
+                }
+                else if (cancel)
+                {
+                    _inner.Input.CancelPendingRead();
+                }
             }
-            else if (cancel)
+#pragma warning disable CA1031 // On a timer's thread an exception would end the process: this connection's trouble stays its own.
+            catch (Exception ex)
+#pragma warning restore CA1031
             {
-                _inner.Input.CancelPendingRead();
+                _owner.LogExpireFailed(ex, _peer);
             }
         }
 

@@ -125,7 +125,7 @@ public sealed partial class SmtpIngest : IHostedService, IDisposable
         var started = new Dictionary<IEndpointDefinition, IPEndPoint>();
         var allStarted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         Limiter = new ConnectionLimiter(_smtp.MaxConnections, _smtp.MaxConnectionsPerSource);
-        var factory = _guard = new GuardedListenerFactory(Limiter, _smtp.MaxCommandLineBytes, _smtp.CommandTimeout, _smtp.SessionTimeout, _options.Sender.Hostname, _logger,
+        var factory = _guard = new GuardedListenerFactory(Limiter, _smtp.MaxCommandLineBytes, _smtp.CommandTimeout, _smtp.SessionTimeout, _clock, _options.Sender.Hostname, _logger,
             (definition, local) =>
             {
                 lock (started)
