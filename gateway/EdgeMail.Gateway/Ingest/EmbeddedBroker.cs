@@ -214,7 +214,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     private Task ValidateConnectionAsync(ValidatingConnectionEventArgs e)
     {
         string user = e.UserName ?? string.Empty;
-        if (_guard.Refuse(e.RemoteEndPoint) is { } busy)
+        if (_guard.Refuse(e.RemoteEndPoint, user) is { } busy)
         {
             e.ReasonCode = MqttConnectReasonCode.ServerBusy;
             e.ReasonString = busy;
@@ -224,7 +224,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         {
             e.ReasonCode = MqttConnectReasonCode.BadUserNameOrPassword;
             e.ReasonString = "unknown device or wrong secret";
-            _guard.AuthFailed(e.RemoteEndPoint);
+            _guard.AuthFailed(e.RemoteEndPoint, user);
             LogRefused(e.ClientId ?? string.Empty, e.RemoteEndPoint?.ToString() ?? "?", "unknown device or wrong secret");
         }
         else if (!string.Equals(e.ClientId, user, StringComparison.Ordinal))

@@ -20,10 +20,20 @@ public sealed class MqttGuardOptions
     /// <summary>CONNECT attempts per minute from one source address (burst: the same number); more are refused as server busy. 0 disables.</summary>
     public int ConnectsPerMinutePerSource { get; set; } = 600;
 
-    /// <summary>Wrong secrets from one source address within <see cref="AuthFailureWindow"/> before every CONNECT from it is refused.</summary>
-    public int AuthFailuresPerSource { get; set; } = 10;
+    /// <summary>
+    /// Wrong secrets from one source address, whatever device ids they were for, within <see cref="AuthFailureWindow"/>
+    /// before every CONNECT from it is refused: against guessing across device ids.
+    /// </summary>
+    public int AuthFailuresPerSource { get; set; } = 100;
 
-    /// <summary>Window for <see cref="AuthFailuresPerSource"/>.</summary>
+    /// <summary>
+    /// Wrong secrets for one device id from one source address within <see cref="AuthFailureWindow"/> before that
+    /// device's CONNECTs from that address are refused (even with the right secret), while the other devices there
+    /// go on connecting.
+    /// </summary>
+    public int AuthFailuresPerDevice { get; set; } = 10;
+
+    /// <summary>Window for <see cref="AuthFailuresPerSource"/> and <see cref="AuthFailuresPerDevice"/>.</summary>
     public TimeSpan AuthFailureWindow { get; set; } = TimeSpan.FromMinutes(10);
 
     /// <summary>
@@ -45,7 +55,7 @@ public sealed class MqttGuard
     private readonly GatewayOptions _gateway;
     private readonly TimeProvider _clock;
     private readonly RateLimiter _connects;
-    private readonly FailureThrottle _authFailures;
+    private readonly AuthFailureGuard _authFailures;
     private readonly RateLimiter _publishes;
 
     /// <summary>Creates the guard.</summary>
@@ -60,7 +70,7 @@ public sealed class MqttGuard
         _gateway = gateway.Value;
         _clock = clock;
         _connects = new RateLimiter(_options.ConnectsPerMinutePerSource, _options.ConnectsPerMinutePerSource, clock);
-        _authFailures = new FailureThrottle(_options.AuthFailuresPerSource, _options.AuthFailureWindow, clock);
+        _authFailures = new AuthFailureGuard(_options.AuthFailuresPerSource, _options.AuthFailuresPerDevice, _options.AuthFailureWindow, clock);
         _publishes = new RateLimiter(_options.PublishesPerMinutePerDevice, _options.PublishesPerMinutePerDevice, clock);
     }
 
@@ -78,23 +88,26 @@ public sealed class MqttGuard
     /// <summary>True when starting the TLS listener generated a new self-signed certificate.</summary>
     public bool CertificateGenerated { get; private set; }
 
-    /// <summary>Whether to refuse a CONNECT from <paramref name="remote"/> before looking at its credentials.</summary>
+    /// <summary>Whether to refuse a CONNECT from <paramref name="remote"/> as <paramref name="device"/> before looking at its secret.</summary>
     /// <param name="remote">The client's endpoint.</param>
+    /// <param name="device">The device id (user name) it presents.</param>
     /// <returns>The reason to refuse, or null.</returns>
-    public string? Refuse(EndPoint? remote)
+    public string? Refuse(EndPoint? remote, string device)
     {
+        ArgumentNullException.ThrowIfNull(device);
         string source = Source(remote);
-        if (_authFailures.IsBlocked(source))
+        if (_authFailures.Refusal(source, device) is { } refusal)
         {
-            return "too many wrong secrets from this address; try again later";
+            return refusal + "; try again later";
         }
 
         return _connects.TryAcquire(source) ? null : "too many connection attempts from this address; slow down";
     }
 
-    /// <summary>Counts a wrong secret from <paramref name="remote"/>.</summary>
+    /// <summary>Counts a wrong secret (or an unknown device id) from <paramref name="remote"/>.</summary>
     /// <param name="remote">The client's endpoint.</param>
-    public void AuthFailed(EndPoint? remote) => _authFailures.Fail(Source(remote));
+    /// <param name="device">The device id it presented.</param>
+    public void AuthFailed(EndPoint? remote, string device) => _authFailures.Failed(Source(remote), device);
 
     /// <summary>Adds the TLS endpoint when enabled.</summary>
     /// <param name="builder">The broker's options.</param>

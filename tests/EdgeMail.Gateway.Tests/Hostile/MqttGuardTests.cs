@@ -71,6 +71,34 @@ public sealed class MqttGuardTests
     }
 
     [Fact]
+    public async Task Connect_ADeviceWithAStaleSecretRetrying_LocksOutOnlyItself_NotTheOtherDevicesAtItsAddress()
+    {
+        // A site's devices share one address; one of them was re-keyed on the gateway but not on the device.
+        await using var gw = await TestGateway.StartAsync(c => c["MqttGuard"] = new { AuthFailuresPerDevice = 3 });
+        for (int i = 0; i < 3; i++)
+        {
+            using var stale = new MqttClientFactory().CreateMqttClient();
+            Assert.Equal(MqttClientConnectResultCode.BadUserNameOrPassword, (await stale.ConnectAsync(Options(gw, "dev-1", "old-secret", gw.Broker.Endpoint!))).ResultCode);
+        }
+
+        for (int i = 0; i < 12; i++) // it keeps retrying: refused unverified, and no longer counted against the address
+        {
+            using var stale = new MqttClientFactory().CreateMqttClient();
+            Assert.Equal(MqttClientConnectResultCode.ServerBusy, (await stale.ConnectAsync(Options(gw, "dev-1", "old-secret", gw.Broker.Endpoint!))).ResultCode);
+        }
+
+        using var right = new MqttClientFactory().CreateMqttClient(); // the locked-out device id, even with the right secret
+        Assert.Equal(MqttClientConnectResultCode.ServerBusy, (await right.ConnectAsync(Options(gw, "dev-1", TestGateway.Secret, gw.Broker.Endpoint!))).ResultCode);
+
+        using var neighbour = new MqttClientFactory().CreateMqttClient(); // same address, another device: still served
+        Assert.Equal(MqttClientConnectResultCode.Success, (await neighbour.ConnectAsync(Options(gw, "dev-2", TestGateway.Secret, gw.Broker.Endpoint!))).ResultCode);
+        var ack = await neighbour.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-2/alert")
+            .WithPayload(Encoding.UTF8.GetBytes(Alerts.Json("after-lockout"))).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
+        Assert.True(ack.IsSuccess);
+        Assert.NotNull(await gw.Spool.GetAlertAsync("dev-2", "after-lockout", default));
+    }
+
+    [Fact]
     public async Task Connect_OverThePerSourceRate_IsRefusedAsServerBusy()
     {
         await using var gw = await TestGateway.StartAsync(c => c["MqttGuard"] = new { ConnectsPerMinutePerSource = 3 });

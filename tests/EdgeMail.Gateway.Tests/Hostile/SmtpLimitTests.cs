@@ -30,6 +30,28 @@ public sealed class SmtpLimitTests
     }
 
     [Fact]
+    public async Task Auth_ADeviceWithAStaleSecretRetrying_LocksOutOnlyItself_NotTheOtherDevicesAtItsAddress()
+    {
+        await using var gw = await SmtpGateway.StartAsync(smtp => smtp["AuthFailuresPerDevice"] = 2);
+        await using (var stale = await StartTlsSessionAsync(gw))
+        {
+            Assert.StartsWith("535", await stale.AuthPlainAsync("dev-1", "old-secret"));
+            Assert.StartsWith("535", await stale.AuthPlainAsync("dev-1", "old-secret"));
+            Assert.StartsWith("421 4.7.0", await stale.AuthPlainAsync("dev-1", TestGateway.Secret)); // that device id is locked out
+            Assert.True(await stale.IsClosedAsync());
+        }
+
+        for (int i = 0; i < 12; i++) // it keeps retrying: refused unverified, not counted against the address
+        {
+            await using var again = await StartTlsSessionAsync(gw);
+            Assert.StartsWith("421 4.7.0", await again.AuthPlainAsync("dev-1", "old-secret"));
+        }
+
+        await using var neighbour = await StartTlsSessionAsync(gw); // same address, another device
+        Assert.StartsWith("235", await neighbour.AuthPlainAsync("dev-2", TestGateway.Secret));
+    }
+
+    [Fact]
     public async Task Connections_OverThePerSourceLimit_Get421UntilOneCloses()
     {
         await using var gw = await SmtpGateway.StartAsync(smtp => smtp["MaxConnectionsPerSource"] = 3);

@@ -255,11 +255,11 @@ public sealed class MqttListenerTests
 
         var guard = provider.GetRequiredService<MqttGuard>();
         var mqtt = provider.GetRequiredService<IOptions<GatewayOptions>>().Value.Mqtt;
-        guard.AuthFailed(new IPEndPoint(IPAddress.Parse("192.0.2.9"), 1));
-        guard.AuthFailed(new IPEndPoint(IPAddress.Parse("192.0.2.9"), 2));
+        guard.AuthFailed(new IPEndPoint(IPAddress.Parse("192.0.2.9"), 1), "dev-1");
+        guard.AuthFailed(new IPEndPoint(IPAddress.Parse("192.0.2.9"), 2), "dev-2");
 
-        Assert.NotNull(guard.Refuse(new IPEndPoint(IPAddress.Parse("192.0.2.9"), 3))); // the MqttGuard section was bound
-        Assert.Null(guard.Refuse(new IPEndPoint(IPAddress.Parse("192.0.2.10"), 3)));
+        Assert.NotNull(guard.Refuse(new IPEndPoint(IPAddress.Parse("192.0.2.9"), 3), "dev-3")); // the MqttGuard section was bound
+        Assert.Null(guard.Refuse(new IPEndPoint(IPAddress.Parse("192.0.2.10"), 3), "dev-3"));
         Assert.True(mqtt.TlsEnabled);
         Assert.Equal("/etc/edgemail/gateway.pfx", mqtt.CertificatePath);
         Assert.Contains(services, d => d.ServiceType == typeof(Microsoft.Extensions.Hosting.IHostedService));

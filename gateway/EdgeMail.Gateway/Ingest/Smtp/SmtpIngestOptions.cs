@@ -52,10 +52,19 @@ public sealed class SmtpIngestOptions
     /// <summary>Messages per minute one source address may submit, whoever it authenticates as; over it MAIL is answered 450.</summary>
     public int MessagesPerMinutePerSource { get; set; } = 3000;
 
-    /// <summary>Wrong passwords from one address within <see cref="AuthFailureWindow"/> before AUTH is answered 421 and the connection closed.</summary>
-    public int AuthFailuresPerSource { get; set; } = 10;
+    /// <summary>
+    /// Wrong passwords from one address, whatever device ids they were for, within <see cref="AuthFailureWindow"/>
+    /// before every AUTH from it is answered 421 and the connection closed: against guessing across device ids.
+    /// </summary>
+    public int AuthFailuresPerSource { get; set; } = 100;
 
-    /// <summary>Window for <see cref="AuthFailuresPerSource"/>.</summary>
+    /// <summary>
+    /// Wrong passwords for one device id from one address within <see cref="AuthFailureWindow"/> before that device's
+    /// AUTH from that address is answered 421 (even with the right password), while the other devices there go on.
+    /// </summary>
+    public int AuthFailuresPerDevice { get; set; } = 10;
+
+    /// <summary>Window for <see cref="AuthFailuresPerSource"/> and <see cref="AuthFailuresPerDevice"/>.</summary>
     public TimeSpan AuthFailureWindow { get; set; } = TimeSpan.FromMinutes(10);
 
     /// <summary>Mail with more Received headers than this is refused as a loop (554 5.4.6).</summary>

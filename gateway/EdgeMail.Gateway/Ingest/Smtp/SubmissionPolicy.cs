@@ -16,11 +16,11 @@ namespace EdgeMail.Gateway.Ingest.Smtp;
 
 /// <summary>
 /// Who may submit what over SMTP. AUTH checks a device's secret (SmtpServer offers AUTH only after TLS), with
-/// wrong passwords counted per source address so guessing across reconnects ends in <c>421</c>. MAIL needs an
-/// authenticated device or an allow-listed source network (mapped to its device), and is rate-limited per device
-/// and per source (<c>450</c>). RCPT accepts only the gateway's own users, groups and aliases
-/// (<see cref="RecipientPolicy"/>), at most <c>MaxRecipients</c> (<c>452</c>). Every refusal is logged once with
-/// its reason and never with a secret.
+/// wrong passwords counted per device id and address and per address (<see cref="AuthFailureGuard"/>), so guessing
+/// across reconnects ends in <c>421</c>. MAIL needs an authenticated device or an allow-listed source network
+/// (mapped to its device), and is rate-limited per device and per source (<c>450</c>). RCPT accepts only the
+/// gateway's own users, groups and aliases (<see cref="RecipientPolicy"/>), at most <c>MaxRecipients</c>
+/// (<c>452</c>). Every refusal is logged once with its reason and never with a secret.
 /// </summary>
 public sealed partial class SubmissionPolicy : IMailboxFilter, IUserAuthenticator
 {
@@ -33,7 +33,7 @@ public sealed partial class SubmissionPolicy : IMailboxFilter, IUserAuthenticato
     private readonly RecipientPolicy _recipients;
     private readonly SecretVerifier _secrets;
     private readonly Devices.DeviceRegistry _devices;
-    private readonly FailureThrottle _authFailures;
+    private readonly AuthFailureGuard _authFailures;
     private readonly RateLimiter _perDevice;
     private readonly RateLimiter _perSource;
     private readonly List<(IPNetwork Network, string Device)> _allowed = [];
@@ -56,7 +56,7 @@ public sealed partial class SubmissionPolicy : IMailboxFilter, IUserAuthenticato
         _smtp = smtp.Value;
         _recipients = new RecipientPolicy(_options, _smtp);
         _secrets = secrets;
-        _authFailures = new FailureThrottle(_smtp.AuthFailuresPerSource, _smtp.AuthFailureWindow, clock);
+        _authFailures = new AuthFailureGuard(_smtp.AuthFailuresPerSource, _smtp.AuthFailuresPerDevice, _smtp.AuthFailureWindow, clock);
         _perDevice = new RateLimiter(_smtp.MessagesPerMinutePerDevice, _smtp.MessagesPerMinutePerDevice, clock);
         _perSource = new RateLimiter(_smtp.MessagesPerMinutePerSource, _smtp.MessagesPerMinutePerSource, clock);
         foreach (var source in _smtp.AllowedSources)
@@ -106,19 +106,19 @@ public sealed partial class SubmissionPolicy : IMailboxFilter, IUserAuthenticato
     {
         var remote = Remote(context);
         string source = remote.Address.ToString();
-        if (_authFailures.IsBlocked(source))
+        user ??= string.Empty;
+        if (_authFailures.Refusal(source, user) is { } refusal)
         {
-            LogAuthBlocked(source);
-            throw new SmtpResponseException(new SmtpResponse(SmtpReplyCode.ServiceUnavailable, "4.7.0 too many failed authentications from your address; try again later"), true);
+            LogAuthBlocked(MailComposer.Clean(user, 64), source, refusal);
+            throw new SmtpResponseException(new SmtpResponse(SmtpReplyCode.ServiceUnavailable, $"4.7.0 {refusal}; try again later"), true);
         }
 
-        user ??= string.Empty;
         if (_devices.FindEnabled(user) is { } device && _secrets.Verify(user, device.SecretHash, Encoding.UTF8.GetBytes(password ?? string.Empty)))
         {
             return Task.FromResult(true);
         }
 
-        _authFailures.Fail(source);
+        _authFailures.Failed(source, user);
         LogAuthFailed(MailComposer.Clean(user, 64), source);
         return Task.FromResult(false);
     }
@@ -175,8 +175,8 @@ public sealed partial class SubmissionPolicy : IMailboxFilter, IUserAuthenticato
     [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP AUTH failed for user '{User}' from {Source}")]
     private partial void LogAuthFailed(string user, string source);
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP AUTH from {Source} refused with 421: too many failed attempts")]
-    private partial void LogAuthBlocked(string source);
+    [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP AUTH as '{User}' from {Source} refused with 421: {Reason}")]
+    private partial void LogAuthBlocked(string user, string source, string reason);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP {Command} from {Source} refused: {Reason}")]
     private partial void LogRefused(string source, string command, string reason);
