@@ -18,6 +18,15 @@ namespace EdgeMail.Gateway;
 /// <summary>Builds the gateway's generic host: configuration, services and listeners.</summary>
 public static class GatewayHost
 {
+    /// <summary>How long a graceful stop may take: the delivery worker's drain (twice <c>Relay:Timeout</c>) and 30 s for the rest.</summary>
+    /// <param name="options">Gateway options.</param>
+    /// <returns>The host's shutdown timeout.</returns>
+    public static TimeSpan ShutdownTimeout(GatewayOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        return options.Relay.Timeout * 2 + TimeSpan.FromSeconds(30);
+    }
+
     /// <summary>Creates a host builder with every gateway service registered.</summary>
     /// <param name="args">
     /// Command-line arguments: <c>--config FILE</c> (or <c>EDGEMAIL_CONFIG</c>) names the JSON file; then
@@ -54,6 +63,12 @@ public static class GatewayHost
         // The configuration file is not reloaded, so the monitor's value is the one value.
         services.AddSingleton<IOptions<GatewayOptions>>(sp => new MonitoredOptions(sp.GetRequiredService<IOptionsMonitor<GatewayOptions>>()));
         services.AddSingleton(new DemoInfo(demo));
+        // A graceful stop lets delivery attempts under way record their results, each bounded by twice Relay:Timeout
+        // (DeliveryWorker). The host's default 30 s would end the wait sooner and dispose the spool under a running
+        // attempt, and a mail the relay had accepted would go again after the restart.
+        services.AddOptions<HostOptions>().Configure<IOptions<GatewayOptions>>((host, gateway) =>
+            host.ShutdownTimeout = ShutdownTimeout(gateway.Value));
+
         services.AddSingleton<GatewayMetrics>();
         services.AddSingleton<GatewayLifetime>();
         services.AddSingleton<ISpool>(sp =>

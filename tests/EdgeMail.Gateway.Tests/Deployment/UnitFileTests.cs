@@ -1,4 +1,6 @@
 using System.Runtime.Versioning;
+using EdgeMail.Gateway.Configuration;
+using Microsoft.Extensions.Configuration;
 using EdgeMail.Testing;
 using Xunit;
 
@@ -48,10 +50,14 @@ public sealed class UnitFileTests : IDisposable
     public void Unit_Limits_AllowTenThousandDevicesAndAGracefulStop()
     {
         Assert.True(int.Parse(Assert.Single(Unit[("Service", "LimitNOFILE")]), System.Globalization.CultureInfo.InvariantCulture) >= 20_000);
-        // The generic host gives its services 30 s (HostOptions.ShutdownTimeout) to stop; systemd must wait longer.
+        // The host gives its services time to stop (relay attempts under way record their results); systemd must wait
+        // longer before it kills, with the appliance's own configuration.
+        var options = new GatewayOptions();
+        new ConfigurationBuilder().AddConfigFile(Appliance.Template).Build().Bind(options);
+        var hostLimit = GatewayHost.ShutdownTimeout(options);
         string stop = Assert.Single(Unit[("Service", "TimeoutStopSec")]);
         Assert.EndsWith("s", stop, StringComparison.Ordinal);
-        Assert.True(int.Parse(stop[..^1], System.Globalization.CultureInfo.InvariantCulture) > 30, $"TimeoutStopSec={stop}");
+        Assert.True(int.Parse(stop[..^1], System.Globalization.CultureInfo.InvariantCulture) > hostLimit.TotalSeconds, $"TimeoutStopSec={stop}, host {hostLimit}");
         Assert.False(Unit.ContainsKey(("Service", "MemoryDenyWriteExecute")), "the .NET JIT needs writable executable memory");
         Assert.Equal("multi-user.target", Assert.Single(Unit[("Install", "WantedBy")]));
     }

@@ -8,6 +8,7 @@ using EdgeMail.Gateway.Security;
 using EdgeMail.Testing;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Options;
 using MimeKit;
 using MQTTnet;
@@ -192,6 +193,26 @@ public sealed class MqttListenerTests
         Assert.Contains(GatewayOptionsValidator.Check(o), e => e.StartsWith("Mqtt:TlsPort:", StringComparison.Ordinal));
         o.Mqtt.PlainEnabled = false;
         Assert.DoesNotContain(GatewayOptionsValidator.Check(o), e => e.StartsWith("Mqtt:TlsPort:", StringComparison.Ordinal));
+    }
+
+    [Theory]
+    [InlineData("00:00:30", 90)]
+    [InlineData("00:02:00", 270)]
+    public void Host_GracefulStop_WaitsForRelayAttemptsUnderWay(string relayTimeout, int seconds)
+    {
+        // The delivery worker lets an attempt under way finish and record its result for up to twice Relay:Timeout; the
+        // host's default 30 s would dispose the spool under it, and the mail would go again after the restart.
+        string config = TestGateway.WriteConfig(Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N")));
+        try
+        {
+            using var host = GatewayHost.CreateBuilder(["--config", config, "--Relay:Timeout=" + relayTimeout]).Build();
+
+            Assert.Equal(TimeSpan.FromSeconds(seconds), host.Services.GetRequiredService<IOptions<HostOptions>>().Value.ShutdownTimeout);
+        }
+        finally
+        {
+            Directory.Delete(Path.GetDirectoryName(config)!, recursive: true);
+        }
     }
 
     [Theory]
