@@ -569,12 +569,13 @@ public sealed partial class PostgresSpool
                 m = await ExecAsync(c, tx, cancellationToken, "DELETE FROM messages WHERE rowid = ANY($1)", doomed).ConfigureAwait(false);
             }
 
-            // Alerts that are finished (everything but new and held) and that no mail refers to any more. Keeping an
-            // alert row is what de-duplicates a retransmission; by the horizon the device has long had its PUBACK.
+            // Alerts that are finished (everything but new, held and parked: a parked alert waits for the operator, who
+            // may release it whatever its age) and that no mail refers to any more. Keeping an alert row is what
+            // de-duplicates a retransmission; by the horizon the device has long had its PUBACK.
             int a = await ExecAsync(c, tx, cancellationToken,
                 """
                 DELETE FROM alerts WHERE rowid IN (
-                  SELECT rowid FROM alerts WHERE received_at < $1 AND status NOT IN ('new', 'held')
+                  SELECT rowid FROM alerts WHERE received_at < $1 AND status NOT IN ('new', 'held', 'parked')
                     AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.alert_rowid = alerts.rowid)
                   ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED)
                 """, horizon, maxRows).ConfigureAwait(false);

@@ -568,6 +568,28 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Equal(0, (await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 10_000, default)).Messages);
     }
 
+    [ContractFact]
+    public async Task Prune_KeepsParkedAndHeldAlertsWhateverTheirAge_ForTheOperatorToRelease()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var spool = Open(clock);
+        await spool.AcceptAlertAsync(Alert("dev-1", "parked") with { ReceivedAt = clock.GetUtcNow() }, default);
+        await spool.AcceptAlertAsync(Alert("dev-1", "unrouted") with { ReceivedAt = clock.GetUtcNow() }, default);
+        var alerts = await spool.NewAlertsAsync(10, default);
+        await spool.CommitRoutingAsync([.. alerts.Select(a => a.AlertId == "parked"
+            ? new RoutingCommit(a.RowId, AlertStatus.Parked, null, null, null, null, "template failed")
+            : new RoutingCommit(a.RowId, AlertStatus.Unrouted, null, null, null, null))], default);
+        clock.Advance(TimeSpan.FromDays(31));
+
+        var pruned = await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 10_000, default);
+
+        Assert.Equal(1, pruned.Alerts); // the unrouted one: finished
+        var parked = Assert.Single(await spool.ParkedAsync(10, default));
+        Assert.Equal("parked", parked.Reference);
+        Assert.True(await spool.ReleaseAsync(ParkedKinds.Alert, parked.RowId, default));
+        Assert.Equal("parked", Assert.Single(await spool.NewAlertsAsync(10, default)).AlertId);
+    }
+
     private static KeptReceipt Receipt(string device, string alertId, string state = "failed", string detail = "550 5.1.1 no such user") =>
         new(device, alertId, state, T0.AddSeconds(5), detail);
 
