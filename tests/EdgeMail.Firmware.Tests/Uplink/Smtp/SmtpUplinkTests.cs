@@ -106,6 +106,27 @@ public sealed class SmtpUplinkTests : IDisposable
         Assert.Equal([Id(refused), Id(next)], [IdOf(0), IdOf(1)]);
     }
 
+    [Theory]
+    [InlineData("24: ok")] // once read as 250: the alert left flash untaken
+    [InlineData("250ok")] // a code must end with a space, a hyphen or the line
+    [InlineData("4:0 no")] // once read as 500: dropped as refused
+    [InlineData("4;0 no")] // once read as 510
+    public void SendPending_EndOfDataReplyWithoutAThreeDigitCode_KeepsTheAlertQueuedAndFailsTheLink(string reply)
+    {
+        uint seq = Raise("ALERT");
+        _server.EndOfDataReplies.Enqueue(reply + "\r\n");
+        SmtpUplink uplink = Uplink();
+
+        var ex = Assert.Throws<SmtpException>(() => uplink.SendPending());
+
+        Assert.Equal(0, ex.ReplyCode); // the link failed; the server said nothing this client can act on
+        Assert.Equal(1u, _store.Depth);
+        Assert.Equal(0, uplink.Sent + uplink.Rejected);
+        Assert.Equal(1, uplink.SendPending());
+        Assert.Equal(0u, _store.Depth);
+        Assert.Equal([Id(seq), Id(seq)], [IdOf(0), IdOf(1)]);
+    }
+
     private sealed class FixedClock : IClock
     {
         public long UptimeMs => 123_456;
