@@ -123,7 +123,7 @@ public sealed class SmtpClient
     public void MailFrom(string from)
     {
         Command("MAIL FROM:<", from, ">");
-        Expect(250, "MAIL FROM");
+        Expect(250, "MAIL FROM", anyCompletion: true);
     }
 
     /// <summary>Adds a recipient.</summary>
@@ -131,7 +131,7 @@ public sealed class SmtpClient
     public void RcptTo(string to)
     {
         Command("RCPT TO:<", to, ">");
-        Expect(250, "RCPT TO");
+        Expect(250, "RCPT TO", anyCompletion: true);
     }
 
     /// <summary>Sends DATA and waits for 354; then write the message with <see cref="Write(byte[], int, int)"/>.</summary>
@@ -346,7 +346,11 @@ public sealed class SmtpClient
     }
 
     /// <summary>Reads one reply (all its lines) and checks its code.</summary>
-    private void Expect(int code, string what)
+    /// <param name="code">The code expected.</param>
+    /// <param name="what">What the reply answers, for messages.</param>
+    /// <param name="anyCompletion">Take any 2xx as well: a server may accept RCPT with 251 (will forward) or 252
+    /// (cannot verify, will try), RFC 5321 sections 3.4 and 4.2.1.</param>
+    private void Expect(int code, string what, bool anyCompletion = false)
     {
         long deadline = _clock.UptimeMs + _timeoutMs;
         bool first = true;
@@ -372,7 +376,7 @@ public sealed class SmtpClient
             if (last)
             {
                 LastReplyCode = reply;
-                if (reply != code)
+                if (reply != code && !(anyCompletion && reply / 100 == 2))
                 {
                     string text = Utf8.Decode(_rx, 0, end);
                     Consume(end);

@@ -127,6 +127,22 @@ public sealed class SmtpUplinkTests : IDisposable
         Assert.Equal([Id(seq), Id(seq)], [IdOf(0), IdOf(1)]);
     }
 
+    [Theory]
+    [InlineData("RCPT TO:", "251 2.1.5 user not local; will forward")]
+    [InlineData("RCPT TO:", "252 2.1.5 cannot verify the user, will attempt delivery")]
+    [InlineData("MAIL FROM:", "251 2.1.0 sender ok")]
+    public void SendPending_OtherPositiveReplyToMailOrRcpt_DeliversTheAlert(string verb, string reply)
+    {
+        uint seq = Raise("ALERT");
+        _server.OnCommand = line => line.StartsWith(verb, StringComparison.Ordinal) ? reply + "\r\n" : null;
+        SmtpUplink uplink = Uplink();
+
+        Assert.Equal(1, uplink.SendPending());
+
+        Assert.Equal(0u, _store.Depth);
+        Assert.Equal(Id(seq), IdOf(0));
+    }
+
     private sealed class FixedClock : IClock
     {
         public long UptimeMs => 123_456;
