@@ -6,6 +6,7 @@ using EdgeMail.Firmware.Tests.Uplink.Mqtt;
 using EdgeMail.Firmware.Uplink;
 using EdgeMail.Simulation.Flash;
 using MQTTnet.Packets;
+using MQTTnet.Protocol;
 using Xunit;
 using Xunit.Abstractions;
 
@@ -71,6 +72,24 @@ public sealed class ForwarderTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.Equal(1, json.GetProperty("queue_depth").GetInt32());
         Assert.Contains(_broker.Inbound, p => p.ClientId == "dev-1" && p.Packet is MqttSubscribePacket s
             && s.TopicFilters.Any(f => f.Topic == "edgemail/v1/dev-1/receipt"));
+    }
+
+    [Fact]
+    public void Connect_BrokerRefusesTheReceiptSubscription_AlertsStillFlowAndTheRefusalIsCounted()
+    {
+        // An external broker's ACL may forbid the receipt topic: receipts are optional, alerts are not.
+        _broker.OnSubscribe = e => e.Response.ReasonCode = MqttSubscribeReasonCode.NotAuthorized;
+        using var rig = new ForwarderRig(() => Options());
+        uint[] seqs = [.. Enumerable.Range(0, 3).Select(i => rig.Raise($"CODE_{i}"))];
+
+        rig.StepUntil(() => rig.Store.Depth == 0 || rig.Forwarder.Failures > 0, "the queue to drain or the link to fail", timeoutMs: 10_000);
+
+        Assert.Equal(0, rig.Forwarder.Failures);
+        Assert.Equal(0u, rig.Store.Depth);
+        Assert.Equal(seqs.Select(s => $"7f3a9c21-{s}"), AlertsSeen().Select(a => a.Id));
+        Assert.Equal(1, rig.Forwarder.ReceiptsRefused);
+        Assert.False(rig.Forwarder.ReceiptsAvailable);
+        Assert.Equal(1, rig.Forwarder.Connects);
     }
 
     [Fact]
