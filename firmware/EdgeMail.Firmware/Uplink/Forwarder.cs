@@ -519,8 +519,23 @@ public sealed class Forwarder : IMqttClientHandler
             }
 
             bool resend = _resendIndex < _resendCount && _resendTags[_resendIndex] == _heldSeq;
-            if (_pendingCount == _pendingSeq.Length || !_client.Publish(_alertTopic, _outgoing, _heldSeq, false, false))
+            if (_pendingCount == _pendingSeq.Length)
             {
+                return;
+            }
+
+            if (!_client.Publish(_alertTopic, _outgoing, _heldSeq, false, false))
+            {
+                if (_client.UnacknowledgedCount == _resendCount - _resendIndex)
+                {
+                    // Every slot holds a newer tag from before the reconnect, not resent yet: nothing of this
+                    // connection is in flight, so no PUBACK will free a slot. The store hands out again an alert
+                    // the gateway PUBACKed while its acknowledgement was held back (AlertStore's hold behind a
+                    // suspect update): give up the newest such tag; it is published afresh when its turn comes.
+                    _client.Forget(_resendTags[--_resendCount]);
+                    continue;
+                }
+
                 return;
             }
 
