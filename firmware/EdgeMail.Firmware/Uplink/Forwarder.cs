@@ -152,6 +152,15 @@ public sealed class Forwarder : IMqttClientHandler
     /// <summary>Receipts received on the receipt topic.</summary>
     public long Receipts { get; private set; }
 
+    /// <summary>
+    /// Connections on which the broker refused the receipt subscription (SUBACK 0x80, e.g. an external broker's ACL).
+    /// Receipts are optional: alerts still flow on such a connection, but no receipt comes (nor the clock it sets).
+    /// </summary>
+    public long ReceiptsRefused { get; private set; }
+
+    /// <summary>Whether the broker granted the receipt subscription on the current (or last) connection.</summary>
+    public bool ReceiptsAvailable { get; private set; }
+
     /// <summary>Told of every receipt (null: receipts only set the clock).</summary>
     public IReceiptHandler? ReceiptHandler { get; set; }
 
@@ -391,7 +400,7 @@ public sealed class Forwarder : IMqttClientHandler
             _held = false;
             _drained = false;
             _drainedSinceMs = -1;
-            _client.Subscribe(_receiptTopic, 1);
+            SubscribeToReceipts();
             PublishHeartbeat();
             State = ForwarderState.Sending;
             return true;
@@ -406,6 +415,21 @@ public sealed class Forwarder : IMqttClientHandler
         }
 
         return false;
+    }
+
+    private void SubscribeToReceipts()
+    {
+        ReceiptsAvailable = false;
+        try
+        {
+            _client.Subscribe(_receiptTopic, 1);
+            ReceiptsAvailable = true;
+        }
+        catch (MqttException ex) when (ex.Error == MqttError.SubscribeRefused)
+        {
+            // The link is fine and alerts do not need receipts: failing the connection here would stop them for good.
+            ReceiptsRefused++;
+        }
     }
 
     private void LinkLost(string reason)
@@ -495,8 +519,23 @@ public sealed class Forwarder : IMqttClientHandler
             }
 
             bool resend = _resendIndex < _resendCount && _resendTags[_resendIndex] == _heldSeq;
-            if (_pendingCount == _pendingSeq.Length || !_client.Publish(_alertTopic, _outgoing, _heldSeq, false, false))
+            if (_pendingCount == _pendingSeq.Length)
             {
+                return;
+            }
+
+            if (!_client.Publish(_alertTopic, _outgoing, _heldSeq, false, false))
+            {
+                if (_client.UnacknowledgedCount == _resendCount - _resendIndex)
+                {
+                    // Every slot holds a newer tag from before the reconnect, not resent yet: nothing of this
+                    // connection is in flight, so no PUBACK will free a slot. The store hands out again an alert
+                    // the gateway PUBACKed while its acknowledgement was held back (AlertStore's hold behind a
+                    // suspect update): give up the newest such tag; it is published afresh when its turn comes.
+                    _client.Forget(_resendTags[--_resendCount]);
+                    continue;
+                }
+
                 return;
             }
 

@@ -7,8 +7,9 @@ namespace EdgeMail.Simulation.Network;
 /// every command, 354 to DATA and 250 (or the next of <see cref="EndOfDataReplies"/>) to the end of a message. It can
 /// record every byte the device sent and each message as it was on the wire (dot-stuffed, up to the CRLF before the
 /// final dot). With nothing to answer, <see cref="Receive"/> reports a closed link, so a protocol slip fails at once
-/// instead of waiting on a clock. Without recording it allocates nothing: the emulator's <c>bench</c> measures the
-/// SMTP uplink over it, as it does the MQTT one over <c>LoopbackBroker</c>.
+/// instead of waiting on a clock. A test scripts other replies to commands (<see cref="OnCommand"/>) and a server that
+/// hangs up after replying (<see cref="HangUpAfterMessage"/>, <see cref="HangUp"/>). Without recording it allocates
+/// nothing: the emulator's <c>bench</c> measures the SMTP uplink over it, as it does the MQTT one over <c>LoopbackBroker</c>.
 /// </summary>
 /// <param name="record">Keep the bytes and messages (tests); off for allocation measurements.</param>
 public sealed class InMemorySmtpServer(bool record = true) : ITransport
@@ -22,6 +23,7 @@ public sealed class InMemorySmtpServer(bool record = true) : ITransport
     private bool _open;
     private bool _inData;
     private int _endMatch;
+    private bool _hangingUp;
 
     /// <summary>Every byte the device sent (when recording).</summary>
     public List<byte> FromDevice { get; } = [];
@@ -41,6 +43,24 @@ public sealed class InMemorySmtpServer(bool record = true) : ITransport
     /// <summary>Replies to the ends of the next messages (e.g. "451 4.3.0 busy\r\n"); 250 when empty.</summary>
     public Queue<string> EndOfDataReplies { get; } = new();
 
+    /// <summary>
+    /// A reply to a command line (given without its CRLF) instead of the server's own, with its CRLF; null lets the
+    /// server answer. Not asked for the end of a message (<see cref="EndOfDataReplies"/>).
+    /// </summary>
+    public Func<string, string?>? OnCommand { get; set; }
+
+    /// <summary>
+    /// The number of the message (counted from 1 over the server's life, as <see cref="MessageCount"/>) after whose
+    /// end-of-data reply the server hangs up (<see cref="HangUp"/>); 0 for never.
+    /// </summary>
+    public long HangUpAfterMessage { get; set; }
+
+    /// <summary>
+    /// Closes the connection from the server's side once the device has read what was answered so far (from
+    /// <see cref="OnCommand"/>: the reply it returns too): then the device's reads and sends report a closed link.
+    /// </summary>
+    public void HangUp() => _hangingUp = true;
+
     /// <inheritdoc />
     public void Open(string host, int port, int timeoutMs)
     {
@@ -49,6 +69,7 @@ public sealed class InMemorySmtpServer(bool record = true) : ITransport
         _outStart = 0;
         _outCount = 0;
         _inData = false;
+        _hangingUp = false;
         Reply("220 scripted ESMTP\r\n");
     }
 
@@ -56,14 +77,14 @@ public sealed class InMemorySmtpServer(bool record = true) : ITransport
     public int Send(byte[] buffer, int offset, int count, int timeoutMs)
     {
         ArgumentNullException.ThrowIfNull(buffer);
-        if (!_open)
+        if (!_open || _hangingUp)
         {
             return -1;
         }
 
         BytesFromDevice += count;
 
-        for (int i = 0; i < count; i++)
+        for (int i = 0; i < count && !_hangingUp; i++)
         {
             byte b = buffer[offset + i];
             if (record)
@@ -90,6 +111,10 @@ public sealed class InMemorySmtpServer(bool record = true) : ITransport
                     }
 
                     Reply(EndOfDataReplies.Count > 0 ? EndOfDataReplies.Dequeue() : "250 2.0.0 queued\r\n");
+                    if (MessageCount == HangUpAfterMessage)
+                    {
+                        HangUp();
+                    }
                 }
 
                 continue;
@@ -149,7 +174,11 @@ public sealed class InMemorySmtpServer(bool record = true) : ITransport
 
     private void Command()
     {
-        if (Is("EHLO"))
+        if (OnCommand is { } script && script(System.Text.Encoding.ASCII.GetString(_command, 0, Math.Max(0, _commandCount - 2))) is { } scripted)
+        {
+            Reply(scripted);
+        }
+        else if (Is("EHLO"))
         {
             Reply("250-scripted\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n");
         }

@@ -6,6 +6,7 @@ using EdgeMail.Firmware.Tests.Uplink.Mqtt;
 using EdgeMail.Firmware.Uplink;
 using EdgeMail.Simulation.Flash;
 using MQTTnet.Packets;
+using MQTTnet.Protocol;
 using Xunit;
 using Xunit.Abstractions;
 
@@ -71,6 +72,24 @@ public sealed class ForwarderTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.Equal(1, json.GetProperty("queue_depth").GetInt32());
         Assert.Contains(_broker.Inbound, p => p.ClientId == "dev-1" && p.Packet is MqttSubscribePacket s
             && s.TopicFilters.Any(f => f.Topic == "edgemail/v1/dev-1/receipt"));
+    }
+
+    [Fact]
+    public void Connect_BrokerRefusesTheReceiptSubscription_AlertsStillFlowAndTheRefusalIsCounted()
+    {
+        // An external broker's ACL may forbid the receipt topic: receipts are optional, alerts are not.
+        _broker.OnSubscribe = e => e.Response.ReasonCode = MqttSubscribeReasonCode.NotAuthorized;
+        using var rig = new ForwarderRig(() => Options());
+        uint[] seqs = [.. Enumerable.Range(0, 3).Select(i => rig.Raise($"CODE_{i}"))];
+
+        rig.StepUntil(() => rig.Store.Depth == 0 || rig.Forwarder.Failures > 0, "the queue to drain or the link to fail", timeoutMs: 10_000);
+
+        Assert.Equal(0, rig.Forwarder.Failures);
+        Assert.Equal(0u, rig.Store.Depth);
+        Assert.Equal(seqs.Select(s => $"7f3a9c21-{s}"), AlertsSeen().Select(a => a.Id));
+        Assert.Equal(1, rig.Forwarder.ReceiptsRefused);
+        Assert.False(rig.Forwarder.ReceiptsAvailable);
+        Assert.Equal(1, rig.Forwarder.Connects);
     }
 
     [Fact]
@@ -313,6 +332,49 @@ public sealed class ForwarderTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.Equal(0u, rig.Store.Depth);
         var seqs = AlertsSeen().Select(a => JsonDocument.Parse(a.Json).RootElement.GetProperty("seq").GetInt64()).ToList();
         Assert.Equal(seqs.OrderBy(s => s), seqs);
+    }
+
+    [Theory]
+    [InlineData(2)]
+    [InlineData(4)]
+    public void LinkDropAfterAPubAckHeldBehindASuspectUpdate_WithTheWindowFull_TheQueueStillDrains(int maxInFlight)
+    {
+        // The flash image ends with an update U of alert X (X, A, X again), so after an ordinary reboot the store holds
+        // acknowledgements below X's first record until U itself is acknowledged (docs/flash-queue.md, "Weak cells").
+        using var rig = new ForwarderRig(() =>
+        {
+            ForwarderOptions o = Options();
+            o.MaxInFlight = maxInFlight;
+            return o;
+        });
+        uint x = rig.Raise("X");
+        uint a = rig.Raise("A");
+        uint u = rig.Raise("X");
+        Assert.True(u > a);
+        rig.PowerOff();
+        rig.Boot();
+        Assert.Equal(u, rig.Queue.LastEntryAtMount);
+        uint[] later = [.. Enumerable.Range(0, maxInFlight + 2).Select(i => rig.Raise($"LATER_{i}"))];
+
+        // A is PUBACKed (its acknowledgement is held back); the link drops at U's PUBLISH once newer alerts fill the window.
+        string uId = $"\"id\":\"7f3a9c21-{x}\"";
+        int dropped = 0;
+        _broker.OnPublish = e =>
+        {
+            if (e.ApplicationMessage.Topic == AlertTopic && Encoding.UTF8.GetString(e.ApplicationMessage.Payload.ToArray()).Contains(uId, StringComparison.Ordinal)
+                && Interlocked.Exchange(ref dropped, 1) == 0)
+            {
+                Assert.True(SpinWait.SpinUntil(() => rig.Forwarder.Published == 1 + maxInFlight, TimeSpan.FromSeconds(10)), "the window to fill behind U");
+                throw new InvalidOperationException("simulated link drop before U's PUBACK");
+            }
+        };
+
+        rig.StepUntil(() => rig.Store.Depth == 0 || rig.Forwarder.Connects > 3, "the queue to drain or the forwarder to reconnect again and again", timeoutMs: 10_000);
+
+        Assert.Equal(1, dropped);
+        Assert.Equal(0u, rig.Store.Depth);
+        var ids = AlertsSeen().Select(s => s.Id).ToHashSet();
+        Assert.Superset(new[] { x, a }.Concat(later).Select(s => $"7f3a9c21-{s}").ToHashSet(), ids);
     }
 
     private sealed class ManualClock : IClock

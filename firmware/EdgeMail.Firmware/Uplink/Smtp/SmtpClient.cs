@@ -123,7 +123,7 @@ public sealed class SmtpClient
     public void MailFrom(string from)
     {
         Command("MAIL FROM:<", from, ">");
-        Expect(250, "MAIL FROM");
+        Expect(250, "MAIL FROM", anyCompletion: true);
     }
 
     /// <summary>Adds a recipient.</summary>
@@ -131,7 +131,7 @@ public sealed class SmtpClient
     public void RcptTo(string to)
     {
         Command("RCPT TO:<", to, ">");
-        Expect(250, "RCPT TO");
+        Expect(250, "RCPT TO", anyCompletion: true);
     }
 
     /// <summary>Sends DATA and waits for 354; then write the message with <see cref="Write(byte[], int, int)"/>.</summary>
@@ -346,7 +346,11 @@ public sealed class SmtpClient
     }
 
     /// <summary>Reads one reply (all its lines) and checks its code.</summary>
-    private void Expect(int code, string what)
+    /// <param name="code">The code expected.</param>
+    /// <param name="what">What the reply answers, for messages.</param>
+    /// <param name="anyCompletion">Take any 2xx as well: a server may accept RCPT with 251 (will forward) or 252
+    /// (cannot verify, will try), RFC 5321 sections 3.4 and 4.2.1.</param>
+    private void Expect(int code, string what, bool anyCompletion = false)
     {
         long deadline = _clock.UptimeMs + _timeoutMs;
         bool first = true;
@@ -355,8 +359,8 @@ public sealed class SmtpClient
             int end = ReadLine(deadline, what);
 
             // "250-..." continues, "250 ..." (or "250" alone) ends the reply.
-            int reply = end >= 3 ? ((_rx[0] - '0') * 100) + ((_rx[1] - '0') * 10) + (_rx[2] - '0') : -1;
-            if (reply < 100 || reply > 599)
+            int reply = ReplyCode(end);
+            if (reply < 0)
             {
                 _transport.Close();
                 throw new SmtpException(0, "malformed SMTP reply to " + what + ": '" + Utf8.Decode(_rx, 0, end) + "'");
@@ -372,7 +376,7 @@ public sealed class SmtpClient
             if (last)
             {
                 LastReplyCode = reply;
-                if (reply != code)
+                if (reply != code && !(anyCompletion && reply / 100 == 2))
                 {
                     string text = Utf8.Decode(_rx, 0, end);
                     Consume(end);
@@ -385,6 +389,33 @@ public sealed class SmtpClient
 
             Consume(end);
         }
+    }
+
+    /// <summary>
+    /// The code of the line in the receive buffer: three digits, the first 1 to 5, then a space, a hyphen or the end
+    /// of the line; -1 for anything else. Anything else is not a reply this client may act on: "24: ok" must not
+    /// pass for 250 (the alert would leave flash untaken), nor "4:0" for 500 (dropped as refused).
+    /// </summary>
+    private int ReplyCode(int end)
+    {
+        if (end < 3 || (end > 3 && _rx[3] != (byte)' ' && _rx[3] != (byte)'-'))
+        {
+            return -1;
+        }
+
+        int code = 0;
+        for (int i = 0; i < 3; i++)
+        {
+            int digit = _rx[i] - '0';
+            if (digit < 0 || digit > 9)
+            {
+                return -1;
+            }
+
+            code = (code * 10) + digit;
+        }
+
+        return code >= 100 && code <= 599 ? code : -1;
     }
 
     /// <summary>Records EHLO keywords from the line in the receive buffer (AUTH ... PLAIN, 8BITMIME).</summary>

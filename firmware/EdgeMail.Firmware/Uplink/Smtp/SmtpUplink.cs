@@ -91,10 +91,14 @@ public sealed class SmtpUplink
                 }
                 catch (SmtpException ex) when (ex.IsPermanent)
                 {
-                    // The server read this message and refuses it for good: it would refuse it every time.
+                    // The server read this message and refuses it for good: it would refuse it every time. Drop it
+                    // before anything else can fail: a server that hangs up after the refusal (or answers RSET with
+                    // 421) would otherwise get the same alert, and refuse it, at every session.
+                    _store.Acknowledge(_alert.Seq);
                     Rejected++;
                     LastError = ex.Message;
                     _client.Reset();
+                    continue;
                 }
 
                 _store.Acknowledge(_alert.Seq);

@@ -96,6 +96,9 @@ internal sealed class MqttTestBroker : IAsyncDisposable
     /// <summary>Called for each PUBLISH before it is acknowledged; throwing drops the connection without PUBACK.</summary>
     public Action<InterceptingPublishEventArgs>? OnPublish { get; set; }
 
+    /// <summary>Called for each topic filter of a SUBSCRIBE; a reason code other than granted refuses it (SUBACK 0x80 in MQTT 3.1.1).</summary>
+    public Action<InterceptingSubscriptionEventArgs>? OnSubscribe { get; set; }
+
     public static async Task<MqttTestBroker> StartAsync()
     {
         int port = Loopback.FreePort();
@@ -116,6 +119,11 @@ internal sealed class MqttTestBroker : IAsyncDisposable
         server.InterceptingInboundPacketAsync += e =>
         {
             broker.Inbound.Enqueue((e.ClientId, e.Packet));
+            return Task.CompletedTask;
+        };
+        server.InterceptingSubscriptionAsync += e =>
+        {
+            broker.OnSubscribe?.Invoke(e);
             return Task.CompletedTask;
         };
         server.InterceptingPublishAsync += e =>
