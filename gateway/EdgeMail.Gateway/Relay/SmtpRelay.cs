@@ -170,6 +170,16 @@ public sealed class SmtpRelay : IMailTransport
                 ? new RecipientResult(r, refusal.Code is >= 400 and < 500 ? RecipientOutcome.Deferred : RecipientOutcome.Failed, refusal.Text)
                 : new RecipientResult(r, RecipientOutcome.Sent, "250 " + reply)).ToList();
         }
+        catch (SmtpCommandException ex) when (ex.StatusCode == SmtpStatusCode.ServiceNotAvailable || client.Refused.Values.Any(r => r.Code == 421))
+        {
+            // 421 is the server closing the connection (RFC 5321 3.8), not an answer about this mail: Postfix's idle
+            // timeout ends a kept connection that way, and the 421 is read as the reply to the next MAIL FROM. A
+            // connection failure, then: a kept connection is replaced at once, direct MX tries the next exchanger.
+            string reply = ex.StatusCode == SmtpStatusCode.ServiceNotAvailable ? $"421 {ex.Message}" : client.Refused.Values.First(r => r.Code == 421).Text;
+            client.LastError = $"{host}:{port} closed the connection: {reply}";
+            await SafeDisconnectAsync(client).ConfigureAwait(false);
+            return null;
+        }
         catch (SmtpCommandException ex)
         {
             int code = (int)ex.StatusCode;

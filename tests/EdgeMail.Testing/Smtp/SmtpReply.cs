@@ -23,6 +23,12 @@ public sealed record SmtpReply(int Code, string Text)
     /// </summary>
     public static SmtpReply Hang { get; } = new(-1, "no reply, the connection left open");
 
+    /// <summary>
+    /// Whether the server closes the connection right after this reply, as servers do after a 421 ("service not
+    /// available, closing transmission channel": Postfix's idle timeout, a restart).
+    /// </summary>
+    public bool Closes { get; init; }
+
     /// <summary>Whether this is <see cref="Drop"/>.</summary>
     public bool IsDrop => Code == 0;
 

@@ -274,7 +274,7 @@ public sealed class SmtpTestServer : IAsyncDisposable
 
             if (!reply.IsPositive)
             {
-                throw new SmtpResponseException(Response(reply));
+                throw new SmtpResponseException(Response(reply), reply.Closes);
             }
         };
     }
