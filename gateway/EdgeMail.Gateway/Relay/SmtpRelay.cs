@@ -317,10 +317,11 @@ public sealed class SmtpRelay : IMailTransport
         }
     }
 
-    // After a failure the connection is just closed. A kept connection that is still good ends politely (QUIT, "221",
-    // so the relay logs a clean close, not a lost client), briefly: a relay that does not answer does not hold up the
-    // gateway's stop.
-    private static async Task SafeDisconnectAsync(SmtpClient client, bool quit = false)
+    // After a failure the connection is just closed. A connection that is still good ends politely (QUIT, "221", so
+    // the relay logs a clean close, not a lost client), briefly: a relay that does not answer does not hold up the
+    // gateway's stop. Never throws: it comes after the transaction, whose results stand whatever QUIT does (MailKit lets
+    // the TimeoutException of an unanswered QUIT through).
+    internal static async Task SafeDisconnectAsync(SmtpClient client, bool quit = false)
     {
         try
         {
@@ -330,7 +331,7 @@ public sealed class SmtpRelay : IMailTransport
                 await client.DisconnectAsync(quit, brief?.Token ?? CancellationToken.None).ConfigureAwait(false);
             }
         }
-        catch (Exception ex) when (ex is IOException or SmtpProtocolException or SmtpCommandException or SocketException or OperationCanceledException)
+        catch (Exception ex) when (ex is IOException or SmtpProtocolException or SmtpCommandException or SocketException or OperationCanceledException or TimeoutException)
         {
             // Already broken, or too slow to say goodbye.
         }

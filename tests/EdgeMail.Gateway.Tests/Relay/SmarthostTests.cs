@@ -223,4 +223,19 @@ public sealed class SmarthostTests
         Assert.Equal(["one@lan.example.com", "two@lan.example.com"], sink.Received.Select(m => m.Message.MessageId));
         Assert.Equal([1, 2], sink.Received.Select(m => m.Connection));
     }
+
+    [Fact]
+    public async Task Relay_SmarthostNeverAnswersQuit_StoppingTheRelayEndsItsConnectionsWithoutThrowing()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        sink.OnCommand = c => c.Verb == "QUIT" ? SmtpReply.Hang : null;
+        var relay = new SmtpRelay(new RelayOptions { Host = "127.0.0.1", Port = sink.Port, Security = "None", Timeout = TimeSpan.FromSeconds(1) }, "gw.test");
+        var sent = await relay.SendAsync(Mail("one"), CancellationToken.None).WaitAsync(Await.DefaultTimeout);
+
+        // The kept connection ends with a QUIT that gets no answer: MailKit's read times out (TimeoutException).
+        await relay.DisposeAsync().AsTask().WaitAsync(Await.DefaultTimeout);
+
+        Assert.All(sent, r => Assert.Equal(RecipientOutcome.Sent, r.Outcome));
+        Assert.Contains(sink.Commands, c => c.Verb == "QUIT");
+    }
 }

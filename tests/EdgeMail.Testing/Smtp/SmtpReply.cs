@@ -19,7 +19,7 @@ public sealed record SmtpReply(int Code, string Text)
 
     /// <summary>
     /// No reply, the connection left open: a hung server. The session reads on and throws the input away until the
-    /// client gives up and closes, or the test server stops.
+    /// client gives up and closes, or the test server stops. For the end of a message and for QUIT only.
     /// </summary>
     public static SmtpReply Hang { get; } = new(-1, "no reply, the connection left open");
 
