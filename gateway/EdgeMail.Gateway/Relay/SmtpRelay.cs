@@ -402,11 +402,18 @@ internal sealed class RecordingSmtpClient : SmtpClient
         }
     }
 
+    // The spooled length is the size only when every field of the mail is written: one MailKit hides when it sends
+    // (Content-Length, Bcc, Resent-Bcc, in mail spooled before ingest dropped them) makes the mail sent shorter, and
+    // BDAT would then promise bytes that never come. Such mail is measured as it is written.
     protected override long GetSize(FormatOptions options, MimeMessage message, CancellationToken cancellationToken) =>
-        Spooled ?? base.GetSize(options, message, cancellationToken);
+        Spooled is { } size && !HidesFields(options, message) ? size : base.GetSize(options, message, cancellationToken);
 
     protected override Task<long> GetSizeAsync(FormatOptions options, MimeMessage message, CancellationToken cancellationToken) =>
-        Spooled is { } size ? Task.FromResult(size) : base.GetSizeAsync(options, message, cancellationToken);
+        Spooled is { } size && !HidesFields(options, message) ? Task.FromResult(size) : base.GetSizeAsync(options, message, cancellationToken);
+
+    private static bool HidesFields(FormatOptions options, MimeMessage message) =>
+        options.HiddenHeaders.Count > 0 && (message.Headers.Any(h => options.HiddenHeaders.Contains(h.Id))
+            || (message.Body is { } body && body.Headers.Any(h => options.HiddenHeaders.Contains(h.Id))));
 
     protected override void OnRecipientNotAccepted(MimeMessage message, MailboxAddress mailbox, SmtpResponse response)
     {
