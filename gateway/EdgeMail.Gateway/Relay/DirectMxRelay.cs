@@ -131,10 +131,7 @@ public sealed class DirectMxRelay : IMailTransport
                 // certificate that names the host; a STARTTLS failure is a connection failure and defers.
                 client.ServerCertificateValidationCallback = (_, _, _, _) => true;
                 sent = await _smtp.SendOnceAsync(client, part, address, _relay.MxPort, SecureSocketOptions.StartTlsWhenAvailable, authenticate: false, cancellationToken).ConfigureAwait(false);
-                if (client.IsConnected)
-                {
-                    await client.DisconnectAsync(true, cancellationToken).ConfigureAwait(false);
-                }
+                await SmtpRelay.SafeDisconnectAsync(client, quit: true).ConfigureAwait(false);
 
                 if (sent is not null)
                 {

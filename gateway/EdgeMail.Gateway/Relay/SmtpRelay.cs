@@ -170,6 +170,16 @@ public sealed class SmtpRelay : IMailTransport
                 ? new RecipientResult(r, refusal.Code is >= 400 and < 500 ? RecipientOutcome.Deferred : RecipientOutcome.Failed, refusal.Text)
                 : new RecipientResult(r, RecipientOutcome.Sent, "250 " + reply)).ToList();
         }
+        catch (SmtpCommandException ex) when (ex.StatusCode == SmtpStatusCode.ServiceNotAvailable || client.Refused.Values.Any(r => r.Code == 421))
+        {
+            // 421 is the server closing the connection (RFC 5321 3.8), not an answer about this mail: Postfix's idle
+            // timeout ends a kept connection that way, and the 421 is read as the reply to the next MAIL FROM. A
+            // connection failure, then: a kept connection is replaced at once, direct MX tries the next exchanger.
+            string reply = ex.StatusCode == SmtpStatusCode.ServiceNotAvailable ? $"421 {ex.Message}" : client.Refused.Values.First(r => r.Code == 421).Text;
+            client.LastError = $"{host}:{port} closed the connection: {reply}";
+            await SafeDisconnectAsync(client).ConfigureAwait(false);
+            return null;
+        }
         catch (SmtpCommandException ex)
         {
             int code = (int)ex.StatusCode;
@@ -307,10 +317,11 @@ public sealed class SmtpRelay : IMailTransport
         }
     }
 
-    // After a failure the connection is just closed. A kept connection that is still good ends politely (QUIT, "221",
-    // so the relay logs a clean close, not a lost client), briefly: a relay that does not answer does not hold up the
-    // gateway's stop.
-    private static async Task SafeDisconnectAsync(SmtpClient client, bool quit = false)
+    // After a failure the connection is just closed. A connection that is still good ends politely (QUIT, "221", so
+    // the relay logs a clean close, not a lost client), briefly: a relay that does not answer does not hold up the
+    // gateway's stop. Never throws: it comes after the transaction, whose results stand whatever QUIT does (MailKit lets
+    // the TimeoutException of an unanswered QUIT through).
+    internal static async Task SafeDisconnectAsync(SmtpClient client, bool quit = false)
     {
         try
         {
@@ -320,7 +331,7 @@ public sealed class SmtpRelay : IMailTransport
                 await client.DisconnectAsync(quit, brief?.Token ?? CancellationToken.None).ConfigureAwait(false);
             }
         }
-        catch (Exception ex) when (ex is IOException or SmtpProtocolException or SmtpCommandException or SocketException or OperationCanceledException)
+        catch (Exception ex) when (ex is IOException or SmtpProtocolException or SmtpCommandException or SocketException or OperationCanceledException or TimeoutException)
         {
             // Already broken, or too slow to say goodbye.
         }
@@ -391,11 +402,18 @@ internal sealed class RecordingSmtpClient : SmtpClient
         }
     }
 
+    // The spooled length is the size only when every field of the mail is written: one MailKit hides when it sends
+    // (Content-Length, Bcc, Resent-Bcc, in mail spooled before ingest dropped them) makes the mail sent shorter, and
+    // BDAT would then promise bytes that never come. Such mail is measured as it is written.
     protected override long GetSize(FormatOptions options, MimeMessage message, CancellationToken cancellationToken) =>
-        Spooled ?? base.GetSize(options, message, cancellationToken);
+        Spooled is { } size && !HidesFields(options, message) ? size : base.GetSize(options, message, cancellationToken);
 
     protected override Task<long> GetSizeAsync(FormatOptions options, MimeMessage message, CancellationToken cancellationToken) =>
-        Spooled is { } size ? Task.FromResult(size) : base.GetSizeAsync(options, message, cancellationToken);
+        Spooled is { } size && !HidesFields(options, message) ? Task.FromResult(size) : base.GetSizeAsync(options, message, cancellationToken);
+
+    private static bool HidesFields(FormatOptions options, MimeMessage message) =>
+        options.HiddenHeaders.Count > 0 && (message.Headers.Any(h => options.HiddenHeaders.Contains(h.Id))
+            || (message.Body is { } body && body.Headers.Any(h => options.HiddenHeaders.Contains(h.Id))));
 
     protected override void OnRecipientNotAccepted(MimeMessage message, MailboxAddress mailbox, SmtpResponse response)
     {

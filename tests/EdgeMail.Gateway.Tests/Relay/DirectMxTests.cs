@@ -82,4 +82,33 @@ public sealed class DirectMxTests
         Assert.Contains(dns.Log, l => l.Contains("mx-primary.example.test", StringComparison.Ordinal));
         Assert.DoesNotContain(dns.Log, l => l.Contains("query[A] mx-backup.example.test", StringComparison.Ordinal));
     }
+
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Relay_DirectMx_ExchangerNeverAnswersQuit_TheMailIsSentOnceAndRecordedSent()
+    {
+        await using var mx = await SmtpTestServer.StartAsync();
+        mx.OnCommand = c => c.Verb == "QUIT" ? SmtpReply.Hang : null;
+        using var dns = await Dnsmasq.StartAsync(
+            "--mx-host=mx.example.test,mx-primary.example.test,10",
+            "--host-record=mx-primary.example.test,127.0.0.1",
+            "--local=/example.test/");
+
+        await using var gw = await TestGateway.StartAsync(c =>
+        {
+            c["Users"] = new Dictionary<string, object> { ["alice"] = new { Name = "Alice", Email = "alice@mx.example.test" } };
+            c["Groups"] = new Dictionary<string, object>();
+            c["Relay"] = new { Mode = "DirectMx", DnsServer = "127.0.0.1:" + dns.Port.ToString(CultureInfo.InvariantCulture), MxPort = mx.Port, Backoff = new[] { "00:00:00.200" }, Timeout = "00:00:01" };
+            c["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "info", To = new[] { "alice" } } };
+        });
+        using var device = await gw.ConnectAsync("dev-1");
+        await device.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/alert")
+            .WithPayload(Alerts.Json("quit-1")).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
+
+        // The 250 to the end of the data is the delivery; the QUIT after it that times out changes nothing.
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("dev-1.quit-1.alert@gw.test", default)) is { } m && (m.Attempts >= 1 || m.Status != "queued"),
+            "the first attempt recorded");
+        var state = (await gw.Spool.GetMessageAsync("dev-1.quit-1.alert@gw.test", default))!;
+        Assert.True(state.Status == "sent", $"{state.Status}: {state.LastReply}");
+        Assert.Single(mx.Received);
+    }
 }

@@ -1,3 +1,7 @@
+using System.Text;
+using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Relay;
+using EdgeMail.Gateway.Spool;
 using EdgeMail.Testing;
 using EdgeMail.Testing.Smtp;
 using MQTTnet;
@@ -13,6 +17,13 @@ public sealed class SmarthostTests
         c["Relay"] = new { Mode = "Smarthost", Host = "127.0.0.1", Port = smtpPort, Security = "None", Backoff = new[] { "00:00:00.200" }, Concurrency = 2, Timeout = "00:00:05" };
         c["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "info", To = new[] { "oncall" } } };
     });
+
+    private static QueuedMessage Mail(string id)
+    {
+        var now = new DateTimeOffset(2026, 12, 5, 10, 0, 0, TimeSpan.Zero);
+        byte[] wire = Encoding.ASCII.GetBytes($"From: <ups-1@lan.example.com>\r\nTo: <ops@example.com>\r\nSubject: {id}\r\nMessage-ID: <{id}@lan.example.com>\r\n\r\nMains lost.\r\n");
+        return new QueuedMessage(1, "relay", "ups-1", null, id + "@lan.example.com", "alerts@example.com", ["ops@example.com"], wire, 0, now, now.AddDays(5));
+    }
 
     private static async Task PublishAsync(TestGateway gw, string device, string alertId)
     {
@@ -191,5 +202,40 @@ public sealed class SmarthostTests
         var (message, _) = await sink.NextAsync();
 
         Assert.Equal("dev-3.flaky-1.alert@gw.test", message.MessageId);
+    }
+
+    [Fact]
+    public async Task Relay_KeptConnectionClosedWith421_TheNextMailGoesAtOnceOnAFreshConnection()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        int mailCommands = 0;
+        // Postfix ends an idle session with "421 4.4.2 ... timeout exceeded" and closes: the relay reads that 421 as
+        // the reply to its next MAIL FROM on the kept connection.
+        sink.OnCommand = c => c.Verb == "MAIL" && Interlocked.Increment(ref mailCommands) == 2
+            ? new SmtpReply(421, "4.4.2 sink.test Error: timeout exceeded") { Closes = true }
+            : null;
+        await using var relay = new SmtpRelay(new RelayOptions { Host = "127.0.0.1", Port = sink.Port, Security = "None", Timeout = TimeSpan.FromSeconds(5) }, "gw.test");
+
+        var first = await relay.SendAsync(Mail("one"), CancellationToken.None).WaitAsync(Await.DefaultTimeout);
+        var second = await relay.SendAsync(Mail("two"), CancellationToken.None).WaitAsync(Await.DefaultTimeout);
+
+        Assert.All(first.Concat(second), r => Assert.Equal(RecipientOutcome.Sent, r.Outcome));
+        Assert.Equal(["one@lan.example.com", "two@lan.example.com"], sink.Received.Select(m => m.Message.MessageId));
+        Assert.Equal([1, 2], sink.Received.Select(m => m.Connection));
+    }
+
+    [Fact]
+    public async Task Relay_SmarthostNeverAnswersQuit_StoppingTheRelayEndsItsConnectionsWithoutThrowing()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        sink.OnCommand = c => c.Verb == "QUIT" ? SmtpReply.Hang : null;
+        var relay = new SmtpRelay(new RelayOptions { Host = "127.0.0.1", Port = sink.Port, Security = "None", Timeout = TimeSpan.FromSeconds(1) }, "gw.test");
+        var sent = await relay.SendAsync(Mail("one"), CancellationToken.None).WaitAsync(Await.DefaultTimeout);
+
+        // The kept connection ends with a QUIT that gets no answer: MailKit's read times out (TimeoutException).
+        await relay.DisposeAsync().AsTask().WaitAsync(Await.DefaultTimeout);
+
+        Assert.All(sent, r => Assert.Equal(RecipientOutcome.Sent, r.Outcome));
+        Assert.Contains(sink.Commands, c => c.Verb == "QUIT");
     }
 }

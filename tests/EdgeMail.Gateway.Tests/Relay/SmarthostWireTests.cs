@@ -129,6 +129,26 @@ public sealed class SmarthostWireTests
         Assert.Equal(longLine + "\n", message.TextBody?.ReplaceLineEndings("\n"));
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Send_SpooledDeviceMailWithAContentLengthField_DeclaresTheSizeOfWhatIsSent(bool chunking)
+    {
+        // Spooled as a device sent it (before ingest dropped the field): MailKit never sends Content-Length, so the
+        // size declared (SIZE=, and BDAT's count, which the server reads exactly) is that of the mail without it.
+        const string ContentLength = "Content-Length: 23\r\n";
+        string spooled = "From: <ups-1@lan.example.com>\r\nTo: <ops@example.com>\r\nSubject: on battery\r\n" + ContentLength +
+            "Message-ID: <ups.3@lan.example.com>\r\n\r\nMains lost in hall 3.\r\n";
+        string sent = spooled.Replace(ContentLength, string.Empty, StringComparison.Ordinal);
+
+        var received = await SendAsync(new QueuedMessage(1, "relay", "ups-1", null, "ups.3@lan.example.com", "alerts@example.com", ["ops@example.com"],
+            Encoding.ASCII.GetBytes(spooled), 0, Now, Now.AddDays(5)), chunking);
+
+        Assert.Equal(sent, Encoding.ASCII.GetString(received.Data));
+        Assert.Contains($" SIZE={sent.Length}", received.MailFrom, StringComparison.Ordinal);
+        Assert.Equal(["EHLO", "MAIL", "RCPT", chunking ? $"BDAT {sent.Length} LAST" : "DATA", "QUIT"], received.Commands);
+    }
+
     private static async Task<Received> SendAsync(QueuedMessage message, bool chunking = false)
     {
         using var listener = new TcpListener(IPAddress.Loopback, 0);

@@ -29,6 +29,18 @@ public sealed class RelayedMailWriterTests
         Assert.Equal(("UPS 1 via Plant \u00c4 alarms", "alarms@example.org"), changed);
     }
 
+    [Fact]
+    public void Rewrite_DropsContentLength_WhichNoSmtpHopSends()
+    {
+        byte[] raw = Encoding.ASCII.GetBytes("From: <dev@lan.example.com>\r\nSubject: s\r\nContent-Length: 4\r\ncontent-length:4\r\n\r\nbody");
+
+        var relayed = RelayedMailWriter.Rewrite(raw, new Submission("ups-1", "UPS 1", "192.0.2.7", "dev@lan.example.com", false, false, "abc123def456", Now),
+            new SenderOptions { Address = "alerts@example.com", Hostname = "gw1.example.com" });
+
+        Assert.DoesNotContain("content-length", Encoding.ASCII.GetString(relayed.Mime), StringComparison.OrdinalIgnoreCase);
+        Assert.Contains("Subject: s\r\n", Encoding.ASCII.GetString(relayed.Mime), StringComparison.Ordinal);
+    }
+
     private static RelayedMail Rewrite(string device, string name, SenderOptions sender) =>
         RelayedMailWriter.Rewrite(Raw, new Submission(device, name, "192.0.2.7", "dev@lan.example.com", false, false, "abc123def456", Now), sender);
 

@@ -19,9 +19,15 @@ public sealed record SmtpReply(int Code, string Text)
 
     /// <summary>
     /// No reply, the connection left open: a hung server. The session reads on and throws the input away until the
-    /// client gives up and closes, or the test server stops.
+    /// client gives up and closes, or the test server stops. For the end of a message and for QUIT only.
     /// </summary>
     public static SmtpReply Hang { get; } = new(-1, "no reply, the connection left open");
+
+    /// <summary>
+    /// Whether the server closes the connection right after this reply, as servers do after a 421 ("service not
+    /// available, closing transmission channel": Postfix's idle timeout, a restart).
+    /// </summary>
+    public bool Closes { get; init; }
 
     /// <summary>Whether this is <see cref="Drop"/>.</summary>
     public bool IsDrop => Code == 0;

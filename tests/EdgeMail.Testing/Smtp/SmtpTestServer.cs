@@ -42,7 +42,7 @@ public sealed class SmtpTestServerOptions
 /// with its envelope, and a test scripts failures: a reply to any command (<see cref="OnCommand"/>), to one recipient
 /// (<see cref="Recipients"/>), or to the end of a message (<see cref="OnData"/>) — a 4xx, a 5xx, or
 /// <see cref="SmtpReply.Drop"/>, the connection closed with no answer (after DATA, the client cannot know whether
-/// the message was taken), or, to the end of a message, <see cref="SmtpReply.Hang"/>. An exception thrown by a script is answered with 451 and thrown again at dispose, so a
+/// the message was taken), or, to the end of a message and to QUIT, <see cref="SmtpReply.Hang"/>. An exception thrown by a script is answered with 451 and thrown again at dispose, so a
 /// failed assertion inside a script fails the test. (The firmware's byte-for-byte and allocation tests of its SMTP
 /// client use EdgeMail.Simulation's <c>InMemorySmtpServer</c> instead: a synchronous peer behind the device's
 /// transport interface, no socket, nothing allocated — the same peer the emulator's <c>bench</c> measures over.)
@@ -60,6 +60,7 @@ public sealed class SmtpTestServer : IAsyncDisposable
     private readonly ConcurrentQueue<SmtpCommandSeen> _commands = new();
     private readonly ConcurrentQueue<SmtpAuthAttempt> _auth = new();
     private readonly ConcurrentQueue<Exception> _scriptFailures = new();
+    private readonly ConcurrentQueue<Task> _lingering = new();
     private readonly IReadOnlyDictionary<string, string>? _users;
     private Task _run = Task.CompletedTask;
     private int _connections;
@@ -125,7 +126,7 @@ public sealed class SmtpTestServer : IAsyncDisposable
             }
         });
         var services = new SmtpServer.ComponentModel.ServiceProvider();
-        services.Add(new LoopbackListenerFactory(server._bound.SetResult));
+        services.Add(new LoopbackListenerFactory(server._bound.SetResult, server._stop.Token, server._lingering.Enqueue));
         services.Add(new Store(server));
         if (options.Users is not null)
         {
@@ -177,6 +178,7 @@ public sealed class SmtpTestServer : IAsyncDisposable
         {
         }
 
+        await Task.WhenAll(_lingering);
         _stop.Dispose();
         if (!_scriptFailures.IsEmpty)
         {
@@ -255,10 +257,16 @@ public sealed class SmtpTestServer : IAsyncDisposable
             }
 
             SmtpReply reply = OnCommand is { } script ? Script(script, seen) : SmtpReply.Ok;
-            if (reply.IsHang)
+            if (reply.IsHang && seen.Verb == QuitCommand.Command && c.Context.Pipe is LoopbackListenerFactory.Connection pipe)
+            {
+                // The session ends as usual, but its 221 and its close never reach the client.
+                pipe.Hang();
+                reply = SmtpReply.Ok;
+            }
+            else if (reply.IsHang)
             {
                 // A command's handler runs synchronously here: hanging it would hold a thread-pool thread.
-                _scriptFailures.Enqueue(new NotSupportedException("SmtpReply.Hang is for OnData only"));
+                _scriptFailures.Enqueue(new NotSupportedException("SmtpReply.Hang is for OnData and QUIT only"));
                 reply = new SmtpReply(451, "4.3.0 the test's script asked for a hang at " + seen.Verb);
             }
 
@@ -274,7 +282,7 @@ public sealed class SmtpTestServer : IAsyncDisposable
 
             if (!reply.IsPositive)
             {
-                throw new SmtpResponseException(Response(reply));
+                throw new SmtpResponseException(Response(reply), reply.Closes);
             }
         };
     }

@@ -30,7 +30,7 @@ public sealed record RelayedMail(string SpoolKey, byte[] Mime, int Hops);
 /// <summary>
 /// Rewrites a mail a device submitted so it can be relayed under the gateway's name (no I/O). The original
 /// header block is kept except the fields that claim an identity or a route (<c>From</c>, <c>Sender</c>,
-/// <c>Reply-To</c>, <c>Return-Path</c>, <c>Bcc</c>, DKIM/ARC signatures, and any <c>X-EdgeMail-*</c> a device
+/// <c>Reply-To</c>, <c>Return-Path</c>, <c>Bcc</c>, DKIM/ARC signatures, <c>Content-Length</c>, and any <c>X-EdgeMail-*</c> a device
 /// might forge); a <c>Received</c> trace goes on top; <c>From</c> becomes the gateway's sender so SPF, DKIM and
 /// DMARC align; the device's own From moves to <c>Reply-To</c> and <c>X-EdgeMail-Original-From</c>. The body
 /// bytes are kept as they came, except that bare CR and bare LF become CRLF (so nothing downstream can read a
@@ -42,6 +42,10 @@ public static class RelayedMailWriter
     {
         "From", "Sender", "Reply-To", "Return-Path", "Bcc", "Resent-Bcc", "DKIM-Signature", "ARC-Seal", "ARC-Message-Signature",
         "ARC-Authentication-Results", "Authentication-Results", "Delivered-To",
+
+        // Meaningless in SMTP mail (the end of data ends it), and never sent by MailKit: kept, it would make the
+        // spooled bytes longer than the mail that goes out.
+        "Content-Length",
     };
 
     private static readonly FormatOptions WireFormat = CreateWireFormat();
