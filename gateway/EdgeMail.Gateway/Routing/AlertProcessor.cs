@@ -316,7 +316,18 @@ public sealed partial class AlertProcessor : SupervisedLoop
             return null;
         }
 
-        var route = _router.Route(digest.Device, repeats[^1].Item1);
+        // Routes select by minimum severity, so the highest among the repeats (listed or not) reaches everyone any of
+        // them would have: the latest repeat's severity alone would leave out whom a held critical one goes to.
+        var highest = repeats.Max(r => r.Item1.Severity);
+        foreach (string name in digest.Severities ?? [])
+        {
+            if (Severities.TryParse(name, out var severity) && severity > highest)
+            {
+                highest = severity;
+            }
+        }
+
+        var route = _router.Route(digest.Device, repeats[^1].Item1 with { Severity = highest });
         if (route.Recipients.Count == 0)
         {
             return null;
@@ -330,13 +341,16 @@ public sealed partial class AlertProcessor : SupervisedLoop
 
     private async Task ParkDigestAsync(DueDigest digest, string reason, Exception? fault, CancellationToken cancellationToken)
     {
-        await _spool.ParkDigestAsync(digest, reason, cancellationToken).ConfigureAwait(false);
+        var parked = await _spool.ParkDigestAsync(digest, reason, cancellationToken).ConfigureAwait(false);
         _digestDueKnown = false;
         string what = $"a digest of {digest.Total} repeats of {digest.Code}: {reason}";
         await _parking.AlertParkedAsync("digest", digest.Device, digest.Alerts[0].AlertId, what, fault).ConfigureAwait(false);
-        foreach (var alert in digest.Alerts.Skip(1))
+        foreach (string alertId in parked)
         {
-            await _parking.ReceiptAsync(digest.Device, alert.AlertId, reason).ConfigureAwait(false);
+            if (alertId != digest.Alerts[0].AlertId)
+            {
+                await _parking.ReceiptAsync(digest.Device, alertId, reason).ConfigureAwait(false);
+            }
         }
     }
 

@@ -291,7 +291,10 @@ public sealed partial class PostgresSpool
                     alerts.AddRange(await ListAsync(c, tx, cancellationToken, ReadAlert, $"SELECT {AlertRow} FROM alerts WHERE rowid=$1", through).ConfigureAwait(false));
                 }
 
-                result.Add(new DueDigest(device, code, alerts, total, through));
+                var severities = await ListAsync(c, tx, cancellationToken, r => r.GetString(0),
+                    "SELECT DISTINCT severity FROM alerts WHERE status='held' AND device=$1 AND code=$2 AND rowid <= $3 AND severity IS NOT NULL",
+                    device, code, through).ConfigureAwait(false);
+                result.Add(new DueDigest(device, code, alerts, total, through, severities));
             }
 
             return result;
@@ -331,22 +334,23 @@ public sealed partial class PostgresSpool
     }
 
     /// <inheritdoc />
-    public Task ParkDigestAsync(DueDigest digest, string reason, CancellationToken cancellationToken)
+    public Task<IReadOnlyList<string>> ParkDigestAsync(DueDigest digest, string reason, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(digest);
         ArgumentNullException.ThrowIfNull(reason);
-        return WriteAsync(async (c, tx, ctx) =>
+        return WriteAsync<IReadOnlyList<string>>(async (c, tx, ctx) =>
         {
             if (!await HoldsKeyAsync(c, tx, digest.Device, digest.Code, cancellationToken).ConfigureAwait(false))
             {
-                return 0;
+                return [];
             }
 
-            await ExecAsync(c, tx, cancellationToken,
-                "UPDATE alerts SET status='parked', reason=$1, parked_at=$2 WHERE device=$3 AND code=$4 AND status='held' AND rowid <= $5",
+            var parked = await ListAsync(c, tx, cancellationToken, r => r.GetString(0),
+                "UPDATE alerts SET status='parked', reason=$1, parked_at=$2 WHERE device=$3 AND code=$4 AND status='held' AND rowid <= $5 RETURNING alert_id",
                 Truncate(Text(reason)!), ctx.NowMs, digest.Device, digest.Code, digest.ThroughRowId).ConfigureAwait(false);
-            return await ExecAsync(c, tx, cancellationToken, "UPDATE storm SET claimed_by=NULL, claim_until=NULL WHERE device=$1 AND code=$2",
+            await ExecAsync(c, tx, cancellationToken, "UPDATE storm SET claimed_by=NULL, claim_until=NULL WHERE device=$1 AND code=$2",
                 digest.Device, digest.Code).ConfigureAwait(false);
+            return parked;
         }, cancellationToken);
     }
 

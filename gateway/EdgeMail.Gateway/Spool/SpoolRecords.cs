@@ -153,7 +153,11 @@ public sealed record ParkedAlert(long AlertRowId, string Reason);
 /// <param name="Alerts">The loaded repeats, oldest first; the last one is always the latest held.</param>
 /// <param name="Total">How many repeats are held in all (at most <see cref="ThroughRowId"/>).</param>
 /// <param name="ThroughRowId">The newest held repeat this digest covers.</param>
-public sealed record DueDigest(string Device, string Code, IReadOnlyList<SpooledAlert> Alerts, long Total, long ThroughRowId)
+/// <param name="Severities">
+/// The severities among all the repeats it covers, loaded or not (rows from before severities were stored have none):
+/// a critical repeat among warnings must reach whoever the critical ones go to.
+/// </param>
+public sealed record DueDigest(string Device, string Code, IReadOnlyList<SpooledAlert> Alerts, long Total, long ThroughRowId, IReadOnlyList<string>? Severities = null)
 {
     /// <summary>Held repeats not loaded (counted in the mail as "and N more").</summary>
     public long Omitted => Total - Alerts.Count;
@@ -343,8 +347,8 @@ public partial interface ISpool : IAsyncDisposable
     /// <param name="digest">The digest.</param>
     /// <param name="reason">Why.</param>
     /// <param name="cancellationToken">Cancellation.</param>
-    /// <returns>A task completing after commit.</returns>
-    Task ParkDigestAsync(DueDigest digest, string reason, CancellationToken cancellationToken);
+    /// <returns>The ids of every alert it parked, listed in the digest or not (each device is owed a receipt), after commit.</returns>
+    Task<IReadOnlyList<string>> ParkDigestAsync(DueDigest digest, string reason, CancellationToken cancellationToken);
 
     /// <summary>When the next held digest falls due, if any.</summary>
     /// <param name="cancellationToken">Cancellation.</param>

@@ -464,7 +464,17 @@ public sealed partial class SqliteSpool : ISpool
                     alerts.AddRange(ReadAlerts(r));
                 }
 
-                result.Add(new DueDigest(device, code, alerts, total, through));
+                var severities = new List<string>();
+                using (var r = s.Query("SELECT DISTINCT severity FROM alerts WHERE status='held' AND device=$p0 AND code=$p1 AND rowid <= $p2 AND severity IS NOT NULL",
+                    device, code, through))
+                {
+                    while (r.Read())
+                    {
+                        severities.Add(r.GetString(0));
+                    }
+                }
+
+                result.Add(new DueDigest(device, code, alerts, total, through, severities));
             }
 
             return result;
@@ -489,13 +499,26 @@ public sealed partial class SqliteSpool : ISpool
     }
 
     /// <inheritdoc />
-    public Task ParkDigestAsync(DueDigest digest, string reason, CancellationToken cancellationToken)
+    public Task<IReadOnlyList<string>> ParkDigestAsync(DueDigest digest, string reason, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(digest);
         ArgumentNullException.ThrowIfNull(reason);
-        return Enqueue((s, ctx) => s.Exec(
-            "UPDATE alerts SET status='parked', reason=$p0, parked_at=$p1 WHERE device=$p2 AND code=$p3 AND status='held' AND rowid <= $p4",
-            Truncate(reason), ctx.Now.ToUnixTimeMilliseconds(), digest.Device, digest.Code, digest.ThroughRowId), cancellationToken);
+        return Enqueue<IReadOnlyList<string>>((s, ctx) =>
+        {
+            var parked = new List<string>();
+            using (var r = s.Query("SELECT alert_id FROM alerts WHERE device=$p0 AND code=$p1 AND status='held' AND rowid <= $p2 ORDER BY rowid",
+                digest.Device, digest.Code, digest.ThroughRowId))
+            {
+                while (r.Read())
+                {
+                    parked.Add(r.GetString(0));
+                }
+            }
+
+            s.Exec("UPDATE alerts SET status='parked', reason=$p0, parked_at=$p1 WHERE device=$p2 AND code=$p3 AND status='held' AND rowid <= $p4",
+                Truncate(reason), ctx.Now.ToUnixTimeMilliseconds(), digest.Device, digest.Code, digest.ThroughRowId);
+            return parked;
+        }, cancellationToken);
     }
 
     /// <inheritdoc />

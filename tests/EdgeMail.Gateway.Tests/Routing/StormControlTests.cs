@@ -38,4 +38,37 @@ public sealed class StormControlTests
         var cleared = MimeMessage.Load(Assert.Single(all, f => f.Contains("s-7", StringComparison.Ordinal)));
         Assert.Equal("dev-1.s-1.alert@gw.test", cleared.InReplyTo);
     }
+
+    [Fact]
+    public async Task Digest_OfRepeatsOfMixedSeverity_GoesToEveryoneTheMostSevereRepeatIsRoutedTo()
+    {
+        // Warnings go to Bob, criticals to Alice too: a held critical repeat must reach Alice even when the latest
+        // repeat in the digest is a warning.
+        await using var gw = await TestGateway.StartAsync(c =>
+        {
+            c["Storm"] = new { Window = "00:00:02" };
+            c["Routes"] = new object[]
+            {
+                new { Devices = "*", Codes = "*", MinSeverity = "warning", To = new[] { "bob" } },
+                new { Devices = "*", Codes = "*", MinSeverity = "critical", To = new[] { "alice" } },
+            };
+        });
+        using var client = await gw.ConnectAsync("dev-1");
+        async Task Publish(string id, string sev)
+        {
+            var ack = await client.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/alert")
+                .WithPayload(Alerts.Json(id, code: "PUMP_CYCLING", sev: sev)).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
+            Assert.True(ack.IsSuccess);
+        }
+
+        await Publish("m-1", "critical");
+        await gw.MailAsync(1);
+        await Publish("m-2", "critical");
+        await Publish("m-3", "warning");
+        var all = await gw.MailAsync(2, TimeSpan.FromSeconds(20));
+
+        var digest = MimeMessage.Load(Assert.Single(all, f => f.Contains("digest", StringComparison.Ordinal)));
+        Assert.Contains("repeated 2 times", digest.Subject, StringComparison.Ordinal);
+        Assert.Equal(["alice@example.com", "bob@example.com"], digest.To.Mailboxes.Select(m => m.Address).Order(StringComparer.Ordinal));
+    }
 }

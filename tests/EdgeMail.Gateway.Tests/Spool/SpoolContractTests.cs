@@ -353,6 +353,25 @@ public abstract class SpoolContractTests : IAsyncLifetime
     }
 
     [ContractFact]
+    public async Task DueDigest_NamesTheSeveritiesOfAllItsRepeats_ListedOrNot()
+    {
+        await using var spool = Open();
+        string[] severities = ["warning", "critical", "warning", "warning"];
+        for (int i = 0; i < severities.Length; i++)
+        {
+            await spool.AcceptAlertAsync(Alert("dev-1", $"r-{i}", sev: severities[i]), default);
+        }
+
+        var alerts = await spool.NewAlertsAsync(10, default);
+        await spool.CommitRoutingAsync(alerts.Select(a => new RoutingCommit(a.RowId, AlertStatus.Held, T0, null, null, null)).ToList(), default);
+
+        var digest = Assert.Single(await spool.DueDigestsAsync(T0, 2, default));
+
+        Assert.Equal(["r-0", "r-3"], digest.Alerts.Select(a => a.AlertId)); // the critical one is not listed
+        Assert.Equal(["critical", "warning"], digest.Severities!.Order(StringComparer.Ordinal));
+    }
+
+    [ContractFact]
     public async Task ParkDigest_ParksItsHeldRepeatsWithTheReason_AndNothingIsDueAfter()
     {
         await using var spool = Open();
@@ -363,10 +382,12 @@ public abstract class SpoolContractTests : IAsyncLifetime
 
         var alerts = await spool.NewAlertsAsync(10, default);
         await spool.CommitRoutingAsync(alerts.Select(a => new RoutingCommit(a.RowId, AlertStatus.Held, T0, null, null, null)).ToList(), default);
-        var digest = Assert.Single(await spool.DueDigestsAsync(T0, 100, default));
+        var digest = Assert.Single(await spool.DueDigestsAsync(T0, 2, default));
+        Assert.Equal(2, digest.Alerts.Count);
 
-        await spool.ParkDigestAsync(digest, "composing the digest failed: boom", default);
+        var parked = await spool.ParkDigestAsync(digest, "composing the digest failed: boom", default);
 
+        Assert.Equal(["r-0", "r-1", "r-2"], parked); // every one a receipt is owed for, listed in the digest or not
         Assert.Equal(3, (await spool.ParkedAsync(10, default)).Count(p => p.Kind == ParkedKinds.Alert && p.Reason == "composing the digest failed: boom"));
         Assert.Empty(await spool.DueDigestsAsync(T0, 100, default));
         Assert.Null(await spool.NextDigestDueAsync(default));
