@@ -184,11 +184,18 @@ internal sealed partial class ExternalBrokerLink : IDisposable
         {
             await _client.DisconnectAsync().ConfigureAwait(false);
         }
-        catch (MqttCommunicationException ex)
+        catch (Exception ex) when (ex is MqttCommunicationException or ObjectDisposedException or InvalidOperationException)
         {
             LogDisconnectFailed(ex);
         }
     }
+
+    /// <summary>
+    /// Starts dropping the connection and returns at once (see <see cref="DisconnectQuietlyAsync"/>). For the loop that
+    /// drains received messages: MQTTnet's disconnect waits until the message handler has returned, and the handler may
+    /// be waiting for that loop.
+    /// </summary>
+    public void DropInBackground() => _ = Task.Run(DisconnectQuietlyAsync, CancellationToken.None);
 
     /// <inheritdoc />
     public void Dispose() => _client.Dispose();
