@@ -8,7 +8,7 @@ namespace EdgeMail.Gateway.Ingest;
 
 /// <summary>
 /// The gateway's connection to an external broker: connects and subscribes, waits while connected, and after a
-/// failed attempt waits on the backoff schedule before the next. Each successful connection gets a new generation
+/// failed attempt, or a connection it dropped itself, waits on the backoff schedule before the next. Each successful connection gets a new generation
 /// number, so work received on a connection that is gone can be told apart from work on the current one.
 /// </summary>
 internal sealed partial class ExternalBrokerLink : IDisposable
@@ -23,6 +23,7 @@ internal sealed partial class ExternalBrokerLink : IDisposable
     private TaskCompletionSource _connected = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private TaskCompletionSource _lost = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private int _generation;
+    private int _dropped;
 
     /// <summary>Creates the link; nothing connects before <see cref="RunAsync"/>.</summary>
     /// <param name="broker">The <c>Mqtt:External</c> options.</param>
@@ -98,7 +99,7 @@ internal sealed partial class ExternalBrokerLink : IDisposable
                 problem = await ConnectOnceAsync(stop).ConfigureAwait(false) ?? string.Empty;
                 if (problem.Length == 0)
                 {
-                    failures = 0;
+                    long connectedAt = _clock.GetTimestamp();
                     Task lost;
                     lock (_signalLock)
                     {
@@ -106,7 +107,25 @@ internal sealed partial class ExternalBrokerLink : IDisposable
                     }
 
                     await lost.WaitAsync(stop).ConfigureAwait(false);
-                    continue; // reconnect at once; the backoff applies to failed attempts
+                    if (Interlocked.Exchange(ref _dropped, 0) == 0)
+                    {
+                        failures = 0;
+                        continue; // lost: reconnect at once; the backoff applies to failed attempts
+                    }
+
+                    // Dropped by us because a message could not be stored: the broker redelivers it at once, so while
+                    // the cause lasts (a low disk) reconnecting at once would fail again in a tight loop. Back off as
+                    // after a failed attempt; a connection that held for MaxReconnectDelay starts the count afresh.
+                    if (_clock.GetElapsedTime(connectedAt) >= _broker.MaxReconnectDelay)
+                    {
+                        failures = 0;
+                    }
+
+                    failures++;
+                    var backoff = ExternalBrokerConnection.ReconnectDelay(_broker, failures);
+                    LogDroppedBackoff(backoff);
+                    await Task.Delay(backoff, _clock, stop).ConfigureAwait(false);
+                    continue;
                 }
             }
             catch (OperationCanceledException) when (stop.IsCancellationRequested)
@@ -195,7 +214,11 @@ internal sealed partial class ExternalBrokerLink : IDisposable
     /// drains received messages: MQTTnet's disconnect waits until the message handler has returned, and the handler may
     /// be waiting for that loop.
     /// </summary>
-    public void DropInBackground() => _ = Task.Run(DisconnectQuietlyAsync, CancellationToken.None);
+    public void DropInBackground()
+    {
+        Volatile.Write(ref _dropped, 1); // the reconnect after this loss waits on the backoff
+        _ = Task.Run(DisconnectQuietlyAsync, CancellationToken.None);
+    }
 
     /// <inheritdoc />
     public void Dispose() => _client.Dispose();
@@ -286,6 +309,9 @@ internal sealed partial class ExternalBrokerLink : IDisposable
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot connect to the external MQTT broker {Host}:{Port}: {Problem}. Retrying in {Delay}")]
     private partial void LogConnectFailed(string host, int port, string problem, TimeSpan delay);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Reconnecting to the external MQTT broker in {Delay}, after dropping the connection because a message could not be stored")]
+    private partial void LogDroppedBackoff(TimeSpan delay);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Lost the external MQTT broker {Host}:{Port} ({Reason}: {Detail}); reconnecting")]
     private partial void LogLost(string host, int port, string reason, string detail);

@@ -1,6 +1,11 @@
+using System.Collections.Concurrent;
 using System.Globalization;
+using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Ingest;
 using EdgeMail.Gateway.Spool;
 using EdgeMail.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Time.Testing;
 using MQTTnet;
 using MQTTnet.Protocol;
 using Xunit;
@@ -70,6 +75,57 @@ public sealed class ExternalStoreFailureTests : IDisposable
         await device.PublishAsync(ExternalGateway.Alert("dev-1", "after"));
         await ExternalGateway.MailAsync(_dataDir, Count + 1);
         Assert.NotNull(await gateway.Spool.GetAlertAsync("dev-1", "after", default));
+    }
+
+    [PeerFact("mosquitto:mosquitto")]
+    public async Task External_StoreFailsEveryTime_ReconnectsOnlyAfterAGrowingBackoff()
+    {
+        var clock = new TimerRecordingClock(DateTimeOffset.FromUnixTimeSeconds(1_800_000_000));
+        await using var broker = await ExternalMosquitto.StartAsync(Devices);
+        await using var gateway = await ExternalGateway.StartAsync(ExternalGateway.WriteConfig(_dataDir, broker.Port), s => s.AddSingleton<TimeProvider>(clock));
+        int stores = 0;
+        gateway.Client.BeforeStore = (_, _) =>
+        {
+            Interlocked.Increment(ref stores);
+            clock.Changed.Release();
+            throw new SpoolFullException("only 10 MiB free (test)"); // the disk stays low
+        };
+
+        using var device = await ExternalGateway.DeviceAsync(broker.Port, "dev-1");
+        await device.PublishAsync(ExternalGateway.Alert("dev-1", "low-disk"));
+
+        // The test configuration's schedule (ExternalGateway.WriteConfig): 0.2 s doubling up to 2 s.
+        var schedule = new ExternalBrokerOptions { ClientId = ExternalMosquitto.GatewayUser, ReconnectDelay = TimeSpan.FromMilliseconds(200), MaxReconnectDelay = TimeSpan.FromSeconds(2) };
+        for (int attempt = 1; attempt <= 3; attempt++)
+        {
+            var backoff = ExternalBrokerConnection.ReconnectDelay(schedule, attempt);
+            while (!clock.WasSet(backoff) && Volatile.Read(ref stores) <= attempt)
+            {
+                Assert.True(await clock.Changed.WaitAsync(Await.DefaultTimeout), $"no backoff of {backoff} after store failure {attempt}");
+            }
+
+            Assert.Equal(attempt, Volatile.Read(ref stores)); // the broker's redelivery waited for the backoff
+            clock.Advance(backoff);
+        }
+    }
+
+    // A fake clock that records the due time of every timer set on it (Task.Delay on it sets one).
+    private sealed class TimerRecordingClock(DateTimeOffset start) : FakeTimeProvider(start)
+    {
+        private readonly ConcurrentQueue<TimeSpan> _due = new();
+
+        public SemaphoreSlim Changed { get; } = new(0);
+
+        // Task.Delay sets its timer in whole milliseconds.
+        public bool WasSet(TimeSpan due) => _due.Any(d => (d - due).Duration() < TimeSpan.FromMilliseconds(1));
+
+        public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period)
+        {
+            var timer = base.CreateTimer(callback, state, dueTime, period);
+            _due.Enqueue(dueTime);
+            Changed.Release();
+            return timer;
+        }
     }
 
     public void Dispose()
