@@ -70,6 +70,13 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
     /// <summary>Test hook: runs after a message is received and before it is stored (simulates a crash in between).</summary>
     internal Func<string, CancellationToken, Task>? BeforeStore { get; set; }
 
+    /// <summary>Test hook: runs when a connection is up, before the link goes on (holds it while messages already arrive).</summary>
+    internal Func<CancellationToken, Task>? AfterConnect
+    {
+        get => _link.AfterConnect;
+        set => _link.AfterConnect = value;
+    }
+
     /// <inheritdoc />
     public Task StartAsync(CancellationToken cancellationToken)
     {

@@ -8,8 +8,9 @@ namespace EdgeMail.Gateway.Ingest;
 
 /// <summary>
 /// The gateway's connection to an external broker: connects and subscribes, waits while connected, and after a
-/// failed attempt, or a connection it dropped itself, waits on the backoff schedule before the next. Each successful connection gets a new generation
-/// number, so work received on a connection that is gone can be told apart from work on the current one.
+/// failed attempt, or a connection it dropped itself, waits on the backoff schedule before the next. Each connection
+/// gets a new generation number before it connects, so work received on a connection that is gone can be told apart
+/// from work on the current one.
 /// </summary>
 internal sealed partial class ExternalBrokerLink : IDisposable
 {
@@ -22,7 +23,8 @@ internal sealed partial class ExternalBrokerLink : IDisposable
     private readonly CancellationToken _stopping;
     private TaskCompletionSource _connected = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private TaskCompletionSource _lost = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private int _generation;
+    private int _generation; // the connection attempt's number, taken before it connects
+    private int _retired;    // the newest generation given up by TryRetire: nothing more of it is acknowledged
     private int _dropped;
 
     /// <summary>Creates the link; nothing connects before <see cref="RunAsync"/>.</summary>
@@ -43,6 +45,9 @@ internal sealed partial class ExternalBrokerLink : IDisposable
         _client.ApplicationMessageReceivedAsync += onMessage;
         _client.DisconnectedAsync += OnDisconnectedAsync;
     }
+
+    /// <summary>Test hook: runs when MQTTnet's ConnectAsync has returned (its receive loop already delivers messages).</summary>
+    internal Func<CancellationToken, Task>? AfterConnect { get; set; }
 
     /// <summary>Raised after each successful connect and subscribe.</summary>
     public event EventHandler? Subscribed;
@@ -68,7 +73,7 @@ internal sealed partial class ExternalBrokerLink : IDisposable
     /// <summary>Whether <paramref name="generation"/> is the connection the client is on now.</summary>
     /// <param name="generation">A generation read when the work arrived.</param>
     /// <returns>True when that connection is still up.</returns>
-    public bool IsCurrent(int generation) => generation == Generation && _client.IsConnected;
+    public bool IsCurrent(int generation) => generation == Generation && generation != Volatile.Read(ref _retired) && _client.IsConnected;
 
     /// <summary>
     /// Retires <paramref name="generation"/> (later work of that connection is not acknowledged) when it is still
@@ -76,7 +81,11 @@ internal sealed partial class ExternalBrokerLink : IDisposable
     /// </summary>
     /// <param name="generation">The generation to retire.</param>
     /// <returns>True for the caller that retired it.</returns>
-    public bool TryRetire(int generation) => Interlocked.CompareExchange(ref _generation, generation + 1, generation) == generation;
+    public bool TryRetire(int generation)
+    {
+        int retired = Volatile.Read(ref _retired);
+        return generation == Generation && generation != retired && Interlocked.CompareExchange(ref _retired, generation, retired) == retired;
+    }
 
     /// <summary>Publishes on the current connection.</summary>
     /// <param name="message">The message.</param>
@@ -234,9 +243,18 @@ internal sealed partial class ExternalBrokerLink : IDisposable
             }
         }
 
+        // Numbered before connecting: MQTTnet starts its receive loop inside ConnectAsync, and a persistent session's
+        // queued messages arrive right after CONNACK; numbered afterwards, those carried the previous connection's
+        // number, were stored but never acknowledged, and held the broker's in-flight slots.
+        int generation = Interlocked.Increment(ref _generation);
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(stop);
         timeout.CancelAfter(_broker.ConnectTimeout);
         var result = await _client.ConnectAsync(_clientOptions, timeout.Token).ConfigureAwait(false);
+        if (AfterConnect is { } hook)
+        {
+            await hook(timeout.Token).ConfigureAwait(false);
+        }
+
         if (result.ResultCode != MqttClientConnectResultCode.Success)
         {
             string hint = result.ResultCode switch
@@ -250,7 +268,6 @@ internal sealed partial class ExternalBrokerLink : IDisposable
             return $"the broker refused the connection: {result.ResultCode} {result.ReasonString}{hint}";
         }
 
-        int generation = Interlocked.Increment(ref _generation);
         // A 3.1.1 session that is present keeps its subscriptions, except in a share group: the instance may have left
         // the group (unsubscribed) when it last stopped.
         bool subscribe = !result.IsSessionPresent || !ExternalBrokerConnection.IsV311(_broker) || _broker.SharedGroup.Length > 0;

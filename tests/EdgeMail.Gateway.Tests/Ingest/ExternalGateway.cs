@@ -54,14 +54,18 @@ public sealed class ExternalGateway : IAsyncDisposable
         });
     }
 
-    /// <summary>Starts the gateway and waits until it is connected and subscribed; <paramref name="services"/> may replace services (a clock).</summary>
-    public static async Task<ExternalGateway> StartAsync(string config, Action<IServiceCollection>? services = null)
+    /// <summary>
+    /// Starts the gateway and waits until it is connected and subscribed; <paramref name="services"/> may replace
+    /// services (a clock), <paramref name="beforeStart"/> set the client's test hooks.
+    /// </summary>
+    public static async Task<ExternalGateway> StartAsync(string config, Action<IServiceCollection>? services = null, Action<ExternalBrokerClient>? beforeStart = null)
     {
         var builder = GatewayHost.CreateBuilder(["--config", config]);
         services?.Invoke(builder.Services);
         var host = builder.Build();
-        await host.StartAsync();
         var gateway = new ExternalGateway(host);
+        beforeStart?.Invoke(gateway.Client);
+        await host.StartAsync();
         await gateway.Client.Connected.WaitAsync(Await.DefaultTimeout);
         return gateway;
     }
