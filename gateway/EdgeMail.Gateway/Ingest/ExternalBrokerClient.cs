@@ -188,10 +188,9 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
             return; // acknowledged and dropped
         }
 
-        string reason = $"unknown device '{device}': not configured under Devices";
-        var trimmed = payload.Length > AlertParser.MaxPayloadBytes ? payload.AsMemory(0, AlertParser.MaxPayloadBytes) : payload;
-        string alertId = AlertParser.Parse(trimmed.Span).Id ?? "rejected-" + Convert.ToHexStringLower(SHA256.HashData(payload).AsSpan(0, 16));
-        var incoming = new IncomingAlert(device, alertId, _clock.GetUtcNow(), null, trimmed, reason, null);
+        var (kept, reason) = AlertParser.KeepRejected(payload, $"unknown device '{device}': not configured under Devices");
+        string alertId = AlertParser.Parse(kept.Span).Id ?? "rejected-" + Convert.ToHexStringLower(SHA256.HashData(payload).AsSpan(0, 16));
+        var incoming = new IncomingAlert(device, alertId, _clock.GetUtcNow(), null, kept, reason, null);
         await _spool.AcceptAlertAsync(incoming, cancellationToken).ConfigureAwait(false);
         LogUnknownAlert(device, alertId, topic);
         if (GatewayOptionsValidator.DeviceIdRegex().IsMatch(device))
