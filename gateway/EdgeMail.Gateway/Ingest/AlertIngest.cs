@@ -58,7 +58,8 @@ public sealed partial class AlertIngest
         _disk.ThrowIfLow();
         var parsed = AlertParser.Parse(payload.Span);
         string alertId = parsed.Id ?? "rejected-" + Convert.ToHexStringLower(SHA256.HashData(payload.Span).AsSpan(0, 16));
-        var incoming = new IncomingAlert(deviceId, alertId, _clock.GetUtcNow(), peer, payload, parsed.Reason, parsed.Alert?.Code, via,
+        var (kept, reason) = parsed.IsValid ? (payload, null) : AlertParser.KeepRejected(payload, parsed.Reason!);
+        var incoming = new IncomingAlert(deviceId, alertId, _clock.GetUtcNow(), peer, kept, reason, parsed.Alert?.Code, via,
             parsed.Alert is { } a ? Severities.Name(a.Severity) : null);
         var outcome = await _spool.AcceptAlertAsync(incoming, cancellationToken).ConfigureAwait(false);
         _pressure.Accepted();
@@ -70,8 +71,8 @@ public sealed partial class AlertIngest
         }
         else
         {
-            LogRejected(deviceId, parsed.Id ?? "(none)", parsed.Reason!);
-            await _receipts.PublishAsync(deviceId, parsed.Id ?? string.Empty, ReceiptState.Rejected, parsed.Reason!, cancellationToken).ConfigureAwait(false);
+            LogRejected(deviceId, parsed.Id ?? "(none)", reason!);
+            await _receipts.PublishAsync(deviceId, parsed.Id ?? string.Empty, ReceiptState.Rejected, reason!, cancellationToken).ConfigureAwait(false);
         }
 
         return outcome;

@@ -26,6 +26,23 @@ public static class AlertParser
     /// <summary>Largest payload accepted, in bytes.</summary>
     public const int MaxPayloadBytes = 4096;
 
+    /// <summary>
+    /// What the spool keeps of a payload refused as an alert: at most <see cref="MaxPayloadBytes"/> (the broker takes
+    /// packets up to 4 MiB, and every refused payload with its own digest is a row of its own, so whole payloads would
+    /// let one faulty device fill the disk, and the disk guard then refuses every device). When cut, the reason says
+    /// so and gives the full size.
+    /// </summary>
+    /// <param name="payload">The payload as sent.</param>
+    /// <param name="reason">Why it is refused.</param>
+    /// <returns>The payload to keep and the reason to keep with it.</returns>
+    public static (ReadOnlyMemory<byte> Payload, string Reason) KeepRejected(ReadOnlyMemory<byte> payload, string reason)
+    {
+        ArgumentNullException.ThrowIfNull(reason);
+        return payload.Length <= MaxPayloadBytes
+            ? (payload, reason)
+            : (payload[..MaxPayloadBytes], string.Create(CultureInfo.InvariantCulture, $"{reason} ({payload.Length} bytes; only the first {MaxPayloadBytes} are kept)"));
+    }
+
     /// <summary>Largest text accepted, in UTF-8 bytes.</summary>
     public const int MaxTextBytes = 1024;
 

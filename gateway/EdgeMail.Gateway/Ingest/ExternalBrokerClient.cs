@@ -70,6 +70,13 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
     /// <summary>Test hook: runs after a message is received and before it is stored (simulates a crash in between).</summary>
     internal Func<string, CancellationToken, Task>? BeforeStore { get; set; }
 
+    /// <summary>Test hook: runs when a connection is up, before the link goes on (holds it while messages already arrive).</summary>
+    internal Func<CancellationToken, Task>? AfterConnect
+    {
+        get => _link.AfterConnect;
+        set => _link.AfterConnect = value;
+    }
+
     /// <inheritdoc />
     public Task StartAsync(CancellationToken cancellationToken)
     {
@@ -181,10 +188,9 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
             return; // acknowledged and dropped
         }
 
-        string reason = $"unknown device '{device}': not configured under Devices";
-        var trimmed = payload.Length > AlertParser.MaxPayloadBytes ? payload.AsMemory(0, AlertParser.MaxPayloadBytes) : payload;
-        string alertId = AlertParser.Parse(trimmed.Span).Id ?? "rejected-" + Convert.ToHexStringLower(SHA256.HashData(payload).AsSpan(0, 16));
-        var incoming = new IncomingAlert(device, alertId, _clock.GetUtcNow(), null, trimmed, reason, null);
+        var (kept, reason) = AlertParser.KeepRejected(payload, $"unknown device '{device}': not configured under Devices");
+        string alertId = AlertParser.Parse(kept.Span).Id ?? "rejected-" + Convert.ToHexStringLower(SHA256.HashData(payload).AsSpan(0, 16));
+        var incoming = new IncomingAlert(device, alertId, _clock.GetUtcNow(), null, kept, reason, null);
         await _spool.AcceptAlertAsync(incoming, cancellationToken).ConfigureAwait(false);
         LogUnknownAlert(device, alertId, topic);
         if (GatewayOptionsValidator.DeviceIdRegex().IsMatch(device))

@@ -8,8 +8,9 @@ namespace EdgeMail.Gateway.Ingest;
 
 /// <summary>
 /// The gateway's connection to an external broker: connects and subscribes, waits while connected, and after a
-/// failed attempt waits on the backoff schedule before the next. Each successful connection gets a new generation
-/// number, so work received on a connection that is gone can be told apart from work on the current one.
+/// failed attempt, or a connection it dropped itself, waits on the backoff schedule before the next. Each connection
+/// gets a new generation number before it connects, so work received on a connection that is gone can be told apart
+/// from work on the current one.
 /// </summary>
 internal sealed partial class ExternalBrokerLink : IDisposable
 {
@@ -22,7 +23,9 @@ internal sealed partial class ExternalBrokerLink : IDisposable
     private readonly CancellationToken _stopping;
     private TaskCompletionSource _connected = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private TaskCompletionSource _lost = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private int _generation;
+    private int _generation; // the connection attempt's number, taken before it connects
+    private int _retired;    // the newest generation given up by TryRetire: nothing more of it is acknowledged
+    private int _dropped;
 
     /// <summary>Creates the link; nothing connects before <see cref="RunAsync"/>.</summary>
     /// <param name="broker">The <c>Mqtt:External</c> options.</param>
@@ -42,6 +45,9 @@ internal sealed partial class ExternalBrokerLink : IDisposable
         _client.ApplicationMessageReceivedAsync += onMessage;
         _client.DisconnectedAsync += OnDisconnectedAsync;
     }
+
+    /// <summary>Test hook: runs when MQTTnet's ConnectAsync has returned (its receive loop already delivers messages).</summary>
+    internal Func<CancellationToken, Task>? AfterConnect { get; set; }
 
     /// <summary>Raised after each successful connect and subscribe.</summary>
     public event EventHandler? Subscribed;
@@ -67,7 +73,7 @@ internal sealed partial class ExternalBrokerLink : IDisposable
     /// <summary>Whether <paramref name="generation"/> is the connection the client is on now.</summary>
     /// <param name="generation">A generation read when the work arrived.</param>
     /// <returns>True when that connection is still up.</returns>
-    public bool IsCurrent(int generation) => generation == Generation && _client.IsConnected;
+    public bool IsCurrent(int generation) => generation == Generation && generation != Volatile.Read(ref _retired) && _client.IsConnected;
 
     /// <summary>
     /// Retires <paramref name="generation"/> (later work of that connection is not acknowledged) when it is still
@@ -75,7 +81,11 @@ internal sealed partial class ExternalBrokerLink : IDisposable
     /// </summary>
     /// <param name="generation">The generation to retire.</param>
     /// <returns>True for the caller that retired it.</returns>
-    public bool TryRetire(int generation) => Interlocked.CompareExchange(ref _generation, generation + 1, generation) == generation;
+    public bool TryRetire(int generation)
+    {
+        int retired = Volatile.Read(ref _retired);
+        return generation == Generation && generation != retired && Interlocked.CompareExchange(ref _retired, generation, retired) == retired;
+    }
 
     /// <summary>Publishes on the current connection.</summary>
     /// <param name="message">The message.</param>
@@ -98,7 +108,7 @@ internal sealed partial class ExternalBrokerLink : IDisposable
                 problem = await ConnectOnceAsync(stop).ConfigureAwait(false) ?? string.Empty;
                 if (problem.Length == 0)
                 {
-                    failures = 0;
+                    long connectedAt = _clock.GetTimestamp();
                     Task lost;
                     lock (_signalLock)
                     {
@@ -106,7 +116,25 @@ internal sealed partial class ExternalBrokerLink : IDisposable
                     }
 
                     await lost.WaitAsync(stop).ConfigureAwait(false);
-                    continue; // reconnect at once; the backoff applies to failed attempts
+                    if (Interlocked.Exchange(ref _dropped, 0) == 0)
+                    {
+                        failures = 0;
+                        continue; // lost: reconnect at once; the backoff applies to failed attempts
+                    }
+
+                    // Dropped by us because a message could not be stored: the broker redelivers it at once, so while
+                    // the cause lasts (a low disk) reconnecting at once would fail again in a tight loop. Back off as
+                    // after a failed attempt; a connection that held for MaxReconnectDelay starts the count afresh.
+                    if (_clock.GetElapsedTime(connectedAt) >= _broker.MaxReconnectDelay)
+                    {
+                        failures = 0;
+                    }
+
+                    failures++;
+                    var backoff = ExternalBrokerConnection.ReconnectDelay(_broker, failures);
+                    LogDroppedBackoff(backoff);
+                    await Task.Delay(backoff, _clock, stop).ConfigureAwait(false);
+                    continue;
                 }
             }
             catch (OperationCanceledException) when (stop.IsCancellationRequested)
@@ -184,10 +212,21 @@ internal sealed partial class ExternalBrokerLink : IDisposable
         {
             await _client.DisconnectAsync().ConfigureAwait(false);
         }
-        catch (MqttCommunicationException ex)
+        catch (Exception ex) when (ex is MqttCommunicationException or ObjectDisposedException or InvalidOperationException)
         {
             LogDisconnectFailed(ex);
         }
+    }
+
+    /// <summary>
+    /// Starts dropping the connection and returns at once (see <see cref="DisconnectQuietlyAsync"/>). For the loop that
+    /// drains received messages: MQTTnet's disconnect waits until the message handler has returned, and the handler may
+    /// be waiting for that loop.
+    /// </summary>
+    public void DropInBackground()
+    {
+        Volatile.Write(ref _dropped, 1); // the reconnect after this loss waits on the backoff
+        _ = Task.Run(DisconnectQuietlyAsync, CancellationToken.None);
     }
 
     /// <inheritdoc />
@@ -204,9 +243,18 @@ internal sealed partial class ExternalBrokerLink : IDisposable
             }
         }
 
+        // Numbered before connecting: MQTTnet starts its receive loop inside ConnectAsync, and a persistent session's
+        // queued messages arrive right after CONNACK; numbered afterwards, those carried the previous connection's
+        // number, were stored but never acknowledged, and held the broker's in-flight slots.
+        int generation = Interlocked.Increment(ref _generation);
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(stop);
         timeout.CancelAfter(_broker.ConnectTimeout);
         var result = await _client.ConnectAsync(_clientOptions, timeout.Token).ConfigureAwait(false);
+        if (AfterConnect is { } hook)
+        {
+            await hook(timeout.Token).ConfigureAwait(false);
+        }
+
         if (result.ResultCode != MqttClientConnectResultCode.Success)
         {
             string hint = result.ResultCode switch
@@ -220,7 +268,6 @@ internal sealed partial class ExternalBrokerLink : IDisposable
             return $"the broker refused the connection: {result.ResultCode} {result.ReasonString}{hint}";
         }
 
-        int generation = Interlocked.Increment(ref _generation);
         // A 3.1.1 session that is present keeps its subscriptions, except in a share group: the instance may have left
         // the group (unsubscribed) when it last stopped.
         bool subscribe = !result.IsSessionPresent || !ExternalBrokerConnection.IsV311(_broker) || _broker.SharedGroup.Length > 0;
@@ -279,6 +326,9 @@ internal sealed partial class ExternalBrokerLink : IDisposable
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot connect to the external MQTT broker {Host}:{Port}: {Problem}. Retrying in {Delay}")]
     private partial void LogConnectFailed(string host, int port, string problem, TimeSpan delay);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Reconnecting to the external MQTT broker in {Delay}, after dropping the connection because a message could not be stored")]
+    private partial void LogDroppedBackoff(TimeSpan delay);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Lost the external MQTT broker {Host}:{Port} ({Reason}: {Detail}); reconnecting")]
     private partial void LogLost(string host, int port, string reason, string detail);

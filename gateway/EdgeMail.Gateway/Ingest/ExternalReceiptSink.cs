@@ -13,8 +13,8 @@ namespace EdgeMail.Gateway.Ingest;
 /// first receipt waits briefly for the reconnect and the rest are dropped: courtesy receipts are lost then, and the
 /// alert's state stays in the spool. A final receipt is kept in the spool until the broker's PUBACK for it: from then on
 /// the broker holds it for the device (in the device's persistent session, which the broker keeps across the device's
-/// absence and, with its own persistence, across its restarts). One dropped or unacknowledged is handed again when the
-/// gateway's link is subscribed again, and by <see cref="SweepAsync"/>.
+/// absence and, with its own persistence, across its restarts). One dropped, unacknowledged, or answered (MQTT 5)
+/// with no matching subscribers is handed again when the gateway's link is subscribed again, and by <see cref="SweepAsync"/>.
 /// </summary>
 internal sealed partial class ExternalReceiptSink : IReceiptSink, IDisposable
 {
@@ -139,9 +139,14 @@ internal sealed partial class ExternalReceiptSink : IReceiptSink, IDisposable
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_stopping);
             timeout.CancelAfter(Timeout);
             var result = await _link.PublishAsync(message, timeout.Token).ConfigureAwait(false);
-            if (result.IsSuccess)
+            if (result.ReasonCode == MqttClientPublishReasonCode.Success)
             {
                 _receipts.Acknowledged(deviceId, message.Payload); // the broker holds it for the device now
+            }
+            else if (result.ReasonCode == MqttClientPublishReasonCode.NoMatchingSubscribers)
+            {
+                // MQTTnet counts this as success (IsSuccess), but the broker dropped the receipt: nobody holds it.
+                _receipts.NobodySubscribed(deviceId, message.Payload);
             }
             else
             {

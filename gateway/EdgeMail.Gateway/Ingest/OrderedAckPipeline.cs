@@ -115,10 +115,13 @@ internal sealed partial class OrderedAckPipeline
 
             // Not durable: no PUBACK. Dropping the connection makes the broker redeliver this message and every
             // later one of this connection; those already stored come back as duplicates and are acknowledged then.
+            // The drop is not awaited here: MQTTnet's disconnect waits for its message handler, which may be waiting
+            // in AddAsync for room in the queue that only this loop makes; the loop goes on and drains the rest of
+            // the retired connection (none of it is acknowledged).
             if (_link.TryRetire(pending.Generation))
             {
                 LogNotStored(ex, pending.Args.ApplicationMessage.Topic);
-                await _link.DisconnectQuietlyAsync().ConfigureAwait(false);
+                _link.DropInBackground();
             }
 
             return;

@@ -313,6 +313,22 @@ public sealed partial class ReceiptPublisher : IDisposable
         }
     }
 
+    /// <summary>
+    /// The external broker took a receipt but had no subscription for it (MQTT 5 NoMatchingSubscribers): nobody holds
+    /// it, so a kept one stays in the spool. It is handed again by the next replay (the link subscribed again, the
+    /// sweep), not at once: the gateway cannot see when the device subscribes, and would otherwise publish it every
+    /// second until then.
+    /// </summary>
+    /// <param name="deviceId">The device.</param>
+    /// <param name="payload">The receipt JSON.</param>
+    public void NobodySubscribed(string deviceId, ReadOnlySequence<byte> payload)
+    {
+        if (TryReadKey(payload, out string alertId, out string state))
+        {
+            Release(deviceId, alertId, state);
+        }
+    }
+
     /// <summary>The broker dropped the device's session (a clean session, a deleted session): what it held is handed again at the next subscription.</summary>
     /// <param name="deviceId">The device.</param>
     public void SessionEnded(string deviceId)

@@ -219,6 +219,26 @@ public sealed class MqttHostileTests(MqttHostileFixture fixture) : IClassFixture
     }
 
     [Fact]
+    public async Task Publish_MalformedPayloadOfOneMebibyte_IsKeptRejectedWithItsFirst4KiBAndItsSize()
+    {
+        byte[] payload = Encoding.UTF8.GetBytes("{\"v\":1,\"id\":\"huge-junk\",\"junk\":\"" + new string('y', 1 << 20)); // and no closing brace
+        using (var client = await Gw.ConnectAsync("dev-2"))
+        {
+            var ack = await client.PublishAsync(Message("edgemail/v1/dev-2/alert", payload), new CancellationTokenSource(Await.DefaultTimeout).Token);
+            Assert.True(ack.IsSuccess);
+        }
+
+        string key = "rejected-" + Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(payload).AsSpan(0, 16));
+        var row = Assert.Single(await Gw.Spool.QueryAlertsAsync(new EdgeMail.Gateway.Spool.AlertQuery("dev-2", Status: "rejected"), default), a => a.AlertId == key);
+        var journey = await Gw.Spool.AlertJourneyAsync(row.RowId, default);
+        Assert.Equal(4096, journey!.Payload.Length); // what a device sends cannot fill the disk one megabyte at a time
+        Assert.Equal(payload.AsSpan(0, 4096).ToArray(), journey.Payload);
+        var stored = await Gw.Spool.GetAlertAsync("dev-2", key, default);
+        Assert.Equal($"payload is larger than 4 KiB ({payload.Length} bytes; only the first 4096 are kept)", stored?.Reason);
+        await AfterwardsAsync();
+    }
+
+    [Fact]
     public async Task Publish_HeaderInjectionInEveryField_AddsNoHeaderAndNoRecipient()
     {
         string json = "{\"v\":1,\"id\":\"inj-1\\r\\nBcc: v1@evil.example\",\"seq\":1,\"state\":\"raised\",\"sev\":\"critical\",\"code\":\"INJ\","

@@ -86,6 +86,48 @@ public sealed class ExternalBrokerTests(ITestOutputHelper output) : IDisposable
     }
 
     [PeerFact("mosquitto:mosquitto")]
+    public async Task External_SessionDeliversRightAfterConnect_EveryQueuedAlertIsAcknowledgedAndIngestGoesOn()
+    {
+        const int Count = 5;
+        await using var broker = await ExternalMosquitto.StartAsync(Devices);
+
+        // Receive Maximum 1: one alert the gateway stores and never acknowledges holds the broker's only slot.
+        string config = ExternalGateway.WriteConfig(_dataDir, broker.Port, external: e => e["MaxInFlight"] = 1);
+        await using (await ExternalGateway.StartAsync(config))
+        {
+            // The first start creates the gateway's persistent session at the broker.
+        }
+
+        using (var device = await ExternalGateway.DeviceAsync(broker.Port, "dev-1"))
+        {
+            for (int i = 0; i < Count; i++)
+            {
+                await device.PublishAsync(ExternalGateway.Alert("dev-1", "queued-" + i.ToString(CultureInfo.InvariantCulture)));
+            }
+
+            await device.DisconnectAsync();
+        }
+
+        // The broker sends the queued alerts right after CONNACK; the link is held until the first has arrived.
+        var firstArrived = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var gateway = await ExternalGateway.StartAsync(config, beforeStart: client =>
+        {
+            client.BeforeStore = (_, _) =>
+            {
+                firstArrived.TrySetResult();
+                return Task.CompletedTask;
+            };
+            client.AfterConnect = ct => firstArrived.Task.WaitAsync(ct);
+        });
+        await ExternalGateway.MailAsync(_dataDir, Count);
+
+        for (int i = 0; i < Count; i++)
+        {
+            Assert.NotNull(await gateway.Spool.GetAlertAsync("dev-1", "queued-" + i.ToString(CultureInfo.InvariantCulture), default));
+        }
+    }
+
+    [PeerFact("mosquitto:mosquitto")]
     public async Task External_GatewayStopsBetweenReceiptAndCommit_BrokerRedeliversAndOneMailGoesOut()
     {
         await using var broker = await ExternalMosquitto.StartAsync(Devices);

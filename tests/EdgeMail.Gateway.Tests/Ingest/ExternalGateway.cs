@@ -20,13 +20,17 @@ public sealed class ExternalGateway : IAsyncDisposable
 
     public ExternalBrokerClient Client => Host.Services.GetRequiredService<ExternalBrokerClient>();
 
-    /// <summary>The test gateway's configuration (devices dev-1..dev-N), pointed at the broker on <paramref name="port"/>.</summary>
-    public static string WriteConfig(string dataDir, int port, int devices = 3, object? tls = null, string protocol = "5", Action<Dictionary<string, object>>? tweak = null)
+    /// <summary>
+    /// The test gateway's configuration (devices dev-1..dev-N), pointed at the broker on <paramref name="port"/>;
+    /// <paramref name="external"/> changes the <c>Mqtt:External</c> section (e.g. <c>MaxInFlight</c>).
+    /// </summary>
+    public static string WriteConfig(string dataDir, int port, int devices = 3, object? tls = null, string protocol = "5", Action<Dictionary<string, object>>? tweak = null,
+        Action<Dictionary<string, object>>? external = null)
     {
         return TestGateway.WriteConfig(dataDir, devices, c =>
         {
             tweak?.Invoke(c);
-            var external = new Dictionary<string, object>
+            var section = new Dictionary<string, object>
             {
                 ["Host"] = "127.0.0.1",
                 ["Port"] = port,
@@ -41,20 +45,27 @@ public sealed class ExternalGateway : IAsyncDisposable
             {
                 foreach (var p in tls.GetType().GetProperties())
                 {
-                    external[p.Name] = p.GetValue(tls)!;
+                    section[p.Name] = p.GetValue(tls)!;
                 }
             }
 
-            c["Mqtt"] = new Dictionary<string, object> { ["Mode"] = "external", ["External"] = external };
+            external?.Invoke(section);
+            c["Mqtt"] = new Dictionary<string, object> { ["Mode"] = "external", ["External"] = section };
         });
     }
 
-    /// <summary>Starts the gateway and waits until it is connected and subscribed.</summary>
-    public static async Task<ExternalGateway> StartAsync(string config)
+    /// <summary>
+    /// Starts the gateway and waits until it is connected and subscribed; <paramref name="services"/> may replace
+    /// services (a clock), <paramref name="beforeStart"/> set the client's test hooks.
+    /// </summary>
+    public static async Task<ExternalGateway> StartAsync(string config, Action<IServiceCollection>? services = null, Action<ExternalBrokerClient>? beforeStart = null)
     {
-        var host = GatewayHost.CreateBuilder(["--config", config]).Build();
-        await host.StartAsync();
+        var builder = GatewayHost.CreateBuilder(["--config", config]);
+        services?.Invoke(builder.Services);
+        var host = builder.Build();
         var gateway = new ExternalGateway(host);
+        beforeStart?.Invoke(gateway.Client);
+        await host.StartAsync();
         await gateway.Client.Connected.WaitAsync(Await.DefaultTimeout);
         return gateway;
     }

@@ -2,6 +2,7 @@ using EdgeMail.Gateway.Receipts;
 using EdgeMail.Gateway.Tests.Ingest;
 using EdgeMail.Testing;
 using EdgeMail.Testing.Smtp;
+using Microsoft.Extensions.DependencyInjection;
 using MQTTnet;
 using MQTTnet.Formatter;
 using MQTTnet.Protocol;
@@ -29,6 +30,42 @@ public sealed class KeptReceiptExternalTests : IDisposable
         {
             // a file still open; the temp folder is cleaned some other day
         }
+    }
+
+    [PeerFact("mosquitto:mosquitto")]
+    public async Task RelayedReceipt_ToADeviceNobodySubscribedFor_StaysKeptWhileOneThatReachesItsDeviceIsRemoved()
+    {
+        await using var broker = await ExternalMosquitto.StartAsync(["dev-1", "dev-2"]);
+        await using var gateway = await ExternalGateway.StartAsync(ExternalGateway.WriteConfig(_dataDir, broker.Port)); // MQTT 5
+        var receipts = gateway.Host.Services.GetRequiredService<ReceiptPublisher>();
+
+        // dev-1 holds no subscription: mosquitto answers its receipts' publish with NoMatchingSubscribers.
+        using (var device = await ExternalGateway.DeviceAsync(broker.Port, "dev-1"))
+        {
+            await device.PublishAsync(ExternalGateway.Alert("dev-1", "unheard"));
+            await device.DisconnectAsync();
+        }
+
+        await ExternalGateway.MailAsync(_dataDir, 1);
+        await SpoolWait.UntilAsync(gateway.Spool, async () => (await gateway.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Count == 1 && receipts.InFlight() == 0,
+            "dev-1's relayed receipt kept and handed to the broker");
+
+        // dev-2 listens: its receipt reaches it, and the broker's PUBACK removes it (after dev-1's answer, in order).
+        var relayed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var listener = await ExternalGateway.DeviceAsync(broker.Port, "dev-2", "edgemail/v1/dev-2/receipt", r =>
+        {
+            if (r.Contains("\"state\":\"relayed\"", StringComparison.Ordinal))
+            {
+                relayed.TrySetResult();
+            }
+        });
+        await listener.PublishAsync(ExternalGateway.Alert("dev-2", "heard"));
+        await Await.Within(relayed.Task.ContinueWith(_ => true, TaskScheduler.Default), "dev-2's relayed receipt");
+        await SpoolWait.UntilAsync(gateway.Spool, async () => (await gateway.Spool.KeptReceiptsAsync("dev-2", 0, null, 10, default)).Count == 0,
+            "dev-2's receipt removed after the broker's PUBACK");
+
+        var kept = Assert.Single(await gateway.Spool.KeptReceiptsAsync(null, 0, null, 10, default));
+        Assert.Equal(("dev-1", "unheard", ReceiptState.Relayed), (kept.Receipt.Device, kept.Receipt.AlertId, kept.Receipt.State));
     }
 
     [PeerFact("mosquitto:mosquitto")]

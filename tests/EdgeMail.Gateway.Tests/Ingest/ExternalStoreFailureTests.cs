@@ -1,0 +1,141 @@
+using System.Collections.Concurrent;
+using System.Globalization;
+using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Ingest;
+using EdgeMail.Gateway.Spool;
+using EdgeMail.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Time.Testing;
+using MQTTnet;
+using MQTTnet.Protocol;
+using Xunit;
+
+namespace EdgeMail.Gateway.Tests.Ingest;
+
+/// <summary>
+/// External mode (Debian's mosquitto) when the spool refuses a message: the gateway drops its connection without
+/// PUBACK, the broker redelivers, and ingest goes on.
+/// </summary>
+public sealed class ExternalStoreFailureTests : IDisposable
+{
+    private readonly string _dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+
+    private static readonly string[] Devices = ["dev-1", "dev-2", "dev-3"];
+
+    [PeerFact("mosquitto:mosquitto")]
+    public async Task External_StoreFailsWhileTheAckQueueIsFull_GatewayReconnectsAndStoresEveryAlertOnce()
+    {
+        const int Count = 5;
+        await using var broker = await ExternalMosquitto.StartAsync(Devices);
+
+        // Receive Maximum 1 holds back the QoS 1 alerts, not QoS 0 status heartbeats: those fill the queue of 1.
+        await using var gateway = await ExternalGateway.StartAsync(ExternalGateway.WriteConfig(_dataDir, broker.Port, external: e => e["MaxInFlight"] = 1));
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var thirdReceived = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        int stores = 0;
+        gateway.Client.BeforeStore = async (_, ct) =>
+        {
+            int n = Interlocked.Increment(ref stores);
+            if (n == 3)
+            {
+                thirdReceived.TrySetResult(); // the alert is being stored, one heartbeat queued, the next waits for room
+            }
+
+            if (n == 1)
+            {
+                await release.Task.WaitAsync(ct);
+                throw new SpoolFullException("only 10 MiB free (test)");
+            }
+        };
+
+        using var device = await ExternalGateway.DeviceAsync(broker.Port, "dev-1");
+        await device.PublishAsync(ExternalGateway.Alert("dev-1", "full-0"));
+        for (int i = 0; i < 3; i++)
+        {
+            await device.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/status").WithPayload("{\"battery\":90}")
+                .WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtMostOnce).Build());
+        }
+
+        for (int i = 1; i < Count; i++)
+        {
+            await device.PublishAsync(ExternalGateway.Alert("dev-1", "full-" + i.ToString(CultureInfo.InvariantCulture)));
+        }
+
+        await Await.Within(thirdReceived.Task.ContinueWith(_ => true, TaskScheduler.Default), "the gateway to receive the alert and two heartbeats");
+        release.SetResult();
+        await ExternalGateway.MailAsync(_dataDir, Count);
+
+        for (int i = 0; i < Count; i++)
+        {
+            Assert.NotNull(await gateway.Spool.GetAlertAsync("dev-1", "full-" + i.ToString(CultureInfo.InvariantCulture), default));
+        }
+
+        Assert.Equal(Count, await gateway.QueuedMailAsync()); // the redelivered ones were duplicates: one mail each
+        await gateway.Client.Connected.WaitAsync(Await.DefaultTimeout); // connected again
+        await device.PublishAsync(ExternalGateway.Alert("dev-1", "after"));
+        await ExternalGateway.MailAsync(_dataDir, Count + 1);
+        Assert.NotNull(await gateway.Spool.GetAlertAsync("dev-1", "after", default));
+    }
+
+    [PeerFact("mosquitto:mosquitto")]
+    public async Task External_StoreFailsEveryTime_ReconnectsOnlyAfterAGrowingBackoff()
+    {
+        var clock = new TimerRecordingClock(DateTimeOffset.FromUnixTimeSeconds(1_800_000_000));
+        await using var broker = await ExternalMosquitto.StartAsync(Devices);
+        await using var gateway = await ExternalGateway.StartAsync(ExternalGateway.WriteConfig(_dataDir, broker.Port), s => s.AddSingleton<TimeProvider>(clock));
+        int stores = 0;
+        gateway.Client.BeforeStore = (_, _) =>
+        {
+            Interlocked.Increment(ref stores);
+            clock.Changed.Release();
+            throw new SpoolFullException("only 10 MiB free (test)"); // the disk stays low
+        };
+
+        using var device = await ExternalGateway.DeviceAsync(broker.Port, "dev-1");
+        await device.PublishAsync(ExternalGateway.Alert("dev-1", "low-disk"));
+
+        // The test configuration's schedule (ExternalGateway.WriteConfig): 0.2 s doubling up to 2 s.
+        var schedule = new ExternalBrokerOptions { ClientId = ExternalMosquitto.GatewayUser, ReconnectDelay = TimeSpan.FromMilliseconds(200), MaxReconnectDelay = TimeSpan.FromSeconds(2) };
+        for (int attempt = 1; attempt <= 3; attempt++)
+        {
+            var backoff = ExternalBrokerConnection.ReconnectDelay(schedule, attempt);
+            while (!clock.WasSet(backoff) && Volatile.Read(ref stores) <= attempt)
+            {
+                Assert.True(await clock.Changed.WaitAsync(Await.DefaultTimeout), $"no backoff of {backoff} after store failure {attempt}");
+            }
+
+            Assert.Equal(attempt, Volatile.Read(ref stores)); // the broker's redelivery waited for the backoff
+            clock.Advance(backoff);
+        }
+    }
+
+    // A fake clock that records the due time of every timer set on it (Task.Delay on it sets one).
+    private sealed class TimerRecordingClock(DateTimeOffset start) : FakeTimeProvider(start)
+    {
+        private readonly ConcurrentQueue<TimeSpan> _due = new();
+
+        public SemaphoreSlim Changed { get; } = new(0);
+
+        // Task.Delay sets its timer in whole milliseconds.
+        public bool WasSet(TimeSpan due) => _due.Any(d => (d - due).Duration() < TimeSpan.FromMilliseconds(1));
+
+        public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period)
+        {
+            var timer = base.CreateTimer(callback, state, dueTime, period);
+            _due.Enqueue(dueTime);
+            Changed.Release();
+            return timer;
+        }
+    }
+
+    public void Dispose()
+    {
+        try
+        {
+            Directory.Delete(_dataDir, true);
+        }
+        catch (IOException)
+        {
+        }
+    }
+}
