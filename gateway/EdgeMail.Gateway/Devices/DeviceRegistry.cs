@@ -56,6 +56,9 @@ public sealed partial class DeviceRegistry : IHostedService
     private Dictionary<string, ManagedDevice> _managed = new(StringComparer.Ordinal);
     private Task _follow = Task.CompletedTask;
     private volatile Dictionary<string, Device> _devices;
+    private readonly Lock _missLock = new();
+    private Task? _missRefresh;
+    private long _missRefreshedAt = long.MinValue;
 
     /// <summary>Creates the registry from the configuration; <see cref="StartAsync"/> adds what the spool holds.</summary>
     /// <param name="options">Configured devices.</param>
@@ -90,6 +93,46 @@ public sealed partial class DeviceRegistry : IHostedService
     /// <param name="id">Device id.</param>
     /// <returns>The device, or null when unknown or disabled.</returns>
     public Device? FindEnabled(string id) => _devices.GetValueOrDefault(id) is { Disabled: false } d ? d : null;
+
+    /// <summary>
+    /// <see cref="Find"/>, and on a spool shared with other instances, when the device is not known here, once more after
+    /// reading the spool's devices again: one added on another instance moments ago (its alerts may reach this instance
+    /// before the next poll) is found. A miss reads the spool at most once a second, and concurrent misses share the read.
+    /// </summary>
+    /// <param name="id">Device id.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The device, or null.</returns>
+    public async Task<Device?> FindFreshAsync(string id, CancellationToken cancellationToken)
+    {
+        var found = Find(id);
+        if (found is not null || _spool.SharedPollInterval is null)
+        {
+            return found;
+        }
+
+        Task refresh;
+        lock (_missLock)
+        {
+            if (_missRefresh is null || (_missRefresh.IsCompleted && _clock.GetElapsedTime(_missRefreshedAt) >= TimeSpan.FromSeconds(1)))
+            {
+                _missRefreshedAt = _clock.GetTimestamp();
+                _missRefresh = RefreshAsync(_stopping.Token);
+            }
+
+            refresh = _missRefresh;
+        }
+
+        try
+        {
+            await refresh.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (SpoolException ex)
+        {
+            LogRefreshFailed(ex); // decided on what is known here
+        }
+
+        return Find(id);
+    }
 
     /// <inheritdoc />
     public async Task StartAsync(CancellationToken cancellationToken)

@@ -159,7 +159,7 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
             return; // nothing of ours: acknowledged so the broker does not resend it forever
         }
 
-        if (_devices.FindEnabled(device) is null)
+        if (await _devices.FindFreshAsync(device, cancellationToken).ConfigureAwait(false) is not { Disabled: false })
         {
             await RefuseUnknownAsync(device, kind, topic, payload, cancellationToken).ConfigureAwait(false);
             return;
@@ -188,19 +188,21 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
             return; // acknowledged and dropped
         }
 
-        var (kept, reason) = AlertParser.KeepRejected(payload, $"unknown device '{device}': not configured under Devices");
+        var (kept, reason) = AlertParser.KeepRejected(payload, _devices.Find(device) is { Disabled: true }
+            ? $"device '{device}' is disabled"
+            : $"unknown device '{device}': not configured under Devices");
         string alertId = AlertParser.Parse(kept.Span).Id ?? "rejected-" + Convert.ToHexStringLower(SHA256.HashData(payload).AsSpan(0, 16));
         var incoming = new IncomingAlert(device, alertId, _clock.GetUtcNow(), null, kept, reason, null);
         await _spool.AcceptAlertAsync(incoming, cancellationToken).ConfigureAwait(false);
-        LogUnknownAlert(device, alertId, topic);
+        LogUnknownAlert(device, alertId, topic, reason);
         if (GatewayOptionsValidator.DeviceIdRegex().IsMatch(device))
         {
             await _receipts.PublishAsync(device, alertId, ReceiptState.Rejected, reason, cancellationToken).ConfigureAwait(false);
         }
     }
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "Rejected alert {AlertId} from unknown device '{Device}' (topic {Topic}): not configured under Devices; kept as rejected. The broker's ACL should not let it publish there.")]
-    private partial void LogUnknownAlert(string device, string alertId, string topic);
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Rejected alert {AlertId} of '{Device}' (topic {Topic}): {Reason}; kept as rejected. The broker's ACL should not let it publish there.")]
+    private partial void LogUnknownAlert(string device, string alertId, string topic, string reason);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Ignoring status of unknown device '{Device}' (topic {Topic}): not configured under Devices")]
     private partial void LogUnknownStatus(string device, string topic);

@@ -80,6 +80,32 @@ public sealed class SharedConsoleStateTests : IAsyncLifetime
         }
     }
 
+    [PostgresFact]
+    public async Task ADeviceAddedOnOneInstance_IsFoundOnAnotherAtItsFirstAlert_BeforeThatOnePollsAgain()
+    {
+        // External mode: the device's alert reaches whichever instance the broker hands it to, maybe before its poll.
+        await using var slowA = PostgresSpool.Open(_db!.ConnectionString, fsync: true, maxBatch: 64, TimeSpan.FromMinutes(2), TimeSpan.FromHours(1), NullLogger.Instance);
+        await using var slowB = PostgresSpool.Open(_db.ConnectionString, fsync: true, maxBatch: 64, TimeSpan.FromMinutes(2), TimeSpan.FromHours(1), NullLogger.Instance);
+        var options = Options.Create(new GatewayOptions());
+        var a = new DeviceRegistry(options, slowA, TimeProvider.System, NullLogger<DeviceRegistry>.Instance);
+        var b = new DeviceRegistry(options, slowB, TimeProvider.System, NullLogger<DeviceRegistry>.Instance);
+        await a.StartAsync(default);
+        await b.StartAsync(default);
+        try
+        {
+            await a.AddAsync("van-8", "Van 8", "Depot", [], default);
+            Assert.Null(b.Find("van-8")); // b polls once an hour
+
+            Assert.Equal("Van 8", (await b.FindFreshAsync("van-8", default))?.Name);
+            Assert.Null(await b.FindFreshAsync("van-9", default)); // still unknown: nobody added it
+        }
+        finally
+        {
+            await b.StopAsync(default);
+            await a.StopAsync(default);
+        }
+    }
+
     private static Task<DeviceChange> NextChange(DeviceRegistry registry)
     {
         var next = new TaskCompletionSource<DeviceChange>(TaskCreationOptions.RunContinuationsAsynchronously);
