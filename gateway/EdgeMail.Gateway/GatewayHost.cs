@@ -1,3 +1,4 @@
+using System.Globalization;
 using EdgeMail.Gateway.Composition;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Ingest;
@@ -19,13 +20,9 @@ namespace EdgeMail.Gateway;
 public static class GatewayHost
 {
     /// <summary>How long a graceful stop may take: the delivery worker's drain (twice <c>Relay:Timeout</c>) and 30 s for the rest.</summary>
-    /// <param name="options">Gateway options.</param>
+    /// <param name="relayTimeout"><c>Relay:Timeout</c>.</param>
     /// <returns>The host's shutdown timeout.</returns>
-    public static TimeSpan ShutdownTimeout(GatewayOptions options)
-    {
-        ArgumentNullException.ThrowIfNull(options);
-        return options.Relay.Timeout * 2 + TimeSpan.FromSeconds(30);
-    }
+    public static TimeSpan ShutdownTimeout(TimeSpan relayTimeout) => relayTimeout * 2 + TimeSpan.FromSeconds(30);
 
     /// <summary>Creates a host builder with every gateway service registered.</summary>
     /// <param name="args">
@@ -66,8 +63,13 @@ public static class GatewayHost
         // A graceful stop lets delivery attempts under way record their results, each bounded by twice Relay:Timeout
         // (DeliveryWorker). The host's default 30 s would end the wait sooner and dispose the spool under a running
         // attempt, and a mail the relay had accepted would go again after the restart.
-        services.AddOptions<HostOptions>().Configure<IOptions<GatewayOptions>>((host, gateway) =>
-            host.ShutdownTimeout = ShutdownTimeout(gateway.Value));
+        // Read from the configuration itself, not the validated options: the host resolves its own options while it is
+        // built, and an invalid configuration must reach the validator's report (exit code 2), not fail the build.
+        var configuration = builder.Configuration;
+        services.AddOptions<HostOptions>().Configure(host => host.ShutdownTimeout = ShutdownTimeout(
+            TimeSpan.TryParse(configuration["Relay:Timeout"], CultureInfo.InvariantCulture, out var relayTimeout) && relayTimeout > TimeSpan.Zero
+                ? relayTimeout
+                : new RelayOptions().Timeout));
 
         services.AddSingleton<GatewayMetrics>();
         services.AddSingleton<GatewayLifetime>();

@@ -54,7 +54,7 @@ public sealed class UnitFileTests : IDisposable
         // longer before it kills, with the appliance's own configuration.
         var options = new GatewayOptions();
         new ConfigurationBuilder().AddConfigFile(Appliance.Template).Build().Bind(options);
-        var hostLimit = GatewayHost.ShutdownTimeout(options);
+        var hostLimit = GatewayHost.ShutdownTimeout(options.Relay.Timeout);
         string stop = Assert.Single(Unit[("Service", "TimeoutStopSec")]);
         Assert.EndsWith("s", stop, StringComparison.Ordinal);
         Assert.True(int.Parse(stop[..^1], System.Globalization.CultureInfo.InvariantCulture) > hostLimit.TotalSeconds, $"TimeoutStopSec={stop}, host {hostLimit}");
