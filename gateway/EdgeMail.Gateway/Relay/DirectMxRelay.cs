@@ -8,7 +8,8 @@ namespace EdgeMail.Gateway.Relay;
 
 /// <summary>
 /// Delivers straight to each recipient domain's mail exchangers (DnsClient MX lookup, lowest preference first;
-/// a domain without MX records falls back to its own address records — the implicit MX of RFC 5321 §5.1).
+/// a domain without MX records falls back to its own address records — the implicit MX of RFC 5321 §5.1; one with a
+/// null MX, RFC 7505, takes no mail and its recipients fail at once).
 /// Opportunistic STARTTLS. One SMTP transaction per domain; results are per recipient.
 /// </summary>
 public sealed class DirectMxRelay : IMailTransport
@@ -38,8 +39,11 @@ public sealed class DirectMxRelay : IMailTransport
     /// <summary>The hosts to try for a domain, best first: MX targets, or the domain itself when it has none.</summary>
     /// <param name="domain">Recipient domain.</param>
     /// <param name="cancellationToken">Cancellation.</param>
-    /// <returns>Hosts, or an error text when the lookup failed (transient) or the domain does not exist (permanent).</returns>
-    public async Task<(IReadOnlyList<string> Hosts, string? Error, bool Permanent)> ExchangersAsync(string domain, CancellationToken cancellationToken)
+    /// <returns>
+    /// Hosts, or an error text when the lookup failed (transient), or the domain does not exist or publishes a null MX
+    /// (permanent; <c>NullMx</c> tells the latter).
+    /// </returns>
+    public async Task<(IReadOnlyList<string> Hosts, string? Error, bool Permanent, bool NullMx)> ExchangersAsync(string domain, CancellationToken cancellationToken)
     {
         IDnsQueryResponse response;
         try
@@ -48,22 +52,32 @@ public sealed class DirectMxRelay : IMailTransport
         }
         catch (DnsResponseException ex)
         {
-            return ([], $"MX lookup for {domain} failed: {ex.Message}", false);
+            return ([], $"MX lookup for {domain} failed: {ex.Message}", false, false);
         }
 
         if (response.Header.ResponseCode == DnsHeaderResponseCode.NotExistentDomain)
         {
-            return ([], $"domain {domain} does not exist", true);
+            return ([], $"domain {domain} does not exist", true, false);
         }
 
         if (response.HasError)
         {
-            return ([], $"MX lookup for {domain} failed: {response.ErrorMessage}", false);
+            return ([], $"MX lookup for {domain} failed: {response.ErrorMessage}", false, false);
         }
 
-        var hosts = response.Answers.MxRecords().OrderBy(m => m.Preference).Select(m => m.Exchange.Value.TrimEnd('.')).Where(h => h.Length > 0).ToList();
-        return hosts.Count > 0 ? (hosts, null, false) : ([domain], null, false);
+        var exchanges = response.Answers.MxRecords().OrderBy(m => m.Preference).Select(m => m.Exchange.Value.TrimEnd('.')).ToList();
+        if (exchanges is [""])
+        {
+            // A null MX (RFC 7505): the domain says it takes no mail at all. Its address records, if any, are not an
+            // implicit MX; nothing is to be tried, now or later.
+            return ([], $"{domain} accepts no mail (null MX, RFC 7505)", true, true);
+        }
+
+        var hosts = exchanges.Where(h => h.Length > 0).ToList();
+        return hosts.Count > 0 ? (hosts, null, false, false) : ([domain], null, false, false);
     }
+
+
 
     /// <summary>An IPv4 (else IPv6) address of <paramref name="host"/>, or null when it has none or the lookup failed.</summary>
     /// <param name="host">Host name or address literal.</param>
@@ -105,10 +119,11 @@ public sealed class DirectMxRelay : IMailTransport
         var results = new List<RecipientResult>();
         foreach (var group in message.PendingRecipients.GroupBy(r => r[(r.LastIndexOf('@') + 1)..].ToLowerInvariant()))
         {
-            var (hosts, error, permanent) = await ExchangersAsync(group.Key, cancellationToken).ConfigureAwait(false);
+            var (hosts, error, permanent, nullMx) = await ExchangersAsync(group.Key, cancellationToken).ConfigureAwait(false);
             if (error is not null)
             {
-                results.AddRange(group.Select(r => new RecipientResult(r, permanent ? RecipientOutcome.Failed : RecipientOutcome.Deferred, (permanent ? "550 5.1.2 " : "451 4.4.3 ") + error)));
+                string status = nullMx ? "556 5.1.10 " : permanent ? "550 5.1.2 " : "451 4.4.3 ";
+                results.AddRange(group.Select(r => new RecipientResult(r, permanent ? RecipientOutcome.Failed : RecipientOutcome.Deferred, status + error)));
                 continue;
             }
 

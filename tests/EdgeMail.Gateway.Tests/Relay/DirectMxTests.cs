@@ -9,7 +9,7 @@ namespace EdgeMail.Gateway.Tests.Relay;
 
 /// <summary>
 /// Direct MX delivery against a real DNS server on loopback (Debian's dnsmasq on an OS-chosen port) and a real SMTP
-/// server standing in for every exchanger: MX preference order, implicit MX (A record only), NXDOMAIN.
+/// server standing in for every exchanger: MX preference order, implicit MX (A record only), NXDOMAIN, null MX.
 /// </summary>
 public sealed class DirectMxTests
 {
@@ -81,6 +81,36 @@ public sealed class DirectMxTests
         // The exchanger was reached through the MX preferred by DNS (127.0.0.1), never the backup (127.0.0.2).
         Assert.Contains(dns.Log, l => l.Contains("mx-primary.example.test", StringComparison.Ordinal));
         Assert.DoesNotContain(dns.Log, l => l.Contains("query[A] mx-backup.example.test", StringComparison.Ordinal));
+    }
+
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Relay_DirectMx_NullMx_FailsTheRecipientAtOnceAndConnectsNowhere()
+    {
+        await using var mx = await SmtpTestServer.StartAsync();
+        using var dns = await Dnsmasq.StartAsync(
+            "--mx-host=nomail.example.test,.,0", // the null MX of RFC 7505: preference 0, exchange the root
+            "--host-record=nomail.example.test,127.0.0.1", // its address is the test exchanger's: not an implicit MX
+            "--local=/example.test/");
+
+        await using var gw = await TestGateway.StartAsync(c =>
+        {
+            // The operator's domain does not exist either: nothing at all may reach the exchanger.
+            c["Sender"] = new { Address = "edgemail@gw.test", DisplayName = "EdgeMail", Hostname = "gw.test", Operator = "ops@nowhere.example.test" };
+            c["Users"] = new Dictionary<string, object> { ["alice"] = new { Name = "Alice", Email = "alice@nomail.example.test" } };
+            c["Groups"] = new Dictionary<string, object>();
+            c["Relay"] = new { Mode = "DirectMx", DnsServer = "127.0.0.1:" + dns.Port.ToString(CultureInfo.InvariantCulture), MxPort = mx.Port, Backoff = new[] { "00:10:00" }, Timeout = "00:00:05" };
+            c["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "info", To = new[] { "alice" } } };
+        });
+        using var device = await gw.ConnectAsync("dev-1");
+        await device.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/alert")
+            .WithPayload(Alerts.Json("null-1")).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
+
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("dev-1.null-1.alert@gw.test", default)) is { } m && m.Status != "queued",
+            "the first attempt recorded");
+        var state = (await gw.Spool.GetMessageAsync("dev-1.null-1.alert@gw.test", default))!;
+        Assert.True(state.Status == "failed", $"{state.Status}: {state.LastReply}; dnsmasq: {string.Join(" | ", dns.Log)}");
+        Assert.Equal("556 5.1.10 nomail.example.test accepts no mail (null MX, RFC 7505)", state.LastReply);
+        Assert.Equal(0, mx.Connections);
     }
 
     [PeerFact("dnsmasq:dnsmasq-base")]
