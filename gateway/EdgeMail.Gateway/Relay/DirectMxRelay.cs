@@ -18,6 +18,10 @@ public sealed class DirectMxRelay : IMailTransport
     private readonly SmtpRelay _smtp;
     private readonly LookupClient _dns;
 
+    // Addresses tried per domain in one attempt, across its exchangers (Postfix's smtp_mx_address_limit): an attempt
+    // where each costs up to Relay:Timeout stays bounded however many exchangers and addresses a domain publishes.
+    private const int AddressesPerAttempt = 5;
+
     /// <summary>Creates the relay.</summary>
     /// <param name="relay">Relay options (<c>MxPort</c>, <c>DnsServer</c>).</param>
     /// <param name="heloName">Name for EHLO.</param>
@@ -83,33 +87,37 @@ public sealed class DirectMxRelay : IMailTransport
     /// <param name="host">Host name or address literal.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>The address as text, or null.</returns>
-    public async Task<string?> AddressAsync(string host, CancellationToken cancellationToken)
+    public async Task<string?> AddressAsync(string host, CancellationToken cancellationToken) =>
+        (await AddressesAsync(host, cancellationToken).ConfigureAwait(false)).FirstOrDefault();
+
+    /// <summary>Every address of <paramref name="host"/>, IPv4 first, in the order DNS gave them; empty when it has none or the lookup failed.</summary>
+    /// <param name="host">Host name or address literal.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The addresses as text.</returns>
+    public async Task<IReadOnlyList<string>> AddressesAsync(string host, CancellationToken cancellationToken)
     {
         if (IPAddress.TryParse(host, out var literal))
         {
-            return literal.ToString();
+            return [literal.ToString()];
         }
 
+        var addresses = new List<string>();
         foreach (var type in new[] { QueryType.A, QueryType.AAAA })
         {
             try
             {
                 var response = await _dns.QueryAsync(host, type, cancellationToken: cancellationToken).ConfigureAwait(false);
-                var address = type == QueryType.A
-                    ? response.Answers.ARecords().Select(a => a.Address).FirstOrDefault()
-                    : response.Answers.AaaaRecords().Select(a => a.Address).FirstOrDefault();
-                if (address is not null)
-                {
-                    return address.ToString();
-                }
+                addresses.AddRange(type == QueryType.A
+                    ? response.Answers.ARecords().Select(a => a.Address.ToString())
+                    : response.Answers.AaaaRecords().Select(a => a.Address.ToString()));
             }
             catch (DnsResponseException)
             {
-                return null;
+                break;
             }
         }
 
-        return null;
+        return addresses;
     }
 
     /// <inheritdoc />
@@ -130,30 +138,42 @@ public sealed class DirectMxRelay : IMailTransport
             var part = message with { PendingRecipients = group.ToList() };
             IReadOnlyList<RecipientResult>? sent = null;
             string last = "no exchanger reachable";
+            int budget = AddressesPerAttempt;
             foreach (string host in hosts)
             {
                 // The exchanger's address comes from the same resolver as the MX record (Relay:DnsServer), not the OS.
-                string? address = await AddressAsync(host, cancellationToken).ConfigureAwait(false);
-                if (address is null)
+                var addresses = await AddressesAsync(host, cancellationToken).ConfigureAwait(false);
+                if (addresses.Count == 0)
                 {
                     last = $"exchanger {host} has no address";
                     continue;
                 }
 
-                using var client = SmtpRelay.NewClient();
+                // Each address in turn, as MTAs do: an exchanger whose first address is down is reached at its next.
+                foreach (string address in addresses.Take(budget))
+                {
+                    budget--;
+                    using var client = SmtpRelay.NewClient();
 
-                // Opportunistic TLS (RFC 7435), as MTAs do between MX hosts: encrypt when offered, without requiring a
-                // certificate that names the host; a STARTTLS failure is a connection failure and defers.
-                client.ServerCertificateValidationCallback = (_, _, _, _) => true;
-                sent = await _smtp.SendOnceAsync(client, part, address, _relay.MxPort, SecureSocketOptions.StartTlsWhenAvailable, authenticate: false, cancellationToken).ConfigureAwait(false);
-                await SmtpRelay.SafeDisconnectAsync(client, quit: true).ConfigureAwait(false);
+                    // Opportunistic TLS (RFC 7435), as MTAs do between MX hosts: encrypt when offered, without requiring a
+                    // certificate that names the host; a STARTTLS failure is a connection failure and defers.
+                    client.ServerCertificateValidationCallback = (_, _, _, _) => true;
+                    sent = await _smtp.SendOnceAsync(client, part, address, _relay.MxPort, SecureSocketOptions.StartTlsWhenAvailable, authenticate: false, cancellationToken).ConfigureAwait(false);
+                    await SmtpRelay.SafeDisconnectAsync(client, quit: true).ConfigureAwait(false);
 
-                if (sent is not null)
+                    if (sent is not null)
+                    {
+                        break;
+                    }
+
+                    // Unreachable, or it refused the session (greeting, EHLO): the next address or exchanger may take it.
+                    last = $"exchanger {host}: {client.LastError}";
+                }
+
+                if (sent is not null || budget == 0)
                 {
                     break;
                 }
-
-                last = client.LastError;
             }
 
             results.AddRange(sent ?? group.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.4.1 " + last)).ToList());
