@@ -130,8 +130,10 @@ public sealed class DirectMxRelay : IMailTransport
             var (hosts, error, permanent, nullMx) = await ExchangersAsync(group.Key, cancellationToken).ConfigureAwait(false);
             if (error is not null)
             {
+                // NXDOMAIN and a null MX are DNS's answer about these recipients; a lookup that failed leaves the
+                // relay without a next hop, as an unreachable exchanger does.
                 string status = nullMx ? "556 5.1.10 " : permanent ? "550 5.1.2 " : "451 4.4.3 ";
-                results.AddRange(group.Select(r => new RecipientResult(r, permanent ? RecipientOutcome.Failed : RecipientOutcome.Deferred, status + error)));
+                results.AddRange(group.Select(r => new RecipientResult(r, permanent ? RecipientOutcome.Failed : RecipientOutcome.Deferred, status + error) { RelayDown = !permanent }));
                 continue;
             }
 
@@ -176,7 +178,7 @@ public sealed class DirectMxRelay : IMailTransport
                 }
             }
 
-            results.AddRange(sent ?? group.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.4.1 " + last)).ToList());
+            results.AddRange(sent ?? group.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.4.1 " + last) { RelayDown = true }).ToList());
         }
 
         return results;

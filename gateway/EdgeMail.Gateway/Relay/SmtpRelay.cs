@@ -211,7 +211,7 @@ public sealed class SmtpRelay : IMailTransport
                 }
 
                 await SafeDisconnectAsync(client).ConfigureAwait(false);
-                return message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.7.0 deferred, the relay refuses the gateway: " + explained)).ToList();
+                return message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.7.0 deferred, the relay refuses the gateway: " + explained) { RelayDown = true }).ToList();
             }
 
             // With PIPELINING the RCPTs after a refused MAIL FROM are answered "503 bad sequence": those replies say
@@ -352,7 +352,7 @@ public sealed class SmtpRelay : IMailTransport
     }
 
     private static List<RecipientResult> Defer(QueuedMessage message, string reason) =>
-        message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.4.1 " + reason)).ToList();
+        message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.4.1 " + reason) { RelayDown = true }).ToList();
 
     internal SecureSocketOptions Secure() => _relay.Security.ToUpperInvariant() switch
     {
