@@ -290,7 +290,7 @@ public static partial class DoctorCommand
             var mx = new DirectMxRelay(relay, o.Sender.Hostname);
             await using (mx.ConfigureAwait(false))
             {
-                var (hosts, error, _) = await mx.ExchangersAsync(domain, ct).ConfigureAwait(false);
+                var (hosts, error, _, _) = await mx.ExchangersAsync(domain, ct).ConfigureAwait(false);
                 if (error is not null || await mx.AddressAsync(hosts[0], ct).ConfigureAwait(false) is not { } address)
                 {
                     return ([new CheckResult("relay", CheckStatus.Fail, $"DirectMx: no exchanger for {domain} ({error ?? "no address"})", "see the dns check")], null);
@@ -388,11 +388,12 @@ public static partial class DoctorCommand
         await using (dns.ConfigureAwait(false))
         {
             string sender = o.Sender.Address[(o.Sender.Address.LastIndexOf('@') + 1)..];
-            var (hosts, error, permanent) = await dns.ExchangersAsync(sender, ct).ConfigureAwait(false);
+            var (hosts, error, permanent, nullMx) = await dns.ExchangersAsync(sender, ct).ConfigureAwait(false);
             if (error is not null)
             {
-                results.Add(new CheckResult("dns", CheckStatus.Fail, $"sender domain {sender}: {error} ({resolver})", permanent
-                    ? "use a Sender:Address in a domain you own, with MX and SPF records: many servers refuse mail from a domain that does not exist"
+                results.Add(new CheckResult("dns", CheckStatus.Fail, $"sender domain {sender}: {error} ({resolver})",
+                    nullMx ? "use a Sender:Address in a domain that receives mail: servers refuse mail from a null MX domain, and bounces could not reach it"
+                    : permanent ? "use a Sender:Address in a domain you own, with MX and SPF records: many servers refuse mail from a domain that does not exist"
                     : "DNS does not answer: check /etc/resolv.conf (or Relay:DnsServer)"));
             }
             else if (hosts.Count == 1 && hosts[0] == sender)
@@ -418,10 +419,12 @@ public static partial class DoctorCommand
             {
                 foreach (string domain in RecipientDomains(o).Take(10))
                 {
-                    var (mx, mxError, _) = await dns.ExchangersAsync(domain, ct).ConfigureAwait(false);
+                    var (mx, mxError, _, mxNull) = await dns.ExchangersAsync(domain, ct).ConfigureAwait(false);
                     results.Add(mxError is null
                         ? new CheckResult("dns", CheckStatus.Ok, $"recipient domain {domain}: MX {string.Join(", ", mx)}")
-                        : new CheckResult("dns", CheckStatus.Fail, $"recipient domain {domain}: {mxError}", "check the users' addresses (Users:<id>:Email), or this machine's DNS"));
+                        : new CheckResult("dns", CheckStatus.Fail, $"recipient domain {domain}: {mxError}", mxNull
+                            ? "mail to it fails at once: give those users (Users:<id>:Email) an address in a domain that receives mail"
+                            : "check the users' addresses (Users:<id>:Email), or this machine's DNS"));
                 }
             }
         }

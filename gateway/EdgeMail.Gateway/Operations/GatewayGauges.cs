@@ -43,7 +43,7 @@ public sealed class GatewayGauges
         meter.CreateObservableGauge("edgemail.queue.depth", QueueDepth, "{message}", "Mail by state: queued, deferred, parked; and parked alerts (state parked_alerts)");
         meter.CreateObservableGauge("edgemail.devices.connected", () => presence.Connected.Count, "{device}", "Devices with an open MQTT connection");
         meter.CreateObservableGauge("edgemail.devices.silent", () => silence.SilentCount, "{device}", "Devices quiet for longer than their silence limit");
-        meter.CreateObservableGauge("edgemail.relay.up", () => relay.Up ? 1 : 0, null, "1 while the relay's last attempt with an outcome succeeded (or none failed yet)");
+        meter.CreateObservableGauge("edgemail.relay.up", () => relay.Up ? 1 : 0, null, "1 while the relay answered its last attempt with an outcome, a refused recipient too (or none failed yet); 0 when it could not be reached or refused the gateway");
         meter.CreateObservableGauge("edgemail.disk.free", () => Free(probe, spoolDir), "By", "Bytes free on the spool's file system");
         if (o.Spool.Provider != SpoolProviders.Postgres)
         {

@@ -76,7 +76,10 @@ public sealed partial class PipelineProbe : BackgroundService
         var disk = _services.GetRequiredService<DiskGuard>();
         checks.Add(new HealthCheck("disk", !disk.IsLow, disk.IsLow ? "below Spool:MinFreeMegabytes: new work is refused" : "above its floor"));
         var relay = _services.GetRequiredService<RelayHealth>();
-        string relayDetail = relay.LastError is { } e && !relay.Up ? $"last attempt failed at {e.At:u}: {e.Reply}" : relay.LastSuccess is { } ok ? $"last delivery {ok:u}" : "no attempt yet";
+        string relayDetail = relay.LastError is { } e && !relay.Up ? $"last attempt failed at {e.At:u}: {e.Reply}"
+            : relay.LastSuccess is { } ok ? $"last delivery {ok:u}"
+            : relay.LastError is { } refused ? $"answering; last refusal at {refused.At:u}: {refused.Reply}"
+            : "no attempt yet";
         checks.Add(new HealthCheck("relay", relay.Up, relayDetail));
         return checks;
     }

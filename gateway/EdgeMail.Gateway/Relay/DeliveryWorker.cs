@@ -195,7 +195,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                 // is a transient failure of this attempt, retried on the normal schedule.
                 LogTransportThrew(ex, message.MessageId);
                 string reply = "451 4.3.0 local error: " + ParkingLot.Describe("delivering", ex);
-                results = message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, reply)).ToList();
+                results = message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, reply) { RelayDown = true }).ToList();
             }
 
             // The connection is free once the remote answered: let the next message use it while this result waits
@@ -297,8 +297,11 @@ public sealed partial class DeliveryWorker : SupervisedLoop
 
         if (final.Count > 0)
         {
+            // A relay that refuses a recipient (550 user unknown, NXDOMAIN) works: only a relay that did not answer at
+            // all marks it down, or /readyz would fail over one mistyped address until the next success.
             bool sent = final.Any(r => r.Outcome == RecipientOutcome.Sent);
-            _health.Record(now, sent, sent ? null : final[^1].Reply);
+            bool answered = final.Any(r => !r.RelayDown);
+            _health.Record(now, sent, answered, sent ? null : (answered ? final[^1] : final.First(r => r.RelayDown)).Reply);
         }
 
         string reply = final.Count > 0 ? final[^1].Reply : string.Empty;

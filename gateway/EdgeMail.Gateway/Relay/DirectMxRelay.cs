@@ -8,7 +8,8 @@ namespace EdgeMail.Gateway.Relay;
 
 /// <summary>
 /// Delivers straight to each recipient domain's mail exchangers (DnsClient MX lookup, lowest preference first;
-/// a domain without MX records falls back to its own address records — the implicit MX of RFC 5321 §5.1).
+/// a domain without MX records falls back to its own address records — the implicit MX of RFC 5321 §5.1; one with a
+/// null MX, RFC 7505, takes no mail and its recipients fail at once).
 /// Opportunistic STARTTLS. One SMTP transaction per domain; results are per recipient.
 /// </summary>
 public sealed class DirectMxRelay : IMailTransport
@@ -16,6 +17,10 @@ public sealed class DirectMxRelay : IMailTransport
     private readonly RelayOptions _relay;
     private readonly SmtpRelay _smtp;
     private readonly LookupClient _dns;
+
+    // Addresses tried per domain in one attempt, across its exchangers (Postfix's smtp_mx_address_limit): an attempt
+    // where each costs up to Relay:Timeout stays bounded however many exchangers and addresses a domain publishes.
+    private const int AddressesPerAttempt = 5;
 
     /// <summary>Creates the relay.</summary>
     /// <param name="relay">Relay options (<c>MxPort</c>, <c>DnsServer</c>).</param>
@@ -38,8 +43,11 @@ public sealed class DirectMxRelay : IMailTransport
     /// <summary>The hosts to try for a domain, best first: MX targets, or the domain itself when it has none.</summary>
     /// <param name="domain">Recipient domain.</param>
     /// <param name="cancellationToken">Cancellation.</param>
-    /// <returns>Hosts, or an error text when the lookup failed (transient) or the domain does not exist (permanent).</returns>
-    public async Task<(IReadOnlyList<string> Hosts, string? Error, bool Permanent)> ExchangersAsync(string domain, CancellationToken cancellationToken)
+    /// <returns>
+    /// Hosts, or an error text when the lookup failed (transient), or the domain does not exist or publishes a null MX
+    /// (permanent; <c>NullMx</c> tells the latter).
+    /// </returns>
+    public async Task<(IReadOnlyList<string> Hosts, string? Error, bool Permanent, bool NullMx)> ExchangersAsync(string domain, CancellationToken cancellationToken)
     {
         IDnsQueryResponse response;
         try
@@ -48,54 +56,68 @@ public sealed class DirectMxRelay : IMailTransport
         }
         catch (DnsResponseException ex)
         {
-            return ([], $"MX lookup for {domain} failed: {ex.Message}", false);
+            return ([], $"MX lookup for {domain} failed: {ex.Message}", false, false);
         }
 
         if (response.Header.ResponseCode == DnsHeaderResponseCode.NotExistentDomain)
         {
-            return ([], $"domain {domain} does not exist", true);
+            return ([], $"domain {domain} does not exist", true, false);
         }
 
         if (response.HasError)
         {
-            return ([], $"MX lookup for {domain} failed: {response.ErrorMessage}", false);
+            return ([], $"MX lookup for {domain} failed: {response.ErrorMessage}", false, false);
         }
 
-        var hosts = response.Answers.MxRecords().OrderBy(m => m.Preference).Select(m => m.Exchange.Value.TrimEnd('.')).Where(h => h.Length > 0).ToList();
-        return hosts.Count > 0 ? (hosts, null, false) : ([domain], null, false);
+        var exchanges = response.Answers.MxRecords().OrderBy(m => m.Preference).Select(m => m.Exchange.Value.TrimEnd('.')).ToList();
+        if (exchanges is [""])
+        {
+            // A null MX (RFC 7505): the domain says it takes no mail at all. Its address records, if any, are not an
+            // implicit MX; nothing is to be tried, now or later.
+            return ([], $"{domain} accepts no mail (null MX, RFC 7505)", true, true);
+        }
+
+        var hosts = exchanges.Where(h => h.Length > 0).ToList();
+        return hosts.Count > 0 ? (hosts, null, false, false) : ([domain], null, false, false);
     }
+
+
 
     /// <summary>An IPv4 (else IPv6) address of <paramref name="host"/>, or null when it has none or the lookup failed.</summary>
     /// <param name="host">Host name or address literal.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>The address as text, or null.</returns>
-    public async Task<string?> AddressAsync(string host, CancellationToken cancellationToken)
+    public async Task<string?> AddressAsync(string host, CancellationToken cancellationToken) =>
+        (await AddressesAsync(host, cancellationToken).ConfigureAwait(false)).FirstOrDefault();
+
+    /// <summary>Every address of <paramref name="host"/>, IPv4 first, in the order DNS gave them; empty when it has none or the lookup failed.</summary>
+    /// <param name="host">Host name or address literal.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The addresses as text.</returns>
+    public async Task<IReadOnlyList<string>> AddressesAsync(string host, CancellationToken cancellationToken)
     {
         if (IPAddress.TryParse(host, out var literal))
         {
-            return literal.ToString();
+            return [literal.ToString()];
         }
 
+        var addresses = new List<string>();
         foreach (var type in new[] { QueryType.A, QueryType.AAAA })
         {
             try
             {
                 var response = await _dns.QueryAsync(host, type, cancellationToken: cancellationToken).ConfigureAwait(false);
-                var address = type == QueryType.A
-                    ? response.Answers.ARecords().Select(a => a.Address).FirstOrDefault()
-                    : response.Answers.AaaaRecords().Select(a => a.Address).FirstOrDefault();
-                if (address is not null)
-                {
-                    return address.ToString();
-                }
+                addresses.AddRange(type == QueryType.A
+                    ? response.Answers.ARecords().Select(a => a.Address.ToString())
+                    : response.Answers.AaaaRecords().Select(a => a.Address.ToString()));
             }
             catch (DnsResponseException)
             {
-                return null;
+                break;
             }
         }
 
-        return null;
+        return addresses;
     }
 
     /// <inheritdoc />
@@ -105,43 +127,58 @@ public sealed class DirectMxRelay : IMailTransport
         var results = new List<RecipientResult>();
         foreach (var group in message.PendingRecipients.GroupBy(r => r[(r.LastIndexOf('@') + 1)..].ToLowerInvariant()))
         {
-            var (hosts, error, permanent) = await ExchangersAsync(group.Key, cancellationToken).ConfigureAwait(false);
+            var (hosts, error, permanent, nullMx) = await ExchangersAsync(group.Key, cancellationToken).ConfigureAwait(false);
             if (error is not null)
             {
-                results.AddRange(group.Select(r => new RecipientResult(r, permanent ? RecipientOutcome.Failed : RecipientOutcome.Deferred, (permanent ? "550 5.1.2 " : "451 4.4.3 ") + error)));
+                // NXDOMAIN and a null MX are DNS's answer about these recipients; a lookup that failed leaves the
+                // relay without a next hop, as an unreachable exchanger does.
+                string status = nullMx ? "556 5.1.10 " : permanent ? "550 5.1.2 " : "451 4.4.3 ";
+                results.AddRange(group.Select(r => new RecipientResult(r, permanent ? RecipientOutcome.Failed : RecipientOutcome.Deferred, status + error) { RelayDown = !permanent }));
                 continue;
             }
 
             var part = message with { PendingRecipients = group.ToList() };
             IReadOnlyList<RecipientResult>? sent = null;
             string last = "no exchanger reachable";
+            int budget = AddressesPerAttempt;
             foreach (string host in hosts)
             {
                 // The exchanger's address comes from the same resolver as the MX record (Relay:DnsServer), not the OS.
-                string? address = await AddressAsync(host, cancellationToken).ConfigureAwait(false);
-                if (address is null)
+                var addresses = await AddressesAsync(host, cancellationToken).ConfigureAwait(false);
+                if (addresses.Count == 0)
                 {
                     last = $"exchanger {host} has no address";
                     continue;
                 }
 
-                using var client = SmtpRelay.NewClient();
+                // Each address in turn, as MTAs do: an exchanger whose first address is down is reached at its next.
+                foreach (string address in addresses.Take(budget))
+                {
+                    budget--;
+                    using var client = SmtpRelay.NewClient();
 
-                // Opportunistic TLS (RFC 7435), as MTAs do between MX hosts: encrypt when offered, without requiring a
-                // certificate that names the host; a STARTTLS failure is a connection failure and defers.
-                client.ServerCertificateValidationCallback = (_, _, _, _) => true;
-                sent = await _smtp.SendOnceAsync(client, part, address, _relay.MxPort, SecureSocketOptions.StartTlsWhenAvailable, authenticate: false, cancellationToken).ConfigureAwait(false);
-                await SmtpRelay.SafeDisconnectAsync(client, quit: true).ConfigureAwait(false);
+                    // Opportunistic TLS (RFC 7435), as MTAs do between MX hosts: encrypt when offered, without requiring a
+                    // certificate that names the host; a STARTTLS failure is a connection failure and defers.
+                    client.ServerCertificateValidationCallback = (_, _, _, _) => true;
+                    sent = await _smtp.SendOnceAsync(client, part, address, _relay.MxPort, SecureSocketOptions.StartTlsWhenAvailable, authenticate: false, cancellationToken).ConfigureAwait(false);
+                    await SmtpRelay.SafeDisconnectAsync(client, quit: true).ConfigureAwait(false);
 
-                if (sent is not null)
+                    if (sent is not null)
+                    {
+                        break;
+                    }
+
+                    // Unreachable, or it refused the session (greeting, EHLO): the next address or exchanger may take it.
+                    last = $"exchanger {host}: {client.LastError}";
+                }
+
+                if (sent is not null || budget == 0)
                 {
                     break;
                 }
-
-                last = client.LastError;
             }
 
-            results.AddRange(sent ?? group.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.4.1 " + last)).ToList());
+            results.AddRange(sent ?? group.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.4.1 " + last) { RelayDown = true }).ToList());
         }
 
         return results;

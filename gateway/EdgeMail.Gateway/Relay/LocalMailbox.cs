@@ -84,11 +84,11 @@ public sealed class LocalMailbox : IMailTransport
         }
         catch (IOException ex)
         {
-            return message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.3.0 local mailbox: " + ex.Message)).ToList();
+            return message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.3.0 local mailbox: " + ex.Message) { RelayDown = true }).ToList();
         }
         catch (UnauthorizedAccessException ex)
         {
-            return message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.3.0 local mailbox: " + ex.Message)).ToList();
+            return message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.3.0 local mailbox: " + ex.Message) { RelayDown = true }).ToList();
         }
 
         return message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Sent, "250 2.0.0 stored in " + final)).ToList();

@@ -5,6 +5,8 @@ public sealed class RelayHealth
 {
     private readonly Lock _lock = new();
     private DateTimeOffset? _lastSuccess;
+    private DateTimeOffset? _lastAnswer;
+    private DateTimeOffset? _lastDown;
     private DateTimeOffset? _lastError;
     private string? _lastErrorText;
 
@@ -32,14 +34,17 @@ public sealed class RelayHealth
         }
     }
 
-    /// <summary>Whether the relay works as far as the gateway knows: the last attempt with an outcome succeeded, or nothing failed yet.</summary>
+    /// <summary>
+    /// Whether the relay works as far as the gateway knows: it answered the last attempt with an outcome (accepting or
+    /// refusing recipients), or it was never found down.
+    /// </summary>
     public bool Up
     {
         get
         {
             lock (_lock)
             {
-                return _lastError is null || (_lastSuccess is { } ok && ok >= _lastError);
+                return _lastDown is null || (_lastAnswer is { } answer && answer >= _lastDown);
             }
         }
     }
@@ -47,8 +52,9 @@ public sealed class RelayHealth
     /// <summary>Records one attempt's outcome.</summary>
     /// <param name="at">When.</param>
     /// <param name="succeeded">At least one recipient was accepted.</param>
+    /// <param name="answered">The relay answered (accepted or refused a recipient); false when it could not be reached or refused the gateway itself.</param>
     /// <param name="reply">The reply of a failure.</param>
-    public void Record(DateTimeOffset at, bool succeeded, string? reply)
+    public void Record(DateTimeOffset at, bool succeeded, bool answered, string? reply)
     {
         lock (_lock)
         {
@@ -60,6 +66,15 @@ public sealed class RelayHealth
             {
                 _lastError = at;
                 _lastErrorText = reply ?? string.Empty;
+            }
+
+            if (answered || succeeded)
+            {
+                _lastAnswer = at;
+            }
+            else
+            {
+                _lastDown = at;
             }
         }
     }

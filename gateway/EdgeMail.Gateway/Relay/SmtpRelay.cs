@@ -14,7 +14,8 @@ namespace EdgeMail.Gateway.Relay;
 /// Sends through a smarthost with MailKit: STARTTLS or implicit TLS, optional AUTH, connections kept open and
 /// reused (a pool of up to <c>Relay:Concurrency</c>), and per-recipient results — one refused recipient does not
 /// stop delivery to the others. 4xx and connection problems defer; 5xx fails — except a refusal of the gateway's own
-/// sign-in or sender rights (or a provider quota), which an operator fixes: that defers too. With <c>Relay:Auth</c>
+/// session (a greeting other than 220, EHLO refused), sign-in or sender rights (or a provider quota), which an operator
+/// fixes: that defers too. With <c>Relay:Auth</c>
 /// set to an OAuth2 mode it authenticates with XOAUTH2 as <c>Relay:User</c>, renewing the token once when the server
 /// refuses it. A mail to more than <c>Relay:Limits:RecipientsPerMessage</c> recipients goes out in several transactions.
 /// </summary>
@@ -124,7 +125,20 @@ public sealed class SmtpRelay : IMailTransport
                     client.ServerCertificateValidationCallback = (_, _, _, _) => true;
                 }
 
-                await client.ConnectAsync(host, port, security, cancellationToken).ConfigureAwait(false);
+                try
+                {
+                    await client.ConnectAsync(host, port, security, cancellationToken).ConfigureAwait(false);
+                }
+                catch (SmtpCommandException ex)
+                {
+                    // A greeting other than 220, EHLO and HELO refused, or STARTTLS refused: the server turned down this
+                    // session, not this mail (RFC 5321 §3.1, §5.1). A connection failure, then: direct MX tries the next
+                    // exchanger, as Postfix does (smtp_skip_5xx_greeting), and with none left the mail is deferred.
+                    client.LastError = $"{host}:{port} refused the session: {(int)ex.StatusCode} {ex.Message}";
+                    await SafeDisconnectAsync(client).ConfigureAwait(false);
+                    return null;
+                }
+
                 if (authenticate && _tokens is not null)
                 {
                     if (await SignInAsync(client, host, port, cancellationToken).ConfigureAwait(false) is { } refused)
@@ -197,7 +211,7 @@ public sealed class SmtpRelay : IMailTransport
                 }
 
                 await SafeDisconnectAsync(client).ConfigureAwait(false);
-                return message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.7.0 deferred, the relay refuses the gateway: " + explained)).ToList();
+                return message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.7.0 deferred, the relay refuses the gateway: " + explained) { RelayDown = true }).ToList();
             }
 
             // With PIPELINING the RCPTs after a refused MAIL FROM are answered "503 bad sequence": those replies say
@@ -338,7 +352,7 @@ public sealed class SmtpRelay : IMailTransport
     }
 
     private static List<RecipientResult> Defer(QueuedMessage message, string reason) =>
-        message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.4.1 " + reason)).ToList();
+        message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.4.1 " + reason) { RelayDown = true }).ToList();
 
     internal SecureSocketOptions Secure() => _relay.Security.ToUpperInvariant() switch
     {

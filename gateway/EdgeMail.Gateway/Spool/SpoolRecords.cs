@@ -191,7 +191,16 @@ public sealed record QueuedMessage(long RowId, string Kind, string? Device, stri
 /// <param name="Address">Recipient.</param>
 /// <param name="Outcome"><c>sent</c>, <c>deferred</c> or <c>failed</c>.</param>
 /// <param name="Reply">The remote reply (or local error).</param>
-public sealed record RecipientResult(string Address, string Outcome, string Reply);
+public sealed record RecipientResult(string Address, string Outcome, string Reply)
+{
+    /// <summary>
+    /// The relay did not work for the gateway at all in this attempt — it could not be reached, TLS or the sign-in
+    /// failed, it refused the gateway's session or sender, no exchanger of the domain could be reached — rather than
+    /// answer about this recipient. For the relay's health only; not stored.
+    /// </summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public bool RelayDown { get; init; }
+}
 
 /// <summary>A queued or finished mail's state, for tests, the CLI and the console.</summary>
 /// <param name="RowId">Spool row.</param>

@@ -77,7 +77,7 @@ public sealed class DoctorTests : TempDirectory
             Users = new Dictionary<string, string> { ["gw"] = "relay-pass" },
             Greeting = () => "220 sink.test ESMTP Sendmail 8.17.1; " + DateUtils.FormatDate(TimeProvider.System.GetUtcNow() + skew),
         });
-        using var dns = await Dnsmasq.StartAsync("--mx-host=gw.test,mx.gw.test,10", "--host-record=mx.gw.test,127.0.0.1", "--local=/gw.test/");
+        using var dns = await Dnsmasq.StartAsync("--mx-host=gw.test,mx.gw.test,10", "--host-record=mx.gw.test,127.0.0.1", "--mx-host=nomail.gw.test,.,0", "--local=/gw.test/");
         string[] args =
         [
             "doctor", "--config", TestGateway.WriteConfig(Dir), "--Mqtt:Port=" + Port(Loopback.FreePort()), "--Console:Port=" + Port(Loopback.FreePort()),
@@ -109,6 +109,11 @@ public sealed class DoctorTests : TempDirectory
         var nowhere = await CliRun.RunAsync([.. args, "--Relay:Password=relay-pass", "--Sender:Address=edgemail@nowhere.gw.test"]);
         Assert.Equal(ExitCodes.Failed, nowhere.Code);
         Assert.Contains("sender domain nowhere.gw.test", nowhere.Out, StringComparison.Ordinal);
+
+        var nomail = await CliRun.RunAsync([.. args, "--Relay:Password=relay-pass", "--Sender:Address=edgemail@nomail.gw.test"]);
+        Assert.Equal(ExitCodes.Failed, nomail.Code);
+        Assert.Contains("sender domain nomail.gw.test: nomail.gw.test accepts no mail (null MX, RFC 7505)", nomail.Out, StringComparison.Ordinal);
+        Assert.Contains("servers refuse mail from a null MX domain", nomail.Out, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Net;
 using EdgeMail.Testing;
 using EdgeMail.Testing.Smtp;
 using MQTTnet;
@@ -9,7 +10,8 @@ namespace EdgeMail.Gateway.Tests.Relay;
 
 /// <summary>
 /// Direct MX delivery against a real DNS server on loopback (Debian's dnsmasq on an OS-chosen port) and a real SMTP
-/// server standing in for every exchanger: MX preference order, implicit MX (A record only), NXDOMAIN.
+/// server standing in for every exchanger (a second one on 127.0.0.2 where a test needs two hosts): MX preference order,
+/// implicit MX (A record only), NXDOMAIN, null MX, falling back past a refused session or an unreachable address.
 /// </summary>
 public sealed class DirectMxTests
 {
@@ -81,6 +83,123 @@ public sealed class DirectMxTests
         // The exchanger was reached through the MX preferred by DNS (127.0.0.1), never the backup (127.0.0.2).
         Assert.Contains(dns.Log, l => l.Contains("mx-primary.example.test", StringComparison.Ordinal));
         Assert.DoesNotContain(dns.Log, l => l.Contains("query[A] mx-backup.example.test", StringComparison.Ordinal));
+    }
+
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Relay_DirectMx_NullMx_FailsTheRecipientAtOnceAndConnectsNowhere()
+    {
+        await using var mx = await SmtpTestServer.StartAsync();
+        using var dns = await Dnsmasq.StartAsync(
+            "--mx-host=nomail.example.test,.,0", // the null MX of RFC 7505: preference 0, exchange the root
+            "--host-record=nomail.example.test,127.0.0.1", // its address is the test exchanger's: not an implicit MX
+            "--local=/example.test/");
+
+        await using var gw = await TestGateway.StartAsync(c =>
+        {
+            // The operator's domain does not exist either: nothing at all may reach the exchanger.
+            c["Sender"] = new { Address = "edgemail@gw.test", DisplayName = "EdgeMail", Hostname = "gw.test", Operator = "ops@nowhere.example.test" };
+            c["Users"] = new Dictionary<string, object> { ["alice"] = new { Name = "Alice", Email = "alice@nomail.example.test" } };
+            c["Groups"] = new Dictionary<string, object>();
+            c["Relay"] = new { Mode = "DirectMx", DnsServer = "127.0.0.1:" + dns.Port.ToString(CultureInfo.InvariantCulture), MxPort = mx.Port, Backoff = new[] { "00:10:00" }, Timeout = "00:00:05" };
+            c["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "info", To = new[] { "alice" } } };
+        });
+        using var device = await gw.ConnectAsync("dev-1");
+        await device.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/alert")
+            .WithPayload(Alerts.Json("null-1")).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
+
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("dev-1.null-1.alert@gw.test", default)) is { } m && m.Status != "queued",
+            "the first attempt recorded");
+        var state = (await gw.Spool.GetMessageAsync("dev-1.null-1.alert@gw.test", default))!;
+        Assert.True(state.Status == "failed", $"{state.Status}: {state.LastReply}; dnsmasq: {string.Join(" | ", dns.Log)}");
+        Assert.Equal("556 5.1.10 nomail.example.test accepts no mail (null MX, RFC 7505)", state.LastReply);
+        Assert.Equal(0, mx.Connections);
+    }
+
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public Task Relay_DirectMx_PrimaryGreets421_TheBackupGetsTheMailInTheSameAttempt() =>
+        PrimaryRefusesTheSessionAsync("421 mx-primary.example.test 4.3.2 too busy, try later");
+
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public Task Relay_DirectMx_PrimaryGreets554_TheBackupGetsTheMailInTheSameAttempt() =>
+        PrimaryRefusesTheSessionAsync("554 mx-primary.example.test 5.7.1 no SMTP service here");
+
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Relay_DirectMx_PrimaryRefusesEhloAndHelo_TheBackupGetsTheMailInTheSameAttempt()
+    {
+        await using var primary = await SmtpTestServer.StartAsync();
+        primary.OnCommand = c => c.Verb is "EHLO" or "HELO" ? new SmtpReply(550, "5.7.1 go away") : null;
+        await using var backup = await SmtpTestServer.StartAsync(new() { Address = IPAddress.Parse("127.0.0.2"), Port = primary.Port });
+        var state = await SendOneAsync(primary.Port, "mx-1",
+            "--mx-host=mx.example.test,mx-primary.example.test,10", "--mx-host=mx.example.test,mx-backup.example.test,20",
+            "--host-record=mx-primary.example.test,127.0.0.1", "--host-record=mx-backup.example.test,127.0.0.2");
+
+        Assert.True(state.Status == "sent", $"{state.Status}: {state.LastReply}");
+        Assert.Equal(["alice@mx.example.test"], Assert.Single(backup.Received).To);
+        Assert.Contains(primary.Commands, c => c.Verb == "HELO"); // EHLO refused, then HELO: the primary was asked
+        Assert.Empty(primary.Messages);
+    }
+
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Relay_DirectMx_EveryExchangerGreets554_TheMailIsDeferredNotBounced()
+    {
+        await using var mx = await SmtpTestServer.StartAsync(new() { Greeting = () => "554 mx-primary.example.test 5.7.1 client host blocked" });
+        var state = await SendOneAsync(mx.Port, "mx-1", "--mx-host=mx.example.test,mx-primary.example.test,10", "--host-record=mx-primary.example.test,127.0.0.1");
+
+        // As Postfix with smtp_skip_5xx_greeting=yes: a refused session is about the sending host (a block list, say),
+        // not the recipient; the mail waits and is retried until Relay:MaxAge.
+        Assert.True(state.Status == "queued", $"{state.Status}: {state.LastReply}");
+        Assert.StartsWith("451 4.4.1 exchanger mx-primary.example.test: ", state.LastReply, StringComparison.Ordinal);
+        Assert.Contains("554 mx-primary.example.test 5.7.1 client host blocked", state.LastReply, StringComparison.Ordinal);
+        Assert.Equal(1, mx.Connections);
+    }
+
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Relay_DirectMx_ExchangersFirstAddressRefusesConnections_TheSecondGetsTheMail()
+    {
+        await using var mx = await SmtpTestServer.StartAsync();
+        var state = await SendOneAsync(mx.Port, "mx-1",
+            "--mx-host=mx.example.test,mx-primary.example.test,10",
+            "--host-record=mx-primary.example.test,127.0.0.3", // first in the answer, and nothing listens there
+            "--host-record=mx-primary.example.test,127.0.0.1");
+
+        Assert.True(state.Status == "sent", $"{state.Status}: {state.LastReply}");
+        Assert.Equal(["alice@mx.example.test"], Assert.Single(mx.Received).To);
+    }
+
+    private static async Task PrimaryRefusesTheSessionAsync(string greeting)
+    {
+        await using var primary = await SmtpTestServer.StartAsync(new() { Greeting = () => greeting });
+        await using var backup = await SmtpTestServer.StartAsync(new() { Address = IPAddress.Parse("127.0.0.2"), Port = primary.Port });
+        var state = await SendOneAsync(primary.Port, "mx-1",
+            "--mx-host=mx.example.test,mx-primary.example.test,10", "--mx-host=mx.example.test,mx-backup.example.test,20",
+            "--host-record=mx-primary.example.test,127.0.0.1", "--host-record=mx-backup.example.test,127.0.0.2");
+
+        Assert.True(state.Status == "sent", $"{state.Status}: {state.LastReply}");
+        Assert.Equal(["alice@mx.example.test"], Assert.Single(backup.Received).To);
+        Assert.Equal(1, primary.Connections);
+        Assert.Empty(primary.Messages);
+    }
+
+    // One alert to alice@mx.example.test by direct MX on port mxPort, resolved by dnsmasq with records; the mail's state
+    // once its first attempt is recorded (a deferral would come back only after ten minutes).
+    private static async Task<EdgeMail.Gateway.Spool.MessageState> SendOneAsync(int mxPort, string alertId, params string[] records)
+    {
+        using var dns = await Dnsmasq.StartAsync([.. records, "--local=/example.test/"]);
+        await using var gw = await TestGateway.StartAsync(c =>
+        {
+            c["Users"] = new Dictionary<string, object> { ["alice"] = new { Name = "Alice", Email = "alice@mx.example.test" } };
+            c["Groups"] = new Dictionary<string, object>();
+            c["Relay"] = new { Mode = "DirectMx", DnsServer = "127.0.0.1:" + dns.Port.ToString(CultureInfo.InvariantCulture), MxPort = mxPort, Backoff = new[] { "00:10:00" }, Timeout = "00:00:05" };
+            c["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "info", To = new[] { "alice" } } };
+        });
+        using var device = await gw.ConnectAsync("dev-1");
+        await device.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/alert")
+            .WithPayload(Alerts.Json(alertId)).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
+
+        string id = $"dev-1.{alertId}.alert@gw.test";
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync(id, default)) is { } m && (m.Attempts >= 1 || m.Status != "queued"),
+            "the first attempt recorded");
+        return (await gw.Spool.GetMessageAsync(id, default))!;
     }
 
     [PeerFact("dnsmasq:dnsmasq-base")]

@@ -7,7 +7,8 @@ using EdgeMail.Testing;
 namespace EdgeMail.Gateway.Tests.Relay;
 
 /// <summary>
-/// dnsmasq answering only from its command line: no upstream, no /etc/hosts, loopback only. It listens on one port for
+/// dnsmasq answering only from its command line: no upstream, no /etc/hosts, loopback only, a name's addresses in the
+/// order its records were given (not rotated from one answer to the next). It listens on one port for
 /// UDP and TCP, so a port found free for one may be taken for the other by the time it binds: it then exits with
 /// "Address already in use", and <see cref="StartAsync"/> starts it again on another port.
 /// </summary>
@@ -30,6 +31,7 @@ internal sealed class Dnsmasq : IDisposable
             "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--no-poll", "--bind-interfaces",
             "--listen-address=127.0.0.1", "--port=" + Port.ToString(CultureInfo.InvariantCulture), "--pid-file=", "--log-facility=-",
             "--user=" + Environment.UserName, "--log-queries",
+            "--no-round-robin", // a name's addresses always in the order given: a test knows which one comes first
         })
         {
             start.ArgumentList.Add(arg);

@@ -225,6 +225,20 @@ public sealed class SmarthostTests
     }
 
     [Fact]
+    public async Task Relay_SmarthostGreets554_TheMailIsDeferredNotBounced()
+    {
+        // A 5xx greeting turns down the gateway's session (its address on a block list, say), not this recipient.
+        await using var sink = await SmtpTestServer.StartAsync(new() { Greeting = () => "554 sink.test 5.7.1 client host blocked" });
+        await using var relay = new SmtpRelay(new RelayOptions { Host = "127.0.0.1", Port = sink.Port, Security = "None", Timeout = TimeSpan.FromSeconds(5) }, "gw.test");
+
+        var result = Assert.Single(await relay.SendAsync(Mail("one"), CancellationToken.None).WaitAsync(Await.DefaultTimeout));
+
+        Assert.Equal(RecipientOutcome.Deferred, result.Outcome);
+        Assert.Equal($"451 4.4.1 127.0.0.1:{sink.Port} refused the session: 554 sink.test 5.7.1 client host blocked", result.Reply);
+        Assert.Empty(sink.Commands);
+    }
+
+    [Fact]
     public async Task Relay_SmarthostNeverAnswersQuit_StoppingTheRelayEndsItsConnectionsWithoutThrowing()
     {
         await using var sink = await SmtpTestServer.StartAsync();

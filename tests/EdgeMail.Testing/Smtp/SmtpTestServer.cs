@@ -17,6 +17,12 @@ public sealed class SmtpTestServerOptions
     /// <summary>Loopback port; 0 (the default) lets the OS choose. A fixed one only to come back on a port a test already holds.</summary>
     public int Port { get; init; }
 
+    /// <summary>
+    /// The loopback address to listen on, 127.0.0.1 by default. Another one (127.0.0.2) with the <see cref="Port"/> of a
+    /// first server stands for a second host where the client has one port for all (direct MX's <c>Relay:MxPort</c>).
+    /// </summary>
+    public IPAddress Address { get; init; } = IPAddress.Loopback;
+
     /// <summary>The name in the greeting and the EHLO reply.</summary>
     public string ServerName { get; init; } = "sink.test";
 
@@ -118,7 +124,7 @@ public sealed class SmtpTestServer : IAsyncDisposable
 
         builder.Endpoint(e =>
         {
-            e.Endpoint(new IPEndPoint(IPAddress.Loopback, options.Port)).AllowUnsecureAuthentication(options.Certificate is null)
+            e.Endpoint(new IPEndPoint(options.Address, options.Port)).AllowUnsecureAuthentication(options.Certificate is null)
                 .AuthenticationRequired(options.Users is not null);
             if (options.Certificate is not null)
             {
@@ -142,7 +148,7 @@ public sealed class SmtpTestServer : IAsyncDisposable
         if (!server._bound.Task.IsCompleted)
         {
             await server._run;
-            throw new InvalidOperationException($"The SMTP test server stopped before it listened on 127.0.0.1:{options.Port}.");
+            throw new InvalidOperationException($"The SMTP test server stopped before it listened on {options.Address}:{options.Port}.");
         }
 
         server.EndPoint = server._bound.Task.Result;
