@@ -45,8 +45,9 @@ public sealed class AlertStore
     private bool _scanned;
 
     // The update the mount found last on flash may be a write a power cut interrupted, readable now and
-    // not on a later boot: until the gateway acknowledges it, the older records of its alert that it stands
-    // in for are not acknowledged either (docs/flash-queue.md, "Weak cells").
+    // not on a later boot: until the gateway acknowledges it, or the full policy reclaims the sector it was
+    // found in, the older records of its alert that it stands in for are not acknowledged either
+    // (docs/flash-queue.md, "Weak cells").
     private uint _suspectId;
     private uint _suspectOriginal;
     private uint _suspectSeq;
@@ -198,7 +199,10 @@ public sealed class AlertStore
         {
             if (_holdFrom != 0)
             {
-                if (_suspectSeq != 0 && seq >= _suspectSeq)
+                // Once the update's sector is reclaimed, the update was moved (a copy this boot programmed whole) or
+                // dropped (counted by a marker): it can no longer fade, and if dropped it is never handed out, so
+                // waiting for its acknowledgement would hold every later one back for the rest of the boot.
+                if ((_suspectSeq != 0 && seq >= _suspectSeq) || !_queue.LastEntryAtMountInPlace)
                 {
                     _holdFrom = 0;
                     _suspectId = 0;

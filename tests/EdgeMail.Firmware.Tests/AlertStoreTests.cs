@@ -15,9 +15,9 @@ public class AlertStoreTests
         public long UptimeMs { get; set; } = 1_000;
     }
 
-    private static (AlertStore Store, FlashQueue Queue) Boot(NorFlashSimulator flash, ManualClock clock, uint boot, long? wallUnixMs = null)
+    private static (AlertStore Store, FlashQueue Queue) Boot(NorFlashSimulator flash, ManualClock clock, uint boot, long? wallUnixMs = null, FullPolicy policy = FullPolicy.DropLowestPriority)
     {
-        var queue = new FlashQueue(flash);
+        var queue = new FlashQueue(flash, policy);
         queue.Mount(0x7F3A9C21);
         var wall = new WallClock(clock);
         if (wallUnixMs is long t)
@@ -232,6 +232,92 @@ public class AlertStoreTests
         Assert.NotEmpty(sent);
         Assert.Equal(4, sent[0].GetProperty("count").GetInt32()); // the gateway keeps the first copy of an id
         Assert.Single(sent.Select(j => j.GetProperty("id").GetString()).Distinct());
+    }
+
+    [Theory]
+    [InlineData(FullPolicy.DropLowestPriority)]
+    [InlineData(FullPolicy.DropOldest)]
+    public void ASuspectUpdateDroppedByTheFullPolicyBeforeItWasSent_NoLongerHoldsAcknowledgementsBack_TheQueueDrains(FullPolicy policy)
+    {
+        // Four 1 KiB sectors: the first reclaim takes the sector the next mount finds the update in. (Reject drops
+        // nothing: there the update is always handed out, and its acknowledgement ends the hold.)
+        using var flash = new NorFlashSimulator(new FlashGeometry(4 * 1024, 1024, 256, 1, true, false));
+        var clock = new ManualClock();
+        var (store, _) = Boot(flash, clock, boot: 1, policy: policy);
+        var pump = new Alert("PUMP_CYCLING", Severity.Info, "Pump restarted");
+        store.Raise(pump);
+        store.Raise(new Alert("DOOR_OPEN", Severity.Info, "Door open"));
+        uint update = store.Raise(pump); // count 2: the last entry on flash
+
+        // The pump's first record is read and skipped: acknowledgements are held back below it until the update is.
+        var (second, queue) = Boot(flash, clock, boot: 2, policy: policy);
+        Assert.Equal(update, queue.LastEntryAtMount);
+        var buf = new byte[AlertJsonWriter.MaxLength];
+        Assert.True(second.TryNext(buf, 0, out _, out _));
+
+        // Offline, the ring fills: the full policy drops the update, unsent, with the rest of its sector.
+        var raised = new List<string>();
+        while (queue.DroppedSinceMount < 3)
+        {
+            raised.Add("READING_" + raised.Count);
+            second.Raise(new Alert(raised[^1], Severity.Info, "Reading"));
+        }
+
+        // Back online: everything queued is sent and acknowledged.
+        second.Rewind();
+        var sent = Drain(second);
+        second.Acknowledge(sent[^1].Seq);
+
+        Assert.Equal(0u, second.Depth);
+        var codes = sent.Select(s => s.Json.GetProperty("code").GetString()).ToList();
+        Assert.Contains(AlertStore.DroppedCode, codes);
+        Assert.Contains(raised[^1], codes);
+        var (third, _) = Boot(flash, clock, boot: 3, policy: policy);
+        Assert.Empty(Drain(third)); // not sent again after every reconnect or reboot
+    }
+
+    [Fact]
+    public void ASuspectUpdateCutAsItWasWritten_MovedByTheFullPolicy_StillStandsForItsAlertOnceTheHoldEnds()
+    {
+        // 1 KiB pages: each record is one program, the one the cut strikes.
+        using var flash = new NorFlashSimulator(new FlashGeometry(4 * 4096, 4096, 1024, 1, true, false), seed: 5);
+        var clock = new ManualClock();
+        var (store, _) = Boot(flash, clock, boot: 1);
+        var pump = new Alert("PUMP_CYCLING", Severity.Warning, "Pump restarted");
+        store.Raise(pump);
+        uint door = store.Raise(new Alert("DOOR_OPEN", Severity.Info, "Door open"));
+        flash.ScheduleCut(0, new PowerCut(CutMode.RandomBits, 1, WeakCells.Fade)); // every bit written, none of them solid
+        Assert.Throws<PowerLossException>(() => store.Raise(pump)); // the count-2 update
+        flash.PowerOn();
+
+        var (second, queue) = Boot(flash, clock, boot: 2);
+        Assert.Equal(door + 1, queue.LastEntryAtMount); // the update reads well in the boot after the cut
+        var buf = new byte[AlertJsonWriter.MaxLength];
+        Assert.True(second.TryNext(buf, 0, out _, out _)); // the door alert; the pump's first record is skipped
+
+        // Offline, the ring fills with info alerts: the reclaim of the first sector drops them and moves the pump's
+        // records, the weak update among them, forward.
+        for (int i = 0; queue.DroppedSinceMount == 0; i++)
+        {
+            second.Raise(new Alert("READING_" + i, Severity.Info, "Reading"));
+        }
+
+        // Back online, the gateway acknowledges everything sent before the moved update, which ends the hold.
+        second.Rewind();
+        uint beforePump = 0;
+        while (second.TryNext(buf, 0, out int len, out uint seq) && JsonDocument.Parse(buf.AsMemory(0, len)).RootElement.GetProperty("code").GetString() != "PUMP_CYCLING")
+        {
+            beforePump = seq;
+        }
+
+        second.Acknowledge(beforePump);
+        Assert.Equal(beforePump, queue.AckedThrough);
+
+        flash.PowerOn(); // the update's cells would fade now; its copy does not
+        var (third, _) = Boot(flash, clock, boot: 3);
+        var pumps = Drain(third).Select(s => s.Json).Where(j => j.GetProperty("code").GetString() == "PUMP_CYCLING").ToList();
+
+        Assert.Equal([2], pumps.Select(j => j.GetProperty("count").GetInt32()));
     }
 
     [Fact]

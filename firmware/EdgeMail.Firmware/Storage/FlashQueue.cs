@@ -75,6 +75,9 @@ public sealed partial class FlashQueue
 
     private bool _headRecovered;
 
+    // The sector number of the head whose scan found LastEntryAtMount.
+    private uint _lastEntrySectorSeq;
+
     // Results of the last ScanHead.
     private int _scanEnd;
     private int _scanDirtyEnd;
@@ -155,6 +158,13 @@ public sealed partial class FlashQueue
     /// before it is acknowledged itself.
     /// </summary>
     public uint LastEntryAtMount { get; private set; }
+
+    /// <summary>
+    /// Whether the sector in which the mount found <see cref="LastEntryAtMount"/> is still live. Once it is not, that entry
+    /// was acknowledged, moved forward under a record programmed in this boot, or dropped and counted by a marker
+    /// programmed in this boot: no cell a power cut struck before the mount holds it any more. Decided from RAM.
+    /// </summary>
+    public bool LastEntryAtMountInPlace => SectorAge(_lastEntrySectorSeq) <= SectorAge(SectorSeqOf(_tail));
 
     /// <summary>Entries dropped by the full policy since mount.</summary>
     public long DroppedSinceMount { get; private set; }
@@ -600,6 +610,7 @@ public sealed partial class FlashQueue
         _erasedSector = -1;
         _recoveryPending = false;
         LastEntryAtMount = 0;
+        _lastEntrySectorSeq = sectorSeq - 1; // nothing found before a format is live after it
         _lowestQueued = 0;
         OpenSector(0, sectorSeq);
         WriteAckRecord(0); // never header-only: a mount rewrites such a head, costing an erase per boot
@@ -683,6 +694,7 @@ public sealed partial class FlashQueue
         _scanFirst = first;
         _scanCommitted = committed;
         LastEntryAtMount = torn ? 0 : lastEntry;
+        _lastEntrySectorSeq = _headSectorSeq;
         _headMovedEnd = movedEnd;
     }
 
