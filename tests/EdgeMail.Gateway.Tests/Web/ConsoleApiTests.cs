@@ -177,6 +177,32 @@ public sealed class ConsoleApiTests
     }
 
     [Fact]
+    public async Task Config_ShowsNoSecret_NotEvenTheSpoolsDatabasePassword()
+    {
+        await using var gw = await TestGateway.StartAsync(c =>
+        {
+            // The SQLite spool ignores the connection string, but the view shows it as configured (e.g. from
+            // EDGEMAIL_Spool__ConnectionString, as docs/scale-out.md advises).
+            c["Spool"] = new { ConnectionString = "Host=db1;Database=edgemail;Username=edgemail;Password=pg-pass-value;SSL Password=pg-ssl-value" };
+            c["Relay"] = new { OAuth2 = new { ClientSecret = "oauth-client-value", CertificatePassword = "oauth-cert-value", ClientSecretFile = "/etc/edgemail/client-secret" } };
+            c["Mqtt"] = new { Port = 0, CertificatePassword = "mqtt-cert-value", External = new { Password = "broker-pass-value" } };
+            c["Console"] = new { Port = 0, CertificatePassword = "console-cert-value" };
+        });
+        using var api = await gw.ApiAsync();
+
+        string config = await api.GetStringAsync("/api/v1/config");
+        foreach (string secret in new[] { "pg-pass-value", "pg-ssl-value", "oauth-client-value", "oauth-cert-value", "mqtt-cert-value", "broker-pass-value", "console-cert-value" })
+        {
+            Assert.DoesNotContain(secret, config, StringComparison.Ordinal);
+        }
+
+        // What is not secret stays readable: where the database is, where a secret is kept.
+        var spool = JsonSerializer.Deserialize<JsonElement>(config).GetProperty("configuration").GetProperty("spool");
+        Assert.Contains("host=db1", spool.GetProperty("connectionString").GetString(), StringComparison.OrdinalIgnoreCase);
+        Assert.Contains("/etc/edgemail/client-secret", config, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Readyz_WhenTheDiskIsLow_Says503AndWhy()
     {
         long free = 1024L * 1024;
