@@ -61,6 +61,7 @@ public sealed partial class ConsoleAuth
     private readonly ILogger<ConsoleAuth> _logger;
     private readonly FailureThrottle _loginFailures;
     private readonly SemaphoreSlim _writes = new(1, 1);
+    private readonly SemaphoreSlim _verifications = new(Math.Max(1, Environment.ProcessorCount / 2));
     private volatile string? _adminHash;
     private volatile string? _setupToken;
     private volatile Dictionary<string, ApiKeyRecord> _keys = new(StringComparer.Ordinal);
@@ -250,28 +251,37 @@ public sealed partial class ConsoleAuth
             _setupToken = null;
         }
 
-        return Login(password, source);
-    }
-
-    private LoginResult Login(string password, string source)
-    {
         if (_adminHash is not { } hash)
         {
             return LoginResult.NotSetUp;
         }
 
-        if (_loginFailures.IsBlocked(source))
+        // The attempt counts before the check, which takes a core for a good fraction of a second, and is given back
+        // if it was right: counted after it, a burst of guesses sent in parallel all passed the limit and were all
+        // checked. Checks wait their turn for a few cores, so that guesses from many addresses cannot take them all.
+        if (!_loginFailures.TryReserve(source))
         {
             LogThrottled(source);
             return LoginResult.Throttled;
         }
 
-        if (SecretHash.Verify(hash, Encoding.UTF8.GetBytes(password ?? string.Empty)))
+        bool right;
+        await _verifications.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
         {
+            right = SecretHash.Verify(hash, Encoding.UTF8.GetBytes(password ?? string.Empty));
+        }
+        finally
+        {
+            _verifications.Release();
+        }
+
+        if (right)
+        {
+            _loginFailures.Return(source);
             return LoginResult.Success;
         }
 
-        _loginFailures.Fail(source);
         LogLoginFailed(source);
         return LoginResult.WrongPassword;
     }

@@ -133,6 +133,37 @@ public sealed class ConsoleSecurityTests
     }
 
     [Fact]
+    public async Task WrongPasswordsInParallel_OnlyTheLimitIsChecked_TheRestAreRefusedAt429()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        Assert.Null(await gw.Host.Services.GetRequiredService<ConsoleAuth>().SetPasswordAsync(Password, default));
+        using var http = new HttpClient { BaseAddress = gw.ConsoleAddress };
+
+        // Counted only after each (deliberately slow) check, a burst from one address was checked in full: no 429, every core busy.
+        var answers = await Task.WhenAll(Enumerable.Range(0, 20).Select(i => http.PostAsJsonAsync("/api/v1/login", new { password = "parallel guess " + i })));
+        var statuses = answers.Select(a => a.StatusCode).ToList();
+        Assert.Equal(5, statuses.Count(s => s == HttpStatusCode.Unauthorized));
+        Assert.Equal(15, statuses.Count(s => s == HttpStatusCode.TooManyRequests));
+        Assert.Equal(HttpStatusCode.TooManyRequests, (await http.PostAsJsonAsync("/api/v1/login", new { password = Password })).StatusCode);
+    }
+
+    [Fact]
+    public async Task RightPasswords_DoNotUseUpTheAllowanceForWrongOnes()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        Assert.Null(await gw.Host.Services.GetRequiredService<ConsoleAuth>().SetPasswordAsync(Password, default));
+        using var http = new HttpClient(new HttpClientHandler { UseCookies = false }) { BaseAddress = gw.ConsoleAddress };
+        for (int i = 0; i < 4; i++)
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, (await http.PostAsJsonAsync("/api/v1/login", new { password = "guess " + i })).StatusCode);
+        }
+
+        Assert.Equal(HttpStatusCode.NoContent, (await http.PostAsJsonAsync("/api/v1/login", new { password = Password })).StatusCode);
+        Assert.Equal(HttpStatusCode.Unauthorized, (await http.PostAsJsonAsync("/api/v1/login", new { password = "guess 5" })).StatusCode);
+        Assert.Equal(HttpStatusCode.TooManyRequests, (await http.PostAsJsonAsync("/api/v1/login", new { password = "guess 6" })).StatusCode);
+    }
+
+    [Fact]
     public async Task Logout_EndsTheSession_TheOldCookieAndItsCsrfTokenAreRefused()
     {
         await using var gw = await TestGateway.StartAsync();
