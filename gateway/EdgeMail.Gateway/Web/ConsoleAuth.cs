@@ -122,13 +122,45 @@ public sealed partial class ConsoleAuth
     /// <returns>Null on success, else what is wrong.</returns>
     public async Task<string?> CompleteSetupAsync(string token, string password, CancellationToken cancellationToken)
     {
+        const string invalid = "the setup link is not valid (it works once, until a password is set; restarting the gateway prints a new one)";
         string? expected = _setupToken;
         if (expected is null || !FixedTimeEquals(expected, token))
         {
-            return "the setup link is not valid (it works once, until a password is set; restarting the gateway prints a new one)";
+            return invalid;
+        }
+
+        if (PasswordProblem(password) is { } problem)
+        {
+            return problem;
+        }
+
+        // Once only, also when two requests bring the token at the same time.
+        if (Interlocked.CompareExchange(ref _setupToken, null, expected) != expected)
+        {
+            return invalid;
+        }
+
+        // Another instance on a shared spool, or edgemail admin set-password on the spool, may have set one since.
+        if (!await NeedsSetupAsync(cancellationToken).ConfigureAwait(false))
+        {
+            return "a password has been set meanwhile (by another gateway on the spool or edgemail admin set-password): log in with it";
         }
 
         return await SetPasswordAsync(password, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary><see cref="NeedsSetup"/> as the spool holds it now: a password may have been set elsewhere.</summary>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>True until an admin password is set.</returns>
+    public async Task<bool> NeedsSetupAsync(CancellationToken cancellationToken)
+    {
+        if (await _spool.AdminPasswordHashAsync(cancellationToken).ConfigureAwait(false) is { } stored)
+        {
+            _adminHash = stored;
+            _setupToken = null;
+        }
+
+        return NeedsSetup;
     }
 
     /// <summary>Sets (or changes) the admin password.</summary>

@@ -111,6 +111,25 @@ public sealed class ConsoleSecurityTests
     }
 
     [Fact]
+    public async Task SetupLink_StopsWorking_OnceAPasswordIsSetOnTheSpoolElsewhere()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        string token = gw.Host.Services.GetRequiredService<ConsoleAuth>().SetupToken!;
+
+        // Another instance on a shared spool, or edgemail admin set-password writing the spool directly.
+        const string elsewhere = "set by the CLI on the spool";
+        await gw.Spool.SetAdminPasswordHashAsync(SecretHash.Create(elsewhere, 1000), default);
+        using var http = new HttpClient(new HttpClientHandler { UseCookies = false }) { BaseAddress = gw.ConsoleAddress };
+        Assert.False((await http.GetFromJsonAsync<SetupState>("/api/v1/setup"))!.Needed);
+        var setup = await http.PostAsJsonAsync("/api/v1/setup", new { token, password = "the setup link's password" });
+        Assert.Equal(HttpStatusCode.BadRequest, setup.StatusCode);
+        Assert.False(setup.Headers.Contains("Set-Cookie"));
+
+        Assert.Equal(HttpStatusCode.Unauthorized, (await http.PostAsJsonAsync("/api/v1/login", new { password = "the setup link's password" })).StatusCode);
+        Assert.Equal(HttpStatusCode.NoContent, (await http.PostAsJsonAsync("/api/v1/login", new { password = elsewhere })).StatusCode);
+    }
+
+    [Fact]
     public async Task WrongPasswords_AreThrottled_AndSecurityHeadersAreSet()
     {
         await using var gw = await TestGateway.StartAsync();

@@ -48,7 +48,7 @@ public static class ConsoleEndpoints
 
     private static void MapSession(RouteGroupBuilder api)
     {
-        api.MapGet("/setup", (ConsoleAuth auth) => new SetupState(auth.NeedsSetup)).AllowAnonymous()
+        api.MapGet("/setup", async (ConsoleAuth auth, CancellationToken ct) => new SetupState(await auth.NeedsSetupAsync(ct).ConfigureAwait(false))).AllowAnonymous()
             .WithSummary("Whether the console still needs its admin password");
         api.MapPost("/setup", async (SetupRequest request, ConsoleAuth auth, HttpContext context, CancellationToken ct) =>
         {
