@@ -64,6 +64,25 @@ public sealed class ConsoleApiTests
         Assert.Equal(HttpStatusCode.NotFound, (await api.PostAsync("/api/v1/devices/nobody/disable", null)).StatusCode);
     }
 
+    [Theory]
+    [InlineData("{\"id\":\"pump-7\\n\"}", "not a valid device id")] // saved, then its Location header threw: 500, secret never shown
+    [InlineData("{\"id\":\".\"}", "not a valid device id")] // no URL can name '.' or '..'
+    [InlineData("{\"id\":\"..\"}", "not a valid device id")]
+    [InlineData("{\"id\":\"x\",\"owners\":[null]}", "owner")] // ArgumentNullException: 500
+    public async Task AddDevice_ThatCouldNotBeUsed_IsRefusedWith400_AndNothingIsCreated(string body, string message)
+    {
+        await using var gw = await TestGateway.StartAsync();
+        using var api = await gw.ApiAsync();
+
+        using var content = new StringContent(body, System.Text.Encoding.UTF8, "application/json");
+        var add = await api.PostAsync("/api/v1/devices", content);
+
+        Assert.Equal(HttpStatusCode.BadRequest, add.StatusCode);
+        Assert.Contains(message, await add.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        var devices = await api.GetFromJsonAsync<List<JsonElement>>("/api/v1/devices", Json);
+        Assert.Equal(["dev-1", "dev-2", "dev-3"], devices!.Select(d => d.GetProperty("id").GetString()));
+    }
+
     [Fact]
     public async Task AddedDevice_SurvivesARestart()
     {
