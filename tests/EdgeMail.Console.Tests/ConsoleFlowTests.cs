@@ -63,6 +63,35 @@ public sealed class ConsoleFlowTests(ConsoleBrowser browser)
     }
 
     [Fact]
+    public async Task Login_WithANextThatLeadsToAnotherSite_StaysOnTheConsole()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        Assert.Null(await gw.Host.Services.GetRequiredService<ConsoleAuth>().SetPasswordAsync(ConsoleSession.Password, default));
+        await using var s = await ConsoleSession.OpenAsync(browser.Browser, gw);
+        var page = s.Page;
+        bool left = false;
+        await s.Context.RouteAsync("**://evil.example/**", route =>
+        {
+            left = true;
+            return route.FulfillAsync(new() { Body = "phished", ContentType = "text/plain" });
+        });
+
+        // "/<tab>/evil.example" starts with one slash, but the browser drops tabs and line feeds from a URL: "//evil.example";
+        // "/.//evil.example" is a path on the console whose dot segment goes, leaving "//evil.example" again.
+        foreach (string next in new[] { "%2F%09%2Fevil.example", "%2F.%2F%2Fevil.example" })
+        {
+            await s.Context.ClearCookiesAsync(); // logged out: a login from a session would need its CSRF token
+            await page.GotoAsync("/login?next=" + next);
+            await page.GetByLabel("Password").FillAsync(ConsoleSession.Password);
+            await page.GetByRole(AriaRole.Button, new() { Name = "Log in" }).ClickAsync();
+            await Expect(page.GetByRole(AriaRole.Heading, new() { Name = "Dashboard" })).ToBeVisibleAsync();
+            Assert.StartsWith(gw.ConsoleAddress.ToString(), page.Url, StringComparison.Ordinal);
+        }
+
+        Assert.False(left, "the login page sent the browser to another site");
+    }
+
+    [Fact]
     public async Task AlertPublishedOverMqtt_AppearsLive_ThenItsJourneyShowsRouteReceiptAndMail()
     {
         await using var gw = await TestGateway.StartAsync();

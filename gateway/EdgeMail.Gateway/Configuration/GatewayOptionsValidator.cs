@@ -109,7 +109,7 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         {
             if (!DeviceIdRegex().IsMatch(id))
             {
-                Add($"Devices:{id}", "the device id must match [A-Za-z0-9_.-]{1,64} (it is the MQTT client id and a topic level)", "rename the device");
+                Add($"Devices:{id}", "the device id must match [A-Za-z0-9_.-]{1,64} and not be '.' or '..' (it is the MQTT client id, a topic level and part of the console's URLs)", "rename the device");
             }
 
             // With an external broker the broker authenticates devices; a secret given here is still checked for form.
@@ -557,9 +557,11 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
     private static bool IsAddress(string value) =>
         MailboxAddress.TryParse(value, out var mailbox) && mailbox.Address.IndexOf('@', StringComparison.Ordinal) > 0 && string.IsNullOrEmpty(mailbox.Name);
 
-    [GeneratedRegex("^[A-Za-z0-9_.-]{1,64}$")]
+    // \z, not $: '$' also matches before a final line feed, which let "pump-7\n" through. '.' and '..' are refused
+    // because no URL can name them (they are dot segments, dropped from paths), so the console could not address them.
+    [GeneratedRegex("^(?!\\.{1,2}\\z)[A-Za-z0-9_.-]{1,64}\\z")]
     internal static partial Regex DeviceIdRegex();
 
-    [GeneratedRegex("^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")]
+    [GeneratedRegex("^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\\z")]
     private static partial Regex HostnameRegex();
 }

@@ -233,7 +233,12 @@ public sealed partial class DeviceRegistry : IHostedService
         ArgumentNullException.ThrowIfNull(owners);
         if (!IdPattern.IsMatch(id))
         {
-            throw new DeviceException($"'{id}' is not a valid device id: use 1 to 64 letters, digits, '-', '_' or '.'");
+            throw new DeviceException($"'{id}' is not a valid device id: use 1 to 64 letters, digits, '-', '_' or '.' (not '.' or '..' alone)");
+        }
+
+        if (owners.Any(string.IsNullOrEmpty))
+        {
+            throw new DeviceException("owners: an owner is null or empty; give user or group ids of the configuration");
         }
 
         if (owners.FirstOrDefault(o => !_options.Users.ContainsKey(o) && !_options.Groups.ContainsKey(o)) is { } unknown)

@@ -84,6 +84,64 @@ public sealed class FailureThrottle
         }
     }
 
+    /// <summary>
+    /// Counts an attempt before it is checked, unless <paramref name="key"/> is blocked; <see cref="Return"/> gives it
+    /// back when it was right. For a check slow enough (a password hash) that attempts made in parallel would all pass
+    /// <see cref="IsBlocked"/> before the first one is counted.
+    /// </summary>
+    /// <param name="key">Source or account.</param>
+    /// <returns>False when blocked (nothing counted).</returns>
+    public bool TryReserve(string key)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        if (_limit <= 0)
+        {
+            return true;
+        }
+
+        long now = _clock.GetTimestamp();
+        while (true)
+        {
+            var entry = _entries.GetOrAdd(key, _ => new Entry(now));
+            lock (entry)
+            {
+                // IsBlocked may have dropped this entry after the window: count in the one the dictionary holds.
+                if (!_entries.TryGetValue(key, out var current) || !ReferenceEquals(current, entry))
+                {
+                    continue;
+                }
+
+                if (_clock.GetElapsedTime(entry.Since, now) >= _window)
+                {
+                    entry.Since = now;
+                    entry.Count = 0;
+                }
+
+                if (entry.Count >= _limit)
+                {
+                    return false;
+                }
+
+                entry.Count++;
+                return true;
+            }
+        }
+    }
+
+    /// <summary>Gives back an attempt <see cref="TryReserve"/> counted, because it was right.</summary>
+    /// <param name="key">Source or account.</param>
+    public void Return(string key)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        if (_entries.TryGetValue(key, out var entry))
+        {
+            lock (entry)
+            {
+                entry.Count = Math.Max(0, entry.Count - 1);
+            }
+        }
+    }
+
     private sealed class Entry(long since)
     {
         public long Since { get; set; } = since;

@@ -1,3 +1,5 @@
+using System.Collections.Concurrent;
+using System.Security.Claims;
 using System.Security.Cryptography;
 using System.Text;
 using EdgeMail.Gateway.Configuration;
@@ -29,7 +31,8 @@ public enum LoginResult
 /// <c>edgemail admin set-password</c>). The admin password is stored as a PBKDF2 hash (600,000 iterations); wrong
 /// passwords from one source are throttled. API keys (<c>emk_ID.SECRET</c>) are random, shown once and stored as the
 /// SHA-256 of their secret; one, for the local CLI, is written at first start to a file only the service's user can
-/// read.
+/// read. Console sessions are kept in the gateway's memory: logging out ends one at once, a new password ends them all
+/// (on every instance sharing the spool within <see cref="StoredHashFreshness"/>), and a restart ends them all.
 /// </summary>
 public sealed partial class ConsoleAuth
 {
@@ -39,16 +42,31 @@ public sealed partial class ConsoleAuth
     /// <summary>Shortest admin password accepted.</summary>
     public const int MinPasswordLength = 12;
 
+    /// <summary>A console session ends after this long without use.</summary>
+    public static readonly TimeSpan SessionIdleTimeout = TimeSpan.FromHours(8);
+
+    // The cookie is a self-contained ticket, valid until it expires whatever happens on the server: these claims tie
+    // it to a session this gateway still holds and to the password it was opened with.
+    internal const string SessionClaim = "edgemail_session";
+    internal const string PasswordClaim = "edgemail_password";
+
     private const string KeyPrefix = "emk_";
     private const int PasswordIterations = 600_000;
+
+    // A session is checked against the admin hash the spool holds, read again at most this often: another instance
+    // on a shared spool, or edgemail admin set-password writing it directly, may have changed the password.
+    private static readonly TimeSpan StoredHashFreshness = TimeSpan.FromSeconds(5);
     private readonly ISpool _spool;
     private readonly TimeProvider _clock;
     private readonly ILogger<ConsoleAuth> _logger;
     private readonly FailureThrottle _loginFailures;
     private readonly SemaphoreSlim _writes = new(1, 1);
+    private readonly SemaphoreSlim _verifications = new(Math.Max(1, Environment.ProcessorCount / 2));
     private volatile string? _adminHash;
     private volatile string? _setupToken;
     private volatile Dictionary<string, ApiKeyRecord> _keys = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, long> _sessions = new(StringComparer.Ordinal); // session id → last use (UTC ticks)
+    private long _hashReadAt; // UTC ticks of the last read of the stored hash
 
     /// <summary>Creates the authority; <see cref="InitializeAsync"/> loads what the spool holds.</summary>
     /// <param name="spool">Where the hashes live.</param>
@@ -104,13 +122,45 @@ public sealed partial class ConsoleAuth
     /// <returns>Null on success, else what is wrong.</returns>
     public async Task<string?> CompleteSetupAsync(string token, string password, CancellationToken cancellationToken)
     {
+        const string invalid = "the setup link is not valid (it works once, until a password is set; restarting the gateway prints a new one)";
         string? expected = _setupToken;
         if (expected is null || !FixedTimeEquals(expected, token))
         {
-            return "the setup link is not valid (it works once, until a password is set; restarting the gateway prints a new one)";
+            return invalid;
+        }
+
+        if (PasswordProblem(password) is { } problem)
+        {
+            return problem;
+        }
+
+        // Once only, also when two requests bring the token at the same time.
+        if (Interlocked.CompareExchange(ref _setupToken, null, expected) != expected)
+        {
+            return invalid;
+        }
+
+        // Another instance on a shared spool, or edgemail admin set-password on the spool, may have set one since.
+        if (!await NeedsSetupAsync(cancellationToken).ConfigureAwait(false))
+        {
+            return "a password has been set meanwhile (by another gateway on the spool or edgemail admin set-password): log in with it";
         }
 
         return await SetPasswordAsync(password, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary><see cref="NeedsSetup"/> as the spool holds it now: a password may have been set elsewhere.</summary>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>True until an admin password is set.</returns>
+    public async Task<bool> NeedsSetupAsync(CancellationToken cancellationToken)
+    {
+        if (await _spool.AdminPasswordHashAsync(cancellationToken).ConfigureAwait(false) is { } stored)
+        {
+            _adminHash = stored;
+            _setupToken = null;
+        }
+
+        return NeedsSetup;
     }
 
     /// <summary>Sets (or changes) the admin password.</summary>
@@ -129,9 +179,87 @@ public sealed partial class ConsoleAuth
         await _spool.SetAdminPasswordHashAsync(hash, cancellationToken).ConfigureAwait(false);
         _adminHash = hash;
         _setupToken = null;
+        Interlocked.Exchange(ref _hashReadAt, _clock.GetUtcNow().UtcTicks);
+        _sessions.Clear(); // whoever knew the old password, or holds a session opened with it, is out
         LogPasswordSet();
         return null;
     }
+
+    /// <summary>Opens a console session (after a login or the setup): the principal to put in the cookie.</summary>
+    /// <param name="authenticationType">The cookie scheme.</param>
+    /// <returns>The admin, with the session's id and the stamp of the password it was opened with.</returns>
+    public ClaimsPrincipal OpenSession(string authenticationType)
+    {
+        long now = _clock.GetUtcNow().UtcTicks;
+        foreach (var (id, lastUse) in _sessions)
+        {
+            if (now - lastUse > SessionIdleTimeout.Ticks)
+            {
+                _sessions.TryRemove(id, out _);
+            }
+        }
+
+        string session = Base64Url(RandomNumberGenerator.GetBytes(18));
+        _sessions[session] = now;
+        return new ClaimsPrincipal(new ClaimsIdentity(
+            [new Claim(ClaimTypes.Name, "admin"), new Claim(SessionClaim, session), new Claim(PasswordClaim, PasswordStamp(_adminHash))],
+            authenticationType));
+    }
+
+    /// <summary>Ends the session a principal holds (logout); its cookie is refused from now on.</summary>
+    /// <param name="user">The request's user.</param>
+    public void EndSession(ClaimsPrincipal user)
+    {
+        if (user?.FindFirst(SessionClaim)?.Value is { } session)
+        {
+            _sessions.TryRemove(session, out _);
+        }
+    }
+
+    /// <summary>
+    /// Whether a cookie's principal is a session this gateway opened, not ended nor idle too long, opened with the
+    /// admin password the spool holds now; counts as a use of it.
+    /// </summary>
+    /// <param name="user">The principal the cookie carries.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>True when the session may go on.</returns>
+    public async Task<bool> ValidateSessionAsync(ClaimsPrincipal user, CancellationToken cancellationToken)
+    {
+        if (user?.FindFirst(SessionClaim)?.Value is not { } session || user.FindFirst(PasswordClaim)?.Value is not { } stamp)
+        {
+            return false;
+        }
+
+        long now = _clock.GetUtcNow().UtcTicks;
+        if (!_sessions.TryGetValue(session, out long lastUse) || now - lastUse > SessionIdleTimeout.Ticks)
+        {
+            _sessions.TryRemove(session, out _);
+            return false;
+        }
+
+        if (now - Interlocked.Read(ref _hashReadAt) >= StoredHashFreshness.Ticks)
+        {
+            if (await _spool.AdminPasswordHashAsync(cancellationToken).ConfigureAwait(false) is { } stored)
+            {
+                _adminHash = stored;
+            }
+
+            Interlocked.Exchange(ref _hashReadAt, now);
+        }
+
+        if (!FixedTimeEquals(PasswordStamp(_adminHash), stamp))
+        {
+            _sessions.TryRemove(session, out _);
+            return false;
+        }
+
+        _sessions.TryUpdate(session, now, lastUse); // not when it ended meanwhile: a logout stays a logout
+        return true;
+    }
+
+    // Names the password without revealing anything about it (the hash of its salted hash).
+    private static string PasswordStamp(string? hash) =>
+        hash is null ? string.Empty : Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(hash)))[..32];
 
     /// <summary>Why a password is not good enough, or null.</summary>
     /// <param name="password">The candidate.</param>
@@ -155,28 +283,37 @@ public sealed partial class ConsoleAuth
             _setupToken = null;
         }
 
-        return Login(password, source);
-    }
-
-    private LoginResult Login(string password, string source)
-    {
         if (_adminHash is not { } hash)
         {
             return LoginResult.NotSetUp;
         }
 
-        if (_loginFailures.IsBlocked(source))
+        // The attempt counts before the check, which takes a core for a good fraction of a second, and is given back
+        // if it was right: counted after it, a burst of guesses sent in parallel all passed the limit and were all
+        // checked. Checks wait their turn for a few cores, so that guesses from many addresses cannot take them all.
+        if (!_loginFailures.TryReserve(source))
         {
             LogThrottled(source);
             return LoginResult.Throttled;
         }
 
-        if (SecretHash.Verify(hash, Encoding.UTF8.GetBytes(password ?? string.Empty)))
+        bool right;
+        await _verifications.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
         {
+            right = SecretHash.Verify(hash, Encoding.UTF8.GetBytes(password ?? string.Empty));
+        }
+        finally
+        {
+            _verifications.Release();
+        }
+
+        if (right)
+        {
+            _loginFailures.Return(source);
             return LoginResult.Success;
         }
 
-        _loginFailures.Fail(source);
         LogLoginFailed(source);
         return LoginResult.WrongPassword;
     }

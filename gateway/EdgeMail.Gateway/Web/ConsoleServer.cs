@@ -188,9 +188,16 @@ public sealed partial class ConsoleServer : IHostedService, IAsyncDisposable
                 o.Cookie.HttpOnly = true;
                 o.Cookie.SameSite = SameSiteMode.Strict;
                 o.Cookie.SecurePolicy = tls ? CookieSecurePolicy.Always : CookieSecurePolicy.SameAsRequest;
-                o.ExpireTimeSpan = TimeSpan.FromHours(8);
+                o.ExpireTimeSpan = ConsoleAuth.SessionIdleTimeout;
                 o.SlidingExpiration = true;
                 o.LoginPath = "/login";
+                o.Events.OnValidatePrincipal = async ctx =>
+                {
+                    if (ctx.Principal is null || !await _auth.ValidateSessionAsync(ctx.Principal, ctx.HttpContext.RequestAborted).ConfigureAwait(false))
+                    {
+                        ctx.RejectPrincipal();
+                    }
+                };
                 o.Events.OnRedirectToLogin = ctx => Refuse(ctx, StatusCodes.Status401Unauthorized);
                 o.Events.OnRedirectToAccessDenied = ctx => Refuse(ctx, StatusCodes.Status403Forbidden);
             })

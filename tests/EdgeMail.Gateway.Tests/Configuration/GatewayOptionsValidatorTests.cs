@@ -51,6 +51,27 @@ public sealed class GatewayOptionsValidatorTests
         Assert.StartsWith("Sender:DisplayName: contains a line break", Assert.Single(GatewayOptionsValidator.Check(sender)), StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("pump-7\n")] // '$' matched before a final line feed
+    [InlineData(".")] // an id no URL can name: '.' and '..' are dropped from paths
+    [InlineData("..")]
+    public void Check_DeviceIdEndingInALineFeedOrOnlyDots_IsRefused(string id)
+    {
+        var o = Valid();
+        o.Devices[id] = o.Devices["dev-1"];
+
+        Assert.StartsWith($"Devices:{id}: the device id must", Assert.Single(GatewayOptionsValidator.Check(o)), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Check_HostnameEndingInALineFeed_IsRefused()
+    {
+        var o = Valid();
+        o.Sender.Hostname = "gw.example.com\n";
+
+        Assert.StartsWith("Sender:Hostname:", Assert.Single(GatewayOptionsValidator.Check(o)), StringComparison.Ordinal);
+    }
+
     [Fact]
     public void Check_PlainSecret_NamesTheKeyAndTheFix()
     {

@@ -64,6 +64,25 @@ public sealed class ConsoleApiTests
         Assert.Equal(HttpStatusCode.NotFound, (await api.PostAsync("/api/v1/devices/nobody/disable", null)).StatusCode);
     }
 
+    [Theory]
+    [InlineData("{\"id\":\"pump-7\\n\"}", "not a valid device id")] // saved, then its Location header threw: 500, secret never shown
+    [InlineData("{\"id\":\".\"}", "not a valid device id")] // no URL can name '.' or '..'
+    [InlineData("{\"id\":\"..\"}", "not a valid device id")]
+    [InlineData("{\"id\":\"x\",\"owners\":[null]}", "owner")] // ArgumentNullException: 500
+    public async Task AddDevice_ThatCouldNotBeUsed_IsRefusedWith400_AndNothingIsCreated(string body, string message)
+    {
+        await using var gw = await TestGateway.StartAsync();
+        using var api = await gw.ApiAsync();
+
+        using var content = new StringContent(body, System.Text.Encoding.UTF8, "application/json");
+        var add = await api.PostAsync("/api/v1/devices", content);
+
+        Assert.Equal(HttpStatusCode.BadRequest, add.StatusCode);
+        Assert.Contains(message, await add.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        var devices = await api.GetFromJsonAsync<List<JsonElement>>("/api/v1/devices", Json);
+        Assert.Equal(["dev-1", "dev-2", "dev-3"], devices!.Select(d => d.GetProperty("id").GetString()));
+    }
+
     [Fact]
     public async Task AddedDevice_SurvivesARestart()
     {
@@ -174,6 +193,32 @@ public sealed class ConsoleApiTests
         await Await.Within(WhenAliveAsync(probe), "the first pipeline proof");
         Assert.Equal(HttpStatusCode.OK, (await anonymous.GetAsync("/livez")).StatusCode);
         Assert.Equal(HttpStatusCode.OK, (await anonymous.GetAsync("/readyz")).StatusCode);
+    }
+
+    [Fact]
+    public async Task Config_ShowsNoSecret_NotEvenTheSpoolsDatabasePassword()
+    {
+        await using var gw = await TestGateway.StartAsync(c =>
+        {
+            // The SQLite spool ignores the connection string, but the view shows it as configured (e.g. from
+            // EDGEMAIL_Spool__ConnectionString, as docs/scale-out.md advises).
+            c["Spool"] = new { ConnectionString = "Host=db1;Database=edgemail;Username=edgemail;Password=pg-pass-value;SSL Password=pg-ssl-value" };
+            c["Relay"] = new { OAuth2 = new { ClientSecret = "oauth-client-value", CertificatePassword = "oauth-cert-value", ClientSecretFile = "/etc/edgemail/client-secret" } };
+            c["Mqtt"] = new { Port = 0, CertificatePassword = "mqtt-cert-value", External = new { Password = "broker-pass-value" } };
+            c["Console"] = new { Port = 0, CertificatePassword = "console-cert-value" };
+        });
+        using var api = await gw.ApiAsync();
+
+        string config = await api.GetStringAsync("/api/v1/config");
+        foreach (string secret in new[] { "pg-pass-value", "pg-ssl-value", "oauth-client-value", "oauth-cert-value", "mqtt-cert-value", "broker-pass-value", "console-cert-value" })
+        {
+            Assert.DoesNotContain(secret, config, StringComparison.Ordinal);
+        }
+
+        // What is not secret stays readable: where the database is, where a secret is kept.
+        var spool = JsonSerializer.Deserialize<JsonElement>(config).GetProperty("configuration").GetProperty("spool");
+        Assert.Contains("host=db1", spool.GetProperty("connectionString").GetString(), StringComparison.OrdinalIgnoreCase);
+        Assert.Contains("/etc/edgemail/client-secret", config, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -1,10 +1,12 @@
 using System.Net;
 using System.Net.Http.Json;
+using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Web;
 using EdgeMail.Gateway.Web.Api;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Time.Testing;
 using Xunit;
 
 namespace EdgeMail.Gateway.Tests.Web;
@@ -109,6 +111,25 @@ public sealed class ConsoleSecurityTests
     }
 
     [Fact]
+    public async Task SetupLink_StopsWorking_OnceAPasswordIsSetOnTheSpoolElsewhere()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        string token = gw.Host.Services.GetRequiredService<ConsoleAuth>().SetupToken!;
+
+        // Another instance on a shared spool, or edgemail admin set-password writing the spool directly.
+        const string elsewhere = "set by the CLI on the spool";
+        await gw.Spool.SetAdminPasswordHashAsync(SecretHash.Create(elsewhere, 1000), default);
+        using var http = new HttpClient(new HttpClientHandler { UseCookies = false }) { BaseAddress = gw.ConsoleAddress };
+        Assert.False((await http.GetFromJsonAsync<SetupState>("/api/v1/setup"))!.Needed);
+        var setup = await http.PostAsJsonAsync("/api/v1/setup", new { token, password = "the setup link's password" });
+        Assert.Equal(HttpStatusCode.BadRequest, setup.StatusCode);
+        Assert.False(setup.Headers.Contains("Set-Cookie"));
+
+        Assert.Equal(HttpStatusCode.Unauthorized, (await http.PostAsJsonAsync("/api/v1/login", new { password = "the setup link's password" })).StatusCode);
+        Assert.Equal(HttpStatusCode.NoContent, (await http.PostAsJsonAsync("/api/v1/login", new { password = elsewhere })).StatusCode);
+    }
+
+    [Fact]
     public async Task WrongPasswords_AreThrottled_AndSecurityHeadersAreSet()
     {
         await using var gw = await TestGateway.StartAsync();
@@ -128,6 +149,104 @@ public sealed class ConsoleSecurityTests
         Assert.Contains("default-src 'self'", page.Headers.GetValues("Content-Security-Policy").Single(), StringComparison.Ordinal);
         Assert.Equal("no-referrer", page.Headers.GetValues("Referrer-Policy").Single());
         Assert.False(page.Headers.Contains("Server"));
+    }
+
+    [Fact]
+    public async Task WrongPasswordsInParallel_OnlyTheLimitIsChecked_TheRestAreRefusedAt429()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        Assert.Null(await gw.Host.Services.GetRequiredService<ConsoleAuth>().SetPasswordAsync(Password, default));
+        using var http = new HttpClient { BaseAddress = gw.ConsoleAddress };
+
+        // Counted only after each (deliberately slow) check, a burst from one address was checked in full: no 429, every core busy.
+        var answers = await Task.WhenAll(Enumerable.Range(0, 20).Select(i => http.PostAsJsonAsync("/api/v1/login", new { password = "parallel guess " + i })));
+        var statuses = answers.Select(a => a.StatusCode).ToList();
+        Assert.Equal(5, statuses.Count(s => s == HttpStatusCode.Unauthorized));
+        Assert.Equal(15, statuses.Count(s => s == HttpStatusCode.TooManyRequests));
+        Assert.Equal(HttpStatusCode.TooManyRequests, (await http.PostAsJsonAsync("/api/v1/login", new { password = Password })).StatusCode);
+    }
+
+    [Fact]
+    public async Task RightPasswords_DoNotUseUpTheAllowanceForWrongOnes()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        Assert.Null(await gw.Host.Services.GetRequiredService<ConsoleAuth>().SetPasswordAsync(Password, default));
+        using var http = new HttpClient(new HttpClientHandler { UseCookies = false }) { BaseAddress = gw.ConsoleAddress };
+        for (int i = 0; i < 4; i++)
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, (await http.PostAsJsonAsync("/api/v1/login", new { password = "guess " + i })).StatusCode);
+        }
+
+        Assert.Equal(HttpStatusCode.NoContent, (await http.PostAsJsonAsync("/api/v1/login", new { password = Password })).StatusCode);
+        Assert.Equal(HttpStatusCode.Unauthorized, (await http.PostAsJsonAsync("/api/v1/login", new { password = "guess 5" })).StatusCode);
+        Assert.Equal(HttpStatusCode.TooManyRequests, (await http.PostAsJsonAsync("/api/v1/login", new { password = "guess 6" })).StatusCode);
+    }
+
+    [Fact]
+    public async Task Logout_EndsTheSession_TheOldCookieAndItsCsrfTokenAreRefused()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        Assert.Null(await gw.Host.Services.GetRequiredService<ConsoleAuth>().SetPasswordAsync(Password, default));
+        var (browser, cookies, csrf) = await LogInAsync(gw, Password);
+        using (browser)
+        {
+            Assert.Equal(HttpStatusCode.NoContent, (await browser.SendAsync(Change(HttpMethod.Post, "/api/v1/logout", csrf))).StatusCode);
+        }
+
+        // Someone who copied the cookie (and the token) before the logout gets nothing with them.
+        using var replay = Replay(gw, cookies);
+        Assert.Equal(HttpStatusCode.Unauthorized, (await replay.GetAsync("/api/v1/dashboard")).StatusCode);
+        Assert.Equal(HttpStatusCode.Unauthorized, (await replay.SendAsync(Change(HttpMethod.Post, "/api/v1/api-keys", csrf, new { name = "kept" }))).StatusCode);
+    }
+
+    [Fact]
+    public async Task PasswordChange_NeedsTheCurrentPasswordFromASession_AndEndsEverySession()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        Assert.Null(await gw.Host.Services.GetRequiredService<ConsoleAuth>().SetPasswordAsync(Password, default));
+        var (changer, changerCookies, csrf) = await LogInAsync(gw, Password);
+        var (other, otherCookies, _) = await LogInAsync(gw, Password);
+        using (changer)
+        using (other)
+        {
+            const string next = "a brand new admin password";
+            var noCurrent = await changer.SendAsync(Change(HttpMethod.Post, "/api/v1/password", csrf, new { password = next }));
+            Assert.Equal(HttpStatusCode.BadRequest, noCurrent.StatusCode);
+            Assert.Contains("current", await noCurrent.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+            Assert.Equal(HttpStatusCode.BadRequest, (await changer.SendAsync(Change(HttpMethod.Post, "/api/v1/password", csrf, new { current = "a wrong guess!", password = next }))).StatusCode);
+            Assert.Equal(HttpStatusCode.OK, (await other.GetAsync("/api/v1/dashboard")).StatusCode); // nothing changed yet
+
+            Assert.Equal(HttpStatusCode.NoContent, (await changer.SendAsync(Change(HttpMethod.Post, "/api/v1/password", csrf, new { current = Password, password = next }))).StatusCode);
+
+            // Every session opened with the old password has ended, the one that changed it too, whoever holds its cookie.
+            using var replayChanger = Replay(gw, changerCookies);
+            using var replayOther = Replay(gw, otherCookies);
+            Assert.Equal(HttpStatusCode.Unauthorized, (await replayChanger.GetAsync("/api/v1/dashboard")).StatusCode);
+            Assert.Equal(HttpStatusCode.Unauthorized, (await replayOther.GetAsync("/api/v1/dashboard")).StatusCode);
+            Assert.Equal(HttpStatusCode.Unauthorized, (await replayChanger.SendAsync(Change(HttpMethod.Post, "/api/v1/api-keys", csrf, new { name = "kept" }))).StatusCode);
+            var (again, _, _) = await LogInAsync(gw, next);
+            again.Dispose();
+        }
+
+        // A script with an API key sets a password without the current one (edgemail admin set-password does that).
+        using var api = await gw.ApiAsync();
+        Assert.Equal(HttpStatusCode.NoContent, (await api.PostAsJsonAsync("/api/v1/password", new { password = Password })).StatusCode);
+    }
+
+    [Fact]
+    public async Task PasswordSetOnTheSpoolElsewhere_EndsTheSessionsOfTheOldOne()
+    {
+        var clock = new FakeTimeProvider(new DateTimeOffset(2026, 11, 28, 9, 0, 0, TimeSpan.Zero));
+        await using var gw = await TestGateway.StartAsync(null, s => s.AddSingleton<TimeProvider>(clock));
+        Assert.Null(await gw.Host.Services.GetRequiredService<ConsoleAuth>().SetPasswordAsync(Password, default));
+        var (browser, _, _) = await LogInAsync(gw, Password);
+        using (browser)
+        {
+            // Another instance on a shared spool, or edgemail admin set-password with the gateway's API out of reach.
+            await gw.Spool.SetAdminPasswordHashAsync(SecretHash.Create("set by another instance", 1000), default);
+            clock.Advance(TimeSpan.FromSeconds(6));
+            Assert.Equal(HttpStatusCode.Unauthorized, (await browser.GetAsync("/api/v1/dashboard")).StatusCode);
+        }
     }
 
     [Fact]
@@ -151,6 +270,34 @@ public sealed class ConsoleSecurityTests
         using var cli = new HttpClient { BaseAddress = gw.ConsoleAddress };
         cli.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", File.ReadAllText(cliKey).Trim());
         Assert.Equal(HttpStatusCode.OK, (await cli.GetAsync("/api/v1/dashboard")).StatusCode);
+    }
+
+    private const string Password = "correct horse battery";
+
+    // A browser logged in: its client, what its cookie jar holds for the console, and its session's CSRF token.
+    private static async Task<(HttpClient Client, string Cookies, string Csrf)> LogInAsync(TestGateway gw, string password)
+    {
+        var jar = new CookieContainer();
+        var client = new HttpClient(new HttpClientHandler { CookieContainer = jar }) { BaseAddress = gw.ConsoleAddress };
+        Assert.Equal(HttpStatusCode.NoContent, (await client.PostAsJsonAsync("/api/v1/login", new { password })).StatusCode);
+        var session = await client.GetFromJsonAsync<SessionInfo>("/api/v1/session");
+        Assert.Equal(HttpStatusCode.OK, (await client.GetAsync("/api/v1/dashboard")).StatusCode);
+        return (client, jar.GetCookieHeader(gw.ConsoleAddress), session!.CsrfToken);
+    }
+
+    // A client that sends exactly these cookies, whatever the server answers.
+    private static HttpClient Replay(TestGateway gw, string cookies)
+    {
+        var client = new HttpClient(new HttpClientHandler { UseCookies = false }) { BaseAddress = gw.ConsoleAddress };
+        client.DefaultRequestHeaders.Add("Cookie", cookies);
+        return client;
+    }
+
+    private static HttpRequestMessage Change(HttpMethod method, string path, string csrf, object? body = null)
+    {
+        var request = new HttpRequestMessage(method, path) { Content = body is null ? null : JsonContent.Create(body) };
+        request.Headers.Add(ConsoleServer.CsrfHeader, csrf);
+        return request;
     }
 
     // The spool's file and its WAL together hold everything committed.

@@ -1,3 +1,4 @@
+using System.Data.Common;
 using System.Net;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -33,10 +34,14 @@ public sealed record SendTestResult(string MessageId, long RowId);
 /// <summary>The effective configuration (secrets redacted) with its validation, and a test mail through the relay.</summary>
 public static class ConfigApi
 {
-    private static readonly HashSet<string> SecretKeys = new(StringComparer.OrdinalIgnoreCase)
-    {
-        "Secret", "Password", "CertificatePassword", "ClientSecret", "RefreshToken", "PrivateKey",
-    };
+    private const string Redacted = "(redacted)";
+
+    // Redaction goes by what a key's name says rather than by a list of known keys, so a secret option added later is
+    // hidden without anyone remembering this class: any name with one of these words in it...
+    private static readonly string[] SecretWords = ["password", "passwd", "pwd", "psw", "secret", "token", "privatekey", "credential", "apikey"];
+
+    // ...unless it names where a secret is kept or fetched (ClientSecretFile, TokenStore, TokenEndpoint), which is not one.
+    private static readonly string[] ReferenceSuffixes = ["file", "path", "store", "endpoint"];
 
     /// <summary>Maps the routes.</summary>
     /// <param name="api">The <c>/api/v1</c> group.</param>
@@ -124,9 +129,9 @@ public static class ConfigApi
             case JsonObject obj:
                 foreach (var (key, value) in obj.ToList())
                 {
-                    if (SecretKeys.Contains(key) && value is JsonValue v && v.TryGetValue(out string? s) && !string.IsNullOrEmpty(s))
+                    if (value is JsonValue v && v.TryGetValue(out string? s) && !string.IsNullOrEmpty(s) && (IsSecretName(key) || IsConnectionString(key)))
                     {
-                        obj[key] = "(redacted)";
+                        obj[key] = IsSecretName(key) ? Redacted : RedactConnectionString(s);
                     }
                     else
                     {
@@ -143,5 +148,42 @@ public static class ConfigApi
 
                 break;
         }
+    }
+
+    /// <summary>Whether an option (or connection string keyword) of this name holds a secret.</summary>
+    /// <param name="name">The key, in any case, with or without spaces (<c>SSL Password</c>).</param>
+    /// <returns>True when its value must not be shown.</returns>
+    internal static bool IsSecretName(string name)
+    {
+        string n = name.Replace(" ", string.Empty, StringComparison.Ordinal).Replace("_", string.Empty, StringComparison.Ordinal);
+        return SecretWords.Any(w => n.Contains(w, StringComparison.OrdinalIgnoreCase))
+            && !ReferenceSuffixes.Any(r => n.EndsWith(r, StringComparison.OrdinalIgnoreCase));
+    }
+
+    private static bool IsConnectionString(string name) => name.EndsWith("ConnectionString", StringComparison.OrdinalIgnoreCase);
+
+    // A connection string stays readable (host, database, user) with every secret keyword's value replaced; one that
+    // does not parse is hidden whole, since where its password sits cannot be told.
+    private static string RedactConnectionString(string connectionString)
+    {
+        var builder = new DbConnectionStringBuilder();
+        try
+        {
+            builder.ConnectionString = connectionString;
+        }
+        catch (ArgumentException)
+        {
+            return Redacted;
+        }
+
+        foreach (string keyword in builder.Keys.Cast<string>().ToList())
+        {
+            if (IsSecretName(keyword))
+            {
+                builder[keyword] = Redacted;
+            }
+        }
+
+        return builder.ConnectionString;
     }
 }

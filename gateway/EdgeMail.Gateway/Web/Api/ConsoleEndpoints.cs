@@ -1,5 +1,4 @@
 using System.Reflection;
-using System.Security.Claims;
 using Microsoft.AspNetCore.Antiforgery;
 using Microsoft.AspNetCore.Authentication;
 using Microsoft.AspNetCore.Authentication.Cookies;
@@ -49,7 +48,7 @@ public static class ConsoleEndpoints
 
     private static void MapSession(RouteGroupBuilder api)
     {
-        api.MapGet("/setup", (ConsoleAuth auth) => new SetupState(auth.NeedsSetup)).AllowAnonymous()
+        api.MapGet("/setup", async (ConsoleAuth auth, CancellationToken ct) => new SetupState(await auth.NeedsSetupAsync(ct).ConfigureAwait(false))).AllowAnonymous()
             .WithSummary("Whether the console still needs its admin password");
         api.MapPost("/setup", async (SetupRequest request, ConsoleAuth auth, HttpContext context, CancellationToken ct) =>
         {
@@ -58,38 +57,71 @@ public static class ConsoleEndpoints
                 return Results.BadRequest(new ApiError(problem));
             }
 
-            await SignInAsync(context).ConfigureAwait(false);
+            await SignInAsync(context, auth).ConfigureAwait(false);
             return Results.NoContent();
         }).AllowAnonymous().WithSummary("Sets the admin password with the one-time setup token");
         api.MapPost("/login", async (LoginRequest request, ConsoleAuth auth, HttpContext context, CancellationToken ct) =>
         {
-            string source = context.Connection.RemoteIpAddress?.ToString() ?? "?";
-            switch (await auth.LoginAsync(request.Password ?? string.Empty, source, ct).ConfigureAwait(false))
+            switch (await auth.LoginAsync(request.Password ?? string.Empty, Source(context), ct).ConfigureAwait(false))
             {
                 case LoginResult.Success:
-                    await SignInAsync(context).ConfigureAwait(false);
+                    await SignInAsync(context, auth).ConfigureAwait(false);
                     return Results.NoContent();
                 case LoginResult.Throttled:
-                    return Results.Json(new ApiError("too many wrong passwords from your address; try again in 15 minutes"), statusCode: StatusCodes.Status429TooManyRequests);
+                    return Throttled();
                 case LoginResult.NotSetUp:
                     return Results.Json(new ApiError("no admin password is set yet: use the setup link the gateway printed, or run: edgemail admin set-password"), statusCode: StatusCodes.Status409Conflict);
                 default:
                     return Results.Json(new ApiError("wrong password"), statusCode: StatusCodes.Status401Unauthorized);
             }
         }).AllowAnonymous().WithSummary("Logs in with the admin password (cookie session)");
-        api.MapPost("/logout", async (HttpContext context) =>
+        api.MapPost("/logout", async (HttpContext context, ConsoleAuth auth) =>
         {
+            auth.EndSession(context.User);
             await context.SignOutAsync(CookieAuthenticationDefaults.AuthenticationScheme).ConfigureAwait(false);
             return Results.NoContent();
         }).WithSummary("Ends the cookie session");
         api.MapGet("/session", (HttpContext context, IAntiforgery antiforgery) =>
             new SessionInfo(context.User.Identity?.Name ?? string.Empty, antiforgery.GetAndStoreTokens(context).RequestToken ?? string.Empty))
             .WithSummary("Who is logged in, and the CSRF token the UI sends with changes");
-        api.MapPost("/password", async (PasswordRequest request, ConsoleAuth auth, CancellationToken ct) =>
-            await auth.SetPasswordAsync(request.Password ?? string.Empty, ct).ConfigureAwait(false) is { } problem
-                ? Results.BadRequest(new ApiError(problem))
-                : Results.NoContent())
-            .WithSummary("Changes the admin password");
+        api.MapPost("/password", async (PasswordRequest request, ConsoleAuth auth, HttpContext context, CancellationToken ct) =>
+        {
+            string password = request.Password ?? string.Empty;
+            if (ConsoleAuth.PasswordProblem(password) is { } problem)
+            {
+                return Results.BadRequest(new ApiError(problem));
+            }
+
+            // A session may have been left open, or taken: the password it changes must be known, and guesses count as
+            // wrong logins. An API key is a credential of its own (it can make more keys), and the local CLI's key is
+            // how an operator who lost the password sets a new one (edgemail admin set-password), so a key needs none.
+            bool session = context.User.Identity?.AuthenticationType == CookieAuthenticationDefaults.AuthenticationScheme;
+            if (session)
+            {
+                switch (await auth.LoginAsync(request.Current ?? string.Empty, Source(context), ct).ConfigureAwait(false))
+                {
+                    case LoginResult.Success:
+                        break;
+                    case LoginResult.Throttled:
+                        return Throttled();
+                    default:
+                        return Results.BadRequest(new ApiError("current: that is not the current password"));
+                }
+            }
+
+            if (await auth.SetPasswordAsync(password, ct).ConfigureAwait(false) is { } refused)
+            {
+                return Results.BadRequest(new ApiError(refused));
+            }
+
+            // Every session has ended, this one too: the cookie goes, and the console asks for the new password.
+            if (session)
+            {
+                await context.SignOutAsync(CookieAuthenticationDefaults.AuthenticationScheme).ConfigureAwait(false);
+            }
+
+            return Results.NoContent();
+        }).WithSummary("Changes the admin password and ends every console session; from a session, with the current password");
 
         api.MapGet("/api-keys", async (ConsoleAuth auth, CancellationToken ct) => (await auth.ApiKeysAsync(ct)).Select(k => new ApiKeyInfo(k.Id, k.Name, k.CreatedAt, k.RevokedAt)).ToList())
             .WithSummary("API keys (never their secrets)");
@@ -108,9 +140,13 @@ public static class ConsoleEndpoints
             .WithSummary("Revokes an API key at once");
     }
 
-    private static Task SignInAsync(HttpContext context) =>
-        context.SignInAsync(CookieAuthenticationDefaults.AuthenticationScheme,
-            new ClaimsPrincipal(new ClaimsIdentity([new Claim(ClaimTypes.Name, "admin")], CookieAuthenticationDefaults.AuthenticationScheme)));
+    private static Task SignInAsync(HttpContext context, ConsoleAuth auth) =>
+        context.SignInAsync(CookieAuthenticationDefaults.AuthenticationScheme, auth.OpenSession(CookieAuthenticationDefaults.AuthenticationScheme));
+
+    private static string Source(HttpContext context) => context.Connection.RemoteIpAddress?.ToString() ?? "?";
+
+    private static IResult Throttled() =>
+        Results.Json(new ApiError("too many wrong passwords from your address; try again in 15 minutes"), statusCode: StatusCodes.Status429TooManyRequests);
 
     private static IResult Asset(string file)
     {
@@ -157,7 +193,8 @@ public sealed record LoginRequest(string? Password);
 
 /// <summary>A new admin password.</summary>
 /// <param name="Password">At least 12 characters.</param>
-public sealed record PasswordRequest(string? Password);
+/// <param name="Current">The current password: needed from a console session, not with an API key.</param>
+public sealed record PasswordRequest(string? Password, string? Current = null);
 
 /// <summary>The session.</summary>
 /// <param name="User">Who is logged in.</param>

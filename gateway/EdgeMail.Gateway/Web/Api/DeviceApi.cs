@@ -40,7 +40,7 @@ public sealed record HourCount(DateTimeOffset Hour, long Count);
 public sealed record HeartbeatPoint(DateTimeOffset At, JsonElement Values);
 
 /// <summary>A device to add.</summary>
-/// <param name="Id">Device id: 1 to 64 letters, digits, '-', '_' or '.'.</param>
+/// <param name="Id">Device id: 1 to 64 letters, digits, '-', '_' or '.' (not '.' or '..' alone).</param>
 /// <param name="Name">Display name.</param>
 /// <param name="Site">Site.</param>
 /// <param name="Owners">Owner user or group ids.</param>
@@ -81,7 +81,7 @@ public static class DeviceApi
             {
                 var (device, secret) = await c.Devices.AddAsync(request.Id ?? string.Empty, request.Name ?? string.Empty, request.Site ?? string.Empty,
                     request.Owners ?? [], ct).ConfigureAwait(false);
-                return Results.Created($"/api/v1/devices/{device.Id}", new DeviceSecret(await ViewAsync(c, device.Id, ct).ConfigureAwait(false), secret));
+                return Results.Created($"/api/v1/devices/{Uri.EscapeDataString(device.Id)}", new DeviceSecret(await ViewAsync(c, device.Id, ct).ConfigureAwait(false), secret));
             }
             catch (DeviceException ex)
             {

@@ -60,18 +60,20 @@ EM.start(async (main) => {
   }
 
   function password() {
-    const field = (id, label) => h('div', { class: 'field' }, h('label', { for: id }, label), h('input', { id, type: 'password', autocomplete: 'new-password', minlength: 12, required: true }));
-    const form = h('form', { class: 'inline' }, field('new-password', 'New admin password (12 characters or more)'), field('new-password-2', 'Repeat it'), h('button', { type: 'submit' }, 'Change password'));
+    const field = (id, label, autocomplete) => h('div', { class: 'field' }, h('label', { for: id }, label), h('input', { id, type: 'password', autocomplete, minlength: 12, required: true }));
+    const form = h('form', { class: 'inline' }, field('current-password', 'Current password', 'current-password'),
+      field('new-password', 'New admin password (12 characters or more)', 'new-password'), field('new-password-2', 'Repeat it', 'new-password'),
+      h('button', { type: 'submit' }, 'Change password'));
     form.addEventListener('submit', (event) => {
       event.preventDefault();
-      const [a, b] = [form.querySelector('#new-password').value, form.querySelector('#new-password-2').value];
+      const [current, a, b] = ['#current-password', '#new-password', '#new-password-2'].map((id) => form.querySelector(id).value);
       if (a !== b) {
         EM.notice('The two passwords differ.', 'error');
         return;
       }
-      EM.act(form.querySelector('button'), () => api('/password', { method: 'POST', body: { password: a } }), () => {
-        form.reset();
-        EM.notice('Admin password changed.');
+      // The change ends every session, this one too: log in again with the new password.
+      EM.act(form.querySelector('button'), () => api('/password', { method: 'POST', body: { current, password: a } }), () => {
+        location.assign('/login?next=' + encodeURIComponent('/config'));
       });
     });
     return form;

@@ -31,10 +31,18 @@
     return response.ok && (await response.json()).needed;
   }
 
-  // Only a path on this console, never another site (an open redirect would help phishing).
+  // Only a page of this console, never another site (an open redirect would help phishing). Resolved the way the
+  // browser will resolve it: a check of the text alone missed "/\t/evil.example", since the browser drops tabs and
+  // line feeds from a URL and then goes to //evil.example. A path that begins with "//" once resolved
+  // ("/.//evil.example") is no page of the console either, and would be another site if used as a path again.
   function next() {
-    const target = new URLSearchParams(location.search).get('next') || '/';
-    return /^\/(?![/\\])/.test(target) ? target : '/';
+    try {
+      const target = new URL(new URLSearchParams(location.search).get('next') || '/', location.origin);
+      if (target.origin === location.origin && !target.pathname.startsWith('//')) return target.href;
+    } catch {
+      // not a URL at all
+    }
+    return '/';
   }
 
   function submit(handler) {
