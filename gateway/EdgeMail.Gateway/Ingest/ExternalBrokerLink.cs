@@ -147,6 +147,13 @@ internal sealed partial class ExternalBrokerLink : IDisposable
                 problem = ex.InnerException is { } inner ? $"{ex.Message} ({inner.Message})" : ex.Message;
             }
 
+            // A message that arrives right after CONNACK and cannot be stored drops the connection while it is still
+            // being set up: then this attempt failed, and the drop is not carried over to the next connection's loss.
+            if (Interlocked.Exchange(ref _dropped, 0) != 0)
+            {
+                problem = "the gateway dropped the connection because a message could not be stored";
+            }
+
             failures++;
             var delay = ExternalBrokerConnection.ReconnectDelay(_broker, failures);
             LogConnectFailed(_broker.Host, _broker.Port, problem, delay);
