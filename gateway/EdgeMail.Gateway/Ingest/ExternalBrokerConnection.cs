@@ -93,16 +93,25 @@ public static class ExternalBrokerConnection
     /// <summary>
     /// The subscription: <see cref="Filters"/> at QoS 1. With MQTT 5, retained status messages are sent only when the
     /// subscription is new, so a reconnect does not replay every device's last status (brokers send no retained
-    /// messages to shared subscriptions at all).
+    /// messages to shared subscriptions at all). MQTT 3.1.1 has no retain handling (MQTTnet refuses to send one), so
+    /// there a 3.1.1 session that is present keeps its subscription instead of subscribing again.
     /// </summary>
     /// <param name="options">The external broker options.</param>
     /// <returns>MQTTnet subscribe options.</returns>
     public static MqttClientSubscribeOptions SubscribeOptions(ExternalBrokerOptions options)
     {
+        bool v311 = IsV311(options);
         var builder = new MqttClientSubscribeOptionsBuilder();
         foreach (string filter in Filters(options))
         {
-            builder.WithTopicFilter(f => f.WithTopic(filter).WithAtLeastOnceQoS().WithRetainHandling(MqttRetainHandling.SendAtSubscribeIfNewSubscriptionOnly));
+            builder.WithTopicFilter(f =>
+            {
+                f.WithTopic(filter).WithAtLeastOnceQoS();
+                if (!v311)
+                {
+                    f.WithRetainHandling(MqttRetainHandling.SendAtSubscribeIfNewSubscriptionOnly);
+                }
+            });
         }
 
         return builder.Build();

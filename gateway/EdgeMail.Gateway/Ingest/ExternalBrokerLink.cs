@@ -141,10 +141,16 @@ internal sealed partial class ExternalBrokerLink : IDisposable
             {
                 break;
             }
-            catch (Exception ex) when (ex is MqttCommunicationException or OperationCanceledException or AuthenticationException or IOException
-                or InvalidOperationException or System.Net.Sockets.SocketException)
+            catch (Exception ex)
             {
+                // Any failure is this attempt's, retried on the backoff schedule: an exception the loop did not expect
+                // (MQTTnet refusing options it cannot send, say) once ended it, and with it all ingest, without a word.
                 problem = ex.InnerException is { } inner ? $"{ex.Message} ({inner.Message})" : ex.Message;
+                if (ex is not (MqttCommunicationException or OperationCanceledException or AuthenticationException or IOException
+                    or InvalidOperationException or System.Net.Sockets.SocketException))
+                {
+                    LogUnexpected(ex);
+                }
             }
 
             // A message that arrives right after CONNACK and cannot be stored drops the connection while it is still
@@ -333,6 +339,9 @@ internal sealed partial class ExternalBrokerLink : IDisposable
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot connect to the external MQTT broker {Host}:{Port}: {Problem}. Retrying in {Delay}")]
     private partial void LogConnectFailed(string host, int port, string problem, TimeSpan delay);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "Unexpected failure of the connection to the external MQTT broker; retrying on the backoff schedule")]
+    private partial void LogUnexpected(Exception ex);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Reconnecting to the external MQTT broker in {Delay}, after dropping the connection because a message could not be stored")]
     private partial void LogDroppedBackoff(TimeSpan delay);

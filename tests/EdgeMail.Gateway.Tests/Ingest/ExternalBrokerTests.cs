@@ -51,6 +51,21 @@ public sealed class ExternalBrokerTests(ITestOutputHelper output) : IDisposable
     }
 
     [PeerFact("mosquitto:mosquitto")]
+    public async Task External_Mqtt311ToMosquitto_SubscribesAndIngests()
+    {
+        // MQTTnet refuses an MQTT 3.1.1 SUBSCRIBE that carries MQTT 5's retain handling: the link subscribed to nothing.
+        await using var broker = await ExternalMosquitto.StartAsync(Devices);
+        await using var gateway = await ExternalGateway.StartAsync(ExternalGateway.WriteConfig(_dataDir, broker.Port, protocol: "3.1.1"));
+        using var device = await ExternalGateway.DeviceAsync(broker.Port, "dev-1");
+
+        var ack = await device.PublishAsync(ExternalGateway.Alert("dev-1", "v311-1"));
+        await ExternalGateway.MailAsync(_dataDir, 1);
+
+        Assert.True(ack.IsSuccess, ack.ReasonCode.ToString());
+        Assert.Equal(AlertStatus.Routed, (await gateway.Spool.GetAlertAsync("dev-1", "v311-1", default))?.Status);
+    }
+
+    [PeerFact("mosquitto:mosquitto")]
     public async Task External_GatewayDownWhileDevicesPublish_ReceivesEveryQueuedAlertOnStart()
     {
         const int PerDevice = 40;
