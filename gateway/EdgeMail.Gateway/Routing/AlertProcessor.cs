@@ -243,7 +243,10 @@ public sealed partial class AlertProcessor : SupervisedLoop
         }
 
         var window = _throttle.StormWindow(_options.Storm.Window);
-        if (alert.State == AlertState.Raised && window > TimeSpan.Zero && storm is not null && stored.ReceivedAt < storm.LastMailAt + window)
+        // Held only within the window after the last mail: an alert received "before" it (the clock was stepped back,
+        // NTP or an operator) is not held until the old window's end, which could be days away.
+        if (alert.State == AlertState.Raised && window > TimeSpan.Zero && storm is not null
+            && stored.ReceivedAt >= storm.LastMailAt && stored.ReceivedAt < storm.LastMailAt + window)
         {
             var holdUntil = storm.LastMailAt + window;
             if (_digestDue is null || holdUntil < _digestDue)

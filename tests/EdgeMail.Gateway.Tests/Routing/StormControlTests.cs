@@ -1,3 +1,4 @@
+using Microsoft.Extensions.DependencyInjection;
 using MimeKit;
 using MQTTnet;
 using MQTTnet.Protocol;
@@ -70,5 +71,36 @@ public sealed class StormControlTests
         var digest = MimeMessage.Load(Assert.Single(all, f => f.Contains("digest", StringComparison.Ordinal)));
         Assert.Contains("repeated 2 times", digest.Subject, StringComparison.Ordinal);
         Assert.Equal(["alice@example.com", "bob@example.com"], digest.To.Mailboxes.Select(m => m.Address).Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
+    public async Task Raise_AfterTheClockWasSteppedBack_IsMailedAtOnce_NotHeldUntilTheOldWindowEnds()
+    {
+        var clock = new SteppedClock();
+        await using var gw = await TestGateway.StartAsync(c => c["Storm"] = new { Window = "00:10:00" },
+            services => services.AddSingleton<TimeProvider>(clock));
+        using var client = await gw.ConnectAsync("dev-1");
+        async Task Publish(string id)
+        {
+            var ack = await client.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/alert")
+                .WithPayload(Alerts.Json(id, code: "PUMP_CYCLING")).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
+            Assert.True(ack.IsSuccess);
+        }
+
+        await Publish("c-1");
+        await gw.MailAsync(1);
+        clock.Offset = TimeSpan.FromDays(-1); // NTP corrects a clock that ran a day ahead
+        await Publish("c-2");
+
+        var all = await gw.MailAsync(2); // held, it would have waited a day and ten minutes
+        Assert.Contains(all, f => f.Contains("c-2", StringComparison.Ordinal));
+    }
+
+    // The system clock, moved by Offset (timers keep running on the system's).
+    private sealed class SteppedClock : TimeProvider
+    {
+        public TimeSpan Offset { get; set; }
+
+        public override DateTimeOffset GetUtcNow() => base.GetUtcNow() + Offset;
     }
 }
