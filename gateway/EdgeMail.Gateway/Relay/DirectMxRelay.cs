@@ -81,8 +81,6 @@ public sealed class DirectMxRelay : IMailTransport
         return hosts.Count > 0 ? (hosts, null, false, false) : ([domain], null, false, false);
     }
 
-
-
     /// <summary>An IPv4 (else IPv6) address of <paramref name="host"/>, or null when it has none or the lookup failed.</summary>
     /// <param name="host">Host name or address literal.</param>
     /// <param name="cancellationToken">Cancellation.</param>

@@ -51,12 +51,23 @@ public sealed class FailureThrottle
 
     /// <summary>Counts one failure.</summary>
     /// <param name="key">Source or account.</param>
-    public void Fail(string key)
+    public void Fail(string key) => Count(key, unlessBlocked: false);
+
+    /// <summary>
+    /// Counts an attempt before it is checked, unless <paramref name="key"/> is blocked; <see cref="Return"/> gives it
+    /// back when it was right. For a check slow enough (a password hash) that attempts made in parallel would all pass
+    /// <see cref="IsBlocked"/> before the first one is counted.
+    /// </summary>
+    /// <param name="key">Source or account.</param>
+    /// <returns>False when blocked (nothing counted).</returns>
+    public bool TryReserve(string key) => Count(key, unlessBlocked: true);
+
+    private bool Count(string key, bool unlessBlocked)
     {
         ArgumentNullException.ThrowIfNull(key);
         if (_limit <= 0)
         {
-            return;
+            return true;
         }
 
         long now = _clock.GetTimestamp();
@@ -71,41 +82,12 @@ public sealed class FailureThrottle
             }
         }
 
-        var entry = _entries.GetOrAdd(key, _ => new Entry(now));
-        lock (entry)
-        {
-            if (_clock.GetElapsedTime(entry.Since, now) >= _window)
-            {
-                entry.Since = now;
-                entry.Count = 0;
-            }
-
-            entry.Count++;
-        }
-    }
-
-    /// <summary>
-    /// Counts an attempt before it is checked, unless <paramref name="key"/> is blocked; <see cref="Return"/> gives it
-    /// back when it was right. For a check slow enough (a password hash) that attempts made in parallel would all pass
-    /// <see cref="IsBlocked"/> before the first one is counted.
-    /// </summary>
-    /// <param name="key">Source or account.</param>
-    /// <returns>False when blocked (nothing counted).</returns>
-    public bool TryReserve(string key)
-    {
-        ArgumentNullException.ThrowIfNull(key);
-        if (_limit <= 0)
-        {
-            return true;
-        }
-
-        long now = _clock.GetTimestamp();
         while (true)
         {
             var entry = _entries.GetOrAdd(key, _ => new Entry(now));
             lock (entry)
             {
-                // IsBlocked may have dropped this entry after the window: count in the one the dictionary holds.
+                // IsBlocked or the pruning above may have dropped this entry: count in the one the dictionary holds.
                 if (!_entries.TryGetValue(key, out var current) || !ReferenceEquals(current, entry))
                 {
                     continue;
@@ -117,7 +99,7 @@ public sealed class FailureThrottle
                     entry.Count = 0;
                 }
 
-                if (entry.Count >= _limit)
+                if (unlessBlocked && entry.Count >= _limit)
                 {
                     return false;
                 }
