@@ -16,6 +16,11 @@ namespace EdgeMail.Gateway.Tests.Relay;
 /// relay answers, also when it refuses a recipient or DNS says the recipient's domain does not exist; down when it
 /// cannot be reached.
 /// </summary>
+/// <remarks>
+/// The gauge is read from <c>/metrics</c>, which sees every gateway meter in the process: these tests run alone, or
+/// another test's gateway with a working relay would answer 1 for the one found down here.
+/// </remarks>
+[Collection(nameof(EdgeMail.Gateway.Tests.Web.MetricsCollection))]
 public sealed class RelayHealthTests
 {
     [Fact]
