@@ -24,7 +24,10 @@ namespace EdgeMail.Gateway.Ingest;
 /// </summary>
 public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisposable, IReadAheadSink
 {
+    // The endpoint object the connection holds anyway; its text is made when the device first sends an alert (PeerOf),
+    // not for every connected device (~50 bytes each, idle ones included).
     private const string SessionPeer = "edgemail.peer";
+    private const string SessionMqtt5 = "edgemail.mqtt5";
     private readonly GatewayOptions _options;
     private readonly AlertIngest _ingest;
     private readonly ILogger<EmbeddedBroker> _logger;
@@ -116,6 +119,19 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         _server.InterceptingPublishAsync += InterceptPublishAsync;
         _server.ClientConnectedAsync += e =>
         {
+            // Here, not when validating: a resumed persistent session keeps the items of the connection that made it,
+            // so what belongs to this connection (its address, its protocol) is set on the session it actually got.
+            // MQTTnet awaits this before it reads the connection's first packet.
+            e.SessionItems[SessionPeer] = e.RemoteEndPoint;
+            if (e.ProtocolVersion == MQTTnet.Formatter.MqttProtocolVersion.V500)
+            {
+                e.SessionItems[SessionMqtt5] = true;
+            }
+            else
+            {
+                e.SessionItems.Remove(SessionMqtt5);
+            }
+
             _presence.ConnectionOpened(e.ClientId);
             return Task.CompletedTask;
         };
@@ -235,9 +251,6 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         }
         else
         {
-            // The endpoint object the connection holds anyway; its text is made when the device first sends an alert
-            // (PeerOf), not for every connected device (~50 bytes each, idle ones included).
-            e.SessionItems[SessionPeer] = e.RemoteEndPoint;
             if (e.ChannelAdapter is DeviceChannel channel)
             {
                 channel.Authenticated(device.Id);
@@ -364,9 +377,12 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         var kind = Topics.Classify(topic, e.ClientId);
         if (kind == TopicKind.None)
         {
+            // MQTT 5 refuses the one message (PUBACK 0x87) and the device goes on; MQTT 3.1.1 has no refusing PUBACK,
+            // and a PUBACK would tell the device its alert was taken, so the connection is closed.
             LogTopicRefused(e.ClientId, "publish", topic);
             e.Response.ReasonCode = MqttPubAckReasonCode.NotAuthorized;
-            e.CloseConnection = true;
+            e.Response.ReasonString = $"not authorized: a device publishes only to edgemail/v1/{e.ClientId}/alert and /status";
+            e.CloseConnection = !e.SessionItems.Contains(SessionMqtt5);
             return;
         }
 

@@ -44,6 +44,17 @@ public sealed class MosquittoClientHostileTests : IAsyncLifetime
         Assert.NotNull(await _gw.Spool.GetAlertAsync("dev-1", "mp-good", default));
     }
 
+    [PeerFact("mosquitto_pub:mosquitto-clients")]
+    public async Task MosquittoPubMqtt5_AnotherDevicesTopic_IsRefusedNotAuthorizedAndStoresNothing()
+    {
+        var (_, output) = await PeerProcess.RunAsync("mosquitto_pub", "mosquitto-clients",
+            [.. Common("dev-1", TestGateway.Secret), "-V", "mqttv5", "-q", "1", "-t", "edgemail/v1/dev-2/alert", "-m", Alerts.Json("mp5-other")]);
+
+        Assert.Contains("not authorized", output, StringComparison.OrdinalIgnoreCase);
+        Assert.Null(await _gw.Spool.GetAlertAsync("dev-2", "mp5-other", default));
+        Assert.Null(await _gw.Spool.GetAlertAsync("dev-1", "mp5-other", default));
+    }
+
     [PeerFact("mosquitto_sub:mosquitto-clients")]
     public async Task MosquittoSub_AnotherDevicesReceipts_IsDenied()
     {

@@ -85,9 +85,9 @@ public sealed class MqttHostileTests(MqttHostileFixture fixture) : IClassFixture
         return [.. received];
     }
 
-    internal static byte[] Connect311(string clientId, string user, string password)
+    internal static byte[] Connect311(string clientId, string user, string password, bool cleanSession = true)
     {
-        var body = new List<byte> { 0, 4, (byte)'M', (byte)'Q', (byte)'T', (byte)'T', 4, 0xC2, 0, 60 };
+        var body = new List<byte> { 0, 4, (byte)'M', (byte)'Q', (byte)'T', (byte)'T', 4, (byte)(cleanSession ? 0xC2 : 0xC0), 0, 60 };
         foreach (string s in new[] { clientId, user, password })
         {
             byte[] b = Encoding.UTF8.GetBytes(s);
@@ -168,6 +168,99 @@ public sealed class MqttHostileTests(MqttHostileFixture fixture) : IClassFixture
 
         var after = await Gw.Spool.CountsAsync(default);
         Assert.Equal(before.Alerts.Values.Sum(), after.Alerts.Values.Sum());
+        await AfterwardsAsync();
+    }
+
+    // MQTT 5 can refuse one message: the device learns why, keeps its connection, and its own alerts go on.
+    [Theory]
+    [InlineData("edgemail/v1/dev-2/alert")]
+    [InlineData("edgemail/v1/dev-1/receipt")]
+    [InlineData("$SYS/broker")]
+    public async Task Publish_WrongTopicOverMqtt5_IsRefusedWithPubackNotAuthorizedAndTheConnectionStays(string topic)
+    {
+        string run = Guid.NewGuid().ToString("N")[..8];
+        using var client = await Gw.ConnectAsync("dev-1", version: MqttProtocolVersion.V500);
+        using var timeout = new CancellationTokenSource(Await.DefaultTimeout);
+
+        var refused = await client.PublishAsync(Message(topic, Encoding.UTF8.GetBytes(Alerts.Json($"wrong-{run}"))), timeout.Token);
+        var own = await client.PublishAsync(Message("edgemail/v1/dev-1/alert", Encoding.UTF8.GetBytes(Alerts.Json($"own-{run}"))), timeout.Token);
+
+        Assert.Equal(MqttClientPublishReasonCode.NotAuthorized, refused.ReasonCode);
+        Assert.Contains("edgemail/v1/dev-1/alert", refused.ReasonString, StringComparison.Ordinal);
+        Assert.True(own.IsSuccess, own.ReasonCode.ToString());
+        Assert.True(client.IsConnected);
+        Assert.NotNull(await Gw.Spool.GetAlertAsync("dev-1", $"own-{run}", default));
+        Assert.Null(await Gw.Spool.GetAlertAsync("dev-1", $"wrong-{run}", default));
+        Assert.Null(await Gw.Spool.GetAlertAsync("dev-2", $"wrong-{run}", default));
+        await AfterwardsAsync();
+    }
+
+    // The Received trace names the address the alert came from: after the device reconnects from another address and
+    // resumes its persistent session, the new one, not the one that made the session.
+    [Fact]
+    public async Task Publish_AfterResumingAPersistentSessionFromAnotherAddress_TheMailNamesTheNewAddress()
+    {
+        string run = Guid.NewGuid().ToString("N")[..8];
+        for (ushort i = 1; i <= 2; i++)
+        {
+            using var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
+            socket.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.Parse($"127.0.0.{i + 10}"), 0));
+            await socket.ConnectAsync(Gw.Broker.Endpoint!);
+            await socket.SendAsync(Connect311("dev-1", "dev-1", TestGateway.Secret, cleanSession: false));
+            var connack = new byte[4];
+            await ReceiveExactlyAsync(socket, connack);
+            Assert.Equal((i == 2 ? 1 : 0, 0), (connack[2], connack[3])); // the second resumes the session
+            await socket.SendAsync(Publish311("edgemail/v1/dev-1/alert", i, Alerts.Json($"peer-{run}-{i}")));
+            var puback = new byte[4];
+            await ReceiveExactlyAsync(socket, puback);
+            Assert.Equal(new byte[] { 0x40, 0x02, 0, (byte)i }, puback);
+            socket.Shutdown(SocketShutdown.Both);
+        }
+
+        foreach (int i in new[] { 1, 2 })
+        {
+            string? mail = null;
+            await Gw.UntilAsync(() => Task.FromResult((mail = MailOf($"peer-{run}-{i}")) is not null), $"the mail of alert {i}");
+            var received = MimeMessage.Load(new MemoryStream(Encoding.UTF8.GetBytes(mail!))).Headers[HeaderId.Received];
+            Assert.Contains($"([127.0.0.{i + 10}])", received, StringComparison.Ordinal);
+        }
+
+        await AfterwardsAsync();
+    }
+
+    private string? MailOf(string alertId) => !Directory.Exists(Gw.MailboxNew) ? null
+        : Directory.GetFiles(Gw.MailboxNew).Select(File.ReadAllText).FirstOrDefault(m => m.Contains(alertId, StringComparison.Ordinal));
+
+    // The protocol belongs to the connection, not to the persistent session it resumes: a device that moves from MQTT 5
+    // to 3.1.1 with the same session is refused the 3.1.1 way (closed), never with a PUBACK 3.1.1 would read as success.
+    [Fact]
+    public async Task Publish_WrongTopicOverMqtt311_AfterResumingASessionMadeOverMqtt5_ClosesTheConnection()
+    {
+        string run = Guid.NewGuid().ToString("N")[..8];
+        var persistent = (MqttProtocolVersion version) => new MqttClientOptionsBuilder()
+            .WithTcpServer(Gw.Broker.Endpoint!.Address.ToString(), Gw.Broker.Endpoint.Port)
+            .WithClientId("dev-1").WithCredentials("dev-1", TestGateway.Secret).WithProtocolVersion(version)
+            .WithCleanSession(false).WithSessionExpiryInterval(600).Build();
+        using (var v5 = new MqttClientFactory().CreateMqttClient())
+        {
+            await v5.ConnectAsync(persistent(MqttProtocolVersion.V500));
+            await v5.DisconnectAsync();
+        }
+
+        using var v311 = new MqttClientFactory().CreateMqttClient();
+        var connected = await v311.ConnectAsync(persistent(MqttProtocolVersion.V311));
+        Assert.True(connected.IsSessionPresent);
+        var disconnected = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        v311.DisconnectedAsync += _ =>
+        {
+            disconnected.TrySetResult();
+            return Task.CompletedTask;
+        };
+
+        _ = v311.PublishAsync(Message("edgemail/v1/dev-2/alert", Encoding.UTF8.GetBytes(Alerts.Json($"wrong-{run}"))), new CancellationTokenSource(Await.DefaultTimeout).Token)
+            .ContinueWith(t => _ = t.Exception, TaskScheduler.Default); // expected to fail: the broker closes the connection
+        await Await.Within(disconnected.Task.ContinueWith(_ => true, TaskScheduler.Default), "the broker to close the connection");
+        Assert.Null(await Gw.Spool.GetAlertAsync("dev-2", $"wrong-{run}", default));
         await AfterwardsAsync();
     }
 
