@@ -34,6 +34,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     // Devices holding a subscription to their receipt topic (the only topic a device may subscribe to), with its QoS.
     private readonly ConcurrentDictionary<string, MqttQualityOfServiceLevel> _receiptSubscribers = new(StringComparer.Ordinal);
     private readonly Security.MqttGuard _guard;
+    private readonly Security.LogBudget _busyLog;
     private readonly TimeProvider _clock;
     private readonly Devices.DeviceRegistry _devices;
     private readonly Devices.DevicePresence _presence;
@@ -71,6 +72,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         _ingest = ingest;
         _logger = logger;
         _guard = guard;
+        _busyLog = new Security.LogBudget(TimeSpan.FromMinutes(1), clock);
     }
 
     /// <summary>The plain-text endpoint the broker listens on, known once started (the real port when 0 was asked for); null when <c>Mqtt:PlainEnabled</c> is false.</summary>
@@ -230,13 +232,20 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     private Task ValidateConnectionAsync(ValidatingConnectionEventArgs e)
     {
         string user = e.UserName ?? string.Empty;
-        if (_guard.Refuse(e.RemoteEndPoint, user) is { } busy)
+        var device = _devices.FindEnabled(user);
+        byte[] secret = e.RawPassword ?? [];
+        bool known = device is not null && _secrets.Recognizes(user, device.SecretHash, secret);
+        if (_guard.Refuse(e.RemoteEndPoint, user, known) is { } busy)
         {
             e.ReasonCode = MqttConnectReasonCode.ServerBusy;
             e.ReasonString = busy;
-            LogRefused(e.ClientId ?? string.Empty, e.RemoteEndPoint?.ToString() ?? "?", busy);
+            string source = e.RemoteEndPoint is IPEndPoint ip ? ip.Address.ToString() : e.RemoteEndPoint?.ToString() ?? "?";
+            if (_busyLog.TryLog(source, out long skipped))
+            {
+                LogRefusedBusy(e.ClientId ?? string.Empty, e.RemoteEndPoint?.ToString() ?? "?", busy, skipped);
+            }
         }
-        else if (_devices.FindEnabled(user) is not { } device || !_secrets.Verify(user, device.SecretHash, e.RawPassword ?? []))
+        else if (device is null || !(known || _secrets.Verify(user, device.SecretHash, secret)))
         {
             e.ReasonCode = MqttConnectReasonCode.BadUserNameOrPassword;
             e.ReasonString = "unknown device or wrong secret";
@@ -514,6 +523,9 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Refused MQTT connection of '{ClientId}' from {Peer}: {Reason}")]
     private partial void LogRefused(string clientId, string peer, string reason);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Refused MQTT connection of '{ClientId}' from {Peer}: {Reason} (one line a minute per address; {Skipped} refusals left out since the last)")]
+    private partial void LogRefusedBusy(string clientId, string peer, string reason, long skipped);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Device {Device} was disabled or given a new secret: its MQTT connection was ended")]
     private partial void LogDeviceDisconnected(string device);

@@ -17,8 +17,19 @@ public sealed class MqttGuardOptions
     /// <summary>The configuration section these options bind to.</summary>
     public const string Section = "MqttGuard";
 
-    /// <summary>CONNECT attempts per minute from one source address (burst: the same number); more are refused as server busy. 0 disables.</summary>
+    /// <summary>
+    /// CONNECT attempts per minute from one source address (burst: the same number); more are refused as server busy.
+    /// A device whose secret the gateway has already checked since it started is not counted here but under
+    /// <see cref="ConnectsPerMinutePerDevice"/>, so a site of many devices behind one address gets back at once after
+    /// its link dropped. 0 disables.
+    /// </summary>
     public int ConnectsPerMinutePerSource { get; set; } = 600;
+
+    /// <summary>
+    /// CONNECT attempts per minute (burst: the same number) of one device presenting the secret already checked:
+    /// such a connect costs a hash compare, not a key derivation. 0 disables.
+    /// </summary>
+    public int ConnectsPerMinutePerDevice { get; set; } = 60;
 
     /// <summary>
     /// Wrong secrets from one source address, whatever device ids they were for, within <see cref="AuthFailureWindow"/>
@@ -55,6 +66,7 @@ public sealed class MqttGuard
     private readonly GatewayOptions _gateway;
     private readonly TimeProvider _clock;
     private readonly RateLimiter _connects;
+    private readonly RateLimiter _knownConnects;
     private readonly AuthFailureGuard _authFailures;
     private readonly RateLimiter _publishes;
 
@@ -70,6 +82,7 @@ public sealed class MqttGuard
         _gateway = gateway.Value;
         _clock = clock;
         _connects = new RateLimiter(_options.ConnectsPerMinutePerSource, _options.ConnectsPerMinutePerSource, clock);
+        _knownConnects = new RateLimiter(_options.ConnectsPerMinutePerDevice, _options.ConnectsPerMinutePerDevice, clock);
         _authFailures = new AuthFailureGuard(_options.AuthFailuresPerSource, _options.AuthFailuresPerDevice, _options.AuthFailureWindow, clock);
         _publishes = new RateLimiter(_options.PublishesPerMinutePerDevice, _options.PublishesPerMinutePerDevice, clock);
     }
@@ -88,17 +101,26 @@ public sealed class MqttGuard
     /// <summary>True when starting the TLS listener generated a new self-signed certificate.</summary>
     public bool CertificateGenerated { get; private set; }
 
-    /// <summary>Whether to refuse a CONNECT from <paramref name="remote"/> as <paramref name="device"/> before looking at its secret.</summary>
+    /// <summary>Whether to refuse a CONNECT from <paramref name="remote"/> as <paramref name="device"/> before its secret is verified.</summary>
     /// <param name="remote">The client's endpoint.</param>
     /// <param name="device">The device id (user name) it presents.</param>
+    /// <param name="known">It presents the secret already verified for this device (<see cref="SecretVerifier.Recognizes"/>).</param>
     /// <returns>The reason to refuse, or null.</returns>
-    public string? Refuse(EndPoint? remote, string device)
+    public string? Refuse(EndPoint? remote, string device, bool known = false)
     {
         ArgumentNullException.ThrowIfNull(device);
         string source = Source(remote);
         if (_authFailures.Refusal(source, device) is { } refusal)
         {
             return refusal + "; try again later";
+        }
+
+        // The per-source limit bounds the key derivations an address can make the gateway do; a device that proves
+        // a known secret costs none, and counting it there would keep the devices of a NAT'd site out for minutes
+        // after the site's link comes back.
+        if (known)
+        {
+            return _knownConnects.TryAcquire(device) ? null : "too many connections of this device; slow down";
         }
 
         return _connects.TryAcquire(source) ? null : "too many connection attempts from this address; slow down";

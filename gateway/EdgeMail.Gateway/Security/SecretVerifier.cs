@@ -17,6 +17,19 @@ public sealed class SecretVerifier
     // string allocated on every connect.
     private readonly ConcurrentDictionary<string, (string Stored, byte[] Digest)> _verified = new(StringComparer.Ordinal);
 
+    /// <summary>Whether the secret is the one already verified for this device against this stored hash: a cheap check, no key derivation.</summary>
+    /// <param name="device">Device id.</param>
+    /// <param name="stored">The stored hash from the configuration.</param>
+    /// <param name="presented">The secret the device sent.</param>
+    /// <returns>True when it matches a verified one; false when it does not, or nothing was verified yet.</returns>
+    public bool Recognizes(string device, string stored, ReadOnlySpan<byte> presented)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        ArgumentNullException.ThrowIfNull(stored);
+        return _verified.TryGetValue(device, out var known) && string.Equals(known.Stored, stored, StringComparison.Ordinal)
+            && CryptographicOperations.FixedTimeEquals(known.Digest, SHA256.HashData(presented));
+    }
+
     /// <summary>Verifies a secret.</summary>
     /// <param name="device">Device id.</param>
     /// <param name="stored">The stored hash from the configuration.</param>

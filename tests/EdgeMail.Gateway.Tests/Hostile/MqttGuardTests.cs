@@ -101,15 +101,59 @@ public sealed class MqttGuardTests
     [Fact]
     public async Task Connect_OverThePerSourceRate_IsRefusedAsServerBusy()
     {
-        await using var gw = await TestGateway.StartAsync(c => c["MqttGuard"] = new { ConnectsPerMinutePerSource = 3 });
-        for (int i = 0; i < 3; i++)
+        await using var gw = await TestGateway.StartAsync(c => c["MqttGuard"] = new { ConnectsPerMinutePerSource = 3 }, devices: 4);
+        for (int i = 1; i <= 3; i++)
         {
-            using var ok = new MqttClientFactory().CreateMqttClient();
-            Assert.Equal(MqttClientConnectResultCode.Success, (await ok.ConnectAsync(Options(gw, "dev-1", TestGateway.Secret, gw.Broker.Endpoint!))).ResultCode);
-            await ok.DisconnectAsync();
+            Assert.Equal(MqttClientConnectResultCode.Success, await ConnectOnceAsync(gw, $"dev-{i}"));
         }
 
-        using var over = new MqttClientFactory().CreateMqttClient();
-        Assert.Equal(MqttClientConnectResultCode.ServerBusy, (await over.ConnectAsync(Options(gw, "dev-1", TestGateway.Secret, gw.Broker.Endpoint!))).ResultCode);
+        Assert.Equal(MqttClientConnectResultCode.ServerBusy, await ConnectOnceAsync(gw, "dev-4"));
+    }
+
+    // A site whose devices share one address (NAT) and whose link just came back: the devices whose secrets the gateway
+    // has verified connect at once, past the per-source limit, which only bounds the key derivations of new ones.
+    [Fact]
+    public async Task Connect_DevicesWithAlreadyVerifiedSecrets_AreNotCountedAgainstTheirAddress()
+    {
+        await using var gw = await TestGateway.StartAsync(c => c["MqttGuard"] = new { ConnectsPerMinutePerSource = 3 }, devices: 5);
+        for (int i = 1; i <= 3; i++)
+        {
+            Assert.Equal(MqttClientConnectResultCode.Success, await ConnectOnceAsync(gw, $"dev-{i}"));
+        }
+
+        for (int round = 0; round < 3; round++)
+        {
+            for (int i = 1; i <= 3; i++)
+            {
+                Assert.Equal(MqttClientConnectResultCode.Success, await ConnectOnceAsync(gw, $"dev-{i}"));
+            }
+        }
+
+        Assert.Equal(MqttClientConnectResultCode.ServerBusy, await ConnectOnceAsync(gw, "dev-4")); // its secret was never verified
+        Assert.Equal(MqttClientConnectResultCode.ServerBusy, await ConnectOnceAsync(gw, "dev-1", "guessed")); // not the verified secret
+    }
+
+    [Fact]
+    public async Task Connect_AVerifiedDeviceOverItsOwnRate_IsRefusedAsServerBusyAndTheOthersAreNot()
+    {
+        await using var gw = await TestGateway.StartAsync(c => c["MqttGuard"] = new { ConnectsPerMinutePerDevice = 2 });
+        Assert.Equal(MqttClientConnectResultCode.Success, await ConnectOnceAsync(gw, "dev-1")); // verified: counted per source
+        Assert.Equal(MqttClientConnectResultCode.Success, await ConnectOnceAsync(gw, "dev-1"));
+        Assert.Equal(MqttClientConnectResultCode.Success, await ConnectOnceAsync(gw, "dev-1"));
+
+        Assert.Equal(MqttClientConnectResultCode.ServerBusy, await ConnectOnceAsync(gw, "dev-1"));
+        Assert.Equal(MqttClientConnectResultCode.Success, await ConnectOnceAsync(gw, "dev-2"));
+    }
+
+    private static async Task<MqttClientConnectResultCode> ConnectOnceAsync(TestGateway gw, string device, string? secret = null)
+    {
+        using var client = new MqttClientFactory().CreateMqttClient();
+        var result = await client.ConnectAsync(Options(gw, device, secret ?? TestGateway.Secret, gw.Broker.Endpoint!));
+        if (result.ResultCode == MqttClientConnectResultCode.Success)
+        {
+            await client.DisconnectAsync();
+        }
+
+        return result.ResultCode;
     }
 }
