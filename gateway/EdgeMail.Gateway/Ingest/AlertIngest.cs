@@ -7,9 +7,10 @@ using Microsoft.Extensions.Logging;
 namespace EdgeMail.Gateway.Ingest;
 
 /// <summary>
-/// What the MQTT (and later SMTP) listeners do with an alert payload: validate it, store it durably (valid or
-/// rejected), and tell the device. The caller acknowledges the transport only after this returns; if it throws,
-/// nothing is acknowledged and the device retries.
+/// What the MQTT and SMTP listeners do with an alert payload: validate it, store it durably (valid or rejected), and
+/// tell the device. The caller acknowledges the transport only after this returns; if it throws (the spool failed,
+/// the caller stopped), nothing is acknowledged and the device retries. An alert whose handling fails for a reason of
+/// its own is kept as rejected and returns like any other, so that it is acknowledged and not redelivered for ever.
 /// </summary>
 public sealed partial class AlertIngest
 {
@@ -44,50 +45,158 @@ public sealed partial class AlertIngest
         _logger = logger;
     }
 
-    /// <summary>Validates and durably stores one alert, then sends the receipt.</summary>
+    /// <summary>
+    /// Validates and durably stores one alert, then sends the receipt. An alert whose handling fails for a reason of its
+    /// own (a bug, anything but the spool failing or the caller stopping) is kept as rejected instead
+    /// (<see cref="KeepFailedAsync"/>), so the transport acknowledges it and the device's later alerts flow.
+    /// </summary>
     /// <param name="deviceId">Authenticated device.</param>
     /// <param name="peer">Remote endpoint.</param>
     /// <param name="payload">The payload.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <param name="via">The protocol it came with, for the Received trace (<see cref="IngestProtocols"/>).</param>
     /// <returns>The spool outcome.</returns>
-    /// <exception cref="SpoolFullException">The disk is low: nothing was stored, refuse with back-pressure.</exception>
+    /// <exception cref="SpoolException">Nothing durable: do not acknowledge (<see cref="SpoolFullException"/>: the disk is low, refuse with back-pressure).</exception>
     public async Task<AcceptOutcome> IngestAlertAsync(string deviceId, string? peer, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken, string via = IngestProtocols.Mqtt)
     {
-        _presence.Seen(deviceId);
-        _disk.ThrowIfLow();
-        var parsed = AlertParser.Parse(payload.Span);
-        string alertId = parsed.Id ?? "rejected-" + Convert.ToHexStringLower(SHA256.HashData(payload.Span).AsSpan(0, 16));
-        var (kept, reason) = parsed.IsValid ? (payload, null) : AlertParser.KeepRejected(payload, parsed.Reason!);
-        var incoming = new IncomingAlert(deviceId, alertId, _clock.GetUtcNow(), peer, kept, reason, parsed.Alert?.Code, via,
-            parsed.Alert is { } a ? Severities.Name(a.Severity) : null);
-        var outcome = await _spool.AcceptAlertAsync(incoming, cancellationToken).ConfigureAwait(false);
-        _pressure.Accepted();
-        _metrics.AlertsReceived.Add(1, new KeyValuePair<string, object?>("transport", via == IngestProtocols.Mqtt ? "mqtt" : "smtp"),
-            new KeyValuePair<string, object?>("result", !parsed.IsValid ? "rejected" : outcome == AcceptOutcome.Duplicate ? "duplicate" : "stored"));
-        if (parsed.IsValid)
+        AlertParseResult parsed;
+        string alertId;
+        string? reason;
+        AcceptOutcome outcome;
+        try
         {
-            await _receipts.PublishAsync(deviceId, alertId, ReceiptState.Accepted, outcome == AcceptOutcome.Duplicate ? "duplicate" : string.Empty, cancellationToken).ConfigureAwait(false);
+            _presence.Seen(deviceId);
+            _disk.ThrowIfLow();
+            parsed = AlertParser.Parse(payload.Span);
+            alertId = parsed.Id ?? "rejected-" + Convert.ToHexStringLower(SHA256.HashData(payload.Span).AsSpan(0, 16));
+            (var kept, reason) = parsed.IsValid ? (payload, null) : AlertParser.KeepRejected(payload, parsed.Reason!);
+            var incoming = new IncomingAlert(deviceId, alertId, _clock.GetUtcNow(), peer, kept, reason, parsed.Alert?.Code, via,
+                parsed.Alert is { } a ? Severities.Name(a.Severity) : null);
+            outcome = await _spool.AcceptAlertAsync(incoming, cancellationToken).ConfigureAwait(false);
         }
-        else
+        catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
         {
-            LogRejected(deviceId, parsed.Id ?? "(none)", reason!);
-            await _receipts.PublishAsync(deviceId, parsed.Id ?? string.Empty, ReceiptState.Rejected, reason!, cancellationToken).ConfigureAwait(false);
+            return await KeepFailedAsync(deviceId, peer, payload, ex, cancellationToken, via).ConfigureAwait(false);
+        }
+
+        // Durable from here: whatever fails now must not keep the transport from acknowledging it.
+        try
+        {
+            _pressure.Accepted();
+            CountReceived(via, !parsed.IsValid ? "rejected" : outcome == AcceptOutcome.Duplicate ? "duplicate" : "stored");
+            if (parsed.IsValid)
+            {
+                await _receipts.PublishAsync(deviceId, alertId, ReceiptState.Accepted, outcome == AcceptOutcome.Duplicate ? "duplicate" : string.Empty, cancellationToken).ConfigureAwait(false);
+            }
+            else
+            {
+                LogRejected(deviceId, parsed.Id ?? "(none)", reason!);
+                await _receipts.PublishAsync(deviceId, parsed.Id ?? string.Empty, ReceiptState.Rejected, reason!, cancellationToken).ConfigureAwait(false);
+            }
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+        {
+            LogAfterStoreFailed(ex, alertId, deviceId);
         }
 
         return outcome;
     }
 
-    /// <summary>Records a status heartbeat.</summary>
+    /// <summary>
+    /// Keeps an alert whose handling failed for a reason of its own as rejected, with the reason
+    /// <c>handling failed: &lt;exception type&gt;: &lt;message&gt;</c>: logged at Error, counted as a rejected alert, and
+    /// answered with a <c>rejected</c> receipt. The transport then acknowledges it (PUBACK, 250): a message it could
+    /// never handle would otherwise be redelivered for ever, first in its device's queue (and, through an external
+    /// broker, in every device's).
+    /// </summary>
+    /// <param name="deviceId">The device whose alert it is.</param>
+    /// <param name="peer">Remote endpoint.</param>
+    /// <param name="payload">The payload as it came.</param>
+    /// <param name="fault">What failed; see <see cref="ParkingLot.Contains"/> for which faults are the alert's own.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <param name="via">The protocol it came with.</param>
+    /// <returns>The spool outcome (a duplicate when the same alert was kept before).</returns>
+    /// <exception cref="SpoolException">The rejection could not be stored either: do not acknowledge.</exception>
+    public async Task<AcceptOutcome> KeepFailedAsync(string deviceId, string? peer, ReadOnlyMemory<byte> payload, Exception fault, CancellationToken cancellationToken,
+        string via = IngestProtocols.Mqtt)
+    {
+        ArgumentNullException.ThrowIfNull(fault);
+        var (kept, reason) = AlertParser.KeepRejected(payload, ParkingLot.Describe("handling", fault));
+        string? id = IdOf(kept);
+        string alertId = id ?? "rejected-" + Convert.ToHexStringLower(SHA256.HashData(payload.Span).AsSpan(0, 16));
+        LogHandlingFailed(fault, alertId, deviceId, reason);
+        var outcome = await _spool.AcceptAlertAsync(new IncomingAlert(deviceId, alertId, _clock.GetUtcNow(), peer, kept, reason, null, via), cancellationToken)
+            .ConfigureAwait(false);
+        try
+        {
+            _pressure.Accepted();
+            CountReceived(via, outcome == AcceptOutcome.Duplicate ? "duplicate" : "rejected");
+
+            // A duplicate was stored before, perhaps accepted: what the device was told then stands.
+            if (outcome == AcceptOutcome.Stored)
+            {
+                await _receipts.PublishAsync(deviceId, id ?? string.Empty, ReceiptState.Rejected, reason, cancellationToken).ConfigureAwait(false);
+            }
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+        {
+            LogAfterStoreFailed(ex, alertId, deviceId);
+        }
+
+        return outcome;
+    }
+
+    // The alert's own id when it can still be read, so that the receipt names it and a retransmission is a duplicate;
+    // reading it may be the very thing that failed.
+    private static string? IdOf(ReadOnlyMemory<byte> payload)
+    {
+        try
+        {
+            return AlertParser.Parse(payload.Span).Id;
+        }
+#pragma warning disable CA1031 // The alert is kept under its digest instead.
+        catch (Exception)
+#pragma warning restore CA1031
+        {
+            return null;
+        }
+    }
+
+    private void CountReceived(string via, string result) =>
+        _metrics.AlertsReceived.Add(1, new KeyValuePair<string, object?>("transport", via == IngestProtocols.Mqtt ? "mqtt" : "smtp"),
+            new KeyValuePair<string, object?>("result", result));
+
+    /// <summary>
+    /// Records a status heartbeat. A heartbeat whose handling fails for a reason of its own is logged and dropped (the
+    /// next one replaces it), so the transport acknowledges it.
+    /// </summary>
     /// <param name="deviceId">Device.</param>
     /// <param name="payload">Status JSON.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>A task completing after commit.</returns>
-    public Task IngestStatusAsync(string deviceId, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken)
+    /// <exception cref="SpoolException">Not recorded: do not acknowledge.</exception>
+    public async Task IngestStatusAsync(string deviceId, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken)
     {
-        _presence.HeartbeatSeen(deviceId);
-        return _spool.RecordStatusAsync(deviceId, _clock.GetUtcNow(), payload.Length > AlertParser.MaxPayloadBytes ? payload[..AlertParser.MaxPayloadBytes] : payload, cancellationToken);
+        try
+        {
+            _presence.HeartbeatSeen(deviceId);
+            await _spool.RecordStatusAsync(deviceId, _clock.GetUtcNow(), payload.Length > AlertParser.MaxPayloadBytes ? payload[..AlertParser.MaxPayloadBytes] : payload,
+                cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
+        {
+            LogStatusFailed(ex, deviceId);
+        }
     }
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "Handling alert {AlertId} from {Device} failed; keeping it as rejected and acknowledging it, so that the device's later alerts flow: {Reason}")]
+    private partial void LogHandlingFailed(Exception ex, string alertId, string device, string reason);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "Alert {AlertId} from {Device} is stored, but what follows the commit (counting it, its receipt) failed; it is acknowledged all the same")]
+    private partial void LogAfterStoreFailed(Exception ex, string alertId, string device);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "Handling a status heartbeat of {Device} failed; dropped it and acknowledged it")]
+    private partial void LogStatusFailed(Exception ex, string device);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Rejected alert {AlertId} from {Device}: {Reason}")]
     private partial void LogRejected(string device, string alertId, string reason);

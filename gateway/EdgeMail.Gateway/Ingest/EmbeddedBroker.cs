@@ -20,7 +20,9 @@ namespace EdgeMail.Gateway.Ingest;
 /// subscribe only to <c>edgemail/v1/{id}/receipt</c>, and answers a QoS 1 alert with PUBACK only after the spool
 /// committed it (MQTTnet awaits the publish interceptor before it sends PUBACK). When the spool fails, the
 /// connection is closed without PUBACK so the device retries later — with MQTT 3.1.1 a PUBACK cannot carry a
-/// refusal.
+/// refusal. An alert whose handling fails for a reason of its own is kept as rejected by <see cref="AlertIngest"/> and
+/// acknowledged: an exception out of the interceptor would have MQTTnet close the connection, and the device would
+/// send that alert first again at every connection, for ever.
 /// </summary>
 public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisposable, IReadAheadSink
 {

@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Security.Cryptography;
 using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Operations;
 using EdgeMail.Gateway.Receipts;
 using EdgeMail.Gateway.Spool;
 using Microsoft.Extensions.Hosting;
@@ -15,9 +16,11 @@ namespace EdgeMail.Gateway.Ingest;
 /// persistent session there and subscribes with QoS 1 to every device's alert and status topics. Each message is
 /// acknowledged (PUBACK) only after the spool committed it: MQTTnet's automatic acknowledgement is switched off, the
 /// messages are stored concurrently (so the spool's group commit batches them) and acknowledged in the order they
-/// arrived. A message that could not be stored is not acknowledged; the connection is dropped so the broker
-/// redelivers it. The device id comes from the topic only, and a device missing from <c>Devices</c> is refused:
-/// its alert is kept as rejected with the reason. Receipts go back through the same connection.
+/// arrived. A message that could not be stored (the spool failed) is not acknowledged; the connection is dropped so
+/// the broker redelivers it. An alert whose handling fails for a reason of its own is kept as rejected and
+/// acknowledged (<see cref="AlertIngest.KeepFailedAsync"/>), a status heartbeat dropped: redelivered, it would stop
+/// every device's messages behind it for ever. The device id comes from the topic only, and a device missing from
+/// <c>Devices</c> is refused: its alert is kept as rejected with the reason. Receipts go back through the same connection.
 /// The parts: <see cref="ExternalBrokerLink"/> (connection and backoff), <see cref="OrderedAckPipeline"/> (PUBACKs in
 /// order after the commit), <see cref="ExternalReceiptSink"/> (receipts); this class stores what arrives.
 /// </summary>
@@ -147,32 +150,47 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
 
     private async Task StoreAsync(string topic, byte[] payload, CancellationToken cancellationToken)
     {
-        if (BeforeStore is { } hook)
-        {
-            await hook(topic, cancellationToken).ConfigureAwait(false);
-        }
-
         var kind = ExternalTopics.Parse(topic, out string device);
-        if (kind == TopicKind.None)
+        try
         {
-            LogForeignTopic(topic);
-            return; // nothing of ours: acknowledged so the broker does not resend it forever
-        }
+            if (BeforeStore is { } hook)
+            {
+                await hook(topic, cancellationToken).ConfigureAwait(false);
+            }
 
-        if (await _devices.FindFreshAsync(device, cancellationToken).ConfigureAwait(false) is not { Disabled: false })
-        {
-            await RefuseUnknownAsync(device, kind, topic, payload, cancellationToken).ConfigureAwait(false);
-            return;
-        }
+            if (kind == TopicKind.None)
+            {
+                LogForeignTopic(topic);
+                return; // nothing of ours: acknowledged so the broker does not resend it forever
+            }
 
-        if (kind == TopicKind.Alert)
-        {
-            // The broker does not tell the device's address; the Received trace names the device only.
-            await _ingest.IngestAlertAsync(device, null, payload, cancellationToken).ConfigureAwait(false);
+            if (await _devices.FindFreshAsync(device, cancellationToken).ConfigureAwait(false) is not { Disabled: false })
+            {
+                await RefuseUnknownAsync(device, kind, topic, payload, cancellationToken).ConfigureAwait(false);
+                return;
+            }
+
+            if (kind == TopicKind.Alert)
+            {
+                // The broker does not tell the device's address; the Received trace names the device only.
+                await _ingest.IngestAlertAsync(device, null, payload, cancellationToken).ConfigureAwait(false);
+            }
+            else
+            {
+                await _ingest.IngestStatusAsync(device, payload, cancellationToken).ConfigureAwait(false);
+            }
         }
-        else
+        catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
         {
-            await _ingest.IngestStatusAsync(device, payload, cancellationToken).ConfigureAwait(false);
+            // Not acknowledged, the broker would deliver this message first again and again, and every device's after it.
+            if (kind == TopicKind.Alert)
+            {
+                await _ingest.KeepFailedAsync(device, null, payload, ex, cancellationToken).ConfigureAwait(false);
+            }
+            else
+            {
+                LogHandlingFailed(ex, topic);
+            }
         }
     }
 
@@ -206,6 +224,9 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Ignoring status of unknown device '{Device}' (topic {Topic}): not configured under Devices")]
     private partial void LogUnknownStatus(string device, string topic);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "Handling a message on '{Topic}' failed; dropped it and acknowledged it")]
+    private partial void LogHandlingFailed(Exception ex, string topic);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Ignoring a message on '{Topic}': not an edgemail/v1/{{device}}/alert or status topic")]
     private partial void LogForeignTopic(string topic);

@@ -8,7 +8,9 @@ namespace EdgeMail.Gateway.Ingest;
 /// PUBACK only after the spool commit, in the order the messages arrived (MQTT requires PUBACKs in order), while the
 /// messages are stored concurrently so the spool's group commit batches them. At most <c>MaxInFlight</c> messages wait
 /// for their PUBACK; then the broker's receive loop waits. A message that could not be stored is not acknowledged:
-/// its connection is dropped so the broker redelivers it and every later message of that connection.
+/// its connection is dropped so the broker redelivers it and every later message of that connection. The store keeps
+/// a message whose handling fails for a reason of its own (as a rejected alert), so only a spool failure or the
+/// gateway stopping comes here: a message that failed every time would hold back all the others for ever.
 /// </summary>
 internal sealed partial class OrderedAckPipeline
 {

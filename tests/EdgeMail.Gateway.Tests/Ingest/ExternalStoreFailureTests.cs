@@ -14,7 +14,8 @@ namespace EdgeMail.Gateway.Tests.Ingest;
 
 /// <summary>
 /// External mode (Debian's mosquitto) when the spool refuses a message: the gateway drops its connection without
-/// PUBACK, the broker redelivers, and ingest goes on.
+/// PUBACK, the broker redelivers, and ingest goes on. When handling one alert throws for a reason of its own, it is
+/// kept as rejected and acknowledged instead, and every device's alerts behind it go on.
 /// </summary>
 public sealed class ExternalStoreFailureTests : IDisposable
 {
@@ -115,6 +116,58 @@ public sealed class ExternalStoreFailureTests : IDisposable
 
         Assert.True(waits[0] < waits[1] && waits[1] < waits[2], $"the waits do not grow: {string.Join(", ", waits)}");
         Assert.InRange(Volatile.Read(ref stores), 2, 4); // it does retry, once per wait
+    }
+
+    [PeerFact("mosquitto:mosquitto")]
+    public async Task External_HandlingAnAlertThrows_ItIsKeptRejectedAndAcknowledgedAndEveryOtherAlertIsMailed()
+    {
+        await using var broker = await ExternalMosquitto.StartAsync(Devices);
+
+        // Receive Maximum 1: an alert never acknowledged holds the broker's only slot, and nothing after it arrives.
+        await using var gateway = await ExternalGateway.StartAsync(ExternalGateway.WriteConfig(_dataDir, broker.Port, external: e => e["MaxInFlight"] = 1));
+        var fault = IngestFault.Arm(gateway.Host.Services, "dev-1");
+        await PoisonThenOthersAsync(broker, gateway, "dev-1", fault.Disarm);
+    }
+
+    [PeerFact("mosquitto:mosquitto")]
+    public async Task External_ClientStepThrowsBeforeIngest_AlertIsKeptRejectedAndAcknowledgedAndEveryOtherAlertIsMailed()
+    {
+        await using var broker = await ExternalMosquitto.StartAsync(Devices);
+        await using var gateway = await ExternalGateway.StartAsync(ExternalGateway.WriteConfig(_dataDir, broker.Port, external: e => e["MaxInFlight"] = 1));
+        bool armed = true;
+        gateway.Client.BeforeStore = (topic, _) => Volatile.Read(ref armed) && topic == "edgemail/v1/dev-3/alert"
+            ? throw new InvalidOperationException(IngestFault.Message)
+            : Task.CompletedTask;
+        await PoisonThenOthersAsync(broker, gateway, "dev-3", () => Volatile.Write(ref armed, false));
+    }
+
+    // The poisoned device's alert, then one of each other device: all mailed but the poisoned one, which is kept as
+    // rejected with its reason and answered with a rejected receipt; then the poisoned device's next alert, mailed.
+    private async Task PoisonThenOthersAsync(ExternalMosquitto broker, ExternalGateway gateway, string poisoned, Action disarm)
+    {
+        using var device = await ExternalGateway.DeviceAsync(broker.Port, poisoned);
+        var receipts = await ReceiptInbox.SubscribeAsync(device, poisoned);
+        await device.PublishAsync(ExternalGateway.Alert(poisoned, "poison-1"));
+        string[] others = Devices.Where(d => d != poisoned).ToArray();
+        foreach (string other in others)
+        {
+            using var sender = await ExternalGateway.DeviceAsync(broker.Port, other);
+            await sender.PublishAsync(ExternalGateway.Alert(other, "after-" + other));
+        }
+
+        await ExternalGateway.MailAsync(_dataDir, others.Length);
+        Assert.Equal((AlertStatus.Rejected, IngestFault.Reason), (await gateway.Spool.GetAlertAsync(poisoned, "poison-1", default))!.Value);
+        Assert.Equal(IngestFault.Reason, (await receipts.WaitForAsync("poison-1", "rejected")).GetProperty("detail").GetString());
+        foreach (string other in others)
+        {
+            Assert.Equal(AlertStatus.Routed, (await gateway.Spool.GetAlertAsync(other, "after-" + other, default))?.Status);
+        }
+
+        disarm();
+        await device.PublishAsync(ExternalGateway.Alert(poisoned, "next-1"));
+        await ExternalGateway.MailAsync(_dataDir, others.Length + 1);
+        Assert.Equal(AlertStatus.Routed, (await gateway.Spool.GetAlertAsync(poisoned, "next-1", default))?.Status);
+        Assert.Equal(others.Length + 1, await gateway.QueuedMailAsync());
     }
 
     // A fake clock that records the due time of every timer set on it (Task.Delay on it sets one).
