@@ -257,5 +257,29 @@ public sealed class ConsoleFlowTests(ConsoleBrowser browser)
         await Expect(page.Locator(".title-line .badge")).ToHaveTextAsync("disabled");
     }
 
+    [Fact]
+    public async Task ApiKeyMadeInTheConsole_IsListedWithTheScopeChosen_AndAReadKeyOnlyReads()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        await using var s = await ConsoleSession.LogInAsync(browser.Browser, gw);
+        var page = s.Page;
+        await page.GotoAsync("/config");
+
+        await page.GetByLabel("What is it for?").FillAsync("prometheus");
+        await page.GetByLabel("Scope").SelectOptionAsync("read");
+        await page.GetByRole(AriaRole.Button, new() { Name = "Create API key" }).ClickAsync();
+        var shown = page.Locator("#new-api-key");
+        await Expect(shown).ToBeVisibleAsync();
+        string key = (await shown.TextContentAsync())!;
+        await Expect(page.Locator("#api-keys tr", new() { HasText = "prometheus" })).ToContainTextAsync("read");
+        await Expect(page.Locator("#api-keys tr", new() { HasText = "local CLI" })).ToContainTextAsync("admin");
+        await s.AssertAccessibleAsync();
+
+        using var scraper = new HttpClient { BaseAddress = gw.ConsoleAddress };
+        scraper.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", key);
+        Assert.Equal(System.Net.HttpStatusCode.OK, (await scraper.GetAsync("/metrics")).StatusCode);
+        Assert.Equal(System.Net.HttpStatusCode.Forbidden, (await scraper.PostAsync("/api/v1/devices/dev-1/disable", null)).StatusCode);
+    }
+
     private static Regex LoginUrl() => new("/login(\\?.*)?$");
 }

@@ -117,10 +117,10 @@ public sealed class TestGateway : IAsyncDisposable
     /// <summary>The console's address.</summary>
     public Uri ConsoleAddress => Host.Services.GetRequiredService<EdgeMail.Gateway.Web.ConsoleServer>().Address!;
 
-    /// <summary>An HTTP client for the console's API, authenticated with a new API key.</summary>
-    public async Task<HttpClient> ApiAsync()
+    /// <summary>An HTTP client for the console's API, authenticated with a new API key (admin unless asked otherwise).</summary>
+    public async Task<HttpClient> ApiAsync(ApiKeyScope scope = ApiKeyScope.Admin)
     {
-        var (_, key) = await Host.Services.GetRequiredService<EdgeMail.Gateway.Web.ConsoleAuth>().CreateApiKeyAsync("tests", default);
+        var (_, key) = await Host.Services.GetRequiredService<EdgeMail.Gateway.Web.ConsoleAuth>().CreateApiKeyAsync("tests", scope, default);
         var client = new HttpClient { BaseAddress = ConsoleAddress };
         client.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", key);
         return client;

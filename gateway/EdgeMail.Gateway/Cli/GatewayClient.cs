@@ -183,6 +183,8 @@ public sealed class GatewayClient : IDisposable
             string error = ErrorText(text) ?? $"{(int)response.StatusCode} {response.ReasonPhrase}";
             throw response.StatusCode switch
             {
+                // A key that works but may not do this (a read key from --api-key-file): the gateway says which scope it needs.
+                HttpStatusCode.Forbidden when ErrorText(text) is not null => new CliException(ExitCodes.Unreachable, $"the gateway at {BaseAddress} refused the API key from {KeyFile}: {error}"),
                 HttpStatusCode.Unauthorized or HttpStatusCode.Forbidden => new CliException(ExitCodes.Unreachable,
                     $"the gateway at {BaseAddress} refused the API key from {KeyFile}: the gateway writes a new one there when it starts and its key is unknown or revoked. "
                     + "Is the file this gateway's (--config, --api-key-file)? Restarting the gateway rewrites it."),

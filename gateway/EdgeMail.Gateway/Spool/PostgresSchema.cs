@@ -133,6 +133,10 @@ internal static class PostgresSchema
         """,
         // 3: the gateway's own silence alerts by device (SQLite version 9).
         SilenceSql.CreateIndex,
+        // 4: each API key's scope; keys made before keep doing everything (SQLite version 10).
+        """
+        ALTER TABLE api_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin';
+        """,
     ];
 
     /// <summary>The version this build writes.</summary>

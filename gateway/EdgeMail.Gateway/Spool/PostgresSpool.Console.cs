@@ -202,8 +202,8 @@ public sealed partial class PostgresSpool
     /// <inheritdoc />
     public Task<IReadOnlyList<ApiKeyRecord>> ApiKeysAsync(CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<ApiKeyRecord>>(async (c, tx) => await ListAsync(c, tx, cancellationToken,
-            r => new ApiKeyRecord(r.GetString(0), r.GetString(1), r.GetString(2), FromMs(r.GetInt64(3)), r.IsDBNull(4) ? null : FromMs(r.GetInt64(4))),
-            "SELECT id, name, hash, created_at, revoked_at FROM api_keys ORDER BY created_at").ConfigureAwait(false), cancellationToken);
+            r => new ApiKeyRecord(r.GetString(0), r.GetString(1), r.GetString(2), FromMs(r.GetInt64(3)), r.IsDBNull(4) ? null : FromMs(r.GetInt64(4)), ApiKeyScopes.FromStored(r.GetString(5))),
+            "SELECT id, name, hash, created_at, revoked_at, scope FROM api_keys ORDER BY created_at").ConfigureAwait(false), cancellationToken);
 
     /// <inheritdoc />
     public Task SaveApiKeyAsync(ApiKeyRecord key, CancellationToken cancellationToken)
@@ -211,8 +211,8 @@ public sealed partial class PostgresSpool
         ArgumentNullException.ThrowIfNull(key);
         return WriteAsync((c, tx, _) => ExecAsync(c, tx, cancellationToken,
             """
-            INSERT INTO api_keys(id, name, hash, created_at, revoked_at) VALUES($1,$2,$3,$4,$5)
-            ON CONFLICT (id) DO UPDATE SET name=excluded.name, hash=excluded.hash, created_at=excluded.created_at, revoked_at=excluded.revoked_at, last_used_at=NULL
-            """, key.Id, Text(key.Name), key.Hash, key.CreatedAt.ToUnixTimeMilliseconds(), key.RevokedAt?.ToUnixTimeMilliseconds()), cancellationToken);
+            INSERT INTO api_keys(id, name, hash, created_at, revoked_at, scope) VALUES($1,$2,$3,$4,$5,$6)
+            ON CONFLICT (id) DO UPDATE SET name=excluded.name, hash=excluded.hash, created_at=excluded.created_at, revoked_at=excluded.revoked_at, scope=excluded.scope, last_used_at=NULL
+            """, key.Id, Text(key.Name), key.Hash, key.CreatedAt.ToUnixTimeMilliseconds(), key.RevokedAt?.ToUnixTimeMilliseconds(), ApiKeyScopes.Name(key.Scope)), cancellationToken);
     }
 }

@@ -161,7 +161,54 @@ public sealed record DeviceActivity(string Device, DateTimeOffset? LastAlertAt, 
 /// <param name="Hash">SHA-256 of the secret part, hex.</param>
 /// <param name="CreatedAt">Created.</param>
 /// <param name="RevokedAt">Revoked, if it was.</param>
-public sealed record ApiKeyRecord(string Id, string Name, string Hash, DateTimeOffset CreatedAt, DateTimeOffset? RevokedAt);
+/// <param name="Scope">What it may do.</param>
+public sealed record ApiKeyRecord(string Id, string Name, string Hash, DateTimeOffset CreatedAt, DateTimeOffset? RevokedAt, ApiKeyScope Scope);
+
+/// <summary>What an API key may do, chosen when it is made.</summary>
+public enum ApiKeyScope
+{
+    /// <summary>Read: the API's GET requests, <c>/metrics</c> and <c>/events</c> (a scraper, a dashboard screen).</summary>
+    Read,
+
+    /// <summary>Everything a console session may do (the local CLI's key; every key made before keys had scopes).</summary>
+    Admin,
+}
+
+/// <summary>The names of <see cref="ApiKeyScope"/> in the spool and the API.</summary>
+public static class ApiKeyScopes
+{
+    /// <summary><see cref="ApiKeyScope.Read"/>.</summary>
+    public const string Read = "read";
+
+    /// <summary><see cref="ApiKeyScope.Admin"/>.</summary>
+    public const string Admin = "admin";
+
+    /// <summary>Every name, least power first.</summary>
+    public static readonly IReadOnlyList<string> Names = [Read, Admin];
+
+    /// <summary>The name of a scope.</summary>
+    /// <param name="scope">The scope.</param>
+    /// <returns><c>read</c> or <c>admin</c>.</returns>
+    public static string Name(ApiKeyScope scope) => scope == ApiKeyScope.Admin ? Admin : Read;
+
+    /// <summary>The scope a name stands for, exactly as written.</summary>
+    /// <param name="name">The name.</param>
+    /// <param name="scope">The scope.</param>
+    /// <returns>False when it names none.</returns>
+    public static bool TryParse(string? name, out ApiKeyScope scope)
+    {
+        scope = name == Admin ? ApiKeyScope.Admin : ApiKeyScope.Read;
+        return name is Read or Admin;
+    }
+
+    /// <summary>
+    /// The scope a stored key has. The column came with the scopes, its default <c>admin</c> for the keys made before;
+    /// a name this gateway does not know (written by a newer one) grants the least.
+    /// </summary>
+    /// <param name="stored">The column's value.</param>
+    /// <returns>The scope.</returns>
+    public static ApiKeyScope FromStored(string stored) => stored == Admin ? ApiKeyScope.Admin : ApiKeyScope.Read;
+}
 
 /// <summary>What the operator's console and CLI read and do.</summary>
 public partial interface ISpool

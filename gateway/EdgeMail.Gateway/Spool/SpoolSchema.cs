@@ -159,6 +159,11 @@ internal static class SpoolSchema
         // 9: the gateway's own silence alerts by device, so that a start finds each device's open silence without
         // reading every alert (4 s for a million; SilenceSql). Partial: no other alert writes to it.
         SilenceSql.CreateIndex,
+        // 10: each API key's scope, 'read' (the API's GET requests, /metrics, /events) or 'admin' (everything). Keys
+        // made before could do everything, and still may.
+        """
+        ALTER TABLE api_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin';
+        """,
     ];
 
     /// <summary>The version this build writes.</summary>

@@ -316,10 +316,11 @@ public sealed partial class SqliteSpool
         Read<IReadOnlyList<ApiKeyRecord>>((s, _) =>
         {
             var list = new List<ApiKeyRecord>();
-            using var r = s.Query("SELECT id, name, hash, created_at, revoked_at FROM api_keys ORDER BY created_at");
+            using var r = s.Query("SELECT id, name, hash, created_at, revoked_at, scope FROM api_keys ORDER BY created_at");
             while (r.Read())
             {
-                list.Add(new ApiKeyRecord(r.GetString(0), r.GetString(1), r.GetString(2), FromMs(r.GetInt64(3)), r.IsDBNull(4) ? null : FromMs(r.GetInt64(4))));
+                list.Add(new ApiKeyRecord(r.GetString(0), r.GetString(1), r.GetString(2), FromMs(r.GetInt64(3)), r.IsDBNull(4) ? null : FromMs(r.GetInt64(4)),
+                    ApiKeyScopes.FromStored(r.GetString(5))));
             }
 
             return list;
@@ -329,7 +330,7 @@ public sealed partial class SqliteSpool
     public Task SaveApiKeyAsync(ApiKeyRecord key, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(key);
-        return Enqueue((s, _) => s.Exec("INSERT OR REPLACE INTO api_keys(id, name, hash, created_at, revoked_at) VALUES($p0,$p1,$p2,$p3,$p4)",
-            key.Id, key.Name, key.Hash, key.CreatedAt.ToUnixTimeMilliseconds(), key.RevokedAt?.ToUnixTimeMilliseconds()), cancellationToken, isolate: false);
+        return Enqueue((s, _) => s.Exec("INSERT OR REPLACE INTO api_keys(id, name, hash, created_at, revoked_at, scope) VALUES($p0,$p1,$p2,$p3,$p4,$p5)",
+            key.Id, key.Name, key.Hash, key.CreatedAt.ToUnixTimeMilliseconds(), key.RevokedAt?.ToUnixTimeMilliseconds(), ApiKeyScopes.Name(key.Scope)), cancellationToken, isolate: false);
     }
 }

@@ -30,9 +30,11 @@ public enum LoginResult
 /// setup page, opened with a one-time token the gateway prints at start (or the password is set with
 /// <c>edgemail admin set-password</c>). The admin password is stored as a PBKDF2 hash (600,000 iterations); wrong
 /// passwords from one source are throttled. API keys (<c>emk_ID.SECRET</c>) are random, shown once and stored as the
-/// SHA-256 of their secret; one, for the local CLI, is written at first start to a file only the service's user can
-/// read. Console sessions are kept in the gateway's memory: logging out ends one at once, a new password ends them all
-/// (on every instance sharing the spool within <see cref="StoredHashFreshness"/>), and a restart ends them all.
+/// SHA-256 of their secret; each has a scope (<see cref="ApiKeyScope"/>) chosen when it is made; one, with scope admin,
+/// for the local CLI, is written at first start to a file only the service's user can read. Console sessions are kept
+/// in the gateway's memory: logging out ends one at once, a new password ends them all (on every instance sharing the
+/// spool within <see cref="StoredHashFreshness"/>), and a restart ends them all. What a request keeps open (the live
+/// feed) ends with the session or key it came with (<see cref="Watch"/>).
 /// </summary>
 public sealed partial class ConsoleAuth
 {
@@ -50,6 +52,10 @@ public sealed partial class ConsoleAuth
     internal const string SessionClaim = "edgemail_session";
     internal const string PasswordClaim = "edgemail_password";
 
+    // An API key's principal: the key's id and its scope's name.
+    internal const string ApiKeyClaim = "api_key";
+    internal const string ScopeClaim = "edgemail_scope";
+
     private const string KeyPrefix = "emk_";
     private const int PasswordIterations = 600_000;
 
@@ -65,7 +71,8 @@ public sealed partial class ConsoleAuth
     private volatile string? _adminHash;
     private volatile string? _setupToken;
     private volatile Dictionary<string, ApiKeyRecord> _keys = new(StringComparer.Ordinal);
-    private readonly ConcurrentDictionary<string, long> _sessions = new(StringComparer.Ordinal); // session id → last use (UTC ticks)
+    private readonly ConcurrentDictionary<string, Session> _sessions = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, Ending> _keyEnds = new(StringComparer.Ordinal); // keys watched, by id
     private long _hashReadAt; // UTC ticks of the last read of the stored hash
 
     /// <summary>Creates the authority; <see cref="InitializeAsync"/> loads what the spool holds.</summary>
@@ -102,7 +109,7 @@ public sealed partial class ConsoleAuth
         string file = Path.Combine(dataDirectory, CliKeyFileName);
         if (!File.Exists(file) || VerifyApiKey(File.ReadAllText(file).Trim()) is null)
         {
-            var (_, key) = await CreateApiKeyAsync("local CLI (" + file + ")", cancellationToken).ConfigureAwait(false);
+            var (_, key) = await CreateApiKeyAsync("local CLI (" + file + ")", ApiKeyScope.Admin, cancellationToken).ConfigureAwait(false);
             Directory.CreateDirectory(dataDirectory);
             string tmp = file + ".tmp";
             await File.WriteAllTextAsync(tmp, key + "\n", cancellationToken).ConfigureAwait(false);
@@ -180,7 +187,11 @@ public sealed partial class ConsoleAuth
         _adminHash = hash;
         _setupToken = null;
         Interlocked.Exchange(ref _hashReadAt, _clock.GetUtcNow().UtcTicks);
-        _sessions.Clear(); // whoever knew the old password, or holds a session opened with it, is out
+        foreach (string session in _sessions.Keys)
+        {
+            EndSession(session); // whoever knew the old password, or holds a session opened with it, is out
+        }
+
         LogPasswordSet();
         return null;
     }
@@ -191,16 +202,16 @@ public sealed partial class ConsoleAuth
     public ClaimsPrincipal OpenSession(string authenticationType)
     {
         long now = _clock.GetUtcNow().UtcTicks;
-        foreach (var (id, lastUse) in _sessions)
+        foreach (var (id, open) in _sessions)
         {
-            if (now - lastUse > SessionIdleTimeout.Ticks)
+            if (now - Interlocked.Read(ref open.LastUse) > SessionIdleTimeout.Ticks)
             {
-                _sessions.TryRemove(id, out _);
+                EndSession(id);
             }
         }
 
         string session = Base64Url(RandomNumberGenerator.GetBytes(18));
-        _sessions[session] = now;
+        _sessions[session] = new Session(now);
         return new ClaimsPrincipal(new ClaimsIdentity(
             [new Claim(ClaimTypes.Name, "admin"), new Claim(SessionClaim, session), new Claim(PasswordClaim, PasswordStamp(_adminHash))],
             authenticationType));
@@ -212,7 +223,15 @@ public sealed partial class ConsoleAuth
     {
         if (user?.FindFirst(SessionClaim)?.Value is { } session)
         {
-            _sessions.TryRemove(session, out _);
+            EndSession(session);
+        }
+    }
+
+    private void EndSession(string session)
+    {
+        if (_sessions.TryRemove(session, out var ended))
+        {
+            ended.Ended.End();
         }
     }
 
@@ -223,7 +242,9 @@ public sealed partial class ConsoleAuth
     /// <param name="user">The principal the cookie carries.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>True when the session may go on.</returns>
-    public async Task<bool> ValidateSessionAsync(ClaimsPrincipal user, CancellationToken cancellationToken)
+    public Task<bool> ValidateSessionAsync(ClaimsPrincipal user, CancellationToken cancellationToken) => CheckSessionAsync(user, use: true, cancellationToken);
+
+    private async Task<bool> CheckSessionAsync(ClaimsPrincipal user, bool use, CancellationToken cancellationToken)
     {
         if (user?.FindFirst(SessionClaim)?.Value is not { } session || user.FindFirst(PasswordClaim)?.Value is not { } stamp)
         {
@@ -231,9 +252,9 @@ public sealed partial class ConsoleAuth
         }
 
         long now = _clock.GetUtcNow().UtcTicks;
-        if (!_sessions.TryGetValue(session, out long lastUse) || now - lastUse > SessionIdleTimeout.Ticks)
+        if (!_sessions.TryGetValue(session, out var open) || now - Interlocked.Read(ref open.LastUse) > SessionIdleTimeout.Ticks)
         {
-            _sessions.TryRemove(session, out _);
+            EndSession(session);
             return false;
         }
 
@@ -249,12 +270,73 @@ public sealed partial class ConsoleAuth
 
         if (!FixedTimeEquals(PasswordStamp(_adminHash), stamp))
         {
-            _sessions.TryRemove(session, out _);
+            EndSession(session);
             return false;
         }
 
-        _sessions.TryUpdate(session, now, lastUse); // not when it ended meanwhile: a logout stays a logout
+        if (use)
+        {
+            Interlocked.Exchange(ref open.LastUse, now); // one ended meanwhile is out of the table: a logout stays a logout
+        }
+
         return true;
+    }
+
+    /// <summary>
+    /// Watches the credential a request came with, for a request that stays open (the live feed): its token is
+    /// cancelled when that console session ends (logout, a new password, idle too long) or that API key is revoked.
+    /// What this gateway does ends it at once; a password set or a key revoked by another instance sharing the spool,
+    /// or by <c>edgemail admin set-password</c> on the spool, within <see cref="StoredHashFreshness"/> (the watch looks
+    /// again that often). Keeping a request open is not a use: it does not keep a session from going idle.
+    /// </summary>
+    /// <param name="user">The request's user.</param>
+    /// <returns>The watch; dispose it with the request.</returns>
+    public CredentialWatch Watch(ClaimsPrincipal user)
+    {
+        ArgumentNullException.ThrowIfNull(user);
+        CancellationToken ended;
+        if (user.FindFirst(SessionClaim)?.Value is { } session)
+        {
+            ended = _sessions.TryGetValue(session, out var open) ? open.Ended.Token : new CancellationToken(true);
+        }
+        else if (user.FindFirst(ApiKeyClaim)?.Value is { } key)
+        {
+            ended = _keyEnds.GetOrAdd(key, _ => new Ending()).Token;
+            if (!_keys.TryGetValue(key, out var record) || record.RevokedAt is not null)
+            {
+                EndKey(key); // revoked between its check and now
+            }
+        }
+        else
+        {
+            ended = CancellationToken.None; // no credential (anonymous /metrics): nothing to end
+        }
+
+        return new CredentialWatch(ended, ct => StillValidAsync(user, ct), StoredHashFreshness, _clock, _logger);
+    }
+
+    private async Task<bool> StillValidAsync(ClaimsPrincipal user, CancellationToken cancellationToken)
+    {
+        if (user.FindFirst(SessionClaim) is not null)
+        {
+            return await CheckSessionAsync(user, use: false, cancellationToken).ConfigureAwait(false);
+        }
+
+        if (user.FindFirst(ApiKeyClaim)?.Value is { } key)
+        {
+            await ReloadIfSharedAsync(cancellationToken).ConfigureAwait(false);
+            return _keys.TryGetValue(key, out var record) && record.RevokedAt is null;
+        }
+
+        return true;
+    }
+
+    private void EndKey(string id)
+    {
+        if (_keyEnds.TryRemove(id, out var ended))
+        {
+            ended.End();
+        }
     }
 
     // Names the password without revealing anything about it (the hash of its salted hash).
@@ -365,20 +447,28 @@ public sealed partial class ConsoleAuth
         if (_spool.SharedPollInterval is not null)
         {
             _keys = (await _spool.ApiKeysAsync(cancellationToken).ConfigureAwait(false)).ToDictionary(k => k.Id, StringComparer.Ordinal);
+            foreach (string watched in _keyEnds.Keys)
+            {
+                if (!_keys.TryGetValue(watched, out var key) || key.RevokedAt is not null)
+                {
+                    EndKey(watched); // revoked on another instance
+                }
+            }
         }
     }
 
     /// <summary>Creates an API key.</summary>
     /// <param name="name">What it is for.</param>
+    /// <param name="scope">What it may do.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>The record and the key — shown once.</returns>
-    public async Task<(ApiKeyRecord Record, string Key)> CreateApiKeyAsync(string name, CancellationToken cancellationToken)
+    public async Task<(ApiKeyRecord Record, string Key)> CreateApiKeyAsync(string name, ApiKeyScope scope, CancellationToken cancellationToken)
     {
         string id = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6));
         string secret = Base64Url(RandomNumberGenerator.GetBytes(32));
-        var record = new ApiKeyRecord(id, name, HashSecret(secret), _clock.GetUtcNow(), null);
+        var record = new ApiKeyRecord(id, name, HashSecret(secret), _clock.GetUtcNow(), null, scope);
         await SaveAsync(record, cancellationToken).ConfigureAwait(false);
-        LogKeyCreated(id, name);
+        LogKeyCreated(id, name, ApiKeyScopes.Name(scope));
         return (record, $"{KeyPrefix}{id}.{secret}");
     }
 
@@ -395,6 +485,7 @@ public sealed partial class ConsoleAuth
         }
 
         await SaveAsync(key with { RevokedAt = _clock.GetUtcNow() }, cancellationToken).ConfigureAwait(false);
+        EndKey(id);
         LogKeyRevoked(id);
         return true;
     }
@@ -429,9 +520,28 @@ public sealed partial class ConsoleAuth
     [LoggerMessage(Level = LogLevel.Warning, Message = "Console logins from {Source} refused for a while: too many wrong passwords")]
     private partial void LogThrottled(string source);
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "API key {KeyId} created ({Name})")]
-    private partial void LogKeyCreated(string keyId, string name);
+    [LoggerMessage(Level = LogLevel.Information, Message = "API key {KeyId} created ({Name}), scope {Scope}")]
+    private partial void LogKeyCreated(string keyId, string name, string scope);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "API key {KeyId} revoked")]
     private partial void LogKeyRevoked(string keyId);
+
+    // A console session: when it was last used, and what ends with it.
+    private sealed class Session(long lastUse)
+    {
+        public long LastUse = lastUse; // UTC ticks
+
+        public Ending Ended { get; } = new();
+    }
+
+    // Cancelled once, when what it stands for ends; a token taken from it after that is cancelled already. The
+    // streams waiting on it go on from the thread pool, not from inside the logout or password change that ended it.
+    private sealed class Ending
+    {
+        private readonly CancellationTokenSource _source = new();
+
+        public CancellationToken Token => _source.Token;
+
+        public void End() => _ = _source.CancelAsync();
+    }
 }

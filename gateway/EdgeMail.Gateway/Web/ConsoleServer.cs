@@ -31,8 +31,8 @@ namespace EdgeMail.Gateway.Web;
 /// The operator's console, in the gateway process: a Kestrel server of its own (own routes and middleware) over the
 /// gateway's services. Loopback by default; bound anywhere else it serves TLS only (the gateway's certificate unless
 /// <c>Console:CertificatePath</c> names one). Every route needs a logged-in admin (cookie, with CSRF protection on
-/// changes) or an API key (<c>Authorization: Bearer emk_...</c>), except login and setup, <c>/livez</c> and
-/// <c>/readyz</c>, and <c>/metrics</c> when <c>Console:MetricsAnonymous</c> is set.
+/// changes) or an API key (<c>Authorization: Bearer emk_...</c>) whose scope allows it (<see cref="ConsoleScopes"/>),
+/// except login and setup, <c>/livez</c> and <c>/readyz</c>, and <c>/metrics</c> when <c>Console:MetricsAnonymous</c> is set.
 /// </summary>
 public sealed partial class ConsoleServer : IHostedService, IAsyncDisposable
 {
@@ -115,6 +115,7 @@ public sealed partial class ConsoleServer : IHostedService, IAsyncDisposable
         app.UseAuthentication();
         app.UseAuthorization();
         app.UseMiddleware<CsrfCheck>();
+        app.UseMiddleware<ScopeCheck>();
         ConsoleEndpoints.Map(app);
         foreach (var map in _extraEndpoints)
         {
@@ -213,7 +214,32 @@ public sealed partial class ConsoleServer : IHostedService, IAsyncDisposable
         services.AddOpenApi("v1", o => o.AddDocumentTransformer((document, _, _) =>
         {
             document.Info.Title = "EdgeMail gateway API";
-            document.Info.Description = "Everything the operator's console shows and does. Authenticate with a console session or `Authorization: Bearer emk_...`.";
+            document.Info.Description = "Everything the operator's console shows and does. Authenticate with a console session or `Authorization: Bearer emk_...`. "
+                + "An API key has a scope, chosen when it is made: `read` (GET requests, `/metrics`, `/events`) or `admin` (everything, as a console session). "
+                + $"Each operation names the scope it needs in `{ConsoleScopes.OpenApiExtension}`; a read key asking for more gets 403 with a problem saying so.";
+            return Task.CompletedTask;
+        }).AddOperationTransformer((operation, context, _) =>
+        {
+            var metadata = context.Description.ActionDescriptor.EndpointMetadata;
+            if (metadata.OfType<Microsoft.AspNetCore.Authorization.IAllowAnonymous>().Any())
+            {
+                return Task.CompletedTask; // login and setup: no credential to have a scope
+            }
+
+            string scope = ApiKeyScopes.Name(ConsoleScopes.Required(context.Description.HttpMethod ?? HttpMethods.Get, metadata));
+            operation.Extensions ??= new Dictionary<string, Microsoft.OpenApi.IOpenApiExtension>();
+            operation.Extensions[ConsoleScopes.OpenApiExtension] = new Microsoft.OpenApi.JsonNodeExtension(scope);
+            operation.Description = (string.IsNullOrEmpty(operation.Description) ? string.Empty : operation.Description + "\n\n")
+                + $"Needs a console session or an API key with scope `{scope}`.";
+            return Task.CompletedTask;
+        }).AddSchemaTransformer((schema, context, _) =>
+        {
+            if (context.JsonPropertyInfo?.Name == "scope" && context.JsonPropertyInfo.DeclaringType is var type
+                && (type == typeof(ApiKeyRequest) || type == typeof(ApiKeyInfo) || type == typeof(NewApiKey)))
+            {
+                schema.Enum = [.. ApiKeyScopes.Names.Select(n => (System.Text.Json.Nodes.JsonNode)n)];
+            }
+
             return Task.CompletedTask;
         }));
         services.ConfigureHttpJsonOptions(o => o.SerializerOptions.Encoder = JavaScriptEncoder.Default);
@@ -280,7 +306,9 @@ internal sealed class ApiKeyAuthentication(IOptionsMonitor<AuthenticationSchemeO
             return AuthenticateResult.Fail("unknown, wrong or revoked API key");
         }
 
-        var identity = new ClaimsIdentity([new Claim(ClaimTypes.Name, "api-key:" + key.Id), new Claim("api_key", key.Id)], SchemeName);
+        var identity = new ClaimsIdentity(
+            [new Claim(ClaimTypes.Name, "api-key:" + key.Id), new Claim(ConsoleAuth.ApiKeyClaim, key.Id), new Claim(ConsoleAuth.ScopeClaim, ApiKeyScopes.Name(key.Scope))],
+            SchemeName);
         return AuthenticateResult.Success(new AuthenticationTicket(new ClaimsPrincipal(identity), SchemeName));
     }
 }

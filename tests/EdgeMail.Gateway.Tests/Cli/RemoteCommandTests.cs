@@ -4,6 +4,7 @@ using EdgeMail.Gateway.Cli;
 using EdgeMail.Gateway.Security;
 using EdgeMail.Gateway.Spool;
 using EdgeMail.Testing;
+using Microsoft.Extensions.DependencyInjection;
 using MQTTnet;
 using MQTTnet.Protocol;
 using Xunit;
@@ -149,6 +150,21 @@ public sealed class RemoteCommandTests
         var refused = await CliRun.RunAsync("devices", "list", "--url", gw.ConsoleAddress.ToString(), "--api-key-file", key);
         Assert.Equal(ExitCodes.Unreachable, refused.Code);
         Assert.Contains("refused the API key", refused.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task AReadKey_Lists_ButAChangeIsRefusedWithTheScopeItNeeds_AndExits3()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        var (_, readKey) = await gw.Host.Services.GetRequiredService<EdgeMail.Gateway.Web.ConsoleAuth>().CreateApiKeyAsync("wall screen", ApiKeyScope.Read, default);
+        string key = Path.Combine(gw.DataDir, "read-key");
+        File.WriteAllText(key, readKey);
+
+        Assert.Equal(0, (await CliRun.RunAsync("devices", "list", "--url", gw.ConsoleAddress.ToString(), "--api-key-file", key)).Code);
+        var refused = await CliRun.RunAsync("devices", "disable", "dev-1", "--url", gw.ConsoleAddress.ToString(), "--api-key-file", key);
+        Assert.Equal(ExitCodes.Unreachable, refused.Code);
+        Assert.Contains("needs an API key with scope 'admin'", refused.Error, StringComparison.Ordinal);
+        Assert.False(gw.Host.Services.GetRequiredService<EdgeMail.Gateway.Devices.DeviceRegistry>().Find("dev-1")!.Disabled);
     }
 
     [Fact]

@@ -362,6 +362,18 @@ public sealed class PostgresSpoolTests : SpoolContractTests
     }
 
     [PostgresFact]
+    public async Task Open_VersionThreeDatabaseWithAnApiKey_KeepsItAsAnAdminKey()
+    {
+        await _db!.ScalarAsync("CREATE TABLE schema_version(version INTEGER NOT NULL);" + string.Join(";", PostgresSchema.Migrations.Take(3))
+            + ";INSERT INTO schema_version VALUES(1),(2),(3);INSERT INTO api_keys(id, name, hash, created_at, revoked_at) VALUES('k1', 'old script', 'ab', 0, NULL);");
+
+        await using var spool = OpenPostgres();
+
+        var key = Assert.Single(await spool.ApiKeysAsync(default));
+        Assert.Equal(("k1", "ab", ApiKeyScope.Admin), (key.Id, key.Hash, key.Scope)); // keys made before scopes could do everything
+    }
+
+    [PostgresFact]
     public void Open_UnreachableServer_SaysWhichAndWhatToCheck_WithoutThePassword()
     {
         int port = Loopback.FreePort();

@@ -1,3 +1,4 @@
+using System.Security.Claims;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Devices;
 using EdgeMail.Gateway.Spool;
@@ -5,6 +6,7 @@ using EdgeMail.Gateway.Web;
 using EdgeMail.Testing;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
+using Microsoft.Extensions.Time.Testing;
 using Xunit;
 
 namespace EdgeMail.Gateway.Tests.Spool;
@@ -39,13 +41,44 @@ public sealed class SharedConsoleStateTests : IAsyncLifetime
             await a.InitializeAsync(Path.Combine(dir, "a"), default);
             await b.InitializeAsync(Path.Combine(dir, "b"), default);
 
-            var (record, key) = await a.CreateApiKeyAsync("made on a", default);
+            var (record, key) = await a.CreateApiKeyAsync("made on a", ApiKeyScope.Read, default);
             Assert.Equal(record.Id, (await b.VerifyApiKeyAsync(key, default))?.Id);
             Assert.Contains(await b.ApiKeysAsync(default), k => k.Id == record.Id);
 
             Assert.True(await a.RevokeApiKeyAsync(record.Id, default));
             Assert.Null(await b.VerifyApiKeyAsync(key, default));
             Assert.False(await b.RevokeApiKeyAsync(record.Id, default)); // already revoked, as b now knows
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [PostgresFact]
+    public async Task AStreamOpenWithAKeyOnOneInstance_EndsWithinSeconds_WhenAnotherRevokesIt()
+    {
+        var clock = new FakeTimeProvider(DateTimeOffset.UnixEpoch.AddYears(56));
+        var a = new ConsoleAuth(_a!, TimeProvider.System, NullLogger<ConsoleAuth>.Instance);
+        var b = new ConsoleAuth(_b!, clock, NullLogger<ConsoleAuth>.Instance);
+        string dir = Directory.CreateTempSubdirectory("edgemail-auth-").FullName;
+        try
+        {
+            await a.InitializeAsync(Path.Combine(dir, "a"), default);
+            await b.InitializeAsync(Path.Combine(dir, "b"), default);
+            var (record, key) = await a.CreateApiKeyAsync("wall screen", ApiKeyScope.Read, default);
+            Assert.NotNull(await b.VerifyApiKeyAsync(key, default));
+
+            // The principal b's API key handler makes for it, holding b's live feed open.
+            var user = new ClaimsPrincipal(new ClaimsIdentity([new Claim(ConsoleAuth.ApiKeyClaim, record.Id), new Claim(ConsoleAuth.ScopeClaim, "read")], "api-key"));
+            using var watch = b.Watch(user);
+            var ended = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+            using var registration = watch.Ended.Register(() => ended.TrySetResult(true));
+
+            Assert.True(await a.RevokeApiKeyAsync(record.Id, default));
+            Assert.False(watch.Ended.IsCancellationRequested); // b cannot know yet
+            clock.Advance(TimeSpan.FromSeconds(6)); // b's look
+            Assert.True(await Await.Within(ended.Task, "b's stream to end after a revoked the key"));
         }
         finally
         {

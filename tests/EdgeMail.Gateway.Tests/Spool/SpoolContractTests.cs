@@ -534,13 +534,14 @@ public abstract class SpoolContractTests : IAsyncLifetime
         await spool.SetAdminPasswordHashAsync("pbkdf2$2", default);
         Assert.Equal("pbkdf2$2", await spool.AdminPasswordHashAsync(default));
 
-        await spool.SaveApiKeyAsync(new ApiKeyRecord("k1", "ci", "ab", T0, null), default);
-        await spool.SaveApiKeyAsync(new ApiKeyRecord("k2", "cli", "cd", T0.AddMinutes(1), null), default);
-        await spool.SaveApiKeyAsync(new ApiKeyRecord("k1", "ci", "ab", T0, T0.AddHours(1)), default);
+        await spool.SaveApiKeyAsync(new ApiKeyRecord("k1", "ci", "ab", T0, null, ApiKeyScope.Read), default);
+        await spool.SaveApiKeyAsync(new ApiKeyRecord("k2", "cli", "cd", T0.AddMinutes(1), null, ApiKeyScope.Admin), default);
+        await spool.SaveApiKeyAsync(new ApiKeyRecord("k1", "ci", "ab", T0, T0.AddHours(1), ApiKeyScope.Read), default);
 
         var keys = await spool.ApiKeysAsync(default);
         Assert.Equal(["k1", "k2"], keys.Select(k => k.Id));
         Assert.Equal(T0.AddHours(1), keys[0].RevokedAt);
+        Assert.Equal([ApiKeyScope.Read, ApiKeyScope.Admin], keys.Select(k => k.Scope)); // a revocation keeps the scope
     }
 
     [ContractFact]

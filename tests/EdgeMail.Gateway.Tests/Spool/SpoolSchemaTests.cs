@@ -121,6 +121,23 @@ public sealed class SpoolSchemaTests : IDisposable
     }
 
     [Fact]
+    public async Task Open_VersionNineSpoolWithAnApiKey_KeepsItAsAnAdminKey()
+    {
+        using (var connection = Connect())
+        {
+            using var command = connection.CreateCommand();
+            command.CommandText = "CREATE TABLE schema_version(version INTEGER NOT NULL);" + string.Join(";", SpoolSchema.Migrations.Take(9)) + ";INSERT INTO schema_version VALUES(9);"
+                + "INSERT INTO api_keys(id, name, hash, created_at, revoked_at) VALUES('k1', 'old script', 'ab', 0, NULL);";
+            command.ExecuteNonQuery();
+        }
+
+        await using var spool = SqliteSpool.Open(DbPath, fsync: false, maxBatch: 16, NullLogger.Instance);
+
+        var key = Assert.Single(await spool.ApiKeysAsync(default));
+        Assert.Equal(("k1", "ab", ApiKeyScope.Admin), (key.Id, key.Hash, key.Scope)); // keys made before scopes could do everything
+    }
+
+    [Fact]
     public async Task Read_AfterAwaitedWrite_SeesItOnTheReadConnection()
     {
         await using var spool = SqliteSpool.Open(DbPath, fsync: true, maxBatch: 16, NullLogger.Instance);

@@ -3,6 +3,7 @@ using System.Net.Http.Json;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Web;
 using EdgeMail.Gateway.Web.Api;
+using EdgeMail.Testing;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
@@ -89,11 +90,11 @@ public sealed class ConsoleSecurityTests
 
         // Logged in by the setup; a change needs the session's CSRF token.
         Assert.Equal(HttpStatusCode.OK, (await browser.GetAsync("/api/v1/dashboard")).StatusCode);
-        var noToken = await browser.PostAsJsonAsync("/api/v1/api-keys", new { name = "x" });
+        var noToken = await browser.PostAsJsonAsync("/api/v1/api-keys", new { name = "x", scope = "read" });
         Assert.Equal(HttpStatusCode.BadRequest, noToken.StatusCode);
         Assert.Contains("X-CSRF-Token", await noToken.Content.ReadAsStringAsync(), StringComparison.Ordinal);
         var session = await browser.GetFromJsonAsync<SessionInfo>("/api/v1/session");
-        using var withToken = new HttpRequestMessage(HttpMethod.Post, "/api/v1/api-keys") { Content = JsonContent.Create(new { name = "script" }) };
+        using var withToken = new HttpRequestMessage(HttpMethod.Post, "/api/v1/api-keys") { Content = JsonContent.Create(new { name = "script", scope = "read" }) };
         withToken.Headers.Add(ConsoleServer.CsrfHeader, session!.CsrfToken);
         Assert.Equal(HttpStatusCode.OK, (await browser.SendAsync(withToken)).StatusCode);
 
@@ -196,7 +197,7 @@ public sealed class ConsoleSecurityTests
         // Someone who copied the cookie (and the token) before the logout gets nothing with them.
         using var replay = Replay(gw, cookies);
         Assert.Equal(HttpStatusCode.Unauthorized, (await replay.GetAsync("/api/v1/dashboard")).StatusCode);
-        Assert.Equal(HttpStatusCode.Unauthorized, (await replay.SendAsync(Change(HttpMethod.Post, "/api/v1/api-keys", csrf, new { name = "kept" }))).StatusCode);
+        Assert.Equal(HttpStatusCode.Unauthorized, (await replay.SendAsync(Change(HttpMethod.Post, "/api/v1/api-keys", csrf, new { name = "kept", scope = "admin" }))).StatusCode);
     }
 
     [Fact]
@@ -223,7 +224,7 @@ public sealed class ConsoleSecurityTests
             using var replayOther = Replay(gw, otherCookies);
             Assert.Equal(HttpStatusCode.Unauthorized, (await replayChanger.GetAsync("/api/v1/dashboard")).StatusCode);
             Assert.Equal(HttpStatusCode.Unauthorized, (await replayOther.GetAsync("/api/v1/dashboard")).StatusCode);
-            Assert.Equal(HttpStatusCode.Unauthorized, (await replayChanger.SendAsync(Change(HttpMethod.Post, "/api/v1/api-keys", csrf, new { name = "kept" }))).StatusCode);
+            Assert.Equal(HttpStatusCode.Unauthorized, (await replayChanger.SendAsync(Change(HttpMethod.Post, "/api/v1/api-keys", csrf, new { name = "kept", scope = "admin" }))).StatusCode);
             var (again, _, _) = await LogInAsync(gw, next);
             again.Dispose();
         }
@@ -254,7 +255,7 @@ public sealed class ConsoleSecurityTests
     {
         await using var gw = await TestGateway.StartAsync();
         using var api = await gw.ApiAsync();
-        var created = await (await api.PostAsJsonAsync("/api/v1/api-keys", new { name = "monitoring" })).Content.ReadFromJsonAsync<NewApiKey>();
+        var created = await (await api.PostAsJsonAsync("/api/v1/api-keys", new { name = "monitoring", scope = "read" })).Content.ReadFromJsonAsync<NewApiKey>();
         using var other = new HttpClient { BaseAddress = gw.ConsoleAddress };
         other.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", created!.Key);
 
@@ -270,6 +271,229 @@ public sealed class ConsoleSecurityTests
         using var cli = new HttpClient { BaseAddress = gw.ConsoleAddress };
         cli.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", File.ReadAllText(cliKey).Trim());
         Assert.Equal(HttpStatusCode.OK, (await cli.GetAsync("/api/v1/dashboard")).StatusCode);
+    }
+
+    [Fact]
+    public async Task Events_OpenedWithASession_AreEndedByTheServer_WhenItLogsOut()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        Assert.Null(await gw.Host.Services.GetRequiredService<ConsoleAuth>().SetPasswordAsync(Password, default));
+        var (browser, _, csrf) = await LogInAsync(gw, Password);
+        using (browser)
+        {
+            using var events = await EventStream.OpenAsync(browser);
+            Assert.Equal(HttpStatusCode.NoContent, (await browser.SendAsync(Change(HttpMethod.Post, "/api/v1/logout", csrf))).StatusCode);
+            await events.AssertEndedByTheServerAsync("the logout");
+        }
+    }
+
+    [Fact]
+    public async Task Events_OpenedWithASession_AreEndedByTheServer_WhenThePasswordChanges()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        Assert.Null(await gw.Host.Services.GetRequiredService<ConsoleAuth>().SetPasswordAsync(Password, default));
+        var (browser, _, _) = await LogInAsync(gw, Password);
+        using var api = await gw.ApiAsync();
+        using (browser)
+        {
+            using var events = await EventStream.OpenAsync(browser);
+            Assert.Equal(HttpStatusCode.NoContent, (await api.PostAsJsonAsync("/api/v1/password", new { password = "a brand new admin password" })).StatusCode);
+            await events.AssertEndedByTheServerAsync("the password change");
+        }
+    }
+
+    [Fact]
+    public async Task Events_OpenedWithASession_AreEnded_WhenAPasswordIsSetOnTheSpoolElsewhere()
+    {
+        var clock = new FakeTimeProvider(new DateTimeOffset(2026, 11, 28, 9, 0, 0, TimeSpan.Zero));
+        await using var gw = await TestGateway.StartAsync(null, s => s.AddSingleton<TimeProvider>(clock));
+        Assert.Null(await gw.Host.Services.GetRequiredService<ConsoleAuth>().SetPasswordAsync(Password, default));
+        var (browser, _, _) = await LogInAsync(gw, Password);
+        using (browser)
+        {
+            // No request of this session comes to find out: the stream itself must look again.
+            using var events = await EventStream.OpenAsync(browser);
+            await gw.Spool.SetAdminPasswordHashAsync(SecretHash.Create("set by another instance", 1000), default);
+            clock.Advance(TimeSpan.FromSeconds(6));
+            await events.AssertEndedByTheServerAsync("a password set by another instance");
+        }
+    }
+
+    [Fact]
+    public async Task Events_OpenedWithAnApiKey_AreEndedByTheServer_WhenTheKeyIsRevoked()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        using var admin = await gw.ApiAsync();
+        var created = await CreateKeyAsync(admin, "dashboard screen", "read");
+        using var screen = Bearer(gw, created.GetProperty("key").GetString()!);
+        using var events = await EventStream.OpenAsync(screen);
+
+        Assert.Equal(HttpStatusCode.NoContent, (await admin.DeleteAsync($"/api/v1/api-keys/{created.GetProperty("id").GetString()}")).StatusCode);
+        await events.AssertEndedByTheServerAsync("the key's revocation");
+    }
+
+    [Fact]
+    public async Task Events_AreEndedByTheServer_WhenTheGatewayStops_WhichDoesNotWaitForThem()
+    {
+        var gw = await TestGateway.StartAsync();
+        try
+        {
+            using var api = await gw.ApiAsync();
+            using var events = await EventStream.OpenAsync(api);
+
+            // Left open, the stream held the stop for the whole shutdown timeout (over a minute), then was cut.
+            var stopped = gw.StopAsync();
+            await events.AssertEndedByTheServerAsync("the gateway began to stop");
+            await Await.Within(stopped.ContinueWith(_ => true, TaskScheduler.Default), "the gateway to stop");
+            await stopped;
+        }
+        finally
+        {
+            Directory.Delete(gw.DataDir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task ReadKey_ReadsScrapesAndStreams_ButEachKindOfWriteIsRefused403_WhichAnAdminKeyMayDo()
+    {
+        int closed = Loopback.FreePort();
+        await using var gw = await TestGateway.StartAsync(c => c["Relay"] = new
+        {
+            Mode = "Smarthost", Host = "127.0.0.1", Port = closed, Security = "None", Backoff = new[] { "01:00:00" },
+        });
+        var auth = gw.Host.Services.GetRequiredService<ConsoleAuth>();
+        using var admin = await gw.ApiAsync();
+        var created = await CreateKeyAsync(admin, "prometheus", "read");
+        Assert.Equal("read", created.GetProperty("scope").GetString());
+        string readKeyId = created.GetProperty("id").GetString()!;
+        using var reader = Bearer(gw, created.GetProperty("key").GetString()!);
+
+        // A mail waiting in the queue, for the cancel.
+        using (var device = await gw.ConnectAsync("dev-1"))
+        {
+            await EdgeMail.Gateway.Tests.Operations.ContainmentTests.PublishAsync(device, "dev-1", Alerts.Json("scoped-1"));
+        }
+
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("dev-1.scoped-1.alert@gw.test", default))?.Attempts == 1, "the first, failing attempt");
+        long rowId = (await gw.Spool.GetMessageAsync("dev-1.scoped-1.alert@gw.test", default))!.RowId;
+
+        // Reading: the API, /metrics, /events.
+        Assert.Equal(HttpStatusCode.OK, (await reader.GetAsync("/api/v1/devices")).StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await reader.GetAsync($"/api/v1/queue/{rowId}")).StatusCode);
+        Assert.Contains("edgemail_alerts_received_total", await reader.GetStringAsync("/metrics"), StringComparison.Ordinal);
+        using (await EventStream.OpenAsync(reader))
+        {
+        }
+
+        // Each kind of change is refused, saying why, and changes nothing.
+        var writes = new (HttpMethod Method, string Path, object? Body)[]
+        {
+            (HttpMethod.Post, "/api/v1/password", new { password = "a scraper's own password" }),
+            (HttpMethod.Post, "/api/v1/devices", new { id = "pump-9", owners = new[] { "alice" } }),
+            (HttpMethod.Post, "/api/v1/api-keys", new { name = "escalated", scope = "admin" }),
+            (HttpMethod.Delete, $"/api/v1/api-keys/{readKeyId}", null),
+            (HttpMethod.Post, $"/api/v1/queue/{rowId}/cancel", new { reason = "not the scraper's call" }),
+            (HttpMethod.Get, "/api/v1/api-keys", null), // managing keys starts with seeing them
+        };
+        foreach (var (method, path, body) in writes)
+        {
+            using var request = new HttpRequestMessage(method, path) { Content = body is null ? null : JsonContent.Create(body) };
+            using var refused = await reader.SendAsync(request);
+            Assert.True(refused.StatusCode == HttpStatusCode.Forbidden, $"{method} {path} answered {(int)refused.StatusCode} to a read key");
+            Assert.Equal("application/problem+json", refused.Content.Headers.ContentType?.MediaType);
+            var problem = await refused.Content.ReadFromJsonAsync<System.Text.Json.JsonElement>();
+            Assert.Equal(403, problem.GetProperty("status").GetInt32());
+            Assert.Contains("scope 'read'", problem.GetProperty("detail").GetString(), StringComparison.Ordinal);
+            Assert.Equal(problem.GetProperty("detail").GetString(), problem.GetProperty("error").GetString()); // what the console and the CLI show
+        }
+
+        Assert.True(auth.NeedsSetup);
+        Assert.DoesNotContain(await gw.Spool.ManagedDevicesAsync(default), d => d.Id == "pump-9");
+        Assert.Equal("queued", (await gw.Spool.GetMessageAsync("dev-1.scoped-1.alert@gw.test", default))!.Status);
+        var keys = await admin.GetFromJsonAsync<List<System.Text.Json.JsonElement>>("/api/v1/api-keys");
+        Assert.DoesNotContain(keys!, k => k.GetProperty("name").GetString() == "escalated");
+        Assert.True(keys!.Single(k => k.GetProperty("id").GetString() == readKeyId).GetProperty("revokedAt").ValueKind == System.Text.Json.JsonValueKind.Null);
+
+        // An admin key may do each.
+        Assert.Equal(HttpStatusCode.NoContent, (await admin.PostAsJsonAsync("/api/v1/password", new { password = Password })).StatusCode);
+        Assert.Equal(HttpStatusCode.Created, (await admin.PostAsJsonAsync("/api/v1/devices", new { id = "pump-9", owners = new[] { "alice" } })).StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await admin.PostAsJsonAsync("/api/v1/api-keys", new { name = "another admin", scope = "admin" })).StatusCode);
+        Assert.Equal(HttpStatusCode.NoContent, (await admin.PostAsJsonAsync($"/api/v1/queue/{rowId}/cancel", new { reason = "relay replaced" })).StatusCode);
+        Assert.Equal(HttpStatusCode.NoContent, (await admin.DeleteAsync($"/api/v1/api-keys/{readKeyId}")).StatusCode);
+        Assert.Equal(HttpStatusCode.NotFound, (await admin.DeleteAsync($"/api/v1/api-keys/{readKeyId}")).StatusCode); // revoked already
+        Assert.Equal(HttpStatusCode.Unauthorized, (await reader.GetAsync("/api/v1/devices")).StatusCode);
+    }
+
+    [Theory]
+    [InlineData("{\"name\":\"x\",\"scope\":\"write\"}")]
+    [InlineData("{\"name\":\"x\",\"scope\":\"\"}")]
+    [InlineData("{\"name\":\"x\",\"scope\":\"Admin \"}")]
+    [InlineData("{\"name\":\"x\",\"scope\":null}")]
+    [InlineData("{\"name\":\"x\"}")] // a key's power is chosen, never assumed
+    public async Task ApiKey_WithoutAValidScope_IsRefused400_AndNoneIsCreated(string body)
+    {
+        await using var gw = await TestGateway.StartAsync();
+        using var admin = await gw.ApiAsync();
+        int before = (await admin.GetFromJsonAsync<List<System.Text.Json.JsonElement>>("/api/v1/api-keys"))!.Count;
+
+        using var content = new StringContent(body, System.Text.Encoding.UTF8, "application/json");
+        var refused = await admin.PostAsync("/api/v1/api-keys", content);
+
+        Assert.Equal(HttpStatusCode.BadRequest, refused.StatusCode);
+        Assert.StartsWith("scope: 'read' or 'admin'", (await refused.Content.ReadFromJsonAsync<ApiError>())!.Error, StringComparison.Ordinal);
+        Assert.Equal(before, (await admin.GetFromJsonAsync<List<System.Text.Json.JsonElement>>("/api/v1/api-keys"))!.Count);
+    }
+
+    [Fact]
+    public async Task KeyList_AndOpenApi_ShowEachKeysScope_AndWhatEachOperationNeeds()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        using var admin = await gw.ApiAsync();
+        await CreateKeyAsync(admin, "prometheus", "read");
+
+        var keys = (await admin.GetFromJsonAsync<List<System.Text.Json.JsonElement>>("/api/v1/api-keys"))!;
+        Assert.Equal("read", keys.Single(k => k.GetProperty("name").GetString() == "prometheus").GetProperty("scope").GetString());
+        Assert.Equal("admin", keys.Single(k => k.GetProperty("name").GetString() == "tests").GetProperty("scope").GetString());
+        Assert.Equal("admin", keys.Single(k => k.GetProperty("name").GetString()!.StartsWith("local CLI", StringComparison.Ordinal)).GetProperty("scope").GetString());
+
+        var openApi = await admin.GetFromJsonAsync<System.Text.Json.JsonElement>("/api/v1/openapi.json");
+        var paths = openApi.GetProperty("paths");
+        string Scope(string path, string method) => paths.GetProperty(path).GetProperty(method).GetProperty("x-edgemail-scope").GetString()!;
+        Assert.Equal("read", Scope("/api/v1/devices", "get"));
+        Assert.Equal("read", Scope("/api/v1/events", "get"));
+        Assert.Equal("admin", Scope("/api/v1/devices", "post"));
+        Assert.Equal("admin", Scope("/api/v1/api-keys", "get"));
+        Assert.Equal("admin", Scope("/api/v1/api-keys", "post"));
+        Assert.Equal("admin", Scope("/api/v1/password", "post"));
+        Assert.Contains("scope `admin`", paths.GetProperty("/api/v1/password").GetProperty("post").GetProperty("description").GetString(), StringComparison.Ordinal);
+        var scopeSchema = openApi.GetProperty("components").GetProperty("schemas").GetProperty("ApiKeyRequest").GetProperty("properties").GetProperty("scope");
+        Assert.Equal(["read", "admin"], scopeSchema.GetProperty("enum").EnumerateArray().Select(e => e.GetString()));
+    }
+
+    [Fact]
+    public async Task ApiKey_StoredBeforeKeysHadScopes_StillDoesEverything()
+    {
+        // A spool as the gateway left it before scopes (schema version 9), with a key made then.
+        string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dataDir);
+        const string secret = "a-secret-from-before-scopes";
+        using (var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={Path.Combine(dataDir, "spool.db")};Pooling=False"))
+        {
+            connection.Open();
+            using var command = connection.CreateCommand();
+            command.CommandText = "CREATE TABLE schema_version(version INTEGER NOT NULL);" + string.Join(";", EdgeMail.Gateway.Spool.SpoolSchema.Migrations.Take(9))
+                + ";INSERT INTO schema_version VALUES(9);INSERT INTO api_keys(id, name, hash, created_at) VALUES('0123456789ab', 'old script', $hash, 0);";
+            command.Parameters.AddWithValue("$hash", Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(secret))));
+            command.ExecuteNonQuery();
+        }
+
+        await using var gw = await TestGateway.StartAsync(null, null, dataDir: dataDir);
+        using var old = Bearer(gw, "emk_0123456789ab." + secret);
+
+        Assert.Equal(HttpStatusCode.Created, (await old.PostAsJsonAsync("/api/v1/devices", new { id = "pump-9", owners = new[] { "alice" } })).StatusCode);
+        var keys = (await old.GetFromJsonAsync<List<System.Text.Json.JsonElement>>("/api/v1/api-keys"))!;
+        Assert.Equal("admin", keys.Single(k => k.GetProperty("id").GetString() == "0123456789ab").GetProperty("scope").GetString());
+        Assert.Equal(HttpStatusCode.NoContent, (await old.PostAsJsonAsync("/api/v1/password", new { password = Password })).StatusCode);
     }
 
     private const string Password = "correct horse battery";
@@ -298,6 +522,68 @@ public sealed class ConsoleSecurityTests
         var request = new HttpRequestMessage(method, path) { Content = body is null ? null : JsonContent.Create(body) };
         request.Headers.Add(ConsoleServer.CsrfHeader, csrf);
         return request;
+    }
+
+    private static HttpClient Bearer(TestGateway gw, string key)
+    {
+        var client = new HttpClient { BaseAddress = gw.ConsoleAddress };
+        client.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", key);
+        return client;
+    }
+
+    private static async Task<System.Text.Json.JsonElement> CreateKeyAsync(HttpClient admin, string name, string scope)
+    {
+        var created = await admin.PostAsJsonAsync("/api/v1/api-keys", new { name, scope });
+        Assert.Equal(HttpStatusCode.OK, created.StatusCode);
+        return await created.Content.ReadFromJsonAsync<System.Text.Json.JsonElement>();
+    }
+
+    // /api/v1/events, open and running (past its authentication: its first dashboard came).
+    private sealed class EventStream : IDisposable
+    {
+        private readonly HttpResponseMessage _response;
+        private readonly StreamReader _reader;
+
+        private EventStream(HttpResponseMessage response, StreamReader reader)
+        {
+            _response = response;
+            _reader = reader;
+        }
+
+        public static async Task<EventStream> OpenAsync(HttpClient client)
+        {
+            var response = await client.GetAsync("/api/v1/events", HttpCompletionOption.ResponseHeadersRead);
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            var stream = new EventStream(response, new StreamReader(await response.Content.ReadAsStreamAsync()));
+            using var patience = new CancellationTokenSource(Await.DefaultTimeout);
+            while (await stream._reader.ReadLineAsync(patience.Token) is { } line && line != "event: dashboard")
+            {
+            }
+
+            return stream;
+        }
+
+        // The server must end the stream on its own (a clean end of the response, not a cut connection), promptly.
+        public async Task AssertEndedByTheServerAsync(string after)
+        {
+            using var patience = new CancellationTokenSource(Await.DefaultTimeout);
+            try
+            {
+                while (await _reader.ReadLineAsync(patience.Token) is not null)
+                {
+                }
+            }
+            catch (OperationCanceledException) when (patience.IsCancellationRequested)
+            {
+                Assert.Fail($"the event stream was still open {Await.DefaultTimeout.TotalSeconds:0} s after {after}");
+            }
+        }
+
+        public void Dispose()
+        {
+            _reader.Dispose();
+            _response.Dispose();
+        }
     }
 
     // The spool's file and its WAL together hold everything committed.

@@ -40,7 +40,7 @@ public sealed class PrometheusScrapeTests(ITestOutputHelper output) : IDisposabl
     public async Task RealPrometheus_ScrapesWithAnApiKey_AndSeesAlertsAndDeliveriesMove()
     {
         await using var gw = await TestGateway.StartAsync();
-        var (_, key) = await gw.Host.Services.GetRequiredService<ConsoleAuth>().CreateApiKeyAsync("prometheus", default);
+        var (_, key) = await gw.Host.Services.GetRequiredService<ConsoleAuth>().CreateApiKeyAsync("prometheus", EdgeMail.Gateway.Spool.ApiKeyScope.Read, default);
         Directory.CreateDirectory(_dir);
         string keyFile = Path.Combine(_dir, "edgemail.key");
         await File.WriteAllTextAsync(keyFile, key);

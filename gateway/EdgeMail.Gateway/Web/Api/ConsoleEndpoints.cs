@@ -1,4 +1,5 @@
 using System.Reflection;
+using EdgeMail.Gateway.Spool;
 using Microsoft.AspNetCore.Antiforgery;
 using Microsoft.AspNetCore.Authentication;
 using Microsoft.AspNetCore.Authentication.Cookies;
@@ -93,8 +94,9 @@ public static class ConsoleEndpoints
             }
 
             // A session may have been left open, or taken: the password it changes must be known, and guesses count as
-            // wrong logins. An API key is a credential of its own (it can make more keys), and the local CLI's key is
-            // how an operator who lost the password sets a new one (edgemail admin set-password), so a key needs none.
+            // wrong logins. An admin key is a credential of its own (it can make more keys), and the local CLI's key is
+            // how an operator who lost the password sets a new one (edgemail admin set-password), so a key needs none;
+            // a read key never gets here (ScopeCheck).
             bool session = context.User.Identity?.AuthenticationType == CookieAuthenticationDefaults.AuthenticationScheme;
             if (session)
             {
@@ -123,8 +125,9 @@ public static class ConsoleEndpoints
             return Results.NoContent();
         }).WithSummary("Changes the admin password and ends every console session; from a session, with the current password");
 
-        api.MapGet("/api-keys", async (ConsoleAuth auth, CancellationToken ct) => (await auth.ApiKeysAsync(ct)).Select(k => new ApiKeyInfo(k.Id, k.Name, k.CreatedAt, k.RevokedAt)).ToList())
-            .WithSummary("API keys (never their secrets)");
+        api.MapGet("/api-keys", async (ConsoleAuth auth, CancellationToken ct) =>
+            (await auth.ApiKeysAsync(ct)).Select(k => new ApiKeyInfo(k.Id, k.Name, k.CreatedAt, k.RevokedAt, ApiKeyScopes.Name(k.Scope))).ToList())
+            .WithMetadata(AdminScopeOnly.Instance).WithSummary("API keys (never their secrets)");
         api.MapPost("/api-keys", async (ApiKeyRequest request, ConsoleAuth auth, CancellationToken ct) =>
         {
             if (string.IsNullOrWhiteSpace(request.Name) || request.Name.Length > 100)
@@ -132,9 +135,15 @@ public static class ConsoleEndpoints
                 return Results.BadRequest(new ApiError("name: say what the key is for, in 1 to 100 characters"));
             }
 
-            var (record, key) = await auth.CreateApiKeyAsync(request.Name.Trim(), ct).ConfigureAwait(false);
-            return Results.Ok(new NewApiKey(record.Id, record.Name, key));
-        }).WithSummary("Creates an API key; its secret is shown once");
+            // Chosen each time, never assumed: a key made without thinking about it should not be able to do everything.
+            if (!ApiKeyScopes.TryParse(request.Scope, out var scope))
+            {
+                return Results.BadRequest(new ApiError($"scope: 'read' or 'admin' (read: GET requests, /metrics and /events; admin: everything), {(request.Scope is null ? "missing" : $"not '{request.Scope}'")}"));
+            }
+
+            var (record, key) = await auth.CreateApiKeyAsync(request.Name.Trim(), scope, ct).ConfigureAwait(false);
+            return Results.Ok(new NewApiKey(record.Id, record.Name, key, ApiKeyScopes.Name(record.Scope)));
+        }).WithSummary("Creates an API key with a scope, read or admin; its secret is shown once");
         api.MapDelete("/api-keys/{id}", async (string id, ConsoleAuth auth, CancellationToken ct) =>
             await auth.RevokeApiKeyAsync(id, ct).ConfigureAwait(false) ? Results.NoContent() : Results.NotFound(new ApiError($"no active API key '{id}'")))
             .WithSummary("Revokes an API key at once");
@@ -206,14 +215,17 @@ public sealed record SessionInfo(string User, string CsrfToken);
 /// <param name="Name">What it is for.</param>
 /// <param name="CreatedAt">Created.</param>
 /// <param name="RevokedAt">Revoked.</param>
-public sealed record ApiKeyInfo(string Id, string Name, DateTimeOffset CreatedAt, DateTimeOffset? RevokedAt);
+/// <param name="Scope"><c>read</c> (GET requests, <c>/metrics</c>, <c>/events</c>) or <c>admin</c> (everything).</param>
+public sealed record ApiKeyInfo(string Id, string Name, DateTimeOffset CreatedAt, DateTimeOffset? RevokedAt, string Scope);
 
 /// <summary>A request for an API key.</summary>
 /// <param name="Name">What it is for.</param>
-public sealed record ApiKeyRequest(string? Name);
+/// <param name="Scope">What it may do: <c>read</c> (GET requests, <c>/metrics</c>, <c>/events</c>) or <c>admin</c> (everything). Required.</param>
+public sealed record ApiKeyRequest(string? Name, string? Scope);
 
 /// <summary>A new API key, shown once.</summary>
 /// <param name="Id">Key id.</param>
 /// <param name="Name">What it is for.</param>
 /// <param name="Key">The key: <c>Authorization: Bearer KEY</c>.</param>
-public sealed record NewApiKey(string Id, string Name, string Key);
+/// <param name="Scope">What it may do.</param>
+public sealed record NewApiKey(string Id, string Name, string Key, string Scope);

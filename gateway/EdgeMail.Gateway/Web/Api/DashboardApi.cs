@@ -8,6 +8,7 @@ using EdgeMail.Gateway.Spool;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Options;
 
 namespace EdgeMail.Gateway.Web.Api;
@@ -56,7 +57,8 @@ public static class DashboardApi
         api.MapGet("/dashboard", (ConsoleContext c, CancellationToken ct) => SnapshotAsync(c, ct))
             .WithSummary("Alerts today, mail by state, devices, relay, spool and disk");
         api.MapGet("/events", StreamAsync)
-            .WithSummary("Server-Sent Events: 'dashboard' (at most once a second, when it changed) and 'alert' (the newest alert's number, when alerts arrive)");
+            .WithSummary("Server-Sent Events: 'dashboard' (at most once a second, when it changed) and 'alert' (the newest alert's number, when alerts arrive)")
+            .WithDescription("The server ends the stream when the session or API key it was opened with ends (logout, a new password, the key revoked) and when the gateway stops.");
     }
 
     /// <summary>A dashboard at most a second old: however many consoles are open, the spool is asked once a second.</summary>
@@ -106,23 +108,29 @@ public static class DashboardApi
     // open dashboards never take more than about 2 % of a core from the pipeline they watch.
     private static TimeSpan Freshness(TimeSpan cost) => cost * 50 > SnapshotAge ? cost * 50 : SnapshotAge;
 
-    private static async Task StreamAsync(HttpContext http, ConsoleContext c, CancellationToken ct)
+    // Writes go with the request's own token; waits and reads also end when the credential ends or the console stops,
+    // and then the response is completed, so the browser sees the stream end (and, reconnecting, is asked to log in)
+    // rather than a cut connection. Left open, a stream also held the gateway's stop for its whole shutdown timeout.
+    private static async Task StreamAsync(HttpContext http, ConsoleContext c, ConsoleAuth auth, IHostApplicationLifetime console, CancellationToken ct)
     {
         http.Response.Headers.ContentType = "text/event-stream";
         http.Response.Headers.CacheControl = "no-store";
         http.Response.Headers["X-Accel-Buffering"] = "no";
+        using var credential = auth.Watch(http.User);
+        using var over = CancellationTokenSource.CreateLinkedTokenSource(ct, credential.Ended, console.ApplicationStopping);
+        var end = over.Token;
         var alerts = new Spool.Signal();
         void OnAlerts() => alerts.Set();
         c.Spool.AlertsStored += OnAlerts;
         try
         {
             string last = string.Empty;
-            long lastAlert = (await c.Spool.QueryAlertsAsync(new AlertQuery(Limit: 1), ct).ConfigureAwait(false)).FirstOrDefault()?.RowId ?? 0;
+            long lastAlert = (await c.Spool.QueryAlertsAsync(new AlertQuery(Limit: 1), end).ConfigureAwait(false)).FirstOrDefault()?.RowId ?? 0;
             int idleSeconds = 0;
-            while (!ct.IsCancellationRequested)
+            while (!end.IsCancellationRequested)
             {
                 var started = c.Clock.GetUtcNow();
-                var dashboard = await SnapshotAsync(c, ct).ConfigureAwait(false);
+                var dashboard = await SnapshotAsync(c, end).ConfigureAwait(false);
                 string json = JsonSerializer.Serialize(dashboard with { At = default }, JsonOptions);
                 if (json != last)
                 {
@@ -132,7 +140,7 @@ public static class DashboardApi
                 }
 
                 // Row 0 stands for an empty spool at the start, so the very first alert is announced too.
-                var newest = await c.Spool.QueryAlertsAsync(new AlertQuery(Limit: 1), ct).ConfigureAwait(false);
+                var newest = await c.Spool.QueryAlertsAsync(new AlertQuery(Limit: 1), end).ConfigureAwait(false);
                 if (newest.Count > 0 && newest[0].RowId > lastAlert)
                 {
                     await SendAsync(http, "alert", JsonSerializer.Serialize(newest[0], JsonOptions), ct).ConfigureAwait(false);
@@ -146,20 +154,20 @@ public static class DashboardApi
                     idleSeconds = 0;
                 }
 
-                await alerts.WaitAsync(TimeSpan.FromSeconds(1), c.Clock, ct).ConfigureAwait(false);
+                await alerts.WaitAsync(TimeSpan.FromSeconds(1), c.Clock, end).ConfigureAwait(false);
 
                 // Under load alerts are stored dozens of times a second: an open dashboard looks a few times a second,
                 // not at every commit, so that watching the gateway does not slow it down.
                 var rest = StreamInterval - (c.Clock.GetUtcNow() - started);
                 if (rest > TimeSpan.Zero)
                 {
-                    await Task.Delay(rest, c.Clock, ct).ConfigureAwait(false);
+                    await Task.Delay(rest, c.Clock, end).ConfigureAwait(false);
                 }
             }
         }
-        catch (OperationCanceledException) when (ct.IsCancellationRequested)
+        catch (OperationCanceledException) when (end.IsCancellationRequested)
         {
-            // The browser went away.
+            // The browser went away, the session or key ended, or the console is stopping.
         }
         finally
         {

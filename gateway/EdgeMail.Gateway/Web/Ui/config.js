@@ -88,6 +88,7 @@ EM.start(async (main) => {
     EM.clear(keyList, EM.table([
       ['Id', (k) => h('code', null, k.id)],
       ['For', (k) => k.name],
+      ['Scope', (k) => EM.badge(k.scope, k.scope === 'admin' ? 'warn' : 'info')],
       ['Created', (k) => EM.when(k.createdAt), 'nowrap'],
       ['State', (k) => (k.revokedAt ? [EM.badge('revoked', ''), ' ', EM.when(k.revokedAt)] : EM.badge('active', 'ok'))],
       ['Actions', (k) => {
@@ -104,13 +105,21 @@ EM.start(async (main) => {
 
   function apiKeys() {
     const name = h('input', { id: 'key-name', required: true, maxlength: 100, placeholder: 'monitoring script' });
-    const form = h('form', { class: 'inline' }, h('div', { class: 'field' }, h('label', { for: 'key-name' }, 'What is it for?'), name), h('button', { type: 'submit' }, 'Create API key'));
+    // No default: what a key may do is chosen each time.
+    const scope = h('select', { id: 'key-scope', name: 'key-scope', required: true },
+      h('option', { value: '' }, 'Choose…'),
+      h('option', { value: 'read' }, 'read — GET requests, /metrics, /events'),
+      h('option', { value: 'admin' }, 'admin — everything, as the admin'));
+    const form = h('form', { class: 'inline' },
+      h('div', { class: 'field' }, h('label', { for: 'key-name' }, 'What is it for?'), name),
+      h('div', { class: 'field' }, h('label', { for: 'key-scope' }, 'Scope'), scope),
+      h('button', { type: 'submit' }, 'Create API key'));
     form.addEventListener('submit', (event) => {
       event.preventDefault();
-      EM.act(form.querySelector('button'), () => api('/api-keys', { method: 'POST', body: { name: name.value } }), async (k) => {
+      EM.act(form.querySelector('button'), () => api('/api-keys', { method: 'POST', body: { name: name.value, scope: scope.value } }), async (k) => {
         form.reset();
         EM.clear(keySlot, h('div', { class: 'secret-box', role: 'alert' },
-          h('p', null, `API key for “${k.name}”, shown only now (the gateway keeps only its hash). Send it as `, h('code', null, 'Authorization: Bearer KEY'), ':'),
+          h('p', null, `API key for “${k.name}” (scope ${k.scope}), shown only now (the gateway keeps only its hash). Send it as `, h('code', null, 'Authorization: Bearer KEY'), ':'),
           h('code', { class: 'secret', id: 'new-api-key' }, k.key)));
         await loadKeys();
       });
@@ -128,7 +137,8 @@ EM.start(async (main) => {
       h('h2', { id: 'access-title' }, 'Console access'),
       h('h3', null, 'Admin password'), password(),
       h('h3', null, 'API keys'),
-      h('p', { class: 'muted small' }, 'For scripts and the CLI: the same API as this console, at ', h('a', { href: '/api/v1/openapi.json' }, '/api/v1/openapi.json'), '.'),
+      h('p', { class: 'muted small' }, 'For scripts and the CLI: the same API as this console, at ', h('a', { href: '/api/v1/openapi.json' }, '/api/v1/openapi.json'),
+        '. A read key (a scraper, a wall screen) may only look; an admin key may do everything, this page included.'),
       apiKeys()));
   await loadKeys();
 });
