@@ -309,9 +309,10 @@ public sealed partial class PostgresSpool
     }
 
     /// <inheritdoc />
-    public Task CommitDigestAsync(DueDigest digest, NewMessage? message, StormState storm, CancellationToken cancellationToken)
+    public Task CommitDigestAsync(DueDigest digest, NewMessage message, StormState storm, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(digest);
+        ArgumentNullException.ThrowIfNull(message);
         ArgumentNullException.ThrowIfNull(storm);
         return WriteAsync(async (c, tx, ctx) =>
         {
@@ -322,13 +323,30 @@ public sealed partial class PostgresSpool
 
             await ExecAsync(c, tx, cancellationToken,
                 "UPDATE alerts SET status='digested', digest_message=$4 WHERE device=$1 AND code=$2 AND status='held' AND rowid <= $3",
-                digest.Device, digest.Code, digest.ThroughRowId, Text(message?.MessageId)).ConfigureAwait(false);
-            if (message is not null)
+                digest.Device, digest.Code, digest.ThroughRowId, Text(message.MessageId)).ConfigureAwait(false);
+            await InsertMessageAsync(c, tx, message, null, ctx, duplicateIsConflict: true).ConfigureAwait(false);
+            await WriteStormAsync(c, tx, digest.Device, digest.Code, storm, releaseClaim: true, cancellationToken).ConfigureAwait(false);
+            return 0;
+        }, cancellationToken);
+    }
+
+    /// <inheritdoc />
+    public Task UnrouteDigestAsync(DueDigest digest, string route, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(digest);
+        ArgumentNullException.ThrowIfNull(route);
+        return WriteAsync(async (c, tx, _) =>
+        {
+            if (!await HoldsKeyAsync(c, tx, digest.Device, digest.Code, cancellationToken).ConfigureAwait(false))
             {
-                await InsertMessageAsync(c, tx, message, null, ctx, duplicateIsConflict: true).ConfigureAwait(false);
+                return 0;
             }
 
-            await WriteStormAsync(c, tx, digest.Device, digest.Code, storm, releaseClaim: true, cancellationToken).ConfigureAwait(false);
+            await ExecAsync(c, tx, cancellationToken,
+                "UPDATE alerts SET status='unrouted', route=$4 WHERE device=$1 AND code=$2 AND status='held' AND rowid <= $3",
+                digest.Device, digest.Code, digest.ThroughRowId, Text(route)).ConfigureAwait(false);
+            await ExecAsync(c, tx, cancellationToken, "UPDATE storm SET claimed_by=NULL, claim_until=NULL WHERE device=$1 AND code=$2",
+                digest.Device, digest.Code).ConfigureAwait(false);
             return 0;
         }, cancellationToken);
     }

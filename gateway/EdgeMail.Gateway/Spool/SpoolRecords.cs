@@ -345,12 +345,22 @@ public partial interface ISpool : IAsyncDisposable
 
     /// <summary>Marks the digest's held alerts digested and queues the digest mail, atomically.</summary>
     /// <param name="digest">The digest.</param>
-    /// <param name="message">Its mail (null when it has no recipients).</param>
+    /// <param name="message">Its mail.</param>
     /// <param name="storm">New storm state for the key.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>A task completing after commit.</returns>
     /// <exception cref="SpoolConflictException">The mail's Message-ID is already taken; nothing was changed.</exception>
-    Task CommitDigestAsync(DueDigest digest, NewMessage? message, StormState storm, CancellationToken cancellationToken);
+    Task CommitDigestAsync(DueDigest digest, NewMessage message, StormState storm, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Marks the digest's held alerts unrouted, with the route that names nobody, as a single alert without recipients
+    /// is; the storm state stays as it was (no mail went out).
+    /// </summary>
+    /// <param name="digest">The digest.</param>
+    /// <param name="route">Which routes matched and that they named nobody, for each alert's journey.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task completing after commit.</returns>
+    Task UnrouteDigestAsync(DueDigest digest, string route, CancellationToken cancellationToken);
 
     /// <summary>Parks the digest's held alerts with the reason (its composition failed).</summary>
     /// <param name="digest">The digest.</param>

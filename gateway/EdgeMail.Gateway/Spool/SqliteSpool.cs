@@ -481,21 +481,27 @@ public sealed partial class SqliteSpool : ISpool
         }, cancellationToken);
 
     /// <inheritdoc />
-    public Task CommitDigestAsync(DueDigest digest, NewMessage? message, StormState storm, CancellationToken cancellationToken)
+    public Task CommitDigestAsync(DueDigest digest, NewMessage message, StormState storm, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(digest);
+        ArgumentNullException.ThrowIfNull(message);
         return Enqueue((s, ctx) =>
         {
             s.Exec("UPDATE alerts SET status='digested', digest_message=$p3 WHERE device=$p0 AND code=$p1 AND status='held' AND rowid <= $p2",
-                digest.Device, digest.Code, digest.ThroughRowId, message?.MessageId);
-            if (message is not null)
-            {
-                s.InsertMessage(message, null, ctx);
-            }
-
+                digest.Device, digest.Code, digest.ThroughRowId, message.MessageId);
+            s.InsertMessage(message, null, ctx);
             s.WriteStorm(digest.Device, digest.Code, storm);
             return 0;
         }, cancellationToken, background: true);
+    }
+
+    /// <inheritdoc />
+    public Task UnrouteDigestAsync(DueDigest digest, string route, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(digest);
+        ArgumentNullException.ThrowIfNull(route);
+        return Enqueue((s, _) => s.Exec("UPDATE alerts SET status='unrouted', route=$p3 WHERE device=$p0 AND code=$p1 AND status='held' AND rowid <= $p2",
+            digest.Device, digest.Code, digest.ThroughRowId, route), cancellationToken, background: true);
     }
 
     /// <inheritdoc />

@@ -394,6 +394,33 @@ public abstract class SpoolContractTests : IAsyncLifetime
     }
 
     [ContractFact]
+    public async Task UnrouteDigest_LeavesEveryHeldRepeatUnroutedWithTheRoute_AndTheStormStateAsItWas()
+    {
+        await using var spool = Open();
+        var storm = new StormState(T0, "<r-0@gw.test>");
+        await spool.AcceptAlertAsync(Alert("dev-1", "r-0"), default);
+        var raised = Assert.Single(await spool.NewAlertsAsync(10, default));
+        await spool.CommitRoutingAsync([new RoutingCommit(raised.RowId, AlertStatus.Routed, null, Mail("r-0@gw.test"), ("dev-1", "TEMP_HIGH"), storm)], default);
+        for (int i = 1; i <= 3; i++)
+        {
+            await spool.AcceptAlertAsync(Alert("dev-1", $"r-{i}"), default);
+        }
+
+        var alerts = await spool.NewAlertsAsync(10, default);
+        await spool.CommitRoutingAsync(alerts.Select(a => new RoutingCommit(a.RowId, AlertStatus.Held, T0, null, null, null, Route: "held")).ToList(), default);
+        var digest = Assert.Single(await spool.DueDigestsAsync(T0, 2, default));
+
+        await spool.UnrouteDigestAsync(digest, "Routes:0 to owners: nobody new", default);
+
+        Assert.Equal(3, (await spool.CountsAsync(default)).Alerts["unrouted"]); // listed in the digest or not
+        Assert.Equal("Routes:0 to owners: nobody new", (await spool.AlertJourneyAsync(alerts[1].RowId, default))!.Route);
+        Assert.Equal(storm, await spool.GetStormAsync("dev-1", "TEMP_HIGH", default));
+        Assert.Empty(await spool.DueDigestsAsync(T0, 100, default));
+        Assert.Null(await spool.NextDigestDueAsync(default));
+        Assert.Equal("routed", (await spool.GetAlertAsync("dev-1", "r-0", default))?.Status);
+    }
+
+    [ContractFact]
     public async Task ParkedAlert_IsListed_ReleasedIsNewAgain_CancelledStaysForTheRecord()
     {
         var clock = new FakeTimeProvider(T0);
