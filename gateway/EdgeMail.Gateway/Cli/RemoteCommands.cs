@@ -136,7 +136,7 @@ public static class RemoteCommands
 
         var cancelled = MailId();
         var reason = new Option<string?>("--reason") { Description = "Why, for the record (default: cancelled with the CLI)" };
-        queue.Subcommands.Add(remote.Command("cancel", "Give up a queued or parked mail: it is never sent; its pending recipients are marked failed",
+        queue.Subcommands.Add(remote.Command("cancel", "Give up a queued or parked mail: it is never tried again; its pending recipients are marked failed",
             [cancelled, reason], async (c, api, ct) =>
             {
                 var json = await api.PostAsync($"queue/{c.Parse.GetValue(cancelled)}/cancel", new CancelRequest(c.Parse.GetValue(reason) ?? "cancelled with the CLI"), ct).ConfigureAwait(false);

@@ -289,7 +289,8 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                 : new KeptReceipt(keptDevice, keptAlert, ReceiptState.Relayed, now, final.Count > 0 ? final[^1].Reply : string.Empty);
         }
 
-        await _spool.CommitDeliveryAsync(new DeliveryCommit(message.RowId, final, next, notice, kept, _receipts.MaxPerDevice), cancellationToken).ConfigureAwait(false);
+        var recorded = await _spool.CommitDeliveryAsync(new DeliveryCommit(message.RowId, final, next, notice, kept, _receipts.MaxPerDevice), cancellationToken)
+            .ConfigureAwait(false);
         foreach (var r in final)
         {
             _metrics.MailRecipients.Add(1, new KeyValuePair<string, object?>("outcome", r.Outcome));
@@ -305,6 +306,24 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         }
 
         string reply = final.Count > 0 ? final[^1].Reply : string.Empty;
+        if (recorded == DeliveryRecorded.CancelStood)
+        {
+            // No receipt: the device is told nothing about a mail the operator gave up, as for any cancel.
+            LogCancelStood(message.MessageId, reply);
+            return;
+        }
+
+        if (recorded == DeliveryRecorded.CancelTooLate)
+        {
+            LogCancelTooLate(message.MessageId, reply);
+            if (kept is not null)
+            {
+                await _receipts.PublishKeptAsync(kept, cancellationToken).ConfigureAwait(false);
+            }
+
+            return;
+        }
+
         if (failed.Count > 0)
         {
             LogBounced(message.MessageId, string.Join("; ", failed.Select(f => f.Address + ": " + f.Reply)));
@@ -364,6 +383,12 @@ public sealed partial class DeliveryWorker : SupervisedLoop
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Failed <{MessageId}>: {Failures}; the operator is told")]
     private partial void LogBounced(string messageId, string failures);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "<{MessageId}> was cancelled while an attempt was under way, which delivered it to nobody ({Reply}): it stays cancelled")]
+    private partial void LogCancelStood(string messageId, string reply);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "The cancel of <{MessageId}> came too late: the attempt under way had delivered it ({Reply}); recorded as sent")]
+    private partial void LogCancelTooLate(string messageId, string reply);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Delivery bookkeeping could not use the spool; retrying later")]
     private partial void LogFailed(Exception ex);

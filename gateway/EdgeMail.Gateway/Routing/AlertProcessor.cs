@@ -271,7 +271,11 @@ public sealed partial class AlertProcessor : SupervisedLoop
         return new RoutingCommit(stored.RowId, AlertStatus.Routed, null, queued, key, next, Route: route.Explanation);
     }
 
-    /// <summary>Sends the digests whose window has closed; a digest that cannot be composed is parked with its repeats.</summary>
+    /// <summary>
+    /// Sends the digests whose window has closed. A digest is handled as a single alert would be when it cannot be
+    /// mailed: parked with its repeats when none of them passes validation any more or it cannot be composed, its
+    /// repeats left unrouted when its route names nobody now.
+    /// </summary>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>A task.</returns>
     internal async Task DigestDueAsync(CancellationToken cancellationToken)
@@ -280,14 +284,28 @@ public sealed partial class AlertProcessor : SupervisedLoop
         foreach (var digest in await _spool.DueDigestsAsync(now, _options.Storm.DigestMaxRepeats, cancellationToken).ConfigureAwait(false))
         {
             var storm = await _spool.GetStormAsync(digest.Device, digest.Code, cancellationToken).ConfigureAwait(false);
-            NewMessage? queued;
+            DigestDecision decision;
             try
             {
-                queued = ComposeDigest(digest, storm, now);
+                decision = DecideDigest(digest, storm, now);
             }
             catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
             {
                 await ParkDigestAsync(digest, ParkingLot.Describe("composing the digest", ex), ex, cancellationToken).ConfigureAwait(false);
+                continue;
+            }
+
+            if (decision.Refused is { } refused)
+            {
+                await ParkDigestAsync(digest, refused, null, cancellationToken).ConfigureAwait(false);
+                continue;
+            }
+
+            if (decision.Mail is not { } queued)
+            {
+                // Nothing went out, so the storm state stays as it was.
+                LogUnroutedDigest(digest.Device, digest.Code, digest.Total);
+                await _spool.UnrouteDigestAsync(digest, decision.Route!, cancellationToken).ConfigureAwait(false);
                 continue;
             }
 
@@ -305,18 +323,22 @@ public sealed partial class AlertProcessor : SupervisedLoop
         }
     }
 
-    private NewMessage? ComposeDigest(DueDigest digest, StormState? storm, DateTimeOffset now)
+    // What a due digest comes to: its mail; or, as for a single alert, the reason it is parked (Refused) or the route
+    // that names nobody (Route, the mail then null).
+    private sealed record DigestDecision(NewMessage? Mail, string? Refused = null, string? Route = null);
+
+    private DigestDecision DecideDigest(DueDigest digest, StormState? storm, DateTimeOffset now)
     {
         // A held repeat that a stricter gateway no longer accepts is counted, not listed.
-        var repeats = digest.Alerts
-            .Select(a => (Parsed: AlertParser.Parse(a.Payload).Alert, a.ReceivedAt))
-            .Where(r => r.Parsed is not null)
-            .Select(r => (r.Parsed!, r.ReceivedAt))
+        var parsed = digest.Alerts.Select(a => (Result: AlertParser.Parse(a.Payload), a.ReceivedAt)).ToList();
+        var repeats = parsed
+            .Where(r => r.Result.Alert is not null)
+            .Select(r => (r.Result.Alert!, r.ReceivedAt))
             .ToList();
         long omitted = digest.Omitted + (digest.Alerts.Count - repeats.Count);
         if (repeats.Count == 0)
         {
-            return null;
+            return new DigestDecision(null, Refused: "the held repeats no longer pass validation: " + parsed[0].Result.Reason);
         }
 
         // Routes select by minimum severity, so the highest among the repeats (listed or not) reaches everyone any of
@@ -333,13 +355,13 @@ public sealed partial class AlertProcessor : SupervisedLoop
         var route = _router.Route(digest.Device, repeats[^1].Item1 with { Severity = highest });
         if (route.Recipients.Count == 0)
         {
-            return null;
+            return new DigestDecision(null, Route: route.Explanation);
         }
 
         var composed = _composer.ComposeDigest(Device(digest.Device), repeats, route.Recipients, _options.Storm.Window,
             digest.Alerts[0].RowId, storm?.LastRaisedMessageId, now, digest.Alerts[0].Via, omitted);
-        return new NewMessage("digest", digest.Device, null, composed.MessageId, _options.Sender.Address,
-            route.Recipients.Select(r => r.Address).ToList(), composed.Wire);
+        return new DigestDecision(new NewMessage("digest", digest.Device, null, composed.MessageId, _options.Sender.Address,
+            route.Recipients.Select(r => r.Address).ToList(), composed.Wire));
     }
 
     private async Task ParkDigestAsync(DueDigest digest, string reason, Exception? fault, CancellationToken cancellationToken)
@@ -363,6 +385,9 @@ public sealed partial class AlertProcessor : SupervisedLoop
 
     [LoggerMessage(Level = LogLevel.Information, Message = "No route for alert {AlertId} ({Code}) from {Device}; kept as unrouted")]
     private partial void LogUnrouted(string device, string alertId, string code);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "No route for the digest of {Count} repeats of {Code} from {Device}; kept as unrouted")]
+    private partial void LogUnroutedDigest(string device, string code, long count);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Storm control: {Count} repeats of {Code} from {Device} go out as one digest")]
     private partial void LogDigest(string device, string code, long count);

@@ -309,9 +309,10 @@ public sealed partial class PostgresSpool
     }
 
     /// <inheritdoc />
-    public Task CommitDigestAsync(DueDigest digest, NewMessage? message, StormState storm, CancellationToken cancellationToken)
+    public Task CommitDigestAsync(DueDigest digest, NewMessage message, StormState storm, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(digest);
+        ArgumentNullException.ThrowIfNull(message);
         ArgumentNullException.ThrowIfNull(storm);
         return WriteAsync(async (c, tx, ctx) =>
         {
@@ -322,13 +323,30 @@ public sealed partial class PostgresSpool
 
             await ExecAsync(c, tx, cancellationToken,
                 "UPDATE alerts SET status='digested', digest_message=$4 WHERE device=$1 AND code=$2 AND status='held' AND rowid <= $3",
-                digest.Device, digest.Code, digest.ThroughRowId, Text(message?.MessageId)).ConfigureAwait(false);
-            if (message is not null)
+                digest.Device, digest.Code, digest.ThroughRowId, Text(message.MessageId)).ConfigureAwait(false);
+            await InsertMessageAsync(c, tx, message, null, ctx, duplicateIsConflict: true).ConfigureAwait(false);
+            await WriteStormAsync(c, tx, digest.Device, digest.Code, storm, releaseClaim: true, cancellationToken).ConfigureAwait(false);
+            return 0;
+        }, cancellationToken);
+    }
+
+    /// <inheritdoc />
+    public Task UnrouteDigestAsync(DueDigest digest, string route, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(digest);
+        ArgumentNullException.ThrowIfNull(route);
+        return WriteAsync(async (c, tx, _) =>
+        {
+            if (!await HoldsKeyAsync(c, tx, digest.Device, digest.Code, cancellationToken).ConfigureAwait(false))
             {
-                await InsertMessageAsync(c, tx, message, null, ctx, duplicateIsConflict: true).ConfigureAwait(false);
+                return 0;
             }
 
-            await WriteStormAsync(c, tx, digest.Device, digest.Code, storm, releaseClaim: true, cancellationToken).ConfigureAwait(false);
+            await ExecAsync(c, tx, cancellationToken,
+                "UPDATE alerts SET status='unrouted', route=$4 WHERE device=$1 AND code=$2 AND status='held' AND rowid <= $3",
+                digest.Device, digest.Code, digest.ThroughRowId, Text(route)).ConfigureAwait(false);
+            await ExecAsync(c, tx, cancellationToken, "UPDATE storm SET claimed_by=NULL, claim_until=NULL WHERE device=$1 AND code=$2",
+                digest.Device, digest.Code).ConfigureAwait(false);
             return 0;
         }, cancellationToken);
     }
@@ -404,20 +422,30 @@ public sealed partial class PostgresSpool
 
     /// <summary>Records an attempt's results, only while this instance still holds the message's claim.</summary>
     /// <inheritdoc />
-    public Task CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken)
+    public Task<DeliveryRecorded> CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(commit);
         return WriteAsync(async (c, tx, ctx) =>
         {
-            if (await ScalarAsync(c, tx, cancellationToken, "SELECT attempts FROM messages WHERE rowid=$1 AND status='queued' AND claimed_by=$2 FOR UPDATE",
-                commit.RowId, _owner).ConfigureAwait(false) is not int attempts)
+            var rows = await ListAsync(c, tx, cancellationToken, r => (Attempts: r.GetInt32(0), Status: r.GetString(1), Holder: Str(r, 2)),
+                "SELECT attempts, status, claimed_by FROM messages WHERE rowid=$1 FOR UPDATE", commit.RowId).ConfigureAwait(false);
+            if (rows.Count == 0)
             {
-                return 0; // cancelled meanwhile, or taken over after the lease ran out: the other instance records its own attempt
+                return DeliveryRecorded.Ignored;
             }
 
-            await ExecAsync(c, tx, cancellationToken,
-                "INSERT INTO attempts(message, attempt, at, results) VALUES($1,$2,$3,$4) ON CONFLICT (message, attempt) DO UPDATE SET at=excluded.at, results=excluded.results",
-                commit.RowId, attempts + 1, ctx.NowMs, JsonSerializer.Serialize(commit.Results)).ConfigureAwait(false);
+            var (attempts, current, holder) = rows[0];
+            if (current == MessageStatus.Cancelled)
+            {
+                return await RecordAfterCancelAsync(c, tx, ctx, commit, attempts, cancellationToken).ConfigureAwait(false);
+            }
+
+            if (current != MessageStatus.Queued || holder != _owner)
+            {
+                return DeliveryRecorded.Ignored; // taken over after the lease ran out: the other instance records its own attempt
+            }
+
+            await InsertAttemptAsync(c, tx, ctx, commit, attempts, cancellationToken).ConfigureAwait(false);
             if (commit.Results.Count > 0)
             {
                 await ExecAsync(c, tx, cancellationToken,
@@ -449,8 +477,46 @@ public sealed partial class PostgresSpool
                 await KeepAsync(c, tx, commit.Receipt, commit.ReceiptsPerDevice, ctx.NowMs, cancellationToken).ConfigureAwait(false);
             }
 
-            return 0;
+            return DeliveryRecorded.Recorded;
         }, cancellationToken);
+    }
+
+    private static Task InsertAttemptAsync(NpgsqlConnection c, NpgsqlTransaction tx, WriteContext ctx, DeliveryCommit commit, int attempts, CancellationToken ct) =>
+        ExecAsync(c, tx, ct,
+            "INSERT INTO attempts(message, attempt, at, results) VALUES($1,$2,$3,$4) ON CONFLICT (message, attempt) DO UPDATE SET at=excluded.at, results=excluded.results",
+            commit.RowId, attempts + 1, ctx.NowMs, JsonSerializer.Serialize(commit.Results));
+
+    // The operator cancelled the message while this attempt was under way (the cancel also ended the claim). The attempt
+    // happened and stays on record; whether the cancel stands depends on whether the attempt had already delivered the mail.
+    private static async Task<DeliveryRecorded> RecordAfterCancelAsync(NpgsqlConnection c, NpgsqlTransaction tx, WriteContext ctx, DeliveryCommit commit, int attempts,
+        CancellationToken ct)
+    {
+        await InsertAttemptAsync(c, tx, ctx, commit, attempts, ct).ConfigureAwait(false);
+        string? lastReply = Text(commit.Results.Count > 0 ? commit.Results[^1].Reply : null);
+        var sent = commit.Results.Where(r => r.Outcome == "sent").ToList();
+        if (sent.Count == 0)
+        {
+            await ExecAsync(c, tx, ct, "UPDATE messages SET attempts=attempts+1, last_reply=COALESCE($1, last_reply) WHERE rowid=$2", lastReply, commit.RowId).ConfigureAwait(false);
+            return DeliveryRecorded.CancelStood;
+        }
+
+        await ExecAsync(c, tx, ct,
+            """
+            UPDATE recipients r SET status='sent', reply=u.reply
+            FROM unnest($2::text[], $3::text[]) AS u(address, reply) WHERE r.message = $1 AND r.address = u.address
+            """, commit.RowId, sent.Select(r => Text(r.Address)).ToArray(), sent.Select(r => Text(r.Reply)).ToArray()).ConfigureAwait(false);
+        await ExecAsync(c, tx, ct,
+            """
+            UPDATE messages SET attempts=attempts+1, last_reply=$1, reason=$2 || COALESCE(reason, ''),
+              status=CASE WHEN EXISTS (SELECT 1 FROM recipients WHERE message=$3 AND status<>'sent') THEN 'partial' ELSE 'sent' END
+            WHERE rowid=$3
+            """, lastReply, SpoolReasons.CancelTooLate, commit.RowId).ConfigureAwait(false);
+        if (commit.Receipt is not null)
+        {
+            await KeepAsync(c, tx, commit.Receipt, commit.ReceiptsPerDevice, ctx.NowMs, ct).ConfigureAwait(false);
+        }
+
+        return DeliveryRecorded.CancelTooLate;
     }
 
     /// <inheritdoc />

@@ -53,6 +53,13 @@ public static class MessageStatus
     public const string Cancelled = "cancelled";
 }
 
+/// <summary>Reasons the spool itself writes.</summary>
+internal static class SpoolReasons
+{
+    /// <summary>Put before the operator's reason on a mail cancelled while an attempt that then delivered it was under way.</summary>
+    internal const string CancelTooLate = "the cancel came too late: the attempt under way had delivered the mail. The cancel's reason: ";
+}
+
 /// <summary>An alert arriving at the spool.</summary>
 /// <param name="Device">Sending device.</param>
 /// <param name="AlertId">The alert's id (for a rejected alert without one: a digest of its payload).</param>
@@ -243,6 +250,32 @@ public sealed record PruneResult(long Messages, long Alerts, long FreedPages);
 public sealed record DeliveryCommit(long RowId, IReadOnlyList<RecipientResult> Results, DateTimeOffset? NextAttemptAt, NewMessage? Notice,
     KeptReceipt? Receipt = null, int ReceiptsPerDevice = 100);
 
+/// <summary>What recording a delivery attempt's result came to.</summary>
+public enum DeliveryRecorded
+{
+    /// <summary>Recorded: the message is queued for its next attempt or finished.</summary>
+    Recorded,
+
+    /// <summary>
+    /// The operator cancelled the message while the attempt was under way, and the attempt delivered it to nobody: the
+    /// attempt is on record, the message stays cancelled, and neither its notice nor its receipt was kept.
+    /// </summary>
+    CancelStood,
+
+    /// <summary>
+    /// The operator cancelled the message while the attempt was under way, too late: the attempt delivered it to some
+    /// recipient at least. Those recipients are recorded sent, the message <c>sent</c> (or <c>partial</c>, the others
+    /// staying cancelled) with the cancel noted in its reason, and the attempt's receipt kept.
+    /// </summary>
+    CancelTooLate,
+
+    /// <summary>
+    /// Nothing recorded: the message is not this attempt's to record any more (on a shared spool another instance took
+    /// it over after the lease ran out, and records its own attempt).
+    /// </summary>
+    Ignored,
+}
+
 /// <summary>Counts by state, for tests, logs and the console.</summary>
 /// <param name="Alerts">Alerts by status.</param>
 /// <param name="Messages">Messages by status.</param>
@@ -345,12 +378,22 @@ public partial interface ISpool : IAsyncDisposable
 
     /// <summary>Marks the digest's held alerts digested and queues the digest mail, atomically.</summary>
     /// <param name="digest">The digest.</param>
-    /// <param name="message">Its mail (null when it has no recipients).</param>
+    /// <param name="message">Its mail.</param>
     /// <param name="storm">New storm state for the key.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>A task completing after commit.</returns>
     /// <exception cref="SpoolConflictException">The mail's Message-ID is already taken; nothing was changed.</exception>
-    Task CommitDigestAsync(DueDigest digest, NewMessage? message, StormState storm, CancellationToken cancellationToken);
+    Task CommitDigestAsync(DueDigest digest, NewMessage message, StormState storm, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Marks the digest's held alerts unrouted, with the route that names nobody, as a single alert without recipients
+    /// is; the storm state stays as it was (no mail went out).
+    /// </summary>
+    /// <param name="digest">The digest.</param>
+    /// <param name="route">Which routes matched and that they named nobody, for each alert's journey.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task completing after commit.</returns>
+    Task UnrouteDigestAsync(DueDigest digest, string route, CancellationToken cancellationToken);
 
     /// <summary>Parks the digest's held alerts with the reason (its composition failed).</summary>
     /// <param name="digest">The digest.</param>
@@ -377,11 +420,14 @@ public partial interface ISpool : IAsyncDisposable
     /// <returns>The earliest due time.</returns>
     Task<DateTimeOffset?> NextMessageDueAsync(CancellationToken cancellationToken);
 
-    /// <summary>Records the result of a delivery attempt.</summary>
+    /// <summary>
+    /// Records the result of a delivery attempt. A message the operator cancelled meanwhile is never queued again: the
+    /// attempt is recorded, and the cancel stands unless the attempt delivered the mail (<see cref="DeliveryRecorded"/>).
+    /// </summary>
     /// <param name="commit">Results.</param>
     /// <param name="cancellationToken">Cancellation.</param>
-    /// <returns>A task completing after commit.</returns>
-    Task CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken);
+    /// <returns>What was recorded, after commit.</returns>
+    Task<DeliveryRecorded> CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken);
 
     /// <summary>Every device changed at run time.</summary>
     /// <param name="cancellationToken">Cancellation.</param>

@@ -481,21 +481,27 @@ public sealed partial class SqliteSpool : ISpool
         }, cancellationToken);
 
     /// <inheritdoc />
-    public Task CommitDigestAsync(DueDigest digest, NewMessage? message, StormState storm, CancellationToken cancellationToken)
+    public Task CommitDigestAsync(DueDigest digest, NewMessage message, StormState storm, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(digest);
+        ArgumentNullException.ThrowIfNull(message);
         return Enqueue((s, ctx) =>
         {
             s.Exec("UPDATE alerts SET status='digested', digest_message=$p3 WHERE device=$p0 AND code=$p1 AND status='held' AND rowid <= $p2",
-                digest.Device, digest.Code, digest.ThroughRowId, message?.MessageId);
-            if (message is not null)
-            {
-                s.InsertMessage(message, null, ctx);
-            }
-
+                digest.Device, digest.Code, digest.ThroughRowId, message.MessageId);
+            s.InsertMessage(message, null, ctx);
             s.WriteStorm(digest.Device, digest.Code, storm);
             return 0;
         }, cancellationToken, background: true);
+    }
+
+    /// <inheritdoc />
+    public Task UnrouteDigestAsync(DueDigest digest, string route, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(digest);
+        ArgumentNullException.ThrowIfNull(route);
+        return Enqueue((s, _) => s.Exec("UPDATE alerts SET status='unrouted', route=$p3 WHERE device=$p0 AND code=$p1 AND status='held' AND rowid <= $p2",
+            digest.Device, digest.Code, digest.ThroughRowId, route), cancellationToken, background: true);
     }
 
     /// <inheritdoc />
@@ -570,14 +576,29 @@ public sealed partial class SqliteSpool : ISpool
         Read((s, _) => s.Scalar("SELECT MIN(next_attempt_at) FROM messages WHERE status='queued'") is long ms ? FromMs(ms) : (DateTimeOffset?)null, cancellationToken);
 
     /// <inheritdoc />
-    public Task CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken)
+    public Task<DeliveryRecorded> CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(commit);
         return Enqueue((s, ctx) =>
         {
+            string? current;
+            using (var r = s.Query("SELECT status FROM messages WHERE rowid=$p0", commit.RowId))
+            {
+                current = r.Read() ? r.GetString(0) : null;
+            }
+
+            if (current == MessageStatus.Cancelled)
+            {
+                return s.RecordAfterCancel(commit, ctx);
+            }
+
+            if (current != MessageStatus.Queued)
+            {
+                return DeliveryRecorded.Ignored;
+            }
+
             string? lastReply = null;
-            s.Exec("INSERT OR REPLACE INTO attempts(message, attempt, at, results) VALUES($p0, (SELECT attempts + 1 FROM messages WHERE rowid=$p0), $p1, $p2)",
-                commit.RowId, ctx.Now.ToUnixTimeMilliseconds(), System.Text.Json.JsonSerializer.Serialize(commit.Results));
+            s.InsertAttempt(commit, ctx);
             foreach (var result in commit.Results)
             {
                 lastReply = result.Reply;
@@ -611,8 +632,44 @@ public sealed partial class SqliteSpool : ISpool
                 s.Keep(commit.Receipt, commit.ReceiptsPerDevice, ctx.Now.ToUnixTimeMilliseconds());
             }
 
-            return 0;
+            return DeliveryRecorded.Recorded;
         }, cancellationToken, background: true);
+    }
+
+    private void InsertAttempt(DeliveryCommit commit, BatchContext ctx) =>
+        Exec("INSERT OR REPLACE INTO attempts(message, attempt, at, results) VALUES($p0, (SELECT attempts + 1 FROM messages WHERE rowid=$p0), $p1, $p2)",
+            commit.RowId, ctx.Now.ToUnixTimeMilliseconds(), System.Text.Json.JsonSerializer.Serialize(commit.Results));
+
+    // The operator cancelled the message while this attempt was under way. The attempt happened and stays on record;
+    // whether the cancel stands depends on whether the attempt had already delivered the mail.
+    private DeliveryRecorded RecordAfterCancel(DeliveryCommit commit, BatchContext ctx)
+    {
+        InsertAttempt(commit, ctx);
+        string? lastReply = commit.Results.Count > 0 ? commit.Results[^1].Reply : null;
+        var sent = commit.Results.Where(r => r.Outcome == "sent").ToList();
+        if (sent.Count == 0)
+        {
+            Exec("UPDATE messages SET attempts=attempts+1, last_reply=COALESCE($p0, last_reply) WHERE rowid=$p1", lastReply, commit.RowId);
+            return DeliveryRecorded.CancelStood;
+        }
+
+        foreach (var result in sent)
+        {
+            Exec("UPDATE recipients SET status='sent', reply=$p0 WHERE message=$p1 AND address=$p2", result.Reply, commit.RowId, result.Address);
+        }
+
+        Exec(
+            """
+            UPDATE messages SET attempts=attempts+1, last_reply=$p0, reason=$p1 || COALESCE(reason, ''),
+              status=CASE WHEN EXISTS (SELECT 1 FROM recipients WHERE message=$p2 AND status<>'sent') THEN 'partial' ELSE 'sent' END
+            WHERE rowid=$p2
+            """, lastReply, SpoolReasons.CancelTooLate, commit.RowId);
+        if (commit.Receipt is not null)
+        {
+            Keep(commit.Receipt, commit.ReceiptsPerDevice, ctx.Now.ToUnixTimeMilliseconds());
+        }
+
+        return DeliveryRecorded.CancelTooLate;
     }
 
     /// <inheritdoc />

@@ -1,9 +1,15 @@
+using System.Net;
+using System.Net.Http.Json;
 using System.Text;
+using System.Threading.Channels;
 using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Receipts;
 using EdgeMail.Gateway.Relay;
 using EdgeMail.Gateway.Spool;
 using EdgeMail.Testing;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 using Microsoft.Extensions.Time.Testing;
 using Xunit;
@@ -74,6 +80,36 @@ public sealed class DeliveryContainmentTests
         Assert.Contains("already in the spool", (await gw.Spool.GetMessageAsync("doomed@gw.test", default))!.Reason, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task CancelWhileAnAttemptIsUnderWay_ThatDeferredIt_StaysCancelled_WithoutADeferredReceiptOrAnotherAttempt()
+    {
+        var log = new WorkerLog();
+        var transport = new GatedTransport();
+        await using var gw = await TestGateway.StartAsync(
+            c => c["Logging"] = new { LogLevel = new Dictionary<string, string> { ["Default"] = "Warning", [typeof(DeliveryWorker).FullName!] = "Information" } },
+            s =>
+            {
+                s.AddSingleton<ILoggerProvider>(log);
+                s.AddSingleton<IMailTransport>(transport);
+            });
+        using var api = await gw.ApiAsync();
+        using var client = await gw.ConnectAsync("dev-1");
+        await ContainmentTests.PublishAsync(client, "dev-1", Alerts.Json("c-1"));
+        var attempt = await Await.Within(transport.Entered, "the attempt under way");
+
+        Assert.Equal(HttpStatusCode.NoContent, (await api.PostAsJsonAsync($"/api/v1/queue/{attempt.RowId}/cancel", new { reason = "wrong recipients" })).StatusCode);
+        transport.Finish(attempt.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.3.0 try again later")).ToList());
+
+        string said = await Await.Within(log.AboutAsync(attempt.MessageId), "the worker's word on the attempt");
+        Assert.Contains("stays cancelled", said, StringComparison.Ordinal);
+        var receipts = gw.Host.Services.GetRequiredService<ReceiptPublisher>().RecentFor("dev-1", "c-1");
+        Assert.DoesNotContain(receipts, r => r.State == ReceiptState.Deferred);
+        var detail = (await gw.Spool.MessageDetailAsync(attempt.RowId, default))!;
+        Assert.Equal(("cancelled", 1), (detail.Summary.Status, detail.Summary.Attempts));
+        Assert.Empty(await gw.Spool.DueMessagesAsync(DateTimeOffset.MaxValue.AddDays(-1), 10, new HashSet<long>(), default));
+        Assert.Equal(1, transport.Calls);
+    }
+
     /// <summary>Pokes the worker and waits until it has nothing due and goes to wait.</summary>
     internal static async Task IdleAfterAsync(DeliveryWorker worker, Action poke)
     {
@@ -88,6 +124,64 @@ public sealed class DeliveryContainmentTests
         finally
         {
             worker.Idle -= OnIdle;
+        }
+    }
+
+    // Holds the first attempt until the test finishes it with the results it chooses.
+    private sealed class GatedTransport : IMailTransport
+    {
+        private readonly TaskCompletionSource<QueuedMessage> _entered = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly TaskCompletionSource<IReadOnlyList<RecipientResult>> _results = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private int _calls;
+
+        public Task<QueuedMessage> Entered => _entered.Task;
+
+        public int Calls => Volatile.Read(ref _calls);
+
+        public void Finish(IReadOnlyList<RecipientResult> results) => _results.TrySetResult(results);
+
+        public Task<IReadOnlyList<RecipientResult>> SendAsync(QueuedMessage message, CancellationToken cancellationToken)
+        {
+            Interlocked.Increment(ref _calls);
+            _entered.TrySetResult(message);
+            return _results.Task.WaitAsync(cancellationToken);
+        }
+
+        public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    }
+
+    // The delivery worker's log lines: what it made of an attempt is the last thing it does with it.
+    private sealed class WorkerLog : ILoggerProvider
+    {
+        private readonly Channel<string> _lines = Channel.CreateUnbounded<string>();
+
+        public async Task<string> AboutAsync(string messageId)
+        {
+            await foreach (string line in _lines.Reader.ReadAllAsync())
+            {
+                if (line.Contains("<" + messageId + ">", StringComparison.Ordinal))
+                {
+                    return line;
+                }
+            }
+
+            throw new InvalidOperationException("the log ended");
+        }
+
+        public ILogger CreateLogger(string categoryName) =>
+            categoryName == typeof(DeliveryWorker).FullName ? new Lines(_lines.Writer) : NullLogger.Instance;
+
+        public void Dispose() => _lines.Writer.TryComplete();
+
+        private sealed class Lines(ChannelWriter<string> writer) : ILogger
+        {
+            public IDisposable? BeginScope<TState>(TState state)
+                where TState : notnull => null;
+
+            public bool IsEnabled(LogLevel logLevel) => true;
+
+            public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+                writer.TryWrite(formatter(state, exception));
         }
     }
 

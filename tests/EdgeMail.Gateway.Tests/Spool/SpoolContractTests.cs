@@ -394,6 +394,33 @@ public abstract class SpoolContractTests : IAsyncLifetime
     }
 
     [ContractFact]
+    public async Task UnrouteDigest_LeavesEveryHeldRepeatUnroutedWithTheRoute_AndTheStormStateAsItWas()
+    {
+        await using var spool = Open();
+        var storm = new StormState(T0, "<r-0@gw.test>");
+        await spool.AcceptAlertAsync(Alert("dev-1", "r-0"), default);
+        var raised = Assert.Single(await spool.NewAlertsAsync(10, default));
+        await spool.CommitRoutingAsync([new RoutingCommit(raised.RowId, AlertStatus.Routed, null, Mail("r-0@gw.test"), ("dev-1", "TEMP_HIGH"), storm)], default);
+        for (int i = 1; i <= 3; i++)
+        {
+            await spool.AcceptAlertAsync(Alert("dev-1", $"r-{i}"), default);
+        }
+
+        var alerts = await spool.NewAlertsAsync(10, default);
+        await spool.CommitRoutingAsync(alerts.Select(a => new RoutingCommit(a.RowId, AlertStatus.Held, T0, null, null, null, Route: "held")).ToList(), default);
+        var digest = Assert.Single(await spool.DueDigestsAsync(T0, 2, default));
+
+        await spool.UnrouteDigestAsync(digest, "Routes:0 to owners: nobody new", default);
+
+        Assert.Equal(3, (await spool.CountsAsync(default)).Alerts["unrouted"]); // listed in the digest or not
+        Assert.Equal("Routes:0 to owners: nobody new", (await spool.AlertJourneyAsync(alerts[1].RowId, default))!.Route);
+        Assert.Equal(storm, await spool.GetStormAsync("dev-1", "TEMP_HIGH", default));
+        Assert.Empty(await spool.DueDigestsAsync(T0, 100, default));
+        Assert.Null(await spool.NextDigestDueAsync(default));
+        Assert.Equal("routed", (await spool.GetAlertAsync("dev-1", "r-0", default))?.Status);
+    }
+
+    [ContractFact]
     public async Task ParkedAlert_IsListed_ReleasedIsNewAgain_CancelledStaysForTheRecord()
     {
         var clock = new FakeTimeProvider(T0);
@@ -441,6 +468,67 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Equal("failed", Assert.Single((await spool.MessageDetailAsync(m2.RowId, default))!.Recipients).Status);
         Assert.False(await spool.ReleaseAsync(ParkedKinds.Message, m2.RowId, default));
         Assert.Equal(["m-1@gw.test"], (await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default)).Select(m => m.MessageId));
+    }
+
+    [ContractFact]
+    public async Task DeliveryResult_ArrivingAfterACancel_ThatDeliveredNothing_LeavesTheCancel_WithTheAttemptOnRecord()
+    {
+        await using var spool = Open();
+        var (_, row) = await RoutedAsync(spool, "dev-1", "a-1", "alice@example.com", "bob@example.com");
+        Assert.Single(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default)); // taken for an attempt
+        Assert.True(await spool.CancelAsync(ParkedKinds.Message, row, "wrong recipients", default));
+
+        await spool.CommitDeliveryAsync(new DeliveryCommit(row,
+            [new("alice@example.com", "deferred", "451 4.3.0 busy"), new("bob@example.com", "failed", "550 5.1.1 no such user")], T0.AddMinutes(1),
+            Mail("a-1.n1.notice@gw.test", "notice"), new KeptReceipt("dev-1", "a-1", "failed", T0, "550 5.1.1 no such user")), default);
+
+        var detail = (await spool.MessageDetailAsync(row, default))!;
+        Assert.Equal(("cancelled", "wrong recipients", 1), (detail.Summary.Status, detail.Summary.Reason, detail.Summary.Attempts));
+        Assert.All(detail.Recipients, r => Assert.Equal(("failed", "cancelled by the operator: wrong recipients"), (r.Status, r.Reply)));
+        Assert.Equal(2, Assert.Single(detail.Attempts).Results.Count); // what the relay answered stays on record
+        Assert.Empty(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
+        Assert.Null(await spool.GetMessageAsync("a-1.n1.notice@gw.test", default)); // no notice about a mail given up
+        Assert.Empty(await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default));
+    }
+
+    [ContractFact]
+    public async Task DeliveryResult_ArrivingAfterACancel_ThatDeliveredTheMail_IsRecordedAsSent_TheCancelTooLate()
+    {
+        await using var spool = Open();
+        var (_, row) = await RoutedAsync(spool, "dev-1", "a-1", "alice@example.com", "bob@example.com");
+        Assert.Single(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
+        Assert.True(await spool.CancelAsync(ParkedKinds.Message, row, "wrong recipients", default));
+
+        await spool.CommitDeliveryAsync(new DeliveryCommit(row,
+            [new("alice@example.com", "sent", "250 2.0.0 queued as 42"), new("bob@example.com", "sent", "250 2.0.0 queued as 42")], null, null,
+            new KeptReceipt("dev-1", "a-1", "relayed", T0, "250 2.0.0 queued as 42")), default);
+
+        var detail = (await spool.MessageDetailAsync(row, default))!;
+        Assert.Equal(("sent", 1), (detail.Summary.Status, detail.Summary.Attempts));
+        Assert.Contains("too late", detail.Summary.Reason, StringComparison.Ordinal);
+        Assert.Contains("wrong recipients", detail.Summary.Reason, StringComparison.Ordinal);
+        Assert.All(detail.Recipients, r => Assert.Equal(("sent", "250 2.0.0 queued as 42"), (r.Status, r.Reply)));
+        Assert.Empty(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
+        Assert.Equal("relayed", Assert.Single(await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Receipt.State);
+    }
+
+    [ContractFact]
+    public async Task DeliveryResult_ArrivingAfterACancel_ThatDeliveredToSome_IsPartial_TheOthersStayCancelled()
+    {
+        await using var spool = Open();
+        var (_, row) = await RoutedAsync(spool, "dev-1", "a-1", "alice@example.com", "bob@example.com");
+        Assert.Single(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
+        Assert.True(await spool.CancelAsync(ParkedKinds.Message, row, "wrong recipients", default));
+
+        await spool.CommitDeliveryAsync(new DeliveryCommit(row,
+            [new("alice@example.com", "sent", "250 2.0.0 queued as 42"), new("bob@example.com", "deferred", "451 4.2.1 mailbox busy")], T0.AddMinutes(1), null), default);
+
+        var detail = (await spool.MessageDetailAsync(row, default))!;
+        Assert.Equal("partial", detail.Summary.Status);
+        Assert.Equal(
+            [("alice@example.com", "sent", "250 2.0.0 queued as 42"), ("bob@example.com", "failed", "cancelled by the operator: wrong recipients")],
+            detail.Recipients.Select(r => (r.Address, r.Status, r.Reply)));
+        Assert.Empty(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
     }
 
     [ContractFact]

@@ -37,7 +37,7 @@ public static class QueueApi
             await c.Spool.CancelAsync(ParkedKinds.Message, rowId, request?.Reason ?? "cancelled in the console", ct).ConfigureAwait(false)
                 ? Results.NoContent()
                 : Results.Conflict(new ApiError($"mail {rowId} is neither queued nor parked")))
-            .WithSummary("Gives up a queued or parked mail: never sent; its pending recipients fail");
+            .WithSummary("Gives up a queued or parked mail: never tried again; its pending recipients fail (an attempt already under way that delivers it makes it sent)");
 
         api.MapGet("/messages/{rowId:long}/raw", async (long rowId, ConsoleContext c, CancellationToken ct) =>
             await c.Spool.MessageDetailAsync(rowId, ct).ConfigureAwait(false) is { } detail
