@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Sockets;
@@ -200,8 +199,9 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     /// </summary>
     /// <param name="deviceId">Device.</param>
     /// <param name="payload">Receipt JSON.</param>
+    /// <param name="kept">The hand-over of a kept receipt; null for a courtesy one.</param>
     /// <returns>A task completing when queued for the device.</returns>
-    public async Task PublishAsync(string deviceId, byte[] payload)
+    public async Task PublishAsync(string deviceId, byte[] payload, ReceiptHand? kept)
     {
         var server = _server ?? throw new InvalidOperationException("The broker is not started.");
         MqttSessionStatus? session = null;
@@ -219,7 +219,16 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
 
         if (session is null)
         {
-            _receipts.NotDelivered(deviceId, new ReadOnlySequence<byte>(payload));
+            _receipts.NotDelivered(kept);
+            return;
+        }
+
+        // Asked after the session was found: a clean-session CONNECT makes the publisher forget the old session's
+        // receipts (ValidateConnectionAsync) before MQTTnet puts the new session in place. A copy still counted on goes
+        // into the session it was handed for (a clean start drops it with that session) or one the device resumed; a
+        // copy handed before the session ended would reach the new one beside the copy its subscription's replay gave.
+        if (kept is not null && !_receipts.StillHanded(kept))
+        {
             return;
         }
 

@@ -142,7 +142,7 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
     }
 
     /// <inheritdoc />
-    public Task PublishAsync(string deviceId, byte[] payload) => _receiptSink.PublishAsync(deviceId, payload);
+    public Task PublishAsync(string deviceId, byte[] payload, ReceiptHand? kept) => _receiptSink.PublishAsync(deviceId, payload, kept);
 
     // PUBACK only after the spool commit: acknowledged by the pipeline, not by MQTTnet on return.
     private Task OnMessageAsync(MqttApplicationMessageReceivedEventArgs e) =>

@@ -1,4 +1,3 @@
-using System.Buffers;
 using EdgeMail.Gateway.Receipts;
 using Microsoft.Extensions.Logging;
 using MQTTnet;
@@ -94,7 +93,7 @@ internal sealed partial class ExternalReceiptSink : IReceiptSink, IDisposable
     }
 
     /// <inheritdoc />
-    public async Task PublishAsync(string deviceId, byte[] payload)
+    public async Task PublishAsync(string deviceId, byte[] payload, ReceiptHand? kept)
     {
         if (!_link.IsConnected)
         {
@@ -108,13 +107,13 @@ internal sealed partial class ExternalReceiptSink : IReceiptSink, IDisposable
                 catch (Exception ex) when (ex is TimeoutException or OperationCanceledException)
                 {
                     LogReceiptsDropped(deviceId);
-                    _receipts.NotDelivered(deviceId, new ReadOnlySequence<byte>(payload));
+                    _receipts.NotDelivered(kept);
                     return;
                 }
             }
             else
             {
-                _receipts.NotDelivered(deviceId, new ReadOnlySequence<byte>(payload));
+                _receipts.NotDelivered(kept);
                 return;
             }
         }
@@ -125,13 +124,13 @@ internal sealed partial class ExternalReceiptSink : IReceiptSink, IDisposable
             .WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce)
             .Build();
         await _slots.WaitAsync(_stopping).ConfigureAwait(false);
-        _ = PublishOneAsync(deviceId, message);
+        _ = PublishOneAsync(deviceId, message, kept);
     }
 
     /// <inheritdoc />
     public void Dispose() => _slots.Dispose();
 
-    private async Task PublishOneAsync(string deviceId, MqttApplicationMessage message)
+    private async Task PublishOneAsync(string deviceId, MqttApplicationMessage message, ReceiptHand? kept)
     {
         try
         {
@@ -146,12 +145,12 @@ internal sealed partial class ExternalReceiptSink : IReceiptSink, IDisposable
             else if (result.ReasonCode == MqttClientPublishReasonCode.NoMatchingSubscribers)
             {
                 // MQTTnet counts this as success (IsSuccess), but the broker dropped the receipt: nobody holds it.
-                _receipts.NobodySubscribed(deviceId, message.Payload);
+                _receipts.NobodySubscribed(kept);
             }
             else
             {
                 LogReceiptRefused(deviceId, result.ReasonCode.ToString(), result.ReasonString ?? string.Empty);
-                _receipts.NotDelivered(deviceId, message.Payload);
+                _receipts.NotDelivered(kept);
             }
         }
         catch (Exception ex) when (ex is MqttCommunicationException or OperationCanceledException or ObjectDisposedException or InvalidOperationException)
@@ -161,7 +160,7 @@ internal sealed partial class ExternalReceiptSink : IReceiptSink, IDisposable
                 LogReceiptFailed(ex, deviceId);
             }
 
-            _receipts.NotDelivered(deviceId, message.Payload);
+            _receipts.NotDelivered(kept);
         }
         finally
         {

@@ -37,14 +37,33 @@ public static class ReceiptState
 /// <param name="Published">False when the device held no receipt subscription, so it was not sent.</param>
 public sealed record SentReceipt(string Device, string AlertId, string State, DateTimeOffset At, string Detail, bool Published);
 
+/// <summary>
+/// One hand-over of a kept receipt to the broker, from the moment the publisher decided to send it. The publisher
+/// forgets it when the device's session ends; a copy that had not reached the broker by then must not go into the
+/// session that follows, which gets a copy of its own from the replay at its subscription
+/// (<see cref="ReceiptPublisher.StillHanded"/>).
+/// </summary>
+public sealed class ReceiptHand
+{
+    internal ReceiptHand((string Device, string AlertId, string State) key) => Key = key;
+
+    /// <summary>Device, alert id and state of the receipt.</summary>
+    public (string Device, string AlertId, string State) Key { get; }
+}
+
 /// <summary>Where receipts go (the embedded broker, or an external one).</summary>
 public interface IReceiptSink
 {
     /// <summary>Publishes a receipt payload to a device's receipt topic (QoS 1, not retained).</summary>
     /// <param name="deviceId">Device.</param>
     /// <param name="payload">Receipt JSON.</param>
+    /// <param name="kept">
+    /// The hand-over of a kept receipt (null for a courtesy one): the sink reports with it a receipt that reached nobody
+    /// (<see cref="ReceiptPublisher.NotDelivered"/>), and puts it into a device's session only while
+    /// <see cref="ReceiptPublisher.StillHanded"/>.
+    /// </param>
     /// <returns>A task completing when handed to the broker.</returns>
-    Task PublishAsync(string deviceId, byte[] payload);
+    Task PublishAsync(string deviceId, byte[] payload, ReceiptHand? kept);
 
     /// <summary>
     /// Whether a receipt for <paramref name="deviceId"/> can reach anyone: the device holds a subscription to its
@@ -93,9 +112,11 @@ public sealed partial class ReceiptPublisher : IDisposable
     private readonly CancellationTokenSource _stopping = new();
 
     // Kept receipts handed to the broker and not acknowledged yet, by device: what the device's session (or the external
-    // broker) holds, so a replay does not send them twice. Forgotten with the session (SessionEnded), and empty after a
-    // restart, which is when a replay sends them again.
-    private readonly Dictionary<string, HashSet<(string AlertId, string State)>> _handed = new(StringComparer.Ordinal);
+    // broker) holds or is about to, so a replay does not send them twice. Forgotten with the session (SessionEnded), and
+    // empty after a restart, which is when a replay sends them again. Each with its hand-over: a copy on its way when the
+    // session ended is no longer the one counted on, and must neither reach the next session nor release the copy the
+    // replay gave it.
+    private readonly Dictionary<string, Dictionary<(string AlertId, string State), ReceiptHand>> _handed = new(StringComparer.Ordinal);
 
     // Acknowledged, their removal from the spool not committed yet: a replay meanwhile must not send them again.
     private readonly HashSet<(string Device, string AlertId, string State)> _removing = [];
@@ -184,7 +205,7 @@ public sealed partial class ReceiptPublisher : IDisposable
         ArgumentNullException.ThrowIfNull(receipt);
         bool listening = _sink.Value.IsListening(receipt.Device);
         Remember(new SentReceipt(receipt.Device, receipt.AlertId, receipt.State, receipt.At, receipt.Detail, listening));
-        return listening && TryHand(receipt.Key) ? Enqueue(Outgoing.Of(receipt), cancellationToken) : ValueTask.CompletedTask;
+        return listening && TryHand(receipt.Key) is { } hand ? Enqueue(Outgoing.Of(receipt, hand), cancellationToken) : ValueTask.CompletedTask;
     }
 
     /// <summary>Keeps a final receipt in the spool (outside a delivery commit: a parked item), then publishes it as <see cref="PublishKeptAsync"/>.</summary>
@@ -229,13 +250,13 @@ public sealed partial class ReceiptPublisher : IDisposable
             {
                 after = stored.RowId;
                 var r = stored.Receipt;
-                if (!_sink.Value.IsListening(r.Device) || !TryHand(r.Key))
+                if (!_sink.Value.IsListening(r.Device) || TryHand(r.Key) is not { } hand)
                 {
                     continue;
                 }
 
                 Remember(new SentReceipt(r.Device, r.AlertId, r.State, _clock.GetUtcNow(), r.Detail, true));
-                await Enqueue(Outgoing.Of(r), linked.Token).ConfigureAwait(false);
+                await Enqueue(Outgoing.Of(r, hand), linked.Token).ConfigureAwait(false);
                 handed++;
             }
 
@@ -274,12 +295,12 @@ public sealed partial class ReceiptPublisher : IDisposable
         var key = (deviceId, alertId, state);
         lock (_custody)
         {
-            if (!_handed.TryGetValue(deviceId, out var set) || !set.Remove((alertId, state)))
+            if (!_handed.TryGetValue(deviceId, out var held) || !held.Remove((alertId, state)))
             {
                 return;
             }
 
-            if (set.Count == 0)
+            if (held.Count == 0)
             {
                 _handed.Remove(deviceId);
             }
@@ -298,18 +319,36 @@ public sealed partial class ReceiptPublisher : IDisposable
     /// A receipt publish reached nobody (no subscription at that moment) or failed: a kept one is handed again by the
     /// next replay, started here after a moment if the device listens (its subscription may have been completing).
     /// </summary>
-    /// <param name="deviceId">The device.</param>
-    /// <param name="payload">The receipt JSON.</param>
-    public void NotDelivered(string deviceId, ReadOnlySequence<byte> payload)
+    /// <param name="kept">The kept receipt's hand-over; null for a courtesy receipt, which is simply lost.</param>
+    public void NotDelivered(ReceiptHand? kept)
     {
-        if (!TryReadKey(payload, out string alertId, out string state) || !Release(deviceId, alertId, state))
+        if (kept is null || !Release(kept))
         {
-            return;
+            return; // a courtesy receipt, or a copy no longer counted on: the one that is goes its own way
         }
 
-        if (_sink.Value.IsListening(deviceId))
+        if (_sink.Value.IsListening(kept.Key.Device))
         {
-            _ = ReplaySafelyAsync(deviceId, ReplayAfterNotDelivered);
+            _ = ReplaySafelyAsync(kept.Key.Device, ReplayAfterNotDelivered);
+        }
+    }
+
+    /// <summary>
+    /// Whether <paramref name="kept"/> is still the copy of its receipt that the publisher counts on: false once the
+    /// device's session ended after it was handed over (<see cref="SessionEnded"/>). The embedded broker asks this after
+    /// it found the device's session and before it puts the receipt into it: the gateway forgets what a session held
+    /// before MQTTnet puts a clean session in its place, so a copy still counted on goes into the session it was handed
+    /// for (or one the device resumed), and a copy from before a session ended does not reach the new one, which gets
+    /// its own at its subscription.
+    /// </summary>
+    /// <param name="kept">The hand-over.</param>
+    /// <returns>True while it is counted on.</returns>
+    public bool StillHanded(ReceiptHand kept)
+    {
+        ArgumentNullException.ThrowIfNull(kept);
+        lock (_custody)
+        {
+            return IsCurrent(kept);
         }
     }
 
@@ -319,13 +358,12 @@ public sealed partial class ReceiptPublisher : IDisposable
     /// sweep), not at once: the gateway cannot see when the device subscribes, and would otherwise publish it every
     /// second until then.
     /// </summary>
-    /// <param name="deviceId">The device.</param>
-    /// <param name="payload">The receipt JSON.</param>
-    public void NobodySubscribed(string deviceId, ReadOnlySequence<byte> payload)
+    /// <param name="kept">The kept receipt's hand-over; null for a courtesy receipt.</param>
+    public void NobodySubscribed(ReceiptHand? kept)
     {
-        if (TryReadKey(payload, out string alertId, out string state))
+        if (kept is not null)
         {
-            Release(deviceId, alertId, state);
+            Release(kept);
         }
     }
 
@@ -363,41 +401,54 @@ public sealed partial class ReceiptPublisher : IDisposable
         _stopping.Dispose();
     }
 
-    private bool TryHand((string Device, string AlertId, string State) key)
+    private ReceiptHand? TryHand((string Device, string AlertId, string State) key)
     {
         lock (_custody)
         {
             if (_removing.Contains(key))
             {
-                return false;
+                return null;
             }
 
-            if (!_handed.TryGetValue(key.Device, out var set))
+            if (!_handed.TryGetValue(key.Device, out var held))
             {
-                _handed[key.Device] = set = [];
+                _handed[key.Device] = held = new();
             }
 
-            return set.Add((key.AlertId, key.State));
+            if (held.ContainsKey((key.AlertId, key.State)))
+            {
+                return null;
+            }
+
+            var hand = new ReceiptHand(key);
+            held.Add((key.AlertId, key.State), hand);
+            return hand;
         }
     }
 
-    private bool Release(string deviceId, string alertId, string state)
+    // Only the copy counted on is released: a stale one's failure says nothing about the copy that replaced it.
+    private bool Release(ReceiptHand kept)
     {
         lock (_custody)
         {
-            if (!_handed.TryGetValue(deviceId, out var set) || !set.Remove((alertId, state)))
+            if (!IsCurrent(kept))
             {
                 return false;
             }
 
-            if (set.Count == 0)
+            var held = _handed[kept.Key.Device];
+            held.Remove((kept.Key.AlertId, kept.Key.State));
+            if (held.Count == 0)
             {
-                _handed.Remove(deviceId);
+                _handed.Remove(kept.Key.Device);
             }
 
             return true;
         }
     }
+
+    private bool IsCurrent(ReceiptHand kept) =>
+        _handed.TryGetValue(kept.Key.Device, out var held) && held.TryGetValue((kept.Key.AlertId, kept.Key.State), out var current) && ReferenceEquals(current, kept);
 
     private async Task ReplaySafelyAsync(string deviceId, TimeSpan after)
     {
@@ -551,9 +602,9 @@ public sealed partial class ReceiptPublisher : IDisposable
         catch (ChannelClosedException)
         {
             // Stopping: the alert's state is in the spool; the device asks again by resending or sees it next time.
-            if (item.Kept is { } key)
+            if (item.Kept is { } hand)
             {
-                Release(key.Device, key.AlertId, key.State);
+                Release(hand);
             }
         }
     }
@@ -599,16 +650,16 @@ public sealed partial class ReceiptPublisher : IDisposable
         {
             try
             {
-                await _sink.Value.PublishAsync(device, payload).ConfigureAwait(false);
+                await _sink.Value.PublishAsync(device, payload, kept).ConfigureAwait(false);
             }
 #pragma warning disable CA1031 // One receipt that cannot be published must not end the pump (and with it every later receipt).
             catch (Exception ex)
 #pragma warning restore CA1031
             {
                 LogFailed(ex, device, state);
-                if (kept is { } key)
+                if (kept is not null)
                 {
-                    Release(key.Device, key.AlertId, key.State); // still kept: the next replay hands it again
+                    Release(kept); // still kept: the next replay hands it again
                 }
             }
         }
@@ -635,8 +686,8 @@ public sealed partial class ReceiptPublisher : IDisposable
     [LoggerMessage(Level = LogLevel.Warning, Message = "{Count} delivered receipt(s) could not be removed from the spool; retrying")]
     private partial void LogRemoveFailed(Exception ex, int count);
 
-    private sealed record Outgoing(string Device, byte[] Payload, string State, (string Device, string AlertId, string State)? Kept)
+    private sealed record Outgoing(string Device, byte[] Payload, string State, ReceiptHand? Kept)
     {
-        public static Outgoing Of(KeptReceipt r) => new(r.Device, Format(r.AlertId, r.State, r.At, r.Detail), r.State, r.Key);
+        public static Outgoing Of(KeptReceipt r, ReceiptHand hand) => new(r.Device, Format(r.AlertId, r.State, r.At, r.Detail), r.State, hand);
     }
 }

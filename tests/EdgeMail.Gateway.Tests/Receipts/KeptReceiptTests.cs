@@ -179,6 +179,53 @@ public sealed class KeptReceiptTests
     }
 
     [Fact]
+    public async Task FailedReceipt_StillOnItsWayToTheBrokerWhenTheDeviceComesBackWithACleanSession_ArrivesOnce()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        using var deviceGone = RefuseBobAfterTheDeviceLeft(sink);
+        var held = new HeldReceipt(ReceiptState.Failed);
+        await using var gw = await TestGateway.StartAsync(Relay(sink.Port),
+            s => s.AddSingleton(sp => new Lazy<IReceiptSink>(() => held.Around(sp.GetRequiredService<EdgeMail.Gateway.Ingest.EmbeddedBroker>()))));
+        var receipts = gw.Host.Services.GetRequiredService<ReceiptPublisher>();
+        var replayed = new[] { new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously), new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously) };
+        int replays = 0;
+        receipts.ReplayFinished += (_, n) =>
+        {
+            int i = Interlocked.Increment(ref replays);
+            if (i <= replayed.Length)
+            {
+                replayed[i - 1].TrySetResult(n);
+            }
+        };
+        using var device = new MqttClientFactory().CreateMqttClient();
+        await device.ConnectAsync(Persistent(gw, "dev-3"));
+        var inbox = await ReceiptInbox.SubscribeAsync(device, "dev-3");
+        Assert.Equal(0, await Await.Within(replayed[0].Task, "the replay at the first subscription"));
+        await RaiseAsync(device, "dev-3", "k-3");
+        await inbox.WaitForAsync("k-3", ReceiptState.Accepted);
+        await device.DisconnectAsync();
+        deviceGone.Set();
+
+        // The relay refuses bob while the device is away; its persistent session holds the subscription, so the 'failed'
+        // receipt is handed over at once -- and held here on its way to the broker, as a busy machine may hold it.
+        await Await.Within(held.Reached.Task.ContinueWith(_ => true, TaskScheduler.Default), "the failed receipt on its way to the broker");
+
+        // Meanwhile the device comes back with a clean session and subscribes: the replay hands the kept receipt over.
+        await device.ConnectAsync(Persistent(gw, "dev-3", clean: true));
+        await device.SubscribeAsync("edgemail/v1/dev-3/receipt", MqttQualityOfServiceLevel.AtLeastOnce);
+        await Await.Within(replayed[1].Task, "the replay at the new session's subscription");
+        held.Release.TrySetResult();
+
+        await inbox.WaitForAsync("k-3", ReceiptState.Failed);
+        await gw.UntilAsync(async () => !await KeptAsync(gw, "dev-3", "k-3", ReceiptState.Failed), "the receipt removed after the device's PUBACK");
+        Assert.Equal(0, receipts.InFlight());
+        await RaiseAsync(device, "dev-3", "k-4"); // its 'accepted' comes after every receipt handed over before it
+        await inbox.WaitForAsync("k-4", ReceiptState.Accepted);
+        Assert.Equal(1, inbox.Count("k-3", ReceiptState.Failed));
+        await device.DisconnectAsync();
+    }
+
+    [Fact]
     public async Task Receipts_GoOnlyToTheirOwnDevice_AtTheQosItSubscribedWith()
     {
         await using var sink = await SmtpTestServer.StartAsync();
@@ -302,5 +349,37 @@ public sealed class KeptReceiptTests
         Assert.True(staying.IsConnected);
         Assert.True(gw.Broker.IsListening("dev-2"));
         await staying.DisconnectAsync();
+    }
+
+    // Between the publisher and the real broker: holds the first receipt in one state on its way to the broker until the
+    // test releases it, so the test can order that hand-over after what it does meanwhile.
+    private sealed class HeldReceipt(string state)
+    {
+        private int _taken;
+
+        public string State { get; } = state;
+
+        public TaskCompletionSource Reached { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public TaskCompletionSource Release { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public IReceiptSink Around(IReceiptSink broker) => new Sink(broker, this);
+
+        private sealed class Sink(IReceiptSink broker, HeldReceipt gate) : IReceiptSink
+        {
+            public async Task PublishAsync(string deviceId, byte[] payload, ReceiptHand? kept)
+            {
+                if (System.Text.Encoding.UTF8.GetString(payload).Contains($"\"state\":\"{gate.State}\"", StringComparison.Ordinal)
+                    && Interlocked.Exchange(ref gate._taken, 1) == 0)
+                {
+                    gate.Reached.TrySetResult();
+                    await gate.Release.Task.WaitAsync(Await.DefaultTimeout);
+                }
+
+                await broker.PublishAsync(deviceId, payload, kept);
+            }
+
+            public bool IsListening(string deviceId) => broker.IsListening(deviceId);
+        }
     }
 }
