@@ -40,6 +40,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     private readonly GatewayMetrics _metrics;
     private readonly SemaphoreSlim _slots;
     private readonly RelayThrottle _throttle;
+    private readonly PartSent _recordPartSent;
 
     /// <summary>Creates the worker.</summary>
     /// <param name="spool">Spool.</param>
@@ -73,6 +74,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         _clock = clock;
         _logger = logger;
         _slots = new SemaphoreSlim(_options.Relay.Concurrency);
+        _recordPartSent = RecordPartSentAsync;
         _spool.MessagesQueued += _wake.Set;
     }
 
@@ -187,7 +189,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             {
                 results = message.PendingRecipients.Count == 0
                     ? []
-                    : await _transport.SendAsync(message, cancellationToken).ConfigureAwait(false);
+                    : await _transport.SendAsync(message, _recordPartSent, cancellationToken).ConfigureAwait(false);
             }
             catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
             {
@@ -246,6 +248,24 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         {
             LogFailed(ex);
             _coolingDown[message.RowId] = _clock.GetUtcNow() + BookkeepingBackoff;
+        }
+    }
+
+    // A transport that sends in several transactions (direct MX, one per domain) hands over what each delivered before
+    // the next begins, which may take minutes: recorded now, a crash meanwhile does not send it again. Only what was sent
+    // is: a failed or deferred recipient is simply asked again after a crash, and its failure notice goes with the
+    // attempt's result. The attempt's result still lists these recipients (its attempt row is complete).
+    private async Task RecordPartSentAsync(QueuedMessage message, IReadOnlyList<RecipientResult> sent, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await _spool.RecordSentRecipientsAsync(message.RowId, sent, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+        {
+            // Thrown into the transport, this would turn the attempt into a transient failure and the mail these
+            // recipients have into a resend; the attempt's result records them as before, only later.
+            LogPartSentNotRecorded(ex, message.MessageId);
         }
     }
 
@@ -392,6 +412,9 @@ public sealed partial class DeliveryWorker : SupervisedLoop
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Delivery bookkeeping could not use the spool; retrying later")]
     private partial void LogFailed(Exception ex);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Recipients of <{MessageId}> that have the mail could not be recorded before the rest of the attempt; they are recorded with its result")]
+    private partial void LogPartSentNotRecorded(Exception ex, string messageId);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "The transport threw while delivering <{MessageId}>; deferred as a transient failure")]
     private partial void LogTransportThrew(Exception ex, string messageId);

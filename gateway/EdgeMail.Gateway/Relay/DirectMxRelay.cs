@@ -10,7 +10,8 @@ namespace EdgeMail.Gateway.Relay;
 /// Delivers straight to each recipient domain's mail exchangers (DnsClient MX lookup, lowest preference first;
 /// a domain without MX records falls back to its own address records — the implicit MX of RFC 5321 §5.1; one with a
 /// null MX, RFC 7505, takes no mail and its recipients fail at once).
-/// Opportunistic STARTTLS. One SMTP transaction per domain; results are per recipient.
+/// Opportunistic STARTTLS. One SMTP transaction per domain; results are per recipient, and the recipients a domain's
+/// exchanger accepted are handed over for recording before the next domain is tried.
 /// </summary>
 public sealed class DirectMxRelay : IMailTransport
 {
@@ -119,12 +120,18 @@ public sealed class DirectMxRelay : IMailTransport
     }
 
     /// <inheritdoc />
-    public async Task<IReadOnlyList<RecipientResult>> SendAsync(QueuedMessage message, CancellationToken cancellationToken)
+    public Task<IReadOnlyList<RecipientResult>> SendAsync(QueuedMessage message, CancellationToken cancellationToken) =>
+        SendAsync(message, null, cancellationToken);
+
+    /// <inheritdoc />
+    public async Task<IReadOnlyList<RecipientResult>> SendAsync(QueuedMessage message, PartSent? partSent, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(message);
         var results = new List<RecipientResult>();
-        foreach (var group in message.PendingRecipients.GroupBy(r => r[(r.LastIndexOf('@') + 1)..].ToLowerInvariant()))
+        var groups = message.PendingRecipients.GroupBy(r => r[(r.LastIndexOf('@') + 1)..].ToLowerInvariant()).ToList();
+        for (int g = 0; g < groups.Count; g++)
         {
+            var group = groups[g];
             var (hosts, error, permanent, nullMx) = await ExchangersAsync(group.Key, cancellationToken).ConfigureAwait(false);
             if (error is not null)
             {
@@ -177,6 +184,14 @@ public sealed class DirectMxRelay : IMailTransport
             }
 
             results.AddRange(sent ?? group.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.4.1 " + last) { RelayDown = true }).ToList());
+
+            // The next domain may take minutes (an exchanger that greylists, or holds the data until Relay:Timeout):
+            // what this one accepted is recorded first, or a crash meanwhile would send it to them again. The last
+            // domain's result goes with the attempt's at once.
+            if (partSent is not null && g < groups.Count - 1 && sent?.Where(r => r.Outcome == RecipientOutcome.Sent).ToList() is { Count: > 0 } accepted)
+            {
+                await partSent(message, accepted, cancellationToken).ConfigureAwait(false);
+            }
         }
 
         return results;

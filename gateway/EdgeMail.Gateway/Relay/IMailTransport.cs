@@ -23,4 +23,24 @@ public interface IMailTransport : IAsyncDisposable
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>One result per pending recipient.</returns>
     Task<IReadOnlyList<RecipientResult>> SendAsync(QueuedMessage message, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// As <see cref="SendAsync(QueuedMessage, CancellationToken)"/>, for a transport that sends one message in several
+    /// transactions (direct MX: one per recipient domain): after each transaction but the last, the recipients it
+    /// delivered to are handed to <paramref name="partSent"/>, awaited before the next begins. A transport that sends
+    /// in one transaction has nothing to hand over before its result.
+    /// </summary>
+    /// <param name="message">The message.</param>
+    /// <param name="partSent">Records recipients already delivered to, or null.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>One result per pending recipient, those handed to <paramref name="partSent"/> included.</returns>
+    Task<IReadOnlyList<RecipientResult>> SendAsync(QueuedMessage message, PartSent? partSent, CancellationToken cancellationToken) =>
+        SendAsync(message, cancellationToken);
 }
+
+/// <summary>Records the recipients one transaction of an attempt delivered to while the rest of the attempt is still to come.</summary>
+/// <param name="message">The message being sent.</param>
+/// <param name="sent">The transaction's recipients with outcome <see cref="RecipientOutcome.Sent"/>.</param>
+/// <param name="cancellationToken">Cancellation.</param>
+/// <returns>A task completing when they are recorded (or the recording was given up).</returns>
+public delegate Task PartSent(QueuedMessage message, IReadOnlyList<RecipientResult> sent, CancellationToken cancellationToken);

@@ -420,6 +420,29 @@ public sealed partial class PostgresSpool
             "SELECT MIN(CASE WHEN claimed_by <> $1 AND claim_until > next_attempt_at THEN claim_until ELSE next_attempt_at END) FROM messages WHERE status='queued'",
             _owner).ConfigureAwait(false) is long ms ? FromMs(ms) : (DateTimeOffset?)null, cancellationToken);
 
+    /// <summary>Records recipients delivered to while the attempt goes on, only while this instance still holds the message's claim.</summary>
+    /// <inheritdoc />
+    public Task<bool> RecordSentRecipientsAsync(long rowId, IReadOnlyList<RecipientResult> sent, CancellationToken cancellationToken)
+    {
+        SpoolArguments.OnlySent(sent);
+        return WriteAsync(async (c, tx, _) =>
+        {
+            var rows = await ListAsync(c, tx, cancellationToken, r => (Status: r.GetString(0), Holder: Str(r, 1)),
+                "SELECT status, claimed_by FROM messages WHERE rowid=$1 FOR UPDATE", rowId).ConfigureAwait(false);
+            if (rows is not [{ Status: MessageStatus.Queued } row] || row.Holder != _owner)
+            {
+                return false; // taken over after the lease ran out (the holder now sends what is pending), or cancelled
+            }
+
+            await ExecAsync(c, tx, cancellationToken,
+                """
+                UPDATE recipients r SET status='sent', reply=u.reply
+                FROM unnest($2::text[], $3::text[]) AS u(address, reply) WHERE r.message = $1 AND r.address = u.address
+                """, rowId, sent.Select(r => Text(r.Address)).ToArray(), sent.Select(r => Text(r.Reply)).ToArray()).ConfigureAwait(false);
+            return true;
+        }, cancellationToken);
+    }
+
     /// <summary>Records an attempt's results, only while this instance still holds the message's claim.</summary>
     /// <inheritdoc />
     public Task<DeliveryRecorded> CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken)

@@ -60,6 +60,25 @@ internal static class SpoolReasons
     internal const string CancelTooLate = "the cancel came too late: the attempt under way had delivered the mail. The cancel's reason: ";
 }
 
+/// <summary>Checks of arguments both providers make.</summary>
+internal static class SpoolArguments
+{
+    /// <summary>Throws unless every result is <c>sent</c> (<see cref="ISpool.RecordSentRecipientsAsync"/>).</summary>
+    internal static void OnlySent(IReadOnlyList<RecipientResult> sent)
+    {
+        ArgumentNullException.ThrowIfNull(sent);
+        foreach (var result in sent)
+        {
+            if (result.Outcome != "sent")
+            {
+                throw new ArgumentException(
+                    $"Only recipients delivered to are recorded before the attempt's result; {result.Address} is '{result.Outcome}'. Record it with the attempt (CommitDeliveryAsync).",
+                    nameof(sent));
+            }
+        }
+    }
+}
+
 /// <summary>An alert arriving at the spool.</summary>
 /// <param name="Device">Sending device.</param>
 /// <param name="AlertId">The alert's id (for a rejected alert without one: a digest of its payload).</param>
@@ -428,6 +447,20 @@ public partial interface ISpool : IAsyncDisposable
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>What was recorded, after commit.</returns>
     Task<DeliveryRecorded> CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Records, durably, recipients an attempt still under way has delivered to (direct MX: one domain's exchanger
+    /// accepted it, the next domain is yet to come): each becomes <c>sent</c> with its reply, and a crash before the
+    /// attempt's result is committed does not send it to them again. The message stays as it is (queued, in flight);
+    /// <see cref="CommitDeliveryAsync"/> records the whole attempt after. Nothing is written unless the message is
+    /// still queued (and, on a shared spool, claimed by this instance): a cancelled message is never attempted again,
+    /// and the attempt's result says what it delivered.
+    /// </summary>
+    /// <param name="rowId">Message row.</param>
+    /// <param name="sent">The recipients delivered to; every outcome must be <c>sent</c>.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>Whether they were recorded, after commit.</returns>
+    Task<bool> RecordSentRecipientsAsync(long rowId, IReadOnlyList<RecipientResult> sent, CancellationToken cancellationToken);
 
     /// <summary>Every device changed at run time.</summary>
     /// <param name="cancellationToken">Cancellation.</param>

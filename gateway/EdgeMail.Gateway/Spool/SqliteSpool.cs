@@ -576,6 +576,26 @@ public sealed partial class SqliteSpool : ISpool
         Read((s, _) => s.Scalar("SELECT MIN(next_attempt_at) FROM messages WHERE status='queued'") is long ms ? FromMs(ms) : (DateTimeOffset?)null, cancellationToken);
 
     /// <inheritdoc />
+    public Task<bool> RecordSentRecipientsAsync(long rowId, IReadOnlyList<RecipientResult> sent, CancellationToken cancellationToken)
+    {
+        SpoolArguments.OnlySent(sent);
+        return Enqueue((s, _) =>
+        {
+            if (s.Scalar("SELECT status FROM messages WHERE rowid=$p0", rowId) as string != MessageStatus.Queued)
+            {
+                return false;
+            }
+
+            foreach (var result in sent)
+            {
+                s.Exec("UPDATE recipients SET status='sent', reply=$p0 WHERE message=$p1 AND address=$p2", result.Reply, rowId, result.Address);
+            }
+
+            return true;
+        }, cancellationToken, background: true);
+    }
+
+    /// <inheritdoc />
     public Task<DeliveryRecorded> CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(commit);

@@ -2,7 +2,10 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Globalization;
 using EdgeMail.Gateway.Relay;
+using EdgeMail.Gateway.Spool;
 using EdgeMail.Testing;
+using EdgeMail.Testing.Smtp;
+using Microsoft.Extensions.Logging.Abstractions;
 using MimeKit;
 using MQTTnet;
 using MQTTnet.Protocol;
@@ -106,6 +109,92 @@ public sealed class CrashRecoveryTests(ITestOutputHelper output) : IDisposable
         Assert.All(expected, id => Assert.True(copies.ContainsKey(id), $"{id} was acknowledged but never relayed"));
         Assert.All(resent, id => Assert.Contains(id, sentBeforeKill));
         Assert.All(copies, c => Assert.True(c.Value <= 2, $"{c.Key} arrived {c.Value} times"));
+    }
+
+    // Direct MX sends one transaction per recipient domain. Here the first domain's exchanger accepts at once and the
+    // second's holds the end of the data (as a slow or greylisting one may, for up to Relay:Timeout); the gateway is
+    // killed meanwhile. After the restart only the second domain may get the mail: the first's 250 was recorded before
+    // the second domain was tried, and the device gets its relayed receipt once the second accepts.
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task DirectMx_KilledWhileTheSecondDomainHoldsTheData_TheFirstDomainGetsTheMailOnce()
+    {
+        await using var first = await SmtpTestServer.StartAsync();
+        await using var second = await SmtpTestServer.StartAsync(new() { Address = System.Net.IPAddress.Parse("127.0.0.2"), Port = first.Port });
+        var held = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        second.OnData = _ =>
+        {
+            held.TrySetResult();
+            return SmtpReply.Hang;
+        };
+        using var dns = await EdgeMail.Gateway.Tests.Relay.Dnsmasq.StartAsync(
+            "--mx-host=a.example.test,mx-a.example.test,10", "--host-record=mx-a.example.test,127.0.0.1",
+            "--mx-host=b.example.test,mx-b.example.test,10", "--host-record=mx-b.example.test,127.0.0.2",
+            "--local=/example.test/");
+        int port = Loopback.FreePort();
+        string config = TestGateway.WriteConfig(_dataDir, 1, c =>
+        {
+            c["Mqtt"] = new { Port = port };
+            c["Users"] = new Dictionary<string, object>
+            {
+                ["alice"] = new { Name = "Alice", Email = "alice@a.example.test" },
+                ["bob"] = new { Name = "Bob", Email = "bob@b.example.test" },
+            };
+            c["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "info", To = new[] { "alice", "bob" } } };
+            c["Relay"] = new
+            {
+                Mode = "DirectMx", DnsServer = "127.0.0.1:" + dns.Port.ToString(CultureInfo.InvariantCulture), MxPort = first.Port,
+                Timeout = "00:02:00", Backoff = new[] { "00:10:00" },
+            };
+        });
+
+        using (var gateway = await GatewayProcess.StartAsync(config, output))
+        {
+            using var device = await ConnectAsync("dev-1", port);
+            var ack = await device.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/alert")
+                .WithPayload(Alerts.Json("split-1")).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
+            Assert.True(ack.IsSuccess, ack.ReasonCode.ToString());
+            await Await.Within(held.Task.ContinueWith(_ => true, TaskScheduler.Default), "b.example.test's exchanger holding the data");
+            Assert.Equal(["alice@a.example.test"], Assert.Single(first.Received).To);
+            gateway.Kill();
+        }
+
+        second.OnData = _ => SmtpReply.Ok;
+        using var restarted = await GatewayProcess.StartAsync(config, output);
+        using var again = await ConnectAsync("dev-1", port);
+        var relayed = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        again.ApplicationMessageReceivedAsync += e =>
+        {
+            string json = e.ApplicationMessage.ConvertPayloadToString();
+            if (json.Contains("\"state\":\"relayed\"", StringComparison.Ordinal))
+            {
+                relayed.TrySetResult(json);
+            }
+
+            return Task.CompletedTask;
+        };
+        await again.SubscribeAsync("edgemail/v1/dev-1/receipt", MqttQualityOfServiceLevel.AtLeastOnce);
+
+        Assert.Equal(["bob@b.example.test"], (await second.NextAsync(TimeSpan.FromSeconds(60))).To);
+        string receipt = await Await.Within(relayed.Task, "the relayed receipt after the restart", TimeSpan.FromSeconds(60));
+        Assert.Contains("\"id\":\"split-1\"", receipt, StringComparison.Ordinal);
+
+        // Within one attempt the domains go in address order, so a resend to a.example.test would have come before
+        // b.example.test was tried again.
+        Assert.Equal(["alice@a.example.test"], Assert.Single(first.Received).To);
+        await restarted.KillAsync();
+        await using var spool = SqliteSpool.Open(Path.Combine(_dataDir, "spool.db"), true, 64, NullLogger.Instance);
+        var detail = (await spool.MessageDetailAsync((await spool.GetMessageAsync("dev-1.split-1.alert@gw.test", default))!.RowId, default))!;
+        Assert.Equal("sent", detail.Summary.Status);
+        Assert.Equal([("alice@a.example.test", "sent"), ("bob@b.example.test", "sent")], detail.Recipients.Select(r => (r.Address, r.Status)).Order());
+        Assert.All(detail.Recipients, r => Assert.StartsWith("250", r.Reply, StringComparison.Ordinal));
+    }
+
+    private static async Task<IMqttClient> ConnectAsync(string device, int port)
+    {
+        var client = new MqttClientFactory().CreateMqttClient();
+        await client.ConnectAsync(new MqttClientOptionsBuilder().WithTcpServer("127.0.0.1", port).WithClientId(device)
+            .WithCredentials(device, TestGateway.Secret).WithTimeout(TimeSpan.FromSeconds(10)).Build());
+        return client;
     }
 
     private static string MessageId(EdgeMail.Testing.Smtp.ReceivedMail mail) => mail.Message.MessageId ?? "(none)";

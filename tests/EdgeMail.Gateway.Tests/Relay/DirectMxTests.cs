@@ -1,5 +1,8 @@
 using System.Globalization;
 using System.Net;
+using System.Text;
+using EdgeMail.Gateway.Relay;
+using EdgeMail.Gateway.Spool;
 using EdgeMail.Testing;
 using EdgeMail.Testing.Smtp;
 using MQTTnet;
@@ -164,6 +167,52 @@ public sealed class DirectMxTests
 
         Assert.True(state.Status == "sent", $"{state.Status}: {state.LastReply}");
         Assert.Equal(["alice@mx.example.test"], Assert.Single(mx.Received).To);
+    }
+
+    // What DeliveryWorker records before the attempt ends: each domain's recipients its exchanger accepted, handed over
+    // before the next domain is tried; never a failure or deferral (they go with the attempt's result and its notice),
+    // never the last domain's (the attempt's result follows at once), so a mail to one domain costs no extra commit.
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Relay_DirectMx_HandsOverEachDomainsAcceptedRecipientsBeforeTheNextDomain_NotTheLastDomainsNorFailures()
+    {
+        await using var mx = await SmtpTestServer.StartAsync();
+        await using var mx2 = await SmtpTestServer.StartAsync(new() { Address = IPAddress.Parse("127.0.0.2"), Port = mx.Port });
+        mx2.Recipients["bad@b.example.test"] = new SmtpReply(550, "5.1.1 no such user");
+        using var dns = await Dnsmasq.StartAsync(
+            "--mx-host=a.example.test,mx-a.example.test,10", "--host-record=mx-a.example.test,127.0.0.1",
+            "--mx-host=b.example.test,mx-b.example.test,10", "--host-record=mx-b.example.test,127.0.0.2",
+            "--host-record=c.example.test,127.0.0.1",
+            "--local=/example.test/");
+        await using var relay = new DirectMxRelay(new EdgeMail.Gateway.Configuration.RelayOptions
+        {
+            Mode = "DirectMx", DnsServer = "127.0.0.1:" + dns.Port.ToString(CultureInfo.InvariantCulture), MxPort = mx.Port, Timeout = TimeSpan.FromSeconds(5),
+        }, "gw.test");
+        var handed = new List<(int Received, string Sent)>();
+        PartSent partSent = (_, sent, _) =>
+        {
+            // How many mails had arrived when the part was handed over: the next domain had not been tried yet.
+            handed.Add((mx.Received.Count + mx2.Received.Count, string.Join(", ", sent.Select(r => r.Address + " " + r.Outcome))));
+            return Task.CompletedTask;
+        };
+
+        // Domains in the order of their first recipient: a, b (one refused), nowhere (NXDOMAIN), c.
+        var results = await relay.SendAsync(Mail("split", "alice@a.example.test", "bad@b.example.test", "bob@b.example.test", "carol@nowhere.example.test", "zed@c.example.test"),
+            partSent, CancellationToken.None).WaitAsync(Await.DefaultTimeout);
+        var single = await relay.SendAsync(Mail("single", "alice@a.example.test"), partSent, CancellationToken.None).WaitAsync(Await.DefaultTimeout);
+
+        Assert.Equal(
+            ["alice@a.example.test sent", "bad@b.example.test failed", "bob@b.example.test sent", "carol@nowhere.example.test failed", "zed@c.example.test sent"],
+            results.Select(r => r.Address + " " + r.Outcome));
+        Assert.Equal(RecipientOutcome.Sent, Assert.Single(single).Outcome);
+        Assert.Equal([(1, "alice@a.example.test sent"), (2, "bob@b.example.test sent")], handed);
+        Assert.Equal(4, mx.Received.Count + mx2.Received.Count);
+    }
+
+    private static QueuedMessage Mail(string id, params string[] to)
+    {
+        var now = new DateTimeOffset(2026, 12, 5, 10, 0, 0, TimeSpan.Zero);
+        byte[] wire = Encoding.ASCII.GetBytes($"From: <ups-1@lan.example.com>\r\nTo: <ops@example.com>\r\nSubject: {id}\r\nMessage-ID: <{id}@lan.example.com>\r\n\r\nMains lost.\r\n");
+        return new QueuedMessage(1, "relay", "ups-1", null, id + "@lan.example.com", "alerts@example.com", to, wire, 0, now, now.AddDays(5));
     }
 
     private static async Task PrimaryRefusesTheSessionAsync(string greeting)

@@ -263,6 +263,26 @@ public sealed class PostgresSpoolTests : SpoolContractTests
     }
 
     [PostgresFact]
+    public async Task RecordSentRecipients_FromAnInstanceWhoseLeaseRanOut_IsNotRecorded()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var a = OpenPostgres(clock);
+        await using var b = OpenPostgres(clock);
+        var (_, row) = await RoutedAsync(a, "dev-1", "m-1", "alice@a.example", "bob@b.example");
+        Assert.Single(await a.DueMessagesAsync(clock.GetUtcNow(), 10, new HashSet<long>(), default));
+
+        clock.Advance(Lease + TimeSpan.FromSeconds(1));
+        var theirs = Assert.Single(await b.DueMessagesAsync(clock.GetUtcNow(), 10, new HashSet<long>(), default));
+        Assert.False(await a.RecordSentRecipientsAsync(row, [new("alice@a.example", "sent", "250 from a")], default));
+
+        // b holds the message now and sends to every recipient still pending; what it records is the truth.
+        Assert.Equal(["alice@a.example", "bob@b.example"], theirs.PendingRecipients);
+        Assert.All((await b.MessageDetailAsync(row, default))!.Recipients, r => Assert.Equal("pending", r.Status));
+        Assert.True(await b.RecordSentRecipientsAsync(row, [new("alice@a.example", "sent", "250 from b")], default));
+        Assert.Equal("250 from b", (await b.MessageDetailAsync(row, default))!.Recipients.Single(r => r.Address == "alice@a.example").Reply);
+    }
+
+    [PostgresFact]
     public async Task TwoInstancesRoutingTheSameKeyOnTheSameState_OnlyTheFirstDecisionCounts_TheOtherAlertIsRoutedAgain()
     {
         await using var a = OpenPostgres();

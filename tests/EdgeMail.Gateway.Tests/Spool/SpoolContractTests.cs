@@ -277,6 +277,68 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Equal(("notice", "a-1.n1.notice@gw.test"), (notice.Kind, notice.MessageId));
     }
 
+    // Direct MX: one domain's exchanger accepted, the next domain is yet to be tried, and the gateway dies before the
+    // attempt's result: the recipients recorded sent are not attempted again, the rest are.
+    [ContractFact]
+    public async Task RecordSentRecipients_BeforeTheAttemptsResult_AreSentAfterReopen_AndOnlyTheOthersAreAttemptedAgain()
+    {
+        long row;
+        await using (var spool = Open())
+        {
+            (_, row) = await RoutedAsync(spool, "dev-1", "a-1", "alice@a.example", "bob@b.example");
+            Assert.Single(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default)); // taken for an attempt
+
+            Assert.True(await spool.RecordSentRecipientsAsync(row, [new("alice@a.example", "sent", "250 2.0.0 queued as A1")], default));
+        }
+
+        await using var reopened = Open();
+        var detail = (await reopened.MessageDetailAsync(row, default))!;
+        Assert.Equal((MessageStatus.Queued, 0), (detail.Summary.Status, detail.Summary.Attempts));
+        Assert.Equal([("alice@a.example", "sent", "250 2.0.0 queued as A1"), ("bob@b.example", "pending", null)],
+            detail.Recipients.Select(r => (r.Address, r.Status, r.Reply)).OrderBy(r => r.Address, StringComparer.Ordinal));
+        Assert.Empty(detail.Attempts);
+        var again = Assert.Single(await reopened.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
+        Assert.Equal(["bob@b.example"], again.PendingRecipients);
+
+        await reopened.CommitDeliveryAsync(new DeliveryCommit(row, [new("bob@b.example", "sent", "250 2.0.0 queued as B1")], null, null), default);
+        var state = (await reopened.GetMessageAsync("a-1@gw.test", default))!;
+        Assert.Equal((MessageStatus.Sent, 1, "250 2.0.0 queued as B1"), (state.Status, state.Attempts, state.LastReply));
+    }
+
+    [ContractFact]
+    public async Task RecordSentRecipients_ThenTheAttemptsResult_ItsAttemptListsEveryRecipient_AndTheDeferredOneStaysPending()
+    {
+        await using var spool = Open();
+        var (_, row) = await RoutedAsync(spool, "dev-1", "a-1", "alice@a.example", "bob@b.example");
+        Assert.Single(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
+        var alice = new RecipientResult("alice@a.example", "sent", "250 2.0.0 queued as A1");
+
+        Assert.True(await spool.RecordSentRecipientsAsync(row, [alice], default));
+        await spool.CommitDeliveryAsync(new DeliveryCommit(row, [alice, new("bob@b.example", "deferred", "451 4.7.1 greylisted")], T0.AddMinutes(5), null), default);
+
+        var detail = (await spool.MessageDetailAsync(row, default))!;
+        Assert.Equal((MessageStatus.Queued, 1), (detail.Summary.Status, detail.Summary.Attempts));
+        Assert.Equal([("alice@a.example", "sent"), ("bob@b.example", "pending")],
+            detail.Recipients.Select(r => (r.Address, r.Status)).OrderBy(r => r.Address, StringComparer.Ordinal));
+        Assert.Equal(["alice@a.example", "bob@b.example"], Assert.Single(detail.Attempts).Results.Select(r => r.Address).Order(StringComparer.Ordinal));
+    }
+
+    [ContractFact]
+    public async Task RecordSentRecipients_OfACancelledMail_ChangesNothing_AndOnlySentResultsAreTaken()
+    {
+        await using var spool = Open();
+        var (_, row) = await RoutedAsync(spool, "dev-1", "a-1", "alice@a.example", "bob@b.example");
+        Assert.Single(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
+
+        var deferred = await Assert.ThrowsAsync<ArgumentException>(() =>
+            spool.RecordSentRecipientsAsync(row, [new("alice@a.example", "deferred", "451 4.7.1 greylisted")], default));
+        Assert.Contains("alice@a.example is 'deferred'", deferred.Message, StringComparison.Ordinal);
+        Assert.True(await spool.CancelAsync(ParkedKinds.Message, row, "wrong recipients", default));
+
+        Assert.False(await spool.RecordSentRecipientsAsync(row, [new("alice@a.example", "sent", "250 ok")], default));
+        Assert.All((await spool.MessageDetailAsync(row, default))!.Recipients, r => Assert.Equal("failed", r.Status));
+    }
+
     [ContractFact]
     public async Task DueMessages_SkipsExcludedRowsAndHonoursTheLimit_EarliestFirst()
     {
