@@ -24,6 +24,14 @@ public sealed class ConsoleOptions
     /// <summary>Serve <c>/metrics</c> without authentication (for a Prometheus that scrapes it over a trusted network).</summary>
     public bool MetricsAnonymous { get; set; }
 
+    /// <summary>
+    /// Reverse proxies (addresses, or networks as <c>10.0.0.0/8</c>) whose <c>X-Forwarded-For</c> and
+    /// <c>X-Forwarded-Proto</c> are believed: the login throttle and the logs then see the browser's address, not the
+    /// proxy's (one wrong password would otherwise count for everyone behind it). Empty: the headers are ignored, so
+    /// nobody can pick the address the throttle counts by sending them.
+    /// </summary>
+    public IList<string> TrustedProxies { get; set; } = [];
+
     /// <summary>How the console is reached from a browser (for the setup link), e.g. <c>https://gw1.example.com:8088</c>; empty: from the bind address.</summary>
     public string PublicUrl { get; set; } = string.Empty;
 }

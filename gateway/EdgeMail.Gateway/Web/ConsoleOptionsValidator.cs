@@ -44,6 +44,14 @@ public sealed class ConsoleOptionsValidator : IValidateOptions<ConsoleOptions>
             errors.Add($"Console:CertificatePath '{options.CertificatePath}' does not exist");
         }
 
+        foreach (string proxy in options.TrustedProxies)
+        {
+            if (!IPNetwork.TryParse(proxy, out _) && !IPAddress.TryParse(proxy, out _))
+            {
+                errors.Add($"Console:TrustedProxies '{proxy}' is neither an IP address nor a network (e.g. 127.0.0.1, 10.0.0.0/8)");
+            }
+        }
+
         if (options.PublicUrl.Length > 0
             && !(Uri.TryCreate(options.PublicUrl, UriKind.Absolute, out var url) && (url.Scheme == Uri.UriSchemeHttps || url.Scheme == Uri.UriSchemeHttp)))
         {

@@ -19,6 +19,7 @@ using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.HttpOverrides;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -111,6 +112,11 @@ public sealed partial class ConsoleServer : IHostedService, IAsyncDisposable
         }
 
         var app = builder.Build();
+        if (_options.TrustedProxies.Count > 0)
+        {
+            app.UseForwardedHeaders(ForwardedFrom(_options.TrustedProxies));
+        }
+
         app.UseMiddleware<SecurityHeaders>();
         app.UseAuthentication();
         app.UseAuthorization();
@@ -252,6 +258,29 @@ public sealed partial class ConsoleServer : IHostedService, IAsyncDisposable
         services.AddOpenTelemetry().WithMetrics(metrics => metrics.AddMeter(GatewayMetrics.MeterName)
             .AddView(instrument => instrument is System.Diagnostics.Metrics.Histogram<double> ? null : new MetricStreamConfiguration { CardinalityLimit = 100 })
             .AddPrometheusExporter());
+    }
+
+    // Only the configured proxies: ASP.NET Core would otherwise believe any loopback peer, and a console on loopback
+    // behind nothing would let a local client choose the address its wrong passwords count against. One hop: the
+    // address the trusted proxy saw.
+    private static ForwardedHeadersOptions ForwardedFrom(IEnumerable<string> proxies)
+    {
+        var options = new ForwardedHeadersOptions { ForwardedHeaders = ForwardedHeaders.XForwardedFor | ForwardedHeaders.XForwardedProto, ForwardLimit = 1 };
+        options.KnownIPNetworks.Clear();
+        options.KnownProxies.Clear();
+        foreach (string proxy in proxies)
+        {
+            if (IPAddress.TryParse(proxy, out var address))
+            {
+                options.KnownProxies.Add(address);
+            }
+            else
+            {
+                options.KnownIPNetworks.Add(System.Net.IPNetwork.Parse(proxy));
+            }
+        }
+
+        return options;
     }
 
     // A page opened without a session goes to the login page; everything else (the API, /metrics, assets) gets the

@@ -152,6 +152,56 @@ public sealed class ConsoleSecurityTests
         Assert.False(page.Headers.Contains("Server"));
     }
 
+    // Behind a reverse proxy every browser comes from the proxy's address: with the proxy trusted, the throttle counts
+    // the address it forwards, so one person's wrong passwords do not lock out everyone else.
+    [Fact]
+    public async Task WrongPasswords_BehindATrustedProxy_AreCountedByTheForwardedAddress()
+    {
+        await using var gw = await TestGateway.StartAsync(c => c["Console"] = new { Port = 0, TrustedProxies = new[] { "127.0.0.0/8" } });
+        Assert.Null(await gw.Host.Services.GetRequiredService<ConsoleAuth>().SetPasswordAsync(Password, default));
+        using var http = new HttpClient(new HttpClientHandler { UseCookies = false }) { BaseAddress = gw.ConsoleAddress };
+        for (int i = 0; i < 5; i++)
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, (await LoginViaProxyAsync(http, "guess " + i, "203.0.113.5")).StatusCode);
+        }
+
+        Assert.Equal(HttpStatusCode.TooManyRequests, (await LoginViaProxyAsync(http, Password, "203.0.113.5")).StatusCode);
+        Assert.Equal(HttpStatusCode.NoContent, (await LoginViaProxyAsync(http, Password, "203.0.113.6")).StatusCode);
+    }
+
+    // Not configured, the header is nobody's word: a guesser who sends a new X-Forwarded-For each time is still one address.
+    [Fact]
+    public async Task WrongPasswords_WithForwardedHeadersFromAnUntrustedPeer_AreCountedByThePeersAddress()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        Assert.Null(await gw.Host.Services.GetRequiredService<ConsoleAuth>().SetPasswordAsync(Password, default));
+        using var http = new HttpClient(new HttpClientHandler { UseCookies = false }) { BaseAddress = gw.ConsoleAddress };
+        for (int i = 0; i < 5; i++)
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, (await LoginViaProxyAsync(http, "guess " + i, $"203.0.113.{i + 10}")).StatusCode);
+        }
+
+        Assert.Equal(HttpStatusCode.TooManyRequests, (await LoginViaProxyAsync(http, Password, "203.0.113.99")).StatusCode);
+    }
+
+    [Theory]
+    [InlineData("proxy.example.com")]
+    [InlineData("10.0.0.0/33")]
+    public void TrustedProxies_ThatAreNeitherAddressNorNetwork_AreRefusedWithTheKey(string proxy)
+    {
+        var errors = ConsoleOptionsValidator.Check(new ConsoleOptions { TrustedProxies = ["127.0.0.1", "10.0.0.0/8", proxy] });
+
+        Assert.Equal($"Console:TrustedProxies '{proxy}' is neither an IP address nor a network (e.g. 127.0.0.1, 10.0.0.0/8)", Assert.Single(errors));
+    }
+
+    private static async Task<HttpResponseMessage> LoginViaProxyAsync(HttpClient http, string password, string forwardedFor)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/api/v1/login") { Content = JsonContent.Create(new { password }) };
+        request.Headers.Add("X-Forwarded-For", forwardedFor);
+        request.Headers.Add("X-Forwarded-Proto", "https");
+        return await http.SendAsync(request);
+    }
+
     [Fact]
     public async Task WrongPasswordsInParallel_OnlyTheLimitIsChecked_TheRestAreRefusedAt429()
     {
