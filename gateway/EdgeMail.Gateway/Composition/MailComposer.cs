@@ -102,22 +102,29 @@ public sealed class MailComposer
     /// <param name="now">The Date.</param>
     /// <param name="via">The protocol the first repeat came with, for the Received trace.</param>
     /// <param name="omitted">Repeats held but not listed, between the last two of <paramref name="repeats"/> ("and 4,812 more").</param>
+    /// <param name="clears">How many of all the repeats, listed or not, are clears; null to count the listed ones.</param>
     /// <returns>The mail.</returns>
     public ComposedMail ComposeDigest(DeviceInfo device, IReadOnlyList<(Alert Alert, DateTimeOffset ReceivedAt)> repeats,
-        IReadOnlyList<MailboxAddress> to, TimeSpan window, long firstSpoolId, string? inReplyTo, DateTimeOffset now, string via = IngestProtocols.Mqtt, long omitted = 0)
+        IReadOnlyList<MailboxAddress> to, TimeSpan window, long firstSpoolId, string? inReplyTo, DateTimeOffset now, string via = IngestProtocols.Mqtt, long omitted = 0,
+        long? clears = null)
     {
         ArgumentNullException.ThrowIfNull(device);
         ArgumentNullException.ThrowIfNull(repeats);
         var last = repeats[^1];
+        long total = repeats.Count + omitted;
+        long cleared = Math.Clamp(clears ?? repeats.Count(r => r.Alert.State == AlertState.Cleared), 0, total);
         var model = new Dictionary<string, object?>
         {
             ["device"] = DeviceModel(device),
             ["alert"] = AlertModel(last.Alert, last.ReceivedAt),
             ["repeats"] = repeats.Select(r => AlertModel(r.Alert, r.ReceivedAt)).ToList(),
-            ["total"] = repeats.Count + omitted,
+            ["total"] = total,
+            ["raises"] = total - cleared,
+            ["clears"] = cleared,
             ["more"] = omitted,
             ["more_text"] = omitted.ToString("N0", CultureInfo.InvariantCulture),
             ["window"] = window.ToString("c", CultureInfo.InvariantCulture),
+            ["window_text"] = Duration(window),
             ["gateway"] = new Dictionary<string, object?> { ["hostname"] = _sender.Hostname },
             ["received_text"] = FormatTime(last.ReceivedAt),
         };
@@ -450,6 +457,29 @@ public sealed class MailComposer
             ["last_text"] = alert.Last is { } l ? FormatTime(l) : string.Empty,
             ["boot"] = alert.Boot,
         };
+    }
+
+    // "10 min", "1 h 30 min", "2 s": how long a window is, as a subject line says it.
+    private static string Duration(TimeSpan span)
+    {
+        var parts = new List<string>(3);
+        long hours = (long)span.TotalHours;
+        if (hours > 0)
+        {
+            parts.Add(hours.ToString(CultureInfo.InvariantCulture) + " h");
+        }
+
+        if (span.Minutes > 0)
+        {
+            parts.Add(span.Minutes.ToString(CultureInfo.InvariantCulture) + " min");
+        }
+
+        if (span.Seconds > 0 || parts.Count == 0)
+        {
+            parts.Add(span.Seconds.ToString(CultureInfo.InvariantCulture) + " s");
+        }
+
+        return string.Join(' ', parts);
     }
 
     private static string FormatTime(DateTimeOffset t) => t.ToUniversalTime().ToString("yyyy-MM-dd HH:mm:ss 'UTC'", CultureInfo.InvariantCulture);

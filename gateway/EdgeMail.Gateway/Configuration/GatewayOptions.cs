@@ -325,7 +325,7 @@ public sealed class SilenceOptions
 /// <summary>Storm control (configuration section <c>Storm</c>).</summary>
 public sealed class StormOptions
 {
-    /// <summary>Repeats of one (device, code) inside this window after a mail become one digest; zero disables.</summary>
+    /// <summary>Repeats of one (device, code) inside this window after a mail, and its clears while it flaps, become one digest; zero disables.</summary>
     public TimeSpan Window { get; set; } = TimeSpan.FromMinutes(10);
 
     /// <summary>Most repeats a digest lists (the oldest ones and the latest); the rest are counted ("and 4,812 more").</summary>

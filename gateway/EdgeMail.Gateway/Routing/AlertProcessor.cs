@@ -10,7 +10,7 @@ namespace EdgeMail.Gateway.Routing;
 
 /// <summary>
 /// Turns stored alerts into queued mail: routes each new alert, applies storm control (repeats of one
-/// (device, code) within the window are held and later sent as one digest; cleared alerts go out at once),
+/// (device, code) within the window are held and later sent as one digest; so are its clears while it storms or flaps),
 /// composes the mail and commits the decision and the mail in one spool transaction, so a crash at any point
 /// either redoes the whole step or finds it done. An alert that cannot be parsed, routed or composed — an
 /// exception nobody expected — is parked with the reason instead (its device gets <c>failed</c>, the operator a
@@ -243,10 +243,15 @@ public sealed partial class AlertProcessor : SupervisedLoop
         }
 
         var window = _throttle.StormWindow(_options.Storm.Window);
-        // Held only within the window after the last mail: an alert received "before" it (the clock was stepped back,
-        // NTP or an operator) is not held until the old window's end, which could be days away.
-        if (alert.State == AlertState.Raised && window > TimeSpan.Zero && storm is not null
-            && stored.ReceivedAt >= storm.LastMailAt && stored.ReceivedAt < storm.LastMailAt + window)
+        bool raised = alert.State == AlertState.Raised;
+
+        // Within the window after the pair's last mail, a raise, a clear or a digest. An alert received "before" it (the
+        // clock was stepped back, NTP or an operator) is not held until the old window's end, which could be days away.
+        bool inWindow = window > TimeSpan.Zero && storm is not null
+            && stored.ReceivedAt >= storm.LastMailAt && stored.ReceivedAt < storm.LastMailAt + window;
+
+        // A clear is held only while the pair storms, so that the common raised ... cleared pair stays two prompt mails.
+        if (inWindow && storm is not null && (raised || storm.HoldClears))
         {
             var holdUntil = storm.LastMailAt + window;
             if (_digestDue is null || holdUntil < _digestDue)
@@ -254,19 +259,25 @@ public sealed partial class AlertProcessor : SupervisedLoop
                 _digestDue = holdUntil;
             }
 
-            storms[key] = storm;
-            return new RoutingCommit(stored.RowId, AlertStatus.Held, holdUntil, null, null, null,
-                Route: $"{route.Explanation} (held by storm control until {holdUntil:u})");
+            // Written only when it changes: the first repeat held, not every one of a storm.
+            var holding = storm.HoldClears ? null : storm with { HoldClears = true };
+            storms[key] = holding ?? storm;
+            return new RoutingCommit(stored.RowId, AlertStatus.Held, holdUntil, null, holding is null ? null : key, holding,
+                Route: $"{route.Explanation} (held by storm control until {holdUntil:u})", State: raised ? "raised" : "cleared");
         }
 
         var mail = new AlertMail(Device(stored.Device), alert, stored.ReceivedAt, stored.Peer, stored.RowId, route.Recipients, route.Template,
-            alert.State == AlertState.Cleared ? storm?.LastRaisedMessageId : null, stored.Via);
+            raised ? null : storm?.LastRaisedMessageId, stored.Via);
         var composed = _composer.ComposeAlert(mail, _clock.GetUtcNow());
         var queued = new NewMessage("alert", stored.Device, alert.Id, composed.MessageId, _options.Sender.Address,
             route.Recipients.Select(r => r.Address).ToList(), composed.Wire);
-        var next = alert.State == AlertState.Raised
+
+        // A clear within the window after the last mail ended a short incident, the way a flap looks: a window starts from
+        // it, so a raise soon after is held. A clear after that ended a long incident and resets the pair, as a clear always
+        // did, so that a new incident after it is mailed at once.
+        var next = raised
             ? new StormState(stored.ReceivedAt, "<" + composed.MessageId + ">")
-            : new StormState(DateTimeOffset.UnixEpoch, storm?.LastRaisedMessageId);
+            : new StormState(inWindow ? stored.ReceivedAt : DateTimeOffset.UnixEpoch, storm?.LastRaisedMessageId);
         storms[key] = next;
         return new RoutingCommit(stored.RowId, AlertStatus.Routed, null, queued, key, next, Route: route.Explanation);
     }
@@ -310,7 +321,8 @@ public sealed partial class AlertProcessor : SupervisedLoop
             }
 
             LogDigest(digest.Device, digest.Code, digest.Total);
-            var after = new StormState(now, storm?.LastRaisedMessageId);
+            // A digest with a clear in it says the pair flaps: its clears in the next window join the next digest.
+            var after = new StormState(now, storm?.LastRaisedMessageId, HoldClears: digest.Clears > 0);
             try
             {
                 await _spool.CommitDigestAsync(digest, queued, after, cancellationToken).ConfigureAwait(false);
@@ -358,8 +370,8 @@ public sealed partial class AlertProcessor : SupervisedLoop
             return new DigestDecision(null, Route: route.Explanation);
         }
 
-        var composed = _composer.ComposeDigest(Device(digest.Device), repeats, route.Recipients, _options.Storm.Window,
-            digest.Alerts[0].RowId, storm?.LastRaisedMessageId, now, digest.Alerts[0].Via, omitted);
+        var composed = _composer.ComposeDigest(Device(digest.Device), repeats, route.Recipients, _throttle.StormWindow(_options.Storm.Window),
+            digest.Alerts[0].RowId, storm?.LastRaisedMessageId, now, digest.Alerts[0].Via, omitted, digest.Clears);
         return new DigestDecision(new NewMessage("digest", digest.Device, null, composed.MessageId, _options.Sender.Address,
             route.Recipients.Select(r => r.Address).ToList(), composed.Wire));
     }

@@ -137,6 +137,11 @@ internal static class PostgresSchema
         """
         ALTER TABLE api_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin';
         """,
+        // 5: flap control: whether a key's clears are held too, each alert's state (SQLite version 11).
+        """
+        ALTER TABLE storm ADD COLUMN hold_clears BOOLEAN NOT NULL DEFAULT FALSE;
+        ALTER TABLE alerts ADD COLUMN state TEXT;
+        """,
     ];
 
     /// <summary>The version this build writes.</summary>

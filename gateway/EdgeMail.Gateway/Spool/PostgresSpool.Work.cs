@@ -63,9 +63,9 @@ public sealed partial class PostgresSpool
     private static async Task<Dictionary<(string Device, string Code), StormState>> ReadStormsAsync(NpgsqlConnection c, NpgsqlTransaction tx,
         IReadOnlyCollection<(string Device, string Code)> keys, CancellationToken ct)
     {
-        var rows = await ListAsync(c, tx, ct, r => ((r.GetString(0), r.GetString(1)), new StormState(FromMs(r.GetInt64(2)), Str(r, 3))),
+        var rows = await ListAsync(c, tx, ct, r => ((r.GetString(0), r.GetString(1)), new StormState(FromMs(r.GetInt64(2)), Str(r, 3), r.GetBoolean(4))),
             """
-            SELECT s.device, s.code, s.last_mail_at, s.last_raised_message_id FROM storm s
+            SELECT s.device, s.code, s.last_mail_at, s.last_raised_message_id, s.hold_clears FROM storm s
             JOIN unnest($1::text[], $2::text[]) AS k(device, code) ON s.device = k.device AND s.code = k.code
             """, keys.Select(k => k.Device).ToArray(), keys.Select(k => k.Code).ToArray()).ConfigureAwait(false);
         return rows.ToDictionary(r => r.Item1, r => r.Item2);
@@ -88,7 +88,8 @@ public sealed partial class PostgresSpool
     private static bool Same(StormState? a, StormState? b) =>
         a is null || b is null
             ? a is null && b is null
-            : a.LastMailAt.ToUnixTimeMilliseconds() == b.LastMailAt.ToUnixTimeMilliseconds() && a.LastRaisedMessageId == b.LastRaisedMessageId;
+            : a.LastMailAt.ToUnixTimeMilliseconds() == b.LastMailAt.ToUnixTimeMilliseconds() && a.LastRaisedMessageId == b.LastRaisedMessageId
+                && a.HoldClears == b.HoldClears;
 
     /// <inheritdoc />
     public async Task<IReadOnlyList<ParkedAlert>> CommitRoutingAsync(IReadOnlyList<RoutingCommit> commits, CancellationToken cancellationToken)
@@ -137,8 +138,8 @@ public sealed partial class PostgresSpool
             try
             {
                 int mine = await ExecAsync(c, tx, ct,
-                    "UPDATE alerts SET status=$1, hold_until=$2, route=$3, claimed_by=NULL, claim_until=NULL WHERE rowid=$4 AND status='new' AND claimed_by=$5",
-                    d.Status, d.HoldUntil?.ToUnixTimeMilliseconds(), Text(d.Route), d.AlertRowId, _owner).ConfigureAwait(false);
+                    "UPDATE alerts SET status=$1, hold_until=$2, route=$3, state=$6, claimed_by=NULL, claim_until=NULL WHERE rowid=$4 AND status='new' AND claimed_by=$5",
+                    d.Status, d.HoldUntil?.ToUnixTimeMilliseconds(), Text(d.Route), d.AlertRowId, _owner, d.State).ConfigureAwait(false);
                 if (mine == 0)
                 {
                     // Taken over by another instance after this claim's lease ran out (or already done): theirs counts.
@@ -189,10 +190,11 @@ public sealed partial class PostgresSpool
     private static Task WriteStormAsync(NpgsqlConnection c, NpgsqlTransaction tx, string device, string code, StormState storm, bool releaseClaim, CancellationToken ct) =>
         ExecAsync(c, tx, ct,
             $"""
-            INSERT INTO storm(device, code, last_mail_at, last_raised_message_id) VALUES($1,$2,$3,$4)
-            ON CONFLICT (device, code) DO UPDATE SET last_mail_at=excluded.last_mail_at, last_raised_message_id=excluded.last_raised_message_id
+            INSERT INTO storm(device, code, last_mail_at, last_raised_message_id, hold_clears) VALUES($1,$2,$3,$4,$5)
+            ON CONFLICT (device, code) DO UPDATE SET last_mail_at=excluded.last_mail_at, last_raised_message_id=excluded.last_raised_message_id,
+              hold_clears=excluded.hold_clears
             {(releaseClaim ? ", claimed_by=NULL, claim_until=NULL" : string.Empty)}
-            """, Text(device), Text(code), storm.LastMailAt.ToUnixTimeMilliseconds(), Text(storm.LastRaisedMessageId));
+            """, Text(device), Text(code), storm.LastMailAt.ToUnixTimeMilliseconds(), Text(storm.LastRaisedMessageId), storm.HoldClears);
 
     // Returns false when the Message-ID is already there and that is a duplicate (relayed mail submitted twice).
     private static async Task<bool> InsertMessageAsync(NpgsqlConnection c, NpgsqlTransaction tx, NewMessage m, long? alertRowId, WriteContext ctx, bool duplicateIsConflict)
@@ -291,10 +293,11 @@ public sealed partial class PostgresSpool
                     alerts.AddRange(await ListAsync(c, tx, cancellationToken, ReadAlert, $"SELECT {AlertRow} FROM alerts WHERE rowid=$1", through).ConfigureAwait(false));
                 }
 
-                var severities = await ListAsync(c, tx, cancellationToken, r => r.GetString(0),
-                    "SELECT DISTINCT severity FROM alerts WHERE status='held' AND device=$1 AND code=$2 AND rowid <= $3 AND severity IS NOT NULL",
+                // One pass over all of them for what the listed ones cannot tell: their severities and how many are clears.
+                var groups = await ListAsync(c, tx, cancellationToken, r => (Severity: Str(r, 0), Clears: r.GetInt64(1)),
+                    "SELECT severity, COUNT(*) FILTER (WHERE state='cleared') FROM alerts WHERE status='held' AND device=$1 AND code=$2 AND rowid <= $3 GROUP BY severity",
                     device, code, through).ConfigureAwait(false);
-                result.Add(new DueDigest(device, code, alerts, total, through, severities));
+                result.Add(new DueDigest(device, code, alerts, total, through, groups.Select(g => g.Severity).OfType<string>().ToList(), groups.Sum(g => g.Clears)));
             }
 
             return result;

@@ -129,9 +129,12 @@ public static class IngestProtocols
 }
 
 /// <summary>Storm-control memory for one (device, code).</summary>
-/// <param name="LastMailAt">When the last mail for this key was composed.</param>
+/// <param name="LastMailAt">When the last mail for this key was composed (a raise, a clear or a digest); the Unix epoch after a clear
+/// that ended an incident longer than the window.</param>
 /// <param name="LastRaisedMessageId">Message-ID of the last raised mail, for threading a cleared alert.</param>
-public sealed record StormState(DateTimeOffset LastMailAt, string? LastRaisedMessageId);
+/// <param name="HoldClears">A cleared alert within the window is held too: repeats of the key are held, or its last digest had a
+/// clear in it (it flaps).</param>
+public sealed record StormState(DateTimeOffset LastMailAt, string? LastRaisedMessageId, bool HoldClears = false);
 
 /// <summary>A composed mail to queue.</summary>
 /// <param name="Kind"><c>alert</c>, <c>digest</c> or <c>notice</c>.</param>
@@ -154,8 +157,10 @@ public sealed record NewMessage(string Kind, string? Device, string? AlertId, st
 /// <param name="Route">Which routes matched and whom they named, for the alert's journey.</param>
 /// <param name="Basis">The storm state the decision was made on. A spool shared by several instances commits the decision
 /// only while the key's state is still this, and otherwise leaves the alert to be routed again on fresh state.</param>
+/// <param name="State">A held alert's state (<c>raised</c>, <c>cleared</c>), kept with it: a digest counts the clears among its
+/// repeats without reading them all.</param>
 public sealed record RoutingCommit(long AlertRowId, string Status, DateTimeOffset? HoldUntil, NewMessage? Message, (string Device, string Code)? StormKey, StormState? Storm,
-    string? Reason = null, string? Route = null, StormBasis? Basis = null);
+    string? Reason = null, string? Route = null, StormBasis? Basis = null, string? State = null);
 
 /// <summary>The storm state of (device, code) as a routing decision saw it.</summary>
 /// <param name="Device">Device.</param>
@@ -183,7 +188,9 @@ public sealed record ParkedAlert(long AlertRowId, string Reason);
 /// The severities among all the repeats it covers, loaded or not (rows from before severities were stored have none):
 /// a critical repeat among warnings must reach whoever the critical ones go to.
 /// </param>
-public sealed record DueDigest(string Device, string Code, IReadOnlyList<SpooledAlert> Alerts, long Total, long ThroughRowId, IReadOnlyList<string>? Severities = null)
+/// <param name="Clears">How many of all the repeats it covers are <c>cleared</c> alerts, loaded or not (the rest are raises).</param>
+public sealed record DueDigest(string Device, string Code, IReadOnlyList<SpooledAlert> Alerts, long Total, long ThroughRowId, IReadOnlyList<string>? Severities = null,
+    long Clears = 0)
 {
     /// <summary>Held repeats not loaded (counted in the mail as "and N more").</summary>
     public long Omitted => Total - Alerts.Count;

@@ -164,6 +164,13 @@ internal static class SpoolSchema
         """
         ALTER TABLE api_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin';
         """,
+        // 11: flap control. Whether a key's clears are held too (its repeats are, or its last digest had a clear in it),
+        // and a held alert's state, so that a digest counts the raises and clears of a storm it lists only in part.
+        // Held rows from before are all raises: only raises were held then.
+        """
+        ALTER TABLE storm ADD COLUMN hold_clears INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE alerts ADD COLUMN state TEXT;
+        """,
     ];
 
     /// <summary>The version this build writes.</summary>

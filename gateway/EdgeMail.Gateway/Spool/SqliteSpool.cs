@@ -326,8 +326,8 @@ public sealed partial class SqliteSpool : ISpool
 
     private StormState? ReadStorm(string device, string code)
     {
-        using var r = Query("SELECT last_mail_at, last_raised_message_id FROM storm WHERE device=$p0 AND code=$p1", device, code);
-        return r.Read() ? new StormState(FromMs(r.GetInt64(0)), r.IsDBNull(1) ? null : r.GetString(1)) : null;
+        using var r = Query("SELECT last_mail_at, last_raised_message_id, hold_clears FROM storm WHERE device=$p0 AND code=$p1", device, code);
+        return r.Read() ? new StormState(FromMs(r.GetInt64(0)), r.IsDBNull(1) ? null : r.GetString(1), r.GetInt64(2) != 0) : null;
     }
 
     /// <inheritdoc />
@@ -367,7 +367,8 @@ public sealed partial class SqliteSpool : ISpool
                     }
                 }
 
-                s.Exec("UPDATE alerts SET status=$p0, hold_until=$p1, route=$p3 WHERE rowid=$p2 AND status='new'", c.Status, c.HoldUntil?.ToUnixTimeMilliseconds(), c.AlertRowId, c.Route);
+                s.Exec("UPDATE alerts SET status=$p0, hold_until=$p1, route=$p3, state=$p4 WHERE rowid=$p2 AND status='new'",
+                    c.Status, c.HoldUntil?.ToUnixTimeMilliseconds(), c.AlertRowId, c.Route, c.State);
                 if (c.StormKey is { } key && c.Storm is not null)
                 {
                     (storms ??= [])[key] = c.Storm;
@@ -390,8 +391,8 @@ public sealed partial class SqliteSpool : ISpool
     private static string Truncate(string reason) => reason.Length > 2000 ? reason[..2000] : reason;
 
     private void WriteStorm(string device, string code, StormState storm) =>
-        Exec("INSERT INTO storm(device, code, last_mail_at, last_raised_message_id) VALUES($p0,$p1,$p2,$p3) ON CONFLICT(device, code) DO UPDATE SET last_mail_at=excluded.last_mail_at, last_raised_message_id=excluded.last_raised_message_id",
-            device, code, storm.LastMailAt.ToUnixTimeMilliseconds(), storm.LastRaisedMessageId);
+        Exec("INSERT INTO storm(device, code, last_mail_at, last_raised_message_id, hold_clears) VALUES($p0,$p1,$p2,$p3,$p4) ON CONFLICT(device, code) DO UPDATE SET last_mail_at=excluded.last_mail_at, last_raised_message_id=excluded.last_raised_message_id, hold_clears=excluded.hold_clears",
+            device, code, storm.LastMailAt.ToUnixTimeMilliseconds(), storm.LastRaisedMessageId, storm.HoldClears);
 
     private void InsertMessage(NewMessage m, long? alertRowId, BatchContext ctx)
     {
@@ -464,17 +465,25 @@ public sealed partial class SqliteSpool : ISpool
                     alerts.AddRange(ReadAlerts(r));
                 }
 
+                // One pass over all of them for what the listed ones cannot tell: their severities and how many are clears.
                 var severities = new List<string>();
-                using (var r = s.Query("SELECT DISTINCT severity FROM alerts WHERE status='held' AND device=$p0 AND code=$p1 AND rowid <= $p2 AND severity IS NOT NULL",
+                long clears = 0;
+                using (var r = s.Query(
+                    "SELECT severity, COUNT(CASE WHEN state='cleared' THEN 1 END) FROM alerts WHERE status='held' AND device=$p0 AND code=$p1 AND rowid <= $p2 GROUP BY severity",
                     device, code, through))
                 {
                     while (r.Read())
                     {
-                        severities.Add(r.GetString(0));
+                        if (!r.IsDBNull(0))
+                        {
+                            severities.Add(r.GetString(0));
+                        }
+
+                        clears += r.GetInt64(1);
                     }
                 }
 
-                result.Add(new DueDigest(device, code, alerts, total, through, severities));
+                result.Add(new DueDigest(device, code, alerts, total, through, severities, clears));
             }
 
             return result;

@@ -1,5 +1,6 @@
 using System.Text;
 using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Routing;
 using EdgeMail.Gateway.Spool;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -13,35 +14,120 @@ namespace EdgeMail.Gateway.Tests.Routing;
 public sealed class StormControlTests
 {
     [Fact]
-    public async Task Repeats_WithinTheWindow_BecomeOneDigestWhileClearedGoesOutPromptly()
+    public async Task Flapping_FirstRaiseAndClearGoOutAtOnce_ThenOneDigestPerWindowWithTheCountsAndTheStateNow()
     {
-        await using var gw = await TestGateway.StartAsync(c => c["Storm"] = new { Window = "00:00:02" });
+        // A float switch at a pump station: raise, clear, raise, clear... Before, every clear reset storm control, so
+        // each change was a mail of its own, two a minute for as long as it flapped.
+        var clock = new SteppedClock();
+        await using var gw = await TestGateway.StartAsync(c => c["Storm"] = new { Window = "00:10:00" }, s => s.AddSingleton<TimeProvider>(clock));
         using var client = await gw.ConnectAsync("dev-1");
-        async Task Publish(string id, string state = "raised")
-        {
-            var ack = await client.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/alert")
-                .WithPayload(Alerts.Json(id, code: "PUMP_CYCLING", state: state)).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
-            Assert.True(ack.IsSuccess);
-        }
 
-        await Publish("s-1");
+        await PublishAsync(client, "f-1");
         await gw.MailAsync(1);
-        for (int i = 2; i <= 6; i++)
-        {
-            await Publish($"s-{i}");
-        }
+        await PublishAsync(client, "f-2", "cleared"); // nothing says yet that it flaps: the usual pair, both at once
+        await gw.MailAsync(2);
+        await PublishAsync(client, "f-3");
+        await PublishAsync(client, "f-4", "cleared");
+        await PublishAsync(client, "f-5");
+        await PublishAsync(client, "f-6", "cleared");
+        Assert.Equal(["held", "held", "held", "held"], await DecidedAsync(gw, "f-3", "f-4", "f-5", "f-6"));
 
-        await Publish("s-7", "cleared");
-        var afterClear = await gw.MailAsync(2);
-        var all = await gw.MailAsync(3, TimeSpan.FromSeconds(20));
+        CloseWindow(gw, clock, TimeSpan.FromMinutes(10));
+        var first = MimeMessage.Load(Assert.Single(await gw.MailAsync(3), f => f.Contains(".f-3.digest", StringComparison.Ordinal)));
 
-        Assert.Equal(2, afterClear.Length);
-        Assert.Contains(afterClear, f => f.Contains("s-7", StringComparison.Ordinal));
-        Assert.Equal(3, all.Length);
-        var digest = MimeMessage.Load(Assert.Single(all, f => f.Contains("digest", StringComparison.Ordinal)));
-        Assert.Contains("repeated 5 times", digest.Subject, StringComparison.Ordinal);
-        var cleared = MimeMessage.Load(Assert.Single(all, f => f.Contains("s-7", StringComparison.Ordinal)));
-        Assert.Equal("dev-1.s-1.alert@gw.test", cleared.InReplyTo);
+        // It goes on flapping in the next window, and stops there in the raised state.
+        await PublishAsync(client, "f-7");
+        await PublishAsync(client, "f-8", "cleared");
+        await PublishAsync(client, "f-9");
+        Assert.Equal(["held", "held", "held"], await DecidedAsync(gw, "f-7", "f-8", "f-9"));
+        CloseWindow(gw, clock, TimeSpan.FromMinutes(10));
+        var second = MimeMessage.Load(Assert.Single(await gw.MailAsync(4), f => f.Contains(".f-7.digest", StringComparison.Ordinal)));
+
+        Assert.Equal("[CLEARED] dev-1 @ Hall 3: PUMP_CYCLING flapping: 2 raises, 2 clears in 10 min", first.Subject);
+        Assert.Equal("[CRITICAL] dev-1 @ Hall 3: PUMP_CYCLING flapping: 2 raises, 1 clear in 10 min", second.Subject);
+        Assert.Equal(("dev-1.f-1.alert@gw.test", "dev-1.f-1.alert@gw.test"), (first.InReplyTo, second.InReplyTo)); // the last raised mail
+        string firstText = first.TextBody ?? string.Empty;
+        Assert.Contains("Now: cleared", firstText, StringComparison.Ordinal);
+        Assert.Contains("Now: raised", second.TextBody, StringComparison.Ordinal);
+        Assert.Equal(2, firstText.Split("/cleared]").Length - 1); // each change listed
+        Assert.Equal(4, (await gw.Spool.CountsAsync(default)).Messages.Values.Sum()); // raise, clear, two digests: nothing else
+    }
+
+    [Fact]
+    public async Task RaiseThenClear_WithoutFlapping_AreTwoPromptMails_TheClearThreadedOntoTheRaise()
+    {
+        var clock = new SteppedClock();
+        await using var gw = await TestGateway.StartAsync(c => c["Storm"] = new { Window = "00:10:00" }, s => s.AddSingleton<TimeProvider>(clock));
+        using var client = await gw.ConnectAsync("dev-1");
+
+        await PublishAsync(client, "p-1");
+        await gw.MailAsync(1);
+        await PublishAsync(client, "p-2", "cleared");
+        var both = await gw.MailAsync(2);
+
+        Assert.Equal(["routed", "routed"], await DecidedAsync(gw, "p-1", "p-2"));
+        var cleared = MimeMessage.Load(Assert.Single(both, f => f.Contains("p-2", StringComparison.Ordinal)));
+        Assert.StartsWith("[CLEARED]", cleared.Subject, StringComparison.Ordinal);
+        Assert.Equal("dev-1.p-1.alert@gw.test", cleared.InReplyTo);
+    }
+
+    [Fact]
+    public async Task Raise_RightAfterTheClearOfAnIncidentLongerThanTheWindow_IsMailedAtOnce()
+    {
+        // Only a clear within the window after the raise (a short incident: a flap) makes the next raise wait.
+        var clock = new SteppedClock();
+        await using var gw = await TestGateway.StartAsync(c => c["Storm"] = new { Window = "00:10:00" }, s => s.AddSingleton<TimeProvider>(clock));
+        using var client = await gw.ConnectAsync("dev-1");
+
+        await PublishAsync(client, "l-1");
+        await gw.MailAsync(1);
+        clock.Offset = TimeSpan.FromMinutes(30);
+        await PublishAsync(client, "l-2", "cleared");
+        await PublishAsync(client, "l-3");
+
+        Assert.Equal(["routed", "routed"], await DecidedAsync(gw, "l-2", "l-3"));
+        Assert.Equal(3, (await gw.MailAsync(3)).Length);
+    }
+
+    [Fact]
+    public async Task ClearThatEndsAStorm_ArrivesInTheDigestAtTheWindowsEnd_ThreadedOntoTheRaise()
+    {
+        var clock = new SteppedClock();
+        await using var gw = await TestGateway.StartAsync(c => c["Storm"] = new { Window = "00:10:00" }, s => s.AddSingleton<TimeProvider>(clock));
+        using var client = await gw.ConnectAsync("dev-1");
+
+        await PublishAsync(client, "s-1");
+        await gw.MailAsync(1);
+        await PublishAsync(client, "s-2");
+        await PublishAsync(client, "s-3");
+        await PublishAsync(client, "s-4", "cleared");
+        Assert.Equal(["held", "held", "held"], await DecidedAsync(gw, "s-2", "s-3", "s-4")); // the clear joins the repeats it ends
+
+        CloseWindow(gw, clock, TimeSpan.FromMinutes(10));
+        var all = await gw.MailAsync(2);
+
+        var digest = MimeMessage.Load(Assert.Single(all, f => f.Contains(".s-2.digest", StringComparison.Ordinal)));
+        Assert.Equal("[CLEARED] dev-1 @ Hall 3: PUMP_CYCLING flapping: 2 raises, 1 clear in 10 min", digest.Subject);
+        Assert.Equal("dev-1.s-1.alert@gw.test", digest.InReplyTo);
+        Assert.Equal(2, (await gw.Spool.CountsAsync(default)).Messages.Values.Sum());
+    }
+
+    [Fact]
+    public async Task Flapping_WithStormControlOff_SendsEveryChangeAtOnce()
+    {
+        await using var gw = await TestGateway.StartAsync(c => c["Storm"] = new { Window = "00:00:00" });
+        using var client = await gw.ConnectAsync("dev-1");
+
+        await PublishAsync(client, "o-1");
+        await PublishAsync(client, "o-2", "cleared");
+        await PublishAsync(client, "o-3");
+        await PublishAsync(client, "o-4", "cleared");
+
+        Assert.Equal(["routed", "routed", "routed", "routed"], await DecidedAsync(gw, "o-1", "o-2", "o-3", "o-4"));
+        var all = await gw.MailAsync(4);
+        Assert.Equal(4, all.Length);
+        var last = MimeMessage.Load(Assert.Single(all, f => f.Contains("o-4", StringComparison.Ordinal)));
+        Assert.Equal("dev-1.o-3.alert@gw.test", last.InReplyTo);
     }
 
     [Fact]
@@ -171,11 +257,34 @@ public sealed class StormControlTests
         Assert.Equal("ops@example.com", Assert.Single(notice.To.Mailboxes).Address);
     }
 
-    private static async Task PublishAsync(IMqttClient client, string id)
+    private static async Task PublishAsync(IMqttClient client, string id, string state = "raised")
     {
         var ack = await client.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/alert")
-            .WithPayload(Alerts.Json(id, code: "PUMP_CYCLING")).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
+            .WithPayload(Alerts.Json(id, code: "PUMP_CYCLING", state: state)).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
         Assert.True(ack.IsSuccess);
+    }
+
+    // What routing decided for each alert of dev-1, once it decided them all.
+    private static async Task<string[]> DecidedAsync(TestGateway gw, params string[] ids)
+    {
+        var statuses = new string[ids.Length];
+        await gw.UntilAsync(async () =>
+        {
+            for (int i = 0; i < ids.Length; i++)
+            {
+                statuses[i] = (await gw.Spool.GetAlertAsync("dev-1", ids[i], default))?.Status ?? "missing";
+            }
+
+            return !statuses.Contains("new");
+        }, "routing to decide " + string.Join(", ", ids));
+        return statuses;
+    }
+
+    // Steps the clock to the end of the storm window; the router, asleep until then by the system's timers, is woken.
+    private static void CloseWindow(TestGateway gw, SteppedClock clock, TimeSpan window)
+    {
+        clock.Offset += window;
+        gw.Host.Services.GetRequiredService<AlertProcessor>().Wake();
     }
 
     // The system clock, moved by Offset (timers keep running on the system's).

@@ -434,6 +434,30 @@ public abstract class SpoolContractTests : IAsyncLifetime
     }
 
     [ContractFact]
+    public async Task DueDigest_CountsTheClearsOfAllItsRepeats_ListedOrNot_AndStormStateKeepsWhetherClearsAreHeld()
+    {
+        await using var spool = Open();
+        string[] states = ["raised", "cleared", "raised", "cleared", "raised"];
+        for (int i = 0; i < states.Length; i++)
+        {
+            await spool.AcceptAlertAsync(Alert("dev-1", $"f-{i}"), default);
+        }
+
+        var alerts = await spool.NewAlertsAsync(10, default);
+        var holding = new StormState(T0, "<r-0@gw.test>", HoldClears: true);
+        await spool.CommitRoutingAsync(alerts.Select((a, i) => new RoutingCommit(a.RowId, AlertStatus.Held, T0, null,
+            i == 0 ? ("dev-1", "TEMP_HIGH") : null, i == 0 ? holding : null, State: states[i])).ToList(), default);
+
+        Assert.Equal(holding, await spool.GetStormAsync("dev-1", "TEMP_HIGH", default));
+        var digest = Assert.Single(await spool.DueDigestsAsync(T0, 2, default));
+        Assert.Equal((5L, 2, 2L), (digest.Total, digest.Alerts.Count, digest.Clears)); // f-1 is listed, f-3 is not
+
+        var after = new StormState(T0.AddMinutes(10), "<r-0@gw.test>", HoldClears: false);
+        await spool.CommitDigestAsync(digest, Mail("digest-f@gw.test", "digest"), after, default);
+        Assert.Equal(after, Assert.Single(await spool.GetStormsAsync([("dev-1", "TEMP_HIGH")], default)).Value);
+    }
+
+    [ContractFact]
     public async Task ParkDigest_ParksItsHeldRepeatsWithTheReason_AndNothingIsDueAfter()
     {
         await using var spool = Open();

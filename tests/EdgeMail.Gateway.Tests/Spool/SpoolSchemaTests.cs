@@ -47,6 +47,7 @@ public sealed class SpoolSchemaTests : IDisposable
     [InlineData("SELECT MIN(hold_until) FROM alerts WHERE status='held'", "alerts_held_due")]
     [InlineData("SELECT DISTINCT device, code FROM alerts WHERE status='held' AND hold_until <= 0", "alerts_held_")] // either partial index: both hold only held rows
     [InlineData("SELECT rowid, device, alert_id, received_at, peer, payload FROM alerts WHERE status='held' AND device='d' AND code='c' ORDER BY rowid", "alerts_held_key")]
+    [InlineData("SELECT severity, COUNT(CASE WHEN state='cleared' THEN 1 END) FROM alerts WHERE status='held' AND device='d' AND code='c' AND rowid <= 9 GROUP BY severity", "alerts_held_key")]
     public async Task RouterQuery_OnCurrentSchema_UsesItsPartialIndex(string sql, string index)
     {
         await using (SqliteSpool.Open(DbPath, fsync: false, maxBatch: 16, NullLogger.Instance))
@@ -135,6 +136,27 @@ public sealed class SpoolSchemaTests : IDisposable
 
         var key = Assert.Single(await spool.ApiKeysAsync(default));
         Assert.Equal(("k1", "ab", ApiKeyScope.Admin), (key.Id, key.Hash, key.Scope)); // keys made before scopes could do everything
+    }
+
+    [Fact]
+    public async Task Open_VersionTenSpoolWithHeldRepeats_DigestsThemAsRaises()
+    {
+        // Before version 11 only raises were held, and no alert kept its state.
+        using (var connection = Connect())
+        {
+            using var command = connection.CreateCommand();
+            command.CommandText = "CREATE TABLE schema_version(version INTEGER NOT NULL);" + string.Join(";", SpoolSchema.Migrations.Take(10)) + ";INSERT INTO schema_version VALUES(10);"
+                + "INSERT INTO storm(device, code, last_mail_at, last_raised_message_id) VALUES('dev-1', 'TEMP_HIGH', 1000, '<r-0@gw.test>');"
+                + "INSERT INTO alerts(device, alert_id, received_at, payload, status, code, hold_until, severity) VALUES"
+                + "('dev-1', 'r-1', 2000, x'7b7d', 'held', 'TEMP_HIGH', 5000, 'warning'), ('dev-1', 'r-2', 3000, x'7b7d', 'held', 'TEMP_HIGH', 5000, 'warning');";
+            command.ExecuteNonQuery();
+        }
+
+        await using var spool = SqliteSpool.Open(DbPath, fsync: false, maxBatch: 16, NullLogger.Instance);
+
+        var digest = Assert.Single(await spool.DueDigestsAsync(DateTimeOffset.FromUnixTimeMilliseconds(5000), 100, default));
+        Assert.Equal((2L, 0L), (digest.Total, digest.Clears));
+        Assert.Equal(new StormState(DateTimeOffset.FromUnixTimeMilliseconds(1000), "<r-0@gw.test>", HoldClears: false), await spool.GetStormAsync("dev-1", "TEMP_HIGH", default));
     }
 
     [Fact]
