@@ -249,17 +249,19 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         if (_guard.Refuse(e.RemoteEndPoint, user, known) is { } busy)
         {
             e.ReasonCode = MqttConnectReasonCode.ServerBusy;
-            e.ReasonString = busy;
+            e.ReasonString = busy.Text;
+            _metrics.MqttConnectsRefused.Add(1, new KeyValuePair<string, object?>("reason", busy.WrongSecrets ? "wrong_secrets" : "rate"));
             string source = e.RemoteEndPoint is IPEndPoint ip ? ip.Address.ToString() : e.RemoteEndPoint?.ToString() ?? "?";
             if (_busyLog.TryLog(source, out long skipped))
             {
-                LogRefusedBusy(e.ClientId ?? string.Empty, e.RemoteEndPoint?.ToString() ?? "?", busy, skipped);
+                LogRefusedBusy(e.ClientId ?? string.Empty, e.RemoteEndPoint?.ToString() ?? "?", busy.Text, skipped);
             }
         }
         else if (device is null || !(known || _secrets.Verify(user, device.SecretHash, secret)))
         {
             e.ReasonCode = MqttConnectReasonCode.BadUserNameOrPassword;
             e.ReasonString = "unknown device or wrong secret";
+            _metrics.MqttConnectsRefused.Add(1, new KeyValuePair<string, object?>("reason", "credentials"));
             _guard.AuthFailed(e.RemoteEndPoint, user);
             LogRefused(e.ClientId ?? string.Empty, e.RemoteEndPoint?.ToString() ?? "?", "unknown device or wrong secret");
         }
@@ -267,6 +269,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         {
             e.ReasonCode = MqttConnectReasonCode.ClientIdentifierNotValid;
             e.ReasonString = "client id must equal the user name (the device id)";
+            _metrics.MqttConnectsRefused.Add(1, new KeyValuePair<string, object?>("reason", "client_id"));
             LogRefused(e.ClientId ?? string.Empty, e.RemoteEndPoint?.ToString() ?? "?", "client id differs from user name");
         }
         else
@@ -535,7 +538,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     [LoggerMessage(Level = LogLevel.Warning, Message = "Refused MQTT connection of '{ClientId}' from {Peer}: {Reason}")]
     private partial void LogRefused(string clientId, string peer, string reason);
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "Refused MQTT connection of '{ClientId}' from {Peer}: {Reason} (one line a minute per address; {Skipped} refusals left out since the last)")]
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Refused MQTT connection of '{ClientId}' from {Peer}: {Reason} (at most one such line a minute per address, {Skipped} more since the last; every refusal is counted in edgemail_mqtt_connects_refused_total)")]
     private partial void LogRefusedBusy(string clientId, string peer, string reason, long skipped);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Device {Device} was disabled or given a new secret: its MQTT connection was ended")]

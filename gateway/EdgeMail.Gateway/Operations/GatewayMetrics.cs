@@ -21,6 +21,8 @@ public sealed class GatewayMetrics : IDisposable
         Parked = _meter.CreateCounter<long>("edgemail.parked", "{item}", "Alerts and mail parked because handling them failed, by stage");
         LoopRestarts = _meter.CreateCounter<long>("edgemail.loop.restarts", "{restart}", "Background loops restarted after an unexpected fault, by loop");
         IngestRefused = _meter.CreateCounter<long>("edgemail.ingest.refused", "{message}", "Alerts and mail refused with back-pressure, by reason");
+        MqttConnectsRefused = _meter.CreateCounter<long>("edgemail.mqtt.connects.refused", "{connection}",
+            "MQTT CONNECTs refused, by reason: rate (too many from the address or of the device), wrong_secrets (too many wrong ones), credentials, client_id");
         IngestThrottled = _meter.CreateCounter<long>("edgemail.ingest.throttled", "{message}", "MQTT publishes whose PUBACK was delayed to keep a device within its rate");
         Pruned = _meter.CreateCounter<long>("edgemail.spool.pruned", "{row}", "Finished alerts and mail removed after the retention period, by kind");
         AlertsReceived = _meter.CreateCounter<long>("edgemail.alerts.received", "{alert}", "Alerts received, by transport (mqtt, smtp) and result (stored, duplicate, rejected)");
@@ -63,6 +65,12 @@ public sealed class GatewayMetrics : IDisposable
 
     /// <summary>Loop restarts; tag <c>loop</c>.</summary>
     public Counter<long> LoopRestarts { get; }
+
+    /// <summary>
+    /// Refused MQTT connections; tag <c>reason</c> = rate, wrong_secrets, credentials, client_id. The log has at most a
+    /// line a minute per address of the first two; this has every one.
+    /// </summary>
+    public Counter<long> MqttConnectsRefused { get; }
 
     /// <summary>Ingest refusals; tag <c>reason</c> = disk.</summary>
     public Counter<long> IngestRefused { get; }

@@ -105,14 +105,14 @@ public sealed class MqttGuard
     /// <param name="remote">The client's endpoint.</param>
     /// <param name="device">The device id (user name) it presents.</param>
     /// <param name="known">It presents the secret already verified for this device (<see cref="SecretVerifier.Recognizes"/>).</param>
-    /// <returns>The reason to refuse, or null.</returns>
-    public string? Refuse(EndPoint? remote, string device, bool known = false)
+    /// <returns>The reason to refuse (and whether it is wrong secrets rather than the rate), or null.</returns>
+    public (string Text, bool WrongSecrets)? Refuse(EndPoint? remote, string device, bool known = false)
     {
         ArgumentNullException.ThrowIfNull(device);
         string source = Source(remote);
         if (_authFailures.Refusal(source, device) is { } refusal)
         {
-            return refusal + "; try again later";
+            return (refusal + "; try again later", true);
         }
 
         // The per-source limit bounds the key derivations an address can make the gateway do; a device that proves
@@ -120,10 +120,10 @@ public sealed class MqttGuard
         // after the site's link comes back.
         if (known)
         {
-            return _knownConnects.TryAcquire(device) ? null : "too many connections of this device; slow down";
+            return _knownConnects.TryAcquire(device) ? null : ("too many connections of this device; slow down", false);
         }
 
-        return _connects.TryAcquire(source) ? null : "too many connection attempts from this address; slow down";
+        return _connects.TryAcquire(source) ? null : ("too many connection attempts from this address; slow down", false);
     }
 
     /// <summary>Counts a wrong secret (or an unknown device id) from <paramref name="remote"/>.</summary>

@@ -145,6 +145,36 @@ public sealed class MqttGuardTests
         Assert.Equal(MqttClientConnectResultCode.Success, await ConnectOnceAsync(gw, "dev-2"));
     }
 
+    // The log keeps one refusal line a minute per address; the count of every refusal, by reason, is the metric's.
+    [Fact]
+    public async Task Connect_Refusals_AreEachCountedByReason()
+    {
+        await using var gw = await TestGateway.StartAsync(c => c["MqttGuard"] = new { ConnectsPerMinutePerSource = 2 });
+        var meter = gw.Host.Services.GetRequiredService<EdgeMail.Gateway.Operations.GatewayMetrics>().Meter;
+        var counted = new System.Collections.Concurrent.ConcurrentDictionary<string, long>();
+        using var listener = new System.Diagnostics.Metrics.MeterListener
+        {
+            InstrumentPublished = (instrument, l) =>
+            {
+                if (ReferenceEquals(instrument.Meter, meter) && instrument.Name == "edgemail.mqtt.connects.refused")
+                {
+                    l.EnableMeasurementEvents(instrument);
+                }
+            },
+        };
+        listener.SetMeasurementEventCallback<long>((_, value, tags, _) => counted.AddOrUpdate((string)tags[0].Value!, value, (_, v) => v + value));
+        listener.Start();
+
+        Assert.Equal(MqttClientConnectResultCode.BadUserNameOrPassword, await ConnectOnceAsync(gw, "dev-3", "guessed"));
+        Assert.Equal(MqttClientConnectResultCode.Success, await ConnectOnceAsync(gw, "dev-1"));
+        for (int i = 0; i < 3; i++)
+        {
+            Assert.Equal(MqttClientConnectResultCode.ServerBusy, await ConnectOnceAsync(gw, "dev-2"));
+        }
+
+        Assert.Equal(new Dictionary<string, long> { ["credentials"] = 1, ["rate"] = 3 }, counted.ToDictionary());
+    }
+
     private static async Task<MqttClientConnectResultCode> ConnectOnceAsync(TestGateway gw, string device, string? secret = null)
     {
         using var client = new MqttClientFactory().CreateMqttClient();
