@@ -30,9 +30,12 @@ public sealed partial class AlertProcessor : SupervisedLoop
     private readonly Signal _wake = new();
     private readonly Relay.IRelayThrottle _throttle;
 
-    // Storm state per (device, code), null = known to have none. This processor is the only writer of storm state,
-    // so after the first read the spool need not be asked again (one spool round trip less per routing batch).
+    // Storm state per (device, code), null = known to have none. On a spool of its own this processor is the only writer
+    // of storm state, so after the first read the spool need not be asked again (one spool round trip less per routing
+    // batch). On a shared spool other instances change it at any time: it is read afresh for every batch, and each
+    // decision carries the state it was made on, which the spool checks under the key's lock.
     private readonly Dictionary<(string Device, string Code), StormState?> _stormCache = [];
+    private readonly bool _shared;
     private DateTimeOffset? _digestDue;
     private bool _digestDueKnown;
     private DateTimeOffset _digestCheckedAt;
@@ -57,6 +60,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
         _devices = devices;
         _pressure = pressure;
         _spool = spool;
+        _shared = spool.SharedPollInterval is not null;
         _options = options.Value;
         _router = new Router(_options, devices);
         _composer = composer;
@@ -159,7 +163,9 @@ public sealed partial class AlertProcessor : SupervisedLoop
         }
 
         // One read for the storm state of every (device, code) in the batch not seen before, not one round trip each.
-        if (_stormCache.Count > 100_000)
+        // Kept across batches on a shared spool, a state another instance changed since would be decided on again and
+        // again: each such decision found stale, released, claimed again and decided on the same cached state.
+        if (_shared || _stormCache.Count > 100_000)
         {
             _stormCache.Clear();
         }
@@ -242,6 +248,9 @@ public sealed partial class AlertProcessor : SupervisedLoop
             storm = _stormCache[key];
         }
 
+        // Held or mailed, the decision rests on this state; a shared spool commits it only while the state is still this.
+        // Alone on its spool nobody else changes it, and the check is left out.
+        var basis = _shared ? new StormBasis(stored.Device, alert.Code, storm) : null;
         var window = _throttle.StormWindow(_options.Storm.Window);
         bool raised = alert.State == AlertState.Raised;
 
@@ -263,7 +272,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
             var holding = storm.HoldClears ? null : storm with { HoldClears = true };
             storms[key] = holding ?? storm;
             return new RoutingCommit(stored.RowId, AlertStatus.Held, holdUntil, null, holding is null ? null : key, holding,
-                Route: $"{route.Explanation} (held by storm control until {holdUntil:u})", State: raised ? "raised" : "cleared");
+                Route: $"{route.Explanation} (held by storm control until {holdUntil:u})", Basis: basis, State: raised ? "raised" : "cleared");
         }
 
         var mail = new AlertMail(Device(stored.Device), alert, stored.ReceivedAt, stored.Peer, stored.RowId, route.Recipients, route.Template,
@@ -279,7 +288,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
             ? new StormState(stored.ReceivedAt, "<" + composed.MessageId + ">")
             : new StormState(inWindow ? stored.ReceivedAt : DateTimeOffset.UnixEpoch, storm?.LastRaisedMessageId);
         storms[key] = next;
-        return new RoutingCommit(stored.RowId, AlertStatus.Routed, null, queued, key, next, Route: route.Explanation);
+        return new RoutingCommit(stored.RowId, AlertStatus.Routed, null, queued, key, next, Route: route.Explanation, Basis: basis);
     }
 
     /// <summary>

@@ -1,7 +1,9 @@
 using System.Text;
 using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Relay;
 using EdgeMail.Gateway.Routing;
 using EdgeMail.Gateway.Spool;
+using EdgeMail.Testing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging.Abstractions;
 using MimeKit;
@@ -255,6 +257,92 @@ public sealed class StormControlTests
         Assert.All(await gw.Spool.ParkedAsync(10, default), p => Assert.Contains("no longer pass", p.Reason, StringComparison.Ordinal));
         var notice = MimeMessage.Load(Assert.Single(await gw.MailAsync(1)));
         Assert.Equal("ops@example.com", Assert.Single(notice.To.Mailboxes).Address);
+    }
+
+    // Two instances on one PostgreSQL spool: A has read the pair's storm state (none) when B mails a raise of it; A's
+    // next raise of the pair must be held as the repeat it is, not mailed on the state A read before.
+    [PostgresFact]
+    public async Task SharedSpool_ARaiseAfterAnotherInstanceMailedThePair_IsHeld_NotMailedOnTheStateThisInstanceReadBefore()
+    {
+        await using var db = await TestPostgres.CreateDatabaseAsync();
+        await using var gw = await TestGateway.StartAsync(SharedStormConfig);
+        await using var spoolA = OpenShared(db);
+        await using var spoolB = OpenShared(db);
+        var a = ActivatorUtilities.CreateInstance<AlertProcessor>(gw.Host.Services, spoolA);
+        var b = ActivatorUtilities.CreateInstance<AlertProcessor>(gw.Host.Services, spoolB);
+
+        await RouteOneAsync(a, spoolA, "i-1", "info"); // unrouted (below every route), but A has read the pair's state
+        await RouteOneAsync(b, spoolB, "r-2", "critical");
+        await RouteOneAsync(a, spoolA, "r-3", "critical");
+
+        Assert.Equal(["unrouted", "routed", "held"], await StatusesAsync(spoolA, "i-1", "r-2", "r-3"));
+        Assert.Equal(1L, (await spoolA.CountsAsync(default)).Messages.Values.Sum());
+    }
+
+    // B mails a raise of the pair (received just before A's) after A read its state and before A commits its own
+    // decision: A's decision is dropped, and the next batch decides again on the state as it is now, not on what A read.
+    [PostgresFact]
+    public async Task SharedSpool_ADecisionMadeOnStateAnotherInstanceChangedMeanwhile_IsDecidedAgainOnTheCurrentState()
+    {
+        await using var db = await TestPostgres.CreateDatabaseAsync();
+        await using var gw = await TestGateway.StartAsync(SharedStormConfig);
+        await using var spoolA = OpenShared(db);
+        await using var spoolB = OpenShared(db);
+        var b = ActivatorUtilities.CreateInstance<AlertProcessor>(gw.Host.Services, spoolB);
+        var first = TimeProvider.System.GetUtcNow();
+        var race = new RacingThrottle(() => RouteOneAsync(b, spoolB, "r-2", "critical", first));
+        var a = ActivatorUtilities.CreateInstance<AlertProcessor>(gw.Host.Services, spoolA, race);
+
+        await RouteOneAsync(a, spoolA, "r-1", "critical", first.AddSeconds(1));
+        Assert.Equal(["new", "routed"], await StatusesAsync(spoolA, "r-1", "r-2"));
+        Assert.Equal(1, await a.RouteNewAsync(default));
+
+        Assert.Equal(["held", "routed"], await StatusesAsync(spoolA, "r-1", "r-2"));
+        Assert.Equal(1L, (await spoolA.CountsAsync(default)).Messages.Values.Sum());
+    }
+
+    private static void SharedStormConfig(Dictionary<string, object> c)
+    {
+        c["Storm"] = new { Window = "00:10:00" };
+        c["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "warning", To = new[] { "owners" } } };
+    }
+
+    private static PostgresSpool OpenShared(TestDatabase db) =>
+        PostgresSpool.Open(db.ConnectionString, fsync: true, maxBatch: 64, TimeSpan.FromMinutes(2), TimeSpan.FromSeconds(5), NullLogger.Instance);
+
+    private static async Task RouteOneAsync(AlertProcessor processor, ISpool spool, string id, string severity, DateTimeOffset? receivedAt = null)
+    {
+        await spool.AcceptAlertAsync(new IncomingAlert("dev-1", id, receivedAt ?? TimeProvider.System.GetUtcNow(), "127.0.0.1:1",
+            Encoding.UTF8.GetBytes(Alerts.Json(id, code: "PUMP_CYCLING", sev: severity)), null, "PUMP_CYCLING", Severity: severity), default);
+        Assert.Equal(1, await processor.RouteNewAsync(default));
+    }
+
+    private static async Task<string[]> StatusesAsync(ISpool spool, params string[] ids)
+    {
+        var statuses = new string[ids.Length];
+        for (int i = 0; i < ids.Length; i++)
+        {
+            statuses[i] = (await spool.GetAlertAsync("dev-1", ids[i], default))?.Status ?? "missing";
+        }
+
+        return statuses;
+    }
+
+    // The storm window is asked for after the storm state was read and before the decision is committed: the first
+    // time, another instance's routing runs there.
+    private sealed class RacingThrottle(Func<Task> race) : IRelayThrottle
+    {
+        private Func<Task>? _race = race;
+
+        public TimeSpan StormWindow(TimeSpan configured)
+        {
+            if (Interlocked.Exchange(ref _race, null) is { } run)
+            {
+                Task.Run(run).GetAwaiter().GetResult();
+            }
+
+            return configured;
+        }
     }
 
     private static async Task PublishAsync(IMqttClient client, string id, string state = "raised")
