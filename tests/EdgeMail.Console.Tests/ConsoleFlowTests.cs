@@ -80,7 +80,10 @@ public sealed class ConsoleFlowTests(ConsoleBrowser browser)
         // "/.//evil.example" is a path on the console whose dot segment goes, leaving "//evil.example" again.
         foreach (string next in new[] { "%2F%09%2Fevil.example", "%2F.%2F%2Fevil.example" })
         {
-            await s.Context.ClearCookiesAsync(); // logged out: a login from a session would need its CSRF token
+            // Logged out (a login from a session would need its CSRF token), and off the dashboard first: its scripts,
+            // finding the session gone, would send the page to /login themselves, racing this navigation.
+            await page.GotoAsync("about:blank");
+            await s.Context.ClearCookiesAsync();
             await page.GotoAsync("/login?next=" + next);
             await page.GetByLabel("Password").FillAsync(ConsoleSession.Password);
             await page.GetByRole(AriaRole.Button, new() { Name = "Log in" }).ClickAsync();
