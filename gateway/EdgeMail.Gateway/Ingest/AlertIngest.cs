@@ -1,4 +1,3 @@
-using System.Security.Cryptography;
 using EdgeMail.Gateway.Operations;
 using EdgeMail.Gateway.Receipts;
 using EdgeMail.Gateway.Spool;
@@ -68,7 +67,7 @@ public sealed partial class AlertIngest
             _presence.Seen(deviceId);
             _disk.ThrowIfLow();
             parsed = AlertParser.Parse(payload.Span);
-            alertId = parsed.Id ?? "rejected-" + Convert.ToHexStringLower(SHA256.HashData(payload.Span).AsSpan(0, 16));
+            alertId = parsed.Id ?? AlertParser.RejectedId(payload.Span);
             (var kept, reason) = parsed.IsValid ? (payload, null) : AlertParser.KeepRejected(payload, parsed.Reason!);
             var incoming = new IncomingAlert(deviceId, alertId, _clock.GetUtcNow(), peer, kept, reason, parsed.Alert?.Code, via,
                 parsed.Alert is { } a ? Severities.Name(a.Severity) : null);
@@ -123,7 +122,7 @@ public sealed partial class AlertIngest
         ArgumentNullException.ThrowIfNull(fault);
         var (kept, reason) = AlertParser.KeepRejected(payload, ParkingLot.Describe("handling", fault));
         string? id = IdOf(kept);
-        string alertId = id ?? "rejected-" + Convert.ToHexStringLower(SHA256.HashData(payload.Span).AsSpan(0, 16));
+        string alertId = id ?? AlertParser.RejectedId(payload.Span);
         LogHandlingFailed(fault, alertId, deviceId, reason);
         var outcome = await _spool.AcceptAlertAsync(new IncomingAlert(deviceId, alertId, _clock.GetUtcNow(), peer, kept, reason, null, via), cancellationToken)
             .ConfigureAwait(false);

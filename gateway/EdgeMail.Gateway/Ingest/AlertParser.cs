@@ -43,6 +43,15 @@ public static class AlertParser
             : (payload[..MaxPayloadBytes], string.Create(CultureInfo.InvariantCulture, $"{reason} ({payload.Length} bytes; only the first {MaxPayloadBytes} are kept)"));
     }
 
+    /// <summary>
+    /// The key a refused payload without a readable id is kept under: its digest, so that a device sending it again is
+    /// answered as a duplicate instead of filling the spool.
+    /// </summary>
+    /// <param name="payload">The payload as sent (whole, not the part kept).</param>
+    /// <returns><c>rejected-</c> and the first 16 bytes of its SHA-256, in hex.</returns>
+    public static string RejectedId(ReadOnlySpan<byte> payload) =>
+        "rejected-" + Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(payload).AsSpan(0, 16));
+
     /// <summary>Largest text accepted, in UTF-8 bytes.</summary>
     public const int MaxTextBytes = 1024;
 

@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using System.Security.Cryptography;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Operations;
 using EdgeMail.Gateway.Receipts;
@@ -209,7 +208,7 @@ public sealed partial class ExternalBrokerClient : IHostedService, IReceiptSink,
         var (kept, reason) = AlertParser.KeepRejected(payload, _devices.Find(device) is { Disabled: true }
             ? $"device '{device}' is disabled"
             : $"unknown device '{device}': not configured under Devices");
-        string alertId = AlertParser.Parse(kept.Span).Id ?? "rejected-" + Convert.ToHexStringLower(SHA256.HashData(payload).AsSpan(0, 16));
+        string alertId = AlertParser.Parse(kept.Span).Id ?? AlertParser.RejectedId(payload);
         var incoming = new IncomingAlert(device, alertId, _clock.GetUtcNow(), null, kept, reason, null);
         await _spool.AcceptAlertAsync(incoming, cancellationToken).ConfigureAwait(false);
         LogUnknownAlert(device, alertId, topic, reason);
