@@ -26,8 +26,7 @@ public sealed class SecretVerifier
     {
         ArgumentNullException.ThrowIfNull(device);
         ArgumentNullException.ThrowIfNull(stored);
-        return _verified.TryGetValue(device, out var known) && string.Equals(known.Stored, stored, StringComparison.Ordinal)
-            && CryptographicOperations.FixedTimeEquals(known.Digest, SHA256.HashData(presented));
+        return Verified(device, stored) is { } known && CryptographicOperations.FixedTimeEquals(known, SHA256.HashData(presented));
     }
 
     /// <summary>Verifies a secret.</summary>
@@ -40,9 +39,9 @@ public sealed class SecretVerifier
         ArgumentNullException.ThrowIfNull(device);
         ArgumentNullException.ThrowIfNull(stored);
         byte[] digest = SHA256.HashData(presented);
-        if (_verified.TryGetValue(device, out var known) && string.Equals(known.Stored, stored, StringComparison.Ordinal))
+        if (Verified(device, stored) is { } known)
         {
-            return CryptographicOperations.FixedTimeEquals(known.Digest, digest);
+            return CryptographicOperations.FixedTimeEquals(known, digest);
         }
 
         if (!SecretHash.Verify(stored, presented))
@@ -53,4 +52,8 @@ public sealed class SecretVerifier
         _verified[device] = (stored, digest);
         return true;
     }
+
+    // The digest of the secret verified for this device against this stored hash; null when none was (or the hash changed).
+    private byte[]? Verified(string device, string stored) =>
+        _verified.TryGetValue(device, out var known) && string.Equals(known.Stored, stored, StringComparison.Ordinal) ? known.Digest : null;
 }
