@@ -147,7 +147,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
                 if (parsed.Alert is null)
                 {
                     // Stored as new, so it passed validation when it came; a stricter gateway since then refuses it.
-                    failures[i] = "the alert no longer passes validation: " + parsed.Reason;
+                    failures[i] = NoLongerValid(parsed.Reason);
                 }
             }
             catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
@@ -294,72 +294,98 @@ public sealed partial class AlertProcessor : SupervisedLoop
     /// <summary>
     /// Sends the digests whose window has closed. A digest is handled as a single alert would be when it cannot be
     /// mailed: parked with its repeats when none of them passes validation any more or it cannot be composed, its
-    /// repeats left unrouted when its route names nobody now.
+    /// repeats left unrouted when its route names nobody now. A repeat that no longer passes among others that do is
+    /// parked on its own, and the digest goes out with the others.
     /// </summary>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>A task.</returns>
     internal async Task DigestDueAsync(CancellationToken cancellationToken)
     {
         var now = _clock.GetUtcNow();
-        foreach (var digest in await _spool.DueDigestsAsync(now, _options.Storm.DigestMaxRepeats, cancellationToken).ConfigureAwait(false))
+        bool again;
+        do
         {
-            var storm = await _spool.GetStormAsync(digest.Device, digest.Code, cancellationToken).ConfigureAwait(false);
-            DigestDecision decision;
-            try
+            again = false;
+            foreach (var digest in await _spool.DueDigestsAsync(now, _options.Storm.DigestMaxRepeats, cancellationToken).ConfigureAwait(false))
             {
-                decision = DecideDigest(digest, storm, now);
-            }
-            catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
-            {
-                await ParkDigestAsync(digest, ParkingLot.Describe("composing the digest", ex), ex, cancellationToken).ConfigureAwait(false);
-                continue;
-            }
+                var storm = await _spool.GetStormAsync(digest.Device, digest.Code, cancellationToken).ConfigureAwait(false);
+                DigestDecision decision;
+                try
+                {
+                    decision = DecideDigest(digest, storm, now);
+                }
+                catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
+                {
+                    await ParkDigestAsync(digest, ParkingLot.Describe("composing the digest", ex), ex, cancellationToken).ConfigureAwait(false);
+                    continue;
+                }
 
-            if (decision.Refused is { } refused)
-            {
-                await ParkDigestAsync(digest, refused, null, cancellationToken).ConfigureAwait(false);
-                continue;
-            }
+                if (decision.Invalid is { } invalid)
+                {
+                    // Parked first, in a commit of their own, and the digest read again: the spool's counts, severities and
+                    // clears of what is still held then leave them out, and the repeats loaded in their place are checked
+                    // too. Safe to die in between: a parked repeat is no longer held, so no digest counts it, and the ones
+                    // still held are due and make their digest on the next pass; parking again parks nothing twice.
+                    again |= await ParkRepeatsAsync(digest, invalid, cancellationToken).ConfigureAwait(false);
+                    continue;
+                }
 
-            if (decision.Mail is not { } queued)
-            {
-                // Nothing went out, so the storm state stays as it was.
-                LogUnroutedDigest(digest.Device, digest.Code, digest.Total);
-                await _spool.UnrouteDigestAsync(digest, decision.Route!, cancellationToken).ConfigureAwait(false);
-                continue;
-            }
+                if (decision.Refused is { } refused)
+                {
+                    await ParkDigestAsync(digest, refused, null, cancellationToken).ConfigureAwait(false);
+                    continue;
+                }
 
-            LogDigest(digest.Device, digest.Code, digest.Total);
-            // A digest with a clear in it says the pair flaps: its clears in the next window join the next digest.
-            var after = new StormState(now, storm?.LastRaisedMessageId, HoldClears: digest.Clears > 0);
-            try
-            {
-                await _spool.CommitDigestAsync(digest, queued, after, cancellationToken).ConfigureAwait(false);
-                _stormCache[(digest.Device, digest.Code)] = after;
-            }
-            catch (SpoolConflictException ex)
-            {
-                await ParkDigestAsync(digest, ex.Message, null, cancellationToken).ConfigureAwait(false);
+                if (decision.Mail is not { } queued)
+                {
+                    // Nothing went out, so the storm state stays as it was.
+                    LogUnroutedDigest(digest.Device, digest.Code, digest.Total);
+                    await _spool.UnrouteDigestAsync(digest, decision.Route!, cancellationToken).ConfigureAwait(false);
+                    continue;
+                }
+
+                LogDigest(digest.Device, digest.Code, digest.Total);
+                // A digest with a clear in it says the pair flaps: its clears in the next window join the next digest.
+                var after = new StormState(now, storm?.LastRaisedMessageId, HoldClears: digest.Clears > 0);
+                try
+                {
+                    await _spool.CommitDigestAsync(digest, queued, after, cancellationToken).ConfigureAwait(false);
+                    _stormCache[(digest.Device, digest.Code)] = after;
+                }
+                catch (SpoolConflictException ex)
+                {
+                    await ParkDigestAsync(digest, ex.Message, null, cancellationToken).ConfigureAwait(false);
+                }
             }
         }
+        while (again);
     }
 
     // What a due digest comes to: its mail; or, as for a single alert, the reason it is parked (Refused) or the route
-    // that names nobody (Route, the mail then null).
-    private sealed record DigestDecision(NewMessage? Mail, string? Refused = null, string? Route = null);
+    // that names nobody (Route, the mail then null); or the loaded repeats that no longer pass validation while others
+    // do (Invalid), each to be parked on its own before the digest is decided again.
+    private sealed record DigestDecision(NewMessage? Mail, string? Refused = null, string? Route = null, IReadOnlyList<ParkedAlert>? Invalid = null);
 
     private DigestDecision DecideDigest(DueDigest digest, StormState? storm, DateTimeOffset now)
     {
-        // A held repeat that a stricter gateway no longer accepts is counted, not listed.
-        var parsed = digest.Alerts.Select(a => (Result: AlertParser.Parse(a.Payload), a.ReceivedAt)).ToList();
+        var parsed = digest.Alerts.Select(a => (Stored: a, Result: AlertParser.Parse(a.Payload))).ToList();
         var repeats = parsed
             .Where(r => r.Result.Alert is not null)
-            .Select(r => (r.Result.Alert!, r.ReceivedAt))
+            .Select(r => (r.Result.Alert!, r.Stored.ReceivedAt))
             .ToList();
-        long omitted = digest.Omitted + (digest.Alerts.Count - repeats.Count);
         if (repeats.Count == 0)
         {
             return new DigestDecision(null, Refused: "the held repeats no longer pass validation: " + parsed[0].Result.Reason);
+        }
+
+        if (repeats.Count < parsed.Count)
+        {
+            // A stricter gateway refuses some of them: neither listed nor counted in a digest that mails the others, but
+            // parked as a single alert is.
+            return new DigestDecision(null, Invalid: parsed
+                .Where(r => r.Result.Alert is null)
+                .Select(r => new ParkedAlert(r.Stored.RowId, NoLongerValid(r.Result.Reason)))
+                .ToList());
         }
 
         // Routes select by minimum severity, so the highest among the repeats (listed or not) reaches everyone any of
@@ -380,9 +406,22 @@ public sealed partial class AlertProcessor : SupervisedLoop
         }
 
         var composed = _composer.ComposeDigest(Device(digest.Device), repeats, route.Recipients, _throttle.StormWindow(_options.Storm.Window),
-            digest.Alerts[0].RowId, storm?.LastRaisedMessageId, now, digest.Alerts[0].Via, omitted, digest.Clears);
+            digest.Alerts[0].RowId, storm?.LastRaisedMessageId, now, digest.Alerts[0].Via, digest.Omitted, digest.Clears);
         return new DigestDecision(new NewMessage("digest", digest.Device, null, composed.MessageId, _options.Sender.Address,
             route.Recipients.Select(r => r.Address).ToList(), composed.Wire));
+    }
+
+    // Returns whether it parked any: when it did, the digest of the rest is read again.
+    private async Task<bool> ParkRepeatsAsync(DueDigest digest, IReadOnlyList<ParkedAlert> invalid, CancellationToken cancellationToken)
+    {
+        var parked = await _spool.ParkRepeatsAsync(digest, invalid, cancellationToken).ConfigureAwait(false);
+        var byRow = digest.Alerts.ToDictionary(a => a.RowId);
+        foreach (var repeat in invalid.Where(r => parked.Contains(r.AlertRowId)))
+        {
+            await _parking.AlertParkedAsync("digest", digest.Device, byRow[repeat.AlertRowId].AlertId, repeat.Reason, null).ConfigureAwait(false);
+        }
+
+        return parked.Count > 0;
     }
 
     private async Task ParkDigestAsync(DueDigest digest, string reason, Exception? fault, CancellationToken cancellationToken)
@@ -399,6 +438,8 @@ public sealed partial class AlertProcessor : SupervisedLoop
             }
         }
     }
+
+    private static string NoLongerValid(string? reason) => "the alert no longer passes validation: " + reason;
 
     private DeviceInfo Device(string id) => _devices.Find(id) is { } d
         ? new DeviceInfo(id, d.Name, d.Site)

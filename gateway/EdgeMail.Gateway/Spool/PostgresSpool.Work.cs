@@ -355,6 +355,28 @@ public sealed partial class PostgresSpool
     }
 
     /// <inheritdoc />
+    public Task<IReadOnlyList<long>> ParkRepeatsAsync(DueDigest digest, IReadOnlyList<ParkedAlert> repeats, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(digest);
+        ArgumentNullException.ThrowIfNull(repeats);
+        return WriteAsync<IReadOnlyList<long>>(async (c, tx, ctx) =>
+        {
+            if (repeats.Count == 0 || !await HoldsKeyAsync(c, tx, digest.Device, digest.Code, cancellationToken).ConfigureAwait(false))
+            {
+                return [];
+            }
+
+            // The claim stays: the digest of the repeats still held is this instance's to send next.
+            return await ListAsync(c, tx, cancellationToken, r => r.GetInt64(0),
+                """
+                UPDATE alerts a SET status='parked', reason=p.reason, parked_at=$3 FROM unnest($1::bigint[], $2::text[]) AS p(rowid, reason)
+                WHERE a.rowid = p.rowid AND a.device=$4 AND a.code=$5 AND a.status='held' RETURNING a.rowid
+                """,
+                repeats.Select(r => r.AlertRowId).ToArray(), repeats.Select(r => Truncate(Text(r.Reason)!)).ToArray(), ctx.NowMs, digest.Device, digest.Code).ConfigureAwait(false);
+        }, cancellationToken);
+    }
+
+    /// <inheritdoc />
     public Task<IReadOnlyList<string>> ParkDigestAsync(DueDigest digest, string reason, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(digest);

@@ -168,7 +168,10 @@ public sealed record RoutingCommit(long AlertRowId, string Status, DateTimeOffse
 /// <param name="State">Its state then; null when it had none.</param>
 public sealed record StormBasis(string Device, string Code, StormState? State);
 
-/// <summary>An alert the spool parked instead of committing its routing decision (a Message-ID already taken).</summary>
+/// <summary>
+/// An alert parked, and why: one the spool parked instead of committing its routing decision (a Message-ID already
+/// taken), or a held repeat that no longer passes validation when its digest is due.
+/// </summary>
 /// <param name="AlertRowId">The alert.</param>
 /// <param name="Reason">What went wrong.</param>
 public sealed record ParkedAlert(long AlertRowId, string Reason);
@@ -421,7 +424,19 @@ public partial interface ISpool : IAsyncDisposable
     /// <returns>A task completing after commit.</returns>
     Task UnrouteDigestAsync(DueDigest digest, string route, CancellationToken cancellationToken);
 
-    /// <summary>Parks the digest's held alerts with the reason (its composition failed).</summary>
+    /// <summary>
+    /// Parks some of a digest's held repeats, each with its own reason, as a single alert that no longer passes validation
+    /// is parked; the rest stay held, and the digest read next covers only them (its counts, severities and clears too).
+    /// Only rows still held are parked, so doing it again changes nothing; on a shared spool only by the holder of the
+    /// key's claim, which it keeps, for the digest of the rest.
+    /// </summary>
+    /// <param name="digest">The digest the repeats were read with.</param>
+    /// <param name="repeats">The repeats to park (rows of <see cref="DueDigest.Alerts"/>) and why.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The rows it parked (each device is owed a receipt), after commit.</returns>
+    Task<IReadOnlyList<long>> ParkRepeatsAsync(DueDigest digest, IReadOnlyList<ParkedAlert> repeats, CancellationToken cancellationToken);
+
+    /// <summary>Parks the digest's held alerts with the reason (it cannot be composed, or none of its loaded repeats passes validation any more).</summary>
     /// <param name="digest">The digest.</param>
     /// <param name="reason">Why.</param>
     /// <param name="cancellationToken">Cancellation.</param>

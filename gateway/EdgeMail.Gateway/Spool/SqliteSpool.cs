@@ -514,6 +514,27 @@ public sealed partial class SqliteSpool : ISpool
     }
 
     /// <inheritdoc />
+    public Task<IReadOnlyList<long>> ParkRepeatsAsync(DueDigest digest, IReadOnlyList<ParkedAlert> repeats, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(digest);
+        ArgumentNullException.ThrowIfNull(repeats);
+        return Enqueue<IReadOnlyList<long>>((s, ctx) =>
+        {
+            var parked = new List<long>();
+            foreach (var repeat in repeats)
+            {
+                if (s.Exec("UPDATE alerts SET status='parked', reason=$p0, parked_at=$p1 WHERE rowid=$p2 AND device=$p3 AND code=$p4 AND status='held'",
+                    Truncate(repeat.Reason), ctx.Now.ToUnixTimeMilliseconds(), repeat.AlertRowId, digest.Device, digest.Code) > 0)
+                {
+                    parked.Add(repeat.AlertRowId);
+                }
+            }
+
+            return parked;
+        }, cancellationToken);
+    }
+
+    /// <inheritdoc />
     public Task<IReadOnlyList<string>> ParkDigestAsync(DueDigest digest, string reason, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(digest);

@@ -232,20 +232,7 @@ public sealed class StormControlTests
     public async Task Digest_WhoseHeldRepeatsNoLongerValidate_ParksThem_WithAFailedReceiptForEachAndANotice()
     {
         // Held by a gateway that validated less: the repeats are in the spool, their window closed, none passes now.
-        string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(dataDir);
-        var heldUntil = TimeProvider.System.GetUtcNow().AddMinutes(-1);
-        await using (var spool = SqliteSpool.Open(Path.Combine(dataDir, "spool.db"), fsync: true, maxBatch: 64, NullLogger.Instance))
-        {
-            foreach (string id in new[] { "v-2", "v-3", "v-4" })
-            {
-                byte[] payload = Encoding.UTF8.GetBytes($$"""{"v":1,"id":"{{id}}","state":"raised","code":"PUMP_CYCLING"}""");
-                await spool.AcceptAlertAsync(new IncomingAlert("dev-1", id, heldUntil.AddMinutes(-5), null, payload, null, "PUMP_CYCLING"), default);
-            }
-
-            var stored = await spool.NewAlertsAsync(10, default);
-            await spool.CommitRoutingAsync([.. stored.Select(a => new RoutingCommit(a.RowId, AlertStatus.Held, heldUntil, null, null, null))], default);
-        }
+        string dataDir = await HeldBeforeAsync(("v-2", Stale("v-2")), ("v-3", Stale("v-3")), ("v-4", Stale("v-4")));
 
         await using var gw = await TestGateway.StartAsync(c => c["Storm"] = new { Window = "00:10:00", DigestMaxRepeats = 2 }, null, dataDir: dataDir);
         gw.Logs.Expect(e => e.Message.StartsWith("Parked alert v-2 from dev-1", StringComparison.Ordinal));
@@ -257,6 +244,88 @@ public sealed class StormControlTests
         Assert.All(await gw.Spool.ParkedAsync(10, default), p => Assert.Contains("no longer pass", p.Reason, StringComparison.Ordinal));
         var notice = MimeMessage.Load(Assert.Single(await gw.MailAsync(1)));
         Assert.Equal("ops@example.com", Assert.Single(notice.To.Mailboxes).Address);
+    }
+
+    [Fact]
+    public async Task Digest_WithOneHeldRepeatNoLongerValid_ListsAndCountsTheOthers_AndParksThatOneAsASingleAlert()
+    {
+        // Before, the one that no longer passes was counted in the digest ("repeated 3 times") and marked digested with
+        // the others: neither mailed nor parked, and its device was never told.
+        string dataDir = await HeldBeforeAsync(
+            ("v-2", Alerts.Json("v-2", code: "PUMP_CYCLING", text: "first repeat")),
+            ("v-3", Stale("v-3")),
+            ("v-4", Alerts.Json("v-4", code: "PUMP_CYCLING", text: "latest repeat")));
+
+        await using var gw = await TestGateway.StartAsync(c => c["Storm"] = new { Window = "00:10:00" }, null, dataDir: dataDir);
+        gw.Logs.Expect(e => e.Message.StartsWith("Parked alert v-3 from dev-1", StringComparison.Ordinal));
+
+        var mail = await gw.MailAsync(2);
+        var digest = MimeMessage.Load(Assert.Single(mail, f => f.Contains(".v-2.digest", StringComparison.Ordinal)));
+        var notice = MimeMessage.Load(Assert.Single(mail, f => !f.Contains(".digest", StringComparison.Ordinal)));
+        Assert.Equal("[CRITICAL] dev-1 @ Hall 3: PUMP_CYCLING repeated 2 times", digest.Subject);
+        Assert.Equal("ops@example.com", Assert.Single(notice.To.Mailboxes).Address);
+        Assert.Contains("first repeat", digest.TextBody, StringComparison.Ordinal);
+        Assert.Contains("latest repeat", digest.TextBody, StringComparison.Ordinal);
+        Assert.DoesNotContain("more ...", digest.TextBody, StringComparison.Ordinal);
+        Assert.Contains("v-3", notice.TextBody, StringComparison.Ordinal);
+
+        Assert.Equal(["digested", "parked", "digested"], await StatusesAsync(gw.Spool, "v-2", "v-3", "v-4"));
+        var parked = Assert.Single(await gw.Spool.ParkedAsync(10, default));
+        Assert.Equal("v-3", parked.Reference);
+        Assert.StartsWith("the alert no longer passes validation: ", parked.Reason, StringComparison.Ordinal);
+        await gw.UntilAsync(async () => (await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Any(r => r.Receipt.State == "failed"), "v-3's failed receipt");
+        var failed = Assert.Single(await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default), r => r.Receipt.State == "failed");
+        Assert.Equal(("v-3", "parked: " + parked.Reason), (failed.Receipt.AlertId, failed.Receipt.Detail));
+    }
+
+    [Fact]
+    public async Task Digest_WhoseOldestListedRepeatNoLongerValidates_CountsOnlyTheRest_AndListsOneThatWasNotListedBefore()
+    {
+        // With room for two, v-2 and the latest are listed; v-2 parked, the digest is read again and lists v-3 instead.
+        string dataDir = await HeldBeforeAsync(
+            ("v-2", Stale("v-2")),
+            ("v-3", Alerts.Json("v-3", code: "PUMP_CYCLING", text: "second repeat")),
+            ("v-4", Alerts.Json("v-4", code: "PUMP_CYCLING", text: "third repeat")),
+            ("v-5", Alerts.Json("v-5", code: "PUMP_CYCLING", text: "latest repeat")));
+
+        await using var gw = await TestGateway.StartAsync(c => c["Storm"] = new { Window = "00:10:00", DigestMaxRepeats = 2 }, null, dataDir: dataDir);
+        gw.Logs.Expect(e => e.Message.StartsWith("Parked alert v-2 from dev-1", StringComparison.Ordinal));
+
+        var digest = MimeMessage.Load(Assert.Single(await gw.MailAsync(2), f => f.Contains(".v-3.digest", StringComparison.Ordinal)));
+        Assert.Equal("[CRITICAL] dev-1 @ Hall 3: PUMP_CYCLING repeated 3 times", digest.Subject);
+        Assert.Contains("second repeat", digest.TextBody, StringComparison.Ordinal);
+        Assert.Contains("... and 1 more ...", digest.TextBody, StringComparison.Ordinal);
+        Assert.Contains("latest repeat", digest.TextBody, StringComparison.Ordinal);
+        Assert.Equal(["parked", "digested", "digested", "digested"], await StatusesAsync(gw.Spool, "v-2", "v-3", "v-4", "v-5"));
+    }
+
+    // The same on a shared PostgreSQL spool: the repeat is parked by the holder of the key's claim, which keeps it for the
+    // digest of the rest.
+    [PostgresFact]
+    public async Task SharedSpool_DigestWithOneHeldRepeatNoLongerValid_ListsAndCountsTheOthers_AndParksThatOne()
+    {
+        await using var db = await TestPostgres.CreateDatabaseAsync();
+        await using var gw = await TestGateway.StartAsync(SharedStormConfig);
+        gw.Logs.Expect(e => e.Message.StartsWith("Parked alert v-3 from dev-1", StringComparison.Ordinal));
+        await using var spool = OpenShared(db);
+        await HoldAsync(spool,
+            ("v-2", Alerts.Json("v-2", code: "PUMP_CYCLING", text: "first repeat")),
+            ("v-3", Stale("v-3")),
+            ("v-4", Alerts.Json("v-4", code: "PUMP_CYCLING", text: "latest repeat")));
+        var processor = ActivatorUtilities.CreateInstance<AlertProcessor>(gw.Host.Services, spool);
+
+        await processor.DigestDueAsync(default);
+
+        Assert.Equal(["digested", "parked", "digested"], await StatusesAsync(spool, "v-2", "v-3", "v-4"));
+        Assert.StartsWith("the alert no longer passes validation: ", (await spool.GetAlertAsync("dev-1", "v-3", default))?.Reason, StringComparison.Ordinal);
+        var queued = Assert.Single(await spool.DueMessagesAsync(DateTimeOffset.MaxValue.AddDays(-1), 10, new HashSet<long>(), default));
+        var digest = MimeMessage.Load(new MemoryStream(queued.Mime));
+        Assert.Equal(("digest", "[CRITICAL] dev-1 @ Hall 3: PUMP_CYCLING repeated 2 times"), (queued.Kind, digest.Subject));
+        Assert.Contains("first repeat", digest.TextBody, StringComparison.Ordinal);
+        Assert.Contains("latest repeat", digest.TextBody, StringComparison.Ordinal);
+        var failed = Assert.Single(await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)); // kept before the digest was committed
+        Assert.Equal(("v-3", "failed"), (failed.Receipt.AlertId, failed.Receipt.State));
+        Assert.Null(await spool.NextDigestDueAsync(default));
     }
 
     // Two instances on one PostgreSQL spool: A has read the pair's storm state (none) when B mails a raise of it; A's
@@ -315,6 +384,32 @@ public sealed class StormControlTests
         await spool.AcceptAlertAsync(new IncomingAlert("dev-1", id, receivedAt ?? TimeProvider.System.GetUtcNow(), "127.0.0.1:1",
             Encoding.UTF8.GetBytes(Alerts.Json(id, code: "PUMP_CYCLING", sev: severity)), null, "PUMP_CYCLING", Severity: severity), default);
         Assert.Equal(1, await processor.RouteNewAsync(default));
+    }
+
+    // A payload an older gateway held that this one no longer accepts (no severity, no text).
+    private static string Stale(string id) => $$"""{"v":1,"id":"{{id}}","state":"raised","code":"PUMP_CYCLING"}""";
+
+    // Repeats of dev-1's PUMP_CYCLING held, as a gateway that validated less held them, in a spool the gateway then starts
+    // on; their window closed a minute ago.
+    private static async Task<string> HeldBeforeAsync(params (string Id, string Payload)[] repeats)
+    {
+        string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dataDir);
+        await using var spool = SqliteSpool.Open(Path.Combine(dataDir, "spool.db"), fsync: true, maxBatch: 64, NullLogger.Instance);
+        await HoldAsync(spool, repeats);
+        return dataDir;
+    }
+
+    private static async Task HoldAsync(ISpool spool, params (string Id, string Payload)[] repeats)
+    {
+        var heldUntil = TimeProvider.System.GetUtcNow().AddMinutes(-1);
+        foreach (var (id, payload) in repeats)
+        {
+            await spool.AcceptAlertAsync(new IncomingAlert("dev-1", id, heldUntil.AddMinutes(-5), null, Encoding.UTF8.GetBytes(payload), null, "PUMP_CYCLING"), default);
+        }
+
+        var stored = await spool.NewAlertsAsync(10, default);
+        await spool.CommitRoutingAsync([.. stored.Select(a => new RoutingCommit(a.RowId, AlertStatus.Held, heldUntil, null, null, null))], default);
     }
 
     private static async Task<string[]> StatusesAsync(ISpool spool, params string[] ids)

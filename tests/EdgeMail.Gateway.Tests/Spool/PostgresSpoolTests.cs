@@ -336,6 +336,30 @@ public sealed class PostgresSpoolTests : SpoolContractTests
     }
 
     [PostgresFact]
+    public async Task ParkRepeats_OnlyByTheHolderOfTheKeysClaim_WhichKeepsItForTheDigestOfTheRest()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var a = OpenPostgres(clock);
+        await using var b = OpenPostgres(clock);
+        for (int i = 0; i < 3; i++)
+        {
+            await a.AcceptAlertAsync(Alert("dev-1", $"r-{i}"), default);
+        }
+
+        var held = await a.NewAlertsAsync(10, default);
+        await a.CommitRoutingAsync(held.Select(h => new RoutingCommit(h.RowId, AlertStatus.Held, T0, null, null, null)).ToList(), default);
+        var digest = Assert.Single(await a.DueDigestsAsync(T0, 100, default));
+        var stale = new ParkedAlert(held[1].RowId, "the alert no longer passes validation: boom");
+
+        Assert.Empty(await b.ParkRepeatsAsync(digest, [stale], default)); // b never claimed the key: ignored
+        Assert.Equal("held", (await a.GetAlertAsync("dev-1", "r-1", default))?.Status);
+        Assert.Equal([held[1].RowId], await a.ParkRepeatsAsync(digest, [stale], default));
+
+        Assert.Empty(await b.DueDigestsAsync(T0, 100, default));
+        Assert.Equal(["r-0", "r-2"], Assert.Single(await a.DueDigestsAsync(T0, 100, default)).Alerts.Select(x => x.AlertId));
+    }
+
+    [PostgresFact]
     public async Task AnAlertStoredByOneInstance_WakesTheOtherThroughNotify()
     {
         await using var a = OpenPostgres();

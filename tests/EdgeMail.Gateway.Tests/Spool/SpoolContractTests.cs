@@ -480,6 +480,36 @@ public abstract class SpoolContractTests : IAsyncLifetime
     }
 
     [ContractFact]
+    public async Task ParkRepeats_ParksTheGivenHeldRepeatsWithTheirReasons_OnceOnly_AndTheDigestReadAfterCoversOnlyTheRest()
+    {
+        await using var spool = Open();
+        string[] severities = ["warning", "critical", "warning"];
+        string[] states = ["raised", "cleared", "raised"];
+        for (int i = 0; i < severities.Length; i++)
+        {
+            await spool.AcceptAlertAsync(Alert("dev-1", $"r-{i}", sev: severities[i]), default);
+        }
+
+        var alerts = await spool.NewAlertsAsync(10, default);
+        await spool.CommitRoutingAsync(alerts.Select((a, i) => new RoutingCommit(a.RowId, AlertStatus.Held, T0, null, null, null, State: states[i])).ToList(), default);
+        var digest = Assert.Single(await spool.DueDigestsAsync(T0, 100, default));
+        Assert.Equal((3L, 1L), (digest.Total, digest.Clears));
+
+        var parked = await spool.ParkRepeatsAsync(digest, [new ParkedAlert(alerts[1].RowId, "the alert no longer passes validation: boom")], default);
+        var again = await spool.ParkRepeatsAsync(digest, [new ParkedAlert(alerts[1].RowId, "a retry")], default);
+
+        Assert.Equal([alerts[1].RowId], parked);
+        Assert.Empty(again); // no longer held: a retry parks nothing twice
+        Assert.Equal(("parked", "the alert no longer passes validation: boom"), (await spool.GetAlertAsync("dev-1", "r-1", default))!.Value);
+        var rest = Assert.Single(await spool.DueDigestsAsync(T0, 100, default));
+        Assert.Equal(["r-0", "r-2"], rest.Alerts.Select(a => a.AlertId));
+        Assert.Equal((2L, 0L, "warning"), (rest.Total, rest.Clears, Assert.Single(rest.Severities!)));
+
+        await spool.CommitDigestAsync(rest, Mail("digest-r@gw.test", "digest"), new StormState(T0, null), default);
+        Assert.Equal((2L, 1L), ((await spool.CountsAsync(default)).Alerts["digested"], (await spool.CountsAsync(default)).Alerts["parked"]));
+    }
+
+    [ContractFact]
     public async Task UnrouteDigest_LeavesEveryHeldRepeatUnroutedWithTheRoute_AndTheStormStateAsItWas()
     {
         await using var spool = Open();
