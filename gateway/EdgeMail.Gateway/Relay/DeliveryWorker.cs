@@ -255,17 +255,28 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     // the next begins, which may take minutes: recorded now, a crash meanwhile does not send it again. Only what was sent
     // is: a failed or deferred recipient is simply asked again after a crash, and its failure notice goes with the
     // attempt's result. The attempt's result still lists these recipients (its attempt row is complete).
-    private async Task RecordPartSentAsync(QueuedMessage message, IReadOnlyList<RecipientResult> sent, CancellationToken cancellationToken)
+    // When they cannot be recorded, the attempt stops and the domains not yet tried are deferred: until a result is
+    // committed the next attempt sends to every recipient again, and a spool that just failed a write may well fail
+    // the attempt's result too, so going on would risk a second copy for those domains as well. A message cancelled
+    // or taken over by another instance (its lease ran out) is no longer this attempt's to send to anyone else.
+    private async Task<string?> RecordPartSentAsync(QueuedMessage message, IReadOnlyList<RecipientResult> sent, CancellationToken cancellationToken)
     {
         try
         {
-            await _spool.RecordSentRecipientsAsync(message.RowId, sent, cancellationToken).ConfigureAwait(false);
+            if (await _spool.RecordSentRecipientsAsync(message.RowId, sent, cancellationToken).ConfigureAwait(false))
+            {
+                return null;
+            }
+
+            LogPartSentRefused(message.MessageId);
+            return "451 4.3.0 not attempted: the mail was cancelled, or taken over by another instance, during this attempt";
         }
         catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
         {
-            // Thrown into the transport, this would turn the attempt into a transient failure and the mail these
-            // recipients have into a resend; the attempt's result records them as before, only later.
+            // Thrown into the transport, this would turn the whole attempt into a transient failure, the recipients
+            // that have the mail included: the attempt's result records them, with the rest deferred.
             LogPartSentNotRecorded(ex, message.MessageId);
+            return "451 4.3.0 local error, not attempted: " + ParkingLot.Describe("recording the recipients an earlier domain accepted", ex);
         }
     }
 
@@ -413,8 +424,11 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     [LoggerMessage(Level = LogLevel.Warning, Message = "Delivery bookkeeping could not use the spool; retrying later")]
     private partial void LogFailed(Exception ex);
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "Recipients of <{MessageId}> that have the mail could not be recorded before the rest of the attempt; they are recorded with its result")]
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Recipients of <{MessageId}> that have the mail could not be recorded; the attempt stops there, the domains not yet tried are deferred")]
     private partial void LogPartSentNotRecorded(Exception ex, string messageId);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "<{MessageId}> was cancelled, or taken over by another instance, during the attempt; the domains not yet tried are not sent to")]
+    private partial void LogPartSentRefused(string messageId);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "The transport threw while delivering <{MessageId}>; deferred as a transient failure")]
     private partial void LogTransportThrew(Exception ex, string messageId);

@@ -11,7 +11,8 @@ namespace EdgeMail.Gateway.Relay;
 /// a domain without MX records falls back to its own address records — the implicit MX of RFC 5321 §5.1; one with a
 /// null MX, RFC 7505, takes no mail and its recipients fail at once).
 /// Opportunistic STARTTLS. One SMTP transaction per domain; results are per recipient, and the recipients a domain's
-/// exchanger accepted are handed over for recording before the next domain is tried.
+/// exchanger accepted are handed over for recording before the next domain is tried (if they cannot be, the domains
+/// not yet tried are deferred).
 /// </summary>
 public sealed class DirectMxRelay : IMailTransport
 {
@@ -188,9 +189,14 @@ public sealed class DirectMxRelay : IMailTransport
             // The next domain may take minutes (an exchanger that greylists, or holds the data until Relay:Timeout):
             // what this one accepted is recorded first, or a crash meanwhile would send it to them again. The last
             // domain's result goes with the attempt's at once.
-            if (partSent is not null && g < groups.Count - 1 && sent?.Where(r => r.Outcome == RecipientOutcome.Sent).ToList() is { Count: > 0 } accepted)
+            if (partSent is not null && g < groups.Count - 1 && sent?.Where(r => r.Outcome == RecipientOutcome.Sent).ToList() is { Count: > 0 } accepted
+                && await partSent(message, accepted, cancellationToken).ConfigureAwait(false) is { } notRecorded)
             {
-                await partSent(message, accepted, cancellationToken).ConfigureAwait(false);
+                // Not on record, this domain's copy goes again with the next attempt whatever happens now; going on
+                // would put the next domains' copies at the same risk for as long as their transactions take (or send
+                // a mail the operator cancelled, or one another instance now holds and sends).
+                results.AddRange(groups.Skip(g + 1).SelectMany(rest => rest).Select(r => new RecipientResult(r, RecipientOutcome.Deferred, notRecorded)));
+                break;
             }
         }
 

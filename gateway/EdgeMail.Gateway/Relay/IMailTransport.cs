@@ -27,8 +27,10 @@ public interface IMailTransport : IAsyncDisposable
     /// <summary>
     /// As <see cref="SendAsync(QueuedMessage, CancellationToken)"/>, for a transport that sends one message in several
     /// transactions (direct MX: one per recipient domain): after each transaction but the last, the recipients it
-    /// delivered to are handed to <paramref name="partSent"/>, awaited before the next begins. A transport that sends
-    /// in one transaction has nothing to hand over before its result.
+    /// delivered to are handed to <paramref name="partSent"/>, awaited before the next begins. When it answers with a
+    /// reply instead of null (they could not be recorded), the attempt ends there: every recipient not yet tried gets
+    /// that reply as <see cref="RecipientOutcome.Deferred"/>. A transport that sends in one transaction has nothing to
+    /// hand over before its result.
     /// </summary>
     /// <param name="message">The message.</param>
     /// <param name="partSent">Records recipients already delivered to, or null.</param>
@@ -42,5 +44,8 @@ public interface IMailTransport : IAsyncDisposable
 /// <param name="message">The message being sent.</param>
 /// <param name="sent">The transaction's recipients with outcome <see cref="RecipientOutcome.Sent"/>.</param>
 /// <param name="cancellationToken">Cancellation.</param>
-/// <returns>A task completing when they are recorded (or the recording was given up).</returns>
-public delegate Task PartSent(QueuedMessage message, IReadOnlyList<RecipientResult> sent, CancellationToken cancellationToken);
+/// <returns>
+/// Null when they are on record and the attempt may go on; otherwise the reply (4xx) with which the recipients not yet
+/// tried are deferred, the attempt ending there.
+/// </returns>
+public delegate Task<string?> PartSent(QueuedMessage message, IReadOnlyList<RecipientResult> sent, CancellationToken cancellationToken);

@@ -151,7 +151,7 @@ public sealed class DeliveryContainmentTests
     }
 
     // The delivery worker's log lines: what it made of an attempt is the last thing it does with it.
-    private sealed class WorkerLog : ILoggerProvider
+    internal sealed class WorkerLog : ILoggerProvider
     {
         private readonly Channel<string> _lines = Channel.CreateUnbounded<string>();
 

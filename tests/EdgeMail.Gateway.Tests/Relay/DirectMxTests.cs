@@ -192,7 +192,7 @@ public sealed class DirectMxTests
         {
             // How many mails had arrived when the part was handed over: the next domain had not been tried yet.
             handed.Add((mx.Received.Count + mx2.Received.Count, string.Join(", ", sent.Select(r => r.Address + " " + r.Outcome))));
-            return Task.CompletedTask;
+            return Task.FromResult<string?>(null);
         };
 
         // Domains in the order of their first recipient: a, b (one refused), nowhere (NXDOMAIN), c.

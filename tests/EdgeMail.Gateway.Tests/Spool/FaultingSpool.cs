@@ -1,0 +1,92 @@
+using System.Collections.Concurrent;
+using System.Reflection;
+using System.Runtime.ExceptionServices;
+using EdgeMail.Gateway.Spool;
+
+namespace EdgeMail.Gateway.Tests.Spool;
+
+/// <summary>
+/// A real spool as one component sees it, whose armed calls fail the way a spool that cannot write does (a faulted
+/// task with a <see cref="SpoolException"/>), each as many times as armed; every other call goes through to the real
+/// spool. Give it to one component (<c>ActivatorUtilities.CreateInstance</c>): the test and the rest of the host keep
+/// the real spool, and wait on its commits as usual.
+/// </summary>
+public class FaultingSpool : DispatchProxy
+{
+    /// <summary>The message a faulted call carries.</summary>
+    public const string Message = "disk I/O error (test fault)";
+
+    private readonly ConcurrentDictionary<string, int> _armed = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, int> _failed = new(StringComparer.Ordinal);
+    private ISpool _inner = null!;
+
+    /// <summary>Wraps <paramref name="inner"/>.</summary>
+    /// <param name="inner">The real spool.</param>
+    /// <returns>The spool to give the component, and this wrapper to arm.</returns>
+    public static FaultingSpool Wrap(ISpool inner)
+    {
+        var proxy = Create<ISpool, FaultingSpool>();
+        var faults = (FaultingSpool)(object)proxy;
+        faults._inner = inner;
+        return faults;
+    }
+
+    /// <summary>The spool to give the component.</summary>
+    public ISpool Spool => (ISpool)(object)this;
+
+    /// <summary>Makes the next <paramref name="times"/> calls of <paramref name="method"/> fail.</summary>
+    /// <param name="method">An <see cref="ISpool"/> method's name (<c>nameof(ISpool.CommitDeliveryAsync)</c>).</param>
+    /// <param name="times">How many calls.</param>
+    public void Fail(string method, int times = 1)
+    {
+        if (typeof(ISpool).GetMethods().All(m => m.Name != method))
+        {
+            throw new ArgumentException($"ISpool has no method {method}", nameof(method));
+        }
+
+        _armed.AddOrUpdate(method, times, (_, n) => n + times);
+    }
+
+    /// <summary>How many armed calls of <paramref name="method"/> have failed so far.</summary>
+    /// <param name="method">The method's name.</param>
+    /// <returns>The count.</returns>
+    public int Failed(string method) => _failed.GetValueOrDefault(method);
+
+    /// <inheritdoc />
+    protected override object? Invoke(MethodInfo? targetMethod, object?[]? args)
+    {
+        ArgumentNullException.ThrowIfNull(targetMethod);
+        if (targetMethod.ReturnType.IsGenericType && targetMethod.ReturnType.GetGenericTypeDefinition() == typeof(Task<>) && TryTake(targetMethod.Name))
+        {
+            var fault = new SpoolException(Message);
+            _failed.AddOrUpdate(targetMethod.Name, 1, (_, n) => n + 1);
+            return typeof(FaultingSpool).GetMethod(nameof(Faulted), BindingFlags.NonPublic | BindingFlags.Static)!
+                .MakeGenericMethod(targetMethod.ReturnType.GetGenericArguments()[0]).Invoke(null, [fault]);
+        }
+
+        try
+        {
+            return targetMethod.Invoke(_inner, args);
+        }
+        catch (TargetInvocationException ex) when (ex.InnerException is not null)
+        {
+            ExceptionDispatchInfo.Capture(ex.InnerException).Throw();
+            throw;
+        }
+    }
+
+    private static Task<T> Faulted<T>(Exception fault) => Task.FromException<T>(fault);
+
+    private bool TryTake(string method)
+    {
+        while (_armed.TryGetValue(method, out int left) && left > 0)
+        {
+            if (_armed.TryUpdate(method, left - 1, left))
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+}
