@@ -539,7 +539,7 @@ public partial interface ISpool : IAsyncDisposable
     /// <returns>The counts.</returns>
     Task<SpoolCounts> CountsAsync(CancellationToken cancellationToken);
 
-    /// <summary>The stored alert row for (device, alert id), for tests and the API.</summary>
+    /// <summary>The stored alert row for (device, alert id), for tests, the API and the receipt of a retransmission.</summary>
     /// <param name="device">Device.</param>
     /// <param name="alertId">Alert id.</param>
     /// <param name="cancellationToken">Cancellation.</param>
