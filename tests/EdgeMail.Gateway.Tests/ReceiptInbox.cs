@@ -35,8 +35,8 @@ public sealed class ReceiptInbox
         return inbox;
     }
 
-    /// <summary>Waits for a receipt for <paramref name="alertId"/> in <paramref name="state"/> and returns it.</summary>
-    public async Task<JsonElement> WaitForAsync(string alertId, string state)
+    /// <summary>Waits for a receipt for <paramref name="alertId"/> in <paramref name="state"/> (with <paramref name="detail"/>, when given) and returns it.</summary>
+    public async Task<JsonElement> WaitForAsync(string alertId, string state, string? detail = null)
     {
         var deadline = TimeProvider.System.GetUtcNow() + Await.DefaultTimeout;
         while (true)
@@ -46,7 +46,8 @@ public sealed class ReceiptInbox
             {
                 foreach (var r in _receipts)
                 {
-                    if (r.GetProperty("id").GetString() == alertId && r.GetProperty("state").GetString() == state)
+                    if (r.GetProperty("id").GetString() == alertId && r.GetProperty("state").GetString() == state
+                        && (detail is null || r.GetProperty("detail").GetString() == detail))
                     {
                         return r;
                     }
@@ -58,7 +59,7 @@ public sealed class ReceiptInbox
             var left = deadline - TimeProvider.System.GetUtcNow();
             if (left <= TimeSpan.Zero)
             {
-                throw new TimeoutException($"Timed out waiting for a '{state}' receipt for {alertId}; have: {string.Join(", ", Snapshot())}");
+                throw new TimeoutException($"Timed out waiting for a '{state}' receipt for {alertId}{(detail is null ? string.Empty : $" saying '{detail}'")}; have: {string.Join(", ", Snapshot())}");
             }
 
             try

@@ -83,9 +83,13 @@ public sealed partial class AlertIngest
         {
             _pressure.Accepted();
             CountReceived(via, !parsed.IsValid ? "rejected" : outcome == AcceptOutcome.Duplicate ? "duplicate" : "stored");
-            if (parsed.IsValid)
+            if (outcome == AcceptOutcome.Duplicate)
             {
-                await _receipts.PublishAsync(deviceId, alertId, ReceiptState.Accepted, outcome == AcceptOutcome.Duplicate ? "duplicate" : string.Empty, cancellationToken).ConfigureAwait(false);
+                await AnswerDuplicateAsync(deviceId, parsed.Id, alertId, cancellationToken).ConfigureAwait(false);
+            }
+            else if (parsed.IsValid)
+            {
+                await _receipts.PublishAsync(deviceId, alertId, ReceiptState.Accepted, string.Empty, cancellationToken).ConfigureAwait(false);
             }
             else
             {
@@ -104,7 +108,7 @@ public sealed partial class AlertIngest
     /// <summary>
     /// Keeps an alert whose handling failed for a reason of its own as rejected, with the reason
     /// <c>handling failed: &lt;exception type&gt;: &lt;message&gt;</c>: logged at Error, counted as a rejected alert, and
-    /// answered with a <c>rejected</c> receipt. The transport then acknowledges it (PUBACK, 250): a message it could
+    /// answered with a <c>rejected</c> receipt (a retransmission: with what the spool holds for its first copy). The transport then acknowledges it (PUBACK, 250): a message it could
     /// never handle would otherwise be redelivered for ever, first in its device's queue (and, through an external
     /// broker, in every device's).
     /// </summary>
@@ -131,10 +135,13 @@ public sealed partial class AlertIngest
             _pressure.Accepted();
             CountReceived(via, outcome == AcceptOutcome.Duplicate ? "duplicate" : "rejected");
 
-            // A duplicate was stored before, perhaps accepted: what the device was told then stands.
             if (outcome == AcceptOutcome.Stored)
             {
                 await _receipts.PublishAsync(deviceId, id ?? string.Empty, ReceiptState.Rejected, reason, cancellationToken).ConfigureAwait(false);
+            }
+            else
+            {
+                await AnswerDuplicateAsync(deviceId, id, alertId, cancellationToken).ConfigureAwait(false);
             }
         }
         catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
@@ -143,6 +150,22 @@ public sealed partial class AlertIngest
         }
 
         return outcome;
+    }
+
+    // A retransmission is answered with what the spool holds for the first copy, not with what this copy would have been:
+    // a device must never hear "accepted" for an alert kept as rejected (nor "rejected" for one accepted). Only duplicates
+    // pay for the look-up.
+    private async Task AnswerDuplicateAsync(string deviceId, string? id, string alertId, CancellationToken cancellationToken)
+    {
+        var stored = await _spool.GetAlertAsync(deviceId, alertId, cancellationToken).ConfigureAwait(false);
+        if (stored is { Status: AlertStatus.Rejected } rejected)
+        {
+            await _receipts.PublishAsync(deviceId, id ?? string.Empty, ReceiptState.Rejected, rejected.Reason ?? string.Empty, cancellationToken).ConfigureAwait(false);
+        }
+        else
+        {
+            await _receipts.PublishAsync(deviceId, id ?? string.Empty, ReceiptState.Accepted, "duplicate", cancellationToken).ConfigureAwait(false);
+        }
     }
 
     // The alert's own id when it can still be read, so that the receipt names it and a retransmission is a duplicate;

@@ -337,10 +337,19 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         }
 
         string reply = final.Count > 0 ? final[^1].Reply : string.Empty;
-        if (recorded == DeliveryRecorded.CancelStood)
+        if (recorded is DeliveryRecorded.CancelStood or DeliveryRecorded.CancelTooLateForSome)
         {
-            // No receipt: the device is told nothing about a mail the operator gave up, as for any cancel.
-            LogCancelStood(message.MessageId, reply);
+            // The device's receipt is the cancel's: kept and published with it (a partial delivery is a failed alert,
+            // as a recipient refused is), not this attempt's.
+            if (recorded == DeliveryRecorded.CancelStood)
+            {
+                LogCancelStood(message.MessageId, reply);
+            }
+            else
+            {
+                LogCancelTooLateForSome(message.MessageId, reply);
+            }
+
             return;
         }
 
@@ -420,6 +429,9 @@ public sealed partial class DeliveryWorker : SupervisedLoop
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "The cancel of <{MessageId}> came too late: the attempt under way had delivered it ({Reply}); recorded as sent")]
     private partial void LogCancelTooLate(string messageId, string reply);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "The cancel of <{MessageId}> came too late for some recipients: the attempt under way had delivered it to them ({Reply}); recorded as partial, the others stay cancelled")]
+    private partial void LogCancelTooLateForSome(string messageId, string reply);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Delivery bookkeeping could not use the spool; retrying later")]
     private partial void LogFailed(Exception ex);

@@ -544,6 +544,7 @@ public sealed partial class PostgresSpool
         var sent = commit.Results.Where(r => r.Outcome == "sent").ToList();
         if (sent.Count == 0)
         {
+            // The cancel's failed receipt, kept with it, stands.
             await ExecAsync(c, tx, ct, "UPDATE messages SET attempts=attempts+1, last_reply=COALESCE($1, last_reply) WHERE rowid=$2", lastReply, commit.RowId).ConfigureAwait(false);
             return DeliveryRecorded.CancelStood;
         }
@@ -553,12 +554,26 @@ public sealed partial class PostgresSpool
             UPDATE recipients r SET status='sent', reply=u.reply
             FROM unnest($2::text[], $3::text[]) AS u(address, reply) WHERE r.message = $1 AND r.address = u.address
             """, commit.RowId, sent.Select(r => Text(r.Address)).ToArray(), sent.Select(r => Text(r.Reply)).ToArray()).ConfigureAwait(false);
-        await ExecAsync(c, tx, ct,
+        var (status, kind, device, alertId, messageId) = (await ListAsync(c, tx, ct, r => (r.GetString(0), r.GetString(1), Str(r, 2), Str(r, 3), r.GetString(4)),
             """
             UPDATE messages SET attempts=attempts+1, last_reply=$1, reason=$2 || COALESCE(reason, ''),
               status=CASE WHEN EXISTS (SELECT 1 FROM recipients WHERE message=$3 AND status<>'sent') THEN 'partial' ELSE 'sent' END
             WHERE rowid=$3
-            """, lastReply, SpoolReasons.CancelTooLate, commit.RowId).ConfigureAwait(false);
+            RETURNING status, kind, device, alert_id, message_id
+            """, lastReply, SpoolReasons.CancelTooLate, commit.RowId).ConfigureAwait(false))[0];
+        if (status == MessageStatus.Partial)
+        {
+            return DeliveryRecorded.CancelTooLateForSome;
+        }
+
+        // Everyone has the mail after all: the failed receipts the cancel owed are withdrawn (the device may have one
+        // already; the relayed that follows is the last word).
+        if (device is not null && CancelReceipts.Concerns(kind))
+        {
+            var alerts = await AlertsOfAsync(c, tx, kind, device, alertId, messageId, commit.ReceiptsPerDevice, ct).ConfigureAwait(false);
+            await ExecAsync(c, tx, ct, "DELETE FROM receipts WHERE device=$1 AND alert_id = ANY($2) AND state='failed'", device, alerts.ToArray()).ConfigureAwait(false);
+        }
+
         if (commit.Receipt is not null)
         {
             await KeepAsync(c, tx, commit.Receipt, commit.ReceiptsPerDevice, ctx.NowMs, ct).ConfigureAwait(false);
@@ -636,7 +651,7 @@ public sealed partial class PostgresSpool
         }, cancellationToken);
 
     /// <inheritdoc />
-    public Task<bool> CancelAsync(string kind, long rowId, string reason, CancellationToken cancellationToken)
+    public Task<CancelResult> CancelAsync(string kind, long rowId, string reason, int receiptsPerDevice, CancellationToken cancellationToken)
     {
         if (kind is not (ParkedKinds.Alert or ParkedKinds.Message))
         {
@@ -649,20 +664,66 @@ public sealed partial class PostgresSpool
             string why = Truncate(Text(reason)!);
             if (kind == ParkedKinds.Alert)
             {
-                return await ExecAsync(c, tx, cancellationToken, "UPDATE alerts SET status='cancelled', reason=$2 WHERE rowid=$1 AND status='parked'", rowId, why).ConfigureAwait(false) > 0;
+                var alert = await ListAsync(c, tx, cancellationToken, r => (Device: r.GetString(0), AlertId: r.GetString(1)),
+                    "UPDATE alerts SET status='cancelled', reason=$2 WHERE rowid=$1 AND status='parked' RETURNING device, alert_id", rowId, why).ConfigureAwait(false);
+                return alert.Count == 0
+                    ? CancelResult.NotCancelled
+                    : new CancelResult(true, await KeepCancelReceiptsAsync(c, tx, alert[0].Device, [alert[0].AlertId], why, receiptsPerDevice, ctx, cancellationToken).ConfigureAwait(false));
             }
 
-            if (await ExecAsync(c, tx, cancellationToken,
-                "UPDATE messages SET status='cancelled', reason=$2, finished_at=$3, claimed_by=NULL, claim_until=NULL WHERE rowid=$1 AND status IN ('parked', 'queued')",
-                rowId, why, ctx.NowMs).ConfigureAwait(false) == 0)
+            var message = await ListAsync(c, tx, cancellationToken, r => (Kind: r.GetString(0), Device: Str(r, 1), AlertId: Str(r, 2), MessageId: r.GetString(3)),
+                """
+                UPDATE messages SET status='cancelled', reason=$2, finished_at=$3, claimed_by=NULL, claim_until=NULL WHERE rowid=$1 AND status IN ('parked', 'queued')
+                RETURNING kind, device, alert_id, message_id
+                """, rowId, why, ctx.NowMs).ConfigureAwait(false);
+            if (message.Count == 0)
             {
-                return false;
+                return CancelResult.NotCancelled;
             }
 
-            await ExecAsync(c, tx, cancellationToken, "UPDATE recipients SET status='failed', reply=$2 WHERE message=$1 AND status='pending'",
-                rowId, "cancelled by the operator: " + why).ConfigureAwait(false);
-            return true;
+            int failed = await ExecAsync(c, tx, cancellationToken, "UPDATE recipients SET status='failed', reply=$2 WHERE message=$1 AND status='pending'",
+                rowId, SpoolReasons.Cancelled + why).ConfigureAwait(false);
+            var (messageKind, device, alertId, messageId) = message[0];
+            if (failed == 0 || device is null || !CancelReceipts.Concerns(messageKind))
+            {
+                return new CancelResult(true, []);
+            }
+
+            var alerts = await AlertsOfAsync(c, tx, messageKind, device, alertId, messageId, receiptsPerDevice, cancellationToken).ConfigureAwait(false);
+            return new CancelResult(true, await KeepCancelReceiptsAsync(c, tx, device, alerts, why, receiptsPerDevice, ctx, cancellationToken).ConfigureAwait(false));
         }, cancellationToken);
+    }
+
+    // The alerts a mail is about: an alert mail's own; a digest's held alerts (the newest ones, as many as a device keeps
+    // receipts of -- a storm can put millions in one digest, and the cap would drop the rest in the same transaction).
+    private static async Task<List<string>> AlertsOfAsync(NpgsqlConnection c, NpgsqlTransaction tx, string kind, string device, string? alertId, string messageId, int max,
+        CancellationToken ct)
+    {
+        if (kind != "digest")
+        {
+            return alertId is null ? [] : [alertId];
+        }
+
+        var ids = await ListAsync(c, tx, ct, r => r.GetString(0), "SELECT alert_id FROM alerts WHERE device=$1 AND digest_message=$2 ORDER BY rowid DESC LIMIT $3",
+            device, messageId, (long)Math.Max(1, max)).ConfigureAwait(false);
+        ids.Reverse(); // kept oldest first: should the cap trim the device's oldest rows, the newest alerts keep theirs
+        return ids;
+    }
+
+    private static async Task<List<KeptReceipt>> KeepCancelReceiptsAsync(NpgsqlConnection c, NpgsqlTransaction tx, string device, IReadOnlyList<string> alertIds, string why,
+        int receiptsPerDevice, WriteContext ctx, CancellationToken ct)
+    {
+        var kept = new List<KeptReceipt>(alertIds.Count);
+        foreach (string alertId in alertIds)
+        {
+            var receipt = CancelReceipts.For(device, alertId, ctx.Now, why);
+            if (await KeepAsync(c, tx, receipt, receiptsPerDevice, ctx.NowMs, ct).ConfigureAwait(false))
+            {
+                kept.Add(receipt);
+            }
+        }
+
+        return kept;
     }
 
     /// <summary>

@@ -61,3 +61,13 @@ public partial interface ISpool
     /// <returns>How many were removed.</returns>
     Task<int> PruneReceiptsAsync(DateTimeOffset before, int maxRows, CancellationToken cancellationToken);
 }
+
+/// <summary>What an operator's cancel owes devices, the same on every provider (<see cref="ISpool.CancelAsync"/>).</summary>
+internal static class CancelReceipts
+{
+    /// <summary>The <c>failed</c> receipt for an alert a cancel gave up.</summary>
+    internal static KeptReceipt For(string device, string alertId, DateTimeOffset at, string reason) => new(device, alertId, "failed", at, SpoolReasons.Cancelled + reason);
+
+    /// <summary>Whether cancelling mail of this kind gives up alerts of a device: its own alert, or the held alerts of a digest.</summary>
+    internal static bool Concerns(string kind) => kind is "alert" or "digest";
+}

@@ -58,6 +58,9 @@ internal static class SpoolReasons
 {
     /// <summary>Put before the operator's reason on a mail cancelled while an attempt that then delivered it was under way.</summary>
     internal const string CancelTooLate = "the cancel came too late: the attempt under way had delivered the mail. The cancel's reason: ";
+
+    /// <summary>Put before the operator's reason on the recipients a cancel fails and on the <c>failed</c> receipt it owes.</summary>
+    internal const string Cancelled = "cancelled by the operator: ";
 }
 
 /// <summary>Checks of arguments both providers make.</summary>
@@ -292,17 +295,34 @@ public enum DeliveryRecorded
     CancelStood,
 
     /// <summary>
-    /// The operator cancelled the message while the attempt was under way, too late: the attempt delivered it to some
-    /// recipient at least. Those recipients are recorded sent, the message <c>sent</c> (or <c>partial</c>, the others
-    /// staying cancelled) with the cancel noted in its reason, and the attempt's receipt kept.
+    /// The operator cancelled the message while the attempt was under way, too late: the attempt delivered it to every
+    /// recipient still without it. They are recorded sent, the message <c>sent</c> with the cancel noted in its reason,
+    /// the attempt's receipt kept, and the <c>failed</c> receipts the cancel had owed withdrawn: nobody went without the mail.
     /// </summary>
     CancelTooLate,
+
+    /// <summary>
+    /// The operator cancelled the message while the attempt was under way, too late for some recipients: the attempt
+    /// delivered it to them, and the others stay failed. The message is <c>partial</c> with the cancel noted in its
+    /// reason; the <c>failed</c> receipt the cancel owed stands, and the attempt's own receipt is not kept (as the delivery
+    /// worker decides for a partial result: some recipient failed, so the alert failed).
+    /// </summary>
+    CancelTooLateForSome,
 
     /// <summary>
     /// Nothing recorded: the message is not this attempt's to record any more (on a shared spool another instance took
     /// it over after the lease ran out, and records its own attempt).
     /// </summary>
     Ignored,
+}
+
+/// <summary>What an operator's cancel came to (<see cref="ISpool.CancelAsync"/>).</summary>
+/// <param name="Cancelled">False when the item was not in a state that can be cancelled; nothing changed.</param>
+/// <param name="Receipts">The <c>failed</c> receipts the cancel kept for devices whose alert it gave up.</param>
+public sealed record CancelResult(bool Cancelled, IReadOnlyList<KeptReceipt> Receipts)
+{
+    /// <summary>Nothing was cancelled.</summary>
+    public static CancelResult NotCancelled { get; } = new(false, []);
 }
 
 /// <summary>Counts by state, for tests, logs and the console.</summary>
@@ -524,13 +544,21 @@ public partial interface ISpool : IAsyncDisposable
     /// <returns>True when it was parked and is released now.</returns>
     Task<bool> ReleaseAsync(string kind, long rowId, CancellationToken cancellationToken);
 
-    /// <summary>Gives up a parked item (or a queued message): it is kept for the record until pruned, and never sent.</summary>
+    /// <summary>
+    /// Gives up a parked item (or a queued message): it is kept for the record until pruned, and never sent. Where that ends
+    /// an alert's last hope of delivery, its device is owed a <c>failed</c> receipt (detail <c>cancelled by the operator:
+    /// &lt;reason&gt;</c>), kept in the same transaction as <see cref="KeepReceiptAsync"/> keeps one: a parked alert; the
+    /// mail of an alert, or a digest (each of its alerts, the newest <paramref name="receiptsPerDevice"/>), when the cancel
+    /// fails at least one of its recipients. An attempt under way that delivers the mail after all settles it
+    /// (<see cref="DeliveryRecorded"/>).
+    /// </summary>
     /// <param name="kind"><c>alert</c> or <c>message</c>.</param>
     /// <param name="rowId">Its row.</param>
-    /// <param name="reason">Why, for the record.</param>
+    /// <param name="reason">Why, for the record and the receipt.</param>
+    /// <param name="receiptsPerDevice">Most receipts kept per device.</param>
     /// <param name="cancellationToken">Cancellation.</param>
-    /// <returns>True when it was cancelled now.</returns>
-    Task<bool> CancelAsync(string kind, long rowId, string reason, CancellationToken cancellationToken);
+    /// <returns>Whether it was cancelled now, and the receipts kept for it (to be published), after commit.</returns>
+    Task<CancelResult> CancelAsync(string kind, long rowId, string reason, int receiptsPerDevice, CancellationToken cancellationToken);
 
     /// <summary>
     /// Removes finished mail (sent, failed, partial, cancelled) finished before <paramref name="before"/>, the
@@ -554,7 +582,7 @@ public partial interface ISpool : IAsyncDisposable
     /// <returns>The counts.</returns>
     Task<SpoolCounts> CountsAsync(CancellationToken cancellationToken);
 
-    /// <summary>The stored alert row for (device, alert id), for tests and the API.</summary>
+    /// <summary>The stored alert row for (device, alert id), for tests, the API and the receipt of a retransmission.</summary>
     /// <param name="device">Device.</param>
     /// <param name="alertId">Alert id.</param>
     /// <param name="cancellationToken">Cancellation.</param>

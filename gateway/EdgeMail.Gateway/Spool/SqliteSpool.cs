@@ -699,6 +699,7 @@ public sealed partial class SqliteSpool : ISpool
         var sent = commit.Results.Where(r => r.Outcome == "sent").ToList();
         if (sent.Count == 0)
         {
+            // The cancel's failed receipt, kept with it, stands.
             Exec("UPDATE messages SET attempts=attempts+1, last_reply=COALESCE($p0, last_reply) WHERE rowid=$p1", lastReply, commit.RowId);
             return DeliveryRecorded.CancelStood;
         }
@@ -714,6 +715,29 @@ public sealed partial class SqliteSpool : ISpool
               status=CASE WHEN EXISTS (SELECT 1 FROM recipients WHERE message=$p2 AND status<>'sent') THEN 'partial' ELSE 'sent' END
             WHERE rowid=$p2
             """, lastReply, SpoolReasons.CancelTooLate, commit.RowId);
+        string kind, messageId;
+        string? device, alertId, status;
+        using (var r = Query("SELECT kind, device, alert_id, message_id, status FROM messages WHERE rowid=$p0", commit.RowId))
+        {
+            r.Read();
+            (kind, device, alertId, messageId, status) = (r.GetString(0), r.IsDBNull(1) ? null : r.GetString(1), r.IsDBNull(2) ? null : r.GetString(2), r.GetString(3), r.GetString(4));
+        }
+
+        if (status == MessageStatus.Partial)
+        {
+            return DeliveryRecorded.CancelTooLateForSome;
+        }
+
+        // Everyone has the mail after all: the failed receipts the cancel owed are withdrawn (the device may have one
+        // already; the relayed that follows is the last word).
+        if (device is not null && CancelReceipts.Concerns(kind))
+        {
+            foreach (string id in AlertsOf(kind, device, alertId, messageId, commit.ReceiptsPerDevice))
+            {
+                Exec("DELETE FROM receipts WHERE device=$p0 AND alert_id=$p1 AND state='failed'", device, id);
+            }
+        }
+
         if (commit.Receipt is not null)
         {
             Keep(commit.Receipt, commit.ReceiptsPerDevice, ctx.Now.ToUnixTimeMilliseconds());
@@ -808,28 +832,97 @@ public sealed partial class SqliteSpool : ISpool
         }, cancellationToken);
 
     /// <inheritdoc />
-    public Task<bool> CancelAsync(string kind, long rowId, string reason, CancellationToken cancellationToken) =>
-        Enqueue((s, ctx) =>
+    public Task<CancelResult> CancelAsync(string kind, long rowId, string reason, int receiptsPerDevice, CancellationToken cancellationToken)
+    {
+        if (kind is not (ParkedKinds.Alert or ParkedKinds.Message))
         {
+            throw new ArgumentException($"kind must be '{ParkedKinds.Alert}' or '{ParkedKinds.Message}', not '{kind}'", nameof(kind));
+        }
+
+        ArgumentNullException.ThrowIfNull(reason);
+        return Enqueue((s, ctx) =>
+        {
+            string why = Truncate(reason);
             long now = ctx.Now.ToUnixTimeMilliseconds();
             if (kind == ParkedKinds.Alert)
             {
-                return s.Exec("UPDATE alerts SET status='cancelled', reason=$p1 WHERE rowid=$p0 AND status='parked'", rowId, Truncate(reason)) > 0;
+                string? device = null, alertId = null;
+                using (var r = s.Query("SELECT device, alert_id FROM alerts WHERE rowid=$p0 AND status='parked'", rowId))
+                {
+                    if (r.Read())
+                    {
+                        (device, alertId) = (r.GetString(0), r.GetString(1));
+                    }
+                }
+
+                if (device is null || alertId is null)
+                {
+                    return CancelResult.NotCancelled;
+                }
+
+                s.Exec("UPDATE alerts SET status='cancelled', reason=$p1 WHERE rowid=$p0", rowId, why);
+                return new CancelResult(true, s.KeepCancelReceipts(device, [alertId], why, receiptsPerDevice, ctx));
             }
 
-            if (kind != ParkedKinds.Message)
+            string? messageKind = null, messageDevice = null, messageAlert = null, messageId = null;
+            using (var r = s.Query("SELECT kind, device, alert_id, message_id FROM messages WHERE rowid=$p0 AND status IN ('parked', 'queued')", rowId))
             {
-                throw new ArgumentException($"kind must be '{ParkedKinds.Alert}' or '{ParkedKinds.Message}', not '{kind}'", nameof(kind));
+                if (r.Read())
+                {
+                    (messageKind, messageDevice, messageAlert, messageId) = (r.GetString(0), r.IsDBNull(1) ? null : r.GetString(1), r.IsDBNull(2) ? null : r.GetString(2), r.GetString(3));
+                }
             }
 
-            if (s.Exec("UPDATE messages SET status='cancelled', reason=$p1, finished_at=$p2 WHERE rowid=$p0 AND status IN ('parked', 'queued')", rowId, Truncate(reason), now) == 0)
+            if (messageKind is null || messageId is null)
             {
-                return false;
+                return CancelResult.NotCancelled;
             }
 
-            s.Exec("UPDATE recipients SET status='failed', reply=$p1 WHERE message=$p0 AND status='pending'", rowId, "cancelled by the operator: " + Truncate(reason));
-            return true;
+            s.Exec("UPDATE messages SET status='cancelled', reason=$p1, finished_at=$p2 WHERE rowid=$p0", rowId, why, now);
+            int failed = s.Exec("UPDATE recipients SET status='failed', reply=$p1 WHERE message=$p0 AND status='pending'", rowId, SpoolReasons.Cancelled + why);
+            if (failed == 0 || messageDevice is null || !CancelReceipts.Concerns(messageKind))
+            {
+                return new CancelResult(true, []);
+            }
+
+            return new CancelResult(true, s.KeepCancelReceipts(messageDevice, s.AlertsOf(messageKind, messageDevice, messageAlert, messageId, receiptsPerDevice), why, receiptsPerDevice, ctx));
         }, cancellationToken);
+    }
+
+    // The alerts a mail is about: an alert mail's own; a digest's held alerts (the newest ones, as many as a device keeps
+    // receipts of -- a storm can put millions in one digest, and the cap would drop the rest in the same transaction).
+    private List<string> AlertsOf(string kind, string device, string? alertId, string messageId, int max)
+    {
+        if (kind != "digest")
+        {
+            return alertId is null ? [] : [alertId];
+        }
+
+        var ids = new List<string>();
+        using var r = Query("SELECT alert_id FROM alerts WHERE device=$p0 AND digest_message=$p1 ORDER BY rowid DESC LIMIT $p2", device, messageId, Math.Max(1, max));
+        while (r.Read())
+        {
+            ids.Add(r.GetString(0));
+        }
+
+        ids.Reverse(); // kept oldest first: should the cap trim the device's oldest rows, the newest alerts keep theirs
+        return ids;
+    }
+
+    private List<KeptReceipt> KeepCancelReceipts(string device, IReadOnlyList<string> alertIds, string why, int receiptsPerDevice, BatchContext ctx)
+    {
+        var kept = new List<KeptReceipt>(alertIds.Count);
+        foreach (string alertId in alertIds)
+        {
+            var receipt = CancelReceipts.For(device, alertId, ctx.Now, why);
+            if (Keep(receipt, receiptsPerDevice, ctx.Now.ToUnixTimeMilliseconds()))
+            {
+                kept.Add(receipt);
+            }
+        }
+
+        return kept;
+    }
 
     /// <inheritdoc />
     public async Task<PruneResult> PruneAsync(DateTimeOffset before, int maxRows, CancellationToken cancellationToken)

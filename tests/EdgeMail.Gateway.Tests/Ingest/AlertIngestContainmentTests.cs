@@ -40,6 +40,47 @@ public sealed class AlertIngestContainmentTests
     }
 
     [Fact]
+    public async Task Embedded_ARetransmissionOfAnAlertKeptRejected_IsAnsweredRejectedWithTheStoredReason_NotAccepted()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        gw.Logs.Expect(e => e.Message.StartsWith("Handling alert poison-2 from dev-1 failed", StringComparison.Ordinal));
+        var fault = IngestFault.Arm(gw.Host.Services, "dev-1");
+        using var client = await gw.ConnectAsync("dev-1");
+        var receipts = await ReceiptInbox.SubscribeAsync(client, "dev-1");
+        await ContainmentTests.PublishAsync(client, "dev-1", Alerts.Json("poison-2"));
+        await receipts.WaitForAsync("poison-2", "rejected");
+        fault.Disarm();
+
+        // The device did not take the first receipt and sends the alert again: it parses, but the gateway holds it rejected.
+        await ContainmentTests.PublishAsync(client, "dev-1", Alerts.Json("poison-2"));
+        await ContainmentTests.PublishAsync(client, "dev-1", Alerts.Json("next-2"));
+        await receipts.WaitForAsync("next-2", "accepted"); // receipts go out in order: every answer to the resend is in
+
+        Assert.Equal(2, receipts.Count("poison-2", "rejected"));
+        Assert.Equal(0, receipts.Count("poison-2", "accepted"));
+        Assert.Equal(IngestFault.Reason, (await receipts.WaitForAsync("poison-2", "rejected")).GetProperty("detail").GetString());
+        Assert.Equal((AlertStatus.Rejected, IngestFault.Reason), (await gw.Spool.GetAlertAsync("dev-1", "poison-2", default))!.Value);
+    }
+
+    [Fact]
+    public async Task Embedded_ARetransmissionWhoseHandlingFailsAgain_IsAnsweredRejectedToo()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        gw.Logs.Expect(e => e.Message.StartsWith("Handling alert poison-3 from dev-1 failed", StringComparison.Ordinal));
+        var fault = IngestFault.Arm(gw.Host.Services, "dev-1");
+        using var client = await gw.ConnectAsync("dev-1");
+        var receipts = await ReceiptInbox.SubscribeAsync(client, "dev-1");
+
+        await ContainmentTests.PublishAsync(client, "dev-1", Alerts.Json("poison-3"));
+        await ContainmentTests.PublishAsync(client, "dev-1", Alerts.Json("poison-3"));
+        fault.Disarm();
+        await ContainmentTests.PublishAsync(client, "dev-1", Alerts.Json("next-3"));
+        await receipts.WaitForAsync("next-3", "accepted");
+
+        Assert.Equal(2, receipts.Count("poison-3", "rejected"));
+    }
+
+    [Fact]
     public async Task Smtp_HandlingAnAlertPartThrows_ItIsKeptRejectedAndTheMessageTakenWith250()
     {
         await using var gw = await SmtpGateway.StartAsync();

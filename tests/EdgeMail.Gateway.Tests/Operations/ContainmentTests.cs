@@ -1,4 +1,6 @@
 using System.Diagnostics.Metrics;
+using System.Net;
+using System.Net.Http.Json;
 using System.Text;
 using EdgeMail.Gateway.Operations;
 using EdgeMail.Gateway.Spool;
@@ -129,9 +131,64 @@ public sealed class ContainmentTests : IDisposable
 
         // Still the same runaway template: routed again, parked again, with a fresh reason.
         await gw.UntilAsync(async () => (await gw.Spool.GetAlertAsync("dev-1", "p-9", default))?.Status == "parked", "p-9 parked again");
-        Assert.True(await gw.Spool.CancelAsync(item.Kind, item.RowId, "template fixed later", default));
+        Assert.True((await gw.Spool.CancelAsync(item.Kind, item.RowId, "template fixed later", 100, default)).Cancelled);
         Assert.Equal("cancelled", (await gw.Spool.GetAlertAsync("dev-1", "p-9", default))?.Status);
         Assert.Empty(await gw.Spool.ParkedAsync(10, default));
+    }
+
+    [Fact]
+    public async Task CancellingAParkedAlert_GivesItsDeviceAFailedReceiptNamingTheCancel()
+    {
+        await using var gw = await TestGateway.StartAsync(WithFragileRoute);
+        gw.Logs.Expect(e => e.Message.StartsWith("Parked alert p-5 from dev-1", StringComparison.Ordinal));
+        using var api = await gw.ApiAsync();
+        using var client = await gw.ConnectAsync("dev-1");
+        var receipts = await ReceiptInbox.SubscribeAsync(client, "dev-1");
+        await PublishAsync(client, "dev-1", Alerts.Json("p-5", code: "POISON"));
+        await receipts.WaitForAsync("p-5", "failed"); // parked: ...
+        await gw.UntilAsync(async () => (await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Count == 0, "the parked receipt taken by the device");
+        var item = Assert.Single(await gw.Spool.ParkedAsync(10, default));
+
+        var response = await api.PostAsJsonAsync($"/api/v1/alerts/{item.RowId}/cancel", new { reason = "template retired" });
+
+        Assert.Equal(HttpStatusCode.NoContent, response.StatusCode);
+        await receipts.WaitForAsync("p-5", "failed", "cancelled by the operator: template retired");
+        Assert.Equal(("cancelled", "template retired"), await gw.Spool.GetAlertAsync("dev-1", "p-5", default));
+    }
+
+    [Fact]
+    public async Task CancelledParkedAlert_DeviceAwayAcrossAGatewayRestart_GetsItsFailedReceiptWhenItSubscribesAgain()
+    {
+        const string Cancelled = "cancelled by the operator: template retired";
+        string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        var first = await TestGateway.StartAsync(WithFragileRoute, null, 3, dataDir);
+        first.Logs.Expect(e => e.Message.StartsWith("Parked alert p-6 from dev-1", StringComparison.Ordinal));
+        using var device = new MqttClientFactory().CreateMqttClient();
+        await device.ConnectAsync(Receipts.KeptReceiptTests.Persistent(first, "dev-1"));
+        var inbox = await ReceiptInbox.SubscribeAsync(device, "dev-1");
+        await PublishAsync(device, "dev-1", Alerts.Json("p-6", code: "POISON"));
+        await inbox.WaitForAsync("p-6", "failed"); // parked: ...
+        await first.UntilAsync(async () => (await first.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Count == 0, "the parked receipt taken by the device");
+        await device.DisconnectAsync();
+
+        // The device is away (its session waits in the broker's memory) when the operator cancels: the receipt is kept
+        // with the cancel, and the restart below loses the session it was queued in.
+        var item = Assert.Single(await first.Spool.ParkedAsync(10, default));
+        using (var api = await first.ApiAsync())
+        {
+            Assert.Equal(HttpStatusCode.NoContent, (await api.PostAsJsonAsync($"/api/v1/alerts/{item.RowId}/cancel", new { reason = "template retired" })).StatusCode);
+        }
+
+        Assert.Equal(Cancelled, Assert.Single(await first.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Receipt.Detail);
+        await first.StopAsync();
+
+        await using var second = await TestGateway.StartAsync(WithFragileRoute, null, 3, dataDir);
+        await device.ConnectAsync(Receipts.KeptReceiptTests.Persistent(second, "dev-1"));
+        await device.SubscribeAsync("edgemail/v1/dev-1/receipt", MqttQualityOfServiceLevel.AtLeastOnce);
+
+        await inbox.WaitForAsync("p-6", "failed", Cancelled);
+        await second.UntilAsync(async () => (await second.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Count == 0, "the receipt removed after the device's PUBACK");
+        await device.DisconnectAsync();
     }
 
     private static MeterListener CountParked(TestGateway gw, Action<long> add)

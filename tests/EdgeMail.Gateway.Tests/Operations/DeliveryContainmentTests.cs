@@ -81,7 +81,7 @@ public sealed class DeliveryContainmentTests
     }
 
     [Fact]
-    public async Task CancelWhileAnAttemptIsUnderWay_ThatDeferredIt_StaysCancelled_WithoutADeferredReceiptOrAnotherAttempt()
+    public async Task CancelWhileAnAttemptIsUnderWay_ThatDeferredIt_StaysCancelled_WithTheCancelsFailedReceipt_NoDeferredOneOrAnotherAttempt()
     {
         var log = new WorkerLog();
         var transport = new GatedTransport();
@@ -94,6 +94,7 @@ public sealed class DeliveryContainmentTests
             });
         using var api = await gw.ApiAsync();
         using var client = await gw.ConnectAsync("dev-1");
+        var inbox = await ReceiptInbox.SubscribeAsync(client, "dev-1");
         await ContainmentTests.PublishAsync(client, "dev-1", Alerts.Json("c-1"));
         var attempt = await Await.Within(transport.Entered, "the attempt under way");
 
@@ -102,12 +103,82 @@ public sealed class DeliveryContainmentTests
 
         string said = await Await.Within(log.AboutAsync(attempt.MessageId), "the worker's word on the attempt");
         Assert.Contains("stays cancelled", said, StringComparison.Ordinal);
+        await inbox.WaitForAsync("c-1", ReceiptState.Failed, "cancelled by the operator: wrong recipients"); // the cancel's, and the only final one
         var receipts = gw.Host.Services.GetRequiredService<ReceiptPublisher>().RecentFor("dev-1", "c-1");
         Assert.DoesNotContain(receipts, r => r.State == ReceiptState.Deferred);
+        Assert.Single(receipts, r => r.State == ReceiptState.Failed);
         var detail = (await gw.Spool.MessageDetailAsync(attempt.RowId, default))!;
         Assert.Equal(("cancelled", 1), (detail.Summary.Status, detail.Summary.Attempts));
         Assert.Empty(await gw.Spool.DueMessagesAsync(DateTimeOffset.MaxValue.AddDays(-1), 10, new HashSet<long>(), default));
         Assert.Equal(1, transport.Calls);
+    }
+
+    [Fact]
+    public async Task CancelOfAnAlertsQueuedMail_ThatReachedNobody_GivesItsDeviceAFailedReceiptNamingTheCancel()
+    {
+        var log = new WorkerLog();
+        var transport = new GatedTransport();
+        await using var gw = await TestGateway.StartAsync(
+            c =>
+            {
+                c["Relay"] = new { Backoff = new[] { "01:00:00" } };
+                c["Logging"] = new { LogLevel = new Dictionary<string, string> { ["Default"] = "Warning", [typeof(DeliveryWorker).FullName!] = "Information" } };
+            },
+            s =>
+            {
+                s.AddSingleton<ILoggerProvider>(log);
+                s.AddSingleton<IMailTransport>(transport);
+            });
+        using var api = await gw.ApiAsync();
+        using var client = await gw.ConnectAsync("dev-1");
+        var inbox = await ReceiptInbox.SubscribeAsync(client, "dev-1");
+        await ContainmentTests.PublishAsync(client, "dev-1", Alerts.Json("c-2"));
+        var attempt = await Await.Within(transport.Entered, "the first attempt");
+        transport.Finish(attempt.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.3.0 try again later")).ToList());
+        Assert.StartsWith("Deferred", await Await.Within(log.AboutAsync(attempt.MessageId), "the worker's word on the attempt"), StringComparison.Ordinal);
+        await inbox.WaitForAsync("c-2", ReceiptState.Deferred);
+
+        var response = await api.PostAsJsonAsync($"/api/v1/queue/{attempt.RowId}/cancel", new { reason = "wrong recipients" });
+
+        Assert.Equal(HttpStatusCode.NoContent, response.StatusCode);
+        await inbox.WaitForAsync("c-2", ReceiptState.Failed, "cancelled by the operator: wrong recipients");
+        Assert.Equal("cancelled", (await gw.Spool.MessageDetailAsync(attempt.RowId, default))!.Summary.Status);
+    }
+
+    [Fact]
+    public async Task CancelComingTooLateForSomeRecipients_LeavesTheDeviceTheCancelsFailedReceipt_NotARelayedOne()
+    {
+        var log = new WorkerLog();
+        var transport = new GatedTransport();
+        await using var gw = await TestGateway.StartAsync(
+            c =>
+            {
+                c["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "info", To = new[] { "oncall" } } }; // alice and bob
+                c["Logging"] = new { LogLevel = new Dictionary<string, string> { ["Default"] = "Warning", [typeof(DeliveryWorker).FullName!] = "Information" } };
+            },
+            s =>
+            {
+                s.AddSingleton<ILoggerProvider>(log);
+                s.AddSingleton<IMailTransport>(transport);
+            });
+        using var api = await gw.ApiAsync();
+        using var client = await gw.ConnectAsync("dev-1");
+        var inbox = await ReceiptInbox.SubscribeAsync(client, "dev-1");
+        await ContainmentTests.PublishAsync(client, "dev-1", Alerts.Json("c-3"));
+        var attempt = await Await.Within(transport.Entered, "the attempt under way");
+        Assert.Equal(["alice@example.com", "bob@example.com"], attempt.PendingRecipients);
+
+        Assert.Equal(HttpStatusCode.NoContent, (await api.PostAsJsonAsync($"/api/v1/queue/{attempt.RowId}/cancel", new { reason = "wrong recipients" })).StatusCode);
+        transport.Finish([new("alice@example.com", RecipientOutcome.Sent, "250 2.0.0 queued as 7"), new("bob@example.com", RecipientOutcome.Deferred, "451 4.2.1 mailbox busy")]);
+
+        // Bob never gets it: as for a recipient refused, the alert failed. The receipt is the cancel's, given with it.
+        await inbox.WaitForAsync("c-3", ReceiptState.Failed, "cancelled by the operator: wrong recipients");
+        Assert.Contains("too late for some", await Await.Within(log.AboutAsync(attempt.MessageId), "the worker's word on the attempt"), StringComparison.Ordinal);
+        Assert.Equal("partial", (await gw.Spool.MessageDetailAsync(attempt.RowId, default))!.Summary.Status);
+        var given = gw.Host.Services.GetRequiredService<ReceiptPublisher>().RecentFor("dev-1", "c-3");
+        Assert.DoesNotContain(given, r => r.State == ReceiptState.Relayed);
+        Assert.Single(given, r => r.State == ReceiptState.Failed);
+        Assert.DoesNotContain(await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default), r => r.Receipt.State == ReceiptState.Relayed);
     }
 
     /// <summary>Pokes the worker and waits until it has nothing due and goes to wait.</summary>

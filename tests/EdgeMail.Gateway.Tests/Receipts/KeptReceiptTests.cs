@@ -24,7 +24,7 @@ public sealed class KeptReceiptTests
     };
 
     // As the firmware connects: its device id, a persistent session (Clean Session 0).
-    private static MqttClientOptions Persistent(TestGateway gw, string device, bool clean = false)
+    internal static MqttClientOptions Persistent(TestGateway gw, string device, bool clean = false)
     {
         var options = gw.ClientOptions(device);
         options.CleanSession = clean;

@@ -333,7 +333,7 @@ public abstract class SpoolContractTests : IAsyncLifetime
         var deferred = await Assert.ThrowsAsync<ArgumentException>(() =>
             spool.RecordSentRecipientsAsync(row, [new("alice@a.example", "deferred", "451 4.7.1 greylisted")], default));
         Assert.Contains("alice@a.example is 'deferred'", deferred.Message, StringComparison.Ordinal);
-        Assert.True(await spool.CancelAsync(ParkedKinds.Message, row, "wrong recipients", default));
+        Assert.True((await spool.CancelAsync(ParkedKinds.Message, row, "wrong recipients", 100, default)).Cancelled);
 
         Assert.False(await spool.RecordSentRecipientsAsync(row, [new("alice@a.example", "sent", "250 ok")], default));
         Assert.All((await spool.MessageDetailAsync(row, default))!.Recipients, r => Assert.Equal("failed", r.Status));
@@ -552,7 +552,7 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Empty(await spool.NewAlertsAsync(10, default));
 
         Assert.True(await spool.ReleaseAsync(ParkedKinds.Alert, alerts[0].RowId, default));
-        Assert.True(await spool.CancelAsync(ParkedKinds.Alert, alerts[1].RowId, "not wanted", default));
+        Assert.True((await spool.CancelAsync(ParkedKinds.Alert, alerts[1].RowId, "not wanted", 100, default)).Cancelled);
 
         Assert.Equal("a-1", Assert.Single(await spool.NewAlertsAsync(10, default)).AlertId);
         Assert.Equal(("cancelled", "not wanted"), await spool.GetAlertAsync("dev-1", "a-2", default));
@@ -579,7 +579,7 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.True(await spool.ReleaseAsync(ParkedKinds.Message, m1.RowId, default));
         Assert.Equal("queued", (await spool.GetMessageAsync("m-1@gw.test", default))!.Status);
 
-        Assert.True(await spool.CancelAsync(ParkedKinds.Message, m2.RowId, "no longer wanted", default));
+        Assert.True((await spool.CancelAsync(ParkedKinds.Message, m2.RowId, "no longer wanted", 100, default)).Cancelled);
         Assert.Equal("cancelled", (await spool.GetMessageAsync("m-2@gw.test", default))!.Status);
         Assert.Equal("failed", Assert.Single((await spool.MessageDetailAsync(m2.RowId, default))!.Recipients).Status);
         Assert.False(await spool.ReleaseAsync(ParkedKinds.Message, m2.RowId, default));
@@ -592,9 +592,9 @@ public abstract class SpoolContractTests : IAsyncLifetime
         await using var spool = Open();
         var (_, row) = await RoutedAsync(spool, "dev-1", "a-1", "alice@example.com", "bob@example.com");
         Assert.Single(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default)); // taken for an attempt
-        Assert.True(await spool.CancelAsync(ParkedKinds.Message, row, "wrong recipients", default));
+        Assert.True((await spool.CancelAsync(ParkedKinds.Message, row, "wrong recipients", 100, default)).Cancelled);
 
-        await spool.CommitDeliveryAsync(new DeliveryCommit(row,
+        var recorded = await spool.CommitDeliveryAsync(new DeliveryCommit(row,
             [new("alice@example.com", "deferred", "451 4.3.0 busy"), new("bob@example.com", "failed", "550 5.1.1 no such user")], T0.AddMinutes(1),
             Mail("a-1.n1.notice@gw.test", "notice"), new KeptReceipt("dev-1", "a-1", "failed", T0, "550 5.1.1 no such user")), default);
 
@@ -604,7 +604,9 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Equal(2, Assert.Single(detail.Attempts).Results.Count); // what the relay answered stays on record
         Assert.Empty(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
         Assert.Null(await spool.GetMessageAsync("a-1.n1.notice@gw.test", default)); // no notice about a mail given up
-        Assert.Empty(await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default));
+        Assert.Equal(DeliveryRecorded.CancelStood, recorded);
+        var kept = Assert.Single(await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Receipt; // the cancel's, not the attempt's
+        Assert.Equal(("failed", "cancelled by the operator: wrong recipients"), (kept.State, kept.Detail));
     }
 
     [ContractFact]
@@ -613,9 +615,9 @@ public abstract class SpoolContractTests : IAsyncLifetime
         await using var spool = Open();
         var (_, row) = await RoutedAsync(spool, "dev-1", "a-1", "alice@example.com", "bob@example.com");
         Assert.Single(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
-        Assert.True(await spool.CancelAsync(ParkedKinds.Message, row, "wrong recipients", default));
+        Assert.True((await spool.CancelAsync(ParkedKinds.Message, row, "wrong recipients", 100, default)).Cancelled);
 
-        await spool.CommitDeliveryAsync(new DeliveryCommit(row,
+        var recorded = await spool.CommitDeliveryAsync(new DeliveryCommit(row,
             [new("alice@example.com", "sent", "250 2.0.0 queued as 42"), new("bob@example.com", "sent", "250 2.0.0 queued as 42")], null, null,
             new KeptReceipt("dev-1", "a-1", "relayed", T0, "250 2.0.0 queued as 42")), default);
 
@@ -625,7 +627,8 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Contains("wrong recipients", detail.Summary.Reason, StringComparison.Ordinal);
         Assert.All(detail.Recipients, r => Assert.Equal(("sent", "250 2.0.0 queued as 42"), (r.Status, r.Reply)));
         Assert.Empty(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
-        Assert.Equal("relayed", Assert.Single(await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Receipt.State);
+        Assert.Equal(DeliveryRecorded.CancelTooLate, recorded);
+        Assert.Equal("relayed", Assert.Single(await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Receipt.State); // the cancel's failed withdrawn
     }
 
     [ContractFact]
@@ -634,9 +637,9 @@ public abstract class SpoolContractTests : IAsyncLifetime
         await using var spool = Open();
         var (_, row) = await RoutedAsync(spool, "dev-1", "a-1", "alice@example.com", "bob@example.com");
         Assert.Single(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
-        Assert.True(await spool.CancelAsync(ParkedKinds.Message, row, "wrong recipients", default));
+        Assert.True((await spool.CancelAsync(ParkedKinds.Message, row, "wrong recipients", 100, default)).Cancelled);
 
-        await spool.CommitDeliveryAsync(new DeliveryCommit(row,
+        var recorded = await spool.CommitDeliveryAsync(new DeliveryCommit(row,
             [new("alice@example.com", "sent", "250 2.0.0 queued as 42"), new("bob@example.com", "deferred", "451 4.2.1 mailbox busy")], T0.AddMinutes(1), null), default);
 
         var detail = (await spool.MessageDetailAsync(row, default))!;
@@ -645,6 +648,75 @@ public abstract class SpoolContractTests : IAsyncLifetime
             [("alice@example.com", "sent", "250 2.0.0 queued as 42"), ("bob@example.com", "failed", "cancelled by the operator: wrong recipients")],
             detail.Recipients.Select(r => (r.Address, r.Status, r.Reply)));
         Assert.Empty(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
+        Assert.Equal(DeliveryRecorded.CancelTooLateForSome, recorded);
+        var kept = Assert.Single(await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Receipt; // bob never gets it: the alert failed
+        Assert.Equal(("failed", "cancelled by the operator: wrong recipients"), (kept.State, kept.Detail));
+    }
+
+    [ContractFact]
+    public async Task Cancel_OfAParkedAlert_KeepsAFailedReceiptNamingTheCancel_WithTheCancel()
+    {
+        var clock = new FakeTimeProvider(T0);
+        var owed = new KeptReceipt("dev-1", "a-1", "failed", T0, "cancelled by the operator: template retired");
+        await using (var spool = Open(clock))
+        {
+            await spool.AcceptAlertAsync(Alert("dev-1", "a-1"), default);
+            var alert = Assert.Single(await spool.NewAlertsAsync(10, default));
+            await spool.CommitRoutingAsync([new RoutingCommit(alert.RowId, AlertStatus.Parked, null, null, null, null, "routing failed: X")], default);
+
+            var cancelled = await spool.CancelAsync(ParkedKinds.Alert, alert.RowId, "template retired", 100, default);
+            var again = await spool.CancelAsync(ParkedKinds.Alert, alert.RowId, "once more", 100, default);
+
+            Assert.True(cancelled.Cancelled);
+            Assert.Equal(owed, Assert.Single(cancelled.Receipts));
+            Assert.False(again.Cancelled);
+            Assert.Empty(again.Receipts);
+        }
+
+        await using var reopened = Open(clock);
+        Assert.Equal(owed, Assert.Single(await reopened.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Receipt);
+    }
+
+    [ContractFact]
+    public async Task Cancel_OfAnAlertsQueuedMail_KeepsItsDeviceAFailedReceipt_ANoticesNone()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var spool = Open(clock);
+        var (_, row) = await RoutedAsync(spool, "dev-1", "a-1", "alice@example.com", "bob@example.com");
+        await spool.QueueMailAsync(Mail("n-1@gw.test", "notice", alertId: "a-9"), default);
+        long notice = (await spool.GetMessageAsync("n-1@gw.test", default))!.RowId;
+
+        var cancelled = await spool.CancelAsync(ParkedKinds.Message, row, "wrong recipients", 100, default);
+        var noticeCancelled = await spool.CancelAsync(ParkedKinds.Message, notice, "not needed", 100, default);
+
+        var owed = new KeptReceipt("dev-1", "a-1", "failed", T0, "cancelled by the operator: wrong recipients");
+        Assert.Equal(owed, Assert.Single(cancelled.Receipts));
+        Assert.True(noticeCancelled.Cancelled);
+        Assert.Empty(noticeCancelled.Receipts); // the operator's notice about an alert is not the alert
+        Assert.Equal(owed, Assert.Single(await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Receipt);
+    }
+
+    [ContractFact]
+    public async Task Cancel_OfADigest_KeepsAFailedReceiptForEachOfItsAlerts_TheNewestAsManyAsADeviceKeeps()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var spool = Open(clock);
+        for (int i = 0; i < 4; i++)
+        {
+            await spool.AcceptAlertAsync(Alert("dev-1", $"r-{i}"), default);
+        }
+
+        var alerts = await spool.NewAlertsAsync(10, default);
+        await spool.CommitRoutingAsync(alerts.Select(a => new RoutingCommit(a.RowId, AlertStatus.Held, T0, null, null, null)).ToList(), default);
+        var digest = Assert.Single(await spool.DueDigestsAsync(T0, 100, default));
+        await spool.CommitDigestAsync(digest, Mail("digest-1@gw.test", "digest"), new StormState(T0, null), default);
+        long row = (await spool.GetMessageAsync("digest-1@gw.test", default))!.RowId;
+
+        var cancelled = await spool.CancelAsync(ParkedKinds.Message, row, "storm over", 3, default);
+
+        Assert.Equal(["r-1", "r-2", "r-3"], cancelled.Receipts.Select(r => r.AlertId));
+        Assert.All(cancelled.Receipts, r => Assert.Equal(("dev-1", "failed", "cancelled by the operator: storm over"), (r.Device, r.State, r.Detail)));
+        Assert.Equal(["r-1", "r-2", "r-3"], (await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Select(r => r.Receipt.AlertId));
     }
 
     [ContractFact]

@@ -85,11 +85,11 @@ public static class AlertApi
         api.MapPost("/alerts/{rowId:long}/release", async (long rowId, ConsoleContext c, CancellationToken ct) =>
             await c.Spool.ReleaseAsync(ParkedKinds.Alert, rowId, ct).ConfigureAwait(false) ? Results.NoContent() : Results.Conflict(new ApiError($"alert {rowId} is not parked")))
             .WithSummary("Releases a parked alert: it is routed again");
-        api.MapPost("/alerts/{rowId:long}/cancel", async (long rowId, CancelRequest? request, ConsoleContext c, CancellationToken ct) =>
-            await c.Spool.CancelAsync(ParkedKinds.Alert, rowId, request?.Reason ?? "cancelled in the console", ct).ConfigureAwait(false)
+        api.MapPost("/alerts/{rowId:long}/cancel", async (long rowId, CancelRequest? request, ConsoleContext c, ReceiptPublisher receipts, CancellationToken ct) =>
+            await CancelAsync(ParkedKinds.Alert, rowId, request, c, receipts, ct).ConfigureAwait(false)
                 ? Results.NoContent()
                 : Results.Conflict(new ApiError($"alert {rowId} is not parked")))
-            .WithSummary("Gives up a parked alert");
+            .WithSummary("Gives up a parked alert; its device gets a 'failed' receipt naming the cancel");
         api.MapGet("/rejected", async (string? device, long? before, int? limit, ConsoleContext c, CancellationToken ct) =>
         {
             var rejected = await c.Spool.QueryAlertsAsync(new AlertQuery(device, Status: AlertStatus.Rejected, BeforeRowId: before, Limit: limit ?? 100), ct).ConfigureAwait(false);
@@ -104,6 +104,21 @@ public static class AlertApi
         }).WithSummary("Payloads devices sent that were refused, with the reason");
         api.MapGet("/parked", (ConsoleContext c, CancellationToken ct) => c.Spool.ParkedAsync(500, ct))
             .WithSummary("Alerts and mail parked because handling them failed, with the reason");
+    }
+
+    /// <summary>
+    /// Cancels a parked alert or a queued or parked mail, then publishes the <c>failed</c> receipts the spool kept with the
+    /// cancel (committed with it, so a device away now gets them when it subscribes again, after a restart too).
+    /// </summary>
+    internal static async Task<bool> CancelAsync(string kind, long rowId, CancelRequest? request, ConsoleContext c, ReceiptPublisher receipts, CancellationToken ct)
+    {
+        var result = await c.Spool.CancelAsync(kind, rowId, request?.Reason ?? "cancelled in the console", receipts.MaxPerDevice, ct).ConfigureAwait(false);
+        foreach (var receipt in result.Receipts)
+        {
+            await receipts.PublishKeptAsync(receipt, ct).ConfigureAwait(false);
+        }
+
+        return result.Cancelled;
     }
 
     internal static string Text(byte[] payload, int max)

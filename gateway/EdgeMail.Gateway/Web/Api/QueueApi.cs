@@ -1,3 +1,4 @@
+using EdgeMail.Gateway.Receipts;
 using EdgeMail.Gateway.Spool;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
@@ -33,11 +34,11 @@ public static class QueueApi
         api.MapPost("/queue/{rowId:long}/release", async (long rowId, ConsoleContext c, CancellationToken ct) =>
             await c.Spool.ReleaseAsync(ParkedKinds.Message, rowId, ct).ConfigureAwait(false) ? Results.NoContent() : Results.Conflict(new ApiError($"mail {rowId} is not parked")))
             .WithSummary("Releases a parked mail: queued again, due now");
-        api.MapPost("/queue/{rowId:long}/cancel", async (long rowId, CancelRequest? request, ConsoleContext c, CancellationToken ct) =>
-            await c.Spool.CancelAsync(ParkedKinds.Message, rowId, request?.Reason ?? "cancelled in the console", ct).ConfigureAwait(false)
+        api.MapPost("/queue/{rowId:long}/cancel", async (long rowId, CancelRequest? request, ConsoleContext c, ReceiptPublisher receipts, CancellationToken ct) =>
+            await AlertApi.CancelAsync(ParkedKinds.Message, rowId, request, c, receipts, ct).ConfigureAwait(false)
                 ? Results.NoContent()
                 : Results.Conflict(new ApiError($"mail {rowId} is neither queued nor parked")))
-            .WithSummary("Gives up a queued or parked mail: never tried again; its pending recipients fail (an attempt already under way that delivers it makes it sent)");
+            .WithSummary("Gives up a queued or parked mail: never tried again; its pending recipients fail, and the device of an alert (or of each alert of a digest) gets a 'failed' receipt naming the cancel (an attempt already under way that delivers it makes it sent)");
 
         api.MapGet("/messages/{rowId:long}/raw", async (long rowId, ConsoleContext c, CancellationToken ct) =>
             await c.Spool.MessageDetailAsync(rowId, ct).ConfigureAwait(false) is { } detail
