@@ -118,7 +118,7 @@ public sealed class DirectMxEarlyRecordTests
         a.OnData = _ =>
         {
             long row = gw.Spool.GetMessageAsync("split-4@gw.test", default).GetAwaiter().GetResult()!.RowId;
-            Assert.True(gw.Spool.CancelAsync(ParkedKinds.Message, row, "wrong recipients", default).GetAwaiter().GetResult());
+            Assert.True(gw.Spool.CancelAsync(ParkedKinds.Message, row, "wrong recipients", 100, default).GetAwaiter().GetResult().Cancelled);
             return SmtpReply.Ok;
         };
 
