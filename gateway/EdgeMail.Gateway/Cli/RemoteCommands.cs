@@ -147,7 +147,7 @@ public static class RemoteCommands
 
     private static Command Alerts(Remote remote)
     {
-        var alerts = new Command("alerts", "Alerts the gateway received, and one alert's whole journey");
+        var alerts = new Command("alerts", "Alerts the gateway received, one alert's whole journey, and retrying a rejected one whose handling failed");
         var device = new Option<string?>("--device") { Description = "Only this device" };
         var code = new Option<string?>("--code") { Description = "Only this code" };
         var severity = new Option<string?>("--severity") { Description = "Only this severity: info, warning or critical" };
@@ -172,6 +172,15 @@ public static class RemoteCommands
             {
                 var json = await api.GetAsync($"alerts/{c.Parse.GetValue(id)}", ct).ConfigureAwait(false);
                 return (json, Journey.Alert(json.Deserialize<AlertJourneyView>(GatewayClient.Json)!));
+            }));
+        var retried = new Argument<long>("ID") { Description = "The rejected alert's number (first column of 'alerts list --status rejected')" };
+        alerts.Subcommands.Add(remote.Command("retry",
+            "Retry a rejected alert whose handling failed (reason 'handling failed: ...'), once the fault is fixed: its payload is parsed again and, valid now, it is routed and mailed",
+            [retried], async (c, api, ct) =>
+            {
+                var json = await api.PostAsync($"alerts/{c.Parse.GetValue(retried)}/retry", null, ct).ConfigureAwait(false);
+                var done = json.Deserialize<RetriedAlert>(GatewayClient.Json)!;
+                return (json, string.Create(CultureInfo.InvariantCulture, $"Alert {done.RowId} retried: new again as {done.AlertId}, to be routed and mailed"));
             }));
         return alerts;
     }

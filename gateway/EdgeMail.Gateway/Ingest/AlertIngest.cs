@@ -69,8 +69,7 @@ public sealed partial class AlertIngest
             parsed = AlertParser.Parse(payload.Span);
             alertId = parsed.Id ?? AlertParser.RejectedId(payload.Span);
             (var kept, reason) = parsed.IsValid ? (payload, null) : AlertParser.KeepRejected(payload, parsed.Reason!);
-            var incoming = new IncomingAlert(deviceId, alertId, _clock.GetUtcNow(), peer, kept, reason, parsed.Alert?.Code, via,
-                parsed.Alert is { } a ? Severities.Name(a.Severity) : null);
+            var incoming = new IncomingAlert(deviceId, alertId, _clock.GetUtcNow(), peer, kept, reason, parsed.Alert?.Code, via, SeverityOf(parsed));
             outcome = await _spool.AcceptAlertAsync(incoming, cancellationToken).ConfigureAwait(false);
         }
         catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
@@ -124,7 +123,7 @@ public sealed partial class AlertIngest
         string via = IngestProtocols.Mqtt)
     {
         ArgumentNullException.ThrowIfNull(fault);
-        var (kept, reason) = AlertParser.KeepRejected(payload, ParkingLot.Describe("handling", fault));
+        var (kept, reason) = AlertParser.KeepRejected(payload, ParkingLot.Describe(HandlingStage, fault));
         string? id = IdOf(kept);
         string alertId = id ?? AlertParser.RejectedId(payload.Span);
         LogHandlingFailed(fault, alertId, deviceId, reason);
@@ -167,6 +166,93 @@ public sealed partial class AlertIngest
             await _receipts.PublishAsync(deviceId, id ?? string.Empty, ReceiptState.Accepted, "duplicate", cancellationToken).ConfigureAwait(false);
         }
     }
+
+    /// <summary>
+    /// Retries a rejected alert whose handling failed (reason <c>handling failed: …</c>), once the fault is fixed: its
+    /// payload is parsed again as <see cref="IngestAlertAsync"/> parses it. Valid now, the same row becomes a new alert
+    /// under the payload's own id (not the digest it was kept under when its id could not be read), with its device
+    /// and received time, routed like any other, and the device gets an <c>accepted</c> receipt. Still invalid, it
+    /// stays rejected with the new reason. Refused: any other rejection (the payload itself is wrong, and would be
+    /// again), a payload cut when it was kept, and an id another alert of the device already has (it would be mailed
+    /// twice).
+    /// </summary>
+    /// <param name="rowId">The alert's row.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>What became of it, with a message for the operator.</returns>
+    /// <exception cref="SpoolException">The spool could not read or commit; nothing changed.</exception>
+    public async Task<RejectedRetryReport> RetryRejectedAsync(long rowId, CancellationToken cancellationToken)
+    {
+        if (await _spool.AlertJourneyAsync(rowId, cancellationToken).ConfigureAwait(false) is not { Alert: var stored, Payload: var payload })
+        {
+            return new(RetryVerdict.NotFound, $"no alert {rowId}");
+        }
+
+        string reason = stored.Reason ?? string.Empty;
+        if (stored.Status != AlertStatus.Rejected)
+        {
+            return new(RetryVerdict.Refused, $"alert {rowId} is {stored.Status}, not rejected: only a rejected alert can be retried");
+        }
+
+        if (!reason.StartsWith(HandlingFailed, StringComparison.Ordinal))
+        {
+            return new(RetryVerdict.Refused,
+                $"alert {rowId} was rejected for what was sent ({reason}), not because handling it failed: a retry would only reject it again. "
+                + "Only an alert rejected with 'handling failed: ...' can be retried; this one needs the device to send a corrected alert");
+        }
+
+        if (AlertParser.WasCut(payload, reason))
+        {
+            return new(RetryVerdict.Refused,
+                $"alert {rowId} cannot be retried: only the first {AlertParser.MaxPayloadBytes} bytes of its payload were kept, and an alert is never larger, so it would only be rejected as cut short");
+        }
+
+        AlertParseResult parsed = default;
+        string? rejected;
+        try
+        {
+            parsed = AlertParser.Parse(payload);
+            rejected = parsed.Reason;
+        }
+        catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
+        {
+            rejected = ParkingLot.Describe(HandlingStage, ex);
+        }
+
+        string alertId = parsed.Alert?.Id ?? stored.AlertId;
+        var result = await _spool.RetryRejectedAsync(new RejectedRetry(rowId, reason, alertId, parsed.Alert?.Code, SeverityOf(parsed), rejected), cancellationToken)
+            .ConfigureAwait(false);
+        switch (result.Outcome)
+        {
+            case RejectedRetryOutcome.StillRejected:
+                LogRetryStillRejected(rowId, stored.AlertId, stored.Device, rejected!);
+                return new(RetryVerdict.StillRejected, $"alert {rowId} is still rejected: {rejected}");
+            case RejectedRetryOutcome.Duplicate:
+                return new(RetryVerdict.Refused,
+                    $"alert {rowId} cannot be retried: its payload's id '{alertId}' is that of {stored.Device}'s alert {result.HolderRowId} (the device sent it again), and "
+                    + "routing both would mail it twice; it stays rejected");
+            case RejectedRetryOutcome.Changed:
+                return new(RetryVerdict.Refused, $"alert {rowId} changed while it was retried (retried from elsewhere at the same time?); look at it again");
+        }
+
+        LogRetried(rowId, alertId, stored.Device, stored.AlertId);
+        try
+        {
+            await _receipts.PublishAsync(stored.Device, alertId, ReceiptState.Accepted, "retried by the operator", cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+        {
+            LogAfterStoreFailed(ex, alertId, stored.Device);
+        }
+
+        return new(RetryVerdict.Retried, $"alert {rowId} is new again as {alertId}: it is routed like any other", alertId);
+    }
+
+    private const string HandlingStage = "handling";
+
+    // How ParkingLot.Describe begins the reason of an alert KeepFailedAsync kept.
+    private const string HandlingFailed = HandlingStage + " failed: ";
+
+    private static string? SeverityOf(AlertParseResult parsed) => parsed.Alert is { } a ? Severities.Name(a.Severity) : null;
 
     // The alert's own id when it can still be read, so that the receipt names it and a retransmission is a duplicate;
     // reading it may be the very thing that failed.
@@ -220,6 +306,34 @@ public sealed partial class AlertIngest
     [LoggerMessage(Level = LogLevel.Error, Message = "Handling a status heartbeat of {Device} failed; dropped it and acknowledged it")]
     private partial void LogStatusFailed(Exception ex, string device);
 
+    [LoggerMessage(Level = LogLevel.Information, Message = "Rejected alert {RowId} ({AlertId} from {Device}, kept as {KeptAs}) retried by the operator: new again, to be routed")]
+    private partial void LogRetried(long rowId, string alertId, string device, string keptAs);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Rejected alert {RowId} ({AlertId} from {Device}) retried by the operator, and rejected again: {Reason}")]
+    private partial void LogRetryStillRejected(long rowId, string alertId, string device, string reason);
+
     [LoggerMessage(Level = LogLevel.Warning, Message = "Rejected alert {AlertId} from {Device}: {Reason}")]
     private partial void LogRejected(string device, string alertId, string reason);
 }
+
+/// <summary>How a retry of a rejected alert ended (<see cref="AlertIngest.RetryRejectedAsync"/>).</summary>
+public enum RetryVerdict
+{
+    /// <summary>New again: it is routed like any other alert.</summary>
+    Retried,
+
+    /// <summary>No such alert.</summary>
+    NotFound,
+
+    /// <summary>Not retried, and nothing changed: the message says why.</summary>
+    Refused,
+
+    /// <summary>Parsed again and still invalid: it stays rejected with the new reason.</summary>
+    StillRejected,
+}
+
+/// <summary>How a retry of a rejected alert ended, said for the operator.</summary>
+/// <param name="Verdict">The verdict.</param>
+/// <param name="Message">What happened, or why not.</param>
+/// <param name="AlertId">The alert's id now, when retried.</param>
+public sealed record RejectedRetryReport(RetryVerdict Verdict, string Message, string? AlertId = null);

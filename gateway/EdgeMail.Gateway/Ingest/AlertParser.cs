@@ -40,7 +40,19 @@ public static class AlertParser
         ArgumentNullException.ThrowIfNull(reason);
         return payload.Length <= MaxPayloadBytes
             ? (payload, reason)
-            : (payload[..MaxPayloadBytes], string.Create(CultureInfo.InvariantCulture, $"{reason} ({payload.Length} bytes; only the first {MaxPayloadBytes} are kept)"));
+            : (payload[..MaxPayloadBytes], string.Create(CultureInfo.InvariantCulture, $"{reason} ({payload.Length} bytes{CutNote}"));
+    }
+
+    private static readonly string CutNote = string.Create(CultureInfo.InvariantCulture, $"; only the first {MaxPayloadBytes} are kept)");
+
+    /// <summary>Whether <see cref="KeepRejected"/> cut this payload: then what is kept is not what the device sent.</summary>
+    /// <param name="kept">The payload as kept.</param>
+    /// <param name="reason">The reason kept with it.</param>
+    /// <returns>True when only its first <see cref="MaxPayloadBytes"/> are kept.</returns>
+    public static bool WasCut(ReadOnlySpan<byte> kept, string reason)
+    {
+        ArgumentNullException.ThrowIfNull(reason);
+        return kept.Length == MaxPayloadBytes && reason.EndsWith(CutNote, StringComparison.Ordinal);
     }
 
     /// <summary>

@@ -130,6 +130,51 @@ public sealed partial class PostgresSpool
         }, cancellationToken);
 
     /// <inheritdoc />
+    public Task<RejectedRetryResult> RetryRejectedAsync(RejectedRetry retry, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(retry);
+        return WriteAsync(async (c, tx, ctx) =>
+        {
+            // Locked: a second retry at the same moment waits here, then finds the row changed.
+            if (await ScalarAsync(c, tx, cancellationToken, "SELECT device FROM alerts WHERE rowid=$1 AND status='rejected' AND reason=$2 FOR UPDATE",
+                retry.RowId, Text(retry.ExpectedReason)).ConfigureAwait(false) is not string device)
+            {
+                return new RejectedRetryResult(RejectedRetryOutcome.Changed);
+            }
+
+            if (retry.RejectReason is { } reason)
+            {
+                await ExecAsync(c, tx, cancellationToken, "UPDATE alerts SET reason=$2 WHERE rowid=$1", retry.RowId, Truncate(Text(reason)!)).ConfigureAwait(false);
+                return new RejectedRetryResult(RejectedRetryOutcome.StillRejected);
+            }
+
+            const string Holder = "SELECT rowid FROM alerts WHERE device=$1 AND alert_id=$2 AND rowid<>$3";
+            if (await ScalarAsync(c, tx, cancellationToken, Holder, device, Text(retry.AlertId), retry.RowId).ConfigureAwait(false) is long holder)
+            {
+                return new RejectedRetryResult(RejectedRetryOutcome.Duplicate, holder);
+            }
+
+            // The device may send the same alert at this very moment, on another connection or instance.
+            await tx.SaveAsync("retry", cancellationToken).ConfigureAwait(false);
+            try
+            {
+                await ExecAsync(c, tx, cancellationToken,
+                    "UPDATE alerts SET status='new', reason=NULL, alert_id=$2, code=$3, severity=$4, claimed_by=NULL, claim_until=NULL WHERE rowid=$1",
+                    retry.RowId, Text(retry.AlertId), Text(retry.Code), Text(retry.Severity)).ConfigureAwait(false);
+            }
+            catch (PostgresException ex) when (ex.SqlState == UniqueViolation)
+            {
+                await tx.RollbackAsync("retry", cancellationToken).ConfigureAwait(false);
+                return new RejectedRetryResult(RejectedRetryOutcome.Duplicate,
+                    await ScalarAsync(c, tx, cancellationToken, Holder, device, Text(retry.AlertId), retry.RowId).ConfigureAwait(false) as long?);
+            }
+
+            ctx.AlertsStored = true;
+            return new RejectedRetryResult(RejectedRetryOutcome.Retried);
+        }, cancellationToken);
+    }
+
+    /// <inheritdoc />
     public Task<DashboardCounts> DashboardAsync(DateTimeOffset since, CancellationToken cancellationToken) =>
         ReadAsync(async (c, tx) =>
         {

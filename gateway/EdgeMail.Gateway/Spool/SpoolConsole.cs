@@ -136,6 +136,40 @@ public sealed record MessageDetail(MessageSummary Summary, string EnvelopeFrom, 
 /// <param name="Messages">The mail made from it.</param>
 public sealed record AlertJourney(AlertSummary Alert, byte[] Payload, string? Route, string? DigestMessageId, IReadOnlyList<MessageDetail> Messages);
 
+/// <summary>
+/// What becomes of a rejected alert the operator retries (<see cref="ISpool.RetryRejectedAsync"/>), decided on its
+/// payload parsed again.
+/// </summary>
+/// <param name="RowId">The alert.</param>
+/// <param name="ExpectedReason">The reason it is rejected with as the decision read it; a row rejected with another one
+/// by now (another retry came first) is left alone.</param>
+/// <param name="AlertId">Its id from now on: the payload's own, also when it was kept under its digest.</param>
+/// <param name="Code">The alert code, when it is valid now.</param>
+/// <param name="Severity">The alert's severity, when it is valid now.</param>
+/// <param name="RejectReason">Why it is still rejected; null to make it <c>new</c>.</param>
+public sealed record RejectedRetry(long RowId, string ExpectedReason, string AlertId, string? Code, string? Severity, string? RejectReason);
+
+/// <summary>What <see cref="ISpool.RetryRejectedAsync"/> did.</summary>
+public enum RejectedRetryOutcome
+{
+    /// <summary>It is <c>new</c>, under its own id: routed like any alert.</summary>
+    Retried,
+
+    /// <summary>It stays rejected, with the new reason.</summary>
+    StillRejected,
+
+    /// <summary>Nothing: it is gone, or no longer rejected with the expected reason.</summary>
+    Changed,
+
+    /// <summary>Nothing: another alert of its device has its id, and routing this one too would mail the alert twice.</summary>
+    Duplicate,
+}
+
+/// <summary>What <see cref="ISpool.RetryRejectedAsync"/> did.</summary>
+/// <param name="Outcome">The outcome.</param>
+/// <param name="HolderRowId">For <see cref="RejectedRetryOutcome.Duplicate"/>: the alert that has the id.</param>
+public sealed record RejectedRetryResult(RejectedRetryOutcome Outcome, long? HolderRowId = null);
+
 /// <summary>What the dashboard counts.</summary>
 /// <param name="AlertsBySeverity">Alerts received since the given time, by severity (rejected ones under <c>rejected</c>).</param>
 /// <param name="MessagesByState">Mail by state: queued, deferred, failed, parked (and sent since the given time).</param>
@@ -242,6 +276,16 @@ public partial interface ISpool
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>True when it was queued and is due now.</returns>
     Task<bool> RetryNowAsync(long rowId, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Retries a rejected alert, atomically, if it is still rejected with <see cref="RejectedRetry.ExpectedReason"/>: made
+    /// <c>new</c> under its own id, code and severity (its device, payload and received time stay), unless another alert
+    /// of its device has that id; or kept rejected with the new reason.
+    /// </summary>
+    /// <param name="retry">The decision.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>What was done, after commit.</returns>
+    Task<RejectedRetryResult> RetryRejectedAsync(RejectedRetry retry, CancellationToken cancellationToken);
 
     /// <summary>The dashboard's counts.</summary>
     /// <param name="since">Alerts (and sent mail) counted from here.</param>

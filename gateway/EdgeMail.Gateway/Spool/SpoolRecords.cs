@@ -6,7 +6,10 @@ public static class AlertStatus
     /// <summary>Durable, not yet routed.</summary>
     public const string New = "new";
 
-    /// <summary>Malformed; kept with its reason, never mailed.</summary>
+    /// <summary>
+    /// Malformed, or handling it failed; kept with its reason, never mailed, unless the operator retries one whose
+    /// handling failed (<see cref="ISpool.RetryRejectedAsync"/>: back to <see cref="New"/>).
+    /// </summary>
     public const string Rejected = "rejected";
 
     /// <summary>Routed; its mail is queued.</summary>

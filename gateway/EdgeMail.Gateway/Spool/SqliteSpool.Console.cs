@@ -184,6 +184,35 @@ public sealed partial class SqliteSpool
         }, cancellationToken);
 
     /// <inheritdoc />
+    public Task<RejectedRetryResult> RetryRejectedAsync(RejectedRetry retry, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(retry);
+        return Enqueue((s, ctx) =>
+        {
+            if (s.Scalar("SELECT 1 FROM alerts WHERE rowid=$p0 AND status='rejected' AND reason=$p1", retry.RowId, retry.ExpectedReason) is null)
+            {
+                return new RejectedRetryResult(RejectedRetryOutcome.Changed);
+            }
+
+            if (retry.RejectReason is { } reason)
+            {
+                s.Exec("UPDATE alerts SET reason=$p1 WHERE rowid=$p0", retry.RowId, Truncate(reason));
+                return new RejectedRetryResult(RejectedRetryOutcome.StillRejected);
+            }
+
+            if (s.Scalar("SELECT rowid FROM alerts WHERE device=(SELECT device FROM alerts WHERE rowid=$p0) AND alert_id=$p1 AND rowid<>$p0", retry.RowId, retry.AlertId)
+                is long holder)
+            {
+                return new RejectedRetryResult(RejectedRetryOutcome.Duplicate, holder);
+            }
+
+            s.Exec("UPDATE alerts SET status='new', reason=NULL, alert_id=$p1, code=$p2, severity=$p3 WHERE rowid=$p0", retry.RowId, retry.AlertId, retry.Code, retry.Severity);
+            ctx.AlertsStored = true;
+            return new RejectedRetryResult(RejectedRetryOutcome.Retried);
+        }, cancellationToken);
+    }
+
+    /// <inheritdoc />
     public Task<DashboardCounts> DashboardAsync(DateTimeOffset since, CancellationToken cancellationToken) =>
         Read((s, _) =>
         {

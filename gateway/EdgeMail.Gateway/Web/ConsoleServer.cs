@@ -4,6 +4,7 @@ using System.Text.Encodings.Web;
 using EdgeMail.Gateway.Composition;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Devices;
+using EdgeMail.Gateway.Ingest;
 using EdgeMail.Gateway.Operations;
 using EdgeMail.Gateway.Receipts;
 using EdgeMail.Gateway.Relay;
@@ -170,6 +171,7 @@ public sealed partial class ConsoleServer : IHostedService, IAsyncDisposable
         Forward<DiskGuard>();
         Forward<RelayHealth>();
         Forward<ReceiptPublisher>();
+        Forward<AlertIngest>();
         Forward<IMailTransport>();
         Forward<MailComposer>();
         Forward<ConsoleAuth>();

@@ -119,6 +119,29 @@ public sealed class RemoteCommandTests
     }
 
     [Fact]
+    public async Task AlertsRetry_RoutesARejectedAlertWhoseHandlingFailed_AndRefusesAMalformedOneSayingWhy()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        gw.Logs.Expect(e => e.Message.StartsWith("Handling alert cli-poison from dev-1 failed", StringComparison.Ordinal));
+        string[] at = CliRun.At(gw);
+        var fault = Ingest.IngestFault.Arm(gw.Host.Services, "dev-1");
+        using var device = await gw.ConnectAsync("dev-1");
+        await Operations.ContainmentTests.PublishAsync(device, "dev-1", Alerts.Json("cli-poison"));
+        fault.Disarm();
+        await Operations.ContainmentTests.PublishAsync(device, "dev-1", Alerts.Json("cli-bad", code: "bad code"));
+        var rows = (await gw.Spool.QueryAlertsAsync(new AlertQuery("dev-1"), default)).ToDictionary(a => a.AlertId, a => a.RowId.ToString(CultureInfo.InvariantCulture));
+
+        var retried = await CliRun.RunAsync([.. at, "alerts", "retry", rows["cli-poison"]]);
+        Assert.True(retried.Code == ExitCodes.Ok, retried.ToString());
+        Assert.Contains($"Alert {rows["cli-poison"]} retried: new again as cli-poison", retried.Out, StringComparison.Ordinal);
+        await gw.MailAsync(1);
+
+        var refused = await CliRun.RunAsync([.. at, "alerts", "retry", rows["cli-bad"]]);
+        Assert.Equal(ExitCodes.Failed, refused.Code);
+        Assert.Contains("was rejected for what was sent", refused.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task GatewayDown_SaysWhatToCheck_AndExits3()
     {
         string dir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));

@@ -563,6 +563,55 @@ public abstract class SpoolContractTests : IAsyncLifetime
     }
 
     [ContractFact]
+    public async Task RejectedAlert_Retried_IsNewUnderItsOwnId_OnlyWhileStillRejectedWithTheReasonRead_AndNeverWithAnIdItsDeviceHas()
+    {
+        await using var spool = Open();
+        const string Failed = "handling failed: InvalidOperationException: x";
+        IncomingAlert Rejected(string id, string payloadId) => Alert("dev-1", payloadId) with { AlertId = id, RejectReason = Failed, Code = null, Severity = null };
+        await spool.AcceptAlertAsync(Rejected("rejected-aa", "own-1"), default);
+        await spool.AcceptAlertAsync(Rejected("rejected-bb", "taken-1"), default);
+        await spool.AcceptAlertAsync(Rejected("still-1", "still-1"), default);
+        await spool.AcceptAlertAsync(Alert("dev-1", "taken-1"), default);
+        var rows = (await spool.QueryAlertsAsync(new AlertQuery("dev-1"), default)).ToDictionary(a => a.AlertId, a => a.RowId);
+        long own = rows["rejected-aa"], taken = rows["rejected-bb"], still = rows["still-1"], holder = rows["taken-1"];
+
+        var retried = await spool.RetryRejectedAsync(new RejectedRetry(own, Failed, "own-1", "TEMP_HIGH", "critical", null), default);
+        var again = await spool.RetryRejectedAsync(new RejectedRetry(own, Failed, "own-1", "TEMP_HIGH", "critical", null), default);
+        var duplicate = await spool.RetryRejectedAsync(new RejectedRetry(taken, Failed, "taken-1", "TEMP_HIGH", "critical", null), default);
+        var invalid = await spool.RetryRejectedAsync(new RejectedRetry(still, Failed, "still-1", null, null, "code must match [A-Z0-9_.-]{1,64}"), default);
+        var stale = await spool.RetryRejectedAsync(new RejectedRetry(still, Failed, "still-1", "TEMP_HIGH", "critical", null), default);
+
+        Assert.Equal(new RejectedRetryResult(RejectedRetryOutcome.Retried), retried);
+        Assert.Equal(new RejectedRetryResult(RejectedRetryOutcome.Changed), again);
+        Assert.Equal(new RejectedRetryResult(RejectedRetryOutcome.Duplicate, holder), duplicate);
+        Assert.Equal(new RejectedRetryResult(RejectedRetryOutcome.StillRejected), invalid);
+        Assert.Equal(new RejectedRetryResult(RejectedRetryOutcome.Changed), stale);
+        var summary = (await spool.AlertJourneyAsync(own, default))!.Alert;
+        Assert.Equal(("own-1", "new", null, "TEMP_HIGH", "critical", T0), (summary.AlertId, summary.Status, summary.Reason, summary.Code, summary.Severity, summary.ReceivedAt));
+        Assert.Equal(new[] { ("own-1", own), ("taken-1", holder) }, (await spool.NewAlertsAsync(10, default)).Select(a => (a.AlertId, a.RowId)).Order());
+        Assert.Null(await spool.GetAlertAsync("dev-1", "rejected-aa", default));
+        Assert.Equal((AlertStatus.Rejected, Failed), (await spool.GetAlertAsync("dev-1", "rejected-bb", default))!.Value);
+        Assert.Equal((AlertStatus.Rejected, "code must match [A-Z0-9_.-]{1,64}"), (await spool.GetAlertAsync("dev-1", "still-1", default))!.Value);
+        Assert.Equal(AcceptOutcome.Duplicate, await spool.AcceptAlertAsync(Alert("dev-1", "own-1"), default));
+    }
+
+    [ContractFact]
+    public async Task RejectedAlert_RetriedManyTimesAtOnce_IsRetriedOnce()
+    {
+        await using var spool = Open();
+        const string Failed = "handling failed: InvalidOperationException: x";
+        await spool.AcceptAlertAsync(Alert("dev-1", "once-1") with { AlertId = "rejected-cc", RejectReason = Failed, Code = null, Severity = null }, default);
+        long row = Assert.Single(await spool.QueryAlertsAsync(new AlertQuery("dev-1"), default)).RowId;
+
+        var outcomes = await Task.WhenAll(Enumerable.Range(0, 20).Select(_ =>
+            spool.RetryRejectedAsync(new RejectedRetry(row, Failed, "once-1", "TEMP_HIGH", "critical", null), default)));
+
+        Assert.Equal(1, outcomes.Count(o => o.Outcome == RejectedRetryOutcome.Retried));
+        Assert.Equal(19, outcomes.Count(o => o.Outcome == RejectedRetryOutcome.Changed));
+        Assert.Equal("once-1", Assert.Single(await spool.NewAlertsAsync(10, default)).AlertId);
+    }
+
+    [ContractFact]
     public async Task ParkedMessage_ReleasedIsDueNow_CancelledFailsItsRecipients()
     {
         await using var spool = Open();

@@ -65,6 +65,7 @@ public sealed class ConsoleSecurityTests
         // The check saw the routes that matter (a broken enumeration must not pass vacuously).
         Assert.Contains("GET /api/v1/devices", checkedRoutes);
         Assert.Contains("POST /api/v1/devices/{id}/disable", checkedRoutes);
+        Assert.Contains("POST /api/v1/alerts/{rowId:long}/retry", checkedRoutes);
         Assert.Contains("GET /api/v1/openapi.json", checkedRoutes);
         Assert.Contains("GET /", checkedRoutes);
         Assert.Contains("GET /metrics", checkedRoutes);

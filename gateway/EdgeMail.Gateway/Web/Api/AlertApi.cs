@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using EdgeMail.Gateway.Ingest;
 using EdgeMail.Gateway.Receipts;
 using EdgeMail.Gateway.Spool;
 using Microsoft.AspNetCore.Builder;
@@ -55,12 +56,18 @@ public sealed record MessageView(MessageSummary Summary, string Subject, string 
 /// <param name="Reason">For the record.</param>
 public sealed record CancelRequest(string? Reason);
 
+/// <summary>A rejected alert retried: new again, to be routed.</summary>
+/// <param name="RowId">The alert.</param>
+/// <param name="AlertId">Its id now: the payload's own (it may have been kept under its digest).</param>
+/// <param name="Message">What happened.</param>
+public sealed record RetriedAlert(long RowId, string AlertId, string Message);
+
 /// <summary>A refused payload as the operator sees it.</summary>
 /// <param name="Alert">The alert row (reason included).</param>
 /// <param name="Payload">The first 1 KiB of what the device sent, as text.</param>
 public sealed record RejectedView(AlertSummary Alert, string Payload);
 
-/// <summary>Alerts: filtered lists, one alert's journey, release and cancel of parked ones, rejected payloads.</summary>
+/// <summary>Alerts: filtered lists, one alert's journey, release and cancel of parked ones, retry of rejected ones, rejected payloads.</summary>
 public static class AlertApi
 {
     /// <summary>Maps the routes.</summary>
@@ -85,6 +92,20 @@ public static class AlertApi
         api.MapPost("/alerts/{rowId:long}/release", async (long rowId, ConsoleContext c, CancellationToken ct) =>
             await c.Spool.ReleaseAsync(ParkedKinds.Alert, rowId, ct).ConfigureAwait(false) ? Results.NoContent() : Results.Conflict(new ApiError($"alert {rowId} is not parked")))
             .WithSummary("Releases a parked alert: it is routed again");
+        api.MapPost("/alerts/{rowId:long}/retry", async (long rowId, AlertIngest ingest, CancellationToken ct) =>
+        {
+            var report = await ingest.RetryRejectedAsync(rowId, ct).ConfigureAwait(false);
+            return report.Verdict switch
+            {
+                RetryVerdict.Retried => Results.Ok(new RetriedAlert(rowId, report.AlertId!, report.Message)),
+                RetryVerdict.NotFound => Results.NotFound(new ApiError(report.Message)),
+                RetryVerdict.StillRejected => Results.UnprocessableEntity(new ApiError(report.Message)),
+                _ => Results.Conflict(new ApiError(report.Message)),
+            };
+        }).WithSummary("Retries a rejected alert whose handling failed (reason 'handling failed: ...'), once the fault is fixed: its payload is parsed again; "
+            + "valid now, the alert is new again under the payload's own id and routed, and the device gets an 'accepted' receipt")
+            .WithDescription("409: not rejected, rejected for its payload (it would be again), its payload was cut when kept, or another alert of the device has its id. "
+                + "422: parsed again and still invalid; it stays rejected with the new reason.");
         api.MapPost("/alerts/{rowId:long}/cancel", async (long rowId, CancelRequest? request, ConsoleContext c, ReceiptPublisher receipts, CancellationToken ct) =>
             await CancelAsync(ParkedKinds.Alert, rowId, request, c, receipts, ct).ConfigureAwait(false)
                 ? Results.NoContent()

@@ -13,7 +13,18 @@ EM.start(async (main) => {
     cancelled: 'Cancelled by the operator.',
   };
 
+  // Only a rejection the gateway caused can come out differently the second time; a malformed payload stays malformed.
+  const retryable = (a) => a.status === 'rejected' && (a.reason || '').startsWith('handling failed: ');
+
   function alertActions(a) {
+    if (retryable(a)) {
+      const b = h('button', { type: 'button', 'data-action': 'retry' }, 'Retry');
+      b.addEventListener('click', () => EM.act(b, () => api(`/alerts/${a.rowId}/retry`, { method: 'POST' }), async (r) => {
+        EM.notice(`Retried: new again as ${r.alertId}, to be routed and mailed.`);
+        await load();
+      }));
+      return h('div', { class: 'actions' }, b);
+    }
     if (a.status !== 'parked') return null;
     const button = (label, verb, cls) => {
       const b = h('button', { type: 'button', class: cls, 'data-action': verb }, label);
@@ -67,6 +78,7 @@ EM.start(async (main) => {
     return step('routing', 'Routing',
       j.route ? h('p', { class: 'route' }, j.route) : null,
       ROUTING[a.status] && !(a.status === 'new' && j.route) ? h('p', { class: 'muted' }, ROUTING[a.status]) : null,
+      retryable(a) ? h('p', { class: 'muted' }, 'Handling it failed in the gateway, not in the payload. Once the fault is fixed, retry it: its payload is parsed again and, valid, it is routed and mailed.') : null,
       j.digestMessageId ? h('p', null, 'A repeat: it went out in the digest ', h('code', null, j.digestMessageId), '.') : null,
       a.status === 'held' ? h('p', { class: 'muted' }, 'Held by storm control: it will go out in a digest when the window closes.') : null,
       alertActions(a));
