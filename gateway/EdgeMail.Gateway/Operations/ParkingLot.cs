@@ -85,6 +85,20 @@ public sealed partial class ParkingLot
         }
     }
 
+    /// <summary>
+    /// Reports mail a device submitted over SMTP that was quarantined (its handling failed; logged by the handler, with
+    /// the fault): counted as parked at stage <c>submit</c>, and the operator told. A device that submits mail has no
+    /// receipt topic.
+    /// </summary>
+    /// <param name="device">Its device.</param>
+    /// <param name="messageId">Its key in the spool.</param>
+    /// <param name="reason">Why.</param>
+    public void MailQuarantined(string device, string messageId, string reason)
+    {
+        _metrics.Parked.Add(1, new KeyValuePair<string, object?>("stage", "submit"));
+        _notices.Report($"mail from {device} quarantined", $"mail <{messageId}> from {device} quarantined: {reason}");
+    }
+
     /// <summary>Tells a device its alert failed.</summary>
     /// <param name="device">Device.</param>
     /// <param name="alertId">Alert id.</param>

@@ -142,6 +142,10 @@ internal static class PostgresSchema
         ALTER TABLE storm ADD COLUMN hold_clears BOOLEAN NOT NULL DEFAULT FALSE;
         ALTER TABLE alerts ADD COLUMN state TEXT;
         """,
+        // 6: held SMTP submissions' session facts (SQLite version 12).
+        """
+        ALTER TABLE messages ADD COLUMN submission TEXT;
+        """,
     ];
 
     /// <summary>The version this build writes.</summary>

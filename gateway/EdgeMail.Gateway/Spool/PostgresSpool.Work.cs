@@ -639,9 +639,9 @@ public sealed partial class PostgresSpool
                 ParkedKinds.Alert => await ExecAsync(c, tx, cancellationToken,
                     "UPDATE alerts SET status='new', reason=NULL, parked_at=NULL, claimed_by=NULL, claim_until=NULL WHERE rowid=$1 AND status='parked'", rowId).ConfigureAwait(false),
                 ParkedKinds.Message => await ExecAsync(c, tx, cancellationToken,
-                    """
+                    $"""
                     UPDATE messages SET status='queued', reason=NULL, parked_at=NULL, next_attempt_at=$2, expires_at=GREATEST(expires_at, $3), claimed_by=NULL, claim_until=NULL
-                    WHERE rowid=$1 AND status='parked'
+                    WHERE rowid=$1 AND status='parked' AND kind<>'{QuarantinedMail.Kind}'
                     """, rowId, ctx.NowMs, ctx.NowMs + (long)ctx.MaxAge.TotalMilliseconds).ConfigureAwait(false),
                 _ => throw new ArgumentException($"kind must be '{ParkedKinds.Alert}' or '{ParkedKinds.Message}', not '{kind}'", nameof(kind)),
             };

@@ -822,7 +822,7 @@ public sealed partial class SqliteSpool : ISpool
             {
                 ParkedKinds.Alert => s.Exec("UPDATE alerts SET status='new', reason=NULL, parked_at=NULL WHERE rowid=$p0 AND status='parked'", rowId),
                 ParkedKinds.Message => s.Exec(
-                    "UPDATE messages SET status='queued', reason=NULL, parked_at=NULL, next_attempt_at=$p1, expires_at=MAX(expires_at, $p2) WHERE rowid=$p0 AND status='parked'",
+                    $"UPDATE messages SET status='queued', reason=NULL, parked_at=NULL, next_attempt_at=$p1, expires_at=MAX(expires_at, $p2) WHERE rowid=$p0 AND status='parked' AND kind<>'{QuarantinedMail.Kind}'",
                     rowId, now, now + (long)ctx.MaxAge.TotalMilliseconds),
                 _ => throw new ArgumentException($"kind must be '{ParkedKinds.Alert}' or '{ParkedKinds.Message}', not '{kind}'", nameof(kind)),
             };

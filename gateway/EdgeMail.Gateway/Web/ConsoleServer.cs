@@ -176,6 +176,7 @@ public sealed partial class ConsoleServer : IHostedService, IAsyncDisposable
         Forward<MailComposer>();
         Forward<ConsoleAuth>();
         Forward<IngestPressure>();
+        Forward<Ingest.Smtp.SubmissionHandler>();
         Forward<DevicePresence>();
         Forward<FreeSpaceProbe>();
         Forward<SilenceWatch>();

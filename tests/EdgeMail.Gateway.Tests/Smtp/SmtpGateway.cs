@@ -14,7 +14,7 @@ public static class SmtpGateway
     public static readonly IPAddress AllowListed = IPAddress.Parse("127.0.0.2");
 
     public static Task<TestGateway> StartAsync(Action<Dictionary<string, object>>? tweakSmtp = null, Action<Dictionary<string, object>>? tweak = null,
-        Action<IServiceCollection>? services = null) =>
+        Action<IServiceCollection>? services = null, string? dataDir = null) =>
         TestGateway.StartAsync(config =>
         {
             var smtp = new Dictionary<string, object>
@@ -32,7 +32,7 @@ public static class SmtpGateway
             tweakSmtp?.Invoke(smtp);
             config["Smtp"] = smtp;
             tweak?.Invoke(config);
-        }, services);
+        }, services, dataDir: dataDir);
 
     public static SmtpIngest Smtp(this TestGateway gw) => gw.Host.Services.GetRequiredService<SmtpIngest>();
 

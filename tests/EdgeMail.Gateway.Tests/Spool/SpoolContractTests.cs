@@ -635,6 +635,74 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Equal(["m-1@gw.test"], (await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default)).Select(m => m.MessageId));
     }
 
+    // A device's mail as SMTP handed it over, with what its handling needs; NUL and 8-bit bytes kept.
+    private static QuarantinedMail Quarantined(string messageId) =>
+        new(messageId, "dev-1", "ups@lan.test", ["alarms@gw.test", "postmaster@gw.test"], "127.0.0.1:40112", true, false, "0123456789ab", T0,
+            [.. "From: <ups@lan.test>\r\nSubject: x\r\n\r\nbody \0 \u00e9"u8, 0xff]);
+
+    [ContractFact]
+    public async Task QuarantinedMail_IsListedParked_KeptWhole_NeverQueuedAsItCame_AndSettledOnceWithItsRelayedMail()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var spool = Open(clock);
+        var kept = Quarantined("q-1.quarantined@gw.test");
+
+        long row = await spool.QuarantineAsync(kept, "handling failed: X: y", default);
+
+        var parked = Assert.Single(await spool.ParkedAsync(10, default));
+        Assert.Equal((ParkedKinds.Message, row, "dev-1", kept.MessageId, T0, "handling failed: X: y"), (parked.Kind, parked.RowId, parked.Device, parked.Reference, parked.ParkedAt, parked.Reason));
+        var read = (await spool.QuarantinedAsync(row, default))!;
+        Assert.Equal(kept.Raw, read.Raw);
+        Assert.Equal(kept.Recipients, read.Recipients);
+        Assert.Equal(kept with { Raw = read.Raw, Recipients = read.Recipients }, read);
+        Assert.False(await spool.ReleaseAsync(ParkedKinds.Message, row, default)); // only handling it again ends it
+        Assert.Empty(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
+
+        clock.Advance(TimeSpan.FromMinutes(1));
+        Assert.True(await spool.QuarantineAgainAsync(row, "handling failed: X: again", default));
+        Assert.Equal(("handling failed: X: again", T0.AddMinutes(1)), (Assert.Single(await spool.ParkedAsync(10, default)).Reason, Assert.Single(await spool.ParkedAsync(10, default)).ParkedAt));
+
+        Assert.True(await spool.SettleQuarantinedAsync(row, Mail("r-1.relay@gw.test", "relay"), default));
+        Assert.False(await spool.SettleQuarantinedAsync(row, Mail("r-2.relay@gw.test", "relay"), default));
+        Assert.False(await spool.QuarantineAgainAsync(row, "too late", default));
+
+        Assert.Null(await spool.QuarantinedAsync(row, default));
+        Assert.Empty(await spool.ParkedAsync(10, default));
+        Assert.Null(await spool.GetMessageAsync(kept.MessageId, default));
+        Assert.Null(await spool.GetMessageAsync("r-2.relay@gw.test", default));
+        Assert.Equal(["r-1.relay@gw.test"], (await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default)).Select(m => m.MessageId));
+    }
+
+    [ContractFact]
+    public async Task QuarantinedMail_SettledWithoutMailOrWithMailAlreadyQueued_EndsTheQuarantineAndQueuesNothingNew()
+    {
+        await using var spool = Open();
+        await spool.QueueMailAsync(Mail("r-1.relay@gw.test", "relay"), default);
+        long first = await spool.QuarantineAsync(Quarantined("q-1.quarantined@gw.test"), "handling failed: X: y", default);
+        long second = await spool.QuarantineAsync(Quarantined("q-2.quarantined@gw.test"), "handling failed: X: y", default);
+
+        Assert.True(await spool.SettleQuarantinedAsync(first, Mail("r-1.relay@gw.test", "relay"), default)); // the same mail submitted before
+        Assert.True(await spool.SettleQuarantinedAsync(second, null, default)); // its alert parts were stored by the alert ingest
+
+        Assert.Empty(await spool.ParkedAsync(10, default));
+        Assert.Equal(1, (await spool.CountsAsync(default)).Messages.Values.Sum());
+    }
+
+    [ContractFact]
+    public async Task QuarantinedMail_Cancelled_IsKeptForTheRecordAndCannotBeSettled()
+    {
+        await using var spool = Open();
+        long row = await spool.QuarantineAsync(Quarantined("q-1.quarantined@gw.test"), "handling failed: X: y", default);
+
+        Assert.True((await spool.CancelAsync(ParkedKinds.Message, row, "a test mail", 100, default)).Cancelled);
+
+        Assert.Null(await spool.QuarantinedAsync(row, default));
+        Assert.False(await spool.SettleQuarantinedAsync(row, Mail("r-1.relay@gw.test", "relay"), default));
+        Assert.Equal(("cancelled", "a test mail"), ((await spool.GetMessageAsync("q-1.quarantined@gw.test", default))!.Status, (await spool.GetMessageAsync("q-1.quarantined@gw.test", default))!.Reason));
+        Assert.Null(await spool.GetMessageAsync("r-1.relay@gw.test", default));
+        Assert.Empty(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
+    }
+
     [ContractFact]
     public async Task DeliveryResult_ArrivingAfterACancel_ThatDeliveredNothing_LeavesTheCancel_WithTheAttemptOnRecord()
     {

@@ -9,8 +9,10 @@ namespace EdgeMail.Gateway.Ingest.Smtp;
 
 /// <summary>
 /// SmtpServer's message store: hands the DATA to <see cref="SubmissionHandler"/> and turns the outcome into the
-/// reply. <c>250</c> only after the spool committed; anything that goes wrong is answered <c>451</c> — never
-/// an exception, which SmtpServer would turn into a permanent <c>554</c> and the device would drop its mail.
+/// reply. <c>250</c> only after the spool committed (a message whose handling failed is quarantined by the handler,
+/// and taken once that is committed); anything else that goes wrong — the spool, the gateway stopping, quarantining
+/// that fails — is answered <c>451</c>, never an exception, which SmtpServer would turn into a permanent <c>554</c>
+/// and the device would drop its mail.
 /// </summary>
 public sealed partial class SubmissionStore : IMessageStore
 {

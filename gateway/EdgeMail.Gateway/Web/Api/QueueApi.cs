@@ -1,3 +1,4 @@
+using EdgeMail.Gateway.Ingest.Smtp;
 using EdgeMail.Gateway.Receipts;
 using EdgeMail.Gateway.Spool;
 using Microsoft.AspNetCore.Builder;
@@ -22,18 +23,18 @@ public static class QueueApi
                 ? Results.Ok(MessageView.From(detail))
                 : Results.NotFound(new ApiError($"no mail {rowId}")))
             .WithSummary("One mail: recipients and every attempt with the remote reply");
-        api.MapPost("/queue/{rowId:long}/retry", async (long rowId, ConsoleContext c, CancellationToken ct) =>
+        api.MapPost("/queue/{rowId:long}/retry", async (long rowId, ConsoleContext c, SubmissionHandler smtp, CancellationToken ct) =>
         {
-            if (await c.Spool.RetryNowAsync(rowId, ct).ConfigureAwait(false) || await c.Spool.ReleaseAsync(ParkedKinds.Message, rowId, ct).ConfigureAwait(false))
+            if (await c.Spool.RetryNowAsync(rowId, ct).ConfigureAwait(false))
             {
                 return Results.NoContent();
             }
 
-            return Results.Conflict(new ApiError($"mail {rowId} is neither queued nor parked"));
+            return await ReleaseAsync(rowId, c, smtp, ct).ConfigureAwait(false) ?? Results.Conflict(new ApiError($"mail {rowId} is neither queued nor parked"));
         }).WithSummary("Tries a deferred (or parked) mail again now");
-        api.MapPost("/queue/{rowId:long}/release", async (long rowId, ConsoleContext c, CancellationToken ct) =>
-            await c.Spool.ReleaseAsync(ParkedKinds.Message, rowId, ct).ConfigureAwait(false) ? Results.NoContent() : Results.Conflict(new ApiError($"mail {rowId} is not parked")))
-            .WithSummary("Releases a parked mail: queued again, due now");
+        api.MapPost("/queue/{rowId:long}/release", async (long rowId, ConsoleContext c, SubmissionHandler smtp, CancellationToken ct) =>
+            await ReleaseAsync(rowId, c, smtp, ct).ConfigureAwait(false) ?? Results.Conflict(new ApiError($"mail {rowId} is not parked")))
+            .WithSummary("Releases a parked mail: queued again, due now; quarantined device mail is handled again (rewritten and checked as new mail)");
         api.MapPost("/queue/{rowId:long}/cancel", async (long rowId, CancelRequest? request, ConsoleContext c, ReceiptPublisher receipts, CancellationToken ct) =>
             await AlertApi.CancelAsync(ParkedKinds.Message, rowId, request, c, receipts, ct).ConfigureAwait(false)
                 ? Results.NoContent()
@@ -55,6 +56,19 @@ public static class QueueApi
                 ? MailRendering.Html(detail.Mime)
                 : Results.NotFound(new ApiError($"no mail {rowId}")))
             .WithSummary("The mail's HTML part, sandboxed (no scripts, no remote content)");
+    }
+
+    // Quarantined device mail is released by handling it again, never by queueing the data as it came (the spool's
+    // ReleaseAsync leaves it alone); any other parked mail is queued again. Null when the row is not parked.
+    private static async Task<IResult?> ReleaseAsync(long rowId, ConsoleContext c, SubmissionHandler smtp, CancellationToken ct)
+    {
+        var quarantined = await smtp.ReleaseQuarantinedAsync(rowId, ct).ConfigureAwait(false);
+        return quarantined.Outcome switch
+        {
+            QuarantineReleaseOutcome.Released => Results.NoContent(),
+            QuarantineReleaseOutcome.StillQuarantined => Results.Conflict(new ApiError($"mail {rowId} stays quarantined: {quarantined.Detail}")),
+            _ => await c.Spool.ReleaseAsync(ParkedKinds.Message, rowId, ct).ConfigureAwait(false) ? Results.NoContent() : null,
+        };
     }
 }
 
