@@ -161,18 +161,23 @@ public static class Alerts
         });
 }
 
-/// <summary>Waiting for spool state without sleeping: the condition is re-checked after each commit.</summary>
+/// <summary>Waiting for spool state without sleeping: the condition is re-checked after each commit (SQLite or PostgreSQL).</summary>
 internal static class SpoolWait
 {
     public static async Task UntilAsync(ISpool spool, Func<Task<bool>> condition, string what, TimeSpan? timeout = null)
     {
-        var sqlite = (SqliteSpool)spool;
+        var committer = spool switch
+        {
+            SqliteSpool sqlite => (Add: (Action<Action>)(a => sqlite.Committed += a), Remove: (Action<Action>)(a => sqlite.Committed -= a)),
+            PostgresSpool postgres => (Add: (Action<Action>)(a => postgres.Committed += a), Remove: (Action<Action>)(a => postgres.Committed -= a)),
+            _ => throw new ArgumentException($"{spool.GetType().Name} raises no commit event to wait on", nameof(spool)),
+        };
         var deadline = TimeProvider.System.GetUtcNow() + (timeout ?? Await.DefaultTimeout);
         while (true)
         {
             var committed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             Action wake = () => committed.TrySetResult();
-            sqlite.Committed += wake;
+            committer.Add(wake);
             try
             {
                 if (await condition())
@@ -197,7 +202,7 @@ internal static class SpoolWait
             }
             finally
             {
-                sqlite.Committed -= wake;
+                committer.Remove(wake);
             }
         }
     }

@@ -15,7 +15,8 @@ namespace EdgeMail.Gateway.Relay;
 /// Delivers queued mail: takes due messages from the spool, hands each to the transport (up to
 /// <c>Relay:Concurrency</c> at once), records every recipient's result, retries transient failures on the
 /// backoff schedule, and turns permanent failures and expiry into a failure notice to the operator and a
-/// <c>failed</c> receipt. A <c>relayed</c> receipt carries the remote reply. Every attempt's outcome is observed: a
+/// <c>failed</c> receipt. A <c>relayed</c> receipt carries the remote reply. A storm digest's receipts go to each alert
+/// it covers. Every attempt's outcome is observed: a
 /// transport that throws is a transient failure on the same backoff schedule; a message whose result cannot be
 /// recorded or whose notice cannot be written is parked with the reason, and the others keep going.
 /// </summary>
@@ -311,17 +312,25 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         }
 
         // A final receipt is kept with the result, in the same transaction: the device gets it even if it is away now
-        // and the gateway restarts before it comes back (the broker's sessions live in memory).
+        // and the gateway restarts before it comes back (the broker's sessions live in memory). A digest owes the same
+        // receipt to each alert it covers, which only the spool can name.
+        var (state, detail) = failed.Count > 0 ? (ReceiptState.Failed, failed[0].Reply)
+            : !deferred ? (ReceiptState.Relayed, final.Count > 0 ? final[^1].Reply : string.Empty)
+            : (ReceiptState.Deferred, final.First(r => r.Outcome == RecipientOutcome.Deferred).Reply);
         KeptReceipt? kept = null;
-        if (message is { Kind: "alert", Device: { } keptDevice, AlertId: { } keptAlert } && (failed.Count > 0 || !deferred))
+        DigestReceipt? owed = null;
+        if (message is { Kind: "alert", Device: { } keptDevice, AlertId: { } keptAlert } && state != ReceiptState.Deferred)
         {
-            kept = failed.Count > 0
-                ? new KeptReceipt(keptDevice, keptAlert, ReceiptState.Failed, now, failed[0].Reply)
-                : new KeptReceipt(keptDevice, keptAlert, ReceiptState.Relayed, now, final.Count > 0 ? final[^1].Reply : string.Empty);
+            kept = new KeptReceipt(keptDevice, keptAlert, state, now, detail);
+        }
+        else if (message is { Kind: "digest", Device: not null })
+        {
+            owed = new DigestReceipt(state, now, detail);
         }
 
-        var recorded = await _spool.CommitDeliveryAsync(new DeliveryCommit(message.RowId, final, next, notice, kept, _receipts.MaxPerDevice), cancellationToken)
+        var committed = await _spool.CommitDeliveryAsync(new DeliveryCommit(message.RowId, final, next, notice, kept, _receipts.MaxPerDevice, owed), cancellationToken)
             .ConfigureAwait(false);
+        var recorded = committed.Recorded;
         foreach (var r in final)
         {
             _metrics.MailRecipients.Add(1, new KeyValuePair<string, object?>("outcome", r.Outcome));
@@ -356,11 +365,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         if (recorded == DeliveryRecorded.CancelTooLate)
         {
             LogCancelTooLate(message.MessageId, reply);
-            if (kept is not null)
-            {
-                await _receipts.PublishKeptAsync(kept, cancellationToken).ConfigureAwait(false);
-            }
-
+            await PublishReceiptsAsync(kept, committed.DigestReceipts, cancellationToken).ConfigureAwait(false);
             return;
         }
 
@@ -377,13 +382,32 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             LogDelivered(message.MessageId, reply);
         }
 
+        if (state == ReceiptState.Deferred && message is { Kind: "alert", Device: { } device, AlertId: { } alertId })
+        {
+            await _receipts.PublishAsync(device, alertId, ReceiptState.Deferred, detail, cancellationToken).ConfigureAwait(false);
+        }
+
+        await PublishReceiptsAsync(kept, committed.DigestReceipts, cancellationToken).ConfigureAwait(false);
+    }
+
+    // The final ones are kept already (committed with the result); a digest's deferred ones are courtesies.
+    private async Task PublishReceiptsAsync(KeptReceipt? kept, IReadOnlyList<KeptReceipt> digestReceipts, CancellationToken cancellationToken)
+    {
         if (kept is not null)
         {
             await _receipts.PublishKeptAsync(kept, cancellationToken).ConfigureAwait(false);
         }
-        else if (message.Kind == "alert" && message.Device is not null && message.AlertId is not null)
+
+        foreach (var receipt in digestReceipts)
         {
-            await _receipts.PublishAsync(message.Device, message.AlertId, ReceiptState.Deferred, final.First(r => r.Outcome == RecipientOutcome.Deferred).Reply, cancellationToken).ConfigureAwait(false);
+            if (receipt.State == ReceiptState.Deferred)
+            {
+                await _receipts.PublishAsync(receipt.Device, receipt.AlertId, receipt.State, receipt.Detail, cancellationToken).ConfigureAwait(false);
+            }
+            else
+            {
+                await _receipts.PublishKeptAsync(receipt, cancellationToken).ConfigureAwait(false);
+            }
         }
     }
 

@@ -146,6 +146,10 @@ internal static class PostgresSchema
         """
         ALTER TABLE messages ADD COLUMN submission TEXT;
         """,
+        // 7: the alerts a digest covers, newest first (SQLite version 13).
+        """
+        CREATE INDEX alerts_digest ON alerts(digest_message, rowid) WHERE digest_message IS NOT NULL;
+        """,
     ];
 
     /// <summary>The version this build writes.</summary>

@@ -470,19 +470,20 @@ public sealed partial class PostgresSpool
 
     /// <summary>Records an attempt's results, only while this instance still holds the message's claim.</summary>
     /// <inheritdoc />
-    public Task<DeliveryRecorded> CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken)
+    public Task<DeliveryCommitted> CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(commit);
         return WriteAsync(async (c, tx, ctx) =>
         {
-            var rows = await ListAsync(c, tx, cancellationToken, r => (Attempts: r.GetInt32(0), Status: r.GetString(1), Holder: Str(r, 2)),
-                "SELECT attempts, status, claimed_by FROM messages WHERE rowid=$1 FOR UPDATE", commit.RowId).ConfigureAwait(false);
+            var rows = await ListAsync(c, tx, cancellationToken,
+                r => (Attempts: r.GetInt32(0), Status: r.GetString(1), Holder: Str(r, 2), Kind: r.GetString(3), Device: Str(r, 4), MessageId: r.GetString(5)),
+                "SELECT attempts, status, claimed_by, kind, device, message_id FROM messages WHERE rowid=$1 FOR UPDATE", commit.RowId).ConfigureAwait(false);
             if (rows.Count == 0)
             {
-                return DeliveryRecorded.Ignored;
+                return DeliveryCommitted.Of(DeliveryRecorded.Ignored);
             }
 
-            var (attempts, current, holder) = rows[0];
+            var (attempts, current, holder, kind, device, messageId) = rows[0];
             if (current == MessageStatus.Cancelled)
             {
                 return await RecordAfterCancelAsync(c, tx, ctx, commit, attempts, cancellationToken).ConfigureAwait(false);
@@ -490,7 +491,7 @@ public sealed partial class PostgresSpool
 
             if (current != MessageStatus.Queued || holder != _owner)
             {
-                return DeliveryRecorded.Ignored; // taken over after the lease ran out: the other instance records its own attempt
+                return DeliveryCommitted.Of(DeliveryRecorded.Ignored); // taken over after the lease ran out: the other instance records its own attempt
             }
 
             await InsertAttemptAsync(c, tx, ctx, commit, attempts, cancellationToken).ConfigureAwait(false);
@@ -525,8 +526,33 @@ public sealed partial class PostgresSpool
                 await KeepAsync(c, tx, commit.Receipt, commit.ReceiptsPerDevice, ctx.NowMs, cancellationToken).ConfigureAwait(false);
             }
 
-            return DeliveryRecorded.Recorded;
+            return new DeliveryCommitted(DeliveryRecorded.Recorded,
+                await GiveDigestReceiptsAsync(c, tx, ctx, commit, kind, device, messageId, cancellationToken).ConfigureAwait(false));
         }, cancellationToken);
+    }
+
+    // Looked up only for a digest's result: a single alert's mail pays nothing for it.
+    private static async Task<IReadOnlyList<KeptReceipt>> GiveDigestReceiptsAsync(NpgsqlConnection c, NpgsqlTransaction tx, WriteContext ctx, DeliveryCommit commit,
+        string kind, string? device, string messageId, CancellationToken ct)
+    {
+        if (commit.DigestReceipt is not { } owed || kind != "digest" || device is null)
+        {
+            return [];
+        }
+
+        var receipts = new List<KeptReceipt>();
+        foreach (string alertId in await AlertsOfAsync(c, tx, kind, device, null, messageId, commit.ReceiptsPerDevice, ct).ConfigureAwait(false))
+        {
+            var receipt = owed.For(device, alertId);
+            if (owed.IsFinal)
+            {
+                await KeepAsync(c, tx, receipt, commit.ReceiptsPerDevice, ctx.NowMs, ct).ConfigureAwait(false);
+            }
+
+            receipts.Add(receipt);
+        }
+
+        return receipts;
     }
 
     private static Task InsertAttemptAsync(NpgsqlConnection c, NpgsqlTransaction tx, WriteContext ctx, DeliveryCommit commit, int attempts, CancellationToken ct) =>
@@ -536,7 +562,7 @@ public sealed partial class PostgresSpool
 
     // The operator cancelled the message while this attempt was under way (the cancel also ended the claim). The attempt
     // happened and stays on record; whether the cancel stands depends on whether the attempt had already delivered the mail.
-    private static async Task<DeliveryRecorded> RecordAfterCancelAsync(NpgsqlConnection c, NpgsqlTransaction tx, WriteContext ctx, DeliveryCommit commit, int attempts,
+    private static async Task<DeliveryCommitted> RecordAfterCancelAsync(NpgsqlConnection c, NpgsqlTransaction tx, WriteContext ctx, DeliveryCommit commit, int attempts,
         CancellationToken ct)
     {
         await InsertAttemptAsync(c, tx, ctx, commit, attempts, ct).ConfigureAwait(false);
@@ -546,7 +572,7 @@ public sealed partial class PostgresSpool
         {
             // The cancel's failed receipt, kept with it, stands.
             await ExecAsync(c, tx, ct, "UPDATE messages SET attempts=attempts+1, last_reply=COALESCE($1, last_reply) WHERE rowid=$2", lastReply, commit.RowId).ConfigureAwait(false);
-            return DeliveryRecorded.CancelStood;
+            return DeliveryCommitted.Of(DeliveryRecorded.CancelStood);
         }
 
         await ExecAsync(c, tx, ct,
@@ -563,7 +589,7 @@ public sealed partial class PostgresSpool
             """, lastReply, SpoolReasons.CancelTooLate, commit.RowId).ConfigureAwait(false))[0];
         if (status == MessageStatus.Partial)
         {
-            return DeliveryRecorded.CancelTooLateForSome;
+            return DeliveryCommitted.Of(DeliveryRecorded.CancelTooLateForSome);
         }
 
         // Everyone has the mail after all: the failed receipts the cancel owed are withdrawn (the device may have one
@@ -579,7 +605,7 @@ public sealed partial class PostgresSpool
             await KeepAsync(c, tx, commit.Receipt, commit.ReceiptsPerDevice, ctx.NowMs, ct).ConfigureAwait(false);
         }
 
-        return DeliveryRecorded.CancelTooLate;
+        return new DeliveryCommitted(DeliveryRecorded.CancelTooLate, await GiveDigestReceiptsAsync(c, tx, ctx, commit, kind, device, messageId, ct).ConfigureAwait(false));
     }
 
     /// <inheritdoc />

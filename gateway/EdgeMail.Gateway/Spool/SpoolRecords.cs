@@ -282,8 +282,48 @@ public sealed record PruneResult(long Messages, long Alerts, long FreedPages);
 /// <param name="Notice">A failure notice to queue in the same transaction, if any.</param>
 /// <param name="Receipt">A final receipt to keep in the same transaction (as <see cref="ISpool.KeepReceiptAsync"/>), if any.</param>
 /// <param name="ReceiptsPerDevice">Most receipts kept per device.</param>
+/// <param name="DigestReceipt">
+/// Of a digest: the receipt this result owes each alert the digest covers (<see cref="DeliveryCommitted.DigestReceipts"/>).
+/// </param>
 public sealed record DeliveryCommit(long RowId, IReadOnlyList<RecipientResult> Results, DateTimeOffset? NextAttemptAt, NewMessage? Notice,
-    KeptReceipt? Receipt = null, int ReceiptsPerDevice = 100);
+    KeptReceipt? Receipt = null, int ReceiptsPerDevice = 100, DigestReceipt? DigestReceipt = null);
+
+/// <summary>
+/// The receipt a digest's delivery result owes each alert the digest covers: the one a single alert's mail would get for
+/// the same result. The spool finds those alerts (<c>alerts.digest_message</c>), the newest
+/// <see cref="DeliveryCommit.ReceiptsPerDevice"/> of them, as an operator's cancel does.
+/// </summary>
+/// <param name="State"><c>relayed</c> or <c>failed</c>, kept with the result as <see cref="DeliveryCommit.Receipt"/> is; or
+/// <c>deferred</c>, a courtesy, not kept.</param>
+/// <param name="At">When the outcome happened.</param>
+/// <param name="Detail">The remote reply or reason.</param>
+public sealed record DigestReceipt(string State, DateTimeOffset At, string Detail)
+{
+    /// <summary>Whether it is a final receipt, which the spool keeps until the device has it.</summary>
+    public bool IsFinal => State is "relayed" or "failed";
+
+    /// <summary>This receipt for one of the digest's alerts.</summary>
+    /// <param name="device">The digest's device.</param>
+    /// <param name="alertId">The alert.</param>
+    /// <returns>The receipt.</returns>
+    public KeptReceipt For(string device, string alertId) => new(device, alertId, State, At, Detail);
+}
+
+/// <summary>What recording a delivery attempt's result came to (<see cref="ISpool.CommitDeliveryAsync"/>).</summary>
+/// <param name="Recorded">What was recorded.</param>
+/// <param name="DigestReceipts">
+/// The <see cref="DeliveryCommit.DigestReceipt"/> for each alert the digest covers (the newest
+/// <see cref="DeliveryCommit.ReceiptsPerDevice"/>, oldest first), to be published: a final one was kept with the result
+/// (where the alert came over MQTT). Empty when none was owed, or when the outcome was not this result's to give (a cancel's
+/// receipts stand).
+/// </param>
+public sealed record DeliveryCommitted(DeliveryRecorded Recorded, IReadOnlyList<KeptReceipt> DigestReceipts)
+{
+    /// <summary>The answer when no digest receipt is owed.</summary>
+    /// <param name="recorded">What was recorded.</param>
+    /// <returns>The answer.</returns>
+    public static DeliveryCommitted Of(DeliveryRecorded recorded) => new(recorded, []);
+}
 
 /// <summary>What recording a delivery attempt's result came to.</summary>
 public enum DeliveryRecorded
@@ -300,7 +340,8 @@ public enum DeliveryRecorded
     /// <summary>
     /// The operator cancelled the message while the attempt was under way, too late: the attempt delivered it to every
     /// recipient still without it. They are recorded sent, the message <c>sent</c> with the cancel noted in its reason,
-    /// the attempt's receipt kept, and the <c>failed</c> receipts the cancel had owed withdrawn: nobody went without the mail.
+    /// the attempt's receipt kept (a digest's for each alert it covers), and the <c>failed</c> receipts the cancel had owed
+    /// withdrawn: nobody went without the mail.
     /// </summary>
     CancelTooLate,
 
@@ -487,11 +528,13 @@ public partial interface ISpool : IAsyncDisposable
     /// <summary>
     /// Records the result of a delivery attempt. A message the operator cancelled meanwhile is never queued again: the
     /// attempt is recorded, and the cancel stands unless the attempt delivered the mail (<see cref="DeliveryRecorded"/>).
+    /// A digest's receipt (<see cref="DeliveryCommit.DigestReceipt"/>) goes to each alert it covers, found only then: mail
+    /// of a single alert costs no look-up.
     /// </summary>
     /// <param name="commit">Results.</param>
     /// <param name="cancellationToken">Cancellation.</param>
-    /// <returns>What was recorded, after commit.</returns>
-    Task<DeliveryRecorded> CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken);
+    /// <returns>What was recorded, and the digest receipts to publish, after commit.</returns>
+    Task<DeliveryCommitted> CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken);
 
     /// <summary>
     /// Records, durably, recipients an attempt still under way has delivered to (direct MX: one domain's exchanger

@@ -177,6 +177,11 @@ internal static class SpoolSchema
         """
         ALTER TABLE messages ADD COLUMN submission TEXT;
         """,
+        // 13: the alerts a digest covers, by its Message-ID: its delivery result owes each of them a receipt, and a storm
+        // puts thousands of one device's alerts in it (without the index: every alert of the device, in the writer).
+        """
+        CREATE INDEX alerts_digest ON alerts(digest_message) WHERE digest_message IS NOT NULL;
+        """,
     ];
 
     /// <summary>The version this build writes.</summary>

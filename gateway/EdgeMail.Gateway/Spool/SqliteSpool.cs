@@ -626,7 +626,7 @@ public sealed partial class SqliteSpool : ISpool
     }
 
     /// <inheritdoc />
-    public Task<DeliveryRecorded> CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken)
+    public Task<DeliveryCommitted> CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(commit);
         return Enqueue((s, ctx) =>
@@ -644,7 +644,7 @@ public sealed partial class SqliteSpool : ISpool
 
             if (current != MessageStatus.Queued)
             {
-                return DeliveryRecorded.Ignored;
+                return DeliveryCommitted.Of(DeliveryRecorded.Ignored);
             }
 
             string? lastReply = null;
@@ -682,8 +682,44 @@ public sealed partial class SqliteSpool : ISpool
                 s.Keep(commit.Receipt, commit.ReceiptsPerDevice, ctx.Now.ToUnixTimeMilliseconds());
             }
 
-            return DeliveryRecorded.Recorded;
+            return new DeliveryCommitted(DeliveryRecorded.Recorded, s.GiveDigestReceipts(commit, ctx));
         }, cancellationToken, background: true);
+    }
+
+    // Looked up only for a digest's result: a single alert's mail pays nothing for it.
+    private List<KeptReceipt> GiveDigestReceipts(DeliveryCommit commit, BatchContext ctx)
+    {
+        if (commit.DigestReceipt is not { } owed)
+        {
+            return [];
+        }
+
+        using (var r = Query("SELECT device, message_id FROM messages WHERE rowid=$p0 AND kind='digest' AND device IS NOT NULL", commit.RowId))
+        {
+            if (r.Read())
+            {
+                return GiveDigestReceipts(owed, commit.ReceiptsPerDevice, r.GetString(0), r.GetString(1), ctx);
+            }
+        }
+
+        return [];
+    }
+
+    private List<KeptReceipt> GiveDigestReceipts(DigestReceipt owed, int receiptsPerDevice, string device, string messageId, BatchContext ctx)
+    {
+        var receipts = new List<KeptReceipt>();
+        foreach (string alertId in AlertsOf("digest", device, null, messageId, receiptsPerDevice))
+        {
+            var receipt = owed.For(device, alertId);
+            if (owed.IsFinal)
+            {
+                Keep(receipt, receiptsPerDevice, ctx.Now.ToUnixTimeMilliseconds());
+            }
+
+            receipts.Add(receipt);
+        }
+
+        return receipts;
     }
 
     private void InsertAttempt(DeliveryCommit commit, BatchContext ctx) =>
@@ -692,7 +728,7 @@ public sealed partial class SqliteSpool : ISpool
 
     // The operator cancelled the message while this attempt was under way. The attempt happened and stays on record;
     // whether the cancel stands depends on whether the attempt had already delivered the mail.
-    private DeliveryRecorded RecordAfterCancel(DeliveryCommit commit, BatchContext ctx)
+    private DeliveryCommitted RecordAfterCancel(DeliveryCommit commit, BatchContext ctx)
     {
         InsertAttempt(commit, ctx);
         string? lastReply = commit.Results.Count > 0 ? commit.Results[^1].Reply : null;
@@ -701,7 +737,7 @@ public sealed partial class SqliteSpool : ISpool
         {
             // The cancel's failed receipt, kept with it, stands.
             Exec("UPDATE messages SET attempts=attempts+1, last_reply=COALESCE($p0, last_reply) WHERE rowid=$p1", lastReply, commit.RowId);
-            return DeliveryRecorded.CancelStood;
+            return DeliveryCommitted.Of(DeliveryRecorded.CancelStood);
         }
 
         foreach (var result in sent)
@@ -725,7 +761,7 @@ public sealed partial class SqliteSpool : ISpool
 
         if (status == MessageStatus.Partial)
         {
-            return DeliveryRecorded.CancelTooLateForSome;
+            return DeliveryCommitted.Of(DeliveryRecorded.CancelTooLateForSome);
         }
 
         // Everyone has the mail after all: the failed receipts the cancel owed are withdrawn (the device may have one
@@ -743,7 +779,9 @@ public sealed partial class SqliteSpool : ISpool
             Keep(commit.Receipt, commit.ReceiptsPerDevice, ctx.Now.ToUnixTimeMilliseconds());
         }
 
-        return DeliveryRecorded.CancelTooLate;
+        return new DeliveryCommitted(DeliveryRecorded.CancelTooLate, kind == "digest" && device is not null && commit.DigestReceipt is { } owed
+            ? GiveDigestReceipts(owed, commit.ReceiptsPerDevice, device, messageId, ctx)
+            : []);
     }
 
     /// <inheritdoc />

@@ -17,7 +17,7 @@ public sealed class KeptReceiptTests
 {
     private const string Refused = "bob@example.com";
 
-    private static Action<Dictionary<string, object>> Relay(int port) => c =>
+    internal static Action<Dictionary<string, object>> Relay(int port) => c =>
     {
         c["Relay"] = new { Mode = "Smarthost", Host = "127.0.0.1", Port = port, Security = "None", Backoff = new[] { "00:00:00.200" }, Concurrency = 2, Timeout = "00:00:05" };
         c["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "info", To = new[] { "oncall" } } }; // alice and bob

@@ -1,9 +1,12 @@
 using System.Text;
 using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Receipts;
 using EdgeMail.Gateway.Relay;
 using EdgeMail.Gateway.Routing;
 using EdgeMail.Gateway.Spool;
+using EdgeMail.Gateway.Tests.Receipts;
 using EdgeMail.Testing;
+using EdgeMail.Testing.Smtp;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging.Abstractions;
 using MimeKit;
@@ -369,6 +372,109 @@ public sealed class StormControlTests
         Assert.Equal(["held", "routed"], await StatusesAsync(spoolA, "r-1", "r-2"));
         Assert.Equal(1L, (await spoolA.CountsAsync(default)).Messages.Values.Sum());
     }
+
+    [Fact]
+    public async Task Digest_DeliveredToEveryone_GivesEachAlertItCoversARelayedReceipt_WithTheRelaysReply()
+    {
+        var clock = new SteppedClock();
+        await using var sink = await SmtpTestServer.StartAsync();
+        await using var gw = await TestGateway.StartAsync(StormThrough(sink.Port), s => s.AddSingleton<TimeProvider>(clock));
+        using var client = await gw.ConnectAsync("dev-1");
+        var inbox = await ReceiptInbox.SubscribeAsync(client, "dev-1");
+        await PublishAsync(client, "d-1");
+        await inbox.WaitForAsync("d-1", ReceiptState.Relayed);
+        string[] repeats = ["d-2", "d-3", "d-4", "d-5"];
+        foreach (string id in repeats)
+        {
+            await PublishAsync(client, id);
+        }
+
+        Assert.Equal(["held", "held", "held", "held"], await DecidedAsync(gw, repeats));
+        CloseWindow(gw, clock, TimeSpan.FromMinutes(10));
+
+        foreach (string id in repeats)
+        {
+            var relayed = await inbox.WaitForAsync(id, ReceiptState.Relayed);
+            Assert.StartsWith("250", relayed.GetProperty("detail").GetString(), StringComparison.Ordinal);
+        }
+
+        Assert.Single(sink.Received, m => (m.Message.MessageId ?? string.Empty).Contains(".d-2.digest", StringComparison.Ordinal));
+        await gw.UntilAsync(async () => (await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Count == 0, "the receipts removed after the device's PUBACKs");
+        Assert.All(repeats, id => Assert.Equal((1, 0), (inbox.Count(id, ReceiptState.Relayed), inbox.Count(id, ReceiptState.Failed))));
+        await client.DisconnectAsync();
+    }
+
+    [Fact]
+    public Task Digest_RefusedPermanently_GivesEachAlertAFailedReceiptWithTheReply_KeptForADeviceAwayAcrossARestart() =>
+        RefusedDigestAcrossARestartAsync(_ => { });
+
+    // The same on a PostgreSQL spool, which finds the digest's alerts and keeps their receipts in its own transaction.
+    [PostgresFact]
+    public async Task SharedSpool_Digest_RefusedPermanently_GivesEachAlertAFailedReceiptWithTheReply_KeptForADeviceAwayAcrossARestart()
+    {
+        await using var db = await TestPostgres.CreateDatabaseAsync();
+        await RefusedDigestAcrossARestartAsync(c => c["Spool"] = new { Provider = "Postgres", db.ConnectionString });
+    }
+
+    // The relay takes single alerts and refuses digests (5xx at the end of the data). The device raises a storm, has its
+    // PUBACKs and goes away; the digest is refused while it is away, and the gateway restarts before it comes back.
+    private static async Task RefusedDigestAcrossARestartAsync(Action<Dictionary<string, object>> spool)
+    {
+        var clock = new SteppedClock();
+        await using var sink = await SmtpTestServer.StartAsync();
+        sink.OnData = m => (m.Message.MessageId ?? string.Empty).Contains(".digest", StringComparison.Ordinal) ? new SmtpReply(554, "5.7.1 storm digests refused here") : SmtpReply.Ok;
+        string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        void Config(Dictionary<string, object> c)
+        {
+            StormThrough(sink.Port)(c);
+            spool(c);
+        }
+
+        var first = await TestGateway.StartAsync(Config, s => s.AddSingleton<TimeProvider>(clock), dataDir: dataDir);
+        using var device = new MqttClientFactory().CreateMqttClient();
+        await device.ConnectAsync(KeptReceiptTests.Persistent(first, "dev-1"));
+        var inbox = await ReceiptInbox.SubscribeAsync(device, "dev-1");
+        await PublishAsync(device, "x-1");
+        await inbox.WaitForAsync("x-1", ReceiptState.Relayed);
+        string[] repeats = ["x-2", "x-3", "x-4"];
+        foreach (string id in repeats)
+        {
+            await PublishAsync(device, id);
+        }
+
+        Assert.Equal(["held", "held", "held"], await DecidedAsync(first, repeats));
+        await inbox.WaitForAsync("x-4", ReceiptState.Accepted); // nothing in flight to it as it leaves
+        await device.DisconnectAsync();
+
+        CloseWindow(first, clock, TimeSpan.FromMinutes(10));
+        await first.UntilAsync(async () => (await first.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Count(r => r.Receipt.State == ReceiptState.Failed) == 3,
+            "a failed receipt kept for each alert of the refused digest");
+        var kept = await first.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default);
+        Assert.Equal(repeats, kept.Where(r => r.Receipt.State == ReceiptState.Failed).Select(r => r.Receipt.AlertId).Order(StringComparer.Ordinal));
+        Assert.All(repeats, id => Assert.Equal(0, inbox.Count(id, ReceiptState.Failed)));
+        await first.StopAsync();
+
+        await using var second = await TestGateway.StartAsync(Config, s => s.AddSingleton<TimeProvider>(clock), dataDir: dataDir);
+        await device.ConnectAsync(KeptReceiptTests.Persistent(second, "dev-1"));
+        await device.SubscribeAsync("edgemail/v1/dev-1/receipt", MqttQualityOfServiceLevel.AtLeastOnce);
+
+        foreach (string id in repeats)
+        {
+            var failed = await inbox.WaitForAsync(id, ReceiptState.Failed);
+            Assert.StartsWith("554 5.7.1 storm digests refused here", failed.GetProperty("detail").GetString(), StringComparison.Ordinal);
+        }
+
+        await second.UntilAsync(async () => (await second.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Count == 0, "the receipts removed after the device's PUBACKs");
+        Assert.All(repeats, id => Assert.Equal((1, 0), (inbox.Count(id, ReceiptState.Failed), inbox.Count(id, ReceiptState.Relayed))));
+        await device.DisconnectAsync();
+    }
+
+    // Storm control with a 10 minute window, mail through a real SMTP server.
+    private static Action<Dictionary<string, object>> StormThrough(int port) => c =>
+    {
+        KeptReceiptTests.Relay(port)(c);
+        c["Storm"] = new { Window = "00:10:00" };
+    };
 
     private static void SharedStormConfig(Dictionary<string, object> c)
     {

@@ -721,7 +721,7 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Equal(2, Assert.Single(detail.Attempts).Results.Count); // what the relay answered stays on record
         Assert.Empty(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
         Assert.Null(await spool.GetMessageAsync("a-1.n1.notice@gw.test", default)); // no notice about a mail given up
-        Assert.Equal(DeliveryRecorded.CancelStood, recorded);
+        Assert.Equal(DeliveryRecorded.CancelStood, recorded.Recorded);
         var kept = Assert.Single(await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Receipt; // the cancel's, not the attempt's
         Assert.Equal(("failed", "cancelled by the operator: wrong recipients"), (kept.State, kept.Detail));
     }
@@ -744,7 +744,7 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Contains("wrong recipients", detail.Summary.Reason, StringComparison.Ordinal);
         Assert.All(detail.Recipients, r => Assert.Equal(("sent", "250 2.0.0 queued as 42"), (r.Status, r.Reply)));
         Assert.Empty(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
-        Assert.Equal(DeliveryRecorded.CancelTooLate, recorded);
+        Assert.Equal(DeliveryRecorded.CancelTooLate, recorded.Recorded);
         Assert.Equal("relayed", Assert.Single(await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Receipt.State); // the cancel's failed withdrawn
     }
 
@@ -765,7 +765,7 @@ public abstract class SpoolContractTests : IAsyncLifetime
             [("alice@example.com", "sent", "250 2.0.0 queued as 42"), ("bob@example.com", "failed", "cancelled by the operator: wrong recipients")],
             detail.Recipients.Select(r => (r.Address, r.Status, r.Reply)));
         Assert.Empty(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
-        Assert.Equal(DeliveryRecorded.CancelTooLateForSome, recorded);
+        Assert.Equal(DeliveryRecorded.CancelTooLateForSome, recorded.Recorded);
         var kept = Assert.Single(await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Receipt; // bob never gets it: the alert failed
         Assert.Equal(("failed", "cancelled by the operator: wrong recipients"), (kept.State, kept.Detail));
     }
@@ -834,6 +834,77 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Equal(["r-1", "r-2", "r-3"], cancelled.Receipts.Select(r => r.AlertId));
         Assert.All(cancelled.Receipts, r => Assert.Equal(("dev-1", "failed", "cancelled by the operator: storm over"), (r.Device, r.State, r.Detail)));
         Assert.Equal(["r-1", "r-2", "r-3"], (await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Select(r => r.Receipt.AlertId));
+    }
+
+    [ContractFact]
+    public async Task CommitDelivery_OfADigest_KeepsItsReceiptForEachOfItsAlerts_TheNewestAsManyAsADeviceKeeps_WithTheResult()
+    {
+        await using (var spool = Open())
+        {
+            var due = await DigestTakenAsync(spool, "dev-1", 4);
+
+            var committed = await spool.CommitDeliveryAsync(new DeliveryCommit(due.RowId, [new("alice@example.com", "failed", "554 5.7.1 refused")], null, null,
+                ReceiptsPerDevice: 3, DigestReceipt: new DigestReceipt("failed", T0, "554 5.7.1 refused")), default);
+
+            Assert.Equal(DeliveryRecorded.Recorded, committed.Recorded);
+            Assert.Equal(["r-1", "r-2", "r-3"], committed.DigestReceipts.Select(r => r.AlertId));
+            Assert.All(committed.DigestReceipts, r => Assert.Equal(("dev-1", "failed", T0, "554 5.7.1 refused"), (r.Device, r.State, r.At, r.Detail)));
+        }
+
+        await using var reopened = Open();
+        Assert.Equal(["r-1", "r-2", "r-3"], (await reopened.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Select(r => r.Receipt.AlertId));
+        Assert.Equal(MessageStatus.Failed, (await reopened.GetMessageAsync("digest-1@gw.test", default))!.Status);
+    }
+
+    [ContractFact]
+    public async Task CommitDelivery_OfADigestDeferred_NamesItsAlertsForTheCourtesyReceipt_AndKeepsNone_WhileAnAlertsMailNamesNone()
+    {
+        await using var spool = Open();
+        await RoutedAsync(spool, "dev-2", "a-1");
+        var due = await DigestTakenAsync(spool, "dev-1", 2);
+        var single = Assert.Single(await spool.DueMessagesAsync(Far, 10, new HashSet<long>([due.RowId]), default));
+
+        var deferred = await spool.CommitDeliveryAsync(new DeliveryCommit(due.RowId, [new("alice@example.com", "deferred", "451 4.3.0 busy")], T0.AddMinutes(1), null,
+            DigestReceipt: new DigestReceipt("deferred", T0, "451 4.3.0 busy")), default);
+        var alone = await spool.CommitDeliveryAsync(new DeliveryCommit(single.RowId, [new("alice@example.com", "sent", "250 ok")], null, null,
+            new KeptReceipt("dev-2", "a-1", "relayed", T0, "250 ok")), default);
+
+        Assert.Equal(["r-0", "r-1"], deferred.DigestReceipts.Select(r => r.AlertId));
+        Assert.All(deferred.DigestReceipts, r => Assert.Equal(("deferred", "451 4.3.0 busy"), (r.State, r.Detail)));
+        Assert.Empty(await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default));
+        Assert.Empty(alone.DigestReceipts);
+        Assert.Equal("a-1", Assert.Single(await spool.KeptReceiptsAsync("dev-2", 0, null, 10, default)).Receipt.AlertId);
+    }
+
+    [ContractFact]
+    public async Task DeliveryResult_OfADigest_ArrivingAfterACancel_ThatDeliveredIt_WithdrawsTheCancelsFailedReceipts_AndKeepsEachAlertsRelayed()
+    {
+        await using var spool = Open();
+        var due = await DigestTakenAsync(spool, "dev-1", 3);
+        Assert.Equal(3, (await spool.CancelAsync(ParkedKinds.Message, due.RowId, "storm over", 100, default)).Receipts.Count);
+
+        var committed = await spool.CommitDeliveryAsync(new DeliveryCommit(due.RowId, [new("alice@example.com", "sent", "250 2.0.0 queued as 42")], null, null,
+            DigestReceipt: new DigestReceipt("relayed", T0, "250 2.0.0 queued as 42")), default);
+
+        Assert.Equal(DeliveryRecorded.CancelTooLate, committed.Recorded);
+        Assert.Equal(["r-0", "r-1", "r-2"], committed.DigestReceipts.Select(r => r.AlertId));
+        var kept = await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default);
+        Assert.Equal([("r-0", "relayed"), ("r-1", "relayed"), ("r-2", "relayed")], kept.Select(r => (r.Receipt.AlertId, r.Receipt.State)).Order());
+    }
+
+    // Held alerts r-0.. of the device made into one digest (digest-1@gw.test, to alice), taken for an attempt.
+    private static async Task<QueuedMessage> DigestTakenAsync(ISpool spool, string device, int alerts)
+    {
+        for (int i = 0; i < alerts; i++)
+        {
+            await spool.AcceptAlertAsync(Alert(device, $"r-{i}"), default);
+        }
+
+        var held = (await spool.NewAlertsAsync(100, default)).Where(a => a.Device == device);
+        await spool.CommitRoutingAsync(held.Select(a => new RoutingCommit(a.RowId, AlertStatus.Held, T0, null, null, null)).ToList(), default);
+        var digest = Assert.Single(await spool.DueDigestsAsync(T0, 100, default));
+        await spool.CommitDigestAsync(digest, Mail("digest-1@gw.test", "digest", device), new StormState(T0, null), default);
+        return Assert.Single(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default), m => m.Kind == "digest");
     }
 
     [ContractFact]
