@@ -526,11 +526,11 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
             }
         }
 
-        var longestAttempt = o.Relay.Timeout * 2;
-        if (spool.ClaimLease < TimeSpan.FromSeconds(1) || spool.ClaimLease < longestAttempt)
+        var shortest = o.Relay.Timeout * 2;
+        if (spool.ClaimLease < TimeSpan.FromSeconds(1) || spool.ClaimLease < shortest)
         {
-            add("Spool:ClaimLease", $"{spool.ClaimLease} is shorter than a delivery attempt may take ({longestAttempt}, twice Relay:Timeout)",
-                "use e.g. 00:02:00; another instance takes work over only after the lease, so it must outlast an attempt");
+            add("Spool:ClaimLease", $"{spool.ClaimLease} is shorter than twice Relay:Timeout ({shortest})",
+                "use e.g. 00:02:00; another instance takes work over only after the lease, and a delivery attempt renews its claim every third of it: a short lease leaves a renewal held up by a slow database little room");
         }
 
         if (spool.PollInterval < TimeSpan.FromMilliseconds(100) || spool.PollInterval > spool.ClaimLease)

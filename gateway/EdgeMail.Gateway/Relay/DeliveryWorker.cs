@@ -18,7 +18,9 @@ namespace EdgeMail.Gateway.Relay;
 /// <c>failed</c> receipt. A <c>relayed</c> receipt carries the remote reply. A storm digest's receipts go to each alert
 /// it covers. Every attempt's outcome is observed: a
 /// transport that throws is a transient failure on the same backoff schedule; a message whose result cannot be
-/// recorded or whose notice cannot be written is parked with the reason, and the others keep going.
+/// recorded or whose notice cannot be written is parked with the reason, and the others keep going. On a shared spool
+/// an attempt keeps its claim renewed (<see cref="LeaseKeeper"/>), and a result the spool refuses because another
+/// instance holds the message now is discarded: logged, with no receipt or notice.
 /// </summary>
 public sealed partial class DeliveryWorker : SupervisedLoop
 {
@@ -118,9 +120,18 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                     }
 
                     var busy = _inFlight.Keys.Concat(_coolingDown.Keys).ToHashSet();
-                    // On a shared spool a claim lasts Spool:ClaimLease: claim only what can be sent now, so that no claim
-                    // runs out while the message waits here for a connection and another instance sends it too.
-                    int max = _spool.SharedPollInterval is null ? _options.Relay.Concurrency * 4 : Math.Max(1, _slots.CurrentCount);
+                    // On a shared spool a claim lasts Spool:ClaimLease and is renewed by the attempt that sends it: claim
+                    // only what can be sent now, so that no claim runs out while the message waits here for a connection
+                    // and another instance sends it too. With every connection busy, wait for one before claiming.
+                    bool shared = _spool.SharedPollInterval is not null;
+                    if (shared && _slots.CurrentCount == 0)
+                    {
+                        await _slots.WaitAsync(stoppingToken).ConfigureAwait(false);
+                        _slots.Release();
+                        continue;
+                    }
+
+                    int max = shared ? _slots.CurrentCount : _options.Relay.Concurrency * 4;
                     var due = await _spool.DueMessagesAsync(now, max, busy, stoppingToken).ConfigureAwait(false);
                     DateTimeOffset? heldUntil = null;
                     foreach (var message in due)
@@ -134,7 +145,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
 
                         await _slots.WaitAsync(stoppingToken).ConfigureAwait(false);
                         _inFlight[message.RowId] = true;
-                        running.Add(AttemptAsync(message, attempts.Token));
+                        running.Add(AttemptAsync(message, now, attempts.Token));
                     }
 
                     if (heldUntil is { } held)
@@ -178,9 +189,13 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     }
 
     // Never throws: every outcome of the attempt is turned into a recorded result, a cool-down or a parked message.
-    private async Task AttemptAsync(QueuedMessage message, CancellationToken cancellationToken)
+    // claimedAt: a time no later than the claim of a shared spool, from which its lease counts.
+    private async Task AttemptAsync(QueuedMessage message, DateTimeOffset claimedAt, CancellationToken cancellationToken)
     {
         bool slotHeld = true;
+
+        // One spool user (SQLite) holds no claims: nothing to renew, and the cached delegate.
+        LeaseKeeper? lease = null;
         try
         {
             await Task.Yield();
@@ -188,9 +203,16 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             IReadOnlyList<RecipientResult> results;
             try
             {
+                PartSent partSent = _recordPartSent;
+                if (_spool.SharedPollInterval is not null && message.PendingRecipients.Count > 0)
+                {
+                    var keeper = lease = LeaseKeeper.Start(_spool, message, claimedAt, _options.Spool.ClaimLease, _clock, _logger);
+                    partSent = (m, sent, ct) => RecordPartSentAsync(m, sent, keeper, ct);
+                }
+
                 results = message.PendingRecipients.Count == 0
                     ? []
-                    : await _transport.SendAsync(message, _recordPartSent, cancellationToken).ConfigureAwait(false);
+                    : await _transport.SendAsync(message, partSent, cancellationToken).ConfigureAwait(false);
             }
             catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
             {
@@ -199,6 +221,14 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                 LogTransportThrew(ex, message.MessageId);
                 string reply = "451 4.3.0 local error: " + ParkingLot.Describe("delivering", ex);
                 results = message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, reply) { RelayDown = true }).ToList();
+            }
+
+            // The attempt's transactions are over; its result is committed fenced on the claim, which needs no renewal
+            // past this point (a renewal racing the commit that ends the claim would only report it gone).
+            if (lease is not null)
+            {
+                await lease.DisposeAsync().ConfigureAwait(false);
+                lease = null;
             }
 
             // The connection is free once the remote answered: let the next message use it while this result waits
@@ -228,6 +258,11 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         }
         finally
         {
+            if (lease is not null)
+            {
+                await lease.DisposeAsync().ConfigureAwait(false);
+            }
+
             _inFlight.TryRemove(message.RowId, out _);
             if (slotHeld)
             {
@@ -259,26 +294,33 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     // When they cannot be recorded, the attempt stops and the domains not yet tried are deferred: until a result is
     // committed the next attempt sends to every recipient again, and a spool that just failed a write may well fail
     // the attempt's result too, so going on would risk a second copy for those domains as well. A message cancelled
-    // or taken over by another instance (its lease ran out) is no longer this attempt's to send to anyone else.
-    private async Task<string?> RecordPartSentAsync(QueuedMessage message, IReadOnlyList<RecipientResult> sent, CancellationToken cancellationToken)
-    {
-        try
-        {
-            if (await _spool.RecordSentRecipientsAsync(message.RowId, sent, cancellationToken).ConfigureAwait(false))
-            {
-                return null;
-            }
+    // or taken over by another instance (its lease ran out) is no longer this attempt's to send to anyone else; on a
+    // shared spool the attempt's lease keeper knows that too, or that its claim ran out unrenewed, before any record.
+    private Task<string?> RecordPartSentAsync(QueuedMessage message, IReadOnlyList<RecipientResult> sent, CancellationToken cancellationToken) =>
+        RecordPartSentAsync(message, sent, null, cancellationToken);
 
-            LogPartSentRefused(message.MessageId);
-            return "451 4.3.0 not attempted: the mail was cancelled, or taken over by another instance, during this attempt";
-        }
-        catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+    private async Task<string?> RecordPartSentAsync(QueuedMessage message, IReadOnlyList<RecipientResult> sent, LeaseKeeper? lease, CancellationToken cancellationToken)
+    {
+        if (sent.Count > 0)
         {
-            // Thrown into the transport, this would turn the whole attempt into a transient failure, the recipients
-            // that have the mail included: the attempt's result records them, with the rest deferred.
-            LogPartSentNotRecorded(ex, message.MessageId);
-            return "451 4.3.0 local error, not attempted: " + ParkingLot.Describe("recording the recipients an earlier domain accepted", ex);
+            try
+            {
+                if (!await _spool.RecordSentRecipientsAsync(message.RowId, sent, cancellationToken).ConfigureAwait(false))
+                {
+                    LogPartSentRefused(message.MessageId);
+                    return LeaseKeeper.GoneReply;
+                }
+            }
+            catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+            {
+                // Thrown into the transport, this would turn the whole attempt into a transient failure, the recipients
+                // that have the mail included: the attempt's result records them, with the rest deferred.
+                LogPartSentNotRecorded(ex, message.MessageId);
+                return "451 4.3.0 local error, not attempted: " + ParkingLot.Describe("recording the recipients an earlier domain accepted", ex);
+            }
         }
+
+        return lease?.Stopped;
     }
 
     private async Task RecordAsync(QueuedMessage message, IReadOnlyList<RecipientResult> results, CancellationToken cancellationToken)
@@ -346,6 +388,15 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         }
 
         string reply = final.Count > 0 ? final[^1].Reply : string.Empty;
+        if (recorded == DeliveryRecorded.Ignored)
+        {
+            // Fenced out: the message's claim ran out during the attempt and another instance holds it now, whose own
+            // attempt is the one recorded, noticed and receipted. A receipt from this one could contradict it (a
+            // deferred after its relayed).
+            LogDiscarded(message.MessageId, reply);
+            return;
+        }
+
         if (recorded is DeliveryRecorded.CancelStood or DeliveryRecorded.CancelTooLateForSome)
         {
             // The device's receipt is the cancel's: kept and published with it (a partial delivery is a failed alert,
@@ -456,6 +507,9 @@ public sealed partial class DeliveryWorker : SupervisedLoop
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "The cancel of <{MessageId}> came too late for some recipients: the attempt under way had delivered it to them ({Reply}); recorded as partial, the others stay cancelled")]
     private partial void LogCancelTooLateForSome(string messageId, string reply);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Discarded the result of the attempt on <{MessageId}> ({Reply}): another instance holds the message now (the claim ran out during the attempt) and records its own; no receipt, no notice")]
+    private partial void LogDiscarded(string messageId, string reply);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Delivery bookkeeping could not use the spool; retrying later")]
     private partial void LogFailed(Exception ex);

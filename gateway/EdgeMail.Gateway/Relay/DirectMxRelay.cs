@@ -12,7 +12,7 @@ namespace EdgeMail.Gateway.Relay;
 /// null MX, RFC 7505, takes no mail and its recipients fail at once).
 /// Opportunistic STARTTLS. One SMTP transaction per domain; results are per recipient, and the recipients a domain's
 /// exchanger accepted are handed over for recording before the next domain is tried (if they cannot be, the domains
-/// not yet tried are deferred).
+/// not yet tried are deferred). Before each connection but the first, the attempt asks whether it may go on.
 /// </summary>
 public sealed class DirectMxRelay : IMailTransport
 {
@@ -130,6 +130,7 @@ public sealed class DirectMxRelay : IMailTransport
         ArgumentNullException.ThrowIfNull(message);
         var results = new List<RecipientResult>();
         var groups = message.PendingRecipients.GroupBy(r => r[(r.LastIndexOf('@') + 1)..].ToLowerInvariant()).ToList();
+        bool begun = false;
         for (int g = 0; g < groups.Count; g++)
         {
             var group = groups[g];
@@ -160,6 +161,16 @@ public sealed class DirectMxRelay : IMailTransport
                 // Each address in turn, as MTAs do: an exchanger whose first address is down is reached at its next.
                 foreach (string address in addresses.Take(budget))
                 {
+                    // The last transaction (or the DNS lookups since) may have taken minutes, and the attempt may have
+                    // to end before the next one begins even when nothing was accepted: its claim on a shared spool was
+                    // lost, or ran out unrenewed, meanwhile.
+                    if (begun && partSent is not null && await partSent(message, [], cancellationToken).ConfigureAwait(false) is { } stop)
+                    {
+                        results.AddRange(groups.Skip(g).SelectMany(rest => rest).Select(r => new RecipientResult(r, RecipientOutcome.Deferred, stop)));
+                        return results;
+                    }
+
+                    begun = true;
                     budget--;
                     using var client = SmtpRelay.NewClient();
 

@@ -27,10 +27,12 @@ public interface IMailTransport : IAsyncDisposable
     /// <summary>
     /// As <see cref="SendAsync(QueuedMessage, CancellationToken)"/>, for a transport that sends one message in several
     /// transactions (direct MX: one per recipient domain): after each transaction but the last, the recipients it
-    /// delivered to are handed to <paramref name="partSent"/>, awaited before the next begins. When it answers with a
-    /// reply instead of null (they could not be recorded), the attempt ends there: every recipient not yet tried gets
-    /// that reply as <see cref="RecipientOutcome.Deferred"/>. A transport that sends in one transaction has nothing to
-    /// hand over before its result.
+    /// delivered to are handed to <paramref name="partSent"/>, awaited before the next begins; and before each
+    /// connection but the first it is asked with none, whether the attempt may go on. When it answers with a reply
+    /// instead of null (they could not be recorded, or the attempt must stop: its claim on a shared spool is lost), the
+    /// attempt ends there: every recipient not yet tried gets that reply as <see cref="RecipientOutcome.Deferred"/>. A
+    /// transaction under way is never cut short for it. A transport that sends in one transaction has nothing to hand
+    /// over before its result.
     /// </summary>
     /// <param name="message">The message.</param>
     /// <param name="partSent">Records recipients already delivered to, or null.</param>
@@ -40,12 +42,15 @@ public interface IMailTransport : IAsyncDisposable
         SendAsync(message, cancellationToken);
 }
 
-/// <summary>Records the recipients one transaction of an attempt delivered to while the rest of the attempt is still to come.</summary>
+/// <summary>
+/// Records the recipients one transaction of an attempt delivered to while the rest of the attempt is still to come, and
+/// says whether the attempt may begin its next transaction.
+/// </summary>
 /// <param name="message">The message being sent.</param>
-/// <param name="sent">The transaction's recipients with outcome <see cref="RecipientOutcome.Sent"/>.</param>
+/// <param name="sent">The transaction's recipients with outcome <see cref="RecipientOutcome.Sent"/>; empty when the transport only asks whether it may go on.</param>
 /// <param name="cancellationToken">Cancellation.</param>
 /// <returns>
 /// Null when they are on record and the attempt may go on; otherwise the reply (4xx) with which the recipients not yet
-/// tried are deferred, the attempt ending there.
+/// tried are deferred, the attempt ending there (the recipients could not be recorded, or the attempt must stop).
 /// </returns>
 public delegate Task<string?> PartSent(QueuedMessage message, IReadOnlyList<RecipientResult> sent, CancellationToken cancellationToken);

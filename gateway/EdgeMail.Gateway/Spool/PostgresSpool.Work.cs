@@ -468,6 +468,14 @@ public sealed partial class PostgresSpool
         }, cancellationToken);
     }
 
+    /// <inheritdoc />
+    public Task<bool> RenewClaimAsync(long rowId, CancellationToken cancellationToken) =>
+        // Durable: a renewal lost in a server crash would let another instance take over an attempt still under way.
+        // GREATEST: a clock that stepped back never shortens a claim.
+        WriteAsync(async (c, tx, _) => await ExecAsync(c, tx, cancellationToken,
+            "UPDATE messages SET claim_until = GREATEST(claim_until, $1) WHERE rowid = $2 AND status = 'queued' AND claimed_by = $3",
+            LeaseUntilMs, rowId, _owner).ConfigureAwait(false) == 1, cancellationToken);
+
     /// <summary>Records an attempt's results, only while this instance still holds the message's claim.</summary>
     /// <inheritdoc />
     public Task<DeliveryCommitted> CommitDeliveryAsync(DeliveryCommit commit, CancellationToken cancellationToken)

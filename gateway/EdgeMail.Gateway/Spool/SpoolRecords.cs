@@ -550,6 +550,18 @@ public partial interface ISpool : IAsyncDisposable
     /// <returns>Whether they were recorded, after commit.</returns>
     Task<bool> RecordSentRecipientsAsync(long rowId, IReadOnlyList<RecipientResult> sent, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Extends this instance's claim on a queued message to the lease from now, while an attempt on it is under way (the
+    /// delivery worker renews every third of the lease on a shared spool): an attempt may last longer than one lease.
+    /// Fenced like a commit: false, and nothing changed, when the message is not this instance's any more (another
+    /// instance took it over after the claim ran out, or it was cancelled, parked or finished). A claim that ran out but
+    /// that nobody took is renewed. A spool with one user (SQLite) has no claims: true.
+    /// </summary>
+    /// <param name="rowId">Message row.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>Whether this instance still holds the message, after commit.</returns>
+    Task<bool> RenewClaimAsync(long rowId, CancellationToken cancellationToken);
+
     /// <summary>Every device changed at run time.</summary>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>The devices.</returns>

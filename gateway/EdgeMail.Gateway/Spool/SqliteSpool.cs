@@ -606,6 +606,9 @@ public sealed partial class SqliteSpool : ISpool
         Read((s, _) => s.Scalar("SELECT MIN(next_attempt_at) FROM messages WHERE status='queued'") is long ms ? FromMs(ms) : (DateTimeOffset?)null, cancellationToken);
 
     /// <inheritdoc />
+    public Task<bool> RenewClaimAsync(long rowId, CancellationToken cancellationToken) => Task.FromResult(true);
+
+    /// <inheritdoc />
     public Task<bool> RecordSentRecipientsAsync(long rowId, IReadOnlyList<RecipientResult> sent, CancellationToken cancellationToken)
     {
         SpoolArguments.OnlySent(sent);

@@ -239,6 +239,36 @@ public sealed class PostgresSpoolTests : SpoolContractTests
         Assert.True(allA.Count > 0 && allB.Count > 0, $"a claimed {allA.Count}, b {allB.Count}: one instance got everything");
     }
 
+    // An attempt longer than a lease keeps its claim by renewing it: the other instance finds nothing at the first
+    // lease's end. A claim that ran out but that nobody took is still the holder's to renew; once taken over, or
+    // cancelled, it is not, and the renewal changes nothing.
+    [PostgresFact]
+    public async Task RenewClaim_ExtendsTheHoldersLease_IsRefusedOnceTakenOverOrCancelled()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var a = OpenPostgres(clock);
+        await using var b = OpenPostgres(clock);
+        await RoutedAsync(a, "dev-1", "m-1");
+        await RoutedAsync(a, "dev-1", "m-2");
+        var mine = await a.DueMessagesAsync(clock.GetUtcNow(), 10, new HashSet<long>(), default);
+        Assert.Equal(2, mine.Count);
+        long renewed = mine[0].RowId, lapsed = mine[1].RowId;
+
+        clock.Advance(Lease / 2);
+        Assert.True(await a.RenewClaimAsync(renewed, default));
+        Assert.False(await b.RenewClaimAsync(renewed, default)); // not b's
+        clock.Advance(Lease / 2 + TimeSpan.FromSeconds(1));
+        Assert.Equal(lapsed, Assert.Single(await b.DueMessagesAsync(clock.GetUtcNow(), 10, new HashSet<long>(), default)).RowId);
+
+        Assert.False(await a.RenewClaimAsync(lapsed, default)); // taken over
+        clock.Advance(Lease);
+        Assert.True(await a.RenewClaimAsync(renewed, default)); // ran out, but nobody took it
+        Assert.Empty(await b.DueMessagesAsync(clock.GetUtcNow(), 10, new HashSet<long> { lapsed }, default));
+
+        Assert.True((await a.CancelAsync(ParkedKinds.Message, renewed, "wrong recipients", 100, default)).Cancelled);
+        Assert.False(await a.RenewClaimAsync(renewed, default));
+    }
+
     [PostgresFact]
     public async Task DueMessages_ClaimedByOneInstance_WaitForTheLease_AndALateDeliveryResultIsNotRecorded()
     {
