@@ -508,7 +508,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     [LoggerMessage(Level = LogLevel.Warning, Message = "The cancel of <{MessageId}> came too late for some recipients: the attempt under way had delivered it to them ({Reply}); recorded as partial, the others stay cancelled")]
     private partial void LogCancelTooLateForSome(string messageId, string reply);
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "Discarded the result of the attempt on <{MessageId}> ({Reply}): another instance holds the message now (the claim ran out during the attempt) and records its own; no receipt, no notice")]
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Discarded the result of the attempt on <{MessageId}> ({Reply}): the message is no longer this attempt's to record (on a shared spool: its claim ran out and another instance holds it and records its own); no receipt, no notice")]
     private partial void LogDiscarded(string messageId, string reply);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Delivery bookkeeping could not use the spool; retrying later")]
