@@ -320,7 +320,31 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             }
         }
 
-        return lease?.Stopped;
+        if (lease?.Stopped is { } stopped)
+        {
+            return stopped;
+        }
+
+        // Before the next connection, with nothing to record: a cancel since the last transaction ends the attempt
+        // here too (on a shared spool a cancel also ends the claim, but the lease keeper sees that only at its next
+        // renewal). A read, per connection of a multi-domain attempt; if it fails the attempt goes on, as it would have.
+        if (sent.Count == 0)
+        {
+            try
+            {
+                if (await _spool.GetMessageAsync(message.MessageId, cancellationToken).ConfigureAwait(false) is { Status: MessageStatus.Cancelled })
+                {
+                    LogPartSentRefused(message.MessageId);
+                    return LeaseKeeper.GoneReply;
+                }
+            }
+            catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+            {
+                LogCancelCheckFailed(ex, message.MessageId);
+            }
+        }
+
+        return null;
     }
 
     private async Task RecordAsync(QueuedMessage message, IReadOnlyList<RecipientResult> results, CancellationToken cancellationToken)
@@ -507,6 +531,9 @@ public sealed partial class DeliveryWorker : SupervisedLoop
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "The cancel of <{MessageId}> came too late for some recipients: the attempt under way had delivered it to them ({Reply}); recorded as partial, the others stay cancelled")]
     private partial void LogCancelTooLateForSome(string messageId, string reply);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Could not read whether <{MessageId}> was cancelled before its next connection; the attempt goes on")]
+    private partial void LogCancelCheckFailed(Exception ex, string messageId);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Discarded the result of the attempt on <{MessageId}> ({Reply}): the message is no longer this attempt's to record (on a shared spool: its claim ran out and another instance holds it and records its own); no receipt, no notice")]
     private partial void LogDiscarded(string messageId, string reply);

@@ -171,7 +171,7 @@ internal static class SpoolSchema
         ALTER TABLE storm ADD COLUMN hold_clears INTEGER NOT NULL DEFAULT 0;
         ALTER TABLE alerts ADD COLUMN state TEXT;
         """,
-        // 12: held SMTP submissions, parked messages of kind 'submission' (a device's mail whose handling failed, kept
+        // 12: held SMTP submissions, parked messages of kind 'quarantined' (a device's mail whose handling failed, kept
         // as it came, handled again when released): the session facts handling needs that have no column of their own,
         // as JSON. NULL on every other message.
         """

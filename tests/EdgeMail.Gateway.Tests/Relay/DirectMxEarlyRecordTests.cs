@@ -132,6 +132,32 @@ public sealed class DirectMxEarlyRecordTests
         Assert.Equal([(Alice, "sent"), (Bob, "failed")], detail.Recipients.Select(r => (r.Address, r.Status)).OrderBy(r => r.Address, StringComparer.Ordinal));
     }
 
+    // The same, when the first domain defers: nothing of the attempt needs recording, and the cancel still holds for
+    // the domain not yet tried.
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task CancelledWhileTheFirstDomainDefers_TheSecondDomainIsNotSentTo()
+    {
+        await using var a = await SmtpTestServer.StartAsync();
+        await using var b = await SmtpTestServer.StartAsync(new() { Address = IPAddress.Parse("127.0.0.2"), Port = a.Port });
+        using var dns = await TwoDomainsAsync();
+        await using var gw = await TestGateway.StartAsync(c => DirectMx(c, dns, a.Port), null);
+        a.OnData = _ =>
+        {
+            long row = gw.Spool.GetMessageAsync("split-5@gw.test", default).GetAwaiter().GetResult()!.RowId;
+            Assert.True(gw.Spool.CancelAsync(ParkedKinds.Message, row, "wrong recipients", 100, default).GetAwaiter().GetResult().Cancelled);
+            return new SmtpReply(451, "4.7.1 greylisted, try again later");
+        };
+
+        await gw.Spool.QueueMailAsync(Mail("split-5@gw.test"), default);
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("split-5@gw.test", default))?.Attempts == 1, "the attempt recorded");
+
+        Assert.Empty(a.Received);
+        Assert.Equal(0, b.Connections);
+        var detail = await DetailAsync(gw.Spool, "split-5@gw.test");
+        Assert.Equal(MessageStatus.Cancelled, detail.Summary.Status);
+        Assert.Equal([(Alice, "failed"), (Bob, "failed")], detail.Recipients.Select(r => (r.Address, r.Status)).OrderBy(r => r.Address, StringComparer.Ordinal));
+    }
+
     // On a shared spool the attempt's claim runs out unrenewed (the instance stalled past its lease: here its clock stands
     // still while a.example.test takes the data, and the other instance's has moved on past the lease) and another
     // instance takes the message over: it will send to every recipient still pending. The first instance's record of
