@@ -27,7 +27,8 @@ public sealed partial class PostgresSpool
         if (kept > 0)
         {
             await ExecAsync(c, tx, cancellationToken,
-                "DELETE FROM receipts WHERE device=$1 AND rowid <= (SELECT rowid FROM receipts WHERE device=$1 ORDER BY rowid DESC LIMIT 1 OFFSET $2)",
+                // The oldest `relayed` go first, as on SQLite: which alerts reached nobody is what a device must not miss.
+                "DELETE FROM receipts WHERE rowid IN (SELECT rowid FROM receipts WHERE device=$1 ORDER BY state = 'relayed', rowid DESC OFFSET $2)",
                 Text(r.Device), (long)Math.Max(1, maxPerDevice)).ConfigureAwait(false);
         }
 

@@ -48,7 +48,9 @@ public sealed partial class SqliteSpool
             return;
         }
 
-        Exec("DELETE FROM receipts WHERE device=$p0 AND rowid <= (SELECT rowid FROM receipts WHERE device=$p0 ORDER BY rowid DESC LIMIT 1 OFFSET $p1)",
+        // What goes first is the oldest `relayed`: a device away for long learns before anything else which of its alerts
+        // reached nobody (a storm digest's receipts, one per alert, would otherwise push an older `failed` out).
+        Exec("DELETE FROM receipts WHERE rowid IN (SELECT rowid FROM receipts WHERE device=$p0 ORDER BY state = 'relayed', rowid DESC LIMIT -1 OFFSET $p1)",
             device, max - (max / 8));
         _receiptCeiling.Remove(device);
     }

@@ -1138,6 +1138,24 @@ public abstract class SpoolContractTests : IAsyncLifetime
     }
 
     [ContractFact]
+    public async Task KeepReceipt_OverTheCap_DropsTheOldestRelayedBeforeAnyFailed()
+    {
+        // A device away while a storm digest is delivered: one relayed per alert it covers must not push out the failed
+        // of an older alert, which the device has not learned yet.
+        await using var spool = Open();
+        await spool.KeepReceiptAsync(Receipt("dev-1", "x-1"), 8, default);
+        for (int i = 1; i <= 20; i++)
+        {
+            await spool.KeepReceiptAsync(Receipt("dev-1", $"d-{i:D2}", "relayed", "250 ok"), 8, default);
+        }
+
+        var kept = (await spool.KeptReceiptsAsync("dev-1", 0, null, 100, default)).Select(r => (r.Receipt.AlertId, r.Receipt.State)).ToList();
+        Assert.Contains(("x-1", "failed"), kept);
+        Assert.InRange(kept.Count, 7, 8);
+        Assert.Equal(Enumerable.Range(21 - (kept.Count - 1), kept.Count - 1).Select(n => ($"d-{n:D2}", "relayed")), kept.Where(k => k.State == "relayed"));
+    }
+
+    [ContractFact]
     public async Task KeepReceipt_ManyPastALargerCap_NeverMoreThanTheCapAndTheNewestKept()
     {
         // Trimming may go down to seven eighths of the cap at once (SQLite does, to trim once per eighth, not per keep).
