@@ -144,6 +144,37 @@ public sealed class QuarantineTests
         Assert.Equal(0, (await gw.Spool.CountsAsync(default)).Messages.GetValueOrDefault(MessageStatus.Queued));
     }
 
+    // A device disabled since its mail was quarantined (perhaps because it was taken over): its held mail is no more
+    // its to send than new mail would be.
+    [Fact]
+    public async Task QuarantinedMail_OfADeviceDisabledSince_IsNotRelayedWhenReleased_UntilTheDeviceIsEnabledAgain()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        var fault = new RelayFault();
+        await using var gw = await SmtpGateway.StartAsync(tweak: Relay(sink), services: fault.Install);
+        gw.Logs.Expect(e => e.Message.StartsWith("Handling mail from device dev-1", StringComparison.Ordinal));
+        gw.Logs.Expect(e => e.Message.Contains("was released but stays quarantined: refused when released: device dev-1 is disabled", StringComparison.Ordinal));
+        await using (var wire = await gw.AuthenticatedAsync("dev-1"))
+        {
+            Assert.StartsWith("250 2.0.0 taken and quarantined", await wire.SendMailAsync("ups@lan.test", ["alice@example.com"], SmtpGateway.PlainMail(RelayFault.Subject, Body)));
+        }
+
+        var item = Assert.Single(await gw.Spool.ParkedAsync(10, default));
+        fault.Disarm();
+        using var api = await gw.ApiAsync();
+        Assert.Equal(HttpStatusCode.OK, (await api.PostAsync("/api/v1/devices/dev-1/disable", null)).StatusCode);
+
+        var refused = await api.PostAsync($"/api/v1/queue/{item.RowId}/release", null);
+
+        Assert.Equal(HttpStatusCode.Conflict, refused.StatusCode);
+        Assert.Contains("device dev-1 is disabled", (await refused.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("error").GetString(), StringComparison.Ordinal);
+        Assert.Equal(item.RowId, Assert.Single(await gw.Spool.ParkedAsync(10, default)).RowId);
+
+        Assert.Equal(HttpStatusCode.OK, (await api.PostAsync("/api/v1/devices/dev-1/enable", null)).StatusCode);
+        Assert.Equal(HttpStatusCode.NoContent, (await api.PostAsync($"/api/v1/queue/{item.RowId}/release", null)).StatusCode);
+        Assert.Equal("dev-1", (await NextWithSubjectAsync(sink, RelayFault.Subject)).Message.Headers["X-EdgeMail-Device"]);
+    }
+
     private static async Task<ReceivedMail> NextWithSubjectAsync(SmtpTestServer sink, string subject)
     {
         while (true)

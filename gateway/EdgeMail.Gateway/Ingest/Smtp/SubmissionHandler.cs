@@ -142,29 +142,37 @@ public sealed partial class SubmissionHandler
 
         string reason;
         Exception? fault = null;
-        try
+        if (_devices.FindEnabled(kept.Device) is null)
         {
-            var recipients = kept.Recipients.Select(a => a.LastIndexOf('@') is int at and >= 0 ? (a[..at], a[(at + 1)..]) : (a, string.Empty)).ToList();
-            var received = new Received(kept.Device, IPEndPoint.Parse(kept.Peer), kept.EnvelopeFrom, recipients, kept.Authenticated, kept.Secure, kept.SessionId,
-                kept.ReceivedAt, kept.Raw);
-            var handled = await DecideAsync(received, cancellationToken).ConfigureAwait(false);
-            if (handled.Reply.Code == 250)
+            // Disabled since (perhaps because it was taken over): its held mail is no more its to send than new mail.
+            reason = $"refused when released: device {kept.Device} is disabled or no longer configured, and its mail is not relayed";
+        }
+        else
+        {
+            try
             {
-                if (!await _spool.SettleQuarantinedAsync(rowId, handled.Relay, cancellationToken).ConfigureAwait(false))
+                var recipients = kept.Recipients.Select(a => a.LastIndexOf('@') is int at and >= 0 ? (a[..at], a[(at + 1)..]) : (a, string.Empty)).ToList();
+                var received = new Received(kept.Device, IPEndPoint.Parse(kept.Peer), kept.EnvelopeFrom, recipients, kept.Authenticated, kept.Secure, kept.SessionId,
+                    kept.ReceivedAt, kept.Raw);
+                var handled = await DecideAsync(received, cancellationToken).ConfigureAwait(false);
+                if (handled.Reply.Code == 250)
                 {
-                    return new QuarantineRelease(QuarantineReleaseOutcome.NotQuarantined, string.Empty);
+                    if (!await _spool.SettleQuarantinedAsync(rowId, handled.Relay, cancellationToken).ConfigureAwait(false))
+                    {
+                        return new QuarantineRelease(QuarantineReleaseOutcome.NotQuarantined, string.Empty);
+                    }
+
+                    LogReleased(kept.MessageId, kept.Device, handled.Reply.Text);
+                    return new QuarantineRelease(QuarantineReleaseOutcome.Released, handled.Reply.Text);
                 }
 
-                LogReleased(kept.MessageId, kept.Device, handled.Reply.Text);
-                return new QuarantineRelease(QuarantineReleaseOutcome.Released, handled.Reply.Text);
+                reason = $"refused when released: {handled.Reply.Code.ToString(CultureInfo.InvariantCulture)} {handled.Reply.Text}";
             }
-
-            reason = $"refused when released: {handled.Reply.Code.ToString(CultureInfo.InvariantCulture)} {handled.Reply.Text}";
-        }
-        catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
-        {
-            fault = ex;
-            reason = ParkingLot.Describe("handling", ex);
+            catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
+            {
+                fault = ex;
+                reason = ParkingLot.Describe("handling", ex);
+            }
         }
 
         LogStillQuarantined(fault, kept.MessageId, kept.Device, reason);
