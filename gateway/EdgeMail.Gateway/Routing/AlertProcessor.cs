@@ -303,6 +303,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
     {
         var now = _clock.GetUtcNow();
         bool again;
+        int passes = 0;
         do
         {
             again = false;
@@ -358,7 +359,10 @@ public sealed partial class AlertProcessor : SupervisedLoop
                 }
             }
         }
-        while (again);
+        // Bounded: a storm of a million held repeats with invalid ones spread among them would otherwise keep new alerts
+        // from being routed while it is parked a hundred at a time. What is left is still due, and is taken up again
+        // after the next routing batch.
+        while (again && ++passes < MaxDigestPasses);
     }
 
     // What a due digest comes to: its mail; or, as for a single alert, the reason it is parked (Refused) or the route
@@ -438,6 +442,8 @@ public sealed partial class AlertProcessor : SupervisedLoop
             }
         }
     }
+
+    private const int MaxDigestPasses = 8;
 
     private static string NoLongerValid(string? reason) => "the alert no longer passes validation: " + reason;
 
