@@ -653,6 +653,11 @@ public sealed partial class PostgresSpool
     }
 
     /// <inheritdoc />
+    public Task<IReadOnlyList<string>> DigestAlertIdsAsync(string device, string messageId, int max, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<string>>(async (c, tx) => await AlertsOfAsync(c, tx, "digest", Text(device)!, null, Text(messageId)!, max, cancellationToken).ConfigureAwait(false),
+            cancellationToken);
+
+    /// <inheritdoc />
     public Task<IReadOnlyList<ParkedItem>> ParkedAsync(int max, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<ParkedItem>>(async (c, tx) => await ListAsync(c, tx, cancellationToken,
             r => new ParkedItem(r.GetString(0), r.GetInt64(1), Str(r, 2), Str(r, 3), FromMs(r.IsDBNull(4) ? 0 : r.GetInt64(4)), Str(r, 5) ?? string.Empty),

@@ -586,6 +586,17 @@ public partial interface ISpool : IAsyncDisposable
     /// <returns>A task completing after commit.</returns>
     Task ParkMessageAsync(long rowId, string reason, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// The alerts a storm digest covers, the newest <paramref name="max"/> of them, oldest first: the ones a receipt about
+    /// the digest's mail goes to (a storm can put millions in one digest; a device keeps at most so many receipts).
+    /// </summary>
+    /// <param name="device">The digest's device.</param>
+    /// <param name="messageId">The digest's Message-ID.</param>
+    /// <param name="max">How many at most.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>Their alert ids.</returns>
+    Task<IReadOnlyList<string>> DigestAlertIdsAsync(string device, string messageId, int max, CancellationToken cancellationToken);
+
     /// <summary>Parked alerts and messages, most recently parked first.</summary>
     /// <param name="max">Most to return.</param>
     /// <param name="cancellationToken">Cancellation.</param>

@@ -833,6 +833,10 @@ public sealed partial class SqliteSpool : ISpool
     }
 
     /// <inheritdoc />
+    public Task<IReadOnlyList<string>> DigestAlertIdsAsync(string device, string messageId, int max, CancellationToken cancellationToken) =>
+        Read<IReadOnlyList<string>>((s, _) => s.AlertsOf("digest", device, null, messageId, max), cancellationToken);
+
+    /// <inheritdoc />
     public Task<IReadOnlyList<ParkedItem>> ParkedAsync(int max, CancellationToken cancellationToken) =>
         Read<IReadOnlyList<ParkedItem>>((s, _) =>
         {

@@ -1,4 +1,5 @@
 using System.Text;
+using EdgeMail.Gateway.Composition;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Receipts;
 using EdgeMail.Gateway.Relay;
@@ -467,6 +468,42 @@ public sealed class StormControlTests
         await second.UntilAsync(async () => (await second.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Count == 0, "the receipts removed after the device's PUBACKs");
         Assert.All(repeats, id => Assert.Equal((1, 0), (inbox.Count(id, ReceiptState.Failed), inbox.Count(id, ReceiptState.Relayed))));
         await device.DisconnectAsync();
+    }
+
+    // A digest mail the delivery worker parks (here its failure notice's Message-ID is taken, a conflict the spool must
+    // not swallow): each alert it covers is told its mail is parked, as a single alert's parked mail tells its own.
+    [Fact]
+    public async Task DigestMailParkedByTheWorker_GivesEachAlertItCoversAFailedReceiptSayingParked()
+    {
+        var clock = new SteppedClock();
+        await using var sink = await SmtpTestServer.StartAsync();
+        sink.OnData = m => (m.Message.MessageId ?? string.Empty).Contains(".digest", StringComparison.Ordinal) ? new SmtpReply(554, "5.7.1 storm digests refused here") : SmtpReply.Ok;
+        await using var gw = await TestGateway.StartAsync(StormThrough(sink.Port), s => s.AddSingleton<TimeProvider>(clock));
+        gw.Logs.Expect(e => e.Message.StartsWith("Parked digest mail <", StringComparison.Ordinal));
+        string digest = MessageIds.ForDigest("dev-1", "PUMP_CYCLING", "p-2", "gw.test");
+        await gw.Spool.QueueMailAsync(new NewMessage("relay", "dev-1", null, MessageIds.ForNotice(digest, 1, "gw.test"), "edgemail@gw.test", ["alice@example.com"],
+            Encoding.ASCII.GetBytes("Subject: in the way\r\n\r\nbody\r\n")), default);
+        using var device = await gw.ConnectAsync("dev-1");
+        var inbox = await ReceiptInbox.SubscribeAsync(device, "dev-1");
+        await PublishAsync(device, "p-1");
+        await inbox.WaitForAsync("p-1", ReceiptState.Relayed);
+        string[] repeats = ["p-2", "p-3", "p-4"];
+        foreach (string id in repeats)
+        {
+            await PublishAsync(device, id);
+        }
+
+        Assert.Equal(["held", "held", "held"], await DecidedAsync(gw, repeats));
+
+        CloseWindow(gw, clock, TimeSpan.FromMinutes(10));
+
+        foreach (string id in repeats)
+        {
+            var failed = await inbox.WaitForAsync(id, ReceiptState.Failed);
+            Assert.StartsWith("parked: ", failed.GetProperty("detail").GetString(), StringComparison.Ordinal);
+        }
+
+        Assert.Equal(MessageStatus.Parked, (await gw.Spool.GetMessageAsync(digest, default))?.Status);
     }
 
     // Storm control with a 10 minute window, mail through a real SMTP server.
