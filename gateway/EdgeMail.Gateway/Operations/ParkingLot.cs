@@ -12,6 +12,7 @@ namespace EdgeMail.Gateway.Operations;
 public sealed partial class ParkingLot
 {
     private readonly ReceiptPublisher _receipts;
+    private readonly ISpool _spool;
     private readonly OperatorNotices _notices;
     private readonly GatewayMetrics _metrics;
     private readonly ILogger<ParkingLot> _logger;
@@ -19,14 +20,16 @@ public sealed partial class ParkingLot
 
     /// <summary>Creates the parking lot.</summary>
     /// <param name="receipts">Receipts to devices.</param>
+    /// <param name="spool">Where a parked digest's alerts are found.</param>
     /// <param name="notices">Notices to the operator.</param>
     /// <param name="metrics">Counters.</param>
     /// <param name="logger">Logger.</param>
     /// <param name="clock">When a parked item's receipt says it failed.</param>
-    public ParkingLot(ReceiptPublisher receipts, OperatorNotices notices, GatewayMetrics metrics, ILogger<ParkingLot> logger, TimeProvider clock)
+    public ParkingLot(ReceiptPublisher receipts, ISpool spool, OperatorNotices notices, GatewayMetrics metrics, ILogger<ParkingLot> logger, TimeProvider clock)
     {
         _clock = clock;
         _receipts = receipts;
+        _spool = spool;
         _notices = notices;
         _metrics = metrics;
         _logger = logger;
@@ -72,8 +75,10 @@ public sealed partial class ParkingLot
     /// <param name="message">The mail.</param>
     /// <param name="reason">Why.</param>
     /// <param name="fault">The exception, if one caused it.</param>
-    /// <returns>A task completing once the receipt is queued.</returns>
-    public async Task MessageParkedAsync(QueuedMessage message, string reason, Exception? fault)
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task completing once the receipts are queued.</returns>
+    /// <exception cref="SpoolException">A parked digest's alerts could not be read; the operator was told, the devices not.</exception>
+    public async Task MessageParkedAsync(QueuedMessage message, string reason, Exception? fault, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(message);
         LogMessageParked(fault, message.MessageId, message.Kind, reason);
@@ -82,6 +87,14 @@ public sealed partial class ParkingLot
         if (message is { Kind: "alert", Device: { } device, AlertId: { } alertId })
         {
             await ReceiptAsync(device, alertId, reason).ConfigureAwait(false);
+        }
+        else if (message is { Kind: "digest", Device: { } digestDevice })
+        {
+            // Each alert a digest covers is told, as a single alert's parked mail tells its own.
+            foreach (string covered in await _spool.DigestAlertIdsAsync(digestDevice, message.MessageId, _receipts.MaxPerDevice, cancellationToken).ConfigureAwait(false))
+            {
+                await ReceiptAsync(digestDevice, covered, reason).ConfigureAwait(false);
+            }
         }
     }
 

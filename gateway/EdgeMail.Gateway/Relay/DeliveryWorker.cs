@@ -278,15 +278,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         try
         {
             await _spool.ParkMessageAsync(message.RowId, reason, cancellationToken).ConfigureAwait(false);
-            await _parking.MessageParkedAsync(message, reason, fault).ConfigureAwait(false);
-            if (message is { Kind: "digest", Device: { } device })
-            {
-                // Each alert the digest covers is told, as a single alert's parked mail tells its own.
-                foreach (string alertId in await _spool.DigestAlertIdsAsync(device, message.MessageId, _receipts.MaxPerDevice, cancellationToken).ConfigureAwait(false))
-                {
-                    await _parking.ReceiptAsync(device, alertId, reason).ConfigureAwait(false);
-                }
-            }
+            await _parking.MessageParkedAsync(message, reason, fault, cancellationToken).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is SpoolException or OperationCanceledException)
         {

@@ -839,17 +839,8 @@ public abstract class SpoolContractTests : IAsyncLifetime
     [ContractFact]
     public async Task DigestAlertIds_AreTheNewestOfTheDigestsAlerts_OldestFirst_AndNoneForAnotherDevicesOrMail()
     {
-        var clock = new FakeTimeProvider(T0);
-        await using var spool = Open(clock);
-        for (int i = 0; i < 4; i++)
-        {
-            await spool.AcceptAlertAsync(Alert("dev-1", $"r-{i}"), default);
-        }
-
-        var alerts = await spool.NewAlertsAsync(10, default);
-        await spool.CommitRoutingAsync(alerts.Select(a => new RoutingCommit(a.RowId, AlertStatus.Held, T0, null, null, null)).ToList(), default);
-        var digest = Assert.Single(await spool.DueDigestsAsync(T0, 100, default));
-        await spool.CommitDigestAsync(digest, Mail("digest-1@gw.test", "digest"), new StormState(T0, null), default);
+        await using var spool = Open();
+        await DigestTakenAsync(spool, "dev-1", 4);
 
         Assert.Equal(["r-1", "r-2", "r-3"], await spool.DigestAlertIdsAsync("dev-1", "digest-1@gw.test", 3, default));
         Assert.Equal(["r-0", "r-1", "r-2", "r-3"], await spool.DigestAlertIdsAsync("dev-1", "digest-1@gw.test", 100, default));
