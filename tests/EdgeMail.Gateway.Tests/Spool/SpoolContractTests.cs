@@ -1088,6 +1088,29 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Equal("parked", Assert.Single(await spool.NewAlertsAsync(10, default)).AlertId);
     }
 
+    [ContractFact]
+    public async Task Prune_KeepsTheAlertsOfADigestStillOnItsWay_ForTheReceiptsItsResultOwesThem()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var spool = Open(clock);
+        var due = await DigestTakenAsync(spool, "dev-1", 3); // received at T0, the digest retried for longer than retention
+        clock.Advance(TimeSpan.FromDays(31));
+
+        var early = await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 10_000, default);
+        var committed = await spool.CommitDeliveryAsync(new DeliveryCommit(due.RowId, [new("alice@example.com", "failed", "554 5.7.1 refused")], null, null,
+            DigestReceipt: new DigestReceipt("failed", clock.GetUtcNow(), "554 5.7.1 refused")), default);
+
+        Assert.Equal((0, 0), (early.Messages, early.Alerts));
+        Assert.Equal(["r-0", "r-1", "r-2"], committed.DigestReceipts.Select(r => r.AlertId));
+        Assert.Equal(["r-0", "r-1", "r-2"], (await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Select(r => r.Receipt.AlertId));
+
+        // Once the digest itself is past retention, its alerts go with it.
+        clock.Advance(TimeSpan.FromDays(31));
+        var late = await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 10_000, default);
+        Assert.Equal((1, 3), (late.Messages, late.Alerts));
+        Assert.Null(await spool.GetAlertAsync("dev-1", "r-0", default));
+    }
+
     private static KeptReceipt Receipt(string device, string alertId, string state = "failed", string detail = "550 5.1.1 no such user") =>
         new(device, alertId, state, T0.AddSeconds(5), detail);
 
