@@ -45,10 +45,10 @@ public sealed record SentReceipt(string Device, string AlertId, string State, Da
 /// </summary>
 public sealed class ReceiptHand
 {
-    internal ReceiptHand((string Device, string AlertId, string State) key) => Key = key;
+    internal ReceiptHand(ReceiptCopy copy) => Copy = copy;
 
-    /// <summary>Device, alert id and state of the receipt.</summary>
-    public (string Device, string AlertId, string State) Key { get; }
+    /// <summary>The copy handed over: device, alert id and state, and the <c>at</c> and detail it says.</summary>
+    public ReceiptCopy Copy { get; }
 }
 
 /// <summary>Where receipts go (the embedded broker, or an external one).</summary>
@@ -115,14 +115,14 @@ public sealed partial class ReceiptPublisher : IDisposable
     // broker) holds or is about to, so a replay does not send them twice. Forgotten with the session (SessionEnded), and
     // empty after a restart, which is when a replay sends them again. Each with its hand-over: a copy on its way when the
     // session ended is no longer the one counted on, and must neither reach the next session nor release the copy the
-    // replay gave it.
-    private readonly Dictionary<string, Dictionary<(string AlertId, string State), ReceiptHand>> _handed = new(StringComparer.Ordinal);
+    // replay gave it. By copy, not by (alert, state): a receipt that replaced its row while an older copy is on its way
+    // (a cancel's 'failed' after the parked item's) is news the device must get, so it is handed over beside that copy.
+    private readonly Dictionary<string, Dictionary<ReceiptCopy, ReceiptHand>> _handed = new(StringComparer.Ordinal);
 
     // Acknowledged, their removal from the spool not committed yet: a replay meanwhile must not send them again.
-    private readonly HashSet<(string Device, string AlertId, string State)> _removing = [];
+    private readonly HashSet<ReceiptCopy> _removing = [];
     private readonly Lock _custody = new();
-    private readonly Channel<(string Device, string AlertId, string State)> _acked =
-        Channel.CreateUnbounded<(string, string, string)>(new UnboundedChannelOptions { SingleReader = true });
+    private readonly Channel<ReceiptCopy> _acked = Channel.CreateUnbounded<ReceiptCopy>(new UnboundedChannelOptions { SingleReader = true });
 
     private int _removerStarted;
     private int _disposed;
@@ -205,7 +205,7 @@ public sealed partial class ReceiptPublisher : IDisposable
         ArgumentNullException.ThrowIfNull(receipt);
         bool listening = _sink.Value.IsListening(receipt.Device);
         Remember(new SentReceipt(receipt.Device, receipt.AlertId, receipt.State, receipt.At, receipt.Detail, listening));
-        return listening && TryHand(receipt.Key) is { } hand ? Enqueue(Outgoing.Of(receipt, hand), cancellationToken) : ValueTask.CompletedTask;
+        return listening && TryHand(receipt.Copy) is { } hand ? Enqueue(Outgoing.Of(receipt, hand), cancellationToken) : ValueTask.CompletedTask;
     }
 
     /// <summary>Keeps a final receipt in the spool (outside a delivery commit: a parked item), then publishes it as <see cref="PublishKeptAsync"/>.</summary>
@@ -250,7 +250,7 @@ public sealed partial class ReceiptPublisher : IDisposable
             {
                 after = stored.RowId;
                 var r = stored.Receipt;
-                if (!_sink.Value.IsListening(r.Device) || TryHand(r.Key) is not { } hand)
+                if (!_sink.Value.IsListening(r.Device) || TryHand(r.Copy) is not { } hand)
                 {
                     continue;
                 }
@@ -273,7 +273,7 @@ public sealed partial class ReceiptPublisher : IDisposable
 
     /// <summary>
     /// A receipt publish was acknowledged: by the device (embedded broker: its PUBACK) or by the external broker, which
-    /// holds it for the device from then on. A kept receipt is removed from the spool.
+    /// holds it for the device from then on. A kept receipt is removed from the spool, if its row still holds that copy.
     /// </summary>
     /// <param name="deviceId">The device.</param>
     /// <param name="payload">The receipt JSON that was acknowledged.</param>
@@ -287,15 +287,14 @@ public sealed partial class ReceiptPublisher : IDisposable
             }
         }
 
-        if (!TryReadKey(payload, out string alertId, out string state))
+        if (!TryReadCopy(deviceId, payload, out var copy))
         {
             return;
         }
 
-        var key = (deviceId, alertId, state);
         lock (_custody)
         {
-            if (!_handed.TryGetValue(deviceId, out var held) || !held.Remove((alertId, state)))
+            if (!_handed.TryGetValue(deviceId, out var held) || !held.Remove(copy))
             {
                 return;
             }
@@ -305,10 +304,10 @@ public sealed partial class ReceiptPublisher : IDisposable
                 _handed.Remove(deviceId);
             }
 
-            _removing.Add(key);
+            _removing.Add(copy);
         }
 
-        _acked.Writer.TryWrite(key);
+        _acked.Writer.TryWrite(copy);
         if (Interlocked.CompareExchange(ref _removerStarted, 1, 0) == 0)
         {
             _ = Task.Run(RemoveDeliveredAsync, CancellationToken.None);
@@ -327,9 +326,9 @@ public sealed partial class ReceiptPublisher : IDisposable
             return; // a courtesy receipt, or a copy no longer counted on: the one that is goes its own way
         }
 
-        if (_sink.Value.IsListening(kept.Key.Device))
+        if (_sink.Value.IsListening(kept.Copy.Device))
         {
-            _ = ReplaySafelyAsync(kept.Key.Device, ReplayAfterNotDelivered);
+            _ = ReplaySafelyAsync(kept.Copy.Device, ReplayAfterNotDelivered);
         }
     }
 
@@ -401,27 +400,27 @@ public sealed partial class ReceiptPublisher : IDisposable
         _stopping.Dispose();
     }
 
-    private ReceiptHand? TryHand((string Device, string AlertId, string State) key)
+    private ReceiptHand? TryHand(ReceiptCopy copy)
     {
         lock (_custody)
         {
-            if (_removing.Contains(key))
+            if (_removing.Contains(copy))
             {
                 return null;
             }
 
-            if (!_handed.TryGetValue(key.Device, out var held))
+            if (!_handed.TryGetValue(copy.Device, out var held))
             {
-                _handed[key.Device] = held = new();
+                _handed[copy.Device] = held = new();
             }
 
-            if (held.ContainsKey((key.AlertId, key.State)))
+            if (held.ContainsKey(copy))
             {
                 return null;
             }
 
-            var hand = new ReceiptHand(key);
-            held.Add((key.AlertId, key.State), hand);
+            var hand = new ReceiptHand(copy);
+            held.Add(copy, hand);
             return hand;
         }
     }
@@ -436,11 +435,11 @@ public sealed partial class ReceiptPublisher : IDisposable
                 return false;
             }
 
-            var held = _handed[kept.Key.Device];
-            held.Remove((kept.Key.AlertId, kept.Key.State));
+            var held = _handed[kept.Copy.Device];
+            held.Remove(kept.Copy);
             if (held.Count == 0)
             {
-                _handed.Remove(kept.Key.Device);
+                _handed.Remove(kept.Copy.Device);
             }
 
             return true;
@@ -448,7 +447,7 @@ public sealed partial class ReceiptPublisher : IDisposable
     }
 
     private bool IsCurrent(ReceiptHand kept) =>
-        _handed.TryGetValue(kept.Key.Device, out var held) && held.TryGetValue((kept.Key.AlertId, kept.Key.State), out var current) && ReferenceEquals(current, kept);
+        _handed.TryGetValue(kept.Copy.Device, out var held) && held.TryGetValue(kept.Copy, out var current) && ReferenceEquals(current, kept);
 
     private async Task ReplaySafelyAsync(string deviceId, TimeSpan after)
     {
@@ -489,15 +488,15 @@ public sealed partial class ReceiptPublisher : IDisposable
     // Removals are batched: acknowledgements come from many connections at once, each one commit would cost a write.
     private async Task RemoveDeliveredAsync()
     {
-        var batch = new List<(string Device, string AlertId, string State)>();
+        var batch = new List<ReceiptCopy>();
         try
         {
             while (await _acked.Reader.WaitToReadAsync().ConfigureAwait(false))
             {
                 batch.Clear();
-                while (batch.Count < ReplayPage && _acked.Reader.TryRead(out var key))
+                while (batch.Count < ReplayPage && _acked.Reader.TryRead(out var copy))
                 {
-                    batch.Add(key);
+                    batch.Add(copy);
                 }
 
                 while (true)
@@ -540,31 +539,42 @@ public sealed partial class ReceiptPublisher : IDisposable
         }
     }
 
-    /// <summary>Reads the <c>id</c> and <c>state</c> of a receipt (the gateway's own JSON).</summary>
-    internal static bool TryReadKey(ReadOnlySequence<byte> payload, out string alertId, out string state)
+    /// <summary>Reads which copy of a kept receipt a payload is: its <c>id</c>, <c>state</c>, <c>at</c> and <c>detail</c> (the gateway's own JSON).</summary>
+    internal static bool TryReadCopy(string deviceId, ReadOnlySequence<byte> payload, out ReceiptCopy copy)
     {
-        alertId = string.Empty;
-        state = string.Empty;
-        string? id = null, st = null;
+        copy = default;
+        string? id = null, state = null, detail = null;
+        DateTimeOffset? at = null;
         try
         {
             var json = new Utf8JsonReader(payload);
-            while (json.Read() && (id is null || st is null))
+            while (json.Read() && (id is null || state is null || at is null || detail is null))
             {
                 if (json.TokenType == JsonTokenType.PropertyName && json.CurrentDepth == 1)
                 {
                     bool isId = json.ValueTextEquals("id"u8), isState = json.ValueTextEquals("state"u8);
+                    bool isAt = json.ValueTextEquals("at"u8), isDetail = json.ValueTextEquals("detail"u8);
                     json.Read();
-                    if (json.TokenType == JsonTokenType.String)
+                    if (json.TokenType != JsonTokenType.String)
                     {
-                        if (isId)
-                        {
-                            id = json.GetString();
-                        }
-                        else if (isState)
-                        {
-                            st = json.GetString();
-                        }
+                        continue;
+                    }
+
+                    if (isId)
+                    {
+                        id = json.GetString();
+                    }
+                    else if (isState)
+                    {
+                        state = json.GetString();
+                    }
+                    else if (isAt && json.TryGetDateTimeOffset(out var value))
+                    {
+                        at = value;
+                    }
+                    else if (isDetail)
+                    {
+                        detail = json.GetString();
                     }
                 }
             }
@@ -574,12 +584,12 @@ public sealed partial class ReceiptPublisher : IDisposable
             return false;
         }
 
-        if (id is null || st is null)
+        if (id is null || state is null || at is null || detail is null)
         {
             return false;
         }
 
-        (alertId, state) = (id, st);
+        copy = new ReceiptCopy(deviceId, id, state, at.Value.ToUnixTimeMilliseconds(), detail);
         return true;
     }
 
@@ -688,6 +698,6 @@ public sealed partial class ReceiptPublisher : IDisposable
 
     private sealed record Outgoing(string Device, byte[] Payload, string State, ReceiptHand? Kept)
     {
-        public static Outgoing Of(KeptReceipt r, ReceiptHand hand) => new(r.Device, Format(r.AlertId, r.State, r.At, r.Detail), r.State, hand);
+        public static Outgoing Of(KeptReceipt r, ReceiptHand hand) => new(r.Device, Format(r.AlertId, r.State, r.At, r.StoredDetail), r.State, hand);
     }
 }

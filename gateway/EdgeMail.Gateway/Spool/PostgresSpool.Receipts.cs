@@ -52,20 +52,21 @@ public sealed partial class PostgresSpool
         }, cancellationToken);
 
     /// <inheritdoc />
-    public Task<int> RemoveReceiptsAsync(IReadOnlyCollection<(string Device, string AlertId, string State)> keys, CancellationToken cancellationToken)
+    public Task<int> RemoveReceiptsAsync(IReadOnlyCollection<ReceiptCopy> copies, CancellationToken cancellationToken)
     {
-        ArgumentNullException.ThrowIfNull(keys);
-        if (keys.Count == 0)
+        ArgumentNullException.ThrowIfNull(copies);
+        if (copies.Count == 0)
         {
             return Task.FromResult(0);
         }
 
         return WriteAsync((c, tx, _) => ExecAsync(c, tx, cancellationToken,
             """
-            DELETE FROM receipts r USING unnest($1::text[], $2::text[], $3::text[]) AS k(device, alert_id, state)
-            WHERE r.device = k.device AND r.alert_id = k.alert_id AND r.state = k.state
+            DELETE FROM receipts r USING unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]) AS k(device, alert_id, state, at, detail)
+            WHERE r.device = k.device AND r.alert_id = k.alert_id AND r.state = k.state AND r.at = k.at AND r.detail = k.detail
             """,
-            keys.Select(k => Text(k.Device)).ToArray(), keys.Select(k => Text(k.AlertId)).ToArray(), keys.Select(k => k.State).ToArray()), cancellationToken);
+            copies.Select(k => Text(k.Device)).ToArray(), copies.Select(k => Text(k.AlertId)).ToArray(), copies.Select(k => k.State).ToArray(),
+            copies.Select(k => k.AtMs).ToArray(), copies.Select(k => Text(k.Detail)).ToArray()), cancellationToken);
     }
 
     /// <inheritdoc />

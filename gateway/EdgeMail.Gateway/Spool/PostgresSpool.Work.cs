@@ -788,13 +788,16 @@ public sealed partial class PostgresSpool
             }
 
             // Alerts that are finished (everything but new, held and parked: a parked alert waits for the operator, who
-            // may release it whatever its age) and that no mail refers to any more. Keeping an alert row is what
-            // de-duplicates a retransmission; by the horizon the device has long had its PUBACK.
+            // may release it whatever its age) and that no mail refers to any more: neither its own mail nor a storm
+            // digest that covers it, which finds its alerts by digest_message to give each its receipt when it is
+            // delivered, fails, is parked or cancelled -- and a parked digest waits for the operator whatever its age.
+            // Keeping an alert row is what de-duplicates a retransmission; by the horizon the device has long had its PUBACK.
             int a = await ExecAsync(c, tx, cancellationToken,
                 """
                 DELETE FROM alerts WHERE rowid IN (
                   SELECT rowid FROM alerts WHERE received_at < $1 AND status NOT IN ('new', 'held', 'parked')
                     AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.alert_rowid = alerts.rowid)
+                    AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.message_id = alerts.digest_message)
                   ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED)
                 """, horizon, maxRows).ConfigureAwait(false);
             await ExecAsync(c, tx, cancellationToken,

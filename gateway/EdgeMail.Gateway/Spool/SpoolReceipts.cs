@@ -12,12 +12,38 @@ namespace EdgeMail.Gateway.Spool;
 /// <param name="Detail">The remote reply or reason.</param>
 public sealed record KeptReceipt(string Device, string AlertId, string State, DateTimeOffset At, string Detail)
 {
-    /// <summary>What identifies it: at most one kept receipt per device, alert and state.</summary>
+    /// <summary>What identifies its row: at most one kept receipt per device, alert and state.</summary>
     public (string Device, string AlertId, string State) Key => (Device, AlertId, State);
 
-    /// <summary>The detail as kept: at most what a receipt carries on the wire (512 characters).</summary>
-    public string StoredDetail => Detail.Length > 512 ? Detail[..512] : Detail;
+    /// <summary>
+    /// The detail as kept and as sent: at most what a receipt carries on the wire (512 characters, a surrogate pair not
+    /// cut), a NUL as U+FFFD (PostgreSQL's text cannot hold it), so a copy read back from the spool says what the first did.
+    /// </summary>
+    public string StoredDetail
+    {
+        get
+        {
+            string clipped = Detail.Length <= 512 ? Detail : Detail[..(char.IsHighSurrogate(Detail[511]) ? 511 : 512)];
+            return clipped.Contains('\0', StringComparison.Ordinal) ? clipped.Replace('\0', '\uFFFD') : clipped;
+        }
+    }
+
+    /// <summary>This receipt as a device is sent it, and as its acknowledgement names it.</summary>
+    public ReceiptCopy Copy => new(Device, AlertId, State, At.ToUnixTimeMilliseconds(), StoredDetail);
 }
+
+/// <summary>
+/// A kept receipt as a device is sent it: what the acknowledgement names (the receipt's JSON, which the broker gives
+/// back with the device's PUBACK, or with its own for an external broker). The same device, alert and state can be kept
+/// again with a later outcome (a cancel's <c>failed</c> after a parked item's) while the older copy is still on its
+/// way: <c>at</c> and <c>detail</c> tell the two apart, so taking the older copy does not take the newer receipt.
+/// </summary>
+/// <param name="Device">The device.</param>
+/// <param name="AlertId">The alert's id.</param>
+/// <param name="State">The receipt state.</param>
+/// <param name="AtMs">The receipt's <c>at</c>, in Unix milliseconds (as precise as the wire).</param>
+/// <param name="Detail">The detail as kept and sent (<see cref="KeptReceipt.StoredDetail"/>).</param>
+public readonly record struct ReceiptCopy(string Device, string AlertId, string State, long AtMs, string Detail);
 
 /// <summary>A kept receipt as the spool holds it.</summary>
 /// <param name="RowId">Its row (kept receipts are read in row order).</param>
@@ -48,11 +74,15 @@ public partial interface ISpool
     /// <returns>The receipts.</returns>
     Task<IReadOnlyList<StoredReceipt>> KeptReceiptsAsync(string? device, long afterRowId, DateTimeOffset? storedBefore, int max, CancellationToken cancellationToken);
 
-    /// <summary>Removes kept receipts that were delivered (one transaction); keys not kept are ignored.</summary>
-    /// <param name="keys">Device, alert id and state of each.</param>
+    /// <summary>
+    /// Removes kept receipts that were delivered (one transaction): each row only while it still holds the copy the device
+    /// took (the same <c>at</c> and detail). A row that a later outcome replaced meanwhile stays, to be sent and taken
+    /// itself; copies not kept are ignored.
+    /// </summary>
+    /// <param name="copies">The copies the device acknowledged.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>How many were removed.</returns>
-    Task<int> RemoveReceiptsAsync(IReadOnlyCollection<(string Device, string AlertId, string State)> keys, CancellationToken cancellationToken);
+    Task<int> RemoveReceiptsAsync(IReadOnlyCollection<ReceiptCopy> copies, CancellationToken cancellationToken);
 
     /// <summary>Removes kept receipts stored before <paramref name="before"/>, at most <paramref name="maxRows"/>.</summary>
     /// <param name="before">The horizon (<c>Receipts:MaxAge</c> ago).</param>

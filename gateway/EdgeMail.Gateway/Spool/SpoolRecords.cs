@@ -631,9 +631,9 @@ public partial interface ISpool : IAsyncDisposable
 
     /// <summary>
     /// Removes finished mail (sent, failed, partial, cancelled) finished before <paramref name="before"/>, the
-    /// alerts received before it that are finished and no longer referenced by mail, and storm state older than
-    /// it, at most <paramref name="maxRows"/> of each in one transaction; then gives free pages back to the file
-    /// system.
+    /// alerts received before it that are finished and no longer referenced by mail (their own, or a storm digest
+    /// covering them: its result owes them receipts), and storm state older than it, at most <paramref name="maxRows"/>
+    /// of each in one transaction; then gives free pages back to the file system.
     /// </summary>
     /// <param name="before">The retention horizon.</param>
     /// <param name="maxRows">Most rows of each kind removed by this call (call again while it removes that many).</param>

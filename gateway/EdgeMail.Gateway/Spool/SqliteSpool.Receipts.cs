@@ -76,15 +76,16 @@ public sealed partial class SqliteSpool
         }, cancellationToken);
 
     /// <inheritdoc />
-    public Task<int> RemoveReceiptsAsync(IReadOnlyCollection<(string Device, string AlertId, string State)> keys, CancellationToken cancellationToken)
+    public Task<int> RemoveReceiptsAsync(IReadOnlyCollection<ReceiptCopy> copies, CancellationToken cancellationToken)
     {
-        ArgumentNullException.ThrowIfNull(keys);
+        ArgumentNullException.ThrowIfNull(copies);
         return Enqueue((s, _) =>
         {
             int removed = 0;
-            foreach (var (device, alertId, state) in keys)
+            foreach (var c in copies)
             {
-                removed += s.Exec("DELETE FROM receipts WHERE device=$p0 AND alert_id=$p1 AND state=$p2", device, alertId, state);
+                removed += s.Exec("DELETE FROM receipts WHERE device=$p0 AND alert_id=$p1 AND state=$p2 AND at=$p3 AND detail=$p4",
+                    c.Device, c.AlertId, c.State, c.AtMs, c.Detail);
             }
 
             return removed;

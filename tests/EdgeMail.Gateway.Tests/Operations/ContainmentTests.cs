@@ -1,9 +1,12 @@
+using System.Collections.Concurrent;
 using System.Diagnostics.Metrics;
 using System.Net;
 using System.Net.Http.Json;
 using System.Text;
 using EdgeMail.Gateway.Operations;
+using EdgeMail.Gateway.Receipts;
 using EdgeMail.Gateway.Spool;
+using EdgeMail.Testing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -157,6 +160,50 @@ public sealed class ContainmentTests : IDisposable
         Assert.Equal(HttpStatusCode.NoContent, response.StatusCode);
         await receipts.WaitForAsync("p-5", "failed", "cancelled by the operator: template retired");
         Assert.Equal(("cancelled", "template retired"), await gw.Spool.GetAlertAsync("dev-1", "p-5", default));
+    }
+
+    [Fact]
+    public async Task CancellingAParkedAlert_WhoseParkedReceiptTheDeviceHasNotTakenYet_StillGivesItTheCancel()
+    {
+        const string Cancelled = "cancelled by the operator: template retired";
+        await using var gw = await TestGateway.StartAsync(WithFragileRoute);
+        gw.Logs.Expect(e => e.Message.StartsWith("Parked alert p-7 from dev-1", StringComparison.Ordinal));
+        var removed = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        gw.Host.Services.GetRequiredService<ReceiptPublisher>().Removed += n => removed.TrySetResult(n);
+        using var api = await gw.ApiAsync();
+        using var client = await gw.ConnectAsync("dev-1");
+
+        // The device takes its 'failed' receipts only when the test says so: the parked one is still on its way
+        // (unacknowledged, as in a session the device has not come back to) when the operator cancels.
+        var untaken = new ConcurrentQueue<MqttApplicationMessageReceivedEventArgs>();
+        client.ApplicationMessageReceivedAsync += e =>
+        {
+            if (e.ApplicationMessage.ConvertPayloadToString().Contains("\"failed\"", StringComparison.Ordinal))
+            {
+                e.AutoAcknowledge = false;
+                untaken.Enqueue(e);
+            }
+
+            return Task.CompletedTask;
+        };
+        var receipts = await ReceiptInbox.SubscribeAsync(client, "dev-1");
+        await PublishAsync(client, "dev-1", Alerts.Json("p-7", code: "POISON"));
+        var parkedReceipt = await receipts.WaitForAsync("p-7", "failed");
+        Assert.StartsWith("parked: ", parkedReceipt.GetProperty("detail").GetString(), StringComparison.Ordinal);
+        var item = Assert.Single(await gw.Spool.ParkedAsync(10, default));
+
+        Assert.Equal(HttpStatusCode.NoContent, (await api.PostAsJsonAsync($"/api/v1/alerts/{item.RowId}/cancel", new { reason = "template retired" })).StatusCode);
+        Assert.True(untaken.TryDequeue(out var parkedCopy));
+        await parkedCopy.AcknowledgeAsync(default);
+
+        // Taking the older copy leaves the cancel's receipt, which replaced it in the spool, for the device to learn.
+        Assert.Equal(0, await Await.Within(removed.Task, "the parked receipt's PUBACK handled"));
+        Assert.Equal(Cancelled, Assert.Single(await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Receipt.Detail);
+        await receipts.WaitForAsync("p-7", "failed", Cancelled);
+        Assert.True(untaken.TryDequeue(out var cancelCopy));
+        await cancelCopy.AcknowledgeAsync(default);
+        await gw.UntilAsync(async () => (await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Count == 0, "the cancel's receipt removed after its PUBACK");
+        Assert.Equal(2, receipts.Count("p-7", "failed"));
     }
 
     [Fact]

@@ -1,4 +1,6 @@
+using System.Buffers;
 using EdgeMail.Gateway.Receipts;
+using EdgeMail.Gateway.Spool;
 using EdgeMail.Testing;
 using EdgeMail.Testing.Smtp;
 using Microsoft.Extensions.DependencyInjection;
@@ -128,6 +130,20 @@ public sealed class KeptReceiptTests
         Assert.Equal(0, await Await.Within(secondReplay.Task, "the replay at the second subscription"));
         Assert.Equal(1, inbox.Count("k-1", ReceiptState.Failed));
         await device.DisconnectAsync();
+    }
+
+    [Fact]
+    public void KeptReceiptsPayload_NamesTheCopyItWasMadeFrom_AndNotALaterReceiptForTheSameAlertAndState()
+    {
+        var kept = new KeptReceipt("dev-1", "k-1", ReceiptState.Failed, DateTimeOffset.FromUnixTimeMilliseconds(1_800_000_000_123).AddTicks(4_567),
+            "parked: \"quoted\" \u00e9 <b>\u0000 " + new string('x', 600));
+        var later = kept with { At = kept.At.AddSeconds(1), Detail = "cancelled by the operator: template retired" };
+
+        Assert.True(ReceiptPublisher.TryReadCopy("dev-1", new ReadOnlySequence<byte>(ReceiptPublisher.Format(kept.AlertId, kept.State, kept.At, kept.StoredDetail)), out var copy));
+
+        Assert.Equal(kept.Copy, copy);
+        Assert.NotEqual(later.Copy, copy);
+        Assert.False(ReceiptPublisher.TryReadCopy("dev-1", new ReadOnlySequence<byte>("{\"id\":\"k-1\",\"state\":\"failed\"}"u8.ToArray()), out _));
     }
 
     [Fact]

@@ -1088,6 +1088,29 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Equal("parked", Assert.Single(await spool.NewAlertsAsync(10, default)).AlertId);
     }
 
+    [ContractFact]
+    public async Task Prune_KeepsTheAlertsOfADigestStillOnItsWay_ForTheReceiptsItsResultOwesThem()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var spool = Open(clock);
+        var due = await DigestTakenAsync(spool, "dev-1", 3); // received at T0, the digest retried for longer than retention
+        clock.Advance(TimeSpan.FromDays(31));
+
+        var early = await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 10_000, default);
+        var committed = await spool.CommitDeliveryAsync(new DeliveryCommit(due.RowId, [new("alice@example.com", "failed", "554 5.7.1 refused")], null, null,
+            DigestReceipt: new DigestReceipt("failed", clock.GetUtcNow(), "554 5.7.1 refused")), default);
+
+        Assert.Equal((0, 0), (early.Messages, early.Alerts));
+        Assert.Equal(["r-0", "r-1", "r-2"], committed.DigestReceipts.Select(r => r.AlertId));
+        Assert.Equal(["r-0", "r-1", "r-2"], (await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Select(r => r.Receipt.AlertId));
+
+        // Once the digest itself is past retention, its alerts go with it.
+        clock.Advance(TimeSpan.FromDays(31));
+        var late = await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 10_000, default);
+        Assert.Equal((1, 3), (late.Messages, late.Alerts));
+        Assert.Null(await spool.GetAlertAsync("dev-1", "r-0", default));
+    }
+
     private static KeptReceipt Receipt(string device, string alertId, string state = "failed", string detail = "550 5.1.1 no such user") =>
         new(device, alertId, state, T0.AddSeconds(5), detail);
 
@@ -1117,10 +1140,43 @@ public abstract class SpoolContractTests : IAsyncLifetime
         await spool.KeepReceiptAsync(Receipt("dev-1", "a-1", "relayed", "250 ok"), 100, default);
         await spool.KeepReceiptAsync(Receipt("dev-2", "a-1"), 100, default);
 
-        int removed = await spool.RemoveReceiptsAsync([("dev-1", "a-1", "failed"), ("dev-3", "nothing", "failed")], default);
+        int removed = await spool.RemoveReceiptsAsync([Receipt("dev-1", "a-1").Copy, Receipt("dev-3", "nothing").Copy], default);
 
         Assert.Equal(1, removed);
         Assert.Equal([("dev-1", "a-1", "relayed"), ("dev-2", "a-1", "failed")], (await spool.KeptReceiptsAsync(null, 0, null, 10, default)).Select(r => r.Receipt.Key));
+    }
+
+    [ContractFact]
+    public async Task RemoveReceipts_OfACopyALaterReceiptReplaced_LeavesTheLaterOne_UntilItsOwnCopyIsTaken()
+    {
+        // The device still had the parked item's 'failed' on its way when the operator's cancel replaced it.
+        await using var spool = Open();
+        var parked = Receipt("dev-1", "a-1", detail: "parked: template failed");
+        var cancelled = Receipt("dev-1", "a-1", detail: "cancelled by the operator: template retired") with { At = T0.AddSeconds(9) };
+        var sameInstant = cancelled with { Detail = "cancelled by the operator: something else" };
+        await spool.KeepReceiptAsync(parked, 100, default);
+        await spool.KeepReceiptAsync(cancelled, 100, default);
+
+        int olderTaken = await spool.RemoveReceiptsAsync([parked.Copy, sameInstant.Copy], default);
+
+        Assert.Equal(0, olderTaken);
+        Assert.Equal(cancelled, Assert.Single(await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Receipt);
+        Assert.Equal(1, await spool.RemoveReceiptsAsync([cancelled.Copy], default));
+        Assert.Empty(await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default));
+    }
+
+    [ContractFact]
+    public async Task RemoveReceipts_ACopyReadBackFromTheSpool_IsTheCopyThatWasKept_ALongDetailWithANulAndACutPairIncluded()
+    {
+        await using var spool = Open();
+        // Past the wire's 512 characters, the cut falls inside a surrogate pair; the outcome's time is finer than the wire's.
+        var kept = Receipt("dev-1", "a-1", detail: "550 \0 " + new string('x', 505) + "\U0001F600 and more") with { At = T0.AddTicks(12_345) };
+        await spool.KeepReceiptAsync(kept, 100, default);
+
+        var readBack = Assert.Single(await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Receipt;
+
+        Assert.Equal(kept.Copy, readBack.Copy);
+        Assert.Equal(1, await spool.RemoveReceiptsAsync([kept.Copy], default));
     }
 
     [ContractFact]
