@@ -287,13 +287,13 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         }
     }
 
-    // A transport that sends in several transactions (direct MX, one per domain) hands over what each delivered before
-    // the next begins, which may take minutes: recorded now, a crash meanwhile does not send it again. Only what was sent
-    // is: a failed or deferred recipient is simply asked again after a crash, and its failure notice goes with the
-    // attempt's result. The attempt's result still lists these recipients (its attempt row is complete).
-    // When they cannot be recorded, the attempt stops and the domains not yet tried are deferred: until a result is
+    // A transport that sends in several transactions (direct MX, one per domain; a smarthost, one per
+    // Relay:Limits:RecipientsPerMessage recipients) hands over what each delivered before the next begins, which may
+    // take minutes: recorded now, a crash meanwhile does not send it again. Only what was sent is: a failed or deferred
+    // recipient is simply asked again after a crash, and its failure notice goes with the attempt's result. The attempt's result still lists these recipients (its attempt row is complete).
+    // When they cannot be recorded, the attempt stops and the recipients not yet tried are deferred: until a result is
     // committed the next attempt sends to every recipient again, and a spool that just failed a write may well fail
-    // the attempt's result too, so going on would risk a second copy for those domains as well. A message cancelled
+    // the attempt's result too, so going on would risk a second copy for those recipients as well. A message cancelled
     // or taken over by another instance (its lease ran out) is no longer this attempt's to send to anyone else; on a
     // shared spool the attempt's lease keeper knows that too, or that its claim ran out unrenewed, before any record.
     private Task<string?> RecordPartSentAsync(QueuedMessage message, IReadOnlyList<RecipientResult> sent, CancellationToken cancellationToken) =>
@@ -316,7 +316,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                 // Thrown into the transport, this would turn the whole attempt into a transient failure, the recipients
                 // that have the mail included: the attempt's result records them, with the rest deferred.
                 LogPartSentNotRecorded(ex, message.MessageId);
-                return "451 4.3.0 local error, not attempted: " + ParkingLot.Describe("recording the recipients an earlier domain accepted", ex);
+                return "451 4.3.0 local error, not attempted: " + ParkingLot.Describe("recording the recipients an earlier transaction delivered to", ex);
             }
         }
 
@@ -325,9 +325,9 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             return stopped;
         }
 
-        // Before the next connection, with nothing to record: a cancel since the last transaction ends the attempt
-        // here too (on a shared spool a cancel also ends the claim, but the lease keeper sees that only at its next
-        // renewal). A read, per connection of a multi-domain attempt; if it fails the attempt goes on, as it would have.
+        // Before the next connection or transaction, with nothing to record: a cancel since the last transaction ends
+        // the attempt here too (on a shared spool a cancel also ends the claim, but the lease keeper sees that only at
+        // its next renewal). A read per connection of a parted attempt; if it fails the attempt goes on, as it would have.
         if (sent.Count == 0)
         {
             try
@@ -541,10 +541,10 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     [LoggerMessage(Level = LogLevel.Warning, Message = "Delivery bookkeeping could not use the spool; retrying later")]
     private partial void LogFailed(Exception ex);
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "Recipients of <{MessageId}> that have the mail could not be recorded; the attempt stops there, the domains not yet tried are deferred")]
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Recipients of <{MessageId}> that have the mail could not be recorded; the attempt stops there, the recipients not yet tried are deferred")]
     private partial void LogPartSentNotRecorded(Exception ex, string messageId);
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "<{MessageId}> was cancelled, or taken over by another instance, during the attempt; the domains not yet tried are not sent to")]
+    [LoggerMessage(Level = LogLevel.Warning, Message = "<{MessageId}> was cancelled, or taken over by another instance, during the attempt; the recipients not yet tried are not sent to")]
     private partial void LogPartSentRefused(string messageId);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "The transport threw while delivering <{MessageId}>; deferred as a transient failure")]

@@ -130,7 +130,7 @@ public sealed class DirectMxRelay : IMailTransport
         ArgumentNullException.ThrowIfNull(message);
         var results = new List<RecipientResult>();
         var groups = message.PendingRecipients.GroupBy(r => r[(r.LastIndexOf('@') + 1)..].ToLowerInvariant()).ToList();
-        bool begun = false;
+        var attempt = new PartedAttempt(message, partSent);
         for (int g = 0; g < groups.Count; g++)
         {
             var group = groups[g];
@@ -161,16 +161,12 @@ public sealed class DirectMxRelay : IMailTransport
                 // Each address in turn, as MTAs do: an exchanger whose first address is down is reached at its next.
                 foreach (string address in addresses.Take(budget))
                 {
-                    // The last transaction (or the DNS lookups since) may have taken minutes, and the attempt may have
-                    // to end before the next one begins even when nothing was accepted: its claim on a shared spool was
-                    // lost, or ran out unrenewed, meanwhile.
-                    if (begun && partSent is not null && await partSent(message, [], cancellationToken).ConfigureAwait(false) is { } stop)
+                    if (await attempt.MayGoOnAsync(cancellationToken).ConfigureAwait(false) is { } stop)
                     {
-                        results.AddRange(groups.Skip(g).SelectMany(rest => rest).Select(r => new RecipientResult(r, RecipientOutcome.Deferred, stop)));
+                        results.AddRange(PartedAttempt.NotAttempted(groups.Skip(g).SelectMany(rest => rest), stop));
                         return results;
                     }
 
-                    begun = true;
                     budget--;
                     using var client = SmtpRelay.NewClient();
 
@@ -197,16 +193,10 @@ public sealed class DirectMxRelay : IMailTransport
 
             results.AddRange(sent ?? group.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.4.1 " + last) { RelayDown = true }).ToList());
 
-            // The next domain may take minutes (an exchanger that greylists, or holds the data until Relay:Timeout):
-            // what this one accepted is recorded first, or a crash meanwhile would send it to them again. The last
-            // domain's result goes with the attempt's at once.
-            if (partSent is not null && g < groups.Count - 1 && sent?.Where(r => r.Outcome == RecipientOutcome.Sent).ToList() is { Count: > 0 } accepted
-                && await partSent(message, accepted, cancellationToken).ConfigureAwait(false) is { } notRecorded)
+            // The last domain's result goes with the attempt's at once.
+            if (g < groups.Count - 1 && await attempt.TransactionDoneAsync(sent, cancellationToken).ConfigureAwait(false) is { } notRecorded)
             {
-                // Not on record, this domain's copy goes again with the next attempt whatever happens now; going on
-                // would put the next domains' copies at the same risk for as long as their transactions take (or send
-                // a mail the operator cancelled, or one another instance now holds and sends).
-                results.AddRange(groups.Skip(g + 1).SelectMany(rest => rest).Select(r => new RecipientResult(r, RecipientOutcome.Deferred, notRecorded)));
+                results.AddRange(PartedAttempt.NotAttempted(groups.Skip(g + 1).SelectMany(rest => rest), notRecorded));
                 break;
             }
         }

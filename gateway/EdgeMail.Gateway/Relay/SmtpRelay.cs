@@ -17,7 +17,9 @@ namespace EdgeMail.Gateway.Relay;
 /// session (a greeting other than 220, EHLO refused), sign-in or sender rights (or a provider quota), which an operator
 /// fixes: that defers too. With <c>Relay:Auth</c>
 /// set to an OAuth2 mode it authenticates with XOAUTH2 as <c>Relay:User</c>, renewing the token once when the server
-/// refuses it. A mail to more than <c>Relay:Limits:RecipientsPerMessage</c> recipients goes out in several transactions.
+/// refuses it. A mail to more than <c>Relay:Limits:RecipientsPerMessage</c> recipients goes out in several transactions:
+/// the recipients each one but the last delivered to are handed over for recording before the next begins, and before
+/// each one but the first the attempt asks whether it may go on (<see cref="PartedAttempt"/>, as direct MX).
 /// </summary>
 public sealed class SmtpRelay : IMailTransport
 {
@@ -44,7 +46,11 @@ public sealed class SmtpRelay : IMailTransport
     public RelayTokens? Tokens => _tokens;
 
     /// <inheritdoc />
-    public async Task<IReadOnlyList<RecipientResult>> SendAsync(QueuedMessage message, CancellationToken cancellationToken)
+    public Task<IReadOnlyList<RecipientResult>> SendAsync(QueuedMessage message, CancellationToken cancellationToken) =>
+        SendAsync(message, null, cancellationToken);
+
+    /// <inheritdoc />
+    public async Task<IReadOnlyList<RecipientResult>> SendAsync(QueuedMessage message, PartSent? partSent, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(message);
         int perMessage = _relay.Limits.Effective().RecipientsPerMessage;
@@ -53,10 +59,24 @@ public sealed class SmtpRelay : IMailTransport
             return await SendPooledAsync(message, cancellationToken).ConfigureAwait(false);
         }
 
+        var parts = message.PendingRecipients.Chunk(perMessage).ToList();
+        var attempt = new PartedAttempt(message, partSent);
         var results = new List<RecipientResult>(message.PendingRecipients.Count);
-        foreach (string[] part in message.PendingRecipients.Chunk(perMessage))
+        for (int p = 0; p < parts.Count; p++)
         {
-            results.AddRange(await SendPooledAsync(message with { PendingRecipients = part }, cancellationToken).ConfigureAwait(false));
+            if (await attempt.MayGoOnAsync(cancellationToken).ConfigureAwait(false) is { } stop)
+            {
+                results.AddRange(PartedAttempt.NotAttempted(parts.Skip(p).SelectMany(rest => rest), stop));
+                break;
+            }
+
+            var sent = await SendPooledAsync(message with { PendingRecipients = parts[p] }, cancellationToken).ConfigureAwait(false);
+            results.AddRange(sent);
+            if (p < parts.Count - 1 && await attempt.TransactionDoneAsync(sent, cancellationToken).ConfigureAwait(false) is { } notRecorded)
+            {
+                results.AddRange(PartedAttempt.NotAttempted(parts.Skip(p + 1).SelectMany(rest => rest), notRecorded));
+                break;
+            }
         }
 
         return results;
