@@ -175,6 +175,54 @@ public sealed class QuarantineTests
         Assert.Equal("dev-1", (await NextWithSubjectAsync(sink, RelayFault.Subject)).Message.Headers["X-EdgeMail-Device"]);
     }
 
+    // The device did not see the 250 (its link dropped after the commit) and sends the same mail in its next session:
+    // with a Message-ID it is the same mail, kept, counted and told once, as relayed mail is queued once.
+    [Fact]
+    public async Task RelayMail_WithAMessageId_SentAgainAfterItWasQuarantined_IsAnsweredAlreadyQuarantined_KeptAndCountedOnce()
+    {
+        var fault = new RelayFault();
+        await using var gw = await SmtpGateway.StartAsync(services: fault.Install);
+        gw.Logs.Expect(e => e.Message.StartsWith("Handling mail from device dev-", StringComparison.Ordinal));
+        long quarantined = 0;
+        using var listener = CountQuarantined(gw, n => Interlocked.Add(ref quarantined, n));
+        string mail = SmtpGateway.PlainMail(RelayFault.Subject, Body);
+
+        string first = await SendAsync(gw, "dev-1", mail);
+        string again = await SendAsync(gw, "dev-1", mail);
+        string otherDevice = await SendAsync(gw, "dev-2", mail); // the same bytes from another device are that device's mail
+
+        var parked = await gw.Spool.ParkedAsync(10, default);
+        var item = Assert.Single(parked, p => p.Device == "dev-1");
+        Assert.Equal($"250 2.0.0 taken and quarantined for the operator as <{item.Reference}>: handling it failed", first);
+        Assert.Equal($"250 2.0.0 already quarantined as <{item.Reference}>", again);
+        Assert.StartsWith("250 2.0.0 taken and quarantined for the operator as <", otherDevice);
+        Assert.Equal(2, parked.Count);
+        Assert.Equal(2, Interlocked.Read(ref quarantined)); // dev-1's mail once, dev-2's once: each one notice to the operator
+    }
+
+    // Without a Message-ID two identical mails are two mails (a device without a clock may repeat itself word for word).
+    [Fact]
+    public async Task RelayMail_WithoutAMessageId_SentTwice_IsQuarantinedTwice()
+    {
+        var fault = new RelayFault();
+        await using var gw = await SmtpGateway.StartAsync(services: fault.Install);
+        gw.Logs.Expect(e => e.Message.StartsWith("Handling mail from device dev-1", StringComparison.Ordinal));
+        string mail = $"From: <ups@lan.test>\r\nTo: <alice@example.com>\r\nSubject: {RelayFault.Subject}\r\n\r\n{Body}";
+
+        string first = await SendAsync(gw, "dev-1", mail);
+        string second = await SendAsync(gw, "dev-1", mail);
+
+        var parked = await gw.Spool.ParkedAsync(10, default);
+        Assert.Equal(2, parked.Select(p => p.Reference).Distinct().Count());
+        Assert.All(parked, p => Assert.Single(new[] { first, second }, r => r.Contains($"<{p.Reference}>", StringComparison.Ordinal)));
+    }
+
+    private static async Task<string> SendAsync(TestGateway gw, string device, string mail)
+    {
+        await using var wire = await gw.AuthenticatedAsync(device);
+        return await wire.SendMailAsync("ups@lan.test", ["alice@example.com"], mail);
+    }
+
     private static async Task<ReceivedMail> NextWithSubjectAsync(SmtpTestServer sink, string subject)
     {
         while (true)
