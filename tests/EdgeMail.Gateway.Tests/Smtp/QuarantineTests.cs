@@ -1,15 +1,20 @@
 using System.Diagnostics.Metrics;
+using System.Globalization;
 using System.Net;
 using System.Net.Http.Json;
 using System.Reflection;
 using System.Runtime.ExceptionServices;
 using System.Text;
 using System.Text.Json;
+using EdgeMail.Gateway.Devices;
+using EdgeMail.Gateway.Ingest;
 using EdgeMail.Gateway.Ingest.Smtp;
 using EdgeMail.Gateway.Operations;
 using EdgeMail.Gateway.Spool;
+using EdgeMail.Gateway.Tests.Operations;
 using EdgeMail.Testing.Smtp;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Time.Testing;
 using MimeKit;
 using Xunit;
 
@@ -215,6 +220,44 @@ public sealed class QuarantineTests
         var parked = await gw.Spool.ParkedAsync(10, default);
         Assert.Equal(2, parked.Select(p => p.Reference).Distinct().Count());
         Assert.All(parked, p => Assert.Single(new[] { first, second }, r => r.Contains($"<{p.Reference}>", StringComparison.Ordinal)));
+    }
+
+    // Quarantined mail can carry alert parts: here the alert ingest's spool failed with a fault of its own, for the alert
+    // and again for keeping it rejected. Released, its alert is stored through the alert ingest; but the operator's
+    // release is not the device speaking, so a device silent since stays silent and no DEVICE_BACK goes to its people.
+    [Fact]
+    public async Task AlertMail_QuarantinedThenReleasedWhileItsDeviceIsSilent_StoresTheAlert_ButDoesNotReportTheDeviceBack()
+    {
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        int armed = 1;
+        await using var gw = await SmtpGateway.StartAsync(tweak: c => c["Silence"] = new { DefaultAfter = "00:10:00", CheckInterval = "00:00:30" }, services: s =>
+        {
+            s.AddSingleton<TimeProvider>(clock);
+            s.AddSingleton(sp => ActivatorUtilities.CreateInstance<AlertIngest>(sp, FaultySpool.Wrap(sp.GetRequiredService<ISpool>(), (method, _) =>
+                method == nameof(ISpool.AcceptAlertAsync) && Volatile.Read(ref armed) == 1 ? new InvalidOperationException(RelayFault.Message) : null)));
+        });
+        gw.Logs.Expect(e => e.Message.StartsWith("Handling alert held-1 from dev-1 failed", StringComparison.Ordinal));
+        gw.Logs.Expect(e => e.Message.StartsWith("Handling mail from device dev-1 (127.0.0.1) failed; quarantining it", StringComparison.Ordinal));
+        Assert.StartsWith("250 2.0.0 taken and quarantined for the operator as <", await SendAsync(gw, "dev-1", SmtpGateway.AlertMail("held-1")));
+        var item = Assert.Single(await gw.Spool.ParkedAsync(10, default));
+        var watch = gw.Host.Services.GetRequiredService<SilenceWatch>();
+        var presence = gw.Host.Services.GetRequiredService<DevicePresence>();
+        clock.Advance(TimeSpan.FromMinutes(11));
+        await SilenceTests.CheckedAsync(watch);
+        Assert.True(watch.IsSilent("dev-1"));
+        var lastHeard = presence.LastSeen("dev-1")!.Value;
+        Volatile.Write(ref armed, 0);
+
+        using (var api = await gw.ApiAsync())
+        {
+            Assert.Equal(HttpStatusCode.NoContent, (await api.PostAsync($"/api/v1/queue/{item.RowId}/release", null)).StatusCode);
+        }
+
+        await SilenceTests.CheckedAsync(watch);
+        Assert.NotEqual(AlertStatus.Rejected, (await gw.Spool.GetAlertAsync("dev-1", "held-1", default))?.Status ?? AlertStatus.Rejected); // stored, to be routed
+        Assert.Equal(lastHeard, presence.LastSeen("dev-1"));
+        Assert.True(watch.IsSilent("dev-1"));
+        Assert.Null(await gw.Spool.GetAlertAsync("dev-1", "gw-back-" + lastHeard.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture), default));
     }
 
     private static async Task<string> SendAsync(TestGateway gw, string device, string mail)

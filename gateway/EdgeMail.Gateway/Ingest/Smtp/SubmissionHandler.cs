@@ -151,7 +151,7 @@ public sealed partial class SubmissionHandler
             {
                 var recipients = kept.Recipients.Select(a => a.LastIndexOf('@') is int at and >= 0 ? (a[..at], a[(at + 1)..]) : (a, string.Empty)).ToList();
                 var received = new Received(kept.Device, IPEndPoint.Parse(kept.Peer), kept.EnvelopeFrom, recipients, kept.Authenticated, kept.Secure, kept.SessionId,
-                    kept.ReceivedAt, kept.Raw);
+                    kept.ReceivedAt, kept.Raw, Released: true);
                 var handled = await DecideAsync(received, cancellationToken).ConfigureAwait(false);
                 if (handled.Reply.Code == 250)
                 {
@@ -207,8 +207,8 @@ public sealed partial class SubmissionHandler
             int stored = 0, duplicates = 0;
             foreach (byte[] payload in alertParts)
             {
-                var outcome = await _alerts.IngestAlertAsync(m.Device, m.Remote.ToString(), payload, cancellationToken, IngestProtocols.Smtp(m.Secure, m.Authenticated))
-                    .ConfigureAwait(false);
+                var outcome = await _alerts.IngestAlertAsync(m.Device, m.Remote.ToString(), payload, cancellationToken, IngestProtocols.Smtp(m.Secure, m.Authenticated),
+                    deviceHeard: !m.Released).ConfigureAwait(false);
                 stored += outcome == AcceptOutcome.Stored ? 1 : 0;
                 duplicates += outcome == AcceptOutcome.Duplicate ? 1 : 0;
             }
@@ -347,9 +347,10 @@ public sealed partial class SubmissionHandler
         return payloads;
     }
 
-    // A submission as handling sees it: as it came over SMTP, or as quarantine kept it.
+    // A submission as handling sees it: as it came over SMTP, or as quarantine kept it (Released: the operator's release
+    // hands it over now, not the device, which may have been silent since).
     private sealed record Received(string Device, IPEndPoint Remote, string EnvelopeFrom, IReadOnlyList<(string User, string Host)> Recipients, bool Authenticated,
-        bool Secure, string SessionId, DateTimeOffset ReceivedAt, byte[] Raw);
+        bool Secure, string SessionId, DateTimeOffset ReceivedAt, byte[] Raw, bool Released = false);
 
     // The reply, and the relayed mail to queue when there is one (the reply then holds only once it is queued).
     private sealed record Handled(SubmissionReply Reply, NewMessage? Relay);
