@@ -205,6 +205,47 @@ internal static class WireMessage
         }
     }
 
+    /// <summary>
+    /// The value of the first field named <paramref name="name"/> in the header block of <paramref name="wire"/>, found by
+    /// a byte scan that trusts nothing else of the block: lines that are not fields are passed over, folded lines are
+    /// joined, white space around the value is dropped. For mail whose parse may be what failed.
+    /// </summary>
+    /// <param name="wire">Message bytes, CRLF line endings (<see cref="Ingest.Smtp.RelayedMailWriter.Normalize"/>).</param>
+    /// <param name="name">The field's name, ASCII (matched ignoring case).</param>
+    /// <returns>The value, each byte one character (Latin-1, so distinct bytes stay distinct), or null when the block has no such field or it is empty.</returns>
+    internal static string? FieldValue(ReadOnlySpan<byte> wire, ReadOnlySpan<byte> name)
+    {
+        int blank = wire.StartsWith("\r\n"u8) ? 0 : wire.IndexOf("\r\n\r\n"u8);
+        var block = blank < 0 ? wire : wire[..blank];
+        for (int start = 0; start < block.Length; start = NextLine(block, start))
+        {
+            var at = block[start..];
+            var rest = at.Length > name.Length && Ascii.EqualsIgnoreCase(at[..name.Length], name) ? at[name.Length..].TrimStart(" \t"u8) : default;
+            if (rest.IsEmpty || rest[0] != (byte)':')
+            {
+                continue;
+            }
+
+            int end = NextLine(block, start);
+            while (end < block.Length && block[end] is (byte)' ' or (byte)'\t')
+            {
+                end = NextLine(block, end);
+            }
+
+            string value = Encoding.Latin1.GetString(block[(block.Length - rest.Length + 1)..end]).Replace("\r\n", string.Empty, StringComparison.Ordinal).Trim(' ', '\t');
+            return value.Length == 0 ? null : value;
+        }
+
+        return null;
+    }
+
+    // Where the line after the one beginning at start begins (the block's length after its last line).
+    private static int NextLine(ReadOnlySpan<byte> block, int start)
+    {
+        int end = block[start..].IndexOf("\r\n"u8);
+        return end < 0 ? block.Length : start + end + 2;
+    }
+
     private const int MaxLineLength = 998;
 
     /// <summary>ASCII case-insensitive search.</summary>

@@ -54,9 +54,14 @@ public sealed partial class AlertIngest
     /// <param name="payload">The payload.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <param name="via">The protocol it came with, for the Received trace (<see cref="IngestProtocols"/>).</param>
+    /// <param name="deviceHeard">
+    /// Whether the device is heard from by this (<see cref="Devices.DevicePresence.Seen"/>). False for an alert of
+    /// quarantined mail the operator releases: the device sent it long ago, and one silent since must not be reported back.
+    /// </param>
     /// <returns>The spool outcome.</returns>
     /// <exception cref="SpoolException">Nothing durable: do not acknowledge (<see cref="SpoolFullException"/>: the disk is low, refuse with back-pressure).</exception>
-    public async Task<AcceptOutcome> IngestAlertAsync(string deviceId, string? peer, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken, string via = IngestProtocols.Mqtt)
+    public async Task<AcceptOutcome> IngestAlertAsync(string deviceId, string? peer, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken, string via = IngestProtocols.Mqtt,
+        bool deviceHeard = true)
     {
         AlertParseResult parsed;
         string alertId;
@@ -64,7 +69,11 @@ public sealed partial class AlertIngest
         AcceptOutcome outcome;
         try
         {
-            _presence.Seen(deviceId);
+            if (deviceHeard)
+            {
+                _presence.Seen(deviceId);
+            }
+
             _disk.ThrowIfLow();
             parsed = AlertParser.Parse(payload.Span);
             alertId = parsed.Id ?? AlertParser.RejectedId(payload.Span);

@@ -1,5 +1,3 @@
-using Npgsql;
-
 namespace EdgeMail.Gateway.Spool;
 
 /// <summary>Quarantined SMTP submissions on the PostgreSQL spool (see <see cref="ISpool.QuarantineAsync"/>, docs/spool.md).</summary>
@@ -8,30 +6,28 @@ public sealed partial class PostgresSpool
     private const string Quarantined = $"kind='{QuarantinedMail.Kind}' AND status='parked'";
 
     /// <inheritdoc />
-    public Task<long> QuarantineAsync(QuarantinedMail mail, string reason, CancellationToken cancellationToken)
+    public Task<long?> QuarantineAsync(QuarantinedMail mail, string reason, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(mail);
         ArgumentNullException.ThrowIfNull(reason);
-        return WriteAsync(async (c, tx, ctx) =>
+
+        // The same mail sent again to two instances at once: the unique Message-ID makes the second a duplicate.
+        return WriteAsync<long?>(async (c, tx, ctx) =>
         {
-            object? row;
-            try
+            object? row = await ScalarAsync(c, tx, cancellationToken,
+                """
+                INSERT INTO messages(kind, device, message_id, envelope_from, mime, created_at, expires_at, next_attempt_at, status, reason, parked_at, submission)
+                VALUES($1,$2,$3,$4,$5,$6,$6,$6,'parked',$7,$8,$9)
+                ON CONFLICT (message_id) DO NOTHING
+                RETURNING rowid
+                """,
+                QuarantinedMail.Kind, Text(mail.Device), Text(mail.MessageId), Text(mail.EnvelopeFrom), mail.Raw, mail.ReceivedAt.ToUnixTimeMilliseconds(),
+                Truncate(Text(reason)!), ctx.NowMs, QuarantineFacts.Write(mail)).ConfigureAwait(false);
+            if (row is not long rowId)
             {
-                row = await ScalarAsync(c, tx, cancellationToken,
-                    """
-                    INSERT INTO messages(kind, device, message_id, envelope_from, mime, created_at, expires_at, next_attempt_at, status, reason, parked_at, submission)
-                    VALUES($1,$2,$3,$4,$5,$6,$6,$6,'parked',$7,$8,$9)
-                    RETURNING rowid
-                    """,
-                    QuarantinedMail.Kind, Text(mail.Device), Text(mail.MessageId), Text(mail.EnvelopeFrom), mail.Raw, mail.ReceivedAt.ToUnixTimeMilliseconds(),
-                    Truncate(Text(reason)!), ctx.NowMs, QuarantineFacts.Write(mail)).ConfigureAwait(false);
-            }
-            catch (PostgresException ex) when (ex.SqlState == UniqueViolation)
-            {
-                throw new SpoolConflictException($"Message-ID <{mail.MessageId}> ({QuarantinedMail.Kind}) is already in the spool", ex);
+                return null;
             }
 
-            long rowId = (long)row!;
             string[] recipients = mail.Recipients.Distinct(StringComparer.OrdinalIgnoreCase).Select(r => Text(r)!).ToArray();
             await ExecAsync(c, tx, cancellationToken, "INSERT INTO recipients(message, address, status) SELECT $1, a, 'pending' FROM unnest($2::text[]) a",
                 rowId, recipients).ConfigureAwait(false);

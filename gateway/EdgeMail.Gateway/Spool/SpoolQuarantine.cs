@@ -6,7 +6,7 @@ namespace EdgeMail.Gateway.Spool;
 /// handled again when the operator releases it. The spool keeps it as a parked message of kind <see cref="Kind"/>
 /// (docs/spool.md, "Quarantined mail"); it is never delivered as it is.
 /// </summary>
-/// <param name="MessageId">Its key in the spool (unique).</param>
+/// <param name="MessageId">Its key in the spool (unique; <see cref="Ingest.Smtp.RelayedMailWriter.QuarantineKey"/>).</param>
 /// <param name="Device">The device the session submitted as.</param>
 /// <param name="EnvelopeFrom">MAIL FROM (empty for <c>&lt;&gt;</c>).</param>
 /// <param name="Recipients">The accepted RCPT TO addresses as given (<c>local@domain</c>), not yet expanded to people.</param>
@@ -34,9 +34,11 @@ public partial interface ISpool
     /// <param name="mail">The submission.</param>
     /// <param name="reason">Why it is quarantined.</param>
     /// <param name="cancellationToken">Cancels waiting (the write may still commit).</param>
-    /// <returns>Its row, after commit.</returns>
-    /// <exception cref="SpoolConflictException">Its <see cref="QuarantinedMail.MessageId"/> is taken; nothing was stored.</exception>
-    Task<long> QuarantineAsync(QuarantinedMail mail, string reason, CancellationToken cancellationToken);
+    /// <returns>
+    /// Its row, after commit; null when its <see cref="QuarantinedMail.MessageId"/> is already in the spool (the same
+    /// mail submitted again while it is quarantined, or after it was cancelled): nothing was stored.
+    /// </returns>
+    Task<long?> QuarantineAsync(QuarantinedMail mail, string reason, CancellationToken cancellationToken);
 
     /// <summary>Quarantined mail, while it is quarantined (parked, not cancelled).</summary>
     /// <param name="rowId">Its row.</param>

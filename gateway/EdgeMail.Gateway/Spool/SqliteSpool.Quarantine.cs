@@ -1,32 +1,27 @@
-using Microsoft.Data.Sqlite;
-
 namespace EdgeMail.Gateway.Spool;
 
 /// <summary>Quarantined SMTP submissions on the SQLite spool (see <see cref="ISpool.QuarantineAsync"/>, docs/spool.md).</summary>
 public sealed partial class SqliteSpool
 {
     /// <inheritdoc />
-    public Task<long> QuarantineAsync(QuarantinedMail mail, string reason, CancellationToken cancellationToken)
+    public Task<long?> QuarantineAsync(QuarantinedMail mail, string reason, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(mail);
         ArgumentNullException.ThrowIfNull(reason);
-        return Enqueue((s, ctx) =>
+        return Enqueue<long?>((s, ctx) =>
         {
-            long now = ctx.Now.ToUnixTimeMilliseconds();
-            try
+            if (s.Scalar("SELECT 1 FROM messages WHERE message_id=$p0", mail.MessageId) is not null)
             {
-                s.Exec(
-                    """
-                    INSERT INTO messages(kind, device, message_id, envelope_from, mime, created_at, expires_at, next_attempt_at, status, reason, parked_at, submission)
-                    VALUES($p0,$p1,$p2,$p3,x'',$p4,$p4,$p4,'parked',$p5,$p6,$p7)
-                    """,
-                    QuarantinedMail.Kind, mail.Device, mail.MessageId, mail.EnvelopeFrom, mail.ReceivedAt.ToUnixTimeMilliseconds(), Truncate(reason), now,
-                    QuarantineFacts.Write(mail));
+                return null;
             }
-            catch (SqliteException ex) when (ex.SqliteExtendedErrorCode == SqliteConstraintUnique)
-            {
-                throw new SpoolConflictException($"Message-ID <{mail.MessageId}> ({QuarantinedMail.Kind}) is already in the spool", ex);
-            }
+
+            s.Exec(
+                """
+                INSERT INTO messages(kind, device, message_id, envelope_from, mime, created_at, expires_at, next_attempt_at, status, reason, parked_at, submission)
+                VALUES($p0,$p1,$p2,$p3,x'',$p4,$p4,$p4,'parked',$p5,$p6,$p7)
+                """,
+                QuarantinedMail.Kind, mail.Device, mail.MessageId, mail.EnvelopeFrom, mail.ReceivedAt.ToUnixTimeMilliseconds(), Truncate(reason), ctx.Now.ToUnixTimeMilliseconds(),
+                QuarantineFacts.Write(mail));
 
             long rowId = SQLitePCL.raw.sqlite3_last_insert_rowid(_connection.Handle);
             s.Exec("INSERT INTO message_bodies(message, mime) VALUES($p0,$p1)", rowId, mail.Raw);

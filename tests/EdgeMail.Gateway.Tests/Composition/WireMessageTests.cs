@@ -51,6 +51,26 @@ public sealed class WireMessageTests
         Assert.False(WireMessage.IsTransportReady(Encoding.ASCII.GetBytes(mail)));
     }
 
+    public static TheoryData<string, string?> MessageIdFields => new()
+    {
+        { Head + "body\r\n", "<ups.1@lan.example.com>" },
+        { "message-id:<a@b>\r\nMessage-ID: <second@b>\r\n\r\n", "<a@b>" },                     // the first, whatever its case
+        { "Subject: s\r\nMessage-ID :\r\n <folded@b>\r\n\t\r\nTo: x\r\n\r\n", "<folded@b>" },     // white space before the colon, folded
+        { "a line that is no field\r\n\tnor\r\nMessage-ID: <c@d>\r\n\r\nbody", "<c@d>" },       // what MimeKit may choke on is passed over
+        { "Message-ID: <no-body@b>", "<no-body@b>" },
+        { "Resent-Message-ID: <r@b>\r\nMessage-IDs: <x@b>\r\n\r\n", null },
+        { "Subject: s\r\n\r\nMessage-ID: <in-the-body@b>\r\n", null },
+        { "\r\nMessage-ID: <empty-header-block@b>\r\n", null },
+        { "Message-ID:   \r\n\r\n", null },
+    };
+
+    [Theory]
+    [MemberData(nameof(MessageIdFields))]
+    public void FieldValue_FindsTheFirstFieldOfTheHeaderBlockByItsBytesAlone(string mail, string? expected)
+    {
+        Assert.Equal(expected, WireMessage.FieldValue(Encoding.ASCII.GetBytes(mail), "Message-ID"u8));
+    }
+
     public static TheoryData<string> Layouts => new()
     {
         Head + "Mains lost in hall 3.\r\n",

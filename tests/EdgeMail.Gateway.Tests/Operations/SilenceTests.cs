@@ -93,7 +93,8 @@ public sealed class SilenceTests
         Assert.True(ack.IsSuccess);
     }
 
-    private static async Task CheckedAsync(SilenceWatch watch)
+    /// <summary>Has the watch check now, and waits until that check is done.</summary>
+    internal static async Task CheckedAsync(SilenceWatch watch)
     {
         var checkedOnce = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         void OnChecked() => checkedOnce.TrySetResult();

@@ -1,15 +1,20 @@
 using System.Diagnostics.Metrics;
+using System.Globalization;
 using System.Net;
 using System.Net.Http.Json;
 using System.Reflection;
 using System.Runtime.ExceptionServices;
 using System.Text;
 using System.Text.Json;
+using EdgeMail.Gateway.Devices;
+using EdgeMail.Gateway.Ingest;
 using EdgeMail.Gateway.Ingest.Smtp;
 using EdgeMail.Gateway.Operations;
 using EdgeMail.Gateway.Spool;
+using EdgeMail.Gateway.Tests.Operations;
 using EdgeMail.Testing.Smtp;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Time.Testing;
 using MimeKit;
 using Xunit;
 
@@ -173,6 +178,92 @@ public sealed class QuarantineTests
         Assert.Equal(HttpStatusCode.OK, (await api.PostAsync("/api/v1/devices/dev-1/enable", null)).StatusCode);
         Assert.Equal(HttpStatusCode.NoContent, (await api.PostAsync($"/api/v1/queue/{item.RowId}/release", null)).StatusCode);
         Assert.Equal("dev-1", (await NextWithSubjectAsync(sink, RelayFault.Subject)).Message.Headers["X-EdgeMail-Device"]);
+    }
+
+    // The device did not see the 250 (its link dropped after the commit) and sends the same mail in its next session:
+    // with a Message-ID it is the same mail, kept, counted and told once, as relayed mail is queued once.
+    [Fact]
+    public async Task RelayMail_WithAMessageId_SentAgainAfterItWasQuarantined_IsAnsweredAlreadyQuarantined_KeptAndCountedOnce()
+    {
+        var fault = new RelayFault();
+        await using var gw = await SmtpGateway.StartAsync(services: fault.Install);
+        gw.Logs.Expect(e => e.Message.StartsWith("Handling mail from device dev-", StringComparison.Ordinal));
+        long quarantined = 0;
+        using var listener = CountQuarantined(gw, n => Interlocked.Add(ref quarantined, n));
+        string mail = SmtpGateway.PlainMail(RelayFault.Subject, Body);
+
+        string first = await SendAsync(gw, "dev-1", mail);
+        string again = await SendAsync(gw, "dev-1", mail);
+        string otherDevice = await SendAsync(gw, "dev-2", mail); // the same bytes from another device are that device's mail
+
+        var parked = await gw.Spool.ParkedAsync(10, default);
+        var item = Assert.Single(parked, p => p.Device == "dev-1");
+        Assert.Equal($"250 2.0.0 taken and quarantined for the operator as <{item.Reference}>: handling it failed", first);
+        Assert.Equal($"250 2.0.0 already quarantined as <{item.Reference}>", again);
+        Assert.StartsWith("250 2.0.0 taken and quarantined for the operator as <", otherDevice);
+        Assert.Equal(2, parked.Count);
+        Assert.Equal(2, Interlocked.Read(ref quarantined)); // dev-1's mail once, dev-2's once: each one notice to the operator
+    }
+
+    // Without a Message-ID two identical mails are two mails (a device without a clock may repeat itself word for word).
+    [Fact]
+    public async Task RelayMail_WithoutAMessageId_SentTwice_IsQuarantinedTwice()
+    {
+        var fault = new RelayFault();
+        await using var gw = await SmtpGateway.StartAsync(services: fault.Install);
+        gw.Logs.Expect(e => e.Message.StartsWith("Handling mail from device dev-1", StringComparison.Ordinal));
+        string mail = $"From: <ups@lan.test>\r\nTo: <alice@example.com>\r\nSubject: {RelayFault.Subject}\r\n\r\n{Body}";
+
+        string first = await SendAsync(gw, "dev-1", mail);
+        string second = await SendAsync(gw, "dev-1", mail);
+
+        var parked = await gw.Spool.ParkedAsync(10, default);
+        Assert.Equal(2, parked.Select(p => p.Reference).Distinct().Count());
+        Assert.All(parked, p => Assert.Single(new[] { first, second }, r => r.Contains($"<{p.Reference}>", StringComparison.Ordinal)));
+    }
+
+    // Quarantined mail can carry alert parts: here the alert ingest's spool failed with a fault of its own, for the alert
+    // and again for keeping it rejected. Released, its alert is stored through the alert ingest; but the operator's
+    // release is not the device speaking, so a device silent since stays silent and no DEVICE_BACK goes to its people.
+    [Fact]
+    public async Task AlertMail_QuarantinedThenReleasedWhileItsDeviceIsSilent_StoresTheAlert_ButDoesNotReportTheDeviceBack()
+    {
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        int armed = 1;
+        await using var gw = await SmtpGateway.StartAsync(tweak: c => c["Silence"] = new { DefaultAfter = "00:10:00", CheckInterval = "00:00:30" }, services: s =>
+        {
+            s.AddSingleton<TimeProvider>(clock);
+            s.AddSingleton(sp => ActivatorUtilities.CreateInstance<AlertIngest>(sp, FaultySpool.Wrap(sp.GetRequiredService<ISpool>(), (method, _) =>
+                method == nameof(ISpool.AcceptAlertAsync) && Volatile.Read(ref armed) == 1 ? new InvalidOperationException(RelayFault.Message) : null)));
+        });
+        gw.Logs.Expect(e => e.Message.StartsWith("Handling alert held-1 from dev-1 failed", StringComparison.Ordinal));
+        gw.Logs.Expect(e => e.Message.StartsWith("Handling mail from device dev-1 (127.0.0.1) failed; quarantining it", StringComparison.Ordinal));
+        Assert.StartsWith("250 2.0.0 taken and quarantined for the operator as <", await SendAsync(gw, "dev-1", SmtpGateway.AlertMail("held-1")));
+        var item = Assert.Single(await gw.Spool.ParkedAsync(10, default));
+        var watch = gw.Host.Services.GetRequiredService<SilenceWatch>();
+        var presence = gw.Host.Services.GetRequiredService<DevicePresence>();
+        clock.Advance(TimeSpan.FromMinutes(11));
+        await SilenceTests.CheckedAsync(watch);
+        Assert.True(watch.IsSilent("dev-1"));
+        var lastHeard = presence.LastSeen("dev-1")!.Value;
+        Volatile.Write(ref armed, 0);
+
+        using (var api = await gw.ApiAsync())
+        {
+            Assert.Equal(HttpStatusCode.NoContent, (await api.PostAsync($"/api/v1/queue/{item.RowId}/release", null)).StatusCode);
+        }
+
+        await SilenceTests.CheckedAsync(watch);
+        Assert.NotEqual(AlertStatus.Rejected, (await gw.Spool.GetAlertAsync("dev-1", "held-1", default))?.Status ?? AlertStatus.Rejected); // stored, to be routed
+        Assert.Equal(lastHeard, presence.LastSeen("dev-1"));
+        Assert.True(watch.IsSilent("dev-1"));
+        Assert.Null(await gw.Spool.GetAlertAsync("dev-1", "gw-back-" + lastHeard.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture), default));
+    }
+
+    private static async Task<string> SendAsync(TestGateway gw, string device, string mail)
+    {
+        await using var wire = await gw.AuthenticatedAsync(device);
+        return await wire.SendMailAsync("ups@lan.test", ["alice@example.com"], mail);
     }
 
     private static async Task<ReceivedMail> NextWithSubjectAsync(SmtpTestServer sink, string subject)

@@ -41,6 +41,46 @@ public sealed class RelayedMailWriterTests
         Assert.Contains("Subject: s\r\n", Encoding.ASCII.GetString(relayed.Mime), StringComparison.Ordinal);
     }
 
+    // Pinned: a resubmission that straddles an upgrade must still find the mail it repeats.
+    [Fact]
+    public void Rewrite_SpoolKeyOfMailWithAMessageId_IsTheDevicesIdAndContent_AsEver()
+    {
+        byte[] raw = Encoding.ASCII.GetBytes("From: <dev@lan.example.com>\r\nMessage-ID: <m.1@lan.example.com>\r\nSubject: s\r\n\r\nbody");
+        var sender = new SenderOptions { Address = "alerts@example.com", Hostname = "gw1.example.com" };
+
+        var first = RelayedMailWriter.Rewrite(raw, new Submission("ups-1", "UPS 1", "192.0.2.7", "dev@lan.example.com", false, false, "abc123def456", Now), sender);
+        var later = RelayedMailWriter.Rewrite(raw, new Submission("ups-1", "UPS 1", "192.0.2.8", "", true, true, "0123456789ab", Now.AddHours(1)), sender);
+
+        Assert.Equal("619c475b57ee3a869b36ee63ee5e7374.relay@gw1.example.com", first.SpoolKey);
+        Assert.Equal(first.SpoolKey, later.SpoolKey);
+    }
+
+    [Fact]
+    public void QuarantineKey_WithAMessageId_IsTheSameForTheSameMailOfTheSameDevice_WhateverTheSession()
+    {
+        byte[] raw = Encoding.ASCII.GetBytes("From: <dev@lan.example.com>\r\nMessage-ID: <m.1@lan.example.com>\r\nSubject: s\r\n\r\nbody");
+
+        string first = RelayedMailWriter.QuarantineKey(raw, "ups-1", "abc123def456", Now, "gw1.example.com");
+        string resent = RelayedMailWriter.QuarantineKey(raw, "ups-1", "0123456789ab", Now.AddMinutes(5), "gw1.example.com");
+        string otherDevice = RelayedMailWriter.QuarantineKey(raw, "ups-2", "abc123def456", Now, "gw1.example.com");
+        string otherContent = RelayedMailWriter.QuarantineKey([.. raw, (byte)'!'], "ups-1", "abc123def456", Now, "gw1.example.com");
+
+        Assert.Matches("^[0-9a-f]{32}\\.quarantined@gw1\\.example\\.com$", first);
+        Assert.Equal(first, resent);
+        Assert.Equal(4, new[] { first, otherDevice, otherContent, RelayedMailWriter.Rewrite(raw, SubmittedBy("ups-1"), Sender).SpoolKey }.Distinct().Count());
+    }
+
+    [Fact]
+    public void QuarantineKey_WithoutAMessageId_IsUniquePerSubmission()
+    {
+        Assert.NotEqual(RelayedMailWriter.QuarantineKey(Raw, "ups-1", "abc123def456", Now, "gw1.example.com"),
+            RelayedMailWriter.QuarantineKey(Raw, "ups-1", "abc123def456", Now, "gw1.example.com"));
+    }
+
+    private static readonly SenderOptions Sender = new() { Address = "alerts@example.com", Hostname = "gw1.example.com" };
+
+    private static Submission SubmittedBy(string device) => new(device, device, "192.0.2.7", "dev@lan.example.com", false, false, "abc123def456", Now);
+
     private static RelayedMail Rewrite(string device, string name, SenderOptions sender) =>
         RelayedMailWriter.Rewrite(Raw, new Submission(device, name, "192.0.2.7", "dev@lan.example.com", false, false, "abc123def456", Now), sender);
 

@@ -647,7 +647,7 @@ public abstract class SpoolContractTests : IAsyncLifetime
         await using var spool = Open(clock);
         var kept = Quarantined("q-1.quarantined@gw.test");
 
-        long row = await spool.QuarantineAsync(kept, "handling failed: X: y", default);
+        long row = (await spool.QuarantineAsync(kept, "handling failed: X: y", default))!.Value;
 
         var parked = Assert.Single(await spool.ParkedAsync(10, default));
         Assert.Equal((ParkedKinds.Message, row, "dev-1", kept.MessageId, T0, "handling failed: X: y"), (parked.Kind, parked.RowId, parked.Device, parked.Reference, parked.ParkedAt, parked.Reason));
@@ -678,8 +678,8 @@ public abstract class SpoolContractTests : IAsyncLifetime
     {
         await using var spool = Open();
         await spool.QueueMailAsync(Mail("r-1.relay@gw.test", "relay"), default);
-        long first = await spool.QuarantineAsync(Quarantined("q-1.quarantined@gw.test"), "handling failed: X: y", default);
-        long second = await spool.QuarantineAsync(Quarantined("q-2.quarantined@gw.test"), "handling failed: X: y", default);
+        long first = (await spool.QuarantineAsync(Quarantined("q-1.quarantined@gw.test"), "handling failed: X: y", default))!.Value;
+        long second = (await spool.QuarantineAsync(Quarantined("q-2.quarantined@gw.test"), "handling failed: X: y", default))!.Value;
 
         Assert.True(await spool.SettleQuarantinedAsync(first, Mail("r-1.relay@gw.test", "relay"), default)); // the same mail submitted before
         Assert.True(await spool.SettleQuarantinedAsync(second, null, default)); // its alert parts were stored by the alert ingest
@@ -688,11 +688,36 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Equal(1, (await spool.CountsAsync(default)).Messages.Values.Sum());
     }
 
+    // The same mail sent again by a device that did not see the 250 has the same key: kept once, with what came first;
+    // cancelled meanwhile, it stays cancelled.
+    [ContractFact]
+    public async Task QuarantinedMail_WhoseKeyIsInTheSpool_IsNotStoredAgain_AndTheFirstStaysAsItWas()
+    {
+        await using var spool = Open();
+        var kept = Quarantined("q-1.quarantined@gw.test");
+        long row = (await spool.QuarantineAsync(kept, "handling failed: X: y", default))!.Value;
+
+        var again = await spool.QuarantineAsync(kept with { SessionId = "ba9876543210", Recipients = ["other@gw.test"] }, "handling failed: X: again", default);
+        Assert.True((await spool.CancelAsync(ParkedKinds.Message, (await spool.QuarantineAsync(Quarantined("q-2.quarantined@gw.test"), "handling failed: X: y", default))!.Value,
+            "a test mail", 100, default)).Cancelled);
+        var afterCancel = await spool.QuarantineAsync(Quarantined("q-2.quarantined@gw.test"), "handling failed: X: y", default);
+
+        Assert.Null(again);
+        Assert.Null(afterCancel);
+        var parked = Assert.Single(await spool.ParkedAsync(10, default));
+        Assert.Equal((row, "handling failed: X: y"), (parked.RowId, parked.Reason));
+        var read = (await spool.QuarantinedAsync(row, default))!;
+        Assert.Equal(kept.SessionId, read.SessionId);
+        Assert.Equal(kept.Recipients, read.Recipients);
+        Assert.Equal("cancelled", (await spool.GetMessageAsync("q-2.quarantined@gw.test", default))!.Status);
+        Assert.Equal(2, (await spool.CountsAsync(default)).Messages.Values.Sum());
+    }
+
     [ContractFact]
     public async Task QuarantinedMail_Cancelled_IsKeptForTheRecordAndCannotBeSettled()
     {
         await using var spool = Open();
-        long row = await spool.QuarantineAsync(Quarantined("q-1.quarantined@gw.test"), "handling failed: X: y", default);
+        long row = (await spool.QuarantineAsync(Quarantined("q-1.quarantined@gw.test"), "handling failed: X: y", default))!.Value;
 
         Assert.True((await spool.CancelAsync(ParkedKinds.Message, row, "a test mail", 100, default)).Cancelled);
 

@@ -120,7 +120,7 @@ public static class RelayedMailWriter
             headers.Add(new Header(HeaderId.Date, DateUtils.FormatDate(submission.ReceivedAt)));
         }
 
-        string key = SpoolKey(submission, originalMessageId, normalized, sender.Hostname);
+        string key = SpoolKey(submission.DeviceId, submission.SessionId, submission.ReceivedAt, originalMessageId, normalized, "relay", sender.Hostname);
         if (originalMessageId is null)
         {
             headers.Add(new Header(HeaderId.MessageId, "<" + key + ">"));
@@ -187,15 +187,33 @@ public static class RelayedMailWriter
         return list;
     }
 
+    /// <summary>
+    /// The spool key of a submission kept in quarantine (<see cref="QuarantinedMail"/>), made as the relayed mail's is:
+    /// with a Message-ID, from the device, that id and the content, so that the same mail sent again (the device did not
+    /// see our 250) is the same quarantined mail; without one, unique. The Message-ID is read by a byte scan of the
+    /// header block (<see cref="WireMessage.FieldValue"/>), not by MimeKit: its parse may be what failed.
+    /// </summary>
+    /// <param name="raw">The mail as submitted.</param>
+    /// <param name="device">The device the session submitted as.</param>
+    /// <param name="sessionId">The session's id.</param>
+    /// <param name="receivedAt">When its data was received.</param>
+    /// <param name="host">The gateway's host name (<c>Sender:Hostname</c>).</param>
+    /// <returns><c>&lt;hex&gt;.quarantined@&lt;host&gt;</c>.</returns>
+    public static string QuarantineKey(ReadOnlySpan<byte> raw, string device, string sessionId, DateTimeOffset receivedAt, string host)
+    {
+        byte[] normalized = Normalize(raw);
+        return SpoolKey(device, sessionId, receivedAt, WireMessage.FieldValue(normalized, "Message-ID"u8), normalized, QuarantinedMail.Kind, host);
+    }
+
     // With an original Message-ID, a resubmission of the same mail (the device did not see our 250) is a duplicate;
     // without one, two identical mails are two mails (a device without a clock may repeat itself word for word).
-    private static string SpoolKey(Submission s, string? messageId, byte[] content, string host)
+    private static string SpoolKey(string device, string sessionId, DateTimeOffset receivedAt, string? messageId, byte[] content, string kind, string host)
     {
         string basis = messageId is null
-            ? $"{s.DeviceId}\n{s.SessionId}\n{s.ReceivedAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture)}\n{Convert.ToHexString(RandomNumberGenerator.GetBytes(8))}"
-            : $"{s.DeviceId}\n{messageId}";
+            ? $"{device}\n{sessionId}\n{receivedAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture)}\n{Convert.ToHexString(RandomNumberGenerator.GetBytes(8))}"
+            : $"{device}\n{messageId}";
         byte[] hash = SHA256.HashData([.. Encoding.UTF8.GetBytes(basis), .. SHA256.HashData(content)]);
-        return Convert.ToHexStringLower(hash.AsSpan(0, 16)) + ".relay@" + host;
+        return Convert.ToHexStringLower(hash.AsSpan(0, 16)) + "." + kind + "@" + host;
     }
 
     private static (HeaderList? Headers, int BodyStart) Split(byte[] normalized)

@@ -1,7 +1,5 @@
 using System.Globalization;
 using System.Net;
-using System.Security.Cryptography;
-using System.Text;
 using EdgeMail.Gateway.Composition;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Operations;
@@ -153,7 +151,7 @@ public sealed partial class SubmissionHandler
             {
                 var recipients = kept.Recipients.Select(a => a.LastIndexOf('@') is int at and >= 0 ? (a[..at], a[(at + 1)..]) : (a, string.Empty)).ToList();
                 var received = new Received(kept.Device, IPEndPoint.Parse(kept.Peer), kept.EnvelopeFrom, recipients, kept.Authenticated, kept.Secure, kept.SessionId,
-                    kept.ReceivedAt, kept.Raw);
+                    kept.ReceivedAt, kept.Raw, Released: true);
                 var handled = await DecideAsync(received, cancellationToken).ConfigureAwait(false);
                 if (handled.Reply.Code == 250)
                 {
@@ -209,8 +207,8 @@ public sealed partial class SubmissionHandler
             int stored = 0, duplicates = 0;
             foreach (byte[] payload in alertParts)
             {
-                var outcome = await _alerts.IngestAlertAsync(m.Device, m.Remote.ToString(), payload, cancellationToken, IngestProtocols.Smtp(m.Secure, m.Authenticated))
-                    .ConfigureAwait(false);
+                var outcome = await _alerts.IngestAlertAsync(m.Device, m.Remote.ToString(), payload, cancellationToken, IngestProtocols.Smtp(m.Secure, m.Authenticated),
+                    deviceHeard: !m.Released).ConfigureAwait(false);
                 stored += outcome == AcceptOutcome.Stored ? 1 : 0;
                 duplicates += outcome == AcceptOutcome.Duplicate ? 1 : 0;
             }
@@ -250,32 +248,32 @@ public sealed partial class SubmissionHandler
     private async Task<SubmissionReply> QuarantineAsync(Received m, Exception fault, CancellationToken cancellationToken)
     {
         string reason = ParkingLot.Describe("handling", fault);
-        string key = QuarantineKey(m, _options.Sender.Hostname);
+        string key = RelayedMailWriter.QuarantineKey(m.Raw, m.Device, m.SessionId, m.ReceivedAt, _options.Sender.Hostname);
         LogQuarantining(fault, m.Device, m.Remote.Address.ToString(), key, reason);
         var kept = new QuarantinedMail(key, m.Device, m.EnvelopeFrom, [.. m.Recipients.Select(r => r.User + "@" + r.Host)], m.Remote.ToString(), m.Authenticated, m.Secure,
             m.SessionId, m.ReceivedAt, m.Raw);
-        await _spool.QuarantineAsync(kept, reason, cancellationToken).ConfigureAwait(false);
+        bool stored = await _spool.QuarantineAsync(kept, reason, cancellationToken).ConfigureAwait(false) is not null;
 
         // Durable from here: a failure in what follows must not keep the device from being told (it would send it again).
         try
         {
             _pressure.Accepted();
-            _parking.MailQuarantined(m.Device, key, reason);
+            if (stored)
+            {
+                _parking.MailQuarantined(m.Device, key, reason);
+            }
+            else
+            {
+                // The device did not see the first 250: the operator knows of this mail already, and it is one mail.
+                LogAlreadyQuarantined(key, m.Device);
+            }
         }
         catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
         {
             LogAfterQuarantineFailed(ex, key, m.Device);
         }
 
-        return new SubmissionReply(250, $"2.0.0 taken and quarantined for the operator as <{key}>: handling it failed");
-    }
-
-    // Unique per submission (as relayed mail without a Message-ID): the same mail submitted again is quarantined again.
-    private static string QuarantineKey(Received m, string host)
-    {
-        byte[] basis = [.. Encoding.UTF8.GetBytes($"{m.Device}\n{m.SessionId}\n{m.ReceivedAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture)}\n"),
-            .. RandomNumberGenerator.GetBytes(8), .. SHA256.HashData(m.Raw)];
-        return Convert.ToHexStringLower(SHA256.HashData(basis).AsSpan(0, 16)) + ".quarantined@" + host;
+        return new SubmissionReply(250, stored ? $"2.0.0 taken and quarantined for the operator as <{key}>: handling it failed" : $"2.0.0 already quarantined as <{key}>");
     }
 
     // Signed as the gateway's mail (d= normally the domain of Sender:Address), after the rewrite made From the
@@ -349,15 +347,19 @@ public sealed partial class SubmissionHandler
         return payloads;
     }
 
-    // A submission as handling sees it: as it came over SMTP, or as quarantine kept it.
+    // A submission as handling sees it: as it came over SMTP, or as quarantine kept it (Released: the operator's release
+    // hands it over now, not the device, which may have been silent since).
     private sealed record Received(string Device, IPEndPoint Remote, string EnvelopeFrom, IReadOnlyList<(string User, string Host)> Recipients, bool Authenticated,
-        bool Secure, string SessionId, DateTimeOffset ReceivedAt, byte[] Raw);
+        bool Secure, string SessionId, DateTimeOffset ReceivedAt, byte[] Raw, bool Released = false);
 
     // The reply, and the relayed mail to queue when there is one (the reply then holds only once it is queued).
     private sealed record Handled(SubmissionReply Reply, NewMessage? Relay);
 
     [LoggerMessage(Level = LogLevel.Error, Message = "Handling mail from device {Device} ({Source}) failed; quarantining it as <{Key}> and answering 250, so that the device's later mail flows: {Reason}")]
     private partial void LogQuarantining(Exception ex, string device, string source, string key, string reason);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Mail <{Key}> from device {Device} was quarantined before and is sent again: answered 250, not kept twice")]
+    private partial void LogAlreadyQuarantined(string key, string device);
 
     [LoggerMessage(Level = LogLevel.Error, Message = "Mail <{Key}> from device {Device} is quarantined, but what follows (counting it, the operator's notice) failed; it is taken all the same")]
     private partial void LogAfterQuarantineFailed(Exception ex, string key, string device);
