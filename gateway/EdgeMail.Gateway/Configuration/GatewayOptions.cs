@@ -232,8 +232,8 @@ public sealed class SpoolOptions
 
     /// <summary>
     /// For <c>Postgres</c>: how long an instance's claim on routing, digest or delivery work lasts. An instance that dies
-    /// holds its claims this long before another takes the work over; a delivery attempt under way renews its claim every
-    /// third of it. At least twice <c>Relay:Timeout</c>.
+    /// holds its claims this long before another takes the work over; work under way (a delivery attempt, a routing batch,
+    /// a round of digests) renews its claim every third of it. At least twice <c>Relay:Timeout</c>.
     /// </summary>
     public TimeSpan ClaimLease { get; set; } = TimeSpan.FromMinutes(2);
 

@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using EdgeMail.Gateway.Composition;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Ingest;
@@ -14,7 +15,9 @@ namespace EdgeMail.Gateway.Routing;
 /// composes the mail and commits the decision and the mail in one spool transaction, so a crash at any point
 /// either redoes the whole step or finds it done. An alert that cannot be parsed, routed or composed — an
 /// exception nobody expected — is parked with the reason instead (its device gets <c>failed</c>, the operator a
-/// notice) and the rest of the batch goes on: one bad alert never stops the others.
+/// notice) and the rest of the batch goes on: one bad alert never stops the others. On a shared spool a batch, and a
+/// round of digests, keeps its claims renewed while it is under way (<see cref="LeaseKeeper"/>), and what it decided on
+/// a claim another instance took over meanwhile is discarded: the commit leaves it alone, and nobody is told of it.
 /// </summary>
 public sealed partial class AlertProcessor : SupervisedLoop
 {
@@ -128,15 +131,81 @@ public sealed partial class AlertProcessor : SupervisedLoop
     /// <returns>How many alerts were handled.</returns>
     internal async Task<int> RouteNewAsync(CancellationToken cancellationToken)
     {
+        var claimedAt = _clock.GetUtcNow();
         var alerts = await _spool.NewAlertsAsync(256, cancellationToken).ConfigureAwait(false);
         if (alerts.Count == 0)
         {
             return 0;
         }
 
+        var faults = new Dictionary<long, Exception>();
+        var storms = new Dictionary<(string, string), StormState?>();
+        var commits = new List<RoutingCommit>(alerts.Count);
+
+        // Reading storm state, rendering templates, building and signing the mail of a batch can outlast the lease (a
+        // slow database, a long pause): its claims are kept meanwhile. Not past this: the commit is fenced on them.
+        LeaseKeeper? lease = null;
+        if (_shared)
+        {
+            long[] rows = [.. alerts.Select(a => a.RowId)];
+            lease = LeaseKeeper.Start(ct => _spool.RenewAlertClaimsAsync(rows, ct), $"the routing batch of {alerts.Count} alerts from alert {alerts[0].AlertId} of {alerts[0].Device}",
+                LeftToTheHolder, claimedAt, _options.Spool.ClaimLease, _clock, _logger);
+        }
+
+        try
+        {
+            await DecideAsync(alerts, faults, storms, commits, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            if (lease is not null)
+            {
+                await lease.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+
+        var committed = await _spool.CommitRoutingAsync(commits, cancellationToken).ConfigureAwait(false);
+        foreach (var (key, state) in storms)
+        {
+            _stormCache[key] = state;
+        }
+
+        if (committed.Parked.Count > 0 || committed.NotHeld.Count > 0)
+        {
+            _stormCache.Clear(); // a decision rolled back or fenced out may have changed a cached state
+        }
+
+        // Another instance took these over after their claim ran out: its decisions count, and it tells of them.
+        var notHeld = committed.NotHeld.ToHashSet();
+        if (notHeld.Count > 0)
+        {
+            LogRoutingDiscarded(notHeld.Count, alerts.Count);
+        }
+
+        var byRow = alerts.ToDictionary(a => a.RowId);
+        foreach (var c in commits.Where(c => c.Status == AlertStatus.Parked && !notHeld.Contains(c.AlertRowId)))
+        {
+            var stored = byRow[c.AlertRowId];
+            await _parking.AlertParkedAsync("route", stored.Device, stored.AlertId, c.Reason!, faults.GetValueOrDefault(c.AlertRowId)).ConfigureAwait(false);
+        }
+
+        foreach (var p in committed.Parked)
+        {
+            var stored = byRow[p.AlertRowId];
+            await _parking.AlertParkedAsync("route", stored.Device, stored.AlertId, p.Reason, null).ConfigureAwait(false);
+        }
+
+        return alerts.Count;
+    }
+
+    private const string LeftToTheHolder = "what another instance took over is left to it: the commit leaves those alone, and nothing of them is told";
+
+    // The batch's decisions, in its order; faults and storm states as they come.
+    private async Task DecideAsync(IReadOnlyList<SpooledAlert> alerts, Dictionary<long, Exception> faults, Dictionary<(string, string), StormState?> storms,
+        List<RoutingCommit> commits, CancellationToken cancellationToken)
+    {
         var parsedAlerts = new Alert?[alerts.Count];
         var failures = new string?[alerts.Count];
-        var faults = new Dictionary<long, Exception>();
         var keys = new HashSet<(string Device, string Code)>();
         for (int i = 0; i < alerts.Count; i++)
         {
@@ -180,8 +249,6 @@ public sealed partial class AlertProcessor : SupervisedLoop
             }
         }
 
-        var storms = new Dictionary<(string, string), StormState?>();
-        var commits = new List<RoutingCommit>(alerts.Count);
         for (int i = 0; i < alerts.Count; i++)
         {
             var stored = alerts[i];
@@ -203,32 +270,6 @@ public sealed partial class AlertProcessor : SupervisedLoop
                 commits.Add(new RoutingCommit(stored.RowId, AlertStatus.Parked, null, null, null, null, ParkingLot.Describe("routing or composing", ex)));
             }
         }
-
-        var conflicts = await _spool.CommitRoutingAsync(commits, cancellationToken).ConfigureAwait(false);
-        foreach (var (key, state) in storms)
-        {
-            _stormCache[key] = state;
-        }
-
-        if (conflicts.Count > 0)
-        {
-            _stormCache.Clear(); // a rolled-back decision may have changed a cached state
-        }
-
-        var byRow = alerts.ToDictionary(a => a.RowId);
-        foreach (var c in commits.Where(c => c.Status == AlertStatus.Parked))
-        {
-            var stored = byRow[c.AlertRowId];
-            await _parking.AlertParkedAsync("route", stored.Device, stored.AlertId, c.Reason!, faults.GetValueOrDefault(c.AlertRowId)).ConfigureAwait(false);
-        }
-
-        foreach (var p in conflicts)
-        {
-            var stored = byRow[p.AlertRowId];
-            await _parking.AlertParkedAsync("route", stored.Device, stored.AlertId, p.Reason, null).ConfigureAwait(false);
-        }
-
-        return alerts.Count;
     }
 
     // The routing decision for one valid alert; throws for an alert that cannot be composed. The shared state
@@ -307,55 +348,35 @@ public sealed partial class AlertProcessor : SupervisedLoop
         do
         {
             again = false;
-            foreach (var digest in await _spool.DueDigestsAsync(now, _options.Storm.DigestMaxRepeats, cancellationToken).ConfigureAwait(false))
+            var claimedAt = _clock.GetUtcNow();
+            var due = await _spool.DueDigestsAsync(now, _options.Storm.DigestMaxRepeats, cancellationToken).ConfigureAwait(false);
+            if (due.Count == 0)
             {
-                var storm = await _spool.GetStormAsync(digest.Device, digest.Code, cancellationToken).ConfigureAwait(false);
-                DigestDecision decision;
-                try
-                {
-                    decision = DecideDigest(digest, storm, now);
-                }
-                catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
-                {
-                    await ParkDigestAsync(digest, ParkingLot.Describe("composing the digest", ex), ex, cancellationToken).ConfigureAwait(false);
-                    continue;
-                }
+                break;
+            }
 
-                if (decision.Invalid is { } invalid)
-                {
-                    // Parked first, in a commit of their own, and the digest read again: the spool's counts, severities and
-                    // clears of what is still held then leave them out, and the repeats loaded in their place are checked
-                    // too. Safe to die in between: a parked repeat is no longer held, so no digest counts it, and the ones
-                    // still held are due and make their digest on the next pass; parking again parks nothing twice.
-                    again |= await ParkRepeatsAsync(digest, invalid, cancellationToken).ConfigureAwait(false);
-                    continue;
-                }
+            // Up to 64 keys are claimed at once and composed one after the other: the ones still to come keep their
+            // claims meanwhile, however long the others take.
+            var open = new ConcurrentDictionary<(string Device, string Code), bool>(due.Select(d => KeyValuePair.Create((d.Device, d.Code), true)));
+            LeaseKeeper? lease = null;
+            if (_shared)
+            {
+                lease = LeaseKeeper.Start(ct => RenewDigestClaimsAsync(open, ct), $"the digests of {due.Count} (device, code) keys from {due[0].Device}/{due[0].Code}",
+                    LeftToTheHolder, claimedAt, _options.Spool.ClaimLease, _clock, _logger);
+            }
 
-                if (decision.Refused is { } refused)
+            try
+            {
+                foreach (var digest in due)
                 {
-                    await ParkDigestAsync(digest, refused, null, cancellationToken).ConfigureAwait(false);
-                    continue;
+                    again |= await DigestAsync(digest, now, open, cancellationToken).ConfigureAwait(false);
                 }
-
-                if (decision.Mail is not { } queued)
+            }
+            finally
+            {
+                if (lease is not null)
                 {
-                    // Nothing went out, so the storm state stays as it was.
-                    LogUnroutedDigest(digest.Device, digest.Code, digest.Total);
-                    await _spool.UnrouteDigestAsync(digest, decision.Route!, cancellationToken).ConfigureAwait(false);
-                    continue;
-                }
-
-                LogDigest(digest.Device, digest.Code, digest.Total);
-                // A digest with a clear in it says the pair flaps: its clears in the next window join the next digest.
-                var after = new StormState(now, storm?.LastRaisedMessageId, HoldClears: digest.Clears > 0);
-                try
-                {
-                    await _spool.CommitDigestAsync(digest, queued, after, cancellationToken).ConfigureAwait(false);
-                    _stormCache[(digest.Device, digest.Code)] = after;
-                }
-                catch (SpoolConflictException ex)
-                {
-                    await ParkDigestAsync(digest, ex.Message, null, cancellationToken).ConfigureAwait(false);
+                    await lease.DisposeAsync().ConfigureAwait(false);
                 }
             }
         }
@@ -365,10 +386,88 @@ public sealed partial class AlertProcessor : SupervisedLoop
         while (again && ++passes < MaxDigestPasses);
     }
 
+    // A key leaves the open ones before its commit begins, which ends its claim (or keeps it for the digest of the rest,
+    // claimed again by the next pass). A renewal that found none of the keys it asked for held is a loss only when one
+    // of them is still open after it: that one's commit had not begun when the renewal ran.
+    private async Task<bool> RenewDigestClaimsAsync(ConcurrentDictionary<(string Device, string Code), bool> open, CancellationToken cancellationToken)
+    {
+        var keys = open.Keys.ToList();
+        return keys.Count == 0 || await _spool.RenewDigestClaimsAsync(keys, cancellationToken).ConfigureAwait(false) || !keys.Any(open.ContainsKey);
+    }
+
+    // One due digest, decided and committed; returns whether it parked repeats (the digest of the rest is read again).
+    private async Task<bool> DigestAsync(DueDigest digest, DateTimeOffset now, ConcurrentDictionary<(string Device, string Code), bool> open,
+        CancellationToken cancellationToken)
+    {
+        var storm = await _spool.GetStormAsync(digest.Device, digest.Code, cancellationToken).ConfigureAwait(false);
+        DigestDecision decision;
+        try
+        {
+            decision = DecideDigest(digest, storm, now);
+        }
+        catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
+        {
+            decision = new DigestDecision(null, Refused: ParkingLot.Describe("composing the digest", ex), Fault: ex);
+        }
+
+        open.TryRemove((digest.Device, digest.Code), out _);
+        if (decision.Invalid is { } invalid)
+        {
+            // Parked first, in a commit of their own, and the digest read again: the spool's counts, severities and
+            // clears of what is still held then leave them out, and the repeats loaded in their place are checked
+            // too. Safe to die in between: a parked repeat is no longer held, so no digest counts it, and the ones
+            // still held are due and make their digest on the next pass; parking again parks nothing twice.
+            return await ParkRepeatsAsync(digest, invalid, cancellationToken).ConfigureAwait(false);
+        }
+
+        if (decision.Refused is { } refused)
+        {
+            await ParkDigestAsync(digest, refused, decision.Fault, cancellationToken).ConfigureAwait(false);
+            return false;
+        }
+
+        if (decision.Mail is not { } queued)
+        {
+            // Nothing went out, so the storm state stays as it was.
+            if (await _spool.UnrouteDigestAsync(digest, decision.Route!, cancellationToken).ConfigureAwait(false))
+            {
+                LogUnroutedDigest(digest.Device, digest.Code, digest.Total);
+            }
+            else
+            {
+                LogDigestDiscarded(digest.Total, digest.Code, digest.Device, "leaving them unrouted");
+            }
+
+            return false;
+        }
+
+        // A digest with a clear in it says the pair flaps: its clears in the next window join the next digest.
+        var after = new StormState(now, storm?.LastRaisedMessageId, HoldClears: digest.Clears > 0);
+        try
+        {
+            if (await _spool.CommitDigestAsync(digest, queued, after, cancellationToken).ConfigureAwait(false))
+            {
+                LogDigest(digest.Device, digest.Code, digest.Total);
+                _stormCache[(digest.Device, digest.Code)] = after;
+            }
+            else
+            {
+                LogDigestDiscarded(digest.Total, digest.Code, digest.Device, $"its digest <{queued.MessageId}>");
+            }
+        }
+        catch (SpoolConflictException ex)
+        {
+            await ParkDigestAsync(digest, ex.Message, null, cancellationToken).ConfigureAwait(false);
+        }
+
+        return false;
+    }
+
     // What a due digest comes to: its mail; or, as for a single alert, the reason it is parked (Refused) or the route
     // that names nobody (Route, the mail then null); or the loaded repeats that no longer pass validation while others
     // do (Invalid), each to be parked on its own before the digest is decided again.
-    private sealed record DigestDecision(NewMessage? Mail, string? Refused = null, string? Route = null, IReadOnlyList<ParkedAlert>? Invalid = null);
+    private sealed record DigestDecision(NewMessage? Mail, string? Refused = null, string? Route = null, IReadOnlyList<ParkedAlert>? Invalid = null,
+        Exception? Fault = null);
 
     private DigestDecision DecideDigest(DueDigest digest, StormState? storm, DateTimeOffset now)
     {
@@ -432,6 +531,13 @@ public sealed partial class AlertProcessor : SupervisedLoop
     {
         var parked = await _spool.ParkDigestAsync(digest, reason, cancellationToken).ConfigureAwait(false);
         _digestDueKnown = false;
+        if (parked.Count == 0)
+        {
+            // Nothing was held any more under this instance's claim (a spool of its own always parks what it just read).
+            LogDigestDiscarded(digest.Total, digest.Code, digest.Device, "parking them: " + reason);
+            return;
+        }
+
         string what = $"a digest of {digest.Total} repeats of {digest.Code}: {reason}";
         await _parking.AlertParkedAsync("digest", digest.Device, digest.Alerts[0].AlertId, what, fault).ConfigureAwait(false);
         foreach (string alertId in parked)
@@ -459,6 +565,12 @@ public sealed partial class AlertProcessor : SupervisedLoop
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Storm control: {Count} repeats of {Code} from {Device} go out as one digest")]
     private partial void LogDigest(string device, string code, long count);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Discarded the routing of {Count} of the batch's {Total} alerts: their claim ran out and another instance holds them now (or decided them already)")]
+    private partial void LogRoutingDiscarded(int count, int total);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Discarded {Decision} for the {Count} held repeats of {Code} from {Device}: the claim on them ran out and another instance holds them now")]
+    private partial void LogDigestDiscarded(long count, string code, string device, string decision);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Routing could not use the spool; retrying in 5 s")]
     private partial void LogSpoolFailed(Exception ex);

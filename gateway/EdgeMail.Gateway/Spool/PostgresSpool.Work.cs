@@ -92,7 +92,7 @@ public sealed partial class PostgresSpool
                 && a.HoldClears == b.HoldClears;
 
     /// <inheritdoc />
-    public async Task<IReadOnlyList<ParkedAlert>> CommitRoutingAsync(IReadOnlyList<RoutingCommit> commits, CancellationToken cancellationToken)
+    public async Task<RoutingCommitted> CommitRoutingAsync(IReadOnlyList<RoutingCommit> commits, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(commits);
         try
@@ -107,20 +107,26 @@ public sealed partial class PostgresSpool
         }
     }
 
-    private async Task<IReadOnlyList<ParkedAlert>> CommitRoutingAsync(NpgsqlConnection c, NpgsqlTransaction tx, WriteContext ctx, IReadOnlyList<RoutingCommit> commits,
+    private async Task<RoutingCommitted> CommitRoutingAsync(NpgsqlConnection c, NpgsqlTransaction tx, WriteContext ctx, IReadOnlyList<RoutingCommit> commits,
         bool isolate, CancellationToken ct)
     {
         var keys = commits.Select(k => k.Basis is { } b ? (b.Device, b.Code) : k.StormKey).OfType<(string, string)>().ToList();
         await LockKeysAsync(c, tx, keys, ct).ConfigureAwait(false);
         var current = await ReadStormsAsync(c, tx, keys.Distinct().ToList(), ct).ConfigureAwait(false);
         List<ParkedAlert>? parked = null;
+        List<long>? notHeld = null;
         var stale = new List<long>();
         foreach (var d in commits)
         {
             if (d.Status == AlertStatus.Parked)
             {
-                await ExecAsync(c, tx, ct, "UPDATE alerts SET status='parked', reason=$1, parked_at=$2, claimed_by=NULL, claim_until=NULL WHERE rowid=$3 AND status='new' AND claimed_by=$4",
-                    Truncate(Text(d.Reason) ?? "parked"), ctx.NowMs, d.AlertRowId, _owner).ConfigureAwait(false);
+                if (await ExecAsync(c, tx, ct,
+                    "UPDATE alerts SET status='parked', reason=$1, parked_at=$2, claimed_by=NULL, claim_until=NULL WHERE rowid=$3 AND status='new' AND claimed_by=$4",
+                    Truncate(Text(d.Reason) ?? "parked"), ctx.NowMs, d.AlertRowId, _owner).ConfigureAwait(false) == 0)
+                {
+                    (notHeld ??= []).Add(d.AlertRowId);
+                }
+
                 continue;
             }
 
@@ -143,6 +149,7 @@ public sealed partial class PostgresSpool
                 if (mine == 0)
                 {
                     // Taken over by another instance after this claim's lease ran out (or already done): theirs counts.
+                    (notHeld ??= []).Add(d.AlertRowId);
                     if (isolate)
                     {
                         await tx.ReleaseAsync("decision", ct).ConfigureAwait(false);
@@ -169,9 +176,16 @@ public sealed partial class PostgresSpool
             }
             catch (SpoolConflictException ex) when (isolate)
             {
+                // The rollback let go of the row: fenced again, as another instance may have claimed it meanwhile.
                 await tx.RollbackAsync("decision", ct).ConfigureAwait(false);
-                await ExecAsync(c, tx, ct, "UPDATE alerts SET status='parked', reason=$1, parked_at=$2, claimed_by=NULL, claim_until=NULL WHERE rowid=$3 AND status='new'",
-                    Truncate(ex.Message), ctx.NowMs, d.AlertRowId).ConfigureAwait(false);
+                if (await ExecAsync(c, tx, ct,
+                    "UPDATE alerts SET status='parked', reason=$1, parked_at=$2, claimed_by=NULL, claim_until=NULL WHERE rowid=$3 AND status='new' AND claimed_by=$4",
+                    Truncate(ex.Message), ctx.NowMs, d.AlertRowId, _owner).ConfigureAwait(false) == 0)
+                {
+                    (notHeld ??= []).Add(d.AlertRowId);
+                    continue;
+                }
+
                 (parked ??= []).Add(new ParkedAlert(d.AlertRowId, ex.Message));
             }
         }
@@ -184,7 +198,36 @@ public sealed partial class PostgresSpool
             ctx.AlertsStored = true;
         }
 
-        return parked ?? (IReadOnlyList<ParkedAlert>)[];
+        return parked is null && notHeld is null ? RoutingCommitted.All : new RoutingCommitted(parked ?? [], notHeld ?? []);
+    }
+
+    /// <inheritdoc />
+    public Task<bool> RenewAlertClaimsAsync(IReadOnlyCollection<long> alertRowIds, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(alertRowIds);
+
+        // Not durable, like the claim itself: a renewal lost in a server crash makes the alerts claimable again, and the
+        // routing commit is fenced. Rows are locked in rowid order, as a routing commit updates them (its batch is sorted),
+        // so a renewal and a late commit of another instance never wait on each other in a circle.
+        return WriteAsync(async (c, tx, _) => await ExecAsync(c, tx, cancellationToken,
+            """
+            WITH mine AS (SELECT rowid FROM alerts WHERE rowid = ANY($1) AND status = 'new' AND claimed_by = $2 ORDER BY rowid FOR UPDATE)
+            UPDATE alerts a SET claim_until = GREATEST(a.claim_until, $3) FROM mine WHERE a.rowid = mine.rowid
+            """, alertRowIds.ToArray(), _owner, LeaseUntilMs).ConfigureAwait(false) > 0, cancellationToken, durable: false);
+    }
+
+    /// <inheritdoc />
+    public Task<bool> RenewDigestClaimsAsync(IReadOnlyCollection<(string Device, string Code)> keys, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(keys);
+        return WriteAsync(async (c, tx, _) => await ExecAsync(c, tx, cancellationToken,
+            """
+            WITH mine AS (
+              SELECT s.device, s.code FROM storm s JOIN unnest($1::text[], $2::text[]) AS k(device, code) ON s.device = k.device AND s.code = k.code
+              WHERE s.claimed_by = $3 ORDER BY s.device, s.code FOR UPDATE OF s)
+            UPDATE storm s SET claim_until = GREATEST(s.claim_until, $4) FROM mine WHERE s.device = mine.device AND s.code = mine.code
+            """, keys.Select(k => k.Device).ToArray(), keys.Select(k => k.Code).ToArray(), _owner, LeaseUntilMs).ConfigureAwait(false) > 0,
+            cancellationToken, durable: false);
     }
 
     private static Task WriteStormAsync(NpgsqlConnection c, NpgsqlTransaction tx, string device, string code, StormState storm, bool releaseClaim, CancellationToken ct) =>
@@ -312,7 +355,7 @@ public sealed partial class PostgresSpool
     }
 
     /// <inheritdoc />
-    public Task CommitDigestAsync(DueDigest digest, NewMessage message, StormState storm, CancellationToken cancellationToken)
+    public Task<bool> CommitDigestAsync(DueDigest digest, NewMessage message, StormState storm, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(digest);
         ArgumentNullException.ThrowIfNull(message);
@@ -321,7 +364,7 @@ public sealed partial class PostgresSpool
         {
             if (!await HoldsKeyAsync(c, tx, digest.Device, digest.Code, cancellationToken).ConfigureAwait(false))
             {
-                return 0;
+                return false;
             }
 
             await ExecAsync(c, tx, cancellationToken,
@@ -329,12 +372,12 @@ public sealed partial class PostgresSpool
                 digest.Device, digest.Code, digest.ThroughRowId, Text(message.MessageId)).ConfigureAwait(false);
             await InsertMessageAsync(c, tx, message, null, ctx, duplicateIsConflict: true).ConfigureAwait(false);
             await WriteStormAsync(c, tx, digest.Device, digest.Code, storm, releaseClaim: true, cancellationToken).ConfigureAwait(false);
-            return 0;
+            return true;
         }, cancellationToken);
     }
 
     /// <inheritdoc />
-    public Task UnrouteDigestAsync(DueDigest digest, string route, CancellationToken cancellationToken)
+    public Task<bool> UnrouteDigestAsync(DueDigest digest, string route, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(digest);
         ArgumentNullException.ThrowIfNull(route);
@@ -342,7 +385,7 @@ public sealed partial class PostgresSpool
         {
             if (!await HoldsKeyAsync(c, tx, digest.Device, digest.Code, cancellationToken).ConfigureAwait(false))
             {
-                return 0;
+                return false;
             }
 
             await ExecAsync(c, tx, cancellationToken,
@@ -350,7 +393,7 @@ public sealed partial class PostgresSpool
                 digest.Device, digest.Code, digest.ThroughRowId, Text(route)).ConfigureAwait(false);
             await ExecAsync(c, tx, cancellationToken, "UPDATE storm SET claimed_by=NULL, claim_until=NULL WHERE device=$1 AND code=$2",
                 digest.Device, digest.Code).ConfigureAwait(false);
-            return 0;
+            return true;
         }, cancellationToken);
     }
 

@@ -182,6 +182,19 @@ public sealed record StormBasis(string Device, string Code, StormState? State);
 /// <param name="Reason">What went wrong.</param>
 public sealed record ParkedAlert(long AlertRowId, string Reason);
 
+/// <summary>What a routing commit left undone besides what it committed.</summary>
+/// <param name="Parked">Alerts parked instead of routed: their mail's Message-ID was already in the spool (usually none).</param>
+/// <param name="NotHeld">
+/// Alerts whose decision was not committed because they are not this instance's any more: on a shared spool the claim
+/// ran out and another instance holds the alert now (or decided it already). Nothing of those decisions may be told:
+/// the holder's decision is the one that counts. Always empty on a spool of one user.
+/// </param>
+public sealed record RoutingCommitted(IReadOnlyList<ParkedAlert> Parked, IReadOnlyList<long> NotHeld)
+{
+    /// <summary>Everything committed as decided.</summary>
+    public static readonly RoutingCommitted All = new([], []);
+}
+
 /// <summary>
 /// A group of held repeats whose digest is due. At most <c>maxRepeats</c> are loaded (a storm can hold millions):
 /// all of them when they fit, else the oldest ones and the latest; <see cref="Total"/> counts them all and
@@ -455,12 +468,14 @@ public partial interface ISpool : IAsyncDisposable
 
     /// <summary>
     /// Commits routing decisions (each atomically; all in one transaction). A decision whose mail would take a
-    /// Message-ID already in the spool is not committed: its alert is parked instead and returned.
+    /// Message-ID already in the spool is not committed: its alert is parked instead and returned. On a shared spool a
+    /// decision on an alert this instance no longer holds (its claim ran out and another instance took it) is not
+    /// committed either, and returned as not held.
     /// </summary>
     /// <param name="commits">Decisions.</param>
     /// <param name="cancellationToken">Cancellation.</param>
-    /// <returns>The alerts parked instead of routed (usually none).</returns>
-    Task<IReadOnlyList<ParkedAlert>> CommitRoutingAsync(IReadOnlyList<RoutingCommit> commits, CancellationToken cancellationToken);
+    /// <returns>The alerts parked instead of routed, and those not held any more (usually none of either).</returns>
+    Task<RoutingCommitted> CommitRoutingAsync(IReadOnlyList<RoutingCommit> commits, CancellationToken cancellationToken);
 
     /// <summary>Held repeats whose window has closed, for at most 64 (device, code) keys.</summary>
     /// <param name="now">Current time.</param>
@@ -469,14 +484,17 @@ public partial interface ISpool : IAsyncDisposable
     /// <returns>Digests due.</returns>
     Task<IReadOnlyList<DueDigest>> DueDigestsAsync(DateTimeOffset now, int maxRepeats, CancellationToken cancellationToken);
 
-    /// <summary>Marks the digest's held alerts digested and queues the digest mail, atomically.</summary>
+    /// <summary>
+    /// Marks the digest's held alerts digested and queues the digest mail, atomically; on a shared spool only while this
+    /// instance holds the key's claim.
+    /// </summary>
     /// <param name="digest">The digest.</param>
     /// <param name="message">Its mail.</param>
     /// <param name="storm">New storm state for the key.</param>
     /// <param name="cancellationToken">Cancellation.</param>
-    /// <returns>A task completing after commit.</returns>
+    /// <returns>After commit, whether it was committed: false, and nothing changed, when another instance holds the key now.</returns>
     /// <exception cref="SpoolConflictException">The mail's Message-ID is already taken; nothing was changed.</exception>
-    Task CommitDigestAsync(DueDigest digest, NewMessage message, StormState storm, CancellationToken cancellationToken);
+    Task<bool> CommitDigestAsync(DueDigest digest, NewMessage message, StormState storm, CancellationToken cancellationToken);
 
     /// <summary>
     /// Marks the digest's held alerts unrouted, with the route that names nobody, as a single alert without recipients
@@ -485,8 +503,8 @@ public partial interface ISpool : IAsyncDisposable
     /// <param name="digest">The digest.</param>
     /// <param name="route">Which routes matched and that they named nobody, for each alert's journey.</param>
     /// <param name="cancellationToken">Cancellation.</param>
-    /// <returns>A task completing after commit.</returns>
-    Task UnrouteDigestAsync(DueDigest digest, string route, CancellationToken cancellationToken);
+    /// <returns>After commit, whether it was committed: false, and nothing changed, when another instance holds the key now.</returns>
+    Task<bool> UnrouteDigestAsync(DueDigest digest, string route, CancellationToken cancellationToken);
 
     /// <summary>
     /// Parks some of a digest's held repeats, each with its own reason, as a single alert that no longer passes validation
@@ -504,7 +522,10 @@ public partial interface ISpool : IAsyncDisposable
     /// <param name="digest">The digest.</param>
     /// <param name="reason">Why.</param>
     /// <param name="cancellationToken">Cancellation.</param>
-    /// <returns>The ids of every alert it parked, listed in the digest or not (each device is owed a receipt), after commit.</returns>
+    /// <returns>
+    /// The ids of every alert it parked, listed in the digest or not (each device is owed a receipt), after commit; none
+    /// when another instance holds the key now.
+    /// </returns>
     Task<IReadOnlyList<string>> ParkDigestAsync(DueDigest digest, string reason, CancellationToken cancellationToken);
 
     /// <summary>When the next held digest falls due, if any.</summary>
@@ -561,6 +582,26 @@ public partial interface ISpool : IAsyncDisposable
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>Whether this instance still holds the message, after commit.</returns>
     Task<bool> RenewClaimAsync(long rowId, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Extends this instance's claims on new alerts to the lease from now, while their routing is under way (the router
+    /// renews every third of the lease on a shared spool): a batch may take longer than one lease. Fenced like
+    /// <see cref="RenewClaimAsync"/>: alerts another instance took over, or that are decided already, are left alone.
+    /// A spool with one user (SQLite) has no claims: true.
+    /// </summary>
+    /// <param name="alertRowIds">The batch's alerts.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>Whether this instance still holds any of them, after commit.</returns>
+    Task<bool> RenewAlertClaimsAsync(IReadOnlyCollection<long> alertRowIds, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Extends this instance's claims on (device, code) keys whose digests it is composing (<see cref="DueDigestsAsync"/>)
+    /// to the lease from now; fenced like <see cref="RenewAlertClaimsAsync"/>. A spool with one user (SQLite): true.
+    /// </summary>
+    /// <param name="keys">The keys.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>Whether this instance still holds any of them, after commit.</returns>
+    Task<bool> RenewDigestClaimsAsync(IReadOnlyCollection<(string Device, string Code)> keys, CancellationToken cancellationToken);
 
     /// <summary>Every device changed at run time.</summary>
     /// <param name="cancellationToken">Cancellation.</param>

@@ -331,10 +331,10 @@ public sealed partial class SqliteSpool : ISpool
     }
 
     /// <inheritdoc />
-    public Task<IReadOnlyList<ParkedAlert>> CommitRoutingAsync(IReadOnlyList<RoutingCommit> commits, CancellationToken cancellationToken)
+    public Task<RoutingCommitted> CommitRoutingAsync(IReadOnlyList<RoutingCommit> commits, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(commits);
-        return Enqueue<IReadOnlyList<ParkedAlert>>((s, ctx) =>
+        return Enqueue((s, ctx) =>
         {
             List<ParkedAlert>? parked = null;
 
@@ -380,7 +380,7 @@ public sealed partial class SqliteSpool : ISpool
                 s.WriteStorm(device, code, storm);
             }
 
-            return parked ?? (IReadOnlyList<ParkedAlert>)[];
+            return parked is null ? RoutingCommitted.All : new RoutingCommitted(parked, []);
         }, cancellationToken, background: true);
     }
 
@@ -490,7 +490,7 @@ public sealed partial class SqliteSpool : ISpool
         }, cancellationToken);
 
     /// <inheritdoc />
-    public Task CommitDigestAsync(DueDigest digest, NewMessage message, StormState storm, CancellationToken cancellationToken)
+    public Task<bool> CommitDigestAsync(DueDigest digest, NewMessage message, StormState storm, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(digest);
         ArgumentNullException.ThrowIfNull(message);
@@ -500,17 +500,21 @@ public sealed partial class SqliteSpool : ISpool
                 digest.Device, digest.Code, digest.ThroughRowId, message.MessageId);
             s.InsertMessage(message, null, ctx);
             s.WriteStorm(digest.Device, digest.Code, storm);
-            return 0;
+            return true;
         }, cancellationToken, background: true);
     }
 
     /// <inheritdoc />
-    public Task UnrouteDigestAsync(DueDigest digest, string route, CancellationToken cancellationToken)
+    public Task<bool> UnrouteDigestAsync(DueDigest digest, string route, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(digest);
         ArgumentNullException.ThrowIfNull(route);
-        return Enqueue((s, _) => s.Exec("UPDATE alerts SET status='unrouted', route=$p3 WHERE device=$p0 AND code=$p1 AND status='held' AND rowid <= $p2",
-            digest.Device, digest.Code, digest.ThroughRowId, route), cancellationToken, background: true);
+        return Enqueue((s, _) =>
+        {
+            s.Exec("UPDATE alerts SET status='unrouted', route=$p3 WHERE device=$p0 AND code=$p1 AND status='held' AND rowid <= $p2",
+                digest.Device, digest.Code, digest.ThroughRowId, route);
+            return true;
+        }, cancellationToken, background: true);
     }
 
     /// <inheritdoc />
@@ -607,6 +611,12 @@ public sealed partial class SqliteSpool : ISpool
 
     /// <inheritdoc />
     public Task<bool> RenewClaimAsync(long rowId, CancellationToken cancellationToken) => Task.FromResult(true);
+
+    /// <inheritdoc />
+    public Task<bool> RenewAlertClaimsAsync(IReadOnlyCollection<long> alertRowIds, CancellationToken cancellationToken) => Task.FromResult(true);
+
+    /// <inheritdoc />
+    public Task<bool> RenewDigestClaimsAsync(IReadOnlyCollection<(string Device, string Code)> keys, CancellationToken cancellationToken) => Task.FromResult(true);
 
     /// <inheritdoc />
     public Task<bool> RecordSentRecipientsAsync(long rowId, IReadOnlyList<RecipientResult> sent, CancellationToken cancellationToken)

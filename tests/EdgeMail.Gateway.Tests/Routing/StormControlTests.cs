@@ -513,14 +513,18 @@ public sealed class StormControlTests
         c["Storm"] = new { Window = "00:10:00" };
     };
 
-    private static void SharedStormConfig(Dictionary<string, object> c)
+    internal static void SharedStormConfig(Dictionary<string, object> c)
     {
         c["Storm"] = new { Window = "00:10:00" };
         c["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "warning", To = new[] { "owners" } } };
     }
 
-    private static PostgresSpool OpenShared(TestDatabase db) =>
-        PostgresSpool.Open(db.ConnectionString, fsync: true, maxBatch: 64, TimeSpan.FromMinutes(2), TimeSpan.FromSeconds(5), NullLogger.Instance);
+    internal static PostgresSpool OpenShared(TestDatabase db, TimeProvider? clock = null, TimeSpan? lease = null)
+    {
+        var spool = PostgresSpool.Open(db.ConnectionString, fsync: true, maxBatch: 64, lease ?? TimeSpan.FromMinutes(2), TimeSpan.FromSeconds(5), NullLogger.Instance);
+        spool.Clock = clock ?? TimeProvider.System;
+        return spool;
+    }
 
     private static async Task RouteOneAsync(AlertProcessor processor, ISpool spool, string id, string severity, DateTimeOffset? receivedAt = null)
     {
@@ -543,7 +547,7 @@ public sealed class StormControlTests
         return dataDir;
     }
 
-    private static async Task HoldAsync(ISpool spool, params (string Id, string Payload)[] repeats)
+    internal static async Task HoldAsync(ISpool spool, params (string Id, string Payload)[] repeats)
     {
         var heldUntil = TimeProvider.System.GetUtcNow().AddMinutes(-1);
         foreach (var (id, payload) in repeats)
@@ -555,7 +559,7 @@ public sealed class StormControlTests
         await spool.CommitRoutingAsync([.. stored.Select(a => new RoutingCommit(a.RowId, AlertStatus.Held, heldUntil, null, null, null))], default);
     }
 
-    private static async Task<string[]> StatusesAsync(ISpool spool, params string[] ids)
+    internal static async Task<string[]> StatusesAsync(ISpool spool, params string[] ids)
     {
         var statuses = new string[ids.Length];
         for (int i = 0; i < ids.Length; i++)
@@ -568,7 +572,7 @@ public sealed class StormControlTests
 
     // The storm window is asked for after the storm state was read and before the decision is committed: the first
     // time, another instance's routing runs there.
-    private sealed class RacingThrottle(Func<Task> race) : IRelayThrottle
+    internal sealed class RacingThrottle(Func<Task> race) : IRelayThrottle
     {
         private Func<Task>? _race = race;
 

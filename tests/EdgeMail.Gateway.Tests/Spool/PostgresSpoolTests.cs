@@ -210,9 +210,13 @@ public sealed class PostgresSpoolTests : SpoolContractTests
         var takenOver = await b.NewAlertsAsync(10, default);
         Assert.Equal(claimedByA.Select(x => x.RowId), takenOver.Select(x => x.RowId));
 
-        // a comes back and commits late: fenced out, no mail from it; b's decision counts.
-        await a.CommitRoutingAsync([new RoutingCommit(claimedByA[0].RowId, AlertStatus.Routed, null, Mail("from-a@gw.test", alertId: "a-0"), null, null)], default);
-        await b.CommitRoutingAsync([new RoutingCommit(takenOver[0].RowId, AlertStatus.Routed, null, Mail("from-b@gw.test", alertId: "a-0"), null, null)], default);
+        // a comes back and commits late: fenced out, no mail from it, and a hears so; b's decision counts.
+        var late = await a.CommitRoutingAsync([new RoutingCommit(claimedByA[0].RowId, AlertStatus.Routed, null, Mail("from-a@gw.test", alertId: "a-0"), null, null),
+            new RoutingCommit(claimedByA[1].RowId, AlertStatus.Parked, null, null, null, null, "routing failed: X")], default);
+        Assert.Equal([claimedByA[0].RowId, claimedByA[1].RowId], late.NotHeld);
+        Assert.Empty(late.Parked);
+        Assert.Empty((await b.CommitRoutingAsync([new RoutingCommit(takenOver[0].RowId, AlertStatus.Routed, null, Mail("from-b@gw.test", alertId: "a-0"), null, null)], default)).NotHeld);
+        Assert.Equal(AlertStatus.New, (await a.GetAlertAsync("dev-1", "a-1", default))!.Value.Status);
         Assert.Null(await a.GetMessageAsync("from-a@gw.test", default));
         Assert.NotNull(await a.GetMessageAsync("from-b@gw.test", default));
         Assert.Equal(AlertStatus.Routed, (await a.GetAlertAsync("dev-1", "a-0", default))!.Value.Status);
@@ -267,6 +271,65 @@ public sealed class PostgresSpoolTests : SpoolContractTests
 
         Assert.True((await a.CancelAsync(ParkedKinds.Message, renewed, "wrong recipients", 100, default)).Cancelled);
         Assert.False(await a.RenewClaimAsync(renewed, default));
+    }
+
+    // A routing batch longer than a lease keeps its alerts by renewing their claims; taken over, or decided, an alert is
+    // not renewed, and a batch none of whose alerts is the holder's any more is told so.
+    [PostgresFact]
+    public async Task RenewAlertClaims_ExtendsTheHoldersLease_LeavesWhatIsTakenOverOrDecided()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var a = OpenPostgres(clock);
+        await using var b = OpenPostgres(clock);
+        for (int i = 0; i < 3; i++)
+        {
+            await a.AcceptAlertAsync(Alert("dev-1", $"a-{i}"), default);
+        }
+
+        var batch = await a.NewAlertsAsync(10, default);
+        long[] rows = [.. batch.Select(x => x.RowId)];
+        clock.Advance(Lease / 2);
+        Assert.True(await a.RenewAlertClaimsAsync(rows[..2], default));
+        Assert.False(await b.RenewAlertClaimsAsync(rows, default)); // not b's
+        clock.Advance(Lease / 2 + TimeSpan.FromSeconds(1));
+        Assert.Equal("a-2", Assert.Single(await b.NewAlertsAsync(10, default)).AlertId); // the one left unrenewed
+
+        Assert.True(await a.RenewAlertClaimsAsync(rows, default)); // two of the three are still a's
+        await a.CommitRoutingAsync([new RoutingCommit(rows[0], AlertStatus.Unrouted, null, null, null, null)], default);
+        clock.Advance(Lease + TimeSpan.FromSeconds(1));
+        Assert.True(await a.RenewAlertClaimsAsync(rows, default)); // ran out, but nobody took a-1
+        Assert.Equal("a-2", Assert.Single(await b.NewAlertsAsync(10, default)).AlertId); // b's own claim again; a-1 stays a's
+        Assert.False(await a.RenewAlertClaimsAsync([rows[0], rows[2]], default)); // decided, and taken over
+    }
+
+    [PostgresFact]
+    public async Task RenewDigestClaims_ExtendsTheHoldersLease_IsRefusedOnceTakenOverOrCommitted()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var a = OpenPostgres(clock);
+        await using var b = OpenPostgres(clock);
+        foreach (string code in new[] { "PUMP_CYCLING", "TEMP_HIGH" })
+        {
+            await a.AcceptAlertAsync(Alert("dev-1", "r-" + code, code), default);
+        }
+
+        var held = await a.NewAlertsAsync(10, default);
+        await a.CommitRoutingAsync(held.Select(h => new RoutingCommit(h.RowId, AlertStatus.Held, T0, null, null, null)).ToList(), default);
+        var digests = await a.DueDigestsAsync(T0, 100, default);
+        Assert.Equal(2, digests.Count);
+        var renewed = (digests[0].Device, digests[0].Code);
+        var lapsed = (digests[1].Device, digests[1].Code);
+
+        clock.Advance(Lease / 2);
+        Assert.True(await a.RenewDigestClaimsAsync([renewed], default));
+        Assert.False(await b.RenewDigestClaimsAsync([renewed, lapsed], default)); // not b's
+        clock.Advance(Lease / 2 + TimeSpan.FromSeconds(1));
+        var theirs = Assert.Single(await b.DueDigestsAsync(clock.GetUtcNow(), 100, default));
+        Assert.Equal(lapsed, (theirs.Device, theirs.Code));
+
+        Assert.False(await a.RenewDigestClaimsAsync([lapsed], default)); // taken over
+        Assert.True(await a.CommitDigestAsync(digests[0], Mail("digest-a@gw.test", "digest"), new StormState(T0, null), default));
+        Assert.False(await a.RenewDigestClaimsAsync([renewed], default)); // committed: the claim ended with it
     }
 
     [PostgresFact]
@@ -358,9 +421,9 @@ public sealed class PostgresSpoolTests : SpoolContractTests
         Assert.Empty(await b.DueDigestsAsync(T0, 100, default));
         Assert.Equal(T0 + Lease, await b.NextDigestDueAsync(default));
 
-        await b.CommitDigestAsync(digest, Mail("digest-b@gw.test", "digest"), new StormState(T0, null), default); // b never claimed it: ignored
+        Assert.False(await b.CommitDigestAsync(digest, Mail("digest-b@gw.test", "digest"), new StormState(T0, null), default)); // b never claimed it: ignored
         Assert.Null(await a.GetMessageAsync("digest-b@gw.test", default));
-        await a.CommitDigestAsync(digest, Mail("digest-a@gw.test", "digest"), new StormState(T0, null), default);
+        Assert.True(await a.CommitDigestAsync(digest, Mail("digest-a@gw.test", "digest"), new StormState(T0, null), default));
         Assert.Equal(3, (await a.CountsAsync(default)).Alerts["digested"]);
         Assert.Null(await b.NextDigestDueAsync(default));
     }

@@ -362,13 +362,14 @@ public abstract class SpoolContractTests : IAsyncLifetime
         await spool.AcceptAlertAsync(Alert("dev-2", "a-2"), default);
         var alerts = await spool.NewAlertsAsync(10, default);
 
-        var parked = await spool.CommitRoutingAsync(
+        var committed = await spool.CommitRoutingAsync(
         [
             new RoutingCommit(alerts[0].RowId, AlertStatus.Routed, null, Mail("same@gw.test", alertId: "a-1"), ("dev-1", "TEMP_HIGH"), new StormState(DateTimeOffset.UnixEpoch, null)),
             new RoutingCommit(alerts[1].RowId, AlertStatus.Routed, null, Mail("same@gw.test", device: "dev-2", alertId: "a-2"), ("dev-2", "TEMP_HIGH"), new StormState(DateTimeOffset.UnixEpoch, "<x@y>")),
         ], default);
 
-        var p = Assert.Single(parked);
+        var p = Assert.Single(committed.Parked);
+        Assert.Empty(committed.NotHeld);
         Assert.Equal(alerts[1].RowId, p.AlertRowId);
         Assert.Contains("<same@gw.test>", p.Reason, StringComparison.Ordinal);
         Assert.Equal("routed", (await spool.GetAlertAsync("dev-1", "a-1", default))?.Status);
