@@ -105,7 +105,12 @@ public sealed partial class PostgresSpool : ISpool
     /// <param name="poll">How often idle loops look for work nothing announced.</param>
     /// <param name="logger">Logger.</param>
     /// <returns>The open spool.</returns>
-    public static PostgresSpool Open(string connectionString, bool fsync, int maxBatch, TimeSpan lease, TimeSpan poll, ILogger logger)
+    public static PostgresSpool Open(string connectionString, bool fsync, int maxBatch, TimeSpan lease, TimeSpan poll, ILogger logger) =>
+        Open(connectionString, fsync, maxBatch, lease, poll, logger, PostgresSchema.Migrations);
+
+    /// <summary>Opens the spool as a build that knows <paramref name="migrations"/> (tests: a newer build's).</summary>
+    internal static PostgresSpool Open(string connectionString, bool fsync, int maxBatch, TimeSpan lease, TimeSpan poll, ILogger logger,
+        IReadOnlyList<PostgresSchema.Migration> migrations)
     {
         ArgumentException.ThrowIfNullOrEmpty(connectionString);
         NpgsqlDataSource data;
@@ -130,10 +135,10 @@ public sealed partial class PostgresSpool : ISpool
         try
         {
             using var connection = data.OpenConnection();
-            int found = PostgresSchema.MigrateAsync(connection, CancellationToken.None).GetAwaiter().GetResult();
-            if (found < PostgresSchema.CurrentVersion)
+            int found = PostgresSchema.MigrateAsync(connection, migrations, CancellationToken.None).GetAwaiter().GetResult();
+            if (found < migrations.Count)
             {
-                LogMigrated(logger, found, PostgresSchema.CurrentVersion);
+                LogMigrated(logger, found, migrations.Count);
             }
         }
         catch (Exception ex) when (ex is NpgsqlException or System.Net.Sockets.SocketException or TimeoutException or InvalidOperationException)

@@ -438,7 +438,7 @@ public sealed class PostgresSpoolTests : SpoolContractTests
     [PostgresFact]
     public async Task Open_VersionThreeDatabaseWithAnApiKey_KeepsItAsAnAdminKey()
     {
-        await _db!.ScalarAsync("CREATE TABLE schema_version(version INTEGER NOT NULL);" + string.Join(";", PostgresSchema.Migrations.Take(3))
+        await _db!.ScalarAsync("CREATE TABLE schema_version(version INTEGER NOT NULL);" + string.Join(";", PostgresSchema.Migrations.Take(3).Select(m => m.Sql))
             + ";INSERT INTO schema_version VALUES(1),(2),(3);INSERT INTO api_keys(id, name, hash, created_at, revoked_at) VALUES('k1', 'old script', 'ab', 0, NULL);");
 
         await using var spool = OpenPostgres();
