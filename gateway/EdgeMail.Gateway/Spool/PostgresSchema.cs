@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Logging;
 using Npgsql;
 
 namespace EdgeMail.Gateway.Spool;
@@ -8,7 +9,7 @@ namespace EdgeMail.Gateway.Spool;
 /// (<c>claimed_by</c>) and until when (<c>claim_until</c>, Unix ms). Times are Unix milliseconds, as in SQLite, so both
 /// spools read the same way.
 /// </summary>
-internal static class PostgresSchema
+internal static partial class PostgresSchema
 {
     // Any constant: instances starting at once migrate one after the other.
     private const long MigrationLock = 0x4564_6765_4D61_696C; // "EdgeMail"
@@ -147,30 +148,46 @@ internal static class PostgresSchema
         ALTER TABLE messages ADD COLUMN submission TEXT;
         """),
         // 7: the alerts a digest covers, newest first (SQLite version 13).
-        new("""
-        CREATE INDEX alerts_digest ON alerts(digest_message, rowid) WHERE digest_message IS NOT NULL;
-        """),
+        Migration.Index("alerts_digest", "ON alerts(digest_message, rowid) WHERE digest_message IS NOT NULL"),
     ];
 
     /// <summary>The version this build writes.</summary>
     public static int CurrentVersion => Migrations.Count;
 
-    /// <summary>One step of the schema, run in one transaction with its <c>schema_version</c> row.</summary>
+    /// <summary>
+    /// One step of the schema, run in one transaction with its <c>schema_version</c> row; or one index on a table that may
+    /// be large (<see cref="IndexName"/> set), which on a spool that already had a schema is built CONCURRENTLY first.
+    /// </summary>
     /// <param name="Sql">Its statements.</param>
-    internal sealed record Migration(string Sql);
+    internal sealed record Migration(string Sql)
+    {
+        /// <summary>The index this migration builds, or null.</summary>
+        public string? IndexName { get; private init; }
+
+        /// <summary>What follows <c>CREATE INDEX name</c>: <c>ON table(columns) WHERE ...</c>.</summary>
+        public string? IndexDefinition { get; private init; }
+
+        /// <summary>A migration that builds one index.</summary>
+        /// <param name="name">The index.</param>
+        /// <param name="definition">What follows <c>CREATE INDEX name</c>.</param>
+        /// <returns>The migration.</returns>
+        public static Migration Index(string name, string definition) => new($"CREATE INDEX {name} {definition}") { IndexName = name, IndexDefinition = definition };
+    }
 
     /// <summary>
-    /// Brings the database up to the last of <paramref name="migrations"/>, one transaction per migration, under an
-    /// advisory lock so that instances starting together do not both migrate.
+    /// Brings the database up to the last of <paramref name="migrations"/>, one transaction per migration (or per index
+    /// built concurrently), under an advisory lock so that instances starting together do not both migrate.
     /// </summary>
     /// <param name="connection">Open connection.</param>
     /// <param name="migrations">The migrations this build knows (<see cref="Migrations"/>; tests: a newer build's).</param>
+    /// <param name="logger">Logger.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>The version found before migrating (0 for a new database).</returns>
-    internal static async Task<int> MigrateAsync(NpgsqlConnection connection, IReadOnlyList<Migration> migrations, CancellationToken cancellationToken)
+    internal static async Task<int> MigrateAsync(NpgsqlConnection connection, IReadOnlyList<Migration> migrations, ILogger logger,
+        CancellationToken cancellationToken)
     {
         int known = migrations.Count;
-        await RunAsync(connection, null, $"SELECT pg_advisory_lock({MigrationLock})", cancellationToken).ConfigureAwait(false);
+        await LockAsync(connection, logger, cancellationToken).ConfigureAwait(false);
         try
         {
             await RunAsync(connection, null, "CREATE TABLE IF NOT EXISTS schema_version(version INTEGER NOT NULL)", cancellationToken).ConfigureAwait(false);
@@ -187,8 +204,15 @@ internal static class PostgresSchema
 
             for (int next = found + 1; next <= known; next++)
             {
+                var migration = migrations[next - 1];
+                if (migration.IndexName is not null && found > 0)
+                {
+                    await BuildIndexAsync(connection, migration, next, logger, cancellationToken).ConfigureAwait(false);
+                    continue;
+                }
+
                 await using var tx = await connection.BeginTransactionAsync(cancellationToken).ConfigureAwait(false);
-                await RunAsync(connection, tx, migrations[next - 1].Sql, cancellationToken).ConfigureAwait(false);
+                await RunAsync(connection, tx, migration.Sql, cancellationToken).ConfigureAwait(false);
                 await RunAsync(connection, tx, $"INSERT INTO schema_version(version) VALUES({next})", cancellationToken).ConfigureAwait(false);
                 await tx.CommitAsync(cancellationToken).ConfigureAwait(false);
             }
@@ -201,9 +225,80 @@ internal static class PostgresSchema
         }
     }
 
+    // Polled, not waited for: a session waiting for an advisory lock keeps a snapshot, and the holder's CREATE INDEX
+    // CONCURRENTLY waits for every older snapshot in the database — each would be waiting for the other.
+    private static async Task LockAsync(NpgsqlConnection connection, ILogger logger, CancellationToken cancellationToken)
+    {
+        bool told = false;
+        while (true)
+        {
+            await using (var command = new NpgsqlCommand($"SELECT pg_try_advisory_lock({MigrationLock})", connection))
+            {
+                if (await command.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is true)
+                {
+                    return;
+                }
+            }
+
+            if (!told)
+            {
+                LogWaitingForLock(logger);
+                told = true;
+            }
+
+            await Task.Delay(TimeSpan.FromMilliseconds(200), TimeProvider.System, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    // CREATE INDEX in the migration's transaction would hold off every insert into the table for the whole build.
+    // CONCURRENTLY lets them go on, but cannot run in a transaction, and a build cut short (a crash, a cancel, a lost
+    // connection) leaves its index INVALID: kept up by every insert, used by no query, and taken as built by IF NOT
+    // EXISTS. So such an index is dropped and built again, and the version is recorded only once the index is valid.
+    private static async Task BuildIndexAsync(NpgsqlConnection connection, Migration migration, int version, ILogger logger, CancellationToken cancellationToken)
+    {
+        string name = migration.IndexName!;
+        LogBuildingIndex(logger, name, version);
+        if (await IndexValidAsync(connection, name, cancellationToken).ConfigureAwait(false) == false)
+        {
+            await RunUnboundedAsync(connection, $"DROP INDEX CONCURRENTLY IF EXISTS {name}", cancellationToken).ConfigureAwait(false);
+        }
+
+        await RunUnboundedAsync(connection, $"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} {migration.IndexDefinition}", cancellationToken).ConfigureAwait(false);
+        if (await IndexValidAsync(connection, name, cancellationToken).ConfigureAwait(false) != true)
+        {
+            throw new SpoolException($"Index {name} (schema version {version}) is not valid after it was built; the next start drops it and builds it again. See the PostgreSQL server's log for why.");
+        }
+
+        await using var tx = await connection.BeginTransactionAsync(cancellationToken).ConfigureAwait(false);
+        await RunAsync(connection, tx, $"INSERT INTO schema_version(version) VALUES({version})", cancellationToken).ConfigureAwait(false);
+        await tx.CommitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    // Null when there is no such index.
+    private static async Task<bool?> IndexValidAsync(NpgsqlConnection connection, string name, CancellationToken cancellationToken)
+    {
+        await using var command = new NpgsqlCommand("SELECT indisvalid AND indisready FROM pg_index WHERE indexrelid = to_regclass($1)", connection);
+        command.Parameters.Add(new NpgsqlParameter { Value = name });
+        return await command.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) as bool?;
+    }
+
+    // A build over a large table outlasts Npgsql's command timeout (30 s by default), and one cut short by it would only
+    // leave an INVALID index to build again at the next start, and again.
+    private static async Task RunUnboundedAsync(NpgsqlConnection connection, string sql, CancellationToken cancellationToken)
+    {
+        await using var command = new NpgsqlCommand(sql, connection) { CommandTimeout = 0 };
+        await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+    }
+
     private static async Task RunAsync(NpgsqlConnection connection, NpgsqlTransaction? tx, string sql, CancellationToken cancellationToken)
     {
         await using var command = new NpgsqlCommand(sql, connection, tx);
         await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
     }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Waiting for another gateway instance that holds the PostgreSQL spool's migration lock (it is starting or upgrading the spool)")]
+    private static partial void LogWaitingForLock(ILogger logger);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Building index {Index} of schema version {Version} without blocking writes (CREATE INDEX CONCURRENTLY); on a large spool this takes a while")]
+    private static partial void LogBuildingIndex(ILogger logger, string index, int version);
 }

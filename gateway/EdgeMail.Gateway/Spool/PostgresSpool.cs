@@ -135,7 +135,7 @@ public sealed partial class PostgresSpool : ISpool
         try
         {
             using var connection = data.OpenConnection();
-            int found = PostgresSchema.MigrateAsync(connection, migrations, CancellationToken.None).GetAwaiter().GetResult();
+            int found = PostgresSchema.MigrateAsync(connection, migrations, logger, CancellationToken.None).GetAwaiter().GetResult();
             if (found < migrations.Count)
             {
                 LogMigrated(logger, found, migrations.Count);

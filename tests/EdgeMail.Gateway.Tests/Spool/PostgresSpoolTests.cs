@@ -456,4 +456,108 @@ public sealed class PostgresSpoolTests : SpoolContractTests
         Assert.Contains("Spool:ConnectionString", ex.Message, StringComparison.Ordinal);
         Assert.DoesNotContain("hunter2", ex.Message, StringComparison.Ordinal);
     }
+
+    [PostgresFact]
+    public async Task Open_VersionSixSpoolWithRows_MigratesToCurrent_WithAValidDigestIndexOverThem()
+    {
+        await CreateSchemaAsync(6);
+        await InsertDigestedAlertsAsync("<digest-1@gw.test>", 50);
+
+        await using var spool = OpenPostgres();
+
+        Assert.Equal(PostgresSchema.CurrentVersion, await _db!.ScalarAsync("SELECT MAX(version) FROM schema_version"));
+        Assert.True(await DigestIndexValidAsync());
+        Assert.Equal(50, (await spool.DigestAlertIdsAsync("dev-1", "<digest-1@gw.test>", 100, default)).Count);
+    }
+
+    // Version 7's index is built beside the writes, not in front of them: a plain CREATE INDEX would queue behind a
+    // transaction writing alerts, and every insert after it behind the CREATE INDEX, for as long as the build lasts.
+    [PostgresFact]
+    public async Task Open_MigratingAVersionSixSpool_LetsAlertsBeStoredWhileTheDigestIndexIsBuilt()
+    {
+        await CreateSchemaAsync(6);
+        await InsertDigestedAlertsAsync("<digest-1@gw.test>", 50);
+        await using var writer = new Npgsql.NpgsqlConnection(_db!.ConnectionString);
+        await writer.OpenAsync();
+        await using var writing = await writer.BeginTransactionAsync();
+        await using (var insert = new Npgsql.NpgsqlCommand("INSERT INTO alerts(device, alert_id, received_at, payload, status) VALUES('dev-2', 'w-1', 0, '\\x7b7d', 'new')", writer, writing))
+        {
+            await insert.ExecuteNonQueryAsync();
+        }
+
+        var migrating = Task.Run(() => OpenPostgres());
+        await UntilAsync(async () => await _db.ScalarAsync($"""
+            SELECT COUNT(*) FROM pg_stat_activity
+            WHERE datname = current_database() AND query LIKE '%INDEX%alerts_digest%' AND wait_event_type = 'Lock' AND pid <> {writer.ProcessID}
+            """) is > 0L, "the index build to wait for the writing transaction");
+
+        await _db.ScalarAsync("SET lock_timeout = '10s'; INSERT INTO alerts(device, alert_id, received_at, payload, status) VALUES('dev-3', 'x-1', 0, '\\x7b7d', 'new')");
+
+        await writing.CommitAsync();
+        await using var spool = await Await.Within(migrating, "the migration to finish once the writer committed");
+        Assert.Equal(PostgresSchema.CurrentVersion, await _db.ScalarAsync("SELECT MAX(version) FROM schema_version"));
+        Assert.True(await DigestIndexValidAsync());
+    }
+
+    [PostgresFact]
+    public async Task Open_AfterAnInterruptedBuildOfTheDigestIndex_DropsTheInvalidIndexAndBuildsItAgain()
+    {
+        await CreateSchemaAsync(6);
+        await InsertDigestedAlertsAsync("<digest-1@gw.test>", 2);
+
+        // A concurrent build that fails leaves its index behind, INVALID, as one cut short by a crash or a cancel does.
+        await Assert.ThrowsAsync<Npgsql.PostgresException>(() => _db!.ScalarAsync("CREATE UNIQUE INDEX CONCURRENTLY alerts_digest ON alerts(digest_message) WHERE digest_message IS NOT NULL"));
+        Assert.False(await DigestIndexValidAsync());
+
+        await using var spool = OpenPostgres();
+
+        Assert.Equal(PostgresSchema.CurrentVersion, await _db!.ScalarAsync("SELECT MAX(version) FROM schema_version"));
+        Assert.True(await DigestIndexValidAsync());
+        string definition = (string)(await _db.ScalarAsync("SELECT pg_get_indexdef(to_regclass('alerts_digest'))"))!;
+        Assert.StartsWith("CREATE INDEX alerts_digest ON ", definition, StringComparison.Ordinal);
+        Assert.EndsWith("USING btree (digest_message, rowid) WHERE (digest_message IS NOT NULL)", definition, StringComparison.Ordinal);
+    }
+
+    // A crash after the index was built and before its version was recorded: the next start finds the index, keeps it.
+    [PostgresFact]
+    public async Task Open_AfterACrashBetweenTheDigestIndexAndItsVersionRow_RecordsTheVersion()
+    {
+        await CreateSchemaAsync(6);
+        await _db!.ScalarAsync(PostgresSchema.Migrations[6].Sql);
+
+        await using var spool = OpenPostgres();
+
+        Assert.Equal(PostgresSchema.CurrentVersion, await _db.ScalarAsync("SELECT MAX(version) FROM schema_version"));
+        Assert.True(await DigestIndexValidAsync());
+    }
+
+    // The spool as a gateway of that schema version left it.
+    private Task CreateSchemaAsync(int version) => _db!.ScalarAsync("CREATE TABLE schema_version(version INTEGER NOT NULL);"
+        + string.Join(";", PostgresSchema.Migrations.Take(version).Select(m => m.Sql)) + $";INSERT INTO schema_version SELECT generate_series(1, {version})");
+
+    private Task InsertDigestedAlertsAsync(string digest, int count) => _db!.ScalarAsync($"""
+        INSERT INTO alerts(device, alert_id, received_at, payload, status, code, digest_message)
+        SELECT 'dev-1', 'a-' || i, i, '\x7b7d', 'digested', 'TEMP_HIGH', '{digest}' FROM generate_series(1, {count}) i
+        """);
+
+    // Null when there is no such index.
+    private async Task<bool?> DigestIndexValidAsync() =>
+        await _db!.ScalarAsync("SELECT indisvalid AND indisready FROM pg_index WHERE indexrelid = to_regclass('alerts_digest')") as bool?;
+
+    // What the server shows of other sessions changes on its own schedule: looked at a few times a second, until it holds.
+    private static async Task UntilAsync(Func<Task<bool>> condition, string what)
+    {
+        var deadline = TimeProvider.System.GetUtcNow() + Await.DefaultTimeout;
+        using var tick = new PeriodicTimer(TimeSpan.FromMilliseconds(50));
+        do
+        {
+            if (await condition())
+            {
+                return;
+            }
+        }
+        while (TimeProvider.System.GetUtcNow() < deadline && await tick.WaitForNextTickAsync());
+
+        throw new TimeoutException($"Timed out waiting for {what}.");
+    }
 }
