@@ -11,6 +11,9 @@ namespace EdgeMail.Gateway.Spool;
 /// </summary>
 internal static partial class PostgresSchema
 {
+    /// <summary>The first version whose gateways register in <c>instances</c> (<see cref="PostgresInstances"/>).</summary>
+    public const int InstancesVersion = 8;
+
     // Any constant: instances starting at once migrate one after the other.
     private const long MigrationLock = 0x4564_6765_4D61_696C; // "EdgeMail"
 
@@ -149,6 +152,15 @@ internal static partial class PostgresSchema
         """),
         // 7: the alerts a digest covers, newest first (SQLite version 13).
         Migration.Index("alerts_digest", "ON alerts(digest_message, rowid) WHERE digest_message IS NOT NULL"),
+        // 8: the gateway instances running on the spool, each with its heartbeat, so that an upgrade can see them.
+        new("""
+        CREATE TABLE instances(
+          owner TEXT PRIMARY KEY,
+          version INTEGER NOT NULL,
+          started_at BIGINT NOT NULL,
+          seen_at BIGINT NOT NULL,
+          alive_until BIGINT NOT NULL);
+        """),
     ];
 
     /// <summary>The version this build writes.</summary>
@@ -175,19 +187,24 @@ internal static partial class PostgresSchema
     }
 
     /// <summary>
-    /// Brings the database up to the last of <paramref name="migrations"/>, one transaction per migration (or per index
-    /// built concurrently), under an advisory lock so that instances starting together do not both migrate.
+    /// Brings the database up to the last of <paramref name="migrations"/> and registers this instance in
+    /// <c>instances</c>, under an advisory lock so that instances starting together do not both migrate. An upgrade
+    /// (a spool of an earlier version) is refused while another gateway instance runs on the spool
+    /// (<see cref="PostgresInstances"/>).
     /// </summary>
     /// <param name="connection">Open connection.</param>
+    /// <param name="owner">This instance's name on its claims and in <c>instances</c>.</param>
+    /// <param name="lease">Its lease: its heartbeat counts for that long.</param>
     /// <param name="migrations">The migrations this build knows (<see cref="Migrations"/>; tests: a newer build's).</param>
     /// <param name="logger">Logger.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>The version found before migrating (0 for a new database).</returns>
-    internal static async Task<int> MigrateAsync(NpgsqlConnection connection, IReadOnlyList<Migration> migrations, ILogger logger,
+    internal static async Task<int> MigrateAsync(NpgsqlConnection connection, string owner, TimeSpan lease, IReadOnlyList<Migration> migrations, ILogger logger,
         CancellationToken cancellationToken)
     {
         int known = migrations.Count;
         await LockAsync(connection, logger, cancellationToken).ConfigureAwait(false);
+        bool registered = false;
         try
         {
             await RunAsync(connection, null, "CREATE TABLE IF NOT EXISTS schema_version(version INTEGER NOT NULL)", cancellationToken).ConfigureAwait(false);
@@ -200,6 +217,19 @@ internal static partial class PostgresSchema
             if (found > known)
             {
                 throw new SpoolException($"The PostgreSQL spool has schema version {found} but this gateway knows only up to {known}. Run the newer gateway on every instance, or restore a backup.");
+            }
+
+            if (found > 0 && found < known)
+            {
+                if (found >= InstancesVersion)
+                {
+                    await PostgresInstances.RegisterToUpgradeAsync(connection, owner, known, lease, found, cancellationToken).ConfigureAwait(false);
+                    registered = true;
+                }
+                else
+                {
+                    await PostgresInstances.RefuseWhileUnregisteredRunAsync(connection, found, known, lease, cancellationToken).ConfigureAwait(false);
+                }
             }
 
             for (int next = found + 1; next <= known; next++)
@@ -217,7 +247,20 @@ internal static partial class PostgresSchema
                 await tx.CommitAsync(cancellationToken).ConfigureAwait(false);
             }
 
+            if (known >= InstancesVersion)
+            {
+                // Before the lock is let go: an upgrade that takes it next sees this instance.
+                await PostgresInstances.RegisterAsync(connection, owner, known, lease, cancellationToken).ConfigureAwait(false);
+                registered = true;
+            }
+
             return found;
+        }
+        catch (Exception) when (registered)
+        {
+            // A failed start must not stand in the way of the next one for a lease.
+            await PostgresInstances.LeaveAsync(connection, owner).ConfigureAwait(false);
+            throw;
         }
         finally
         {
