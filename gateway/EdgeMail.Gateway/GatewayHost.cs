@@ -149,6 +149,8 @@ public static class GatewayHost
             sp.GetRequiredService<ILoggerFactory>().CreateLogger<PostgresSpool>());
         spool.MaxAge = o.Relay.MaxAge;
         spool.Clock = sp.GetRequiredService<TimeProvider>();
+        var lifetime = sp.GetRequiredService<GatewayLifetime>();
+        spool.SchemaMoved += reason => lifetime.Fail(reason);
         var commits = sp.GetRequiredService<GatewayMetrics>().SpoolCommitDuration;
         spool.CommitTimed = elapsed => commits.Record(elapsed.TotalSeconds);
         return spool;

@@ -35,14 +35,14 @@ public sealed partial class PostgresSpool
     public Task<IReadOnlyList<SpooledAlert>> NewAlertsAsync(int max, CancellationToken cancellationToken) =>
         WriteAsync<IReadOnlyList<SpooledAlert>>(async (c, tx, _) =>
         {
-            var list = await ListAsync(c, tx, cancellationToken, ReadAlert,
+            var list = await ListAsync(c, tx, cancellationToken, r => Claimed(r, ReadAlert),
                 $"""
                 WITH picked AS (
                   SELECT rowid FROM alerts
                   WHERE status = 'new' AND (claim_until IS NULL OR claim_until < $1 OR claimed_by = $2)
                   ORDER BY rowid LIMIT $3 FOR UPDATE SKIP LOCKED)
                 UPDATE alerts a SET claimed_by = $2, claim_until = $4 FROM picked WHERE a.rowid = picked.rowid
-                RETURNING a.{AlertRow.Replace(", ", ", a.", StringComparison.Ordinal)}
+                RETURNING a.{AlertRow.Replace(", ", ", a.", StringComparison.Ordinal)}, {ClaimedSchema}
                 """, NowMs, _owner, max, LeaseUntilMs).ConfigureAwait(false);
             list.Sort((x, y) => x.RowId.CompareTo(y.RowId));
             return list;
@@ -300,14 +300,14 @@ public sealed partial class PostgresSpool
             // Held repeats always follow a mail, so their key has storm state; should one not, it gets a row to claim.
             await ExecAsync(c, tx, cancellationToken,
                 "INSERT INTO storm(device, code, last_mail_at) SELECT * , 0 FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING", devices, codes).ConfigureAwait(false);
-            return await ListAsync(c, tx, cancellationToken, r => (r.GetString(0), r.GetString(1)),
-                """
+            return await ListAsync(c, tx, cancellationToken, r => Claimed(r, row => (row.GetString(0), row.GetString(1))),
+                $"""
                 WITH picked AS (
                   SELECT s.device, s.code FROM storm s JOIN unnest($1::text[], $2::text[]) AS k(device, code) ON s.device = k.device AND s.code = k.code
                   WHERE s.claim_until IS NULL OR s.claim_until < $3 OR s.claimed_by = $4
                   FOR UPDATE OF s SKIP LOCKED)
                 UPDATE storm s SET claimed_by = $4, claim_until = $5 FROM picked WHERE s.device = picked.device AND s.code = picked.code
-                RETURNING s.device, s.code
+                RETURNING s.device, s.code, {ClaimedSchema}
                 """, devices, codes, NowMs, _owner, LeaseUntilMs).ConfigureAwait(false);
         }, cancellationToken, durable: false).ConfigureAwait(false);
         if (keys.Count == 0)
@@ -457,15 +457,15 @@ public sealed partial class PostgresSpool
         return WriteAsync<IReadOnlyList<QueuedMessage>>(async (c, tx, _) =>
         {
             var claimed = await ListAsync(c, tx, cancellationToken,
-                r => (Message: new QueuedMessage(r.GetInt64(0), r.GetString(1), Str(r, 2), Str(r, 3), r.GetString(4), r.GetString(5), [], (byte[])r.GetValue(6), r.GetInt32(7),
-                    FromMs(r.GetInt64(8)), FromMs(r.GetInt64(9))), Due: r.GetInt64(10)),
-                """
+                r => Claimed(r, row => (Message: new QueuedMessage(row.GetInt64(0), row.GetString(1), Str(row, 2), Str(row, 3), row.GetString(4), row.GetString(5), [],
+                    (byte[])row.GetValue(6), row.GetInt32(7), FromMs(row.GetInt64(8)), FromMs(row.GetInt64(9))), Due: row.GetInt64(10))),
+                $"""
                 WITH picked AS (
                   SELECT rowid FROM messages
                   WHERE status = 'queued' AND next_attempt_at <= $1 AND (claim_until IS NULL OR claim_until < $2 OR claimed_by = $3) AND rowid <> ALL($4)
                   ORDER BY next_attempt_at, rowid LIMIT $5 FOR UPDATE SKIP LOCKED)
                 UPDATE messages m SET claimed_by = $3, claim_until = $6 FROM picked WHERE m.rowid = picked.rowid
-                RETURNING m.rowid, m.kind, m.device, m.alert_id, m.message_id, m.envelope_from, m.mime, m.attempts, m.created_at, m.expires_at, m.next_attempt_at
+                RETURNING m.rowid, m.kind, m.device, m.alert_id, m.message_id, m.envelope_from, m.mime, m.attempts, m.created_at, m.expires_at, m.next_attempt_at, {ClaimedSchema}
                 """, now.ToUnixTimeMilliseconds(), NowMs, _owner, exclude.ToArray(), max, LeaseUntilMs).ConfigureAwait(false);
             if (claimed.Count == 0)
             {

@@ -34,6 +34,8 @@ public sealed partial class PostgresSpool : ISpool
     private readonly Channel<PgWork> _queue;
     private readonly Task _writer;
     private readonly Task _listener;
+    private readonly Task _heartbeats;
+    private readonly int _knownVersion;
     private readonly CancellationTokenSource _stopping = new();
     private readonly string _owner;
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, long> _lastHeartbeat = new(StringComparer.Ordinal);
@@ -44,14 +46,18 @@ public sealed partial class PostgresSpool : ISpool
     private int _disposed;
     private bool _listening;
 
-    private PostgresSpool(NpgsqlDataSource data, int maxBatch, TimeSpan lease, TimeSpan poll, ILogger logger)
+    private PostgresSpool(NpgsqlDataSource data, string owner, int knownVersion, int maxBatch, TimeSpan lease, TimeSpan poll, ILogger logger)
     {
         _data = data;
         _maxBatch = maxBatch;
         _logger = logger;
         Lease = lease;
         SharedPollInterval = poll;
-        _owner = $"{Environment.MachineName}/{Environment.ProcessId}/{Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(4))}";
+        _owner = owner;
+        _knownVersion = knownVersion;
+
+        // Registered a moment ago, in Open.
+        _confirmedUntilMs = NowMs + ((long)lease.TotalMilliseconds / 2);
         _queue = System.Threading.Channels.Channel.CreateBounded<PgWork>(new BoundedChannelOptions(Math.Max(1024, maxBatch * 8))
         {
             SingleReader = true,
@@ -59,6 +65,7 @@ public sealed partial class PostgresSpool : ISpool
         });
         _writer = Task.Run(WriterLoopAsync);
         _listener = Task.Run(() => ListenLoopAsync(_stopping.Token));
+        _heartbeats = Task.Run(() => HeartbeatLoopAsync(_stopping.Token));
     }
 
     /// <inheritdoc />
@@ -105,7 +112,12 @@ public sealed partial class PostgresSpool : ISpool
     /// <param name="poll">How often idle loops look for work nothing announced.</param>
     /// <param name="logger">Logger.</param>
     /// <returns>The open spool.</returns>
-    public static PostgresSpool Open(string connectionString, bool fsync, int maxBatch, TimeSpan lease, TimeSpan poll, ILogger logger)
+    public static PostgresSpool Open(string connectionString, bool fsync, int maxBatch, TimeSpan lease, TimeSpan poll, ILogger logger) =>
+        Open(connectionString, fsync, maxBatch, lease, poll, logger, PostgresSchema.Migrations);
+
+    /// <summary>Opens the spool as a build that knows <paramref name="migrations"/> (tests: a newer build's).</summary>
+    internal static PostgresSpool Open(string connectionString, bool fsync, int maxBatch, TimeSpan lease, TimeSpan poll, ILogger logger,
+        IReadOnlyList<PostgresSchema.Migration> migrations)
     {
         ArgumentException.ThrowIfNullOrEmpty(connectionString);
         NpgsqlDataSource data;
@@ -127,13 +139,14 @@ public sealed partial class PostgresSpool : ISpool
             throw new SpoolException($"Spool:ConnectionString is not a valid PostgreSQL connection string: {ex.Message}", ex);
         }
 
+        string owner = $"{Environment.MachineName}/{Environment.ProcessId}/{Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(4))}";
         try
         {
             using var connection = data.OpenConnection();
-            int found = PostgresSchema.MigrateAsync(connection, CancellationToken.None).GetAwaiter().GetResult();
-            if (found < PostgresSchema.CurrentVersion)
+            int found = PostgresSchema.MigrateAsync(connection, owner, lease, migrations, logger, CancellationToken.None).GetAwaiter().GetResult();
+            if (found < migrations.Count)
             {
-                LogMigrated(logger, found, PostgresSchema.CurrentVersion);
+                LogMigrated(logger, found, migrations.Count);
             }
         }
         catch (Exception ex) when (ex is NpgsqlException or System.Net.Sockets.SocketException or TimeoutException or InvalidOperationException)
@@ -141,13 +154,14 @@ public sealed partial class PostgresSpool : ISpool
             data.Dispose();
             throw new SpoolException($"Cannot open the PostgreSQL spool ({Describe(data.ConnectionString)}): {ex.Message}. Check Spool:ConnectionString, that the server runs and that the user may create tables in that database.", ex);
         }
-        catch (SpoolException)
+        catch (SpoolException ex)
         {
+            LogNotOpened(logger, ex.Message);
             data.Dispose();
             throw;
         }
 
-        return new PostgresSpool(data, maxBatch, lease, poll, logger);
+        return new PostgresSpool(data, owner, migrations.Count, maxBatch, lease, poll, logger);
     }
 
     // Host, port and database, never the password.
@@ -167,18 +181,29 @@ public sealed partial class PostgresSpool : ISpool
 
         _queue.Writer.TryComplete();
         await _writer.ConfigureAwait(false);
-        await ReleaseClaimsAsync().ConfigureAwait(false);
+
+        // The heartbeat ends before the instance's row is removed, or it could write it again.
         await _stopping.CancelAsync().ConfigureAwait(false);
         await _listener.ConfigureAwait(false);
+        await _heartbeats.ConfigureAwait(false);
+        await ReleaseClaimsAsync().ConfigureAwait(false);
         _stopping.Dispose();
+        _heartbeat.Dispose();
         await _data.DisposeAsync().ConfigureAwait(false);
     }
 
     // A graceful stop (the loops have finished and recorded what they attempted) hands what this instance still holds
-    // back at once, and wakes the others, instead of leaving it until the leases run out. Best effort: if PostgreSQL
-    // cannot be reached, the leases free the work anyway.
+    // back at once, and wakes the others, instead of leaving it until the leases run out, and removes its heartbeat, so
+    // that an upgrade after a full stop need not wait a lease. Best effort: if PostgreSQL cannot be reached, the leases
+    // free the work and the heartbeat runs out anyway. An instance that found the schema newer than its own writes
+    // nothing more, this included.
     private async Task ReleaseClaimsAsync()
     {
+        if (Volatile.Read(ref _schemaMoved) is not null)
+        {
+            return;
+        }
+
         try
         {
             using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
@@ -195,6 +220,8 @@ public sealed partial class PostgresSpool : ISpool
             {
                 await ExecAsync(c, tx, ct, "SELECT pg_notify($1, 'am')", Channel).ConfigureAwait(false);
             }
+
+            await PostgresInstances.LeaveAsync(c, tx, _owner, ct).ConfigureAwait(false);
 
             await tx.CommitAsync(ct).ConfigureAwait(false);
             LogClaimsReleased(released);
@@ -273,6 +300,7 @@ public sealed partial class PostgresSpool : ISpool
     /// <summary>One transaction on a pooled connection, committed before the task completes; events after the commit.</summary>
     private async Task<T> WriteAsync<T>(Func<NpgsqlConnection, NpgsqlTransaction, WriteContext, Task<T>> work, CancellationToken ct, bool durable = true)
     {
+        await EnsureSchemaKnownAsync(ct).ConfigureAwait(false);
         var ctx = new WriteContext(Clock.GetUtcNow(), MaxAge);
         T result;
         try
@@ -355,7 +383,7 @@ public sealed partial class PostgresSpool : ISpool
             {
                 await using var c = await _data.OpenConnectionAsync(stop).ConfigureAwait(false);
                 c.Notification += OnNotification;
-                await ExecAsync(c, null, stop, "LISTEN " + Channel).ConfigureAwait(false);
+                await ExecAsync(c, null, stop, PostgresInstances.Listen).ConfigureAwait(false);
                 Volatile.Write(ref _listening, true);
                 if (reported)
                 {
@@ -488,6 +516,25 @@ public sealed partial class PostgresSpool : ISpool
 
     private async Task RunBatchAsync(List<PgWork> batch)
     {
+        try
+        {
+            await EnsureSchemaKnownAsync(CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (SpoolException ex)
+        {
+            if (Volatile.Read(ref _schemaMoved) is null)
+            {
+                LogCommitFailed(ex);
+            }
+
+            foreach (var item in batch)
+            {
+                item.Fail(ex);
+            }
+
+            return;
+        }
+
         var ctx = new WriteContext(Clock.GetUtcNow(), MaxAge);
         long started = System.Diagnostics.Stopwatch.GetTimestamp();
         try
@@ -638,6 +685,9 @@ public sealed partial class PostgresSpool : ISpool
 
     [LoggerMessage(Level = LogLevel.Information, Message = "PostgreSQL spool migrated from schema version {From} to {To}")]
     private static partial void LogMigrated(ILogger logger, int from, int to);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "Cannot open the PostgreSQL spool: {Reason}")]
+    private static partial void LogNotOpened(ILogger logger, string reason);
 
     [LoggerMessage(Level = LogLevel.Error, Message = "Spool commit failed; every caller in the batch is told to retry")]
     private partial void LogCommitFailed(Exception ex);

@@ -1,7 +1,11 @@
 using System.Text;
+using EdgeMail.Gateway.Operations;
 using EdgeMail.Gateway.Spool;
 using EdgeMail.Gateway.Tests.Smtp;
 using EdgeMail.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using MimeKit;
 using Xunit;
@@ -67,5 +71,28 @@ public sealed class SharedSpoolGatewayTests
         Assert.Equal(1L, counts.Alerts.Values.Sum());
         Assert.Equal(1L, counts.Messages.Values.Sum());
         Assert.Equal(1, Directory.GetFiles(a.MailboxNew, "*.eml").Length + (Directory.Exists(b.MailboxNew) ? Directory.GetFiles(b.MailboxNew, "*.eml").Length : 0));
+    }
+
+    // An idle gateway learns at its next heartbeat that the spool was upgraded under it (by a newer gateway that could
+    // not see it, or by hand), and stops with the fatal exit code instead of handling the next rows by the old rules.
+    [PostgresFact]
+    public async Task AGatewayWhoseSpoolWasUpgradedUnderIt_StopsWithTheFatalExitCode()
+    {
+        await using var db = await TestPostgres.CreateDatabaseAsync();
+        await using var gateway = await TestGateway.StartAsync(c =>
+        {
+            c["Spool"] = new { Provider = "Postgres", db.ConnectionString, ClaimLease = "00:00:03", PollInterval = "00:00:01" };
+            c["Relay"] = new { Mode = "Mailbox", Timeout = "00:00:01" }; // a lease must outlast an attempt (twice the timeout)
+        });
+        int newer = PostgresSchema.CurrentVersion + 1;
+        gateway.Logs.Expect(e => $"{e.Message} {e.Exception?.Message}".Contains($"schema version {newer}", StringComparison.Ordinal));
+        var stopping = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var registration = gateway.Host.Services.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping.Register(() => stopping.TrySetResult(true));
+
+        await db.ScalarAsync($"INSERT INTO schema_version(version) VALUES({newer})");
+
+        await Await.Within(stopping.Task, "the gateway to stop");
+        Assert.Equal(GatewayLifetime.FatalExitCode, gateway.Host.Services.GetRequiredService<GatewayLifetime>().ExitCode);
+        Assert.Contains(gateway.Logs.Errors, e => e.Level == LogLevel.Critical && e.Message.Contains($"schema version {newer}", StringComparison.Ordinal));
     }
 }

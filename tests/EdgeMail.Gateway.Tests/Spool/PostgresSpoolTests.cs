@@ -501,7 +501,7 @@ public sealed class PostgresSpoolTests : SpoolContractTests
     [PostgresFact]
     public async Task Open_VersionThreeDatabaseWithAnApiKey_KeepsItAsAnAdminKey()
     {
-        await _db!.ScalarAsync("CREATE TABLE schema_version(version INTEGER NOT NULL);" + string.Join(";", PostgresSchema.Migrations.Take(3))
+        await _db!.ScalarAsync("CREATE TABLE schema_version(version INTEGER NOT NULL);" + string.Join(";", PostgresSchema.Migrations.Take(3).Select(m => m.Sql))
             + ";INSERT INTO schema_version VALUES(1),(2),(3);INSERT INTO api_keys(id, name, hash, created_at, revoked_at) VALUES('k1', 'old script', 'ab', 0, NULL);");
 
         await using var spool = OpenPostgres();
@@ -518,5 +518,220 @@ public sealed class PostgresSpoolTests : SpoolContractTests
         Assert.Contains($"port {port}", ex.Message, StringComparison.Ordinal);
         Assert.Contains("Spool:ConnectionString", ex.Message, StringComparison.Ordinal);
         Assert.DoesNotContain("hunter2", ex.Message, StringComparison.Ordinal);
+    }
+
+    // ---- upgrades of a shared spool (docs/spool.md, "Upgrading a shared spool") ----
+    // These run one after another (one test class): a version 7 gateway's LISTEN session in one of them would stop an
+    // upgrade in another, since such sessions cannot be told apart by schema.
+
+    [PostgresFact]
+    public async Task Open_NewerBuildWhileAnInstanceRuns_RefusesToMigrate_NamingTheInstanceAndTheFullStop()
+    {
+        var running = OpenPostgres();
+        try
+        {
+            var ex = Assert.Throws<SpoolException>(() => OpenNewerBuild());
+
+            Assert.Contains(running.Owner, ex.Message, StringComparison.Ordinal);
+            Assert.Contains("stop every gateway instance", ex.Message, StringComparison.Ordinal);
+            Assert.Equal(PostgresSchema.CurrentVersion, await _db!.ScalarAsync("SELECT MAX(version) FROM schema_version"));
+            Assert.True((bool?)await _db.ScalarAsync("SELECT to_regclass('upgrade_probe') IS NULL"));
+        }
+        finally
+        {
+            await running.DisposeAsync();
+        }
+
+        // Stopped, the instance is no obstacle any more: the upgrade goes ahead at once.
+        await using var newer = OpenNewerBuild();
+        Assert.Equal(PostgresSchema.CurrentVersion + 1, await _db!.ScalarAsync("SELECT MAX(version) FROM schema_version"));
+    }
+
+    // An instance that died (SIGKILL, power) leaves its heartbeat row behind; it counts until its lease has run out.
+    [PostgresFact]
+    public async Task Open_NewerBuild_WaitsOutADeadInstancesHeartbeat_AndMigratesOnceItsLeaseRanOut()
+    {
+        await using (OpenPostgres())
+        {
+        }
+
+        const string Dead = "gone-host/4242/0badf00d";
+        await _db!.ScalarAsync($"""
+            INSERT INTO instances(owner, version, started_at, seen_at, alive_until)
+            VALUES('{Dead}', {PostgresSchema.CurrentVersion}, 0, (extract(epoch FROM clock_timestamp()) * 1000)::bigint,
+                   (extract(epoch FROM clock_timestamp()) * 1000)::bigint + 60000)
+            """);
+        var ex = Assert.Throws<SpoolException>(() => OpenNewerBuild());
+        Assert.Contains(Dead, ex.Message, StringComparison.Ordinal);
+
+        await _db.ScalarAsync($"UPDATE instances SET alive_until = (extract(epoch FROM clock_timestamp()) * 1000)::bigint - 1 WHERE owner = '{Dead}'");
+        await using var newer = OpenNewerBuild();
+        Assert.Equal(PostgresSchema.CurrentVersion + 1, await _db.ScalarAsync("SELECT MAX(version) FROM schema_version"));
+    }
+
+    // Gateways of schema version 7 and before register nowhere. What shows that one runs is the session it keeps in
+    // LISTEN for the whole of its life, and the work it holds claimed.
+    [PostgresFact]
+    public async Task Open_OnAVersion7SpoolWhileAGatewayOfThatVersionRuns_RefusesToMigrate_NamingItsSessionOrItsClaims()
+    {
+        await CreateSchemaAsync(7);
+        await using (var old = new Npgsql.NpgsqlConnection(_db!.ConnectionString))
+        {
+            await old.OpenAsync();
+            await using (var listen = new Npgsql.NpgsqlCommand("LISTEN edgemail_spool", old)) // what a version 7 gateway sends
+            {
+                await listen.ExecuteNonQueryAsync();
+            }
+
+            var ex = Assert.Throws<SpoolException>(() => OpenPostgres());
+
+            Assert.Contains($"pid {old.ProcessID}", ex.Message, StringComparison.Ordinal);
+            Assert.Contains("stop every gateway instance", ex.Message, StringComparison.Ordinal);
+            Assert.Equal(7, await _db.ScalarAsync("SELECT MAX(version) FROM schema_version"));
+        }
+
+        // Its LISTEN session lost (say, it runs as another database user), a busy old gateway still shows by its claims.
+        await _db.ScalarAsync("""
+            INSERT INTO alerts(device, alert_id, received_at, payload, status, claimed_by, claim_until)
+            VALUES('dev-1', 'a-1', 0, '\x7b7d', 'new', 'old-host/77/0000abcd', (extract(epoch FROM clock_timestamp()) * 1000)::bigint + 60000)
+            """);
+        var claimed = Assert.Throws<SpoolException>(() => OpenPostgres());
+        Assert.Contains("old-host/77/0000abcd", claimed.Message, StringComparison.Ordinal);
+
+        // A gateway of this version listening on another spool of the same database (another schema) is none of these.
+        await _db.ScalarAsync("UPDATE alerts SET claim_until = 1");
+        await using var elsewhere = await TestPostgres.CreateDatabaseAsync();
+        await using var other = PostgresSpool.Open(elsewhere.ConnectionString, fsync: true, maxBatch: 16, Lease, TimeSpan.FromSeconds(5), NullLogger.Instance);
+        await UntilAsync(() => Task.FromResult(other.IsListening), "the other spool's gateway to listen");
+        await using var spool = OpenPostgres();
+        Assert.Equal(PostgresSchema.CurrentVersion, await _db.ScalarAsync("SELECT MAX(version) FROM schema_version"));
+    }
+
+    // An instance still running when the schema moved past it (a peer it could not see, or an upgrade forced by hand)
+    // takes no more work: what the new version's rows mean is unknown to its code.
+    [PostgresFact]
+    public async Task RunningInstance_AfterTheSchemaMovedPastItsVersion_ClaimsNothingAndTakesNoNewWork()
+    {
+        await using var spool = OpenPostgres();
+        await spool.QueueMailAsync(Mail("moved@gw.test", "relay"), default);
+        await spool.AcceptAlertAsync(Alert("dev-1", "before"), default);
+
+        await _db!.ScalarAsync($"INSERT INTO schema_version(version) VALUES({PostgresSchema.CurrentVersion + 1})");
+
+        var refused = await Assert.ThrowsAsync<SpoolException>(() => spool.DueMessagesAsync(DateTimeOffset.UtcNow, 10, new HashSet<long>(), default));
+        Assert.Contains($"schema version {PostgresSchema.CurrentVersion + 1}", refused.Message, StringComparison.Ordinal);
+        await Assert.ThrowsAsync<SpoolException>(() => spool.NewAlertsAsync(10, default));
+        await Assert.ThrowsAsync<SpoolException>(() => spool.AcceptAlertAsync(Alert("dev-1", "after"), default));
+        await Assert.ThrowsAsync<SpoolException>(() => spool.QueueMailAsync(Mail("after@gw.test", "relay"), default));
+        Assert.Equal(0L, await _db.ScalarAsync("SELECT (SELECT COUNT(*) FROM messages WHERE claimed_by IS NOT NULL) + (SELECT COUNT(*) FROM alerts WHERE claimed_by IS NOT NULL)"));
+        Assert.Equal(1L, await _db.ScalarAsync("SELECT COUNT(*) FROM alerts"));
+    }
+
+    [PostgresFact]
+    public async Task Open_VersionSixSpoolWithRows_MigratesToCurrent_WithAValidDigestIndexOverThem()
+    {
+        await CreateSchemaAsync(6);
+        await InsertDigestedAlertsAsync("<digest-1@gw.test>", 50);
+
+        await using var spool = OpenPostgres();
+
+        Assert.Equal(PostgresSchema.CurrentVersion, await _db!.ScalarAsync("SELECT MAX(version) FROM schema_version"));
+        Assert.True(await DigestIndexValidAsync());
+        Assert.Equal(50, (await spool.DigestAlertIdsAsync("dev-1", "<digest-1@gw.test>", 100, default)).Count);
+    }
+
+    // Version 7's index is built beside the writes, not in front of them: a plain CREATE INDEX would queue behind a
+    // transaction writing alerts, and every insert after it behind the CREATE INDEX, for as long as the build lasts.
+    [PostgresFact]
+    public async Task Open_MigratingAVersionSixSpool_LetsAlertsBeStoredWhileTheDigestIndexIsBuilt()
+    {
+        await CreateSchemaAsync(6);
+        await InsertDigestedAlertsAsync("<digest-1@gw.test>", 50);
+        await using var writer = new Npgsql.NpgsqlConnection(_db!.ConnectionString);
+        await writer.OpenAsync();
+        await using var writing = await writer.BeginTransactionAsync();
+        await using (var insert = new Npgsql.NpgsqlCommand("INSERT INTO alerts(device, alert_id, received_at, payload, status) VALUES('dev-2', 'w-1', 0, '\\x7b7d', 'new')", writer, writing))
+        {
+            await insert.ExecuteNonQueryAsync();
+        }
+
+        var migrating = Task.Run(() => OpenPostgres());
+        await UntilAsync(async () => await _db.ScalarAsync($"""
+            SELECT COUNT(*) FROM pg_stat_activity
+            WHERE datname = current_database() AND query LIKE '%INDEX%alerts_digest%' AND wait_event_type = 'Lock' AND pid <> {writer.ProcessID}
+            """) is > 0L, "the index build to wait for the writing transaction");
+
+        await _db.ScalarAsync("SET lock_timeout = '10s'; INSERT INTO alerts(device, alert_id, received_at, payload, status) VALUES('dev-3', 'x-1', 0, '\\x7b7d', 'new')");
+
+        await writing.CommitAsync();
+        await using var spool = await Await.Within(migrating, "the migration to finish once the writer committed");
+        Assert.Equal(PostgresSchema.CurrentVersion, await _db.ScalarAsync("SELECT MAX(version) FROM schema_version"));
+        Assert.True(await DigestIndexValidAsync());
+    }
+
+    [PostgresFact]
+    public async Task Open_AfterAnInterruptedBuildOfTheDigestIndex_DropsTheInvalidIndexAndBuildsItAgain()
+    {
+        await CreateSchemaAsync(6);
+        await InsertDigestedAlertsAsync("<digest-1@gw.test>", 2);
+
+        // A concurrent build that fails leaves its index behind, INVALID, as one cut short by a crash or a cancel does.
+        await Assert.ThrowsAsync<Npgsql.PostgresException>(() => _db!.ScalarAsync("CREATE UNIQUE INDEX CONCURRENTLY alerts_digest ON alerts(digest_message) WHERE digest_message IS NOT NULL"));
+        Assert.False(await DigestIndexValidAsync());
+
+        await using var spool = OpenPostgres();
+
+        Assert.Equal(PostgresSchema.CurrentVersion, await _db!.ScalarAsync("SELECT MAX(version) FROM schema_version"));
+        Assert.True(await DigestIndexValidAsync());
+        string definition = (string)(await _db.ScalarAsync("SELECT pg_get_indexdef(to_regclass('alerts_digest'))"))!;
+        Assert.StartsWith("CREATE INDEX alerts_digest ON ", definition, StringComparison.Ordinal);
+        Assert.EndsWith("USING btree (digest_message, rowid) WHERE (digest_message IS NOT NULL)", definition, StringComparison.Ordinal);
+    }
+
+    // A crash after the index was built and before its version was recorded: the next start finds the index, keeps it.
+    [PostgresFact]
+    public async Task Open_AfterACrashBetweenTheDigestIndexAndItsVersionRow_RecordsTheVersion()
+    {
+        await CreateSchemaAsync(6);
+        await _db!.ScalarAsync(PostgresSchema.Migrations[6].Sql);
+
+        await using var spool = OpenPostgres();
+
+        Assert.Equal(PostgresSchema.CurrentVersion, await _db.ScalarAsync("SELECT MAX(version) FROM schema_version"));
+        Assert.True(await DigestIndexValidAsync());
+    }
+
+    // The same build with one more migration: what the next version of the gateway is to this one.
+    private PostgresSpool OpenNewerBuild() => PostgresSpool.Open(_db!.ConnectionString, fsync: true, maxBatch: 512, Lease, TimeSpan.FromSeconds(5), NullLogger.Instance,
+        [.. PostgresSchema.Migrations, new PostgresSchema.Migration("CREATE TABLE upgrade_probe(x INTEGER)")]);
+
+    // The spool as a gateway of that schema version left it.
+    private Task CreateSchemaAsync(int version) => _db!.ScalarAsync("CREATE TABLE schema_version(version INTEGER NOT NULL);"
+        + string.Join(";", PostgresSchema.Migrations.Take(version).Select(m => m.Sql)) + $";INSERT INTO schema_version SELECT generate_series(1, {version})");
+
+    private Task InsertDigestedAlertsAsync(string digest, int count) => _db!.ScalarAsync($"""
+        INSERT INTO alerts(device, alert_id, received_at, payload, status, code, digest_message)
+        SELECT 'dev-1', 'a-' || i, i, '\x7b7d', 'digested', 'TEMP_HIGH', '{digest}' FROM generate_series(1, {count}) i
+        """);
+
+    // Null when there is no such index.
+    private async Task<bool?> DigestIndexValidAsync() =>
+        await _db!.ScalarAsync("SELECT indisvalid AND indisready FROM pg_index WHERE indexrelid = to_regclass('alerts_digest')") as bool?;
+
+    // What the server shows of other sessions changes on its own schedule: looked at a few times a second, until it holds.
+    private static async Task UntilAsync(Func<Task<bool>> condition, string what)
+    {
+        var deadline = TimeProvider.System.GetUtcNow() + Await.DefaultTimeout;
+        using var tick = new PeriodicTimer(TimeSpan.FromMilliseconds(50));
+        do
+        {
+            if (await condition())
+            {
+                return;
+            }
+        }
+        while (TimeProvider.System.GetUtcNow() < deadline && await tick.WaitForNextTickAsync());
+
+        throw new TimeoutException($"Timed out waiting for {what}.");
     }
 }
