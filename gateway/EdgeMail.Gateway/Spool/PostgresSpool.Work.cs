@@ -398,6 +398,15 @@ public sealed partial class PostgresSpool
     }
 
     /// <inheritdoc />
+    public Task<IReadOnlyList<SpooledAlert>> HeldRepeatsAsync(DueDigest digest, long afterRowId, int max, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(digest);
+        return ReadAsync<IReadOnlyList<SpooledAlert>>(async (c, tx) => await ListAsync(c, tx, cancellationToken, ReadAlert,
+            $"SELECT {AlertRow} FROM alerts WHERE status='held' AND device=$1 AND code=$2 AND rowid > $3 AND rowid <= $4 ORDER BY rowid LIMIT $5",
+            digest.Device, digest.Code, afterRowId, digest.ThroughRowId, max).ConfigureAwait(false), cancellationToken);
+    }
+
+    /// <inheritdoc />
     public Task<IReadOnlyList<long>> ParkRepeatsAsync(DueDigest digest, IReadOnlyList<ParkedAlert> repeats, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(digest);

@@ -507,13 +507,25 @@ public partial interface ISpool : IAsyncDisposable
     Task<bool> UnrouteDigestAsync(DueDigest digest, string route, CancellationToken cancellationToken);
 
     /// <summary>
+    /// A due digest's held repeats after <paramref name="afterRowId"/>, up to its <see cref="DueDigest.ThroughRowId"/>, oldest
+    /// first, at most <paramref name="max"/>: every repeat a digest covers is parsed again before it goes out, the ones
+    /// it does not list too, a batch at a time (a storm can hold millions).
+    /// </summary>
+    /// <param name="digest">The digest.</param>
+    /// <param name="afterRowId">The last row already read (0 for the first batch).</param>
+    /// <param name="max">Most rows to return.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The repeats still held, by row.</returns>
+    Task<IReadOnlyList<SpooledAlert>> HeldRepeatsAsync(DueDigest digest, long afterRowId, int max, CancellationToken cancellationToken);
+
+    /// <summary>
     /// Parks some of a digest's held repeats, each with its own reason, as a single alert that no longer passes validation
     /// is parked; the rest stay held, and the digest read next covers only them (its counts, severities and clears too).
     /// Only rows still held are parked, so doing it again changes nothing; on a shared spool only by the holder of the
     /// key's claim, which it keeps, for the digest of the rest.
     /// </summary>
     /// <param name="digest">The digest the repeats were read with.</param>
-    /// <param name="repeats">The repeats to park (rows of <see cref="DueDigest.Alerts"/>) and why.</param>
+    /// <param name="repeats">The repeats to park (held rows of the digest's device and code, listed in it or not) and why.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>The rows it parked (each device is owed a receipt), after commit.</returns>
     Task<IReadOnlyList<long>> ParkRepeatsAsync(DueDigest digest, IReadOnlyList<ParkedAlert> repeats, CancellationToken cancellationToken);

@@ -518,6 +518,19 @@ public sealed partial class SqliteSpool : ISpool
     }
 
     /// <inheritdoc />
+    public Task<IReadOnlyList<SpooledAlert>> HeldRepeatsAsync(DueDigest digest, long afterRowId, int max, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(digest);
+        return Read<IReadOnlyList<SpooledAlert>>((s, _) =>
+        {
+            using var r = s.Query(
+                "SELECT rowid, device, alert_id, received_at, peer, payload, via FROM alerts WHERE status='held' AND device=$p0 AND code=$p1 AND rowid > $p2 AND rowid <= $p3 ORDER BY rowid LIMIT $p4",
+                digest.Device, digest.Code, afterRowId, digest.ThroughRowId, max);
+            return ReadAlerts(r);
+        }, cancellationToken);
+    }
+
+    /// <inheritdoc />
     public Task<IReadOnlyList<long>> ParkRepeatsAsync(DueDigest digest, IReadOnlyList<ParkedAlert> repeats, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(digest);

@@ -48,6 +48,7 @@ public sealed class SpoolSchemaTests : IDisposable
     [InlineData("SELECT DISTINCT device, code FROM alerts WHERE status='held' AND hold_until <= 0", "alerts_held_")] // either partial index: both hold only held rows
     [InlineData("SELECT rowid, device, alert_id, received_at, peer, payload FROM alerts WHERE status='held' AND device='d' AND code='c' ORDER BY rowid", "alerts_held_key")]
     [InlineData("SELECT severity, COUNT(CASE WHEN state='cleared' THEN 1 END) FROM alerts WHERE status='held' AND device='d' AND code='c' AND rowid <= 9 GROUP BY severity", "alerts_held_key")]
+    [InlineData("SELECT rowid, device, alert_id, received_at, peer, payload, via FROM alerts WHERE status='held' AND device='d' AND code='c' AND rowid > 3 AND rowid <= 9 ORDER BY rowid LIMIT 1000", "alerts_held_key")]
     public async Task RouterQuery_OnCurrentSchema_UsesItsPartialIndex(string sql, string index)
     {
         await using (SqliteSpool.Open(DbPath, fsync: false, maxBatch: 16, NullLogger.Instance))
