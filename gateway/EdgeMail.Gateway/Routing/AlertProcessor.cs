@@ -336,7 +336,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
         // it, so a raise soon after is held. A clear after that ended a long incident and resets the pair, as a clear always
         // did, so that a new incident after it is mailed at once.
         var next = raised
-            ? new StormState(stored.ReceivedAt, "<" + composed.MessageId + ">")
+            ? new StormState(stored.ReceivedAt, "<" + composed.MessageId + ">", IncidentOpen: true)
             : new StormState(inWindow ? stored.ReceivedAt : DateTimeOffset.UnixEpoch, storm?.LastRaisedMessageId);
         storms[key] = next;
         return new RoutingCommit(stored.RowId, AlertStatus.Routed, null, queued, key, next, Route: route.Explanation, Basis: basis);
@@ -487,8 +487,9 @@ public sealed partial class AlertProcessor : SupervisedLoop
             return false;
         }
 
-        // A digest with a clear in it says the pair flaps: its clears in the next window join the next digest.
-        var after = new StormState(now, storm?.LastRaisedMessageId, HoldClears: digest.Clears > 0);
+        // A digest with a clear in it says the pair flaps: its clears in the next window join the next digest. Its latest
+        // repeat says whether the incident is still open.
+        var after = new StormState(now, storm?.LastRaisedMessageId, HoldClears: digest.Clears > 0, IncidentOpen: decision.IncidentOpen);
         try
         {
             if (await _spool.CommitDigestAsync(digest, queued, after, cancellationToken).ConfigureAwait(false))
@@ -509,11 +510,12 @@ public sealed partial class AlertProcessor : SupervisedLoop
         return false;
     }
 
-    // What a due digest comes to: its mail; or, as for a single alert, the reason it is parked (Refused) or the route
-    // that names nobody (Route, the mail then null); or the loaded repeats that no longer pass validation while others
-    // do (Invalid), each to be parked on its own before the digest is decided again.
+    // What a due digest comes to: its mail, and whether its latest repeat leaves the incident open; or, as for a single
+    // alert, the reason it is parked (Refused) or the route that names nobody (Route, the mail then null); or the loaded
+    // repeats that no longer pass validation while others do (Invalid), each to be parked on its own before the digest is
+    // decided again.
     private sealed record DigestDecision(NewMessage? Mail, string? Refused = null, string? Route = null, IReadOnlyList<ParkedAlert>? Invalid = null,
-        Exception? Fault = null);
+        Exception? Fault = null, bool IncidentOpen = false);
 
     private enum Checked
     {
@@ -632,7 +634,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
         var composed = _composer.ComposeDigest(Device(digest.Device), repeats, route.Recipients, _throttle.StormWindow(_options.Storm.Window),
             digest.Alerts[0].RowId, storm?.LastRaisedMessageId, now, digest.Alerts[0].Via, digest.Omitted, digest.Clears);
         return new DigestDecision(new NewMessage("digest", digest.Device, null, composed.MessageId, _options.Sender.Address,
-            route.Recipients.Select(r => r.Address).ToList(), composed.Wire));
+            route.Recipients.Select(r => r.Address).ToList(), composed.Wire), IncidentOpen: repeats[^1].Alert.State == AlertState.Raised);
     }
 
     // Returns how many it parked: when it did, the digest of the rest is read again. The repeats come from read.

@@ -140,7 +140,30 @@ public static class IngestProtocols
 /// <param name="LastRaisedMessageId">Message-ID of the last raised mail, for threading a cleared alert.</param>
 /// <param name="HoldClears">A cleared alert within the window is held too: repeats of the key are held, or its last digest had a
 /// clear in it (it flaps).</param>
-public sealed record StormState(DateTimeOffset LastMailAt, string? LastRaisedMessageId, bool HoldClears = false);
+/// <param name="IncidentOpen">
+/// The pair's last mail told of a raise that no clear has followed yet (a raise, or a digest whose latest repeat is one): its
+/// clear is still to come and threads onto <paramref name="LastRaisedMessageId"/>, so pruning keeps the state longer
+/// (<see cref="StormRetention"/>).
+/// </param>
+public sealed record StormState(DateTimeOffset LastMailAt, string? LastRaisedMessageId, bool HoldClears = false, bool IncidentOpen = false);
+
+/// <summary>How long storm state outlives <c>Spool:Retention</c>.</summary>
+public static class StormRetention
+{
+    /// <summary>
+    /// An open incident's state (<see cref="StormState.IncidentOpen"/>) is kept this long after the pair's last mail, or for
+    /// <c>Spool:Retention</c> when that is longer: a clear months after its raise still threads onto it, and the state of a
+    /// pair that raised and was never heard of again (a device taken away) still goes in the end.
+    /// </summary>
+    public static readonly TimeSpan OpenIncident = TimeSpan.FromDays(365);
+
+    /// <summary>The horizon before which an open incident's state is pruned.</summary>
+    /// <param name="horizon">Pruning's horizon for everything else (now minus <c>Spool:Retention</c>).</param>
+    /// <param name="now">Now.</param>
+    /// <returns>The earlier of the two horizons, in Unix milliseconds.</returns>
+    public static long OpenIncidentHorizonMs(DateTimeOffset horizon, DateTimeOffset now) =>
+        Math.Min(horizon.ToUnixTimeMilliseconds(), (now - OpenIncident).ToUnixTimeMilliseconds());
+}
 
 /// <summary>A composed mail to queue.</summary>
 /// <param name="Kind"><c>alert</c>, <c>digest</c> or <c>notice</c>.</param>

@@ -1,6 +1,7 @@
 using System.Text;
 using EdgeMail.Gateway.Composition;
 using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Operations;
 using EdgeMail.Gateway.Receipts;
 using EdgeMail.Gateway.Relay;
 using EdgeMail.Gateway.Routing;
@@ -116,6 +117,52 @@ public sealed class StormControlTests
         Assert.Equal("[CLEARED] dev-1 @ Hall 3: PUMP_CYCLING flapping: 2 raises, 1 clear in 10 min", digest.Subject);
         Assert.Equal("dev-1.s-1.alert@gw.test", digest.InReplyTo);
         Assert.Equal(2, (await gw.Spool.CountsAsync(default)).Messages.Values.Sum());
+    }
+
+    [Fact]
+    public Task Clear_OfAnIncidentRaisedLongerAgoThanTheRetention_IsStillThreadedOntoTheRaise_AfterPruningAndARestart() =>
+        ClearAfterPruningAsync(_ => { });
+
+    [PostgresFact]
+    public async Task SharedSpool_Clear_OfAnIncidentRaisedLongerAgoThanTheRetention_IsStillThreadedOntoTheRaise_AfterPruningAndARestart()
+    {
+        await using var db = await TestPostgres.CreateDatabaseAsync();
+        await ClearAfterPruningAsync(c => c["Spool"] = new { Provider = "Postgres", db.ConnectionString });
+    }
+
+    // The raise is mailed, then nothing is heard of the pair for 40 days (Spool:Retention 30); the gateway restarts, so
+    // routing reads storm state from the spool, and the housekeeper prunes before the clear comes. Before, pruning took
+    // the pair's storm row with the raise's Message-ID, and the clear went out unthreaded.
+    private static async Task ClearAfterPruningAsync(Action<Dictionary<string, object>> spool)
+    {
+        var clock = new SteppedClock();
+        string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        void Config(Dictionary<string, object> c)
+        {
+            c["Storm"] = new { Window = "00:10:00" };
+            spool(c);
+        }
+
+        var first = await TestGateway.StartAsync(Config, s => s.AddSingleton<TimeProvider>(clock), dataDir: dataDir);
+        using (var client = await first.ConnectAsync("dev-1"))
+        {
+            await PublishAsync(client, "k-1");
+            await first.MailAsync(1);
+        }
+
+        await first.StopAsync();
+
+        clock.Offset = TimeSpan.FromDays(40);
+        await using var gw = await TestGateway.StartAsync(Config, s => s.AddSingleton<TimeProvider>(clock), dataDir: dataDir);
+        await gw.Host.Services.GetRequiredService<Housekeeper>().PassAsync(default);
+        using var device = await gw.ConnectAsync("dev-1");
+        await PublishAsync(device, "k-2", "cleared");
+
+        // Silence warnings for the 40 days without a heartbeat go out too: the clear's mail is found by its Message-ID.
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("dev-1.k-2.alert@gw.test", default))?.Status == MessageStatus.Sent, "the clear mailed");
+        var cleared = MimeMessage.Load(Assert.Single(Directory.GetFiles(gw.MailboxNew, "*.eml"), f => f.Contains(".k-2.alert", StringComparison.Ordinal)));
+        Assert.StartsWith("[CLEARED]", cleared.Subject, StringComparison.Ordinal);
+        Assert.Equal("dev-1.k-1.alert@gw.test", cleared.InReplyTo);
     }
 
     [Fact]

@@ -539,6 +539,33 @@ public abstract class SpoolContractTests : IAsyncLifetime
     }
 
     [ContractFact]
+    public async Task Prune_KeepsTheStormStateOfAnOpenIncidentUpToAYear_AndAClosedOnesOnlyToTheHorizon()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var spool = Open(clock);
+        await spool.AcceptAlertAsync(Alert("dev-1", "open") with { ReceivedAt = T0 }, default);
+        await spool.AcceptAlertAsync(Alert("dev-1", "closed", code: "DOOR_OPEN") with { ReceivedAt = T0 }, default);
+        var alerts = await spool.NewAlertsAsync(10, default);
+        var open = new StormState(T0, "<dev-1.open.alert@gw.test>", IncidentOpen: true);
+        await spool.CommitRoutingAsync(
+        [
+            new RoutingCommit(alerts[0].RowId, AlertStatus.Routed, null, null, ("dev-1", "TEMP_HIGH"), open),
+            new RoutingCommit(alerts[1].RowId, AlertStatus.Routed, null, null, ("dev-1", "DOOR_OPEN"), new StormState(T0, "<dev-1.door.alert@gw.test>")),
+        ], default);
+
+        clock.Advance(TimeSpan.FromDays(40));
+        await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 10_000, default);
+
+        Assert.Equal(open, await spool.GetStormAsync("dev-1", "TEMP_HIGH", default)); // its clear still threads onto the raise
+        Assert.Null(await spool.GetStormAsync("dev-1", "DOOR_OPEN", default));
+
+        clock.Advance(StormRetention.OpenIncident - TimeSpan.FromDays(30)); // a year and ten days after its last mail
+        await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 10_000, default);
+
+        Assert.Null(await spool.GetStormAsync("dev-1", "TEMP_HIGH", default));
+    }
+
+    [ContractFact]
     public async Task UnrouteDigest_LeavesEveryHeldRepeatUnroutedWithTheRoute_AndTheStormStateAsItWas()
     {
         await using var spool = Open();
