@@ -39,6 +39,9 @@ public sealed partial class AlertProcessor : SupervisedLoop
     // decision carries the state it was made on, which the spool checks under the key's lock.
     private readonly Dictionary<(string Device, string Code), StormState?> _stormCache = [];
     private readonly bool _shared;
+    // How far the held repeats of each due key have been parsed again (the last row read), across routing rounds: a
+    // storm of millions is checked a batch at a time. Rows held after it were routed by this gateway, which parsed them.
+    private readonly Dictionary<(string Device, string Code), long> _checkedThrough = [];
     private DateTimeOffset? _digestDue;
     private bool _digestDueKnown;
     private DateTimeOffset _digestCheckedAt;
@@ -76,11 +79,18 @@ public sealed partial class AlertProcessor : SupervisedLoop
     /// <summary>Wakes the processor (tests that advance a fake clock).</summary>
     public void Wake() => _wake.Set();
 
+    /// <summary>How many unlisted held repeats of a digest are read and parsed again at a time (at most 4 KiB each).</summary>
+    internal int CheckBatch { get; set; } = 1000;
+
+    /// <summary>How many such batches one round of <see cref="DigestDueAsync"/> reads before it lets new alerts be routed.</summary>
+    internal int MaxCheckBatches { get; set; } = 16;
+
     /// <inheritdoc />
     protected override async Task RunAsync(CancellationToken stoppingToken)
     {
         // After a restart nothing cached can be trusted: the spool is the truth.
         _stormCache.Clear();
+        _checkedThrough.Clear();
         _digestDueKnown = false;
         while (!stoppingToken.IsCancellationRequested)
         {
@@ -326,7 +336,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
         // it, so a raise soon after is held. A clear after that ended a long incident and resets the pair, as a clear always
         // did, so that a new incident after it is mailed at once.
         var next = raised
-            ? new StormState(stored.ReceivedAt, "<" + composed.MessageId + ">")
+            ? new StormState(stored.ReceivedAt, "<" + composed.MessageId + ">", IncidentOpen: true)
             : new StormState(inWindow ? stored.ReceivedAt : DateTimeOffset.UnixEpoch, storm?.LastRaisedMessageId);
         storms[key] = next;
         return new RoutingCommit(stored.RowId, AlertStatus.Routed, null, queued, key, next, Route: route.Explanation, Basis: basis);
@@ -336,13 +346,19 @@ public sealed partial class AlertProcessor : SupervisedLoop
     /// Sends the digests whose window has closed. A digest is handled as a single alert would be when it cannot be
     /// mailed: parked with its repeats when none of them passes validation any more or it cannot be composed, its
     /// repeats left unrouted when its route names nobody now. A repeat that no longer passes among others that do is
-    /// parked on its own, and the digest goes out with the others.
+    /// parked on its own, listed in the digest or not, and the digest goes out with the others.
     /// </summary>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>A task.</returns>
     internal async Task DigestDueAsync(CancellationToken cancellationToken)
     {
         var now = _clock.GetUtcNow();
+        if (_checkedThrough.Count > 100_000)
+        {
+            _checkedThrough.Clear(); // keys whose digest another instance sent; checking again only costs time
+        }
+
+        var budget = new CheckBudget(MaxCheckBatches);
         bool again;
         int passes = 0;
         do
@@ -369,7 +385,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
             {
                 foreach (var digest in due)
                 {
-                    again |= await DigestAsync(digest, now, open, cancellationToken).ConfigureAwait(false);
+                    again |= await DigestAsync(digest, now, open, budget, cancellationToken).ConfigureAwait(false);
                 }
             }
             finally
@@ -380,9 +396,9 @@ public sealed partial class AlertProcessor : SupervisedLoop
                 }
             }
         }
-        // Bounded: a storm of a million held repeats with invalid ones spread among them would otherwise keep new alerts
-        // from being routed while it is parked a hundred at a time. What is left is still due, and is taken up again
-        // after the next routing batch.
+        // Bounded, as the batches of unlisted repeats read are: a storm of a million held repeats with invalid ones spread
+        // among them would otherwise keep new alerts from being routed while it is read and parked. What is left is still
+        // due, and is taken up again after the next routing batch.
         while (again && ++passes < MaxDigestPasses);
     }
 
@@ -397,27 +413,56 @@ public sealed partial class AlertProcessor : SupervisedLoop
 
     // One due digest, decided and committed; returns whether it parked repeats (the digest of the rest is read again).
     private async Task<bool> DigestAsync(DueDigest digest, DateTimeOffset now, ConcurrentDictionary<(string Device, string Code), bool> open,
-        CancellationToken cancellationToken)
+        CheckBudget budget, CancellationToken cancellationToken)
     {
-        var storm = await _spool.GetStormAsync(digest.Device, digest.Code, cancellationToken).ConfigureAwait(false);
-        DigestDecision decision;
+        var key = (digest.Device, digest.Code);
+        IReadOnlyList<(Alert Alert, DateTimeOffset ReceivedAt)> repeats = [];
+        DigestDecision? decision;
         try
         {
-            decision = DecideDigest(digest, storm, now);
+            (repeats, decision) = ParseListed(digest);
         }
         catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
         {
             decision = new DigestDecision(null, Refused: ParkingLot.Describe("composing the digest", ex), Fault: ex);
         }
 
-        open.TryRemove((digest.Device, digest.Code), out _);
+        // The repeats it lists pass, so the digest goes out: the others ("... and N more") are read and parsed too, a batch
+        // at a time, and each that no longer passes is parked on its own as a listed one is (its claim kept meanwhile).
+        // Until all are read it waits, still due: taken up again after the next routing batch once this round's batches
+        // are spent.
+        if (decision is null && digest.Omitted > 0)
+        {
+            var check = await CheckUnlistedAsync(digest, budget, cancellationToken).ConfigureAwait(false);
+            if (check != Checked.All)
+            {
+                open.TryRemove(key, out _);
+                return check == Checked.Parked; // read again, for counts, severities and clears without the parked ones
+            }
+        }
+
+        StormState? storm = null;
+        if (decision is null)
+        {
+            storm = await _spool.GetStormAsync(digest.Device, digest.Code, cancellationToken).ConfigureAwait(false);
+            try
+            {
+                decision = DecideDigest(digest, repeats, storm, now);
+            }
+            catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
+            {
+                decision = new DigestDecision(null, Refused: ParkingLot.Describe("composing the digest", ex), Fault: ex);
+            }
+        }
+
+        open.TryRemove(key, out _);
         if (decision.Invalid is { } invalid)
         {
             // Parked first, in a commit of their own, and the digest read again: the spool's counts, severities and
             // clears of what is still held then leave them out, and the repeats loaded in their place are checked
             // too. Safe to die in between: a parked repeat is no longer held, so no digest counts it, and the ones
             // still held are due and make their digest on the next pass; parking again parks nothing twice.
-            return await ParkRepeatsAsync(digest, invalid, cancellationToken).ConfigureAwait(false);
+            return await ParkRepeatsAsync(digest, invalid, digest.Alerts, cancellationToken).ConfigureAwait(false) > 0;
         }
 
         if (decision.Refused is { } refused)
@@ -426,6 +471,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
             return false;
         }
 
+        _checkedThrough.Remove(key);
         if (decision.Mail is not { } queued)
         {
             // Nothing went out, so the storm state stays as it was.
@@ -441,8 +487,9 @@ public sealed partial class AlertProcessor : SupervisedLoop
             return false;
         }
 
-        // A digest with a clear in it says the pair flaps: its clears in the next window join the next digest.
-        var after = new StormState(now, storm?.LastRaisedMessageId, HoldClears: digest.Clears > 0);
+        // A digest with a clear in it says the pair flaps: its clears in the next window join the next digest. Its latest
+        // repeat says whether the incident is still open.
+        var after = new StormState(now, storm?.LastRaisedMessageId, HoldClears: digest.Clears > 0, IncidentOpen: decision.IncidentOpen);
         try
         {
             if (await _spool.CommitDigestAsync(digest, queued, after, cancellationToken).ConfigureAwait(false))
@@ -463,13 +510,83 @@ public sealed partial class AlertProcessor : SupervisedLoop
         return false;
     }
 
-    // What a due digest comes to: its mail; or, as for a single alert, the reason it is parked (Refused) or the route
-    // that names nobody (Route, the mail then null); or the loaded repeats that no longer pass validation while others
-    // do (Invalid), each to be parked on its own before the digest is decided again.
+    // What a due digest comes to: its mail, and whether its latest repeat leaves the incident open; or, as for a single
+    // alert, the reason it is parked (Refused) or the route that names nobody (Route, the mail then null); or the loaded
+    // repeats that no longer pass validation while others do (Invalid), each to be parked on its own before the digest is
+    // decided again.
     private sealed record DigestDecision(NewMessage? Mail, string? Refused = null, string? Route = null, IReadOnlyList<ParkedAlert>? Invalid = null,
-        Exception? Fault = null);
+        Exception? Fault = null, bool IncidentOpen = false);
 
-    private DigestDecision DecideDigest(DueDigest digest, StormState? storm, DateTimeOffset now)
+    private enum Checked
+    {
+        // Every repeat the digest covers passes: it can go out as it was read.
+        All,
+
+        // Some were parked: the digest is to be read again.
+        Parked,
+
+        // Not all read yet (this round's batches are spent, or the key's claim went to another instance).
+        Pending,
+    }
+
+    private sealed class CheckBudget(int batches)
+    {
+        public int Batches { get; set; } = batches;
+    }
+
+    // Parses again, a batch at a time, the held repeats of the digest it does not list, and parks each that no longer
+    // passes as a listed one is parked; how far it got is kept across rounds.
+    private async Task<Checked> CheckUnlistedAsync(DueDigest digest, CheckBudget budget, CancellationToken cancellationToken)
+    {
+        var key = (digest.Device, digest.Code);
+        bool parkedAny = false;
+        while (_checkedThrough.GetValueOrDefault(key) < digest.ThroughRowId)
+        {
+            if (budget.Batches == 0)
+            {
+                return Checked.Pending;
+            }
+
+            budget.Batches--;
+            var batch = await _spool.HeldRepeatsAsync(digest, _checkedThrough.GetValueOrDefault(key), CheckBatch, cancellationToken).ConfigureAwait(false);
+            var invalid = new List<ParkedAlert>();
+            foreach (var repeat in batch)
+            {
+                try
+                {
+                    if (AlertParser.Parse(repeat.Payload) is { Alert: null } refused)
+                    {
+                        invalid.Add(new ParkedAlert(repeat.RowId, NoLongerValid(refused.Reason)));
+                    }
+                }
+                catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
+                {
+                    invalid.Add(new ParkedAlert(repeat.RowId, ParkingLot.Describe("parsing", ex)));
+                }
+            }
+
+            if (invalid.Count > 0)
+            {
+                if (await ParkRepeatsAsync(digest, invalid, batch, cancellationToken).ConfigureAwait(false) < invalid.Count)
+                {
+                    // Not all of them were still held by this instance (a shared spool's claim taken over): whoever holds
+                    // the key now checks them itself, and this instance starts again should the key come back to it.
+                    _checkedThrough.Remove(key);
+                    return Checked.Pending;
+                }
+
+                parkedAny = true;
+            }
+
+            _checkedThrough[key] = batch.Count < CheckBatch ? digest.ThroughRowId : batch[^1].RowId;
+        }
+
+        return parkedAny ? Checked.Parked : Checked.All;
+    }
+
+    // The repeats the digest lists, parsed again; with the decision when they cannot all be (Refused when none passes,
+    // Invalid when some do not).
+    private static (IReadOnlyList<(Alert Alert, DateTimeOffset ReceivedAt)> Repeats, DigestDecision? Refusal) ParseListed(DueDigest digest)
     {
         var parsed = digest.Alerts.Select(a => (Stored: a, Result: AlertParser.Parse(a.Payload))).ToList();
         var repeats = parsed
@@ -478,22 +595,28 @@ public sealed partial class AlertProcessor : SupervisedLoop
             .ToList();
         if (repeats.Count == 0)
         {
-            return new DigestDecision(null, Refused: "the held repeats no longer pass validation: " + parsed[0].Result.Reason);
+            return (repeats, new DigestDecision(null, Refused: "the held repeats no longer pass validation: " + parsed[0].Result.Reason));
         }
 
         if (repeats.Count < parsed.Count)
         {
             // A stricter gateway refuses some of them: neither listed nor counted in a digest that mails the others, but
             // parked as a single alert is.
-            return new DigestDecision(null, Invalid: parsed
+            return (repeats, new DigestDecision(null, Invalid: parsed
                 .Where(r => r.Result.Alert is null)
                 .Select(r => new ParkedAlert(r.Stored.RowId, NoLongerValid(r.Result.Reason)))
-                .ToList());
+                .ToList()));
         }
 
+        return (repeats, null);
+    }
+
+    // The mail of a digest whose repeats all pass, or the route that names nobody.
+    private DigestDecision DecideDigest(DueDigest digest, IReadOnlyList<(Alert Alert, DateTimeOffset ReceivedAt)> repeats, StormState? storm, DateTimeOffset now)
+    {
         // Routes select by minimum severity, so the highest among the repeats (listed or not) reaches everyone any of
         // them would have: the latest repeat's severity alone would leave out whom a held critical one goes to.
-        var highest = repeats.Max(r => r.Item1.Severity);
+        var highest = repeats.Max(r => r.Alert.Severity);
         foreach (string name in digest.Severities ?? [])
         {
             if (Severities.TryParse(name, out var severity) && severity > highest)
@@ -502,7 +625,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
             }
         }
 
-        var route = _router.Route(digest.Device, repeats[^1].Item1 with { Severity = highest });
+        var route = _router.Route(digest.Device, repeats[^1].Alert with { Severity = highest });
         if (route.Recipients.Count == 0)
         {
             return new DigestDecision(null, Route: route.Explanation);
@@ -511,24 +634,25 @@ public sealed partial class AlertProcessor : SupervisedLoop
         var composed = _composer.ComposeDigest(Device(digest.Device), repeats, route.Recipients, _throttle.StormWindow(_options.Storm.Window),
             digest.Alerts[0].RowId, storm?.LastRaisedMessageId, now, digest.Alerts[0].Via, digest.Omitted, digest.Clears);
         return new DigestDecision(new NewMessage("digest", digest.Device, null, composed.MessageId, _options.Sender.Address,
-            route.Recipients.Select(r => r.Address).ToList(), composed.Wire));
+            route.Recipients.Select(r => r.Address).ToList(), composed.Wire), IncidentOpen: repeats[^1].Alert.State == AlertState.Raised);
     }
 
-    // Returns whether it parked any: when it did, the digest of the rest is read again.
-    private async Task<bool> ParkRepeatsAsync(DueDigest digest, IReadOnlyList<ParkedAlert> invalid, CancellationToken cancellationToken)
+    // Returns how many it parked: when it did, the digest of the rest is read again. The repeats come from read.
+    private async Task<int> ParkRepeatsAsync(DueDigest digest, IReadOnlyList<ParkedAlert> invalid, IReadOnlyList<SpooledAlert> read, CancellationToken cancellationToken)
     {
-        var parked = await _spool.ParkRepeatsAsync(digest, invalid, cancellationToken).ConfigureAwait(false);
-        var byRow = digest.Alerts.ToDictionary(a => a.RowId);
+        var parked = (await _spool.ParkRepeatsAsync(digest, invalid, cancellationToken).ConfigureAwait(false)).ToHashSet();
+        var byRow = read.ToDictionary(a => a.RowId);
         foreach (var repeat in invalid.Where(r => parked.Contains(r.AlertRowId)))
         {
             await _parking.AlertParkedAsync("digest", digest.Device, byRow[repeat.AlertRowId].AlertId, repeat.Reason, null).ConfigureAwait(false);
         }
 
-        return parked.Count > 0;
+        return parked.Count;
     }
 
     private async Task ParkDigestAsync(DueDigest digest, string reason, Exception? fault, CancellationToken cancellationToken)
     {
+        _checkedThrough.Remove((digest.Device, digest.Code));
         var parked = await _spool.ParkDigestAsync(digest, reason, cancellationToken).ConfigureAwait(false);
         _digestDueKnown = false;
         if (parked.Count == 0)

@@ -161,6 +161,11 @@ internal static partial class PostgresSchema
           seen_at BIGINT NOT NULL,
           alive_until BIGINT NOT NULL);
         """),
+        // 9: whether a pair's incident is open, so that pruning keeps what its clear threads onto (SQLite version 14).
+        new("""
+        ALTER TABLE storm ADD COLUMN incident_open BOOLEAN NOT NULL DEFAULT FALSE;
+        UPDATE storm SET incident_open = TRUE WHERE last_mail_at > 0 AND last_raised_message_id IS NOT NULL;
+        """),
     ];
 
     /// <summary>The version this build writes.</summary>

@@ -63,9 +63,9 @@ public sealed partial class PostgresSpool
     private static async Task<Dictionary<(string Device, string Code), StormState>> ReadStormsAsync(NpgsqlConnection c, NpgsqlTransaction tx,
         IReadOnlyCollection<(string Device, string Code)> keys, CancellationToken ct)
     {
-        var rows = await ListAsync(c, tx, ct, r => ((r.GetString(0), r.GetString(1)), new StormState(FromMs(r.GetInt64(2)), Str(r, 3), r.GetBoolean(4))),
+        var rows = await ListAsync(c, tx, ct, r => ((r.GetString(0), r.GetString(1)), new StormState(FromMs(r.GetInt64(2)), Str(r, 3), r.GetBoolean(4), r.GetBoolean(5))),
             """
-            SELECT s.device, s.code, s.last_mail_at, s.last_raised_message_id, s.hold_clears FROM storm s
+            SELECT s.device, s.code, s.last_mail_at, s.last_raised_message_id, s.hold_clears, s.incident_open FROM storm s
             JOIN unnest($1::text[], $2::text[]) AS k(device, code) ON s.device = k.device AND s.code = k.code
             """, keys.Select(k => k.Device).ToArray(), keys.Select(k => k.Code).ToArray()).ConfigureAwait(false);
         return rows.ToDictionary(r => r.Item1, r => r.Item2);
@@ -89,7 +89,7 @@ public sealed partial class PostgresSpool
         a is null || b is null
             ? a is null && b is null
             : a.LastMailAt.ToUnixTimeMilliseconds() == b.LastMailAt.ToUnixTimeMilliseconds() && a.LastRaisedMessageId == b.LastRaisedMessageId
-                && a.HoldClears == b.HoldClears;
+                && a.HoldClears == b.HoldClears && a.IncidentOpen == b.IncidentOpen;
 
     /// <inheritdoc />
     public async Task<RoutingCommitted> CommitRoutingAsync(IReadOnlyList<RoutingCommit> commits, CancellationToken cancellationToken)
@@ -233,11 +233,11 @@ public sealed partial class PostgresSpool
     private static Task WriteStormAsync(NpgsqlConnection c, NpgsqlTransaction tx, string device, string code, StormState storm, bool releaseClaim, CancellationToken ct) =>
         ExecAsync(c, tx, ct,
             $"""
-            INSERT INTO storm(device, code, last_mail_at, last_raised_message_id, hold_clears) VALUES($1,$2,$3,$4,$5)
+            INSERT INTO storm(device, code, last_mail_at, last_raised_message_id, hold_clears, incident_open) VALUES($1,$2,$3,$4,$5,$6)
             ON CONFLICT (device, code) DO UPDATE SET last_mail_at=excluded.last_mail_at, last_raised_message_id=excluded.last_raised_message_id,
-              hold_clears=excluded.hold_clears
+              hold_clears=excluded.hold_clears, incident_open=excluded.incident_open
             {(releaseClaim ? ", claimed_by=NULL, claim_until=NULL" : string.Empty)}
-            """, Text(device), Text(code), storm.LastMailAt.ToUnixTimeMilliseconds(), Text(storm.LastRaisedMessageId), storm.HoldClears);
+            """, Text(device), Text(code), storm.LastMailAt.ToUnixTimeMilliseconds(), Text(storm.LastRaisedMessageId), storm.HoldClears, storm.IncidentOpen);
 
     // Returns false when the Message-ID is already there and that is a duplicate (relayed mail submitted twice).
     private static async Task<bool> InsertMessageAsync(NpgsqlConnection c, NpgsqlTransaction tx, NewMessage m, long? alertRowId, WriteContext ctx, bool duplicateIsConflict)
@@ -395,6 +395,15 @@ public sealed partial class PostgresSpool
                 digest.Device, digest.Code).ConfigureAwait(false);
             return true;
         }, cancellationToken);
+    }
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<SpooledAlert>> HeldRepeatsAsync(DueDigest digest, long afterRowId, int max, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(digest);
+        return ReadAsync<IReadOnlyList<SpooledAlert>>(async (c, tx) => await ListAsync(c, tx, cancellationToken, ReadAlert,
+            $"SELECT {AlertRow} FROM alerts WHERE status='held' AND device=$1 AND code=$2 AND rowid > $3 AND rowid <= $4 ORDER BY rowid LIMIT $5",
+            digest.Device, digest.Code, afterRowId, digest.ThroughRowId, max).ConfigureAwait(false), cancellationToken);
     }
 
     /// <inheritdoc />
@@ -818,6 +827,7 @@ public sealed partial class PostgresSpool
     {
         long horizon = before.ToUnixTimeMilliseconds();
         long heartbeatHorizon = NowMs - (long)HeartbeatRetention.TotalMilliseconds;
+        long openHorizon = StormRetention.OpenIncidentHorizonMs(before, Clock.GetUtcNow());
         var (messages, alerts) = await WriteAsync(async (c, tx, _) =>
         {
             long[] doomed = (await ListAsync(c, tx, cancellationToken, r => r.GetInt64(0),
@@ -843,13 +853,14 @@ public sealed partial class PostgresSpool
                     AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.message_id = alerts.digest_message)
                   ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED)
                 """, horizon, maxRows).ConfigureAwait(false);
+            // An open incident's state is what its clear threads onto (the raise's Message-ID): kept longer, but not for ever.
             await ExecAsync(c, tx, cancellationToken,
                 """
                 DELETE FROM storm WHERE (device, code) IN (
-                  SELECT device, code FROM storm WHERE last_mail_at < $1
+                  SELECT device, code FROM storm WHERE last_mail_at < $1 AND (NOT incident_open OR last_mail_at < $3)
                     AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.device = storm.device AND alerts.code = storm.code AND alerts.status = 'held')
                   LIMIT $2 FOR UPDATE SKIP LOCKED)
-                """, horizon, maxRows).ConfigureAwait(false);
+                """, horizon, maxRows, openHorizon).ConfigureAwait(false);
             await ExecAsync(c, tx, cancellationToken,
                 "DELETE FROM heartbeats WHERE (device, at) IN (SELECT device, at FROM heartbeats WHERE at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
                 Math.Max(horizon, heartbeatHorizon), maxRows).ConfigureAwait(false);

@@ -140,7 +140,30 @@ public static class IngestProtocols
 /// <param name="LastRaisedMessageId">Message-ID of the last raised mail, for threading a cleared alert.</param>
 /// <param name="HoldClears">A cleared alert within the window is held too: repeats of the key are held, or its last digest had a
 /// clear in it (it flaps).</param>
-public sealed record StormState(DateTimeOffset LastMailAt, string? LastRaisedMessageId, bool HoldClears = false);
+/// <param name="IncidentOpen">
+/// The pair's last mail told of a raise that no clear has followed yet (a raise, or a digest whose latest repeat is one): its
+/// clear is still to come and threads onto <paramref name="LastRaisedMessageId"/>, so pruning keeps the state longer
+/// (<see cref="StormRetention"/>).
+/// </param>
+public sealed record StormState(DateTimeOffset LastMailAt, string? LastRaisedMessageId, bool HoldClears = false, bool IncidentOpen = false);
+
+/// <summary>How long storm state outlives <c>Spool:Retention</c>.</summary>
+public static class StormRetention
+{
+    /// <summary>
+    /// An open incident's state (<see cref="StormState.IncidentOpen"/>) is kept this long after the pair's last mail, or for
+    /// <c>Spool:Retention</c> when that is longer: a clear months after its raise still threads onto it, and the state of a
+    /// pair that raised and was never heard of again (a device taken away) still goes in the end.
+    /// </summary>
+    public static readonly TimeSpan OpenIncident = TimeSpan.FromDays(365);
+
+    /// <summary>The horizon before which an open incident's state is pruned.</summary>
+    /// <param name="horizon">Pruning's horizon for everything else (now minus <c>Spool:Retention</c>).</param>
+    /// <param name="now">Now.</param>
+    /// <returns>The earlier of the two horizons, in Unix milliseconds.</returns>
+    public static long OpenIncidentHorizonMs(DateTimeOffset horizon, DateTimeOffset now) =>
+        Math.Min(horizon.ToUnixTimeMilliseconds(), (now - OpenIncident).ToUnixTimeMilliseconds());
+}
 
 /// <summary>A composed mail to queue.</summary>
 /// <param name="Kind"><c>alert</c>, <c>digest</c> or <c>notice</c>.</param>
@@ -507,13 +530,25 @@ public partial interface ISpool : IAsyncDisposable
     Task<bool> UnrouteDigestAsync(DueDigest digest, string route, CancellationToken cancellationToken);
 
     /// <summary>
+    /// A due digest's held repeats after <paramref name="afterRowId"/>, up to its <see cref="DueDigest.ThroughRowId"/>, oldest
+    /// first, at most <paramref name="max"/>: every repeat a digest covers is parsed again before it goes out, the ones
+    /// it does not list too, a batch at a time (a storm can hold millions).
+    /// </summary>
+    /// <param name="digest">The digest.</param>
+    /// <param name="afterRowId">The last row already read (0 for the first batch).</param>
+    /// <param name="max">Most rows to return.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>The repeats still held, by row.</returns>
+    Task<IReadOnlyList<SpooledAlert>> HeldRepeatsAsync(DueDigest digest, long afterRowId, int max, CancellationToken cancellationToken);
+
+    /// <summary>
     /// Parks some of a digest's held repeats, each with its own reason, as a single alert that no longer passes validation
     /// is parked; the rest stay held, and the digest read next covers only them (its counts, severities and clears too).
     /// Only rows still held are parked, so doing it again changes nothing; on a shared spool only by the holder of the
     /// key's claim, which it keeps, for the digest of the rest.
     /// </summary>
     /// <param name="digest">The digest the repeats were read with.</param>
-    /// <param name="repeats">The repeats to park (rows of <see cref="DueDigest.Alerts"/>) and why.</param>
+    /// <param name="repeats">The repeats to park (held rows of the digest's device and code, listed in it or not) and why.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>The rows it parked (each device is owed a receipt), after commit.</returns>
     Task<IReadOnlyList<long>> ParkRepeatsAsync(DueDigest digest, IReadOnlyList<ParkedAlert> repeats, CancellationToken cancellationToken);

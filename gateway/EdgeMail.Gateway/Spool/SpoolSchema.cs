@@ -182,6 +182,13 @@ internal static class SpoolSchema
         """
         CREATE INDEX alerts_digest ON alerts(digest_message) WHERE digest_message IS NOT NULL;
         """,
+        // 14: whether a pair's incident is open (its last mail a raise no clear has followed), so that pruning keeps what
+        // its clear threads onto. Rows from before with a raise's Message-ID and a last mail (not reset by a clear) are
+        // counted open: a few closed ones are then kept longer, but no open one loses its thread at the upgrade.
+        """
+        ALTER TABLE storm ADD COLUMN incident_open INTEGER NOT NULL DEFAULT 0;
+        UPDATE storm SET incident_open = 1 WHERE last_mail_at > 0 AND last_raised_message_id IS NOT NULL;
+        """,
     ];
 
     /// <summary>The version this build writes.</summary>

@@ -326,8 +326,8 @@ public sealed partial class SqliteSpool : ISpool
 
     private StormState? ReadStorm(string device, string code)
     {
-        using var r = Query("SELECT last_mail_at, last_raised_message_id, hold_clears FROM storm WHERE device=$p0 AND code=$p1", device, code);
-        return r.Read() ? new StormState(FromMs(r.GetInt64(0)), r.IsDBNull(1) ? null : r.GetString(1), r.GetInt64(2) != 0) : null;
+        using var r = Query("SELECT last_mail_at, last_raised_message_id, hold_clears, incident_open FROM storm WHERE device=$p0 AND code=$p1", device, code);
+        return r.Read() ? new StormState(FromMs(r.GetInt64(0)), r.IsDBNull(1) ? null : r.GetString(1), r.GetInt64(2) != 0, r.GetInt64(3) != 0) : null;
     }
 
     /// <inheritdoc />
@@ -391,8 +391,8 @@ public sealed partial class SqliteSpool : ISpool
     private static string Truncate(string reason) => reason.Length > 2000 ? reason[..2000] : reason;
 
     private void WriteStorm(string device, string code, StormState storm) =>
-        Exec("INSERT INTO storm(device, code, last_mail_at, last_raised_message_id, hold_clears) VALUES($p0,$p1,$p2,$p3,$p4) ON CONFLICT(device, code) DO UPDATE SET last_mail_at=excluded.last_mail_at, last_raised_message_id=excluded.last_raised_message_id, hold_clears=excluded.hold_clears",
-            device, code, storm.LastMailAt.ToUnixTimeMilliseconds(), storm.LastRaisedMessageId, storm.HoldClears);
+        Exec("INSERT INTO storm(device, code, last_mail_at, last_raised_message_id, hold_clears, incident_open) VALUES($p0,$p1,$p2,$p3,$p4,$p5) ON CONFLICT(device, code) DO UPDATE SET last_mail_at=excluded.last_mail_at, last_raised_message_id=excluded.last_raised_message_id, hold_clears=excluded.hold_clears, incident_open=excluded.incident_open",
+            device, code, storm.LastMailAt.ToUnixTimeMilliseconds(), storm.LastRaisedMessageId, storm.HoldClears, storm.IncidentOpen);
 
     private void InsertMessage(NewMessage m, long? alertRowId, BatchContext ctx)
     {
@@ -515,6 +515,19 @@ public sealed partial class SqliteSpool : ISpool
                 digest.Device, digest.Code, digest.ThroughRowId, route);
             return true;
         }, cancellationToken, background: true);
+    }
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<SpooledAlert>> HeldRepeatsAsync(DueDigest digest, long afterRowId, int max, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(digest);
+        return Read<IReadOnlyList<SpooledAlert>>((s, _) =>
+        {
+            using var r = s.Query(
+                "SELECT rowid, device, alert_id, received_at, peer, payload, via FROM alerts WHERE status='held' AND device=$p0 AND code=$p1 AND rowid > $p2 AND rowid <= $p3 ORDER BY rowid LIMIT $p4",
+                digest.Device, digest.Code, afterRowId, digest.ThroughRowId, max);
+            return ReadAlerts(r);
+        }, cancellationToken);
     }
 
     /// <inheritdoc />
@@ -984,6 +997,7 @@ public sealed partial class SqliteSpool : ISpool
     {
         long horizon = before.ToUnixTimeMilliseconds();
         long heartbeatHorizon = Clock.GetUtcNow().ToUnixTimeMilliseconds() - (long)HeartbeatRetention.TotalMilliseconds;
+        long openHorizon = StormRetention.OpenIncidentHorizonMs(before, Clock.GetUtcNow());
         var (messages, alerts) = await Enqueue((s, _) =>
         {
             s.Exec("DELETE FROM attempts WHERE message IN (SELECT rowid FROM messages WHERE finished_at < $p0 ORDER BY finished_at LIMIT $p1)", horizon, maxRows);
@@ -1005,13 +1019,14 @@ public sealed partial class SqliteSpool : ISpool
                     AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.message_id = alerts.digest_message)
                   ORDER BY received_at LIMIT $p1)
                 """, horizon, maxRows);
+            // An open incident's state is what its clear threads onto (the raise's Message-ID): kept longer, but not for ever.
             s.Exec(
                 """
                 DELETE FROM storm WHERE rowid IN (
-                  SELECT rowid FROM storm WHERE last_mail_at < $p0
+                  SELECT rowid FROM storm WHERE last_mail_at < $p0 AND (incident_open = 0 OR last_mail_at < $p2)
                     AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.device = storm.device AND alerts.code = storm.code AND alerts.status = 'held')
                   LIMIT $p1)
-                """, horizon, maxRows);
+                """, horizon, maxRows, openHorizon);
             s.Exec("DELETE FROM heartbeats WHERE rowid IN (SELECT rowid FROM heartbeats WHERE at < $p0 LIMIT $p1)", Math.Max(horizon, heartbeatHorizon), maxRows);
             return ((long)m, (long)a);
         }, cancellationToken).ConfigureAwait(false);

@@ -1,6 +1,7 @@
 using System.Text;
 using EdgeMail.Gateway.Composition;
 using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Operations;
 using EdgeMail.Gateway.Receipts;
 using EdgeMail.Gateway.Relay;
 using EdgeMail.Gateway.Routing;
@@ -116,6 +117,52 @@ public sealed class StormControlTests
         Assert.Equal("[CLEARED] dev-1 @ Hall 3: PUMP_CYCLING flapping: 2 raises, 1 clear in 10 min", digest.Subject);
         Assert.Equal("dev-1.s-1.alert@gw.test", digest.InReplyTo);
         Assert.Equal(2, (await gw.Spool.CountsAsync(default)).Messages.Values.Sum());
+    }
+
+    [Fact]
+    public Task Clear_OfAnIncidentRaisedLongerAgoThanTheRetention_IsStillThreadedOntoTheRaise_AfterPruningAndARestart() =>
+        ClearAfterPruningAsync(_ => { });
+
+    [PostgresFact]
+    public async Task SharedSpool_Clear_OfAnIncidentRaisedLongerAgoThanTheRetention_IsStillThreadedOntoTheRaise_AfterPruningAndARestart()
+    {
+        await using var db = await TestPostgres.CreateDatabaseAsync();
+        await ClearAfterPruningAsync(c => c["Spool"] = new { Provider = "Postgres", db.ConnectionString });
+    }
+
+    // The raise is mailed, then nothing is heard of the pair for 40 days (Spool:Retention 30); the gateway restarts, so
+    // routing reads storm state from the spool, and the housekeeper prunes before the clear comes. Before, pruning took
+    // the pair's storm row with the raise's Message-ID, and the clear went out unthreaded.
+    private static async Task ClearAfterPruningAsync(Action<Dictionary<string, object>> spool)
+    {
+        var clock = new SteppedClock();
+        string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        void Config(Dictionary<string, object> c)
+        {
+            c["Storm"] = new { Window = "00:10:00" };
+            spool(c);
+        }
+
+        var first = await TestGateway.StartAsync(Config, s => s.AddSingleton<TimeProvider>(clock), dataDir: dataDir);
+        using (var client = await first.ConnectAsync("dev-1"))
+        {
+            await PublishAsync(client, "k-1");
+            await first.MailAsync(1);
+        }
+
+        await first.StopAsync();
+
+        clock.Offset = TimeSpan.FromDays(40);
+        await using var gw = await TestGateway.StartAsync(Config, s => s.AddSingleton<TimeProvider>(clock), dataDir: dataDir);
+        await gw.Host.Services.GetRequiredService<Housekeeper>().PassAsync(default);
+        using var device = await gw.ConnectAsync("dev-1");
+        await PublishAsync(device, "k-2", "cleared");
+
+        // Silence warnings for the 40 days without a heartbeat go out too: the clear's mail is found by its Message-ID.
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("dev-1.k-2.alert@gw.test", default))?.Status == MessageStatus.Sent, "the clear mailed");
+        var cleared = MimeMessage.Load(Assert.Single(Directory.GetFiles(gw.MailboxNew, "*.eml"), f => f.Contains(".k-2.alert", StringComparison.Ordinal)));
+        Assert.StartsWith("[CLEARED]", cleared.Subject, StringComparison.Ordinal);
+        Assert.Equal("dev-1.k-1.alert@gw.test", cleared.InReplyTo);
     }
 
     [Fact]
@@ -303,6 +350,33 @@ public sealed class StormControlTests
         Assert.Equal(["parked", "digested", "digested", "digested"], await StatusesAsync(gw.Spool, "v-2", "v-3", "v-4", "v-5"));
     }
 
+    [Fact]
+    public async Task Digest_WithAHeldRepeatNoLongerValidAmongTheOnesItDoesNotList_ParksThatOne_AndCountsOnlyTheRest()
+    {
+        // With room for two, v-2 and the latest are listed and v-3 .. v-5 are "and 3 more". Before, only the listed ones
+        // were parsed again: v-4 was counted with the others and marked digested, and its device told the digest's fate.
+        string dataDir = await HeldBeforeAsync(
+            ("v-2", Alerts.Json("v-2", code: "PUMP_CYCLING", text: "first repeat")),
+            ("v-3", Alerts.Json("v-3", code: "PUMP_CYCLING")),
+            ("v-4", Stale("v-4")),
+            ("v-5", Alerts.Json("v-5", code: "PUMP_CYCLING")),
+            ("v-6", Alerts.Json("v-6", code: "PUMP_CYCLING", text: "latest repeat")));
+
+        await using var gw = await TestGateway.StartAsync(c => c["Storm"] = new { Window = "00:10:00", DigestMaxRepeats = 2 }, null, dataDir: dataDir);
+        gw.Logs.Expect(e => e.Message.StartsWith("Parked alert v-4 from dev-1", StringComparison.Ordinal));
+
+        var mail = await gw.MailAsync(2);
+        var digest = MimeMessage.Load(Assert.Single(mail, f => f.Contains(".v-2.digest", StringComparison.Ordinal)));
+        var notice = MimeMessage.Load(Assert.Single(mail, f => !f.Contains(".digest", StringComparison.Ordinal)));
+        Assert.Equal("[CRITICAL] dev-1 @ Hall 3: PUMP_CYCLING repeated 4 times", digest.Subject);
+        Assert.Contains("... and 2 more ...", digest.TextBody, StringComparison.Ordinal);
+        Assert.Contains("v-4", notice.TextBody, StringComparison.Ordinal);
+        Assert.Equal(["digested", "digested", "parked", "digested", "digested"], await StatusesAsync(gw.Spool, "v-2", "v-3", "v-4", "v-5", "v-6"));
+        Assert.StartsWith("the alert no longer passes validation: ", Assert.Single(await gw.Spool.ParkedAsync(10, default)).Reason, StringComparison.Ordinal);
+        await gw.UntilAsync(async () => (await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Any(r => r.Receipt.State == "failed"), "v-4's failed receipt");
+        Assert.Equal("v-4", Assert.Single(await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default), r => r.Receipt.State == "failed").Receipt.AlertId);
+    }
+
     // The same on a shared PostgreSQL spool: the repeat is parked by the holder of the key's claim, which keeps it for the
     // digest of the rest.
     [PostgresFact]
@@ -329,6 +403,72 @@ public sealed class StormControlTests
         Assert.Contains("latest repeat", digest.TextBody, StringComparison.Ordinal);
         var failed = Assert.Single(await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)); // kept before the digest was committed
         Assert.Equal(("v-3", "failed"), (failed.Receipt.AlertId, failed.Receipt.State));
+        Assert.Null(await spool.NextDigestDueAsync(default));
+    }
+
+    // A storm larger than a round's batches, with repeats that no longer pass spread through it: each round reads at most
+    // its batches and parks what they hold, and the digest waits until every repeat is read, then counts only the others.
+    [Fact]
+    public async Task Digest_OfAStormCheckedABatchAtATime_ParksEveryRepeatThatNoLongerPasses_AndGoesOutOnceAllAreRead()
+    {
+        await using var gw = await TestGateway.StartAsync(c => c["Storm"] = new { Window = "00:10:00", DigestMaxRepeats = 2 });
+        gw.Logs.Expect(e => e.Message.StartsWith("Parked alert b-", StringComparison.Ordinal));
+        string dir = Path.Combine(gw.DataDir, "storm");
+        Directory.CreateDirectory(dir);
+        await using var spool = SqliteSpool.Open(Path.Combine(dir, "spool.db"), fsync: true, maxBatch: 64, NullLogger.Instance);
+        string[] ids = [.. Enumerable.Range(1, 20).Select(i => $"b-{i:00}")];
+        string[] stale = ["b-04", "b-11", "b-19"];
+        await HoldAsync(spool, [.. ids.Select(id => (id, stale.Contains(id) ? Stale(id) : Alerts.Json(id, code: "PUMP_CYCLING")))]);
+        var processor = ActivatorUtilities.CreateInstance<AlertProcessor>(gw.Host.Services, spool);
+        processor.CheckBatch = 3;
+        processor.MaxCheckBatches = 2;
+
+        await processor.DigestDueAsync(default);
+
+        Assert.Equal(["parked", "held", "held"], await StatusesAsync(spool, stale)); // six of twenty read
+        Assert.Empty(await spool.DueMessagesAsync(DateTimeOffset.MaxValue.AddDays(-1), 10, new HashSet<long>(), default));
+        int rounds = 1;
+        while ((await spool.CountsAsync(default)).Alerts.ContainsKey(AlertStatus.Held) && rounds < 10)
+        {
+            await processor.DigestDueAsync(default);
+            rounds++;
+        }
+
+        Assert.Equal(4, rounds); // twenty rows, six a round
+        Assert.Equal(["parked", "parked", "parked"], await StatusesAsync(spool, stale));
+        var queued = Assert.Single(await spool.DueMessagesAsync(DateTimeOffset.MaxValue.AddDays(-1), 10, new HashSet<long>(), default));
+        var digest = MimeMessage.Load(new MemoryStream(queued.Mime));
+        Assert.Equal("[CRITICAL] dev-1 @ Hall 3: PUMP_CYCLING repeated 17 times", digest.Subject);
+        Assert.Contains("... and 15 more ...", digest.TextBody, StringComparison.Ordinal);
+    }
+
+    // The same on a shared PostgreSQL spool, the unlisted repeats read by the holder of the key's claim.
+    [PostgresFact]
+    public async Task SharedSpool_DigestWithAHeldRepeatNoLongerValidAmongTheOnesItDoesNotList_ParksThatOne_AndCountsOnlyTheRest()
+    {
+        await using var db = await TestPostgres.CreateDatabaseAsync();
+        await using var gw = await TestGateway.StartAsync(c =>
+        {
+            SharedStormConfig(c);
+            c["Storm"] = new { Window = "00:10:00", DigestMaxRepeats = 2 };
+        });
+        gw.Logs.Expect(e => e.Message.StartsWith("Parked alert v-4 from dev-1", StringComparison.Ordinal));
+        await using var spool = OpenShared(db);
+        await HoldAsync(spool,
+            ("v-2", Alerts.Json("v-2", code: "PUMP_CYCLING")),
+            ("v-3", Alerts.Json("v-3", code: "PUMP_CYCLING")),
+            ("v-4", Stale("v-4")),
+            ("v-5", Alerts.Json("v-5", code: "PUMP_CYCLING")),
+            ("v-6", Alerts.Json("v-6", code: "PUMP_CYCLING")));
+        var processor = ActivatorUtilities.CreateInstance<AlertProcessor>(gw.Host.Services, spool);
+
+        await processor.DigestDueAsync(default);
+
+        Assert.Equal(["digested", "digested", "parked", "digested", "digested"], await StatusesAsync(spool, "v-2", "v-3", "v-4", "v-5", "v-6"));
+        var queued = Assert.Single(await spool.DueMessagesAsync(DateTimeOffset.MaxValue.AddDays(-1), 10, new HashSet<long>(), default));
+        Assert.Equal("[CRITICAL] dev-1 @ Hall 3: PUMP_CYCLING repeated 4 times", MimeMessage.Load(new MemoryStream(queued.Mime)).Subject);
+        var failed = Assert.Single(await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)); // kept before the digest was committed
+        Assert.Equal(("v-4", "failed"), (failed.Receipt.AlertId, failed.Receipt.State));
         Assert.Null(await spool.NextDigestDueAsync(default));
     }
 
@@ -555,7 +695,7 @@ public sealed class StormControlTests
             await spool.AcceptAlertAsync(new IncomingAlert("dev-1", id, heldUntil.AddMinutes(-5), null, Encoding.UTF8.GetBytes(payload), null, "PUMP_CYCLING"), default);
         }
 
-        var stored = await spool.NewAlertsAsync(10, default);
+        var stored = await spool.NewAlertsAsync(repeats.Length, default);
         await spool.CommitRoutingAsync([.. stored.Select(a => new RoutingCommit(a.RowId, AlertStatus.Held, heldUntil, null, null, null))], default);
     }
 

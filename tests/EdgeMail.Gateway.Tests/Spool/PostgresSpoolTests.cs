@@ -511,6 +511,21 @@ public sealed class PostgresSpoolTests : SpoolContractTests
     }
 
     [PostgresFact]
+    public async Task Open_VersionEightDatabase_CountsAPairWhoseLastMailWasARaiseAsAnOpenIncident_AndOneResetByAClearAsClosed()
+    {
+        await CreateSchemaAsync(8);
+        await _db!.ScalarAsync("INSERT INTO storm(device, code, last_mail_at, last_raised_message_id) VALUES"
+            + "('dev-1', 'TEMP_HIGH', 1000, '<r-1@gw.test>'), ('dev-1', 'DOOR_OPEN', 0, '<r-2@gw.test>'), ('dev-1', 'DEVICE_SILENT', 1000, NULL);");
+
+        await using var spool = OpenPostgres();
+
+        var raised = await spool.GetStormAsync("dev-1", "TEMP_HIGH", default);
+        var reset = await spool.GetStormAsync("dev-1", "DOOR_OPEN", default);
+        var neverRaised = await spool.GetStormAsync("dev-1", "DEVICE_SILENT", default);
+        Assert.Equal((true, false, false), (raised!.IncidentOpen, reset!.IncidentOpen, neverRaised!.IncidentOpen));
+    }
+
+    [PostgresFact]
     public void Open_UnreachableServer_SaysWhichAndWhatToCheck_WithoutThePassword()
     {
         int port = Loopback.FreePort();

@@ -511,6 +511,61 @@ public abstract class SpoolContractTests : IAsyncLifetime
     }
 
     [ContractFact]
+    public async Task HeldRepeats_ReadsTheDigestsHeldRepeatsAfterARow_UpToItsLatest_ABatchAtATime()
+    {
+        await using var spool = Open();
+        for (int i = 0; i < 5; i++)
+        {
+            await spool.AcceptAlertAsync(Alert("dev-1", $"r-{i}"), default);
+        }
+
+        await spool.AcceptAlertAsync(Alert("dev-1", "door", code: "DOOR_OPEN"), default);
+        var alerts = await spool.NewAlertsAsync(10, default);
+        await spool.CommitRoutingAsync(alerts.Select(a => new RoutingCommit(a.RowId, AlertStatus.Held, T0, null, null, null)).ToList(), default);
+        var digest = Assert.Single(await spool.DueDigestsAsync(T0, 2, default), d => d.Code == "TEMP_HIGH");
+        await spool.ParkRepeatsAsync(digest, [new ParkedAlert(alerts[2].RowId, "the alert no longer passes validation: boom")], default);
+        await spool.AcceptAlertAsync(Alert("dev-1", "later"), default); // held after the digest was read: the next digest's
+        var later = Assert.Single(await spool.NewAlertsAsync(10, default));
+        await spool.CommitRoutingAsync([new RoutingCommit(later.RowId, AlertStatus.Held, T0, null, null, null)], default);
+
+        var first = await spool.HeldRepeatsAsync(digest, 0, 2, default);
+        var second = await spool.HeldRepeatsAsync(digest, first[^1].RowId, 2, default);
+        var third = await spool.HeldRepeatsAsync(digest, second[^1].RowId, 2, default);
+
+        Assert.Equal(["r-0", "r-1"], first.Select(a => a.AlertId));
+        Assert.Equal(["r-3", "r-4"], second.Select(a => a.AlertId)); // r-2 is parked, no longer held
+        Assert.Empty(third);
+        Assert.Equal(Alert("dev-1", "r-3").Payload, second[0].Payload);
+    }
+
+    [ContractFact]
+    public async Task Prune_KeepsTheStormStateOfAnOpenIncidentUpToAYear_AndAClosedOnesOnlyToTheHorizon()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var spool = Open(clock);
+        await spool.AcceptAlertAsync(Alert("dev-1", "open") with { ReceivedAt = T0 }, default);
+        await spool.AcceptAlertAsync(Alert("dev-1", "closed", code: "DOOR_OPEN") with { ReceivedAt = T0 }, default);
+        var alerts = await spool.NewAlertsAsync(10, default);
+        var open = new StormState(T0, "<dev-1.open.alert@gw.test>", IncidentOpen: true);
+        await spool.CommitRoutingAsync(
+        [
+            new RoutingCommit(alerts[0].RowId, AlertStatus.Routed, null, null, ("dev-1", "TEMP_HIGH"), open),
+            new RoutingCommit(alerts[1].RowId, AlertStatus.Routed, null, null, ("dev-1", "DOOR_OPEN"), new StormState(T0, "<dev-1.door.alert@gw.test>")),
+        ], default);
+
+        clock.Advance(TimeSpan.FromDays(40));
+        await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 10_000, default);
+
+        Assert.Equal(open, await spool.GetStormAsync("dev-1", "TEMP_HIGH", default)); // its clear still threads onto the raise
+        Assert.Null(await spool.GetStormAsync("dev-1", "DOOR_OPEN", default));
+
+        clock.Advance(StormRetention.OpenIncident - TimeSpan.FromDays(30)); // a year and ten days after its last mail
+        await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 10_000, default);
+
+        Assert.Null(await spool.GetStormAsync("dev-1", "TEMP_HIGH", default));
+    }
+
+    [ContractFact]
     public async Task UnrouteDigest_LeavesEveryHeldRepeatUnroutedWithTheRoute_AndTheStormStateAsItWas()
     {
         await using var spool = Open();

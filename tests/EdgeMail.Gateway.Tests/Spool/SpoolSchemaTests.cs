@@ -48,6 +48,7 @@ public sealed class SpoolSchemaTests : IDisposable
     [InlineData("SELECT DISTINCT device, code FROM alerts WHERE status='held' AND hold_until <= 0", "alerts_held_")] // either partial index: both hold only held rows
     [InlineData("SELECT rowid, device, alert_id, received_at, peer, payload FROM alerts WHERE status='held' AND device='d' AND code='c' ORDER BY rowid", "alerts_held_key")]
     [InlineData("SELECT severity, COUNT(CASE WHEN state='cleared' THEN 1 END) FROM alerts WHERE status='held' AND device='d' AND code='c' AND rowid <= 9 GROUP BY severity", "alerts_held_key")]
+    [InlineData("SELECT rowid, device, alert_id, received_at, peer, payload, via FROM alerts WHERE status='held' AND device='d' AND code='c' AND rowid > 3 AND rowid <= 9 ORDER BY rowid LIMIT 1000", "alerts_held_key")]
     public async Task RouterQuery_OnCurrentSchema_UsesItsPartialIndex(string sql, string index)
     {
         await using (SqliteSpool.Open(DbPath, fsync: false, maxBatch: 16, NullLogger.Instance))
@@ -156,7 +157,30 @@ public sealed class SpoolSchemaTests : IDisposable
 
         var digest = Assert.Single(await spool.DueDigestsAsync(DateTimeOffset.FromUnixTimeMilliseconds(5000), 100, default));
         Assert.Equal((2L, 0L), (digest.Total, digest.Clears));
-        Assert.Equal(new StormState(DateTimeOffset.FromUnixTimeMilliseconds(1000), "<r-0@gw.test>", HoldClears: false), await spool.GetStormAsync("dev-1", "TEMP_HIGH", default));
+        Assert.Equal(new StormState(DateTimeOffset.FromUnixTimeMilliseconds(1000), "<r-0@gw.test>", HoldClears: false, IncidentOpen: true), // version 14
+            await spool.GetStormAsync("dev-1", "TEMP_HIGH", default));
+    }
+
+    [Fact]
+    public async Task Open_VersionThirteenSpool_CountsAPairWhoseLastMailWasARaiseAsAnOpenIncident_AndOneResetByAClearAsClosed()
+    {
+        // Nothing before version 14 said whether a pair's incident was open; a raise's Message-ID and a last mail not reset
+        // by a clear (last_mail_at 0) are what an open one looks like.
+        using (var connection = Connect())
+        {
+            using var command = connection.CreateCommand();
+            command.CommandText = "CREATE TABLE schema_version(version INTEGER NOT NULL);" + string.Join(";", SpoolSchema.Migrations.Take(13)) + ";INSERT INTO schema_version VALUES(13);"
+                + "INSERT INTO storm(device, code, last_mail_at, last_raised_message_id) VALUES"
+                + "('dev-1', 'TEMP_HIGH', 1000, '<r-1@gw.test>'), ('dev-1', 'DOOR_OPEN', 0, '<r-2@gw.test>'), ('dev-1', 'DEVICE_SILENT', 1000, NULL);";
+            command.ExecuteNonQuery();
+        }
+
+        await using var spool = SqliteSpool.Open(DbPath, fsync: false, maxBatch: 16, NullLogger.Instance);
+
+        var raised = await spool.GetStormAsync("dev-1", "TEMP_HIGH", default);
+        var reset = await spool.GetStormAsync("dev-1", "DOOR_OPEN", default);
+        var neverRaised = await spool.GetStormAsync("dev-1", "DEVICE_SILENT", default);
+        Assert.Equal((true, false, false), (raised!.IncidentOpen, reset!.IncidentOpen, neverRaised!.IncidentOpen));
     }
 
     [Fact]
