@@ -54,14 +54,15 @@ public sealed partial class AlertIngest
     /// <param name="payload">The payload.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <param name="via">The protocol it came with, for the Received trace (<see cref="IngestProtocols"/>).</param>
-    /// <param name="deviceHeard">
-    /// Whether the device is heard from by this (<see cref="Devices.DevicePresence.Seen"/>). False for an alert of
-    /// quarantined mail the operator releases: the device sent it long ago, and one silent since must not be reported back.
+    /// <param name="receivedAt">
+    /// When the alert came, when that was before now: an alert of quarantined mail the operator releases. It is stored as
+    /// received then, and the device is not heard from by it (<see cref="Devices.DevicePresence.Seen"/>, and the last-heard
+    /// time the silence watch reads back from the spool at start): one silent since must not be reported back.
     /// </param>
     /// <returns>The spool outcome.</returns>
     /// <exception cref="SpoolException">Nothing durable: do not acknowledge (<see cref="SpoolFullException"/>: the disk is low, refuse with back-pressure).</exception>
     public async Task<AcceptOutcome> IngestAlertAsync(string deviceId, string? peer, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken, string via = IngestProtocols.Mqtt,
-        bool deviceHeard = true)
+        DateTimeOffset? receivedAt = null)
     {
         AlertParseResult parsed;
         string alertId;
@@ -69,7 +70,7 @@ public sealed partial class AlertIngest
         AcceptOutcome outcome;
         try
         {
-            if (deviceHeard)
+            if (receivedAt is null)
             {
                 _presence.Seen(deviceId);
             }
@@ -78,12 +79,12 @@ public sealed partial class AlertIngest
             parsed = AlertParser.Parse(payload.Span);
             alertId = parsed.Id ?? AlertParser.RejectedId(payload.Span);
             (var kept, reason) = parsed.IsValid ? (payload, null) : AlertParser.KeepRejected(payload, parsed.Reason!);
-            var incoming = new IncomingAlert(deviceId, alertId, _clock.GetUtcNow(), peer, kept, reason, parsed.Alert?.Code, via, SeverityOf(parsed));
+            var incoming = new IncomingAlert(deviceId, alertId, receivedAt ?? _clock.GetUtcNow(), peer, kept, reason, parsed.Alert?.Code, via, SeverityOf(parsed));
             outcome = await _spool.AcceptAlertAsync(incoming, cancellationToken).ConfigureAwait(false);
         }
         catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
         {
-            return await KeepFailedAsync(deviceId, peer, payload, ex, cancellationToken, via).ConfigureAwait(false);
+            return await KeepFailedAsync(deviceId, peer, payload, ex, cancellationToken, via, receivedAt).ConfigureAwait(false);
         }
 
         // Durable from here: whatever fails now must not keep the transport from acknowledging it.
@@ -126,17 +127,18 @@ public sealed partial class AlertIngest
     /// <param name="fault">What failed; see <see cref="ParkingLot.Contains"/> for which faults are the alert's own.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <param name="via">The protocol it came with.</param>
+    /// <param name="receivedAt">When it came, when that was before now (see <see cref="IngestAlertAsync"/>).</param>
     /// <returns>The spool outcome (a duplicate when the same alert was kept before).</returns>
     /// <exception cref="SpoolException">The rejection could not be stored either: do not acknowledge.</exception>
     public async Task<AcceptOutcome> KeepFailedAsync(string deviceId, string? peer, ReadOnlyMemory<byte> payload, Exception fault, CancellationToken cancellationToken,
-        string via = IngestProtocols.Mqtt)
+        string via = IngestProtocols.Mqtt, DateTimeOffset? receivedAt = null)
     {
         ArgumentNullException.ThrowIfNull(fault);
         var (kept, reason) = AlertParser.KeepRejected(payload, ParkingLot.Describe(HandlingStage, fault));
         string? id = IdOf(kept);
         string alertId = id ?? AlertParser.RejectedId(payload.Span);
         LogHandlingFailed(fault, alertId, deviceId, reason);
-        var outcome = await _spool.AcceptAlertAsync(new IncomingAlert(deviceId, alertId, _clock.GetUtcNow(), peer, kept, reason, null, via), cancellationToken)
+        var outcome = await _spool.AcceptAlertAsync(new IncomingAlert(deviceId, alertId, receivedAt ?? _clock.GetUtcNow(), peer, kept, reason, null, via), cancellationToken)
             .ConfigureAwait(false);
         try
         {

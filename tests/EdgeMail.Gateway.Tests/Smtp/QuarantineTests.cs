@@ -226,7 +226,7 @@ public sealed class QuarantineTests
     // and again for keeping it rejected. Released, its alert is stored through the alert ingest; but the operator's
     // release is not the device speaking, so a device silent since stays silent and no DEVICE_BACK goes to its people.
     [Fact]
-    public async Task AlertMail_QuarantinedThenReleasedWhileItsDeviceIsSilent_StoresTheAlert_ButDoesNotReportTheDeviceBack()
+    public async Task AlertMail_QuarantinedThenReleasedWhileItsDeviceIsSilent_StoresTheAlertAsReceivedThen_AndDoesNotReportTheDeviceBack()
     {
         var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
         int armed = 1;
@@ -257,6 +257,10 @@ public sealed class QuarantineTests
         Assert.NotEqual(AlertStatus.Rejected, (await gw.Spool.GetAlertAsync("dev-1", "held-1", default))?.Status ?? AlertStatus.Rejected); // stored, to be routed
         Assert.Equal(lastHeard, presence.LastSeen("dev-1"));
         Assert.True(watch.IsSilent("dev-1"));
+
+        // Stored as received when the device sent it: what the watch reads back at the next start, and the console shows.
+        var activity = Assert.Single(await gw.Spool.DeviceActivityAsync(default), a => a.Device == "dev-1");
+        Assert.Equal(lastHeard.ToUnixTimeMilliseconds(), activity.LastAlertAt?.ToUnixTimeMilliseconds());
         Assert.Null(await gw.Spool.GetAlertAsync("dev-1", "gw-back-" + lastHeard.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture), default));
     }
 

@@ -208,7 +208,7 @@ public sealed partial class SubmissionHandler
             foreach (byte[] payload in alertParts)
             {
                 var outcome = await _alerts.IngestAlertAsync(m.Device, m.Remote.ToString(), payload, cancellationToken, IngestProtocols.Smtp(m.Secure, m.Authenticated),
-                    deviceHeard: !m.Released).ConfigureAwait(false);
+                    receivedAt: m.Released ? m.ReceivedAt : null).ConfigureAwait(false);
                 stored += outcome == AcceptOutcome.Stored ? 1 : 0;
                 duplicates += outcome == AcceptOutcome.Duplicate ? 1 : 0;
             }
