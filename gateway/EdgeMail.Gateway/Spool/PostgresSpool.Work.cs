@@ -220,14 +220,21 @@ public sealed partial class PostgresSpool
     public Task<bool> RenewDigestClaimsAsync(IReadOnlyCollection<(string Device, string Code)> keys, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(keys);
-        return WriteAsync(async (c, tx, _) => await ExecAsync(c, tx, cancellationToken,
+
+        // The keys' locks first, as every commit that writes storm rows takes them before it touches one: a routing commit
+        // writes its keys' rows in the order of its decisions, and a renewal locking them in another order while it held
+        // some could wait on it in a circle.
+        return WriteAsync(async (c, tx, _) =>
+        {
+            await LockKeysAsync(c, tx, keys, cancellationToken).ConfigureAwait(false);
+            return await ExecAsync(c, tx, cancellationToken,
             """
             WITH mine AS (
               SELECT s.device, s.code FROM storm s JOIN unnest($1::text[], $2::text[]) AS k(device, code) ON s.device = k.device AND s.code = k.code
               WHERE s.claimed_by = $3 ORDER BY s.device, s.code FOR UPDATE OF s)
             UPDATE storm s SET claim_until = GREATEST(s.claim_until, $4) FROM mine WHERE s.device = mine.device AND s.code = mine.code
-            """, keys.Select(k => k.Device).ToArray(), keys.Select(k => k.Code).ToArray(), _owner, LeaseUntilMs).ConfigureAwait(false) > 0,
-            cancellationToken, durable: false);
+            """, keys.Select(k => k.Device).ToArray(), keys.Select(k => k.Code).ToArray(), _owner, LeaseUntilMs).ConfigureAwait(false) > 0;
+        }, cancellationToken, durable: false);
     }
 
     private static Task WriteStormAsync(NpgsqlConnection c, NpgsqlTransaction tx, string device, string code, StormState storm, bool releaseClaim, CancellationToken ct) =>

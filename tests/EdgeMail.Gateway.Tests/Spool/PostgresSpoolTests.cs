@@ -332,6 +332,50 @@ public sealed class PostgresSpoolTests : SpoolContractTests
         Assert.False(await a.RenewDigestClaimsAsync([renewed], default)); // committed: the claim ended with it
     }
 
+    // A routing commit of another instance holds its keys' locks and writes their storm rows in the order of its
+    // decisions (here the second key first). A renewal that locked the rows in key order while that commit held one
+    // would wait on it while it waits on the renewal: PostgreSQL would abort one of them as a deadlock.
+    [PostgresFact]
+    public async Task RenewDigestClaims_BesideARoutingCommitWritingTheSameKeysInAnotherOrder_WaitsForIt_NoDeadlock()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var a = OpenPostgres(clock);
+        foreach (string code in new[] { "A_FIRST", "B_SECOND" })
+        {
+            await a.AcceptAlertAsync(Alert("dev-1", "r-" + code, code), default);
+        }
+
+        var held = await a.NewAlertsAsync(10, default);
+        await a.CommitRoutingAsync(held.Select(h => new RoutingCommit(h.RowId, AlertStatus.Held, T0, null, null, null)).ToList(), default);
+        var digests = await a.DueDigestsAsync(T0, 100, default);
+        Assert.Equal(2, digests.Count);
+
+        await using var other = new Npgsql.NpgsqlConnection(_db!.ConnectionString);
+        await other.OpenAsync();
+        await using var routing = await other.BeginTransactionAsync();
+        async Task SqlAsync(string sql)
+        {
+            await using var command = new Npgsql.NpgsqlCommand(sql, other, routing);
+            await command.ExecuteNonQueryAsync();
+        }
+
+        await SqlAsync("""
+            SELECT pg_advisory_xact_lock(k) FROM (
+              SELECT DISTINCT hashtextextended(device || '/' || code, 0) AS k FROM storm WHERE device = 'dev-1' ORDER BY 1) s
+            """);
+        await SqlAsync("UPDATE storm SET last_mail_at = last_mail_at WHERE device = 'dev-1' AND code = 'B_SECOND'");
+
+        var renewal = a.RenewDigestClaimsAsync([("dev-1", "A_FIRST"), ("dev-1", "B_SECOND")], default);
+        await UntilAsync(async () => await _db.ScalarAsync($"""
+            SELECT COUNT(*) FROM pg_stat_activity
+            WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> {other.ProcessID}
+            """) is > 0L, "the renewal to wait for the routing commit");
+
+        await SqlAsync("SET LOCAL lock_timeout = '20s'; UPDATE storm SET last_mail_at = last_mail_at WHERE device = 'dev-1' AND code = 'A_FIRST'");
+        await routing.CommitAsync();
+        Assert.True(await Await.Within(renewal, "the renewal once the routing commit is done"));
+    }
+
     [PostgresFact]
     public async Task DueMessages_ClaimedByOneInstance_WaitForTheLease_AndALateDeliveryResultIsNotRecorded()
     {
