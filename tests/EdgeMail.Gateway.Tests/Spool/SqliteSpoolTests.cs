@@ -57,6 +57,31 @@ public sealed class SqliteSpoolTests : SpoolContractTests, IDisposable
         Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
     }
 
+    // A row kept before receipts were told apart by their copy holds the detail as it came, a NUL or a 512th character
+    // that splits a pair included; its copies went out (and come back acknowledged) as the wire carries it.
+    [Fact]
+    public async Task RemoveReceipts_OfARowKeptByAnEarlierVersionWithANulAndACutPair_RemovesIt()
+    {
+        await using var spool = OpenSqlite();
+        string legacy = "550 \0 " + new string('x', 505) + "\U0001F600"[..1]; // 512 characters, the last a lone high surrogate
+        Assert.Equal(512, legacy.Length);
+        using (var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={DbPath};Pooling=False"))
+        {
+            connection.Open();
+            using var insert = connection.CreateCommand();
+            insert.CommandText = "INSERT INTO receipts(device, alert_id, state, at, detail, created_at) VALUES('dev-1', 'a-1', 'failed', $at, $detail, $at)";
+            insert.Parameters.AddWithValue("$at", T0.ToUnixTimeMilliseconds());
+            insert.Parameters.AddWithValue("$detail", legacy);
+            insert.ExecuteNonQuery();
+        }
+
+        var sent = Assert.Single(await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Receipt.Copy;
+        Assert.DoesNotContain('\0', sent.Detail);
+
+        Assert.Equal(1, await spool.RemoveReceiptsAsync([sent], default));
+        Assert.Empty(await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default));
+    }
+
     private List<string> Plan(string sql)
     {
         using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={DbPath}");
