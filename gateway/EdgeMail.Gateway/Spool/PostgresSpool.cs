@@ -81,7 +81,19 @@ public sealed partial class PostgresSpool : ISpool
     public TimeSpan MaxAge { get; set; } = TimeSpan.FromDays(5);
 
     /// <summary>The clock used to stamp rows and to measure leases.</summary>
-    public TimeProvider Clock { get; set; } = TimeProvider.System;
+    public TimeProvider Clock
+    {
+        get => _clock;
+        set
+        {
+            _clock = value ?? throw new ArgumentNullException(nameof(value));
+
+            // The heartbeat's window is on this clock: one set behind the one it was measured on would stretch it.
+            Volatile.Write(ref _confirmedUntilMs, NowMs + ((long)Lease.TotalMilliseconds / 2));
+        }
+    }
+
+    private TimeProvider _clock = TimeProvider.System;
 
     /// <summary>Called with each group commit's duration (BEGIN to durable COMMIT), for metrics.</summary>
     public Action<TimeSpan>? CommitTimed { get; set; }
