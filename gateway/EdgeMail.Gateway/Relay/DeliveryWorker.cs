@@ -290,7 +290,8 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     // A transport that sends in several transactions (direct MX, one per domain; a smarthost, one per
     // Relay:Limits:RecipientsPerMessage recipients) hands over what each delivered before the next begins, which may
     // take minutes: recorded now, a crash meanwhile does not send it again. Only what was sent is: a failed or deferred
-    // recipient is simply asked again after a crash, and its failure notice goes with the attempt's result. The attempt's result still lists these recipients (its attempt row is complete).
+    // recipient is simply asked again after a crash, and its failure notice goes with the attempt's result. The
+    // attempt's result still lists these recipients (its attempt row is complete).
     // When they cannot be recorded, the attempt stops and the recipients not yet tried are deferred: until a result is
     // committed the next attempt sends to every recipient again, and a spool that just failed a write may well fail
     // the attempt's result too, so going on would risk a second copy for those recipients as well. A message cancelled

@@ -113,13 +113,17 @@ public sealed partial class PostgresSpool
                 throw SchemaHasMoved(moved);
             }
 
-            Volatile.Write(ref _confirmedUntilMs, started + ((long)Lease.TotalMilliseconds / 2));
+            ConfirmedNow(started);
         }
         finally
         {
             _heartbeat.Release();
         }
     }
+
+    // Confirmed for half a lease from then: others take an instance for stopped only after a whole one.
+    private void ConfirmedNow(long? fromMs = null) =>
+        Volatile.Write(ref _confirmedUntilMs, (fromMs ?? NowMs) + ((long)Lease.TotalMilliseconds / 2));
 
     // A claim's rows carry the schema version their statement saw (ClaimedSchema, the last column).
     private T Claimed<T>(Npgsql.NpgsqlDataReader r, Func<Npgsql.NpgsqlDataReader, T> read)

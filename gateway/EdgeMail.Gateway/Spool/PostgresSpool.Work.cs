@@ -107,6 +107,10 @@ public sealed partial class PostgresSpool
         }
     }
 
+    // Fenced on the claim: an alert another instance took over is theirs to decide.
+    private const string ParkClaimedAlert =
+        "UPDATE alerts SET status='parked', reason=$1, parked_at=$2, claimed_by=NULL, claim_until=NULL WHERE rowid=$3 AND status='new' AND claimed_by=$4";
+
     private async Task<RoutingCommitted> CommitRoutingAsync(NpgsqlConnection c, NpgsqlTransaction tx, WriteContext ctx, IReadOnlyList<RoutingCommit> commits,
         bool isolate, CancellationToken ct)
     {
@@ -121,7 +125,7 @@ public sealed partial class PostgresSpool
             if (d.Status == AlertStatus.Parked)
             {
                 if (await ExecAsync(c, tx, ct,
-                    "UPDATE alerts SET status='parked', reason=$1, parked_at=$2, claimed_by=NULL, claim_until=NULL WHERE rowid=$3 AND status='new' AND claimed_by=$4",
+                    ParkClaimedAlert,
                     Truncate(Text(d.Reason) ?? "parked"), ctx.NowMs, d.AlertRowId, _owner).ConfigureAwait(false) == 0)
                 {
                     (notHeld ??= []).Add(d.AlertRowId);
@@ -179,7 +183,7 @@ public sealed partial class PostgresSpool
                 // The rollback let go of the row: fenced again, as another instance may have claimed it meanwhile.
                 await tx.RollbackAsync("decision", ct).ConfigureAwait(false);
                 if (await ExecAsync(c, tx, ct,
-                    "UPDATE alerts SET status='parked', reason=$1, parked_at=$2, claimed_by=NULL, claim_until=NULL WHERE rowid=$3 AND status='new' AND claimed_by=$4",
+                    ParkClaimedAlert,
                     Truncate(ex.Message), ctx.NowMs, d.AlertRowId, _owner).ConfigureAwait(false) == 0)
                 {
                     (notHeld ??= []).Add(d.AlertRowId);

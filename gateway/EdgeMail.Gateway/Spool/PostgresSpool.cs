@@ -56,8 +56,7 @@ public sealed partial class PostgresSpool : ISpool
         _owner = owner;
         _knownVersion = knownVersion;
 
-        // Registered a moment ago, in Open.
-        _confirmedUntilMs = NowMs + ((long)lease.TotalMilliseconds / 2);
+        ConfirmedNow(); // registered a moment ago, in Open
         _queue = System.Threading.Channels.Channel.CreateBounded<PgWork>(new BoundedChannelOptions(Math.Max(1024, maxBatch * 8))
         {
             SingleReader = true,
@@ -88,8 +87,7 @@ public sealed partial class PostgresSpool : ISpool
         {
             _clock = value ?? throw new ArgumentNullException(nameof(value));
 
-            // The heartbeat's window is on this clock: one set behind the one it was measured on would stretch it.
-            Volatile.Write(ref _confirmedUntilMs, NowMs + ((long)Lease.TotalMilliseconds / 2));
+            ConfirmedNow(); // the heartbeat's window is on this clock: one set behind the one it was measured on would stretch it
         }
     }
 
