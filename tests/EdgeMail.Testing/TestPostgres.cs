@@ -9,7 +9,9 @@ namespace EdgeMail.Testing;
 /// The PostgreSQL cluster some tests run against. <c>EDGEMAIL_TEST_POSTGRES</c> (an Npgsql connection string) names
 /// one; otherwise the first test that needs it starts a throwaway cluster of its own with Debian's postgresql —
 /// initdb in a temporary directory, run by an unprivileged user when the tests run as root (PostgreSQL refuses root),
-/// on 127.0.0.1 and a port the OS had free — and stops it when the test process exits. Each test gets a schema of its own.
+/// on 127.0.0.1 and a port the OS had free — and stops it when the test process exits. Each test gets a database of its
+/// own (a named cluster's role needs CREATEDB): advisory locks, and the older transactions a CREATE INDEX CONCURRENTLY
+/// waits for, are the database's, and tests running side by side must not wait on each other's.
 /// </summary>
 public static class TestPostgres
 {
@@ -157,10 +159,7 @@ public static class TestPostgres
         }
     }
 
-    /// <summary>
-    /// Creates an empty schema of its own for one test (quicker than a database) and returns a connection string whose
-    /// search path is that schema; dispose the result to drop it.
-    /// </summary>
+    /// <summary>Creates an empty database for one test; dispose the result to drop it.</summary>
     /// <returns>The test's database.</returns>
     public static async Task<TestDatabase> CreateDatabaseAsync()
     {
@@ -169,15 +168,15 @@ public static class TestPostgres
         await using (var c = new NpgsqlConnection(server))
         {
             await c.OpenAsync();
-            await using var create = new NpgsqlCommand($"CREATE SCHEMA {name}", c);
+            await using var create = new NpgsqlCommand($"CREATE DATABASE {name} TEMPLATE template0", c);
             await create.ExecuteNonQueryAsync();
         }
 
-        return new TestDatabase(server, new NpgsqlConnectionStringBuilder(server) { SearchPath = name }.ConnectionString, name);
+        return new TestDatabase(server, new NpgsqlConnectionStringBuilder(server) { Database = name }.ConnectionString, name);
     }
 }
 
-/// <summary>The schema of one test on the test cluster, dropped on dispose.</summary>
+/// <summary>The database of one test on the test cluster, dropped on dispose.</summary>
 /// <param name="server">The cluster's maintenance connection string.</param>
 /// <param name="connectionString">This database's connection string.</param>
 /// <param name="name">Its name.</param>
@@ -202,7 +201,9 @@ public sealed class TestDatabase(string server, string connectionString, string 
     {
         await using var c = new NpgsqlConnection(server);
         await c.OpenAsync();
-        await using var drop = new NpgsqlCommand($"DROP SCHEMA IF EXISTS {name} CASCADE", c);
+        // FORCE ends the sessions still open on it: the idle connections of the test's pools, and those of a gateway a
+        // failed test left running.
+        await using var drop = new NpgsqlCommand($"DROP DATABASE IF EXISTS {name} WITH (FORCE)", c);
         await drop.ExecuteNonQueryAsync();
     }
 }
