@@ -15,7 +15,7 @@ internal static partial class PostgresSchema
     public const int InstancesVersion = 8;
 
     // Any constant: instances starting at once migrate one after the other.
-    private const long MigrationLock = 0x4564_6765_4D61_696C; // "EdgeMail"
+    internal const long MigrationLock = 0x4564_6765_4D61_696C; // "EdgeMail"
 
     /// <summary>Migrations in order; index + 1 is the version each produces. Never edit one that has shipped; append.</summary>
     public static readonly IReadOnlyList<Migration> Migrations =
@@ -274,10 +274,12 @@ internal static partial class PostgresSchema
     }
 
     // Polled, not waited for: a session waiting for an advisory lock keeps a snapshot, and the holder's CREATE INDEX
-    // CONCURRENTLY waits for every older snapshot in the database — each would be waiting for the other.
+    // CONCURRENTLY waits for every older snapshot in the database — each would be waiting for the other. A start waiting
+    // here names the holder at once and every minute after, so that one stuck behind it is not silent.
     private static async Task LockAsync(NpgsqlConnection connection, ILogger logger, CancellationToken cancellationToken)
     {
-        bool told = false;
+        long since = TimeProvider.System.GetTimestamp();
+        TimeSpan nextWord = TimeSpan.Zero;
         while (true)
         {
             await using (var command = new NpgsqlCommand($"SELECT pg_try_advisory_lock({MigrationLock})", connection))
@@ -288,14 +290,46 @@ internal static partial class PostgresSchema
                 }
             }
 
-            if (!told)
+            var waited = TimeProvider.System.GetElapsedTime(since);
+            if (waited >= nextWord)
             {
-                LogWaitingForLock(logger);
-                told = true;
+                string holder = await LockHolderAsync(connection, cancellationToken).ConfigureAwait(false);
+                if (nextWord == TimeSpan.Zero)
+                {
+                    LogWaitingForLock(logger, holder);
+                }
+                else
+                {
+                    LogStillWaitingForLock(logger, (int)waited.TotalMinutes, holder);
+                }
+
+                nextWord = waited + TimeSpan.FromMinutes(1);
             }
 
             await Task.Delay(TimeSpan.FromMilliseconds(200), TimeProvider.System, cancellationToken).ConfigureAwait(false);
         }
+    }
+
+    // The session holding the lock (a bigint key is classid = its high half, objid = its low half, objsubid = 1), as an
+    // operator finds it in pg_stat_activity: a wait event of Lock/virtualxid is an index build waiting for older
+    // transactions to end.
+    private static async Task<string> LockHolderAsync(NpgsqlConnection connection, CancellationToken cancellationToken)
+    {
+        await using var command = new NpgsqlCommand($"""
+            SELECT a.pid, COALESCE(NULLIF(a.application_name, ''), 'no application name'), COALESCE(host(a.client_addr), 'a local socket'),
+                   COALESCE(a.state, 'unknown'), COALESCE(a.wait_event_type || '/' || a.wait_event, '')
+            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND l.classid = {MigrationLock >> 32} AND l.objid = {MigrationLock & 0xFFFF_FFFF} AND l.objsubid = 1
+            """, connection);
+        await using var r = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+        if (!await r.ReadAsync(cancellationToken).ConfigureAwait(false))
+        {
+            return "a session that has just let it go";
+        }
+
+        string waiting = r.GetString(4) is { Length: > 0 } wait ? $", waiting on {wait}" : string.Empty;
+        return string.Create(System.Globalization.CultureInfo.InvariantCulture, $"session pid {r.GetInt32(0)} ({r.GetString(1)}, from {r.GetString(2)}, {r.GetString(3)}{waiting})");
     }
 
     // CREATE INDEX in the migration's transaction would hold off every insert into the table for the whole build.
@@ -344,8 +378,11 @@ internal static partial class PostgresSchema
         await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
     }
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "Waiting for another gateway instance that holds the PostgreSQL spool's migration lock (it is starting or upgrading the spool)")]
-    private static partial void LogWaitingForLock(ILogger logger);
+    [LoggerMessage(Level = LogLevel.Information, Message = "Waiting for another gateway instance that holds the PostgreSQL spool's migration lock (it is starting or upgrading the spool): {Holder}")]
+    private static partial void LogWaitingForLock(ILogger logger, string holder);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Still waiting after {Minutes} min for the PostgreSQL spool's migration lock, held by {Holder}; this instance starts once it is let go (pg_terminate_backend ends a session that never will)")]
+    private static partial void LogStillWaitingForLock(ILogger logger, int minutes, string holder);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Building index {Index} of schema version {Version} without blocking writes (CREATE INDEX CONCURRENTLY); on a large spool this takes a while")]
     private static partial void LogBuildingIndex(ILogger logger, string index, int version);

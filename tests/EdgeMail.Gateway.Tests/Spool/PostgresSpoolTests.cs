@@ -760,6 +760,50 @@ public sealed class PostgresSpoolTests : SpoolContractTests
         Assert.True(await DigestIndexValidAsync());
     }
 
+    // A start behind another instance's migration waits, and says for whom: an operator with a gateway that does not
+    // come up finds the session in pg_stat_activity.
+    [PostgresFact]
+    public async Task Open_WhileAnotherSessionHoldsTheMigrationLock_WaitsForIt_AndNamesTheHolder()
+    {
+        await using var holder = new Npgsql.NpgsqlConnection(new Npgsql.NpgsqlConnectionStringBuilder(_db!.ConnectionString) { ApplicationName = "stuck-migration" }.ConnectionString);
+        await holder.OpenAsync();
+        await using (var take = new Npgsql.NpgsqlCommand($"SELECT pg_advisory_lock({PostgresSchema.MigrationLock})", holder))
+        {
+            await take.ExecuteNonQueryAsync();
+        }
+
+        var log = new Lines();
+        var opening = Task.Run(() => PostgresSpool.Open(_db.ConnectionString, fsync: true, maxBatch: 512, Lease, TimeSpan.FromSeconds(5), log));
+        string said = await Await.Within(log.Next(), "the waiting start's word on the lock");
+
+        Assert.Contains($"session pid {holder.ProcessID} (stuck-migration, from ", said, StringComparison.Ordinal);
+        Assert.False(opening.IsCompleted);
+        Assert.Equal(0L, await _db.ScalarAsync("SELECT COUNT(*) FROM pg_tables WHERE tablename = 'schema_version'"));
+
+        await using (var release = new Npgsql.NpgsqlCommand("SELECT pg_advisory_unlock_all()", holder))
+        {
+            await release.ExecuteNonQueryAsync();
+        }
+
+        await using var spool = await Await.Within(opening, "the start once the lock was let go");
+        Assert.Equal(PostgresSchema.CurrentVersion, await _db.ScalarAsync("SELECT MAX(version) FROM schema_version"));
+    }
+
+    private sealed class Lines : Microsoft.Extensions.Logging.ILogger
+    {
+        private readonly System.Threading.Channels.Channel<string> _lines = System.Threading.Channels.Channel.CreateUnbounded<string>();
+
+        public Task<string> Next() => _lines.Reader.ReadAsync().AsTask();
+
+        public IDisposable? BeginScope<TState>(TState state)
+            where TState : notnull => null;
+
+        public bool IsEnabled(Microsoft.Extensions.Logging.LogLevel logLevel) => true;
+
+        public void Log<TState>(Microsoft.Extensions.Logging.LogLevel logLevel, Microsoft.Extensions.Logging.EventId eventId, TState state, Exception? exception,
+            Func<TState, Exception?, string> formatter) => _lines.Writer.TryWrite(formatter(state, exception));
+    }
+
     // The same build with one more migration: what the next version of the gateway is to this one.
     private PostgresSpool OpenNewerBuild() => PostgresSpool.Open(_db!.ConnectionString, fsync: true, maxBatch: 512, Lease, TimeSpan.FromSeconds(5), NullLogger.Instance,
         [.. PostgresSchema.Migrations, new PostgresSchema.Migration("CREATE TABLE upgrade_probe(x INTEGER)")]);
