@@ -151,6 +151,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
         var faults = new Dictionary<long, Exception>();
         var storms = new Dictionary<(string, string), StormState?>();
         var commits = new List<RoutingCommit>(alerts.Count);
+        var unrouted = new Dictionary<long, string>();
 
         // Reading storm state, rendering templates, building and signing the mail of a batch can outlast the lease (a
         // slow database, a long pause): its claims are kept meanwhile. Not past this: the commit is fenced on them.
@@ -164,7 +165,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
 
         try
         {
-            await DecideAsync(alerts, faults, storms, commits, cancellationToken).ConfigureAwait(false);
+            await DecideAsync(alerts, faults, storms, commits, unrouted, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -193,6 +194,14 @@ public sealed partial class AlertProcessor : SupervisedLoop
         }
 
         var byRow = alerts.ToDictionary(a => a.RowId);
+        foreach (var (row, code) in unrouted)
+        {
+            if (!notHeld.Contains(row) && !committed.Parked.Any(p => p.AlertRowId == row))
+            {
+                LogUnrouted(byRow[row].Device, byRow[row].AlertId, code);
+            }
+        }
+
         foreach (var c in commits.Where(c => c.Status == AlertStatus.Parked && !notHeld.Contains(c.AlertRowId)))
         {
             var stored = byRow[c.AlertRowId];
@@ -210,9 +219,10 @@ public sealed partial class AlertProcessor : SupervisedLoop
 
     private const string LeftToTheHolder = "what another instance took over is left to it: the commit leaves those alone, and nothing of them is told";
 
-    // The batch's decisions, in its order; faults and storm states as they come.
+    // The batch's decisions, in its order; faults, storm states and the codes of alerts found unrouted (told once the
+    // commit stands) as they come.
     private async Task DecideAsync(IReadOnlyList<SpooledAlert> alerts, Dictionary<long, Exception> faults, Dictionary<(string, string), StormState?> storms,
-        List<RoutingCommit> commits, CancellationToken cancellationToken)
+        List<RoutingCommit> commits, Dictionary<long, string> unrouted, CancellationToken cancellationToken)
     {
         var parsedAlerts = new Alert?[alerts.Count];
         var failures = new string?[alerts.Count];
@@ -272,7 +282,12 @@ public sealed partial class AlertProcessor : SupervisedLoop
 
             try
             {
-                commits.Add(Decide(stored, alert, storms));
+                var decision = Decide(stored, alert, storms);
+                commits.Add(decision);
+                if (decision.Status == AlertStatus.Unrouted)
+                {
+                    unrouted[stored.RowId] = alert.Code;
+                }
             }
             catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
             {
@@ -289,7 +304,6 @@ public sealed partial class AlertProcessor : SupervisedLoop
         var route = _router.Route(stored.Device, alert);
         if (route.Recipients.Count == 0)
         {
-            LogUnrouted(stored.Device, alert.Id, alert.Code);
             return new RoutingCommit(stored.RowId, AlertStatus.Unrouted, null, null, null, null, Route: route.Explanation);
         }
 

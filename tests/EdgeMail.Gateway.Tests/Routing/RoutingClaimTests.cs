@@ -3,6 +3,7 @@ using EdgeMail.Gateway.Routing;
 using EdgeMail.Gateway.Spool;
 using EdgeMail.Testing;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Time.Testing;
 using Xunit;
 using static EdgeMail.Gateway.Tests.Routing.StormControlTests;
@@ -128,6 +129,38 @@ public sealed class RoutingClaimTests
         Assert.Empty(await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default));
     }
 
+    // A batch of a routed and an unrouted alert stalls past its lease and the other instance takes both over: the first
+    // instance's word that an alert has no route would tell of a decision its fenced commit discards. Only the new
+    // holder, whose decision stands, says it.
+    [PostgresFact]
+    public async Task SharedSpool_AnUnroutedAlertOnAClaimTakenOverMeanwhile_IsToldUnroutedByTheNewHolderAlone()
+    {
+        await using var db = await TestPostgres.CreateDatabaseAsync();
+        var start = TimeProvider.System.GetUtcNow();
+        var clock = new FakeTimeProvider(start);
+        var later = new FakeTimeProvider(start + Lease + TimeSpan.FromSeconds(1));
+        await using var gw = await StartAsync();
+        await using var spool = OpenShared(db, clock, Lease);
+        await using var other = OpenShared(db, later, Lease);
+        await AcceptAsync(spool, "t-1", "PUMP_CYCLING", start);
+        await spool.AcceptAlertAsync(new IncomingAlert("dev-1", "u-1", start, "127.0.0.1:1", Encoding.UTF8.GetBytes(Alerts.Json("u-1", code: "DOOR_OPEN", sev: "info")),
+            null, "DOOR_OPEN", Severity: "info"), default);
+        var taken = new List<SpooledAlert>();
+        var racing = new RacingThrottle(async () => taken.AddRange(await other.NewAlertsAsync(256, default)));
+        var firstSaid = new RouterLog();
+        var newHolderSaid = new RouterLog();
+        var router = ActivatorUtilities.CreateInstance<AlertProcessor>(gw.Host.Services, spool, (TimeProvider)clock, racing, firstSaid);
+        var newHolder = ActivatorUtilities.CreateInstance<AlertProcessor>(gw.Host.Services, other, (TimeProvider)later, newHolderSaid);
+
+        Assert.Equal(2, await router.RouteNewAsync(default));
+
+        Assert.Equal(["t-1", "u-1"], taken.Select(a => a.AlertId));
+        Assert.DoesNotContain(firstSaid.Lines, l => l.StartsWith("No route", StringComparison.Ordinal));
+        Assert.Equal(2, await newHolder.RouteNewAsync(default));
+        Assert.Equal(["routed", "unrouted"], await StatusesAsync(spool, "t-1", "u-1"));
+        Assert.Contains("No route for alert u-1 (DOOR_OPEN) from dev-1; kept as unrouted", newHolderSaid.Lines);
+    }
+
     // The same for a digest: the first instance parks a digest whose key the other took over; its first repeat must not
     // be told 'failed' while the new holder mails the digest.
     [PostgresFact]
@@ -175,4 +208,17 @@ public sealed class RoutingClaimTests
 
     private static (string Id, string Payload)[] Repeats(params string[] ids) =>
         [.. ids.Select(id => (id, Alerts.Json(id, code: "PUMP_CYCLING", text: "repeat " + id)))];
+
+    private sealed class RouterLog : ILogger<AlertProcessor>
+    {
+        public System.Collections.Concurrent.ConcurrentQueue<string> Lines { get; } = new();
+
+        public IDisposable? BeginScope<TState>(TState state)
+            where TState : notnull => null;
+
+        public bool IsEnabled(LogLevel logLevel) => true;
+
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+            Lines.Enqueue(formatter(state, exception));
+    }
 }
