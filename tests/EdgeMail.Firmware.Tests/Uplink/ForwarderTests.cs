@@ -207,6 +207,9 @@ public sealed class ForwarderTests(ITestOutputHelper output) : IAsyncLifetime
         rig.Boot();
         rig.StepUntil(() => rig.Store.Depth == 0, "the alert to be resent and acknowledged after the reboot");
 
+        // The acknowledgement may be the first copy's: MQTTnet puts the PUBACK the taken-over connection still sends into
+        // the resumed session, and it can reach the device after the resend left and before the broker read it.
+        rig.StepUntil(() => AlertsSeen().Count >= 2, "the resend to reach the broker");
         var seen = AlertsSeen();
         Assert.Equal(2, seen.Count);
         Assert.All(seen, a => Assert.Equal($"7f3a9c21-{seq}", a.Id));
@@ -308,15 +311,16 @@ public sealed class ForwarderTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.Equal(1, rig.Forwarder.Connects);
         Assert.Equal(1u, rig.Store.Depth);
 
+        // A connection the broker closes under the device (MQTTnet, now and then, when a client id reconnects right
+        // after its DISCONNECT) is made again at once: counted as a connection, not a scheduled wake-up.
         rig.Clock.Advance(600_000);
-        rig.StepUntil(() => rig.Forwarder.State == ForwarderState.Offline && rig.Forwarder.Connects == 2, "the scheduled connection");
-        Assert.Equal(0u, rig.Store.Depth);
+        rig.StepUntil(() => rig.Forwarder.State == ForwarderState.Offline && rig.Forwarder.Connects >= 2 && rig.Store.Depth == 0, "the scheduled connection");
+        long scheduled = rig.Forwarder.Connects;
 
         rig.Raise("FIRE", Severity.Critical);
-        rig.StepUntil(() => rig.Forwarder.State == ForwarderState.Offline && rig.Forwarder.Connects == 3, "the connection for the critical alert");
-        Assert.Equal(0u, rig.Store.Depth);
+        rig.StepUntil(() => rig.Forwarder.State == ForwarderState.Offline && rig.Forwarder.Connects > scheduled && rig.Store.Depth == 0, "the connection for the critical alert");
         Assert.Equal(["MINOR", "FIRE"], AlertsSeen().Select(a => JsonDocument.Parse(a.Json).RootElement.GetProperty("code").GetString()));
-        Assert.Equal(3, rig.Forwarder.Heartbeats);
+        Assert.Equal(rig.Forwarder.Connects, rig.Forwarder.Heartbeats);
     }
 
     [Fact]
