@@ -138,8 +138,9 @@ public sealed class MqttClient
     }
 
     /// <summary>
-    /// Sends a QoS 1 PUBLISH. A new <paramref name="tag"/> takes a free window slot and a fresh packet id; a tag still
-    /// in the window (e.g. after a reconnect) is resent with its original packet id and DUP set. The payload is sent from
+    /// Sends a QoS 1 PUBLISH. A new <paramref name="tag"/> takes a free window slot and the packet id its tag maps to
+    /// (a positive tag: (tag − 1) mod 65,000 + 1, so the same tag has the same id in every client, after a reboot too); a
+    /// tag still in the window (e.g. after a reconnect) is resent with its packet id and DUP set. The payload is sent from
     /// the caller's buffer and not kept; when the broker acknowledges, <see cref="IMqttClientHandler.OnPublishAcknowledged"/>
     /// reports the tag.
     /// </summary>
@@ -278,7 +279,7 @@ public sealed class MqttClient
     public int Subscribe(string topicFilter, int qos)
     {
         EnsureConnected();
-        int packetId = NextPacketId();
+        int packetId = NextPacketId(0);
         int length = MqttCodec.EncodeSubscribe(_tx, 0, packetId, topicFilter, qos);
         _subscribeId = packetId;
         _subackCode = -1;
@@ -392,7 +393,7 @@ public sealed class MqttClient
                 return -1;
             }
 
-            packetId = NextPacketId();
+            packetId = NextPacketId(tag);
         }
 
         int header = MqttCodec.EncodePublishHeader(_tx, 0, topic, 1, dup, retain, packetId, count);
@@ -691,11 +692,28 @@ public sealed class MqttClient
         _lastSendMs = _clock.UptimeMs;
     }
 
-    private int NextPacketId()
+    // A positive tag has an identifier of its own, (tag - 1) mod TaggedIds + 1: a caller whose tags outlive this client
+    // (flash sequence numbers, across boots) sends a message under the identifier it had before. A broker's late PUBACK
+    // from an earlier connection (MQTTnet puts what a taken-over connection still answers into the resumed session) can
+    // then only acknowledge the message it was for, never another one that a new boot's counter gave the same number.
+    // Tags 0 and below, SUBSCRIBE, and a tag whose identifier is taken draw from the identifiers above TaggedIds (535 of
+    // them for at most 64 publishes in flight).
+    private const int TaggedIds = 65_000;
+
+    private int NextPacketId(long tag)
     {
+        if (tag > 0)
+        {
+            int own = (int)((tag - 1) % TaggedIds) + 1;
+            if (own != _subscribeId && _window.FindPacketId(own) < 0)
+            {
+                return own;
+            }
+        }
+
         while (true)
         {
-            _lastPacketId = _lastPacketId >= 65_535 ? 1 : _lastPacketId + 1;
+            _lastPacketId = _lastPacketId <= TaggedIds || _lastPacketId >= 65_535 ? TaggedIds + 1 : _lastPacketId + 1;
             if (_lastPacketId != _subscribeId && _window.FindPacketId(_lastPacketId) < 0)
             {
                 return _lastPacketId;

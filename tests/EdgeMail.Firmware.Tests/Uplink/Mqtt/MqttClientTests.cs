@@ -104,6 +104,58 @@ public sealed class MqttClientTests : IAsyncLifetime
         Assert.Equal(3, _broker.PublishesFrom("dev-1").Select(p => p.PacketIdentifier).Distinct().Count());
     }
 
+    // Power fails while the broker is still storing tag 2 (PUBLISH read, PUBACK not sent yet). After the reboot a new
+    // client resumes the session and sends tags 2 and 3; MQTTnet then delivers the PUBACK the old connection still
+    // answers into that session. Under the packet id tag 2 had, it must acknowledge tag 2, which the broker does hold,
+    // and never tag 3, which it has not read yet (a new boot counting ids from 1 gave tag 3 that id).
+    [Fact]
+    public void LatePubAckFromBeforeAReboot_AcknowledgesTheTagItWasFor_NotTheOneThisBootSentUnderTheSameNumber()
+    {
+        using var storing = new ManualResetEventSlim();
+        using var stored = new ManualResetEventSlim();
+        using var newConnectionRead = new ManualResetEventSlim();
+        bool rebooted = false;
+        _broker.OnPublish = e =>
+        {
+            string payload = System.Text.Encoding.ASCII.GetString(e.ApplicationMessage.Payload.ToArray());
+            if (!Volatile.Read(ref rebooted) && payload == "alert-2")
+            {
+                storing.Set();
+                stored.Wait(TimeSpan.FromSeconds(15));
+            }
+            else if (Volatile.Read(ref rebooted))
+            {
+                newConnectionRead.Wait(TimeSpan.FromSeconds(15)); // the new connection's PUBACKs wait: only the late one can come
+            }
+        };
+        var options = new MqttClientOptions { ClientId = "dev-1", UserName = "dev-1", Password = "s3cret", MaxInFlight = 4 };
+        byte[] one = "alert-1"u8.ToArray(), two = "alert-2"u8.ToArray(), three = "alert-3"u8.ToArray();
+
+        using (var beforeLink = new TcpTransport())
+        {
+            var before = new MqttClient(beforeLink, new StopwatchClock(), options, _handler);
+            before.Connect("127.0.0.1", _broker.Port);
+            before.Publish(AlertTopic, one, 0, one.Length, tag: 1, retain: false, dup: false);
+            Loopback.PollUntil(before, () => _handler.Acknowledged.Count == 1, "PUBACK of tag 1");
+            before.Publish(AlertTopic, two, 0, two.Length, tag: 2, retain: false, dup: false);
+            Assert.True(storing.Wait(TimeSpan.FromSeconds(15)), "the broker to read tag 2");
+        } // power off: the socket dies, no DISCONNECT
+
+        Volatile.Write(ref rebooted, true);
+        using var afterLink = new TcpTransport();
+        var after = new MqttClient(afterLink, new StopwatchClock(), options, _handler);
+        Assert.True(after.Connect("127.0.0.1", _broker.Port).SessionPresent);
+        after.Publish(AlertTopic, two, 0, two.Length, tag: 2, retain: false, dup: true);
+        after.Publish(AlertTopic, three, 0, three.Length, tag: 3, retain: false, dup: false);
+        stored.Set();
+        Loopback.PollUntil(after, () => _handler.Acknowledged.Count == 2, "the late PUBACK from before the reboot");
+
+        Assert.Equal([1L, 2L], _handler.Acknowledged);
+        newConnectionRead.Set();
+        Loopback.PollUntil(after, () => _handler.Acknowledged.Count == 3, "PUBACK of tag 3");
+        Assert.Equal([1L, 2L, 3L], _handler.Acknowledged);
+    }
+
     [Fact]
     public void Reconnect_AfterBrokerDroppedTheLinkBeforePubAck_ResumesSessionAndResendsWithDupAndSamePacketId()
     {

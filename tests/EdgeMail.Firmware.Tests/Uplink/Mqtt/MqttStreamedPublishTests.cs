@@ -62,7 +62,7 @@ public sealed class MqttStreamedPublishTests(ITestOutputHelper output)
         }
 
         var expected = new byte[5 + 2 + AlertTopic.Length + 2 + size];
-        int length = MqttCodec.EncodePublish(expected, 0, AlertTopic, qos, false, retain, 1, payload, 0, size);
+        int length = MqttCodec.EncodePublish(expected, 0, AlertTopic, qos, false, retain, 7, payload, 0, size); // tag 7's packet id
         Assert.Equal(expected.AsSpan(0, length).ToArray(), transport.Sent.ToArray());
         Assert.All(transport.SendSizes, n => Assert.InRange(n, 1, 256));
 
@@ -95,7 +95,7 @@ public sealed class MqttStreamedPublishTests(ITestOutputHelper output)
         Assert.True(client.Publish(AlertTopic, new PiecewiseSource(payload, 2), 9, false, false));
 
         var expected = new byte[first.Length];
-        MqttCodec.EncodePublish(expected, 0, AlertTopic, 1, true, false, 1, payload, 0, payload.Length);
+        MqttCodec.EncodePublish(expected, 0, AlertTopic, 1, true, false, 9, payload, 0, payload.Length); // tag 9's packet id
         Assert.Equal(expected, transport.Sent.ToArray());
         Assert.Equal((byte)(first[0] | 0x08), transport.Sent[0]);
         Assert.Equal(1, client.UnacknowledgedCount);
