@@ -101,13 +101,8 @@ public sealed class RoutingClaimTests
     [PostgresFact]
     public async Task SharedSpool_AnAlertParkedOnAClaimTakenOverMeanwhile_GetsNoFailedReceipt_TheNewHolderRoutesIt()
     {
-        await using var db = await TestPostgres.CreateDatabaseAsync();
-        var start = TimeProvider.System.GetUtcNow();
-        var clock = new FakeTimeProvider(start);
-        var later = new FakeTimeProvider(start + Lease + TimeSpan.FromSeconds(1));
-        await using var gw = await StartAsync();
-        await using var spool = OpenShared(db, clock, Lease);
-        await using var other = OpenShared(db, later, Lease);
+        await using var stalled = await Stalled.StartAsync();
+        var (start, clock, later, gw, spool, other) = stalled;
         await AcceptAsync(spool, "t-1", "PUMP_CYCLING", start);
         var taken = new List<SpooledAlert>();
         var broken = new RacingThrottle(async () =>
@@ -135,13 +130,8 @@ public sealed class RoutingClaimTests
     [PostgresFact]
     public async Task SharedSpool_AnUnroutedAlertOnAClaimTakenOverMeanwhile_IsToldUnroutedByTheNewHolderAlone()
     {
-        await using var db = await TestPostgres.CreateDatabaseAsync();
-        var start = TimeProvider.System.GetUtcNow();
-        var clock = new FakeTimeProvider(start);
-        var later = new FakeTimeProvider(start + Lease + TimeSpan.FromSeconds(1));
-        await using var gw = await StartAsync();
-        await using var spool = OpenShared(db, clock, Lease);
-        await using var other = OpenShared(db, later, Lease);
+        await using var stalled = await Stalled.StartAsync();
+        var (start, clock, later, gw, spool, other) = stalled;
         await AcceptAsync(spool, "t-1", "PUMP_CYCLING", start);
         await spool.AcceptAlertAsync(new IncomingAlert("dev-1", "u-1", start, "127.0.0.1:1", Encoding.UTF8.GetBytes(Alerts.Json("u-1", code: "DOOR_OPEN", sev: "info")),
             null, "DOOR_OPEN", Severity: "info"), default);
@@ -166,13 +156,8 @@ public sealed class RoutingClaimTests
     [PostgresFact]
     public async Task SharedSpool_ADigestParkedOnAClaimTakenOverMeanwhile_GivesNoFailedReceipt_TheNewHolderMailsIt()
     {
-        await using var db = await TestPostgres.CreateDatabaseAsync();
-        var start = TimeProvider.System.GetUtcNow();
-        var clock = new FakeTimeProvider(start);
-        var later = new FakeTimeProvider(start + Lease + TimeSpan.FromSeconds(1));
-        await using var gw = await StartAsync();
-        await using var spool = OpenShared(db, clock, Lease);
-        await using var other = OpenShared(db, later, Lease);
+        await using var stalled = await Stalled.StartAsync();
+        var (_, clock, later, gw, spool, other) = stalled;
         await HoldAsync(spool, Repeats("p-2", "p-3", "p-4"));
         var taken = new List<DueDigest>();
         var broken = new RacingThrottle(async () =>
@@ -192,6 +177,39 @@ public sealed class RoutingClaimTests
         Assert.Equal(["digested", "digested", "digested"], await StatusesAsync(spool, "p-2", "p-3", "p-4"));
         Assert.Equal("digest", Assert.Single(await spool.DueMessagesAsync(DateTimeOffset.MaxValue.AddDays(-1), 10, new HashSet<long>(), default)).Kind);
         Assert.Empty(await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default));
+    }
+
+    // Two instances on one spool, the first stalled past its lease: its clock stands still, the other's is a lease and a
+    // second on, so the other may take over what the first has claimed.
+    private sealed class Stalled : IAsyncDisposable
+    {
+        private TestDatabase _db = null!;
+        private DateTimeOffset _start;
+        private FakeTimeProvider _clock = null!, _later = null!;
+        private TestGateway _gw = null!;
+        private PostgresSpool _spool = null!, _other = null!;
+
+        public static async Task<Stalled> StartAsync()
+        {
+            var s = new Stalled { _db = await TestPostgres.CreateDatabaseAsync(), _start = TimeProvider.System.GetUtcNow() };
+            s._clock = new FakeTimeProvider(s._start);
+            s._later = new FakeTimeProvider(s._start + Lease + TimeSpan.FromSeconds(1));
+            s._gw = await RoutingClaimTests.StartAsync();
+            s._spool = OpenShared(s._db, s._clock, Lease);
+            s._other = OpenShared(s._db, s._later, Lease);
+            return s;
+        }
+
+        public void Deconstruct(out DateTimeOffset start, out FakeTimeProvider clock, out FakeTimeProvider later, out TestGateway gw, out PostgresSpool spool,
+            out PostgresSpool other) => (start, clock, later, gw, spool, other) = (_start, _clock, _later, _gw, _spool, _other);
+
+        public async ValueTask DisposeAsync()
+        {
+            await _other.DisposeAsync();
+            await _spool.DisposeAsync();
+            await _gw.DisposeAsync();
+            await _db.DisposeAsync();
+        }
     }
 
     // The routers under test run on spools of their own; this gateway lends them its options (the lease), devices,
