@@ -196,7 +196,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
         var byRow = alerts.ToDictionary(a => a.RowId);
         foreach (var (row, code) in unrouted)
         {
-            if (!notHeld.Contains(row) && !committed.Parked.Any(p => p.AlertRowId == row))
+            if (!notHeld.Contains(row)) // the commit parks only on a Message-ID conflict, and an unrouted alert has no mail
             {
                 LogUnrouted(byRow[row].Device, byRow[row].AlertId, code);
             }

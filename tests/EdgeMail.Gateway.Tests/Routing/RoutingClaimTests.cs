@@ -3,7 +3,6 @@ using EdgeMail.Gateway.Routing;
 using EdgeMail.Gateway.Spool;
 using EdgeMail.Testing;
 using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Time.Testing;
 using Xunit;
 using static EdgeMail.Gateway.Tests.Routing.StormControlTests;
@@ -137,8 +136,8 @@ public sealed class RoutingClaimTests
             null, "DOOR_OPEN", Severity: "info"), default);
         var taken = new List<SpooledAlert>();
         var racing = new RacingThrottle(async () => taken.AddRange(await other.NewAlertsAsync(256, default)));
-        var firstSaid = new RouterLog();
-        var newHolderSaid = new RouterLog();
+        var firstSaid = new LineLog<AlertProcessor>();
+        var newHolderSaid = new LineLog<AlertProcessor>();
         var router = ActivatorUtilities.CreateInstance<AlertProcessor>(gw.Host.Services, spool, (TimeProvider)clock, racing, firstSaid);
         var newHolder = ActivatorUtilities.CreateInstance<AlertProcessor>(gw.Host.Services, other, (TimeProvider)later, newHolderSaid);
 
@@ -226,17 +225,4 @@ public sealed class RoutingClaimTests
 
     private static (string Id, string Payload)[] Repeats(params string[] ids) =>
         [.. ids.Select(id => (id, Alerts.Json(id, code: "PUMP_CYCLING", text: "repeat " + id)))];
-
-    private sealed class RouterLog : ILogger<AlertProcessor>
-    {
-        public System.Collections.Concurrent.ConcurrentQueue<string> Lines { get; } = new();
-
-        public IDisposable? BeginScope<TState>(TState state)
-            where TState : notnull => null;
-
-        public bool IsEnabled(LogLevel logLevel) => true;
-
-        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
-            Lines.Enqueue(formatter(state, exception));
-    }
 }

@@ -772,9 +772,9 @@ public sealed class PostgresSpoolTests : SpoolContractTests
             await take.ExecuteNonQueryAsync();
         }
 
-        var log = new Lines();
+        var log = new LineLog<PostgresSpool>();
         var opening = Task.Run(() => PostgresSpool.Open(_db.ConnectionString, fsync: true, maxBatch: 512, Lease, TimeSpan.FromSeconds(5), log));
-        string said = await Await.Within(log.Next(), "the waiting start's word on the lock");
+        string said = await Await.Within(log.NextAsync(), "the waiting start's word on the lock");
 
         Assert.Contains($"session pid {holder.ProcessID} (stuck-migration, from ", said, StringComparison.Ordinal);
         Assert.False(opening.IsCompleted);
@@ -787,21 +787,6 @@ public sealed class PostgresSpoolTests : SpoolContractTests
 
         await using var spool = await Await.Within(opening, "the start once the lock was let go");
         Assert.Equal(PostgresSchema.CurrentVersion, await _db.ScalarAsync("SELECT MAX(version) FROM schema_version"));
-    }
-
-    private sealed class Lines : Microsoft.Extensions.Logging.ILogger
-    {
-        private readonly System.Threading.Channels.Channel<string> _lines = System.Threading.Channels.Channel.CreateUnbounded<string>();
-
-        public Task<string> Next() => _lines.Reader.ReadAsync().AsTask();
-
-        public IDisposable? BeginScope<TState>(TState state)
-            where TState : notnull => null;
-
-        public bool IsEnabled(Microsoft.Extensions.Logging.LogLevel logLevel) => true;
-
-        public void Log<TState>(Microsoft.Extensions.Logging.LogLevel logLevel, Microsoft.Extensions.Logging.EventId eventId, TState state, Exception? exception,
-            Func<TState, Exception?, string> formatter) => _lines.Writer.TryWrite(formatter(state, exception));
     }
 
     // The same build with one more migration: what the next version of the gateway is to this one.

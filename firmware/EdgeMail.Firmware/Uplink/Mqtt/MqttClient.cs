@@ -705,7 +705,7 @@ public sealed class MqttClient
         if (tag > 0)
         {
             int own = (int)((tag - 1) % TaggedIds) + 1;
-            if (own != _subscribeId && _window.FindPacketId(own) < 0)
+            if (_window.FindPacketId(own) < 0)
             {
                 return own;
             }
