@@ -259,10 +259,12 @@ public sealed class SmtpStreamedDataTests(ITestOutputHelper output) : IDisposabl
             return GC.GetAllocatedBytesForCurrentThread() - before;
         }
 
-        long one = Session(1);
-        long many = Session(50);
-        output.WriteLine($"session of 1 alert: {one} bytes allocated; of 50: {many}");
-        Assert.Equal(one, many);
+        // The runtime now and then allocates on the test's thread by itself (see ZeroAllocation), so each size gets three
+        // sessions and the least of them counts: an allocation per alert shows in every session of 50.
+        long[] ones = [Session(1), Session(1), Session(1)];
+        long[] manys = [Session(50), Session(50), Session(50)];
+        output.WriteLine($"sessions of 1 alert: {string.Join(", ", ones)} bytes allocated; of 50: {string.Join(", ", manys)}");
+        Assert.Equal(ones.Min(), manys.Min());
     }
 
     [Fact]
