@@ -85,7 +85,7 @@ public static class AlertApi
                 return Results.NotFound(new ApiError($"no alert {rowId}"));
             }
 
-            var view = new AlertJourneyView(journey.Alert, Text(journey.Payload, int.MaxValue), Json(journey.Payload), journey.Route, journey.DigestMessageId,
+            var view = new AlertJourneyView(journey.Alert, Text(journey.Payload, int.MaxValue), DeviceJson.Parse(journey.Payload, 16), journey.Route, journey.DigestMessageId,
                 receipts.RecentFor(journey.Alert.Device, journey.Alert.AlertId), journey.Messages.Select(MessageView.From).ToList());
             return Results.Ok(view);
         }).WithSummary("One alert's journey: received (via, peer), receipts, routed to whom and why, its mail, each delivery attempt with the remote reply");
@@ -146,18 +146,5 @@ public static class AlertApi
     {
         string text = Encoding.UTF8.GetString(payload, 0, Math.Min(payload.Length, max));
         return payload.Length > max ? text + "…" : text;
-    }
-
-    private static JsonElement? Json(byte[] payload)
-    {
-        try
-        {
-            using var doc = JsonDocument.Parse(payload, new JsonDocumentOptions { MaxDepth = 16 });
-            return doc.RootElement.Clone();
-        }
-        catch (JsonException)
-        {
-            return null;
-        }
     }
 }
