@@ -163,6 +163,30 @@ public sealed class ConsoleApiTests
         Assert.Contains("\\ud800", journey.GetProperty("payload").GetString(), StringComparison.Ordinal);
     }
 
+    // A filter value the spool has no rows for answered 200 with an empty list, so a script with a typo, or taking the
+    // CLI's own example (--status mailed), was told that nothing was there.
+    [Theory]
+    [InlineData("/api/v1/alerts?status=mailed", "routed")]
+    [InlineData("/api/v1/alerts?severity=urgent", "critical")]
+    [InlineData("/api/v1/queue?state=defered", "deferred")]
+    public async Task Lists_FilteredByAnUnknownStatusSeverityOrState_AreRefused400_NamingTheKnownOnes(string path, string named)
+    {
+        await using var gw = await TestGateway.StartAsync();
+        using var api = await gw.ApiAsync();
+        using var client = await gw.ConnectAsync("dev-1");
+        var receipts = await ReceiptInbox.SubscribeAsync(client, "dev-1");
+        await ContainmentTests.PublishAsync(client, "dev-1", Alerts.Json("f-1"));
+        await receipts.WaitForAsync("f-1", "relayed");
+
+        var refused = await api.GetAsync(path);
+        Assert.Equal(HttpStatusCode.BadRequest, refused.StatusCode);
+        Assert.Contains(named, (await refused.Content.ReadFromJsonAsync<ApiError>(Json))!.Error, StringComparison.Ordinal);
+
+        Assert.Single((await api.GetFromJsonAsync<List<JsonElement>>("/api/v1/alerts?status=routed&severity=Critical", Json))!);
+        Assert.Single((await api.GetFromJsonAsync<List<JsonElement>>("/api/v1/queue?state=sent", Json))!);
+        Assert.Empty((await api.GetFromJsonAsync<List<JsonElement>>("/api/v1/queue?state=deferred", Json))!);
+    }
+
     [Fact]
     public async Task DeferredMail_RetriedFromTheQueue_IsAttemptedAtOnce()
     {
