@@ -151,7 +151,7 @@ public static class RemoteCommands
         var device = new Option<string?>("--device") { Description = "Only this device" };
         var code = new Option<string?>("--code") { Description = "Only this code" };
         var severity = new Option<string?>("--severity") { Description = "Only this severity: info, warning or critical" };
-        var status = new Option<string?>("--status") { Description = "Only this status, e.g. mailed, held, parked, rejected" };
+        var status = new Option<string?>("--status") { Description = "Only this status: new, routed, unrouted, held, digested, parked, rejected or cancelled" };
         var limit = Limit();
         alerts.Subcommands.Add(remote.Command("list", "Alerts, newest first; the first column is what 'alerts show' takes", [device, code, severity, status, limit], async (c, api, ct) =>
         {

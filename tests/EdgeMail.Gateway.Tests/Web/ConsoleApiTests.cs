@@ -2,11 +2,14 @@ using System.Net;
 using System.Net.Http.Json;
 using System.Text.Json;
 using EdgeMail.Gateway.Operations;
+using EdgeMail.Gateway.Spool;
 using EdgeMail.Gateway.Tests.Operations;
 using EdgeMail.Gateway.Web.Api;
 using EdgeMail.Testing;
 using Microsoft.Extensions.DependencyInjection;
 using MimeKit;
+using MQTTnet;
+using MQTTnet.Protocol;
 using Xunit;
 
 namespace EdgeMail.Gateway.Tests.Web;
@@ -132,6 +135,56 @@ public sealed class ConsoleApiTests
         var raw = await api.GetAsync($"/api/v1/messages/{messageRow}/raw");
         Assert.Equal("message/rfc822", raw.Content.Headers.ContentType!.MediaType);
         Assert.Equal(HttpStatusCode.NotFound, (await api.GetAsync("/api/v1/alerts/999999")).StatusCode);
+    }
+
+    // "\ud800" is JSON by its grammar but no Unicode text: parsed, it could not be written out again, and one such
+    // heartbeat made the device list answer 500 for every device, one such payload its alert's journey.
+    [Fact]
+    public async Task HeartbeatAndPayload_WithAnUnpairedSurrogate_BreakNoPage_ThePayloadIsShownAsText()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        using var api = await gw.ApiAsync();
+        using var client = await gw.ConnectAsync("dev-1");
+        var ack = await client.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/status").WithPayload("""{"fw":"\ud800","boot":1}""")
+            .WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
+        Assert.True(ack.IsSuccess, ack.ReasonString);
+        await ContainmentTests.PublishAsync(client, "dev-1", """{"v":1,"id":"bad-text","text":"\ud800"}""");
+        await gw.UntilAsync(async () => (await gw.Spool.QueryAlertsAsync(new AlertQuery("dev-1", Status: "rejected"), default)).Count == 1, "the payload to be rejected");
+
+        var devices = await api.GetAsync("/api/v1/devices");
+        Assert.Equal(HttpStatusCode.OK, devices.StatusCode);
+        var device = (await api.GetFromJsonAsync<JsonElement>("/api/v1/devices/dev-1", Json)).GetProperty("device");
+        Assert.Equal("dev-1", device.GetProperty("id").GetString());
+        Assert.NotNull(device.GetProperty("lastHeartbeatAt").GetString());
+
+        long rowId = (await gw.Spool.QueryAlertsAsync(new AlertQuery("dev-1", Status: "rejected"), default))[0].RowId;
+        var journey = await api.GetFromJsonAsync<JsonElement>($"/api/v1/alerts/{rowId}", Json);
+        Assert.Equal(JsonValueKind.Null, journey.GetProperty("json").ValueKind);
+        Assert.Contains("\\ud800", journey.GetProperty("payload").GetString(), StringComparison.Ordinal);
+    }
+
+    // A filter value the spool has no rows for answered 200 with an empty list, so a script with a typo, or taking the
+    // CLI's own example (--status mailed), was told that nothing was there.
+    [Theory]
+    [InlineData("/api/v1/alerts?status=mailed", "routed")]
+    [InlineData("/api/v1/alerts?severity=urgent", "critical")]
+    [InlineData("/api/v1/queue?state=defered", "deferred")]
+    public async Task Lists_FilteredByAnUnknownStatusSeverityOrState_AreRefused400_NamingTheKnownOnes(string path, string named)
+    {
+        await using var gw = await TestGateway.StartAsync();
+        using var api = await gw.ApiAsync();
+        using var client = await gw.ConnectAsync("dev-1");
+        var receipts = await ReceiptInbox.SubscribeAsync(client, "dev-1");
+        await ContainmentTests.PublishAsync(client, "dev-1", Alerts.Json("f-1"));
+        await receipts.WaitForAsync("f-1", "relayed");
+
+        var refused = await api.GetAsync(path);
+        Assert.Equal(HttpStatusCode.BadRequest, refused.StatusCode);
+        Assert.Contains(named, (await refused.Content.ReadFromJsonAsync<ApiError>(Json))!.Error, StringComparison.Ordinal);
+
+        Assert.Single((await api.GetFromJsonAsync<List<JsonElement>>("/api/v1/alerts?status=routed&severity=Critical", Json))!);
+        Assert.Single((await api.GetFromJsonAsync<List<JsonElement>>("/api/v1/queue?state=sent", Json))!);
+        Assert.Empty((await api.GetFromJsonAsync<List<JsonElement>>("/api/v1/queue?state=deferred", Json))!);
     }
 
     [Fact]

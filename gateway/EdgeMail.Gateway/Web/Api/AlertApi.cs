@@ -5,6 +5,7 @@ using EdgeMail.Gateway.Receipts;
 using EdgeMail.Gateway.Spool;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Routing;
 
 namespace EdgeMail.Gateway.Web.Api;
@@ -70,13 +71,31 @@ public sealed record RejectedView(AlertSummary Alert, string Payload);
 /// <summary>Alerts: filtered lists, one alert's journey, release and cancel of parked ones, retry of rejected ones, rejected payloads.</summary>
 public static class AlertApi
 {
+    private static readonly string[] Statuses =
+        [AlertStatus.New, AlertStatus.Routed, AlertStatus.Unrouted, AlertStatus.Held, AlertStatus.Digested, AlertStatus.Parked, AlertStatus.Rejected, AlertStatus.Cancelled];
+
     /// <summary>Maps the routes.</summary>
     /// <param name="api">The <c>/api/v1</c> group.</param>
     public static void Map(RouteGroupBuilder api)
     {
-        api.MapGet("/alerts", (string? device, string? code, string? severity, string? status, DateTimeOffset? from, DateTimeOffset? to, long? before, int? limit,
-                ConsoleContext c, CancellationToken ct) =>
-            c.Spool.QueryAlertsAsync(new AlertQuery(device, code, severity, status, from, to, before, limit ?? 100), ct))
+        api.MapGet("/alerts", async Task<Results<Ok<IReadOnlyList<AlertSummary>>, BadRequest<ApiError>>> (string? device, string? code, string? severity, string? status,
+                DateTimeOffset? from, DateTimeOffset? to, long? before, int? limit, ConsoleContext c, CancellationToken ct) =>
+        {
+            // A value no alert can have would match nothing, and an empty list would say there is nothing to see.
+            Severity parsed = default;
+            if (severity is { Length: > 0 } && !Severities.TryParse(severity, out parsed))
+            {
+                return TypedResults.BadRequest(new ApiError($"severity: info, warning or critical, not '{severity}'"));
+            }
+
+            if (status is { Length: > 0 } && !Statuses.Contains(status))
+            {
+                return TypedResults.BadRequest(new ApiError($"status: {string.Join(", ", Statuses)}, not '{status}'"));
+            }
+
+            var query = new AlertQuery(device, code, severity is { Length: > 0 } ? Severities.Name(parsed) : null, status, from, to, before, limit ?? 100);
+            return TypedResults.Ok(await c.Spool.QueryAlertsAsync(query, ct).ConfigureAwait(false));
+        })
             .WithSummary("Alerts, newest first, filtered by device, code, severity, status and time; page with 'before'");
         api.MapGet("/alerts/{rowId:long}", async (long rowId, ConsoleContext c, ReceiptPublisher receipts, CancellationToken ct) =>
         {
@@ -85,7 +104,7 @@ public static class AlertApi
                 return Results.NotFound(new ApiError($"no alert {rowId}"));
             }
 
-            var view = new AlertJourneyView(journey.Alert, Text(journey.Payload, int.MaxValue), Json(journey.Payload), journey.Route, journey.DigestMessageId,
+            var view = new AlertJourneyView(journey.Alert, Text(journey.Payload, int.MaxValue), DeviceJson.Parse(journey.Payload, 16), journey.Route, journey.DigestMessageId,
                 receipts.RecentFor(journey.Alert.Device, journey.Alert.AlertId), journey.Messages.Select(MessageView.From).ToList());
             return Results.Ok(view);
         }).WithSummary("One alert's journey: received (via, peer), receipts, routed to whom and why, its mail, each delivery attempt with the remote reply");
@@ -146,18 +165,5 @@ public static class AlertApi
     {
         string text = Encoding.UTF8.GetString(payload, 0, Math.Min(payload.Length, max));
         return payload.Length > max ? text + "…" : text;
-    }
-
-    private static JsonElement? Json(byte[] payload)
-    {
-        try
-        {
-            using var doc = JsonDocument.Parse(payload, new JsonDocumentOptions { MaxDepth = 16 });
-            return doc.RootElement.Clone();
-        }
-        catch (JsonException)
-        {
-            return null;
-        }
     }
 }

@@ -72,7 +72,7 @@ public static class DeviceApi
             var since = c.Clock.GetUtcNow() - TimeSpan.FromHours(48);
             var hours = (await c.Spool.AlertsPerHourAsync(id, since, ct).ConfigureAwait(false)).Select(h => new HourCount(h.Hour, h.Count)).ToList();
             var beats = (await c.Spool.HeartbeatsAsync(id, since, ct).ConfigureAwait(false))
-                .Select(b => Json(b.Payload) is { } json ? new HeartbeatPoint(b.At, json) : null).OfType<HeartbeatPoint>().ToList();
+                .Select(b => Heartbeat(b.Payload) is { } json ? new HeartbeatPoint(b.At, json) : null).OfType<HeartbeatPoint>().ToList();
             return Results.Ok(new DeviceDetail(view, hours, beats));
         }).WithSummary("One device, its alerts per hour and its heartbeats over 48 hours");
         api.MapPost("/devices", async (NewDeviceRequest request, ConsoleContext c, CancellationToken ct) =>
@@ -142,25 +142,14 @@ public static class DeviceApi
             bool silent = c.Silence.IsSilent(d.Id);
             string source = d.Source switch { DeviceSource.Console => "console", DeviceSource.ConfigurationChanged => "configuration-changed", _ => "configuration" };
             views.Add(new DeviceView(d.Id, d.Name, d.Site, d.Owners, d.Disabled, source, online, contact, a?.LastAlertAt, a?.LastStatusAt,
-                a?.LastStatus is { } status ? Json(status) : null, silent, limit));
+                a?.LastStatus is { } status ? Heartbeat(status) : null, silent, limit));
         }
 
         return views;
     }
 
-    private static DateTimeOffset? Latest(params DateTimeOffset?[] times) => times.Where(t => t is not null).Max();
-
     // A heartbeat is device input: show it when it is a JSON object, never fail on it.
-    private static JsonElement? Json(byte[] payload)
-    {
-        try
-        {
-            using var doc = JsonDocument.Parse(payload, new JsonDocumentOptions { MaxDepth = 8 });
-            return doc.RootElement.ValueKind == JsonValueKind.Object ? doc.RootElement.Clone() : null;
-        }
-        catch (JsonException)
-        {
-            return null;
-        }
-    }
+    private static JsonElement? Heartbeat(byte[] payload) => DeviceJson.Parse(payload, 8) is { ValueKind: JsonValueKind.Object } json ? json : null;
+
+    private static DateTimeOffset? Latest(params DateTimeOffset?[] times) => times.Where(t => t is not null).Max();
 }

@@ -3,6 +3,7 @@ using EdgeMail.Gateway.Receipts;
 using EdgeMail.Gateway.Spool;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Routing;
 using MimeKit;
 
@@ -11,12 +12,24 @@ namespace EdgeMail.Gateway.Web.Api;
 /// <summary>The mail queue: lists by state, one mail, retry now, release, cancel; a mail's content.</summary>
 public static class QueueApi
 {
+    private static readonly string[] States =
+        ["queued", "deferred", MessageStatus.Parked, MessageStatus.Failed, MessageStatus.Partial, MessageStatus.Sent, MessageStatus.Cancelled];
+
     /// <summary>Maps the routes.</summary>
     /// <param name="api">The <c>/api/v1</c> group.</param>
     public static void Map(RouteGroupBuilder api)
     {
-        api.MapGet("/queue", (string? state, string? device, long? before, int? limit, ConsoleContext c, CancellationToken ct) =>
-            c.Spool.QueryMessagesAsync(new MessageQuery(state, device, before, limit ?? 100), ct))
+        api.MapGet("/queue", async Task<Results<Ok<IReadOnlyList<MessageSummary>>, BadRequest<ApiError>>> (string? state, string? device, long? before, int? limit,
+            ConsoleContext c, CancellationToken ct) =>
+        {
+            // A state no mail can be in would match nothing, and an empty list would say there is nothing to see.
+            if (state is { Length: > 0 } && !States.Contains(state))
+            {
+                return TypedResults.BadRequest(new ApiError($"state: {string.Join(", ", States)}, not '{state}'"));
+            }
+
+            return TypedResults.Ok(await c.Spool.QueryMessagesAsync(new MessageQuery(state, device, before, limit ?? 100), ct).ConfigureAwait(false));
+        })
             .WithSummary("Mail, newest first; state = queued, deferred, parked, failed, partial, sent or cancelled");
         api.MapGet("/queue/{rowId:long}", async (long rowId, ConsoleContext c, CancellationToken ct) =>
             await c.Spool.MessageDetailAsync(rowId, ct).ConfigureAwait(false) is { } detail
