@@ -1,5 +1,7 @@
 using System.Security.Cryptography;
+using System.Text;
 using System.Text.Json;
+using EdgeMail.Gateway.Security;
 using Microsoft.Extensions.Configuration;
 
 namespace EdgeMail.Gateway.Configuration;
@@ -61,11 +63,7 @@ public static class DemoSetup
             ["Sender"] = new { Operator = "operator" },
         };
         string secretsPath = Path.Combine(dataDir, SecretsFileName);
-        File.WriteAllLines(secretsPath, devices.Select(d => $"{d.Id} {secrets[d.Id]}"));
-        if (!OperatingSystem.IsWindows())
-        {
-            File.SetUnixFileMode(secretsPath, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-        }
+        PrivateFile.Write(secretsPath, Encoding.UTF8.GetBytes(string.Concat(devices.Select(d => $"{d.Id} {secrets[d.Id]}\n"))));
 
         string tmp = configPath + ".tmp";
         File.WriteAllText(tmp, JsonSerializer.Serialize(document, new JsonSerializerOptions { WriteIndented = true }));

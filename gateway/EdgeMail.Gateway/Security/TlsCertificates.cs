@@ -77,20 +77,7 @@ public static class TlsCertificates
         request.CertificateExtensions.Add(new X509BasicConstraintsExtension(false, false, 0, false));
         using var ephemeral = request.CreateSelfSigned(now.AddMinutes(-5), now.AddYears(2));
         byte[] pfx = ephemeral.Export(X509ContentType.Pfx);
-        Directory.CreateDirectory(dataDirectory);
-        string tmp = file + ".tmp";
-        using (var stream = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None))
-        {
-            if (!OperatingSystem.IsWindows())
-            {
-                File.SetUnixFileMode(tmp, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-            }
-
-            stream.Write(pfx);
-            stream.Flush(flushToDisk: true);
-        }
-
-        File.Move(tmp, file, overwrite: true);
+        PrivateFile.Write(file, pfx);
         generated = true;
         return X509CertificateLoader.LoadPkcs12(pfx, password: null);
     }

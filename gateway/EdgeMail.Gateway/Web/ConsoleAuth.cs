@@ -110,15 +110,7 @@ public sealed partial class ConsoleAuth
         if (!File.Exists(file) || VerifyApiKey(File.ReadAllText(file).Trim()) is null)
         {
             var (_, key) = await CreateApiKeyAsync("local CLI (" + file + ")", ApiKeyScope.Admin, cancellationToken).ConfigureAwait(false);
-            Directory.CreateDirectory(dataDirectory);
-            string tmp = file + ".tmp";
-            await File.WriteAllTextAsync(tmp, key + "\n", cancellationToken).ConfigureAwait(false);
-            if (!OperatingSystem.IsWindows())
-            {
-                File.SetUnixFileMode(tmp, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-            }
-
-            File.Move(tmp, file, overwrite: true);
+            PrivateFile.Write(file, Encoding.UTF8.GetBytes(key + "\n"));
         }
     }
 

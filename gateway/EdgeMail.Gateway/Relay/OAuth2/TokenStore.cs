@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using System.Text;
 using EdgeMail.Gateway.Configuration;
+using EdgeMail.Gateway.Security;
 
 namespace EdgeMail.Gateway.Relay.OAuth2;
 
@@ -107,7 +108,7 @@ public sealed class TokenStore
                 gcm.Encrypt(blob.AsSpan(4, 12), plain, blob.AsSpan(32), blob.AsSpan(16, 16), AssociatedData);
             }
 
-            WritePrivate(Path, blob);
+            PrivateFile.Write(Path, blob);
         }
     }
 
@@ -138,36 +139,7 @@ public sealed class TokenStore
         }
 
         var fresh = RandomNumberGenerator.GetBytes(32);
-        WritePrivate(_keyFile, fresh);
+        PrivateFile.Write(_keyFile, fresh);
         return fresh;
-    }
-
-    private static void WritePrivate(string path, byte[] bytes)
-    {
-        string? dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path));
-        if (dir is not null)
-        {
-            Directory.CreateDirectory(dir);
-        }
-
-        string tmp = path + ".tmp";
-        var options = new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write, Share = FileShare.None };
-        if (!OperatingSystem.IsWindows())
-        {
-            options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
-        }
-
-        using (var stream = new FileStream(tmp, options))
-        {
-            if (!OperatingSystem.IsWindows())
-            {
-                File.SetUnixFileMode(tmp, UnixFileMode.UserRead | UnixFileMode.UserWrite); // an older tmp file kept its mode
-            }
-
-            stream.Write(bytes);
-            stream.Flush(flushToDisk: true);
-        }
-
-        File.Move(tmp, path, overwrite: true);
     }
 }
