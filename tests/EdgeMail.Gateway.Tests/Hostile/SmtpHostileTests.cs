@@ -244,6 +244,24 @@ public sealed class SmtpHostileTests(SmtpHostileFixture fixture) : IClassFixture
         await AfterwardsAsync();
     }
 
+    // SmtpServer ends a command line only at CRLF: a client sending bare LFs and never a CRLF is sending one line. Before,
+    // the LFs got it past the limit, and the gateway buffered it up to Smtp:MaxMessageBytes (10 MiB) per connection,
+    // unauthenticated, before SmtpServer answered 552.
+    [Fact]
+    public async Task Command_BareLfsWithoutCrLf_AreOneOverLongLine_Answered500AndClosed()
+    {
+        var (wire, _) = await SmtpWire.ConnectAsync(Gw.StartTls());
+        await using (wire)
+        {
+            await wire.SendRawAsync(string.Concat(Enumerable.Repeat("NOOP\n", 20_000)));
+
+            Assert.StartsWith("500 5.5.2", await wire.ReadReplyAsync());
+            Assert.True(await wire.IsClosedAsync());
+        }
+
+        await AfterwardsAsync();
+    }
+
     [Fact]
     public async Task Data_BareLfDotBareLf_DoesNotEndTheMessageOrSmuggleASecondOne()
     {

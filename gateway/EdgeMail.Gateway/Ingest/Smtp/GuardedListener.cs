@@ -517,9 +517,10 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
             return new ReadResult(_substitute, result.IsCanceled, result.IsCompleted);
         }
 
+        // SmtpServer ends a command line at CRLF only: bare LFs are inside the line it buffers, so they must not pass it.
         private void Check(ReadOnlySequence<byte> buffer)
         {
-            if (InData || buffer.Length <= owner._maxLine || buffer.Slice(0, owner._maxLine).PositionOf((byte)'\n') is not null)
+            if (InData || buffer.Length <= owner._maxLine || new SequenceReader<byte>(buffer.Slice(0, owner._maxLine)).TryReadTo(out ReadOnlySequence<byte> _, "\r\n"u8))
             {
                 return;
             }
