@@ -185,6 +185,8 @@ public sealed class SmtpHostileTests(SmtpHostileFixture fixture) : IClassFixture
     [InlineData("AUTH PLAIN", "*")]                                    // the client cancels
     [InlineData("AUTH LOGIN", "*")]
     [InlineData("AUTH LOGIN YWJj=", null)]
+    [InlineData("AUTH LOGIN", "Zg==\nZg==")]                           // SmtpServer reads to the CRLF: base64 past a bare LF
+    [InlineData("AUTH PLAIN", "AGRldi0xAHg=\nZg==")]
     public async Task Auth_MalformedResponse_Is501_AndTheSessionGoesOnToAuthenticate(string command, string? response)
     {
         var (wire, _) = await SmtpWire.ConnectAsync(Gw.StartTls());
@@ -236,6 +238,24 @@ public sealed class SmtpHostileTests(SmtpHostileFixture fixture) : IClassFixture
         await using (wire)
         {
             await wire.SendRawAsync("EHLO " + new string('a', length) + (withCrLf ? "\r\n" : string.Empty));
+
+            Assert.StartsWith("500 5.5.2", await wire.ReadReplyAsync());
+            Assert.True(await wire.IsClosedAsync());
+        }
+
+        await AfterwardsAsync();
+    }
+
+    // SmtpServer ends a command line only at CRLF: a client sending bare LFs and never a CRLF is sending one line. Before,
+    // the LFs got it past the limit, and the gateway buffered it up to Smtp:MaxMessageBytes (10 MiB) per connection,
+    // unauthenticated, before SmtpServer answered 552.
+    [Fact]
+    public async Task Command_BareLfsWithoutCrLf_AreOneOverLongLine_Answered500AndClosed()
+    {
+        var (wire, _) = await SmtpWire.ConnectAsync(Gw.StartTls());
+        await using (wire)
+        {
+            await wire.SendRawAsync(string.Concat(Enumerable.Repeat("NOOP\n", 20_000)));
 
             Assert.StartsWith("500 5.5.2", await wire.ReadReplyAsync());
             Assert.True(await wire.IsClosedAsync());

@@ -517,9 +517,10 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
             return new ReadResult(_substitute, result.IsCanceled, result.IsCompleted);
         }
 
+        // SmtpServer ends a command line at CRLF only: bare LFs are inside the line it buffers, so they must not pass it.
         private void Check(ReadOnlySequence<byte> buffer)
         {
-            if (InData || buffer.Length <= owner._maxLine || buffer.Slice(0, owner._maxLine).PositionOf((byte)'\n') is not null)
+            if (InData || buffer.Length <= owner._maxLine || new SequenceReader<byte>(buffer.Slice(0, owner._maxLine)).TryReadTo(out ReadOnlySequence<byte> _, "\r\n"u8))
             {
                 return;
             }
@@ -528,15 +529,16 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
             throw new SmtpResponseException(new SmtpResponse(SmtpReplyCode.CommandUnrecognized, "5.5.2 line too long; closing"), true);
         }
 
-        // An AUTH line SmtpServer could not take is answered 501 here, the line consumed, and the session goes on.
+        // An AUTH line SmtpServer could not take is answered 501 here, the line consumed, and the session goes on. The line
+        // is what SmtpServer decodes: up to its CRLF, bare LFs included.
         private void CheckAuth(ReadOnlySequence<byte> buffer)
         {
-            if (InData || buffer.PositionOf((byte)'\n') is not { } lf)
+            var reader = new SequenceReader<byte>(buffer);
+            if (InData || !reader.TryReadTo(out ReadOnlySequence<byte> line, "\r\n"u8))
             {
                 return;
             }
 
-            var line = buffer.Slice(0, lf);
             if (line.Length > PostmasterPath.MaxLine * 8 || (Auth == AuthStep.None && !AuthResponses.IsAuthCommand(line)))
             {
                 return;
@@ -548,7 +550,7 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
             }
 
             Auth = AuthStep.None;
-            pipe.InnerInput.AdvanceTo(buffer.GetPosition(1, lf));
+            pipe.InnerInput.AdvanceTo(reader.Position);
             throw new SmtpResponseException(new SmtpResponse(SmtpReplyCode.SyntaxError, refusal), false);
         }
     }
