@@ -28,19 +28,28 @@ namespace EdgeMail.Gateway.Ingest;
 /// <item>A packet's size is checked before its body is read: 64 KiB until the device has authenticated, 4 MiB after
 /// (MQTTnet's adapter allocated whatever a remaining length claimed, up to 256 MiB, before any authentication).</item>
 /// <item>A TLS handshake must finish within the broker's communication timeout.</item>
+/// <item>A connection is let in only while its address, and all addresses together, hold few enough connections that
+/// have not yet authenticated (<see cref="Security.MqttGuard.AdmitConnection"/>); over that it is closed as accepted,
+/// unread. Its slot is returned once it authenticates, is refused, or closes.</item>
 /// </list>
 /// </summary>
 internal sealed partial class DeviceListener : IMqttServerAdapter
 {
     private readonly IReadAheadSink _sink;
+    private readonly Func<EndPoint?, IDisposable?> _admit;
     private readonly ILogger _logger;
     private readonly List<Socket> _listeners = [];
     private readonly CancellationTokenSource _stop = new();
     private MqttServerOptions? _options;
 
-    public DeviceListener(IReadAheadSink sink, ILogger logger)
+    /// <param name="sink">Where authenticated devices' alerts are handed as they are framed.</param>
+    /// <param name="admit">Asked for each accepted connection before anything is read from it: its slot among the
+    /// connections not yet authenticated, or null to close it at once (the caller counts and logs the refusal).</param>
+    /// <param name="logger">Where connection failures go.</param>
+    public DeviceListener(IReadAheadSink sink, Func<EndPoint?, IDisposable?> admit, ILogger logger)
     {
         _sink = sink;
+        _admit = admit;
         _logger = logger;
     }
 
@@ -161,15 +170,47 @@ internal sealed partial class DeviceListener : IMqttServerAdapter
                 continue;
             }
 
+            // Here, in accept order and before any work is queued for it: a flood of connections that never send CONNECT
+            // costs an accept and a close each, and the ones let in are the first ones.
+            if (Admit(client) is not { } pending)
+            {
+                continue;
+            }
+
             // Not awaited: each connection is served on its own, and ServeAsync handles every failure of its own.
-            ThreadPool.QueueUserWorkItem(static s => _ = s.Self.ServeAsync(s.Client, s.Endpoint, s.Tls), (Self: this, Client: client, Endpoint: endpoint, Tls: tls), preferLocal: false);
+            ThreadPool.QueueUserWorkItem(static s => _ = s.Self.ServeAsync(s.Client, s.Pending, s.Endpoint, s.Tls), (Self: this, Client: client, Pending: pending, Endpoint: endpoint, Tls: tls), preferLocal: false);
         }
     }
 
-    private async Task ServeAsync(Socket client, MqttServerTcpEndpointBaseOptions endpoint, MqttServerTlsTcpEndpointOptions? tls)
+    // The accepted connection's slot among those not yet authenticated; null when it was closed instead.
+    private IDisposable? Admit(Socket client)
+    {
+        EndPoint? remote = null;
+        try
+        {
+            remote = client.RemoteEndPoint;
+            if (_admit(remote) is { } pending)
+            {
+                return pending;
+            }
+        }
+        catch (Exception ex) when (PeerGone(ex))
+        {
+            LogConnectionEnded(remote?.ToString() ?? "?", ex.Message);
+        }
+        catch (Exception ex)
+        {
+            LogConnectionFailed(ex, remote?.ToString() ?? "?");
+        }
+
+        client.Dispose();
+        return null;
+    }
+
+    private async Task ServeAsync(Socket client, IDisposable pending, MqttServerTcpEndpointBaseOptions endpoint, MqttServerTlsTcpEndpointOptions? tls)
     {
         // This box lives as long as the connection: it keeps only the channel and what it awaits.
-        var channel = await OpenAsync(client, endpoint, tls).ConfigureAwait(false);
+        var channel = await OpenAsync(client, pending, endpoint, tls).ConfigureAwait(false);
         if (channel is null)
         {
             return;
@@ -193,9 +234,9 @@ internal sealed partial class DeviceListener : IMqttServerAdapter
         }
     }
 
-    // The channel for an accepted socket, after its TLS handshake on the TLS endpoint; null (the socket closed) when the
-    // handshake fails or nobody handles connections.
-    private async Task<DeviceChannel?> OpenAsync(Socket client, MqttServerTcpEndpointBaseOptions endpoint, MqttServerTlsTcpEndpointOptions? tls)
+    // The channel for an accepted socket, after its TLS handshake on the TLS endpoint, holding the connection's pending
+    // slot from here on; null (the socket closed, the slot returned) when the handshake fails or nobody handles connections.
+    private async Task<DeviceChannel?> OpenAsync(Socket client, IDisposable pending, MqttServerTcpEndpointBaseOptions endpoint, MqttServerTlsTcpEndpointOptions? tls)
     {
         EndPoint? remote = null;
         try
@@ -208,22 +249,25 @@ internal sealed partial class DeviceListener : IMqttServerAdapter
             {
                 ssl?.Dispose();
                 client.Dispose();
+                pending.Dispose();
                 return null;
             }
 
             var formatter = new MqttPacketFormatterAdapter(new MqttBufferWriter(_options!.WriterBufferSize, _options.WriterBufferSizeMax));
-            return new DeviceChannel(client, ssl, remote, clientCertificate, formatter, _sink);
+            return new DeviceChannel(client, ssl, remote, clientCertificate, formatter, _sink, pending);
         }
         catch (Exception ex) when (PeerGone(ex))
         {
             LogConnectionEnded(remote?.ToString() ?? "?", ex.Message); // a peer that left or failed its TLS handshake
             client.Dispose();
+            pending.Dispose();
             return null;
         }
         catch (Exception ex)
         {
             LogConnectionFailed(ex, remote?.ToString() ?? "?");
             client.Dispose();
+            pending.Dispose();
             return null;
         }
     }
@@ -326,14 +370,17 @@ internal sealed class DeviceChannel : IMqttChannelAdapter
     private object? _handed; // the store begun for the packet MQTTnet took last
     private Exception? _failed; // framing a packet ahead failed: MQTTnet meets it after the packets before it
     private string? _device;
+    private IDisposable? _pending; // the connection's slot among those not yet authenticated (DeviceListener), until it is settled
     private MqttConnectPacket? _connect; // until the broker has checked it
     private string? _peer;
     private long _received;
     private long _sent;
     private int _disposed;
 
-    public DeviceChannel(Socket socket, SslStream? ssl, EndPoint? remote, X509Certificate2? clientCertificate, MqttPacketFormatterAdapter formatter, IReadAheadSink sink)
+    public DeviceChannel(Socket socket, SslStream? ssl, EndPoint? remote, X509Certificate2? clientCertificate, MqttPacketFormatterAdapter formatter, IReadAheadSink sink,
+        IDisposable? pending = null)
     {
+        _pending = pending;
         _socket = socket;
         _ssl = ssl;
         _sink = sink;
@@ -391,7 +438,14 @@ internal sealed class DeviceChannel : IMqttChannelAdapter
         }
 
         Volatile.Write(ref _device, deviceId);
+        Settled();
     }
+
+    /// <summary>
+    /// The connection is past its CONNECT check, authenticated or refused: it no longer counts against the limit of
+    /// connections not yet authenticated (a refused one is closed by the broker right after its CONNACK).
+    /// </summary>
+    public void Settled() => Interlocked.Exchange(ref _pending, null)?.Dispose();
 
     public Task ConnectAsync(CancellationToken cancellationToken) => Task.CompletedTask; // accepted: connected already
 
@@ -761,6 +815,8 @@ internal sealed class DeviceChannel : IMqttChannelAdapter
         {
             return;
         }
+
+        Settled(); // first: nothing below may keep the slot taken
 
         // Stores begun for packets MQTTnet will not handle now complete unobserved; the device sends those alerts
         // again (no PUBACK), and the spool answers them as duplicates.

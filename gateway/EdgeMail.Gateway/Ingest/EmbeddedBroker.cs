@@ -36,6 +36,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     private readonly ConcurrentDictionary<string, MqttQualityOfServiceLevel> _receiptSubscribers = new(StringComparer.Ordinal);
     private readonly Security.MqttGuard _guard;
     private readonly Security.LogBudget _busyLog;
+    private readonly Security.LogBudget _pendingLog;
     private readonly TimeProvider _clock;
     private readonly Devices.DeviceRegistry _devices;
     private readonly Devices.DevicePresence _presence;
@@ -74,6 +75,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         _logger = logger;
         _guard = guard;
         _busyLog = new Security.LogBudget(TimeSpan.FromMinutes(1), clock);
+        _pendingLog = new Security.LogBudget(TimeSpan.FromMinutes(1), clock);
     }
 
     /// <summary>The plain-text endpoint the broker listens on, known once started (the real port when 0 was asked for); null when <c>Mqtt:PlainEnabled</c> is false.</summary>
@@ -115,7 +117,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         // Our own listeners frame the packets (DeviceConnections.cs): an idle device costs less, a device's alerts in
         // flight are stored together, and sizes are checked; MQTTnet still handles every packet, and sends its PUBACK,
         // one by one and in order.
-        _server = factory.CreateMqttServer(built, [new DeviceListener(this, _logger)]);
+        _server = factory.CreateMqttServer(built, [new DeviceListener(this, AdmitConnection, _logger)]);
         _server.ValidatingConnectionAsync += ValidateConnectionAsync;
         _server.InterceptingSubscriptionAsync += InterceptSubscriptionAsync;
         _server.InterceptingUnsubscriptionAsync += InterceptUnsubscriptionAsync;
@@ -240,6 +242,25 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         session.TryEnqueueApplicationMessage(message, out _);
     }
 
+    // A connection just accepted, before anything is read from it: its slot among those not yet authenticated, or null
+    // (counted and logged here) to close it at once.
+    private IDisposable? AdmitConnection(EndPoint? remote)
+    {
+        if (_guard.AdmitConnection(remote, out string reason) is { } pending)
+        {
+            return pending;
+        }
+
+        _metrics.MqttConnectsRefused.Add(1, new KeyValuePair<string, object?>("reason", "pending"));
+        string source = remote is IPEndPoint ip ? ip.Address.ToString() : remote?.ToString() ?? "?";
+        if (_pendingLog.TryLog(source, out long skipped))
+        {
+            LogRefusedPending(remote?.ToString() ?? "?", reason, skipped);
+        }
+
+        return null;
+    }
+
     private Task ValidateConnectionAsync(ValidatingConnectionEventArgs e)
     {
         string user = e.UserName ?? string.Empty;
@@ -278,11 +299,17 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
             {
                 channel.Authenticated(device.Id);
             }
+
             if (e.CleanSession == true)
             {
                 _receiptSubscribers.TryRemove(user, out _); // a clean session starts without subscriptions
                 _receipts.SessionEnded(user); // nor the receipts the old one held
             }
+        }
+
+        if (e.ReasonCode != MqttConnectReasonCode.Success && e.ChannelAdapter is DeviceChannel refused)
+        {
+            refused.Settled();
         }
 
         return Task.CompletedTask;
@@ -540,6 +567,9 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Refused MQTT connection of '{ClientId}' from {Peer}: {Reason} (at most one such line a minute per address, {Skipped} more since the last; every refusal is counted in edgemail_mqtt_connects_refused_total)")]
     private partial void LogRefusedBusy(string clientId, string peer, string reason, long skipped);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Closed a new MQTT connection from {Peer} before reading from it, as connections not yet authenticated are over their limit: {Reason} (at most one such line a minute per address, {Skipped} more since the last; every one is counted in edgemail_mqtt_connects_refused_total{{reason=\"pending\"}})")]
+    private partial void LogRefusedPending(string peer, string reason, long skipped);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Device {Device} was disabled or given a new secret: its MQTT connection was ended")]
     private partial void LogDeviceDisconnected(string device);

@@ -25,7 +25,8 @@ public static class MqttIngestRegistration
     {
         ArgumentNullException.ThrowIfNull(configuration);
         services.AddSingleton<IPostConfigureOptions<GatewayOptions>>(new MqttListenerDefaults(configuration));
-        services.AddOptions<MqttGuardOptions>().Bind(configuration.GetSection(MqttGuardOptions.Section));
+        services.AddSingleton<IValidateOptions<MqttGuardOptions>, MqttGuardOptionsValidator>();
+        services.AddOptions<MqttGuardOptions>().Bind(configuration.GetSection(MqttGuardOptions.Section)).ValidateOnStart();
         services.AddSingleton<MqttGuard>();
         services.AddSingleton<EmbeddedBroker>();
         services.AddSingleton<ExternalBrokerClient>();

@@ -22,7 +22,8 @@ public sealed class GatewayMetrics : IDisposable
         LoopRestarts = _meter.CreateCounter<long>("edgemail.loop.restarts", "{restart}", "Background loops restarted after an unexpected fault, by loop");
         IngestRefused = _meter.CreateCounter<long>("edgemail.ingest.refused", "{message}", "Alerts and mail refused with back-pressure, by reason");
         MqttConnectsRefused = _meter.CreateCounter<long>("edgemail.mqtt.connects.refused", "{connection}",
-            "MQTT CONNECTs refused, by reason: rate (too many from the address or of the device), wrong_secrets (too many wrong ones), credentials, client_id");
+            "MQTT CONNECTs refused, by reason: rate (too many from the address or of the device), wrong_secrets (too many wrong ones), credentials, client_id; "
+            + "and pending: connections closed as accepted because their address, or all together, held too many not yet authenticated");
         IngestThrottled = _meter.CreateCounter<long>("edgemail.ingest.throttled", "{message}", "MQTT publishes whose PUBACK was delayed to keep a device within its rate");
         Pruned = _meter.CreateCounter<long>("edgemail.spool.pruned", "{row}", "Finished alerts and mail removed after the retention period, by kind");
         AlertsReceived = _meter.CreateCounter<long>("edgemail.alerts.received", "{alert}", "Alerts received, by transport (mqtt, smtp) and result (stored, duplicate, rejected)");
@@ -67,8 +68,9 @@ public sealed class GatewayMetrics : IDisposable
     public Counter<long> LoopRestarts { get; }
 
     /// <summary>
-    /// Refused MQTT connections; tag <c>reason</c> = rate, wrong_secrets, credentials, client_id. The log has at most a
-    /// line a minute per address of the first two; this has every one.
+    /// Refused MQTT connections; tag <c>reason</c> = rate, wrong_secrets, credentials, client_id, pending (closed unread:
+    /// too many connections not yet authenticated). The log has at most a line a minute per address of rate,
+    /// wrong_secrets and pending; this has every one.
     /// </summary>
     public Counter<long> MqttConnectsRefused { get; }
 

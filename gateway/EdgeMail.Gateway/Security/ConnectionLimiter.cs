@@ -26,6 +26,9 @@ public sealed class ConnectionLimiter
     /// <summary>Connections open now.</summary>
     public int Open => Volatile.Read(ref _total);
 
+    /// <summary>Raised after a connection was let in or its slot returned (tests wait on it instead of polling <see cref="Open"/>).</summary>
+    public event Action? Changed;
+
     /// <summary>Tries to open a connection from <paramref name="source"/>.</summary>
     /// <param name="source">Remote address.</param>
     /// <param name="reason">Why not, when refused.</param>
@@ -49,12 +52,19 @@ public sealed class ConnectionLimiter
             return null;
         }
 
+        Changed?.Invoke();
         return new Lease(this, source);
     }
 
     private void Release(IPAddress source)
     {
         Interlocked.Decrement(ref _total);
+        Forget(source);
+        Changed?.Invoke();
+    }
+
+    private void Forget(IPAddress source)
+    {
         while (true)
         {
             if (!_perSource.TryGetValue(source, out int n))

@@ -53,6 +53,63 @@ public sealed class MqttGuardOptions
     /// allows it, which slows the device down without refusing anything. 0 disables.
     /// </summary>
     public int PublishesPerMinutePerDevice { get; set; } = 1200;
+
+    /// <summary>
+    /// Connections from one source address that have not yet authenticated (TLS handshake, CONNECT and its check) at
+    /// any one time; a new one over it is closed at once, before anything is read from it. Without it one address could
+    /// hold thousands of sockets for <c>Mqtt:ConnectTimeout</c> each. Authenticated connections are not counted, so a
+    /// site of thousands of devices behind one address is not capped: each of its connections is pending only for its
+    /// handshake and CONNECT, and the ones closed during a reconnect storm get in on their next try. 0 disables.
+    /// </summary>
+    public int MaxPendingConnectionsPerSource { get; set; } = 200;
+
+    /// <summary>
+    /// Connections not yet authenticated at any one time, from all addresses together (see
+    /// <see cref="MaxPendingConnectionsPerSource"/>): bounds the sockets and TLS handshakes many addresses can hold. 0 disables.
+    /// </summary>
+    public int MaxPendingConnections { get; set; } = 2000;
+}
+
+/// <summary>Checks the <c>MqttGuard</c> section at start; messages name the key and the fix.</summary>
+public sealed class MqttGuardOptionsValidator : IValidateOptions<MqttGuardOptions>
+{
+    /// <inheritdoc />
+    public ValidateOptionsResult Validate(string? name, MqttGuardOptions options)
+    {
+        var errors = Check(options);
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
+
+    /// <summary>Lists every problem.</summary>
+    /// <param name="o">The options.</param>
+    /// <returns>One message per problem; empty when valid.</returns>
+    public static List<string> Check(MqttGuardOptions o)
+    {
+        ArgumentNullException.ThrowIfNull(o);
+        var errors = new List<string>();
+        void Count(string key, int value, int example)
+        {
+            if (value < 0)
+            {
+                errors.Add($"{MqttGuardOptions.Section}:{key}: {value} is negative. Fix: use a count such as {example} (the default), or 0 to turn this limit off.");
+            }
+        }
+
+        var defaults = new MqttGuardOptions();
+        Count(nameof(o.ConnectsPerMinutePerSource), o.ConnectsPerMinutePerSource, defaults.ConnectsPerMinutePerSource);
+        Count(nameof(o.ConnectsPerMinutePerDevice), o.ConnectsPerMinutePerDevice, defaults.ConnectsPerMinutePerDevice);
+        Count(nameof(o.AuthFailuresPerSource), o.AuthFailuresPerSource, defaults.AuthFailuresPerSource);
+        Count(nameof(o.AuthFailuresPerDevice), o.AuthFailuresPerDevice, defaults.AuthFailuresPerDevice);
+        Count(nameof(o.PublishesPerMinutePerDevice), o.PublishesPerMinutePerDevice, defaults.PublishesPerMinutePerDevice);
+        Count(nameof(o.MaxPendingConnectionsPerSource), o.MaxPendingConnectionsPerSource, defaults.MaxPendingConnectionsPerSource);
+        Count(nameof(o.MaxPendingConnections), o.MaxPendingConnections, defaults.MaxPendingConnections);
+        if (o.AuthFailureWindow <= TimeSpan.Zero)
+        {
+            errors.Add($"{MqttGuardOptions.Section}:{nameof(o.AuthFailureWindow)}: {o.AuthFailureWindow} is not a positive time. Fix: use e.g. 00:10:00 (the default).");
+        }
+
+        return errors;
+    }
 }
 
 /// <summary>
@@ -69,6 +126,7 @@ public sealed class MqttGuard
     private readonly RateLimiter _knownConnects;
     private readonly AuthFailureGuard _authFailures;
     private readonly RateLimiter _publishes;
+    private readonly ConnectionLimiter _pending;
 
     /// <summary>Creates the guard.</summary>
     /// <param name="options">Its options.</param>
@@ -85,7 +143,28 @@ public sealed class MqttGuard
         _knownConnects = new RateLimiter(_options.ConnectsPerMinutePerDevice, _options.ConnectsPerMinutePerDevice, clock);
         _authFailures = new AuthFailureGuard(_options.AuthFailuresPerSource, _options.AuthFailuresPerDevice, _options.AuthFailureWindow, clock);
         _publishes = new RateLimiter(_options.PublishesPerMinutePerDevice, _options.PublishesPerMinutePerDevice, clock);
+        _pending = new ConnectionLimiter(Cap(_options.MaxPendingConnections), Cap(_options.MaxPendingConnectionsPerSource));
     }
+
+    /// <summary>Connections let in that have not yet authenticated, been refused or closed.</summary>
+    public int PendingConnections => _pending.Open;
+
+    /// <summary>Raised after <see cref="PendingConnections"/> changed (tests wait on it).</summary>
+    public event Action? PendingConnectionsChanged
+    {
+        add => _pending.Changed += value;
+        remove => _pending.Changed -= value;
+    }
+
+    /// <summary>
+    /// Whether to serve a connection just accepted from <paramref name="remote"/>, before anything is read from it: not
+    /// when its address, or all addresses together, hold too many connections that have not yet authenticated.
+    /// </summary>
+    /// <param name="remote">The client's endpoint.</param>
+    /// <param name="reason">Why not, when refused.</param>
+    /// <returns>The connection's slot, to dispose once it has authenticated, been refused or closed; null to close it now.</returns>
+    public IDisposable? AdmitConnection(EndPoint? remote, out string reason) =>
+        _pending.TryOpen(remote is IPEndPoint ip ? (ip.Address.IsIPv4MappedToIPv6 ? ip.Address.MapToIPv4() : ip.Address) : IPAddress.None, out reason);
 
     /// <summary>How long to hold a device's next publish back (its PUBACK) to keep it within its rate; usually zero.</summary>
     /// <param name="deviceId">The publishing device.</param>
@@ -161,6 +240,8 @@ public sealed class MqttGuard
             .WithEncryptionCertificate(Certificate)
             .WithEncryptionSslProtocol(SslProtocols.Tls12 | SslProtocols.Tls13);
     }
+
+    private static int Cap(int limit) => limit <= 0 ? int.MaxValue : limit;
 
     private static string Source(EndPoint? remote) => remote switch
     {

@@ -1,8 +1,10 @@
 using System.Net;
+using System.Net.Sockets;
 using System.Text;
 using EdgeMail.Gateway.Security;
 using EdgeMail.Testing;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
 using MQTTnet;
 using MQTTnet.Formatter;
 using MQTTnet.Protocol;
@@ -173,6 +175,216 @@ public sealed class MqttGuardTests
         }
 
         Assert.Equal(new Dictionary<string, long> { ["credentials"] = 1, ["rate"] = 3 }, counted.ToDictionary());
+    }
+
+    // One address opening connections and never sending CONNECT: past the cap each new one is closed as accepted, while
+    // the ones before it are held for the (long) connect timeout; a slot freed lets a real device in.
+    [Fact]
+    public async Task Connect_IdleSocketsFillingThePendingCapOfTheirAddress_TheNextIsClosedAtOnce_AndADeviceGetsInWhenOneCloses()
+    {
+        await using var gw = await TestGateway.StartAsync(c =>
+        {
+            c["Mqtt"] = new { Port = 0, ConnectTimeout = "00:01:00" }; // a close seen now is the cap's, not the timeout's
+            c["MqttGuard"] = new { MaxPendingConnectionsPerSource = 3 };
+        });
+        var guard = gw.Host.Services.GetRequiredService<MqttGuard>();
+        using var refusals = new Refusals(gw);
+        var idle = new List<Socket>();
+        try
+        {
+            // One accept loop takes connections in order and admits each as it takes it: these three hold the slots.
+            for (int i = 0; i < 3; i++)
+            {
+                idle.Add(await RawConnectAsync(gw.Broker.Endpoint!));
+            }
+
+            using (var over = await RawConnectAsync(gw.Broker.Endpoint!))
+            {
+                Assert.Equal(0, await ReadAsync(over, "the broker to close the connection over the cap"));
+            }
+
+            Assert.Equal(1, refusals.Of("pending"));
+            Assert.Equal(3, guard.PendingConnections);
+
+            idle[0].Dispose();
+            await UntilPendingAsync(guard, 2);
+            using var device = await gw.ConnectAsync("dev-1");
+            var ack = await device.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/alert")
+                .WithPayload(Encoding.UTF8.GetBytes(Alerts.Json("past-idle-1"))).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build(),
+                new CancellationTokenSource(Await.DefaultTimeout).Token);
+
+            Assert.True(ack.IsSuccess);
+            Assert.NotNull(await gw.Spool.GetAlertAsync("dev-1", "past-idle-1", default));
+            Assert.Equal(2, guard.PendingConnections); // the device's slot was returned when it authenticated
+            Assert.Equal(1, refusals.Of("pending"));
+        }
+        finally
+        {
+            idle.ForEach(s => s.Dispose());
+        }
+    }
+
+    // A NAT'd site: many devices connected from one address are not capped, only connections not yet authenticated are.
+    [Fact]
+    public async Task Connect_AuthenticatedDevicesBeyondThePendingCap_AllGetIn_AndDoNotCountAgainstIt()
+    {
+        await using var gw = await TestGateway.StartAsync(c =>
+        {
+            c["Mqtt"] = new { Port = 0, ConnectTimeout = "00:01:00" };
+            c["MqttGuard"] = new { MaxPendingConnectionsPerSource = 2 };
+        }, devices: 5);
+        var guard = gw.Host.Services.GetRequiredService<MqttGuard>();
+        using var refusals = new Refusals(gw);
+        var devices = new List<IMqttClient>();
+        var idle = new List<Socket>();
+        try
+        {
+            for (int i = 1; i <= 5; i++)
+            {
+                devices.Add(await gw.ConnectAsync($"dev-{i}"));
+            }
+
+            Assert.All(devices, d => Assert.True(d.IsConnected));
+            Assert.Equal(0, guard.PendingConnections);
+
+            idle.Add(await RawConnectAsync(gw.Broker.Endpoint!));
+            idle.Add(await RawConnectAsync(gw.Broker.Endpoint!));
+            using (var over = await RawConnectAsync(gw.Broker.Endpoint!))
+            {
+                Assert.Equal(0, await ReadAsync(over, "the broker to close the connection over the cap"));
+            }
+
+            Assert.Equal(2, guard.PendingConnections);
+            Assert.Equal(1, refusals.Of("pending"));
+            Assert.All(devices, d => Assert.True(d.IsConnected));
+        }
+        finally
+        {
+            idle.ForEach(s => s.Dispose());
+            devices.ForEach(d => d.Dispose());
+        }
+    }
+
+    // A client still in (or not yet begun) its TLS handshake holds a slot too; the caps are per address across both
+    // listeners, and in total.
+    [Fact]
+    public async Task Connect_ConnectionsInTheirTlsHandshake_CountAgainstThePendingCaps_PerAddressAndInTotal()
+    {
+        await using var gw = await TestGateway.StartAsync(c =>
+        {
+            c["Mqtt"] = new { Port = 0, TlsEnabled = true, TlsPort = 0, ConnectTimeout = "00:01:00" };
+            c["MqttGuard"] = new { MaxPendingConnectionsPerSource = 2, MaxPendingConnections = 3 };
+        });
+        var guard = gw.Host.Services.GetRequiredService<MqttGuard>();
+        using var refusals = new Refusals(gw);
+        var a = IPAddress.Parse("127.0.0.2");
+        var idle = new List<Socket>();
+        try
+        {
+            idle.Add(await RawConnectAsync(gw.Broker.TlsEndpoint!, a)); // never sends a ClientHello
+            idle.Add(await RawConnectAsync(gw.Broker.TlsEndpoint!, a));
+            await UntilPendingAsync(guard, 2);
+            using (var overSource = await RawConnectAsync(gw.Broker.Endpoint!, a))
+            {
+                Assert.Equal(0, await ReadAsync(overSource, "the plain listener to close a third connection of an address holding two TLS handshakes"));
+            }
+
+            idle.Add(await RawConnectAsync(gw.Broker.TlsEndpoint!, IPAddress.Parse("127.0.0.3")));
+            await UntilPendingAsync(guard, 3);
+            using (var overTotal = await RawConnectAsync(gw.Broker.Endpoint!, IPAddress.Parse("127.0.0.4")))
+            {
+                Assert.Equal(0, await ReadAsync(overTotal, "the broker to close a connection over the total cap"));
+            }
+
+            Assert.Equal(2, refusals.Of("pending"));
+            idle[0].Dispose(); // the handshake fails on the closed socket: its slot is returned
+            await UntilPendingAsync(guard, 2);
+        }
+        finally
+        {
+            idle.ForEach(s => s.Dispose());
+        }
+
+        await UntilPendingAsync(guard, 0);
+    }
+
+    [Theory]
+    [InlineData("MaxPendingConnectionsPerSource")]
+    [InlineData("MaxPendingConnections")]
+    [InlineData("ConnectsPerMinutePerSource")]
+    public async Task Start_ANegativeMqttGuardLimit_FailsNamingTheKeyAndTheFix(string key)
+    {
+        var ex = await Assert.ThrowsAsync<OptionsValidationException>(() => TestGateway.StartAsync(c => c["MqttGuard"] = new Dictionary<string, object> { [key] = -1 }));
+
+        string failure = Assert.Single(ex.Failures, f => f.StartsWith($"MqttGuard:{key}:", StringComparison.Ordinal));
+        Assert.Contains("Fix:", failure, StringComparison.Ordinal);
+        Assert.Empty(MqttGuardOptionsValidator.Check(new MqttGuardOptions { MaxPendingConnections = 0, MaxPendingConnectionsPerSource = 0 })); // 0 turns a cap off
+    }
+
+    private static async Task<Socket> RawConnectAsync(IPEndPoint server, IPAddress? from = null)
+    {
+        var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        if (from is not null)
+        {
+            socket.Bind(new IPEndPoint(from, 0));
+        }
+
+        await socket.ConnectAsync(server);
+        return socket;
+    }
+
+    // What one read returns: 0 once the broker closed the connection without sending anything.
+    private static Task<int> ReadAsync(Socket socket, string what) =>
+        Await.Within(socket.ReceiveAsync(new byte[64], SocketFlags.None), what);
+
+    private static async Task UntilPendingAsync(MqttGuard guard, int count)
+    {
+        var reached = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        Action check = () =>
+        {
+            if (guard.PendingConnections == count)
+            {
+                reached.TrySetResult(true);
+            }
+        };
+        guard.PendingConnectionsChanged += check;
+        try
+        {
+            check();
+            await Await.Within(reached.Task, $"{count} connection(s) not yet authenticated (now {guard.PendingConnections})");
+        }
+        finally
+        {
+            guard.PendingConnectionsChanged -= check;
+        }
+    }
+
+    // edgemail.mqtt.connects.refused, by reason, as the gateway counts them.
+    private sealed class Refusals : IDisposable
+    {
+        private readonly System.Collections.Concurrent.ConcurrentDictionary<string, long> _counted = new();
+        private readonly System.Diagnostics.Metrics.MeterListener _listener;
+
+        public Refusals(TestGateway gw)
+        {
+            var meter = gw.Host.Services.GetRequiredService<EdgeMail.Gateway.Operations.GatewayMetrics>().Meter;
+            _listener = new System.Diagnostics.Metrics.MeterListener
+            {
+                InstrumentPublished = (instrument, l) =>
+                {
+                    if (ReferenceEquals(instrument.Meter, meter) && instrument.Name == "edgemail.mqtt.connects.refused")
+                    {
+                        l.EnableMeasurementEvents(instrument);
+                    }
+                },
+            };
+            _listener.SetMeasurementEventCallback<long>((_, value, tags, _) => _counted.AddOrUpdate((string)tags[0].Value!, value, (_, v) => v + value));
+            _listener.Start();
+        }
+
+        public long Of(string reason) => _counted.GetValueOrDefault(reason);
+
+        public void Dispose() => _listener.Dispose();
     }
 
     private static async Task<MqttClientConnectResultCode> ConnectOnceAsync(TestGateway gw, string device, string? secret = null)
