@@ -166,6 +166,12 @@ public sealed partial class FlashQueue
     /// </summary>
     public bool LastEntryAtMountInPlace => SectorAge(_lastEntrySectorSeq) <= SectorAge(SectorSeqOf(_tail));
 
+    /// <summary>
+    /// Whether the last <see cref="Append"/> was dropped on arrival by the full policy: its sequence number is used, a
+    /// drop marker counts it, and the entry itself is not on flash.
+    /// </summary>
+    public bool LastAppendDropped { get; private set; }
+
     /// <summary>Entries dropped by the full policy since mount.</summary>
     public long DroppedSinceMount { get; private set; }
 
@@ -313,6 +319,7 @@ public sealed partial class FlashQueue
 
         int pos = MakeRoom(RecordOverhead + count, priority);
         uint seq = _nextSeq;
+        LastAppendDropped = pos < 0;
         if (pos < 0)
         {
             // Dropped on arrival (docs/flash-queue.md, "When full"): its number is used, and a marker counts it.
