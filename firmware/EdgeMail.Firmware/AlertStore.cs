@@ -131,6 +131,13 @@ public sealed class AlertStore
             PatchRepeat(slot);
             Le.PutU32(_record, 0, slot.IdSeq);
             uint updateSeq = _queue.Append(KindUpdate, (byte)alert.Severity, _record, 0, 4 + len);
+            if (_queue.LastAppendDropped)
+            {
+                // The full policy dropped the update itself: the older record stays queued and still stands for the
+                // alert (sent with the count kept here), so it must not be skipped as replaced.
+                return updateSeq;
+            }
+
             SetChainLatest(slot.IdSeq, updateSeq, evict: true);
             slot.LatestSeq = updateSeq;
             slot.WrittenAtUptime = uptime;

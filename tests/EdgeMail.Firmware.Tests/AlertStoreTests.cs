@@ -354,6 +354,42 @@ public class AlertStoreTests
     }
 
     [Fact]
+    public void AnUpdateDroppedOnArrivalByAFullQueue_DoesNotTakeTheQueuedAlertWithIt()
+    {
+        // The oldest sector holds only critical alerts and the pump's own info records sit in the newest: when the ring
+        // is full, the pump's next update is the entry the policy drops, on arrival. Its older record stays queued and
+        // must still be sent: the update that was to replace it is not on flash.
+        using var flash = new NorFlashSimulator(new FlashGeometry(3 * 1024, 1024, 256, 1, true, false));
+        var clock = new ManualClock();
+        var (store, queue) = Boot(flash, clock, boot: 1);
+        int critical = 0;
+        while (queue.LiveSectors == 1)
+        {
+            store.Raise(new Alert("CRITICAL_" + critical++, Severity.Critical, "Critical"));
+        }
+
+        var pump = new Alert("PUMP_CYCLING", Severity.Info, "Pump restarted");
+        store.Raise(pump);
+        bool droppedOnArrival = false;
+        for (int i = 0; i < 200 && !droppedOnArrival; i++)
+        {
+            store.Raise(new Alert("CRITICAL_" + critical++, Severity.Critical, "Critical"));
+            clock.UptimeMs += 61_000; // a repeat a minute later is written as an update
+            long dropped = queue.DroppedSinceMount;
+            uint seq = store.Raise(pump);
+            droppedOnArrival = queue.DroppedSinceMount > dropped && queue.NextSeq == seq + 2; // a marker took its place
+        }
+
+        Assert.True(droppedOnArrival, "the workload should make the full policy drop a pump update on arrival");
+        using var copy = flash.Fork(seed: 1);
+        Assert.Contains("PUMP_CYCLING", Drain(Boot(copy, clock, boot: 2).Store).Select(s => s.Json.GetProperty("code").GetString())); // still on flash
+
+        var codes = Drain(store).Select(s => s.Json.GetProperty("code").GetString()).ToList();
+        Assert.Contains(AlertStore.DroppedCode, codes);
+        Assert.Contains("PUMP_CYCLING", codes);
+    }
+
+    [Fact]
     public void RaiseAndSend_AllocateNothing_InSteadyState()
     {
         using var flash = new NorFlashSimulator(Geometry);

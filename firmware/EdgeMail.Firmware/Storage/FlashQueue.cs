@@ -166,6 +166,12 @@ public sealed partial class FlashQueue
     /// </summary>
     public bool LastEntryAtMountInPlace => SectorAge(_lastEntrySectorSeq) <= SectorAge(SectorSeqOf(_tail));
 
+    /// <summary>
+    /// Whether the last <see cref="Append"/> was dropped on arrival by the full policy: its sequence number is used, a
+    /// drop marker counts it, and the entry itself is not on flash.
+    /// </summary>
+    public bool LastAppendDropped { get; private set; }
+
     /// <summary>Entries dropped by the full policy since mount.</summary>
     public long DroppedSinceMount { get; private set; }
 
@@ -313,6 +319,7 @@ public sealed partial class FlashQueue
 
         int pos = MakeRoom(RecordOverhead + count, priority);
         uint seq = _nextSeq;
+        LastAppendDropped = pos < 0;
         if (pos < 0)
         {
             // Dropped on arrival (docs/flash-queue.md, "When full"): its number is used, and a marker counts it.
@@ -763,13 +770,17 @@ public sealed partial class FlashQueue
             _nextSeq = _ackedThrough + 1;
         }
 
-        if (_scanRecords == 0 && !_scanTorn)
+        if (_scanRecords == 0 && (!_scanTorn || LiveSectors > 1))
         {
-            // Only the header was written before the last power loss: its cells may be weakly programmed.
-            // Continue in a fresh sector (the old one holds nothing), or, with no sector to spare, erase and
-            // rewrite it with the same values; either way the header is then solid. Erasing the only valid
-            // header would let a cut inside that erase format the queue with a new epoch.
-            if (FreeSectors() >= 2)
+            // No record was completed after the header before the last power loss: its cells may be weakly
+            // programmed. As the only live sector it holds nothing: continue in a fresh one (if its header fades,
+            // the run just starts after it; erasing the only valid header would let a cut inside that erase format
+            // the queue with a new epoch). Behind older sectors it is the link that chains them to the head: if it
+            // were left weak and faded, they would drop out of the ring with their entries. So erase and rewrite
+            // it with the same values, also when a torn write follows the header (its number is skipped in the new
+            // header): a cut inside that erase may leave the header readable over cells that take no program until
+            // erased, and the next mount then erases again rather than writing after the torn cells.
+            if (LiveSectors == 1)
             {
                 OpenSector(Next(_head), _headSectorSeq + 1);
             }

@@ -244,7 +244,7 @@ public sealed partial class PowerCutCampaign
             }
             else
             {
-                Model.Repeat(into, token, seq, uptime);
+                Model.Repeat(into, token, seq, uptime, Queue.LastAppendDropped);
             }
         }
 

@@ -160,12 +160,17 @@ internal sealed class ReferenceModel
         CurrentOfCode[code] = seq;
     }
 
-    public void Repeat(ModelAlert alert, uint token, uint seq, long uptime)
+    public void Repeat(ModelAlert alert, uint token, uint seq, long uptime, bool droppedOnArrival)
     {
         alert.Count++;
         if (seq != 0)
         {
-            Records[token] = new ModelRecord { Token = token, OriginalSeq = seq, AlertId = alert.Id, Count = alert.Count, Code = alert.Code, Severity = alert.Severity, Promised = true };
+            Records[token] = new ModelRecord { Token = token, OriginalSeq = seq, AlertId = alert.Id, Count = alert.Count, Code = alert.Code, Severity = alert.Severity, Promised = true, Dropped = droppedOnArrival };
+            if (droppedOnArrival)
+            {
+                return; // the full policy dropped the update itself: the alert's older record still stands for it
+            }
+
             alert.LatestToken = token;
             alert.NewestToken = token;
             alert.LastWriteUptime = uptime;
