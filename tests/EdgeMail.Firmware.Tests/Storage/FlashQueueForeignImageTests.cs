@@ -15,17 +15,7 @@ public class FlashQueueForeignImageTests(ITestOutputHelper output)
     private static readonly FlashGeometry Ring6 = new(sizeBytes: 6 * 512, sectorBytes: 512, pageBytes: 64, programUnit: 1, allowsReprogram: true, encrypted: false);
     private static readonly FlashGeometry Ring6Strict = new(sizeBytes: 6 * 512, sectorBytes: 512, pageBytes: 64, programUnit: 16, allowsReprogram: false, encrypted: true);
 
-    private static byte[] Payload(uint id, int size)
-    {
-        var p = new byte[size];
-        BitConverter.TryWriteBytes(p, id);
-        for (int i = 4; i < size; i++)
-        {
-            p[i] = (byte)((id * 31) + i);
-        }
-
-        return p;
-    }
+    private static byte[] Payload(uint id, int size) => FlashQueueTests.Payload(id, size);
 
     /// <summary>A queue image left by a random workload (appends, reads, acknowledgements, reboots), and the next entry id.</summary>
     private static (byte[] Image, uint NextId) Workload(FlashGeometry geometry, Random random, FullPolicy policy)

@@ -15,17 +15,7 @@ public class FlashQueueRecoveryTests(ITestOutputHelper output)
     private static readonly FlashGeometry Ring4 = new(sizeBytes: 4 * 512, sectorBytes: 512, pageBytes: 64, programUnit: 1, allowsReprogram: true, encrypted: false);
     private static readonly FlashGeometry Ring4Strict = new(sizeBytes: 4 * 512, sectorBytes: 512, pageBytes: 64, programUnit: 16, allowsReprogram: false, encrypted: true);
 
-    private static byte[] Payload(uint id, int size)
-    {
-        var p = new byte[size];
-        BitConverter.TryWriteBytes(p, id);
-        for (int i = 4; i < size; i++)
-        {
-            p[i] = (byte)((id * 31) + i);
-        }
-
-        return p;
-    }
+    private static byte[] Payload(uint id, int size) => FlashQueueTests.Payload(id, size);
 
     private static byte PriorityOf(uint id) => (byte)(id % 5 == 0 ? 2 : id % 3 == 0 ? 1 : 0);
 

@@ -9,7 +9,8 @@ public class FlashQueueTests
     internal static readonly FlashGeometry Nor = new(sizeBytes: 8 * 512, sectorBytes: 512, pageBytes: 64, programUnit: 1, allowsReprogram: true, encrypted: false);
     internal static readonly FlashGeometry Strict = new(sizeBytes: 8 * 512, sectorBytes: 512, pageBytes: 64, programUnit: 16, allowsReprogram: false, encrypted: true);
 
-    private static byte[] Payload(uint id, int size)
+    /// <summary>A test entry of <paramref name="size"/> bytes that carries its id in the first four (little-endian).</summary>
+    internal static byte[] Payload(uint id, int size)
     {
         var p = new byte[size];
         p[0] = (byte)id;
