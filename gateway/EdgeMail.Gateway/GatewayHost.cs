@@ -82,7 +82,7 @@ public static class GatewayHost
             }
 
             var spool = SqliteSpool.Open(o.SpoolPath(), o.Spool.Fsync, o.Spool.MaxBatch, sp.GetRequiredService<ILoggerFactory>().CreateLogger<SqliteSpool>(),
-                o.Spool.WalLimitMegabytes << 20);
+                o.Spool.WalLimitMegabytes << 20, owner: true);
             spool.MaxAge = o.Relay.MaxAge;
             spool.Clock = sp.GetRequiredService<TimeProvider>();
             var lifetime = sp.GetRequiredService<GatewayLifetime>();

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Threading.Channels;
 using Microsoft.Data.Sqlite;
 using Microsoft.Extensions.Logging;
@@ -58,6 +59,10 @@ public sealed partial class SqliteSpool : ISpool
     private readonly CancellationTokenSource _stopping = new();
     private int _disposed;
     private int _corruptReported;
+
+    // The running gateway's hold on its spool (Open with owner: true); released by the kernel when the process ends,
+    // SIGKILL included.
+    private FileStream? _ownerLock;
     private const long HeartbeatSpacingMs = 5 * 60 * 1000;
     private static readonly TimeSpan HeartbeatRetention = TimeSpan.FromDays(7);
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, long> _lastHeartbeat = new(StringComparer.Ordinal);
@@ -67,6 +72,7 @@ public sealed partial class SqliteSpool : ISpool
     private const int SqliteFull = 13;
     private const int SqliteNotADatabase = 26;
     private const int SqliteConstraintUnique = 2067;
+    private const int FlockWouldBlock = 11; // EWOULDBLOCK on Linux: .NET's IOException carries flock's errno as its HResult
 
     private SqliteSpool(SqliteConnection connection, int maxBatch, ILogger logger, SqliteConnection? readConnection, SqliteConnection? checkpointConnection)
     {
@@ -142,12 +148,19 @@ public sealed partial class SqliteSpool : ISpool
     /// <param name="maxBatch">Most work items per transaction.</param>
     /// <param name="logger">Logger.</param>
     /// <param name="walLimitBytes">See <see cref="WalLimitBytes"/>.</param>
+    /// <param name="owner">
+    /// True for the gateway that runs on the spool: it holds <c>{path}.lock</c> while the spool is open, and a second
+    /// owner is refused. False for a short change beside it (<c>edgemail admin set-password</c>), which SQLite's own
+    /// locking keeps apart from the gateway's writes.
+    /// </param>
     /// <returns>The open spool.</returns>
-    public static SqliteSpool Open(string path, bool fsync, int maxBatch, ILogger logger, long walLimitBytes = DefaultWalLimitBytes)
+    /// <exception cref="SpoolException">The spool cannot be opened, or <paramref name="owner"/> and another gateway runs on it.</exception>
+    public static SqliteSpool Open(string path, bool fsync, int maxBatch, ILogger logger, long walLimitBytes = DefaultWalLimitBytes, bool owner = false)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(walLimitBytes, 1L << 16);
         ArgumentNullException.ThrowIfNull(path);
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+        var ownerLock = owner ? TakeOwnership(path) : null;
         var connection = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = path, Pooling = false }.ToString());
         var readConnection = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = path, Pooling = false, Mode = SqliteOpenMode.ReadOnly }.ToString());
         var checkpointConnection = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = path, Pooling = false }.ToString());
@@ -186,10 +199,48 @@ public sealed partial class SqliteSpool : ISpool
             connection.Dispose();
             readConnection.Dispose();
             checkpointConnection.Dispose();
+            ownerLock?.Dispose();
             throw new SpoolException($"Cannot open the spool at '{path}': {ex.Message}. Check the path is writable and not used by another gateway.", ex);
         }
 
-        return new SqliteSpool(connection, maxBatch, logger, readConnection, checkpointConnection) { _walPath = path + "-wal", WalLimitBytes = walLimitBytes };
+        return new SqliteSpool(connection, maxBatch, logger, readConnection, checkpointConnection) { _walPath = path + "-wal", WalLimitBytes = walLimitBytes, _ownerLock = ownerLock };
+    }
+
+    // Two gateways on one SQLite spool would each route the same alerts and send the same mail (nothing in the spool
+    // claims work for one process: that is what the PostgreSQL spool's leases are for). The lock is flock(2), which .NET
+    // takes for FileShare.None.
+    private static FileStream TakeOwnership(string path)
+    {
+        string lockPath = path + ".lock";
+        FileStream stream;
+        try
+        {
+            stream = new FileStream(lockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+        }
+        catch (IOException ex) when (ex.HResult == FlockWouldBlock)
+        {
+            // .NET reads a file with a shared flock, which the owner's excludes: the process id is for the operator's cat.
+            throw new SpoolException($"The spool at '{path}' is in use by another gateway (its process id is in '{lockPath}'): two gateways on one SQLite "
+                + "spool would both send the same mail. Stop the other one first (systemctl status edgemail-gateway); for several gateways on one spool use "
+                + "PostgreSQL (Spool:Provider).", ex);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            throw new SpoolException($"Cannot open the spool at '{path}': {ex.Message}. Check the path is writable.", ex);
+        }
+
+        try
+        {
+            stream.SetLength(0);
+            stream.Write(System.Text.Encoding.ASCII.GetBytes(Environment.ProcessId.ToString(CultureInfo.InvariantCulture) + "\n"));
+            stream.Flush();
+        }
+        catch (IOException)
+        {
+            // The lock is what keeps a second gateway out; the id only helps the operator find this one (a full disk).
+        }
+
+        return stream;
     }
 
     private static void Execute(SqliteConnection connection, string sql)
@@ -1108,6 +1159,7 @@ public sealed partial class SqliteSpool : ISpool
 
         FinalizeStatements();
         _connection.Dispose();
+        _ownerLock?.Dispose();
     }
 
     private Task<T> Read<T>(Func<SqliteSpool, BatchContext, T> work, CancellationToken cancellationToken)

@@ -296,6 +296,43 @@ public sealed class SqliteSpoolTests : SpoolContractTests, IDisposable
         Assert.Null(spool.SharedPollInterval);
     }
 
+    // Nothing in a SQLite spool claims work for one process: two gateways on it would route the same alerts and send
+    // the same mail. The second is refused; a change beside the running one (admin set-password) is not.
+    [Fact]
+    public async Task Open_AsOwner_WhileAnotherOwnerHoldsTheSpool_IsRefusedNamingIt_ButAChangeBesideItIsNot()
+    {
+        var first = SqliteSpool.Open(DbPath, fsync: true, maxBatch: 16, NullLogger.Instance, owner: true);
+        await using (first)
+        {
+            var ex = Assert.Throws<SpoolException>(() => SqliteSpool.Open(DbPath, fsync: true, maxBatch: 16, NullLogger.Instance, owner: true));
+            Assert.Contains("in use by another gateway", ex.Message, StringComparison.Ordinal);
+            Assert.Contains(DbPath + ".lock", ex.Message, StringComparison.Ordinal);
+
+            await using (var beside = SqliteSpool.Open(DbPath, fsync: true, maxBatch: 16, NullLogger.Instance))
+            {
+                await beside.SetAdminPasswordHashAsync("hash-1", default);
+            }
+
+            Assert.Equal("hash-1", await first.AdminPasswordHashAsync(default));
+        }
+
+        await using var next = SqliteSpool.Open(DbPath, fsync: true, maxBatch: 16, NullLogger.Instance, owner: true);
+        Assert.Equal("hash-1", await next.AdminPasswordHashAsync(default));
+    }
+
+    [Fact]
+    public async Task Start_OfASecondGatewayOnTheSameDataDirectory_FailsNamingTheFirst_AndTheFirstGoesOn()
+    {
+        await using var first = await TestGateway.StartAsync();
+
+        var ex = await Assert.ThrowsAnyAsync<Exception>(() => TestGateway.StartAsync(null, null, dataDir: first.DataDir));
+
+        Assert.Contains("in use by another gateway", ex.ToString(), StringComparison.Ordinal);
+        using var client = await first.ConnectAsync("dev-1");
+        await Operations.ContainmentTests.PublishAsync(client, "dev-1", Alerts.Json("after-refusal"));
+        Assert.Single(await first.MailAsync(1));
+    }
+
     [Fact]
     public async Task Prune_RemovesThePrunedMailsBodiesAndKeepsTheRest()
     {

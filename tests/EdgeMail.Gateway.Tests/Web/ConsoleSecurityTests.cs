@@ -639,7 +639,7 @@ public sealed class ConsoleSecurityTests
 
     // The spool's file and its WAL together hold everything committed.
     private static Task<string> SpoolTextAsync(TestGateway gw) =>
-        Task.FromResult(string.Concat(Directory.GetFiles(gw.DataDir, "spool.db*").Select(f =>
+        Task.FromResult(string.Concat(Directory.GetFiles(gw.DataDir, "spool.db*").Where(f => !f.EndsWith(".lock", StringComparison.Ordinal)).Select(f =>
         {
             using var stream = new FileStream(f, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
             using var reader = new StreamReader(stream, System.Text.Encoding.Latin1);
