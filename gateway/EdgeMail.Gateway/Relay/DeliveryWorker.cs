@@ -445,6 +445,13 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             return;
         }
 
+        if (recorded == DeliveryRecorded.RecordedPartial)
+        {
+            // A recipient refused by an earlier attempt made the alert failed, and its device has that receipt: the rest
+            // delivered now do not make it relayed.
+            kept = null;
+        }
+
         if (failed.Count > 0)
         {
             LogBounced(message.MessageId, string.Join("; ", failed.Select(f => f.Address + ": " + f.Reply)));

@@ -101,3 +101,15 @@ internal static class CancelReceipts
     /// <summary>Whether cancelling mail of this kind gives up alerts of a device: its own alert, or the held alerts of a digest.</summary>
     internal static bool Concerns(string kind) => kind is "alert" or "digest";
 }
+
+/// <summary>What a delivery result owes devices, the same on every provider (<see cref="ISpool.CommitDeliveryAsync"/>).</summary>
+internal static class DeliveryReceipts
+{
+    /// <summary>
+    /// Whether a result that finishes the message <paramref name="status"/> gives no receipt: it delivered to every
+    /// recipient still without the mail, yet the mail is <c>partial</c>, because a recipient failed in an earlier attempt,
+    /// whose result gave the device <c>failed</c> (<see cref="DeliveryRecorded.RecordedPartial"/>).
+    /// </summary>
+    internal static bool FailedEarlier(string status, DeliveryCommit commit) =>
+        status == MessageStatus.Partial && !commit.Results.Any(r => r.Outcome == "failed");
+}

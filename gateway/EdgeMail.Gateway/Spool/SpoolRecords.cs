@@ -368,6 +368,14 @@ public enum DeliveryRecorded
     Recorded,
 
     /// <summary>
+    /// Recorded, and it finished the message <c>partial</c>: this attempt delivered to every recipient still without it,
+    /// but an earlier attempt's refusal (or expiry) had failed another, which made the alert failed and gave its device
+    /// <c>failed</c> then. That receipt is the last word: the attempt's <c>relayed</c> is not kept (nor a digest's for its
+    /// alerts), and is not to be published.
+    /// </summary>
+    RecordedPartial,
+
+    /// <summary>
     /// The operator cancelled the message while the attempt was under way, and the attempt delivered it to nobody: the
     /// attempt is on record, the message stays cancelled, and neither its notice nor its receipt was kept.
     /// </summary>

@@ -703,6 +703,11 @@ public sealed partial class SqliteSpool : ISpool
                 s.InsertMessage(commit.Notice, null, ctx);
             }
 
+            if (DeliveryReceipts.FailedEarlier(status, commit))
+            {
+                return DeliveryCommitted.Of(DeliveryRecorded.RecordedPartial);
+            }
+
             if (commit.Receipt is not null)
             {
                 s.Keep(commit.Receipt, commit.ReceiptsPerDevice, ctx.Now.ToUnixTimeMilliseconds());
