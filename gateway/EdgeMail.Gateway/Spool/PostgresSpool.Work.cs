@@ -592,9 +592,9 @@ public sealed partial class PostgresSpool
                 await InsertMessageAsync(c, tx, commit.Notice, null, ctx, duplicateIsConflict: true).ConfigureAwait(false);
             }
 
-            if (DeliveryReceipts.FailedEarlier(status, commit))
+            if (DeliveryReceipts.FailedBefore(failed, commit))
             {
-                return DeliveryCommitted.Of(DeliveryRecorded.RecordedPartial);
+                return DeliveryCommitted.Of(DeliveryRecorded.RecordedAlreadyFailed);
             }
 
             if (commit.Receipt is not null)

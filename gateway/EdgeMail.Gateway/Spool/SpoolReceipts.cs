@@ -106,10 +106,10 @@ internal static class CancelReceipts
 internal static class DeliveryReceipts
 {
     /// <summary>
-    /// Whether a result that finishes the message <paramref name="status"/> gives no receipt: it delivered to every
-    /// recipient still without the mail, yet the mail is <c>partial</c>, because a recipient failed in an earlier attempt,
-    /// whose result gave the device <c>failed</c> (<see cref="DeliveryRecorded.RecordedPartial"/>).
+    /// Whether a result gives no receipt: it failed no recipient, but the message has <paramref name="failed"/> failed
+    /// ones all the same, failed by an earlier attempt, whose result gave the device <c>failed</c>
+    /// (<see cref="DeliveryRecorded.RecordedAlreadyFailed"/>).
     /// </summary>
-    internal static bool FailedEarlier(string status, DeliveryCommit commit) =>
-        status == MessageStatus.Partial && !commit.Results.Any(r => r.Outcome == "failed");
+    internal static bool FailedBefore(long failed, DeliveryCommit commit) =>
+        failed > 0 && !commit.Results.Any(r => r.Outcome == "failed");
 }

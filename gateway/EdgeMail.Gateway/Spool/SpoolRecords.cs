@@ -368,12 +368,12 @@ public enum DeliveryRecorded
     Recorded,
 
     /// <summary>
-    /// Recorded, and it finished the message <c>partial</c>: this attempt delivered to every recipient still without it,
-    /// but an earlier attempt's refusal (or expiry) had failed another, which made the alert failed and gave its device
-    /// <c>failed</c> then. That receipt is the last word: the attempt's <c>relayed</c> is not kept (nor a digest's for its
-    /// alerts), and is not to be published.
+    /// Recorded, but the alert had failed already: this attempt failed no recipient, an earlier one failed another (a
+    /// refusal), which gave the device <c>failed</c> then. That receipt is the last word: the attempt's own — <c>deferred</c>
+    /// while recipients are still to be tried, <c>relayed</c> when the last of them got it and the mail ends
+    /// <c>partial</c> — is neither kept (nor a digest's for its alerts) nor to be published.
     /// </summary>
-    RecordedPartial,
+    RecordedAlreadyFailed,
 
     /// <summary>
     /// The operator cancelled the message while the attempt was under way, and the attempt delivered it to nobody: the

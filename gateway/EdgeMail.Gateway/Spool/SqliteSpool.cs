@@ -703,9 +703,9 @@ public sealed partial class SqliteSpool : ISpool
                 s.InsertMessage(commit.Notice, null, ctx);
             }
 
-            if (DeliveryReceipts.FailedEarlier(status, commit))
+            if (DeliveryReceipts.FailedBefore(failed, commit))
             {
-                return DeliveryCommitted.Of(DeliveryRecorded.RecordedPartial);
+                return DeliveryCommitted.Of(DeliveryRecorded.RecordedAlreadyFailed);
             }
 
             if (commit.Receipt is not null)
