@@ -10,9 +10,10 @@ namespace EdgeMail.Gateway.Relay;
 /// Delivers straight to each recipient domain's mail exchangers (DnsClient MX lookup, lowest preference first;
 /// a domain without MX records falls back to its own address records — the implicit MX of RFC 5321 §5.1; one with a
 /// null MX, RFC 7505, takes no mail and its recipients fail at once).
-/// Opportunistic STARTTLS. One SMTP transaction per domain; results are per recipient, and the recipients a domain's
-/// exchanger accepted are handed over for recording before the next domain is tried (if they cannot be, the domains
-/// not yet tried are deferred). Before each connection but the first, the attempt asks whether it may go on.
+/// Opportunistic STARTTLS. An exchanger that cannot be reached, refuses the session or answers every recipient with a
+/// 4xx passes the domain to the next address or exchanger. One SMTP transaction per domain; results are per recipient,
+/// and the recipients a domain's exchanger accepted are handed over for recording before the next domain is tried (if
+/// they cannot be, the domains not yet tried are deferred). Before each connection but the first, the attempt asks whether it may go on.
 /// </summary>
 public sealed class DirectMxRelay : IMailTransport
 {
@@ -146,6 +147,7 @@ public sealed class DirectMxRelay : IMailTransport
 
             var part = message with { PendingRecipients = group.ToList() };
             IReadOnlyList<RecipientResult>? sent = null;
+            IReadOnlyList<RecipientResult>? refusedForNow = null;
             string last = "no exchanger reachable";
             int budget = AddressesPerAttempt;
             foreach (string host in hosts)
@@ -176,6 +178,16 @@ public sealed class DirectMxRelay : IMailTransport
                     sent = await _smtp.SendOnceAsync(client, part, address, _relay.MxPort, SecureSocketOptions.StartTlsWhenAvailable, authenticate: false, cancellationToken).ConfigureAwait(false);
                     await SmtpRelay.SafeDisconnectAsync(client, quit: true).ConfigureAwait(false);
 
+                    if (sent is not null && sent.All(r => r.Outcome == RecipientOutcome.Deferred))
+                    {
+                        // Every recipient turned away for now (MAIL FROM refused with a 4xx, each RCPT greylisted): nobody
+                        // has the mail, so the next address or exchanger may take it, as MTAs try it (RFC 5321 5.1). With
+                        // none that does, these replies say more than "unreachable".
+                        refusedForNow = sent;
+                        sent = null;
+                        continue;
+                    }
+
                     if (sent is not null)
                     {
                         break;
@@ -191,6 +203,7 @@ public sealed class DirectMxRelay : IMailTransport
                 }
             }
 
+            sent ??= refusedForNow;
             results.AddRange(sent ?? group.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.4.1 " + last) { RelayDown = true }).ToList());
 
             // The last domain's result goes with the attempt's at once.

@@ -15,7 +15,9 @@ namespace EdgeMail.Gateway.Relay;
 /// reused (a pool of up to <c>Relay:Concurrency</c>), and per-recipient results — one refused recipient does not
 /// stop delivery to the others. 4xx and connection problems defer; 5xx fails — except a refusal of the gateway's own
 /// session (a greeting other than 220, EHLO refused), sign-in or sender rights (or a provider quota), which an operator
-/// fixes: that defers too. With <c>Relay:Auth</c>
+/// fixes: that defers too. A password AUTH refused is not tried again before the first <c>Relay:Backoff</c> step has
+/// passed: the mail that comes meanwhile is deferred with the same refusal without connecting, so a relay that counts
+/// failed logins (fail2ban, a provider's lockout) sees one per step, not one per mail queued. With <c>Relay:Auth</c>
 /// set to an OAuth2 mode it authenticates with XOAUTH2 as <c>Relay:User</c>, renewing the token once when the server
 /// refuses it. A mail to more than <c>Relay:Limits:RecipientsPerMessage</c> recipients goes out in several transactions:
 /// the recipients each one but the last delivered to are handed over for recording before the next begins, and before
@@ -29,13 +31,17 @@ public sealed class SmtpRelay : IMailTransport
     private readonly Lock _lock = new();
     private readonly RelayTokens? _tokens;
     private readonly bool _google;
+    private readonly TimeProvider _clock;
+    private (DateTimeOffset Until, string Reason)? _signInRefused;
 
     /// <summary>Creates the relay.</summary>
     /// <param name="relay">Relay options.</param>
     /// <param name="heloName">Name for EHLO.</param>
     /// <param name="tokens">The token cache for the OAuth2 modes of <c>Relay:Auth</c> (owned by the relay); null for passwords.</param>
-    public SmtpRelay(RelayOptions relay, string heloName, RelayTokens? tokens = null)
+    /// <param name="clock">Clock for how long a refused AUTH holds; the system's when null.</param>
+    public SmtpRelay(RelayOptions relay, string heloName, RelayTokens? tokens = null, TimeProvider? clock = null)
     {
+        _clock = clock ?? TimeProvider.System;
         _relay = relay ?? throw new ArgumentNullException(nameof(relay));
         _heloName = heloName;
         _tokens = tokens;
@@ -85,9 +91,22 @@ public sealed class SmtpRelay : IMailTransport
     private async Task<IReadOnlyList<RecipientResult>> SendPooledAsync(QueuedMessage message, CancellationToken cancellationToken)
     {
         RecordingSmtpClient? client = null;
+        string? held = null;
         lock (_lock)
         {
-            _idle.TryPop(out client);
+            if (_signInRefused is { } refused && _clock.GetUtcNow() < refused.Until)
+            {
+                held = $"{refused.Reason} (AUTH not tried again before {refused.Until:u})";
+            }
+            else
+            {
+                _idle.TryPop(out client);
+            }
+        }
+
+        if (held is not null)
+        {
+            return Defer(message, held);
         }
 
         bool reused = client is not null;
@@ -245,6 +264,11 @@ public sealed class SmtpRelay : IMailTransport
         {
             client.LastError = "535 authentication failed: " + ex.Message
                 + (AuthErrors.SmtpFix(ex.Message, _google, IsAppOnly, oauth2: false) is { } fix ? ". Fix: " + fix : string.Empty);
+            lock (_lock)
+            {
+                _signInRefused = (_clock.GetUtcNow() + _relay.EffectiveBackoff()[0], client.LastError);
+            }
+
             await SafeDisconnectAsync(client).ConfigureAwait(false);
             return null;
         }

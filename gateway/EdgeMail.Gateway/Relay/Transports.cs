@@ -19,7 +19,7 @@ public static class Transports
         ArgumentNullException.ThrowIfNull(services);
         return options.Relay.Mode.ToUpperInvariant() switch
         {
-            "SMARTHOST" => new SmtpRelay(options.Relay, options.Sender.Hostname, Tokens(options, services)),
+            "SMARTHOST" => new SmtpRelay(options.Relay, options.Sender.Hostname, Tokens(options, services), services.GetService<TimeProvider>()),
             "DIRECTMX" => new DirectMxRelay(options.Relay, options.Sender.Hostname),
             _ => new LocalMailbox(options.Relay.MailboxPath.Length > 0 ? options.Relay.MailboxPath : Path.Combine(options.DataPath(), "mailbox")),
         };

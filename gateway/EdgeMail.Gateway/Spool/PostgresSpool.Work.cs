@@ -592,6 +592,11 @@ public sealed partial class PostgresSpool
                 await InsertMessageAsync(c, tx, commit.Notice, null, ctx, duplicateIsConflict: true).ConfigureAwait(false);
             }
 
+            if (DeliveryReceipts.FailedBefore(failed, commit))
+            {
+                return DeliveryCommitted.Of(DeliveryRecorded.RecordedAlreadyFailed);
+            }
+
             if (commit.Receipt is not null)
             {
                 await KeepAsync(c, tx, commit.Receipt, commit.ReceiptsPerDevice, ctx.NowMs, cancellationToken).ConfigureAwait(false);

@@ -101,3 +101,15 @@ internal static class CancelReceipts
     /// <summary>Whether cancelling mail of this kind gives up alerts of a device: its own alert, or the held alerts of a digest.</summary>
     internal static bool Concerns(string kind) => kind is "alert" or "digest";
 }
+
+/// <summary>What a delivery result owes devices, the same on every provider (<see cref="ISpool.CommitDeliveryAsync"/>).</summary>
+internal static class DeliveryReceipts
+{
+    /// <summary>
+    /// Whether a result gives no receipt: it failed no recipient, but the message has <paramref name="failed"/> failed
+    /// ones all the same, failed by an earlier attempt, whose result gave the device <c>failed</c>
+    /// (<see cref="DeliveryRecorded.RecordedAlreadyFailed"/>).
+    /// </summary>
+    internal static bool FailedBefore(long failed, DeliveryCommit commit) =>
+        failed > 0 && !commit.Results.Any(r => r.Outcome == "failed");
+}

@@ -368,6 +368,14 @@ public enum DeliveryRecorded
     Recorded,
 
     /// <summary>
+    /// Recorded, but the alert had failed already: this attempt failed no recipient, an earlier one failed another (a
+    /// refusal), which gave the device <c>failed</c> then. That receipt is the last word: the attempt's own — <c>deferred</c>
+    /// while recipients are still to be tried, <c>relayed</c> when the last of them got it and the mail ends
+    /// <c>partial</c> — is neither kept (nor a digest's for its alerts) nor to be published.
+    /// </summary>
+    RecordedAlreadyFailed,
+
+    /// <summary>
     /// The operator cancelled the message while the attempt was under way, and the attempt delivered it to nobody: the
     /// attempt is on record, the message stays cancelled, and neither its notice nor its receipt was kept.
     /// </summary>

@@ -754,6 +754,11 @@ public sealed partial class SqliteSpool : ISpool
                 s.InsertMessage(commit.Notice, null, ctx);
             }
 
+            if (DeliveryReceipts.FailedBefore(failed, commit))
+            {
+                return DeliveryCommitted.Of(DeliveryRecorded.RecordedAlreadyFailed);
+            }
+
             if (commit.Receipt is not null)
             {
                 s.Keep(commit.Receipt, commit.ReceiptsPerDevice, ctx.Now.ToUnixTimeMilliseconds());

@@ -14,7 +14,8 @@ namespace EdgeMail.Gateway.Tests.Relay;
 /// <summary>
 /// Direct MX delivery against a real DNS server on loopback (Debian's dnsmasq on an OS-chosen port) and a real SMTP
 /// server standing in for every exchanger (a second one on 127.0.0.2 where a test needs two hosts): MX preference order,
-/// implicit MX (A record only), NXDOMAIN, null MX, falling back past a refused session or an unreachable address.
+/// implicit MX (A record only), NXDOMAIN, null MX, falling back past a refused session, an unreachable address or a 4xx
+/// for every recipient.
 /// </summary>
 public sealed class DirectMxTests
 {
@@ -140,6 +141,36 @@ public sealed class DirectMxTests
         Assert.Equal(["alice@mx.example.test"], Assert.Single(backup.Received).To);
         Assert.Contains(primary.Commands, c => c.Verb == "HELO"); // EHLO refused, then HELO: the primary was asked
         Assert.Empty(primary.Messages);
+    }
+
+    // A primary that turns every recipient away for now (MAIL FROM refused with a 4xx: overloaded, or its disk full) has
+    // nobody's copy: the backup is the next exchanger to try, as with an unreachable primary (RFC 5321 5.1). Otherwise
+    // a primary that keeps refusing so would have the mail bounce at Relay:MaxAge with a backup that takes it.
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Relay_DirectMx_PrimaryRefusesEveryRecipientFor4xx_TheBackupGetsTheMailInTheSameAttempt()
+    {
+        await using var primary = await SmtpTestServer.StartAsync();
+        primary.OnCommand = c => c.Verb == "MAIL" ? new SmtpReply(452, "4.3.1 insufficient system storage") : null;
+        await using var backup = await SmtpTestServer.StartAsync(new() { Address = IPAddress.Parse("127.0.0.2"), Port = primary.Port });
+        var state = await SendOneAsync(primary.Port, "mx-1",
+            "--mx-host=mx.example.test,mx-primary.example.test,10", "--mx-host=mx.example.test,mx-backup.example.test,20",
+            "--host-record=mx-primary.example.test,127.0.0.1", "--host-record=mx-backup.example.test,127.0.0.2");
+
+        Assert.True(state.Status == "sent", $"{state.Status}: {state.LastReply}");
+        Assert.Equal(["alice@mx.example.test"], Assert.Single(backup.Received).To);
+        Assert.Contains(primary.Commands, c => c.Verb == "MAIL");
+        Assert.Empty(primary.Messages);
+    }
+
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Relay_DirectMx_EveryExchangerRefusesEveryRecipientFor4xx_TheMailIsDeferredWithTheLastReply()
+    {
+        await using var mx = await SmtpTestServer.StartAsync();
+        mx.Recipients["alice@mx.example.test"] = new SmtpReply(450, "4.2.0 greylisted, come back later");
+        var state = await SendOneAsync(mx.Port, "mx-1", "--mx-host=mx.example.test,mx-primary.example.test,10", "--host-record=mx-primary.example.test,127.0.0.1");
+
+        Assert.True(state.Status == "queued", $"{state.Status}: {state.LastReply}");
+        Assert.StartsWith("450 4.2.0 greylisted, come back later", state.LastReply, StringComparison.Ordinal);
     }
 
     [PeerFact("dnsmasq:dnsmasq-base")]

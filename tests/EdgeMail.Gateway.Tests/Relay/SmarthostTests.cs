@@ -182,6 +182,49 @@ public sealed class SmarthostTests
     }
 
     [Fact]
+    public async Task Relay_OneRecipientRefusedTheOther452TwiceThenAccepted_TheDeviceIsToldFailed_AndNeitherDeferredNorRelayedFollows()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        sink.Recipients["bob@example.com"] = new SmtpReply(550, "5.1.1 mailbox unavailable");
+        int aliceTries = 0;
+        // A server's recipient limit: alice is to be tried again in a later transaction (twice).
+        sink.OnCommand = c => c.Verb == "RCPT" && c.Argument == "alice@example.com" && Interlocked.Increment(ref aliceTries) <= 2
+            ? new SmtpReply(452, "4.5.3 too many recipients")
+            : null;
+        await using var gw = await StartGatewayAsync(sink.Port);
+        using var device = await gw.ConnectAsync("dev-2");
+        var receipts = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        var second = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        device.ApplicationMessageReceivedAsync += e =>
+        {
+            string json = e.ApplicationMessage.ConvertPayloadToString();
+            receipts.Enqueue(json);
+            if (json.Contains("\"id\":\"after-1\"", StringComparison.Ordinal) && json.Contains("\"relayed\"", StringComparison.Ordinal))
+            {
+                second.TrySetResult();
+            }
+
+            return Task.CompletedTask;
+        };
+        await device.SubscribeAsync("edgemail/v1/dev-2/receipt", MqttQualityOfServiceLevel.AtLeastOnce);
+
+        await device.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-2/alert")
+            .WithPayload(Alerts.Json("split-1")).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("dev-2.split-1.alert@gw.test", default))?.Status == MessageStatus.Partial, "the mail finished");
+
+        // Receipts go out in order: once a later alert's relayed is in, one for split-1 would have come before it.
+        sink.Recipients.Clear();
+        await device.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-2/alert")
+            .WithPayload(Alerts.Json("after-1")).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
+        await Await.Within(second.Task.ContinueWith(_ => true), "the later alert's relayed receipt");
+
+        Assert.Equal(["alice@example.com"], sink.Received.Single(m => m.Message.MessageId == "dev-2.split-1.alert@gw.test").To);
+        var states = receipts.Select(r => System.Text.Json.JsonDocument.Parse(r).RootElement)
+            .Where(r => r.GetProperty("id").GetString() == "split-1").Select(r => r.GetProperty("state").GetString());
+        Assert.Equal(["accepted", "failed"], states); // bob's refusal is the last word: alice's wait and copy change nothing
+    }
+
+    [Fact]
     public async Task Relay_SmarthostDropsThenIsDownThenUp_DeliversOnceItIsBack()
     {
         var dropped = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);

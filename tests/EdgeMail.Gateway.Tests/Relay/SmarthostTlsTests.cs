@@ -1,6 +1,7 @@
 using System.Net;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
+using EdgeMail.Gateway.Spool;
 using EdgeMail.Testing;
 using EdgeMail.Testing.Smtp;
 using MQTTnet;
@@ -131,6 +132,46 @@ public sealed class SmarthostTlsTests
 
         Assert.Contains("535", receipt, StringComparison.Ordinal);
         Assert.Contains(new SmtpAuthAttempt(RelayUser, "PLAIN", Accepted: false), sink.AuthAttempts);
+        Assert.Empty(sink.Messages);
+    }
+
+    [Fact]
+    public async Task Relay_WrongPassword_IsTriedOnceForAllTheMailWaiting_NotOncePerMail()
+    {
+        await using var sink = await StartSmarthostAsync();
+        await using var gw = await StartGatewayAsync(sink.Port, "StartTls", password: "wrong", mechanism: "PLAIN");
+        using var device = await gw.ConnectAsync("dev-1");
+        string[] ids = ["burst-1", "burst-2", "burst-3"];
+        foreach (string id in ids)
+        {
+            var ack = await device.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/alert")
+                .WithPayload(Alerts.Json(id)).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
+            Assert.True(ack.IsSuccess);
+        }
+
+        await gw.UntilAsync(async () =>
+        {
+            foreach (string id in ids)
+            {
+                if ((await gw.Spool.GetMessageAsync($"dev-1.{id}.alert@gw.test", default))?.Attempts is not > 0)
+                {
+                    return false;
+                }
+            }
+
+            return true;
+        }, "every mail's first attempt recorded");
+
+        // A relay that counts failed logins (fail2ban, a provider's lockout) sees one per Relay:Backoff step, not a burst
+        // of one per mail queued; each mail is deferred with the refusal all the same.
+        Assert.Equal([new SmtpAuthAttempt(RelayUser, "PLAIN", Accepted: false)], sink.AuthAttempts);
+        foreach (string id in ids)
+        {
+            var state = (await gw.Spool.GetMessageAsync($"dev-1.{id}.alert@gw.test", default))!;
+            Assert.Equal(MessageStatus.Queued, state.Status);
+            Assert.Contains("535", state.LastReply, StringComparison.Ordinal);
+        }
+
         Assert.Empty(sink.Messages);
     }
 

@@ -851,6 +851,29 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Equal(("failed", "cancelled by the operator: wrong recipients"), (kept.State, kept.Detail));
     }
 
+    // One recipient refused (the device told `failed`), another deferred, deferred again and delivered later: the alert
+    // failed, and the later results, the last of which finishes the mail `partial`, give no receipt to contradict it.
+    [ContractFact]
+    public async Task CommitDelivery_TheRestDeferredAndDeliveredAfterAnEarlierAttemptRefusedOne_IsPartial_AndTheFailedReceiptStandsAlone()
+    {
+        await using var spool = Open();
+        var (_, row) = await RoutedAsync(spool, "dev-1", "a-1", "alice@example.com", "bob@example.com");
+        Assert.Single(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
+        await spool.CommitDeliveryAsync(new DeliveryCommit(row,
+            [new("alice@example.com", "failed", "550 5.1.1 no such user"), new("bob@example.com", "deferred", "452 4.5.3 too many recipients")], T0, null,
+            Receipt("dev-1", "a-1")), default);
+        Assert.Single(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
+        var deferred = await spool.CommitDeliveryAsync(new DeliveryCommit(row, [new("bob@example.com", "deferred", "452 4.5.3 too many recipients")], T0, null), default);
+        Assert.Single(await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default));
+
+        var committed = await spool.CommitDeliveryAsync(new DeliveryCommit(row, [new("bob@example.com", "sent", "250 2.0.0 queued as 42")], null, null,
+            Receipt("dev-1", "a-1", "relayed", "250 2.0.0 queued as 42")), default);
+
+        Assert.Equal((DeliveryRecorded.RecordedAlreadyFailed, DeliveryRecorded.RecordedAlreadyFailed), (deferred.Recorded, committed.Recorded));
+        Assert.Equal(MessageStatus.Partial, (await spool.GetMessageAsync("a-1@gw.test", default))!.Status);
+        Assert.Equal(Receipt("dev-1", "a-1"), Assert.Single(await spool.KeptReceiptsAsync("dev-1", 0, null, 10, default)).Receipt);
+    }
+
     [ContractFact]
     public async Task Cancel_OfAParkedAlert_KeepsAFailedReceiptNamingTheCancel_WithTheCancel()
     {
