@@ -128,29 +128,22 @@ public sealed class DirectMxTests
         PrimaryRefusesTheSessionAsync("554 mx-primary.example.test 5.7.1 no SMTP service here");
 
     [PeerFact("dnsmasq:dnsmasq-base")]
-    public async Task Relay_DirectMx_PrimaryRefusesEhloAndHelo_TheBackupGetsTheMailInTheSameAttempt()
-    {
-        await using var primary = await SmtpTestServer.StartAsync();
-        primary.OnCommand = c => c.Verb is "EHLO" or "HELO" ? new SmtpReply(550, "5.7.1 go away") : null;
-        await using var backup = await SmtpTestServer.StartAsync(new() { Address = IPAddress.Parse("127.0.0.2"), Port = primary.Port });
-        var state = await SendOneAsync(primary.Port, "mx-1",
-            "--mx-host=mx.example.test,mx-primary.example.test,10", "--mx-host=mx.example.test,mx-backup.example.test,20",
-            "--host-record=mx-primary.example.test,127.0.0.1", "--host-record=mx-backup.example.test,127.0.0.2");
-
-        Assert.True(state.Status == "sent", $"{state.Status}: {state.LastReply}");
-        Assert.Equal(["alice@mx.example.test"], Assert.Single(backup.Received).To);
-        Assert.Contains(primary.Commands, c => c.Verb == "HELO"); // EHLO refused, then HELO: the primary was asked
-        Assert.Empty(primary.Messages);
-    }
+    public Task Relay_DirectMx_PrimaryRefusesEhloAndHelo_TheBackupGetsTheMailInTheSameAttempt() =>
+        PrimaryRefusesThenTheBackupTakesItAsync(c => c.Verb is "EHLO" or "HELO" ? new SmtpReply(550, "5.7.1 go away") : null, askedLast: "HELO"); // EHLO refused, then HELO
 
     // A primary that turns every recipient away for now (MAIL FROM refused with a 4xx: overloaded, or its disk full) has
     // nobody's copy: the backup is the next exchanger to try, as with an unreachable primary (RFC 5321 5.1). Otherwise
     // a primary that keeps refusing so would have the mail bounce at Relay:MaxAge with a backup that takes it.
     [PeerFact("dnsmasq:dnsmasq-base")]
-    public async Task Relay_DirectMx_PrimaryRefusesEveryRecipientFor4xx_TheBackupGetsTheMailInTheSameAttempt()
+    public Task Relay_DirectMx_PrimaryRefusesEveryRecipientFor4xx_TheBackupGetsTheMailInTheSameAttempt() =>
+        PrimaryRefusesThenTheBackupTakesItAsync(c => c.Verb == "MAIL" ? new SmtpReply(452, "4.3.1 insufficient system storage") : null, askedLast: "MAIL");
+
+    // The primary (127.0.0.1) answers a command with a refusal; the backup (127.0.0.2, same port) gets the mail in the
+    // same attempt, and the primary was asked the command it refused.
+    private static async Task PrimaryRefusesThenTheBackupTakesItAsync(Func<SmtpCommandSeen, SmtpReply?> refusal, string askedLast)
     {
         await using var primary = await SmtpTestServer.StartAsync();
-        primary.OnCommand = c => c.Verb == "MAIL" ? new SmtpReply(452, "4.3.1 insufficient system storage") : null;
+        primary.OnCommand = refusal;
         await using var backup = await SmtpTestServer.StartAsync(new() { Address = IPAddress.Parse("127.0.0.2"), Port = primary.Port });
         var state = await SendOneAsync(primary.Port, "mx-1",
             "--mx-host=mx.example.test,mx-primary.example.test,10", "--mx-host=mx.example.test,mx-backup.example.test,20",
@@ -158,7 +151,7 @@ public sealed class DirectMxTests
 
         Assert.True(state.Status == "sent", $"{state.Status}: {state.LastReply}");
         Assert.Equal(["alice@mx.example.test"], Assert.Single(backup.Received).To);
-        Assert.Contains(primary.Commands, c => c.Verb == "MAIL");
+        Assert.Contains(primary.Commands, c => c.Verb == askedLast);
         Assert.Empty(primary.Messages);
     }
 
