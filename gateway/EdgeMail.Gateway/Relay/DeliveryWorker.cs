@@ -445,13 +445,6 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             return;
         }
 
-        if (recorded == DeliveryRecorded.RecordedAlreadyFailed)
-        {
-            // A recipient refused by an earlier attempt made the alert failed, and its device has that receipt: the rest
-            // waiting or delivered now make it neither deferred nor relayed.
-            kept = null;
-        }
-
         if (failed.Count > 0)
         {
             LogBounced(message.MessageId, string.Join("; ", failed.Select(f => f.Address + ": " + f.Reply)));
@@ -465,7 +458,14 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             LogDelivered(message.MessageId, reply);
         }
 
-        if (state == ReceiptState.Deferred && recorded != DeliveryRecorded.RecordedAlreadyFailed && message is { Kind: "alert", Device: { } device, AlertId: { } alertId })
+        if (recorded == DeliveryRecorded.RecordedAlreadyFailed)
+        {
+            // A recipient refused by an earlier attempt made the alert failed, and its device has that receipt: the rest
+            // waiting or delivered now make it neither deferred nor relayed.
+            return;
+        }
+
+        if (state == ReceiptState.Deferred && message is { Kind: "alert", Device: { } device, AlertId: { } alertId })
         {
             await _receipts.PublishAsync(device, alertId, ReceiptState.Deferred, detail, cancellationToken).ConfigureAwait(false);
         }

@@ -59,24 +59,20 @@ public sealed class ConnectionLimiter
     private void Release(IPAddress source)
     {
         Interlocked.Decrement(ref _total);
-        Forget(source);
-        Changed?.Invoke();
-    }
-
-    private void Forget(IPAddress source)
-    {
         while (true)
         {
             if (!_perSource.TryGetValue(source, out int n))
             {
-                return;
+                break;
             }
 
             if (n <= 1 ? _perSource.TryRemove(new KeyValuePair<IPAddress, int>(source, n)) : _perSource.TryUpdate(source, n - 1, n))
             {
-                return;
+                break;
             }
         }
+
+        Changed?.Invoke();
     }
 
     private sealed class Lease(ConnectionLimiter owner, IPAddress source) : IDisposable

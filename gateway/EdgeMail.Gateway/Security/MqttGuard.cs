@@ -164,7 +164,7 @@ public sealed class MqttGuard
     /// <param name="reason">Why not, when refused.</param>
     /// <returns>The connection's slot, to dispose once it has authenticated, been refused or closed; null to close it now.</returns>
     public IDisposable? AdmitConnection(EndPoint? remote, out string reason) =>
-        _pending.TryOpen(remote is IPEndPoint ip ? (ip.Address.IsIPv4MappedToIPv6 ? ip.Address.MapToIPv4() : ip.Address) : IPAddress.None, out reason);
+        _pending.TryOpen(remote is IPEndPoint ip ? Plain(ip.Address) : IPAddress.None, out reason);
 
     /// <summary>How long to hold a device's next publish back (its PUBACK) to keep it within its rate; usually zero.</summary>
     /// <param name="deviceId">The publishing device.</param>
@@ -243,9 +243,12 @@ public sealed class MqttGuard
 
     private static int Cap(int limit) => limit <= 0 ? int.MaxValue : limit;
 
+    // A dual-stack listener's IPv4 client as the IPv4 address it is, so that both listeners count it as one source.
+    private static IPAddress Plain(IPAddress address) => address.IsIPv4MappedToIPv6 ? address.MapToIPv4() : address;
+
     private static string Source(EndPoint? remote) => remote switch
     {
-        IPEndPoint ip => Text(ip.Address.IsIPv4MappedToIPv6 ? ip.Address.MapToIPv4() : ip.Address),
+        IPEndPoint ip => Text(Plain(ip.Address)),
         null => "?",
         _ => remote.ToString() ?? "?",
     };
