@@ -5,11 +5,13 @@ using System.Net.Sockets;
 using System.Security.Authentication;
 using System.Security.Cryptography.X509Certificates;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 using MQTTnet.Adapter;
 using MQTTnet.Diagnostics.Logger;
 using MQTTnet.Exceptions;
 using MQTTnet.Formatter;
 using MQTTnet.Packets;
+using MQTTnet.Protocol;
 using MQTTnet.Server;
 
 namespace EdgeMail.Gateway.Ingest;
@@ -27,6 +29,8 @@ namespace EdgeMail.Gateway.Ingest;
 /// one by one and in order.</item>
 /// <item>A packet's size is checked before its body is read: 64 KiB until the device has authenticated, 4 MiB after
 /// (MQTTnet's adapter allocated whatever a remaining length claimed, up to 256 MiB, before any authentication).</item>
+/// <item>A PUBLISH with QoS 3 is malformed and ends the connection as its header is read: MQTTnet would have run the
+/// publish interceptor on it, and so stored the alert, before failing on its QoS.</item>
 /// <item>A TLS handshake must finish within the broker's communication timeout.</item>
 /// <item>A connection is let in only while its address, and all addresses together, hold few enough connections that
 /// have not yet authenticated (<see cref="Security.MqttGuard.AdmitConnection"/>); over that it is closed as accepted,
@@ -254,7 +258,7 @@ internal sealed partial class DeviceListener : IMqttServerAdapter
             }
 
             var formatter = new MqttPacketFormatterAdapter(new MqttBufferWriter(_options!.WriterBufferSize, _options.WriterBufferSizeMax));
-            return new DeviceChannel(client, ssl, remote, clientCertificate, formatter, _sink, pending);
+            return new DeviceChannel(client, ssl, remote, clientCertificate, formatter, _sink, pending, _logger);
         }
         catch (Exception ex) when (PeerGone(ex))
         {
@@ -346,7 +350,7 @@ internal interface IReadAheadSink
 /// One device connection as MQTTnet's broker sees it (see <see cref="DeviceListener"/>): packets framed from pooled
 /// receive buffers, the ones that arrived together queued in order and their alerts' stores begun, sends serialised.
 /// </summary>
-internal sealed class DeviceChannel : IMqttChannelAdapter
+internal sealed partial class DeviceChannel : IMqttChannelAdapter
 {
     internal const int MaxPacketBeforeAuthentication = 64 * 1024;
     internal const int MaxPacket = 4 * 1024 * 1024;
@@ -360,6 +364,7 @@ internal sealed class DeviceChannel : IMqttChannelAdapter
     private readonly Socket _socket;
     private readonly SslStream? _ssl;
     private readonly IReadAheadSink _sink;
+    private readonly ILogger _logger;
     private readonly SemaphoreSlim _sending = new(1, 1);
     private byte[]? _buffer; // held only while it has bytes not yet framed; pooled
     private int _start;
@@ -378,9 +383,10 @@ internal sealed class DeviceChannel : IMqttChannelAdapter
     private int _disposed;
 
     public DeviceChannel(Socket socket, SslStream? ssl, EndPoint? remote, X509Certificate2? clientCertificate, MqttPacketFormatterAdapter formatter, IReadAheadSink sink,
-        IDisposable? pending = null)
+        IDisposable? pending = null, ILogger? logger = null)
     {
         _pending = pending;
+        _logger = logger ?? NullLogger.Instance;
         _socket = socket;
         _ssl = ssl;
         _sink = sink;
@@ -622,6 +628,21 @@ internal sealed class DeviceChannel : IMqttChannelAdapter
             throw new MqttProtocolViolationException($"Packet of {headerLength + length} bytes is over the limit of {limit} bytes{(limit == MaxPacket ? string.Empty : " before authentication")}.");
         }
 
+        byte flags = bytes[0];
+        if (flags >> 4 == (int)MqttControlPacketType.Publish && (flags & 0x06) == 0x06)
+        {
+            // MQTTnet decodes QoS 3 as it comes and runs the publish interceptor, which stores the alert, before it fails on
+            // the QoS: refused here, from the header. Only an authenticated device's is logged: before the CONNECT check
+            // anyone can send it, as often as they connect, and MQTTnet refuses any PUBLISH there anyway.
+            const string Reason = "a PUBLISH with QoS 3, which no MQTT version has (MQTT 3.1.1 and 5, section 3.3.1.2: a malformed packet)";
+            if (Volatile.Read(ref _device) is { } device)
+            {
+                LogMalformed(_logger, device, _peer ?? RemoteEndPoint?.ToString() ?? "?", Reason);
+            }
+
+            throw new MqttProtocolViolationException($"Received {Reason}.");
+        }
+
         int total = headerLength + length;
         if (available < total)
         {
@@ -629,7 +650,6 @@ internal sealed class DeviceChannel : IMqttChannelAdapter
             return null;
         }
 
-        byte flags = bytes[0];
         // MQTTnet keeps slices of the body (a PUBLISH's payload is one): each packet has its own array.
         var body = length == 0 ? ArraySegment<byte>.Empty : new ArraySegment<byte>(bytes.Slice(headerLength, length).ToArray());
         _start += total;
@@ -792,6 +812,9 @@ internal sealed class DeviceChannel : IMqttChannelAdapter
             // its socket is closed already
         }
     }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Device {Device} ({Peer}) sent {Reason}; its connection is closed and nothing in that packet is stored or acknowledged")]
+    private static partial void LogMalformed(ILogger logger, string device, string peer, string reason);
 
     private void TakeBuffer()
     {

@@ -8,8 +8,8 @@ using Microsoft.Extensions.Options;
 namespace EdgeMail.Gateway.Operations;
 
 /// <summary>
-/// The gauges a scrape reads: queue depth by state, connected and silent devices, relay up, free disk, the SQLite
-/// spool's file sizes. Queue depths
+/// The gauges a scrape reads: queue depth by state, connected and silent devices, MQTT connections not yet
+/// authenticated, relay up, free disk, the SQLite spool's file sizes. Queue depths
 /// come from the spool at most every 5 s, however often it is scraped.
 /// </summary>
 public sealed class GatewayGauges
@@ -25,15 +25,17 @@ public sealed class GatewayGauges
     /// <param name="spool">Spool.</param>
     /// <param name="presence">Connected devices.</param>
     /// <param name="silence">Silent devices.</param>
+    /// <param name="guard">The embedded broker's connections not yet authenticated.</param>
     /// <param name="relay">Relay health.</param>
     /// <param name="probe">Free-space probe.</param>
     /// <param name="options">Where the spool is.</param>
     /// <param name="clock">Clock.</param>
-    public GatewayGauges(GatewayMetrics metrics, ISpool spool, DevicePresence presence, SilenceWatch silence, RelayHealth relay, FreeSpaceProbe probe,
-        IOptions<GatewayOptions> options, TimeProvider clock)
+    public GatewayGauges(GatewayMetrics metrics, ISpool spool, DevicePresence presence, SilenceWatch silence, Security.MqttGuard guard, RelayHealth relay,
+        FreeSpaceProbe probe, IOptions<GatewayOptions> options, TimeProvider clock)
     {
         ArgumentNullException.ThrowIfNull(metrics);
         ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(guard);
         _spool = spool;
         _clock = clock;
         var o = options.Value;
@@ -43,6 +45,12 @@ public sealed class GatewayGauges
         meter.CreateObservableGauge("edgemail.queue.depth", QueueDepth, "{message}", "Mail by state: queued, deferred, parked; and parked alerts (state parked_alerts)");
         meter.CreateObservableGauge("edgemail.devices.connected", () => presence.Connected.Count, "{device}", "Devices with an open MQTT connection");
         meter.CreateObservableGauge("edgemail.devices.silent", () => silence.SilentCount, "{device}", "Devices quiet for longer than their silence limit");
+        if (!o.Mqtt.IsExternal())
+        {
+            meter.CreateObservableGauge("edgemail.mqtt.connections.pending", () => guard.PendingConnections, "{connection}",
+                "MQTT connections not yet authenticated (in the TLS handshake, before CONNECT or its check): what MqttGuard:MaxPendingConnectionsPerSource and MaxPendingConnections cap");
+        }
+
         meter.CreateObservableGauge("edgemail.relay.up", () => relay.Up ? 1 : 0, null, "1 while the relay answered its last attempt with an outcome, a refused recipient too (or none failed yet); 0 when it could not be reached or refused the gateway");
         meter.CreateObservableGauge("edgemail.disk.free", () => Free(probe, spoolDir), "By", "Bytes free on the spool's file system");
         if (o.Spool.Provider != SpoolProviders.Postgres)

@@ -308,6 +308,56 @@ public sealed class MqttGuardTests
         await UntilPendingAsync(guard, 0);
     }
 
+    // What the pending caps hold back, as an operator sees it: edgemail.mqtt.connections.pending reads the guard's count of
+    // connections not yet authenticated, which a connected device is not.
+    [Fact]
+    public async Task PendingGauge_RisesWithSocketsThatSendNoConnect_AndFallsWhenTheyClose()
+    {
+        await using var gw = await TestGateway.StartAsync(c => c["Mqtt"] = new { Port = 0, ConnectTimeout = "00:01:00" });
+        var guard = gw.Host.Services.GetRequiredService<MqttGuard>();
+        using var device = await gw.ConnectAsync("dev-1");
+        Assert.Equal(0, PendingGauge(gw));
+        var idle = new List<Socket>();
+        try
+        {
+            for (int i = 0; i < 3; i++)
+            {
+                idle.Add(await RawConnectAsync(gw.Broker.Endpoint!));
+            }
+
+            await UntilPendingAsync(guard, 3);
+            Assert.Equal(3, PendingGauge(gw));
+
+            idle.ForEach(s => s.Dispose());
+            await UntilPendingAsync(guard, 0);
+            Assert.Equal(0, PendingGauge(gw));
+        }
+        finally
+        {
+            idle.ForEach(s => s.Dispose());
+        }
+    }
+
+    private static int PendingGauge(TestGateway gw)
+    {
+        var meter = gw.Host.Services.GetRequiredService<EdgeMail.Gateway.Operations.GatewayMetrics>().Meter;
+        int? value = null;
+        using var listener = new System.Diagnostics.Metrics.MeterListener
+        {
+            InstrumentPublished = (instrument, l) =>
+            {
+                if (ReferenceEquals(instrument.Meter, meter) && instrument.Name == "edgemail.mqtt.connections.pending")
+                {
+                    l.EnableMeasurementEvents(instrument);
+                }
+            },
+        };
+        listener.SetMeasurementEventCallback<int>((_, measured, _, _) => value = measured);
+        listener.Start();
+        listener.RecordObservableInstruments();
+        return value ?? throw new Xunit.Sdk.XunitException("no edgemail.mqtt.connections.pending gauge on the gateway's meter");
+    }
+
     [Theory]
     [InlineData("MaxPendingConnectionsPerSource")]
     [InlineData("MaxPendingConnections")]

@@ -1,6 +1,9 @@
 using System.Net.Sockets;
 using System.Text;
+using EdgeMail.Gateway.Ingest;
 using EdgeMail.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 using MimeKit;
 using MQTTnet;
 using MQTTnet.Formatter;
@@ -540,5 +543,32 @@ public sealed class MqttHostileTests(MqttHostileFixture fixture) : IClassFixture
         }
 
         await AfterwardsAsync();
+    }
+
+    // QoS 3 exists in no MQTT version (3.1.1 and 5, section 3.3.1.2): the PUBLISH is malformed and the connection is
+    // closed. MQTTnet decodes it anyway and runs the publish check, which stored the alert, before it fails on the QoS.
+    // On its own gateway: the warning is read from the broker's log.
+    [Fact]
+    public async Task Publish_WithQoS3_IsNeverStored_EndsTheConnectionWithTheReasonLogged_AndAnotherDeviceGoesOn()
+    {
+        var log = new LineLog<EmbeddedBroker>();
+        await using var gw = await TestGateway.StartAsync(null, s => s.AddSingleton<ILogger<EmbeddedBroker>>(log));
+        using var other = await gw.ConnectAsync("dev-2");
+        using (var socket = new Socket(SocketType.Stream, ProtocolType.Tcp))
+        {
+            await socket.ConnectAsync(gw.Broker.Endpoint!);
+            await ConnectAsDev1Async(socket);
+            byte[] publish = Publish311("edgemail/v1/dev-1/alert", 1, Alerts.Json("qos-3"));
+            publish[0] |= 0x06; // 0x36: PUBLISH, QoS bits 11
+            await socket.SendAsync(publish);
+
+            Assert.Empty(await ReadUntilClosedAsync(socket)); // no PUBACK, nor anything else
+        }
+
+        Assert.Null(await gw.Spool.GetAlertAsync("dev-1", "qos-3", default));
+        Assert.Contains(log.Lines, l => l.Contains("dev-1", StringComparison.Ordinal) && l.Contains("QoS 3", StringComparison.Ordinal));
+        var ack = await other.PublishAsync(Message("edgemail/v1/dev-2/alert", Encoding.UTF8.GetBytes(Alerts.Json("after-qos-3"))), new CancellationTokenSource(Await.DefaultTimeout).Token);
+        Assert.True(ack.IsSuccess);
+        Assert.NotNull(await gw.Spool.GetAlertAsync("dev-2", "after-qos-3", default));
     }
 }

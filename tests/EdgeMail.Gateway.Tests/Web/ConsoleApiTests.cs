@@ -332,6 +332,7 @@ public sealed class ConsoleApiTests
         {
             "edgemail_alerts_received_total", "edgemail_mail_recipients_total", "edgemail_queue_depth", "edgemail_spool_commit_duration_seconds_bucket",
             "edgemail_devices_connected", "edgemail_devices_silent", "edgemail_relay_up", "edgemail_disk_free_bytes",
+            "edgemail_mqtt_connections_pending",
         })
         {
             Assert.Contains(name, text, StringComparison.Ordinal);
