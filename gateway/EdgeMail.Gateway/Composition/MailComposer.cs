@@ -423,8 +423,8 @@ public sealed class MailComposer
     private static Dictionary<string, object?> DeviceModel(DeviceInfo device) => new()
     {
         ["id"] = device.Id,
-        ["name"] = Clean(device.Name.Length > 0 ? device.Name : device.Id, 200),
-        ["site"] = Clean(device.Site, 200),
+        ["name"] = Clean(device.Name.Length > 0 ? device.Name : device.Id, Devices.DeviceText.MaxLength),
+        ["site"] = Clean(device.Site, Devices.DeviceText.MaxLength),
     };
 
     private static Dictionary<string, object?> AlertModel(Alert alert, DateTimeOffset receivedAt)

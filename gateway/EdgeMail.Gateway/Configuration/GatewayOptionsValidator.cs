@@ -119,6 +119,14 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
                 Add($"Devices:{id}:Secret", "is not a stored secret hash", problem);
             }
 
+            foreach (var (key, value) in new[] { ("Name", device.Name), ("Site", device.Site) })
+            {
+                if (Devices.DeviceText.Problem(value) is { } text)
+                {
+                    Add($"Devices:{id}:{key}", text.Problem, text.Fix);
+                }
+            }
+
             for (int i = 0; i < device.Owners.Count; i++)
             {
                 if (!o.Users.ContainsKey(device.Owners[i]) && !o.Groups.ContainsKey(device.Owners[i]))

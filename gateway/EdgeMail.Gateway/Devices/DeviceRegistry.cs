@@ -226,7 +226,7 @@ public sealed partial class DeviceRegistry : IHostedService
     /// <param name="owners">Owner user or group ids.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>The device and its secret — shown once, stored only as a hash.</returns>
-    /// <exception cref="DeviceException">The id is invalid or taken, or an owner is unknown.</exception>
+    /// <exception cref="DeviceException">The id is invalid or taken, the name or site cannot be taken (<see cref="DeviceText"/>), or an owner is unknown.</exception>
     public async Task<(Device Device, string Secret)> AddAsync(string id, string name, string site, IReadOnlyList<string> owners, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(id);
@@ -234,6 +234,14 @@ public sealed partial class DeviceRegistry : IHostedService
         if (!IdPattern.IsMatch(id))
         {
             throw new DeviceException($"'{id}' is not a valid device id: use 1 to 64 letters, digits, '-', '_' or '.' (not '.' or '..' alone)");
+        }
+
+        foreach (var (field, value) in new[] { ("name", name), ("site", site) })
+        {
+            if (DeviceText.Problem(value) is { } problem)
+            {
+                throw new DeviceException($"{field}: {problem.Problem}; {problem.Fix}");
+            }
         }
 
         if (owners.Any(string.IsNullOrEmpty))

@@ -61,6 +61,12 @@ public sealed class RemoteCommandTests
         Assert.Contains("nope", unknown.Error, StringComparison.Ordinal);
         var duplicate = await CliRun.RunAsync([.. at, "devices", "add", "dev-1"]);
         Assert.Equal(ExitCodes.Failed, duplicate.Code);
+        var longName = await CliRun.RunAsync([.. at, "devices", "add", "dev-10", "--name", new string('n', 201)]); // the console's rule
+        Assert.Equal(ExitCodes.Failed, longName.Code);
+        Assert.Contains("name: is 201 characters long, over the limit of 200", longName.Error, StringComparison.Ordinal);
+        var twoLines = await CliRun.RunAsync([.. at, "devices", "add", "dev-10", "--site", "Hall 9\nBcc: x@evil.example"]);
+        Assert.Equal(ExitCodes.Failed, twoLines.Code);
+        Assert.Contains("site: contains a line break", twoLines.Error, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -64,6 +64,36 @@ public sealed class GatewayOptionsValidatorTests
     }
 
     [Fact]
+    public void Check_DeviceNameOrSiteTheConsoleWouldRefuse_IsRefusedNamingTheKey_ByTheSameRule()
+    {
+        string Problem(string key, string value)
+        {
+            var o = Valid();
+            if (key == "Name")
+            {
+                o.Devices["dev-1"].Name = value;
+            }
+            else
+            {
+                o.Devices["dev-1"].Site = value;
+            }
+
+            return Assert.Single(GatewayOptionsValidator.Check(o));
+        }
+
+        Assert.StartsWith("Devices:dev-1:Name: is 201 characters long, over the limit of 200. Fix: shorten it", Problem("Name", new string('n', 201)), StringComparison.Ordinal);
+        Assert.StartsWith("Devices:dev-1:Site: contains a line break or another control character (U+000A at character 5)", Problem("Site", "Hall\n3"), StringComparison.Ordinal);
+        Assert.StartsWith("Devices:dev-1:Name: contains half of a surrogate pair (U+D800 at character 6)", Problem("Name", "Pump \ud800 7"), StringComparison.Ordinal);
+        Assert.StartsWith("Devices:dev-1:Name: contains half of a surrogate pair (U+DC00 at character 6)", Problem("Name", "Pump \udc00\ud800"), StringComparison.Ordinal);
+        Assert.StartsWith("Devices:dev-1:Site: contains half of a surrogate pair (U+D83D at character 5)", Problem("Site", "Hall\ud83d"), StringComparison.Ordinal);
+
+        var o = Valid();
+        o.Devices["dev-1"].Name = new string('n', 198) + "\ud83d\ude80"; // 200 code units, a pair at the end
+        o.Devices["dev-1"].Site = "Halle 3 – Süd";
+        Assert.Empty(GatewayOptionsValidator.Check(o));
+    }
+
+    [Fact]
     public void Check_HostnameEndingInALineFeed_IsRefused()
     {
         var o = Valid();

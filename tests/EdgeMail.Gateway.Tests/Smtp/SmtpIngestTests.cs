@@ -139,6 +139,25 @@ public sealed class SmtpIngestTests : IAsyncLifetime
         Assert.StartsWith("552", await wire.CommandAsync("MAIL FROM:<dev-1@devices.test> SIZE=900000"));
     }
 
+    [Theory]
+    [InlineData("SIZE=99999999999999999999999", "501 5.5.4")] // SmtpServer reads SIZE with int.TryParse: one that fails was taken as none, 250
+    [InlineData("SIZE=12abc", "501 5.5.4")]
+    [InlineData("SIZE=-1", "501 5.5.4")]
+    [InlineData("SIZE=+5", "501 5.5.4")]
+    [InlineData("SIZE", "501 5.5.4")]
+    [InlineData("SIZE=2147483648", "552 5.3.4")] // a number, past int: over the limit, as it says
+    [InlineData("SIZE=99999999999999999999", "552 5.3.4")] // 20 digits (RFC 1870's most), past long
+    public async Task Mail_DeclaredSizeMalformedOrPastInt_IsRefused_AndTheSessionGoesOn(string parameter, string reply)
+    {
+        await using var wire = await _gw.AuthenticatedAsync();
+
+        Assert.StartsWith(reply, await wire.CommandAsync("MAIL FROM:<dev-1@devices.test> " + parameter));
+
+        Assert.StartsWith("250", await wire.CommandAsync("MAIL FROM:<dev-1@devices.test> SIZE=1000"));
+        Assert.StartsWith("250", await wire.CommandAsync("RSET"));
+        Assert.StartsWith("250", await wire.SendMailAsync("dev-1@devices.test", ["bob@example.com"], SmtpGateway.PlainMail("after", "x")));
+    }
+
     [Fact]
     public async Task Data_WithMoreThan30ReceivedHeaders_IsRefusedAsALoop()
     {

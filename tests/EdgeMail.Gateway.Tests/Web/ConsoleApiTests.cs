@@ -86,6 +86,55 @@ public sealed class ConsoleApiTests
         Assert.Equal(["dev-1", "dev-2", "dev-3"], devices!.Select(d => d.GetProperty("id").GetString()));
     }
 
+    // Values as JSON text. A lone surrogate cannot come this way: the JSON reader refuses its escape (GatewayOptionsValidatorTests has it).
+    public static TheoryData<string, string, string> UnusableNamesAndSites => new()
+    {
+        { "name", "\"" + new string('n', 201) + "\"", "name: is 201 characters long, over the limit of 200; shorten it" }, // taken, then clipped in every mail
+        { "site", "\"" + new string('s', 1000) + "\"", "site: is 1000 characters long, over the limit of 200; shorten it" },
+        { "name", "\"Pump 7\\r\\nBcc: victim@evil.example\"", "name: contains a line break or another control character (U+000D at character 7)" },
+        { "site", "\"Hall\\u00003\"", "site: contains a line break or another control character (U+0000 at character 5)" },
+        { "site", "\"Hall\\t3\"", "site: contains a line break or another control character (U+0009 at character 5)" },
+        { "name", "\"Pump\\u00857\"", "name: contains a line break or another control character (U+0085 at character 5)" },
+        { "name", "\"Pump\\u20287\"", "name: contains a line break or another control character (U+2028 at character 5)" },
+    };
+
+    [Theory]
+    [MemberData(nameof(UnusableNamesAndSites))]
+    public async Task AddDevice_WithANameOrSiteTooLongOrWithAControlCharacter_IsRefusedWith400SayingWhy_AndNothingIsCreated(string field, string json, string message)
+    {
+        await using var gw = await TestGateway.StartAsync();
+        using var api = await gw.ApiAsync();
+
+        using var content = new StringContent($"{{\"id\":\"pump-7\",\"{field}\":{json},\"owners\":[\"alice\"]}}", System.Text.Encoding.UTF8, "application/json");
+        var add = await api.PostAsync("/api/v1/devices", content);
+
+        Assert.Equal(HttpStatusCode.BadRequest, add.StatusCode);
+        Assert.Contains(message, (await add.Content.ReadFromJsonAsync<JsonElement>(Json)).GetProperty("error").GetString(), StringComparison.Ordinal);
+        var devices = await api.GetFromJsonAsync<List<JsonElement>>("/api/v1/devices", Json);
+        Assert.Equal(["dev-1", "dev-2", "dev-3"], devices!.Select(d => d.GetProperty("id").GetString()));
+        Assert.Null(gw.Host.Services.GetRequiredService<EdgeMail.Gateway.Devices.DeviceRegistry>().Find("pump-7"));
+    }
+
+    [Fact]
+    public async Task AddDevice_WithANameAndSiteOfTheMostCharacters_IsTaken_AndItsMailShowsThemWhole()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        using var api = await gw.ApiAsync();
+        string name = "Pumpe Süd – " + new string('n', 188);
+        string site = new('s', 200);
+
+        var add = await api.PostAsJsonAsync("/api/v1/devices", new { id = "pump-7", name, site, owners = new[] { "alice" } });
+
+        Assert.Equal(HttpStatusCode.Created, add.StatusCode);
+        var created = (await add.Content.ReadFromJsonAsync<DeviceSecret>(Json))!;
+        Assert.Equal((name, site), (created.Device.Name, created.Device.Site));
+        using var pump = await gw.ConnectAsync("pump-7", created.Secret);
+        await ContainmentTests.PublishAsync(pump, "pump-7", Alerts.Json("p7-1"));
+        var mail = MimeMessage.Load(Assert.Single(await gw.MailAsync(1)));
+        Assert.Contains(name, mail.TextBody, StringComparison.Ordinal);
+        Assert.Contains(site, mail.TextBody, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task AddedDevice_SurvivesARestart()
     {

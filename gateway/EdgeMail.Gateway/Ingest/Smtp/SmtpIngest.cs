@@ -145,6 +145,14 @@ public sealed partial class SmtpIngest : IHostedService, IDisposable
         services.Add(_store);
         services.Add(factory);
         _server = new SmtpServer.SmtpServer(builder.Build(), services);
+        // The mailbox filter is not given MAIL's parameters, only SmtpServer's reading of SIZE (0 for one it cannot read).
+        _server.SessionCreated += (_, e) => e.Context.CommandExecuting += (_, c) =>
+        {
+            if (c.Command is SmtpServer.Protocol.MailCommand mail)
+            {
+                _policy.CheckDeclaredSize(e.Context, mail.Parameters);
+            }
+        };
         _server.SessionFaulted += (_, e) =>
         {
             if (!GuardedListenerFactory.ClosedByGuard(e.Context))

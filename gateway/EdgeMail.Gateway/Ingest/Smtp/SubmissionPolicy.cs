@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Net;
 using System.Text;
 using EdgeMail.Gateway.Composition;
@@ -20,7 +21,7 @@ namespace EdgeMail.Gateway.Ingest.Smtp;
 /// across reconnects ends in <c>421</c>. MAIL needs an authenticated device or an allow-listed source network
 /// (mapped to its device), and is rate-limited per device and per source (<c>450</c>). RCPT accepts only the
 /// gateway's own users, groups and aliases (<see cref="RecipientPolicy"/>), at most <c>MaxRecipients</c>
-/// (<c>452</c>). Every refusal is logged once with its reason and never with a secret.
+/// (<c>452</c>). A declared <c>SIZE</c> that is not 1 to 20 digits is <c>501</c>, one over the limit <c>552</c>. Every refusal is logged once with its reason and never with a secret.
 /// </summary>
 public sealed partial class SubmissionPolicy : IMailboxFilter, IUserAuthenticator
 {
@@ -147,6 +148,38 @@ public sealed partial class SubmissionPolicy : IMailboxFilter, IUserAuthenticato
         context.Properties[DeviceKey] = device;
         context.Properties[RecipientCountKey] = 0;
         return Task.FromResult(true);
+    }
+
+    /// <summary>
+    /// Refuses a <c>MAIL</c> whose declared <c>SIZE</c> is not 1 to 20 digits (<c>501 5.5.4</c>) or is over
+    /// <c>Smtp:MaxMessageBytes</c> (<c>552 5.3.4</c>), as RFC 1870 asks. Called as the command starts (SmtpIngest), before
+    /// SmtpServer's own check, which reads SIZE with int.TryParse and takes a value that fails as no SIZE at all:
+    /// <c>SIZE=99999999999999999999999</c>, <c>3000000000</c>, <c>abc</c> or <c>-1</c> got 250.
+    /// </summary>
+    /// <param name="context">The session.</param>
+    /// <param name="parameters">The MAIL command's parameters (keys in any case).</param>
+    /// <exception cref="SmtpResponseException">The refusal; the session goes on.</exception>
+    public void CheckDeclaredSize(ISessionContext context, IReadOnlyDictionary<string, string> parameters)
+    {
+        ArgumentNullException.ThrowIfNull(parameters);
+        if (!parameters.TryGetValue("SIZE", out string? value))
+        {
+            return;
+        }
+
+        if (value is not { Length: > 0 and <= 20 } || !value.All(char.IsAsciiDigit))
+        {
+            LogRefused(Remote(context).Address.ToString(), "MAIL", MailComposer.Clean($"SIZE={value} is not a size", 80));
+            throw new SmtpResponseException(new SmtpResponse(SmtpReplyCode.SyntaxError, "5.5.4 SIZE must be the message's size in bytes: 1 to 20 digits (RFC 1870)"));
+        }
+
+        // 20 digits can be past long: still a size, and over any limit.
+        if (!long.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out long size) || size > _smtp.MaxMessageBytes)
+        {
+            LogRefused(Remote(context).Address.ToString(), "MAIL", $"declared SIZE={value}, over the limit of {_smtp.MaxMessageBytes} bytes");
+            throw new SmtpResponseException(new SmtpResponse(SmtpReplyCode.SizeLimitExceeded,
+                $"5.3.4 message size exceeds the limit of {_smtp.MaxMessageBytes.ToString(CultureInfo.InvariantCulture)} bytes"));
+        }
     }
 
     /// <inheritdoc />
