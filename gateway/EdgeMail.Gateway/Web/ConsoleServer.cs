@@ -123,6 +123,7 @@ public sealed partial class ConsoleServer : IHostedService, IAsyncDisposable
         app.UseAuthorization();
         app.UseMiddleware<CsrfCheck>();
         app.UseMiddleware<ScopeCheck>();
+        app.UseMiddleware<UnreadableRequest>();
         ConsoleEndpoints.Map(app);
         foreach (var map in _extraEndpoints)
         {
@@ -212,6 +213,7 @@ public sealed partial class ConsoleServer : IHostedService, IAsyncDisposable
                 o.Events.OnRedirectToAccessDenied = ctx => Refuse(ctx, StatusCodes.Status403Forbidden);
             })
             .AddScheme<AuthenticationSchemeOptions, ApiKeyAuthentication>(ApiKeyAuthentication.SchemeName, null);
+        services.Configure<Microsoft.AspNetCore.Routing.RouteHandlerOptions>(o => o.ThrowOnBadRequest = true); // for UnreadableRequest
         services.AddAuthorization(o => o.FallbackPolicy = new Microsoft.AspNetCore.Authorization.AuthorizationPolicyBuilder().RequireAuthenticatedUser().Build());
         services.AddAntiforgery(o =>
         {
@@ -346,6 +348,47 @@ internal sealed class ApiKeyAuthentication(IOptionsMonitor<AuthenticationSchemeO
 }
 
 /// <summary>Security headers on every response: no framing, no sniffing, no referrer, a strict content policy.</summary>
+/// <summary>
+/// A request the endpoint cannot bind (a body that is not JSON, a value of the wrong type, text that is not Unicode, no
+/// body where one is needed, another media type) gets the API's error object saying what was wrong, with the status the
+/// binder chose (400, 415), instead of ASP.NET Core's empty response in production.
+/// </summary>
+internal sealed class UnreadableRequest(RequestDelegate next)
+{
+    public async Task InvokeAsync(HttpContext context)
+    {
+        string? problem;
+        try
+        {
+            await next(context).ConfigureAwait(false);
+            // The binder answers a body of another media type with a bare 415, even when told to throw.
+            problem = context.Response is { HasStarted: false, StatusCode: StatusCodes.Status415UnsupportedMediaType }
+                ? $"the body must be JSON (Content-Type: application/json), not '{context.Request.ContentType}'"
+                : null;
+        }
+        catch (BadHttpRequestException ex) when (!context.Response.HasStarted)
+        {
+            context.Response.StatusCode = ex.StatusCode;
+            problem = Problem(ex);
+        }
+
+        if (problem is not null)
+        {
+            await context.Response.WriteAsJsonAsync(new ApiError(problem), context.RequestAborted).ConfigureAwait(false);
+        }
+    }
+
+    // System.Text.Json says where the input went wrong (path, line, byte) and what it expected, never the value it read;
+    // why a value could not be taken (a lone surrogate, a number for a string) is its inner exception's.
+    private static string Problem(BadHttpRequestException ex) => ex.InnerException switch
+    {
+        System.Text.Json.JsonException { InnerException: { } cause } json when cause is not System.Text.Json.JsonException => $"the body is not the JSON this request takes: {json.Message} ({cause.Message})",
+        System.Text.Json.JsonException json => $"the body is not the JSON this request takes: {json.Message}",
+        _ when ex.Message.Contains("no body was provided", StringComparison.Ordinal) => "this request needs a JSON body",
+        _ => ex.Message,
+    };
+}
+
 internal sealed class SecurityHeaders(RequestDelegate next)
 {
     public Task InvokeAsync(HttpContext context)

@@ -86,7 +86,8 @@ public sealed class ConsoleApiTests
         Assert.Equal(["dev-1", "dev-2", "dev-3"], devices!.Select(d => d.GetProperty("id").GetString()));
     }
 
-    // Values as JSON text. A lone surrogate cannot come this way: the JSON reader refuses its escape (GatewayOptionsValidatorTests has it).
+    // Values as JSON text. A lone surrogate cannot come this way: the JSON reader refuses its escape (UnreadableBodies, and
+    // GatewayOptionsValidatorTests for the configuration).
     public static TheoryData<string, string, string> UnusableNamesAndSites => new()
     {
         { "name", "\"" + new string('n', 201) + "\"", "name: is 201 characters long, over the limit of 200; shorten it" }, // taken, then clipped in every mail
@@ -113,6 +114,32 @@ public sealed class ConsoleApiTests
         var devices = await api.GetFromJsonAsync<List<JsonElement>>("/api/v1/devices", Json);
         Assert.Equal(["dev-1", "dev-2", "dev-3"], devices!.Select(d => d.GetProperty("id").GetString()));
         Assert.Null(gw.Host.Services.GetRequiredService<EdgeMail.Gateway.Devices.DeviceRegistry>().Find("pump-7"));
+    }
+
+    public static TheoryData<string, string, HttpStatusCode, string> UnreadableBodies => new()
+    {
+        { "application/json", "{\"id\":\"pump-7\",", HttpStatusCode.BadRequest, "the body is not the JSON this request takes: Expected start of a property name or value, but instead reached end of data. Path: $ |" },
+        { "application/json", "{\"id\":\"pump-7\",\"name\":\"\\ud800\"}", HttpStatusCode.BadRequest, "Path: $.name | LineNumber: 0 | BytePositionInLine: 30. (Cannot read incomplete UTF-16 JSON text" },
+        { "application/json", "{\"id\":7}", HttpStatusCode.BadRequest, "The JSON value could not be converted to System.String. Path: $.id | LineNumber: 0 | BytePositionInLine: 7. (Cannot get the value of a token type 'Number' as a string.)" },
+        { "application/json", "", HttpStatusCode.BadRequest, "this request needs a JSON body" },
+        { "text/plain", "{\"id\":\"pump-7\"}", HttpStatusCode.UnsupportedMediaType, "the body must be JSON (Content-Type: application/json), not 'text/plain; charset=utf-8'" },
+    };
+
+    [Theory]
+    [MemberData(nameof(UnreadableBodies))]
+    public async Task AddDevice_WithABodyThatCannotBeRead_IsRefusedSayingWhy_AndTheConsoleGoesOn(string mediaType, string body, HttpStatusCode status, string message)
+    {
+        await using var gw = await TestGateway.StartAsync();
+        using var api = await gw.ApiAsync();
+
+        using var content = new StringContent(body, System.Text.Encoding.UTF8, mediaType);
+        var add = await api.PostAsync("/api/v1/devices", content);
+
+        Assert.Equal(status, add.StatusCode);
+        Assert.Contains(message, (await add.Content.ReadFromJsonAsync<JsonElement>(Json)).GetProperty("error").GetString(), StringComparison.Ordinal);
+        Assert.Null(gw.Host.Services.GetRequiredService<EdgeMail.Gateway.Devices.DeviceRegistry>().Find("pump-7"));
+        var next = await api.PostAsJsonAsync("/api/v1/devices", new { id = "pump-7", owners = new[] { "alice" } });
+        Assert.Equal(HttpStatusCode.Created, next.StatusCode);
     }
 
     [Fact]
