@@ -252,8 +252,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         }
 
         _metrics.MqttConnectsRefused.Add(1, new KeyValuePair<string, object?>("reason", "pending"));
-        string source = remote is IPEndPoint ip ? ip.Address.ToString() : remote?.ToString() ?? "?";
-        if (_pendingLog.TryLog(source, out long skipped))
+        if (_pendingLog.TryLog(Security.MqttGuard.Source(remote), out long skipped))
         {
             LogRefusedPending(remote?.ToString() ?? "?", reason, skipped);
         }

@@ -246,7 +246,8 @@ public sealed class MqttGuard
     // A dual-stack listener's IPv4 client as the IPv4 address it is, so that both listeners count it as one source.
     private static IPAddress Plain(IPAddress address) => address.IsIPv4MappedToIPv6 ? address.MapToIPv4() : address;
 
-    private static string Source(EndPoint? remote) => remote switch
+    /// <summary>A client's source as every per-source limit and log budget keys it: one text for its IPv4 address on either listener.</summary>
+    internal static string Source(EndPoint? remote) => remote switch
     {
         IPEndPoint ip => Text(Plain(ip.Address)),
         null => "?",
