@@ -27,9 +27,10 @@ public interface IMailTransport : IAsyncDisposable
     /// <summary>
     /// As <see cref="SendAsync(QueuedMessage, CancellationToken)"/>, for a transport that sends one message in several
     /// transactions (direct MX: one per recipient domain; a smarthost: one per <c>Relay:Limits:RecipientsPerMessage</c>
-    /// recipients): after each transaction but the last, the recipients it delivered to are handed to
-    /// <paramref name="partSent"/>, awaited before the next begins; and before each connection (or transaction) but
-    /// the first it is asked with none, whether the attempt may go on. When it answers with a reply
+    /// recipients, and one more for those a transaction turned away with "452 too many recipients"): after each
+    /// transaction but the last, the recipients it delivered to are handed to <paramref name="partSent"/>, awaited
+    /// before the next begins; and before each connection (or transaction) but the first it is asked with none, whether
+    /// the attempt may go on. When it answers with a reply
     /// instead of null (they could not be recorded, or the attempt must stop: its claim on a shared spool is lost), the
     /// attempt ends there: every recipient not yet tried gets that reply as <see cref="RecipientOutcome.Deferred"/>. A
     /// transaction under way is never cut short for it. A transport that sends in one transaction has nothing to hand

@@ -4,9 +4,10 @@ namespace EdgeMail.Gateway.Relay;
 
 /// <summary>
 /// One attempt that sends a message in several SMTP transactions — direct MX one per recipient domain, a smarthost one
-/// per <c>Relay:Limits:RecipientsPerMessage</c> recipients — kept to the <see cref="PartSent"/> contract: before each
-/// connection but the first it asks whether it may go on, and after each transaction but the last it hands over the
-/// recipients that transaction delivered to. Either answer may end the attempt, its recipients not yet tried deferred
+/// per <c>Relay:Limits:RecipientsPerMessage</c> recipients and one more for those a transaction turned away with "452
+/// too many recipients" — kept to the <see cref="PartSent"/> contract: before each connection but the first it asks
+/// whether it may go on, and after each transaction but the last it hands over the recipients that transaction
+/// delivered to. Either answer may end the attempt, its recipients not yet tried deferred
 /// with the reply (<see cref="NotAttempted"/>).
 /// </summary>
 /// <param name="message">The message being sent.</param>

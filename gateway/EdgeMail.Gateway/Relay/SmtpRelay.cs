@@ -17,11 +17,14 @@ namespace EdgeMail.Gateway.Relay;
 /// session (a greeting other than 220, EHLO refused), sign-in or sender rights (or a provider quota), which an operator
 /// fixes: that defers too. A password AUTH refused is not tried again before the first <c>Relay:Backoff</c> step has
 /// passed: the mail that comes meanwhile is deferred with the same refusal without connecting, so a relay that counts
-/// failed logins (fail2ban, a provider's lockout) sees one per step, not one per mail queued. With <c>Relay:Auth</c>
+/// failed logins (fail2ban, a provider's lockout) sees one per step, not one per mail queued; a 454 (a temporary
+/// failure, RFC 4954) only defers the mail at hand. With <c>Relay:Auth</c>
 /// set to an OAuth2 mode it authenticates with XOAUTH2 as <c>Relay:User</c>, renewing the token once when the server
 /// refuses it. A mail to more than <c>Relay:Limits:RecipientsPerMessage</c> recipients goes out in several transactions:
 /// the recipients each one but the last delivered to are handed over for recording before the next begins, and before
-/// each one but the first the attempt asks whether it may go on (<see cref="PartedAttempt"/>, as direct MX).
+/// each one but the first the attempt asks whether it may go on (<see cref="PartedAttempt"/>, as direct MX). Recipients
+/// a transaction that delivered to others turned away with "452 too many recipients" follow in a further transaction
+/// of the same attempt, on the same connection while it is open.
 /// </summary>
 public sealed class SmtpRelay : IMailTransport
 {
@@ -60,53 +63,91 @@ public sealed class SmtpRelay : IMailTransport
     {
         ArgumentNullException.ThrowIfNull(message);
         int perMessage = _relay.Limits.Effective().RecipientsPerMessage;
-        if (perMessage <= 0 || message.PendingRecipients.Count <= perMessage)
-        {
-            return await SendPooledAsync(message, cancellationToken).ConfigureAwait(false);
-        }
-
-        var parts = message.PendingRecipients.Chunk(perMessage).ToList();
+        List<IReadOnlyList<string>> parts = perMessage > 0 && message.PendingRecipients.Count > perMessage
+            ? [.. message.PendingRecipients.Chunk(perMessage)]
+            : [message.PendingRecipients];
         var attempt = new PartedAttempt(message, partSent);
         var results = new List<RecipientResult>(message.PendingRecipients.Count);
-        for (int p = 0; p < parts.Count; p++)
+        RecordingSmtpClient? connection = null;
+        try
         {
-            if (await attempt.MayGoOnAsync(cancellationToken).ConfigureAwait(false) is { } stop)
+            for (int p = 0; p < parts.Count; p++)
             {
-                results.AddRange(PartedAttempt.NotAttempted(parts.Skip(p).SelectMany(rest => rest), stop));
-                break;
-            }
+                if (await attempt.MayGoOnAsync(cancellationToken).ConfigureAwait(false) is { } stop)
+                {
+                    results.AddRange(PartedAttempt.NotAttempted(parts.Skip(p).SelectMany(rest => rest), stop));
+                    break;
+                }
 
-            var sent = await SendPooledAsync(message with { PendingRecipients = parts[p] }, cancellationToken).ConfigureAwait(false);
-            results.AddRange(sent);
-            if (p < parts.Count - 1 && await attempt.TransactionDoneAsync(sent, cancellationToken).ConfigureAwait(false) is { } notRecorded)
+                // The transaction owns the kept connection now, and hands it back while it is still open.
+                var kept = connection;
+                connection = null;
+                (var sent, connection) = await SendPooledAsync(message with { PendingRecipients = parts[p] }, kept, cancellationToken).ConfigureAwait(false);
+                var again = TooManyRecipients(sent);
+                if (again.Count > 0)
+                {
+                    parts.Insert(p + 1, again);
+                }
+
+                results.AddRange(again.Count == 0 ? sent : sent.Where(r => !again.Contains(r.Address)));
+                if (p < parts.Count - 1 && await attempt.TransactionDoneAsync(sent, cancellationToken).ConfigureAwait(false) is { } notRecorded)
+                {
+                    results.AddRange(PartedAttempt.NotAttempted(parts.Skip(p + 1).SelectMany(rest => rest), notRecorded));
+                    break;
+                }
+            }
+        }
+        finally
+        {
+            if (connection is not null)
             {
-                results.AddRange(PartedAttempt.NotAttempted(parts.Skip(p + 1).SelectMany(rest => rest), notRecorded));
-                break;
+                Release(connection);
             }
         }
 
         return results;
     }
 
-    private async Task<IReadOnlyList<RecipientResult>> SendPooledAsync(QueuedMessage message, CancellationToken cancellationToken)
-    {
-        RecordingSmtpClient? client = null;
-        string? held = null;
-        lock (_lock)
-        {
-            if (_signInRefused is { } refused && _clock.GetUtcNow() < refused.Until)
-            {
-                held = $"{refused.Reason} (AUTH not tried again before {refused.Until:u})";
-            }
-            else
-            {
-                _idle.TryPop(out client);
-            }
-        }
+    // A server's limit on recipients per transaction: RFC 5321 (4.5.3.1.10) has it answer the RCPTs past the limit with
+    // 452 and the client send the rest in a new transaction, right away. Only when the transaction delivered to someone:
+    // each such follow-up then has fewer recipients than the one before, so an attempt makes at most as many as the mail
+    // has recipients, and a server that turns every recipient of one away (a 452 for want of storage, a limit per hour)
+    // leaves them deferred on the Relay:Backoff schedule. Those that got a 250 are recorded before the follow-up begins,
+    // as between the parts of a split mail, so none of them gets it twice.
+    private static List<string> TooManyRecipients(IReadOnlyList<RecipientResult> results) =>
+        results.Any(r => r.Outcome == RecipientOutcome.Sent)
+            ? [.. results.Where(r => r.Outcome == RecipientOutcome.Deferred && IsTooManyRecipients(r.Reply)).Select(r => r.Address)]
+            : [];
 
-        if (held is not null)
+    private static bool IsTooManyRecipients(string reply) =>
+        reply.StartsWith("452 ", StringComparison.Ordinal)
+        && (reply.StartsWith("452 4.5.3", StringComparison.Ordinal) || reply.Contains("too many recipients", StringComparison.OrdinalIgnoreCase));
+
+    /// <summary>One transaction: on the connection an earlier transaction of the attempt kept, else on one from the pool or a new one.</summary>
+    /// <returns>The results, and the connection when it is still open (to the pool with <see cref="Release"/> once the attempt is done).</returns>
+    private async Task<(IReadOnlyList<RecipientResult> Results, RecordingSmtpClient? Connection)> SendPooledAsync(QueuedMessage message,
+        RecordingSmtpClient? connection, CancellationToken cancellationToken)
+    {
+        RecordingSmtpClient? client = connection;
+        if (client is null)
         {
-            return Defer(message, held);
+            string? held = null;
+            lock (_lock)
+            {
+                if (_signInRefused is { } refused && _clock.GetUtcNow() < refused.Until)
+                {
+                    held = $"{refused.Reason} (AUTH not tried again before {refused.Until:u})";
+                }
+                else
+                {
+                    _idle.TryPop(out client);
+                }
+            }
+
+            if (held is not null)
+            {
+                return (Defer(message, held), null);
+            }
         }
 
         bool reused = client is not null;
@@ -122,21 +163,34 @@ public sealed class SmtpRelay : IMailTransport
                 results = await SendOnceAsync(client, message, _relay.Host, _relay.Port, Secure(), authenticate: true, cancellationToken).ConfigureAwait(false);
             }
 
-            return results ?? Defer(message, client.LastError);
-        }
-        finally
-        {
+            results ??= Defer(message, client.LastError);
             if (client.IsConnected)
             {
-                lock (_lock)
-                {
-                    _idle.Push(client);
-                }
+                return (results, client);
             }
-            else
+
+            client.Dispose();
+            return (results, null);
+        }
+        catch
+        {
+            Release(client);
+            throw;
+        }
+    }
+
+    private void Release(RecordingSmtpClient client)
+    {
+        if (client.IsConnected)
+        {
+            lock (_lock)
             {
-                client.Dispose();
+                _idle.Push(client);
             }
+        }
+        else
+        {
+            client.Dispose();
         }
     }
 
@@ -260,6 +314,14 @@ public sealed class SmtpRelay : IMailTransport
                 ? new RecipientResult(r, refusal.Code is >= 400 and < 500 ? RecipientOutcome.Deferred : RecipientOutcome.Failed, refusal.Text)
                 : new RecipientResult(r, outcome, text)).ToList();
         }
+        catch (AuthenticationException ex) when (AuthReply(ex) is { } reply && reply[0] == '4')
+        {
+            // A 454 (RFC 4954): the server could not check the credentials just now, it did not refuse them. Deferred as
+            // any 4xx; the next mail signs in again as usual.
+            client.LastError = $"temporary authentication failure at {host}:{port}: {reply}";
+            await SafeDisconnectAsync(client).ConfigureAwait(false);
+            return null;
+        }
         catch (AuthenticationException ex)
         {
             client.LastError = "535 authentication failed: " + ex.Message
@@ -331,6 +393,11 @@ public sealed class SmtpRelay : IMailTransport
                 return null;
             }
 
+            if (Temporary(refusal) is { } temporary)
+            {
+                return temporary;
+            }
+
             // Expired or revoked early, as far as the server is concerned: one renewal, then the same connection again
             // (RFC 4954 lets a client retry AUTH after a failure).
             token = await _tokens.RenewAsync(token, cancellationToken).ConfigureAwait(false);
@@ -346,6 +413,11 @@ public sealed class SmtpRelay : IMailTransport
                 return null;
             }
 
+            if (Temporary(again) is { } temporaryAgain)
+            {
+                return temporaryAgain;
+            }
+
             string explained = $"{again}. Fix: {AuthErrors.SmtpFix(again, _google, IsAppOnly, oauth2: true) ?? "check Relay:User and the grant (docs/relay-oauth2.md)"}";
             _tokens.Refused(explained);
             return "relay sign-in refused: " + explained;
@@ -354,6 +426,9 @@ public sealed class SmtpRelay : IMailTransport
         {
             return "relay sign-in: " + ex.Message;
         }
+
+        // A 4xx (454, RFC 4954) says nothing about the token: no renewal, and the grant is not marked refused.
+        string? Temporary(string refusal) => refusal.StartsWith('4') ? $"temporary authentication failure at {host}:{port}: {refusal}" : null;
     }
 
     private async Task<string?> TryXOAuth2Async(RecordingSmtpClient client, string token, CancellationToken cancellationToken)
@@ -365,14 +440,22 @@ public sealed class SmtpRelay : IMailTransport
         }
         catch (AuthenticationException ex)
         {
-            // MailKit says "535: 5.7.3 Authentication unsuccessful".
-            int colon = ex.Message.IndexOf(": ", StringComparison.Ordinal);
-            return colon == 3 ? string.Concat(ex.Message.AsSpan(0, 3), " ", ex.Message.AsSpan(5)) : ex.Message;
+            return AuthReply(ex) ?? ex.Message;
         }
         catch (SmtpCommandException ex)
         {
             return $"{(int)ex.StatusCode} {ex.Message}";
         }
+    }
+
+    // MailKit says "535: 5.7.3 Authentication unsuccessful" for the server's reply to AUTH; null for its own refusals
+    // (a mechanism too weak, a broken SASL exchange), which carry no reply code.
+    private static string? AuthReply(AuthenticationException ex)
+    {
+        string m = ex.Message;
+        return m.Length > 5 && char.IsAsciiDigit(m[0]) && char.IsAsciiDigit(m[1]) && char.IsAsciiDigit(m[2]) && m.AsSpan(3).StartsWith(": ")
+            ? string.Concat(m.AsSpan(0, 3), " ", m.AsSpan(5))
+            : null;
     }
 
     // After a failure the connection is just closed. A connection that is still good ends politely (QUIT, "221", so

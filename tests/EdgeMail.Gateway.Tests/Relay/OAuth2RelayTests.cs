@@ -174,6 +174,36 @@ public sealed class OAuth2RelayTests(ITestOutputHelper output)
         Assert.Equal(0, gw.Host.Services.GetRequiredService<OperatorNotices>().Sent); // an outage is not the operator's to fix
     }
 
+    // RFC 4954: a 454 to AUTH is the provider's sign-in service failing for now; the token was not refused, so it is not
+    // renewed, the grant is not marked refused and the operator is not told: the mail waits as for any 4xx.
+    [Fact]
+    public async Task Smarthost454ToXOAuth2_TheMailWaitsForTheBackoffStep_TheTokenIsNeitherRenewedNorTheGrantRefused()
+    {
+        var clock = new FakeTimeProvider(DateTimeOffset.Parse("2026-11-28T10:00:00Z", System.Globalization.CultureInfo.InvariantCulture));
+        await using var tokens = await OAuth2Kit.ExchangeAsync();
+        await using var smtp = new XOAuth2SmtpServer(tokens.Check);
+        bool down = true;
+        smtp.AuthReply = () => Volatile.Read(ref down) ? "454 4.7.0 Temporary authentication failure" : null;
+        await using var gw = await StartAsync(OAuth2Kit.Relay(smtp, OAuth2Kit.OAuth2(tokens), backoff: ["00:01:00"]), s => s.AddSingleton<TimeProvider>(clock));
+
+        await gw.Spool.QueueMailAsync(OAuth2Kit.Mail("tempauth-1"), default);
+        await gw.UntilAsync(async () => (await StateAsync(gw, "tempauth-1")).Attempts == 1, "the first attempt");
+        var first = await StateAsync(gw, "tempauth-1");
+        Assert.Equal((MessageStatus.Queued, clock.GetUtcNow() + TimeSpan.FromMinutes(1)), (first.Status, first.NextAttemptAt));
+        Assert.Contains($"temporary authentication failure at 127.0.0.1:{smtp.Port}: 454 4.7.0 Temporary authentication failure", first.LastReply);
+        Assert.Equal(1, tokens.Issued);
+
+        Volatile.Write(ref down, false);
+        clock.Advance(TimeSpan.FromMinutes(1));
+        gw.Host.Services.GetRequiredService<DeliveryWorker>().Wake();
+        var (_, _, message) = await smtp.NextAsync();
+        Assert.Equal("tempauth-1@gw.test", message.MessageId);
+        Assert.Equal(1, tokens.Issued);
+        var notices = gw.Host.Services.GetRequiredService<OperatorNotices>();
+        await notices.FlushedAsync();
+        Assert.Equal(0, notices.Sent);
+    }
+
     [Fact]
     public async Task MailboxPermissionMissing_TheFreshTokenIsRefusedAndTheMailWaitsWithTheFix()
     {

@@ -1,12 +1,16 @@
+using System.Collections.Concurrent;
 using System.Text;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Relay;
 using EdgeMail.Gateway.Spool;
 using EdgeMail.Testing;
 using EdgeMail.Testing.Smtp;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Time.Testing;
 using MQTTnet;
 using MQTTnet.Protocol;
 using Xunit;
+using static EdgeMail.Gateway.Tests.Relay.DirectMxEarlyRecordTests;
 
 namespace EdgeMail.Gateway.Tests.Relay;
 
@@ -17,6 +21,37 @@ public sealed class SmarthostTests
         c["Relay"] = new { Mode = "Smarthost", Host = "127.0.0.1", Port = smtpPort, Security = "None", Backoff = new[] { "00:00:00.200" }, Concurrency = 2, Timeout = "00:00:05" };
         c["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "info", To = new[] { "oncall" } } };
     });
+
+    private static readonly string[] Five = ["r1@example.com", "r2@example.com", "r3@example.com", "r4@example.com", "r5@example.com"];
+
+    /// <summary>A gateway whose clock stands still: a deferred mail is not tried again until the test moves it past the 1 min backoff.</summary>
+    private static Task<TestGateway> StartStillGatewayAsync(int smtpPort, FakeTimeProvider clock) => TestGateway.StartAsync(
+        c => c["Relay"] = new { Mode = "Smarthost", Host = "127.0.0.1", Port = smtpPort, Security = "None", Timeout = "00:00:05", Backoff = new[] { "00:01:00" } },
+        s => s.AddSingleton<TimeProvider>(clock));
+
+    /// <summary>
+    /// A server's recipient limit (Postfix's <c>smtpd_recipient_limit</c>, Exchange's MaxRecipientsPerMessage): the RCPTs of
+    /// a transaction past <paramref name="limit"/> are answered as Postfix does.
+    /// </summary>
+    private static Func<SmtpCommandSeen, SmtpReply?> RecipientLimit(int limit)
+    {
+        var taken = new ConcurrentDictionary<int, int>();
+        return c => c.Verb switch
+        {
+            "MAIL" => Reset(taken, c.Connection),
+            "RCPT" when taken.AddOrUpdate(c.Connection, 1, (_, n) => n + 1) > limit => new SmtpReply(452, "4.5.3 Error: too many recipients"),
+            _ => null,
+        };
+
+        static SmtpReply? Reset(ConcurrentDictionary<int, int> taken, int connection)
+        {
+            taken[connection] = 0;
+            return null;
+        }
+    }
+
+    private static IEnumerable<(string Address, string Outcome)> Outcomes(AttemptRecord attempt) =>
+        attempt.Results.Select(r => (r.Address, r.Outcome)).OrderBy(r => r.Address, StringComparer.Ordinal);
 
     private static QueuedMessage Mail(string id)
     {
@@ -222,6 +257,62 @@ public sealed class SmarthostTests
         var states = receipts.Select(r => System.Text.Json.JsonDocument.Parse(r).RootElement)
             .Where(r => r.GetProperty("id").GetString() == "split-1").Select(r => r.GetProperty("state").GetString());
         Assert.Equal(["accepted", "failed"], states); // bob's refusal is the last word: alice's wait and copy change nothing
+    }
+
+    // RFC 5321 4.5.3.1.10: the recipients past a server's limit are sent in a new transaction, at once, not a backoff
+    // step later. Each transaction's recipients are on record before the next begins, so none gets the mail twice.
+    [Fact]
+    public async Task Relay_SmarthostTakesTwoRecipientsPerTransaction_The452dRestFollowAtOnceOnTheSameConnection_EachGetsItOnce()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        sink.OnCommand = RecipientLimit(2);
+        await using var gw = await StartStillGatewayAsync(sink.Port, new FakeTimeProvider(DateTimeOffset.FromUnixTimeSeconds(1_800_000_000)));
+
+        await gw.Spool.QueueMailAsync(OAuth2Kit.Mail("limit-1", Five), default);
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("limit-1@gw.test", default))?.Attempts == 1, "the first attempt recorded");
+
+        Assert.Equal([["r1@example.com", "r2@example.com"], ["r3@example.com", "r4@example.com"], ["r5@example.com"]], sink.Received.Select(m => m.To).ToList());
+        Assert.All(sink.Received, m => Assert.Equal(1, m.Connection));
+        Assert.Equal(1, sink.Connections);
+        var detail = await DetailAsync(gw.Spool, "limit-1@gw.test");
+        Assert.Equal(MessageStatus.Sent, detail.Summary.Status);
+        Assert.All(detail.Recipients, r => Assert.Equal("sent", r.Status));
+        Assert.All(detail.Recipients, r => Assert.StartsWith("250 ", r.Reply, StringComparison.Ordinal));
+        Assert.Equal(Five.Select(r => (r, "sent")), Outcomes(Assert.Single(detail.Attempts)));
+    }
+
+    // A follow-up transaction that delivers to nobody ends the attempt: a server that turns every recipient away for now
+    // is not asked again and again, and its recipients wait for the Relay:Backoff step as any deferral does.
+    [Fact]
+    public async Task Relay_Smarthost452sEveryRecipientOfTheFollowUp_TheyWaitForTheBackoffStep_ThenEachGetsItOnce()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        int rcpts = 0;
+        sink.OnCommand = c => c.Verb == "RCPT" && Interlocked.Increment(ref rcpts) > 1 ? new SmtpReply(452, "4.5.3 Error: too many recipients") : null;
+        var clock = new FakeTimeProvider(DateTimeOffset.FromUnixTimeSeconds(1_800_000_000));
+        await using var gw = await StartStillGatewayAsync(sink.Port, clock);
+        string[] four = ["r1@example.com", "r2@example.com", "r3@example.com", "r4@example.com"];
+
+        await gw.Spool.QueueMailAsync(OAuth2Kit.Mail("limit-2", four), default);
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("limit-2@gw.test", default))?.Attempts == 1, "the first attempt recorded");
+
+        Assert.Equal([["r1@example.com"]], sink.Received.Select(m => m.To).ToList());
+        Assert.Equal(2, sink.Commands.Count(c => c.Verb == "MAIL"));
+        var first = await DetailAsync(gw.Spool, "limit-2@gw.test");
+        Assert.Equal((MessageStatus.Queued, clock.GetUtcNow() + TimeSpan.FromMinutes(1)), (first.Summary.Status, first.Summary.NextAttemptAt));
+        Assert.Equal([("r1@example.com", "sent"), ("r2@example.com", "deferred"), ("r3@example.com", "deferred"), ("r4@example.com", "deferred")],
+            Outcomes(Assert.Single(first.Attempts)));
+        Assert.All(first.Attempts[0].Results.Where(r => r.Outcome == RecipientOutcome.Deferred), r => Assert.StartsWith("452 4.5.3 Error: too many recipients", r.Reply, StringComparison.Ordinal));
+
+        sink.OnCommand = null;
+        clock.Advance(TimeSpan.FromMinutes(1));
+        gw.Host.Services.GetRequiredService<DeliveryWorker>().Wake();
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("limit-2@gw.test", default))?.Status == MessageStatus.Sent, "the second attempt recorded");
+
+        Assert.Equal([["r1@example.com"], ["r2@example.com", "r3@example.com", "r4@example.com"]], sink.Received.Select(m => m.To).ToList());
+        var done = await DetailAsync(gw.Spool, "limit-2@gw.test");
+        Assert.Equal(2, done.Summary.Attempts);
+        Assert.All(done.Recipients, r => Assert.Equal("sent", r.Status));
     }
 
     [Fact]

@@ -175,6 +175,30 @@ public sealed class SmarthostTlsTests
         Assert.Empty(sink.Messages);
     }
 
+    // RFC 4954: 454 is a temporary failure of the server's sign-in service, not a refused password; the relay is not
+    // held for a Backoff step (10 min here) as it is after a 535.
+    [Fact]
+    public async Task Relay_Auth454_DefersWithTheServersReply_AndTheNextMailSignsInAgainAtOnce()
+    {
+        await using var sink = await StartSmarthostAsync();
+        int auths = 0;
+        sink.OnCommand = c => c.Verb == "AUTH" && Interlocked.Increment(ref auths) == 1 ? new SmtpReply(454, "4.7.0 Temporary authentication failure") : null;
+        await using var gw = await StartGatewayAsync(sink.Port, "StartTls", mechanism: "PLAIN");
+
+        string receipt = await PublishAndAwaitReceiptAsync(gw, "tempauth-1", "deferred");
+        Assert.Contains($"temporary authentication failure at 127.0.0.1:{sink.Port}: 454 4.7.0 Temporary authentication failure", receipt, StringComparison.Ordinal);
+        Assert.DoesNotContain("535", receipt, StringComparison.Ordinal);
+        await gw.Spool.QueueMailAsync(OAuth2Kit.Mail("tempauth-2"), default);
+        var (message, _) = await sink.NextAsync();
+
+        Assert.Equal("tempauth-2@gw.test", message.MessageId);
+        var first = (await gw.Spool.GetMessageAsync("dev-1.tempauth-1.alert@gw.test", default))!;
+        Assert.Equal((MessageStatus.Queued, 1), (first.Status, first.Attempts));
+        Assert.Single(sink.Received);
+        Assert.Equal(["PLAIN", "PLAIN"], AuthMethods(sink));
+        Assert.Equal([new SmtpAuthAttempt(RelayUser, "PLAIN", Accepted: true)], sink.AuthAttempts);
+    }
+
     [Fact]
     public async Task Relay_StartTlsRequiredButNotOffered_DefersInsteadOfSendingInClear()
     {

@@ -42,6 +42,12 @@ public sealed class XOAuth2SmtpServer : IAsyncDisposable
     /// <summary>Close a session right after this many messages (0: never).</summary>
     public int MessagesPerSession { get; set; }
 
+    /// <summary>
+    /// Asked at each AUTH XOAUTH2: a reply instead of the token check (<c>454 4.7.0 Temporary authentication failure</c>,
+    /// say, while the provider's sign-in service is down), or null to check the token as usual.
+    /// </summary>
+    public Func<string?>? AuthReply { get; set; }
+
     /// <summary>Called with the running count after each accepted message (before the reply is sent).</summary>
     public Action<int>? Accepted { get; set; }
 
@@ -220,6 +226,12 @@ public sealed class XOAuth2SmtpServer : IAsyncDisposable
                 {
                     token = field[12..];
                 }
+            }
+
+            if (server.AuthReply?.Invoke() is { } reply)
+            {
+                await WriteAsync(reply);
+                return;
             }
 
             bool ok = server._check(token, user) is null;
