@@ -23,7 +23,8 @@ namespace EdgeMail.Gateway.Relay;
 /// refuses it. A mail to more than <c>Relay:Limits:RecipientsPerMessage</c> recipients goes out in several transactions:
 /// the recipients each one but the last delivered to are handed over for recording before the next begins, and before
 /// each one but the first the attempt asks whether it may go on (<see cref="PartedAttempt"/>, as direct MX). Recipients
-/// a transaction that delivered to others turned away with "452 too many recipients" follow in a further transaction
+/// a transaction that delivered to others turned away with "452 too many recipients" (or the 552 older servers send for
+/// it) follow in a further transaction
 /// of the same attempt, on the same connection while it is open.
 /// </summary>
 public sealed class SmtpRelay : IMailTransport
@@ -120,8 +121,16 @@ public sealed class SmtpRelay : IMailTransport
             : [];
 
     private static bool IsTooManyRecipients(string reply) =>
-        reply.StartsWith("452 ", StringComparison.Ordinal)
-        && (reply.StartsWith("452 4.5.3", StringComparison.Ordinal) || reply.Contains("too many recipients", StringComparison.OrdinalIgnoreCase));
+        (reply.StartsWith("452 ", StringComparison.Ordinal) || reply.StartsWith("552 ", StringComparison.Ordinal))
+        && (reply.AsSpan(4).StartsWith("4.5.3") || reply.AsSpan(4).StartsWith("5.5.3") || reply.Contains("too many recipients", StringComparison.OrdinalIgnoreCase));
+
+    // A 4xx is for now. So is a 552 that says the transaction has too many recipients: RFC 5321 (4.5.3.1.10) asks
+    // clients to read it as 452, which older servers sent it for; bounced, those recipients would lose the mail for
+    // the server's limit per transaction, not for anything about them.
+    private static RecipientResult RefusedRecipient(string address, (int Code, string Text) refusal) =>
+        new(address, refusal.Code is >= 400 and < 500 || (refusal.Code == 552 && IsTooManyRecipients(refusal.Text))
+            ? RecipientOutcome.Deferred
+            : RecipientOutcome.Failed, refusal.Text);
 
     /// <summary>One transaction: on the connection an earlier transaction of the attempt kept, else on one from the pool or a new one.</summary>
     /// <returns>The results, and the connection when it is still open (to the pool with <see cref="Release"/> once the attempt is done).</returns>
@@ -274,7 +283,7 @@ public sealed class SmtpRelay : IMailTransport
             }
 
             return message.PendingRecipients.Select(r => client.Refused.TryGetValue(r, out var refusal)
-                ? new RecipientResult(r, refusal.Code is >= 400 and < 500 ? RecipientOutcome.Deferred : RecipientOutcome.Failed, refusal.Text)
+                ? RefusedRecipient(r, refusal)
                 : new RecipientResult(r, RecipientOutcome.Sent, "250 " + reply)).ToList();
         }
         catch (SmtpCommandException ex) when (ex.StatusCode == SmtpStatusCode.ServiceNotAvailable || client.Refused.Values.Any(r => r.Code == 421))
@@ -311,7 +320,7 @@ public sealed class SmtpRelay : IMailTransport
             // nothing about the recipients, so the MAIL FROM reply (a 451 greylisting, say) decides for all of them.
             bool senderRefused = ex.ErrorCode == SmtpErrorCode.SenderNotAccepted;
             return message.PendingRecipients.Select(r => !senderRefused && client.Refused.TryGetValue(r, out var refusal)
-                ? new RecipientResult(r, refusal.Code is >= 400 and < 500 ? RecipientOutcome.Deferred : RecipientOutcome.Failed, refusal.Text)
+                ? RefusedRecipient(r, refusal)
                 : new RecipientResult(r, outcome, text)).ToList();
         }
         catch (AuthenticationException ex) when (AuthReply(ex) is { } reply && reply[0] == '4')
