@@ -192,7 +192,7 @@ public sealed class GatewayOptionsValidatorTests
     {
         string dir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
         // OS-chosen ports: another gateway on the machine (or a CI neighbour) may hold the defaults.
-        using var host = GatewayHost.CreateBuilder([$"--DataDirectory={dir}", "--Mqtt:Port=0", "--Mqtt:TlsPort=0", "--Console:Port=0", "--Smtp:Port=0"]).Build();
+        using var host = GatewayHost.CreateBuilder([$"--DataDirectory={dir}", "--Mqtt:Port=0", "--Mqtt:TlsPort=0", "--Console:Port=0"]).Build();
         await host.StartAsync();
         try
         {
@@ -218,6 +218,7 @@ public sealed class ExampleConfigTests
         Microsoft.Extensions.Configuration.ConfigurationBinder.Bind(configuration, options);
 
         Assert.Empty(GatewayOptionsValidator.Check(options));
+        Assert.Empty(ConfigurationKeysValidator.Check(((IConfigurationRoot)configuration).Providers));
         Assert.Equal("Smarthost", options.Relay.Mode);
     }
 }
