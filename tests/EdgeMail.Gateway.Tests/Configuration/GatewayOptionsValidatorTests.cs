@@ -1,3 +1,4 @@
+using System.Globalization;
 using EdgeMail.Gateway.Configuration;
 using Microsoft.Extensions.Options;
 using Microsoft.Extensions.Configuration;
@@ -138,6 +139,33 @@ public sealed class GatewayOptionsValidatorTests
         o.Relay.Mode = "Smarthost";
 
         Assert.Contains(GatewayOptionsValidator.Check(o), e => e.StartsWith("Relay:Host:", StringComparison.Ordinal));
+    }
+
+    [Theory]
+    [InlineData("00:00:00")] // MailKit's connect timed out at once: every delivery deferred until Relay:MaxAge bounced it
+    [InlineData("-00:00:05")] // MailKit threw on it, and so did a stop, waiting twice it for deliveries under way
+    [InlineData("30.00:00:00")] // past int.MaxValue milliseconds, and past what that wait takes
+    public void Check_RelayTimeoutOutsideASecondToAnHour_NamesTheKeyAndTheFix(string timeout)
+    {
+        var o = Valid();
+        o.Relay.Mode = "Smarthost";
+        o.Relay.Host = "smtp.example.com";
+        o.Relay.Timeout = TimeSpan.Parse(timeout, CultureInfo.InvariantCulture);
+
+        Assert.StartsWith($"Relay:Timeout: {o.Relay.Timeout} is outside 1 second to 1 hour. Fix: use e.g. 00:00:30",
+            Assert.Single(GatewayOptionsValidator.Check(o)), StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(65536)]
+    public void Check_MxPortNotATcpPort_NamesTheKeyAndTheFix(int port)
+    {
+        var o = Valid();
+        o.Relay.Mode = "DirectMx";
+        o.Relay.MxPort = port;
+
+        Assert.StartsWith($"Relay:MxPort: {port} is not a TCP port. Fix: use 25", Assert.Single(GatewayOptionsValidator.Check(o)), StringComparison.Ordinal);
     }
 
     [Fact]
