@@ -263,6 +263,13 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         {
             add("Mqtt:TlsPort", $"{mqtt.TlsPort} is also Mqtt:Port, the plain listener's port", "use 8883 for TLS and 1883 for plain MQTT, or set Mqtt:PlainEnabled to false");
         }
+
+        // Empty here after binding only when Smtp:CertificatePath is empty too (MqttListenerDefaults): then it is generated.
+        if (mqtt.CertificatePath.Length > 0 && Security.TlsCertificates.Problem(mqtt.CertificatePath, mqtt.CertificatePassword) is { } problem)
+        {
+            add("Mqtt:CertificatePath", $"the TLS certificate '{mqtt.CertificatePath}' {problem}",
+                Security.TlsCertificates.Fix("Mqtt:CertificatePassword") + " (an empty Mqtt:CertificatePath takes Smtp:CertificatePath's)");
+        }
     }
 
     private static void ValidateMqttMode(MqttIngestOptions mqtt, Action<string, string, string> add)

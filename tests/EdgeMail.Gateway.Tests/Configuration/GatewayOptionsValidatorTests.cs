@@ -1,4 +1,7 @@
 using System.Globalization;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using EdgeMail.Gateway.Cli;
 using EdgeMail.Gateway.Configuration;
 using Microsoft.Extensions.Options;
 using Microsoft.Extensions.Configuration;
@@ -213,6 +216,48 @@ public sealed class GatewayOptionsValidatorTests
 
         Assert.Contains(ex.Failures, f => f.StartsWith("Relay:Host:", StringComparison.Ordinal));
         Assert.Contains(ex.Failures, f => f.StartsWith("Relay:Port:", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Start_TlsCertificatesThatCannotServe_FailValidationNamingEachListenersKey()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        using var rsa = RSA.Create(2048);
+        using var certificate = new CertificateRequest("CN=gw.test", rsa, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1)
+            .CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddDays(1));
+        string missing = Path.Combine(dir, "missing.pfx");
+        string withKey = Path.Combine(dir, "gateway.pfx");
+        await File.WriteAllBytesAsync(withKey, certificate.Export(X509ContentType.Pfx, "right"));
+        string withoutKey = Path.Combine(dir, "public-only.pfx");
+        using (var publicOnly = X509CertificateLoader.LoadCertificate(certificate.RawData))
+        {
+            await File.WriteAllBytesAsync(withoutKey, publicOnly.Export(X509ContentType.Pfx, "right"));
+        }
+
+        string config = TestGateway.WriteConfig(dir, tweak: c =>
+        {
+            c["Mqtt"] = new { Port = 0, TlsEnabled = true, TlsPort = 0, CertificatePath = missing };
+            c["Smtp"] = new { Endpoints = new[] { new { Port = 0, Tls = "Implicit" } }, CertificatePath = withKey, CertificatePassword = "wrong" };
+            c["Console"] = new { Port = 0, CertificatePath = withoutKey, CertificatePassword = "right" };
+        });
+        try
+        {
+            using var host = GatewayHost.CreateBuilder(["--config", config]).Build();
+
+            var problems = await GatewayConfig.ValidateAsync(host.Services, CancellationToken.None);
+
+            Assert.Contains(problems, p => p.StartsWith($"Mqtt:CertificatePath: the TLS certificate '{missing}' does not exist. Fix: give a PKCS#12 file", StringComparison.Ordinal)
+                && p.Contains("its password in Mqtt:CertificatePassword", StringComparison.Ordinal));
+            Assert.Contains(problems, p => p.StartsWith($"Smtp:CertificatePath: the TLS certificate '{withKey}' is not a PKCS#12 file this password opens", StringComparison.Ordinal)
+                && p.Contains("its password in Smtp:CertificatePassword", StringComparison.Ordinal));
+            Assert.Contains(problems, p => p.StartsWith($"Console:CertificatePath: the TLS certificate '{withoutKey}' holds no private key. Fix:", StringComparison.Ordinal));
+            Assert.Equal(3, problems.Count);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
     }
 
     [Fact]
