@@ -40,6 +40,7 @@ public static class GatewayHost
         hostConfiguration.AddInMemoryCollection([new("hostBuilder:reloadConfigOnChange", "false")]);
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { Args = args, Configuration = hostConfiguration });
         string? configFile = ConfigFile(args) ?? Environment.GetEnvironmentVariable("EDGEMAIL_CONFIG");
+        int ownSources = builder.Configuration.Sources.Count;
         if (configFile is not null)
         {
             builder.Configuration.AddConfigFile(Path.GetFullPath(configFile));
@@ -53,6 +54,7 @@ public static class GatewayHost
         services.AddSystemd(); // Type=notify (READY=1, STOPPING=1) and journald log levels under systemd; a no-op otherwise
         services.AddSingleton(TimeProvider.System);
         services.AddSingleton<IValidateOptions<GatewayOptions>, GatewayOptionsValidator>();
+        services.AddSingleton<IValidateOptions<GatewayOptions>>(new ConfigurationKeysValidator([.. ((IConfigurationRoot)builder.Configuration).Providers.Skip(ownSources)]));
         services.AddOptions<GatewayOptions>().Bind(builder.Configuration).ValidateOnStart();
 
         // One bound copy of the options: IOptions and IOptionsMonitor (which ValidateOnStart reads) would each bind and

@@ -263,6 +263,13 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         {
             add("Mqtt:TlsPort", $"{mqtt.TlsPort} is also Mqtt:Port, the plain listener's port", "use 8883 for TLS and 1883 for plain MQTT, or set Mqtt:PlainEnabled to false");
         }
+
+        // Empty here after binding only when Smtp:CertificatePath is empty too (MqttListenerDefaults): then it is generated.
+        if (mqtt.CertificatePath.Length > 0 && Security.TlsCertificates.Problem(mqtt.CertificatePath, mqtt.CertificatePassword) is { } problem)
+        {
+            add("Mqtt:CertificatePath", $"the TLS certificate '{mqtt.CertificatePath}' {problem}",
+                Security.TlsCertificates.Fix("Mqtt:CertificatePassword") + " (an empty Mqtt:CertificatePath takes Smtp:CertificatePath's)");
+        }
     }
 
     private static void ValidateMqttMode(MqttIngestOptions mqtt, Action<string, string, string> add)
@@ -465,6 +472,11 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
             add("Relay:Port", $"{relay.Port} is not a TCP port", "use 587 (STARTTLS), 465 (TLS) or 25");
         }
 
+        if (relay.MxPort is < 1 or > 65535)
+        {
+            add("Relay:MxPort", $"{relay.MxPort} is not a TCP port", "use 25, the port other domains' mail exchangers listen on");
+        }
+
         if (!SecurityModes.Contains(relay.Security, StringComparer.OrdinalIgnoreCase))
         {
             add("Relay:Security", $"'{relay.Security}' is unknown", "use StartTls, Tls, StartTlsWhenAvailable or None");
@@ -484,6 +496,14 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
             && !relay.AuthMechanism.Equals("LOGIN", StringComparison.OrdinalIgnoreCase))
         {
             add("Relay:AuthMechanism", $"'{relay.AuthMechanism}' is not supported", "use PLAIN or LOGIN, or leave it empty for the strongest the server offers");
+        }
+
+        // MailKit takes it in milliseconds as an int, HttpClient refuses zero, and a stop waits twice it for deliveries
+        // under way: zero or less failed every delivery (the mail bounced at MaxAge), and past ~25 days it overflowed.
+        if (relay.Timeout < TimeSpan.FromSeconds(1) || relay.Timeout > TimeSpan.FromHours(1))
+        {
+            add("Relay:Timeout", $"{relay.Timeout} is outside 1 second to 1 hour",
+                "use e.g. 00:00:30; it bounds each command to the relay and each token request, and a stop waits up to twice it for deliveries under way");
         }
 
         if (relay.MaxAge <= TimeSpan.Zero)

@@ -14,6 +14,42 @@ public static class TlsCertificates
     /// <summary>File name of the generated certificate inside the data directory.</summary>
     public const string GeneratedFileName = "tls-selfsigned.pfx";
 
+    /// <summary>
+    /// Why a configured certificate file cannot serve TLS, for the start's validation: a listener that loaded it only
+    /// once the others were up failed the start with exit code 1 (retried by systemd for ever) instead of 2.
+    /// </summary>
+    /// <param name="path">The PKCS#12 file.</param>
+    /// <param name="password">Its password.</param>
+    /// <returns>The problem, to follow the file's name ("does not exist"); null when it loads with its private key.</returns>
+    public static string? Problem(string path, string password)
+    {
+        try
+        {
+            using var certificate = X509CertificateLoader.LoadPkcs12FromFile(path, password);
+            return certificate.HasPrivateKey ? null : "holds no private key";
+        }
+        catch (CryptographicException ex)
+        {
+            return ex.InnerException switch
+            {
+                FileNotFoundException or DirectoryNotFoundException => "does not exist",
+                UnauthorizedAccessException or IOException => $"cannot be read ({ex.InnerException.Message})",
+                _ => $"is not a PKCS#12 file this password opens ({ex.Message.TrimEnd('.')})",
+            };
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            return $"cannot be read ({ex.Message})";
+        }
+    }
+
+    /// <summary>How to fix a <see cref="Problem"/>, naming the key of the password.</summary>
+    /// <param name="passwordKey">The password's key, e.g. <c>Mqtt:CertificatePassword</c>.</param>
+    /// <returns>The fix.</returns>
+    public static string Fix(string passwordKey) =>
+        $"give a PKCS#12 file with the certificate and its private key, readable by the gateway's user, and its password in {passwordKey} "
+        + "(from PEM: openssl pkcs12 -export -in cert.pem -inkey key.pem -out gateway.pfx); or leave the path empty for the self-signed certificate";
+
     /// <summary>Loads the configured certificate, or loads/creates the self-signed one.</summary>
     /// <param name="path">A PKCS#12 (.pfx/.p12) file; empty for the generated one.</param>
     /// <param name="password">Its password (may be empty).</param>
@@ -40,7 +76,7 @@ public static class TlsCertificates
             }
             catch (CryptographicException ex)
             {
-                throw new InvalidOperationException($"Cannot read the TLS certificate '{path}': {ex.Message}. Give a PKCS#12 file and its password (Smtp:CertificatePassword).", ex);
+                throw new InvalidOperationException($"Cannot read the TLS certificate '{path}': {ex.Message} Give a PKCS#12 file and its password.", ex);
             }
         }
 

@@ -39,9 +39,10 @@ public sealed class ConsoleOptionsValidator : IValidateOptions<ConsoleOptions>
             errors.Add($"Console:Port {options.Port} is not a TCP port (0-65535)");
         }
 
-        if (options.CertificatePath.Length > 0 && !File.Exists(options.CertificatePath))
+        if (options.CertificatePath.Length > 0 && Security.TlsCertificates.Problem(options.CertificatePath, options.CertificatePassword) is { } problem)
         {
-            errors.Add($"Console:CertificatePath '{options.CertificatePath}' does not exist");
+            errors.Add($"Console:CertificatePath: the TLS certificate '{options.CertificatePath}' {problem}. Fix: {Security.TlsCertificates.Fix("Console:CertificatePassword")} "
+                + "(an empty Console:CertificatePath takes Mqtt:CertificatePath's).");
         }
 
         foreach (string proxy in options.TrustedProxies)

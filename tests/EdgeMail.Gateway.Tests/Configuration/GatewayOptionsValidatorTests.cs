@@ -1,3 +1,7 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using EdgeMail.Gateway.Cli;
 using EdgeMail.Gateway.Configuration;
 using Microsoft.Extensions.Options;
 using Microsoft.Extensions.Configuration;
@@ -140,6 +144,33 @@ public sealed class GatewayOptionsValidatorTests
         Assert.Contains(GatewayOptionsValidator.Check(o), e => e.StartsWith("Relay:Host:", StringComparison.Ordinal));
     }
 
+    [Theory]
+    [InlineData("00:00:00")] // MailKit's connect timed out at once: every delivery deferred until Relay:MaxAge bounced it
+    [InlineData("-00:00:05")] // MailKit threw on it, and so did a stop, waiting twice it for deliveries under way
+    [InlineData("30.00:00:00")] // past int.MaxValue milliseconds, and past what that wait takes
+    public void Check_RelayTimeoutOutsideASecondToAnHour_NamesTheKeyAndTheFix(string timeout)
+    {
+        var o = Valid();
+        o.Relay.Mode = "Smarthost";
+        o.Relay.Host = "smtp.example.com";
+        o.Relay.Timeout = TimeSpan.Parse(timeout, CultureInfo.InvariantCulture);
+
+        Assert.StartsWith($"Relay:Timeout: {o.Relay.Timeout} is outside 1 second to 1 hour. Fix: use e.g. 00:00:30",
+            Assert.Single(GatewayOptionsValidator.Check(o)), StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(65536)]
+    public void Check_MxPortNotATcpPort_NamesTheKeyAndTheFix(int port)
+    {
+        var o = Valid();
+        o.Relay.Mode = "DirectMx";
+        o.Relay.MxPort = port;
+
+        Assert.StartsWith($"Relay:MxPort: {port} is not a TCP port. Fix: use 25", Assert.Single(GatewayOptionsValidator.Check(o)), StringComparison.Ordinal);
+    }
+
     [Fact]
     public void Check_BadBurstSettings_NameTheKeyAndTheFix()
     {
@@ -188,11 +219,53 @@ public sealed class GatewayOptionsValidatorTests
     }
 
     [Fact]
+    public async Task Start_TlsCertificatesThatCannotServe_FailValidationNamingEachListenersKey()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        using var rsa = RSA.Create(2048);
+        using var certificate = new CertificateRequest("CN=gw.test", rsa, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1)
+            .CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddDays(1));
+        string missing = Path.Combine(dir, "missing.pfx");
+        string withKey = Path.Combine(dir, "gateway.pfx");
+        await File.WriteAllBytesAsync(withKey, certificate.Export(X509ContentType.Pfx, "right"));
+        string withoutKey = Path.Combine(dir, "public-only.pfx");
+        using (var publicOnly = X509CertificateLoader.LoadCertificate(certificate.RawData))
+        {
+            await File.WriteAllBytesAsync(withoutKey, publicOnly.Export(X509ContentType.Pfx, "right"));
+        }
+
+        string config = TestGateway.WriteConfig(dir, tweak: c =>
+        {
+            c["Mqtt"] = new { Port = 0, TlsEnabled = true, TlsPort = 0, CertificatePath = missing };
+            c["Smtp"] = new { Endpoints = new[] { new { Port = 0, Tls = "Implicit" } }, CertificatePath = withKey, CertificatePassword = "wrong" };
+            c["Console"] = new { Port = 0, CertificatePath = withoutKey, CertificatePassword = "right" };
+        });
+        try
+        {
+            using var host = GatewayHost.CreateBuilder(["--config", config]).Build();
+
+            var problems = await GatewayConfig.ValidateAsync(host.Services, CancellationToken.None);
+
+            Assert.Contains(problems, p => p.StartsWith($"Mqtt:CertificatePath: the TLS certificate '{missing}' does not exist. Fix: give a PKCS#12 file", StringComparison.Ordinal)
+                && p.Contains("its password in Mqtt:CertificatePassword", StringComparison.Ordinal));
+            Assert.Contains(problems, p => p.StartsWith($"Smtp:CertificatePath: the TLS certificate '{withKey}' is not a PKCS#12 file this password opens", StringComparison.Ordinal)
+                && p.Contains("its password in Smtp:CertificatePassword", StringComparison.Ordinal));
+            Assert.Contains(problems, p => p.StartsWith($"Console:CertificatePath: the TLS certificate '{withoutKey}' holds no private key. Fix:", StringComparison.Ordinal));
+            Assert.Equal(3, problems.Count);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
     public async Task Start_NoConfig_CreatesADemoSetupInTheDataDirectory()
     {
         string dir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
         // OS-chosen ports: another gateway on the machine (or a CI neighbour) may hold the defaults.
-        using var host = GatewayHost.CreateBuilder([$"--DataDirectory={dir}", "--Mqtt:Port=0", "--Mqtt:TlsPort=0", "--Console:Port=0", "--Smtp:Port=0"]).Build();
+        using var host = GatewayHost.CreateBuilder([$"--DataDirectory={dir}", "--Mqtt:Port=0", "--Mqtt:TlsPort=0", "--Console:Port=0"]).Build();
         await host.StartAsync();
         try
         {
@@ -218,6 +291,7 @@ public sealed class ExampleConfigTests
         Microsoft.Extensions.Configuration.ConfigurationBinder.Bind(configuration, options);
 
         Assert.Empty(GatewayOptionsValidator.Check(options));
+        Assert.Empty(ConfigurationKeysValidator.Check(((IConfigurationRoot)configuration).Providers));
         Assert.Equal("Smarthost", options.Relay.Mode);
     }
 }

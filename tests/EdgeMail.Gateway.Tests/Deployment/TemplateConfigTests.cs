@@ -26,9 +26,9 @@ public sealed class TemplateConfigTests : IDisposable
     {
         int plainPort = Loopback.FreePort();
         int tlsPort = Loopback.FreePort();
-        // The console and SMTP on OS-chosen ports: another gateway on the machine may hold the template's.
+        // The console on an OS-chosen port (the template has no SMTP endpoint): another gateway on the machine may hold the template's.
         using var host = GatewayHost.CreateBuilder([
-            "--config", Appliance.Template, "--DataDirectory=" + _dir, $"--Mqtt:Port={plainPort}", $"--Mqtt:TlsPort={tlsPort}", "--Console:Port=0", "--Smtp:Port=0"]).Build();
+            "--config", Appliance.Template, "--DataDirectory=" + _dir, $"--Mqtt:Port={plainPort}", $"--Mqtt:TlsPort={tlsPort}", "--Console:Port=0"]).Build();
         var options = host.Services.GetRequiredService<IOptions<GatewayOptions>>().Value;
         Assert.Empty(GatewayOptionsValidator.Check(options));
         Assert.Equal("127.0.0.1", options.Mqtt.BindAddress);

@@ -172,6 +172,12 @@ public sealed class SmtpIngestOptionsValidator : IValidateOptions<SmtpIngestOpti
             }
         }
 
+        if (o.CertificatePath.Length > 0 && o.Endpoints.Any(e => !e.Tls.Equals("None", StringComparison.OrdinalIgnoreCase))
+            && Security.TlsCertificates.Problem(o.CertificatePath, o.CertificatePassword) is { } problem)
+        {
+            Add("Smtp:CertificatePath", $"the TLS certificate '{o.CertificatePath}' {problem}", Security.TlsCertificates.Fix("Smtp:CertificatePassword"));
+        }
+
         for (int i = 0; i < o.AllowedSources.Count; i++)
         {
             var s = o.AllowedSources[i];
