@@ -138,6 +138,7 @@ public static class GatewayHost
         // The operator's console: last, so that it starts once everything it shows is running.
         services.AddSingleton<IValidateOptions<Web.ConsoleOptions>, Web.ConsoleOptionsValidator>();
         services.AddOptions<Web.ConsoleOptions>().Bind(builder.Configuration.GetSection(Web.ConsoleOptions.Section)).ValidateOnStart();
+        services.AddSingleton<IValidateOptions<GatewayOptions>>(new ListenerPortsValidator(builder.Configuration));
         services.AddSingleton<Web.ConsoleAuth>();
         services.AddSingleton<Web.ConsoleServer>();
         services.AddHostedService(sp => sp.GetRequiredService<Web.ConsoleServer>());

@@ -1,4 +1,5 @@
 using System.Net;
+using System.Net.NetworkInformation;
 using System.Net.Sockets;
 
 namespace EdgeMail.Testing;
@@ -14,4 +15,16 @@ public static class Loopback
         probe.Start();
         return ((IPEndPoint)probe.LocalEndpoint).Port;
     }
+
+    /// <summary>
+    /// An IPv4 address of this machine that is not loopback: a server listening on it is reached over the loopback
+    /// interface all the same, but looks like another host to a client that treats loopback relays apart.
+    /// </summary>
+    /// <returns>The address, or null when the machine has none.</returns>
+    public static IPAddress? OwnNetworkAddress() =>
+        NetworkInterface.GetAllNetworkInterfaces()
+            .Where(n => n.OperationalStatus == OperationalStatus.Up && n.NetworkInterfaceType != NetworkInterfaceType.Loopback)
+            .SelectMany(n => n.GetIPProperties().UnicastAddresses)
+            .Select(u => u.Address)
+            .FirstOrDefault(a => a.AddressFamily == AddressFamily.InterNetwork && !IPAddress.IsLoopback(a));
 }

@@ -324,6 +324,11 @@ public static partial class DoctorCommand
                 // A token needs the identity provider too: 'doctor relay' follows that path step by step.
                 results.Add(new CheckResult("relay AUTH", CheckStatus.Skip, $"Relay:Auth is {relay.Auth}", $"run '{EdgemailCli.Name} doctor relay' to check the token and XOAUTH2"));
             }
+            else if (relay.Mode.Equals("Smarthost", StringComparison.OrdinalIgnoreCase) && relay.User.Length > 0
+                && Relay.SignInSecurity.Withheld(relay, host, port, client.IsSecure) is { } withheld)
+            {
+                results.Add(new CheckResult("relay AUTH", CheckStatus.Fail, withheld));
+            }
             else if (relay.Mode.Equals("Smarthost", StringComparison.OrdinalIgnoreCase) && relay.User.Length > 0)
             {
                 if (relay.AuthMechanism.Length > 0)

@@ -481,6 +481,10 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         {
             add("Relay:Security", $"'{relay.Security}' is unknown", "use StartTls, Tls, StartTlsWhenAvailable or None");
         }
+        else if (Relay.SignInSecurity.StartProblem(relay) is { } clearText)
+        {
+            add("Relay:Security", clearText.Problem, clearText.Fix);
+        }
 
         if (relay.Concurrency < 1)
         {

@@ -31,11 +31,6 @@ internal static class RelayAuthValidator
             add("Relay:User", $"'{relay.User}' is not a mailbox address but Relay:Auth is {relay.Auth}", "give the mailbox the gateway sends as, e.g. alerts@example.com (the token is for it)");
         }
 
-        if (string.Equals(relay.Security, "None", StringComparison.OrdinalIgnoreCase) || string.Equals(relay.Security, "StartTlsWhenAvailable", StringComparison.OrdinalIgnoreCase))
-        {
-            add("Relay:Security", $"is {relay.Security}, which could send the bearer token in clear text", "use StartTls (port 587) or Tls (port 465)");
-        }
-
         if (relay.AuthMechanism.Length > 0)
         {
             add("Relay:AuthMechanism", $"is {relay.AuthMechanism} but Relay:Auth is {relay.Auth}, which always uses XOAUTH2", "leave Relay:AuthMechanism empty");

@@ -125,7 +125,7 @@ public static class RelayDoctor
         try
         {
             await client.ConnectAsync(relay.Host, relay.Port, smtp.Secure(), cancellationToken).ConfigureAwait(false);
-            string tls = client.IsSecure ? $"TLS ({client.SslProtocol}, {client.SslCipherSuite})" : "no TLS (Relay:Security None)";
+            string tls = client.IsSecure ? $"TLS ({client.SslProtocol}, {client.SslCipherSuite})" : $"no TLS (Relay:Security {relay.Security})";
             string auth = client.AuthenticationMechanisms.Count > 0 ? string.Join(' ', client.AuthenticationMechanisms.Order()) : "none";
             await steps.OkAsync("SMTP", $"{tls}; AUTH offered: {auth}").ConfigureAwait(false);
             return true;
@@ -168,6 +168,12 @@ public static class RelayDoctor
 
     private static async Task<bool> AuthenticateAsync(Steps steps, RecordingSmtpClient client, SmtpRelay smtp, RelayOptions relay, CancellationToken cancellationToken)
     {
+        if ((smtp.Tokens is not null || relay.User.Length > 0) && SignInSecurity.Withheld(relay, relay.Host, relay.Port, client.IsSecure) is { } withheld)
+        {
+            await steps.FailAsync("AUTH", withheld, null).ConfigureAwait(false);
+            return false;
+        }
+
         if (smtp.Tokens is not null)
         {
             if (await smtp.SignInAsync(client, relay.Host, relay.Port, cancellationToken).ConfigureAwait(false) is { } refused)

@@ -241,6 +241,13 @@ public sealed class SmtpRelay : IMailTransport
                     return null;
                 }
 
+                if (authenticate && (_tokens is not null || _relay.User.Length > 0) && SignInSecurity.Withheld(_relay, host, port, client.IsSecure) is { } withheld)
+                {
+                    client.LastError = withheld;
+                    await SafeDisconnectAsync(client).ConfigureAwait(false);
+                    return null;
+                }
+
                 if (authenticate && _tokens is not null)
                 {
                     if (await SignInAsync(client, host, port, cancellationToken).ConfigureAwait(false) is { } refused)

@@ -24,6 +24,58 @@ public sealed class GatewayOptionsValidatorTests
         Assert.Empty(GatewayOptionsValidator.Check(Valid()));
     }
 
+    [Theory]
+    [InlineData("smtp.example.com", "None", true)]
+    [InlineData("192.0.2.25", "None", true)]
+    [InlineData("127.0.0.1", "None", false)]
+    [InlineData("127.8.9.10", "None", false)]
+    [InlineData("::1", "None", false)]
+    [InlineData("localhost", "None", false)]
+    [InlineData("smtp.example.com", "StartTlsWhenAvailable", false)] // decided at connect, from the server's EHLO reply
+    [InlineData("smtp.example.com", "StartTls", false)]
+    public void Check_PasswordWithoutTls_IsRefusedUnlessTheRelayIsOnThisMachine(string host, string security, bool refused)
+    {
+        var o = Valid();
+        o.Relay.Mode = "Smarthost";
+        o.Relay.Host = host;
+        o.Relay.Security = security;
+        o.Relay.User = "gw";
+        o.Relay.Password = "secret-pw";
+        var anonymous = Valid();
+        anonymous.Relay.Mode = "Smarthost";
+        anonymous.Relay.Host = host;
+        anonymous.Relay.Security = security;
+
+        var errors = GatewayOptionsValidator.Check(o);
+
+        if (refused)
+        {
+            string error = Assert.Single(errors);
+            Assert.StartsWith($"Relay:Security: is None, which would send the password in clear text to {host}", error, StringComparison.Ordinal);
+            Assert.Contains("Fix: use StartTls (port 587) or Tls (port 465)", error, StringComparison.Ordinal);
+            Assert.DoesNotContain("secret-pw", error, StringComparison.Ordinal);
+        }
+        else
+        {
+            Assert.Empty(errors);
+        }
+
+        Assert.Empty(GatewayOptionsValidator.Check(anonymous));
+    }
+
+    [Theory]
+    [InlineData("smtp.example.com", false, true)]
+    [InlineData("smtp.example.com", true, false)]
+    [InlineData("127.0.0.1", false, false)]
+    [InlineData("localhost", false, false)]
+    [InlineData("[::1]", false, false)]
+    public void SignInSecurity_WithholdsCredentialsOnlyOnAnUnencryptedSessionToAnotherHost(string host, bool encrypted, bool withheld)
+    {
+        var relay = new RelayOptions { Mode = "Smarthost", Host = host, Security = "StartTlsWhenAvailable", User = "gw", Password = "secret-pw" };
+
+        Assert.Equal(withheld, Gateway.Relay.SignInSecurity.Withheld(relay, host, 587, encrypted) is not null);
+    }
+
     [Fact]
     public void Check_SharedGroup_NeedsExternalModeAndAUsableName()
     {

@@ -47,12 +47,13 @@ public sealed class SmarthostTlsTests
         return X509CertificateLoader.LoadPkcs12(ephemeral.Export(X509ContentType.Pfx, "pw"), "pw");
     }
 
-    private static Task<TestGateway> StartGatewayAsync(int port, string security, string password = RelayPassword, string mechanism = "", bool acceptAny = true) =>
+    private static Task<TestGateway> StartGatewayAsync(int port, string security, string password = RelayPassword, string mechanism = "", bool acceptAny = true,
+        string host = "127.0.0.1") =>
         TestGateway.StartAsync(c =>
         {
             c["Relay"] = new
             {
-                Mode = "Smarthost", Host = "127.0.0.1", Port = port, Security = security, User = RelayUser, Password = password,
+                Mode = "Smarthost", Host = host, Port = port, Security = security, User = RelayUser, Password = password,
                 AuthMechanism = mechanism, AcceptAnyCertificate = acceptAny, Backoff = new[] { "00:10:00" }, Concurrency = 1, Timeout = "00:00:05",
             };
             c["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "info", To = new[] { "alice" } } };
@@ -209,6 +210,36 @@ public sealed class SmarthostTlsTests
 
         Assert.Contains("STARTTLS", receipt, StringComparison.OrdinalIgnoreCase);
         Assert.Empty(sink.Messages);
+    }
+
+    [Fact]
+    public async Task Relay_StartTlsWhenAvailable_RemoteRelayWithoutStartTls_DefersWithoutSendingThePassword()
+    {
+        // The machine's own network address: the same server, but not loopback to the gateway.
+        var remote = Loopback.OwnNetworkAddress();
+        Assert.True(remote is not null, "this test needs a non-loopback IPv4 address on the machine for a server that looks remote");
+        await using var sink = await SmtpTestServer.StartAsync(new() { Address = remote, Users = new Dictionary<string, string> { [RelayUser] = RelayPassword } });
+        await using var gw = await StartGatewayAsync(sink.Port, "StartTlsWhenAvailable", host: remote.ToString());
+
+        string receipt = await PublishAndAwaitReceiptAsync(gw, "stripped-1", "deferred");
+
+        Assert.Contains($"{remote}:{sink.Port} did not offer TLS (no STARTTLS), so the password was not sent", receipt, StringComparison.Ordinal);
+        Assert.DoesNotContain(RelayPassword, receipt, StringComparison.Ordinal);
+        Assert.Empty(AuthMethods(sink));
+        Assert.Empty(sink.AuthAttempts);
+        Assert.Empty(sink.Messages);
+    }
+
+    [Fact]
+    public async Task Relay_LoopbackRelayWithoutTls_StillSignsInWithThePassword()
+    {
+        await using var sink = await SmtpTestServer.StartAsync(new() { Users = new Dictionary<string, string> { [RelayUser] = RelayPassword } });
+        await using var gw = await StartGatewayAsync(sink.Port, "None");
+
+        await PublishAndAwaitReceiptAsync(gw, "local-postfix-1", "relayed");
+        await sink.NextAsync();
+
+        Assert.Equal((false, RelayUser), Transport(Assert.Single(sink.Messages)));
     }
 
     [Fact]
