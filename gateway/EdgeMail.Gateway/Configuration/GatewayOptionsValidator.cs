@@ -26,6 +26,25 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
     }
 
+    // The path itself or the nearest of its parents that exists, when that is a file.
+    private static string? FileInTheWay(string directory)
+    {
+        for (string? path = Path.GetFullPath(directory); path is not null; path = Path.GetDirectoryName(path))
+        {
+            if (File.Exists(path))
+            {
+                return path;
+            }
+
+            if (Directory.Exists(path))
+            {
+                return null;
+            }
+        }
+
+        return null;
+    }
+
     /// <summary>Lists every problem in the options.</summary>
     /// <param name="o">The options.</param>
     /// <returns>One message per problem; empty when valid.</returns>
@@ -38,6 +57,16 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         if (string.IsNullOrWhiteSpace(o.DataDirectory))
         {
             Add("DataDirectory", "is empty", "give a writable directory, e.g. \"/var/lib/edgemail\"");
+        }
+        else if (o.DataDirectory.Contains('\0', StringComparison.Ordinal))
+        {
+            Add("DataDirectory", "contains a NUL character", "give a directory, e.g. \"/var/lib/edgemail\"");
+        }
+        else if (FileInTheWay(o.DataDirectory) is { } file)
+        {
+            // Otherwise the start failed later, on the first folder made inside it ("Could not find a part of the path").
+            Add("DataDirectory", file == Path.GetFullPath(o.DataDirectory) ? $"'{file}' is a file, not a directory" : $"'{o.DataDirectory}' lies below '{file}', which is a file",
+                "give a directory (it is made if it does not exist), e.g. \"/var/lib/edgemail\"");
         }
 
         if (!IPAddress.TryParse(o.Mqtt.BindAddress, out _))

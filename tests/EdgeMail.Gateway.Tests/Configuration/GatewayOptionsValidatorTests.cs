@@ -188,6 +188,23 @@ public sealed class GatewayOptionsValidatorTests
     }
 
     [Fact]
+    public void Check_DataDirectoryThatIsAFileOrBelowOne_NamesTheKeyAndTheFile()
+    {
+        string file = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(Path.GetDirectoryName(file)!);
+        File.WriteAllText(file, "not a directory");
+        var o = Valid();
+
+        o.DataDirectory = file;
+        Assert.Equal($"DataDirectory: '{file}' is a file, not a directory. Fix: give a directory (it is made if it does not exist), e.g. \"/var/lib/edgemail\".",
+            Assert.Single(GatewayOptionsValidator.Check(o)));
+        o.DataDirectory = Path.Combine(file, "data");
+        Assert.StartsWith($"DataDirectory: '{o.DataDirectory}' lies below '{file}', which is a file.", Assert.Single(GatewayOptionsValidator.Check(o)), StringComparison.Ordinal);
+        o.DataDirectory = Path.Combine(Path.GetDirectoryName(file)!, "not-yet", "data");
+        Assert.Empty(GatewayOptionsValidator.Check(o));
+    }
+
+    [Fact]
     public void Check_SmarthostWithoutHost_IsRefused()
     {
         var o = Valid();
