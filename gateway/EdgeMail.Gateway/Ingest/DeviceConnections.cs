@@ -128,6 +128,14 @@ internal sealed partial class DeviceListener : IMqttServerAdapter
                 socket.Bind(new IPEndPoint(address, endpoint.Port));
                 socket.Listen(endpoint.ConnectionBacklog);
             }
+            catch (SocketException ex)
+            {
+                // The run command prints this one line: the operator learns which key holds the port another process has.
+                socket.Dispose();
+                string key = tls is null ? "Mqtt:Port" : "Mqtt:TlsPort";
+                throw new InvalidOperationException(
+                    $"The MQTT listener cannot listen on {new IPEndPoint(address, endpoint.Port)} ({key}): {ex.Message}. Fix: free the port or change {key} (0 lets the OS choose).", ex);
+            }
             catch
             {
                 socket.Dispose();

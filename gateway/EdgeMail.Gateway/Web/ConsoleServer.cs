@@ -130,7 +130,18 @@ public sealed partial class ConsoleServer : IHostedService, IAsyncDisposable
             map(app);
         }
 
-        await app.StartAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await app.StartAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (IOException ex) when (ex.InnerException is Microsoft.AspNetCore.Connections.AddressInUseException)
+        {
+            // The run command prints this one line: the operator learns which key holds the port another process has.
+            await app.DisposeAsync().ConfigureAwait(false);
+            throw new InvalidOperationException(
+                $"The console cannot listen on {_options.BindAddress}:{_options.Port} (Console:Port): {ex.Message.TrimEnd('.')}. Fix: free the port or change Console:Port (0 lets the OS choose).", ex);
+        }
+
         _app = app;
         string bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         Address = new Uri(bound.Replace("[::]", "localhost", StringComparison.Ordinal) + "/");

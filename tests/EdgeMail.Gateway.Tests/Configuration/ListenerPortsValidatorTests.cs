@@ -28,6 +28,25 @@ public sealed class ListenerPortsValidatorTests : TempDirectory
         Assert.DoesNotContain("   at ", run.Error, StringComparison.Ordinal);
     }
 
+    // A port another process holds is only found by binding: the start fails (exit 1, systemd retries: the port may be
+    // freed), with one line that names the key.
+    [Theory]
+    [InlineData("Mqtt", "The MQTT listener cannot listen on 127.0.0.1:{0} (Mqtt:Port): Address already in use. Fix: free the port or change Mqtt:Port")]
+    [InlineData("Console", "The console cannot listen on 127.0.0.1:{0} (Console:Port): Failed to bind to address http://127.0.0.1:{0}: address already in use. Fix: free the port or change Console:Port")]
+    public async Task Run_OnAPortAnotherProcessHolds_FailsInOneLineNamingTheKey(string section, string message)
+    {
+        using var holder = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        holder.Start();
+        int port = ((System.Net.IPEndPoint)holder.LocalEndpoint).Port;
+        string config = TestGateway.WriteConfig(Dir, tweak: c => c[section] = new { Port = port });
+
+        var run = await CliRun.RunAsync("run", "--config", config, "--Spool:Fsync=false");
+
+        Assert.Equal(ExitCodes.Failed, run.Code);
+        Assert.Contains("cannot start: " + string.Format(System.Globalization.CultureInfo.InvariantCulture, message, port), run.Error, StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", run.Error, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task Validate_SmtpEndpointOnMqttTlsPort_NamesBothKeys()
     {
