@@ -546,9 +546,12 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
 
         for (int i = 0; i < relay.Backoff.Count; i++)
         {
-            if (relay.Backoff[i] < TimeSpan.Zero)
+            if (relay.Backoff[i] <= TimeSpan.Zero)
             {
-                add($"Relay:Backoff:{i}", "is negative", "use e.g. 00:05:00");
+                // Zero made a deferred mail due again the moment it was deferred: a relay that was down was asked again
+                // in a loop, as fast as the delivery workers could connect.
+                add($"Relay:Backoff:{i}", relay.Backoff[i] < TimeSpan.Zero ? "is negative" : "is zero, so a deferred mail would be tried again at once, over and over",
+                    "use e.g. 00:05:00");
             }
         }
 

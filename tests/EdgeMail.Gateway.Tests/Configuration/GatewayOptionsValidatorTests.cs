@@ -204,6 +204,17 @@ public sealed class GatewayOptionsValidatorTests
         Assert.Empty(GatewayOptionsValidator.Check(o));
     }
 
+    [Theory]
+    [InlineData("00:00:00", "Relay:Backoff:1: is zero, so a deferred mail would be tried again at once, over and over. Fix: use e.g. 00:05:00.")]
+    [InlineData("-00:01:00", "Relay:Backoff:1: is negative. Fix: use e.g. 00:05:00.")]
+    public void Check_BackoffStepZeroOrNegative_NamesTheStep(string step, string message)
+    {
+        var o = Valid();
+        o.Relay.Backoff = [TimeSpan.FromMinutes(1), TimeSpan.Parse(step, System.Globalization.CultureInfo.InvariantCulture)];
+
+        Assert.Equal(message, Assert.Single(GatewayOptionsValidator.Check(o)));
+    }
+
     [Fact]
     public void Check_SmarthostWithoutHost_IsRefused()
     {
