@@ -158,6 +158,19 @@ public sealed class SmtpIngestTests : IAsyncLifetime
         Assert.StartsWith("250", await wire.SendMailAsync("dev-1@devices.test", ["bob@example.com"], SmtpGateway.PlainMail("after", "x")));
     }
 
+    // SmtpServer's parser threw on a keyword given twice, and the connection closed without a reply.
+    [Theory]
+    [InlineData("MAIL FROM:<dev-1@devices.test> SIZE=1 SIZE=2", "501 5.5.4 the parameter SIZE is given twice")]
+    [InlineData("MAIL FROM:<dev-1@devices.test> BODY=8BITMIME body=7BIT", "501 5.5.4 the parameter body is given twice")]
+    public async Task Mail_WithAParameterGivenTwice_IsRefused_AndTheSessionGoesOn(string command, string reply)
+    {
+        await using var wire = await _gw.AuthenticatedAsync();
+
+        Assert.StartsWith(reply, await wire.CommandAsync(command));
+
+        Assert.StartsWith("250", await wire.SendMailAsync("dev-1@devices.test", ["bob@example.com"], SmtpGateway.PlainMail("after-twice", "x")));
+    }
+
     [Fact]
     public async Task Data_WithMoreThan30ReceivedHeaders_IsRefusedAsALoop()
     {

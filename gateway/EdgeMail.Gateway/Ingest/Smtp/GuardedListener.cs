@@ -476,6 +476,7 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
 
             Check(result.Buffer);
             CheckAuth(result.Buffer);
+            CheckParameters(result.Buffer);
             return Substitute(result);
         }
 
@@ -488,6 +489,7 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
 
             Check(result.Buffer);
             CheckAuth(result.Buffer);
+            CheckParameters(result.Buffer);
             result = Substitute(result);
             return true;
         }
@@ -527,6 +529,66 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
 
             owner.LogLineTooLong(peer, owner._maxLine);
             throw new SmtpResponseException(new SmtpResponse(SmtpReplyCode.CommandUnrecognized, "5.5.2 line too long; closing"), true);
+        }
+
+        // SmtpServer puts MAIL's and RCPT's parameters in a dictionary with Add: a keyword given twice (SIZE=1 SIZE=2)
+        // threw in its parser and the connection closed without a reply. Such a line is answered 501 here and consumed;
+        // the session goes on.
+        private void CheckParameters(ReadOnlySequence<byte> buffer)
+        {
+            var reader = new SequenceReader<byte>(buffer);
+            if (InData || !reader.TryReadTo(out ReadOnlySequence<byte> line, "\r\n"u8) || line.Length is < 5 or > PostmasterPath.MaxLine * 8)
+            {
+                return;
+            }
+
+            Span<byte> verb = stackalloc byte[5];
+            line.Slice(0, 5).CopyTo(verb);
+            if (!System.Text.Ascii.EqualsIgnoreCase(verb, "MAIL "u8) && !System.Text.Ascii.EqualsIgnoreCase(verb, "RCPT "u8))
+            {
+                return;
+            }
+
+            if (RepeatedParameter(Encoding.ASCII.GetString(line)) is not { } keyword)
+            {
+                return;
+            }
+
+            pipe.InnerInput.AdvanceTo(reader.Position);
+            throw new SmtpResponseException(new SmtpResponse(SmtpReplyCode.SyntaxError, $"5.5.4 the parameter {keyword} is given twice"), false);
+        }
+
+        // A MAIL FROM or RCPT TO line's first parameter keyword that comes again (any case), or null.
+        internal static string? RepeatedParameter(string line)
+        {
+            if (!line.StartsWith("MAIL ", StringComparison.OrdinalIgnoreCase) && !line.StartsWith("RCPT ", StringComparison.OrdinalIgnoreCase))
+            {
+                return null;
+            }
+
+            int pathEnd = line.IndexOf('>', StringComparison.Ordinal);
+            if (pathEnd < 0)
+            {
+                return null;
+            }
+
+            string parameters = line[(pathEnd + 1)..].Trim();
+            if (!parameters.Contains(' ', StringComparison.Ordinal))
+            {
+                return null; // one parameter at most: the common line
+            }
+
+            var seen = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
+            foreach (string parameter in parameters.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            {
+                string keyword = parameter.Split('=', 2)[0];
+                if (!seen.Add(keyword))
+                {
+                    return keyword.Length <= 32 ? keyword : keyword[..32];
+                }
+            }
+
+            return null;
         }
 
         // An AUTH line SmtpServer could not take is answered 501 here, the line consumed, and the session goes on. The line
