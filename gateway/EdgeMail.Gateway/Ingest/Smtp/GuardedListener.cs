@@ -475,8 +475,7 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
             }
 
             Check(result.Buffer);
-            CheckAuth(result.Buffer);
-            CheckParameters(result.Buffer);
+            CheckCommand(result.Buffer);
             return Substitute(result);
         }
 
@@ -488,8 +487,7 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
             }
 
             Check(result.Buffer);
-            CheckAuth(result.Buffer);
-            CheckParameters(result.Buffer);
+            CheckCommand(result.Buffer);
             result = Substitute(result);
             return true;
         }
@@ -531,48 +529,56 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
             throw new SmtpResponseException(new SmtpResponse(SmtpReplyCode.CommandUnrecognized, "5.5.2 line too long; closing"), true);
         }
 
-        // SmtpServer puts MAIL's and RCPT's parameters in a dictionary with Add: a keyword given twice (SIZE=1 SIZE=2)
-        // threw in its parser and the connection closed without a reply. Such a line is answered 501 here and consumed;
-        // the session goes on.
-        private void CheckParameters(ReadOnlySequence<byte> buffer)
+        // A command line SmtpServer could not take is answered 501 here, the line consumed, and the session goes on. The
+        // line is what SmtpServer decodes: up to its CRLF, bare LFs included.
+        private void CheckCommand(ReadOnlySequence<byte> buffer)
         {
             var reader = new SequenceReader<byte>(buffer);
-            if (InData || !reader.TryReadTo(out ReadOnlySequence<byte> line, "\r\n"u8) || line.Length is < 5 or > PostmasterPath.MaxLine * 8)
+            if (InData || !reader.TryReadTo(out ReadOnlySequence<byte> line, "\r\n"u8) || line.Length > PostmasterPath.MaxLine * 8)
             {
                 return;
+            }
+
+            string? refusal;
+            if (Auth != AuthStep.None || AuthResponses.IsAuthCommand(line))
+            {
+                refusal = AuthResponses.Refusal(line.ToArray(), Auth);
+                if (refusal is not null)
+                {
+                    Auth = AuthStep.None;
+                }
+            }
+            else
+            {
+                refusal = RepeatedParameter(line);
+            }
+
+            if (refusal is not null)
+            {
+                pipe.InnerInput.AdvanceTo(reader.Position);
+                throw new SmtpResponseException(new SmtpResponse(SmtpReplyCode.SyntaxError, refusal), false);
+            }
+        }
+
+        // SmtpServer puts MAIL's and RCPT's parameters in a dictionary with Add: a keyword given twice (SIZE=1 SIZE=2)
+        // threw in its parser and the connection closed without a reply.
+        private static string? RepeatedParameter(ReadOnlySequence<byte> line)
+        {
+            if (line.Length < 5)
+            {
+                return null;
             }
 
             Span<byte> verb = stackalloc byte[5];
             line.Slice(0, 5).CopyTo(verb);
             if (!System.Text.Ascii.EqualsIgnoreCase(verb, "MAIL "u8) && !System.Text.Ascii.EqualsIgnoreCase(verb, "RCPT "u8))
             {
-                return;
-            }
-
-            if (RepeatedParameter(Encoding.ASCII.GetString(line)) is not { } keyword)
-            {
-                return;
-            }
-
-            pipe.InnerInput.AdvanceTo(reader.Position);
-            throw new SmtpResponseException(new SmtpResponse(SmtpReplyCode.SyntaxError, $"5.5.4 the parameter {keyword} is given twice"), false);
-        }
-
-        // A MAIL FROM or RCPT TO line's first parameter keyword that comes again (any case), or null.
-        internal static string? RepeatedParameter(string line)
-        {
-            if (!line.StartsWith("MAIL ", StringComparison.OrdinalIgnoreCase) && !line.StartsWith("RCPT ", StringComparison.OrdinalIgnoreCase))
-            {
                 return null;
             }
 
-            int pathEnd = line.IndexOf('>', StringComparison.Ordinal);
-            if (pathEnd < 0)
-            {
-                return null;
-            }
-
-            string parameters = line[(pathEnd + 1)..].Trim();
+            string text = Encoding.ASCII.GetString(line);
+            int pathEnd = text.IndexOf('>', StringComparison.Ordinal);
+            string parameters = pathEnd < 0 ? string.Empty : text[(pathEnd + 1)..].Trim();
             if (!parameters.Contains(' ', StringComparison.Ordinal))
             {
                 return null; // one parameter at most: the common line
@@ -584,36 +590,11 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
                 string keyword = parameter.Split('=', 2)[0];
                 if (!seen.Add(keyword))
                 {
-                    return keyword.Length <= 32 ? keyword : keyword[..32];
+                    return $"5.5.4 the parameter {(keyword.Length <= 32 ? keyword : keyword[..32])} is given twice";
                 }
             }
 
             return null;
-        }
-
-        // An AUTH line SmtpServer could not take is answered 501 here, the line consumed, and the session goes on. The line
-        // is what SmtpServer decodes: up to its CRLF, bare LFs included.
-        private void CheckAuth(ReadOnlySequence<byte> buffer)
-        {
-            var reader = new SequenceReader<byte>(buffer);
-            if (InData || !reader.TryReadTo(out ReadOnlySequence<byte> line, "\r\n"u8))
-            {
-                return;
-            }
-
-            if (line.Length > PostmasterPath.MaxLine * 8 || (Auth == AuthStep.None && !AuthResponses.IsAuthCommand(line)))
-            {
-                return;
-            }
-
-            if (AuthResponses.Refusal(line.ToArray(), Auth) is not { } refusal)
-            {
-                return;
-            }
-
-            Auth = AuthStep.None;
-            pipe.InnerInput.AdvanceTo(reader.Position);
-            throw new SmtpResponseException(new SmtpResponse(SmtpReplyCode.SyntaxError, refusal), false);
         }
     }
 }
