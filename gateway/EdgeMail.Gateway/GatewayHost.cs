@@ -54,7 +54,9 @@ public static class GatewayHost
         services.AddSystemd(); // Type=notify (READY=1, STOPPING=1) and journald log levels under systemd; a no-op otherwise
         services.AddSingleton(TimeProvider.System);
         services.AddSingleton<IValidateOptions<GatewayOptions>, GatewayOptionsValidator>();
-        services.AddSingleton<IValidateOptions<GatewayOptions>>(new ConfigurationKeysValidator([.. ((IConfigurationRoot)builder.Configuration).Providers.Skip(ownSources)]));
+        var keys = new ConfigurationKeysValidator([.. ((IConfigurationRoot)builder.Configuration).Providers.Skip(ownSources)]);
+        services.AddSingleton(keys); // also what explains a binding that failed (GatewayConfig.ValidateAsync)
+        services.AddSingleton<IValidateOptions<GatewayOptions>>(keys);
         services.AddOptions<GatewayOptions>().Bind(builder.Configuration).ValidateOnStart();
 
         // One bound copy of the options: IOptions and IOptionsMonitor (which ValidateOnStart reads) would each bind and

@@ -16,12 +16,14 @@ public sealed record LogEntry(string Category, LogLevel Level, string Message, E
 
 /// <summary>
 /// A logger provider that keeps every Error and Critical entry, so a test host can fail on errors the test did not
-/// expect (a fault that was only logged is still a fault), and unobserved task exceptions seen meanwhile.
+/// expect (a fault that was only logged is still a fault), and unobserved task exceptions seen meanwhile; and every
+/// Warning, for tests of what the operator is warned about.
 /// </summary>
 public sealed class LogCapture : ILoggerProvider
 {
     private static readonly ConcurrentQueue<Exception> Unobserved = new();
     private readonly ConcurrentQueue<LogEntry> _errors = new();
+    private readonly ConcurrentQueue<LogEntry> _warnings = new();
     private readonly List<Func<LogEntry, bool>> _expected = [];
 
     static LogCapture()
@@ -45,6 +47,9 @@ public sealed class LogCapture : ILoggerProvider
 
     /// <summary>Every Error or Critical entry so far.</summary>
     public IReadOnlyCollection<LogEntry> Errors => _errors;
+
+    /// <summary>Every Warning entry so far (the host's log filter permitting).</summary>
+    public IReadOnlyCollection<LogEntry> Warnings => _warnings;
 
     /// <summary>Declares errors the test provokes on purpose.</summary>
     /// <param name="match">Which entries are expected.</param>
@@ -95,13 +100,13 @@ public sealed class LogCapture : ILoggerProvider
         public IDisposable? BeginScope<TState>(TState state)
             where TState : notnull => null;
 
-        public bool IsEnabled(LogLevel logLevel) => logLevel >= LogLevel.Error;
+        public bool IsEnabled(LogLevel logLevel) => logLevel >= LogLevel.Warning;
 
         public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
         {
             if (IsEnabled(logLevel))
             {
-                owner._errors.Enqueue(new LogEntry(category, logLevel, formatter(state, exception), exception));
+                (logLevel == LogLevel.Warning ? owner._warnings : owner._errors).Enqueue(new LogEntry(category, logLevel, formatter(state, exception), exception));
             }
         }
     }

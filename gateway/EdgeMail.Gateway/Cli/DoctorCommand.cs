@@ -251,12 +251,10 @@ public static partial class DoctorCommand
             {
                 using var cert = X509CertificateLoader.LoadPkcs12FromFile(file, isGenerated ? null : password);
                 string about = $"{who}: {file}, {cert.Subject}, valid until {cert.NotAfter.ToUniversalTime():yyyy-MM-dd}, SHA-256 {Convert.ToHexString(cert.GetCertHash(HashAlgorithmName.SHA256))[..16]}…";
-                var left = cert.NotAfter.ToUniversalTime() - now.UtcDateTime;
+                // The same rule and words as the start's warning (TlsCertificates.WarnAboutDates).
                 return !cert.HasPrivateKey ? new CheckResult("certificate", CheckStatus.Fail, about + ": no private key", $"export it as PKCS#12 with its key ({key})")
-                    : cert.NotBefore.ToUniversalTime() > now.UtcDateTime ? new CheckResult("certificate", CheckStatus.Fail, about + $": not valid before {cert.NotBefore.ToUniversalTime():u}", "check the clock, or the certificate")
-                    : left <= TimeSpan.Zero ? new CheckResult("certificate", CheckStatus.Fail, about + ": EXPIRED", isGenerated ? "restart the gateway: it makes a new one (devices that pin the old one must pin the new)" : $"renew it ({key})")
-                    : left < TimeSpan.FromDays(30) ? new CheckResult("certificate", CheckStatus.Warn, about + string.Create(CultureInfo.InvariantCulture, $": expires in {left.TotalDays:0} days"),
-                        isGenerated ? "the gateway replaces it at its next start (devices that pin it must pin the new one)" : $"renew it soon ({key})")
+                    : TlsCertificates.DatesProblem(cert, now) is { } dates
+                        ? new CheckResult("certificate", dates.Unusable ? CheckStatus.Fail : CheckStatus.Warn, about + ": " + dates.Problem, TlsCertificates.DatesFix(dates, isGenerated, key))
                     : new CheckResult("certificate", CheckStatus.Ok, about);
             }
             catch (Exception ex) when (ex is CryptographicException or IOException or UnauthorizedAccessException)

@@ -48,7 +48,10 @@ public sealed record GatewayConfig(string? File, IReadOnlyList<string> Overrides
         }
         catch (Exception ex) when (IsConfigurationError(ex))
         {
-            throw new CliException(ExitCodes.InvalidConfiguration, Explain(ex));
+            // A value the binder cannot convert: each such key with its fix, as 'run' reports them.
+            var problems = ex is InvalidOperationException ? ConfigurationKeysValidator.Check(((IConfigurationRoot)Sources().Build()).Providers) : [];
+            throw new CliException(ExitCodes.InvalidConfiguration, problems.Count == 0 ? Explain(ex)
+                : "the configuration is invalid:" + string.Concat(problems.Select(p => Environment.NewLine + "  - " + p)));
         }
     }
 
@@ -97,16 +100,33 @@ public sealed record GatewayConfig(string? File, IReadOnlyList<string> Overrides
         }
         catch (OptionsValidationException ex)
         {
-            return [.. ex.Failures];
+            return OncePerKey(services, ex.Failures);
         }
         catch (AggregateException ex) when (ex.InnerExceptions.All(e => e is OptionsValidationException))
         {
-            return [.. ex.InnerExceptions.OfType<OptionsValidationException>().SelectMany(e => e.Failures)];
+            return OncePerKey(services, ex.InnerExceptions.OfType<OptionsValidationException>().SelectMany(e => e.Failures));
+        }
+        catch (InvalidOperationException) when (services.GetService<ConfigurationKeysValidator>()?.Check() is { Count: > 0 } problems)
+        {
+            // A value the binder cannot convert ("Failed to convert configuration value 'many' at 'Mqtt:Port'") stops the
+            // binding before any validator runs, naming only the first such key and no fix: the keys' check names each.
+            return problems;
         }
         catch (Exception ex) when (IsConfigurationError(ex))
         {
             return [Explain(ex)];
         }
+    }
+
+    // A value written wrongly ("Timeout": 5, read as five days) is reported for what was written, not again for what
+    // the binder made of it ("Relay:Timeout: 5.00:00:00 is outside 1 second to 1 hour"). Each message begins "Key: ".
+    private static List<string> OncePerKey(IServiceProvider services, IEnumerable<string> failures)
+    {
+        var written = (services.GetService<ConfigurationKeysValidator>()?.Check() ?? []).ToHashSet(StringComparer.Ordinal);
+        var keys = written.Select(KeyOf).ToHashSet(StringComparer.OrdinalIgnoreCase);
+        return [.. failures.Where(f => written.Contains(f) || !keys.Contains(KeyOf(f)))];
+
+        static string KeyOf(string problem) => problem.IndexOf(": ", StringComparison.Ordinal) is int end and > 0 ? problem[..end] : problem;
     }
 
     private IConfigurationBuilder Sources()
@@ -125,12 +145,18 @@ public sealed record GatewayConfig(string? File, IReadOnlyList<string> Overrides
     private static bool IsConfigurationError(Exception ex) =>
         ex is FileNotFoundException or DirectoryNotFoundException or InvalidDataException or JsonException or FormatException or InvalidOperationException or UnauthorizedAccessException;
 
-    private static string Explain(Exception ex) => ex switch
+    /// <summary>A configuration that cannot be read at all, in one line with its fix.</summary>
+    /// <param name="ex">What reading it threw (<see cref="IsConfigurationError"/>).</param>
+    /// <returns>The message.</returns>
+    internal static string Explain(Exception ex) => ex switch
     {
         UnauthorizedAccessException => ex.Message + " Fix: run as root or as the gateway's user (the file is root:edgemail 0640 on the appliance).",
+        FileNotFoundException or DirectoryNotFoundException => ex.Message
+            + " Fix: give the path of the configuration file with --config FILE (or EDGEMAIL_CONFIG), e.g. /etc/edgemail/edgemail.json (edgemail.example.json documents every key).",
         InvalidDataException { InnerException: { } inner } => $"{ex.Message} {inner.Message} Fix: correct the JSON (a missing comma or quote).",
-        InvalidOperationException { InnerException: { } inner } => $"{ex.Message} ({inner.Message})",
-        _ => ex.Message,
+        InvalidDataException or JsonException => $"{ex.Message} Fix: correct the JSON (a missing comma or quote).",
+        InvalidOperationException { InnerException: { } inner } => $"{ex.Message} ({inner.Message}) Fix: give the key a value of its option's type (edgemail.example.json shows each).",
+        _ => $"{ex.Message} Fix: correct the configuration (edgemail.example.json documents every key), or give overrides as --Section:Key=value.",
     };
 }
 

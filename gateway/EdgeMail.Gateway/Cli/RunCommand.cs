@@ -63,7 +63,7 @@ public static class RunCommand
         }
         catch (Exception ex) when (ex is FileNotFoundException or InvalidDataException)
         {
-            await ReportAsync(c, [ex.InnerException is { } inner ? $"{ex.Message} {inner.Message}" : ex.Message]).ConfigureAwait(false);
+            await ReportAsync(c, [GatewayConfig.Explain(ex)]).ConfigureAwait(false);
             return ExitCodes.InvalidConfiguration;
         }
 #pragma warning disable CA1031 // Whatever stopped the start, say it in one line and exit non-zero instead of aborting with a crash dump.

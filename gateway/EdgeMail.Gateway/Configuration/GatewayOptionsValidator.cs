@@ -18,6 +18,12 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
     /// <summary>Smarthost security settings the gateway knows.</summary>
     public static readonly IReadOnlyList<string> SecurityModes = ["StartTls", "Tls", "StartTlsWhenAvailable", "None"];
 
+    /// <summary>The most deliveries <c>Relay:Concurrency</c> may run at once (why: at its check).</summary>
+    public const int MaxConcurrency = 100;
+
+    /// <summary>The shortest <c>Relay:MaxAge</c>, whatever the backoff.</summary>
+    private static readonly TimeSpan MinMaxAge = TimeSpan.FromMinutes(10);
+
     /// <inheritdoc />
     public ValidateOptionsResult Validate(string? name, GatewayOptions options)
     {
@@ -515,9 +521,16 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
             add("Relay:Security", clearText.Problem, clearText.Fix);
         }
 
-        if (relay.Concurrency < 1)
+        // Each unit of Relay:Concurrency is a delivery under way: an SMTP connection kept open (a socket, TLS state); on
+        // SQLite four due messages per unit read at once with their bodies (a device's own mail up to Smtp:MaxMessageBytes,
+        // 10 MiB by default); on PostgreSQL a pooled connection while the attempt renews its claim, out of Npgsql's
+        // default pool of 100 that ingest and the console share. 100 is also Postfix's default_process_limit, the most deliveries a stock
+        // MTA runs at once to all destinations together (to one, default_destination_concurrency_limit, 20): an alert
+        // gateway never needs more, and past it a typo (1000 for 100) only exhausts the pool and memory.
+        if (relay.Concurrency is < 1 or > MaxConcurrency)
         {
-            add("Relay:Concurrency", $"{relay.Concurrency} is below 1", "use e.g. 4");
+            add("Relay:Concurrency", relay.Concurrency < 1 ? $"{relay.Concurrency} is below 1" : $"{relay.Concurrency} is above {MaxConcurrency}",
+                $"use e.g. 4 (the default; a smarthost seldom takes more than 20 connections from one client), at most {MaxConcurrency}");
         }
 
         if (relay.MailboxMaxMegabytes < 0)
@@ -539,11 +552,6 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
                 "use e.g. 00:00:30; it bounds each command to the relay and each token request, and a stop waits up to twice it for deliveries under way");
         }
 
-        if (relay.MaxAge <= TimeSpan.Zero)
-        {
-            add("Relay:MaxAge", "must be positive", "use e.g. 5.00:00:00 (five days)");
-        }
-
         for (int i = 0; i < relay.Backoff.Count; i++)
         {
             if (relay.Backoff[i] <= TimeSpan.Zero)
@@ -553,6 +561,24 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
                 add($"Relay:Backoff:{i}", relay.Backoff[i] < TimeSpan.Zero ? "is negative" : "is zero, so a deferred mail would be tried again at once, over and over",
                     "use e.g. 00:05:00");
             }
+            else if (i > 0 && relay.Backoff[i - 1] > TimeSpan.Zero && relay.Backoff[i] < relay.Backoff[i - 1])
+            {
+                // The last step repeats: 01:00:00 then 00:01:00 asked a relay that was down once a minute for ever.
+                add($"Relay:Backoff:{i}", $"{relay.Backoff[i]:c} is shorter than the step before it (Relay:Backoff:{i - 1}, {relay.Backoff[i - 1]:c}); the last step repeats, "
+                    + "so a mail deferred that far would be tried ever more often", "list the steps from shortest to longest, e.g. 00:01:00, 00:05:00, 00:15:00, 00:30:00, 01:06:00");
+            }
+        }
+
+        // A deferred mail's next attempt is held to its expiry: with a MaxAge of a second it was given up at its first
+        // deferral, and with one shorter than a relay's restart, by a blip nobody would call an outage.
+        var firstStep = relay.EffectiveBackoff()[0];
+        var shortestAge = firstStep > MinMaxAge ? firstStep : MinMaxAge;
+        if (relay.MaxAge < shortestAge)
+        {
+            add("Relay:MaxAge", relay.MaxAge < MinMaxAge
+                    ? $"{relay.MaxAge:c} is shorter than ten minutes, so a relay that restarts or a network that drops for a few minutes would bounce mail"
+                    : $"{relay.MaxAge:c} is shorter than the first Relay:Backoff step ({firstStep:c}), so a deferred mail would be given up before its first retry was due",
+                "use e.g. 5.00:00:00 (five days, as RFC 5321 asks), and at least 00:10:00 and the first Relay:Backoff step");
         }
 
         if (relay.DnsServer.Length > 0 && !IPEndPoint.TryParse(relay.DnsServer, out _))

@@ -164,6 +164,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         if (_guard.Certificate is { } certificate)
         {
             LogTlsCertificate(_guard.CertificateGenerated ? "generated self-signed" : "loaded", certificate.Subject, certificate.GetCertHashString(HashAlgorithmName.SHA256), certificate.NotAfter);
+            Security.TlsCertificates.WarnAboutDates(_logger, certificate, _options.Mqtt.CertificatePath, _options.DataPath(), "MQTT over TLS", "Mqtt:CertificatePath", _clock.GetUtcNow());
         }
 
         LogListening(ListenerNames(plain, TlsEndpoint), _devices.EnabledCount);

@@ -1,6 +1,8 @@
+using System.Globalization;
 using System.Net;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
+using Microsoft.Extensions.Logging;
 
 namespace EdgeMail.Gateway.Security;
 
@@ -8,11 +10,92 @@ namespace EdgeMail.Gateway.Security;
 /// The gateway's TLS server certificate, shared by the SMTP (and MQTT) listeners: a PKCS#12 file the operator
 /// names, or else a self-signed one generated on first start and kept in the data directory (mode 600) so
 /// devices that pin it keep working across restarts. A kept certificate that is about to expire is replaced.
+/// Each listener reads its certificate once, when it starts: a file renewed on disk is served after a restart.
 /// </summary>
-public static class TlsCertificates
+public static partial class TlsCertificates
 {
     /// <summary>File name of the generated certificate inside the data directory.</summary>
     public const string GeneratedFileName = "tls-selfsigned.pfx";
+
+    /// <summary>
+    /// A certificate this close to its end is reported, at start and by <c>edgemail doctor</c>; the kept self-signed
+    /// one is replaced at start within it.
+    /// </summary>
+    public static readonly TimeSpan RenewWithin = TimeSpan.FromDays(30);
+
+    /// <summary>What is wrong with a certificate's dates at <paramref name="now"/>, in the words both the start's warning and the doctor use.</summary>
+    /// <param name="certificate">The certificate.</param>
+    /// <param name="now">The time.</param>
+    /// <returns>Null when it is valid for longer than <see cref="RenewWithin"/>.</returns>
+    public static CertificateDates? DatesProblem(X509Certificate2 certificate, DateTimeOffset now)
+    {
+        ArgumentNullException.ThrowIfNull(certificate);
+        var notBefore = certificate.NotBefore.ToUniversalTime();
+        var notAfter = certificate.NotAfter.ToUniversalTime();
+        if (notBefore > now.UtcDateTime)
+        {
+            return new CertificateDates(string.Create(CultureInfo.InvariantCulture, $"not valid before {notBefore:u}"), Unusable: true, NotYetValid: true);
+        }
+
+        if (notAfter <= now.UtcDateTime)
+        {
+            return new CertificateDates(string.Create(CultureInfo.InvariantCulture, $"expired on {notAfter:u}"), Unusable: true, NotYetValid: false);
+        }
+
+        var left = notAfter - now.UtcDateTime;
+        if (left >= RenewWithin)
+        {
+            return null;
+        }
+
+        string within = left >= TimeSpan.FromDays(1.5) ? string.Create(CultureInfo.InvariantCulture, $"{left.TotalDays:0} days")
+            : left >= TimeSpan.FromHours(1.5) ? string.Create(CultureInfo.InvariantCulture, $"{left.TotalHours:0} hours")
+            : "less than an hour";
+        return new CertificateDates(string.Create(CultureInfo.InvariantCulture, $"expires in {within}, on {notAfter:u}"), Unusable: false, NotYetValid: false);
+    }
+
+    /// <summary>
+    /// Warns when a listener's certificate is expired, not yet valid, or expires within <see cref="RenewWithin"/>. The
+    /// listener serves it all the same: a device that does not check dates still connects, and an expired certificate
+    /// is no reason to stop taking alerts.
+    /// </summary>
+    /// <param name="logger">The listener's logger.</param>
+    /// <param name="certificate">The certificate it loaded.</param>
+    /// <param name="path">The configured file; empty for the self-signed one.</param>
+    /// <param name="dataDirectory">Where the self-signed one lives.</param>
+    /// <param name="listener">Which listener, for the message (<c>SMTP</c>, <c>MQTT over TLS</c>, <c>console</c>).</param>
+    /// <param name="key">The key that names the file, for the fix.</param>
+    /// <param name="now">The time.</param>
+    public static void WarnAboutDates(ILogger logger, X509Certificate2 certificate, string path, string dataDirectory, string listener, string key, DateTimeOffset now)
+    {
+        ArgumentNullException.ThrowIfNull(certificate);
+        if (DatesProblem(certificate, now) is not { } dates)
+        {
+            return;
+        }
+
+        string file = path.Length > 0 ? path : Path.Combine(dataDirectory, GeneratedFileName);
+        string consequence = dates.Unusable
+            ? "Devices and clients that check certificates refuse the connection; the listener serves it all the same"
+            : "Then devices and clients that check certificates will refuse the connection";
+        LogDates(logger, file, certificate.Subject, listener, dates.Problem, consequence, DatesFix(dates, path.Length == 0, key));
+    }
+
+    /// <summary>How to fix a <see cref="DatesProblem"/>, for the start's warning and the doctor.</summary>
+    /// <param name="dates">The problem.</param>
+    /// <param name="generated">Whether it is the gateway's self-signed certificate.</param>
+    /// <param name="key">The key that names the file.</param>
+    /// <returns>The fix.</returns>
+    public static string DatesFix(CertificateDates dates, bool generated, string key)
+    {
+        ArgumentNullException.ThrowIfNull(dates);
+        return dates.NotYetValid ? "check the clock (timedatectl), or the certificate"
+            : generated ? "restart the gateway: it replaces its self-signed certificate within 30 days of the end (devices that pin it must pin the new one)"
+            : $"renew the file ({key}) and restart the gateway, which reads it at start only";
+    }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "The TLS certificate {File} ({Subject}) for {Listener}: {Problem}. {Consequence}. Fix: {Fix}.")]
+    private static partial void LogDates(ILogger logger, string file, string subject, string listener, string problem, string consequence, string fix);
 
     /// <summary>
     /// Why a configured certificate file cannot serve TLS, for the start's validation: a listener that loaded it only
@@ -87,7 +170,7 @@ public static class TlsCertificates
             try
             {
                 var kept = X509CertificateLoader.LoadPkcs12FromFile(file, password: null);
-                if (kept.NotAfter.ToUniversalTime() > now.UtcDateTime.AddDays(30) && kept.HasPrivateKey)
+                if (kept.NotAfter.ToUniversalTime() > now.UtcDateTime + RenewWithin && kept.HasPrivateKey)
                 {
                     return kept;
                 }
@@ -118,3 +201,9 @@ public static class TlsCertificates
         return X509CertificateLoader.LoadPkcs12(pfx, password: null);
     }
 }
+
+/// <summary>A certificate's dates against the clock (<see cref="TlsCertificates.DatesProblem"/>).</summary>
+/// <param name="Problem">What is wrong, e.g. <c>expired on 2026-05-01 10:00:00Z</c>.</param>
+/// <param name="Unusable">Expired or not yet valid: clients that check dates refuse it now.</param>
+/// <param name="NotYetValid">Not valid before a time still to come (the clock, or the certificate, is wrong).</param>
+public sealed record CertificateDates(string Problem, bool Unusable, bool NotYetValid);

@@ -17,7 +17,7 @@ public sealed class ConsoleOptionsValidator : IValidateOptions<ConsoleOptions>
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
     }
 
-    /// <summary>The problems in <paramref name="options"/>, one sentence per key.</summary>
+    /// <summary>The problems in <paramref name="options"/>, one line per key: the key, the problem and the fix.</summary>
     /// <param name="options">The console options.</param>
     /// <returns>Empty when valid.</returns>
     public static List<string> Check(ConsoleOptions options)
@@ -31,12 +31,12 @@ public sealed class ConsoleOptionsValidator : IValidateOptions<ConsoleOptions>
 
         if (!IPAddress.TryParse(options.BindAddress, out _))
         {
-            errors.Add($"Console:BindAddress '{options.BindAddress}' is not an IP address (e.g. 127.0.0.1, or 0.0.0.0 for every interface, served over TLS only)");
+            errors.Add($"Console:BindAddress: '{options.BindAddress}' is not an IP address. Fix: use 127.0.0.1 (this machine only), or 0.0.0.0 for every interface (then served over TLS only).");
         }
 
         if (options.Port is < 0 or > 65535)
         {
-            errors.Add($"Console:Port {options.Port} is not a TCP port (0-65535)");
+            errors.Add($"Console:Port: {options.Port} is not a TCP port. Fix: use 8088, or 0 to let the OS choose.");
         }
 
         if (options.CertificatePath.Length > 0 && Security.TlsCertificates.Problem(options.CertificatePath, options.CertificatePassword) is { } problem)
@@ -45,18 +45,19 @@ public sealed class ConsoleOptionsValidator : IValidateOptions<ConsoleOptions>
                 + "(an empty Console:CertificatePath takes Mqtt:CertificatePath's).");
         }
 
-        foreach (string proxy in options.TrustedProxies)
+        for (int i = 0; i < options.TrustedProxies.Count; i++)
         {
+            string proxy = options.TrustedProxies[i];
             if (!IPNetwork.TryParse(proxy, out _) && !IPAddress.TryParse(proxy, out _))
             {
-                errors.Add($"Console:TrustedProxies '{proxy}' is neither an IP address nor a network (e.g. 127.0.0.1, 10.0.0.0/8)");
+                errors.Add($"Console:TrustedProxies:{i}: '{proxy}' is neither an IP address nor a network. Fix: give the proxy's address or network, e.g. 127.0.0.1 or 10.0.0.0/8.");
             }
         }
 
         if (options.PublicUrl.Length > 0
             && !(Uri.TryCreate(options.PublicUrl, UriKind.Absolute, out var url) && (url.Scheme == Uri.UriSchemeHttps || url.Scheme == Uri.UriSchemeHttp)))
         {
-            errors.Add($"Console:PublicUrl '{options.PublicUrl}' is not an http(s) URL (e.g. https://gw1.example.com:8088)");
+            errors.Add($"Console:PublicUrl: '{options.PublicUrl}' is not an http(s) URL. Fix: give the address a browser uses, e.g. https://gw1.example.com:8088.");
         }
 
         return errors;

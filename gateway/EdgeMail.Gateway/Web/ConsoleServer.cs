@@ -318,7 +318,10 @@ public sealed partial class ConsoleServer : IHostedService, IAsyncDisposable
     {
         string path = _options.CertificatePath.Length > 0 ? _options.CertificatePath : _gatewayOptions.Mqtt.CertificatePath;
         string password = _options.CertificatePath.Length > 0 ? _options.CertificatePassword : _gatewayOptions.Mqtt.CertificatePassword;
-        return TlsCertificates.Load(path, password, _gatewayOptions.DataPath(), _gatewayOptions.Sender.Hostname, _gateway.GetRequiredService<TimeProvider>(), out _);
+        var clock = _gateway.GetRequiredService<TimeProvider>();
+        var certificate = TlsCertificates.Load(path, password, _gatewayOptions.DataPath(), _gatewayOptions.Sender.Hostname, clock, out _);
+        TlsCertificates.WarnAboutDates(_logger, certificate, path, _gatewayOptions.DataPath(), "console", "Console:CertificatePath", clock.GetUtcNow());
+        return certificate;
     }
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Console listening on {Address}")]

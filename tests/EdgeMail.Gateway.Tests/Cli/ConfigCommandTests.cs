@@ -52,12 +52,28 @@ public sealed class ConfigCommandTests : TempDirectory
     }
 
     [Fact]
+    public async Task Run_AMissingOrBrokenFile_ExitsTwoWithTheFix()
+    {
+        string missing = Path.Combine(Dir, "nope.json");
+        var run = await CliRun.RunAsync("run", "--config", missing);
+        Assert.Equal(ExitCodes.InvalidConfiguration, run.Code);
+        Assert.Contains("nope.json", run.Error, StringComparison.Ordinal);
+        Assert.Contains("Fix: give the path of the configuration file with --config FILE (or EDGEMAIL_CONFIG)", run.Error, StringComparison.Ordinal);
+
+        string config = TestGateway.WriteConfig(Dir);
+        File.WriteAllText(config, "{ \"DataDirectory\": ");
+        run = await CliRun.RunAsync("run", "--config", config);
+        Assert.Equal(ExitCodes.InvalidConfiguration, run.Code);
+        Assert.Contains("Fix: correct the JSON", run.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task CheckConfig_ConsoleAddressNotAnIp_NamesTheKey_AndTheGatewayDoesNotStart()
     {
         string config = TestGateway.WriteConfig(Dir);
         var check = await CliRun.RunAsync("check-config", "--config", config, "--Console:BindAddress=localhost:8088");
         Assert.Equal(ExitCodes.InvalidConfiguration, check.Code);
-        Assert.Contains("Console:BindAddress 'localhost:8088' is not an IP address", check.Out, StringComparison.Ordinal);
+        Assert.Contains("Console:BindAddress: 'localhost:8088' is not an IP address. Fix: ", check.Out, StringComparison.Ordinal);
 
         var run = await CliRun.RunAsync("run", "--config", config, "--Console:BindAddress=localhost:8088");
         Assert.Equal(ExitCodes.InvalidConfiguration, run.Code);

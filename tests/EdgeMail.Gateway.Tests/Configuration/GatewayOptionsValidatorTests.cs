@@ -215,6 +215,54 @@ public sealed class GatewayOptionsValidatorTests
         Assert.Equal(message, Assert.Single(GatewayOptionsValidator.Check(o)));
     }
 
+    // The last step repeats: 1 h then 1 min asked a relay that was down once a minute for ever after the first hour.
+    [Fact]
+    public void Check_BackoffStepsOutOfOrder_NameTheStepThatIsShorterThanTheOneBefore()
+    {
+        var o = Valid();
+        o.Relay.Backoff = [TimeSpan.FromMinutes(5), TimeSpan.FromHours(1), TimeSpan.FromMinutes(1)];
+
+        Assert.Equal("Relay:Backoff:2: 00:01:00 is shorter than the step before it (Relay:Backoff:1, 01:00:00); the last step repeats, "
+            + "so a mail deferred that far would be tried ever more often. Fix: list the steps from shortest to longest, e.g. 00:01:00, 00:05:00, 00:15:00, 00:30:00, 01:06:00.",
+            Assert.Single(GatewayOptionsValidator.Check(o)));
+
+        o.Relay.Backoff = [TimeSpan.FromMinutes(5), TimeSpan.FromMinutes(5), TimeSpan.FromHours(1)];
+        Assert.Empty(GatewayOptionsValidator.Check(o));
+    }
+
+    [Theory]
+    [InlineData(0, "0 is below 1")]
+    [InlineData(101, "101 is above 100")]
+    [InlineData(100_000, "100000 is above 100")]
+    public void Check_ConcurrencyOutsideOneToAHundred_NamesTheKeyAndTheFix(int concurrency, string problem)
+    {
+        var o = Valid();
+        o.Relay.Concurrency = concurrency;
+
+        Assert.StartsWith($"Relay:Concurrency: {problem}", Assert.Single(GatewayOptionsValidator.Check(o)), StringComparison.Ordinal);
+        Assert.Contains(". Fix: use e.g. 4", Assert.Single(GatewayOptionsValidator.Check(o)), StringComparison.Ordinal);
+        o.Relay.Concurrency = 100;
+        Assert.Empty(GatewayOptionsValidator.Check(o));
+    }
+
+    [Theory]
+    [InlineData("00:00:01", null, "Relay:MaxAge: 00:00:01 is shorter than ten minutes, so a relay that restarts or a network that drops for a few minutes would bounce mail")]
+    [InlineData("00:00:00", null, "Relay:MaxAge: 00:00:00 is shorter than ten minutes")]
+    [InlineData("02:00:00", "03:00:00", "Relay:MaxAge: 02:00:00 is shorter than the first Relay:Backoff step (03:00:00), so a deferred mail would be given up before its first retry was due")]
+    public void Check_MaxAgeShorterThanTenMinutesOrTheFirstRetry_NamesTheKeyAndTheFix(string maxAge, string? firstStep, string problem)
+    {
+        var o = Valid();
+        o.Relay.MaxAge = TimeSpan.Parse(maxAge, CultureInfo.InvariantCulture);
+        o.Relay.Backoff = firstStep is null ? [] : [TimeSpan.Parse(firstStep, CultureInfo.InvariantCulture)];
+
+        string error = Assert.Single(GatewayOptionsValidator.Check(o));
+        Assert.StartsWith(problem, error, StringComparison.Ordinal);
+        Assert.EndsWith("Fix: use e.g. 5.00:00:00 (five days, as RFC 5321 asks), and at least 00:10:00 and the first Relay:Backoff step.", error, StringComparison.Ordinal);
+
+        o.Relay.MaxAge = TimeSpan.FromMinutes(10) > o.Relay.EffectiveBackoff()[0] ? TimeSpan.FromMinutes(10) : o.Relay.EffectiveBackoff()[0];
+        Assert.Empty(GatewayOptionsValidator.Check(o));
+    }
+
     [Fact]
     public void Check_SmarthostWithoutHost_IsRefused()
     {

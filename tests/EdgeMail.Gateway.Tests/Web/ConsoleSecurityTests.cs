@@ -192,7 +192,22 @@ public sealed class ConsoleSecurityTests
     {
         var errors = ConsoleOptionsValidator.Check(new ConsoleOptions { TrustedProxies = ["127.0.0.1", "10.0.0.0/8", proxy] });
 
-        Assert.Equal($"Console:TrustedProxies '{proxy}' is neither an IP address nor a network (e.g. 127.0.0.1, 10.0.0.0/8)", Assert.Single(errors));
+        Assert.Equal($"Console:TrustedProxies:2: '{proxy}' is neither an IP address nor a network. Fix: give the proxy's address or network, e.g. 127.0.0.1 or 10.0.0.0/8.",
+            Assert.Single(errors));
+    }
+
+    [Fact]
+    public void ConsoleOptions_EveryProblem_NamesTheKeyAndTheFix()
+    {
+        var errors = ConsoleOptionsValidator.Check(new ConsoleOptions { BindAddress = "localhost", Port = 70000, TrustedProxies = ["proxy.example.com"], PublicUrl = "ftp://gw1.example.com" });
+
+        Assert.Equal(
+        [
+            "Console:BindAddress: 'localhost' is not an IP address. Fix: use 127.0.0.1 (this machine only), or 0.0.0.0 for every interface (then served over TLS only).",
+            "Console:Port: 70000 is not a TCP port. Fix: use 8088, or 0 to let the OS choose.",
+            "Console:TrustedProxies:0: 'proxy.example.com' is neither an IP address nor a network. Fix: give the proxy's address or network, e.g. 127.0.0.1 or 10.0.0.0/8.",
+            "Console:PublicUrl: 'ftp://gw1.example.com' is not an http(s) URL. Fix: give the address a browser uses, e.g. https://gw1.example.com:8088.",
+        ], errors);
     }
 
     private static async Task<HttpResponseMessage> LoginViaProxyAsync(HttpClient http, string password, string forwardedFor)

@@ -91,6 +91,8 @@ public sealed partial class SmtpIngest : IHostedService, IDisposable
             {
                 LogGeneratedCertificate(Path.Combine(_options.DataPath(), TlsCertificates.GeneratedFileName), _certificate.Thumbprint);
             }
+
+            TlsCertificates.WarnAboutDates(_logger, _certificate, _smtp.CertificatePath, _options.DataPath(), "SMTP", "Smtp:CertificatePath", _clock.GetUtcNow());
         }
 
         var builder = new SmtpServerOptionsBuilder()
