@@ -23,6 +23,13 @@ public sealed class AlertStore
     /// <summary>Code of the alert the uplink sends when the full policy dropped alerts.</summary>
     public const string DroppedCode = "EDGEMAIL.QUEUE_FULL";
 
+    /// <summary>
+    /// Code of the alert the uplink sends in place of a record this firmware cannot read (a newer layout left by a
+    /// firmware rollback, bytes that break the layout's rules): it goes out under the record's id and its
+    /// acknowledgement removes the record, so one bad record never blocks the queue.
+    /// </summary>
+    public const string UnreadableCode = "EDGEMAIL.RECORD_UNREADABLE";
+
     private const int Slots = 8;
     private const int Chains = 16;
     private const long UpdateIntervalMs = 60_000;
@@ -31,6 +38,7 @@ public sealed class AlertStore
     private readonly IClock _clock;
     private readonly WallClock _wall;
     private readonly uint _boot;
+    private readonly uint _firstSeqOfBoot;
     private readonly object _lock = new object();
     // One buffer for writing and reading records (every call holds the lock): the largest record plus
     // the replaced id of an update.
@@ -38,6 +46,7 @@ public sealed class AlertStore
     private readonly QueueEntry _entry = new QueueEntry();
     private AlertJsonWriter? _json; // only for TryNext(byte[], ...): created on its first call
     private readonly Alert _dropped = new Alert();
+    private readonly AlertRecordView _view = new AlertRecordView();
     private readonly Slot[] _slots = new Slot[Slots];
     private readonly uint[] _chainIds = new uint[Chains];
     private readonly uint[] _chainLatest = new uint[Chains];
@@ -52,6 +61,7 @@ public sealed class AlertStore
     private uint _suspectOriginal;
     private uint _suspectSeq;
     private uint _holdFrom;
+    private uint _unreadableThrough;
 
     /// <summary>Creates the store over a mounted queue.</summary>
     /// <param name="queue">The mounted flash queue the store owns.</param>
@@ -69,11 +79,21 @@ public sealed class AlertStore
         _clock = clock;
         _wall = wall;
         _boot = boot;
+        _firstSeqOfBoot = queue.NextSeq;
         for (int i = 0; i < Slots; i++)
         {
             _slots[i] = new Slot();
         }
     }
+
+    /// <summary>The flash epoch: the first part of every alert id.</summary>
+    public uint Epoch => _queue.Epoch;
+
+    /// <summary>
+    /// The queue's next sequence number when the store was created: the id of every alert raised in this boot is at
+    /// least this, and no alert id below it was raised in this boot.
+    /// </summary>
+    public uint FirstSeqOfBoot => _firstSeqOfBoot;
 
     /// <summary>Alerts raised and not yet acknowledged by the gateway (records, including replaced ones).</summary>
     public uint Depth => _queue.Depth;
@@ -87,6 +107,12 @@ public sealed class AlertStore
     /// queued records is then sent under the alert's id, older counts included, and the gateway keeps the first.
     /// </summary>
     public uint ForgottenChains { get; private set; }
+
+    /// <summary>
+    /// Records found unreadable this boot: each is handed out as an <see cref="UnreadableCode"/> alert instead (and
+    /// leaves flash when that is acknowledged), as a drop marker is handed out as a <see cref="DroppedCode"/> alert.
+    /// </summary>
+    public uint Unreadable { get; private set; }
 
     /// <summary>
     /// Raises an alert: when this returns, it is on flash. A repeat of an alert not yet sent is merged
@@ -116,7 +142,11 @@ public sealed class AlertStore
                 return seq;
             }
 
-            slot.Count++;
+            if (slot.Count != uint.MaxValue)
+            {
+                slot.Count++; // saturates, as the record's count does (AlertRecord.AddRepeat): 0 would be unreadable
+            }
+
             LastRaisedIdSeq = slot.IdSeq;
             slot.LastUnix = unix;
             slot.LastUptime = uptime;
@@ -147,7 +177,8 @@ public sealed class AlertStore
 
     /// <summary>
     /// Writes the next alert to send as Contract 1 JSON, without allocating. Alerts replaced by a later
-    /// update are skipped; a drop marker becomes an <see cref="DroppedCode"/> alert. Needs a buffer for the whole JSON;
+    /// update are skipped; a drop marker becomes an <see cref="DroppedCode"/> alert, a record this firmware cannot read an
+    /// <see cref="UnreadableCode"/> alert. Needs a buffer for the whole JSON;
     /// <see cref="TryNext(OutgoingAlert)"/> does not.
     /// </summary>
     /// <param name="json">Destination; <see cref="AlertJsonWriter.MaxLength"/> bytes always suffice.</param>
@@ -272,6 +303,15 @@ public sealed class AlertStore
             }
 
             start = _entry.Kind == KindUpdate ? 4 : 0;
+            AlertError error = Check(buffer);
+            if (error != AlertError.None)
+            {
+                idSeq = _entry.Kind == KindUpdate && _entry.Length >= 4 ? IdOf(buffer) : _entry.OriginalSeq;
+                start = 0;
+                recordLength = EncodeUnreadable(buffer, error);
+                return true;
+            }
+
             idSeq = IdOf(buffer);
             CountUnwrittenRepeats(idSeq, buffer, start);
             MarkHandedOut(idSeq);
@@ -390,7 +430,7 @@ public sealed class AlertStore
         uint suspect = _queue.LastEntryAtMount;
         while (_queue.TryRead(_entry, _record, 0))
         {
-            if (_entry.Type == EntryType.Item && _entry.Kind == KindUpdate)
+            if (_entry.Type == EntryType.Item && _entry.Kind == KindUpdate && Check(_record) == AlertError.None)
             {
                 SetChainLatest(Le.U32(_record, 0), _entry.OriginalSeq, evict: false);
                 if (_entry.Seq == suspect)
@@ -444,13 +484,29 @@ public sealed class AlertStore
         _chainLatest[_chainCount++] = updateSeq;
     }
 
+    /// <summary>
+    /// Whether the entry just read is a record this firmware can send: a known kind and a record that
+    /// <see cref="AlertRecordView.Attach"/> accepts. (An unreadable update is not taken to replace the older records
+    /// of its alert: they stay readable and are sent.)
+    /// </summary>
+    private AlertError Check(byte[] payload)
+    {
+        int start = _entry.Kind == KindUpdate ? 4 : 0;
+        if ((_entry.Kind != KindAlert && _entry.Kind != KindUpdate) || _entry.Length <= start)
+        {
+            return AlertError.RecordMalformed;
+        }
+
+        return _view.Attach(payload, start, _entry.Length - start);
+    }
+
     /// <summary>The id of the alert the entry just read belongs to (its own number, or the one an update names).</summary>
     private uint IdOf(byte[] record) => _entry.Kind == KindUpdate ? Le.U32(record, 0) : _entry.OriginalSeq;
 
     /// <summary>Whether the entry just read was replaced by a later update of the same alert.</summary>
     private bool IsReplaced(byte[] record)
     {
-        if (_entry.Type != EntryType.Item)
+        if (_entry.Type != EntryType.Item || (_entry.Kind == KindUpdate && _entry.Length < 4))
         {
             return false;
         }
@@ -476,6 +532,28 @@ public sealed class AlertStore
         _dropped.Severity = Severity.Warning;
         _dropped.Text = _entry.DroppedCount + " alerts dropped while the device queue was full (sequence numbers " + _entry.DroppedFirstSeq + " to " + _entry.DroppedLastSeq + ").";
         _dropped.AddValue("dropped", _entry.DroppedCount, 0);
+        return AlertRecord.Encode(_dropped, _wall.UnixMs, _clock.UptimeMs, _boot, record, 0);
+    }
+
+    /// <summary>
+    /// Encodes the alert that stands for an unreadable record into <paramref name="record"/> (over the record's bytes,
+    /// after reading what it reports from them); returns its length.
+    /// </summary>
+    private int EncodeUnreadable(byte[] record, AlertError error)
+    {
+        int version = _entry.Length > (_entry.Kind == KindUpdate ? 4 : 0) ? record[_entry.Kind == KindUpdate ? 4 : 0] : -1;
+        if (_entry.Seq > _unreadableThrough)
+        {
+            _unreadableThrough = _entry.Seq;
+            Unreadable++;
+        }
+
+        _dropped.Reset();
+        _dropped.Code = UnreadableCode;
+        _dropped.Severity = _entry.Priority <= (byte)Severity.Critical ? (Severity)_entry.Priority : Severity.Warning;
+        _dropped.Text = "Queue entry " + _entry.OriginalSeq + " (kind " + _entry.Kind + ", record version " + version + ", " + _entry.Length
+            + " bytes) cannot be read by this firmware and was dropped: " + AlertErrors.Describe(error);
+        _dropped.AddValue("dropped", 1, 0);
         return AlertRecord.Encode(_dropped, _wall.UnixMs, _clock.UptimeMs, _boot, record, 0);
     }
 

@@ -1,3 +1,5 @@
+using System.Buffers.Binary;
+using System.Reflection;
 using System.Text.Json;
 using EdgeMail.Firmware.Alerts;
 using EdgeMail.Firmware.Storage;
@@ -387,6 +389,112 @@ public class AlertStoreTests
         var codes = Drain(store).Select(s => s.Json.GetProperty("code").GetString()).ToList();
         Assert.Contains(AlertStore.DroppedCode, codes);
         Assert.Contains("PUMP_CYCLING", codes);
+    }
+
+    [Fact]
+    public void Raise_RepeatCountPastUInt32Max_SaturatesAndTheQueueStillDrains()
+    {
+        // The 2^32nd repeat while offline (1 kHz for ~50 days) wrapped the store's count to 0, and an update with count 0
+        // was written that no reader accepts: TryNext threw on it in this boot and every later one. The slot's count is
+        // set by reflection to where such a storm leaves it (4.29 billion raises take too long here).
+        using var flash = new NorFlashSimulator(Geometry);
+        var clock = new ManualClock();
+        var (store, _) = Boot(flash, clock, boot: 1);
+        store.Raise(new Alert("PUMP_CYCLING", Severity.Warning, "Pump restarted"));
+        var slots = (Array)typeof(AlertStore).GetField("_slots", BindingFlags.NonPublic | BindingFlags.Instance)!.GetValue(store)!;
+        object slot = slots.Cast<object>().First(s => (string)s.GetType().GetField("Code")!.GetValue(s)! == "PUMP_CYCLING");
+        slot.GetType().GetField("Count")!.SetValue(slot, uint.MaxValue);
+
+        clock.UptimeMs += 61_000; // a repeat a minute later is written as an update
+        store.Raise(new Alert("PUMP_CYCLING", Severity.Warning, "Pump restarted"));
+        store.Raise(new Alert("BATTERY_LOW", Severity.Info, "Battery at 9 %"));
+        var sent = Drain(store).Select(s => s.Json).ToList();
+
+        Assert.Equal(["PUMP_CYCLING", "BATTERY_LOW"], sent.Select(j => j.GetProperty("code").GetString()));
+        Assert.Equal(uint.MaxValue, sent[0].GetProperty("count").GetUInt32());
+        Assert.Equal(0u, store.Unreadable);
+    }
+
+    [Fact]
+    public void RecordsThisFirmwareCannotRead_GoOutAsUnreadableAlertsUnderTheirIds_AndTheAlertsAfterThemStillGoOut()
+    {
+        // What a rollback can leave on flash, each passing the flash CRC: a record of a newer layout, an entry kind
+        // this firmware does not know, and an update (count 0) that breaks version 1's rules. Neither uplink could send
+        // them; acknowledging past them must not need a reader that can.
+        using var flash = new NorFlashSimulator(Geometry);
+        var clock = new ManualClock();
+        var (store, queue) = Boot(flash, clock, boot: 1);
+        uint before = store.Raise(new Alert("BEFORE", Severity.Info, "first"));
+        var record = new byte[4 + 1472];
+        int length = AlertRecord.Encode(new Alert("FROM_NEWER_FIRMWARE", Severity.Critical, "v2"), AlertRecord.UnknownTime, 2_000, 1, record, 0);
+        record[0] = 2;
+        uint newer = queue.Append(AlertStore.KindAlert, (byte)Severity.Critical, record, 0, length);
+        record[0] = AlertRecord.Version;
+        uint unknownKind = queue.Append(7, (byte)Severity.Warning, record, 0, length);
+        length = AlertRecord.Encode(new Alert("BEFORE", Severity.Info, "first"), AlertRecord.UnknownTime, 3_000, 1, record, 4);
+        BinaryPrimitives.WriteUInt32LittleEndian(record, before);
+        BinaryPrimitives.WriteUInt32LittleEndian(record.AsSpan(4 + 8), 0); // count, docs/alert-record.md
+        queue.Append(AlertStore.KindUpdate, (byte)Severity.Info, record, 0, 4 + length);
+
+        var (rebooted, _) = Boot(flash, clock, boot: 2);
+        uint after = rebooted.Raise(new Alert("AFTER", Severity.Warning, "later"));
+        var outgoing = new OutgoingAlert();
+        var sent = new List<JsonElement>();
+        var buf = new byte[AlertJsonWriter.MaxLength];
+        while (rebooted.TryNext(outgoing))
+        {
+            sent.Add(JsonDocument.Parse(buf.AsMemory(0, outgoing.WriteTo(buf, 0))).RootElement.Clone());
+            rebooted.Acknowledge(outgoing.Seq);
+        }
+
+        Assert.Equal(
+            [("BEFORE", before), (AlertStore.UnreadableCode, newer), (AlertStore.UnreadableCode, unknownKind), (AlertStore.UnreadableCode, before), ("AFTER", after)],
+            sent.Select(j => (j.GetProperty("code").GetString(), uint.Parse(j.GetProperty("id").GetString()!.Split('-')[1]))));
+        Assert.Equal(1u, sent[0].GetProperty("count").GetUInt32()); // the bad update replaces nothing: the gateway keeps this first copy of the id
+        Assert.Equal("critical", sent[1].GetProperty("sev").GetString());
+        Assert.Contains("record version 2", sent[1].GetProperty("text").GetString());
+        Assert.Equal(3u, rebooted.Unreadable);
+        Assert.Equal(0u, rebooted.Depth);
+        Assert.Empty(Drain(Boot(flash, clock, boot: 3).Store));
+    }
+
+    [Fact]
+    public void QueueFullAlert_SentThenAnotherDropBeforeItsAcknowledgement_IsResentUnderItsOwnIdAndCount()
+    {
+        // The reader folds drop markers that follow one another into one QUEUE_FULL alert named after the last. A marker
+        // handed out and sent, its PUBACK lost with the link, was folded on the resend into the next drop's marker: a new
+        // id with a larger count, so the gateway (which de-duplicates on id) mailed a second notice and over-counted.
+        using var flash = new NorFlashSimulator(new FlashGeometry(8 * 4096, 4096, 256, 1, true, false));
+        var clock = new ManualClock();
+        var (store, queue) = Boot(flash, clock, boot: 1);
+        for (int i = 0; i < 2000; i++)
+        {
+            store.Raise(new Alert("READING_" + (i % 500), Severity.Warning, new string('x', 100)));
+        }
+
+        store.Raise(new Alert("LOW_PRIORITY_1", Severity.Info, "info"));
+        Assert.True(queue.LastAppendDropped, "the info alert is below everything queued: dropped on arrival, a marker written");
+        var first = Markers(Drain(store)); // sent; the link drops before any PUBACK
+        store.Raise(new Alert("LOW_PRIORITY_2", Severity.Info, "info"));
+        Assert.True(queue.LastAppendDropped);
+        store.Rewind();
+        var again = Markers(Drain(store));
+        using var copy = flash.Fork(seed: 1);
+        var afterReboot = Markers(Drain(Boot(copy, clock, boot: 2).Store));
+
+        foreach (var (id, dropped) in first)
+        {
+            Assert.Equal(dropped, again.GetValueOrDefault(id));
+            Assert.Equal(dropped, afterReboot.GetValueOrDefault(id));
+        }
+
+        var later = Assert.Single(again.Keys.Except(first.Keys)); // the second drop: a QUEUE_FULL alert of its own
+        Assert.Equal(1, again[later]);
+        Assert.Equal(again, afterReboot);
+
+        static Dictionary<string, long> Markers(List<(JsonElement Json, uint Seq)> sent) =>
+            sent.Select(s => s.Json).Where(j => j.GetProperty("code").GetString() == AlertStore.DroppedCode)
+                .ToDictionary(j => j.GetProperty("id").GetString()!, j => j.GetProperty("values").GetProperty("dropped").GetInt64());
     }
 
     [Fact]

@@ -40,6 +40,9 @@ public sealed class OutgoingAlert : IByteSource
     /// <summary>The queue sequence number to acknowledge once the gateway owns the alert (its tag in the MQTT window).</summary>
     public uint Seq { get; private set; }
 
+    /// <summary>The sequence number in the alert's id (the one it was first queued under; <see cref="Seq"/> may differ).</summary>
+    public uint IdSeq => _idSeq;
+
     /// <summary>The alert's JSON length in bytes, measured when it was loaded.</summary>
     public int Length { get; private set; }
 

@@ -93,6 +93,7 @@ public sealed partial class FlashQueue
 
         _erasedSector = -1;
         _recoveryPending = false;
+        _lastMarkerSeq = 0;
         WriteSectorHeader(sector, sectorSeq);
         _head = sector;
         _headSectorSeq = sectorSeq;
@@ -245,6 +246,7 @@ public sealed partial class FlashQueue
 
     private void StageBegin(int pos)
     {
+        _lastMarkerSeq = 0; // the record about to be written follows it; a marker sets it again once written
         _stageAddress = (_head * _sectorBytes) + pos;
         _stageFill = 0;
         _writeOffset = pos;

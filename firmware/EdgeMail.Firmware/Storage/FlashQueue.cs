@@ -94,6 +94,13 @@ public sealed partial class FlashQueue
     private uint _sentThrough;
     private uint _nextSeqAtReaderEnd;
 
+    // The highest sequence number the reader has handed out since the mount (Rewind does not lower it), and the
+    // drop marker that is the head's last record, if one is: a marker is never written right after a marker
+    // already handed out, or the reader would merge it into the run the uplink sent, changing that alert's id
+    // and count. An acknowledgement record goes between them.
+    private uint _handedOutHigh;
+    private uint _lastMarkerSeq;
+
     // Fields of the last sector header read by ReadSectorHeader.
     private uint _hSeq;
     private uint _hEpoch;
@@ -195,6 +202,8 @@ public sealed partial class FlashQueue
         LastEntryAtMount = 0;
         _lowestQueued = 0;
         DroppedSinceMount = 0;
+        _handedOutHigh = 0;
+        _lastMarkerSeq = 0;
 
         int head = -1;
         uint headSeq = 0;
@@ -327,6 +336,7 @@ public sealed partial class FlashQueue
             Le.PutU32(_small, 4, seq);
             Le.PutU32(_small, 8, seq);
             WriteRecord(HeaderSlot(_writeOffset), seq + 1, TypeDropped, MarkerPriority, 0, 0, _small, 0, _small, 0, DroppedPayload);
+            _lastMarkerSeq = seq + 1;
             _nextSeq = seq + 2;
             DroppedSinceMount++;
             if (_pendingKnown)
@@ -471,13 +481,20 @@ public sealed partial class FlashQueue
                 entry.DroppedCount = 0;
             }
 
+            if (_sentThrough > _handedOutHigh)
+            {
+                _handedOutHigh = _sentThrough;
+            }
+
             return true;
         }
     }
 
     /// <summary>
     /// Folds the drop markers that directly follow the one just read (in the same sector) into it: a full queue
-    /// that drops new entries on arrival writes one marker each, and the reader reports a run of them as one.
+    /// that drops new entries on arrival writes one marker each, and the reader reports a run of them as one. A run
+    /// never grows once handed out (see _lastMarkerSeq), so reading it again after a Rewind or a reboot gives the
+    /// same entry: the same last sequence number (the alert's id) and the same count.
     /// </summary>
     private void MergeFollowingMarkers(QueueEntry entry, int baseAddr, int limit)
     {
@@ -619,6 +636,7 @@ public sealed partial class FlashQueue
         LastEntryAtMount = 0;
         _lastEntrySectorSeq = sectorSeq - 1; // nothing found before a format is live after it
         _lowestQueued = 0;
+        _handedOutHigh = 0;
         OpenSector(0, sectorSeq);
         WriteAckRecord(0); // never header-only: a mount rewrites such a head, costing an erase per boot
         _mounted = true;
@@ -853,9 +871,16 @@ public sealed partial class FlashQueue
                 pos = HeaderSlot(pos + ackBytes);
             }
 
-            if (dropNew && pos + markerBytes <= _entryLimit)
+            int markerAt = MarkerNeedsSeparator() ? HeaderSlot(pos + ackBytes) : pos;
+
+            if (dropNew && markerAt + markerBytes <= _entryLimit)
             {
                 WritePendingRecovery();
+                if (MarkerNeedsSeparator())
+                {
+                    WriteAckRecord(_ackedThrough);
+                }
+
                 return -1;
             }
 
@@ -866,11 +891,17 @@ public sealed partial class FlashQueue
                 return HeaderSlot(_writeOffset);
             }
 
-            dropNew |= OpenNextSector(priority, pos + markerBytes <= _entryLimit);
+            dropNew |= OpenNextSector(priority, markerAt + markerBytes <= _entryLimit);
         }
 
         throw new InvalidOperationException("No room for a record of " + bytes + " bytes after reclaiming every sector.");
     }
+
+    /// <summary>
+    /// Whether the head's last record is a drop marker the reader has handed out and that is not acknowledged: a
+    /// marker written right after it would join its run on the next read (docs/flash-queue.md, "When full").
+    /// </summary>
+    private bool MarkerNeedsSeparator() => _lastMarkerSeq > _ackedThrough && _lastMarkerSeq <= _handedOutHigh;
 
     private void ReclaimAcknowledged()
     {

@@ -11,7 +11,8 @@ namespace EdgeMail.Firmware.Uplink;
 /// driven by <see cref="Step"/>: no threads inside, nothing allocated per alert. On connect it subscribes to the
 /// device's receipt topic and publishes a retained status heartbeat (again every
 /// <see cref="ForwarderOptions.HeartbeatIntervalMs"/>); receipts set the <see cref="WallClock"/> when the device has
-/// no RTC. In duty-cycled mode it connects on a schedule, or at once for a critical alert, drains the queue and
+/// no RTC (an unknown clock only from a receipt that cannot be old, see <see cref="IMqttClientHandler.OnMessageReceived"/>).
+/// In duty-cycled mode it connects on a schedule, or at once for a critical alert, drains the queue and
 /// disconnects.
 /// </summary>
 /// <remarks>
@@ -56,6 +57,13 @@ public sealed class Forwarder : IMqttClientHandler
     private bool _wakeRequested;
     private bool _started;
     private bool _linkUp;
+
+    // Receipts may be old: queued by the broker while the device was off or out of reach, or kept by the gateway and
+    // handed over again on subscribe. One about an alert that this boot first published on the current connection
+    // was written after that connection came up, so only such a receipt may set an unknown clock. Alert ids at or
+    // above _freshIdFrom were raised this boot and not published before the current connection.
+    private uint _wireIdHigh;
+    private uint _freshIdFrom = uint.MaxValue;
 
     /// <summary>Creates the forwarder; nothing happens until <see cref="Step"/>.</summary>
     /// <param name="store">The alert store to drain.</param>
@@ -360,12 +368,29 @@ public sealed class Forwarder : IMqttClientHandler
             return;
         }
 
-        // Receipts may be old (queued by the broker while the device was away): only move forward, or set when unknown.
-        long current = _wall.UnixMs;
-        if (!_wall.IsKnown || at > current)
+        if (!_wall.IsKnown)
+        {
+            // An old receipt would set the clock hours back, and every alert after it would carry that error.
+            if (IsFresh(message))
+            {
+                _wall.Set(at);
+            }
+
+            return;
+        }
+
+        // Once known, a receipt can only be behind the clock (old) or ahead of it (the clock drifted): move forward only.
+        if (at > _wall.UnixMs)
         {
             _wall.Set(at);
         }
+    }
+
+    /// <summary>Whether the receipt names an alert this boot first published on the current connection.</summary>
+    private bool IsFresh(MqttPacket message)
+    {
+        return ForwarderReceipt.TryReadId(message.Buffer!, message.PayloadOffset, message.PayloadLength, out uint epoch, out uint idSeq)
+            && epoch == _store.Epoch && idSeq >= _freshIdFrom && idSeq <= _wireIdHigh;
     }
 
     private bool DueToConnect(long now)
@@ -389,7 +414,19 @@ public sealed class Forwarder : IMqttClientHandler
         _wakeRequested = false;
         try
         {
-            _client.Connect(_options.Host, _options.Port);
+            try
+            {
+                _client.Connect(_options.Host, _options.Port);
+            }
+            catch (ArgumentException ex)
+            {
+                // CONNECT cannot be encoded (it does not fit the send buffer, or a string MQTT forbids): no retry helps,
+                // but it must not escape Step on every call either; it is reported like any failed connection.
+                LinkLost("CONNECT cannot be sent with these options (" + ex.Message + "); shorten DeviceId or Secret, or raise SendBufferSize.");
+                return false;
+            }
+
+            _freshIdFrom = _wireIdHigh + 1 > _store.FirstSeqOfBoot ? _wireIdHigh + 1 : _store.FirstSeqOfBoot;
             _connectedSinceMs = _clock.UptimeMs;
             _linkUp = true;
             Connects++;
@@ -522,6 +559,11 @@ public sealed class Forwarder : IMqttClientHandler
             if (_pendingCount == _pendingSeq.Length)
             {
                 return;
+            }
+
+            if (_outgoing.IdSeq > _wireIdHigh)
+            {
+                _wireIdHigh = _outgoing.IdSeq; // before the bytes leave: a send cut short may still reach the gateway
             }
 
             if (!_client.Publish(_alertTopic, _outgoing, _heldSeq, false, false))

@@ -88,6 +88,58 @@ public static class ForwarderReceipt
     }
 
     /// <summary>
+    /// The receipt's <c>id</c> as the device wrote it (<c>7f3a9c21-42</c>: the flash epoch in 8 hex digits, '-', the
+    /// sequence number in decimal).
+    /// </summary>
+    /// <param name="buffer">The receipt JSON.</param>
+    /// <param name="offset">Index of the first byte.</param>
+    /// <param name="count">Number of bytes.</param>
+    /// <param name="epoch">The epoch.</param>
+    /// <param name="seq">The sequence number.</param>
+    /// <returns>False when the id is absent or not of that form.</returns>
+    public static bool TryReadId(byte[] buffer, int offset, int count, out uint epoch, out uint seq)
+    {
+        epoch = 0;
+        seq = 0;
+        if (!TryFindString(buffer, offset, count, "id", out int vo, out int vl) || vl < 10 || vl > 19 || buffer[vo + 8] != '-')
+        {
+            return false;
+        }
+
+        for (int i = 0; i < 8; i++)
+        {
+            int c = buffer[vo + i];
+            int nibble = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+            if (nibble < 0)
+            {
+                return false;
+            }
+
+            epoch = (epoch << 4) | (uint)nibble;
+        }
+
+        ulong value = 0;
+        for (int i = vo + 9; i < vo + vl; i++)
+        {
+            int c = buffer[i] - '0';
+            if (c < 0 || c > 9)
+            {
+                return false;
+            }
+
+            value = (value * 10) + (ulong)c;
+        }
+
+        if (value > uint.MaxValue)
+        {
+            return false;
+        }
+
+        seq = (uint)value;
+        return true;
+    }
+
+    /// <summary>
     /// The receipt's <c>at</c> as Unix milliseconds: <c>YYYY-MM-DDTHH:MM:SS[.fraction]Z</c> (UTC; an offset such as
     /// <c>+02:00</c> is applied).
     /// </summary>

@@ -45,6 +45,30 @@ public class ForwarderReceiptTests
         }
     }
 
+    [Theory]
+    [InlineData("{\"id\":\"7f3a9c21-42\",\"state\":\"accepted\"}", 0x7F3A9C21u, 42u)]
+    [InlineData("{\"state\":\"relayed\", \"id\" : \"0000000A-4294967295\"}", 10u, 4294967295u)]
+    public void TryReadId_TheIdsTheDeviceWrites_GivesEpochAndSequenceNumber(string json, uint epoch, uint seq)
+    {
+        byte[] b = Encoding.UTF8.GetBytes(json);
+        Assert.True(ForwarderReceipt.TryReadId(b, 0, b.Length, out uint e, out uint s));
+        Assert.Equal((epoch, seq), (e, s));
+    }
+
+    [Theory]
+    [InlineData("{\"id\":\"a-1\"}")]
+    [InlineData("{\"id\":\"7f3a9c21-\"}")]
+    [InlineData("{\"id\":\"7f3a9c2x-1\"}")]
+    [InlineData("{\"id\":\"7f3a9c21-1x\"}")]
+    [InlineData("{\"id\":\"7f3a9c21-4294967296\"}")]
+    [InlineData("{\"id\":7}")]
+    [InlineData("{\"at\":\"2026-11-28T09:58:12Z\"}")]
+    public void TryReadId_MissingOrNotADeviceId_IsFalse(string json)
+    {
+        byte[] b = Encoding.UTF8.GetBytes(json);
+        Assert.False(ForwarderReceipt.TryReadId(b, 0, b.Length, out _, out _));
+    }
+
     [Fact]
     public void StringEquals_ComparesTheValueOfTheKey()
     {

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using EdgeMail.Firmware.Alerts;
@@ -97,14 +98,87 @@ public sealed class ForwarderTests(ITestOutputHelper output) : IAsyncLifetime
     {
         using var rig = new ForwarderRig(() => Options());
         rig.StepUntil(() => rig.Forwarder.State == ForwarderState.Idle, "the connection");
+        uint seq = rig.Raise("DOOR_OPEN");
+        rig.StepUntil(() => rig.Forwarder.AcknowledgedThrough >= seq, "the alert's PUBACK");
         Assert.False(rig.Wall.IsKnown);
 
-        await _broker.InjectAsync("edgemail/v1/dev-1/receipt", "{\"id\":\"7f3a9c21-1\",\"state\":\"accepted\",\"at\":\"2026-11-28T09:58:12.250Z\",\"detail\":null}");
+        await _broker.InjectAsync("edgemail/v1/dev-1/receipt", "{\"id\":\"7f3a9c21-" + seq + "\",\"state\":\"accepted\",\"at\":\"2026-11-28T09:58:12.250Z\",\"detail\":null}");
         rig.StepUntil(() => rig.Forwarder.Receipts == 1, "the receipt");
 
         Assert.True(rig.Wall.IsKnown);
         long expected = new DateTimeOffset(2026, 11, 28, 9, 58, 12, 250, TimeSpan.Zero).ToUnixTimeMilliseconds();
         Assert.InRange(rig.Wall.UnixMs, expected, expected + 5_000);
+    }
+
+    [Fact]
+    public async Task Receipt_QueuedWhileThePowerWasOff_DoesNotSetTheClockOfADeviceWithoutRtc()
+    {
+        // The gateway keeps final receipts until the device has them, and the broker queues them in the persistent
+        // session: after a reboot, one written hours ago arrives first. Taken for the time, it stamped every alert after
+        // it hours early.
+        using var rig = new ForwarderRig(() => Options());
+        rig.StepUntil(() => rig.Forwarder.State == ForwarderState.Idle, "the first connection (persistent session, receipt subscription)");
+        rig.PowerOff();
+        await _broker.DisconnectedAsync("dev-1");
+        DateTimeOffset relayedAt = DateTimeOffset.UtcNow.AddHours(-6);
+        await _broker.InjectAsync("edgemail/v1/dev-1/receipt",
+            "{\"id\":\"7f3a9c21-1\",\"state\":\"relayed\",\"at\":\"" + relayedAt.ToString("yyyy-MM-ddTHH:mm:ss.fff'Z'", CultureInfo.InvariantCulture) + "\",\"detail\":\"250 queued\"}");
+
+        rig.Boot();
+        rig.StepUntil(() => rig.Forwarder.Receipts == 1, "the receipt queued while the device was off");
+        uint seq = rig.Raise("FREEZER_TEMP_HIGH", Severity.Critical, "Freezer 2 above -15 C");
+        rig.StepUntil(() => rig.Forwarder.AcknowledgedThrough >= seq, "the alert's PUBACK");
+
+        Assert.False(rig.Wall.IsKnown);
+        JsonElement alert = JsonDocument.Parse(AlertsSeen().Single(a => a.Id == $"7f3a9c21-{seq}").Json).RootElement;
+        Assert.False(alert.TryGetProperty("raised", out _), "no wall clock: the alert carries its age, not a time taken from an old receipt");
+        Assert.True(alert.TryGetProperty("age_ms", out _));
+    }
+
+    [Fact]
+    public async Task Receipt_ForAnAlertPublishedOnAnEarlierConnection_DoesNotSetAnUnknownClock_ANewOneDoes()
+    {
+        // A receipt about an alert sent before the link dropped may have waited in the session for the whole outage.
+        _broker.OnPublish = e =>
+        {
+            if (e.ApplicationMessage.Topic == AlertTopic && _broker.PublishesFrom("dev-1").Count(p => p.Topic == AlertTopic) == 1)
+            {
+                throw new InvalidOperationException("simulated spool failure: no PUBACK, connection dropped");
+            }
+        };
+        using var rig = new ForwarderRig(() => Options());
+        uint early = rig.Raise("EARLY");
+        rig.StepUntil(() => rig.Forwarder.AcknowledgedThrough >= early && rig.Forwarder.State == ForwarderState.Idle, "the resend's PUBACK on the second connection");
+        Assert.Equal(2, rig.Forwarder.Connects);
+
+        await _broker.InjectAsync("edgemail/v1/dev-1/receipt", "{\"id\":\"7f3a9c21-" + early + "\",\"state\":\"relayed\",\"at\":\"2026-11-28T03:00:00.000Z\",\"detail\":\"\"}");
+        rig.StepUntil(() => rig.Forwarder.Receipts == 1, "the receipt of the alert first sent on the first connection");
+        Assert.False(rig.Wall.IsKnown);
+
+        uint fresh = rig.Raise("FRESH");
+        rig.StepUntil(() => rig.Forwarder.AcknowledgedThrough >= fresh, "the new alert's PUBACK");
+        await _broker.InjectAsync("edgemail/v1/dev-1/receipt", "{\"id\":\"7f3a9c21-" + fresh + "\",\"state\":\"accepted\",\"at\":\"2026-11-28T09:58:12.000Z\",\"detail\":null}");
+        rig.StepUntil(() => rig.Forwarder.Receipts == 2, "the receipt of the alert first sent on this connection");
+        long expected = new DateTimeOffset(2026, 11, 28, 9, 58, 12, TimeSpan.Zero).ToUnixTimeMilliseconds();
+        Assert.InRange(rig.Wall.UnixMs, expected, expected + 5_000);
+    }
+
+    [Fact]
+    public void Connect_DoesNotFitTheSendBuffer_FailsTheConnectionWithTheReason()
+    {
+        using var rig = new ForwarderRig(() => new ForwarderOptions
+        {
+            DeviceId = "dev-1", Secret = new string('s', 300), Host = "127.0.0.1", Port = _broker.Port, BackoffBaseMs = 10, BackoffMaxMs = 50,
+        });
+
+        rig.Forwarder.Step(0);
+
+        Assert.Equal(ForwarderState.Backoff, rig.Forwarder.State);
+        Assert.Equal(1, rig.Forwarder.Failures);
+        Assert.Equal(0, rig.Forwarder.Connects);
+        Assert.Contains("CONNECT needs", rig.Forwarder.LastError);
+        Assert.Contains("SendBufferSize", rig.Forwarder.LastError);
+        Assert.DoesNotContain(_broker.Inbound, p => p.ClientId == "dev-1");
     }
 
     [Fact]
@@ -169,13 +243,16 @@ public sealed class ForwarderTests(ITestOutputHelper output) : IAsyncLifetime
     {
         using var rig = new ForwarderRig(() => Options());
         rig.StepUntil(() => rig.Forwarder.State == ForwarderState.Idle, "the connection");
+        uint first = rig.Raise("FIRST");
+        uint second = rig.Raise("SECOND");
+        rig.StepUntil(() => rig.Forwarder.AcknowledgedThrough >= second, "the alerts' PUBACKs");
         string detail = string.Concat(Enumerable.Repeat("451 4.7.1 \"try again later\"\n", 20))[..512];
-        string receipt = JsonSerializer.Serialize(new { id = "7f3a9c21-1", state = "deferred", at = "2026-11-28T09:58:12.250Z", detail });
+        string receipt = JsonSerializer.Serialize(new { id = $"7f3a9c21-{first}", state = "deferred", at = "2026-11-28T09:58:12.250Z", detail });
         Assert.True(Encoding.UTF8.GetByteCount(receipt) > 256);
 
         await _broker.InjectAsync("edgemail/v1/dev-1/receipt", receipt);
         rig.StepUntil(() => rig.Forwarder.Receipts == 1, "the receipt");
-        await _broker.InjectAsync("edgemail/v1/dev-1/receipt", "{\"id\":\"7f3a9c21-2\",\"state\":\"accepted\",\"at\":\"2026-11-28T09:59:00.000Z\",\"detail\":\"\"}");
+        await _broker.InjectAsync("edgemail/v1/dev-1/receipt", "{\"id\":\"7f3a9c21-" + second + "\",\"state\":\"accepted\",\"at\":\"2026-11-28T09:59:00.000Z\",\"detail\":\"\"}");
         rig.StepUntil(() => rig.Forwarder.Receipts == 2, "a second, small receipt after the skipped rest");
 
         long expected = new DateTimeOffset(2026, 11, 28, 9, 59, 0, TimeSpan.Zero).ToUnixTimeMilliseconds();

@@ -3,7 +3,7 @@ namespace EdgeMail.Firmware.Uplink.Smtp;
 /// <summary>Settings of an <see cref="SmtpUplink"/>.</summary>
 public sealed class SmtpUplinkOptions
 {
-    /// <summary>The device id (the AUTH user name unless <see cref="UserName"/> is set).</summary>
+    /// <summary>The device id (the AUTH user name unless <see cref="UserName"/> is set): 1 to 64 of <c>[A-Za-z0-9_.-]</c>, as the gateway requires; it is written into the Subject and Message-ID of every message.</summary>
     public string DeviceId { get; set; } = string.Empty;
 
     /// <summary>AUTH user name; null uses <see cref="DeviceId"/>.</summary>

@@ -93,6 +93,8 @@ internal sealed class MqttTestBroker : IAsyncDisposable
     /// <summary>Application messages that reached the publish interceptor.</summary>
     public ConcurrentQueue<(string ClientId, MqttPublishPacket Packet, MQTTnet.MqttApplicationMessage Message)> Published { get; } = new();
 
+    private readonly ConcurrentDictionary<string, TaskCompletionSource<bool>> _disconnected = new();
+
     /// <summary>Called for each PUBLISH before it is acknowledged; throwing drops the connection without PUBACK.</summary>
     public Action<InterceptingPublishEventArgs>? OnPublish { get; set; }
 
@@ -126,6 +128,11 @@ internal sealed class MqttTestBroker : IAsyncDisposable
             broker.OnSubscribe?.Invoke(e);
             return Task.CompletedTask;
         };
+        server.ClientDisconnectedAsync += e =>
+        {
+            broker.Disconnected(e.ClientId).TrySetResult(true);
+            return Task.CompletedTask;
+        };
         server.InterceptingPublishAsync += e =>
         {
             broker.OnPublish?.Invoke(e);
@@ -138,6 +145,12 @@ internal sealed class MqttTestBroker : IAsyncDisposable
     /// <summary>Records every PUBLISH the broker accepted from a client (as the inbound packet).</summary>
     public List<MqttPublishPacket> PublishesFrom(string clientId) =>
         Inbound.Where(p => p.ClientId == clientId && p.Packet is MqttPublishPacket).Select(p => (MqttPublishPacket)p.Packet).ToList();
+
+    /// <summary>Completes once a connection of <paramref name="clientId"/> has ended (the broker noticed the client go).</summary>
+    public Task<bool> DisconnectedAsync(string clientId) => EdgeMail.Testing.Await.Within(Disconnected(clientId).Task, $"the broker to see {clientId} disconnect");
+
+    private TaskCompletionSource<bool> Disconnected(string clientId) =>
+        _disconnected.GetOrAdd(clientId, _ => new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously));
 
     /// <summary>Sends a QoS 1 message to a topic as the broker itself.</summary>
     public Task InjectAsync(string topic, string payload) =>

@@ -143,6 +143,21 @@ public sealed class SmtpUplinkTests : IDisposable
         Assert.Equal(Id(seq), IdOf(0));
     }
 
+    [Theory]
+    [InlineData("gerät-7")] // Write(string) put one byte per char: a raw 0xE4 in Subject and Message-ID
+    [InlineData("dev-1\r\nBcc: someone@example.test")]
+    [InlineData("dev 1")]
+    [InlineData("..")]
+    public void Constructor_DeviceIdTheGatewayWouldNotAccept_IsRefusedWithTheRule(string deviceId)
+    {
+        var ex = Assert.Throws<ArgumentException>(() => new SmtpUplink(_store, _server, _clock, new SmtpUplinkOptions
+        {
+            DeviceId = deviceId, From = "dev-1@devices.test", To = "alerts@gateway.test",
+        }));
+
+        Assert.StartsWith("DeviceId '" + deviceId + "' must be 1 to 64 ASCII letters, digits, '-', '_' or '.'", ex.Message, StringComparison.Ordinal);
+    }
+
     private sealed class FixedClock : IClock
     {
         public long UptimeMs => 123_456;
