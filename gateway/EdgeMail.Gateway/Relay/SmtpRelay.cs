@@ -24,8 +24,8 @@ namespace EdgeMail.Gateway.Relay;
 /// the recipients each one but the last delivered to are handed over for recording before the next begins, and before
 /// each one but the first the attempt asks whether it may go on (<see cref="PartedAttempt"/>, as direct MX). Recipients
 /// a transaction that delivered to others turned away with "452 too many recipients" (or the 552 older servers send for
-/// it) follow in a further transaction
-/// of the same attempt, on the same connection while it is open.
+/// it) follow in a further transaction of the same attempt, on the same connection while it is open
+/// (<see cref="PartedAttempt.TakeAsync"/>, as direct MX).
 /// </summary>
 public sealed class SmtpRelay : IMailTransport
 {
@@ -67,9 +67,8 @@ public sealed class SmtpRelay : IMailTransport
         List<IReadOnlyList<string>> parts = perMessage > 0 && message.PendingRecipients.Count > perMessage
             ? [.. message.PendingRecipients.Chunk(perMessage)]
             : [message.PendingRecipients];
-        var attempt = new PartedAttempt(message, partSent);
+        var attempt = new SmarthostAttempt(this, message, partSent);
         var results = new List<RecipientResult>(message.PendingRecipients.Count);
-        RecordingSmtpClient? connection = null;
         try
         {
             for (int p = 0; p < parts.Count; p++)
@@ -80,64 +79,44 @@ public sealed class SmtpRelay : IMailTransport
                     break;
                 }
 
-                // The transaction owns the kept connection now, and hands it back while it is still open.
-                var kept = connection;
-                connection = null;
-                (var sent, connection) = await SendPooledAsync(message with { PendingRecipients = parts[p] }, kept, cancellationToken).ConfigureAwait(false);
-                var again = TooManyRecipients(sent);
-                if (again.Count > 0)
+                var sent = await SendPooledAsync(message with { PendingRecipients = parts[p] }, attempt, cancellationToken).ConfigureAwait(false);
+                if (await attempt.TakeAsync(sent, p < parts.Count - 1, results, cancellationToken).ConfigureAwait(false) is { } ended)
                 {
-                    parts.Insert(p + 1, again);
-                }
-
-                results.AddRange(again.Count == 0 ? sent : sent.Where(r => !again.Contains(r.Address)));
-                if (p < parts.Count - 1 && await attempt.TransactionDoneAsync(sent, cancellationToken).ConfigureAwait(false) is { } notRecorded)
-                {
-                    results.AddRange(PartedAttempt.NotAttempted(parts.Skip(p + 1).SelectMany(rest => rest), notRecorded));
+                    results.AddRange(PartedAttempt.NotAttempted(parts.Skip(p + 1).SelectMany(rest => rest), ended));
                     break;
                 }
             }
         }
         finally
         {
-            if (connection is not null)
+            if (attempt.Connection is not null)
             {
-                Release(connection);
+                Release(attempt.Connection);
             }
         }
 
         return results;
     }
 
-    // A server's limit on recipients per transaction: RFC 5321 (4.5.3.1.10) has it answer the RCPTs past the limit with
-    // 452 and the client send the rest in a new transaction, right away. Only when the transaction delivered to someone:
-    // each such follow-up then has fewer recipients than the one before, so an attempt makes at most as many as the mail
-    // has recipients, and a server that turns every recipient of one away (a 452 for want of storage, a limit per hour)
-    // leaves them deferred on the Relay:Backoff schedule. Those that got a 250 are recorded before the follow-up begins,
-    // as between the parts of a split mail, so none of them gets it twice.
-    private static List<string> TooManyRecipients(IReadOnlyList<RecipientResult> results) =>
-        results.Any(r => r.Outcome == RecipientOutcome.Sent)
-            ? [.. results.Where(r => r.Outcome == RecipientOutcome.Deferred && IsTooManyRecipients(r.Reply)).Select(r => r.Address)]
-            : [];
-
-    private static bool IsTooManyRecipients(string reply) =>
-        (reply.StartsWith("452 ", StringComparison.Ordinal) || reply.StartsWith("552 ", StringComparison.Ordinal))
-        && (reply.AsSpan(4).StartsWith("4.5.3") || reply.AsSpan(4).StartsWith("5.5.3") || reply.Contains("too many recipients", StringComparison.OrdinalIgnoreCase));
-
     // A 4xx is for now. So is a 552 that says the transaction has too many recipients: RFC 5321 (4.5.3.1.10) asks
     // clients to read it as 452, which older servers sent it for; bounced, those recipients would lose the mail for
     // the server's limit per transaction, not for anything about them.
     private static RecipientResult RefusedRecipient(string address, (int Code, string Text) refusal) =>
-        new(address, refusal.Code is >= 400 and < 500 || (refusal.Code == 552 && IsTooManyRecipients(refusal.Text))
+        new(address, refusal.Code is >= 400 and < 500 || (refusal.Code == 552 && PartedAttempt.IsTooManyRecipients(refusal.Text))
             ? RecipientOutcome.Deferred
             : RecipientOutcome.Failed, refusal.Text);
 
-    /// <summary>One transaction: on the connection an earlier transaction of the attempt kept, else on one from the pool or a new one.</summary>
-    /// <returns>The results, and the connection when it is still open (to the pool with <see cref="Release"/> once the attempt is done).</returns>
-    private async Task<(IReadOnlyList<RecipientResult> Results, RecordingSmtpClient? Connection)> SendPooledAsync(QueuedMessage message,
-        RecordingSmtpClient? connection, CancellationToken cancellationToken)
+    /// <summary>
+    /// One transaction: on the connection an earlier transaction of the attempt kept, else on one from the pool or a new
+    /// one. The attempt keeps the connection while it is still open (to the pool with <see cref="Release"/> once the
+    /// attempt is done).
+    /// </summary>
+    /// <returns>The results.</returns>
+    private async Task<IReadOnlyList<RecipientResult>> SendPooledAsync(QueuedMessage message, SmarthostAttempt attempt, CancellationToken cancellationToken)
     {
-        RecordingSmtpClient? client = connection;
+        // The transaction owns the kept connection now, and hands it back while it is still open.
+        RecordingSmtpClient? client = attempt.Connection;
+        attempt.Connection = null;
         if (client is null)
         {
             string? held = null;
@@ -155,7 +134,7 @@ public sealed class SmtpRelay : IMailTransport
 
             if (held is not null)
             {
-                return (Defer(message, held), null);
+                return Defer(message, held);
             }
         }
 
@@ -175,17 +154,30 @@ public sealed class SmtpRelay : IMailTransport
             results ??= Defer(message, client.LastError);
             if (client.IsConnected)
             {
-                return (results, client);
+                attempt.Connection = client;
+            }
+            else
+            {
+                client.Dispose();
             }
 
-            client.Dispose();
-            return (results, null);
+            return results;
         }
         catch
         {
             Release(client);
             throw;
         }
+    }
+
+    /// <summary>A smarthost attempt: its transactions share one connection while it stays open.</summary>
+    private sealed class SmarthostAttempt(SmtpRelay relay, QueuedMessage message, PartSent? partSent) : PartedAttempt(message, partSent)
+    {
+        /// <summary>The connection the attempt's last transaction left open, for its next.</summary>
+        public RecordingSmtpClient? Connection { get; set; }
+
+        protected override Task<IReadOnlyList<RecipientResult>> FollowUpAsync(IReadOnlyList<string> recipients, CancellationToken cancellationToken) =>
+            relay.SendPooledAsync(Message with { PendingRecipients = recipients }, this, cancellationToken);
     }
 
     private void Release(RecordingSmtpClient client)
