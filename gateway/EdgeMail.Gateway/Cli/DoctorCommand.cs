@@ -336,7 +336,7 @@ public static partial class DoctorCommand
                     client.AuthenticationMechanisms.RemoveWhere(m => !m.Equals(relay.AuthMechanism, StringComparison.OrdinalIgnoreCase));
                 }
 
-                await client.AuthenticateAsync(relay.User, relay.Password, ct).ConfigureAwait(false);
+                await Relay.PasswordSignIn.AuthenticateAsync(client, relay.User, relay.Password, ct).ConfigureAwait(false);
                 results.Add(new CheckResult("relay AUTH", CheckStatus.Ok, $"{where}: authenticated as {relay.User}"));
             }
 

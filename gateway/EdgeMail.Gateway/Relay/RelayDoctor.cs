@@ -194,7 +194,7 @@ public static class RelayDoctor
 
         try
         {
-            await client.AuthenticateAsync(relay.User, relay.Password, cancellationToken).ConfigureAwait(false);
+            await PasswordSignIn.AuthenticateAsync(client, relay.User, relay.Password, cancellationToken).ConfigureAwait(false);
             await steps.OkAsync("AUTH", $"as {relay.User}").ConfigureAwait(false);
             return true;
         }

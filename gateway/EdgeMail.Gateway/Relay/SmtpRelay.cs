@@ -18,7 +18,8 @@ namespace EdgeMail.Gateway.Relay;
 /// fixes: that defers too. A password AUTH refused is not tried again before the first <c>Relay:Backoff</c> step has
 /// passed: the mail that comes meanwhile is deferred with the same refusal without connecting, so a relay that counts
 /// failed logins (fail2ban, a provider's lockout) sees one per step, not one per mail queued; a 454 (a temporary
-/// failure, RFC 4954) only defers the mail at hand. With <c>Relay:Auth</c>
+/// failure, RFC 4954) only defers the mail at hand, also when another mechanism was refused after it
+/// (<see cref="PasswordSignIn"/>). With <c>Relay:Auth</c>
 /// set to an OAuth2 mode it authenticates with XOAUTH2 as <c>Relay:User</c>, renewing the token once when the server
 /// refuses it. A mail to more than <c>Relay:Limits:RecipientsPerMessage</c> recipients goes out in several transactions:
 /// the recipients each one but the last delivered to are handed over for recording before the next begins, and before
@@ -262,7 +263,7 @@ public sealed class SmtpRelay : IMailTransport
                         }
                     }
 
-                    await client.AuthenticateAsync(_relay.User, _relay.Password, cancellationToken).ConfigureAwait(false);
+                    await PasswordSignIn.AuthenticateAsync(client, _relay.User, _relay.Password, cancellationToken).ConfigureAwait(false);
                 }
             }
 

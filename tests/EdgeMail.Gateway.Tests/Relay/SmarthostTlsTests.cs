@@ -200,6 +200,33 @@ public sealed class SmarthostTlsTests
         Assert.Equal([new SmtpAuthAttempt(RelayUser, "PLAIN", Accepted: true)], sink.AuthAttempts);
     }
 
+    // MailKit tries the server's mechanisms in turn (PLAIN, then LOGIN) and throws the last one's reply only: a 454 to
+    // PLAIN (the server cannot check passwords just now) followed by a 535 to LOGIN is still a temporary failure, not a
+    // refused password that holds the relay for a Backoff step and tells the operator to fix it.
+    [Fact]
+    public async Task Relay_Auth454ToTheFirstMechanismThen535ToTheNext_DefersAsTemporary_AndTheNextMailSignsInAgainAtOnce()
+    {
+        await using var sink = await StartSmarthostAsync();
+        int auths = 0;
+        sink.OnCommand = c => c.Verb != "AUTH" ? null : Interlocked.Increment(ref auths) switch
+        {
+            1 => new SmtpReply(454, "4.7.0 Temporary authentication failure"),
+            2 => new SmtpReply(535, "5.7.8 Authentication credentials invalid"),
+            _ => null,
+        };
+        await using var gw = await StartGatewayAsync(sink.Port, "StartTls");
+
+        string receipt = await PublishAndAwaitReceiptAsync(gw, "tempauth-3", "deferred");
+        Assert.Contains($"temporary authentication failure at 127.0.0.1:{sink.Port}: 454 4.7.0 Temporary authentication failure", receipt, StringComparison.Ordinal);
+        Assert.DoesNotContain("535", receipt, StringComparison.Ordinal);
+        await gw.Spool.QueueMailAsync(OAuth2Kit.Mail("tempauth-4"), default);
+        var (message, _) = await sink.NextAsync();
+
+        Assert.Equal("tempauth-4@gw.test", message.MessageId);
+        Assert.Equal(["PLAIN", "LOGIN", "PLAIN"], AuthMethods(sink));
+        Assert.Equal([new SmtpAuthAttempt(RelayUser, "PLAIN", Accepted: true)], sink.AuthAttempts);
+    }
+
     [Fact]
     public async Task Relay_StartTlsRequiredButNotOffered_DefersInsteadOfSendingInClear()
     {
