@@ -1,3 +1,4 @@
+using System.Net;
 using System.Net.Sockets;
 using EdgeMail.Gateway.Composition;
 using EdgeMail.Gateway.Configuration;
@@ -26,7 +27,8 @@ namespace EdgeMail.Gateway.Relay;
 /// each one but the first the attempt asks whether it may go on (<see cref="PartedAttempt"/>, as direct MX). Recipients
 /// a transaction that delivered to others turned away with "452 too many recipients" (or the 552 older servers send for
 /// it) follow in a further transaction of the same attempt, on the same connection while it is open
-/// (<see cref="PartedAttempt.TakeAsync"/>, as direct MX).
+/// (<see cref="PartedAttempt.TakeAsync"/>, as direct MX). A password or token goes in clear text only to a relay the
+/// session reached on this machine (<see cref="SignInSecurity"/>).
 /// </summary>
 public sealed class SmtpRelay : IMailTransport
 {
@@ -220,9 +222,18 @@ public sealed class SmtpRelay : IMailTransport
                     client.ServerCertificateValidationCallback = (_, _, _, _) => true;
                 }
 
+                bool signsIn = authenticate && (_tokens is not null || _relay.User.Length > 0);
+                IPAddress? remote = null;
                 try
                 {
-                    await client.ConnectAsync(host, port, security, cancellationToken).ConfigureAwait(false);
+                    if (signsIn)
+                    {
+                        remote = await SignInSecurity.ConnectAsync(client, host, port, security, cancellationToken).ConfigureAwait(false);
+                    }
+                    else
+                    {
+                        await client.ConnectAsync(host, port, security, cancellationToken).ConfigureAwait(false);
+                    }
                 }
                 catch (SmtpCommandException ex)
                 {
@@ -234,7 +245,7 @@ public sealed class SmtpRelay : IMailTransport
                     return null;
                 }
 
-                if (authenticate && (_tokens is not null || _relay.User.Length > 0) && SignInSecurity.Withheld(_relay, host, port, client.IsSecure) is { } withheld)
+                if (signsIn && SignInSecurity.Withheld(_relay, host, port, remote!, client.IsSecure) is { } withheld)
                 {
                     client.LastError = withheld;
                     await SafeDisconnectAsync(client).ConfigureAwait(false);

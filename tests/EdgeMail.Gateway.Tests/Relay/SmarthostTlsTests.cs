@@ -269,6 +269,25 @@ public sealed class SmarthostTlsTests
         Assert.Equal((false, RelayUser), Transport(Assert.Single(sink.Messages)));
     }
 
+    // A relay on this machine under a name of its own (in /etc/hosts) is as local as 127.0.0.1: the address the session
+    // is connected to decides, not how Relay:Host is spelt. None is let through at start (the name resolves to loopback),
+    // StartTlsWhenAvailable at the connection.
+    [Theory]
+    [InlineData("None")]
+    [InlineData("StartTlsWhenAvailable")]
+    public async Task Relay_HostNameThatResolvesToLoopback_WithoutTls_StillSignsInWithThePassword(string security)
+    {
+        var local = Loopback.OwnLoopbackName();
+        Assert.True(local is not null, "this test needs a host name other than localhost that resolves to a loopback address first (the machine's own name in /etc/hosts)");
+        await using var sink = await SmtpTestServer.StartAsync(new() { Address = local.Value.Address, Users = new Dictionary<string, string> { [RelayUser] = RelayPassword } });
+        await using var gw = await StartGatewayAsync(sink.Port, security, host: local.Value.Name);
+
+        await PublishAndAwaitReceiptAsync(gw, "named-local-1", "relayed");
+        await sink.NextAsync();
+
+        Assert.Equal((false, RelayUser), Transport(Assert.Single(sink.Messages)));
+    }
+
     [Fact]
     public async Task Relay_UntrustedCertificate_DefersUnlessAcceptAnyCertificateIsSet()
     {
