@@ -27,4 +27,28 @@ public static class Loopback
             .SelectMany(n => n.GetIPProperties().UnicastAddresses)
             .Select(u => u.Address)
             .FirstOrDefault(a => a.AddressFamily == AddressFamily.InterNetwork && !IPAddress.IsLoopback(a));
+
+    /// <summary>
+    /// A name other than <c>localhost</c> that resolves to this machine's loopback: its own host name where /etc/hosts
+    /// maps it there (Debian puts it at 127.0.1.1), for a client that must tell a local server by the address it reached.
+    /// </summary>
+    /// <returns>The name and the address it resolves to first, or null when it does not resolve to loopback first.</returns>
+    public static (string Name, IPAddress Address)? OwnLoopbackName()
+    {
+        string name = Dns.GetHostName();
+        if (name.Equals("localhost", StringComparison.OrdinalIgnoreCase))
+        {
+            return null;
+        }
+
+        try
+        {
+            var addresses = Dns.GetHostAddresses(name);
+            return addresses.Length > 0 && IPAddress.IsLoopback(addresses[0]) ? (name, addresses[0]) : null;
+        }
+        catch (SocketException)
+        {
+            return null;
+        }
+    }
 }

@@ -314,7 +314,7 @@ public static partial class DoctorCommand
         string where = $"{host}:{port}";
         try
         {
-            await client.ConnectAsync(host, port, security, ct).ConfigureAwait(false);
+            var remote = await Relay.SignInSecurity.ConnectAsync(client, host, port, security, ct).ConfigureAwait(false);
             string tls = client.IsSecure ? $"TLS {client.SslProtocol}" : "no TLS";
             results.Add(new CheckResult("relay", CheckStatus.Ok, $"{where}: EHLO answered, {tls}; AUTH offered: {(client.AuthenticationMechanisms.Count > 0 ? string.Join(' ', client.AuthenticationMechanisms.Order()) : "none")}"));
             if (relay.Mode.Equals("Smarthost", StringComparison.OrdinalIgnoreCase) && relay.User.Length > 0 && RelayAuthModes.IsOAuth2(relay.Auth))
@@ -323,7 +323,7 @@ public static partial class DoctorCommand
                 results.Add(new CheckResult("relay AUTH", CheckStatus.Skip, $"Relay:Auth is {relay.Auth}", $"run '{EdgemailCli.Name} doctor relay' to check the token and XOAUTH2"));
             }
             else if (relay.Mode.Equals("Smarthost", StringComparison.OrdinalIgnoreCase) && relay.User.Length > 0
-                && Relay.SignInSecurity.Withheld(relay, host, port, client.IsSecure) is { } withheld)
+                && Relay.SignInSecurity.Withheld(relay, host, port, remote, client.IsSecure) is { } withheld)
             {
                 results.Add(new CheckResult("relay AUTH", CheckStatus.Fail, withheld));
             }
@@ -334,7 +334,7 @@ public static partial class DoctorCommand
                     client.AuthenticationMechanisms.RemoveWhere(m => !m.Equals(relay.AuthMechanism, StringComparison.OrdinalIgnoreCase));
                 }
 
-                await client.AuthenticateAsync(relay.User, relay.Password, ct).ConfigureAwait(false);
+                await Relay.PasswordSignIn.AuthenticateAsync(client, relay.User, relay.Password, ct).ConfigureAwait(false);
                 results.Add(new CheckResult("relay AUTH", CheckStatus.Ok, $"{where}: authenticated as {relay.User}"));
             }
 

@@ -14,6 +14,8 @@ namespace EdgeMail.Gateway.Relay;
 /// 4xx passes the domain to the next address or exchanger. One SMTP transaction per domain; results are per recipient,
 /// and the recipients a domain's exchanger accepted are handed over for recording before the next domain is tried (if
 /// they cannot be, the domains not yet tried are deferred). Before each connection but the first, the attempt asks whether it may go on.
+/// Recipients the exchanger turned away with "452 too many recipients" in a transaction that delivered to others follow
+/// at once in a further transaction to it, on the same connection, as the smarthost's do (<see cref="PartedAttempt.TakeAsync"/>).
 /// </summary>
 public sealed class DirectMxRelay : IMailTransport
 {
@@ -131,7 +133,7 @@ public sealed class DirectMxRelay : IMailTransport
         ArgumentNullException.ThrowIfNull(message);
         var results = new List<RecipientResult>();
         var groups = message.PendingRecipients.GroupBy(r => r[(r.LastIndexOf('@') + 1)..].ToLowerInvariant()).ToList();
-        var attempt = new PartedAttempt(message, partSent);
+        var attempt = new MxAttempt(this, message, partSent);
         for (int g = 0; g < groups.Count; g++)
         {
             var group = groups[g];
@@ -150,71 +152,116 @@ public sealed class DirectMxRelay : IMailTransport
             IReadOnlyList<RecipientResult>? refusedForNow = null;
             string last = "no exchanger reachable";
             int budget = AddressesPerAttempt;
-            foreach (string host in hosts)
+            try
             {
-                // The exchanger's address comes from the same resolver as the MX record (Relay:DnsServer), not the OS.
-                var addresses = await AddressesAsync(host, cancellationToken).ConfigureAwait(false);
-                if (addresses.Count == 0)
+                foreach (string host in hosts)
                 {
-                    last = $"exchanger {host} has no address";
-                    continue;
-                }
-
-                // Each address in turn, as MTAs do: an exchanger whose first address is down is reached at its next.
-                foreach (string address in addresses.Take(budget))
-                {
-                    if (await attempt.MayGoOnAsync(cancellationToken).ConfigureAwait(false) is { } stop)
+                    // The exchanger's address comes from the same resolver as the MX record (Relay:DnsServer), not the OS.
+                    var addresses = await AddressesAsync(host, cancellationToken).ConfigureAwait(false);
+                    if (addresses.Count == 0)
                     {
-                        results.AddRange(PartedAttempt.NotAttempted(groups.Skip(g).SelectMany(rest => rest), stop));
-                        return results;
-                    }
-
-                    budget--;
-                    using var client = SmtpRelay.NewClient();
-
-                    // Opportunistic TLS (RFC 7435), as MTAs do between MX hosts: encrypt when offered, without requiring a
-                    // certificate that names the host; a STARTTLS failure is a connection failure and defers.
-                    client.ServerCertificateValidationCallback = (_, _, _, _) => true;
-                    sent = await _smtp.SendOnceAsync(client, part, address, _relay.MxPort, SecureSocketOptions.StartTlsWhenAvailable, authenticate: false, cancellationToken).ConfigureAwait(false);
-                    await SmtpRelay.SafeDisconnectAsync(client, quit: true).ConfigureAwait(false);
-
-                    if (sent is not null && sent.All(r => r.Outcome == RecipientOutcome.Deferred))
-                    {
-                        // Every recipient turned away for now (MAIL FROM refused with a 4xx, each RCPT greylisted): nobody
-                        // has the mail, so the next address or exchanger may take it, as MTAs try it (RFC 5321 5.1). With
-                        // none that does, these replies say more than "unreachable".
-                        refusedForNow = sent;
-                        sent = null;
+                        last = $"exchanger {host} has no address";
                         continue;
                     }
 
-                    if (sent is not null)
+                    // Each address in turn, as MTAs do: an exchanger whose first address is down is reached at its next.
+                    foreach (string address in addresses.Take(budget))
+                    {
+                        if (await attempt.MayGoOnAsync(cancellationToken).ConfigureAwait(false) is { } stop)
+                        {
+                            results.AddRange(PartedAttempt.NotAttempted(groups.Skip(g).SelectMany(rest => rest), stop));
+                            return results;
+                        }
+
+                        budget--;
+                        var client = SmtpRelay.NewClient();
+
+                        // Opportunistic TLS (RFC 7435), as MTAs do between MX hosts: encrypt when offered, without requiring a
+                        // certificate that names the host; a STARTTLS failure is a connection failure and defers.
+                        client.ServerCertificateValidationCallback = (_, _, _, _) => true;
+                        try
+                        {
+                            sent = await _smtp.SendOnceAsync(client, part, address, _relay.MxPort, SecureSocketOptions.StartTlsWhenAvailable, authenticate: false, cancellationToken).ConfigureAwait(false);
+                        }
+                        catch
+                        {
+                            client.Dispose();
+                            throw;
+                        }
+
+                        if (sent is not null && !sent.All(r => r.Outcome == RecipientOutcome.Deferred))
+                        {
+                            // This exchanger has the domain's mail: recipients it turned away as too many follow on its connection.
+                            attempt.Exchanger = (client, host, address);
+                            break;
+                        }
+
+                        await SmtpRelay.SafeDisconnectAsync(client, quit: true).ConfigureAwait(false);
+                        client.Dispose();
+                        if (sent is not null)
+                        {
+                            // Every recipient turned away for now (MAIL FROM refused with a 4xx, each RCPT greylisted): nobody
+                            // has the mail, so the next address or exchanger may take it, as MTAs try it (RFC 5321 5.1). With
+                            // none that does, these replies say more than "unreachable".
+                            refusedForNow = sent;
+                            sent = null;
+                            continue;
+                        }
+
+                        // Unreachable, or it refused the session (greeting, EHLO): the next address or exchanger may take it.
+                        last = $"exchanger {host}: {client.LastError}";
+                    }
+
+                    if (sent is not null || budget == 0)
                     {
                         break;
                     }
-
-                    // Unreachable, or it refused the session (greeting, EHLO): the next address or exchanger may take it.
-                    last = $"exchanger {host}: {client.LastError}";
                 }
 
-                if (sent is not null || budget == 0)
+                sent ??= refusedForNow ?? group.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.4.1 " + last) { RelayDown = true }).ToList();
+                string? ended = await attempt.TakeAsync(sent, g < groups.Count - 1, results, cancellationToken).ConfigureAwait(false);
+
+                // The exchanger that took the domain's mail is left once its follow-ups are done, politely.
+                if (attempt.Exchanger is { } taken)
                 {
+                    await SmtpRelay.SafeDisconnectAsync(taken.Client, quit: true).ConfigureAwait(false);
+                }
+
+                if (ended is not null)
+                {
+                    results.AddRange(PartedAttempt.NotAttempted(groups.Skip(g + 1).SelectMany(rest => rest), ended));
                     break;
                 }
             }
-
-            sent ??= refusedForNow;
-            results.AddRange(sent ?? group.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.4.1 " + last) { RelayDown = true }).ToList());
-
-            // The last domain's result goes with the attempt's at once.
-            if (g < groups.Count - 1 && await attempt.TransactionDoneAsync(sent, cancellationToken).ConfigureAwait(false) is { } notRecorded)
+            finally
             {
-                results.AddRange(PartedAttempt.NotAttempted(groups.Skip(g + 1).SelectMany(rest => rest), notRecorded));
-                break;
+                if (attempt.Exchanger is { } exchanger)
+                {
+                    attempt.Exchanger = null;
+                    exchanger.Client.Dispose();
+                }
             }
         }
 
         return results;
+    }
+
+    /// <summary>A direct MX attempt: a domain's follow-up transactions go to the exchanger that took its first, on its connection.</summary>
+    private sealed class MxAttempt(DirectMxRelay relay, QueuedMessage message, PartSent? partSent) : PartedAttempt(message, partSent)
+    {
+        /// <summary>The exchanger (its connection, name and address) that took the current domain's transaction.</summary>
+        public (RecordingSmtpClient Client, string Host, string Address)? Exchanger { get; set; }
+
+        protected override async Task<IReadOnlyList<RecipientResult>> FollowUpAsync(IReadOnlyList<string> recipients, CancellationToken cancellationToken)
+        {
+            var (client, host, address) = Exchanger!.Value;
+            var part = Message with { PendingRecipients = recipients };
+
+            // Connected again when the exchanger closed the session meanwhile; no other exchanger is tried: this one has
+            // the other recipients' copies, and its limit is the reason for this transaction.
+            return await relay._smtp.SendOnceAsync(client, part, address, relay._relay.MxPort, SecureSocketOptions.StartTlsWhenAvailable, authenticate: false, cancellationToken).ConfigureAwait(false)
+                ?? [.. recipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, $"451 4.4.1 exchanger {host}: {client.LastError}") { RelayDown = true })];
+        }
     }
 
     /// <inheritdoc />

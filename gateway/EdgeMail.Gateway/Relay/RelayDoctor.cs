@@ -83,9 +83,9 @@ public static class RelayDoctor
             client.ServerCertificateValidationCallback = (_, _, _, _) => true;
         }
 
-        if (!await SmtpAsync(steps, client, smtp, relay, cancellationToken).ConfigureAwait(false)
+        if (await SmtpAsync(steps, client, smtp, relay, cancellationToken).ConfigureAwait(false) is not { } remote
             || !await TokenAsync(steps, tokens, cancellationToken).ConfigureAwait(false)
-            || !await AuthenticateAsync(steps, client, smtp, relay, cancellationToken).ConfigureAwait(false))
+            || !await AuthenticateAsync(steps, client, smtp, relay, remote, cancellationToken).ConfigureAwait(false))
         {
             return 1;
         }
@@ -120,15 +120,16 @@ public static class RelayDoctor
         }
     }
 
-    private static async Task<bool> SmtpAsync(Steps steps, RecordingSmtpClient client, SmtpRelay smtp, RelayOptions relay, CancellationToken cancellationToken)
+    /// <returns>The address the session reached; null when the step failed.</returns>
+    private static async Task<IPAddress?> SmtpAsync(Steps steps, RecordingSmtpClient client, SmtpRelay smtp, RelayOptions relay, CancellationToken cancellationToken)
     {
         try
         {
-            await client.ConnectAsync(relay.Host, relay.Port, smtp.Secure(), cancellationToken).ConfigureAwait(false);
+            var remote = await SignInSecurity.ConnectAsync(client, relay.Host, relay.Port, smtp.Secure(), cancellationToken).ConfigureAwait(false);
             string tls = client.IsSecure ? $"TLS ({client.SslProtocol}, {client.SslCipherSuite})" : $"no TLS (Relay:Security {relay.Security})";
             string auth = client.AuthenticationMechanisms.Count > 0 ? string.Join(' ', client.AuthenticationMechanisms.Order()) : "none";
             await steps.OkAsync("SMTP", $"{tls}; AUTH offered: {auth}").ConfigureAwait(false);
-            return true;
+            return remote;
         }
         catch (SslHandshakeException ex)
         {
@@ -143,7 +144,7 @@ public static class RelayDoctor
             await steps.FailAsync("SMTP", ex.Message, "the port does not speak SMTP as configured: check Relay:Port and Relay:Security (Tls for 465, StartTls for 587)").ConfigureAwait(false);
         }
 
-        return false;
+        return null;
     }
 
     private static async Task<bool> TokenAsync(Steps steps, RelayTokens? tokens, CancellationToken cancellationToken)
@@ -166,9 +167,9 @@ public static class RelayDoctor
         }
     }
 
-    private static async Task<bool> AuthenticateAsync(Steps steps, RecordingSmtpClient client, SmtpRelay smtp, RelayOptions relay, CancellationToken cancellationToken)
+    private static async Task<bool> AuthenticateAsync(Steps steps, RecordingSmtpClient client, SmtpRelay smtp, RelayOptions relay, IPAddress remote, CancellationToken cancellationToken)
     {
-        if ((smtp.Tokens is not null || relay.User.Length > 0) && SignInSecurity.Withheld(relay, relay.Host, relay.Port, client.IsSecure) is { } withheld)
+        if ((smtp.Tokens is not null || relay.User.Length > 0) && SignInSecurity.Withheld(relay, relay.Host, relay.Port, remote, client.IsSecure) is { } withheld)
         {
             await steps.FailAsync("AUTH", withheld, null).ConfigureAwait(false);
             return false;
@@ -194,7 +195,7 @@ public static class RelayDoctor
 
         try
         {
-            await client.AuthenticateAsync(relay.User, relay.Password, cancellationToken).ConfigureAwait(false);
+            await PasswordSignIn.AuthenticateAsync(client, relay.User, relay.Password, cancellationToken).ConfigureAwait(false);
             await steps.OkAsync("AUTH", $"as {relay.User}").ConfigureAwait(false);
             return true;
         }

@@ -1,3 +1,4 @@
+using System.Net;
 using System.Net.Sockets;
 using EdgeMail.Gateway.Composition;
 using EdgeMail.Gateway.Configuration;
@@ -18,14 +19,16 @@ namespace EdgeMail.Gateway.Relay;
 /// fixes: that defers too. A password AUTH refused is not tried again before the first <c>Relay:Backoff</c> step has
 /// passed: the mail that comes meanwhile is deferred with the same refusal without connecting, so a relay that counts
 /// failed logins (fail2ban, a provider's lockout) sees one per step, not one per mail queued; a 454 (a temporary
-/// failure, RFC 4954) only defers the mail at hand. With <c>Relay:Auth</c>
+/// failure, RFC 4954) only defers the mail at hand, also when another mechanism was refused after it
+/// (<see cref="PasswordSignIn"/>). With <c>Relay:Auth</c>
 /// set to an OAuth2 mode it authenticates with XOAUTH2 as <c>Relay:User</c>, renewing the token once when the server
 /// refuses it. A mail to more than <c>Relay:Limits:RecipientsPerMessage</c> recipients goes out in several transactions:
 /// the recipients each one but the last delivered to are handed over for recording before the next begins, and before
 /// each one but the first the attempt asks whether it may go on (<see cref="PartedAttempt"/>, as direct MX). Recipients
 /// a transaction that delivered to others turned away with "452 too many recipients" (or the 552 older servers send for
-/// it) follow in a further transaction
-/// of the same attempt, on the same connection while it is open.
+/// it) follow in a further transaction of the same attempt, on the same connection while it is open
+/// (<see cref="PartedAttempt.TakeAsync"/>, as direct MX). A password or token goes in clear text only to a relay the
+/// session reached on this machine (<see cref="SignInSecurity"/>).
 /// </summary>
 public sealed class SmtpRelay : IMailTransport
 {
@@ -67,9 +70,8 @@ public sealed class SmtpRelay : IMailTransport
         List<IReadOnlyList<string>> parts = perMessage > 0 && message.PendingRecipients.Count > perMessage
             ? [.. message.PendingRecipients.Chunk(perMessage)]
             : [message.PendingRecipients];
-        var attempt = new PartedAttempt(message, partSent);
+        var attempt = new SmarthostAttempt(this, message, partSent);
         var results = new List<RecipientResult>(message.PendingRecipients.Count);
-        RecordingSmtpClient? connection = null;
         try
         {
             for (int p = 0; p < parts.Count; p++)
@@ -80,64 +82,44 @@ public sealed class SmtpRelay : IMailTransport
                     break;
                 }
 
-                // The transaction owns the kept connection now, and hands it back while it is still open.
-                var kept = connection;
-                connection = null;
-                (var sent, connection) = await SendPooledAsync(message with { PendingRecipients = parts[p] }, kept, cancellationToken).ConfigureAwait(false);
-                var again = TooManyRecipients(sent);
-                if (again.Count > 0)
+                var sent = await SendPooledAsync(message with { PendingRecipients = parts[p] }, attempt, cancellationToken).ConfigureAwait(false);
+                if (await attempt.TakeAsync(sent, p < parts.Count - 1, results, cancellationToken).ConfigureAwait(false) is { } ended)
                 {
-                    parts.Insert(p + 1, again);
-                }
-
-                results.AddRange(again.Count == 0 ? sent : sent.Where(r => !again.Contains(r.Address)));
-                if (p < parts.Count - 1 && await attempt.TransactionDoneAsync(sent, cancellationToken).ConfigureAwait(false) is { } notRecorded)
-                {
-                    results.AddRange(PartedAttempt.NotAttempted(parts.Skip(p + 1).SelectMany(rest => rest), notRecorded));
+                    results.AddRange(PartedAttempt.NotAttempted(parts.Skip(p + 1).SelectMany(rest => rest), ended));
                     break;
                 }
             }
         }
         finally
         {
-            if (connection is not null)
+            if (attempt.Connection is not null)
             {
-                Release(connection);
+                Release(attempt.Connection);
             }
         }
 
         return results;
     }
 
-    // A server's limit on recipients per transaction: RFC 5321 (4.5.3.1.10) has it answer the RCPTs past the limit with
-    // 452 and the client send the rest in a new transaction, right away. Only when the transaction delivered to someone:
-    // each such follow-up then has fewer recipients than the one before, so an attempt makes at most as many as the mail
-    // has recipients, and a server that turns every recipient of one away (a 452 for want of storage, a limit per hour)
-    // leaves them deferred on the Relay:Backoff schedule. Those that got a 250 are recorded before the follow-up begins,
-    // as between the parts of a split mail, so none of them gets it twice.
-    private static List<string> TooManyRecipients(IReadOnlyList<RecipientResult> results) =>
-        results.Any(r => r.Outcome == RecipientOutcome.Sent)
-            ? [.. results.Where(r => r.Outcome == RecipientOutcome.Deferred && IsTooManyRecipients(r.Reply)).Select(r => r.Address)]
-            : [];
-
-    private static bool IsTooManyRecipients(string reply) =>
-        (reply.StartsWith("452 ", StringComparison.Ordinal) || reply.StartsWith("552 ", StringComparison.Ordinal))
-        && (reply.AsSpan(4).StartsWith("4.5.3") || reply.AsSpan(4).StartsWith("5.5.3") || reply.Contains("too many recipients", StringComparison.OrdinalIgnoreCase));
-
     // A 4xx is for now. So is a 552 that says the transaction has too many recipients: RFC 5321 (4.5.3.1.10) asks
     // clients to read it as 452, which older servers sent it for; bounced, those recipients would lose the mail for
     // the server's limit per transaction, not for anything about them.
     private static RecipientResult RefusedRecipient(string address, (int Code, string Text) refusal) =>
-        new(address, refusal.Code is >= 400 and < 500 || (refusal.Code == 552 && IsTooManyRecipients(refusal.Text))
+        new(address, refusal.Code is >= 400 and < 500 || (refusal.Code == 552 && PartedAttempt.IsTooManyRecipients(refusal.Text))
             ? RecipientOutcome.Deferred
             : RecipientOutcome.Failed, refusal.Text);
 
-    /// <summary>One transaction: on the connection an earlier transaction of the attempt kept, else on one from the pool or a new one.</summary>
-    /// <returns>The results, and the connection when it is still open (to the pool with <see cref="Release"/> once the attempt is done).</returns>
-    private async Task<(IReadOnlyList<RecipientResult> Results, RecordingSmtpClient? Connection)> SendPooledAsync(QueuedMessage message,
-        RecordingSmtpClient? connection, CancellationToken cancellationToken)
+    /// <summary>
+    /// One transaction: on the connection an earlier transaction of the attempt kept, else on one from the pool or a new
+    /// one. The attempt keeps the connection while it is still open (to the pool with <see cref="Release"/> once the
+    /// attempt is done).
+    /// </summary>
+    /// <returns>The results.</returns>
+    private async Task<IReadOnlyList<RecipientResult>> SendPooledAsync(QueuedMessage message, SmarthostAttempt attempt, CancellationToken cancellationToken)
     {
-        RecordingSmtpClient? client = connection;
+        // The transaction owns the kept connection now, and hands it back while it is still open.
+        RecordingSmtpClient? client = attempt.Connection;
+        attempt.Connection = null;
         if (client is null)
         {
             string? held = null;
@@ -155,7 +137,7 @@ public sealed class SmtpRelay : IMailTransport
 
             if (held is not null)
             {
-                return (Defer(message, held), null);
+                return Defer(message, held);
             }
         }
 
@@ -175,17 +157,30 @@ public sealed class SmtpRelay : IMailTransport
             results ??= Defer(message, client.LastError);
             if (client.IsConnected)
             {
-                return (results, client);
+                attempt.Connection = client;
+            }
+            else
+            {
+                client.Dispose();
             }
 
-            client.Dispose();
-            return (results, null);
+            return results;
         }
         catch
         {
             Release(client);
             throw;
         }
+    }
+
+    /// <summary>A smarthost attempt: its transactions share one connection while it stays open.</summary>
+    private sealed class SmarthostAttempt(SmtpRelay relay, QueuedMessage message, PartSent? partSent) : PartedAttempt(message, partSent)
+    {
+        /// <summary>The connection the attempt's last transaction left open, for its next.</summary>
+        public RecordingSmtpClient? Connection { get; set; }
+
+        protected override Task<IReadOnlyList<RecipientResult>> FollowUpAsync(IReadOnlyList<string> recipients, CancellationToken cancellationToken) =>
+            relay.SendPooledAsync(Message with { PendingRecipients = recipients }, this, cancellationToken);
     }
 
     private void Release(RecordingSmtpClient client)
@@ -227,9 +222,18 @@ public sealed class SmtpRelay : IMailTransport
                     client.ServerCertificateValidationCallback = (_, _, _, _) => true;
                 }
 
+                bool signsIn = authenticate && (_tokens is not null || _relay.User.Length > 0);
+                IPAddress? remote = null;
                 try
                 {
-                    await client.ConnectAsync(host, port, security, cancellationToken).ConfigureAwait(false);
+                    if (signsIn)
+                    {
+                        remote = await SignInSecurity.ConnectAsync(client, host, port, security, cancellationToken).ConfigureAwait(false);
+                    }
+                    else
+                    {
+                        await client.ConnectAsync(host, port, security, cancellationToken).ConfigureAwait(false);
+                    }
                 }
                 catch (SmtpCommandException ex)
                 {
@@ -241,7 +245,7 @@ public sealed class SmtpRelay : IMailTransport
                     return null;
                 }
 
-                if (authenticate && (_tokens is not null || _relay.User.Length > 0) && SignInSecurity.Withheld(_relay, host, port, client.IsSecure) is { } withheld)
+                if (signsIn && SignInSecurity.Withheld(_relay, host, port, remote!, client.IsSecure) is { } withheld)
                 {
                     client.LastError = withheld;
                     await SafeDisconnectAsync(client).ConfigureAwait(false);
@@ -270,7 +274,7 @@ public sealed class SmtpRelay : IMailTransport
                         }
                     }
 
-                    await client.AuthenticateAsync(_relay.User, _relay.Password, cancellationToken).ConfigureAwait(false);
+                    await PasswordSignIn.AuthenticateAsync(client, _relay.User, _relay.Password, cancellationToken).ConfigureAwait(false);
                 }
             }
 

@@ -63,17 +63,20 @@ public sealed class GatewayOptionsValidatorTests
         Assert.Empty(GatewayOptionsValidator.Check(anonymous));
     }
 
+    // What the session reached decides, not how Relay:Host is spelt: "localhost" that reached another machine gets nothing.
     [Theory]
-    [InlineData("smtp.example.com", false, true)]
-    [InlineData("smtp.example.com", true, false)]
-    [InlineData("127.0.0.1", false, false)]
-    [InlineData("localhost", false, false)]
-    [InlineData("[::1]", false, false)]
-    public void SignInSecurity_WithholdsCredentialsOnlyOnAnUnencryptedSessionToAnotherHost(string host, bool encrypted, bool withheld)
+    [InlineData("smtp.example.com", "192.0.2.25", false, true)]
+    [InlineData("smtp.example.com", "192.0.2.25", true, false)]
+    [InlineData("127.0.0.1", "127.0.0.1", false, false)]
+    [InlineData("relay.lan", "127.0.1.1", false, false)]
+    [InlineData("localhost", "::ffff:127.0.0.1", false, false)]
+    [InlineData("[::1]", "::1", false, false)]
+    [InlineData("localhost", "192.0.2.25", false, true)]
+    public void SignInSecurity_WithholdsCredentialsOnlyOnAnUnencryptedSessionToAnotherHost(string host, string reached, bool encrypted, bool withheld)
     {
         var relay = new RelayOptions { Mode = "Smarthost", Host = host, Security = "StartTlsWhenAvailable", User = "gw", Password = "secret-pw" };
 
-        Assert.Equal(withheld, Gateway.Relay.SignInSecurity.Withheld(relay, host, 587, encrypted) is not null);
+        Assert.Equal(withheld, Gateway.Relay.SignInSecurity.Withheld(relay, host, 587, System.Net.IPAddress.Parse(reached), encrypted) is not null);
     }
 
     [Fact]

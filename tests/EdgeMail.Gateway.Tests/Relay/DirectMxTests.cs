@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Globalization;
 using System.Net;
 using System.Text;
@@ -5,6 +6,8 @@ using EdgeMail.Gateway.Relay;
 using EdgeMail.Gateway.Spool;
 using EdgeMail.Testing;
 using EdgeMail.Testing.Smtp;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Time.Testing;
 using MQTTnet;
 using MQTTnet.Protocol;
 using Xunit;
@@ -243,6 +246,77 @@ public sealed class DirectMxTests
         Assert.Equal([1, 2], asked); // before b and before c; nowhere has no exchanger to connect to
         Assert.Equal(4, mx.Received.Count + mx2.Received.Count);
     }
+
+    // RFC 5321 4.5.3.1.10, as a smarthost's limit is met: the recipients past the exchanger's limit per transaction follow
+    // at once in a further transaction to the same exchanger, on the same connection, not a Relay:Backoff step later.
+    // Each transaction's recipients are on record before the next begins (what the spool held when each message's data
+    // came), so none gets the mail twice.
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Relay_DirectMx_ExchangerTakesTwoRecipientsPerTransaction_The452dRestFollowAtOnceOnTheSameConnection_EachGetsItOnce()
+    {
+        await using var mx = await SmtpTestServer.StartAsync();
+        mx.OnCommand = SmarthostTests.RecipientLimit(2);
+        await using var backup = await SmtpTestServer.StartAsync(new() { Address = IPAddress.Parse("127.0.0.2"), Port = mx.Port });
+        using var dns = await Dnsmasq.StartAsync(TwoExchangers);
+        await using var gw = await TestGateway.StartAsync(c => DirectMxEarlyRecordTests.DirectMx(c, dns, mx.Port), s => s.AddSingleton<TimeProvider>(StillClock()));
+        var onRecord = new ConcurrentQueue<string[]>();
+        mx.OnData = _ =>
+        {
+            var detail = DirectMxEarlyRecordTests.DetailAsync(gw.Spool, "limit-1@gw.test").GetAwaiter().GetResult();
+            onRecord.Enqueue([.. detail.Recipients.Where(r => r.Status == "sent").Select(r => r.Address).Order(StringComparer.Ordinal)]);
+            return SmtpReply.Ok;
+        };
+
+        await gw.Spool.QueueMailAsync(OAuth2Kit.Mail("limit-1", Five), default);
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("limit-1@gw.test", default))?.Attempts == 1, "the first attempt recorded");
+
+        Assert.Equal([Five[..2], Five[2..4], Five[4..]], mx.Received.Select(m => m.To).ToList());
+        Assert.Equal(1, mx.Connections);
+        Assert.Equal(0, backup.Connections);
+        Assert.Equal([[], Five[..2], Five[..4]], onRecord);
+        var detail = await DirectMxEarlyRecordTests.DetailAsync(gw.Spool, "limit-1@gw.test");
+        Assert.Equal(MessageStatus.Sent, detail.Summary.Status);
+        Assert.All(detail.Recipients, r => Assert.StartsWith("250 ", r.Reply, StringComparison.Ordinal));
+        Assert.Equal(Five.Select(r => (r, "sent")), Assert.Single(detail.Attempts).Results.Select(r => (r.Address, r.Outcome)).Order());
+    }
+
+    // A follow-up transaction that delivers to nobody ends that: its recipients are not asked for again and again, nor
+    // passed to the next exchanger (this one has the others' copies), and wait for the Relay:Backoff step.
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Relay_DirectMx_Exchanger452sEveryRecipientOfTheFollowUp_TheyWaitForTheBackoffStep_NoOtherExchangerIsTried()
+    {
+        await using var mx = await SmtpTestServer.StartAsync();
+        int rcpts = 0;
+        mx.OnCommand = c => c.Verb == "RCPT" && Interlocked.Increment(ref rcpts) > 1 ? new SmtpReply(452, "4.5.3 Error: too many recipients") : null;
+        await using var backup = await SmtpTestServer.StartAsync(new() { Address = IPAddress.Parse("127.0.0.2"), Port = mx.Port });
+        using var dns = await Dnsmasq.StartAsync(TwoExchangers);
+        var clock = StillClock();
+        await using var gw = await TestGateway.StartAsync(c => DirectMxEarlyRecordTests.DirectMx(c, dns, mx.Port), s => s.AddSingleton<TimeProvider>(clock));
+
+        await gw.Spool.QueueMailAsync(OAuth2Kit.Mail("limit-2", Five[..4]), default);
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("limit-2@gw.test", default))?.Attempts == 1, "the first attempt recorded");
+
+        Assert.Equal([Five[..1]], mx.Received.Select(m => m.To).ToList());
+        Assert.Equal(2, mx.Commands.Count(c => c.Verb == "MAIL"));
+        Assert.Equal(0, backup.Connections);
+        var detail = await DirectMxEarlyRecordTests.DetailAsync(gw.Spool, "limit-2@gw.test");
+        Assert.Equal((MessageStatus.Queued, clock.GetUtcNow() + TimeSpan.FromMinutes(1)), (detail.Summary.Status, detail.Summary.NextAttemptAt));
+        Assert.Equal([(Five[0], "sent"), (Five[1], "deferred"), (Five[2], "deferred"), (Five[3], "deferred")],
+            Assert.Single(detail.Attempts).Results.Select(r => (r.Address, r.Outcome)).Order());
+        Assert.All(detail.Attempts[0].Results.Where(r => r.Outcome == RecipientOutcome.Deferred), r => Assert.StartsWith("452 4.5.3 Error: too many recipients", r.Reply, StringComparison.Ordinal));
+    }
+
+    private static readonly string[] Five = ["r1@mx.example.test", "r2@mx.example.test", "r3@mx.example.test", "r4@mx.example.test", "r5@mx.example.test"];
+
+    // mx.example.test's primary (127.0.0.1) and backup (127.0.0.2) exchangers; nothing else resolves.
+    private static readonly string[] TwoExchangers =
+    [
+        "--mx-host=mx.example.test,mx-primary.example.test,10", "--mx-host=mx.example.test,mx-backup.example.test,20",
+        "--host-record=mx-primary.example.test,127.0.0.1", "--host-record=mx-backup.example.test,127.0.0.2", "--local=/example.test/",
+    ];
+
+    // A clock that stands still: a deferred mail is not tried again within the test.
+    private static FakeTimeProvider StillClock() => new(DateTimeOffset.FromUnixTimeSeconds(1_800_000_000));
 
     private static QueuedMessage Mail(string id, params string[] to)
     {

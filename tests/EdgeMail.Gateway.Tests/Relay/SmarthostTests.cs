@@ -33,7 +33,7 @@ public sealed class SmarthostTests
     /// A server's recipient limit (Postfix's <c>smtpd_recipient_limit</c>, Exchange's MaxRecipientsPerMessage): the RCPTs of
     /// a transaction past <paramref name="limit"/> are answered as Postfix does.
     /// </summary>
-    private static Func<SmtpCommandSeen, SmtpReply?> RecipientLimit(int limit, int code = 452, string text = "4.5.3 Error: too many recipients")
+    internal static Func<SmtpCommandSeen, SmtpReply?> RecipientLimit(int limit, int code = 452, string text = "4.5.3 Error: too many recipients")
     {
         var taken = new ConcurrentDictionary<int, int>();
         return c => c.Verb switch

@@ -200,6 +200,33 @@ public sealed class SmarthostTlsTests
         Assert.Equal([new SmtpAuthAttempt(RelayUser, "PLAIN", Accepted: true)], sink.AuthAttempts);
     }
 
+    // MailKit tries the server's mechanisms in turn (PLAIN, then LOGIN) and throws the last one's reply only: a 454 to
+    // PLAIN (the server cannot check passwords just now) followed by a 535 to LOGIN is still a temporary failure, not a
+    // refused password that holds the relay for a Backoff step and tells the operator to fix it.
+    [Fact]
+    public async Task Relay_Auth454ToTheFirstMechanismThen535ToTheNext_DefersAsTemporary_AndTheNextMailSignsInAgainAtOnce()
+    {
+        await using var sink = await StartSmarthostAsync();
+        int auths = 0;
+        sink.OnCommand = c => c.Verb != "AUTH" ? null : Interlocked.Increment(ref auths) switch
+        {
+            1 => new SmtpReply(454, "4.7.0 Temporary authentication failure"),
+            2 => new SmtpReply(535, "5.7.8 Authentication credentials invalid"),
+            _ => null,
+        };
+        await using var gw = await StartGatewayAsync(sink.Port, "StartTls");
+
+        string receipt = await PublishAndAwaitReceiptAsync(gw, "tempauth-3", "deferred");
+        Assert.Contains($"temporary authentication failure at 127.0.0.1:{sink.Port}: 454 4.7.0 Temporary authentication failure", receipt, StringComparison.Ordinal);
+        Assert.DoesNotContain("535", receipt, StringComparison.Ordinal);
+        await gw.Spool.QueueMailAsync(OAuth2Kit.Mail("tempauth-4"), default);
+        var (message, _) = await sink.NextAsync();
+
+        Assert.Equal("tempauth-4@gw.test", message.MessageId);
+        Assert.Equal(["PLAIN", "LOGIN", "PLAIN"], AuthMethods(sink));
+        Assert.Equal([new SmtpAuthAttempt(RelayUser, "PLAIN", Accepted: true)], sink.AuthAttempts);
+    }
+
     [Fact]
     public async Task Relay_StartTlsRequiredButNotOffered_DefersInsteadOfSendingInClear()
     {
@@ -237,6 +264,25 @@ public sealed class SmarthostTlsTests
         await using var gw = await StartGatewayAsync(sink.Port, "None");
 
         await PublishAndAwaitReceiptAsync(gw, "local-postfix-1", "relayed");
+        await sink.NextAsync();
+
+        Assert.Equal((false, RelayUser), Transport(Assert.Single(sink.Messages)));
+    }
+
+    // A relay on this machine under a name of its own (in /etc/hosts) is as local as 127.0.0.1: the address the session
+    // is connected to decides, not how Relay:Host is spelt. None is let through at start (the name resolves to loopback),
+    // StartTlsWhenAvailable at the connection.
+    [Theory]
+    [InlineData("None")]
+    [InlineData("StartTlsWhenAvailable")]
+    public async Task Relay_HostNameThatResolvesToLoopback_WithoutTls_StillSignsInWithThePassword(string security)
+    {
+        var local = Loopback.OwnLoopbackName();
+        Assert.True(local is not null, "this test needs a host name other than localhost that resolves to a loopback address first (the machine's own name in /etc/hosts)");
+        await using var sink = await SmtpTestServer.StartAsync(new() { Address = local.Value.Address, Users = new Dictionary<string, string> { [RelayUser] = RelayPassword } });
+        await using var gw = await StartGatewayAsync(sink.Port, security, host: local.Value.Name);
+
+        await PublishAndAwaitReceiptAsync(gw, "named-local-1", "relayed");
         await sink.NextAsync();
 
         Assert.Equal((false, RelayUser), Transport(Assert.Single(sink.Messages)));
