@@ -11,7 +11,6 @@ using MQTTnet.Diagnostics.Logger;
 using MQTTnet.Exceptions;
 using MQTTnet.Formatter;
 using MQTTnet.Packets;
-using MQTTnet.Protocol;
 using MQTTnet.Server;
 
 namespace EdgeMail.Gateway.Ingest;
@@ -29,8 +28,12 @@ namespace EdgeMail.Gateway.Ingest;
 /// one by one and in order.</item>
 /// <item>A packet's size is checked before its body is read: 64 KiB until the device has authenticated, 4 MiB after
 /// (MQTTnet's adapter allocated whatever a remaining length claimed, up to 256 MiB, before any authentication).</item>
-/// <item>A PUBLISH with QoS 3 is malformed and ends the connection as its header is read: MQTTnet would have run the
-/// publish interceptor on it, and so stored the alert, before failing on its QoS.</item>
+/// <item>A packet whose first byte MQTT forbids from a client (<see cref="PacketViolation"/>: a PUBLISH with QoS 3, or with
+/// QoS 0 and DUP; reserved flags that are not as they must be; a second CONNECT; a packet only a server sends) ends the
+/// connection as its header is read, before it is decoded: MQTTnet checks no flags, and stored a QoS 0 alert with DUP,
+/// answered a SUBSCRIBE with wrong flags, and ran the publish check (storing the alert) on QoS 3. An authenticated
+/// device's refusal is logged, at most one line a minute per device, and an MQTT 5 device is told why in a
+/// DISCONNECT.</item>
 /// <item>A TLS handshake must finish within the broker's communication timeout.</item>
 /// <item>A connection is let in only while its address, and all addresses together, hold few enough connections that
 /// have not yet authenticated (<see cref="Security.MqttGuard.AdmitConnection"/>); over that it is closed as accepted,
@@ -42,6 +45,7 @@ internal sealed partial class DeviceListener : IMqttServerAdapter
     private readonly IReadAheadSink _sink;
     private readonly Func<EndPoint?, IDisposable?> _admit;
     private readonly ILogger _logger;
+    private readonly Security.LogBudget? _refusedLog;
     private readonly List<Socket> _listeners = [];
     private readonly CancellationTokenSource _stop = new();
     private MqttServerOptions? _options;
@@ -50,11 +54,13 @@ internal sealed partial class DeviceListener : IMqttServerAdapter
     /// <param name="admit">Asked for each accepted connection before anything is read from it: its slot among the
     /// connections not yet authenticated, or null to close it at once (the caller counts and logs the refusal).</param>
     /// <param name="logger">Where connection failures go.</param>
-    public DeviceListener(IReadAheadSink sink, Func<EndPoint?, IDisposable?> admit, ILogger logger)
+    /// <param name="refusedLog">Bounds the lines about devices' refused packets (one a minute per device); null: every one.</param>
+    public DeviceListener(IReadAheadSink sink, Func<EndPoint?, IDisposable?> admit, ILogger logger, Security.LogBudget? refusedLog = null)
     {
         _sink = sink;
         _admit = admit;
         _logger = logger;
+        _refusedLog = refusedLog;
     }
 
     public Func<IMqttChannelAdapter, Task>? ClientHandler { get; set; }
@@ -266,7 +272,7 @@ internal sealed partial class DeviceListener : IMqttServerAdapter
             }
 
             var formatter = new MqttPacketFormatterAdapter(new MqttBufferWriter(_options!.WriterBufferSize, _options.WriterBufferSizeMax));
-            return new DeviceChannel(client, ssl, remote, clientCertificate, formatter, _sink, pending, _logger);
+            return new DeviceChannel(client, ssl, remote, clientCertificate, formatter, _sink, pending, _logger, _refusedLog);
         }
         catch (Exception ex) when (PeerGone(ex))
         {
@@ -373,6 +379,7 @@ internal sealed partial class DeviceChannel : IMqttChannelAdapter
     private readonly SslStream? _ssl;
     private readonly IReadAheadSink _sink;
     private readonly ILogger _logger;
+    private readonly Security.LogBudget? _refusedLog;
     private readonly SemaphoreSlim _sending = new(1, 1);
     private byte[]? _buffer; // held only while it has bytes not yet framed; pooled
     private int _start;
@@ -391,10 +398,11 @@ internal sealed partial class DeviceChannel : IMqttChannelAdapter
     private int _disposed;
 
     public DeviceChannel(Socket socket, SslStream? ssl, EndPoint? remote, X509Certificate2? clientCertificate, MqttPacketFormatterAdapter formatter, IReadAheadSink sink,
-        IDisposable? pending = null, ILogger? logger = null)
+        IDisposable? pending = null, ILogger? logger = null, Security.LogBudget? refusedLog = null)
     {
         _pending = pending;
         _logger = logger ?? NullLogger.Instance;
+        _refusedLog = refusedLog;
         _socket = socket;
         _ssl = ssl;
         _sink = sink;
@@ -494,13 +502,13 @@ internal sealed partial class DeviceChannel : IMqttChannelAdapter
             return queued;
         }
 
-        if (_failed is { } failed)
-        {
-            throw failed;
-        }
-
         try
         {
+            if (_failed is { } failed)
+            {
+                throw failed;
+            }
+
             // One async method from MQTTnet's call to the socket: an idle connection's pending read is this one box.
             MqttPacket? packet;
             while ((packet = Frame()) is null)
@@ -548,6 +556,11 @@ internal sealed partial class DeviceChannel : IMqttChannelAdapter
             }
 
             return packet;
+        }
+        catch (MalformedPacketException refused)
+        {
+            await TellAsync(refused.Violation, cancellationToken).ConfigureAwait(false);
+            throw;
         }
         catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException)
         {
@@ -637,18 +650,9 @@ internal sealed partial class DeviceChannel : IMqttChannelAdapter
         }
 
         byte flags = bytes[0];
-        if (flags >> 4 == (int)MqttControlPacketType.Publish && (flags & 0x06) == 0x06)
+        if (PacketViolation.Of(flags, Volatile.Read(ref _device) is not null) is { } violation)
         {
-            // MQTTnet decodes QoS 3 as it comes and runs the publish interceptor, which stores the alert, before it fails on
-            // the QoS: refused here, from the header. Only an authenticated device's is logged: before the CONNECT check
-            // anyone can send it, as often as they connect, and MQTTnet refuses any PUBLISH there anyway.
-            const string Reason = "a PUBLISH with QoS 3, which no MQTT version has (MQTT 3.1.1 and 5, section 3.3.1.2: a malformed packet)";
-            if (Volatile.Read(ref _device) is { } device)
-            {
-                LogMalformed(_logger, device, _peer ?? RemoteEndPoint?.ToString() ?? "?", Reason);
-            }
-
-            throw new MqttProtocolViolationException($"Received {Reason}.");
+            throw Refuse(violation);
         }
 
         int total = headerLength + length;
@@ -674,7 +678,54 @@ internal sealed partial class DeviceChannel : IMqttChannelAdapter
             PacketFormatterAdapter.DetectProtocolVersion(received);
         }
 
-        return PacketFormatterAdapter.Decode(received) ?? throw new MqttProtocolViolationException("Received malformed packet.");
+        MqttPacket? packet;
+        try
+        {
+            packet = PacketFormatterAdapter.Decode(received);
+        }
+        catch (Exception ex) when (Volatile.Read(ref _device) is not null && ex is not OperationCanceledException)
+        {
+            throw Refuse(PacketViolation.Undecodable(flags, ex.Message));
+        }
+
+        return packet ?? throw (Volatile.Read(ref _device) is null ? new MqttProtocolViolationException("Received malformed packet.") : Refuse(PacketViolation.Undecodable(flags, "nothing decoded")));
+    }
+
+    // Only an authenticated device's refusal is logged: before the CONNECT check anyone can send anything, as often as they
+    // connect, and the connection ends all the same. A device that sends it at every connection gets one line a minute.
+    private MalformedPacketException Refuse(PacketViolation violation)
+    {
+        if (Volatile.Read(ref _device) is { } device)
+        {
+            long skipped = 0;
+            if (_refusedLog?.TryLog(device, out skipped) ?? true)
+            {
+                LogMalformed(_logger, device, _peer ?? RemoteEndPoint?.ToString() ?? "?", violation.Reason, skipped);
+            }
+        }
+
+        return new MalformedPacketException(violation);
+    }
+
+    // MQTT 5 lets the server say why it closes (section 3.14: DISCONNECT with a reason code, and here the reason as its
+    // reason string); MQTT 3.1.1 has no DISCONNECT from a server, and before the CONNACK there is none in either.
+    private async Task TellAsync(PacketViolation violation, CancellationToken cancellationToken)
+    {
+        if (Volatile.Read(ref _device) is null || PacketFormatterAdapter.ProtocolVersion != MqttProtocolVersion.V500)
+        {
+            return;
+        }
+
+        try
+        {
+            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            timeout.CancelAfter(TimeSpan.FromSeconds(1));
+            await SendPacketAsync(new MqttDisconnectPacket { ReasonCode = violation.Code, ReasonString = violation.Reason }, timeout.Token).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is MqttCommunicationException or OperationCanceledException)
+        {
+            // The device is gone or not reading: the close is all it gets.
+        }
     }
 
     // A busy device's next packets are usually in the socket already: a non-blocking receive takes them on this thread
@@ -821,8 +872,8 @@ internal sealed partial class DeviceChannel : IMqttChannelAdapter
         }
     }
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "Device {Device} ({Peer}) sent {Reason}; its connection is closed and nothing in that packet is stored or acknowledged")]
-    private static partial void LogMalformed(ILogger logger, string device, string peer, string reason);
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Device {Device} ({Peer}) sent {Reason}; its connection is closed and nothing in that packet is handled, stored or acknowledged (at most one such line a minute per device, {Skipped} more since the last)")]
+    private static partial void LogMalformed(ILogger logger, string device, string peer, string reason, long skipped);
 
     private void TakeBuffer()
     {

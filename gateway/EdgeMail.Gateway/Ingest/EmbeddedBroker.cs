@@ -37,6 +37,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
     private readonly Security.MqttGuard _guard;
     private readonly Security.LogBudget _busyLog;
     private readonly Security.LogBudget _pendingLog;
+    private readonly Security.LogBudget _refusedPacketLog;
     private readonly TimeProvider _clock;
     private readonly Devices.DeviceRegistry _devices;
     private readonly Devices.DevicePresence _presence;
@@ -76,6 +77,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         _guard = guard;
         _busyLog = new Security.LogBudget(TimeSpan.FromMinutes(1), clock);
         _pendingLog = new Security.LogBudget(TimeSpan.FromMinutes(1), clock);
+        _refusedPacketLog = new Security.LogBudget(TimeSpan.FromMinutes(1), clock);
     }
 
     /// <summary>The plain-text endpoint the broker listens on, known once started (the real port when 0 was asked for); null when <c>Mqtt:PlainEnabled</c> is false.</summary>
@@ -117,7 +119,7 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
         // Our own listeners frame the packets (DeviceConnections.cs): an idle device costs less, a device's alerts in
         // flight are stored together, and sizes are checked; MQTTnet still handles every packet, and sends its PUBACK,
         // one by one and in order.
-        _server = factory.CreateMqttServer(built, [new DeviceListener(this, AdmitConnection, _logger)]);
+        _server = factory.CreateMqttServer(built, [new DeviceListener(this, AdmitConnection, _logger, _refusedPacketLog)]);
         _server.ValidatingConnectionAsync += ValidateConnectionAsync;
         _server.InterceptingSubscriptionAsync += InterceptSubscriptionAsync;
         _server.InterceptingUnsubscriptionAsync += InterceptUnsubscriptionAsync;

@@ -571,4 +571,127 @@ public sealed class MqttHostileTests(MqttHostileFixture fixture) : IClassFixture
         Assert.True(ack.IsSuccess);
         Assert.NotNull(await gw.Spool.GetAlertAsync("dev-2", "after-qos-3", default));
     }
+
+    // Packets MQTT 3.1.1 and 5 call malformed or a protocol error, on which the connection is to be closed (3.1.1:
+    // sections 2.2.2, 3.3.1.1, 3.1; 5: 2.1.3, 3.3.1.1, 3.1). MQTTnet checks no fixed-header flags: it stored the QoS 0
+    // alert with DUP set, answered the SUBSCRIBE, UNSUBSCRIBE and PUBREL with wrong flags and the PINGREQ with flags,
+    // and closed on a second CONNECT, a server's packet or one it could not decode with no line in the gateway's log.
+    public static TheoryData<string, byte[], string> Violations()
+    {
+        byte[] topic = Encoding.UTF8.GetBytes("edgemail/v1/dev-1/alert");
+        byte[] publish = [0x00, (byte)topic.Length, .. topic, .. Encoding.UTF8.GetBytes(Alerts.Json("dup-qos-0"))]; // QoS 0: no packet id
+        byte[] receipt = Encoding.UTF8.GetBytes("edgemail/v1/dev-1/receipt");
+        byte[] subscribe = [0x00, 0x01, 0x00, (byte)receipt.Length, .. receipt, 0x01];
+        byte[] unsubscribe = [0x00, 0x02, 0x00, (byte)receipt.Length, .. receipt];
+        return new()
+        {
+            { "PUBLISH QoS 0 with DUP", [0x38, .. RemainingLength(publish.Length), .. publish], "a QoS 0 PUBLISH with the DUP flag set" },
+            { "SUBSCRIBE with flags 0000", [0x80, (byte)subscribe.Length, .. subscribe], "a SUBSCRIBE whose fixed-header flags are not 0010" },
+            { "UNSUBSCRIBE with flags 0011", [0xA3, (byte)unsubscribe.Length, .. unsubscribe], "an UNSUBSCRIBE whose fixed-header flags are not 0010" },
+            { "PUBREL with flags 0000", [0x60, 0x02, 0x00, 0x01], "a PUBREL whose fixed-header flags are not 0010" },
+            { "PINGREQ with flags 0001", [0xC1, 0x00], "a PINGREQ whose fixed-header flags are not 0000" },
+            { "second CONNECT", Connect311("dev-1", "dev-1", TestGateway.Secret), "a second CONNECT" },
+            { "PINGRESP, a server's packet", [0xD0, 0x00], "a PINGRESP, which only a server sends" },
+            { "PUBLISH whose topic overruns it", [0x32, 0x06, 0x00, 0x40, (byte)'e', (byte)'d', 0x00, 0x01], "a malformed PUBLISH (" }, // MQTTnet's decoder refuses it
+        };
+    }
+
+    [Theory]
+    [MemberData(nameof(Violations))]
+    public async Task Packet_MalformedOrAProtocolError_IsNotHandled_EndsTheConnectionWithTheReasonLogged_AndNothingIsStored(string name, byte[] packet, string reason)
+    {
+        var log = new LineLog<EmbeddedBroker>();
+        await using var gw = await TestGateway.StartAsync(null, s => s.AddSingleton<ILogger<EmbeddedBroker>>(log));
+        using (var socket = new Socket(SocketType.Stream, ProtocolType.Tcp))
+        {
+            await socket.ConnectAsync(gw.Broker.Endpoint!);
+            await ConnectAsDev1Async(socket);
+            await socket.SendAsync(packet);
+
+            Assert.Empty(await ReadUntilClosedAsync(socket)); // no SUBACK, PUBCOMP, PINGRESP
+        }
+
+        Assert.Single(log.Lines, l => l.Contains("dev-1", StringComparison.Ordinal) && l.Contains(reason, StringComparison.Ordinal));
+        Assert.False(gw.Broker.IsListening("dev-1"), name); // the SUBSCRIBE was not taken either
+        using var other = await gw.ConnectAsync("dev-2");
+        var ack = await other.PublishAsync(Message("edgemail/v1/dev-2/alert", Encoding.UTF8.GetBytes(Alerts.Json("after-violation"))), new CancellationTokenSource(Await.DefaultTimeout).Token);
+        Assert.True(ack.IsSuccess);
+        await gw.MailAsync(1);
+        Assert.Null(await gw.Spool.GetAlertAsync("dev-1", "dup-qos-0", default));
+        Assert.Single(Directory.GetFiles(gw.MailboxNew)); // dev-2's alert only
+    }
+
+    // A device that sends a malformed packet at every connection must not flood the log: one line a minute for it,
+    // with the count of the ones left out.
+    [Fact]
+    public async Task Packet_MalformedAtEveryConnection_IsLoggedOnceAMinutePerDevice_WithTheCountLeftOut()
+    {
+        var clock = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        var log = new LineLog<EmbeddedBroker>();
+        await using var gw = await TestGateway.StartAsync(null, s => s.AddSingleton<ILogger<EmbeddedBroker>>(log).AddSingleton<TimeProvider>(clock));
+
+        for (int i = 0; i < 4; i++)
+        {
+            if (i == 3)
+            {
+                clock.Advance(TimeSpan.FromMinutes(1));
+            }
+
+            using var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
+            await socket.ConnectAsync(gw.Broker.Endpoint!);
+            await ConnectAsDev1Async(socket);
+            await socket.SendAsync(new byte[] { 0x60, 0x02, 0x00, 0x01 });
+            Assert.True(await ClosedByPeerAsync(socket));
+        }
+
+        var lines = log.Lines.Where(l => l.Contains("PUBREL", StringComparison.Ordinal)).ToList();
+        Assert.Equal(2, lines.Count);
+        Assert.Contains("0 more since the last", lines[0], StringComparison.Ordinal);
+        Assert.Contains("2 more since the last", lines[1], StringComparison.Ordinal);
+    }
+
+    // MQTT 5 lets the server say why it closes: DISCONNECT with reason code 0x81 (malformed packet) and the reason
+    // string, before the close.
+    [Fact]
+    public async Task Packet_MalformedOverMqtt5_IsAnsweredWithDisconnectMalformedPacketBeforeTheClose()
+    {
+        using (var socket = await RawConnectAsync())
+        {
+            await socket.SendAsync(Connect5("dev-1", "dev-1", TestGateway.Secret));
+            var header = new byte[2];
+            await ReceiveExactlyAsync(socket, header);
+            Assert.Equal(0x20, header[0]);
+            var connack = new byte[header[1]];
+            await ReceiveExactlyAsync(socket, connack);
+            Assert.Equal(0, connack[1]); // success
+            await socket.SendAsync(new byte[] { 0x60, 0x02, 0x00, 0x01 });
+
+            byte[] disconnect = await ReadUntilClosedAsync(socket);
+
+            Assert.True(disconnect.Length >= 3, "no DISCONNECT");
+            int reasonCode = 1;
+            while ((disconnect[reasonCode++] & 0x80) != 0)
+            {
+            }
+
+            Assert.Equal((0xE0, 0x81), (disconnect[0], disconnect[reasonCode]));
+            Assert.Contains("PUBREL", Encoding.UTF8.GetString(disconnect), StringComparison.Ordinal); // the reason string
+        }
+
+        await AfterwardsAsync();
+    }
+
+    private static byte[] Connect5(string clientId, string user, string password)
+    {
+        var body = new List<byte> { 0, 4, (byte)'M', (byte)'Q', (byte)'T', (byte)'T', 5, 0xC2, 0, 60, 0 }; // no properties
+        foreach (string s in new[] { clientId, user, password })
+        {
+            byte[] b = Encoding.UTF8.GetBytes(s);
+            body.Add((byte)(b.Length >> 8));
+            body.Add((byte)b.Length);
+            body.AddRange(b);
+        }
+
+        return [0x10, (byte)body.Count, .. body];
+    }
 }

@@ -115,6 +115,9 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
     [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP session from {Peer} closed with 500: command line longer than {Limit} bytes")]
     private partial void LogLineTooLong(string peer, int limit);
 
+    [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP command from {Peer} refused with 501: {Reason}")]
+    private partial void LogParametersRefused(string peer, string reason);
+
     [LoggerMessage(Level = LogLevel.Information, Message = "The gateway is stopping: {Count} SMTP session(s) answered 421 4.3.2 where they stand")]
     private partial void LogClosingAll(int count);
 
@@ -417,7 +420,8 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
     }
 
     // Reads from the pipe's current input (STARTTLS replaces it), refuses an over-long command line, and hands
-    // SmtpServer a bare-postmaster RCPT line with the domain added (positions in that line map back on AdvanceTo).
+    // SmtpServer a bare-postmaster RCPT line with the domain added, and a command line that spans buffer segments in one
+    // piece (positions in such a line map back on AdvanceTo).
     private sealed class GuardedReader(GuardedListenerFactory owner, GuardedPipe pipe, string peer) : PipeReader
     {
         private ReadOnlySequence<byte> _substitute;
@@ -452,31 +456,43 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
 
         public override async ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
         {
-            if (pipe.Waiting())
+            while (true)
             {
-                pipe.Came();
-                throw await pipe.ExpiredAsync(InData).ConfigureAwait(false);
-            }
+                if (pipe.Waiting())
+                {
+                    pipe.Came();
+                    throw await pipe.ExpiredAsync(InData).ConfigureAwait(false);
+                }
 
-            ReadResult result;
-            bool expired;
-            try
-            {
-                result = await pipe.InnerInput.ReadAsync(cancellationToken).ConfigureAwait(false);
-            }
-            finally
-            {
-                expired = pipe.Came();
-            }
+                ReadResult result;
+                bool expired;
+                try
+                {
+                    result = await pipe.InnerInput.ReadAsync(cancellationToken).ConfigureAwait(false);
+                }
+                finally
+                {
+                    expired = pipe.Came();
+                }
 
-            if (expired)
-            {
-                throw await pipe.ExpiredAsync(InData).ConfigureAwait(false);
-            }
+                if (expired)
+                {
+                    throw await pipe.ExpiredAsync(InData).ConfigureAwait(false);
+                }
 
-            Check(result.Buffer);
-            CheckCommand(result.Buffer);
-            return Substitute(result);
+                Check(result.Buffer);
+                if (!InData && !result.IsCanceled && !result.IsCompleted && !new SequenceReader<byte>(result.Buffer).TryReadTo(out ReadOnlySequence<byte> _, "\r\n"u8))
+                {
+                    // Not a whole command line yet (SmtpServer ends one at CRLF). SmtpServer would read again for the rest and
+                    // search on from where it stood in this read's buffer (BuffersExtension.TryFind keeps that position), which
+                    // a line handed over in its place (Substitute) does not have. So the rest is waited for here.
+                    pipe.InnerInput.AdvanceTo(result.Buffer.Start, result.Buffer.End);
+                    continue;
+                }
+
+                CheckCommand(result.Buffer);
+                return Substitute(result);
+            }
         }
 
         public override bool TryRead(out ReadResult result)
@@ -505,14 +521,28 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
             }
 
             var line = result.Buffer.Slice(0, lf);
-            if (line.Length > PostmasterPath.MaxLine || !PostmasterPath.TryAddDomain(line.ToArray(), owner._hostname, out byte[] rewritten))
+            if (line.Length <= PostmasterPath.MaxLine && PostmasterPath.TryAddDomain(line.ToArray(), owner._hostname, out byte[] rewritten))
             {
-                return result;
+                return Substitute(result, rewritten, result.Buffer.GetPosition(1, lf));
             }
 
-            _substitute = new ReadOnlySequence<byte>(rewritten);
+            // SmtpServer's TokenReader reads MAIL's parameters only from one buffer segment: a command line across two (a
+            // pipelined batch past the 4 KiB the reader fills at a time) threw NotImplementedException and ended the
+            // session without a reply. Such a line, rare and at most Smtp:MaxCommandLineBytes, is handed over in one piece.
+            var reader = new SequenceReader<byte>(result.Buffer);
+            if (reader.TryReadTo(out ReadOnlySequence<byte> command, "\r\n"u8) && !command.IsSingleSegment)
+            {
+                return Substitute(result, result.Buffer.Slice(0, reader.Position).ToArray(), reader.Position);
+            }
+
+            return result;
+        }
+
+        private ReadResult Substitute(ReadResult result, byte[] line, SequencePosition innerLineEnd)
+        {
+            _substitute = new ReadOnlySequence<byte>(line);
             _innerStart = result.Buffer.Start;
-            _innerLineEnd = result.Buffer.GetPosition(1, lf);
+            _innerLineEnd = innerLineEnd;
             _substituted = true;
             return new ReadResult(_substitute, result.IsCanceled, result.IsCompleted);
         }
@@ -548,9 +578,9 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
                     Auth = AuthStep.None;
                 }
             }
-            else
+            else if ((refusal = Parameters(line)) is not null)
             {
-                refusal = RepeatedParameter(line);
+                owner.LogParametersRefused(peer, refusal);
             }
 
             if (refusal is not null)
@@ -560,9 +590,9 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
             }
         }
 
-        // SmtpServer puts MAIL's and RCPT's parameters in a dictionary with Add: a keyword given twice (SIZE=1 SIZE=2)
-        // threw in its parser and the connection closed without a reply.
-        private static string? RepeatedParameter(ReadOnlySequence<byte> line)
+        // MAIL's parameters: see MailParameters. RCPT's SmtpServer does not read at all; a keyword given twice there is
+        // refused as at MAIL, where SmtpServer's dictionary threw on it (SIZE=1 SIZE=2) and closed the connection without a reply.
+        private static string? Parameters(ReadOnlySequence<byte> line)
         {
             if (line.Length < 5)
             {
@@ -571,7 +601,13 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
 
             Span<byte> verb = stackalloc byte[5];
             line.Slice(0, 5).CopyTo(verb);
-            if (!System.Text.Ascii.EqualsIgnoreCase(verb, "MAIL "u8) && !System.Text.Ascii.EqualsIgnoreCase(verb, "RCPT "u8))
+            bool space = verb[4] is (byte)' ' or >= 9 and <= 13; // what SmtpServer skips after the verb
+            if (space && System.Text.Ascii.EqualsIgnoreCase(verb[..4], "MAIL"u8))
+            {
+                return MailParameters.Refusal(line);
+            }
+
+            if (!space || !System.Text.Ascii.EqualsIgnoreCase(verb[..4], "RCPT"u8))
             {
                 return null;
             }
