@@ -1215,6 +1215,31 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Null(await spool.GetAlertAsync("dev-1", "r-0", default));
     }
 
+    // The housekeeper calls again while a call says there is more: heartbeats counted for that too, or a fleet writing
+    // more of them an hour than one call takes grew the table without end.
+    [ContractFact]
+    public async Task Prune_WithMoreExpiredHeartbeatsThanACallTakes_SaysThereIsMore_UntilNoneIsLeft()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var spool = Open(clock);
+        for (int i = 0; i < 5; i++)
+        {
+            await spool.RecordStatusAsync($"dev-{i}", clock.GetUtcNow(), "{\"v\":1}"u8.ToArray(), default);
+        }
+
+        clock.Advance(TimeSpan.FromDays(8)); // past the 7 days heartbeats are kept
+
+        var first = await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 3, default);
+        var second = await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 3, default);
+
+        Assert.True(first.More);
+        Assert.False(second.More);
+        for (int i = 0; i < 5; i++)
+        {
+            Assert.Empty(await spool.HeartbeatsAsync($"dev-{i}", T0 - TimeSpan.FromDays(1), default));
+        }
+    }
+
     private static KeptReceipt Receipt(string device, string alertId, string state = "failed", string detail = "550 5.1.1 no such user") =>
         new(device, alertId, state, T0.AddSeconds(5), detail);
 
