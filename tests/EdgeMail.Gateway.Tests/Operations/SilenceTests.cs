@@ -1,4 +1,5 @@
 using EdgeMail.Gateway.Devices;
+using EdgeMail.Gateway.Operations;
 using EdgeMail.Testing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Time.Testing;
@@ -83,6 +84,50 @@ public sealed class SilenceTests
         var returned = MimeMessage.Load(Assert.Single(mail, f => (MimeMessage.Load(f).TextBody ?? string.Empty).Contains("DEVICE_BACK", StringComparison.Ordinal)));
         Assert.Contains("is back", returned.TextBody, StringComparison.Ordinal);
         await again.UntilAsync(() => Task.FromResult(!watch2.IsSilent("dev-1")), "dev-1 no longer silent");
+    }
+
+    // A restart knows a silence was announced by its DEVICE_SILENT in the spool, and the device's last-heard time is never
+    // pruned: once Spool:Retention pruned the alert with its mail, each restart mailed DEVICE_SILENT again for the episode.
+    [Fact]
+    public async Task QuietDevice_LongerThanTheRetention_IsNotMailedSilentAgainAfterARestart()
+    {
+        var start = DateTimeOffset.UtcNow;
+        string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        void Config(Dictionary<string, object> c) => c["Silence"] = new { MinimumAfter = "00:05:00", CheckInterval = "00:00:30" };
+
+        var clock = new FakeTimeProvider(start);
+        var gw = await TestGateway.StartAsync(Config, s => s.AddSingleton<TimeProvider>(clock), dataDir: dataDir);
+        try
+        {
+            using var device = await gw.ConnectAsync("dev-1");
+            await HeartbeatAsync(device);
+            clock.Advance(TimeSpan.FromMinutes(1));
+            await HeartbeatAsync(device);
+            await device.DisconnectAsync();
+            var watch = gw.Host.Services.GetRequiredService<SilenceWatch>();
+            clock.Advance(TimeSpan.FromMinutes(6));
+            await CheckedAsync(watch);
+            Assert.True(watch.IsSilent("dev-1"));
+            await gw.MailAsync(1);
+            await gw.UntilAsync(async () => (await gw.Spool.CountsAsync(default)).Messages.GetValueOrDefault("sent") == 1, "the DEVICE_SILENT mail sent");
+
+            // The device stays quiet past Spool:Retention (30 days): the housekeeper removes the mail, not the open silence.
+            clock.Advance(TimeSpan.FromDays(31));
+            await gw.Host.Services.GetRequiredService<Housekeeper>().PassAsync(default);
+            var counts = await gw.Spool.CountsAsync(default);
+            Assert.Equal((1, 0), (counts.Alerts.Values.Sum(), counts.Messages.Values.Sum()));
+        }
+        finally
+        {
+            await gw.StopAsync();
+        }
+
+        var later = new FakeTimeProvider(start + TimeSpan.FromDays(31) + TimeSpan.FromMinutes(10));
+        await using var again = await TestGateway.StartAsync(Config, s => s.AddSingleton<TimeProvider>(later), dataDir: dataDir);
+        var watch2 = again.Host.Services.GetRequiredService<SilenceWatch>();
+        await CheckedAsync(watch2);
+        Assert.True(watch2.IsSilent("dev-1"));
+        Assert.Equal(1, (await again.Spool.CountsAsync(default)).Alerts.Values.Sum()); // no second DEVICE_SILENT
     }
 
     private static async Task HeartbeatAsync(IMqttClient device)
