@@ -13,7 +13,9 @@ namespace EdgeMail.Gateway.Devices;
 /// it cannot send itself. The watch stores a <c>DEVICE_SILENT</c> alert (warning) for it, which goes to its people
 /// through the normal routes and storm control, and <c>DEVICE_BACK</c> (info) when it is heard again. Each alert's id
 /// comes from the silence episode (the time the device was last heard), so a restart, which checks again, finds the
-/// same id already stored and sends nothing twice; episodes still open at a restart are found in the spool.
+/// same id already stored and sends nothing twice; episodes still open at a restart are found in the spool. A disabled
+/// device is not watched: disabling a silent one ends its silence without a <c>DEVICE_BACK</c>, and once enabled again it
+/// has its whole limit from that moment to be heard.
 /// </summary>
 public sealed partial class SilenceWatch : SupervisedLoop
 {
@@ -29,7 +31,12 @@ public sealed partial class SilenceWatch : SupervisedLoop
     private readonly SilenceOptions _options;
     private readonly TimeProvider _clock;
     private readonly ILogger<SilenceWatch> _logger;
-    private readonly Dictionary<string, long> _silentSince = new(StringComparer.Ordinal); // device -> last heard (Unix ms) when it went silent
+    private readonly Dictionary<string, long> _silentSince = new(StringComparer.Ordinal); // device -> when its quiet began (Unix ms: last heard, or enabled again)
+
+    // Under the _silentSince lock. Devices disabled (or gone), and when those enabled again were enabled: their
+    // silence is measured from then, not from the last time they were heard, which was before they were refused.
+    private readonly HashSet<string> _paused = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, DateTimeOffset> _resumed = new(StringComparer.Ordinal);
     private readonly Spool.Signal _wake = new();
     private volatile int _silentCount;
 
@@ -54,10 +61,24 @@ public sealed partial class SilenceWatch : SupervisedLoop
         _logger = logger;
         _presence.Heard += device =>
         {
-            if (_silentCount > 0)
+            if (_silentCount > 0 && IsSilent(device))
             {
-                _wake.Set(); // a silent device may be back: say so now, not at the next check
+                _wake.Set(); // a silent device is back: say so now, not at the next check
             }
+        };
+        _devices.Changed += change =>
+        {
+            if (_devices.Find(change.Id) is not { Disabled: false })
+            {
+                Pause(change.Id);
+            }
+            else
+            {
+                Resume(change.Id, _clock.GetUtcNow());
+            }
+
+            UpdateCount();
+            _wake.Set();
         };
     }
 
@@ -137,9 +158,9 @@ public sealed partial class SilenceWatch : SupervisedLoop
 
         foreach (var history in await _spool.SilenceHistoryAsync(since, cancellationToken).ConfigureAwait(false))
         {
-            if (_devices.Find(history.Device) is null)
+            if (_devices.Find(history.Device) is not { Disabled: false })
             {
-                continue; // no longer configured
+                continue; // no longer configured, or disabled: not watched
             }
 
             if (history.ShortestHeartbeatGap is { } gap)
@@ -164,14 +185,40 @@ public sealed partial class SilenceWatch : SupervisedLoop
         var now = _clock.GetUtcNow();
         foreach (var device in _devices.All)
         {
-            if (device.Disabled || _presence.LastSeen(device.Id) is not { } last)
+            if (device.Disabled)
             {
-                continue; // never heard from (not installed yet) or disabled: nothing to miss
+                Pause(device.Id); // refused at connect: nothing to miss, and a silence it was in is over
+                continue;
             }
 
+            Resume(device.Id, now); // enabled again by a way that raised no change: from now on
+            DateTimeOffset? resumed;
+            lock (_silentSince)
+            {
+                resumed = _resumed.TryGetValue(device.Id, out var r) ? r : null;
+            }
+
+            if (_presence.LastSeen(device.Id) is not { } last)
+            {
+                continue; // never heard from (not installed yet): nothing to miss
+            }
+
+            if (resumed is { } enabledAt && last >= enabledAt)
+            {
+                lock (_silentSince)
+                {
+                    _resumed.Remove(device.Id); // heard since it was enabled again: watched as any other
+                }
+
+                resumed = null;
+            }
+
+            // Quiet since it was last heard, or since it was enabled again (the silence's id names that moment).
+            var quietSince = resumed ?? last;
+            long quietSinceMs = quietSince.ToUnixTimeMilliseconds();
             long lastMs = last.ToUnixTimeMilliseconds();
             var limit = LimitFor(device);
-            bool quiet = now - last > limit;
+            bool quiet = now - quietSince > limit;
             long? episode;
             lock (_silentSince)
             {
@@ -180,12 +227,13 @@ public sealed partial class SilenceWatch : SupervisedLoop
 
             if (quiet && episode is null)
             {
-                string text = $"No heartbeat or alert from {device.Name} ({device.Id}) since {last.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC: "
-                    + $"silent for longer than its limit of {Describe(limit)}. Check its power, its link and the sensor itself.";
-                await RaiseAsync(device, "gw-silent-" + lastMs.ToString(CultureInfo.InvariantCulture), SilentCode, "warning", text, now, cancellationToken).ConfigureAwait(false);
+                string text = $"No heartbeat or alert from {device.Name} ({device.Id}) since {last.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC"
+                    + (resumed is { } enabled ? $" (enabled again at {enabled.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC)" : string.Empty)
+                    + $": silent for longer than its limit of {Describe(limit)}. Check its power, its link and the sensor itself.";
+                await RaiseAsync(device, "gw-silent-" + quietSinceMs.ToString(CultureInfo.InvariantCulture), SilentCode, "warning", text, now, cancellationToken).ConfigureAwait(false);
                 lock (_silentSince)
                 {
-                    _silentSince[device.Id] = lastMs;
+                    _silentSince[device.Id] = quietSinceMs;
                 }
 
                 LogSilent(device.Id, last, limit.TotalMinutes);
@@ -204,7 +252,36 @@ public sealed partial class SilenceWatch : SupervisedLoop
             }
         }
 
+        lock (_silentSince)
+        {
+            foreach (string gone in _silentSince.Keys.Where(d => _devices.Find(d) is null).ToList())
+            {
+                _silentSince.Remove(gone); // no longer configured: not watched
+            }
+        }
+
         UpdateCount();
+    }
+
+    private void Pause(string device)
+    {
+        lock (_silentSince)
+        {
+            _paused.Add(device);
+            _resumed.Remove(device);
+            _silentSince.Remove(device);
+        }
+    }
+
+    private void Resume(string device, DateTimeOffset at)
+    {
+        lock (_silentSince)
+        {
+            if (_paused.Remove(device))
+            {
+                _resumed[device] = at;
+            }
+        }
     }
 
     private async Task RaiseAsync(Device device, string alertId, string code, string severity, string text, DateTimeOffset now, CancellationToken cancellationToken)

@@ -111,9 +111,12 @@ public sealed class SilenceTests
             await gw.MailAsync(1);
             await gw.UntilAsync(async () => (await gw.Spool.CountsAsync(default)).Messages.GetValueOrDefault("sent") == 1, "the DEVICE_SILENT mail sent");
 
-            // The device stays quiet past Spool:Retention (30 days): the housekeeper removes the mail, not the open silence.
+            // The device stays quiet past Spool:Retention (30 days): the housekeeper's next pass removes the mail, not the
+            // open silence. Its own pass, not one beside it: two at once race for the same mailbox files.
+            var passed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            gw.Host.Services.GetRequiredService<Housekeeper>().PassCompleted += () => passed.TrySetResult();
             clock.Advance(TimeSpan.FromDays(31));
-            await gw.Host.Services.GetRequiredService<Housekeeper>().PassAsync(default);
+            await Await.Within(passed.Task.ContinueWith(_ => true, TaskScheduler.Default), "a housekeeping pass");
             var counts = await gw.Spool.CountsAsync(default);
             Assert.Equal((1, 0), (counts.Alerts.Values.Sum(), counts.Messages.Values.Sum()));
         }
@@ -128,6 +131,47 @@ public sealed class SilenceTests
         await CheckedAsync(watch2);
         Assert.True(watch2.IsSilent("dev-1"));
         Assert.Equal(1, (await again.Spool.CountsAsync(default)).Alerts.Values.Sum()); // no second DEVICE_SILENT
+    }
+
+    // The check skipped disabled devices before it looked at their open silence: one disabled while silent was counted
+    // silent for good (IsSilent, SilentCount, the console, edgemail.devices.silent), and meanwhile every alert or
+    // heartbeat of any device woke a check of the whole fleet.
+    [Fact]
+    public async Task SilentDevice_DisabledByTheOperator_IsNoLongerSilent_AndEnabledAgainHasItsWholeLimit()
+    {
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var gw = await TestGateway.StartAsync(c => c["Silence"] = new { MinimumAfter = "00:05:00", CheckInterval = "00:00:30" },
+            s => s.AddSingleton<TimeProvider>(clock));
+        using (var device = await gw.ConnectAsync("dev-1"))
+        {
+            await HeartbeatAsync(device);
+            clock.Advance(TimeSpan.FromMinutes(1));
+            await HeartbeatAsync(device);
+            await device.DisconnectAsync();
+        }
+
+        var watch = gw.Host.Services.GetRequiredService<SilenceWatch>();
+        var registry = gw.Host.Services.GetRequiredService<DeviceRegistry>();
+        clock.Advance(TimeSpan.FromMinutes(6));
+        await CheckedAsync(watch);
+        Assert.True(watch.IsSilent("dev-1"));
+
+        await registry.SetDisabledAsync("dev-1", true, default);
+        clock.Advance(TimeSpan.FromMinutes(1));
+        await CheckedAsync(watch);
+        Assert.Equal(0, watch.SilentCount);
+        Assert.False(watch.IsSilent("dev-1"));
+        Assert.Equal(1, (await gw.Spool.CountsAsync(default)).Alerts.Values.Sum()); // no DEVICE_BACK: it was not heard
+
+        // Enabled again: its limit runs from now, not from when it was last heard, and a new silence is a new episode.
+        await registry.SetDisabledAsync("dev-1", false, default);
+        clock.Advance(TimeSpan.FromMinutes(4));
+        await CheckedAsync(watch);
+        Assert.False(watch.IsSilent("dev-1"));
+        clock.Advance(TimeSpan.FromMinutes(2));
+        await CheckedAsync(watch);
+        Assert.True(watch.IsSilent("dev-1"));
+        Assert.Equal(2, (await gw.Spool.CountsAsync(default)).Alerts.Values.Sum());
     }
 
     private static async Task HeartbeatAsync(IMqttClient device)
