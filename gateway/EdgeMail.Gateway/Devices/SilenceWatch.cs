@@ -13,7 +13,9 @@ namespace EdgeMail.Gateway.Devices;
 /// it cannot send itself. The watch stores a <c>DEVICE_SILENT</c> alert (warning) for it, which goes to its people
 /// through the normal routes and storm control, and <c>DEVICE_BACK</c> (info) when it is heard again. Each alert's id
 /// comes from the silence episode (the time the device was last heard), so a restart, which checks again, finds the
-/// same id already stored and sends nothing twice; episodes still open at a restart are found in the spool. A disabled
+/// same id already stored and sends nothing twice; episodes still open at a restart are found in the spool. How long a
+/// device has been quiet is measured on the monotonic clock (<see cref="Moment"/>), so a step of the wall clock makes
+/// no device silent, nor one back; the wall times are what the alerts and the console show. A disabled
 /// device is not watched: disabling a silent one ends its silence without a <c>DEVICE_BACK</c>, and once enabled again it
 /// has its whole limit from that moment to be heard.
 /// </summary>
@@ -31,12 +33,12 @@ public sealed partial class SilenceWatch : SupervisedLoop
     private readonly SilenceOptions _options;
     private readonly TimeProvider _clock;
     private readonly ILogger<SilenceWatch> _logger;
-    private readonly Dictionary<string, long> _silentSince = new(StringComparer.Ordinal); // device -> when its quiet began (Unix ms: last heard, or enabled again)
+    private readonly Dictionary<string, Episode> _silentSince = new(StringComparer.Ordinal);
 
     // Under the _silentSince lock. Devices disabled (or gone), and when those enabled again were enabled: their
     // silence is measured from then, not from the last time they were heard, which was before they were refused.
     private readonly HashSet<string> _paused = new(StringComparer.Ordinal);
-    private readonly Dictionary<string, DateTimeOffset> _resumed = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, Moment> _resumed = new(StringComparer.Ordinal);
     private readonly Spool.Signal _wake = new();
     private volatile int _silentCount;
 
@@ -74,7 +76,7 @@ public sealed partial class SilenceWatch : SupervisedLoop
             }
             else
             {
-                Resume(change.Id, _clock.GetUtcNow());
+                Resume(change.Id, _presence.Now());
             }
 
             UpdateCount();
@@ -158,9 +160,9 @@ public sealed partial class SilenceWatch : SupervisedLoop
 
         foreach (var history in await _spool.SilenceHistoryAsync(since, cancellationToken).ConfigureAwait(false))
         {
-            if (_devices.Find(history.Device) is not { Disabled: false })
+            if (_devices.Find(history.Device) is not { } device)
             {
-                continue; // no longer configured, or disabled: not watched
+                continue; // no longer configured
             }
 
             if (history.ShortestHeartbeatGap is { } gap)
@@ -168,11 +170,16 @@ public sealed partial class SilenceWatch : SupervisedLoop
                 _presence.SeedHeartbeatInterval(history.Device, gap);
             }
 
-            if (history.OpenSilenceAlertId is { } alertId && Episode(alertId) is long episode)
+            // A disabled device's silence ended when it was disabled (no DEVICE_BACK is raised for it).
+            if (!device.Disabled && history.OpenSilenceAlertId is { } alertId && EpisodeKey(alertId) is long key)
             {
+                // Its quiet began at the wall time its id names: all a restart has to measure from. Not heard since, the
+                // device's own last-heard moment is that beginning (the very timestamp: only a later one is a return).
+                var began = DateTimeOffset.FromUnixTimeMilliseconds(key);
+                var quietSince = _presence.LastHeard(history.Device) is { } heard && heard.Wall <= began ? heard : _presence.Past(began);
                 lock (_silentSince)
                 {
-                    _silentSince[history.Device] = episode;
+                    _silentSince[history.Device] = new Episode(key, quietSince.Stamp);
                 }
             }
         }
@@ -182,7 +189,7 @@ public sealed partial class SilenceWatch : SupervisedLoop
 
     private async Task CheckAsync(CancellationToken cancellationToken)
     {
-        var now = _clock.GetUtcNow();
+        var now = _presence.Now();
         foreach (var device in _devices.All)
         {
             if (device.Disabled)
@@ -192,18 +199,18 @@ public sealed partial class SilenceWatch : SupervisedLoop
             }
 
             Resume(device.Id, now); // enabled again by a way that raised no change: from now on
-            DateTimeOffset? resumed;
+            Moment? resumed;
             lock (_silentSince)
             {
                 resumed = _resumed.TryGetValue(device.Id, out var r) ? r : null;
             }
 
-            if (_presence.LastSeen(device.Id) is not { } last)
+            if (_presence.LastHeard(device.Id) is not { } heard)
             {
                 continue; // never heard from (not installed yet): nothing to miss
             }
 
-            if (resumed is { } enabledAt && last >= enabledAt)
+            if (resumed is { } enabledAt && heard.Stamp >= enabledAt.Stamp)
             {
                 lock (_silentSince)
                 {
@@ -214,35 +221,35 @@ public sealed partial class SilenceWatch : SupervisedLoop
             }
 
             // Quiet since it was last heard, or since it was enabled again (the silence's id names that moment).
-            var quietSince = resumed ?? last;
-            long quietSinceMs = quietSince.ToUnixTimeMilliseconds();
-            long lastMs = last.ToUnixTimeMilliseconds();
+            var quietSince = resumed ?? heard;
+            var last = heard.Wall;
             var limit = LimitFor(device);
-            bool quiet = now - quietSince > limit;
-            long? episode;
+            bool quiet = _clock.GetElapsedTime(quietSince.Stamp, now.Stamp) > limit;
+            Episode? episode;
             lock (_silentSince)
             {
-                episode = _silentSince.TryGetValue(device.Id, out long e) ? e : null;
+                episode = _silentSince.TryGetValue(device.Id, out var e) ? e : null;
             }
 
             if (quiet && episode is null)
             {
+                long key = quietSince.Wall.ToUnixTimeMilliseconds();
                 string text = $"No heartbeat or alert from {device.Name} ({device.Id}) since {last.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC"
-                    + (resumed is { } enabled ? $" (enabled again at {enabled.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC)" : string.Empty)
+                    + (resumed is { } enabled ? $" (enabled again at {enabled.Wall.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC)" : string.Empty)
                     + $": silent for longer than its limit of {Describe(limit)}. Check its power, its link and the sensor itself.";
-                await RaiseAsync(device, "gw-silent-" + quietSinceMs.ToString(CultureInfo.InvariantCulture), SilentCode, "warning", text, now, cancellationToken).ConfigureAwait(false);
+                await RaiseAsync(device, "gw-silent-" + key.ToString(CultureInfo.InvariantCulture), SilentCode, "warning", text, now.Wall, cancellationToken).ConfigureAwait(false);
                 lock (_silentSince)
                 {
-                    _silentSince[device.Id] = quietSinceMs;
+                    _silentSince[device.Id] = new Episode(key, quietSince.Stamp);
                 }
 
                 LogSilent(device.Id, last, limit.TotalMinutes);
             }
-            else if (!quiet && episode is long since && lastMs > since)
+            else if (!quiet && episode is { } open && heard.Stamp > open.Since)
             {
                 string text = $"{device.Name} ({device.Id}) is back: heard from at {last.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC after "
-                    + $"{Describe(last - DateTimeOffset.FromUnixTimeMilliseconds(since))} of silence.";
-                await RaiseAsync(device, "gw-back-" + since.ToString(CultureInfo.InvariantCulture), BackCode, "info", text, now, cancellationToken).ConfigureAwait(false);
+                    + $"{Describe(_clock.GetElapsedTime(open.Since, heard.Stamp))} of silence.";
+                await RaiseAsync(device, "gw-back-" + open.Key.ToString(CultureInfo.InvariantCulture), BackCode, "info", text, now.Wall, cancellationToken).ConfigureAwait(false);
                 lock (_silentSince)
                 {
                     _silentSince.Remove(device.Id);
@@ -273,7 +280,7 @@ public sealed partial class SilenceWatch : SupervisedLoop
         }
     }
 
-    private void Resume(string device, DateTimeOffset at)
+    private void Resume(string device, Moment at)
     {
         lock (_silentSince)
         {
@@ -317,10 +324,13 @@ public sealed partial class SilenceWatch : SupervisedLoop
         }
     }
 
-    private static long? Episode(string alertId) =>
+    private static long? EpisodeKey(string alertId) =>
         alertId.StartsWith("gw-silent-", StringComparison.Ordinal) && long.TryParse(alertId.AsSpan("gw-silent-".Length), NumberStyles.None, CultureInfo.InvariantCulture, out long ms)
             ? ms
             : null;
+
+    // A silence: the wall time its quiet began (Unix ms, which names its alerts) and the monotonic timestamp of it.
+    private readonly record struct Episode(long Key, long Since);
 
     private static string Describe(TimeSpan span) =>
         span.TotalHours >= 48 ? $"{span.TotalDays:0.#} days" : span.TotalMinutes >= 120 ? $"{span.TotalHours:0.#} hours" : $"{Math.Max(1, span.TotalMinutes):0} minutes";

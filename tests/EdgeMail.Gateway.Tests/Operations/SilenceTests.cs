@@ -174,6 +174,50 @@ public sealed class SilenceTests
         Assert.Equal(2, (await gw.Spool.CountsAsync(default)).Alerts.Values.Sum());
     }
 
+    // Silence was measured on the wall clock: a forward step of it (NTP after a long drift, an operator setting the
+    // date) at least the limit made every device silent at once, a DEVICE_SILENT and then a DEVICE_BACK mail each.
+    [Fact]
+    public async Task WallClockSteppedForward_MakesNoDeviceSilent_WhileARealSilenceIsStillFound()
+    {
+        var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        var clock = new SteppedWallClock(time);
+        await using var gw = await TestGateway.StartAsync(c => c["Silence"] = new { MinimumAfter = "00:05:00", CheckInterval = "00:00:30" },
+            s => s.AddSingleton<TimeProvider>(clock));
+        using (var device = await gw.ConnectAsync("dev-1"))
+        {
+            await HeartbeatAsync(device);
+            time.Advance(TimeSpan.FromMinutes(1));
+            await HeartbeatAsync(device);
+            await device.DisconnectAsync();
+        }
+
+        var watch = gw.Host.Services.GetRequiredService<SilenceWatch>();
+        clock.Step = TimeSpan.FromHours(1);
+        await CheckedAsync(watch);
+        Assert.False(watch.IsSilent("dev-1"));
+
+        time.Advance(TimeSpan.FromMinutes(6));
+        await CheckedAsync(watch);
+        Assert.True(watch.IsSilent("dev-1"));
+        var silent = MimeMessage.Load(Assert.Single(await gw.MailAsync(1)));
+        Assert.Contains("DEVICE_SILENT", silent.TextBody, StringComparison.Ordinal);
+    }
+
+    // A wall clock that can be stepped while the monotonic one (GetTimestamp) goes on as before, as NTP steps a real one.
+    private sealed class SteppedWallClock(FakeTimeProvider time) : TimeProvider
+    {
+        public TimeSpan Step { get; set; }
+
+        public override DateTimeOffset GetUtcNow() => time.GetUtcNow() + Step;
+
+        public override long GetTimestamp() => time.GetTimestamp();
+
+        public override long TimestampFrequency => time.TimestampFrequency;
+
+        public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period) =>
+            time.CreateTimer(callback, state, dueTime, period);
+    }
+
     private static async Task HeartbeatAsync(IMqttClient device)
     {
         string status = "{\"v\":1,\"fw\":\"1.4.2\",\"boot\":3,\"uptime_ms\":60000,\"queue_depth\":0,\"oldest_age_ms\":null,\"dropped\":0,\"battery_pct\":87,\"rssi_dbm\":-67}";
