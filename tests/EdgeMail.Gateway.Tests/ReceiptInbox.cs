@@ -16,7 +16,7 @@ public sealed class ReceiptInbox
     }
 
     /// <summary>Subscribes <paramref name="client"/> (connected as <paramref name="device"/>) to its receipts.</summary>
-    public static async Task<ReceiptInbox> SubscribeAsync(IMqttClient client, string device)
+    public static async Task<ReceiptInbox> SubscribeAsync(IMqttClient client, string device, MqttQualityOfServiceLevel qos = MqttQualityOfServiceLevel.AtLeastOnce)
     {
         var inbox = new ReceiptInbox();
         client.ApplicationMessageReceivedAsync += e =>
@@ -31,7 +31,7 @@ public sealed class ReceiptInbox
 
             return Task.CompletedTask;
         };
-        await client.SubscribeAsync($"edgemail/v1/{device}/receipt", MqttQualityOfServiceLevel.AtLeastOnce);
+        await client.SubscribeAsync($"edgemail/v1/{device}/receipt", qos);
         return inbox;
     }
 

@@ -13,7 +13,11 @@ namespace EdgeMail.Gateway.Devices;
 /// it cannot send itself. The watch stores a <c>DEVICE_SILENT</c> alert (warning) for it, which goes to its people
 /// through the normal routes and storm control, and <c>DEVICE_BACK</c> (info) when it is heard again. Each alert's id
 /// comes from the silence episode (the time the device was last heard), so a restart, which checks again, finds the
-/// same id already stored and sends nothing twice; episodes still open at a restart are found in the spool.
+/// same id already stored and sends nothing twice; episodes still open at a restart are found in the spool. How long a
+/// device has been quiet is measured on the monotonic clock (<see cref="Moment"/>), so a step of the wall clock makes
+/// no device silent, nor one back; the wall times are what the alerts and the console show. A disabled
+/// device is not watched: disabling a silent one ends its silence without a <c>DEVICE_BACK</c>, and once enabled again it
+/// has its whole limit from that moment to be heard.
 /// </summary>
 public sealed partial class SilenceWatch : SupervisedLoop
 {
@@ -29,7 +33,12 @@ public sealed partial class SilenceWatch : SupervisedLoop
     private readonly SilenceOptions _options;
     private readonly TimeProvider _clock;
     private readonly ILogger<SilenceWatch> _logger;
-    private readonly Dictionary<string, long> _silentSince = new(StringComparer.Ordinal); // device -> last heard (Unix ms) when it went silent
+    private readonly Dictionary<string, Episode> _silentSince = new(StringComparer.Ordinal);
+
+    // Under the _silentSince lock. Devices disabled (or gone), and when those enabled again were enabled: their
+    // silence is measured from then, not from the last time they were heard, which was before they were refused.
+    private readonly HashSet<string> _paused = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, Moment> _resumed = new(StringComparer.Ordinal);
     private readonly Spool.Signal _wake = new();
     private volatile int _silentCount;
 
@@ -54,10 +63,24 @@ public sealed partial class SilenceWatch : SupervisedLoop
         _logger = logger;
         _presence.Heard += device =>
         {
-            if (_silentCount > 0)
+            if (_silentCount > 0 && IsSilent(device))
             {
-                _wake.Set(); // a silent device may be back: say so now, not at the next check
+                _wake.Set(); // a silent device is back: say so now, not at the next check
             }
+        };
+        _devices.Changed += change =>
+        {
+            if (_devices.Find(change.Id) is not { Disabled: false })
+            {
+                Pause(change.Id);
+            }
+            else
+            {
+                Resume(change.Id, _presence.Now());
+            }
+
+            UpdateCount();
+            _wake.Set();
         };
     }
 
@@ -137,7 +160,7 @@ public sealed partial class SilenceWatch : SupervisedLoop
 
         foreach (var history in await _spool.SilenceHistoryAsync(since, cancellationToken).ConfigureAwait(false))
         {
-            if (_devices.Find(history.Device) is null)
+            if (_devices.Find(history.Device) is not { } device)
             {
                 continue; // no longer configured
             }
@@ -147,11 +170,16 @@ public sealed partial class SilenceWatch : SupervisedLoop
                 _presence.SeedHeartbeatInterval(history.Device, gap);
             }
 
-            if (history.OpenSilenceAlertId is { } alertId && Episode(alertId) is long episode)
+            // A disabled device's silence ended when it was disabled (no DEVICE_BACK is raised for it).
+            if (!device.Disabled && history.OpenSilenceAlertId is { } alertId && EpisodeKey(alertId) is long key)
             {
+                // Its quiet began at the wall time its id names: all a restart has to measure from. Not heard since, the
+                // device's own last-heard moment is that beginning (the very timestamp: only a later one is a return).
+                var began = DateTimeOffset.FromUnixTimeMilliseconds(key);
+                var quietSince = _presence.LastHeard(history.Device) is { } heard && heard.Wall <= began ? heard : _presence.Past(began);
                 lock (_silentSince)
                 {
-                    _silentSince[history.Device] = episode;
+                    _silentSince[history.Device] = new Episode(key, quietSince.Stamp);
                 }
             }
         }
@@ -161,40 +189,67 @@ public sealed partial class SilenceWatch : SupervisedLoop
 
     private async Task CheckAsync(CancellationToken cancellationToken)
     {
-        var now = _clock.GetUtcNow();
+        var now = _presence.Now();
         foreach (var device in _devices.All)
         {
-            if (device.Disabled || _presence.LastSeen(device.Id) is not { } last)
+            if (device.Disabled)
             {
-                continue; // never heard from (not installed yet) or disabled: nothing to miss
+                Pause(device.Id); // refused at connect: nothing to miss, and a silence it was in is over
+                continue;
             }
 
-            long lastMs = last.ToUnixTimeMilliseconds();
-            var limit = LimitFor(device);
-            bool quiet = now - last > limit;
-            long? episode;
+            Resume(device.Id, now); // enabled again by a way that raised no change: from now on
+            Moment? resumed;
             lock (_silentSince)
             {
-                episode = _silentSince.TryGetValue(device.Id, out long e) ? e : null;
+                resumed = _resumed.TryGetValue(device.Id, out var r) ? r : null;
+            }
+
+            if (_presence.LastHeard(device.Id) is not { } heard)
+            {
+                continue; // never heard from (not installed yet): nothing to miss
+            }
+
+            if (resumed is { } enabledAt && heard.Stamp >= enabledAt.Stamp)
+            {
+                lock (_silentSince)
+                {
+                    _resumed.Remove(device.Id); // heard since it was enabled again: watched as any other
+                }
+
+                resumed = null;
+            }
+
+            // Quiet since it was last heard, or since it was enabled again (the silence's id names that moment).
+            var quietSince = resumed ?? heard;
+            var last = heard.Wall;
+            var limit = LimitFor(device);
+            bool quiet = _clock.GetElapsedTime(quietSince.Stamp, now.Stamp) > limit;
+            Episode? episode;
+            lock (_silentSince)
+            {
+                episode = _silentSince.TryGetValue(device.Id, out var e) ? e : null;
             }
 
             if (quiet && episode is null)
             {
-                string text = $"No heartbeat or alert from {device.Name} ({device.Id}) since {last.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC: "
-                    + $"silent for longer than its limit of {Describe(limit)}. Check its power, its link and the sensor itself.";
-                await RaiseAsync(device, "gw-silent-" + lastMs.ToString(CultureInfo.InvariantCulture), SilentCode, "warning", text, now, cancellationToken).ConfigureAwait(false);
+                long key = quietSince.Wall.ToUnixTimeMilliseconds();
+                string text = $"No heartbeat or alert from {device.Name} ({device.Id}) since {last.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC"
+                    + (resumed is { } enabled ? $" (enabled again at {enabled.Wall.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC)" : string.Empty)
+                    + $": silent for longer than its limit of {Describe(limit)}. Check its power, its link and the sensor itself.";
+                await RaiseAsync(device, "gw-silent-" + key.ToString(CultureInfo.InvariantCulture), SilentCode, "warning", text, now.Wall, cancellationToken).ConfigureAwait(false);
                 lock (_silentSince)
                 {
-                    _silentSince[device.Id] = lastMs;
+                    _silentSince[device.Id] = new Episode(key, quietSince.Stamp);
                 }
 
                 LogSilent(device.Id, last, limit.TotalMinutes);
             }
-            else if (!quiet && episode is long since && lastMs > since)
+            else if (!quiet && episode is { } open && heard.Stamp > open.Since)
             {
                 string text = $"{device.Name} ({device.Id}) is back: heard from at {last.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC after "
-                    + $"{Describe(last - DateTimeOffset.FromUnixTimeMilliseconds(since))} of silence.";
-                await RaiseAsync(device, "gw-back-" + since.ToString(CultureInfo.InvariantCulture), BackCode, "info", text, now, cancellationToken).ConfigureAwait(false);
+                    + $"{Describe(_clock.GetElapsedTime(open.Since, heard.Stamp))} of silence.";
+                await RaiseAsync(device, "gw-back-" + open.Key.ToString(CultureInfo.InvariantCulture), BackCode, "info", text, now.Wall, cancellationToken).ConfigureAwait(false);
                 lock (_silentSince)
                 {
                     _silentSince.Remove(device.Id);
@@ -204,7 +259,36 @@ public sealed partial class SilenceWatch : SupervisedLoop
             }
         }
 
+        lock (_silentSince)
+        {
+            foreach (string gone in _silentSince.Keys.Where(d => _devices.Find(d) is null).ToList())
+            {
+                _silentSince.Remove(gone); // no longer configured: not watched
+            }
+        }
+
         UpdateCount();
+    }
+
+    private void Pause(string device)
+    {
+        lock (_silentSince)
+        {
+            _paused.Add(device);
+            _resumed.Remove(device);
+            _silentSince.Remove(device);
+        }
+    }
+
+    private void Resume(string device, Moment at)
+    {
+        lock (_silentSince)
+        {
+            if (_paused.Remove(device))
+            {
+                _resumed[device] = at;
+            }
+        }
     }
 
     private async Task RaiseAsync(Device device, string alertId, string code, string severity, string text, DateTimeOffset now, CancellationToken cancellationToken)
@@ -240,10 +324,13 @@ public sealed partial class SilenceWatch : SupervisedLoop
         }
     }
 
-    private static long? Episode(string alertId) =>
+    private static long? EpisodeKey(string alertId) =>
         alertId.StartsWith("gw-silent-", StringComparison.Ordinal) && long.TryParse(alertId.AsSpan("gw-silent-".Length), NumberStyles.None, CultureInfo.InvariantCulture, out long ms)
             ? ms
             : null;
+
+    // A silence: the wall time its quiet began (Unix ms, which names its alerts) and the monotonic timestamp of it.
+    private readonly record struct Episode(long Key, long Since);
 
     private static string Describe(TimeSpan span) =>
         span.TotalHours >= 48 ? $"{span.TotalDays:0.#} days" : span.TotalMinutes >= 120 ? $"{span.TotalHours:0.#} hours" : $"{Math.Max(1, span.TotalMinutes):0} minutes";

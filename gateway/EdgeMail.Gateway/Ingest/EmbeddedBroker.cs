@@ -140,6 +140,14 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
             }
 
             _presence.ConnectionOpened(e.ClientId);
+
+            // A device subscribed at QoS 0 in a session it resumed need not subscribe again: what was kept for it while
+            // it was away (PublishAsync withholds it) goes now. At QoS 1 its session holds those receipts already.
+            if (_receiptSubscribers.TryGetValue(e.ClientId, out var qos) && qos == MqttQualityOfServiceLevel.AtMostOnce)
+            {
+                _receipts.ReplayInBackground(e.ClientId);
+            }
+
             return Task.CompletedTask;
         };
         _server.ClientDisconnectedAsync += e =>
@@ -237,12 +245,29 @@ public sealed partial class EmbeddedBroker : IHostedService, IReceiptSink, IDisp
             return;
         }
 
+        bool atMostOnce = qos == MqttQualityOfServiceLevel.AtMostOnce;
+        if (kept is not null && atMostOnce && session.DisconnectedTimestamp is not null)
+        {
+            // A device away in its persistent session: MQTTnet empties the session's QoS 0 queue when the device resumes
+            // it, so the receipt waits in the spool for the replay at its connection instead.
+            _receipts.Withheld(kept);
+            if (session.DisconnectedTimestamp is null)
+            {
+                _receipts.ReplayInBackground(deviceId); // it came back meanwhile: its connection's replay may have run already
+            }
+
+            return;
+        }
+
         var message = new MqttApplicationMessageBuilder()
             .WithTopic(Topics.Receipt(deviceId))
             .WithPayload(payload)
-            .WithQualityOfServiceLevel(qos < MqttQualityOfServiceLevel.AtLeastOnce ? qos : MqttQualityOfServiceLevel.AtLeastOnce)
+            .WithQualityOfServiceLevel(atMostOnce ? qos : MqttQualityOfServiceLevel.AtLeastOnce)
             .Build();
-        session.TryEnqueueApplicationMessage(message, out _);
+        if (session.TryEnqueueApplicationMessage(message, out _) && kept is not null && atMostOnce)
+        {
+            _receipts.DeliveredAtMostOnce(kept); // no PUBACK will come: handed to its connection is delivered, as it asked
+        }
     }
 
     // A connection just accepted, before anything is read from it: its slot among those not yet authenticated, or null

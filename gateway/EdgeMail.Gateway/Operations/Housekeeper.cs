@@ -73,12 +73,13 @@ public sealed partial class Housekeeper : SupervisedLoop
         PruneResult round;
         do
         {
+            // One chunk per transaction, each queued behind whatever the writer has waiting: alerts are never held long.
             round = await _spool.PruneAsync(horizon, Chunk, cancellationToken).ConfigureAwait(false);
             messages += round.Messages;
             alerts += round.Alerts;
             pages += round.FreedPages;
         }
-        while (round.Messages == Chunk || round.Alerts == Chunk);
+        while (round.More);
 
         // Kept receipts a device never came back for; the alert's state stays in the console until its own retention.
         var receiptHorizon = _clock.GetUtcNow() - _options.Receipts.MaxAge;

@@ -85,7 +85,9 @@ public interface IReceiptSink
 /// final ones (<c>failed</c>, <c>relayed</c>) are kept in the spool (<see cref="KeptReceipt"/>) until delivered: handed
 /// to the broker at most once per session (<see cref="PublishKeptAsync"/>, <see cref="ReplayAsync"/>), removed from the
 /// spool when the device's PUBACK for it comes back (<see cref="Acknowledged"/>; with an external broker, the broker's
-/// PUBACK), and handed again when the device subscribes after its session was lost (a gateway restart, a clean session).
+/// PUBACK) or, for a device subscribed at QoS 0, when it goes into the connected device's session
+/// (<see cref="DeliveredAtMostOnce"/>), and handed again when the device subscribes after its session was lost (a
+/// gateway restart, a clean session).
 /// See docs/spool.md, "Kept receipts".
 /// </para>
 /// </summary>
@@ -307,6 +309,52 @@ public sealed partial class ReceiptPublisher : IDisposable
             _removing.Add(copy);
         }
 
+        QueueRemoval(copy);
+    }
+
+    /// <summary>
+    /// A kept receipt went into the session of a device that is connected and subscribed at QoS 0: that is its
+    /// delivery, as the device asked (at most once, never acknowledged). It is forgotten and removed from the spool as
+    /// an acknowledged one is; waiting for a PUBACK that never comes held it in memory for the session's life.
+    /// </summary>
+    /// <param name="kept">The hand-over.</param>
+    public void DeliveredAtMostOnce(ReceiptHand kept)
+    {
+        ArgumentNullException.ThrowIfNull(kept);
+        lock (_custody)
+        {
+            if (!IsCurrent(kept))
+            {
+                return;
+            }
+
+            var held = _handed[kept.Copy.Device];
+            held.Remove(kept.Copy);
+            if (held.Count == 0)
+            {
+                _handed.Remove(kept.Copy.Device);
+            }
+
+            _removing.Add(kept.Copy);
+        }
+
+        QueueRemoval(kept.Copy);
+    }
+
+    /// <summary>
+    /// A kept receipt was not put into the device's session because it would not survive there (QoS 0 to a device that
+    /// is away: MQTTnet empties that queue when the device resumes the session). It stays in the spool, no longer
+    /// counted as handed, for the replay when the device connects or subscribes again.
+    /// </summary>
+    /// <param name="kept">The hand-over.</param>
+    public void Withheld(ReceiptHand kept)
+    {
+        ArgumentNullException.ThrowIfNull(kept);
+        Release(kept);
+    }
+
+    private void QueueRemoval(ReceiptCopy copy)
+    {
         _acked.Writer.TryWrite(copy);
         if (Interlocked.CompareExchange(ref _removerStarted, 1, 0) == 0)
         {

@@ -844,7 +844,7 @@ public sealed partial class PostgresSpool
         long horizon = before.ToUnixTimeMilliseconds();
         long heartbeatHorizon = NowMs - (long)HeartbeatRetention.TotalMilliseconds;
         long openHorizon = StormRetention.OpenIncidentHorizonMs(before, Clock.GetUtcNow());
-        var (messages, alerts) = await WriteAsync(async (c, tx, _) =>
+        var (messages, alerts, more) = await WriteAsync(async (c, tx, _) =>
         {
             long[] doomed = (await ListAsync(c, tx, cancellationToken, r => r.GetInt64(0),
                 "SELECT rowid FROM messages WHERE finished_at < $1 ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED", horizon, maxRows).ConfigureAwait(false)).ToArray();
@@ -861,28 +861,30 @@ public sealed partial class PostgresSpool
             // digest that covers it, which finds its alerts by digest_message to give each its receipt when it is
             // delivered, fails, is parked or cancelled -- and a parked digest waits for the operator whatever its age.
             // Keeping an alert row is what de-duplicates a retransmission; by the horizon the device has long had its PUBACK.
+            // A device's open silence stays: it tells a restart that the episode was announced.
             int a = await ExecAsync(c, tx, cancellationToken,
-                """
+                $"""
                 DELETE FROM alerts WHERE rowid IN (
                   SELECT rowid FROM alerts WHERE received_at < $1 AND status NOT IN ('new', 'held', 'parked')
                     AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.alert_rowid = alerts.rowid)
                     AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.message_id = alerts.digest_message)
+                    AND {SilenceSql.NotAnOpenSilence}
                   ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED)
                 """, horizon, maxRows).ConfigureAwait(false);
             // An open incident's state is what its clear threads onto (the raise's Message-ID): kept longer, but not for ever.
-            await ExecAsync(c, tx, cancellationToken,
+            int st = await ExecAsync(c, tx, cancellationToken,
                 """
                 DELETE FROM storm WHERE (device, code) IN (
                   SELECT device, code FROM storm WHERE last_mail_at < $1 AND (NOT incident_open OR last_mail_at < $3)
                     AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.device = storm.device AND alerts.code = storm.code AND alerts.status = 'held')
                   LIMIT $2 FOR UPDATE SKIP LOCKED)
                 """, horizon, maxRows, openHorizon).ConfigureAwait(false);
-            await ExecAsync(c, tx, cancellationToken,
+            int h = await ExecAsync(c, tx, cancellationToken,
                 "DELETE FROM heartbeats WHERE (device, at) IN (SELECT device, at FROM heartbeats WHERE at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
                 Math.Max(horizon, heartbeatHorizon), maxRows).ConfigureAwait(false);
-            return ((long)m, (long)a);
+            return ((long)m, (long)a, doomed.Length >= maxRows || a >= maxRows || st >= maxRows || h >= maxRows);
         }, cancellationToken).ConfigureAwait(false);
-        return new PruneResult(messages, alerts, 0);
+        return new PruneResult(messages, alerts, 0, more);
     }
 
     /// <inheritdoc />

@@ -29,6 +29,15 @@ internal static class SilenceSql
           AND NOT EXISTS (SELECT 1 FROM alerts b WHERE {SilenceCodes} AND b.device = s.device AND b.code = '{SilenceWatch.BackCode}' AND b.rowid > s.rowid)
         """;
 
+    // For the prune: not a device's open silence, i.e. the gateway's newest DEVICE_SILENT of the device with nothing of
+    // the silence watch after it. It is what tells a restart that the episode was announced (OpenSilences); the time
+    // the device was last heard, which a restart checks against, is never pruned, so with this alert gone a restart
+    // mailed DEVICE_SILENT again for the same episode. One row per device, gone with the first prune after DEVICE_BACK.
+    public const string NotAnOpenSilence = $"""
+        NOT (alerts.code = '{SilenceWatch.SilentCode}' AND alerts.via = '{IngestProtocols.Local}'
+          AND NOT EXISTS (SELECT 1 FROM alerts b WHERE {SilenceCodes} AND b.device = alerts.device AND b.rowid > alerts.rowid))
+        """;
+
     // When each device last sent an alert (the gateway's own do not count), from alerts_device_received: the recursive
     // part steps from one device to the next in the index (a skip scan), and each device's latest rows are read
     // backwards until one is not LOCAL. Work in proportion to the devices, where a GROUP BY reads every alert. A device

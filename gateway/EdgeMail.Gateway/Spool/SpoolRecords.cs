@@ -309,7 +309,10 @@ public sealed record ManagedDevice(string Id, string? SecretHash, string? Name, 
 /// <param name="Messages">Finished mail removed.</param>
 /// <param name="Alerts">Finished alerts removed.</param>
 /// <param name="FreedPages">Database pages given back to the file system.</param>
-public sealed record PruneResult(long Messages, long Alerts, long FreedPages);
+/// <param name="More">
+/// Some kind (mail, alerts, storm state, heartbeats) had as many rows removed as the call allowed: there may be more.
+/// </param>
+public sealed record PruneResult(long Messages, long Alerts, long FreedPages, bool More = false);
 
 /// <summary>What happened to a queued message after an attempt.</summary>
 /// <param name="RowId">Message row.</param>
@@ -716,11 +719,12 @@ public partial interface ISpool : IAsyncDisposable
     /// <summary>
     /// Removes finished mail (sent, failed, partial, cancelled) finished before <paramref name="before"/>, the
     /// alerts received before it that are finished and no longer referenced by mail (their own, or a storm digest
-    /// covering them: its result owes them receipts), and storm state older than it, at most <paramref name="maxRows"/>
-    /// of each in one transaction; then gives free pages back to the file system.
+    /// covering them: its result owes them receipts), storm state older than it and heartbeats older than it or than
+    /// their own retention, at most <paramref name="maxRows"/> of each in one transaction; then gives free pages back to
+    /// the file system.
     /// </summary>
     /// <param name="before">The retention horizon.</param>
-    /// <param name="maxRows">Most rows of each kind removed by this call (call again while it removes that many).</param>
+    /// <param name="maxRows">Most rows of each kind removed by this call (call again while <see cref="PruneResult.More"/>).</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>What was removed.</returns>
     Task<PruneResult> PruneAsync(DateTimeOffset before, int maxRows, CancellationToken cancellationToken);

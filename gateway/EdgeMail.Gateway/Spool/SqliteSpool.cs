@@ -1054,7 +1054,7 @@ public sealed partial class SqliteSpool : ISpool
         long horizon = before.ToUnixTimeMilliseconds();
         long heartbeatHorizon = Clock.GetUtcNow().ToUnixTimeMilliseconds() - (long)HeartbeatRetention.TotalMilliseconds;
         long openHorizon = StormRetention.OpenIncidentHorizonMs(before, Clock.GetUtcNow());
-        var (messages, alerts) = await Enqueue((s, _) =>
+        var (messages, alerts, more) = await Enqueue((s, _) =>
         {
             s.Exec("DELETE FROM attempts WHERE message IN (SELECT rowid FROM messages WHERE finished_at < $p0 ORDER BY finished_at LIMIT $p1)", horizon, maxRows);
             int m = s.Exec(
@@ -1067,24 +1067,26 @@ public sealed partial class SqliteSpool : ISpool
             // digest that covers it, which finds its alerts by digest_message to give each its receipt when it is
             // delivered, fails, is parked or cancelled -- and a parked digest waits for the operator whatever its age.
             // Keeping an alert row is what de-duplicates a retransmission; by the horizon the device has long had its PUBACK.
+            // A device's open silence stays: it tells a restart that the episode was announced.
             int a = s.Exec(
-                """
+                $"""
                 DELETE FROM alerts WHERE rowid IN (
                   SELECT rowid FROM alerts WHERE received_at < $p0 AND status NOT IN ('new', 'held', 'parked')
                     AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.alert_rowid = alerts.rowid)
                     AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.message_id = alerts.digest_message)
+                    AND {SilenceSql.NotAnOpenSilence}
                   ORDER BY received_at LIMIT $p1)
                 """, horizon, maxRows);
             // An open incident's state is what its clear threads onto (the raise's Message-ID): kept longer, but not for ever.
-            s.Exec(
+            int st = s.Exec(
                 """
                 DELETE FROM storm WHERE rowid IN (
                   SELECT rowid FROM storm WHERE last_mail_at < $p0 AND (incident_open = 0 OR last_mail_at < $p2)
                     AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.device = storm.device AND alerts.code = storm.code AND alerts.status = 'held')
                   LIMIT $p1)
                 """, horizon, maxRows, openHorizon);
-            s.Exec("DELETE FROM heartbeats WHERE rowid IN (SELECT rowid FROM heartbeats WHERE at < $p0 LIMIT $p1)", Math.Max(horizon, heartbeatHorizon), maxRows);
-            return ((long)m, (long)a);
+            int h = s.Exec("DELETE FROM heartbeats WHERE rowid IN (SELECT rowid FROM heartbeats WHERE at < $p0 LIMIT $p1)", Math.Max(horizon, heartbeatHorizon), maxRows);
+            return ((long)m, (long)a, m >= maxRows || a >= maxRows || st >= maxRows || h >= maxRows);
         }, cancellationToken).ConfigureAwait(false);
 
         long freed = await Enqueue((s, _) =>
@@ -1094,7 +1096,7 @@ public sealed partial class SqliteSpool : ISpool
             long after = s.Scalar("PRAGMA freelist_count") is long g ? g : 0;
             return before - after;
         }, cancellationToken).ConfigureAwait(false);
-        return new PruneResult(messages, alerts, freed);
+        return new PruneResult(messages, alerts, freed, more);
     }
 
     /// <inheritdoc />

@@ -1,4 +1,5 @@
 using EdgeMail.Gateway.Devices;
+using EdgeMail.Gateway.Operations;
 using EdgeMail.Testing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Time.Testing;
@@ -83,6 +84,138 @@ public sealed class SilenceTests
         var returned = MimeMessage.Load(Assert.Single(mail, f => (MimeMessage.Load(f).TextBody ?? string.Empty).Contains("DEVICE_BACK", StringComparison.Ordinal)));
         Assert.Contains("is back", returned.TextBody, StringComparison.Ordinal);
         await again.UntilAsync(() => Task.FromResult(!watch2.IsSilent("dev-1")), "dev-1 no longer silent");
+    }
+
+    // A restart knows a silence was announced by its DEVICE_SILENT in the spool, and the device's last-heard time is never
+    // pruned: once Spool:Retention pruned the alert with its mail, each restart mailed DEVICE_SILENT again for the episode.
+    [Fact]
+    public async Task QuietDevice_LongerThanTheRetention_IsNotMailedSilentAgainAfterARestart()
+    {
+        var start = DateTimeOffset.UtcNow;
+        string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        void Config(Dictionary<string, object> c) => c["Silence"] = new { MinimumAfter = "00:05:00", CheckInterval = "00:00:30" };
+
+        var clock = new FakeTimeProvider(start);
+        var gw = await TestGateway.StartAsync(Config, s => s.AddSingleton<TimeProvider>(clock), dataDir: dataDir);
+        try
+        {
+            using var device = await gw.ConnectAsync("dev-1");
+            await HeartbeatAsync(device);
+            clock.Advance(TimeSpan.FromMinutes(1));
+            await HeartbeatAsync(device);
+            await device.DisconnectAsync();
+            var watch = gw.Host.Services.GetRequiredService<SilenceWatch>();
+            clock.Advance(TimeSpan.FromMinutes(6));
+            await CheckedAsync(watch);
+            Assert.True(watch.IsSilent("dev-1"));
+            await gw.MailAsync(1);
+            await gw.UntilAsync(async () => (await gw.Spool.CountsAsync(default)).Messages.GetValueOrDefault("sent") == 1, "the DEVICE_SILENT mail sent");
+
+            // The device stays quiet past Spool:Retention (30 days): the housekeeper's next pass removes the mail, not the
+            // open silence. Its own pass, not one beside it: two at once race for the same mailbox files.
+            var passed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            gw.Host.Services.GetRequiredService<Housekeeper>().PassCompleted += () => passed.TrySetResult();
+            clock.Advance(TimeSpan.FromDays(31));
+            await Await.Within(passed.Task.ContinueWith(_ => true, TaskScheduler.Default), "a housekeeping pass");
+            var counts = await gw.Spool.CountsAsync(default);
+            Assert.Equal((1, 0), (counts.Alerts.Values.Sum(), counts.Messages.Values.Sum()));
+        }
+        finally
+        {
+            await gw.StopAsync();
+        }
+
+        var later = new FakeTimeProvider(start + TimeSpan.FromDays(31) + TimeSpan.FromMinutes(10));
+        await using var again = await TestGateway.StartAsync(Config, s => s.AddSingleton<TimeProvider>(later), dataDir: dataDir);
+        var watch2 = again.Host.Services.GetRequiredService<SilenceWatch>();
+        await CheckedAsync(watch2);
+        Assert.True(watch2.IsSilent("dev-1"));
+        Assert.Equal(1, (await again.Spool.CountsAsync(default)).Alerts.Values.Sum()); // no second DEVICE_SILENT
+    }
+
+    // The check skipped disabled devices before it looked at their open silence: one disabled while silent was counted
+    // silent for good (IsSilent, SilentCount, the console, edgemail.devices.silent), and meanwhile every alert or
+    // heartbeat of any device woke a check of the whole fleet.
+    [Fact]
+    public async Task SilentDevice_DisabledByTheOperator_IsNoLongerSilent_AndEnabledAgainHasItsWholeLimit()
+    {
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var gw = await TestGateway.StartAsync(c => c["Silence"] = new { MinimumAfter = "00:05:00", CheckInterval = "00:00:30" },
+            s => s.AddSingleton<TimeProvider>(clock));
+        using (var device = await gw.ConnectAsync("dev-1"))
+        {
+            await HeartbeatAsync(device);
+            clock.Advance(TimeSpan.FromMinutes(1));
+            await HeartbeatAsync(device);
+            await device.DisconnectAsync();
+        }
+
+        var watch = gw.Host.Services.GetRequiredService<SilenceWatch>();
+        var registry = gw.Host.Services.GetRequiredService<DeviceRegistry>();
+        clock.Advance(TimeSpan.FromMinutes(6));
+        await CheckedAsync(watch);
+        Assert.True(watch.IsSilent("dev-1"));
+
+        await registry.SetDisabledAsync("dev-1", true, default);
+        clock.Advance(TimeSpan.FromMinutes(1));
+        await CheckedAsync(watch);
+        Assert.Equal(0, watch.SilentCount);
+        Assert.False(watch.IsSilent("dev-1"));
+        Assert.Equal(1, (await gw.Spool.CountsAsync(default)).Alerts.Values.Sum()); // no DEVICE_BACK: it was not heard
+
+        // Enabled again: its limit runs from now, not from when it was last heard, and a new silence is a new episode.
+        await registry.SetDisabledAsync("dev-1", false, default);
+        clock.Advance(TimeSpan.FromMinutes(4));
+        await CheckedAsync(watch);
+        Assert.False(watch.IsSilent("dev-1"));
+        clock.Advance(TimeSpan.FromMinutes(2));
+        await CheckedAsync(watch);
+        Assert.True(watch.IsSilent("dev-1"));
+        Assert.Equal(2, (await gw.Spool.CountsAsync(default)).Alerts.Values.Sum());
+    }
+
+    // Silence was measured on the wall clock: a forward step of it (NTP after a long drift, an operator setting the
+    // date) at least the limit made every device silent at once, a DEVICE_SILENT and then a DEVICE_BACK mail each.
+    [Fact]
+    public async Task WallClockSteppedForward_MakesNoDeviceSilent_WhileARealSilenceIsStillFound()
+    {
+        var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        var clock = new SteppedWallClock(time);
+        await using var gw = await TestGateway.StartAsync(c => c["Silence"] = new { MinimumAfter = "00:05:00", CheckInterval = "00:00:30" },
+            s => s.AddSingleton<TimeProvider>(clock));
+        using (var device = await gw.ConnectAsync("dev-1"))
+        {
+            await HeartbeatAsync(device);
+            time.Advance(TimeSpan.FromMinutes(1));
+            await HeartbeatAsync(device);
+            await device.DisconnectAsync();
+        }
+
+        var watch = gw.Host.Services.GetRequiredService<SilenceWatch>();
+        clock.Step = TimeSpan.FromHours(1);
+        await CheckedAsync(watch);
+        Assert.False(watch.IsSilent("dev-1"));
+
+        time.Advance(TimeSpan.FromMinutes(6));
+        await CheckedAsync(watch);
+        Assert.True(watch.IsSilent("dev-1"));
+        var silent = MimeMessage.Load(Assert.Single(await gw.MailAsync(1)));
+        Assert.Contains("DEVICE_SILENT", silent.TextBody, StringComparison.Ordinal);
+    }
+
+    // A wall clock that can be stepped while the monotonic one (GetTimestamp) goes on as before, as NTP steps a real one.
+    private sealed class SteppedWallClock(FakeTimeProvider time) : TimeProvider
+    {
+        public TimeSpan Step { get; set; }
+
+        public override DateTimeOffset GetUtcNow() => time.GetUtcNow() + Step;
+
+        public override long GetTimestamp() => time.GetTimestamp();
+
+        public override long TimestampFrequency => time.TimestampFrequency;
+
+        public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period) =>
+            time.CreateTimer(callback, state, dueTime, period);
     }
 
     private static async Task HeartbeatAsync(IMqttClient device)

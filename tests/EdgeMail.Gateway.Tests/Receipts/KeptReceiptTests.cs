@@ -1,4 +1,5 @@
 using System.Buffers;
+using EdgeMail.Gateway.Devices;
 using EdgeMail.Gateway.Receipts;
 using EdgeMail.Gateway.Spool;
 using EdgeMail.Testing;
@@ -165,6 +166,67 @@ public sealed class KeptReceiptTests
         Assert.Empty(await gw.Spool.KeptReceiptsAsync(null, 0, null, 10, default));
         Assert.Equal(0, gw.Host.Services.GetRequiredService<ReceiptPublisher>().InFlight());
         Assert.Equal(1, inbox.Count("k-2", ReceiptState.Relayed));
+        await device.DisconnectAsync();
+    }
+
+    // A device subscribed at QoS 0 never acknowledges: each kept receipt waited for a PUBACK in the publisher's record
+    // for as long as the persistent session lived, long after the spool trimmed its row (Receipts:MaxPerDevice).
+    [Fact]
+    public async Task KeptReceipts_ToADeviceConnectedAtQos0_AreDeliveredOnceHanded_AndNeitherKeptNorHeldInMemory()
+    {
+        await using var gw = await TestGateway.StartAsync(c => c["Receipts"] = new { MaxPerDevice = 10 });
+        var receipts = gw.Host.Services.GetRequiredService<ReceiptPublisher>();
+        using var device = new MqttClientFactory().CreateMqttClient();
+        int got = 0;
+        var all = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        const int count = 200;
+        device.ApplicationMessageReceivedAsync += _ =>
+        {
+            if (Interlocked.Increment(ref got) == count)
+            {
+                all.TrySetResult();
+            }
+
+            return Task.CompletedTask;
+        };
+        await device.ConnectAsync(Persistent(gw, "dev-1"));
+        await device.SubscribeAsync("edgemail/v1/dev-1/receipt", MqttQualityOfServiceLevel.AtMostOnce);
+
+        for (int i = 0; i < count; i++)
+        {
+            await receipts.KeepAndPublishAsync(new KeptReceipt("dev-1", $"q-{i}", ReceiptState.Relayed, DateTimeOffset.UtcNow, "250 2.0.0 queued as X"));
+        }
+
+        await Await.Within(all.Task.ContinueWith(_ => true, TaskScheduler.Default), "every receipt at the device");
+        await gw.UntilAsync(() => Task.FromResult(receipts.InFlight() == 0), "no receipt held for a PUBACK that never comes");
+        await gw.UntilAsync(async () => (await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 1000, default)).Count == 0, "the receipts removed once handed over");
+        Assert.Equal(count, Volatile.Read(ref got));
+        await device.DisconnectAsync();
+    }
+
+    // MQTTnet empties a session's QoS 0 queue when its device resumes it: a kept receipt put there while the device was
+    // away was lost at its return, and, still counted as handed over, not handed again for the session's life.
+    [Fact]
+    public async Task KeptReceipt_ToAQos0DeviceAwayInItsPersistentSession_ArrivesWhenItResumesTheSession()
+    {
+        await using var gw = await TestGateway.StartAsync(c => { });
+        var receipts = gw.Host.Services.GetRequiredService<ReceiptPublisher>();
+        var presence = gw.Host.Services.GetRequiredService<DevicePresence>();
+        using var device = new MqttClientFactory().CreateMqttClient();
+        await device.ConnectAsync(Persistent(gw, "dev-1"));
+        var inbox = await ReceiptInbox.SubscribeAsync(device, "dev-1", MqttQualityOfServiceLevel.AtMostOnce);
+        await device.DisconnectAsync();
+        await gw.UntilAsync(() => Task.FromResult(!presence.IsConnected("dev-1")), "the broker done with the connection");
+
+        await receipts.KeepAndPublishAsync(new KeptReceipt("dev-1", "q-away", ReceiptState.Failed, DateTimeOffset.UtcNow, "550 5.1.1 no such user"));
+        await gw.UntilAsync(() => Task.FromResult(receipts.InFlight() == 0), "the receipt left to the spool");
+        Assert.True(await KeptAsync(gw, "dev-1", "q-away", ReceiptState.Failed));
+
+        await device.ConnectAsync(Persistent(gw, "dev-1")); // resumes its session, subscription and all: no SUBSCRIBE
+
+        await inbox.WaitForAsync("q-away", ReceiptState.Failed);
+        await gw.UntilAsync(async () => !await KeptAsync(gw, "dev-1", "q-away", ReceiptState.Failed), "the receipt removed once handed over");
+        Assert.Equal(1, inbox.Count("q-away", ReceiptState.Failed));
         await device.DisconnectAsync();
     }
 

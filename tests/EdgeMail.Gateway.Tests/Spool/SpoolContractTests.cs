@@ -1,4 +1,5 @@
 using System.Text;
+using EdgeMail.Gateway.Devices;
 using EdgeMail.Gateway.Spool;
 using EdgeMail.Testing;
 using Microsoft.Extensions.Time.Testing;
@@ -1213,6 +1214,62 @@ public abstract class SpoolContractTests : IAsyncLifetime
         var late = await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 10_000, default);
         Assert.Equal((1, 3), (late.Messages, late.Alerts));
         Assert.Null(await spool.GetAlertAsync("dev-1", "r-0", default));
+    }
+
+    // The housekeeper calls again while a call says there is more: heartbeats counted for that too, or a fleet writing
+    // more of them an hour than one call takes grew the table without end.
+    [ContractFact]
+    public async Task Prune_WithMoreExpiredHeartbeatsThanACallTakes_SaysThereIsMore_UntilNoneIsLeft()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var spool = Open(clock);
+        for (int i = 0; i < 5; i++)
+        {
+            await spool.RecordStatusAsync($"dev-{i}", clock.GetUtcNow(), "{\"v\":1}"u8.ToArray(), default);
+        }
+
+        clock.Advance(TimeSpan.FromDays(8)); // past the 7 days heartbeats are kept
+
+        var first = await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 3, default);
+        var second = await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 3, default);
+
+        Assert.True(first.More);
+        Assert.False(second.More);
+        for (int i = 0; i < 5; i++)
+        {
+            Assert.Empty(await spool.HeartbeatsAsync($"dev-{i}", T0 - TimeSpan.FromDays(1), default));
+        }
+    }
+
+    // A restart asks the spool whether a silence was announced (SilenceHistoryAsync); the time the device was last heard
+    // is never pruned, so with its DEVICE_SILENT pruned a restart mailed the same episode again.
+    [ContractFact]
+    public async Task Prune_KeepsADevicesOpenSilenceAlert_UntilItIsBack()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var spool = Open(clock);
+        async Task FinishedAsync(string device, string id, string code)
+        {
+            await spool.AcceptAlertAsync(Alert(device, id, code: code, sev: "warning") with { ReceivedAt = clock.GetUtcNow(), Via = IngestProtocols.Local }, default);
+            var stored = (await spool.NewAlertsAsync(10, default)).Single(a => a.AlertId == id);
+            await spool.CommitRoutingAsync([new RoutingCommit(stored.RowId, AlertStatus.Unrouted, null, null, null, null)], default);
+        }
+
+        await FinishedAsync("dev-1", "gw-silent-1", SilenceWatch.SilentCode);
+        await FinishedAsync("dev-2", "gw-silent-2", SilenceWatch.SilentCode);
+        await FinishedAsync("dev-2", "gw-back-2", SilenceWatch.BackCode);
+        clock.Advance(TimeSpan.FromDays(31));
+
+        var pruned = await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 10_000, default);
+
+        Assert.Equal(2, pruned.Alerts); // dev-2's silence and its return
+        Assert.NotNull(await spool.GetAlertAsync("dev-1", "gw-silent-1", default));
+        Assert.Equal("gw-silent-1", Assert.Single(await spool.SilenceHistoryAsync(T0, default)).OpenSilenceAlertId);
+
+        await FinishedAsync("dev-1", "gw-back-1", SilenceWatch.BackCode);
+        clock.Advance(TimeSpan.FromDays(31));
+        Assert.Equal(2, (await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 10_000, default)).Alerts);
+        Assert.Empty((await spool.CountsAsync(default)).Alerts);
     }
 
     private static KeptReceipt Receipt(string device, string alertId, string state = "failed", string detail = "550 5.1.1 no such user") =>
