@@ -101,22 +101,42 @@ public sealed class LocalMailbox : IMailTransport
     /// <param name="olderThan">Age horizon.</param>
     /// <param name="maxBytes">Size limit.</param>
     /// <returns>Files removed.</returns>
-    public int Prune(DateTimeOffset olderThan, long maxBytes)
+    public int Prune(DateTimeOffset olderThan, long maxBytes) =>
+        Prune(new[] { "new", "cur" }.SelectMany(d => new DirectoryInfo(Path.Combine(_root, d)).EnumerateFiles("*.eml")), olderThan, maxBytes);
+
+    /// <summary>
+    /// <see cref="Prune(DateTimeOffset, long)"/> over listed files. A mail reader moves and deletes files while a pass runs
+    /// (new/ to cur/, or read and removed): one gone between the listing and its size is skipped, not the end of the pass.
+    /// </summary>
+    /// <param name="listed">The mailbox's files as listed.</param>
+    /// <param name="olderThan">Age horizon.</param>
+    /// <param name="maxBytes">Size limit.</param>
+    /// <returns>Files removed.</returns>
+    internal static int Prune(IEnumerable<FileInfo> listed, DateTimeOffset olderThan, long maxBytes)
     {
-        var files = new[] { "new", "cur" }
-            .SelectMany(d => new DirectoryInfo(Path.Combine(_root, d)).EnumerateFiles("*.eml"))
-            .OrderBy(f => f.LastWriteTimeUtc)
-            .ToList();
+        var files = new List<(FileInfo File, DateTime Written, long Length)>();
+        foreach (var file in listed)
+        {
+            try
+            {
+                files.Add((file, file.LastWriteTimeUtc, file.Length));
+            }
+            catch (FileNotFoundException)
+            {
+                // Moved to cur/ (listed there too, or in the next pass) or removed by the reader.
+            }
+        }
+
+        files.Sort((a, b) => a.Written.CompareTo(b.Written));
         long total = files.Sum(f => f.Length);
         int removed = 0;
-        foreach (var file in files)
+        foreach (var (file, written, length) in files)
         {
-            if (file.LastWriteTimeUtc >= olderThan.UtcDateTime && (maxBytes <= 0 || total <= maxBytes))
+            if (written >= olderThan.UtcDateTime && (maxBytes <= 0 || total <= maxBytes))
             {
                 break;
             }
 
-            long length = file.Length;
             try
             {
                 file.Delete();
@@ -125,7 +145,7 @@ public sealed class LocalMailbox : IMailTransport
             }
             catch (IOException)
             {
-                // Gone already (read and removed by the user) or busy: the next pass tries again.
+                // Busy: the next pass tries again.
             }
         }
 

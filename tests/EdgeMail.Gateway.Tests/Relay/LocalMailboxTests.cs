@@ -59,4 +59,32 @@ public sealed class LocalMailboxTests
             Directory.Delete(root, recursive: true);
         }
     }
+
+    [Fact]
+    public void Prune_AFileGoneBetweenTheListingAndItsSize_IsSkipped_AndThePassGoesOn()
+    {
+        string root = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", "mbx-" + Guid.NewGuid().ToString("N"));
+        var mailbox = new LocalMailbox(root);
+        var now = DateTime.UtcNow;
+        try
+        {
+            var listed = new List<FileInfo>();
+            for (int i = 0; i < 3; i++)
+            {
+                string file = Path.Combine(mailbox.NewDirectory, $"m{i}.eml");
+                File.WriteAllBytes(file, new byte[1000]);
+                File.SetLastWriteTimeUtc(file, now - TimeSpan.FromDays(40));
+                listed.Add(new FileInfo(file)); // read lazily, as the listing's entries are
+            }
+
+            File.Delete(listed[1].FullName); // a mail reader took it meanwhile
+
+            Assert.Equal(2, LocalMailbox.Prune(listed, now - TimeSpan.FromDays(30), maxBytes: 0));
+            Assert.Empty(Directory.GetFiles(mailbox.NewDirectory));
+        }
+        finally
+        {
+            Directory.Delete(root, recursive: true);
+        }
+    }
 }
