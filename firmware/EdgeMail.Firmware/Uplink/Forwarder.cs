@@ -78,9 +78,11 @@ public sealed class Forwarder : IMqttClientHandler
             throw new ArgumentNullException(store == null ? nameof(store) : transport == null ? nameof(transport) : clock == null ? nameof(clock) : wall == null ? nameof(wall) : nameof(options));
         }
 
-        if (options.DeviceId == null || options.DeviceId.Length == 0)
+        if (options.DeviceId == null || !DeviceIds.IsValid(options.DeviceId))
         {
-            throw new ArgumentException("DeviceId must be set: it is the MQTT client id, the user name and part of every topic.", nameof(options));
+            // It is the client id, the user name and a level of every topic: '/', '+' or '#' in it would name other
+            // topics (a '+' in the receipt subscription matches every device's), and the gateway refuses such an id anyway.
+            throw new ArgumentException("DeviceId '" + options.DeviceId + "' " + DeviceIds.Rule, nameof(options));
         }
 
         if (options.BackoffBaseMs < 1 || options.BackoffMaxMs < options.BackoffBaseMs)

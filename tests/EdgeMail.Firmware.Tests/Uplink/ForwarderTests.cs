@@ -181,6 +181,23 @@ public sealed class ForwarderTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.DoesNotContain(_broker.Inbound, p => p.ClientId == "dev-1");
     }
 
+    [Theory]
+    [InlineData("dev/1")] // a topic level of its own: edgemail/v1/dev/1/alert
+    [InlineData("+")] // the receipt subscription edgemail/v1/+/receipt would match every device's
+    [InlineData("dev#")]
+    [InlineData("gerät-7")]
+    [InlineData("")]
+    public void Constructor_DeviceIdTheGatewayWouldNotAccept_IsRefusedWithTheRule(string deviceId)
+    {
+        var ex = Assert.Throws<ArgumentException>(() => new ForwarderRig(() => new ForwarderOptions
+        {
+            DeviceId = deviceId, Secret = "s", Host = "127.0.0.1", Port = _broker.Port,
+        }));
+
+        Assert.StartsWith("DeviceId '" + deviceId + "' must be 1 to 64 ASCII letters, digits, '-', '_' or '.'", ex.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(_broker.Inbound, p => p.ClientId == deviceId);
+    }
+
     [Fact]
     public void LinkDroppedBeforePubAck_ReconnectsAndResendsWithDupAndTheSameId()
     {

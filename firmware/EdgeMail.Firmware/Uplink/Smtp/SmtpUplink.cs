@@ -42,11 +42,11 @@ public sealed class SmtpUplink
             throw new ArgumentException("DeviceId, From and To must be set.", nameof(options));
         }
 
-        if (!IsDeviceId(options.DeviceId))
+        if (!DeviceIds.IsValid(options.DeviceId))
         {
             // It goes into the Subject and Message-ID as it is: a non-ASCII character would become a raw byte there,
             // a line break a header of its own.
-            throw new ArgumentException("DeviceId '" + options.DeviceId + "' must be 1 to 64 ASCII letters, digits, '-', '_' or '.' (not '.' or '..' alone), as the gateway's device ids are.", nameof(options));
+            throw new ArgumentException("DeviceId '" + options.DeviceId + "' " + DeviceIds.Rule, nameof(options));
         }
 
         _client = new SmtpClient(transport, clock, options.TimeoutMs, options.SendBufferSize);
@@ -121,25 +121,6 @@ public sealed class SmtpUplink
             _store.Rewind();
             throw;
         }
-    }
-
-    private static bool IsDeviceId(string id)
-    {
-        if (id.Length > 64 || id == "." || id == "..")
-        {
-            return false;
-        }
-
-        for (int i = 0; i < id.Length; i++)
-        {
-            char c = id[i];
-            if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
-            {
-                return false;
-            }
-        }
-
-        return true;
     }
 
     private void WriteMessage()
