@@ -88,9 +88,15 @@ public sealed class MqttHostileTests(MqttHostileFixture fixture) : IClassFixture
         return [.. received];
     }
 
-    internal static byte[] Connect311(string clientId, string user, string password, bool cleanSession = true)
+    internal static byte[] Connect311(string clientId, string user, string password, bool cleanSession = true) =>
+        Connect([0, 4, (byte)'M', (byte)'Q', (byte)'T', (byte)'T', 4, (byte)(cleanSession ? 0xC2 : 0xC0), 0, 60], clientId, user, password);
+
+    private static byte[] Connect5(string clientId, string user, string password) =>
+        Connect([0, 4, (byte)'M', (byte)'Q', (byte)'T', (byte)'T', 5, 0xC2, 0, 60, 0], clientId, user, password); // no properties
+
+    // CONNECT with the variable header given (protocol name, level, flags, keep-alive, MQTT 5's properties) and the three strings.
+    private static byte[] Connect(List<byte> body, string clientId, string user, string password)
     {
-        var body = new List<byte> { 0, 4, (byte)'M', (byte)'Q', (byte)'T', (byte)'T', 4, (byte)(cleanSession ? 0xC2 : 0xC0), 0, 60 };
         foreach (string s in new[] { clientId, user, password })
         {
             byte[] b = Encoding.UTF8.GetBytes(s);
@@ -679,19 +685,5 @@ public sealed class MqttHostileTests(MqttHostileFixture fixture) : IClassFixture
         }
 
         await AfterwardsAsync();
-    }
-
-    private static byte[] Connect5(string clientId, string user, string password)
-    {
-        var body = new List<byte> { 0, 4, (byte)'M', (byte)'Q', (byte)'T', (byte)'T', 5, 0xC2, 0, 60, 0 }; // no properties
-        foreach (string s in new[] { clientId, user, password })
-        {
-            byte[] b = Encoding.UTF8.GetBytes(s);
-            body.Add((byte)(b.Length >> 8));
-            body.Add((byte)b.Length);
-            body.AddRange(b);
-        }
-
-        return [0x10, (byte)body.Count, .. body];
     }
 }

@@ -38,10 +38,8 @@ public sealed class SilenceTests
         // Near the real time: the mailbox's files carry real times, and the housekeeper compares them with the clock.
         var start = DateTimeOffset.UtcNow;
         string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
-        void Config(Dictionary<string, object> c) => c["Silence"] = new { MinimumAfter = "00:05:00", CheckInterval = "00:00:30" };
-
         var clock = new FakeTimeProvider(start);
-        var gw = await TestGateway.StartAsync(Config, s => s.AddSingleton<TimeProvider>(clock), dataDir: dataDir);
+        var gw = await StartWatchedAsync(clock, dataDir);
         try
         {
             using var device = await gw.ConnectAsync("dev-1");
@@ -72,7 +70,7 @@ public sealed class SilenceTests
 
         // Restarted while the device is still quiet: the episode is found again, and no second mail is sent.
         var later = new FakeTimeProvider(start + TimeSpan.FromMinutes(8));
-        await using var again = await TestGateway.StartAsync(Config, s => s.AddSingleton<TimeProvider>(later), dataDir: dataDir);
+        await using var again = await StartWatchedAsync(later, dataDir);
         var watch2 = again.Host.Services.GetRequiredService<SilenceWatch>();
         await CheckedAsync(watch2);
         Assert.True(watch2.IsSilent("dev-1"));
@@ -93,17 +91,11 @@ public sealed class SilenceTests
     {
         var start = DateTimeOffset.UtcNow;
         string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
-        void Config(Dictionary<string, object> c) => c["Silence"] = new { MinimumAfter = "00:05:00", CheckInterval = "00:00:30" };
-
         var clock = new FakeTimeProvider(start);
-        var gw = await TestGateway.StartAsync(Config, s => s.AddSingleton<TimeProvider>(clock), dataDir: dataDir);
+        var gw = await StartWatchedAsync(clock, dataDir);
         try
         {
-            using var device = await gw.ConnectAsync("dev-1");
-            await HeartbeatAsync(device);
-            clock.Advance(TimeSpan.FromMinutes(1));
-            await HeartbeatAsync(device);
-            await device.DisconnectAsync();
+            await HeardTwiceAMinuteApartAsync(gw, clock);
             var watch = gw.Host.Services.GetRequiredService<SilenceWatch>();
             clock.Advance(TimeSpan.FromMinutes(6));
             await CheckedAsync(watch);
@@ -126,7 +118,7 @@ public sealed class SilenceTests
         }
 
         var later = new FakeTimeProvider(start + TimeSpan.FromDays(31) + TimeSpan.FromMinutes(10));
-        await using var again = await TestGateway.StartAsync(Config, s => s.AddSingleton<TimeProvider>(later), dataDir: dataDir);
+        await using var again = await StartWatchedAsync(later, dataDir);
         var watch2 = again.Host.Services.GetRequiredService<SilenceWatch>();
         await CheckedAsync(watch2);
         Assert.True(watch2.IsSilent("dev-1"));
@@ -140,15 +132,8 @@ public sealed class SilenceTests
     public async Task SilentDevice_DisabledByTheOperator_IsNoLongerSilent_AndEnabledAgainHasItsWholeLimit()
     {
         var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
-        await using var gw = await TestGateway.StartAsync(c => c["Silence"] = new { MinimumAfter = "00:05:00", CheckInterval = "00:00:30" },
-            s => s.AddSingleton<TimeProvider>(clock));
-        using (var device = await gw.ConnectAsync("dev-1"))
-        {
-            await HeartbeatAsync(device);
-            clock.Advance(TimeSpan.FromMinutes(1));
-            await HeartbeatAsync(device);
-            await device.DisconnectAsync();
-        }
+        await using var gw = await StartWatchedAsync(clock);
+        await HeardTwiceAMinuteApartAsync(gw, clock);
 
         var watch = gw.Host.Services.GetRequiredService<SilenceWatch>();
         var registry = gw.Host.Services.GetRequiredService<DeviceRegistry>();
@@ -181,15 +166,8 @@ public sealed class SilenceTests
     {
         var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
         var clock = new SteppedWallClock(time);
-        await using var gw = await TestGateway.StartAsync(c => c["Silence"] = new { MinimumAfter = "00:05:00", CheckInterval = "00:00:30" },
-            s => s.AddSingleton<TimeProvider>(clock));
-        using (var device = await gw.ConnectAsync("dev-1"))
-        {
-            await HeartbeatAsync(device);
-            time.Advance(TimeSpan.FromMinutes(1));
-            await HeartbeatAsync(device);
-            await device.DisconnectAsync();
-        }
+        await using var gw = await StartWatchedAsync(clock);
+        await HeardTwiceAMinuteApartAsync(gw, time);
 
         var watch = gw.Host.Services.GetRequiredService<SilenceWatch>();
         clock.Step = TimeSpan.FromHours(1);
@@ -216,6 +194,21 @@ public sealed class SilenceTests
 
         public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period) =>
             time.CreateTimer(callback, state, dueTime, period);
+    }
+
+    // Silent after 5 minutes (or three heartbeat intervals, if longer), checked every 30 seconds.
+    private static Task<TestGateway> StartWatchedAsync(TimeProvider clock, string? dataDir = null) =>
+        TestGateway.StartAsync(c => c["Silence"] = new { MinimumAfter = "00:05:00", CheckInterval = "00:00:30" },
+            s => s.AddSingleton<TimeProvider>(clock), dataDir: dataDir);
+
+    // dev-1 connects, sends two heartbeats a minute apart (its interval: silent after max(3 min, 5 min)) and goes away.
+    private static async Task HeardTwiceAMinuteApartAsync(TestGateway gw, FakeTimeProvider time)
+    {
+        using var device = await gw.ConnectAsync("dev-1");
+        await HeartbeatAsync(device);
+        time.Advance(TimeSpan.FromMinutes(1));
+        await HeartbeatAsync(device);
+        await device.DisconnectAsync();
     }
 
     private static async Task HeartbeatAsync(IMqttClient device)
