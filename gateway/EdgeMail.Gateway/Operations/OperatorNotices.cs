@@ -29,7 +29,7 @@ public sealed partial class OperatorNotices : IDisposable
     private readonly List<Task> _sending = [];
     private string? _firstTopic;
     private int _count;
-    private DateTimeOffset _lastSent = DateTimeOffset.MinValue;
+    private long? _lastSent; // a monotonic timestamp: a step of the wall clock neither holds a notice nor hurries one
     private ITimer? _timer;
 
     /// <summary>Creates the notifier.</summary>
@@ -65,15 +65,14 @@ public sealed partial class OperatorNotices : IDisposable
                 _lines.Add(detail);
             }
 
-            var now = _clock.GetUtcNow();
-            var due = _lastSent == DateTimeOffset.MinValue ? now : _lastSent + _options.Sender.OperatorNoticeInterval;
-            if (due <= now)
+            var wait = _lastSent is long last ? _options.Sender.OperatorNoticeInterval - _clock.GetElapsedTime(last) : TimeSpan.Zero;
+            if (wait <= TimeSpan.Zero)
             {
                 StartFlush();
             }
             else
             {
-                _timer ??= _clock.CreateTimer(_ => { lock (_lock) { StartFlush(); } }, null, due - now, Timeout.InfiniteTimeSpan);
+                _timer ??= _clock.CreateTimer(_ => { lock (_lock) { StartFlush(); } }, null, wait, Timeout.InfiniteTimeSpan);
             }
         }
     }
@@ -126,7 +125,7 @@ public sealed partial class OperatorNotices : IDisposable
         _lines.Clear();
         _count = 0;
         _firstTopic = null;
-        _lastSent = now;
+        _lastSent = _clock.GetTimestamp();
         _sending.RemoveAll(t => t.IsCompleted);
         _sending.Add(QueueAsync(subject, body.ToString(), now));
     }

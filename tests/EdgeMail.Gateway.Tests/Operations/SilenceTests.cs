@@ -182,20 +182,6 @@ public sealed class SilenceTests
     }
 
     // A wall clock that can be stepped while the monotonic one (GetTimestamp) goes on as before, as NTP steps a real one.
-    private sealed class SteppedWallClock(FakeTimeProvider time) : TimeProvider
-    {
-        public TimeSpan Step { get; set; }
-
-        public override DateTimeOffset GetUtcNow() => time.GetUtcNow() + Step;
-
-        public override long GetTimestamp() => time.GetTimestamp();
-
-        public override long TimestampFrequency => time.TimestampFrequency;
-
-        public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period) =>
-            time.CreateTimer(callback, state, dueTime, period);
-    }
-
     // Silent after 5 minutes (or three heartbeat intervals, if longer), checked every 30 seconds.
     private static Task<TestGateway> StartWatchedAsync(TimeProvider clock, string? dataDir = null) =>
         TestGateway.StartAsync(c => c["Silence"] = new { MinimumAfter = "00:05:00", CheckInterval = "00:00:30" },
