@@ -28,6 +28,11 @@ internal static class MailParameters
     /// <returns>The reply text (after the code), or null.</returns>
     public static string? Refusal(ReadOnlySequence<byte> line)
     {
+        if (EndsAtItsPath(line))
+        {
+            return null;
+        }
+
         var reader = new TokenReader(line);
         if (!Parser.TryMakeMail(ref reader))
         {
@@ -92,7 +97,6 @@ internal static class MailParameters
                     : $"5.5.4 {Show(keyword)} is not a parameter name: letters, digits and '-', from a letter or digit (RFC 5321)";
             }
 
-            string name = Show(keyword);
             if (i < parameters.Length && parameters[i] == '=')
             {
                 int value = ++i;
@@ -103,20 +107,43 @@ internal static class MailParameters
 
                 if (i == value)
                 {
-                    return $"5.5.4 the parameter {name} has no value after its '=' (RFC 5321: NAME or NAME=VALUE)";
+                    return $"5.5.4 the parameter {Show(keyword)} has no value after its '=' (RFC 5321: NAME or NAME=VALUE)";
                 }
 
                 if (parameters[value..i].ContainsAnyExcept(ValueBytes))
                 {
-                    return $"5.5.4 the value of the parameter {name} has a byte that is not allowed: printable ASCII other than '=' (RFC 5321)";
+                    return $"5.5.4 the value of the parameter {Show(keyword)} has a byte that is not allowed: printable ASCII other than '=' (RFC 5321)";
                 }
             }
 
             if (!(seen ??= new HashSet<string>(StringComparer.OrdinalIgnoreCase)).Add(Encoding.ASCII.GetString(keyword)))
             {
-                return $"5.5.4 the parameter {name} is given twice";
+                return $"5.5.4 the parameter {Show(keyword)} is given twice";
             }
         }
+    }
+
+    // The common MAIL FROM:<a@b> (one '>', nothing after it but white space) has no parameters: it is not parsed here as
+    // well as by SmtpServer, which parses every MAIL line next. A path or value holding another '>' is parsed.
+    private static bool EndsAtItsPath(ReadOnlySequence<byte> line)
+    {
+        int closes = 0;
+        foreach (var segment in line)
+        {
+            foreach (byte b in segment.Span)
+            {
+                if (b == '>')
+                {
+                    closes++;
+                }
+                else if (closes > 0 && !IsSpace(b))
+                {
+                    return false;
+                }
+            }
+        }
+
+        return closes == 1;
     }
 
     private static bool Rest(ref TokenReader reader)
