@@ -90,7 +90,7 @@ public static partial class TlsCertificates
     {
         ArgumentNullException.ThrowIfNull(dates);
         return dates.NotYetValid ? "check the clock (timedatectl), or the certificate"
-            : generated ? "restart the gateway: it replaces its self-signed certificate within 30 days of the end (devices that pin it must pin the new one)"
+            : generated ? string.Create(CultureInfo.InvariantCulture, $"restart the gateway: it replaces its self-signed certificate within {RenewWithin.TotalDays:0} days of the end (devices that pin it must pin the new one)")
             : $"renew the file ({key}) and restart the gateway, which reads it at start only";
     }
 
