@@ -296,17 +296,10 @@ public sealed partial class ReceiptPublisher : IDisposable
 
         lock (_custody)
         {
-            if (!_handed.TryGetValue(deviceId, out var held) || !held.Remove(copy))
+            if (!Delivered(copy))
             {
                 return;
             }
-
-            if (held.Count == 0)
-            {
-                _handed.Remove(deviceId);
-            }
-
-            _removing.Add(copy);
         }
 
         QueueRemoval(copy);
@@ -323,22 +316,30 @@ public sealed partial class ReceiptPublisher : IDisposable
         ArgumentNullException.ThrowIfNull(kept);
         lock (_custody)
         {
-            if (!IsCurrent(kept))
+            if (!IsCurrent(kept) || !Delivered(kept.Copy))
             {
                 return;
             }
-
-            var held = _handed[kept.Copy.Device];
-            held.Remove(kept.Copy);
-            if (held.Count == 0)
-            {
-                _handed.Remove(kept.Copy.Device);
-            }
-
-            _removing.Add(kept.Copy);
         }
 
         QueueRemoval(kept.Copy);
+    }
+
+    // Under _custody: a handed copy was delivered; it leaves custody and is on its way out of the spool.
+    private bool Delivered(ReceiptCopy copy)
+    {
+        if (!_handed.TryGetValue(copy.Device, out var held) || !held.Remove(copy))
+        {
+            return false;
+        }
+
+        if (held.Count == 0)
+        {
+            _handed.Remove(copy.Device);
+        }
+
+        _removing.Add(copy);
+        return true;
     }
 
     /// <summary>
