@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Net.Sockets;
 using System.Text;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Relay;
@@ -339,10 +340,29 @@ public sealed class SmarthostTests
         await Await.Within(dropped.Task.ContinueWith(_ => true), "the first attempt to reach the dropping server");
         await flaky.DisposeAsync();
         Assert.Empty(flaky.Messages);
-        await using var sink = await SmtpTestServer.StartAsync(new() { Port = port });
+        await using var sink = await RebindAsync(port);
         var (message, _) = await sink.NextAsync();
 
         Assert.Equal("dev-3.flaky-1.alert@gw.test", message.MessageId);
+    }
+
+    // The port is free once its server is gone, unless a connection made meanwhile holds it as its own local port (the
+    // OS draws ephemeral ports from the same range, and a loopback connect to a port nobody listens on can connect to
+    // itself): bind again until that connection has gone.
+    private static async Task<SmtpTestServer> RebindAsync(int port)
+    {
+        var deadline = DateTime.UtcNow + Await.DefaultTimeout;
+        while (true)
+        {
+            try
+            {
+                return await SmtpTestServer.StartAsync(new() { Port = port });
+            }
+            catch (SocketException ex) when (ex.SocketErrorCode == SocketError.AddressAlreadyInUse && DateTime.UtcNow < deadline)
+            {
+                await Task.Delay(20);
+            }
+        }
     }
 
     [Fact]
