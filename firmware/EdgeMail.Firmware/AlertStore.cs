@@ -224,7 +224,7 @@ public sealed class AlertStore
                 return false;
             }
 
-            alert.Load(start, recordLength, _queue.Epoch, idSeq, seq, _boot, _clock.UptimeMs, _wall.UnixMs);
+            alert.Load(start, recordLength, _queue.Epoch, idSeq, seq, _boot, _clock, _wall);
             return true;
         }
     }

@@ -6,8 +6,9 @@ namespace EdgeMail.Firmware.Alerts;
 /// The next alert to send, held as its stored record (at most <see cref="AlertRecord.MaxSize"/> bytes) rather than as
 /// JSON (up to <see cref="AlertJsonWriter.MaxLength"/>): <see cref="AlertStore.TryNext(OutgoingAlert)"/> loads it and
 /// measures its JSON; <see cref="WriteTo(IByteSink)"/> streams the JSON, as often as needed, byte for byte the same
-/// (the times in it are fixed when it is loaded). Owned by one sending thread; the store's lock is not held while it
-/// is written, so raising alerts never waits for the network.
+/// until <see cref="Stamp"/> fixes its times at a later "now" (an uplink stamps it right before it goes on the wire,
+/// so <c>age_ms</c> is its age when published, not when it was loaded). Owned by one sending thread; the store's lock
+/// is not held while it is written, so raising alerts never waits for the network.
 /// </summary>
 public sealed class OutgoingAlert : IByteSource
 {
@@ -19,6 +20,8 @@ public sealed class OutgoingAlert : IByteSource
     private uint _epoch;
     private uint _idSeq;
     private uint _boot;
+    private IClock? _clock;
+    private WallClock? _wall;
     private long _uptimeMs;
     private long _unixMs;
 
@@ -43,7 +46,7 @@ public sealed class OutgoingAlert : IByteSource
     /// <summary>The sequence number in the alert's id (the one it was first queued under; <see cref="Seq"/> may differ).</summary>
     public uint IdSeq => _idSeq;
 
-    /// <summary>The alert's JSON length in bytes, measured when it was loaded.</summary>
+    /// <summary>The alert's JSON length in bytes, measured when it was loaded or last <see cref="Stamp">stamped</see>.</summary>
     public int Length { get; private set; }
 
     /// <summary>Where the store reads the record to.</summary>
@@ -111,18 +114,33 @@ public sealed class OutgoingAlert : IByteSource
         return 9 + digits;
     }
 
-    internal void Load(int start, int recordLength, uint epoch, uint idSeq, uint seq, uint boot, long uptimeMs, long unixMs)
+    /// <summary>
+    /// Fixes the times in the JSON (<c>age_ms</c>, or <c>raised</c> derived from the uptime) at now and measures it
+    /// again. An alert may wait long after it was loaded — for a slot in the MQTT window (up to the ack timeout), or for
+    /// the replies to MAIL, RCPT and DATA — and its age must be the one it has when it leaves; call this right before
+    /// <see cref="WriteTo(IByteSink)"/>, and read <see cref="Length"/> after it.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">Nothing is loaded.</exception>
+    public void Stamp()
+    {
+        EnsureLoaded();
+        _uptimeMs = _clock!.UptimeMs;
+        _unixMs = _wall!.UnixMs;
+        Length = _writer.Measure(_buffer, _start, _recordLength, _epoch, _idSeq, _boot, _uptimeMs, _unixMs);
+    }
+
+    internal void Load(int start, int recordLength, uint epoch, uint idSeq, uint seq, uint boot, IClock clock, WallClock wall)
     {
         _start = start;
         _recordLength = recordLength;
         _epoch = epoch;
         _idSeq = idSeq;
         _boot = boot;
-        _uptimeMs = uptimeMs;
-        _unixMs = unixMs;
+        _clock = clock;
+        _wall = wall;
         Seq = seq;
-        Length = _writer.Measure(_buffer, start, recordLength, epoch, idSeq, boot, uptimeMs, unixMs);
         IsLoaded = true;
+        Stamp();
     }
 
     internal void Clear()

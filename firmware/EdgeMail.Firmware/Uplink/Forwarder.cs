@@ -568,6 +568,9 @@ public sealed class Forwarder : IMqttClientHandler
                 _wireIdHigh = _outgoing.IdSeq; // before the bytes leave: a send cut short may still reach the gateway
             }
 
+            // The alert may have waited for a slot since it was loaded (up to the ack timeout): its age is the one it
+            // has as it leaves, also when resent after a reconnect.
+            _outgoing.Stamp();
             if (!_client.Publish(_alertTopic, _outgoing, _heldSeq, false, false))
             {
                 if (_client.UnacknowledgedCount == _resendCount - _resendIndex)

@@ -432,6 +432,38 @@ public sealed class ForwarderTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.Equal(seqs.OrderBy(s => s), seqs);
     }
 
+    [Fact]
+    public void AlertThatWaitedForASlotInTheWindow_IsPublishedWithItsAgeAtPublishTime()
+    {
+        // The second alert is loaded as soon as the first goes out and then waits for its PUBACK (up to the ack
+        // timeout). Its age was fixed at that load: the gateway took it for 20 s younger than it was.
+        using var puback = new ManualResetEventSlim();
+        _broker.OnPublish = e =>
+        {
+            if (e.ApplicationMessage.Topic == AlertTopic)
+            {
+                Assert.True(puback.Wait(TimeSpan.FromSeconds(15)), "the test to release the PUBACK");
+            }
+        };
+        using var rig = new ForwarderRig(() =>
+        {
+            ForwarderOptions o = Options();
+            o.MaxInFlight = 1;
+            return o;
+        });
+        rig.Raise("FIRST");
+        uint second = rig.Raise("SECOND");
+        rig.StepUntil(() => rig.Forwarder.Published == 1, "the first alert to go out and the second to wait for the window");
+
+        rig.Clock.Advance(20_000);
+        puback.Set();
+        rig.StepUntil(() => rig.Forwarder.AcknowledgedThrough >= second, "the second alert's PUBACK");
+
+        JsonElement alert = JsonDocument.Parse(AlertsSeen().Single(a => a.Id == $"7f3a9c21-{second}").Json).RootElement;
+        Assert.InRange(alert.GetProperty("age_ms").GetInt64(), 20_000, 80_000);
+        Assert.Equal(0, rig.Forwarder.Failures);
+    }
+
     [Theory]
     [InlineData(2)]
     [InlineData(4)]

@@ -151,6 +151,7 @@ public sealed class SmtpUplink
         c.Write(Boundary);
         c.Write("\r\nContent-Type: application/vnd.edgemail.alert+json; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"alert.json\"\r\n\r\n");
         _body.Begin();
+        _alert.Stamp(); // MAIL, RCPT and DATA took round trips since it was loaded: its age is the one it has now
         _alert.WriteTo(_body);
         _body.End();
         c.Write("\r\n--");

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text;
+using System.Text.Json;
 using EdgeMail.Firmware.Alerts;
 using EdgeMail.Firmware.Storage;
 using EdgeMail.Firmware.Uplink.Smtp;
@@ -18,7 +19,7 @@ public sealed class SmtpUplinkTests : IDisposable
     private const uint Epoch = 0x7F3A9C21;
     private static readonly FlashGeometry Geometry = new(64 * 1024, 4096, 256, 1, allowsReprogram: true, encrypted: false);
     private readonly NorFlashSimulator _flash = new(Geometry);
-    private readonly FixedClock _clock = new();
+    private readonly ManualClock _clock = new();
     private readonly InMemorySmtpServer _server = new();
     private readonly AlertStore _store;
 
@@ -51,6 +52,16 @@ public sealed class SmtpUplinkTests : IDisposable
         const string Subject = "Subject: EdgeMail alert ";
         int from = text.IndexOf(Subject, StringComparison.Ordinal) + Subject.Length;
         return text[from..text.IndexOf(' ', from)];
+    }
+
+    /// <summary>The alert JSON of the message as the server read it (the base64 part).</summary>
+    private JsonElement AlertJson(int message)
+    {
+        string text = Encoding.ASCII.GetString(_server.Messages[message]);
+        const string PartStart = "filename=\"alert.json\"\r\n\r\n";
+        int from = text.IndexOf(PartStart, StringComparison.Ordinal) + PartStart.Length;
+        string base64 = text[from..text.IndexOf("\r\n--", from, StringComparison.Ordinal)].Replace("\r\n", string.Empty, StringComparison.Ordinal);
+        return JsonDocument.Parse(Convert.FromBase64String(base64)).RootElement.Clone();
     }
 
     private static string Id(uint seq) => Epoch.ToString("x8", CultureInfo.InvariantCulture) + "-" + seq.ToString(CultureInfo.InvariantCulture);
@@ -143,6 +154,29 @@ public sealed class SmtpUplinkTests : IDisposable
         Assert.Equal(Id(seq), IdOf(0));
     }
 
+    [Fact]
+    public void SendPending_SlowRepliesBeforeTheMessage_TheAlertCarriesItsAgeWhenItIsWritten()
+    {
+        // The alert is loaded before MAIL; a server that takes its time over MAIL, RCPT and DATA (up to the timeout
+        // each) made the age in the JSON that much too young.
+        uint seq = Raise("ALERT");
+        _clock.UptimeMs += 5_000;
+        _server.OnCommand = line =>
+        {
+            if (line.StartsWith("MAIL FROM:", StringComparison.Ordinal) || line.StartsWith("RCPT TO:", StringComparison.Ordinal) || line == "DATA")
+            {
+                _clock.UptimeMs += 10_000;
+            }
+
+            return null;
+        };
+
+        Assert.Equal(1, Uplink().SendPending());
+
+        Assert.Equal(Id(seq), IdOf(0));
+        Assert.Equal(35_000, AlertJson(0).GetProperty("age_ms").GetInt64());
+    }
+
     [Theory]
     [InlineData("gerät-7")] // Write(string) put one byte per char: a raw 0xE4 in Subject and Message-ID
     [InlineData("dev-1\r\nBcc: someone@example.test")]
@@ -158,8 +192,8 @@ public sealed class SmtpUplinkTests : IDisposable
         Assert.StartsWith("DeviceId '" + deviceId + "' must be 1 to 64 ASCII letters, digits, '-', '_' or '.'", ex.Message, StringComparison.Ordinal);
     }
 
-    private sealed class FixedClock : IClock
+    private sealed class ManualClock : IClock
     {
-        public long UptimeMs => 123_456;
+        public long UptimeMs { get; set; } = 123_456;
     }
 }
