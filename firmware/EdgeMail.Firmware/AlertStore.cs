@@ -62,6 +62,7 @@ public sealed class AlertStore
     private uint _suspectSeq;
     private uint _holdFrom;
     private uint _unreadableThrough;
+    private uint _cutThrough;
 
     /// <summary>Creates the store over a mounted queue.</summary>
     /// <param name="queue">The mounted flash queue the store owns.</param>
@@ -113,6 +114,13 @@ public sealed class AlertStore
     /// leaves flash when that is acknowledged), as a drop marker is handed out as a <see cref="DroppedCode"/> alert.
     /// </summary>
     public uint Unreadable { get; private set; }
+
+    /// <summary>
+    /// Records found this boot whose JSON would exceed Contract 1's 4096 bytes (possible only for one this firmware did
+    /// not write: its text full of control characters): each is handed out with its text cut to fit and ending in
+    /// <see cref="AlertRecord.CutTextMarker"/>, its code, values and times whole.
+    /// </summary>
+    public uint CutTexts { get; private set; }
 
     /// <summary>
     /// Raises an alert: when this returns, it is on flash. A repeat of an alert not yet sent is merged
@@ -312,6 +320,19 @@ public sealed class AlertStore
                 return true;
             }
 
+            recordLength = _entry.Length - start;
+            if (AlertRecord.CutTextToFit(_view, out int size))
+            {
+                // Only a record this firmware did not write can be this large: sent whole it was over Contract 1's
+                // limit, refused by the gateway, and nobody saw it. Cut, it still reaches a person.
+                recordLength = size;
+                if (seq > _cutThrough)
+                {
+                    _cutThrough = seq;
+                    CutTexts++;
+                }
+            }
+
             idSeq = IdOf(buffer);
             CountUnwrittenRepeats(idSeq, buffer, start);
             MarkHandedOut(idSeq);
@@ -319,7 +340,6 @@ public sealed class AlertStore
             {
                 _suspectSeq = seq;
             }
-            recordLength = _entry.Length - start;
             return true;
         }
 

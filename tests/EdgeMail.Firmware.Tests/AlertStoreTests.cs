@@ -459,6 +459,48 @@ public class AlertStoreTests
     }
 
     [Fact]
+    public void ARecordWhoseJsonWouldExceed4KiB_GoesOutWithItsTextCutAndMarked_AndTheAlertsAfterItStillGoOut()
+    {
+        // Encode refuses text whose escaped JSON would not fit, but a record on flash from firmware that did not check
+        // (or a foreign image) passes every rule of the layout: 900 control characters escape to 5,400 bytes. The
+        // byte[] TryNext threw on it (the SMTP uplink stopped at it for good), and the streamed JSON was over the limit,
+        // refused by the gateway with a receipt and acknowledged: nobody saw the alert.
+        using var flash = new NorFlashSimulator(Geometry);
+        var clock = new ManualClock();
+        var (store, queue) = Boot(flash, clock, boot: 1);
+        var alert = new Alert("FREEZER_TEMP_HIGH", Severity.Critical, "Freezer 2: " + new string('x', 889));
+        alert.AddValue("temp_c", -9.5, 1);
+        var record = new byte[AlertRecord.MaxSize];
+        int length = AlertRecord.Encode(alert, AlertRecord.UnknownTime, 2_000, 1, record, 0);
+        int text = AlertRecord.HeaderSize + "FREEZER_TEMP_HIGH".Length + "Freezer 2: ".Length;
+        record.AsSpan(text, 889).Fill(0x01);
+        uint big = queue.Append(AlertStore.KindAlert, (byte)Severity.Critical, record, 0, length);
+        uint after = store.Raise(new Alert("AFTER", Severity.Warning, "later"));
+
+        var outgoing = new OutgoingAlert();
+        Assert.True(store.TryNext(outgoing));
+        Assert.InRange(outgoing.Length, 3_000, AlertJsonWriter.MaxLength);
+        var streamed = new byte[outgoing.Length];
+        outgoing.WriteTo(streamed, 0);
+        store.Rewind();
+        var sent = Drain(store);
+
+        Assert.Equal([big, after], sent.Select(a => a.Seq));
+        JsonElement cut = sent[0].Json;
+        Assert.Equal(JsonDocument.Parse(streamed).RootElement.ToString(), cut.ToString());
+        Assert.Equal("FREEZER_TEMP_HIGH", cut.GetProperty("code").GetString());
+        Assert.Equal("critical", cut.GetProperty("sev").GetString());
+        Assert.Equal(-9.5, cut.GetProperty("values").GetProperty("temp_c").GetDouble());
+        string cutText = cut.GetProperty("text").GetString()!;
+        Assert.StartsWith("Freezer 2: \u0001\u0001", cutText, StringComparison.Ordinal);
+        Assert.EndsWith(AlertRecord.CutTextMarker, cutText, StringComparison.Ordinal);
+        Assert.Equal(1u, store.CutTexts);
+        Assert.Equal(0u, store.Unreadable);
+        store.Acknowledge(after);
+        Assert.Equal(0u, store.Depth);
+    }
+
+    [Fact]
     public void QueueFullAlert_SentThenAnotherDropBeforeItsAcknowledgement_IsResentUnderItsOwnIdAndCount()
     {
         // The reader folds drop markers that follow one another into one QUEUE_FULL alert named after the last. A marker

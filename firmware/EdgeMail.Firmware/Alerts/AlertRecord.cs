@@ -35,6 +35,12 @@ public static class AlertRecord
     /// <summary>The limit of Contract 1 on one alert's JSON payload.</summary>
     public const int MaxJsonLength = 4096;
 
+    /// <summary>
+    /// Ends the text of a stored record that <see cref="CutTextToFit"/> cut so that its JSON fits
+    /// <see cref="MaxJsonLength"/> (ASCII, nothing in it to escape).
+    /// </summary>
+    public const string CutTextMarker = " [cut by the device: this alert's JSON would exceed 4096 bytes]";
+
     internal const int OffsetVersion = 0;
     internal const int OffsetState = 1;
     internal const int OffsetSeverity = 2;
@@ -313,6 +319,70 @@ public static class AlertRecord
 
         record[offset + OffsetFlags] = (byte)flags;
         WriteInt64(record, offset + OffsetLast, last);
+    }
+
+    /// <summary>
+    /// Makes a stored record whose JSON could exceed <see cref="MaxJsonLength"/> fit, in place: its text is cut at a
+    /// character boundary and ends with <see cref="CutTextMarker"/>; code, values and times are kept, and the values move
+    /// up behind the shorter text. <see cref="Encode"/> never writes such a record (<see cref="AlertError.JsonTooLarge"/>),
+    /// but every rule of the layout holds for one whose text is full of control characters (each escapes to 6 bytes), so
+    /// one left on flash by firmware that did not check is read, not refused: the alert still reaches a person.
+    /// </summary>
+    /// <param name="view">Attached to the record (in a writable buffer, e.g. the store's RAM copy).</param>
+    /// <param name="size">The record's size afterwards (<see cref="AlertRecordView.Size"/> when nothing was cut).</param>
+    /// <returns>True when the text was cut: then attach the view again before reading the record through it.</returns>
+    public static bool CutTextToFit(AlertRecordView view, out int size)
+    {
+        if (view == null)
+        {
+            throw new ArgumentNullException(nameof(view));
+        }
+
+        byte[] b = view.Buffer;
+        int text = view.TextOffset;
+        int textLength = view.TextLength;
+        int escapedText = JsonOutput.EscapedLength(b, text, textLength);
+        int others = JsonOverhead + view.CodeLength;
+        for (int i = 0; i < view.ValueCount; i++)
+        {
+            others += JsonPerValue + view.GetValueNameLength(i);
+        }
+
+        size = view.Size;
+        if (others + escapedText <= MaxJsonLength)
+        {
+            return false;
+        }
+
+        // The longest prefix of whole characters whose escaped bytes, with the marker's, fit; never longer than the
+        // text it replaces, so the record does not grow.
+        int budget = MaxJsonLength - others - CutTextMarker.Length;
+        int limit = textLength - CutTextMarker.Length;
+        int cut = 0;
+        int used = 0;
+        for (int i = 0; i < textLength && i <= limit; i++)
+        {
+            byte c = b[text + i];
+            if ((c & 0xC0) != 0x80)
+            {
+                cut = i; // a character starts here: the bytes before it are whole characters
+            }
+
+            used += JsonOutput.EscapedLength(c);
+            if (used > budget)
+            {
+                break;
+            }
+        }
+
+        int end = view.Offset + view.Size;
+        int valuesAt = text + textLength;
+        int newTextLength = cut + WriteAscii(CutTextMarker, b, text + cut);
+        Array.Copy(b, valuesAt, b, text + newTextLength, end - valuesAt);
+        b[view.Offset + OffsetTextLength] = (byte)newTextLength;
+        b[view.Offset + OffsetTextLength + 1] = (byte)(newTextLength >> 8);
+        size -= textLength - newTextLength;
+        return true;
     }
 
     /// <summary>Tells whether a name fits <c>[A-Za-z0-9_.-]{1,32}</c>.</summary>

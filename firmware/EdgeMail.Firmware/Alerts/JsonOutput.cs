@@ -64,6 +64,29 @@ internal sealed class JsonOutput
         return count;
     }
 
+    /// <summary>The bytes well-formed UTF-8 takes once escaped by <see cref="String(byte[], int, int)"/>, quotes not counted.</summary>
+    public static int EscapedLength(byte[] utf8, int offset, int count)
+    {
+        int length = 0;
+        for (int i = offset; i < offset + count; i++)
+        {
+            length += EscapedLength(utf8[i]);
+        }
+
+        return length;
+    }
+
+    /// <summary>The bytes one byte of UTF-8 takes once escaped (1, 2 or 6).</summary>
+    public static int EscapedLength(byte b)
+    {
+        if (b < 0x20)
+        {
+            return ShortEscape(b) != 0 ? 2 : 6;
+        }
+
+        return b == '"' || b == '\\' ? 2 : 1;
+    }
+
     public void Begin(byte[] buffer, int offset)
     {
         if (buffer == null)

@@ -1,3 +1,5 @@
+using System.Text;
+using System.Text.Json;
 using EdgeMail.Firmware.Alerts;
 using Xunit;
 
@@ -97,6 +99,69 @@ public class AlertRecordTests
     {
         var alert = new Alert("A", Severity.Info, new string('\u0001', 1000));
         Assert.Equal(AlertError.JsonTooLarge, AlertRecord.Check(alert));
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public void CutTextToFit_StoredTextsOfEveryKind_CutAtACharacterWithTheMarker_JsonWithinTheLimit_ValuesKept(int seed)
+    {
+        // Texts Encode refuses and a record can still hold: up to 1024 bytes of control characters, quotes and 1- to
+        // 4-byte characters, beside the longest code and 8 values, so a cut may fall inside a character or an escape.
+        var random = new Random(seed);
+        string[] pieces = ["\n", "\"", "a", "é", "€", "😀"];
+        var writer = new AlertJsonWriter();
+        var json = new byte[AlertJsonWriter.MaxLength];
+        var view = new AlertRecordView();
+        int cuts = 0;
+        for (int round = 0; round < 300; round++)
+        {
+            var builder = new StringBuilder();
+            double controls = random.NextDouble(); // about 0.6 and more needs a cut
+            while (Encoding.UTF8.GetByteCount(builder.ToString()) < 1021)
+            {
+                builder.Append(random.NextDouble() < controls ? "\u0001" : pieces[random.Next(pieces.Length)]);
+            }
+
+            string text = builder.ToString();
+            byte[] utf8 = Encoding.UTF8.GetBytes(text);
+            var alert = new Alert(new string('C', 64), Severity.Warning, new string('a', utf8.Length));
+            for (int v = 0; v < 8; v++)
+            {
+                alert.AddValue("value_" + v + new string('n', 25), long.MinValue + v, 9);
+            }
+
+            var record = new byte[AlertRecord.MaxSize + 7];
+            int length = AlertRecord.Encode(alert, AlertRecord.UnknownTime, 5, 1, record, 7);
+            utf8.CopyTo(record, 7 + AlertRecord.HeaderSize + 64);
+            Assert.Equal(AlertError.None, view.Attach(record, 7, length));
+
+            bool wasCut = AlertRecord.CutTextToFit(view, out int size);
+
+            string because = $"seed {seed}, round {round}";
+            Assert.True(size <= length, because);
+            Assert.True(view.Attach(record, 7, size) == AlertError.None, because);
+            Assert.Equal(size, view.Size);
+            string cut = view.DecodeText();
+            int written = writer.Write(record, 7, size, 0x7F3A9C21, uint.MaxValue, 1, long.MaxValue, AlertRecord.UnknownTime, json, 0);
+            Assert.InRange(written, 1, AlertJsonWriter.MaxLength);
+            JsonElement parsed = JsonDocument.Parse(json.AsMemory(0, written)).RootElement;
+            Assert.Equal(cut, parsed.GetProperty("text").GetString());
+            Assert.Equal("-9223372036.854775801", parsed.GetProperty("values").GetProperty("value_7" + new string('n', 25)).GetRawText());
+            if (!wasCut)
+            {
+                Assert.Equal(length, size);
+                Assert.Equal(text, cut);
+                continue;
+            }
+
+            cuts++;
+            Assert.EndsWith(AlertRecord.CutTextMarker, cut, StringComparison.Ordinal);
+            Assert.StartsWith(cut[..^AlertRecord.CutTextMarker.Length], text, StringComparison.Ordinal);
+        }
+
+        Assert.InRange(cuts, 1, 299);
     }
 
     [Fact]
