@@ -39,12 +39,12 @@ public sealed class SmtpUplinkTests : IAsyncLifetime, IDisposable
         _flash.Dispose();
     }
 
-    private SmtpUplink Uplink(string password = "s3cret") => new(_store, _transport, _clock, new SmtpUplinkOptions
+    private SmtpUplink Uplink(string? password = "s3cret", SmtpTestServer? server = null) => new(_store, _transport, _clock, new SmtpUplinkOptions
     {
         DeviceId = "dev-1",
         Password = password,
         Host = "127.0.0.1",
-        Port = _server.Port,
+        Port = (server ?? _server).Port,
         From = "dev-1@devices.test",
         To = "alerts@gateway.test",
         TimeoutMs = 10_000,
@@ -128,6 +128,45 @@ public sealed class SmtpUplinkTests : IAsyncLifetime, IDisposable
         Assert.Equal(1, uplink.Rejected);
         Assert.Equal(0u, _store.Depth);
         Assert.Equal($"7f3a9c21-{second}", Parse(Assert.Single(_server.Received).Data).Alert.GetProperty("id").GetString());
+    }
+
+    [Theory]
+    [InlineData(500, "5.5.2 command unrecognized")]
+    [InlineData(502, "5.5.1 command not implemented")]
+    public async Task SendPending_ServerThatDoesNotKnowEhlo_FallsBackToHeloAndDeliversWithoutExtensions(int code, string text)
+    {
+        // RFC 5321 4.1.4: a server refuses an EHLO it does not know and stays as it was; the client should then say
+        // HELO. The uplink gave up at EHLO, every session, and the alerts never left flash.
+        await using SmtpTestServer legacy = await SmtpTestServer.StartAsync(new() { ServerName = "legacy.test" });
+        legacy.OnCommand = c => c.Verb == "EHLO" ? new SmtpReply(code, text) : null;
+        uint seq = Raise("DOOR_OPEN");
+        SmtpUplink uplink = Uplink(password: null, server: legacy);
+
+        Assert.Equal(1, uplink.SendPending());
+
+        Assert.Equal(0u, _store.Depth);
+        Assert.Equal($"7f3a9c21-{seq}", Parse(Assert.Single(legacy.Received).Data).Alert.GetProperty("id").GetString());
+        Assert.Equal(["EHLO", "HELO", "MAIL", "RCPT", "DATA", "QUIT"], legacy.Commands.Select(c => c.Verb));
+        Assert.True(uplink.Client.GreetedWithHelo);
+        Assert.False(uplink.Client.SupportsAuthPlain);
+    }
+
+    [Fact]
+    public void SendPending_ServerThatDoesNotKnowEhlo_WhenTheDeviceMustAuthenticate_FailsSayingWhyAndNeverSendsTheSecret()
+    {
+        // HELO has no AUTH: the fallback must not end in credentials sent some other way, nor in a refusal that reads
+        // like a wrong secret. The alerts stay queued.
+        _server.OnCommand = c => c.Verb == "EHLO" ? new SmtpReply(502, "5.5.1 command not implemented") : null;
+        Raise("DOOR_OPEN");
+
+        var ex = Assert.Throws<SmtpException>(() => Uplink().SendPending());
+
+        Assert.Contains("HELO", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("AUTH", ex.Message, StringComparison.Ordinal);
+        Assert.Equal(502, ex.ReplyCode);
+        Assert.Equal(1u, _store.Depth);
+        Assert.Equal(["EHLO", "HELO"], _server.Commands.Select(c => c.Verb));
+        Assert.Empty(_server.AuthAttempts);
     }
 
     [Fact]

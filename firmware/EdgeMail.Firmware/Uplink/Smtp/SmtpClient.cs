@@ -4,8 +4,8 @@ using EdgeMail.Firmware.Alerts;
 namespace EdgeMail.Firmware.Uplink.Smtp;
 
 /// <summary>
-/// A tiny synchronous SMTP client for the device (RFC 5321): greeting, EHLO, AUTH PLAIN (RFC 4954), MAIL, RCPT, DATA
-/// with dot-stuffing, QUIT — over an <see cref="ITransport"/>, so TLS is the transport's business. Buffers are
+/// A tiny synchronous SMTP client for the device (RFC 5321): greeting, EHLO (HELO when the server does not know EHLO),
+/// AUTH PLAIN (RFC 4954), MAIL, RCPT, DATA with dot-stuffing, QUIT — over an <see cref="ITransport"/>, so TLS is the transport's business. Buffers are
 /// allocated once; the message body is streamed through <see cref="Write(byte[], int, int)"/> between
 /// <see cref="BeginData"/> and <see cref="EndData"/>. Not thread-safe.
 /// </summary>
@@ -32,6 +32,7 @@ public sealed class SmtpClient
     private bool _atLineStart;
     private byte _last;
     private bool _inData;
+    private int _ehloRefusal;
 
     /// <summary>Creates the client.</summary>
     /// <param name="transport">The byte stream to the server.</param>
@@ -60,6 +61,12 @@ public sealed class SmtpClient
     /// <summary>Whether the server's EHLO reply offered 8BITMIME.</summary>
     public bool Supports8BitMime { get; private set; }
 
+    /// <summary>
+    /// Whether the server refused EHLO as unknown (500 or 502) and the session was opened with HELO instead: then it
+    /// offers no extension, neither AUTH nor 8BITMIME.
+    /// </summary>
+    public bool GreetedWithHelo { get; private set; }
+
     /// <summary>Opens the connection and reads the 220 greeting.</summary>
     /// <param name="host">Server host.</param>
     /// <param name="port">Server port (587 submission, 25).</param>
@@ -74,22 +81,53 @@ public sealed class SmtpClient
         Expect(220, "the greeting");
     }
 
-    /// <summary>Sends EHLO and learns the server's extensions.</summary>
+    /// <summary>
+    /// Sends EHLO and learns the server's extensions. A server that answers 500 or 502 does not know EHLO and stays in
+    /// the state it was in (RFC 5321 section 4.1.4): the client then says HELO, as section 3.2 asks, and the session
+    /// has no extensions (<see cref="GreetedWithHelo"/>).
+    /// </summary>
     /// <param name="clientName">The client's name (a domain or address literal).</param>
+    /// <exception cref="SmtpException">The server refused EHLO otherwise, or HELO too.</exception>
     public void Ehlo(string clientName)
     {
         SupportsAuthPlain = false;
         Supports8BitMime = false;
+        GreetedWithHelo = false;
+        _ehloRefusal = 0;
         Command("EHLO ", clientName, null);
-        Expect(250, "EHLO");
+        try
+        {
+            Expect(250, "EHLO");
+            return;
+        }
+        catch (SmtpException ex) when (ex.ReplyCode == 500 || ex.ReplyCode == 502)
+        {
+            _ehloRefusal = ex.ReplyCode;
+        }
+
+        Command("HELO ", clientName, null);
+        Expect(250, "HELO");
+
+        // Whatever the lines of the refusal or of the HELO reply looked like, a HELO session has no extensions.
+        SupportsAuthPlain = false;
+        Supports8BitMime = false;
+        GreetedWithHelo = true;
     }
 
     /// <summary>Authenticates with AUTH PLAIN (the secret travels base64-encoded: use TLS below, or a trusted LAN).</summary>
     /// <param name="user">User name (EdgeMail: the device id).</param>
     /// <param name="password">Password (the device's secret).</param>
-    /// <exception cref="SmtpException">The server does not offer AUTH PLAIN, or refused the credentials (535).</exception>
+    /// <exception cref="SmtpException">The server does not offer AUTH PLAIN (nor any AUTH after a HELO fallback, with the
+    /// EHLO refusal's code), or refused the credentials (535); in the first two cases nothing was sent.</exception>
     public void AuthPlain(string user, string password)
     {
+        if (GreetedWithHelo)
+        {
+            throw new SmtpException(_ehloRefusal, "the server answered EHLO with " + _ehloRefusal.ToString()
+                + " and took HELO instead, which has no AUTH: the device is configured to authenticate (a password is set), so the secret was not sent"
+                + " and nothing was submitted; enable EHLO and AUTH PLAIN on the server, or set no password for a source the server allow-lists");
+        }
+
         if (!SupportsAuthPlain)
         {
             throw new SmtpException(0, "the server did not offer AUTH PLAIN after EHLO (is TLS required first, or is AUTH disabled?)");

@@ -12,7 +12,8 @@ namespace EdgeMail.Firmware.Uplink.Smtp;
 /// way, through the client's send buffer; nothing is allocated per alert.
 /// </summary>
 /// <remarks>
-/// A session: connect, EHLO, AUTH PLAIN (when a password is set), then MAIL/RCPT/DATA per alert, QUIT. A 4xx reply or a
+/// A session: connect, EHLO (HELO when the server does not know EHLO), AUTH PLAIN (when a password is set; after HELO
+/// there is no AUTH, so the session fails saying so and the secret is not sent), then MAIL/RCPT/DATA per alert, QUIT. A 4xx reply or a
 /// broken link ends the session; the rest stays queued for the next <see cref="SendPending"/>. A 5xx reply to the end of one alert's
 /// DATA means the gateway will never take that message: it is acknowledged (counted in <see cref="Rejected"/>),
 /// so one bad alert cannot block the queue forever — the same rule as Contract 1. Not thread-safe.
