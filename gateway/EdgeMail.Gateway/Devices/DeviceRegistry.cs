@@ -94,6 +94,11 @@ public sealed partial class DeviceRegistry : IHostedService
     /// <returns>The device, or null when unknown or disabled.</returns>
     public Device? FindEnabled(string id) => _devices.GetValueOrDefault(id) is { Disabled: false } d ? d : null;
 
+    /// <summary>When the device was last changed at run time (added, disabled, enabled, re-keyed), or null if never.</summary>
+    /// <param name="id">Device id.</param>
+    /// <returns>The time of its last change.</returns>
+    public DateTimeOffset? ChangedAt(string id) => _managed.GetValueOrDefault(id)?.UpdatedAt;
+
     /// <summary>
     /// <see cref="Find"/>, and on a spool shared with other instances, when the device is not known here, once more after
     /// reading the spool's devices again: one added on another instance moments ago (its alerts may reach this instance

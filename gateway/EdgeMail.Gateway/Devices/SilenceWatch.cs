@@ -16,8 +16,11 @@ namespace EdgeMail.Gateway.Devices;
 /// same id already stored and sends nothing twice; episodes still open at a restart are found in the spool. How long a
 /// device has been quiet is measured on the monotonic clock (<see cref="Moment"/>), so a step of the wall clock makes
 /// no device silent, nor one back; the wall times are what the alerts and the console show. A disabled
-/// device is not watched: disabling a silent one ends its silence without a <c>DEVICE_BACK</c>, and once enabled again it
-/// has its whole limit from that moment to be heard.
+/// device is not watched: disabling a silent one (or removing it) ends its silence without a <c>DEVICE_BACK</c> mail, and
+/// once enabled again it has its whole limit from that moment to be heard. The end is recorded in the spool all the same,
+/// as the episode's <c>DEVICE_BACK</c> stored cancelled (never routed): without it the episode stayed open there, and a
+/// restart after the device was enabled again took it up, counted the device silent at once and mailed a
+/// <c>DEVICE_BACK</c> for a silence long over when it was next heard.
 /// </summary>
 public sealed partial class SilenceWatch : SupervisedLoop
 {
@@ -39,6 +42,9 @@ public sealed partial class SilenceWatch : SupervisedLoop
     // silence is measured from then, not from the last time they were heard, which was before they were refused.
     private readonly HashSet<string> _paused = new(StringComparer.Ordinal);
     private readonly Dictionary<string, Moment> _resumed = new(StringComparer.Ordinal);
+
+    // Under the _silentSince lock. Silences ended by a disabling or a removal, not yet recorded as ended in the spool.
+    private readonly Dictionary<string, Ended> _ended = new(StringComparer.Ordinal);
     private readonly Spool.Signal _wake = new();
     private volatile int _silentCount;
 
@@ -162,6 +168,14 @@ public sealed partial class SilenceWatch : SupervisedLoop
         {
             if (_devices.Find(history.Device) is not { } device)
             {
+                if (history.OpenSilenceAlertId is { } goneId && EpisodeKey(goneId) is long goneKey)
+                {
+                    lock (_silentSince)
+                    {
+                        _ended[history.Device] = new Ended(goneKey, Removed: true);
+                    }
+                }
+
                 continue; // no longer configured
             }
 
@@ -170,8 +184,16 @@ public sealed partial class SilenceWatch : SupervisedLoop
                 _presence.SeedHeartbeatInterval(history.Device, gap);
             }
 
-            // A disabled device's silence ended when it was disabled (no DEVICE_BACK is raised for it).
-            if (!device.Disabled && history.OpenSilenceAlertId is { } alertId && EpisodeKey(alertId) is long key)
+            // A disabled device's silence ended when it was disabled (no DEVICE_BACK is mailed for it); one disabled by a
+            // gateway of before, or while this one was down, is recorded as ended now.
+            if (device.Disabled && history.OpenSilenceAlertId is { } endedId && EpisodeKey(endedId) is long endedKey)
+            {
+                lock (_silentSince)
+                {
+                    _ended[history.Device] = new Ended(endedKey, Removed: false);
+                }
+            }
+            else if (history.OpenSilenceAlertId is { } alertId && EpisodeKey(alertId) is long key)
             {
                 // Its quiet began at the wall time its id names: all a restart has to measure from. Not heard since, the
                 // device's own last-heard moment is that beginning (the very timestamp: only a later one is a return).
@@ -184,11 +206,30 @@ public sealed partial class SilenceWatch : SupervisedLoop
             }
         }
 
+        // When it was enabled again is not kept, but it was no earlier than the device's last change: one changed after
+        // it was last heard, not silent now, has its limit from that change (as if enabled again then), not from a time
+        // before it was refused, which made it silent at once, under the id of the silence that disabling had ended.
+        foreach (var device in _devices.All)
+        {
+            if (!device.Disabled && _devices.ChangedAt(device.Id) is { } changed && _presence.LastHeard(device.Id) is { } heard && heard.Wall < changed)
+            {
+                lock (_silentSince)
+                {
+                    if (!_silentSince.ContainsKey(device.Id))
+                    {
+                        _resumed[device.Id] = _presence.Past(changed);
+                    }
+                }
+            }
+        }
+
         UpdateCount();
     }
 
     private async Task CheckAsync(CancellationToken cancellationToken)
     {
+        // First, so that no later silence of a device enabled again is stored before the end of its earlier one.
+        await RecordEndedAsync(cancellationToken).ConfigureAwait(false);
         var now = _presence.Now();
         foreach (var device in _devices.All)
         {
@@ -263,11 +304,48 @@ public sealed partial class SilenceWatch : SupervisedLoop
         {
             foreach (string gone in _silentSince.Keys.Where(d => _devices.Find(d) is null).ToList())
             {
+                _ended[gone] = new Ended(_silentSince[gone].Key, Removed: true);
                 _silentSince.Remove(gone); // no longer configured: not watched
             }
         }
 
         UpdateCount();
+    }
+
+    // Each ended silence is stored as its episode's DEVICE_BACK, cancelled: OpenSilences no longer finds the episode
+    // open, the prune may take its DEVICE_SILENT, and nobody is mailed. A later return of the same episode would be a
+    // duplicate of it. Kept for the next check when the spool fails.
+    private async Task RecordEndedAsync(CancellationToken cancellationToken)
+    {
+        List<KeyValuePair<string, Ended>> ended;
+        lock (_silentSince)
+        {
+            if (_ended.Count == 0)
+            {
+                return;
+            }
+
+            ended = [.. _ended];
+        }
+
+        var at = _clock.GetUtcNow();
+        foreach (var (id, end) in ended)
+        {
+            var device = _devices.Find(id) ?? new Device(id, string.Empty, id, string.Empty, [], Disabled: true, null, DeviceSource.Configuration);
+            string why = end.Removed ? "it is no longer configured" : "it was disabled";
+            string text = $"The silence of {device.Name} ({device.Id}) ended at {at.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC because {why}; it was not heard from.";
+            await RaiseAsync(device, "gw-back-" + end.Key.ToString(CultureInfo.InvariantCulture), BackCode, "info", text, at, cancellationToken,
+                $"not mailed: the silence ended because {why}, not because the device was heard from").ConfigureAwait(false);
+            lock (_silentSince)
+            {
+                if (_ended.TryGetValue(id, out var still) && still == end)
+                {
+                    _ended.Remove(id);
+                }
+            }
+
+            LogEnded(id, why);
+        }
     }
 
     private void Pause(string device)
@@ -276,7 +354,10 @@ public sealed partial class SilenceWatch : SupervisedLoop
         {
             _paused.Add(device);
             _resumed.Remove(device);
-            _silentSince.Remove(device);
+            if (_silentSince.Remove(device, out var episode))
+            {
+                _ended[device] = new Ended(episode.Key, Removed: false);
+            }
         }
     }
 
@@ -291,7 +372,8 @@ public sealed partial class SilenceWatch : SupervisedLoop
         }
     }
 
-    private async Task RaiseAsync(Device device, string alertId, string code, string severity, string text, DateTimeOffset now, CancellationToken cancellationToken)
+    private async Task RaiseAsync(Device device, string alertId, string code, string severity, string text, DateTimeOffset now, CancellationToken cancellationToken,
+        string? cancelledReason = null)
     {
         using var buffer = new MemoryStream();
         using (var json = new Utf8JsonWriter(buffer))
@@ -312,8 +394,8 @@ public sealed partial class SilenceWatch : SupervisedLoop
 
         // Stored under the device, by the gateway (via LOCAL): routed to its owners as any alert of it would be, and
         // not counted as a sign of life. A second store of the same episode is a duplicate and mails nobody.
-        await _spool.AcceptAlertAsync(new IncomingAlert(device.Id, alertId, now, null, buffer.ToArray(), null, code, IngestProtocols.Local, severity), cancellationToken)
-            .ConfigureAwait(false);
+        await _spool.AcceptAlertAsync(new IncomingAlert(device.Id, alertId, now, null, buffer.ToArray(), null, code, IngestProtocols.Local, severity, cancelledReason),
+            cancellationToken).ConfigureAwait(false);
     }
 
     private void UpdateCount()
@@ -332,6 +414,9 @@ public sealed partial class SilenceWatch : SupervisedLoop
     // A silence: the wall time its quiet began (Unix ms, which names its alerts) and the monotonic timestamp of it.
     private readonly record struct Episode(long Key, long Since);
 
+    // A silence ended without a return: its episode's key, and whether the device was removed (else disabled).
+    private readonly record struct Ended(long Key, bool Removed);
+
     private static string Describe(TimeSpan span) =>
         span.TotalHours >= 48 ? $"{span.TotalDays:0.#} days" : span.TotalMinutes >= 120 ? $"{span.TotalHours:0.#} hours" : $"{Math.Max(1, span.TotalMinutes):0} minutes";
 
@@ -340,6 +425,9 @@ public sealed partial class SilenceWatch : SupervisedLoop
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Device {Device} is back; DEVICE_BACK raised")]
     private partial void LogBack(string device);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "The silence of device {Device} ended because {Why}; recorded, not mailed")]
+    private partial void LogEnded(string device, string why);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "The silence watch could not use the spool; checking again later")]
     private partial void LogSpoolFailed(Exception ex);

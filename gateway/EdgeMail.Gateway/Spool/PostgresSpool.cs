@@ -622,7 +622,7 @@ public sealed partial class PostgresSpool : ISpool
             {
                 bool isNew = stored.Contains((Text(work.Alert.Device)!, Text(work.Alert.AlertId)!));
                 work.Result = isNew ? AcceptOutcome.Stored : AcceptOutcome.Duplicate;
-                ctx.AlertsStored |= isNew && work.Alert.RejectReason is null;
+                ctx.AlertsStored |= isNew && work.Alert.Status == AlertStatus.New;
             }
         }
         catch (PostgresException)
@@ -636,7 +636,7 @@ public sealed partial class PostgresSpool : ISpool
                     bool isNew = (await ListAsync(c, tx, CancellationToken.None, r => r.GetString(0), Insert, Columns([work])).ConfigureAwait(false)).Count > 0;
                     await tx.ReleaseAsync("one").ConfigureAwait(false);
                     work.Result = isNew ? AcceptOutcome.Stored : AcceptOutcome.Duplicate;
-                    ctx.AlertsStored |= isNew && work.Alert.RejectReason is null;
+                    ctx.AlertsStored |= isNew && work.Alert.Status == AlertStatus.New;
                 }
                 catch (PostgresException ex)
                 {
@@ -656,8 +656,8 @@ public sealed partial class PostgresSpool : ISpool
                 alerts.Select(a => a.ReceivedAt.ToUnixTimeMilliseconds()).ToArray(),
                 alerts.Select(a => Text(a.Peer)).ToArray(),
                 alerts.Select(a => a.Payload.ToArray()).ToArray(),
-                alerts.Select(a => a.RejectReason is null ? AlertStatus.New : AlertStatus.Rejected).ToArray(),
-                alerts.Select(a => Text(a.RejectReason)).ToArray(),
+                alerts.Select(a => a.Status).ToArray(),
+                alerts.Select(a => Text(a.Reason)).ToArray(),
                 alerts.Select(a => Text(a.Code)).ToArray(),
                 alerts.Select(a => Text(a.Via)).ToArray(),
                 alerts.Select(a => Text(a.Severity)).ToArray(),

@@ -95,8 +95,19 @@ internal static class SpoolArguments
 /// <param name="Code">The alert code, when valid.</param>
 /// <param name="Via">The protocol it came with (<see cref="IngestProtocols"/>), for the Received trace.</param>
 /// <param name="Severity">The alert's severity, when valid (the console filters on it).</param>
+/// <param name="CancelledReason">
+/// Why it is stored <c>cancelled</c>, never routed nor mailed: a record for the history only (the silence watch's end of
+/// a silence that no return ended, <see cref="Devices.SilenceWatch"/>); null for any other alert.
+/// </param>
 public sealed record IncomingAlert(string Device, string AlertId, DateTimeOffset ReceivedAt, string? Peer, ReadOnlyMemory<byte> Payload, string? RejectReason, string? Code,
-    string Via = IngestProtocols.Mqtt, string? Severity = null);
+    string Via = IngestProtocols.Mqtt, string? Severity = null, string? CancelledReason = null)
+{
+    /// <summary>The status it is stored with.</summary>
+    internal string Status => RejectReason is not null ? AlertStatus.Rejected : CancelledReason is not null ? AlertStatus.Cancelled : AlertStatus.New;
+
+    /// <summary>The reason stored with it, if any.</summary>
+    internal string? Reason => RejectReason ?? CancelledReason;
+}
 
 /// <summary>What the spool did with an incoming alert.</summary>
 public enum AcceptOutcome

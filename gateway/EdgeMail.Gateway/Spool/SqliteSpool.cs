@@ -266,13 +266,13 @@ public sealed partial class SqliteSpool : ISpool
             int inserted = s.Exec(
                 "INSERT INTO alerts(device, alert_id, received_at, peer, payload, status, reason, code, via, severity) VALUES($p0,$p1,$p2,$p3,$p4,$p5,$p6,$p7,$p8,$p9) ON CONFLICT(device, alert_id) DO NOTHING",
                 alert.Device, alert.AlertId, alert.ReceivedAt.ToUnixTimeMilliseconds(), alert.Peer, alert.Payload.ToArray(),
-                alert.RejectReason is null ? AlertStatus.New : AlertStatus.Rejected, alert.RejectReason, alert.Code, alert.Via, alert.Severity);
+                alert.Status, alert.Reason, alert.Code, alert.Via, alert.Severity);
             if (inserted == 0)
             {
                 return AcceptOutcome.Duplicate;
             }
 
-            if (alert.RejectReason is null)
+            if (alert.Status == AlertStatus.New)
             {
                 ctx.AlertsStored = true;
             }

@@ -146,7 +146,9 @@ public sealed class SilenceTests
         await CheckedAsync(watch);
         Assert.Equal(0, watch.SilentCount);
         Assert.False(watch.IsSilent("dev-1"));
-        Assert.Equal(1, (await gw.Spool.CountsAsync(default)).Alerts.Values.Sum()); // no DEVICE_BACK: it was not heard
+        // No DEVICE_BACK mailed: it was not heard. Its silence is recorded as ended by one stored cancelled.
+        await gw.UntilAsync(async () => (await gw.Spool.CountsAsync(default)).Alerts.GetValueOrDefault("cancelled") == 1, "the silence recorded as ended");
+        Assert.Equal(2, (await gw.Spool.CountsAsync(default)).Alerts.Values.Sum());
 
         // Enabled again: its limit runs from now, not from when it was last heard, and a new silence is a new episode.
         await registry.SetDisabledAsync("dev-1", false, default);
@@ -156,7 +158,56 @@ public sealed class SilenceTests
         clock.Advance(TimeSpan.FromMinutes(2));
         await CheckedAsync(watch);
         Assert.True(watch.IsSilent("dev-1"));
-        Assert.Equal(2, (await gw.Spool.CountsAsync(default)).Alerts.Values.Sum());
+        Assert.Equal(3, (await gw.Spool.CountsAsync(default)).Alerts.Values.Sum());
+    }
+
+    // Disabling a silent device ended its silence in memory only: its DEVICE_SILENT stayed open in the spool (kept from
+    // the prune for good), so a restart after it was enabled again took the episode up, counted the device silent at once
+    // and, when it was next heard, mailed DEVICE_BACK for a silence the operator had ended long before.
+    [Fact]
+    public async Task SilentDevice_DisabledThenEnabledAgain_IsNotSilentAfterARestart_AndMailsNoReturnWhenHeard()
+    {
+        var start = DateTimeOffset.UtcNow;
+        string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        var clock = new FakeTimeProvider(start);
+        var gw = await StartWatchedAsync(clock, dataDir);
+        try
+        {
+            await HeardTwiceAMinuteApartAsync(gw, clock);
+            var watch = gw.Host.Services.GetRequiredService<SilenceWatch>();
+            var registry = gw.Host.Services.GetRequiredService<DeviceRegistry>();
+            clock.Advance(TimeSpan.FromMinutes(6));
+            await CheckedAsync(watch);
+            Assert.True(watch.IsSilent("dev-1"));
+            await gw.MailAsync(1);
+
+            await registry.SetDisabledAsync("dev-1", true, default);
+            await CheckedAsync(watch);
+            await registry.SetDisabledAsync("dev-1", false, default);
+        }
+        finally
+        {
+            await gw.StopAsync();
+        }
+
+        // Restarted two minutes after it was enabled again: it has the rest of its limit, and nothing of the old episode.
+        var later = new FakeTimeProvider(start + TimeSpan.FromMinutes(9));
+        await using var again = await StartWatchedAsync(later, dataDir);
+        var watch2 = again.Host.Services.GetRequiredService<SilenceWatch>();
+        await CheckedAsync(watch2);
+        Assert.False(watch2.IsSilent("dev-1"));
+
+        using (var back = await again.ConnectAsync("dev-1"))
+        {
+            await HeartbeatAsync(back);
+            await back.DisconnectAsync();
+        }
+
+        await CheckedAsync(watch2);
+        Assert.False(watch2.IsSilent("dev-1"));
+        var counts = await again.Spool.CountsAsync(default);
+        Assert.Equal(1, counts.Messages.Values.Sum()); // the DEVICE_SILENT only
+        Assert.Equal(2, counts.Alerts.Values.Sum());
     }
 
     // Silence was measured on the wall clock: a forward step of it (NTP after a long drift, an operator setting the
