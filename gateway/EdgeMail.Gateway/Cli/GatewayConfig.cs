@@ -143,13 +143,15 @@ public sealed record GatewayConfig(string? File, IReadOnlyList<string> Overrides
     // A file that is missing or not JSON, or a value the binder cannot convert ("Failed to convert configuration value
     // at 'Mqtt:Port'"): restarting cannot fix these either.
     private static bool IsConfigurationError(Exception ex) =>
-        ex is FileNotFoundException or DirectoryNotFoundException or InvalidDataException or JsonException or FormatException or InvalidOperationException or UnauthorizedAccessException;
+        ex is FileNotFoundException or DirectoryNotFoundException or ConfigFileException or InvalidDataException or JsonException or FormatException or InvalidOperationException
+            or UnauthorizedAccessException;
 
     /// <summary>A configuration that cannot be read at all, in one line with its fix.</summary>
     /// <param name="ex">What reading it threw (<see cref="IsConfigurationError"/>).</param>
     /// <returns>The message.</returns>
     internal static string Explain(Exception ex) => ex switch
     {
+        ConfigFileException unreadable => $"{ex.Message} Fix: {unreadable.Fix}",
         UnauthorizedAccessException => ex.Message + " Fix: run as root or as the gateway's user (the file is root:edgemail 0640 on the appliance).",
         FileNotFoundException or DirectoryNotFoundException => ex.Message
             + " Fix: give the path of the configuration file with --config FILE (or EDGEMAIL_CONFIG), e.g. /etc/edgemail/edgemail.json (edgemail.example.json documents every key).",

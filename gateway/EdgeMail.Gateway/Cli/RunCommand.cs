@@ -1,4 +1,5 @@
 using System.CommandLine;
+using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Operations;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
@@ -61,7 +62,7 @@ public static class RunCommand
             await ReportAsync(c, ex.Failures).ConfigureAwait(false);
             return ExitCodes.InvalidConfiguration;
         }
-        catch (Exception ex) when (ex is FileNotFoundException or InvalidDataException)
+        catch (Exception ex) when (ex is FileNotFoundException or InvalidDataException or ConfigFileException)
         {
             await ReportAsync(c, [GatewayConfig.Explain(ex)]).ConfigureAwait(false);
             return ExitCodes.InvalidConfiguration;

@@ -20,24 +20,54 @@ internal static class ConfigFile
     /// <returns><paramref name="builder"/>.</returns>
     public static IConfigurationBuilder AddConfigFile(this IConfigurationBuilder builder, string path)
     {
-        var source = new IndexedJsonConfigurationSource { Path = path, Optional = false, ReloadOnChange = false };
+        var source = new IndexedJsonConfigurationSource { Path = path, Optional = false, ReloadOnChange = false, FullPath = path };
         source.ResolveFileProvider();
         return builder.Add(source);
     }
 
     private sealed class IndexedJsonConfigurationSource : JsonConfigurationSource
     {
+        public required string FullPath { get; init; }
+
         public override IConfigurationProvider Build(IConfigurationBuilder builder)
         {
             EnsureDefaults(builder);
-            return new IndexedJsonConfigurationProvider(this);
+            return new IndexedJsonConfigurationProvider(this, FullPath);
         }
     }
 }
 
+/// <summary>The configuration file is there but cannot be read (no permission, a directory, an I/O error); the message names it and the OS's error.</summary>
+public sealed class ConfigFileException : Exception
+{
+    /// <summary>Creates the exception.</summary>
+    public ConfigFileException()
+    {
+    }
+
+    /// <summary>Creates the exception.</summary>
+    /// <param name="message">What cannot be read, and why.</param>
+    public ConfigFileException(string message)
+        : base(message)
+    {
+    }
+
+    /// <summary>Creates the exception.</summary>
+    /// <param name="message">What cannot be read, and why.</param>
+    /// <param name="inner">The OS's error.</param>
+    public ConfigFileException(string message, Exception inner)
+        : base(message, inner)
+    {
+    }
+
+    /// <summary>What to do about it, for <c>Fix:</c>.</summary>
+    public string Fix { get; init; } = "give the path of a JSON file the gateway's user can read with --config FILE (or EDGEMAIL_CONFIG).";
+}
+
 /// <summary>A JSON file provider that answers "the children of this path" from its keys in sorted order.</summary>
 /// <param name="source">The file.</param>
-internal sealed class IndexedJsonConfigurationProvider(JsonConfigurationSource source) : JsonConfigurationProvider(source)
+/// <param name="path">Its full path, for messages.</param>
+internal sealed class IndexedJsonConfigurationProvider(JsonConfigurationSource source, string path) : JsonConfigurationProvider(source)
 {
     // The keys in case-insensitive ordinal order (configuration keys ignore case): every key below a path "p" starts
     // with "p:" and so sits in one run, found by binary search. No per-path copy of the names is kept: with 10,000
@@ -46,7 +76,32 @@ internal sealed class IndexedJsonConfigurationProvider(JsonConfigurationSource s
 
     public override void Load()
     {
-        base.Load();
+        // The stock provider reports a directory as a file not found, and lets the OS's error on opening a file that is
+        // there escape as it came (no file named, no fix): the start failed as if it were not a configuration error.
+        if (Directory.Exists(path))
+        {
+            throw new ConfigFileException($"The configuration file '{path}' is a directory.")
+            {
+                Fix = "give the path of the JSON file itself with --config FILE (or EDGEMAIL_CONFIG), e.g. /etc/edgemail/edgemail.json.",
+            };
+        }
+
+        try
+        {
+            base.Load();
+        }
+        catch (UnauthorizedAccessException ex)
+        {
+            throw new ConfigFileException($"The configuration file '{path}' cannot be read: {ex.Message}", ex)
+            {
+                Fix = "let the gateway's user read it (on the appliance it is root:edgemail 0640), or run as root or as that user.",
+            };
+        }
+        catch (IOException ex) when (ex is not FileNotFoundException and not DirectoryNotFoundException)
+        {
+            throw new ConfigFileException($"The configuration file '{path}' cannot be read: {ex.Message}", ex);
+        }
+
         _sorted = null;
     }
 

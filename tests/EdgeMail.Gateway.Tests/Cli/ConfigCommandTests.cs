@@ -67,6 +67,29 @@ public sealed class ConfigCommandTests : TempDirectory
         Assert.Contains("Fix: correct the JSON", run.Error, StringComparison.Ordinal);
     }
 
+    // A file that is there but cannot be opened (no permission; here a socket, which root cannot open either) stopped the
+    // start with exit code 1 and the OS's error alone, as if a restart could fix it; a directory was reported "not found".
+    [Fact]
+    public async Task Run_AnUnreadableFileOrADirectory_ExitsTwoNamingTheFileTheErrorAndTheFix()
+    {
+        Directory.CreateDirectory(Dir);
+        string socketPath = Path.Combine(Dir, "edgemail.json");
+        using var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        socket.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(socketPath));
+        var run = await CliRun.RunAsync("run", "--config", socketPath);
+        Assert.True(run.Code == ExitCodes.InvalidConfiguration, run.ToString());
+        Assert.Contains($"The configuration file '{socketPath}' cannot be read: No such device or address", run.Error, StringComparison.Ordinal);
+        Assert.Contains("Fix: give the path of a JSON file the gateway's user can read with --config FILE", run.Error, StringComparison.Ordinal);
+
+        var check = await CliRun.RunAsync("check-config", "--config", socketPath);
+        Assert.True(check.Code == ExitCodes.InvalidConfiguration, check.ToString());
+        Assert.Contains("cannot be read", check.Out, StringComparison.Ordinal);
+
+        run = await CliRun.RunAsync("run", "--config", Dir);
+        Assert.True(run.Code == ExitCodes.InvalidConfiguration, run.ToString());
+        Assert.Contains($"The configuration file '{Dir}' is a directory. Fix: give the path of the JSON file itself", run.Error, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task CheckConfig_ConsoleAddressNotAnIp_NamesTheKey_AndTheGatewayDoesNotStart()
     {
