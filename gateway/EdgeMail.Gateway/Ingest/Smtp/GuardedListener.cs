@@ -115,8 +115,8 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
     [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP session from {Peer} closed with 500: command line longer than {Limit} bytes")]
     private partial void LogLineTooLong(string peer, int limit);
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP command from {Peer} refused with 501: {Reason}")]
-    private partial void LogParametersRefused(string peer, string reason);
+    [LoggerMessage(Level = LogLevel.Warning, Message = "SMTP command from {Peer} refused with {Code}: {Reason}")]
+    private partial void LogParametersRefused(string peer, int code, string reason);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "The gateway is stopping: {Count} SMTP session(s) answered 421 4.3.2 where they stand")]
     private partial void LogClosingAll(int count);
@@ -569,30 +569,30 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
                 return;
             }
 
-            string? refusal;
+            SmtpResponse? refusal = null;
             if (Auth != AuthStep.None || AuthResponses.IsAuthCommand(line))
             {
-                refusal = AuthResponses.Refusal(line.ToArray(), Auth);
-                if (refusal is not null)
+                if (AuthResponses.Refusal(line.ToArray(), Auth) is { } text)
                 {
+                    refusal = new SmtpResponse(SmtpReplyCode.SyntaxError, text);
                     Auth = AuthStep.None;
                 }
             }
             else if ((refusal = Parameters(line)) is not null)
             {
-                owner.LogParametersRefused(peer, refusal);
+                owner.LogParametersRefused(peer, (int)refusal.ReplyCode, refusal.Message);
             }
 
             if (refusal is not null)
             {
                 pipe.InnerInput.AdvanceTo(reader.Position);
-                throw new SmtpResponseException(new SmtpResponse(SmtpReplyCode.SyntaxError, refusal), false);
+                throw new SmtpResponseException(refusal, false);
             }
         }
 
-        // MAIL's parameters: see MailParameters. RCPT's SmtpServer does not read at all; a keyword given twice there is
-        // refused as at MAIL, where SmtpServer's dictionary threw on it (SIZE=1 SIZE=2) and closed the connection without a reply.
-        private static string? Parameters(ReadOnlySequence<byte> line)
+        // MAIL's and RCPT's parameters: see MailParameters. SmtpServer's dictionary threw on a keyword given twice at MAIL
+        // (SIZE=1 SIZE=2) and closed the connection without a reply; RCPT's it does not read at all.
+        private static SmtpResponse? Parameters(ReadOnlySequence<byte> line)
         {
             if (line.Length < 5)
             {
@@ -607,30 +607,7 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
                 return MailParameters.Refusal(line);
             }
 
-            if (!space || !System.Text.Ascii.EqualsIgnoreCase(verb[..4], "RCPT"u8))
-            {
-                return null;
-            }
-
-            string text = Encoding.ASCII.GetString(line);
-            int pathEnd = text.IndexOf('>', StringComparison.Ordinal);
-            string parameters = pathEnd < 0 ? string.Empty : text[(pathEnd + 1)..].Trim();
-            if (!parameters.Contains(' ', StringComparison.Ordinal))
-            {
-                return null; // one parameter at most: the common line
-            }
-
-            var seen = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
-            foreach (string parameter in parameters.Split(' ', StringSplitOptions.RemoveEmptyEntries))
-            {
-                string keyword = parameter.Split('=', 2)[0];
-                if (!seen.Add(keyword))
-                {
-                    return $"5.5.4 the parameter {(keyword.Length <= 32 ? keyword : keyword[..32])} is given twice";
-                }
-            }
-
-            return null;
+            return space && System.Text.Ascii.EqualsIgnoreCase(verb[..4], "RCPT"u8) ? MailParameters.RcptRefusal(line) : null;
         }
     }
 }

@@ -13,20 +13,27 @@ namespace EdgeMail.Gateway.Ingest.Smtp;
 /// never saw a SIZE. Each parameter must be RFC 5321's (§4.1.2) <c>keyword["=" value]</c>: the keyword letters, digits and
 /// '-', from a letter or digit; the value one or more printable ASCII characters but '='. SmtpServer's own white space
 /// separates them (it skips runs of it). The path is found by SmtpServer's parser, so what it takes as the path (a quoted
-/// local part holding '>', say) is what is passed over here.
+/// local part holding '>', say) is what is passed over here. A well-formed parameter of no extension the server offers
+/// is refused with <c>555 5.5.4</c> (RFC 5321 §4.1.1.11, §4.1.2): SmtpServer takes any (<c>SmtpParser.TryMakeMailParameters</c>)
+/// and reads only SIZE, and never looks after RCPT's path. The same checks apply to RCPT's parameters.
 /// </summary>
 internal static class MailParameters
 {
     private const int Shown = 32;
 
+    // The MAIL parameters of what EHLO offers (SmtpServer's EhloCommand.GetExtensions): SIZE (RFC 1870), BODY of 8BITMIME
+    // (RFC 6152), SMTPUTF8 (RFC 6531), AUTH (RFC 4954; taken on a port without AUTH too, where it only names a sender
+    // that a client relays for). None of them gives RCPT one (DSN's NOTIFY and ORCPT are not offered).
+    private static readonly string[] MailKeywords = ["SIZE", "BODY", "SMTPUTF8", "AUTH"];
+
     // The parser keeps only its command factory, which none of the parts called here uses: one serves every session.
     private static readonly SmtpParser Parser = new(new SmtpCommandFactory());
     private static readonly SearchValues<byte> ValueBytes = SearchValues.Create([.. Enumerable.Range(33, 28).Select(b => (byte)b), .. Enumerable.Range(62, 65).Select(b => (byte)b)]);
 
-    /// <summary>Why a <c>MAIL</c> command line's parameters are refused, as the text of a 501 reply; null when they are well-formed.</summary>
+    /// <summary>Why a <c>MAIL</c> command line's parameters are refused (501 malformed, 555 not offered); null when they are taken.</summary>
     /// <param name="line">A MAIL command line, without its CRLF.</param>
-    /// <returns>The reply text (after the code), or null.</returns>
-    public static string? Refusal(ReadOnlySequence<byte> line)
+    /// <returns>The reply, or null.</returns>
+    public static SmtpResponse? Refusal(ReadOnlySequence<byte> line)
     {
         if (EndsAtItsPath(line))
         {
@@ -51,19 +58,86 @@ internal static class MailParameters
             return null; // likewise
         }
 
+        return CheckRest(ref reader, MailKeywords, "MAIL");
+    }
+
+    /// <summary>Why an <c>RCPT</c> command line's parameters are refused (501 malformed, 555 not offered: no RCPT parameter is); null when it has none.</summary>
+    /// <param name="line">An RCPT command line, without its CRLF.</param>
+    /// <returns>The reply, or null.</returns>
+    public static SmtpResponse? RcptRefusal(ReadOnlySequence<byte> line)
+    {
+        if (EndsAtItsPath(line))
+        {
+            return null;
+        }
+
+        // RCPT TO:<postmaster> takes no domain, which SmtpServer's parser wants: it is read as the guarded reader hands it
+        // over, with one (PostmasterPath).
+        if (line.Length <= PostmasterPath.MaxLine && PostmasterPath.TryAddDomain(line.ToArray(), "postmaster.invalid", out byte[] rewritten))
+        {
+            line = new ReadOnlySequence<byte>(rewritten.AsMemory(0, rewritten.Length - 2)); // without the CRLF it gained
+        }
+
+        var reader = new TokenReader(line);
+        if (!Parser.TryMakeRcptLiteral(ref reader))
+        {
+            return null;
+        }
+
+        reader.Skip(TokenKind.Space);
+        if (!Parser.TryMakeToLiteral(ref reader) || reader.Take().Kind != TokenKind.Colon)
+        {
+            return null; // SmtpServer answers it
+        }
+
+        reader.Skip(TokenKind.Space);
+        if (!reader.TryMake(Parser.TryMakePath, out IMailbox _))
+        {
+            return null; // likewise
+        }
+
+        return CheckRest(ref reader, [], "RCPT");
+    }
+
+    private static SmtpResponse? CheckRest(ref TokenReader reader, string[] known, string verb)
+    {
         if (!reader.TryMake(Rest, out ReadOnlySequence<byte> parameters) || parameters.IsEmpty)
         {
             return null;
         }
 
-        return Check(parameters.IsSingleSegment ? parameters.FirstSpan : parameters.ToArray());
+        return Check(parameters.IsSingleSegment ? parameters.FirstSpan : parameters.ToArray(), known, verb);
     }
 
-    /// <summary>Checks the parameters after the path.</summary>
+    /// <summary>Checks the parameters after the path: each well-formed (else 501), given once (else 501), and one of <paramref name="known"/> (else 555).</summary>
     /// <param name="parameters">Everything after the path.</param>
-    /// <returns>The reply text, or null when they are well-formed.</returns>
-    internal static string? Check(ReadOnlySpan<byte> parameters)
+    /// <param name="known">The keywords taken.</param>
+    /// <param name="verb">MAIL or RCPT, for the reply.</param>
+    /// <returns>The reply, or null when they are taken.</returns>
+    internal static SmtpResponse? Check(ReadOnlySpan<byte> parameters, string[] known, string verb)
     {
+        string? malformed = Malformed(parameters, known, out string? unknown);
+        if (malformed is not null)
+        {
+            return new SmtpResponse(SmtpReplyCode.SyntaxError, malformed);
+        }
+
+        if (unknown is null)
+        {
+            return null;
+        }
+
+        string offered = known.Length == 0 ? "no parameters are offered for RCPT" : $"{verb} takes {string.Join(", ", known)}";
+        return new SmtpResponse(NotRecognized, $"5.5.4 the parameter {unknown} is not recognized or not implemented here: {offered} (RFC 5321)");
+    }
+
+    /// <summary>RFC 5321's reply to a MAIL or RCPT parameter not recognized or not implemented (SmtpServer has no name for it).</summary>
+    internal const SmtpReplyCode NotRecognized = (SmtpReplyCode)555;
+
+    // The first problem of form as the text of a 501 reply; meanwhile the first well-formed keyword not taken.
+    private static string? Malformed(ReadOnlySpan<byte> parameters, string[] known, out string? unknown)
+    {
+        unknown = null;
         HashSet<string>? seen = null;
         int i = 0;
         while (true)
@@ -116,9 +190,15 @@ internal static class MailParameters
                 }
             }
 
-            if (!(seen ??= new HashSet<string>(StringComparer.OrdinalIgnoreCase)).Add(Encoding.ASCII.GetString(keyword)))
+            string name = Encoding.ASCII.GetString(keyword);
+            if (!(seen ??= new HashSet<string>(StringComparer.OrdinalIgnoreCase)).Add(name))
             {
                 return $"5.5.4 the parameter {Show(keyword)} is given twice";
+            }
+
+            if (unknown is null && !known.Contains(name, StringComparer.OrdinalIgnoreCase))
+            {
+                unknown = Show(keyword);
             }
         }
     }
