@@ -45,10 +45,20 @@ public sealed record SentReceipt(string Device, string AlertId, string State, Da
 /// </summary>
 public sealed class ReceiptHand
 {
-    internal ReceiptHand(ReceiptCopy copy) => Copy = copy;
+    internal ReceiptHand(ReceiptCopy copy, object record)
+    {
+        Copy = copy;
+        Record = record;
+    }
 
     /// <summary>The copy handed over: device, alert id and state, and the <c>at</c> and detail it says.</summary>
     public ReceiptCopy Copy { get; }
+
+    // The device's record of handed copies it went into (one per session: SessionEnded drops it), and whether it was
+    // pushed out of that record by newer copies (Receipts:MaxPerDevice). Under the publisher's custody lock.
+    internal object Record { get; }
+
+    internal bool Evicted { get; set; }
 }
 
 /// <summary>Where receipts go (the embedded broker, or an external one).</summary>
@@ -119,7 +129,8 @@ public sealed partial class ReceiptPublisher : IDisposable
     // session ended is no longer the one counted on, and must neither reach the next session nor release the copy the
     // replay gave it. By copy, not by (alert, state): a receipt that replaced its row while an older copy is on its way
     // (a cancel's 'failed' after the parked item's) is news the device must get, so it is handed over beside that copy.
-    private readonly Dictionary<string, Dictionary<ReceiptCopy, ReceiptHand>> _handed = new(StringComparer.Ordinal);
+    // In hand-over order, at most Receipts:MaxPerDevice per device (TryHand).
+    private readonly Dictionary<string, OrderedDictionary<ReceiptCopy, ReceiptHand>> _handed = new(StringComparer.Ordinal);
 
     // Acknowledged, their removal from the spool not committed yet: a replay meanwhile must not send them again.
     private readonly HashSet<ReceiptCopy> _removing = [];
@@ -396,7 +407,8 @@ public sealed partial class ReceiptPublisher : IDisposable
         ArgumentNullException.ThrowIfNull(kept);
         lock (_custody)
         {
-            return IsCurrent(kept);
+            // One pushed out of the record by newer copies still goes into the session it was handed for.
+            return IsCurrent(kept) || (kept.Evicted && _handed.TryGetValue(kept.Copy.Device, out var held) && ReferenceEquals(held, kept.Record));
         }
     }
 
@@ -468,8 +480,20 @@ public sealed partial class ReceiptPublisher : IDisposable
                 return null;
             }
 
-            var hand = new ReceiptHand(copy);
+            var hand = new ReceiptHand(copy, held);
             held.Add(copy, hand);
+
+            // A device away in its persistent session at QoS 1 acknowledges nothing until it is back, and MQTTnet keeps
+            // the copies it queued for it (dropping its oldest past its own limit): the record grew by one per receipt
+            // for as long as the session lived, though the spool keeps only the newest Receipts:MaxPerDevice of them. It
+            // keeps as many, the newest. An older copy's PUBACK then removes nothing (its row is trimmed, or is handed
+            // again at a later subscription: at least once), and one still on its way goes into the session all the same.
+            while (held.Count > Math.Max(1, _options.MaxPerDevice))
+            {
+                held.GetAt(0).Value.Evicted = true;
+                held.RemoveAt(0);
+            }
+
             return hand;
         }
     }

@@ -230,6 +230,40 @@ public sealed class KeptReceiptTests
         await device.DisconnectAsync();
     }
 
+    // A device away in its persistent session at QoS 1 acknowledges nothing until it is back: the publisher's record of
+    // copies handed to its session grew by one per receipt for the session's life, though the spool keeps only the
+    // newest Receipts:MaxPerDevice.
+    [Fact]
+    public async Task KeptReceipts_ToAQos1DeviceAwayInItsPersistentSession_AreHeldInMemoryAtMostMaxPerDevice_AndArriveWhenItResumes()
+    {
+        await using var gw = await TestGateway.StartAsync(c => c["Receipts"] = new { MaxPerDevice = 10 });
+        var receipts = gw.Host.Services.GetRequiredService<ReceiptPublisher>();
+        var presence = gw.Host.Services.GetRequiredService<DevicePresence>();
+        using var device = new MqttClientFactory().CreateMqttClient();
+        await device.ConnectAsync(Persistent(gw, "dev-1"));
+        var inbox = await ReceiptInbox.SubscribeAsync(device, "dev-1", MqttQualityOfServiceLevel.AtLeastOnce);
+        await device.DisconnectAsync();
+        await gw.UntilAsync(() => Task.FromResult(!presence.IsConnected("dev-1")), "the broker done with the connection");
+
+        const int count = 50;
+        for (int i = 0; i < count; i++)
+        {
+            await receipts.KeepAndPublishAsync(new KeptReceipt("dev-1", $"q-{i}", ReceiptState.Relayed, DateTimeOffset.UtcNow, "250 2.0.0 queued as X"));
+        }
+
+        Assert.InRange(receipts.InFlight(), 1, 10);
+
+        await device.ConnectAsync(Persistent(gw, "dev-1")); // resumes its session: MQTTnet sends what it queued
+        for (int i = 0; i < count; i++)
+        {
+            await inbox.WaitForAsync($"q-{i}", ReceiptState.Relayed); // those pushed out of the record too
+        }
+
+        await gw.UntilAsync(async () => (await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 1000, default)).Count == 0, "the kept ones removed by their PUBACKs");
+        await gw.UntilAsync(() => Task.FromResult(receipts.InFlight() == 0), "nothing held any more");
+        await device.DisconnectAsync();
+    }
+
     [Fact]
     public async Task FailedReceipt_QueuedInASessionTheDeviceThenDropsWithACleanSession_IsHandedToItsNewSession()
     {
