@@ -816,6 +816,11 @@ public sealed partial class FlashQueue
             return;
         }
 
+        if (_scanTorn && LeaveTornHead())
+        {
+            return;
+        }
+
         // The write that followed the last valid record, if power failed inside it before anything became
         // visible, touched at most the rest of the page it started in (later pages are written only after
         // the first one completed, and that shows): resume on the page after it.
@@ -833,6 +838,32 @@ public sealed partial class FlashQueue
             // Pin the place past the torn cells at once: they may read erased on a later boot.
             WritePendingRecovery();
         }
+    }
+
+    /// <summary>
+    /// Continues in a fresh sector after a torn write, so nothing more is programmed in the sector that holds it: its
+    /// cells may read erased on a later boot, and if the record pinning the place past them were itself cut with
+    /// nothing visible, that boot would see clean flash, resume inside the torn write's pages and reach cells both
+    /// cuts touched (docs/flash-queue.md, "Mount and recovery"). A fresh sector is erased before every try, so a cut
+    /// there leaves nothing to trip over. With only the spare free, the oldest sector moves into it whole, as for an
+    /// acknowledgement; if it cannot, the queue stays in the torn sector.
+    /// </summary>
+    /// <returns>Whether writing continues in a new head.</returns>
+    private bool LeaveTornHead()
+    {
+        if (FreeSectors() == 1 && CollectTail(keepAll: true) == CollectedIntoNewSector)
+        {
+            return true;
+        }
+
+        if (FreeSectors() < 2)
+        {
+            return false;
+        }
+
+        OpenSector(Next(_head), _headSectorSeq + 1);
+        WriteAckRecord(_ackedThrough);
+        return true;
     }
 
     /// <summary>Writes the first record after a mount (see _recoveryPending) if it is still owed and fits in the head.</summary>

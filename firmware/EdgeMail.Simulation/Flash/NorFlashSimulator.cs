@@ -484,14 +484,17 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
             }
         }
 
-        if (!cut || _cut.Mode == CutMode.Complete)
+        if (!cut)
         {
             _units[u] = UnitProgrammed;
             _cutIntent.Remove(u);
         }
         else if (_units[u] != UnitProgrammed)
         {
-            // Whatever became visible, every unit of a started program holds some charge now.
+            // Whatever became visible, every unit of a started program holds some charge now. Even a program that
+            // completed as power failed is one the firmware never saw return: programming the same bytes there again
+            // only adds charge the weak cells lack, which NOR, ECC flash and encryption (same plaintext and address,
+            // same ciphertext) accept; other bytes are refused in strict mode.
             _units[u] = UnitTouched;
             _cutIntent[u] = buffer.AsSpan(offset, unit).ToArray();
         }

@@ -270,7 +270,7 @@ public class FlashQueueForeignImageTests(ITestOutputHelper output)
     [Theory]
     [InlineData("strict", FullPolicy.DropLowestPriority, 1)]
     [InlineData("nor", FullPolicy.DropLowestPriority, 2)]
-    [InlineData("nor", FullPolicy.DropOldest, 2)]
+    [InlineData("nor", FullPolicy.DropOldest, 1)]
     [InlineData("nor", FullPolicy.Reject, 2)]
     [InlineData("strict", FullPolicy.DropOldest, 1)]
     public void CutsDuringRecovery_AgainAndAgain_LoseNothing(string flashKind, FullPolicy policy, int maxDepth)
@@ -343,6 +343,15 @@ public class FlashQueueForeignImageTests(ITestOutputHelper output)
         Assert.Empty(failures);
     }
 
+    // A second cut inside recovery: the two that leave a later boot the least to see (cells touched with nothing
+    // visible; a write that reads whole now and erased later). A mount that reclaims a sector writes dozens of
+    // times, and every mode at every depth would take minutes.
+    private static readonly PowerCut[] SecondCuts =
+    {
+        new PowerCut(CutMode.NothingVisible, 0.5, WeakCells.Noisy),
+        new PowerCut(CutMode.Complete, 1, WeakCells.Fade),
+    };
+
     private static void Explore(NorFlashSimulator flash, FullPolicy policy, Dictionary<uint, uint> promised, string where, int depth, int maxDepth, PowerCut[] modes, List<string> failures, ref int chains)
     {
         // How many writes a clean mount does here.
@@ -368,7 +377,7 @@ public class FlashQueueForeignImageTests(ITestOutputHelper output)
         {
             for (int j = 0; j < writes; j++)
             {
-                foreach (var mode in modes)
+                foreach (var mode in depth == 0 ? modes : SecondCuts)
                 {
                     using var copy = flash.Fork(17 + j);
                     copy.PowerOn(depth + 1);
