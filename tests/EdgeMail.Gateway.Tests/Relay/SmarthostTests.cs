@@ -340,29 +340,23 @@ public sealed class SmarthostTests
         await Await.Within(dropped.Task.ContinueWith(_ => true), "the first attempt to reach the dropping server");
         await flaky.DisposeAsync();
         Assert.Empty(flaky.Messages);
-        await using var sink = await RebindAsync(port);
+        using var down = HoldPort(port);
+        await using var sink = await SmtpTestServer.StartAsync(new() { Port = port });
+        down.Dispose();
         var (message, _) = await sink.NextAsync();
 
         Assert.Equal("dev-3.flaky-1.alert@gw.test", message.MessageId);
     }
 
-    // The port is free once its server is gone, unless a connection made meanwhile holds it as its own local port (the
-    // OS draws ephemeral ports from the same range, and a loopback connect to a port nobody listens on can connect to
-    // itself): bind again until that connection has gone.
-    private static async Task<SmtpTestServer> RebindAsync(int port)
+    // The smarthost is down, its port held by a socket bound but not listening: connections are refused, and the OS cannot
+    // give the port to a connection as its own local one (a loopback connect to a port nobody holds can connect to itself,
+    // and the server coming back could then not bind). Both sockets reuse the address, so the server binds beside it.
+    private static Socket HoldPort(int port)
     {
-        var deadline = DateTime.UtcNow + Await.DefaultTimeout;
-        while (true)
-        {
-            try
-            {
-                return await SmtpTestServer.StartAsync(new() { Port = port });
-            }
-            catch (SocketException ex) when (ex.SocketErrorCode == SocketError.AddressAlreadyInUse && DateTime.UtcNow < deadline)
-            {
-                await Task.Delay(20);
-            }
-        }
+        var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+        socket.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, port));
+        return socket;
     }
 
     [Fact]
