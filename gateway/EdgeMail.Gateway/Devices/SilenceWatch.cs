@@ -278,7 +278,11 @@ public sealed partial class SilenceWatch : SupervisedLoop
                 string text = $"No heartbeat or alert from {device.Name} ({device.Id}) since {last.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC"
                     + (resumed is { } enabled ? $" (enabled again at {enabled.Wall.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC)" : string.Empty)
                     + $": silent for longer than its limit of {Describe(limit)}. Check its power, its link and the sensor itself.";
-                await RaiseAsync(device, "gw-silent-" + key.ToString(CultureInfo.InvariantCulture), SilentCode, "warning", text, now.Wall, cancellationToken).ConfigureAwait(false);
+                if (!await TryRaiseAsync(device, "gw-silent-" + key.ToString(CultureInfo.InvariantCulture), SilentCode, "warning", text, now.Wall, cancellationToken).ConfigureAwait(false))
+                {
+                    continue;
+                }
+
                 lock (_silentSince)
                 {
                     _silentSince[device.Id] = new Episode(key, quietSince.Stamp);
@@ -290,7 +294,11 @@ public sealed partial class SilenceWatch : SupervisedLoop
             {
                 string text = $"{device.Name} ({device.Id}) is back: heard from at {last.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC after "
                     + $"{Describe(_clock.GetElapsedTime(open.Since, heard.Stamp))} of silence.";
-                await RaiseAsync(device, "gw-back-" + open.Key.ToString(CultureInfo.InvariantCulture), BackCode, "info", text, now.Wall, cancellationToken).ConfigureAwait(false);
+                if (!await TryRaiseAsync(device, "gw-back-" + open.Key.ToString(CultureInfo.InvariantCulture), BackCode, "info", text, now.Wall, cancellationToken).ConfigureAwait(false))
+                {
+                    continue;
+                }
+
                 lock (_silentSince)
                 {
                     _silentSince.Remove(device.Id);
@@ -334,8 +342,12 @@ public sealed partial class SilenceWatch : SupervisedLoop
             var device = _devices.Find(id) ?? new Device(id, string.Empty, id, string.Empty, [], Disabled: true, null, DeviceSource.Configuration);
             string why = end.Removed ? "it is no longer configured" : "it was disabled";
             string text = $"The silence of {device.Name} ({device.Id}) ended at {at.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC because {why}; it was not heard from.";
-            await RaiseAsync(device, "gw-back-" + end.Key.ToString(CultureInfo.InvariantCulture), BackCode, "info", text, at, cancellationToken,
-                $"not mailed: the silence ended because {why}, not because the device was heard from").ConfigureAwait(false);
+            if (!await TryRaiseAsync(device, "gw-back-" + end.Key.ToString(CultureInfo.InvariantCulture), BackCode, "info", text, at, cancellationToken,
+                $"not mailed: the silence ended because {why}, not because the device was heard from").ConfigureAwait(false))
+            {
+                continue;
+            }
+
             lock (_silentSince)
             {
                 if (_ended.TryGetValue(id, out var still) && still == end)
@@ -372,8 +384,10 @@ public sealed partial class SilenceWatch : SupervisedLoop
         }
     }
 
-    private async Task RaiseAsync(Device device, string alertId, string code, string severity, string text, DateTimeOffset now, CancellationToken cancellationToken,
-        string? cancelledReason = null)
+    // One device's alert that cannot be stored for a reason other than the spool's (a SpoolException ends the whole check)
+    // must not leave the devices after it unwatched: logged, and tried again at the next check, nothing recorded meanwhile.
+    private async Task<bool> TryRaiseAsync(Device device, string alertId, string code, string severity, string text, DateTimeOffset now,
+        CancellationToken cancellationToken, string? cancelledReason = null)
     {
         using var buffer = new MemoryStream();
         using (var json = new Utf8JsonWriter(buffer))
@@ -394,8 +408,17 @@ public sealed partial class SilenceWatch : SupervisedLoop
 
         // Stored under the device, by the gateway (via LOCAL): routed to its owners as any alert of it would be, and
         // not counted as a sign of life. A second store of the same episode is a duplicate and mails nobody.
-        await _spool.AcceptAlertAsync(new IncomingAlert(device.Id, alertId, now, null, buffer.ToArray(), null, code, IngestProtocols.Local, severity, cancelledReason),
-            cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await _spool.AcceptAlertAsync(new IncomingAlert(device.Id, alertId, now, null, buffer.ToArray(), null, code, IngestProtocols.Local, severity, cancelledReason),
+                cancellationToken).ConfigureAwait(false);
+            return true;
+        }
+        catch (Exception ex) when (ex is not SpoolException and not OperationCanceledException)
+        {
+            LogRaiseFailed(ex, alertId, device.Id);
+            return false;
+        }
     }
 
     private void UpdateCount()
@@ -428,6 +451,9 @@ public sealed partial class SilenceWatch : SupervisedLoop
 
     [LoggerMessage(Level = LogLevel.Information, Message = "The silence of device {Device} ended because {Why}; recorded, not mailed")]
     private partial void LogEnded(string device, string why);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "Storing {AlertId} of device {Device} failed unexpectedly; the other devices are watched, this one is tried again at the next check")]
+    private partial void LogRaiseFailed(Exception ex, string alertId, string device);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "The silence watch could not use the spool; checking again later")]
     private partial void LogSpoolFailed(Exception ex);

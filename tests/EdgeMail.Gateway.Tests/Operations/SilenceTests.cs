@@ -1,5 +1,7 @@
 using EdgeMail.Gateway.Devices;
 using EdgeMail.Gateway.Operations;
+using EdgeMail.Gateway.Spool;
+using EdgeMail.Gateway.Tests.Spool;
 using EdgeMail.Testing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Time.Testing;
@@ -234,6 +236,45 @@ public sealed class SilenceTests
 
     // A wall clock that can be stepped while the monotonic one (GetTimestamp) goes on as before, as NTP steps a real one.
     // Silent after 5 minutes (or three heartbeat intervals, if longer), checked every 30 seconds.
+    // A silence that cannot be stored for a reason nobody expected (not the spool's own failure, which ends the check)
+    // stopped the check at that device: the loop restarted and stopped there again, and every device after it went
+    // unwatched. Now that device is tried again at the next check and the others are announced meanwhile.
+    [Fact]
+    public async Task SilenceThatFailsToStoreUnexpectedly_LeavesTheOtherDevicesWatched_AndIsStoredAtTheNextCheck()
+    {
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        FaultingSpool? faults = null;
+        await using var gw = await TestGateway.StartAsync(
+            c => c["Silence"] = new { MinimumAfter = "00:05:00", CheckInterval = "00:00:30" },
+            s =>
+            {
+                s.AddSingleton<TimeProvider>(clock);
+                s.AddSingleton(sp => ActivatorUtilities.CreateInstance<SilenceWatch>(sp, (faults = FaultingSpool.Wrap(sp.GetRequiredService<ISpool>())).Spool));
+            });
+        gw.Logs.Expect(e => e.Message.StartsWith("Storing gw-silent-", StringComparison.Ordinal) && e.Exception is InvalidOperationException);
+        using (var one = await gw.ConnectAsync("dev-1"))
+        using (var two = await gw.ConnectAsync("dev-2"))
+        {
+            await HeartbeatAsync(one);
+            await HeartbeatAsync(two, "dev-2");
+            clock.Advance(TimeSpan.FromMinutes(1));
+            await HeartbeatAsync(one);
+            await HeartbeatAsync(two, "dev-2"); // heartbeats a minute apart: silent after 5 min
+        }
+
+        var watch = gw.Host.Services.GetRequiredService<SilenceWatch>();
+        clock.Advance(TimeSpan.FromMinutes(6));
+        faults!.FailUnexpectedly(nameof(ISpool.AcceptAlertAsync));
+        await CheckedAsync(watch);
+        Assert.Equal(1, faults.Failed(nameof(ISpool.AcceptAlertAsync)));
+        Assert.Equal(1, watch.SilentCount); // the device after the one that failed is announced
+
+        await CheckedAsync(watch);
+        Assert.True(watch.IsSilent("dev-1"));
+        Assert.True(watch.IsSilent("dev-2"));
+        Assert.Equal(2, (await gw.MailAsync(2)).Length);
+    }
+
     private static Task<TestGateway> StartWatchedAsync(TimeProvider clock, string? dataDir = null) =>
         TestGateway.StartAsync(c => c["Silence"] = new { MinimumAfter = "00:05:00", CheckInterval = "00:00:30" },
             s => s.AddSingleton<TimeProvider>(clock), dataDir: dataDir);
@@ -248,10 +289,10 @@ public sealed class SilenceTests
         await device.DisconnectAsync();
     }
 
-    private static async Task HeartbeatAsync(IMqttClient device)
+    private static async Task HeartbeatAsync(IMqttClient device, string id = "dev-1")
     {
         string status = "{\"v\":1,\"fw\":\"1.4.2\",\"boot\":3,\"uptime_ms\":60000,\"queue_depth\":0,\"oldest_age_ms\":null,\"dropped\":0,\"battery_pct\":87,\"rssi_dbm\":-67}";
-        var ack = await device.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/status").WithPayload(status)
+        var ack = await device.PublishAsync(new MqttApplicationMessageBuilder().WithTopic($"edgemail/v1/{id}/status").WithPayload(status)
             .WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
         Assert.True(ack.IsSuccess);
     }

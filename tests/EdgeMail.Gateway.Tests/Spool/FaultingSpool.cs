@@ -18,6 +18,7 @@ public class FaultingSpool : DispatchProxy
 
     private readonly ConcurrentDictionary<string, int> _armed = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, int> _failed = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, int> _unexpected = new(StringComparer.Ordinal);
     private ISpool _inner = null!;
 
     /// <summary>Wraps <paramref name="inner"/>.</summary>
@@ -47,6 +48,18 @@ public class FaultingSpool : DispatchProxy
         _armed.AddOrUpdate(method, times, (_, n) => n + times);
     }
 
+    /// <summary>
+    /// Makes the next <paramref name="times"/> calls of <paramref name="method"/> fail as nothing should: an
+    /// <see cref="InvalidOperationException"/>, not the spool's own <see cref="SpoolException"/>.
+    /// </summary>
+    /// <param name="method">An <see cref="ISpool"/> method's name.</param>
+    /// <param name="times">How many calls.</param>
+    public void FailUnexpectedly(string method, int times = 1)
+    {
+        Fail(method, times);
+        _unexpected.AddOrUpdate(method, times, (_, n) => n + times);
+    }
+
     /// <summary>How many armed calls of <paramref name="method"/> have failed so far.</summary>
     /// <param name="method">The method's name.</param>
     /// <returns>The count.</returns>
@@ -56,9 +69,9 @@ public class FaultingSpool : DispatchProxy
     protected override object? Invoke(MethodInfo? targetMethod, object?[]? args)
     {
         ArgumentNullException.ThrowIfNull(targetMethod);
-        if (targetMethod.ReturnType.IsGenericType && targetMethod.ReturnType.GetGenericTypeDefinition() == typeof(Task<>) && TryTake(targetMethod.Name))
+        if (targetMethod.ReturnType.IsGenericType && targetMethod.ReturnType.GetGenericTypeDefinition() == typeof(Task<>) && TryTake(_armed, targetMethod.Name))
         {
-            var fault = new SpoolException(Message);
+            Exception fault = TryTake(_unexpected, targetMethod.Name) ? new InvalidOperationException(Message) : new SpoolException(Message);
             _failed.AddOrUpdate(targetMethod.Name, 1, (_, n) => n + 1);
             return typeof(FaultingSpool).GetMethod(nameof(Faulted), BindingFlags.NonPublic | BindingFlags.Static)!
                 .MakeGenericMethod(targetMethod.ReturnType.GetGenericArguments()[0]).Invoke(null, [fault]);
@@ -77,11 +90,11 @@ public class FaultingSpool : DispatchProxy
 
     private static Task<T> Faulted<T>(Exception fault) => Task.FromException<T>(fault);
 
-    private bool TryTake(string method)
+    private static bool TryTake(ConcurrentDictionary<string, int> armed, string method)
     {
-        while (_armed.TryGetValue(method, out int left) && left > 0)
+        while (armed.TryGetValue(method, out int left) && left > 0)
         {
-            if (_armed.TryUpdate(method, left - 1, left))
+            if (armed.TryUpdate(method, left - 1, left))
             {
                 return true;
             }
