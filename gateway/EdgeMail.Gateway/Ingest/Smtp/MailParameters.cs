@@ -40,25 +40,7 @@ internal static class MailParameters
             return null;
         }
 
-        var reader = new TokenReader(line);
-        if (!Parser.TryMakeMail(ref reader))
-        {
-            return null;
-        }
-
-        reader.Skip(TokenKind.Space);
-        if (!Parser.TryMakeFrom(ref reader) || reader.Take().Kind != TokenKind.Colon)
-        {
-            return null; // SmtpServer answers it
-        }
-
-        reader.Skip(TokenKind.Space);
-        if (!reader.TryMake(Parser.TryMakeReversePath, out IMailbox _))
-        {
-            return null; // likewise
-        }
-
-        return CheckRest(ref reader, MailKeywords, "MAIL");
+        return Refusal(line, Parser.TryMakeMail, Parser.TryMakeFrom, Parser.TryMakeReversePath, MailKeywords, "MAIL");
     }
 
     /// <summary>Why an <c>RCPT</c> command line's parameters are refused (501 malformed, 555 not offered: no RCPT parameter is); null when it has none.</summary>
@@ -78,29 +60,32 @@ internal static class MailParameters
             line = new ReadOnlySequence<byte>(rewritten.AsMemory(0, rewritten.Length - 2)); // without the CRLF it gained
         }
 
+        return Refusal(line, Parser.TryMakeRcptLiteral, Parser.TryMakeToLiteral, Parser.TryMakePath, [], "RCPT");
+    }
+
+    // The command's verb, FROM: or TO:, and its path are SmtpServer's to judge (a line they do not parse is left to it);
+    // what follows the path is checked here.
+    private static SmtpResponse? Refusal(ReadOnlySequence<byte> line, TokenReader.TryMakeDelegate command, TokenReader.TryMakeDelegate fromOrTo,
+        TokenReader.TryMakeDelegate<IMailbox> path, string[] known, string verb)
+    {
         var reader = new TokenReader(line);
-        if (!Parser.TryMakeRcptLiteral(ref reader))
+        if (!command(ref reader))
         {
             return null;
         }
 
         reader.Skip(TokenKind.Space);
-        if (!Parser.TryMakeToLiteral(ref reader) || reader.Take().Kind != TokenKind.Colon)
+        if (!fromOrTo(ref reader) || reader.Take().Kind != TokenKind.Colon)
         {
-            return null; // SmtpServer answers it
+            return null;
         }
 
         reader.Skip(TokenKind.Space);
-        if (!reader.TryMake(Parser.TryMakePath, out IMailbox _))
+        if (!reader.TryMake(path, out IMailbox _))
         {
-            return null; // likewise
+            return null;
         }
 
-        return CheckRest(ref reader, [], "RCPT");
-    }
-
-    private static SmtpResponse? CheckRest(ref TokenReader reader, string[] known, string verb)
-    {
         if (!reader.TryMake(Rest, out ReadOnlySequence<byte> parameters) || parameters.IsEmpty)
         {
             return null;
