@@ -25,6 +25,7 @@ public sealed partial class FlashQueue
     private const byte FlagRelocated = 1;
     private const int RelocationPrefix = 4;
     private const int DroppedPayload = 12;
+    private const int UsedThroughPayload = 4;
     private const byte MarkerPriority = 3;
     private const int Priorities = 4;
 
@@ -72,6 +73,12 @@ public sealed partial class FlashQueue
     // mount writes the same bytes at the same place, and no unit is ever programmed with two contents.
     private bool _recoveryPending;
     private uint _recoveryAck;
+
+    // The head's last record at mount, if it is an entry or a marker with nothing after it: a cut may have left it
+    // weak. Before the reader first hands it out, its number is made durable (WriteUsedThrough) unless a record of
+    // a higher number was programmed in this boot: once the number may have left the device, a later mount must not
+    // reuse it even if the record fades.
+    private uint _weakSeq;
 
     private bool _headRecovered;
 
@@ -200,6 +207,7 @@ public sealed partial class FlashQueue
         _erasedSector = -1;
         _recoveryPending = false;
         LastEntryAtMount = 0;
+        _weakSeq = 0;
         _lowestQueued = 0;
         DroppedSinceMount = 0;
         _handedOutHigh = 0;
@@ -338,6 +346,7 @@ public sealed partial class FlashQueue
             WriteRecord(HeaderSlot(_writeOffset), seq + 1, TypeDropped, MarkerPriority, 0, 0, _small, 0, _small, 0, DroppedPayload);
             _lastMarkerSeq = seq + 1;
             _nextSeq = seq + 2;
+            _weakSeq = 0;
             DroppedSinceMount++;
             if (_pendingKnown)
             {
@@ -349,6 +358,7 @@ public sealed partial class FlashQueue
 
         WriteRecord(pos, seq, TypeItem, priority, kind, 0, _small, 0, payload, offset, count);
         _nextSeq = seq + 1;
+        _weakSeq = 0; // a higher number is now durable
         _headMovedEnd = MovedEnd(_headMovedEnd, RelocationPrefix + count);
         if (priority < _lowestQueued)
         {
@@ -484,6 +494,11 @@ public sealed partial class FlashQueue
             if (_sentThrough > _handedOutHigh)
             {
                 _handedOutHigh = _sentThrough;
+            }
+
+            if (_weakSeq != 0 && _sentThrough >= _weakSeq)
+            {
+                WriteUsedThrough();
             }
 
             return true;
@@ -634,6 +649,7 @@ public sealed partial class FlashQueue
         _erasedSector = -1;
         _recoveryPending = false;
         LastEntryAtMount = 0;
+        _weakSeq = 0;
         _lastEntrySectorSeq = sectorSeq - 1; // nothing found before a format is live after it
         _lowestQueued = 0;
         _handedOutHigh = 0;
@@ -660,6 +676,7 @@ public sealed partial class FlashQueue
         bool committed = false;
         int movedEnd = _dataStart;
         uint lastEntry = 0;
+        uint lastNumbered = 0;
         int len;
         while ((len = NextIntactHeader(baseAddr, ref pos, _sectorBytes)) >= 0)
         {
@@ -694,6 +711,18 @@ public sealed partial class FlashQueue
                     _ackedThrough = seq;
                 }
 
+                // A used-through record (WriteUsedThrough): the record that held that number may have faded
+                // since, and its number may have been handed out.
+                if (len == UsedThroughPayload)
+                {
+                    _device.Read(baseAddr + pos + RecordOverhead, _small, 0, UsedThroughPayload);
+                    uint used = Le.U32(_small, 0);
+                    if (used >= _nextSeq && used - _nextSeq < 0x10000000u)
+                    {
+                        _nextSeq = used + 1;
+                    }
+                }
+
                 committed |= !torn && first != FirstOther;
             }
             else if (seq >= _nextSeq)
@@ -707,6 +736,7 @@ public sealed partial class FlashQueue
             }
 
             lastEntry = type == TypeItem ? seq : 0;
+            lastNumbered = type == TypeAck ? 0 : seq;
             pos += size;
             lastValidEnd = pos;
         }
@@ -719,6 +749,7 @@ public sealed partial class FlashQueue
         _scanFirst = first;
         _scanCommitted = committed;
         LastEntryAtMount = torn ? 0 : lastEntry;
+        _weakSeq = torn ? 0 : lastNumbered;
         _lastEntrySectorSeq = _headSectorSeq;
         _headMovedEnd = movedEnd;
     }
@@ -875,6 +906,31 @@ public sealed partial class FlashQueue
         }
 
         _recoveryPending = false;
+    }
+
+    /// <summary>
+    /// Records that every number up to the one before <see cref="NextSeq"/> is used: an acknowledgement of the
+    /// acknowledged-through number whose 4-byte payload is that number, programmed after the mount's recovery record
+    /// (which keeps the exact bytes invariant 1 needs) and before the reader first hands out the record a cut may have
+    /// left weak. It takes a slot below the ones kept for acknowledgements; with none left the number stays unpinned.
+    /// </summary>
+    private void WriteUsedThrough()
+    {
+        _weakSeq = 0;
+        int at = HeaderSlot(_writeOffset);
+        if (_recoveryPending)
+        {
+            at = HeaderSlot(at + RoundUp(RecordOverhead, _unit));
+        }
+
+        if (at + RoundUp(RecordOverhead + UsedThroughPayload, _unit) > _entryLimit)
+        {
+            return;
+        }
+
+        WritePendingRecovery();
+        Le.PutU32(_small, 0, _nextSeq - 1);
+        WriteRecord(HeaderSlot(_writeOffset), _ackedThrough, TypeAck, 0, 0, 0, _small, 0, _small, 0, UsedThroughPayload);
     }
 
     /// <summary>Returns where a record of <paramref name="bytes"/> (header included) goes, opening or reclaiming sectors as needed.</summary>
