@@ -48,19 +48,15 @@ public sealed class AlertStore
     private readonly Alert _dropped = new Alert();
     private readonly AlertRecordView _view = new AlertRecordView();
     private readonly Slot[] _slots = new Slot[Slots];
-    private readonly uint[] _chainIds = new uint[Chains];
-    private readonly uint[] _chainLatest = new uint[Chains];
+    private readonly Chain[] _chains = new Chain[Chains];
     private int _chainCount;
     private bool _scanned;
 
-    // The update the mount found last on flash may be a write a power cut interrupted, readable now and
-    // not on a later boot: until the gateway acknowledges it, or the full policy reclaims the sector it was
-    // found in, the older records of its alert that it stands in for are not acknowledged either
-    // (docs/flash-queue.md, "Weak cells").
-    private uint _suspectId;
-    private uint _suspectOriginal;
-    private uint _suspectSeq;
-    private uint _holdFrom;
+    // While some alert's older records are held back (Chain.HeldFrom), the highest acknowledgement the uplink gave:
+    // applied once the hold ends. And, while the reader goes over the queue a second time for alerts whose latest
+    // update did not read (FallBack), the last sequence number its first time handed out.
+    private uint _ackWanted;
+    private uint _secondSweepThrough;
     private uint _unreadableThrough;
     private uint _cutThrough;
 
@@ -176,7 +172,7 @@ public sealed class AlertStore
                 return updateSeq;
             }
 
-            SetChainLatest(slot.IdSeq, updateSeq, evict: true);
+            SetChainLatest(slot.IdSeq, updateSeq, durable: true, evict: true);
             slot.LatestSeq = updateSeq;
             slot.WrittenAtUptime = uptime;
             return updateSeq;
@@ -243,23 +239,40 @@ public sealed class AlertStore
     {
         lock (_lock)
         {
-            if (_holdFrom != 0)
+            if (seq > _ackWanted)
             {
-                // Once the update's sector is reclaimed, the update was moved (a copy this boot programmed whole) or
-                // dropped (counted by a marker): it can no longer fade, and if dropped it is never handed out, so
-                // waiting for its acknowledgement would hold every later one back for the rest of the boot.
-                if ((_suspectSeq != 0 && seq >= _suspectSeq) || !_queue.LastEntryAtMountInPlace)
+                _ackWanted = seq;
+            }
+
+            for (int i = 0; i < _chainCount; i++)
+            {
+                // The record standing for the held ones is acknowledged. Handed out by a second sweep, it went out after
+                // records with higher numbers: only its own number, or one handed out after it, says the gateway has
+                // it; and its own says the gateway has everything handed out before it (acknowledgements follow the
+                // order alerts were handed out in).
+                Chain c = _chains[i];
+                if (c.HeldFrom != 0 && c.SentAt != 0 && seq >= c.SentAt && (c.SentAfter == 0 || seq == c.SentAt || seq > c.SentAfter))
                 {
-                    _holdFrom = 0;
-                    _suspectId = 0;
-                }
-                else if (seq >= _holdFrom)
-                {
-                    seq = _holdFrom - 1;
+                    c.HeldFrom = 0;
+                    c.Settled = true;
+                    if (c.SentAfter > _ackWanted)
+                    {
+                        _ackWanted = c.SentAfter;
+                    }
                 }
             }
 
-            _queue.Acknowledge(seq);
+            uint through = _ackWanted;
+            for (int i = 0; i < _chainCount; i++)
+            {
+                uint held = _chains[i].HeldFrom;
+                if (held != 0 && through >= held)
+                {
+                    through = held - 1;
+                }
+            }
+
+            _queue.Acknowledge(through);
         }
     }
 
@@ -269,6 +282,12 @@ public sealed class AlertStore
         lock (_lock)
         {
             _queue.Rewind();
+            _secondSweepThrough = 0;
+            _ackWanted = 0;
+            for (int i = 0; i < _chainCount; i++)
+            {
+                _chains[i].NewPass();
+            }
         }
     }
 
@@ -289,21 +308,51 @@ public sealed class AlertStore
             ScanReplaced();
         }
 
-        while (_queue.TryRead(_entry, buffer, 0))
+        while (true)
         {
-            seq = _entry.Seq;
-            if (IsReplaced(buffer))
+            if (!_queue.TryRead(_entry, buffer, 0))
             {
-                if (_suspectId != 0 && IdOf(buffer) == _suspectId && (_holdFrom == 0 || seq < _holdFrom))
+                if (_secondSweepThrough == 0 && FallBack())
                 {
-                    _holdFrom = seq;
+                    _secondSweepThrough = _queue.HandedOutThrough;
+                    _queue.Rewind();
+                    continue;
                 }
 
+                _secondSweepThrough = 0;
+                ReleaseUnfound();
+                break;
+            }
+
+            seq = _entry.Seq;
+            bool again = seq <= _secondSweepThrough;
+            Chain? chain = ChainOf(buffer);
+            if (chain != null && chain.Latest != _entry.OriginalSeq)
+            {
+                Skip(chain, seq);
                 continue;
+            }
+
+            if (again && (chain == null || chain.SentAt != 0))
+            {
+                continue; // handed out by the first sweep
+            }
+
+            if (chain != null)
+            {
+                chain.SentAt = seq;
+                chain.SentAfter = again ? _secondSweepThrough : 0;
+                if (!again && seq >= _firstSeqOfBoot)
+                {
+                    // Programmed whole in this boot (appended, or moved by the full policy): it cannot fade.
+                    chain.Durable = true;
+                    chain.HeldFrom = 0;
+                }
             }
 
             if (_entry.Type == EntryType.Dropped)
             {
+                SettleDropped();
                 start = 0;
                 recordLength = EncodeDropped(buffer);
                 idSeq = _entry.Seq;
@@ -336,10 +385,6 @@ public sealed class AlertStore
             idSeq = IdOf(buffer);
             CountUnwrittenRepeats(idSeq, buffer, start);
             MarkHandedOut(idSeq);
-            if (idSeq == _suspectId && _entry.OriginalSeq == _suspectOriginal)
-            {
-                _suspectSeq = seq;
-            }
             return true;
         }
 
@@ -447,17 +492,11 @@ public sealed class AlertStore
     /// </summary>
     private void ScanReplaced()
     {
-        uint suspect = _queue.LastEntryAtMount;
         while (_queue.TryRead(_entry, _record, 0))
         {
             if (_entry.Type == EntryType.Item && _entry.Kind == KindUpdate && Check(_record) == AlertError.None)
             {
-                SetChainLatest(Le.U32(_record, 0), _entry.OriginalSeq, evict: false);
-                if (_entry.Seq == suspect)
-                {
-                    _suspectId = Le.U32(_record, 0);
-                    _suspectOriginal = _entry.OriginalSeq;
-                }
+                SetChainLatest(Le.U32(_record, 0), _entry.OriginalSeq, _entry.Seq >= _firstSeqOfBoot, evict: false);
             }
         }
 
@@ -467,20 +506,29 @@ public sealed class AlertStore
 
     /// <summary>
     /// Records that the alert first queued as <paramref name="idSeq"/> was updated by <paramref name="updateSeq"/> (kept
-    /// if it is the latest so far). With the table full, a new chain is not tracked: all its records are then sent, under
-    /// the same id, and the gateway keeps the first. A raise may make room by forgetting the oldest chain, because its
-    /// update is the latest of its alert; the scan may not: a chain forgotten and learnt again from an older record
-    /// moved forward would take that record for the latest and skip the newest one.
+    /// if it is the latest so far; <paramref name="durable"/> when that record was programmed whole in this boot). With
+    /// the table full, a new chain is not tracked: all its records are then sent, under the same id, and the gateway
+    /// keeps the first. A raise may make room by forgetting the oldest chain that holds nothing back, because its update
+    /// is the latest of its alert; the scan may not: a chain forgotten and learnt again from an older record moved
+    /// forward would take that record for the latest and skip the newest one.
     /// </summary>
-    private void SetChainLatest(uint idSeq, uint updateSeq, bool evict)
+    private void SetChainLatest(uint idSeq, uint updateSeq, bool durable, bool evict)
     {
         for (int i = 0; i < _chainCount; i++)
         {
-            if (_chainIds[i] == idSeq)
+            Chain c = _chains[i];
+            if (c.Id == idSeq)
             {
-                if (updateSeq > _chainLatest[i])
+                if (updateSeq > c.Latest)
                 {
-                    _chainLatest[i] = updateSeq;
+                    c.Latest = updateSeq;
+                    c.Durable = durable;
+                    c.Settled = false;
+                    c.SentAt = 0;
+                }
+                else if (updateSeq == c.Latest)
+                {
+                    c.Durable |= durable; // a copy the full policy moved in this boot
                 }
 
                 return;
@@ -490,18 +538,112 @@ public sealed class AlertStore
         if (_chainCount == Chains)
         {
             ForgottenChains++;
-            if (!evict)
+            int victim = 0;
+            while (victim < Chains && _chains[victim].HeldFrom != 0)
+            {
+                victim++;
+            }
+
+            if (!evict || victim == Chains)
             {
                 return;
             }
 
-            Array.Copy(_chainIds, 1, _chainIds, 0, Chains - 1);
-            Array.Copy(_chainLatest, 1, _chainLatest, 0, Chains - 1);
+            Chain forgotten = _chains[victim];
+            Array.Copy(_chains, victim + 1, _chains, victim, Chains - 1 - victim);
+            _chains[Chains - 1] = forgotten;
             _chainCount--;
         }
 
-        _chainIds[_chainCount] = idSeq;
-        _chainLatest[_chainCount++] = updateSeq;
+        Chain added = _chains[_chainCount] ??= new Chain();
+        added.Id = idSeq;
+        added.Latest = updateSeq;
+        added.Durable = durable;
+        added.Settled = false;
+        added.HeldFrom = 0;
+        added.NewPass();
+        _chainCount++;
+    }
+
+    /// <summary>
+    /// An older record of <paramref name="chain"/>'s alert, replaced by its latest update, is passed over. Unless that
+    /// update was programmed whole in this boot or is acknowledged, it may be a write a power cut interrupted: readable
+    /// now, and torn or faded when handed out or on a later boot. Until the gateway acknowledges it, acknowledgements
+    /// stay below this record, so the alert is never acknowledged unsent (docs/flash-queue.md, "Weak cells").
+    /// </summary>
+    private void Skip(Chain chain, uint seq)
+    {
+        if (_entry.OriginalSeq < chain.Latest && _entry.OriginalSeq > chain.Fallback)
+        {
+            chain.Fallback = _entry.OriginalSeq;
+        }
+
+        if (!chain.Durable && !chain.Settled && (chain.HeldFrom == 0 || seq < chain.HeldFrom))
+        {
+            chain.HeldFrom = seq;
+        }
+    }
+
+    /// <summary>
+    /// At the end of the queue: an alert whose older records are held back and whose latest update was not handed out
+    /// in this pass (it read torn, or the full policy dropped it) falls back to its newest older record seen. Returns
+    /// whether the reader must go over the queue again to hand those out.
+    /// </summary>
+    private bool FallBack()
+    {
+        bool again = false;
+        for (int i = 0; i < _chainCount; i++)
+        {
+            Chain c = _chains[i];
+            if (c.HeldFrom == 0 || c.SentAt != 0 || c.FellBack || c.Settled)
+            {
+                continue;
+            }
+
+            c.FellBack = true;
+            if (c.Fallback != 0)
+            {
+                c.Latest = c.Fallback;
+                c.Durable = false;
+                again = true;
+            }
+            else
+            {
+                c.HeldFrom = 0; // nothing of the alert left to read: holding on would only stop the queue draining
+            }
+        }
+
+        return again;
+    }
+
+    /// <summary>
+    /// A drop marker is handed out: an alert whose latest update it counts (the full policy dropped the update) is told
+    /// of by the marker, so its older records are neither held back nor sent in its place.
+    /// </summary>
+    private void SettleDropped()
+    {
+        for (int i = 0; i < _chainCount; i++)
+        {
+            Chain c = _chains[i];
+            if (c.Latest >= _entry.DroppedFirstSeq && c.Latest <= _entry.DroppedLastSeq && c.SentAt == 0)
+            {
+                c.Settled = true;
+                c.HeldFrom = 0;
+            }
+        }
+    }
+
+    /// <summary>Ends the holds of alerts whose fallback record did not read either: nothing of them is left to send.</summary>
+    private void ReleaseUnfound()
+    {
+        for (int i = 0; i < _chainCount; i++)
+        {
+            Chain c = _chains[i];
+            if (c.FellBack && c.SentAt == 0)
+            {
+                c.HeldFrom = 0;
+            }
+        }
     }
 
     /// <summary>
@@ -523,25 +665,25 @@ public sealed class AlertStore
     /// <summary>The id of the alert the entry just read belongs to (its own number, or the one an update names).</summary>
     private uint IdOf(byte[] record) => _entry.Kind == KindUpdate ? Le.U32(record, 0) : _entry.OriginalSeq;
 
-    /// <summary>Whether the entry just read was replaced by a later update of the same alert.</summary>
-    private bool IsReplaced(byte[] record)
+    /// <summary>The chain of updates the entry just read belongs to, if its alert has one.</summary>
+    private Chain? ChainOf(byte[] record)
     {
         if (_entry.Type != EntryType.Item || (_entry.Kind == KindUpdate && _entry.Length < 4))
         {
-            return false;
+            return null;
         }
 
         // Sequence numbers as first appended: stable when the full policy moves entries forward.
-        uint idSeq = _entry.Kind == KindUpdate ? Le.U32(record, 0) : _entry.OriginalSeq;
+        uint idSeq = IdOf(record);
         for (int i = 0; i < _chainCount; i++)
         {
-            if (_chainIds[i] == idSeq)
+            if (_chains[i].Id == idSeq)
             {
-                return _chainLatest[i] != _entry.OriginalSeq;
+                return _chains[i];
             }
         }
 
-        return false;
+        return null;
     }
 
     /// <summary>Encodes the alert that reports a drop marker into <paramref name="record"/>; returns its length.</summary>
@@ -581,6 +723,32 @@ public sealed class AlertStore
     {
         Le.PutU32(b, o, (uint)v);
         Le.PutU32(b, o + 4, (uint)(v >> 32));
+    }
+
+    /// <summary>A coalesced alert: its id and the original sequence number of its latest update.</summary>
+    private sealed class Chain
+    {
+        public uint Id;
+        public uint Latest;
+        public bool Durable;
+        public bool Settled;
+
+        // Acknowledgements stay below this sequence number (0: none held back).
+        public uint HeldFrom;
+
+        // This pass: where the latest was handed out, and if a second sweep did it, the last number the first handed out.
+        public uint SentAt;
+        public uint SentAfter;
+        public uint Fallback;
+        public bool FellBack;
+
+        public void NewPass()
+        {
+            SentAt = 0;
+            SentAfter = 0;
+            Fallback = 0;
+            FellBack = false;
+        }
     }
 
     private sealed class Slot

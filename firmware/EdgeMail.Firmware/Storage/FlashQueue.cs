@@ -847,7 +847,7 @@ public sealed partial class FlashQueue
             return;
         }
 
-        if (_scanTorn && LeaveTornHead())
+        if (_scanTorn && ContinueInNewSector(mayMoveOldest: true))
         {
             return;
         }
@@ -872,17 +872,18 @@ public sealed partial class FlashQueue
     }
 
     /// <summary>
-    /// Continues in a fresh sector after a torn write, so nothing more is programmed in the sector that holds it: its
-    /// cells may read erased on a later boot, and if the record pinning the place past them were itself cut with
-    /// nothing visible, that boot would see clean flash, resume inside the torn write's pages and reach cells both
-    /// cuts touched (docs/flash-queue.md, "Mount and recovery"). A fresh sector is erased before every try, so a cut
-    /// there leaves nothing to trip over. With only the spare free, the oldest sector moves into it whole, as for an
-    /// acknowledgement; if it cannot, the queue stays in the torn sector.
+    /// Continues in a fresh sector, so nothing more is programmed in the head: after a torn write, whose cells may read
+    /// erased on a later boot (if the record pinning the place past them were itself cut with nothing visible, that boot
+    /// would see clean flash, resume inside the torn write's pages and reach cells both cuts touched; docs/flash-queue.md,
+    /// "Mount and recovery"); and to pin a handed-out number when the head has no slot left for a used-through record
+    /// (the new sector's header names the next number). A fresh sector is erased before every try, so a cut there leaves
+    /// nothing to trip over. With only the spare free, the oldest sector moves into it whole, as for an acknowledgement,
+    /// if <paramref name="mayMoveOldest"/>: not while the reader is handing entries out, as moved entries come again.
     /// </summary>
     /// <returns>Whether writing continues in a new head.</returns>
-    private bool LeaveTornHead()
+    private bool ContinueInNewSector(bool mayMoveOldest)
     {
-        if (FreeSectors() == 1 && CollectTail(keepAll: true) == CollectedIntoNewSector)
+        if (mayMoveOldest && FreeSectors() == 1 && CollectTail(keepAll: true) == CollectedIntoNewSector)
         {
             return true;
         }
@@ -912,7 +913,8 @@ public sealed partial class FlashQueue
     /// Records that every number up to the one before <see cref="NextSeq"/> is used: an acknowledgement of the
     /// acknowledged-through number whose 4-byte payload is that number, programmed after the mount's recovery record
     /// (which keeps the exact bytes invariant 1 needs) and before the reader first hands out the record a cut may have
-    /// left weak. It takes a slot below the ones kept for acknowledgements; with none left the number stays unpinned.
+    /// left weak. It takes a slot below the ones kept for acknowledgements; with none left the queue continues in a new
+    /// sector, whose header pins the number (with only the spare free, the number stays unpinned).
     /// </summary>
     private void WriteUsedThrough()
     {
@@ -925,6 +927,7 @@ public sealed partial class FlashQueue
 
         if (at + RoundUp(RecordOverhead + UsedThroughPayload, _unit) > _entryLimit)
         {
+            ContinueInNewSector(mayMoveOldest: false);
             return;
         }
 
@@ -933,7 +936,6 @@ public sealed partial class FlashQueue
         WriteRecord(HeaderSlot(_writeOffset), _ackedThrough, TypeAck, 0, 0, 0, _small, 0, _small, 0, UsedThroughPayload);
     }
 
-    /// <summary>Returns where a record of <paramref name="bytes"/> (header included) goes, opening or reclaiming sectors as needed.</summary>
     /// <summary>
     /// Returns where a record of <paramref name="bytes"/> (header included) goes, opening or reclaiming sectors as
     /// needed; or -1 when the full policy drops the new entry itself (then a drop marker fits in the head).

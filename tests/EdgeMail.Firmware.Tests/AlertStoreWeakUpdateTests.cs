@@ -4,10 +4,14 @@ using EdgeMail.Firmware.Storage;
 using EdgeMail.Simulation.Flash;
 using Xunit;
 
-namespace EdgeMail.Firmware.Tests.Storage;
+namespace EdgeMail.Firmware.Tests;
 
-/// <summary>Review 27: the used-through record ends the suspect status of a weak update one boot early.</summary>
-public class Review27AlertStoreTests
+/// <summary>
+/// An update of a coalesced alert stands for its older records, which the store passes over. When a power cut struck the
+/// update as it was written, its cells may read whole in one read and torn in the next, or fade on a later boot
+/// (docs/flash-queue.md, "Weak cells"): the alert must still reach the gateway, from the update or from an older record.
+/// </summary>
+public class AlertStoreWeakUpdateTests
 {
     private sealed class ManualClock : IClock
     {
@@ -73,12 +77,10 @@ public class Review27AlertStoreTests
     }
 
     /// <summary>
-    /// A cut update X of the pump alert reads whole in boot 2 (LastEntryAtMount: acknowledgements are held below the
-    /// pump's first record R). Handing X out now writes the recovery and used-through records after it, so boot 3's
-    /// mount no longer sees X as the suspect last entry, although boot 3 is the first boot in which X's weak cells drift.
-    /// X reads whole in the store's scan (R is taken as replaced) and torn when handed out: the pump is not sent, the
-    /// gateway acknowledges what it got, the acknowledgement is no longer held and covers R. Boot 4: the pump alert, whose
-    /// first raise returned, is gone. (Before the change boot 2 wrote nothing, X stayed the suspect and R was held.)
+    /// A cut update X of the pump alert reads whole in boot 2 and is handed out (the mount's and used-through records
+    /// now follow it, so it is no longer the last entry on flash). Boot 3 is the first in which X's cells drift: X reads
+    /// whole in the store's scan, so the pump's first record R is passed over as replaced, and torn when handed out.
+    /// Acknowledging what the gateway got must not cover R: the pump, whose first raise returned, is still sent.
     /// </summary>
     [Fact]
     public void AWeakUpdateHandedOutInTheBootAfterItsCut_ReadsTornInTheNextBoot_ThePromisedAlertIsNotLost()
@@ -121,5 +123,46 @@ public class Review27AlertStoreTests
         var sent4 = Drain(fourth);
         bool pumpSent = sent3.Concat(sent4).Any(s => s.Json.GetProperty("code").GetString() == "PUMP_CYCLING");
         Assert.True(pumpSent, $"the pump alert (first raise returned) was never sent after boot 2; boot 3 sent [{string.Join(", ", sent3.Select(s => s.Json.GetProperty("code").GetString()))}]");
+    }
+
+    /// <summary>
+    /// In the boot after the cut, X reads whole in the mount's and the store's scans and torn when the reader reaches
+    /// it. The pump's first record R, passed over as replaced, is handed out in the same boot once the reader finds X
+    /// missing, after the door alert that follows it on flash. The gateway acknowledges in the order it received: the
+    /// door's acknowledgement (a higher number than R's) does not cover R; R's own then clears both.
+    /// </summary>
+    [Fact]
+    public void AWeakUpdateThatReadsTornWhenHandedOut_ItsAlertGoesOutInTheSameBootFromItsOlderRecord()
+    {
+        using var sim = new NorFlashSimulator(new FlashGeometry(64 * 1024, 4096, 1024, 1, true, false), seed: 5);
+        var flash = new NoisyRange(sim);
+        var clock = new ManualClock();
+        var (store, _) = Boot(flash, clock, boot: 1);
+        var pump = new Alert("PUMP_CYCLING", Severity.Warning, "Pump restarted");
+        store.Raise(pump);
+        store.Raise(new Alert("DOOR_OPEN", Severity.Warning, "Door open"));
+        byte[] before = sim.Snapshot();
+        sim.ScheduleCut(0, new PowerCut(CutMode.Complete, 1, WeakCells.None));
+        Assert.Throws<PowerLossException>(() => store.Raise(pump)); // the count-2 update X
+        byte[] after = sim.Snapshot();
+        flash.Start = Enumerable.Range(0, before.Length).First(i => before[i] != after[i]);
+        flash.End = Enumerable.Range(0, before.Length).Last(i => before[i] != after[i]) + 1;
+        sim.PowerOn();
+
+        flash.Reset(passing: 2); // the mount's scan and the store's
+        var (second, queue) = Boot(flash, clock, boot: 2);
+        var sent = Drain(second);
+
+        Assert.Equal(["DOOR_OPEN", "PUMP_CYCLING"], sent.Select(s => s.Json.GetProperty("code").GetString()));
+        Assert.Equal(1, sent[1].Json.GetProperty("count").GetInt32()); // the count promised: the second raise never returned
+        Assert.True(sent[1].Seq < sent[0].Seq, "the pump's first record is the older entry");
+        second.Acknowledge(sent[0].Seq);
+        Assert.Equal(0u, queue.AckedThrough);
+        second.Acknowledge(sent[1].Seq);
+        Assert.Equal(0u, second.Depth);
+
+        sim.PowerOn();
+        var (third, _) = Boot(flash, clock, boot: 3);
+        Assert.Empty(Drain(third));
     }
 }
