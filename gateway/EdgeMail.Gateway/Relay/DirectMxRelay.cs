@@ -3,6 +3,8 @@ using DnsClient;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Spool;
 using MailKit.Security;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace EdgeMail.Gateway.Relay;
 
@@ -10,18 +12,22 @@ namespace EdgeMail.Gateway.Relay;
 /// Delivers straight to each recipient domain's mail exchangers (DnsClient MX lookup, lowest preference first;
 /// a domain without MX records falls back to its own address records — the implicit MX of RFC 5321 §5.1; one with a
 /// null MX, RFC 7505, takes no mail and its recipients fail at once).
-/// Opportunistic STARTTLS. An exchanger that cannot be reached, refuses the session or answers every recipient with a
-/// 4xx passes the domain to the next address or exchanger. One SMTP transaction per domain; results are per recipient,
-/// and the recipients a domain's exchanger accepted are handed over for recording before the next domain is tried (if
-/// they cannot be, the domains not yet tried are deferred). Before each connection but the first, the attempt asks whether it may go on.
+/// Opportunistic STARTTLS, as Postfix's <c>smtp_tls_security_level = may</c>: an exchanger that refuses STARTTLS is
+/// talked to in plain text at once; one whose handshake fails passes a mail's first attempt to the next address or
+/// exchanger, and takes a mail that has been deferred before in plain text at once. An exchanger that cannot be reached,
+/// refuses the session or answers every recipient with a 4xx passes the domain to the next address or exchanger. One
+/// SMTP transaction per domain; results are per recipient, and the recipients a domain's exchanger accepted are handed
+/// over for recording before the next domain is tried (if they cannot be, the domains not yet tried are deferred).
+/// Before each connection but the first, the attempt asks whether it may go on.
 /// Recipients the exchanger turned away with "452 too many recipients" in a transaction that delivered to others follow
 /// at once in a further transaction to it, on the same connection, as the smarthost's do (<see cref="PartedAttempt.TakeAsync"/>).
 /// </summary>
-public sealed class DirectMxRelay : IMailTransport
+public sealed partial class DirectMxRelay : IMailTransport
 {
     private readonly RelayOptions _relay;
     private readonly SmtpRelay _smtp;
     private readonly LookupClient _dns;
+    private readonly ILogger _logger;
 
     // Addresses tried per domain in one attempt, across its exchangers (Postfix's smtp_mx_address_limit): an attempt
     // where each costs up to Relay:Timeout stays bounded however many exchangers and addresses a domain publishes.
@@ -30,9 +36,11 @@ public sealed class DirectMxRelay : IMailTransport
     /// <summary>Creates the relay.</summary>
     /// <param name="relay">Relay options (<c>MxPort</c>, <c>DnsServer</c>).</param>
     /// <param name="heloName">Name for EHLO.</param>
-    public DirectMxRelay(RelayOptions relay, string heloName)
+    /// <param name="logger">Where a fallback to plain text is told; none when null.</param>
+    public DirectMxRelay(RelayOptions relay, string heloName, ILogger<DirectMxRelay>? logger = null)
     {
         _relay = relay ?? throw new ArgumentNullException(nameof(relay));
+        _logger = logger ?? (ILogger)NullLogger.Instance;
         _smtp = new SmtpRelay(relay, heloName);
         var options = relay.DnsServer.Length > 0
             ? new LookupClientOptions(new NameServer(IPEndPoint.Parse(relay.DnsServer)))
@@ -167,32 +175,48 @@ public sealed class DirectMxRelay : IMailTransport
                     // Each address in turn, as MTAs do: an exchanger whose first address is down is reached at its next.
                     foreach (string address in addresses.Take(budget))
                     {
-                        if (await attempt.MayGoOnAsync(cancellationToken).ConfigureAwait(false) is { } stop)
-                        {
-                            results.AddRange(PartedAttempt.NotAttempted(groups.Skip(g).SelectMany(rest => rest), stop));
-                            return results;
-                        }
-
                         budget--;
-                        var client = SmtpRelay.NewClient();
 
                         // Opportunistic TLS (RFC 7435), as MTAs do between MX hosts: encrypt when offered, without requiring a
-                        // certificate that names the host; a STARTTLS failure is a connection failure and defers.
-                        client.ServerCertificateValidationCallback = (_, _, _, _) => true;
-                        try
+                        // certificate that names the host. When STARTTLS fails, the same address again in plain text
+                        // (PlainTextAfter); that second connection does not count against the budget, as in Postfix.
+                        var security = SecureSocketOptions.StartTlsWhenAvailable;
+                        RecordingSmtpClient client;
+                        while (true)
                         {
-                            sent = await _smtp.SendOnceAsync(client, part, address, _relay.MxPort, SecureSocketOptions.StartTlsWhenAvailable, authenticate: false, cancellationToken).ConfigureAwait(false);
-                        }
-                        catch
-                        {
-                            client.Dispose();
-                            throw;
+                            if (await attempt.MayGoOnAsync(cancellationToken).ConfigureAwait(false) is { } stop)
+                            {
+                                results.AddRange(PartedAttempt.NotAttempted(groups.Skip(g).SelectMany(rest => rest), stop));
+                                return results;
+                            }
+
+                            client = SmtpRelay.NewClient();
+                            client.ServerCertificateValidationCallback = (_, _, _, _) => true;
+                            try
+                            {
+                                sent = await _smtp.SendOnceAsync(client, part, address, _relay.MxPort, security, authenticate: false, cancellationToken).ConfigureAwait(false);
+                            }
+                            catch
+                            {
+                                client.Dispose();
+                                throw;
+                            }
+
+                            if (sent is null && security != SecureSocketOptions.None && client.TlsFailure is { } tls && PlainTextAfter(tls, message))
+                            {
+                                LogPlainText(host, address, tls.Error);
+                                client.Dispose();
+                                security = SecureSocketOptions.None;
+                                continue;
+                            }
+
+                            break;
                         }
 
                         if (sent is not null && !sent.All(r => r.Outcome == RecipientOutcome.Deferred))
                         {
                             // This exchanger has the domain's mail: recipients it turned away as too many follow on its connection.
-                            attempt.Exchanger = (client, host, address);
+                            attempt.Exchanger = (client, host, address, security);
                             break;
                         }
 
@@ -208,8 +232,11 @@ public sealed class DirectMxRelay : IMailTransport
                             continue;
                         }
 
-                        // Unreachable, or it refused the session (greeting, EHLO): the next address or exchanger may take it.
-                        last = $"exchanger {host}: {client.LastError}";
+                        // Unreachable, or it refused the session (greeting, EHLO), or its TLS handshake failed on the mail's
+                        // first attempt: the next address or exchanger may take it.
+                        last = client.TlsFailure is { Refused: false } handshake
+                            ? $"exchanger {host}: {handshake.Error} (the next attempt goes on in plain text)"
+                            : $"exchanger {host}: {client.LastError}";
                     }
 
                     if (sent is not null || budget == 0)
@@ -246,20 +273,31 @@ public sealed class DirectMxRelay : IMailTransport
         return results;
     }
 
+    // Postfix's smtp client at smtp_tls_security_level = may (smtp_proto.c): a refused STARTTLS goes on in plain text at
+    // once; after a failed handshake only a mail that has waited (PLAINTEXT_FALLBACK_OK_AFTER_STARTTLS_FAILURE:
+    // minimal_backoff_time since it arrived) goes on in plain text, so a fresh mail tries the other exchangers, encrypted,
+    // first. Direct MX has no password to protect and no policy requiring TLS; without this, mail to a domain whose
+    // only exchanger's TLS is broken would be deferred until Relay:MaxAge and bounce.
+    private static bool PlainTextAfter(TlsFailure failure, QueuedMessage message) => failure.Refused || message.Attempts > 0;
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "STARTTLS with exchanger {Host} ({Address}) failed: {Error}; the mail goes to it in plain text")]
+    private partial void LogPlainText(string host, string address, string error);
+
     /// <summary>A direct MX attempt: a domain's follow-up transactions go to the exchanger that took its first, on its connection.</summary>
     private sealed class MxAttempt(DirectMxRelay relay, QueuedMessage message, PartSent? partSent) : PartedAttempt(message, partSent)
     {
-        /// <summary>The exchanger (its connection, name and address) that took the current domain's transaction.</summary>
-        public (RecordingSmtpClient Client, string Host, string Address)? Exchanger { get; set; }
+        /// <summary>The exchanger (its connection, name, address and how it was secured) that took the current domain's transaction.</summary>
+        public (RecordingSmtpClient Client, string Host, string Address, SecureSocketOptions Security)? Exchanger { get; set; }
 
         protected override async Task<IReadOnlyList<RecipientResult>> FollowUpAsync(IReadOnlyList<string> recipients, CancellationToken cancellationToken)
         {
-            var (client, host, address) = Exchanger!.Value;
+            var (client, host, address, security) = Exchanger!.Value;
             var part = Message with { PendingRecipients = recipients };
 
-            // Connected again when the exchanger closed the session meanwhile; no other exchanger is tried: this one has
-            // the other recipients' copies, and its limit is the reason for this transaction.
-            return await relay._smtp.SendOnceAsync(client, part, address, relay._relay.MxPort, SecureSocketOptions.StartTlsWhenAvailable, authenticate: false, cancellationToken).ConfigureAwait(false)
+            // Connected again when the exchanger closed the session meanwhile (in plain text when that is how it took the
+            // mail); no other exchanger is tried: this one has the other recipients' copies, and its limit is the reason
+            // for this transaction.
+            return await relay._smtp.SendOnceAsync(client, part, address, relay._relay.MxPort, security, authenticate: false, cancellationToken).ConfigureAwait(false)
                 ?? [.. recipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, $"451 4.4.1 exchanger {host}: {client.LastError}") { RelayDown = true })];
         }
     }

@@ -215,6 +215,7 @@ public sealed class SmtpRelay : IMailTransport
         {
             if (!client.IsConnected)
             {
+                client.TlsFailure = null;
                 client.Timeout = (int)_relay.Timeout.TotalMilliseconds;
                 client.LocalDomain = _heloName;
                 if (_relay.AcceptAnyCertificate)
@@ -240,7 +241,17 @@ public sealed class SmtpRelay : IMailTransport
                     // A greeting other than 220, EHLO and HELO refused, or STARTTLS refused: the server turned down this
                     // session, not this mail (RFC 5321 §3.1, §5.1). A connection failure, then: direct MX tries the next
                     // exchanger, as Postfix does (smtp_skip_5xx_greeting), and with none left the mail is deferred.
-                    client.LastError = $"{host}:{port} refused the session: {(int)ex.StatusCode} {ex.Message}";
+                    string refusal = $"{(int)ex.StatusCode} {ex.Message}";
+                    if (client.StartTlsSent)
+                    {
+                        client.TlsFailure = new TlsFailure(Refused: true, refusal);
+                        client.LastError = $"{host}:{port} refused STARTTLS: {refusal}";
+                    }
+                    else
+                    {
+                        client.LastError = $"{host}:{port} refused the session: {refusal}";
+                    }
+
                     await SafeDisconnectAsync(client).ConfigureAwait(false);
                     return null;
                 }
@@ -363,6 +374,12 @@ public sealed class SmtpRelay : IMailTransport
         }
         catch (Exception ex) when (ex is SmtpProtocolException or IOException or SocketException or SslHandshakeException or ServiceNotConnectedException or ServiceNotAuthenticatedException or TimeoutException)
         {
+            if (ex is SslHandshakeException)
+            {
+                // MailKit's own text is advice about certificates; what broke the handshake is in the exceptions it wraps.
+                client.TlsFailure = new TlsFailure(Refused: false, $"TLS handshake with {host}:{port} failed: {HandshakeError(ex)}");
+            }
+
             client.LastError = $"connection to {host}:{port} failed: {ex.Message}";
             await SafeDisconnectAsync(client).ConfigureAwait(false);
             return null;
@@ -498,6 +515,20 @@ public sealed class SmtpRelay : IMailTransport
         }
     }
 
+    private static string HandshakeError(Exception ex)
+    {
+        var messages = new List<string>();
+        for (var inner = ex.InnerException; inner is not null; inner = inner.InnerException)
+        {
+            if (!messages.Contains(inner.Message))
+            {
+                messages.Add(inner.Message);
+            }
+        }
+
+        return messages.Count > 0 ? string.Join(": ", messages) : ex.Message;
+    }
+
     private static List<RecipientResult> Defer(QueuedMessage message, string reason) =>
         message.PendingRecipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.4.1 " + reason) { RelayDown = true }).ToList();
 
@@ -542,9 +573,28 @@ public sealed class SmtpRelay : IMailTransport
 /// </summary>
 internal sealed class RecordingSmtpClient : SmtpClient
 {
+    private readonly CommandWatch _commands;
+
+    public RecordingSmtpClient()
+        : this(new CommandWatch())
+    {
+    }
+
+    private RecordingSmtpClient(CommandWatch commands)
+        : base(commands) => _commands = commands;
+
     public Dictionary<string, (int Code, string Text)> Refused { get; } = new(StringComparer.OrdinalIgnoreCase);
 
     public string LastError { get; set; } = "connection failed";
+
+    /// <summary>How TLS failed on the last connection, when that is what failed it; else null.</summary>
+    public TlsFailure? TlsFailure { get; set; }
+
+    /// <summary>
+    /// Whether STARTTLS was the last command sent: MailKit answers a refused STARTTLS, a refused greeting and a refused
+    /// EHLO with the same exception.
+    /// </summary>
+    public bool StartTlsSent => _commands.StartTls;
 
     /// <summary>The spooled length of the message being sent when it goes out as spooled (prepared already); else null.</summary>
     public long? Spooled { get; set; }
@@ -579,5 +629,34 @@ internal sealed class RecordingSmtpClient : SmtpClient
     protected override void OnRecipientNotAccepted(MimeMessage message, MailboxAddress mailbox, SmtpResponse response)
     {
         Refused[mailbox.Address] = ((int)response.StatusCode, $"{(int)response.StatusCode} {response.Response}");
+    }
+}
+
+/// <summary>How TLS failed on a connection.</summary>
+/// <param name="Refused">The server refused STARTTLS with a reply (after offering it); false when the handshake failed.</param>
+/// <param name="Error">The reply, or what broke the handshake.</param>
+internal sealed record TlsFailure(bool Refused, string Error);
+
+/// <summary>The client's side of the wire, watched for the one command the client's exceptions do not name: STARTTLS.</summary>
+internal sealed class CommandWatch : IProtocolLogger
+{
+    private static readonly byte[] StartTlsCommand = "STARTTLS\r\n"u8.ToArray();
+
+    /// <summary>Whether the last write was the STARTTLS command (sent alone, and flushed for its reply).</summary>
+    public bool StartTls { get; private set; }
+
+    public IAuthenticationSecretDetector? AuthenticationSecretDetector { get; set; }
+
+    public void LogConnect(Uri uri) => StartTls = false;
+
+    public void LogClient(byte[] buffer, int offset, int count) =>
+        StartTls = buffer.AsSpan(offset, count).SequenceEqual(StartTlsCommand);
+
+    public void LogServer(byte[] buffer, int offset, int count)
+    {
+    }
+
+    public void Dispose()
+    {
     }
 }

@@ -20,7 +20,7 @@ public static class Transports
         return options.Relay.Mode.ToUpperInvariant() switch
         {
             "SMARTHOST" => new SmtpRelay(options.Relay, options.Sender.Hostname, Tokens(options, services), services.GetService<TimeProvider>()),
-            "DIRECTMX" => new DirectMxRelay(options.Relay, options.Sender.Hostname),
+            "DIRECTMX" => new DirectMxRelay(options.Relay, options.Sender.Hostname, services.GetService<ILogger<DirectMxRelay>>()),
             _ => new LocalMailbox(options.Relay.MailboxPath.Length > 0 ? options.Relay.MailboxPath : Path.Combine(options.DataPath(), "mailbox")),
         };
     }

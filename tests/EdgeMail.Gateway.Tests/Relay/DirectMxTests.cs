@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Globalization;
 using System.Net;
+using System.Security.Cryptography.X509Certificates;
 using System.Text;
 using EdgeMail.Gateway.Relay;
 using EdgeMail.Gateway.Spool;
@@ -18,7 +19,7 @@ namespace EdgeMail.Gateway.Tests.Relay;
 /// Direct MX delivery against a real DNS server on loopback (Debian's dnsmasq on an OS-chosen port) and a real SMTP
 /// server standing in for every exchanger (a second one on 127.0.0.2 where a test needs two hosts): MX preference order,
 /// implicit MX (A record only), NXDOMAIN, null MX, falling back past a refused session, an unreachable address or a 4xx
-/// for every recipient.
+/// for every recipient, and to plain text after a failed STARTTLS (a server with a certificate but not its key).
 /// </summary>
 public sealed class DirectMxTests
 {
@@ -305,6 +306,86 @@ public sealed class DirectMxTests
             Assert.Single(detail.Attempts).Results.Select(r => (r.Address, r.Outcome)).Order());
         Assert.All(detail.Attempts[0].Results.Where(r => r.Outcome == RecipientOutcome.Deferred), r => Assert.StartsWith("452 4.5.3 Error: too many recipients", r.Reply, StringComparison.Ordinal));
     }
+
+    // RFC 5321 5.1: a primary whose TLS is broken is no reason to wait while the backup takes the mail encrypted.
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Relay_DirectMx_PrimarysTlsHandshakeFails_TheBackupGetsTheMailOverTlsInTheSameAttempt()
+    {
+        await using var primary = await SmtpTestServer.StartAsync(new() { Certificate = KeylessCertificate() });
+        await using var backup = await SmtpTestServer.StartAsync(new() { Address = IPAddress.Parse("127.0.0.2"), Port = primary.Port, Certificate = SmarthostTlsTests.Certificate.Value });
+        using var dns = await Dnsmasq.StartAsync(TwoExchangers);
+        await using var gw = await TestGateway.StartAsync(c => DirectMxEarlyRecordTests.DirectMx(c, dns, primary.Port), s => s.AddSingleton<TimeProvider>(StillClock()));
+
+        await gw.Spool.QueueMailAsync(OAuth2Kit.Mail("tls-1", Five[..1]), default);
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("tls-1@gw.test", default))?.Attempts == 1, "the first attempt recorded");
+
+        Assert.Equal(MessageStatus.Sent, (await gw.Spool.GetMessageAsync("tls-1@gw.test", default))!.Status);
+        Assert.True(Assert.Single(backup.Received).Secure);
+        Assert.Contains(primary.Commands, c => c.Verb == "STARTTLS");
+        Assert.Equal(1, primary.Connections);
+        Assert.Empty(primary.Messages);
+    }
+
+    // As Postfix's smtp client at smtp_tls_security_level=may (smtp_proto.c): an exchanger that offers STARTTLS and then
+    // refuses it is talked to in plain text, at once.
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Relay_DirectMx_ExchangerRefusesStartTls_TheMailGoesToItInPlainTextInTheSameAttempt()
+    {
+        await using var mx = await SmtpTestServer.StartAsync(new() { Certificate = SmarthostTlsTests.Certificate.Value });
+        mx.OnCommand = c => c.Verb == "STARTTLS" ? new SmtpReply(454, "4.7.0 TLS not available due to local problem") : null;
+        using var dns = await Dnsmasq.StartAsync(TwoExchangers[0], TwoExchangers[2], TwoExchangers[4]); // the primary only
+        await using var gw = await TestGateway.StartAsync(c => DirectMxEarlyRecordTests.DirectMx(c, dns, mx.Port), s => s.AddSingleton<TimeProvider>(StillClock()));
+
+        await gw.Spool.QueueMailAsync(OAuth2Kit.Mail("tls-2", Five[..1]), default);
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("tls-2@gw.test", default))?.Attempts == 1, "the first attempt recorded");
+
+        var state = (await gw.Spool.GetMessageAsync("tls-2@gw.test", default))!;
+        Assert.True(state.Status == MessageStatus.Sent, $"{state.Status}: {state.LastReply}");
+        Assert.False(Assert.Single(mx.Received).Secure);
+        Assert.Equal(2, mx.Connections);
+        var warning = Assert.Single(gw.Logs.Warnings, w => w.Category == typeof(DirectMxRelay).FullName);
+        Assert.Contains("mx-primary.example.test", warning.Message, StringComparison.Ordinal);
+        Assert.Contains("454 4.7.0 TLS not available due to local problem", warning.Message, StringComparison.Ordinal);
+    }
+
+    // As Postfix's smtp client at smtp_tls_security_level=may (smtp_proto.c, PLAINTEXT_FALLBACK_OK_AFTER_STARTTLS_FAILURE):
+    // a failed handshake passes a mail on its first attempt to the next exchanger, where it may go encrypted, and
+    // defers it when there is none; a mail that has waited (Postfix: minimal_backoff_time) goes to the same exchanger
+    // in plain text at once. Otherwise mail to a domain whose only exchanger's TLS is broken would bounce at MaxAge.
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Relay_DirectMx_ExchangersTlsHandshakeFails_TheFirstAttemptDefers_TheNextGoesToItInPlainText()
+    {
+        await using var mx = await SmtpTestServer.StartAsync(new() { Certificate = KeylessCertificate() });
+        using var dns = await Dnsmasq.StartAsync(TwoExchangers[0], TwoExchangers[2], TwoExchangers[4]); // the primary only
+        var clock = StillClock();
+        await using var gw = await TestGateway.StartAsync(c => DirectMxEarlyRecordTests.DirectMx(c, dns, mx.Port), s => s.AddSingleton<TimeProvider>(clock));
+        var worker = gw.Host.Services.GetRequiredService<DeliveryWorker>();
+
+        await gw.Spool.QueueMailAsync(OAuth2Kit.Mail("tls-3", Five[..1]), default);
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("tls-3@gw.test", default))?.Attempts == 1, "the first attempt recorded");
+
+        var first = (await gw.Spool.GetMessageAsync("tls-3@gw.test", default))!;
+        Assert.True(first.Status == MessageStatus.Queued, $"{first.Status}: {first.LastReply}");
+        Assert.StartsWith("451 4.4.1 exchanger mx-primary.example.test: ", first.LastReply, StringComparison.Ordinal);
+        Assert.Equal(1, mx.Connections);
+        Assert.DoesNotContain(gw.Logs.Warnings, w => w.Category == typeof(DirectMxRelay).FullName);
+
+        clock.Advance(TimeSpan.FromMinutes(1));
+        worker.Wake();
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("tls-3@gw.test", default))?.Attempts == 2, "the second attempt recorded");
+
+        var second = (await gw.Spool.GetMessageAsync("tls-3@gw.test", default))!;
+        Assert.True(second.Status == MessageStatus.Sent, $"{second.Status}: {second.LastReply}");
+        Assert.False(Assert.Single(mx.Received).Secure);
+        Assert.Equal(3, mx.Connections); // STARTTLS on the first attempt; STARTTLS, then plain text on the second
+        var warning = Assert.Single(gw.Logs.Warnings, w => w.Category == typeof(DirectMxRelay).FullName);
+        Assert.Contains("mx-primary.example.test", warning.Message, StringComparison.Ordinal);
+        Assert.Contains("TLS handshake", warning.Message, StringComparison.Ordinal);
+    }
+
+    // A server whose TLS is misconfigured: it offers STARTTLS, answers it 220, and cannot complete a handshake (its
+    // certificate comes without the private key).
+    private static X509Certificate2 KeylessCertificate() => X509CertificateLoader.LoadCertificate(SmarthostTlsTests.Certificate.Value.RawData);
 
     private static readonly string[] Five = ["r1@mx.example.test", "r2@mx.example.test", "r3@mx.example.test", "r4@mx.example.test", "r5@mx.example.test"];
 
