@@ -82,9 +82,6 @@ public sealed partial class FlashQueue
 
     private bool _headRecovered;
 
-    // The sector number of the head whose scan found LastEntryAtMount.
-    private uint _lastEntrySectorSeq;
-
     // Results of the last ScanHead.
     private int _scanEnd;
     private int _scanDirtyEnd;
@@ -172,13 +169,6 @@ public sealed partial class FlashQueue
     /// before it is acknowledged itself.
     /// </summary>
     public uint LastEntryAtMount { get; private set; }
-
-    /// <summary>
-    /// Whether the sector in which the mount found <see cref="LastEntryAtMount"/> is still live. Once it is not, that entry
-    /// was acknowledged, moved forward under a record programmed in this boot, or dropped and counted by a marker
-    /// programmed in this boot: no cell a power cut struck before the mount holds it any more. Decided from RAM.
-    /// </summary>
-    public bool LastEntryAtMountInPlace => SectorAge(_lastEntrySectorSeq) <= SectorAge(SectorSeqOf(_tail));
 
     /// <summary>
     /// Whether the last <see cref="Append"/> was dropped on arrival by the full policy: its sequence number is used, a
@@ -650,7 +640,6 @@ public sealed partial class FlashQueue
         _recoveryPending = false;
         LastEntryAtMount = 0;
         _weakSeq = 0;
-        _lastEntrySectorSeq = sectorSeq - 1; // nothing found before a format is live after it
         _lowestQueued = 0;
         _handedOutHigh = 0;
         OpenSector(0, sectorSeq);
@@ -750,7 +739,6 @@ public sealed partial class FlashQueue
         _scanCommitted = committed;
         LastEntryAtMount = torn ? 0 : lastEntry;
         _weakSeq = torn ? 0 : lastNumbered;
-        _lastEntrySectorSeq = _headSectorSeq;
         _headMovedEnd = movedEnd;
     }
 

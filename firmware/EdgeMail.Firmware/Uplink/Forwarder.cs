@@ -577,8 +577,8 @@ public sealed class Forwarder : IMqttClientHandler
                 {
                     // Every slot holds a newer tag from before the reconnect, not resent yet: nothing of this
                     // connection is in flight, so no PUBACK will free a slot. The store hands out again an alert
-                    // the gateway PUBACKed while its acknowledgement was held back (AlertStore's hold behind a
-                    // suspect update): give up the newest such tag; it is published afresh when its turn comes.
+                    // the gateway PUBACKed while its acknowledgement was held back (AlertStore's hold behind an update
+                    // from an earlier boot): give up the newest such tag; it is published afresh when its turn comes.
                     _client.Forget(_resendTags[--_resendCount]);
                     continue;
                 }
