@@ -15,6 +15,7 @@ public sealed partial class FlashQueue
 
     // Results of the last PlanReclaim.
     private bool _planFits;
+    private int _planEnd;
     private int _planMoved;
     private int _planDropped;
 
@@ -129,6 +130,7 @@ public sealed partial class FlashQueue
         }
 
         int victimBase = victim * _sectorBytes;
+        int slack = _entryLimit - _planEnd;
         OpenSector(Next(_head), _headSectorSeq + 1);
         uint dropped = 0;
         uint firstDropped = 0xFFFFFFFFu;
@@ -190,8 +192,17 @@ public sealed partial class FlashQueue
             int payloadLen = len - (relocated ? RelocationPrefix : 0);
             int at = HeaderSlot(_writeOffset);
             uint newSeq = _nextSeq;
-            CopyRecord(at, newSeq, type, priority, _rec[10], original, victimBase + start + RecordOverhead + (relocated ? RelocationPrefix : 0), payloadLen);
+            bool whole = CopyRecord(at, newSeq, type, priority, _rec[10], original, victimBase + start + RecordOverhead + (relocated ? RelocationPrefix : 0), payloadLen);
             _nextSeq = newSeq + 1;
+            int next = NextPage(_writeOffset - 1);
+            if (!whole && slack >= next - _writeOffset)
+            {
+                // The copy fails its check (its source read differently twice: cells a cut left weak), and readers go
+                // on from it at the next page: the next record starts there, or they would skip it with the copy.
+                slack -= next - _writeOffset;
+                _writeOffset = next;
+            }
+
             _headMovedEnd = MovedEnd(_headMovedEnd, RelocationPrefix + payloadLen);
         }
 
@@ -267,6 +278,7 @@ public sealed partial class FlashQueue
         }
 
         _planFits = at <= _entryLimit;
+        _planEnd = at;
         _planMoved = moved;
         _planDropped = dropped;
     }

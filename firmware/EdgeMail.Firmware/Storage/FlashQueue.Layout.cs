@@ -216,12 +216,16 @@ public sealed partial class FlashQueue
         StageEnd();
     }
 
-    /// <summary>Writes a record whose payload is copied from another place on flash (moving an entry forward).</summary>
-    private void CopyRecord(int pos, uint seq, byte type, byte priority, byte kind, uint originalSeq, int sourceAddress, int count)
+    /// <summary>
+    /// Writes a record whose payload is copied from another place on flash (moving an entry forward). Returns false when
+    /// the source read differently in the two reads the copy takes (cells a cut left weak): the copy then fails its check.
+    /// </summary>
+    private bool CopyRecord(int pos, uint seq, byte type, byte priority, byte kind, uint originalSeq, int sourceAddress, int count)
     {
         Le.PutU32(_small, 0, originalSeq);
-        uint state = RecordHeader(RelocationPrefix + count, seq, type, priority, kind, FlagRelocated);
-        state = Crc32.Update(state, _small, 0, RelocationPrefix);
+        uint head = RecordHeader(RelocationPrefix + count, seq, type, priority, kind, FlagRelocated);
+        head = Crc32.Update(head, _small, 0, RelocationPrefix);
+        uint state = head;
         for (int done = 0; done < count; done += _chunk.Length)
         {
             int n = count - done < _chunk.Length ? count - done : _chunk.Length;
@@ -234,14 +238,17 @@ public sealed partial class FlashQueue
         StageBegin(pos);
         Stage(_rec, 0, RecordOverhead);
         Stage(_small, 0, RelocationPrefix);
+        uint staged = head;
         for (int done = 0; done < count; done += _chunk.Length)
         {
             int n = count - done < _chunk.Length ? count - done : _chunk.Length;
             _device.Read(sourceAddress + done, _chunk, 0, n);
+            staged = Crc32.Update(staged, _chunk, 0, n);
             Stage(_chunk, 0, n);
         }
 
         StageEnd();
+        return staged == state;
     }
 
     private void StageBegin(int pos)

@@ -356,9 +356,9 @@ public sealed partial class PowerCutCampaign
         }
 
         /// <summary>
-        /// Whether <paramref name="s"/> is an older record of an alert whose newest record is one a raise that never
+        /// Whether <paramref name="s"/> is an older record of an alert whose newest record known is one a raise that never
         /// returned wrote: the store hands it out after the entries that follow it when that record reads torn (see
-        /// <see cref="MayReadTorn"/>).
+        /// <see cref="MayReadTorn"/>), also when the check's own read of the flash finds it torn.
         /// </summary>
         private bool IsFallback(Sent s) =>
             !s.IsMarker && Model.Records.TryGetValue(s.Token, out ModelRecord? rec) && rec.AlertId != 0 && Model.Alerts.TryGetValue(rec.AlertId, out ModelAlert? a)
@@ -562,9 +562,12 @@ public sealed partial class PowerCutCampaign
                 }
 
                 // The newest record known (a cut append's, once a mount has seen it) must be here or counted; if that
-                // one may have been weak and faded, the newest promised one then must be.
+                // one may have been weak and faded, the newest promised one then must be. (A marker whose range spans
+                // the faded record's number does not show it was dropped while the promised one is here: merged
+                // markers span the numbers between the records they count.)
                 ModelRecord latest = Model.Records[a.NewestToken];
-                if (!present.ContainsKey(latest.Token) && !latest.Promised && !Covered(latest.OriginalSeq, markers))
+                if (!present.ContainsKey(latest.Token) && !latest.Promised
+                    && (present.ContainsKey(a.LatestToken) || !Covered(latest.OriginalSeq, markers)))
                 {
                     latest = Model.Records[a.LatestToken];
                 }
@@ -619,7 +622,7 @@ public sealed partial class PowerCutCampaign
             {
                 ModelRecord? rec = null;
                 ModelAlert? alert = !s.IsMarker && Model.Records.TryGetValue(s.Token, out rec) ? Identify(rec, s.IdSeq) : null;
-                bool fallback = alert != null && newestOf.TryGetValue(alert.Id, out RawItem newer) && newer.Token != s.Token && MayReadTorn(newer);
+                bool fallback = IsFallback(s);
                 if (s.Seq <= lastSeq && !fallback)
                 {
                     Fail("order", $"the store handed out entry {s.Seq} after {lastSeq}");
