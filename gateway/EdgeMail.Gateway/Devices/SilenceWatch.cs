@@ -164,8 +164,14 @@ public sealed partial class SilenceWatch : SupervisedLoop
             }
         }
 
+        var endedUnheard = new Dictionary<string, DateTimeOffset>(StringComparer.Ordinal);
         foreach (var history in await _spool.SilenceHistoryAsync(since, cancellationToken).ConfigureAwait(false))
         {
+            if (history.SilenceEndedAt is { } endedAt)
+            {
+                endedUnheard[history.Device] = endedAt;
+            }
+
             if (_devices.Find(history.Device) is not { } device)
             {
                 if (history.OpenSilenceAlertId is { } goneId && EpisodeKey(goneId) is long goneKey)
@@ -209,15 +215,24 @@ public sealed partial class SilenceWatch : SupervisedLoop
         // When it was enabled again is not kept, but it was no earlier than the device's last change: one changed after
         // it was last heard, not silent now, has its limit from that change (as if enabled again then), not from a time
         // before it was refused, which made it silent at once, under the id of the silence that disabling had ended.
+        // Likewise one whose silence ended unheard, because it was disabled or no longer configured: configured again
+        // now (when is not known, but no earlier than that end), its limit runs from that end. Measured from when it was
+        // last heard, its next silence took the ended one's id: a duplicate, mailed to nobody, as was its return.
         foreach (var device in _devices.All)
         {
-            if (!device.Disabled && _devices.ChangedAt(device.Id) is { } changed && _presence.LastHeard(device.Id) is { } heard && heard.Wall < changed)
+            var changed = _devices.ChangedAt(device.Id);
+            if (endedUnheard.TryGetValue(device.Id, out var ended) && (changed is null || ended > changed))
+            {
+                changed = ended;
+            }
+
+            if (!device.Disabled && changed is { } from && _presence.LastHeard(device.Id) is { } heard && heard.Wall < from)
             {
                 lock (_silentSince)
                 {
                     if (!_silentSince.ContainsKey(device.Id))
                     {
-                        _resumed[device.Id] = _presence.Past(changed);
+                        _resumed[device.Id] = _presence.Past(from);
                     }
                 }
             }
@@ -276,7 +291,7 @@ public sealed partial class SilenceWatch : SupervisedLoop
             {
                 long key = quietSince.Wall.ToUnixTimeMilliseconds();
                 string text = $"No heartbeat or alert from {device.Name} ({device.Id}) since {last.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC"
-                    + (resumed is { } enabled ? $" (enabled again at {enabled.Wall.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC)" : string.Empty)
+                    + (resumed is { } watched ? $" (watched again since {watched.Wall.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC)" : string.Empty)
                     + $": silent for longer than its limit of {Describe(limit)}. Check its power, its link and the sensor itself.";
                 if (!await TryRaiseAsync(device, "gw-silent-" + key.ToString(CultureInfo.InvariantCulture), SilentCode, "warning", text, now.Wall, cancellationToken).ConfigureAwait(false))
                 {
@@ -320,7 +335,7 @@ public sealed partial class SilenceWatch : SupervisedLoop
         UpdateCount();
     }
 
-    // Each ended silence is stored as its episode's DEVICE_BACK, cancelled: OpenSilences no longer finds the episode
+    // Each ended silence is stored as its episode's DEVICE_BACK, cancelled: LastSilences no longer finds the episode
     // open, the prune may take its DEVICE_SILENT, and nobody is mailed. A later return of the same episode would be a
     // duplicate of it. Kept for the next check when the spool fails.
     private async Task RecordEndedAsync(CancellationToken cancellationToken)

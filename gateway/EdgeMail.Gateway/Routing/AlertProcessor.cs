@@ -319,10 +319,15 @@ public sealed partial class AlertProcessor : SupervisedLoop
         var window = _throttle.StormWindow(_options.Storm.Window);
         bool raised = alert.State == AlertState.Raised;
 
-        // Within the window after the pair's last mail, a raise, a clear or a digest. An alert received "before" it (the
-        // clock was stepped back, NTP or an operator) is not held until the old window's end, which could be days away.
+        // Judged when it is routed, not when it was received: an alert released from parking (or retried, or from
+        // released quarantined mail) was received long before; counted from then, it went out beside the pair's latest
+        // mail and moved that mail back in time, so the next repeat went out too.
+        var now = _clock.GetUtcNow();
+
+        // Within the window after the pair's last mail, a raise, a clear or a digest. Routed "before" it (the clock was
+        // stepped back, NTP or an operator), it is not held until the old window's end, which could be days away.
         bool inWindow = window > TimeSpan.Zero && storm is not null
-            && stored.ReceivedAt >= storm.LastMailAt && stored.ReceivedAt < storm.LastMailAt + window;
+            && now >= storm.LastMailAt && now < storm.LastMailAt + window;
 
         // A clear is held only while the pair storms, so that the common raised ... cleared pair stays two prompt mails.
         if (inWindow && storm is not null && (raised || storm.HoldClears))
@@ -342,7 +347,7 @@ public sealed partial class AlertProcessor : SupervisedLoop
 
         var mail = new AlertMail(Device(stored.Device), alert, stored.ReceivedAt, stored.Peer, stored.RowId, route.Recipients, route.Template,
             raised ? null : storm?.LastRaisedMessageId, stored.Via);
-        var composed = _composer.ComposeAlert(mail, _clock.GetUtcNow());
+        var composed = _composer.ComposeAlert(mail, now);
         var queued = new NewMessage("alert", stored.Device, alert.Id, composed.MessageId, _options.Sender.Address,
             route.Recipients.Select(r => r.Address).ToList(), composed.Wire);
 
@@ -350,8 +355,8 @@ public sealed partial class AlertProcessor : SupervisedLoop
         // it, so a raise soon after is held. A clear after that ended a long incident and resets the pair, as a clear always
         // did, so that a new incident after it is mailed at once.
         var next = raised
-            ? new StormState(stored.ReceivedAt, "<" + composed.MessageId + ">", IncidentOpen: true)
-            : new StormState(inWindow ? stored.ReceivedAt : DateTimeOffset.UnixEpoch, storm?.LastRaisedMessageId);
+            ? new StormState(now, "<" + composed.MessageId + ">", IncidentOpen: true)
+            : new StormState(inWindow ? now : DateTimeOffset.UnixEpoch, storm?.LastRaisedMessageId);
         storms[key] = next;
         return new RoutingCommit(stored.RowId, AlertStatus.Routed, null, queued, key, next, Route: route.Explanation, Basis: basis);
     }

@@ -224,9 +224,9 @@ public sealed partial class PostgresSpool
         {
             var gaps = (await ListAsync(c, tx, cancellationToken, r => (Device: r.GetString(0), Gap: TimeSpan.FromMilliseconds(r.GetInt64(1))),
                 SilenceSql.HeartbeatGaps("$1"), heartbeatsSince.ToUnixTimeMilliseconds()).ConfigureAwait(false)).ToDictionary(g => g.Device, g => g.Gap, StringComparer.Ordinal);
-            var open = (await ListAsync(c, tx, cancellationToken, r => (Device: r.GetString(0), AlertId: r.GetString(1)),
-                SilenceSql.OpenSilences).ConfigureAwait(false)).ToDictionary(o => o.Device, o => o.AlertId, StringComparer.Ordinal);
-            return SilenceSql.Merge(gaps, open);
+            var last = await ListAsync(c, tx, cancellationToken, r => new SilenceSql.LastSilence(r.GetString(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetInt64(4)),
+                SilenceSql.LastSilences).ConfigureAwait(false);
+            return SilenceSql.Merge(gaps, last);
         }, cancellationToken);
 
     /// <inheritdoc />

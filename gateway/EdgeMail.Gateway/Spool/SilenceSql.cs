@@ -22,19 +22,23 @@ internal static class SilenceSql
         WHERE gap > 0 GROUP BY device
         """;
 
-    // Each device's last silence alert, when no return alert came after it: from the partial index, not the alerts.
-    public const string OpenSilences = $"""
-        SELECT s.device, s.alert_id FROM alerts s
-        WHERE s.rowid IN (SELECT MAX(rowid) FROM alerts WHERE {SilenceCodes} AND code = '{SilenceWatch.SilentCode}' GROUP BY device)
-          AND NOT EXISTS (SELECT 1 FROM alerts b WHERE {SilenceCodes} AND b.device = s.device AND b.code = '{SilenceWatch.BackCode}' AND b.rowid > s.rowid)
+    // Each device's last alert of the silence watch, from the partial index, not the alerts: a silence alert is a silence
+    // still open; a return alert stored cancelled records a silence that ended unheard (Merge).
+    public const string LastSilences = $"""
+        SELECT s.device, s.code, s.alert_id, s.status, s.received_at FROM alerts s
+        WHERE s.rowid IN (SELECT MAX(rowid) FROM alerts WHERE {SilenceCodes} GROUP BY device)
         """;
 
-    // For the prune: not a device's open silence, i.e. the gateway's newest DEVICE_SILENT of the device with nothing of
-    // the silence watch after it. It is what tells a restart that the episode was announced (OpenSilences); the time
-    // the device was last heard, which a restart checks against, is never pruned, so with this alert gone a restart
-    // mailed DEVICE_SILENT again for the same episode. One row per device, gone with the first prune after DEVICE_BACK.
-    public const string NotAnOpenSilence = $"""
-        NOT (alerts.code = '{SilenceWatch.SilentCode}' AND alerts.via = '{IngestProtocols.Local}'
+    // For the prune: not the gateway's newest alert of the silence watch for the device when it is a DEVICE_SILENT (an
+    // open silence) or a DEVICE_BACK stored cancelled (a silence that ended unheard). The first tells a restart that the
+    // episode was announced (LastSilences); the time the device was last heard, which a restart checks against, is never
+    // pruned, so with this alert gone a restart mailed DEVICE_SILENT again for the same episode. The second tells a
+    // restart that a device configured again measures its next silence from that end, not from when it was last heard,
+    // which names the ended silence: gone, that silence's id was taken again. One row per device, gone with the first
+    // prune after the device's next alert of the silence watch.
+    public const string NotAKeptSilence = $"""
+        NOT (alerts.via = '{IngestProtocols.Local}'
+          AND (alerts.code = '{SilenceWatch.SilentCode}' OR (alerts.code = '{SilenceWatch.BackCode}' AND alerts.status = '{AlertStatus.Cancelled}'))
           AND NOT EXISTS (SELECT 1 FROM alerts b WHERE {SilenceCodes} AND b.device = alerts.device AND b.rowid > alerts.rowid))
         """;
 
@@ -53,6 +57,26 @@ internal static class SilenceSql
         FROM d WHERE device IS NOT NULL
         """;
 
-    public static List<DeviceSilenceHistory> Merge(Dictionary<string, TimeSpan> gaps, Dictionary<string, string> open) =>
-        [.. gaps.Keys.Union(open.Keys, StringComparer.Ordinal).Select(d => new DeviceSilenceHistory(d, gaps.TryGetValue(d, out var g) ? g : null, open.GetValueOrDefault(d)))];
+    public static List<DeviceSilenceHistory> Merge(Dictionary<string, TimeSpan> gaps, IEnumerable<LastSilence> last)
+    {
+        var open = new Dictionary<string, string>(StringComparer.Ordinal);
+        var ended = new Dictionary<string, DateTimeOffset>(StringComparer.Ordinal);
+        foreach (var l in last)
+        {
+            if (l.Code == SilenceWatch.SilentCode)
+            {
+                open[l.Device] = l.AlertId;
+            }
+            else if (l.Code == SilenceWatch.BackCode && l.Status == AlertStatus.Cancelled)
+            {
+                ended[l.Device] = DateTimeOffset.FromUnixTimeMilliseconds(l.ReceivedAtMs);
+            }
+        }
+
+        return [.. gaps.Keys.Union(open.Keys, StringComparer.Ordinal).Union(ended.Keys, StringComparer.Ordinal)
+            .Select(d => new DeviceSilenceHistory(d, gaps.TryGetValue(d, out var g) ? g : null, open.GetValueOrDefault(d), ended.TryGetValue(d, out var e) ? e : null))];
+    }
+
+    /// <summary>A row of <see cref="LastSilences"/>.</summary>
+    public readonly record struct LastSilence(string Device, string Code, string AlertId, string Status, long ReceivedAtMs);
 }

@@ -180,7 +180,11 @@ public sealed record DashboardCounts(IReadOnlyDictionary<string, long> AlertsByS
 /// <param name="Device">Device id.</param>
 /// <param name="ShortestHeartbeatGap">The shortest gap between its recorded heartbeats in the period read, if two were.</param>
 /// <param name="OpenSilenceAlertId">The alert id of its last silence alert, unless a return alert came after it.</param>
-public sealed record DeviceSilenceHistory(string Device, TimeSpan? ShortestHeartbeatGap, string? OpenSilenceAlertId);
+/// <param name="SilenceEndedAt">
+/// When its last silence ended without the device being heard (disabled, or no longer configured): the time of that
+/// silence's return alert stored cancelled, when it is the last alert of the silence watch for the device.
+/// </param>
+public sealed record DeviceSilenceHistory(string Device, TimeSpan? ShortestHeartbeatGap, string? OpenSilenceAlertId, DateTimeOffset? SilenceEndedAt = null);
 
 /// <summary>A device's last signs of life, as the spool saw them.</summary>
 /// <param name="Device">Device id.</param>

@@ -305,16 +305,16 @@ public sealed partial class SqliteSpool
                 }
             }
 
-            var open = new Dictionary<string, string>(StringComparer.Ordinal);
-            using (var r = s.Query(SilenceSql.OpenSilences))
+            var last = new List<SilenceSql.LastSilence>();
+            using (var r = s.Query(SilenceSql.LastSilences))
             {
                 while (r.Read())
                 {
-                    open[r.GetString(0)] = r.GetString(1);
+                    last.Add(new(r.GetString(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetInt64(4)));
                 }
             }
 
-            return SilenceSql.Merge(gaps, open);
+            return SilenceSql.Merge(gaps, last);
         }, cancellationToken);
 
     /// <inheritdoc />

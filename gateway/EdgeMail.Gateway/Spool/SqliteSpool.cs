@@ -1067,14 +1067,14 @@ public sealed partial class SqliteSpool : ISpool
             // digest that covers it, which finds its alerts by digest_message to give each its receipt when it is
             // delivered, fails, is parked or cancelled -- and a parked digest waits for the operator whatever its age.
             // Keeping an alert row is what de-duplicates a retransmission; by the horizon the device has long had its PUBACK.
-            // A device's open silence stays: it tells a restart that the episode was announced.
+            // A device's open silence stays, and the record that its last silence ended unheard (SilenceSql.NotAKeptSilence).
             int a = s.Exec(
                 $"""
                 DELETE FROM alerts WHERE rowid IN (
                   SELECT rowid FROM alerts WHERE received_at < $p0 AND status NOT IN ('new', 'held', 'parked')
                     AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.alert_rowid = alerts.rowid)
                     AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.message_id = alerts.digest_message)
-                    AND {SilenceSql.NotAnOpenSilence}
+                    AND {SilenceSql.NotAKeptSilence}
                   ORDER BY received_at LIMIT $p1)
                 """, horizon, maxRows);
             // An open incident's state is what its clear threads onto (the raise's Message-ID): kept longer, but not for ever.

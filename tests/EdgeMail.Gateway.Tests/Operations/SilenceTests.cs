@@ -212,6 +212,85 @@ public sealed class SilenceTests
         Assert.Equal(2, counts.Alerts.Values.Sum());
     }
 
+    // A silent device taken out of the configuration and put back (each a restart): its silence is over (ended by the
+    // removal, not mailed), so its next silence is a new incident. Before, it was measured again from when the device was
+    // last heard, which named the old incident: the new DEVICE_SILENT was a duplicate of the old one and mailed nobody,
+    // and when the device came back its DEVICE_BACK was a duplicate of the removal's record and mailed nobody either.
+    [Fact]
+    public async Task SilentDevice_RemovedFromTheConfigurationAndAddedAgain_IsSilentAgainAsANewIncident_MailedWithItsReturn()
+    {
+        var start = DateTimeOffset.UtcNow;
+        string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+
+        // Silent after 5 minutes after a restart too (the heartbeat history kept is too sparse to give an interval).
+        Action<Dictionary<string, object>> Config(bool configured) => c =>
+        {
+            c["Silence"] = new { DefaultAfter = "00:05:00", MinimumAfter = "00:05:00", CheckInterval = "00:00:30" };
+            if (!configured)
+            {
+                ((Dictionary<string, object>)c["Devices"]).Remove("dev-1");
+            }
+        };
+
+        var clock = new FakeTimeProvider(start);
+        var gw = await TestGateway.StartAsync(Config(true), s => s.AddSingleton<TimeProvider>(clock), dataDir: dataDir);
+        try
+        {
+            await HeardTwiceAMinuteApartAsync(gw, clock);
+            var watch = gw.Host.Services.GetRequiredService<SilenceWatch>();
+            clock.Advance(TimeSpan.FromMinutes(6));
+            await CheckedAsync(watch);
+            Assert.True(watch.IsSilent("dev-1"));
+            await gw.MailAsync(1);
+        }
+        finally
+        {
+            await gw.StopAsync();
+        }
+
+        var removed = await TestGateway.StartAsync(Config(false), s => s.AddSingleton<TimeProvider>(new FakeTimeProvider(start + TimeSpan.FromMinutes(8))),
+            dataDir: dataDir);
+        try
+        {
+            await CheckedAsync(removed.Host.Services.GetRequiredService<SilenceWatch>());
+            Assert.Equal(AlertStatus.Cancelled, (await removed.Spool.GetAlertAsync("dev-1", (await SilenceIdsAsync(removed.Spool))[1], default))?.Status);
+        }
+        finally
+        {
+            await removed.StopAsync();
+        }
+
+        // Added again two minutes after its silence was recorded ended: it has the rest of its limit from then.
+        var later = new FakeTimeProvider(start + TimeSpan.FromMinutes(10));
+        await using var again = await StartAsyncOn(later);
+        var watch2 = again.Host.Services.GetRequiredService<SilenceWatch>();
+        await CheckedAsync(watch2);
+        bool silentAtOnce = watch2.IsSilent("dev-1");
+        later.Advance(TimeSpan.FromMinutes(4));
+        await CheckedAsync(watch2);
+
+        Assert.True(watch2.IsSilent("dev-1"));
+        string[] ids = await SilenceIdsAsync(again.Spool);
+        Assert.Equal(3, ids.Length); // the first silence, its end, and the new one
+        Assert.StartsWith("gw-silent-", ids[2], StringComparison.Ordinal);
+        Assert.NotEqual(ids[0], ids[2]);
+        var silent = MimeMessage.Load(Assert.Single(await again.MailAsync(2), f => MimeMessage.Load(f).Headers["X-EdgeMail-Alert"] == ids[2]));
+        Assert.Contains("DEVICE_SILENT", silent.TextBody, StringComparison.Ordinal);
+        Assert.False(silentAtOnce); // its limit ran from the end of its old silence, not from when it was last heard
+
+        using (var back = await again.ConnectAsync("dev-1"))
+        {
+            await HeartbeatAsync(back);
+            await back.DisconnectAsync();
+        }
+
+        var mail = await again.MailAsync(3);
+        var returned = MimeMessage.Load(Assert.Single(mail, f => (MimeMessage.Load(f).TextBody ?? string.Empty).Contains("DEVICE_BACK", StringComparison.Ordinal)));
+        Assert.Equal("gw-back-" + ids[2]["gw-silent-".Length..], returned.Headers["X-EdgeMail-Alert"]);
+
+        Task<TestGateway> StartAsyncOn(TimeProvider time) => TestGateway.StartAsync(Config(true), s => s.AddSingleton(time), dataDir: dataDir);
+    }
+
     // Silence was measured on the wall clock: a forward step of it (NTP after a long drift, an operator setting the
     // date) at least the limit made every device silent at once, a DEVICE_SILENT and then a DEVICE_BACK mail each.
     [Fact]
@@ -288,6 +367,11 @@ public sealed class SilenceTests
         await HeartbeatAsync(device);
         await device.DisconnectAsync();
     }
+
+    // dev-1's DEVICE_SILENT and DEVICE_BACK alerts, oldest first.
+    private static async Task<string[]> SilenceIdsAsync(ISpool spool) =>
+        [.. (await spool.QueryAlertsAsync(new AlertQuery(Device: "dev-1"), default))
+            .Where(a => a.Code is SilenceWatch.SilentCode or SilenceWatch.BackCode).OrderBy(a => a.RowId).Select(a => a.AlertId)];
 
     private static async Task HeartbeatAsync(IMqttClient device, string id = "dev-1")
     {

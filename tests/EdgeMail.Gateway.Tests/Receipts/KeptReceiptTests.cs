@@ -264,6 +264,50 @@ public sealed class KeptReceiptTests
         await device.DisconnectAsync();
     }
 
+    // A copy pushed out of the publisher's record by newer ones is acknowledged by the device and removes nothing: its row
+    // (a 'failed' one, which the cap trims after the 'relayed' ones) is handed over once more at the next subscription,
+    // and that copy's PUBACK removes it. Once, not at every subscription.
+    [Fact]
+    public async Task KeptReceipt_PushedOutOfTheRecordAndAcknowledged_IsHandedOverAgainOnce_NotAtEverySubscription()
+    {
+        await using var gw = await TestGateway.StartAsync(c => c["Receipts"] = new { MaxPerDevice = 10 });
+        var receipts = gw.Host.Services.GetRequiredService<ReceiptPublisher>();
+        var presence = gw.Host.Services.GetRequiredService<DevicePresence>();
+        var replays = System.Threading.Channels.Channel.CreateUnbounded<int>();
+        receipts.ReplayFinished += (_, n) => replays.Writer.TryWrite(n);
+        using var device = new MqttClientFactory().CreateMqttClient();
+        await device.ConnectAsync(Persistent(gw, "dev-1"));
+        var inbox = await ReceiptInbox.SubscribeAsync(device, "dev-1", MqttQualityOfServiceLevel.AtLeastOnce);
+        Assert.Equal(0, await Await.Within(replays.Reader.ReadAsync().AsTask(), "the replay at the first subscription"));
+        await device.DisconnectAsync();
+        await gw.UntilAsync(() => Task.FromResult(!presence.IsConnected("dev-1")), "the broker done with the connection");
+
+        await receipts.KeepAndPublishAsync(new KeptReceipt("dev-1", "f-0", ReceiptState.Failed, DateTimeOffset.UtcNow, "550 5.1.1 no such user"));
+        for (int i = 1; i <= 20; i++)
+        {
+            await receipts.KeepAndPublishAsync(new KeptReceipt("dev-1", $"q-{i}", ReceiptState.Relayed, DateTimeOffset.UtcNow, "250 2.0.0 queued as X"));
+        }
+
+        await device.ConnectAsync(Persistent(gw, "dev-1")); // resumes its session: MQTTnet sends what it queued
+        await inbox.WaitForAsync("f-0", ReceiptState.Failed);
+        await inbox.WaitForAsync("q-20", ReceiptState.Relayed);
+        await gw.UntilAsync(() => Task.FromResult(receipts.InFlight() == 0), "every copy counted on acknowledged");
+        await gw.UntilAsync(async () => (await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 1000, default)).Count == 1, "their rows removed");
+        var left = await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 1000, default);
+        Assert.Equal("f-0", Assert.Single(left).Receipt.AlertId); // acknowledged, pushed out of the record: not removed
+
+        for (int subscription = 2; subscription <= 4; subscription++)
+        {
+            await device.SubscribeAsync("edgemail/v1/dev-1/receipt", MqttQualityOfServiceLevel.AtLeastOnce);
+            int handed = await Await.Within(replays.Reader.ReadAsync().AsTask(), "the replay at the subscription");
+            Assert.Equal(subscription == 2 ? 1 : 0, handed);
+            await gw.UntilAsync(async () => (await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 1000, default)).Count == 0, "the copy handed again removed by its PUBACK");
+        }
+
+        Assert.Equal(2, inbox.Count("f-0", ReceiptState.Failed));
+        await device.DisconnectAsync();
+    }
+
     [Fact]
     public async Task FailedReceipt_QueuedInASessionTheDeviceThenDropsWithACleanSession_IsHandedToItsNewSession()
     {

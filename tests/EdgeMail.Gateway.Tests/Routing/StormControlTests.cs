@@ -522,6 +522,64 @@ public sealed class StormControlTests
     }
 
     [Fact]
+    public Task ReleasedRaise_IsJudgedAtTheTimeItIsRouted_AndNeverMovesThePairsLastMailBack() => ReleasedRaiseAsync(null);
+
+    [PostgresFact]
+    public async Task SharedSpool_ReleasedRaise_IsJudgedAtTheTimeItIsRouted_AndNeverMovesThePairsLastMailBack()
+    {
+        await using var db = await TestPostgres.CreateDatabaseAsync();
+        await ReleasedRaiseAsync(db);
+    }
+
+    // A raise parked a minute after the pair's first mail is released half an hour later, a minute after the pair mailed
+    // again. Before, it was judged by when it was received: "before" that mail, as if the clock had been stepped back, so
+    // it was mailed at once, and the pair's last mail moved back to its receipt, so the next repeat was mailed too.
+    private static async Task ReleasedRaiseAsync(TestDatabase? db)
+    {
+        var clock = new SteppedClock();
+        await using var gw = await TestGateway.StartAsync(SharedStormConfig);
+        ISpool spool;
+        if (db is null)
+        {
+            string dir = Path.Combine(gw.DataDir, "storm");
+            Directory.CreateDirectory(dir);
+            var sqlite = SqliteSpool.Open(Path.Combine(dir, "spool.db"), fsync: true, maxBatch: 64, NullLogger.Instance);
+            sqlite.Clock = clock;
+            spool = sqlite;
+        }
+        else
+        {
+            spool = OpenShared(db, clock);
+        }
+
+        await using var disposeSpool = spool;
+        var processor = ActivatorUtilities.CreateInstance<AlertProcessor>(gw.Host.Services, spool, (TimeProvider)clock);
+        var t0 = clock.GetUtcNow();
+        await RouteOneAsync(processor, spool, "r-1", "critical", t0);
+        await spool.AcceptAlertAsync(new IncomingAlert("dev-1", "r-2", t0.AddMinutes(1), "127.0.0.1:1",
+            Encoding.UTF8.GetBytes(Alerts.Json("r-2", code: "PUMP_CYCLING")), null, "PUMP_CYCLING", Severity: "critical"), default);
+        var parked = Assert.Single(await spool.NewAlertsAsync(10, default));
+        await spool.CommitRoutingAsync([new RoutingCommit(parked.RowId, AlertStatus.Parked, null, null, null, null, "a template that ran away")], default);
+
+        clock.Offset = TimeSpan.FromMinutes(30);
+        var routing = clock.GetUtcNow();
+        await RouteOneAsync(processor, spool, "r-3", "critical", routing);
+        var routed = clock.GetUtcNow();
+        clock.Offset = TimeSpan.FromMinutes(31);
+        Assert.True(await spool.ReleaseAsync(ParkedKinds.Alert, parked.RowId, default));
+        Assert.Equal(1, await processor.RouteNewAsync(default));
+
+        Assert.Equal(["routed", "held", "routed"], await StatusesAsync(spool, "r-1", "r-2", "r-3"));
+        var storm = (await spool.GetStormsAsync([("dev-1", "PUMP_CYCLING")], default))[("dev-1", "PUMP_CYCLING")];
+        Assert.InRange(storm.LastMailAt.ToUnixTimeMilliseconds(), routing.ToUnixTimeMilliseconds(), routed.ToUnixTimeMilliseconds()); // r-3's mail
+
+        clock.Offset = TimeSpan.FromMinutes(32);
+        await RouteOneAsync(processor, spool, "r-4", "critical", clock.GetUtcNow());
+        Assert.Equal("held", (await spool.GetAlertAsync("dev-1", "r-4", default))?.Status);
+        Assert.Equal(2L, (await spool.CountsAsync(default)).Messages.Values.Sum());
+    }
+
+    [Fact]
     public async Task Digest_DeliveredToEveryone_GivesEachAlertItCoversARelayedReceipt_WithTheRelaysReply()
     {
         var clock = new SteppedClock();

@@ -214,11 +214,16 @@ public abstract class SpoolContractTests : IAsyncLifetime
         await spool.AcceptAlertAsync(Alert("dev-3", "gw-silent-3", code: "DEVICE_SILENT"), default);
         await spool.AcceptAlertAsync(Alert("dev-3", "gw-back-3", code: "DEVICE_BACK"), default); // closed
         await spool.AcceptAlertAsync(Alert("dev-4", "a-1"), default);
+        await spool.AcceptAlertAsync(Alert("dev-5", "gw-silent-5", code: "DEVICE_SILENT"), default);
+        await spool.AcceptAlertAsync(Alert("dev-5", "gw-back-5", code: "DEVICE_BACK") with { ReceivedAt = T0.AddMinutes(5), CancelledReason = "not mailed" }, default); // ended unheard
 
         var history = (await spool.SilenceHistoryAsync(T0.AddMinutes(-60), default)).OrderBy(h => h.Device, StringComparer.Ordinal);
 
         Assert.Equal(
-            [new DeviceSilenceHistory("dev-1", TimeSpan.FromMinutes(10), null), new DeviceSilenceHistory("dev-2", null, "gw-silent-2")],
+            [
+                new DeviceSilenceHistory("dev-1", TimeSpan.FromMinutes(10), null), new DeviceSilenceHistory("dev-2", null, "gw-silent-2"),
+                new DeviceSilenceHistory("dev-5", null, null, T0.AddMinutes(5)),
+            ],
             history);
     }
 
@@ -1270,6 +1275,42 @@ public abstract class SpoolContractTests : IAsyncLifetime
         clock.Advance(TimeSpan.FromDays(31));
         Assert.Equal(2, (await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 10_000, default)).Alerts);
         Assert.Empty((await spool.CountsAsync(default)).Alerts);
+    }
+
+    // A silence that ended without the device being heard (disabled, or no longer configured) is recorded as its DEVICE_BACK
+    // stored cancelled; a device added again measures its next silence from then, which names that silence's alerts. Pruned,
+    // the next silence was measured from when the device was last heard again, and took the old incident's id.
+    [ContractFact]
+    public async Task Prune_KeepsTheRecordThatADevicesSilenceEndedUnheard_UntilItsNextSilence()
+    {
+        var clock = new FakeTimeProvider(T0);
+        await using var spool = Open(clock);
+        async Task SilenceAlertAsync(string id, string code, string? cancelled = null)
+        {
+            await spool.AcceptAlertAsync(Alert("dev-1", id, code: code, sev: "warning") with
+            {
+                ReceivedAt = clock.GetUtcNow(), Via = IngestProtocols.Local, CancelledReason = cancelled,
+            }, default);
+            if (cancelled is null)
+            {
+                var stored = (await spool.NewAlertsAsync(10, default)).Single(a => a.AlertId == id);
+                await spool.CommitRoutingAsync([new RoutingCommit(stored.RowId, AlertStatus.Unrouted, null, null, null, null)], default);
+            }
+        }
+
+        await SilenceAlertAsync("gw-silent-1", SilenceWatch.SilentCode);
+        await SilenceAlertAsync("gw-back-1", SilenceWatch.BackCode, "not mailed: the silence ended because it is no longer configured");
+        var ended = clock.GetUtcNow();
+        clock.Advance(TimeSpan.FromDays(31));
+
+        Assert.Equal(1, (await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 10_000, default)).Alerts); // the silence
+        Assert.Equal(AlertStatus.Cancelled, (await spool.GetAlertAsync("dev-1", "gw-back-1", default))?.Status);
+        Assert.Equal(new DeviceSilenceHistory("dev-1", null, null, ended), Assert.Single(await spool.SilenceHistoryAsync(T0, default)));
+
+        await SilenceAlertAsync("gw-silent-2", SilenceWatch.SilentCode);
+        clock.Advance(TimeSpan.FromDays(31));
+        Assert.Equal(1, (await spool.PruneAsync(clock.GetUtcNow() - TimeSpan.FromDays(30), 10_000, default)).Alerts); // the record
+        Assert.Equal("gw-silent-2", Assert.Single(await spool.SilenceHistoryAsync(T0, default)).OpenSilenceAlertId);
     }
 
     private static KeptReceipt Receipt(string device, string alertId, string state = "failed", string detail = "550 5.1.1 no such user") =>

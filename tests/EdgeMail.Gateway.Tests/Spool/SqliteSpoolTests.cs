@@ -33,7 +33,7 @@ public sealed class SqliteSpoolTests : SpoolContractTests, IDisposable
             await spool.AcceptAlertAsync(Alert("dev-1", "gw-silent-1", code: "DEVICE_SILENT"), default);
         }
 
-        var steps = Plan(SilenceSql.OpenSilences);
+        var steps = Plan(SilenceSql.LastSilences);
 
         Assert.Contains(steps, s => s.Contains("USING INDEX alerts_silence", StringComparison.Ordinal));
         Assert.DoesNotContain(steps, s => s.Contains("SCAN alerts USING INDEX alerts_device_received", StringComparison.Ordinal) || s == "SCAN alerts");
