@@ -362,7 +362,13 @@ public sealed partial class PowerCutCampaign
         /// </summary>
         private bool IsFallback(Sent s) =>
             !s.IsMarker && Model.Records.TryGetValue(s.Token, out ModelRecord? rec) && rec.AlertId != 0 && Model.Alerts.TryGetValue(rec.AlertId, out ModelAlert? a)
-            && a.NewestToken != 0 && a.NewestToken != s.Token && !Model.Records[a.NewestToken].Promised;
+            && a.NewestToken != s.Token && NewestMayReadTorn(a);
+
+        /// <summary>
+        /// Whether the newest record known of <paramref name="a"/> is one a raise that never returned wrote: read torn by the
+        /// store's scan and whole by its reader, it goes out as well as the older record it would have replaced (same id).
+        /// </summary>
+        private bool NewestMayReadTorn(ModelAlert a) => a.NewestToken != 0 && !Model.Records[a.NewestToken].Promised;
 
         /// <summary>The alert a record belongs to; a record whose append never returned is identified when first seen.</summary>
         private ModelAlert Identify(ModelRecord rec, uint idSeq)
@@ -414,7 +420,7 @@ public sealed partial class PowerCutCampaign
 
             foreach (Delivery d in Model.Pass)
             {
-                if (!d.IsMarker && d.AlertId == a.Id && s.Seq < d.NextSeqThen)
+                if (!d.IsMarker && d.AlertId == a.Id && s.Seq < d.NextSeqThen && !NewestMayReadTorn(a))
                 {
                     Fail("duplicate", $"alert {a.Id} handed out twice in one pass (entries {d.Seq} and {s.Seq}) without having been moved in between");
                 }
@@ -502,11 +508,17 @@ public sealed partial class PowerCutCampaign
             var newestOf = new Dictionary<uint, RawItem>();
             foreach (RawItem r in raw)
             {
-                Model.MaxSeqSeen = Math.Max(Model.MaxSeqSeen, r.Seq);
                 if (!Model.Records.TryGetValue(r.Token, out ModelRecord? rec))
                 {
                     Fail("never raised", $"entry {r.Seq} holds raise {r.Token}, which was never raised");
                     continue;
+                }
+
+                // The number of a record a raise that never returned wrote is used once the uplink has it (Deliver);
+                // seen here only, it may fade and be given again, which no one can tell.
+                if (rec.Promised || r.Seq != r.OriginalSeq)
+                {
+                    Model.MaxSeqSeen = Math.Max(Model.MaxSeqSeen, r.Seq);
                 }
 
                 if (!present.TryAdd(r.Token, r))
@@ -641,7 +653,7 @@ public sealed partial class PowerCutCampaign
                 }
 
                 bool forgotten = Store.ForgottenChains > 0 || a.ChainForgotten;
-                if (!handed.Add(a.Id) && !forgotten)
+                if (!handed.Add(a.Id) && !forgotten && !NewestMayReadTorn(a))
                 {
                     Fail("duplicate", $"alert {a.Id} handed out twice after a mount");
                 }
