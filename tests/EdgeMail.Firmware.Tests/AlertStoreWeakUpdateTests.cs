@@ -22,7 +22,7 @@ public class AlertStoreWeakUpdateTests
     /// The simulator's noisy weak cells, one outcome of them: reads of [Start, End) pass until the header at Start has
     /// been read <see cref="PassingHeaderReads"/> times, then read with a bit flipped.
     /// </summary>
-    private sealed class NoisyRange(NorFlashSimulator inner) : IFlashDevice
+    internal sealed class NoisyRange(IFlashDevice inner) : IFlashDevice
     {
         public int Start = -1;
         public int End = -1;
@@ -164,5 +164,53 @@ public class AlertStoreWeakUpdateTests
         sim.PowerOn();
         var (third, _) = Boot(flash, clock, boot: 3);
         Assert.Empty(Drain(third));
+    }
+
+    /// <summary>
+    /// Two coalesced alerts each have an update cut as it was written, in boots 1 and 2 (the pump's X, the fan's Y), and
+    /// boot 2 hands nothing out. In boot 3 both read whole in the scans and torn when handed out: the store hands out the
+    /// door, then from its second sweep the pump's first record and the fan's. The gateway has all three and acknowledges
+    /// the last one handed out, which by the order acknowledgements follow (docs/flash-queue.md, "Weak cells": "its own
+    /// acknowledges them too") covers the pump's as well. The pump's hold must end with it, or nothing more is
+    /// acknowledged in this boot until some later alert is.
+    /// </summary>
+    [Fact]
+    public void TwoWeakUpdatesFallBackInOneSweep_AcknowledgingTheLastHandedOut_DrainsTheQueue()
+    {
+        using var sim = new NorFlashSimulator(new FlashGeometry(64 * 1024, 4096, 1024, 1, true, false), seed: 5);
+        var pumpCells = new NoisyRange(sim);
+        var fanCells = new NoisyRange(pumpCells);
+        var clock = new ManualClock();
+        var (store, _) = Boot(fanCells, clock, boot: 1);
+        var pump = new Alert("PUMP_CYCLING", Severity.Warning, "Pump restarted");
+        store.Raise(pump);
+        store.Raise(new Alert("DOOR_OPEN", Severity.Warning, "Door open"));
+        CutInside(sim, pumpCells, () => store.Raise(pump)); // the pump's count-2 update X
+
+        var (second, _) = Boot(fanCells, clock, boot: 2);
+        var fan = new Alert("FAN_STALLED", Severity.Warning, "Fan stalled");
+        second.Raise(fan);
+        CutInside(sim, fanCells, () => second.Raise(fan)); // the fan's count-2 update Y
+
+        pumpCells.Reset(passing: 2); // the mount's scan and the store's
+        fanCells.Reset(passing: 2);
+        var (third, queue) = Boot(fanCells, clock, boot: 3);
+        var sent = Drain(third);
+
+        Assert.Equal(["DOOR_OPEN", "PUMP_CYCLING", "FAN_STALLED"], sent.Select(s => s.Json.GetProperty("code").GetString()));
+        third.Acknowledge(sent[^1].Seq);
+        Assert.True(third.Depth == 0, $"acknowledging the last alert handed out left {third.Depth} queued (acknowledged through {queue.AckedThrough}; handed out {string.Join(", ", sent.Select(s => s.Seq))})");
+    }
+
+    /// <summary>Makes <paramref name="raise"/> hit a cut that completes its write unreturned, and points <paramref name="cells"/> at what it programmed.</summary>
+    private static void CutInside(NorFlashSimulator sim, NoisyRange cells, Action raise)
+    {
+        byte[] before = sim.Snapshot();
+        sim.ScheduleCut(0, new PowerCut(CutMode.Complete, 1, WeakCells.None)); // the cells' drift is NoisyRange's
+        Assert.Throws<PowerLossException>(raise);
+        byte[] after = sim.Snapshot();
+        cells.Start = Enumerable.Range(0, before.Length).First(i => before[i] != after[i]);
+        cells.End = Enumerable.Range(0, before.Length).Last(i => before[i] != after[i]) + 1;
+        sim.PowerOn();
     }
 }

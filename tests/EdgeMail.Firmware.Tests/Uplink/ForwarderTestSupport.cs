@@ -25,14 +25,21 @@ internal sealed class ForwarderRig : IDisposable
 
     private readonly Func<ForwarderOptions> _options;
 
-    public ForwarderRig(Func<ForwarderOptions> options, int flashSeed = 1)
+    /// <param name="options">The forwarder's options, read at every boot.</param>
+    /// <param name="flashSeed">The simulator's seed.</param>
+    /// <param name="device">What the queue reads and programs through (a fault wrapper around the simulator); the simulator itself when null.</param>
+    /// <param name="geometry">The flash's geometry; <see cref="Geometry"/> when null.</param>
+    public ForwarderRig(Func<ForwarderOptions> options, int flashSeed = 1, Func<NorFlashSimulator, IFlashDevice>? device = null, FlashGeometry? geometry = null)
     {
         _options = options;
-        Flash = new NorFlashSimulator(Geometry, seed: flashSeed);
+        Flash = new NorFlashSimulator(geometry ?? Geometry, seed: flashSeed);
+        Device = device == null ? Flash : device(Flash);
         Boot();
     }
 
     public NorFlashSimulator Flash { get; }
+
+    public IFlashDevice Device { get; }
 
     public AdjustableClock Clock { get; private set; } = null!;
 
@@ -59,7 +66,7 @@ internal sealed class ForwarderRig : IDisposable
 
         BootCount++;
         Clock = new AdjustableClock();
-        Queue = new FlashQueue(Flash);
+        Queue = new FlashQueue(Device);
         Queue.Mount(0x7F3A9C21);
         Wall = new WallClock(Clock);
         Store = new AlertStore(Queue, Clock, Wall, BootCount);

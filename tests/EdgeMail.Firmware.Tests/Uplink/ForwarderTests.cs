@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using EdgeMail.Firmware.Alerts;
+using EdgeMail.Firmware.Storage;
 using EdgeMail.Firmware.Tests.Uplink.Mqtt;
 using EdgeMail.Firmware.Uplink;
 using EdgeMail.Simulation.Flash;
@@ -505,6 +506,57 @@ public sealed class ForwarderTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.Equal(0u, rig.Store.Depth);
         var ids = AlertsSeen().Select(s => s.Id).ToHashSet();
         Assert.Superset(new[] { x, a }.Concat(later).Select(s => $"7f3a9c21-{s}").ToHashSet(), ids);
+    }
+
+    /// <summary>
+    /// Boot 1 is cut inside the pump alert's update U (pump R = 1, door = 2, U = 3), whose cells then read whole in the
+    /// mount's and the store's scans and torn when handed out (docs/flash-queue.md, "Weak cells"). The store hands out
+    /// the door, then R from its second sweep, out of number order. The link drops before either PUBACK: the window's
+    /// tags are [2, 1]. After the reconnect the store hands out R before the door, as its fallback is now the alert's
+    /// latest record; the forwarder publishes R (tag 1, still in the window: DUP) and then, the store drained, gives up
+    /// the resend tags it has not matched, tag 1 among them: R's PUBACK is then not reported, the window's prefix never
+    /// moves past R and the store is never acknowledged again on this connection.
+    /// </summary>
+    [Fact]
+    public void LinkDropWithAFallbackRecordInFlight_AfterTheReconnect_TheQueueStillDrains()
+    {
+        AlertStoreWeakUpdateTests.NoisyRange flash = null!;
+        using var rig = new ForwarderRig(() => Options(), device: sim => flash = new AlertStoreWeakUpdateTests.NoisyRange(sim), geometry: new FlashGeometry(64 * 1024, 4096, 1024, 1, true, false));
+        var pump = new Alert("PUMP_CYCLING", Severity.Warning, "Pump restarted");
+        uint r = rig.Forwarder.Raise(pump);
+        uint door = rig.Raise("DOOR_OPEN");
+        byte[] before = rig.Flash.Snapshot();
+        rig.Flash.ScheduleCut(0, new PowerCut(CutMode.Complete, 1, WeakCells.None)); // the cells' drift is NoisyRange's
+        Assert.Throws<PowerLossException>(() => rig.Forwarder.Raise(pump)); // the count-2 update U
+        byte[] after = rig.Flash.Snapshot();
+        flash.Start = Enumerable.Range(0, before.Length).First(i => before[i] != after[i]);
+        flash.End = Enumerable.Range(0, before.Length).Last(i => before[i] != after[i]) + 1;
+        rig.PowerOff();
+        flash.Reset(passing: 2); // the mount's scan and the store's
+        rig.Boot();
+
+        int dropped = 0;
+        _broker.OnPublish = e =>
+        {
+            if (e.ApplicationMessage.Topic == AlertTopic && Encoding.UTF8.GetString(e.ApplicationMessage.Payload.ToArray()).Contains("DOOR_OPEN", StringComparison.Ordinal)
+                && Interlocked.Exchange(ref dropped, 1) == 0)
+            {
+                Assert.True(SpinWait.SpinUntil(() => rig.Forwarder.Published == 2, TimeSpan.FromSeconds(10)), "R to be published after the door");
+                throw new InvalidOperationException("simulated link drop before the door's PUBACK");
+            }
+        };
+
+        rig.StepUntil(() => rig.Forwarder.Connects >= 2, "the reconnect", timeoutMs: 10_000);
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        while (rig.Store.Depth != 0 && watch.ElapsedMilliseconds < 5_000) // a guard against a hang, not a speed check: the link stays up
+        {
+            rig.Forwarder.Step(20);
+        }
+
+        Assert.True(rig.Store.Depth == 0, $"the queue did not drain after the reconnect: depth {rig.Store.Depth}, forwarder {rig.Forwarder.State}, acknowledged through {rig.Forwarder.AcknowledgedThrough}, {rig.Forwarder.Acknowledged} PUBACKs reported for {rig.Forwarder.Published} published and {rig.Forwarder.Resent} resent, {AlertsSeen().Count} alert PUBLISHes at the broker");
+        Assert.Equal(1, dropped);
+        var ids = AlertsSeen().Select(s => s.Id).ToHashSet();
+        Assert.Superset(new[] { r, door }.Select(s => $"7f3a9c21-{s}").ToHashSet(), ids);
     }
 
     private sealed class ManualClock : IClock
