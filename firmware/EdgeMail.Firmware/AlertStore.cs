@@ -57,6 +57,7 @@ public sealed class AlertStore
     // update did not read (FallBack), the last sequence number its first time handed out.
     private uint _ackWanted;
     private uint _secondSweepThrough;
+    private uint _secondSweepOrder;
     private uint _unreadableThrough;
     private uint _cutThrough;
 
@@ -233,7 +234,11 @@ public sealed class AlertStore
         }
     }
 
-    /// <summary>The gateway owns every alert up to <paramref name="seq"/>: remove them from flash.</summary>
+    /// <summary>
+    /// The gateway owns the alert handed out as <paramref name="seq"/> and every one handed out before it: remove them
+    /// from flash. (Alerts go out in sequence order, except an older record a second sweep hands out in place of an
+    /// update that no longer reads; see docs/flash-queue.md, "Weak cells".)
+    /// </summary>
     /// <param name="seq">Sequence number from <see cref="TryNext(OutgoingAlert)"/>.</param>
     public void Acknowledge(uint seq)
     {
@@ -244,17 +249,27 @@ public sealed class AlertStore
                 _ackWanted = seq;
             }
 
+            // Acknowledgements follow the order alerts were handed out in. A record a second sweep handed out went out
+            // after records with higher numbers: only its own number, one handed out after it by that sweep, or one
+            // above all the first sweep handed out says the gateway has it; and then it has everything handed out before.
+            uint order = 0;
             for (int i = 0; i < _chainCount; i++)
             {
-                // The record standing for the held ones is acknowledged. Handed out by a second sweep, it went out after
-                // records with higher numbers: only its own number, or one handed out after it, says the gateway has
-                // it; and its own says the gateway has everything handed out before it (acknowledgements follow the
-                // order alerts were handed out in).
+                if (_chains[i].SentAfter != 0 && _chains[i].SentAt == seq)
+                {
+                    order = _chains[i].SentOrder;
+                }
+            }
+
+            for (int i = 0; i < _chainCount; i++)
+            {
                 Chain c = _chains[i];
-                if (c.HeldFrom != 0 && c.SentAt != 0 && seq >= c.SentAt && (c.SentAfter == 0 || seq == c.SentAt || seq > c.SentAfter))
+                bool has = c.SentAt != 0 && seq >= c.SentAt
+                    && (c.SentAfter == 0 || seq > c.SentAfter || (order != 0 && order >= c.SentOrder));
+                if (has)
                 {
                     c.HeldFrom = 0;
-                    c.Settled = true;
+                    c.Settled = true; // an older record passed over later (moved past it) needs no hold either
                     if (c.SentAfter > _ackWanted)
                     {
                         _ackWanted = c.SentAfter;
@@ -342,6 +357,7 @@ public sealed class AlertStore
             {
                 chain.SentAt = seq;
                 chain.SentAfter = again ? _secondSweepThrough : 0;
+                chain.SentOrder = again ? ++_secondSweepOrder : 0;
                 if (!again && seq >= _firstSeqOfBoot)
                 {
                     // Programmed whole in this boot (appended, or moved by the full policy): it cannot fade.
@@ -739,6 +755,7 @@ public sealed class AlertStore
         // This pass: where the latest was handed out, and if a second sweep did it, the last number the first handed out.
         public uint SentAt;
         public uint SentAfter;
+        public uint SentOrder;
         public uint Fallback;
         public bool FellBack;
 
@@ -746,6 +763,7 @@ public sealed class AlertStore
         {
             SentAt = 0;
             SentAfter = 0;
+            SentOrder = 0;
             Fallback = 0;
             FellBack = false;
         }

@@ -15,7 +15,9 @@ public sealed partial class FlashQueue
 
     // Results of the last PlanReclaim.
     private bool _planFits;
-    private int _planEnd;
+
+    // Where a reclaim reads a record it moves (grown to the largest moved so far).
+    private byte[]? _copy;
     private int _planMoved;
     private int _planDropped;
 
@@ -130,7 +132,6 @@ public sealed partial class FlashQueue
         }
 
         int victimBase = victim * _sectorBytes;
-        int slack = _entryLimit - _planEnd;
         OpenSector(Next(_head), _headSectorSeq + 1);
         uint dropped = 0;
         uint firstDropped = 0xFFFFFFFFu;
@@ -188,22 +189,32 @@ public sealed partial class FlashQueue
                 continue;
             }
 
-            // Move forward under a new sequence number, keeping the original one (entry ids never change).
-            int payloadLen = len - (relocated ? RelocationPrefix : 0);
-            int at = HeaderSlot(_writeOffset);
-            uint newSeq = _nextSeq;
-            bool whole = CopyRecord(at, newSeq, type, priority, _rec[10], original, victimBase + start + RecordOverhead + (relocated ? RelocationPrefix : 0), payloadLen);
-            _nextSeq = newSeq + 1;
-            int next = NextPage(_writeOffset - 1);
-            if (!whole && slack >= next - _writeOffset)
+            // Move forward under a new sequence number, keeping the original one (entry ids never change). The record
+            // is read once and checked against its own check value: a copy programmed from a second read could differ
+            // from the first where a cut left cells weak, and fail its check (readers would go on at the next page and
+            // skip what follows it) or pass it with changed bytes. A record that does not read back whole now is such a
+            // write, whose raise never returned: it is not moved.
+            if (_copy == null || _copy.Length < len)
             {
-                // The copy fails its check (its source read differently twice: cells a cut left weak), and readers go
-                // on from it at the next page: the next record starts there, or they would skip it with the copy.
-                slack -= next - _writeOffset;
-                _writeOffset = next;
+                _copy = new byte[len];
             }
 
-            _headMovedEnd = MovedEnd(_headMovedEnd, RelocationPrefix + payloadLen);
+            _device.Read(victimBase + start + RecordOverhead, _copy, 0, len);
+            if (Crc32.Finish(Crc32.Update(Crc32.Update(Crc32.Seed, _rec, 0, 12), _copy, 0, len)) != Le.U32(_rec, 12))
+            {
+                if (_pendingKnown)
+                {
+                    _pending[priority]--;
+                }
+
+                continue;
+            }
+
+            int prefix = relocated ? RelocationPrefix : 0;
+            Le.PutU32(_small, 0, relocated ? Le.U32(_copy, 0) : seq);
+            WriteRecord(HeaderSlot(_writeOffset), _nextSeq, type, priority, _rec[10], FlagRelocated, _small, RelocationPrefix, _copy, prefix, len - prefix);
+            _nextSeq++;
+            _headMovedEnd = MovedEnd(_headMovedEnd, RelocationPrefix + len - prefix);
         }
 
         if (dropped > 0)
@@ -278,7 +289,6 @@ public sealed partial class FlashQueue
         }
 
         _planFits = at <= _entryLimit;
-        _planEnd = at;
         _planMoved = moved;
         _planDropped = dropped;
     }

@@ -216,41 +216,6 @@ public sealed partial class FlashQueue
         StageEnd();
     }
 
-    /// <summary>
-    /// Writes a record whose payload is copied from another place on flash (moving an entry forward). Returns false when
-    /// the source read differently in the two reads the copy takes (cells a cut left weak): the copy then fails its check.
-    /// </summary>
-    private bool CopyRecord(int pos, uint seq, byte type, byte priority, byte kind, uint originalSeq, int sourceAddress, int count)
-    {
-        Le.PutU32(_small, 0, originalSeq);
-        uint head = RecordHeader(RelocationPrefix + count, seq, type, priority, kind, FlagRelocated);
-        head = Crc32.Update(head, _small, 0, RelocationPrefix);
-        uint state = head;
-        for (int done = 0; done < count; done += _chunk.Length)
-        {
-            int n = count - done < _chunk.Length ? count - done : _chunk.Length;
-            _device.Read(sourceAddress + done, _chunk, 0, n);
-            state = Crc32.Update(state, _chunk, 0, n);
-        }
-
-        Le.PutU32(_rec, 12, Crc32.Finish(state));
-        Le.PutU32(_small, 0, originalSeq);
-        StageBegin(pos);
-        Stage(_rec, 0, RecordOverhead);
-        Stage(_small, 0, RelocationPrefix);
-        uint staged = head;
-        for (int done = 0; done < count; done += _chunk.Length)
-        {
-            int n = count - done < _chunk.Length ? count - done : _chunk.Length;
-            _device.Read(sourceAddress + done, _chunk, 0, n);
-            staged = Crc32.Update(staged, _chunk, 0, n);
-            Stage(_chunk, 0, n);
-        }
-
-        StageEnd();
-        return staged == state;
-    }
-
     private void StageBegin(int pos)
     {
         _lastMarkerSeq = 0; // the record about to be written follows it; a marker sets it again once written

@@ -433,6 +433,7 @@ public sealed class Forwarder : IMqttClientHandler
             _linkUp = true;
             Connects++;
             _resendCount = _client.CopyUnacknowledgedTags(_resendTags);
+            SortResendTags();
             _resendIndex = 0;
             _store.Rewind();
             _pendingCount = 0;
@@ -526,6 +527,26 @@ public sealed class Forwarder : IMqttClientHandler
 
         Heartbeats++;
         _nextHeartbeatMs = _clock.UptimeMs + _options.HeartbeatIntervalMs;
+    }
+
+    /// <summary>
+    /// The store hands alerts out again in sequence order after a rewind, and the resend walk follows it; the window may
+    /// hold them in another order (an alert the store fell back to goes out after later ones, docs/flash-queue.md).
+    /// </summary>
+    private void SortResendTags()
+    {
+        for (int i = 1; i < _resendCount; i++)
+        {
+            long tag = _resendTags[i];
+            int j = i - 1;
+            while (j >= 0 && _resendTags[j] > tag)
+            {
+                _resendTags[j + 1] = _resendTags[j];
+                j--;
+            }
+
+            _resendTags[j + 1] = tag;
+        }
     }
 
     /// <summary>Publishes from the store while the in-flight window has room.</summary>
