@@ -82,6 +82,11 @@ public sealed class AlertStore
         {
             _slots[i] = new Slot();
         }
+
+        for (int i = 0; i < Chains; i++)
+        {
+            _chains[i] = new Chain();
+        }
     }
 
     /// <summary>The flash epoch: the first part of every alert id.</summary>
@@ -571,7 +576,7 @@ public sealed class AlertStore
             _chainCount--;
         }
 
-        Chain added = _chains[_chainCount] ??= new Chain();
+        Chain added = _chains[_chainCount];
         added.Id = idSeq;
         added.Latest = updateSeq;
         added.Durable = durable;
