@@ -12,12 +12,12 @@ public class AlertStoreTests
 {
     private static readonly FlashGeometry Geometry = new(64 * 1024, 4096, 256, 1, allowsReprogram: true, encrypted: false);
 
-    private sealed class ManualClock : IClock
+    internal sealed class ManualClock : IClock
     {
         public long UptimeMs { get; set; } = 1_000;
     }
 
-    private static (AlertStore Store, FlashQueue Queue) Boot(NorFlashSimulator flash, ManualClock clock, uint boot, long? wallUnixMs = null, FullPolicy policy = FullPolicy.DropLowestPriority)
+    internal static (AlertStore Store, FlashQueue Queue) Boot(IFlashDevice flash, ManualClock clock, uint boot, long? wallUnixMs = null, FullPolicy policy = FullPolicy.DropLowestPriority)
     {
         var queue = new FlashQueue(flash, policy);
         queue.Mount(0x7F3A9C21);
@@ -30,7 +30,7 @@ public class AlertStoreTests
         return (new AlertStore(queue, clock, wall, boot), queue);
     }
 
-    private static List<(JsonElement Json, uint Seq)> Drain(AlertStore store)
+    internal static List<(JsonElement Json, uint Seq)> Drain(AlertStore store)
     {
         var list = new List<(JsonElement, uint)>();
         var buf = new byte[AlertJsonWriter.MaxLength];
