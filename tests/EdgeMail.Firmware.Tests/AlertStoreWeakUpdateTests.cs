@@ -67,13 +67,7 @@ public class AlertStoreWeakUpdateTests
     public void AWeakUpdateHandedOutInTheBootAfterItsCut_ReadsTornInTheNextBoot_ThePromisedAlertIsNotLost()
     {
         using var sim = new NorFlashSimulator(new FlashGeometry(64 * 1024, 4096, 1024, 1, true, false), seed: 5);
-        var flash = new NoisyRange(sim);
-        var clock = new AlertStoreTests.ManualClock();
-        var (store, _) = Boot(flash, clock, boot: 1);
-        var pump = new Alert("PUMP_CYCLING", Severity.Warning, "Pump restarted");
-        store.Raise(pump);
-        store.Raise(new Alert("DOOR_OPEN", Severity.Warning, "Door open"));
-        CutInside(sim, flash, () => store.Raise(pump)); // the count-2 update X
+        var (flash, clock) = PumpUpdateCut(sim);
 
         // Boot 2: everything is handed out (the pump as X, count 2); the gateway acknowledges only the door alert.
         var (second, _) = Boot(flash, clock, boot: 2);
@@ -110,13 +104,7 @@ public class AlertStoreWeakUpdateTests
     public void AWeakUpdateThatReadsTornWhenHandedOut_ItsAlertGoesOutInTheSameBootFromItsOlderRecord()
     {
         using var sim = new NorFlashSimulator(new FlashGeometry(64 * 1024, 4096, 1024, 1, true, false), seed: 5);
-        var flash = new NoisyRange(sim);
-        var clock = new AlertStoreTests.ManualClock();
-        var (store, _) = Boot(flash, clock, boot: 1);
-        var pump = new Alert("PUMP_CYCLING", Severity.Warning, "Pump restarted");
-        store.Raise(pump);
-        store.Raise(new Alert("DOOR_OPEN", Severity.Warning, "Door open"));
-        CutInside(sim, flash, () => store.Raise(pump)); // the count-2 update X
+        var (flash, clock) = PumpUpdateCut(sim);
 
         flash.Reset(passing: 2); // the mount's scan and the store's
         var (second, queue) = Boot(flash, clock, boot: 2);
@@ -169,6 +157,19 @@ public class AlertStoreWeakUpdateTests
         Assert.Equal(["DOOR_OPEN", "PUMP_CYCLING", "FAN_STALLED"], sent.Select(s => s.Json.GetProperty("code").GetString()));
         third.Acknowledge(sent[^1].Seq);
         Assert.True(third.Depth == 0, $"acknowledging the last alert handed out left {third.Depth} queued (acknowledged through {queue.AckedThrough}; handed out {string.Join(", ", sent.Select(s => s.Seq))})");
+    }
+
+    /// <summary>Boot 1: the pump alert, then the door alert, then the pump's count-2 update X, cut as it completes.</summary>
+    private static (NoisyRange Flash, AlertStoreTests.ManualClock Clock) PumpUpdateCut(NorFlashSimulator sim)
+    {
+        var flash = new NoisyRange(sim);
+        var clock = new AlertStoreTests.ManualClock();
+        var (store, _) = Boot(flash, clock, boot: 1);
+        var pump = new Alert("PUMP_CYCLING", Severity.Warning, "Pump restarted");
+        store.Raise(pump);
+        store.Raise(new Alert("DOOR_OPEN", Severity.Warning, "Door open"));
+        CutInside(sim, flash, () => store.Raise(pump));
+        return (flash, clock);
     }
 
     /// <summary>Makes <paramref name="raise"/> hit a cut that completes its write unreturned, and points <paramref name="cells"/> at what it programmed.</summary>
