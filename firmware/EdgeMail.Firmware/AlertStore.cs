@@ -258,19 +258,22 @@ public sealed class AlertStore
             // after records with higher numbers: only its own number, one handed out after it by that sweep, or one
             // above all the first sweep handed out says the gateway has it; and then it has everything handed out before.
             uint order = 0;
+            uint firstSweep = 0;
             for (int i = 0; i < _chainCount; i++)
             {
                 if (_chains[i].SentAfter != 0 && _chains[i].SentAt == seq)
                 {
                     order = _chains[i].SentOrder;
+                    firstSweep = _chains[i].SentAfter;
                 }
             }
 
             for (int i = 0; i < _chainCount; i++)
             {
                 Chain c = _chains[i];
-                bool has = c.SentAt != 0 && seq >= c.SentAt
-                    && (c.SentAfter == 0 || seq > c.SentAfter || (order != 0 && order >= c.SentOrder));
+                bool has = c.SentAt != 0 && (order != 0
+                    ? (c.SentAfter == 0 ? c.SentAt <= firstSweep : order >= c.SentOrder)
+                    : seq >= c.SentAt && (c.SentAfter == 0 || seq > c.SentAfter));
                 if (has)
                 {
                     c.HeldFrom = 0;

@@ -159,6 +159,43 @@ public class AlertStoreWeakUpdateTests
         Assert.True(third.Depth == 0, $"acknowledging the last alert handed out left {third.Depth} queued (acknowledged through {queue.AckedThrough}; handed out {string.Join(", ", sent.Select(s => s.Seq))})");
     }
 
+    /// <summary>
+    /// The pump's update X is cut in boot 1; in boot 2 the fan is raised twice (its update U returns,
+    /// but from boot 3 on it is an earlier boot's update, so the fan's first record is held behind it). In boot 3 X reads
+    /// whole in the scans and torn when handed out: the store hands out the door, the fan's U (first sweep), then the
+    /// pump's first record R (second sweep, a lower number than U). Acknowledging R, the last handed out, says the gateway
+    /// has everything handed out before it, U included; but the fan's hold is released only by an acknowledgement at or
+    /// above U's number, so the queue stays below the fan's first record until some later alert is acknowledged.
+    /// </summary>
+    [Fact]
+    public void AFallbackAcknowledged_CoversAnEarlierBootsUpdateHandedOutBeforeIt_DrainsTheQueue()
+    {
+        using var sim = new NorFlashSimulator(new FlashGeometry(64 * 1024, 4096, 1024, 1, true, false), seed: 5);
+        var pumpCells = new NoisyRange(sim);
+        var clock = new AlertStoreTests.ManualClock();
+        var (store, _) = Boot(pumpCells, clock, boot: 1);
+        var pump = new Alert("PUMP_CYCLING", Severity.Warning, "Pump restarted");
+        store.Raise(pump);
+        store.Raise(new Alert("DOOR_OPEN", Severity.Warning, "Door open"));
+        CutInside(sim, pumpCells, () => store.Raise(pump)); // the pump's count-2 update X
+
+        var (second, _) = Boot(pumpCells, clock, boot: 2);
+        var fan = new Alert("FAN_STALLED", Severity.Warning, "Fan stalled");
+        second.Raise(fan);
+        second.Raise(fan); // the fan's count-2 update U, whose raise returned
+        sim.PowerOn();
+
+        pumpCells.Reset(passing: 2); // the mount's scan and the store's
+        var (third, queue) = Boot(pumpCells, clock, boot: 3);
+        var sent = Drain(third);
+
+        Assert.Equal(["DOOR_OPEN", "FAN_STALLED", "PUMP_CYCLING"], sent.Select(s => s.Json.GetProperty("code").GetString()));
+        Assert.Equal(2, sent[1].Json.GetProperty("count").GetInt32());
+        Assert.True(sent[2].Seq < sent[1].Seq, "the pump's first record is older than the fan's update");
+        third.Acknowledge(sent[^1].Seq);
+        Assert.True(third.Depth == 0, $"acknowledging the last alert handed out left {third.Depth} queued (acknowledged through {queue.AckedThrough}; handed out {string.Join(", ", sent.Select(s => s.Seq))})");
+    }
+
     /// <summary>Boot 1: the pump alert, then the door alert, then the pump's count-2 update X, cut as it completes.</summary>
     private static (NoisyRange Flash, AlertStoreTests.ManualClock Clock) PumpUpdateCut(NorFlashSimulator sim)
     {
