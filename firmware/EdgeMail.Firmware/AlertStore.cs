@@ -619,7 +619,7 @@ public sealed class AlertStore
         for (int i = 0; i < _chainCount; i++)
         {
             Chain c = _chains[i];
-            if (c.HeldFrom == 0 || c.SentAt != 0 || c.FellBack || c.Settled)
+            if (c.HeldFrom == 0 || c.SentAt != 0 || c.FellBack)
             {
                 continue;
             }

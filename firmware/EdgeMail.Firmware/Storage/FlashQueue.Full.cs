@@ -15,11 +15,11 @@ public sealed partial class FlashQueue
 
     // Results of the last PlanReclaim.
     private bool _planFits;
+    private int _planMoved;
+    private int _planDropped;
 
     // Where a reclaim reads a record it moves (grown to the largest moved so far).
     private byte[]? _copy;
-    private int _planMoved;
-    private int _planDropped;
 
     /// <summary>
     /// Makes room for an entry of <paramref name="priority"/>: opens a free sector, or reclaims the oldest.
@@ -150,12 +150,6 @@ public sealed partial class FlashQueue
 
             byte priority = _rec[9];
             bool relocated = (_rec[11] & FlagRelocated) != 0;
-            uint original = seq;
-            if (relocated)
-            {
-                _device.Read(victimBase + start + RecordOverhead, _small, 0, RelocationPrefix);
-                original = Le.U32(_small, 0);
-            }
 
             // Markers in the victim are merged into the new one rather than moved, so they never pile up.
             bool extra = priority == threshold + 1 && extraCount > 0;
@@ -167,8 +161,14 @@ public sealed partial class FlashQueue
             if (priority <= threshold || type == TypeDropped || extra)
             {
                 uint n = 1;
-                uint lo = original;
-                uint hi = original;
+                uint lo = seq;
+                if (relocated && type != TypeDropped)
+                {
+                    _device.Read(victimBase + start + RecordOverhead, _small, 0, RelocationPrefix);
+                    lo = Le.U32(_small, 0);
+                }
+
+                uint hi = lo;
                 if (type == TypeDropped)
                 {
                     _device.Read(victimBase + start + RecordOverhead + (relocated ? RelocationPrefix : 0), _small, 0, DroppedPayload);
