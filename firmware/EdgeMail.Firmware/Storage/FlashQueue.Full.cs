@@ -136,6 +136,7 @@ public sealed partial class FlashQueue
         uint dropped = 0;
         uint firstDropped = 0xFFFFFFFFu;
         uint lastDropped = 0;
+        int copied = 0;
         int pos = _dataStart;
         while (NextRecord(victimBase, ref pos, _sectorBytes))
         {
@@ -215,6 +216,7 @@ public sealed partial class FlashQueue
             WriteRecord(HeaderSlot(_writeOffset), _nextSeq, type, priority, _rec[10], FlagRelocated, _small, RelocationPrefix, _copy, prefix, len - prefix);
             _nextSeq++;
             _headMovedEnd = MovedEnd(_headMovedEnd, RelocationPrefix + len - prefix);
+            copied++;
         }
 
         if (dropped > 0)
@@ -232,14 +234,28 @@ public sealed partial class FlashQueue
         }
 
         // The closing record: from here on the moved entries and the marker are complete, and a mount that
-        // finds the victim still there erases it rather than this sector.
-        WriteAckRecord(_ackedThrough);
+        // finds the victim still there erases it rather than this sector. Unless nothing was copied or dropped (the
+        // survivors did not read back whole: raises that never returned), so the victim holds nothing owed: then this
+        // sector would begin with the closing record, as the spare that earlier firmware's Reject policy used for
+        // acknowledgements does, which a mount leaves live, and a cut inside the erase would leave no sector free. So
+        // the victim is erased first: a cut there leaves this sector header-only, which a mount erases (victim still
+        // live) or rewrites (victim gone).
+        bool closeFirst = copied > 0 || dropped > 0;
+        if (closeFirst)
+        {
+            WriteAckRecord(_ackedThrough);
+        }
 
         // The victim's entries now live here or are counted in the marker: erase it so no reboot can bring
         // them back, and remember it is blank for when the ring reaches it.
         _device.EraseSector(victim);
         _erasedSector = victim;
         _tail = Next(victim);
+        if (!closeFirst)
+        {
+            WriteAckRecord(_ackedThrough);
+        }
+
         return CollectedIntoNewSector;
     }
 

@@ -191,6 +191,114 @@ public class FlashQueueRecoveryTests(ITestOutputHelper output)
         AssertNothingLost(promised, drained, "after the reclaim whose copy of W failed its check");
     }
 
+    private static readonly FlashGeometry Ring3 = new(sizeBytes: 3 * 512, sectorBytes: 512, pageBytes: 64, programUnit: 1, allowsReprogram: true, encrypted: false);
+
+    /// <summary>
+    /// Weak cells under one record's payload: while armed, a read of the whole payload in one go (a reclaim's copy) sees a
+    /// bit flipped; the checks before it read in 64-byte chunks and see the record whole.
+    /// </summary>
+    private sealed class WeakCopyRead(IFlashDevice inner) : IFlashDevice
+    {
+        public int Address = -1;
+        public int Length;
+        public bool Armed;
+        public int Flips;
+
+        public FlashGeometry Geometry => inner.Geometry;
+
+        public void Read(int address, byte[] buffer, int offset, int count)
+        {
+            inner.Read(address, buffer, offset, count);
+            if (Armed && address == Address && count == Length)
+            {
+                buffer[offset + (count / 2)] ^= 0x10;
+                Flips++;
+            }
+        }
+
+        public void Program(int address, byte[] buffer, int offset, int count) => inner.Program(address, buffer, offset, count);
+
+        public void EraseSector(int sector) => inner.EraseSector(sector);
+    }
+
+    /// <summary>
+    /// A reclaim whose only unacknowledged entry is W, a raise cut as it completed, whose copy reads W differently from
+    /// the check before it: W is not moved and nothing is dropped, so the new sector began with the reclaim's closing
+    /// acknowledgement. Power fails inside the victim's erase, leaving the victim's header intact. The mount took the new
+    /// sector for the old Reject policy's spare and kept every sector live, so with no spare left the full policy could
+    /// not run: once the new sector filled, every raise threw QueueFullException, whatever its priority, until
+    /// acknowledgements went past W. Such a reclaim now erases the victim before its closing record; the cases that cut
+    /// the write after the erase check that order.
+    /// </summary>
+    [Theory]
+    [InlineData(CutMode.BeforeStart, 0)]
+    [InlineData(CutMode.NothingVisible, 0)]
+    [InlineData(CutMode.Complete, 0)]
+    [InlineData(CutMode.NothingVisible, 1)]
+    [InlineData(CutMode.RandomBits, 1)]
+    public void Reclaim_WhoseOnlySurvivorDoesNotReadBackWhole_CutAtTheVictimsErase_TheQueueStillTakesNewAlerts(CutMode mode, int operationsAfterTheErase)
+    {
+        using var sim = new NorFlashSimulator(Ring3, seed: 1);
+        var flash = new WeakCopyRead(sim);
+        var q = new FlashQueue(flash, FullPolicy.DropLowestPriority);
+        q.Mount(5);
+        var promised = new Dictionary<uint, uint> { [1] = q.Append(1, 2, Payload(1, 4), 0, 4) };
+        byte[] before = sim.Snapshot();
+        // W, critical: its record takes five page programs, and power fails as the last completes. The cells' noise is WeakCopyRead's.
+        sim.ScheduleCut(4, new PowerCut(CutMode.Complete, 1, WeakCells.None));
+        Assert.Throws<PowerLossException>(() => q.Append(1, 2, Payload(2, 300), 0, 300));
+        byte[] after = sim.Snapshot();
+        flash.Address = Enumerable.Range(0, before.Length).First(i => before[i] != after[i]) + FlashQueue.RecordOverhead;
+        flash.Length = 300;
+        sim.PowerOn();
+
+        q = new FlashQueue(flash, FullPolicy.DropLowestPriority);
+        q.Mount(5);
+        promised[3] = q.Append(1, 0, Payload(3, 200), 0, 200);
+        Assert.Equal(2, q.LiveSectors); // W ends sector 0: entry 3 opened sector 1
+        q.Acknowledge(promised[1]);
+        promised.Remove(1);
+
+        // Entry 4 fits in no sector but the spare: the oldest is reclaimed (entry 4 outranks the lowest priority queued),
+        // and power fails as it is erased.
+        bool cutTheVictim = false;
+        sim.BeforeMutation = (_, isErase, address, _, _, _) =>
+        {
+            if (isErase && address == 0)
+            {
+                cutTheVictim = true;
+                sim.ScheduleCut(operationsAfterTheErase, new PowerCut(mode));
+            }
+        };
+        flash.Armed = true;
+        Assert.Throws<PowerLossException>(() => q.Append(1, 1, Payload(4, q.MaxPayload), 0, q.MaxPayload));
+        Assert.True(cutTheVictim && flash.Flips == 1, $"the scenario did not form: victim erase cut {cutTheVictim}, W's copy misread {flash.Flips} times");
+        sim.BeforeMutation = null;
+        flash.Armed = false;
+        sim.PowerOn(2);
+
+        string where = operationsAfterTheErase == 0 ? $"cut {mode} in the victim's erase" : $"cut {mode} in the write after the victim's erase";
+        for (int boot = 0; boot < 2; boot++)
+        {
+            var again = new FlashQueue(flash, FullPolicy.DropLowestPriority);
+            Assert.True(again.Mount(6), $"{where}: the queue was formatted");
+            AssertNothingLost(promised, Drain(again), $"{where}, after reboot {boot + 1}");
+            uint id = 10 + (100 * (uint)boot);
+            for (int n = 0; n < 12; n++, id++)
+            {
+                uint seq = 0;
+                var refused = Record.Exception(() => seq = again.Append(1, PriorityOf(id), Payload(id, 120), 0, 120));
+                Assert.True(refused is null, $"{where}, reboot {boot + 1}: alert {n + 1} since the mount refused ({refused?.Message}); {again.LiveSectors} of 3 sectors live");
+                Assert.True(promised.Values.All(s => s < seq), $"{where}: sequence number {seq} reused");
+                promised[id] = seq;
+            }
+
+            again.Rewind();
+            AssertNothingLost(promised, Drain(again), $"{where}, after {promised.Count} appends in reboot {boot + 1}");
+            sim.PowerOn(3 + boot);
+        }
+    }
+
     public static TheoryData<FullPolicy, CutMode> ReclaimCuts => new()
     {
         { FullPolicy.DropLowestPriority, CutMode.BeforeStart },
