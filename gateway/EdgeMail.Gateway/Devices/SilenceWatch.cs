@@ -20,7 +20,9 @@ namespace EdgeMail.Gateway.Devices;
 /// once enabled again it has its whole limit from that moment to be heard. The end is recorded in the spool all the same,
 /// as the episode's <c>DEVICE_BACK</c> stored cancelled (never routed): without it the episode stayed open there, and a
 /// restart after the device was enabled again took it up, counted the device silent at once and mailed a
-/// <c>DEVICE_BACK</c> for a silence long over when it was next heard.
+/// <c>DEVICE_BACK</c> for a silence long over when it was next heard. A device taken out of the configuration and put
+/// back, or added at run time, has its whole limit from when the gateway found it configured (the spool records which
+/// devices are watched and since when: <see cref="ISpool.WatchDevicesAsync"/>), not from when it was last heard, before.
 /// </summary>
 public sealed partial class SilenceWatch : SupervisedLoop
 {
@@ -42,6 +44,11 @@ public sealed partial class SilenceWatch : SupervisedLoop
     // silence is measured from then, not from the last time they were heard, which was before they were refused.
     private readonly HashSet<string> _paused = new(StringComparer.Ordinal);
     private readonly Dictionary<string, Moment> _resumed = new(StringComparer.Ordinal);
+
+    // The devices recorded in the spool as watched (ISpool.WatchDevicesAsync), and the start that first recorded them (a
+    // seed tried again after a failure keeps it); the loop's only.
+    private readonly HashSet<string> _watched = new(StringComparer.Ordinal);
+    private DateTimeOffset? _started;
 
     // Under the _silentSince lock. Silences ended by a disabling or a removal, not yet recorded as ended in the spool.
     private readonly Dictionary<string, Ended> _ended = new(StringComparer.Ordinal);
@@ -156,6 +163,11 @@ public sealed partial class SilenceWatch : SupervisedLoop
     private async Task SeedAsync(CancellationToken cancellationToken)
     {
         var since = _clock.GetUtcNow() - TimeSpan.FromDays(2);
+
+        // Which devices were configured at the last start is known only from the spool: one that was not is new now, and a
+        // silence recorded for it before it was taken out is over.
+        var start = _started ??= DateTimeOffset.FromUnixTimeMilliseconds(_clock.GetUtcNow().ToUnixTimeMilliseconds());
+        var watchedSince = await WatchAsync(_devices.All.Select(d => d.Id).ToList(), start, forgetOthers: true, cancellationToken).ConfigureAwait(false);
         foreach (var activity in await _spool.DeviceActivityAsync(cancellationToken).ConfigureAwait(false))
         {
             if (new[] { activity.LastAlertAt, activity.LastStatusAt }.Max() is { } last)
@@ -178,7 +190,7 @@ public sealed partial class SilenceWatch : SupervisedLoop
                 {
                     lock (_silentSince)
                     {
-                        _ended[history.Device] = new Ended(goneKey, Removed: true);
+                        _ended[history.Device] = new Ended(goneKey, Ended.Removed);
                     }
                 }
 
@@ -191,12 +203,14 @@ public sealed partial class SilenceWatch : SupervisedLoop
             }
 
             // A disabled device's silence ended when it was disabled (no DEVICE_BACK is mailed for it); one disabled by a
-            // gateway of before, or while this one was down, is recorded as ended now.
-            if (device.Disabled && history.OpenSilenceAlertId is { } endedId && EpisodeKey(endedId) is long endedKey)
+            // gateway of before, or while this one was down, is recorded as ended now. So is the silence of one configured
+            // again now, whose end a start without it did not get to record.
+            bool again = watchedSince.TryGetValue(device.Id, out var watchedFrom) && watchedFrom >= start;
+            if ((device.Disabled || again) && history.OpenSilenceAlertId is { } endedId && EpisodeKey(endedId) is long endedKey)
             {
                 lock (_silentSince)
                 {
-                    _ended[history.Device] = new Ended(endedKey, Removed: false);
+                    _ended[history.Device] = new Ended(endedKey, again ? Ended.TakenOut : Ended.Disabled);
                 }
             }
             else if (history.OpenSilenceAlertId is { } alertId && EpisodeKey(alertId) is long key)
@@ -215,16 +229,19 @@ public sealed partial class SilenceWatch : SupervisedLoop
         // When it was enabled again is not kept, but it was no earlier than the device's last change: one changed after
         // it was last heard, not silent now, has its limit from that change (as if enabled again then), not from a time
         // before it was refused, which made it silent at once, under the id of the silence that disabling had ended.
-        // Likewise one whose silence ended unheard, because it was disabled or no longer configured: configured again
-        // now (when is not known, but no earlier than that end), its limit runs from that end. Measured from when it was
-        // last heard, its next silence took the ended one's id: a duplicate, mailed to nobody, as was its return.
+        // Likewise one whose silence ended unheard, because it was disabled or no longer configured: its limit runs from
+        // no earlier than that end. Measured from when it was last heard, its next silence took the ended one's id: a
+        // duplicate, mailed to nobody, as was its return. And one the last start did not find configured: from the start
+        // that found it back (or its addition at run time, recorded then), not from the end of a silence days before,
+        // nor from when it was last heard, before it was taken out: either made it silent at once.
         foreach (var device in _devices.All)
         {
-            var changed = _devices.ChangedAt(device.Id);
-            if (endedUnheard.TryGetValue(device.Id, out var ended) && (changed is null || ended > changed))
+            var changed = new[]
             {
-                changed = ended;
-            }
+                _devices.ChangedAt(device.Id),
+                endedUnheard.TryGetValue(device.Id, out var ended) ? ended : null,
+                watchedSince.TryGetValue(device.Id, out var watched) ? watched : null,
+            }.Max();
 
             if (!device.Disabled && changed is { } from && _presence.LastHeard(device.Id) is { } heard && heard.Wall < from)
             {
@@ -246,8 +263,30 @@ public sealed partial class SilenceWatch : SupervisedLoop
         // First, so that no later silence of a device enabled again is stored before the end of its earlier one.
         await RecordEndedAsync(cancellationToken).ConfigureAwait(false);
         var now = _presence.Now();
+
+        // Added at run time (the console, or another instance on the spool): watched from now, however long ago the
+        // spool last heard it, which it did before the device was taken out of the configuration.
+        if (_devices.All.Where(d => !_watched.Contains(d.Id)).Select(d => d.Id).ToList() is { Count: > 0 } added)
+        {
+            foreach (var (id, from) in await WatchAsync(added, now.Wall, forgetOthers: false, cancellationToken).ConfigureAwait(false))
+            {
+                if (_presence.LastHeard(id) is { } heard && heard.Wall < from)
+                {
+                    lock (_silentSince)
+                    {
+                        _resumed[id] = _presence.Past(from);
+                    }
+                }
+            }
+        }
+
         foreach (var device in _devices.All)
         {
+            if (!_watched.Contains(device.Id))
+            {
+                continue; // added since the look above: at the next check
+            }
+
             if (device.Disabled)
             {
                 Pause(device.Id); // refused at connect: nothing to miss, and a silence it was in is over
@@ -327,12 +366,20 @@ public sealed partial class SilenceWatch : SupervisedLoop
         {
             foreach (string gone in _silentSince.Keys.Where(d => _devices.Find(d) is null).ToList())
             {
-                _ended[gone] = new Ended(_silentSince[gone].Key, Removed: true);
+                _ended[gone] = new Ended(_silentSince[gone].Key, Ended.Removed);
                 _silentSince.Remove(gone); // no longer configured: not watched
             }
         }
 
         UpdateCount();
+    }
+
+    private async Task<IReadOnlyDictionary<string, DateTimeOffset>> WatchAsync(IReadOnlyCollection<string> devices, DateTimeOffset now, bool forgetOthers,
+        CancellationToken cancellationToken)
+    {
+        var since = await _spool.WatchDevicesAsync(devices, now, forgetOthers, cancellationToken).ConfigureAwait(false);
+        _watched.UnionWith(since.Keys);
+        return since;
     }
 
     // Each ended silence is stored as its episode's DEVICE_BACK, cancelled: LastSilences no longer finds the episode
@@ -355,7 +402,7 @@ public sealed partial class SilenceWatch : SupervisedLoop
         foreach (var (id, end) in ended)
         {
             var device = _devices.Find(id) ?? new Device(id, string.Empty, id, string.Empty, [], Disabled: true, null, DeviceSource.Configuration);
-            string why = end.Removed ? "it is no longer configured" : "it was disabled";
+            string why = end.Why;
             string text = $"The silence of {device.Name} ({device.Id}) ended at {at.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC because {why}; it was not heard from.";
             if (!await TryRaiseAsync(device, "gw-back-" + end.Key.ToString(CultureInfo.InvariantCulture), BackCode, "info", text, at, cancellationToken,
                 $"not mailed: the silence ended because {why}, not because the device was heard from").ConfigureAwait(false))
@@ -383,7 +430,7 @@ public sealed partial class SilenceWatch : SupervisedLoop
             _resumed.Remove(device);
             if (_silentSince.Remove(device, out var episode))
             {
-                _ended[device] = new Ended(episode.Key, Removed: false);
+                _ended[device] = new Ended(episode.Key, Ended.Disabled);
             }
         }
     }
@@ -452,8 +499,13 @@ public sealed partial class SilenceWatch : SupervisedLoop
     // A silence: the wall time its quiet began (Unix ms, which names its alerts) and the monotonic timestamp of it.
     private readonly record struct Episode(long Key, long Since);
 
-    // A silence ended without a return: its episode's key, and whether the device was removed (else disabled).
-    private readonly record struct Ended(long Key, bool Removed);
+    // A silence ended without a return: its episode's key, and why it ended.
+    private readonly record struct Ended(long Key, string Why)
+    {
+        public const string Disabled = "it was disabled";
+        public const string Removed = "it is no longer configured";
+        public const string TakenOut = "it was taken out of the configuration (it is configured again now)";
+    }
 
     private static string Describe(TimeSpan span) =>
         span.TotalHours >= 48 ? $"{span.TotalDays:0.#} days" : span.TotalMinutes >= 120 ? $"{span.TotalHours:0.#} hours" : $"{Math.Max(1, span.TotalMinutes):0} minutes";

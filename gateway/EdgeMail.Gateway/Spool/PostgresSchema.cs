@@ -166,6 +166,8 @@ internal static partial class PostgresSchema
         ALTER TABLE storm ADD COLUMN incident_open BOOLEAN NOT NULL DEFAULT FALSE;
         UPDATE storm SET incident_open = TRUE WHERE last_mail_at > 0 AND last_raised_message_id IS NOT NULL;
         """),
+        // 10: the devices the silence watch watches and since when (SQLite version 15).
+        new(SilenceSql.CreateWatched),
     ];
 
     /// <summary>The version this build writes.</summary>

@@ -230,6 +230,30 @@ public sealed partial class PostgresSpool
         }, cancellationToken);
 
     /// <inheritdoc />
+    public Task<IReadOnlyDictionary<string, DateTimeOffset>> WatchDevicesAsync(IReadOnlyCollection<string> devices, DateTimeOffset now, bool forgetOthers,
+        CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(devices);
+        string[] given = [.. devices.Distinct(StringComparer.Ordinal)];
+
+        // Instances sharing the spool take the time of whichever recorded a device first, so their silences of it share ids.
+        return WriteAsync<IReadOnlyDictionary<string, DateTimeOffset>>(async (c, tx, _) =>
+        {
+            if (forgetOthers)
+            {
+                await ExecAsync(c, tx, cancellationToken, "DELETE FROM watched_devices w WHERE NOT EXISTS (SELECT 1 FROM unnest($1::text[]) d WHERE d = w.device)",
+                    (object)given).ConfigureAwait(false);
+            }
+
+            await ExecAsync(c, tx, cancellationToken, "INSERT INTO watched_devices(device, since) SELECT d, $2 FROM unnest($1::text[]) d ON CONFLICT (device) DO NOTHING",
+                given, now.ToUnixTimeMilliseconds()).ConfigureAwait(false);
+            return (await ListAsync(c, tx, cancellationToken, r => (Device: r.GetString(0), Since: FromMs(r.GetInt64(1))),
+                "SELECT w.device, w.since FROM watched_devices w JOIN unnest($1::text[]) d ON d = w.device", (object)given).ConfigureAwait(false))
+                .ToDictionary(w => w.Device, w => w.Since, StringComparer.Ordinal);
+        }, cancellationToken);
+    }
+
+    /// <inheritdoc />
     public Task<IReadOnlyList<(DateTimeOffset At, byte[] Payload)>> HeartbeatsAsync(string device, DateTimeOffset since, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<(DateTimeOffset, byte[])>>(async (c, tx) => await ListAsync(c, tx, cancellationToken, r => (FromMs(r.GetInt64(0)), (byte[])r.GetValue(1)),
             "SELECT at, payload FROM heartbeats WHERE device=$1 AND at >= $2 ORDER BY at", Text(device), since.ToUnixTimeMilliseconds()).ConfigureAwait(false), cancellationToken);

@@ -15,6 +15,25 @@ internal static class SilenceSql
     /// <summary>The partial index the queries read (SQLite schema 9, PostgreSQL schema 3).</summary>
     public const string CreateIndex = $"CREATE INDEX alerts_silence ON alerts(device, rowid) WHERE {SilenceCodes};";
 
+    /// <summary>
+    /// The devices the silence watch watches, each with when it began to (SQLite schema 15, PostgreSQL schema 10). The spool
+    /// keeps when each device was last heard but not when it was configured; without this, a device put back in the
+    /// configuration after days away counted as silent for those days. A device the spool has heard from before this
+    /// version counts as watched from before (0): as before it, its silence runs from when it was last heard. Its devices
+    /// are found by a skip scan of the alerts as in <see cref="LastAlerts"/>, not a read of every alert.
+    /// </summary>
+    public const string CreateWatched = """
+        CREATE TABLE watched_devices(
+          device TEXT PRIMARY KEY,
+          since BIGINT NOT NULL);
+        WITH RECURSIVE d(device) AS (
+          SELECT MIN(device) FROM alerts
+          UNION ALL
+          SELECT (SELECT MIN(device) FROM alerts WHERE device > d.device) FROM d WHERE d.device IS NOT NULL)
+        INSERT INTO watched_devices(device, since)
+        SELECT device, 0 FROM d WHERE device IS NOT NULL UNION SELECT device, 0 FROM device_status;
+        """;
+
     // One pass over the heartbeat history, ordered by the (device, at) key: each device's shortest positive gap.
     public static string HeartbeatGaps(string since) => $"""
         SELECT device, MIN(gap) FROM (

@@ -319,6 +319,19 @@ public partial interface ISpool
     /// <returns>One entry per device with either; in no particular order.</returns>
     Task<IReadOnlyList<DeviceSilenceHistory>> SilenceHistoryAsync(DateTimeOffset heartbeatsSince, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Records the devices the silence watch watches, each with when it began to: one not recorded yet is recorded as
+    /// watched from <paramref name="now"/>, one recorded keeps its time; with <paramref name="forgetOthers"/> (at start,
+    /// given every configured device) the others are forgotten, so that one configured again later is new then.
+    /// </summary>
+    /// <param name="devices">The devices.</param>
+    /// <param name="now">When the new ones began to be watched.</param>
+    /// <param name="forgetOthers">Whether to forget the devices not given.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>When each given device began to be watched; the Unix epoch for one watched since before the spool recorded it.</returns>
+    Task<IReadOnlyDictionary<string, DateTimeOffset>> WatchDevicesAsync(IReadOnlyCollection<string> devices, DateTimeOffset now, bool forgetOthers,
+        CancellationToken cancellationToken);
+
     /// <summary>A device's recorded heartbeats since a time (at most one every 5 minutes is kept).</summary>
     /// <param name="device">Device.</param>
     /// <param name="since">Start.</param>

@@ -189,6 +189,9 @@ internal static class SpoolSchema
         ALTER TABLE storm ADD COLUMN incident_open INTEGER NOT NULL DEFAULT 0;
         UPDATE storm SET incident_open = 1 WHERE last_mail_at > 0 AND last_raised_message_id IS NOT NULL;
         """,
+        // 15: the devices the silence watch watches and since when, so that a device configured again after a time away
+        // has its whole silence limit from then, not from when it was last heard (SilenceSql).
+        SilenceSql.CreateWatched,
     ];
 
     /// <summary>The version this build writes.</summary>

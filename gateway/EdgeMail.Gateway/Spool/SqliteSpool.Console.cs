@@ -318,6 +318,39 @@ public sealed partial class SqliteSpool
         }, cancellationToken);
 
     /// <inheritdoc />
+    public Task<IReadOnlyDictionary<string, DateTimeOffset>> WatchDevicesAsync(IReadOnlyCollection<string> devices, DateTimeOffset now, bool forgetOthers,
+        CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(devices);
+        var given = devices.ToHashSet(StringComparer.Ordinal);
+        long nowMs = now.ToUnixTimeMilliseconds();
+        return Enqueue<IReadOnlyDictionary<string, DateTimeOffset>>((s, _) =>
+        {
+            var since = new Dictionary<string, long>(StringComparer.Ordinal);
+            using (var r = s.Query("SELECT device, since FROM watched_devices"))
+            {
+                while (r.Read())
+                {
+                    since[r.GetString(0)] = r.GetInt64(1);
+                }
+            }
+
+            foreach (string gone in forgetOthers ? since.Keys.Where(d => !given.Contains(d)).ToList() : [])
+            {
+                s.Exec("DELETE FROM watched_devices WHERE device=$p0", gone);
+            }
+
+            foreach (string added in given.Where(d => !since.ContainsKey(d)))
+            {
+                s.Exec("INSERT INTO watched_devices(device, since) VALUES($p0,$p1)", added, nowMs);
+                since[added] = nowMs;
+            }
+
+            return given.ToDictionary(d => d, d => FromMs(since[d]), StringComparer.Ordinal);
+        }, cancellationToken);
+    }
+
+    /// <inheritdoc />
     public Task<IReadOnlyList<(DateTimeOffset At, byte[] Payload)>> HeartbeatsAsync(string device, DateTimeOffset since, CancellationToken cancellationToken) =>
         Read<IReadOnlyList<(DateTimeOffset, byte[])>>((s, _) =>
         {

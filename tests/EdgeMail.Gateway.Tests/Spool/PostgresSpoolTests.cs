@@ -555,6 +555,20 @@ public sealed class PostgresSpoolTests : SpoolContractTests
     }
 
     [PostgresFact]
+    public async Task Open_VersionNineDatabase_CountsEveryDeviceItHeardFromAsWatchedFromBefore()
+    {
+        await CreateSchemaAsync(9);
+        await _db!.ScalarAsync("INSERT INTO alerts(device, alert_id, received_at, payload, status) VALUES('dev-1', 'a-1', 1000, '\\x7b7d', 'routed'),"
+            + " ('dev-1', 'a-2', 2000, '\\x7b7d', 'routed'), ('dev-3', 'gw-silent-1', 1000, '\\x7b7d', 'routed');"
+            + "INSERT INTO device_status(device, received_at, payload) VALUES('dev-2', 1000, '\\x7b7d'), ('dev-3', 1000, '\\x7b7d');");
+
+        await using var spool = OpenPostgres();
+
+        Assert.Equal(new Dictionary<string, DateTimeOffset> { ["dev-1"] = DateTimeOffset.UnixEpoch, ["dev-2"] = DateTimeOffset.UnixEpoch, ["dev-3"] = DateTimeOffset.UnixEpoch, ["dev-4"] = T0 },
+            await spool.WatchDevicesAsync(["dev-1", "dev-2", "dev-3", "dev-4"], T0, forgetOthers: true, default));
+    }
+
+    [PostgresFact]
     public async Task Open_VersionEightDatabase_CountsAPairWhoseLastMailWasARaiseAsAnOpenIncident_AndOneResetByAClearAsClosed()
     {
         await CreateSchemaAsync(8);

@@ -1313,6 +1313,27 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Equal("gw-silent-2", Assert.Single(await spool.SilenceHistoryAsync(T0, default)).OpenSilenceAlertId);
     }
 
+    // The silence watch's record of which devices are configured: a device put back after a start without it is new then,
+    // and its silence limit runs from then, not from when it was last heard before it was taken out.
+    [ContractFact]
+    public async Task WatchDevices_RecordsNewOnesFromNow_KeepsWhenTheOthersBegan_AndForgetsThoseNotGivenOnlyWhenAsked()
+    {
+        await using var spool = Open();
+        var t1 = T0.AddDays(1);
+        var t2 = T0.AddDays(2);
+
+        var first = await spool.WatchDevicesAsync(["dev-1", "dev-2"], T0, forgetOthers: true, default);
+        var added = await spool.WatchDevicesAsync(["dev-3"], t1, forgetOthers: false, default); // at run time: the others stay
+        var restart = await spool.WatchDevicesAsync(["dev-1", "dev-3"], t2, forgetOthers: true, default); // dev-2 taken out
+        var back = await spool.WatchDevicesAsync(["dev-1", "dev-2", "dev-3"], t2.AddHours(1), forgetOthers: true, default);
+
+        Assert.Equal(new Dictionary<string, DateTimeOffset> { ["dev-1"] = T0, ["dev-2"] = T0 }, first);
+        Assert.Equal(new Dictionary<string, DateTimeOffset> { ["dev-3"] = t1 }, added);
+        Assert.Equal(new Dictionary<string, DateTimeOffset> { ["dev-1"] = T0, ["dev-3"] = t1 }, restart);
+        Assert.Equal(new Dictionary<string, DateTimeOffset> { ["dev-1"] = T0, ["dev-2"] = t2.AddHours(1), ["dev-3"] = t1 }, back);
+        Assert.Empty(await spool.WatchDevicesAsync([], t2, forgetOthers: false, default));
+    }
+
     private static KeptReceipt Receipt(string device, string alertId, string state = "failed", string detail = "550 5.1.1 no such user") =>
         new(device, alertId, state, T0.AddSeconds(5), detail);
 

@@ -184,6 +184,28 @@ public sealed class SpoolSchemaTests : IDisposable
     }
 
     [Fact]
+    public async Task Open_VersionFourteenSpool_CountsEveryDeviceItHeardFromAsWatchedFromBefore()
+    {
+        // Nothing before version 15 said since when a device was configured: one the spool heard from keeps measuring its
+        // silence from when it was last heard, as before. Any other is watched from the first start that names it.
+        using (var connection = Connect())
+        {
+            using var command = connection.CreateCommand();
+            command.CommandText = "CREATE TABLE schema_version(version INTEGER NOT NULL);" + string.Join(";", SpoolSchema.Migrations.Take(14)) + ";INSERT INTO schema_version VALUES(14);"
+                + "INSERT INTO alerts(device, alert_id, received_at, payload, status) VALUES('dev-1', 'a-1', 1000, x'7b7d', 'routed'), ('dev-1', 'a-2', 2000, x'7b7d', 'routed'),"
+                + " ('dev-3', 'gw-silent-1', 1000, x'7b7d', 'routed');"
+                + "INSERT INTO device_status(device, received_at, payload) VALUES('dev-2', 1000, x'7b7d'), ('dev-3', 1000, x'7b7d');";
+            command.ExecuteNonQuery();
+        }
+
+        await using var spool = SqliteSpool.Open(DbPath, fsync: false, maxBatch: 16, NullLogger.Instance);
+
+        var now = DateTimeOffset.FromUnixTimeSeconds(1_800_000_000);
+        Assert.Equal(new Dictionary<string, DateTimeOffset> { ["dev-1"] = DateTimeOffset.UnixEpoch, ["dev-2"] = DateTimeOffset.UnixEpoch, ["dev-3"] = DateTimeOffset.UnixEpoch, ["dev-4"] = now },
+            await spool.WatchDevicesAsync(["dev-1", "dev-2", "dev-3", "dev-4"], now, forgetOthers: true, default));
+    }
+
+    [Fact]
     public async Task Read_AfterAwaitedWrite_SeesItOnTheReadConnection()
     {
         await using var spool = SqliteSpool.Open(DbPath, fsync: true, maxBatch: 16, NullLogger.Instance);
