@@ -225,11 +225,7 @@ if [[ " $STAGES " == *" ingest "* ]]; then
     sleep 1.5   # the last interval is written when it ends (with INGEST_ONLY=1 it holds a second after the ingest)
     kill -TERM "$COUNTERPID" 2>/dev/null || true; wait "$COUNTERPID" || true; COUNTERPID=""
     [ -s "$STATE/counters.csv" ] || { log "COUNTERS: no counters written (is dotnet-counters installed? dotnet tool install -g dotnet-counters)"; touch "$STATE/counters.csv"; }
-    awk -F, -v n="$TOTAL" '$3 ~ /\/ 1 sec/ {v[$3]+=$5} $3 ~ /gc.pause.time/ {p+=$5} END{printf "COUNTERS per alert: %.1f KiB allocated, %.4f gen0 + %.4f gen1 + %.4f gen2 GCs, %.1f us in GC pauses, %.2f thread-pool work items, %.3f lock contentions\n",
-      v["dotnet.gc.heap.total_allocated (By / 1 sec)"]/1024/n, v["dotnet.gc.collections ({collection} / 1 sec)[gc.heap.generation=gen0]"]/n,
-      v["dotnet.gc.collections ({collection} / 1 sec)[gc.heap.generation=gen1]"]/n, v["dotnet.gc.collections ({collection} / 1 sec)[gc.heap.generation=gen2]"]/n,
-      p*1e6/n,
-      v["dotnet.thread_pool.work_item.count ({work_item} / 1 sec)"]/n, v["dotnet.monitor.lock_contentions ({contention} / 1 sec)"]/n}' "$STATE/counters.csv" >&2
+    awk -F, -v n="$TOTAL" -v unit=alert -f "$ROOT/gateway/bench/counters.awk" "$STATE/counters.csv" >&2
   fi
   [ -n "${PERFREC:-}" ] && { [ -n "${PERF_SECONDS:-}" ] || kill -INT "$PERFREC" 2>/dev/null || true; wait "$PERFREC" || true; PERFREC=""; }
   if [ -n "${THREADS:-}" ]; then  # THREADS=1: gateway CPU seconds per thread name, and its file/socket writes and reads, to stderr

@@ -12,9 +12,14 @@
 #        PERF=file.data (perf record -g of the gateway in each run, read with gateway/bench/perf-stages.py)
 #        STAT=1 (system calls, context switches and CPU migrations of the gateway per message, from perf stat over the
 #        same window as the CPU figure: counts that the machine's other load does not change, unlike CPU time)
+#        COUNTERS=1 (bytes allocated, GCs, thread-pool work items per message over the same window, from the runtime's
+#        counters: dotnet-counters global tool)
+#        TRACE=file.nettrace (dotnet-trace of the gateway over the same window, `collect --profile gc-verbose` unless
+#        TRACE_CMD says otherwise: sampled allocations with their types and stacks)
 #        POSTFIX=1 (0 skips Postfix) PEERS=/work/shared/peers. Loopback only. Postfix part needs root.
 #        QUIET_MAX_BUSY=25 QUIET_WAIT=60 (each gateway run waits until the machine is this quiet, for this long at most)
 set -euo pipefail
+PATH="$PATH:$HOME/.dotnet/tools"   # dotnet-counters, dotnet-trace (global tools)
 MSGS=${MSGS:-20000}
 SESSIONS=${SESSIONS:-20}
 SIZE=${SIZE:-1024}
@@ -105,6 +110,20 @@ JSON
     perf stat -e task-clock,context-switches,cpu-migrations,raw_syscalls:sys_enter -x, -p "$gw" -o "$state/perf-stat" >/dev/null 2>&1 &
     statrec=$!
   fi
+  counterrec=""
+  if [ -n "${COUNTERS:-}" ]; then
+    dotnet-counters collect -p "$gw" --counters System.Runtime --format csv -o "$state/counters.csv" --refresh-interval 1 >/dev/null 2>&1 &
+    counterrec=$!
+    for _ in $(seq 1 50); do [ -s "$state/counters.csv" ] && break; sleep 0.1; done
+  fi
+  tracerec=""
+  if [ -n "${TRACE:-}" ]; then
+    # A background job of a script ignores SIGINT, which is how dotnet-trace is told to finish its file: undone here.
+    # shellcheck disable=SC2086 # TRACE_CMD is a command line
+    (trap - INT; exec dotnet-trace ${TRACE_CMD:-collect --profile gc-verbose} -p "$gw" -o "$TRACE" >/dev/null 2>&1) &
+    tracerec=$!
+    for _ in $(seq 1 50); do [ -s "$TRACE" ] && break; sleep 0.1; done
+  fi
   start=$(date +%s.%N)
   smtp-source -s "$SESSIONS" -m "$MSGS" -l "$SIZE" -f bench@lan.edgemail.test -t ops@sink.edgemail.test -S "gateway bench" -M bench-client.edgemail.test "127.0.0.1:$PORT"
   acc_end=$(date +%s.%N)
@@ -116,6 +135,13 @@ JSON
     awk -F, -v r="$run" -v n="$MSGS" '$3 ~ /context-switches|cpu-migrations|sys_enter/ {v[$3]=$1}
       END {printf "gateway run %d per message: %.1f system calls, %.2f context switches, %.2f CPU migrations\n", r,
         v["raw_syscalls:sys_enter"]/n, v["context-switches"]/n, v["cpu-migrations"]/n}' "$state/perf-stat"
+  fi
+  [ -n "$tracerec" ] && { kill -INT "$tracerec" 2>/dev/null; wait "$tracerec" || true; }
+  if [ -n "$counterrec" ]; then
+    sleep 1.5   # the last interval is written when it ends
+    kill -TERM "$counterrec" 2>/dev/null || true; wait "$counterrec" || true
+    [ -s "$state/counters.csv" ] || { echo "COUNTERS: none written (dotnet tool install -g dotnet-counters)"; touch "$state/counters.csv"; }
+    awk -F, -v n="$MSGS" -v unit=message -f "$ROOT/gateway/bench/counters.awk" "$state/counters.csv" | sed "s/^/gateway run $run /"
   fi
   cpu_all=$(awk '{print ($14+$15)/100}' "/proc/$gw/stat")
   cpu=$(awk -v a="$cpu_all" -v c0="$cpu0" 'BEGIN{print a - c0}')

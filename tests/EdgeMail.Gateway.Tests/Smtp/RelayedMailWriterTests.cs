@@ -55,6 +55,40 @@ public sealed class RelayedMailWriterTests
         Assert.Equal(first.SpoolKey, later.SpoolKey);
     }
 
+    // The parser is kept per thread: what one mail left in it (a header block it gave up on, a huge one) must not show in
+    // the next mail's rewrite.
+    [Fact]
+    public void Rewrite_AfterMailsThatAreNotHeaderBlocks_WritesTheNextMailAsOnItsOwn()
+    {
+        byte[] good = Encoding.ASCII.GetBytes("From: <dev@lan.example.com>\r\nMessage-ID: <m.2@lan.example.com>\r\nSubject: s\r\n\r\nbody");
+        var alone = RelayedMailWriter.Rewrite(good, SubmittedBy("ups-1"), Sender);
+        byte[] huge = Encoding.ASCII.GetBytes("Subject: " + new string('x', 200_000) + "\r\nFrom: <a@b.c>\r\n\r\nbody");
+        foreach (byte[] bad in new[] { Encoding.ASCII.GetBytes("not a header\r\nat all\r\n"), Encoding.ASCII.GetBytes(": \r\n\r\nx"), huge, [0xFF, 0xFE, 0x0D, 0x0A] })
+        {
+            RelayedMailWriter.Rewrite(bad, SubmittedBy("ups-1"), Sender);
+        }
+
+        var after = RelayedMailWriter.Rewrite(good, SubmittedBy("ups-1"), Sender);
+
+        Assert.Equal(Encoding.ASCII.GetString(alone.Mime), Encoding.ASCII.GetString(after.Mime));
+        Assert.Equal(alone.SpoolKey, after.SpoolKey);
+    }
+
+    // A mail whose lines end in bare LF is rewritten with CRLF, and the array it came in is left as it was (the
+    // quarantine keeps it as submitted).
+    [Fact]
+    public void Rewrite_OfBareLfMail_WritesCrlf_AndLeavesTheSubmittedBytesAlone()
+    {
+        byte[] raw = Encoding.ASCII.GetBytes("From: <dev@lan.example.com>\nSubject: s\n\nline 1\nline 2");
+        byte[] copy = [.. raw];
+
+        var relayed = RelayedMailWriter.Rewrite(raw, SubmittedBy("ups-1"), Sender);
+
+        Assert.Equal(copy, raw);
+        Assert.EndsWith("\r\n\r\nline 1\r\nline 2\r\n", Encoding.ASCII.GetString(relayed.Mime), StringComparison.Ordinal);
+        Assert.DoesNotMatch("[^\r]\n", Encoding.ASCII.GetString(relayed.Mime));
+    }
+
     [Fact]
     public void QuarantineKey_WithAMessageId_IsTheSameForTheSameMailOfTheSameDevice_WhateverTheSession()
     {

@@ -64,11 +64,23 @@ public static class RelayedMailWriter
     /// <param name="submission">Who sent it.</param>
     /// <param name="sender">The gateway's identity.</param>
     /// <returns>The mail to spool.</returns>
-    public static RelayedMail Rewrite(ReadOnlySpan<byte> raw, Submission submission, SenderOptions sender)
+    public static RelayedMail Rewrite(ReadOnlySpan<byte> raw, Submission submission, SenderOptions sender) => RewriteNormalized(Normalize(raw), submission, sender);
+
+    /// <summary>Rewrites a submitted mail held in an array of its own, which is not copied when its lines end in CRLF already.</summary>
+    /// <param name="raw">The mail as submitted (DATA, dot-unstuffed); not changed.</param>
+    /// <param name="submission">Who sent it.</param>
+    /// <param name="sender">The gateway's identity.</param>
+    /// <returns>The mail to spool.</returns>
+    public static RelayedMail Rewrite(byte[] raw, Submission submission, SenderOptions sender)
+    {
+        ArgumentNullException.ThrowIfNull(raw);
+        return RewriteNormalized(WireMessage.IsCrlfOnly(raw) ? raw : Normalize(raw), submission, sender);
+    }
+
+    private static RelayedMail RewriteNormalized(byte[] normalized, Submission submission, SenderOptions sender)
     {
         ArgumentNullException.ThrowIfNull(submission);
         ArgumentNullException.ThrowIfNull(sender);
-        byte[] normalized = Normalize(raw);
         var (original, bodyStart) = Split(normalized);
         var headers = new HeaderList();
         string via = $"{submission.DeviceId} ([{submission.PeerAddress}])";
@@ -126,19 +138,20 @@ public static class RelayedMailWriter
             headers.Add(new Header(HeaderId.MessageId, "<" + key + ">"));
         }
 
-        using var output = new MemoryStream(normalized.Length + 1024);
-        headers.WriteTo(WireFormat, output);
-        output.Write("\r\n"u8);
-        output.Write(normalized.AsSpan(bodyStart));
-        if (bodyStart < normalized.Length)
-        {
-            // SmtpServer hands the data over without the CRLF of "<CRLF>.<CRLF>", which RFC 5321 §4.1.1.4 counts as
-            // the end of the last line: put it back, so the mail stored (the local mailbox too) is the mail sent, and a
-            // DKIM verifier reading either sees the same last line as the signer did.
-            output.Write("\r\n"u8);
-        }
+        var head = Scratch.HeaderBlock();
+        headers.WriteTo(WireFormat, head);
+        head.Write("\r\n"u8);
+        var body = normalized.AsSpan(bodyStart);
 
-        return new RelayedMail(key, output.ToArray(), hops);
+        // SmtpServer hands the data over without the CRLF of "<CRLF>.<CRLF>", which RFC 5321 §4.1.1.4 counts as the end
+        // of the last line: put it back, so the mail stored (the local mailbox too) is the mail sent, and a DKIM
+        // verifier reading either sees the same last line as the signer did.
+        var lastLine = body.IsEmpty ? [] : "\r\n"u8;
+        byte[] mime = new byte[checked((int)head.Length + body.Length + lastLine.Length)];
+        head.GetBuffer().AsSpan(0, (int)head.Length).CopyTo(mime);
+        body.CopyTo(mime.AsSpan((int)head.Length));
+        lastLine.CopyTo(mime.AsSpan((int)head.Length + body.Length));
+        return new RelayedMail(key, mime, hops);
     }
 
     // The gateway's From for a device: the same for every mail of that device, so formatted (and RFC 2047-encoded) once.
@@ -212,8 +225,22 @@ public static class RelayedMailWriter
         string basis = messageId is null
             ? $"{device}\n{sessionId}\n{receivedAt.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture)}\n{Convert.ToHexString(RandomNumberGenerator.GetBytes(8))}"
             : $"{device}\n{messageId}";
-        byte[] hash = SHA256.HashData([.. Encoding.UTF8.GetBytes(basis), .. SHA256.HashData(content)]);
-        return Convert.ToHexStringLower(hash.AsSpan(0, 16)) + "." + kind + "@" + host;
+        // SHA-256(UTF-8(basis) || SHA-256(content)), without the arrays of each step.
+        int basisLength = Encoding.UTF8.GetByteCount(basis);
+        byte[] input = System.Buffers.ArrayPool<byte>.Shared.Rent(basisLength + SHA256.HashSizeInBytes);
+        Span<byte> hash = stackalloc byte[SHA256.HashSizeInBytes];
+        try
+        {
+            Encoding.UTF8.GetBytes(basis, input);
+            SHA256.HashData(content, input.AsSpan(basisLength, SHA256.HashSizeInBytes));
+            SHA256.HashData(input.AsSpan(0, basisLength + SHA256.HashSizeInBytes), hash);
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(input);
+        }
+
+        return string.Concat(Convert.ToHexStringLower(hash[..16]), ".", kind, "@", host);
     }
 
     private static (HeaderList? Headers, int BodyStart) Split(byte[] normalized)
@@ -228,14 +255,54 @@ public static class RelayedMailWriter
         int bodyStart = blank < 0 ? normalized.Length : blank + 4;
         try
         {
-            using var stream = new MemoryStream(normalized, 0, headerLength, writable: false);
-            var headers = HeaderList.Load(ParserOptions.Default, stream);
+            var headers = Scratch.ParseHeaders(normalized, headerLength);
             return headers.Count == 0 ? (null, 0) : (headers, bodyStart);
         }
         catch (FormatException)
         {
             // Not a header block at all: everything is body.
             return (null, 0);
+        }
+    }
+
+    // What a rewrite reuses: MimeKit's parser (its construction allocates its read buffers, 6 KB) and the buffer the new
+    // header block is written to. One per thread: a rewrite never awaits, so it runs on one thread from start to end.
+    private static class Scratch
+    {
+        private const int KeptCapacity = 64 * 1024;
+
+        [ThreadStatic]
+        private static MimeParser? _parser;
+
+        [ThreadStatic]
+        private static MemoryStream? _head;
+
+        // As HeaderList.Load, which makes a parser of its own each time. The parser lets go of the mail when done.
+        public static HeaderList ParseHeaders(byte[] mail, int length)
+        {
+            using var stream = new MemoryStream(mail, 0, length, writable: false);
+            var parser = _parser ??= new MimeParser(ParserOptions.Default, Stream.Null, MimeFormat.Entity);
+            try
+            {
+                parser.SetStream(stream, MimeFormat.Entity);
+                return parser.ParseHeaders();
+            }
+            finally
+            {
+                parser.SetStream(Stream.Null, MimeFormat.Entity);
+            }
+        }
+
+        // Emptied for the next mail; one that grew past KeptCapacity (a mail with a huge header block) is not kept.
+        public static MemoryStream HeaderBlock()
+        {
+            if (_head is null || _head.Capacity > KeptCapacity)
+            {
+                _head = new MemoryStream(2048);
+            }
+
+            _head.SetLength(0);
+            return _head;
         }
     }
 
