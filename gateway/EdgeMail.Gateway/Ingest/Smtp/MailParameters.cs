@@ -28,6 +28,12 @@ internal static class MailParameters
 
     // The parser keeps only its command factory, which none of the parts called here uses: one serves every session.
     private static readonly SmtpParser Parser = new(new SmtpCommandFactory());
+
+    // The parser's parts as delegates once, not three new ones for every command line with parameters.
+    private static readonly TokenReader.TryMakeDelegate MailVerb = Parser.TryMakeMail, FromColon = Parser.TryMakeFrom, RcptVerb = Parser.TryMakeRcptLiteral,
+        ToColon = Parser.TryMakeToLiteral;
+
+    private static readonly TokenReader.TryMakeDelegate<IMailbox> ReversePath = Parser.TryMakeReversePath, ForwardPath = Parser.TryMakePath;
     private static readonly SearchValues<byte> ValueBytes = SearchValues.Create([.. Enumerable.Range(33, 28).Select(b => (byte)b), .. Enumerable.Range(62, 65).Select(b => (byte)b)]);
 
     /// <summary>Why a <c>MAIL</c> command line's parameters are refused (501 malformed, 555 not offered); null when they are taken.</summary>
@@ -40,7 +46,7 @@ internal static class MailParameters
             return null;
         }
 
-        return Refusal(line, Parser.TryMakeMail, Parser.TryMakeFrom, Parser.TryMakeReversePath, MailKeywords, "MAIL");
+        return Refusal(line, MailVerb, FromColon, ReversePath, MailKeywords, "MAIL");
     }
 
     /// <summary>Why an <c>RCPT</c> command line's parameters are refused (501 malformed, 555 not offered: no RCPT parameter is); null when it has none.</summary>
@@ -60,7 +66,7 @@ internal static class MailParameters
             line = new ReadOnlySequence<byte>(rewritten.AsMemory(0, rewritten.Length - 2)); // without the CRLF it gained
         }
 
-        return Refusal(line, Parser.TryMakeRcptLiteral, Parser.TryMakeToLiteral, Parser.TryMakePath, [], "RCPT");
+        return Refusal(line, RcptVerb, ToColon, ForwardPath, [], "RCPT");
     }
 
     // The command's verb, FROM: or TO:, and its path are SmtpServer's to judge (a line they do not parse is left to it);
