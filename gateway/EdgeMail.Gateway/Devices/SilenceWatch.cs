@@ -203,17 +203,22 @@ public sealed partial class SilenceWatch : SupervisedLoop
             }
 
             // A disabled device's silence ended when it was disabled (no DEVICE_BACK is mailed for it); one disabled by a
-            // gateway of before, or while this one was down, is recorded as ended now. So is the silence of one configured
-            // again now, whose end a start without it did not get to record.
-            bool again = watchedSince.TryGetValue(device.Id, out var watchedFrom) && watchedFrom >= start;
-            if ((device.Disabled || again) && history.OpenSilenceAlertId is { } endedId && EpisodeKey(endedId) is long endedKey)
+            // gateway of before, or while this one was down, is recorded as ended now. So is a silence that began before
+            // the device was last watched anew (by this start, an earlier one, an addition at run time or another
+            // instance): it was taken out of the configuration since, and the start without it did not get to record
+            // the end. Not "watched from this start": a start that put it back and failed to record the end (or another
+            // instance that recorded it first) left the next start taking the silence up, and a restart of this loop
+            // ended the silence of every device first watched by this process.
+            long? openKey = history.OpenSilenceAlertId is { } openId ? EpisodeKey(openId) : null;
+            bool again = openKey is long openedAt && watchedSince.TryGetValue(device.Id, out var watchedFrom) && openedAt < watchedFrom.ToUnixTimeMilliseconds();
+            if ((device.Disabled || again) && openKey is long endedKey)
             {
                 lock (_silentSince)
                 {
                     _ended[history.Device] = new Ended(endedKey, again ? Ended.TakenOut : Ended.Disabled);
                 }
             }
-            else if (history.OpenSilenceAlertId is { } alertId && EpisodeKey(alertId) is long key)
+            else if (openKey is long key)
             {
                 // Its quiet began at the wall time its id names: all a restart has to measure from. Not heard since, the
                 // device's own last-heard moment is that beginning (the very timestamp: only a later one is a return).

@@ -354,6 +354,100 @@ public sealed class SilenceTests
         Assert.Single(await again.MailAsync(2), f => MimeMessage.Load(f).Headers["X-EdgeMail-Alert"] == silentId);
     }
 
+    // The start that put the device back could not record the end of its old silence either (the spool failed, or it
+    // stopped first; or another instance sharing the spool recorded the device back a moment before this one started):
+    // the next start, the device watched since before it, took that silence up and counted the device silent at once,
+    // and mailed a DEVICE_BACK for a silence that ended days ago when the device was next heard.
+    [Fact]
+    public async Task SilentDevice_PutBackByAStartThatCouldNotRecordItsEnd_IsNotSilentAtOnceAtTheNextStart()
+    {
+        var start = DateTimeOffset.UtcNow;
+        string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        await HeardThenRemovedAsync(dataDir, start, silent: true, endRecorded: false);
+        var back = start + TimeSpan.FromDays(3);
+        var failing = await TestGateway.StartAsync(FiveMinutes(configured: true), s =>
+        {
+            s.AddSingleton<TimeProvider>(new FakeTimeProvider(back));
+            s.AddSingleton(sp =>
+            {
+                var faults = FaultingSpool.Wrap(sp.GetRequiredService<ISpool>());
+                faults.Fail(nameof(ISpool.AcceptAlertAsync), times: 100);
+                return ActivatorUtilities.CreateInstance<SilenceWatch>(sp, faults.Spool);
+            });
+        }, dataDir: dataDir);
+        try
+        {
+            await CheckedAsync(failing.Host.Services.GetRequiredService<SilenceWatch>());
+        }
+        finally
+        {
+            await failing.StopAsync();
+        }
+
+        var later = new FakeTimeProvider(back + TimeSpan.FromMinutes(2));
+        await using var again = await TestGateway.StartAsync(FiveMinutes(configured: true), s => s.AddSingleton<TimeProvider>(later), dataDir: dataDir);
+        var watch = again.Host.Services.GetRequiredService<SilenceWatch>();
+        await CheckedAsync(watch);
+        Assert.False(watch.IsSilent("dev-1"));
+        Assert.Equal(AlertStatus.Cancelled, (await again.Spool.GetAlertAsync("dev-1", (await SilenceIdsAsync(again.Spool))[1], default))?.Status);
+
+        // Its limit runs from the start that put it back.
+        later.Advance(TimeSpan.FromMinutes(4));
+        await CheckedAsync(watch);
+        Assert.True(watch.IsSilent("dev-1"));
+        string silentId = (await SilenceIdsAsync(again.Spool))[^1];
+        Assert.Equal("gw-silent-" + back.ToUnixTimeMilliseconds(), silentId);
+        Assert.Single(await again.MailAsync(2), f => MimeMessage.Load(f).Headers["X-EdgeMail-Alert"] == silentId);
+    }
+
+    // The loop restarted after an unexpected fault seeds again with the time of the process's start: every device first
+    // watched since then (configured anew at this start, or added at run time) counted as put back, and a silence it was
+    // in, announced by this very process, was recorded ended (cancelled): its DEVICE_BACK, when the device was heard
+    // again, was a duplicate of that record and mailed nobody.
+    [Fact]
+    public async Task SilentDevice_WatchedSinceThisStart_StaysSilentAcrossARestartOfTheLoop_AndItsReturnIsMailed()
+    {
+        var clock = new BackoffSignallingClock(DateTimeOffset.UtcNow);
+        FaultingSpool? faults = null;
+        await using var gw = await TestGateway.StartAsync(FiveMinutes(configured: true), s =>
+        {
+            s.AddSingleton<TimeProvider>(clock);
+            s.AddSingleton(sp => ActivatorUtilities.CreateInstance<SilenceWatch>(sp, (faults = FaultingSpool.Wrap(sp.GetRequiredService<ISpool>())).Spool));
+        });
+        gw.Logs.Expect(e => e.Message.StartsWith("The silence loop failed unexpectedly", StringComparison.Ordinal) && e.Exception is InvalidOperationException);
+        var watch = gw.Host.Services.GetRequiredService<SilenceWatch>();
+        await HeardTwiceAMinuteApartAsync(gw, clock);
+        clock.Advance(TimeSpan.FromMinutes(6));
+        await CheckedAsync(watch);
+        Assert.True(watch.IsSilent("dev-1"));
+        string silentId = Assert.Single(await SilenceIdsAsync(gw.Spool));
+        await gw.MailAsync(1);
+
+        // A device added at run time has the check record it, and that fails as nothing should: the loop restarts.
+        faults!.FailUnexpectedly(nameof(ISpool.WatchDevicesAsync));
+        var backoff = clock.NextBackoff();
+        await gw.Host.Services.GetRequiredService<DeviceRegistry>().AddAsync("dev-9", "Device 9", "Hall 3", ["alice"], default);
+        watch.Wake();
+        await Await.Within(backoff, "the silence loop's backoff");
+        Assert.Equal(1, watch.Restarts);
+        var rechecked = CheckedAsync(watch);
+        clock.Advance(TimeSpan.FromSeconds(1));
+        await rechecked;
+
+        Assert.True(watch.IsSilent("dev-1"));
+        Assert.Null(await gw.Spool.GetAlertAsync("dev-1", "gw-back-" + silentId["gw-silent-".Length..], default)); // not recorded ended
+
+        using (var device = await gw.ConnectAsync("dev-1"))
+        {
+            await HeartbeatAsync(device);
+            await device.DisconnectAsync();
+        }
+
+        await CheckedAsync(watch);
+        Assert.False(watch.IsSilent("dev-1"));
+        Assert.Single(await gw.MailAsync(2), f => MimeMessage.Load(f).Headers["X-EdgeMail-Alert"] == "gw-back-" + silentId["gw-silent-".Length..]);
+    }
+
     // The same, put back at run time through the console: the spool still says when the device was last heard, days ago,
     // and the first check after the addition found it silent at once.
     [Theory]
@@ -559,6 +653,31 @@ public sealed class SilenceTests
         var ack = await device.PublishAsync(new MqttApplicationMessageBuilder().WithTopic($"edgemail/v1/{id}/status").WithPayload(status)
             .WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
         Assert.True(ack.IsSuccess);
+    }
+
+    // A fake clock that tells the test when a supervised loop begins its first backoff (a one-second timer), so the test
+    // moves time only once the loop waits.
+    private sealed class BackoffSignallingClock(DateTimeOffset start) : FakeTimeProvider(start)
+    {
+        private readonly TaskCompletionSource<bool> _backoff = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private volatile bool _armed;
+
+        public Task<bool> NextBackoff()
+        {
+            _armed = true;
+            return _backoff.Task;
+        }
+
+        public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period)
+        {
+            var timer = base.CreateTimer(callback, state, dueTime, period);
+            if (_armed && dueTime == TimeSpan.FromSeconds(1))
+            {
+                _backoff.TrySetResult(true);
+            }
+
+            return timer;
+        }
     }
 
     /// <summary>Has the watch check now, and waits until that check is done.</summary>
