@@ -454,6 +454,8 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
 
         public override ValueTask CompleteAsync(Exception? exception = null) => pipe.InnerInput.CompleteAsync(exception);
 
+        // Pooled: SmtpServer awaits each read once, and it is the one await of every command and data block.
+        [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
         public override async ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
         {
             while (true)
@@ -521,7 +523,7 @@ internal sealed partial class GuardedListenerFactory : IEndpointListenerFactory
             }
 
             var line = result.Buffer.Slice(0, lf);
-            if (line.Length <= PostmasterPath.MaxLine && PostmasterPath.TryAddDomain(line.ToArray(), owner._hostname, out byte[] rewritten))
+            if (line.Length <= PostmasterPath.MaxLine && PostmasterPath.TryAddDomain(line.IsSingleSegment ? line.FirstSpan : line.ToArray(), owner._hostname, out byte[] rewritten))
             {
                 return Substitute(result, rewritten, result.Buffer.GetPosition(1, lf));
             }

@@ -61,7 +61,7 @@ internal static class MailParameters
 
         // RCPT TO:<postmaster> takes no domain, which SmtpServer's parser wants: it is read as the guarded reader hands it
         // over, with one (PostmasterPath).
-        if (line.Length <= PostmasterPath.MaxLine && PostmasterPath.TryAddDomain(line.ToArray(), "postmaster.invalid", out byte[] rewritten))
+        if (line.Length <= PostmasterPath.MaxLine && PostmasterPath.TryAddDomain(line.IsSingleSegment ? line.FirstSpan : line.ToArray(), "postmaster.invalid", out byte[] rewritten))
         {
             line = new ReadOnlySequence<byte>(rewritten.AsMemory(0, rewritten.Length - 2)); // without the CRLF it gained
         }
