@@ -162,6 +162,67 @@ public class AlertStoreTests
         Assert.Equal(2000, reported + delivered);
     }
 
+    /// <summary>
+    /// Earlier firmware with the Reject policy filled all but the spare, then opened the spare for an acknowledgement: no
+    /// sector is free (FlashQueueNoFreeSectorTests). Raise threw QueueFullException under every policy once the head filled.
+    /// </summary>
+    [Theory]
+    [InlineData(FullPolicy.DropLowestPriority)]
+    [InlineData(FullPolicy.DropOldest)]
+    [InlineData(FullPolicy.Reject)]
+    public void Raise_OnAQueueEarlierFirmwareLeftWithNoFreeSector_DropsAndReportsUnderADropPolicy_AndRefusesOnlyUnderReject(FullPolicy policy)
+    {
+        using var flash = new NorFlashSimulator(new FlashGeometry(4 * 4096, 4096, 256, 1, true, false));
+        var clock = new ManualClock();
+        var (old, oldQueue) = Boot(flash, clock, boot: 1, policy: FullPolicy.Reject);
+        int raised = 0;
+        Exception? full = null;
+        while (full is null)
+        {
+            full = Record.Exception(() => old.Raise(new Alert("READING_" + raised, (Severity)(raised % 3), new string('x', 100))));
+            raised += full is null ? 1 : 0;
+        }
+
+        Assert.IsType<QueueFullException>(full);
+        var buf = new byte[AlertJsonWriter.MaxLength];
+        var taken = new uint[3];
+        for (int i = 0; i < taken.Length; i++)
+        {
+            Assert.True(old.TryNext(buf, 0, out _, out taken[i]));
+        }
+
+        old.Acknowledge(taken[0]);
+        old.Acknowledge(taken[1]);
+        Storage.FlashQueueNoFreeSectorTests.OpenTheSpareForAnAcknowledgement(flash, oldQueue.LiveSectors - 1, oldQueue.NextSeq, oldQueue.AckedThrough, taken[2]);
+
+        var (store, queue) = Boot(flash, clock, boot: 2, policy: policy);
+        Assert.Equal(4, queue.LiveSectors);
+        int later = 0;
+        Exception? refused = null;
+        while (later < 200 && refused is null)
+        {
+            refused = Record.Exception(() => store.Raise(new Alert("LATER_" + later, (Severity)(later % 3), new string('y', 100))));
+            later += refused is null ? 1 : 0;
+        }
+
+        var sent = Drain(store);
+        var markers = sent.Select(s => s.Json).Where(j => j.GetProperty("code").GetString() == AlertStore.DroppedCode).ToList();
+        int reported = markers.Sum(m => m.GetProperty("values").GetProperty("dropped").GetInt32());
+        int delivered = sent.Count - markers.Count;
+        if (policy == FullPolicy.Reject)
+        {
+            Assert.IsType<QueueFullException>(refused);
+            Assert.Empty(markers);
+            Assert.Equal(raised - 3 + later, delivered);
+        }
+        else
+        {
+            Assert.Null(refused);
+            Assert.NotEmpty(markers);
+            Assert.Equal(raised - 3 + later, reported + delivered);
+        }
+    }
+
     [Fact]
     public void CoalescedAlert_WhoseOlderRecordTheFullPolicyMovedPastItsNewest_IsSentWithItsLatestCount_AfterAReboot()
     {

@@ -21,6 +21,12 @@ public sealed partial class FlashQueue
     // Where a reclaim reads a record it moves (grown to the largest moved so far).
     private byte[]? _copy;
 
+    // What the drop marker being assembled counts (CountDropped).
+    private uint _dropCount;
+    private uint _dropFirst;
+    private uint _dropLast;
+    private uint _dropEntries;
+
     /// <summary>
     /// Makes room for an entry of <paramref name="priority"/>: opens a free sector, or reclaims the oldest.
     /// With DropLowestPriority, returns true when the new entry is itself what the policy drops: its priority is
@@ -37,7 +43,7 @@ public sealed partial class FlashQueue
             return false;
         }
 
-        if (_policy == FullPolicy.Reject || FreeSectors() < 1)
+        if (_policy == FullPolicy.Reject)
         {
             throw new QueueFullException("Alert queue full: " + Depth + " entries wait for acknowledgement; nothing was dropped.");
         }
@@ -56,15 +62,157 @@ public sealed partial class FlashQueue
             {
                 if (!markerFits)
                 {
-                    CollectTail(keepAll: false);
+                    FreeOldest();
                 }
 
                 return true;
             }
         }
 
-        CollectTail(keepAll: false);
+        FreeOldest();
         return false;
+    }
+
+    /// <summary>
+    /// Frees the oldest sector for the full policy: reclaimed into the spare, or, in a ring with no sector free (left by
+    /// earlier firmware), dropped where it is, which makes it the spare (the caller then tries again).
+    /// </summary>
+    private void FreeOldest()
+    {
+        if (FreeSectors() < 1)
+        {
+            FreeTailWithoutSpare();
+            return;
+        }
+
+        CollectTail(keepAll: false);
+    }
+
+    /// <summary>
+    /// Frees the oldest sector of a ring with no sector free, which earlier firmware could leave and a mount keeps as it is
+    /// (docs/flash-queue.md, "Images written by earlier firmware"). With no erased sector nothing can move, so every
+    /// unacknowledged entry in it is dropped whatever its priority: first the marker that counts them goes into the head,
+    /// then the sector is erased. A cut in between leaves them counted and still queued, never gone uncounted. Writes in
+    /// the head keep room for that marker while no sector is free (KeepsRoomToFreeTail), so this throws only on an image
+    /// whose head had less when it was mounted, or after cuts used that room up.
+    /// </summary>
+    private void FreeTailWithoutSpare()
+    {
+        int victim = _tail;
+        int victimBase = victim * _sectorBytes;
+        BeginDropCount();
+        int pos = _dataStart;
+        while (NextRecord(victimBase, ref pos, _sectorBytes))
+        {
+            uint seq = Le.U32(_rec, 4);
+            if (_rec[8] != TypeAck && seq > _ackedThrough)
+            {
+                CountDropped(victimBase + pos - RoundUp(RecordOverhead + Le.U16(_rec, 0), _unit), seq);
+            }
+        }
+
+        if (_dropCount > 0)
+        {
+            int ackBytes = RoundUp(RecordOverhead, _unit);
+            int at = HeaderSlot(_writeOffset);
+            if (_recoveryPending)
+            {
+                at = HeaderSlot(at + ackBytes);
+            }
+
+            bool separate = MarkerNeedsSeparator();
+            if (separate)
+            {
+                at = HeaderSlot(at + ackBytes);
+            }
+
+            if (at + RoundUp(RecordOverhead + DroppedPayload, _unit) > _sectorBytes)
+            {
+                throw new QueueFullException("Alert queue full: no sector is free (an image from earlier firmware) and the newest has no room left for the marker that would count the "
+                    + _dropCount + " entries of the oldest; nothing was dropped. Acknowledging them frees it.");
+            }
+
+            WritePendingRecovery();
+            if (separate)
+            {
+                WriteAckRecord(_ackedThrough);
+            }
+
+            WriteDropMarker(HeaderSlot(_writeOffset));
+            _lastMarkerSeq = _nextSeq - 1;
+            _weakSeq = 0; // a higher number is now durable
+            _pendingKnown = false;
+            DroppedSinceMount += _dropEntries;
+        }
+
+        _device.EraseSector(victim);
+        _erasedSector = victim;
+        _tail = Next(victim);
+    }
+
+    /// <summary>
+    /// Whether a record that ends at <paramref name="end"/> in the head leaves room, while no sector is free, for the marker
+    /// of <see cref="FreeTailWithoutSpare"/>: after a reboot too (a mount resumes on the next page, behind its recovery
+    /// record), and again after a cut inside that marker. Always true with a sector free, and under Reject, which drops nothing.
+    /// </summary>
+    private bool KeepsRoomToFreeTail(int end) =>
+        FreeSectors() > 0 || _policy == FullPolicy.Reject || MarkerEndAfterReboot(MarkerEndAfterReboot(end)) <= _sectorBytes;
+
+    /// <summary>Where a marker ends that the first write after a reboot puts in the head, if its last record ends at <paramref name="end"/>.</summary>
+    private int MarkerEndAfterReboot(int end) =>
+        HeaderSlot(NextPage(HeaderSlot(end)) + RoundUp(RecordOverhead, _unit)) + RoundUp(RecordOverhead + DroppedPayload, _unit);
+
+    private void BeginDropCount()
+    {
+        _dropCount = 0;
+        _dropFirst = 0xFFFFFFFFu;
+        _dropLast = 0;
+        _dropEntries = 0;
+    }
+
+    /// <summary>
+    /// Adds the record at <paramref name="address"/>, whose header is in _rec, to the marker being assembled: an entry by
+    /// its original sequence number, a marker by merging its count and range.
+    /// </summary>
+    private void CountDropped(int address, uint seq)
+    {
+        byte type = _rec[8];
+        bool relocated = (_rec[11] & FlagRelocated) != 0;
+        uint n = 1;
+        uint lo = seq;
+        if (relocated && type != TypeDropped)
+        {
+            _device.Read(address + RecordOverhead, _small, 0, RelocationPrefix);
+            lo = Le.U32(_small, 0);
+        }
+
+        uint hi = lo;
+        if (type == TypeDropped)
+        {
+            _device.Read(address + RecordOverhead + (relocated ? RelocationPrefix : 0), _small, 0, DroppedPayload);
+            n = Le.U32(_small, 0);
+            lo = Le.U32(_small, 4);
+            hi = Le.U32(_small, 8);
+        }
+
+        _dropCount += n;
+        _dropFirst = lo < _dropFirst ? lo : _dropFirst;
+        _dropLast = hi > _dropLast ? hi : _dropLast;
+        _dropEntries += type == TypeDropped ? 0u : 1u;
+    }
+
+    /// <summary>Writes the marker assembled by <see cref="CountDropped"/> at <paramref name="at"/> in the head, under the next sequence number.</summary>
+    private void WriteDropMarker(int at)
+    {
+        Le.PutU32(_small, 0, _dropCount);
+        Le.PutU32(_small, 4, _dropFirst);
+        Le.PutU32(_small, 8, _dropLast);
+        WriteRecord(at, _nextSeq, TypeDropped, MarkerPriority, 0, 0, _small, 0, _small, 0, DroppedPayload);
+        _nextSeq++;
+        if (_pendingKnown)
+        {
+            _pending[MarkerPriority]++;
+        }
     }
 
     /// <summary>The lowest priority of the entries queued (markers not counted); 3 when none is.</summary>
@@ -133,9 +281,7 @@ public sealed partial class FlashQueue
 
         int victimBase = victim * _sectorBytes;
         OpenSector(Next(_head), _headSectorSeq + 1);
-        uint dropped = 0;
-        uint firstDropped = 0xFFFFFFFFu;
-        uint lastDropped = 0;
+        BeginDropCount();
         int copied = 0;
         int pos = _dataStart;
         while (NextRecord(victimBase, ref pos, _sectorBytes))
@@ -161,32 +307,12 @@ public sealed partial class FlashQueue
 
             if (priority <= threshold || type == TypeDropped || extra)
             {
-                uint n = 1;
-                uint lo = seq;
-                if (relocated && type != TypeDropped)
-                {
-                    _device.Read(victimBase + start + RecordOverhead, _small, 0, RelocationPrefix);
-                    lo = Le.U32(_small, 0);
-                }
-
-                uint hi = lo;
-                if (type == TypeDropped)
-                {
-                    _device.Read(victimBase + start + RecordOverhead + (relocated ? RelocationPrefix : 0), _small, 0, DroppedPayload);
-                    n = Le.U32(_small, 0);
-                    lo = Le.U32(_small, 4);
-                    hi = Le.U32(_small, 8);
-                }
-
-                dropped += n;
-                firstDropped = lo < firstDropped ? lo : firstDropped;
-                lastDropped = hi > lastDropped ? hi : lastDropped;
+                CountDropped(victimBase + start, seq);
                 if (_pendingKnown)
                 {
                     _pending[priority]--;
                 }
 
-                DroppedSinceMount += type == TypeDropped ? 0 : 1;
                 continue;
             }
 
@@ -219,18 +345,10 @@ public sealed partial class FlashQueue
             copied++;
         }
 
-        if (dropped > 0)
+        DroppedSinceMount += _dropEntries;
+        if (_dropCount > 0)
         {
-            int at = HeaderSlot(_writeOffset);
-            Le.PutU32(_small, 0, dropped);
-            Le.PutU32(_small, 4, firstDropped);
-            Le.PutU32(_small, 8, lastDropped);
-            WriteRecord(at, _nextSeq, TypeDropped, MarkerPriority, 0, 0, _small, 0, _small, 0, DroppedPayload);
-            _nextSeq++;
-            if (_pendingKnown)
-            {
-                _pending[MarkerPriority]++;
-            }
+            WriteDropMarker(HeaderSlot(_writeOffset));
         }
 
         // The closing record: from here on the moved entries and the marker are complete, and a mount that
@@ -240,7 +358,7 @@ public sealed partial class FlashQueue
         // acknowledgements does, which a mount leaves live, and a cut inside the erase would leave no sector free. So
         // the victim is erased first: a cut there leaves this sector header-only, which a mount erases (victim still
         // live) or rewrites (victim gone).
-        bool closeFirst = copied > 0 || dropped > 0;
+        bool closeFirst = copied > 0 || _dropCount > 0;
         if (closeFirst)
         {
             WriteAckRecord(_ackedThrough);

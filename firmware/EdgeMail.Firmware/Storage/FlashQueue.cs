@@ -582,7 +582,14 @@ public sealed partial class FlashQueue
             at = HeaderSlot(at + ackBytes);
         }
 
-        if (at + ackBytes <= _sectorBytes)
+        // With no sector free (an image from earlier firmware), room is kept for the drop marker that frees the oldest:
+        // unless this acknowledgement frees it, it waits in RAM rather than take that room.
+        if (FreeSectors() < 1)
+        {
+            ReclaimAcknowledged();
+        }
+
+        if (at + ackBytes <= _sectorBytes && KeepsRoomToFreeTail(at + ackBytes))
         {
             WritePendingRecovery();
             WriteAckRecord(seq);
@@ -604,9 +611,9 @@ public sealed partial class FlashQueue
             WriteAckRecord(seq);
         }
 
-        // Only on an image whose ring has no spare sector (left by firmware before layout note v1.1 with the
-        // Reject policy), or whose oldest sector cannot be moved whole: the acknowledgement stays in RAM until
-        // the next sector opens. A power cut before that hands the batch out again; the receiver drops the duplicates.
+        // Only on an image whose ring has no spare sector (left by earlier firmware, see above), or whose oldest sector
+        // cannot be moved whole: the acknowledgement stays in RAM until the next sector opens. A power cut before that
+        // hands the batch out again; the receiver drops the duplicates.
     }
 
     /// <summary>
@@ -913,7 +920,8 @@ public sealed partial class FlashQueue
             at = HeaderSlot(at + RoundUp(RecordOverhead, _unit));
         }
 
-        if (at + RoundUp(RecordOverhead + UsedThroughPayload, _unit) > _entryLimit)
+        int end = at + RoundUp(RecordOverhead + UsedThroughPayload, _unit);
+        if (end > _entryLimit || !KeepsRoomToFreeTail(end))
         {
             ContinueInNewSector(mayMoveOldest: false);
             return;
@@ -949,8 +957,9 @@ public sealed partial class FlashQueue
             }
 
             int markerAt = MarkerNeedsSeparator() ? HeaderSlot(pos + ackBytes) : pos;
+            bool markerFits = markerAt + markerBytes <= _entryLimit && KeepsRoomToFreeTail(markerAt + markerBytes);
 
-            if (dropNew && markerAt + markerBytes <= _entryLimit)
+            if (dropNew && markerFits)
             {
                 WritePendingRecovery();
                 if (MarkerNeedsSeparator())
@@ -962,13 +971,14 @@ public sealed partial class FlashQueue
             }
 
             // With DropLowestPriority an append also keeps room for its sector to move whole with a marker.
-            if (!dropNew && pos + size <= _entryLimit && (_policy != FullPolicy.DropLowestPriority || MovedEnd(MovedEnd(_headMovedEnd, RelocationPrefix + bytes - RecordOverhead), DroppedPayload) <= _entryLimit))
+            if (!dropNew && pos + size <= _entryLimit && (_policy != FullPolicy.DropLowestPriority || MovedEnd(MovedEnd(_headMovedEnd, RelocationPrefix + bytes - RecordOverhead), DroppedPayload) <= _entryLimit)
+                && KeepsRoomToFreeTail(pos + size))
             {
                 WritePendingRecovery();
                 return HeaderSlot(_writeOffset);
             }
 
-            dropNew |= OpenNextSector(priority, markerAt + markerBytes <= _entryLimit);
+            dropNew |= OpenNextSector(priority, markerFits);
         }
 
         throw new InvalidOperationException("No room for a record of " + bytes + " bytes after reclaiming every sector.");

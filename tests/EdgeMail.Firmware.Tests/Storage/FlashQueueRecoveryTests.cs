@@ -21,9 +21,9 @@ public class FlashQueueRecoveryTests(ITestOutputHelper output)
 
     private static int SizeOf(uint id) => 20 + (int)(id * 7 % 40);
 
-    private sealed record Drained(List<(uint Id, uint Seq, uint Original, byte Priority)> Items, List<(uint Count, uint First, uint Last)> Markers);
+    internal sealed record Drained(List<(uint Id, uint Seq, uint Original, byte Priority)> Items, List<(uint Count, uint First, uint Last)> Markers);
 
-    private static Drained Drain(FlashQueue q)
+    internal static Drained Drain(FlashQueue q)
     {
         var items = new List<(uint, uint, uint, byte)>();
         var markers = new List<(uint, uint, uint)>();
@@ -49,7 +49,7 @@ public class FlashQueueRecoveryTests(ITestOutputHelper output)
     }
 
     /// <summary>Every entry whose append returned is handed out once, or lies in a marker's range and is counted.</summary>
-    private static void AssertNothingLost(Dictionary<uint, uint> promised, Drained drained, string where)
+    internal static void AssertNothingLost(Dictionary<uint, uint> promised, Drained drained, string where)
     {
         var seen = new HashSet<uint>();
         foreach (var item in drained.Items)
