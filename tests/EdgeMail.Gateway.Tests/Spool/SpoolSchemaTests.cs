@@ -28,6 +28,16 @@ public sealed class SpoolSchemaTests : IDisposable
         return connection;
     }
 
+    // A spool as a build that wrote schema `version` left it, holding `rows`.
+    private void CreateAtVersion(int version, string rows)
+    {
+        using var connection = Connect();
+        using var command = connection.CreateCommand();
+        command.CommandText = "CREATE TABLE schema_version(version INTEGER NOT NULL);" + string.Join(";", SpoolSchema.Migrations.Take(version))
+            + $";INSERT INTO schema_version VALUES({version});" + rows;
+        command.ExecuteNonQuery();
+    }
+
     private static string Plan(SqliteConnection connection, string sql)
     {
         using var command = connection.CreateCommand();
@@ -65,13 +75,8 @@ public sealed class SpoolSchemaTests : IDisposable
     [Fact]
     public async Task Open_VersionOneSpoolWithAlerts_MigratesToTheCurrentVersionAndKeepsThem()
     {
-        using (var connection = Connect())
-        {
-            using var command = connection.CreateCommand();
-            command.CommandText = "CREATE TABLE schema_version(version INTEGER NOT NULL);" + SpoolSchema.Migrations[0] + ";INSERT INTO schema_version VALUES(1);"
-                + "INSERT INTO alerts(device, alert_id, received_at, payload, status, code) VALUES('dev-1', 'a-1', 0, x'7B7D', 'new', 'X');";
-            command.ExecuteNonQuery();
-        }
+        CreateAtVersion(1,
+            "INSERT INTO alerts(device, alert_id, received_at, payload, status, code) VALUES('dev-1', 'a-1', 0, x'7B7D', 'new', 'X');");
 
         await using (var spool = SqliteSpool.Open(DbPath, fsync: false, maxBatch: 16, NullLogger.Instance))
         {
@@ -125,13 +130,8 @@ public sealed class SpoolSchemaTests : IDisposable
     [Fact]
     public async Task Open_VersionNineSpoolWithAnApiKey_KeepsItAsAnAdminKey()
     {
-        using (var connection = Connect())
-        {
-            using var command = connection.CreateCommand();
-            command.CommandText = "CREATE TABLE schema_version(version INTEGER NOT NULL);" + string.Join(";", SpoolSchema.Migrations.Take(9)) + ";INSERT INTO schema_version VALUES(9);"
-                + "INSERT INTO api_keys(id, name, hash, created_at, revoked_at) VALUES('k1', 'old script', 'ab', 0, NULL);";
-            command.ExecuteNonQuery();
-        }
+        CreateAtVersion(9,
+            "INSERT INTO api_keys(id, name, hash, created_at, revoked_at) VALUES('k1', 'old script', 'ab', 0, NULL);");
 
         await using var spool = SqliteSpool.Open(DbPath, fsync: false, maxBatch: 16, NullLogger.Instance);
 
@@ -143,15 +143,10 @@ public sealed class SpoolSchemaTests : IDisposable
     public async Task Open_VersionTenSpoolWithHeldRepeats_DigestsThemAsRaises()
     {
         // Before version 11 only raises were held, and no alert kept its state.
-        using (var connection = Connect())
-        {
-            using var command = connection.CreateCommand();
-            command.CommandText = "CREATE TABLE schema_version(version INTEGER NOT NULL);" + string.Join(";", SpoolSchema.Migrations.Take(10)) + ";INSERT INTO schema_version VALUES(10);"
-                + "INSERT INTO storm(device, code, last_mail_at, last_raised_message_id) VALUES('dev-1', 'TEMP_HIGH', 1000, '<r-0@gw.test>');"
-                + "INSERT INTO alerts(device, alert_id, received_at, payload, status, code, hold_until, severity) VALUES"
-                + "('dev-1', 'r-1', 2000, x'7b7d', 'held', 'TEMP_HIGH', 5000, 'warning'), ('dev-1', 'r-2', 3000, x'7b7d', 'held', 'TEMP_HIGH', 5000, 'warning');";
-            command.ExecuteNonQuery();
-        }
+        CreateAtVersion(10,
+            "INSERT INTO storm(device, code, last_mail_at, last_raised_message_id) VALUES('dev-1', 'TEMP_HIGH', 1000, '<r-0@gw.test>');"
+            + "INSERT INTO alerts(device, alert_id, received_at, payload, status, code, hold_until, severity) VALUES"
+            + "('dev-1', 'r-1', 2000, x'7b7d', 'held', 'TEMP_HIGH', 5000, 'warning'), ('dev-1', 'r-2', 3000, x'7b7d', 'held', 'TEMP_HIGH', 5000, 'warning');");
 
         await using var spool = SqliteSpool.Open(DbPath, fsync: false, maxBatch: 16, NullLogger.Instance);
 
@@ -166,14 +161,9 @@ public sealed class SpoolSchemaTests : IDisposable
     {
         // Nothing before version 14 said whether a pair's incident was open; a raise's Message-ID and a last mail not reset
         // by a clear (last_mail_at 0) are what an open one looks like.
-        using (var connection = Connect())
-        {
-            using var command = connection.CreateCommand();
-            command.CommandText = "CREATE TABLE schema_version(version INTEGER NOT NULL);" + string.Join(";", SpoolSchema.Migrations.Take(13)) + ";INSERT INTO schema_version VALUES(13);"
-                + "INSERT INTO storm(device, code, last_mail_at, last_raised_message_id) VALUES"
-                + "('dev-1', 'TEMP_HIGH', 1000, '<r-1@gw.test>'), ('dev-1', 'DOOR_OPEN', 0, '<r-2@gw.test>'), ('dev-1', 'DEVICE_SILENT', 1000, NULL);";
-            command.ExecuteNonQuery();
-        }
+        CreateAtVersion(13,
+            "INSERT INTO storm(device, code, last_mail_at, last_raised_message_id) VALUES"
+            + "('dev-1', 'TEMP_HIGH', 1000, '<r-1@gw.test>'), ('dev-1', 'DOOR_OPEN', 0, '<r-2@gw.test>'), ('dev-1', 'DEVICE_SILENT', 1000, NULL);");
 
         await using var spool = SqliteSpool.Open(DbPath, fsync: false, maxBatch: 16, NullLogger.Instance);
 
@@ -188,15 +178,10 @@ public sealed class SpoolSchemaTests : IDisposable
     {
         // Nothing before version 15 said since when a device was configured: one the spool heard from keeps measuring its
         // silence from when it was last heard, as before. Any other is watched from the first start that names it.
-        using (var connection = Connect())
-        {
-            using var command = connection.CreateCommand();
-            command.CommandText = "CREATE TABLE schema_version(version INTEGER NOT NULL);" + string.Join(";", SpoolSchema.Migrations.Take(14)) + ";INSERT INTO schema_version VALUES(14);"
-                + "INSERT INTO alerts(device, alert_id, received_at, payload, status) VALUES('dev-1', 'a-1', 1000, x'7b7d', 'routed'), ('dev-1', 'a-2', 2000, x'7b7d', 'routed'),"
-                + " ('dev-3', 'gw-silent-1', 1000, x'7b7d', 'routed');"
-                + "INSERT INTO device_status(device, received_at, payload) VALUES('dev-2', 1000, x'7b7d'), ('dev-3', 1000, x'7b7d');";
-            command.ExecuteNonQuery();
-        }
+        CreateAtVersion(14,
+            "INSERT INTO alerts(device, alert_id, received_at, payload, status) VALUES('dev-1', 'a-1', 1000, x'7b7d', 'routed'), ('dev-1', 'a-2', 2000, x'7b7d', 'routed'),"
+            + " ('dev-3', 'gw-silent-1', 1000, x'7b7d', 'routed');"
+            + "INSERT INTO device_status(device, received_at, payload) VALUES('dev-2', 1000, x'7b7d'), ('dev-3', 1000, x'7b7d');");
 
         await using var spool = SqliteSpool.Open(DbPath, fsync: false, maxBatch: 16, NullLogger.Instance);
 
