@@ -6,7 +6,9 @@ using EdgeMail.Gateway.Devices;
 using EdgeMail.Gateway.Spool;
 using EdgeMail.Gateway.Tests;
 using EdgeMail.Gateway.Web;
+using Microsoft.Data.Sqlite;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
 using Microsoft.Playwright;
 using MQTTnet;
 using Xunit;
@@ -45,7 +47,20 @@ public sealed class ConsoleTourTests(ConsoleBrowser browser)
         var now = TimeProvider.System.GetUtcNow();
         var first = await TestGateway.StartAsync(Config, null);
         await SeedHistoryAsync(first, now);
+        string spoolPath = first.Host.Services.GetRequiredService<IOptions<GatewayOptions>>().Value.SpoolPath();
         await first.StopAsync();
+
+        // That run stands for the gateway of those two days, which watched its devices from before them (the first start
+        // records each from itself): else the restart gives the UPS its whole limit from that start, not silent yet.
+        using (var connection = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = spoolPath, Pooling = false }.ToString()))
+        {
+            connection.Open();
+            using var command = connection.CreateCommand();
+            command.CommandText = "UPDATE watched_devices SET since = $since";
+            command.Parameters.AddWithValue("$since", now.AddDays(-3).ToUnixTimeMilliseconds());
+            Assert.True(command.ExecuteNonQuery() > 0);
+        }
+
         await using var gw = await TestGateway.StartAsync(Config, null, dataDir: first.DataDir);
 
         // Setup and login pages, before a password exists.
