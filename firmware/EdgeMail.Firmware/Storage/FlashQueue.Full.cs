@@ -153,10 +153,13 @@ public sealed partial class FlashQueue
     /// <summary>
     /// Whether a record that ends at <paramref name="end"/> in the head leaves room, while no sector is free, for the marker
     /// of <see cref="FreeTailWithoutSpare"/>: after a reboot too (a mount resumes on the next page, behind its recovery
-    /// record), and again after a cut inside that marker. Always true with a sector free, and under Reject, which drops nothing.
+    /// record), and again after a cut inside that marker or the recovery record before it. That cut costs two turns: the
+    /// boot after it pins the place past the torn cells at once, and if it reboots before writing the marker, the next
+    /// boot resumes on the page after that record.
+    /// Always true with a sector free, and under Reject, which drops nothing.
     /// </summary>
     private bool KeepsRoomToFreeTail(int end) =>
-        FreeSectors() > 0 || _policy == FullPolicy.Reject || MarkerEndAfterReboot(MarkerEndAfterReboot(end)) <= _sectorBytes;
+        FreeSectors() > 0 || _policy == FullPolicy.Reject || MarkerEndAfterReboot(MarkerEndAfterReboot(MarkerEndAfterReboot(end))) <= _sectorBytes;
 
     /// <summary>Where a marker ends that the first write after a reboot puts in the head, if its last record ends at <paramref name="end"/>.</summary>
     private int MarkerEndAfterReboot(int end) =>
