@@ -440,7 +440,9 @@ public sealed class ConsoleSecurityTests
             await EdgeMail.Gateway.Tests.Operations.ContainmentTests.PublishAsync(device, "dev-1", Alerts.Json("scoped-1"));
         }
 
-        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("dev-1.scoped-1.alert@gw.test", default))?.Attempts == 1, "the first, failing attempt");
+        // Routing, composition and a refused connection: seconds on a CI machine busy with other test hosts, so not the default wait.
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("dev-1.scoped-1.alert@gw.test", default))?.Attempts == 1, "the first, failing attempt",
+            TimeSpan.FromSeconds(60));
         long rowId = (await gw.Spool.GetMessageAsync("dev-1.scoped-1.alert@gw.test", default))!.RowId;
 
         // Reading: the API, /metrics, /events.
