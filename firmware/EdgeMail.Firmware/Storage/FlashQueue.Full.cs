@@ -113,31 +113,13 @@ public sealed partial class FlashQueue
 
         if (_dropCount > 0)
         {
-            int ackBytes = RoundUp(RecordOverhead, _unit);
-            int at = HeaderSlot(_writeOffset);
-            if (_recoveryPending)
-            {
-                at = HeaderSlot(at + ackBytes);
-            }
-
-            bool separate = MarkerNeedsSeparator();
-            if (separate)
-            {
-                at = HeaderSlot(at + ackBytes);
-            }
-
-            if (at + RoundUp(RecordOverhead + DroppedPayload, _unit) > _sectorBytes)
+            if (MarkerSlot() + RoundUp(RecordOverhead + DroppedPayload, _unit) > _sectorBytes)
             {
                 throw new QueueFullException("Alert queue full: no sector is free (an image from earlier firmware) and the newest has no room left for the marker that would count the "
                     + _dropCount + " entries of the oldest; nothing was dropped. Acknowledging them frees it.");
             }
 
-            WritePendingRecovery();
-            if (separate)
-            {
-                WriteAckRecord(_ackedThrough);
-            }
-
+            WriteBeforeMarker();
             WriteDropMarker(HeaderSlot(_writeOffset));
             _lastMarkerSeq = _nextSeq - 1;
             _weakSeq = 0; // a higher number is now durable

@@ -956,17 +956,12 @@ public sealed partial class FlashQueue
                 pos = HeaderSlot(pos + ackBytes);
             }
 
-            int markerAt = MarkerNeedsSeparator() ? HeaderSlot(pos + ackBytes) : pos;
+            int markerAt = MarkerSlot();
             bool markerFits = markerAt + markerBytes <= _entryLimit && KeepsRoomToFreeTail(markerAt + markerBytes);
 
             if (dropNew && markerFits)
             {
-                WritePendingRecovery();
-                if (MarkerNeedsSeparator())
-                {
-                    WriteAckRecord(_ackedThrough);
-                }
-
+                WriteBeforeMarker();
                 return -1;
             }
 
@@ -989,6 +984,33 @@ public sealed partial class FlashQueue
     /// marker written right after it would join its run on the next read (docs/flash-queue.md, "When full").
     /// </summary>
     private bool MarkerNeedsSeparator() => _lastMarkerSeq > _ackedThrough && _lastMarkerSeq <= _handedOutHigh;
+
+    /// <summary>
+    /// Where a drop marker written next goes in the head: after the mount's pending recovery record and the acknowledgement
+    /// that separates it from a marker handed out (<see cref="WriteBeforeMarker"/> writes them). Reckoned before either is
+    /// written, so it allows for both even when the recovery record makes the separator needless.
+    /// </summary>
+    private int MarkerSlot()
+    {
+        int ackBytes = RoundUp(RecordOverhead, _unit);
+        int at = HeaderSlot(_writeOffset);
+        if (_recoveryPending)
+        {
+            at = HeaderSlot(at + ackBytes);
+        }
+
+        return MarkerNeedsSeparator() ? HeaderSlot(at + ackBytes) : at;
+    }
+
+    /// <summary>Writes what goes before a drop marker (<see cref="MarkerSlot"/>): the pending recovery record, then the separator if still needed.</summary>
+    private void WriteBeforeMarker()
+    {
+        WritePendingRecovery();
+        if (MarkerNeedsSeparator())
+        {
+            WriteAckRecord(_ackedThrough);
+        }
+    }
 
     private void ReclaimAcknowledged()
     {
