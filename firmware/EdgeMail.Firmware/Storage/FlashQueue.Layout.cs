@@ -73,14 +73,15 @@ public sealed partial class FlashQueue
                 return false;
             }
 
-            int size = RoundUp(RecordOverhead + len, _unit);
             if (RecordCrcOk(baseAddr + pos, len))
             {
-                pos += size;
+                pos += RoundUp(RecordOverhead + len, _unit);
                 return true;
             }
 
-            pos = NextPage(pos + size - 1);
+            // A torn record's extent is not trusted: where a boot read its header bad, it resumed writing inside that
+            // extent (docs/flash-queue.md, "Mount and recovery", step 3).
+            pos = NextPage(pos);
         }
     }
 

@@ -414,13 +414,8 @@ public sealed partial class FlashQueue
             bool wanted = (type == TypeItem || type == TypeDropped) && seq > _sentThrough;
             if (!wanted)
             {
-                if (!RecordCrcOk(baseAddr + pos, len))
-                {
-                    _readOffset = NextPage(pos + size - 1);
-                    continue;
-                }
-
-                _readOffset = pos + size;
+                // A torn record's extent is not trusted (see NextRecord).
+                _readOffset = RecordCrcOk(baseAddr + pos, len) ? pos + size : NextPage(pos);
                 continue;
             }
 
@@ -442,7 +437,7 @@ public sealed partial class FlashQueue
             int targetOffset = type == TypeDropped ? 0 : offset;
             if (type == TypeDropped && payloadLen != DroppedPayload)
             {
-                _readOffset = NextPage(pos + size - 1);
+                _readOffset = RecordCrcOk(baseAddr + pos, len) ? pos + size : NextPage(pos);
                 continue;
             }
 
@@ -455,7 +450,7 @@ public sealed partial class FlashQueue
             state = Crc32.Update(state, target, targetOffset, payloadLen);
             if (Crc32.Finish(state) != Le.U32(_rec, 12))
             {
-                _readOffset = NextPage(pos + size - 1);
+                _readOffset = NextPage(pos);
                 continue;
             }
 
@@ -689,8 +684,11 @@ public sealed partial class FlashQueue
                     _nextSeq = seq + 1;
                 }
 
-                pos = NextPage(pos + size - 1);
-                dirtyPages = pos;
+                // Writing resumes past all of it, so the torn cells are never programmed; but records are looked for
+                // from the next page on: a boot that read this header bad resumed writing inside its extent.
+                int extentEnd = NextPage(pos + size - 1);
+                dirtyPages = extentEnd > dirtyPages ? extentEnd : dirtyPages;
+                pos = NextPage(pos);
                 continue;
             }
 

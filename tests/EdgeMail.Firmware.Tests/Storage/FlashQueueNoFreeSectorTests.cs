@@ -79,7 +79,7 @@ public class FlashQueueNoFreeSectorTests(ITestOutputHelper output)
     /// entries, and the third acknowledgement finds no slot left in the head: the spare is opened for it. Returns the
     /// entries whose append returned and are owed, and the next entry id.
     /// </summary>
-    private static (Dictionary<uint, uint> Promised, uint NextId) WriteTheImage(IFlashDevice flash)
+    internal static (Dictionary<uint, uint> Promised, uint NextId) WriteTheImage(IFlashDevice flash)
     {
         var q = new FlashQueue(flash, FullPolicy.Reject);
         q.Mount(Epoch);

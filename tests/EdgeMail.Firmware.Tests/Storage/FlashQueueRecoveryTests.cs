@@ -299,6 +299,161 @@ public class FlashQueueRecoveryTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>
+    /// Cells under one record header that a cut left weak: while <see cref="Noisy"/>, every read that covers the header's
+    /// first byte sees a bit of the length flipped, so the header fails its length check; otherwise it reads whole.
+    /// </summary>
+    private sealed class NoisyHeader(IFlashDevice inner) : IFlashDevice
+    {
+        public int Address = -1;
+        public bool Noisy;
+        public int Flips;
+
+        public FlashGeometry Geometry => inner.Geometry;
+
+        public void Read(int address, byte[] buffer, int offset, int count)
+        {
+            inner.Read(address, buffer, offset, count);
+            if (Noisy && Address >= address && Address < address + count)
+            {
+                buffer[offset + Address - address] ^= 0x01;
+                Flips++;
+            }
+        }
+
+        public void Program(int address, byte[] buffer, int offset, int count) => inner.Program(address, buffer, offset, count);
+
+        public void EraseSector(int sector) => inner.EraseSector(sector);
+    }
+
+    public static TheoryData<string, bool> TornExtentRings => new()
+    {
+        { "nor3", true },
+        { "strict4", true },
+        { "nor3", false },
+        { "strict4", false },
+    };
+
+    /// <summary>
+    /// Power fails as the first page of X, a record of several pages, is programmed: its header is on flash, its CRC can
+    /// never match. Boot 1 reads that header bad. With no sector free (the image earlier firmware's Reject policy left) it
+    /// resumes in X's sector on the next page, inside the extent X's length claims, and takes five entries of
+    /// <paramref name="priority"/> there; with a sector free it continues in that one. Returns the flash powered on for
+    /// boot 2, which reads X's header whole, and the entries owed (A, appended just before X, among them).
+    /// </summary>
+    private static (NoisyHeader Flash, Dictionary<uint, uint> Promised, uint NextId) EntriesAfterATornHeader(NorFlashSimulator sim, bool noFreeSector, byte priority)
+    {
+        var flash = new NoisyHeader(sim);
+        var promised = new Dictionary<uint, uint>();
+        uint id = 1;
+        if (noFreeSector)
+        {
+            (promised, id) = FlashQueueNoFreeSectorTests.WriteTheImage(flash);
+        }
+        else
+        {
+            Assert.False(new FlashQueue(flash, FullPolicy.Reject).Mount(FlashQueueNoFreeSectorTests.Epoch));
+        }
+
+        var q = new FlashQueue(flash, FullPolicy.Reject);
+        Assert.True(q.Mount(FlashQueueNoFreeSectorTests.Epoch));
+        Assert.Equal(noFreeSector ? sim.Geometry.SectorCount : 1, q.LiveSectors);
+        promised[id] = q.Append(1, 1, Payload(id, 20), 0, 20);
+        id++;
+        const int XPayload = 300;
+        byte[] before = sim.Snapshot();
+        sim.ScheduleCut(0, new PowerCut(CutMode.Complete, 1, WeakCells.None)); // the header's noise is NoisyHeader's
+        Assert.Throws<PowerLossException>(() => q.Append(1, 1, Payload(id, XPayload), 0, XPayload));
+        byte[] after = sim.Snapshot();
+        flash.Address = Enumerable.Range(0, before.Length).First(i => before[i] != after[i]);
+        int extentEnd = flash.Address + FlashQueue.RecordOverhead + XPayload;
+        Assert.True(after.AsSpan(flash.Address, extentEnd - flash.Address).Contains((byte)0xFF), "X was programmed whole");
+        id++;
+
+        sim.PowerOn(1);
+        flash.Noisy = true;
+        q = new FlashQueue(flash, FullPolicy.Reject);
+        Assert.True(q.Mount(FlashQueueNoFreeSectorTests.Epoch));
+        before = sim.Snapshot();
+        for (int n = 0; n < 5; n++, id++)
+        {
+            uint seq = q.Append(1, priority, Payload(id, 20), 0, 20);
+            Assert.True(promised.Values.All(s => s < seq), $"boot 1: sequence number {seq} reused");
+            promised[id] = seq;
+        }
+
+        after = sim.Snapshot();
+        int firstWritten = Enumerable.Range(0, before.Length).First(i => before[i] != after[i]);
+        Assert.True(flash.Flips > 0, "boot 1 never read X's header");
+        Assert.True(noFreeSector == (firstWritten > flash.Address && firstWritten < extentEnd), $"boot 1 wrote first at 0x{firstWritten:X}; X's header is at 0x{flash.Address:X}, its extent ends at 0x{extentEnd:X}");
+        sim.PowerOn(2);
+        flash.Noisy = false;
+        return (flash, promised, id);
+    }
+
+    /// <summary>
+    /// Boot 2 reads X's header (<see cref="EntriesAfterATornHeader"/>) whole. Readers that skipped a torn record by its
+    /// extent skipped the entries boot 1 wrote inside it (never handed out) and the mount missed their numbers (given
+    /// again). With a sector free, nothing was written inside the extent and nothing changes.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TornExtentRings))]
+    public void TornRecord_ItsHeaderReadBadThenWhole_EntriesWrittenInsideItsExtentAreHandedOutOnce(string ring, bool noFreeSector)
+    {
+        using var sim = new NorFlashSimulator(ring == "nor3" ? Ring3 : Ring4Strict, seed: 1);
+        var (flash, promised, id) = EntriesAfterATornHeader(sim, noFreeSector, priority: 1);
+        var q = new FlashQueue(flash, FullPolicy.Reject);
+        Assert.True(q.Mount(FlashQueueNoFreeSectorTests.Epoch));
+        var drained = Drain(q);
+        var owed = promised.OrderBy(p => p.Value).Select(p => (p.Key, p.Value)).ToList();
+        var handedOut = drained.Items.Select(i => (i.Id, i.Seq)).ToList();
+        output.WriteLine($"{ring}, no free sector {noFreeSector}: handed out (id@seq) " + string.Join(", ", handedOut.Select(i => $"{i.Id}@{i.Seq}")));
+        Assert.Empty(drained.Markers);
+        Assert.Equal(owed, handedOut);
+        Assert.True(q.NextSeq > promised.Values.Max(), $"boot 2: the next append would get {q.NextSeq}, already used");
+
+        q.Acknowledge(handedOut[^1].Seq);
+        uint later = q.Append(1, 1, Payload(id, 20), 0, 20);
+        Assert.True(promised.Values.All(s => s < later), $"boot 2: sequence number {later} reused");
+        q.Rewind();
+        Assert.Equal([(id, later)], Drain(q).Items.Select(i => (i.Id, i.Seq)));
+    }
+
+    /// <summary>
+    /// The reclaim reads a sector as the reader does: when X's sector is the oldest and the full policy reclaims it, the
+    /// critical entries boot 1 wrote inside X's extent move forward with their original numbers, and A (the lowest
+    /// priority queued) is dropped and counted.
+    /// </summary>
+    [Theory]
+    [InlineData("nor3")]
+    [InlineData("strict4")]
+    public void TornRecord_ItsHeaderReadBadThenWhole_EntriesWrittenInsideItsExtentMoveWhenItsSectorIsReclaimed(string ring)
+    {
+        using var sim = new NorFlashSimulator(ring == "nor3" ? Ring3 : Ring4Strict, seed: 1);
+        var (flash, promised, id) = EntriesAfterATornHeader(sim, noFreeSector: true, priority: 2);
+        var q = new FlashQueue(flash, FullPolicy.DropLowestPriority);
+        Assert.True(q.Mount(FlashQueueNoFreeSectorTests.Epoch));
+        uint image = promised.Values.Order().ElementAt(promised.Count - 7); // before A, then boot 1's five
+        q.Acknowledge(image);
+        foreach (var done in promised.Where(p => p.Value <= image).ToList())
+        {
+            promised.Remove(done.Key);
+        }
+
+        Assert.True(q.LiveSectors < sim.Geometry.SectorCount, "the acknowledgement freed no sector");
+        while (q.DroppedSinceMount == 0)
+        {
+            Assert.True(id < 1000, "the full policy never reclaimed X's sector");
+            promised[id] = q.Append(1, 1, Payload(id, 20), 0, 20);
+            id++;
+        }
+
+        var drained = Drain(q);
+        output.WriteLine($"{ring}: handed out (id@seq/original) " + string.Join(", ", drained.Items.Select(i => $"{i.Id}@{i.Seq}/{i.Original}")));
+        AssertNothingLost(promised, drained, $"{ring}, after the reclaim of X's sector");
+        Assert.Equal(5, drained.Items.Count(i => i.Priority == 2 && i.Seq != i.Original));
+    }
+
     public static TheoryData<FullPolicy, CutMode> ReclaimCuts => new()
     {
         { FullPolicy.DropLowestPriority, CutMode.BeforeStart },
