@@ -239,10 +239,17 @@ public sealed partial class PostgresSpool
         // Instances sharing the spool take the time of whichever recorded a device first, so their silences of it share ids.
         return WriteAsync<IReadOnlyDictionary<string, DateTimeOffset>>(async (c, tx, _) =>
         {
+            // Not the devices kept in the devices table (added or changed at run time): every instance has them, and one
+            // missing from those given was added on another instance after the caller read them. That instance recorded
+            // it watched only after its devices row committed, so this statement's snapshot, if it sees the one, sees the
+            // other: no lock needed. Deleting it made this instance record it again later, from then, and the two
+            // instances had two times for it (two silence ids, its silence mailed twice).
             if (forgetOthers)
             {
-                await ExecAsync(c, tx, cancellationToken, "DELETE FROM watched_devices w WHERE NOT EXISTS (SELECT 1 FROM unnest($1::text[]) d WHERE d = w.device)",
-                    (object)given).ConfigureAwait(false);
+                await ExecAsync(c, tx, cancellationToken, """
+                    DELETE FROM watched_devices w
+                    WHERE NOT EXISTS (SELECT 1 FROM unnest($1::text[]) d WHERE d = w.device) AND NOT EXISTS (SELECT 1 FROM devices m WHERE m.id = w.device)
+                    """, (object)given).ConfigureAwait(false);
             }
 
             await ExecAsync(c, tx, cancellationToken, "INSERT INTO watched_devices(device, since) SELECT d, $2 FROM unnest($1::text[]) d ON CONFLICT (device) DO NOTHING",

@@ -322,7 +322,9 @@ public partial interface ISpool
     /// <summary>
     /// Records the devices the silence watch watches, each with when it began to: one not recorded yet is recorded as
     /// watched from <paramref name="now"/>, one recorded keeps its time; with <paramref name="forgetOthers"/> (at start,
-    /// given every configured device) the others are forgotten, so that one configured again later is new then.
+    /// given every configured device) the others are forgotten, so that one configured again later is new then — but
+    /// never one the spool keeps a run-time state of (<see cref="ISpool.SaveDeviceAsync"/>: added or changed at run time):
+    /// every instance sharing the spool has those, and one not given was added on another instance after the caller read them.
     /// </summary>
     /// <param name="devices">The devices.</param>
     /// <param name="now">When the new ones began to be watched.</param>

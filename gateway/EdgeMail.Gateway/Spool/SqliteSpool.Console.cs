@@ -335,9 +335,10 @@ public sealed partial class SqliteSpool
                 }
             }
 
+            // As on PostgreSQL, not the devices kept in the devices table (one contract; here one process has them all).
             foreach (string gone in forgetOthers ? since.Keys.Where(d => !given.Contains(d)).ToList() : [])
             {
-                s.Exec("DELETE FROM watched_devices WHERE device=$p0", gone);
+                s.Exec("DELETE FROM watched_devices WHERE device=$p0 AND NOT EXISTS (SELECT 1 FROM devices WHERE id=$p0)", gone);
             }
 
             foreach (string added in given.Where(d => !since.ContainsKey(d)))

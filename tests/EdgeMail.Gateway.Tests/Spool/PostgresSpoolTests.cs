@@ -178,6 +178,29 @@ public sealed class PostgresSpoolTests : SpoolContractTests
         Assert.Single(await b.DueMessagesAsync(DateTimeOffset.UtcNow, 10, new HashSet<long>(), default));
     }
 
+    // Instance a starts again (its reconcile forgets the devices it does not find configured) moments after b added a
+    // device through the console and its silence watch recorded it, but a read the spool's devices before that addition.
+    // The reconcile deleted b's row; a recorded the device again when its registry found it, from then: two times for one
+    // device, so two silence ids, and its silence mailed twice.
+    [PostgresFact]
+    public async Task WatchDevices_AStartThatReadItsDevicesBeforeAnotherInstanceAddedOne_KeepsWhenThatOneBegan()
+    {
+        await using var a = OpenPostgres();
+        await using var b = OpenPostgres();
+        await a.WatchDevicesAsync(["dev-1"], T0, forgetOthers: true, default);
+        string[] configuredAtA = ["dev-1"]; // a's registry, read as it starts again
+        var added = T0.AddDays(1);
+
+        await b.SaveDeviceAsync(new ManagedDevice("dev-9", "hash", "Device 9", "Hall 3", ["alice"], false, null, added), default);
+        var recordedByB = await b.WatchDevicesAsync(["dev-9"], added, forgetOthers: false, default);
+        await a.WatchDevicesAsync(configuredAtA, added.AddSeconds(1), forgetOthers: true, default);
+        var recordedByA = await a.WatchDevicesAsync(["dev-9"], added.AddSeconds(30), forgetOthers: false, default); // a's registry has found it
+
+        Assert.Equal(added, recordedByB["dev-9"]);
+        Assert.Equal(added, recordedByA["dev-9"]);
+        Assert.Equal(added, (await b.WatchDevicesAsync(["dev-1", "dev-9"], added.AddMinutes(1), forgetOthers: true, default))["dev-9"]); // b restarts
+    }
+
     [PostgresFact]
     public async Task TwoInstances_TheSameAlertAtBoth_IsStoredOnce()
     {

@@ -1334,6 +1334,21 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Empty(await spool.WatchDevicesAsync([], t2, forgetOthers: false, default));
     }
 
+    // Every instance on the spool has the devices added at run time: a start that does not give one read the spool's
+    // devices before another instance added it, and must not forget it (PostgresSpoolTests has the two instances).
+    [ContractFact]
+    public async Task WatchDevices_ForgettingTheOthers_KeepsADeviceAddedAtRunTime()
+    {
+        await using var spool = Open();
+        var added = T0.AddDays(1);
+        await spool.SaveDeviceAsync(new ManagedDevice("dev-9", "hash", "Device 9", "Hall 3", ["alice"], false, null, added), default);
+        await spool.WatchDevicesAsync(["dev-9"], added, forgetOthers: false, default);
+
+        await spool.WatchDevicesAsync(["dev-1"], added.AddSeconds(1), forgetOthers: true, default);
+
+        Assert.Equal(added, (await spool.WatchDevicesAsync(["dev-9"], added.AddSeconds(30), forgetOthers: false, default))["dev-9"]);
+    }
+
     private static KeptReceipt Receipt(string device, string alertId, string state = "failed", string detail = "550 5.1.1 no such user") =>
         new(device, alertId, state, T0.AddSeconds(5), detail);
 
