@@ -97,7 +97,7 @@ public sealed partial class SilenceWatch : SupervisedLoop
         };
     }
 
-    /// <summary>Raised after each check (tests).</summary>
+    /// <summary>Raised after each check, or, the watch off, each look for devices added (tests).</summary>
     public event Action? Checked;
 
     /// <summary>Checks now instead of at the next interval (tests that move a fake clock).</summary>
@@ -136,17 +136,31 @@ public sealed partial class SilenceWatch : SupervisedLoop
     /// <inheritdoc />
     protected override async Task RunAsync(CancellationToken stoppingToken)
     {
-        if (!_options.Enabled)
+        // Off, the watch still keeps the spool's record of the devices it would watch (a statement at start, one per device
+        // added at run time): a device taken out of the configuration and put back while it was off is watched anew when
+        // it is turned on again. Before, that record stood still while it was off, and such a device counted as
+        // configured all along: silent at once, measured from when it was last heard before it was taken out.
+        if (_options.Enabled)
         {
-            return;
+            await SeedAsync(stoppingToken).ConfigureAwait(false);
+        }
+        else
+        {
+            await WatchAsync(_devices.All.Select(d => d.Id).ToList(), Started(), forgetOthers: true, stoppingToken).ConfigureAwait(false);
         }
 
-        await SeedAsync(stoppingToken).ConfigureAwait(false);
         while (!stoppingToken.IsCancellationRequested)
         {
             try
             {
-                await CheckAsync(stoppingToken).ConfigureAwait(false);
+                if (_options.Enabled)
+                {
+                    await CheckAsync(stoppingToken).ConfigureAwait(false);
+                }
+                else
+                {
+                    await WatchAddedAsync(_presence.Now(), stoppingToken).ConfigureAwait(false);
+                }
             }
             catch (SpoolException ex)
             {
@@ -166,8 +180,7 @@ public sealed partial class SilenceWatch : SupervisedLoop
 
         // Which devices were configured at the last start is known only from the spool: one that was not is new now, and a
         // silence recorded for it before it was taken out is over.
-        var start = _started ??= DateTimeOffset.FromUnixTimeMilliseconds(_clock.GetUtcNow().ToUnixTimeMilliseconds());
-        var watchedSince = await WatchAsync(_devices.All.Select(d => d.Id).ToList(), start, forgetOthers: true, cancellationToken).ConfigureAwait(false);
+        var watchedSince = await WatchAsync(_devices.All.Select(d => d.Id).ToList(), Started(), forgetOthers: true, cancellationToken).ConfigureAwait(false);
         foreach (var activity in await _spool.DeviceActivityAsync(cancellationToken).ConfigureAwait(false))
         {
             if (new[] { activity.LastAlertAt, activity.LastStatusAt }.Max() is { } last)
@@ -268,23 +281,7 @@ public sealed partial class SilenceWatch : SupervisedLoop
         // First, so that no later silence of a device enabled again is stored before the end of its earlier one.
         await RecordEndedAsync(cancellationToken).ConfigureAwait(false);
         var now = _presence.Now();
-
-        // Added at run time (the console, or another instance on the spool): watched from now, however long ago the
-        // spool last heard it, which it did before the device was taken out of the configuration.
-        if (_devices.All.Where(d => !_watched.Contains(d.Id)).Select(d => d.Id).ToList() is { Count: > 0 } added)
-        {
-            foreach (var (id, from) in await WatchAsync(added, now.Wall, forgetOthers: false, cancellationToken).ConfigureAwait(false))
-            {
-                if (_presence.LastHeard(id) is { } heard && heard.Wall < from)
-                {
-                    lock (_silentSince)
-                    {
-                        _resumed[id] = _presence.Past(from);
-                    }
-                }
-            }
-        }
-
+        await WatchAddedAsync(now, cancellationToken).ConfigureAwait(false);
         foreach (var device in _devices.All)
         {
             if (!_watched.Contains(device.Id))
@@ -377,6 +374,30 @@ public sealed partial class SilenceWatch : SupervisedLoop
         }
 
         UpdateCount();
+    }
+
+    // The start's time, kept by a seed tried again after a failure.
+    private DateTimeOffset Started() => _started ??= DateTimeOffset.FromUnixTimeMilliseconds(_clock.GetUtcNow().ToUnixTimeMilliseconds());
+
+    // Added at run time (the console, or another instance on the spool): watched from now, however long ago the spool last
+    // heard it, which it did before the device was taken out of the configuration.
+    private async Task WatchAddedAsync(Moment now, CancellationToken cancellationToken)
+    {
+        if (_devices.All.Where(d => !_watched.Contains(d.Id)).Select(d => d.Id).ToList() is not { Count: > 0 } added)
+        {
+            return;
+        }
+
+        foreach (var (id, from) in await WatchAsync(added, now.Wall, forgetOthers: false, cancellationToken).ConfigureAwait(false))
+        {
+            if (_presence.LastHeard(id) is { } heard && heard.Wall < from)
+            {
+                lock (_silentSince)
+                {
+                    _resumed[id] = _presence.Past(from);
+                }
+            }
+        }
     }
 
     private async Task<IReadOnlyDictionary<string, DateTimeOffset>> WatchAsync(IReadOnlyCollection<string> devices, DateTimeOffset now, bool forgetOthers,

@@ -464,6 +464,40 @@ public sealed class SilenceTests
         Assert.Single(mail, f => MimeMessage.Load(f).Headers["X-EdgeMail-Alert"] == silentId);
     }
 
+    // Taken out of the configuration and put back while the watch was off (each a restart), and the watch turned on again:
+    // its limit runs from the start that put it back, and a silence it was in when taken out is over. Before, the watch
+    // kept no record of the devices configured while it was off: the device counted as configured all along, took its
+    // old silence up (mailing a DEVICE_BACK for it when next heard), or was silent at once, measured from when it was
+    // last heard days before: a false alarm, mailed.
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Device_RemovedAndAddedAgainWhileTheWatchWasOff_HasItsWholeLimitFromTheStartThatPutItBack(bool silentWhenRemoved)
+    {
+        var start = DateTimeOffset.UtcNow;
+        string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        await HeardThenRemovedAsync(dataDir, start, silentWhenRemoved, thenOn: false);
+        var back = start + TimeSpan.FromDays(3);
+        await CheckOnceAsync(dataDir, configured: true, back, raisesFail: false, on: false);
+
+        var later = new FakeTimeProvider(back + TimeSpan.FromMinutes(2));
+        await using var on = await TestGateway.StartAsync(FiveMinutes(configured: true), s => s.AddSingleton<TimeProvider>(later), dataDir: dataDir);
+        var watch = on.Host.Services.GetRequiredService<SilenceWatch>();
+        await CheckedAsync(watch);
+        Assert.False(watch.IsSilent("dev-1"));
+        if (silentWhenRemoved)
+        {
+            Assert.Equal(AlertStatus.Cancelled, (await on.Spool.GetAlertAsync("dev-1", (await SilenceIdsAsync(on.Spool))[1], default))?.Status);
+        }
+
+        later.Advance(TimeSpan.FromMinutes(4));
+        await CheckedAsync(watch);
+        Assert.True(watch.IsSilent("dev-1"));
+        string silentId = (await SilenceIdsAsync(on.Spool))[^1];
+        Assert.Equal("gw-silent-" + back.ToUnixTimeMilliseconds(), silentId);
+        Assert.Single(await on.MailAsync(silentWhenRemoved ? 2 : 1), f => MimeMessage.Load(f).Headers["X-EdgeMail-Alert"] == silentId);
+    }
+
     // What the fixes above must not break: a device configured all along that fell silent while the gateway was down is
     // silent as soon as the gateway is back, measured from when it was last heard, not given a new limit by the restart.
     [Fact]
@@ -560,10 +594,10 @@ public sealed class SilenceTests
             s => s.AddSingleton<TimeProvider>(clock), dataDir: dataDir);
 
     // Silent after 5 minutes after a restart too (the heartbeat history kept is too sparse to give an interval); dev-1
-    // configured or not.
-    private static Action<Dictionary<string, object>> FiveMinutes(bool configured) => c =>
+    // configured or not; the watch on, or off.
+    private static Action<Dictionary<string, object>> FiveMinutes(bool configured, bool on = true) => c =>
     {
-        c["Silence"] = new { DefaultAfter = "00:05:00", MinimumAfter = "00:05:00", CheckInterval = "00:00:30" };
+        c["Silence"] = new { Enabled = on, DefaultAfter = "00:05:00", MinimumAfter = "00:05:00", CheckInterval = "00:00:30" };
         if (!configured)
         {
             ((Dictionary<string, object>)c["Devices"]).Remove("dev-1");
@@ -571,8 +605,8 @@ public sealed class SilenceTests
     };
 
     // dev-1 heard (and silent, mailed, if asked), then a restart an hour later without it in the configuration (whose
-    // spool, if asked, fails to record that the silence ended).
-    private static async Task HeardThenRemovedAsync(string dataDir, DateTimeOffset start, bool silent, bool endRecorded = true)
+    // spool, if asked, fails to record that the silence ended; whose watch is off, if asked).
+    private static async Task HeardThenRemovedAsync(string dataDir, DateTimeOffset start, bool silent, bool endRecorded = true, bool thenOn = true)
     {
         var clock = new FakeTimeProvider(start);
         var gw = await TestGateway.StartAsync(FiveMinutes(configured: true), s => s.AddSingleton<TimeProvider>(clock), dataDir: dataDir);
@@ -592,14 +626,15 @@ public sealed class SilenceTests
             await gw.StopAsync();
         }
 
-        await CheckOnceAsync(dataDir, configured: false, start + TimeSpan.FromHours(1), raisesFail: !endRecorded);
+        await CheckOnceAsync(dataDir, configured: false, start + TimeSpan.FromHours(1), raisesFail: !endRecorded, on: thenOn);
     }
 
-    // A gateway on the spool in dataDir, at the given time, with dev-1 configured or not, runs one silence check and stops;
-    // with raisesFail, nothing the watch raises (a silence's end among them) is stored.
-    private static async Task CheckOnceAsync(string dataDir, bool configured, DateTimeOffset at, bool raisesFail)
+    // A gateway on the spool in dataDir, at the given time, with dev-1 configured or not, runs one silence check (or, the
+    // watch off, one look for devices added) and stops; with raisesFail, nothing the watch raises (a silence's end among
+    // them) is stored.
+    private static async Task CheckOnceAsync(string dataDir, bool configured, DateTimeOffset at, bool raisesFail, bool on = true)
     {
-        var gw = await TestGateway.StartAsync(FiveMinutes(configured), s =>
+        var gw = await TestGateway.StartAsync(FiveMinutes(configured, on), s =>
         {
             s.AddSingleton<TimeProvider>(new FakeTimeProvider(at));
             if (raisesFail)
