@@ -429,7 +429,9 @@ public sealed partial class SilenceWatch : SupervisedLoop
         {
             var device = _devices.Find(id) ?? new Device(id, string.Empty, id, string.Empty, [], Disabled: true, null, DeviceSource.Configuration);
             string why = end.Why;
-            string text = $"The silence of {device.Name} ({device.Id}) ended at {at.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC because {why}; it was not heard from.";
+            // When it ended is not known here (a removal or a disabling while the gateway was down, a start that could not
+            // record it): the time given is the record's, not the end's.
+            string text = $"The silence of {device.Name} ({device.Id}) ended because {why}; it was not heard from (recorded at {at.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC).";
             if (!await TryRaiseAsync(device, "gw-back-" + end.Key.ToString(CultureInfo.InvariantCulture), BackCode, "info", text, at, cancellationToken,
                 $"not mailed: the silence ended because {why}, not because the device was heard from").ConfigureAwait(false))
             {

@@ -1,3 +1,4 @@
+using System.Text.Json;
 using EdgeMail.Gateway.Devices;
 using EdgeMail.Gateway.Operations;
 using EdgeMail.Gateway.Spool;
@@ -344,7 +345,12 @@ public sealed class SilenceTests
         var watch = again.Host.Services.GetRequiredService<SilenceWatch>();
         await CheckedAsync(watch);
         Assert.False(watch.IsSilent("dev-1"));
-        Assert.Equal(AlertStatus.Cancelled, (await again.Spool.GetAlertAsync("dev-1", (await SilenceIdsAsync(again.Spool))[1], default))?.Status);
+        string endId = (await SilenceIdsAsync(again.Spool))[1];
+        Assert.Equal(AlertStatus.Cancelled, (await again.Spool.GetAlertAsync("dev-1", endId, default))?.Status);
+
+        // It ended when it was taken out, days before; the record said it ended when it was recorded.
+        Assert.Equal("The silence of Device 1 (dev-1) ended because it was taken out of the configuration (it is configured again now); it was not heard from"
+            + $" (recorded at {later.GetUtcNow().UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC).", await TextAsync(again.Spool, endId));
 
         later.Advance(TimeSpan.FromMinutes(6));
         await CheckedAsync(watch);
@@ -665,6 +671,14 @@ public sealed class SilenceTests
         time.Advance(TimeSpan.FromMinutes(1));
         await HeartbeatAsync(device);
         await device.DisconnectAsync();
+    }
+
+    // The text of one of dev-1's alerts, as stored.
+    private static async Task<string?> TextAsync(ISpool spool, string alertId)
+    {
+        var alert = (await spool.QueryAlertsAsync(new AlertQuery(Device: "dev-1"), default)).Single(a => a.AlertId == alertId);
+        using var json = JsonDocument.Parse((await spool.AlertJourneyAsync(alert.RowId, default))!.Payload);
+        return json.RootElement.GetProperty("text").GetString();
     }
 
     // dev-1's DEVICE_SILENT and DEVICE_BACK alerts, oldest first.
