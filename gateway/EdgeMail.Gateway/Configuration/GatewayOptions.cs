@@ -198,6 +198,22 @@ public sealed class RelayOptions
     /// <summary>Connection timeout for SMTP.</summary>
     public TimeSpan Timeout { get; set; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>
+    /// How long one delivery attempt may take in all: its DNS lookups and every connection and transaction it makes.
+    /// Unset, <see cref="EffectiveAttemptTimeout"/>. The recipients not done by then are deferred.
+    /// </summary>
+    public TimeSpan? AttemptTimeout { get; set; }
+
+    /// <summary>The effective bound on one delivery attempt.</summary>
+    /// <returns><see cref="AttemptTimeout"/>, or 10 minutes, or four times <see cref="Timeout"/> when that is longer.</returns>
+    public TimeSpan EffectiveAttemptTimeout()
+    {
+        // Unset, a configuration with a long Timeout (valid up to an hour) must still start and leave an attempt room
+        // for several of its commands.
+        var fallback = TimeSpan.FromMinutes(10);
+        return AttemptTimeout ?? (Timeout * 4 > fallback ? Timeout * 4 : fallback);
+    }
+
     /// <summary>The effective backoff schedule.</summary>
     /// <returns>The configured schedule, or Postfix-like defaults.</returns>
     public IReadOnlyList<TimeSpan> EffectiveBackoff() => Backoff.Count > 0

@@ -116,9 +116,9 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
 
         foreach (var (id, user) in o.Users)
         {
-            if (!IsAddress(user.Email))
+            if (AddressProblem(user.Email) is { } problem)
             {
-                Add($"Users:{id}:Email", $"'{user.Email}' is not a mail address", "give the person's address, e.g. alice@example.com");
+                Add($"Users:{id}:Email", $"'{user.Email}' {problem}", "give the person's address, e.g. alice@example.com");
             }
 
             CheckName($"Users:{id}:Name", user.Name);
@@ -187,9 +187,11 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
             for (int i = 0; i < route.To.Count; i++)
             {
                 string to = route.To[i];
-                if (!o.Users.ContainsKey(to) && !o.Groups.ContainsKey(to) && to != "owners" && !IsAddress(to))
+                if (!o.Users.ContainsKey(to) && !o.Groups.ContainsKey(to) && to != "owners" && AddressProblem(to) is { } problem)
                 {
-                    Add($"Routes:{r}:To:{i}", $"'{to}' is not a user, a group, \"owners\" or a mail address", "add it under Users or Groups, or fix the spelling");
+                    Add($"Routes:{r}:To:{i}", problem != NotAnAddress
+                        ? $"'{to}' {problem}"
+                        : $"'{to}' is not a user, a group, \"owners\" or a mail address", "add it under Users or Groups, or fix the spelling");
                 }
             }
 
@@ -269,9 +271,11 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
             Add("Sender:OperatorNoticeInterval", "is negative", "use e.g. 00:15:00");
         }
 
-        if (o.Sender.Operator.Length > 0 && !o.Users.ContainsKey(o.Sender.Operator) && !IsAddress(o.Sender.Operator))
+        if (o.Sender.Operator.Length > 0 && !o.Users.ContainsKey(o.Sender.Operator) && AddressProblem(o.Sender.Operator) is { } operatorProblem)
         {
-            Add("Sender:Operator", $"'{o.Sender.Operator}' is neither a user nor a mail address", "name a user id or give an address");
+            Add("Sender:Operator", operatorProblem != NotAnAddress
+                ? $"'{o.Sender.Operator}' {operatorProblem}"
+                : $"'{o.Sender.Operator}' is neither a user nor a mail address", "name a user id or give an address");
         }
 
         return errors;
@@ -552,6 +556,18 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
                 "use e.g. 00:00:30; it bounds each command to the relay and each token request, and a stop waits up to twice it for deliveries under way");
         }
 
+        // Relay:Timeout bounds each read, write and connect, not the attempt: an exchanger that sends a byte now and then
+        // held one for ever, and an attempt to many domains and exchangers could take hours. Longer than Timeout, or one
+        // slow command would end the attempt before its own timeout could; a day at most (Postfix ends a delivery agent
+        // after daemon_timeout, 5 hours).
+        if (relay.AttemptTimeout is { } attempt && (attempt <= relay.Timeout || attempt > TimeSpan.FromDays(1)))
+        {
+            add("Relay:AttemptTimeout", attempt <= relay.Timeout
+                    ? $"{attempt:c} is not longer than Relay:Timeout ({relay.Timeout:c}), so an attempt would end before one slow command's own timeout"
+                    : $"{attempt:c} is longer than a day",
+                "use e.g. 00:10:00 (or leave it unset): it bounds a whole delivery attempt, DNS lookups, connections and transactions, and must be longer than Relay:Timeout");
+        }
+
         for (int i = 0; i < relay.Backoff.Count; i++)
         {
             if (relay.Backoff[i] <= TimeSpan.Zero)
@@ -644,8 +660,19 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         }
     }
 
-    private static bool IsAddress(string value) =>
-        MailboxAddress.TryParse(value, out var mailbox) && mailbox.Address.IndexOf('@', StringComparison.Ordinal) > 0 && string.IsNullOrEmpty(mailbox.Name);
+    private const string NotAnAddress = "is not a mail address";
+
+    // Null for an address mail can be delivered to; else why not. Its domain must be one DNS can be asked about (direct
+    // MX looks it up, and a smarthost's MTA will) or an address literal ([192.0.2.1], [IPv6:2001:db8::1]).
+    private static string? AddressProblem(string value)
+    {
+        if (!MailboxAddress.TryParse(value, out var mailbox) || mailbox.Address.IndexOf('@', StringComparison.Ordinal) < 1 || !string.IsNullOrEmpty(mailbox.Name))
+        {
+            return NotAnAddress;
+        }
+
+        return Relay.DirectMxRelay.DomainProblem(mailbox.Domain) is { } problem ? "has a domain mail cannot be delivered to: " + problem : null;
+    }
 
     // \z, not $: '$' also matches before a final line feed, which let "pump-7\n" through. '.' and '..' are refused
     // because no URL can name them (they are dot segments, dropped from paths), so the console could not address them.

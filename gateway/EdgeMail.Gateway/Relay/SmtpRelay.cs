@@ -28,7 +28,8 @@ namespace EdgeMail.Gateway.Relay;
 /// a transaction that delivered to others turned away with "452 too many recipients" (or the 552 older servers send for
 /// it) follow in a further transaction of the same attempt, on the same connection while it is open
 /// (<see cref="PartedAttempt.TakeAsync"/>, as direct MX). A password or token goes in clear text only to a relay the
-/// session reached on this machine (<see cref="SignInSecurity"/>).
+/// session reached on this machine (<see cref="SignInSecurity"/>). An attempt ends at <c>Relay:AttemptTimeout</c>: the
+/// recipients not done by then are deferred, the results it had stand.
 /// </summary>
 public sealed class SmtpRelay : IMailTransport
 {
@@ -70,7 +71,12 @@ public sealed class SmtpRelay : IMailTransport
         List<IReadOnlyList<string>> parts = perMessage > 0 && message.PendingRecipients.Count > perMessage
             ? [.. message.PendingRecipients.Chunk(perMessage)]
             : [message.PendingRecipients];
-        var attempt = new SmarthostAttempt(this, message, partSent);
+
+        // The attempt's deadline bounds its sessions; the hand-overs to the spool (partSent) keep the caller's token: one
+        // cut short would leave recipients that have the mail neither recorded nor known not to be.
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        deadline.CancelAfter(_relay.EffectiveAttemptTimeout());
+        var attempt = new SmarthostAttempt(this, message, partSent, deadline.Token);
         var results = new List<RecipientResult>(message.PendingRecipients.Count);
         try
         {
@@ -82,13 +88,21 @@ public sealed class SmtpRelay : IMailTransport
                     break;
                 }
 
-                var sent = await SendPooledAsync(message with { PendingRecipients = parts[p] }, attempt, cancellationToken).ConfigureAwait(false);
+                var sent = await SendPooledAsync(message with { PendingRecipients = parts[p] }, attempt, deadline.Token).ConfigureAwait(false);
                 if (await attempt.TakeAsync(sent, p < parts.Count - 1, results, cancellationToken).ConfigureAwait(false) is { } ended)
                 {
                     results.AddRange(PartedAttempt.NotAttempted(parts.Skip(p + 1).SelectMany(rest => rest), ended));
                     break;
                 }
             }
+        }
+        catch (OperationCanceledException) when (deadline.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+        {
+            // Relay:Timeout bounds each read and write, not a relay that drips a byte at a time: what the attempt has
+            // done stands, the rest waits for the next attempt. A transaction cut short after its data went out may have
+            // been delivered: sent again then, as after any timeout.
+            results.AddRange(NotDone(message, results,
+                $"451 4.4.2 the delivery attempt did not end within Relay:AttemptTimeout ({_relay.EffectiveAttemptTimeout():c}); it was cut short at {_relay.Host}:{_relay.Port}"));
         }
         finally
         {
@@ -166,6 +180,12 @@ public sealed class SmtpRelay : IMailTransport
 
             return results;
         }
+        catch (OperationCanceledException)
+        {
+            // Cut short mid-command: the connection is in no state for another transaction.
+            client.Dispose();
+            throw;
+        }
         catch
         {
             Release(client);
@@ -173,14 +193,29 @@ public sealed class SmtpRelay : IMailTransport
         }
     }
 
-    /// <summary>A smarthost attempt: its transactions share one connection while it stays open.</summary>
-    private sealed class SmarthostAttempt(SmtpRelay relay, QueuedMessage message, PartSent? partSent) : PartedAttempt(message, partSent)
+    /// <summary>
+    /// A smarthost attempt: its transactions share one connection while it stays open, bounded by the attempt's deadline
+    /// (linked to the caller's cancellation).
+    /// </summary>
+    private sealed class SmarthostAttempt(SmtpRelay relay, QueuedMessage message, PartSent? partSent, CancellationToken deadline) : PartedAttempt(message, partSent)
     {
         /// <summary>The connection the attempt's last transaction left open, for its next.</summary>
         public RecordingSmtpClient? Connection { get; set; }
 
+        // The token passed in is the caller's, which the hand-overs take; a transaction takes the attempt's deadline.
         protected override Task<IReadOnlyList<RecipientResult>> FollowUpAsync(IReadOnlyList<string> recipients, CancellationToken cancellationToken) =>
-            relay.SendPooledAsync(Message with { PendingRecipients = recipients }, this, cancellationToken);
+            relay.SendPooledAsync(Message with { PendingRecipients = recipients }, this, deadline);
+    }
+
+    /// <summary>A deferral for each recipient of <paramref name="message"/> without a result yet: those an attempt cut short did not finish.</summary>
+    /// <param name="message">The message.</param>
+    /// <param name="results">The attempt's results so far.</param>
+    /// <param name="reply">The reply to defer them with.</param>
+    /// <returns>The deferrals.</returns>
+    internal static IEnumerable<RecipientResult> NotDone(QueuedMessage message, List<RecipientResult> results, string reply)
+    {
+        var done = results.Select(r => r.Address).ToHashSet(StringComparer.Ordinal);
+        return message.PendingRecipients.Where(r => !done.Contains(r)).Select(r => new RecipientResult(r, RecipientOutcome.Deferred, reply) { RelayDown = true }).ToList();
     }
 
     private void Release(RecordingSmtpClient client)
@@ -307,6 +342,13 @@ public sealed class SmtpRelay : IMailTransport
             return message.PendingRecipients.Select(r => client.Refused.TryGetValue(r, out var refusal)
                 ? RefusedRecipient(r, refusal)
                 : new RecipientResult(r, RecipientOutcome.Sent, "250 " + reply)).ToList();
+        }
+        catch (Exception ex) when (cancellationToken.IsCancellationRequested && ex is not OperationCanceledException)
+        {
+            // Cancelled mid-command, the stream may fail with an I/O error rather than say so: the attempt's deadline
+            // or a stop, not a failure of this server.
+            await SafeDisconnectAsync(client).ConfigureAwait(false);
+            throw new OperationCanceledException($"cancelled while talking to {host}:{port}", ex, cancellationToken);
         }
         catch (SmtpCommandException ex) when (ex.StatusCode == SmtpStatusCode.ServiceNotAvailable || client.Refused.Values.Any(r => r.Code == 421))
         {

@@ -291,6 +291,73 @@ public sealed class GatewayOptionsValidatorTests
     }
 
     [Theory]
+    [InlineData("00:00:30", "Relay:AttemptTimeout: 00:00:30 is not longer than Relay:Timeout (00:00:30), so an attempt would end before one slow command's own timeout")]
+    [InlineData("00:00:05", "Relay:AttemptTimeout: 00:00:05 is not longer than Relay:Timeout (00:00:30)")]
+    [InlineData("1.00:00:01", "Relay:AttemptTimeout: 1.00:00:01 is longer than a day")]
+    public void Check_AttemptTimeoutNotAboveRelayTimeoutOrAboveADay_NamesTheKeyAndTheFix(string attempt, string problem)
+    {
+        var o = Valid();
+        o.Relay.AttemptTimeout = TimeSpan.Parse(attempt, CultureInfo.InvariantCulture);
+
+        string error = Assert.Single(GatewayOptionsValidator.Check(o));
+        Assert.StartsWith(problem, error, StringComparison.Ordinal);
+        Assert.Contains("Fix: use e.g. 00:10:00 (or leave it unset)", error, StringComparison.Ordinal);
+
+        o.Relay.AttemptTimeout = TimeSpan.FromSeconds(31);
+        Assert.Empty(GatewayOptionsValidator.Check(o));
+    }
+
+    [Fact]
+    public void EffectiveAttemptTimeout_Unset_IsTenMinutesOrFourTimesALongerRelayTimeout()
+    {
+        Assert.Equal(TimeSpan.FromMinutes(10), new RelayOptions().EffectiveAttemptTimeout());
+        Assert.Equal(TimeSpan.FromMinutes(60), new RelayOptions { Timeout = TimeSpan.FromMinutes(15) }.EffectiveAttemptTimeout());
+        Assert.Equal(TimeSpan.FromSeconds(40), new RelayOptions { AttemptTimeout = TimeSpan.FromSeconds(40) }.EffectiveAttemptTimeout());
+    }
+
+    // DnsClient refuses to encode such a name ("Label '1' is longer than 63 bytes"): direct MX could never look it up,
+    // and a smarthost's MTA cannot either.
+    [Theory]
+    [InlineData("ops@" + Label64 + ".example.com", "has a domain mail cannot be delivered to: label 1 of " + Label64 + ".example.com is 64 characters long, more than the 63 a DNS label may have")]
+    [InlineData("ops@" + Label63 + "." + Label63 + "." + Label63 + "." + Label63 + ".com", "is 259 characters long, more than the 253 a DNS name may have")]
+    [InlineData("ops@[192.0.2.300]", "is neither an IPv4 address literal ([192.0.2.1]) nor an IPv6 one ([IPv6:2001:db8::1])")]
+    [InlineData("ops@[127.1]", "is neither an IPv4 address literal")]
+    [InlineData("ops@[2001:db8::1]", "is neither an IPv4 address literal")] // an IPv6 literal says so: [IPv6:...]
+    public void Check_AddressWhoseDomainCannotBeDeliveredTo_IsRefusedSayingWhy_ForUsersRoutesAndTheOperator(string address, string problem)
+    {
+        var o = Valid();
+        o.Users["alice"].Email = address;
+        o.Sender.Operator = address;
+        o.Routes.Add(new RouteOptions { To = [address] });
+
+        var errors = GatewayOptionsValidator.Check(o);
+
+        Assert.Equal(3, errors.Count);
+        Assert.StartsWith($"Users:alice:Email: '{address}' has a domain mail cannot be delivered to: ", errors[0], StringComparison.Ordinal);
+        Assert.Contains(errors, e => e.StartsWith($"Routes:1:To:0: '{address}' has a domain", StringComparison.Ordinal));
+        Assert.Contains(errors, e => e.StartsWith($"Sender:Operator: '{address}' has a domain", StringComparison.Ordinal));
+        Assert.All(errors, e => Assert.Contains(problem, e, StringComparison.Ordinal));
+    }
+
+    [Theory]
+    [InlineData("ops@" + Label63 + ".example.com")]
+    [InlineData("ops@[192.0.2.1]")]
+    [InlineData("ops@[IPv6:2001:db8::1]")]
+    [InlineData("ops@[ipv6:::1]")]
+    [InlineData("ops@bücher.example")]
+    public void Check_AddressWithAnyDnsNameOrAnAddressLiteral_IsAccepted(string address)
+    {
+        var o = Valid();
+        o.Users["alice"].Email = address;
+        o.Sender.Operator = address;
+
+        Assert.Empty(GatewayOptionsValidator.Check(o));
+    }
+
+    private const string Label63 = "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijk";
+    private const string Label64 = Label63 + "l";
+
+    [Theory]
     [InlineData(0)]
     [InlineData(65536)]
     public void Check_MxPortNotATcpPort_NamesTheKeyAndTheFix(int port)
