@@ -39,6 +39,9 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
     private long _mutationsUntilCut = -1;
     private PowerCut _cut;
     private int _boot;
+    private int _misreadStart;
+    private int _misreadEnd;
+    private int _misreadsLeft;
 
     /// <summary>Creates a blank (erased) flash region.</summary>
     /// <param name="geometry">Geometry and write rules.</param>
@@ -204,6 +207,26 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
     /// <summary>Cancels a scheduled cut.</summary>
     public void CancelCut() => _mutationsUntilCut = -1;
 
+    /// <summary>
+    /// Makes the next <paramref name="reads"/> reads that overlap <paramref name="count"/> bytes at <paramref name="address"/>
+    /// return 0xFF there, as a read below the part's minimum supply commonly does (a brownout as the device boots); the
+    /// cells are untouched and later reads are exact again. One range at a time: a new call replaces the last.
+    /// </summary>
+    /// <param name="address">Start of the range.</param>
+    /// <param name="count">Bytes in the range.</param>
+    /// <param name="reads">How many overlapping reads see ones.</param>
+    public void MisreadAsErased(int address, int count, int reads)
+    {
+        CheckRange(address, count);
+        ArgumentOutOfRangeException.ThrowIfNegative(reads);
+        _misreadStart = address;
+        _misreadEnd = address + count;
+        _misreadsLeft = reads;
+    }
+
+    /// <summary>Reads still to be garbled by <see cref="MisreadAsErased"/>.</summary>
+    public int MisreadsLeft => _misreadsLeft;
+
     /// <summary>Turns the device on again after a cut: the cells keep whatever state the cut left.</summary>
     /// <param name="seed">Reseeds the random source (weak-bit reads), so each boot is reproducible.</param>
     public void PowerOn(int? seed = null)
@@ -235,6 +258,14 @@ public sealed class NorFlashSimulator : IFlashDevice, IDisposable
                     buffer[offset + i] = (byte)((buffer[offset + i] & ~weak.Mask) | (drifted & weak.Mask));
                 }
             }
+        }
+
+        if (_misreadsLeft > 0 && address < _misreadEnd && address + count > _misreadStart)
+        {
+            _misreadsLeft--;
+            int from = Math.Max(address, _misreadStart);
+            int to = Math.Min(address + count, _misreadEnd);
+            Array.Fill(buffer, (byte)0xFF, offset + from - address, to - from);
         }
 
         ReadOps++;

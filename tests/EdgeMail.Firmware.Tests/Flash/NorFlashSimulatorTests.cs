@@ -43,6 +43,24 @@ public class NorFlashSimulatorTests
     }
 
     [Fact]
+    public void MisreadAsErased_GivesOnesInTheRangeForThatManyReads_ThenExactReads_CellsUntouched()
+    {
+        using var flash = new NorFlashSimulator(Small);
+        flash.Program(0, [1, 2, 3, 4, 5, 6, 7, 8], 0, 8);
+        flash.MisreadAsErased(2, 4, reads: 2);
+        var buf = new byte[8];
+        flash.Read(6, buf, 0, 2); // outside the range: not a misread
+        Assert.Equal(new byte[] { 7, 8 }, buf[..2]);
+        flash.Read(0, buf, 0, 8);
+        Assert.Equal(new byte[] { 1, 2, 0xFF, 0xFF, 0xFF, 0xFF, 7, 8 }, buf);
+        flash.Read(4, buf, 0, 4); // overlaps the range's end
+        Assert.Equal(new byte[] { 0xFF, 0xFF, 7, 8 }, buf[..4]);
+        Assert.Equal(0, flash.MisreadsLeft);
+        flash.Read(0, buf, 0, 8);
+        Assert.Equal(new byte[] { 1, 2, 3, 4, 5, 6, 7, 8 }, buf);
+    }
+
+    [Fact]
     public void Program_RunningPastThePageEnd_IsRefused_AndTheChipWouldWrap()
     {
         using var flash = new NorFlashSimulator(Small);
