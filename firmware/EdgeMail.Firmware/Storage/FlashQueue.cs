@@ -532,6 +532,14 @@ public sealed partial class FlashQueue
                 continue;
             }
 
+            if (payloadLen < 0 || payloadLen > MaxPayload)
+            {
+                // No record this queue writes is that long: a header read among a torn record's pages, whose own
+                // check cannot pass (throwing for the caller's buffer would stop the reader at it for good).
+                _readOffset = NextPage(pos);
+                continue;
+            }
+
             if (targetOffset + payloadLen > target.Length)
             {
                 throw new ArgumentException("Buffer too small for a payload of " + payloadLen + " bytes.", nameof(buffer));
@@ -787,6 +795,7 @@ public sealed partial class FlashQueue
         int lastValidEnd = _dataStart;
         int dirtyPages = 0;
         bool torn = false;
+        bool tornLast = false;
         int records = 0;
         int first = FirstNone;
         bool committed = false;
@@ -804,6 +813,7 @@ public sealed partial class FlashQueue
             {
                 // A torn record whose header survived: its sequence number may have been seen, never reuse it.
                 torn = true;
+                tornLast = true;
                 if (type != TypeAck && seq >= _nextSeq && seq - _nextSeq < 0x10000000u)
                 {
                     _nextSeq = seq + 1;
@@ -817,6 +827,7 @@ public sealed partial class FlashQueue
                 continue;
             }
 
+            tornLast = false;
             records++;
             if (first == FirstNone)
             {
@@ -867,8 +878,10 @@ public sealed partial class FlashQueue
         _scanRecords = records;
         _scanFirst = first;
         _scanCommitted = committed;
-        LastEntryAtMount = torn ? 0 : lastEntry;
-        _weakSeq = torn ? 0 : lastNumbered;
+        // Only a torn record after the last valid one shows that record completed; one before it does not (a boot that
+        // read the torn header bad wrote after it, and its last record may be the one a later cut left weak).
+        LastEntryAtMount = tornLast ? 0 : lastEntry;
+        _weakSeq = tornLast ? 0 : lastNumbered;
         _headMovedEnd = movedEnd;
     }
 

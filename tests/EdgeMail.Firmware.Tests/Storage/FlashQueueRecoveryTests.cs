@@ -454,6 +454,101 @@ public class FlashQueueRecoveryTests(ITestOutputHelper output)
         Assert.Equal(5, drained.Items.Count(i => i.Priority == 2 && i.Seq != i.Original));
     }
 
+    /// <summary>
+    /// X (several pages) is cut in its first page. Boot 1 reads X's header bad (or whole), resumes in X's sector (no
+    /// sector free), appends <paramref name="fillers"/> entries, then E, cut as it completes with cells that fade from
+    /// boot 3. Boot 2 reads X and E whole and hands E out. Boot 3 reads X bad and E faded: its next number must be above
+    /// E's. A mount that saw any torn record in the head took its last record for complete and wrote no used-through
+    /// record for it, though X came before it; E's number went to the next alert, and the gateway took that alert for
+    /// a copy of E.
+    /// </summary>
+    [Theory]
+    [InlineData("nor3", true, 150, 3)]
+    [InlineData("nor3", false, 60, 1)]
+    [InlineData("strict4", false, 60, 1)]
+    public void WeakLastRecordAfterATornOne_HandedOut_ItsNumberIsNeverGivenAgain(string ring, bool boot1ReadsBad, int xPayload, int fillers)
+    {
+        using var sim = new NorFlashSimulator(ring == "nor3" ? Ring3 : Ring4Strict, seed: 1);
+        var flash = new NoisyHeader(sim);
+        var (promised, id) = FlashQueueNoFreeSectorTests.WriteTheImage(flash);
+        var q = new FlashQueue(flash, FullPolicy.Reject);
+        Assert.True(q.Mount(FlashQueueNoFreeSectorTests.Epoch));
+        promised[id] = q.Append(1, 1, Payload(id, 20), 0, 20);
+        id++;
+        byte[] before = sim.Snapshot();
+        sim.ScheduleCut(0, new PowerCut(CutMode.Complete, 1, WeakCells.None)); // the header's noise is NoisyHeader's
+        Assert.Throws<PowerLossException>(() => q.Append(1, 1, Payload(id, xPayload), 0, xPayload));
+        byte[] after = sim.Snapshot();
+        flash.Address = Enumerable.Range(0, before.Length).First(i => before[i] != after[i]);
+        id++;
+
+        sim.PowerOn(1);
+        flash.Noisy = boot1ReadsBad;
+        q = new FlashQueue(flash, FullPolicy.Reject);
+        Assert.True(q.Mount(FlashQueueNoFreeSectorTests.Epoch));
+        for (int n = 0; n < fillers; n++, id++)
+        {
+            promised[id] = q.Append(1, 1, Payload(id, 20), 0, 20);
+        }
+
+        uint eSeq = q.NextSeq;
+        sim.ScheduleCut(0, new PowerCut(CutMode.Complete, 1, WeakCells.Fade));
+        Assert.Throws<PowerLossException>(() => q.Append(1, 1, Payload(id, 20), 0, 20));
+        uint eId = id++;
+
+        sim.PowerOn(2);
+        flash.Noisy = false;
+        q = new FlashQueue(flash, FullPolicy.Reject);
+        Assert.True(q.Mount(FlashQueueNoFreeSectorTests.Epoch));
+        var boot2 = Drain(q);
+        output.WriteLine($"E {eId}@{eSeq}; boot 2 handed out " + string.Join(", ", boot2.Items.Select(i => $"{i.Id}@{i.Seq}")) + $"; markers {boot2.Markers.Count}");
+        Assert.Contains((eId, eSeq), boot2.Items.Select(i => (i.Id, i.Seq)));
+
+        sim.PowerOn(3);
+        flash.Noisy = true;
+        q = new FlashQueue(flash, FullPolicy.Reject);
+        Assert.True(q.Mount(FlashQueueNoFreeSectorTests.Epoch));
+        Drain(q);
+        Assert.True(q.NextSeq > eSeq, $"boot 3: next sequence number {q.NextSeq}, but {eSeq} was handed out in boot 2");
+    }
+
+    /// <summary>
+    /// Readers look for records page by page after a torn one, so they read headers among its programmed payload pages.
+    /// Here the payload carries, every 16 bytes, the image of an entry header one byte longer than any entry the queue
+    /// writes (its check can never pass). The reader threw for the caller's buffer at it, on every read from then on:
+    /// the uplink stopped for good.
+    /// </summary>
+    [Fact]
+    public void TornRecord_WhosePayloadLooksLikeAnOverlongHeader_DoesNotStopTheReader()
+    {
+        using var sim = new NorFlashSimulator(Ring4Strict, seed: 1);
+        var q = new FlashQueue(sim, FullPolicy.Reject);
+        Assert.False(q.Mount(FlashQueueNoFreeSectorTests.Epoch));
+        var fake = new byte[FlashQueue.RecordOverhead];
+        int len = q.MaxPayload + 1;
+        BitConverter.GetBytes((ushort)len).CopyTo(fake, 0);
+        BitConverter.GetBytes((ushort)(len ^ 0xFFFF)).CopyTo(fake, 2);
+        BitConverter.GetBytes(4096u).CopyTo(fake, 4);
+        fake[8] = 1; // an entry
+        fake[9] = 1;
+        fake[10] = 1;
+        BitConverter.GetBytes(0xDEADBEEFu).CopyTo(fake, 12);
+        var x = new byte[300];
+        for (int i = 0; i < x.Length; i++)
+        {
+            x[i] = fake[i % fake.Length];
+        }
+
+        sim.ScheduleCut(2, new PowerCut(CutMode.Complete, 1, WeakCells.None)); // three pages on flash, the rest never
+        Assert.Throws<PowerLossException>(() => q.Append(1, 1, x, 0, x.Length));
+
+        sim.PowerOn(1);
+        q = new FlashQueue(sim, FullPolicy.Reject);
+        Assert.True(q.Mount(FlashQueueNoFreeSectorTests.Epoch));
+        uint seq = q.Append(1, 1, Payload(7, 20), 0, 20);
+        Assert.Equal([(7u, seq)], Drain(q).Items.Select(i => (i.Id, i.Seq)));
+    }
+
     public static TheoryData<FullPolicy, CutMode> ReclaimCuts => new()
     {
         { FullPolicy.DropLowestPriority, CutMode.BeforeStart },
