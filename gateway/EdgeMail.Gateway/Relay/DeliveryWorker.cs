@@ -17,15 +17,19 @@ namespace EdgeMail.Gateway.Relay;
 /// backoff schedule, and turns permanent failures and expiry into a failure notice to the operator and a
 /// <c>failed</c> receipt. A <c>relayed</c> receipt carries the remote reply. A storm digest's receipts go to each alert
 /// it covers. Every attempt's outcome is observed: a
-/// transport that throws is a transient failure on the same backoff schedule; a message whose result cannot be
-/// recorded or whose notice cannot be written is parked with the reason, and the others keep going. On a shared spool
+/// transport that throws is a transient failure on the same backoff schedule; a result the spool fails to commit is kept
+/// in memory and committed again on a back-off, the message held meanwhile (never sent again for it); a message whose
+/// result cannot be recorded otherwise or whose notice cannot be written is parked with the reason, and the others keep
+/// going. On a shared spool
 /// an attempt keeps its claim renewed (<see cref="LeaseKeeper"/>), and a result the spool refuses because another
 /// instance holds the message now is discarded: logged, with no receipt or notice.
 /// </summary>
 public sealed partial class DeliveryWorker : SupervisedLoop
 {
-    // A message whose result could not be committed is left alone this long (the spool still says it is due).
-    private static readonly TimeSpan BookkeepingBackoff = TimeSpan.FromSeconds(5);
+    // A write recording what an attempt did (its result, or its parking) that the spool failed is tried again after
+    // this, doubling up to MaxRewriteDelay, while the message stays in flight: left due, it would be sent again.
+    private static readonly TimeSpan FirstRewriteDelay = TimeSpan.FromSeconds(1);
+    private static readonly TimeSpan MaxRewriteDelay = TimeSpan.FromMinutes(1);
 
     private readonly ISpool _spool;
     private readonly IMailTransport _transport;
@@ -37,13 +41,16 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     private readonly ILogger<DeliveryWorker> _logger;
     private readonly Signal _wake = new();
     private readonly ConcurrentDictionary<long, bool> _inFlight = new();
-    private readonly ConcurrentDictionary<long, DateTimeOffset> _coolingDown = new();
+    private readonly ConcurrentDictionary<long, bool> _heldBack = new();
     private readonly ParkingLot _parking;
     private readonly RelayHealth _health;
     private readonly GatewayMetrics _metrics;
     private readonly SemaphoreSlim _slots;
     private readonly RelayThrottle _throttle;
     private readonly PartSent _recordPartSent;
+    private readonly int _maxUnrecorded;
+    private int _unrecorded;
+    private bool _pausedForUnrecorded;
 
     /// <summary>Creates the worker.</summary>
     /// <param name="spool">Spool.</param>
@@ -77,8 +84,11 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         _clock = clock;
         _logger = logger;
         _slots = new SemaphoreSlim(_options.Relay.Concurrency);
+        _maxUnrecorded = _options.Relay.Concurrency * 4;
         _recordPartSent = RecordPartSentAsync;
         _spool.MessagesQueued += _wake.Set;
+        metrics.Meter.CreateObservableGauge("edgemail.delivery.unrecorded", () => Unrecorded, "{message}",
+            "Messages attempted whose result (or parking) the spool failed to write: held in memory and written again, not sent again; lost, so sent again, if the gateway stops first");
     }
 
     /// <summary>Wakes the worker (tests that advance a fake clock).</summary>
@@ -86,6 +96,9 @@ public sealed partial class DeliveryWorker : SupervisedLoop
 
     /// <summary>Attempts started so far (tests).</summary>
     public long Attempts => Interlocked.Read(ref _attempts);
+
+    /// <summary>Attempts whose result (or parking) the spool failed to write and that wait, in memory, to write it again.</summary>
+    public int Unrecorded => Volatile.Read(ref _unrecorded);
 
     /// <summary>Raised each time the worker has nothing due and goes to wait (tests).</summary>
     public event Action? Idle;
@@ -110,16 +123,25 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                 {
                     running.RemoveAll(t => t.IsCompleted); // AttemptAsync observes its own faults
                     await _pressure.YieldAsync(stoppingToken).ConfigureAwait(false);
-                    var now = _clock.GetUtcNow();
-                    foreach (var (row, until) in _coolingDown)
+                    if (Unrecorded >= _maxUnrecorded)
                     {
-                        if (until <= now)
+                        // As many results as one round takes wait in memory for a spool that fails to write them: mail
+                        // sent now would likely wait too, and every such mail goes again after a restart. Wait for one to
+                        // be written (its attempt ends and wakes us).
+                        if (!_pausedForUnrecorded)
                         {
-                            _coolingDown.TryRemove(row, out _);
+                            _pausedForUnrecorded = true;
+                            LogPausedForUnrecorded(Unrecorded);
                         }
+
+                        Idle?.Invoke();
+                        await _wake.WaitAsync(Timeout.InfiniteTimeSpan, _clock, stoppingToken).ConfigureAwait(false);
+                        continue;
                     }
 
-                    var busy = _inFlight.Keys.Concat(_coolingDown.Keys).ToHashSet();
+                    _pausedForUnrecorded = false;
+                    var now = _clock.GetUtcNow();
+                    var busy = _inFlight.Keys.Concat(_heldBack.Keys).ToHashSet();
                     // On a shared spool a claim lasts Spool:ClaimLease and is renewed by the attempt that sends it: claim
                     // only what can be sent now, so that no claim runs out while the message waits here for a connection
                     // and another instance sends it too. With every connection busy, wait for one before claiming.
@@ -136,6 +158,11 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                     DateTimeOffset? heldUntil = null;
                     foreach (var message in due)
                     {
+                        if (Unrecorded >= _maxUnrecorded)
+                        {
+                            break; // the rest of the round waits with the others (above)
+                        }
+
                         if (message.PendingRecipients.Count > 0 && _throttle.TryReserve(message.PendingRecipients.Count) is { } until)
                         {
                             // Past the provider's limit: it stays queued and due, not deferred; the window decides.
@@ -145,7 +172,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
 
                         await _slots.WaitAsync(stoppingToken).ConfigureAwait(false);
                         _inFlight[message.RowId] = true;
-                        running.Add(AttemptAsync(message, now, attempts.Token));
+                        running.Add(AttemptAsync(message, now, stoppingToken, attempts.Token));
                     }
 
                     if (heldUntil is { } held)
@@ -160,12 +187,16 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                         continue;
                     }
 
-                    var next = await _spool.NextMessageDueAsync(stoppingToken).ConfigureAwait(false);
+                    // The messages in flight are left out: due already, they would have this loop wake every few
+                    // milliseconds for as long as their attempts take (minutes for a slow exchanger). Each attempt wakes
+                    // it when it ends.
+                    var next = await _spool.NextMessageDueAsync(busy, stoppingToken).ConfigureAwait(false);
                     var wait = next is null ? Timeout.InfiniteTimeSpan : next.Value - _clock.GetUtcNow() + TimeSpan.FromMilliseconds(1);
                     if (next is not null && wait <= TimeSpan.Zero)
                     {
-                        // Due but in flight or cooling down: wait for an attempt to finish (it wakes us) or a cool-down to end.
-                        wait = _coolingDown.IsEmpty ? TimeSpan.FromMilliseconds(50) : _coolingDown.Values.Min() - _clock.GetUtcNow();
+                        // Due and not in flight, yet not handed out: it fell due since the look for due mail, or, on a
+                        // shared spool, another instance's claim has it locked this instant. Look again shortly.
+                        wait = TimeSpan.FromMilliseconds(50);
                     }
 
                     Idle?.Invoke();
@@ -188,9 +219,10 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         }
     }
 
-    // Never throws: every outcome of the attempt is turned into a recorded result, a cool-down or a parked message.
+    // Never throws: every outcome of the attempt is turned into a recorded result or a parked message, written again
+    // until the spool takes it; only a stop leaves it unwritten (the mail then goes again after the restart).
     // claimedAt: a time no later than the claim of a shared spool, from which its lease counts.
-    private async Task AttemptAsync(QueuedMessage message, DateTimeOffset claimedAt, CancellationToken cancellationToken)
+    private async Task AttemptAsync(QueuedMessage message, DateTimeOffset claimedAt, CancellationToken stoppingToken, CancellationToken cancellationToken)
     {
         bool slotHeld = true;
 
@@ -235,7 +267,27 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             // for its group commit (the message stays in flight, so it is not picked up again meanwhile).
             _slots.Release();
             slotHeld = false;
-            await RecordAsync(message, results, cancellationToken).ConfigureAwait(false);
+            var settled = Settle(message, results);
+            DeliveryCommitted? committed;
+            try
+            {
+                committed = await _spool.CommitDeliveryAsync(settled.Commit, cancellationToken).ConfigureAwait(false);
+            }
+            catch (SpoolException ex) when (ex is not SpoolConflictException)
+            {
+                // The mail may be with its recipients: left due, it would go to them again at every round for as long as
+                // the spool fails (a full disk: every few seconds, for hours). The result is written again instead, and
+                // meanwhile kept without the body.
+                message = message with { Mime = [] };
+                var commit = settled.Commit;
+                committed = await WriteAgainAsync(message.MessageId, "the result of the attempt on", settled.Now, ex,
+                    ct => _spool.CommitDeliveryAsync(commit, ct), stoppingToken, cancellationToken).ConfigureAwait(false);
+            }
+
+            if (committed is not null)
+            {
+                await ReportAsync(message, settled, committed, cancellationToken).ConfigureAwait(false);
+            }
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
@@ -243,18 +295,16 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         }
         catch (SpoolConflictException ex)
         {
-            await ParkAsync(message, ex.Message, null, cancellationToken).ConfigureAwait(false);
+            await ParkAsync(message, ex.Message, null, stoppingToken, cancellationToken).ConfigureAwait(false);
         }
         catch (SpoolException ex)
         {
-            // The result is not recorded; the spool still says the message is due. Leave it alone for a while
-            // instead of sending it again at once, in a loop.
+            // After the result was committed (a receipt): nothing of the attempt is lost.
             LogFailed(ex);
-            _coolingDown[message.RowId] = _clock.GetUtcNow() + BookkeepingBackoff;
         }
         catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
         {
-            await ParkAsync(message, ParkingLot.Describe("recording the delivery", ex), ex, cancellationToken).ConfigureAwait(false);
+            await ParkAsync(message, ParkingLot.Describe("recording the delivery", ex), ex, stoppingToken, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -273,17 +323,104 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         }
     }
 
-    private async Task ParkAsync(QueuedMessage message, string reason, Exception? fault, CancellationToken cancellationToken)
+    private async Task ParkAsync(QueuedMessage message, string reason, Exception? fault, CancellationToken stoppingToken, CancellationToken cancellationToken)
     {
         try
         {
-            await _spool.ParkMessageAsync(message.RowId, reason, cancellationToken).ConfigureAwait(false);
+            var triedAt = _clock.GetUtcNow();
+            try
+            {
+                await _spool.ParkMessageAsync(message.RowId, reason, cancellationToken).ConfigureAwait(false);
+            }
+            catch (SpoolException ex) when (ex is not SpoolConflictException)
+            {
+                // As a result that cannot be committed: left due, the mail would be sent again and again.
+                message = message with { Mime = [] };
+                if (await WriteAgainAsync(message.MessageId, "the parking of", triedAt, ex, async ct =>
+                    {
+                        await _spool.ParkMessageAsync(message.RowId, reason, ct).ConfigureAwait(false);
+                        return reason;
+                    }, stoppingToken, cancellationToken).ConfigureAwait(false) is null)
+                {
+                    return;
+                }
+            }
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            return; // stopping: the message stays queued
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+        {
+            // Neither its result nor its parking can be written, for a reason of its own: sent again, it would end the
+            // same way, again and again. It waits for the next start.
+            _heldBack[message.RowId] = true;
+            LogHeldBack(ex, message.MessageId, reason);
+            return;
+        }
+
+        try
+        {
             await _parking.MessageParkedAsync(message, reason, fault, cancellationToken).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is SpoolException or OperationCanceledException)
         {
             LogFailed(ex);
-            _coolingDown[message.RowId] = _clock.GetUtcNow() + BookkeepingBackoff;
+        }
+    }
+
+    // A write recording what an attempt did, which the spool failed: tried again FirstRewriteDelay after the failed try
+    // began (triedAt; a write that took long to fail has waited that long), doubling up to MaxRewriteDelay, until the
+    // spool takes it. The message stays in flight meanwhile (its attempt has not ended), so no round sends it again,
+    // and the other messages go on. A stop tries once more at once; if that fails too, the write is given up (null)
+    // and the mail goes again after the restart. A conflict or any other failure is thrown.
+    private async Task<T?> WriteAgainAsync<T>(string messageId, string what, DateTimeOffset triedAt, SpoolException failure,
+        Func<CancellationToken, Task<T>> write, CancellationToken stoppingToken, CancellationToken cancellationToken)
+        where T : class
+    {
+        Interlocked.Increment(ref _unrecorded);
+        try
+        {
+            var delay = FirstRewriteDelay;
+            while (true)
+            {
+                if (stoppingToken.IsCancellationRequested)
+                {
+                    LogUnwrittenAtStop(messageId, what, failure.Message);
+                    return null;
+                }
+
+                LogWriteFailed(messageId, what, failure.Message, delay.TotalSeconds);
+                var wait = triedAt + delay - _clock.GetUtcNow();
+                if (wait > TimeSpan.Zero)
+                {
+                    try
+                    {
+                        await Task.Delay(wait, _clock, stoppingToken).ConfigureAwait(false);
+                    }
+                    catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+                    {
+                        // Stopping: one more try now rather than none.
+                    }
+                }
+
+                triedAt = _clock.GetUtcNow();
+                try
+                {
+                    var written = await write(cancellationToken).ConfigureAwait(false);
+                    LogWrittenAfterAll(messageId, what);
+                    return written;
+                }
+                catch (SpoolException ex) when (ex is not SpoolConflictException)
+                {
+                    failure = ex;
+                    delay = delay * 2 > MaxRewriteDelay ? MaxRewriteDelay : delay * 2;
+                }
+            }
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _unrecorded);
         }
     }
 
@@ -348,7 +485,9 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         return null;
     }
 
-    private async Task RecordAsync(QueuedMessage message, IReadOnlyList<RecipientResult> results, CancellationToken cancellationToken)
+    // What the attempt's result comes to, without I/O: expiry applied, the next attempt's time, a failure notice, the
+    // receipts owed.
+    private Settled Settle(QueuedMessage message, IReadOnlyList<RecipientResult> results)
     {
         var now = _clock.GetUtcNow();
         var final = new List<RecipientResult>(results.Count);
@@ -395,8 +534,15 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             owed = new DigestReceipt(state, now, detail);
         }
 
-        var committed = await _spool.CommitDeliveryAsync(new DeliveryCommit(message.RowId, final, next, notice, kept, _receipts.MaxPerDevice, owed), cancellationToken)
-            .ConfigureAwait(false);
+        return new Settled(new DeliveryCommit(message.RowId, final, next, notice, kept, _receipts.MaxPerDevice, owed), failed, deferred, now, state, detail);
+    }
+
+    private async Task ReportAsync(QueuedMessage message, Settled settled, DeliveryCommitted committed, CancellationToken cancellationToken)
+    {
+        var (commit, failed, deferred, now, state, detail) = settled;
+        var final = commit.Results;
+        var next = commit.NextAttemptAt;
+        var kept = commit.Receipt;
         var recorded = committed.Recorded;
         foreach (var r in final)
         {
@@ -494,6 +640,8 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         }
     }
 
+    private sealed record Settled(DeliveryCommit Commit, List<RecipientResult> Failed, bool Deferred, DateTimeOffset Now, string State, string Detail);
+
     private NewMessage? ComposeNotice(QueuedMessage message, List<RecipientResult> failed, DateTimeOffset now)
     {
         var router = new Router(_options);
@@ -548,6 +696,21 @@ public sealed partial class DeliveryWorker : SupervisedLoop
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Delivery bookkeeping could not use the spool; retrying later")]
     private partial void LogFailed(Exception ex);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "The spool could not write {What} <{MessageId}> ({Error}); kept in memory and tried again within {Seconds} s; the mail is not sent again meanwhile")]
+    private partial void LogWriteFailed(string messageId, string what, string error, double seconds);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "The spool took {What} <{MessageId}> after all")]
+    private partial void LogWrittenAfterAll(string messageId, string what);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Stopping with {What} <{MessageId}> not written: the spool failed it ({Error}); the mail stays queued and is sent again after the restart, with the same Message-ID")]
+    private partial void LogUnwrittenAtStop(string messageId, string what, string error);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Delivery paused: the spool failed to write the outcome of {Count} attempts, kept in memory meanwhile; no further mail is sent until some are written")]
+    private partial void LogPausedForUnrecorded(int count);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "<{MessageId}> could be neither recorded nor parked ({Reason}); it is not attempted again until the gateway restarts")]
+    private partial void LogHeldBack(Exception ex, string messageId, string reason);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Recipients of <{MessageId}> that have the mail could not be recorded; the attempt stops there, the recipients not yet tried are deferred")]
     private partial void LogPartSentNotRecorded(Exception ex, string messageId);

@@ -503,10 +503,13 @@ public sealed partial class PostgresSpool
 
     /// <summary>The earliest time queued mail is due for this instance: mail another instance holds counts from its lease's end.</summary>
     /// <inheritdoc />
-    public Task<DateTimeOffset?> NextMessageDueAsync(CancellationToken cancellationToken) =>
-        ReadAsync(async (c, tx) => await ScalarAsync(c, tx, cancellationToken,
-            "SELECT MIN(CASE WHEN claimed_by <> $1 AND claim_until > next_attempt_at THEN claim_until ELSE next_attempt_at END) FROM messages WHERE status='queued'",
-            _owner).ConfigureAwait(false) is long ms ? FromMs(ms) : (DateTimeOffset?)null, cancellationToken);
+    public Task<DateTimeOffset?> NextMessageDueAsync(IReadOnlySet<long> exclude, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(exclude);
+        return ReadAsync(async (c, tx) => await ScalarAsync(c, tx, cancellationToken,
+            "SELECT MIN(CASE WHEN claimed_by <> $1 AND claim_until > next_attempt_at THEN claim_until ELSE next_attempt_at END) FROM messages WHERE status='queued' AND rowid <> ALL($2)",
+            _owner, exclude.ToArray()).ConfigureAwait(false) is long ms ? FromMs(ms) : (DateTimeOffset?)null, cancellationToken);
+    }
 
     /// <summary>Records recipients delivered to while the attempt goes on, only while this instance still holds the message's claim.</summary>
     /// <inheritdoc />

@@ -598,10 +598,11 @@ public partial interface ISpool : IAsyncDisposable
     /// <returns>The messages.</returns>
     Task<IReadOnlyList<QueuedMessage>> DueMessagesAsync(DateTimeOffset now, int max, IReadOnlySet<long> exclude, CancellationToken cancellationToken);
 
-    /// <summary>When the next queued message falls due, if any.</summary>
+    /// <summary>When the next queued message falls due, if any, leaving out rows in <paramref name="exclude"/>.</summary>
+    /// <param name="exclude">Rows already being attempted: their due time, in the past, is not what the caller waits for.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>The earliest due time.</returns>
-    Task<DateTimeOffset?> NextMessageDueAsync(CancellationToken cancellationToken);
+    Task<DateTimeOffset?> NextMessageDueAsync(IReadOnlySet<long> exclude, CancellationToken cancellationToken);
 
     /// <summary>
     /// Records the result of a delivery attempt. A message the operator cancelled meanwhile is never queued again: the

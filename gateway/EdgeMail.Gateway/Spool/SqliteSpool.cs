@@ -635,9 +635,11 @@ public sealed partial class SqliteSpool : ISpool
         ArgumentNullException.ThrowIfNull(exclude);
         return Read<IReadOnlyList<QueuedMessage>>((s, _) =>
         {
+            // The rows under way are passed over in the index, and only the bodies of the rows taken are read: read with
+            // the rest, the body of a large mail in flight was read again at every round of the worker, to be dropped.
             var list = new List<QueuedMessage>();
             using (var r = s.Query(
-                "SELECT rowid, kind, device, alert_id, message_id, envelope_from, COALESCE((SELECT mime FROM message_bodies WHERE message=messages.rowid), mime), attempts, created_at, expires_at FROM messages WHERE status='queued' AND next_attempt_at <= $p0 ORDER BY next_attempt_at, rowid LIMIT $p1",
+                "SELECT rowid, kind, device, alert_id, message_id, envelope_from, attempts, created_at, expires_at FROM messages WHERE status='queued' AND next_attempt_at <= $p0 ORDER BY next_attempt_at, rowid LIMIT $p1",
                 now.ToUnixTimeMilliseconds(), max + exclude.Count))
             {
                 while (r.Read() && list.Count < max)
@@ -649,12 +651,13 @@ public sealed partial class SqliteSpool : ISpool
                     }
 
                     list.Add(new QueuedMessage(row, r.GetString(1), r.IsDBNull(2) ? null : r.GetString(2), r.IsDBNull(3) ? null : r.GetString(3),
-                        r.GetString(4), r.GetString(5), [], (byte[])r.GetValue(6), r.GetInt32(7), FromMs(r.GetInt64(8)), FromMs(r.GetInt64(9))));
+                        r.GetString(4), r.GetString(5), [], [], r.GetInt32(6), FromMs(r.GetInt64(7)), FromMs(r.GetInt64(8))));
                 }
             }
 
             for (int i = 0; i < list.Count; i++)
             {
+                byte[] mime = (byte[])s.Scalar("SELECT COALESCE((SELECT mime FROM message_bodies WHERE message=$p0), mime) FROM messages WHERE rowid=$p0", list[i].RowId)!;
                 var recipients = new List<string>();
                 using var r = s.Query("SELECT address FROM recipients WHERE message=$p0 AND status='pending' ORDER BY address", list[i].RowId);
                 while (r.Read())
@@ -662,7 +665,7 @@ public sealed partial class SqliteSpool : ISpool
                     recipients.Add(r.GetString(0));
                 }
 
-                list[i] = list[i] with { PendingRecipients = recipients };
+                list[i] = list[i] with { Mime = mime, PendingRecipients = recipients };
             }
 
             return list;
@@ -670,8 +673,23 @@ public sealed partial class SqliteSpool : ISpool
     }
 
     /// <inheritdoc />
-    public Task<DateTimeOffset?> NextMessageDueAsync(CancellationToken cancellationToken) =>
-        Read((s, _) => s.Scalar("SELECT MIN(next_attempt_at) FROM messages WHERE status='queued'") is long ms ? FromMs(ms) : (DateTimeOffset?)null, cancellationToken);
+    public Task<DateTimeOffset?> NextMessageDueAsync(IReadOnlySet<long> exclude, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(exclude);
+        return Read((s, _) =>
+        {
+            using var r = s.Query("SELECT rowid, next_attempt_at FROM messages WHERE status='queued' ORDER BY next_attempt_at, rowid LIMIT $p0", exclude.Count + 1);
+            while (r.Read())
+            {
+                if (!exclude.Contains(r.GetInt64(0)))
+                {
+                    return FromMs(r.GetInt64(1));
+                }
+            }
+
+            return (DateTimeOffset?)null;
+        }, cancellationToken);
+    }
 
     /// <inheritdoc />
     public Task<bool> RenewClaimAsync(long rowId, CancellationToken cancellationToken) => Task.FromResult(true);

@@ -226,11 +226,14 @@ public sealed class DeliveryContainmentTests
     {
         private readonly Channel<string> _lines = Channel.CreateUnbounded<string>();
 
-        public async Task<string> AboutAsync(string messageId)
+        public Task<string> AboutAsync(string messageId) => ContainingAsync("<" + messageId + ">");
+
+        /// <summary>The next line (after those already taken) that contains <paramref name="text"/>.</summary>
+        public async Task<string> ContainingAsync(string text)
         {
             await foreach (string line in _lines.Reader.ReadAllAsync())
             {
-                if (line.Contains("<" + messageId + ">", StringComparison.Ordinal))
+                if (line.Contains(text, StringComparison.Ordinal))
                 {
                     return line;
                 }

@@ -6,8 +6,8 @@ using EdgeMail.Gateway.Spool;
 namespace EdgeMail.Gateway.Tests.Spool;
 
 /// <summary>
-/// A real spool as one component sees it, whose armed calls fail the way a spool that cannot write does (a faulted
-/// task with a <see cref="SpoolException"/>), each as many times as armed; every other call goes through to the real
+/// A real spool as one component sees it, whose armed calls (of methods returning a task) fail the way a spool that
+/// cannot write does (a faulted task with a <see cref="SpoolException"/>), each as many times as armed; every other call goes through to the real
 /// spool. Give it to one component (<c>ActivatorUtilities.CreateInstance</c>): the test and the rest of the host keep
 /// the real spool, and wait on its commits as usual.
 /// </summary>
@@ -19,6 +19,7 @@ public class FaultingSpool : DispatchProxy
     private readonly ConcurrentDictionary<string, int> _armed = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, int> _failed = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, int> _unexpected = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, int> _calls = new(StringComparer.Ordinal);
     private ISpool _inner = null!;
 
     /// <summary>Wraps <paramref name="inner"/>.</summary>
@@ -48,6 +49,14 @@ public class FaultingSpool : DispatchProxy
         _armed.AddOrUpdate(method, times, (_, n) => n + times);
     }
 
+    /// <summary>Lets every call of <paramref name="method"/> through again, however many were armed to fail.</summary>
+    /// <param name="method">The method's name.</param>
+    public void Heal(string method)
+    {
+        _armed.TryRemove(method, out _);
+        _unexpected.TryRemove(method, out _);
+    }
+
     /// <summary>
     /// Makes the next <paramref name="times"/> calls of <paramref name="method"/> fail as nothing should: an
     /// <see cref="InvalidOperationException"/>, not the spool's own <see cref="SpoolException"/>.
@@ -65,16 +74,30 @@ public class FaultingSpool : DispatchProxy
     /// <returns>The count.</returns>
     public int Failed(string method) => _failed.GetValueOrDefault(method);
 
+    /// <summary>Raised with the method's name at each call the component makes, before it fails or goes through.</summary>
+    public event Action<string>? Called;
+
+    /// <summary>How many calls of <paramref name="method"/> the component has made so far, failed or not.</summary>
+    /// <param name="method">The method's name.</param>
+    /// <returns>The count.</returns>
+    public int Calls(string method) => _calls.GetValueOrDefault(method);
+
     /// <inheritdoc />
     protected override object? Invoke(MethodInfo? targetMethod, object?[]? args)
     {
         ArgumentNullException.ThrowIfNull(targetMethod);
-        if (targetMethod.ReturnType.IsGenericType && targetMethod.ReturnType.GetGenericTypeDefinition() == typeof(Task<>) && TryTake(_armed, targetMethod.Name))
+        _calls.AddOrUpdate(targetMethod.Name, 1, (_, n) => n + 1);
+        Called?.Invoke(targetMethod.Name);
+        bool task = targetMethod.ReturnType == typeof(Task);
+        bool taskOf = targetMethod.ReturnType.IsGenericType && targetMethod.ReturnType.GetGenericTypeDefinition() == typeof(Task<>);
+        if ((task || taskOf) && TryTake(_armed, targetMethod.Name))
         {
             Exception fault = TryTake(_unexpected, targetMethod.Name) ? new InvalidOperationException(Message) : new SpoolException(Message);
             _failed.AddOrUpdate(targetMethod.Name, 1, (_, n) => n + 1);
-            return typeof(FaultingSpool).GetMethod(nameof(Faulted), BindingFlags.NonPublic | BindingFlags.Static)!
-                .MakeGenericMethod(targetMethod.ReturnType.GetGenericArguments()[0]).Invoke(null, [fault]);
+            return task
+                ? Task.FromException(fault)
+                : typeof(FaultingSpool).GetMethod(nameof(Faulted), BindingFlags.NonPublic | BindingFlags.Static)!
+                    .MakeGenericMethod(targetMethod.ReturnType.GetGenericArguments()[0]).Invoke(null, [fault]);
         }
 
         try

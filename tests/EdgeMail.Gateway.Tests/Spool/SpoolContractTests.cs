@@ -261,7 +261,7 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Equal(["c@x"], again.PendingRecipients);
         Assert.Equal(1, again.Attempts);
         Assert.Empty(await spool.DueMessagesAsync(DateTimeOffset.FromUnixTimeSeconds(1_999_999_999), 10, new HashSet<long>(), default));
-        Assert.Equal(DateTimeOffset.FromUnixTimeSeconds(2_000_000_000), await spool.NextMessageDueAsync(default));
+        Assert.Equal(DateTimeOffset.FromUnixTimeSeconds(2_000_000_000), await spool.NextMessageDueAsync(new HashSet<long>(), default));
         var detail = (await spool.MessageDetailAsync(due.RowId, default))!;
         Assert.Equal(["pending", "failed", "sent"], detail.Recipients.OrderByDescending(r => r.Address, StringComparer.Ordinal).Select(r => r.Status));
         Assert.Equal("451 later", Assert.Single(detail.Attempts).Results.Single(r => r.Address == "c@x").Reply);
@@ -358,6 +358,23 @@ public abstract class SpoolContractTests : IAsyncLifetime
         var due = await spool.DueMessagesAsync(Far, 2, new HashSet<long> { rows[0] }, default);
 
         Assert.Equal([rows[1], rows[2]], due.Select(m => m.RowId));
+    }
+
+    // The delivery worker waits for the next due time of mail not under way: the due time of one in flight, passed
+    // already, had it wake every 50 ms for as long as the attempt took.
+    [ContractFact]
+    public async Task NextMessageDue_LeavesOutExcludedRows()
+    {
+        await using var spool = Open();
+        long later = (await RoutedAsync(spool, "dev-1", "a-1", "a@x")).Message;
+        long now = (await RoutedAsync(spool, "dev-1", "a-2", "b@x")).Message;
+        var then = DateTimeOffset.FromUnixTimeSeconds(4_000_000_000);
+        Assert.Equal(2, (await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default)).Count);
+        await spool.CommitDeliveryAsync(new DeliveryCommit(later, [new("a@x", "deferred", "451 later")], then, null), default);
+
+        Assert.True(await spool.NextMessageDueAsync(new HashSet<long>(), default) < then);
+        Assert.Equal(then, await spool.NextMessageDueAsync(new HashSet<long> { now }, default));
+        Assert.Null(await spool.NextMessageDueAsync(new HashSet<long> { now, later }, default));
     }
 
     [ContractFact]

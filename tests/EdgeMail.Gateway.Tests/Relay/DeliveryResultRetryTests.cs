@@ -1,0 +1,244 @@
+using System.Text;
+using EdgeMail.Gateway.Relay;
+using EdgeMail.Gateway.Spool;
+using EdgeMail.Gateway.Tests.Operations;
+using EdgeMail.Gateway.Tests.Spool;
+using EdgeMail.Testing;
+using EdgeMail.Testing.Smtp;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Time.Testing;
+using MQTTnet;
+using MQTTnet.Protocol;
+using Xunit;
+using static EdgeMail.Gateway.Tests.Relay.DirectMxEarlyRecordTests;
+
+namespace EdgeMail.Gateway.Tests.Relay;
+
+/// <summary>
+/// A smarthost (a real SMTP server on loopback) took the mail, and the spool fails to commit the attempt's result — a full
+/// disk, an I/O error, while reads still work. The mail is with its recipients; the result waits in memory and is
+/// committed again on a back-off, and the mail is not sent again for it. Only a stop before the spool takes it leaves it
+/// unrecorded: then, and only then, the mail goes once more after the restart (the at-least-once window of every MTA).
+/// </summary>
+public sealed class DeliveryResultRetryTests
+{
+    private static readonly DateTimeOffset Start = DateTimeOffset.FromUnixTimeSeconds(1_800_000_000);
+
+    // Before, the worker left such a message due after a 5 s cool-down and sent it again at every round: five copies
+    // for four failed commits, and one every few seconds for as long as the disk stayed full. Each commit here takes
+    // the spool a minute to fail (the clock moves on while it is tried), so every wait for the next try is over at once.
+    [Fact]
+    public async Task ResultTheSpoolFailsToCommitFourTimes_IsCommittedAtTheFifth_TheAlertReachesEachRecipientOnce()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        var clock = new FakeTimeProvider(Start);
+        FaultingSpool? faults = null;
+        await using var gw = await TestGateway.StartAsync(c => Smarthost(c, sink.Port), s =>
+        {
+            s.AddSingleton<TimeProvider>(clock);
+            s.AddSingleton(sp => ActivatorUtilities.CreateInstance<DeliveryWorker>(sp, (faults = FaultingSpool.Wrap(sp.GetRequiredService<ISpool>())).Spool));
+        });
+        var worker = gw.Host.Services.GetRequiredService<DeliveryWorker>();
+        faults!.Fail(nameof(ISpool.CommitDeliveryAsync), 4);
+        faults.Called += MinuteEachCommit(clock);
+
+        await PublishAsync(gw, "dev-1", "once-1");
+        string id = (await sink.NextAsync()).Message.MessageId!;
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync(id, default))?.Status == MessageStatus.Sent, "the result committed at the fifth try");
+
+        Assert.Equal(4, faults.Failed(nameof(ISpool.CommitDeliveryAsync)));
+        var mail = Assert.Single(sink.Received);
+        Assert.Equal(["alice@example.com", "bob@example.com"], mail.To.Order(StringComparer.Ordinal));
+        var done = await DetailAsync(gw.Spool, id);
+        Assert.Equal(1, done.Summary.Attempts);
+        Assert.All(done.Recipients, r => Assert.Equal("sent", r.Status));
+    }
+
+    // A result that fails for a reason of its own (not the spool's) parks the mail; a park the spool then fails is
+    // written again the same way, and the mail is not sent again meanwhile (before, it went again after a 5 s cool-down).
+    [Fact]
+    public async Task ResultThatCannotBeRecorded_IsParked_AParkTheSpoolFailsIsWrittenAgain_TheMailGoesOnce()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        var clock = new FakeTimeProvider(Start);
+        FaultingSpool? faults = null;
+        await using var gw = await TestGateway.StartAsync(c => Smarthost(c, sink.Port), s =>
+        {
+            s.AddSingleton<TimeProvider>(clock);
+            s.AddSingleton(sp => ActivatorUtilities.CreateInstance<DeliveryWorker>(sp, (faults = FaultingSpool.Wrap(sp.GetRequiredService<ISpool>())).Spool));
+        });
+        gw.Logs.Expect(e => e.Message.StartsWith("Parked relay mail <park-1@gw.test>", StringComparison.Ordinal));
+        faults!.FailUnexpectedly(nameof(ISpool.CommitDeliveryAsync));
+        faults.Fail(nameof(ISpool.ParkMessageAsync), 3);
+        faults.Called += method =>
+        {
+            if (method == nameof(ISpool.ParkMessageAsync))
+            {
+                clock.Advance(TimeSpan.FromMinutes(1));
+            }
+        };
+
+        await gw.Spool.QueueMailAsync(Relay("park-1@gw.test"), default);
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("park-1@gw.test", default))?.Status == MessageStatus.Parked, "the mail parked at the fourth try");
+
+        Assert.Equal(3, faults.Failed(nameof(ISpool.ParkMessageAsync)));
+        Assert.StartsWith("recording the delivery failed: InvalidOperationException", (await gw.Spool.GetMessageAsync("park-1@gw.test", default))!.Reason, StringComparison.Ordinal);
+        Assert.Single(sink.Received);
+    }
+
+    // The stop does not wait out the back-off: it tries once more at once, and gives the result up when that fails too.
+    // The restarted gateway finds the mail queued with nothing on record and sends it again, once, with the same
+    // Message-ID.
+    [Fact]
+    public async Task StoppedWhileAResultWaitsToBeCommitted_ItIsTriedOnceMore_AndAfterTheRestartTheMailGoesAgainOnce()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        var log = new DeliveryContainmentTests.WorkerLog();
+        FaultingSpool? faults = null;
+        var first = await TestGateway.StartAsync(c => Smarthost(c, sink.Port), s =>
+        {
+            s.AddSingleton<ILoggerProvider>(log);
+            s.AddSingleton(sp => ActivatorUtilities.CreateInstance<DeliveryWorker>(sp, (faults = FaultingSpool.Wrap(sp.GetRequiredService<ISpool>())).Spool));
+        }, dataDir: dataDir);
+        faults!.Fail(nameof(ISpool.CommitDeliveryAsync), 1_000);
+
+        await first.Spool.QueueMailAsync(Relay("stop-1@gw.test"), default);
+        Assert.StartsWith("The spool could not write the result of the attempt on <stop-1@gw.test>",
+            await Await.Within(log.AboutAsync("stop-1@gw.test"), "the failed commit reported"), StringComparison.Ordinal);
+        int failedBeforeTheStop = faults.Failed(nameof(ISpool.CommitDeliveryAsync));
+        await first.StopAsync();
+
+        string stopped = await Await.Within(log.ContainingAsync("Stopping with"), "the worker's word at the stop");
+        Assert.StartsWith("Stopping with the result of the attempt on <stop-1@gw.test> not written", stopped, StringComparison.Ordinal);
+        Assert.Contains(FaultingSpool.Message, stopped, StringComparison.Ordinal);
+        Assert.True(faults.Failed(nameof(ISpool.CommitDeliveryAsync)) > failedBeforeTheStop, "one more try at the stop");
+        Assert.Single(sink.Received);
+
+        await using var second = await TestGateway.StartAsync(c => Smarthost(c, sink.Port), null, dataDir: dataDir);
+        await second.UntilAsync(async () => (await second.Spool.GetMessageAsync("stop-1@gw.test", default))?.Status == MessageStatus.Sent,
+            "the mail sent again after the restart");
+
+        Assert.Equal(2, sink.Received.Count);
+        Assert.All(sink.Received, m => Assert.Equal("stop-1@gw.test", m.Message.MessageId));
+        Assert.Equal(1, (await DetailAsync(second.Spool, "stop-1@gw.test")).Summary.Attempts);
+    }
+
+    // With Relay:Concurrency 1, four results waiting make the worker send nothing more (the attempt under way then may
+    // add a fifth): mail sent meanwhile could not be recorded either, and all of it would go again after a restart.
+    // Once the spool takes them, the rest follows, and every mail has gone out once.
+    [Fact]
+    public async Task ResultsTheSpoolKeepsFailing_DeliveryPausesOnceFourWait_AndGoesOnWhenTheSpoolTakesThem()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        var clock = new FakeTimeProvider(Start);
+        var log = new DeliveryContainmentTests.WorkerLog();
+        FaultingSpool? faults = null;
+        await using var gw = await TestGateway.StartAsync(c => Smarthost(c, sink.Port, concurrency: 1), s =>
+        {
+            s.AddSingleton<TimeProvider>(clock);
+            s.AddSingleton<ILoggerProvider>(log);
+            s.AddSingleton(sp => ActivatorUtilities.CreateInstance<DeliveryWorker>(sp, (faults = FaultingSpool.Wrap(sp.GetRequiredService<ISpool>())).Spool));
+        });
+        var worker = gw.Host.Services.GetRequiredService<DeliveryWorker>();
+        faults!.Fail(nameof(ISpool.CommitDeliveryAsync), 1_000);
+        string[] ids = [.. Enumerable.Range(1, 6).Select(i => $"pause-{i}@gw.test")];
+        foreach (string id in ids)
+        {
+            await gw.Spool.QueueMailAsync(Relay(id), default);
+        }
+
+        Assert.StartsWith("Delivery paused", await Await.Within(log.ContainingAsync("Delivery paused"), "the worker pausing"), StringComparison.Ordinal);
+
+        // Minutes go by; the waiting results are tried again and again, and nothing more is sent.
+        for (int minute = 0; minute < 3; minute++)
+        {
+            clock.Advance(TimeSpan.FromMinutes(1));
+            for (int i = 0; i < 4; i++)
+            {
+                await Await.Within(log.ContainingAsync("The spool could not write"), "another failed commit");
+            }
+        }
+
+        Assert.InRange(sink.Received.Count, 4, 5);
+        Assert.InRange(worker.Unrecorded, 4, 5);
+
+        faults.Heal(nameof(ISpool.CommitDeliveryAsync));
+        clock.Advance(TimeSpan.FromMinutes(1));
+        await gw.UntilAsync(async () => (await Task.WhenAll(ids.Select(id => gw.Spool.GetMessageAsync(id, default)))).All(m => m?.Status == MessageStatus.Sent),
+            "every mail sent and recorded");
+
+        Assert.Equal(ids, sink.Received.Select(m => m.Message.MessageId).Order(StringComparer.Ordinal));
+    }
+
+    // The smarthost holds the data (a slow server; the gateway allows it Relay:Timeout) while nothing else is due. The
+    // worker used to wake every 50 ms for the whole attempt, each time reading the due mail again (on SQLite the body of
+    // the mail under way, to drop it; on PostgreSQL an empty claim): here ten looks within the hold. Now it waits for
+    // the attempt to end.
+    [Fact]
+    public async Task AttemptHeldBySlowServer_TheWorkerDoesNotLookForDueMailMeanwhile()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        FaultingSpool? faults = null;
+        await using var gw = await TestGateway.StartAsync(c => Smarthost(c, sink.Port), s =>
+            s.AddSingleton(sp => ActivatorUtilities.CreateInstance<DeliveryWorker>(sp, (faults = FaultingSpool.Wrap(sp.GetRequiredService<ISpool>())).Spool)));
+        int holding = 0;
+        int looks = 0;
+        using var tenLooks = new ManualResetEventSlim();
+        faults!.Called += method =>
+        {
+            if (method == nameof(ISpool.DueMessagesAsync) && Volatile.Read(ref holding) == 1 && Interlocked.Increment(ref looks) == 10)
+            {
+                tenLooks.Set();
+            }
+        };
+        sink.OnData = _ =>
+        {
+            Volatile.Write(ref holding, 1);
+            tenLooks.Wait(TimeSpan.FromSeconds(2)); // the slow server: two seconds, or until the worker looked ten times
+            Volatile.Write(ref holding, 0);
+            return SmtpReply.Ok;
+        };
+
+        await gw.Spool.QueueMailAsync(Relay("slow-1@gw.test"), default);
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("slow-1@gw.test", default))?.Status == MessageStatus.Sent, "the mail sent");
+
+        // At most the look that followed the attempt's start, if it came late.
+        Assert.InRange(Volatile.Read(ref looks), 0, 1);
+        Assert.Single(sink.Received);
+    }
+
+    /// <summary>
+    /// Moves the worker's clock on a minute at each commit the worker asks of the spool, as if the spool took that long to
+    /// answer: a commit tried again after a failure (at most a minute later) is due by the time the failure is known, and
+    /// a recipient deferred for a minute by the time its result is committed, without the test sleeping.
+    /// </summary>
+    internal static Action<string> MinuteEachCommit(FakeTimeProvider clock) => method =>
+    {
+        if (method == nameof(ISpool.CommitDeliveryAsync))
+        {
+            clock.Advance(TimeSpan.FromMinutes(1));
+        }
+    };
+
+    private static void Smarthost(Dictionary<string, object> c, int port, int concurrency = 4)
+    {
+        c["Relay"] = new
+        {
+            Mode = "Smarthost", Host = "127.0.0.1", Port = port, Security = "None", Timeout = "00:00:05", Backoff = new[] { "00:01:00" }, Concurrency = concurrency,
+        };
+        c["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "info", To = new[] { "oncall" } } };
+    }
+
+    private static NewMessage Relay(string id) =>
+        new("relay", "dev-1", null, id, "edgemail@gw.test", ["alice@example.com"], Encoding.ASCII.GetBytes($"Message-ID: <{id}>\r\nSubject: mains lost\r\n\r\nOn battery.\r\n"));
+
+    private static async Task PublishAsync(TestGateway gw, string device, string alertId)
+    {
+        using var client = await gw.ConnectAsync(device);
+        var ack = await client.PublishAsync(new MqttApplicationMessageBuilder().WithTopic($"edgemail/v1/{device}/alert")
+            .WithPayload(Alerts.Json(alertId)).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
+        Assert.True(ack.IsSuccess);
+    }
+}
