@@ -110,8 +110,9 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     {
         var running = new List<Task>();
 
-        // A graceful stop lets attempts under way finish and record their result (an attempt is bounded by twice
-        // Relay:Timeout): cancelling one between the relay's 250 and the commit would send that mail again later.
+        // A graceful stop lets attempts under way finish and record their result, for up to twice Relay:Timeout (an
+        // attempt itself runs up to Relay:AttemptTimeout, longer than a service manager waits for a stop): cancelling one
+        // between the relay's 250 and the commit would send that mail again later.
         using var attempts = new CancellationTokenSource();
         var attemptBudget = _options.Relay.Timeout * 2;
         await using var drain = stoppingToken.Register(() => attempts.CancelAfter(attemptBudget));
