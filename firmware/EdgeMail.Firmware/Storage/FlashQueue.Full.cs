@@ -127,7 +127,7 @@ public sealed partial class FlashQueue
             DroppedSinceMount += _dropEntries;
         }
 
-        Erase(victim);
+        _device.EraseSector(victim);
         _erasedSector = victim;
         _tail = Next(victim);
     }
@@ -258,7 +258,7 @@ public sealed partial class FlashQueue
         if (_planMoved == 0 && _planDropped == 0)
         {
             // Nothing in it is owed to anyone (its numbers were acknowledged or skipped): just free it.
-            Erase(victim);
+            _device.EraseSector(victim);
             _erasedSector = victim;
             _tail = Next(victim);
             return CollectedVictimFreed;
@@ -351,7 +351,7 @@ public sealed partial class FlashQueue
 
         // The victim's entries now live here or are counted in the marker: erase it so no reboot can bring
         // them back, and remember it is blank for when the ring reaches it.
-        Erase(victim);
+        _device.EraseSector(victim);
         _erasedSector = victim;
         _tail = Next(victim);
         if (!closeFirst)

@@ -89,7 +89,7 @@ public sealed partial class FlashQueue
     {
         if (_erasedSector != sector)
         {
-            Erase(sector);
+            _device.EraseSector(sector);
         }
 
         _erasedSector = -1;
@@ -119,7 +119,6 @@ public sealed partial class FlashQueue
             _stage[i] = 0xFF;
         }
 
-        BeforeProgram();
         FlashWriter.Program(_device, sector * _sectorBytes, _stage, 0, _dataStart);
     }
 
@@ -262,7 +261,6 @@ public sealed partial class FlashQueue
     {
         if (_stageFill > 0)
         {
-            BeforeProgram();
             _device.Program(_stageAddress, _stage, 0, _stageFill);
             _stageAddress += _stageFill;
             _stageFill = 0;

@@ -1,5 +1,4 @@
 using System;
-using System.IO;
 
 namespace EdgeMail.Firmware.Storage;
 
@@ -189,36 +188,9 @@ public sealed partial class FlashQueue
     /// </summary>
     /// <param name="epochIfFormatting">The epoch to use if the flash must be formatted (take it from a hardware random source).</param>
     /// <returns>True when an existing queue was found; false when the flash was formatted.</returns>
-    /// <exception cref="IOException">Sector headers kept reading differently (supply below the flash's minimum?); nothing was written or erased, and the next call mounts again.</exception>
-    public bool Mount(uint epochIfFormatting) => MountChecked(epochIfFormatting, mayFormat: true);
-
-    private bool MountChecked(uint epochIfFormatting, bool mayFormat)
-    {
-        _mountAgain = false;
-        try
-        {
-            return MountOnce(epochIfFormatting, mayFormat);
-        }
-        catch (HeadMisreadException)
-        {
-            // The mount's own first write found a newer head than its header pass: mount again, trusting that read.
-        }
-
-        try
-        {
-            return MountOnce(epochIfFormatting, mayFormat);
-        }
-        catch (HeadMisreadException e)
-        {
-            _mountAgain = true;
-            throw Unresolved(e);
-        }
-    }
-
-    private bool MountOnce(uint epochIfFormatting, bool mayFormat)
+    public bool Mount(uint epochIfFormatting)
     {
         _mounted = false;
-        _headConfirmed = false;
         _readerPositioned = false;
         _nextSeqAtReaderEnd = 0;
         _pendingKnown = false;
@@ -231,66 +203,11 @@ public sealed partial class FlashQueue
         _handedOutHigh = 0;
         _lastMarkerSeq = 0;
 
-        int live = HeaderPass(out uint maxSeen);
-        if (live == 0)
-        {
-            // Formatting abandons whatever is on flash: look once more first, as every read of a brownout may give ones.
-            live = HeaderPass(out maxSeen);
-        }
-
-        if (live > 0)
-        {
-            live = ExtendRun(live);
-        }
-
-        _seenSector = -1;
-        if (live == 0 && !mayFormat)
-        {
-            // Mounting again where a valid header was read before: formatting now would reuse this epoch's ids.
-            _mountAgain = true;
-            throw new IOException("No flash sector header reads valid now, where one did before; nothing was written or erased. Is the supply below the flash's minimum? Try again once it is stable.");
-        }
-
-        if (live == 0)
-        {
-            Format(epochIfFormatting, maxSeen + 1);
-            return false;
-        }
-
-        int oldest = (_head - live + 1 + _sectorCount) % _sectorCount;
-        _tail = oldest;
-        ScanHead();
-        _headRecovered = false;
-        if (live == _sectorCount && HoldsUnacknowledged(oldest))
-        {
-            live = FinishOrUndoReclaim(oldest);
-            oldest = (_head - live + 1 + _sectorCount) % _sectorCount;
-        }
-
-        _tail = FindSectorHolding(_ackedThrough + 1, oldest, live);
-        if (!_headRecovered)
-        {
-            RecoverHead();
-        }
-
-        _sentThrough = _ackedThrough;
-        _mounted = true;
-        return true;
-    }
-
-    /// <summary>
-    /// Reads the header of every sector and takes the valid one with the highest sector number for the head (its fields
-    /// go to _head, _headSectorSeq, _nextSeq, _ackedThrough and _epoch) and the chain of valid headers before it for the
-    /// live run.
-    /// </summary>
-    /// <returns>The number of sectors in the live run; 0 when no header is valid.</returns>
-    private int HeaderPass(out uint maxSeen)
-    {
         int head = -1;
         uint headSeq = 0;
         uint headFirst = 0;
         uint headAcked = 0;
-        maxSeen = 0;
+        uint maxSeen = 0;
         int runStart = -1;
         int headRunStart = -1;
         bool prevValid = false;
@@ -301,7 +218,7 @@ public sealed partial class FlashQueue
         uint firstEpoch = 0;
         for (int i = 0; i < _sectorCount; i++)
         {
-            bool valid = ReadHeaderOrSeen(i);
+            bool valid = ReadSectorHeader(i);
             if (valid)
             {
                 if (!(prevValid && _hSeq == prevSeq + 1 && _hEpoch == prevEpoch))
@@ -340,7 +257,8 @@ public sealed partial class FlashQueue
 
         if (head < 0)
         {
-            return 0;
+            Format(epochIfFormatting, maxSeen + 1);
+            return false;
         }
 
         int live = head - headRunStart + 1;
@@ -349,11 +267,34 @@ public sealed partial class FlashQueue
             live += _sectorCount - runStart; // the run wraps past the last sector
         }
 
+        if (live > _sectorCount)
+        {
+            live = _sectorCount;
+        }
+
         _head = head;
         _headSectorSeq = headSeq;
         _nextSeq = headFirst;
         _ackedThrough = headAcked;
-        return live > _sectorCount ? _sectorCount : live;
+        int oldest = (head - live + 1 + _sectorCount) % _sectorCount;
+        _tail = oldest;
+        ScanHead();
+        _headRecovered = false;
+        if (live == _sectorCount && HoldsUnacknowledged(oldest))
+        {
+            live = FinishOrUndoReclaim(oldest);
+            oldest = (_head - live + 1 + _sectorCount) % _sectorCount;
+        }
+
+        _tail = FindSectorHolding(_ackedThrough + 1, oldest, live);
+        if (!_headRecovered)
+        {
+            RecoverHead();
+        }
+
+        _sentThrough = _ackedThrough;
+        _mounted = true;
+        return true;
     }
 
     /// <summary>Erases the queue's identity and starts empty with a new epoch. Entries on flash are forgotten.</summary>
@@ -370,7 +311,6 @@ public sealed partial class FlashQueue
     /// <param name="offset">Index of the first payload byte.</param>
     /// <param name="count">Payload length, at most <see cref="MaxPayload"/>.</param>
     /// <returns>The entry's sequence number.</returns>
-    /// <exception cref="IOException">Sector headers kept reading differently (see <see cref="Mount"/>); nothing was written or erased.</exception>
     public uint Append(byte kind, byte priority, byte[] payload, int offset, int count)
     {
         EnsureMounted();
@@ -384,21 +324,6 @@ public sealed partial class FlashQueue
             throw new ArgumentOutOfRangeException(nameof(priority), "Priority must be 0, 1 or 2.");
         }
 
-        for (int attempt = 0; ; attempt++)
-        {
-            try
-            {
-                return AppendOnce(kind, priority, payload, offset, count);
-            }
-            catch (HeadMisreadException e)
-            {
-                MountAgain(e, attempt);
-            }
-        }
-    }
-
-    private uint AppendOnce(byte kind, byte priority, byte[] payload, int offset, int count)
-    {
         int pos = MakeRoom(RecordOverhead + count, priority);
         uint seq = _nextSeq;
         LastAppendDropped = pos < 0;
@@ -446,7 +371,6 @@ public sealed partial class FlashQueue
     /// <param name="buffer">Receives the payload; must have room for <see cref="MaxPayload"/> bytes.</param>
     /// <param name="offset">Index in <paramref name="buffer"/> of the first byte.</param>
     /// <returns>False when every entry has been handed out.</returns>
-    /// <exception cref="IOException">Sector headers kept reading differently (see <see cref="Mount"/>); nothing was written or erased.</exception>
     public bool TryRead(QueueEntry entry, byte[] buffer, int offset)
     {
         EnsureMounted();
@@ -455,21 +379,6 @@ public sealed partial class FlashQueue
             throw new ArgumentNullException(entry == null ? nameof(entry) : nameof(buffer));
         }
 
-        for (int attempt = 0; ; attempt++)
-        {
-            try
-            {
-                return TryReadOnce(entry, buffer, offset);
-            }
-            catch (HeadMisreadException e)
-            {
-                MountAgain(e, attempt); // the reader starts again after the last acknowledgement
-            }
-        }
-    }
-
-    private bool TryReadOnce(QueueEntry entry, byte[] buffer, int offset)
-    {
         if (!_readerPositioned || SectorAge(_readSectorSeq) > SectorAge(SectorSeqOf(_tail)))
         {
             _readSector = _tail;
@@ -640,26 +549,9 @@ public sealed partial class FlashQueue
     /// again, and their sectors may be reused. Durable when it returns.
     /// </summary>
     /// <param name="seq">Sequence number of the last entry the receiver owns.</param>
-    /// <exception cref="IOException">Sector headers kept reading differently (see <see cref="Mount"/>); nothing was written or erased.</exception>
     public void Acknowledge(uint seq)
     {
         EnsureMounted();
-        for (int attempt = 0; ; attempt++)
-        {
-            try
-            {
-                AcknowledgeOnce(seq);
-                return;
-            }
-            catch (HeadMisreadException e)
-            {
-                MountAgain(e, attempt);
-            }
-        }
-    }
-
-    private void AcknowledgeOnce(uint seq)
-    {
         // Acknowledging the last entry handed out when nothing follows also covers numbers that no entry
         // kept (skipped after a torn write), so the queue reads as empty.
         if (seq == _sentThrough && _nextSeqAtReaderEnd == _nextSeq)
@@ -731,38 +623,20 @@ public sealed partial class FlashQueue
     /// Work worth doing while idle: erases the sector the next append will need, so that append does not
     /// stall for a sector erase (tens of milliseconds on SPI NOR).
     /// </summary>
-    /// <exception cref="IOException">Sector headers kept reading differently (see <see cref="Mount"/>); nothing was written or erased.</exception>
     public void Maintain()
     {
         EnsureMounted();
-        for (int attempt = 0; ; attempt++)
+        ReclaimAcknowledged();
+        int next = Next(_head);
+        if (_erasedSector != next && FreeSectors() >= 2)
         {
-            try
-            {
-                ReclaimAcknowledged();
-                int next = Next(_head);
-                if (_erasedSector != next && FreeSectors() >= 2)
-                {
-                    Erase(next);
-                    _erasedSector = next;
-                }
-
-                return;
-            }
-            catch (HeadMisreadException e)
-            {
-                MountAgain(e, attempt);
-            }
+            _device.EraseSector(next);
+            _erasedSector = next;
         }
     }
 
     private void Format(uint epoch, uint sectorSeq)
     {
-        // Formatting is the decision to abandon what is on flash: nothing to confirm first.
-        _device.EraseSector(0);
-        _erasedSector = 0;
-        _headConfirmed = true;
-        _mountAgain = false;
         _epoch = epoch;
         _head = 0;
         _tail = 0;
@@ -772,6 +646,7 @@ public sealed partial class FlashQueue
         _readerPositioned = false;
         _pendingKnown = true;
         Array.Clear(_pending, 0, Priorities);
+        _erasedSector = -1;
         _recoveryPending = false;
         LastEntryAtMount = 0;
         _weakSeq = 0;
@@ -915,13 +790,13 @@ public sealed partial class FlashQueue
             RecoverHead();
             _headRecovered = true;
             WritePendingRecovery();
-            Erase(victim);
+            _device.EraseSector(victim);
             _erasedSector = victim;
             _tail = Next(victim);
             return _sectorCount - 1;
         }
 
-        Erase(_head);
+        _device.EraseSector(_head);
         _erasedSector = _head;
         _head = (_head - 1 + _sectorCount) % _sectorCount;
         _headSectorSeq--;
@@ -967,7 +842,7 @@ public sealed partial class FlashQueue
             else
             {
                 uint sectorSeq = _headSectorSeq;
-                Erase(_head);
+                _device.EraseSector(_head);
                 WriteSectorHeader(_head, sectorSeq);
                 _writeOffset = _dataStart;
                 _headMovedEnd = _dataStart;
@@ -1186,11 +1061,6 @@ public sealed partial class FlashQueue
 
     private void EnsureMounted()
     {
-        if (!_mounted && _mountAgain)
-        {
-            MountChecked(_epoch, mayFormat: false); // a mount that gave up on headers reading differently
-        }
-
         if (!_mounted)
         {
             throw new InvalidOperationException("Mount the queue first.");
