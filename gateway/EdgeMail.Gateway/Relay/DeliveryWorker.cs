@@ -172,6 +172,13 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                         }
 
                         await _slots.WaitAsync(stoppingToken).ConfigureAwait(false);
+                        if (Unrecorded >= _maxUnrecorded)
+                        {
+                            // An attempt that freed the slot failed to write its result meanwhile.
+                            _slots.Release();
+                            break;
+                        }
+
                         _inFlight[message.RowId] = true;
                         running.Add(AttemptAsync(message, now, stoppingToken, attempts.Token));
                     }

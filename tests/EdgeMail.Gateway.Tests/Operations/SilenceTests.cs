@@ -401,7 +401,7 @@ public sealed class SilenceTests
         await using var gw = await TestGateway.StartAsync(FiveMinutes(configured: true), s =>
         {
             s.AddSingleton<TimeProvider>(clock);
-            s.AddSingleton(sp => ActivatorUtilities.CreateInstance<SilenceWatch>(sp, (faults = FaultingSpool.Wrap(sp.GetRequiredService<ISpool>())).Spool));
+            FaultingSpool.Add<SilenceWatch>(s, f => faults = f);
         });
         gw.Logs.Expect(e => e.Message.StartsWith("The silence loop failed unexpectedly", StringComparison.Ordinal) && e.Exception is InvalidOperationException);
         var watch = gw.Host.Services.GetRequiredService<SilenceWatch>();
@@ -569,7 +569,7 @@ public sealed class SilenceTests
             s =>
             {
                 s.AddSingleton<TimeProvider>(clock);
-                s.AddSingleton(sp => ActivatorUtilities.CreateInstance<SilenceWatch>(sp, (faults = FaultingSpool.Wrap(sp.GetRequiredService<ISpool>())).Spool));
+                FaultingSpool.Add<SilenceWatch>(s, f => faults = f);
             });
         gw.Logs.Expect(e => e.Message.StartsWith("Storing gw-silent-", StringComparison.Ordinal) && e.Exception is InvalidOperationException);
         using (var one = await gw.ConnectAsync("dev-1"))

@@ -106,7 +106,7 @@ public sealed class ClaimRenewalTests
         };
         FaultingSpool? faults = null;
         await using var gw = await StartAsync(db, dns, a.Port, clock, log,
-            s => s.AddSingleton(sp => ActivatorUtilities.CreateInstance<DeliveryWorker>(sp, (faults = FaultingSpool.Wrap(sp.GetRequiredService<ISpool>())).Spool)));
+            s => FaultingSpool.Add<DeliveryWorker>(s, f => faults = f));
         faults!.Fail(nameof(ISpool.RenewClaimAsync), 100);
 
         await gw.Spool.QueueMailAsync(new NewMessage("relay", "dev-1", null, "renew-2@gw.test", "edgemail@gw.test", [Alice, Bob, Carol],

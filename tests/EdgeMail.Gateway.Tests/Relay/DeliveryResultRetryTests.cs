@@ -37,7 +37,7 @@ public sealed class DeliveryResultRetryTests
         await using var gw = await TestGateway.StartAsync(c => Smarthost(c, sink.Port), s =>
         {
             s.AddSingleton<TimeProvider>(clock);
-            s.AddSingleton(sp => ActivatorUtilities.CreateInstance<DeliveryWorker>(sp, (faults = FaultingSpool.Wrap(sp.GetRequiredService<ISpool>())).Spool));
+            FaultingSpool.Add<DeliveryWorker>(s, f => faults = f);
         });
         var worker = gw.Host.Services.GetRequiredService<DeliveryWorker>();
         faults!.Fail(nameof(ISpool.CommitDeliveryAsync), 4);
@@ -66,7 +66,7 @@ public sealed class DeliveryResultRetryTests
         await using var gw = await TestGateway.StartAsync(c => Smarthost(c, sink.Port), s =>
         {
             s.AddSingleton<TimeProvider>(clock);
-            s.AddSingleton(sp => ActivatorUtilities.CreateInstance<DeliveryWorker>(sp, (faults = FaultingSpool.Wrap(sp.GetRequiredService<ISpool>())).Spool));
+            FaultingSpool.Add<DeliveryWorker>(s, f => faults = f);
         });
         gw.Logs.Expect(e => e.Message.StartsWith("Parked relay mail <park-1@gw.test>", StringComparison.Ordinal));
         faults!.FailUnexpectedly(nameof(ISpool.CommitDeliveryAsync));
@@ -100,7 +100,7 @@ public sealed class DeliveryResultRetryTests
         var first = await TestGateway.StartAsync(c => Smarthost(c, sink.Port), s =>
         {
             s.AddSingleton<ILoggerProvider>(log);
-            s.AddSingleton(sp => ActivatorUtilities.CreateInstance<DeliveryWorker>(sp, (faults = FaultingSpool.Wrap(sp.GetRequiredService<ISpool>())).Spool));
+            FaultingSpool.Add<DeliveryWorker>(s, f => faults = f);
         }, dataDir: dataDir);
         faults!.Fail(nameof(ISpool.CommitDeliveryAsync), 1_000);
 
@@ -139,7 +139,7 @@ public sealed class DeliveryResultRetryTests
         {
             s.AddSingleton<TimeProvider>(clock);
             s.AddSingleton<ILoggerProvider>(log);
-            s.AddSingleton(sp => ActivatorUtilities.CreateInstance<DeliveryWorker>(sp, (faults = FaultingSpool.Wrap(sp.GetRequiredService<ISpool>())).Spool));
+            FaultingSpool.Add<DeliveryWorker>(s, f => faults = f);
         });
         var worker = gw.Host.Services.GetRequiredService<DeliveryWorker>();
         faults!.Fail(nameof(ISpool.CommitDeliveryAsync), 1_000);
@@ -182,7 +182,7 @@ public sealed class DeliveryResultRetryTests
         await using var sink = await SmtpTestServer.StartAsync();
         FaultingSpool? faults = null;
         await using var gw = await TestGateway.StartAsync(c => Smarthost(c, sink.Port), s =>
-            s.AddSingleton(sp => ActivatorUtilities.CreateInstance<DeliveryWorker>(sp, (faults = FaultingSpool.Wrap(sp.GetRequiredService<ISpool>())).Spool)));
+            FaultingSpool.Add<DeliveryWorker>(s, f => faults = f));
         int holding = 0;
         int looks = 0;
         using var tenLooks = new ManualResetEventSlim();

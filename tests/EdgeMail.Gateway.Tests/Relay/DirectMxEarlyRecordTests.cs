@@ -39,7 +39,7 @@ public sealed class DirectMxEarlyRecordTests
         await using var gw = await TestGateway.StartAsync(c => DirectMx(c, dns, a.Port), s =>
         {
             s.AddSingleton<TimeProvider>(clock);
-            s.AddSingleton(sp => ActivatorUtilities.CreateInstance<DeliveryWorker>(sp, (faults = FaultingSpool.Wrap(sp.GetRequiredService<ISpool>())).Spool));
+            FaultingSpool.Add<DeliveryWorker>(s, f => faults = f);
         });
         var worker = gw.Host.Services.GetRequiredService<DeliveryWorker>();
         faults!.Fail(nameof(ISpool.RecordSentRecipientsAsync));
@@ -93,7 +93,7 @@ public sealed class DirectMxEarlyRecordTests
         await using var gw = await TestGateway.StartAsync(c => DirectMx(c, dns, a.Port), s =>
         {
             s.AddSingleton<TimeProvider>(clock);
-            s.AddSingleton(sp => ActivatorUtilities.CreateInstance<DeliveryWorker>(sp, (faults = FaultingSpool.Wrap(sp.GetRequiredService<ISpool>())).Spool));
+            FaultingSpool.Add<DeliveryWorker>(s, f => faults = f);
         });
         faults!.Fail(nameof(ISpool.RecordSentRecipientsAsync));
         faults.Fail(nameof(ISpool.CommitDeliveryAsync), 3);

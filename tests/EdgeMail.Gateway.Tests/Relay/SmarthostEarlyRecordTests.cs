@@ -42,7 +42,7 @@ public sealed class SmarthostEarlyRecordTests
         await using var gw = await TestGateway.StartAsync(c => Smarthost(c, sink.Port), s =>
         {
             s.AddSingleton<TimeProvider>(clock);
-            s.AddSingleton(sp => ActivatorUtilities.CreateInstance<DeliveryWorker>(sp, (faults = FaultingSpool.Wrap(sp.GetRequiredService<ISpool>())).Spool));
+            FaultingSpool.Add<DeliveryWorker>(s, f => faults = f);
         });
         faults!.Fail(nameof(ISpool.CommitDeliveryAsync), 3);
         faults.Called += DeliveryResultRetryTests.MinuteEachCommit(clock);
@@ -69,7 +69,7 @@ public sealed class SmarthostEarlyRecordTests
         await using var gw = await TestGateway.StartAsync(c => Smarthost(c, sink.Port), s =>
         {
             s.AddSingleton<TimeProvider>(clock);
-            s.AddSingleton(sp => ActivatorUtilities.CreateInstance<DeliveryWorker>(sp, (faults = FaultingSpool.Wrap(sp.GetRequiredService<ISpool>())).Spool));
+            FaultingSpool.Add<DeliveryWorker>(s, f => faults = f);
         });
         var worker = gw.Host.Services.GetRequiredService<DeliveryWorker>();
         faults!.Fail(nameof(ISpool.RecordSentRecipientsAsync));

@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Reflection;
 using System.Runtime.ExceptionServices;
 using EdgeMail.Gateway.Spool;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace EdgeMail.Gateway.Tests.Spool;
 
@@ -32,6 +33,19 @@ public class FaultingSpool : DispatchProxy
         faults._inner = inner;
         return faults;
     }
+
+    /// <summary>
+    /// Registers the host's <typeparamref name="TComponent"/> on a faulting spool over the host's own, handed to
+    /// <paramref name="created"/> when the host builds the component.
+    /// </summary>
+    public static void Add<TComponent>(IServiceCollection services, Action<FaultingSpool> created)
+        where TComponent : class =>
+        services.AddSingleton(sp =>
+        {
+            var faults = Wrap(sp.GetRequiredService<ISpool>());
+            created(faults);
+            return ActivatorUtilities.CreateInstance<TComponent>(sp, faults.Spool);
+        });
 
     /// <summary>The spool to give the component.</summary>
     public ISpool Spool => (ISpool)(object)this;
