@@ -27,7 +27,9 @@ namespace EdgeMail.Gateway.Relay;
 /// A domain's lookup that fails is that domain's result alone (a name DNS cannot be asked about fails its recipients, a
 /// reply that cannot be read defers them); an address literal (<c>[192.0.2.1]</c>, <c>[IPv6:2001:db8::1]</c>) is
 /// delivered to at that address. The whole attempt ends at <c>Relay:AttemptTimeout</c>: the recipients not done by then
-/// are deferred, the results it had stand.
+/// are deferred, the results it had stand. A domain whose exchangers could not be reached is left alone for a while,
+/// its recipients deferred without a connection (<see cref="UnreachableDomains"/>), so that its messages do not hold the
+/// delivery slots the mail to other domains needs.
 /// </summary>
 public sealed partial class DirectMxRelay : IMailTransport
 {
@@ -43,11 +45,13 @@ public sealed partial class DirectMxRelay : IMailTransport
     /// <summary>Creates the relay.</summary>
     /// <param name="relay">Relay options (<c>MxPort</c>, <c>DnsServer</c>).</param>
     /// <param name="heloName">Name for EHLO.</param>
-    /// <param name="logger">Where a fallback to plain text is told; none when null.</param>
-    public DirectMxRelay(RelayOptions relay, string heloName, ILogger<DirectMxRelay>? logger = null)
+    /// <param name="logger">Where a fallback to plain text, and a domain found unreachable, are told; none when null.</param>
+    /// <param name="clock">Clock of the domains' holds; the system's when null.</param>
+    public DirectMxRelay(RelayOptions relay, string heloName, ILogger<DirectMxRelay>? logger = null, TimeProvider? clock = null)
     {
         _relay = relay ?? throw new ArgumentNullException(nameof(relay));
         _logger = logger ?? (ILogger)NullLogger.Instance;
+        Unreachable = new UnreachableDomains(relay.EffectiveBackoff()[0], clock, _logger);
         _smtp = new SmtpRelay(relay, heloName);
         var options = relay.DnsServer.Length > 0
             ? new LookupClientOptions(new NameServer(IPEndPoint.Parse(relay.DnsServer)))
@@ -59,6 +63,9 @@ public sealed partial class DirectMxRelay : IMailTransport
         options.UseTcpFallback = true;
         _dns = new LookupClient(options);
     }
+
+    /// <summary>The domains whose exchangers could not be reached lately, and whose mail is deferred without a connection.</summary>
+    public UnreachableDomains Unreachable { get; }
 
     /// <summary>
     /// The hosts to try for a domain, best first: MX targets, or the domain itself when it has none; for an address
@@ -295,25 +302,37 @@ public sealed partial class DirectMxRelay : IMailTransport
             for (int g = 0; g < groups.Count; g++)
             {
                 var group = groups[g];
-                doing = $"looking up the exchangers of {group.Key}";
-                var (hosts, error, permanent, nullMx) = await ExchangersAsync(group.Key, deadline.Token).ConfigureAwait(false);
-                if (error is not null)
+                var pass = Unreachable.Enter(group.Key);
+                if (pass.NotTried is { } notTried)
                 {
-                    // NXDOMAIN, a null MX and a name DNS cannot be asked about are about these recipients; a lookup that
-                    // failed (no answer, one that could not be read) leaves the relay without a next hop, as an
-                    // unreachable exchanger does. Either way the other domains go on.
-                    string status = nullMx ? "556 5.1.10 " : permanent ? "550 5.1.2 " : "451 4.4.3 ";
-                    results.AddRange(group.Select(r => new RecipientResult(r, permanent ? RecipientOutcome.Failed : RecipientOutcome.Deferred, status + error) { RelayDown = !permanent }));
+                    results.AddRange(Deferred(group, notTried));
                     continue;
                 }
 
-                var part = message with { PendingRecipients = group.ToList() };
+                // Whether an exchanger of the domain gave a session, and how many connections were made to find out.
+                bool reached = false;
+                int connections = 0;
+                bool judged = false;
+                string? stopped = null;
                 IReadOnlyList<RecipientResult>? sent = null;
                 IReadOnlyList<RecipientResult>? refusedForNow = null;
                 string last = "no exchanger reachable";
                 int budget = AddressesPerAttempt;
                 try
                 {
+                    doing = $"looking up the exchangers of {group.Key}";
+                    var (hosts, error, permanent, nullMx) = await ExchangersAsync(group.Key, deadline.Token).ConfigureAwait(false);
+                    if (error is not null)
+                    {
+                        // NXDOMAIN, a null MX and a name DNS cannot be asked about are about these recipients; a lookup that
+                        // failed (no answer, one that could not be read) leaves the relay without a next hop, as an
+                        // unreachable exchanger does. Either way the other domains go on.
+                        string status = nullMx ? "556 5.1.10 " : permanent ? "550 5.1.2 " : "451 4.4.3 ";
+                        results.AddRange(group.Select(r => new RecipientResult(r, permanent ? RecipientOutcome.Failed : RecipientOutcome.Deferred, status + error) { RelayDown = !permanent }));
+                        continue;
+                    }
+
+                    var part = message with { PendingRecipients = group.ToList() };
                     foreach (string host in hosts)
                     {
                         // The exchanger's address comes from the same resolver as the MX record (Relay:DnsServer), not the OS.
@@ -328,6 +347,13 @@ public sealed partial class DirectMxRelay : IMailTransport
                         // Each address in turn, as MTAs do: an exchanger whose first address is down is reached at its next.
                         foreach (string address in addresses.Take(budget))
                         {
+                            if (!reached && Unreachable.FoundUnreachableSince(pass) is { } since)
+                            {
+                                // Another attempt has just tried these exchangers and reached none.
+                                stopped = since;
+                                break;
+                            }
+
                             budget--;
 
                             // Opportunistic TLS (RFC 7435), as MTAs do between MX hosts: encrypt when offered, without requiring a
@@ -348,12 +374,21 @@ public sealed partial class DirectMxRelay : IMailTransport
                                 client.ServerCertificateValidationCallback = (_, _, _, _) => true;
                                 try
                                 {
+                                    connections++;
                                     sent = await _smtp.SendOnceAsync(client, part, address, _relay.MxPort, security, authenticate: false, deadline.Token).ConfigureAwait(false);
                                 }
                                 catch
                                 {
                                     client.Dispose();
                                     throw;
+                                }
+
+                                if (!reached && (sent is not null || client.TlsFailure is not null))
+                                {
+                                    // A session (a failed STARTTLS came after the greeting): whatever the mail's fate, the
+                                    // domain can be reached, and a hold on it ends now.
+                                    reached = true;
+                                    Unreachable.Reached(pass);
                                 }
 
                                 if (sent is null && security != SecureSocketOptions.None && client.TlsFailure is { } tls && PlainTextAfter(tls, message))
@@ -393,13 +428,19 @@ public sealed partial class DirectMxRelay : IMailTransport
                                 : $"exchanger {host}: {client.LastError}";
                         }
 
-                        if (sent is not null || budget == 0)
+                        if (sent is not null || budget == 0 || stopped is not null)
                         {
                             break;
                         }
                     }
 
-                    sent ??= refusedForNow ?? group.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, "451 4.4.1 " + last) { RelayDown = true }).ToList();
+                    if (!reached && stopped is null && connections > 0)
+                    {
+                        Unreachable.Unreachable(pass, last);
+                        judged = true;
+                    }
+
+                    sent ??= refusedForNow ?? Deferred(group, stopped ?? "451 4.4.1 " + last);
                     string? ended = await attempt.TakeAsync(sent, g < groups.Count - 1, results, cancellationToken).ConfigureAwait(false);
 
                     // The exchanger that took the domain's mail is left once its follow-ups are done, politely.
@@ -421,6 +462,11 @@ public sealed partial class DirectMxRelay : IMailTransport
                         attempt.Exchanger = null;
                         exchanger.Client.Dispose();
                     }
+
+                    if (!reached && !judged)
+                    {
+                        Unreachable.Abandon(pass);
+                    }
                 }
             }
         }
@@ -436,6 +482,9 @@ public sealed partial class DirectMxRelay : IMailTransport
 
         return results;
     }
+
+    private static List<RecipientResult> Deferred(IEnumerable<string> recipients, string reply) =>
+        [.. recipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, reply) { RelayDown = true })];
 
     // Postfix's smtp client at smtp_tls_security_level = may (smtp_proto.c): a refused STARTTLS goes on in plain text at
     // once; after a failed handshake only a mail that has waited (PLAINTEXT_FALLBACK_OK_AFTER_STARTTLS_FAILURE:

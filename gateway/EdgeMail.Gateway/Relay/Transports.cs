@@ -20,9 +20,17 @@ public static class Transports
         return options.Relay.Mode.ToUpperInvariant() switch
         {
             "SMARTHOST" => new SmtpRelay(options.Relay, options.Sender.Hostname, Tokens(options, services), services.GetService<TimeProvider>()),
-            "DIRECTMX" => new DirectMxRelay(options.Relay, options.Sender.Hostname, services.GetService<ILogger<DirectMxRelay>>()),
+            "DIRECTMX" => DirectMx(options, services),
             _ => new LocalMailbox(options.Relay.MailboxPath.Length > 0 ? options.Relay.MailboxPath : Path.Combine(options.DataPath(), "mailbox")),
         };
+    }
+
+    private static DirectMxRelay DirectMx(GatewayOptions options, IServiceProvider services)
+    {
+        var relay = new DirectMxRelay(options.Relay, options.Sender.Hostname, services.GetService<ILogger<DirectMxRelay>>(), services.GetService<TimeProvider>());
+        services.GetService<GatewayMetrics>()?.Meter.CreateObservableGauge("edgemail.relay.unreachable_domains", () => relay.Unreachable.Count, "{domain}",
+            "Recipient domains whose exchangers could not be reached lately: their mail is deferred without a connection until one attempt reaches them again");
+        return relay;
     }
 
     private static RelayTokens? Tokens(GatewayOptions options, IServiceProvider services)
