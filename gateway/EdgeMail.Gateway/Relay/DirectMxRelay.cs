@@ -281,6 +281,13 @@ public sealed partial class DirectMxRelay : IMailTransport
     }
 
     /// <inheritdoc />
+    public IReadOnlyCollection<string>? Destinations(QueuedMessage message)
+    {
+        ArgumentNullException.ThrowIfNull(message);
+        return message.PendingRecipients.Select(Domain).ToHashSet();
+    }
+
+    /// <inheritdoc />
     public Task<IReadOnlyList<RecipientResult>> SendAsync(QueuedMessage message, CancellationToken cancellationToken) =>
         SendAsync(message, null, cancellationToken);
 
@@ -289,7 +296,7 @@ public sealed partial class DirectMxRelay : IMailTransport
     {
         ArgumentNullException.ThrowIfNull(message);
         var results = new List<RecipientResult>();
-        var groups = message.PendingRecipients.GroupBy(r => r[(r.LastIndexOf('@') + 1)..].ToLowerInvariant()).ToList();
+        var groups = message.PendingRecipients.GroupBy(Domain).ToList();
 
         // The attempt's deadline bounds its DNS lookups and SMTP sessions; the hand-overs to the spool (partSent) keep the
         // caller's token: one cut short would leave recipients that have the mail neither recorded nor known not to be.
@@ -383,10 +390,10 @@ public sealed partial class DirectMxRelay : IMailTransport
                                     throw;
                                 }
 
-                                if (!reached && (sent is not null || client.TlsFailure is not null))
+                                if (!reached && client.Greeted)
                                 {
-                                    // A session (a failed STARTTLS came after the greeting): whatever the mail's fate, the
-                                    // domain can be reached, and a hold on it ends now.
+                                    // Someone answers there (a refused greeting, a session that failed later, a failed
+                                    // STARTTLS too): whatever the mail's fate, the domain can be reached, and a hold on it ends.
                                     reached = true;
                                     Unreachable.Reached(pass);
                                 }
@@ -455,6 +462,15 @@ public sealed partial class DirectMxRelay : IMailTransport
                         break;
                     }
                 }
+                catch (OperationCanceledException) when (deadline.IsCancellationRequested && !cancellationToken.IsCancellationRequested
+                    && !reached && stopped is null && connections > 1)
+                {
+                    // Relay:AttemptTimeout ran out while the attempt went through a domain's addresses, none of which had
+                    // answered: a black-holed domain with more addresses than the attempt has time for is held too.
+                    Unreachable.Unreachable(pass, last);
+                    judged = true;
+                    throw;
+                }
                 finally
                 {
                     if (attempt.Exchanger is { } exchanger)
@@ -482,6 +498,8 @@ public sealed partial class DirectMxRelay : IMailTransport
 
         return results;
     }
+
+    private static string Domain(string recipient) => recipient[(recipient.LastIndexOf('@') + 1)..].ToLowerInvariant();
 
     private static List<RecipientResult> Deferred(IEnumerable<string> recipients, string reply) =>
         [.. recipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, reply) { RelayDown = true })];

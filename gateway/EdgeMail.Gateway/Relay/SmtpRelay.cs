@@ -638,6 +638,9 @@ internal sealed class RecordingSmtpClient : SmtpClient
     /// </summary>
     public bool StartTlsSent => _commands.StartTls;
 
+    /// <summary>Whether the server of the last connection sent anything (its greeting, a refusal too): someone answers there.</summary>
+    public bool Greeted => _commands.Greeted;
+
     /// <summary>The spooled length of the message being sent when it goes out as spooled (prepared already); else null.</summary>
     public long? Spooled { get; set; }
 
@@ -687,16 +690,20 @@ internal sealed class CommandWatch : IProtocolLogger
     /// <summary>Whether the last write was the STARTTLS command (sent alone, and flushed for its reply).</summary>
     public bool StartTls { get; private set; }
 
+    public bool Greeted { get; private set; }
+
     public IAuthenticationSecretDetector? AuthenticationSecretDetector { get; set; }
 
-    public void LogConnect(Uri uri) => StartTls = false;
+    public void LogConnect(Uri uri)
+    {
+        StartTls = false;
+        Greeted = false;
+    }
 
     public void LogClient(byte[] buffer, int offset, int count) =>
         StartTls = buffer.AsSpan(offset, count).SequenceEqual(StartTlsCommand);
 
-    public void LogServer(byte[] buffer, int offset, int count)
-    {
-    }
+    public void LogServer(byte[] buffer, int offset, int count) => Greeted |= count > 0;
 
     public void Dispose()
     {

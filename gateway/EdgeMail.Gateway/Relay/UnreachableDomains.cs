@@ -6,13 +6,14 @@ namespace EdgeMail.Gateway.Relay;
 
 /// <summary>
 /// Direct MX's memory of recipient domains whose exchangers could not be reached, as Postfix's dead destinations: after
-/// an attempt found none of a domain's addresses giving a session (nothing listening, no answer within
-/// <c>Relay:Timeout</c>, a refused greeting), that domain's recipients in every other attempt are deferred at once, without
+/// an attempt found none of a domain's addresses answering (nothing listening, the connection closed or nothing said
+/// within <c>Relay:Timeout</c>), that domain's recipients in every other attempt are deferred at once, without
 /// a connection, for the first <c>Relay:Backoff</c> step; then one attempt looks again (the probe) while the others are
 /// still deferred, and its outcome ends or renews the hold. Without it each message to a black-holed domain held a
 /// delivery slot for as long as its connections took to time out, and a few such messages took every slot from the mail
 /// to everyone else. Attempts already under way when a domain is found unreachable stop before their next connection to
-/// it. Kept in memory only: after a restart the first attempts find out again.
+/// it. A hold that nobody looked at again for as long again as it lasted is forgotten (the domain's mail has bounced or
+/// gone elsewhere). Kept in memory only: after a restart the first attempts find out again.
 /// </summary>
 public sealed partial class UnreachableDomains
 {
@@ -33,14 +34,16 @@ public sealed partial class UnreachableDomains
         _logger = logger ?? NullLogger.Instance;
     }
 
-    /// <summary>Domains held now (being probed included).</summary>
+    /// <summary>Domains held now: their hold has not passed, or an attempt is looking again.</summary>
     public int Count
     {
         get
         {
+            var now = _clock.GetUtcNow();
             lock (_holds)
             {
-                return _holds.Count;
+                Forget(now);
+                return _holds.Values.Count(h => h.Probing || now < h.Until);
             }
         }
     }
@@ -53,20 +56,22 @@ public sealed partial class UnreachableDomains
     /// <returns>The pass; its <see cref="Pass.NotTried"/> is the reply to defer the domain's recipients with when it may not.</returns>
     public Pass Enter(string domain)
     {
+        var now = _clock.GetUtcNow();
         lock (_holds)
         {
-            if (!_holds.TryGetValue(domain, out var hold))
+            if (!_holds.TryGetValue(domain, out var hold) || Stale(hold, now))
             {
+                _holds.Remove(domain);
                 return new Pass(domain, null, false, _marks);
             }
 
-            if (hold.Probing || _clock.GetUtcNow() < hold.Until)
+            if (hold.Probing || now < hold.Until)
             {
                 return new Pass(domain, NotTriedReply(domain, hold), false, _marks);
             }
 
             hold.Probing = true;
-            return new Pass(domain, null, true, _marks);
+            return new Pass(domain, null, true, hold.Mark);
         }
     }
 
@@ -81,7 +86,7 @@ public sealed partial class UnreachableDomains
         ArgumentNullException.ThrowIfNull(pass);
         lock (_holds)
         {
-            return !pass.Probe && _holds.TryGetValue(pass.Domain, out var hold) && hold.Mark > pass.Marks ? NotTriedReply(pass.Domain, hold) : null;
+            return !pass.Probe && _holds.TryGetValue(pass.Domain, out var hold) && hold.Mark > pass.Mark ? NotTriedReply(pass.Domain, hold) : null;
         }
     }
 
@@ -112,12 +117,16 @@ public sealed partial class UnreachableDomains
         bool fresh;
         lock (_holds)
         {
-            fresh = !_holds.TryGetValue(pass.Domain, out var hold);
-            if (!fresh && !pass.Probe && hold!.Mark > pass.Marks)
+            _holds.TryGetValue(pass.Domain, out var hold);
+            if (pass.Probe ? hold?.Mark != pass.Mark : hold is not null)
             {
-                return; // another attempt found it so meanwhile, and its hold stands
+                // Another attempt decided meanwhile: it found the domain unreachable (its hold stands) or, for a probe,
+                // reached it (the hold this probe looked at again is gone).
+                return;
             }
 
+            fresh = hold is null;
+            Forget(now);
             _holds[pass.Domain] = new Hold(now, now + _hold, reason, ++_marks);
         }
 
@@ -143,9 +152,23 @@ public sealed partial class UnreachableDomains
 
         lock (_holds)
         {
-            if (_holds.TryGetValue(pass.Domain, out var hold))
+            if (_holds.TryGetValue(pass.Domain, out var hold) && hold.Mark == pass.Mark)
             {
                 hold.Probing = false;
+            }
+        }
+    }
+
+    // A hold passed as long ago as it lasted, with no attempt since: nothing is known about the domain any more.
+    private bool Stale(Hold hold, DateTimeOffset now) => !hold.Probing && now >= hold.Until + _hold;
+
+    private void Forget(DateTimeOffset now)
+    {
+        foreach (var (domain, hold) in _holds)
+        {
+            if (Stale(hold, now))
+            {
+                _holds.Remove(domain);
             }
         }
     }
@@ -172,8 +195,11 @@ public sealed partial class UnreachableDomains
     /// <param name="Domain">Recipient domain.</param>
     /// <param name="NotTried">Null when the attempt may connect; else the reply its recipients there are deferred with.</param>
     /// <param name="Probe">The attempt looks again at a domain held until now; the others are deferred meanwhile.</param>
-    /// <param name="Marks">How many times domains had been found unreachable when it was given.</param>
-    public sealed record Pass(string Domain, string? NotTried, bool Probe, long Marks);
+    /// <param name="Mark">
+    /// For a probe, the mark of the hold it looks at again; otherwise how many times domains had been found unreachable
+    /// when it was given (a hold with a later mark was set by another attempt since).
+    /// </param>
+    public sealed record Pass(string Domain, string? NotTried, bool Probe, long Mark);
 
     private sealed class Hold(DateTimeOffset at, DateTimeOffset until, string reason, long mark)
     {

@@ -22,7 +22,8 @@ namespace EdgeMail.Gateway.Tests.Relay;
 /// the first back-off step, then one attempt looks again while the others are still deferred, and an exchanger that
 /// answers ends the hold. Attempts already connecting when another finds the domain unreachable stop before their next
 /// exchanger. Before, every attempt went through every address of the domain, each holding a delivery slot until
-/// <c>Relay:Timeout</c>.
+/// <c>Relay:Timeout</c>. And the delivery worker keeps its last free slot for mail to another domain than those it is
+/// connected to already, so a domain that holds its connections open cannot take them all.
 /// </summary>
 public sealed class UnreachableDomainTests
 {
@@ -137,6 +138,105 @@ public sealed class UnreachableDomainTests
         Assert.Equal(1, second.Connections);
     }
 
+    // Someone answers there: a session that ends badly, and a refused greeting, are no reason to hold the domain.
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Relay_DirectMx_AnExchangerThatAnswers_EvenBadly_IsNotHeld()
+    {
+        await using var a = await SmtpTestServer.StartAsync();
+        using var dns = await Dns(a.Port, "--mx-host=c.example.test,mx-c.example.test,10", "--host-record=mx-c.example.test,127.0.0.3");
+        await using var dropping = await SmtpTestServer.StartAsync(new SmtpTestServerOptions { Address = IPAddress.Parse("127.0.0.2"), Port = a.Port });
+        dropping.OnData = _ => SmtpReply.Drop; // the data is sent, and the connection closed without a reply
+        await using var refusing = await SmtpTestServer.StartAsync(new SmtpTestServerOptions
+        {
+            Address = IPAddress.Parse("127.0.0.3"), Port = a.Port, Greeting = () => "554 5.7.1 no mail from you",
+        });
+        await using var relay = Relay(dns, a.Port, new FakeTimeProvider(Start));
+
+        for (int i = 1; i <= 2; i++)
+        {
+            var results = await relay.SendAsync(Mail($"m{i}", "bob@b.example.test", "carol@c.example.test"), CancellationToken.None).WaitAsync(Await.DefaultTimeout);
+            Assert.All(results, r => Assert.Equal(RecipientOutcome.Deferred, r.Outcome));
+            Assert.DoesNotContain(results, r => r.Reply.Contains("not tried", StringComparison.Ordinal));
+        }
+
+        Assert.Equal(0, relay.Unreachable.Count);
+        Assert.Equal(2, dropping.Messages.Count);
+        Assert.Equal(2, refusing.Connections);
+    }
+
+    // A black-holed domain with more addresses than the attempt has time for is held when Relay:AttemptTimeout ends
+    // the attempt at one of them (the first closed the connection, the second says nothing).
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Relay_DirectMx_AnAttemptCutByItsDeadlineAfterAnUnansweredExchanger_HoldsTheDomain()
+    {
+        await using var a = await SmtpTestServer.StartAsync();
+        using var dns = await Dns(a.Port, "--mx-host=b.example.test,mx-b2.example.test,20", "--host-record=mx-b2.example.test,127.0.0.3");
+        using var first = HeldServer.Start(IPAddress.Parse("127.0.0.2"), a.Port);
+        using var second = HeldServer.Start(IPAddress.Parse("127.0.0.3"), a.Port);
+        await using var relay = new DirectMxRelay(new RelayOptions
+        {
+            Mode = "DirectMx", DnsServer = "127.0.0.1:" + dns.Port.ToString(CultureInfo.InvariantCulture), MxPort = a.Port,
+            Timeout = TimeSpan.FromMinutes(1), AttemptTimeout = TimeSpan.FromSeconds(2), Backoff = [TimeSpan.FromMinutes(5)],
+        }, "gw.test", clock: new FakeTimeProvider(Start));
+
+        var attempt = relay.SendAsync(Mail("m1", "bob@b.example.test"), CancellationToken.None);
+        (await first.NextAsync()).Close();
+        var results = await attempt.WaitAsync(Await.DefaultTimeout);
+
+        Assert.StartsWith("451 4.4.2 the delivery attempt did not end within Relay:AttemptTimeout", Assert.Single(results).Reply, StringComparison.Ordinal);
+        Assert.Equal(1, relay.Unreachable.Count);
+        results = await relay.SendAsync(Mail("m2", "bob@b.example.test"), CancellationToken.None).WaitAsync(Await.DefaultTimeout);
+        Assert.StartsWith("451 4.4.1 not tried: the exchangers of b.example.test could not be reached at 2026-12-07T10:00:00Z (exchanger mx-b.example.test: ",
+            Assert.Single(results).Reply, StringComparison.Ordinal);
+        Assert.Equal(1, second.Connections);
+    }
+
+    // A probe that ends without a verdict (the gateway stopping) passes its turn to the next attempt.
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Relay_DirectMx_AProbeCancelled_PassesItsTurnToTheNextAttempt()
+    {
+        await using var a = await SmtpTestServer.StartAsync();
+        using var dns = await Dns(a.Port);
+        var clock = new FakeTimeProvider(Start);
+        await using var relay = Relay(dns, a.Port, clock);
+        using var silent = HeldServer.Start(IPAddress.Parse("127.0.0.2"), a.Port);
+        var first = relay.SendAsync(Mail("m1", "bob@b.example.test"), CancellationToken.None);
+        (await silent.NextAsync()).Close();
+        await first.WaitAsync(Await.DefaultTimeout);
+        clock.Advance(TimeSpan.FromMinutes(5));
+
+        using var stop = new CancellationTokenSource();
+        var probe = relay.SendAsync(Mail("m2", "bob@b.example.test"), stop.Token);
+        var held = await silent.NextAsync();
+        stop.Cancel();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => probe.WaitAsync(Await.DefaultTimeout));
+        held.Close();
+
+        var again = relay.SendAsync(Mail("m3", "bob@b.example.test"), CancellationToken.None);
+        (await silent.NextAsync()).Close();
+        Assert.StartsWith("451 4.4.1 exchanger mx-b.example.test: ", Assert.Single(await again.WaitAsync(Await.DefaultTimeout)).Reply, StringComparison.Ordinal);
+        Assert.Equal(3, silent.Connections);
+    }
+
+    // The gauge counts domains held now; a hold nobody looked at again for as long again as it lasted is forgotten.
+    [Fact]
+    public void AHoldLongOver_IsNeitherCountedNorKept()
+    {
+        var clock = new FakeTimeProvider(Start);
+        var memory = new UnreachableDomains(TimeSpan.FromMinutes(1), clock);
+        memory.Unreachable(memory.Enter("b.example.test"), "exchanger mx.b.example.test: connection refused");
+        Assert.Equal(1, memory.Count);
+        Assert.NotNull(memory.Enter("b.example.test").NotTried);
+
+        clock.Advance(TimeSpan.FromMinutes(1));
+        Assert.Equal(0, memory.Count); // over: the next attempt looks again
+        clock.Advance(TimeSpan.FromDays(30));
+        var pass = memory.Enter("b.example.test");
+        Assert.Null(pass.NotTried);
+        Assert.False(pass.Probe); // forgotten: a burst of attempts all go, as to any domain
+        Assert.False(memory.Enter("b.example.test").Probe);
+    }
+
     // One delivery slot: before, the second alert for the unreachable domain held it (connected, waiting for a greeting
     // that never comes, up to Relay:Timeout), and nothing else went out meanwhile.
     [PeerFact("dnsmasq:dnsmasq-base")]
@@ -145,26 +245,7 @@ public sealed class UnreachableDomainTests
         await using var a = await SmtpTestServer.StartAsync();
         using var dns = await Dns(a.Port);
         using var silent = HeldServer.Start(IPAddress.Parse("127.0.0.2"), a.Port);
-        await using var gw = await TestGateway.StartAsync(c =>
-        {
-            c["Sender"] = new { Address = "edgemail@gw.test", DisplayName = "EdgeMail", Hostname = "gw.test", Operator = "ops@a.example.test" };
-            c["Users"] = new Dictionary<string, object>
-            {
-                ["alice"] = new { Name = "Alice", Email = "alice@a.example.test" },
-                ["bob"] = new { Name = "Bob", Email = "bob@b.example.test" },
-            };
-            c["Groups"] = new Dictionary<string, object>();
-            c["Relay"] = new
-            {
-                Mode = "DirectMx", DnsServer = "127.0.0.1:" + dns.Port.ToString(CultureInfo.InvariantCulture), MxPort = a.Port,
-                Backoff = new[] { "00:10:00" }, Timeout = "00:01:00", Concurrency = 1,
-            };
-            c["Routes"] = new object[]
-            {
-                new { Devices = "dev-1", Codes = "*", MinSeverity = "info", To = new[] { "bob" } },
-                new { Devices = "dev-2", Codes = "*", MinSeverity = "info", To = new[] { "alice" } },
-            };
-        });
+        await using var gw = await StartAsync(dns, a.Port, concurrency: 1);
         using var one = await gw.ConnectAsync("dev-1");
         using var two = await gw.ConnectAsync("dev-2");
 
@@ -183,6 +264,55 @@ public sealed class UnreachableDomainTests
         Assert.Equal("dev-2.a-1.alert@gw.test", (await a.NextAsync()).Message.MessageId);
         Assert.Equal(1, silent.Connections);
     }
+
+    // Two delivery slots and a domain whose exchanger takes connections and says nothing (alive, so not held): its first
+    // mail takes one slot; its second may not take the last one, which the mail to another domain gets. Before, both
+    // of its mails held a slot until Relay:Timeout and the other mail waited for them.
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Gateway_DirectMx_ADomainThatHoldsItsConnectionsNeverGetsTheLastFreeSlot()
+    {
+        await using var a = await SmtpTestServer.StartAsync();
+        using var dns = await Dns(a.Port);
+        using var silent = HeldServer.Start(IPAddress.Parse("127.0.0.2"), a.Port);
+        await using var gw = await StartAsync(dns, a.Port, concurrency: 2);
+        using var one = await gw.ConnectAsync("dev-1");
+        using var two = await gw.ConnectAsync("dev-2");
+
+        await Publish(one, "dev-1", "b-1");
+        var held = await silent.NextAsync();
+        await Publish(one, "dev-1", "b-2");
+        await Publish(two, "dev-2", "a-1");
+        Assert.Equal("dev-2.a-1.alert@gw.test", (await a.NextAsync()).Message.MessageId);
+        Assert.Equal(1, silent.Connections);
+
+        // The held connection ends without a greeting: the domain is held, and its second mail is deferred without one.
+        held.Close();
+        await AttemptedAsync(gw, "dev-1.b-1.alert@gw.test");
+        var second = await AttemptedAsync(gw, "dev-1.b-2.alert@gw.test");
+        Assert.StartsWith("451 4.4.1 not tried: the exchangers of b.example.test could not be reached at ", second.LastReply, StringComparison.Ordinal);
+        Assert.Equal(1, silent.Connections);
+    }
+
+    private static Task<TestGateway> StartAsync(Dnsmasq dns, int port, int concurrency) => TestGateway.StartAsync(c =>
+    {
+        c["Sender"] = new { Address = "edgemail@gw.test", DisplayName = "EdgeMail", Hostname = "gw.test", Operator = "ops@a.example.test" };
+        c["Users"] = new Dictionary<string, object>
+        {
+            ["alice"] = new { Name = "Alice", Email = "alice@a.example.test" },
+            ["bob"] = new { Name = "Bob", Email = "bob@b.example.test" },
+        };
+        c["Groups"] = new Dictionary<string, object>();
+        c["Relay"] = new
+        {
+            Mode = "DirectMx", DnsServer = "127.0.0.1:" + dns.Port.ToString(CultureInfo.InvariantCulture), MxPort = port,
+            Backoff = new[] { "00:10:00" }, Timeout = "00:01:00", Concurrency = concurrency,
+        };
+        c["Routes"] = new object[]
+        {
+            new { Devices = "dev-1", Codes = "*", MinSeverity = "info", To = new[] { "bob" } },
+            new { Devices = "dev-2", Codes = "*", MinSeverity = "info", To = new[] { "alice" } },
+        };
+    });
 
     private static Task Publish(IMqttClient device, string name, string id) =>
         device.PublishAsync(new MqttApplicationMessageBuilder().WithTopic($"edgemail/v1/{name}/alert")
