@@ -1,6 +1,8 @@
+using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
+using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Relay;
 using EdgeMail.Gateway.Spool;
 using EdgeMail.Gateway.Tests.Operations;
@@ -30,7 +32,7 @@ public sealed class HostileReplyTests
     public async Task Postgres_TheSmarthostRefusesARecipientWithNulAndControlsInItsReply_TheFailureIsRecorded_AsOneCleanLine()
     {
         await using var db = await TestPostgres.CreateDatabaseAsync();
-        using var server = ScriptedSmtpServer.Start(to => to == "bad@example.com" ? ControlsReply : null);
+        using var server = ScriptedSmtpServer.Start(to => to == "bad@example.com" ? [ControlsReply] : null);
         var log = new DeliveryContainmentTests.WorkerLog();
         await using var gw = await TestGateway.StartAsync(c =>
         {
@@ -50,13 +52,13 @@ public sealed class HostileReplyTests
         Assert.Contains(ControlsCleaned, await Await.Within(log.ContainingAsync("Failed <nul-1@gw.test>"), "the worker's word on the failure"), StringComparison.Ordinal);
     }
 
-    // A hostile exchanger's thousands of continuation lines: what is kept starts with the reply code, is at most
-    // RemoteReply.MaxLength characters and says that it was cut.
+    // A hostile exchanger's thousand continuation lines (about 50 KB, within what is read: CommandWatch.MaxReplyBytes):
+    // what is kept starts with the reply code, is at most RemoteReply.MaxLength characters and says that it was cut.
     [Fact]
-    public async Task TheSmarthostDefersWithThousandsOfContinuationLines_TheReplyKeptIsBounded_OneLine_CodeFirst_MarkedAsCut()
+    public async Task TheSmarthostDefersWithAThousandContinuationLines_TheReplyKeptIsBounded_OneLine_CodeFirst_MarkedAsCut()
     {
-        string flood = string.Concat(Enumerable.Range(0, 3000).Select(i => $"451-4.7.1 line {i} of a reply that goes on and on\r\n")) + "451 4.7.1 try again later\r\n";
-        using var server = ScriptedSmtpServer.Start(to => to == "bob@example.com" ? flood : null);
+        string flood = string.Concat(Enumerable.Range(0, 1000).Select(i => $"451-4.7.1 line {i} of a reply that goes on and on\r\n")) + "451 4.7.1 try again later\r\n";
+        using var server = ScriptedSmtpServer.Start(to => to == "bob@example.com" ? [flood] : null);
         var log = new DeliveryContainmentTests.WorkerLog();
         await using var gw = await TestGateway.StartAsync(c => Smarthost(c, server.Port), s => s.AddSingleton<ILoggerProvider>(log));
 
@@ -76,21 +78,71 @@ public sealed class HostileReplyTests
         Assert.DoesNotContain('\n', line);
     }
 
+    // MailKit reads a reply whole before it hands it over: an exchanger that sends continuation lines for ever would have
+    // the gateway hold them all in memory until the attempt's deadline. The read stops at CommandWatch.MaxReplyBytes.
+    [Fact]
+    public async Task Relay_Smarthost_TheServersReplyRunsOnForMegabytes_TheConnectionIsClosedAtTheBound_TheRecipientIsDeferred()
+    {
+        using var server = ScriptedSmtpServer.Start(to => to == "bob@example.com" ? Flood() : null);
+        await using var relay = new SmtpRelay(new RelayOptions { Host = "127.0.0.1", Port = server.Port, Security = "None", Timeout = TimeSpan.FromSeconds(10) }, "gw.test");
+
+        var result = Assert.Single(await relay.SendAsync(Mail("flood-2", "bob@example.com"), CancellationToken.None).WaitAsync(Await.DefaultTimeout));
+
+        Assert.Equal(RecipientOutcome.Deferred, result.Outcome);
+        Assert.Equal($"451 4.4.1 connection to 127.0.0.1:{server.Port} failed: the server's reply ran past {CommandWatch.MaxReplyBytes} bytes (RFC 5321 lets a line "
+            + "have 512); the connection is closed", result.Reply);
+        Assert.True(result.RelayDown);
+
+        // About 19 MB, lazily: 300,000 lines of 64 bytes, then the end of the reply.
+        static IEnumerable<string> Flood()
+        {
+            for (int i = 0; i < 300_000; i++)
+            {
+                yield return string.Create(CultureInfo.InvariantCulture, $"452-4.5.3 line {i,9} of a reply that goes on and on and on\r\n");
+            }
+
+            yield return "452 4.5.3 end\r\n";
+        }
+    }
+
+    // Well within the bound: a long EHLO answer and pipelined replies in one read are not a long reply.
+    [Fact]
+    public async Task Relay_Smarthost_AReplyJustUnderTheBound_IsReadWhole_AndKeptCleaned()
+    {
+        string longest = string.Concat(Enumerable.Repeat("550-5.1.1 " + new string('x', 500) + "\r\n", (CommandWatch.MaxReplyBytes / 512) - 1)) + "550 5.1.1 end\r\n";
+        Assert.InRange(Encoding.ASCII.GetByteCount(longest), CommandWatch.MaxReplyBytes - 512, CommandWatch.MaxReplyBytes);
+        using var server = ScriptedSmtpServer.Start(to => to == "bob@example.com" ? [longest] : null);
+        await using var relay = new SmtpRelay(new RelayOptions { Host = "127.0.0.1", Port = server.Port, Security = "None", Timeout = TimeSpan.FromSeconds(10) }, "gw.test");
+
+        var results = await relay.SendAsync(Mail("long-1", "bob@example.com", "alice@example.com"), CancellationToken.None).WaitAsync(Await.DefaultTimeout);
+
+        Assert.Equal(["bob@example.com failed", "alice@example.com sent"], results.Select(r => r.Address + " " + r.Outcome));
+        Assert.StartsWith("550 5.1.1 xxxxxxxx", results[0].Reply, StringComparison.Ordinal);
+        Assert.Equal(RemoteReply.MaxLength, results[0].Reply.Length);
+    }
+
+    private static QueuedMessage Mail(string id, params string[] to)
+    {
+        var now = new DateTimeOffset(2026, 12, 5, 10, 0, 0, TimeSpan.Zero);
+        byte[] wire = Encoding.ASCII.GetBytes($"From: <ups-1@lan.example.com>\r\nTo: <ops@example.com>\r\nSubject: {id}\r\nMessage-ID: <{id}@lan.example.com>\r\n\r\nMains lost.\r\n");
+        return new QueuedMessage(1, "relay", "ups-1", null, id + "@lan.example.com", "alerts@example.com", to, wire, 0, now, now.AddDays(5));
+    }
+
     private static void Smarthost(Dictionary<string, object> c, int port) =>
         c["Relay"] = new { Mode = "Smarthost", Host = "127.0.0.1", Port = port, Security = "None", Timeout = "00:00:05", Backoff = new[] { "01:00:00" } };
 
     /// <summary>
     /// An SMTP server written out by hand, for replies no well-behaved server library sends: the RCPT reply for an address
-    /// is the script's text as it is (CRLFs and all), or <c>250 2.1.5 ok</c>. It takes any number of connections and
-    /// accepts every message's data.
+    /// is the script's pieces of text written one after the other as they are (CRLFs and all), or <c>250 2.1.5 ok</c>. It
+    /// takes any number of connections and accepts every message's data.
     /// </summary>
     internal sealed class ScriptedSmtpServer : IDisposable
     {
         private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
         private readonly CancellationTokenSource _stop = new();
-        private readonly Func<string, string?> _rcpt;
+        private readonly Func<string, IEnumerable<string>?> _rcpt;
 
-        private ScriptedSmtpServer(Func<string, string?> rcpt)
+        private ScriptedSmtpServer(Func<string, IEnumerable<string>?> rcpt)
         {
             _rcpt = rcpt;
             _listener.Start();
@@ -99,7 +151,7 @@ public sealed class HostileReplyTests
 
         public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
 
-        public static ScriptedSmtpServer Start(Func<string, string?> rcpt) => new(rcpt);
+        public static ScriptedSmtpServer Start(Func<string, IEnumerable<string>?> rcpt) => new(rcpt);
 
         public void Dispose()
         {
@@ -143,7 +195,11 @@ public sealed class HostileReplyTests
                                 break;
                             case "RCPT":
                                 string to = line[(line.IndexOf('<', StringComparison.Ordinal) + 1)..line.IndexOf('>', StringComparison.Ordinal)];
-                                await ReplyAsync(_rcpt(to) ?? "250 2.1.5 ok");
+                                foreach (string piece in _rcpt(to) ?? ["250 2.1.5 ok"])
+                                {
+                                    await ReplyAsync(piece);
+                                }
+
                                 break;
                             case "DATA":
                                 await ReplyAsync("354 go ahead");
