@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
 using EdgeMail.Gateway.Composition;
@@ -682,10 +683,24 @@ internal sealed class RecordingSmtpClient : SmtpClient
 /// <param name="Error">The reply, or what broke the handshake.</param>
 internal sealed record TlsFailure(bool Refused, string Error);
 
-/// <summary>The client's side of the wire, watched for the one command the client's exceptions do not name: STARTTLS.</summary>
+/// <summary>
+/// The wire, watched for the one command the client's exceptions do not name (STARTTLS), for whether the server said
+/// anything at all, and for a reply longer than any server has a reason to send.
+/// </summary>
 internal sealed class CommandWatch : IProtocolLogger
 {
+    /// <summary>
+    /// The most bytes one reply may have: 128 lines of RFC 5321's longest (512 octets, §4.5.3.1.5). MailKit reads a reply
+    /// whole into memory before it hands it over, however long it is, so an exchanger that sends continuation lines for
+    /// ever would have the gateway buffer them until the attempt's deadline.
+    /// </summary>
+    internal const int MaxReplyBytes = 128 * 512;
+
     private static readonly byte[] StartTlsCommand = "STARTTLS\r\n"u8.ToArray();
+
+    private int _replyBytes;
+    private int _lineBytes;
+    private byte _afterCode;
 
     /// <summary>Whether the last write was the STARTTLS command (sent alone, and flushed for its reply).</summary>
     public bool StartTls { get; private set; }
@@ -694,16 +709,42 @@ internal sealed class CommandWatch : IProtocolLogger
 
     public IAuthenticationSecretDetector? AuthenticationSecretDetector { get; set; }
 
-    public void LogConnect(Uri uri)
-    {
-        StartTls = false;
-        Greeted = false;
-    }
+    public void LogConnect(Uri uri) => (StartTls, Greeted, _replyBytes, _lineBytes) = (false, false, 0, 0);
 
     public void LogClient(byte[] buffer, int offset, int count) =>
         StartTls = buffer.AsSpan(offset, count).SequenceEqual(StartTlsCommand);
 
-    public void LogServer(byte[] buffer, int offset, int count) => Greeted |= count > 0;
+    // MailKit calls this with each read from the server, before it parses a byte of it; what is thrown here ends the
+    // read, and MailKit marks the connection broken. Replies are counted line by line: a line whose code is followed by
+    // '-' continues the reply, any other ends it (several replies may come in one read, pipelined).
+    public void LogServer(byte[] buffer, int offset, int count)
+    {
+        Greeted |= count > 0;
+        foreach (byte b in buffer.AsSpan(offset, count))
+        {
+            if (_lineBytes == 3)
+            {
+                _afterCode = b;
+            }
+
+            _lineBytes++;
+            if (++_replyBytes > MaxReplyBytes)
+            {
+                throw new SmtpProtocolException(string.Create(CultureInfo.InvariantCulture,
+                    $"the server's reply ran past {MaxReplyBytes} bytes (RFC 5321 lets a line have 512); the connection is closed"));
+            }
+
+            if (b == (byte)'\n')
+            {
+                if (_lineBytes < 4 || _afterCode != (byte)'-')
+                {
+                    _replyBytes = 0;
+                }
+
+                _lineBytes = 0;
+            }
+        }
+    }
 
     public void Dispose()
     {

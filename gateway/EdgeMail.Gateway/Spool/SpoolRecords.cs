@@ -279,9 +279,20 @@ public sealed record QueuedMessage(long RowId, string Kind, string? Device, stri
 /// <summary>Result for one recipient of one attempt.</summary>
 /// <param name="Address">Recipient.</param>
 /// <param name="Outcome"><c>sent</c>, <c>deferred</c> or <c>failed</c>.</param>
-/// <param name="Reply">The remote reply (or local error).</param>
+/// <param name="Reply">The remote reply (or local error), kept as <see cref="Relay.RemoteReply.Clean"/> makes it.</param>
 public sealed record RecipientResult(string Address, string Outcome, string Reply)
 {
+    // Every reply passes here, however it was formed (a transport's, a deferral's, an expiry's `with`): the spool, the
+    // logs, the console, receipts and notices all take it from a result, and need never clean it themselves.
+    private readonly string _reply = Relay.RemoteReply.Clean(Reply);
+
+    /// <summary>The remote reply (or local error): one line, at most <see cref="Relay.RemoteReply.MaxLength"/> characters.</summary>
+    public string Reply
+    {
+        get => _reply;
+        init => _reply = Relay.RemoteReply.Clean(value);
+    }
+
     /// <summary>
     /// The relay did not work for the gateway at all in this attempt — it could not be reached, TLS or the sign-in
     /// failed, it refused the gateway's session or sender, no exchanger of the domain could be reached — rather than
