@@ -39,9 +39,7 @@ public sealed class UnreachableDomainTests
 
         using (var silent = HeldServer.Start(IPAddress.Parse("127.0.0.2"), a.Port))
         {
-            var first = relay.SendAsync(Mail("m1", "alice@a.example.test", "bob@b.example.test"), CancellationToken.None);
-            (await silent.NextAsync()).Close(); // no greeting: the session ends before it began
-            var results = await first.WaitAsync(Await.DefaultTimeout);
+            var results = await UnansweredAsync(relay, silent, Mail("m1", "alice@a.example.test", "bob@b.example.test"));
             Assert.Equal(["alice@a.example.test sent", "bob@b.example.test deferred"], results.Select(r => r.Address + " " + r.Outcome));
             string reason = results[1].Reply["451 4.4.1 ".Length..];
             Assert.StartsWith("exchanger mx-b.example.test: ", reason, StringComparison.Ordinal);
@@ -91,9 +89,7 @@ public sealed class UnreachableDomainTests
         await using var relay = Relay(dns, a.Port, clock);
         using var silent = HeldServer.Start(IPAddress.Parse("127.0.0.2"), a.Port);
 
-        var first = relay.SendAsync(Mail("m1", "bob@b.example.test"), CancellationToken.None);
-        (await silent.NextAsync()).Close();
-        await first.WaitAsync(Await.DefaultTimeout);
+        await UnansweredAsync(relay, silent, Mail("m1", "bob@b.example.test"));
         clock.Advance(TimeSpan.FromMinutes(5));
 
         var probe = relay.SendAsync(Mail("m2", "bob@b.example.test"), CancellationToken.None);
@@ -200,9 +196,7 @@ public sealed class UnreachableDomainTests
         var clock = new FakeTimeProvider(Start);
         await using var relay = Relay(dns, a.Port, clock);
         using var silent = HeldServer.Start(IPAddress.Parse("127.0.0.2"), a.Port);
-        var first = relay.SendAsync(Mail("m1", "bob@b.example.test"), CancellationToken.None);
-        (await silent.NextAsync()).Close();
-        await first.WaitAsync(Await.DefaultTimeout);
+        await UnansweredAsync(relay, silent, Mail("m1", "bob@b.example.test"));
         clock.Advance(TimeSpan.FromMinutes(5));
 
         using var stop = new CancellationTokenSource();
@@ -324,6 +318,14 @@ public sealed class UnreachableDomainTests
         var state = (await gw.Spool.GetMessageAsync(messageId, default))!;
         Assert.Equal("queued", state.Status);
         return state;
+    }
+
+    // An attempt whose connection to the silent exchanger is closed before a word: the domain is found unreachable.
+    private static async Task<IReadOnlyList<RecipientResult>> UnansweredAsync(DirectMxRelay relay, HeldServer silent, QueuedMessage mail)
+    {
+        var attempt = relay.SendAsync(mail, CancellationToken.None);
+        (await silent.NextAsync()).Close();
+        return await attempt.WaitAsync(Await.DefaultTimeout);
     }
 
     private static Task<Dnsmasq> Dns(int port, params string[] more) => Dnsmasq.StartAsync(
