@@ -13,8 +13,7 @@ namespace EdgeMail.Gateway.Relay;
 
 /// <summary>
 /// Delivers queued mail: takes due messages from the spool, hands each to the transport (up to
-/// <c>Relay:Concurrency</c> at once; the last free one is kept for mail to a destination no attempt is talking to already,
-/// when the transport has several), records every recipient's result, retries transient failures on the
+/// <c>Relay:Concurrency</c> at once), records every recipient's result, retries transient failures on the
 /// backoff schedule, and turns permanent failures and expiry into a failure notice to the operator and a
 /// <c>failed</c> receipt. A <c>relayed</c> receipt carries the remote reply. A storm digest's receipts go to each alert
 /// it covers. Every attempt's outcome is observed: a
@@ -43,13 +42,6 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     private readonly Signal _wake = new();
     private readonly ConcurrentDictionary<long, bool> _inFlight = new();
     private readonly ConcurrentDictionary<long, bool> _heldBack = new();
-
-    // Destinations (direct MX: recipient domains) that attempts holding a slot talk to, and how many such attempts.
-    private readonly Dictionary<string, int> _destinations = new(StringComparer.OrdinalIgnoreCase);
-
-    // Due messages passed over because the last free slot is kept for mail to another destination: left out of the
-    // rounds until a slot frees.
-    private readonly ConcurrentDictionary<long, bool> _waitingForSlot = new();
     private readonly ParkingLot _parking;
     private readonly RelayHealth _health;
     private readonly GatewayMetrics _metrics;
@@ -150,7 +142,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
 
                     _pausedForUnrecorded = false;
                     var now = _clock.GetUtcNow();
-                    var busy = _inFlight.Keys.Concat(_heldBack.Keys).Concat(_waitingForSlot.Keys).ToHashSet();
+                    var busy = _inFlight.Keys.Concat(_heldBack.Keys).ToHashSet();
                     // On a shared spool a claim lasts Spool:ClaimLease and is renewed by the attempt that sends it: claim
                     // only what can be sent now, so that no claim runs out while the message waits here for a connection
                     // and another instance sends it too. With every connection busy, wait for one before claiming.
@@ -187,16 +179,8 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                             break;
                         }
 
-                        var destinations = _transport.Destinations(message);
-                        if (!TakeDestinations(destinations))
-                        {
-                            _slots.Release();
-                            _waitingForSlot[message.RowId] = true;
-                            continue;
-                        }
-
                         _inFlight[message.RowId] = true;
-                        running.Add(AttemptAsync(message, destinations, now, stoppingToken, attempts.Token));
+                        running.Add(AttemptAsync(message, now, stoppingToken, attempts.Token));
                     }
 
                     if (heldUntil is { } held)
@@ -246,8 +230,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     // Never throws: every outcome of the attempt is turned into a recorded result or a parked message, written again
     // until the spool takes it; only a stop leaves it unwritten (the mail then goes again after the restart).
     // claimedAt: a time no later than the claim of a shared spool, from which its lease counts.
-    private async Task AttemptAsync(QueuedMessage message, IReadOnlyCollection<string>? destinations, DateTimeOffset claimedAt, CancellationToken stoppingToken,
-        CancellationToken cancellationToken)
+    private async Task AttemptAsync(QueuedMessage message, DateTimeOffset claimedAt, CancellationToken stoppingToken, CancellationToken cancellationToken)
     {
         bool slotHeld = true;
 
@@ -290,7 +273,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
 
             // The connection is free once the remote answered: let the next message use it while this result waits
             // for its group commit (the message stays in flight, so it is not picked up again meanwhile).
-            ReleaseSlot(destinations);
+            _slots.Release();
             slotHeld = false;
             var settled = Settle(message, results);
             DeliveryCommitted? committed;
@@ -341,59 +324,9 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             _inFlight.TryRemove(message.RowId, out _);
             if (slotHeld)
             {
-                ReleaseSlot(destinations);
+                _slots.Release();
             }
 
-            _wake.Set();
-        }
-    }
-
-    // The last free slot is kept for mail to another destination: a message for one that attempts already hold slots for
-    // may not take it (one slow or unreachable domain would otherwise hold every connection for up to
-    // Relay:AttemptTimeout while the mail to all others waits). Called with a slot just taken.
-    private bool TakeDestinations(IReadOnlyCollection<string>? destinations)
-    {
-        if (destinations is null)
-        {
-            return true;
-        }
-
-        lock (_destinations)
-        {
-            if (_slots.CurrentCount == 0 && destinations.Any(_destinations.ContainsKey))
-            {
-                return false;
-            }
-
-            foreach (string destination in destinations)
-            {
-                _destinations[destination] = _destinations.GetValueOrDefault(destination) + 1;
-            }
-        }
-
-        return true;
-    }
-
-    private void ReleaseSlot(IReadOnlyCollection<string>? destinations)
-    {
-        if (destinations is not null)
-        {
-            lock (_destinations)
-            {
-                foreach (string destination in destinations)
-                {
-                    if (--_destinations[destination] == 0)
-                    {
-                        _destinations.Remove(destination);
-                    }
-                }
-            }
-        }
-
-        _slots.Release();
-        if (!_waitingForSlot.IsEmpty)
-        {
-            _waitingForSlot.Clear();
             _wake.Set();
         }
     }

@@ -281,13 +281,6 @@ public sealed partial class DirectMxRelay : IMailTransport
     }
 
     /// <inheritdoc />
-    public IReadOnlyCollection<string>? Destinations(QueuedMessage message)
-    {
-        ArgumentNullException.ThrowIfNull(message);
-        return message.PendingRecipients.Select(Domain).ToHashSet();
-    }
-
-    /// <inheritdoc />
     public Task<IReadOnlyList<RecipientResult>> SendAsync(QueuedMessage message, CancellationToken cancellationToken) =>
         SendAsync(message, null, cancellationToken);
 
@@ -386,6 +379,12 @@ public sealed partial class DirectMxRelay : IMailTransport
                                 }
                                 catch
                                 {
+                                    if (!reached && client.Greeted)
+                                    {
+                                        reached = true; // cut short (the attempt's deadline) after the exchanger answered
+                                        Unreachable.Reached(pass);
+                                    }
+
                                     client.Dispose();
                                     throw;
                                 }

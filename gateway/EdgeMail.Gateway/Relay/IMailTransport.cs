@@ -42,15 +42,6 @@ public interface IMailTransport : IAsyncDisposable
     /// <returns>One result per pending recipient, those handed to <paramref name="partSent"/> included.</returns>
     Task<IReadOnlyList<RecipientResult>> SendAsync(QueuedMessage message, PartSent? partSent, CancellationToken cancellationToken) =>
         SendAsync(message, cancellationToken);
-
-    /// <summary>
-    /// The separate next hops <paramref name="message"/>'s attempt will talk to (direct MX: its recipients' domains), so
-    /// that mail for one slow or unreachable destination cannot take every delivery slot; null when all mail goes to the
-    /// same place (a smarthost, the local mailbox).
-    /// </summary>
-    /// <param name="message">A message about to be attempted.</param>
-    /// <returns>The destinations' names, or null.</returns>
-    IReadOnlyCollection<string>? Destinations(QueuedMessage message) => null;
 }
 
 /// <summary>
