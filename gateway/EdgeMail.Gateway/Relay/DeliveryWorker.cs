@@ -557,13 +557,15 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             _metrics.MailRecipients.Add(1, new KeyValuePair<string, object?>("outcome", r.Outcome));
         }
 
-        if (final.Count > 0)
+        var observed = final.Any(r => r.NotTried) ? final.Where(r => !r.NotTried).ToList() : final;
+        if (observed.Count > 0)
         {
             // A relay that refuses a recipient (550 user unknown, NXDOMAIN) works: only a relay that did not answer at
-            // all marks it down, or /readyz would fail over one mistyped address until the next success.
-            bool sent = final.Any(r => r.Outcome == RecipientOutcome.Sent);
-            bool answered = final.Any(r => !r.RelayDown);
-            _health.Record(now, sent, answered, sent ? null : (answered ? final[^1] : final.First(r => r.RelayDown)).Reply);
+            // all marks it down, or /readyz would fail over one mistyped address until the next success. Recipients
+            // deferred without a word to it (a domain held as unreachable) say nothing either way.
+            bool sent = observed.Any(r => r.Outcome == RecipientOutcome.Sent);
+            bool answered = observed.Any(r => !r.RelayDown);
+            _health.Record(now, sent, answered, sent ? null : (answered ? observed[^1] : observed.First(r => r.RelayDown)).Reply);
         }
 
         string reply = final.Count > 0 ? final[^1].Reply : string.Empty;

@@ -305,7 +305,7 @@ public sealed partial class DirectMxRelay : IMailTransport
                 var pass = Unreachable.Enter(group.Key);
                 if (pass.NotTried is { } notTried)
                 {
-                    results.AddRange(Deferred(group, notTried));
+                    results.AddRange(Deferred(group, notTried, notTried: true));
                     continue;
                 }
 
@@ -446,7 +446,7 @@ public sealed partial class DirectMxRelay : IMailTransport
                         judged = true;
                     }
 
-                    sent ??= refusedForNow ?? Deferred(group, stopped ?? "451 4.4.1 " + last);
+                    sent ??= refusedForNow ?? (stopped is not null ? Deferred(group, stopped, notTried: true) : Deferred(group, "451 4.4.1 " + last));
                     string? ended = await attempt.TakeAsync(sent, g < groups.Count - 1, results, cancellationToken).ConfigureAwait(false);
 
                     // The exchanger that took the domain's mail is left once its follow-ups are done, politely.
@@ -500,8 +500,8 @@ public sealed partial class DirectMxRelay : IMailTransport
 
     private static string Domain(string recipient) => recipient[(recipient.LastIndexOf('@') + 1)..].ToLowerInvariant();
 
-    private static List<RecipientResult> Deferred(IEnumerable<string> recipients, string reply) =>
-        [.. recipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, reply) { RelayDown = true })];
+    private static List<RecipientResult> Deferred(IEnumerable<string> recipients, string reply, bool notTried = false) =>
+        [.. recipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, reply) { RelayDown = !notTried, NotTried = notTried })];
 
     // Postfix's smtp client at smtp_tls_security_level = may (smtp_proto.c): a refused STARTTLS goes on in plain text at
     // once; after a failed handshake only a mail that has waited (PLAINTEXT_FALLBACK_OK_AFTER_STARTTLS_FAILURE:

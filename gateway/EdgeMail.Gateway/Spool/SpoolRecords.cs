@@ -300,6 +300,13 @@ public sealed record RecipientResult(string Address, string Outcome, string Repl
     /// </summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public bool RelayDown { get; init; }
+
+    /// <summary>
+    /// Deferred without a word to the relay (direct MX: a domain held as unreachable): no news of the relay's health,
+    /// which such a result leaves as it was. Not stored.
+    /// </summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public bool NotTried { get; init; }
 }
 
 /// <summary>A queued or finished mail's state, for tests, the CLI and the console.</summary>

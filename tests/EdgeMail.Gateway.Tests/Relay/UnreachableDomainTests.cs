@@ -49,7 +49,8 @@ public sealed class UnreachableDomainTests
             Assert.Equal(["bob@b.example.test deferred", "carol@a.example.test sent"], results.Select(r => r.Address + " " + r.Outcome));
             Assert.Equal($"451 4.4.1 not tried: the exchangers of b.example.test could not be reached at 2026-12-07T10:00:00Z ({reason}); looked at again from 2026-12-07T10:05:00Z",
                 results[0].Reply);
-            Assert.True(results[0].RelayDown);
+            Assert.True(results[0].NotTried); // no news of the relay: its health is left as it was
+            Assert.False(results[0].RelayDown);
             Assert.Equal(1, silent.Connections);
             Assert.Equal(["alice@a.example.test", "carol@a.example.test"], a.Received.SelectMany(m => m.To));
 
