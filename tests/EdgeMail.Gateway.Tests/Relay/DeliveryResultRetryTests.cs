@@ -98,16 +98,11 @@ public sealed class DeliveryResultRetryTests
         await using var sink = await SmtpTestServer.StartAsync();
         var clock = new FakeTimeProvider(Start);
         var log = new DeliveryContainmentTests.WorkerLog();
-        FaultingSpool? faults = null;
-        await using var gw = await TestGateway.StartAsync(c => Smarthost(c, sink.Port, concurrency: 1), s =>
-        {
-            s.AddSingleton<TimeProvider>(clock);
-            s.AddSingleton<ILoggerProvider>(log);
-            FaultingSpool.Add<DeliveryWorker>(s, f => faults = f);
-        });
+        var (started, faults) = await OneSlotAsync(sink.Port, clock, log);
+        await using var gw = started;
         var worker = gw.Host.Services.GetRequiredService<DeliveryWorker>();
         gw.Logs.Expect(e => e.Message.StartsWith("Parked relay mail <bad-", StringComparison.Ordinal));
-        faults!.FailWhen(nameof(ISpool.CommitDeliveryAsync), args => args[0] is DeliveryCommit c && c.Results.Any(r => r.Address == "carol@example.com"));
+        faults.FailWhen(nameof(ISpool.CommitDeliveryAsync), args => args[0] is DeliveryCommit c && c.Results.Any(r => r.Address == "carol@example.com"));
         string[] bad = [.. Enumerable.Range(1, 4).Select(i => $"bad-{i}@gw.test")];
         foreach (string id in bad)
         {
@@ -207,15 +202,10 @@ public sealed class DeliveryResultRetryTests
         await using var sink = await SmtpTestServer.StartAsync();
         var clock = new FakeTimeProvider(Start);
         var log = new DeliveryContainmentTests.WorkerLog();
-        FaultingSpool? faults = null;
-        await using var gw = await TestGateway.StartAsync(c => Smarthost(c, sink.Port, concurrency: 1), s =>
-        {
-            s.AddSingleton<TimeProvider>(clock);
-            s.AddSingleton<ILoggerProvider>(log);
-            FaultingSpool.Add<DeliveryWorker>(s, f => faults = f);
-        });
+        var (started, faults) = await OneSlotAsync(sink.Port, clock, log);
+        await using var gw = started;
         var worker = gw.Host.Services.GetRequiredService<DeliveryWorker>();
-        faults!.Fail(nameof(ISpool.CommitDeliveryAsync), 1_000);
+        faults.Fail(nameof(ISpool.CommitDeliveryAsync), 1_000);
         string[] ids = [.. Enumerable.Range(1, 6).Select(i => $"pause-{i}@gw.test")];
         foreach (string id in ids)
         {
@@ -294,6 +284,19 @@ public sealed class DeliveryResultRetryTests
             clock.Advance(TimeSpan.FromMinutes(1));
         }
     };
+
+    // A gateway with one delivery slot whose worker writes through a faulting spool and logs to the test.
+    private static async Task<(TestGateway Gateway, FaultingSpool Faults)> OneSlotAsync(int port, FakeTimeProvider clock, ILoggerProvider log)
+    {
+        FaultingSpool? faults = null;
+        var gw = await TestGateway.StartAsync(c => Smarthost(c, port, concurrency: 1), s =>
+        {
+            s.AddSingleton<TimeProvider>(clock);
+            s.AddSingleton(log);
+            FaultingSpool.Add<DeliveryWorker>(s, f => faults = f);
+        });
+        return (gw, faults!);
+    }
 
     private static void Smarthost(Dictionary<string, object> c, int port, int concurrency = 4)
     {
