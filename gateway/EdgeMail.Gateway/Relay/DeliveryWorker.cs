@@ -19,8 +19,8 @@ namespace EdgeMail.Gateway.Relay;
 /// it covers. Every attempt's outcome is observed: a
 /// transport that throws is a transient failure on the same backoff schedule; a result the spool fails to commit is kept
 /// in memory and committed again on a back-off, the message held meanwhile (never sent again for it); a message whose
-/// result cannot be recorded otherwise, whose result the spool keeps refusing while it takes other writes, or whose
-/// notice cannot be written is parked with the reason, and the others keep going. On a shared spool
+/// result cannot be recorded otherwise or whose notice cannot be written is parked with the reason, and the others keep
+/// going. On a shared spool
 /// an attempt keeps its claim renewed (<see cref="LeaseKeeper"/>), and a result the spool refuses because another
 /// instance holds the message now is discarded: logged, with no receipt or notice.
 /// </summary>
@@ -30,10 +30,6 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     // this, doubling up to MaxRewriteDelay, while the message stays in flight: left due, it would be sent again.
     private static readonly TimeSpan FirstRewriteDelay = TimeSpan.FromSeconds(1);
     private static readonly TimeSpan MaxRewriteDelay = TimeSpan.FromMinutes(1);
-
-    // Tries of such a write, after the first, that may fail while the spool takes other writes before the write is taken
-    // to fail for a reason of its own (what it writes, not the spool) and given up.
-    private const int RewritesBeforeOwnReason = 2;
 
     private readonly ISpool _spool;
     private readonly IMailTransport _transport;
@@ -54,10 +50,6 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     private readonly PartSent _recordPartSent;
     private readonly int _maxUnrecorded;
     private int _unrecorded;
-
-    // Writes the spool has taken (alerts stored, mail queued, this worker's results and parkings): one that went through
-    // while a result kept failing shows the spool works, and the result fails for a reason of its own.
-    private long _spoolWrites;
     private bool _pausedForUnrecorded;
 
     /// <summary>Creates the worker.</summary>
@@ -95,8 +87,6 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         _maxUnrecorded = _options.Relay.Concurrency * 4;
         _recordPartSent = RecordPartSentAsync;
         _spool.MessagesQueued += _wake.Set;
-        _spool.MessagesQueued += CountSpoolWrite;
-        _spool.AlertsStored += CountSpoolWrite;
         metrics.Meter.CreateObservableGauge("edgemail.delivery.unrecorded", () => Unrecorded, "{message}",
             "Messages attempted whose result (or parking) the spool failed to write: held in memory and written again, not sent again; lost, so sent again, if the gateway stops first");
     }
@@ -290,7 +280,6 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             try
             {
                 committed = await _spool.CommitDeliveryAsync(settled.Commit, cancellationToken).ConfigureAwait(false);
-                CountSpoolWrite();
             }
             catch (SpoolException ex) when (ex is not SpoolConflictException)
             {
@@ -342,8 +331,6 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         }
     }
 
-    private void CountSpoolWrite() => Interlocked.Increment(ref _spoolWrites);
-
     private async Task ParkAsync(QueuedMessage message, string reason, Exception? fault, CancellationToken stoppingToken, CancellationToken cancellationToken)
     {
         try
@@ -352,7 +339,6 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             try
             {
                 await _spool.ParkMessageAsync(message.RowId, reason, cancellationToken).ConfigureAwait(false);
-                CountSpoolWrite();
             }
             catch (SpoolException ex) when (ex is not SpoolConflictException)
             {
@@ -395,10 +381,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     // began (triedAt; a write that took long to fail has waited that long), doubling up to MaxRewriteDelay, until the
     // spool takes it. The message stays in flight meanwhile (its attempt has not ended), so no round sends it again,
     // and the other messages go on. A stop tries once more at once; if that fails too, the write is given up (null)
-    // and the mail goes again after the restart. A conflict or any other failure is thrown, and so is
-    // UnwritableException when the write keeps failing while the spool takes others: it fails for a reason of its own,
-    // would fail for ever, and each such write held would bring delivery nearer its pause (the caller parks the message,
-    // or holds it back until the next start when the parking fails so too).
+    // and the mail goes again after the restart. A conflict or any other failure is thrown.
     private async Task<T?> WriteAgainAsync<T>(string messageId, string what, DateTimeOffset triedAt, SpoolException failure,
         Func<CancellationToken, Task<T>> write, CancellationToken stoppingToken, CancellationToken cancellationToken)
         where T : class
@@ -407,8 +390,6 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         try
         {
             var delay = FirstRewriteDelay;
-            long writes = Interlocked.Read(ref _spoolWrites);
-            int rewrites = 0;
             while (true)
             {
                 if (stoppingToken.IsCancellationRequested)
@@ -435,22 +416,12 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                 try
                 {
                     var written = await write(cancellationToken).ConfigureAwait(false);
-                    CountSpoolWrite();
                     LogWrittenAfterAll(messageId, what);
                     return written;
                 }
                 catch (SpoolException ex) when (ex is not SpoolConflictException)
                 {
                     failure = ex;
-                    long now = Interlocked.Read(ref _spoolWrites);
-                    if (++rewrites >= RewritesBeforeOwnReason && now != writes)
-                    {
-                        throw new UnwritableException(
-                            $"the spool refused {what} <{messageId}> {rewrites + 1} times while it took other writes ({ex.Message}); "
-                            + "the mail may have reached its recipients, and releasing it sends it again", ex);
-                    }
-
-                    writes = now;
                     delay = delay * 2 > MaxRewriteDelay ? MaxRewriteDelay : delay * 2;
                 }
             }
@@ -760,8 +731,3 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     [LoggerMessage(Level = LogLevel.Warning, Message = "The transport threw while delivering <{MessageId}>; deferred as a transient failure")]
     private partial void LogTransportThrew(Exception ex, string messageId);
 }
-
-/// <summary>A write of the delivery worker that the spool keeps refusing while it takes others: it fails for a reason of its own.</summary>
-/// <param name="message">What was refused, and what it means for the mail.</param>
-/// <param name="inner">The spool's last refusal.</param>
-public sealed class UnwritableException(string message, Exception inner) : Exception(message, inner);

@@ -21,7 +21,6 @@ public class FaultingSpool : DispatchProxy
     private readonly ConcurrentDictionary<string, int> _failed = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, int> _unexpected = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, int> _calls = new(StringComparer.Ordinal);
-    private readonly ConcurrentDictionary<string, Func<object?[], bool>> _always = new(StringComparer.Ordinal);
     private ISpool _inner = null!;
 
     /// <summary>Wraps <paramref name="inner"/>.</summary>
@@ -62,15 +61,6 @@ public class FaultingSpool : DispatchProxy
         }
 
         _armed.AddOrUpdate(method, times, (_, n) => n + times);
-    }
-
-    /// <summary>Makes every call of <paramref name="method"/> whose arguments <paramref name="when"/> picks fail, for as long as the test runs.</summary>
-    /// <param name="method">An <see cref="ISpool"/> method's name.</param>
-    /// <param name="when">Picks the calls, by their arguments.</param>
-    public void FailWhen(string method, Func<object?[], bool> when)
-    {
-        Fail(method, 0);
-        _always[method] = when;
     }
 
     /// <summary>Lets every call of <paramref name="method"/> through again, however many were armed to fail.</summary>
@@ -114,7 +104,7 @@ public class FaultingSpool : DispatchProxy
         Called?.Invoke(targetMethod.Name);
         bool task = targetMethod.ReturnType == typeof(Task);
         bool taskOf = targetMethod.ReturnType.IsGenericType && targetMethod.ReturnType.GetGenericTypeDefinition() == typeof(Task<>);
-        if ((task || taskOf) && (TryTake(_armed, targetMethod.Name) || (_always.TryGetValue(targetMethod.Name, out var when) && when(args ?? []))))
+        if ((task || taskOf) && TryTake(_armed, targetMethod.Name))
         {
             Exception fault = TryTake(_unexpected, targetMethod.Name) ? new InvalidOperationException(Message) : new SpoolException(Message);
             _failed.AddOrUpdate(targetMethod.Name, 1, (_, n) => n + 1);
