@@ -446,7 +446,7 @@ public sealed partial class DirectMxRelay : IMailTransport
                         judged = true;
                     }
 
-                    sent ??= refusedForNow ?? (stopped is not null ? Deferred(group, stopped, notTried: true) : Deferred(group, "451 4.4.1 " + last));
+                    sent ??= refusedForNow ?? (stopped is not null ? Deferred(group, stopped, notTried: connections == 0) : Deferred(group, "451 4.4.1 " + last));
                     string? ended = await attempt.TakeAsync(sent, g < groups.Count - 1, results, cancellationToken).ConfigureAwait(false);
 
                     // The exchanger that took the domain's mail is left once its follow-ups are done, politely.

@@ -95,7 +95,7 @@ internal abstract class PartedAttempt(QueuedMessage message, PartSent? partSent)
     /// <param name="reply">The reply that ended it.</param>
     /// <returns>A deferral per recipient.</returns>
     public static IEnumerable<RecipientResult> NotAttempted(IEnumerable<string> recipients, string reply) =>
-        recipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, reply));
+        recipients.Select(r => new RecipientResult(r, RecipientOutcome.Deferred, reply) { NotTried = true });
 
     /// <summary>Whether a reply to RCPT says the transaction has too many recipients: 452 (4.5.3, or those words), or the 552 older servers sent for it.</summary>
     /// <param name="reply">The reply, code first.</param>

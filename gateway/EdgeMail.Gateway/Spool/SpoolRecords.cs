@@ -302,8 +302,8 @@ public sealed record RecipientResult(string Address, string Outcome, string Repl
     public bool RelayDown { get; init; }
 
     /// <summary>
-    /// Deferred without a word to the relay (direct MX: a domain held as unreachable): no news of the relay's health,
-    /// which such a result leaves as it was. Not stored.
+    /// Deferred without a word to the relay (direct MX: a domain held as unreachable; the recipients an attempt that
+    /// stopped early never came to): no news of the relay's health, which such a result leaves as it was. Not stored.
     /// </summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public bool NotTried { get; init; }
