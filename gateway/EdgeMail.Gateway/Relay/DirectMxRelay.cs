@@ -399,7 +399,7 @@ public sealed partial class DirectMxRelay : IMailTransport
 
                                 if (sent is null && security != SecureSocketOptions.None && client.TlsFailure is { } tls && PlainTextAfter(tls, message))
                                 {
-                                    LogPlainText(host, address, tls.Error);
+                                    LogPlainText(host, address, RemoteReply.Clean(tls.Error));
                                     client.Dispose();
                                     security = SecureSocketOptions.None;
                                     continue;

@@ -8,6 +8,7 @@ using EdgeMail.Gateway.Relay;
 using EdgeMail.Gateway.Spool;
 using EdgeMail.Testing;
 using EdgeMail.Testing.Smtp;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Time.Testing;
 using MQTTnet;
 using MQTTnet.Protocol;
@@ -270,7 +271,41 @@ public sealed class UnreachableDomainTests
         Assert.Equal(1, silent.Connections);
     }
 
-    private static Task<TestGateway> StartAsync(Dnsmasq dns, int port, int concurrency) => TestGateway.StartAsync(c =>
+    // The relay's health (/readyz, edgemail_relay_up) goes by the latest attempt that met it: b.example.test unreachable
+    // (down), then a.example.test's exchanger taking a mail (up). A later mail for the held domain, deferred without a
+    // connection, is no news of the relay; before, it marked it down until the next mail to another domain.
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Gateway_DirectMx_MailDeferredForAHeldDomain_LeavesTheRelaysHealthAsItWas()
+    {
+        await using var a = await SmtpTestServer.StartAsync();
+        using var dns = await Dns(a.Port);
+        using var silent = HeldServer.Start(IPAddress.Parse("127.0.0.2"), a.Port);
+        var clock = new FakeTimeProvider(Start);
+        await using var gw = await StartAsync(dns, a.Port, concurrency: 1, clock);
+        var health = gw.Host.Services.GetRequiredService<RelayHealth>();
+        using var one = await gw.ConnectAsync("dev-1");
+        using var two = await gw.ConnectAsync("dev-2");
+
+        await Publish(one, "dev-1", "b-1");
+        (await silent.NextAsync()).Close();
+        await AttemptedAsync(gw, "dev-1.b-1.alert@gw.test");
+
+        clock.Advance(TimeSpan.FromSeconds(1));
+        await Publish(two, "dev-2", "a-1");
+        await a.NextAsync();
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("dev-2.a-1.alert@gw.test", default))?.Status == MessageStatus.Sent, "the mail to a.example.test recorded");
+
+        clock.Advance(TimeSpan.FromSeconds(1));
+        await Publish(one, "dev-1", "b-2");
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("dev-1.b-2.alert@gw.test", default))?.Attempts == 1 && health.LastSuccess is not null,
+            "the held domain's mail deferred");
+
+        Assert.StartsWith("451 4.4.1 not tried: ", (await gw.Spool.GetMessageAsync("dev-1.b-2.alert@gw.test", default))!.LastReply, StringComparison.Ordinal);
+        Assert.True(health.Up);
+        Assert.Equal(1, silent.Connections);
+    }
+
+    private static Task<TestGateway> StartAsync(Dnsmasq dns, int port, int concurrency, TimeProvider? clock = null) => TestGateway.StartAsync(c =>
     {
         c["Sender"] = new { Address = "edgemail@gw.test", DisplayName = "EdgeMail", Hostname = "gw.test", Operator = "ops@a.example.test" };
         c["Users"] = new Dictionary<string, object>
@@ -289,6 +324,12 @@ public sealed class UnreachableDomainTests
             new { Devices = "dev-1", Codes = "*", MinSeverity = "info", To = new[] { "bob" } },
             new { Devices = "dev-2", Codes = "*", MinSeverity = "info", To = new[] { "alice" } },
         };
+    }, s =>
+    {
+        if (clock is not null)
+        {
+            s.AddSingleton(clock);
+        }
     });
 
     private static Task Publish(IMqttClient device, string name, string id) =>
