@@ -512,17 +512,7 @@ public sealed class MailComposer
             sb.Append(c);
         }
 
-        if (sb.Length > max)
-        {
-            int cut = max - 1;
-            if (char.IsHighSurrogate(sb[cut - 1]))
-            {
-                cut--;
-            }
-
-            sb.Length = cut;
-            sb.Append('…');
-        }
+        Ellipsis.Cut(sb, max);
 
         return sb.ToString();
     }

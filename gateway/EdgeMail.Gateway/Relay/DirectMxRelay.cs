@@ -361,6 +361,18 @@ public sealed partial class DirectMxRelay : IMailTransport
                             // (PlainTextAfter); that second connection does not count against the budget, as in Postfix.
                             var security = SecureSocketOptions.StartTlsWhenAvailable;
                             RecordingSmtpClient client;
+
+                            // Someone answers there (a refused greeting, a session that failed later or that the attempt's
+                            // deadline cut, a failed STARTTLS too): whatever the mail's fate, the domain can be reached,
+                            // and a hold on it ends.
+                            void Greeted()
+                            {
+                                if (!reached && client.Greeted)
+                                {
+                                    reached = true;
+                                    Unreachable.Reached(pass);
+                                }
+                            }
                             while (true)
                             {
                                 if (await attempt.MayGoOnAsync(cancellationToken).ConfigureAwait(false) is { } stop)
@@ -379,23 +391,14 @@ public sealed partial class DirectMxRelay : IMailTransport
                                 }
                                 catch
                                 {
-                                    if (!reached && client.Greeted)
-                                    {
-                                        reached = true; // cut short (the attempt's deadline) after the exchanger answered
-                                        Unreachable.Reached(pass);
-                                    }
-
+                                    // Here, not in a finally: the deadline's catch below decides by its filter, which runs
+                                    // before any finally on the way out.
+                                    Greeted();
                                     client.Dispose();
                                     throw;
                                 }
 
-                                if (!reached && client.Greeted)
-                                {
-                                    // Someone answers there (a refused greeting, a session that failed later, a failed
-                                    // STARTTLS too): whatever the mail's fate, the domain can be reached, and a hold on it ends.
-                                    reached = true;
-                                    Unreachable.Reached(pass);
-                                }
+                                Greeted();
 
                                 if (sent is null && security != SecureSocketOptions.None && client.TlsFailure is { } tls && PlainTextAfter(tls, message))
                                 {

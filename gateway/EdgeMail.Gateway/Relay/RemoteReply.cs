@@ -1,5 +1,6 @@
 using System.Diagnostics.CodeAnalysis;
 using System.Text;
+using EdgeMail.Gateway.Composition;
 using EdgeMail.Gateway.Spool;
 
 namespace EdgeMail.Gateway.Relay;
@@ -60,17 +61,7 @@ public static class RemoteReply
             }
         }
 
-        if (sb.Length > MaxLength)
-        {
-            int cut = MaxLength - 1;
-            if (char.IsHighSurrogate(sb[cut - 1]))
-            {
-                cut--;
-            }
-
-            sb.Length = cut;
-            sb.Append('…');
-        }
+        Ellipsis.Cut(sb, MaxLength);
 
         return sb.ToString();
     }
