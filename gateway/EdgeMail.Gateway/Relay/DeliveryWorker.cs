@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Runtime.CompilerServices;
 using EdgeMail.Gateway.Composition;
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Operations;
@@ -294,7 +295,16 @@ public sealed partial class DeliveryWorker : SupervisedLoop
 
             if (committed is not null)
             {
-                await ReportAsync(message, settled, committed, cancellationToken).ConfigureAwait(false);
+                try
+                {
+                    await ReportAsync(message, settled, committed, cancellationToken).ConfigureAwait(false);
+                }
+                catch (Exception ex) when (ex is SpoolException || ParkingLot.Contains(ex, cancellationToken))
+                {
+                    // The result is committed: the mail stands as recorded, and parking it now would tell its device
+                    // that an alert failed that may be with its recipients (or park one that is merely deferred).
+                    LogReportFailed(ex, message.MessageId);
+                }
             }
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
@@ -307,7 +317,6 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         }
         catch (SpoolException ex)
         {
-            // After the result was committed (a receipt): nothing of the attempt is lost.
             LogFailed(ex);
         }
         catch (Exception ex) when (ParkingLot.Contains(ex, cancellationToken))
@@ -336,22 +345,30 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         try
         {
             var triedAt = _clock.GetUtcNow();
+            bool parked;
             try
             {
-                await _spool.ParkMessageAsync(message.RowId, reason, cancellationToken).ConfigureAwait(false);
+                parked = await _spool.ParkMessageAsync(message.RowId, reason, cancellationToken).ConfigureAwait(false);
             }
             catch (SpoolException ex) when (ex is not SpoolConflictException)
             {
                 // As a result that cannot be committed: left due, the mail would be sent again and again.
                 message = message with { Mime = [] };
-                if (await WriteAgainAsync(message.MessageId, "the parking of", triedAt, ex, async ct =>
-                    {
-                        await _spool.ParkMessageAsync(message.RowId, reason, ct).ConfigureAwait(false);
-                        return reason;
-                    }, stoppingToken, cancellationToken).ConfigureAwait(false) is null)
+                var written = await WriteAgainAsync(message.MessageId, "the parking of", triedAt, ex,
+                    async ct => new StrongBox<bool>(await _spool.ParkMessageAsync(message.RowId, reason, ct).ConfigureAwait(false)),
+                    stoppingToken, cancellationToken).ConfigureAwait(false);
+                if (written is null)
                 {
                     return;
                 }
+
+                parked = written.Value;
+            }
+
+            if (!parked)
+            {
+                LogNotParked(message.MessageId, reason);
+                return;
             }
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
@@ -706,6 +723,12 @@ public sealed partial class DeliveryWorker : SupervisedLoop
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Delivery bookkeeping could not use the spool; retrying later")]
     private partial void LogFailed(Exception ex);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "The result of the attempt on <{MessageId}> is recorded; telling of it (log, receipts, relay health) failed part way")]
+    private partial void LogReportFailed(Exception ex, string messageId);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "<{MessageId}> was not parked ({Reason}): it is no longer queued, or another instance holds it, and stands as the spool records it")]
+    private partial void LogNotParked(string messageId, string reason);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "The spool could not write {What} <{MessageId}> ({Error}); kept in memory and tried again within {Seconds} s; the mail is not sent again meanwhile")]
     private partial void LogWriteFailed(string messageId, string what, string error, double seconds);

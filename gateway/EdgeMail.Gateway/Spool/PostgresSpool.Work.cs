@@ -715,12 +715,12 @@ public sealed partial class PostgresSpool
             cancellationToken);
 
     /// <inheritdoc />
-    public Task ParkMessageAsync(long rowId, string reason, CancellationToken cancellationToken)
+    public Task<bool> ParkMessageAsync(long rowId, string reason, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(reason);
-        return WriteAsync((c, tx, ctx) => ExecAsync(c, tx, cancellationToken,
+        return WriteAsync(async (c, tx, ctx) => 1 == await ExecAsync(c, tx, cancellationToken,
             "UPDATE messages SET status='parked', reason=$1, parked_at=$2, claimed_by=NULL, claim_until=NULL WHERE rowid=$3 AND status='queued' AND (claimed_by IS NULL OR claimed_by=$4)",
-            Truncate(Text(reason)!), ctx.NowMs, rowId, _owner), cancellationToken);
+            Truncate(Text(reason)!), ctx.NowMs, rowId, _owner).ConfigureAwait(false), cancellationToken);
     }
 
     /// <inheritdoc />

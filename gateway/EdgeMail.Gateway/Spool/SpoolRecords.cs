@@ -700,8 +700,12 @@ public partial interface ISpool : IAsyncDisposable
     /// <param name="rowId">The message.</param>
     /// <param name="reason">Why.</param>
     /// <param name="cancellationToken">Cancellation.</param>
-    /// <returns>A task completing after commit.</returns>
-    Task ParkMessageAsync(long rowId, string reason, CancellationToken cancellationToken);
+    /// <returns>
+    /// After commit: whether it was parked. Not when it is no longer queued (its result recorded, cancelled, parked
+    /// already) or another instance of a shared spool holds its claim: it stands as that says, and no one is to be told
+    /// it was parked.
+    /// </returns>
+    Task<bool> ParkMessageAsync(long rowId, string reason, CancellationToken cancellationToken);
 
     /// <summary>
     /// The alerts a storm digest covers, the newest <paramref name="max"/> of them, oldest first: the ones a receipt about

@@ -922,10 +922,10 @@ public sealed partial class SqliteSpool : ISpool
         }, cancellationToken);
 
     /// <inheritdoc />
-    public Task ParkMessageAsync(long rowId, string reason, CancellationToken cancellationToken)
+    public Task<bool> ParkMessageAsync(long rowId, string reason, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(reason);
-        return Enqueue((s, ctx) => s.Exec("UPDATE messages SET status='parked', reason=$p0, parked_at=$p1 WHERE rowid=$p2 AND status='queued'",
+        return Enqueue((s, ctx) => 1 == s.Exec("UPDATE messages SET status='parked', reason=$p0, parked_at=$p1 WHERE rowid=$p2 AND status='queued'",
             Truncate(reason), ctx.Now.ToUnixTimeMilliseconds(), rowId), cancellationToken);
     }
 

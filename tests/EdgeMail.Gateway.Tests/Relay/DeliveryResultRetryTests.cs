@@ -1,4 +1,5 @@
 using System.Text;
+using EdgeMail.Gateway.Receipts;
 using EdgeMail.Gateway.Relay;
 using EdgeMail.Gateway.Spool;
 using EdgeMail.Gateway.Tests.Operations;
@@ -228,6 +229,117 @@ public sealed class DeliveryResultRetryTests
             FaultingSpool.Add<DeliveryWorker>(s, f => faults = f);
         });
         return (gw, faults!);
+    }
+
+    // The result is committed, and telling of it then fails (here a log sink that throws on the line saying the mail was
+    // delivered). Before, that failure parked the mail: the park found it sent and changed nothing, yet the device was kept
+    // a failed receipt and the operator told the mail was parked, of an alert that was with its recipients.
+    [Fact]
+    public async Task ReportingADeliveredResultFails_TheMailStaysSent_AndNoOneIsToldItFailed()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        var log = new DeliveryContainmentTests.WorkerLog();
+        await using var gw = await TestGateway.StartAsync(c =>
+        {
+            Smarthost(c, sink.Port);
+            c["Logging"] = new { LogLevel = new Dictionary<string, string> { ["Default"] = "Warning", [typeof(DeliveryWorker).FullName!] = "Information" } };
+        }, s =>
+        {
+            s.AddSingleton<ILoggerProvider>(new ThrowingLog("Delivered <"));
+            s.AddSingleton<ILoggerProvider>(log);
+        });
+        gw.Logs.Expect(e => e.Message.StartsWith("The result of the attempt on <", StringComparison.Ordinal));
+
+        await PublishAsync(gw, "dev-1", "told-1");
+        string id = (await sink.NextAsync()).Message.MessageId!;
+        Assert.Contains($"<{id}> is recorded; telling of it", await Await.Within(log.ContainingAsync("is recorded; telling of it"), "the failed report logged"), StringComparison.Ordinal);
+
+        Assert.Equal(MessageStatus.Sent, (await gw.Spool.GetMessageAsync(id, default))!.Status);
+        var kept = await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default);
+        Assert.Equal([ReceiptState.Relayed], kept.Select(r => r.Receipt.State));
+        Assert.Single(sink.Received);
+    }
+
+    // The same for a deferral: before, the mail was parked, and waited for an operator instead of its next attempt.
+    [Fact]
+    public async Task ReportingADeferredResultFails_TheMailStaysQueuedForItsNextAttempt()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        sink.OnData = _ => new SmtpReply(451, "4.3.0 try again later");
+        var log = new DeliveryContainmentTests.WorkerLog();
+        await using var gw = await TestGateway.StartAsync(c => Smarthost(c, sink.Port), s =>
+        {
+            s.AddSingleton<ILoggerProvider>(new ThrowingLog("Deferred <"));
+            s.AddSingleton<ILoggerProvider>(log);
+        });
+        gw.Logs.Expect(e => e.Message.StartsWith("The result of the attempt on <", StringComparison.Ordinal));
+
+        await PublishAsync(gw, "dev-1", "later-1");
+        string line = await Await.Within(log.ContainingAsync("is recorded; telling of it"), "the failed report logged");
+        string id = line[(line.IndexOf('<', StringComparison.Ordinal) + 1)..line.IndexOf('>', StringComparison.Ordinal)];
+
+        var state = (await gw.Spool.GetMessageAsync(id, default))!;
+        Assert.Equal((MessageStatus.Queued, 1), (state.Status, state.Attempts));
+        Assert.StartsWith("451 4.3.0 try again later", state.LastReply, StringComparison.Ordinal);
+        Assert.Empty(await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default));
+    }
+
+    // The operator cancels a mail while an attempt is under way, and the attempt's result then cannot be recorded for a
+    // reason of its own: the park finds the mail no longer queued and leaves it cancelled. Before, the device's failed
+    // receipt said "parked" in place of the cancel's, and the operator was told the cancelled mail was parked.
+    [Fact]
+    public async Task MailCancelledDuringAnAttemptWhoseResultCannotBeRecorded_StaysCancelled_WithTheCancelsReceipt()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        var log = new DeliveryContainmentTests.WorkerLog();
+        FaultingSpool? faults = null;
+        await using var gw = await TestGateway.StartAsync(c => Smarthost(c, sink.Port), s =>
+        {
+            s.AddSingleton<ILoggerProvider>(log);
+            FaultingSpool.Add<DeliveryWorker>(s, f => faults = f);
+        });
+        faults!.FailUnexpectedly(nameof(ISpool.CommitDeliveryAsync));
+        sink.OnData = mail =>
+        {
+            var queued = gw.Spool.GetMessageAsync(mail.Message.MessageId!, default).GetAwaiter().GetResult()!;
+            Assert.True(gw.Spool.CancelAsync(ParkedKinds.Message, queued.RowId, "withdrawn", 10, default).GetAwaiter().GetResult().Cancelled);
+            return new SmtpReply(451, "4.3.0 try again later");
+        };
+
+        await PublishAsync(gw, "dev-1", "gone-1");
+        string line = await Await.Within(log.ContainingAsync("was not parked"), "the park that found the mail cancelled");
+        string id = line[(line.IndexOf('<', StringComparison.Ordinal) + 1)..line.IndexOf('>', StringComparison.Ordinal)];
+
+        Assert.Equal(1, faults.Failed(nameof(ISpool.CommitDeliveryAsync)));
+        Assert.Equal(MessageStatus.Cancelled, (await gw.Spool.GetMessageAsync(id, default))!.Status);
+        var kept = Assert.Single(await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default));
+        Assert.Equal((ReceiptState.Failed, "cancelled by the operator: withdrawn"), (kept.Receipt.State, kept.Receipt.Detail));
+    }
+
+    /// <summary>A log sink that fails on the lines that start with <paramref name="prefix"/>, as a broken one does.</summary>
+    private sealed class ThrowingLog(string prefix) : ILoggerProvider
+    {
+        public ILogger CreateLogger(string categoryName) => new Throwing(prefix);
+
+        public void Dispose()
+        {
+        }
+
+        private sealed class Throwing(string prefix) : ILogger
+        {
+            public IDisposable? BeginScope<TState>(TState state)
+                where TState : notnull => null;
+
+            public bool IsEnabled(LogLevel logLevel) => true;
+
+            public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+            {
+                if (formatter(state, exception).StartsWith(prefix, StringComparison.Ordinal))
+                {
+                    throw new IOException("the log sink's disk is gone (test fault)");
+                }
+            }
+        }
     }
 
     private static void Smarthost(Dictionary<string, object> c, int port, int concurrency = 4)
