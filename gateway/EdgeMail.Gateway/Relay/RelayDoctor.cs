@@ -225,13 +225,17 @@ public static class RelayDoctor
             string reply = await client.SendAsync(message, cancellationToken).ConfigureAwait(false);
             if (client.Refused.Count > 0)
             {
-                var (code, text) = client.Refused.Values.First();
-                await steps.FailAsync("test mail", $"{recipient} refused: {text}", code >= 500 ? "check the address" : "try again later").ConfigureAwait(false);
-                return false;
+                return await RecipientRefusedAsync().ConfigureAwait(false);
             }
 
             await steps.OkAsync("test mail", $"accepted for {recipient}: {reply}").ConfigureAwait(false);
             return true;
+        }
+        catch (SmtpCommandException) when (client.Refused.Count > 0)
+        {
+            // The one recipient refused, the server is not asked for the data: MailKit's "no recipients were accepted"
+            // says less than the refusal.
+            return await RecipientRefusedAsync().ConfigureAwait(false);
         }
         catch (SmtpCommandException ex)
         {
@@ -245,15 +249,24 @@ public static class RelayDoctor
             await steps.FailAsync("test mail", ex.Message, "the connection broke; run the doctor again").ConfigureAwait(false);
             return false;
         }
+
+        async Task<bool> RecipientRefusedAsync()
+        {
+            var (code, text) = client.Refused.Values.First();
+            await steps.FailAsync("test mail", $"{recipient} refused: {text}", code >= 500 ? "check the address" : "try again later").ConfigureAwait(false);
+            return false;
+        }
     }
 
     private sealed class Steps(TextWriter output)
     {
-        public async Task OkAsync(string step, string detail) => await output.WriteLineAsync($"  ok    {step,-13} {detail}").ConfigureAwait(false);
+        // A detail may quote the server (its greeting, its replies): one clean line, as a delivery result keeps it, so
+        // that its escape sequences do not reach the operator's terminal.
+        public async Task OkAsync(string step, string detail) => await output.WriteLineAsync($"  ok    {step,-13} {RemoteReply.Clean(detail)}").ConfigureAwait(false);
 
         public async Task FailAsync(string step, string detail, string? fix)
         {
-            await output.WriteLineAsync($"  FAIL  {step,-13} {detail}").ConfigureAwait(false);
+            await output.WriteLineAsync($"  FAIL  {step,-13} {RemoteReply.Clean(detail)}").ConfigureAwait(false);
             if (fix is not null)
             {
                 await output.WriteLineAsync($"        {"fix:",-13} {fix}").ConfigureAwait(false);

@@ -47,6 +47,29 @@ public sealed class RelayDoctorTests
         Assert.DoesNotContain(OAuth2Kit.AppSecret, text);
     }
 
+    // The doctor prints what the server said to the operator's terminal: a reply with an escape sequence (here one that
+    // would clear the screen) and continuation lines is printed as one clean line, as a delivery result keeps it.
+    [Fact]
+    public async Task TheServerRefusesTheTestMailWithControlsInItsReply_TheDoctorPrintsOneCleanLine()
+    {
+        using var server = HostileReplyTests.ScriptedSmtpServer.Start(to => to == "ops@example.com" ? ["550-5.1.1 no such user\r\n550 5.1.1 \u001b[2Jgone\r\n"] : null);
+        var options = new GatewayOptions { DataDirectory = Path.GetTempPath() };
+        options.Sender.Address = "alerts@contoso.test";
+        options.Relay.Mode = "Smarthost";
+        options.Relay.Host = "127.0.0.1";
+        options.Relay.Port = server.Port;
+        options.Relay.Security = "None";
+        options.Relay.Timeout = TimeSpan.FromSeconds(5);
+        using var output = new StringWriter();
+
+        int exit = await RelayDoctor.RunAsync(options, output, sendTest: true, to: "ops@example.com", default);
+
+        string text = output.ToString();
+        Assert.Equal(1, exit);
+        Assert.True(text.Contains("FAIL  test mail     ops@example.com refused: 550 5.1.1 no such user / 5.1.1 \uFFFD[2Jgone", StringComparison.Ordinal), text);
+        Assert.DoesNotContain('\u001b', text);
+    }
+
     [Fact]
     public async Task WrongSecret_StopsAtTheTokenWithTheFix()
     {

@@ -95,6 +95,21 @@ public sealed class RelayTokensTests
         Assert.DoesNotContain(OAuth2Kit.AppSecret, notice);
     }
 
+    // A server that refuses a fresh token explains in its own words: the log line and the operator's notice carry them
+    // as one clean line (continuation lines joined, an escape sequence defused), as a delivery result keeps a reply.
+    [Fact]
+    public async Task RefusedByTheServer_TheOperatorIsToldItsReplyAsOneCleanLine()
+    {
+        await using var server = await TokenServer.StartAsync();
+        var notices = new List<string>();
+        using var tokens = RelayTokens.Create(Options(server, Path.GetTempPath()), TimeProvider.System, NullLogger.Instance, (topic, detail) => notices.Add(detail))!;
+
+        tokens.Refused("535-5.7.3 Authentication unsuccessful\n535 5.7.3 \u001b[2J\u202Eylno. Fix: give the app the mailbox's SMTP.Send right");
+
+        string notice = Assert.Single(notices);
+        Assert.EndsWith("535-5.7.3 Authentication unsuccessful / 535 5.7.3 \uFFFD[2J\uFFFDylno. Fix: give the app the mailbox's SMTP.Send right", notice, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void TokenStore_IsEncryptedWithAPrivateKeyFile_AndAnotherKeyIsAClearError()
     {

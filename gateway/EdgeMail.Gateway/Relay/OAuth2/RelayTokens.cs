@@ -144,6 +144,7 @@ public sealed partial class RelayTokens : IDisposable
     /// <param name="explanation">The reply and what to fix.</param>
     public void Refused(string explanation)
     {
+        explanation = RemoteReply.Clean(explanation); // the server's own words: one line for the log and the notice
         _metrics?.RelayTokens.Add(1, new KeyValuePair<string, object?>("outcome", "refused_by_server"));
         lock (_state)
         {
