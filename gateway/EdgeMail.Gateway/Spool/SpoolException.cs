@@ -52,6 +52,34 @@ public sealed class SpoolConflictException : SpoolException
 }
 
 /// <summary>
+/// The database refused what one item writes, for its data (a constraint, a value too big or of the wrong type): the same
+/// write fails the same way however often it is tried, while everything else is stored. A caller that would otherwise
+/// write it again until the spool takes it parks the item instead.
+/// </summary>
+public sealed class SpoolDataException : SpoolException
+{
+    /// <summary>Creates the exception.</summary>
+    public SpoolDataException()
+    {
+    }
+
+    /// <summary>Creates the exception.</summary>
+    /// <param name="message">What the database refused.</param>
+    public SpoolDataException(string message)
+        : base(message)
+    {
+    }
+
+    /// <summary>Creates the exception.</summary>
+    /// <param name="message">What the database refused.</param>
+    /// <param name="inner">The cause.</param>
+    public SpoolDataException(string message, Exception inner)
+        : base(message, inner)
+    {
+    }
+}
+
+/// <summary>
 /// Free disk space is below the configured floor (<c>Spool:MinFreeMegabytes</c>): new work is refused with
 /// back-pressure (no PUBACK, SMTP <c>452 4.3.1</c>) until space is freed; nothing already accepted is touched.
 /// </summary>

@@ -71,6 +71,9 @@ public sealed partial class SqliteSpool : ISpool
     private const int SqliteCorrupt = 11;
     private const int SqliteFull = 13;
     private const int SqliteNotADatabase = 26;
+    private const int SqliteTooBig = 18;
+    private const int SqliteConstraint = 19;
+    private const int SqliteMismatch = 20;
     private const int SqliteConstraintUnique = 2067;
     private const int FlockWouldBlock = 11; // EWOULDBLOCK on Linux: .NET's IOException carries flock's errno as its HResult
 
@@ -1631,7 +1634,13 @@ public sealed partial class SqliteSpool : ISpool
                     Exec("BEGIN IMMEDIATE");
                 }
 
-                item.Failed = ex as SpoolException ?? new SpoolException($"Spool operation failed: {ex.Message}", ex);
+                item.Failed = ex switch
+                {
+                    SpoolException spool => spool,
+                    SqliteException { SqliteErrorCode: SqliteConstraint or SqliteTooBig or SqliteMismatch } refused =>
+                        new SpoolDataException($"The spool refused the item's data: {refused.Message}", refused),
+                    _ => new SpoolException($"Spool operation failed: {ex.Message}", ex),
+                };
             }
         }
 

@@ -316,6 +316,66 @@ public sealed class DeliveryResultRetryTests
         Assert.Equal((ReceiptState.Failed, "cancelled by the operator: withdrawn"), (kept.Receipt.State, kept.Receipt.Detail));
     }
 
+    // The database refuses one mail's result for its data (here a trigger, as a constraint would): written again it
+    // would fail again. Before, it was written again for good, once a minute, the mail in flight and counted among the
+    // results waiting (enough such mail paused delivery for everyone); now it is parked at once, and other mail goes on.
+    [Fact]
+    public async Task ResultTheSpoolRefusesForItsData_IsParkedAtOnce_AndOtherMailIsDelivered()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        await using var gw = await TestGateway.StartAsync(c => Smarthost(c, sink.Port));
+        gw.Logs.Expect(e => e.Message.StartsWith("Parked relay mail <poison-1@gw.test>", StringComparison.Ordinal));
+        using (var db = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={Path.Combine(gw.DataDir, "spool.db")};Pooling=False"))
+        {
+            db.Open();
+            using var trigger = db.CreateCommand();
+            trigger.CommandText = RefuseTheResultOf("poison@example.com", postgres: false);
+            trigger.ExecuteNonQuery();
+        }
+
+        await RefusedResultIsParkedAsync(gw, sink, "The spool refused the item's data: SQLite Error 19");
+    }
+
+    [PostgresFact]
+    public async Task Postgres_ResultTheSpoolRefusesForItsData_IsParkedAtOnce_AndOtherMailIsDelivered()
+    {
+        await using var db = await TestPostgres.CreateDatabaseAsync();
+        await using var sink = await SmtpTestServer.StartAsync();
+        await using var gw = await TestGateway.StartAsync(c =>
+        {
+            Smarthost(c, sink.Port);
+            c["Spool"] = new { Provider = "Postgres", db.ConnectionString };
+        });
+        gw.Logs.Expect(e => e.Message.StartsWith("Parked relay mail <poison-1@gw.test>", StringComparison.Ordinal));
+        await db.ScalarAsync(RefuseTheResultOf("poison@example.com", postgres: true));
+
+        await RefusedResultIsParkedAsync(gw, sink, "The PostgreSQL spool refused the item's data: 23514");
+    }
+
+    private static string RefuseTheResultOf(string address, bool postgres) => postgres
+        ? $"""
+          CREATE FUNCTION refuse_result() RETURNS trigger LANGUAGE plpgsql AS $$
+          BEGIN
+            IF NEW.results::text LIKE '%{address}%' THEN RAISE EXCEPTION 'the test refuses this result' USING ERRCODE = 'check_violation'; END IF;
+            RETURN NEW;
+          END $$;
+          CREATE TRIGGER refuse_result BEFORE INSERT OR UPDATE ON attempts FOR EACH ROW EXECUTE FUNCTION refuse_result();
+          """
+        : $"CREATE TRIGGER refuse_result BEFORE INSERT ON attempts WHEN NEW.results LIKE '%{address}%' BEGIN SELECT RAISE(ABORT, 'the test refuses this result'); END";
+
+    private static async Task RefusedResultIsParkedAsync(TestGateway gw, SmtpTestServer sink, string reason)
+    {
+        await gw.Spool.QueueMailAsync(Relay("poison-1@gw.test") with { Recipients = ["poison@example.com"] }, default);
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("poison-1@gw.test", default))?.Status == MessageStatus.Parked, "the mail parked");
+        await gw.Spool.QueueMailAsync(Relay("fine-1@gw.test"), default);
+        await gw.UntilAsync(async () => (await gw.Spool.GetMessageAsync("fine-1@gw.test", default))?.Status == MessageStatus.Sent, "the other mail sent");
+
+        var parked = (await gw.Spool.GetMessageAsync("poison-1@gw.test", default))!;
+        Assert.StartsWith(reason, parked.Reason, StringComparison.Ordinal);
+        Assert.Contains("the test refuses this result", parked.Reason, StringComparison.Ordinal);
+        Assert.Equal(["poison-1@gw.test", "fine-1@gw.test"], sink.Received.Select(m => m.Message.MessageId).Where(id => !id!.StartsWith("edgemail.notice.", StringComparison.Ordinal)));
+    }
+
     /// <summary>A log sink that fails on the lines that start with <paramref name="prefix"/>, as a broken one does.</summary>
     private sealed class ThrowingLog(string prefix) : ILoggerProvider
     {
