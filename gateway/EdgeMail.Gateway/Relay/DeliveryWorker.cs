@@ -303,7 +303,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                 {
                     // The result is committed: the mail stands as recorded, and parking it now would tell its device
                     // that an alert failed that may be with its recipients (or park one that is merely deferred).
-                    LogReportFailed(ex, message.MessageId);
+                    ReportFailed(ex, message.MessageId);
                 }
             }
         }
@@ -614,11 +614,24 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             return;
         }
 
+        // The device's receipts go before the log lines: a log sink that fails must not keep them from it.
         if (recorded == DeliveryRecorded.CancelTooLate)
         {
-            LogCancelTooLate(message.MessageId, reply);
             await PublishReceiptsAsync(kept, committed.DigestReceipts, cancellationToken).ConfigureAwait(false);
+            LogCancelTooLate(message.MessageId, reply);
             return;
+        }
+
+        // A recipient refused by an earlier attempt made the alert failed (RecordedAlreadyFailed), and its device has that
+        // receipt: the rest waiting or delivered now make it neither deferred nor relayed.
+        if (recorded != DeliveryRecorded.RecordedAlreadyFailed)
+        {
+            if (state == ReceiptState.Deferred && message is { Kind: "alert", Device: { } device, AlertId: { } alertId })
+            {
+                await _receipts.PublishAsync(device, alertId, ReceiptState.Deferred, detail, cancellationToken).ConfigureAwait(false);
+            }
+
+            await PublishReceiptsAsync(kept, committed.DigestReceipts, cancellationToken).ConfigureAwait(false);
         }
 
         if (failed.Count > 0)
@@ -633,20 +646,6 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         {
             LogDelivered(message.MessageId, reply);
         }
-
-        if (recorded == DeliveryRecorded.RecordedAlreadyFailed)
-        {
-            // A recipient refused by an earlier attempt made the alert failed, and its device has that receipt: the rest
-            // waiting or delivered now make it neither deferred nor relayed.
-            return;
-        }
-
-        if (state == ReceiptState.Deferred && message is { Kind: "alert", Device: { } device, AlertId: { } alertId })
-        {
-            await _receipts.PublishAsync(device, alertId, ReceiptState.Deferred, detail, cancellationToken).ConfigureAwait(false);
-        }
-
-        await PublishReceiptsAsync(kept, committed.DigestReceipts, cancellationToken).ConfigureAwait(false);
     }
 
     // The final ones are kept already (committed with the result); a digest's deferred ones are courtesies.
@@ -729,6 +728,20 @@ public sealed partial class DeliveryWorker : SupervisedLoop
 
     [LoggerMessage(Level = LogLevel.Error, Message = "The result of the attempt on <{MessageId}> is recorded; telling of it (log, receipts, relay health) failed part way")]
     private partial void LogReportFailed(Exception ex, string messageId);
+
+    // The failure may be the log's own (a sink that throws on every line): this line would throw too, and nothing is
+    // left to tell it with.
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1031:Do not catch general exception types", Justification = "the log itself failing")]
+    private void ReportFailed(Exception ex, string messageId)
+    {
+        try
+        {
+            LogReportFailed(ex, messageId);
+        }
+        catch (Exception)
+        {
+        }
+    }
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "<{MessageId}> was not parked ({Reason}): it is no longer queued, or another instance holds it, and stands as the spool records it")]
     private partial void LogNotParked(string messageId, string reason);

@@ -35,7 +35,7 @@ public static class RelayDoctor
         var problems = GatewayOptionsValidator.Check(options).Where(p => p.StartsWith("Relay:", StringComparison.Ordinal) || p.StartsWith("Sender:", StringComparison.Ordinal)).ToList();
         if (problems.Count > 0)
         {
-            await steps.FailAsync("configuration", string.Join(Environment.NewLine + "         ", problems), "correct the keys above").ConfigureAwait(false);
+            await steps.FailAsync("configuration", problems, "correct the keys above").ConfigureAwait(false);
             return 2;
         }
 
@@ -231,10 +231,11 @@ public static class RelayDoctor
             await steps.OkAsync("test mail", $"accepted for {recipient}: {reply}").ConfigureAwait(false);
             return true;
         }
-        catch (SmtpCommandException) when (client.Refused.Count > 0)
+        catch (SmtpCommandException ex) when (client.Refused.Count > 0 && ex.ErrorCode != SmtpErrorCode.SenderNotAccepted)
         {
             // The one recipient refused, the server is not asked for the data: MailKit's "no recipients were accepted"
-            // says less than the refusal.
+            // says less than the refusal. (A sender refused under PIPELINING has its RCPT answered "bad sequence" too:
+            // the sender's refusal is the one that says why.)
             return await RecipientRefusedAsync().ConfigureAwait(false);
         }
         catch (SmtpCommandException ex)
@@ -264,9 +265,12 @@ public static class RelayDoctor
         // that its escape sequences do not reach the operator's terminal.
         public async Task OkAsync(string step, string detail) => await output.WriteLineAsync($"  ok    {step,-13} {RemoteReply.Clean(detail)}").ConfigureAwait(false);
 
-        public async Task FailAsync(string step, string detail, string? fix)
+        public Task FailAsync(string step, string detail, string? fix) => FailAsync(step, [detail], fix);
+
+        // Each line of a list on a line of its own, under the first.
+        public async Task FailAsync(string step, IReadOnlyList<string> lines, string? fix)
         {
-            await output.WriteLineAsync($"  FAIL  {step,-13} {RemoteReply.Clean(detail)}").ConfigureAwait(false);
+            await output.WriteLineAsync($"  FAIL  {step,-13} {string.Join(Environment.NewLine + "         ", lines.Select(RemoteReply.Clean))}").ConfigureAwait(false);
             if (fix is not null)
             {
                 await output.WriteLineAsync($"        {"fix:",-13} {fix}").ConfigureAwait(false);

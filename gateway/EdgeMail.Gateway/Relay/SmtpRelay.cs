@@ -374,7 +374,7 @@ public sealed class SmtpRelay : IMailTransport
                 string explained = fix is null ? text : $"{text}. Fix: {fix}";
                 if (fix is not null)
                 {
-                    _tokens?.Refused(explained);
+                    _tokens?.Refused(text, fix);
                 }
 
                 await SafeDisconnectAsync(client).ConfigureAwait(false);
@@ -498,9 +498,9 @@ public sealed class SmtpRelay : IMailTransport
                 return temporaryAgain;
             }
 
-            string explained = $"{again}. Fix: {AuthErrors.SmtpFix(again, _google, IsAppOnly, oauth2: true) ?? "check Relay:User and the grant (docs/relay-oauth2.md)"}";
-            _tokens.Refused(explained);
-            return "relay sign-in refused: " + explained;
+            string fix = AuthErrors.SmtpFix(again, _google, IsAppOnly, oauth2: true) ?? "check Relay:User and the grant (docs/relay-oauth2.md)";
+            _tokens.Refused(again, fix);
+            return $"relay sign-in refused: {again}. Fix: {fix}";
         }
         catch (TokenException ex)
         {

@@ -701,8 +701,9 @@ public partial interface ISpool : IAsyncDisposable
     /// <param name="reason">Why.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>
-    /// After commit: whether it was parked. Not when it is no longer queued (its result recorded, cancelled, parked
-    /// already) or another instance of a shared spool holds its claim: it stands as that says, and no one is to be told
+    /// After commit: whether it is parked with this reason (also when it was already: the same park written again, its
+    /// first commit's answer lost). Not when it is no longer queued (its result recorded, cancelled, parked for another
+    /// reason) or another instance of a shared spool holds its claim: it stands as that says, and no one is to be told
     /// it was parked.
     /// </returns>
     Task<bool> ParkMessageAsync(long rowId, string reason, CancellationToken cancellationToken);

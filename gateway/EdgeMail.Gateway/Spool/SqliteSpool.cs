@@ -928,7 +928,8 @@ public sealed partial class SqliteSpool : ISpool
     public Task<bool> ParkMessageAsync(long rowId, string reason, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(reason);
-        return Enqueue((s, ctx) => 1 == s.Exec("UPDATE messages SET status='parked', reason=$p0, parked_at=$p1 WHERE rowid=$p2 AND status='queued'",
+        // Parked already with this reason: the same park written again (its commit's answer was lost), which still counts.
+        return Enqueue((s, ctx) => 1 == s.Exec("UPDATE messages SET status='parked', reason=$p0, parked_at=$p1 WHERE rowid=$p2 AND (status='queued' OR (status='parked' AND reason=$p0))",
             Truncate(reason), ctx.Now.ToUnixTimeMilliseconds(), rowId), cancellationToken);
     }
 

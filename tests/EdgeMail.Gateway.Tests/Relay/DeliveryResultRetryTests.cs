@@ -232,10 +232,13 @@ public sealed class DeliveryResultRetryTests
     }
 
     // The result is committed, and telling of it then fails (here a log sink that throws on the line saying the mail was
-    // delivered). Before, that failure parked the mail: the park found it sent and changed nothing, yet the device was kept
-    // a failed receipt and the operator told the mail was parked, of an alert that was with its recipients.
-    [Fact]
-    public async Task ReportingADeliveredResultFails_TheMailStaysSent_AndNoOneIsToldItFailed()
+    // delivered, or on every line of the report). Before, that failure parked the mail: the park found it sent and
+    // changed nothing, yet the device was kept a failed receipt and the operator told the mail was parked, of an alert
+    // that was with its recipients. The device still has its relayed receipt: the receipts go before the log lines.
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task ReportingADeliveredResultFails_TheMailStaysSent_TheDeviceHasItsRelayedReceipt(bool theFailureIsNotLoggedEither)
     {
         await using var sink = await SmtpTestServer.StartAsync();
         var log = new DeliveryContainmentTests.WorkerLog();
@@ -245,18 +248,24 @@ public sealed class DeliveryResultRetryTests
             c["Logging"] = new { LogLevel = new Dictionary<string, string> { ["Default"] = "Warning", [typeof(DeliveryWorker).FullName!] = "Information" } };
         }, s =>
         {
-            s.AddSingleton<ILoggerProvider>(new ThrowingLog("Delivered <"));
+            s.AddSingleton<ILoggerProvider>(theFailureIsNotLoggedEither ? new ThrowingLog("Delivered <", "The result of the attempt on <") : new ThrowingLog("Delivered <"));
             s.AddSingleton<ILoggerProvider>(log);
         });
         gw.Logs.Expect(e => e.Message.StartsWith("The result of the attempt on <", StringComparison.Ordinal));
+        using var device = new MqttClientFactory().CreateMqttClient();
+        await device.ConnectAsync(gw.ClientOptions("dev-1"));
+        var inbox = await ReceiptInbox.SubscribeAsync(device, "dev-1");
 
-        await PublishAsync(gw, "dev-1", "told-1");
+        var ack = await device.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("edgemail/v1/dev-1/alert")
+            .WithPayload(Alerts.Json("told-1")).WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
+        Assert.True(ack.IsSuccess);
         string id = (await sink.NextAsync()).Message.MessageId!;
         Assert.Contains($"<{id}> is recorded; telling of it", await Await.Within(log.ContainingAsync("is recorded; telling of it"), "the failed report logged"), StringComparison.Ordinal);
+        await inbox.WaitForAsync("told-1", ReceiptState.Relayed);
 
         Assert.Equal(MessageStatus.Sent, (await gw.Spool.GetMessageAsync(id, default))!.Status);
-        var kept = await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default);
-        Assert.Equal([ReceiptState.Relayed], kept.Select(r => r.Receipt.State));
+        Assert.Equal(0, inbox.Count("told-1", ReceiptState.Failed));
+        Assert.DoesNotContain(await gw.Spool.KeptReceiptsAsync("dev-1", 0, null, 10, default), r => r.Receipt.State == ReceiptState.Failed);
         Assert.Single(sink.Received);
     }
 
@@ -376,16 +385,16 @@ public sealed class DeliveryResultRetryTests
         Assert.Equal(["poison-1@gw.test", "fine-1@gw.test"], sink.Received.Select(m => m.Message.MessageId).Where(id => !id!.StartsWith("edgemail.notice.", StringComparison.Ordinal)));
     }
 
-    /// <summary>A log sink that fails on the lines that start with <paramref name="prefix"/>, as a broken one does.</summary>
-    private sealed class ThrowingLog(string prefix) : ILoggerProvider
+    /// <summary>A log sink that fails on the lines that start with one of <paramref name="prefixes"/>, as a broken one does.</summary>
+    private sealed class ThrowingLog(params string[] prefixes) : ILoggerProvider
     {
-        public ILogger CreateLogger(string categoryName) => new Throwing(prefix);
+        public ILogger CreateLogger(string categoryName) => new Throwing(prefixes);
 
         public void Dispose()
         {
         }
 
-        private sealed class Throwing(string prefix) : ILogger
+        private sealed class Throwing(string[] prefixes) : ILogger
         {
             public IDisposable? BeginScope<TState>(TState state)
                 where TState : notnull => null;
@@ -394,7 +403,8 @@ public sealed class DeliveryResultRetryTests
 
             public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
             {
-                if (formatter(state, exception).StartsWith(prefix, StringComparison.Ordinal))
+                string line = formatter(state, exception);
+                if (prefixes.Any(p => line.StartsWith(p, StringComparison.Ordinal)))
                 {
                     throw new IOException("the log sink's disk is gone (test fault)");
                 }

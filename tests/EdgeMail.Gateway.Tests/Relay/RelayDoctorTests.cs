@@ -1,5 +1,6 @@
 using EdgeMail.Gateway.Configuration;
 using EdgeMail.Gateway.Relay;
+using EdgeMail.Testing;
 using Xunit;
 
 namespace EdgeMail.Gateway.Tests.Relay;
@@ -68,6 +69,94 @@ public sealed class RelayDoctorTests
         Assert.Equal(1, exit);
         Assert.True(text.Contains("FAIL  test mail     ops@example.com refused: 550 5.1.1 no such user / 5.1.1 \uFFFD[2Jgone", StringComparison.Ordinal), text);
         Assert.DoesNotContain('\u001b', text);
+    }
+
+    // A server with PIPELINING that refuses the sender answers the RCPT sent with it "bad sequence": the sender's
+    // refusal is the one that says why, not the recipient's.
+    [Fact]
+    public async Task APipeliningServerRefusesTheSender_TheDoctorPrintsTheSendersRefusal()
+    {
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        var served = ServeAsync(listener);
+        var options = new GatewayOptions { DataDirectory = Path.GetTempPath() };
+        options.Sender.Address = "alerts@contoso.test";
+        options.Relay.Mode = "Smarthost";
+        options.Relay.Host = "127.0.0.1";
+        options.Relay.Port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        options.Relay.Security = "None";
+        options.Relay.Timeout = TimeSpan.FromSeconds(5);
+        using var output = new StringWriter();
+
+        int exit = await RelayDoctor.RunAsync(options, output, sendTest: true, to: "ops@example.com", default);
+        listener.Stop();
+        await served.WaitAsync(Await.DefaultTimeout);
+
+        string text = output.ToString();
+        Assert.Equal(1, exit);
+        Assert.True(text.Contains("FAIL  test mail     550 5.7.60 SendAsDenied", StringComparison.Ordinal), text);
+
+        // The doctor's connect step opens (and resets) a connection of its own first: serves each until stopped.
+        static async Task ServeAsync(System.Net.Sockets.TcpListener listener)
+        {
+            while (true)
+            {
+                System.Net.Sockets.TcpClient client;
+                try
+                {
+                    client = await listener.AcceptTcpClientAsync();
+                }
+                catch (Exception ex) when (ex is ObjectDisposedException or System.Net.Sockets.SocketException)
+                {
+                    return; // stopped
+                }
+
+                using (client)
+                {
+                    try
+                    {
+                        var stream = client.GetStream();
+                        using var reader = new StreamReader(stream, System.Text.Encoding.ASCII);
+                        async Task ReplyAsync(string line) => await stream.WriteAsync(System.Text.Encoding.ASCII.GetBytes(line + "\r\n"));
+                        await ReplyAsync("220 pipelining.test ESMTP");
+                        while (await reader.ReadLineAsync() is { } line)
+                        {
+                            switch ((line.Length >= 4 ? line[..4] : line).ToUpperInvariant())
+                            {
+                                case "EHLO": await ReplyAsync("250-pipelining.test\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES"); break;
+                                case "MAIL": await ReplyAsync("550 5.7.60 SendAsDenied; alerts@contoso.test not allowed to send as this sender"); break;
+                                case "RCPT": await ReplyAsync("503 5.5.1 bad sequence of commands"); break;
+                                default: await ReplyAsync("250 ok"); break;
+                            }
+                        }
+                    }
+                    catch (IOException)
+                    {
+                        // The connect step's reset.
+                    }
+                }
+            }
+        }
+    }
+
+    // Each configuration problem on a line of its own, as the fix ("the keys above") reads them.
+    [Fact]
+    public async Task SeveralConfigurationProblems_EachOnALineOfItsOwn()
+    {
+        var options = new GatewayOptions { DataDirectory = Path.GetTempPath() };
+        options.Sender.Address = "alerts@contoso.test";
+        options.Relay.Mode = "Smarthost";
+        options.Relay.Host = string.Empty;
+        options.Relay.Port = 0;
+        using var output = new StringWriter();
+
+        int exit = await RelayDoctor.RunAsync(options, output, sendTest: false, to: null, default);
+
+        string[] lines = output.ToString().Split(Environment.NewLine);
+        Assert.Equal(2, exit);
+        Assert.StartsWith("  FAIL  configuration Relay:", lines[0], StringComparison.Ordinal);
+        Assert.StartsWith("         Relay:", lines[1], StringComparison.Ordinal);
+        Assert.DoesNotContain(" / ", lines[0], StringComparison.Ordinal);
     }
 
     [Fact]

@@ -104,7 +104,7 @@ public sealed class RelayTokensTests
         var notices = new List<string>();
         using var tokens = RelayTokens.Create(Options(server, Path.GetTempPath()), TimeProvider.System, NullLogger.Instance, (topic, detail) => notices.Add(detail))!;
 
-        tokens.Refused("535-5.7.3 Authentication unsuccessful\n535 5.7.3 \u001b[2J\u202Eylno. Fix: give the app the mailbox's SMTP.Send right");
+        tokens.Refused("535-5.7.3 Authentication unsuccessful\n535 5.7.3 \u001b[2J\u202Eylno", "give the app the mailbox's SMTP.Send right");
 
         string notice = Assert.Single(notices);
         Assert.EndsWith("535-5.7.3 Authentication unsuccessful / 535 5.7.3 \uFFFD[2J\uFFFDylno. Fix: give the app the mailbox's SMTP.Send right", notice, StringComparison.Ordinal);

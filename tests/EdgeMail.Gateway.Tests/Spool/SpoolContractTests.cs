@@ -690,6 +690,28 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Equal("once-1", Assert.Single(await spool.NewAlertsAsync(10, default)).AlertId);
     }
 
+    // A park says whether the mail is parked with its reason, which decides whether anyone is told: the same park written
+    // again (its first commit's answer lost with the connection) still is; a mail no longer queued (cancelled, or parked
+    // for another reason) is not, and stays as it was.
+    [ContractFact]
+    public async Task ParkMessage_SaysWhetherTheMailIsParked_TheSameParkWrittenAgainStillIs()
+    {
+        await using var spool = Open();
+        await spool.QueueMailAsync(Mail("p-1@gw.test", "relay"), default);
+        await spool.QueueMailAsync(Mail("p-2@gw.test", "relay"), default);
+        var p1 = (await spool.GetMessageAsync("p-1@gw.test", default))!;
+        var p2 = (await spool.GetMessageAsync("p-2@gw.test", default))!;
+
+        Assert.True(await spool.ParkMessageAsync(p1.RowId, "recording the delivery failed: X", default));
+        Assert.True(await spool.ParkMessageAsync(p1.RowId, "recording the delivery failed: X", default));
+        Assert.False(await spool.ParkMessageAsync(p1.RowId, "recording the delivery failed: Y", default));
+        Assert.Equal(("parked", "recording the delivery failed: X"), ((await spool.GetMessageAsync("p-1@gw.test", default))!.Status, (await spool.GetMessageAsync("p-1@gw.test", default))!.Reason));
+
+        Assert.True((await spool.CancelAsync(ParkedKinds.Message, p2.RowId, "withdrawn", 100, default)).Cancelled);
+        Assert.False(await spool.ParkMessageAsync(p2.RowId, "recording the delivery failed: X", default));
+        Assert.Equal("cancelled", (await spool.GetMessageAsync("p-2@gw.test", default))!.Status);
+    }
+
     [ContractFact]
     public async Task ParkedMessage_ReleasedIsDueNow_CancelledFailsItsRecipients()
     {

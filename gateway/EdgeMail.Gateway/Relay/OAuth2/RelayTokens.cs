@@ -141,10 +141,11 @@ public sealed partial class RelayTokens : IDisposable
     }
 
     /// <summary>The server refused even a freshly issued token: the grant is not the problem, the mailbox's rights are.</summary>
-    /// <param name="explanation">The reply and what to fix.</param>
-    public void Refused(string explanation)
+    /// <param name="reply">The server's reply, in its own words: kept as one clean line for the log and the notice.</param>
+    /// <param name="fix">What to fix, after the reply (never cut with it).</param>
+    public void Refused(string reply, string fix)
     {
-        explanation = RemoteReply.Clean(explanation); // the server's own words: one line for the log and the notice
+        string explanation = $"{RemoteReply.Clean(reply)}. Fix: {fix}";
         _metrics?.RelayTokens.Add(1, new KeyValuePair<string, object?>("outcome", "refused_by_server"));
         lock (_state)
         {
