@@ -187,7 +187,8 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                     if (heldUntil is { } held)
                     {
                         Idle?.Invoke();
-                        await _wake.WaitAsync(held - _clock.GetUtcNow(), _clock, stoppingToken).ConfigureAwait(false);
+                        var heldFrom = _clock.GetUtcNow();
+                        await _wake.WaitAsync(held - heldFrom, heldFrom, _clock, stoppingToken).ConfigureAwait(false);
                         continue;
                     }
 
@@ -200,7 +201,8 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                     // milliseconds for as long as their attempts take (minutes for a slow exchanger). Each attempt wakes
                     // it when it ends.
                     var next = await _spool.NextMessageDueAsync(busy, stoppingToken).ConfigureAwait(false);
-                    var wait = next is null ? Timeout.InfiniteTimeSpan : next.Value - _clock.GetUtcNow() + TimeSpan.FromMilliseconds(1);
+                    var from = _clock.GetUtcNow();
+                    var wait = next is null ? Timeout.InfiniteTimeSpan : next.Value - from + TimeSpan.FromMilliseconds(1);
                     if (next is not null && wait <= TimeSpan.Zero)
                     {
                         // Due and not in flight, yet not handed out: it fell due since the look for due mail, or, on a
@@ -209,7 +211,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                     }
 
                     Idle?.Invoke();
-                    await _wake.WaitAsync(_spool.IdleWait(wait), _clock, stoppingToken).ConfigureAwait(false);
+                    await _wake.WaitAsync(_spool.IdleWait(wait), from, _clock, stoppingToken).ConfigureAwait(false);
                 }
                 catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
                 {
@@ -350,14 +352,14 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             bool parked;
             try
             {
-                parked = await _spool.ParkMessageAsync(message.RowId, reason, cancellationToken).ConfigureAwait(false);
+                parked = await _spool.ParkMessageAsync(message.RowId, reason, triedAt, cancellationToken).ConfigureAwait(false);
             }
             catch (SpoolException ex) when (ex is not (SpoolConflictException or SpoolDataException))
             {
                 // As a result that cannot be committed: left due, the mail would be sent again and again.
                 message = message with { Mime = [] };
                 var written = await WriteAgainAsync(message.MessageId, "the parking of", triedAt, ex,
-                    async ct => new StrongBox<bool>(await _spool.ParkMessageAsync(message.RowId, reason, ct).ConfigureAwait(false)),
+                    async ct => new StrongBox<bool>(await _spool.ParkMessageAsync(message.RowId, reason, triedAt, ct).ConfigureAwait(false)),
                     stoppingToken, cancellationToken).ConfigureAwait(false);
                 if (written is null)
                 {

@@ -113,8 +113,9 @@ public sealed partial class AlertProcessor : SupervisedLoop
                 }
 
                 var next = _digestDue;
-                var wait = next is null ? Timeout.InfiniteTimeSpan : next.Value - _clock.GetUtcNow() + TimeSpan.FromMilliseconds(1);
-                await _wake.WaitAsync(_spool.IdleWait(wait), _clock, stoppingToken).ConfigureAwait(false);
+                var from = _clock.GetUtcNow();
+                var wait = next is null ? Timeout.InfiniteTimeSpan : next.Value - from + TimeSpan.FromMilliseconds(1);
+                await _wake.WaitAsync(_spool.IdleWait(wait), from, _clock, stoppingToken).ConfigureAwait(false);
                 if (_spool.SharedPollInterval is { } poll && _clock.GetUtcNow() - _digestCheckedAt >= poll)
                 {
                     // Another instance may have held alerts back for a digest and died: look again at the poll interval.

@@ -715,14 +715,15 @@ public sealed partial class PostgresSpool
             cancellationToken);
 
     /// <inheritdoc />
-    public Task<bool> ParkMessageAsync(long rowId, string reason, CancellationToken cancellationToken)
+    public Task<bool> ParkMessageAsync(long rowId, string reason, DateTimeOffset parkedAt, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(reason);
-        // Parked already with this reason: the same park written again after its commit's answer was lost (the connection
-        // broke as it committed), which still counts.
-        return WriteAsync(async (c, tx, ctx) => 1 == await ExecAsync(c, tx, cancellationToken,
-            "UPDATE messages SET status='parked', reason=$1, parked_at=$2, claimed_by=NULL, claim_until=NULL WHERE rowid=$3 AND ((status='queued' AND (claimed_by IS NULL OR claimed_by=$4)) OR (status='parked' AND reason=$1))",
-            Truncate(Text(reason)!), ctx.NowMs, rowId, _owner).ConfigureAwait(false), cancellationToken);
+
+        // Parked already by this park: written again after its commit's answer was lost (the connection broke as it
+        // committed), which still counts; another instance's park of the same mail has its own time.
+        return WriteAsync(async (c, tx, _) => 1 == await ExecAsync(c, tx, cancellationToken,
+            "UPDATE messages SET status='parked', reason=$1, parked_at=$2, claimed_by=NULL, claim_until=NULL WHERE rowid=$3 AND ((status='queued' AND (claimed_by IS NULL OR claimed_by=$4)) OR (status='parked' AND reason=$1 AND parked_at=$2))",
+            Truncate(Text(reason)!), parkedAt.ToUnixTimeMilliseconds(), rowId, _owner).ConfigureAwait(false), cancellationToken);
     }
 
     /// <inheritdoc />

@@ -302,8 +302,10 @@ public sealed partial class PostgresSpool : ISpool
         PostgresException { SqlState: DiskFull } pg => new SpoolException($"The PostgreSQL server's disk is full ({pg.MessageText}); nothing new is stored until space is freed there.", pg),
 
         // Classes 22 (data exception), 23 (integrity constraint) and 54 (program limit exceeded): the statement's values.
-        PostgresException pg when pg.SqlState.StartsWith("22", StringComparison.Ordinal) || pg.SqlState.StartsWith("23", StringComparison.Ordinal)
-            || pg.SqlState.StartsWith("54", StringComparison.Ordinal) => new SpoolDataException($"The PostgreSQL spool refused the item's data: {pg.SqlState} {pg.MessageText}", pg),
+        // Not a full NOTIFY queue (54000 at COMMIT): that passes once the listener holding it catches up.
+        PostgresException pg when (pg.SqlState.StartsWith("22", StringComparison.Ordinal) || pg.SqlState.StartsWith("23", StringComparison.Ordinal)
+            || pg.SqlState.StartsWith("54", StringComparison.Ordinal)) && pg.Routine != "PreCommit_Notify" =>
+            new SpoolDataException($"The PostgreSQL spool refused the item's data: {pg.SqlState} {pg.MessageText}", pg),
         PostgresException pg => new SpoolException($"The PostgreSQL spool refused the operation: {pg.SqlState} {pg.MessageText}", pg),
         _ => new SpoolException($"The PostgreSQL spool is unreachable or failed: {ex.Message}. Check the server and Spool:ConnectionString; nothing was acknowledged.", ex),
     };

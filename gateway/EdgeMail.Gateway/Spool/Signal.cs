@@ -15,8 +15,23 @@ public sealed class Signal
     /// <param name="clock">Clock for the timeout.</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>A task completing on the first of set, timeout, cancellation.</returns>
-    public async Task WaitAsync(TimeSpan timeout, TimeProvider clock, CancellationToken cancellationToken)
+    public Task WaitAsync(TimeSpan timeout, TimeProvider clock, CancellationToken cancellationToken) =>
+        WaitAsync(timeout, clock.GetUtcNow(), clock, cancellationToken);
+
+    /// <summary>
+    /// Waits until set or until <paramref name="timeout"/> after <paramref name="from"/>, the reading of
+    /// <paramref name="clock"/> the caller worked the timeout out from. A clock that moved on between that reading and the
+    /// wait's timer (a test's clock advanced meanwhile, to the time something falls due) ends the wait then, not a whole
+    /// timeout later.
+    /// </summary>
+    /// <param name="timeout">Longest wait; <see cref="Timeout.InfiniteTimeSpan"/> for none.</param>
+    /// <param name="from">When the timeout counts from.</param>
+    /// <param name="clock">Clock for the timeout.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task completing on the first of set, timeout, cancellation.</returns>
+    public async Task WaitAsync(TimeSpan timeout, DateTimeOffset from, TimeProvider clock, CancellationToken cancellationToken)
     {
+        ArgumentNullException.ThrowIfNull(clock);
         if (_channel.Reader.TryRead(out _))
         {
             return;
@@ -30,8 +45,12 @@ public sealed class Signal
             return;
         }
 
-        var delay = Task.Delay(timeout < TimeSpan.Zero ? TimeSpan.Zero : timeout, clock, linked.Token);
-        var first = await Task.WhenAny(read, delay).ConfigureAwait(false);
+        var deadline = timeout < TimeSpan.Zero ? from : timeout >= DateTimeOffset.MaxValue - from ? DateTimeOffset.MaxValue : from + timeout;
+        var left = deadline - clock.GetUtcNow();
+        var delay = Task.Delay(left < TimeSpan.Zero ? TimeSpan.Zero : left, clock, linked.Token);
+
+        // Looked at once the timer exists: a clock moved past the deadline before it did would never fire it.
+        var first = clock.GetUtcNow() >= deadline ? delay : await Task.WhenAny(read, delay).ConfigureAwait(false);
         await linked.CancelAsync().ConfigureAwait(false);
         cancellationToken.ThrowIfCancellationRequested();
         if (first == read && read.IsCompletedSuccessfully)

@@ -699,14 +699,15 @@ public partial interface ISpool : IAsyncDisposable
     /// <summary>Parks a queued message with the reason (handling it failed in a way retrying cannot fix).</summary>
     /// <param name="rowId">The message.</param>
     /// <param name="reason">Why.</param>
+    /// <param name="parkedAt">When it was parked: the same for every try of one park, which tells this park written again
+    /// from another's (an instance that took the mail over and parked it for the same reason).</param>
     /// <param name="cancellationToken">Cancellation.</param>
     /// <returns>
-    /// After commit: whether it is parked with this reason (also when it was already: the same park written again, its
-    /// first commit's answer lost). Not when it is no longer queued (its result recorded, cancelled, parked for another
-    /// reason) or another instance of a shared spool holds its claim: it stands as that says, and no one is to be told
-    /// it was parked.
+    /// After commit: whether it is parked by this park (also when it was already: the same park written again, its first
+    /// commit's answer lost). Not when it is no longer queued (its result recorded, cancelled, parked by another park) or
+    /// another instance of a shared spool holds its claim: it stands as that says, and no one is to be told it was parked.
     /// </returns>
-    Task<bool> ParkMessageAsync(long rowId, string reason, CancellationToken cancellationToken);
+    Task<bool> ParkMessageAsync(long rowId, string reason, DateTimeOffset parkedAt, CancellationToken cancellationToken);
 
     /// <summary>
     /// The alerts a storm digest covers, the newest <paramref name="max"/> of them, oldest first: the ones a receipt about

@@ -925,12 +925,14 @@ public sealed partial class SqliteSpool : ISpool
         }, cancellationToken);
 
     /// <inheritdoc />
-    public Task<bool> ParkMessageAsync(long rowId, string reason, CancellationToken cancellationToken)
+    public Task<bool> ParkMessageAsync(long rowId, string reason, DateTimeOffset parkedAt, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(reason);
-        // Parked already with this reason: the same park written again (its commit's answer was lost), which still counts.
-        return Enqueue((s, ctx) => 1 == s.Exec("UPDATE messages SET status='parked', reason=$p0, parked_at=$p1 WHERE rowid=$p2 AND (status='queued' OR (status='parked' AND reason=$p0))",
-            Truncate(reason), ctx.Now.ToUnixTimeMilliseconds(), rowId), cancellationToken);
+
+        // Parked already by this park: written again after its commit failed (which SQLite undid; kept for the contract).
+        return Enqueue((s, _) => 1 == s.Exec(
+            "UPDATE messages SET status='parked', reason=$p0, parked_at=$p1 WHERE rowid=$p2 AND (status='queued' OR (status='parked' AND reason=$p0 AND parked_at=$p1))",
+            Truncate(reason), parkedAt.ToUnixTimeMilliseconds(), rowId), cancellationToken);
     }
 
     /// <inheritdoc />

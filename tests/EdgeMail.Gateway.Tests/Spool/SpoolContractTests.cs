@@ -690,25 +690,27 @@ public abstract class SpoolContractTests : IAsyncLifetime
         Assert.Equal("once-1", Assert.Single(await spool.NewAlertsAsync(10, default)).AlertId);
     }
 
-    // A park says whether the mail is parked with its reason, which decides whether anyone is told: the same park written
-    // again (its first commit's answer lost with the connection) still is; a mail no longer queued (cancelled, or parked
-    // for another reason) is not, and stays as it was.
+    // A park says whether the mail is parked by it, which decides whether anyone is told: the same park written again
+    // (its first commit's answer lost with the connection) still is; another park of the same mail for the same reason
+    // (an instance that took it over) is not, nor is a mail no longer queued (cancelled), which stays as it was.
     [ContractFact]
-    public async Task ParkMessage_SaysWhetherTheMailIsParked_TheSameParkWrittenAgainStillIs()
+    public async Task ParkMessage_SaysWhetherTheMailIsParkedByIt_TheSameParkWrittenAgainStillIs()
     {
         await using var spool = Open();
         await spool.QueueMailAsync(Mail("p-1@gw.test", "relay"), default);
         await spool.QueueMailAsync(Mail("p-2@gw.test", "relay"), default);
         var p1 = (await spool.GetMessageAsync("p-1@gw.test", default))!;
         var p2 = (await spool.GetMessageAsync("p-2@gw.test", default))!;
+        var at = DateTimeOffset.FromUnixTimeMilliseconds(1_800_000_000_123);
 
-        Assert.True(await spool.ParkMessageAsync(p1.RowId, "recording the delivery failed: X", default));
-        Assert.True(await spool.ParkMessageAsync(p1.RowId, "recording the delivery failed: X", default));
-        Assert.False(await spool.ParkMessageAsync(p1.RowId, "recording the delivery failed: Y", default));
+        Assert.True(await spool.ParkMessageAsync(p1.RowId, "recording the delivery failed: X", at, default));
+        Assert.True(await spool.ParkMessageAsync(p1.RowId, "recording the delivery failed: X", at, default));
+        Assert.False(await spool.ParkMessageAsync(p1.RowId, "recording the delivery failed: X", at.AddSeconds(5), default));
+        Assert.False(await spool.ParkMessageAsync(p1.RowId, "recording the delivery failed: Y", at, default));
         Assert.Equal(("parked", "recording the delivery failed: X"), ((await spool.GetMessageAsync("p-1@gw.test", default))!.Status, (await spool.GetMessageAsync("p-1@gw.test", default))!.Reason));
 
         Assert.True((await spool.CancelAsync(ParkedKinds.Message, p2.RowId, "withdrawn", 100, default)).Cancelled);
-        Assert.False(await spool.ParkMessageAsync(p2.RowId, "recording the delivery failed: X", default));
+        Assert.False(await spool.ParkMessageAsync(p2.RowId, "recording the delivery failed: X", at, default));
         Assert.Equal("cancelled", (await spool.GetMessageAsync("p-2@gw.test", default))!.Status);
     }
 
@@ -721,7 +723,7 @@ public abstract class SpoolContractTests : IAsyncLifetime
         var m1 = (await spool.GetMessageAsync("m-1@gw.test", default))!;
         var m2 = (await spool.GetMessageAsync("m-2@gw.test", default))!;
 
-        await spool.ParkMessageAsync(m1.RowId, "recording the delivery failed: X", default);
+        await spool.ParkMessageAsync(m1.RowId, "recording the delivery failed: X", DateTimeOffset.UnixEpoch, default);
         Assert.Equal(("parked", "recording the delivery failed: X"), ((await spool.GetMessageAsync("m-1@gw.test", default))!.Status, (await spool.GetMessageAsync("m-1@gw.test", default))!.Reason));
         var due = await spool.DueMessagesAsync(Far, 10, new HashSet<long>(), default);
         Assert.Equal(["m-2@gw.test"], due.Select(m => m.MessageId));
