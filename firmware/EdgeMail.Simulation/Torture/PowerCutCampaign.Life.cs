@@ -689,18 +689,19 @@ public sealed partial class PowerCutCampaign
         }
 
         /// <summary>
-        /// Whether the markers the store handed out are those the check's own read found, in order. One may differ: a
-        /// marker written on arrival for a raise that never returned counts only that raise's entry, and a cut that struck
-        /// it as it completed can leave weak cells that read whole in one read and torn in the next, as that raise's
-        /// record could (<see cref="MayReadTorn"/>). Read torn, it is missing, or missing from the end of the run it
-        /// closes (the run then reports one fewer, up to its previous marker).
+        /// Whether the markers the store handed out are those the check's own read found, in order. One per cut a life
+        /// has (two at most: the first and the second cut) may differ: a marker written on arrival for a raise that never
+        /// returned counts only that raise's entry, and a cut that struck it as it completed can leave weak cells that
+        /// read whole in one read and torn in the next, as that raise's record could (<see cref="MayReadTorn"/>). Read
+        /// torn, it is missing, or missing from the end of the run it closes (the run then reports one fewer, up to its
+        /// previous marker).
         /// </summary>
         private bool MarkersAgree(List<(uint Count, uint First, uint Last)> a, List<(uint Count, uint First, uint Last)> b)
         {
             var promised = new HashSet<uint>(Model.Records.Values.Where(r => r.Promised).Select(r => r.OriginalSeq));
-            return Agree(0, 0, tornLeft: true);
+            return Agree(0, 0, tornLeft: 2);
 
-            bool Agree(int i, int j, bool tornLeft)
+            bool Agree(int i, int j, int tornLeft)
             {
                 while (i < a.Count && j < b.Count && a[i] == b[j])
                 {
@@ -713,10 +714,10 @@ public sealed partial class PowerCutCampaign
                     return true;
                 }
 
-                return tornLeft
-                    && ((i < a.Count && UnpromisedAlone(a[i]) && Agree(i + 1, j, false))
-                        || (j < b.Count && UnpromisedAlone(b[j]) && Agree(i, j + 1, false))
-                        || (i < a.Count && j < b.Count && a[i].First == b[j].First && (ShorterBy1(a[i], b[j]) || ShorterBy1(b[j], a[i])) && Agree(i + 1, j + 1, false)));
+                return tornLeft > 0
+                    && ((i < a.Count && UnpromisedAlone(a[i]) && Agree(i + 1, j, tornLeft - 1))
+                        || (j < b.Count && UnpromisedAlone(b[j]) && Agree(i, j + 1, tornLeft - 1))
+                        || (i < a.Count && j < b.Count && a[i].First == b[j].First && (ShorterBy1(a[i], b[j]) || ShorterBy1(b[j], a[i])) && Agree(i + 1, j + 1, tornLeft - 1)));
             }
 
             bool UnpromisedAlone((uint Count, uint First, uint Last) m) => m.Count == 1 && m.First == m.Last && !promised.Contains(m.First);
