@@ -284,7 +284,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             {
                 committed = await _spool.CommitDeliveryAsync(settled.Commit, cancellationToken).ConfigureAwait(false);
             }
-            catch (SpoolException ex) when (ex is not (SpoolConflictException or SpoolDataException))
+            catch (SpoolException ex) when (!FailsAgain(ex))
             {
                 // The mail may be with its recipients: left due, it would go to them again at every round for as long as
                 // the spool fails (a full disk: every few seconds, for hours). The result is written again instead, and
@@ -313,7 +313,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         {
             // Stopping: the message stays queued.
         }
-        catch (SpoolException ex) when (ex is SpoolConflictException or SpoolDataException)
+        catch (SpoolException ex) when (FailsAgain(ex))
         {
             // Written again, it would fail again: the result waited in memory for good, taking a place in the limit on
             // waiting results, until enough such mail paused delivery for everyone.
@@ -354,7 +354,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             {
                 parked = await _spool.ParkMessageAsync(message.RowId, reason, triedAt, cancellationToken).ConfigureAwait(false);
             }
-            catch (SpoolException ex) when (ex is not (SpoolConflictException or SpoolDataException))
+            catch (SpoolException ex) when (!FailsAgain(ex))
             {
                 // As a result that cannot be committed: left due, the mail would be sent again and again.
                 message = message with { Mime = [] };
@@ -398,12 +398,14 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         }
     }
 
+    // A conflict, or data the database refuses: the same write fails the same way however often it is tried.
+    private static bool FailsAgain(SpoolException ex) => ex is SpoolConflictException or SpoolDataException;
+
     // A write recording what an attempt did, which the spool failed: tried again FirstRewriteDelay after the failed try
     // began (triedAt; a write that took long to fail has waited that long), doubling up to MaxRewriteDelay, until the
     // spool takes it. The message stays in flight meanwhile (its attempt has not ended), so no round sends it again,
     // and the other messages go on. A stop tries once more at once; if that fails too, the write is given up (null)
-    // and the mail goes again after the restart. A conflict, data the spool refuses (either fails again however often
-    // it is tried) or any other failure is thrown.
+    // and the mail goes again after the restart. A write that fails again (FailsAgain) or any other failure is thrown.
     private async Task<T?> WriteAgainAsync<T>(string messageId, string what, DateTimeOffset triedAt, SpoolException failure,
         Func<CancellationToken, Task<T>> write, CancellationToken stoppingToken, CancellationToken cancellationToken)
         where T : class
@@ -441,7 +443,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                     LogWrittenAfterAll(messageId, what);
                     return written;
                 }
-                catch (SpoolException ex) when (ex is not (SpoolConflictException or SpoolDataException))
+                catch (SpoolException ex) when (!FailsAgain(ex))
                 {
                     failure = ex;
                     delay = delay * 2 > MaxRewriteDelay ? MaxRewriteDelay : delay * 2;
