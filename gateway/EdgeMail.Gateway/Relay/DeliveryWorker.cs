@@ -236,6 +236,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     private async Task AttemptAsync(QueuedMessage message, DateTimeOffset claimedAt, CancellationToken stoppingToken, CancellationToken cancellationToken)
     {
         bool slotHeld = true;
+        int deliveredUnrecorded = 0;
 
         // One spool user (SQLite) holds no claims: nothing to renew, and the cached delegate.
         LeaseKeeper? lease = null;
@@ -279,6 +280,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             _slots.Release();
             slotHeld = false;
             var settled = Settle(message, results);
+            deliveredUnrecorded = results.Count(r => r.Outcome == RecipientOutcome.Sent);
             DeliveryCommitted? committed;
             try
             {
@@ -294,6 +296,8 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                 committed = await WriteAgainAsync(message.MessageId, "the result of the attempt on", settled.Now, ex,
                     ct => _spool.CommitDeliveryAsync(commit, ct), stoppingToken, cancellationToken).ConfigureAwait(false);
             }
+
+            deliveredUnrecorded = 0; // written, or said so by WriteAgainAsync
 
             if (committed is not null)
             {
@@ -311,7 +315,11 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
-            // Stopping: the message stays queued.
+            // Stopping: the message stays queued. One its recipients took is sent to them again after the restart: say so.
+            if (deliveredUnrecorded > 0)
+            {
+                LogDeliveredUnrecordedAtStop(message.MessageId, deliveredUnrecorded, _options.Relay.Timeout * 2);
+            }
         }
         catch (SpoolException ex) when (FailsAgain(ex))
         {
@@ -758,6 +766,9 @@ public sealed partial class DeliveryWorker : SupervisedLoop
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Stopping with {What} <{MessageId}> not written: the spool failed it ({Error}); the mail stays queued and is sent again after the restart, with the same Message-ID")]
     private partial void LogUnwrittenAtStop(string messageId, string what, string error);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Stopping with the result of the attempt on <{MessageId}> not written: the stop's wait for attempts under way ({Budget}, twice Relay:Timeout) ran out first; {Delivered} recipient(s) took the mail, which stays queued and goes to them again after the restart, with the same Message-ID")]
+    private partial void LogDeliveredUnrecordedAtStop(string messageId, int delivered, TimeSpan budget);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Delivery paused: the spool failed to write the outcome of {Count} attempts, kept in memory meanwhile; no further mail is sent until some are written")]
     private partial void LogPausedForUnrecorded(int count);

@@ -42,12 +42,11 @@ public sealed partial class PostgresSpool : ISpool
     private const long HeartbeatSpacingMs = 5 * 60 * 1000;
     private static readonly TimeSpan HeartbeatRetention = TimeSpan.FromDays(7);
 
-    // How long a stop can wait on a listen whose cancellation Npgsql lost (WaitForNotificationsAsync).
-    private static readonly TimeSpan ListenCheck = TimeSpan.FromSeconds(1);
     private long _batches;
     private long _items;
     private int _disposed;
     private bool _listening;
+    private readonly TimeSpan _listenCheck;
 
     private PostgresSpool(NpgsqlDataSource data, string owner, int knownVersion, int maxBatch, TimeSpan lease, TimeSpan poll, ILogger logger)
     {
@@ -58,6 +57,7 @@ public sealed partial class PostgresSpool : ISpool
         SharedPollInterval = poll;
         _owner = owner;
         _knownVersion = knownVersion;
+        _listenCheck = ListenCheck(new NpgsqlConnectionStringBuilder(data.ConnectionString).KeepAlive);
 
         ConfirmedNow(); // registered a moment ago, in Open
         _queue = System.Threading.Channels.Channel.CreateBounded<PgWork>(new BoundedChannelOptions(Math.Max(1024, maxBatch * 8))
@@ -413,7 +413,7 @@ public sealed partial class PostgresSpool : ISpool
                 // Whatever was announced while nobody listened: look now.
                 AlertsStored?.Invoke();
                 MessagesQueued?.Invoke();
-                await WaitForNotificationsAsync(c, stop).ConfigureAwait(false);
+                await WaitForNotificationsAsync(c, _listenCheck, stop).ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (stop.IsCancellationRequested)
             {
@@ -442,26 +442,30 @@ public sealed partial class PostgresSpool : ISpool
     }
 
     /// <summary>
-    /// Takes notifications on <paramref name="connection"/> (its events run) until <paramref name="stop"/>. Each wait is
-    /// bounded: Npgsql 10 can lose a cancellation that arrives as a wait begins (it resets the read's token source after
-    /// its last check of the caller's token), and a wait without a timeout then never returns and holds up the spool's
-    /// stop, or ends with the connection still busy. Measured: a plain cancelled <c>WaitAsync</c> did one or the other
-    /// within 50,000 stops every time; bounded waits, never (<c>PostgresSpoolTests</c>).
+    /// Takes notifications on <paramref name="connection"/> (its events run) until <paramref name="stop"/>, in waits of
+    /// <paramref name="check"/> each. Npgsql 10 can lose a cancellation that arrives as a wait begins (it checks the
+    /// caller's token, then starts its read with a fresh token source), and a wait without a timeout then never ends: the
+    /// spool's stop hung on it (measured: a plain cancelled <c>WaitAsync</c> hung within 50,000 stops every time). A
+    /// timed wait that lost its cancellation ends at its timeout, the connection as it was.
     /// </summary>
-    internal static async Task WaitForNotificationsAsync(NpgsqlConnection connection, CancellationToken stop)
+    internal static async Task WaitForNotificationsAsync(NpgsqlConnection connection, TimeSpan check, CancellationToken stop)
     {
         try
         {
             while (!stop.IsCancellationRequested)
             {
-                // A wait that times out returns false and leaves the connection as it was.
-                await connection.WaitAsync(ListenCheck, stop).ConfigureAwait(false);
+                await connection.WaitAsync(check, stop).ConfigureAwait(false);
             }
         }
         catch (OperationCanceledException) when (stop.IsCancellationRequested)
         {
         }
     }
+
+    // How long one wait for notifications lasts: what a stop that Npgsql lost waits at most. Npgsql sends its keepalive
+    // (Keepalive=N in Spool:ConnectionString) only inside a wait longer than N, and each wait's end starts its timer again,
+    // so with a keepalive a wait outlasts it.
+    internal static TimeSpan ListenCheck(int keepAliveSeconds) => TimeSpan.FromSeconds(keepAliveSeconds > 0 ? keepAliveSeconds + 1 : 1);
 
     private void OnNotification(object sender, NpgsqlNotificationEventArgs e)
     {

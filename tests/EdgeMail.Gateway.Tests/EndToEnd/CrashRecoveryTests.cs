@@ -283,6 +283,7 @@ internal sealed class GatewayProcess : IDisposable
         }
         var process = Process.Start(psi)!;
         var ready = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        bool warned = false; // the simple formatter puts "warn: Category" on one line and the message on the next
         process.OutputDataReceived += (_, e) =>
         {
             if (e.Data is null)
@@ -295,19 +296,21 @@ internal sealed class GatewayProcess : IDisposable
             {
                 ready.TrySetResult(true);
             }
+
+            // Warnings and errors in the test's output: what a failed run needs to be read.
+            bool warning = e.Data.StartsWith("warn:", StringComparison.Ordinal) || e.Data.StartsWith("fail:", StringComparison.Ordinal) || e.Data.StartsWith("crit:", StringComparison.Ordinal);
+            if (warning || warned)
+            {
+                Say(output, "gateway: " + e.Data);
+            }
+
+            warned = warning;
         };
         process.ErrorDataReceived += (_, e) =>
         {
             if (e.Data is not null)
             {
-                try
-                {
-                    output.WriteLine("gateway stderr: " + e.Data);
-                }
-                catch (InvalidOperationException)
-                {
-                    // The test has finished; nobody reads its output any more.
-                }
+                Say(output, "gateway stderr: " + e.Data);
             }
         };
         process.BeginOutputReadLine();
@@ -324,6 +327,18 @@ internal sealed class GatewayProcess : IDisposable
         }
 
         return started;
+    }
+
+    private static void Say(ITestOutputHelper output, string line)
+    {
+        try
+        {
+            output.WriteLine(line);
+        }
+        catch (InvalidOperationException)
+        {
+            // The test has finished; nobody reads its output any more.
+        }
     }
 
     /// <summary>SIGKILL: no shutdown code runs.</summary>

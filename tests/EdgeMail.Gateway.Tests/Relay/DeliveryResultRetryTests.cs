@@ -126,6 +126,47 @@ public sealed class DeliveryResultRetryTests
         Assert.Equal(1, (await DetailAsync(second.Spool, "stop-1@gw.test")).Summary.Attempts);
     }
 
+    // A spool that stops answering while the mail's result waits: a graceful stop waits for attempts under way and their
+    // results for twice Relay:Timeout, then ends, and the worker names the mail whose recipients took it with nothing on
+    // record (before, it said nothing: the copy sent after the restart was unexplained).
+    [Fact]
+    public async Task StoppedWhileTheSpoolDoesNotAnswer_TheMailTakenWithoutARecordIsNamed_AndGoesAgainAfterTheRestart()
+    {
+        await using var sink = await SmtpTestServer.StartAsync();
+        string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
+        var log = new DeliveryContainmentTests.WorkerLog();
+        var committing = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        FaultingSpool? faults = null;
+        var first = await TestGateway.StartAsync(c => Smarthost(c, sink.Port, timeout: "00:00:01"), s =>
+        {
+            s.AddSingleton<ILoggerProvider>(log);
+            FaultingSpool.Add<DeliveryWorker>(s, f => faults = f);
+        }, dataDir: dataDir);
+        faults!.Stall(nameof(ISpool.CommitDeliveryAsync));
+        faults.Called += method =>
+        {
+            if (method == nameof(ISpool.CommitDeliveryAsync))
+            {
+                committing.TrySetResult();
+            }
+        };
+
+        await first.Spool.QueueMailAsync(Relay("slow-1@gw.test"), default);
+        await Await.Within(committing.Task, "the attempt's result on its way to the spool");
+        await first.StopAsync();
+
+        string stopped = await Await.Within(log.ContainingAsync("Stopping with"), "the worker's word at the stop");
+        Assert.StartsWith("Stopping with the result of the attempt on <slow-1@gw.test> not written: the stop's wait for attempts under way (00:00:02", stopped, StringComparison.Ordinal);
+        Assert.Contains("1 recipient(s) took the mail, which stays queued and goes to them again after the restart", stopped, StringComparison.Ordinal);
+        Assert.Single(sink.Received);
+
+        await using var second = await TestGateway.StartAsync(c => Smarthost(c, sink.Port), null, dataDir: dataDir);
+        await second.UntilAsync(async () => (await second.Spool.GetMessageAsync("slow-1@gw.test", default))?.Status == MessageStatus.Sent,
+            "the mail sent again after the restart");
+        Assert.Equal(2, sink.Received.Count);
+        Assert.All(sink.Received, m => Assert.Equal("slow-1@gw.test", m.Message.MessageId));
+    }
+
     // With Relay:Concurrency 1, four results waiting make the worker send nothing more (the attempt under way then may
     // add a fifth): mail sent meanwhile could not be recorded either, and all of it would go again after a restart.
     // Once the spool takes them, the rest follows, and every mail has gone out once.
@@ -412,11 +453,11 @@ public sealed class DeliveryResultRetryTests
         }
     }
 
-    private static void Smarthost(Dictionary<string, object> c, int port, int concurrency = 4)
+    private static void Smarthost(Dictionary<string, object> c, int port, int concurrency = 4, string timeout = "00:00:05")
     {
         c["Relay"] = new
         {
-            Mode = "Smarthost", Host = "127.0.0.1", Port = port, Security = "None", Timeout = "00:00:05", Backoff = new[] { "00:01:00" }, Concurrency = concurrency,
+            Mode = "Smarthost", Host = "127.0.0.1", Port = port, Security = "None", Timeout = timeout, Backoff = new[] { "00:01:00" }, Concurrency = concurrency,
         };
         c["Routes"] = new object[] { new { Devices = "*", Codes = "*", MinSeverity = "info", To = new[] { "oncall" } } };
     }

@@ -8,8 +8,8 @@ namespace EdgeMail.Gateway.Tests.Spool;
 
 /// <summary>
 /// A real spool as one component sees it, whose armed calls (of methods returning a task) fail the way a spool that
-/// cannot write does (a faulted task with a <see cref="SpoolException"/>), each as many times as armed; every other call goes through to the real
-/// spool. Give it to one component (<c>ActivatorUtilities.CreateInstance</c>): the test and the rest of the host keep
+/// cannot write does (a faulted task with a <see cref="SpoolException"/>), each as many times as armed, or stall until
+/// cancelled; every other call goes through to the real spool. Give it to one component (<c>ActivatorUtilities.CreateInstance</c>): the test and the rest of the host keep
 /// the real spool, and wait on its commits as usual.
 /// </summary>
 public class FaultingSpool : DispatchProxy
@@ -21,6 +21,7 @@ public class FaultingSpool : DispatchProxy
     private readonly ConcurrentDictionary<string, int> _failed = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, int> _unexpected = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, int> _calls = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, bool> _stalled = new(StringComparer.Ordinal);
     private ISpool _inner = null!;
 
     /// <summary>Wraps <paramref name="inner"/>.</summary>
@@ -63,12 +64,28 @@ public class FaultingSpool : DispatchProxy
         _armed.AddOrUpdate(method, times, (_, n) => n + times);
     }
 
+    /// <summary>
+    /// Makes every call of <paramref name="method"/> wait until the caller's cancellation token is cancelled, and end
+    /// cancelled: a spool that has stopped answering.
+    /// </summary>
+    /// <param name="method">An <see cref="ISpool"/> method's name that takes a cancellation token.</param>
+    public void Stall(string method)
+    {
+        if (!typeof(ISpool).GetMethods().Any(m => m.Name == method && m.GetParameters().Any(p => p.ParameterType == typeof(CancellationToken))))
+        {
+            throw new ArgumentException($"ISpool has no method {method} that takes a cancellation token", nameof(method));
+        }
+
+        _stalled[method] = true;
+    }
+
     /// <summary>Lets every call of <paramref name="method"/> through again, however many were armed to fail.</summary>
     /// <param name="method">The method's name.</param>
     public void Heal(string method)
     {
         _armed.TryRemove(method, out _);
         _unexpected.TryRemove(method, out _);
+        _stalled.TryRemove(method, out _);
     }
 
     /// <summary>
@@ -104,6 +121,15 @@ public class FaultingSpool : DispatchProxy
         Called?.Invoke(targetMethod.Name);
         bool task = targetMethod.ReturnType == typeof(Task);
         bool taskOf = targetMethod.ReturnType.IsGenericType && targetMethod.ReturnType.GetGenericTypeDefinition() == typeof(Task<>);
+        if ((task || taskOf) && _stalled.ContainsKey(targetMethod.Name))
+        {
+            var token = args!.OfType<CancellationToken>().Last();
+            return task
+                ? Task.Delay(Timeout.Infinite, token)
+                : typeof(FaultingSpool).GetMethod(nameof(Stalled), BindingFlags.NonPublic | BindingFlags.Static)!
+                    .MakeGenericMethod(targetMethod.ReturnType.GetGenericArguments()[0]).Invoke(null, [token]);
+        }
+
         if ((task || taskOf) && TryTake(_armed, targetMethod.Name))
         {
             Exception fault = TryTake(_unexpected, targetMethod.Name) ? new InvalidOperationException(Message) : new SpoolException(Message);
@@ -126,6 +152,12 @@ public class FaultingSpool : DispatchProxy
     }
 
     private static Task<T> Faulted<T>(Exception fault) => Task.FromException<T>(fault);
+
+    private static async Task<T> Stalled<T>(CancellationToken token)
+    {
+        await Task.Delay(Timeout.Infinite, token);
+        throw new InvalidOperationException("unreachable: an infinite delay ended without its token");
+    }
 
     private static bool TryTake(ConcurrentDictionary<string, int> armed, string method)
     {
