@@ -195,6 +195,16 @@ public sealed class RelayOptions
     /// <summary>Messages delivered in parallel.</summary>
     public int Concurrency { get; set; } = 4;
 
+    /// <summary>
+    /// Direct MX: deliveries under way to one domain at most; mail to it over that waits for one to end. Unset, half of
+    /// <see cref="Concurrency"/> rounded up, so that a domain whose exchangers answer slowly leaves the rest to the others.
+    /// </summary>
+    public int? DomainConcurrency { get; set; }
+
+    /// <summary><see cref="DomainConcurrency"/>, or half of <see cref="Concurrency"/> rounded up.</summary>
+    /// <returns>The limit.</returns>
+    public int EffectiveDomainConcurrency() => DomainConcurrency ?? (Concurrency + 1) / 2;
+
     /// <summary>Connection timeout for SMTP.</summary>
     public TimeSpan Timeout { get; set; } = TimeSpan.FromSeconds(30);
 

@@ -537,6 +537,12 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
                 $"use e.g. 4 (the default; a smarthost seldom takes more than 20 connections from one client), at most {MaxConcurrency}");
         }
 
+        if (relay.DomainConcurrency is { } perDomain && (perDomain < 1 || perDomain > relay.Concurrency))
+        {
+            add("Relay:DomainConcurrency", perDomain < 1 ? $"{perDomain} is below 1" : $"{perDomain} is above Relay:Concurrency ({relay.Concurrency})",
+                $"use e.g. {(relay.Concurrency + 1) / 2} (the default, half of Relay:Concurrency), between 1 and Relay:Concurrency; below it a domain whose exchangers answer slowly leaves delivery slots to the others");
+        }
+
         if (relay.MailboxMaxMegabytes < 0)
         {
             add("Relay:MailboxMaxMegabytes", "is negative", "use e.g. 1024, or 0 for no size limit");

@@ -43,6 +43,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     private readonly Signal _wake = new();
     private readonly ConcurrentDictionary<long, bool> _inFlight = new();
     private readonly ConcurrentDictionary<long, bool> _heldBack = new();
+    private readonly DomainConcurrency? _domains;
     private readonly ParkingLot _parking;
     private readonly RelayHealth _health;
     private readonly GatewayMetrics _metrics;
@@ -86,6 +87,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         _logger = logger;
         _slots = new SemaphoreSlim(_options.Relay.Concurrency);
         _maxUnrecorded = _options.Relay.Concurrency * 4;
+        _domains = _options.Relay.Mode.Equals("DirectMx", StringComparison.OrdinalIgnoreCase) ? new DomainConcurrency(_options.Relay.EffectiveDomainConcurrency()) : null;
         _recordPartSent = RecordPartSentAsync;
         _spool.MessagesQueued += _wake.Set;
         metrics.Meter.CreateObservableGauge("edgemail.delivery.unrecorded", () => Unrecorded, "{message}",
@@ -143,7 +145,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
 
                     _pausedForUnrecorded = false;
                     var now = _clock.GetUtcNow();
-                    var busy = _inFlight.Keys.Concat(_heldBack.Keys).ToHashSet();
+                    var busy = _inFlight.Keys.Concat(_heldBack.Keys).Concat(_domains?.Waiting ?? []).ToHashSet();
                     // On a shared spool a claim lasts Spool:ClaimLease and is renewed by the attempt that sends it: claim
                     // only what can be sent now, so that no claim runs out while the message waits here for a connection
                     // and another instance sends it too. With every connection busy, wait for one before claiming.
@@ -158,11 +160,24 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                     int max = shared ? _slots.CurrentCount : _options.Relay.Concurrency * 4;
                     var due = await _spool.DueMessagesAsync(now, max, busy, stoppingToken).ConfigureAwait(false);
                     DateTimeOffset? heldUntil = null;
+                    int started = 0;
                     foreach (var message in due)
                     {
                         if (Unrecorded >= _maxUnrecorded)
                         {
                             break; // the rest of the round waits with the others (above)
+                        }
+
+                        string[] domains = _domains is null ? [] : DomainConcurrency.Of(message);
+                        if (_domains?.Full(message.RowId, domains, out bool first) is { } full)
+                        {
+                            // Before the throttle, which it would spend for nothing; an attempt to the domain ending lets it go.
+                            if (first)
+                            {
+                                LogDomainFull(full, _domains.Limit, message.MessageId);
+                            }
+
+                            continue;
                         }
 
                         if (message.PendingRecipients.Count > 0 && _throttle.TryReserve(message.PendingRecipients.Count) is { } until)
@@ -181,7 +196,9 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                         }
 
                         _inFlight[message.RowId] = true;
-                        running.Add(AttemptAsync(message, now, stoppingToken, attempts.Token));
+                        _domains?.Start(domains);
+                        started++;
+                        running.Add(AttemptAsync(message, domains, now, stoppingToken, attempts.Token));
                     }
 
                     if (heldUntil is { } held)
@@ -192,8 +209,18 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                         continue;
                     }
 
+                    if (due.Count > 0 && (started > 0 || !shared))
+                    {
+                        continue;
+                    }
+
                     if (due.Count > 0)
                     {
+                        // On a shared spool the due mail just read is claimed, and all of it waits for its domain: wait for
+                        // an attempt to end (or the poll) rather than claim the next at once, and so the whole backlog.
+                        // What it claimed is taken over by another instance if its lease runs out first.
+                        Idle?.Invoke();
+                        await _wake.WaitAsync(_spool.IdleWait(Timeout.InfiniteTimeSpan), _clock, stoppingToken).ConfigureAwait(false);
                         continue;
                     }
 
@@ -233,10 +260,10 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     // Never throws: every outcome of the attempt is turned into a recorded result or a parked message, written again
     // until the spool takes it; only a stop leaves it unwritten (the mail then goes again after the restart).
     // claimedAt: a time no later than the claim of a shared spool, from which its lease counts.
-    private async Task AttemptAsync(QueuedMessage message, DateTimeOffset claimedAt, CancellationToken stoppingToken, CancellationToken cancellationToken)
+    private async Task AttemptAsync(QueuedMessage message, string[] domains, DateTimeOffset claimedAt, CancellationToken stoppingToken, CancellationToken cancellationToken)
     {
         bool slotHeld = true;
-        int deliveredUnrecorded = 0;
+        bool tookUnrecorded = false;
 
         // One spool user (SQLite) holds no claims: nothing to renew, and the cached delegate.
         LeaseKeeper? lease = null;
@@ -280,7 +307,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             _slots.Release();
             slotHeld = false;
             var settled = Settle(message, results);
-            deliveredUnrecorded = results.Count(r => r.Outcome == RecipientOutcome.Sent);
+            tookUnrecorded = results.Any(r => r.Outcome == RecipientOutcome.Sent);
             DeliveryCommitted? committed;
             try
             {
@@ -297,7 +324,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                     ct => _spool.CommitDeliveryAsync(commit, ct), stoppingToken, cancellationToken).ConfigureAwait(false);
             }
 
-            deliveredUnrecorded = 0; // written, or said so by WriteAgainAsync
+            tookUnrecorded = false; // written, or said so by WriteAgainAsync
 
             if (committed is not null)
             {
@@ -315,10 +342,11 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
-            // Stopping: the message stays queued. One its recipients took is sent to them again after the restart: say so.
-            if (deliveredUnrecorded > 0)
+            // Stopping: the message stays queued. If recipients took it and the result is not written, they get it
+            // again after the restart: say so (the spool may still take a write whose wait was cancelled, so "may").
+            if (tookUnrecorded)
             {
-                LogDeliveredUnrecordedAtStop(message.MessageId, deliveredUnrecorded, _options.Relay.Timeout * 2);
+                LogTakenUnrecordedAtStop(message.MessageId, _options.Relay.Timeout * 2);
             }
         }
         catch (SpoolException ex) when (FailsAgain(ex))
@@ -343,6 +371,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             }
 
             _inFlight.TryRemove(message.RowId, out _);
+            _domains?.End(domains);
             if (slotHeld)
             {
                 _slots.Release();
@@ -711,6 +740,9 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         base.Dispose();
     }
 
+    [LoggerMessage(Level = LogLevel.Information, Message = "Mail to {Domain} waits, <{MessageId}> first: {Limit} deliveries to it are under way (Relay:DomainConcurrency); the next goes when one of them ends")]
+    private partial void LogDomainFull(string domain, int limit, string messageId);
+
     [LoggerMessage(Level = LogLevel.Information, Message = "Delivered <{MessageId}>: {Reply}")]
     private partial void LogDelivered(string messageId, string reply);
 
@@ -767,8 +799,8 @@ public sealed partial class DeliveryWorker : SupervisedLoop
     [LoggerMessage(Level = LogLevel.Warning, Message = "Stopping with {What} <{MessageId}> not written: the spool failed it ({Error}); the mail stays queued and is sent again after the restart, with the same Message-ID")]
     private partial void LogUnwrittenAtStop(string messageId, string what, string error);
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "Stopping with the result of the attempt on <{MessageId}> not written: the stop's wait for attempts under way ({Budget}, twice Relay:Timeout) ran out first; {Delivered} recipient(s) took the mail, which stays queued and goes to them again after the restart, with the same Message-ID")]
-    private partial void LogDeliveredUnrecordedAtStop(string messageId, int delivered, TimeSpan budget);
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Stopping with the result of the attempt on <{MessageId}> perhaps not written: the stop's wait for attempts under way ({Budget}, twice Relay:Timeout) ran out first. If the spool did not take it, the mail stays queued and goes again after the restart, with the same Message-ID, to the recipients who took it")]
+    private partial void LogTakenUnrecordedAtStop(string messageId, TimeSpan budget);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Delivery paused: the spool failed to write the outcome of {Count} attempts, kept in memory meanwhile; no further mail is sent until some are written")]
     private partial void LogPausedForUnrecorded(int count);

@@ -235,6 +235,20 @@ public sealed class GatewayOptionsValidatorTests
 
     [Theory]
     [InlineData(0, "0 is below 1")]
+    [InlineData(5, "5 is above Relay:Concurrency (4)")]
+    public void Check_DomainConcurrencyOutsideOneToConcurrency_NamesTheKeyAndTheFix(int perDomain, string problem)
+    {
+        var o = Valid();
+        o.Relay.DomainConcurrency = perDomain;
+
+        string error = Assert.Single(GatewayOptionsValidator.Check(o));
+        Assert.StartsWith($"Relay:DomainConcurrency: {problem}. Fix: use e.g. 2 (the default, half of Relay:Concurrency)", error, StringComparison.Ordinal);
+        o.Relay.DomainConcurrency = 4;
+        Assert.Empty(GatewayOptionsValidator.Check(o));
+    }
+
+    [Theory]
+    [InlineData(0, "0 is below 1")]
     [InlineData(101, "101 is above 100")]
     [InlineData(100_000, "100000 is above 100")]
     public void Check_ConcurrencyOutsideOneToAHundred_NamesTheKeyAndTheFix(int concurrency, string problem)

@@ -272,7 +272,7 @@ internal sealed class GatewayProcess : IDisposable
         string dll = Path.Combine(AppContext.BaseDirectory, "EdgeMail.Gateway.dll");
         var psi = new ProcessStartInfo("dotnet")
         {
-            ArgumentList = { dll, "--config", config, $"--Logging:LogLevel:{category}=Information", "--Logging:Console:FormatterName=simple" },
+            ArgumentList = { dll, "--config", config, $"--Logging:LogLevel:{category}=Information", "--Logging:Console:FormatterName=simple", "--Logging:Console:FormatterOptions:ColorBehavior=Disabled" },
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
@@ -283,7 +283,7 @@ internal sealed class GatewayProcess : IDisposable
         }
         var process = Process.Start(psi)!;
         var ready = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
-        bool warned = false; // the simple formatter puts "warn: Category" on one line and the message on the next
+        bool warned = false; // the simple formatter puts "warn: Category" on one line, the message and any exception indented under it
         process.OutputDataReceived += (_, e) =>
         {
             if (e.Data is null)
@@ -298,13 +298,16 @@ internal sealed class GatewayProcess : IDisposable
             }
 
             // Warnings and errors in the test's output: what a failed run needs to be read.
-            bool warning = e.Data.StartsWith("warn:", StringComparison.Ordinal) || e.Data.StartsWith("fail:", StringComparison.Ordinal) || e.Data.StartsWith("crit:", StringComparison.Ordinal);
-            if (warning || warned)
+            bool level = e.Data.Length > 5 && e.Data[4] == ':' && !char.IsWhiteSpace(e.Data[0]);
+            if (level)
+            {
+                warned = e.Data.StartsWith("warn:", StringComparison.Ordinal) || e.Data.StartsWith("fail:", StringComparison.Ordinal) || e.Data.StartsWith("crit:", StringComparison.Ordinal);
+            }
+
+            if (warned)
             {
                 Say(output, "gateway: " + e.Data);
             }
-
-            warned = warning;
         };
         process.ErrorDataReceived += (_, e) =>
         {

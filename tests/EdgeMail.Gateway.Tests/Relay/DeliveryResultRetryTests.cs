@@ -128,7 +128,8 @@ public sealed class DeliveryResultRetryTests
 
     // A spool that stops answering while the mail's result waits: a graceful stop waits for attempts under way and their
     // results for twice Relay:Timeout, then ends, and the worker names the mail whose recipients took it with nothing on
-    // record (before, it said nothing: the copy sent after the restart was unexplained).
+    // record (before, it said nothing: the copy sent after the restart was unexplained). Not covered: a stop that cuts
+    // the early record of a part (Relay:Limits, direct MX's domains) inside the transport, which says nothing yet.
     [Fact]
     public async Task StoppedWhileTheSpoolDoesNotAnswer_TheMailTakenWithoutARecordIsNamed_AndGoesAgainAfterTheRestart()
     {
@@ -156,8 +157,7 @@ public sealed class DeliveryResultRetryTests
         await first.StopAsync();
 
         string stopped = await Await.Within(log.ContainingAsync("Stopping with"), "the worker's word at the stop");
-        Assert.StartsWith("Stopping with the result of the attempt on <slow-1@gw.test> not written: the stop's wait for attempts under way (00:00:02", stopped, StringComparison.Ordinal);
-        Assert.Contains("1 recipient(s) took the mail, which stays queued and goes to them again after the restart", stopped, StringComparison.Ordinal);
+        Assert.StartsWith("Stopping with the result of the attempt on <slow-1@gw.test> perhaps not written: the stop's wait for attempts under way (00:00:02", stopped, StringComparison.Ordinal);
         Assert.Single(sink.Received);
 
         await using var second = await TestGateway.StartAsync(c => Smarthost(c, sink.Port), null, dataDir: dataDir);

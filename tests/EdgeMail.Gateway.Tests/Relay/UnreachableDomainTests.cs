@@ -9,6 +9,7 @@ using EdgeMail.Gateway.Spool;
 using EdgeMail.Testing;
 using EdgeMail.Testing.Smtp;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Time.Testing;
 using MQTTnet;
 using MQTTnet.Protocol;
@@ -23,7 +24,8 @@ namespace EdgeMail.Gateway.Tests.Relay;
 /// the first back-off step, then one attempt looks again while the others are still deferred, and an exchanger that
 /// answers ends the hold. Attempts already connecting when another finds the domain unreachable stop before their next
 /// exchanger. Before, every attempt went through every address of the domain, each holding a delivery slot until
-/// <c>Relay:Timeout</c>.
+/// <c>Relay:Timeout</c>. A domain that is reached but answers slowly takes at most <c>Relay:DomainConcurrency</c> of the
+/// delivery slots (<see cref="DomainConcurrency"/>).
 /// </summary>
 public sealed class UnreachableDomainTests
 {
@@ -271,6 +273,41 @@ public sealed class UnreachableDomainTests
         Assert.Equal(1, silent.Connections);
     }
 
+    // A domain whose exchanger greets and then answers nothing more (a tarpit, an overloaded server) is reached, so not
+    // held as unreachable; its attempts last up to Relay:AttemptTimeout. It gets at most Relay:DomainConcurrency of them
+    // at once (1 of Relay:Concurrency 2 by default): its second mail waits without connecting, and mail to another
+    // domain takes the other slot. Before, its two mails took both slots and nothing else went out for that long.
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Gateway_DirectMx_ADomainThatAnswersSlowly_TakesAtMostItsShareOfTheSlots_MailToOthersGoesOn()
+    {
+        await using var a = await SmtpTestServer.StartAsync();
+        using var dns = await Dns(a.Port);
+        using var slow = HeldServer.Start(IPAddress.Parse("127.0.0.2"), a.Port);
+        var log = new Operations.DeliveryContainmentTests.WorkerLog();
+        await using var gw = await StartAsync(dns, a.Port, concurrency: 2, services: s => s.AddSingleton<ILoggerProvider>(log)
+            .AddLogging(b => b.AddFilter(typeof(DeliveryWorker).FullName, LogLevel.Information)));
+        using var one = await gw.ConnectAsync("dev-1");
+        using var two = await gw.ConnectAsync("dev-2");
+
+        await Publish(one, "dev-1", "b-1");
+        var first = await slow.NextAsync();
+        first.Greet(); // reached; the EHLO waits for an answer that does not come
+        await Publish(one, "dev-1", "b-2");
+        Assert.Equal("Mail to b.example.test waits, <dev-1.b-2.alert@gw.test> first: 1 deliveries to it are under way (Relay:DomainConcurrency); the next goes when one of them ends",
+            await Await.Within(log.ContainingAsync("Mail to b.example.test waits"), "the second mail to the slow domain waiting"));
+
+        await Publish(two, "dev-2", "a-1");
+        Assert.Equal("dev-2.a-1.alert@gw.test", (await a.NextAsync()).Message.MessageId);
+        Assert.Equal(1, slow.Connections);
+
+        // The first attempt ends (the exchanger hangs up): the waiting mail goes, on a connection of its own.
+        first.Close();
+        Assert.StartsWith("451 ", (await AttemptedAsync(gw, "dev-1.b-1.alert@gw.test")).LastReply, StringComparison.Ordinal);
+        (await slow.NextAsync()).Close();
+        await AttemptedAsync(gw, "dev-1.b-2.alert@gw.test");
+        Assert.Equal(2, slow.Connections);
+    }
+
     // The relay's health (/readyz, edgemail_relay_up) goes by the latest attempt that met it: b.example.test unreachable
     // (down), then a.example.test's exchanger taking a mail (up). A later mail for the held domain, deferred without a
     // connection, is no news of the relay; before, it marked it down until the next mail to another domain.
@@ -305,7 +342,7 @@ public sealed class UnreachableDomainTests
         Assert.Equal(1, silent.Connections);
     }
 
-    private static Task<TestGateway> StartAsync(Dnsmasq dns, int port, int concurrency, TimeProvider? clock = null) => TestGateway.StartAsync(c =>
+    private static Task<TestGateway> StartAsync(Dnsmasq dns, int port, int concurrency, TimeProvider? clock = null, Action<IServiceCollection>? services = null) => TestGateway.StartAsync(c =>
     {
         c["Sender"] = new { Address = "edgemail@gw.test", DisplayName = "EdgeMail", Hostname = "gw.test", Operator = "ops@a.example.test" };
         c["Users"] = new Dictionary<string, object>
@@ -330,6 +367,8 @@ public sealed class UnreachableDomainTests
         {
             s.AddSingleton(clock);
         }
+
+        services?.Invoke(s);
     });
 
     private static Task Publish(IMqttClient device, string name, string id) =>

@@ -65,8 +65,9 @@ public class FaultingSpool : DispatchProxy
     }
 
     /// <summary>
-    /// Makes every call of <paramref name="method"/> wait until the caller's cancellation token is cancelled, and end
-    /// cancelled: a spool that has stopped answering.
+    /// Makes every call of <paramref name="method"/> wait until the caller's (last) cancellation token is cancelled, and
+    /// end cancelled: a spool that has stopped answering. It wins over <see cref="Fail"/>, is not counted by
+    /// <see cref="Failed"/>, and <see cref="Heal"/> lets later calls through, not those already waiting.
     /// </summary>
     /// <param name="method">An <see cref="ISpool"/> method's name that takes a cancellation token.</param>
     public void Stall(string method)
