@@ -196,14 +196,15 @@ public sealed class RelayOptions
     public int Concurrency { get; set; } = 4;
 
     /// <summary>
-    /// Direct MX: deliveries under way to one domain at most; mail to it over that waits for one to end. Unset, half of
-    /// <see cref="Concurrency"/> rounded up, so that a domain whose exchangers answer slowly leaves the rest to the others.
+    /// Direct MX: deliveries under way to one domain at most; mail to it over that waits for one to end. Unset, one less
+    /// than <see cref="Concurrency"/> (at least 1): a domain whose exchangers answer slowly leaves a slot to the others,
+    /// and mail that all goes to one domain loses only that one.
     /// </summary>
     public int? DomainConcurrency { get; set; }
 
-    /// <summary><see cref="DomainConcurrency"/>, or half of <see cref="Concurrency"/> rounded up.</summary>
+    /// <summary><see cref="DomainConcurrency"/>, or one less than <see cref="Concurrency"/> (at least 1).</summary>
     /// <returns>The limit.</returns>
-    public int EffectiveDomainConcurrency() => DomainConcurrency ?? (Concurrency + 1) / 2;
+    public int EffectiveDomainConcurrency() => DomainConcurrency ?? Math.Max(1, Concurrency - 1);
 
     /// <summary>Connection timeout for SMTP.</summary>
     public TimeSpan Timeout { get; set; } = TimeSpan.FromSeconds(30);

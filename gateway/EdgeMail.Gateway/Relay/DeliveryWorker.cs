@@ -160,7 +160,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                     int max = shared ? _slots.CurrentCount : _options.Relay.Concurrency * 4;
                     var due = await _spool.DueMessagesAsync(now, max, busy, stoppingToken).ConfigureAwait(false);
                     DateTimeOffset? heldUntil = null;
-                    int started = 0;
+                    List<long>? waitsNow = null;
                     foreach (var message in due)
                     {
                         if (Unrecorded >= _maxUnrecorded)
@@ -171,12 +171,13 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                         string[] domains = _domains is null ? [] : DomainConcurrency.Of(message);
                         if (_domains?.Full(message.RowId, domains, out bool first) is { } full)
                         {
-                            // Before the throttle, which it would spend for nothing; an attempt to the domain ending lets it go.
+                            // Before the throttle, which it would spend for nothing; a delivery to the domain ending lets it go.
                             if (first)
                             {
                                 LogDomainFull(full, _domains.Limit, message.MessageId);
                             }
 
+                            (waitsNow ??= []).Add(message.RowId);
                             continue;
                         }
 
@@ -197,8 +198,14 @@ public sealed partial class DeliveryWorker : SupervisedLoop
 
                         _inFlight[message.RowId] = true;
                         _domains?.Start(domains);
-                        started++;
                         running.Add(AttemptAsync(message, domains, now, stoppingToken, attempts.Token));
+                    }
+
+                    if (shared && waitsNow is not null)
+                    {
+                        // Read as due, so claimed: another instance may send it meanwhile, and this one must not end up
+                        // holding a slow domain's whole backlog.
+                        await _spool.UnclaimMessagesAsync(waitsNow, stoppingToken).ConfigureAwait(false);
                     }
 
                     if (heldUntil is { } held)
@@ -209,18 +216,8 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                         continue;
                     }
 
-                    if (due.Count > 0 && (started > 0 || !shared))
+                    if (due.Count > 0 || _domains?.ReleaseWhereRoom() == true)
                     {
-                        continue;
-                    }
-
-                    if (due.Count > 0)
-                    {
-                        // On a shared spool the due mail just read is claimed, and all of it waits for its domain: wait for
-                        // an attempt to end (or the poll) rather than claim the next at once, and so the whole backlog.
-                        // What it claimed is taken over by another instance if its lease runs out first.
-                        Idle?.Invoke();
-                        await _wake.WaitAsync(_spool.IdleWait(Timeout.InfiniteTimeSpan), _clock, stoppingToken).ConfigureAwait(false);
                         continue;
                     }
 
@@ -257,12 +254,27 @@ public sealed partial class DeliveryWorker : SupervisedLoop
         }
     }
 
+    // The remote is done with the message (its connection is free): its domain's room goes to the mail waiting for it,
+    // which stays out of the due mail until then (the message itself stays in flight until its result is written).
+    private void EndDelivery(string[] domains, ref bool held)
+    {
+        if (held)
+        {
+            held = false;
+            if (_domains!.End(domains))
+            {
+                _wake.Set();
+            }
+        }
+    }
+
     // Never throws: every outcome of the attempt is turned into a recorded result or a parked message, written again
     // until the spool takes it; only a stop leaves it unwritten (the mail then goes again after the restart).
     // claimedAt: a time no later than the claim of a shared spool, from which its lease counts.
     private async Task AttemptAsync(QueuedMessage message, string[] domains, DateTimeOffset claimedAt, CancellationToken stoppingToken, CancellationToken cancellationToken)
     {
         bool slotHeld = true;
+        bool domainsHeld = _domains is not null;
         bool tookUnrecorded = false;
 
         // One spool user (SQLite) holds no claims: nothing to renew, and the cached delegate.
@@ -306,6 +318,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             // for its group commit (the message stays in flight, so it is not picked up again meanwhile).
             _slots.Release();
             slotHeld = false;
+            EndDelivery(domains, ref domainsHeld);
             var settled = Settle(message, results);
             tookUnrecorded = results.Any(r => r.Outcome == RecipientOutcome.Sent);
             DeliveryCommitted? committed;
@@ -371,7 +384,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
             }
 
             _inFlight.TryRemove(message.RowId, out _);
-            _domains?.End(domains);
+            EndDelivery(domains, ref domainsHeld);
             if (slotHeld)
             {
                 _slots.Release();

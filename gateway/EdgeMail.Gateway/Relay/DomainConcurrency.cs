@@ -6,15 +6,16 @@ namespace EdgeMail.Gateway.Relay;
 /// Direct MX's limit on deliveries under way to one domain (<c>Relay:DomainConcurrency</c>). An exchanger that takes
 /// connections and answers slowly (a tarpit, an overloaded server) keeps each attempt to it for up to
 /// <c>Relay:AttemptTimeout</c>; without a limit its mail could take every delivery slot and hold up mail to every other
-/// domain for that long. Mail over the limit is not attempted, nor deferred: it waits, left out of the due mail, until
-/// an attempt to its domain ends, and is then looked at again in its turn. The delivery worker's loop is the only one
-/// to start deliveries; attempts end on any thread.
+/// domain for that long. Mail over the limit is not attempted, nor deferred: it waits in a queue of its domain, left out
+/// of the due mail, and each delivery to the domain that ends lets the oldest waiting go back, as many as there is room
+/// for. The delivery worker's loop alone starts deliveries; they end on any thread.
 /// </summary>
 public sealed class DomainConcurrency
 {
     private readonly object _lock = new();
     private readonly Dictionary<string, int> _underWay = new(StringComparer.Ordinal);
-    private readonly Dictionary<long, string> _waiting = [];
+    private readonly Dictionary<string, Queue<long>> _queues = new(StringComparer.Ordinal);
+    private readonly HashSet<long> _waiting = [];
 
     /// <summary>Creates the limit.</summary>
     /// <param name="limit">Deliveries under way to one domain at most.</param>
@@ -34,7 +35,7 @@ public sealed class DomainConcurrency
         {
             lock (_lock)
             {
-                return [.. _waiting.Keys];
+                return [.. _waiting];
             }
         }
     }
@@ -48,22 +49,27 @@ public sealed class DomainConcurrency
 
     /// <summary>
     /// Whether the message must wait: null when it may start now, or the first of its domains with <see cref="Limit"/>
-    /// deliveries under way, in which case it waits until one of them ends. <paramref name="first"/>: no other message
-    /// waited for that domain.
+    /// deliveries under way, in whose queue it then waits. <paramref name="first"/>: the domain had nobody waiting.
     /// </summary>
     public string? Full(long rowId, IReadOnlyList<string> domains, out bool first)
     {
         ArgumentNullException.ThrowIfNull(domains);
         lock (_lock)
         {
-            // Checked and entered under the lock an ending attempt takes: an end either came first (and left room) or
+            // Checked and queued under the lock an ending delivery takes: an end either came first (and left room) or
             // comes after, and lets this message go.
             foreach (string domain in domains)
             {
                 if (_underWay.GetValueOrDefault(domain) >= Limit)
                 {
-                    first = !_waiting.ContainsValue(domain);
-                    _waiting[rowId] = domain;
+                    if (!_queues.TryGetValue(domain, out var queue))
+                    {
+                        _queues[domain] = queue = new Queue<long>();
+                    }
+
+                    first = queue.Count == 0;
+                    queue.Enqueue(rowId);
+                    _waiting.Add(rowId);
                     return domain;
                 }
             }
@@ -87,33 +93,74 @@ public sealed class DomainConcurrency
     }
 
     /// <summary>
-    /// Ends a delivery started with <see cref="Start"/>; the messages waiting for one of its domains go back to the due
-    /// mail. Returns whether any did (the worker looks again).
+    /// Ends a delivery started with <see cref="Start"/>: of each domain's waiting mail, the oldest go back to the due mail,
+    /// as many as there is room for. Returns whether any did (the worker looks again).
     /// </summary>
     public bool End(IReadOnlyList<string> domains)
     {
         ArgumentNullException.ThrowIfNull(domains);
         lock (_lock)
         {
+            bool released = false;
             foreach (string domain in domains)
             {
-                if (_underWay.GetValueOrDefault(domain) <= 1)
+                int left = _underWay.GetValueOrDefault(domain) - 1;
+                if (left <= 0)
                 {
                     _underWay.Remove(domain);
                 }
                 else
                 {
-                    _underWay[domain]--;
+                    _underWay[domain] = left;
                 }
+
+                released |= Release(domain);
             }
 
-            var released = _waiting.Where(w => domains.Contains(w.Value, StringComparer.Ordinal)).Select(w => w.Key).ToList();
-            foreach (long rowId in released)
-            {
-                _waiting.Remove(rowId);
-            }
-
-            return released.Count > 0;
+            return released;
         }
+    }
+
+    /// <summary>
+    /// Lets waiting mail go where there is room: mail let go that did not start (sent meanwhile by another instance,
+    /// cancelled) leaves room no ending delivery would give. Returns whether any went.
+    /// </summary>
+    public bool ReleaseWhereRoom()
+    {
+        lock (_lock)
+        {
+            bool released = false;
+            foreach (string domain in _queues.Keys.ToList())
+            {
+                released |= Release(domain);
+            }
+
+            return released;
+        }
+    }
+
+    // Under the lock. With nothing under way to the domain, its whole queue goes (no later end would let the rest go).
+    private bool Release(string domain)
+    {
+        if (!_queues.TryGetValue(domain, out var queue))
+        {
+            return false;
+        }
+
+        int underWay = _underWay.GetValueOrDefault(domain);
+        int room = underWay == 0 ? queue.Count : Limit - underWay;
+        bool released = false;
+        while (room-- > 0 && queue.TryDequeue(out long rowId))
+        {
+            _waiting.Remove(rowId);
+            released = true;
+        }
+
+        if (queue.Count == 0)
+        {
+            _queues.Remove(domain);
+        }
+
+        return released;
     }
 }

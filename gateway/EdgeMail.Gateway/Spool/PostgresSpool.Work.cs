@@ -535,6 +535,17 @@ public sealed partial class PostgresSpool
     }
 
     /// <inheritdoc />
+    public Task UnclaimMessagesAsync(IReadOnlyCollection<long> rowIds, CancellationToken cancellationToken) =>
+        rowIds.Count == 0 ? Task.CompletedTask : WriteAsync(async (c, tx, ctx) =>
+        {
+            // Claims only, like taking them (durable=false); the others look at once.
+            ctx.MessagesQueued = await ExecAsync(c, tx, cancellationToken,
+                "UPDATE messages SET claimed_by = NULL, claim_until = NULL WHERE rowid = ANY($1) AND claimed_by = $2 AND status = 'queued'",
+                rowIds.ToArray(), _owner).ConfigureAwait(false) > 0;
+            return true;
+        }, cancellationToken, durable: false);
+
+    /// <inheritdoc />
     public Task<bool> RenewClaimAsync(long rowId, CancellationToken cancellationToken) =>
         // Durable: a renewal lost in a server crash would let another instance take over an attempt still under way.
         // GREATEST: a clock that stepped back never shortens a claim.

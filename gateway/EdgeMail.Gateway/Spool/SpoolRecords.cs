@@ -466,6 +466,16 @@ public partial interface ISpool : IAsyncDisposable
     TimeSpan? SharedPollInterval { get; }
 
     /// <summary>
+    /// Gives back this instance's claims of queued messages it read as due and will not attempt now (on a shared spool,
+    /// another instance may take them at once instead of after the lease); a message another instance holds is left alone.
+    /// Nothing to give back on a spool of one user.
+    /// </summary>
+    /// <param name="rowIds">The messages.</param>
+    /// <param name="cancellationToken">Cancellation.</param>
+    /// <returns>A task that ends when they are given back.</returns>
+    Task UnclaimMessagesAsync(IReadOnlyCollection<long> rowIds, CancellationToken cancellationToken) => Task.CompletedTask;
+
+    /// <summary>
     /// How long an idle loop may sleep when it wants <paramref name="wanted"/>: on a shared spool no longer than
     /// <see cref="SharedPollInterval"/>, because work can become claimable with nothing announcing it (another
     /// instance's lease running out after it died).

@@ -242,7 +242,7 @@ public sealed class GatewayOptionsValidatorTests
         o.Relay.DomainConcurrency = perDomain;
 
         string error = Assert.Single(GatewayOptionsValidator.Check(o));
-        Assert.StartsWith($"Relay:DomainConcurrency: {problem}. Fix: use e.g. 2 (the default, half of Relay:Concurrency)", error, StringComparison.Ordinal);
+        Assert.StartsWith($"Relay:DomainConcurrency: {problem}. Fix: use e.g. 3 (the default, one less than Relay:Concurrency)", error, StringComparison.Ordinal);
         o.Relay.DomainConcurrency = 4;
         Assert.Empty(GatewayOptionsValidator.Check(o));
     }

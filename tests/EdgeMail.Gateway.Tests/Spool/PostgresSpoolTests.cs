@@ -152,6 +152,30 @@ public sealed class PostgresSpoolTests(Xunit.Abstractions.ITestOutputHelper outp
         return plan.ToString();
     }
 
+    // Mail an instance read as due and will not attempt now (it waits for its domain: Relay:DomainConcurrency) is given
+    // back: another instance takes it at once instead of after the lease; a claim another instance holds is left alone.
+    [PostgresFact]
+    public async Task MailReadAsDueAndGivenBack_AnotherInstanceTakesItAtOnce_AClaimOfAnotherIsLeftAlone()
+    {
+        await using var a = OpenPostgres();
+        await using var b = OpenPostgres();
+        await a.QueueMailAsync(Mail("given@gw.test", "relay"), default);
+        await a.QueueMailAsync(Mail("kept@gw.test", "relay"), default);
+
+        var byA = await a.DueMessagesAsync(DateTimeOffset.UtcNow, 1, new HashSet<long>(), default);
+        var byB = await b.DueMessagesAsync(DateTimeOffset.UtcNow, 1, new HashSet<long>(), default);
+        Assert.Equal(["given@gw.test", "kept@gw.test"], byA.Concat(byB).Select(m => m.MessageId).Order(StringComparer.Ordinal));
+        var given = byA.Concat(byB).Single(m => m.MessageId == "given@gw.test");
+        var (holder, other) = byA.Contains(given) ? (a, b) : (b, a);
+        var inFlight = new HashSet<long> { byA.Concat(byB).Single(m => m.MessageId == "kept@gw.test").RowId }; // the other's own, under way
+        Assert.Empty(await other.DueMessagesAsync(DateTimeOffset.UtcNow, 10, inFlight, default));
+
+        await other.UnclaimMessagesAsync([given.RowId], default); // not its claim: nothing changes
+        Assert.Empty(await other.DueMessagesAsync(DateTimeOffset.UtcNow, 10, inFlight, default));
+        await holder.UnclaimMessagesAsync([given.RowId], default);
+        Assert.Equal("given@gw.test", Assert.Single(await other.DueMessagesAsync(DateTimeOffset.UtcNow, 10, inFlight, default)).MessageId);
+    }
+
     [PostgresFact]
     public async Task TwoInstancesDeliveringAtOnce_SendEveryMessageOnce_AndAThirdThatDiesHoldingClaims_LosesThemToTheOthersAfterItsLease()
     {
