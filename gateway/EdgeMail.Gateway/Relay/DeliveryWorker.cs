@@ -216,7 +216,7 @@ public sealed partial class DeliveryWorker : SupervisedLoop
                         continue;
                     }
 
-                    if (due.Count > 0 || _domains?.ReleaseWhereRoom() == true)
+                    if (_domains?.ReleaseIdle() == true || due.Count > 0)
                     {
                         continue;
                     }

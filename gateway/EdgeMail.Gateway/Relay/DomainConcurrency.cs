@@ -122,24 +122,28 @@ public sealed class DomainConcurrency
     }
 
     /// <summary>
-    /// Lets waiting mail go where there is room: mail let go that did not start (sent meanwhile by another instance,
-    /// cancelled) leaves room no ending delivery would give. Returns whether any went.
+    /// Lets waiting mail go to domains nothing is under way to: mail let go that did not start (sent meanwhile by another
+    /// instance, cancelled, parked) leaves room that no ending delivery will give. The worker calls it after each round,
+    /// once the mail let go before it has been read. Returns whether any went.
     /// </summary>
-    public bool ReleaseWhereRoom()
+    public bool ReleaseIdle()
     {
         lock (_lock)
         {
             bool released = false;
             foreach (string domain in _queues.Keys.ToList())
             {
-                released |= Release(domain);
+                if (!_underWay.ContainsKey(domain))
+                {
+                    released |= Release(domain);
+                }
             }
 
             return released;
         }
     }
 
-    // Under the lock. With nothing under way to the domain, its whole queue goes (no later end would let the rest go).
+    // Under the lock: as many as there is room for, so that a backlog is read again one place at a time, not whole.
     private bool Release(string domain)
     {
         if (!_queues.TryGetValue(domain, out var queue))
@@ -147,8 +151,7 @@ public sealed class DomainConcurrency
             return false;
         }
 
-        int underWay = _underWay.GetValueOrDefault(domain);
-        int room = underWay == 0 ? queue.Count : Limit - underWay;
+        int room = Limit - _underWay.GetValueOrDefault(domain);
         bool released = false;
         while (room-- > 0 && queue.TryDequeue(out long rowId))
         {

@@ -44,8 +44,8 @@ public sealed class DomainConcurrencyTests
         Assert.Equal("slow.test", Assert.IsType<string>(Full(limit, 7, slow, 2)));
     }
 
-    // Mail let go that does not start (sent meanwhile by another instance, cancelled) leaves room no ending delivery
-    // gives back: the worker, finding nothing due, lets the next waiting mail go there.
+    // Mail let go that does not start (sent meanwhile by another instance, cancelled) leaves room. Where something is
+    // still under way to the domain, its end lets the next go; where nothing is, the worker's look after each round does.
     [Fact]
     public void RoomLeftByMailThatDidNotStart_GoesToTheNextWaiting()
     {
@@ -56,21 +56,22 @@ public sealed class DomainConcurrencyTests
         limit.Start(["c.test"]);
         Assert.Equal("c.test", limit.Full(3, ["c.test"], out _));
 
-        Assert.True(limit.End(["b.test"])); // nothing under way to b.test: 1 and 2 both go back
-        Assert.Equal([3L], limit.Waiting.Order());
-        limit.Start(["b.test"]); // 1 started
-        Assert.Equal("b.test", limit.Full(2, ["b.test"], out _)); // 2 waits again
-        Assert.False(limit.ReleaseWhereRoom());
+        Assert.True(limit.End(["b.test"])); // room for one: 1 goes back ... and turns out sent elsewhere
         Assert.Equal([2L, 3L], limit.Waiting.Order());
+        Assert.True(limit.ReleaseIdle()); // nothing under way to b.test: 2 goes; c.test is busy, 3 stays
+        Assert.Equal([3L], limit.Waiting.Order());
+        limit.Start(["b.test"]);
+        Assert.False(limit.ReleaseIdle());
 
         var two = new DomainConcurrency(2);
         two.Start(["b.test"]);
         two.Start(["b.test"]);
         Assert.Equal("b.test", two.Full(1, ["b.test"], out _));
         Assert.Equal("b.test", two.Full(2, ["b.test"], out _));
-        Assert.True(two.End(["b.test"])); // 1 goes back ... and turns out sent elsewhere: it never starts
+        Assert.True(two.End(["b.test"])); // 1 goes back, and never starts
+        Assert.False(two.ReleaseIdle()); // one still under way: its end lets 2 go
         Assert.Equal([2L], two.Waiting.Order());
-        Assert.True(two.ReleaseWhereRoom());
+        Assert.True(two.End(["b.test"]));
         Assert.Empty(two.Waiting);
     }
 

@@ -308,6 +308,26 @@ public sealed class UnreachableDomainTests
         Assert.Equal(2, slow.Connections);
     }
 
+    // A domain's place is given back when its exchanger is done with the mail, not when the result is written: a result
+    // waiting for a slow spool does not hold up the next mail to the same domain.
+    [PeerFact("dnsmasq:dnsmasq-base")]
+    public async Task Gateway_DirectMx_TheNextMailToADomainGoes_WhileTheLastOnesResultWaitsForTheSpool()
+    {
+        await using var a = await SmtpTestServer.StartAsync();
+        await using var b = await SmtpTestServer.StartAsync(new SmtpTestServerOptions { Address = IPAddress.Parse("127.0.0.2"), Port = a.Port });
+        using var dns = await Dns(a.Port);
+        Spool.FaultingSpool? faults = null;
+        await using var gw = await StartAsync(dns, a.Port, concurrency: 2, timeout: "00:00:01",
+            services: s => Spool.FaultingSpool.Add<DeliveryWorker>(s, f => faults = f));
+        faults!.Stall(nameof(ISpool.CommitDeliveryAsync));
+        using var one = await gw.ConnectAsync("dev-1");
+
+        await Publish(one, "dev-1", "b-1");
+        Assert.Equal("dev-1.b-1.alert@gw.test", (await b.NextAsync()).Message.MessageId);
+        await Publish(one, "dev-1", "b-2");
+        Assert.Equal("dev-1.b-2.alert@gw.test", (await b.NextAsync()).Message.MessageId); // b-1's result is never written
+    }
+
     // The relay's health (/readyz, edgemail_relay_up) goes by the latest attempt that met it: b.example.test unreachable
     // (down), then a.example.test's exchanger taking a mail (up). A later mail for the held domain, deferred without a
     // connection, is no news of the relay; before, it marked it down until the next mail to another domain.
@@ -342,7 +362,8 @@ public sealed class UnreachableDomainTests
         Assert.Equal(1, silent.Connections);
     }
 
-    private static Task<TestGateway> StartAsync(Dnsmasq dns, int port, int concurrency, TimeProvider? clock = null, Action<IServiceCollection>? services = null) => TestGateway.StartAsync(c =>
+    private static Task<TestGateway> StartAsync(Dnsmasq dns, int port, int concurrency, TimeProvider? clock = null, Action<IServiceCollection>? services = null,
+        string timeout = "00:01:00") => TestGateway.StartAsync(c =>
     {
         c["Sender"] = new { Address = "edgemail@gw.test", DisplayName = "EdgeMail", Hostname = "gw.test", Operator = "ops@a.example.test" };
         c["Users"] = new Dictionary<string, object>
@@ -354,7 +375,7 @@ public sealed class UnreachableDomainTests
         c["Relay"] = new
         {
             Mode = "DirectMx", DnsServer = "127.0.0.1:" + dns.Port.ToString(CultureInfo.InvariantCulture), MxPort = port,
-            Backoff = new[] { "00:10:00" }, Timeout = "00:01:00", Concurrency = concurrency,
+            Backoff = new[] { "00:10:00" }, Timeout = timeout, Concurrency = concurrency,
         };
         c["Routes"] = new object[]
         {
