@@ -9,7 +9,7 @@ using Microsoft.Extensions.Options;
 namespace EdgeMail.Gateway.Cli;
 
 /// <summary><c>edgemail run</c>, also what the executable does without a command: the gateway service itself.</summary>
-public static class RunCommand
+public static partial class RunCommand
 {
     /// <summary>Adds <c>run</c>, and makes it the root's own action.</summary>
     /// <param name="root">The root command.</param>
@@ -44,17 +44,8 @@ public static class RunCommand
             }
 
             ThreadScheduling.Report(host.Services.GetRequiredService<ILoggerFactory>().CreateLogger(typeof(ThreadScheduling)));
-            var lifetime = host.Services.GetRequiredService<GatewayLifetime>(); // RunAsync disposes the services
-            var stopping = host.Services.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping;
-            try
-            {
-                await host.RunAsync().ConfigureAwait(false);
-            }
-            catch (OperationCanceledException) when (stopping.IsCancellationRequested)
-            {
-                // SIGTERM (systemctl stop) while the services were still starting: a stop on request, not a failed start.
-            }
-
+            var lifetime = host.Services.GetRequiredService<GatewayLifetime>();
+            await RunHostAsync(host).ConfigureAwait(false);
             return lifetime.ExitCode;
         }
         catch (OptionsValidationException ex)
@@ -75,6 +66,47 @@ public static class RunCommand
             return ExitCodes.Failed;
         }
     }
+
+    /// <summary>
+    /// Starts the host and runs it until it is told to stop (SIGTERM, Ctrl+C, <see cref="IHostApplicationLifetime.StopApplication"/>),
+    /// then stops it. A start that fails or is stopped part-way still stops the services that had started: the host
+    /// itself stops them only after a start that completed, and the delivery worker may already have mail under way
+    /// whose result must be written (left unwritten, the mail goes again after the next start). A stop requested while
+    /// starting returns normally; any other failure to start is thrown once the started services have stopped.
+    /// </summary>
+    internal static async Task RunHostAsync(IHost host)
+    {
+        ArgumentNullException.ThrowIfNull(host);
+        var stopping = host.Services.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping;
+        try
+        {
+            await host.StartAsync().ConfigureAwait(false);
+        }
+        catch (Exception ex)
+        {
+            try
+            {
+                await host.StopAsync().ConfigureAwait(false);
+            }
+            catch (AggregateException stopFailed)
+            {
+                // A service that never started may fail to stop; the others have stopped.
+                LogStopAfterStartFailed(host.Services.GetRequiredService<ILoggerFactory>().CreateLogger(typeof(RunCommand)), stopFailed);
+            }
+
+            if (ex is OperationCanceledException && stopping.IsCancellationRequested)
+            {
+                return; // SIGTERM (systemctl stop) while the services were still starting: a stop on request
+            }
+
+            throw;
+        }
+
+        await host.WaitForShutdownAsync().ConfigureAwait(false);
+    }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Stopping the services that had started, after the start did not finish")]
+    private static partial void LogStopAfterStartFailed(ILogger logger, Exception exception);
 
     private static async Task ReportAsync(CliContext c, IEnumerable<string> problems)
     {
