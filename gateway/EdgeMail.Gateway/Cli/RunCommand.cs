@@ -69,32 +69,26 @@ public static partial class RunCommand
 
     /// <summary>
     /// Starts the host and runs it until it is told to stop (SIGTERM, Ctrl+C, <see cref="IHostApplicationLifetime.StopApplication"/>),
-    /// then stops it. A start that fails or is stopped part-way still stops the services that had started: the host
-    /// itself stops them only after a start that completed, and the delivery worker may already have mail under way
-    /// whose result must be written (left unwritten, the mail goes again after the next start). A stop requested while
-    /// starting returns normally; any other failure to start is thrown once the started services have stopped.
+    /// then stops it. A start that fails or is stopped part-way still stops the services: the host itself stops them
+    /// only after a start that completed, and the delivery worker may already have mail under way whose result must be
+    /// written (left unwritten, the mail goes again after the next start). A stop requested while starting returns
+    /// normally; any other failure to start is thrown, itself, once the services have stopped. A service that fails to
+    /// stop is logged, and does not turn a stop into a failure nor hide why the start failed.
     /// </summary>
     internal static async Task RunHostAsync(IHost host)
     {
         ArgumentNullException.ThrowIfNull(host);
         var stopping = host.Services.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping;
+        var logger = host.Services.GetRequiredService<ILoggerFactory>().CreateLogger(typeof(RunCommand));
         try
         {
             await host.StartAsync().ConfigureAwait(false);
         }
         catch (Exception ex)
         {
-            try
-            {
-                await host.StopAsync().ConfigureAwait(false);
-            }
-            catch (AggregateException stopFailed)
-            {
-                // A service that never started may fail to stop; the others have stopped.
-                LogStopAfterStartFailed(host.Services.GetRequiredService<ILoggerFactory>().CreateLogger(typeof(RunCommand)), stopFailed);
-            }
-
-            if (ex is OperationCanceledException && stopping.IsCancellationRequested)
+            bool stopRequested = stopping.IsCancellationRequested; // before StopAsync, which requests one itself
+            await StopAsync(host, logger).ConfigureAwait(false);
+            if (ex is OperationCanceledException && stopRequested)
             {
                 return; // SIGTERM (systemctl stop) while the services were still starting: a stop on request
             }
@@ -102,11 +96,31 @@ public static partial class RunCommand
             throw;
         }
 
-        await host.WaitForShutdownAsync().ConfigureAwait(false);
+        var told = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using (stopping.Register(() => told.TrySetResult()))
+        {
+            await told.Task.ConfigureAwait(false);
+        }
+
+        await StopAsync(host, logger).ConfigureAwait(false);
     }
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "Stopping the services that had started, after the start did not finish")]
-    private static partial void LogStopAfterStartFailed(ILogger logger, Exception exception);
+    private static async Task StopAsync(IHost host, ILogger logger)
+    {
+        try
+        {
+            await host.StopAsync().ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // Whatever a service's stop throws, the others have been stopped; say it and go on.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            LogStopFailed(logger, ex);
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "A service did not stop cleanly; the others have stopped")]
+    private static partial void LogStopFailed(ILogger logger, Exception exception);
 
     private static async Task ReportAsync(CliContext c, IEnumerable<string> problems)
     {

@@ -16,7 +16,7 @@ namespace EdgeMail.Gateway.Tests.Cli;
 /// worker's mail under way had its result dropped, and went again after the next start (a cluster test found three
 /// mails sent and not recorded, next to "Hosting failed to start").
 /// </summary>
-public sealed class RunHostTests
+public sealed class RunHostTests : TempDirectory
 {
     [Fact]
     public async Task StopWhileStarting_StopsTheServicesThatStarted_TheMailUnderWayIsRecordedAsSent()
@@ -30,8 +30,7 @@ public sealed class RunHostTests
             answer.Wait(Await.DefaultTimeout); // the relay's 250 waits until the stop has begun
             return SmtpReply.Ok;
         };
-        string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
-        string config = TestGateway.WriteConfig(dataDir, 1, c =>
+        string config = TestGateway.WriteConfig(Dir, 1, c =>
             c["Relay"] = new { Mode = "Smarthost", Host = "127.0.0.1", Port = sink.Port, Security = "None", Timeout = "00:00:05", Backoff = new[] { "00:01:00" } });
         var slow = new SlowToStart();
         var builder = GatewayHost.CreateBuilder(["--config", config]);
@@ -50,7 +49,55 @@ public sealed class RunHostTests
         await Await.Within(run, "the run to end after the stop");
 
         Assert.Equal(MessageStatus.Sent, (await spool.GetMessageAsync("under-way@gw.test", default))!.Status);
-        Assert.Single(sink.Received);
+        Assert.Equal(0, host.Services.GetRequiredService<EdgeMail.Gateway.Operations.GatewayLifetime>().ExitCode); // a stop on request
+    }
+
+    // A start that fails: the services that started are stopped all the same, and the start's own failure is what the
+    // run ends with (a service that then fails to stop does not take its place, nor does the stop the host requests).
+    [Fact]
+    public async Task StartThatFails_StopsTheServicesThatStarted_AndEndsWithItsOwnFailure()
+    {
+        var started = new Recorder(stopThrows: true);
+        var builder = Host.CreateApplicationBuilder();
+        builder.Services.AddHostedService(_ => started);
+        builder.Services.AddHostedService(_ => new Failing(new InvalidOperationException("the SMTP port is in use")));
+        using var host = builder.Build();
+
+        var failure = await Assert.ThrowsAsync<InvalidOperationException>(() => RunCommand.RunHostAsync(host));
+
+        Assert.Equal("the SMTP port is in use", failure.Message);
+        Assert.True(started.Stopped);
+    }
+
+    // An OperationCanceledException from a start nobody asked to stop (a start timeout) is a failure, not a stop.
+    [Fact]
+    public async Task StartCancelledWithoutAStopRequest_IsAFailure()
+    {
+        var builder = Host.CreateApplicationBuilder();
+        builder.Services.AddHostedService(_ => new Failing(new OperationCanceledException("start timed out")));
+        using var host = builder.Build();
+
+        Assert.Equal("start timed out", (await Assert.ThrowsAsync<OperationCanceledException>(() => RunCommand.RunHostAsync(host))).Message);
+    }
+
+    private sealed class Recorder(bool stopThrows) : IHostedService
+    {
+        public bool Stopped { get; private set; }
+
+        public Task StartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+        public Task StopAsync(CancellationToken cancellationToken)
+        {
+            Stopped = true;
+            return stopThrows ? Task.FromException(new IOException("the listener was never bound")) : Task.CompletedTask;
+        }
+    }
+
+    private sealed class Failing(Exception failure) : IHostedService
+    {
+        public Task StartAsync(CancellationToken cancellationToken) => Task.FromException(failure);
+
+        public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
     }
 
     private sealed class SlowToStart : IHostedService
