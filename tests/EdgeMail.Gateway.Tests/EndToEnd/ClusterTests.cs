@@ -85,6 +85,8 @@ public sealed class ClusterTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.True(lateResends.Count == 0, $"sent twice though first sent after the SIGKILL: {string.Join(", ", lateResends)}");
 
         // Nothing stranded: every alert routed, every message finished, no claim left behind.
+        output.WriteLine("messages not sent: " + await _db!.ScalarAsync(
+            "SELECT COALESCE(string_agg(message_id || ' ' || status || ' attempts ' || attempts || ' claimed_by ' || COALESCE(claimed_by, '-') || ' reply ' || COALESCE(last_reply, '-'), '; '), 'none') FROM messages WHERE status <> 'sent'"));
         Assert.Equal((long)total, await _db!.ScalarAsync("SELECT COUNT(*) FROM alerts"));
         Assert.Equal(0L, await _db.ScalarAsync("SELECT COUNT(*) FROM alerts WHERE status <> 'routed'"));
         Assert.Equal((long)total, await _db.ScalarAsync("SELECT COUNT(*) FROM messages WHERE status = 'sent'"));
