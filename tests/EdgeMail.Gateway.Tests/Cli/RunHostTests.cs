@@ -13,8 +13,7 @@ namespace EdgeMail.Gateway.Tests.Cli;
 /// <c>edgemail run</c>'s host lifetime (<see cref="RunCommand.RunHostAsync"/>) with the real gateway. A stop that comes
 /// while the services are still starting (systemd's SIGTERM while the console starts) stops the services that had
 /// started, as any stop does. Before, the host stopped part-way through its start never stopped them: the delivery
-/// worker's mail under way had its result dropped, and went again after the next start (a cluster test found three
-/// mails sent and not recorded, next to "Hosting failed to start").
+/// worker's mail under way had its result dropped, and went again after the next start.
 /// </summary>
 public sealed class RunHostTests : TempDirectory
 {
