@@ -204,7 +204,11 @@ public sealed class RelayOptions
 
     /// <summary><see cref="DomainConcurrency"/>, or one less than <see cref="Concurrency"/> (at least 1).</summary>
     /// <returns>The limit.</returns>
-    public int EffectiveDomainConcurrency() => DomainConcurrency ?? Math.Max(1, Concurrency - 1);
+    public int EffectiveDomainConcurrency() => DomainConcurrency ?? DefaultDomainConcurrency(Concurrency);
+
+    /// <summary>The default <see cref="DomainConcurrency"/> for <paramref name="concurrency"/>.</summary>
+    /// <returns>One less than it, at least 1.</returns>
+    public static int DefaultDomainConcurrency(int concurrency) => Math.Max(1, concurrency - 1);
 
     /// <summary>Connection timeout for SMTP.</summary>
     public TimeSpan Timeout { get; set; } = TimeSpan.FromSeconds(30);

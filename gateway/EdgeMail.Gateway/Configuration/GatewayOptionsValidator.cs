@@ -540,7 +540,7 @@ public sealed partial class GatewayOptionsValidator : IValidateOptions<GatewayOp
         if (relay.DomainConcurrency is { } perDomain && (perDomain < 1 || perDomain > relay.Concurrency))
         {
             add("Relay:DomainConcurrency", perDomain < 1 ? $"{perDomain} is below 1" : $"{perDomain} is above Relay:Concurrency ({relay.Concurrency})",
-                $"use e.g. {Math.Max(1, relay.Concurrency - 1)} (the default, one less than Relay:Concurrency), between 1 and Relay:Concurrency; below it a domain whose exchangers answer slowly leaves delivery slots to the others");
+                $"use e.g. {RelayOptions.DefaultDomainConcurrency(relay.Concurrency)} (the default, one less than Relay:Concurrency), between 1 and Relay:Concurrency; below it a domain whose exchangers answer slowly leaves delivery slots to the others");
         }
 
         if (relay.MailboxMaxMegabytes < 0)

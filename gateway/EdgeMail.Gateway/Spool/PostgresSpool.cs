@@ -41,12 +41,11 @@ public sealed partial class PostgresSpool : ISpool
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, long> _lastHeartbeat = new(StringComparer.Ordinal);
     private const long HeartbeatSpacingMs = 5 * 60 * 1000;
     private static readonly TimeSpan HeartbeatRetention = TimeSpan.FromDays(7);
-
+    private readonly TimeSpan _listenCheck;
     private long _batches;
     private long _items;
     private int _disposed;
     private bool _listening;
-    private readonly TimeSpan _listenCheck;
 
     private PostgresSpool(NpgsqlDataSource data, string owner, int knownVersion, int maxBatch, TimeSpan lease, TimeSpan poll, ILogger logger)
     {

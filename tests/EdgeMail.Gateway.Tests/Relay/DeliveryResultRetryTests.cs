@@ -97,13 +97,8 @@ public sealed class DeliveryResultRetryTests
         await using var sink = await SmtpTestServer.StartAsync();
         string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
         var log = new DeliveryContainmentTests.WorkerLog();
-        FaultingSpool? faults = null;
-        var first = await TestGateway.StartAsync(c => Smarthost(c, sink.Port), s =>
-        {
-            s.AddSingleton<ILoggerProvider>(log);
-            FaultingSpool.Add<DeliveryWorker>(s, f => faults = f);
-        }, dataDir: dataDir);
-        faults!.Fail(nameof(ISpool.CommitDeliveryAsync), 1_000);
+        var (first, faults) = await FirstAsync(sink.Port, dataDir, log);
+        faults.Fail(nameof(ISpool.CommitDeliveryAsync), 1_000);
 
         await first.Spool.QueueMailAsync(Relay("stop-1@gw.test"), default);
         Assert.StartsWith("The spool could not write the result of the attempt on <stop-1@gw.test>",
@@ -117,12 +112,7 @@ public sealed class DeliveryResultRetryTests
         Assert.True(faults.Failed(nameof(ISpool.CommitDeliveryAsync)) > failedBeforeTheStop, "one more try at the stop");
         Assert.Single(sink.Received);
 
-        await using var second = await TestGateway.StartAsync(c => Smarthost(c, sink.Port), null, dataDir: dataDir);
-        await second.UntilAsync(async () => (await second.Spool.GetMessageAsync("stop-1@gw.test", default))?.Status == MessageStatus.Sent,
-            "the mail sent again after the restart");
-
-        Assert.Equal(2, sink.Received.Count);
-        Assert.All(sink.Received, m => Assert.Equal("stop-1@gw.test", m.Message.MessageId));
+        await using var second = await SentAgainAfterTheRestartAsync(sink, dataDir, "stop-1@gw.test");
         Assert.Equal(1, (await DetailAsync(second.Spool, "stop-1@gw.test")).Summary.Attempts);
     }
 
@@ -137,13 +127,8 @@ public sealed class DeliveryResultRetryTests
         string dataDir = Path.Combine(Path.GetTempPath(), "edgemail-gw-tests", Guid.NewGuid().ToString("N"));
         var log = new DeliveryContainmentTests.WorkerLog();
         var committing = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        FaultingSpool? faults = null;
-        var first = await TestGateway.StartAsync(c => Smarthost(c, sink.Port, timeout: "00:00:01"), s =>
-        {
-            s.AddSingleton<ILoggerProvider>(log);
-            FaultingSpool.Add<DeliveryWorker>(s, f => faults = f);
-        }, dataDir: dataDir);
-        faults!.Stall(nameof(ISpool.CommitDeliveryAsync));
+        var (first, faults) = await FirstAsync(sink.Port, dataDir, log, timeout: "00:00:01");
+        faults.Stall(nameof(ISpool.CommitDeliveryAsync));
         faults.Called += method =>
         {
             if (method == nameof(ISpool.CommitDeliveryAsync))
@@ -160,11 +145,31 @@ public sealed class DeliveryResultRetryTests
         Assert.StartsWith("Stopping with the result of the attempt on <slow-1@gw.test> perhaps not written: the stop's wait for attempts under way (00:00:02", stopped, StringComparison.Ordinal);
         Assert.Single(sink.Received);
 
-        await using var second = await TestGateway.StartAsync(c => Smarthost(c, sink.Port), null, dataDir: dataDir);
-        await second.UntilAsync(async () => (await second.Spool.GetMessageAsync("slow-1@gw.test", default))?.Status == MessageStatus.Sent,
+        await using var second = await SentAgainAfterTheRestartAsync(sink, dataDir, "slow-1@gw.test");
+    }
+
+    // A gateway on dataDir whose delivery worker has a faulting spool and writes its lines to log.
+    private static async Task<(TestGateway Gateway, FaultingSpool Faults)> FirstAsync(int port, string dataDir, ILoggerProvider log, string timeout = "00:00:05")
+    {
+        FaultingSpool? faults = null;
+        var gw = await TestGateway.StartAsync(c => Smarthost(c, port, timeout: timeout), s =>
+        {
+            s.AddSingleton(log);
+            FaultingSpool.Add<DeliveryWorker>(s, f => faults = f);
+        }, dataDir: dataDir);
+        return (gw, faults!);
+    }
+
+    // A gateway restarted on dataDir's spool, once it has sent the mail left unrecorded again: twice at the sink in all,
+    // with the same Message-ID.
+    private static async Task<TestGateway> SentAgainAfterTheRestartAsync(SmtpTestServer sink, string dataDir, string id)
+    {
+        var second = await TestGateway.StartAsync(c => Smarthost(c, sink.Port), null, dataDir: dataDir);
+        await second.UntilAsync(async () => (await second.Spool.GetMessageAsync(id, default))?.Status == MessageStatus.Sent,
             "the mail sent again after the restart");
         Assert.Equal(2, sink.Received.Count);
-        Assert.All(sink.Received, m => Assert.Equal("slow-1@gw.test", m.Message.MessageId));
+        Assert.All(sink.Received, m => Assert.Equal(id, m.Message.MessageId));
+        return second;
     }
 
     // With Relay:Concurrency 1, four results waiting make the worker send nothing more (the attempt under way then may

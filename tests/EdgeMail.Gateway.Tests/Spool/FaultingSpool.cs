@@ -122,23 +122,24 @@ public class FaultingSpool : DispatchProxy
         Called?.Invoke(targetMethod.Name);
         bool task = targetMethod.ReturnType == typeof(Task);
         bool taskOf = targetMethod.ReturnType.IsGenericType && targetMethod.ReturnType.GetGenericTypeDefinition() == typeof(Task<>);
+        Task? instead = null;
         if ((task || taskOf) && _stalled.ContainsKey(targetMethod.Name))
         {
-            var token = args!.OfType<CancellationToken>().Last();
-            return task
-                ? Task.Delay(Timeout.Infinite, token)
-                : typeof(FaultingSpool).GetMethod(nameof(Stalled), BindingFlags.NonPublic | BindingFlags.Static)!
-                    .MakeGenericMethod(targetMethod.ReturnType.GetGenericArguments()[0]).Invoke(null, [token]);
+            instead = Task.Delay(Timeout.Infinite, args!.OfType<CancellationToken>().Last());
         }
-
-        if ((task || taskOf) && TryTake(_armed, targetMethod.Name))
+        else if ((task || taskOf) && TryTake(_armed, targetMethod.Name))
         {
             Exception fault = TryTake(_unexpected, targetMethod.Name) ? new InvalidOperationException(Message) : new SpoolException(Message);
             _failed.AddOrUpdate(targetMethod.Name, 1, (_, n) => n + 1);
+            instead = Task.FromException(fault);
+        }
+
+        if (instead is not null)
+        {
             return task
-                ? Task.FromException(fault)
-                : typeof(FaultingSpool).GetMethod(nameof(Faulted), BindingFlags.NonPublic | BindingFlags.Static)!
-                    .MakeGenericMethod(targetMethod.ReturnType.GetGenericArguments()[0]).Invoke(null, [fault]);
+                ? instead
+                : typeof(FaultingSpool).GetMethod(nameof(EndsAs), BindingFlags.NonPublic | BindingFlags.Static)!
+                    .MakeGenericMethod(targetMethod.ReturnType.GetGenericArguments()[0]).Invoke(null, [instead]);
         }
 
         try
@@ -152,12 +153,11 @@ public class FaultingSpool : DispatchProxy
         }
     }
 
-    private static Task<T> Faulted<T>(Exception fault) => Task.FromException<T>(fault);
-
-    private static async Task<T> Stalled<T>(CancellationToken token)
+    // A Task<T> that ends as `ended` does (faulted, or cancelled): ended never succeeds.
+    private static async Task<T> EndsAs<T>(Task ended)
     {
-        await Task.Delay(Timeout.Infinite, token);
-        throw new InvalidOperationException("unreachable: an infinite delay ended without its token");
+        await ended;
+        throw new InvalidOperationException("unreachable: a stalled or faulted call ended well");
     }
 
     private static bool TryTake(ConcurrentDictionary<string, int> armed, string method)
